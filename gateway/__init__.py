@@ -1,0 +1,1 @@
+"""Odoo Note Gateway: files authenticated email as Odoo log notes."""

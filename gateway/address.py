@@ -1,0 +1,73 @@
+"""Mint and verify record addresses: ``<kind>+<model>-<id>-<signature>@<alias domain>``."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+
+from gateway.context import Target
+from gateway.refusals import BadAddress, UnknownAliasDomain
+
+KINDS = ("note", "reply")
+SIGNATURE_LENGTH = 16  # base32 characters: 80 bits of the HMAC-SHA256
+
+# Odoo model names are lowercase words joined by dots and underscores; they never hold "-",
+# which is why "-" can separate the parts of the local part.
+_LOCAL_PART = re.compile(
+    r"^(?P<kind>[a-z]+)\+(?P<model>[a-z][a-z0-9_]*(?:\.[a-z0-9_]+)*)-(?P<res_id>[1-9][0-9]{0,17})-(?P<sig>[a-z2-7]+)$"
+)
+_MODEL = re.compile(r"^[a-z][a-z0-9_]*(?:\.[a-z0-9_]+)*$")
+
+
+def signature(secret: bytes, domain: str, kind: str, model: str, res_id: int) -> str:
+    # The domain and the kind are signed too, so that a note token never works as a reply token
+    # and a token of one alias domain never works on another.
+    message = "\x00".join((domain.lower(), kind, model, str(res_id))).encode()
+    digest = hmac.new(secret, message, hashlib.sha256).digest()
+    # Lowercase base32: MTAs that fold the case of local parts keep the address valid.
+    return base64.b32encode(digest).decode().lower()[:SIGNATURE_LENGTH]
+
+
+def mint(secret: bytes, domain: str, kind: str, model: str, res_id: int) -> str:
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}")
+    if not _MODEL.match(model):
+        raise ValueError(f"{model!r} is not an Odoo model name")
+    if not (isinstance(res_id, int) and res_id > 0):
+        raise ValueError("the record id must be a positive integer")
+    domain = domain.lower()
+    return f"{kind}+{model}-{res_id}-{signature(secret, domain, kind, model, res_id)}@{domain}"
+
+
+def split_address(address: str) -> tuple[str, str]:
+    address = address.strip().strip("<>").strip()
+    local, at, domain = address.rpartition("@")
+    if not at or not local or not domain:
+        raise BadAddress("not an email address")
+    return local, domain.lower().rstrip(".")
+
+
+def parse(address: str, secrets_by_domain: dict[str, list[bytes]]) -> Target:
+    """Return the target of a gateway address, or raise BadAddress / UnknownAliasDomain."""
+    local, domain = split_address(address)
+    secrets = secrets_by_domain.get(domain)
+    if secrets is None:
+        raise UnknownAliasDomain(domain)
+    match = _LOCAL_PART.match(local.lower())
+    if not match:
+        raise BadAddress("expected note+<model>-<id>-<signature> or reply+...")
+    kind, model, res_id = match["kind"], match["model"], int(match["res_id"])
+    if kind not in KINDS:
+        raise BadAddress(f"unknown address kind {kind!r}")
+    given = match["sig"].encode()
+    # Every secret is tried, in constant time each, so keys can be rotated: the first one signs,
+    # all of them verify.
+    valid = False
+    for secret in secrets:
+        expected = signature(secret, domain, kind, model, res_id).encode()
+        valid |= hmac.compare_digest(expected, given)
+    if not valid:
+        raise BadAddress("the address signature is not valid")
+    return Target(kind=kind, domain=domain, model=model, res_id=res_id, address=f"{local.lower()}@{domain}")

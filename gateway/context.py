@@ -1,0 +1,99 @@
+"""The typed record of one message as it passes through the pipeline's stages."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from gateway.config import DomainRules
+    from gateway.refusals import Refusal
+
+Kind = Literal["note", "reply"]
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a message goes, as read from a verified recipient address."""
+
+    kind: Kind
+    domain: str
+    model: str
+    res_id: int
+    address: str
+
+
+@dataclass(frozen=True)
+class Attachment:
+    filename: str
+    content_type: str
+    payload: bytes
+    content_id: str | None = None
+
+
+@dataclass
+class ParsedMessage:
+    """What the stages need of the MIME message, taken from mail-parser once."""
+
+    message_id: str
+    from_address: str
+    from_name: str
+    subject: str
+    text_plain: str
+    text_html: str
+    to: list[str] = field(default_factory=list)
+    cc: list[str] = field(default_factory=list)
+    attachments: list[Attachment] = field(default_factory=list)
+    defects: list[str] = field(default_factory=list)
+    message_id_derived: bool = False
+
+
+@dataclass(frozen=True)
+class VerifiedSender:
+    """A From address vouched for by a DKIM signature whose d= aligns with its domain."""
+
+    email: str
+    dkim_domain: str
+    selector: str
+
+
+@dataclass(frozen=True)
+class OdooUser:
+    uid: int
+    login: str
+    name: str
+    email: str
+    partner_id: int
+    commercial_partner_id: int
+    internal: bool
+    group_ids: tuple[int, ...] = ()
+
+
+@dataclass
+class MessageContext:
+    """One message: the envelope, then what each stage found or decided."""
+
+    raw: bytes
+    mail_from: str
+    target: Target
+    rules: DomainRules
+    peer: str = ""
+    received_at: float = field(default_factory=time.time)
+    message: ParsedMessage | None = None
+    sender: VerifiedSender | None = None
+    user: OdooUser | None = None
+    body_html: str | None = None
+    rendered_body: str | None = None
+    notify_partner_ids: list[int] = field(default_factory=list)
+    odoo_message_id: int | None = None
+    duplicate: bool = False
+    refusal: Refusal | None = None
+    stage_durations: dict[str, float] = field(default_factory=dict)
+    odoo_seconds: float = 0.0
+
+    @property
+    def verdict(self) -> str:
+        if self.refusal is None:
+            return "duplicate" if self.duplicate else "filed"
+        return "deferred" if self.refusal.transient else "refused"

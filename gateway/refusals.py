@@ -1,0 +1,184 @@
+"""Every way a message can be turned away, as one exception type with a subclass per condition."""
+
+from __future__ import annotations
+
+
+class Refusal(Exception):
+    """A message the gateway will not file, with the SMTP reply that says why.
+
+    Subclasses set the class attributes; ``detail`` adds the specifics of one message (which
+    signature failed, which record) to the fixed reason. A 4xx refusal is transient: the sending
+    MTA keeps the message and retries, so it must never be used for something a retry cannot heal
+    (RFC 5321 section 4.2.5).
+    """
+
+    smtp_code: int = 451
+    enhanced_code: str = "4.3.0"
+    reason: str = "Temporary failure, try again later"
+    template: str = "notice/generic.txt.j2"
+
+    def __init__(self, detail: str | None = None) -> None:
+        self.detail = detail
+        super().__init__(self.text)
+
+    @property
+    def transient(self) -> bool:
+        return 400 <= self.smtp_code < 500
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    @property
+    def text(self) -> str:
+        text = self.reason if not self.detail else f"{self.reason}: {self.detail}"
+        # An SMTP reply is one line; a detail taken from a message must not be able to add lines
+        # or smuggle a second reply (RFC 5321 section 4.2).
+        return " ".join(text.split())[:400]
+
+    def smtp_reply(self) -> str:
+        return f"{self.smtp_code} {self.enhanced_code} {self.text}"
+
+
+# --- Envelope (RCPT TO) -------------------------------------------------------------------------
+
+
+class BadAddress(Refusal):
+    smtp_code, enhanced_code = 550, "5.1.1"
+    reason = "No such gateway address"
+    template = "notice/bad_address.txt.j2"
+
+
+class UnknownAliasDomain(Refusal):
+    smtp_code, enhanced_code = 550, "5.1.1"
+    reason = "Not an alias domain of this gateway"
+    template = "notice/bad_address.txt.j2"
+
+
+class TooManyRecipients(Refusal):
+    smtp_code, enhanced_code = 452, "4.5.3"
+    reason = "One gateway recipient per transaction, send the others separately"
+
+
+class SenderAddressInvalid(Refusal):
+    smtp_code, enhanced_code = 553, "5.1.7"
+    reason = "Malformed envelope sender address"
+
+
+# --- Message content and framing ----------------------------------------------------------------
+
+
+class BareLineEnding(Refusal):
+    smtp_code, enhanced_code = 550, "5.6.0"
+    reason = "Bare CR or LF in message data, lines must end with CRLF"
+
+
+class MessageTooLarge(Refusal):
+    smtp_code, enhanced_code = 552, "5.3.4"
+    reason = "Message too large"
+    template = "notice/too_large.txt.j2"
+
+
+class MessageUnparseable(Refusal):
+    smtp_code, enhanced_code = 554, "5.6.0"
+    reason = "Malformed message, it could not be parsed"
+
+
+class FromHeaderInvalid(Refusal):
+    smtp_code, enhanced_code = 550, "5.7.1"
+    reason = "The message must have exactly one From header with one address"
+
+
+class EmptyBody(Refusal):
+    smtp_code, enhanced_code = 550, "5.6.0"
+    reason = "The message has no text to file, write above the quoted text"
+    template = "notice/empty_body.txt.j2"
+
+
+# --- Sender authentication ----------------------------------------------------------------------
+
+
+class SenderNotAuthenticated(Refusal):
+    smtp_code, enhanced_code = 550, "5.7.1"
+    reason = "Sender not authenticated, no valid DKIM signature aligned with the From domain"
+    template = "notice/not_authenticated.txt.j2"
+
+
+class DnsTemporaryFailure(Refusal):
+    smtp_code, enhanced_code = 451, "4.4.3"
+    reason = "DNS lookup of the DKIM key failed, try again later"
+
+
+# --- Identity and authorization ------------------------------------------------------------------
+
+
+class UnknownSender(Refusal):
+    smtp_code, enhanced_code = 550, "5.7.1"
+    reason = "No Odoo user has this sender address"
+    template = "notice/unknown_sender.txt.j2"
+
+
+class AmbiguousSender(Refusal):
+    smtp_code, enhanced_code = 550, "5.7.1"
+    reason = "Several Odoo users have this sender address"
+    template = "notice/unknown_sender.txt.j2"
+
+
+class SenderArchived(Refusal):
+    smtp_code, enhanced_code = 550, "5.7.1"
+    reason = "The Odoo user of this sender is archived"
+    template = "notice/unknown_sender.txt.j2"
+
+
+class NotContributor(Refusal):
+    smtp_code, enhanced_code = 550, "5.7.1"
+    reason = "Sender may not post internal notes"
+    template = "notice/not_contributor.txt.j2"
+
+
+class ModelNotAllowed(Refusal):
+    smtp_code, enhanced_code = 550, "5.7.1"
+    reason = "Posting by email is not enabled for this kind of record"
+    template = "notice/access_denied.txt.j2"
+
+
+class RecordNotFound(Refusal):
+    smtp_code, enhanced_code = 550, "5.1.1"
+    reason = "The record of this address does not exist"
+    template = "notice/access_denied.txt.j2"
+
+
+class RecordAccessDenied(Refusal):
+    smtp_code, enhanced_code = 550, "5.7.1"
+    reason = "Sender has no access to this record"
+    template = "notice/access_denied.txt.j2"
+
+
+# --- Faults on our side or Odoo's: always transient ---------------------------------------------
+
+
+class OdooUnavailable(Refusal):
+    smtp_code, enhanced_code = 451, "4.3.0"
+    reason = "Odoo is unavailable, try again later"
+
+
+class MessageInProgress(Refusal):
+    smtp_code, enhanced_code = 451, "4.3.0"
+    reason = "The same message is being filed right now, try again later"
+
+
+class InternalError(Refusal):
+    smtp_code, enhanced_code = 451, "4.3.0"
+    reason = "Internal error, try again later"
+
+
+def all_refusal_classes() -> list[type[Refusal]]:
+    """Every concrete refusal, for the test that checks codes and templates."""
+    found: list[type[Refusal]] = []
+    pending = [Refusal]
+    while pending:
+        cls = pending.pop()
+        for sub in cls.__subclasses__():
+            found.append(sub)
+            pending.append(sub)
+    return found

@@ -1,0 +1,109 @@
+"""Framing checks on the raw bytes and parsing of the MIME message with mail-parser."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import email.utils
+import hashlib
+import logging
+import re
+
+import mailparser
+
+from gateway.context import Attachment, ParsedMessage
+from gateway.refusals import BareLineEnding, MessageUnparseable
+
+log = logging.getLogger(__name__)
+
+# aiosmtpd 1.4.6 hands bare LF and bare CR to the handler (MAIL_SECURITY.md item 14). They are how
+# SMTP smuggling and header-splitting tricks get past one parser and not another, so refuse them.
+_BARE_LINE_ENDING = re.compile(rb"(?<!\r)\n|\r(?!\n)")
+_HEADER_END = re.compile(rb"\r\n\r\n")
+
+
+def check_line_endings(raw: bytes) -> None:
+    if _BARE_LINE_ENDING.search(raw):
+        raise BareLineEnding()
+
+
+def _header_block(raw: bytes) -> bytes:
+    match = _HEADER_END.search(raw)
+    return raw[: match.start()] if match else raw
+
+
+def derived_message_id(raw: bytes, from_address: str, subject: str, date: str) -> str:
+    """A stable Message-ID for a message that has none, so a retry is still recognised.
+
+    Trace headers (Received, DKIM-Signature added by a relay) differ between two deliveries of the
+    same message, so only what the author wrote is hashed: From, Date, Subject and the body.
+    """
+    match = _HEADER_END.search(raw)
+    body = raw[match.end():] if match else b""
+    digest = hashlib.sha256()
+    for part in (from_address.encode(), date.encode(), subject.encode(), body):
+        digest.update(len(part).to_bytes(8, "big"))
+        digest.update(part)
+    return f"<{digest.hexdigest()[:40]}@derived.note-gateway.invalid>"
+
+
+def _attachment(part: dict) -> Attachment:
+    payload = part.get("payload") or ""
+    if part.get("binary"):
+        try:
+            data = base64.b64decode(payload)
+        except (binascii.Error, ValueError):
+            raise MessageUnparseable(f"attachment {part.get('filename')!r} is not valid base64") from None
+    else:
+        data = payload.encode(part.get("charset") or "utf-8", errors="replace")
+    content_id = (part.get("content-id") or "").strip().strip("<>") or None
+    return Attachment(
+        filename=part.get("filename") or "attachment",
+        content_type=part.get("mail_content_type") or "application/octet-stream",
+        payload=data,
+        content_id=content_id,
+    )
+
+
+def parse(raw: bytes) -> ParsedMessage:
+    """Parse the message or raise MessageUnparseable (the same bytes would fail again: 554)."""
+    try:
+        mail = mailparser.parse_from_bytes(raw)
+        from_list = mail.from_ or []
+        message_id = (mail.message_id or "").strip()
+        subject = mail.subject or ""
+        text_plain = "\n".join(mail.text_plain or [])
+        text_html = "\n".join(mail.text_html or [])
+        to = [address for _, address in (mail.to or []) if address]
+        cc = [address for _, address in (mail.cc or []) if address]
+        attachments = [_attachment(part) for part in (mail.attachments or [])]
+        defects = sorted(str(category) for category in (mail.defects_categories or ()))
+        date_header = mail.headers.get("Date", "") if isinstance(mail.headers, dict) else ""
+    except MessageUnparseable:
+        raise
+    except Exception as error:  # mail-parser raises many types, none of which a retry can heal.
+        log.info("unparseable message: %s: %s", type(error).__name__, error)
+        raise MessageUnparseable(type(error).__name__) from None
+
+    from_name, from_address = from_list[0] if from_list else ("", "")
+    derived = False
+    if not message_id:
+        message_id = derived_message_id(raw, from_address, subject, str(date_header))
+        derived = True
+    return ParsedMessage(
+        message_id=message_id,
+        from_address=(from_address or "").lower(),
+        from_name=from_name or "",
+        subject=subject,
+        text_plain=text_plain,
+        text_html=text_html,
+        to=to,
+        cc=cc,
+        attachments=attachments,
+        defects=defects,
+        message_id_derived=derived,
+    )
+
+
+def formatted_sender(message: ParsedMessage) -> str:
+    return email.utils.formataddr((message.from_name, message.from_address))

@@ -1,0 +1,136 @@
+"""A bounded pool of logged-in odoorpc connections, and the one place where Odoo faults are translated."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import re
+import threading
+import time
+from contextlib import contextmanager
+from typing import Any, Iterator
+from urllib.parse import urlsplit
+
+import odoorpc
+
+from gateway.config import OdooConnection
+from gateway.refusals import OdooUnavailable
+
+log = logging.getLogger(__name__)
+
+# Every post passes this context (ODOO_FACTS.md "What these facts demand" item 3): without it the
+# integration user follows each record it posts on, and on sale.order every notified partner is
+# subscribed and so gains portal read access to the order.
+POST_CONTEXT = {"mail_create_nosubscribe": True, "mail_post_autofollow": False}
+
+
+class OdooPool:
+    """Logged-in connections to one Odoo database, lent to one thread at a time.
+
+    Logging in costs ~0.4 s on Odoo's side (ODOO_FACTS.md k), so connections are kept and reused.
+    A connection that saw a transport or RPC fault is dropped rather than returned: the next
+    borrower logs in afresh, which is how the gateway reconnects after Odoo restarts.
+    """
+
+    def __init__(self, name: str, connection: OdooConnection, api_key: str) -> None:
+        self.name = name
+        self.connection = connection
+        self._api_key = api_key
+        self._idle: queue.LifoQueue[odoorpc.ODOO] = queue.LifoQueue()
+        self._slots = threading.BoundedSemaphore(connection.pool_size)
+        self._lock = threading.Lock()
+        self._version: int | None = None
+        self._xmlids: dict[str, int] = {}
+
+    # --- connections ---------------------------------------------------------------------------
+
+    def _connect(self) -> odoorpc.ODOO:
+        parts = urlsplit(self.connection.url)
+        protocol = "jsonrpc+ssl" if parts.scheme == "https" else "jsonrpc"
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        client = odoorpc.ODOO(parts.hostname, protocol=protocol, port=port, timeout=self.connection.timeout)
+        # odoorpc logs in through /jsonrpc common.login, which accepts an API key
+        # (ODOO_FACTS.md a); the key is never a user's password.
+        client.login(self.connection.database, self.connection.login, self._api_key)
+        if self._version is None:
+            # "18.0", "saas~17.4", "19.0+e": the first number is the major version.
+            match = re.search(r"\d+", str(client.version))
+            self._version = int(match.group()) if match else 0
+        return client
+
+    @contextmanager
+    def _borrow(self, deadline: float | None) -> Iterator[odoorpc.ODOO]:
+        wait = self.connection.timeout if deadline is None else max(0.0, deadline - time.monotonic())
+        # A bounded pool: when Odoo is slow, messages wait here (and get a 451 at their deadline)
+        # instead of piling up threads and connections on Odoo.
+        if not self._slots.acquire(timeout=wait):
+            raise OdooUnavailable(f"all {self.connection.pool_size} Odoo connections are busy")
+        client = None
+        try:
+            try:
+                client = self._idle.get_nowait()
+            except queue.Empty:
+                client = self._connect()
+            yield client
+        except BaseException:
+            client = None  # Possibly broken: never lend it again.
+            raise
+        finally:
+            if client is not None:
+                self._idle.put(client)
+            self._slots.release()
+
+    def call(self, model: str, method: str, args: list | None = None, kwargs: dict | None = None,
+             *, context: dict | None = None, deadline: float | None = None) -> Any:
+        """Run ``model.method(*args, **kwargs)`` in Odoo; every fault becomes OdooUnavailable (451)."""
+        kwargs = dict(kwargs or {})
+        kwargs["context"] = {**(context or {})}
+        try:
+            with self._borrow(deadline) as client:
+                return client.execute_kw(model, method, args or [], kwargs)
+        except OdooUnavailable:
+            raise
+        except odoorpc.error.RPCError as error:
+            # An RPC error here is Odoo refusing or failing a call the gateway believes valid
+            # (rights changed, a module missing, a server bug). A retry may heal it and an
+            # admin must look, so it defers rather than bounces.
+            log.warning("odoo %s: %s.%s failed: %s", self.name, model, method, error)
+            raise OdooUnavailable(f"Odoo refused {model}.{method}") from None
+        except Exception as error:  # Transport: refused, reset, timeout, HTTP 5xx, not JSON.
+            log.warning("odoo %s: %s.%s: %s: %s", self.name, model, method, type(error).__name__, error)
+            raise OdooUnavailable(f"{type(error).__name__} talking to Odoo") from None
+
+    def version(self, deadline: float | None = None) -> int:
+        if self._version is None:
+            with self._borrow(deadline):
+                pass
+        return self._version or 0
+
+    @property
+    def groups_field(self) -> str:
+        # Odoo 19 renamed res.users.groups_id to group_ids (ODOO_FACTS.md e); this is the one
+        # place that knows.
+        return "group_ids" if (self._version or 0) >= 19 else "groups_id"
+
+    def xmlid(self, xmlid: str, deadline: float | None = None) -> int:
+        """The database id of an xmlid, resolved once: ids of groups do not change under a running gateway."""
+        if xmlid not in self._xmlids:
+            module, _, name = xmlid.partition(".")
+            # check_object_reference needs no Access Rights, unlike reading ir.model.data
+            # (ODOO_FACTS.md e).
+            _, record_id = self.call("ir.model.data", "check_object_reference", [module, name], deadline=deadline)
+            with self._lock:
+                self._xmlids[xmlid] = int(record_id)
+        return self._xmlids[xmlid]
+
+    def close(self) -> None:
+        while True:
+            try:
+                self._idle.get_nowait()
+            except queue.Empty:
+                return
+
+
+def escape_like(value: str) -> str:
+    """Escape the wildcards of an SQL LIKE pattern, for Odoo's =ilike operator."""
+    return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")

@@ -1,0 +1,204 @@
+"""The story of one message: the stages it passes, in order, and the services they share."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from gateway import content, identity, message, policy, post, senderauth
+from gateway.config import GatewayConfig
+from gateway.context import MessageContext
+from gateway.journal import Journal, JournalEntry, JournalUnavailable
+from gateway.odoo import OdooPool
+from gateway.refusals import InternalError, MessageInProgress, OdooUnavailable, Refusal
+from gateway.render import Renderer
+from gateway.resolver import DkimKeyResolver
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    """What the stages share: built once at start, rebuilt on reload."""
+
+    config: GatewayConfig
+    resolver: DkimKeyResolver
+    odoo: dict[str, OdooPool]
+    renderer: Renderer
+    journal: Journal
+    in_flight: set[tuple[str, str, int]] = field(default_factory=set)
+    in_flight_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @classmethod
+    def build(cls, config: GatewayConfig) -> Services:
+        resolver_config = config.gateway.resolver
+        return cls(
+            config=config,
+            resolver=DkimKeyResolver(resolver_config.nameservers, port=resolver_config.port,
+                                     timeout=resolver_config.timeout, cache=resolver_config.cache),
+            odoo={name: OdooPool(name, connection, config.api_keys[name])
+                  for name, connection in config.gateway.odoo.items()},
+            renderer=Renderer(config.templates_dir),
+            journal=Journal(config.journal_path),
+        )
+
+    def close(self) -> None:
+        for pool in self.odoo.values():
+            pool.close()
+        self.journal.close()
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    description: str
+    run: Callable[[MessageContext, Services, float], None]
+
+
+def _odoo(ctx: MessageContext, services: Services) -> OdooPool:
+    return services.odoo[ctx.rules.odoo]
+
+
+def _check_framing(ctx: MessageContext, services: Services, deadline: float) -> None:
+    message.check_line_endings(ctx.raw)
+
+
+def _parse(ctx: MessageContext, services: Services, deadline: float) -> None:
+    ctx.message = message.parse(ctx.raw)
+
+
+def _authenticate_sender(ctx: MessageContext, services: Services, deadline: float) -> None:
+    ctx.sender = senderauth.authenticate(
+        ctx.raw, services.resolver, max_signature_age_days=ctx.rules.sender.max_signature_age_days)
+
+
+def _identify_sender(ctx: MessageContext, services: Services, deadline: float) -> None:
+    assert ctx.sender is not None
+    ctx.user = identity.find_user(_odoo(ctx, services), ctx.sender.email, deadline=deadline)
+
+
+def _authorize(ctx: MessageContext, services: Services, deadline: float) -> None:
+    assert ctx.user is not None
+    odoo = _odoo(ctx, services)
+    policy.check_model_allowed(ctx.rules, ctx.target)
+    policy.check_poster(odoo, ctx.rules, ctx.target, ctx.user, deadline=deadline)
+    policy.check_record_access(odoo, ctx.target, ctx.user, deadline=deadline)
+
+
+def _extract_content(ctx: MessageContext, services: Services, deadline: float) -> None:
+    assert ctx.message is not None
+    ctx.body_html = content.extract_body(ctx.message)
+
+
+def _render(ctx: MessageContext, services: Services, deadline: float) -> None:
+    assert ctx.message is not None and ctx.user is not None and ctx.sender is not None
+    ctx.rendered_body = services.renderer.render_body(
+        ctx.target.kind, ctx.target.model,
+        body=ctx.body_html, sender_name=ctx.user.name or ctx.message.from_name,
+        sender_email=ctx.sender.email, subject=ctx.message.subject, dkim_domain=ctx.sender.dkim_domain,
+        received_at=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(ctx.received_at)),
+        kind=ctx.target.kind, model=ctx.target.model, res_id=ctx.target.res_id,
+    )
+
+
+def _post(ctx: MessageContext, services: Services, deadline: float) -> None:
+    assert ctx.message is not None
+    odoo = _odoo(ctx, services)
+    key = (ctx.message.message_id, ctx.target.model, ctx.target.res_id)
+    # Two deliveries of one message at once (a retry while the first is still posting) would
+    # both find nothing and both post; only one may be between the search and the post.
+    with services.in_flight_lock:
+        if key in services.in_flight:
+            raise MessageInProgress(ctx.message.message_id)
+        services.in_flight.add(key)
+    try:
+        existing = post.find_existing(odoo, ctx, deadline=deadline)
+        if existing is not None:
+            ctx.odoo_message_id, ctx.duplicate = existing, True
+            return
+        ctx.odoo_message_id = post.post_message(odoo, ctx, deadline=deadline)
+    finally:
+        with services.in_flight_lock:
+            services.in_flight.discard(key)
+
+
+# The order a message goes through; each stage either fills in the context or raises a Refusal.
+STAGES: tuple[Stage, ...] = (
+    Stage("framing", "refuse bare CR or LF in the data", _check_framing),
+    Stage("parse", "parse the MIME message", _parse),
+    Stage("authenticate-sender", "require an aligned, valid DKIM signature on From", _authenticate_sender),
+    Stage("identify-sender", "find the sender's active Odoo user", _identify_sender),
+    Stage("authorize", "model allowed, contributor group for notes, follower of the record", _authorize),
+    Stage("extract-content", "take the body and sanitize its HTML", _extract_content),
+    Stage("render", "render the note or reply template", _render),
+    Stage("post", "post once by Message-ID with message_post", _post),
+)
+
+
+def process(ctx: MessageContext, services: Services, *, deadline: float) -> MessageContext:
+    """Run every stage; a refusal stops the run. Blocking: the SMTP layer calls it in a worker thread."""
+    started = time.monotonic()
+    for stage in STAGES:
+        stage_started = time.monotonic()
+        try:
+            stage.run(ctx, services, deadline)
+        except Refusal as refusal:
+            ctx.refusal = refusal
+        except Exception:
+            # A bug or an unforeseen fault must not bounce mail that a fixed gateway would accept:
+            # defer it, and log everything an admin needs.
+            log.exception("stage %s failed on %s", stage.name, ctx.target.address)
+            ctx.refusal = InternalError(f"stage {stage.name}")
+        finally:
+            elapsed = time.monotonic() - stage_started
+            ctx.stage_durations[stage.name] = elapsed
+            if stage.name in ("identify-sender", "authorize", "post"):
+                ctx.odoo_seconds += elapsed
+        if ctx.refusal is not None:
+            break
+        if time.monotonic() > deadline and stage is not STAGES[-1]:
+            ctx.refusal = OdooUnavailable("the message took too long to process")
+            break
+    journal(ctx, services, time.monotonic() - started)
+    return ctx
+
+
+def smtp_reply(ctx: MessageContext) -> str:
+    if ctx.refusal is not None:
+        return ctx.refusal.smtp_reply()
+    if ctx.duplicate:
+        return f"250 2.0.0 Already filed as Odoo message {ctx.odoo_message_id}"
+    return f"250 2.0.0 Filed as Odoo message {ctx.odoo_message_id}"
+
+
+def journal(ctx: MessageContext, services: Services, total_seconds: float) -> None:
+    parsed = ctx.message
+    entry = JournalEntry(
+        received_at=ctx.received_at,
+        message_id=parsed.message_id if parsed else "",
+        peer=ctx.peer,
+        mail_from=ctx.mail_from,
+        rcpt=ctx.target.address,
+        from_address=parsed.from_address if parsed else "",
+        dkim_domain=ctx.sender.dkim_domain if ctx.sender else "",
+        kind=ctx.target.kind,
+        model=ctx.target.model,
+        res_id=ctx.target.res_id,
+        verdict=ctx.verdict,
+        refusal_class=ctx.refusal.name if ctx.refusal else "",
+        smtp_reply=smtp_reply(ctx),
+        odoo_message_id=ctx.odoo_message_id,
+        durations=dict(ctx.stage_durations),
+        total_seconds=total_seconds,
+        odoo_seconds=ctx.odoo_seconds,
+        defects=list(parsed.defects) if parsed else [],
+    )
+    try:
+        services.journal.record(entry)
+    except JournalUnavailable as error:
+        # The reply still tells the truth: a filed note is in Odoo whether or not the journal
+        # could say so, and a retry is recognised by its Message-ID there.
+        log.error("journal unavailable, outcome not recorded: %s | %s", error, smtp_reply(ctx))

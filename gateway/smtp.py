@@ -1,0 +1,174 @@
+"""The SMTP/LMTP listener: resolves recipients at RCPT, hands DATA to the pipeline, turns outcomes into replies."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from aiosmtpd.lmtp import LMTP
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from gateway import address, pipeline, policy
+from gateway.context import MessageContext, Target
+from gateway.pipeline import Services
+from gateway.refusals import InternalError, OdooUnavailable, Refusal, TooManyRecipients
+
+log = logging.getLogger(__name__)
+
+
+class GatewayHandler:
+    """aiosmtpd hooks: the thin layer between SMTP and the pipeline."""
+
+    def __init__(self, services: Services, executor: ThreadPoolExecutor) -> None:
+        self.services = services
+        self.executor = executor
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, rcpt: str,
+                          rcpt_options: list[str]) -> str:
+        # One DATA gets one reply, so one gateway target per transaction: the sending MTA
+        # delivers further recipients in further transactions (MAIL_SECURITY.md item 16).
+        if envelope.rcpt_tos:
+            return TooManyRecipients().smtp_reply()
+        try:
+            target = address.parse(rcpt, self.services.config.secrets)
+            policy.check_model_allowed(self.services.config.domains[target.domain], target)
+        except Refusal as refusal:
+            log.info("RCPT %r refused: %s", rcpt, refusal.smtp_reply())
+            return refusal.smtp_reply()
+        envelope.rcpt_tos.append(rcpt)
+        envelope.rcpt_options.extend(rcpt_options)
+        envelope.gateway_target = target  # type: ignore[attr-defined]
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        target: Target = envelope.gateway_target  # type: ignore[attr-defined]
+        services = self.services
+        raw = envelope.original_content or b""
+        peer = session.peer[0] if isinstance(session.peer, tuple) else str(session.peer)
+        ctx = MessageContext(raw=raw, mail_from=envelope.mail_from or "", target=target,
+                             rules=services.config.domains[target.domain], peer=peer)
+        budget = services.config.gateway.listener.message_deadline
+        deadline = time.monotonic() + budget
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self.executor, lambda: pipeline.process(ctx, services, deadline=deadline))
+        try:
+            # A little over the pipeline's own deadline: normally the pipeline answers itself.
+            await asyncio.wait_for(asyncio.shield(future), timeout=budget + 5)
+        except asyncio.TimeoutError:
+            return OdooUnavailable("the message took too long to process").smtp_reply()
+        except Exception:
+            log.exception("pipeline crashed on %s", target.address)
+            return InternalError().smtp_reply()
+        reply = pipeline.smtp_reply(ctx)
+        log.info("%s from=%s rcpt=%s verdict=%s reply=%r", ctx.message.message_id if ctx.message else "-",
+                 ctx.sender.email if ctx.sender else envelope.mail_from, target.address, ctx.verdict, reply)
+        return reply
+
+
+class _SessionLimit:
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.active = 0
+
+
+def _limited(base: type[SMTP]) -> type[SMTP]:
+    class Limited(base):  # type: ignore[valid-type, misc]
+        """Caps concurrent sessions: aiosmtpd has no such limit of its own (MAIL_SECURITY.md item 15)."""
+
+        def __init__(self, *args, session_limit: _SessionLimit, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self._session_limit = session_limit
+
+        async def _handle_client(self) -> None:
+            limit = self._session_limit
+            if limit.active >= limit.limit:
+                await self.push("421 4.3.2 Too many sessions, try again later")
+                self.transport.close()
+                return
+            limit.active += 1
+            try:
+                await super()._handle_client()
+            finally:
+                limit.active -= 1
+
+    Limited.__name__ = f"Limited{base.__name__}"
+    return Limited
+
+
+LimitedSMTP = _limited(SMTP)
+LimitedLMTP = _limited(LMTP)
+
+
+class GatewayServer:
+    """The listener bound to its socket, run on an asyncio loop."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        listener = services.config.gateway.listener
+        self.listener = listener
+        self.executor = ThreadPoolExecutor(max_workers=listener.max_sessions, thread_name_prefix="pipeline")
+        self.handler = GatewayHandler(services, self.executor)
+        self.session_limit = _SessionLimit(listener.max_sessions)
+        self._server: asyncio.base_events.Server | None = None
+
+    def _protocol(self) -> SMTP:
+        listener = self.listener
+        protocol_class = LimitedLMTP if listener.protocol == "lmtp" else LimitedSMTP
+        return protocol_class(
+            self.handler,
+            session_limit=self.session_limit,
+            # DKIM is computed over the exact bytes received (MAIL_SECURITY.md item 15).
+            decode_data=False,
+            hostname=listener.hostname,
+            data_size_limit=listener.max_message_size,
+            timeout=listener.session_timeout,
+            ident="Odoo Note Gateway",
+        )
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(self._protocol, host=self.listener.host, port=self.listener.port)
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        self.executor.shutdown(wait=True, cancel_futures=False)
+
+
+class ThreadedGateway:
+    """A GatewayServer on its own loop in a background thread, for tests and the demo."""
+
+    def __init__(self, services: Services) -> None:
+        self.server = GatewayServer(services)
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="gateway-loop", daemon=True)
+
+    def start(self) -> ThreadedGateway:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(timeout=10)
+        return self
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop).result(timeout=30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
+        self.loop.close()
+
+    def __enter__(self) -> ThreadedGateway:
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()

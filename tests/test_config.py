@@ -1,0 +1,113 @@
+"""Configuration loading: the shipped examples load, and each kind of mistake names file, key and reason."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from gateway.config import ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+GATEWAY = """
+rules_dir = "rules"
+[odoo.main]
+url = "http://127.0.0.1:8069"
+database = "notes"
+login = "gateway"
+api_key_file = "key"
+"""
+
+RULES = """
+domain = "notes.example.com"
+odoo = "main"
+secrets = ["0123456789abcdef-secret"]
+[note]
+models = ["project.task"]
+"""
+
+
+@pytest.fixture
+def folder(tmp_path):
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "key").write_text("api-key\n")
+    (tmp_path / "gateway.toml").write_text(GATEWAY)
+    (tmp_path / "rules" / "notes.toml").write_text(RULES)
+    return tmp_path
+
+
+def test_shipped_example_files_load(tmp_path):
+    shutil.copy(ROOT / "gateway.example.toml", tmp_path / "gateway.toml")
+    shutil.copytree(ROOT / "rules", tmp_path / "rules")
+    (tmp_path / "odoo-api-key").write_text("k")
+    config = load_config(tmp_path / "gateway.toml")
+    assert "notes.example.com" in config.domains
+    assert config.secrets["notes.example.com"][0].startswith(b"example-secret")
+    assert config.domains["notes.example.com"].note.models == ["project.task", "sale.order"]
+
+
+def test_minimal_config_has_sensible_defaults(folder):
+    config = load_config(folder / "gateway.toml")
+    assert config.api_keys == {"main": "api-key"}
+    assert config.gateway.listener.max_sessions == 100
+    assert config.domains["notes.example.com"].reply.models == []  # opt-in
+    assert config.journal_path == folder / "journal.sqlite3"
+
+
+def _error(folder, gateway=None, rules=None, environ=None) -> ConfigError:
+    if gateway is not None:
+        (folder / "gateway.toml").write_text(gateway)
+    if rules is not None:
+        (folder / "rules" / "notes.toml").write_text(rules)
+    with pytest.raises(ConfigError) as caught:
+        load_config(folder / "gateway.toml", environ=environ or {})
+    return caught.value
+
+
+def test_unknown_key_is_named(folder):
+    error = _error(folder, rules=RULES + "model = []\n")  # lands in [note]: a typo of "models"
+    assert error.key == "note.model" and "unknown key" in error.reason
+    assert error.path.endswith("notes.toml")
+
+
+def test_bad_type_is_named(folder):
+    error = _error(folder, gateway=GATEWAY + "[listener]\nport = 'smtp'\n")
+    assert error.key == "listener.port" and error.path.endswith("gateway.toml")
+
+
+def test_missing_secret(folder):
+    error = _error(folder, rules=RULES.replace('secrets = ["0123456789abcdef-secret"]', ""))
+    assert error.key == "secrets"
+
+
+def test_short_secret(folder):
+    error = _error(folder, rules=RULES.replace("0123456789abcdef-secret", "short"))
+    assert "16 characters" in error.reason
+
+
+def test_unknown_odoo_connection(folder):
+    error = _error(folder, rules=RULES.replace('odoo = "main"', 'odoo = "other"'))
+    assert error.key == "odoo" and "odoo.other" in error.reason
+
+
+def test_duplicate_domain(folder):
+    (folder / "rules" / "again.toml").write_text(RULES)
+    error = _error(folder)
+    assert error.key == "domain" and "already configured" in error.reason
+
+
+def test_api_key_from_unset_environment_variable(folder):
+    error = _error(folder, gateway=GATEWAY.replace('api_key_file = "key"', 'api_key_env = "GW_KEY"'))
+    assert error.key == "odoo.main.api_key_env"
+    config = load_config(folder / "gateway.toml", environ={"GW_KEY": "from-env"})
+    assert config.api_keys["main"] == "from-env"
+
+
+def test_bad_group_xmlid_and_bad_toml(folder):
+    assert _error(folder, rules=RULES + 'contributor_group = "nodot"\n').key == "note.contributor_group"
+    assert "not valid TOML" in _error(folder, rules="domain = ").reason
+
+
+def test_no_rules_file(folder):
+    (folder / "rules" / "notes.toml").unlink()
+    assert "no rules file" in _error(folder).reason

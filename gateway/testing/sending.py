@@ -1,0 +1,64 @@
+"""Compose, DKIM-sign and send a message over SMTP, as a contributor's mail system would."""
+
+from __future__ import annotations
+
+import email.utils
+import smtplib
+import time
+import uuid
+from email.message import EmailMessage
+from email.policy import SMTP as SMTP_POLICY
+from pathlib import Path
+
+import dkim
+
+# The headers a real signer (OpenDKIM's defaults, Gmail) covers; From is mandatory (RFC 6376 5.4).
+SIGNED_HEADERS = [b"from", b"to", b"cc", b"subject", b"date", b"message-id", b"mime-version", b"content-type"]
+
+
+def compose(sender: str, recipient: str, subject: str, body: str, *, sender_name: str = "",
+            message_id: str | None = None, html: str | None = None) -> bytes:
+    message = EmailMessage(policy=SMTP_POLICY)
+    message["From"] = email.utils.formataddr((sender_name, sender))
+    message["To"] = recipient
+    message["Subject"] = subject
+    message["Date"] = email.utils.formatdate(time.time())
+    domain = sender.rpartition("@")[2] or "localhost"
+    message["Message-ID"] = message_id or f"<{uuid.uuid4().hex}@{domain}>"
+    message.set_content(body)
+    if html is not None:
+        message.add_alternative(html, subtype="html")
+    return message.as_bytes()
+
+
+def sign(raw: bytes, private_key_pem: bytes, domain: str, selector: str = "gateway",
+         include_headers: list[bytes] | None = None) -> bytes:
+    headers = include_headers or [name for name in SIGNED_HEADERS
+                                  if name + b":" in raw.lower().split(b"\r\n\r\n", 1)[0] or name == b"from"]
+    signature = dkim.sign(raw, selector.encode(), domain.encode(), private_key_pem,
+                          include_headers=headers, linesep=b"\r\n")
+    return signature + raw
+
+
+def deliver(raw: bytes, recipient: str, *, host: str = "127.0.0.1", port: int = 2525,
+            mail_from: str = "", timeout: float = 60) -> str:
+    """Send over SMTP and return the server's final reply as "CODE text" (refusals included)."""
+    with smtplib.SMTP(host, port, timeout=timeout) as client:
+        client.ehlo("client.example.com")
+        code, text = client.mail(mail_from)
+        if code != 250:
+            return f"{code} {text.decode(errors='replace')}"
+        code, text = client.rcpt(recipient)
+        if code not in (250, 251):
+            client.rset()
+            return f"{code} {text.decode(errors='replace')}"
+        code, text = client.data(raw)
+        return f"{code} {text.decode(errors='replace')}"
+
+
+def send_signed(*, host: str, port: int, sender: str, recipient: str, subject: str, body: str,
+                key_file: Path, selector: str = "gateway") -> str:
+    domain = sender.rpartition("@")[2]
+    raw = compose(sender, recipient, subject, body)
+    signed = sign(raw, key_file.read_bytes(), domain, selector)
+    return deliver(signed, recipient, host=host, port=port, mail_from=sender)

@@ -1,0 +1,197 @@
+"""The body to file: the message's text as sanitized HTML fit for an Odoo chatter."""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Iterator
+from html.parser import HTMLParser
+
+import nh3
+
+from gateway.context import ParsedMessage
+from gateway.refusals import EmptyBody
+
+# What an Odoo chatter message may hold. Odoo sanitizes again on its side (ODOO_FACTS.md b), but
+# the gateway sanitizes first so that what it journals and what a template wraps is already safe,
+# and so that nothing depends on the settings of one Odoo database.
+ALLOWED_TAGS = frozenset(
+    {
+        "a", "b", "blockquote", "br", "code", "details", "div", "em", "h1", "h2", "h3", "h4",
+        "h5", "h6", "hr", "i", "img", "li", "ol", "p", "pre", "s", "span", "strong", "sub",
+        "summary", "sup", "u", "ul",
+        "table", "caption", "colgroup", "col", "thead", "tbody", "tfoot", "tr", "th", "td",
+    }
+)
+ALLOWED_ATTRIBUTES = {
+    "a": {"href", "title"},
+    "img": {"src", "alt", "width", "height"},
+    # Without the spans a table written in a mail client falls apart, and numbers are harmless.
+    "td": {"colspan", "rowspan"},
+    "th": {"colspan", "rowspan"},
+    "col": {"span"},
+    "colgroup": {"span"},
+}
+URL_SCHEMES = frozenset({"http", "https", "mailto", "cid", "data"})
+LINK_REL = "noopener noreferrer"
+
+# These elements hold code or metadata, not text: dropping only the tags would leave their content
+# (a stylesheet, a script, the <title> of an HTML mail) in the note as stray text.
+_CONTENT_DROPPED_TAGS = frozenset({"script", "style", "title", "template", "textarea", "select"})
+
+# Which schemes each URL attribute accepts. "data" is listed in URL_SCHEMES only so that nh3 lets
+# inline images through; links never get it, and images only get the raster types checked below.
+_SCHEMES_BY_ATTRIBUTE = {
+    ("a", "href"): frozenset({"http", "https", "mailto", "cid"}),
+    ("img", "src"): frozenset({"http", "https", "cid", "data"}),
+}
+_SCHEME = re.compile(r"^([a-z][a-z0-9+.-]*):", re.IGNORECASE)
+# SVG is left out on purpose: it is a document that can carry scripts, not a picture.
+_DATA_IMAGE = re.compile(r"^data:image/(?:png|jpeg|jpg|gif|webp|bmp);base64,[a-z0-9+/=\s]+$", re.IGNORECASE)
+_NUMBER = re.compile(r"^[0-9]{1,4}%?$")
+# Browsers ignore tabs and newlines anywhere in a URL and leading spaces and control characters
+# (WHATWG URL standard, "basic URL parser"), so a scheme is read the way they read it.
+_URL_LEADING_IGNORED = re.compile(r"^[\x00-\x20]+")
+_URL_IGNORED = re.compile(r"[\t\n\r]")
+
+
+def _filter_attribute(tag: str, attribute: str, value: str) -> str | None:
+    """Narrow what nh3's allow-list lets through; nh3 reports an exception here, never raises it."""
+    schemes = _SCHEMES_BY_ATTRIBUTE.get((tag, attribute))
+    if schemes is not None:
+        url = _URL_IGNORED.sub("", _URL_LEADING_IGNORED.sub("", value))
+        match = _SCHEME.match(url)
+        # A relative URL has no base in an email; inside Odoo it would point at Odoo itself, where a
+        # crafted path could act for whoever clicks it. Only absolute URLs are kept.
+        if match is None or match.group(1).lower() not in schemes:
+            return None
+        if match.group(1).lower() == "data" and not _DATA_IMAGE.match(url):
+            return None
+        return value
+    if attribute in {"width", "height", "colspan", "rowspan", "span"}:
+        return value if _NUMBER.match(value.strip()) else None
+    return value
+
+
+def sanitize_html(text: str) -> str:
+    """Keep only the markup a chatter message needs: no scripts, styles, handlers or odd URLs."""
+    return nh3.clean(
+        text,
+        tags=set(ALLOWED_TAGS),
+        clean_content_tags=set(_CONTENT_DROPPED_TAGS),
+        attributes={tag: set(names) for tag, names in ALLOWED_ATTRIBUTES.items()},
+        attribute_filter=_filter_attribute,
+        url_schemes=set(URL_SCHEMES),
+        link_rel=LINK_REL,
+        strip_comments=True,
+    )
+
+
+# A URL starts with a scheme ("mailto:" too, so "mailto:a@b.example" is one link) or "www." and runs
+# to the next space or angle bracket; _split_trailing_punctuation then gives trailing punctuation
+# back to the sentence.
+_URL = r"(?P<url>\b(?:https?://|mailto:|www\.)[^\s<>\"]+)"
+# An address is matched only where it does not continue a longer word, so "a.b@c.d" is one link.
+_EMAIL = r"(?P<email>(?<![\w.+-])[\w.+-]+@[\w-]+(?:\.[\w-]+)*\.[^\W\d_]{2,})"
+_LINK = re.compile(f"{_URL}|{_EMAIL}", re.IGNORECASE)
+_TRAILING_PUNCTUATION = ".,;:!?'\"*"
+_CLOSING_BRACKETS = {")": "(", "]": "["}
+_BLANK_LINES = re.compile(r"\n[ \t\f\v]*\n\s*")
+
+
+def _split_trailing_punctuation(url: str) -> tuple[str, str]:
+    """Return the URL and the punctuation after it that belongs to the sentence, not the link."""
+    end = len(url)
+    while end:
+        last = url[end - 1]
+        if last in _TRAILING_PUNCTUATION:
+            end -= 1
+        elif last in _CLOSING_BRACKETS and (
+            url.count(last, 0, end) > url.count(_CLOSING_BRACKETS[last], 0, end)
+        ):
+            # "(see https://example.com/a)" ends the link before ")"; a Wikipedia URL that holds
+            # its own balanced "(...)" keeps it.
+            end -= 1
+        else:
+            break
+    return url[:end], url[end:]
+
+
+def _linked_line(line: str) -> str:
+    """Escape one line of plain text and turn its URLs and email addresses into links."""
+    pieces: list[str] = []
+    position = 0
+    for match in _LINK.finditer(line):
+        pieces.append(html.escape(line[position:match.start()]))
+        position = match.end()
+        if match.group("url"):
+            url, rest = _split_trailing_punctuation(match.group("url"))
+            href = f"http://{url}" if url.lower().startswith("www.") else url
+            pieces.append(f'<a href="{html.escape(href)}">{html.escape(url)}</a>{html.escape(rest)}')
+        else:
+            address = match.group("email")
+            pieces.append(f'<a href="mailto:{html.escape(address)}">{html.escape(address)}</a>')
+    pieces.append(html.escape(line[position:]))
+    return "".join(pieces)
+
+
+def text_to_html(text: str) -> str:
+    """Plain text as HTML: a paragraph per blank-line-separated block, <br> for line breaks, links."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    paragraphs = []
+    for block in _BLANK_LINES.split(text):
+        lines = [line.rstrip() for line in block.strip("\n").split("\n")]
+        if not any(lines):
+            continue
+        paragraphs.append("<p>" + "<br>\n".join(_linked_line(line) for line in lines) + "</p>")
+    return "\n".join(paragraphs)
+
+
+class _ReadableContent(HTMLParser):
+    """Collects the visible text of sanitized HTML, and whether it shows an image."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.text: list[str] = []
+        self.has_image = False
+
+    def handle_starttag(self, tag: str, attributes: list[tuple[str, str | None]]) -> None:
+        if tag == "img" and dict(attributes).get("src"):
+            self.has_image = True
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+
+# Characters that take no room on the page; str.strip() keeps them because they are not spaces.
+_INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad"))
+
+
+def is_readable(sanitized: str) -> bool:
+    """True if the HTML shows something: visible text, or an image (a pasted screenshot counts)."""
+    parser = _ReadableContent()
+    parser.feed(sanitized)
+    parser.close()
+    return parser.has_image or bool("".join(parser.text).translate(_INVISIBLE).strip())
+
+
+def _candidate_bodies(message: ParsedMessage) -> Iterator[str]:
+    """The message's text as HTML, best first: the HTML part, then the plain text part."""
+    # The HTML part is what the author saw when writing. The plain part is tried after it, not only
+    # when there is no HTML part, because some clients send an HTML part that holds nothing
+    # readable (an empty template) next to a plain part that holds the text.
+    if message.text_html.strip():
+        yield message.text_html
+    if message.text_plain.strip():
+        yield text_to_html(message.text_plain)
+
+
+def extract_body(message: ParsedMessage) -> str:
+    """The sanitized HTML body to post, or EmptyBody if the message holds nothing readable."""
+    for candidate in _candidate_bodies(message):
+        # Stripping the quoted reply and the signature (a later issue) belongs here, before the
+        # readability check, so that a reply holding only a quote is refused as empty.
+        body = sanitize_html(candidate).strip()
+        if is_readable(body):
+            return body
+    raise EmptyBody()

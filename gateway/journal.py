@@ -1,0 +1,319 @@
+"""The journal: one SQLite row per received message, what became of it and how long it took."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gateway.context import MessageContext
+
+VERDICTS = ("filed", "duplicate", "refused", "deferred")
+
+
+class JournalUnavailable(OSError):
+    """The journal file cannot be opened or written (read-only, disk full, locked, corrupt).
+
+    An OSError, because like a full disk it may heal: the caller answers 451 and the sending MTA
+    retries later.
+    """
+
+
+@dataclass(kw_only=True)
+class JournalEntry:
+    """One received message as the journal keeps it."""
+
+    id: int | None = None
+    received_at: float = field(default_factory=time.time)
+    message_id: str = ""
+    peer: str = ""
+    mail_from: str = ""
+    rcpt: str = ""
+    from_address: str = ""
+    dkim_domain: str = ""
+    kind: str = ""
+    model: str = ""
+    res_id: int | None = None
+    verdict: str
+    refusal_class: str = ""
+    smtp_reply: str = ""
+    odoo_message_id: int | None = None
+    durations: dict[str, float] = field(default_factory=dict)
+    total_seconds: float = 0.0
+    odoo_seconds: float = 0.0
+    defects: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.verdict not in VERDICTS:
+            raise ValueError(f"verdict must be one of {', '.join(VERDICTS)}, not {self.verdict!r}")
+
+    @classmethod
+    def from_context(
+        cls, context: MessageContext, smtp_reply: str, total_seconds: float | None = None
+    ) -> JournalEntry:
+        """The entry of a message at the end of the pipeline, whatever stage it reached."""
+        message, sender, target = context.message, context.sender, context.target
+        return cls(
+            verdict=context.verdict,
+            received_at=context.received_at,
+            message_id=message.message_id if message else "",
+            peer=context.peer,
+            mail_from=context.mail_from,
+            rcpt=target.address,
+            from_address=message.from_address if message else "",
+            dkim_domain=sender.dkim_domain if sender else "",
+            kind=target.kind,
+            model=target.model,
+            res_id=target.res_id,
+            refusal_class=context.refusal.name if context.refusal else "",
+            smtp_reply=smtp_reply,
+            odoo_message_id=context.odoo_message_id,
+            durations=dict(context.stage_durations),
+            total_seconds=sum(context.stage_durations.values()) if total_seconds is None else total_seconds,
+            odoo_seconds=context.odoo_seconds,
+            defects=list(message.defects) if message else [],
+        )
+
+
+_COLUMNS = (
+    "received_at", "message_id", "peer", "mail_from", "rcpt", "from_address", "dkim_domain", "kind",
+    "model", "res_id", "verdict", "refusal_class", "smtp_reply", "odoo_message_id", "durations",
+    "total_seconds", "odoo_seconds", "defects",
+)
+
+# Each entry brings the schema from the version before it to its own (its position plus one); the
+# version reached is kept in PRAGMA user_version. Add entries, never edit one that has shipped.
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """
+        CREATE TABLE messages (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            received_at REAL NOT NULL,
+            message_id TEXT NOT NULL DEFAULT '',
+            peer TEXT NOT NULL DEFAULT '',
+            mail_from TEXT NOT NULL DEFAULT '',
+            rcpt TEXT NOT NULL DEFAULT '',
+            from_address TEXT NOT NULL DEFAULT '',
+            dkim_domain TEXT NOT NULL DEFAULT '',
+            kind TEXT NOT NULL DEFAULT '',
+            model TEXT NOT NULL DEFAULT '',
+            res_id INTEGER,
+            verdict TEXT NOT NULL CHECK (verdict IN ('filed', 'duplicate', 'refused', 'deferred')),
+            refusal_class TEXT NOT NULL DEFAULT '',
+            smtp_reply TEXT NOT NULL DEFAULT '',
+            odoo_message_id INTEGER,
+            durations TEXT NOT NULL DEFAULT '{}',
+            total_seconds REAL NOT NULL DEFAULT 0,
+            odoo_seconds REAL NOT NULL DEFAULT 0,
+            defects TEXT NOT NULL DEFAULT '[]'
+        )
+        """,
+        "CREATE INDEX messages_received_at ON messages (received_at)",
+        "CREATE INDEX messages_message_id ON messages (message_id)",
+        "CREATE INDEX messages_from_address ON messages (from_address COLLATE NOCASE)",
+    ),
+)
+SCHEMA_VERSION = len(_MIGRATIONS)
+_JSON_COLUMNS = frozenset({"durations", "defects"})
+_SELECTED = ", ".join(("id", *_COLUMNS))
+
+
+def _unavailable(path: Path, action: str, error: sqlite3.Error) -> JournalUnavailable:
+    return JournalUnavailable(f"journal {path} cannot be {action}: {error}")
+
+
+class Journal:
+    """The journal file. One connection, guarded by a lock, serves every thread."""
+
+    def __init__(self, path: Path | str, *, read_only: bool = False) -> None:
+        self.path = Path(path)
+        self.read_only = read_only
+        self._lock = threading.Lock()
+        self._closed = False
+        try:
+            if read_only:
+                # For `note-gateway log` run by an admin who may read the journal but not write it.
+                uri = f"file:{urllib.parse.quote(str(self.path.resolve()))}?mode=ro"
+                self._connection = sqlite3.connect(uri, uri=True, timeout=5.0, check_same_thread=False)
+            else:
+                self._connection = sqlite3.connect(self.path, timeout=5.0, check_same_thread=False)
+        except sqlite3.Error as error:
+            raise _unavailable(self.path, "opened", error) from error
+        # Autocommit: each record is one INSERT, and migrations open their own transactions.
+        self._connection.isolation_level = None
+        try:
+            if not read_only:
+                self._prepare()
+            self._check_version()
+        except BaseException:
+            self._connection.close()
+            raise
+
+    def _prepare(self) -> None:
+        try:
+            # WAL lets `note-gateway log` read while the gateway writes. synchronous=NORMAL can lose
+            # the last rows on a power cut but never corrupts the file; the journal is a record of
+            # what happened, not the copy of a message that the SMTP contract depends on.
+            self._connection.execute("PRAGMA journal_mode=WAL")
+            self._connection.execute("PRAGMA synchronous=NORMAL")
+            self._migrate()
+        except sqlite3.Error as error:
+            raise _unavailable(self.path, "prepared", error) from error
+
+    def _migrate(self) -> None:
+        for version, statements in enumerate(_MIGRATIONS, start=1):
+            # BEGIN IMMEDIATE takes the write lock before the version is read, so two gateways
+            # starting at once cannot both apply the same migration.
+            self._connection.execute("BEGIN IMMEDIATE")
+            try:
+                if self._schema_version() < version:
+                    for statement in statements:
+                        self._connection.execute(statement)
+                    self._connection.execute(f"PRAGMA user_version = {version}")
+                self._connection.execute("COMMIT")
+            except BaseException:
+                # SQLite has already rolled back after some errors (a full disk among them).
+                if self._connection.in_transaction:
+                    self._connection.execute("ROLLBACK")
+                raise
+
+    def _schema_version(self) -> int:
+        return self._connection.execute("PRAGMA user_version").fetchone()[0]
+
+    def _check_version(self) -> None:
+        try:
+            version = self._schema_version()
+        except sqlite3.Error as error:
+            raise _unavailable(self.path, "read", error) from error
+        if version > SCHEMA_VERSION:
+            raise JournalUnavailable(
+                f"journal {self.path} has schema version {version}, newer than the {SCHEMA_VERSION} "
+                "this gateway knows; was it written by a newer gateway?"
+            )
+        if version < SCHEMA_VERSION:
+            raise JournalUnavailable(
+                f"journal {self.path} has schema version {version}, older than {SCHEMA_VERSION}; "
+                "start the gateway once to bring it up to date"
+            )
+
+    def _run(self, action: str, sql: str, parameters: tuple = ()) -> tuple[list[tuple], int | None]:
+        """Run one statement under the lock; return its rows and the id of an inserted row."""
+        with self._lock:
+            if self._closed:
+                raise JournalUnavailable(f"journal {self.path} is closed")
+            try:
+                cursor = self._connection.execute(sql, parameters)
+                return cursor.fetchall(), cursor.lastrowid
+            except (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError):
+                # A bad value or bad SQL is a bug in the gateway, not a state of the file.
+                raise
+            except sqlite3.Error as error:
+                # Disk full, a read-only file, a lock held too long, a damaged file: each may heal
+                # or be healed by an admin, and none is the message's fault.
+                raise _unavailable(self.path, action, error) from error
+
+    def record(self, entry: JournalEntry) -> int:
+        """Store the entry and return its id."""
+        values = tuple(
+            json.dumps(getattr(entry, column)) if column in _JSON_COLUMNS else getattr(entry, column)
+            for column in _COLUMNS
+        )
+        placeholders = ", ".join("?" for _ in _COLUMNS)
+        _, entry_id = self._run(
+            "written", f"INSERT INTO messages ({', '.join(_COLUMNS)}) VALUES ({placeholders})", values
+        )
+        return int(entry_id or 0)
+
+    def recent(
+        self, limit: int = 20, *, verdict: str | None = None, sender: str | None = None
+    ) -> list[JournalEntry]:
+        """The newest entries first, optionally of one verdict or one sender (From or envelope)."""
+        conditions: list[str] = []
+        parameters: list[object] = []
+        if verdict is not None:
+            if verdict not in VERDICTS:
+                raise ValueError(f"verdict must be one of {', '.join(VERDICTS)}, not {verdict!r}")
+            conditions.append("verdict = ?")
+            parameters.append(verdict)
+        if sender is not None:
+            conditions.append("(from_address = ? COLLATE NOCASE OR mail_from = ? COLLATE NOCASE)")
+            parameters += [sender, sender]
+        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+        parameters.append(int(limit))
+        rows, _ = self._run(
+            "read",
+            f"SELECT {_SELECTED} FROM messages {where} ORDER BY received_at DESC, id DESC LIMIT ?",
+            tuple(parameters),
+        )
+        return [self._entry(row) for row in rows]
+
+    def get(self, entry_id: int) -> JournalEntry | None:
+        rows, _ = self._run("read", f"SELECT {_SELECTED} FROM messages WHERE id = ?", (entry_id,))
+        return self._entry(rows[0]) if rows else None
+
+    @staticmethod
+    def _entry(row: tuple) -> JournalEntry:
+        values = dict(zip(("id", *_COLUMNS), row))
+        for column in _JSON_COLUMNS:
+            values[column] = json.loads(values[column])
+        return JournalEntry(**values)
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._connection.close()
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+# Message-IDs, addresses and SMTP replies come from strangers; printed raw, an escape sequence in
+# one could rewrite the admin's terminal. Control characters are shown as "?".
+_CONTROL_CHARACTERS = dict.fromkeys([*range(0x20), 0x7F, *range(0x80, 0xA0)], "?")
+
+
+def _cell(value: object, width: int | None = None) -> str:
+    text = "-" if value in (None, "") else str(value).translate(_CONTROL_CHARACTERS)
+    if width is not None and len(text) > width:
+        text = text[: width - 1] + "…"
+    return text
+
+
+def format_entries(entries: list[JournalEntry]) -> str:
+    """A compact table of entries for `note-gateway log`, one line each."""
+    if not entries:
+        return "No journal entries."
+    header = ("time (UTC)", "verdict", "sender", "target", "reply", "odoo id", "message-id")
+    rows = []
+    for entry in entries:
+        received = datetime.fromtimestamp(entry.received_at, tz=timezone.utc)
+        target = f"{entry.model}/{entry.res_id}" if entry.model and entry.res_id is not None else entry.model
+        reply_code = " ".join(entry.smtp_reply.split()[:2])
+        rows.append(
+            (
+                received.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                _cell(entry.verdict),
+                _cell(entry.from_address or entry.mail_from, 40),
+                _cell(target, 32),
+                _cell(reply_code),
+                _cell(entry.odoo_message_id),
+                _cell(entry.message_id),
+            )
+        )
+    widths = [max(len(row[column]) for row in [header, *rows]) for column in range(len(header) - 1)]
+    lines = []
+    for row in [header, *rows]:
+        # The last column (the Message-ID) is not padded: it is often long and ends the line.
+        lines.append("  ".join([*(cell.ljust(width) for cell, width in zip(row, widths)), row[-1]]).rstrip())
+    return "\n".join(lines)

@@ -1,0 +1,145 @@
+"""The body to file: HTML preferred, plain text turned into HTML, everything sanitized."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.content import extract_body, sanitize_html, text_to_html
+from gateway.context import ParsedMessage
+from gateway.refusals import EmptyBody
+
+
+def message(text_plain: str = "", text_html: str = "") -> ParsedMessage:
+    return ParsedMessage(
+        message_id="<test@example.com>",
+        from_address="portal.contrib@example.com",
+        from_name="Paula Contributor",
+        subject="Pump check",
+        text_plain=text_plain,
+        text_html=text_html,
+    )
+
+
+def test_html_part_is_preferred_over_plain_text():
+    body = extract_body(message(text_plain="plain version", text_html="<p>The <b>HTML</b> version</p>"))
+    assert body == "<p>The <b>HTML</b> version</p>"
+
+
+def test_plain_text_keeps_paragraphs_and_line_breaks():
+    body = extract_body(message(text_plain="First line\r\nsecond line\r\n\r\n\r\nNext paragraph\r\n"))
+    assert body == "<p>First line<br>\nsecond line</p>\n<p>Next paragraph</p>"
+
+
+def test_plain_text_is_escaped():
+    body = extract_body(message(text_plain="if a < b && c > d then <script>alert(1)</script>"))
+    assert "<script>" not in body
+    assert "a &lt; b &amp;&amp; c &gt; d" in body
+
+
+def test_plain_text_urls_and_addresses_become_links():
+    body = extract_body(
+        message(
+            text_plain="See https://example.com/docs?a=1&b=2. Or (www.example.org), mail ops.team+x@example.co.uk."
+        )
+    )
+    assert '<a href="https://example.com/docs?a=1&amp;b=2" rel="noopener noreferrer">' in body
+    assert "</a>. Or (" in body  # The sentence's full stop is not part of the link.
+    assert '<a href="http://www.example.org" rel="noopener noreferrer">www.example.org</a>)' in body
+    assert (
+        '<a href="mailto:ops.team+x@example.co.uk" rel="noopener noreferrer">ops.team+x@example.co.uk</a>.' in body
+    )
+
+
+def test_url_with_balanced_parentheses_keeps_them():
+    html = text_to_html("https://en.wikipedia.org/wiki/Pump_(disambiguation)")
+    assert 'href="https://en.wikipedia.org/wiki/Pump_(disambiguation)"' in html
+
+
+def test_plain_text_address_inside_url_is_not_linked_twice():
+    body = extract_body(message(text_plain="https://user@example.com/path"))
+    assert body.count("<a ") == 1
+
+
+def test_script_style_and_handlers_are_removed():
+    body = extract_body(
+        message(
+            text_html=(
+                "<html><head><title>Mail title</title><style>p { color: red }</style></head><body>"
+                '<p onclick="steal()" style="color:red">Hello</p><script>steal()</script>'
+                '<a href="javascript:steal()">click</a> <a href="JaVa\tScRiPt:steal()">again</a>'
+                '<img src="x" onerror="steal()"><iframe src="https://evil.example"></iframe>'
+                "</body></html>"
+            )
+        )
+    )
+    for forbidden in ("onclick", "style", "script", "steal", "color", "Mail title", "iframe", "onerror"):
+        assert forbidden not in body.lower()
+    assert "Hello" in body
+
+
+def test_links_get_rel_and_only_allowed_schemes():
+    html = sanitize_html(
+        '<a href="https://example.com" target="_blank">web</a>'
+        '<a href="mailto:a@example.com">mail</a>'
+        '<a href="/web/session/logout">relative</a>'
+        '<a href="data:text/html;base64,PHNjcmlwdD4=">data</a>'
+        '<a href="vbscript:x">vb</a>'
+    )
+    assert '<a href="https://example.com" rel="noopener noreferrer">web</a>' in html
+    assert '<a href="mailto:a@example.com" rel="noopener noreferrer">mail</a>' in html
+    assert "target" not in html
+    for dropped in ("/web/session", "data:", "vbscript"):
+        assert dropped not in html
+
+
+def test_images_keep_only_safe_sources():
+    html = sanitize_html(
+        '<img src="cid:logo@example.com" alt="logo" width="20" height="huge">'
+        '<img src="data:image/png;base64,iVBORw0KGgo=">'
+        '<img src="data:image/svg+xml;base64,PHN2Zz4=">'
+        '<img src="https://example.com/a.png">'
+    )
+    assert '<img src="cid:logo@example.com" alt="logo" width="20">' in html
+    assert '<img src="data:image/png;base64,iVBORw0KGgo=">' in html
+    assert "svg" not in html
+    assert '<img src="https://example.com/a.png">' in html
+
+
+def test_chatter_markup_is_kept():
+    html = (
+        "<h2>Report</h2><blockquote>quoted</blockquote><ul><li>one</li></ul><pre><code>x = 1</code></pre>"
+        '<table><tbody><tr><th colspan="2">head</th></tr><tr><td>a</td><td>b</td></tr></tbody></table>'
+        "<details><summary>more</summary>hidden</details><hr><p>H<sub>2</sub>O <s>old</s> <u>u</u></p>"
+    )
+    assert sanitize_html(html) == html
+
+
+@pytest.mark.parametrize(
+    "text_plain, text_html",
+    [
+        ("", ""),
+        ("   \r\n\t\r\n", ""),
+        ("", "<html><body><p>&nbsp;</p><div> \u200b </div><br></body></html>"),
+        ("", "<style>p { color: red }</style><script>alert(1)</script>"),
+    ],
+)
+def test_nothing_readable_is_an_empty_body(text_plain, text_html):
+    with pytest.raises(EmptyBody):
+        extract_body(message(text_plain=text_plain, text_html=text_html))
+
+
+def test_empty_html_part_falls_back_to_plain_text():
+    assert extract_body(message(text_plain="the text", text_html="<p> </p>")) == "<p>the text</p>"
+
+
+def test_an_image_alone_is_a_body():
+    assert extract_body(message(text_html='<p><img src="cid:photo@example.com"></p>'))
+
+
+def test_accents_and_japanese_are_preserved():
+    text = "Réparé à 14 h, coût 120 €.\n\nポンプの点検が完了しました。"
+    body = extract_body(message(text_plain=text))
+    assert "Réparé à 14 h, coût 120 €." in body
+    assert "ポンプの点検が完了しました。" in body
+    html_body = extract_body(message(text_html="<p>Grüße aus Köln, 東京より</p>"))
+    assert html_body == "<p>Grüße aus Köln, 東京より</p>"

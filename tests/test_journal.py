@@ -1,0 +1,224 @@
+"""The journal: entries stored and read back, filters, threads, and a file that cannot be written."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+
+import pytest
+
+from gateway.journal import SCHEMA_VERSION, Journal, JournalEntry, JournalUnavailable, format_entries
+
+START = 1_741_944_600.0  # 2025-03-14T09:30:00Z
+
+
+def filed(**changes) -> JournalEntry:
+    values = dict(
+        received_at=START,
+        message_id="<pump-check@example.com>",
+        peer="192.0.2.25",
+        mail_from="portal.contrib@example.com",
+        rcpt="note+project.task-42-abcdefghijklmnop@notes.example.com",
+        from_address="portal.contrib@example.com",
+        dkim_domain="example.com",
+        kind="note",
+        model="project.task",
+        res_id=42,
+        verdict="filed",
+        smtp_reply="250 2.0.0 Filed as message 571",
+        odoo_message_id=571,
+        durations={"parse": 0.002, "authenticate": 0.04, "post": 0.31},
+        total_seconds=0.36,
+        odoo_seconds=0.31,
+        defects=["CharsetDecodeDefect"],
+    )
+    values.update(changes)
+    return JournalEntry(**values)
+
+
+@pytest.fixture
+def journal(tmp_path):
+    with Journal(tmp_path / "journal.sqlite3") as journal:
+        yield journal
+
+
+def test_record_and_get_round_trip(journal):
+    entry = filed()
+    entry_id = journal.record(entry)
+    stored = journal.get(entry_id)
+    assert stored is not None
+    assert stored.id == entry_id
+    entry.id = entry_id
+    assert stored == entry
+    assert journal.get(entry_id + 1000) is None
+
+
+def test_recent_is_newest_first_and_limited(journal):
+    for second in range(30):
+        journal.record(filed(received_at=START + second, message_id=f"<m{second}@example.com>"))
+    entries = journal.recent()
+    assert len(entries) == 20
+    assert [entry.message_id for entry in entries[:2]] == ["<m29@example.com>", "<m28@example.com>"]
+    assert len(journal.recent(5)) == 5
+
+
+def test_recent_filters_by_verdict_and_sender(journal):
+    journal.record(filed())
+    journal.record(
+        filed(
+            received_at=START + 1,
+            verdict="refused",
+            from_address="peter@example.net",
+            mail_from="bounces@example.net",
+            refusal_class="NotContributor",
+            smtp_reply="550 5.7.1 Sender may not post internal notes",
+            odoo_message_id=None,
+        )
+    )
+    journal.record(
+        filed(received_at=START + 2, verdict="deferred", smtp_reply="451 4.3.0 Odoo is unavailable")
+    )
+    assert [entry.verdict for entry in journal.recent(verdict="refused")] == ["refused"]
+    assert [entry.verdict for entry in journal.recent(sender="Peter@Example.NET")] == ["refused"]
+    assert [entry.verdict for entry in journal.recent(sender="bounces@example.net")] == ["refused"]
+    both = journal.recent(verdict="filed", sender="portal.contrib@example.com")
+    assert [entry.verdict for entry in both] == ["filed"]
+    with pytest.raises(ValueError):
+        journal.recent(verdict="lost")
+
+
+def test_unknown_verdict_is_refused():
+    with pytest.raises(ValueError):
+        JournalEntry(verdict="ok")
+
+
+def test_records_from_many_threads(journal):
+    errors: list[BaseException] = []
+
+    def write(thread_number: int) -> None:
+        try:
+            for number in range(50):
+                journal.record(filed(message_id=f"<{thread_number}-{number}@example.com>"))
+                journal.recent(3)
+        except BaseException as error:  # Collected so the test, not the thread, reports it.
+            errors.append(error)
+
+    threads = [threading.Thread(target=write, args=(number,)) for number in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    entries = journal.recent(1000)
+    assert len(entries) == 400
+    assert len({entry.id for entry in entries}) == 400
+
+
+def test_schema_version_and_wal(tmp_path):
+    path = tmp_path / "journal.sqlite3"
+    Journal(path).close()
+    Journal(path).close()  # Opening again finds the schema in place and leaves it alone.
+    connection = sqlite3.connect(path)
+    try:
+        assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        connection.close()
+
+
+def test_journal_from_a_newer_gateway_is_refused(tmp_path):
+    path = tmp_path / "journal.sqlite3"
+    Journal(path).close()
+    connection = sqlite3.connect(path)
+    connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    connection.close()
+    with pytest.raises(JournalUnavailable, match="newer"):
+        Journal(path)
+
+
+def test_path_that_cannot_be_created_is_unavailable(tmp_path):
+    not_a_folder = tmp_path / "plain-file"
+    not_a_folder.write_text("")
+    with pytest.raises(JournalUnavailable, match="cannot be opened"):
+        Journal(not_a_folder / "journal.sqlite3")
+
+
+def test_file_that_is_not_a_database_is_unavailable(tmp_path):
+    path = tmp_path / "journal.sqlite3"
+    path.write_bytes(b"this is not SQLite, " * 100)
+    with pytest.raises(JournalUnavailable):
+        Journal(path)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes to read-only files")
+def test_read_only_file_is_unavailable(tmp_path):
+    path = tmp_path / "journal.sqlite3"
+    Journal(path).close()
+    path.chmod(0o444)
+    tmp_path.chmod(0o555)
+    try:
+        with pytest.raises(JournalUnavailable):
+            journal = Journal(path)
+            journal.record(filed())
+    finally:
+        tmp_path.chmod(0o755)
+        path.chmod(0o644)
+
+
+def test_read_only_journal_reads_but_does_not_write(tmp_path):
+    path = tmp_path / "journal.sqlite3"
+    with Journal(path) as journal:
+        journal.record(filed())
+    with Journal(path, read_only=True) as reader:
+        assert len(reader.recent()) == 1
+        with pytest.raises(JournalUnavailable, match="cannot be written"):
+            reader.record(filed())
+
+
+def test_full_disk_is_unavailable(journal):
+    # A page limit makes SQLite answer SQLITE_FULL exactly as it does on a full disk.
+    journal._connection.execute("PRAGMA max_page_count = 10")
+    with pytest.raises(JournalUnavailable, match="full"):
+        for number in range(1000):
+            journal.record(filed(message_id=f"<{number}-{'x' * 2000}@example.com>"))
+
+
+def test_closed_journal_is_unavailable(tmp_path):
+    journal = Journal(tmp_path / "journal.sqlite3")
+    journal.close()
+    journal.close()
+    with pytest.raises(JournalUnavailable, match="closed"):
+        journal.record(filed())
+
+
+def test_format_entries_is_a_compact_table():
+    text = format_entries(
+        [
+            filed(
+                id=2,
+                received_at=START + 60,
+                verdict="refused",
+                smtp_reply="550 5.7.1 Sender not authenticated",
+                odoo_message_id=None,
+                message_id="<x\x1b[2J@evil.example>",
+            ),
+            filed(id=1),
+        ]
+    )
+    lines = text.splitlines()
+    assert len(lines) == 3
+    header = ["time", "(UTC)", "verdict", "sender", "target", "reply", "odoo", "id", "message-id"]
+    assert lines[0].split() == header
+    assert lines[1].split() == [
+        "2025-03-14T09:31:00Z", "refused", "portal.contrib@example.com", "project.task/42",
+        "550", "5.7.1", "-",
+        "<x?[2J@evil.example>",
+    ]
+    assert lines[2].split() == [
+        "2025-03-14T09:30:00Z", "filed", "portal.contrib@example.com", "project.task/42",
+        "250", "2.0.0", "571",
+        "<pump-check@example.com>",
+    ]
+    assert "\x1b" not in text
+    assert format_entries([]) == "No journal entries."

@@ -1,0 +1,50 @@
+"""Every refusal: a coherent SMTP reply, a notice template that exists, one line whatever the detail."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from gateway.refusals import Refusal, all_refusal_classes
+from gateway.render import Renderer
+
+REFUSALS = [Refusal, *all_refusal_classes()]
+ENHANCED_CODE = re.compile(r"^[245]\.[0-9]{1,3}\.[0-9]{1,3}$")
+
+
+def test_refusal_classes_are_found():
+    names = {refusal.__name__ for refusal in REFUSALS}
+    assert {"BadAddress", "EmptyBody", "SenderNotAuthenticated", "OdooUnavailable"} <= names
+
+
+@pytest.mark.parametrize("refusal_class", REFUSALS, ids=lambda refusal: refusal.__name__)
+def test_codes_agree_with_each_other(refusal_class):
+    refusal = refusal_class()
+    assert 400 <= refusal.smtp_code < 600
+    assert refusal.transient == (400 <= refusal.smtp_code < 500)
+    # RFC 3463: the class digit of the enhanced code repeats the first digit of the reply code.
+    assert ENHANCED_CODE.match(refusal.enhanced_code)
+    assert refusal.enhanced_code[0] == str(refusal.smtp_code)[0]
+    assert refusal.reason.strip()
+
+
+@pytest.mark.parametrize("refusal_class", REFUSALS, ids=lambda refusal: refusal.__name__)
+def test_notice_template_is_bundled_and_renders(refusal_class):
+    renderer = Renderer()
+    refusal = refusal_class("detail of this message")
+    assert renderer.has_template(refusal.template), refusal.template
+    notice = renderer.render_refusal(
+        refusal, address="note+project.task-42-abcdefghijklmnop@notes.example.com", subject="Pump check",
+        sender_email="portal.contrib@example.com",
+    )
+    assert refusal.reason in notice
+    assert "detail of this message" in notice
+
+
+@pytest.mark.parametrize("refusal_class", REFUSALS, ids=lambda refusal: refusal.__name__)
+def test_smtp_reply_is_one_line_whatever_the_detail(refusal_class):
+    reply = refusal_class("evil\r\n250 2.0.0 Ok\rmore\nlines\x85end").smtp_reply()
+    assert "\r" not in reply and "\n" not in reply
+    assert len(reply.splitlines()) == 1
+    assert reply.startswith(f"{refusal_class.smtp_code} {refusal_class.enhanced_code} ")

@@ -1,0 +1,137 @@
+"""Templates: escaping, body Markup, per-model templates and an admin's override folder."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+import jinja2
+import pytest
+
+from gateway.refusals import EmptyBody
+from gateway.render import Renderer
+
+RECEIVED_AT = datetime(2025, 3, 14, 9, 30, tzinfo=timezone.utc)
+
+
+def body_values(**changes):
+    values = {
+        "body": "<p>Pump checked, <b>all fine</b> &amp; clean.</p>",
+        "sender_name": "Paula Contributor",
+        "sender_email": "portal.contrib@example.com",
+        "subject": "Pump check",
+        "dkim_domain": "example.com",
+        "received_at": RECEIVED_AT,
+        "res_id": 42,
+    }
+    values.update(changes)
+    return values
+
+
+def write(folder: Path, name: str, text: str) -> None:
+    path = folder / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+
+
+def test_default_note_names_the_sender_and_holds_the_body():
+    html = Renderer().render_body("note", "project.task", **body_values())
+    assert (
+        "<p><em>Internal note by email from Paula Contributor &lt;portal.contrib@example.com&gt;</em></p>" in html
+    )
+    assert "<strong>Pump check</strong>" in html
+    assert html.rstrip().endswith("<p>Pump checked, <b>all fine</b> &amp; clean.</p>")
+
+
+def test_default_reply_is_not_called_internal():
+    html = Renderer().render_body("reply", "sale.order", **body_values(subject=""))
+    assert "<p><em>Message by email from Paula Contributor" in html
+    assert "nternal" not in html
+    assert "<strong>" not in html  # No subject, no subject line.
+
+
+def test_sender_name_and_subject_are_escaped():
+    html = Renderer().render_body(
+        "note",
+        "project.task",
+        **body_values(sender_name="<script>alert(1)</script>", subject='"><img src=x onerror=alert(1)>'),
+    )
+    assert "<script>" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "<img" not in html
+
+
+def test_body_markup_is_not_escaped_twice():
+    html = Renderer().render_body("note", "project.task", **body_values())
+    assert "&amp;amp;" not in html
+    assert "&lt;p&gt;" not in html
+
+
+def test_model_template_is_used_before_the_default(tmp_path):
+    template = "<p>Task {{ res_id }} note from {{ sender_email }}</p>{{ body }}"
+    write(tmp_path, "note/project.task.html.j2", template)
+    renderer = Renderer(tmp_path)
+    assert renderer.render_body("note", "project.task", **body_values()).startswith(
+        "<p>Task 42 note from portal.contrib@example.com</p><p>Pump checked"
+    )
+    # Another model still gets the bundled default.
+    assert "Internal note by email" in renderer.render_body("note", "sale.order", **body_values())
+
+
+def test_override_folder_wins_over_bundled_templates(tmp_path):
+    template = "<p>Site note by {{ sender_name }} ({{ dkim_domain }})</p>{{ body }}"
+    write(tmp_path, "note/default.html.j2", template)
+    write(tmp_path, "notice/empty_body.txt.j2", "Nothing to file: {{ reason }}")
+    renderer = Renderer(tmp_path)
+    assert renderer.render_body("note", "sale.order", **body_values()).startswith(
+        "<p>Site note by Paula Contributor (example.com)</p>"
+    )
+    notice = renderer.render_refusal(
+        EmptyBody(), address="a@b.example", subject="", sender_email="c@d.example"
+    )
+    assert notice == "Nothing to file: The message has no text to file, write above the quoted text"
+    # Templates the admin did not copy still come from the bundle.
+    assert renderer.has_template("notice/access_denied.txt.j2")
+
+
+def test_undefined_value_in_a_template_fails_loudly(tmp_path):
+    write(tmp_path, "note/default.html.j2", "{{ sender_nmae }}")
+    with pytest.raises(jinja2.UndefinedError):
+        Renderer(tmp_path).render_body("note", "project.task", **body_values())
+
+
+def test_broken_override_is_found_by_check(tmp_path):
+    write(tmp_path, "note/default.html.j2", "{% if %}")
+    with pytest.raises(jinja2.TemplateSyntaxError):
+        Renderer(tmp_path).check()
+
+
+def test_bundled_templates_compile():
+    names = Renderer().check()
+    assert {"note/default.html.j2", "reply/default.html.j2", "notice/generic.txt.j2"} <= set(names)
+
+
+@pytest.mark.parametrize(
+    "kind, model", [("note", "../secrets"), ("note", "project.task/../../x"), ("../note", "x")]
+)
+def test_kind_and_model_cannot_leave_the_template_folders(kind, model):
+    with pytest.raises(ValueError):
+        Renderer().render_body(kind, model, **body_values())
+
+
+def test_notice_is_plain_text_not_html_escaped():
+    notice = Renderer().render_notice(
+        "notice/not_authenticated.txt.j2",
+        reason="Sender not authenticated",
+        detail="signature of <example.com> failed",
+        address="note+project.task-42-abcdefghijklmnop@notes.example.com",
+        subject="Tom's pump & valve",
+        sender_email="portal.contrib@example.com",
+    )
+    assert (
+        'Your message "Tom\'s pump & valve" to note+project.task-42-abcdefghijklmnop@notes.example.com'
+        in notice
+    )
+    assert "Reason: Sender not authenticated (signature of <example.com> failed)." in notice
+    assert "DKIM" in notice
+    assert "&amp;" not in notice and "&#39;" not in notice

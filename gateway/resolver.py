@@ -1,0 +1,104 @@
+"""DKIM key lookups through a caching dnspython resolver, as the ``dnsfunc`` that dkimpy calls."""
+
+from __future__ import annotations
+
+import logging
+
+import dns.exception
+import dns.name
+import dns.rdataclass
+import dns.rdatatype
+import dns.resolver
+
+from gateway.refusals import DnsTemporaryFailure
+
+log = logging.getLogger(__name__)
+
+# A single try must leave room for a second one (another nameserver, or the same one again after
+# a lost UDP datagram) inside the lifetime of the whole lookup.
+_LONGEST_SINGLE_TRY = 2.0
+
+
+class DkimKeyResolver:
+    """Finds the TXT record of a DKIM key and tells a missing key from a lookup that may heal.
+
+    dkimpy's own lookup has no cache and reports a timeout or SERVFAIL as a missing key, which
+    would turn a passing DNS fault into a permanent refusal. Here NXDOMAIN and an empty answer
+    mean "no key" (``None``, a 5xx later on), while a timeout, SERVFAIL or no nameserver answering
+    raise ``DnsTemporaryFailure`` so the sending MTA tries again (RFC 6376 section 6.1.2 says a
+    temporary lookup failure should be reported as TEMPFAIL).
+
+    One instance is shared by the worker threads that verify messages: dnspython's resolver keeps
+    no per-query state on itself and its cache takes a lock, and nothing here changes after
+    construction.
+    """
+
+    def __init__(self, nameservers: list[str], port: int = 53, timeout: float = 4.0,
+                 cache: bool = True) -> None:
+        if nameservers:
+            resolver = dns.resolver.Resolver(configure=False)
+            resolver.nameservers = list(nameservers)
+            resolver.port = port
+        else:
+            # The system's resolvers from /etc/resolv.conf; a missing or empty file raises
+            # NoResolverConfiguration here, at start, rather than on the first message.
+            resolver = dns.resolver.Resolver()
+        resolver.lifetime = timeout
+        resolver.timeout = min(timeout, _LONGEST_SINGLE_TRY)
+        # The cache keeps each answer for its TTL, and NXDOMAIN for the SOA minimum of the
+        # response (RFC 2308 section 5), so a burst of mail from one domain costs one lookup.
+        resolver.cache = dns.resolver.Cache() if cache else None
+        self._resolver = resolver
+        self.timeout = timeout
+
+    def __call__(self, name: bytes, timeout: int | float = 5) -> bytes | None:
+        """Return the key record at ``name`` with its strings joined, or None when there is none.
+
+        The signature matches dkimpy's ``dnsfunc``; its ``timeout`` can only shorten the
+        configured lifetime, never lengthen it.
+        """
+        qname = _query_name(name)
+        if qname is None:
+            return None
+        lifetime = min(self.timeout, timeout) if timeout else self.timeout
+        try:
+            answer = self._resolver.resolve(qname, dns.rdatatype.TXT, dns.rdataclass.IN,
+                                            search=False, raise_on_no_answer=False,
+                                            lifetime=lifetime)
+        except dns.resolver.NXDOMAIN:
+            return None
+        except dns.resolver.YXDOMAIN:
+            # The name is longer than a DNAME substitution allows: it cannot hold a key, now
+            # or later (RFC 6672 section 2.2).
+            return None
+        except dns.exception.Timeout as error:
+            raise DnsTemporaryFailure(f"timeout looking up {qname}") from error
+        except dns.resolver.NoNameservers as error:
+            # SERVFAIL, REFUSED or a malformed reply from every nameserver.
+            raise DnsTemporaryFailure(f"no nameserver answered for {qname}") from error
+        except dns.exception.DNSException as error:
+            log.warning("DNS lookup of %s failed: %r", qname, error)
+            raise DnsTemporaryFailure(f"lookup of {qname} failed") from error
+        if answer.rrset is None:
+            return None
+        return _choose_key_record([b"".join(rdata.strings) for rdata in answer.rrset])
+
+
+def _query_name(name: bytes | str) -> dns.name.Name | None:
+    """The absolute DNS name dkimpy asks for, or None when s= and d= cannot form one."""
+    # s= and d= come from the message, so anything can be in them; a name that cannot be
+    # written in DNS cannot have a key (RFC 6376 section 3.6.2.1).
+    try:
+        text = name.decode("utf-8") if isinstance(name, bytes) else name
+        return dns.name.from_text(text, origin=dns.name.root)
+    except (UnicodeError, dns.exception.DNSException, ValueError):
+        return None
+
+
+def _choose_key_record(records: list[bytes]) -> bytes:
+    # RFC 6376 section 6.1.2 lets a verifier pick one of several records at the name; one that
+    # declares itself a DKIM key (v=DKIM1 first, section 3.6.1) is the likeliest to be meant.
+    for record in records:
+        if record.lstrip().startswith(b"v=DKIM1"):
+            return record
+    return records[0]

@@ -1,0 +1,346 @@
+"""Authenticate the From address: a DKIM signature that verifies, signs From and has d= of its domain."""
+
+from __future__ import annotations
+
+import email.errors
+import email.parser
+import email.policy
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import dkim
+from dkim.util import InvalidTagValueList, parse_tag_value
+
+from gateway.context import VerifiedSender
+from gateway.refusals import DnsTemporaryFailure, FromHeaderInvalid, SenderNotAuthenticated
+
+log = logging.getLogger(__name__)
+
+# dkimpy's dnsfunc: (name: bytes, timeout=...) -> the TXT record, or None when there is none.
+KeyLookup = Callable[..., bytes | None]
+
+# RFC 8301 section 3.2: verifiers must not consider signatures with keys under 1024 bits valid.
+MINIMUM_KEY_BITS = 1024
+# RFC 8301 section 3.1 forbids rsa-sha1; ed25519-sha256 is RFC 8463.
+ACCEPTED_ALGORITHMS = (b"rsa-sha256", b"ed25519-sha256")
+# A signer's clock may run a little ahead of ours; more than this and t= is not believable
+# (RFC 6376 section 3.5 lets a verifier ignore signatures dated in the future).
+ALLOWED_CLOCK_SKEW_SECONDS = 15 * 60
+# Used when the resolver does not say its own lifetime: dkimpy's default.
+DEFAULT_DNS_TIMEOUT = 5.0
+
+# How telling a failure is, when every signature failed and only one reason fits in the reply.
+# A signature of the From domain says more than a third party's (a list, a provider), and the
+# further it got, the more its failure says about this message.
+_MALFORMED, _UNALIGNED, _POLICY, _KEY, _VERIFICATION = range(5)
+
+
+@dataclass(frozen=True)
+class _Failure:
+    relevance: int
+    detail: str
+
+
+class _SignatureRefused(Exception):
+    def __init__(self, relevance: int, detail: str) -> None:
+        super().__init__(detail)
+        self.failure = _Failure(relevance, detail)
+
+
+def authenticate(raw: bytes, resolver: KeyLookup, *, now: float | None = None,
+                 max_signature_age_days: int = 0) -> VerifiedSender:
+    """Return the From address vouched for by an aligned, valid DKIM signature, or refuse.
+
+    Blocking (DNS, and a few milliseconds of RSA): call it from a worker thread. ``resolver`` is
+    dkimpy's ``dnsfunc``: ``resolver(name, timeout=...)`` returns the key record or None, and
+    raises ``DnsTemporaryFailure`` when the lookup may succeed later.
+
+    Raises ``FromHeaderInvalid`` unless there is exactly one From header with one mailbox,
+    ``DnsTemporaryFailure`` when no signature passed and the key of an aligned one could not be
+    looked up for now, and ``SenderNotAuthenticated`` otherwise, with the reason of the most
+    telling failed signature.
+
+    Authentication-Results and ARC headers in the message are never read: anyone upstream can
+    write them, and trusting one needs a configured authserv-id or sealer (RFC 8601 section 5,
+    RFC 8617), which the rules files do not offer yet.
+    """
+    now = time.time() if now is None else now
+    from_address = read_from_address(raw)
+    from_domain = normalise_domain(from_address.rpartition("@")[2])
+    signatures = _signature_headers(raw)
+    if not signatures:
+        raise SenderNotAuthenticated("no DKIM signature")
+
+    failures: list[_Failure] = []
+    dns_failure: DnsTemporaryFailure | None = None
+    # Every signature is looked at, not only the topmost one: a forwarder or list may add one
+    # that fails above the author's good one (RFC 6376 section 6.1).
+    for index, header_value in enumerate(signatures):
+        try:
+            domain, selector = _check_signature(raw, index, header_value, from_domain, resolver,
+                                                now, max_signature_age_days)
+        except _SignatureRefused as refused:
+            failures.append(refused.failure)
+            continue
+        except DnsTemporaryFailure as error:
+            log.info("DKIM signature %d of %s: %s", index, from_address, error.detail)
+            dns_failure = dns_failure or error
+            continue
+        return VerifiedSender(email=from_address, dkim_domain=domain, selector=selector)
+
+    if dns_failure is not None:
+        # A signature that might pass once DNS answers decides nothing yet: defer, so the
+        # sending MTA retries (RFC 6376 section 6.1.2, TEMPFAIL).
+        raise dns_failure
+    most_telling = max(failures, key=lambda failure: failure.relevance)
+    raise SenderNotAuthenticated(most_telling.detail)
+
+
+# --- From -----------------------------------------------------------------------------------------
+
+
+def read_from_address(raw: bytes) -> str:
+    """The one mailbox of the one From header, lowercased; FromHeaderInvalid otherwise."""
+    header_block = _header_block(raw)
+    # Fields are found on the raw lines so that one in the obsolete syntax, which dkimpy and
+    # the email package both skip, still counts: a message with two From fields has no single
+    # author to authenticate (RFC 5322 section 3.6 allows exactly one).
+    values = [value for name, value in _header_fields(header_block) if name.strip().lower() == b"from"]
+    # The email package must see the same single field, or a reader built on it (mail-parser,
+    # Odoo) could be shown an author other than the one checked here.
+    parsed = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(
+        b"\r\n".join(header_block) + b"\r\n\r\n")
+    seen_by_email_package = len(parsed.get_all("From") or [])
+    if not values and not seen_by_email_package:
+        raise FromHeaderInvalid("no From header")
+    if len(values) != 1 or seen_by_email_package != 1:
+        raise FromHeaderInvalid(f"{max(len(values), seen_by_email_package)} From headers")
+    return _parse_mailbox(values[0])
+
+
+def _header_block(raw: bytes) -> list[bytes]:
+    # Lines end with CRLF or, as dkimpy also accepts, a bare LF; the header ends at the first
+    # empty line (RFC 5322 section 2.1).
+    lines: list[bytes] = []
+    for line in re.split(rb"\r?\n", raw):
+        if not line:
+            break
+        lines.append(line)
+    return lines
+
+
+def _header_fields(header_block: list[bytes]) -> list[tuple[bytes, bytes]]:
+    """(name, unfolded value) of every line with a colon; continuation lines join the field above."""
+    fields: list[tuple[bytes, bytes]] = []
+    for line in header_block:
+        if line[:1] in (b" ", b"\t"):
+            if fields:
+                # Unfolding removes the line break and keeps the white space (RFC 5322 2.2.3).
+                fields[-1] = (fields[-1][0], fields[-1][1] + line)
+            continue
+        name, colon, value = line.partition(b":")
+        if colon:
+            fields.append((name, value))
+    return fields
+
+
+def _parse_mailbox(value: bytes) -> str:
+    try:
+        # RFC 6532 section 3.2 allows UTF-8 in header fields; other 8-bit bytes have no meaning.
+        text = value.decode("utf-8")
+    except UnicodeError:
+        raise FromHeaderInvalid("From is not valid UTF-8") from None
+    if "\r" in text or "\n" in text:
+        raise FromHeaderInvalid("From contains a line break")
+    try:
+        header = email.policy.default.header_factory("From", text)
+        groups, defects = header.groups, header.defects
+    except (email.errors.HeaderParseError, ValueError, IndexError, TypeError) as error:
+        raise FromHeaderInvalid(f"From cannot be parsed: {error}") from None
+    # Obsolete syntax (an unquoted period in a display name) is common and harmless; anything
+    # else means the parser had to guess which part is the address.
+    serious = [defect for defect in defects if not isinstance(defect, email.errors.ObsoleteHeaderDefect)]
+    if serious:
+        raise FromHeaderInvalid(f"From is malformed: {serious[0]}")
+    mailboxes = [address for group in groups for address in group.addresses]
+    if len(mailboxes) != 1:
+        raise FromHeaderInvalid(f"From has {len(mailboxes)} mailboxes")
+    if groups[0].display_name is not None:
+        raise FromHeaderInvalid("From uses group syntax")
+    mailbox = mailboxes[0]
+    address = mailbox.addr_spec
+    if not mailbox.username or not mailbox.domain or "@" not in address:
+        raise FromHeaderInvalid("From address has no domain")
+    if any((character.isspace() and character != " ") or ord(character) < 32 or ord(character) == 127
+           for character in address):
+        raise FromHeaderInvalid("From address contains control characters")
+    return address.lower()
+
+
+def normalise_domain(domain: str | bytes) -> str:
+    """A domain as DNS compares it: lowercase, no final dot, internationalised labels as A-labels."""
+    if isinstance(domain, bytes):
+        domain = domain.decode("utf-8")
+    domain = domain.strip().rstrip(".").lower()
+    try:
+        # d= and an RFC 6532 From may each write an internationalised domain in U-labels or
+        # A-labels; compared as A-labels, they match however either side wrote it.
+        return domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        return domain
+
+
+# --- One signature --------------------------------------------------------------------------------
+
+
+def _signature_headers(raw: bytes) -> list[bytes]:
+    try:
+        headers, _body = dkim.rfc822_parse(raw)
+    except dkim.MessageFormatError as error:
+        raise SenderNotAuthenticated(f"the header cannot be read for DKIM: {error}") from None
+    # The same list, in the same order, that dkimpy indexes with verify(idx=...).
+    return [value for name, value in headers if name.lower() == b"dkim-signature"]
+
+
+def _check_signature(raw: bytes, index: int, header_value: bytes, from_domain: str,
+                     resolver: KeyLookup, now: float, max_age_days: int) -> tuple[str, str]:
+    """Return (d=, s=) when signature ``index`` authenticates the From domain; raise otherwise."""
+    try:
+        tags = parse_tag_value(header_value)
+    except InvalidTagValueList as error:
+        raise _SignatureRefused(_MALFORMED, f"malformed DKIM signature: {error}") from None
+    try:
+        domain = normalise_domain(tags[b"d"])
+        selector = tags[b"s"].decode("ascii").strip()
+    except KeyError as error:
+        missing = error.args[0].decode()
+        raise _SignatureRefused(_MALFORMED, f"DKIM signature without {missing}=") from None
+    except UnicodeError:
+        raise _SignatureRefused(_MALFORMED, "DKIM signature with non-ASCII s= or d=") from None
+
+    # Strict alignment (RFC 7489 section 3.1.1): only the From domain itself vouches for From.
+    # Checked first, so no key is looked up for a signature that could never count.
+    if domain != from_domain:
+        raise _SignatureRefused(
+            _UNALIGNED, f"signature of {domain} does not align with From domain {from_domain}")
+    _check_policy(tags, now, max_age_days)
+
+    key_name = f"{selector}._domainkey.{domain}"
+    lookup = _RecordingLookup(resolver)
+    verifier = dkim.DKIM(raw, minkey=MINIMUM_KEY_BITS,
+                         timeout=getattr(resolver, "timeout", DEFAULT_DNS_TIMEOUT))
+    try:
+        verified = verifier.verify(idx=index, dnsfunc=lookup)
+    except dkim.KeyFormatError as error:
+        # Raised by dkimpy only after the signature checked out with a key under minkey.
+        raise _SignatureRefused(_KEY, _key_size_detail(verifier, key_name) or str(error)) from None
+    except dkim.NaClNotFoundError:
+        raise _SignatureRefused(_KEY, "ed25519-sha256 needs PyNaCl, which is not installed") from None
+    except dkim.ValidationError as error:
+        raise _SignatureRefused(_VERIFICATION, _validation_detail(error)) from None
+    except dkim.DKIMException as error:
+        raise _SignatureRefused(_VERIFICATION, f"malformed DKIM signature: {error}") from None
+    if verified:
+        return domain, selector
+    raise _SignatureRefused(*_why_not_verified(verifier, lookup, key_name))
+
+
+def _check_policy(tags: dict[bytes, bytes], now: float, max_age_days: int) -> None:
+    """What dkimpy accepts but the gateway must not: checked before any DNS lookup."""
+    algorithm = tags.get(b"a", b"").strip().lower()
+    if algorithm == b"rsa-sha1":
+        raise _SignatureRefused(_POLICY, "rsa-sha1 is refused (RFC 8301)")
+    if algorithm not in ACCEPTED_ALGORITHMS:
+        name = algorithm.decode(errors="replace")
+        raise _SignatureRefused(_POLICY, f"signature algorithm {name!r} is not supported")
+    if b"l" in tags:
+        # dkimpy hashes only the first l= bytes of the body, so anything appended after them
+        # would pass as signed (RFC 6376 section 8.2).
+        raise _SignatureRefused(_POLICY, "signature uses l= (partial body)")
+    signed_headers = [name.strip().lower() for name in tags.get(b"h", b"").split(b":")]
+    if b"from" not in signed_headers:
+        # A verifier must ignore a signature whose h= leaves From out (RFC 6376 section 6.1.1);
+        # dkimpy does not.
+        raise _SignatureRefused(_POLICY, "From is not signed")
+    expires = _tag_time(tags, b"x")
+    if expires is not None and now > expires:
+        # dkimpy grants 10 hours past x=; the signer asked for no more (RFC 6376 section 3.5).
+        raise _SignatureRefused(_POLICY, f"signature expired at {_when(expires)}")
+    signed_at = _tag_time(tags, b"t")
+    if signed_at is not None and signed_at > now + ALLOWED_CLOCK_SKEW_SECONDS:
+        raise _SignatureRefused(_POLICY, f"signature is dated in the future ({_when(signed_at)})")
+    if max_age_days > 0:
+        # A replayed message keeps its valid signature; the age of t= bounds how long it can be
+        # replayed (RFC 6376 section 8.6).
+        if signed_at is None:
+            raise _SignatureRefused(_POLICY, "signature has no t=, its age cannot be checked")
+        if now - signed_at > max_age_days * 86400:
+            raise _SignatureRefused(
+                _POLICY, f"signature is older than {max_age_days} days ({_when(signed_at)})")
+
+
+def _tag_time(tags: dict[bytes, bytes], tag: bytes) -> int | None:
+    value = tags.get(tag)
+    if value is None:
+        return None
+    value = value.strip()
+    if not value.isdigit():
+        raise _SignatureRefused(_MALFORMED, f"{tag.decode()}= is not a number")
+    return int(value)
+
+
+def _when(timestamp: int) -> str:
+    try:
+        return datetime.fromtimestamp(timestamp, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except (OverflowError, OSError, ValueError):
+        return str(timestamp)
+
+
+class _RecordingLookup:
+    """Passes lookups to the resolver and remembers the answer, which dkimpy does not report."""
+
+    def __init__(self, resolver: KeyLookup) -> None:
+        self._resolver = resolver
+        self.asked = False
+        self.record: bytes | None = None
+
+    def __call__(self, name: bytes, timeout: int | float = 5) -> bytes | None:
+        self.asked = True
+        self.record = self._resolver(name, timeout=timeout)
+        return self.record
+
+
+def _why_not_verified(verifier: dkim.DKIM, lookup: _RecordingLookup, key_name: str) -> tuple[int, str]:
+    # dkimpy returns False both for a missing or unusable key and for a bad signature.
+    if lookup.asked and not lookup.record:
+        return _KEY, f"key not found for {key_name}"
+    if lookup.asked:
+        try:
+            dkim.evaluate_pk(key_name.encode(), lookup.record)
+        except dkim.KeyFormatError as error:
+            return _KEY, f"key for {key_name} is unusable: {error}"
+        except dkim.DKIMException as error:
+            return _KEY, f"key for {key_name} is unusable: {error}"
+    too_small = _key_size_detail(verifier, key_name)
+    if too_small:
+        return _KEY, too_small
+    return _VERIFICATION, "signature did not verify"
+
+
+def _key_size_detail(verifier: dkim.DKIM, key_name: str) -> str | None:
+    if getattr(verifier, "ktag", None) == b"rsa" and 0 < verifier.keysize < MINIMUM_KEY_BITS:
+        return (f"key of {verifier.keysize} bits at {key_name} is too small, "
+                f"{MINIMUM_KEY_BITS} is the minimum (RFC 8301)")
+    return None
+
+
+def _validation_detail(error: dkim.ValidationError) -> str:
+    text = str(error)
+    if text.startswith("body hash mismatch"):
+        # The hashes themselves help nobody reading the refusal.
+        return "body hash mismatch"
+    return text

@@ -1,0 +1,165 @@
+"""DKIM key lookups against real DNS servers on loopback: found, missing, failing, slow, cached."""
+
+import socket
+import threading
+import time
+
+import pytest
+
+from gateway.refusals import DnsTemporaryFailure
+from gateway.resolver import DkimKeyResolver
+from gateway.testing import dnsmasq
+from gateway.testing.dkim import shared_rsa_key
+from gateway.testing.dns import DnsServer
+
+KEY_NAME = "paula._domainkey.example.com"
+SHORT_NAME = "short._domainkey.example.com"
+SHORT_RECORD = "v=DKIM1; k=rsa; p=c2hvcnQ="
+
+
+@pytest.fixture(scope="module")
+def key_record():
+    # A 2048-bit key makes a record longer than one 255-byte TXT string.
+    record = shared_rsa_key(2048).txt_record
+    assert len(record) > 255
+    return record
+
+
+@pytest.fixture(scope="module")
+def dns_server(key_record):
+    with DnsServer({KEY_NAME: key_record, SHORT_NAME: SHORT_RECORD}) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def dnsmasq_server(key_record):
+    if not dnsmasq.available():
+        pytest.skip("dnsmasq is not installed (Debian package dnsmasq-base); CI installs it")
+    with dnsmasq.Dnsmasq({KEY_NAME: key_record, SHORT_NAME: SHORT_RECORD}) as server:
+        yield server
+
+
+@pytest.fixture(params=["dnsmasq", "DnsServer"])
+def any_server(request):
+    return request.getfixturevalue("dnsmasq_server" if request.param == "dnsmasq" else "dns_server")
+
+
+def resolver_for(server, **options):
+    return DkimKeyResolver(["127.0.0.1"], port=server.port, **options)
+
+
+def test_key_record_is_found_with_its_strings_joined(any_server, key_record):
+    resolver = resolver_for(any_server)
+    assert resolver(KEY_NAME.encode() + b".") == key_record.encode()
+    assert resolver(SHORT_NAME.encode()) == SHORT_RECORD.encode()
+
+
+def test_unknown_name_is_no_key(any_server):
+    assert resolver_for(any_server)(b"nobody._domainkey.example.com.") is None
+
+
+def test_name_without_txt_record_is_no_key(dns_server):
+    # _domainkey.example.com exists (names below it do) but holds no TXT record: NODATA.
+    assert resolver_for(dns_server)(b"_domainkey.example.com.") is None
+
+
+def test_cached_answer_is_served_without_asking_again(dns_server):
+    resolver = resolver_for(dns_server)
+    before = dns_server.query_count(SHORT_NAME)
+    for _ in range(3):
+        assert resolver(SHORT_NAME.encode()) == SHORT_RECORD.encode()
+    assert dns_server.query_count(SHORT_NAME) == before + 1
+
+
+def test_nxdomain_is_cached_for_the_soa_minimum(dns_server):
+    resolver = resolver_for(dns_server)
+    name = "cached-miss._domainkey.example.com"
+    assert resolver(name.encode()) is None
+    assert resolver(name.encode()) is None
+    assert dns_server.query_count(name) == 1
+
+
+def test_without_cache_every_lookup_asks(dns_server):
+    resolver = resolver_for(dns_server, cache=False)
+    before = dns_server.query_count(SHORT_NAME)
+    resolver(SHORT_NAME.encode())
+    resolver(SHORT_NAME.encode())
+    assert dns_server.query_count(SHORT_NAME) == before + 2
+
+
+def test_cache_answers_after_dnsmasq_is_gone(key_record):
+    if not dnsmasq.available():
+        pytest.skip("dnsmasq is not installed (Debian package dnsmasq-base); CI installs it")
+    with dnsmasq.Dnsmasq({KEY_NAME: key_record}) as server:
+        resolver = resolver_for(server, timeout=0.5)
+        assert resolver(KEY_NAME.encode()) == key_record.encode()
+    # The server is stopped: only the cache can answer now.
+    assert resolver(KEY_NAME.encode()) == key_record.encode()
+
+
+def test_servfail_is_a_temporary_failure(dns_server):
+    name = "broken._domainkey.example.com"
+    dns_server.servfail(name)
+    with pytest.raises(DnsTemporaryFailure) as refusal:
+        resolver_for(dns_server)(name.encode())
+    assert refusal.value.smtp_code == 451 and refusal.value.enhanced_code == "4.4.3"
+
+
+def test_timeout_is_a_temporary_failure_within_the_configured_time(dns_server):
+    name = "silent._domainkey.example.com"
+    dns_server.drop(name)
+    resolver = resolver_for(dns_server, timeout=0.5)
+    started = time.monotonic()
+    with pytest.raises(DnsTemporaryFailure, match="timeout"):
+        resolver(name.encode())
+    assert time.monotonic() - started < 1.0
+
+
+def test_dkimpy_timeout_can_only_shorten_the_lookup(dns_server):
+    name = "silent2._domainkey.example.com"
+    dns_server.drop(name)
+    resolver = resolver_for(dns_server, timeout=3.0)
+    started = time.monotonic()
+    with pytest.raises(DnsTemporaryFailure):
+        resolver(name.encode(), timeout=0.3)
+    assert time.monotonic() - started < 1.0
+
+
+def test_no_nameserver_answering_is_a_temporary_failure():
+    # Nothing listens on the port: every try goes unanswered until the lifetime is spent.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    resolver = DkimKeyResolver(["127.0.0.1"], port=closed_port, timeout=0.5)
+    with pytest.raises(DnsTemporaryFailure):
+        resolver(KEY_NAME.encode())
+
+
+@pytest.mark.parametrize("name", [
+    b"x" * 64 + b"._domainkey.example.com.",  # a label longer than 63 bytes (RFC 1035 2.3.4)
+    b"sel.._domainkey.example.com.",  # an empty label
+    b"\xff\xfe._domainkey.example.com.",  # not UTF-8
+])
+def test_name_that_cannot_exist_is_no_key_without_a_query(name):
+    # No nameserver is reachable, so any query would raise instead of returning None.
+    resolver = DkimKeyResolver(["127.0.0.1"], port=9, timeout=0.2)
+    assert resolver(name) is None
+
+
+def test_lookups_from_many_threads_at_once(dns_server, key_record):
+    resolver = resolver_for(dns_server, cache=False)
+    results, errors = [], []
+
+    def look_up():
+        try:
+            results.append(resolver(KEY_NAME.encode()))
+        except Exception as error:  # pragma: no cover - reported by the assertion below
+            errors.append(error)
+
+    threads = [threading.Thread(target=look_up) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert results == [key_record.encode()] * 16

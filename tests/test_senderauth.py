@@ -1,0 +1,318 @@
+"""Sender authentication: one scenario per DKIM rule of MAIL_SECURITY.md, keys served by real DNS."""
+
+import importlib.util
+import time
+
+import dkim
+import pytest
+
+from gateway import senderauth
+from gateway.context import VerifiedSender
+from gateway.refusals import DnsTemporaryFailure, FromHeaderInvalid, SenderNotAuthenticated
+from gateway.resolver import DkimKeyResolver
+from gateway.testing import dnsmasq
+from gateway.testing.dkim import generate_ed25519_key, shared_rsa_key, sign
+from gateway.testing.dns import DnsServer
+
+DOMAIN = "example.com"
+SELECTOR = "paula"
+OTHER_DOMAIN = "lists.example.org"
+
+BODY = (b"Inspected pump P-7 on site: the seal is worn, replacement needed within two weeks.\r\n"
+        b"Please handle the quote internally.\r\n")
+
+
+def message(from_header: bytes = b"Paula Contributor <Portal.Contrib@Example.com>",
+            body: bytes = BODY, extra_headers: bytes = b"") -> bytes:
+    return (b"From: " + from_header + b"\r\n" + extra_headers
+            + b"To: note+project.task-42-abc@notes.example.com\r\n"
+              b"Subject: Pump P-7 inspected\r\n"
+              b"Date: Sun, 22 Nov 2026 07:00:00 +0000\r\n"
+              b"Message-ID: <p7-inspection@example.com>\r\n"
+              b"MIME-Version: 1.0\r\n"
+              b"Content-Type: text/plain; charset=\"utf-8\"\r\n"
+              b"\r\n" + body)
+
+
+@pytest.fixture(scope="module")
+def key():
+    return shared_rsa_key(2048)
+
+
+@pytest.fixture(scope="module")
+def other_key():
+    return shared_rsa_key(1024, name="other")
+
+
+@pytest.fixture(scope="module")
+def dns_server(key, other_key):
+    records = {
+        f"{SELECTOR}._domainkey.{DOMAIN}": key.txt_record,
+        f"{SELECTOR}._domainkey.{OTHER_DOMAIN}": key.txt_record,
+        f"{SELECTOR}._domainkey.mail.{DOMAIN}": key.txt_record,
+        f"{SELECTOR}._domainkey.sub.{DOMAIN}": key.txt_record,
+        # A selector whose published key is not the one that signed.
+        f"rotated._domainkey.{DOMAIN}": other_key.txt_record,
+    }
+    with DnsServer(records) as server:
+        yield server
+
+
+@pytest.fixture
+def resolver(dns_server):
+    return DkimKeyResolver(["127.0.0.1"], port=dns_server.port, timeout=1.0)
+
+
+def signed(raw=None, **options):
+    options.setdefault("domain", DOMAIN)
+    options.setdefault("selector", SELECTOR)
+    signing_key = options.pop("key", None) or shared_rsa_key(2048)
+    return sign(message() if raw is None else raw, signing_key, options.pop("domain"),
+                options.pop("selector"), **options)
+
+
+def refusal_detail(raw, resolver, **options):
+    with pytest.raises(SenderNotAuthenticated) as refusal:
+        senderauth.authenticate(raw, resolver, **options)
+    assert refusal.value.smtp_code == 550
+    return refusal.value.detail
+
+
+def dkimpy_alone_accepts(raw, dns_server):
+    """What dkimpy's own verify() says, to show the rule is one dkimpy does not enforce."""
+    lookup = DkimKeyResolver(["127.0.0.1"], port=dns_server.port, timeout=1.0)
+    return dkim.verify(raw, dnsfunc=lookup, minkey=512)
+
+
+# --- Passing ---------------------------------------------------------------------------------------
+
+
+def test_valid_aligned_signature_authenticates_the_lowercased_from(resolver):
+    sender = senderauth.authenticate(signed(), resolver)
+    assert sender == VerifiedSender(email="portal.contrib@example.com", dkim_domain=DOMAIN,
+                                    selector=SELECTOR)
+
+
+def test_d_tag_matches_the_from_domain_whatever_the_case(resolver):
+    sender = senderauth.authenticate(signed(domain="EXAMPLE.com"), resolver)
+    assert sender.dkim_domain == DOMAIN
+
+
+def test_broken_signature_above_a_good_one_still_passes(resolver, dns_server, other_key):
+    # Rule 1: dkimpy's verify() looks at the topmost signature only.
+    good = signed()
+    broken_on_top = signed(good, key=other_key, selector=SELECTOR)
+    assert not dkimpy_alone_accepts(broken_on_top, dns_server)
+    assert senderauth.authenticate(broken_on_top, resolver).email == "portal.contrib@example.com"
+
+
+def test_unaligned_signature_above_a_good_one_still_passes(resolver):
+    list_signed = signed(signed(), domain=OTHER_DOMAIN)
+    assert senderauth.authenticate(list_signed, resolver).dkim_domain == DOMAIN
+
+
+def test_signature_within_the_configured_age_passes(resolver):
+    now = time.time()
+    raw = signed(timestamp=int(now) - 86400)
+    assert senderauth.authenticate(raw, resolver, now=now, max_signature_age_days=2)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("nacl") is None
+                    or importlib.util.find_spec("cryptography") is None,
+                    reason="ed25519 in dkimpy needs PyNaCl, and the key is made with cryptography")
+def test_ed25519_signature_passes(dns_server, resolver):
+    ed_key = generate_ed25519_key()
+    dns_server.add_txt(f"ed._domainkey.{DOMAIN}", ed_key.txt_record)
+    sender = senderauth.authenticate(signed(key=ed_key, selector="ed"), resolver)
+    assert sender.selector == "ed"
+
+
+# --- Refused by a DKIM rule ------------------------------------------------------------------------
+
+
+def test_unsigned_message_is_refused(resolver):
+    assert refusal_detail(message(), resolver) == "no DKIM signature"
+
+
+def test_tampered_body_is_refused(resolver):
+    raw = signed().replace(b"two weeks", b"two years")
+    assert refusal_detail(raw, resolver) == "body hash mismatch"
+
+
+def test_tampered_subject_is_refused(resolver):
+    raw = signed().replace(b"Subject: Pump P-7 inspected", b"Subject: Pump P-7 is fine")
+    assert refusal_detail(raw, resolver) == "signature did not verify"
+
+
+def test_signature_with_the_wrong_key_is_refused(resolver):
+    raw = signed(selector="rotated")
+    assert refusal_detail(raw, resolver) == "signature did not verify"
+
+
+def test_partial_body_signature_with_appended_text_is_refused(resolver, dns_server):
+    # Rule 2: with l=, dkimpy verifies only the signed length and accepts what follows.
+    raw = signed(length=True) + b"\r\nP.S. Wire the payment to account 666 today.\r\n"
+    assert dkimpy_alone_accepts(raw, dns_server)
+    assert refusal_detail(raw, resolver) == "signature uses l= (partial body)"
+
+
+def test_from_left_out_of_h_is_refused_even_if_from_was_rewritten(resolver, dns_server):
+    # Rule 3: dkimpy accepts a signature that does not cover From.
+    raw = signed(include_headers=[b"to", b"subject", b"date", b"message-id"])
+    raw = raw.replace(b"From: Paula Contributor <Portal.Contrib@Example.com>",
+                      b"From: The Boss <boss@example.com>")
+    assert dkimpy_alone_accepts(raw, dns_server)
+    assert refusal_detail(raw, resolver) == "From is not signed"
+
+
+def test_rsa_sha1_is_refused(resolver, dns_server):
+    # Rule 5: RFC 8301 forbids rsa-sha1, dkimpy still accepts it.
+    raw = signed(algorithm=b"rsa-sha1")
+    assert dkimpy_alone_accepts(raw, dns_server)
+    assert refusal_detail(raw, resolver) == "rsa-sha1 is refused (RFC 8301)"
+
+
+@pytest.mark.parametrize("bits", [512, 768])
+def test_key_under_1024_bits_is_refused(bits, resolver, dns_server):
+    # Rule 6.
+    small_key = shared_rsa_key(bits)
+    dns_server.add_txt(f"small{bits}._domainkey.{DOMAIN}", small_key.txt_record)
+    raw = signed(key=small_key, selector=f"small{bits}")
+    detail = refusal_detail(raw, resolver)
+    assert detail.startswith(f"key of {bits} bits at small{bits}._domainkey.example.com is too small")
+
+
+def test_expired_signature_is_refused_within_dkimpys_ten_hours(resolver, dns_server):
+    # Rule 7: x= an hour ago, well inside the 10 hours of slack dkimpy grants.
+    now = time.time()
+    raw = signed(timestamp=int(now) - 7200, expire_in=3600)
+    assert dkimpy_alone_accepts(raw, dns_server)
+    assert refusal_detail(raw, resolver, now=now).startswith("signature expired at ")
+
+
+def test_signature_dated_in_the_future_is_refused(resolver):
+    now = time.time()
+    raw = signed(timestamp=int(now) + 3600)
+    assert refusal_detail(raw, resolver, now=now).startswith("signature is dated in the future")
+
+
+def test_signature_older_than_the_configured_age_is_refused(resolver):
+    now = time.time()
+    raw = signed(timestamp=int(now) - 3 * 86400)
+    detail = refusal_detail(raw, resolver, now=now, max_signature_age_days=2)
+    assert detail.startswith("signature is older than 2 days")
+    # Without a configured age the same signature is fine: replay bounding is opt-in.
+    assert senderauth.authenticate(raw, resolver, now=now)
+
+
+@pytest.mark.parametrize("signing_domain, from_header", [
+    (OTHER_DOMAIN, b"Paula <portal.contrib@example.com>"),  # another organisation
+    (f"mail.{DOMAIN}", b"Paula <portal.contrib@example.com>"),  # a subdomain of From's
+    (DOMAIN, b"Paula <portal.contrib@sub.example.com>"),  # the parent of From's domain
+])
+def test_unaligned_signature_is_refused(signing_domain, from_header, resolver):
+    # Rule 8: strict alignment, d= must be the From domain itself.
+    raw = signed(message(from_header), domain=signing_domain)
+    from_domain = from_header.split(b"@")[1].rstrip(b">").decode()
+    assert refusal_detail(raw, resolver) == (
+        f"signature of {signing_domain} does not align with From domain {from_domain}")
+
+
+def test_most_telling_failure_is_reported(resolver, other_key):
+    # A list's unaligned signature on top of the author's broken one: the author's failure
+    # is what the sender needs to hear.
+    raw = signed(signed().replace(b"two weeks", b"two years"), domain=OTHER_DOMAIN)
+    assert refusal_detail(raw, resolver) == "body hash mismatch"
+
+
+# --- The From header -------------------------------------------------------------------------------
+
+
+def test_two_from_headers_are_refused(resolver):
+    # Rule 4: mail-parser and many clients show only one of them.
+    raw = signed(message(extra_headers=b"From: Mallory <mallory@evil.example>\r\n"))
+    with pytest.raises(FromHeaderInvalid, match="2 From headers"):
+        senderauth.authenticate(raw, resolver)
+
+
+def test_second_from_in_obsolete_syntax_is_refused(resolver):
+    # "From :" (obs-from, RFC 5322 section 4.5.2) is skipped by dkimpy and the email package alike.
+    raw = signed(message(extra_headers=b"From : Mallory <mallory@evil.example>\r\n"))
+    with pytest.raises(FromHeaderInvalid, match="2 From headers"):
+        senderauth.authenticate(raw, resolver)
+
+
+def test_from_with_two_mailboxes_is_refused(resolver):
+    raw = signed(message(b"Paula <portal.contrib@example.com>, Mallory <mallory@evil.example>"))
+    with pytest.raises(FromHeaderInvalid, match="2 mailboxes"):
+        senderauth.authenticate(raw, resolver)
+
+
+@pytest.mark.parametrize("from_header", [
+    b"Paula Contributor",  # no address at all
+    b"<portal.contrib>",  # no domain
+    b"portal.contrib@example.com <mallory@evil.example>",  # which one is the address?
+    b"\"Paula\rContributor\" <portal.contrib@example.com>",  # a bare CR inside the value
+    b"Friends: portal.contrib@example.com;",  # group syntax
+])
+def test_from_without_one_clear_address_is_refused(from_header, resolver):
+    with pytest.raises(FromHeaderInvalid):
+        senderauth.authenticate(signed(message(from_header)), resolver)
+
+
+def test_message_without_from_is_refused(resolver):
+    raw = message().split(b"\r\n", 1)[1]
+    with pytest.raises(FromHeaderInvalid, match="no From header"):
+        senderauth.authenticate(raw, resolver)
+
+
+def test_obsolete_display_name_is_accepted(resolver):
+    # An unquoted period in a display name is obsolete syntax (RFC 5322 section 4.1), and common.
+    raw = signed(message(b"Paula Q. Contributor <portal.contrib@example.com>"))
+    assert senderauth.authenticate(raw, resolver).email == "portal.contrib@example.com"
+
+
+# --- DNS -------------------------------------------------------------------------------------------
+
+
+def test_missing_key_is_refused(resolver):
+    raw = signed(selector="retired")
+    assert refusal_detail(raw, resolver) == "key not found for retired._domainkey.example.com"
+
+
+def test_dns_failure_defers_the_message(resolver, dns_server):
+    dns_server.servfail(f"broken._domainkey.{DOMAIN}")
+    with pytest.raises(DnsTemporaryFailure) as refusal:
+        senderauth.authenticate(signed(selector="broken"), resolver)
+    assert refusal.value.smtp_reply().startswith("451 4.4.3 ")
+
+
+def test_dns_failure_of_one_signature_does_not_stop_a_good_one(resolver, dns_server):
+    dns_server.servfail(f"broken._domainkey.{DOMAIN}")
+    raw = signed(signed(), selector="broken")
+    assert senderauth.authenticate(raw, resolver).selector == SELECTOR
+
+
+def test_dns_timeout_defers_the_message(dns_server):
+    dns_server.drop(f"silent._domainkey.{DOMAIN}")
+    resolver = DkimKeyResolver(["127.0.0.1"], port=dns_server.port, timeout=0.3)
+    with pytest.raises(DnsTemporaryFailure):
+        senderauth.authenticate(signed(selector="silent"), resolver)
+
+
+def test_dns_failure_of_an_unaligned_signature_does_not_defer(resolver, dns_server):
+    # Its key is never looked up: it could not authenticate the From domain anyway.
+    dns_server.servfail(f"broken._domainkey.{OTHER_DOMAIN}")
+    raw = signed(domain=OTHER_DOMAIN, selector="broken")
+    assert refusal_detail(raw, resolver).startswith(f"signature of {OTHER_DOMAIN} does not align")
+    assert dns_server.query_count(f"broken._domainkey.{OTHER_DOMAIN}") == 0
+
+
+def test_keys_served_by_dnsmasq(key):
+    if not dnsmasq.available():
+        pytest.skip("dnsmasq is not installed (Debian package dnsmasq-base); CI installs it")
+    with dnsmasq.Dnsmasq({f"{SELECTOR}._domainkey.{DOMAIN}": key.txt_record}) as server:
+        resolver = DkimKeyResolver(["127.0.0.1"], port=server.port, timeout=1.0)
+        assert senderauth.authenticate(signed(), resolver).dkim_domain == DOMAIN
+        assert refusal_detail(signed(selector="retired"), resolver) == (
+            "key not found for retired._domainkey.example.com")

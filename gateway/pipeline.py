@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from datetime import datetime, timezone
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -99,8 +100,7 @@ def _render(ctx: MessageContext, services: Services, deadline: float) -> None:
         ctx.target.kind, ctx.target.model,
         body=ctx.body_html, sender_name=ctx.user.name or ctx.message.from_name,
         sender_email=ctx.sender.email, subject=ctx.message.subject, dkim_domain=ctx.sender.dkim_domain,
-        received_at=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(ctx.received_at)),
-        kind=ctx.target.kind, model=ctx.target.model, res_id=ctx.target.res_id,
+        received_at=datetime.fromtimestamp(ctx.received_at, timezone.utc), res_id=ctx.target.res_id,
     )
 
 
@@ -175,29 +175,8 @@ def smtp_reply(ctx: MessageContext) -> str:
 
 
 def journal(ctx: MessageContext, services: Services, total_seconds: float) -> None:
-    parsed = ctx.message
-    entry = JournalEntry(
-        received_at=ctx.received_at,
-        message_id=parsed.message_id if parsed else "",
-        peer=ctx.peer,
-        mail_from=ctx.mail_from,
-        rcpt=ctx.target.address,
-        from_address=parsed.from_address if parsed else "",
-        dkim_domain=ctx.sender.dkim_domain if ctx.sender else "",
-        kind=ctx.target.kind,
-        model=ctx.target.model,
-        res_id=ctx.target.res_id,
-        verdict=ctx.verdict,
-        refusal_class=ctx.refusal.name if ctx.refusal else "",
-        smtp_reply=smtp_reply(ctx),
-        odoo_message_id=ctx.odoo_message_id,
-        durations=dict(ctx.stage_durations),
-        total_seconds=total_seconds,
-        odoo_seconds=ctx.odoo_seconds,
-        defects=list(parsed.defects) if parsed else [],
-    )
     try:
-        services.journal.record(entry)
+        services.journal.record(JournalEntry.from_context(ctx, smtp_reply(ctx), total_seconds))
     except JournalUnavailable as error:
         # The reply still tells the truth: a filed note is in Odoo whether or not the journal
         # could say so, and a retry is recognised by its Message-ID there.

@@ -10,10 +10,7 @@ from email.message import EmailMessage
 from email.policy import SMTP as SMTP_POLICY
 from pathlib import Path
 
-import dkim
-
-# The headers a real signer (OpenDKIM's defaults, Gmail) covers; From is mandatory (RFC 6376 5.4).
-SIGNED_HEADERS = [b"from", b"to", b"cc", b"subject", b"date", b"message-id", b"mime-version", b"content-type"]
+from gateway.testing.dkim import sign
 
 
 def compose(sender: str, recipient: str, subject: str, body: str, *, sender_name: str = "",
@@ -29,15 +26,6 @@ def compose(sender: str, recipient: str, subject: str, body: str, *, sender_name
     if html is not None:
         message.add_alternative(html, subtype="html")
     return message.as_bytes()
-
-
-def sign(raw: bytes, private_key_pem: bytes, domain: str, selector: str = "gateway",
-         include_headers: list[bytes] | None = None) -> bytes:
-    headers = include_headers or [name for name in SIGNED_HEADERS
-                                  if name + b":" in raw.lower().split(b"\r\n\r\n", 1)[0] or name == b"from"]
-    signature = dkim.sign(raw, selector.encode(), domain.encode(), private_key_pem,
-                          include_headers=headers, linesep=b"\r\n")
-    return signature + raw
 
 
 def deliver(raw: bytes, recipient: str, *, host: str = "127.0.0.1", port: int = 2525,

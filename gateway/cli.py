@@ -159,8 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+    quiet = args.command in ("demo", "address", "log", "check-config", "send")
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING if quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # aiosmtpd logs every SMTP line at INFO: useful when debugging, noise otherwise.
+    logging.getLogger("mail.log").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     return args.func(args)
 
 

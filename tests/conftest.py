@@ -1,0 +1,156 @@
+"""Shared fixtures: the test Odoo, a real DNS server with the DKIM keys, the gateway on loopback, a mailer."""
+
+from __future__ import annotations
+
+import email.utils
+import string
+import textwrap
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from gateway import address
+from gateway.config import load_config
+from gateway.pipeline import Services
+from gateway.smtp import ThreadedGateway
+from gateway.testing import dnsmasq
+from gateway.testing.dkim import DkimKey, shared_rsa_key, sign
+from gateway.testing.odoo import TestOdoo
+from gateway.testing.sending import deliver
+
+DATA = Path(__file__).parent / "data"
+ALIAS_DOMAIN = "notes.example.com"
+SECRET = "test-secret-for-addresses-0123456789"
+SELECTOR = "gateway"
+# example.com is the contributors' own mail domain, which signs their mail; evil.example is another
+# domain with a valid key of its own, for signatures that verify but do not align.
+SIGNING_DOMAINS = ("example.com", "evil.example")
+
+
+@pytest.fixture(scope="session")
+def dkim_keys() -> dict[str, DkimKey]:
+    return {domain: shared_rsa_key(name=domain) for domain in SIGNING_DOMAINS}
+
+
+@pytest.fixture(scope="session")
+def dns_server(dkim_keys):
+    """dnsmasq, a real DNS server, serving the signing domains' DKIM keys on loopback."""
+    if not dnsmasq.available():
+        pytest.skip("dnsmasq is not installed (apt-get install dnsmasq-base; .ci/run does it)")
+    records = {key.record_name(SELECTOR, domain): key.txt_record for domain, key in dkim_keys.items()}
+    with dnsmasq.Dnsmasq(records) as server:
+        yield server
+
+
+@pytest.fixture
+def test_odoo():
+    with TestOdoo.with_demo_data() as odoo:
+        yield odoo
+
+
+def write_config(folder: Path, odoo: TestOdoo, dns_port: int, *, rules_extra: str = "", listener_extra: str = "",
+                 pool_size: int = 4, odoo_timeout: float = 5.0) -> Path:
+    from gateway.testing.odoo_demo import DEMO_API_KEY
+
+    (folder / "rules").mkdir(parents=True, exist_ok=True)
+    (folder / "odoo-api-key").write_text(DEMO_API_KEY + "\n")
+    (folder / "gateway.toml").write_text(textwrap.dedent(f"""
+        rules_dir = "rules"
+        [listener]
+        host = "127.0.0.1"
+        port = 0
+        hostname = "{ALIAS_DOMAIN}"
+        session_timeout = 30
+        message_deadline = 20
+        {listener_extra}
+        [resolver]
+        nameservers = ["127.0.0.1"]
+        port = {dns_port}
+        timeout = 3
+        [journal]
+        path = "journal.sqlite3"
+        [odoo.main]
+        url = "{odoo.url}"
+        database = "{odoo.database}"
+        login = "gateway"
+        api_key_file = "odoo-api-key"
+        timeout = {odoo_timeout}
+        pool_size = {pool_size}
+    """))
+    (folder / "rules" / f"{ALIAS_DOMAIN}.toml").write_text(textwrap.dedent(f"""
+        domain = "{ALIAS_DOMAIN}"
+        odoo = "main"
+        secrets = ["{SECRET}"]
+        [note]
+        models = ["project.task", "sale.order"]
+        contributor_group = "note_gateway.group_portal_note_contributor"
+        [reply]
+        models = ["project.task", "sale.order"]
+        {rules_extra}
+    """))
+    return folder / "gateway.toml"
+
+
+@dataclass
+class RunningGateway:
+    services: Services
+    server: ThreadedGateway
+    config_path: Path
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+
+@pytest.fixture
+def start_gateway(tmp_path, test_odoo):
+    """Start a gateway with the given DNS port and config options; all are stopped after the test."""
+    started: list[tuple[ThreadedGateway, Services]] = []
+
+    def start(dns_port: int, **options) -> RunningGateway:
+        config_path = write_config(tmp_path / f"gateway-{len(started)}", test_odoo, dns_port, **options)
+        services = Services.build(load_config(config_path))
+        server = ThreadedGateway(services).start()
+        started.append((server, services))
+        return RunningGateway(services, server, config_path)
+
+    yield start
+    for server, services in started:
+        server.stop()
+        services.close()
+
+
+@pytest.fixture
+def gateway(start_gateway, dns_server) -> RunningGateway:
+    return start_gateway(dns_server.port)
+
+
+class Mailer:
+    """Builds scenario messages from tests/data, signs them as a domain's mail system would, sends them."""
+
+    def __init__(self, gateway: RunningGateway, keys: dict[str, DkimKey]) -> None:
+        self.gateway = gateway
+        self.keys = keys
+
+    @staticmethod
+    def address(kind: str, model: str, res_id: int) -> str:
+        return address.mint(SECRET.encode(), ALIAS_DOMAIN, kind, model, res_id)
+
+    @staticmethod
+    def message(name: str, to: str, message_id: str | None = None) -> bytes:
+        text = (DATA / name).read_bytes().decode("utf-8")
+        values = {"TO": to, "DATE": email.utils.formatdate(), "MESSAGE_ID": message_id or f"<{uuid.uuid4().hex}@example.com>"}
+        return string.Template(text).safe_substitute(values).encode("utf-8")
+
+    def sign(self, raw: bytes, domain: str = "example.com", **options) -> bytes:
+        return sign(raw, self.keys[domain], domain, SELECTOR, **options)
+
+    def send(self, raw: bytes, rcpt: str, mail_from: str = "portal.contrib@example.com") -> str:
+        return deliver(raw, rcpt, port=self.gateway.port, mail_from=mail_from)
+
+
+@pytest.fixture
+def mailer(gateway, dkim_keys) -> Mailer:
+    return Mailer(gateway, dkim_keys)

@@ -1,0 +1,288 @@
+"""End to end: signed mail over loopback SMTP, keys from a real DNS server, posts checked in the test Odoo."""
+
+from __future__ import annotations
+
+import smtplib
+
+import pytest
+
+from conftest import SELECTOR, Mailer
+
+from gateway.journal import Journal
+from gateway.testing.dns import DnsServer
+from gateway.testing.odoo_demo import (ARCHIVED_EMAIL, PAULA_PARTNER_ID, PRIVATE_TASK_ID, SALE_ORDER_ID, TASK_ID)
+
+PAULA = "portal.contrib@example.com"
+
+
+def _posts(test_odoo):
+    return [call for call in test_odoo.calls if call.model_method == "message_post"]
+
+
+def _journal(gateway):
+    with Journal(gateway.services.config.journal_path) as journal:
+        return journal.recent(50)
+
+
+def test_note_from_contributor_is_filed_as_internal_log_note(test_odoo, gateway, mailer):
+    to = mailer.address("note", "project.task", TASK_ID)
+    raw = mailer.sign(mailer.message("note_from_contributor.eml", to, "<pump-p7@example.com>"))
+    reply = mailer.send(raw, to)
+    assert reply.startswith("250 2.0.0 Filed as Odoo message ")
+
+    [post] = _posts(test_odoo)
+    assert post.model == "project.task" and post.args == [[TASK_ID]]
+    assert post.kwargs["subtype_xmlid"] == "mail.mt_note"
+    assert post.kwargs["message_type"] == "comment"
+    assert post.kwargs["body_is_html"] is True
+    assert post.kwargs["author_id"] == PAULA_PARTNER_ID
+    assert post.kwargs["message_id"] == "<pump-p7@example.com>"
+    assert post.kwargs["partner_ids"] == []
+    assert post.context["mail_create_nosubscribe"] is True and post.context["mail_post_autofollow"] is False
+
+    message_id = int(reply.rsplit(" ", 1)[1])
+    stored = test_odoo.message(message_id)
+    assert stored["subtype_xmlid"] == "mail.mt_note"
+    assert "the seal is worn" in stored["body"] and "&lt;p&gt;" not in stored["body"]
+    assert 'href="https://example.com/reports/p7"' in stored["body"]
+    assert "Paula Contributor" in stored["body"]  # the template says who sent it by email
+
+    # Never visible or sent to customers: not in the portal chatter, no email went out.
+    assert message_id not in test_odoo.portal_chatter_ids("project.task", TASK_ID, partner_id=PAULA_PARTNER_ID)
+    assert test_odoo.outbox == []
+    # The gateway did not subscribe itself to the record.
+    assert test_odoo.followers("project.task", TASK_ID) == [42, 43, 7, 3]
+
+    [row] = _journal(gateway)
+    assert (row.verdict, row.dkim_domain, row.odoo_message_id, row.res_id) == ("filed", "example.com", message_id, TASK_ID)
+    assert row.message_id == "<pump-p7@example.com>" and row.from_address == PAULA
+
+
+def test_html_body_is_kept_but_sanitized(test_odoo, gateway, mailer):
+    to = mailer.address("note", "sale.order", SALE_ORDER_ID)
+    reply = mailer.send(mailer.sign(mailer.message("note_html_from_contributor.eml", to)), to)
+    assert reply.startswith("250 ")
+    [post] = _posts(test_odoo)
+    body = post.kwargs["body"]
+    assert "<b>fine</b>" in body
+    for dangerous in ("<script", "onclick", "javascript:", "<style", "color:red"):
+        assert dangerous not in body
+    # sale.order forces autofollow unless told not to; the gateway tells it not to.
+    assert post.context["mail_post_autofollow"] is False
+    assert test_odoo.followers("sale.order", SALE_ORDER_ID) == [3, 42, 43]
+
+
+def test_reply_is_filed_as_public_comment(test_odoo, gateway, mailer):
+    to = mailer.address("reply", "project.task", TASK_ID)
+    reply = mailer.send(mailer.sign(mailer.message("note_from_contributor.eml", to)), to)
+    assert reply.startswith("250 ")
+    [post] = _posts(test_odoo)
+    assert post.kwargs["subtype_xmlid"] == "mail.mt_comment"
+    message_id = int(reply.rsplit(" ", 1)[1])
+    assert message_id in test_odoo.portal_chatter_ids("project.task", TASK_ID, partner_id=PAULA_PARTNER_ID)
+
+
+@pytest.mark.parametrize("scenario, sender, expected", [
+    ("note_from_non_member.eml", "portal.plain@example.com", "550 5.7.1 Sender may not post internal notes"),
+    ("note_from_unknown_user.eml", "stranger@example.com", "550 5.7.1 No Odoo user has this sender address"),
+    ("note_from_archived_user.eml", ARCHIVED_EMAIL, "550 5.7.1 The Odoo user of this sender is archived"),
+])
+def test_sender_not_allowed_to_post_notes_is_refused(test_odoo, gateway, mailer, scenario, sender, expected):
+    to = mailer.address("note", "project.task", TASK_ID)
+    reply = mailer.send(mailer.sign(mailer.message(scenario, to)), to, mail_from=sender)
+    assert reply.startswith(expected)
+    assert _posts(test_odoo) == []
+    [row] = _journal(gateway)
+    assert row.verdict == "refused" and row.smtp_reply == reply
+
+
+def test_non_member_may_still_file_a_public_reply(test_odoo, gateway, mailer):
+    to = mailer.address("reply", "project.task", TASK_ID)
+    reply = mailer.send(mailer.sign(mailer.message("note_from_non_member.eml", to)), to)
+    assert reply.startswith("250 ")
+    assert _posts(test_odoo)[0].kwargs["subtype_xmlid"] == "mail.mt_comment"
+
+
+def test_contributor_who_does_not_follow_the_record_is_refused(test_odoo, gateway, mailer):
+    to = mailer.address("note", "project.task", PRIVATE_TASK_ID)
+    reply = mailer.send(mailer.sign(mailer.message("note_from_contributor.eml", to)), to)
+    assert reply.startswith("550 5.7.1 Sender has no access to this record")
+    assert _posts(test_odoo) == []
+
+
+def test_record_that_does_not_exist_is_refused(test_odoo, gateway, mailer):
+    to = mailer.address("note", "project.task", 999999)
+    reply = mailer.send(mailer.sign(mailer.message("note_from_contributor.eml", to)), to)
+    assert reply.startswith("550 5.1.1 The record of this address does not exist")
+
+
+# --- Sender authentication: forged, unsigned, unaligned ------------------------------------------
+
+
+def test_forged_from_without_signature_is_refused(test_odoo, gateway, mailer):
+    to = mailer.address("note", "project.task", TASK_ID)
+    reply = mailer.send(mailer.message("note_from_contributor.eml", to), to)
+    assert reply.startswith("550 5.7.1 Sender not authenticated") and "no DKIM signature" in reply
+    assert _posts(test_odoo) == []
+
+
+def test_signature_of_another_domain_is_refused(test_odoo, gateway, mailer):
+    to = mailer.address("note", "project.task", TASK_ID)
+    reply = mailer.send(mailer.sign(mailer.message("note_from_contributor.eml", to), domain="evil.example"), to)
+    assert reply.startswith("550 5.7.1") and "does not align" in reply
+    assert _posts(test_odoo) == []
+
+
+def test_length_limited_signature_with_appended_text_is_refused(test_odoo, gateway, mailer):
+    to = mailer.address("note", "project.task", TASK_ID)
+    signed = mailer.sign(mailer.message("note_from_contributor.eml", to), length=True)
+    reply = mailer.send(signed + b"Appended by an attacker: wire the money to me.\r\n", to)
+    assert reply.startswith("550 5.7.1") and "l=" in reply
+    assert _posts(test_odoo) == []
+
+
+def test_signature_that_does_not_cover_from_is_refused(test_odoo, gateway, mailer):
+    to = mailer.address("note", "project.task", TASK_ID)
+    signed = mailer.sign(mailer.message("note_from_contributor.eml", to), include_headers=[b"to", b"subject", b"date"])
+    reply = mailer.send(signed, to)
+    assert reply.startswith("550 5.7.1") and "From is not signed" in reply
+
+
+def test_two_from_headers_are_refused(test_odoo, gateway, mailer):
+    to = mailer.address("note", "project.task", TASK_ID)
+    reply = mailer.send(mailer.sign(mailer.message("two_from_headers.eml", to)), to)
+    assert reply.startswith("550 5.7.1 The message must have exactly one From header")
+    assert _posts(test_odoo) == []
+
+
+def test_rsa_sha1_signature_is_refused(test_odoo, gateway, mailer):
+    to = mailer.address("note", "project.task", TASK_ID)
+    reply = mailer.send(mailer.sign(mailer.message("note_from_contributor.eml", to), algorithm=b"rsa-sha1"), to)
+    assert reply.startswith("550 5.7.1") and "rsa-sha1" in reply
+
+
+# --- Addresses at RCPT ---------------------------------------------------------------------------
+
+
+def _rcpt(gateway, *recipients) -> list[tuple[int, bytes]]:
+    with smtplib.SMTP("127.0.0.1", gateway.port, timeout=10) as client:
+        client.ehlo("client.example.com")
+        client.mail(PAULA)
+        return [client.rcpt(recipient) for recipient in recipients]
+
+
+def test_tampered_token_is_refused_at_rcpt(gateway, mailer):
+    good = mailer.address("note", "project.task", TASK_ID)
+    [(code, text)] = _rcpt(gateway, good.replace(f"-{TASK_ID}-", "-61-"))
+    assert (code, text.decode()) == (550, "5.1.1 No such gateway address: the address signature is not valid")
+
+
+def test_note_token_used_as_reply_is_refused_at_rcpt(gateway, mailer):
+    note = mailer.address("note", "project.task", TASK_ID)
+    [(code, _)] = _rcpt(gateway, note.replace("note+", "reply+", 1))
+    assert code == 550
+
+
+def test_unknown_alias_domain_and_malformed_address_are_refused(gateway):
+    [(code1, text1), (code2, _)] = _rcpt(gateway, "note+project.task-60-abc@other.example.com", "nonsense@notes.example.com")
+    assert code1 == 550 and b"5.1.1 Not an alias domain" in text1
+    assert code2 == 550
+
+
+def test_second_gateway_recipient_gets_452(gateway, mailer):
+    first = mailer.address("note", "project.task", TASK_ID)
+    second = mailer.address("note", "sale.order", SALE_ORDER_ID)
+    [(code1, _), (code2, text2)] = _rcpt(gateway, first, second)
+    assert code1 == 250 and code2 == 452 and text2.startswith(b"4.5.3")
+
+
+def test_model_not_enabled_is_refused_at_rcpt(gateway, mailer):
+    [(code, text)] = _rcpt(gateway, mailer.address("note", "res.partner", 3))
+    assert code == 550 and b"not enabled" in text
+
+
+def test_bare_line_feed_in_data_is_refused(test_odoo, gateway, mailer):
+    to = mailer.address("note", "project.task", TASK_ID)
+    raw = mailer.sign(mailer.message("note_from_contributor.eml", to))
+    with smtplib.SMTP("127.0.0.1", gateway.port, timeout=10) as client:
+        client.ehlo("client.example.com")
+        client.mail(PAULA)
+        client.rcpt(to)
+        # smtplib would turn bare LF into CRLF, so DATA is spoken by hand.
+        code, _ = client.docmd("DATA")
+        assert code == 354
+        client.send(raw.replace(b"on site:", b"on\nsite:") + b".\r\n")
+        code, text = client.getreply()
+    assert (code, text[:5]) == (550, b"5.6.0")
+    assert _posts(test_odoo) == []
+
+
+def test_size_limit_is_advertised_and_enforced(gateway, mailer):
+    with smtplib.SMTP("127.0.0.1", gateway.port, timeout=10) as client:
+        client.ehlo("client.example.com")
+        limit = int(client.esmtp_features["size"])
+        assert limit == gateway.services.config.gateway.listener.max_message_size
+        code, _ = client.mail(PAULA, [f"SIZE={limit + 1}"])
+    assert code == 552
+
+
+# --- Nothing lost, nothing doubled ----------------------------------------------------------------
+
+
+def test_same_message_id_twice_gives_one_note(test_odoo, gateway, mailer):
+    to = mailer.address("note", "project.task", TASK_ID)
+    raw = mailer.sign(mailer.message("note_from_contributor.eml", to, "<once@example.com>"))
+    first = mailer.send(raw, to)
+    second = mailer.send(raw, to)
+    assert first.startswith("250 2.0.0 Filed as Odoo message")
+    assert second.startswith("250 2.0.0 Already filed as Odoo message")
+    assert first.rsplit(" ", 1)[1] == second.rsplit(" ", 1)[1]
+    assert len(_posts(test_odoo)) == 1
+    assert [row.verdict for row in _journal(gateway)] == ["duplicate", "filed"]
+
+
+def test_message_without_message_id_is_still_filed_once(test_odoo, gateway, mailer):
+    to = mailer.address("note", "project.task", TASK_ID)
+    raw = mailer.sign(mailer.message("no_message_id.eml", to))
+    assert mailer.send(raw, to).startswith("250 2.0.0 Filed")
+    assert mailer.send(raw, to).startswith("250 2.0.0 Already filed")
+    [post] = _posts(test_odoo)
+    assert post.kwargs["message_id"].endswith("@derived.note-gateway.invalid>")
+
+
+@pytest.mark.parametrize("fault", ["refuse", "http500", "garbage", "rpc_error"])
+def test_odoo_down_defers_then_the_retry_files_once(test_odoo, gateway, mailer, fault):
+    to = mailer.address("note", "project.task", TASK_ID)
+    raw = mailer.sign(mailer.message("note_from_contributor.eml", to, f"<retry-{fault}@example.com>"))
+    test_odoo.fail(fault)
+    reply = mailer.send(raw, to)
+    assert reply.startswith("451 4.3.0 Odoo is unavailable"), reply
+    test_odoo.heal()
+    assert mailer.send(raw, to).startswith("250 2.0.0 Filed")
+    assert mailer.send(raw, to).startswith("250 2.0.0 Already filed")
+    assert len([p for p in _posts(test_odoo) if p.ok]) == 1
+    assert [row.verdict for row in _journal(gateway)] == ["duplicate", "filed", "deferred"]
+
+
+def test_odoo_hanging_defers_within_the_timeout(test_odoo, start_gateway, dns_server, dkim_keys):
+    gateway = start_gateway(dns_server.port, odoo_timeout=1.0)
+    mailer = Mailer(gateway, dkim_keys)
+    to = mailer.address("note", "project.task", TASK_ID)
+    raw = mailer.sign(mailer.message("note_from_contributor.eml", to))
+    test_odoo.fail("hang", seconds=5)
+    assert mailer.send(raw, to).startswith("451 4.3.0")
+    test_odoo.heal()
+    assert mailer.send(raw, to).startswith("250 ")
+
+
+def test_dns_failure_defers_with_443(test_odoo, start_gateway, dkim_keys):
+    with DnsServer() as dns:
+        name = dkim_keys["example.com"].record_name(SELECTOR, "example.com")
+        dns.add_txt(name, dkim_keys["example.com"].txt_record)
+        dns.servfail(name)
+        mailer = Mailer(start_gateway(dns.port), dkim_keys)
+        to = mailer.address("note", "project.task", TASK_ID)
+        raw = mailer.sign(mailer.message("note_from_contributor.eml", to))
+        assert mailer.send(raw, to).startswith("451 4.4.3")
+        dns.heal(name)
+        assert mailer.send(raw, to).startswith("250 ")

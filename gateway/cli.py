@@ -35,6 +35,16 @@ def command_serve(args: argparse.Namespace) -> int:
         logging.getLogger("gateway").info(
             "listening on %s:%d (%s) for %s", listener.host, server.port, listener.protocol.upper(),
             ", ".join(sorted(config.domains)))
+        for name, pool in services.odoo.items():
+            # Logging in now shows a wrong key or URL at start; the gateway serves anyway, since
+            # Odoo being down is a reason to defer mail (451), not to refuse to start.
+            try:
+                version = await asyncio.to_thread(pool.version)
+                logging.getLogger("gateway").info("odoo %s: logged in to %s as %s, Odoo %d", name,
+                                                  pool.connection.url, pool.connection.login, version)
+            except Exception as error:
+                logging.getLogger("gateway").warning("odoo %s: cannot log in yet (%s); mail is deferred until it can",
+                                                     name, error)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signal_number in (signal.SIGTERM, signal.SIGINT):

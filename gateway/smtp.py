@@ -13,6 +13,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from gateway import address, pipeline, policy
 from gateway.context import MessageContext, Target
+from gateway.journal import JournalEntry, JournalUnavailable
 from gateway.pipeline import Services
 from gateway.refusals import InternalError, OdooUnavailable, Refusal, TooManyRecipients
 
@@ -37,11 +38,24 @@ class GatewayHandler:
             policy.check_model_allowed(self.services.config.domains[target.domain], target)
         except Refusal as refusal:
             log.info("RCPT %r refused: %s", rcpt, refusal.smtp_reply())
+            await self._journal_rcpt_refusal(session, envelope, rcpt, refusal)
             return refusal.smtp_reply()
         envelope.rcpt_tos.append(rcpt)
         envelope.rcpt_options.extend(rcpt_options)
         envelope.gateway_target = target  # type: ignore[attr-defined]
         return "250 2.1.5 OK"
+
+    async def _journal_rcpt_refusal(self, session: Session, envelope: Envelope, rcpt: str, refusal: Refusal) -> None:
+        # A refused recipient is bad input too, and admins look for it in the journal when a
+        # contributor says "my mail bounced".
+        peer = session.peer[0] if isinstance(session.peer, tuple) else str(session.peer)
+        entry = JournalEntry(peer=peer, mail_from=envelope.mail_from or "", rcpt=rcpt[:320],
+                             verdict="deferred" if refusal.transient else "refused",
+                             refusal_class=refusal.name, smtp_reply=refusal.smtp_reply())
+        try:
+            await asyncio.get_running_loop().run_in_executor(self.executor, self.services.journal.record, entry)
+        except JournalUnavailable as error:
+            log.error("journal unavailable, RCPT refusal not recorded: %s", error)
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         target: Target = envelope.gateway_target  # type: ignore[attr-defined]

@@ -175,6 +175,9 @@ def test_tampered_token_is_refused_at_rcpt(gateway, mailer):
     good = mailer.address("note", "project.task", TASK_ID)
     [(code, text)] = _rcpt(gateway, good.replace(f"-{TASK_ID}-", "-61-"))
     assert (code, text.decode()) == (550, "5.1.1 No such gateway address: the address signature is not valid")
+    [row] = _journal(gateway)
+    assert (row.verdict, row.refusal_class, row.mail_from) == ("refused", "BadAddress", PAULA)
+    assert row.smtp_reply == "550 5.1.1 No such gateway address: the address signature is not valid"
 
 
 def test_note_token_used_as_reply_is_refused_at_rcpt(gateway, mailer):

@@ -96,11 +96,19 @@ def command_log(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shown(path: str | Path) -> str:
+    """A path as the admin typed it: relative to the current folder when it is below it."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def command_check_config(args: argparse.Namespace) -> int:
     config = _load(args.config)
-    print(f"{config.path}: OK")
+    print(f"{_shown(config.path)}: OK")
     for domain, rules in sorted(config.domains.items()):
-        print(f"  {domain} ({rules.source}): odoo={rules.odoo}, note models={rules.note.models or 'none'}, "
+        print(f"  {domain} ({_shown(rules.source)}): odoo={rules.odoo}, note models={rules.note.models or 'none'}, "
               f"reply models={rules.reply.models or 'none'}, {len(config.secrets[domain])} secret(s)")
     return 0
 

@@ -1,14 +1,17 @@
-"""The main end-to-end scenarios against a real Odoo 18: signed mail over loopback SMTP, checked in Odoo and from the portal."""
+"""The main end-to-end scenarios against a real Odoo 18, checked as its admin and from its portal."""
 
 from __future__ import annotations
 
+import email
+import email.policy
+import hashlib
 import uuid
 
 import pytest
 
 from .conftest import RealGateway, closed_port, start_real_gateway
-from .provision import (ENV_VARS, QUIET, RealOdooEnv, followers_of, messages_on, notifications_for_message,
-                        portal_session)
+from .provision import (ENV_VARS, QUIET, OdooWebError, RealOdooEnv, followers_of, messages_on,
+                        notifications_for_message, portal_session)
 
 if RealOdooEnv.from_environ() is None:
     pytest.skip("real-Odoo suite skipped: set " + ", ".join(ENV_VARS) + " to point it at a real Odoo 18 "
@@ -98,11 +101,13 @@ def test_note_from_contributor_on_task_is_an_internal_log_note(world, real_gatew
     task = world.task_id
     message_id = _message_id(world)
     to = real_gateway.address("note", "project.task", task)
-    raw = real_gateway.sign(real_gateway.message(world.contributor.email, to, NOTE_TEXT + "Details: https://example.com/reports/p7\n",
+    body = NOTE_TEXT + "Details: https://example.com/reports/p7\n"
+    raw = real_gateway.sign(real_gateway.message(world.contributor.email, to, body,
                                                  sender_name="Paula Contributor", message_id=message_id))
     reply = real_gateway.send(raw, to, mail_from=world.contributor.email, label="note on task")
     odoo_id = _filed_id(reply)
-    stored = _assert_internal_note(world, real_gateway, "project.task", task, odoo_id, message_id, world.task_followers)
+    stored = _assert_internal_note(world, real_gateway, "project.task", task, odoo_id, message_id,
+                                   world.task_followers)
     assert "the seal is worn" in stored["body"]
     assert 'href="https://example.com/reports/p7"' in stored["body"]
     print(f"\nnote on project.task {task}: {reply!r} in {real_gateway.timings['note on task']:.3f} s; "
@@ -134,7 +139,8 @@ def test_reply_is_a_public_comment_that_portal_users_see_and_a_note_beside_it_th
     reply_id, note_id = _message_id(world), _message_id(world)
     reply_to = real_gateway.address("reply", "project.task", task)
     note_to = real_gateway.address("note", "project.task", task)
-    raw = real_gateway.sign(real_gateway.message(world.contributor.email, reply_to, "Public answer: the pump ships on Monday.\n",
+    raw = real_gateway.sign(real_gateway.message(world.contributor.email, reply_to,
+                                                 "Public answer: the pump ships on Monday.\n",
                                                  sender_name="Paula Contributor", message_id=reply_id))
     comment = _filed_id(real_gateway.send(raw, reply_to, mail_from=world.contributor.email, label="reply on task"))
     raw = real_gateway.sign(real_gateway.message(world.contributor.email, note_to, "Internal: the margin is thin.\n",
@@ -185,7 +191,8 @@ def test_sender_not_allowed_to_post_notes_is_refused(world, real_gateway, who, e
 
 def test_contributor_who_does_not_follow_the_record_is_refused(world, real_gateway):
     Task = world.admin.env["project.task"].with_context(**QUIET)
-    other = Task.create({"name": f"Unfollowed Task {world.tag}", "project_id": world.project_id, "user_ids": [(6, 0, [])]})
+    other = Task.create({"name": f"Unfollowed Task {world.tag}", "project_id": world.project_id,
+                         "user_ids": [(6, 0, [])]})
     world.track("project.task", other)
     assert world.contributor.partner_id not in followers_of(world, "project.task", other)
     to = real_gateway.address("note", "project.task", other)
@@ -247,3 +254,49 @@ def test_odoo_unreachable_defers_with_451_and_the_retry_is_filed_once(world, rea
     odoo_id = _filed_id(real_gateway.send(raw, to, mail_from=world.contributor.email))
     assert _with_message_id(world, message_id) == [odoo_id]
     print(f"\nOdoo unreachable: {deferred!r} in {down.timings['odoo down']:.3f} s; retry filed as {odoo_id}")
+
+
+def test_non_member_may_still_file_a_public_reply(world, real_gateway):
+    task = world.task_id
+    to = real_gateway.address("reply", "project.task", task)
+    raw = real_gateway.sign(real_gateway.message(world.plain.email, to, "Thanks, Monday suits us.\n"))
+    comment = _filed_id(real_gateway.send(raw, to, mail_from=world.plain.email, label="reply by non-member"))
+    stored = _stored(world, "project.task", task, comment)
+    assert stored["subtype_id"][0] == _subtype_id(world, "mail.mt_comment")
+    assert stored["author_id"][0] == world.plain.partner_id
+    assert comment in _portal_sees(world, world.contributor, "project.task", task)
+    print(f"\nnon-member reply on project.task {task}: message {comment} by partner {stored['author_id']}")
+
+
+def test_record_that_does_not_exist_is_refused(world, real_gateway):
+    Task = world.admin.env["project.task"].with_context(active_test=False)
+    missing = Task.search([], order="id desc", limit=1)[0] + 100000
+    to = real_gateway.address("note", "project.task", missing)
+    raw = real_gateway.sign(real_gateway.message(world.contributor.email, to, NOTE_TEXT))
+    reply = real_gateway.send(raw, to, mail_from=world.contributor.email)
+    assert reply.startswith("550 5.1.1 The record of this address does not exist"), reply
+    print(f"\nproject.task {missing} (no such record): {reply!r}")
+
+
+def test_attachment_of_a_note_keeps_its_bytes_and_stays_internal(world, real_gateway):
+    task = world.task_id
+    payload = bytes(range(256)) * 4
+    to = real_gateway.address("note", "project.task", task)
+    message = email.message_from_bytes(
+        real_gateway.message(world.contributor.email, to, "Measurements attached.\n"), policy=email.policy.SMTP)
+    message.add_attachment(payload, maintype="application", subtype="octet-stream", filename="readings.bin")
+    note = _filed_id(real_gateway.send(real_gateway.sign(message.as_bytes()), to, mail_from=world.contributor.email,
+                                       label="note with attachment"))
+    [attachment_id] = _stored(world, "project.task", task, note)["attachment_ids"]
+    [attachment] = world.admin.env["ir.attachment"].read([attachment_id], ["name", "res_model", "res_id", "checksum",
+                                                                          "file_size"])
+    assert (attachment["name"], attachment["res_model"], attachment["res_id"]) == ("readings.bin", "project.task", task)
+    assert attachment["checksum"] == hashlib.sha1(payload).hexdigest() and attachment["file_size"] == len(payload)
+    assert notifications_for_message(world, note) == []
+    for user in (world.contributor, world.plain):
+        session = portal_session(world, user.login, user.password)
+        assert note not in session.chatter_ids("project.task", task)
+        with pytest.raises(OdooWebError, match="AccessError"):
+            session.call_kw("ir.attachment", "read", [[attachment_id], ["name"]])
+    print(f"\nnote with attachment on project.task {task}: message {note}, ir.attachment {attachment_id} "
+          f"({attachment['file_size']} bytes, sha1 equal), unreadable by both portal users")

@@ -1,0 +1,145 @@
+"""The text parts and files of a MIME message, decoded with a charset fallback chain (issue 3)."""
+
+from __future__ import annotations
+
+import codecs
+import email.message
+import re
+from dataclasses import dataclass, field
+
+from gateway.context import Attachment
+
+# After the declared charset, the chain issue 3 asks for: UTF-8 is what nearly every client
+# writes today, cp1252 is what Windows clients write while declaring (or omitting) latin-1, and
+# latin-1 decodes any byte, so the chain always ends with readable text.
+FALLBACK_CHARSETS = ("utf-8", "cp1252", "latin-1")
+# ISO-2022-JP is 7-bit: without a declared charset it also "decodes" as ASCII, into escape
+# sequences. Its escape to JIS X 0208 (RFC 1468 section 3) gives it away.
+_ISO_2022_JP_ESCAPES = (b"\x1b$B", b"\x1b$@", b"\x1b(J")
+# An HTML part that declares no MIME charset often names one in a <meta> element (HTML Living
+# Standard, "determining the character encoding"), which is better than guessing.
+_META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?([A-Za-z0-9._:-]+)""", re.IGNORECASE)
+_TEXT_TYPES = ("text/plain", "text/html")
+
+
+@dataclass
+class MimeContent:
+    """What the walk found: the body text of each type, the files, and what was odd about them."""
+
+    text_plain: list[str] = field(default_factory=list)
+    text_html: list[str] = field(default_factory=list)
+    attachments: list[Attachment] = field(default_factory=list)
+    defects: list[str] = field(default_factory=list)
+
+
+def _codec(name: str | None) -> str | None:
+    """The Python codec of a charset name, or None if Python does not know it."""
+    if not name:
+        return None
+    try:
+        return codecs.lookup(name.strip().strip('"').lower()).name
+    except LookupError:
+        return None
+
+
+def decode_text(payload: bytes, declared: str | None, content_type: str, defects: list[str]) -> str:
+    """Text of a part: the declared charset, then UTF-8, cp1252, latin-1; a fallback is a defect.
+
+    MAIL_SECURITY.md item 19: mail-parser replaces undecodable bytes silently, which garbles the
+    note and hides it; here every fallback leaves a trace in the journal.
+    """
+    codec = _codec(declared)
+    if declared and codec is None:
+        defects.append(f"charset-unknown:{declared.lower()}")
+    if codec is None and any(escape in payload for escape in _ISO_2022_JP_ESCAPES):
+        codec = "iso2022_jp"
+        defects.append("charset-guessed:iso-2022-jp")
+    if codec is None and content_type == "text/html":
+        match = _META_CHARSET.search(payload[:4096])
+        codec = _codec(match.group(1).decode("ascii")) if match else None
+    if codec is not None:
+        try:
+            return payload.decode(codec)
+        except UnicodeDecodeError:
+            defects.append(f"charset-mismatch:{declared or codec}")
+    elif not declared and not payload.isascii():
+        # RFC 2045 section 5.2: no charset means US-ASCII, so 8-bit bytes are a mistake to repair.
+        defects.append("charset-missing")
+    for fallback in FALLBACK_CHARSETS:
+        try:
+            text = payload.decode(fallback)
+        except UnicodeDecodeError:
+            continue
+        if codec is not None or not payload.isascii():
+            defects.append(f"charset-fallback:{fallback}")
+        return text
+    raise AssertionError("latin-1 decodes every byte")  # pragma: no cover
+
+
+def _filename(part: email.message.Message, default_stem: str) -> str:
+    try:
+        name = part.get_filename()
+    except (LookupError, UnicodeError, ValueError):
+        name = None
+    if name:
+        # A name is a label, never a path: keep only its last component.
+        name = re.split(r"[\\/]", str(name))[-1].strip()
+    if name:
+        return name
+    extension = {
+        "image/png": ".png", "image/jpeg": ".jpg", "image/gif": ".gif", "image/webp": ".webp",
+        "text/calendar": ".ics", "application/pdf": ".pdf", "text/plain": ".txt", "text/html": ".html",
+    }.get(part.get_content_type(), ".bin")
+    return default_stem + extension
+
+
+def _content_id(part: email.message.Message) -> str | None:
+    value = part.get("Content-ID")
+    return str(value).strip().strip("<>").strip() or None if value else None
+
+
+def _forwarded_message(part: email.message.Message, content: MimeContent) -> None:
+    """A message/rfc822 part becomes one .eml file (issue 3), not text mixed into the body."""
+    inner = part.get_payload()
+    if isinstance(inner, list) and inner:
+        inner_message = inner[0]
+        data = inner_message.as_bytes()
+        subject = str(inner_message.get("Subject") or "").strip()
+    else:
+        data = part.get_payload(decode=True) or b""
+        subject = ""
+    stem = re.sub(r"[^\w .,()-]+", "_", subject)[:80].strip(" ._") or "forwarded message"
+    name = part.get_filename() or f"{stem}.eml"
+    content.attachments.append(Attachment(filename=name, content_type="message/rfc822", payload=data))
+
+
+def _walk(part: email.message.Message, content: MimeContent) -> None:
+    content_type = part.get_content_type()
+    if content_type == "message/rfc822":
+        _forwarded_message(part, content)
+        return
+    if part.is_multipart():
+        for child in part.get_payload():
+            _walk(child, content)
+        return
+    disposition = (part.get_content_disposition() or "").lower()
+    payload = part.get_payload(decode=True) or b""
+    if content_type in _TEXT_TYPES and disposition != "attachment" and not part.get_filename():
+        text = decode_text(payload, part.get_param("charset"), content_type, content.defects)
+        (content.text_html if content_type == "text/html" else content.text_plain).append(text)
+        return
+    # Everything else is a file: images without a Content-Disposition header too (Apple Mail and
+    # Outlook send inline images that way), so they can be shown where their cid: points.
+    content.attachments.append(Attachment(
+        filename=_filename(part, f"attachment-{len(content.attachments) + 1}"),
+        content_type=content_type,
+        payload=payload,
+        content_id=_content_id(part),
+    ))
+
+
+def walk(message: email.message.Message) -> MimeContent:
+    """Every leaf of the message once; forwarded messages stay whole."""
+    content = MimeContent()
+    _walk(message, content)
+    return content

@@ -176,6 +176,9 @@ def is_readable(sanitized: str) -> bool:
     return parser.has_image or bool("".join(parser.text).translate(_INVISIBLE).strip())
 
 
+# The blank lines a client leaves between the text and the quote it was cut from.
+_TRAILING_BLANKS = re.compile(r"(?:\s|<br>|<p>(?:&nbsp;|\s|<br>)*</p>|<div>(?:&nbsp;|\s|<br>)*</div>)+$")
+
 # The heading of the collapsed block that keeps what was trimmed, so that nothing is lost.
 TRIMMED_SUMMARY = "Quoted text and signature"
 
@@ -199,7 +202,7 @@ def extract_body(message: ParsedMessage) -> str:
     <details> block.
     """
     for split in _candidate_splits(message):
-        body = sanitize_html(split.kept).strip()
+        body = _TRAILING_BLANKS.sub("", sanitize_html(split.kept))
         if not is_readable(body):
             continue
         trimmed = sanitize_html(split.trimmed).strip() if split.trimmed else ""

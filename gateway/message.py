@@ -57,7 +57,7 @@ def parse(raw: bytes) -> ParsedMessage:
         # charset errors silently and mixes forwarded messages into the body (issue 3).
         parts = mime.walk(mail.message)
         text_plain = "\n".join(parts.text_plain)
-        text_html = "\n".join(parts.text_html)
+        text_html = mime.join_html(parts.text_html)
         to = [address for _, address in (mail.to or []) if address]
         cc = [address for _, address in (mail.cc or []) if address]
         attachments = parts.attachments

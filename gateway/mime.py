@@ -138,6 +138,19 @@ def _walk(part: email.message.Message, content: MimeContent) -> None:
     ))
 
 
+_DOCUMENT_FRAME = re.compile(r"<head\b.*?</head\s*>|<!doctype[^>]*>|</?(?:html|body)\b[^>]*>", re.IGNORECASE | re.DOTALL)
+
+
+def join_html(parts: list[str]) -> str:
+    """One HTML body from several parts (Apple Mail splits its HTML around each attached file).
+
+    Each part is a whole document; joined as they are, a parser would keep only the first body.
+    """
+    if len(parts) <= 1:
+        return "".join(parts)
+    return "\n".join(_DOCUMENT_FRAME.sub("", part) for part in parts)
+
+
 def walk(message: email.message.Message) -> MimeContent:
     """Every leaf of the message once; forwarded messages stay whole."""
     content = MimeContent()

@@ -109,7 +109,7 @@ DEFAULT_DENIED_EXTENSIONS = [
     ".vbs", ".vbe", ".wsf", ".wsh", ".hta", ".ps1", ".lnk", ".reg", ".jar", ".iso", ".img", ".vhd",
 ]
 DEFAULT_DENIED_TYPES = [
-    "application/x-msdownload", "application/x-dosexec", "application/x-ms-installer",
+    "application/x-msdownload", "application/x-dosexec", "application/x-executable", "application/x-ms-installer",
     "application/x-msi", "application/hta", "application/x-sh", "application/java-archive",
 ]
 

@@ -44,8 +44,10 @@ _HEADER_SENT = re.compile(
     r"^\s*\**(?:Sent|Date|Envoyé|Gesendet|Datum|Enviado|Fecha|Inviato|Data|Verzonden|Skickat|送信日時)\s*\**\s*[:：]",
     re.IGNORECASE,
 )
+# In an HTML header block the lines are separated by <br>, which adds no text: "From: BobSent: ..."
+# has no word boundary before "Sent", so none is required.
 _HEADER_SENT_ANYWHERE = re.compile(
-    r"\b(?:Sent|Envoyé|Gesendet|Enviado|Inviato|Verzonden|Skickat|送信日時)\s*\**\s*[:：]", re.IGNORECASE)
+    r"(?:Sent|Envoyé|Gesendet|Enviado|Inviato|Verzonden|Skickat|送信日時)\s*\**\s*[:：]", re.IGNORECASE)
 # What mobile clients append below the text: a closing, not part of the note.
 _MOBILE_CLOSING = re.compile(
     r"^\s*(?:Sent\s+from\s+my\s+\w+|Sent\s+from\s+(?:Mail|Outlook)\s+for\s+\w+|Get\s+Outlook\s+for\s+\w+|"

@@ -201,12 +201,18 @@ def extract_body(message: ParsedMessage) -> str:
     reply holding only a quote is refused (issue 3); what was trimmed follows in a collapsed
     <details> block.
     """
+    fallback = None
     for split in _candidate_splits(message):
         body = _TRAILING_BLANKS.sub("", sanitize_html(split.kept))
-        if not is_readable(body):
-            continue
         trimmed = sanitize_html(split.trimmed).strip() if split.trimmed else ""
-        if trimmed and is_readable(trimmed):
-            body += f"\n<details><summary>{TRIMMED_SUMMARY}</summary>\n{trimmed}\n</details>"
-        return body
+        details = f"<details><summary>{TRIMMED_SUMMARY}</summary>\n{trimmed}\n</details>" \
+            if trimmed and is_readable(trimmed) else ""
+        if is_readable(body):
+            return f"{body}\n{details}" if details else body
+        if fallback is None:
+            fallback = details
+    # A file sent on its own (a forwarded message, a scan) is what the author meant to file; an
+    # inline image is not, since clients put logos and quoted pictures inline.
+    if any(not attachment.content_id for attachment in message.attachments):
+        return fallback or ""
     raise EmptyBody()

@@ -125,3 +125,18 @@ def test_a_message_holding_only_a_quote_is_refused_with_advice_to_write_above():
 def test_plain_text_fallback_keeps_line_breaks_and_links():
     body = extract_body(_message(text="Line one\nsee https://example.com/a.\n\nOn Mon, Bob wrote:\n> old\n"))
     assert "Line one<br>" in body and '<a href="https://example.com/a"' in body
+
+
+def test_a_file_sent_without_text_is_filed_but_an_inline_logo_is_not_enough():
+    from gateway.context import Attachment
+
+    scan = Attachment(filename="scan.pdf", content_type="application/pdf", payload=b"%PDF")
+    logo = Attachment(filename="image001.png", content_type="image/png", payload=b"png", content_id="image001")
+    quoted_only = f"On Mon, Bob wrote:\n> {OLD}\n"
+    message = _message(text=quoted_only)
+    message.attachments = [scan]
+    body = extract_body(message)
+    assert OWN not in body and OLD in body and body.startswith("<details>")
+    message.attachments = [logo]
+    with pytest.raises(EmptyBody):
+        extract_body(message)

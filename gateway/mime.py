@@ -76,6 +76,42 @@ def decode_text(payload: bytes, declared: str | None, content_type: str, defects
     raise AssertionError("latin-1 decodes every byte")  # pragma: no cover
 
 
+def unflow(text: str, *, delete_space: bool = False) -> str:
+    """Undo format=flowed (RFC 3676 section 4): a line ending in a space continues on the next.
+
+    Without this, every soft line break of a flowed message would become a <br> in the note.
+    The signature separator "-- " is never joined (section 4.3), and quote depth must match for
+    lines to join (section 4.5).
+    """
+    lines = text.split("\n")
+    out: list[str] = []
+    pending: str | None = None
+    pending_depth = 0
+    for raw_line in lines:
+        line = raw_line.rstrip("\r")
+        depth = len(line) - len(line.lstrip(">"))
+        content = line[depth:]
+        if content.startswith(" "):
+            content = content[1:]  # space-stuffing (section 4.4)
+        if pending is not None and depth != pending_depth:
+            out.append(pending)
+            pending = None
+        flowed = content.endswith(" ") and content != "-- "
+        if flowed and delete_space:
+            content = content[:-1]
+        prefix = "> " * depth if depth else ""
+        if pending is None:
+            pending, pending_depth = prefix + content, depth
+        else:
+            pending += content
+        if not flowed:
+            out.append(pending)
+            pending = None
+    if pending is not None:
+        out.append(pending)
+    return "\n".join(out)
+
+
 def _filename(part: email.message.Message, default_stem: str) -> str:
     try:
         name = part.get_filename()
@@ -126,6 +162,8 @@ def _walk(part: email.message.Message, content: MimeContent) -> None:
     payload = part.get_payload(decode=True) or b""
     if content_type in _TEXT_TYPES and disposition != "attachment" and not part.get_filename():
         text = decode_text(payload, part.get_param("charset"), content_type, content.defects)
+        if content_type == "text/plain" and str(part.get_param("format") or "").lower() == "flowed":
+            text = unflow(text, delete_space=str(part.get_param("delsp") or "").lower() == "yes")
         (content.text_html if content_type == "text/html" else content.text_plain).append(text)
         return
     # Everything else is a file: images without a Content-Disposition header too (Apple Mail and

@@ -75,3 +75,12 @@ def test_attachment_name_is_never_a_path():
             b"Content-Disposition: attachment; filename=\"..\\\\..\\\\evil.bin\"\r\n\r\nx\r\n--b--\r\n")
     [attachment] = _parse(b'Content-Type: multipart/mixed; boundary="b"', body).attachments
     assert attachment.filename == "evil.bin"
+
+
+def test_format_flowed_text_is_joined_into_paragraphs():
+    body = b"The seal was worn and \r\nhas been replaced.\r\n\r\n> Quoted soft \r\n> break.\r\n-- \r\nPaula\r\n"
+    message = _parse(b"Content-Type: text/plain; charset=utf-8; format=flowed", body)
+    assert message.text_plain.replace("\r", "").split("\n")[:5] == [
+        "The seal was worn and has been replaced.", "", "> Quoted soft break.", "-- ", "Paula"]
+    delsp = _parse(b"Content-Type: text/plain; charset=utf-8; format=flowed; delsp=yes", b"Pres \r\nsure\r\n")
+    assert delsp.text_plain.startswith("Pressure")

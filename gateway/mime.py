@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import html
 import email.message
 import re
 from dataclasses import dataclass, field
@@ -149,14 +150,34 @@ def _forwarded_message(part: email.message.Message, content: MimeContent) -> Non
     content.attachments.append(Attachment(filename=name, content_type="message/rfc822", payload=data))
 
 
+def _is_unreferenced_inline_image(part: email.message.Message) -> bool:
+    return (part.get_content_maintype() == "image" and _content_id(part) is None
+            and (part.get_content_disposition() or "inline") == "inline")
+
+
+def _place_inline_image(part: email.message.Message, content: MimeContent) -> None:
+    """Apple Mail splits its HTML around an inline picture in multipart/mixed, with no cid: in the
+    HTML; the reader saw the picture there, so an <img> pointing at it takes its place."""
+    content_id = f"inline-{len(content.attachments) + 1}@note-gateway.invalid"
+    filename = _filename(part, f"image-{len(content.attachments) + 1}")
+    content.attachments.append(Attachment(filename=filename, content_type=part.get_content_type(),
+                                          payload=part.get_payload(decode=True) or b"", content_id=content_id))
+    content.text_html.append(f'<img src="cid:{content_id}" alt="{html.escape(filename)}">')
+
+
 def _walk(part: email.message.Message, content: MimeContent) -> None:
     content_type = part.get_content_type()
     if content_type == "message/rfc822":
         _forwarded_message(part, content)
         return
     if part.is_multipart():
+        html_before = False
         for child in part.get_payload():
+            if html_before and content_type == "multipart/mixed" and _is_unreferenced_inline_image(child):
+                _place_inline_image(child, content)
+                continue
             _walk(child, content)
+            html_before = html_before or child.get_content_type() == "text/html"
         return
     disposition = (part.get_content_disposition() or "").lower()
     payload = part.get_payload(decode=True) or b""

@@ -105,7 +105,7 @@ def _screen_attachments(ctx: MessageContext, services: Services, deadline: float
 def _choose_recipients(ctx: MessageContext, services: Services, deadline: float) -> None:
     if not ctx.rules.kind_rules(ctx.target.kind).notify_recipients:
         return
-    chosen = recipients.choose(_odoo(ctx, services), ctx, deadline=deadline)
+    chosen = recipients.choose(_odoo(ctx, services), ctx, own_domains=set(services.config.domains), deadline=deadline)
     ctx.notify_partner_ids = chosen.partner_ids
     ctx.journal_notes += [f"recipient-dropped:{item}" for item in chosen.dropped]
 

@@ -18,10 +18,10 @@ class Recipients:
     dropped: list[str] = field(default_factory=list)
 
 
-def candidate_addresses(ctx: MessageContext) -> list[str]:
+def candidate_addresses(ctx: MessageContext, own_domains: set[str] | frozenset[str] = frozenset()) -> list[str]:
     """To and Cc, lowercased, once each, without the gateway's own addresses and the sender."""
     assert ctx.message is not None
-    own_domains = {ctx.target.domain}
+    own_domains = {ctx.target.domain, *own_domains}
     sender = ctx.sender.email.lower() if ctx.sender else ctx.message.from_address
     found: list[str] = []
     for value in [*ctx.message.to, *ctx.message.cc]:
@@ -34,14 +34,15 @@ def candidate_addresses(ctx: MessageContext) -> list[str]:
     return found
 
 
-def choose(odoo: OdooPool, ctx: MessageContext, *, deadline: float | None = None) -> Recipients:
+def choose(odoo: OdooPool, ctx: MessageContext, *, own_domains: set[str] | frozenset[str] = frozenset(),
+           deadline: float | None = None) -> Recipients:
     """Partners of the active internal users (share = False) among To/Cc, in one Odoo call.
 
     A partner in partner_ids of a note is emailed the note, portal partners included
     (ODOO_FACTS.md c and "What these facts demand" item 4), so every other address is dropped
     and recorded.
     """
-    addresses = candidate_addresses(ctx)
+    addresses = candidate_addresses(ctx, own_domains)
     result = Recipients(dropped=[f"{address} (too many recipients)" for address in addresses[MAX_LOOKED_UP:]])
     addresses = addresses[:MAX_LOOKED_UP]
     if not addresses:

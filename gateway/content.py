@@ -10,7 +10,7 @@ from html.parser import HTMLParser
 import nh3
 
 from gateway import quotes
-from gateway.context import ParsedMessage
+from gateway.context import Attachment, ParsedMessage
 from gateway.refusals import EmptyBody
 
 # What an Odoo chatter message may hold. Odoo sanitizes again on its side (ODOO_FACTS.md b), but
@@ -194,12 +194,13 @@ def _candidate_splits(message: ParsedMessage) -> Iterator[quotes.Split]:
         yield quotes.split_text(message.text_plain)
 
 
-def extract_body(message: ParsedMessage) -> str:
+def extract_body(message: ParsedMessage, files: list[Attachment] | None = None) -> str:
     """The sanitized HTML body to post, or EmptyBody if nothing readable is left above the quote.
 
     The quoted history and the signature are trimmed before the readability check, so that a
     reply holding only a quote is refused (issue 3); what was trimmed follows in a collapsed
-    <details> block.
+    <details> block. ``files`` are the attachments that will be filed (after the rules), by
+    default all of the message's.
     """
     fallback = None
     for split in _candidate_splits(message):
@@ -213,6 +214,6 @@ def extract_body(message: ParsedMessage) -> str:
             fallback = details
     # A file sent on its own (a forwarded message, a scan) is what the author meant to file; an
     # inline image is not, since clients put logos and quoted pictures inline.
-    if any(not attachment.content_id for attachment in message.attachments):
+    if any(not attachment.content_id for attachment in (message.attachments if files is None else files)):
         return fallback or ""
     raise EmptyBody()

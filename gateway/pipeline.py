@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from gateway import attachments, content, identity, message, policy, post, recipients, senderauth
-from gateway.subject import clean_subject
 from gateway.config import GatewayConfig
 from gateway.context import MessageContext
 from gateway.journal import Journal, JournalEntry, JournalUnavailable
@@ -18,6 +17,7 @@ from gateway.odoo import OdooPool
 from gateway.refusals import InternalError, MessageInProgress, OdooUnavailable, Refusal
 from gateway.render import Renderer
 from gateway.resolver import DkimKeyResolver
+from gateway.subject import clean_subject
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def _authorize(ctx: MessageContext, services: Services, deadline: float) -> None
 
 def _extract_content(ctx: MessageContext, services: Services, deadline: float) -> None:
     assert ctx.message is not None
-    ctx.body_html = content.extract_body(ctx.message)
+    ctx.body_html = content.extract_body(ctx.message, files=ctx.attachments)
 
 
 def _screen_attachments(ctx: MessageContext, services: Services, deadline: float) -> None:
@@ -151,8 +151,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("authenticate-sender", "require an aligned, valid DKIM signature on From", _authenticate_sender),
     Stage("identify-sender", "find the sender's active Odoo user", _identify_sender),
     Stage("authorize", "model allowed, contributor group for notes, follower of the record", _authorize),
-    Stage("extract-content", "take the body, trim quote and signature, sanitize its HTML", _extract_content),
     Stage("screen-attachments", "apply the size limits and type deny-list to the files", _screen_attachments),
+    Stage("extract-content", "take the body, trim quote and signature, sanitize its HTML", _extract_content),
     Stage("choose-recipients", "notify internal users named in To/Cc, drop all others", _choose_recipients),
     Stage("render", "render the note or reply template", _render),
     Stage("post", "post once by Message-ID with message_post", _post),

@@ -140,3 +140,13 @@ def test_a_file_sent_without_text_is_filed_but_an_inline_logo_is_not_enough():
     message.attachments = [logo]
     with pytest.raises(EmptyBody):
         extract_body(message)
+
+
+def test_a_message_whose_only_file_was_refused_is_empty():
+    from gateway.context import Attachment
+
+    message = _message(text="")
+    message.attachments = [Attachment(filename="tool.exe", content_type="application/octet-stream", payload=b"MZ")]
+    assert extract_body(message) == ""
+    with pytest.raises(EmptyBody):
+        extract_body(message, files=[])

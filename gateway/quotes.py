@@ -173,18 +173,33 @@ def _classes(element: etree._Element) -> list[str]:
 
 
 def _elements(element: etree._Element) -> Iterator[etree._Element]:
-    """Elements in document order, never entering code blocks."""
-    for child in element:
-        if not isinstance(child.tag, str):
-            continue
-        yield child
-        if child.tag not in _PROTECTED:
-            yield from _elements(child)
+    """Elements in document order, never entering code blocks.
+
+    lxml's own iteration, not recursive generators: those cost the nesting depth per element, and
+    mail HTML nests hundreds deep.
+    """
+    protected: set[etree._Element] = set()
+    for block in element.iter(*_PROTECTED):
+        protected.update(block.iterdescendants())
+    for child in element.iterdescendants():
+        if isinstance(child.tag, str) and child not in protected:
+            yield child
 
 
 def _short_text(element: etree._Element, limit: int = 400) -> str | None:
-    text = element.text_content()
-    return " ".join(text.split()) if len(text) <= limit else None
+    """The element's text, spaces collapsed, or None if it is longer than a marker line can be.
+
+    Reading stops past the limit: every block element is asked, and reading whole subtrees would
+    make a large HTML mail (nested tables) cost quadratic time.
+    """
+    pieces: list[str] = []
+    length = 0
+    for piece in element.itertext():
+        length += len(piece)
+        if length > limit:
+            return None
+        pieces.append(piece)
+    return " ".join("".join(pieces).split())
 
 
 def _marker(element: etree._Element) -> str | None:

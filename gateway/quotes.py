@@ -74,16 +74,25 @@ class Split:
 # --- Plain text ---------------------------------------------------------------------------------
 
 
+def _quote_follows(lines: list[str], index: int) -> bool:
+    """True if the first non-blank line after ``index`` is quoted: "I wrote:" in the author's own
+    text, followed by more of it, is not an attribution."""
+    following = next((line for line in lines[index + 1:] if line.strip()), "")
+    return _is_quoted(following)
+
+
 def _is_attribution(lines: list[str], index: int) -> bool:
     line = lines[index].strip()
     if not line:
         return False
-    if _ATTRIBUTION.match(line) or _SEPARATOR.match(line):
+    if _SEPARATOR.match(line):
         return True
+    if _ATTRIBUTION.match(line):
+        return _quote_follows(lines, index)
     if index + 1 < len(lines):
         following = lines[index + 1].strip()
         if _ATTRIBUTION.match(f"{line} {following}") and not _ATTRIBUTION.match(following):
-            return True
+            return _quote_follows(lines, index + 1)
         if _HEADER_FROM.match(line) and any(_HEADER_SENT.match(next_line) for next_line in lines[index + 1:index + 3]):
             return True
     return False
@@ -341,7 +350,13 @@ def split_html(source: str) -> Split:
             cut_at = _attribution_before(element)
         elif kind == "attribution":
             following = element.getnext()
-            if following is not None and following.tag == "blockquote" and _has_own_text_after(following, body):
+            while following is not None and following.tag == "br":
+                following = following.getnext()
+            quoted = following is not None and following.tag == "blockquote"
+            text = _short_text(element) or ""
+            if not quoted and "moz-cite-prefix" not in _classes(element) and not _SEPARATOR.match(text):
+                continue  # "I wrote:" in the author's own text, with no quote below it.
+            if quoted and _has_own_text_after(following, body):
                 continue
             cut_at = element
         else:

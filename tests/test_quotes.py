@@ -34,8 +34,8 @@ ATTRIBUTIONS = {
 
 @pytest.mark.parametrize("language", sorted(ATTRIBUTIONS))
 def test_plain_text_attribution_in_each_language_starts_the_quote(language):
-    split = split_text(f"{OWN}.\n\n{ATTRIBUTIONS[language]}\n{OLD}?\n")
-    assert OWN in split.kept and OLD not in split.kept
+    split = split_text(f"{OWN}.\n\n{ATTRIBUTIONS[language]}\n\n> {OLD}?\n")
+    assert OWN in split.kept and OLD not in split.kept and "Bob Planner" not in split.kept
     assert OLD in split.trimmed
 
 
@@ -43,7 +43,7 @@ def test_plain_text_attribution_in_each_language_starts_the_quote(language):
 def test_html_attribution_in_each_language_starts_the_quote(language):
     attribution = ATTRIBUTIONS[language].replace("<", "&lt;").replace(">", "&gt;")
     split = split_html(f"<div>{OWN}.</div><div>{attribution}<br></div><blockquote>{OLD}?</blockquote>")
-    assert OWN in split.kept and OLD not in split.kept
+    assert OWN in split.kept and OLD not in split.kept and "Bob Planner" not in split.kept
     assert OLD in split.trimmed
 
 
@@ -150,3 +150,15 @@ def test_a_message_whose_only_file_was_refused_is_empty():
     assert extract_body(message) == ""
     with pytest.raises(EmptyBody):
         extract_body(message, files=[])
+
+
+def test_a_line_ending_in_wrote_without_a_quote_below_is_the_authors_own():
+    text = "Here is what I wrote:\nthe pump needs a new seal.\n"
+    assert "the pump needs a new seal." in split_text(text).kept and split_text(text).trimmed == ""
+    html = "<p>Here is what the inspector wrote:</p><p>the pump needs a new seal.</p>"
+    assert split_html(html).trimmed == ""
+
+
+def test_outlook_separator_line_starts_the_quote_without_quote_marks():
+    split = split_text(f"{OWN}.\n\n-----Original Message-----\nFrom: Bob\nSent: Monday\n\n{OLD}?\n")
+    assert OLD not in split.kept and OLD in split.trimmed

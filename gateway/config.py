@@ -97,6 +97,41 @@ class KindRules(_Strict):
     models: list[str] = []
     access: Literal["followers"] = "followers"
     allow_internal_users: bool = True
+    # Internal users whose addresses are in To/Cc are notified through Odoo (issue 3); portal
+    # and customer addresses never are.
+    notify_recipients: bool = True
+
+
+MIB = 1024 * 1024
+# Files that run code when opened on a desktop, the usual payloads of mail-borne malware.
+DEFAULT_DENIED_EXTENSIONS = [
+    ".exe", ".com", ".bat", ".cmd", ".scr", ".pif", ".cpl", ".msi", ".msp", ".dll", ".js", ".jse",
+    ".vbs", ".vbe", ".wsf", ".wsh", ".hta", ".ps1", ".lnk", ".reg", ".jar", ".iso", ".img", ".vhd",
+]
+DEFAULT_DENIED_TYPES = [
+    "application/x-msdownload", "application/x-dosexec", "application/x-executable", "application/x-ms-installer",
+    "application/x-msi", "application/hta", "application/x-sh", "application/java-archive",
+]
+
+
+class AttachmentRules(_Strict):
+    max_file_size: Annotated[int, Field(ge=0)] = 10 * MIB
+    max_total_size: Annotated[int, Field(ge=0)] = 20 * MIB
+    denied_extensions: list[str] = DEFAULT_DENIED_EXTENSIONS
+    denied_types: list[str] = DEFAULT_DENIED_TYPES
+    # "drop": file the message, name the refused files in the note and the journal.
+    # "refuse": refuse the whole message (552) when any file is refused.
+    on_refused_file: Literal["drop", "refuse"] = "drop"
+
+    @field_validator("denied_extensions")
+    @classmethod
+    def _dotted(cls, value: list[str]) -> list[str]:
+        return [item.lower() if item.startswith(".") else f".{item.lower()}" for item in value]
+
+    @field_validator("denied_types")
+    @classmethod
+    def _lower(cls, value: list[str]) -> list[str]:
+        return [item.strip().lower() for item in value]
 
 
 class NoteRules(KindRules):
@@ -120,7 +155,18 @@ class DomainRules(_Strict):
     sender: SenderPolicy = SenderPolicy()
     note: NoteRules = NoteRules()
     reply: KindRules = KindRules()
+    attachments: AttachmentRules = AttachmentRules()
+    # A folder of templates for this alias domain only, tried before the gateway's templates_dir
+    # and the bundled ones (relative to the rules file).
+    templates_dir: str | None = None
     source: str = ""
+
+    @property
+    def templates_path(self) -> Path | None:
+        if not self.templates_dir:
+            return None
+        path = Path(self.templates_dir)
+        return path if path.is_absolute() else Path(self.source).parent / path
 
     @field_validator("domain")
     @classmethod
@@ -239,6 +285,8 @@ def load_config(path: str | os.PathLike, environ: dict[str, str] | None = None) 
         for secret in domain_secrets:
             if len(secret) < 16:
                 raise ConfigError(rules_path, "secrets", "each secret needs at least 16 characters")
+        if rules.templates_path is not None and not rules.templates_path.is_dir():
+            raise ConfigError(rules_path, "templates_dir", f"{rules.templates_path} is not a folder")
         domains[rules.domain] = rules
         secrets[rules.domain] = [secret.encode() for secret in domain_secrets]
 

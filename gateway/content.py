@@ -9,7 +9,8 @@ from html.parser import HTMLParser
 
 import nh3
 
-from gateway.context import ParsedMessage
+from gateway import quotes
+from gateway.context import Attachment, ParsedMessage
 from gateway.refusals import EmptyBody
 
 # What an Odoo chatter message may hold. Odoo sanitizes again on its side (ODOO_FACTS.md b), but
@@ -175,23 +176,44 @@ def is_readable(sanitized: str) -> bool:
     return parser.has_image or bool("".join(parser.text).translate(_INVISIBLE).strip())
 
 
-def _candidate_bodies(message: ParsedMessage) -> Iterator[str]:
-    """The message's text as HTML, best first: the HTML part, then the plain text part."""
+# The blank lines a client leaves between the text and the quote it was cut from.
+_TRAILING_BLANKS = re.compile(r"(?:\s|<br>|<p>(?:&nbsp;|\s|<br>)*</p>|<div>(?:&nbsp;|\s|<br>)*</div>)+$")
+
+# The heading of the collapsed block that keeps what was trimmed, so that nothing is lost.
+TRIMMED_SUMMARY = "Quoted text and signature"
+
+
+def _candidate_splits(message: ParsedMessage) -> Iterator[quotes.Split]:
+    """The message's text split into own part and trimmed part, best first: HTML, then plain text."""
     # The HTML part is what the author saw when writing. The plain part is tried after it, not only
     # when there is no HTML part, because some clients send an HTML part that holds nothing
     # readable (an empty template) next to a plain part that holds the text.
     if message.text_html.strip():
-        yield message.text_html
+        yield quotes.split_html(message.text_html)
     if message.text_plain.strip():
-        yield text_to_html(message.text_plain)
+        yield quotes.split_text(message.text_plain)
 
 
-def extract_body(message: ParsedMessage) -> str:
-    """The sanitized HTML body to post, or EmptyBody if the message holds nothing readable."""
-    for candidate in _candidate_bodies(message):
-        # Stripping the quoted reply and the signature (a later issue) belongs here, before the
-        # readability check, so that a reply holding only a quote is refused as empty.
-        body = sanitize_html(candidate).strip()
+def extract_body(message: ParsedMessage, files: list[Attachment] | None = None) -> str:
+    """The sanitized HTML body to post, or EmptyBody if nothing readable is left above the quote.
+
+    The quoted history and the signature are trimmed before the readability check, so that a
+    reply holding only a quote is refused (issue 3); what was trimmed follows in a collapsed
+    <details> block. ``files`` are the attachments that will be filed (after the rules), by
+    default all of the message's.
+    """
+    fallback = None
+    for split in _candidate_splits(message):
+        body = _TRAILING_BLANKS.sub("", sanitize_html(split.kept))
+        trimmed = sanitize_html(split.trimmed).strip() if split.trimmed else ""
+        details = f"<details><summary>{TRIMMED_SUMMARY}</summary>\n{trimmed}\n</details>" \
+            if trimmed and is_readable(trimmed) else ""
         if is_readable(body):
-            return body
+            return f"{body}\n{details}" if details else body
+        if fallback is None:
+            fallback = details
+    # A file sent on its own (a forwarded message, a scan) is what the author meant to file; an
+    # inline image is not, since clients put logos and quoted pictures inline.
+    if any(not attachment.content_id for attachment in (message.attachments if files is None else files)):
+        return fallback or ""
     raise EmptyBody()

@@ -86,6 +86,11 @@ class MessageContext:
     body_html: str | None = None
     rendered_body: str | None = None
     notify_partner_ids: list[int] = field(default_factory=list)
+    # The files to post (after the attachment rules), and what the journal should remember of
+    # the content stages: files refused, recipients not notified (issue 3).
+    attachments: list[Attachment] | None = None
+    refused_files: list[str] = field(default_factory=list)
+    journal_notes: list[str] = field(default_factory=list)
     odoo_message_id: int | None = None
     duplicate: bool = False
     refusal: Refusal | None = None

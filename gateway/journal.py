@@ -78,7 +78,7 @@ class JournalEntry:
             durations=dict(context.stage_durations),
             total_seconds=sum(context.stage_durations.values()) if total_seconds is None else total_seconds,
             odoo_seconds=context.odoo_seconds,
-            defects=list(message.defects) if message else [],
+            defects=[*(message.defects if message else []), *context.journal_notes],
         )
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import email.utils
 import hashlib
 import logging
@@ -11,7 +9,8 @@ import re
 
 import mailparser
 
-from gateway.context import Attachment, ParsedMessage
+from gateway import mime
+from gateway.context import ParsedMessage
 from gateway.refusals import BareLineEnding, MessageUnparseable
 
 log = logging.getLogger(__name__)
@@ -47,24 +46,6 @@ def derived_message_id(raw: bytes, from_address: str, subject: str, date: str) -
     return f"<{digest.hexdigest()[:40]}@derived.note-gateway.invalid>"
 
 
-def _attachment(part: dict) -> Attachment:
-    payload = part.get("payload") or ""
-    if part.get("binary"):
-        try:
-            data = base64.b64decode(payload)
-        except (binascii.Error, ValueError):
-            raise MessageUnparseable(f"attachment {part.get('filename')!r} is not valid base64") from None
-    else:
-        data = payload.encode(part.get("charset") or "utf-8", errors="replace")
-    content_id = (part.get("content-id") or "").strip().strip("<>") or None
-    return Attachment(
-        filename=part.get("filename") or "attachment",
-        content_type=part.get("mail_content_type") or "application/octet-stream",
-        payload=data,
-        content_id=content_id,
-    )
-
-
 def parse(raw: bytes) -> ParsedMessage:
     """Parse the message or raise MessageUnparseable (the same bytes would fail again: 554)."""
     try:
@@ -72,12 +53,15 @@ def parse(raw: bytes) -> ParsedMessage:
         from_list = mail.from_ or []
         message_id = (mail.message_id or "").strip()
         subject = mail.subject or ""
-        text_plain = "\n".join(mail.text_plain or [])
-        text_html = "\n".join(mail.text_html or [])
+        # The parts are decoded by gateway.mime rather than taken from mail-parser, which drops
+        # charset errors silently and mixes forwarded messages into the body (issue 3).
+        parts = mime.walk(mail.message)
+        text_plain = "\n".join(parts.text_plain)
+        text_html = mime.join_html(parts.text_html)
         to = [address for _, address in (mail.to or []) if address]
         cc = [address for _, address in (mail.cc or []) if address]
-        attachments = [_attachment(part) for part in (mail.attachments or [])]
-        defects = sorted(str(category) for category in (mail.defects_categories or ()))
+        attachments = parts.attachments
+        defects = sorted(str(category) for category in (mail.defects_categories or ())) + parts.defects
         date_header = mail.headers.get("Date", "") if isinstance(mail.headers, dict) else ""
     except MessageUnparseable:
         raise

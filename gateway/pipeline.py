@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 from dataclasses import dataclass, field
 from typing import Callable
 
-from gateway import content, identity, message, policy, post, senderauth
+from gateway import attachments, content, identity, message, policy, post, recipients, senderauth
 from gateway.config import GatewayConfig
 from gateway.context import MessageContext
 from gateway.journal import Journal, JournalEntry, JournalUnavailable
@@ -17,6 +17,7 @@ from gateway.odoo import OdooPool
 from gateway.refusals import InternalError, MessageInProgress, OdooUnavailable, Refusal
 from gateway.render import Renderer
 from gateway.resolver import DkimKeyResolver
+from gateway.subject import clean_subject
 
 log = logging.getLogger(__name__)
 
@@ -91,16 +92,34 @@ def _authorize(ctx: MessageContext, services: Services, deadline: float) -> None
 
 def _extract_content(ctx: MessageContext, services: Services, deadline: float) -> None:
     assert ctx.message is not None
-    ctx.body_html = content.extract_body(ctx.message)
+    ctx.body_html = content.extract_body(ctx.message, files=ctx.attachments)
+
+
+def _screen_attachments(ctx: MessageContext, services: Services, deadline: float) -> None:
+    assert ctx.message is not None
+    ctx.attachments, refused = attachments.screen(ctx.message.attachments, ctx.rules.attachments)
+    ctx.refused_files = [str(item) for item in refused]
+    ctx.journal_notes += [f"attachment-refused:{item}" for item in refused]
+
+
+def _choose_recipients(ctx: MessageContext, services: Services, deadline: float) -> None:
+    if not ctx.rules.kind_rules(ctx.target.kind).notify_recipients:
+        return
+    chosen = recipients.choose(_odoo(ctx, services), ctx, own_domains=set(services.config.domains), deadline=deadline)
+    ctx.notify_partner_ids = chosen.partner_ids
+    ctx.journal_notes += [f"recipient-dropped:{item}" for item in chosen.dropped]
 
 
 def _render(ctx: MessageContext, services: Services, deadline: float) -> None:
     assert ctx.message is not None and ctx.user is not None and ctx.sender is not None
-    ctx.rendered_body = services.renderer.render_body(
+    ctx.rendered_body = services.renderer.for_domain(ctx.rules.templates_path).render_body(
         ctx.target.kind, ctx.target.model,
         body=ctx.body_html, sender_name=ctx.user.name or ctx.message.from_name,
-        sender_email=ctx.sender.email, subject=ctx.message.subject, dkim_domain=ctx.sender.dkim_domain,
+        sender_email=ctx.sender.email, subject=clean_subject(ctx.message.subject),
+        dkim_domain=ctx.sender.dkim_domain,
         received_at=datetime.fromtimestamp(ctx.received_at, timezone.utc), res_id=ctx.target.res_id,
+        refused_files=list(ctx.refused_files),
+        attachment_names=[item.filename for item in ctx.attachments or [] if not item.content_id],
     )
 
 
@@ -132,7 +151,9 @@ STAGES: tuple[Stage, ...] = (
     Stage("authenticate-sender", "require an aligned, valid DKIM signature on From", _authenticate_sender),
     Stage("identify-sender", "find the sender's active Odoo user", _identify_sender),
     Stage("authorize", "model allowed, contributor group for notes, follower of the record", _authorize),
-    Stage("extract-content", "take the body and sanitize its HTML", _extract_content),
+    Stage("screen-attachments", "apply the size limits and type deny-list to the files", _screen_attachments),
+    Stage("extract-content", "take the body, trim quote and signature, sanitize its HTML", _extract_content),
+    Stage("choose-recipients", "notify internal users named in To/Cc, drop all others", _choose_recipients),
     Stage("render", "render the note or reply template", _render),
     Stage("post", "post once by Message-ID with message_post", _post),
 )
@@ -155,7 +176,7 @@ def process(ctx: MessageContext, services: Services, *, deadline: float) -> Mess
         finally:
             elapsed = time.monotonic() - stage_started
             ctx.stage_durations[stage.name] = elapsed
-            if stage.name in ("identify-sender", "authorize", "post"):
+            if stage.name in ("identify-sender", "authorize", "choose-recipients", "post"):
                 ctx.odoo_seconds += elapsed
         if ctx.refusal is not None:
             break

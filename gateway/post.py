@@ -37,12 +37,17 @@ def post_message(odoo: OdooPool, ctx: MessageContext, *, deadline: float | None 
         # (ODOO_FACTS.md c): only internal partners, chosen by an earlier stage, ever go here.
         "partner_ids": list(ctx.notify_partner_ids),
     }
-    if ctx.message.attachments:
+    files = ctx.message.attachments if ctx.attachments is None else ctx.attachments
+    if files:
         # Binary content travels as a latin-1 string that Odoo encodes back to the same bytes
-        # (ODOO_FACTS.md g); the attachments are linked to the record.
+        # (ODOO_FACTS.md g); the attachments are linked to the record. An inline image carries
+        # its Content-ID: message_post then points the body's <img src="cid:..."> at the new
+        # attachment, /web/image/<id>?access_token=..., as Odoo's own mail gateway relies on
+        # (Odoo 18 mail_thread.py _process_attachments_for_post).
         kwargs["attachments"] = [
-            [item.filename, item.payload.decode("latin-1"), {"encoding": "latin-1"}]
-            for item in ctx.message.attachments
+            [item.filename, item.payload.decode("latin-1"),
+             {"encoding": "latin-1", **({"cid": item.content_id} if item.content_id else {})}]
+            for item in files
         ]
     result = odoo.call(ctx.target.model, "message_post", [[ctx.target.res_id]], kwargs,
                        context=POST_CONTEXT, deadline=deadline)

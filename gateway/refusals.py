@@ -89,6 +89,14 @@ class FromHeaderInvalid(Refusal):
     reason = "The message must have exactly one From header with one address"
 
 
+class AttachmentRefused(Refusal):
+    # Only when the rules say so (attachments.on_refused_file = "refuse"); by default a refused
+    # file is named in the note and the rest of the message is filed.
+    smtp_code, enhanced_code = 550, "5.7.1"
+    reason = "An attached file is not accepted by this gateway"
+    template = "notice/attachment_refused.txt.j2"
+
+
 class EmptyBody(Refusal):
     smtp_code, enhanced_code = 550, "5.6.0"
     reason = "The message has no text to file, write above the quoted text"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.resources
 import re
+import threading
 from collections.abc import Callable
 from datetime import datetime
 from importlib.resources.abc import Traversable
@@ -76,12 +77,17 @@ def _autoescape(template_name: str | None) -> bool:
 class Renderer:
     """The template environment: an admin's folder first, then the bundled templates."""
 
-    def __init__(self, override_dir: Path | None = None) -> None:
+    def __init__(self, override_dir: Path | None = None, *, domain_dir: Path | None = None) -> None:
         loaders: list[jinja2.BaseLoader] = []
-        if override_dir is not None:
-            loaders.append(jinja2.FileSystemLoader(str(override_dir), encoding="utf-8"))
+        # An alias domain's own folder comes first (issue 3), then the gateway's, then the bundled.
+        for folder in (domain_dir, override_dir):
+            if folder is not None:
+                loaders.append(jinja2.FileSystemLoader(str(folder), encoding="utf-8"))
         loaders.append(ResourceLoader(bundled_templates()))
         self.override_dir = override_dir
+        self.domain_dir = domain_dir
+        self._domain_renderers: dict[Path, Renderer] = {}
+        self._domain_lock = threading.Lock()
         self.environment = jinja2.Environment(
             loader=jinja2.ChoiceLoader(loaders),
             autoescape=_autoescape,
@@ -91,6 +97,16 @@ class Renderer:
             lstrip_blocks=True,
             keep_trailing_newline=True,
         )
+
+    def for_domain(self, domain_dir: Path | None) -> Renderer:
+        """The renderer of an alias domain whose rules name a templates_dir; built once per folder."""
+        if domain_dir is None:
+            return self
+        with self._domain_lock:
+            renderer = self._domain_renderers.get(domain_dir)
+            if renderer is None:
+                renderer = self._domain_renderers[domain_dir] = Renderer(self.override_dir, domain_dir=domain_dir)
+            return renderer
 
     def has_template(self, name: str) -> bool:
         try:
@@ -120,6 +136,8 @@ class Renderer:
         dkim_domain: str,
         received_at: datetime,
         res_id: int,
+        refused_files: list[str] | tuple[str, ...] = (),
+        attachment_names: list[str] | tuple[str, ...] = (),
         **extra: Any,
     ) -> str:
         """The HTML to post: the template of the kind and model wrapped around the sanitized body.
@@ -139,6 +157,8 @@ class Renderer:
             kind=kind,
             model=model,
             res_id=res_id,
+            refused_files=list(refused_files),
+            attachment_names=list(attachment_names),
             **extra,
         )
 

@@ -111,3 +111,23 @@ def test_bad_group_xmlid_and_bad_toml(folder):
 def test_no_rules_file(folder):
     (folder / "rules" / "notes.toml").unlink()
     assert "no rules file" in _error(folder).reason
+
+
+def test_attachment_rules_and_domain_templates(folder):
+    (folder / "rules" / "notes-templates").mkdir()
+    (folder / "rules" / "notes.toml").write_text(
+        RULES + 'notify_recipients = false\n[attachments]\nmax_file_size = 1024\non_refused_file = "refuse"\n'
+        + 'denied_extensions = ["EXE"]\n')
+    text = (folder / "rules" / "notes.toml").read_text()
+    (folder / "rules" / "notes.toml").write_text('templates_dir = "notes-templates"\n' + text)
+    rules = load_config(folder / "gateway.toml", environ={}).domains["notes.example.com"]
+    assert rules.attachments.max_file_size == 1024 and rules.attachments.on_refused_file == "refuse"
+    assert rules.attachments.denied_extensions == [".exe"] and rules.note.notify_recipients is False
+    assert rules.templates_path == folder / "rules" / "notes-templates"
+
+
+def test_bad_attachment_rules_and_missing_templates_folder_are_named(folder):
+    error = _error(folder, rules=RULES + '[attachments]\non_refused_file = "bounce"\n')
+    assert error.key == "attachments.on_refused_file"
+    error = _error(folder, rules='templates_dir = "nowhere"\n' + RULES)
+    assert error.key == "templates_dir" and "is not a folder" in error.reason

@@ -135,3 +135,24 @@ def test_notice_is_plain_text_not_html_escaped():
     assert "Reason: Sender not authenticated (signature of <example.com> failed)." in notice
     assert "DKIM" in notice
     assert "&amp;" not in notice and "&#39;" not in notice
+
+
+def test_alias_domain_folder_wins_over_the_gateway_folder_and_falls_back_per_model(tmp_path):
+    gateway_folder, domain_folder = tmp_path / "gateway", tmp_path / "domain"
+    write(gateway_folder, "note/default.html.j2", "gateway default {{ body }}")
+    write(gateway_folder, "note/sale.order.html.j2", "gateway order {{ body }}")
+    write(domain_folder, "note/project.task.html.j2", "domain task {{ body }}")
+    renderer = Renderer(gateway_folder)
+    domain = renderer.for_domain(domain_folder)
+    assert domain is renderer.for_domain(domain_folder)  # built once per folder
+    assert renderer.for_domain(None) is renderer
+    assert domain.render_body("note", "project.task", **body_values()).startswith("domain task")
+    assert domain.render_body("note", "sale.order", **body_values()).startswith("gateway order")
+    assert domain.render_body("note", "crm.lead", **body_values()).startswith("gateway default")
+    assert renderer.render_body("note", "project.task", **body_values()).startswith("gateway default")
+
+
+def test_default_note_names_refused_files_escaped():
+    html = Renderer().render_body("note", "project.task", **body_values(),
+                                  refused_files=["<evil>.exe (.exe files are not accepted)"])
+    assert "Files not filed with this note" in html and "&lt;evil&gt;.exe" in html

@@ -266,6 +266,24 @@ def test_attachments_keep_their_bytes_and_compose_attachments_move_to_the_record
     assert base64.b64decode(moved["datas"]) == payload
 
 
+
+def test_inline_image_named_by_cid_is_attached_and_the_body_points_at_it(odoo, gateway):
+    # Odoo 18 mail_thread.py _process_attachments_for_post: an attachment posted with info
+    # {'cid': ...} that the body's <img src="cid:..."> names gets an access token, and the image
+    # is pointed at /web/image/<id>?access_token=<token>.
+    png = b"\x89PNG\r\n\x1a\n" + bytes(range(200))
+    message_id = post(gateway, "project.task", TASK_ID, body_is_html=True,
+                      body='<p>see <img src="cid:shot@x"></p><p><img src="cid:elsewhere@x"></p>', attachments=[
+                          ["shot.png", png.decode("latin-1"), {"encoding": "latin-1", "cid": "shot@x"}],
+                          ["notes.txt", "plain\n"]], **NOTE)
+    shot, notes = sorted(odoo.record("mail.message", message_id)["attachment_ids"])
+    token = odoo.record("ir.attachment", shot, ["access_token"])["access_token"]
+    assert token and odoo.attachment_bytes(shot) == png
+    assert not odoo.record("ir.attachment", notes, ["access_token"])["access_token"]
+    body = odoo.message(message_id)["body"]
+    assert f'src="/web/image/{shot}?access_token={token}"' in body
+    assert 'src="cid:elsewhere@x"' in body  # no attachment carries that cid: left as it was
+
 # --- Groups and external ids --------------------------------------------------------------------
 
 

@@ -7,9 +7,11 @@ import logging
 import random
 import re
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+import lxml.html
 import nh3
 
 from gateway.testing.odoo_models import (
@@ -395,9 +397,26 @@ def _message_create_error(env: Env) -> AccessError:
 
 
 def _attachments_for_post(env: Env, model: str, record_id: int, attachments: Any,
-                          attachment_ids: list[int]) -> list[int]:
-    """mail_thread.py _process_attachments_for_post, without the CID rewriting."""
+                          attachment_ids: list[int], body: str) -> tuple[list[int], str | None]:
+    """mail_thread.py _process_attachments_for_post (Odoo 18.0 lines 2289-2386).
+
+    Returns the attachment ids and, when an <img src="cid:..."> (or data-filename) of the body
+    names one of the posted files, the body with those images pointing at
+    /web/image/<id>?access_token=<token>; otherwise None.
+    """
     rows = env.db.rows["ir.attachment"]
+    body_cids: set[str] = set()
+    body_filenames: set[str] = set()
+    root = None
+    if attachments and body:
+        root = lxml.html.fromstring(body)
+        for node in root.iter("img"):
+            if node.get("src", "").startswith("cid:"):
+                body_cids.add(node.get("src").split("cid:")[1])
+            elif node.get("data-filename"):
+                body_filenames.add(node.get("data-filename"))
+    cid_mapping: dict[str, tuple[int, str | bool]] = {}
+    name_mapping: dict[str, tuple[int, str | bool]] = {}
     pending = [
         aid for aid in attachment_ids
         if aid in rows and rows[aid].get("res_model") in ("mail.compose.message", "mail.scheduled.message")
@@ -414,6 +433,7 @@ def _attachments_for_post(env: Env, model: str, record_id: int, attachments: Any
         else:
             name, content, info = attachment
             info = info or {}
+        cid = info.get("cid") or False
         if content is None:
             continue
         if isinstance(content, str):
@@ -421,12 +441,34 @@ def _attachments_for_post(env: Env, model: str, record_id: int, attachments: Any
                 content = content.encode(info.get("encoding") or "utf-8")
             except (UnicodeEncodeError, LookupError):
                 content = content.encode("utf-8")
-        attachment_id = create_record(env.sudo(), "ir.attachment", {
-            "name": name, "description": name, "type": "binary", "res_model": model, "res_id": record_id,
-        })
+        values = {"name": name, "description": name, "type": "binary", "res_model": model, "res_id": record_id}
+        token: str | bool = False
+        if (cid and cid in body_cids) or (name and name in body_filenames):
+            # ir.attachment._generate_access_token
+            token = values["access_token"] = str(uuid.uuid4())
+        attachment_id = create_record(env.sudo(), "ir.attachment", values)
         store_attachment_bytes(env, attachment_id, bytes(content))
         linked.append(attachment_id)
-    return linked
+        if cid:
+            cid_mapping[cid] = (attachment_id, token)
+        if name:
+            name_mapping[name] = (attachment_id, token)
+    new_body = None
+    if root is not None and (body_cids or body_filenames):
+        rewritten = False
+        for node in root.iter("img"):
+            attachment_id, token = False, False
+            if node.get("src", "").startswith("cid:"):
+                attachment_id, token = cid_mapping.get(node.get("src").split("cid:")[1], (False, False))
+            if (not attachment_id or not token) and node.get("data-filename"):
+                attachment_id, token = name_mapping.get(node.get("data-filename"), (False, False))
+            if attachment_id and token:
+                node.set("src", f"/web/image/{attachment_id}?access_token={token}")
+                rewritten = True
+        if rewritten:
+            # Odoo returns the rewritten body and the Html field sanitizes it when the message is created.
+            new_body = sanitize_html(lxml.html.tostring(root, pretty_print=False, encoding="unicode"))
+    return linked, new_body
 
 
 @rpc("mail.thread", name="message_post", on_records=True)
@@ -532,7 +574,10 @@ def message_post(
     company = db.rows["res.company"].get(values["record_company_id"]) or {}
     values.setdefault("record_alias_domain_id", company.get("alias_domain_id") or False)
     values.setdefault("reply_to", _reply_to(env, model, record_id, email_from or ""))
-    values["attachment_ids"] = _attachments_for_post(env, model, record_id, attachments, attachment_ids)
+    values["attachment_ids"], rewritten_body = _attachments_for_post(
+        env, model, record_id, attachments, attachment_ids, stored_body)
+    if rewritten_body is not None:
+        values["body"] = rewritten_body
 
     message_id = create_record(env.sudo(), "mail.message", values)
 

@@ -1,0 +1,66 @@
+"""Which files of a message are filed with it: size limits and a type deny-list from the rules (issue 3)."""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass
+
+from gateway.config import AttachmentRules
+from gateway.context import Attachment
+from gateway.refusals import AttachmentRefused
+
+# Executables announce themselves in their first bytes whatever the name or the declared type says
+# (a "report.pdf" that is a Windows program): PE files start with "MZ", Linux ones with ELF's magic.
+_EXECUTABLE_MAGIC = ((b"MZ", "application/x-msdownload"), (b"\x7fELF", "application/x-executable"))
+
+
+@dataclass(frozen=True)
+class RefusedFile:
+    filename: str
+    size: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.filename} ({self.reason})"
+
+
+def _size(size: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError  # pragma: no cover
+
+
+def _denied_type(attachment: Attachment, rules: AttachmentRules) -> str | None:
+    extension = posixpath.splitext(attachment.filename.lower().rstrip(". "))[1]
+    if extension and extension in rules.denied_extensions:
+        return f"{extension} files are not accepted"
+    if attachment.content_type.lower() in rules.denied_types:
+        return f"{attachment.content_type.lower()} files are not accepted"
+    for magic, sniffed in _EXECUTABLE_MAGIC:
+        if attachment.payload.startswith(magic) and sniffed in rules.denied_types:
+            return "executable files are not accepted"
+    return None
+
+
+def screen(attachments: list[Attachment], rules: AttachmentRules) -> tuple[list[Attachment], list[RefusedFile]]:
+    """The files to file, and those refused with the reason; a file over a limit never fails the rest."""
+    accepted: list[Attachment] = []
+    refused: list[RefusedFile] = []
+    total = 0
+    for attachment in attachments:
+        size = len(attachment.payload)
+        reason = _denied_type(attachment, rules)
+        if reason is None and size > rules.max_file_size:
+            reason = f"{_size(size)}, over the limit of {_size(rules.max_file_size)} per file"
+        if reason is None and total + size > rules.max_total_size:
+            reason = f"the files of one message may hold {_size(rules.max_total_size)} in all"
+        if reason is not None:
+            refused.append(RefusedFile(attachment.filename, size, reason))
+            continue
+        total += size
+        accepted.append(attachment)
+    if refused and rules.on_refused_file == "refuse":
+        raise AttachmentRefused("; ".join(str(item) for item in refused))
+    return accepted, refused

@@ -1,0 +1,217 @@
+"""The text parts and files of a MIME message, decoded with a charset fallback chain (issue 3)."""
+
+from __future__ import annotations
+
+import codecs
+import html
+import email.message
+import re
+from dataclasses import dataclass, field
+
+from gateway.context import Attachment
+
+# After the declared charset, the chain issue 3 asks for: UTF-8 is what nearly every client
+# writes today, cp1252 is what Windows clients write while declaring (or omitting) latin-1, and
+# latin-1 decodes any byte, so the chain always ends with readable text.
+FALLBACK_CHARSETS = ("utf-8", "cp1252", "latin-1")
+# ISO-2022-JP is 7-bit: without a declared charset it also "decodes" as ASCII, into escape
+# sequences. Its escape to JIS X 0208 (RFC 1468 section 3) gives it away.
+_ISO_2022_JP_ESCAPES = (b"\x1b$B", b"\x1b$@", b"\x1b(J")
+# An HTML part that declares no MIME charset often names one in a <meta> element (HTML Living
+# Standard, "determining the character encoding"), which is better than guessing.
+_META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?([A-Za-z0-9._:-]+)""", re.IGNORECASE)
+_TEXT_TYPES = ("text/plain", "text/html")
+
+
+@dataclass
+class MimeContent:
+    """What the walk found: the body text of each type, the files, and what was odd about them."""
+
+    text_plain: list[str] = field(default_factory=list)
+    text_html: list[str] = field(default_factory=list)
+    attachments: list[Attachment] = field(default_factory=list)
+    defects: list[str] = field(default_factory=list)
+
+
+def _codec(name: str | None) -> str | None:
+    """The Python codec of a charset name, or None if Python does not know it."""
+    if not name:
+        return None
+    try:
+        return codecs.lookup(name.strip().strip('"').lower()).name
+    except LookupError:
+        return None
+
+
+def decode_text(payload: bytes, declared: str | None, content_type: str, defects: list[str]) -> str:
+    """Text of a part: the declared charset, then UTF-8, cp1252, latin-1; a fallback is a defect.
+
+    MAIL_SECURITY.md item 19: mail-parser replaces undecodable bytes silently, which garbles the
+    note and hides it; here every fallback leaves a trace in the journal.
+    """
+    codec = _codec(declared)
+    if declared and codec is None:
+        defects.append(f"charset-unknown:{declared.lower()}")
+    if codec is None and any(escape in payload for escape in _ISO_2022_JP_ESCAPES):
+        codec = "iso2022_jp"
+        defects.append("charset-guessed:iso-2022-jp")
+    if codec is None and content_type == "text/html":
+        match = _META_CHARSET.search(payload[:4096])
+        codec = _codec(match.group(1).decode("ascii")) if match else None
+    if codec is not None:
+        try:
+            return payload.decode(codec)
+        except UnicodeDecodeError:
+            defects.append(f"charset-mismatch:{declared or codec}")
+    elif not declared and not payload.isascii():
+        # RFC 2045 section 5.2: no charset means US-ASCII, so 8-bit bytes are a mistake to repair.
+        defects.append("charset-missing")
+    for fallback in FALLBACK_CHARSETS:
+        try:
+            text = payload.decode(fallback)
+        except UnicodeDecodeError:
+            continue
+        if codec is not None or not payload.isascii():
+            defects.append(f"charset-fallback:{fallback}")
+        return text
+    raise AssertionError("latin-1 decodes every byte")  # pragma: no cover
+
+
+def unflow(text: str, *, delete_space: bool = False) -> str:
+    """Undo format=flowed (RFC 3676 section 4): a line ending in a space continues on the next.
+
+    Without this, every soft line break of a flowed message would become a <br> in the note.
+    The signature separator "-- " is never joined (section 4.3), and quote depth must match for
+    lines to join (section 4.5).
+    """
+    lines = text.split("\n")
+    out: list[str] = []
+    pending: str | None = None
+    pending_depth = 0
+    for raw_line in lines:
+        line = raw_line.rstrip("\r")
+        depth = len(line) - len(line.lstrip(">"))
+        content = line[depth:]
+        if content.startswith(" "):
+            content = content[1:]  # space-stuffing (section 4.4)
+        if pending is not None and depth != pending_depth:
+            out.append(pending)
+            pending = None
+        flowed = content.endswith(" ") and content != "-- "
+        if flowed and delete_space:
+            content = content[:-1]
+        prefix = "> " * depth if depth else ""
+        if pending is None:
+            pending, pending_depth = prefix + content, depth
+        else:
+            pending += content
+        if not flowed:
+            out.append(pending)
+            pending = None
+    if pending is not None:
+        out.append(pending)
+    return "\n".join(out)
+
+
+def _filename(part: email.message.Message, default_stem: str) -> str:
+    try:
+        name = part.get_filename()
+    except (LookupError, UnicodeError, ValueError):
+        name = None
+    if name:
+        # A name is a label, never a path: keep only its last component.
+        name = re.split(r"[\\/]", str(name))[-1].strip()
+    if name:
+        return name
+    extension = {
+        "image/png": ".png", "image/jpeg": ".jpg", "image/gif": ".gif", "image/webp": ".webp",
+        "text/calendar": ".ics", "application/pdf": ".pdf", "text/plain": ".txt", "text/html": ".html",
+    }.get(part.get_content_type(), ".bin")
+    return default_stem + extension
+
+
+def _content_id(part: email.message.Message) -> str | None:
+    value = part.get("Content-ID")
+    return str(value).strip().strip("<>").strip() or None if value else None
+
+
+def _forwarded_message(part: email.message.Message, content: MimeContent) -> None:
+    """A message/rfc822 part becomes one .eml file (issue 3), not text mixed into the body."""
+    inner = part.get_payload()
+    if isinstance(inner, list) and inner:
+        inner_message = inner[0]
+        data = inner_message.as_bytes()
+        subject = str(inner_message.get("Subject") or "").strip()
+    else:
+        data = part.get_payload(decode=True) or b""
+        subject = ""
+    stem = re.sub(r"[^\w .,()-]+", "_", subject)[:80].strip(" ._") or "forwarded message"
+    name = part.get_filename() or f"{stem}.eml"
+    content.attachments.append(Attachment(filename=name, content_type="message/rfc822", payload=data))
+
+
+def _is_unreferenced_inline_image(part: email.message.Message) -> bool:
+    return (part.get_content_maintype() == "image" and _content_id(part) is None
+            and (part.get_content_disposition() or "inline") == "inline")
+
+
+def _place_inline_image(part: email.message.Message, content: MimeContent) -> None:
+    """Apple Mail splits its HTML around an inline picture in multipart/mixed, with no cid: in the
+    HTML; the reader saw the picture there, so an <img> pointing at it takes its place."""
+    content_id = f"inline-{len(content.attachments) + 1}@note-gateway.invalid"
+    filename = _filename(part, f"image-{len(content.attachments) + 1}")
+    content.attachments.append(Attachment(filename=filename, content_type=part.get_content_type(),
+                                          payload=part.get_payload(decode=True) or b"", content_id=content_id))
+    content.text_html.append(f'<img src="cid:{content_id}" alt="{html.escape(filename)}">')
+
+
+def _walk(part: email.message.Message, content: MimeContent) -> None:
+    content_type = part.get_content_type()
+    if content_type == "message/rfc822":
+        _forwarded_message(part, content)
+        return
+    if part.is_multipart():
+        html_before = False
+        for child in part.get_payload():
+            if html_before and content_type == "multipart/mixed" and _is_unreferenced_inline_image(child):
+                _place_inline_image(child, content)
+                continue
+            _walk(child, content)
+            html_before = html_before or child.get_content_type() == "text/html"
+        return
+    disposition = (part.get_content_disposition() or "").lower()
+    payload = part.get_payload(decode=True) or b""
+    if content_type in _TEXT_TYPES and disposition != "attachment" and not part.get_filename():
+        text = decode_text(payload, part.get_param("charset"), content_type, content.defects)
+        if content_type == "text/plain" and str(part.get_param("format") or "").lower() == "flowed":
+            text = unflow(text, delete_space=str(part.get_param("delsp") or "").lower() == "yes")
+        (content.text_html if content_type == "text/html" else content.text_plain).append(text)
+        return
+    # Everything else is a file: images without a Content-Disposition header too (Apple Mail and
+    # Outlook send inline images that way), so they can be shown where their cid: points.
+    content.attachments.append(Attachment(
+        filename=_filename(part, f"attachment-{len(content.attachments) + 1}"),
+        content_type=content_type,
+        payload=payload,
+        content_id=_content_id(part),
+    ))
+
+
+_DOCUMENT_FRAME = re.compile(r"<head\b.*?</head\s*>|<!doctype[^>]*>|</?(?:html|body)\b[^>]*>", re.IGNORECASE | re.DOTALL)
+
+
+def join_html(parts: list[str]) -> str:
+    """One HTML body from several parts (Apple Mail splits its HTML around each attached file).
+
+    Each part is a whole document; joined as they are, a parser would keep only the first body.
+    """
+    if len(parts) <= 1:
+        return "".join(parts)
+    return "\n".join(_DOCUMENT_FRAME.sub("", part) for part in parts)
+
+
+def walk(message: email.message.Message) -> MimeContent:
+    """Every leaf of the message once; forwarded messages stay whole."""
+    content = MimeContent()
+    _walk(message, content)
+    return content

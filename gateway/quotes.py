@@ -1,0 +1,367 @@
+"""Split a reply into what its author wrote and the quoted history and signature below it (issue 3)."""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import lxml.html
+from lxml import etree
+from mailparser_reply import EmailReplyParser
+
+# The attribution line a client writes above a quote, in the languages issue 3 names (and the
+# others mail-parser-reply knows for plain text). Matched against one line, or two joined, since
+# clients wrap long attributions.
+_ATTRIBUTION = re.compile(
+    r"""^\s*(?:
+        On\s.+\swrote\s*: |                                 # en (Gmail, Apple Mail, Thunderbird)
+        Le\s.+\sa\s+[ée]crit\s*: |                          # fr
+        Am\s.+\sschrieb\s.*: |                              # de
+        .+\sschrieb\s*: |                                   # de (Thunderbird: "Bob schrieb:")
+        El\s.+\sescribi[óo]\s*: |                           # es
+        Il\s.+\sha\s+scritto\s*: |                          # it
+        Op\s.+\s(?:schreef|geschreven)\s.*: |               # nl
+        .+\sschreef\s*: |                                   # nl
+        Em\s.+\sescreveu\s*: |                              # pt
+        .+\s(?:wrote|a\s+écrit|escribió|ha\s+scritto|escreveu)\s*: |
+        \d{4}年\s*\d{1,2}月\s*\d{1,2}日.+[:：] |             # ja (Gmail: date, name, address)
+        .+(?:のメッセージ|は書きました|さんは書きました|が書きました)\s*[:：]?  # ja (Outlook, Thunderbird)
+    )\s*$""",
+    re.IGNORECASE | re.VERBOSE,
+)
+# Separators that Outlook, Thunderbird and others put above a quoted or forwarded message.
+_SEPARATOR = re.compile(
+    r"^\s*-{2,}\s*(?:Original\s+Message|Forwarded\s+message|Ursprüngliche\s+Nachricht|Message\s+d'origine|"
+    r"Message\s+transféré|Mensaje\s+original|Messaggio\s+originale|Oorspronkelijk\s+bericht|"
+    r"Mensagem\s+original|元のメッセージ|転送メッセージ)\s*-{2,}\s*$",
+    re.IGNORECASE,
+)
+# Outlook's header block: "From: ..." followed within two lines by "Sent: ..." (or its translation).
+_HEADER_FROM = re.compile(r"^\s*\**(?:From|De|Von|Da|Van|Fra|Från|差出人)\s*\**\s*[:：]", re.IGNORECASE)
+_HEADER_SENT = re.compile(
+    r"^\s*\**(?:Sent|Date|Envoyé|Gesendet|Datum|Enviado|Fecha|Inviato|Data|Verzonden|Skickat|送信日時)\s*\**\s*[:：]",
+    re.IGNORECASE,
+)
+# In an HTML header block the lines are separated by <br>, which adds no text: "From: BobSent: ..."
+# has no word boundary before "Sent", so none is required.
+_HEADER_SENT_ANYWHERE = re.compile(
+    r"(?:Sent|Envoyé|Gesendet|Enviado|Inviato|Verzonden|Skickat|送信日時)\s*\**\s*[:：]", re.IGNORECASE)
+# What mobile clients append below the text: a closing, not part of the note.
+_MOBILE_CLOSING = re.compile(
+    r"^\s*(?:Sent\s+from\s+my\s+\w+|Sent\s+from\s+(?:Mail|Outlook)\s+for\s+\w+|Get\s+Outlook\s+for\s+\w+|"
+    r"Envoy[ée]\s+de\s+mon\s+\w+|Von\s+meinem\s+\w+\s+gesendet|Enviado\s+desde\s+mi\s+\w+|"
+    r"Inviato\s+da(?:l\s+mio)?\s+\w+|Verstuurd\s+vanaf\s+mijn\s+\w+|Enviado\s+do\s+meu\s+\w+|"
+    r"\w+から送信)\s*$",
+    re.IGNORECASE,
+)
+_SIGNATURE_DELIMITER = re.compile(r"^--[ \u00a0]?$")  # RFC 3676 section 4.3: "-- " on its own line
+
+# mail-parser-reply knows these of the languages issue 3 names; Portuguese is covered by the
+# attribution pattern above. The parser compiles its patterns once, so one instance is shared.
+_REPLY_PARSER = EmailReplyParser(languages=["en", "de", "fr", "es", "it", "nl", "ja", "sv", "da", "pl", "cs"])
+
+
+@dataclass(frozen=True)
+class Split:
+    """The author's own part, and what was trimmed from below it (both HTML)."""
+
+    kept: str
+    trimmed: str
+
+
+# --- Plain text ---------------------------------------------------------------------------------
+
+
+def _quote_follows(lines: list[str], index: int) -> bool:
+    """True if the first non-blank line after ``index`` is quoted: "I wrote:" in the author's own
+    text, followed by more of it, is not an attribution."""
+    following = next((line for line in lines[index + 1:] if line.strip()), "")
+    return _is_quoted(following)
+
+
+def _is_attribution(lines: list[str], index: int) -> bool:
+    line = lines[index].strip()
+    if not line:
+        return False
+    if _SEPARATOR.match(line):
+        return True
+    if _ATTRIBUTION.match(line):
+        return _quote_follows(lines, index)
+    if index + 1 < len(lines):
+        following = lines[index + 1].strip()
+        if _ATTRIBUTION.match(f"{line} {following}") and not _ATTRIBUTION.match(following):
+            return _quote_follows(lines, index + 1)
+        if _HEADER_FROM.match(line) and any(_HEADER_SENT.match(next_line) for next_line in lines[index + 1:index + 3]):
+            return True
+    return False
+
+
+def _is_quoted(line: str) -> bool:
+    return line.lstrip().startswith(">")
+
+
+def _text_blocks_to_html(lines: list[str]) -> str:
+    """Plain text as HTML, with runs of "> " lines as blockquotes (RFC 3676 section 4.5)."""
+    from gateway.content import text_to_html  # The one place plain text becomes HTML.
+
+    pieces: list[str] = []
+    run: list[str] = []
+    quoted = False
+    for line in [*lines, None]:
+        line_quoted = line is not None and _is_quoted(line)
+        if line is None or (run and line_quoted != quoted):
+            if run:
+                if quoted:
+                    inner = [re.sub(r"^\s*> ?", "", item, count=1) for item in run]
+                    pieces.append(f"<blockquote>{_text_blocks_to_html(inner)}</blockquote>")
+                else:
+                    pieces.append(text_to_html("\n".join(run)))
+            run = []
+        if line is not None:
+            run.append(line)
+            quoted = line_quoted
+    return "\n".join(piece for piece in pieces if piece)
+
+
+def _has_own_text_after_quote(lines: list[str], start: int, end: int) -> bool:
+    """True if the author answered between quoted lines (an inline reply), before the signature."""
+    seen_quote = False
+    for line in lines[start:end]:
+        if _is_quoted(line):
+            seen_quote = True
+        elif seen_quote and line.strip():
+            return True
+    return False
+
+
+def split_text(text: str) -> Split:
+    """Split a plain-text body; a top-posted reply loses its quote, an inline reply keeps it."""
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    signature = next((i for i, line in enumerate(lines)
+                      if _SIGNATURE_DELIMITER.match(line) or _MOBILE_CLOSING.match(line)), len(lines))
+    first_quote = next((i for i, line in enumerate(lines[:signature])
+                        if _is_quoted(line) or _is_attribution(lines, i)), signature)
+    if first_quote < signature and _has_own_text_after_quote(lines, first_quote, signature):
+        # Answers written between the quoted lines only make sense next to them.
+        cut = signature
+    else:
+        cut = first_quote
+        # The library knows more closings ("Sent from my iPhone", "Von meinem iPhone gesendet")
+        # and headers than the patterns above.
+        own = _REPLY_PARSER.parse_reply("\n".join(lines[:cut])).strip("\n")
+        if own.strip():
+            last = own.rstrip().split("\n")[-1].strip()
+            for index in range(cut - 1, -1, -1):
+                if lines[index].strip() == last:
+                    cut = index + 1
+                    break
+        elif not any(line.strip() for line in lines[:cut]):
+            cut = 0
+    while cut > 0 and not lines[cut - 1].strip():
+        cut -= 1
+    return Split(kept=_text_blocks_to_html(lines[:cut]), trimmed=_text_blocks_to_html(lines[cut:]))
+
+
+# --- HTML ---------------------------------------------------------------------------------------
+
+# Containers in which the clients put the quoted message (and everything after them is quote).
+_QUOTE_CLASSES = ("gmail_quote", "yahoo_quoted", "protonmail_quote", "zmail_extra")
+_QUOTE_IDS = ("divrplyfwdmsg", "appendonsend", "mail-editor-reference-message-container", "isreplacedquote",
+              "reply-intro", "zwchr")
+_SIGNATURE_CLASSES = ("gmail_signature", "moz-signature", "signature", "apple-signature")
+_SIGNATURE_IDS = ("signature", "ms-outlook-mobile-signature", "applemailsignature")
+# Code keeps every line, and clients never put a quote inside it.
+_PROTECTED = frozenset({"pre", "code", "tt", "kbd", "samp"})
+_BLOCKS = frozenset({"div", "p", "span", "font", "b", "strong", "td"})
+
+
+def _classes(element: etree._Element) -> list[str]:
+    return (element.get("class") or "").lower().split()
+
+
+def _elements(element: etree._Element) -> Iterator[etree._Element]:
+    """Elements in document order, never entering code blocks.
+
+    lxml's own iteration, not recursive generators: those cost the nesting depth per element, and
+    mail HTML nests hundreds deep.
+    """
+    protected: set[etree._Element] = set()
+    for block in element.iter(*_PROTECTED):
+        protected.update(block.iterdescendants())
+    for child in element.iterdescendants():
+        if isinstance(child.tag, str) and child not in protected:
+            yield child
+
+
+def _short_text(element: etree._Element, limit: int = 400) -> str | None:
+    """The element's text, spaces collapsed, or None if it is longer than a marker line can be.
+
+    Reading stops past the limit: every block element is asked, and reading whole subtrees would
+    make a large HTML mail (nested tables) cost quadratic time.
+    """
+    pieces: list[str] = []
+    length = 0
+    for piece in element.itertext():
+        length += len(piece)
+        if length > limit:
+            return None
+        pieces.append(piece)
+    return " ".join("".join(pieces).split())
+
+
+def _marker(element: etree._Element) -> str | None:
+    """"quote", "cite" (a blockquote that may be an inline reply), "signature" or None."""
+    tag = element.tag
+    classes = _classes(element)
+    identifier = (element.get("id") or "").lower()
+    if any(name in classes for name in _QUOTE_CLASSES) or identifier in _QUOTE_IDS:
+        return "quote"
+    if any(name in classes for name in _SIGNATURE_CLASSES) or identifier in _SIGNATURE_IDS:
+        return "signature"
+    if tag == "blockquote":
+        return "cite"
+    if "moz-cite-prefix" in classes:  # Thunderbird's attribution, above a quote or an inline reply.
+        return "attribution"
+    if (element.text or "").strip() == "--" and len(element) and element[0].tag == "br":
+        return "signature"
+    if tag == "hr" and element.get("id") == "stopSpelling":  # Outlook.com above its header block.
+        return "quote"
+    if tag in _BLOCKS:
+        text = _short_text(element)
+        if text:
+            if text == "--" or _MOBILE_CLOSING.match(text):
+                return "signature"
+            if _ATTRIBUTION.match(text) or _SEPARATOR.match(text):
+                # The innermost element holding the line is the one to cut at.
+                if not any(_ATTRIBUTION.match(_short_text(child) or "") for child in element if isinstance(child.tag, str)):
+                    return "attribution"
+            if _HEADER_FROM.match(text) and _HEADER_SENT_ANYWHERE.search(text):
+                return "quote"
+    if tag == "br" and (element.tail or "").strip() == "--" and element.getnext() is not None \
+            and element.getnext().tag == "br":
+        return "signature-after"
+    return None
+
+
+def _following(node: etree._Element, root: etree._Element) -> Iterator[etree._Element | str]:
+    """What comes after ``node`` in document order: its tail, its later siblings, then its ancestors'."""
+    current = node
+    while current is not root and current.getparent() is not None:
+        if current.tail and current.tail.strip():
+            yield current.tail
+        sibling = current.getnext()
+        while sibling is not None:
+            yield sibling
+            if sibling.tail and sibling.tail.strip():
+                yield sibling.tail
+            sibling = sibling.getnext()
+        current = current.getparent()
+
+
+def _has_own_text_after(node: etree._Element, root: etree._Element) -> bool:
+    """True if the author wrote after this quote (an inline reply), not counting a signature."""
+    for item in _following(node, root):
+        if isinstance(item, str):
+            if item.strip():
+                return True
+            continue
+        if not isinstance(item.tag, str) or item.tag in ("blockquote", "br", "hr"):
+            continue
+        kind = _marker(item)
+        if kind in ("signature", "quote"):
+            return False
+        if kind in ("attribution", "cite"):
+            continue
+        if item.text_content().strip():
+            return True
+    return False
+
+
+def _cut(node: etree._Element, root: etree._Element, *, keep_node: bool = False) -> list[etree._Element | str]:
+    """Detach ``node`` (unless kept) and everything after it in document order; return it, in order."""
+    removed: list[etree._Element | str] = []
+    current = node
+    first = not keep_node
+    while current is not root and current.getparent() is not None:
+        parent = current.getparent()
+        siblings = []
+        sibling = current if first else current.getnext()
+        while sibling is not None:
+            siblings.append(sibling)
+            sibling = sibling.getnext()
+        if not first and current.tail:
+            removed.append(current.tail)
+            current.tail = None
+        for item in siblings:
+            parent.remove(item)
+            removed.append(item)
+        first = False
+        current = parent
+    return removed
+
+
+def _attribution_before(node: etree._Element) -> etree._Element:
+    """The "On ... wrote:" element right before a quote belongs to it (Apple Mail, Thunderbird)."""
+    previous = node.getprevious()
+    while previous is not None and previous.tag == "br":
+        previous = previous.getprevious()
+    if previous is not None and isinstance(previous.tag, str):
+        text = _short_text(previous)
+        if text and (_ATTRIBUTION.match(text) or _SEPARATOR.match(text)):
+            return previous
+    return node
+
+
+def _serialize(items: list[etree._Element | str]) -> str:
+    pieces = []
+    for item in items:
+        if isinstance(item, str):
+            pieces.append(html.escape(item, quote=False))
+        else:
+            pieces.append(lxml.html.tostring(item, encoding="unicode", with_tail=False))
+            if item.tail:
+                pieces.append(html.escape(item.tail, quote=False))
+    return "".join(pieces)
+
+
+def split_html(source: str) -> Split:
+    """Split an HTML body at the first quote or signature its client marked, outside code blocks."""
+    try:
+        document = lxml.html.document_fromstring(source)
+    except (etree.ParserError, ValueError):
+        return Split(kept="", trimmed="")
+    body = document.find("body")
+    if body is None:
+        return Split(kept="", trimmed="")
+    cut_at = None
+    for element in _elements(body):
+        kind = _marker(element)
+        if kind is None:
+            continue
+        if kind == "cite":
+            if element.get("type", "").lower() != "cite" and "gmail_quote" not in _classes(element):
+                previous = _attribution_before(element)
+                if previous is element:
+                    continue  # A plain blockquote is the author's own formatting.
+            if _has_own_text_after(element, body):
+                continue  # An inline reply: the quotes stay next to the answers.
+            cut_at = _attribution_before(element)
+        elif kind == "attribution":
+            following = element.getnext()
+            while following is not None and following.tag == "br":
+                following = following.getnext()
+            quoted = following is not None and following.tag == "blockquote"
+            text = _short_text(element) or ""
+            if not quoted and "moz-cite-prefix" not in _classes(element) and not _SEPARATOR.match(text):
+                continue  # "I wrote:" in the author's own text, with no quote below it.
+            if quoted and _has_own_text_after(following, body):
+                continue
+            cut_at = element
+        else:
+            cut_at = element
+        break
+    trimmed = _serialize(_cut(cut_at, body, keep_node=kind == "signature-after")) if cut_at is not None else ""
+    kept = (body.text and html.escape(body.text, quote=False) or "") + _serialize(list(body))
+    return Split(kept=kept, trimmed=trimmed)

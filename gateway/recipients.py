@@ -1,0 +1,73 @@
+"""Whom Odoo notifies of a filed message: internal users named in To/Cc, never portal users or customers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from gateway.context import MessageContext
+from gateway.odoo import OdooPool, escape_like
+
+# A message with hundreds of addresses is a mailing, not a note to colleagues; the lookup stays
+# one bounded call.
+MAX_LOOKED_UP = 50
+
+
+@dataclass
+class Recipients:
+    partner_ids: list[int] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+
+
+def candidate_addresses(ctx: MessageContext, own_domains: set[str] | frozenset[str] = frozenset()) -> list[str]:
+    """To and Cc, lowercased, once each, without the gateway's own addresses and the sender."""
+    assert ctx.message is not None
+    own_domains = {ctx.target.domain, *own_domains}
+    sender = ctx.sender.email.lower() if ctx.sender else ctx.message.from_address
+    found: list[str] = []
+    for value in [*ctx.message.to, *ctx.message.cc]:
+        address = value.strip().lower()
+        if not address or "@" not in address or address == sender or address in found:
+            continue
+        if address.rsplit("@", 1)[1] in own_domains:
+            continue
+        found.append(address)
+    return found
+
+
+def choose(odoo: OdooPool, ctx: MessageContext, *, own_domains: set[str] | frozenset[str] = frozenset(),
+           deadline: float | None = None) -> Recipients:
+    """Partners of the active internal users (share = False) among To/Cc, in one Odoo call.
+
+    A partner in partner_ids of a note is emailed the note, portal partners included
+    (ODOO_FACTS.md c and "What these facts demand" item 4), so every other address is dropped
+    and recorded.
+    """
+    addresses = candidate_addresses(ctx, own_domains)
+    result = Recipients(dropped=[f"{address} (too many recipients)" for address in addresses[MAX_LOOKED_UP:]])
+    addresses = addresses[:MAX_LOOKED_UP]
+    if not addresses:
+        return result
+    terms: list = []
+    for address in addresses:
+        pattern = escape_like(address)
+        terms += [("login", "=ilike", pattern), ("email", "=ilike", pattern)]
+    domain = [("share", "=", False), *(["|"] * (len(terms) - 1)), *terms]
+    rows = odoo.call("res.users", "search_read", [domain], {"fields": ["login", "email", "partner_id"]},
+                     deadline=deadline)
+    internal: dict[str, int] = {}
+    for row in rows:
+        partner = row.get("partner_id")
+        if not partner:
+            continue
+        # The database compared with ILIKE; only an exact match names a user.
+        for value in (row.get("login"), row.get("email")):
+            if value and value.lower() in addresses:
+                internal.setdefault(value.lower(), int(partner[0]))
+    author = ctx.user.partner_id if ctx.user else 0
+    for address in addresses:
+        partner_id = internal.get(address)
+        if partner_id is None:
+            result.dropped.append(f"{address} (not an internal user)")
+        elif partner_id != author and partner_id not in result.partner_ids:
+            result.partner_ids.append(partner_id)
+    return result

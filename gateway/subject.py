@@ -1,0 +1,26 @@
+"""The subject as a note shows it: without reply and forward prefixes and without the address token."""
+
+from __future__ import annotations
+
+import re
+
+# Reply and forward prefixes of common clients and languages: Re, Fwd/Fw, AW/WG (de), TR/RE (fr),
+# SV/VS (nordic), Antw/Doorst (nl), R/Rif (it), RES/ENC (pt), RV (es), Odp/PD (pl), YNT (tr),
+# 回复/转发 (zh), 返信/転送 (ja); Outlook may count them ("Re[2]:", "RE(3):") and use a full-width colon.
+_PREFIX = re.compile(
+    r"^\s*(?:(?:re|fwd?|aw|wg|tr|sv|vs|antw|doorst|rif|r|enc|res|rv|odp|pd|ynt|回复|回覆|转发|轉寄|返信|転送)"
+    r"\s*(?:\[\d+\]|\(\d+\))?\s*[:：]\s*)+",
+    re.IGNORECASE,
+)
+# A gateway address or its local part pasted into the subject (note+project.task-42-<signature>)
+# is a capability: it is never shown in the chatter.
+_TOKEN = re.compile(r"(?:note|reply)\+[a-z][a-z0-9_.]*-\d+-[a-z0-9]+(?:@[a-z0-9.-]+)?", re.IGNORECASE)
+_EMPTY_BRACKETS = re.compile(r"\[\s*\]|\(\s*\)|<\s*>")
+
+
+def clean_subject(subject: str) -> str:
+    """Drop the token, then every leading reply/forward prefix, and collapse the spaces."""
+    text = _TOKEN.sub("", subject or "")
+    text = _EMPTY_BRACKETS.sub("", text)
+    text = _PREFIX.sub("", " ".join(text.split()))
+    return text.strip(" -:")

@@ -1,0 +1,52 @@
+"""The attachment rules: per-file and per-message limits, the type deny-list, drop or refuse."""
+
+import pytest
+
+from gateway.attachments import screen
+from gateway.config import AttachmentRules
+from gateway.context import Attachment
+from gateway.refusals import AttachmentRefused
+
+
+def _file(name: str, size: int, content_type: str = "application/octet-stream", head: bytes = b"") -> Attachment:
+    return Attachment(filename=name, content_type=content_type, payload=head + b"x" * (size - len(head)))
+
+
+def test_files_within_the_limits_are_all_kept():
+    files = [_file("a.pdf", 100), _file("b.png", 200, "image/png")]
+    assert screen(files, AttachmentRules()) == (files, [])
+
+
+def test_a_file_over_the_per_file_limit_is_dropped_and_named():
+    accepted, refused = screen([_file("big.bin", 2048), _file("ok.txt", 10)], AttachmentRules(max_file_size=1024))
+    assert [item.filename for item in accepted] == ["ok.txt"]
+    assert [str(item) for item in refused] == ["big.bin (2.0 KiB, over the limit of 1.0 KiB per file)"]
+
+
+def test_files_beyond_the_per_message_total_are_dropped_in_order():
+    accepted, refused = screen([_file(f"{n}.bin", 400) for n in range(4)], AttachmentRules(max_total_size=1000))
+    assert [item.filename for item in accepted] == ["0.bin", "1.bin"]
+    assert [item.filename for item in refused] == ["2.bin", "3.bin"]
+
+
+@pytest.mark.parametrize("attachment", [
+    _file("setup.EXE", 10),
+    _file("invoice.pdf.js", 10),
+    _file("tool", 10, "application/x-msdownload"),
+    _file("report.pdf", 10, "application/pdf", head=b"MZ\x90\x00"),
+    _file("report.pdf", 10, "application/pdf", head=b"\x7fELF"),
+    _file("trailing-dot.exe.", 10),
+])
+def test_denied_types_are_dropped(attachment):
+    accepted, refused = screen([attachment], AttachmentRules())
+    assert accepted == [] and len(refused) == 1
+
+
+def test_rules_can_refuse_the_whole_message():
+    with pytest.raises(AttachmentRefused) as refusal:
+        screen([_file("ok.txt", 5), _file("run.bat", 5)], AttachmentRules(on_refused_file="refuse"))
+    assert refusal.value.smtp_reply().startswith("550 5.7.1 ") and "run.bat" in refusal.value.smtp_reply()
+
+
+def test_extensions_in_the_rules_are_normalised():
+    assert AttachmentRules(denied_extensions=["EXE", ".Bat"]).denied_extensions == [".exe", ".bat"]

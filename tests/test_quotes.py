@@ -1,0 +1,164 @@
+"""Quote and signature trimming: client HTML markers, attributions in many languages, inline replies, code."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.content import extract_body
+from gateway.context import ParsedMessage
+from gateway.quotes import split_html, split_text
+from gateway.refusals import EmptyBody
+
+OWN = "Pump replaced"
+OLD = "Could you check the pump"
+
+
+def _message(html: str = "", text: str = "") -> ParsedMessage:
+    return ParsedMessage(message_id="<m@x>", from_address="a@example.com", from_name="", subject="",
+                         text_plain=text, text_html=html)
+
+
+# The attribution lines clients write, one per language issue 3 names (and Gmail's Japanese form).
+ATTRIBUTIONS = {
+    "en": "On Mon, 3 Nov 2025 at 10:02, Bob Planner <bob@example.org> wrote:",
+    "fr": "Le lun. 3 nov. 2025 à 10:02, Bob Planner <bob@example.org> a écrit :",
+    "de": "Am Mo., 3. Nov. 2025 um 10:02 Uhr schrieb Bob Planner <bob@example.org>:",
+    "es": "El lun, 3 nov 2025 a las 10:02, Bob Planner (<bob@example.org>) escribió:",
+    "it": "Il giorno lun 3 nov 2025 alle ore 10:02 Bob Planner <bob@example.org> ha scritto:",
+    "nl": "Op ma 3 nov 2025 om 10:02 schreef Bob Planner <bob@example.org>:",
+    "pt": "Em seg., 3 de nov. de 2025 às 10:02, Bob Planner <bob@example.org> escreveu:",
+    "ja": "2025年11月3日(月) 10:02 Bob Planner <bob@example.org>:",
+    "ja-outlook": "Bob Planner さんは書きました:",
+}
+
+
+@pytest.mark.parametrize("language", sorted(ATTRIBUTIONS))
+def test_plain_text_attribution_in_each_language_starts_the_quote(language):
+    split = split_text(f"{OWN}.\n\n{ATTRIBUTIONS[language]}\n\n> {OLD}?\n")
+    assert OWN in split.kept and OLD not in split.kept and "Bob Planner" not in split.kept
+    assert OLD in split.trimmed
+
+
+@pytest.mark.parametrize("language", sorted(ATTRIBUTIONS))
+def test_html_attribution_in_each_language_starts_the_quote(language):
+    attribution = ATTRIBUTIONS[language].replace("<", "&lt;").replace(">", "&gt;")
+    split = split_html(f"<div>{OWN}.</div><div>{attribution}<br></div><blockquote>{OLD}?</blockquote>")
+    assert OWN in split.kept and OLD not in split.kept and "Bob Planner" not in split.kept
+    assert OLD in split.trimmed
+
+
+def test_attribution_wrapped_over_two_lines_is_recognised():
+    split = split_text(f"{OWN}.\n\nOn Mon, 3 Nov 2025 at 10:02, Bob Planner <bob@example.org>\nwrote:\n\n> {OLD}\n")
+    assert OLD not in split.kept and "wrote:" not in split.kept
+
+
+@pytest.mark.parametrize("html", [
+    f'<div dir="ltr">{OWN}</div><div class="gmail_quote"><blockquote class="gmail_quote">{OLD}</blockquote></div>',
+    f'<div>{OWN}</div><div id="appendonsend"></div><hr><div id="divRplyFwdMsg"><b>From:</b> Bob</div><div>{OLD}</div>',
+    f'<p class="MsoNormal">{OWN}</p><div style="border:none;border-top:solid #E1E1E1 1.0pt"><p class="MsoNormal">'
+    f'<b>From:</b> Bob<br><b>Sent:</b> Monday<br><b>Subject:</b> x</p></div><p>{OLD}</p>',
+    f'{OWN}<br><blockquote type="cite">On 3 Nov 2025, at 10:02, Bob wrote:<br></blockquote><blockquote type="cite">{OLD}</blockquote>',
+    f'<p>{OWN}</p><div class="moz-cite-prefix">On 03/11/2025 Bob wrote:<br></div><blockquote type="cite">{OLD}</blockquote>',
+    f'<div>{OWN}</div><div id="mail-editor-reference-message-container"><b>From:</b> Bob<div>{OLD}</div></div>',
+    f'<div>{OWN}</div><div class="yahoo_quoted"><div>{OLD}</div></div>',
+], ids=["gmail", "outlook-web", "outlook-desktop", "apple-mail", "thunderbird", "outlook-mobile", "yahoo"])
+def test_client_quote_markers_are_trimmed(html):
+    split = split_html(html)
+    assert OWN in split.kept and OLD not in split.kept and OLD in split.trimmed
+
+
+@pytest.mark.parametrize("html, signature", [
+    (f'<div>{OWN}</div><div>-- <br><div class="gmail_signature">Paula, Acme</div></div>', "Paula, Acme"),
+    (f'<p>{OWN}</p><pre class="moz-signature">-- \nPaula, Acme</pre>', "Paula, Acme"),
+    (f'{OWN}<br>-- <br>Paula, Acme<br>', "Paula, Acme"),
+    (f'<div>{OWN}</div><div>--</div><div>Paula, Acme</div>', "Paula, Acme"),
+    (f'<div>{OWN}</div><div>Von meinem iPhone gesendet</div>', "Von meinem iPhone gesendet"),
+])
+def test_signatures_are_trimmed(html, signature):
+    split = split_html(html)
+    assert OWN in split.kept and signature not in split.kept and signature in split.trimmed
+
+
+def test_plain_signature_delimiter_and_mobile_closing_are_trimmed():
+    assert "Paula" not in split_text(f"{OWN}\n-- \nPaula\n").kept
+    split = split_text(f"{OWN}\n\nEnvoyé de mon iPhone\n")
+    assert OWN in split.kept and "iPhone" not in split.kept and "iPhone" in split.trimmed
+
+
+def test_a_plain_blockquote_of_the_author_is_kept():
+    split = split_html(f"<p>{OWN}, as the manual says:</p><blockquote>Torque 40 Nm.</blockquote><p>Done.</p>")
+    assert "Torque 40 Nm." in split.kept and "Done." in split.kept and split.trimmed == ""
+
+
+def test_inline_reply_keeps_the_quotes_next_to_the_answers():
+    html = ('<div class="moz-cite-prefix">Bob wrote:</div><blockquote type="cite">Question one?</blockquote>'
+            '<p>Answer one.</p><blockquote type="cite">Question two?</blockquote><p>Answer two.</p>')
+    kept = split_html(html).kept
+    assert all(text in kept for text in ("Question one?", "Answer one.", "Question two?", "Answer two."))
+    text = split_text("> Question one?\nAnswer one.\n> Question two?\nAnswer two.\n-- \nPaula\n")
+    assert "Answer two." in text.kept and "<blockquote>" in text.kept and "Paula" in text.trimmed
+
+
+def test_nothing_inside_code_blocks_is_trimmed():
+    html = ("<p>Config:</p><pre>&gt; quoted looking line\n-- \nOn Mon, Bob wrote:\n</pre>"
+            "<code><span class='gmail_quote'>x</span></code><p>Deployed.</p>")
+    split = split_html(html)
+    assert "On Mon, Bob wrote:" in split.kept and "gmail_quote" in split.kept and "Deployed." in split.kept
+    assert split.trimmed == ""
+
+
+def test_trimmed_text_goes_into_a_collapsed_details_block():
+    body = extract_body(_message(html=f'<p>{OWN}</p><div class="gmail_quote"><blockquote>{OLD}</blockquote></div>'))
+    own, _, details = body.partition("<details>")
+    assert OWN in own and OLD not in own
+    assert details.startswith("<summary>") and OLD in details and details.endswith("</details>")
+    assert "<details open" not in body  # collapsed
+
+
+def test_a_message_holding_only_a_quote_is_refused_with_advice_to_write_above():
+    with pytest.raises(EmptyBody) as refusal:
+        extract_body(_message(html=f'<div><br></div><div class="gmail_quote"><blockquote>{OLD}</blockquote></div>',
+                              text=f"On Mon, Bob wrote:\n> {OLD}\n"))
+    assert "write above the quoted text" in refusal.value.reason
+
+
+def test_plain_text_fallback_keeps_line_breaks_and_links():
+    body = extract_body(_message(text="Line one\nsee https://example.com/a.\n\nOn Mon, Bob wrote:\n> old\n"))
+    assert "Line one<br>" in body and '<a href="https://example.com/a"' in body
+
+
+def test_a_file_sent_without_text_is_filed_but_an_inline_logo_is_not_enough():
+    from gateway.context import Attachment
+
+    scan = Attachment(filename="scan.pdf", content_type="application/pdf", payload=b"%PDF")
+    logo = Attachment(filename="image001.png", content_type="image/png", payload=b"png", content_id="image001")
+    quoted_only = f"On Mon, Bob wrote:\n> {OLD}\n"
+    message = _message(text=quoted_only)
+    message.attachments = [scan]
+    body = extract_body(message)
+    assert OWN not in body and OLD in body and body.startswith("<details>")
+    message.attachments = [logo]
+    with pytest.raises(EmptyBody):
+        extract_body(message)
+
+
+def test_a_message_whose_only_file_was_refused_is_empty():
+    from gateway.context import Attachment
+
+    message = _message(text="")
+    message.attachments = [Attachment(filename="tool.exe", content_type="application/octet-stream", payload=b"MZ")]
+    assert extract_body(message) == ""
+    with pytest.raises(EmptyBody):
+        extract_body(message, files=[])
+
+
+def test_a_line_ending_in_wrote_without_a_quote_below_is_the_authors_own():
+    text = "Here is what I wrote:\nthe pump needs a new seal.\n"
+    assert "the pump needs a new seal." in split_text(text).kept and split_text(text).trimmed == ""
+    html = "<p>Here is what the inspector wrote:</p><p>the pump needs a new seal.</p>"
+    assert split_html(html).trimmed == ""
+
+
+def test_outlook_separator_line_starts_the_quote_without_quote_marks():
+    split = split_text(f"{OWN}.\n\n-----Original Message-----\nFrom: Bob\nSent: Monday\n\n{OLD}?\n")
+    assert OLD not in split.kept and OLD in split.trimmed

@@ -92,11 +92,24 @@ class SenderPolicy(_Strict):
     max_signature_age_days: Annotated[int, Field(ge=0)] = 0
 
 
+AccessPolicy = Literal["odoo-rules", "followers", "own", "company", "email-domain"]
+
+
 class KindRules(_Strict):
     # No model by default: an admin opts each kind of record in.
     models: list[str] = []
-    access: Literal["followers"] = "followers"
+    # odoo-rules by default: what Odoo itself would let the sender read (issue 7; docs/rules.md).
+    access: AccessPolicy = "odoo-rules"
+    # The record's customer field, read by the own, company and email-domain policies.
+    partner_field: str = "partner_id"
     allow_internal_users: bool = True
+
+    @field_validator("partner_field")
+    @classmethod
+    def _field_name(cls, value: str) -> str:
+        if not value.replace("_", "").isalnum() or not value[:1].isalpha():
+            raise ValueError("must be a field name such as partner_id")
+        return value
 
 
 class NoteRules(KindRules):
@@ -118,6 +131,20 @@ class DomainRules(_Strict):
     secrets_file: str | None = None
     secrets_env: str | None = None
     sender: SenderPolicy = SenderPolicy()
+    # The Odoo company this alias domain serves: records of another company are refused and posts
+    # run with allowed_company_ids = [company]. Either an id, or (Odoo 17+) the company whose
+    # mail.alias.domain is named like this alias domain. Default: not bound.
+    company_id: Annotated[int, Field(ge=1)] | None = None
+    company_from_alias_domain: bool = False
+    # For the email-domain policy: sender mail domain -> customer partner id (its commercial
+    # partner must be the record's).
+    email_domains: dict[str, Annotated[int, Field(ge=1)]] = {}
+    # How long record rules and access lists read from Odoo are reused (0: read for every message).
+    rules_cache_seconds: Annotated[float, Field(ge=0)] = 60.0
+    # Refuse dated addresses older than this many days (0: no limit); undated (old-format) addresses
+    # are refused too when require_dated_addresses is true.
+    address_max_age_days: Annotated[int, Field(ge=0)] = 0
+    require_dated_addresses: bool = False
     note: NoteRules = NoteRules()
     reply: KindRules = KindRules()
     source: str = ""
@@ -126,6 +153,20 @@ class DomainRules(_Strict):
     @classmethod
     def _lowercase_domain(cls, value: str) -> str:
         return value.strip().lower()
+
+    @field_validator("email_domains")
+    @classmethod
+    def _lowercase_email_domains(cls, value: dict[str, int]) -> dict[str, int]:
+        return {domain.strip().lower(): partner for domain, partner in value.items()}
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DomainRules:
+        if self.company_id is not None and self.company_from_alias_domain:
+            raise ValueError("set company_id or company_from_alias_domain, not both")
+        for kind in ("note", "reply"):
+            if self.kind_rules(kind).access == "email-domain" and not self.email_domains:
+                raise ValueError(f"{kind}.access is email-domain but email_domains is empty")
+        return self
 
     def kind_rules(self, kind: str) -> KindRules:
         return self.note if kind == "note" else self.reply

@@ -86,6 +86,11 @@ class MessageContext:
     body_html: str | None = None
     rendered_body: str | None = None
     notify_partner_ids: list[int] = field(default_factory=list)
+    # The Odoo company the alias domain is bound to, if any: posts run in its context (issue 7).
+    company_id: int | None = None
+    # Why the kind of the address was not the kind filed (a reply+ also addressed to a note address
+    # is filed as a note, issue 7); journaled.
+    kind_note: str = ""
     odoo_message_id: int | None = None
     duplicate: bool = False
     refusal: Refusal | None = None

@@ -41,6 +41,8 @@ class OdooPool:
         self._lock = threading.Lock()
         self._version: int | None = None
         self._xmlids: dict[str, int] = {}
+        # Record rules, access lists and field types, with the time they were read (gateway/access.py).
+        self.security_cache: dict[tuple, tuple[float, object]] = {}
 
     # --- connections ---------------------------------------------------------------------------
 

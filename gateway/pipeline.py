@@ -86,7 +86,10 @@ def _authorize(ctx: MessageContext, services: Services, deadline: float) -> None
     odoo = _odoo(ctx, services)
     policy.check_model_allowed(ctx.rules, ctx.target)
     policy.check_poster(odoo, ctx.rules, ctx.target, ctx.user, deadline=deadline)
-    policy.check_record_access(odoo, ctx.target, ctx.user, deadline=deadline)
+    ctx.company_id = policy.bound_company(odoo, ctx.rules, deadline=deadline)
+    policy.check_record_access(odoo, ctx.target, ctx.user, rules=ctx.rules,
+                               sender_email=ctx.sender.email if ctx.sender else "", company=ctx.company_id,
+                               deadline=deadline)
 
 
 def _extract_content(ctx: MessageContext, services: Services, deadline: float) -> None:
@@ -131,7 +134,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("parse", "parse the MIME message", _parse),
     Stage("authenticate-sender", "require an aligned, valid DKIM signature on From", _authenticate_sender),
     Stage("identify-sender", "find the sender's active Odoo user", _identify_sender),
-    Stage("authorize", "model allowed, contributor group for notes, follower of the record", _authorize),
+    Stage("authorize", "model allowed, contributor group for notes, company, record access policy", _authorize),
     Stage("extract-content", "take the body and sanitize its HTML", _extract_content),
     Stage("render", "render the note or reply template", _render),
     Stage("post", "post once by Message-ID with message_post", _post),

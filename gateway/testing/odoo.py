@@ -848,6 +848,11 @@ class TestOdoo:
             kwargs = dict(kwargs)
             context = kwargs.pop("context", None) or {}
             env = Env(self.db, uid, context)
+            # odoo/api.py Environment.companies: a company outside the user's companies in
+            # allowed_company_ids is refused before anything runs.
+            allowed = context.get("allowed_company_ids")
+            if allowed and set(allowed) - set(env.user.get("company_ids") or []):
+                raise AccessError("Access to unauthorized or invalid companies.")
             method = find_method(env, model, name)
             if method is None:
                 raise AttributeError(f"The method '{name}' does not exist on the model '{model}'")

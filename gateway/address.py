@@ -71,3 +71,18 @@ def parse(address: str, secrets_by_domain: dict[str, list[bytes]]) -> Target:
     if not valid:
         raise BadAddress("the address signature is not valid")
     return Target(kind=kind, domain=domain, model=model, res_id=res_id, address=f"{local.lower()}@{domain}")
+
+
+def parse_recipient(address: str, secrets_by_domain: dict[str, list[bytes]]) -> Target:
+    """A record address, or a plain ``note@`` / ``reply@`` of a known alias domain.
+
+    RCPT comes before the headers, so a plain address is accepted here with no record; the route
+    stage finds the record from the message's References (issue 7).
+    """
+    local, domain = split_address(address)
+    if local.lower() in KINDS:
+        if domain not in secrets_by_domain:
+            raise UnknownAliasDomain(domain)
+        kind = local.lower()
+        return Target(kind=kind, domain=domain, model="", res_id=0, address=f"{kind}@{domain}", by_reference=True)
+    return parse(address, secrets_by_domain)

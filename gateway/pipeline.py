@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -9,7 +10,7 @@ from datetime import datetime, timezone
 from dataclasses import dataclass, field
 from typing import Callable
 
-from gateway import content, identity, message, policy, post, senderauth
+from gateway import content, identity, message, policy, post, routing, senderauth
 from gateway.config import GatewayConfig
 from gateway.context import MessageContext
 from gateway.journal import Journal, JournalEntry, JournalUnavailable
@@ -81,6 +82,25 @@ def _identify_sender(ctx: MessageContext, services: Services, deadline: float) -
     ctx.user = identity.find_user(_odoo(ctx, services), ctx.sender.email, deadline=deadline)
 
 
+def _route(ctx: MessageContext, services: Services, deadline: float) -> None:
+    assert ctx.message is not None
+    if not ctx.target.by_reference:
+        return
+    model, res_id, how = routing.resolve(_odoo(ctx, services), ctx.message, deadline=deadline)
+    ctx.target = dataclasses.replace(ctx.target, model=model, res_id=res_id)
+    ctx.decision = f"routed {how}"
+
+
+def _reply_all_as_note(ctx: MessageContext, services: Services, deadline: float) -> None:
+    assert ctx.message is not None
+    if ctx.target.kind != "reply":
+        return
+    note = routing.note_address_in_headers(ctx.message, ctx.target, services.config)
+    if note is not None:
+        ctx.target = dataclasses.replace(ctx.target, kind="note")
+        ctx.decision = "; ".join(filter(None, (ctx.decision, f"reply-all with {note}: filed as a note, never public")))
+
+
 def _authorize(ctx: MessageContext, services: Services, deadline: float) -> None:
     assert ctx.user is not None
     odoo = _odoo(ctx, services)
@@ -134,6 +154,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("parse", "parse the MIME message", _parse),
     Stage("authenticate-sender", "require an aligned, valid DKIM signature on From", _authenticate_sender),
     Stage("identify-sender", "find the sender's active Odoo user", _identify_sender),
+    Stage("route", "find the record of a plain note@/reply@ from References", _route),
+    Stage("reply-all-as-note", "a reply also addressed to a note address is filed as a note", _reply_all_as_note),
     Stage("authorize", "model allowed, contributor group for notes, company, record access policy", _authorize),
     Stage("extract-content", "take the body and sanitize its HTML", _extract_content),
     Stage("render", "render the note or reply template", _render),
@@ -158,7 +180,7 @@ def process(ctx: MessageContext, services: Services, *, deadline: float) -> Mess
         finally:
             elapsed = time.monotonic() - stage_started
             ctx.stage_durations[stage.name] = elapsed
-            if stage.name in ("identify-sender", "authorize", "post"):
+            if stage.name in ("identify-sender", "route", "authorize", "post"):
                 ctx.odoo_seconds += elapsed
         if ctx.refusal is not None:
             break

@@ -33,8 +33,9 @@ class GatewayHandler:
         if envelope.rcpt_tos:
             return TooManyRecipients().smtp_reply()
         try:
-            target = address.parse(rcpt, self.services.config.secrets)
-            policy.check_model_allowed(self.services.config.domains[target.domain], target)
+            target = address.parse_recipient(rcpt, self.services.config.secrets)
+            if not target.by_reference:
+                policy.check_model_allowed(self.services.config.domains[target.domain], target)
         except Refusal as refusal:
             log.info("RCPT %r refused: %s", rcpt, refusal.smtp_reply())
             return refusal.smtp_reply()

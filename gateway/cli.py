@@ -65,13 +65,38 @@ def command_address(args: argparse.Namespace) -> int:
     if args.model not in config.domains[domain].kind_rules(args.kind).models:
         print(f"note-gateway: warning: {args.model} is not in [{args.kind}] models of "
               f"{config.domains[domain].source}; mail to this address will be refused", file=sys.stderr)
+    rules = config.domains[domain]
+    partner_id = args.partner_id
+    if args.for_email:
+        partner_id = _partner_of(config, rules.odoo, args.for_email)
+        if partner_id is None:
+            return 2
+    # A dated address can expire; it is dated whenever the domain limits the age of addresses.
+    dated = args.dated or bool(rules.address_max_age_days) or rules.require_dated_addresses
     try:
         # The first secret signs; all of them verify, so a new secret goes first when rotating.
-        print(address.mint(config.secrets[domain][0], domain, args.kind, args.model, args.res_id))
+        print(address.mint(config.secrets[domain][0], domain, args.kind, args.model, args.res_id,
+                           partner_id=partner_id, issued_day=address.today() if dated else None))
     except ValueError as error:
         print(f"note-gateway: {error}", file=sys.stderr)
         return 2
     return 0
+
+
+def _partner_of(config: GatewayConfig, odoo_name: str, email: str) -> int | None:
+    """The partner of the active Odoo user with this address, asked of the domain's Odoo."""
+    from gateway.identity import find_user
+    from gateway.odoo import OdooPool
+    from gateway.refusals import Refusal
+
+    pool = OdooPool(odoo_name, config.gateway.odoo[odoo_name], config.api_keys[odoo_name])
+    try:
+        return find_user(pool, email).partner_id
+    except Refusal as refusal:
+        print(f"note-gateway: --for {email}: {refusal.text}", file=sys.stderr)
+        return None
+    finally:
+        pool.close()
 
 
 def command_log(args: argparse.Namespace) -> int:
@@ -125,6 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
     mint.add_argument("res_id", type=int, help="record id")
     mint.add_argument("--kind", choices=address.KINDS, default="note")
     mint.add_argument("--domain", help="alias domain (needed when several are configured)")
+    bound = mint.add_mutually_exclusive_group()
+    bound.add_argument("--for", dest="for_email", metavar="EMAIL",
+                       help="bind the address to the partner of this Odoo user (asks Odoo)")
+    bound.add_argument("--partner-id", type=int, help="bind the address to this partner id (offline)")
+    mint.add_argument("--dated", action="store_true",
+                      help="sign the issue date, so that address_max_age_days can expire the address")
     mint.add_argument("--config", required=True)
     mint.set_defaults(func=command_address)
 

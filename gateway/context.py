@@ -25,6 +25,9 @@ class Target:
     # A plain note@ / reply@ address: model and res_id are found from the References of the
     # message by the route stage (issue 7); until then they are "" and 0.
     by_reference: bool = False
+    # Signed in the address (issue 7): only this partner may write to it; the day it was issued.
+    partner_id: int | None = None
+    issued_day: int | None = None
 
 
 @dataclass(frozen=True)

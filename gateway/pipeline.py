@@ -105,6 +105,8 @@ def _authorize(ctx: MessageContext, services: Services, deadline: float) -> None
     assert ctx.user is not None
     odoo = _odoo(ctx, services)
     policy.check_model_allowed(ctx.rules, ctx.target)
+    policy.check_address(ctx.rules, ctx.target)
+    policy.check_address_owner(ctx.target, ctx.user)
     policy.check_poster(odoo, ctx.rules, ctx.target, ctx.user, deadline=deadline)
     ctx.company_id = policy.bound_company(odoo, ctx.rules, deadline=deadline)
     policy.check_record_access(odoo, ctx.target, ctx.user, rules=ctx.rules,

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 
-from gateway import access
+from gateway import access, address
 from gateway.config import DomainRules
 from gateway.context import OdooUser, Target
 from gateway.odoo import OdooPool
-from gateway.refusals import (AccessRuleUnsupported, ModelNotAllowed, NotContributor, RecordAccessDenied,
+from gateway.refusals import (AccessRuleUnsupported, AddressExpired, AddressNotForSender, ModelNotAllowed, NotContributor, RecordAccessDenied,
                               RecordNotFound, RecordOfOtherCompany)
 
 log = logging.getLogger(__name__)
@@ -18,6 +18,26 @@ def check_model_allowed(rules: DomainRules, target: Target) -> None:
     """Data only, so it runs at RCPT: a model not opted in is refused before the message is sent."""
     if target.model not in rules.kind_rules(target.kind).models:
         raise ModelNotAllowed(f"{target.kind} on {target.model}")
+
+
+def check_address(rules: DomainRules, target: Target, *, today: int | None = None) -> None:
+    """Data only, so it runs at RCPT too: an address older than the domain allows is refused."""
+    if target.by_reference:
+        return
+    if target.issued_day is None:
+        if rules.require_dated_addresses:
+            raise AddressExpired("addresses without an issue date are no longer accepted")
+        return
+    today = address.today() if today is None else today
+    if rules.address_max_age_days and today - target.issued_day > rules.address_max_age_days:
+        raise AddressExpired(f"issued {today - target.issued_day} days ago, "
+                             f"the limit is {rules.address_max_age_days}")
+
+
+def check_address_owner(target: Target, user: OdooUser) -> None:
+    """A user-bound address takes mail only from the partner it was minted for."""
+    if target.partner_id is not None and target.partner_id != user.partner_id:
+        raise AddressNotForSender(f"{user.email} is not partner {target.partner_id}")
 
 
 def check_poster(odoo: OdooPool, rules: DomainRules, target: Target, user: OdooUser,

@@ -35,7 +35,9 @@ class GatewayHandler:
         try:
             target = address.parse_recipient(rcpt, self.services.config.secrets)
             if not target.by_reference:
-                policy.check_model_allowed(self.services.config.domains[target.domain], target)
+                rules = self.services.config.domains[target.domain]
+                policy.check_model_allowed(rules, target)
+                policy.check_address(rules, target)
         except Refusal as refusal:
             log.info("RCPT %r refused: %s", rcpt, refusal.smtp_reply())
             return refusal.smtp_reply()

@@ -5,8 +5,7 @@ from __future__ import annotations
 from gateway.testing.odoo_mail import subscribe
 from gateway.testing.odoo_models import set_xmlid
 from gateway.testing.odoo_orm import Database, Env, create_record
-from gateway.testing.odoo_security import (BUSINESS_GROUPS, NOTE_GATEWAY_GROUP_NAME, NOTE_GATEWAY_GROUP_XMLID,
-                                           seed_security)
+from gateway.testing.odoo_security import BUSINESS_GROUPS, seed_security, setup_note_gateway
 
 DEMO_DATABASE = "notes"
 # The integration user's API key. Odoo keys are 40 hexadecimal characters (res_users.py
@@ -113,7 +112,7 @@ def seed_base(db: Database) -> None:
     seed_security(db)
 
 
-def seed_demo(db: Database) -> None:
+def seed_demo(db: Database, note_gateway_setup: bool = True) -> None:
     """The world of ODOO_FACTS.md, with its ids: users, groups, project 7, tasks 60 and 42, S00023."""
     env = Env(db, 1, su=True)
     _partner(env, MARC_PARTNER_ID, "Marc Demo", "mark.brown23@example.com", "base.partner_demo")
@@ -135,10 +134,10 @@ def seed_demo(db: Database) -> None:
     _partner(env, PETER_PARTNER_ID, "Peter Plain", PETER_EMAIL)
     _user(env, PETER_UID, PETER_PARTNER_ID, PETER_LOGIN, PETER_PASSWORD, [GROUP_PORTAL_ID, GROUP_PORTAL_EXTRA_ID])
     _partner(env, GATEWAY_PARTNER_ID, "Email Gateway", GATEWAY_EMAIL)
-    # The database as after `note-gateway setup-odoo`: the integration user is in the gateway's group.
-    _group(env, NOTE_GATEWAY_GROUP_ID, NOTE_GATEWAY_GROUP_NAME, NOTE_GATEWAY_GROUP_XMLID, "Note Gateway")
-    _user(env, GATEWAY_UID, GATEWAY_PARTNER_ID, GATEWAY_LOGIN, GATEWAY_PASSWORD,
-          [GROUP_USER_ID, NOTE_GATEWAY_GROUP_ID])
+    _user(env, GATEWAY_UID, GATEWAY_PARTNER_ID, GATEWAY_LOGIN, GATEWAY_PASSWORD, [GROUP_USER_ID])
+    if note_gateway_setup:
+        # The database as after `note-gateway setup-odoo`: the integration user is in the gateway's group.
+        setup_note_gateway(db, NOTE_GATEWAY_GROUP_ID, GATEWAY_UID)
     db.api_keys.setdefault(GATEWAY_UID, []).append(DEMO_API_KEY)
     _partner(env, ARCHIVED_PARTNER_ID, "Archie Former", ARCHIVED_EMAIL)
     _user(env, ARCHIVED_UID, ARCHIVED_PARTNER_ID, ARCHIVED_LOGIN, ARCHIVED_PASSWORD,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from gateway.testing.odoo_orm import (
     ACCESS_ADMIN,
-    ACCESS_GROUPS,
+    ACCESS_ROWS,
     Boolean,
     Char,
     Database,
@@ -21,7 +21,8 @@ from gateway.testing.odoo_orm import (
 # It is not given ir.model.data: check_object_reference resolves xmlids without it (ODOO_FACTS.md e).
 NOTE_GATEWAY_GROUP_XMLID = "note_gateway.group_note_gateway"
 NOTE_GATEWAY_GROUP_NAME = "Note Gateway"
-GATEWAY_READS = f"{ACCESS_GROUPS}base.group_erp_manager,{NOTE_GATEWAY_GROUP_XMLID}"
+NOTE_GATEWAY_MODELS = ("ir.rule", "ir.model.access", "ir.model")
+GATEWAY_READS = ACCESS_ROWS
 
 
 def _security_access() -> dict[str, str]:
@@ -161,3 +162,17 @@ def seed_security(db: Database) -> None:
         create_record(env, "ir.model.access", {
             "name": name, "model_id": _model_id(db, model), "group_id": db.xmlid_to_id(group),
             "perm_read": read, "perm_write": write, "perm_create": create, "perm_unlink": unlink})
+
+
+def setup_note_gateway(db: Database, group_id: int, gateway_uid: int) -> None:
+    """What `note-gateway setup-odoo` leaves behind: the group, its read access, the integration user in it."""
+    from gateway.testing.odoo_models import set_xmlid
+
+    env = Env(db, 1, su=True)
+    create_record(env, "res.groups", {"name": NOTE_GATEWAY_GROUP_NAME, "category_name": "Note Gateway"}, group_id)
+    set_xmlid(db, NOTE_GATEWAY_GROUP_XMLID, "res.groups", group_id)
+    for model in NOTE_GATEWAY_MODELS:
+        create_record(env, "ir.model.access", {"name": f"note_gateway read {model}", "model_id": _model_id(db, model),
+                                               "group_id": group_id, "perm_read": True})
+    users = db.rows["res.users"][gateway_uid]
+    users[db.groups_field] = list(dict.fromkeys([*(users.get(db.groups_field) or []), group_id]))

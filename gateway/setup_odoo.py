@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from gateway.odoo import user_group_fields
+
 NOTE_GATEWAY_GROUP = "note_gateway.group_note_gateway"
 NOTE_GATEWAY_GROUP_NAME = "Note Gateway"
 # What the gateway reads besides business records (issue 7): the record rules and access lists it
@@ -16,9 +18,8 @@ CONTRIBUTOR_GROUP_NAME = "Portal note contributors"
 
 
 def groups_field(version: Any) -> str:
-    # Odoo 19 renamed res.users.groups_id to group_ids (ODOO_FACTS.md e), as gateway/odoo.py knows.
     match = re.search(r"\d+", str(version))
-    return "group_ids" if match and int(match.group()) >= 19 else "groups_id"
+    return user_group_fields(int(match.group()) if match else 0)[0]
 
 
 def _created_id(value: Any) -> int:

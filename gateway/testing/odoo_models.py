@@ -256,6 +256,11 @@ def users_model(db: Database, partner: Model) -> Model:
         "company_id": Many2one("res.company", "Company", default=1),
         "company_ids": Many2many("res.company", "Companies", default=[1]),
         groups_field: Many2many("res.groups", "Groups"),
+        **({"all_group_ids": Many2many(
+            "res.groups", "All Groups",
+            # The test Odoo has no implied groups, so every group of a user is an assigned one.
+            compute=lambda env, rid: list(env.db.rows["res.users"][rid].get(groups_field) or []))}
+           if db.major >= 19 else {}),
         "share": Boolean(
             "Share User", compute=lambda env, rid: not env.in_group("base.group_user", rid),
         ),

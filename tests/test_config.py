@@ -146,3 +146,12 @@ def test_world_readable_key_and_secrets_are_warned_about(folder):
     (folder / "key").chmod(0o600)
     (folder / "rules" / "notes.toml").chmod(0o600)
     assert load_config(folder / "gateway.toml").warnings == []
+
+
+def test_example_rules_file_documents_every_key():
+    from gateway.config import DomainRules, NoteRules
+
+    text = (ROOT / "rules" / "example.toml").read_text()
+    keys = (set(DomainRules.model_fields) | set(NoteRules.model_fields)) - {"source", "note", "reply", "sender"}
+    missing = sorted(key for key in keys if f"{key} =" not in text)
+    assert missing == []

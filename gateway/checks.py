@@ -64,6 +64,13 @@ def _check_domain(pool: OdooPool, domain: str, rules, found: Findings) -> None:
             found.errors.append(f"{where}: models: {model} has no chatter (not a mail.thread)")
             continue
         found.lines.append(f"{domain}: {model} has a chatter")
+        for kind in ("note", "reply"):
+            kind_rules = rules.kind_rules(kind)
+            if model in kind_rules.models and kind_rules.access in ("own", "company", "email-domain"):
+                described = pool.call(model, "fields_get", [[kind_rules.partner_field]], {"attributes": ["relation"]})
+                if (described.get(kind_rules.partner_field) or {}).get("relation") != "res.partner":
+                    found.errors.append(f"{where}: {kind}.partner_field: {model}.{kind_rules.partner_field} is not "
+                                        "a many2one to res.partner")
         kinds = [kind for kind in ("note", "reply") if model in rules.kind_rules(kind).models
                  and rules.kind_rules(kind).access == "odoo-rules"]
         if kinds:

@@ -8,8 +8,8 @@ from gateway import access, address
 from gateway.config import DomainRules
 from gateway.context import OdooUser, Target
 from gateway.odoo import OdooPool
-from gateway.refusals import (AccessRuleUnsupported, AddressExpired, AddressNotForSender, ModelNotAllowed, NotContributor, RecordAccessDenied,
-                              RecordNotFound, RecordOfOtherCompany)
+from gateway.refusals import (AccessRuleUnsupported, AddressExpired, AddressNotForSender, ModelNotAllowed,
+                              NotContributor, RecordAccessDenied, RecordNotFound, RecordOfOtherCompany)
 
 log = logging.getLogger(__name__)
 

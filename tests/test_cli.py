@@ -69,6 +69,10 @@ secrets = ["{SECRET}"]
 [note]
 models = ["project.task", "res.partnerr", "res.groups"]
 contributor_group = "note_gateway.group_missing"
+[reply]
+models = ["project.task"]
+access = "own"
+partner_field = "project_id"
 """)
     test_odoo.set_group(GATEWAY_UID, "base.group_system")
     model_id = test_odoo.search("ir.model", [("model", "=", "project.task")])[0]
@@ -81,6 +85,7 @@ contributor_group = "note_gateway.group_missing"
     assert "models: res.groups has no chatter" in out
     assert "gateway is in Settings (base.group_system): more rights than the gateway needs" in out
     assert "record rule 'Dated': Call is not supported: senders it applies to will be refused" in out
+    assert "reply.partner_field: project.task.project_id is not a many2one to res.partner" in out
 
 
 def test_check_prints_every_stage_and_posts_nothing(tmp_path, test_odoo, dns_server, dkim_keys, capsys):

@@ -14,7 +14,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from gateway import address, pipeline, policy
 from gateway.context import MessageContext, Target
 from gateway.pipeline import Services
-from gateway.refusals import InternalError, OdooUnavailable, Refusal, TooManyRecipients
+from gateway.refusals import InternalError, ModelNotAllowed, OdooUnavailable, Refusal, TooManyRecipients
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +34,13 @@ class GatewayHandler:
             return TooManyRecipients().smtp_reply()
         try:
             target = address.parse_recipient(rcpt, self.services.config.secrets)
+            rules = self.services.config.domains[target.domain]
             if not target.by_reference:
-                rules = self.services.config.domains[target.domain]
                 policy.check_model_allowed(rules, target)
                 policy.check_address(rules, target)
+            elif not rules.kind_rules(target.kind).models:
+                # A plain address of a kind this domain allows on no model can never be filed.
+                raise ModelNotAllowed(f"{target.kind}@{target.domain}")
         except Refusal as refusal:
             log.info("RCPT %r refused: %s", rcpt, refusal.smtp_reply())
             return refusal.smtp_reply()

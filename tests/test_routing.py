@@ -119,3 +119,29 @@ def test_reply_all_from_a_non_contributor_is_refused_rather_than_made_public(tes
     reply = mailer.send(raw, addresses["reply"], mail_from=PETER_EMAIL)
     assert reply.startswith("550 5.7.1 Sender may not post internal notes")
     assert test_odoo.posts() == []
+
+
+def test_plain_address_of_a_kind_the_domain_never_allows_is_refused_at_rcpt(tmp_path, test_odoo, dns_server):
+    from types import SimpleNamespace
+
+    from conftest import write_config
+    from gateway.config import load_config
+    from gateway.pipeline import Services
+    from gateway.smtp import ThreadedGateway
+    from gateway.testing.sending import deliver
+
+    config_path = write_config(tmp_path, test_odoo, dns_server.port)
+    rules_path = tmp_path / "rules" / f"{ALIAS_DOMAIN}.toml"
+    rules_path.write_text(rules_path.read_text().replace("[reply]\nmodels = [\"project.task\", \"sale.order\"]",
+                                                         "[reply]\nmodels = []"))
+    services = Services.build(load_config(config_path))
+    assert services.config.domains[ALIAS_DOMAIN].reply.models == []
+    try:
+        with ThreadedGateway(services) as server:
+            assert deliver(b"unused", REPLY, port=server.port).startswith(
+                "550 5.7.1 Posting by email is not enabled for this kind of record: reply@notes.example.com")
+            # note@ passes RCPT (the record is only known after the headers): this message fails later.
+            assert deliver(b"unused", NOTE, port=server.port).startswith(
+                "550 5.7.1 The message must have exactly one From header")
+    finally:
+        services.close()

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import ALIAS_DOMAIN
+from conftest import ALIAS_DOMAIN, write_config
 
+from gateway.config import load_config
 from gateway.journal import Journal
+from gateway.pipeline import Services
+from gateway.smtp import ThreadedGateway
 from gateway.testing.odoo_demo import PAULA_PARTNER_ID, PETER_EMAIL, PRIVATE_TASK_ID, TASK_ID
-from gateway.testing.sending import compose
+from gateway.testing.sending import compose, deliver
 
 PAULA = "portal.contrib@example.com"
 NOTE, REPLY = f"note@{ALIAS_DOMAIN}", f"reply@{ALIAS_DOMAIN}"
@@ -122,14 +125,6 @@ def test_reply_all_from_a_non_contributor_is_refused_rather_than_made_public(tes
 
 
 def test_plain_address_of_a_kind_the_domain_never_allows_is_refused_at_rcpt(tmp_path, test_odoo, dns_server):
-    from types import SimpleNamespace
-
-    from conftest import write_config
-    from gateway.config import load_config
-    from gateway.pipeline import Services
-    from gateway.smtp import ThreadedGateway
-    from gateway.testing.sending import deliver
-
     config_path = write_config(tmp_path, test_odoo, dns_server.port)
     rules_path = tmp_path / "rules" / f"{ALIAS_DOMAIN}.toml"
     rules_path.write_text(rules_path.read_text().replace("[reply]\nmodels = [\"project.task\", \"sale.order\"]",

@@ -1,4 +1,4 @@
-"""The ``note-gateway`` command: serve, address, log, check-config, send, demo."""
+"""The ``note-gateway`` command: serve, address, log, check-config, check, setup-odoo, send, demo."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from gateway import address
 from gateway.config import ConfigError, GatewayConfig, load_config
@@ -75,13 +76,38 @@ def command_address(args: argparse.Namespace) -> int:
     if args.model not in config.domains[domain].kind_rules(args.kind).models:
         print(f"note-gateway: warning: {args.model} is not in [{args.kind}] models of "
               f"{config.domains[domain].source}; mail to this address will be refused", file=sys.stderr)
+    rules = config.domains[domain]
+    partner_id = args.partner_id
+    if args.for_email:
+        partner_id = _partner_of(config, rules.odoo, args.for_email)
+        if partner_id is None:
+            return 2
+    # A dated address can expire; it is dated whenever the domain limits the age of addresses.
+    dated = args.dated or bool(rules.address_max_age_days) or rules.require_dated_addresses
     try:
         # The first secret signs; all of them verify, so a new secret goes first when rotating.
-        print(address.mint(config.secrets[domain][0], domain, args.kind, args.model, args.res_id))
+        print(address.mint(config.secrets[domain][0], domain, args.kind, args.model, args.res_id,
+                           partner_id=partner_id, issued_day=address.today() if dated else None))
     except ValueError as error:
         print(f"note-gateway: {error}", file=sys.stderr)
         return 2
     return 0
+
+
+def _partner_of(config: GatewayConfig, odoo_name: str, email: str) -> int | None:
+    """The partner of the active Odoo user with this address, asked of the domain's Odoo."""
+    from gateway.identity import find_user
+    from gateway.odoo import OdooPool
+    from gateway.refusals import Refusal
+
+    pool = OdooPool(odoo_name, config.gateway.odoo[odoo_name], config.api_keys[odoo_name])
+    try:
+        return find_user(pool, email).partner_id
+    except Refusal as refusal:
+        print(f"note-gateway: --for {email}: {refusal.text}", file=sys.stderr)
+        return None
+    finally:
+        pool.close()
 
 
 def command_log(args: argparse.Namespace) -> int:
@@ -108,9 +134,89 @@ def command_check_config(args: argparse.Namespace) -> int:
     config = _load(args.config)
     print(f"{_shown(config.path)}: OK")
     for domain, rules in sorted(config.domains.items()):
-        print(f"  {domain} ({_shown(rules.source)}): odoo={rules.odoo}, note models={rules.note.models or 'none'}, "
-              f"reply models={rules.reply.models or 'none'}, {len(config.secrets[domain])} secret(s)")
-    return 0
+        print(f"  {domain} ({_shown(rules.source)}): odoo={rules.odoo}, note models={rules.note.models or 'none'} "
+              f"({rules.note.access}), reply models={rules.reply.models or 'none'} ({rules.reply.access}), "
+              f"{len(config.secrets[domain])} secret(s)")
+    for warning in config.warnings:
+        print(f"warning: {warning}")
+    if not args.online:
+        return 0
+    from gateway.checks import check_online
+    from gateway.odoo import OdooPool
+
+    pools = {name: OdooPool(name, connection, config.api_keys[name]) for name, connection in config.gateway.odoo.items()}
+    try:
+        found = check_online(config, pools)
+    finally:
+        for pool in pools.values():
+            pool.close()
+    for line in found.lines:
+        print(f"  {line}")
+    for warning in found.warnings:
+        print(f"warning: {warning}")
+    for error in found.errors:
+        print(f"error: {error}")
+    return 1 if found.errors else 0
+
+
+def command_check(args: argparse.Namespace) -> int:
+    from gateway.checks import dry_run
+    from gateway.pipeline import Services
+
+    config = _load(args.config)
+    raw = Path(args.message).read_bytes()
+    # SMTP carries CRLF line endings; a .eml saved on Unix has LF, which the framing stage would
+    # refuse although the same message by SMTP would pass.
+    if b"\r\n" not in raw:
+        raw = raw.replace(b"\n", b"\r\n")
+    services = Services.build(config)
+    try:
+        verdicts, would_file = dry_run(services, args.rcpt, raw)
+    finally:
+        services.close()
+    width = max(len(stage) for stage, _ in verdicts)
+    for stage, verdict in verdicts:
+        print(f"{stage.ljust(width)}  {verdict}")
+    return 0 if would_file else 1
+
+
+def command_setup_odoo(args: argparse.Namespace) -> int:
+    import getpass
+
+    import odoorpc
+
+    from gateway.setup_odoo import Setup
+
+    config = _load(args.config)
+    names = [args.odoo] if args.odoo else sorted(config.gateway.odoo)
+    # The admin password is used for this run only: never written anywhere (issue 7).
+    password = args.admin_password or getpass.getpass(f"Odoo password of {args.admin_login}: ")
+    status = 0
+    for name in names:
+        connection = config.gateway.odoo.get(name)
+        if connection is None:
+            print(f"note-gateway: no [odoo.{name}] in {config.path.name}", file=sys.stderr)
+            return 2
+        parts = urlsplit(connection.url)
+        client = odoorpc.ODOO(parts.hostname, protocol="jsonrpc+ssl" if parts.scheme == "https" else "jsonrpc",
+                              port=parts.port or (443 if parts.scheme == "https" else 80), timeout=connection.timeout)
+        try:
+            client.login(connection.database, args.admin_login, password)
+        except Exception as error:  # odoorpc raises RPCError, transport errors, ...
+            print(f"odoo.{name}: cannot log in as {args.admin_login}: {error}", file=sys.stderr)
+            status = 1
+            continue
+        groups = sorted({rules.note.contributor_group for rules in config.domains.values() if rules.odoo == name})
+        try:
+            report = Setup(client, client.version).run(groups, [connection.login])
+        except (LookupError, odoorpc.error.RPCError) as error:
+            print(f"odoo.{name}: {error}", file=sys.stderr)
+            status = 1
+            continue
+        print(f"odoo.{name} ({connection.url}, database {connection.database}):")
+        for line in report:
+            print(f"  {line}")
+    return status
 
 
 def command_send(args: argparse.Namespace) -> int:
@@ -143,6 +249,12 @@ def build_parser() -> argparse.ArgumentParser:
     mint.add_argument("res_id", type=int, help="record id")
     mint.add_argument("--kind", choices=address.KINDS, default="note")
     mint.add_argument("--domain", help="alias domain (needed when several are configured)")
+    bound = mint.add_mutually_exclusive_group()
+    bound.add_argument("--for", dest="for_email", metavar="EMAIL",
+                       help="bind the address to the partner of this Odoo user (asks Odoo)")
+    bound.add_argument("--partner-id", type=int, help="bind the address to this partner id (offline)")
+    mint.add_argument("--dated", action="store_true",
+                      help="sign the issue date, so that address_max_age_days can expire the address")
     mint.add_argument("--config", required=True)
     mint.set_defaults(func=command_address)
 
@@ -155,7 +267,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check-config", help="validate the gateway file and rules files")
     check.add_argument("--config", required=True)
+    check.add_argument("--online", action="store_true",
+                       help="also log in to each Odoo and check groups, models, rules and the gateway's rights")
     check.set_defaults(func=command_check_config)
+
+    dry = commands.add_parser("check", help="run the whole decision on a message without posting it")
+    dry.add_argument("--config", required=True)
+    dry.add_argument("--rcpt", required=True, help="the recipient address, as in RCPT TO")
+    dry.add_argument("message", help="the message (.eml), DKIM signature included")
+    dry.set_defaults(func=command_check)
+
+    setup = commands.add_parser("setup-odoo", help="create the contributor group and the gateway's group in Odoo")
+    setup.add_argument("--config", required=True)
+    setup.add_argument("--odoo", help="only this [odoo.NAME] connection (default: all)")
+    setup.add_argument("--admin-login", default="admin", help="an Odoo administrator (default: admin)")
+    setup.add_argument("--admin-password", help="its password (prompted when not given; never stored)")
+    setup.set_defaults(func=command_setup_odoo)
 
     send = commands.add_parser("send", help="sign a message with a DKIM key and send it over SMTP (for testing)")
     send.add_argument("--host", default="127.0.0.1")
@@ -177,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    quiet = args.command in ("demo", "address", "log", "check-config", "send")
+    quiet = args.command in ("demo", "address", "log", "check-config", "send", "check", "setup-odoo")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING if quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # aiosmtpd logs every SMTP line at INFO: useful when debugging, noise otherwise.

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import stat
 import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(Exception):
@@ -92,14 +97,27 @@ class SenderPolicy(_Strict):
     max_signature_age_days: Annotated[int, Field(ge=0)] = 0
 
 
+AccessPolicy = Literal["odoo-rules", "followers", "own", "company", "email-domain"]
+
+
 class KindRules(_Strict):
     # No model by default: an admin opts each kind of record in.
     models: list[str] = []
-    access: Literal["followers"] = "followers"
+    # odoo-rules by default: what Odoo itself would let the sender read (issue 7; docs/rules.md).
+    access: AccessPolicy = "odoo-rules"
+    # The record's customer field, read by the own, company and email-domain policies.
+    partner_field: str = "partner_id"
     allow_internal_users: bool = True
     # Internal users whose addresses are in To/Cc are notified through Odoo (issue 3); portal
     # and customer addresses never are.
     notify_recipients: bool = True
+
+    @field_validator("partner_field")
+    @classmethod
+    def _field_name(cls, value: str) -> str:
+        if not value.replace("_", "").isalnum() or not value[:1].isalpha():
+            raise ValueError("must be a field name such as partner_id")
+        return value
 
 
 MIB = 1024 * 1024
@@ -153,6 +171,20 @@ class DomainRules(_Strict):
     secrets_file: str | None = None
     secrets_env: str | None = None
     sender: SenderPolicy = SenderPolicy()
+    # The Odoo company this alias domain serves: records of another company are refused and posts
+    # run with allowed_company_ids = [company]. Either an id, or (Odoo 17+) the company whose
+    # mail.alias.domain is named like this alias domain. Default: not bound.
+    company_id: Annotated[int, Field(ge=1)] | None = None
+    company_from_alias_domain: bool = False
+    # For the email-domain policy: sender mail domain -> customer partner id (its commercial
+    # partner must be the record's).
+    email_domains: dict[str, Annotated[int, Field(ge=1)]] = {}
+    # How long record rules and access lists read from Odoo are reused (0: read for every message).
+    rules_cache_seconds: Annotated[float, Field(ge=0)] = 60.0
+    # Refuse dated addresses older than this many days (0: no limit); undated (old-format) addresses
+    # are refused too when require_dated_addresses is true.
+    address_max_age_days: Annotated[int, Field(ge=0)] = 0
+    require_dated_addresses: bool = False
     note: NoteRules = NoteRules()
     reply: KindRules = KindRules()
     attachments: AttachmentRules = AttachmentRules()
@@ -173,6 +205,12 @@ class DomainRules(_Strict):
     def _lowercase_domain(cls, value: str) -> str:
         return value.strip().lower()
 
+    @field_validator("email_domains")
+    @classmethod
+    def _lowercase_email_domains(cls, value: dict[str, int]) -> dict[str, int]:
+        return {domain.strip().lower(): partner for domain, partner in value.items()}
+
+
     def kind_rules(self, kind: str) -> KindRules:
         return self.note if kind == "note" else self.reply
 
@@ -181,12 +219,14 @@ class GatewayConfig:
     """The whole validated configuration: the gateway file plus one rules set per alias domain."""
 
     def __init__(self, path: Path, gateway: GatewayFile, domains: dict[str, DomainRules],
-                 secrets: dict[str, list[bytes]], api_keys: dict[str, str]) -> None:
+                 secrets: dict[str, list[bytes]], api_keys: dict[str, str], warnings: list[str] | None = None) -> None:
         self.path = path
         self.gateway = gateway
         self.domains = domains
         self.secrets = secrets
         self.api_keys = api_keys
+        # Mistakes that do not stop the start (a world-readable key file), logged and shown by check-config.
+        self.warnings = list(warnings or [])
 
     @property
     def base_dir(self) -> Path:
@@ -235,12 +275,26 @@ def _read_secret_file(path: Path, owner: Path, key: str) -> str:
         raise ConfigError(owner, key, f"cannot read {path}: {error.strerror}") from None
 
 
+def world_readable(path: Path) -> bool:
+    try:
+        return bool(path.stat().st_mode & stat.S_IROTH)
+    except OSError:
+        return False
+
+
+def _warn(warnings: list[str], path: Path | str, key: str, reason: str) -> None:
+    message = f"{path}: {key}: {reason}"
+    warnings.append(message)
+    log.warning("configuration: %s", message)
+
+
 def load_config(path: str | os.PathLike, environ: dict[str, str] | None = None) -> GatewayConfig:
     """Read the gateway file and every ``*.toml`` under its rules folder, or raise ConfigError."""
     environ = os.environ if environ is None else environ
     path = Path(path).resolve()
     gateway = _validated(GatewayFile, _read_toml(path), path)
     base = path.parent
+    warnings: list[str] = []
 
     api_keys: dict[str, str] = {}
     for name, connection in gateway.odoo.items():
@@ -249,6 +303,10 @@ def load_config(path: str | os.PathLike, environ: dict[str, str] | None = None) 
             key_path = Path(connection.api_key_file)
             key_path = key_path if key_path.is_absolute() else base / key_path
             api_keys[name] = _read_secret_file(key_path, path, f"{key_name}.api_key_file")
+            # Issue 7: an API key is never left where any local user can read it.
+            if world_readable(key_path):
+                _warn(warnings, path, f"{key_name}.api_key_file",
+                      f"{key_path} is readable by every local user (chmod o-r)")
         else:
             value = environ.get(connection.api_key_env or "")
             if not value:
@@ -269,13 +327,23 @@ def load_config(path: str | os.PathLike, environ: dict[str, str] | None = None) 
         if rules.domain in domains:
             raise ConfigError(rules_path, "domain",
                               f"{rules.domain} is already configured by {domains[rules.domain].source}")
+        if rules.company_id is not None and rules.company_from_alias_domain:
+            raise ConfigError(rules_path, "company_from_alias_domain", "set company_id or company_from_alias_domain, "
+                                                                     "not both")
+        for kind in ("note", "reply"):
+            if rules.kind_rules(kind).access == "email-domain" and not rules.email_domains:
+                raise ConfigError(rules_path, f"{kind}.access", "email-domain needs a non-empty email_domains map")
         if rules.odoo not in gateway.odoo:
             raise ConfigError(rules_path, "odoo", f"no [odoo.{rules.odoo}] in {path.name}")
         domain_secrets = list(rules.secrets)
+        if rules.secrets and world_readable(rules_path):
+            _warn(warnings, rules_path, "secrets", "secrets written in a file readable by every local user")
         if rules.secrets_file:
             secret_path = Path(rules.secrets_file)
             secret_path = secret_path if secret_path.is_absolute() else rules_path.parent / secret_path
             text = _read_secret_file(secret_path, rules_path, "secrets_file")
+            if world_readable(secret_path):
+                _warn(warnings, rules_path, "secrets_file", f"{secret_path} is readable by every local user")
             domain_secrets += [line.strip() for line in text.splitlines() if line.strip()]
         if rules.secrets_env:
             value = environ.get(rules.secrets_env, "")
@@ -292,4 +360,4 @@ def load_config(path: str | os.PathLike, environ: dict[str, str] | None = None) 
 
     if not domains:
         raise ConfigError(rules_dir, "", "no rules file (*.toml): the gateway would serve no alias domain")
-    return GatewayConfig(path, gateway, domains, secrets, api_keys)
+    return GatewayConfig(path, gateway, domains, secrets, api_keys, warnings)

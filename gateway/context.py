@@ -22,6 +22,12 @@ class Target:
     model: str
     res_id: int
     address: str
+    # A plain note@ / reply@ address: model and res_id are found from the References of the
+    # message by the route stage (issue 7); until then they are "" and 0.
+    by_reference: bool = False
+    # Signed in the address (issue 7): only this partner may write to it; the day it was issued.
+    partner_id: int | None = None
+    issued_day: int | None = None
 
 
 @dataclass(frozen=True)
@@ -44,6 +50,9 @@ class ParsedMessage:
     text_html: str
     to: list[str] = field(default_factory=list)
     cc: list[str] = field(default_factory=list)
+    # Message-IDs of In-Reply-To then References (RFC 5322 section 3.6.4), for routing plain addresses.
+    in_reply_to: list[str] = field(default_factory=list)
+    references: list[str] = field(default_factory=list)
     attachments: list[Attachment] = field(default_factory=list)
     defects: list[str] = field(default_factory=list)
     message_id_derived: bool = False
@@ -91,6 +100,11 @@ class MessageContext:
     attachments: list[Attachment] | None = None
     refused_files: list[str] = field(default_factory=list)
     journal_notes: list[str] = field(default_factory=list)
+    # The Odoo company the alias domain is bound to, if any: posts run in its context (issue 7).
+    company_id: int | None = None
+    # Decisions an admin reading the journal must see: how a plain address was routed, why a
+    # reply+ delivery was filed as a note (issue 7).
+    decision: str = ""
     odoo_message_id: int | None = None
     duplicate: bool = False
     refusal: Refusal | None = None

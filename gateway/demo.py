@@ -59,6 +59,9 @@ def _write_config(folder: Path, odoo: TestOdoo, dns_port: int, smtp_port: int) -
         [reply]
         models = ["project.task", "sale.order"]
     """))
+    # As an admin would: the key and the secret readable by the gateway only (check-config warns otherwise).
+    for secret_file in (folder / "odoo-api-key", folder / "rules" / f"{ALIAS_DOMAIN}.toml"):
+        secret_file.chmod(0o600)
     return folder / "gateway.toml"
 
 

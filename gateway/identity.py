@@ -22,7 +22,7 @@ def find_user(odoo: OdooPool, email: str, *, deadline: float | None = None) -> O
         "search_read",
         [["|", ("login", "=ilike", pattern), ("email", "=ilike", pattern)]],
         {"fields": ["login", "name", "email", "active", "share", "partner_id", "commercial_partner_id",
-                    odoo.groups_field],
+                    odoo.all_groups_field],
          "limit": 10},
         context={"active_test": False},
         deadline=deadline,
@@ -48,5 +48,5 @@ def find_user(odoo: OdooPool, email: str, *, deadline: float | None = None) -> O
         partner_id=partner_id,
         commercial_partner_id=_many2one_id(row.get("commercial_partner_id")) or partner_id,
         internal=not row.get("share", True),
-        group_ids=tuple(int(group) for group in row.get(odoo.groups_field) or ()),
+        group_ids=tuple(int(group) for group in row.get(odoo.all_groups_field) or ()),
     )

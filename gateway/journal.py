@@ -49,6 +49,7 @@ class JournalEntry:
     total_seconds: float = 0.0
     odoo_seconds: float = 0.0
     defects: list[str] = field(default_factory=list)
+    decision: str = ""
 
     def __post_init__(self) -> None:
         if self.verdict not in VERDICTS:
@@ -79,13 +80,14 @@ class JournalEntry:
             total_seconds=sum(context.stage_durations.values()) if total_seconds is None else total_seconds,
             odoo_seconds=context.odoo_seconds,
             defects=[*(message.defects if message else []), *context.journal_notes],
+            decision=context.decision,
         )
 
 
 _COLUMNS = (
     "received_at", "message_id", "peer", "mail_from", "rcpt", "from_address", "dkim_domain", "kind",
     "model", "res_id", "verdict", "refusal_class", "smtp_reply", "odoo_message_id", "durations",
-    "total_seconds", "odoo_seconds", "defects",
+    "total_seconds", "odoo_seconds", "defects", "decision",
 )
 
 # Each entry brings the schema from the version before it to its own (its position plus one); the
@@ -119,6 +121,8 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX messages_message_id ON messages (message_id)",
         "CREATE INDEX messages_from_address ON messages (from_address COLLATE NOCASE)",
     ),
+    # Issue 7: how a plain address was routed, why a reply+ delivery was filed as a note.
+    ("ALTER TABLE messages ADD COLUMN decision TEXT NOT NULL DEFAULT ''",),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 _JSON_COLUMNS = frozenset({"durations", "defects"})

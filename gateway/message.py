@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import email.parser
+import email.policy
 import email.utils
 import hashlib
 import logging
@@ -46,6 +48,18 @@ def derived_message_id(raw: bytes, from_address: str, subject: str, date: str) -
     return f"<{digest.hexdigest()[:40]}@derived.note-gateway.invalid>"
 
 
+_MESSAGE_ID = re.compile(r"<[^<>\s]{1,500}>")
+
+
+def message_ids(raw: bytes, header: str) -> list[str]:
+    """The msg-ids of a header, in order (RFC 5322 section 3.6.4); anything else in it is ignored."""
+    parsed = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(_header_block(raw))
+    found: list[str] = []
+    for value in parsed.get_all(header) or ():
+        found += _MESSAGE_ID.findall(" ".join(str(value).split()))
+    return found[-100:]
+
+
 def parse(raw: bytes) -> ParsedMessage:
     """Parse the message or raise MessageUnparseable (the same bytes would fail again: 554)."""
     try:
@@ -83,6 +97,8 @@ def parse(raw: bytes) -> ParsedMessage:
         text_html=text_html,
         to=to,
         cc=cc,
+        in_reply_to=message_ids(raw, "In-Reply-To"),
+        references=message_ids(raw, "References"),
         attachments=attachments,
         defects=defects,
         message_id_derived=derived,

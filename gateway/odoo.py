@@ -24,6 +24,19 @@ log = logging.getLogger(__name__)
 POST_CONTEXT = {"mail_create_nosubscribe": True, "mail_post_autofollow": False}
 
 
+def user_group_fields(major: int) -> tuple[str, str]:
+    """(field to assign groups, field holding every group including implied ones) of res.users.
+
+    The one place that knows the names per Odoo version (issue 7). In 17 and 18, ``groups_id`` is
+    both: Odoo stores implied groups in it (ODOO_FACTS.md e). Odoo 19 renamed it ``group_ids``
+    and keeps implied groups in ``all_group_ids``; membership and record-rule checks need those,
+    or a rule of an implied group would be missed. The 19 names were not measured on a real 19.
+    """
+    if major >= 19:
+        return "group_ids", "all_group_ids"
+    return "groups_id", "groups_id"
+
+
 class OdooPool:
     """Logged-in connections to one Odoo database, lent to one thread at a time.
 
@@ -41,6 +54,8 @@ class OdooPool:
         self._lock = threading.Lock()
         self._version: int | None = None
         self._xmlids: dict[str, int] = {}
+        # Record rules, access lists and field types, with the time they were read (gateway/access.py).
+        self.security_cache: dict[tuple, tuple[float, object]] = {}
 
     # --- connections ---------------------------------------------------------------------------
 
@@ -101,16 +116,29 @@ class OdooPool:
             raise OdooUnavailable(f"{type(error).__name__} talking to Odoo") from None
 
     def version(self, deadline: float | None = None) -> int:
+        """The server's major version, read at the first login; faults become OdooUnavailable as in call()."""
         if self._version is None:
-            with self._borrow(deadline):
-                pass
+            try:
+                with self._borrow(deadline):
+                    pass
+            except OdooUnavailable:
+                raise
+            except Exception as error:  # Logging in: refused, reset, timeout, AccessDenied, not JSON.
+                log.warning("odoo %s: login: %s: %s", self.name, type(error).__name__, error)
+                raise OdooUnavailable(f"{type(error).__name__} logging in to Odoo") from None
         return self._version or 0
 
     @property
     def groups_field(self) -> str:
-        # Odoo 19 renamed res.users.groups_id to group_ids (ODOO_FACTS.md e); this is the one
-        # place that knows.
-        return "group_ids" if (self._version or 0) >= 19 else "groups_id"
+        """The res.users field that assigns groups (see user_group_fields)."""
+        # version() logs in first when no connection has yet told the version: a name chosen
+        # before that would be the 17/18 one whatever the server.
+        return user_group_fields(self.version())[0]
+
+    @property
+    def all_groups_field(self) -> str:
+        """The res.users field with every group of a user, implied ones included."""
+        return user_group_fields(self.version())[1]
 
     def xmlid(self, xmlid: str, deadline: float | None = None) -> int:
         """The database id of an xmlid, resolved once: ids of groups do not change under a running gateway."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -9,7 +10,7 @@ from datetime import datetime, timezone
 from dataclasses import dataclass, field
 from typing import Callable
 
-from gateway import attachments, content, identity, message, policy, post, recipients, senderauth
+from gateway import attachments, content, identity, message, policy, post, recipients, routing, senderauth
 from gateway.config import GatewayConfig
 from gateway.context import MessageContext
 from gateway.journal import Journal, JournalEntry, JournalUnavailable
@@ -82,12 +83,36 @@ def _identify_sender(ctx: MessageContext, services: Services, deadline: float) -
     ctx.user = identity.find_user(_odoo(ctx, services), ctx.sender.email, deadline=deadline)
 
 
+def _route(ctx: MessageContext, services: Services, deadline: float) -> None:
+    assert ctx.message is not None
+    if not ctx.target.by_reference:
+        return
+    model, res_id, how = routing.resolve(_odoo(ctx, services), ctx.message, deadline=deadline)
+    ctx.target = dataclasses.replace(ctx.target, model=model, res_id=res_id)
+    ctx.decision = f"routed {how}"
+
+
+def _reply_all_as_note(ctx: MessageContext, services: Services, deadline: float) -> None:
+    assert ctx.message is not None
+    if ctx.target.kind != "reply":
+        return
+    note = routing.note_address_in_headers(ctx.message, ctx.target, services.config)
+    if note is not None:
+        ctx.target = dataclasses.replace(ctx.target, kind="note")
+        ctx.decision = "; ".join(filter(None, (ctx.decision, f"reply-all with {note}: filed as a note, never public")))
+
+
 def _authorize(ctx: MessageContext, services: Services, deadline: float) -> None:
     assert ctx.user is not None
     odoo = _odoo(ctx, services)
     policy.check_model_allowed(ctx.rules, ctx.target)
+    policy.check_address(ctx.rules, ctx.target)
+    policy.check_address_owner(ctx.target, ctx.user)
     policy.check_poster(odoo, ctx.rules, ctx.target, ctx.user, deadline=deadline)
-    policy.check_record_access(odoo, ctx.target, ctx.user, deadline=deadline)
+    ctx.company_id = policy.bound_company(odoo, ctx.rules, deadline=deadline)
+    policy.check_record_access(odoo, ctx.target, ctx.user, rules=ctx.rules,
+                               sender_email=ctx.sender.email if ctx.sender else "", company=ctx.company_id,
+                               deadline=deadline)
 
 
 def _extract_content(ctx: MessageContext, services: Services, deadline: float) -> None:
@@ -150,7 +175,9 @@ STAGES: tuple[Stage, ...] = (
     Stage("parse", "parse the MIME message", _parse),
     Stage("authenticate-sender", "require an aligned, valid DKIM signature on From", _authenticate_sender),
     Stage("identify-sender", "find the sender's active Odoo user", _identify_sender),
-    Stage("authorize", "model allowed, contributor group for notes, follower of the record", _authorize),
+    Stage("route", "find the record of a plain note@/reply@ from References", _route),
+    Stage("reply-all-as-note", "a reply also addressed to a note address is filed as a note", _reply_all_as_note),
+    Stage("authorize", "model allowed, contributor group for notes, company, record access policy", _authorize),
     Stage("screen-attachments", "apply the size limits and type deny-list to the files", _screen_attachments),
     Stage("extract-content", "take the body, trim quote and signature, sanitize its HTML", _extract_content),
     Stage("choose-recipients", "notify internal users named in To/Cc, drop all others", _choose_recipients),
@@ -176,7 +203,7 @@ def process(ctx: MessageContext, services: Services, *, deadline: float) -> Mess
         finally:
             elapsed = time.monotonic() - stage_started
             ctx.stage_durations[stage.name] = elapsed
-            if stage.name in ("identify-sender", "authorize", "choose-recipients", "post"):
+            if stage.name in ("identify-sender", "route", "authorize", "choose-recipients", "post"):
                 ctx.odoo_seconds += elapsed
         if ctx.refusal is not None:
             break

@@ -2,16 +2,42 @@
 
 from __future__ import annotations
 
+import logging
+
+from gateway import access, address
 from gateway.config import DomainRules
 from gateway.context import OdooUser, Target
 from gateway.odoo import OdooPool
-from gateway.refusals import ModelNotAllowed, NotContributor, RecordAccessDenied, RecordNotFound
+from gateway.refusals import (AccessRuleUnsupported, AddressExpired, AddressNotForSender, ModelNotAllowed,
+                              NotContributor, RecordAccessDenied, RecordNotFound, RecordOfOtherCompany)
+
+log = logging.getLogger(__name__)
 
 
 def check_model_allowed(rules: DomainRules, target: Target) -> None:
     """Data only, so it runs at RCPT: a model not opted in is refused before the message is sent."""
     if target.model not in rules.kind_rules(target.kind).models:
         raise ModelNotAllowed(f"{target.kind} on {target.model}")
+
+
+def check_address(rules: DomainRules, target: Target, *, today: int | None = None) -> None:
+    """Data only, so it runs at RCPT too: an address older than the domain allows is refused."""
+    if target.by_reference:
+        return
+    if target.issued_day is None:
+        if rules.require_dated_addresses:
+            raise AddressExpired("addresses without an issue date are no longer accepted")
+        return
+    today = address.today() if today is None else today
+    if rules.address_max_age_days and today - target.issued_day > rules.address_max_age_days:
+        raise AddressExpired(f"issued {today - target.issued_day} days ago, "
+                             f"the limit is {rules.address_max_age_days}")
+
+
+def check_address_owner(target: Target, user: OdooUser) -> None:
+    """A user-bound address takes mail only from the partner it was minted for."""
+    if target.partner_id is not None and target.partner_id != user.partner_id:
+        raise AddressNotForSender(f"{user.email} is not partner {target.partner_id}")
 
 
 def check_poster(odoo: OdooPool, rules: DomainRules, target: Target, user: OdooUser,
@@ -29,7 +55,70 @@ def check_poster(odoo: OdooPool, rules: DomainRules, target: Target, user: OdooU
             raise NotContributor(f"{user.email} is not in the contributor group")
 
 
-def check_record_access(odoo: OdooPool, target: Target, user: OdooUser, *, deadline: float | None = None) -> None:
+def check_record_access(odoo: OdooPool, target: Target, user: OdooUser, *, rules: DomainRules | None = None,
+                        sender_email: str = "", company: int | None = None,
+                        deadline: float | None = None) -> None:
+    """The record access policy of the target's kind; every policy ends in one search of the record."""
+    policy = rules.kind_rules(target.kind).access if rules is not None else "followers"
+    context = {"active_test": False}
+    if company is not None:
+        context["allowed_company_ids"] = [company]
+    _check_exists(odoo, target, context, deadline)
+    check_company(odoo, target, company, deadline=deadline)
+    if policy == "followers":
+        return _check_followers(odoo, target, user, context, deadline)
+    assert rules is not None
+    partner_field = rules.kind_rules(target.kind).partner_field
+    if policy == "odoo-rules":
+        domain = _odoo_rules_domain(odoo, rules, target, user, company, deadline)
+    elif policy == "own":
+        # The record's customer is the sender's own partner, or a company whose commercial
+        # partner the sender's partner is.
+        domain = ["|", (partner_field, "=", user.partner_id),
+                  (f"{partner_field}.commercial_partner_id", "=", user.partner_id)]
+    elif policy == "company":
+        domain = [(f"{partner_field}.commercial_partner_id", "=", user.commercial_partner_id)]
+    elif policy == "email-domain":
+        mail_domain = sender_email.rpartition("@")[2].lower()
+        customer = rules.email_domains.get(mail_domain)
+        if customer is None:
+            raise RecordAccessDenied(f"{mail_domain} is not in email_domains")
+        domain = [(f"{partner_field}.commercial_partner_id", "=", customer)]
+    else:  # pragma: no cover - the config schema allows no other value
+        raise AccessRuleUnsupported(f"policy {policy}")
+    _check_search(odoo, target, user, domain, context, policy, deadline)
+
+
+def _check_exists(odoo: OdooPool, target: Target, context: dict, deadline: float | None) -> None:
+    if not odoo.call(target.model, "search", [[("id", "=", target.res_id)]], {"limit": 1},
+                     context=context, deadline=deadline):
+        raise RecordNotFound(f"{target.model} {target.res_id}")
+
+
+def _check_search(odoo: OdooPool, target: Target, user: OdooUser, domain: list, context: dict, policy: str,
+                  deadline: float | None) -> None:
+    found = odoo.call(target.model, "search", [[("id", "=", target.res_id)] + list(domain)], {"limit": 1},
+                      context=context, deadline=deadline)
+    if not found:
+        raise RecordAccessDenied(f"{user.email} on {target.model} {target.res_id} ({policy})")
+
+
+def _odoo_rules_domain(odoo: OdooPool, rules: DomainRules, target: Target, user: OdooUser,
+                       company: int | None, deadline: float | None) -> list:
+    try:
+        decision = access.decide(odoo, target.model, user, company=company, ttl=rules.rules_cache_seconds,
+                                 deadline=deadline)
+    except access.UnsupportedRule as error:
+        log.error("odoo-rules on %s for %s: %s; refusing (fail closed)", target.model, user.email, error)
+        raise AccessRuleUnsupported(error.rule) from None
+    if not decision.acl:
+        raise RecordAccessDenied(f"{user.email} has no read access to {target.model} (ir.model.access)")
+    log.debug("odoo-rules %s for %s: rules %s -> %s", target.model, user.email, decision.rules, decision.domain)
+    return decision.domain
+
+
+def _check_followers(odoo: OdooPool, target: Target, user: OdooUser, context: dict,
+                     deadline: float | None) -> None:
     """The ``followers`` policy: the sender's partner, or its commercial partner, follows the record.
 
     This mirrors the portal read rules of project.task and sale.order (ODOO_FACTS.md h), where
@@ -37,9 +126,41 @@ def check_record_access(odoo: OdooPool, target: Target, user: OdooUser, *, deadl
     leaves archived records out, as Odoo's portal rule for tasks requires ``active``.
     """
     rows = odoo.call(target.model, "search_read", [[("id", "=", target.res_id)]],
-                     {"fields": ["message_partner_ids"], "limit": 1}, deadline=deadline)
+                     {"fields": ["message_partner_ids"], "limit": 1},
+                     context={key: value for key, value in context.items() if key != "active_test"},
+                     deadline=deadline)
     if not rows:
         raise RecordNotFound(f"{target.model} {target.res_id}")
     followers = set(rows[0].get("message_partner_ids") or ())
     if not followers & {user.partner_id, user.commercial_partner_id}:
         raise RecordAccessDenied(f"{user.email} does not follow {target.model} {target.res_id}")
+
+
+def bound_company(odoo: OdooPool, rules: DomainRules, *, deadline: float | None = None) -> int | None:
+    """The company an alias domain is bound to, by id or by its mail.alias.domain (Odoo 17+)."""
+    if rules.company_id is not None:
+        return rules.company_id
+    if not rules.company_from_alias_domain:
+        return None
+    found = odoo.call("mail.alias.domain", "search_read", [[("name", "=", rules.domain)]],
+                      {"fields": ["company_ids"], "limit": 1}, deadline=deadline)
+    companies = (found[0].get("company_ids") or []) if found else []
+    if len(companies) != 1:
+        # No alias domain, or one shared by several companies: which company is meant cannot be
+        # told, and guessing could post in the wrong company's context.
+        raise RecordOfOtherCompany(f"mail.alias.domain {rules.domain} names {len(companies)} companies")
+    return int(companies[0])
+
+
+def check_company(odoo: OdooPool, target: Target, company: int | None, *, deadline: float | None = None) -> None:
+    """A record of another company is refused; a record without company (False) is shared, as in Odoo."""
+    if company is None:
+        return
+    fields = odoo.call(target.model, "fields_get", [["company_id"]], {"attributes": ["type"]}, deadline=deadline)
+    if "company_id" not in fields:
+        return
+    rows = odoo.call(target.model, "read", [[target.res_id], ["company_id"]], context={"active_test": False},
+                     deadline=deadline)
+    value = rows[0].get("company_id") if rows else False
+    if value and int(value[0]) != company:
+        raise RecordOfOtherCompany(f"{target.model} {target.res_id} is of company {value[0]}, not {company}")

@@ -49,6 +49,10 @@ def post_message(odoo: OdooPool, ctx: MessageContext, *, deadline: float | None 
              {"encoding": "latin-1", **({"cid": item.content_id} if item.content_id else {})}]
             for item in files
         ]
+    context = dict(POST_CONTEXT)
+    if ctx.company_id is not None:
+        # The post runs in the company the alias domain serves (issue 7).
+        context["allowed_company_ids"] = [ctx.company_id]
     result = odoo.call(ctx.target.model, "message_post", [[ctx.target.res_id]], kwargs,
-                       context=POST_CONTEXT, deadline=deadline)
+                       context=context, deadline=deadline)
     return int(result[0] if isinstance(result, list) else result)

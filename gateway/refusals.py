@@ -162,6 +162,39 @@ class RecordAccessDenied(Refusal):
     template = "notice/access_denied.txt.j2"
 
 
+class AccessRuleUnsupported(Refusal):
+    # Fail closed (issue 7): a record rule the gateway cannot evaluate faithfully decides nothing,
+    # so the message is refused and the log names the rule for the admin.
+    smtp_code, enhanced_code = 550, "5.7.1"
+    reason = "Sender's access to this record cannot be decided, a record rule is not supported"
+    template = "notice/access_denied.txt.j2"
+
+
+class RecordOfOtherCompany(Refusal):
+    smtp_code, enhanced_code = 550, "5.7.1"
+    reason = "The record belongs to a company this address does not serve"
+    template = "notice/access_denied.txt.j2"
+
+
+class AddressExpired(Refusal):
+    smtp_code, enhanced_code = 550, "5.1.1"
+    reason = "This gateway address has expired, ask for a new one"
+    template = "notice/bad_address.txt.j2"
+
+
+class AddressNotForSender(Refusal):
+    smtp_code, enhanced_code = 550, "5.7.1"
+    reason = "This gateway address was issued to another person"
+    template = "notice/access_denied.txt.j2"
+
+
+class NoRecordReferenced(Refusal):
+    smtp_code, enhanced_code = 550, "5.1.1"
+    reason = ("No record found for this message: reply to an Odoo notification, "
+              "or write to the record's own note+ or reply+ address")
+    template = "notice/bad_address.txt.j2"
+
+
 # --- Faults on our side or Odoo's: always transient ---------------------------------------------
 
 

@@ -15,7 +15,7 @@ from gateway import address, pipeline, policy
 from gateway.context import MessageContext, Target
 from gateway.journal import JournalEntry, JournalUnavailable
 from gateway.pipeline import Services
-from gateway.refusals import InternalError, OdooUnavailable, Refusal, TooManyRecipients
+from gateway.refusals import InternalError, ModelNotAllowed, OdooUnavailable, Refusal, TooManyRecipients
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +34,14 @@ class GatewayHandler:
         if envelope.rcpt_tos:
             return TooManyRecipients().smtp_reply()
         try:
-            target = address.parse(rcpt, self.services.config.secrets)
-            policy.check_model_allowed(self.services.config.domains[target.domain], target)
+            target = address.parse_recipient(rcpt, self.services.config.secrets)
+            rules = self.services.config.domains[target.domain]
+            if not target.by_reference:
+                policy.check_model_allowed(rules, target)
+                policy.check_address(rules, target)
+            elif not rules.kind_rules(target.kind).models:
+                # A plain address of a kind this domain allows on no model can never be filed.
+                raise ModelNotAllowed(f"{target.kind}@{target.domain}")
         except Refusal as refusal:
             log.info("RCPT %r refused: %s", rcpt, refusal.smtp_reply())
             await self._journal_rcpt_refusal(session, envelope, rcpt, refusal)

@@ -68,3 +68,37 @@ def test_mint_rejects_bad_input():
     for args in [("spam", "project.task", 1), ("note", "Project Task", 1), ("note", "project.task", 0)]:
         with pytest.raises(ValueError):
             address.mint(SECRET, "notes.example.com", *args)
+
+
+# --- Issue 7: user-bound and dated addresses ---------------------------------------------------
+
+
+def test_address_minted_by_the_first_release_still_verifies():
+    # Minted with the address module as it was before bound and dated addresses existed.
+    old = "note+project.task-42-sxt6vexjl34kiepi@notes.example.com"
+    target = address.parse(old, SECRETS)
+    assert (target.res_id, target.partner_id, target.issued_day) == (42, None, None)
+    assert address.mint(SECRET, "notes.example.com", "note", "project.task", 42) == old
+
+
+def test_bound_and_dated_address_round_trip():
+    minted = address.mint(SECRET, "notes.example.com", "reply", "sale.order", 23, partner_id=42, issued_day=20410)
+    assert minted.startswith("reply+sale.order-23-p42-d20410-")
+    target = address.parse(minted, SECRETS)
+    assert (target.kind, target.model, target.res_id, target.partner_id, target.issued_day) == (
+        "reply", "sale.order", 23, 42, 20410)
+    only_dated = address.parse(address.mint(SECRET, "notes.example.com", "note", "project.task", 60,
+                                            issued_day=20410), SECRETS)
+    assert (only_dated.partner_id, only_dated.issued_day) == (None, 20410)
+
+
+@pytest.mark.parametrize("change", [
+    ("-p42-", "-p43-"),        # another partner
+    ("-d20410-", "-d20999-"),  # a later issue day, to dodge expiry
+    ("-p42-d20410-", "-"),     # the bound parts dropped
+    ("-p42-", "-"),
+])
+def test_bound_and_dated_parts_are_signed(change):
+    minted = address.mint(SECRET, "notes.example.com", "note", "project.task", 60, partner_id=42, issued_day=20410)
+    with pytest.raises(BadAddress, match="signature"):
+        address.parse(minted.replace(*change), SECRETS)

@@ -131,3 +131,49 @@ def test_bad_attachment_rules_and_missing_templates_folder_are_named(folder):
     assert error.key == "attachments.on_refused_file"
     error = _error(folder, rules='templates_dir = "nowhere"\n' + RULES)
     assert error.key == "templates_dir" and "is not a folder" in error.reason
+
+
+@pytest.mark.parametrize("extra, key, reason", [
+    ('[reply]\naccess = "everyone"\n', "reply.access", "Input should be"),
+    ('[reply]\naccess = "email-domain"\n', "reply.access", "email_domains"),
+    ('[reply]\npartner_field = "partner_id; drop"\n', "reply.partner_field", "field name"),
+    ('email_domains = { "Example.com" = 0 }\n', "email_domains.Example.com", "greater than or equal to 1"),
+    ("company_id = 1\ncompany_from_alias_domain = true\n", "company_from_alias_domain", "not both"),
+    ("rules_cache_seconds = -1\n", "rules_cache_seconds", "greater than or equal to 0"),
+])
+def test_access_policy_mistakes_are_named(folder, extra, key, reason):
+    # Keys of the top level go before the first table.
+    rules = extra + RULES if not extra.startswith("[") else RULES.replace("[note]", extra + "[note]")
+    error = _error(folder, rules=rules)
+    assert (error.key, error.path.endswith("notes.toml")) == (key, True)
+    assert reason in error.reason
+
+
+def test_access_defaults(folder):
+    rules = load_config(folder / "gateway.toml").domains["notes.example.com"]
+    assert rules.note.access == rules.reply.access == "odoo-rules"
+    assert rules.note.partner_field == "partner_id"
+    assert (rules.company_id, rules.company_from_alias_domain, rules.email_domains) == (None, False, {})
+    assert rules.rules_cache_seconds == 60 and rules.address_max_age_days == 0
+
+
+def test_world_readable_key_and_secrets_are_warned_about(folder):
+    (folder / "key").chmod(0o644)
+    (folder / "rules" / "notes.toml").chmod(0o644)
+    warnings = load_config(folder / "gateway.toml").warnings
+    assert any("odoo.main.api_key_file" in w and "every local user" in w for w in warnings)
+    assert any("notes.toml: secrets:" in w for w in warnings)
+    (folder / "key").chmod(0o600)
+    (folder / "rules" / "notes.toml").chmod(0o600)
+    assert load_config(folder / "gateway.toml").warnings == []
+
+
+def test_example_rules_file_documents_every_key():
+    from gateway.config import AttachmentRules, DomainRules, NoteRules
+
+    text = (ROOT / "rules" / "example.toml").read_text()
+    tables = {"note", "reply", "sender", "attachments"}
+    keys = (set(DomainRules.model_fields) | set(NoteRules.model_fields) | set(AttachmentRules.model_fields)) - tables - {"source"}
+    missing = sorted(key for key in keys if f"{key} =" not in text)
+    missing += sorted(table for table in tables if f"[{table}]" not in text)
+    assert missing == []

@@ -222,3 +222,24 @@ def test_format_entries_is_a_compact_table():
     ]
     assert "\x1b" not in text
     assert format_entries([]) == "No journal entries."
+
+
+def test_journal_of_the_first_schema_gains_the_decision_column(tmp_path):
+    # A journal written by a gateway before issue 7: schema version 1, no decision column.
+    import sqlite3
+
+    from gateway.journal import _MIGRATIONS
+
+    path = tmp_path / "old.sqlite3"
+    connection = sqlite3.connect(path)
+    for statement in _MIGRATIONS[0]:
+        connection.execute(statement)
+    connection.execute("PRAGMA user_version = 1")
+    connection.execute("INSERT INTO messages (received_at, verdict) VALUES (1.0, 'filed')")
+    connection.commit()
+    connection.close()
+    with Journal(path) as journal:
+        [old] = journal.recent(5)
+        assert old.decision == ""
+        journal.record(JournalEntry(verdict="filed", decision="routed by mail.message <a@example.com>"))
+        assert journal.recent(5)[0].decision == "routed by mail.message <a@example.com>"

@@ -225,9 +225,10 @@ class TestOdoo:
         self._latency: dict[Any, float] = {}
 
     @classmethod
-    def with_demo_data(cls, **options: Any) -> TestOdoo:
+    def with_demo_data(cls, *, note_gateway_setup: bool = True, **options: Any) -> TestOdoo:
+        """The ODOO_FACTS.md world; by default as after `note-gateway setup-odoo` (odoo_security.py)."""
         odoo = cls(**options)
-        seed_demo(odoo)
+        seed_demo(odoo, note_gateway_setup)
         return odoo
 
     # --- Lifecycle ------------------------------------------------------------------------------
@@ -848,6 +849,11 @@ class TestOdoo:
             kwargs = dict(kwargs)
             context = kwargs.pop("context", None) or {}
             env = Env(self.db, uid, context)
+            # odoo/api.py Environment.companies: a company outside the user's companies in
+            # allowed_company_ids is refused before anything runs.
+            allowed = context.get("allowed_company_ids")
+            if allowed and set(allowed) - set(env.user.get("company_ids") or []):
+                raise AccessError("Access to unauthorized or invalid companies.")
             method = find_method(env, model, name)
             if method is None:
                 raise AttributeError(f"The method '{name}' does not exist on the model '{model}'")
@@ -946,10 +952,10 @@ def _signature(function: Any) -> inspect.Signature:
     return inspect.signature(function)
 
 
-def seed_demo(odoo: TestOdoo) -> TestOdoo:
+def seed_demo(odoo: TestOdoo, note_gateway_setup: bool = True) -> TestOdoo:
     """Add the ODOO_FACTS.md world (users 6-11, group 52, project 7, tasks 60 and 42, S00023)."""
     with odoo.db.lock:
-        odoo_demo.seed_demo(odoo.db)
+        odoo_demo.seed_demo(odoo.db, note_gateway_setup)
     return odoo
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from gateway.testing.odoo_mail import subscribe
 from gateway.testing.odoo_models import set_xmlid
 from gateway.testing.odoo_orm import Database, Env, create_record
+from gateway.testing.odoo_security import BUSINESS_GROUPS, seed_security, setup_note_gateway
 
 DEMO_DATABASE = "notes"
 # The integration user's API key. Odoo keys are 40 hexadecimal characters (res_users.py
@@ -33,6 +34,9 @@ GROUP_USER_ID, GROUP_ERP_MANAGER_ID, GROUP_SYSTEM_ID, GROUP_PORTAL_ID, GROUP_PUB
 GROUP_PORTAL_EXTRA_ID = 44
 CONTRIBUTOR_GROUP_ID = 52
 CONTRIBUTOR_GROUP_XMLID = "note_gateway.group_portal_note_contributor"
+# The integration user's group made by `note-gateway setup-odoo` (odoo_security.py).
+NOTE_GATEWAY_GROUP_ID = 53
+SALESMAN_GROUP_ID, PROJECT_USER_GROUP_ID = 21, 36
 
 SUBTYPE_COMMENT_ID, SUBTYPE_NOTE_ID, SUBTYPE_ACTIVITIES_ID, SUBTYPE_TASK_NEW_ID = 1, 2, 3, 4
 
@@ -80,6 +84,9 @@ def seed_base(db: Database) -> None:
     _group(env, GROUP_PORTAL_ID, "Portal", "base.group_portal", "User types", share=True)
     _group(env, GROUP_PUBLIC_ID, "Public", "base.group_public", "User types", share=True)
 
+    for group_id, name, xmlid, category in BUSINESS_GROUPS:
+        _group(env, group_id, name, xmlid, category)
+
     create_record(env, "res.company", {"name": "YourCompany"}, COMPANY_ID)
     set_xmlid(db, "base.main_company", "res.company", COMPANY_ID)
     _partner(env, 1, "YourCompany", "info@yourcompany.com", "base.main_partner", is_company=True)
@@ -102,13 +109,16 @@ def seed_base(db: Database) -> None:
         create_record(env, "mail.message.subtype", {"name": name, "internal": internal, "default": default,
                                                     "sequence": sequence, "res_model": model}, subtype_id)
         set_xmlid(db, xmlid, "mail.message.subtype", subtype_id)
+    seed_security(db)
 
 
-def seed_demo(db: Database) -> None:
+def seed_demo(db: Database, note_gateway_setup: bool = True) -> None:
     """The world of ODOO_FACTS.md, with its ids: users, groups, project 7, tasks 60 and 42, S00023."""
     env = Env(db, 1, su=True)
     _partner(env, MARC_PARTNER_ID, "Marc Demo", "mark.brown23@example.com", "base.partner_demo")
-    _user(env, MARC_UID, MARC_PARTNER_ID, MARC_LOGIN, MARC_PASSWORD, [GROUP_USER_ID], "base.user_demo")
+    # Marc is a project user and a salesman, as the demo user of the measured database.
+    _user(env, MARC_UID, MARC_PARTNER_ID, MARC_LOGIN, MARC_PASSWORD,
+          [GROUP_USER_ID, PROJECT_USER_GROUP_ID, SALESMAN_GROUP_ID], "base.user_demo")
     _partner(env, JOEL_PARTNER_ID, "Joel Willis", JOEL_EMAIL, "base.partner_demo_portal")
     _user(env, JOEL_UID, JOEL_PARTNER_ID, JOEL_LOGIN, JOEL_PASSWORD, [GROUP_PORTAL_ID], "base.demo_user0")
     _partner(env, CUSTOMER_PARTNER_ID, "Deco Addict", "deco_addict@yourcompany.example.com", "base.res_partner_2",
@@ -125,6 +135,9 @@ def seed_demo(db: Database) -> None:
     _user(env, PETER_UID, PETER_PARTNER_ID, PETER_LOGIN, PETER_PASSWORD, [GROUP_PORTAL_ID, GROUP_PORTAL_EXTRA_ID])
     _partner(env, GATEWAY_PARTNER_ID, "Email Gateway", GATEWAY_EMAIL)
     _user(env, GATEWAY_UID, GATEWAY_PARTNER_ID, GATEWAY_LOGIN, GATEWAY_PASSWORD, [GROUP_USER_ID])
+    if note_gateway_setup:
+        # The database as after `note-gateway setup-odoo`: the integration user is in the gateway's group.
+        setup_note_gateway(db, NOTE_GATEWAY_GROUP_ID, GATEWAY_UID)
     db.api_keys.setdefault(GATEWAY_UID, []).append(DEMO_API_KEY)
     _partner(env, ARCHIVED_PARTNER_ID, "Archie Former", ARCHIVED_EMAIL)
     _user(env, ARCHIVED_UID, ARCHIVED_PARTNER_ID, ARCHIVED_LOGIN, ARCHIVED_PASSWORD,

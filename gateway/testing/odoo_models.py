@@ -256,6 +256,11 @@ def users_model(db: Database, partner: Model) -> Model:
         "company_id": Many2one("res.company", "Company", default=1),
         "company_ids": Many2many("res.company", "Companies", default=[1]),
         groups_field: Many2many("res.groups", "Groups"),
+        **({"all_group_ids": Many2many(
+            "res.groups", "All Groups",
+            # The test Odoo has no implied groups, so every group of a user is an assigned one.
+            compute=lambda env, rid: list(env.db.rows["res.users"][rid].get(groups_field) or []))}
+           if db.major >= 19 else {}),
         "share": Boolean(
             "Share User", compute=lambda env, rid: not env.in_group("base.group_user", rid),
         ),
@@ -427,7 +432,12 @@ def _check_object_reference(env: Env, model: str, module: str, xml_id: str,
 
 def ir_model_model() -> Model:
     fields = {"model": Char("Model", required=True), "name": Char("Model Description", required=True)}
-    return Model("ir.model", "Models", fields, order="model", access=_admin_only())
+    # Read by the gateway's own group too: its searches on ir.rule and ir.model.access go through
+    # model_id.model (odoo_security.py).
+    from gateway.testing.odoo_security import GATEWAY_READS
+
+    return Model("ir.model", "Models", fields, order="model",
+                 access={**_admin_only(), "read": GATEWAY_READS})
 
 
 # --- Mail models --------------------------------------------------------------------------------
@@ -809,6 +819,8 @@ def task_model() -> Model:
         "user_ids": Many2many("res.users", "Assignees"),
         "description": Html("Description"),
         "priority": Selection((("0", "Low priority"), ("1", "High priority")), "Priority", default="0"),
+        # Named by the real record rules of project.task (odoo_security.py).
+        "parent_id": Many2one("project.task", "Parent Task"),
         **chatter_fields("project.task"),
     }
     # project_task.py: _mail_post_access = 'read', so a portal user who can read a task may comment.
@@ -833,13 +845,15 @@ def sale_order_model() -> Model:
 
 
 def build_database(name: str, version: str) -> Database:
+    from gateway.testing.odoo_security import model_access_model, rule_model
+
     db = Database(name, version, {})
     partner = partner_model()
     models = [
         partner, users_model(db, partner), groups_model(db), company_model(), model_data_model(), ir_model_model(),
         subtype_model(), followers_model(), message_model(), notification_model(), mail_mail_model(),
         alias_domain_model(), attachment_model(), project_model(), collaborator_model(), task_model(),
-        sale_order_model(),
+        sale_order_model(), rule_model(), model_access_model(),
     ]
     db.models = {model.name: model for model in models}
     db.rows = {model.name: {} for model in models}

@@ -1,0 +1,164 @@
+"""What `check-config --online` and `check` report: each Odoo as the gateway sees it, and one message's whole decision."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from gateway import access, address, pipeline, policy, post
+from gateway.config import GatewayConfig
+from gateway.context import MessageContext
+from gateway.odoo import OdooPool
+from gateway.refusals import OdooUnavailable, Refusal
+
+# Groups the integration user must not need (issue 7): their rights would let a compromised
+# gateway key change Odoo's security.
+TOO_MUCH = {"base.group_system": "Settings", "base.group_erp_manager": "Access Rights"}
+
+
+@dataclass
+class Findings:
+    lines: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+def check_online(config: GatewayConfig, pools: dict[str, OdooPool]) -> Findings:
+    found = Findings()
+    for name, pool in pools.items():
+        connection = config.gateway.odoo[name]
+        try:
+            version = pool.version()
+        except OdooUnavailable as error:
+            found.errors.append(f"odoo.{name}: cannot log in to {connection.url} as {connection.login}: {error.text}")
+            continue
+        found.lines.append(f"odoo.{name}: logged in to {connection.url} database {connection.database} as "
+                           f"{connection.login}, Odoo {version}, groups field {pool.groups_field}")
+        uids = pool.call("res.users", "search", [[("login", "=", connection.login)]])
+        for xmlid, label in TOO_MUCH.items():
+            if uids and pool.call("res.users", "has_group", [uids[:1], xmlid]):
+                found.warnings.append(f"odoo.{name}: {connection.login} is in {label} ({xmlid}): more rights than "
+                                      "the gateway needs; run setup-odoo and remove it from that group")
+        for domain, rules in sorted(config.domains.items()):
+            if rules.odoo == name:
+                _check_domain(pool, domain, rules, found)
+    return found
+
+
+def _check_domain(pool: OdooPool, domain: str, rules, found: Findings) -> None:
+    where = f"{rules.source}"
+    try:
+        group_id = pool.xmlid(rules.note.contributor_group)
+        found.lines.append(f"{domain}: contributor group {rules.note.contributor_group} is res.groups {group_id}")
+    except OdooUnavailable:
+        found.errors.append(f"{where}: note.contributor_group: {rules.note.contributor_group} not found in Odoo "
+                            "(run note-gateway setup-odoo)")
+    models = sorted(set(rules.note.models) | set(rules.reply.models))
+    for model in models:
+        try:
+            fields = pool.call(model, "fields_get", [["message_ids", "company_id"]], {"attributes": ["type"]})
+        except OdooUnavailable:
+            found.errors.append(f"{where}: models: {model} does not exist in Odoo")
+            continue
+        if "message_ids" not in fields:
+            found.errors.append(f"{where}: models: {model} has no chatter (not a mail.thread)")
+            continue
+        found.lines.append(f"{domain}: {model} has a chatter")
+        for kind in ("note", "reply"):
+            kind_rules = rules.kind_rules(kind)
+            if model in kind_rules.models and kind_rules.access in ("own", "company", "email-domain"):
+                described = pool.call(model, "fields_get", [[kind_rules.partner_field]], {"attributes": ["relation"]})
+                if (described.get(kind_rules.partner_field) or {}).get("relation") != "res.partner":
+                    found.errors.append(f"{where}: {kind}.partner_field: {model}.{kind_rules.partner_field} is not "
+                                        "a many2one to res.partner")
+        kinds = [kind for kind in ("note", "reply") if model in rules.kind_rules(kind).models
+                 and rules.kind_rules(kind).access == "odoo-rules"]
+        if kinds:
+            _check_rules(pool, domain, where, model, found)
+    try:
+        company = policy.bound_company(pool, rules)
+        if company is not None:
+            found.lines.append(f"{domain}: bound to res.company {company}")
+    except Refusal as refusal:
+        found.errors.append(f"{where}: company_from_alias_domain: {refusal.text}")
+
+
+def _check_rules(pool: OdooPool, domain: str, where: str, model: str, found: Findings) -> None:
+    try:
+        rules = access.read_rules(pool, model, ttl=0)
+        access.read_access_groups(pool, model, ttl=0)
+    except OdooUnavailable:
+        found.errors.append(f"{where}: access: odoo-rules needs read access to ir.rule, ir.model.access and "
+                            "ir.model (run note-gateway setup-odoo)")
+        return
+    unsupported = 0
+    for rule in rules:
+        try:
+            access.parse_domain(rule.domain_force, rule.name)
+        except access.UnsupportedRule as error:
+            unsupported += 1
+            found.warnings.append(f"{domain}: {model}: {error}: senders it applies to will be refused")
+    found.lines.append(f"{domain}: {model}: {len(rules)} read rules, {len(rules) - unsupported} evaluable")
+
+
+# --- check: one message, every stage, nothing posted ---------------------------------------------
+
+
+def _describe(stage: str, ctx: MessageContext) -> str:
+    if stage == "authenticate-sender" and ctx.sender:
+        return f"{ctx.sender.email}, DKIM d={ctx.sender.dkim_domain} s={ctx.sender.selector}"
+    if stage == "identify-sender" and ctx.user:
+        role = "internal user" if ctx.user.internal else "portal user"
+        return f"{role} {ctx.user.login} (uid {ctx.user.uid}, partner {ctx.user.partner_id})"
+    if stage in ("route", "reply-all-as-note"):
+        return ctx.decision or "nothing to do"
+    if stage == "authorize":
+        rules = ctx.rules.kind_rules(ctx.target.kind)
+        company = f", company {ctx.company_id}" if ctx.company_id else ""
+        return f"{ctx.target.kind} on {ctx.target.model} {ctx.target.res_id}, policy {rules.access}{company}"
+    if stage == "parse" and ctx.message:
+        return f"Message-ID {ctx.message.message_id}"
+    if stage == "render" and ctx.rendered_body is not None:
+        return f"{len(ctx.rendered_body)} characters of HTML"
+    return ""
+
+
+def dry_run(services: pipeline.Services, rcpt: str, raw: bytes) -> tuple[list[tuple[str, str]], bool]:
+    """Each stage's verdict for this message to this recipient, and whether it would be filed."""
+    config = services.config
+    verdicts: list[tuple[str, str]] = []
+    try:
+        target = address.parse_recipient(rcpt, config.secrets)
+        rules = config.domains[target.domain]
+        if not target.by_reference:
+            policy.check_model_allowed(rules, target)
+            policy.check_address(rules, target)
+    except Refusal as refusal:
+        return [("rcpt", f"REFUSED {refusal.smtp_reply()}")], False
+    verdicts.append(("rcpt", "ok: " + (f"plain {target.kind}@ address, routed by References" if target.by_reference
+                                       else f"{target.kind} on {target.model} {target.res_id}")))
+    ctx = MessageContext(raw=raw, mail_from="", target=target, rules=rules)
+    deadline = time.monotonic() + config.gateway.listener.message_deadline
+    for stage in pipeline.STAGES:
+        if stage.name == "post":
+            break
+        try:
+            stage.run(ctx, services, deadline)
+        except Refusal as refusal:
+            verdicts.append((stage.name, f"REFUSED {refusal.smtp_reply()}"))
+            return verdicts, False
+        detail = _describe(stage.name, ctx)
+        verdicts.append((stage.name, "ok" + (f": {detail}" if detail else "")))
+    odoo = services.odoo[ctx.rules.odoo]
+    try:
+        existing = post.find_existing(odoo, ctx, deadline=deadline)
+    except Refusal as refusal:
+        verdicts.append(("post", f"REFUSED {refusal.smtp_reply()}"))
+        return verdicts, False
+    assert ctx.user is not None
+    if existing is not None:
+        verdicts.append(("post", f"would not post: already filed as Odoo message {existing}"))
+    else:
+        verdicts.append(("post", f"would post with subtype {post.SUBTYPES[ctx.target.kind]} on {ctx.target.model} "
+                                 f"{ctx.target.res_id} as partner {ctx.user.partner_id} (nothing posted)"))
+    return verdicts, True

@@ -1,0 +1,100 @@
+"""`note-gateway setup-odoo`: the contributor groups and the gateway's own least-privilege group, idempotently."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from gateway.odoo import user_group_fields
+
+NOTE_GATEWAY_GROUP = "note_gateway.group_note_gateway"
+NOTE_GATEWAY_GROUP_NAME = "Note Gateway"
+# What the gateway reads besides business records (issue 7): the record rules and access lists it
+# evaluates for the odoo-rules policy, and ir.model, which its searches on model_id.model go
+# through. ir.model.data is left out: check_object_reference resolves xmlids without it
+# (ODOO_FACTS.md e), and the gateway never needs to list external ids.
+READ_MODELS = ("ir.rule", "ir.model.access", "ir.model")
+CONTRIBUTOR_GROUP_NAME = "Portal note contributors"
+
+
+def groups_field(version: Any) -> str:
+    match = re.search(r"\d+", str(version))
+    return user_group_fields(int(match.group()) if match else 0)[0]
+
+
+def _created_id(value: Any) -> int:
+    return int(value[0] if isinstance(value, list) else value)
+
+
+class Setup:
+    """The steps, run as an Odoo administrator through any object with odoorpc's ``execute_kw``."""
+
+    def __init__(self, client: Any, version: Any) -> None:
+        self.client = client
+        self.groups_field = groups_field(version)
+        self.report: list[str] = []
+
+    def call(self, model: str, method: str, args: list, kwargs: dict | None = None) -> Any:
+        return self.client.execute_kw(model, method, args, kwargs or {})
+
+    def group(self, xmlid: str, name: str) -> int:
+        module, _, local = xmlid.partition(".")
+        rows = self.call("ir.model.data", "search_read",
+                         [[("module", "=", module), ("name", "=", local), ("model", "=", "res.groups")]],
+                         {"fields": ["res_id"]})
+        if rows and self.call("res.groups", "search", [[("id", "=", rows[0]["res_id"])]]):
+            self.report.append(f"found group {xmlid} (id {rows[0]['res_id']})")
+            return int(rows[0]["res_id"])
+        group_id = _created_id(self.call("res.groups", "create", [{"name": name}]))
+        if rows:
+            # The external id outlived its group: point it at the new one.
+            self.call("ir.model.data", "write", [[rows[0]["id"]], {"res_id": group_id}])
+        else:
+            self.call("ir.model.data", "create", [{"module": module, "name": local, "model": "res.groups",
+                                                   "res_id": group_id, "noupdate": True}])
+        self.report.append(f"created group {xmlid} (id {group_id}) \"{name}\"")
+        return group_id
+
+    def read_access(self, group_id: int, model: str) -> None:
+        model_ids = self.call("ir.model", "search", [[("model", "=", model)]])
+        if not model_ids:
+            raise LookupError(f"model {model} does not exist in this Odoo")
+        existing = self.call("ir.model.access", "search_read",
+                             [[("model_id", "=", model_ids[0]), ("group_id", "=", group_id)]],
+                             {"fields": ["perm_read", "perm_write", "perm_create", "perm_unlink"]})
+        if existing:
+            row = existing[0]
+            if not row["perm_read"] or row["perm_write"] or row["perm_create"] or row["perm_unlink"]:
+                # Read only, whatever someone changed by hand: the gateway never writes these.
+                self.call("ir.model.access", "write", [[row["id"]], {"perm_read": True, "perm_write": False,
+                                                                      "perm_create": False, "perm_unlink": False}])
+                self.report.append(f"reset access on {model} to read only (ir.model.access {row['id']})")
+            else:
+                self.report.append(f"found read access on {model} (ir.model.access {row['id']})")
+            return
+        access_id = _created_id(self.call("ir.model.access", "create", [{
+            "name": f"note_gateway read {model}", "model_id": model_ids[0], "group_id": group_id,
+            "perm_read": True, "perm_write": False, "perm_create": False, "perm_unlink": False}]))
+        self.report.append(f"created read access on {model} (ir.model.access {access_id})")
+
+    def member(self, login: str, group_id: int, xmlid: str) -> None:
+        users = self.call("res.users", "search_read", [[("login", "=", login)]],
+                          {"fields": [self.groups_field], "context": {"active_test": False}})
+        if not users:
+            raise LookupError(f"no Odoo user with login {login!r} (the integration user of the gateway file)")
+        user = users[0]
+        if group_id in (user.get(self.groups_field) or []):
+            self.report.append(f"found {login} in {xmlid}")
+            return
+        self.call("res.users", "write", [[user["id"]], {self.groups_field: [(4, group_id)]}])
+        self.report.append(f"added {login} (uid {user['id']}) to {xmlid}")
+
+    def run(self, contributor_groups: list[str], integration_logins: list[str]) -> list[str]:
+        for xmlid in contributor_groups:
+            self.group(xmlid, CONTRIBUTOR_GROUP_NAME)
+        gateway_group = self.group(NOTE_GATEWAY_GROUP, NOTE_GATEWAY_GROUP_NAME)
+        for model in READ_MODELS:
+            self.read_access(gateway_group, model)
+        for login in integration_logins:
+            self.member(login, gateway_group, NOTE_GATEWAY_GROUP)
+        return self.report

@@ -1,0 +1,188 @@
+"""The odoo-rules policy: the safe evaluator, domain combination, and decisions against the test Odoo's real rules."""
+
+from __future__ import annotations
+
+import logging
+
+import odoorpc
+import pytest
+
+from gateway import access, policy
+from gateway.config import DomainRules, OdooConnection
+from gateway.context import Target
+from gateway.identity import find_user
+from gateway.odoo import OdooPool
+from gateway.refusals import AccessRuleUnsupported, RecordAccessDenied, RecordNotFound
+from gateway.testing.odoo_demo import (DEMO_API_KEY, JOEL_EMAIL, JOEL_LOGIN, JOEL_PASSWORD, MARC_LOGIN, PAULA_EMAIL,
+                                       PAULA_LOGIN, PAULA_PARTNER_ID, PAULA_PASSWORD, PETER_EMAIL, PETER_LOGIN,
+                                       PETER_PASSWORD, PRIVATE_TASK_ID, SALE_ORDER_ID, TASK_ID)
+from gateway.testing.odoo_security import RULES
+
+# --- The evaluator alone -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text", sorted({domain for _, _, domain, _, _, _ in RULES}))
+def test_every_real_rule_text_parses(text):
+    access.parse_domain(text, "real")
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("[('date', '<=', time.strftime('%Y-%m-%d'))]", "Call is not supported"),
+    ("[('date', '<=', time)]", "name 'time' is not supported"),
+    ("[('id', '=', __import__('os').getpid())]", "Call is not supported"),
+    ("[('id', 'in', user.__class__)]", "private attribute '__class__'"),
+    ("[('id', 'in', [x for x in company_ids])]", "ListComp is not supported"),
+    ("[('id', '=', uid)]", "name 'uid' is not supported"),
+    ("[('id', '=', user.partner_id[0])]", "Subscript is not supported"),
+    ("[('id', '=', (lambda: 1)())]", "Call is not supported"),
+    ("[('partner_id', '=', user.partner_id.commercial_partner_id.parent_id.parent_id.parent_id.parent_id.id)]",
+     "attribute chain too long"),
+    ("[('a', '=', 1) if user else ()]", "IfExp is not supported"),
+    ("[('a', '=', 1 * 2)]", "BinOp is not supported"),
+    ("[('a', '=', company_ids.ids)]", "attribute of 'company_ids'"),
+    ("[('a', '=', 1)", "not a Python expression"),
+])
+def test_unsupported_expressions_are_refused_with_the_rule_named(text, reason):
+    with pytest.raises(access.UnsupportedRule) as caught:
+        access.parse_domain(text, "Some rule")
+    assert caught.value.rule == "Some rule"
+    assert reason in caught.value.reason
+
+
+def test_domains_combine_as_odoo_expression_does():
+    a, b, c = ["a", "=", 1], ["b", "=", 2], ["c", "=", 3]
+    assert access.normalize([a, b]) == ["&", a, b]
+    assert access.normalize([]) == access.TRUE_DOMAIN
+    assert access.AND([[a], access.TRUE_DOMAIN, ["&", b, c]]) == ["&", a, "&", b, c]
+    assert access.AND([[a], access.FALSE_DOMAIN]) == access.FALSE_DOMAIN
+    assert access.AND([]) == access.TRUE_DOMAIN
+    assert access.OR([[a], [b]]) == ["|", a, b]
+    assert access.OR([[a], access.TRUE_DOMAIN]) == access.TRUE_DOMAIN
+    assert access.OR([access.FALSE_DOMAIN, [b]]) == [b]
+    with pytest.raises(access.UnsupportedRule):
+        access.normalize(["|", a])
+
+
+# --- Against the test Odoo -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def pool(test_odoo):
+    connection = OdooConnection(url=test_odoo.url, database=test_odoo.database, login="gateway",
+                                api_key_env="UNUSED", timeout=5)
+    odoo = OdooPool("main", connection, DEMO_API_KEY)
+    yield odoo
+    odoo.close()
+
+
+def _rules(**options) -> DomainRules:
+    return DomainRules(domain="notes.example.com", odoo="main", secrets=["x" * 16],
+                       note={"models": ["project.task", "sale.order"]},
+                       reply={"models": ["project.task", "sale.order"]}, **options)
+
+
+def _check(pool, email, model, res_id, rules=None, kind="note"):
+    user = find_user(pool, email)
+    target = Target(kind, "notes.example.com", model, res_id, "x@notes.example.com")
+    policy.check_record_access(pool, target, user, rules=rules or _rules(), sender_email=email)
+
+
+def test_paula_reads_the_task_she_follows_and_not_the_private_one(pool):
+    user = find_user(pool, PAULA_EMAIL)
+    decision = access.decide(pool, "project.task", user)
+    assert decision.acl
+    assert "Project/Task: multi-company" in decision.rules
+    assert any(name.startswith("Project/Task: portal users: can only see") for name in decision.rules)
+    # The inactive project-sharing rule and the employees' rules do not apply to a portal user.
+    assert not any("project sharing" in name or "employees" in name for name in decision.rules)
+    # Her values, read from Odoo: company_ids + [False] and user.partner_id.commercial_partner_id.id.
+    assert ["company_id", "in", [1, False]] in decision.domain
+    assert ["message_partner_ids", "child_of", [PAULA_PARTNER_ID]] in decision.domain
+    _check(pool, PAULA_EMAIL, "project.task", TASK_ID)
+    with pytest.raises(RecordAccessDenied):
+        _check(pool, PAULA_EMAIL, "project.task", PRIVATE_TASK_ID)
+    with pytest.raises(RecordNotFound):
+        _check(pool, PAULA_EMAIL, "project.task", 999999)
+
+
+@pytest.mark.parametrize("login, password, email", [
+    (PAULA_LOGIN, PAULA_PASSWORD, PAULA_EMAIL),
+    (PETER_LOGIN, PETER_PASSWORD, PETER_EMAIL),
+    (JOEL_LOGIN, JOEL_PASSWORD, JOEL_EMAIL),
+])
+@pytest.mark.parametrize("model", ["project.task", "sale.order", "project.project"])
+def test_odoo_rules_agree_with_what_the_portal_user_reads_itself(test_odoo, pool, login, password, email, model):
+    # The test Odoo enforces its portal rules in code; the gateway evaluates the ir.rule rows it
+    # serves. Both must find the same records, or the served rows do not follow the real ones.
+    test_odoo.archive("project.task", test_odoo.add_record("project.task", {"name": "old", "project_id": 7},
+                                                           followers=[PAULA_PARTNER_ID, 43, 8]))
+    own = odoorpc.ODOO(test_odoo.host, port=test_odoo.port, timeout=5)
+    own.login(test_odoo.database, login, password)
+    seen = set(own.execute_kw(model, "search", [[]], {"context": {"active_test": False}}))
+    user = find_user(pool, email)
+    decision = access.decide(pool, model, user)
+    evaluated = set(pool.call(model, "search", [decision.domain], context={"active_test": False}))
+    assert decision.acl
+    assert evaluated == seen
+
+
+def test_internal_user_is_judged_by_the_employee_and_sales_rules(test_odoo, pool):
+    marc = find_user(pool, "mark.brown23@example.com")
+    assert marc.login == MARC_LOGIN
+    own_order = test_odoo.add_record("sale.order", {"name": "S-MARC", "partner_id": 9, "user_id": 6})
+    decision = access.decide(pool, "sale.order", marc)
+    assert "Personal Orders" in decision.rules and "All Orders" not in decision.rules
+    _check(pool, "mark.brown23@example.com", "sale.order", own_order)
+    with pytest.raises(RecordAccessDenied):
+        # S00023's salesperson is the admin.
+        _check(pool, "mark.brown23@example.com", "sale.order", SALE_ORDER_ID)
+    _check(pool, "mark.brown23@example.com", "project.task", TASK_ID)
+
+
+def test_without_a_read_acl_for_any_of_the_users_groups_access_is_denied(test_odoo, pool):
+    [acl] = test_odoo.search("ir.model.access", [("name", "=", "sale.order.portal")])
+    test_odoo.write("ir.model.access", acl, {"perm_read": False})
+    with pytest.raises(RecordAccessDenied, match=r"ir\.model\.access"):
+        _check(pool, PAULA_EMAIL, "sale.order", SALE_ORDER_ID)
+
+
+def test_an_unsupported_rule_refuses_and_logs_which_rule(test_odoo, pool, caplog):
+    model_id = test_odoo.search("ir.model", [("model", "=", "sale.order")])[0]
+    test_odoo.add_record("ir.rule", {"name": "Orders of this year", "model_id": model_id, "groups": [10],
+                                     "domain_force": "[('date_order', '>=', time.strftime('%Y-01-01'))]"})
+    with caplog.at_level(logging.ERROR, logger="gateway.policy"), pytest.raises(AccessRuleUnsupported):
+        _check(pool, PAULA_EMAIL, "sale.order", SALE_ORDER_ID)
+    assert "Orders of this year" in caplog.text and "fail closed" in caplog.text
+
+
+def test_a_rule_using_a_record_as_a_value_is_refused_not_converted(test_odoo, pool):
+    model_id = test_odoo.search("ir.model", [("model", "=", "sale.order")])[0]
+    test_odoo.add_record("ir.rule", {"name": "Partner record", "model_id": model_id, "groups": [10],
+                                     "domain_force": "[('partner_id', '=', user.partner_id)]"})
+    with pytest.raises(AccessRuleUnsupported, match="Partner record"):
+        _check(pool, PAULA_EMAIL, "sale.order", SALE_ORDER_ID)
+
+
+def test_rules_are_cached_for_the_configured_time_and_user_values_never(test_odoo, pool):
+    cached, fresh = _rules(rules_cache_seconds=3600), _rules(rules_cache_seconds=0)
+    _check(pool, PAULA_EMAIL, "sale.order", SALE_ORDER_ID, rules=cached)
+    [rule] = test_odoo.search("ir.rule", [("name", "=", "Portal Personal Quotations/Sales Orders")])
+    test_odoo.write("ir.rule", rule, {"domain_force": "[(0, '=', 1)]"})
+    _check(pool, PAULA_EMAIL, "sale.order", SALE_ORDER_ID, rules=cached)  # the cached rule still applies
+    with pytest.raises(RecordAccessDenied):
+        _check(pool, PAULA_EMAIL, "sale.order", SALE_ORDER_ID, rules=fresh)
+    test_odoo.write("ir.rule", rule, {"domain_force": "[('message_partner_ids','child_of',"
+                                                      "[user.commercial_partner_id.id])]"})
+    _check(pool, PAULA_EMAIL, "sale.order", SALE_ORDER_ID, rules=fresh)
+    # A user's own values are read for every message: unfollowing takes effect at once.
+    test_odoo.remove_follower("sale.order", SALE_ORDER_ID, PAULA_PARTNER_ID)
+    with pytest.raises(RecordAccessDenied):
+        _check(pool, PAULA_EMAIL, "sale.order", SALE_ORDER_ID, rules=cached)
+
+
+def test_the_gateway_without_its_group_cannot_read_rules_and_defers(test_odoo, pool):
+    from gateway.refusals import OdooUnavailable
+
+    test_odoo.set_group(10, "note_gateway.group_note_gateway", member=False)
+    with pytest.raises(OdooUnavailable):
+        _check(pool, PAULA_EMAIL, "sale.order", SALE_ORDER_ID)

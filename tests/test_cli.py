@@ -1,0 +1,125 @@
+"""The admin commands against the test Odoo: setup-odoo, check-config --online, check, address --for."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import ALIAS_DOMAIN, SECRET, Mailer, write_config
+
+from gateway import address, cli, pipeline
+from gateway.testing.odoo import TestOdoo
+from gateway.testing.odoo_demo import ADMIN_PASSWORD, GATEWAY_UID, PAULA_PARTNER_ID, PRIVATE_TASK_ID, TASK_ID
+
+
+@pytest.fixture
+def fresh_odoo():
+    """The demo world before anyone ran setup-odoo: the gateway cannot read record rules."""
+    with TestOdoo.with_demo_data(note_gateway_setup=False) as odoo:
+        yield odoo
+
+
+def _run(capsys, *argv) -> tuple[int, str]:
+    status = cli.main(list(argv))
+    captured = capsys.readouterr()
+    return status, captured.out + captured.err
+
+
+def test_setup_odoo_is_idempotent_and_makes_check_config_pass(tmp_path, fresh_odoo, capsys):
+    config = write_config(tmp_path, fresh_odoo, 53)
+    status, out = _run(capsys, "check-config", "--config", str(config), "--online")
+    assert status == 1
+    assert "odoo-rules needs read access to ir.rule, ir.model.access and ir.model (run note-gateway setup-odoo)" in out
+
+    status, out = _run(capsys, "setup-odoo", "--config", str(config), "--admin-password", ADMIN_PASSWORD)
+    assert status == 0, out
+    assert "found group note_gateway.group_portal_note_contributor (id 52)" in out
+    assert "created group note_gateway.group_note_gateway" in out
+    for model in ("ir.rule", "ir.model.access", "ir.model"):
+        assert f"created read access on {model} (ir.model.access " in out
+    assert f"added gateway (uid {GATEWAY_UID}) to note_gateway.group_note_gateway" in out
+    assert "ir.model.data" not in out
+
+    status, again = _run(capsys, "setup-odoo", "--config", str(config), "--admin-password", ADMIN_PASSWORD)
+    assert status == 0 and "created" not in again and "added" not in again
+    assert "found gateway in note_gateway.group_note_gateway" in again
+
+    (tmp_path / "odoo-api-key").chmod(0o600)
+    (tmp_path / "rules" / f"{ALIAS_DOMAIN}.toml").chmod(0o600)
+    status, out = _run(capsys, "check-config", "--config", str(config), "--online")
+    assert status == 0, out
+    assert "Odoo 18, groups field groups_id" in out
+    # Seven project.task rules in the database, one of them inactive.
+    assert f"{ALIAS_DOMAIN}: project.task: 6 read rules, 6 evaluable" in out
+    assert "warning:" not in out and "error:" not in out
+
+
+def test_setup_odoo_with_a_wrong_admin_password(tmp_path, fresh_odoo, capsys):
+    config = write_config(tmp_path, fresh_odoo, 53)
+    status, out = _run(capsys, "setup-odoo", "--config", str(config), "--admin-password", "wrong")
+    assert status == 1 and "cannot log in as admin" in out
+
+
+def test_check_config_online_names_each_problem(tmp_path, test_odoo, capsys):
+    config = write_config(tmp_path, test_odoo, 53)
+    rules = tmp_path / "rules" / f"{ALIAS_DOMAIN}.toml"
+    rules.write_text(f"""
+domain = "{ALIAS_DOMAIN}"
+odoo = "main"
+secrets = ["{SECRET}"]
+[note]
+models = ["project.task", "res.partnerr", "res.groups"]
+contributor_group = "note_gateway.group_missing"
+[reply]
+models = ["project.task"]
+access = "own"
+partner_field = "project_id"
+""")
+    test_odoo.set_group(GATEWAY_UID, "base.group_system")
+    model_id = test_odoo.search("ir.model", [("model", "=", "project.task")])[0]
+    test_odoo.add_record("ir.rule", {"name": "Dated", "model_id": model_id, "groups": [10],
+                                     "domain_force": "[('create_date', '>', time.strftime('%Y'))]"})
+    status, out = _run(capsys, "check-config", "--config", str(config), "--online")
+    assert status == 1
+    assert "note.contributor_group: note_gateway.group_missing not found in Odoo" in out
+    assert "models: res.partnerr does not exist in Odoo" in out
+    assert "models: res.groups has no chatter" in out
+    assert "gateway is in Settings (base.group_system): more rights than the gateway needs" in out
+    assert "record rule 'Dated': Call is not supported: senders it applies to will be refused" in out
+    assert "reply.partner_field: project.task.project_id is not a many2one to res.partner" in out
+
+
+def test_check_prints_every_stage_and_posts_nothing(tmp_path, test_odoo, dns_server, dkim_keys, capsys):
+    config = write_config(tmp_path, test_odoo, dns_server.port)
+    mailer = Mailer(None, dkim_keys)
+    to = Mailer.address("note", "project.task", TASK_ID)
+    (tmp_path / "ok.eml").write_bytes(mailer.sign(mailer.message("note_from_contributor.eml", to, "<c1@example.com>")))
+    status, out = _run(capsys, "check", "--config", str(config), "--rcpt", to, str(tmp_path / "ok.eml"))
+    assert status == 0, out
+    lines = out.splitlines()
+    assert [line.split()[0] for line in lines] == ["rcpt", *(stage.name for stage in pipeline.STAGES)]
+    assert "portal.contrib@example.com, DKIM d=example.com s=gateway" in out
+    assert f"note on project.task {TASK_ID}, policy odoo-rules" in out
+    assert f"would post with subtype mail.mt_note on project.task {TASK_ID} as partner {PAULA_PARTNER_ID}" in out
+    assert test_odoo.posts() == []
+
+    denied = Mailer.address("note", "project.task", PRIVATE_TASK_ID)
+    (tmp_path / "no.eml").write_bytes(mailer.sign(mailer.message("note_from_contributor.eml", denied)))
+    status, out = _run(capsys, "check", "--config", str(config), "--rcpt", denied, str(tmp_path / "no.eml"))
+    assert status == 1
+    assert out.splitlines()[-1].split(None, 1) == ["authorize", "REFUSED 550 5.7.1 Sender has no access to this "
+                                                   f"record: portal.contrib@example.com on project.task "
+                                                   f"{PRIVATE_TASK_ID} (odoo-rules)"]
+
+
+def test_address_for_a_user_binds_its_partner(tmp_path, test_odoo, capsys):
+    config = write_config(tmp_path, test_odoo, 53)
+    status, out = _run(capsys, "address", "project.task", str(TASK_ID), "--config", str(config),
+                       "--for", "Portal.Contrib@example.com")
+    assert status == 0, out
+    target = address.parse(out.strip(), {ALIAS_DOMAIN: [SECRET.encode()]})
+    assert (target.partner_id, target.res_id, target.issued_day) == (PAULA_PARTNER_ID, TASK_ID, None)
+    status, out = _run(capsys, "address", "project.task", str(TASK_ID), "--config", str(config),
+                       "--for", "nobody@example.com")
+    assert status == 2 and "No Odoo user has this sender address" in out
+    status, out = _run(capsys, "address", "project.task", str(TASK_ID), "--config", str(config), "--dated")
+    assert address.parse(out.strip(), {ALIAS_DOMAIN: [SECRET.encode()]}).issued_day == address.today()

@@ -1,0 +1,142 @@
+"""Plain note@ / reply@ routed by References, and reply-all to a note and a reply address of one record."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import ALIAS_DOMAIN, write_config
+
+from gateway.config import load_config
+from gateway.journal import Journal
+from gateway.pipeline import Services
+from gateway.smtp import ThreadedGateway
+from gateway.testing.odoo_demo import PAULA_PARTNER_ID, PETER_EMAIL, PRIVATE_TASK_ID, TASK_ID
+from gateway.testing.sending import compose, deliver
+
+PAULA = "portal.contrib@example.com"
+NOTE, REPLY = f"note@{ALIAS_DOMAIN}", f"reply@{ALIAS_DOMAIN}"
+
+
+def _reply_to(mailer, to, *, references=(), in_reply_to=None, sender=PAULA, cc=None, message_id=None):
+    raw = compose(sender, to, "Re: Gateway acceptance task", "Seal replaced, all good.", message_id=message_id)
+    headers = b""
+    if in_reply_to:
+        headers += b"In-Reply-To: " + in_reply_to.encode() + b"\r\n"
+    if references:
+        headers += b"References: " + b"\r\n ".join(value.encode() for value in references) + b"\r\n"
+    if cc:
+        headers += b"Cc: " + cc.encode() + b"\r\n"
+    return mailer.sign(headers + raw)
+
+
+def _notification_id(test_odoo, model, res_id):
+    """The Message-ID of a comment Odoo posted and notified, as a notification email carries it."""
+    message_id = test_odoo.add_record("mail.message", {"model": model, "res_id": res_id, "message_type": "comment",
+                                                       "subtype_id": 1, "body": "<p>Hello</p>", "author_id": 3})
+    return test_odoo.record("mail.message", message_id, ["message_id"])["message_id"]
+
+
+def _journal(gateway):
+    with Journal(gateway.services.config.journal_path) as journal:
+        return journal.recent(50)
+
+
+def test_plain_note_address_follows_odoos_notification_message_id(test_odoo, gateway, mailer):
+    notification = _notification_id(test_odoo, "project.task", TASK_ID)
+    assert f"-openerp-{TASK_ID}-project.task@" in notification
+    reply = mailer.send(_reply_to(mailer, NOTE, references=["<earlier@example.com>", notification]), NOTE)
+    assert reply.startswith("250 2.0.0 Filed")
+    [post] = test_odoo.posts()
+    assert (post.model, post.args, post.kwargs["subtype_xmlid"]) == ("project.task", [[TASK_ID]], "mail.mt_note")
+    [row] = _journal(gateway)
+    assert (row.rcpt, row.model, row.res_id) == (NOTE, "project.task", TASK_ID)
+    assert row.decision == f"routed by Odoo Message-ID {notification}"
+
+
+def test_plain_reply_address_follows_a_message_stored_in_odoo(test_odoo, gateway, mailer):
+    # A note filed earlier through the gateway keeps its sender's Message-ID (ODOO_FACTS.md f).
+    to = mailer.address("note", "sale.order", 23)
+    assert mailer.send(mailer.sign(mailer.message("note_from_contributor.eml", to, "<first@example.com>")),
+                       to).startswith("250 ")
+    reply = mailer.send(_reply_to(mailer, REPLY, in_reply_to="<first@example.com>"), REPLY)
+    assert reply.startswith("250 ")
+    last = test_odoo.posts()[-1]
+    assert (last.model, last.args, last.kwargs["subtype_xmlid"]) == ("sale.order", [[23]], "mail.mt_comment")
+    assert _journal(gateway)[0].decision == "routed by mail.message <first@example.com>"
+
+
+@pytest.mark.parametrize("references, expected", [
+    ((), "550 5.1.1 No record found for this message: reply to an Odoo notification, or write to the record's "
+         "own note+ or reply+ address: the message has no In-Reply-To or References"),
+    (("<nobody-knows@example.com>",), "550 5.1.1 No record found for this message"),
+    # A forged reference to a task Paula cannot read: the same checks as for a record address.
+    ((f"<1.2-openerp-{PRIVATE_TASK_ID}-project.task@testodoo>",), "550 5.7.1 Sender has no access to this record"),
+    (("<1.2-openerp-42-res.partner@testodoo>",), "550 5.7.1 Posting by email is not enabled"),
+    (("<1.2-openerp-999999-project.task@testodoo>",), "550 5.1.1 The record of this address does not exist"),
+])
+def test_plain_address_refusals(test_odoo, gateway, mailer, references, expected):
+    reply = mailer.send(_reply_to(mailer, NOTE, references=references), NOTE)
+    assert reply.startswith(expected)
+    assert test_odoo.posts() == []
+
+
+def test_plain_address_of_an_unknown_domain_is_refused_at_rcpt(gateway, mailer):
+    assert mailer.send(_reply_to(mailer, "note@elsewhere.example"), "note@elsewhere.example").startswith(
+        "550 5.1.1 Not an alias domain of this gateway")
+
+
+@pytest.mark.parametrize("order", [("note", "reply"), ("reply", "note")])
+def test_reply_all_to_note_and_reply_is_filed_once_as_a_note(test_odoo, gateway, mailer, order):
+    addresses = {kind: mailer.address(kind, "project.task", TASK_ID) for kind in ("note", "reply")}
+    raw = _reply_to(mailer, addresses["note"], cc=addresses["reply"], message_id="<reply-all@example.com>")
+    first, second = (mailer.send(raw, addresses[kind]) for kind in order)
+    assert first.startswith("250 2.0.0 Filed as Odoo message ")
+    assert second.startswith("250 2.0.0 Already filed as Odoo message ")
+    [post] = test_odoo.posts()
+    assert post.kwargs["subtype_xmlid"] == "mail.mt_note"
+    message_id = int(first.rsplit(" ", 1)[1])
+    assert message_id not in test_odoo.portal_chatter_ids("project.task", TASK_ID, partner_id=PAULA_PARTNER_ID)
+    assert test_odoo.outbox == []
+    reply_row = next(row for row in _journal(gateway) if row.rcpt == addresses["reply"])
+    assert reply_row.kind == "note"
+    assert reply_row.decision == f"reply-all with {addresses['note']}: filed as a note, never public"
+
+
+def test_reply_naming_a_plain_note_address_is_never_public(test_odoo, gateway, mailer):
+    to = mailer.address("reply", "project.task", TASK_ID)
+    reply = mailer.send(_reply_to(mailer, to, cc=NOTE), to)
+    assert reply.startswith("250 ")
+    assert test_odoo.posts()[0].kwargs["subtype_xmlid"] == "mail.mt_note"
+
+
+def test_reply_naming_a_note_address_of_another_record_stays_public(test_odoo, gateway, mailer):
+    to = mailer.address("reply", "project.task", TASK_ID)
+    other = mailer.address("note", "sale.order", 23)
+    assert mailer.send(_reply_to(mailer, to, cc=other), to).startswith("250 ")
+    assert test_odoo.posts()[0].kwargs["subtype_xmlid"] == "mail.mt_comment"
+
+
+def test_reply_all_from_a_non_contributor_is_refused_rather_than_made_public(test_odoo, gateway, mailer):
+    addresses = {kind: mailer.address(kind, "project.task", TASK_ID) for kind in ("note", "reply")}
+    raw = _reply_to(mailer, addresses["reply"], cc=addresses["note"], sender=PETER_EMAIL)
+    reply = mailer.send(raw, addresses["reply"], mail_from=PETER_EMAIL)
+    assert reply.startswith("550 5.7.1 Sender may not post internal notes")
+    assert test_odoo.posts() == []
+
+
+def test_plain_address_of_a_kind_the_domain_never_allows_is_refused_at_rcpt(tmp_path, test_odoo, dns_server):
+    config_path = write_config(tmp_path, test_odoo, dns_server.port)
+    rules_path = tmp_path / "rules" / f"{ALIAS_DOMAIN}.toml"
+    rules_path.write_text(rules_path.read_text().replace("[reply]\nmodels = [\"project.task\", \"sale.order\"]",
+                                                         "[reply]\nmodels = []"))
+    services = Services.build(load_config(config_path))
+    assert services.config.domains[ALIAS_DOMAIN].reply.models == []
+    try:
+        with ThreadedGateway(services) as server:
+            assert deliver(b"unused", REPLY, port=server.port).startswith(
+                "550 5.7.1 Posting by email is not enabled for this kind of record: reply@notes.example.com")
+            # note@ passes RCPT (the record is only known after the headers): this message fails later.
+            assert deliver(b"unused", NOTE, port=server.port).startswith(
+                "550 5.7.1 The message must have exactly one From header")
+    finally:
+        services.close()

@@ -94,11 +94,15 @@ def write_real_config(folder: Path, world: RealOdooWorld, dns_port: int, *, odoo
         domain = "{ALIAS_DOMAIN}"
         odoo = "main"
         secrets = ["{SECRET}"]
+        # The followers policy: these scenarios were written for it, and the odoo-rules default
+        # needs `note-gateway setup-odoo` run on the database first (docs/rules.md).
         [note]
         models = ["project.task", "sale.order"]
         contributor_group = "{world.group_xmlid}"
+        access = "followers"
         [reply]
         models = ["project.task", "sale.order"]
+        access = "followers"
     """))
     return folder / "gateway.toml"
 

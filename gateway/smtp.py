@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from gateway import address, pipeline, policy
+from gateway import address, observe, pipeline, policy, tls
 from gateway.context import MessageContext, Target
 from gateway.pipeline import Services
 from gateway.refusals import InternalError, OdooUnavailable, Refusal, TooManyRecipients
@@ -89,10 +89,12 @@ def _limited(base: type[SMTP]) -> type[SMTP]:
                 self.transport.close()
                 return
             limit.active += 1
+            observe.session_started()
             try:
                 await super()._handle_client()
             finally:
                 limit.active -= 1
+                observe.session_ended()
 
     Limited.__name__ = f"Limited{base.__name__}"
     return Limited
@@ -113,9 +115,26 @@ class GatewayServer:
         self.handler = GatewayHandler(services, self.executor)
         self.session_limit = _SessionLimit(listener.max_sessions)
         self._server: asyncio.base_events.Server | None = None
+        self.tls_context = self._tls_context(services)
+
+    @staticmethod
+    def _tls_context(services: Services):
+        files = services.config.tls_files
+        return tls.server_context(*files) if files else None
+
+    def reload(self, services: Services) -> Services:
+        """Serve new sessions' messages with new services (after SIGHUP); return the old ones.
+
+        The socket stays: a changed host, port or protocol needs a restart. The certificate is
+        read again, so a renewed one is picked up by reload.
+        """
+        old = self.handler.services
+        self.tls_context = self._tls_context(services)
+        self.services = self.handler.services = services
+        return old
 
     def _protocol(self) -> SMTP:
-        listener = self.listener
+        listener = self.services.config.gateway.listener
         protocol_class = LimitedLMTP if listener.protocol == "lmtp" else LimitedSMTP
         return protocol_class(
             self.handler,
@@ -126,6 +145,10 @@ class GatewayServer:
             data_size_limit=listener.max_message_size,
             timeout=listener.session_timeout,
             ident="Odoo Note Gateway",
+            tls_context=self.tls_context,
+            # RFC 3207 section 4: a server may refuse commands other than NOOP, EHLO, STARTTLS and
+            # QUIT before TLS; aiosmtpd answers them "530 Must issue a STARTTLS command first".
+            require_starttls=listener.require_starttls and self.tls_context is not None,
         )
 
     async def start(self) -> None:

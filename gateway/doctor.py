@@ -73,9 +73,10 @@ def check_odoo(config: GatewayConfig, name: str, report: Report) -> None:
     try:
         try:
             version = pool.version(deadline())
-        except OdooUnavailable as error:
+        except Exception as error:  # noqa: BLE001 (a login goes through odoorpc unwrapped: any fault counts)
+            reason = error.detail or error.text if isinstance(error, OdooUnavailable) else f"{type(error).__name__}: {error}"
             report.fail(what, f"cannot log in to {connection.url} database {connection.database} as "
-                              f"{connection.login}: {error.detail or error.text}",
+                              f"{connection.login}: {reason}",
                         "check url, database and login, and that the API key belongs to that user "
                         "(Preferences > Account Security > New API Key)")
             return

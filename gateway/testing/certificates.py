@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -24,7 +25,9 @@ def self_signed(folder: Path, hostname: str, *, days: float = 30, not_before: da
         .serial_number(x509.random_serial_number())
         .not_valid_before(start)
         .not_valid_after(start + timedelta(days=days))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(hostname)]), critical=False)
+        .add_extension(x509.SubjectAlternativeName(
+            # The loopback address too: clients in tests connect to 127.0.0.1 and verify against it.
+            [x509.DNSName(hostname), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
         .sign(key, hashes.SHA256())
     )
     certificate_path, key_path = folder / f"{name}.crt", folder / f"{name}.key"

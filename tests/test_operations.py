@@ -106,7 +106,7 @@ def _sample(name: str, labels: dict[str, str] | None = None) -> float:
 
 def test_metrics_and_one_json_line_per_message(test_odoo, gateway, mailer, caplog):
     filed_before = _sample("note_gateway_messages_total", {"verdict": "filed", "refusal": "none"})
-    refused_before = _sample("note_gateway_messages_total", {"verdict": "refused", "refusal": "AccessDenied"})
+    refused_before = _sample("note_gateway_messages_total", {"verdict": "refused", "refusal": "RecordAccessDenied"})
     post_stage_before = _sample("note_gateway_stage_seconds_count", {"stage": "post"})
     odoo_calls_before = _sample("note_gateway_odoo_call_seconds_count", {"odoo": "main", "outcome": "ok"})
 
@@ -119,8 +119,8 @@ def test_metrics_and_one_json_line_per_message(test_odoo, gateway, mailer, caplo
 
     assert _sample("note_gateway_messages_total", {"verdict": "filed", "refusal": "none"}) == filed_before + 1
     refusal_class = _journal(gateway)[0].refusal_class
-    assert _sample("note_gateway_messages_total", {"verdict": "refused", "refusal": refusal_class}) == (
-        refused_before + 1 if refusal_class == "AccessDenied" else 1)
+    assert refusal_class == "RecordAccessDenied"
+    assert _sample("note_gateway_messages_total", {"verdict": "refused", "refusal": refusal_class}) == refused_before + 1
     assert _sample("note_gateway_stage_seconds_count", {"stage": "post"}) == post_stage_before + 1
     assert _sample("note_gateway_odoo_call_seconds_count", {"odoo": "main", "outcome": "ok"}) > odoo_calls_before
 

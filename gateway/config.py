@@ -146,6 +146,8 @@ class DomainRules(_Strict):
     secrets: list[str] = []
     secrets_file: str | None = None
     secrets_env: str | None = None
+    # A systemd credential holding the secrets, one a line (see api_key_credential).
+    secrets_credential: str | None = None
     sender: SenderPolicy = SenderPolicy()
     note: NoteRules = NoteRules()
     reply: KindRules = KindRules()
@@ -291,11 +293,16 @@ def load_config(path: str | os.PathLike, environ: dict[str, str] | None = None) 
             secret_path = secret_path if secret_path.is_absolute() else rules_path.parent / secret_path
             text = _read_secret_file(secret_path, rules_path, "secrets_file")
             domain_secrets += [line.strip() for line in text.splitlines() if line.strip()]
+        if rules.secrets_credential:
+            text = _read_secret_file(credential_path(rules.secrets_credential, rules_path, "secrets_credential", environ),
+                                     rules_path, "secrets_credential")
+            domain_secrets += [line.strip() for line in text.splitlines() if line.strip()]
         if rules.secrets_env:
             value = environ.get(rules.secrets_env, "")
             domain_secrets += [part.strip() for part in value.split(",") if part.strip()]
         if not domain_secrets:
-            raise ConfigError(rules_path, "secrets", "no address secret (secrets, secrets_file or secrets_env)")
+            raise ConfigError(rules_path, "secrets",
+                              "no address secret (secrets, secrets_file, secrets_env or secrets_credential)")
         for secret in domain_secrets:
             if len(secret) < 16:
                 raise ConfigError(rules_path, "secrets", "each secret needs at least 16 characters")

@@ -100,6 +100,21 @@ def test_api_key_from_systemd_credential(tmp_path, test_odoo):
     assert config.api_keys["main"] == "key-from-credential"
 
 
+def test_address_secrets_from_systemd_credential(tmp_path, test_odoo):
+    path = write_config(tmp_path, test_odoo, 53)
+    rules = tmp_path / "rules" / "notes.example.com.toml"
+    rules.write_text(rules.read_text().replace('secrets = ["test-secret-for-addresses-0123456789"]',
+                                               'secrets_credential = "address-secrets"'))
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "address-secrets").write_text("first-secret-0123456789\nsecond-secret-0123456789\n")
+    config = load_config(path, environ={"CREDENTIALS_DIRECTORY": str(credentials)})
+    assert config.secrets["notes.example.com"] == [b"first-secret-0123456789", b"second-secret-0123456789"]
+    (credentials / "address-secrets").write_text("short\n")
+    with pytest.raises(ConfigError, match="at least 16 characters"):
+        load_config(path, environ={"CREDENTIALS_DIRECTORY": str(credentials)})
+
+
 def _sample(name: str, labels: dict[str, str] | None = None) -> float:
     return observe.REGISTRY.get_sample_value(name, labels or {}) or 0.0
 

@@ -78,5 +78,6 @@ def test_template_instances_have_their_own_config_and_state():
     service = _directives(UNITS / "note-gateway@.service")
     assert service["ExecStart"] == [f"{INSTALLED_COMMAND} serve --config /etc/note-gateway/%i/gateway.toml"]
     assert service["StateDirectory"] == ["note-gateway/%i"]
-    assert service["LoadCredential"] == ["odoo-main:/etc/note-gateway/%i/credentials/odoo-main"]
+    assert service["LoadCredential"] == ["odoo-main:/etc/note-gateway/%i/credentials/odoo-main",
+                                         "address-secrets:/etc/note-gateway/%i/credentials/address-secrets"]
 

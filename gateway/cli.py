@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -185,6 +186,9 @@ def command_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="note-gateway", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
+    parser.add_argument("--credentials-directory", metavar="DIR",
+                        help="where *_credential keys are read when not run by systemd (which sets "
+                             "$CREDENTIALS_DIRECTORY), e.g. /etc/note-gateway/credentials")
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the SMTP/LMTP listener")
@@ -237,6 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.credentials_directory:
+        # For an admin running doctor, log or address by hand: the files systemd would hand over.
+        os.environ["CREDENTIALS_DIRECTORY"] = args.credentials_directory
     quiet = args.command in ("demo", "address", "log", "check-config", "send", "doctor")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING if quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

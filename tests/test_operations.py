@@ -100,6 +100,24 @@ def test_api_key_from_systemd_credential(tmp_path, test_odoo):
     assert config.api_keys["main"] == "key-from-credential"
 
 
+def test_credentials_directory_option_for_commands_run_by_hand(tmp_path, test_odoo, capsys, monkeypatch):
+    from gateway.testing.odoo_demo import DEMO_API_KEY
+
+    # Set, then removed: monkeypatch then restores the variable's absence after the option sets it.
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", "unset")
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY")
+    path = write_config(tmp_path, test_odoo, 53)
+    path.write_text(path.read_text().replace('api_key_file = "odoo-api-key"', 'api_key_credential = "odoo-main"'))
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "odoo-main").write_text(DEMO_API_KEY)
+    with pytest.raises(SystemExit):
+        cli.main(["check-config", "--config", str(path)])
+    assert "CREDENTIALS_DIRECTORY is not set" in capsys.readouterr().err
+    assert cli.main(["--credentials-directory", str(credentials), "check-config", "--config", str(path)]) == 0
+    assert capsys.readouterr().out.startswith(f"{path}: OK")
+
+
 def test_address_secrets_from_systemd_credential(tmp_path, test_odoo):
     path = write_config(tmp_path, test_odoo, 53)
     rules = tmp_path / "rules" / "notes.example.com.toml"

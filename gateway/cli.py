@@ -34,7 +34,13 @@ def command_serve(args: argparse.Namespace) -> int:
     observe.bare_message_lines()
     if config.gateway.metrics is not None:
         metrics = config.gateway.metrics
-        observe.serve_metrics(metrics.host, metrics.port)
+        try:
+            observe.serve_metrics(metrics.host, metrics.port)
+        except OSError as error:
+            logging.getLogger("gateway").error("cannot serve metrics on %s:%d: %s", metrics.host, metrics.port,
+                                               error.strerror or error)
+            services.close()
+            return 1
         logging.getLogger("gateway").info("metrics on http://%s:%d/metrics", metrics.host, metrics.port)
 
     async def run() -> None:
@@ -69,6 +75,13 @@ def command_serve(args: argparse.Namespace) -> int:
 
     try:
         asyncio.run(run())
+    except OSError as error:
+        # Port taken or not allowed (port 25 without CAP_NET_BIND_SERVICE): one line, exit 1, and
+        # systemd's Restart=on-failure tries again.
+        listener = config.gateway.listener
+        logging.getLogger("gateway").error("cannot listen on %s:%d: %s", listener.host, listener.port,
+                                           error.strerror or error)
+        return 1
     finally:
         server.services.close()
     return 0

@@ -96,10 +96,19 @@ def test_serve_logs_json_serves_metrics_and_reloads_on_sighup(tmp_path, test_odo
         line = json.loads(serve.wait_for(r'^\{"event": "message".*').group(0))
         assert line["verdict"] == "filed" and line["res_id"] == TASK_ID and line["journal_id"] == 1
 
-        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
-            metrics = response.read().decode()
-        assert 'note_gateway_messages_total{refusal="none",verdict="filed"} 1.0' in metrics
-        assert "note_gateway_sessions_in_flight 0.0" in metrics
+        def metrics() -> str:
+            with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
+                return response.read().decode()
+
+        assert 'note_gateway_messages_total{refusal="none",verdict="filed"} 1.0' in metrics()
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+            client.ehlo("client.example.com")
+            assert "note_gateway_sessions_in_flight 1.0" in metrics()
+        # The server sees the session end a moment after the client has quit.
+        deadline = time.monotonic() + 10
+        while "note_gateway_sessions_in_flight 0.0" not in metrics() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "note_gateway_sessions_in_flight 0.0" in metrics()
 
         # A broken file is refused on reload and the running configuration stays.
         rules.write_text(original_rules + "\nunknown_key = 1\n")
@@ -114,3 +123,17 @@ def test_serve_logs_json_serves_metrics_and_reloads_on_sighup(tmp_path, test_odo
         assert _rcpt(port, order) == 250
     finally:
         assert serve.stop() == 0
+
+
+def test_serve_exits_1_with_one_line_when_the_port_is_taken(tmp_path, test_odoo):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = write_config(tmp_path, test_odoo, 53)
+        config.write_text(config.read_text().replace("port = 0", f"port = {port}", 1))
+        result = subprocess.run([sys.executable, "-m", "gateway", "serve", "--config", str(config)], cwd=ROOT,
+                                capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert f"ERROR gateway: cannot listen on 127.0.0.1:{port}: " in result.stderr
+    assert "Traceback" not in result.stderr

@@ -112,7 +112,7 @@ def command_address(args: argparse.Namespace) -> int:
 
 
 def command_log(args: argparse.Namespace) -> int:
-    from gateway.journal import Journal, format_decision, format_entries
+    from gateway.journal import Journal, JournalUnavailable, format_decision, format_entries
 
     config = _load(args.config)
     model, res_id = _record_filter(args.record)
@@ -122,7 +122,11 @@ def command_log(args: argparse.Namespace) -> int:
         print(f"note-gateway: --since: {error}", file=sys.stderr)
         return 2
     # Read-only: an admin may read the journal without being able to write the gateway's state.
-    journal = Journal(config.journal_path, read_only=True)
+    try:
+        journal = Journal(config.journal_path, read_only=True)
+    except JournalUnavailable as error:
+        print(f"note-gateway: {error}", file=sys.stderr)
+        return 1
     try:
         if args.id is not None:
             entry = journal.get(args.id)

@@ -298,3 +298,9 @@ def test_doctor_reports_a_config_error(tmp_path):
     (tmp_path / "gateway.toml").write_text("[listener]\nport = 'x'\n")
     report = diagnose(str(tmp_path / "gateway.toml"))
     assert report.problems == 1 and "FAIL  config:" in report.lines[0]
+
+
+def test_log_without_a_journal_says_so(tmp_path, test_odoo, capsys):
+    path = write_config(tmp_path, test_odoo, 53)
+    code, _, err = _run_cli(capsys, "log", "--config", str(path))
+    assert code == 1 and "journal.sqlite3 cannot be opened" in err

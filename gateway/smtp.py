@@ -46,6 +46,10 @@ class GatewayHandler:
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         target: Target = envelope.gateway_target  # type: ignore[attr-defined]
         services = self.services
+        if target.domain not in services.config.domains:
+            # A reload between this session's RCPT and its DATA removed the alias domain: defer,
+            # and the retry is judged at RCPT by the configuration now in force.
+            return InternalError("the configuration changed during this session").smtp_reply()
         raw = envelope.original_content or b""
         peer = session.peer[0] if isinstance(session.peer, tuple) else str(session.peer)
         ctx = MessageContext(raw=raw, mail_from=envelope.mail_from or "", target=target,

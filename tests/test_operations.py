@@ -304,3 +304,37 @@ def test_log_without_a_journal_says_so(tmp_path, test_odoo, capsys):
     path = write_config(tmp_path, test_odoo, 53)
     code, _, err = _run_cli(capsys, "log", "--config", str(path))
     assert code == 1 and "journal.sqlite3 cannot be opened" in err
+
+
+def test_reload_swaps_the_services_of_a_running_listener(tmp_path, test_odoo, gateway, mailer, dns_server):
+    from gateway.pipeline import Services
+
+    other = write_config(tmp_path / "other", test_odoo, dns_server.port)
+    rules = tmp_path / "other" / "rules" / "notes.example.com.toml"
+    rules.rename(rules.with_name("other.example.com.toml"))
+    renamed = rules.with_name("other.example.com.toml")
+    renamed.write_text(renamed.read_text().replace('domain = "notes.example.com"', 'domain = "other.example.com"'))
+    new_services = Services.build(load_config(other))
+    to = mailer.address("note", "project.task", TASK_ID)
+    raw = mailer.sign(mailer.message("note_from_contributor.eml", to))
+    old = None
+    try:
+        with smtplib.SMTP("127.0.0.1", gateway.port, timeout=20) as client:
+            client.ehlo("client.example.com")
+            assert client.mail(PAULA)[0] == 250
+            assert client.rcpt(to)[0] == 250
+            # The reload lands between RCPT and DATA and drops the session's alias domain.
+            old = gateway.server.server.reload(new_services)
+            code, text = client.data(raw)
+        assert old is gateway.services
+        assert (code, text) == (451, b"4.3.0 Internal error, try again later: the configuration changed during this session")
+        # New sessions are judged by the new configuration: the old domain is no longer served.
+        with smtplib.SMTP("127.0.0.1", gateway.port, timeout=20) as client:
+            client.ehlo("client.example.com")
+            client.mail(PAULA)
+            assert client.rcpt(to)[0] == 550
+    finally:
+        if old is not None:
+            gateway.server.server.reload(old)
+        new_services.close()
+    assert test_odoo.posts() == []

@@ -1,10 +1,11 @@
-"""The ``note-gateway`` command: serve, address, log, check-config, check, setup-odoo, send, demo."""
+"""The ``note-gateway`` command: serve, address, log, check-config, check, setup-odoo, doctor, send, demo."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -26,15 +27,29 @@ def command_serve(args: argparse.Namespace) -> int:
     from gateway.pipeline import Services
     from gateway.smtp import GatewayServer
 
+    from gateway import observe
+
     config = _load(args.config)
     services = Services.build(config)
     server = GatewayServer(services)
+    observe.bare_message_lines()
+    if config.gateway.metrics is not None:
+        metrics = config.gateway.metrics
+        try:
+            observe.serve_metrics(metrics.host, metrics.port)
+        except OSError as error:
+            logging.getLogger("gateway").error("cannot serve metrics on %s:%d: %s", metrics.host, metrics.port,
+                                               error.strerror or error)
+            services.close()
+            return 1
+        logging.getLogger("gateway").info("metrics on http://%s:%d/metrics", metrics.host, metrics.port)
 
     async def run() -> None:
         await server.start()
         listener = config.gateway.listener
         logging.getLogger("gateway").info(
-            "listening on %s:%d (%s) for %s", listener.host, server.port, listener.protocol.upper(),
+            "listening on %s:%d (%s%s) for %s", listener.host, server.port, listener.protocol.upper(),
+            ", STARTTLS required" if listener.require_starttls else ", STARTTLS" if config.tls_files else "",
             ", ".join(sorted(config.domains)))
         for name, pool in services.odoo.items():
             # Logging in now shows a wrong key or URL at start; the gateway serves anyway, since
@@ -50,14 +65,36 @@ def command_serve(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for signal_number in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signal_number, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: reload(loop))
         await stop.wait()
         logging.getLogger("gateway").info("stopping: finishing sessions in flight")
         await server.stop()
 
+    def reload(loop: asyncio.AbstractEventLoop) -> None:
+        # systemctl reload (ExecReload=kill -HUP): read the files again; a broken config keeps
+        # the running one rather than stopping a mail service over a typo.
+        logger = logging.getLogger("gateway")
+        try:
+            new_services = Services.build(load_config(args.config))
+            old_services = server.reload(new_services)
+        except (ConfigError, OSError, ValueError) as error:
+            logger.error("reload failed, keeping the running configuration: %s", error)
+            return
+        # Messages in flight still use the old services: close them once those are surely done.
+        loop.call_later(new_services.config.gateway.listener.message_deadline + 10, old_services.close)
+        logger.info("reloaded %s", args.config)
+
     try:
         asyncio.run(run())
+    except OSError as error:
+        # Port taken or not allowed (port 25 without CAP_NET_BIND_SERVICE): one line, exit 1, and
+        # systemd's Restart=on-failure tries again.
+        listener = config.gateway.listener
+        logging.getLogger("gateway").error("cannot listen on %s:%d: %s", listener.host, listener.port,
+                                           error.strerror or error)
+        return 1
     finally:
-        services.close()
+        server.services.close()
     return 0
 
 
@@ -111,12 +148,31 @@ def _partner_of(config: GatewayConfig, odoo_name: str, email: str) -> int | None
 
 
 def command_log(args: argparse.Namespace) -> int:
-    from gateway.journal import Journal, format_entries
+    from gateway.journal import Journal, JournalUnavailable, format_decision, format_entries
 
     config = _load(args.config)
-    journal = Journal(config.journal_path)
+    model, res_id = _record_filter(args.record)
     try:
-        print(format_entries(journal.recent(args.limit, verdict=args.verdict, sender=args.sender)))
+        since = _since(args.since)
+    except ValueError as error:
+        print(f"note-gateway: --since: {error}", file=sys.stderr)
+        return 2
+    # Read-only: an admin may read the journal without being able to write the gateway's state.
+    try:
+        journal = Journal(config.journal_path, read_only=True)
+    except JournalUnavailable as error:
+        print(f"note-gateway: {error}", file=sys.stderr)
+        return 1
+    try:
+        if args.id is not None:
+            entry = journal.get(args.id)
+            if entry is None:
+                print(f"note-gateway: no journal entry {args.id}", file=sys.stderr)
+                return 1
+            print(format_decision(entry))
+        else:
+            print(format_entries(journal.recent(args.limit, verdict=args.verdict, sender=args.sender,
+                                                since=since, model=model, res_id=res_id)))
     finally:
         journal.close()
     return 0
@@ -128,6 +184,39 @@ def _shown(path: str | Path) -> str:
         return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
     except ValueError:
         return str(path)
+
+
+def _record_filter(value: str | None) -> tuple[str | None, int | None]:
+    """--record project.task/42 or --record project.task."""
+    if not value:
+        return None, None
+    model, _, res_id = value.partition("/")
+    if res_id and not res_id.isdigit():
+        raise SystemExit(f"note-gateway: --record: {value!r} is not MODEL or MODEL/ID")
+    return model, int(res_id) if res_id else None
+
+
+def _since(value: str | None) -> float | None:
+    """An ISO time (UTC unless it says otherwise), or a duration back from now: 90s, 15m, 2h, 7d."""
+    if not value:
+        return None
+    import re
+    import time
+    from datetime import datetime, timezone
+
+    match = re.fullmatch(r"(\d+)([smhd])", value.strip())
+    if match:
+        return time.time() - int(match.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+    moment = datetime.fromisoformat(value.strip())
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.timestamp()
+
+
+def command_doctor(args: argparse.Namespace) -> int:
+    from gateway.doctor import run_doctor
+
+    return run_doctor(args.config)
 
 
 def command_check_config(args: argparse.Namespace) -> int:
@@ -238,6 +327,9 @@ def command_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="note-gateway", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
+    parser.add_argument("--credentials-directory", metavar="DIR",
+                        help="where *_credential keys are read when not run by systemd (which sets "
+                             "$CREDENTIALS_DIRECTORY), e.g. /etc/note-gateway/credentials")
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the SMTP/LMTP listener")
@@ -262,8 +354,15 @@ def build_parser() -> argparse.ArgumentParser:
     journal.add_argument("--config", required=True)
     journal.add_argument("--limit", type=int, default=20)
     journal.add_argument("--verdict", choices=("filed", "duplicate", "refused", "deferred"))
-    journal.add_argument("--sender", help="only messages from this From address")
+    journal.add_argument("--sender", help="only messages from this From (or envelope) address")
+    journal.add_argument("--since", help="only messages since an ISO time (UTC) or a duration: 30m, 2h, 7d")
+    journal.add_argument("--record", help="only messages to MODEL or MODEL/ID, e.g. project.task/42")
+    journal.add_argument("--id", type=int, help="show one message's whole decision: stages, reply, defects")
     journal.set_defaults(func=command_log)
+
+    doctor = commands.add_parser("doctor", help="check config, resolver, Odoo, journal and certificate")
+    doctor.add_argument("--config", required=True)
+    doctor.set_defaults(func=command_doctor)
 
     check = commands.add_parser("check-config", help="validate the gateway file and rules files")
     check.add_argument("--config", required=True)
@@ -304,7 +403,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    quiet = args.command in ("demo", "address", "log", "check-config", "send", "check", "setup-odoo")
+    if args.credentials_directory:
+        # For an admin running doctor, log or address by hand: the files systemd would hand over.
+        os.environ["CREDENTIALS_DIRECTORY"] = args.credentials_directory
+    quiet = args.command in ("demo", "address", "log", "check-config", "send", "doctor", "check", "setup-odoo")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING if quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # aiosmtpd logs every SMTP line at INFO: useful when debugging, noise otherwise.

@@ -41,6 +41,31 @@ class ListenerConfig(_Strict):
     session_timeout: Annotated[float, Field(gt=0)] = 90.0
     max_sessions: Annotated[int, Field(ge=1)] = 100
     message_deadline: Annotated[float, Field(gt=0)] = 120.0
+    # STARTTLS (RFC 3207) with this certificate chain and key (PEM). A listener that faces the
+    # internet sets require_starttls, so no MAIL is taken before the session is encrypted.
+    tls_certificate: str | None = None
+    tls_key: str | None = None
+    # The key as a systemd credential (LoadCredential=NAME:PATH): read from $CREDENTIALS_DIRECTORY,
+    # so the key file itself can stay readable by root alone.
+    tls_key_credential: str | None = None
+    require_starttls: bool = False
+
+    @model_validator(mode="after")
+    def _tls_complete(self) -> ListenerConfig:
+        if self.tls_key and self.tls_key_credential:
+            raise ValueError("set at most one of tls_key or tls_key_credential")
+        if bool(self.tls_certificate) != bool(self.tls_key or self.tls_key_credential):
+            raise ValueError("tls_certificate and tls_key (or tls_key_credential) go together")
+        if self.require_starttls and not self.tls_certificate:
+            raise ValueError("require_starttls needs tls_certificate and tls_key")
+        return self
+
+
+class MetricsConfig(_Strict):
+    # Prometheus metrics over HTTP. Loopback by default: the numbers tell an outsider which
+    # senders are refused and how loaded the gateway is.
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 9464
 
 
 class ResolverConfig(_Strict):
@@ -61,13 +86,16 @@ class OdooConnection(_Strict):
     login: str
     api_key_file: str | None = None
     api_key_env: str | None = None
+    # The name of a systemd credential (LoadCredential=NAME:PATH in the unit): the key is read
+    # from $CREDENTIALS_DIRECTORY/NAME, which only the service's user can read.
+    api_key_credential: str | None = None
     timeout: Annotated[float, Field(gt=0)] = 30.0
     pool_size: Annotated[int, Field(ge=1, le=64)] = 4
 
     @model_validator(mode="after")
     def _one_key_source(self) -> OdooConnection:
-        if bool(self.api_key_file) == bool(self.api_key_env):
-            raise ValueError("set exactly one of api_key_file or api_key_env")
+        if sum(map(bool, (self.api_key_file, self.api_key_env, self.api_key_credential))) != 1:
+            raise ValueError("set exactly one of api_key_file, api_key_env or api_key_credential")
         return self
 
     @field_validator("url")
@@ -82,6 +110,7 @@ class GatewayFile(_Strict):
     listener: ListenerConfig = ListenerConfig()
     resolver: ResolverConfig = ResolverConfig()
     journal: JournalConfig = JournalConfig()
+    metrics: MetricsConfig | None = None
     odoo: dict[str, OdooConnection]
     rules_dir: str = "rules"
     templates_dir: str | None = None
@@ -170,6 +199,8 @@ class DomainRules(_Strict):
     secrets: list[str] = []
     secrets_file: str | None = None
     secrets_env: str | None = None
+    # A systemd credential holding the secrets, one a line (see api_key_credential).
+    secrets_credential: str | None = None
     sender: SenderPolicy = SenderPolicy()
     # The Odoo company this alias domain serves: records of another company are refused and posts
     # run with allowed_company_ids = [company]. Either an id, or (Odoo 17+) the company whose
@@ -219,8 +250,10 @@ class GatewayConfig:
     """The whole validated configuration: the gateway file plus one rules set per alias domain."""
 
     def __init__(self, path: Path, gateway: GatewayFile, domains: dict[str, DomainRules],
-                 secrets: dict[str, list[bytes]], api_keys: dict[str, str], warnings: list[str] | None = None) -> None:
+                 secrets: dict[str, list[bytes]], api_keys: dict[str, str], warnings: list[str] | None = None,
+                 tls_key_path: Path | None = None) -> None:
         self.path = path
+        self._tls_key_path = tls_key_path
         self.gateway = gateway
         self.domains = domains
         self.secrets = secrets
@@ -239,6 +272,15 @@ class GatewayConfig:
     @property
     def journal_path(self) -> Path:
         return self.resolve_path(self.gateway.journal.path)
+
+    @property
+    def tls_files(self) -> tuple[Path, Path] | None:
+        """The listener's certificate chain and key, or None when STARTTLS is not offered."""
+        listener = self.gateway.listener
+        if not listener.tls_certificate:
+            return None
+        key = self._tls_key_path or self.resolve_path(listener.tls_key or "")
+        return self.resolve_path(listener.tls_certificate), key
 
     @property
     def templates_dir(self) -> Path | None:
@@ -288,6 +330,17 @@ def _warn(warnings: list[str], path: Path | str, key: str, reason: str) -> None:
     log.warning("configuration: %s", message)
 
 
+def credential_path(name: str, owner: Path, key: str, environ: dict[str, str] | os._Environ) -> Path:
+    """Where systemd put the credential NAME of this service (systemd.exec(5), "Credentials")."""
+    directory = environ.get("CREDENTIALS_DIRECTORY")
+    if not directory:
+        raise ConfigError(owner, key, "CREDENTIALS_DIRECTORY is not set: run under systemd with "
+                                      f"LoadCredential={name}:PATH, or use the *_file key instead")
+    if "/" in name or name in ("", ".", ".."):
+        raise ConfigError(owner, key, "a credential name is a file name, without /")
+    return Path(directory) / name
+
+
 def load_config(path: str | os.PathLike, environ: dict[str, str] | None = None) -> GatewayConfig:
     """Read the gateway file and every ``*.toml`` under its rules folder, or raise ConfigError."""
     environ = os.environ if environ is None else environ
@@ -299,7 +352,11 @@ def load_config(path: str | os.PathLike, environ: dict[str, str] | None = None) 
     api_keys: dict[str, str] = {}
     for name, connection in gateway.odoo.items():
         key_name = f"odoo.{name}"
-        if connection.api_key_file:
+        if connection.api_key_credential:
+            api_keys[name] = _read_secret_file(
+                credential_path(connection.api_key_credential, path, f"{key_name}.api_key_credential", environ),
+                path, f"{key_name}.api_key_credential")
+        elif connection.api_key_file:
             key_path = Path(connection.api_key_file)
             key_path = key_path if key_path.is_absolute() else base / key_path
             api_keys[name] = _read_secret_file(key_path, path, f"{key_name}.api_key_file")
@@ -313,6 +370,11 @@ def load_config(path: str | os.PathLike, environ: dict[str, str] | None = None) 
                 raise ConfigError(path, f"{key_name}.api_key_env",
                                   f"environment variable {connection.api_key_env} is not set")
             api_keys[name] = value.strip()
+
+    listener = gateway.listener
+    tls_key_path = None
+    if listener.tls_key_credential:
+        tls_key_path = credential_path(listener.tls_key_credential, path, "listener.tls_key_credential", environ)
 
     rules_dir = Path(gateway.rules_dir)
     rules_dir = rules_dir if rules_dir.is_absolute() else base / rules_dir
@@ -345,11 +407,16 @@ def load_config(path: str | os.PathLike, environ: dict[str, str] | None = None) 
             if world_readable(secret_path):
                 _warn(warnings, rules_path, "secrets_file", f"{secret_path} is readable by every local user")
             domain_secrets += [line.strip() for line in text.splitlines() if line.strip()]
+        if rules.secrets_credential:
+            text = _read_secret_file(credential_path(rules.secrets_credential, rules_path, "secrets_credential", environ),
+                                     rules_path, "secrets_credential")
+            domain_secrets += [line.strip() for line in text.splitlines() if line.strip()]
         if rules.secrets_env:
             value = environ.get(rules.secrets_env, "")
             domain_secrets += [part.strip() for part in value.split(",") if part.strip()]
         if not domain_secrets:
-            raise ConfigError(rules_path, "secrets", "no address secret (secrets, secrets_file or secrets_env)")
+            raise ConfigError(rules_path, "secrets",
+                              "no address secret (secrets, secrets_file, secrets_env or secrets_credential)")
         for secret in domain_secrets:
             if len(secret) < 16:
                 raise ConfigError(rules_path, "secrets", "each secret needs at least 16 characters")
@@ -360,4 +427,4 @@ def load_config(path: str | os.PathLike, environ: dict[str, str] | None = None) 
 
     if not domains:
         raise ConfigError(rules_dir, "", "no rules file (*.toml): the gateway would serve no alias domain")
-    return GatewayConfig(path, gateway, domains, secrets, api_keys, warnings)
+    return GatewayConfig(path, gateway, domains, secrets, api_keys, warnings, tls_key_path)

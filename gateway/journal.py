@@ -236,11 +236,22 @@ class Journal:
         return int(entry_id or 0)
 
     def recent(
-        self, limit: int = 20, *, verdict: str | None = None, sender: str | None = None
+        self, limit: int = 20, *, verdict: str | None = None, sender: str | None = None,
+        since: float | None = None, model: str | None = None, res_id: int | None = None,
     ) -> list[JournalEntry]:
-        """The newest entries first, optionally of one verdict or one sender (From or envelope)."""
+        """The newest entries first, optionally of one verdict, one sender (From or envelope),
+        received at or after ``since`` (a Unix time), or about one model (and record)."""
         conditions: list[str] = []
         parameters: list[object] = []
+        if since is not None:
+            conditions.append("received_at >= ?")
+            parameters.append(float(since))
+        if model is not None:
+            conditions.append("model = ?")
+            parameters.append(model)
+        if res_id is not None:
+            conditions.append("res_id = ?")
+            parameters.append(int(res_id))
         if verdict is not None:
             if verdict not in VERDICTS:
                 raise ValueError(f"verdict must be one of {', '.join(VERDICTS)}, not {verdict!r}")
@@ -320,4 +331,35 @@ def format_entries(entries: list[JournalEntry]) -> str:
     for row in [header, *rows]:
         # The last column (the Message-ID) is not padded: it is often long and ends the line.
         lines.append("  ".join([*(cell.ljust(width) for cell, width in zip(row, widths)), row[-1]]).rstrip())
+    return "\n".join(lines)
+
+
+def format_decision(entry: JournalEntry) -> str:
+    """One message's whole decision for `note-gateway log --id N`: envelope, verdict, reply, stages."""
+    received = datetime.fromtimestamp(entry.received_at, tz=timezone.utc)
+    target = f"{entry.kind}+ {entry.model}/{_cell(entry.res_id)}" if entry.model else _cell(entry.kind)
+    lines = [
+        f"journal id     {entry.id}",
+        f"received       {received.strftime('%Y-%m-%dT%H:%M:%S.%fZ')}",
+        f"peer           {_cell(entry.peer)}",
+        f"MAIL FROM      {_cell(entry.mail_from)}",
+        f"RCPT TO        {_cell(entry.rcpt)}",
+        f"From           {_cell(entry.from_address)}",
+        f"DKIM d=        {_cell(entry.dkim_domain)}",
+        f"Message-ID     {_cell(entry.message_id)}",
+        f"target         {target}",
+        f"verdict        {entry.verdict}" + (f" ({entry.refusal_class})" if entry.refusal_class else ""),
+        f"reply          {_cell(entry.smtp_reply)}",
+        f"odoo message   {_cell(entry.odoo_message_id)}",
+        f"total          {entry.total_seconds * 1000:.1f} ms (Odoo {entry.odoo_seconds * 1000:.1f} ms)",
+        "stages:",
+    ]
+    if entry.durations:
+        width = max(len(stage) for stage in entry.durations)
+        # The stages in the order they ran; the last one listed is where a refusal stopped the run.
+        lines += [f"  {stage.ljust(width)}  {seconds * 1000:9.1f} ms" for stage, seconds in entry.durations.items()]
+    else:
+        lines.append("  (none ran)")
+    lines.append("defects:" + ("" if entry.defects else " none"))
+    lines += [f"  {_cell(defect)}" for defect in entry.defects]
     return "\n".join(lines)

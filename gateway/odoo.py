@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 import odoorpc
 
+from gateway import observe
 from gateway.config import OdooConnection
 from gateway.refusals import OdooUnavailable
 
@@ -100,9 +101,12 @@ class OdooPool:
         """Run ``model.method(*args, **kwargs)`` in Odoo; every fault becomes OdooUnavailable (451)."""
         kwargs = dict(kwargs or {})
         kwargs["context"] = {**(context or {})}
+        started, ok = time.monotonic(), False
         try:
             with self._borrow(deadline) as client:
-                return client.execute_kw(model, method, args or [], kwargs)
+                result = client.execute_kw(model, method, args or [], kwargs)
+                ok = True
+                return result
         except OdooUnavailable:
             raise
         except odoorpc.error.RPCError as error:
@@ -114,6 +118,8 @@ class OdooPool:
         except Exception as error:  # Transport: refused, reset, timeout, HTTP 5xx, not JSON.
             log.warning("odoo %s: %s.%s: %s: %s", self.name, model, method, type(error).__name__, error)
             raise OdooUnavailable(f"{type(error).__name__} talking to Odoo") from None
+        finally:
+            observe.odoo_call(self.name, time.monotonic() - started, ok)
 
     def version(self, deadline: float | None = None) -> int:
         """The server's major version, read at the first login; faults become OdooUnavailable as in call()."""

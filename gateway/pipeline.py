@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from dataclasses import dataclass, field
 from typing import Callable
 
-from gateway import attachments, content, identity, message, policy, post, recipients, routing, senderauth
+from gateway import attachments, content, identity, message, observe, policy, post, recipients, routing, senderauth
 from gateway.config import GatewayConfig
 from gateway.context import MessageContext
 from gateway.journal import Journal, JournalEntry, JournalUnavailable
@@ -223,9 +223,13 @@ def smtp_reply(ctx: MessageContext) -> str:
 
 
 def journal(ctx: MessageContext, services: Services, total_seconds: float) -> None:
+    entry = JournalEntry.from_context(ctx, smtp_reply(ctx), total_seconds)
     try:
-        services.journal.record(JournalEntry.from_context(ctx, smtp_reply(ctx), total_seconds))
+        entry.id = services.journal.record(entry)
     except JournalUnavailable as error:
         # The reply still tells the truth: a filed note is in Odoo whether or not the journal
         # could say so, and a retry is recognised by its Message-ID there.
         log.error("journal unavailable, outcome not recorded: %s | %s", error, smtp_reply(ctx))
+    finally:
+        # Metrics and the message's log line (issue 5), whether or not the journal kept it.
+        observe.message_done(entry)

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from gateway import address, pipeline, policy
+from gateway import address, observe, pipeline, policy, tls
 from gateway.context import MessageContext, Target
 from gateway.journal import JournalEntry, JournalUnavailable
 from gateway.pipeline import Services
@@ -66,6 +66,10 @@ class GatewayHandler:
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         target: Target = envelope.gateway_target  # type: ignore[attr-defined]
         services = self.services
+        if target.domain not in services.config.domains:
+            # A reload between this session's RCPT and its DATA removed the alias domain: defer,
+            # and the retry is judged at RCPT by the configuration now in force.
+            return InternalError("the configuration changed during this session").smtp_reply()
         raw = envelope.original_content or b""
         peer = session.peer[0] if isinstance(session.peer, tuple) else str(session.peer)
         ctx = MessageContext(raw=raw, mail_from=envelope.mail_from or "", target=target,
@@ -109,10 +113,12 @@ def _limited(base: type[SMTP]) -> type[SMTP]:
                 self.transport.close()
                 return
             limit.active += 1
+            observe.session_started()
             try:
                 await super()._handle_client()
             finally:
                 limit.active -= 1
+                observe.session_ended()
 
     Limited.__name__ = f"Limited{base.__name__}"
     return Limited
@@ -133,9 +139,26 @@ class GatewayServer:
         self.handler = GatewayHandler(services, self.executor)
         self.session_limit = _SessionLimit(listener.max_sessions)
         self._server: asyncio.base_events.Server | None = None
+        self.tls_context = self._tls_context(services)
+
+    @staticmethod
+    def _tls_context(services: Services):
+        files = services.config.tls_files
+        return tls.server_context(*files) if files else None
+
+    def reload(self, services: Services) -> Services:
+        """Serve new sessions' messages with new services (after SIGHUP); return the old ones.
+
+        The socket stays: a changed host, port or protocol needs a restart. The certificate is
+        read again, so a renewed one is picked up by reload.
+        """
+        old = self.handler.services
+        self.tls_context = self._tls_context(services)
+        self.services = self.handler.services = services
+        return old
 
     def _protocol(self) -> SMTP:
-        listener = self.listener
+        listener = self.services.config.gateway.listener
         protocol_class = LimitedLMTP if listener.protocol == "lmtp" else LimitedSMTP
         return protocol_class(
             self.handler,
@@ -146,6 +169,10 @@ class GatewayServer:
             data_size_limit=listener.max_message_size,
             timeout=listener.session_timeout,
             ident="Odoo Note Gateway",
+            tls_context=self.tls_context,
+            # RFC 3207 section 4: a server may refuse commands other than NOOP, EHLO, STARTTLS and
+            # QUIT before TLS; aiosmtpd answers them "530 Must issue a STARTTLS command first".
+            require_starttls=listener.require_starttls and self.tls_context is not None,
         )
 
     async def start(self) -> None:

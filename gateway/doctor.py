@@ -1,0 +1,187 @@
+"""`note-gateway doctor`: check the config, the resolver, each Odoo, the journal and the certificate, and say what to fix."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import ssl
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Callable
+
+from gateway import tls
+from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.journal import Journal, JournalUnavailable
+from gateway.odoo import OdooPool
+from gateway.refusals import DnsTemporaryFailure, OdooUnavailable
+from gateway.resolver import DkimKeyResolver
+
+# A certificate this close to its end gets a warning: enough for a renewal that failed once to be
+# noticed and fixed by hand.
+CERTIFICATE_WARNING_DAYS = 21
+# Odoo 17 is the oldest release whose message_post and groups behave as ODOO_FACTS.md describes.
+OLDEST_ODOO = 17
+
+
+@dataclass
+class Report:
+    lines: list[str] = field(default_factory=list)
+    problems: int = 0
+    warnings: int = 0
+
+    def ok(self, what: str, detail: str) -> None:
+        self.lines.append(f"ok    {what}: {detail}")
+
+    def warn(self, what: str, detail: str, fix: str) -> None:
+        self.warnings += 1
+        self.lines.append(f"WARN  {what}: {detail}\n      fix: {fix}")
+
+    def fail(self, what: str, detail: str, fix: str) -> None:
+        self.problems += 1
+        self.lines.append(f"FAIL  {what}: {detail}\n      fix: {fix}")
+
+
+def check_resolver(config: GatewayConfig, report: Report) -> None:
+    settings = config.gateway.resolver
+    servers = ", ".join(f"{server}:{settings.port}" for server in settings.nameservers) or "the system's"
+    try:
+        resolver = DkimKeyResolver(settings.nameservers, port=settings.port, timeout=settings.timeout, cache=False)
+    except Exception as error:  # dnspython: no /etc/resolv.conf, or no nameserver in it.
+        report.fail("resolver", f"cannot be set up: {error}", "set [resolver] nameservers, or fix /etc/resolv.conf")
+        return
+    # Any answer, a key or NXDOMAIN, shows the resolver works; only silence or SERVFAIL is a fault
+    # (and would defer every message with 451, see resolver.py).
+    domain = sorted(config.domains)[0]
+    name = f"note-gateway-doctor._domainkey.{domain}."
+    started = time.monotonic()
+    try:
+        resolver(name.encode())
+    except DnsTemporaryFailure as error:
+        report.fail("resolver", f"{servers} nameservers: {error}",
+                    "make [resolver] nameservers point at a working recursive resolver reachable from this host")
+        return
+    report.ok("resolver", f"{servers} nameservers answered for {name} in {(time.monotonic() - started) * 1000:.0f} ms")
+
+
+def check_odoo(config: GatewayConfig, name: str, report: Report) -> None:
+    connection = config.gateway.odoo[name]
+    what = f"odoo {name}"
+    pool = OdooPool(name, connection, config.api_keys[name])
+    deadline = lambda: time.monotonic() + connection.timeout  # noqa: E731 (one per call)
+    try:
+        try:
+            version = pool.version(deadline())
+        except Exception as error:  # noqa: BLE001 (a login goes through odoorpc unwrapped: any fault counts)
+            reason = error.detail or error.text if isinstance(error, OdooUnavailable) else f"{type(error).__name__}: {error}"
+            report.fail(what, f"cannot log in to {connection.url} database {connection.database} as "
+                              f"{connection.login}: {reason}",
+                        "check url, database and login, and that the API key belongs to that user "
+                        "(Preferences > Account Security > New API Key)")
+            return
+        detail = f"logged in to {connection.url} database {connection.database} as {connection.login}, Odoo {version}"
+        if version < OLDEST_ODOO:
+            report.warn(what, detail, f"Odoo {OLDEST_ODOO} or newer is what the gateway was built against")
+        else:
+            report.ok(what, detail)
+        domains = [rules for rules in config.domains.values() if rules.odoo == name]
+        for group in sorted({rules.note.contributor_group for rules in domains if rules.note.models}):
+            try:
+                group_id = pool.xmlid(group, deadline())
+                report.ok(what, f"group {group} is res.groups {group_id}")
+            except OdooUnavailable:
+                report.fail(what, f"group {group} is not found or not readable by {connection.login}",
+                            "install the module that defines it, or create the group and give it this xmlid "
+                            "(Settings > Technical > External Identifiers); or change note.contributor_group")
+        models = sorted({model for rules in domains for model in (*rules.note.models, *rules.reply.models)})
+        for model in models:
+            try:
+                # A count that matches nothing: it proves the model exists and that the
+                # integration user may read it, without reading any record.
+                pool.call(model, "search_count", [[["id", "=", 0]]], deadline=deadline())
+                report.ok(what, f"model {model} exists and is readable")
+            except OdooUnavailable:
+                report.fail(what, f"model {model} does not exist or {connection.login} may not read it",
+                            f"install the module of {model}, give {connection.login} read access, "
+                            "or remove it from the rules' models")
+    finally:
+        pool.close()
+
+
+def check_journal(config: GatewayConfig, report: Report) -> None:
+    path = config.journal_path
+    folder = path.parent
+    if not path.exists():
+        if folder.is_dir() and os.access(folder, os.W_OK):
+            report.ok("journal", f"{path} does not exist yet; the gateway will create it")
+        else:
+            report.fail("journal", f"{folder} is not a writable folder", "create it, owned by the gateway's user "
+                        "(StateDirectory= in the systemd unit does this)")
+        return
+    if not os.access(path, os.W_OK) or not os.access(folder, os.W_OK):
+        # SQLite writes a -wal and a -shm file beside the journal, so the folder must be writable too.
+        report.fail("journal", f"{path} or its folder is not writable by this user",
+                    "run doctor as the gateway's user, or give that user the file and its folder")
+        return
+    try:
+        with Journal(path, read_only=True) as journal:
+            count = len(journal.recent(1))
+    except (JournalUnavailable, sqlite3.Error) as error:
+        report.fail("journal", str(error), "move the damaged file away; the gateway starts a new one")
+        return
+    report.ok("journal", f"{path} is writable" + ("" if count else ", no message yet"))
+
+
+def check_certificate(config: GatewayConfig, report: Report, now: Callable[[], datetime]) -> None:
+    files = config.tls_files
+    listener = config.gateway.listener
+    if files is None:
+        if listener.host not in ("127.0.0.1", "::1", "localhost"):
+            report.warn("tls", f"no certificate, yet the listener is on {listener.host}",
+                        "set [listener] tls_certificate, tls_key and require_starttls when it faces the internet")
+        else:
+            report.ok("tls", "no certificate (loopback listener)")
+        return
+    certificate, key = files
+    try:
+        tls.server_context(certificate, key)
+        not_after = tls.certificate_not_after(certificate)
+    except (OSError, ssl.SSLError, ValueError) as error:
+        report.fail("tls", f"{certificate} / {key}: {error}",
+                    "point tls_certificate at the PEM chain and tls_key at its matching private key")
+        return
+    days = (not_after - now()).total_seconds() / 86400
+    stamp = not_after.strftime("%Y-%m-%d %H:%M UTC")
+    if days < 0:
+        report.fail("tls", f"{certificate} expired on {stamp}", "renew it, then systemctl reload note-gateway")
+    elif days < CERTIFICATE_WARNING_DAYS:
+        report.warn("tls", f"{certificate} expires on {stamp}, in {days:.0f} days",
+                    "renew it, then systemctl reload note-gateway")
+    else:
+        report.ok("tls", f"{certificate} valid until {stamp} ({days:.0f} days)")
+
+
+def diagnose(config_path: str, now: Callable[[], datetime] | None = None) -> Report:
+    report = Report()
+    try:
+        config = load_config(config_path)
+    except ConfigError as error:
+        report.fail("config", str(error), "correct that key; `note-gateway check-config` says the same")
+        return report
+    report.ok("config", f"{config.path}, alias domains {', '.join(sorted(config.domains))}")
+    check_resolver(config, report)
+    for name in sorted(config.gateway.odoo):
+        check_odoo(config, name, report)
+    check_journal(config, report)
+    check_certificate(config, report, now or (lambda: datetime.now(timezone.utc)))
+    return report
+
+
+def run_doctor(config_path: str) -> int:
+    report = diagnose(config_path)
+    print("\n".join(report.lines))
+    summary = f"{report.problems} problem(s), {report.warnings} warning(s)"
+    print(summary if report.problems or report.warnings else "everything looks right")
+    sys.stdout.flush()
+    return 1 if report.problems else 0

@@ -1,0 +1,85 @@
+"""What the gateway tells its operators as it runs: one JSON log line per message, and Prometheus metrics."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+if TYPE_CHECKING:
+    from gateway.journal import JournalEntry
+
+# The message lines go to their own logger, so an admin can route them (or silence them) apart
+# from the gateway's diagnostics; `note-gateway serve` prints them bare, one JSON object a line.
+message_log = logging.getLogger("gateway.messages")
+
+# A registry of the gateway's own rather than the process-wide default, so that tests and the
+# demo, which build several gateways in one process, never register a metric twice.
+REGISTRY = CollectorRegistry()
+
+MESSAGES = Counter(
+    "note_gateway_messages", "Messages that reached DATA, by verdict and refusal class",
+    ["verdict", "refusal"], registry=REGISTRY)
+STAGE_SECONDS = Histogram(
+    "note_gateway_stage_seconds", "Time spent in each pipeline stage", ["stage"], registry=REGISTRY,
+    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+MESSAGE_SECONDS = Histogram(
+    "note_gateway_message_seconds", "Time from DATA to the reply, per message", registry=REGISTRY,
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
+ODOO_SECONDS = Histogram(
+    "note_gateway_odoo_call_seconds", "Latency of each Odoo RPC call, by connection and outcome",
+    ["odoo", "outcome"], registry=REGISTRY,
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+SESSIONS = Gauge("note_gateway_sessions_in_flight", "SMTP/LMTP sessions open now", registry=REGISTRY)
+
+
+def message_done(entry: JournalEntry) -> None:
+    """Count a finished message and log its line; called after the journal has (or has not) kept it."""
+    MESSAGES.labels(entry.verdict, entry.refusal_class or "none").inc()
+    for stage, seconds in entry.durations.items():
+        STAGE_SECONDS.labels(stage).observe(seconds)
+    MESSAGE_SECONDS.observe(entry.total_seconds)
+    if message_log.isEnabledFor(logging.INFO):
+        # The journal's own fields, so a log line and `note-gateway log --id N` tell the same story.
+        message_log.info(json.dumps(log_fields(entry), ensure_ascii=False, sort_keys=False))
+
+
+def log_fields(entry: JournalEntry) -> dict:
+    fields = dataclasses.asdict(entry)
+    fields["journal_id"] = fields.pop("id")
+    fields["durations"] = {stage: round(seconds, 6) for stage, seconds in entry.durations.items()}
+    return {"event": "message", **fields}
+
+
+def odoo_call(odoo: str, seconds: float, ok: bool) -> None:
+    ODOO_SECONDS.labels(odoo, "ok" if ok else "error").observe(seconds)
+
+
+def session_started() -> None:
+    SESSIONS.inc()
+
+
+def session_ended() -> None:
+    SESSIONS.dec()
+
+
+def serve_metrics(host: str, port: int):
+    """Serve /metrics over HTTP on a thread of its own; returns the server and its thread."""
+    return start_http_server(port, addr=host, registry=REGISTRY)
+
+
+class _Bare(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return record.getMessage()
+
+
+def bare_message_lines(stream=None) -> None:
+    """Print message lines as bare JSON objects (journald adds the time and the unit itself)."""
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(_Bare())
+    message_log.addHandler(handler)
+    message_log.setLevel(logging.INFO)
+    message_log.propagate = False

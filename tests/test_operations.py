@@ -1,0 +1,339 @@
+"""Operations (issue 5): STARTTLS, metrics and message log lines, log filters, doctor, systemd credentials."""
+
+from __future__ import annotations
+
+import json
+import logging
+import smtplib
+import ssl
+import urllib.request
+import warnings
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from conftest import Mailer, write_config
+
+from gateway import cli, observe, pipeline
+from gateway.config import ConfigError, load_config
+from gateway.doctor import diagnose
+from gateway.journal import Journal
+from gateway.testing.certificates import self_signed
+from gateway.testing.odoo_demo import PRIVATE_TASK_ID, SALE_ORDER_ID, TASK_ID
+
+PAULA = "portal.contrib@example.com"
+
+
+def _client_context(certificate) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(certificate))
+    context.check_hostname = True
+    return context
+
+
+@pytest.fixture
+def tls_gateway(tmp_path, start_gateway, dns_server):
+    certificate, key = self_signed(tmp_path, "notes.example.com")
+    running = start_gateway(dns_server.port, listener_extra=(
+        f'tls_certificate = "{certificate}"\ntls_key = "{key}"\nrequire_starttls = true'))
+    return running, certificate
+
+
+def test_starttls_is_required_before_mail(tls_gateway):
+    running, _ = tls_gateway
+    with smtplib.SMTP("127.0.0.1", running.port, timeout=10) as client:
+        client.ehlo("client.example.com")
+        assert client.has_extn("starttls")
+        code, text = client.mail(PAULA)
+        assert code == 530 and b"STARTTLS" in text
+
+
+def test_note_is_filed_over_starttls_with_tls_12_or_newer(tls_gateway, dkim_keys, test_odoo):
+    running, certificate = tls_gateway
+    mailer = Mailer(running, dkim_keys)
+    to = mailer.address("note", "project.task", TASK_ID)
+    raw = mailer.sign(mailer.message("note_from_contributor.eml", to))
+    with smtplib.SMTP("127.0.0.1", running.port, timeout=20) as client:
+        client.ehlo("client.example.com")
+        client.starttls(context=_client_context(certificate))
+        assert client.sock.version() in ("TLSv1.2", "TLSv1.3")
+        assert client.sock.compression() is None
+        client.ehlo("client.example.com")
+        assert client.mail(PAULA)[0] == 250
+        assert client.rcpt(to)[0] == 250
+        code, text = client.data(raw)
+    assert code == 250 and text.startswith(b"2.0.0 Filed as Odoo message")
+    assert len(test_odoo.posts()) == 1
+
+
+def test_tls_below_1_2_is_refused(tls_gateway):
+    running, certificate = tls_gateway
+    context = _client_context(certificate)
+    with warnings.catch_warnings():
+        # Python deprecates these versions, which is the point: the gateway must refuse them.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        context.minimum_version = ssl.TLSVersion.TLSv1
+        context.maximum_version = ssl.TLSVersion.TLSv1_1
+    # OpenSSL's default security level forbids 1.1 on the client too; level 0 lets the client try.
+    context.set_ciphers("DEFAULT:@SECLEVEL=0")
+    with smtplib.SMTP("127.0.0.1", running.port, timeout=10) as client:
+        client.ehlo("client.example.com")
+        with pytest.raises((ssl.SSLError, smtplib.SMTPServerDisconnected, ConnectionResetError)):
+            client.starttls(context=context)
+
+
+def test_require_starttls_without_certificate_is_a_config_error(tmp_path, test_odoo):
+    path = write_config(tmp_path, test_odoo, 53, listener_extra="require_starttls = true")
+    with pytest.raises(ConfigError, match="listener: .*require_starttls needs tls_certificate"):
+        load_config(path)
+
+
+def test_api_key_from_systemd_credential(tmp_path, test_odoo):
+    path = write_config(tmp_path, test_odoo, 53)
+    text = path.read_text().replace('api_key_file = "odoo-api-key"', 'api_key_credential = "odoo-main"')
+    path.write_text(text)
+    with pytest.raises(ConfigError, match="CREDENTIALS_DIRECTORY is not set"):
+        load_config(path, environ={})
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "odoo-main").write_text("key-from-credential\n")
+    config = load_config(path, environ={"CREDENTIALS_DIRECTORY": str(credentials)})
+    assert config.api_keys["main"] == "key-from-credential"
+
+
+def test_credentials_directory_option_for_commands_run_by_hand(tmp_path, test_odoo, capsys, monkeypatch):
+    from gateway.testing.odoo_demo import DEMO_API_KEY
+
+    # Set, then removed: monkeypatch then restores the variable's absence after the option sets it.
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", "unset")
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY")
+    path = write_config(tmp_path, test_odoo, 53)
+    path.write_text(path.read_text().replace('api_key_file = "odoo-api-key"', 'api_key_credential = "odoo-main"'))
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "odoo-main").write_text(DEMO_API_KEY)
+    with pytest.raises(SystemExit):
+        cli.main(["check-config", "--config", str(path)])
+    assert "CREDENTIALS_DIRECTORY is not set" in capsys.readouterr().err
+    assert cli.main(["--credentials-directory", str(credentials), "check-config", "--config", str(path)]) == 0
+    assert capsys.readouterr().out.startswith(f"{path}: OK")
+
+
+def test_address_secrets_from_systemd_credential(tmp_path, test_odoo):
+    path = write_config(tmp_path, test_odoo, 53)
+    rules = tmp_path / "rules" / "notes.example.com.toml"
+    rules.write_text(rules.read_text().replace('secrets = ["test-secret-for-addresses-0123456789"]',
+                                               'secrets_credential = "address-secrets"'))
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "address-secrets").write_text("first-secret-0123456789\nsecond-secret-0123456789\n")
+    config = load_config(path, environ={"CREDENTIALS_DIRECTORY": str(credentials)})
+    assert config.secrets["notes.example.com"] == [b"first-secret-0123456789", b"second-secret-0123456789"]
+    (credentials / "address-secrets").write_text("short\n")
+    with pytest.raises(ConfigError, match="at least 16 characters"):
+        load_config(path, environ={"CREDENTIALS_DIRECTORY": str(credentials)})
+
+
+def _sample(name: str, labels: dict[str, str] | None = None) -> float:
+    return observe.REGISTRY.get_sample_value(name, labels or {}) or 0.0
+
+
+def test_metrics_and_one_json_line_per_message(test_odoo, gateway, mailer, caplog):
+    filed_before = _sample("note_gateway_messages_total", {"verdict": "filed", "refusal": "none"})
+    refused_before = _sample("note_gateway_messages_total", {"verdict": "refused", "refusal": "RecordAccessDenied"})
+    post_stage_before = _sample("note_gateway_stage_seconds_count", {"stage": "post"})
+    odoo_calls_before = _sample("note_gateway_odoo_call_seconds_count", {"odoo": "main", "outcome": "ok"})
+
+    caplog.set_level(logging.INFO, logger="gateway.messages")
+    to = mailer.address("note", "project.task", TASK_ID)
+    assert mailer.send(mailer.sign(mailer.message("note_from_contributor.eml", to)), to).startswith("250")
+    private = mailer.address("note", "project.task", PRIVATE_TASK_ID)
+    refused = mailer.send(mailer.sign(mailer.message("note_from_contributor.eml", private)), private)
+    assert refused.startswith("550")
+
+    assert _sample("note_gateway_messages_total", {"verdict": "filed", "refusal": "none"}) == filed_before + 1
+    refusal_class = _journal(gateway)[0].refusal_class
+    assert refusal_class == "RecordAccessDenied"
+    assert _sample("note_gateway_messages_total", {"verdict": "refused", "refusal": refusal_class}) == refused_before + 1
+    assert _sample("note_gateway_stage_seconds_count", {"stage": "post"}) == post_stage_before + 1
+    assert _sample("note_gateway_odoo_call_seconds_count", {"odoo": "main", "outcome": "ok"}) > odoo_calls_before
+
+    lines = [json.loads(record.getMessage()) for record in caplog.records if record.name == "gateway.messages"]
+    assert [line["verdict"] for line in lines] == ["filed", "refused"]
+    filed, refusal = lines
+    assert filed["event"] == "message" and filed["from_address"] == PAULA and filed["res_id"] == TASK_ID
+    assert filed["smtp_reply"].startswith("250 2.0.0 Filed") and filed["odoo_message_id"] > 0
+    assert list(filed["durations"]) == [stage.name for stage in pipeline.STAGES]
+    assert refusal["refusal_class"] == refusal_class and refusal["smtp_reply"] == refused
+    # The line names the journal row, so `note-gateway log --id N` shows the same message.
+    assert refusal["journal_id"] == _journal(gateway)[0].id
+
+
+def test_metrics_endpoint_serves_prometheus_text():
+    server, thread = observe.serve_metrics("127.0.0.1", 0)
+    try:
+        observe.session_started()
+        observe.session_ended()
+        port = server.server_address[1]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "# TYPE note_gateway_sessions_in_flight gauge" in text
+    assert "# TYPE note_gateway_messages_total counter" in text
+    assert "note_gateway_stage_seconds_bucket" in text or "# TYPE note_gateway_stage_seconds histogram" in text
+
+
+def _journal(gateway):
+    with Journal(gateway.services.config.journal_path) as journal:
+        return journal.recent(50)
+
+
+def _run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_log_filters_and_one_decision(test_odoo, gateway, mailer, capsys):
+    task = mailer.address("note", "project.task", TASK_ID)
+    order = mailer.address("note", "sale.order", SALE_ORDER_ID)
+    private = mailer.address("note", "project.task", PRIVATE_TASK_ID)
+    for to in (task, order, private):
+        mailer.send(mailer.sign(mailer.message("note_from_contributor.eml", to)), to)
+    config = str(gateway.config_path)
+
+    code, out, _ = _run_cli(capsys, "log", "--config", config, "--record", f"sale.order/{SALE_ORDER_ID}")
+    assert code == 0 and f"sale.order/{SALE_ORDER_ID}" in out and "project.task" not in out
+
+    code, out, _ = _run_cli(capsys, "log", "--config", config, "--record", "project.task")
+    assert out.count("project.task/") == 2 and "sale.order" not in out
+
+    code, out, _ = _run_cli(capsys, "log", "--config", config, "--verdict", "refused")
+    assert len(out.splitlines()) == 2 and f"project.task/{PRIVATE_TASK_ID}" in out  # a header and one row
+
+    code, out, _ = _run_cli(capsys, "log", "--config", config, "--since", "10m", "--sender", PAULA)
+    assert len(out.splitlines()) == 4
+    code, out, _ = _run_cli(capsys, "log", "--config", config, "--since", "2999-01-01T00:00:00")
+    assert out.strip() == "No journal entries."
+    code, _, err = _run_cli(capsys, "log", "--config", config, "--since", "yesterday")
+    assert code == 2 and "--since" in err
+
+    refused = next(entry for entry in _journal(gateway) if entry.verdict == "refused")
+    code, out, _ = _run_cli(capsys, "log", "--config", config, "--id", str(refused.id))
+    assert code == 0
+    assert f"journal id     {refused.id}" in out
+    assert f"verdict        refused ({refused.refusal_class})" in out
+    assert f"reply          {refused.smtp_reply}" in out
+    # Every stage that ran, in order, with its duration; the last is where the refusal stopped it.
+    stage_lines = [line.split()[0] for line in out.split("stages:\n")[1].split("defects:")[0].splitlines()]
+    assert stage_lines == list(refused.durations) and stage_lines[-1] == "authorize"
+    code, _, err = _run_cli(capsys, "log", "--config", config, "--id", "999999")
+    assert code == 1 and "no journal entry 999999" in err
+
+
+def _report_text(report) -> str:
+    return "\n".join(report.lines)
+
+
+def test_doctor_passes_on_a_healthy_gateway(tmp_path, test_odoo, dns_server, capsys):
+    certificate, key = self_signed(tmp_path, "notes.example.com", days=90)
+    path = write_config(tmp_path, test_odoo, dns_server.port,
+                        listener_extra=f'tls_certificate = "{certificate}"\ntls_key = "{key}"')
+    code, out, _ = _run_cli(capsys, "doctor", "--config", str(path))
+    assert code == 0, out
+    assert f"ok    odoo main: logged in to {test_odoo.url} database {test_odoo.database} as gateway, Odoo 18" in out
+    assert "ok    odoo main: group note_gateway.group_portal_note_contributor is res.groups 52" in out
+    assert "ok    odoo main: model project.task exists and is readable" in out
+    assert "ok    odoo main: model sale.order exists and is readable" in out
+    assert "ok    resolver: 127.0.0.1:" in out
+    assert "ok    journal:" in out and "ok    tls:" in out and " days)" in out
+    assert out.rstrip().endswith("everything looks right")
+
+
+def test_doctor_names_each_problem_and_what_to_fix(tmp_path, test_odoo, capsys):
+    # No DNS server on this port, a model Odoo does not have, a group that does not exist,
+    # and an expired certificate.
+    certificate, key = self_signed(tmp_path, "notes.example.com", days=10,
+                                   not_before=datetime.now(timezone.utc) - timedelta(days=40))
+    path = write_config(tmp_path, test_odoo, 9, listener_extra=f'tls_certificate = "{certificate}"\ntls_key = "{key}"')
+    rules = tmp_path / "rules" / "notes.example.com.toml"
+    rules.write_text(rules.read_text()
+                     .replace('models = ["project.task", "sale.order"]\ncontributor_group',
+                              'models = ["project.task", "crm.nothing"]\ncontributor_group', 1)
+                     .replace("note_gateway.group_portal_note_contributor", "note_gateway.group_missing"))
+    path.write_text(path.read_text().replace("timeout = 3", "timeout = 0.5"))
+    report = diagnose(str(path))
+    text = _report_text(report)
+    assert "FAIL  resolver: 127.0.0.1:9 nameservers: " in text
+    assert "FAIL  odoo main: group note_gateway.group_missing is not found" in text
+    assert "FAIL  odoo main: model crm.nothing does not exist" in text
+    assert "ok    odoo main: model project.task exists" in text
+    assert "FAIL  tls:" in text and "expired on" in text
+    assert report.problems == 4
+    assert text.count("      fix: ") == 4
+
+    code, out, _ = _run_cli(capsys, "doctor", "--config", str(path))
+    assert code == 1 and out.rstrip().endswith("4 problem(s), 0 warning(s)")
+
+
+def test_doctor_reports_a_rejected_api_key(tmp_path, test_odoo, dns_server):
+    path = write_config(tmp_path, test_odoo, dns_server.port)
+    (tmp_path / "odoo-api-key").write_text("not-the-key\n")
+    text = _report_text(diagnose(str(path)))
+    assert "FAIL  odoo main: cannot log in to" in text and "API key belongs to that user" in text
+
+
+def test_doctor_warns_of_a_certificate_near_its_end(tmp_path, test_odoo, dns_server):
+    certificate, key = self_signed(tmp_path, "notes.example.com", days=10)
+    path = write_config(tmp_path, test_odoo, dns_server.port,
+                        listener_extra=f'tls_certificate = "{certificate}"\ntls_key = "{key}"')
+    report = diagnose(str(path))
+    assert report.problems == 0 and report.warnings == 1
+    assert "WARN  tls:" in _report_text(report) and "in 10 days" in _report_text(report)
+
+
+def test_doctor_reports_a_config_error(tmp_path):
+    (tmp_path / "gateway.toml").write_text("[listener]\nport = 'x'\n")
+    report = diagnose(str(tmp_path / "gateway.toml"))
+    assert report.problems == 1 and "FAIL  config:" in report.lines[0]
+
+
+def test_log_without_a_journal_says_so(tmp_path, test_odoo, capsys):
+    path = write_config(tmp_path, test_odoo, 53)
+    code, _, err = _run_cli(capsys, "log", "--config", str(path))
+    assert code == 1 and "journal.sqlite3 cannot be opened" in err
+
+
+def test_reload_swaps_the_services_of_a_running_listener(tmp_path, test_odoo, gateway, mailer, dns_server):
+    from gateway.pipeline import Services
+
+    other = write_config(tmp_path / "other", test_odoo, dns_server.port)
+    rules = tmp_path / "other" / "rules" / "notes.example.com.toml"
+    rules.rename(rules.with_name("other.example.com.toml"))
+    renamed = rules.with_name("other.example.com.toml")
+    renamed.write_text(renamed.read_text().replace('domain = "notes.example.com"', 'domain = "other.example.com"'))
+    new_services = Services.build(load_config(other))
+    to = mailer.address("note", "project.task", TASK_ID)
+    raw = mailer.sign(mailer.message("note_from_contributor.eml", to))
+    old = None
+    try:
+        with smtplib.SMTP("127.0.0.1", gateway.port, timeout=20) as client:
+            client.ehlo("client.example.com")
+            assert client.mail(PAULA)[0] == 250
+            assert client.rcpt(to)[0] == 250
+            # The reload lands between RCPT and DATA and drops the session's alias domain.
+            old = gateway.server.server.reload(new_services)
+            code, text = client.data(raw)
+        assert old is gateway.services
+        assert (code, text) == (451, b"4.3.0 Internal error, try again later: the configuration changed during this session")
+        # New sessions are judged by the new configuration: the old domain is no longer served.
+        with smtplib.SMTP("127.0.0.1", gateway.port, timeout=20) as client:
+            client.ehlo("client.example.com")
+            client.mail(PAULA)
+            assert client.rcpt(to)[0] == 550
+    finally:
+        if old is not None:
+            gateway.server.server.reload(old)
+        new_services.close()
+    assert test_odoo.posts() == []

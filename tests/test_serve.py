@@ -1,0 +1,140 @@
+"""`note-gateway serve` as a process: JSON message lines, the metrics port, SIGHUP reload, SIGTERM stop."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import smtplib
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import Mailer, write_config
+
+from gateway.testing.odoo_demo import SALE_ORDER_ID, TASK_ID
+
+ROOT = Path(__file__).parent.parent
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class ServeProcess:
+    def __init__(self, config: Path) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "serve", "--config", str(config)], cwd=ROOT,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.lines: list[str] = []
+        # A thread reads stderr: select() on the pipe cannot see lines already in Python's buffer.
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.process.stderr:
+            self.lines.append(line.rstrip("\n"))
+
+    def wait_for(self, pattern: str, timeout: float = 15) -> re.Match:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                match = re.search(pattern, line)
+                if match:
+                    return match
+            if self.process.poll() is not None and not self._reader.is_alive():
+                break
+            time.sleep(0.05)
+        raise AssertionError(f"no line matching {pattern!r} in:\n" + "\n".join(self.lines))
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._reader.join(timeout=5)
+        self.process.stderr.close()
+        return self.process.returncode
+
+
+def _rcpt(port: int, to: str) -> int:
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+        client.ehlo("client.example.com")
+        client.mail("portal.contrib@example.com")
+        return client.rcpt(to)[0]
+
+
+def test_serve_logs_json_serves_metrics_and_reloads_on_sighup(tmp_path, test_odoo, dns_server, dkim_keys):
+    metrics_port = _free_port()
+    config = write_config(tmp_path, test_odoo, dns_server.port)
+    config.write_text(config.read_text() + f"\n[metrics]\nhost = \"127.0.0.1\"\nport = {metrics_port}\n")
+    rules = tmp_path / "rules" / "notes.example.com.toml"
+    # Before the reload, sale.order takes no notes.
+    original_rules = rules.read_text()
+    rules.write_text(original_rules.replace('models = ["project.task", "sale.order"]\ncontributor_group',
+                                            'models = ["project.task"]\ncontributor_group', 1))
+    serve = ServeProcess(config)
+    try:
+        port = int(serve.wait_for(r"listening on 127\.0\.0\.1:(\d+) \(SMTP\)").group(1))
+        mailer = Mailer(type("Running", (), {"port": port})(), dkim_keys)
+        order = mailer.address("note", "sale.order", SALE_ORDER_ID)
+        assert _rcpt(port, order) == 550
+
+        task = mailer.address("note", "project.task", TASK_ID)
+        assert mailer.send(mailer.sign(mailer.message("note_from_contributor.eml", task)), task).startswith("250")
+        line = json.loads(serve.wait_for(r'^\{"event": "message".*').group(0))
+        # Row 1 of the journal is the sale.order recipient refused at RCPT just before.
+        assert line["verdict"] == "filed" and line["res_id"] == TASK_ID and line["journal_id"] == 2
+
+        def metrics() -> str:
+            with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
+                return response.read().decode()
+
+        assert 'note_gateway_messages_total{refusal="none",verdict="filed"} 1.0' in metrics()
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+            client.ehlo("client.example.com")
+            assert "note_gateway_sessions_in_flight 1.0" in metrics()
+        # The server sees the session end a moment after the client has quit.
+        deadline = time.monotonic() + 10
+        while "note_gateway_sessions_in_flight 0.0" not in metrics() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "note_gateway_sessions_in_flight 0.0" in metrics()
+
+        # A broken file is refused on reload and the running configuration stays.
+        rules.write_text(original_rules + "\nunknown_key = 1\n")
+        serve.process.send_signal(signal.SIGHUP)
+        serve.wait_for(r"reload failed, keeping the running configuration: .*unknown_key: unknown key")
+        assert serve.process.poll() is None
+        assert _rcpt(port, order) == 550
+
+        rules.write_text(original_rules)
+        serve.process.send_signal(signal.SIGHUP)
+        serve.wait_for(r"reloaded ")
+        assert _rcpt(port, order) == 250
+    finally:
+        assert serve.stop() == 0
+
+
+def test_serve_exits_1_with_one_line_when_the_port_is_taken(tmp_path, test_odoo):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = write_config(tmp_path, test_odoo, 53)
+        config.write_text(config.read_text().replace("port = 0", f"port = {port}", 1))
+        result = subprocess.run([sys.executable, "-m", "gateway", "serve", "--config", str(config)], cwd=ROOT,
+                                capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert f"ERROR gateway: cannot listen on 127.0.0.1:{port}: " in result.stderr
+    assert "Traceback" not in result.stderr

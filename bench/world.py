@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 import uuid
@@ -58,8 +59,10 @@ def _environment() -> dict[str, str]:
 @contextlib.contextmanager
 def process(arguments: list[str], port: int) -> Iterator[subprocess.Popen]:
     """A child process that serves on ``port``; stopped with SIGTERM (as systemd would) on exit."""
+    # The log goes to a file: a pipe nobody reads while the bench runs fills up and blocks the child.
+    log = tempfile.TemporaryFile()
     child = subprocess.Popen(arguments, cwd=REPOSITORY, env=_environment(), stdin=subprocess.DEVNULL,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                             stdout=subprocess.DEVNULL, stderr=log)
     try:
         wait_for_port(port, child)
         yield child
@@ -74,11 +77,11 @@ def process(arguments: list[str], port: int) -> Iterator[subprocess.Popen]:
             except subprocess.TimeoutExpired:
                 child.kill()
                 child.wait()
-        if child.stderr is not None:
-            errors = child.stderr.read().decode(errors="replace")
-            child.stderr.close()
-            if re.search(r"Traceback|ERROR", errors):
-                print(f"--- stderr of {' '.join(arguments[:4])} ---\n{errors[-4000:]}", file=sys.stderr)
+        log.seek(0)
+        errors = log.read().decode(errors="replace")
+        log.close()
+        if re.search(r"Traceback|ERROR", errors):
+            print(f"--- stderr of {' '.join(arguments[:4])} ---\n{errors[-4000:]}", file=sys.stderr)
 
 
 @contextlib.contextmanager

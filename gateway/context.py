@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
     from gateway.config import DomainRules
     from gateway.refusals import Refusal
 
@@ -86,6 +88,8 @@ class MessageContext:
     body_html: str | None = None
     rendered_body: str | None = None
     notify_partner_ids: list[int] = field(default_factory=list)
+    # The record's followers, read from Odoo while the sender is identified (issue 6).
+    followers: Future[set[int]] | None = None
     odoo_message_id: int | None = None
     duplicate: bool = False
     refusal: Refusal | None = None

@@ -7,8 +7,9 @@ import queue
 import re
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 from urllib.parse import urlsplit
 
 import odoorpc
@@ -17,6 +18,7 @@ from gateway.config import OdooConnection
 from gateway.refusals import OdooUnavailable
 
 log = logging.getLogger(__name__)
+Result = TypeVar("Result")
 
 # Every post passes this context (ODOO_FACTS.md "What these facts demand" item 3): without it the
 # integration user follows each record it posts on, and on sale.order every notified partner is
@@ -41,6 +43,9 @@ class OdooPool:
         self._lock = threading.Lock()
         self._version: int | None = None
         self._xmlids: dict[str, int] = {}
+        # Runs the reads of a message that do not wait on each other side by side, each on its own
+        # pooled connection (issue 6); as many threads as connections, since a read needs one.
+        self._background = ThreadPoolExecutor(max_workers=connection.pool_size, thread_name_prefix=f"odoo-{name}")
 
     # --- connections ---------------------------------------------------------------------------
 
@@ -100,6 +105,10 @@ class OdooPool:
             log.warning("odoo %s: %s.%s: %s: %s", self.name, model, method, type(error).__name__, error)
             raise OdooUnavailable(f"{type(error).__name__} talking to Odoo") from None
 
+    def submit(self, function: Callable[..., Result], *args: Any, **kwargs: Any) -> Future[Result]:
+        """Start ``function`` (a read through this pool) now; its result or refusal comes from ``.result()``."""
+        return self._background.submit(function, *args, **kwargs)
+
     def version(self, deadline: float | None = None) -> int:
         if self._version is None:
             with self._borrow(deadline):
@@ -124,6 +133,7 @@ class OdooPool:
         return self._xmlids[xmlid]
 
     def close(self) -> None:
+        self._background.shutdown(wait=False, cancel_futures=True)
         while True:
             try:
                 self._idle.get_nowait()

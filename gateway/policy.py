@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import Future
+
 from gateway.config import DomainRules
 from gateway.context import OdooUser, Target
 from gateway.odoo import OdooPool
@@ -29,17 +31,28 @@ def check_poster(odoo: OdooPool, rules: DomainRules, target: Target, user: OdooU
             raise NotContributor(f"{user.email} is not in the contributor group")
 
 
-def check_record_access(odoo: OdooPool, target: Target, user: OdooUser, *, deadline: float | None = None) -> None:
+def check_record_access(odoo: OdooPool, target: Target, user: OdooUser, *, deadline: float | None = None,
+                        followers: Future[set[int]] | None = None) -> None:
     """The ``followers`` policy: the sender's partner, or its commercial partner, follows the record.
 
     This mirrors the portal read rules of project.task and sale.order (ODOO_FACTS.md h), where
-    being a follower is what grants a portal user access. Searching (not reading) by id also
-    leaves archived records out, as Odoo's portal rule for tasks requires ``active``.
+    being a follower is what grants a portal user access. ``followers`` is the same read started
+    earlier (``read_followers`` on the pool, issue 6); without it the record is read here.
+    """
+    partners = followers.result() if followers is not None else read_followers(odoo, target, deadline=deadline)
+    if not partners & {user.partner_id, user.commercial_partner_id}:
+        raise RecordAccessDenied(f"{user.email} does not follow {target.model} {target.res_id}")
+
+
+def read_followers(odoo: OdooPool, target: Target, *, deadline: float | None = None) -> set[int]:
+    """The partners following the record, read from Odoo now; RecordNotFound if it is gone or archived.
+
+    It does not depend on the sender, so it can run while the sender is looked up. Searching (not
+    reading) by id also leaves archived records out, as Odoo's portal rule for tasks requires
+    ``active``.
     """
     rows = odoo.call(target.model, "search_read", [[("id", "=", target.res_id)]],
                      {"fields": ["message_partner_ids"], "limit": 1}, deadline=deadline)
     if not rows:
         raise RecordNotFound(f"{target.model} {target.res_id}")
-    followers = set(rows[0].get("message_partner_ids") or ())
-    if not followers & {user.partner_id, user.commercial_partner_id}:
-        raise RecordAccessDenied(f"{user.email} does not follow {target.model} {target.res_id}")
+    return set(rows[0].get("message_partner_ids") or ())

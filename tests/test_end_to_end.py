@@ -116,6 +116,27 @@ def test_record_that_does_not_exist_is_refused(test_odoo, gateway, mailer):
     assert reply.startswith("550 5.1.1 The record of this address does not exist")
 
 
+def test_followers_are_read_while_the_sender_is_looked_up(test_odoo, gateway, mailer):
+    # Issue 6: the record's followers do not depend on the sender, so the two reads overlap
+    # in time instead of costing two round trips one after the other.
+    test_odoo.latency = {"search_read": 0.3, "*": 0.0}
+    to = mailer.address("note", "project.task", TASK_ID)
+    reply = mailer.send(mailer.sign(mailer.message("note_from_contributor.eml", to)), to)
+    assert reply.startswith("250 ")
+    [user_read] = [call for call in test_odoo.calls if call.model == "res.users" and call.model_method == "search_read"]
+    [record_read] = [call for call in test_odoo.calls
+                     if call.model == "project.task" and call.model_method == "search_read"]
+    assert record_read.started < user_read.ended and user_read.started < record_read.ended
+
+
+def test_unknown_sender_is_refused_as_such_even_on_a_missing_record(test_odoo, gateway, mailer):
+    # Both reads run at once; the refusal is still the one of the first stage in STAGES order.
+    to = mailer.address("note", "project.task", 999999)
+    raw = mailer.sign(mailer.message("note_from_unknown_user.eml", to))
+    reply = mailer.send(raw, to, mail_from="stranger@example.com")
+    assert reply.startswith("550 5.7.1 No Odoo user has this sender address")
+
+
 # --- Sender authentication: forged, unsigned, unaligned ------------------------------------------
 
 

@@ -43,6 +43,7 @@ class OdooPool:
         self._lock = threading.Lock()
         self._version: int | None = None
         self._xmlids: dict[str, int] = {}
+        self._read_cache: dict[tuple, tuple[float, Any]] = {}
         # Runs the reads of a message that do not wait on each other side by side, each on its own
         # pooled connection (issue 6); as many threads as connections, since a read needs one.
         self._background = ThreadPoolExecutor(max_workers=connection.pool_size, thread_name_prefix=f"odoo-{name}")
@@ -86,10 +87,33 @@ class OdooPool:
             self._slots.release()
 
     def call(self, model: str, method: str, args: list | None = None, kwargs: dict | None = None,
-             *, context: dict | None = None, deadline: float | None = None) -> Any:
-        """Run ``model.method(*args, **kwargs)`` in Odoo; every fault becomes OdooUnavailable (451)."""
+             *, context: dict | None = None, deadline: float | None = None, cacheable: bool = False) -> Any:
+        """Run ``model.method(*args, **kwargs)`` in Odoo; every fault becomes OdooUnavailable (451).
+
+        A ``cacheable`` read is answered from the last identical read if it is younger than the
+        connection's ``read_cache_seconds`` (0, the default: never). Callers must not change the result.
+        """
         kwargs = dict(kwargs or {})
         kwargs["context"] = {**(context or {})}
+        ttl = self.connection.read_cache_seconds
+        if not (cacheable and ttl > 0):
+            return self._call(model, method, args, kwargs, deadline)
+        key = (model, method, repr(args), repr(sorted(kwargs.items())))
+        now = time.monotonic()
+        cached = self._read_cache.get(key)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        result = self._call(model, method, args, kwargs, deadline)
+        with self._lock:
+            if len(self._read_cache) > 10000:
+                # Bounded: expired entries go first, and a flood of senders cannot grow it forever.
+                self._read_cache = {k: v for k, v in self._read_cache.items() if v[0] > now}
+                if len(self._read_cache) > 10000:
+                    self._read_cache.clear()
+            self._read_cache[key] = (now + ttl, result)
+        return result
+
+    def _call(self, model: str, method: str, args: list | None, kwargs: dict, deadline: float | None) -> Any:
         try:
             with self._borrow(deadline) as client:
                 return client.execute_kw(model, method, args or [], kwargs)

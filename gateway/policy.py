@@ -52,7 +52,7 @@ def read_followers(odoo: OdooPool, target: Target, *, deadline: float | None = N
     ``active``.
     """
     rows = odoo.call(target.model, "search_read", [[("id", "=", target.res_id)]],
-                     {"fields": ["message_partner_ids"], "limit": 1}, deadline=deadline)
+                     {"fields": ["message_partner_ids"], "limit": 1}, deadline=deadline, cacheable=True)
     if not rows:
         raise RecordNotFound(f"{target.model} {target.res_id}")
     return set(rows[0].get("message_partner_ids") or ())

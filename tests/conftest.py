@@ -51,7 +51,7 @@ def test_odoo():
 
 
 def write_config(folder: Path, odoo: TestOdoo, dns_port: int, *, rules_extra: str = "", listener_extra: str = "",
-                 pool_size: int = 4, odoo_timeout: float = 5.0) -> Path:
+                 pool_size: int = 4, odoo_timeout: float = 5.0, read_cache_seconds: float = 0) -> Path:
     from gateway.testing.odoo_demo import DEMO_API_KEY
 
     (folder / "rules").mkdir(parents=True, exist_ok=True)
@@ -78,6 +78,7 @@ def write_config(folder: Path, odoo: TestOdoo, dns_port: int, *, rules_extra: st
         api_key_file = "odoo-api-key"
         timeout = {odoo_timeout}
         pool_size = {pool_size}
+        read_cache_seconds = {read_cache_seconds}
     """))
     (folder / "rules" / f"{ALIAS_DOMAIN}.toml").write_text(textwrap.dedent(f"""
         domain = "{ALIAS_DOMAIN}"

@@ -168,9 +168,9 @@ class _Server(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    # The headers and the body leave in two writes; with Nagle's algorithm the body then waits for
-    # the client's delayed ACK of the headers, up to 40 ms on Linux loopback, which made every
-    # call to the test Odoo look slow (issue 6: found by profiling the benchmark).
+    # The headers and the body leave in two writes; with Nagle's algorithm the body may wait for
+    # the client's delayed ACK of the headers. Benchmarks (issue 6) need the test Odoo to add no
+    # delay it was not told to add with ``latency``.
     disable_nagle_algorithm = True
     server_version = "Werkzeug/3.0.1"
     sys_version = "Python/3.11"

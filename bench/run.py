@@ -32,13 +32,13 @@ class Size:
     """How much work each benchmark does; ``--tiny`` is for the smoke test, not for numbers."""
 
     repeat: int = 3
-    capacity_messages: int = 600
-    sink_messages: int = 2000
-    odoo_messages: int = 250
+    capacity_messages: int = 400
+    sink_messages: int = 1500
+    odoo_messages: int = 200
     direct_seconds: float = 2.0
     spawn_messages: int = 8
     steady_rate: float = 50.0
-    steady_messages: int = 300
+    steady_messages: int = 250
     memory_sessions: int = 200
     # (max_sessions, concurrent sessions): the load beyond the limit, and the limit, each varied alone.
     memory_runs: tuple[tuple[int, int], ...] = ((100, 200), (100, 100), (50, 200))

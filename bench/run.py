@@ -199,6 +199,7 @@ class Bench:
                   note="DATA reply time at the client minus the journal's odoo_seconds (Odoo calls and "
                        "waits for a pooled connection), Odoo latency as in 2")
         p99 = Row("4. latency added at 50 msg/s, p99", "ms", target="<= 10 ms")
+        achieved: list[float] = []
         with world.test_odoo(world.ODOO_LATENCY) as odoo_url:
             config = self.config(odoo_url, pool_size=4)
             for _ in range(size.repeat):
@@ -214,7 +215,11 @@ class Bench:
                     added.append((item.seconds - odoo_seconds[message_id]) * 1000)
                 p50.gateway.append(_percentile(added, 0.50))
                 p99.gateway.append(_percentile(added, 0.99))
+                achieved.append(run.rate)
         p99.passed = _median(p99.gateway) <= 10
+        # Arrivals are steady only while the gateway keeps up; a message that finds all the client's
+        # connections busy waits for one, so say what rate was actually served.
+        p99.note = f"offered {size.steady_rate:.0f} msg/s, served {_median(achieved):.1f} msg/s (median)"
         return p50, p99
 
     # --- 5: memory -----------------------------------------------------------------------------

@@ -91,6 +91,11 @@ class OdooConnection(_Strict):
     api_key_credential: str | None = None
     timeout: Annotated[float, Field(gt=0)] = 30.0
     pool_size: Annotated[int, Field(ge=1, le=64)] = 4
+    # Seconds a sender's user row and a record's followers may be reused from an earlier message.
+    # 0 (the default) reads them from Odoo on every message, as DESIGN.md's contract asks; more
+    # saves two of the four round trips per message but lets a revoked group, an archived user or a
+    # removed follower through for that long (issue 6).
+    read_cache_seconds: Annotated[float, Field(ge=0, le=300)] = 0.0
 
     @model_validator(mode="after")
     def _one_key_source(self) -> OdooConnection:

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
     from gateway.config import DomainRules
     from gateway.refusals import Refusal
 
@@ -105,6 +107,8 @@ class MessageContext:
     # Decisions an admin reading the journal must see: how a plain address was routed, why a
     # reply+ delivery was filed as a note (issue 7).
     decision: str = ""
+    # The record's followers, read from Odoo while the sender is identified (issue 6).
+    followers: Future[set[int]] | None = None
     odoo_message_id: int | None = None
     duplicate: bool = False
     refusal: Refusal | None = None

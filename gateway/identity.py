@@ -26,6 +26,7 @@ def find_user(odoo: OdooPool, email: str, *, deadline: float | None = None) -> O
          "limit": 10},
         context={"active_test": False},
         deadline=deadline,
+        cacheable=True,
     )
     # The database compared with ILIKE; compare again exactly so that no pattern subtlety can
     # make one person's address match another's.

@@ -7,8 +7,9 @@ import queue
 import re
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 from urllib.parse import urlsplit
 
 import odoorpc
@@ -18,6 +19,7 @@ from gateway.config import OdooConnection
 from gateway.refusals import OdooUnavailable
 
 log = logging.getLogger(__name__)
+Result = TypeVar("Result")
 
 # Every post passes this context (ODOO_FACTS.md "What these facts demand" item 3): without it the
 # integration user follows each record it posts on, and on sale.order every notified partner is
@@ -57,6 +59,10 @@ class OdooPool:
         self._xmlids: dict[str, int] = {}
         # Record rules, access lists and field types, with the time they were read (gateway/access.py).
         self.security_cache: dict[tuple, tuple[float, object]] = {}
+        self._read_cache: dict[tuple, tuple[float, Any]] = {}
+        # Runs the reads of a message that do not wait on each other side by side, each on its own
+        # pooled connection (issue 6); as many threads as connections, since a read needs one.
+        self._background = ThreadPoolExecutor(max_workers=connection.pool_size, thread_name_prefix=f"odoo-{name}")
 
     # --- connections ---------------------------------------------------------------------------
 
@@ -97,10 +103,33 @@ class OdooPool:
             self._slots.release()
 
     def call(self, model: str, method: str, args: list | None = None, kwargs: dict | None = None,
-             *, context: dict | None = None, deadline: float | None = None) -> Any:
-        """Run ``model.method(*args, **kwargs)`` in Odoo; every fault becomes OdooUnavailable (451)."""
+             *, context: dict | None = None, deadline: float | None = None, cacheable: bool = False) -> Any:
+        """Run ``model.method(*args, **kwargs)`` in Odoo; every fault becomes OdooUnavailable (451).
+
+        A ``cacheable`` read is answered from the last identical read if it is younger than the
+        connection's ``read_cache_seconds`` (0, the default: never). Callers must not change the result.
+        """
         kwargs = dict(kwargs or {})
         kwargs["context"] = {**(context or {})}
+        ttl = self.connection.read_cache_seconds
+        if not (cacheable and ttl > 0):
+            return self._call(model, method, args, kwargs, deadline)
+        key = (model, method, repr(args), repr(sorted(kwargs.items())))
+        now = time.monotonic()
+        cached = self._read_cache.get(key)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        result = self._call(model, method, args, kwargs, deadline)
+        with self._lock:
+            if len(self._read_cache) > 10000:
+                # Bounded: expired entries go first, and a flood of senders cannot grow it forever.
+                self._read_cache = {k: v for k, v in self._read_cache.items() if v[0] > now}
+                if len(self._read_cache) > 10000:
+                    self._read_cache.clear()
+            self._read_cache[key] = (now + ttl, result)
+        return result
+
+    def _call(self, model: str, method: str, args: list | None, kwargs: dict, deadline: float | None) -> Any:
         started, ok = time.monotonic(), False
         try:
             with self._borrow(deadline) as client:
@@ -120,6 +149,10 @@ class OdooPool:
             raise OdooUnavailable(f"{type(error).__name__} talking to Odoo") from None
         finally:
             observe.odoo_call(self.name, time.monotonic() - started, ok)
+
+    def submit(self, function: Callable[..., Result], *args: Any, **kwargs: Any) -> Future[Result]:
+        """Start ``function`` (a read through this pool) now; its result or refusal comes from ``.result()``."""
+        return self._background.submit(function, *args, **kwargs)
 
     def version(self, deadline: float | None = None) -> int:
         """The server's major version, read at the first login; faults become OdooUnavailable as in call()."""
@@ -158,6 +191,7 @@ class OdooPool:
         return self._xmlids[xmlid]
 
     def close(self) -> None:
+        self._background.shutdown(wait=False, cancel_futures=True)
         while True:
             try:
                 self._idle.get_nowait()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from concurrent.futures import Future
 
 from gateway import access, address
 from gateway.config import DomainRules
@@ -57,12 +58,19 @@ def check_poster(odoo: OdooPool, rules: DomainRules, target: Target, user: OdooU
 
 def check_record_access(odoo: OdooPool, target: Target, user: OdooUser, *, rules: DomainRules | None = None,
                         sender_email: str = "", company: int | None = None,
-                        deadline: float | None = None) -> None:
+                        deadline: float | None = None, followers: Future[set[int]] | None = None) -> None:
     """The record access policy of the target's kind; every policy ends in one search of the record."""
     policy = rules.kind_rules(target.kind).access if rules is not None else "followers"
     context = {"active_test": False}
     if company is not None:
         context["allowed_company_ids"] = [company]
+    if policy == "followers" and company is None:
+        # The followers were read while the sender was looked up (issue 6), one round trip less;
+        # that read also refuses a record that is gone or archived.
+        partners = followers.result() if followers is not None else read_followers(odoo, target, deadline=deadline)
+        if not partners & {user.partner_id, user.commercial_partner_id}:
+            raise RecordAccessDenied(f"{user.email} does not follow {target.model} {target.res_id}")
+        return
     _check_exists(odoo, target, context, deadline)
     check_company(odoo, target, company, deadline=deadline)
     if policy == "followers":
@@ -122,8 +130,7 @@ def _check_followers(odoo: OdooPool, target: Target, user: OdooUser, context: di
     """The ``followers`` policy: the sender's partner, or its commercial partner, follows the record.
 
     This mirrors the portal read rules of project.task and sale.order (ODOO_FACTS.md h), where
-    being a follower is what grants a portal user access. Searching (not reading) by id also
-    leaves archived records out, as Odoo's portal rule for tasks requires ``active``.
+    being a follower is what grants a portal user access.
     """
     rows = odoo.call(target.model, "search_read", [[("id", "=", target.res_id)]],
                      {"fields": ["message_partner_ids"], "limit": 1},
@@ -134,6 +141,20 @@ def _check_followers(odoo: OdooPool, target: Target, user: OdooUser, context: di
     followers = set(rows[0].get("message_partner_ids") or ())
     if not followers & {user.partner_id, user.commercial_partner_id}:
         raise RecordAccessDenied(f"{user.email} does not follow {target.model} {target.res_id}")
+
+
+def read_followers(odoo: OdooPool, target: Target, *, deadline: float | None = None) -> set[int]:
+    """The partners following the record, read from Odoo now; RecordNotFound if it is gone or archived.
+
+    It does not depend on the sender, so it can run while the sender is looked up (issue 6).
+    Searching (not reading) by id also leaves archived records out, as Odoo's portal rule for
+    tasks requires ``active``.
+    """
+    rows = odoo.call(target.model, "search_read", [[("id", "=", target.res_id)]],
+                     {"fields": ["message_partner_ids"], "limit": 1}, deadline=deadline, cacheable=True)
+    if not rows:
+        raise RecordNotFound(f"{target.model} {target.res_id}")
+    return set(rows[0].get("message_partner_ids") or ())
 
 
 def bound_company(odoo: OdooPool, rules: DomainRules, *, deadline: float | None = None) -> int | None:
@@ -164,3 +185,4 @@ def check_company(odoo: OdooPool, target: Target, company: int | None, *, deadli
     value = rows[0].get("company_id") if rows else False
     if value and int(value[0]) != company:
         raise RecordOfOtherCompany(f"{target.model} {target.res_id} is of company {value[0]}, not {company}")
+

@@ -15,6 +15,7 @@ def find_existing(odoo: OdooPool, ctx: MessageContext, *, deadline: float | None
     delivery would be filed twice unless the gateway looks first.
     """
     assert ctx.message is not None
+    # Never cached: a retry comes precisely after the first delivery may have filed the message.
     found = odoo.call("mail.message", "search",
                       [[("message_id", "=", ctx.message.message_id), ("model", "=", ctx.target.model),
                         ("res_id", "=", ctx.target.res_id)]],

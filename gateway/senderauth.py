@@ -122,11 +122,22 @@ def read_from_address(raw: bytes) -> str:
     return _parse_mailbox(values[0])
 
 
+_EMPTY_LINE = re.compile(rb"\r?\n\r?\n")
+# The header registry builds a new class on every lookup; building it once spares that cost on
+# every message (issue 6, found by profiling).
+_FROM_HEADER = email.policy.default.header_factory["From"]
+
+
 def _header_block(raw: bytes) -> list[bytes]:
     # Lines end with CRLF or, as dkimpy also accepts, a bare LF; the header ends at the first
     # empty line (RFC 5322 section 2.1).
+    # Only the header is split into lines: splitting a whole 1 MB message cost a list of some
+    # 15,000 lines per message (issue 6, found by profiling).
+    if raw.startswith((b"\r\n", b"\n")):
+        return []
+    end = _EMPTY_LINE.search(raw)
     lines: list[bytes] = []
-    for line in re.split(rb"\r?\n", raw):
+    for line in re.split(rb"\r?\n", raw[:end.start()] if end else raw):
         if not line:
             break
         lines.append(line)
@@ -157,7 +168,7 @@ def _parse_mailbox(value: bytes) -> str:
     if "\r" in text or "\n" in text:
         raise FromHeaderInvalid("From contains a line break")
     try:
-        header = email.policy.default.header_factory("From", text)
+        header = _FROM_HEADER("From", text)
         groups, defects = header.groups, header.defects
     except (email.errors.HeaderParseError, ValueError, IndexError, TypeError) as error:
         raise FromHeaderInvalid(f"From cannot be parsed: {error}") from None

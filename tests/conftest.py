@@ -51,8 +51,11 @@ def test_odoo():
 
 
 def write_config(folder: Path, odoo: TestOdoo, dns_port: int, *, rules_extra: str = "", listener_extra: str = "",
-                 pool_size: int = 4, odoo_timeout: float = 5.0) -> Path:
+                 pool_size: int = 4, odoo_timeout: float = 5.0, read_cache_seconds: float = 0,
+                 access: str | None = None) -> Path:
     from gateway.testing.odoo_demo import DEMO_API_KEY
+
+    policy = f'access = "{access}"' if access else ""
 
     (folder / "rules").mkdir(parents=True, exist_ok=True)
     (folder / "odoo-api-key").write_text(DEMO_API_KEY + "\n")
@@ -78,6 +81,7 @@ def write_config(folder: Path, odoo: TestOdoo, dns_port: int, *, rules_extra: st
         api_key_file = "odoo-api-key"
         timeout = {odoo_timeout}
         pool_size = {pool_size}
+        read_cache_seconds = {read_cache_seconds}
     """))
     (folder / "rules" / f"{ALIAS_DOMAIN}.toml").write_text(textwrap.dedent(f"""
         domain = "{ALIAS_DOMAIN}"
@@ -86,8 +90,10 @@ def write_config(folder: Path, odoo: TestOdoo, dns_port: int, *, rules_extra: st
         [note]
         models = ["project.task", "sale.order"]
         contributor_group = "note_gateway.group_portal_note_contributor"
+        {policy}
         [reply]
         models = ["project.task", "sale.order"]
+        {policy}
         {rules_extra}
     """))
     return folder / "gateway.toml"

@@ -10,7 +10,8 @@ from conftest import SELECTOR, Mailer
 
 from gateway.journal import Journal
 from gateway.testing.dns import DnsServer
-from gateway.testing.odoo_demo import (ARCHIVED_EMAIL, PAULA_PARTNER_ID, PRIVATE_TASK_ID, SALE_ORDER_ID, TASK_ID)
+from gateway.testing.odoo_demo import (ARCHIVED_EMAIL, CONTRIBUTOR_GROUP_ID, PAULA_PARTNER_ID, PAULA_UID, PRIVATE_TASK_ID,
+                                       SALE_ORDER_ID, TASK_ID)
 
 PAULA = "portal.contrib@example.com"
 
@@ -114,6 +115,62 @@ def test_record_that_does_not_exist_is_refused(test_odoo, gateway, mailer):
     to = mailer.address("note", "project.task", 999999)
     reply = mailer.send(mailer.sign(mailer.message("note_from_contributor.eml", to)), to)
     assert reply.startswith("550 5.1.1 The record of this address does not exist")
+
+
+@pytest.fixture
+def followers_gateway(start_gateway, dns_server, dkim_keys) -> Mailer:
+    """A gateway whose rules use the followers policy, the one whose record read can start early."""
+    return Mailer(start_gateway(dns_server.port, access="followers"), dkim_keys)
+
+
+def test_followers_are_read_while_the_sender_is_looked_up(test_odoo, followers_gateway):
+    mailer = followers_gateway
+    # Issue 6: the record's followers do not depend on the sender, so the two reads overlap
+    # in time instead of costing two round trips one after the other.
+    test_odoo.latency = {"search_read": 0.3, "*": 0.0}
+    to = mailer.address("note", "project.task", TASK_ID)
+    reply = mailer.send(mailer.sign(mailer.message("note_from_contributor.eml", to)), to)
+    assert reply.startswith("250 ")
+    [user_read] = [call for call in test_odoo.calls if call.model == "res.users" and call.model_method == "search_read"]
+    [record_read] = [call for call in test_odoo.calls
+                     if call.model == "project.task" and call.model_method == "search_read"]
+    assert record_read.started < user_read.ended and user_read.started < record_read.ended
+
+
+def test_unknown_sender_is_refused_as_such_even_on_a_missing_record(test_odoo, followers_gateway):
+    mailer = followers_gateway
+    # Both reads run at once; the refusal is still the one of the first stage in STAGES order.
+    to = mailer.address("note", "project.task", 999999)
+    raw = mailer.sign(mailer.message("note_from_unknown_user.eml", to))
+    reply = mailer.send(raw, to, mail_from="stranger@example.com")
+    assert reply.startswith("550 5.7.1 No Odoo user has this sender address")
+
+
+def _reads(test_odoo, model):
+    return [call for call in test_odoo.calls if call.model == model and call.model_method == "search_read"]
+
+
+def test_by_default_every_message_is_checked_in_odoo(test_odoo, followers_gateway):
+    mailer = followers_gateway
+    to = mailer.address("note", "project.task", TASK_ID)
+    for _ in range(2):
+        assert mailer.send(mailer.sign(mailer.message("note_from_contributor.eml", to)), to).startswith("250 ")
+    assert len(_reads(test_odoo, "res.users")) == 2 and len(_reads(test_odoo, "project.task")) == 2
+    # The contributor leaves the group: the very next message is refused.
+    test_odoo.set_group(PAULA_UID, CONTRIBUTOR_GROUP_ID, member=False)
+    reply = mailer.send(mailer.sign(mailer.message("note_from_contributor.eml", to)), to)
+    assert reply.startswith("550 5.7.1 Sender may not post internal notes")
+
+
+def test_read_cache_reuses_user_and_followers_but_never_the_duplicate_check(test_odoo, start_gateway, dns_server,
+                                                                            dkim_keys):
+    mailer = Mailer(start_gateway(dns_server.port, read_cache_seconds=60, access="followers"), dkim_keys)
+    to = mailer.address("note", "project.task", TASK_ID)
+    for _ in range(3):
+        assert mailer.send(mailer.sign(mailer.message("note_from_contributor.eml", to)), to).startswith("250 ")
+    assert len(_reads(test_odoo, "res.users")) == 1 and len(_reads(test_odoo, "project.task")) == 1
+    searches = [call for call in test_odoo.calls if call.model == "mail.message" and call.model_method == "search"]
+    assert len(searches) == 3 and len(_posts(test_odoo)) == 3
 
 
 # --- Sender authentication: forged, unsigned, unaligned ------------------------------------------

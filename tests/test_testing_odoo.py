@@ -446,3 +446,13 @@ def test_latency_is_applied_per_method(odoo, gateway):
     post(gateway, "project.task", TASK_ID, body="slow", **NOTE)
     slow = time.perf_counter() - started
     assert slow >= 0.08 and quick < 0.08
+
+
+def test_latency_flag_of_the_command_line():
+    from gateway.testing.odoo import parse_latency
+
+    assert parse_latency("message_post=0.025,*=0.010") == {"message_post": 0.025, "*": 0.010}
+    assert parse_latency("project.task:message_post=0.03") == {("project.task", "message_post"): 0.03}
+    for bad in ("message_post", "message_post=fast"):
+        with pytest.raises(Exception, match="not"):
+            parse_latency(bad)

@@ -1,0 +1,1 @@
+"""Benchmarks of the gateway against baselines measured in the same run (issue 6)."""

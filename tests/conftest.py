@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import email.utils
 import string
-import textwrap
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from gateway.config import load_config
 from gateway.pipeline import Services
 from gateway.smtp import ThreadedGateway
 from gateway.testing import dnsmasq
+from gateway.testing.configs import write_gateway_config
 from gateway.testing.dkim import DkimKey, shared_rsa_key, sign
 from gateway.testing.odoo import TestOdoo
 from gateway.testing.sending import deliver
@@ -55,48 +55,15 @@ def write_config(folder: Path, odoo: TestOdoo, dns_port: int, *, rules_extra: st
                  access: str | None = None) -> Path:
     from gateway.testing.odoo_demo import DEMO_API_KEY
 
-    policy = f'access = "{access}"' if access else ""
-
-    (folder / "rules").mkdir(parents=True, exist_ok=True)
-    (folder / "odoo-api-key").write_text(DEMO_API_KEY + "\n")
-    (folder / "gateway.toml").write_text(textwrap.dedent(f"""
-        rules_dir = "rules"
-        [listener]
-        host = "127.0.0.1"
-        port = 0
-        hostname = "{ALIAS_DOMAIN}"
-        session_timeout = 30
-        message_deadline = 20
-        {listener_extra}
-        [resolver]
-        nameservers = ["127.0.0.1"]
-        port = {dns_port}
-        timeout = 3
-        [journal]
-        path = "journal.sqlite3"
-        [odoo.main]
-        url = "{odoo.url}"
-        database = "{odoo.database}"
-        login = "gateway"
-        api_key_file = "odoo-api-key"
-        timeout = {odoo_timeout}
-        pool_size = {pool_size}
-        read_cache_seconds = {read_cache_seconds}
-    """))
-    (folder / "rules" / f"{ALIAS_DOMAIN}.toml").write_text(textwrap.dedent(f"""
-        domain = "{ALIAS_DOMAIN}"
-        odoo = "main"
-        secrets = ["{SECRET}"]
-        [note]
-        models = ["project.task", "sale.order"]
-        contributor_group = "note_gateway.group_portal_note_contributor"
-        {policy}
-        [reply]
-        models = ["project.task", "sale.order"]
-        {policy}
-        {rules_extra}
-    """))
-    return folder / "gateway.toml"
+    policy = {"access": access} if access else {}
+    return write_gateway_config(
+        folder, odoo_url=odoo.url, database=odoo.database, api_key=DEMO_API_KEY, dns_port=dns_port,
+        alias_domain=ALIAS_DOMAIN, secret=SECRET,
+        listener={"session_timeout": 30, "message_deadline": 20}, listener_extra=listener_extra,
+        resolver={"timeout": 3},
+        odoo={"timeout": odoo_timeout, "pool_size": pool_size, "read_cache_seconds": read_cache_seconds},
+        note={"contributor_group": "note_gateway.group_portal_note_contributor", **policy}, reply=policy,
+        rules_extra=rules_extra)
 
 
 @dataclass

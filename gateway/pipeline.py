@@ -9,12 +9,12 @@ from datetime import datetime, timezone
 from dataclasses import dataclass, field
 from typing import Callable
 
-from gateway import content, identity, message, policy, post, senderauth
+from gateway import automatic, content, identity, inputlimits, message, notices, policy, post, ratelimit, senderauth
 from gateway.config import GatewayConfig
 from gateway.context import MessageContext
 from gateway.journal import Journal, JournalEntry, JournalUnavailable
 from gateway.odoo import OdooPool
-from gateway.refusals import InternalError, MessageInProgress, OdooUnavailable, Refusal
+from gateway.refusals import InternalError, JournalNotWritable, MessageInProgress, OdooUnavailable, Refusal
 from gateway.render import Renderer
 from gateway.resolver import DkimKeyResolver
 
@@ -67,13 +67,30 @@ def _check_framing(ctx: MessageContext, services: Services, deadline: float) -> 
     message.check_line_endings(ctx.raw)
 
 
+def _check_input_limits(ctx: MessageContext, services: Services, deadline: float) -> None:
+    inputlimits.check_input(ctx.raw, services.config.gateway.limits)
+
+
 def _parse(ctx: MessageContext, services: Services, deadline: float) -> None:
     ctx.message = message.parse(ctx.raw)
+
+
+def _refuse_automatic(ctx: MessageContext, services: Services, deadline: float) -> None:
+    assert ctx.message is not None
+    automatic.check_not_automatic(ctx.raw, ctx.mail_from, ctx.message.from_address, ctx.message.subject)
 
 
 def _authenticate_sender(ctx: MessageContext, services: Services, deadline: float) -> None:
     ctx.sender = senderauth.authenticate(
         ctx.raw, services.resolver, max_signature_age_days=ctx.rules.sender.max_signature_age_days)
+
+
+def _rate_limit(ctx: MessageContext, services: Services, deadline: float) -> None:
+    assert ctx.sender is not None
+    try:
+        ratelimit.check_rate(services.journal, ctx.rules.rate_limit, ctx.sender.email, ctx.target)
+    except JournalUnavailable as error:
+        raise JournalNotWritable(str(error)) from None
 
 
 def _identify_sender(ctx: MessageContext, services: Services, deadline: float) -> None:
@@ -104,6 +121,18 @@ def _render(ctx: MessageContext, services: Services, deadline: float) -> None:
     )
 
 
+def _record_receipt(ctx: MessageContext, services: Services, deadline: float) -> None:
+    assert ctx.message is not None
+    try:
+        ctx.receipt_id = services.journal.begin(
+            received_at=ctx.received_at, message_id=ctx.message.message_id, peer=ctx.peer, mail_from=ctx.mail_from,
+            rcpt=ctx.target.address, from_address=ctx.message.from_address, kind=ctx.target.kind,
+            model=ctx.target.model, res_id=ctx.target.res_id)
+    except JournalUnavailable as error:
+        # A full or read-only disk: defer before posting, so that every note in Odoo has its row.
+        raise JournalNotWritable(str(error)) from None
+
+
 def _post(ctx: MessageContext, services: Services, deadline: float) -> None:
     assert ctx.message is not None
     odoo = _odoo(ctx, services)
@@ -128,12 +157,16 @@ def _post(ctx: MessageContext, services: Services, deadline: float) -> None:
 # The order a message goes through; each stage either fills in the context or raises a Refusal.
 STAGES: tuple[Stage, ...] = (
     Stage("framing", "refuse bare CR or LF in the data", _check_framing),
+    Stage("input-limits", "refuse NUL bytes, huge headers, 8-bit junk and MIME bombs", _check_input_limits),
     Stage("parse", "parse the MIME message", _parse),
+    Stage("refuse-automatic", "refuse auto-replies, bounces, bulk mail and our own loops", _refuse_automatic),
     Stage("authenticate-sender", "require an aligned, valid DKIM signature on From", _authenticate_sender),
+    Stage("rate-limit", "at most so many filed messages per sender and per record", _rate_limit),
     Stage("identify-sender", "find the sender's active Odoo user", _identify_sender),
     Stage("authorize", "model allowed, contributor group for notes, follower of the record", _authorize),
     Stage("extract-content", "take the body and sanitize its HTML", _extract_content),
     Stage("render", "render the note or reply template", _render),
+    Stage("record-receipt", "write the durable receipt that the message is being filed", _record_receipt),
     Stage("post", "post once by Message-ID with message_post", _post),
 )
 
@@ -163,6 +196,7 @@ def process(ctx: MessageContext, services: Services, *, deadline: float) -> Mess
             ctx.refusal = OdooUnavailable("the message took too long to process")
             break
     journal(ctx, services, time.monotonic() - started)
+    notices.maybe_send(ctx, services)
     return ctx
 
 
@@ -176,7 +210,8 @@ def smtp_reply(ctx: MessageContext) -> str:
 
 def journal(ctx: MessageContext, services: Services, total_seconds: float) -> None:
     try:
-        services.journal.record(JournalEntry.from_context(ctx, smtp_reply(ctx), total_seconds))
+        services.journal.record(JournalEntry.from_context(ctx, smtp_reply(ctx), total_seconds),
+                                receipt_id=ctx.receipt_id)
     except JournalUnavailable as error:
         # The reply still tells the truth: a filed note is in Odoo whether or not the journal
         # could say so, and a retry is recognised by its Message-ID there.

@@ -28,20 +28,27 @@ def command_serve(args: argparse.Namespace) -> int:
     config = _load(args.config)
     services = Services.build(config)
     server = GatewayServer(services)
+    logger = logging.getLogger("gateway")
+    # Messages whose session a killed gateway cut while filing them: their senders got no reply
+    # and will retry; the journal says so instead of leaving them open (issue 4).
+    for entry in services.journal.recover_interrupted():
+        logger.warning("interrupted by the previous stop, the sender will retry: %s to %s",
+                       entry.message_id or "-", entry.rcpt)
 
     async def run() -> None:
-        await server.start()
-        listener = config.gateway.listener
-        logging.getLogger("gateway").info(
-            "listening on %s:%d (%s) for %s", listener.host, server.port, listener.protocol.upper(),
-            ", ".join(sorted(config.domains)))
-        stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
         for signal_number in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signal_number, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, server.reload)
+        await server.start()
+        listener = config.gateway.listener
+        logger.info("listening on %s:%d (%s) for %s", listener.host, server.port, listener.protocol.upper(),
+                    ", ".join(sorted(config.domains)))
         await stop.wait()
-        logging.getLogger("gateway").info("stopping: finishing sessions in flight")
+        logger.info("stopping: no new sessions, up to %g s for messages in flight", listener.shutdown_grace)
         await server.stop()
+        logger.info("stopped")
 
     try:
         asyncio.run(run())

@@ -1,0 +1,112 @@
+"""Faults on the way to Odoo and in the journal: each is a 4xx before anything is lost, and the retry files once."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from gateway.journal import Journal
+from gateway.testing.odoo_demo import TASK_ID
+
+
+def _stored(test_odoo, message_id: str) -> list[dict]:
+    return [message for message in test_odoo.messages("project.task", TASK_ID) if message["message_id"] == message_id]
+
+
+def test_odoo_dying_after_message_post_defers_and_the_retry_finds_the_note(test_odoo, gateway, mailer):
+    to = mailer.address("note", "project.task", TASK_ID)
+    raw = mailer.sign(mailer.message("note_from_contributor.eml", to, "<died@example.com>"))
+    test_odoo.fail("die_after_post")
+    reply = mailer.send(raw, to)
+    # Odoo stored the note but never said so: the gateway cannot know, so it defers.
+    assert reply.startswith("451 4.3.0 Odoo is unavailable"), reply
+    [stored] = _stored(test_odoo, "<died@example.com>")
+    test_odoo.heal()
+    retry = mailer.send(raw, to)
+    assert retry == f"250 2.0.0 Already filed as Odoo message {stored['id']}"
+    assert len(_stored(test_odoo, "<died@example.com>")) == 1
+    assert len(test_odoo.posts()) == 1
+    with Journal(gateway.services.config.journal_path) as journal:
+        assert [row.verdict for row in journal.recent(5)] == ["duplicate", "deferred"]
+        assert journal.open_receipts() == 0
+
+
+def _make_journal_read_only(journal: Journal) -> None:
+    with journal._lock:
+        journal._connection.execute("PRAGMA query_only = ON")
+
+
+def _heal_read_only(journal: Journal) -> None:
+    with journal._lock:
+        journal._connection.execute("PRAGMA query_only = OFF")
+
+
+def _fill_journal_disk(journal: Journal) -> None:
+    # A real SQLITE_FULL: the file may not grow, and the receipts pages are filled to the brim.
+    with journal._lock:
+        connection = journal._connection
+        pages = connection.execute("PRAGMA page_count").fetchone()[0]
+        connection.execute(f"PRAGMA max_page_count = {pages + 4}")
+        # Ever smaller rows, until not even an empty one fits in the last free bytes of a page.
+        for size in (900, 150, 20, 0):
+            with pytest.raises(sqlite3.OperationalError, match="full"):
+                for _ in range(1000):
+                    connection.execute("INSERT INTO receipts (received_at, message_id) VALUES (0, ?)",
+                                       ("filler" + "x" * size,))
+
+
+def _heal_journal_disk(journal: Journal) -> None:
+    with journal._lock:
+        journal._connection.execute("PRAGMA max_page_count = 1073741823")
+        journal._connection.execute("DELETE FROM receipts WHERE message_id LIKE 'filler%'")
+
+
+@pytest.mark.parametrize("fault, heal, error", [
+    (_make_journal_read_only, _heal_read_only, "readonly"),
+    (_fill_journal_disk, _heal_journal_disk, "full"),
+], ids=["read-only", "disk-full"])
+def test_journal_that_cannot_be_written_defers_before_posting(test_odoo, gateway, mailer, fault, heal, error):
+    journal = gateway.services.journal
+    to = mailer.address("note", "project.task", TASK_ID)
+    raw = mailer.sign(mailer.message("note_from_contributor.eml", to, "<journal@example.com>"))
+    fault(journal)
+    reply = mailer.send(raw, to)
+    assert reply.startswith("451 4.3.0 The gateway's journal cannot be written, try again later"), reply
+    assert error in reply
+    # Nothing reached Odoo: a note whose journal row could not be written is not posted.
+    assert test_odoo.posts() == []
+    heal(journal)
+    assert mailer.send(raw, to).startswith("250 2.0.0 Filed")
+    assert len(_stored(test_odoo, "<journal@example.com>")) == 1
+    assert journal.open_receipts() == 0
+
+
+def test_message_deadline_must_stay_well_under_the_clients_ten_minutes(tmp_path, test_odoo):
+    from conftest import write_config
+    from gateway.config import ConfigError, load_config
+
+    path = write_config(tmp_path, test_odoo, 53, listener_extra="message_deadline = 700")
+    # write_config already sets message_deadline; a second one is a TOML error, so replace it.
+    path.write_text(path.read_text().replace("message_deadline = 20\n", ""))
+    with pytest.raises(ConfigError, match="listener.message_deadline"):
+        load_config(path)
+
+
+def test_slow_odoo_is_deferred_at_the_message_deadline(test_odoo, start_gateway, dns_server, dkim_keys):
+    from conftest import Mailer
+
+    # Each call is quick enough for the per-call timeout, but together they pass the deadline.
+    gateway = start_gateway(dns_server.port, odoo_timeout=5.0)
+    mailer = Mailer(gateway, dkim_keys)
+    # The fixture's file says 20 s; a 1 s deadline keeps the test short (the model is frozen, so
+    # the running gateway's copy is changed under it, as a reload would).
+    object.__setattr__(gateway.services.config.gateway.listener, "message_deadline", 1.0)
+    test_odoo.latency = {"*": 0.3}
+    to = mailer.address("note", "project.task", TASK_ID)
+    raw = mailer.sign(mailer.message("note_from_contributor.eml", to, "<slow@example.com>"))
+    reply = mailer.send(raw, to)
+    assert reply.startswith("451 4.3.0"), reply
+    test_odoo.latency = {}
+    assert mailer.send(raw, to).startswith("250 ")
+    assert len(_stored(test_odoo, "<slow@example.com>")) == 1

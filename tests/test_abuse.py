@@ -142,6 +142,9 @@ HOSTILE = {
     "deeply-nested-mime": (lambda to: _nested(to, 60), "554 5.6.0 MIME parts nested too deep: more than 20 levels"),
     "thousands-of-parts": (lambda to: _many_parts(to, 5000), "552 5.3.4 Message has too many MIME parts: about"),
     "invalid-base64-attachment": (_bad_base64, "554 5.6.0 Malformed message, it could not be parsed: attachment 'r.pdf' is not valid base64"),
+    # Found by tests/test_fuzz.py: mail-parser hands back a list, which crashed the parse stage.
+    "two-subject-headers": (lambda to: _plain(to, headers=b"Subject: second\r\n"),
+                            "554 5.6.0 Malformed message, it could not be parsed: more than one Subject header"),
     "over-long-line": (lambda to: _plain(to, b"x" * 5000 + b"\r\n"), "500 Line too long (see RFC5321 4.5.3.1.6)"),
 }
 

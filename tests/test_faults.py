@@ -110,3 +110,80 @@ def test_slow_odoo_is_deferred_at_the_message_deadline(test_odoo, start_gateway,
     test_odoo.latency = {}
     assert mailer.send(raw, to).startswith("250 ")
     assert len(_stored(test_odoo, "<slow@example.com>")) == 1
+
+
+def test_an_odoo_call_never_outlives_the_message_deadline(test_odoo, start_gateway, dns_server, dkim_keys):
+    from conftest import Mailer
+
+    # Odoo's own timeout (20 s) is far beyond the deadline: the call must be cut at the deadline,
+    # not left to the listener's last-resort timer.
+    gateway = start_gateway(dns_server.port, odoo_timeout=20.0)
+    object.__setattr__(gateway.services.config.gateway.listener, "message_deadline", 1.0)
+    mailer = Mailer(gateway, dkim_keys)
+    to = mailer.address("note", "project.task", TASK_ID)
+    raw = mailer.sign(mailer.message("note_from_contributor.eml", to, "<deadline@example.com>"))
+    test_odoo.fail("hang", seconds=30)
+    reply = mailer.send(raw, to)
+    test_odoo.heal()
+    assert reply.startswith("451 4.3.0 Odoo is unavailable, try again later: "), reply
+    assert "took too long" not in reply  # the listener's fallback was not needed
+    assert mailer.send(raw, to).startswith("250 ")
+
+
+def test_two_deliveries_of_one_message_at_once_file_it_once(test_odoo, gateway, mailer):
+    import threading
+
+    to = mailer.address("note", "project.task", TASK_ID)
+    raw = mailer.sign(mailer.message("note_from_contributor.eml", to, "<twice@example.com>"))
+    test_odoo.latency = {"message_post": 1.0}
+    replies: list[str] = []
+    threads = [threading.Thread(target=lambda: replies.append(mailer.send(raw, to))) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    test_odoo.latency = {}
+    filed = [reply for reply in replies if reply.startswith("250 2.0.0 Filed as Odoo message")]
+    busy = [reply for reply in replies if reply.startswith("451 4.3.0 The same message is being filed right now")]
+    assert (len(filed), len(busy)) == (1, 1), replies
+    assert mailer.send(raw, to).startswith("250 2.0.0 Already filed")
+    assert len(_stored(test_odoo, "<twice@example.com>")) == 1
+
+
+def test_odoo_pool_is_bounded_and_reconnects_after_a_fault(test_odoo, start_gateway, dns_server, dkim_keys):
+    import threading
+
+    from conftest import Mailer
+
+    gateway = start_gateway(dns_server.port, pool_size=2)
+    mailer = Mailer(gateway, dkim_keys)
+    test_odoo.latency = {"*": 0.1}
+    to = mailer.address("note", "project.task", TASK_ID)
+    raws = [mailer.sign(mailer.message("note_from_contributor.eml", to)) for _ in range(6)]
+    replies: list[str] = []
+    threads = [threading.Thread(target=lambda raw=raw: replies.append(mailer.send(raw, to))) for raw in raws]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    test_odoo.latency = {}
+    assert [reply[:3] for reply in replies] == ["250"] * 6, replies
+    # Never more requests in Odoo at once than connections in the pool.
+    events = sorted([(call.started, 1) for call in test_odoo.calls if call.route == "/jsonrpc"] +
+                    [(call.ended, -1) for call in test_odoo.calls if call.route == "/jsonrpc"])
+    busy = peak = 0
+    for _, change in events:
+        busy += change
+        peak = max(peak, busy)
+    assert peak <= 2, peak
+
+    logins = sum(call.method == "login" for call in test_odoo.calls)
+    test_odoo.fail("http500")
+    raw = mailer.sign(mailer.message("note_from_contributor.eml", to))
+    # Each failed message drops the connection it used: after two, the pool holds none.
+    assert mailer.send(raw, to).startswith("451 ")
+    assert mailer.send(raw, to).startswith("451 ")
+    test_odoo.heal()
+    assert mailer.send(raw, to).startswith("250 ")
+    # A fresh connection logged in: that is how the gateway reconnects after Odoo restarts.
+    assert sum(call.method == "login" for call in test_odoo.calls) == logins + 1

@@ -159,6 +159,12 @@ class TooManySessions(Refusal):
     reason = "Too many sessions, try again later"
 
 
+class ShuttingDown(Refusal):
+    # RFC 5321 section 3.8: a server that must close says 421 and the client retries later.
+    smtp_code, enhanced_code = 421, "4.3.2"
+    reason = "The gateway is shutting down, try again later"
+
+
 class TooManyConnectionsFromPeer(Refusal):
     smtp_code, enhanced_code = 421, "4.7.0"
     reason = "Too many connections from your address, try again later"

@@ -15,8 +15,8 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from gateway import address, pipeline, policy
 from gateway.context import MessageContext, Target
 from gateway.pipeline import Services
-from gateway.refusals import (InternalError, OdooUnavailable, Refusal, TooManyConnectionsFromPeer, TooManyRecipients,
-                              TooManySessions)
+from gateway.refusals import (InternalError, OdooUnavailable, Refusal, ShuttingDown, TooManyConnectionsFromPeer,
+                              TooManyRecipients, TooManySessions)
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def _limited(base: type[SMTP]) -> type[SMTP]:
             peer = self.session.peer[0] if isinstance(self.session.peer, tuple) else str(self.session.peer)
             refusal: Refusal | None = None
             if limit.stopping:
-                refusal = TooManySessions("the gateway is shutting down")
+                refusal = ShuttingDown()
             elif limit.active >= limit.limit:
                 refusal = TooManySessions()
             elif limit.by_peer[peer] >= limit.per_peer:
@@ -190,7 +190,7 @@ class GatewayServer:
         for session in list(self.session_limit.sessions):
             transport = session.transport
             if transport is not None and not transport.is_closing():
-                transport.write(TooManySessions("the gateway is shutting down").smtp_reply().encode() + b"\r\n")
+                transport.write(ShuttingDown().smtp_reply().encode() + b"\r\n")
                 transport.close()
         if self._server is not None:
             await self._server.wait_closed()

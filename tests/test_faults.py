@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 
 import pytest
 
@@ -176,3 +177,28 @@ def test_odoo_pool_is_bounded_and_reconnects_after_a_fault(test_odoo, start_gate
     assert mailer.send(raw, to).startswith("250 ")
     # A fresh connection logged in: that is how the gateway reconnects after Odoo restarts.
     assert sum(call.method == "login" for call in test_odoo.calls) == logins + 1
+
+
+def test_other_sessions_are_served_while_odoo_hangs_on_one(test_odoo, gateway, mailer):
+    import threading
+
+    from gateway.testing.odoo_demo import SALE_ORDER_ID
+
+    order = mailer.address("note", "sale.order", SALE_ORDER_ID)
+    task = mailer.address("note", "project.task", TASK_ID)
+    test_odoo.fail("hang", model="sale.order", method="message_post")
+    stuck: list[str] = []
+    thread = threading.Thread(target=lambda: stuck.append(
+        mailer.send(mailer.sign(mailer.message("note_from_contributor.eml", order, "<stuck@example.com>")), order)))
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not [call for call in test_odoo.posts() if call.model == "sale.order"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    # While one message waits on Odoo, another is filed and a third refused, each with its reply.
+    assert mailer.send(mailer.sign(mailer.message("note_from_contributor.eml", task)), task).startswith("250 ")
+    assert mailer.send(mailer.message("note_from_contributor.eml", task), task).startswith("550 5.7.1")
+    assert stuck == []
+    test_odoo.heal()
+    thread.join(timeout=30)
+    assert stuck[0].startswith(("250 ", "451 ")), stuck

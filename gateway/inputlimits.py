@@ -12,6 +12,7 @@ from gateway.refusals import HeaderNotUtf8, HeaderTooLarge, NestedTooDeep, NulBy
 _HEADER_END = re.compile(rb"\r\n\r\n")
 # A header field starts at a line that does not begin with white space (RFC 5322 section 2.2.3).
 _FIELD_START = re.compile(rb"(?:^|\r\n)[^ \t\r\n]")
+_ENCAPSULATED = re.compile(rb"message/(?:rfc822|global)", re.IGNORECASE)
 _BOUNDARY = re.compile(rb'boundary\s*=\s*(?:"([^"\r\n]{1,200})"|([^\s;"]{1,200}))', re.IGNORECASE)
 
 
@@ -41,8 +42,14 @@ def _check_mime_structure(raw: bytes, limits: InputLimits) -> None:
     # A cheap bound first: every part needs a boundary line, so a message with few boundary
     # parameters cannot be deep, and counting delimiter lines bounds the parts without parsing.
     boundaries = {first or second for first, second in _BOUNDARY.findall(raw)}
-    if not boundaries:
+    # message/rfc822 parts nest without any boundary (RFC 2046 section 5.2.1).
+    encapsulated = len(_ENCAPSULATED.findall(raw))
+    if not boundaries and not encapsulated:
         return
+    # Each encapsulated message is a part, and may nest inside the one before it: bounding their
+    # number bounds the depth the parser below must recurse through.
+    if encapsulated > limits.max_mime_parts:
+        raise TooManyParts(f"{encapsulated} encapsulated messages, at most {limits.max_mime_parts}")
     if len(boundaries) > limits.max_mime_depth * 4 + limits.max_mime_parts:
         raise TooManyParts(f"{len(boundaries)} multipart boundaries")
     delimiters = sum(raw.count(b"\r\n--" + boundary) for boundary in boundaries)

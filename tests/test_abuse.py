@@ -140,6 +140,12 @@ HOSTILE = {
     "8-bit-header-not-utf8": (lambda to: _plain(to).replace(b"Subject: Pump", b"Subject: caf\xe9 pump"),
                               "550 5.6.0 Message header has 8-bit bytes that are not UTF-8: at byte"),
     "deeply-nested-mime": (lambda to: _nested(to, 60), "554 5.6.0 MIME parts nested too deep: more than 20 levels"),
+    # message/rfc822 parts nest without any boundary (RFC 2046 section 5.2.1).
+    "deeply-nested-message-rfc822": (
+        lambda to: (b"From: portal.contrib@example.com\r\nTo: " + to.encode() + b"\r\nSubject: deep\r\n" +
+                    b"MIME-Version: 1.0\r\nContent-Type: message/rfc822\r\n\r\n" +
+                    b"From: a@example.com\r\nContent-Type: message/rfc822\r\n\r\n" * 60 + b"Subject: x\r\n\r\nhi\r\n"),
+        "554 5.6.0 MIME parts nested too deep: more than 20 levels"),
     "thousands-of-parts": (lambda to: _many_parts(to, 5000), "552 5.3.4 Message has too many MIME parts: about"),
     "invalid-base64-attachment": (_bad_base64, "554 5.6.0 Malformed message, it could not be parsed: attachment 'r.pdf' is not valid base64"),
     # Found by tests/test_fuzz.py: mail-parser hands back a list, which crashed the parse stage.

@@ -81,7 +81,7 @@ class GatewayHandler:
 
 
 class _SessionLimit:
-    """The sessions of one listener: how many, from which peers, and which are inside DATA."""
+    """The sessions of one listener: how many, from which peers, and whether it is stopping."""
 
     def __init__(self, limit: int, per_peer: int = 0) -> None:
         self.limit = limit
@@ -89,7 +89,6 @@ class _SessionLimit:
         self.active = 0
         self.by_peer: collections.Counter[str] = collections.Counter()
         self.sessions: set[SMTP] = set()
-        self.in_data = 0
         self.stopping = False
 
 
@@ -209,7 +208,8 @@ class GatewayServer:
             if missing:
                 raise ConfigError(old.path, "odoo", f"rules name Odoo connections {sorted(missing)} that this running "
                                                     "gateway does not have; restart to add connections")
-        except ConfigError as error:
+        except (ConfigError, OSError) as error:
+            # OSError: a rules file the gateway may not read (a permission changed by hand).
             log.error("reload refused, the previous rules stay in force: %s", error)
             return False
         # The gateway file's listener and Odoo connections are bound at start; only rules (alias

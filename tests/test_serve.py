@@ -143,7 +143,10 @@ def test_sigterm_finishes_messages_in_flight_and_refuses_new_sessions(test_odoo,
     started = time.monotonic()
     gateway.signal(signal.SIGTERM)
     gateway.wait_for("stopping: no new sessions")
-    with pytest.raises((ConnectionRefusedError, smtplib.SMTPConnectError)):
+    # Refused, reset (a connection that reached the backlog just before the socket closed: the log
+    # line is written a moment before), or a 421: never a greeting.
+    with pytest.raises((ConnectionRefusedError, ConnectionResetError, smtplib.SMTPConnectError,
+                        smtplib.SMTPServerDisconnected)):
         smtplib.SMTP("127.0.0.1", gateway.port, timeout=5)
     for thread in threads:
         thread.join(timeout=30)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from gateway import access, address, pipeline, policy, post
+from gateway import access, address, pipeline, policy, post, senderauth
 from gateway.config import GatewayConfig
 from gateway.context import MessageContext
 from gateway.odoo import OdooPool
@@ -123,8 +123,13 @@ def _describe(stage: str, ctx: MessageContext) -> str:
     return ""
 
 
-def dry_run(services: pipeline.Services, rcpt: str, raw: bytes) -> tuple[list[tuple[str, str]], bool]:
-    """Each stage's verdict for this message to this recipient, and whether it would be filed."""
+def dry_run(services: pipeline.Services, rcpt: str, raw: bytes,
+            mail_from: str | None = None) -> tuple[list[tuple[str, str]], bool]:
+    """Each stage's verdict for this message to this recipient, and whether it would be filed.
+
+    ``mail_from`` is the envelope sender; by default the message's From address, which is what
+    a contributor's mail system sends as MAIL FROM.
+    """
     config = services.config
     verdicts: list[tuple[str, str]] = []
     try:
@@ -137,11 +142,20 @@ def dry_run(services: pipeline.Services, rcpt: str, raw: bytes) -> tuple[list[tu
         return [("rcpt", f"REFUSED {refusal.smtp_reply()}")], False
     verdicts.append(("rcpt", "ok: " + (f"plain {target.kind}@ address, routed by References" if target.by_reference
                                        else f"{target.kind} on {target.model} {target.res_id}")))
-    ctx = MessageContext(raw=raw, mail_from="", target=target, rules=rules)
+    if mail_from is None:
+        try:
+            mail_from = senderauth.read_from_address(raw)
+        except Refusal:
+            mail_from = ""
+    ctx = MessageContext(raw=raw, mail_from=mail_from, target=target, rules=rules)
     deadline = time.monotonic() + config.gateway.listener.message_deadline
     for stage in pipeline.STAGES:
         if stage.name == "post":
             break
+        if stage.name == "record-receipt":
+            # A dry run files nothing, so it leaves no receipt in the journal either.
+            verdicts.append((stage.name, "skipped: nothing is filed"))
+            continue
         try:
             stage.run(ctx, services, deadline)
         except Refusal as refusal:

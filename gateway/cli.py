@@ -24,65 +24,68 @@ def _load(path: str) -> GatewayConfig:
 
 
 def command_serve(args: argparse.Namespace) -> int:
+    from gateway import observe
     from gateway.pipeline import Services
     from gateway.smtp import GatewayServer
-
-    from gateway import observe
 
     config = _load(args.config)
     services = Services.build(config)
     server = GatewayServer(services)
+    logger = logging.getLogger("gateway")
+    # Messages whose session a killed gateway cut while filing them: their senders got no reply
+    # and will retry; the journal says so instead of leaving them open (issue 4).
+    for entry in services.journal.recover_interrupted():
+        logger.warning("interrupted by the previous stop, the sender will retry: %s to %s",
+                       entry.message_id or "-", entry.rcpt)
     observe.bare_message_lines()
     if config.gateway.metrics is not None:
         metrics = config.gateway.metrics
         try:
             observe.serve_metrics(metrics.host, metrics.port)
         except OSError as error:
-            logging.getLogger("gateway").error("cannot serve metrics on %s:%d: %s", metrics.host, metrics.port,
-                                               error.strerror or error)
+            logger.error("cannot serve metrics on %s:%d: %s", metrics.host, metrics.port, error.strerror or error)
             services.close()
             return 1
-        logging.getLogger("gateway").info("metrics on http://%s:%d/metrics", metrics.host, metrics.port)
+        logger.info("metrics on http://%s:%d/metrics", metrics.host, metrics.port)
+
+    def reload(loop: asyncio.AbstractEventLoop) -> None:
+        # systemctl reload (ExecReload=kill -HUP): read the files again; a broken config keeps
+        # the running one rather than stopping a mail service over a typo. The socket stays, so
+        # a changed host, port or protocol needs a restart.
+        try:
+            new_services = Services.build(load_config(args.config))
+        except (ConfigError, OSError, ValueError) as error:
+            logger.error("reload refused, the previous rules stay in force: %s", error)
+            return
+        old_services = server.reload(new_services)
+        # Messages in flight still use the old services: close them once those are surely done.
+        loop.call_later(new_services.config.gateway.listener.message_deadline + 10, old_services.close)
+        logger.info("rules reloaded: %s", ", ".join(sorted(new_services.config.domains)))
 
     async def run() -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for signal_number in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signal_number, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: reload(loop))
         await server.start()
         listener = config.gateway.listener
-        logging.getLogger("gateway").info(
-            "listening on %s:%d (%s%s) for %s", listener.host, server.port, listener.protocol.upper(),
-            ", STARTTLS required" if listener.require_starttls else ", STARTTLS" if config.tls_files else "",
-            ", ".join(sorted(config.domains)))
+        logger.info("listening on %s:%d (%s%s) for %s", listener.host, server.port, listener.protocol.upper(),
+                    ", STARTTLS required" if listener.require_starttls else ", STARTTLS" if config.tls_files else "",
+                    ", ".join(sorted(config.domains)))
         for name, pool in services.odoo.items():
             # Logging in now shows a wrong key or URL at start; the gateway serves anyway, since
             # Odoo being down is a reason to defer mail (451), not to refuse to start.
             try:
                 version = await asyncio.to_thread(pool.version)
-                logging.getLogger("gateway").info("odoo %s: logged in to %s as %s, Odoo %d", name,
-                                                  pool.connection.url, pool.connection.login, version)
+                logger.info("odoo %s: logged in to %s as %s, Odoo %d", name, pool.connection.url,
+                            pool.connection.login, version)
             except Exception as error:
-                logging.getLogger("gateway").warning("odoo %s: cannot log in yet (%s); mail is deferred until it can",
-                                                     name, error)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signal_number in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signal_number, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, lambda: reload(loop))
+                logger.warning("odoo %s: cannot log in yet (%s); mail is deferred until it can", name, error)
         await stop.wait()
-        logging.getLogger("gateway").info("stopping: finishing sessions in flight")
+        logger.info("stopping: no new sessions, up to %g s for messages in flight", listener.shutdown_grace)
         await server.stop()
-
-    def reload(loop: asyncio.AbstractEventLoop) -> None:
-        # systemctl reload (ExecReload=kill -HUP): read the files again; a broken config keeps
-        # the running one rather than stopping a mail service over a typo.
-        logger = logging.getLogger("gateway")
-        try:
-            new_services = Services.build(load_config(args.config))
-            old_services = server.reload(new_services)
-        except (ConfigError, OSError, ValueError) as error:
-            logger.error("reload failed, keeping the running configuration: %s", error)
-            return
-        # Messages in flight still use the old services: close them once those are surely done.
-        loop.call_later(new_services.config.gateway.listener.message_deadline + 10, old_services.close)
-        logger.info("reloaded %s", args.config)
+        logger.info("stopped")
 
     try:
         asyncio.run(run())
@@ -90,8 +93,7 @@ def command_serve(args: argparse.Namespace) -> int:
         # Port taken or not allowed (port 25 without CAP_NET_BIND_SERVICE): one line, exit 1, and
         # systemd's Restart=on-failure tries again.
         listener = config.gateway.listener
-        logging.getLogger("gateway").error("cannot listen on %s:%d: %s", listener.host, listener.port,
-                                           error.strerror or error)
+        logger.error("cannot listen on %s:%d: %s", listener.host, listener.port, error.strerror or error)
         return 1
     finally:
         server.services.close()
@@ -260,7 +262,7 @@ def command_check(args: argparse.Namespace) -> int:
         raw = raw.replace(b"\n", b"\r\n")
     services = Services.build(config)
     try:
-        verdicts, would_file = dry_run(services, args.rcpt, raw)
+        verdicts, would_file = dry_run(services, args.rcpt, raw, args.mail_from)
     finally:
         services.close()
     width = max(len(stage) for stage, _ in verdicts)
@@ -373,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     dry = commands.add_parser("check", help="run the whole decision on a message without posting it")
     dry.add_argument("--config", required=True)
     dry.add_argument("--rcpt", required=True, help="the recipient address, as in RCPT TO")
+    dry.add_argument("--mail-from", help="the envelope sender (default: the message's From address)")
     dry.add_argument("message", help="the message (.eml), DKIM signature included")
     dry.set_defaults(func=command_check)
 

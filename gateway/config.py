@@ -40,7 +40,16 @@ class ListenerConfig(_Strict):
     max_message_size: Annotated[int, Field(ge=1024)] = 20 * 1024 * 1024
     session_timeout: Annotated[float, Field(gt=0)] = 90.0
     max_sessions: Annotated[int, Field(ge=1)] = 100
-    message_deadline: Annotated[float, Field(gt=0)] = 120.0
+    # A client's mail system waits 10 minutes for the reply to DATA (RFC 5321 section 4.5.3.2.6);
+    # the gateway answers well before, so a slow Odoo means a 451 and not a timed-out session
+    # whose message the client may have to assume delivered.
+    message_deadline: Annotated[float, Field(gt=0, le=300)] = 120.0
+    # One host must not take every session (issue 4); a relay that legitimately sends much keeps
+    # its queue and retries after the 421.
+    max_sessions_per_ip: Annotated[int, Field(ge=1)] = 20
+    # On SIGTERM: seconds to let sessions in flight finish before they are cut (the pipeline of a
+    # message already in DATA still runs to its own deadline).
+    shutdown_grace: Annotated[float, Field(ge=0)] = 30.0
     # STARTTLS (RFC 3207) with this certificate chain and key (PEM). A listener that faces the
     # internet sets require_starttls, so no MAIL is taken before the session is encrypted.
     tls_certificate: str | None = None
@@ -80,6 +89,26 @@ class JournalConfig(_Strict):
     path: str = "journal.sqlite3"
 
 
+class InputLimits(_Strict):
+    """Bounds on hostile input, checked before the message is parsed (issue 4)."""
+
+    # Real header blocks are a few KiB; a huge one is a parser attack or a loop that grew Received.
+    max_header_bytes: Annotated[int, Field(ge=1024)] = 256 * 1024
+    max_header_fields: Annotated[int, Field(ge=10)] = 1000
+    max_mime_parts: Annotated[int, Field(ge=1)] = 500
+    max_mime_depth: Annotated[int, Field(ge=1)] = 20
+
+
+class NoticeConfig(_Strict):
+    """The smarthost through which refusal notices leave; notices are off until a rules file asks."""
+
+    smarthost: str = ""               # host name or address; empty: no notice is ever sent
+    smarthost_port: Annotated[int, Field(ge=1, le=65535)] = 25
+    timeout: Annotated[float, Field(gt=0, le=60)] = 10.0
+    # The From of notices; the envelope sender is always empty (RFC 3834 section 3.3).
+    from_address: str = ""
+
+
 class OdooConnection(_Strict):
     url: str
     database: str
@@ -116,6 +145,8 @@ class GatewayFile(_Strict):
     resolver: ResolverConfig = ResolverConfig()
     journal: JournalConfig = JournalConfig()
     metrics: MetricsConfig | None = None
+    limits: InputLimits = InputLimits()
+    notices: NoticeConfig = NoticeConfig()
     odoo: dict[str, OdooConnection]
     rules_dir: str = "rules"
     templates_dir: str | None = None
@@ -198,6 +229,19 @@ class NoteRules(KindRules):
         return value
 
 
+class RateLimits(_Strict):
+    # Odoo's own loop guard files at most 20 messages per author and record in 120 minutes
+    # (mail.gateway.loop.threshold / .minutes); these are its defaults. 0 turns a limit off.
+    per_sender: Annotated[int, Field(ge=0)] = 20
+    per_record: Annotated[int, Field(ge=0)] = 20
+    window_minutes: Annotated[float, Field(gt=0)] = 120.0
+
+
+class NoticeRules(_Strict):
+    # Off by default: a notice is mail sent to a stranger's address, which an admin opts into.
+    enabled: bool = False
+
+
 class DomainRules(_Strict):
     domain: str
     odoo: str
@@ -227,6 +271,8 @@ class DomainRules(_Strict):
     # A folder of templates for this alias domain only, tried before the gateway's templates_dir
     # and the bundled ones (relative to the rules file).
     templates_dir: str | None = None
+    rate_limit: RateLimits = RateLimits()
+    notices: NoticeRules = NoticeRules()
     source: str = ""
 
     @property

@@ -112,6 +112,8 @@ class MessageContext:
     odoo_message_id: int | None = None
     duplicate: bool = False
     refusal: Refusal | None = None
+    receipt_id: int | None = None
+    notice_sent: bool = False
     stage_durations: dict[str, float] = field(default_factory=dict)
     odoo_seconds: float = 0.0
 

@@ -15,6 +15,9 @@ def find_user(odoo: OdooPool, email: str, *, deadline: float | None = None) -> O
     """The one active user whose login or partner email is ``email``, compared case-insensitively."""
     email = email.strip().lower()
     pattern = escape_like(email)
+    # The field name depends on the server's version, known after the first login: that login
+    # is bounded by the message's deadline like every other call.
+    groups_field = odoo.user_group_fields(deadline)[1]
     # One read brings everything the later checks need: res.users inherits the partner's fields
     # (email, commercial_partner_id), so no second round trip to res.partner.
     rows = odoo.call(
@@ -22,7 +25,7 @@ def find_user(odoo: OdooPool, email: str, *, deadline: float | None = None) -> O
         "search_read",
         [["|", ("login", "=ilike", pattern), ("email", "=ilike", pattern)]],
         {"fields": ["login", "name", "email", "active", "share", "partner_id", "commercial_partner_id",
-                    odoo.all_groups_field],
+                    groups_field],
          "limit": 10},
         context={"active_test": False},
         deadline=deadline,
@@ -49,5 +52,5 @@ def find_user(odoo: OdooPool, email: str, *, deadline: float | None = None) -> O
         partner_id=partner_id,
         commercial_partner_id=_many2one_id(row.get("commercial_partner_id")) or partner_id,
         internal=not row.get("share", True),
-        group_ids=tuple(int(group) for group in row.get(odoo.all_groups_field) or ()),
+        group_ids=tuple(int(group) for group in row.get(groups_field) or ()),
     )

@@ -123,6 +123,38 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     # Issue 7: how a plain address was routed, why a reply+ delivery was filed as a note.
     ("ALTER TABLE messages ADD COLUMN decision TEXT NOT NULL DEFAULT ''",),
+    (
+        # A receipt is written, durably, before a message is posted and removed in the same
+        # transaction that records its outcome (issue 4). One left behind after a restart is a
+        # message whose session was cut while it was being filed: its sender got no reply, so its
+        # MTA retries, and the retry is recognised in Odoo by its Message-ID.
+        """
+        CREATE TABLE receipts (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            received_at REAL NOT NULL,
+            message_id TEXT NOT NULL DEFAULT '',
+            peer TEXT NOT NULL DEFAULT '',
+            mail_from TEXT NOT NULL DEFAULT '',
+            rcpt TEXT NOT NULL DEFAULT '',
+            from_address TEXT NOT NULL DEFAULT '',
+            kind TEXT NOT NULL DEFAULT '',
+            model TEXT NOT NULL DEFAULT '',
+            res_id INTEGER
+        )
+        """,
+        # The rate limits count filed messages per record within a window.
+        "CREATE INDEX messages_record ON messages (model, res_id, received_at)",
+        # At most one refusal notice per sender, reason and day (issue 4): the primary key is the claim.
+        """
+        CREATE TABLE notices (
+            recipient TEXT NOT NULL COLLATE NOCASE,
+            reason TEXT NOT NULL,
+            day TEXT NOT NULL,
+            sent_at REAL NOT NULL,
+            PRIMARY KEY (recipient, reason, day)
+        )
+        """,
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 _JSON_COLUMNS = frozenset({"durations", "defects"})
@@ -223,17 +255,95 @@ class Journal:
                 # or be healed by an admin, and none is the message's fault.
                 raise _unavailable(self.path, action, error) from error
 
-    def record(self, entry: JournalEntry) -> int:
-        """Store the entry and return its id."""
+    def record(self, entry: JournalEntry, *, receipt_id: int | None = None) -> int:
+        """Store the entry and return its id; the receipt of the message, if given, goes in the same transaction."""
         values = tuple(
             json.dumps(getattr(entry, column)) if column in _JSON_COLUMNS else getattr(entry, column)
             for column in _COLUMNS
         )
         placeholders = ", ".join("?" for _ in _COLUMNS)
-        _, entry_id = self._run(
-            "written", f"INSERT INTO messages ({', '.join(_COLUMNS)}) VALUES ({placeholders})", values
+        insert = f"INSERT INTO messages ({', '.join(_COLUMNS)}) VALUES ({placeholders})"
+        if receipt_id is None:
+            _, entry_id = self._run("written", insert, values)
+            return int(entry_id or 0)
+        return self._transaction("written", [(insert, values), ("DELETE FROM receipts WHERE id = ?", (receipt_id,))])
+
+    def _transaction(self, action: str, statements: list[tuple[str, tuple]]) -> int:
+        """Run statements in one transaction under the lock; return the last inserted row id of the first."""
+        with self._lock:
+            if self._closed:
+                raise JournalUnavailable(f"journal {self.path} is closed")
+            try:
+                self._connection.execute("BEGIN IMMEDIATE")
+                try:
+                    first_id = None
+                    for sql, parameters in statements:
+                        cursor = self._connection.execute(sql, parameters)
+                        first_id = cursor.lastrowid if first_id is None else first_id
+                    self._connection.execute("COMMIT")
+                except BaseException:
+                    if self._connection.in_transaction:
+                        self._connection.execute("ROLLBACK")
+                    raise
+                return int(first_id or 0)
+            except (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError):
+                raise
+            except sqlite3.Error as error:
+                raise _unavailable(self.path, action, error) from error
+
+    def begin(self, *, received_at: float, message_id: str, peer: str, mail_from: str, rcpt: str,
+              from_address: str, kind: str, model: str, res_id: int) -> int:
+        """Write the receipt of a message about to be posted; JournalUnavailable if it cannot be written."""
+        _, receipt_id = self._run(
+            "written",
+            "INSERT INTO receipts (received_at, message_id, peer, mail_from, rcpt, from_address, kind, model, res_id)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (received_at, message_id, peer, mail_from, rcpt, from_address, kind, model, res_id),
         )
-        return int(entry_id or 0)
+        return int(receipt_id or 0)
+
+    def open_receipts(self) -> int:
+        rows, _ = self._run("read", "SELECT count(*) FROM receipts")
+        return int(rows[0][0])
+
+    def recover_interrupted(self) -> list[JournalEntry]:
+        """Turn the receipts a stopped gateway left behind into "deferred" rows, and return them.
+
+        Run at start: the gateway that wrote them is gone, and no reply reached their senders.
+        """
+        rows, _ = self._run("read", "SELECT id, received_at, message_id, peer, mail_from, rcpt, from_address, "
+                                    "kind, model, res_id FROM receipts ORDER BY id")
+        recovered = []
+        for receipt_id, received_at, message_id, peer, mail_from, rcpt, from_address, kind, model, res_id in rows:
+            entry = JournalEntry(
+                verdict="deferred", received_at=received_at, message_id=message_id, peer=peer,
+                mail_from=mail_from, rcpt=rcpt, from_address=from_address, kind=kind, model=model,
+                res_id=res_id, refusal_class="Interrupted",
+                smtp_reply="(no reply: the gateway stopped while filing; the sender's retry is matched by Message-ID)",
+            )
+            self.record(entry, receipt_id=receipt_id)
+            recovered.append(entry)
+        return recovered
+
+    def claim_notice(self, recipient: str, reason: str, day: str) -> bool:
+        """True the first time a notice of this reason to this recipient is claimed on this day."""
+        rows, _ = self._run("written", "INSERT OR IGNORE INTO notices (recipient, reason, day, sent_at) "
+                                       "VALUES (?, ?, ?, ?) RETURNING 1", (recipient, reason, day, time.time()))
+        return bool(rows)
+
+    def count_filed(self, since: float, *, from_address: str | None = None, model: str | None = None,
+                    res_id: int | None = None) -> int:
+        """How many messages were filed since a time, from one sender or to one record."""
+        if from_address is not None:
+            sql = ("SELECT count(*) FROM messages WHERE from_address = ? COLLATE NOCASE AND verdict = 'filed' "
+                   "AND received_at >= ?")
+            parameters: tuple = (from_address, since)
+        else:
+            sql = ("SELECT count(*) FROM messages WHERE model = ? AND res_id = ? AND verdict = 'filed' "
+                   "AND received_at >= ?")
+            parameters = (model, res_id, since)
+        rows, _ = self._run("read", sql, parameters)
+        return int(rows[0][0])
 
     def recent(
         self, limit: int = 20, *, verdict: str | None = None, sender: str | None = None,

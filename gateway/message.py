@@ -64,6 +64,12 @@ def parse(raw: bytes) -> ParsedMessage:
     """Parse the message or raise MessageUnparseable (the same bytes would fail again: 554)."""
     try:
         mail = mailparser.parse_from_bytes(raw)
+        # RFC 5322 section 3.6 allows one of each; with two, the DKIM signer, the MUA and Odoo may
+        # each read another one (mail-parser hands back a list), so the message is refused.
+        for name, value in (("Subject", mail.subject), ("Message-ID", mail.message_id),
+                            ("Date", mail.headers.get("Date") if isinstance(mail.headers, dict) else None)):
+            if isinstance(value, list):
+                raise MessageUnparseable(f"more than one {name} header")
         from_list = mail.from_ or []
         message_id = (mail.message_id or "").strip()
         subject = mail.subject or ""

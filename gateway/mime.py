@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import codecs
 import html
+import email.errors
 import email.message
 import re
 from dataclasses import dataclass, field
 
+from gateway.refusals import MessageUnparseable
 from gateway.context import Attachment
 
 # After the declared charset, the chain issue 3 asks for: UTF-8 is what nearly every client
@@ -165,6 +167,10 @@ def _place_inline_image(part: email.message.Message, content: MimeContent) -> No
     content.text_html.append(f'<img src="cid:{content_id}" alt="{html.escape(filename)}">')
 
 
+_BASE64_DEFECTS = (email.errors.InvalidBase64CharactersDefect, email.errors.InvalidBase64PaddingDefect,
+                   email.errors.InvalidBase64LengthDefect)
+
+
 def _walk(part: email.message.Message, content: MimeContent) -> None:
     content_type = part.get_content_type()
     if content_type == "message/rfc822":
@@ -189,8 +195,13 @@ def _walk(part: email.message.Message, content: MimeContent) -> None:
         return
     # Everything else is a file: images without a Content-Disposition header too (Apple Mail and
     # Outlook send inline images that way), so they can be shown where their cid: points.
+    filename = _filename(part, f"attachment-{len(content.attachments) + 1}")
+    if any(isinstance(defect, _BASE64_DEFECTS) for defect in part.defects):
+        # The email package decodes broken base64 as best it can; a file filed "byte-exact" from a
+        # guess would be a lie, and the same bytes would fail again: a permanent refusal.
+        raise MessageUnparseable(f"attachment {filename!r} is not valid base64")
     content.attachments.append(Attachment(
-        filename=_filename(part, f"attachment-{len(content.attachments) + 1}"),
+        filename=filename,
         content_type=content_type,
         payload=payload,
         content_id=_content_id(part),

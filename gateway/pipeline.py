@@ -10,12 +10,13 @@ from datetime import datetime, timezone
 from dataclasses import dataclass, field
 from typing import Callable
 
-from gateway import attachments, content, identity, message, observe, policy, post, recipients, routing, senderauth
+from gateway import (attachments, automatic, content, identity, inputlimits, message, notices, observe, policy,
+                     post, ratelimit, recipients, routing, senderauth)
 from gateway.config import GatewayConfig
 from gateway.context import MessageContext
 from gateway.journal import Journal, JournalEntry, JournalUnavailable
 from gateway.odoo import OdooPool
-from gateway.refusals import InternalError, MessageInProgress, OdooUnavailable, Refusal
+from gateway.refusals import InternalError, JournalNotWritable, MessageInProgress, OdooUnavailable, Refusal
 from gateway.render import Renderer
 from gateway.resolver import DkimKeyResolver
 from gateway.subject import clean_subject
@@ -69,13 +70,30 @@ def _check_framing(ctx: MessageContext, services: Services, deadline: float) -> 
     message.check_line_endings(ctx.raw)
 
 
+def _check_input_limits(ctx: MessageContext, services: Services, deadline: float) -> None:
+    inputlimits.check_input(ctx.raw, services.config.gateway.limits)
+
+
 def _parse(ctx: MessageContext, services: Services, deadline: float) -> None:
     ctx.message = message.parse(ctx.raw)
+
+
+def _refuse_automatic(ctx: MessageContext, services: Services, deadline: float) -> None:
+    assert ctx.message is not None
+    automatic.check_not_automatic(ctx.raw, ctx.mail_from, ctx.message.from_address, ctx.message.subject)
 
 
 def _authenticate_sender(ctx: MessageContext, services: Services, deadline: float) -> None:
     ctx.sender = senderauth.authenticate(
         ctx.raw, services.resolver, max_signature_age_days=ctx.rules.sender.max_signature_age_days)
+
+
+def _rate_limit(ctx: MessageContext, services: Services, deadline: float) -> None:
+    assert ctx.sender is not None
+    try:
+        ratelimit.check_rate(services.journal, ctx.rules.rate_limit, ctx.sender.email, ctx.target)
+    except JournalUnavailable as error:
+        raise JournalNotWritable(str(error)) from None
 
 
 def _identify_sender(ctx: MessageContext, services: Services, deadline: float) -> None:
@@ -156,6 +174,18 @@ def _render(ctx: MessageContext, services: Services, deadline: float) -> None:
     )
 
 
+def _record_receipt(ctx: MessageContext, services: Services, deadline: float) -> None:
+    assert ctx.message is not None
+    try:
+        ctx.receipt_id = services.journal.begin(
+            received_at=ctx.received_at, message_id=ctx.message.message_id, peer=ctx.peer, mail_from=ctx.mail_from,
+            rcpt=ctx.target.address, from_address=ctx.message.from_address, kind=ctx.target.kind,
+            model=ctx.target.model, res_id=ctx.target.res_id)
+    except JournalUnavailable as error:
+        # A full or read-only disk: defer before posting, so that every note in Odoo has its row.
+        raise JournalNotWritable(str(error)) from None
+
+
 def _post(ctx: MessageContext, services: Services, deadline: float) -> None:
     assert ctx.message is not None
     odoo = _odoo(ctx, services)
@@ -180,8 +210,11 @@ def _post(ctx: MessageContext, services: Services, deadline: float) -> None:
 # The order a message goes through; each stage either fills in the context or raises a Refusal.
 STAGES: tuple[Stage, ...] = (
     Stage("framing", "refuse bare CR or LF in the data", _check_framing),
+    Stage("input-limits", "refuse NUL bytes, huge headers, 8-bit junk and MIME bombs", _check_input_limits),
     Stage("parse", "parse the MIME message", _parse),
+    Stage("refuse-automatic", "refuse auto-replies, bounces, bulk mail and our own loops", _refuse_automatic),
     Stage("authenticate-sender", "require an aligned, valid DKIM signature on From", _authenticate_sender),
+    Stage("rate-limit", "at most so many filed messages per sender and per record", _rate_limit),
     Stage("identify-sender", "find the sender's active Odoo user", _identify_sender),
     Stage("route", "find the record of a plain note@/reply@ from References", _route),
     Stage("reply-all-as-note", "a reply also addressed to a note address is filed as a note", _reply_all_as_note),
@@ -190,6 +223,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("extract-content", "take the body, trim quote and signature, sanitize its HTML", _extract_content),
     Stage("choose-recipients", "notify internal users named in To/Cc, drop all others", _choose_recipients),
     Stage("render", "render the note or reply template", _render),
+    Stage("record-receipt", "write the durable receipt that the message is being filed", _record_receipt),
     Stage("post", "post once by Message-ID with message_post", _post),
 )
 
@@ -219,6 +253,7 @@ def process(ctx: MessageContext, services: Services, *, deadline: float) -> Mess
             ctx.refusal = OdooUnavailable("the message took too long to process")
             break
     journal(ctx, services, time.monotonic() - started)
+    notices.maybe_send(ctx, services)
     return ctx
 
 
@@ -233,7 +268,7 @@ def smtp_reply(ctx: MessageContext) -> str:
 def journal(ctx: MessageContext, services: Services, total_seconds: float) -> None:
     entry = JournalEntry.from_context(ctx, smtp_reply(ctx), total_seconds)
     try:
-        entry.id = services.journal.record(entry)
+        entry.id = services.journal.record(entry, receipt_id=ctx.receipt_id)
     except JournalUnavailable as error:
         # The reply still tells the truth: a filed note is in Odoo whether or not the journal
         # could say so, and a retry is recognised by its Message-ID there.

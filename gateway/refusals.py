@@ -16,6 +16,9 @@ class Refusal(Exception):
     enhanced_code: str = "4.3.0"
     reason: str = "Temporary failure, try again later"
     template: str = "notice/generic.txt.j2"
+    # Whether a notice email may explain this refusal to a verified sender. Never for mail that is
+    # itself automatic: answering an auto-reply is how mail loops start (RFC 3834 section 2).
+    sends_notice: bool = True
 
     def __init__(self, detail: str | None = None) -> None:
         self.detail = detail
@@ -101,6 +104,78 @@ class EmptyBody(Refusal):
     smtp_code, enhanced_code = 550, "5.6.0"
     reason = "The message has no text to file, write above the quoted text"
     template = "notice/empty_body.txt.j2"
+
+
+class NulByte(Refusal):
+    smtp_code, enhanced_code = 550, "5.6.0"
+    reason = "NUL byte in message data"
+
+
+class HeaderTooLarge(Refusal):
+    smtp_code, enhanced_code = 552, "5.3.4"
+    reason = "Message header too large"
+    template = "notice/too_large.txt.j2"
+
+
+class HeaderNotUtf8(Refusal):
+    smtp_code, enhanced_code = 550, "5.6.0"
+    reason = "Message header has 8-bit bytes that are not UTF-8"
+
+
+class TooManyParts(Refusal):
+    smtp_code, enhanced_code = 552, "5.3.4"
+    reason = "Message has too many MIME parts"
+    template = "notice/too_large.txt.j2"
+
+
+class NestedTooDeep(Refusal):
+    smtp_code, enhanced_code = 554, "5.6.0"
+    reason = "MIME parts nested too deep"
+
+
+# --- Automatic mail and loops: refused in the session, never answered --------------------------
+
+
+class AutomaticMessage(Refusal):
+    smtp_code, enhanced_code = 550, "5.7.1"
+    reason = "Automatic replies, bulk and list mail are not filed"
+    sends_notice = False
+
+
+class MailLoop(Refusal):
+    # RFC 3463: X.4.6 is "routing loop detected".
+    smtp_code, enhanced_code = 550, "5.4.6"
+    reason = "Mail loop: the message carries this gateway's own loop header"
+    sends_notice = False
+
+
+# --- Floods: transient, the sender's MTA retries later --------------------------------------------
+
+
+class SenderRateLimited(Refusal):
+    smtp_code, enhanced_code = 450, "4.7.1"
+    reason = "Too many messages from this sender, try again later"
+
+
+class RecordRateLimited(Refusal):
+    smtp_code, enhanced_code = 450, "4.7.1"
+    reason = "Too many messages to this record, try again later"
+
+
+class TooManySessions(Refusal):
+    smtp_code, enhanced_code = 421, "4.3.2"
+    reason = "Too many sessions, try again later"
+
+
+class ShuttingDown(Refusal):
+    # RFC 5321 section 3.8: a server that must close says 421 and the client retries later.
+    smtp_code, enhanced_code = 421, "4.3.2"
+    reason = "The gateway is shutting down, try again later"
+
+
+class TooManyConnectionsFromPeer(Refusal):
+    smtp_code, enhanced_code = 421, "4.7.0"
+    reason = "Too many connections from your address, try again later"
 
 
 # --- Sender authentication ----------------------------------------------------------------------
@@ -206,6 +281,13 @@ class OdooUnavailable(Refusal):
 class MessageInProgress(Refusal):
     smtp_code, enhanced_code = 451, "4.3.0"
     reason = "The same message is being filed right now, try again later"
+
+
+class JournalNotWritable(Refusal):
+    # Nothing is posted that the journal cannot record: a note in Odoo that the journal does not
+    # know of cannot be traced, and a full disk heals (issue 4).
+    smtp_code, enhanced_code = 451, "4.3.0"
+    reason = "The gateway's journal cannot be written, try again later"
 
 
 class InternalError(Refusal):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import threading
 import time
@@ -15,7 +16,8 @@ from gateway import address, observe, pipeline, policy, tls
 from gateway.context import MessageContext, Target
 from gateway.journal import JournalEntry, JournalUnavailable
 from gateway.pipeline import Services
-from gateway.refusals import InternalError, ModelNotAllowed, OdooUnavailable, Refusal, TooManyRecipients
+from gateway.refusals import (InternalError, ModelNotAllowed, OdooUnavailable, Refusal, ShuttingDown,
+                              TooManyConnectionsFromPeer, TooManyRecipients, TooManySessions)
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +28,8 @@ class GatewayHandler:
     def __init__(self, services: Services, executor: ThreadPoolExecutor) -> None:
         self.services = services
         self.executor = executor
+        # Messages between the end of DATA and their reply; a graceful stop waits for them.
+        self.in_data = 0
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, rcpt: str,
                           rcpt_options: list[str]) -> str:
@@ -77,6 +81,14 @@ class GatewayHandler:
         budget = services.config.gateway.listener.message_deadline
         deadline = time.monotonic() + budget
         loop = asyncio.get_running_loop()
+        self.in_data += 1
+        try:
+            return await self._process(ctx, services, target, envelope, budget, deadline, loop)
+        finally:
+            self.in_data -= 1
+
+    async def _process(self, ctx: MessageContext, services: Services, target: Target, envelope: Envelope,
+                       budget: float, deadline: float, loop: asyncio.AbstractEventLoop) -> str:
         future = loop.run_in_executor(self.executor, lambda: pipeline.process(ctx, services, deadline=deadline))
         try:
             # A little over the pipeline's own deadline: normally the pipeline answers itself.
@@ -93,14 +105,20 @@ class GatewayHandler:
 
 
 class _SessionLimit:
-    def __init__(self, limit: int) -> None:
+    """The sessions of one listener: how many, from which peers, and whether it is stopping."""
+
+    def __init__(self, limit: int, per_peer: int = 0) -> None:
         self.limit = limit
+        self.per_peer = per_peer or limit
         self.active = 0
+        self.by_peer: collections.Counter[str] = collections.Counter()
+        self.sessions: set[SMTP] = set()
+        self.stopping = False
 
 
 def _limited(base: type[SMTP]) -> type[SMTP]:
     class Limited(base):  # type: ignore[valid-type, misc]
-        """Caps concurrent sessions: aiosmtpd has no such limit of its own (MAIL_SECURITY.md item 15)."""
+        """Caps concurrent sessions, in all and per peer: aiosmtpd has no such limit (MAIL_SECURITY.md item 15)."""
 
         def __init__(self, *args, session_limit: _SessionLimit, **kwargs) -> None:
             super().__init__(*args, **kwargs)
@@ -108,17 +126,32 @@ def _limited(base: type[SMTP]) -> type[SMTP]:
 
         async def _handle_client(self) -> None:
             limit = self._session_limit
-            if limit.active >= limit.limit:
-                await self.push("421 4.3.2 Too many sessions, try again later")
+            peer = self.session.peer[0] if isinstance(self.session.peer, tuple) else str(self.session.peer)
+            refusal: Refusal | None = None
+            if limit.stopping:
+                refusal = ShuttingDown()
+            elif limit.active >= limit.limit:
+                refusal = TooManySessions()
+            elif limit.by_peer[peer] >= limit.per_peer:
+                refusal = TooManyConnectionsFromPeer()
+            if refusal is not None:
+                log.info("connection from %s refused: %s", peer, refusal.smtp_reply())
+                await self.push(refusal.smtp_reply())
                 self.transport.close()
                 return
             limit.active += 1
             observe.session_started()
+            limit.by_peer[peer] += 1
+            limit.sessions.add(self)
             try:
                 await super()._handle_client()
             finally:
                 limit.active -= 1
                 observe.session_ended()
+                limit.by_peer[peer] -= 1
+                if limit.by_peer[peer] <= 0:
+                    del limit.by_peer[peer]
+                limit.sessions.discard(self)
 
     Limited.__name__ = f"Limited{base.__name__}"
     return Limited
@@ -137,7 +170,7 @@ class GatewayServer:
         self.listener = listener
         self.executor = ThreadPoolExecutor(max_workers=listener.max_sessions, thread_name_prefix="pipeline")
         self.handler = GatewayHandler(services, self.executor)
-        self.session_limit = _SessionLimit(listener.max_sessions)
+        self.session_limit = _SessionLimit(listener.max_sessions, listener.max_sessions_per_ip)
         self._server: asyncio.base_events.Server | None = None
         self.tls_context = self._tls_context(services)
 
@@ -184,11 +217,32 @@ class GatewayServer:
         assert self._server is not None
         return self._server.sockets[0].getsockname()[1]
 
-    async def stop(self) -> None:
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop accepting, let messages in DATA get their reply for up to ``grace`` seconds, cut the rest.
+
+        A session cut here gets 421 (RFC 5321 section 3.8): its client keeps the message and
+        retries, and a retry of one that was being posted is matched by its Message-ID.
+        """
+        grace = self.listener.shutdown_grace if grace is None else grace
+        self.session_limit.stopping = True
         if self._server is not None:
             self._server.close()
+        loop = asyncio.get_running_loop()
+        ends = loop.time() + grace
+        while self.handler.in_data > 0 and loop.time() < ends:
+            await asyncio.sleep(0.05)
+        if self.handler.in_data:
+            log.warning("stopping with %d message(s) still being filed after %.0f s", self.handler.in_data, grace)
+        for session in list(self.session_limit.sessions):
+            transport = session.transport
+            if transport is not None and not transport.is_closing():
+                transport.write(ShuttingDown().smtp_reply().encode() + b"\r\n")
+                transport.close()
+        if self._server is not None:
             await self._server.wait_closed()
-        self.executor.shutdown(wait=True, cancel_futures=False)
+        # A pipeline still running finishes here (it is bounded by its own message deadline), so
+        # its outcome reaches the journal before the process exits.
+        await loop.run_in_executor(None, lambda: self.executor.shutdown(wait=True, cancel_futures=False))
 
 
 class ThreadedGateway:

@@ -136,7 +136,7 @@ def test_plain_address_of_a_kind_the_domain_never_allows_is_refused_at_rcpt(tmp_
             assert deliver(b"unused", REPLY, port=server.port).startswith(
                 "550 5.7.1 Posting by email is not enabled for this kind of record: reply@notes.example.com")
             # note@ passes RCPT (the record is only known after the headers): this message fails later.
-            assert deliver(b"unused", NOTE, port=server.port).startswith(
+            assert deliver(b"unused", NOTE, port=server.port, mail_from="portal.contrib@example.com").startswith(
                 "550 5.7.1 The message must have exactly one From header")
     finally:
         services.close()

@@ -1,0 +1,71 @@
+"""`note-gateway serve` as a real child process, with its log lines read as they come."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class ServeProcess:
+    """Runs ``python -m gateway serve --config PATH`` and follows its log on stderr."""
+
+    def __init__(self, config_path: Path) -> None:
+        self.config_path = config_path
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        environment = {**os.environ, "PYTHONPATH": str(ROOT)}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "serve", "--config", str(config_path)],
+            cwd=ROOT, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        match = self.wait_for(r"listening on [\d.]+:(\d+)", timeout=20)
+        self.port = int(match.group(1))
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            with self._changed:
+                self.lines.append(line.rstrip("\n"))
+                self._changed.notify_all()
+        with self._changed:
+            self._changed.notify_all()
+
+    def wait_for(self, pattern: str, timeout: float = 10, start: int = 0) -> re.Match:
+        """The first log line from index ``start`` on that matches, waiting for it if need be."""
+        regex = re.compile(pattern)
+        ends = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                for line in self.lines[start:]:
+                    match = regex.search(line)
+                    if match:
+                        return match
+                remaining = ends - time.monotonic()
+                if remaining <= 0 or (self.process.poll() is not None and not self._reader.is_alive()):
+                    raise AssertionError(f"no log line matches {pattern!r}; log:\n" + "\n".join(self.lines))
+                self._changed.wait(min(remaining, 0.2))
+
+    def signal(self, number: int) -> None:
+        self.process.send_signal(number)
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait(timeout=10)
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=timeout)
+
+    @property
+    def log(self) -> str:
+        return "\n".join(self.lines)

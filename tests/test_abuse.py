@@ -1,0 +1,285 @@
+"""Abuse and loops over loopback SMTP: automatic mail, hostile input, smuggling, floods and per-peer caps."""
+
+from __future__ import annotations
+
+import smtplib
+import socket
+import time
+import tracemalloc
+
+import pytest
+
+from conftest import Mailer
+
+from gateway.config import InputLimits
+from gateway.inputlimits import check_input
+from gateway.journal import Journal
+from gateway.refusals import TooManyParts
+from gateway.testing.odoo_demo import SALE_ORDER_ID, TASK_ID
+
+PAULA = "portal.contrib@example.com"
+
+
+def _posts(test_odoo):
+    return [call for call in test_odoo.calls if call.model_method == "message_post"]
+
+
+def _journal(gateway):
+    with Journal(gateway.services.config.journal_path) as journal:
+        return journal.recent(50)
+
+
+def _with_headers(raw: bytes, *lines: str) -> bytes:
+    return "".join(f"{line}\r\n" for line in lines).encode() + raw
+
+
+def _with_subject(raw: bytes, subject: str) -> bytes:
+    return raw.replace(b"Subject: Pump P-7 inspected", f"Subject: {subject}".encode())
+
+
+# --- Automatic mail and loops ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("header, expected", [
+    ("Auto-Submitted: auto-replied", "550 5.7.1 Automatic replies, bulk and list mail are not filed: Auto-Submitted: auto-replied"),
+    ("Auto-Submitted: auto-generated; owner-email=x@example.com", "550 5.7.1 Automatic replies, bulk and list mail are not filed: Auto-Submitted: auto-generated"),
+    ("Precedence: bulk", "550 5.7.1 Automatic replies, bulk and list mail are not filed: Precedence: bulk"),
+    ("Precedence: junk", "550 5.7.1 Automatic replies, bulk and list mail are not filed: Precedence: junk"),
+    ("Precedence: list", "550 5.7.1 Automatic replies, bulk and list mail are not filed: Precedence: list"),
+    ("X-Autoreply: yes", "550 5.7.1 Automatic replies, bulk and list mail are not filed: X-Autoreply"),
+    ("X-Autorespond: yes", "550 5.7.1 Automatic replies, bulk and list mail are not filed: X-Autorespond"),
+    ("X-Note-Gateway-Loop: notes.example.com", "550 5.4.6 Mail loop: the message carries this gateway's own loop header"),
+])
+def test_automatic_mail_is_refused_and_not_filed(test_odoo, gateway, mailer, header, expected):
+    to = mailer.address("note", "project.task", TASK_ID)
+    # Signed by the sender's domain after the header was added: authenticated or not, a machine
+    # wrote it, and it is refused before the gateway asks DNS or Odoo anything.
+    raw = mailer.sign(_with_headers(mailer.message("note_from_contributor.eml", to), header))
+    assert mailer.send(raw, to) == expected
+    assert test_odoo.calls == []
+    [row] = _journal(gateway)
+    assert row.verdict == "refused" and row.refusal_class in ("AutomaticMessage", "MailLoop")
+
+
+@pytest.mark.parametrize("subject", [
+    "Out of Office: Pump P-7 inspected", "Automatic reply: Pump P-7", "Abwesenheitsnotiz: Pumpe P-7",
+    "Réponse automatique : Pompe P-7", "Respuesta automática: Bomba", "Risposta automatica: pompa",
+    "Automatisch antwoord: pomp", "自动回复: 泵",
+])
+def test_out_of_office_subjects_are_refused(test_odoo, gateway, mailer, subject):
+    to = mailer.address("note", "project.task", TASK_ID)
+    raw = _with_subject(mailer.message("note_from_contributor.eml", to), subject)
+    reply = mailer.send(mailer.sign(raw), to)
+    assert reply == "550 5.7.1 Automatic replies, bulk and list mail are not filed: out-of-office subject"
+    assert _posts(test_odoo) == []
+
+
+@pytest.mark.parametrize("mail_from, from_header, detail", [
+    ("", None, "empty envelope sender"),
+    ("MAILER-DAEMON@example.com", None, "sent from a machine address, MAILER-DAEMON"),
+    (PAULA, "No Reply <noreply@example.com>", "sent from a machine address, noreply"),
+    (PAULA, "<do-not-reply@example.com>", "sent from a machine address, do-not-reply"),
+])
+def test_bounces_and_machine_senders_are_refused(test_odoo, gateway, mailer, mail_from, from_header, detail):
+    to = mailer.address("note", "project.task", TASK_ID)
+    raw = mailer.message("note_from_contributor.eml", to)
+    if from_header:
+        raw = raw.replace(b"From: Paula Contributor <portal.contrib@example.com>", f"From: {from_header}".encode())
+    reply = mailer.send(mailer.sign(raw), to, mail_from=mail_from)
+    assert reply == f"550 5.7.1 Automatic replies, bulk and list mail are not filed: {detail}"
+    assert _posts(test_odoo) == []
+
+
+def test_auto_submitted_no_and_an_ordinary_subject_are_filed(test_odoo, gateway, mailer):
+    to = mailer.address("note", "project.task", TASK_ID)
+    raw = _with_subject(mailer.message("note_from_contributor.eml", to), "Absence of a seal on pump P-7")
+    reply = mailer.send(mailer.sign(_with_headers(raw, "Auto-Submitted: no")), to)
+    assert reply.startswith("250 2.0.0 Filed")
+
+
+# --- Hostile input ---------------------------------------------------------------------------------
+
+
+def _plain(to: str, body: bytes = b"Inspected pump P-7.\r\n", *, headers: bytes = b"") -> bytes:
+    return (b"From: Paula Contributor <portal.contrib@example.com>\r\nTo: " + to.encode() + b"\r\n"
+            b"Subject: Pump\r\nMessage-ID: <hostile@example.com>\r\nMIME-Version: 1.0\r\n" + headers +
+            b"Content-Type: text/plain; charset=utf-8\r\n\r\n" + body)
+
+
+def _nested(to: str, depth: int) -> bytes:
+    body = b"Inspected pump P-7.\r\n"
+    content_type = b"text/plain"
+    for level in range(depth):
+        boundary = f"b{level}".encode()
+        body = (b"--" + boundary + b"\r\nContent-Type: " + content_type + b"\r\n\r\n" + body +
+                b"\r\n--" + boundary + b"--\r\n")
+        content_type = b'multipart/mixed; boundary="' + boundary + b'"'
+    return (b"From: portal.contrib@example.com\r\nTo: " + to.encode() + b"\r\nSubject: deep\r\n"
+            b"MIME-Version: 1.0\r\nContent-Type: " + content_type + b"\r\n\r\n" + body)
+
+
+def _many_parts(to: str, parts: int) -> bytes:
+    body = b"".join(b"--sep\r\nContent-Type: text/plain\r\n\r\npart\r\n" for _ in range(parts)) + b"--sep--\r\n"
+    return (b"From: portal.contrib@example.com\r\nTo: " + to.encode() + b"\r\nSubject: parts\r\n"
+            b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"sep\"\r\n\r\n" + body)
+
+
+def _bad_base64(to: str) -> bytes:
+    return (b"From: portal.contrib@example.com\r\nTo: " + to.encode() + b"\r\nSubject: b64\r\nMIME-Version: 1.0\r\n"
+            b"Content-Type: multipart/mixed; boundary=\"sep\"\r\n\r\n--sep\r\nContent-Type: text/plain\r\n\r\nhello\r\n"
+            b"--sep\r\nContent-Type: application/pdf; name=\"r.pdf\"\r\nContent-Disposition: attachment; filename=\"r.pdf\"\r\n"
+            b"Content-Transfer-Encoding: base64\r\n\r\nJVBERi0x!!!not*base64***A\r\n--sep--\r\n")
+
+
+HOSTILE = {
+    "nul-byte": (lambda to: _plain(to, b"Inspected\x00 pump.\r\n"), "550 5.6.0 NUL byte in message data"),
+    "huge-header-block": (lambda to: _plain(to, headers=b"".join(b"X-Filler-%d: %s\r\n" % (i, b"y" * 900) for i in range(400))),
+                          "552 5.3.4 Message header too large: more than 262144 bytes"),
+    "thousands-of-header-fields": (lambda to: _plain(to, headers=b"".join(b"X-F: %d\r\n" % i for i in range(5000))),
+                                   "552 5.3.4 Message header too large: 5006 header fields, at most 1000"),
+    "8-bit-header-not-utf8": (lambda to: _plain(to).replace(b"Subject: Pump", b"Subject: caf\xe9 pump"),
+                              "550 5.6.0 Message header has 8-bit bytes that are not UTF-8: at byte"),
+    "deeply-nested-mime": (lambda to: _nested(to, 60), "554 5.6.0 MIME parts nested too deep: more than 20 levels"),
+    # message/rfc822 parts nest without any boundary (RFC 2046 section 5.2.1).
+    "deeply-nested-message-rfc822": (
+        lambda to: (b"From: portal.contrib@example.com\r\nTo: " + to.encode() + b"\r\nSubject: deep\r\n" +
+                    b"MIME-Version: 1.0\r\nContent-Type: message/rfc822\r\n\r\n" +
+                    b"From: a@example.com\r\nContent-Type: message/rfc822\r\n\r\n" * 60 + b"Subject: x\r\n\r\nhi\r\n"),
+        "554 5.6.0 MIME parts nested too deep: more than 20 levels"),
+    "thousands-of-parts": (lambda to: _many_parts(to, 5000), "552 5.3.4 Message has too many MIME parts: about"),
+    "invalid-base64-attachment": (_bad_base64, "554 5.6.0 Malformed message, it could not be parsed: attachment 'r.pdf' is not valid base64"),
+    # Found by tests/test_fuzz.py: mail-parser hands back a list, which crashed the parse stage.
+    "two-subject-headers": (lambda to: _plain(to, headers=b"Subject: second\r\n"),
+                            "554 5.6.0 Malformed message, it could not be parsed: more than one Subject header"),
+    "over-long-line": (lambda to: _plain(to, b"x" * 5000 + b"\r\n"), "500 Line too long (see RFC5321 4.5.3.1.6)"),
+}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE))
+def test_hostile_input_is_refused_with_a_precise_code(test_odoo, gateway, mailer, name):
+    build, expected = HOSTILE[name]
+    to = mailer.address("note", "project.task", TASK_ID)
+    reply = mailer.send(build(to), to)
+    assert reply.startswith(expected), reply
+    assert test_odoo.calls == []
+    # The server keeps serving: a good message right after is filed.
+    assert mailer.send(mailer.sign(mailer.message("note_from_contributor.eml", to)), to).startswith("250 ")
+
+
+def test_many_parts_are_refused_before_the_message_is_parsed():
+    # 200 000 parts in 8 MB: the delimiter count refuses it without building 200 000 objects.
+    raw = _many_parts("note+project.task-60-x@notes.example.com", 200_000)
+    tracemalloc.start()
+    try:
+        with pytest.raises(TooManyParts):
+            check_input(raw, InputLimits())
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < len(raw) // 4, (peak, len(raw))
+
+
+def test_utf8_header_is_accepted(test_odoo, gateway, mailer):
+    # RFC 6532: UTF-8 in headers is legitimate; only other 8-bit bytes are refused.
+    to = mailer.address("note", "project.task", TASK_ID)
+    raw = _with_subject(mailer.message("note_from_contributor.eml", to), "Pumpe P-7 geprüft")
+    assert mailer.send(mailer.sign(raw), to).startswith("250 2.0.0 Filed")
+
+
+# RFC 5321 section 4.1.1.4 ends DATA only at CRLF.CRLF; these are the endings other servers took
+# for it (CVE-2023-51764/51765/51766, CVE-2024-27305 for aiosmtpd before 1.4.5).
+SMUGGLING = [b"\n.\n", b"\n.\r\n", b"\r.\n", b"\r.\r\n", b"\r\n.\n", b"\r\n.\r", b"\r\n\x00.\r\n"]
+
+
+@pytest.mark.parametrize("ending", SMUGGLING, ids=lambda ending: repr(ending)[2:-1])
+def test_smtp_smuggling_is_one_refused_message(test_odoo, gateway, mailer, ending):
+    to = mailer.address("note", "project.task", TASK_ID)
+    other = mailer.address("note", "sale.order", SALE_ORDER_ID)
+    smuggled = mailer.sign(mailer.message("note_from_contributor.eml", other, "<smuggled@example.com>"))
+    first = mailer.sign(mailer.message("note_from_contributor.eml", to, "<carrier@example.com>"))
+    payload = (first + ending + b"MAIL FROM:<portal.contrib@example.com>\r\nRCPT TO:<" + other.encode() +
+               b">\r\nDATA\r\n" + smuggled + b"\r\n.\r\n")
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as connection:
+        reader = connection.makefile("rb")
+
+        def command(line: bytes) -> bytes:
+            connection.sendall(line + b"\r\n")
+            reply = reader.readline()
+            while reply[3:4] == b"-":
+                reply = reader.readline()
+            return reply
+
+        assert reader.readline().startswith(b"220 ")
+        assert command(b"EHLO client.example.com").startswith(b"250 ")
+        assert command(b"MAIL FROM:<portal.contrib@example.com>").startswith(b"250 ")
+        assert command(b"RCPT TO:<" + to.encode() + b">").startswith(b"250 ")
+        assert command(b"DATA").startswith(b"354 ")
+        connection.sendall(payload)
+        reply = reader.readline()
+        assert reply.startswith((b"550 5.6.0 Bare CR or LF", b"550 5.6.0 NUL byte")), reply
+        # One message, one reply: nothing the smuggled commands would have answered follows.
+        connection.settimeout(0.5)
+        with pytest.raises(socket.timeout):
+            reader.readline()
+    assert _posts(test_odoo) == []
+    assert [row.message_id for row in _journal(gateway)] in ([""], ["<carrier@example.com>"])
+
+
+# --- Floods ----------------------------------------------------------------------------------------
+
+
+def test_rate_limit_per_sender_defers_with_450(test_odoo, start_gateway, dns_server, dkim_keys):
+    gateway = start_gateway(dns_server.port, rules_extra="[rate_limit]\nper_sender = 2\nper_record = 0\n")
+    mailer = Mailer(gateway, dkim_keys)
+    replies = []
+    for res_id, model in ((TASK_ID, "project.task"), (SALE_ORDER_ID, "sale.order"), (TASK_ID, "project.task")):
+        to = mailer.address("note", model, res_id)
+        replies.append(mailer.send(mailer.sign(mailer.message("note_from_contributor.eml", to)), to))
+    assert [reply[:3] for reply in replies] == ["250", "250", "450"]
+    assert replies[2] == "450 4.7.1 Too many messages from this sender, try again later: 2 in 120 minutes"
+    assert len(_posts(test_odoo)) == 2
+    assert _journal(gateway)[0].refusal_class == "SenderRateLimited"
+
+
+def test_rate_limit_per_record_defers_with_450(test_odoo, start_gateway, dns_server, dkim_keys):
+    gateway = start_gateway(dns_server.port, rules_extra="[rate_limit]\nper_record = 1\nwindow_minutes = 5\n")
+    mailer = Mailer(gateway, dkim_keys)
+    task = mailer.address("note", "project.task", TASK_ID)
+    order = mailer.address("note", "sale.order", SALE_ORDER_ID)
+    assert mailer.send(mailer.sign(mailer.message("note_from_contributor.eml", task)), task).startswith("250 ")
+    assert mailer.send(mailer.sign(mailer.message("note_from_contributor.eml", task)), task) == \
+        "450 4.7.1 Too many messages to this record, try again later: 1 in 5 minutes"
+    assert mailer.send(mailer.sign(mailer.message("note_from_contributor.eml", order)), order).startswith("250 ")
+    # A retry of the filed message is still recognised, not counted as a new one.
+    assert len(_posts(test_odoo)) == 2
+
+
+def test_connections_per_peer_and_in_all_are_capped(start_gateway, dns_server):
+    gateway = start_gateway(dns_server.port, listener_extra="max_sessions = 3\nmax_sessions_per_ip = 2")
+    first = smtplib.SMTP("127.0.0.1", gateway.port, timeout=10)
+    second = smtplib.SMTP("127.0.0.1", gateway.port, timeout=10)
+    with pytest.raises(smtplib.SMTPConnectError) as refused:
+        smtplib.SMTP("127.0.0.1", gateway.port, timeout=10)
+    assert refused.value.smtp_code == 421
+    assert refused.value.smtp_error == b"4.7.0 Too many connections from your address, try again later"
+    # Another address of this host is another peer, until the cap on all sessions.
+    third = smtplib.SMTP("127.0.0.1", gateway.port, timeout=10, source_address=("127.0.0.2", 0))
+    with pytest.raises(smtplib.SMTPConnectError) as full:
+        smtplib.SMTP("127.0.0.1", gateway.port, timeout=10, source_address=("127.0.0.3", 0))
+    assert (full.value.smtp_code, full.value.smtp_error) == (421, b"4.3.2 Too many sessions, try again later")
+    for client in (second, third):
+        assert client.noop()[0] == 250
+    first.quit()
+    # The session's slot is freed once the server has closed it, a moment after QUIT's reply.
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            again = smtplib.SMTP("127.0.0.1", gateway.port, timeout=10)
+            break
+        except smtplib.SMTPConnectError:
+            assert time.monotonic() < deadline, "the slot of a closed session was never freed"
+            time.sleep(0.05)
+    assert again.noop()[0] == 250
+    for client in (second, third, again):
+        client.quit()
+

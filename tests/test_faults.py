@@ -1,0 +1,204 @@
+"""Faults on the way to Odoo and in the journal: each is a 4xx before anything is lost, and the retry files once."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+import pytest
+
+from gateway.journal import Journal
+from gateway.testing.odoo_demo import TASK_ID
+
+
+def _stored(test_odoo, message_id: str) -> list[dict]:
+    return [message for message in test_odoo.messages("project.task", TASK_ID) if message["message_id"] == message_id]
+
+
+def test_odoo_dying_after_message_post_defers_and_the_retry_finds_the_note(test_odoo, gateway, mailer):
+    to = mailer.address("note", "project.task", TASK_ID)
+    raw = mailer.sign(mailer.message("note_from_contributor.eml", to, "<died@example.com>"))
+    test_odoo.fail("die_after_post")
+    reply = mailer.send(raw, to)
+    # Odoo stored the note but never said so: the gateway cannot know, so it defers.
+    assert reply.startswith("451 4.3.0 Odoo is unavailable"), reply
+    [stored] = _stored(test_odoo, "<died@example.com>")
+    test_odoo.heal()
+    retry = mailer.send(raw, to)
+    assert retry == f"250 2.0.0 Already filed as Odoo message {stored['id']}"
+    assert len(_stored(test_odoo, "<died@example.com>")) == 1
+    assert len(test_odoo.posts()) == 1
+    with Journal(gateway.services.config.journal_path) as journal:
+        assert [row.verdict for row in journal.recent(5)] == ["duplicate", "deferred"]
+        assert journal.open_receipts() == 0
+
+
+def _make_journal_read_only(journal: Journal) -> None:
+    with journal._lock:
+        journal._connection.execute("PRAGMA query_only = ON")
+
+
+def _heal_read_only(journal: Journal) -> None:
+    with journal._lock:
+        journal._connection.execute("PRAGMA query_only = OFF")
+
+
+def _fill_journal_disk(journal: Journal) -> None:
+    # A real SQLITE_FULL: the file may not grow, and the receipts pages are filled to the brim.
+    with journal._lock:
+        connection = journal._connection
+        pages = connection.execute("PRAGMA page_count").fetchone()[0]
+        connection.execute(f"PRAGMA max_page_count = {pages + 4}")
+        # Ever smaller rows, until not even an empty one fits in the last free bytes of a page.
+        for size in (900, 150, 20, 0):
+            with pytest.raises(sqlite3.OperationalError, match="full"):
+                for _ in range(1000):
+                    connection.execute("INSERT INTO receipts (received_at, message_id) VALUES (0, ?)",
+                                       ("filler" + "x" * size,))
+
+
+def _heal_journal_disk(journal: Journal) -> None:
+    with journal._lock:
+        journal._connection.execute("PRAGMA max_page_count = 1073741823")
+        journal._connection.execute("DELETE FROM receipts WHERE message_id LIKE 'filler%'")
+
+
+@pytest.mark.parametrize("fault, heal, error", [
+    (_make_journal_read_only, _heal_read_only, "readonly"),
+    (_fill_journal_disk, _heal_journal_disk, "full"),
+], ids=["read-only", "disk-full"])
+def test_journal_that_cannot_be_written_defers_before_posting(test_odoo, gateway, mailer, fault, heal, error):
+    journal = gateway.services.journal
+    to = mailer.address("note", "project.task", TASK_ID)
+    raw = mailer.sign(mailer.message("note_from_contributor.eml", to, "<journal@example.com>"))
+    fault(journal)
+    reply = mailer.send(raw, to)
+    assert reply.startswith("451 4.3.0 The gateway's journal cannot be written, try again later"), reply
+    assert error in reply
+    # Nothing reached Odoo: a note whose journal row could not be written is not posted.
+    assert test_odoo.posts() == []
+    heal(journal)
+    assert mailer.send(raw, to).startswith("250 2.0.0 Filed")
+    assert len(_stored(test_odoo, "<journal@example.com>")) == 1
+    assert journal.open_receipts() == 0
+
+
+def test_slow_odoo_is_deferred_at_the_message_deadline(test_odoo, start_gateway, dns_server, dkim_keys):
+    from conftest import Mailer
+
+    # Each call is quick enough for the per-call timeout, but together they pass the deadline.
+    gateway = start_gateway(dns_server.port, odoo_timeout=5.0)
+    mailer = Mailer(gateway, dkim_keys)
+    # The fixture's file says 20 s; a 1 s deadline keeps the test short (the model is frozen, so
+    # the running gateway's copy is changed under it, as a reload would).
+    object.__setattr__(gateway.services.config.gateway.listener, "message_deadline", 1.0)
+    test_odoo.latency = {"*": 0.3}
+    to = mailer.address("note", "project.task", TASK_ID)
+    raw = mailer.sign(mailer.message("note_from_contributor.eml", to, "<slow@example.com>"))
+    reply = mailer.send(raw, to)
+    assert reply.startswith("451 4.3.0"), reply
+    test_odoo.latency = {}
+    assert mailer.send(raw, to).startswith("250 ")
+    assert len(_stored(test_odoo, "<slow@example.com>")) == 1
+
+
+def test_an_odoo_call_never_outlives_the_message_deadline(test_odoo, start_gateway, dns_server, dkim_keys):
+    from conftest import Mailer
+
+    # Odoo's own timeout (20 s) is far beyond the deadline: the call must be cut at the deadline,
+    # not left to the listener's last-resort timer.
+    gateway = start_gateway(dns_server.port, odoo_timeout=20.0)
+    object.__setattr__(gateway.services.config.gateway.listener, "message_deadline", 1.0)
+    mailer = Mailer(gateway, dkim_keys)
+    to = mailer.address("note", "project.task", TASK_ID)
+    raw = mailer.sign(mailer.message("note_from_contributor.eml", to, "<deadline@example.com>"))
+    test_odoo.fail("hang", seconds=30)
+    reply = mailer.send(raw, to)
+    test_odoo.heal()
+    assert reply.startswith("451 4.3.0 Odoo is unavailable, try again later: "), reply
+    assert "took too long" not in reply  # the listener's fallback was not needed
+    assert mailer.send(raw, to).startswith("250 ")
+
+
+def test_two_deliveries_of_one_message_at_once_file_it_once(test_odoo, gateway, mailer):
+    import threading
+
+    to = mailer.address("note", "project.task", TASK_ID)
+    raw = mailer.sign(mailer.message("note_from_contributor.eml", to, "<twice@example.com>"))
+    test_odoo.latency = {"message_post": 1.0}
+    replies: list[str] = []
+    threads = [threading.Thread(target=lambda: replies.append(mailer.send(raw, to))) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    test_odoo.latency = {}
+    filed = [reply for reply in replies if reply.startswith("250 2.0.0 Filed as Odoo message")]
+    busy = [reply for reply in replies if reply.startswith("451 4.3.0 The same message is being filed right now")]
+    assert (len(filed), len(busy)) == (1, 1), replies
+    assert mailer.send(raw, to).startswith("250 2.0.0 Already filed")
+    assert len(_stored(test_odoo, "<twice@example.com>")) == 1
+
+
+def test_odoo_pool_is_bounded_and_reconnects_after_a_fault(test_odoo, start_gateway, dns_server, dkim_keys):
+    import threading
+
+    from conftest import Mailer
+
+    gateway = start_gateway(dns_server.port, pool_size=2)
+    mailer = Mailer(gateway, dkim_keys)
+    test_odoo.latency = {"*": 0.1}
+    to = mailer.address("note", "project.task", TASK_ID)
+    raws = [mailer.sign(mailer.message("note_from_contributor.eml", to)) for _ in range(6)]
+    replies: list[str] = []
+    threads = [threading.Thread(target=lambda raw=raw: replies.append(mailer.send(raw, to))) for raw in raws]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    test_odoo.latency = {}
+    assert [reply[:3] for reply in replies] == ["250"] * 6, replies
+    # Never more requests in Odoo at once than connections in the pool.
+    events = sorted([(call.started, 1) for call in test_odoo.calls if call.route == "/jsonrpc"] +
+                    [(call.ended, -1) for call in test_odoo.calls if call.route == "/jsonrpc"])
+    busy = peak = 0
+    for _, change in events:
+        busy += change
+        peak = max(peak, busy)
+    assert peak <= 2, peak
+
+    logins = sum(call.method == "login" for call in test_odoo.calls)
+    test_odoo.fail("http500")
+    raw = mailer.sign(mailer.message("note_from_contributor.eml", to))
+    # Each failed message drops the connection it used: after two, the pool holds none.
+    assert mailer.send(raw, to).startswith("451 ")
+    assert mailer.send(raw, to).startswith("451 ")
+    test_odoo.heal()
+    assert mailer.send(raw, to).startswith("250 ")
+    # A fresh connection logged in: that is how the gateway reconnects after Odoo restarts.
+    assert sum(call.method == "login" for call in test_odoo.calls) == logins + 1
+
+
+def test_other_sessions_are_served_while_odoo_hangs_on_one(test_odoo, gateway, mailer):
+    import threading
+
+    from gateway.testing.odoo_demo import SALE_ORDER_ID
+
+    order = mailer.address("note", "sale.order", SALE_ORDER_ID)
+    task = mailer.address("note", "project.task", TASK_ID)
+    test_odoo.fail("hang", model="sale.order", method="message_post")
+    stuck: list[str] = []
+    thread = threading.Thread(target=lambda: stuck.append(
+        mailer.send(mailer.sign(mailer.message("note_from_contributor.eml", order, "<stuck@example.com>")), order)))
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not [call for call in test_odoo.posts() if call.model == "sale.order"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    # While one message waits on Odoo, another is filed and a third refused, each with its reply.
+    assert mailer.send(mailer.sign(mailer.message("note_from_contributor.eml", task)), task).startswith("250 ")
+    assert mailer.send(mailer.message("note_from_contributor.eml", task), task).startswith("550 5.7.1")
+    assert stuck == []
+    test_odoo.heal()
+    thread.join(timeout=30)
+    assert stuck[0].startswith(("250 ", "451 ")), stuck

@@ -10,13 +10,13 @@ import socket
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 import uuid
 from pathlib import Path
 from typing import Iterator
 
 from gateway import address
+from gateway.testing.configs import write_gateway_config
 from gateway.testing.dkim import DkimKey, sign
 from gateway.testing.odoo_demo import DEMO_API_KEY, PAULA_EMAIL, SALE_ORDER_ID, TASK_ID
 from gateway.testing.sending import compose
@@ -105,40 +105,11 @@ def sink() -> Iterator[int]:
 
 def write_config(folder: Path, odoo_url: str, dns_port: int, smtp_port: int, *, pool_size: int = 4,
                  max_sessions: int = 100, max_message_size: int = 20 * 1024 * 1024, odoo_extra: str = "") -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "rules").mkdir(exist_ok=True)
-    (folder / "odoo-api-key").write_text(DEMO_API_KEY + "\n")
-    (folder / "gateway.toml").write_text(textwrap.dedent(f"""
-        rules_dir = "rules"
-        [listener]
-        host = "127.0.0.1"
-        port = {smtp_port}
-        hostname = "{ALIAS_DOMAIN}"
-        max_sessions = {max_sessions}
-        max_message_size = {max_message_size}
-        [resolver]
-        nameservers = ["127.0.0.1"]
-        port = {dns_port}
-        [journal]
-        path = "journal.sqlite3"
-        [odoo.main]
-        url = "{odoo_url}"
-        database = "notes"
-        login = "gateway"
-        api_key_file = "odoo-api-key"
-        pool_size = {pool_size}
-        {odoo_extra}
-    """))
-    (folder / "rules" / f"{ALIAS_DOMAIN}.toml").write_text(textwrap.dedent(f"""
-        domain = "{ALIAS_DOMAIN}"
-        odoo = "main"
-        secrets = ["{SECRET}"]
-        [note]
-        models = ["project.task", "sale.order"]
-        [reply]
-        models = ["project.task", "sale.order"]
-    """))
-    return folder / "gateway.toml"
+    return write_gateway_config(
+        folder, odoo_url=odoo_url, api_key=DEMO_API_KEY, dns_port=dns_port, smtp_port=smtp_port,
+        alias_domain=ALIAS_DOMAIN, secret=SECRET,
+        listener={"max_sessions": max_sessions, "max_message_size": max_message_size},
+        odoo={"pool_size": pool_size}, odoo_extra=odoo_extra)
 
 
 @contextlib.contextmanager

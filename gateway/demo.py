@@ -13,6 +13,7 @@ from gateway import address
 from gateway.config import load_config
 from gateway.pipeline import Services
 from gateway.smtp import ThreadedGateway
+from gateway.testing.configs import write_gateway_config
 from gateway.testing.dkim import generate_rsa_key
 from gateway.testing.dns import DnsServer
 from gateway.testing.odoo import TestOdoo
@@ -31,38 +32,8 @@ def _text(body: str) -> str:
 
 
 def _write_config(folder: Path, odoo: TestOdoo, dns_port: int, smtp_port: int) -> Path:
-    (folder / "rules").mkdir()
-    (folder / "odoo-api-key").write_text(DEMO_API_KEY + "\n")
-    (folder / "gateway.toml").write_text(textwrap.dedent(f"""
-        rules_dir = "rules"
-        [listener]
-        host = "127.0.0.1"
-        port = {smtp_port}
-        hostname = "{ALIAS_DOMAIN}"
-        [resolver]
-        nameservers = ["127.0.0.1"]
-        port = {dns_port}
-        [journal]
-        path = "journal.sqlite3"
-        [odoo.main]
-        url = "{odoo.url}"
-        database = "{odoo.database}"
-        login = "gateway"
-        api_key_file = "odoo-api-key"
-    """))
-    (folder / "rules" / f"{ALIAS_DOMAIN}.toml").write_text(textwrap.dedent(f"""
-        domain = "{ALIAS_DOMAIN}"
-        odoo = "main"
-        secrets = ["{SECRET}"]
-        [note]
-        models = ["project.task", "sale.order"]
-        [reply]
-        models = ["project.task", "sale.order"]
-    """))
-    # As an admin would: the key and the secret readable by the gateway only (check-config warns otherwise).
-    for secret_file in (folder / "odoo-api-key", folder / "rules" / f"{ALIAS_DOMAIN}.toml"):
-        secret_file.chmod(0o600)
-    return folder / "gateway.toml"
+    return write_gateway_config(folder, odoo_url=odoo.url, database=odoo.database, api_key=DEMO_API_KEY,
+                                dns_port=dns_port, smtp_port=smtp_port, alias_domain=ALIAS_DOMAIN, secret=SECRET)
 
 
 def _print_chatter(odoo: TestOdoo) -> None:

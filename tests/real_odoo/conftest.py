@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +15,7 @@ from gateway.journal import Journal
 from gateway.pipeline import Services
 from gateway.smtp import ThreadedGateway
 from gateway.testing import dnsmasq
+from gateway.testing.configs import write_gateway_config
 from gateway.testing.dkim import DkimKey, shared_rsa_key, sign
 from gateway.testing.sending import compose, deliver
 
@@ -66,45 +66,14 @@ def signing_dns(signing_keys):
 def write_real_config(folder: Path, world: RealOdooWorld, dns_port: int, *, odoo_url: str | None = None,
                       odoo_timeout: float = 30.0) -> Path:
     """A gateway file and one rules file, as an admin would write them for this Odoo."""
-    (folder / "rules").mkdir(parents=True, exist_ok=True)
-    (folder / "odoo-api-key").write_text(world.integration.api_key + "\n")
-    (folder / "gateway.toml").write_text(textwrap.dedent(f"""
-        rules_dir = "rules"
-        [listener]
-        host = "127.0.0.1"
-        port = 0
-        hostname = "{ALIAS_DOMAIN}"
-        session_timeout = 60
-        message_deadline = 60
-        [resolver]
-        nameservers = ["127.0.0.1"]
-        port = {dns_port}
-        timeout = 3
-        [journal]
-        path = "journal.sqlite3"
-        [odoo.main]
-        url = "{odoo_url or world.env.url}"
-        database = "{world.env.db}"
-        login = "{world.integration.login}"
-        api_key_file = "odoo-api-key"
-        timeout = {odoo_timeout}
-        pool_size = 2
-    """))
-    (folder / "rules" / f"{ALIAS_DOMAIN}.toml").write_text(textwrap.dedent(f"""
-        domain = "{ALIAS_DOMAIN}"
-        odoo = "main"
-        secrets = ["{SECRET}"]
-        # The followers policy: these scenarios were written for it, and the odoo-rules default
-        # needs `note-gateway setup-odoo` run on the database first (docs/rules.md).
-        [note]
-        models = ["project.task", "sale.order"]
-        contributor_group = "{world.group_xmlid}"
-        access = "followers"
-        [reply]
-        models = ["project.task", "sale.order"]
-        access = "followers"
-    """))
-    return folder / "gateway.toml"
+    # The followers policy: these scenarios were written for it, and the odoo-rules default
+    # needs `note-gateway setup-odoo` run on the database first (docs/rules.md).
+    return write_gateway_config(
+        folder, odoo_url=odoo_url or world.env.url, database=world.env.db, login=world.integration.login,
+        api_key=world.integration.api_key, dns_port=dns_port, alias_domain=ALIAS_DOMAIN, secret=SECRET,
+        listener={"session_timeout": 60, "message_deadline": 60}, resolver={"timeout": 3},
+        odoo={"timeout": odoo_timeout, "pool_size": 2},
+        note={"contributor_group": world.group_xmlid, "access": "followers"}, reply={"access": "followers"})
 
 
 @dataclass

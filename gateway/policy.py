@@ -71,8 +71,10 @@ def check_record_access(odoo: OdooPool, target: Target, user: OdooUser, *, rules
         if not partners & {user.partner_id, user.commercial_partner_id}:
             raise RecordAccessDenied(f"{user.email} does not follow {target.model} {target.res_id}")
         return
-    _check_exists(odoo, target, context, deadline)
-    check_company(odoo, target, company, deadline=deadline)
+    if company is not None:
+        # The record's company is read, which needs the record: existence is asked first.
+        _check_exists(odoo, target, context, deadline)
+        check_company(odoo, target, company, deadline=deadline)
     if policy == "followers":
         return _check_followers(odoo, target, user, context, deadline)
     assert rules is not None
@@ -94,7 +96,14 @@ def check_record_access(odoo: OdooPool, target: Target, user: OdooUser, *, rules
         domain = [(f"{partner_field}.commercial_partner_id", "=", customer)]
     else:  # pragma: no cover - the config schema allows no other value
         raise AccessRuleUnsupported(f"policy {policy}")
-    _check_search(odoo, target, user, domain, context, policy, deadline)
+    try:
+        _check_search(odoo, target, user, domain, context, policy, deadline)
+    except RecordAccessDenied:
+        # Only a refusal pays for telling "no such record" from "not yours": an accepted message
+        # costs one search (issue 6: few round trips per message).
+        if company is None:
+            _check_exists(odoo, target, context, deadline)
+        raise
 
 
 def _check_exists(odoo: OdooPool, target: Target, context: dict, deadline: float | None) -> None:

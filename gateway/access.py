@@ -107,6 +107,11 @@ class _Evaluator:
         self.deadline = deadline
         self._read_cache: dict[tuple[str, int, str], Any] = {}
 
+    def seed(self, model: str, record_id: int, name: str, value: Any) -> None:
+        """A value already read from Odoo for this message, so the evaluator need not read it again."""
+        if record_id:
+            self._read_cache[(model, record_id, name)] = value
+
     def field(self, model: str, name: str, rule: str) -> dict:
         return field_description(self.odoo, model, name, rule, deadline=self.deadline)
 
@@ -302,11 +307,16 @@ def user_companies(odoo: OdooPool, user: OdooUser, company: int | None, *,
     Without allowed_company_ids Odoo uses all the user's companies; with a company bound to the
     alias domain, the context is that company alone, which Odoo only accepts if the user has it.
     """
-    rows = odoo.call("res.users", "read", [[user.uid], ["company_ids", "company_id"]],
-                     context={"active_test": False}, deadline=deadline)
-    row = rows[0] if rows else {}
-    company_ids = [int(value) for value in row.get("company_ids") or ()]
-    main = int(row["company_id"][0]) if row.get("company_id") else (company_ids[0] if company_ids else 0)
+    if user.company_ids is not None:
+        # Read with the user by identify-sender on this very message.
+        company_ids = list(user.company_ids)
+        main = user.company_id or (company_ids[0] if company_ids else 0)
+    else:
+        rows = odoo.call("res.users", "read", [[user.uid], ["company_ids", "company_id"]],
+                         context={"active_test": False}, deadline=deadline)
+        row = rows[0] if rows else {}
+        company_ids = [int(value) for value in row.get("company_ids") or ()]
+        main = int(row["company_id"][0]) if row.get("company_id") else (company_ids[0] if company_ids else 0)
     if company is None:
         return company_ids, main
     if company not in company_ids:
@@ -323,6 +333,12 @@ def decide(odoo: OdooPool, model: str, user: OdooUser, *, company: int | None = 
     company_ids, company_id = user_companies(odoo, user, company, deadline=deadline)
     names = {"user": _Records("res.users", (user.uid,)), "company_ids": company_ids, "company_id": company_id}
     evaluator = _Evaluator(odoo, names, deadline)
+    # What identify-sender read of the user on this message answers the usual attribute chains
+    # (user.partner_id.commercial_partner_id.id, user.commercial_partner_id.id) without a read
+    # each: the values are this message's, never another's (issue 6: few round trips).
+    evaluator.seed("res.users", user.uid, "partner_id", [user.partner_id, ""])
+    evaluator.seed("res.users", user.uid, "commercial_partner_id", [user.commercial_partner_id, ""])
+    evaluator.seed("res.partner", user.partner_id, "commercial_partner_id", [user.commercial_partner_id, ""])
     global_domains: list[list] = []
     group_domains: list[list] = []
     used: list[str] = []

@@ -79,6 +79,10 @@ class OdooUser:
     commercial_partner_id: int
     internal: bool
     group_ids: tuple[int, ...] = ()
+    # Read with the user on this message (never cached across messages): the record-rule
+    # evaluator of the odoo-rules policy needs them, and reading them here saves round trips.
+    company_ids: tuple[int, ...] | None = None
+    company_id: int = 0
 
 
 @dataclass

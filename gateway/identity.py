@@ -25,7 +25,7 @@ def find_user(odoo: OdooPool, email: str, *, deadline: float | None = None) -> O
         "search_read",
         [["|", ("login", "=ilike", pattern), ("email", "=ilike", pattern)]],
         {"fields": ["login", "name", "email", "active", "share", "partner_id", "commercial_partner_id",
-                    groups_field],
+                    "company_ids", "company_id", groups_field],
          "limit": 10},
         context={"active_test": False},
         deadline=deadline,
@@ -53,4 +53,6 @@ def find_user(odoo: OdooPool, email: str, *, deadline: float | None = None) -> O
         commercial_partner_id=_many2one_id(row.get("commercial_partner_id")) or partner_id,
         internal=not row.get("share", True),
         group_ids=tuple(int(group) for group in row.get(groups_field) or ()),
+        company_ids=tuple(int(company) for company in row.get("company_ids") or ()),
+        company_id=_many2one_id(row.get("company_id")),
     )

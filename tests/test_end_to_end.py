@@ -346,3 +346,16 @@ def test_dns_failure_defers_with_443(test_odoo, start_gateway, dkim_keys):
         assert mailer.send(raw, to).startswith("451 4.4.3")
         dns.heal(name)
         assert mailer.send(raw, to).startswith("250 ")
+
+
+def test_an_accepted_note_costs_four_odoo_calls_under_the_default_policy(test_odoo, gateway, mailer):
+    # Issue 6: Odoo's time is what limits throughput. With the odoo-rules policy warm (rules and
+    # access lists cached, never the user's values), a note is: the sender, the record search
+    # with the evaluated rules, the Message-ID check, the post.
+    to = mailer.address("note", "project.task", TASK_ID)
+    assert mailer.send(mailer.sign(mailer.message("note_from_contributor.eml", to)), to).startswith("250 ")
+    test_odoo.clear_calls()
+    assert mailer.send(mailer.sign(mailer.message("note_from_contributor.eml", to)), to).startswith("250 ")
+    assert [(call.model, call.model_method) for call in test_odoo.calls] == [
+        ("res.users", "search_read"), ("project.task", "search"), ("mail.message", "search"),
+        ("project.task", "message_post")]

@@ -299,7 +299,12 @@ def command_setup_odoo(args: argparse.Namespace) -> int:
             continue
         groups = sorted({rules.note.contributor_group for rules in config.domains.values() if rules.odoo == name})
         try:
-            report = Setup(client, client.version).run(groups, [connection.login])
+            # The models whose record rules odoo-rules evaluates: the ones their domains go through
+            # must be readable by the integration user too.
+            rule_models = sorted({model for rules in config.domains.values() if rules.odoo == name
+                                  for kind in ("note", "reply") if rules.kind_rules(kind).access == "odoo-rules"
+                                  for model in rules.kind_rules(kind).models})
+            report = Setup(client, client.version).run(groups, [connection.login], rule_models)
         except (LookupError, odoorpc.error.RPCError) as error:
             print(f"odoo.{name}: {error}", file=sys.stderr)
             status = 1

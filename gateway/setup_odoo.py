@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 from typing import Any
 
@@ -15,11 +16,33 @@ NOTE_GATEWAY_GROUP_NAME = "Note Gateway"
 # (ODOO_FACTS.md e), and the gateway never needs to list external ids.
 READ_MODELS = ("ir.rule", "ir.model.access", "ir.model")
 CONTRIBUTOR_GROUP_NAME = "Portal note contributors"
+# Path operators whose value is a domain on the field's comodel (Odoo 17+).
+SUBDOMAIN_OPERATORS = ("any", "not any")
+
+
+def _leaves(node: ast.AST):
+    """(field path, operator, value node) of each leaf of a parsed domain, nested '+' lists included."""
+    if isinstance(node, ast.Expression):
+        yield from _leaves(node.body)
+    elif isinstance(node, ast.BinOp):
+        yield from _leaves(node.left)
+        yield from _leaves(node.right)
+    elif isinstance(node, (ast.List, ast.Tuple)):
+        for element in node.elts:
+            if (isinstance(element, (ast.List, ast.Tuple)) and len(element.elts) == 3
+                    and all(isinstance(part, ast.Constant) and isinstance(part.value, str)
+                            for part in element.elts[:2])):
+                yield element.elts[0].value, element.elts[1].value, element.elts[2]
 
 
 def groups_field(version: Any) -> str:
     match = re.search(r"\d+", str(version))
     return user_group_fields(int(match.group()) if match else 0)[0]
+
+
+def all_groups_field(version: Any) -> str:
+    match = re.search(r"\d+", str(version))
+    return user_group_fields(int(match.group()) if match else 0)[1]
 
 
 def _created_id(value: Any) -> int:
@@ -32,6 +55,7 @@ class Setup:
     def __init__(self, client: Any, version: Any) -> None:
         self.client = client
         self.groups_field = groups_field(version)
+        self.all_groups_field = all_groups_field(version)
         self.report: list[str] = []
 
     def call(self, model: str, method: str, args: list, kwargs: dict | None = None) -> Any:
@@ -89,12 +113,61 @@ class Setup:
         self.call("res.users", "write", [[user["id"]], {self.groups_field: [(4, group_id)]}])
         self.report.append(f"added {login} (uid {user['id']}) to {xmlid}")
 
-    def run(self, contributor_groups: list[str], integration_logins: list[str]) -> list[str]:
+    def reached_models(self, model: str, node: ast.AST, found: set[str]) -> None:
+        """The models a rule domain on ``model`` goes through (``project_id.collaborator_ids`` ...)."""
+        for path, operator, value in _leaves(node):
+            current = model
+            for name in path.split("."):
+                described = self.call(current, "fields_get", [[name]], {"attributes": ["relation"]})
+                relation = (described.get(name) or {}).get("relation")
+                if not relation:
+                    break
+                current = relation
+                found.add(current)
+            else:
+                if operator in SUBDOMAIN_OPERATORS:
+                    self.reached_models(current, value, found)
+
+    def rule_models(self, models: list[str]) -> set[str]:
+        found: set[str] = set()
+        for model in models:
+            rules = self.call("ir.rule", "search_read", [[("model_id.model", "=", model), ("perm_read", "=", True)]],
+                              {"fields": ["domain_force"]})
+            for rule in rules:
+                try:
+                    tree = ast.parse((rule.get("domain_force") or "[]").strip(), mode="eval")
+                except SyntaxError:
+                    continue  # the gateway refuses such a rule anyway (fail closed)
+                self.reached_models(model, tree, found)
+        return found - set(models)
+
+    def readable_without(self, logins: list[str], model: str, group_id: int) -> bool:
+        """Every integration user reads ``model`` through a group other than the gateway's own."""
+        granted = {row["group_id"][0] if row.get("group_id") else None for row in self.call(
+            "ir.model.access", "search_read", [[("model_id.model", "=", model), ("perm_read", "=", True)]],
+            {"fields": ["group_id"]})} - {group_id}
+        if None in granted:
+            return True
+        users = self.call("res.users", "search_read", [[("login", "in", logins)]],
+                          {"fields": [self.all_groups_field], "context": {"active_test": False}})
+        return len(users) == len(logins) and all(granted & set(user.get(self.all_groups_field) or ())
+                                                 for user in users)
+
+    def run(self, contributor_groups: list[str], integration_logins: list[str],
+            rule_models: list[str] = ()) -> list[str]:
         for xmlid in contributor_groups:
             self.group(xmlid, CONTRIBUTOR_GROUP_NAME)
         gateway_group = self.group(NOTE_GATEWAY_GROUP, NOTE_GATEWAY_GROUP_NAME)
         for model in READ_MODELS:
             self.read_access(gateway_group, model)
+        # The access search runs as the integration user, while Odoo applies a record rule's domain
+        # as superuser (BaseModel._apply_ir_rules). A rule that goes through a model the integration
+        # user may not read (Odoo 18's portal task rule: project_id.collaborator_ids, readable by
+        # Project users and portal users only) makes every search fail. Read access to such models
+        # is granted to the gateway's group, read only as for the rules themselves.
+        for model in sorted(self.rule_models(list(rule_models))):
+            if not self.readable_without(integration_logins, model, gateway_group):
+                self.read_access(gateway_group, model)
         for login in integration_logins:
             self.member(login, gateway_group, NOTE_GATEWAY_GROUP)
         return self.report

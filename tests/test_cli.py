@@ -34,7 +34,7 @@ def test_setup_odoo_is_idempotent_and_makes_check_config_pass(tmp_path, fresh_od
     assert status == 0, out
     assert "found group note_gateway.group_portal_note_contributor (id 52)" in out
     assert "created group note_gateway.group_note_gateway" in out
-    for model in ("ir.rule", "ir.model.access", "ir.model"):
+    for model in ("ir.rule", "ir.model.access", "ir.model", "project.collaborator"):
         assert f"created read access on {model} (ir.model.access " in out
     assert f"added gateway (uid {GATEWAY_UID}) to note_gateway.group_note_gateway" in out
     assert "ir.model.data" not in out

@@ -11,6 +11,7 @@ from gateway.testing.odoo_orm import (
     ACCESS_ADMIN,
     ACCESS_ALL,
     ACCESS_INTERNAL,
+    ACCESS_ROWS,
     AccessError,
     Binary,
     Boolean,
@@ -806,7 +807,9 @@ def collaborator_model() -> Model:
     return Model("project.collaborator", "Collaborators in project shared", fields, rec_name=None,
                  display=lambda env, rid: display_name(env, "res.partner",
                                                        env.db.rows["project.collaborator"][rid]["partner_id"]),
-                 access=_internal_only())
+                 # Read by its ir.model.access rows only, as in Odoo 18: Project users and managers
+                 # and portal users, not every employee (odoo_security.ACCESS).
+                 access={**_internal_only(), "read": ACCESS_ROWS})
 
 
 def task_model() -> Model:

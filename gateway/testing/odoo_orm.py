@@ -498,6 +498,10 @@ def _evaluate_leaf(env: Env, model: str, leaf: tuple, universe: set[int]) -> set
         # A many2one is followed into archived records; an x2many only into active ones
         # (expression.py: many2one comodels get active_test=False).
         comodel = spec.relation
+        # Odoo searches the comodel as the caller (its _search checks the access list); record
+        # rules themselves are applied as superuser, which env.su stands for here.
+        if not env.su:
+            check_access(env, comodel, "read")
         matching = search_ids(env, comodel, right, active_test=False if spec.type == "many2one" else None)
         return {rid for rid in universe if set(_related_ids(env, model, rid, spec)) & matching}
     if operator in ("child_of", "parent_of"):

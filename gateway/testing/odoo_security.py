@@ -137,6 +137,9 @@ ACCESS = (
     ("project.project", "project_portal", "base.group_portal", True, False, False, False),
     ("project.project", "project.project", "project.group_project_user", True, False, False, False),
     ("project.project", "project.project", "project.group_project_manager", True, True, True, True),
+    ("project.collaborator", "project.collaborator.manager", "project.group_project_manager", True, True, True, True),
+    ("project.collaborator", "project.collaborator.portal", "base.group_portal", True, False, False, False),
+    ("project.collaborator", "project.collaborator.user", "project.group_project_user", True, False, False, False),
     ("project.task", "project.task on partners", "base.group_user", True, False, False, False),
     ("project.task", "task_portal", "base.group_portal", True, False, False, False),
     ("project.task", "project.task", "project.group_project_user", True, True, True, True),
@@ -171,7 +174,9 @@ def setup_note_gateway(db: Database, group_id: int, gateway_uid: int) -> None:
     env = Env(db, 1, su=True)
     create_record(env, "res.groups", {"name": NOTE_GATEWAY_GROUP_NAME, "category_name": "Note Gateway"}, group_id)
     set_xmlid(db, NOTE_GATEWAY_GROUP_XMLID, "res.groups", group_id)
-    for model in NOTE_GATEWAY_MODELS:
+    # project.collaborator too: the portal task rule goes through it, and setup-odoo grants it to
+    # an integration user that is not a Project user (gateway/setup_odoo.py Setup.run).
+    for model in (*NOTE_GATEWAY_MODELS, "project.collaborator"):
         create_record(env, "ir.model.access", {"name": f"note_gateway read {model}", "model_id": _model_id(db, model),
                                                "group_id": group_id, "perm_read": True})
     users = db.rows["res.users"][gateway_uid]

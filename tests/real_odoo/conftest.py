@@ -64,16 +64,19 @@ def signing_dns(signing_keys):
 
 
 def write_real_config(folder: Path, world: RealOdooWorld, dns_port: int, *, odoo_url: str | None = None,
-                      odoo_timeout: float = 30.0) -> Path:
-    """A gateway file and one rules file, as an admin would write them for this Odoo."""
-    # The followers policy: these scenarios were written for it, and the odoo-rules default
-    # needs `note-gateway setup-odoo` run on the database first (docs/rules.md).
+                      odoo_timeout: float = 30.0, access: str | None = "followers") -> Path:
+    """A gateway file and one rules file, as an admin would write them for this Odoo.
+
+    ``access=None`` writes no ``access`` key, so the default (odoo-rules) applies."""
+    # The followers policy by default: these scenarios were written for it, and the odoo-rules
+    # default needs `note-gateway setup-odoo` run on the database first (docs/rules.md).
+    policy = {"access": access} if access else {}
     return write_gateway_config(
         folder, odoo_url=odoo_url or world.env.url, database=world.env.db, login=world.integration.login,
         api_key=world.integration.api_key, dns_port=dns_port, alias_domain=ALIAS_DOMAIN, secret=SECRET,
         listener={"session_timeout": 60, "message_deadline": 60}, resolver={"timeout": 3},
         odoo={"timeout": odoo_timeout, "pool_size": 2},
-        note={"contributor_group": world.group_xmlid, "access": "followers"}, reply={"access": "followers"})
+        note={"contributor_group": world.group_xmlid, **policy}, reply=policy)
 
 
 @dataclass

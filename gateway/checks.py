@@ -10,6 +10,7 @@ from gateway.config import GatewayConfig
 from gateway.context import MessageContext
 from gateway.odoo import OdooPool
 from gateway.refusals import OdooUnavailable, Refusal
+from gateway.setup_odoo import Setup
 
 # Groups the integration user must not need (issue 7): their rights would let a compromised
 # gateway key change Odoo's security.
@@ -91,6 +92,21 @@ def _check_rules(pool: OdooPool, domain: str, where: str, model: str, found: Fin
         found.errors.append(f"{where}: access: odoo-rules needs read access to ir.rule, ir.model.access and "
                             "ir.model (run note-gateway setup-odoo)")
         return
+    # The access search runs as the integration user, so it must read every model the rules go
+    # through (setup-odoo grants them; gateway/setup_odoo.py Setup.run).
+    walker = Setup(_PoolClient(pool), pool.version())
+    try:
+        reached = sorted(walker.rule_models([model]))
+    except OdooUnavailable:
+        reached = []
+        found.errors.append(f"{where}: access: cannot follow the fields of {model}'s record rules")
+    for other in reached:
+        try:
+            pool.call(other, "search", [[]], {"limit": 1})
+        except OdooUnavailable:
+            found.errors.append(f"{where}: access: the record rules of {model} go through {other}, which "
+                                f"{pool.connection.login} cannot read: every search would fail (run "
+                                "note-gateway setup-odoo)")
     unsupported = 0
     for rule in rules:
         try:
@@ -99,6 +115,18 @@ def _check_rules(pool: OdooPool, domain: str, where: str, model: str, found: Fin
             unsupported += 1
             found.warnings.append(f"{domain}: {model}: {error}: senders it applies to will be refused")
     found.lines.append(f"{domain}: {model}: {len(rules)} read rules, {len(rules) - unsupported} evaluable")
+
+
+class _PoolClient:
+    """odoorpc's execute_kw over an OdooPool, for the setup-odoo walker run as the integration user."""
+
+    def __init__(self, pool: OdooPool) -> None:
+        self.pool = pool
+
+    def execute_kw(self, model: str, method: str, args: list, kwargs: dict) -> object:
+        kwargs = dict(kwargs)
+        context = kwargs.pop("context", None)
+        return self.pool.call(model, method, args, kwargs, context=context)
 
 
 # --- check: one message, every stage, nothing posted ---------------------------------------------

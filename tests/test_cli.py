@@ -123,3 +123,18 @@ def test_address_for_a_user_binds_its_partner(tmp_path, test_odoo, capsys):
     assert status == 2 and "No Odoo user has this sender address" in out
     status, out = _run(capsys, "address", "project.task", str(TASK_ID), "--config", str(config), "--dated")
     assert address.parse(out.strip(), {ALIAS_DOMAIN: [SECRET.encode()]}).issued_day == address.today()
+
+
+def test_check_config_online_names_a_model_the_rules_go_through_that_the_gateway_cannot_read(
+        tmp_path, test_odoo, capsys):
+    config = write_config(tmp_path, test_odoo, 53)
+    status, out = _run(capsys, "check-config", "--config", str(config), "--online")
+    assert status == 0 and "project.collaborator" not in out, out
+    # As before setup-odoo granted it: Odoo 18's portal task rule goes through
+    # project_id.collaborator_ids, which an employee without Project rights cannot read.
+    [row] = test_odoo.search("ir.model.access", [("name", "=", "note_gateway read project.collaborator")])
+    test_odoo.write("ir.model.access", row, {"perm_read": False})
+    status, out = _run(capsys, "check-config", "--config", str(config), "--online")
+    assert status == 1
+    assert ("access: the record rules of project.task go through project.collaborator, which gateway cannot "
+            "read: every search would fail (run note-gateway setup-odoo)") in out

@@ -19,7 +19,7 @@ from gateway.testing.configs import write_gateway_config
 from gateway.testing.dkim import DkimKey, shared_rsa_key, sign
 from gateway.testing.sending import compose, deliver
 
-from .provision import ENV_VARS, RealOdooEnv, RealOdooWorld, cleanup, provision
+from .provision import cleanup, provision, real_odoo_or_skip, RealOdooEnv, RealOdooWorld
 
 ALIAS_DOMAIN = "notes.note-gateway.test"  # RFC 2606 reserved, like the provisioned users' mail domain
 SECRET = "real-odoo-suite-secret-0123456789abcdef"
@@ -30,10 +30,7 @@ OTHER_DOMAIN = "evil.example"
 
 @pytest.fixture(scope="session")
 def real_odoo_env() -> RealOdooEnv:
-    env = RealOdooEnv.from_environ()
-    if env is None:
-        pytest.skip("set " + ", ".join(ENV_VARS) + " to run against a real Odoo")
-    return env
+    return real_odoo_or_skip()
 
 
 @pytest.fixture(scope="module")

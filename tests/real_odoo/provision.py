@@ -557,3 +557,17 @@ def cleanup_stale(env: RealOdooEnv, *, domain: str = DEFAULT_DOMAIN, older_than:
     if rows:
         _drop_group(admin, rows[0]["res_id"], problems)
     return problems
+
+
+SKIP_REASON = ("real-Odoo suite skipped: set " + ", ".join(ENV_VARS) + " to point it at a real Odoo 18 "
+               "(URL, database, administrator login and password)")
+
+
+def real_odoo_or_skip() -> RealOdooEnv:
+    """The real Odoo named by the environment, or a skip of the calling module with the reason."""
+    import pytest
+
+    env = RealOdooEnv.from_environ()
+    if env is None:
+        pytest.skip(SKIP_REASON, allow_module_level=True)
+    return env

@@ -12,20 +12,13 @@ from gateway.identity import find_user
 from gateway.odoo import OdooPool
 from gateway.refusals import RecordAccessDenied
 
-from .provision import ENV_VARS, RealOdooEnv, cleanup, provision
+from .provision import real_odoo_or_skip
 
-ENV = RealOdooEnv.from_environ()
-if ENV is None:
-    pytest.skip("set " + ", ".join(ENV_VARS) + " to run against a real Odoo", allow_module_level=True)
+ENV = real_odoo_or_skip()
 
 pytestmark = pytest.mark.real_odoo
 
 
-@pytest.fixture(scope="module")
-def world():
-    world = provision(ENV)
-    yield world
-    assert cleanup(world) == []
 
 
 @pytest.fixture(scope="module")

@@ -15,12 +15,10 @@ from gateway import cli
 from gateway.setup_odoo import NOTE_GATEWAY_GROUP, READ_MODELS
 
 from .conftest import ALIAS_DOMAIN, RealGateway, start_real_gateway, write_real_config
-from .provision import (ENV_VARS, QUIET, RealOdooEnv, followers_of, messages_on, notifications_for_message,
-                        portal_session)
+from .provision import (followers_of, messages_on, notifications_for_message, portal_session, QUIET,
+                        real_odoo_or_skip)
 
-if RealOdooEnv.from_environ() is None:
-    pytest.skip("real-Odoo suite skipped: set " + ", ".join(ENV_VARS) + " to point it at a real Odoo 18",
-                allow_module_level=True)
+real_odoo_or_skip()
 
 pytestmark = pytest.mark.real_odoo
 

@@ -5,21 +5,14 @@ from __future__ import annotations
 import odoorpc
 import pytest
 
-from .provision import (ENV_VARS, GROUP_MODULE, GROUP_NAME, RealOdooEnv, cleanup, followers_of,
-                        messages_on, notifications_for_message, portal_session, provision)
+from .provision import (cleanup, followers_of, GROUP_MODULE, GROUP_NAME, messages_on, notifications_for_message,
+                        portal_session, provision, real_odoo_or_skip)
 
-ENV = RealOdooEnv.from_environ()
-if ENV is None:
-    pytest.skip("set " + ", ".join(ENV_VARS) + " to run against a real Odoo", allow_module_level=True)
+ENV = real_odoo_or_skip()
 
 pytestmark = pytest.mark.real_odoo
 
 
-@pytest.fixture(scope="module")
-def world():
-    world = provision(ENV)
-    yield world
-    assert cleanup(world) == []
 
 
 def test_integration_user_logs_in_with_its_api_key(world):

@@ -10,12 +10,10 @@ import uuid
 import pytest
 
 from .conftest import RealGateway, closed_port, start_real_gateway
-from .provision import (ENV_VARS, QUIET, OdooWebError, RealOdooEnv, followers_of, messages_on,
-                        notifications_for_message, portal_session)
+from .provision import (followers_of, messages_on, notifications_for_message, OdooWebError, portal_session, QUIET,
+                        real_odoo_or_skip)
 
-if RealOdooEnv.from_environ() is None:
-    pytest.skip("real-Odoo suite skipped: set " + ", ".join(ENV_VARS) + " to point it at a real Odoo 18 "
-                "(URL, database, administrator login and password)", allow_module_level=True)
+real_odoo_or_skip()
 
 pytestmark = pytest.mark.real_odoo
 

@@ -101,6 +101,7 @@ class MessageContext:
     body_html: str | None = None
     rendered_body: str | None = None
     notify_partner_ids: list[int] = field(default_factory=list)
+    notify_emails: list[str] = field(default_factory=list)
     # The files to post (after the attachment rules), and what the journal should remember of
     # the content stages: files refused, recipients not notified (issue 3).
     attachments: list[Attachment] | None = None

@@ -158,6 +158,7 @@ def _choose_recipients(ctx: MessageContext, services: Services, deadline: float)
         return
     chosen = recipients.choose(_odoo(ctx, services), ctx, own_domains=set(services.config.domains), deadline=deadline)
     ctx.notify_partner_ids = chosen.partner_ids
+    ctx.notify_emails = chosen.emails
     ctx.journal_notes += [f"recipient-dropped:{item}" for item in chosen.dropped]
 
 
@@ -201,7 +202,10 @@ def _post(ctx: MessageContext, services: Services, deadline: float) -> None:
         if existing is not None:
             ctx.odoo_message_id, ctx.duplicate = existing, True
             return
-        ctx.odoo_message_id = post.post_message(odoo, ctx, deadline=deadline)
+        if ctx.target.kind == "reply" and post.author_follows(odoo, ctx, deadline=deadline):
+            ctx.odoo_message_id, ctx.duplicate = post.file_reply(odoo, ctx, deadline=deadline)
+        else:
+            ctx.odoo_message_id = post.post_message(odoo, ctx, deadline=deadline)
     finally:
         with services.in_flight_lock:
             services.in_flight.discard(key)

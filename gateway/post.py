@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+import logging
+from email.message import EmailMessage
+from email.policy import SMTP
+from email.utils import formataddr
+
 from gateway.context import MessageContext
 from gateway.odoo import POST_CONTEXT, OdooPool
+from gateway.refusals import OdooUnavailable
+
+log = logging.getLogger(__name__)
 
 SUBTYPES = {"note": "mail.mt_note", "reply": "mail.mt_comment"}
+
+# custom_values of a reply: a key that is no field of any model. Odoo only uses custom_values to
+# create a record when the message cannot go to an existing one (mail_thread.py message_route,
+# _routing_check_route); create() then refuses the unknown field (odoo/models.py create, "Invalid
+# field"), so a reply never makes a record, even if the record vanished after the checks.
+NO_RECORD_CREATION = {"note_gateway_existing_record_only": True}
 
 
 def find_existing(odoo: OdooPool, ctx: MessageContext, *, deadline: float | None = None) -> int | None:
@@ -15,12 +29,31 @@ def find_existing(odoo: OdooPool, ctx: MessageContext, *, deadline: float | None
     delivery would be filed twice unless the gateway looks first.
     """
     assert ctx.message is not None
+    # A reply may have been filed under its record's own Message-ID (record_message_id).
+    ids = [ctx.message.message_id]
+    if ctx.target.kind == "reply":
+        ids.append(record_message_id(ctx))
     # Never cached: a retry comes precisely after the first delivery may have filed the message.
     found = odoo.call("mail.message", "search",
-                      [[("message_id", "=", ctx.message.message_id), ("model", "=", ctx.target.model),
+                      [[("message_id", "in", ids), ("model", "=", ctx.target.model),
                         ("res_id", "=", ctx.target.res_id)]],
                       {"limit": 1}, deadline=deadline)
     return int(found[0]) if found else None
+
+
+def record_message_id(ctx: MessageContext) -> str:
+    """The Message-ID a reply is filed under when Odoo has the original one on another record.
+
+    Odoo's mail gateway drops a message whose Message-ID it knows anywhere (mail_thread.py:1375),
+    but one email sent to two reply addresses is delivered once per address with one Message-ID
+    (each recipient its own transaction, MAIL_SECURITY.md item 16): the second record gets its own
+    ID, derived so that a retry finds it again.
+    """
+    assert ctx.message is not None
+    local, _, domain = ctx.message.message_id.strip().strip("<>").rpartition("@")
+    if not local:
+        local, domain = domain, "note-gateway.invalid"
+    return f"<{local}.{ctx.target.model}-{ctx.target.res_id}@{domain}>"
 
 
 def post_message(odoo: OdooPool, ctx: MessageContext, *, deadline: float | None = None) -> int:
@@ -57,3 +90,97 @@ def post_message(odoo: OdooPool, ctx: MessageContext, *, deadline: float | None 
     result = odoo.call(ctx.target.model, "message_post", [[ctx.target.res_id]], kwargs,
                        context=context, deadline=deadline)
     return int(result[0] if isinstance(result, list) else result)
+
+
+def author_follows(odoo: OdooPool, ctx: MessageContext, *, deadline: float | None = None) -> bool:
+    """Whether the sender's partner follows the record now: only then would Odoo email it its own reply.
+
+    A reply of an author who does not follow is posted with message_post, which neither emails nor
+    subscribes it. Odoo's mail gateway (file_reply) subscribes the author of what it files
+    (mail_thread.py:2220-2235), and on sale.order a follower gains portal read access (ODOO_FACTS.md
+    c): so it is used only for an author who follows already, read fresh, never from a cache.
+    """
+    assert ctx.user is not None
+    if ctx.followers is not None and odoo.connection.read_cache_seconds == 0:
+        try:
+            return ctx.user.partner_id in ctx.followers.result()
+        except Exception:  # noqa: BLE001 (the authorize stage saw this read succeed; read again)
+            pass
+    return bool(odoo.call(ctx.target.model, "search_count",
+                          [[("id", "=", ctx.target.res_id), ("message_partner_ids", "in", [ctx.user.partner_id])]],
+                          deadline=deadline))
+
+
+def reply_message(ctx: MessageContext, message_id: str) -> str:
+    """The message Odoo's mail gateway files for a reply+: only what the gateway decided to file.
+
+    From is the identified user, so Odoo attributes the message to its partner; the body is the
+    rendered reply; the files are those the attachment rules let through, inline images keeping
+    their Content-ID. No To, References or In-Reply-To: Odoo would route by them (to an alias, or
+    to the record of a referenced message) before the record the address names. Cc holds only the
+    internal users the choose-recipients stage kept, never a portal user or customer.
+    """
+    assert ctx.message is not None and ctx.user is not None and ctx.rendered_body is not None
+    message = EmailMessage(policy=SMTP)
+    message["From"] = formataddr((ctx.user.name, ctx.user.email or ctx.message.from_address))
+    message["Message-ID"] = message_id
+    if ctx.notify_emails:
+        message["Cc"] = ", ".join(ctx.notify_emails)
+    message.set_content(ctx.rendered_body, subtype="html", charset="utf-8", cte="base64")
+    files = ctx.message.attachments if ctx.attachments is None else ctx.attachments
+    if files:
+        message.make_mixed()
+        for item in files:
+            maintype, _, subtype = (item.content_type or "application/octet-stream").partition("/")
+            headers = [f"Content-ID: <{item.content_id}>"] if item.content_id else []
+            message.add_attachment(item.payload, maintype=maintype or "application",
+                                   subtype=subtype or "octet-stream", filename=item.filename,
+                                   disposition="inline" if item.content_id else "attachment", headers=headers)
+    return message.as_string()
+
+
+def file_reply(odoo: OdooPool, ctx: MessageContext, *, deadline: float | None = None) -> tuple[int, bool]:
+    """File a reply+ as Odoo's own mail gateway files an incoming email: (message id, duplicate).
+
+    message_post as the integration user would email the author its own reply: Odoo leaves out of
+    the recipients only the calling user's partner when that user is active (ODOO_FACTS.md c,
+    mail_thread.py:3833-3846). mail.thread.message_process posts as the archived OdooBot "to have
+    a priviledged archived user so real_author_id is correctly computed" (mail_thread.py:1294-1297),
+    so the author is left out and every other follower gets Odoo's standard notification. It posts
+    as superuser: the gateway's own checks, all run before this stage, are the only gate.
+    """
+    assert ctx.message is not None and ctx.user is not None
+    context = {}
+    if ctx.company_id is not None:
+        context["allowed_company_ids"] = [ctx.company_id]
+    found: list = []
+    thread = None
+    for message_id in (ctx.message.message_id, record_message_id(ctx)):
+        thread = odoo.call("mail.thread", "message_process", [ctx.target.model, reply_message(ctx, message_id)],
+                           {"custom_values": dict(NO_RECORD_CREATION), "thread_id": ctx.target.res_id},
+                           context=context, deadline=deadline)
+        # False: Odoo knows the Message-ID already (mail_thread.py:1375): filed on this record by a
+        # delivery in between, or on another record, and then the second ID is tried. None: a loop
+        # rule dropped it (mail_thread.py:1381).
+        found = odoo.call("mail.message", "search_read",
+                          [[("message_id", "=", message_id), ("model", "=", ctx.target.model),
+                            ("res_id", "=", ctx.target.res_id)]],
+                          {"fields": ["author_id"], "limit": 1, "order": "id desc"}, deadline=deadline)
+        if found or thread is not False:
+            break
+    if not found:
+        # Not filed, and Odoo said why only in its log: defer, so the sender's MTA retries and the
+        # message is not lost; an admin finds the reason in Odoo's log.
+        log.warning("odoo: message_process returned %r for %s on %s,%s and filed nothing", thread,
+                    ctx.message.message_id, ctx.target.model, ctx.target.res_id)
+        raise OdooUnavailable("Odoo's mail gateway did not file the reply")
+    author = found[0].get("author_id")
+    author_id = int(author[0]) if author else 0
+    if author_id != ctx.user.partner_id:
+        # Odoo picks the author by the From address among the record's followers first
+        # (mail_thread.py _mail_find_partner_from_emails): another partner with the same email.
+        ctx.journal_notes.append(f"reply-author:{author_id} instead of partner {ctx.user.partner_id}")
+        log.warning("odoo: reply %s attributed to partner %s, not the sender's partner %s",
+                    ctx.message.message_id, author_id, ctx.user.partner_id)
+    # Filed by this call unless Odoo said it had the message already (a delivery in between).
+    return int(found[0]["id"]), thread is False

@@ -15,6 +15,9 @@ MAX_LOOKED_UP = 50
 @dataclass
 class Recipients:
     partner_ids: list[int] = field(default_factory=list)
+    # The email of each partner in partner_ids, in the same order: a reply hands them to Odoo as
+    # Cc of the message it files (gateway/post.py file_reply).
+    emails: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
 
 
@@ -55,6 +58,7 @@ def choose(odoo: OdooPool, ctx: MessageContext, *, own_domains: set[str] | froze
     rows = odoo.call("res.users", "search_read", [domain], {"fields": ["login", "email", "partner_id"]},
                      deadline=deadline)
     internal: dict[str, int] = {}
+    emails: dict[int, str] = {}
     for row in rows:
         partner = row.get("partner_id")
         if not partner:
@@ -63,6 +67,7 @@ def choose(odoo: OdooPool, ctx: MessageContext, *, own_domains: set[str] | froze
         for value in (row.get("login"), row.get("email")):
             if value and value.lower() in addresses:
                 internal.setdefault(value.lower(), int(partner[0]))
+                emails.setdefault(int(partner[0]), row.get("email") or value)
     author = ctx.user.partner_id if ctx.user else 0
     for address in addresses:
         partner_id = internal.get(address)
@@ -70,4 +75,5 @@ def choose(odoo: OdooPool, ctx: MessageContext, *, own_domains: set[str] | froze
             result.dropped.append(f"{address} (not an internal user)")
         elif partner_id != author and partner_id not in result.partner_ids:
             result.partner_ids.append(partner_id)
+            result.emails.append(emails[partner_id])
     return result

@@ -25,7 +25,7 @@ def test_bound_address_accepts_only_its_partner(test_odoo, gateway, mailer):
     peter = mailer.sign(mailer.message("note_from_non_member.eml", to))
     assert mailer.send(peter, to, mail_from=PETER_EMAIL).startswith(
         "550 5.7.1 This gateway address was issued to another person")
-    assert len(test_odoo.posts()) == 1
+    assert len(test_odoo.filings()) == 1
 
 
 @contextmanager
@@ -53,7 +53,7 @@ def test_dated_address_expires_after_the_domains_max_age(test_odoo, tmp_path, dn
         # Undated (old-format) addresses keep working unless the domain requires dates.
         assert mailer.send(mailer.sign(mailer.message("note_from_contributor.eml", undated)),
                            undated).startswith("250 ")
-    assert len(test_odoo.posts()) == 2
+    assert len(test_odoo.filings()) == 2
 
 
 def test_domain_may_require_dated_addresses(test_odoo, tmp_path, dns_server, dkim_keys):

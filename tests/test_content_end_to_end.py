@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import email
+import email.policy
 import textwrap
 
 import pytest
@@ -11,7 +13,9 @@ from conftest import ALIAS_DOMAIN, Mailer, write_config
 from gateway.config import load_config
 from gateway.pipeline import Services
 from gateway.smtp import ThreadedGateway
-from gateway.testing.odoo_demo import JOEL_PARTNER_ID, MARC_PARTNER_ID, PAULA_PARTNER_ID, PETER_PARTNER_ID, SALE_ORDER_ID, TASK_ID
+from gateway.testing.odoo_demo import (
+    JOEL_PARTNER_ID, MARC_PARTNER_ID, PAULA_PARTNER_ID, PETER_PARTNER_ID, PROJECT_ID, SALE_ORDER_ID, TASK_ID,
+)
 from gateway.testing.sending import compose
 
 PAULA = "portal.contrib@example.com"
@@ -66,21 +70,80 @@ def test_note_notifies_internal_users_in_cc_with_one_lookup(test_odoo, gateway, 
     assert len(lookups) == 2  # the sender's identity, then every To/Cc address at once
 
 
-def test_reply_adds_internal_cc_and_never_a_portal_cc(test_odoo, gateway, mailer):
+def _processed(test_odoo):
+    """The replies handed to Odoo's mail gateway, each as the email message Odoo parsed."""
+    return [email.message_from_string(call.args[1]) for call in test_odoo.calls
+            if call.model_method == "message_process"]
+
+
+def test_reply_hands_internal_cc_to_odoo_and_never_a_portal_cc(test_odoo, gateway, mailer):
     # Joel (portal) does not follow the task: named in Cc of a public reply he is still not added.
     reply = _send(mailer, "reply", "project.task", TASK_ID,
                   cc="mark.brown23@example.com, joel.willis63@example.com")
     assert reply.startswith("250 ")
-    [post] = _posts(test_odoo)
-    assert post.kwargs["partner_ids"] == [MARC_PARTNER_ID] and post.kwargs["subtype_xmlid"] == "mail.mt_comment"
+    assert _posts(test_odoo) == []
+    [sent] = _processed(test_odoo)
+    # Only the internal user goes to Odoo, which subscribes him on a task (project_task.py
+    # message_update) so that he is notified with the other followers.
+    assert sent["Cc"] == "mark.brown23@example.com" and sent["To"] is None
     notified = {mail.partner_id for mail in test_odoo.outbox}
     assert JOEL_PARTNER_ID not in notified and {MARC_PARTNER_ID, PETER_PARTNER_ID} <= notified
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "issue 3: Odoo 18 leaves out of a comment's recipients only the calling user's partner "
-    "(mail_thread.py _notify_get_recipients, 3834-3846), and over JSON-RPC the caller is the gateway; "
-    "no message_post keyword or context key excludes the author. Needs an Odoo-side hook, see docs/content.md."))
 def test_reply_is_not_emailed_back_to_its_sender(test_odoo, gateway, mailer):
+    reply = _send(mailer, "reply", "project.task", TASK_ID)
+    assert reply.startswith("250 ")
+    filed = int(reply.rsplit(" ", 1)[1])
+    message = test_odoo.message(filed)
+    assert message["author_id"][0] == PAULA_PARTNER_ID and message["subtype_xmlid"] == "mail.mt_comment"
+    assert message["message_type"] == "email" and "Pump checked." in message["body"]
+    notified = {mail.partner_id for mail in test_odoo.outbox}
+    # The other followers are notified as by any comment; the author is not (issue 3).
+    assert PETER_PARTNER_ID in notified and PAULA_PARTNER_ID not in notified
+
+
+def test_reply_of_an_author_who_does_not_follow_is_posted_without_subscribing_it(test_odoo, gateway, mailer):
+    # Odoo's mail gateway would subscribe the author, and a follower of a sale order may read it
+    # in the portal (ODOO_FACTS.md c): a reply of an author who does not follow stays a message_post,
+    # which does not email it its reply either.
+    # Paula may still read the task as a collaborator of its project (Odoo 18's portal rule).
+    test_odoo.add_record("project.collaborator", {"project_id": PROJECT_ID, "partner_id": PAULA_PARTNER_ID,
+                                                  "limited_access": False})
+    test_odoo.remove_follower("project.task", TASK_ID, PAULA_PARTNER_ID)
+    before = test_odoo.followers("project.task", TASK_ID)
     assert _send(mailer, "reply", "project.task", TASK_ID).startswith("250 ")
+    [filing] = test_odoo.filings()
+    assert filing.call.model_method == "message_post" and filing.subtype_xmlid == "mail.mt_comment"
+    assert test_odoo.followers("project.task", TASK_ID) == before
     assert PAULA_PARTNER_ID not in {mail.partner_id for mail in test_odoo.outbox}
+
+
+def test_one_reply_sent_to_two_records_is_filed_on_both(test_odoo, gateway, mailer):
+    # Each recipient is its own SMTP transaction with the same Message-ID; Odoo's mail gateway
+    # drops a Message-ID it knows anywhere, so the second record gets an ID of its own.
+    task, order = mailer.address("reply", "project.task", TASK_ID), mailer.address("reply", "sale.order", SALE_ORDER_ID)
+    raw = mailer.sign(compose(PAULA, f"{task}, {order}", "Both", "Same answer for both.", sender_name="Paula Contributor",
+                              message_id="<both@example.com>"))
+    first, second = mailer.send(raw, task), mailer.send(raw, order)
+    assert first.startswith("250 2.0.0 Filed") and second.startswith("250 2.0.0 Filed")
+    assert test_odoo.message(int(first.rsplit(" ", 1)[1]))["message_id"] == "<both@example.com>"
+    assert test_odoo.message(int(second.rsplit(" ", 1)[1]))["message_id"] == "<both.sale.order-23@example.com>"
+    # A retry of either is recognised, under the ID it was filed with.
+    assert mailer.send(raw, order).startswith("250 2.0.0 Already filed as Odoo message " + second.rsplit(" ", 1)[1])
+    assert mailer.send(raw, task).startswith("250 2.0.0 Already filed as Odoo message " + first.rsplit(" ", 1)[1])
+
+
+def test_reply_attachments_reach_odoo_byte_exact(test_odoo, gateway, mailer):
+    to = mailer.address("reply", "project.task", TASK_ID)
+    payload = bytes(range(256)) * 40
+    message = email.message_from_bytes(compose(PAULA, to, "Photo", "The reading, attached.",
+                                               sender_name="Paula Contributor"), policy=email.policy.SMTP)
+    message.add_attachment(payload, maintype="application", subtype="octet-stream", filename="reading.bin")
+    raw = mailer.sign(message.as_bytes())
+    reply = mailer.send(raw, to)
+    assert reply.startswith("250 ")
+    message = test_odoo.message(int(reply.rsplit(" ", 1)[1]))
+    [attachment_id] = message["attachment_ids"]
+    assert test_odoo.attachment_bytes(attachment_id) == payload
+    assert test_odoo.record("ir.attachment", attachment_id, ["name", "res_model", "res_id"]) | {"id": 0} == {
+        "id": 0, "name": "reading.bin", "res_model": "project.task", "res_id": TASK_ID}

@@ -77,9 +77,10 @@ def test_reply_is_filed_as_public_comment(test_odoo, gateway, mailer):
     to = mailer.address("reply", "project.task", TASK_ID)
     reply = mailer.send(mailer.sign(mailer.message("note_from_contributor.eml", to)), to)
     assert reply.startswith("250 ")
-    [post] = _posts(test_odoo)
-    assert post.kwargs["subtype_xmlid"] == "mail.mt_comment"
+    [filing] = test_odoo.filings()
+    assert filing.call.model_method == "message_process" and filing.subtype_xmlid == "mail.mt_comment"
     message_id = int(reply.rsplit(" ", 1)[1])
+    assert test_odoo.message(message_id)["subtype_xmlid"] == "mail.mt_comment"
     assert message_id in test_odoo.portal_chatter_ids("project.task", TASK_ID, partner_id=PAULA_PARTNER_ID)
 
 
@@ -101,7 +102,7 @@ def test_non_member_may_still_file_a_public_reply(test_odoo, gateway, mailer):
     to = mailer.address("reply", "project.task", TASK_ID)
     reply = mailer.send(mailer.sign(mailer.message("note_from_non_member.eml", to)), to)
     assert reply.startswith("250 ")
-    assert _posts(test_odoo)[0].kwargs["subtype_xmlid"] == "mail.mt_comment"
+    assert test_odoo.message(int(reply.rsplit(" ", 1)[1]))["subtype_xmlid"] == "mail.mt_comment"
 
 
 def test_contributor_who_does_not_follow_the_record_is_refused(test_odoo, gateway, mailer):

@@ -120,10 +120,11 @@ def test_permission_matrix(test_odoo, world, matrix_gateway, dkim_keys, kind):
     wrong = {cell: reply for cell, (ok, reply) in results.items() if not ok}
     assert wrong == {}
     filed = sum(row.count(FILED) for row in EXPECTED.values())
-    posts = test_odoo.posts()
-    assert len(posts) == filed
+    filings = test_odoo.filings()
+    assert len(filings) == filed
     subtype = "mail.mt_note" if kind == "note" else "mail.mt_comment"
-    assert {post.kwargs["subtype_xmlid"] for post in posts} == {subtype}
+    assert {filing.subtype_xmlid for filing in filings} == {subtype}
     # Every post on the bound domain runs in its company's context.
+    posts = [filing.call for filing in filings]
     bound = [post for post in posts if post.context.get("allowed_company_ids")]
     assert len(bound) == 2 and all(post.context["allowed_company_ids"] == [1] for post in bound)

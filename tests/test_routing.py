@@ -60,8 +60,8 @@ def test_plain_reply_address_follows_a_message_stored_in_odoo(test_odoo, gateway
                        to).startswith("250 ")
     reply = mailer.send(_reply_to(mailer, REPLY, in_reply_to="<first@example.com>"), REPLY)
     assert reply.startswith("250 ")
-    last = test_odoo.posts()[-1]
-    assert (last.model, last.args, last.kwargs["subtype_xmlid"]) == ("sale.order", [[23]], "mail.mt_comment")
+    last = test_odoo.filings()[-1]
+    assert (last.model, last.res_id, last.subtype_xmlid) == ("sale.order", 23, "mail.mt_comment")
     assert _journal(gateway)[0].decision == "routed by mail.message <first@example.com>"
 
 
@@ -113,7 +113,7 @@ def test_reply_naming_a_note_address_of_another_record_stays_public(test_odoo, g
     to = mailer.address("reply", "project.task", TASK_ID)
     other = mailer.address("note", "sale.order", 23)
     assert mailer.send(_reply_to(mailer, to, cc=other), to).startswith("250 ")
-    assert test_odoo.posts()[0].kwargs["subtype_xmlid"] == "mail.mt_comment"
+    assert test_odoo.filings()[0].subtype_xmlid == "mail.mt_comment"
 
 
 def test_reply_all_from_a_non_contributor_is_refused_rather_than_made_public(test_odoo, gateway, mailer):

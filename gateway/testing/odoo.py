@@ -136,6 +136,16 @@ class Call:
         return None if self.ended is None else self.ended - self.started
 
 
+@dataclass(frozen=True)
+class Filing:
+    """One call that files a message in a record's chatter."""
+
+    model: str
+    res_id: int
+    subtype_xmlid: str
+    call: Call
+
+
 @dataclass
 class Fault:
     """A failure to inject: which mode, for which calls, how many times."""
@@ -417,6 +427,19 @@ class TestOdoo:
     def posts(self) -> list[Call]:
         """The message_post calls, oldest first."""
         return [call for call in self.calls if call.model_method == "message_post"]
+
+    def filings(self) -> list[Filing]:
+        """The calls that filed (or tried to file) a message, oldest first: message_post, as the
+        gateway files notes, and mail.thread.message_process, as it files replies."""
+        found = []
+        for call in self.calls:
+            if call.model_method == "message_post":
+                res_id = call.args[0][0] if call.args and call.args[0] else 0
+                found.append(Filing(call.model or "", res_id, call.kwargs.get("subtype_xmlid") or "", call))
+            elif call.model_method == "message_process":
+                # Odoo's mail gateway files an incoming email as a Discussions comment.
+                found.append(Filing(call.args[0], call.kwargs.get("thread_id") or 0, "mail.mt_comment", call))
+        return found
 
     def clear_calls(self) -> None:
         with self._state_lock:

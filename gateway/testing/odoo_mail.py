@@ -13,6 +13,7 @@ from typing import Any
 
 import lxml.html
 import nh3
+from markupsafe import Markup
 
 from gateway.testing.odoo_models import (
     WEBSITE_MESSAGE_TYPES,
@@ -544,7 +545,10 @@ def message_post(
     if env.context.get("mail_post_autofollow") and partner_ids:
         subscribe(env, model, record_id, partner_ids)
 
-    if body_is_html and env.is_internal():
+    if isinstance(body, Markup):
+        # A Markup body is HTML already (mail_thread.py:2183-2196): what the mail gateway passes.
+        stored_body = sanitize_html(str(body))
+    elif body_is_html and env.is_internal():
         # Odoo logs this as a WARNING on every such post; at INFO here, so benchmarks stay quiet.
         log.info("Posting HTML message using body_is_html=True, use a Markup object instead (user: %s)", env.uid)
         stored_body = sanitize_html(str(body))
@@ -595,6 +599,97 @@ def message_post(
     keep_mails = notify_values.get("mail_auto_delete", True) is False
     _notify(env, model, record_id, message_id, notify_author, keep_mails)
     return message_id
+
+
+# --- message_process (the mail gateway) -----------------------------------------------------------
+
+_QUOTE_TAG = re.compile(r"<blockquote(?![^>]*data-o-mail-quote)", re.IGNORECASE)
+
+
+def _find_partner_by_email(env: Env, model: str, record_id: int, address: str) -> int | None:
+    """mail_thread.py _mail_find_partner_from_emails for one address: the record's followers
+    first, then the partners of users, then any partner (lowest id)."""
+    wanted = address.strip().lower()
+    partners = env.db.rows["res.partner"]
+
+    def matches(partner_id: int) -> bool:
+        row = partners.get(partner_id) or {}
+        return bool(row.get("email")) and row["email"].strip().lower() == wanted
+
+    followers = [env.db.rows["mail.followers"][fid]["partner_id"] for fid in followers_of(env, model, record_id)]
+    for partner_id in followers:
+        if matches(partner_id):
+            return partner_id
+    for _uid, user in sorted(env.db.rows["res.users"].items()):
+        if user.get("partner_id") and matches(user["partner_id"]):
+            return user["partner_id"]
+    return next((partner_id for partner_id in sorted(partners) if matches(partner_id)), None)
+
+
+@rpc("mail.thread", name="message_process")
+def message_process(env: Env, _model: str, thread_model: str, message: Any, custom_values: Any = None, save_original: bool = False,
+                    strip_attachments: bool = False, thread_id: Any = None) -> Any:
+    """mail_thread.py message_process (Odoo 18.0 lines 1332-1390) for what the gateway sends: a
+    message for an existing record (``thread_id``), without References or aliases to route by.
+
+    As measured on a real Odoo 18: a known Message-ID returns False and files nothing; a missing
+    record raises MissingError (from the author lookup among its followers), before any record
+    creation; the message is posted as the archived OdooBot (mail_thread.py:1294-1297) with the
+    author found from From, message_type 'email' and subtype Discussions, so the author is left
+    out of the notification; the body's HTML is kept (blockquotes marked as quotes); files become
+    attachments of the record; partners in To/Cc are stored on the message after the post, not
+    notified, and on project.task subscribed first (project_task.py message_update).
+    """
+    import email
+    import email.policy
+    from email.utils import getaddresses, parseaddr
+
+    db = env.db
+    if isinstance(message, str):
+        message = message.encode("utf-8")
+    parsed = email.message_from_bytes(bytes(message), policy=email.policy.SMTP)
+    message_id = (parsed.get("Message-Id") or "").strip()
+    if message_id and any(row.get("message_id") == message_id for row in db.rows["mail.message"].values()):
+        log.info("Ignored mail with Message-Id %s: found duplicated Message-Id during processing", message_id)
+        return False
+    if thread_model not in db.models or not db.models[thread_model].chatter:
+        raise ValueError(f"Undeliverable mail with Message-Id {message_id}, model {thread_model} "
+                         "does not accept incoming emails")
+    record_id = int(thread_id or 0)
+    if record_id not in db.rows[thread_model]:
+        raise missing_error(env, thread_model, [record_id])
+    check_records(env, thread_model, [record_id], "read")
+    email_from = str(parsed.get("From") or "")
+    author_id = _find_partner_by_email(env, thread_model, record_id, parseaddr(email_from)[1])
+    body, files = "", []
+    for part in parsed.walk():
+        if part.is_multipart():
+            continue
+        filename = part.get_filename()
+        if filename or part.get_content_disposition() == "attachment":
+            info = {}
+            if part.get("Content-ID"):
+                info["cid"] = str(part["Content-ID"]).strip().strip("<>")
+            files.append([filename or "attachment", part.get_payload(decode=True) or b"", info])
+        elif part.get_content_type() == "text/html" and not body:
+            body = part.get_content()
+        elif part.get_content_type() == "text/plain" and not body:
+            body = "<p>" + html.escape(part.get_content()).replace("\n", "<br>") + "</p>"
+    body = _QUOTE_TAG.sub('<blockquote data-o-mail-quote-node="1" data-o-mail-quote="1"', body)
+    addresses = [address for _name, address in getaddresses([str(parsed.get("To") or ""), str(parsed.get("Cc") or "")])
+                 if address]
+    copied = [partner_id for partner_id in (_find_partner_by_email(env, thread_model, record_id, address)
+                                            for address in addresses) if partner_id]
+    root = Env(db, 1, {**env.context, "from_alias": True, "mail_create_nosubscribe": not author_id}, su=True)
+    if thread_model == "project.task" and copied:
+        subscribe(root, thread_model, record_id, copied)
+    new_message = message_post(
+        root, thread_model, [record_id], body=Markup(body), message_type="email", subtype_xmlid="mail.mt_comment",
+        author_id=author_id or None, email_from=email_from, subject=str(parsed.get("Subject") or "") or None,
+        attachments=[] if strip_attachments else files, message_id=message_id or tracking_message_id(str(record_id)))
+    if copied:
+        db.rows["mail.message"][new_message]["partner_ids"] = list(dict.fromkeys(copied))
+    return record_id
 
 
 def _would_be_internal(env: Env, values: dict) -> bool:

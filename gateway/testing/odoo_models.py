@@ -857,6 +857,8 @@ def build_database(name: str, version: str) -> Database:
         subtype_model(), followers_model(), message_model(), notification_model(), mail_mail_model(),
         alias_domain_model(), attachment_model(), project_model(), collaborator_model(), task_model(),
         sale_order_model(), rule_model(), model_access_model(),
+        # The abstract model whose public methods are called without records, as message_process.
+        Model("mail.thread", "Email Thread", {}, rec_name=None),
     ]
     db.models = {model.name: model for model in models}
     db.rows = {model.name: {} for model in models}

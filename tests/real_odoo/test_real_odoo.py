@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import email
 import email.policy
 import hashlib
@@ -153,13 +154,14 @@ def test_reply_is_a_public_comment_that_portal_users_see_and_a_note_beside_it_th
     for user in (world.plain, world.contributor):
         seen = _portal_sees(world, user, "project.task", task)
         assert comment in seen and note not in seen
-    # A public comment is emailed to every follower of the record (the customer side included) and
-    # to nobody else; not to the integration user, which also did not become a follower. Whether
-    # the author gets her own message back is left open here: Odoo leaves out the calling user's
-    # partner, not the author's (ODOO_FACTS.md c), so today she does; the print below reports it.
+    # A public comment is emailed to every other follower of the record (the customer side
+    # included) and to nobody else: not to its author (issue 3; filed through Odoo's mail gateway,
+    # which posts as the archived OdooBot), not to the integration user, which did not become a
+    # follower either.
     notified = sorted(n["res_partner_id"][0] for n in notifications_for_message(world, comment))
     others = set(world.task_followers) - {world.contributor.partner_id}
-    assert set(notified) - {world.contributor.partner_id} == others and world.plain.partner_id in others
+    assert set(notified) == others and world.plain.partner_id in others
+    assert stored["message_type"] == "email"
     assert world.integration.partner_id not in notified
     assert followers_of(world, "project.task", task) == world.task_followers
     assert notifications_for_message(world, note) == []
@@ -168,6 +170,35 @@ def test_reply_is_a_public_comment_that_portal_users_see_and_a_note_beside_it_th
           f"(contributor/author {world.contributor.partner_id}, plain {world.plain.partner_id}); "
           f"note {note} beside it: 0 notifications; portal chatter of plain: "
           f"{_portal_sees(world, world.plain, 'project.task', task)}")
+
+
+def test_one_reply_to_task_and_order_is_filed_on_both_with_its_file_byte_exact(world, real_gateway):
+    # One email to two reply addresses: two transactions, one Message-ID, which Odoo's mail gateway
+    # files only once (mail_thread.py:1375); the order gets an ID of its own.
+    message_id = _message_id(world)
+    task_to = real_gateway.address("reply", "project.task", world.task_id)
+    order_to = real_gateway.address("reply", "sale.order", world.sale_order_id)
+    message = email.message_from_bytes(real_gateway.message(
+        world.contributor.email, f"{task_to}, {order_to}", "Delivery note attached.\n",
+        sender_name="Paula Contributor", message_id=message_id), policy=email.policy.SMTP)
+    payload = bytes(range(256)) * 16
+    message.add_attachment(payload, maintype="application", subtype="octet-stream", filename="delivery.bin")
+    raw = real_gateway.sign(message.as_bytes())
+    on_task = _filed_id(real_gateway.send(raw, task_to, mail_from=world.contributor.email))
+    on_order = _filed_id(real_gateway.send(raw, order_to, mail_from=world.contributor.email))
+    task_row = _stored(world, "project.task", world.task_id, on_task)
+    order_row = _stored(world, "sale.order", world.sale_order_id, on_order)
+    assert task_row["message_id"] == message_id and order_row["message_id"] != message_id
+    for row in (task_row, order_row):
+        [attachment] = world.admin.env["ir.attachment"].read(row["attachment_ids"], ["name", "datas"])
+        assert attachment["name"] == "delivery.bin"
+        assert base64.b64decode(attachment["datas"]) == payload
+        notified = {n["res_partner_id"][0] for n in notifications_for_message(world, row["id"])}
+        assert world.contributor.partner_id not in notified and notified
+    assert followers_of(world, "sale.order", world.sale_order_id) == world.order_followers
+    # A retry of the second delivery is recognised.
+    assert real_gateway.send(raw, order_to, mail_from=world.contributor.email).startswith(
+        f"250 2.0.0 Already filed as Odoo message {on_order}")
 
 
 @pytest.mark.parametrize("who, expected", [

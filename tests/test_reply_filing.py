@@ -1,0 +1,70 @@
+"""How a reply+ is handed to Odoo's mail gateway (gateway/post.py), for outcomes the test Odoo cannot produce."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+from types import SimpleNamespace
+
+import pytest
+
+from gateway import post
+from gateway.context import Attachment, MessageContext, OdooUser, ParsedMessage, Target
+from gateway.refusals import OdooUnavailable
+
+
+class RecordingPool:
+    """Answers each call from a list, in order, and keeps the calls (a stand-in for OdooPool)."""
+
+    def __init__(self, *answers):
+        self.answers = list(answers)
+        self.calls = []
+        self.connection = SimpleNamespace(read_cache_seconds=0)
+
+    def call(self, model, method, args=None, kwargs=None, **options):
+        self.calls.append((model, method, args, kwargs))
+        return self.answers.pop(0)
+
+
+def _context(**message) -> MessageContext:
+    ctx = MessageContext(raw=b"", mail_from="paula@example.com", rules=None,  # type: ignore[arg-type]
+                         target=Target("reply", "notes.example.com", "project.task", 60, "reply+x@notes.example.com"))
+    ctx.message = ParsedMessage(message_id="<m1@example.com>", from_address="paula@example.com", from_name="Paula",
+                                subject="Re: Pump", text_plain="", text_html="", **message)
+    ctx.user = OdooUser(uid=8, login="paula@example.com", name="Paula Contributor", email="paula@example.com",
+                        partner_id=42, commercial_partner_id=42, internal=False)
+    ctx.rendered_body = "<p>Pump checked.</p>"
+    return ctx
+
+
+def test_a_reply_odoo_did_not_file_is_deferred_not_acknowledged():
+    # None: one of Odoo's loop rules dropped the message (mail_thread.py:1381); nothing was filed.
+    odoo = RecordingPool(None, [])
+    with pytest.raises(OdooUnavailable, match="did not file the reply"):
+        post.file_reply(odoo, _context())
+
+
+def test_a_reply_attributed_to_another_partner_is_journaled():
+    odoo = RecordingPool(60, [{"id": 7, "author_id": [99, "Other"]}])
+    ctx = _context()
+    assert post.file_reply(odoo, ctx) == (7, False)
+    assert ctx.journal_notes == ["reply-author:99 instead of partner 42"]
+
+
+def test_the_message_handed_to_odoo_holds_only_what_the_gateway_decided():
+    ctx = _context()
+    ctx.notify_emails = ["marc@example.com"]
+    ctx.attachments = [Attachment("photo.png", "image/png", b"\x89PNG-bytes", content_id="img1@example.com")]
+    odoo = RecordingPool(60, [{"id": 7, "author_id": [42, "Paula"]}])
+    assert post.file_reply(odoo, ctx) == (7, False)
+    (_, method, args, kwargs), _search = odoo.calls
+    assert method == "message_process" and args[0] == "project.task"
+    assert kwargs == {"custom_values": post.NO_RECORD_CREATION, "thread_id": 60}
+    sent = email.message_from_string(args[1], policy=email.policy.SMTP)
+    assert (sent["From"], sent["Message-ID"], sent["Cc"]) == (
+        "Paula Contributor <paula@example.com>", "<m1@example.com>", "marc@example.com")
+    # Nothing Odoo could route by before the record the address names.
+    assert all(sent[name] is None for name in ("To", "References", "In-Reply-To", "Delivered-To"))
+    body, image = [part for part in sent.walk() if not part.is_multipart()]
+    assert body.get_content().strip() == "<p>Pump checked.</p>"
+    assert image.get_content() == b"\x89PNG-bytes" and image["Content-ID"] == "<img1@example.com>"

@@ -120,6 +120,9 @@ def _split_trailing_punctuation(url: str) -> tuple[str, str]:
 
 def _linked_line(line: str) -> str:
     """Escape one line of plain text and turn its URLs and email addresses into links."""
+    if "@" not in line and ":" not in line and "www." not in line.lower():
+        # No scheme, "www." or address: nothing _LINK could match, and most lines are like this.
+        return html.escape(line)
     pieces: list[str] = []
     position = 0
     for match in _LINK.finditer(line):

@@ -85,9 +85,17 @@ _PATTERNS = {
 }
 
 
+# Every header the library knows ends in a colon ("wrote:", "From: ...", the Japanese date line) or
+# is a dashed separator ("-----Original Message-----"); tests/test_quotes.py checks that of each
+# pattern it has. A text with neither cannot hold one, and most notes have none.
+_HEADER_HINT = re.compile(r"[:：]|-----")
+_NO_HEADER = re.compile(r"(?!)")
+
+
 def _latest_reply(text: str) -> str:
     """What mail-parser-reply keeps of ``text``: the part above headers, closings and disclaimers."""
-    return EmailMessage(text=text, languages=list(_REPLY_PARSER.languages), **_PATTERNS).read().latest_reply or ""
+    patterns = _PATTERNS if _HEADER_HINT.search(text) else {**_PATTERNS, "_header_regex": _NO_HEADER}
+    return EmailMessage(text=text, languages=list(_REPLY_PARSER.languages), **patterns).read().latest_reply or ""
 
 
 @dataclass(frozen=True)
@@ -177,8 +185,10 @@ def split_text(text: str) -> Split:
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     signature = next((i for i, line in enumerate(lines)
                       if _SIGNATURE_DELIMITER.match(line) or _MOBILE_CLOSING.match(line)), len(lines))
+    # One search of the whole text spares the per-line hint searches when none can match.
+    attribution_possible = _ATTRIBUTION_HINT.search(text) is not None
     first_quote = next((i for i, line in enumerate(lines[:signature])
-                        if _is_quoted(line) or _is_attribution(lines, i)), signature)
+                        if _is_quoted(line) or (attribution_possible and _is_attribution(lines, i))), signature)
     if first_quote < signature and _has_own_text_after_quote(lines, first_quote, signature):
         # Answers written between the quoted lines only make sense next to them.
         cut = signature

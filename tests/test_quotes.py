@@ -162,3 +162,19 @@ def test_a_line_ending_in_wrote_without_a_quote_below_is_the_authors_own():
 def test_outlook_separator_line_starts_the_quote_without_quote_marks():
     split = split_text(f"{OWN}.\n\n-----Original Message-----\nFrom: Bob\nSent: Monday\n\n{OLD}?\n")
     assert OLD not in split.kept and OLD in split.trimmed
+
+
+def test_every_header_pattern_of_mail_parser_reply_needs_a_colon_or_dashes():
+    # gateway/quotes.py skips the library's header scan for a text without ":" or "-----";
+    # that is only right while each of its header patterns requires one of them.
+    from mailparser_reply.constants import GENERIC_MAIL_SEPARATOR, MAIL_LANGUAGES
+
+    from gateway.quotes import _REPLY_PARSER
+
+    patterns = [GENERIC_MAIL_SEPARATOR]
+    for language in _REPLY_PARSER.languages + ["en"]:
+        for key in ("wrote_header", "from_header"):
+            value = MAIL_LANGUAGES[language].get(key) or []
+            patterns += value if isinstance(value, list) else [value]
+    for pattern in patterns:
+        assert ":" in pattern or "：" in pattern or "-{5,}" in pattern, pattern

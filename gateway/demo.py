@@ -77,7 +77,7 @@ def run_demo(*, keep_running: bool = False, port: int = 0) -> int:
                       f"({(time.perf_counter() - started) * 1000:.0f} ms)")
             _print_chatter(odoo)
             print(f"\nEmails Odoo sent for these posts: {len(odoo.outbox)} "
-                  f"(a note notifies nobody; the public reply notifies the record's followers)")
+                  f"(a note notifies nobody; the public reply notifies the record's other followers)")
 
             if keep_running:
                 print(textwrap.dedent(f"""

@@ -202,7 +202,7 @@ def _post(ctx: MessageContext, services: Services, deadline: float) -> None:
         if existing is not None:
             ctx.odoo_message_id, ctx.duplicate = existing, True
             return
-        if ctx.target.kind == "reply" and post.author_follows(odoo, ctx, deadline=deadline):
+        if ctx.target.kind == "reply" and post.files_through_mail_gateway(odoo, ctx, deadline=deadline):
             ctx.odoo_message_id, ctx.duplicate = post.file_reply(odoo, ctx, deadline=deadline)
         else:
             ctx.odoo_message_id = post.post_message(odoo, ctx, deadline=deadline)

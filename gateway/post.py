@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import email
 import logging
 from email.message import EmailMessage
 from email.policy import SMTP
@@ -92,14 +93,44 @@ def post_message(odoo: OdooPool, ctx: MessageContext, *, deadline: float | None 
     return int(result[0] if isinstance(result, list) else result)
 
 
-def author_follows(odoo: OdooPool, ctx: MessageContext, *, deadline: float | None = None) -> bool:
-    """Whether the sender's partner follows the record now: only then would Odoo email it its own reply.
+def message_id_survives(message_id: str) -> bool:
+    """Whether Odoo's parser reads this Message-ID back unchanged from the message file_reply builds.
 
-    A reply of an author who does not follow is posted with message_post, which neither emails nor
-    subscribes it. Odoo's mail gateway (file_reply) subscribes the author of what it files
-    (mail_thread.py:2220-2235), and on sale.order a follower gains portal read access (ODOO_FACTS.md
-    c): so it is used only for an author who follows already, read fresh, never from a cache.
+    The retry check and the search for the filed message rely on it. An ID with spaces or 8-bit
+    characters (RFC 5322 section 3.6.4 allows neither) would come back folded, encoded or cut.
     """
+    probe = EmailMessage(policy=SMTP)
+    try:
+        probe["Message-ID"] = message_id
+        raw = probe.as_bytes()
+        raw.decode("ascii")
+    except Exception:  # noqa: BLE001 (the header parser raises IndexError too on some IDs, "<[x]@x>")
+        return False
+    parsed = email.message_from_bytes(raw, policy=SMTP)
+    return str(parsed.get("Message-Id") or "").strip() == message_id
+
+
+def files_through_mail_gateway(odoo: OdooPool, ctx: MessageContext, *, deadline: float | None = None) -> bool:
+    """Whether a reply goes to Odoo's mail gateway (file_reply) rather than message_post.
+
+    Only if the sender's partner follows the record now: only then would message_post email it its
+    own reply. A reply of an author who does not follow is posted with message_post, which neither
+    emails nor subscribes it, whereas Odoo's mail gateway subscribes the author of what it files
+    (mail_thread.py:2220-2235), and on sale.order a follower gains portal read access (ODOO_FACTS.md
+    c): the followers are read fresh, never from a cache. And only if the Message-ID reaches Odoo
+    unchanged; otherwise the journal says why the author may get a copy.
+    """
+    assert ctx.user is not None and ctx.message is not None
+    if not _author_follows(odoo, ctx, deadline=deadline):
+        return False
+    if not message_id_survives(ctx.message.message_id) or not message_id_survives(record_message_id(ctx)):
+        ctx.journal_notes.append(f"reply-posted-by-message_post:Message-ID {ctx.message.message_id!r} "
+                                 "cannot pass Odoo's mail gateway unchanged")
+        return False
+    return True
+
+
+def _author_follows(odoo: OdooPool, ctx: MessageContext, *, deadline: float | None = None) -> bool:
     assert ctx.user is not None
     if ctx.followers is not None and odoo.connection.read_cache_seconds == 0:
         try:
@@ -122,20 +153,20 @@ def reply_message(ctx: MessageContext, message_id: str) -> str:
     """
     assert ctx.message is not None and ctx.user is not None and ctx.rendered_body is not None
     message = EmailMessage(policy=SMTP)
-    message["From"] = formataddr((ctx.user.name, ctx.user.email or ctx.message.from_address))
+    # The DKIM-verified address is the one the identity stage matched; a name is one line.
+    sender = ctx.sender.email if ctx.sender else ctx.message.from_address
+    message["From"] = formataddr((" ".join((ctx.user.name or ctx.message.from_name or "").split()), sender))
     message["Message-ID"] = message_id
     if ctx.notify_emails:
         message["Cc"] = ", ".join(ctx.notify_emails)
     message.set_content(ctx.rendered_body, subtype="html", charset="utf-8", cte="base64")
     files = ctx.message.attachments if ctx.attachments is None else ctx.attachments
-    if files:
-        message.make_mixed()
-        for item in files:
-            maintype, _, subtype = (item.content_type or "application/octet-stream").partition("/")
-            headers = [f"Content-ID: <{item.content_id}>"] if item.content_id else []
-            message.add_attachment(item.payload, maintype=maintype or "application",
-                                   subtype=subtype or "octet-stream", filename=item.filename,
-                                   disposition="inline" if item.content_id else "attachment", headers=headers)
+    for item in files or []:
+        # application/octet-stream in base64 whatever the file: Odoo decodes a text/* part with its
+        # charset (a Latin-1 byte became U+FFFD on Odoo 18), and guesses the type from name and bytes.
+        options = {"cid": f"<{item.content_id}>", "disposition": "inline"} if item.content_id else {}
+        message.add_attachment(item.payload, maintype="application", subtype="octet-stream",
+                               filename=item.filename, **options)
     return message.as_string()
 
 

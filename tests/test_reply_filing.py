@@ -68,3 +68,32 @@ def test_the_message_handed_to_odoo_holds_only_what_the_gateway_decided():
     body, image = [part for part in sent.walk() if not part.is_multipart()]
     assert body.get_content().strip() == "<p>Pump checked.</p>"
     assert image.get_content() == b"\x89PNG-bytes" and image["Content-ID"] == "<img1@example.com>"
+    # Odoo would decode a text/* part with its charset; every file goes as opaque bytes.
+    assert image.get_content_type() == "application/octet-stream" and image.get_filename() == "photo.png"
+
+
+@pytest.mark.parametrize("message_id, survives", [
+    ("<m1@example.com>", True),
+    ("<a.b+c@example.com>", True),
+    ("<with space@example.com>", False),
+    ("<caf\u00e9@example.com>", False),
+])
+def test_only_a_message_id_that_reaches_odoo_unchanged_goes_through_its_mail_gateway(message_id, survives):
+    assert post.message_id_survives(message_id) is survives
+
+
+def test_a_reply_whose_message_id_would_change_is_posted_and_says_why():
+    ctx = _context()
+    ctx.message.message_id = "<caf\u00e9@example.com>"
+    odoo = RecordingPool(1)  # the author follows the record
+    assert post.files_through_mail_gateway(odoo, ctx) is False
+    assert ctx.journal_notes == [
+        "reply-posted-by-message_post:Message-ID '<caf\u00e9@example.com>' cannot pass Odoo's mail gateway unchanged"]
+
+
+def test_a_reply_of_an_author_who_does_not_follow_is_posted():
+    odoo = RecordingPool(0)
+    assert post.files_through_mail_gateway(odoo, _context()) is False
+    [(model, method, args, _)] = odoo.calls
+    assert (model, method, args) == ("project.task", "search_count",
+                                     [[("id", "=", 60), ("message_partner_ids", "in", [42])]])

@@ -670,7 +670,16 @@ def message_process(env: Env, _model: str, thread_model: str, message: Any, cust
             info = {}
             if part.get("Content-ID"):
                 info["cid"] = str(part["Content-ID"]).strip().strip("<>")
-            files.append([filename or "attachment", part.get_payload(decode=True) or b"", info])
+            content = part.get_payload(decode=True) or b""
+            if part.get_content_maintype() == "text":
+                # Odoo 18 reads a text/* file with its charset (us-ascii by default) and stores the
+                # text as UTF-8: measured, a Latin-1 byte came back as U+FFFD.
+                charset = part.get_content_charset() or "us-ascii"
+                try:
+                    content = content.decode(charset, errors="replace").encode("utf-8")
+                except LookupError:
+                    content = content.decode("utf-8", errors="replace").encode("utf-8")
+            files.append([filename or "attachment", content, info])
         elif part.get_content_type() == "text/html" and not body:
             body = part.get_content()
         elif part.get_content_type() == "text/plain" and not body:

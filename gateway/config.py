@@ -40,6 +40,11 @@ class ListenerConfig(_Strict):
     max_message_size: Annotated[int, Field(ge=1024)] = 20 * 1024 * 1024
     session_timeout: Annotated[float, Field(gt=0)] = 90.0
     max_sessions: Annotated[int, Field(ge=1)] = 100
+    # Messages parsed, checked and filed at once; the others wait, their DATA received, for a slot
+    # (and for their deadline). Each message being processed holds several decoded copies of itself,
+    # so this, not the load, bounds the memory (issue 6: 100 messages of 1 MB processed at once took
+    # some 700 MB); and more than a few per Odoo connection only queue on the pool.
+    max_processing: Annotated[int, Field(ge=1)] = 8
     # A client's mail system waits 10 minutes for the reply to DATA (RFC 5321 section 4.5.3.2.6);
     # the gateway answers well before, so a slow Odoo means a 451 and not a timed-out session
     # whose message the client may have to assume delivered.

@@ -168,7 +168,7 @@ class GatewayServer:
         self.services = services
         listener = services.config.gateway.listener
         self.listener = listener
-        self.executor = ThreadPoolExecutor(max_workers=listener.max_sessions, thread_name_prefix="pipeline")
+        self.executor = ThreadPoolExecutor(max_workers=listener.max_processing, thread_name_prefix="pipeline")
         self.handler = GatewayHandler(services, self.executor)
         self.session_limit = _SessionLimit(listener.max_sessions, listener.max_sessions_per_ip)
         self._server: asyncio.base_events.Server | None = None

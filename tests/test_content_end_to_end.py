@@ -147,3 +147,31 @@ def test_reply_attachments_reach_odoo_byte_exact(test_odoo, gateway, mailer):
     assert test_odoo.attachment_bytes(attachment_id) == payload
     assert test_odoo.record("ir.attachment", attachment_id, ["name", "res_model", "res_id"]) | {"id": 0} == {
         "id": 0, "name": "reading.bin", "res_model": "project.task", "res_id": TASK_ID}
+
+
+def test_reply_to_a_record_deleted_while_it_is_filed_is_deferred_then_refused(test_odoo, gateway, mailer):
+    # Ported from the reply-author branch: the task is deleted after the gateway authorized the
+    # sender, while Odoo's mail gateway is about to file the reply. Odoo answers MissingError
+    # (measured on Odoo 18), the reply is deferred, no record is created from the mail, and the
+    # retry is refused at the record check.
+    import threading
+    import time
+
+    to = mailer.address("reply", "project.task", TASK_ID)
+    raw = mailer.sign(compose(PAULA, to, "Re: Pump", "Pump checked.", sender_name="Paula Contributor"))
+    tasks_before = test_odoo.search("project.task", [], active_test=False)
+    test_odoo.fail("hang", method="message_process", seconds=10)
+    replies: list[str] = []
+    sender = threading.Thread(target=lambda: replies.append(mailer.send(raw, to)))
+    sender.start()
+    deadline = time.monotonic() + 10
+    while not [call for call in test_odoo.calls if call.model_method == "message_process"]:
+        assert time.monotonic() < deadline, "message_process was never called"
+        time.sleep(0.02)
+    with test_odoo.db.lock:
+        test_odoo.db.rows["project.task"].pop(TASK_ID)
+    test_odoo.heal()
+    sender.join(timeout=30)
+    assert replies and replies[0].startswith("451 4.3.0 Odoo is unavailable"), replies
+    assert test_odoo.search("project.task", [], active_test=False) == [t for t in tasks_before if t != TASK_ID]
+    assert mailer.send(raw, to).startswith("550 5.1.1 The record of this address does not exist")

@@ -107,9 +107,11 @@ class GatewayHandler:
 class _SessionLimit:
     """The sessions of one listener: how many, from which peers, and whether it is stopping."""
 
-    def __init__(self, limit: int, per_peer: int = 0) -> None:
+    def __init__(self, limit: int, per_peer: int = 0, in_data: int = 0) -> None:
         self.limit = limit
         self.per_peer = per_peer or limit
+        # Sessions allowed inside DATA at once (listener.max_messages_in_data): the memory bound.
+        self.data_slots = asyncio.Semaphore(in_data or limit)
         self.active = 0
         self.by_peer: collections.Counter[str] = collections.Counter()
         self.sessions: set[SMTP] = set()
@@ -153,6 +155,21 @@ def _limited(base: type[SMTP]) -> type[SMTP]:
                     del limit.by_peer[peer]
                 limit.sessions.discard(self)
 
+        async def smtp_DATA(self, arg: str) -> None:
+            # Hold a slot from before the 354 until the reply: a session waiting here has sent
+            # nothing of its message yet, so memory grows with the slots, not with the sessions.
+            # A DATA that aiosmtpd will refuse at once (no RCPT, an argument) needs no slot.
+            if self.envelope is None or not self.envelope.rcpt_tos or arg:
+                return await super().smtp_DATA(arg)
+            async with self._session_limit.data_slots:
+                if self.transport is None or self.transport.is_closing():
+                    return None
+                return await super().smtp_DATA(arg)
+
+        # aiosmtpd's HELP reads the syntax that its @syntax decorator put on the method.
+        for attribute in ("__smtp_syntax__", "__smtp_syntax_extended__", "__smtp_syntax_when__"):
+            setattr(smtp_DATA, attribute, getattr(base.smtp_DATA, attribute, None))
+
     Limited.__name__ = f"Limited{base.__name__}"
     return Limited
 
@@ -170,7 +187,8 @@ class GatewayServer:
         self.listener = listener
         self.executor = ThreadPoolExecutor(max_workers=listener.max_sessions, thread_name_prefix="pipeline")
         self.handler = GatewayHandler(services, self.executor)
-        self.session_limit = _SessionLimit(listener.max_sessions, listener.max_sessions_per_ip)
+        self.session_limit = _SessionLimit(listener.max_sessions, listener.max_sessions_per_ip,
+                                           listener.max_messages_in_data)
         self._server: asyncio.base_events.Server | None = None
         self.tls_context = self._tls_context(services)
 

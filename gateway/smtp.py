@@ -16,7 +16,7 @@ from gateway import address, observe, pipeline, policy, tls
 from gateway.context import MessageContext, Target
 from gateway.journal import JournalEntry, JournalUnavailable
 from gateway.pipeline import Services
-from gateway.refusals import (InternalError, ModelNotAllowed, OdooUnavailable, Refusal, ShuttingDown,
+from gateway.refusals import (GatewayBusy, InternalError, ModelNotAllowed, OdooUnavailable, Refusal, ShuttingDown,
                               TooManyConnectionsFromPeer, TooManyRecipients, TooManySessions)
 
 log = logging.getLogger(__name__)
@@ -82,10 +82,18 @@ class GatewayHandler:
         deadline = time.monotonic() + budget
         loop = asyncio.get_running_loop()
         self.in_data += 1
+        # aiosmtpd's idle timer (session_timeout) runs from the DATA command and would cut a
+        # message still being filed; the message's own deadline bounds it here, and the timer
+        # starts again once the reply is out of our hands.
+        timer = getattr(server, "_timeout_handle", None)
+        if timer is not None:
+            timer.cancel()
         try:
             return await self._process(ctx, services, target, envelope, budget, deadline, loop)
         finally:
             self.in_data -= 1
+            if timer is not None:
+                server._reset_timeout()
 
     async def _process(self, ctx: MessageContext, services: Services, target: Target, envelope: Envelope,
                        budget: float, deadline: float, loop: asyncio.AbstractEventLoop) -> str:
@@ -161,10 +169,26 @@ def _limited(base: type[SMTP]) -> type[SMTP]:
             # A DATA that aiosmtpd will refuse at once (no RCPT, an argument) needs no slot.
             if self.envelope is None or not self.envelope.rcpt_tos or arg:
                 return await super().smtp_DATA(arg)
-            async with self._session_limit.data_slots:
+            slots = self._session_limit.data_slots
+            # aiosmtpd's idle timer runs from the command on; a session waiting for a slot is not
+            # idle by its own fault, so it waits up to session_timeout and then gets a 451.
+            if self._timeout_handle is not None:
+                self._timeout_handle.cancel()
+            try:
+                await asyncio.wait_for(slots.acquire(), timeout=self._timeout_duration)
+            except asyncio.TimeoutError:
+                self._reset_timeout()
+                refusal = GatewayBusy()
+                log.info("DATA from %s deferred: %s", self.session.peer, refusal.smtp_reply())
+                await self.push(refusal.smtp_reply())
+                return None
+            try:
                 if self.transport is None or self.transport.is_closing():
                     return None
+                self._reset_timeout()
                 return await super().smtp_DATA(arg)
+            finally:
+                slots.release()
 
         # aiosmtpd's HELP reads the syntax that its @syntax decorator put on the method.
         for attribute in ("__smtp_syntax__", "__smtp_syntax_extended__", "__smtp_syntax_when__"):

@@ -249,13 +249,19 @@ class Bench:
                     raise SystemExit(f"bench: memory: {run.refused} messages refused (5xx), first: {first}")
                 row.gateway.append(peak)
                 row.note = (f"VmHWM of `note-gateway serve`; max_sessions={limit}, max_sessions_per_ip={limit}, "
-                            f"max_messages_in_data=20 (default); {run.accepted} filed, {run.deferred} deferred "
+                            f"max_messages_in_data={_default_in_data()} (default); {run.accepted} filed, {run.deferred} deferred "
                             f"(4xx), {run.refused_sessions} sessions turned away at connect (421), "
                             f"{run.broken_sessions} broken after it")
             if row.target:
                 row.passed = _median(row.gateway) <= 300
             rows.append(row)
         return rows
+
+
+def _default_in_data() -> int:
+    from gateway.config import ListenerConfig
+
+    return ListenerConfig.model_fields["max_messages_in_data"].default
 
 
 def _spawn_one(host: str, port: int, message: tuple[str, str, bytes]) -> int:

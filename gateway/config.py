@@ -52,7 +52,7 @@ class ListenerConfig(_Strict):
     # the pipeline parses and decodes it), so this, times max_message_size, is what bounds the
     # memory, not the number of sessions (issue 6, benchmark 5). A session beyond it waits before
     # its 354, which RFC 5321 section 4.5.3.2.2 lets last up to 2 minutes at the client.
-    max_messages_in_data: Annotated[int, Field(ge=1)] = 20
+    max_messages_in_data: Annotated[int, Field(ge=1)] = 10
     # On SIGTERM: seconds to let sessions in flight finish before they are cut (the pipeline of a
     # message already in DATA still runs to its own deadline).
     shutdown_grace: Annotated[float, Field(ge=0)] = 30.0

@@ -173,6 +173,14 @@ class ShuttingDown(Refusal):
     reason = "The gateway is shutting down, try again later"
 
 
+class GatewayBusy(Refusal):
+    # Every slot of listener.max_messages_in_data stayed taken for a whole session_timeout: defer
+    # before any of the message is sent, and the client retries later (RFC 5321 section 4.2.5).
+    smtp_code, enhanced_code = 451, "4.3.2"
+    reason = "The gateway is busy with other messages, try again later"
+    sends_notice = False
+
+
 class TooManyConnectionsFromPeer(Refusal):
     smtp_code, enhanced_code = 421, "4.7.0"
     reason = "Too many connections from your address, try again later"

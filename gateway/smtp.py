@@ -16,7 +16,7 @@ from gateway import address, observe, pipeline, policy, tls
 from gateway.context import MessageContext, Target
 from gateway.journal import JournalEntry, JournalUnavailable
 from gateway.pipeline import Services
-from gateway.refusals import (InternalError, ModelNotAllowed, OdooUnavailable, Refusal, ShuttingDown,
+from gateway.refusals import (GatewayBusy, InternalError, ModelNotAllowed, OdooUnavailable, Refusal, ShuttingDown,
                               TooManyConnectionsFromPeer, TooManyRecipients, TooManySessions)
 
 log = logging.getLogger(__name__)
@@ -82,10 +82,18 @@ class GatewayHandler:
         deadline = time.monotonic() + budget
         loop = asyncio.get_running_loop()
         self.in_data += 1
+        # aiosmtpd's idle timer (session_timeout) runs from the DATA command and would cut a
+        # message still being filed; the message's own deadline bounds it here, and the timer
+        # starts again once the reply is out of our hands.
+        timer = getattr(server, "_timeout_handle", None)
+        if timer is not None:
+            timer.cancel()
         try:
             return await self._process(ctx, services, target, envelope, budget, deadline, loop)
         finally:
             self.in_data -= 1
+            if timer is not None:
+                server._reset_timeout()
 
     async def _process(self, ctx: MessageContext, services: Services, target: Target, envelope: Envelope,
                        budget: float, deadline: float, loop: asyncio.AbstractEventLoop) -> str:
@@ -107,9 +115,11 @@ class GatewayHandler:
 class _SessionLimit:
     """The sessions of one listener: how many, from which peers, and whether it is stopping."""
 
-    def __init__(self, limit: int, per_peer: int = 0) -> None:
+    def __init__(self, limit: int, per_peer: int = 0, in_data: int = 0) -> None:
         self.limit = limit
         self.per_peer = per_peer or limit
+        # Sessions allowed inside DATA at once (listener.max_messages_in_data): the memory bound.
+        self.data_slots = asyncio.Semaphore(in_data or limit)
         self.active = 0
         self.by_peer: collections.Counter[str] = collections.Counter()
         self.sessions: set[SMTP] = set()
@@ -153,6 +163,37 @@ def _limited(base: type[SMTP]) -> type[SMTP]:
                     del limit.by_peer[peer]
                 limit.sessions.discard(self)
 
+        async def smtp_DATA(self, arg: str) -> None:
+            # Hold a slot from before the 354 until the reply: a session waiting here has sent
+            # nothing of its message yet, so memory grows with the slots, not with the sessions.
+            # A DATA that aiosmtpd will refuse at once (no RCPT, an argument) needs no slot.
+            if self.envelope is None or not self.envelope.rcpt_tos or arg:
+                return await super().smtp_DATA(arg)
+            slots = self._session_limit.data_slots
+            # aiosmtpd's idle timer runs from the command on; a session waiting for a slot is not
+            # idle by its own fault, so it waits up to session_timeout and then gets a 451.
+            if self._timeout_handle is not None:
+                self._timeout_handle.cancel()
+            try:
+                await asyncio.wait_for(slots.acquire(), timeout=self._timeout_duration)
+            except asyncio.TimeoutError:
+                self._reset_timeout()
+                refusal = GatewayBusy()
+                log.info("DATA from %s deferred: %s", self.session.peer, refusal.smtp_reply())
+                await self.push(refusal.smtp_reply())
+                return None
+            try:
+                if self.transport is None or self.transport.is_closing():
+                    return None
+                self._reset_timeout()
+                return await super().smtp_DATA(arg)
+            finally:
+                slots.release()
+
+        # aiosmtpd's HELP reads the syntax that its @syntax decorator put on the method.
+        for attribute in ("__smtp_syntax__", "__smtp_syntax_extended__", "__smtp_syntax_when__"):
+            setattr(smtp_DATA, attribute, getattr(base.smtp_DATA, attribute, None))
+
     Limited.__name__ = f"Limited{base.__name__}"
     return Limited
 
@@ -168,9 +209,10 @@ class GatewayServer:
         self.services = services
         listener = services.config.gateway.listener
         self.listener = listener
-        self.executor = ThreadPoolExecutor(max_workers=listener.max_processing, thread_name_prefix="pipeline")
+        self.executor = ThreadPoolExecutor(max_workers=listener.max_sessions, thread_name_prefix="pipeline")
         self.handler = GatewayHandler(services, self.executor)
-        self.session_limit = _SessionLimit(listener.max_sessions, listener.max_sessions_per_ip)
+        self.session_limit = _SessionLimit(listener.max_sessions, listener.max_sessions_per_ip,
+                                           listener.max_messages_in_data)
         self._server: asyncio.base_events.Server | None = None
         self.tls_context = self._tls_context(services)
 

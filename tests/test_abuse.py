@@ -283,3 +283,75 @@ def test_connections_per_peer_and_in_all_are_capped(start_gateway, dns_server):
     for client in (second, third, again):
         client.quit()
 
+
+
+def _raw_reply(sock: socket.socket) -> bytes:
+    data = b""
+    while not data.endswith(b"\r\n") or data.split(b"\r\n")[-2][3:4] == b"-":
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def test_sessions_beyond_max_messages_in_data_wait_for_their_354(test_odoo, start_gateway, dns_server, dkim_keys):
+    # The memory bound of issue 6: one message inside DATA at a time, the second session's DATA
+    # is answered 354 only once the first has its reply, and both are filed.
+    gateway = start_gateway(dns_server.port, listener_extra="max_messages_in_data = 1")
+    mailer = Mailer(gateway, dkim_keys)
+    task = mailer.address("note", "project.task", TASK_ID)
+    test_odoo.latency = {"message_post": 1.5}
+    first = smtplib.SMTP("127.0.0.1", gateway.port, timeout=30)
+    first.ehlo("first.example.com")
+    first.mail("portal.contrib@example.com")
+    first.rcpt(task)
+    first.putcmd("data")
+    assert first.getreply()[0] == 354
+    body = mailer.sign(mailer.message("note_from_contributor.eml", task))
+    first.send(smtplib.quotedata(body.decode("utf-8")).encode("utf-8") + b"\r\n.\r\n")
+    second = socket.create_connection(("127.0.0.1", gateway.port), timeout=30)
+    assert _raw_reply(second).startswith(b"220")
+    for line in (b"EHLO second.example.com", b"MAIL FROM:<portal.contrib@example.com>", f"RCPT TO:<{task}>".encode()):
+        second.sendall(line + b"\r\n")
+        assert _raw_reply(second).startswith(b"250")
+    second.sendall(b"DATA\r\n")
+    second.settimeout(0.7)
+    with pytest.raises(socket.timeout):
+        second.recv(4096)
+    assert first.getreply()[0] == 250
+    second.settimeout(30)
+    assert _raw_reply(second).startswith(b"354")
+    other = mailer.sign(mailer.message("note_from_contributor.eml", task))
+    second.sendall(smtplib.quotedata(other.decode("utf-8")).encode("utf-8") + b"\r\n.\r\n")
+    assert _raw_reply(second).startswith(b"250")
+    second.sendall(b"QUIT\r\n")
+    second.close()
+    first.quit()
+    assert len(_posts(test_odoo)) == 2
+
+
+def test_a_session_that_waits_a_session_timeout_for_a_data_slot_gets_451(test_odoo, start_gateway, dns_server,
+                                                                         dkim_keys):
+    gateway = start_gateway(dns_server.port, listener_extra="max_messages_in_data = 1",
+                            session_timeout=1)
+    mailer = Mailer(gateway, dkim_keys)
+    task = mailer.address("note", "project.task", TASK_ID)
+    # Filing takes longer than session_timeout: the message's own deadline governs it, not the idle timer.
+    test_odoo.latency = {"message_post": 2.5}
+    first = smtplib.SMTP("127.0.0.1", gateway.port, timeout=30)
+    first.ehlo("first.example.com")
+    first.mail("portal.contrib@example.com")
+    first.rcpt(task)
+    first.putcmd("data")
+    assert first.getreply()[0] == 354
+    body = mailer.sign(mailer.message("note_from_contributor.eml", task))
+    first.send(smtplib.quotedata(body.decode("utf-8")).encode("utf-8") + b"\r\n.\r\n")
+    second = smtplib.SMTP("127.0.0.1", gateway.port, timeout=30)
+    second.ehlo("second.example.com")
+    second.mail("portal.contrib@example.com")
+    second.rcpt(task)
+    assert second.docmd("DATA") == (451, b"4.3.2 The gateway is busy with other messages, try again later")
+    assert first.getreply()[0] == 250
+    first.quit()
+    assert len(_posts(test_odoo)) == 1

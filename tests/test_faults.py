@@ -203,28 +203,3 @@ def test_other_sessions_are_served_while_odoo_hangs_on_one(test_odoo, gateway, m
     thread.join(timeout=30)
     assert stuck[0].startswith(("250 ", "451 ")), stuck
 
-
-def test_messages_beyond_max_processing_wait_for_a_slot(test_odoo, start_gateway, dns_server, dkim_keys):
-    # Each message being processed holds decoded copies of itself: max_processing, not the load,
-    # bounds how many are at once (issue 6). With one slot, three messages are filed one by one.
-    import threading
-
-    from conftest import Mailer
-
-    running = start_gateway(dns_server.port, listener_extra="max_processing = 1")
-    mailer = Mailer(running, dkim_keys)
-    to = mailer.address("note", "project.task", TASK_ID)
-    test_odoo.latency = {"message_post": 0.3}
-    replies: list[str] = []
-    messages = [mailer.sign(mailer.message("note_from_contributor.eml", to)) for _ in range(3)]
-    threads = [threading.Thread(target=lambda raw=raw: replies.append(mailer.send(raw, to))) for raw in messages]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=30)
-    test_odoo.latency = {}
-    assert len(replies) == 3 and all(reply.startswith("250 2.0.0 Filed") for reply in replies), replies
-    posts = sorted(test_odoo.posts(), key=lambda call: call.started)
-    assert len(posts) == 3
-    # No message's Odoo calls started before the previous message had been filed.
-    assert all(later.started >= earlier.ended for earlier, later in zip(posts, posts[1:]))

@@ -143,3 +143,24 @@ def test_accents_and_japanese_are_preserved():
     assert "ポンプの点検が完了しました。" in body
     html_body = extract_body(message(text_html="<p>Grüße aus Köln, 東京より</p>"))
     assert html_body == "<p>Grüße aus Köln, 東京より</p>"
+
+
+def test_a_one_megabyte_plain_text_body_is_kept_whole_and_its_quote_trimmed():
+    # Issue 6: the quote trimming was quadratic-ish in the library's patterns (2.2 s for 1 MB); it
+    # must stay linear. Correctness only here; the cost is measured by bench/.
+    lines = [f"{number:06d} The seal of pump P-7 is worn; replacement is planned." for number in range(15000)]
+    text = "\n".join(lines) + "\n\nOn Mon, 2 Mar 2026, Bob wrote:\n> old question\n"
+    body = extract_body(message(text_plain=text))
+    assert "014999 The seal of pump P-7" in body and "000000 The seal" in body
+    kept, _, trimmed = body.partition("<details")
+    assert "old question" not in kept and "old question" in trimmed
+
+
+def test_a_one_megabyte_html_body_is_kept_whole_and_its_quote_trimmed():
+    paragraphs = "".join(f"<p>{number:06d} Reading of the flow meter, all within tolerance.</p>"
+                         for number in range(15000))
+    html = f"<div>{paragraphs}</div><div class=\"gmail_quote\"><blockquote>old question</blockquote></div>"
+    body = extract_body(message(text_html=html))
+    assert "014999 Reading" in body and "000000 Reading" in body
+    kept, _, trimmed = body.partition("<details")
+    assert "old question" not in kept and "old question" in trimmed

@@ -295,6 +295,19 @@ def _raw_reply(sock: socket.socket) -> bytes:
     return data
 
 
+def _send_data_without_reading_the_reply(gateway, mailer, task: str) -> smtplib.SMTP:
+    """A session that has sent a whole message and waits for the reply to its DATA."""
+    session = smtplib.SMTP("127.0.0.1", gateway.port, timeout=30)
+    session.ehlo("first.example.com")
+    session.mail("portal.contrib@example.com")
+    session.rcpt(task)
+    session.putcmd("data")
+    assert session.getreply()[0] == 354
+    body = mailer.sign(mailer.message("note_from_contributor.eml", task))
+    session.send(smtplib.quotedata(body.decode("utf-8")).encode("utf-8") + b"\r\n.\r\n")
+    return session
+
+
 def test_sessions_beyond_max_messages_in_data_wait_for_their_354(test_odoo, start_gateway, dns_server, dkim_keys):
     # The memory bound of issue 6: one message inside DATA at a time, the second session's DATA
     # is answered 354 only once the first has its reply, and both are filed.
@@ -302,14 +315,7 @@ def test_sessions_beyond_max_messages_in_data_wait_for_their_354(test_odoo, star
     mailer = Mailer(gateway, dkim_keys)
     task = mailer.address("note", "project.task", TASK_ID)
     test_odoo.latency = {"message_post": 1.5}
-    first = smtplib.SMTP("127.0.0.1", gateway.port, timeout=30)
-    first.ehlo("first.example.com")
-    first.mail("portal.contrib@example.com")
-    first.rcpt(task)
-    first.putcmd("data")
-    assert first.getreply()[0] == 354
-    body = mailer.sign(mailer.message("note_from_contributor.eml", task))
-    first.send(smtplib.quotedata(body.decode("utf-8")).encode("utf-8") + b"\r\n.\r\n")
+    first = _send_data_without_reading_the_reply(gateway, mailer, task)
     second = socket.create_connection(("127.0.0.1", gateway.port), timeout=30)
     assert _raw_reply(second).startswith(b"220")
     for line in (b"EHLO second.example.com", b"MAIL FROM:<portal.contrib@example.com>", f"RCPT TO:<{task}>".encode()):
@@ -339,14 +345,7 @@ def test_a_session_that_waits_a_session_timeout_for_a_data_slot_gets_451(test_od
     task = mailer.address("note", "project.task", TASK_ID)
     # Filing takes longer than session_timeout: the message's own deadline governs it, not the idle timer.
     test_odoo.latency = {"message_post": 2.5}
-    first = smtplib.SMTP("127.0.0.1", gateway.port, timeout=30)
-    first.ehlo("first.example.com")
-    first.mail("portal.contrib@example.com")
-    first.rcpt(task)
-    first.putcmd("data")
-    assert first.getreply()[0] == 354
-    body = mailer.sign(mailer.message("note_from_contributor.eml", task))
-    first.send(smtplib.quotedata(body.decode("utf-8")).encode("utf-8") + b"\r\n.\r\n")
+    first = _send_data_without_reading_the_reply(gateway, mailer, task)
     second = smtplib.SMTP("127.0.0.1", gateway.port, timeout=30)
     second.ehlo("second.example.com")
     second.mail("portal.contrib@example.com")

@@ -28,6 +28,7 @@ import secrets
 import time
 import urllib.error
 import urllib.request
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 from urllib.parse import urlsplit
@@ -283,6 +284,23 @@ def messages_on(world: RealOdooWorld, model: str, res_id: int) -> list[dict[str,
     """Every mail.message of a record as the admin sees it, oldest first (notes included)."""
     return world.admin.env["mail.message"].search_read(
         [("model", "=", model), ("res_id", "=", res_id)], MESSAGE_FIELDS, order="id asc")
+
+
+def new_message_id(world: RealOdooWorld) -> str:
+    """A Message-ID unique to the run, in its mail domain."""
+    return f"<{uuid.uuid4().hex}.{world.tag}@{world.domain}>"
+
+
+def filed_id(reply: str) -> int:
+    """The mail.message id of a gateway's "250 2.0.0 Filed as Odoo message N" reply."""
+    assert reply.startswith("250 2.0.0 Filed as Odoo message "), reply
+    return int(reply.rsplit(" ", 1)[1])
+
+
+def stored_message(world: RealOdooWorld, model: str, res_id: int, message_id: int) -> dict[str, Any]:
+    """One message of a record, as messages_on reads it."""
+    [row] = [m for m in messages_on(world, model, res_id) if m["id"] == message_id]
+    return row
 
 
 def notifications_for_message(world: RealOdooWorld, message_id: int) -> list[dict[str, Any]]:

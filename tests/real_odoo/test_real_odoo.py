@@ -6,11 +6,11 @@ import base64
 import email
 import email.policy
 import hashlib
-import uuid
 
 import pytest
 
 from .conftest import RealGateway, closed_port, start_real_gateway
+from .provision import filed_id as _filed_id, new_message_id as _message_id, stored_message as _stored
 from .provision import (followers_of, messages_on, notifications_for_message, OdooWebError, portal_session, QUIET,
                         real_odoo_or_skip)
 
@@ -24,20 +24,6 @@ HTML_TEXT = "The valve is fine. Margin is thin, keep it internal.\n"
 HTML_BODY = ("<html><head><style>p{color:red}</style><script>alert('x')</script></head>"
              "<body><p onclick=\"steal()\">The valve is <b>fine</b>.</p>"
              "<p>Margin is thin, keep it <a href=\"javascript:alert(1)\">internal</a>.</p></body></html>")
-
-
-def _message_id(world) -> str:
-    return f"<{uuid.uuid4().hex}.{world.tag}@{world.domain}>"
-
-
-def _filed_id(reply: str) -> int:
-    assert reply.startswith("250 2.0.0 Filed as Odoo message "), reply
-    return int(reply.rsplit(" ", 1)[1])
-
-
-def _stored(world, model: str, res_id: int, message_id: int) -> dict:
-    [row] = [m for m in messages_on(world, model, res_id) if m["id"] == message_id]
-    return row
 
 
 def _subtype_id(world, xmlid: str) -> int:

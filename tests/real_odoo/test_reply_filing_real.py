@@ -7,11 +7,11 @@ import email
 import email.policy
 import hashlib
 import re
-import uuid
 
 import pytest
 
-from .provision import messages_on, real_odoo_or_skip
+from .provision import filed_id as _filed_id, new_message_id as _message_id, real_odoo_or_skip
+from .provision import stored_message as _stored
 
 real_odoo_or_skip()
 
@@ -19,20 +19,6 @@ pytestmark = pytest.mark.real_odoo
 
 PIXEL = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==")
 TEXT_FILE = "line one\r\nline two\nlatin \xe9\r\n".encode("latin-1")
-
-
-def _message_id(world) -> str:
-    return f"<{uuid.uuid4().hex}.{world.tag}@{world.domain}>"
-
-
-def _filed_id(reply: str) -> int:
-    assert reply.startswith("250 2.0.0 Filed as Odoo message "), reply
-    return int(reply.rsplit(" ", 1)[1])
-
-
-def _stored(world, model: str, res_id: int, message_id: int) -> dict:
-    [row] = [m for m in messages_on(world, model, res_id) if m["id"] == message_id]
-    return row
 
 
 def test_reply_attachments_keep_their_bytes_and_the_inline_image_shows(world, real_gateway):

@@ -148,8 +148,10 @@ def reply_message(ctx: MessageContext, message_id: str) -> str:
     From is the identified user, so Odoo attributes the message to its partner; the body is the
     rendered reply; the files are those the attachment rules let through, inline images keeping
     their Content-ID. No To, References or In-Reply-To: Odoo would route by them (to an alias, or
-    to the record of a referenced message) before the record the address names. Cc holds only the
-    internal users the choose-recipients stage kept, never a portal user or customer.
+    to the record of a referenced message) before the record the address names. No Cc either, not
+    even the internal users the choose-recipients stage kept: project.task's message_update
+    subscribes every partner Odoo finds for a To/Cc address (project_task.py:1669), and another
+    partner with such an address, a portal one, would gain access to the record.
     """
     assert ctx.message is not None and ctx.user is not None and ctx.rendered_body is not None
     message = EmailMessage(policy=SMTP)
@@ -157,8 +159,6 @@ def reply_message(ctx: MessageContext, message_id: str) -> str:
     sender = ctx.sender.email if ctx.sender else ctx.message.from_address
     message["From"] = formataddr((" ".join((ctx.user.name or ctx.message.from_name or "").split()), sender))
     message["Message-ID"] = message_id
-    if ctx.notify_emails:
-        message["Cc"] = ", ".join(ctx.notify_emails)
     message.set_content(ctx.rendered_body, subtype="html", charset="utf-8", cte="base64")
     files = ctx.message.attachments if ctx.attachments is None else ctx.attachments
     for item in files or []:
@@ -184,6 +184,10 @@ def file_reply(odoo: OdooPool, ctx: MessageContext, *, deadline: float | None = 
     context = {}
     if ctx.company_id is not None:
         context["allowed_company_ids"] = [ctx.company_id]
+    for address in ctx.notify_emails:
+        # They had the sender's own email; Odoo notifies them of the reply if they follow the record.
+        ctx.journal_notes.append(f"recipient-not-notified:{address} (filed by Odoo's mail gateway, "
+                                 "which notifies followers only)")
     found: list = []
     thread = None
     for message_id in (ctx.message.message_id, record_message_id(ctx)):

@@ -11,6 +11,7 @@ import pytest
 from conftest import ALIAS_DOMAIN, Mailer, write_config
 
 from gateway.config import load_config
+from gateway.journal import Journal
 from gateway.pipeline import Services
 from gateway.smtp import ThreadedGateway
 from gateway.testing.odoo_demo import (
@@ -76,18 +77,24 @@ def _processed(test_odoo):
             if call.model_method == "message_process"]
 
 
-def test_reply_hands_internal_cc_to_odoo_and_never_a_portal_cc(test_odoo, gateway, mailer):
-    # Joel (portal) does not follow the task: named in Cc of a public reply he is still not added.
+def test_reply_by_a_follower_names_nobody_in_cc_to_odoo(test_odoo, gateway, mailer):
+    # Odoo would subscribe every partner it finds for a To/Cc address of a task, portal partners
+    # sharing an address included: the message Odoo's mail gateway gets names nobody but its author.
+    followers = test_odoo.followers("project.task", TASK_ID)
     reply = _send(mailer, "reply", "project.task", TASK_ID,
                   cc="mark.brown23@example.com, joel.willis63@example.com")
     assert reply.startswith("250 ")
     assert _posts(test_odoo) == []
     [sent] = _processed(test_odoo)
-    # Only the internal user goes to Odoo, which subscribes him on a task (project_task.py
-    # message_update) so that he is notified with the other followers.
-    assert sent["Cc"] == "mark.brown23@example.com" and sent["To"] is None
+    assert sent["Cc"] is None and sent["To"] is None
+    assert test_odoo.followers("project.task", TASK_ID) == followers
+    # Marc follows the task, so Odoo notifies him as a follower; Joel (portal) is not added.
     notified = {mail.partner_id for mail in test_odoo.outbox}
     assert JOEL_PARTNER_ID not in notified and {MARC_PARTNER_ID, PETER_PARTNER_ID} <= notified
+    with Journal(gateway.services.config.journal_path) as journal:
+        [row] = journal.recent(1)
+    assert ("recipient-not-notified:mark.brown23@example.com (filed by Odoo's mail gateway, which notifies "
+            "followers only)") in row.defects
 
 
 def test_reply_is_not_emailed_back_to_its_sender(test_odoo, gateway, mailer):

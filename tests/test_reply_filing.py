@@ -61,10 +61,11 @@ def test_the_message_handed_to_odoo_holds_only_what_the_gateway_decided():
     assert method == "message_process" and args[0] == "project.task"
     assert kwargs == {"custom_values": post.NO_RECORD_CREATION, "thread_id": 60}
     sent = email.message_from_string(args[1], policy=email.policy.SMTP)
-    assert (sent["From"], sent["Message-ID"], sent["Cc"]) == (
-        "Paula Contributor <paula@example.com>", "<m1@example.com>", "marc@example.com")
-    # Nothing Odoo could route by before the record the address names.
-    assert all(sent[name] is None for name in ("To", "References", "In-Reply-To", "Delivered-To"))
+    assert (sent["From"], sent["Message-ID"]) == ("Paula Contributor <paula@example.com>", "<m1@example.com>")
+    # Nothing Odoo could route by before the record the address names, nobody it could subscribe.
+    assert all(sent[name] is None for name in ("To", "Cc", "References", "In-Reply-To", "Delivered-To"))
+    assert ctx.journal_notes == [
+        "recipient-not-notified:marc@example.com (filed by Odoo's mail gateway, which notifies followers only)"]
     body, image = [part for part in sent.walk() if not part.is_multipart()]
     assert body.get_content().strip() == "<p>Pump checked.</p>"
     assert image.get_content() == b"\x89PNG-bytes" and image["Content-ID"] == "<img1@example.com>"

@@ -29,16 +29,30 @@ def command_serve(args: argparse.Namespace) -> int:
     from gateway.smtp import GatewayServer
 
     config = _load(args.config)
-    services = Services.build(config)
-    server = GatewayServer(services)
     logger = logging.getLogger("gateway")
-    # Messages whose session a killed gateway cut while filing them: their senders got no reply
-    # and will retry; the journal says so instead of leaving them open (issue 4).
-    for entry in services.journal.recover_interrupted():
-        logger.warning("interrupted by the previous stop, the sender will retry: %s to %s",
-                       entry.message_id or "-", entry.rcpt)
+    workers = config.gateway.listener.workers
+    if workers > 1 and args.listen_fds is None:
+        from gateway.workers import Supervisor
+        return Supervisor(args.config, config).run()
+    sockets = None
+    if args.listen_fds is not None:
+        # A worker of a supervisor: its socket, its receipts recovered and its metrics served by it.
+        from gateway import workers as worker_processes
+        supervisor = worker_processes.supervisor_pid()
+        if supervisor is not None:
+            worker_processes.die_with_supervisor(supervisor)
+        sockets = worker_processes.inherited_sockets(args.listen_fds)
+        observe.worker = worker_processes.worker_index()
+    services = Services.build(config)
+    server = GatewayServer(services, workers=workers if sockets is not None else 1)
+    if sockets is None:
+        # Messages whose session a killed gateway cut while filing them: their senders got no reply
+        # and will retry; the journal says so instead of leaving them open (issue 4).
+        for entry in services.journal.recover_interrupted():
+            logger.warning("interrupted by the previous stop, the sender will retry: %s to %s",
+                           entry.message_id or "-", entry.rcpt)
     observe.bare_message_lines()
-    if config.gateway.metrics is not None:
+    if config.gateway.metrics is not None and sockets is None:
         metrics = config.gateway.metrics
         try:
             observe.serve_metrics(metrics.host, metrics.port)
@@ -68,11 +82,17 @@ def command_serve(args: argparse.Namespace) -> int:
         for signal_number in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signal_number, stop.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: reload(loop))
-        await server.start()
         listener = config.gateway.listener
-        logger.info("listening on %s:%d (%s%s) for %s", listener.host, server.port, listener.protocol.upper(),
-                    ", STARTTLS required" if listener.require_starttls else ", STARTTLS" if config.tls_files else "",
-                    ", ".join(sorted(config.domains)))
+        if sockets is not None:
+            await server.start(sockets)
+            logger.info("worker %s serving %s:%d (%s%s)", observe.worker, listener.host, server.port,
+                        listener.protocol.upper(), ", STARTTLS required" if listener.require_starttls
+                        else ", STARTTLS" if config.tls_files else "")
+        else:
+            await server.start()
+            logger.info("listening on %s:%d (%s%s) for %s", listener.host, server.port, listener.protocol.upper(),
+                        ", STARTTLS required" if listener.require_starttls
+                        else ", STARTTLS" if config.tls_files else "", ", ".join(sorted(config.domains)))
         for name, pool in services.odoo.items():
             # Logging in now shows a wrong key or URL at start; the gateway serves anyway, since
             # Odoo being down is a reason to defer mail (451), not to refuse to start.
@@ -341,6 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run the SMTP/LMTP listener")
     serve.add_argument("--config", required=True, help="the gateway TOML file")
+    # Internal: how the supervisor of listener.workers > 1 starts each worker on its sockets.
+    serve.add_argument("--listen-fds", help=argparse.SUPPRESS)
     serve.set_defaults(func=command_serve)
 
     mint = commands.add_parser("address", help="print the gateway address of a record")

@@ -53,6 +53,11 @@ class ListenerConfig(_Strict):
     # memory, not the number of sessions (issue 6, benchmark 5). A session beyond it waits before
     # its 354, which RFC 5321 section 4.5.3.2.2 lets last up to 2 minutes at the client.
     max_messages_in_data: Annotated[int, Field(ge=1)] = 10
+    # Processes serving the one socket (issue 6): a message costs some milliseconds of CPU in
+    # Python, and one process runs on one core at a time. With more than one, max_sessions and
+    # max_messages_in_data are shared out among them (each takes its share, rounded up), so the
+    # bounds hold for the whole gateway; max_sessions_per_ip holds per process.
+    workers: Annotated[int, Field(ge=1, le=64)] = 1
     # On SIGTERM: seconds to let sessions in flight finish before they are cut (the pipeline of a
     # message already in DATA still runs to its own deadline).
     shutdown_grace: Annotated[float, Field(ge=0)] = 30.0

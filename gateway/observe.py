@@ -33,7 +33,12 @@ ODOO_SECONDS = Histogram(
     "note_gateway_odoo_call_seconds", "Latency of each Odoo RPC call, by connection and outcome",
     ["odoo", "outcome"], registry=REGISTRY,
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
-SESSIONS = Gauge("note_gateway_sessions_in_flight", "SMTP/LMTP sessions open now", registry=REGISTRY)
+# With listener.workers > 1 the supervisor serves the sum over the live workers' files.
+SESSIONS = Gauge("note_gateway_sessions_in_flight", "SMTP/LMTP sessions open now", registry=REGISTRY,
+                 multiprocess_mode="livesum")
+
+# The index of this worker process when listener.workers > 1, None in a gateway of one process.
+worker: int | None = None
 
 
 def message_done(entry: JournalEntry) -> None:
@@ -51,6 +56,9 @@ def log_fields(entry: JournalEntry) -> dict:
     fields = dataclasses.asdict(entry)
     fields["journal_id"] = fields.pop("id")
     fields["durations"] = {stage: round(seconds, 6) for stage, seconds in entry.durations.items()}
+    if worker is not None:
+        # Which of the workers filed it: the journal row is the same whichever did.
+        fields["worker"] = worker
     return {"event": "message", **fields}
 
 

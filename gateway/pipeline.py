@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import threading
 import time
 from datetime import datetime, timezone
 from dataclasses import dataclass, field
@@ -13,10 +12,11 @@ from typing import Callable
 from gateway import (attachments, automatic, content, identity, inputlimits, message, notices, observe, policy,
                      post, ratelimit, recipients, routing, senderauth)
 from gateway.config import GatewayConfig
+from gateway.inflight import InFlight
 from gateway.context import MessageContext
 from gateway.journal import Journal, JournalEntry, JournalUnavailable
 from gateway.odoo import OdooPool
-from gateway.refusals import InternalError, JournalNotWritable, MessageInProgress, OdooUnavailable, Refusal
+from gateway.refusals import InternalError, JournalNotWritable, OdooUnavailable, Refusal
 from gateway.render import Renderer
 from gateway.resolver import DkimKeyResolver
 from gateway.subject import clean_subject
@@ -33,8 +33,7 @@ class Services:
     odoo: dict[str, OdooPool]
     renderer: Renderer
     journal: Journal
-    in_flight: set[tuple[str, str, int]] = field(default_factory=set)
-    in_flight_lock: threading.Lock = field(default_factory=threading.Lock)
+    in_flight: InFlight = field(default_factory=InFlight)
 
     @classmethod
     def build(cls, config: GatewayConfig) -> Services:
@@ -47,12 +46,15 @@ class Services:
                   for name, connection in config.gateway.odoo.items()},
             renderer=Renderer(config.templates_dir),
             journal=Journal(config.journal_path),
+            # Beside the journal: every worker process of this gateway opens the same file.
+            in_flight=InFlight(config.journal_path.with_name(config.journal_path.name + ".inflight")),
         )
 
     def close(self) -> None:
         for pool in self.odoo.values():
             pool.close()
         self.journal.close()
+        self.in_flight.close()
 
 
 @dataclass(frozen=True)
@@ -193,11 +195,7 @@ def _post(ctx: MessageContext, services: Services, deadline: float) -> None:
     key = (ctx.message.message_id, ctx.target.model, ctx.target.res_id)
     # Two deliveries of one message at once (a retry while the first is still posting) would
     # both find nothing and both post; only one may be between the search and the post.
-    with services.in_flight_lock:
-        if key in services.in_flight:
-            raise MessageInProgress(ctx.message.message_id)
-        services.in_flight.add(key)
-    try:
+    with services.in_flight.claim(key):
         existing = post.find_existing(odoo, ctx, deadline=deadline)
         if existing is not None:
             ctx.odoo_message_id, ctx.duplicate = existing, True
@@ -206,9 +204,6 @@ def _post(ctx: MessageContext, services: Services, deadline: float) -> None:
             ctx.odoo_message_id, ctx.duplicate = post.file_reply(odoo, ctx, deadline=deadline)
         else:
             ctx.odoo_message_id = post.post_message(odoo, ctx, deadline=deadline)
-    finally:
-        with services.in_flight_lock:
-            services.in_flight.discard(key)
 
 
 # The order a message goes through; each stage either fills in the context or raises a Refusal.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -205,15 +206,17 @@ LimitedLMTP = _limited(LMTP)
 class GatewayServer:
     """The listener bound to its socket, run on an asyncio loop."""
 
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: Services, *, workers: int = 1) -> None:
         self.services = services
         listener = services.config.gateway.listener
         self.listener = listener
-        self.executor = ThreadPoolExecutor(max_workers=listener.max_sessions, thread_name_prefix="pipeline")
+        # One of ``workers`` processes on one socket takes its share of the gateway's bounds.
+        max_sessions = -(-listener.max_sessions // workers)
+        self.executor = ThreadPoolExecutor(max_workers=max_sessions, thread_name_prefix="pipeline")
         self.handler = GatewayHandler(services, self.executor)
-        self.session_limit = _SessionLimit(listener.max_sessions, listener.max_sessions_per_ip,
-                                           listener.max_messages_in_data)
-        self._server: asyncio.base_events.Server | None = None
+        self.session_limit = _SessionLimit(max_sessions, listener.max_sessions_per_ip,
+                                           -(-listener.max_messages_in_data // workers))
+        self._servers: list[asyncio.base_events.Server] = []
         self.tls_context = self._tls_context(services)
 
     @staticmethod
@@ -250,14 +253,18 @@ class GatewayServer:
             require_starttls=listener.require_starttls and self.tls_context is not None,
         )
 
-    async def start(self) -> None:
+    async def start(self, sockets: list[socket.socket] | None = None) -> None:
+        """Listen on host and port, or on ``sockets``, listening sockets handed down by the supervisor."""
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(self._protocol, host=self.listener.host, port=self.listener.port)
+        if sockets:
+            self._servers = [await loop.create_server(self._protocol, sock=sock) for sock in sockets]
+        else:
+            self._servers = [await loop.create_server(self._protocol, host=self.listener.host, port=self.listener.port)]
 
     @property
     def port(self) -> int:
-        assert self._server is not None
-        return self._server.sockets[0].getsockname()[1]
+        assert self._servers
+        return self._servers[0].sockets[0].getsockname()[1]
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting, let messages in DATA get their reply for up to ``grace`` seconds, cut the rest.
@@ -267,8 +274,8 @@ class GatewayServer:
         """
         grace = self.listener.shutdown_grace if grace is None else grace
         self.session_limit.stopping = True
-        if self._server is not None:
-            self._server.close()
+        for server in self._servers:
+            server.close()
         loop = asyncio.get_running_loop()
         ends = loop.time() + grace
         while self.handler.in_data > 0 and loop.time() < ends:
@@ -280,8 +287,8 @@ class GatewayServer:
             if transport is not None and not transport.is_closing():
                 transport.write(ShuttingDown().smtp_reply().encode() + b"\r\n")
                 transport.close()
-        if self._server is not None:
-            await self._server.wait_closed()
+        for server in self._servers:
+            await server.wait_closed()
         # A pipeline still running finishes here (it is bounded by its own message deadline), so
         # its outcome reaches the journal before the process exits.
         await loop.run_in_executor(None, lambda: self.executor.shutdown(wait=True, cancel_futures=False))

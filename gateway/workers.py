@@ -1,0 +1,227 @@
+"""Several processes on one listening socket (listener.workers): the supervisor that starts, watches and stops them."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+from gateway.config import ConfigError, GatewayConfig, load_config
+
+log = logging.getLogger("gateway")
+
+# A worker that dies this often within this many seconds is not healing: the supervisor stops and
+# exits 1, and the service manager (systemd's Restart=on-failure) takes over.
+CRASH_LIMIT, CRASH_WINDOW = 5, 60.0
+PR_SET_PDEATHSIG = 1
+
+
+def bind(host: str, port: int, backlog: int = 100) -> list[socket.socket]:
+    """Listening sockets for every address of ``host``, as asyncio's create_server would make them."""
+    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, protocol, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, protocol)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                # As asyncio does: "::" takes IPv6 only, so "0.0.0.0" beside it does not collide.
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(backlog)
+            sock.set_inheritable(True)
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+def die_with_supervisor(supervisor: int) -> None:
+    """Have the kernel kill this worker when its supervisor dies (Linux), so a killed gateway is gone whole.
+
+    ``kill -9`` of the main process then means what it means for a single process: every session is
+    cut, the senders retry, and a restart finds the port free and the receipts to recover.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != supervisor:
+        # The supervisor died before the request above was made.
+        os._exit(1)
+
+
+class Supervisor:
+    """Starts ``listener.workers`` copies of ``note-gateway serve`` on inherited sockets and keeps them running."""
+
+    def __init__(self, config_path: str, config: GatewayConfig) -> None:
+        self.config_path = config_path
+        self.config = config
+        self.count = config.gateway.listener.workers
+        self.sockets: list[socket.socket] = []
+        self.workers: dict[int, subprocess.Popen] = {}
+        self.crashes: list[float] = []
+        self.metrics_dir: str | None = None
+        self._stop = False
+        self._reload = False
+
+    def _environment(self, index: int) -> dict[str, str]:
+        environment = {**os.environ, "NOTE_GATEWAY_WORKER": str(index), "NOTE_GATEWAY_SUPERVISOR": str(os.getpid())}
+        if self.metrics_dir is not None:
+            # prometheus_client reads it when it is imported: every worker writes its counters to
+            # files there, and the supervisor serves their sum on the one metrics port.
+            environment["PROMETHEUS_MULTIPROC_DIR"] = self.metrics_dir
+        return environment
+
+    def _spawn(self, index: int) -> None:
+        fds = [sock.fileno() for sock in self.sockets]
+        command = [sys.executable, "-m", "gateway", "serve", "--config", self.config_path,
+                   "--listen-fds", ",".join(map(str, fds))]
+        self.workers[index] = subprocess.Popen(command, pass_fds=fds, env=self._environment(index))
+        log.info("worker %d started (pid %d)", index, self.workers[index].pid)
+
+    def _serve_metrics(self) -> None:
+        from prometheus_client import CollectorRegistry, start_http_server
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        metrics = self.config.gateway.metrics
+        assert metrics is not None and self.metrics_dir is not None
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=self.metrics_dir)
+        start_http_server(metrics.port, addr=metrics.host, registry=registry)
+        log.info("metrics on http://%s:%d/metrics (%d workers)", metrics.host, metrics.port, self.count)
+
+    def _on_signal(self, number: int, frame) -> None:
+        if number == signal.SIGHUP:
+            self._reload = True
+        else:
+            self._stop = True
+
+    def _forward_reload(self) -> None:
+        # Checked here once, so a broken file is reported once and no worker is asked to read it.
+        try:
+            config = load_config(self.config_path)
+        except (ConfigError, OSError, ValueError) as error:
+            log.error("reload refused, the previous rules stay in force: %s", error)
+            return
+        if config.gateway.listener.workers != self.count:
+            log.warning("listener.workers changed to %d: it takes effect at the next restart",
+                        config.gateway.listener.workers)
+        for worker in self.workers.values():
+            if worker.poll() is None:
+                worker.send_signal(signal.SIGHUP)
+
+    def _reap(self) -> bool:
+        """Restart the workers that died; False when they die too often to go on."""
+        for index, worker in list(self.workers.items()):
+            code = worker.poll()
+            if code is None:
+                continue
+            log.error("worker %d (pid %d) exited with %s; starting it again", index, worker.pid, code)
+            if self.metrics_dir is not None:
+                from prometheus_client import multiprocess
+                multiprocess.mark_process_dead(worker.pid, self.metrics_dir)
+            now = time.monotonic()
+            self.crashes = [moment for moment in self.crashes if now - moment < CRASH_WINDOW] + [now]
+            if len(self.crashes) > CRASH_LIMIT:
+                log.error("%d worker exits within %.0f s: stopping", len(self.crashes), CRASH_WINDOW)
+                return False
+            self._spawn(index)
+        return True
+
+    def _stop_workers(self) -> None:
+        # New connections are refused once the workers close their copies too.
+        for sock in self.sockets:
+            sock.close()
+        for worker in self.workers.values():
+            if worker.poll() is None:
+                worker.send_signal(signal.SIGTERM)
+        listener = self.config.gateway.listener
+        # Each worker lets its sessions finish within the grace, then waits for the pipelines
+        # still running, each bounded by the message deadline.
+        ends = time.monotonic() + listener.shutdown_grace + listener.message_deadline + 10
+        for worker in self.workers.values():
+            try:
+                worker.wait(timeout=max(0.1, ends - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.error("worker pid %d did not stop in time: killed", worker.pid)
+                worker.kill()
+                worker.wait()
+
+    def run(self) -> int:
+        from gateway.journal import Journal
+
+        listener = self.config.gateway.listener
+        # Once for all workers: a worker started again later must not take the receipts of the
+        # messages its siblings are filing for those of a stopped gateway.
+        journal = Journal(self.config.journal_path)
+        try:
+            for entry in journal.recover_interrupted():
+                log.warning("interrupted by the previous stop, the sender will retry: %s to %s",
+                            entry.message_id or "-", entry.rcpt)
+        finally:
+            journal.close()
+        try:
+            self.sockets = bind(listener.host, listener.port)
+        except OSError as error:
+            log.error("cannot listen on %s:%d: %s", listener.host, listener.port, error.strerror or error)
+            return 1
+        for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(number, self._on_signal)
+        code = 0
+        try:
+            if self.config.gateway.metrics is not None:
+                self.metrics_dir = tempfile.mkdtemp(prefix="note-gateway-metrics-")
+                try:
+                    self._serve_metrics()
+                except OSError as error:
+                    metrics = self.config.gateway.metrics
+                    log.error("cannot serve metrics on %s:%d: %s", metrics.host, metrics.port,
+                              error.strerror or error)
+                    return 1
+            for index in range(self.count):
+                self._spawn(index)
+            port = self.sockets[0].getsockname()[1]
+            log.info("listening on %s:%d (%s, %d workers) for %s", listener.host, port, listener.protocol.upper(),
+                     self.count, ", ".join(sorted(self.config.domains)))
+            while not self._stop:
+                if self._reload:
+                    self._reload = False
+                    self._forward_reload()
+                if not self._reap():
+                    code = 1
+                    break
+                time.sleep(0.2)
+            log.info("stopping: no new sessions, up to %g s for messages in flight", listener.shutdown_grace)
+        finally:
+            self._stop_workers()
+            if self.metrics_dir is not None:
+                shutil.rmtree(self.metrics_dir, ignore_errors=True)
+        log.info("stopped")
+        return code
+
+
+def inherited_sockets(fds: str) -> list[socket.socket]:
+    """The listening sockets a worker was handed by its supervisor (``--listen-fds 3,4``)."""
+    return [socket.socket(fileno=int(fd)) for fd in fds.split(",") if fd]
+
+
+def supervisor_pid() -> int | None:
+    value = os.environ.get("NOTE_GATEWAY_SUPERVISOR")
+    return int(value) if value else None
+
+
+def worker_index() -> int | None:
+    value = os.environ.get("NOTE_GATEWAY_WORKER")
+    return int(value) if value else None
+

@@ -1,0 +1,334 @@
+"""listener.workers: several processes on one socket file every message once, reload, stop and die together."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import smtplib
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import pytest
+
+from conftest import ALIAS_DOMAIN, Mailer, write_config
+from serving import ROOT, ServeProcess
+
+from gateway.inflight import InFlight
+from gateway.refusals import MessageInProgress
+from gateway.testing.odoo_demo import SALE_ORDER_ID, TASK_ID
+from gateway.testing.sending import deliver
+
+PAULA = "portal.contrib@example.com"
+KEY = ("<same@example.com>", "project.task", 42)
+
+
+class _Port:
+    def __init__(self, port: int) -> None:
+        self.port = port
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _send(raw: bytes, to: str, port: int) -> str:
+    try:
+        return deliver(raw, to, port=port, mail_from=PAULA, timeout=30)
+    except (OSError, smtplib.SMTPException) as error:
+        return f"no reply: {type(error).__name__}"
+
+
+def _rcpt(port: int, recipient: str) -> int:
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+        client.ehlo("client.example.com")
+        client.mail(PAULA)
+        return client.rcpt(recipient)[0]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            # A zombie has exited; only its parent's wait is missing.
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _worker_pids(gateway: ServeProcess, count: int) -> dict[int, int]:
+    pids: dict[int, int] = {}
+    for index in range(count):
+        pids[index] = int(gateway.wait_for(rf"worker {index} started \(pid (\d+)\)").group(1))
+        gateway.wait_for(rf"worker {index} serving ")
+    return pids
+
+
+@pytest.fixture
+def serve(tmp_path, test_odoo, dns_server):
+    started: list[ServeProcess] = []
+
+    def start(workers: int = 2, listener_extra: str = "", metrics_port: int | None = None, **options) -> ServeProcess:
+        config_path = tmp_path / "gateway.toml"
+        if not config_path.exists():
+            write_config(tmp_path, test_odoo, dns_server.port,
+                         listener_extra=f"workers = {workers}\n{listener_extra}", **options)
+            if metrics_port is not None:
+                config_path.write_text(config_path.read_text()
+                                       + f'\n[metrics]\nhost = "127.0.0.1"\nport = {metrics_port}\n')
+        process = ServeProcess(config_path)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.process.poll() is None:
+            process.kill()
+
+
+def _filed(test_odoo, message_ids) -> dict[str, int]:
+    counts = dict.fromkeys(message_ids, 0)
+    for model, res_id in (("project.task", TASK_ID), ("sale.order", SALE_ORDER_ID)):
+        for message in test_odoo.messages(model, res_id):
+            if message["message_id"] in counts:
+                counts[message["message_id"]] += 1
+    return counts
+
+
+# --- the claim on a message being filed, across processes ------------------------------------------
+
+
+HOLDER = """
+import sys
+from gateway.inflight import InFlight
+with InFlight(sys.argv[1]).claim(("<same@example.com>", "project.task", 42)):
+    print("held", flush=True)
+    sys.stdin.readline()
+"""
+
+
+def test_a_claim_held_by_another_process_refuses_and_a_dead_holder_frees_it(tmp_path):
+    lock_path = str(tmp_path / "journal.sqlite3.inflight")
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, lock_path], cwd=ROOT, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert holder.stdout.readline() == "held\n"
+        here = InFlight(lock_path)
+        with pytest.raises(MessageInProgress) as refused:
+            with here.claim(KEY):
+                pass
+        assert refused.value.smtp_reply().startswith("451 4.3.0")
+        # Another message is not held up by it.
+        with here.claim(("<other@example.com>", "project.task", 42)):
+            pass
+        # A holder that dies without letting go: the kernel drops its lock.
+        holder.kill()
+        holder.wait(10)
+        with here.claim(KEY):
+            pass
+        here.close()
+    finally:
+        holder.kill()
+        holder.wait(10)
+
+
+def test_a_claim_is_also_exclusive_between_threads_of_one_process(tmp_path):
+    in_flight = InFlight(tmp_path / "journal.sqlite3.inflight")
+    with in_flight.claim(KEY):
+        outcome: list[str] = []
+
+        def second() -> None:
+            try:
+                with in_flight.claim(KEY):
+                    outcome.append("claimed")
+            except MessageInProgress:
+                outcome.append("refused")
+
+        thread = threading.Thread(target=second)
+        thread.start()
+        thread.join(10)
+        assert outcome == ["refused"]
+    # Released at the end of the block: claimed again, here and by a thread.
+    with in_flight.claim(KEY):
+        pass
+    in_flight.close()
+
+
+# --- a gateway of two workers ---------------------------------------------------------------------
+
+
+def test_two_workers_share_the_sessions_and_file_each_message_once(test_odoo, serve, dkim_keys):
+    gateway = serve(rules_extra="[rate_limit]\nper_sender = 0\nper_record = 0\n")
+    assert re.search(r"listening on 127\.0\.0\.1:\d+ \(SMTP, 2 workers\)", gateway.log)
+    _worker_pids(gateway, 2)
+    mailer = Mailer(_Port(gateway.port), dkim_keys)
+    test_odoo.latency = {"message_post": 0.05}
+    messages = []
+    for number in range(24):
+        model, res_id = ("project.task", TASK_ID) if number % 2 else ("sale.order", SALE_ORDER_ID)
+        to = mailer.address("note", model, res_id)
+        message_id = f"<worker-{number}@example.com>"
+        messages.append((message_id, to, mailer.sign(mailer.message("note_from_contributor.eml", to, message_id))))
+    replies: dict[str, str] = {}
+    queue = list(messages)
+    lock = threading.Lock()
+
+    def sender() -> None:
+        while True:
+            with lock:
+                if not queue:
+                    return
+                message_id, to, raw = queue.pop()
+            reply = _send(raw, to, gateway.port)
+            with lock:
+                replies[message_id] = reply
+
+    threads = [threading.Thread(target=sender) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert all(reply.startswith("250 2.0.0") for reply in replies.values()), replies
+    assert set(_filed(test_odoo, [message_id for message_id, _, _ in messages]).values()) == {1}
+    lines = [json.loads(line) for line in gateway.lines if line.startswith('{"event": "message"')]
+    assert len(lines) == len(messages)
+    # Both processes filed some: the kernel hands each connection to one of them.
+    assert {line["worker"] for line in lines} == {0, 1}, [line["worker"] for line in lines]
+    assert gateway.stop() == 0
+
+
+def test_the_same_message_at_once_on_two_workers_is_filed_once(test_odoo, serve, dkim_keys):
+    gateway = serve(rules_extra="[rate_limit]\nper_sender = 0\nper_record = 0\n")
+    _worker_pids(gateway, 2)
+    mailer = Mailer(_Port(gateway.port), dkim_keys)
+    to = mailer.address("note", "project.task", TASK_ID)
+    raw = mailer.sign(mailer.message("note_from_contributor.eml", to, "<twice@example.com>"))
+    # Slow posts: every copy reaches the post while the first is inside message_post.
+    test_odoo.latency = {"message_post": 1.0}
+    replies: list[str] = []
+    threads = [threading.Thread(target=lambda: replies.append(_send(raw, to, gateway.port))) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert _filed(test_odoo, ["<twice@example.com>"]) == {"<twice@example.com>": 1}
+    assert len(replies) == 8
+    assert all(reply.startswith(("250 2.0.0", "451 4.3.0")) for reply in replies), replies
+    assert any(reply.startswith("451 4.3.0") for reply in replies), replies
+    lines = [json.loads(line) for line in gateway.lines if line.startswith('{"event": "message"')]
+    refused_by = {line["worker"] for line in lines if line["refusal_class"] == "MessageInProgress"}
+    filed_by = {line["worker"] for line in lines if line["verdict"] == "filed"}
+    # Whatever process took each copy, only one copy reached Odoo.
+    assert refused_by and filed_by, lines
+    assert gateway.stop() == 0
+
+
+def test_a_killed_worker_is_started_again_and_a_killed_gateway_takes_its_workers(test_odoo, serve, dkim_keys):
+    gateway = serve()
+    pids = _worker_pids(gateway, 2)
+    mark = len(gateway.lines)
+    os.kill(pids[1], signal.SIGKILL)
+    gateway.wait_for(rf"worker 1 \(pid {pids[1]}\) exited with -9; starting it again", start=mark)
+    new_pid = int(gateway.wait_for(r"worker 1 started \(pid (\d+)\)", start=mark).group(1))
+    gateway.wait_for(r"worker 1 serving ", start=mark)
+    assert new_pid != pids[1] and _alive(new_pid) and _alive(pids[0])
+    mailer = Mailer(_Port(gateway.port), dkim_keys)
+    to = mailer.address("note", "project.task", TASK_ID)
+    for number in range(4):
+        raw = mailer.sign(mailer.message("note_from_contributor.eml", to, f"<after-kill-{number}@example.com>"))
+        assert _send(raw, to, gateway.port).startswith("250 2.0.0")
+
+    # kill -9 of the gateway itself: its workers go with it, and the port is free at once.
+    gateway.kill()
+    deadline = time.monotonic() + 10
+    while (_alive(pids[0]) or _alive(new_pid)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(pids[0]) and not _alive(new_pid)
+    # No process of it holds the socket any more (the kernel closes a dead process's files a moment after).
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", gateway.port), timeout=5).close()
+        except ConnectionRefusedError:
+            break
+        assert time.monotonic() < deadline, "the killed gateway's socket is still listening"
+        time.sleep(0.1)
+    restarted = serve()
+    assert _rcpt(restarted.port, to) == 250
+    assert restarted.stop() == 0
+
+
+def test_sighup_reloads_every_worker_and_a_broken_file_is_refused_once(test_odoo, serve, dkim_keys):
+    gateway = serve()
+    _worker_pids(gateway, 2)
+    mailer = Mailer(_Port(gateway.port), dkim_keys)
+    rules = gateway.config_path.parent / "rules" / f"{ALIAS_DOMAIN}.toml"
+    order = mailer.address("note", "sale.order", SALE_ORDER_ID)
+    good = rules.read_text()
+    rules.write_text(good.replace('models = ["project.task", "sale.order"]\ncontributor_group',
+                                  'models = ["project.task"]\ncontributor_group', 1))
+    mark = len(gateway.lines)
+    gateway.signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while sum("rules reloaded: " in line for line in gateway.lines[mark:]) < 2:
+        assert time.monotonic() < deadline, gateway.log
+        time.sleep(0.05)
+    # Every session, whichever worker takes it, sees the new rules.
+    assert [_rcpt(gateway.port, order) for _ in range(8)] == [550] * 8
+
+    rules.write_text(good + "\n[note\nbroken = \n")
+    mark = len(gateway.lines)
+    gateway.signal(signal.SIGHUP)
+    gateway.wait_for(r"reload refused, the previous rules stay in force: .*not valid TOML", start=mark)
+    time.sleep(0.5)
+    assert sum("reload refused" in line for line in gateway.lines[mark:]) == 1, gateway.log
+    assert [_rcpt(gateway.port, order) for _ in range(8)] == [550] * 8
+    assert gateway.stop() == 0
+
+
+def test_sigterm_lets_every_worker_finish_its_message(test_odoo, serve, dkim_keys):
+    gateway = serve(listener_extra="shutdown_grace = 15")
+    pids = _worker_pids(gateway, 2)
+    mailer = Mailer(_Port(gateway.port), dkim_keys)
+    test_odoo.latency = {"message_post": 1.5}
+    to = mailer.address("note", "project.task", TASK_ID)
+    raws = [mailer.sign(mailer.message("note_from_contributor.eml", to, f"<term-{n}@example.com>")) for n in range(6)]
+    replies: list[str] = []
+    threads = [threading.Thread(target=lambda raw=raw: replies.append(_send(raw, to, gateway.port))) for raw in raws]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 15
+    while len([call for call in test_odoo.posts() if call.ended is None]) < 6:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    gateway.signal(signal.SIGTERM)
+    for thread in threads:
+        thread.join(30)
+    assert gateway.process.wait(timeout=30) == 0
+    assert sorted(reply[:9] for reply in replies) == ["250 2.0.0"] * 6, replies
+    assert not any(_alive(pid) for pid in pids.values())
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", gateway.port), timeout=5)
+
+
+def test_metrics_of_every_worker_are_served_summed_on_one_port(test_odoo, serve, dkim_keys):
+    metrics_port = _free_port()
+    gateway = serve(metrics_port=metrics_port)
+    _worker_pids(gateway, 2)
+    mailer = Mailer(_Port(gateway.port), dkim_keys)
+    to = mailer.address("note", "project.task", TASK_ID)
+    for number in range(6):
+        raw = mailer.sign(mailer.message("note_from_contributor.eml", to, f"<metrics-{number}@example.com>"))
+        assert _send(raw, to, gateway.port).startswith("250 2.0.0")
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    lines = [json.loads(line) for line in gateway.lines if line.startswith('{"event": "message"')]
+    assert len(lines) == 6
+    assert 'note_gateway_messages_total{refusal="none",verdict="filed"} 6.0' in text, text
+    assert gateway.stop() == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.errors
+import email.message
 import email.parser
 import email.policy
 import logging
@@ -52,7 +53,8 @@ class _SignatureRefused(Exception):
 
 
 def authenticate(raw: bytes, resolver: KeyLookup, *, now: float | None = None,
-                 max_signature_age_days: int = 0) -> VerifiedSender:
+                 max_signature_age_days: int = 0,
+                 email_message: email.message.Message | None = None) -> VerifiedSender:
     """Return the From address vouched for by an aligned, valid DKIM signature, or refuse.
 
     Blocking (DNS, and a few milliseconds of RSA): call it from a worker thread. ``resolver`` is
@@ -67,9 +69,12 @@ def authenticate(raw: bytes, resolver: KeyLookup, *, now: float | None = None,
     Authentication-Results and ARC headers in the message are never read: anyone upstream can
     write them, and trusting one needs a configured authserv-id or sealer (RFC 8601 section 5,
     RFC 8617), which the rules files do not offer yet.
+
+    ``email_message`` is ``raw`` already parsed by the email package (compat32); without it, the
+    header is parsed here to count its From fields.
     """
     now = time.time() if now is None else now
-    from_address = read_from_address(raw)
+    from_address = read_from_address(raw, email_message)
     from_domain = normalise_domain(from_address.rpartition("@")[2])
     signatures = _signature_headers(raw)
     if not signatures:
@@ -103,8 +108,13 @@ def authenticate(raw: bytes, resolver: KeyLookup, *, now: float | None = None,
 # --- From -----------------------------------------------------------------------------------------
 
 
-def read_from_address(raw: bytes) -> str:
-    """The one mailbox of the one From header, lowercased; FromHeaderInvalid otherwise."""
+def read_from_address(raw: bytes, email_message: email.message.Message | None = None) -> str:
+    """The one mailbox of the one From header, lowercased; FromHeaderInvalid otherwise.
+
+    ``email_message`` is ``raw`` already parsed (compat32): the email package ends the header at
+    the same first empty line whether it parses the whole message or the header block alone, so
+    its From fields are counted instead of parsing the header again.
+    """
     header_block = _header_block(raw)
     # Fields are found on the raw lines so that one in the obsolete syntax, which dkimpy and
     # the email package both skip, still counts: a message with two From fields has no single
@@ -112,8 +122,8 @@ def read_from_address(raw: bytes) -> str:
     values = [value for name, value in _header_fields(header_block) if name.strip().lower() == b"from"]
     # The email package must see the same single field, or a reader built on it (mail-parser,
     # Odoo) could be shown an author other than the one checked here.
-    parsed = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(
-        b"\r\n".join(header_block) + b"\r\n\r\n")
+    parsed = email_message if email_message is not None else email.parser.BytesHeaderParser(
+        policy=email.policy.compat32).parsebytes(b"\r\n".join(header_block) + b"\r\n\r\n")
     seen_by_email_package = len(parsed.get_all("From") or [])
     if not values and not seen_by_email_package:
         raise FromHeaderInvalid("no From header")

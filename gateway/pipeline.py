@@ -8,6 +8,7 @@ import threading
 import time
 from datetime import datetime, timezone
 from dataclasses import dataclass, field
+from email.message import Message
 from typing import Callable
 
 from gateway import (attachments, automatic, content, identity, inputlimits, message, notices, observe, policy,
@@ -88,13 +89,18 @@ def _refuse_automatic(ctx: MessageContext, services: Services, deadline: float) 
                                   ctx.email_message)
 
 
-def _authenticate_sender(ctx: MessageContext, services: Services, deadline: float) -> None:
+def _take_email_message(ctx: MessageContext) -> Message | None:
     email_message, ctx.email_message = ctx.email_message, None
-    # The last stage to read the parsed message drops it: ParsedMessage holds what the later
-    # stages need, and a large message would otherwise stay in memory twice while Odoo answers.
+    return email_message
+
+
+def _authenticate_sender(ctx: MessageContext, services: Services, deadline: float) -> None:
+    # The last stage to read the parsed message takes it off the context, and authenticate lets
+    # go of it before its DNS lookups: ParsedMessage holds what the later stages need, and a large
+    # message would otherwise stay in memory twice while DNS and Odoo answer.
     ctx.sender = senderauth.authenticate(
         ctx.raw, services.resolver, max_signature_age_days=ctx.rules.sender.max_signature_age_days,
-        email_message=email_message)
+        email_message=_take_email_message(ctx))
 
 
 def _rate_limit(ctx: MessageContext, services: Services, deadline: float) -> None:

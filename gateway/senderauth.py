@@ -75,6 +75,8 @@ def authenticate(raw: bytes, resolver: KeyLookup, *, now: float | None = None,
     """
     now = time.time() if now is None else now
     from_address = read_from_address(raw, email_message)
+    # Not needed any more: not kept alive through the DNS lookups below.
+    email_message = None
     from_domain = normalise_domain(from_address.rpartition("@")[2])
     # dkimpy splits the header when a verifier is built; the first one built also gives the
     # signatures to look at and serves the first signature verified, so the header is split once

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import email.message
 import email.parser
 import email.policy
 import re
@@ -42,10 +43,16 @@ def _local_part(address: str) -> str:
     return address.strip().strip("<>").rpartition("@")[0] if "@" in address else address.strip().strip("<>")
 
 
-def check_not_automatic(raw: bytes, mail_from: str, from_address: str, subject: str) -> None:
-    """Raise MailLoop or AutomaticMessage if the message was sent by a machine rather than a person."""
+def check_not_automatic(raw: bytes, mail_from: str, from_address: str, subject: str,
+                        email_message: email.message.Message | None = None) -> None:
+    """Raise MailLoop or AutomaticMessage if the message was sent by a machine rather than a person.
+
+    ``email_message`` is ``raw`` already parsed (compat32): its header fields are the ones the
+    header parser would find, so it is read instead of parsing again.
+    """
     # Only the header block is needed, and the header parser stops at the first empty line.
-    headers = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(raw)
+    headers = email_message if email_message is not None else (
+        email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(raw))
     if headers.get(LOOP_HEADER) is not None:
         raise MailLoop()
     # RFC 3834 section 5.2: any value other than "no" marks automatic mail.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import email.message
 import email.parser
 import email.policy
 import re
@@ -16,8 +17,13 @@ _ENCAPSULATED = re.compile(rb"message/(?:rfc822|global)", re.IGNORECASE)
 _BOUNDARY = re.compile(rb'boundary\s*=\s*(?:"([^"\r\n]{1,200})"|([^\s;"]{1,200}))', re.IGNORECASE)
 
 
-def check_input(raw: bytes, limits: InputLimits) -> None:
-    """Refuse a message whose shape would cost the parser far more than its size suggests."""
+def check_input(raw: bytes, limits: InputLimits) -> email.message.Message | None:
+    """Refuse a message whose shape would cost the parser far more than its size suggests.
+
+    Returns the message parsed by the email package (compat32, as mail-parser parses it) when the
+    MIME structure had to be parsed to be bounded, only ever after the cheap checks on the raw
+    bytes passed; the parse stage then uses it rather than parsing the same bytes again.
+    """
     # RFC 5322 section 2.3 forbids NUL anywhere; C-based consumers downstream truncate at it,
     # so what the gateway checks and what they see would differ.
     if b"\x00" in raw:
@@ -35,17 +41,17 @@ def check_input(raw: bytes, limits: InputLimits) -> None:
         header.decode("utf-8")
     except UnicodeDecodeError as error:
         raise HeaderNotUtf8(f"at byte {error.start}") from None
-    _check_mime_structure(raw, limits)
+    return _check_mime_structure(raw, limits)
 
 
-def _check_mime_structure(raw: bytes, limits: InputLimits) -> None:
+def _check_mime_structure(raw: bytes, limits: InputLimits) -> email.message.Message | None:
     # A cheap bound first: every part needs a boundary line, so a message with few boundary
     # parameters cannot be deep, and counting delimiter lines bounds the parts without parsing.
     boundaries = {first or second for first, second in _BOUNDARY.findall(raw)}
     # message/rfc822 parts nest without any boundary (RFC 2046 section 5.2.1).
     encapsulated = len(_ENCAPSULATED.findall(raw))
     if not boundaries and not encapsulated:
-        return
+        return None
     # Each encapsulated message is a part, and may nest inside the one before it: bounding their
     # number bounds the depth the parser below must recurse through.
     if encapsulated > limits.max_mime_parts:
@@ -71,3 +77,4 @@ def _check_mime_structure(raw: bytes, limits: InputLimits) -> None:
         payload = part.get_payload() if part.is_multipart() else None
         if isinstance(payload, list):
             pending.extend((child, depth + 1) for child in payload)
+    return message

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import email
+import email.message
 import email.parser
 import email.policy
 import email.utils
@@ -10,6 +12,7 @@ import logging
 import re
 
 import mailparser
+from mailparser.exceptions import MailParserRecursionError
 
 from gateway import mime
 from gateway.context import ParsedMessage
@@ -51,23 +54,52 @@ def derived_message_id(raw: bytes, from_address: str, subject: str, date: str) -
 _MESSAGE_ID = re.compile(r"<[^<>\s]{1,500}>")
 
 
-def message_ids(raw: bytes, header: str) -> list[str]:
-    """The msg-ids of a header, in order (RFC 5322 section 3.6.4); anything else in it is ignored."""
-    parsed = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(_header_block(raw))
+def message_ids(raw: bytes, header: str, email_message: email.message.Message | None = None) -> list[str]:
+    """The msg-ids of a header, in order (RFC 5322 section 3.6.4); anything else in it is ignored.
+
+    ``email_message`` is ``raw`` already parsed by ``parse_email``: its header fields are the ones
+    the header parser finds in the header block, so it is read instead of parsing again.
+    """
+    parsed = email_message if email_message is not None else (
+        email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(_header_block(raw)))
     found: list[str] = []
     for value in parsed.get_all(header) or ():
         found += _MESSAGE_ID.findall(" ".join(str(value).split()))
     return found[-100:]
 
 
-def parse(raw: bytes) -> ParsedMessage:
-    """Parse the message or raise MessageUnparseable (the same bytes would fail again: 554)."""
+def parse_email(raw: bytes) -> email.message.Message:
+    """The message as mail-parser's parse_from_bytes parses it (compat32), or MessageUnparseable."""
     try:
-        mail = mailparser.parse_from_bytes(raw)
+        try:
+            return email.message_from_bytes(raw)
+        except RecursionError as error:
+            # mail-parser's parse_from_bytes reports a message nested too deep for the parser so.
+            raise MailParserRecursionError("Message nesting too deep to parse") from error
+    except Exception as error:  # mail-parser raises many types, none of which a retry can heal.
+        log.info("unparseable message: %s: %s", type(error).__name__, error)
+        raise MessageUnparseable(type(error).__name__) from None
+
+
+def parse(raw: bytes, email_message: email.message.Message | None = None) -> ParsedMessage:
+    """Parse the message or raise MessageUnparseable (the same bytes would fail again: 554).
+
+    ``email_message`` is ``raw`` already parsed by ``parse_email``; without it, it is parsed here.
+    """
+    if email_message is None:
+        email_message = parse_email(raw)
+    try:
+        try:
+            # What mailparser.parse_from_bytes does, on the message the other stages read too.
+            mail = mailparser.MailParser(email_message)
+        except RecursionError as error:
+            raise MailParserRecursionError(str(error)) from error
+        # mail-parser builds the headers dict anew on every read of the property: read it once.
+        headers = mail.headers
         # RFC 5322 section 3.6 allows one of each; with two, the DKIM signer, the MUA and Odoo may
         # each read another one (mail-parser hands back a list), so the message is refused.
         for name, value in (("Subject", mail.subject), ("Message-ID", mail.message_id),
-                            ("Date", mail.headers.get("Date") if isinstance(mail.headers, dict) else None)):
+                            ("Date", headers.get("Date") if isinstance(headers, dict) else None)):
             if isinstance(value, list):
                 raise MessageUnparseable(f"more than one {name} header")
         from_list = mail.from_ or []
@@ -82,7 +114,7 @@ def parse(raw: bytes) -> ParsedMessage:
         cc = [address for _, address in (mail.cc or []) if address]
         attachments = parts.attachments
         defects = sorted(str(category) for category in (mail.defects_categories or ())) + parts.defects
-        date_header = mail.headers.get("Date", "") if isinstance(mail.headers, dict) else ""
+        date_header = headers.get("Date", "") if isinstance(headers, dict) else ""
     except MessageUnparseable:
         raise
     except Exception as error:  # mail-parser raises many types, none of which a retry can heal.
@@ -103,8 +135,8 @@ def parse(raw: bytes) -> ParsedMessage:
         text_html=text_html,
         to=to,
         cc=cc,
-        in_reply_to=message_ids(raw, "In-Reply-To"),
-        references=message_ids(raw, "References"),
+        in_reply_to=message_ids(raw, "In-Reply-To", email_message),
+        references=message_ids(raw, "References", email_message),
         attachments=attachments,
         defects=defects,
         message_id_derived=derived,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 from typing import TYPE_CHECKING
@@ -41,11 +42,29 @@ SESSIONS = Gauge("note_gateway_sessions_in_flight", "SMTP/LMTP sessions open now
 worker: int | None = None
 
 
+# labels() looks its child up under a lock on every call, some twenty times per message; the
+# label values come from finite sets (verdicts, refusal classes, stage names, configured Odoo
+# connections) and a child lives as long as its metric, so each is looked up once (issue 6).
+@functools.cache
+def _messages(verdict: str, refusal: str) -> Counter:
+    return MESSAGES.labels(verdict, refusal)
+
+
+@functools.cache
+def _stage_seconds(stage: str) -> Histogram:
+    return STAGE_SECONDS.labels(stage)
+
+
+@functools.cache
+def _odoo_seconds(odoo: str, outcome: str) -> Histogram:
+    return ODOO_SECONDS.labels(odoo, outcome)
+
+
 def message_done(entry: JournalEntry) -> None:
     """Count a finished message and log its line; called after the journal has (or has not) kept it."""
-    MESSAGES.labels(entry.verdict, entry.refusal_class or "none").inc()
+    _messages(entry.verdict, entry.refusal_class or "none").inc()
     for stage, seconds in entry.durations.items():
-        STAGE_SECONDS.labels(stage).observe(seconds)
+        _stage_seconds(stage).observe(seconds)
     MESSAGE_SECONDS.observe(entry.total_seconds)
     if message_log.isEnabledFor(logging.INFO):
         # The journal's own fields, so a log line and `note-gateway log --id N` tell the same story.
@@ -63,7 +82,7 @@ def log_fields(entry: JournalEntry) -> dict:
 
 
 def odoo_call(odoo: str, seconds: float, ok: bool) -> None:
-    ODOO_SECONDS.labels(odoo, "ok" if ok else "error").observe(seconds)
+    _odoo_seconds(odoo, "ok" if ok else "error").observe(seconds)
 
 
 def session_started() -> None:

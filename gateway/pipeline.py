@@ -7,6 +7,7 @@ import logging
 import time
 from datetime import datetime, timezone
 from dataclasses import dataclass, field
+from email.message import Message
 from typing import Callable
 
 from gateway import (attachments, automatic, content, identity, inputlimits, message, notices, observe, policy,
@@ -73,21 +74,35 @@ def _check_framing(ctx: MessageContext, services: Services, deadline: float) -> 
 
 
 def _check_input_limits(ctx: MessageContext, services: Services, deadline: float) -> None:
-    inputlimits.check_input(ctx.raw, services.config.gateway.limits)
+    # A multipart message is parsed here, once its raw bytes passed the cheap checks; the parse
+    # stage takes it over (issue 6).
+    ctx.email_message = inputlimits.check_input(ctx.raw, services.config.gateway.limits)
 
 
 def _parse(ctx: MessageContext, services: Services, deadline: float) -> None:
-    ctx.message = message.parse(ctx.raw)
+    if ctx.email_message is None:
+        ctx.email_message = message.parse_email(ctx.raw)
+    ctx.message = message.parse(ctx.raw, ctx.email_message)
 
 
 def _refuse_automatic(ctx: MessageContext, services: Services, deadline: float) -> None:
     assert ctx.message is not None
-    automatic.check_not_automatic(ctx.raw, ctx.mail_from, ctx.message.from_address, ctx.message.subject)
+    automatic.check_not_automatic(ctx.raw, ctx.mail_from, ctx.message.from_address, ctx.message.subject,
+                                  ctx.email_message)
+
+
+def _take_email_message(ctx: MessageContext) -> Message | None:
+    email_message, ctx.email_message = ctx.email_message, None
+    return email_message
 
 
 def _authenticate_sender(ctx: MessageContext, services: Services, deadline: float) -> None:
+    # The last stage to read the parsed message takes it off the context, and authenticate lets
+    # go of it before its DNS lookups: ParsedMessage holds what the later stages need, and a large
+    # message would otherwise stay in memory twice while DNS and Odoo answer.
     ctx.sender = senderauth.authenticate(
-        ctx.raw, services.resolver, max_signature_age_days=ctx.rules.sender.max_signature_age_days)
+        ctx.raw, services.resolver, max_signature_age_days=ctx.rules.sender.max_signature_age_days,
+        email_message=_take_email_message(ctx))
 
 
 def _rate_limit(ctx: MessageContext, services: Services, deadline: float) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.errors
+import email.message
 import email.parser
 import email.policy
 import logging
@@ -52,7 +53,8 @@ class _SignatureRefused(Exception):
 
 
 def authenticate(raw: bytes, resolver: KeyLookup, *, now: float | None = None,
-                 max_signature_age_days: int = 0) -> VerifiedSender:
+                 max_signature_age_days: int = 0,
+                 email_message: email.message.Message | None = None) -> VerifiedSender:
     """Return the From address vouched for by an aligned, valid DKIM signature, or refuse.
 
     Blocking (DNS, and a few milliseconds of RSA): call it from a worker thread. ``resolver`` is
@@ -67,11 +69,25 @@ def authenticate(raw: bytes, resolver: KeyLookup, *, now: float | None = None,
     Authentication-Results and ARC headers in the message are never read: anyone upstream can
     write them, and trusting one needs a configured authserv-id or sealer (RFC 8601 section 5,
     RFC 8617), which the rules files do not offer yet.
+
+    ``email_message`` is ``raw`` already parsed by the email package (compat32); without it, the
+    header is parsed here to count its From fields.
     """
     now = time.time() if now is None else now
-    from_address = read_from_address(raw)
+    from_address = read_from_address(raw, email_message)
+    # Not needed any more: not kept alive through the DNS lookups below.
+    email_message = None
     from_domain = normalise_domain(from_address.rpartition("@")[2])
-    signatures = _signature_headers(raw)
+    # dkimpy splits the header when a verifier is built; the first one built also gives the
+    # signatures to look at and serves the first signature verified, so the header is split once
+    # rather than twice (issue 6, found by profiling). Each further signature gets a verifier of
+    # its own, as dkimpy keeps the state of its last verify on it.
+    unused = [_verifier(raw, resolver)]
+
+    def verifier() -> dkim.DKIM:
+        return unused.pop() if unused else _verifier(raw, resolver)
+
+    signatures = _signature_headers(unused[0])
     if not signatures:
         raise SenderNotAuthenticated("no DKIM signature")
 
@@ -81,7 +97,7 @@ def authenticate(raw: bytes, resolver: KeyLookup, *, now: float | None = None,
     # that fails above the author's good one (RFC 6376 section 6.1).
     for index, header_value in enumerate(signatures):
         try:
-            domain, selector = _check_signature(raw, index, header_value, from_domain, resolver,
+            domain, selector = _check_signature(verifier, index, header_value, from_domain, resolver,
                                                 now, max_signature_age_days)
         except _SignatureRefused as refused:
             failures.append(refused.failure)
@@ -103,8 +119,13 @@ def authenticate(raw: bytes, resolver: KeyLookup, *, now: float | None = None,
 # --- From -----------------------------------------------------------------------------------------
 
 
-def read_from_address(raw: bytes) -> str:
-    """The one mailbox of the one From header, lowercased; FromHeaderInvalid otherwise."""
+def read_from_address(raw: bytes, email_message: email.message.Message | None = None) -> str:
+    """The one mailbox of the one From header, lowercased; FromHeaderInvalid otherwise.
+
+    ``email_message`` is ``raw`` already parsed (compat32): the email package ends the header at
+    the same first empty line whether it parses the whole message or the header block alone, so
+    its From fields are counted instead of parsing the header again.
+    """
     header_block = _header_block(raw)
     # Fields are found on the raw lines so that one in the obsolete syntax, which dkimpy and
     # the email package both skip, still counts: a message with two From fields has no single
@@ -112,8 +133,8 @@ def read_from_address(raw: bytes) -> str:
     values = [value for name, value in _header_fields(header_block) if name.strip().lower() == b"from"]
     # The email package must see the same single field, or a reader built on it (mail-parser,
     # Odoo) could be shown an author other than the one checked here.
-    parsed = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(
-        b"\r\n".join(header_block) + b"\r\n\r\n")
+    parsed = email_message if email_message is not None else email.parser.BytesHeaderParser(
+        policy=email.policy.compat32).parsebytes(b"\r\n".join(header_block) + b"\r\n\r\n")
     seen_by_email_package = len(parsed.get_all("From") or [])
     if not values and not seen_by_email_package:
         raise FromHeaderInvalid("no From header")
@@ -208,17 +229,21 @@ def normalise_domain(domain: str | bytes) -> str:
 # --- One signature --------------------------------------------------------------------------------
 
 
-def _signature_headers(raw: bytes) -> list[bytes]:
+def _verifier(raw: bytes, resolver: KeyLookup) -> dkim.DKIM:
     try:
-        headers, _body = dkim.rfc822_parse(raw)
+        return dkim.DKIM(raw, minkey=MINIMUM_KEY_BITS, timeout=getattr(resolver, "timeout", DEFAULT_DNS_TIMEOUT))
     except dkim.MessageFormatError as error:
+        # Raised by the dkim.rfc822_parse that building a verifier runs on the message.
         raise SenderNotAuthenticated(f"the header cannot be read for DKIM: {error}") from None
+
+
+def _signature_headers(verifier: dkim.DKIM) -> list[bytes]:
     # The same list, in the same order, that dkimpy indexes with verify(idx=...).
-    return [value for name, value in headers if name.lower() == b"dkim-signature"]
+    return [value for name, value in verifier.headers if name.lower() == b"dkim-signature"]
 
 
-def _check_signature(raw: bytes, index: int, header_value: bytes, from_domain: str,
-                     resolver: KeyLookup, now: float, max_age_days: int) -> tuple[str, str]:
+def _check_signature(new_verifier: Callable[[], dkim.DKIM], index: int, header_value: bytes,
+                     from_domain: str, resolver: KeyLookup, now: float, max_age_days: int) -> tuple[str, str]:
     """Return (d=, s=) when signature ``index`` authenticates the From domain; raise otherwise."""
     try:
         tags = parse_tag_value(header_value)
@@ -242,8 +267,7 @@ def _check_signature(raw: bytes, index: int, header_value: bytes, from_domain: s
 
     key_name = f"{selector}._domainkey.{domain}"
     lookup = _RecordingLookup(resolver)
-    verifier = dkim.DKIM(raw, minkey=MINIMUM_KEY_BITS,
-                         timeout=getattr(resolver, "timeout", DEFAULT_DNS_TIMEOUT))
+    verifier = new_verifier()
     try:
         verified = verifier.verify(idx=index, dnsfunc=lookup)
     except dkim.KeyFormatError as error:

@@ -123,12 +123,15 @@ class Bench:
 
     # --- 1 and 3: capacity against an Odoo that answers at once ------------------------------------
 
-    def capacity(self) -> tuple[Row, list[float]]:
+    def capacity(self) -> tuple[Row, list[float], Row]:
         size = self.size
         row = Row("1. capacity: gateway / bare aiosmtpd sink", "msg/s", target=">= 0.35",
                   note="20 connections, 5 KB DKIM-signed notes, warm DNS cache, test Odoo without latency")
+        workers = Row("1. the same with listener.workers = 2", "msg/s", target="",
+                      note="two gateway processes on one socket, the same sink run as the baseline")
         with world.test_odoo() as odoo_url:
             config = self.config(odoo_url)
+            config_workers = self.config(odoo_url, workers=2)
             for _ in range(size.repeat):
                 messages = self.messages(max(size.capacity_messages, size.sink_messages))
                 with world.sink() as port:
@@ -138,11 +141,18 @@ class Bench:
                     self.warm(port)
                     gateway_run = asyncio.run(client.blast(port, messages[:size.capacity_messages], 20))
                 _check_all_accepted(gateway_run, "gateway capacity")
+                with world.gateway(config_workers) as (port, _process):
+                    self.warm(port)
+                    workers_run = asyncio.run(client.blast(port, messages[:size.capacity_messages], 20))
+                _check_all_accepted(workers_run, "gateway capacity with 2 workers")
                 row.baseline.append(sink_run.rate)
                 row.gateway.append(gateway_run.rate)
                 row.ratios.append(gateway_run.rate / sink_run.rate)
+                workers.baseline.append(sink_run.rate)
+                workers.gateway.append(workers_run.rate)
+                workers.ratios.append(workers_run.rate / sink_run.rate)
         row.passed = _median(row.ratios) >= 0.35
-        return row, row.gateway
+        return row, row.gateway, workers
 
     def process_per_message(self, gateway_rates: list[float]) -> Row:
         size = self.size
@@ -379,9 +389,9 @@ def main(argv: list[str] | None = None) -> int:
         bench = Bench(size, Path(folder))
         try:
             if only & {"1", "3"}:
-                capacity, gateway_rates = bench.capacity()
-                rows.append(capacity)
-                print(table(rows[-1:]).splitlines()[-1], flush=True)
+                capacity, gateway_rates, workers = bench.capacity()
+                rows.extend((capacity, workers))
+                print("\n".join(table(rows[-2:]).splitlines()[-2:]), flush=True)
                 if "3" in only:
                     rows.append(bench.process_per_message(gateway_rates))
                     print(table(rows[-1:]).splitlines()[-1], flush=True)

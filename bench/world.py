@@ -105,12 +105,12 @@ def sink() -> Iterator[int]:
 
 def write_config(folder: Path, odoo_url: str, dns_port: int, smtp_port: int, *, pool_size: int = 4,
                  max_sessions: int = 100, max_sessions_per_ip: int = 20, max_message_size: int = 20 * 1024 * 1024,
-                 odoo_extra: str = "") -> Path:
+                 odoo_extra: str = "", workers: int = 1) -> Path:
     return write_gateway_config(
         folder, odoo_url=odoo_url, api_key=DEMO_API_KEY, dns_port=dns_port, smtp_port=smtp_port,
         alias_domain=ALIAS_DOMAIN, secret=SECRET,
         listener={"max_sessions": max_sessions, "max_sessions_per_ip": max_sessions_per_ip,
-                  "max_message_size": max_message_size},
+                  "max_message_size": max_message_size, "workers": workers},
         odoo={"pool_size": pool_size}, odoo_extra=odoo_extra,
         # One sender sends thousands of messages here: the flood guard (20 in 120 minutes, issue 4)
         # would measure itself, not the pipeline.

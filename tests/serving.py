@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import smtplib
 import subprocess
 import sys
 import threading
@@ -69,3 +70,42 @@ class ServeProcess:
     @property
     def log(self) -> str:
         return "\n".join(self.lines)
+
+
+PAULA = "portal.contrib@example.com"
+
+
+class Port:
+    """Stands in for a RunningGateway so the Mailer can sign and address messages for a child process."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+
+
+def send(raw: bytes, to: str, port: int) -> str:
+    """The reply to DATA, or "no reply: <error>" when the session was cut."""
+    from gateway.testing.sending import deliver
+
+    try:
+        return deliver(raw, to, port=port, mail_from=PAULA, timeout=30)
+    except (OSError, smtplib.SMTPException) as error:
+        return f"no reply: {type(error).__name__}"
+
+
+def rcpt(port: int, recipient: str) -> tuple[int, bytes]:
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+        client.ehlo("client.example.com")
+        client.mail(PAULA)
+        return client.rcpt(recipient)
+
+
+def filed_counts(test_odoo, message_ids) -> dict[str, int]:
+    """How many times each Message-ID is on the demo task and sale order."""
+    from gateway.testing.odoo_demo import SALE_ORDER_ID, TASK_ID
+
+    counts = dict.fromkeys(message_ids, 0)
+    for model, res_id in (("project.task", TASK_ID), ("sale.order", SALE_ORDER_ID)):
+        for message in test_odoo.messages(model, res_id):
+            if message["message_id"] in counts:
+                counts[message["message_id"]] += 1
+    return counts

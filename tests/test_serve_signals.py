@@ -10,37 +10,10 @@ import time
 import pytest
 
 from conftest import ALIAS_DOMAIN, Mailer, write_config
-from serving import ServeProcess
+from serving import Port as _Port, ServeProcess, filed_counts as _filed_ids, rcpt as _rcpt, send as _send
 
 from gateway.journal import Journal
 from gateway.testing.odoo_demo import SALE_ORDER_ID, TASK_ID
-from gateway.testing.sending import deliver
-
-PAULA = "portal.contrib@example.com"
-
-
-class _Port:
-    """Stands in for a RunningGateway so the Mailer can sign and address messages for a child process."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-
-
-def _filed_ids(test_odoo, message_ids) -> dict[str, int]:
-    counts = dict.fromkeys(message_ids, 0)
-    for model, res_id in (("project.task", TASK_ID), ("sale.order", SALE_ORDER_ID)):
-        for message in test_odoo.messages(model, res_id):
-            if message["message_id"] in counts:
-                counts[message["message_id"]] += 1
-    return counts
-
-
-def _send(raw: bytes, to: str, port: int) -> str:
-    try:
-        return deliver(raw, to, port=port, mail_from=PAULA, timeout=30)
-    except (OSError, smtplib.SMTPException) as error:
-        return f"no reply: {type(error).__name__}"
-
 
 @pytest.fixture
 def serve(tmp_path, test_odoo, dns_server):
@@ -181,13 +154,6 @@ def test_sigterm_cuts_a_stuck_session_after_the_grace(test_odoo, serve, dkim_key
     reply = _send(raw, to, restarted.port)
     assert reply.startswith("250 2.0.0"), reply
     assert _filed_ids(test_odoo, ["<stuck@example.com>"]) == {"<stuck@example.com>": 1}
-
-
-def _rcpt(port: int, recipient: str) -> tuple[int, bytes]:
-    with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
-        client.ehlo("client.example.com")
-        client.mail(PAULA)
-        return client.rcpt(recipient)
 
 
 def test_sighup_reloads_rules_and_a_broken_file_keeps_the_old_ones(test_odoo, serve, dkim_keys):

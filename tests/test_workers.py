@@ -6,7 +6,6 @@ import json
 import os
 import re
 import signal
-import smtplib
 import socket
 import subprocess
 import sys
@@ -17,40 +16,20 @@ import urllib.request
 import pytest
 
 from conftest import ALIAS_DOMAIN, Mailer, write_config
-from serving import ROOT, ServeProcess
+from serving import ROOT, Port as _Port, ServeProcess, filed_counts as _filed, send as _send
+from serving import rcpt
 
 from gateway.inflight import InFlight
 from gateway.refusals import MessageInProgress
 from gateway.testing.odoo_demo import SALE_ORDER_ID, TASK_ID
-from gateway.testing.sending import deliver
 
-PAULA = "portal.contrib@example.com"
 KEY = ("<same@example.com>", "project.task", 42)
-
-
-class _Port:
-    def __init__(self, port: int) -> None:
-        self.port = port
 
 
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
-
-
-def _send(raw: bytes, to: str, port: int) -> str:
-    try:
-        return deliver(raw, to, port=port, mail_from=PAULA, timeout=30)
-    except (OSError, smtplib.SMTPException) as error:
-        return f"no reply: {type(error).__name__}"
-
-
-def _rcpt(port: int, recipient: str) -> int:
-    with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
-        client.ehlo("client.example.com")
-        client.mail(PAULA)
-        return client.rcpt(recipient)[0]
 
 
 def _alive(pid: int) -> bool:
@@ -90,15 +69,6 @@ def serve(tmp_path, test_odoo, dns_server):
     for process in started:
         if process.process.poll() is None:
             process.kill()
-
-
-def _filed(test_odoo, message_ids) -> dict[str, int]:
-    counts = dict.fromkeys(message_ids, 0)
-    for model, res_id in (("project.task", TASK_ID), ("sale.order", SALE_ORDER_ID)):
-        for message in test_odoo.messages(model, res_id):
-            if message["message_id"] in counts:
-                counts[message["message_id"]] += 1
-    return counts
 
 
 # --- the claim on a message being filed, across processes ------------------------------------------
@@ -260,7 +230,7 @@ def test_a_killed_worker_is_started_again_and_a_killed_gateway_takes_its_workers
         assert time.monotonic() < deadline, "the killed gateway's socket is still listening"
         time.sleep(0.1)
     restarted = serve()
-    assert _rcpt(restarted.port, to) == 250
+    assert rcpt(restarted.port, to)[0] == 250
     assert restarted.stop() == 0
 
 
@@ -280,7 +250,7 @@ def test_sighup_reloads_every_worker_and_a_broken_file_is_refused_once(test_odoo
         assert time.monotonic() < deadline, gateway.log
         time.sleep(0.05)
     # Every session, whichever worker takes it, sees the new rules.
-    assert [_rcpt(gateway.port, order) for _ in range(8)] == [550] * 8
+    assert [rcpt(gateway.port, order)[0] for _ in range(8)] == [550] * 8
 
     rules.write_text(good + "\n[note\nbroken = \n")
     mark = len(gateway.lines)
@@ -288,7 +258,7 @@ def test_sighup_reloads_every_worker_and_a_broken_file_is_refused_once(test_odoo
     gateway.wait_for(r"reload refused, the previous rules stay in force: .*not valid TOML", start=mark)
     time.sleep(0.5)
     assert sum("reload refused" in line for line in gateway.lines[mark:]) == 1, gateway.log
-    assert [_rcpt(gateway.port, order) for _ in range(8)] == [550] * 8
+    assert [rcpt(gateway.port, order)[0] for _ in range(8)] == [550] * 8
     assert gateway.stop() == 0
 
 

@@ -109,3 +109,24 @@ def filed_counts(test_odoo, message_ids) -> dict[str, int]:
             if message["message_id"] in counts:
                 counts[message["message_id"]] += 1
     return counts
+
+
+def send_while_posting(test_odoo, mailer, port: int, count: int, prefix: str) -> tuple[list[threading.Thread], list[str]]:
+    """Send ``count`` notes to the demo task at once and return when Odoo is inside all their posts.
+
+    The caller has made message_post slow (test_odoo.latency); the replies fill the list as they come.
+    """
+    from gateway.testing.odoo_demo import TASK_ID
+
+    to = mailer.address("note", "project.task", TASK_ID)
+    raws = [mailer.sign(mailer.message("note_from_contributor.eml", to, f"<{prefix}-{n}@example.com>"))
+            for n in range(count)]
+    replies: list[str] = []
+    threads = [threading.Thread(target=lambda raw=raw: replies.append(send(raw, to, port))) for raw in raws]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 15
+    while len([call for call in test_odoo.posts() if call.ended is None]) < count:
+        assert time.monotonic() < deadline, "the posts did not all start"
+        time.sleep(0.02)
+    return threads, replies

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from conftest import ALIAS_DOMAIN, Mailer, write_config
+from serving import send_while_posting
 from serving import Port as _Port, ServeProcess, filed_counts as _filed_ids, rcpt as _rcpt, send as _send
 
 from gateway.journal import Journal
@@ -103,16 +104,7 @@ def test_sigterm_finishes_messages_in_flight_and_refuses_new_sessions(test_odoo,
     gateway = serve(listener_extra="shutdown_grace = 15")
     mailer = Mailer(_Port(gateway.port), dkim_keys)
     test_odoo.latency = {"message_post": 1.5}
-    to = mailer.address("note", "project.task", TASK_ID)
-    raws = [mailer.sign(mailer.message("note_from_contributor.eml", to, f"<term-{n}@example.com>")) for n in range(3)]
-    replies: list[str] = []
-    threads = [threading.Thread(target=lambda raw=raw: replies.append(_send(raw, to, gateway.port))) for raw in raws]
-    for thread in threads:
-        thread.start()
-    deadline = time.monotonic() + 15
-    while len([call for call in test_odoo.posts() if call.ended is None]) < 3:
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    threads, replies = send_while_posting(test_odoo, mailer, gateway.port, 3, "term")
     started = time.monotonic()
     gateway.signal(signal.SIGTERM)
     gateway.wait_for("stopping: no new sessions")

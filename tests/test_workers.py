@@ -16,6 +16,7 @@ import urllib.request
 import pytest
 
 from conftest import ALIAS_DOMAIN, Mailer, write_config
+from serving import send_while_posting
 from serving import ROOT, Port as _Port, ServeProcess, filed_counts as _filed, send as _send
 from serving import rcpt
 
@@ -267,16 +268,7 @@ def test_sigterm_lets_every_worker_finish_its_message(test_odoo, serve, dkim_key
     pids = _worker_pids(gateway, 2)
     mailer = Mailer(_Port(gateway.port), dkim_keys)
     test_odoo.latency = {"message_post": 1.5}
-    to = mailer.address("note", "project.task", TASK_ID)
-    raws = [mailer.sign(mailer.message("note_from_contributor.eml", to, f"<term-{n}@example.com>")) for n in range(6)]
-    replies: list[str] = []
-    threads = [threading.Thread(target=lambda raw=raw: replies.append(_send(raw, to, gateway.port))) for raw in raws]
-    for thread in threads:
-        thread.start()
-    deadline = time.monotonic() + 15
-    while len([call for call in test_odoo.posts() if call.ended is None]) < 6:
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    threads, replies = send_while_posting(test_odoo, mailer, gateway.port, 6, "term")
     gateway.signal(signal.SIGTERM)
     for thread in threads:
         thread.join(30)

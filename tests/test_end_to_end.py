@@ -360,3 +360,23 @@ def test_an_accepted_note_costs_four_odoo_calls_under_the_default_policy(test_od
     assert [(call.model, call.model_method) for call in test_odoo.calls] == [
         ("res.users", "search_read"), ("project.task", "search"), ("mail.message", "search"),
         ("project.task", "message_post")]
+
+
+def test_read_cache_under_the_default_policy_leaves_the_message_id_check_and_the_post(test_odoo, start_gateway,
+                                                                                    dns_server, dkim_keys):
+    # With read_cache_seconds above 0 the sender and its access to the record are reused (DESIGN.md
+    # allows a short cache that can be set to zero); the Message-ID check never is: a retry comes
+    # precisely when a first delivery may have been filed.
+    mailer = Mailer(start_gateway(dns_server.port, read_cache_seconds=60), dkim_keys)
+    to = mailer.address("note", "project.task", TASK_ID)
+    assert mailer.send(mailer.sign(mailer.message("note_from_contributor.eml", to)), to).startswith("250 ")
+    test_odoo.clear_calls()
+    for _ in range(2):
+        assert mailer.send(mailer.sign(mailer.message("note_from_contributor.eml", to)), to).startswith("250 ")
+    assert [(call.model, call.model_method) for call in test_odoo.calls] == [
+        ("mail.message", "search"), ("project.task", "message_post")] * 2
+    # The cache is per sender and record: another record is searched in Odoo.
+    other = mailer.address("note", "project.task", PRIVATE_TASK_ID)
+    reply = mailer.send(mailer.sign(mailer.message("note_from_contributor.eml", other)), other)
+    assert reply.startswith("550 5.7.1") and ("project.task", "search") in [
+        (call.model, call.model_method) for call in test_odoo.calls[4:]]

@@ -16,6 +16,7 @@ import odoorpc
 
 from gateway import observe
 from gateway.config import OdooConnection
+from gateway.odootransport import keep_alive_opener
 from gateway.refusals import OdooUnavailable
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,9 @@ class OdooPool:
         if deadline is not None:
             # Logging in is part of the message's time too (issue 4: the per-message deadline).
             timeout = max(0.1, min(timeout, deadline - time.monotonic()))
-        client = odoorpc.ODOO(parts.hostname, protocol=protocol, port=port, timeout=timeout)
+        # One kept-alive HTTP connection per pooled client instead of a connect per call (issue 6).
+        opener, _ = keep_alive_opener()
+        client = odoorpc.ODOO(parts.hostname, protocol=protocol, port=port, timeout=timeout, opener=opener)
         # odoorpc logs in through /jsonrpc common.login, which accepts an API key
         # (ODOO_FACTS.md a); the key is never a user's password.
         client.login(self.connection.database, self.connection.login, self._api_key)

@@ -456,3 +456,27 @@ def test_latency_flag_of_the_command_line():
     for bad in ("message_post", "message_post=fast"):
         with pytest.raises(Exception, match="not"):
             parse_latency(bad)
+
+
+def _version_over(connection: http.client.HTTPConnection) -> http.client.HTTPResponse:
+    body = json.dumps({"jsonrpc": "2.0", "method": "call", "id": 1,
+                       "params": {"service": "common", "method": "version", "args": []}})
+    connection.request("POST", "/jsonrpc", body, {"Content-Type": "application/json", "Connection": "keep-alive"})
+    response = connection.getresponse()
+    response.read()
+    return response
+
+
+def test_connections_are_kept_alive_and_refuse_cuts_them(odoo):
+    # The gateway keeps one connection per pooled client (issue 6): "refuse" must reach a client
+    # already connected, not only new ones.
+    connection = http.client.HTTPConnection(odoo.host, odoo.port, timeout=2)
+    first = _version_over(connection)
+    assert first.status == 200 and not first.will_close
+    socket_before = connection.sock
+    assert _version_over(connection).status == 200
+    assert connection.sock is socket_before
+    odoo.fail_mode = "refuse"
+    with pytest.raises((ConnectionError, http.client.HTTPException, OSError)):
+        _version_over(connection)
+    odoo.fail_mode = None

@@ -171,6 +171,32 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     test_odoo: TestOdoo
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Clients keep connections alive (issue 6), so closing the listening socket alone would
+        # leave "refuse" and stop() unable to cut a client that is already connected.
+        self.established: set[socket.socket] = set()
+        self.established_lock = threading.Lock()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self.established_lock:
+            self.established.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self.established_lock:
+            self.established.discard(request)
+        super().shutdown_request(request)
+
+    def drop_established(self) -> None:
+        with self.established_lock:
+            established, self.established = self.established, set()
+        for connection in established:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client that gave up (a timeout, a refused hang) is part of the tests, not an error.
         log.debug("request from %s ended with an error", client_address, exc_info=True)
@@ -292,6 +318,7 @@ class TestOdoo:
         if server is not None:
             server.shutdown()
             server.server_close()
+            server.drop_established()
         if thread is not None:
             thread.join(timeout=5)
 

@@ -1,0 +1,126 @@
+"""The keep-alive transport of the Odoo pool: reuse, safe re-sending, and timeouts (issue 6)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import socketserver
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from gateway.odootransport import keep_alive_opener
+
+
+class _Server(socketserver.ThreadingTCPServer):
+    """A tiny HTTP/1.1 server whose behaviour per request number is scripted by the test."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, script: dict[int, str]) -> None:
+        self.script = script
+        self.connections = 0
+        self.requests: list[bytes] = []
+        self.lock = threading.Lock()
+        super().__init__(("127.0.0.1", 0), _Handler)
+
+
+class _Handler(socketserver.StreamRequestHandler):
+    server: _Server
+
+    def handle(self) -> None:
+        with self.server.lock:
+            self.server.connections += 1
+        while True:
+            line = self.rfile.readline()
+            if not line:
+                return
+            length = 0
+            while (header := self.rfile.readline()) not in (b"\r\n", b""):
+                name, _, value = header.decode().partition(":")
+                if name.lower() == "content-length":
+                    length = int(value)
+            body = self.rfile.read(length)
+            with self.server.lock:
+                self.server.requests.append(body)
+                number = len(self.server.requests)
+            action = self.server.script.get(number, "answer")
+            if action == "drop":  # Read the request, never answer: as Odoo dying mid-request.
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return
+            if action == "hang":
+                time.sleep(3)
+                return
+            reply = json.dumps({"jsonrpc": "2.0", "id": 1, "result": number}).encode()
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                             + str(len(reply)).encode() + b"\r\n\r\n" + reply)
+            self.wfile.flush()
+            if action == "answer-then-close":  # An idle keep-alive timeout on the server's side.
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return
+
+
+@pytest.fixture
+def scripted():
+    servers = []
+
+    def start(script: dict[int, str]) -> _Server:
+        server = _Server(script)
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def _post(opener: urllib.request.OpenerDirector, server: _Server, body: bytes, timeout: float = 2.0) -> int:
+    url = f"http://127.0.0.1:{server.server_address[1]}/jsonrpc"
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    return json.load(opener.open(request, timeout=timeout))["result"]
+
+
+def test_calls_share_one_connection(scripted):
+    server = scripted({})
+    opener, _ = keep_alive_opener()
+    assert [_post(opener, server, b"%d" % n) for n in range(5)] == [1, 2, 3, 4, 5]
+    assert server.connections == 1
+
+
+def test_a_connection_the_server_closed_while_idle_is_replaced_without_losing_the_request(scripted):
+    server = scripted({1: "answer-then-close"})
+    opener, _ = keep_alive_opener()
+    assert _post(opener, server, b"first") == 1
+    time.sleep(0.1)  # Let the close reach the client.
+    assert _post(opener, server, b"second") == 2
+    assert server.requests == [b"first", b"second"]
+    assert server.connections == 2
+
+
+def test_a_request_that_reached_the_server_is_never_sent_twice(scripted):
+    # The second request is read and then the connection dies without an answer: Odoo may have
+    # filed the note, so the transport must fail rather than send message_post again.
+    server = scripted({2: "drop"})
+    opener, _ = keep_alive_opener()
+    assert _post(opener, server, b"first") == 1
+    with pytest.raises((urllib.error.URLError, ConnectionError, OSError)):
+        _post(opener, server, b"message_post")
+    time.sleep(0.1)
+    assert server.requests == [b"first", b"message_post"]
+
+
+def test_the_timeout_bounds_a_call_on_a_reused_connection(scripted):
+    server = scripted({2: "hang"})
+    opener, _ = keep_alive_opener()
+    assert _post(opener, server, b"first", timeout=5) == 1
+    started = time.monotonic()
+    with pytest.raises((urllib.error.URLError, TimeoutError, OSError)):
+        _post(opener, server, b"second", timeout=0.3)
+    assert time.monotonic() - started < 1.5
+    assert server.requests == [b"first", b"second"]

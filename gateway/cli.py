@@ -43,8 +43,9 @@ def command_serve(args: argparse.Namespace) -> int:
             worker_processes.die_with_supervisor(supervisor)
         sockets = worker_processes.inherited_sockets(args.listen_fds)
         observe.worker = worker_processes.worker_index()
-    services = Services.build(config)
-    server = GatewayServer(services, workers=workers if sockets is not None else 1)
+    share = workers if sockets is not None else 1
+    services = Services.build(config, workers=share)
+    server = GatewayServer(services, workers=share)
     if sockets is None:
         # Messages whose session a killed gateway cut while filing them: their senders got no reply
         # and will retry; the journal says so instead of leaving them open (issue 4).
@@ -67,7 +68,7 @@ def command_serve(args: argparse.Namespace) -> int:
         # the running one rather than stopping a mail service over a typo. The socket stays, so
         # a changed host, port or protocol needs a restart.
         try:
-            new_services = Services.build(load_config(args.config))
+            new_services = Services.build(load_config(args.config), workers=share)
         except (ConfigError, OSError, ValueError) as error:
             logger.error("reload refused, the previous rules stay in force: %s", error)
             return

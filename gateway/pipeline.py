@@ -37,13 +37,19 @@ class Services:
     in_flight: InFlight = field(default_factory=InFlight)
 
     @classmethod
-    def build(cls, config: GatewayConfig) -> Services:
+    def build(cls, config: GatewayConfig, *, workers: int = 1) -> Services:
+        """The services of one gateway process; one of ``workers`` takes its share of each Odoo pool.
+
+        ``pool_size`` bounds the connections the whole gateway opens to an Odoo, as ``max_sessions``
+        bounds its sessions: with several worker processes each gets its share, rounded up.
+        """
         resolver_config = config.gateway.resolver
         return cls(
             config=config,
             resolver=DkimKeyResolver(resolver_config.nameservers, port=resolver_config.port,
                                      timeout=resolver_config.timeout, cache=resolver_config.cache),
-            odoo={name: OdooPool(name, connection, config.api_keys[name])
+            odoo={name: OdooPool(name, connection.model_copy(update={"pool_size": -(-connection.pool_size // workers)}),
+                                 config.api_keys[name])
                   for name, connection in config.gateway.odoo.items()},
             renderer=Renderer(config.templates_dir),
             journal=Journal(config.journal_path),

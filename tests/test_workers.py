@@ -134,8 +134,18 @@ def test_a_claim_is_also_exclusive_between_threads_of_one_process(tmp_path):
 # --- a gateway of two workers ---------------------------------------------------------------------
 
 
-def test_two_workers_share_the_sessions_and_file_each_message_once(test_odoo, serve, dkim_keys):
-    gateway = serve(rules_extra="[rate_limit]\nper_sender = 0\nper_record = 0\n")
+def _most_calls_at_once(calls) -> int:
+    edges = sorted([(call.started, 1) for call in calls] + [(call.ended, -1) for call in calls])
+    most = current = 0
+    for _, step in edges:
+        current += step
+        most = max(most, current)
+    return most
+
+
+def test_two_workers_share_the_sessions_and_odoo_pool_and_file_each_message_once(test_odoo, serve, dkim_keys):
+    # pool_size bounds the gateway's connections to Odoo, not each worker's: 2 workers get 1 each.
+    gateway = serve(rules_extra="[rate_limit]\nper_sender = 0\nper_record = 0\n", pool_size=2)
     assert re.search(r"listening on 127\.0\.0\.1:\d+ \(SMTP, 2 workers\)", gateway.log)
     _worker_pids(gateway, 2)
     mailer = Mailer(_Port(gateway.port), dkim_keys)
@@ -172,6 +182,7 @@ def test_two_workers_share_the_sessions_and_file_each_message_once(test_odoo, se
     # Both processes filed some: the kernel hands each connection to one of them.
     assert {line["worker"] for line in lines} == {0, 1}, [line["worker"] for line in lines]
     assert gateway.stop() == 0
+    assert _most_calls_at_once(test_odoo.calls) <= 2
 
 
 def test_the_same_message_at_once_on_two_workers_is_filed_once(test_odoo, serve, dkim_keys):

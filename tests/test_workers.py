@@ -275,7 +275,8 @@ def test_sighup_reloads_every_worker_and_a_broken_file_is_refused_once(test_odoo
 
 
 def test_sigterm_lets_every_worker_finish_its_message(test_odoo, serve, dkim_keys):
-    gateway = serve(listener_extra="shutdown_grace = 15")
+    # A pool of 12 is 6 connections per worker: all 6 posts can be in Odoo at once wherever they land.
+    gateway = serve(listener_extra="shutdown_grace = 15", pool_size=12)
     pids = _worker_pids(gateway, 2)
     mailer = Mailer(_Port(gateway.port), dkim_keys)
     test_odoo.latency = {"message_post": 1.5}

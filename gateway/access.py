@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -85,8 +86,13 @@ def _check_node(node: ast.AST, rule: str, depth: int = 0) -> None:
     raise UnsupportedRule(rule, f"{type(node).__name__} is not supported")
 
 
+@functools.lru_cache(maxsize=512)
 def parse_domain(text: str, rule: str = "?") -> ast.Expression:
-    """Parse a domain_force and check every node, or raise UnsupportedRule naming the rule."""
+    """Parse a domain_force and check every node, or raise UnsupportedRule naming the rule.
+
+    Kept per text: a rule's text changes rarely and every message evaluates it again (the tree is
+    only read, never changed; its evaluation with the sender's values is never kept).
+    """
     try:
         tree = ast.parse(text.strip() or "[]", mode="eval")
     except SyntaxError as error:

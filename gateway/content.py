@@ -172,7 +172,15 @@ def is_readable(sanitized: str) -> bool:
 
 
 # The blank lines a client leaves between the text and the quote it was cut from.
-_TRAILING_BLANKS = re.compile(r"(?:\s|<br>|<p>(?:&nbsp;|\s|<br>)*</p>|<div>(?:&nbsp;|\s|<br>)*</div>)+$")
+# The blanks are spaces, <br>, and paragraphs or divs holding only those or &nbsp;. They are
+# matched on the reversed body from its start: a search for them before the end of the body tries
+# every start position (0.16 ms for 4 KB); this touches only the blanks.
+_TRAILING_BLANKS_REVERSED = re.compile(r"(?:\s|>rb<|>p/<(?:;psbn&|\s|>rb<)*>p<|>vid/<(?:;psbn&|\s|>rb<)*>vid<)+")
+
+
+def strip_trailing_blanks(body: str) -> str:
+    match = _TRAILING_BLANKS_REVERSED.match(body[::-1])
+    return body[:len(body) - match.end()] if match else body
 
 # The heading of the collapsed block that keeps what was trimmed, so that nothing is lost.
 TRIMMED_SUMMARY = "Quoted text and signature"
@@ -199,7 +207,7 @@ def extract_body(message: ParsedMessage, files: list[Attachment] | None = None) 
     """
     fallback = None
     for split in _candidate_splits(message):
-        body = _TRAILING_BLANKS.sub("", sanitize_html(split.kept))
+        body = strip_trailing_blanks(sanitize_html(split.kept))
         trimmed = sanitize_html(split.trimmed).strip() if split.trimmed else ""
         details = f"<details><summary>{TRIMMED_SUMMARY}</summary>\n{trimmed}\n</details>" \
             if trimmed and is_readable(trimmed) else ""

@@ -88,6 +88,8 @@ def send(raw: bytes, to: str, port: int) -> str:
 
     try:
         return deliver(raw, to, port=port, mail_from=PAULA, timeout=30)
+    except smtplib.SMTPResponseException as error:
+        return f"no reply: {type(error).__name__} {error.smtp_code} {error.smtp_error!r}"
     except (OSError, smtplib.SMTPException) as error:
         return f"no reply: {type(error).__name__}"
 

@@ -31,7 +31,8 @@ def compose(sender: str, recipient: str, subject: str, body: str, *, sender_name
 def deliver(raw: bytes, recipient: str, *, host: str = "127.0.0.1", port: int = 2525,
             mail_from: str = "", timeout: float = 60) -> str:
     """Send over SMTP and return the server's final reply as "CODE text" (refusals included)."""
-    with smtplib.SMTP(host, port, timeout=timeout) as client:
+    client = smtplib.SMTP(host, port, timeout=timeout)
+    try:
         client.ehlo("client.example.com")
         code, text = client.mail(mail_from)
         if code != 250:
@@ -42,6 +43,14 @@ def deliver(raw: bytes, recipient: str, *, host: str = "127.0.0.1", port: int = 
             return f"{code} {text.decode(errors='replace')}"
         code, text = client.data(raw)
         return f"{code} {text.decode(errors='replace')}"
+    finally:
+        # The reply to DATA decides the message's fate. What QUIT gets does not change it: a
+        # gateway that is stopping may answer 421 or close first (RFC 5321 3.8), which smtplib's
+        # context manager would raise over the reply already received.
+        try:
+            client.quit()
+        except (smtplib.SMTPException, OSError):
+            client.close()
 
 
 def send_signed(*, host: str, port: int, sender: str, recipient: str, subject: str, body: str,

@@ -198,6 +198,27 @@ def test_contributor_note_on_her_task_is_filed_and_invisible_from_the_portal(wor
           "0 notifications, not in either portal user's chatter")
 
 
+def test_the_same_message_twice_is_filed_once_by_the_record_search(world, rules_gateway):
+    # Under odoo-rules the record search also asks ['!', ('message_ids.message_id', 'in', [...])]
+    # (issue 6); if Odoo answered that clause wrongly for a filed message, the gateway would skip
+    # its Message-ID search and post the message a second time.
+    task = world.task_id
+    message_id = _message_id(world)
+    first = _send_note(world, rules_gateway, world.contributor.email, "project.task", task, message_id)
+    assert first.startswith("250 2.0.0 Filed as Odoo message "), first
+    odoo_id = int(first.rsplit(" ", 1)[1])
+    second = _send_note(world, rules_gateway, world.contributor.email, "project.task", task, message_id)
+    assert second == f"250 2.0.0 Already filed as Odoo message {odoo_id}", second
+    assert [m["id"] for m in messages_on(world, "project.task", task) if m["message_id"] == message_id] == [odoo_id]
+    # Odoo itself, asked as the integration user: the clause matches only before the message is there.
+    pool = rules_gateway.services.odoo["main"]
+    clause = ["!", ("message_ids.message_id", "in", [message_id])]
+    assert pool.call("project.task", "search", [[("id", "=", task)] + clause]) == []
+    assert pool.call("project.task", "search", [[("id", "=", task), "!",
+                                                 ("message_ids.message_id", "in", [_message_id(world)])]]) == [task]
+    print(f"\nodoo-rules, same Message-ID twice on project.task {task}: {first!r}, then {second!r}")
+
+
 def test_plain_portal_user_is_not_a_contributor(world, rules_gateway):
     task = world.task_id
     before = _last_message_id(world, "project.task", task)

@@ -176,12 +176,17 @@ def test_check_config_online_passes_after_setup_odoo(setup_run):
     print(f"\ncheck-config --online after setup-odoo (exit {status}):\n{output}")
 
 
+def _file_contributor_note(world, gateway: RealGateway, message_id: str) -> tuple[str, int]:
+    """The contributor's note on her task, which must be filed: the reply and the Odoo message id."""
+    reply = _send_note(world, gateway, world.contributor.email, "project.task", world.task_id, message_id)
+    assert reply.startswith("250 2.0.0 Filed as Odoo message "), reply
+    return reply, int(reply.rsplit(" ", 1)[1])
+
+
 def test_contributor_note_on_her_task_is_filed_and_invisible_from_the_portal(world, rules_gateway):
     task = world.task_id
     message_id = _message_id(world)
-    reply = _send_note(world, rules_gateway, world.contributor.email, "project.task", task, message_id)
-    assert reply.startswith("250 2.0.0 Filed as Odoo message "), reply
-    odoo_id = int(reply.rsplit(" ", 1)[1])
+    reply, odoo_id = _file_contributor_note(world, rules_gateway, message_id)
     [stored] = [m for m in messages_on(world, "project.task", task) if m["id"] == odoo_id]
     note = world.admin.execute("ir.model.data", "check_object_reference", "mail", "mt_note")[1]
     assert stored["subtype_id"][0] == note and stored["message_id"] == message_id
@@ -204,9 +209,7 @@ def test_the_same_message_twice_is_filed_once_by_the_record_search(world, rules_
     # its Message-ID search and post the message a second time.
     task = world.task_id
     message_id = _message_id(world)
-    first = _send_note(world, rules_gateway, world.contributor.email, "project.task", task, message_id)
-    assert first.startswith("250 2.0.0 Filed as Odoo message "), first
-    odoo_id = int(first.rsplit(" ", 1)[1])
+    first, odoo_id = _file_contributor_note(world, rules_gateway, message_id)
     second = _send_note(world, rules_gateway, world.contributor.email, "project.task", task, message_id)
     assert second == f"250 2.0.0 Already filed as Odoo message {odoo_id}", second
     assert [m["id"] for m in messages_on(world, "project.task", task) if m["message_id"] == message_id] == [odoo_id]

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
+    from contextlib import ExitStack
     from email.message import Message
 
     from gateway.config import DomainRules
@@ -119,6 +120,12 @@ class MessageContext:
     decision: str = ""
     # The record's followers, read from Odoo while the sender is identified (issue 6).
     followers: Future[set[int]] | None = None
+    # The claim against another delivery of this message being filed at the same time
+    # (gateway/inflight.py), held from the authorize stage to the end of the run; and whether Odoo,
+    # searched under it, had none of the message's Message-IDs on the record (issue 6: the record
+    # search of the access policy also answers that, and the post stage need not search again).
+    claim: ExitStack | None = None
+    unfiled: bool = False
     odoo_message_id: int | None = None
     duplicate: bool = False
     refusal: Refusal | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from contextlib import ExitStack
 from datetime import datetime, timezone
 from dataclasses import dataclass, field
 from email.message import Message
@@ -159,9 +160,21 @@ def _authorize(ctx: MessageContext, services: Services, deadline: float) -> None
     policy.check_address_owner(ctx.target, ctx.user)
     policy.check_poster(odoo, ctx.rules, ctx.target, ctx.user, deadline=deadline)
     ctx.company_id = policy.bound_company(odoo, ctx.rules, deadline=deadline)
-    policy.check_record_access(odoo, ctx.target, ctx.user, rules=ctx.rules,
-                               sender_email=ctx.sender.email if ctx.sender else "", company=ctx.company_id,
-                               deadline=deadline, followers=ctx.followers)
+    # Claimed before the record search, which also asks Odoo whether the message is already filed
+    # there: that answer holds until the post only while no other delivery of it can post.
+    _claim(ctx, services)
+    ctx.unfiled = policy.check_record_access(
+        odoo, ctx.target, ctx.user, rules=ctx.rules, sender_email=ctx.sender.email if ctx.sender else "",
+        company=ctx.company_id, deadline=deadline, followers=ctx.followers, unfiled=post.filed_message_ids(ctx))
+
+
+def _claim(ctx: MessageContext, services: Services) -> None:
+    """Hold the message's in-flight claim until the end of the run (MessageInProgress, 451, if taken)."""
+    if ctx.claim is None:
+        assert ctx.message is not None
+        claim = ExitStack()
+        claim.enter_context(services.in_flight.claim((ctx.message.message_id, ctx.target.model, ctx.target.res_id)))
+        ctx.claim = claim
 
 
 def _extract_content(ctx: MessageContext, services: Services, deadline: float) -> None:
@@ -213,18 +226,18 @@ def _record_receipt(ctx: MessageContext, services: Services, deadline: float) ->
 def _post(ctx: MessageContext, services: Services, deadline: float) -> None:
     assert ctx.message is not None
     odoo = _odoo(ctx, services)
-    key = (ctx.message.message_id, ctx.target.model, ctx.target.res_id)
     # Two deliveries of one message at once (a retry while the first is still posting) would
     # both find nothing and both post; only one may be between the search and the post.
-    with services.in_flight.claim(key):
+    _claim(ctx, services)
+    if not ctx.unfiled:
         existing = post.find_existing(odoo, ctx, deadline=deadline)
         if existing is not None:
             ctx.odoo_message_id, ctx.duplicate = existing, True
             return
-        if ctx.target.kind == "reply" and post.files_through_mail_gateway(odoo, ctx, deadline=deadline):
-            ctx.odoo_message_id, ctx.duplicate = post.file_reply(odoo, ctx, deadline=deadline)
-        else:
-            ctx.odoo_message_id = post.post_message(odoo, ctx, deadline=deadline)
+    if ctx.target.kind == "reply" and post.files_through_mail_gateway(odoo, ctx, deadline=deadline):
+        ctx.odoo_message_id, ctx.duplicate = post.file_reply(odoo, ctx, deadline=deadline)
+    else:
+        ctx.odoo_message_id = post.post_message(odoo, ctx, deadline=deadline)
 
 
 # The order a message goes through; each stage either fills in the context or raises a Refusal.
@@ -251,6 +264,18 @@ STAGES: tuple[Stage, ...] = (
 def process(ctx: MessageContext, services: Services, *, deadline: float) -> MessageContext:
     """Run every stage; a refusal stops the run. Blocking: the SMTP layer calls it in a worker thread."""
     started = time.monotonic()
+    try:
+        _run_stages(ctx, services, deadline)
+    finally:
+        if ctx.claim is not None:
+            ctx.claim.close()
+            ctx.claim = None
+    journal(ctx, services, time.monotonic() - started)
+    notices.maybe_send(ctx, services)
+    return ctx
+
+
+def _run_stages(ctx: MessageContext, services: Services, deadline: float) -> None:
     for stage in STAGES:
         stage_started = time.monotonic()
         try:
@@ -272,9 +297,6 @@ def process(ctx: MessageContext, services: Services, *, deadline: float) -> Mess
         if time.monotonic() > deadline and stage is not STAGES[-1]:
             ctx.refusal = OdooUnavailable("the message took too long to process")
             break
-    journal(ctx, services, time.monotonic() - started)
-    notices.maybe_send(ctx, services)
-    return ctx
 
 
 def smtp_reply(ctx: MessageContext) -> str:

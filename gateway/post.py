@@ -29,17 +29,22 @@ def find_existing(odoo: OdooPool, ctx: MessageContext, *, deadline: float | None
     Odoo stores ``message_id`` but does not make it unique (ODOO_FACTS.md f), so a retried
     delivery would be filed twice unless the gateway looks first.
     """
+    # Never cached: a retry comes precisely after the first delivery may have filed the message.
+    found = odoo.call("mail.message", "search",
+                      [[("message_id", "in", filed_message_ids(ctx)), ("model", "=", ctx.target.model),
+                        ("res_id", "=", ctx.target.res_id)]],
+                      {"limit": 1}, deadline=deadline)
+    return int(found[0]) if found else None
+
+
+def filed_message_ids(ctx: MessageContext) -> list[str]:
+    """The Message-IDs this message is filed under: its own, and for a reply its record's own."""
     assert ctx.message is not None
     # A reply may have been filed under its record's own Message-ID (record_message_id).
     ids = [ctx.message.message_id]
     if ctx.target.kind == "reply":
         ids.append(record_message_id(ctx))
-    # Never cached: a retry comes precisely after the first delivery may have filed the message.
-    found = odoo.call("mail.message", "search",
-                      [[("message_id", "in", ids), ("model", "=", ctx.target.model),
-                        ("res_id", "=", ctx.target.res_id)]],
-                      {"limit": 1}, deadline=deadline)
-    return int(found[0]) if found else None
+    return ids
 
 
 def record_message_id(ctx: MessageContext) -> str:

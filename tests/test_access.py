@@ -186,3 +186,46 @@ def test_the_gateway_without_its_group_cannot_read_rules_and_defers(test_odoo, p
     test_odoo.set_group(10, "note_gateway.group_note_gateway", member=False)
     with pytest.raises(OdooUnavailable):
         _check(pool, PAULA_EMAIL, "sale.order", SALE_ORDER_ID)
+
+
+# --- The record search that also says whether the message is filed (issue 6) ---------------------
+
+
+def test_the_record_search_also_says_whether_the_message_is_on_the_record(pool, test_odoo):
+    user = find_user(pool, PAULA_EMAIL)
+    target = Target("note", "notes.example.com", "project.task", TASK_ID, "x@notes.example.com")
+    mid = "<unfiled-check@example.com>"
+
+    def unfiled(rules=None):
+        return policy.check_record_access(pool, target, user, rules=rules or _rules(), sender_email=PAULA_EMAIL,
+                                          unfiled=[mid])
+
+    assert unfiled() is True
+    # The same Message-ID on a record of another model with the same id is not this record's, and
+    # Odoo 18's message_ids leave user_notification messages out.
+    test_odoo.add_record("sale.order", {"name": "S60", "partner_id": PAULA_PARTNER_ID}, id=TASK_ID)
+    test_odoo.add_record("mail.message", {"model": "sale.order", "res_id": TASK_ID, "message_id": mid,
+                                          "message_type": "comment"})
+    test_odoo.add_record("mail.message", {"model": "project.task", "res_id": TASK_ID, "message_id": mid,
+                                          "message_type": "user_notification"})
+    assert unfiled() is True
+    # Filed on this record: access is still granted, and the answer says "look before posting".
+    test_odoo.add_record("mail.message", {"model": "project.task", "res_id": TASK_ID, "message_id": mid,
+                                          "message_type": "comment"})
+    assert unfiled() is False
+    # The followers policy reads the followers, which say nothing of the messages.
+    followers = DomainRules(domain="notes.example.com", odoo="main", secrets=["x" * 16],
+                            note={"models": ["project.task"], "access": "followers"})
+    assert unfiled(followers) is False
+
+
+def test_a_filed_message_is_no_way_past_the_access_check(pool, test_odoo):
+    # The rare path (the combined search found nothing) still refuses a sender who may not read the
+    # record, even when the Message-ID is there.
+    user = find_user(pool, PAULA_EMAIL)
+    target = Target("note", "notes.example.com", "project.task", PRIVATE_TASK_ID, "x@notes.example.com")
+    test_odoo.add_record("mail.message", {"model": "project.task", "res_id": PRIVATE_TASK_ID,
+                                          "message_id": "<m@example.com>", "message_type": "comment"})
+    with pytest.raises(RecordAccessDenied):
+        policy.check_record_access(pool, target, user, rules=_rules(), sender_email=PAULA_EMAIL,
+                                   unfiled=["<m@example.com>"])

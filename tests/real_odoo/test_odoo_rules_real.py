@@ -176,12 +176,17 @@ def test_check_config_online_passes_after_setup_odoo(setup_run):
     print(f"\ncheck-config --online after setup-odoo (exit {status}):\n{output}")
 
 
+def _file_contributor_note(world, gateway: RealGateway, message_id: str) -> tuple[str, int]:
+    """The contributor's note on her task, which must be filed: the reply and the Odoo message id."""
+    reply = _send_note(world, gateway, world.contributor.email, "project.task", world.task_id, message_id)
+    assert reply.startswith("250 2.0.0 Filed as Odoo message "), reply
+    return reply, int(reply.rsplit(" ", 1)[1])
+
+
 def test_contributor_note_on_her_task_is_filed_and_invisible_from_the_portal(world, rules_gateway):
     task = world.task_id
     message_id = _message_id(world)
-    reply = _send_note(world, rules_gateway, world.contributor.email, "project.task", task, message_id)
-    assert reply.startswith("250 2.0.0 Filed as Odoo message "), reply
-    odoo_id = int(reply.rsplit(" ", 1)[1])
+    reply, odoo_id = _file_contributor_note(world, rules_gateway, message_id)
     [stored] = [m for m in messages_on(world, "project.task", task) if m["id"] == odoo_id]
     note = world.admin.execute("ir.model.data", "check_object_reference", "mail", "mt_note")[1]
     assert stored["subtype_id"][0] == note and stored["message_id"] == message_id
@@ -196,6 +201,25 @@ def test_contributor_note_on_her_task_is_filed_and_invisible_from_the_portal(wor
     assert (row.verdict, row.odoo_message_id) == ("filed", odoo_id)
     print(f"\nodoo-rules, contributor on project.task {task}: {reply!r}; subtype {stored['subtype_id']}, "
           "0 notifications, not in either portal user's chatter")
+
+
+def test_the_same_message_twice_is_filed_once_by_the_record_search(world, rules_gateway):
+    # Under odoo-rules the record search also asks ['!', ('message_ids.message_id', 'in', [...])]
+    # (issue 6); if Odoo answered that clause wrongly for a filed message, the gateway would skip
+    # its Message-ID search and post the message a second time.
+    task = world.task_id
+    message_id = _message_id(world)
+    first, odoo_id = _file_contributor_note(world, rules_gateway, message_id)
+    second = _send_note(world, rules_gateway, world.contributor.email, "project.task", task, message_id)
+    assert second == f"250 2.0.0 Already filed as Odoo message {odoo_id}", second
+    assert [m["id"] for m in messages_on(world, "project.task", task) if m["message_id"] == message_id] == [odoo_id]
+    # Odoo itself, asked as the integration user: the clause matches only before the message is there.
+    pool = rules_gateway.services.odoo["main"]
+    clause = ["!", ("message_ids.message_id", "in", [message_id])]
+    assert pool.call("project.task", "search", [[("id", "=", task)] + clause]) == []
+    assert pool.call("project.task", "search", [[("id", "=", task), "!",
+                                                 ("message_ids.message_id", "in", [_message_id(world)])]]) == [task]
+    print(f"\nodoo-rules, same Message-ID twice on project.task {task}: {first!r}, then {second!r}")
 
 
 def test_plain_portal_user_is_not_a_contributor(world, rules_gateway):

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from email.message import Message
 
     from gateway.config import DomainRules
+    from gateway.policy import RecordFollowers
     from gateway.refusals import Refusal
 
 Kind = Literal["note", "reply"]
@@ -119,7 +120,7 @@ class MessageContext:
     # reply+ delivery was filed as a note (issue 7).
     decision: str = ""
     # The record's followers, read from Odoo while the sender is identified (issue 6).
-    followers: Future[set[int]] | None = None
+    followers: Future[RecordFollowers] | None = None
     # The claim against another delivery of this message being filed at the same time
     # (gateway/inflight.py), held from the authorize stage to the end of the run; and whether Odoo,
     # searched under it, had none of the message's Message-IDs on the record (issue 6: the record

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import Future
+from dataclasses import dataclass
 
 from gateway import access, address
 from gateway.config import DomainRules
@@ -58,15 +59,15 @@ def check_poster(odoo: OdooPool, rules: DomainRules, target: Target, user: OdooU
 
 def check_record_access(odoo: OdooPool, target: Target, user: OdooUser, *, rules: DomainRules | None = None,
                         sender_email: str = "", company: int | None = None,
-                        deadline: float | None = None, followers: Future[set[int]] | None = None,
+                        deadline: float | None = None, followers: Future[RecordFollowers] | None = None,
                         unfiled: list[str] | None = None) -> bool:
     """The record access policy of the target's kind; every policy ends in one search of the record.
 
-    With ``unfiled`` (Message-IDs), the search of the odoo-rules, own, company and email-domain
-    policies also asks that none of them is on the record's messages, and True means Odoo confirmed
+    With ``unfiled`` (Message-IDs), the search of every policy also asks that none of them is on the record's messages, and True means Odoo confirmed
     both: the post need not search mail.message again (issue 6: one round trip less per note).
-    False means access is granted but filing was not checked (the followers policy, or one of the
-    IDs is there: a retry, which the post stage then finds).
+    The followers policy asks it in its read of the followers, unless that read may come from the
+    read cache. False means access is granted but filing was not checked (a cached read, the
+    company-bound followers check, or one of the IDs is there: a retry, which the post stage finds).
     """
     policy = rules.kind_rules(target.kind).access if rules is not None else "followers"
     context = {"active_test": False}
@@ -75,10 +76,11 @@ def check_record_access(odoo: OdooPool, target: Target, user: OdooUser, *, rules
     if policy == "followers" and company is None:
         # The followers were read while the sender was looked up (issue 6), one round trip less;
         # that read also refuses a record that is gone or archived.
-        partners = followers.result() if followers is not None else read_followers(odoo, target, deadline=deadline)
-        if not partners & {user.partner_id, user.commercial_partner_id}:
+        read = followers.result() if followers is not None else read_followers(
+            odoo, target, deadline=deadline, unfiled=unfiled if odoo.connection.read_cache_seconds == 0 else None)
+        if not read.partners & {user.partner_id, user.commercial_partner_id}:
             raise RecordAccessDenied(f"{user.email} does not follow {target.model} {target.res_id}")
-        return False
+        return read.unfiled
     if company is not None:
         # The record's company is read, which needs the record: existence is asked first.
         _check_exists(odoo, target, context, deadline)
@@ -129,9 +131,13 @@ def _search_unfiled(odoo: OdooPool, target: Target, domain: list, context: dict,
     another model with the same res_id does not match. Never cached: a retry comes precisely after
     a first delivery may have filed the message.
     """
-    unfiled = ["!", ("message_ids.message_id", "in", list(message_ids))]
-    return bool(odoo.call(target.model, "search", [[("id", "=", target.res_id)] + list(domain) + unfiled],
+    return bool(odoo.call(target.model, "search",
+                          [[("id", "=", target.res_id)] + list(domain) + _unfiled_clause(message_ids)],
                           {"limit": 1}, context=context, deadline=deadline))
+
+
+def _unfiled_clause(message_ids: list[str]) -> list:
+    return ["!", ("message_ids.message_id", "in", list(message_ids))]
 
 
 def _check_exists(odoo: OdooPool, target: Target, context: dict, deadline: float | None) -> None:
@@ -182,18 +188,36 @@ def _check_followers(odoo: OdooPool, target: Target, user: OdooUser, context: di
         raise RecordAccessDenied(f"{user.email} does not follow {target.model} {target.res_id}")
 
 
-def read_followers(odoo: OdooPool, target: Target, *, deadline: float | None = None) -> set[int]:
+@dataclass(frozen=True)
+class RecordFollowers:
+    """The partners following a record, and whether Odoo confirmed in the same read that none of the
+    message's Message-IDs is on the record yet (False: not asked, or one is there)."""
+
+    partners: set[int]
+    unfiled: bool = False
+
+
+def read_followers(odoo: OdooPool, target: Target, *, deadline: float | None = None,
+                   unfiled: list[str] | None = None) -> RecordFollowers:
     """The partners following the record, read from Odoo now; RecordNotFound if it is gone or archived.
 
     It does not depend on the sender, so it can run while the sender is looked up (issue 6).
     Searching (not reading) by id also leaves archived records out, as Odoo's portal rule for
-    tasks requires ``active``.
+    tasks requires ``active``. With ``unfiled`` (Message-IDs; the caller holds the message's
+    in-flight claim) the read also asks that none of them is on the record, as the other policies'
+    record search does; that read is never cached.
     """
+    if unfiled:
+        rows = odoo.call(target.model, "search_read", [[("id", "=", target.res_id)] + _unfiled_clause(unfiled)],
+                         {"fields": ["message_partner_ids"], "limit": 1}, deadline=deadline)
+        if rows:
+            return RecordFollowers(set(rows[0].get("message_partner_ids") or ()), unfiled=True)
+        # Gone, archived, or one of the Message-IDs is there (a retry): the plain read tells.
     rows = odoo.call(target.model, "search_read", [[("id", "=", target.res_id)]],
                      {"fields": ["message_partner_ids"], "limit": 1}, deadline=deadline, cacheable=True)
     if not rows:
         raise RecordNotFound(f"{target.model} {target.res_id}")
-    return set(rows[0].get("message_partner_ids") or ())
+    return RecordFollowers(set(rows[0].get("message_partner_ids") or ()))
 
 
 def bound_company(odoo: OdooPool, rules: DomainRules, *, deadline: float | None = None) -> int | None:

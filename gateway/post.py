@@ -139,7 +139,7 @@ def _author_follows(odoo: OdooPool, ctx: MessageContext, *, deadline: float | No
     assert ctx.user is not None
     if ctx.followers is not None and odoo.connection.read_cache_seconds == 0:
         try:
-            return ctx.user.partner_id in ctx.followers.result()
+            return ctx.user.partner_id in ctx.followers.result().partners
         except Exception:  # noqa: BLE001 (the authorize stage saw this read succeed; read again)
             pass
     return bool(odoo.call(ctx.target.model, "search_count",

@@ -392,3 +392,29 @@ def test_read_cache_under_the_default_policy_leaves_the_message_id_check_and_the
     assert reply.startswith("550 5.7.1")
     assert [(call.model, call.model_method) for call in test_odoo.calls[4:]] == [
         ("project.task", "search"), ("project.task", "search"), ("project.task", "search")]
+
+
+def test_under_the_followers_policy_the_followers_read_also_checks_the_message_id(test_odoo, followers_gateway):
+    # The followers are read while the sender is looked up (the two calls may come in either
+    # order); that read also asks that the Message-ID is not on the record, so a note is 3 calls.
+    mailer = followers_gateway
+    to = mailer.address("note", "project.task", TASK_ID)
+
+    def record_calls():
+        # Logging in a pooled connection (the parallel read may open a second one) is left out.
+        return [call for call in test_odoo.calls if call.model_method in ("search_read", "search", "message_post")]
+
+    raw = mailer.sign(mailer.message("note_from_contributor.eml", to, "<followers-three@example.com>"))
+    assert mailer.send(raw, to).startswith("250 2.0.0 Filed")
+    calls = record_calls()
+    assert sorted((call.model, call.model_method) for call in calls[:2]) == [
+        ("project.task", "search_read"), ("res.users", "search_read")]
+    assert [(call.model, call.model_method) for call in calls[2:]] == [("project.task", "message_post")]
+    [read] = [call for call in calls if call.model == "project.task" and call.model_method == "search_read"]
+    assert read.args[0][-2:] == ["!", ["message_ids.message_id", "in", ["<followers-three@example.com>"]]]
+    # A retry: the read finds it filed, the plain read and the Message-ID search make it a duplicate.
+    test_odoo.clear_calls()
+    assert mailer.send(raw, to).startswith("250 2.0.0 Already filed")
+    assert sorted((call.model, call.model_method) for call in record_calls()) == [
+        ("mail.message", "search"), ("project.task", "search_read"), ("project.task", "search_read"),
+        ("res.users", "search_read")]

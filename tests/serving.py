@@ -132,3 +132,39 @@ def send_while_posting(test_odoo, mailer, port: int, count: int, prefix: str) ->
         assert time.monotonic() < deadline, "the posts did not all start"
         time.sleep(0.02)
     return threads, replies
+
+
+def notes_to_both_records(mailer, prefix: str, count: int = 24) -> list[tuple[str, str, bytes]]:
+    """``count`` signed notes, alternately to the demo sale order and task: (Message-ID, to, raw)."""
+    from gateway.testing.odoo_demo import SALE_ORDER_ID, TASK_ID
+
+    messages = []
+    for number in range(count):
+        model, res_id = ("project.task", TASK_ID) if number % 2 else ("sale.order", SALE_ORDER_ID)
+        to = mailer.address("note", model, res_id)
+        message_id = f"<{prefix}-{number}@example.com>"
+        messages.append((message_id, to, mailer.sign(mailer.message("note_from_contributor.eml", to, message_id))))
+    return messages
+
+
+def start_senders(messages: list[tuple[str, str, bytes]], port: int,
+                  count: int) -> tuple[list[threading.Thread], dict[str, str]]:
+    """``count`` threads sending ``messages`` in turn; the replies fill the dict by Message-ID."""
+    replies: dict[str, str] = {}
+    queue = list(messages)
+    lock = threading.Lock()
+
+    def sender() -> None:
+        while True:
+            with lock:
+                if not queue:
+                    return
+                message_id, to, raw = queue.pop(0)
+            reply = send(raw, to, port)
+            with lock:
+                replies[message_id] = reply
+
+    threads = [threading.Thread(target=sender) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    return threads, replies

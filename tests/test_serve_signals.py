@@ -10,7 +10,7 @@ import time
 import pytest
 
 from conftest import ALIAS_DOMAIN, Mailer, write_config
-from serving import send_while_posting
+from serving import notes_to_both_records, send_while_posting, start_senders
 from serving import Port as _Port, ServeProcess, filed_counts as _filed_ids, rcpt as _rcpt, send as _send
 
 from gateway.journal import Journal
@@ -40,29 +40,8 @@ def test_sigkill_during_sessions_loses_nothing_and_restart_is_clean(test_odoo, s
     mailer = Mailer(_Port(gateway.port), dkim_keys)
     # Slow posts keep several sessions inside message_post when the kill comes.
     test_odoo.latency = {"message_post": 0.25}
-    messages = []
-    for number in range(24):
-        model, res_id = ("project.task", TASK_ID) if number % 2 else ("sale.order", SALE_ORDER_ID)
-        to = mailer.address("note", model, res_id)
-        message_id = f"<kill-{number}@example.com>"
-        messages.append((message_id, to, mailer.sign(mailer.message("note_from_contributor.eml", to, message_id))))
-    replies: dict[str, str] = {}
-    lock = threading.Lock()
-    queue = list(messages)
-
-    def sender() -> None:
-        while True:
-            with lock:
-                if not queue:
-                    return
-                message_id, to, raw = queue.pop(0)
-            reply = _send(raw, to, gateway.port)
-            with lock:
-                replies[message_id] = reply
-
-    threads = [threading.Thread(target=sender) for _ in range(6)]
-    for thread in threads:
-        thread.start()
+    messages = notes_to_both_records(mailer, "kill")
+    threads, replies = start_senders(messages, gateway.port, 6)
     deadline = time.monotonic() + 20
     while sum(reply.startswith("250") for reply in dict(replies).values()) < 6:
         assert time.monotonic() < deadline, replies

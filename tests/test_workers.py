@@ -16,7 +16,7 @@ import urllib.request
 import pytest
 
 from conftest import ALIAS_DOMAIN, Mailer, write_config
-from serving import send_while_posting
+from serving import notes_to_both_records, send_while_posting, start_senders
 from serving import ROOT, Port as _Port, ServeProcess, filed_counts as _filed, send as _send
 from serving import rcpt
 
@@ -150,29 +150,8 @@ def test_two_workers_share_the_sessions_and_odoo_pool_and_file_each_message_once
     _worker_pids(gateway, 2)
     mailer = Mailer(_Port(gateway.port), dkim_keys)
     test_odoo.latency = {"message_post": 0.05}
-    messages = []
-    for number in range(24):
-        model, res_id = ("project.task", TASK_ID) if number % 2 else ("sale.order", SALE_ORDER_ID)
-        to = mailer.address("note", model, res_id)
-        message_id = f"<worker-{number}@example.com>"
-        messages.append((message_id, to, mailer.sign(mailer.message("note_from_contributor.eml", to, message_id))))
-    replies: dict[str, str] = {}
-    queue = list(messages)
-    lock = threading.Lock()
-
-    def sender() -> None:
-        while True:
-            with lock:
-                if not queue:
-                    return
-                message_id, to, raw = queue.pop()
-            reply = _send(raw, to, gateway.port)
-            with lock:
-                replies[message_id] = reply
-
-    threads = [threading.Thread(target=sender) for _ in range(8)]
-    for thread in threads:
-        thread.start()
+    messages = notes_to_both_records(mailer, "worker")
+    threads, replies = start_senders(messages, gateway.port, 8)
     for thread in threads:
         thread.join(60)
     assert all(reply.startswith("250 2.0.0") for reply in replies.values()), replies

@@ -63,8 +63,9 @@ def check_record_access(odoo: OdooPool, target: Target, user: OdooUser, *, rules
                         unfiled: list[str] | None = None) -> bool:
     """The record access policy of the target's kind; every policy ends in one search of the record.
 
-    With ``unfiled`` (Message-IDs), the search of every policy also asks that none of them is on the record's messages, and True means Odoo confirmed
-    both: the post need not search mail.message again (issue 6: one round trip less per note).
+    With ``unfiled`` (Message-IDs), the search of every policy also asks that none of them is on
+    the record's messages, and True means Odoo confirmed both: the post need not search
+    mail.message again (issue 6: one round trip less per note).
     The followers policy asks it in its read of the followers, unless that read may come from the
     read cache. False means access is granted but filing was not checked (a cached read, the
     company-bound followers check, or one of the IDs is there: a retry, which the post stage finds).

@@ -66,6 +66,37 @@ def write_config(folder: Path, odoo: TestOdoo, dns_port: int, *, rules_extra: st
         rules_extra=rules_extra)
 
 
+@pytest.fixture
+def serve(tmp_path, test_odoo, dns_server):
+    """Start ``python -m gateway serve`` on one config (written on the first call); killed after the test.
+
+    ``workers`` and ``metrics_port`` add ``listener.workers`` and a ``[metrics]`` section; other
+    options go to write_config.
+    """
+    from serving import ServeProcess
+
+    started: list[ServeProcess] = []
+
+    def start(workers: int | None = None, listener_extra: str = "", metrics_port: int | None = None,
+              **options) -> ServeProcess:
+        config_path = tmp_path / "gateway.toml"
+        if not config_path.exists():
+            if workers is not None:
+                listener_extra = f"workers = {workers}\n{listener_extra}"
+            write_config(tmp_path, test_odoo, dns_server.port, listener_extra=listener_extra, **options)
+            if metrics_port is not None:
+                config_path.write_text(config_path.read_text()
+                                       + f'\n[metrics]\nhost = "127.0.0.1"\nport = {metrics_port}\n')
+        process = ServeProcess(config_path)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.process.poll() is None:
+            process.kill()
+
+
 @dataclass
 class RunningGateway:
     services: Services

@@ -9,29 +9,12 @@ import time
 
 import pytest
 
-from conftest import ALIAS_DOMAIN, Mailer, write_config
+from conftest import ALIAS_DOMAIN, Mailer
 from serving import notes_to_both_records, send_while_posting, start_senders
-from serving import Port as _Port, ServeProcess, filed_counts as _filed_ids, rcpt as _rcpt, send as _send
+from serving import Port as _Port, filed_counts as _filed_ids, rcpt as _rcpt, send as _send
 
 from gateway.journal import Journal
 from gateway.testing.odoo_demo import SALE_ORDER_ID, TASK_ID
-
-@pytest.fixture
-def serve(tmp_path, test_odoo, dns_server):
-    started: list[ServeProcess] = []
-
-    def start(**options) -> ServeProcess:
-        config_path = tmp_path / "gateway.toml"
-        if not config_path.exists():
-            write_config(tmp_path, test_odoo, dns_server.port, **options)
-        process = ServeProcess(config_path)
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        if process.process.poll() is None:
-            process.kill()
 
 
 def test_sigkill_during_sessions_loses_nothing_and_restart_is_clean(test_odoo, serve, dkim_keys):

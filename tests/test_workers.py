@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -15,7 +16,7 @@ import urllib.request
 
 import pytest
 
-from conftest import ALIAS_DOMAIN, Mailer, write_config
+from conftest import ALIAS_DOMAIN, Mailer
 from serving import notes_to_both_records, send_while_posting, start_senders
 from serving import ROOT, Port as _Port, ServeProcess, filed_counts as _filed, send as _send
 from serving import rcpt
@@ -51,25 +52,9 @@ def _worker_pids(gateway: ServeProcess, count: int) -> dict[int, int]:
 
 
 @pytest.fixture
-def serve(tmp_path, test_odoo, dns_server):
-    started: list[ServeProcess] = []
-
-    def start(workers: int = 2, listener_extra: str = "", metrics_port: int | None = None, **options) -> ServeProcess:
-        config_path = tmp_path / "gateway.toml"
-        if not config_path.exists():
-            write_config(tmp_path, test_odoo, dns_server.port,
-                         listener_extra=f"workers = {workers}\n{listener_extra}", **options)
-            if metrics_port is not None:
-                config_path.write_text(config_path.read_text()
-                                       + f'\n[metrics]\nhost = "127.0.0.1"\nport = {metrics_port}\n')
-        process = ServeProcess(config_path)
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        if process.process.poll() is None:
-            process.kill()
+def serve(serve):
+    """The conftest's serve with two workers unless told otherwise."""
+    return functools.partial(serve, workers=2)
 
 
 # --- the claim on a message being filed, across processes ------------------------------------------

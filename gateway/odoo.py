@@ -16,7 +16,7 @@ import odoorpc
 
 from gateway import observe
 from gateway.config import OdooConnection
-from gateway.odootransport import keep_alive_opener
+from gateway.odootransport import KeepAliveHandler, keep_alive_opener
 from gateway.refusals import OdooUnavailable
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,9 @@ class OdooPool:
         self.connection = connection
         self._api_key = api_key
         self._idle: queue.LifoQueue[odoorpc.ODOO] = queue.LifoQueue()
+        # Each client's kept-alive HTTP connection, closed when the client is dropped or the pool
+        # closes (a reload closes the old pool) rather than whenever the garbage collector runs.
+        self._transports: dict[int, KeepAliveHandler] = {}
         self._slots = threading.BoundedSemaphore(connection.pool_size)
         self._lock = threading.Lock()
         self._version: int | None = None
@@ -76,11 +79,17 @@ class OdooPool:
             # Logging in is part of the message's time too (issue 4: the per-message deadline).
             timeout = max(0.1, min(timeout, deadline - time.monotonic()))
         # One kept-alive HTTP connection per pooled client instead of a connect per call (issue 6).
-        opener, _ = keep_alive_opener()
-        client = odoorpc.ODOO(parts.hostname, protocol=protocol, port=port, timeout=timeout, opener=opener)
-        # odoorpc logs in through /jsonrpc common.login, which accepts an API key
-        # (ODOO_FACTS.md a); the key is never a user's password.
-        client.login(self.connection.database, self.connection.login, self._api_key)
+        opener, transport = keep_alive_opener()
+        try:
+            client = odoorpc.ODOO(parts.hostname, protocol=protocol, port=port, timeout=timeout, opener=opener)
+            # odoorpc logs in through /jsonrpc common.login, which accepts an API key
+            # (ODOO_FACTS.md a); the key is never a user's password.
+            client.login(self.connection.database, self.connection.login, self._api_key)
+        except BaseException:
+            transport.close()
+            raise
+        with self._lock:
+            self._transports[id(client)] = transport
         if self._version is None:
             # "18.0", "saas~17.4", "19.0+e": the first number is the major version.
             match = re.search(r"\d+", str(client.version))
@@ -102,7 +111,9 @@ class OdooPool:
                 client = self._connect(deadline)
             yield client
         except BaseException:
-            client = None  # Possibly broken: never lend it again.
+            if client is not None:
+                self._drop(client)  # Possibly broken: never lend it again.
+            client = None
             raise
         finally:
             if client is not None:
@@ -210,11 +221,17 @@ class OdooPool:
                 self._xmlids[xmlid] = int(record_id)
         return self._xmlids[xmlid]
 
+    def _drop(self, client: odoorpc.ODOO) -> None:
+        with self._lock:
+            transport = self._transports.pop(id(client), None)
+        if transport is not None:
+            transport.close()
+
     def close(self) -> None:
         self._background.shutdown(wait=False, cancel_futures=True)
         while True:
             try:
-                self._idle.get_nowait()
+                self._drop(self._idle.get_nowait())
             except queue.Empty:
                 return
 

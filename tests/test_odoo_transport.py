@@ -124,3 +124,40 @@ def test_the_timeout_bounds_a_call_on_a_reused_connection(scripted):
         _post(opener, server, b"second", timeout=0.3)
     assert time.monotonic() - started < 1.5
     assert server.requests == [b"first", b"second"]
+
+
+# --- The pool closes the connections it keeps ------------------------------------------------------
+
+
+def _until(condition, seconds: float = 3.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return condition()
+
+
+def test_the_pool_closes_its_kept_connections_when_a_client_is_dropped_and_when_it_closes(test_odoo):
+    from gateway.config import OdooConnection
+    from gateway.odoo import OdooPool
+    from gateway.refusals import OdooUnavailable
+    from gateway.testing.odoo_demo import DEMO_API_KEY
+
+    connection = OdooConnection(url=test_odoo.url, database=test_odoo.database, login="gateway",
+                                api_key_env="UNUSED", timeout=5)
+    pool = OdooPool("main", connection, DEMO_API_KEY)
+    try:
+        pool.call("res.partner", "search", [[]], {"limit": 1})
+        assert _until(lambda: test_odoo.open_connections == 1)
+        # A call that fails drops its client, and the client's connection with it.
+        test_odoo.fail("rpc_error", times=1)
+        with pytest.raises(OdooUnavailable):
+            pool.call("res.partner", "search", [[]], {"limit": 1})
+        assert _until(lambda: test_odoo.open_connections == 0)
+        pool.call("res.partner", "search", [[]], {"limit": 1})
+        assert _until(lambda: test_odoo.open_connections == 1)
+    finally:
+        pool.close()
+    # Closing the pool (as a reload closes the old one) closes the idle client's connection.
+    assert _until(lambda: test_odoo.open_connections == 0)

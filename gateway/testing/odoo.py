@@ -331,6 +331,15 @@ class TestOdoo:
         return self._port
 
     @property
+    def open_connections(self) -> int:
+        """Client connections open right now (a client that keeps them alive holds one between calls)."""
+        server = self._server
+        if server is None:
+            return 0
+        with server.established_lock:
+            return len(server.established)
+
+    @property
     def url(self) -> str:
         return f"http://{self._host}:{self._port}"
 

@@ -129,13 +129,11 @@ def _identify_sender(ctx: MessageContext, services: Services, deadline: float) -
     # Only the followers policy on a record known from the address uses it.
     if (not ctx.target.by_reference and ctx.rules.kind_rules(ctx.target.kind).access == "followers"
             and ctx.rules.company_id is None and not ctx.rules.company_from_alias_domain):
-        unfiled = None
-        if odoo.connection.read_cache_seconds == 0:
-            # The read also asks that the message is not filed there yet (as every policy's record
-            # search does), which holds only under the message's claim: taken now, held to the end.
-            _claim(ctx, services)
-            unfiled = post.filed_message_ids(ctx)
-        ctx.followers = odoo.submit(policy.read_followers, odoo, ctx.target, deadline=deadline, unfiled=unfiled)
+        # The read also asks that the message is not filed there yet (as every policy's record
+        # search does), which holds only under the message's claim: taken now, held to the end.
+        _claim(ctx, services)
+        ctx.followers = odoo.submit(policy.read_followers, odoo, ctx.target, deadline=deadline,
+                                    unfiled=post.filed_message_ids(ctx))
     ctx.user = identity.find_user(odoo, ctx.sender.email, deadline=deadline)
 
 

@@ -78,7 +78,7 @@ def check_record_access(odoo: OdooPool, target: Target, user: OdooUser, *, rules
         # The followers were read while the sender was looked up (issue 6), one round trip less;
         # that read also refuses a record that is gone or archived.
         read = followers.result() if followers is not None else read_followers(
-            odoo, target, deadline=deadline, unfiled=unfiled if odoo.connection.read_cache_seconds == 0 else None)
+            odoo, target, deadline=deadline, unfiled=unfiled)
         if not read.partners & {user.partner_id, user.commercial_partner_id}:
             raise RecordAccessDenied(f"{user.email} does not follow {target.model} {target.res_id}")
         return read.unfiled
@@ -206,9 +206,10 @@ def read_followers(odoo: OdooPool, target: Target, *, deadline: float | None = N
     Searching (not reading) by id also leaves archived records out, as Odoo's portal rule for
     tasks requires ``active``. With ``unfiled`` (Message-IDs; the caller holds the message's
     in-flight claim) the read also asks that none of them is on the record, as the other policies'
-    record search does; that read is never cached.
+    record search does; that read is never cached, so with ``read_cache_seconds`` above 0 the
+    cacheable plain read is made instead and the post stage searches mail.message.
     """
-    if unfiled:
+    if unfiled and odoo.connection.read_cache_seconds == 0:
         rows = odoo.call(target.model, "search_read", [[("id", "=", target.res_id)] + _unfiled_clause(unfiled)],
                          {"fields": ["message_partner_ids"], "limit": 1}, deadline=deadline)
         if rows:

@@ -53,6 +53,13 @@ class ListenerConfig(_Strict):
     # memory, not the number of sessions (issue 6, benchmark 5). A session beyond it waits before
     # its 354, which RFC 5321 section 4.5.3.2.2 lets last up to 2 minutes at the client.
     max_messages_in_data: Annotated[int, Field(ge=1)] = 10
+    # A message of at most this many bytes gives its DATA slot back once received, while it is
+    # checked and filed: it holds little memory (about ten times its size), and otherwise a few
+    # small notes waiting for a slow Odoo keep every other session out of DATA and the Odoo
+    # connections from sharing their reads (issue 6). Those messages are bounded by max_sessions
+    # instead, so the memory bound becomes max_messages_in_data x max_message_size plus
+    # max_sessions x light_message_size, each about ten times over. 0: every message keeps its slot.
+    light_message_size: Annotated[int, Field(ge=0)] = 65536
     # Processes serving the one socket (issue 6): a message costs some milliseconds of CPU in
     # Python, and one process runs on one core at a time. With more than one, max_sessions and
     # max_messages_in_data are shared out among them (each takes its share, rounded up), so the

@@ -76,6 +76,10 @@ class GatewayHandler:
             # and the retry is judged at RCPT by the configuration now in force.
             return InternalError("the configuration changed during this session").smtp_reply()
         raw = envelope.original_content or b""
+        light = services.config.gateway.listener.light_message_size
+        if light and len(raw) <= light and hasattr(server, "release_data_slot"):
+            # Received, and small: its memory no longer needs a DATA slot (listener.light_message_size).
+            server.release_data_slot()
         peer = session.peer[0] if isinstance(session.peer, tuple) else str(session.peer)
         ctx = MessageContext(raw=raw, mail_from=envelope.mail_from or "", target=target,
                              rules=services.config.domains[target.domain], peer=peer)
@@ -183,13 +187,20 @@ def _limited(base: type[SMTP]) -> type[SMTP]:
                 log.info("DATA from %s deferred: %s", self.session.peer, refusal.smtp_reply())
                 await self.push(refusal.smtp_reply())
                 return None
+            self._holds_data_slot = True
             try:
                 if self.transport is None or self.transport.is_closing():
                     return None
                 self._reset_timeout()
                 return await super().smtp_DATA(arg)
             finally:
-                slots.release()
+                self.release_data_slot()
+
+        def release_data_slot(self) -> None:
+            """Give this session's DATA slot back (once): at the end of DATA, or earlier for a light message."""
+            if getattr(self, "_holds_data_slot", False):
+                self._holds_data_slot = False
+                self._session_limit.data_slots.release()
 
         # aiosmtpd's HELP reads the syntax that its @syntax decorator put on the method.
         for attribute in ("__smtp_syntax__", "__smtp_syntax_extended__", "__smtp_syntax_when__"):

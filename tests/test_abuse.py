@@ -16,6 +16,7 @@ from gateway.inputlimits import check_input
 from gateway.journal import Journal
 from gateway.refusals import TooManyParts
 from gateway.testing.odoo_demo import SALE_ORDER_ID, TASK_ID
+from gateway.testing.sending import compose
 
 PAULA = "portal.contrib@example.com"
 
@@ -295,7 +296,7 @@ def _raw_reply(sock: socket.socket) -> bytes:
     return data
 
 
-def _send_data_without_reading_the_reply(gateway, mailer, task: str) -> smtplib.SMTP:
+def _send_data_without_reading_the_reply(gateway, mailer, task: str, raw: bytes | None = None) -> smtplib.SMTP:
     """A session that has sent a whole message and waits for the reply to its DATA."""
     session = smtplib.SMTP("127.0.0.1", gateway.port, timeout=30)
     session.ehlo("first.example.com")
@@ -303,25 +304,46 @@ def _send_data_without_reading_the_reply(gateway, mailer, task: str) -> smtplib.
     session.rcpt(task)
     session.putcmd("data")
     assert session.getreply()[0] == 354
-    body = mailer.sign(mailer.message("note_from_contributor.eml", task))
+    body = raw or mailer.sign(mailer.message("note_from_contributor.eml", task))
     session.send(smtplib.quotedata(body.decode("utf-8")).encode("utf-8") + b"\r\n.\r\n")
     return session
 
 
-def test_sessions_beyond_max_messages_in_data_wait_for_their_354(test_odoo, start_gateway, dns_server, dkim_keys):
-    # The memory bound of issue 6: one message inside DATA at a time, the second session's DATA
-    # is answered 354 only once the first has its reply, and both are filed.
-    gateway = start_gateway(dns_server.port, listener_extra="max_messages_in_data = 1")
-    mailer = Mailer(gateway, dkim_keys)
-    task = mailer.address("note", "project.task", TASK_ID)
-    test_odoo.latency = {"message_post": 1.5}
-    first = _send_data_without_reading_the_reply(gateway, mailer, task)
+def _large_note(mailer, task: str, size: int) -> bytes:
+    """A signed note of about ``size`` bytes of prose."""
+    line = "The seal of pump P-7 is worn; replacement is planned within two weeks, parts are ordered.\n"
+    raw = compose("portal.contrib@example.com", task, "Inspection report", line * (size // len(line) + 1),
+                  sender_name="Portal Contributor")
+    assert len(raw) > size
+    return mailer.sign(raw)
+
+
+def _second_session_in_data(gateway, task: str) -> socket.socket:
     second = socket.create_connection(("127.0.0.1", gateway.port), timeout=30)
     assert _raw_reply(second).startswith(b"220")
     for line in (b"EHLO second.example.com", b"MAIL FROM:<portal.contrib@example.com>", f"RCPT TO:<{task}>".encode()):
         second.sendall(line + b"\r\n")
         assert _raw_reply(second).startswith(b"250")
     second.sendall(b"DATA\r\n")
+    return second
+
+
+@pytest.mark.parametrize("listener_extra, first_size", [
+    ("max_messages_in_data = 1\nlight_message_size = 0", 0),
+    # Light messages give their slot back, but not one above light_message_size (64 KB by default).
+    ("max_messages_in_data = 1", 100 * 1024),
+], ids=["every-message-keeps-its-slot", "a-message-above-light_message_size"])
+def test_sessions_beyond_max_messages_in_data_wait_for_their_354(test_odoo, start_gateway, dns_server, dkim_keys,
+                                                                 listener_extra, first_size):
+    # The memory bound of issue 6: one message inside DATA at a time, the second session's DATA
+    # is answered 354 only once the first has its reply, and both are filed.
+    gateway = start_gateway(dns_server.port, listener_extra=listener_extra)
+    mailer = Mailer(gateway, dkim_keys)
+    task = mailer.address("note", "project.task", TASK_ID)
+    test_odoo.latency = {"message_post": 1.5}
+    first = _send_data_without_reading_the_reply(gateway, mailer, task,
+                                                 _large_note(mailer, task, first_size) if first_size else None)
+    second = _second_session_in_data(gateway, task)
     second.settimeout(0.7)
     with pytest.raises(socket.timeout):
         second.recv(4096)
@@ -337,9 +359,38 @@ def test_sessions_beyond_max_messages_in_data_wait_for_their_354(test_odoo, star
     assert len(_posts(test_odoo)) == 2
 
 
+def test_a_light_message_gives_its_data_slot_back_while_it_waits_for_odoo(test_odoo, start_gateway, dns_server,
+                                                                          dkim_keys):
+    # listener.light_message_size (64 KB by default): a small note waiting for a slow Odoo does
+    # not keep the next session out of DATA; both wait for Odoo side by side and both are filed.
+    gateway = start_gateway(dns_server.port, listener_extra="max_messages_in_data = 1")
+    mailer = Mailer(gateway, dkim_keys)
+    task = mailer.address("note", "project.task", TASK_ID)
+    test_odoo.fail("hang", method="message_post")
+    first = _send_data_without_reading_the_reply(gateway, mailer, task)
+    deadline = time.monotonic() + 10
+    while not _posts(test_odoo):
+        assert time.monotonic() < deadline, "the first note never reached message_post"
+        time.sleep(0.02)
+    second = _second_session_in_data(gateway, task)
+    assert _raw_reply(second).startswith(b"354")
+    other = mailer.sign(mailer.message("note_from_contributor.eml", task))
+    second.sendall(smtplib.quotedata(other.decode("utf-8")).encode("utf-8") + b"\r\n.\r\n")
+    while len(_posts(test_odoo)) < 2:
+        assert time.monotonic() < deadline, "the second note never reached message_post"
+        time.sleep(0.02)
+    test_odoo.heal()
+    assert first.getreply()[0] == 250
+    assert _raw_reply(second).startswith(b"250")
+    second.sendall(b"QUIT\r\n")
+    second.close()
+    first.quit()
+    assert len(_posts(test_odoo)) == 2
+
+
 def test_a_session_that_waits_a_session_timeout_for_a_data_slot_gets_451(test_odoo, start_gateway, dns_server,
                                                                          dkim_keys):
-    gateway = start_gateway(dns_server.port, listener_extra="max_messages_in_data = 1",
+    gateway = start_gateway(dns_server.port, listener_extra="max_messages_in_data = 1\nlight_message_size = 0",
                             session_timeout=1)
     mailer = Mailer(gateway, dkim_keys)
     task = mailer.address("note", "project.task", TASK_ID)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from gateway import access
 from gateway.context import OdooUser
-from gateway.odoo import OdooPool, escape_like
+from gateway.odoo import SOLO, OdooPool, Rpc, escape_like
 from gateway.refusals import AmbiguousSender, SenderArchived, UnknownSender
 
 
@@ -11,30 +14,61 @@ def _many2one_id(value) -> int:
     return int(value[0]) if value else 0
 
 
+_USER_FIELDS = ["login", "name", "email", "active", "share", "partner_id", "commercial_partner_id",
+                "company_ids", "company_id"]
+# Rows one address may bring: more than one active is refused as ambiguous anyway.
+_ROWS_PER_ADDRESS = 10
+
+
+def _clause(email: str) -> list:
+    pattern = escape_like(email)
+    return ["|", ("login", "=ilike", pattern), ("email", "=ilike", pattern)]
+
+
+def _rows_of(rows: list[dict], email: str) -> list[dict]:
+    # The database compared with ILIKE; compare again exactly so that no pattern subtlety can
+    # make one person's address match another's.
+    return [row for row in rows
+            if (row.get("login") or "").lower() == email or (row.get("email") or "").lower() == email]
+
+
+@dataclass(frozen=True)
+class UserRows:
+    """The users whose login or email is each of several addresses, read in one search (issue 6).
+
+    Items are lowercased addresses; each gets the rows that match it exactly. A read that filled
+    its limit may have left some address's rows out, so then every address of several reads alone.
+    """
+
+    groups_field: str
+
+    @property
+    def key(self) -> tuple:
+        return ("res.users", "by-email", self.groups_field)
+
+    label = "res.users.search_read"
+
+    def run(self, items: list[str], rpc: Rpc) -> list:
+        emails = sorted(set(items))
+        limit = _ROWS_PER_ADDRESS * len(emails)
+        rows = rpc("res.users", "search_read", [access.OR([_clause(email) for email in emails])],
+                   {"fields": _USER_FIELDS + [self.groups_field], "limit": limit,
+                    "context": {"active_test": False}})
+        if len(rows) >= limit and len(emails) > 1:
+            return [SOLO] * len(items)
+        return [_rows_of(rows, email) for email in items]
+
+
 def find_user(odoo: OdooPool, email: str, *, deadline: float | None = None) -> OdooUser:
     """The one active user whose login or partner email is ``email``, compared case-insensitively."""
     email = email.strip().lower()
-    pattern = escape_like(email)
     # The field name depends on the server's version, known after the first login: that login
     # is bounded by the message's deadline like every other call.
     groups_field = odoo.user_group_fields(deadline)[1]
     # One read brings everything the later checks need: res.users inherits the partner's fields
-    # (email, commercial_partner_id), so no second round trip to res.partner.
-    rows = odoo.call(
-        "res.users",
-        "search_read",
-        [["|", ("login", "=ilike", pattern), ("email", "=ilike", pattern)]],
-        {"fields": ["login", "name", "email", "active", "share", "partner_id", "commercial_partner_id",
-                    "company_ids", "company_id", groups_field],
-         "limit": 10},
-        context={"active_test": False},
-        deadline=deadline,
-        cacheable=True,
-    )
-    # The database compared with ILIKE; compare again exactly so that no pattern subtlety can
-    # make one person's address match another's.
-    rows = [row for row in rows
-            if (row.get("login") or "").lower() == email or (row.get("email") or "").lower() == email]
+    # (email, commercial_partner_id), so no second round trip to res.partner. Senders looked up at
+    # the same time while every connection is busy share that read.
+    rows = odoo.call_batched(UserRows(groups_field), email, deadline=deadline, cacheable=True)
     active = [row for row in rows if row.get("active")]
     if not active:
         if rows:

@@ -9,7 +9,8 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import odoorpc
@@ -26,6 +27,91 @@ Result = TypeVar("Result")
 # integration user follows each record it posts on, and on sale.order every notified partner is
 # subscribed and so gains portal read access to the order.
 POST_CONTEXT = {"mail_create_nosubscribe": True, "mail_post_autofollow": False}
+
+
+# What a batched read answers for an item it could not decide on its own: that item's thread then
+# makes its own call, exactly as without batching.
+SOLO = object()
+
+Rpc = Callable[[str, str, list, dict], Any]
+
+
+class ReadBatch(Protocol):
+    """A read that several messages waiting for the same kind of answer can make as one call (issue 6).
+
+    ``key`` is what the items of one call must share (model, method, fields, context); ``run`` makes
+    exactly one call through ``rpc(model, method, args, kwargs)`` for all ``items`` and answers each
+    item in order, or SOLO for an item the merged answer does not decide. A single item is always
+    decided. Merging must never let one item's answer depend on another item: security checks ride
+    on these reads.
+    """
+
+    key: tuple
+    label: str
+
+    def run(self, items: list, rpc: Rpc) -> list: ...
+
+
+@dataclass
+class _Forming:
+    """The items of a batched read waiting for a connection; closed when the first one gets it."""
+
+    items: list = field(default_factory=list)
+    done: threading.Event = field(default_factory=threading.Event)
+    results: list | None = None
+    error: BaseException | None = None
+
+
+class _Slots:
+    """The pool's connections as counted slots, where a patient borrower lets the others go first.
+
+    A batched read is patient: the longer it waits, the more messages share it, while a post that
+    waits only delays its message. Patient borrowers cannot starve: the other calls come from
+    messages that already passed their reads, and a gateway has a bounded number of messages.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._free = size
+        self._lock = threading.Lock()
+        self._urgent = threading.Condition(self._lock)
+        self._patient = threading.Condition(self._lock)
+        self._urgent_waiting = 0
+        self._patient_waiting = 0
+
+    @property
+    def waiting(self) -> tuple[int, int]:
+        """(other, patient) borrowers waiting for a slot now."""
+        with self._lock:
+            return self._urgent_waiting, self._patient_waiting
+
+    def acquire(self, timeout: float, *, patient: bool = False) -> bool:
+        end = time.monotonic() + timeout
+        with self._lock:
+            if patient:
+                self._patient_waiting += 1
+            else:
+                self._urgent_waiting += 1
+            try:
+                # Checked before the clock: a waiter woken for a free slot takes it even if it woke late.
+                while self._free == 0 or (patient and self._urgent_waiting):
+                    remaining = end - time.monotonic()
+                    if remaining <= 0:
+                        return False
+                    (self._patient if patient else self._urgent).wait(remaining)
+                self._free -= 1
+                return True
+            finally:
+                if patient:
+                    self._patient_waiting -= 1
+                else:
+                    self._urgent_waiting -= 1
+                    if not self._urgent_waiting and self._free:
+                        self._patient.notify(self._free)
+
+    def release(self) -> None:
+        with self._lock:
+            self._free += 1
+            (self._urgent if self._urgent_waiting else self._patient).notify()
 
 
 def user_group_fields(major: int) -> tuple[str, str]:
@@ -57,13 +143,15 @@ class OdooPool:
         # Each client's kept-alive HTTP connection, closed when the client is dropped or the pool
         # closes (a reload closes the old pool) rather than whenever the garbage collector runs.
         self._transports: dict[int, KeepAliveHandler] = {}
-        self._slots = threading.BoundedSemaphore(connection.pool_size)
+        self._slots = _Slots(connection.pool_size)
         self._lock = threading.Lock()
         self._version: int | None = None
         self._xmlids: dict[str, int] = {}
         # Record rules, access lists and field types, with the time they were read (gateway/access.py).
         self.security_cache: dict[tuple, tuple[float, object]] = {}
         self._read_cache: dict[tuple, tuple[float, Any]] = {}
+        # Batched reads waiting for a connection, by ReadBatch.key (call_batched).
+        self._forming: dict[tuple, _Forming] = {}
         # Runs the reads of a message that do not wait on each other side by side, each on its own
         # pooled connection (issue 6); as many threads as connections, since a read needs one.
         self._background = ThreadPoolExecutor(max_workers=connection.pool_size, thread_name_prefix=f"odoo-{name}")
@@ -97,11 +185,11 @@ class OdooPool:
         return client
 
     @contextmanager
-    def _borrow(self, deadline: float | None) -> Iterator[odoorpc.ODOO]:
+    def _borrow(self, deadline: float | None, *, patient: bool = False) -> Iterator[odoorpc.ODOO]:
         wait = self.connection.timeout if deadline is None else max(0.0, deadline - time.monotonic())
         # A bounded pool: when Odoo is slow, messages wait here (and get a 451 at their deadline)
         # instead of piling up threads and connections on Odoo.
-        if not self._slots.acquire(timeout=wait):
+        if not self._slots.acquire(wait, patient=patient):
             raise OdooUnavailable(f"all {self.connection.pool_size} Odoo connections are busy")
         client = None
         try:
@@ -129,15 +217,105 @@ class OdooPool:
         """
         kwargs = dict(kwargs or {})
         kwargs["context"] = {**(context or {})}
-        ttl = self.connection.read_cache_seconds
-        if not (cacheable and ttl > 0):
-            return self._call(model, method, args, kwargs, deadline)
-        key = (model, method, repr(args), repr(sorted(kwargs.items())))
-        now = time.monotonic()
-        cached = self._read_cache.get(key)
-        if cached is not None and cached[0] > now:
-            return cached[1]
+        cache_key = (model, method, repr(args), repr(sorted(kwargs.items()))) if cacheable else None
+        hit = self._cache_get(cache_key)
+        if hit is not None:
+            return hit[0]
         result = self._call(model, method, args, kwargs, deadline)
+        self._cache_put(cache_key, result)
+        return result
+
+    def call_batched(self, batch: ReadBatch, item: Any, *, deadline: float | None = None,
+                     cacheable: bool = False) -> Any:
+        """``batch.run([item])``'s answer, made together with the same reads of other messages
+        that wait for a connection at the same time (issue 6: reads combined).
+
+        With a free connection the read goes at once, alone: batching never delays a message.
+        When every connection is busy, the first message to ask waits for one, and the messages
+        that ask the same kind of read meanwhile join it: one call answers them all when a
+        connection frees. Every answer comes from a call made after its message asked, so a batched
+        check is as fresh as its own call would be (DESIGN.md: validated on every message). A
+        fault answers every message of the batch with OdooUnavailable, as its own call would.
+        ``cacheable`` as in call(), per item.
+        """
+        cache_key = (batch.key, repr(item)) if cacheable else None
+        hit = self._cache_get(cache_key)
+        if hit is not None:
+            return hit[0]
+        with self._lock:
+            forming = self._forming.get(batch.key)
+            leader = forming is None
+            if leader:
+                forming = self._forming[batch.key] = _Forming()
+            index = len(forming.items)
+            forming.items.append(item)
+        if leader:
+            self._lead(batch, forming, deadline)
+        else:
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not forming.done.wait(wait):
+                raise OdooUnavailable("the message deadline passed before Odoo answered")
+        if forming.error is not None:
+            if isinstance(forming.error, OdooUnavailable):
+                raise OdooUnavailable(forming.error.detail)
+            raise RuntimeError(f"batched {batch.label} failed") from forming.error
+        assert forming.results is not None
+        result = forming.results[index]
+        if result is SOLO:
+            # The merged answer did not decide this one (a rare path: a refusal, a retry): its own call.
+            single = _Forming(items=[item])
+            self._lead(batch, single, deadline)
+            if single.error is not None:
+                raise single.error
+            assert single.results is not None
+            result = single.results[0]
+        self._cache_put(cache_key, result)
+        return result
+
+    def waiting_reads(self) -> int:
+        """Messages whose batched read waits for a connection now (call_batched)."""
+        with self._lock:
+            return sum(len(forming.items) for forming in self._forming.values())
+
+    def _lead(self, batch: ReadBatch, forming: _Forming, deadline: float | None) -> None:
+        """Wait for a connection, close the batch, make its one call and answer every item."""
+
+        def work(rpc: Rpc) -> list:
+            with self._lock:
+                # From here on, a message asking the same read starts the next batch.
+                if self._forming.get(batch.key) is forming:
+                    del self._forming[batch.key]
+            items = list(forming.items)
+            results = batch.run(items, rpc)
+            if len(results) != len(items) or (len(items) == 1 and results[0] is SOLO):
+                raise RuntimeError(f"{batch.label}: {len(results)} answers for {len(items)} items")
+            return results
+
+        try:
+            # Patient: while the posts of messages already checked go first, more messages join
+            # this read, and each of them then needs one call less (issue 6).
+            forming.results = self._session(batch.label, deadline, work, patient=True)
+        except BaseException as error:
+            forming.error = error
+        finally:
+            with self._lock:
+                if self._forming.get(batch.key) is forming:  # Failed before it got a connection.
+                    del self._forming[batch.key]
+            forming.done.set()
+
+    def _cache_get(self, key: tuple | None) -> tuple[Any] | None:
+        if key is None or self.connection.read_cache_seconds <= 0:
+            return None
+        cached = self._read_cache.get(key)
+        if cached is not None and cached[0] > time.monotonic():
+            return (cached[1],)
+        return None
+
+    def _cache_put(self, key: tuple | None, result: Any) -> None:
+        ttl = self.connection.read_cache_seconds
+        if key is None or ttl <= 0:
+            return
+        now = time.monotonic()
         with self._lock:
             if len(self._read_cache) > 10000:
                 # Bounded: expired entries go first, and a flood of senders cannot grow it forever.
@@ -145,12 +323,19 @@ class OdooPool:
                 if len(self._read_cache) > 10000:
                     self._read_cache.clear()
             self._read_cache[key] = (now + ttl, result)
-        return result
 
     def _call(self, model: str, method: str, args: list | None, kwargs: dict, deadline: float | None) -> Any:
+        return self._session(f"{model}.{method}", deadline, lambda rpc: rpc(model, method, args or [], kwargs))
+
+    def _session(self, label: str, deadline: float | None, work: Callable[[Rpc], Result],
+                 *, patient: bool = False) -> Result:
+        """``work(rpc)`` on a borrowed connection, ``rpc`` bounded by the deadline; faults become OdooUnavailable.
+
+        A ``patient`` session (a batched read) lets every other waiting call have a free connection first.
+        """
         started, ok = time.monotonic(), False
         try:
-            with self._borrow(deadline) as client:
+            with self._borrow(deadline, patient=patient) as client:
                 timeout = self.connection.timeout
                 if deadline is not None:
                     remaining = deadline - time.monotonic()
@@ -160,7 +345,7 @@ class OdooPool:
                     # calls in a row, each within its own timeout, keep the client waiting past it.
                     timeout = min(timeout, remaining)
                 client.config["timeout"] = timeout
-                result = client.execute_kw(model, method, args or [], kwargs)
+                result = work(client.execute_kw)
                 ok = True
                 return result
         except OdooUnavailable:
@@ -169,10 +354,10 @@ class OdooPool:
             # An RPC error here is Odoo refusing or failing a call the gateway believes valid
             # (rights changed, a module missing, a server bug). A retry may heal it and an
             # admin must look, so it defers rather than bounces.
-            log.warning("odoo %s: %s.%s failed: %s", self.name, model, method, error)
-            raise OdooUnavailable(f"Odoo refused {model}.{method}") from None
+            log.warning("odoo %s: %s failed: %s", self.name, label, error)
+            raise OdooUnavailable(f"Odoo refused {label}") from None
         except Exception as error:  # Transport: refused, reset, timeout, HTTP 5xx, not JSON.
-            log.warning("odoo %s: %s.%s: %s: %s", self.name, model, method, type(error).__name__, error)
+            log.warning("odoo %s: %s: %s: %s", self.name, label, type(error).__name__, error)
             raise OdooUnavailable(f"{type(error).__name__} talking to Odoo") from None
         finally:
             observe.odoo_call(self.name, time.monotonic() - started, ok)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from gateway import access, address
 from gateway.config import DomainRules
 from gateway.context import OdooUser, Target
-from gateway.odoo import OdooPool
+from gateway.odoo import SOLO, OdooPool, Rpc
 from gateway.refusals import (AccessRuleUnsupported, AddressExpired, AddressNotForSender, ModelNotAllowed,
                               NotContributor, RecordAccessDenied, RecordNotFound, RecordOfOtherCompany)
 
@@ -130,11 +130,52 @@ def _search_unfiled(odoo: OdooPool, target: Target, domain: list, context: dict,
     ``message_ids`` of a mail.thread record are its messages (Odoo 18 leaves out only
     user_notification ones, which the gateway never files); measured on a real Odoo 18, a message of
     another model with the same res_id does not match. Never cached: a retry comes precisely after
-    a first delivery may have filed the message.
+    a first delivery may have filed the message. Messages waiting for a connection at the same time
+    share the search (UnfiledSearch).
     """
-    return bool(odoo.call(target.model, "search",
-                          [[("id", "=", target.res_id)] + list(domain) + _unfiled_clause(message_ids)],
-                          {"limit": 1}, context=context, deadline=deadline))
+    return odoo.call_batched(UnfiledSearch(target.model, context),
+                             (target.res_id, access.normalize(domain), tuple(message_ids)), deadline=deadline)
+
+
+class UnfiledSearch:
+    """_search_unfiled of several messages on one model in one search (issue 6: reads combined).
+
+    An item is (record id, normalized access domain, Message-IDs); its answer is whether the record
+    matches the domain with none of the IDs on it. The items of one record and domain (one sender
+    to one record) ask once, with all their IDs: found answers them all; not found answers the only
+    item alone, and sends several back to their own search, since one retry among them would make
+    the others look filed. Records are ORed, each under its own ``id =`` clause, so a record's match
+    never stems from another item's domain; a second domain on a record already asked for (another
+    sender) makes its own search.
+    """
+
+    def __init__(self, model: str, context: dict) -> None:
+        self.model = model
+        self.context = dict(context)
+        self.key = (model, "search", "unfiled", repr(sorted(self.context.items())))
+        self.label = f"{model}.search"
+
+    def run(self, items: list, rpc: Rpc) -> list:
+        groups: dict[tuple[int, str], list[int]] = {}
+        records: dict[int, tuple[int, str]] = {}
+        for index, (res_id, domain, _ids) in enumerate(items):
+            group = (res_id, repr(domain))
+            if records.setdefault(res_id, group) == group:
+                groups.setdefault(group, []).append(index)
+        domains = []
+        for (res_id, _), members in groups.items():
+            ids = sorted({message_id for member in members for message_id in items[member][2]})
+            domains.append(access.AND([[("id", "=", res_id)], items[members[0]][1], _unfiled_clause(ids)]))
+        found = set(rpc(self.model, "search", [access.OR(domains)],
+                        {"limit": len(domains), "context": self.context}))
+        answers: list = [SOLO] * len(items)
+        for (res_id, _), members in groups.items():
+            if res_id in found:
+                for member in members:
+                    answers[member] = True
+            elif len(members) == 1:
+                answers[members[0]] = False
+        return answers
 
 
 def _unfiled_clause(message_ids: list[str]) -> list:

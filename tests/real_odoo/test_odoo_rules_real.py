@@ -11,7 +11,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from gateway import cli
+from gateway import access, cli, policy
+from gateway.identity import UserRows, find_user
+from gateway.odoo import SOLO
 from gateway.setup_odoo import NOTE_GATEWAY_GROUP, READ_MODELS
 
 from .conftest import ALIAS_DOMAIN, RealGateway, start_real_gateway, write_real_config
@@ -220,6 +222,39 @@ def test_the_same_message_twice_is_filed_once_by_the_record_search(world, rules_
     assert pool.call("project.task", "search", [[("id", "=", task), "!",
                                                  ("message_ids.message_id", "in", [_message_id(world)])]]) == [task]
     print(f"\nodoo-rules, same Message-ID twice on project.task {task}: {first!r}, then {second!r}")
+
+
+def test_batched_reads_answer_each_message_as_its_own_call_would(world, rules_gateway):
+    # Issue 6: reads of messages waiting for a connection at the same time are merged (the sender
+    # lookups ORed, record searches ORed under their id clauses, one record's Message-IDs joined).
+    # Odoo 18 itself must answer the merged domains as it answers each alone.
+    pool = rules_gateway.services.odoo["main"]
+    rpc = world.gateway().execute_kw
+    lookup = UserRows(pool.all_groups_field)
+    emails = [world.contributor.email, world.plain.email, world.archived.email, f"nobody.{world.tag}@example.com"]
+    batched = lookup.run(emails, rpc)
+    alone = [lookup.run([email], rpc)[0] for email in emails]
+    assert [[row["id"] for row in rows] for rows in batched] == [[row["id"] for row in rows] for rows in alone]
+    assert [len(rows) for rows in batched] == [1, 1, 1, 0]
+
+    Task = world.admin.env["project.task"].with_context(**QUIET)
+    other = Task.create({"name": f"Unfollowed Task {world.tag}", "project_id": world.project_id,
+                         "user_ids": [(6, 0, [])]})
+    world.track("project.task", other)
+    contributor = find_user(pool, world.contributor.email)
+    domain = access.normalize(access.decide(pool, "project.task", contributor).domain)
+    search = policy.UnfiledSearch("project.task", {"active_test": False})
+    task = world.task_id
+    items = [(task, domain, (_message_id(world),)), (other, domain, (_message_id(world),)),
+             (task, domain, (_message_id(world),))]
+    assert search.run(items, rpc) == [True, False, True]
+    assert [search.run([item], rpc)[0] for item in items] == [True, False, True]
+    filed = _message_id(world)
+    _file_contributor_note(world, rules_gateway, filed)
+    retry = [(task, domain, (filed,)), (task, domain, (_message_id(world),))]
+    assert search.run(retry, rpc) == [SOLO, SOLO]
+    assert [search.run([item], rpc)[0] for item in retry] == [False, True]
+    print("\nbatched reads on Odoo 18: lookups of 4 addresses and record searches answered as alone")
 
 
 def test_plain_portal_user_is_not_a_contributor(world, rules_gateway):

@@ -11,6 +11,7 @@ from typing import Any
 
 from gateway.context import OdooUser
 from gateway.odoo import OdooPool
+from gateway.refusals import OdooUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -246,17 +247,37 @@ def OR(domains: list[list]) -> list:  # noqa: N802 (Odoo's name)
 # --- Rules and access lists from Odoo, cached briefly --------------------------------------------
 
 
-def _cached(odoo: OdooPool, key: tuple, ttl: float, load) -> Any:
+def _cached(odoo: OdooPool, key: tuple, ttl: float, load, deadline: float | None = None) -> Any:
     # Rules and access lists change rarely and are the same for every sender; the sender's own
     # values (groups, partner, companies) are never cached (issue 7).
     cache = odoo.security_cache
-    now = time.monotonic()
-    hit = cache.get(key)
-    if hit is not None and ttl > 0 and now - hit[0] < ttl:
+
+    def fresh() -> tuple[float, Any] | None:
+        hit = cache.get(key)
+        return hit if hit is not None and ttl > 0 and time.monotonic() - hit[0] < ttl else None
+
+    hit = fresh()
+    if hit is not None:
         return hit[1]
-    value = load()
-    cache[key] = (now, value)
-    return value
+    if ttl <= 0:
+        value = load()
+        cache[key] = (time.monotonic(), value)
+        return value
+    # When the entry expires under load, every message in flight misses at once: one loads it,
+    # the others wait for that read instead of sending the same one (issue 6: few round trips).
+    lock = odoo.loading(key)
+    wait = -1 if deadline is None else max(0.0, deadline - time.monotonic())
+    if not lock.acquire(timeout=wait):
+        raise OdooUnavailable("the message deadline passed before Odoo answered")
+    try:
+        hit = fresh()
+        if hit is not None:
+            return hit[1]
+        value = load()
+        cache[key] = (time.monotonic(), value)
+        return value
+    finally:
+        lock.release()
 
 
 def field_description(odoo: OdooPool, model: str, name: str, rule: str = "?", *,
@@ -266,7 +287,7 @@ def field_description(odoo: OdooPool, model: str, name: str, rule: str = "?", *,
         return found.get(name) or {}
 
     # Field types never change under a running gateway; a day is as good as forever.
-    description = _cached(odoo, ("field", model, name), 86400.0, load)
+    description = _cached(odoo, ("field", model, name), 86400.0, load, deadline)
     if not description:
         raise UnsupportedRule(rule, f"{model} has no field {name!r}")
     return description
@@ -280,7 +301,7 @@ def read_rules(odoo: OdooPool, model: str, *, ttl: float, deadline: float | None
         return [Rule(int(row["id"]), row.get("name") or f"ir.rule {row['id']}", row.get("domain_force") or "",
                      frozenset(int(group) for group in row.get("groups") or ())) for row in rows]
 
-    return _cached(odoo, ("rules", model), ttl, load)
+    return _cached(odoo, ("rules", model), ttl, load, deadline)
 
 
 def read_access_groups(odoo: OdooPool, model: str, *, ttl: float, deadline: float | None = None) -> set[int | None]:
@@ -291,7 +312,7 @@ def read_access_groups(odoo: OdooPool, model: str, *, ttl: float, deadline: floa
                          {"fields": ["group_id"]}, deadline=deadline)
         return {int(row["group_id"][0]) if row.get("group_id") else None for row in rows}
 
-    return _cached(odoo, ("access", model), ttl, load)
+    return _cached(odoo, ("access", model), ttl, load, deadline)
 
 
 # --- The decision ----------------------------------------------------------------------------------

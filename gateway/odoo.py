@@ -150,6 +150,8 @@ class OdooPool:
         # Record rules, access lists and field types, with the time they were read (gateway/access.py).
         self.security_cache: dict[tuple, tuple[float, object]] = {}
         self._read_cache: dict[tuple, tuple[float, Any]] = {}
+        # One lock per security_cache key: concurrent misses load it once (access._cached).
+        self._loading: dict[tuple, threading.Lock] = {}
         # Batched reads waiting for a connection, by ReadBatch.key (call_batched).
         self._forming: dict[tuple, _Forming] = {}
         # Runs the reads of a message that do not wait on each other side by side, each on its own
@@ -271,6 +273,11 @@ class OdooPool:
             result = single.results[0]
         self._cache_put(cache_key, result)
         return result
+
+    def loading(self, key: tuple) -> threading.Lock:
+        """The lock held while ``security_cache[key]`` is loaded, so that concurrent misses load it once."""
+        with self._lock:
+            return self._loading.setdefault(key, threading.Lock())
 
     def waiting_reads(self) -> int:
         """Messages whose batched read waits for a connection now (call_batched)."""

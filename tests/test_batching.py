@@ -304,3 +304,33 @@ def test_a_batched_read_takes_a_free_connection_at_once_and_waits_no_longer_than
     assert 0.15 < time.monotonic() - started < 5
     slots.release()
     assert slots.acquire(0, patient=True)
+
+
+# --- Rules and access lists, cached -----------------------------------------------------------------
+
+
+def test_messages_that_miss_the_rules_cache_together_load_the_rules_once(test_odoo, pool):
+    # The rules cache (rules_cache_seconds) expires for every message at once: one reads the rules,
+    # the others wait for that read instead of each sending the same one.
+    test_odoo.latency = {("ir.rule", "search_read"): 0.3}
+    test_odoo.clear_calls()
+    results, threads = _in_threads({index: (lambda: access.read_rules(pool, "project.task", ttl=60))
+                                    for index in range(5)})
+    _join(threads)
+    assert len(_calls(test_odoo, "ir.rule", "search_read")) == 1
+    assert len({repr(result) for result in results.values()}) == 1 and results[0]
+    # With the cache off (0), every message reads them.
+    test_odoo.latency = {}
+    for _ in range(2):
+        access.read_rules(pool, "project.task", ttl=0)
+    assert len(_calls(test_odoo, "ir.rule", "search_read")) == 3
+
+
+def test_a_message_waiting_for_the_rules_read_of_another_gives_up_at_its_deadline(test_odoo, pool):
+    test_odoo.latency = {("ir.rule", "search_read"): 1.0}
+    results, threads = _in_threads({"loader": lambda: access.read_rules(pool, "sale.order", ttl=60)})
+    _wait_for(lambda: _calls(test_odoo, "ir.rule", "search_read"), "the rules read")
+    with pytest.raises(OdooUnavailable):
+        access.read_rules(pool, "sale.order", ttl=60, deadline=time.monotonic() + 0.2)
+    _join(threads)
+    assert isinstance(results["loader"], list)

@@ -34,6 +34,10 @@ ODOO_SECONDS = Histogram(
     "note_gateway_odoo_call_seconds", "Latency of each Odoo RPC call, by connection and outcome",
     ["odoo", "outcome"], registry=REGISTRY,
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+READ_BATCH = Histogram(
+    "note_gateway_odoo_read_batch_size", "Messages answered by one Odoo read, by connection and read "
+    "(above 1: messages that waited for a connection together shared it)",
+    ["odoo", "read"], registry=REGISTRY, buckets=(1, 2, 4, 8, 16, 32, 64))
 # With listener.workers > 1 the supervisor serves the sum over the live workers' files.
 SESSIONS = Gauge("note_gateway_sessions_in_flight", "SMTP/LMTP sessions open now", registry=REGISTRY,
                  multiprocess_mode="livesum")
@@ -83,6 +87,15 @@ def log_fields(entry: JournalEntry) -> dict:
 
 def odoo_call(odoo: str, seconds: float, ok: bool) -> None:
     _odoo_seconds(odoo, "ok" if ok else "error").observe(seconds)
+
+
+@functools.cache
+def _read_batch(odoo: str, read: str) -> Histogram:
+    return READ_BATCH.labels(odoo, read)
+
+
+def read_batch(odoo: str, read: str, messages: int) -> None:
+    _read_batch(odoo, read).observe(messages)
 
 
 def session_started() -> None:

@@ -293,6 +293,7 @@ class OdooPool:
                 if self._forming.get(batch.key) is forming:
                     del self._forming[batch.key]
             items = list(forming.items)
+            observe.read_batch(self.name, batch.label, len(items))
             results = batch.run(items, rpc)
             if len(results) != len(items) or (len(items) == 1 and results[0] is SOLO):
                 raise RuntimeError(f"{batch.label}: {len(results)} answers for {len(items)} items")

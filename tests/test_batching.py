@@ -14,7 +14,7 @@ import odoorpc
 import pytest
 from conftest import Mailer
 
-from gateway import access, policy
+from gateway import access, observe, policy
 from gateway.config import OdooConnection
 from gateway.context import Target
 from gateway.identity import UserRows, find_user
@@ -95,7 +95,13 @@ def test_a_read_with_a_free_connection_goes_at_once_and_alone(test_odoo, pool):
     assert call.kwargs["limit"] == 10
 
 
+def _batch_metric(name: str) -> float:
+    labels = {"odoo": "main", "read": "res.users.search_read"}
+    return observe.REGISTRY.get_sample_value(f"note_gateway_odoo_read_batch_size_{name}", labels) or 0.0
+
+
 def test_sender_lookups_waiting_for_a_connection_share_one_read_and_keep_their_own_answers(test_odoo, pool):
+    reads, messages = _batch_metric("count"), _batch_metric("sum")
     holder = Holder(test_odoo, pool)
     results, threads = _in_threads({
         "paula": lambda: find_user(pool, PAULA_EMAIL).uid,
@@ -114,6 +120,8 @@ def test_sender_lookups_waiting_for_a_connection_share_one_read_and_keep_their_o
     [read] = _calls(test_odoo, "res.users", "search_read")
     for email in (PAULA_EMAIL, PETER_EMAIL, ARCHIVED_EMAIL, "nobody@example.com"):
         assert ["login", "=ilike", email] in read.args[0]
+    # What an admin sees on /metrics: one read that answered five messages.
+    assert (_batch_metric("count") - reads, _batch_metric("sum") - messages) == (1, 5)
 
 
 def test_a_fault_answers_every_lookup_of_the_batch_with_451(test_odoo, pool):

@@ -34,7 +34,7 @@ class Size:
     repeat: int = 3
     capacity_messages: int = 400
     sink_messages: int = 1500
-    odoo_messages: int = 200
+    odoo_messages: int = 400
     direct_seconds: float = 2.0
     spawn_messages: int = 8
     steady_rate: float = 50.0
@@ -117,9 +117,11 @@ class Bench:
         return world.write_config(self.folder / f"gateway-{self._configs}", odoo_url, self.dns.port,
                                   world.free_port(), **options)
 
-    def warm(self, port: int) -> None:
-        """One message first: it logs the pool in, resolves the xmlid and fills the DNS cache."""
-        run = asyncio.run(client.blast(port, self.messages(1), 1))
+    def warm(self, port: int, concurrency: int = 4) -> None:
+        """A few messages first, to both records, four at a time: they log the pool's connections in,
+        resolve the xmlid, read each model's rules and fill the DNS cache, as a gateway that has run a
+        while has done (the direct loop's connections log in before its clock starts too)."""
+        run = asyncio.run(client.blast(port, self.messages(4), concurrency))
         _check_all_accepted(run, "warm-up")
 
     # --- 1 and 3: capacity against an Odoo that answers at once ------------------------------------
@@ -258,7 +260,7 @@ class Bench:
                     config = self.config(odoo_url, max_sessions=limit, max_sessions_per_ip=limit,
                                          max_message_size=2 * size.memory_message + 65536)
                     with world.gateway(config) as (port, process):
-                        self.warm(port)
+                        self.warm(port, concurrency=min(4, limit))
                         run = asyncio.run(client.burst(port, messages[:load]))
                         peak = world.peak_rss_kib(process.pid) / 1024
                 if run.refused:

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import collections
 import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from conftest import SELECTOR, Mailer
 
+from gateway import observe
+
 from gateway.testing.dns import DnsServer
-from gateway.testing.odoo_demo import SALE_ORDER_ID, TASK_ID
+from gateway.testing.odoo_demo import PRIVATE_TASK_ID, SALE_ORDER_ID, TASK_ID
 
 MESSAGES = 60
 SEED = 4
@@ -136,3 +141,94 @@ def test_every_250_is_in_odoo_exactly_once_under_random_faults(test_odoo, start_
     assert all(counts[message_id] == 1 for message_id in accepted)
     # The faults were real: each kind was injected and Odoo dying after a post was recognised.
     assert set(injected) == set(FAULTS) and recognised > 0
+
+
+def test_concurrent_deliveries_under_faults_file_each_message_once(test_odoo, start_gateway, dns_server, dkim_keys):
+    # Issue 6 made messages that wait for a busy Odoo connection share their reads: a fault in a
+    # shared read defers every message of it, and a message delivered twice at once (an MTA retry
+    # racing the first delivery) must still be filed once. Eight senders at a time on two Odoo
+    # connections, each good message delivered twice in the first round, Odoo faults at random
+    # moments for the first rounds; then the outage ends and the queue drains.
+    rng = random.Random(SEED)
+    gateway = start_gateway(dns_server.port, pool_size=2, odoo_timeout=2.0,
+                            rules_extra="[rate_limit]\nper_sender = 0\nper_record = 0\n")
+    mailer = Mailer(gateway, dkim_keys)
+    messages = []
+    for number in range(40):
+        model, res_id = ("project.task", TASK_ID) if number % 2 else ("sale.order", SALE_ORDER_ID)
+        if number % 8 == 5:
+            model, res_id = "project.task", PRIVATE_TASK_ID  # Paula may not read it.
+        to = mailer.address("note", model, res_id)
+        message_id = f"<concurrent-{number}@example.com>"
+        raw = mailer.message("note_from_contributor.eml", to, message_id)
+        refusal = "550 5.7.1" if res_id == PRIVATE_TASK_ID else None
+        if number % 10 == 3:
+            refusal = "550 5.7.1 Sender not authenticated"  # Left unsigned.
+        else:
+            raw = mailer.sign(raw)
+        messages.append((message_id, to, raw, refusal, model, res_id))
+
+    stop_faults = threading.Event()
+
+    def inject_faults() -> None:
+        kinds = ["rpc_error", "http500", "garbage", "die_after_post", "refuse"]
+        while not stop_faults.wait(rng.uniform(0.02, 0.08)):
+            kind = rng.choice(kinds)
+            if kind == "refuse":
+                test_odoo.fail("refuse")
+                time.sleep(0.05)
+                test_odoo.heal()
+            else:
+                test_odoo.fail(kind, times=rng.randint(1, 3))
+
+    shared_before = _shared_lookups()
+    replies: dict[str, list[str]] = collections.defaultdict(list)
+    pending = [message for message in messages for _ in range(2 if message[3] is None else 1)]
+    faults = threading.Thread(target=inject_faults, daemon=True)
+    faults.start()
+    try:
+        for round_number in range(10):
+            if round_number == 3:
+                stop_faults.set()
+                faults.join()
+                test_odoo.heal()
+            with ThreadPoolExecutor(max_workers=8) as senders:
+                sent = list(zip(pending, senders.map(lambda message: mailer.send(message[2], message[1]), pending)))
+            pending = []
+            for message, reply in sent:
+                replies[message[0]].append(reply)
+                if reply.startswith("4"):
+                    pending.append(message)
+            if not pending and round_number >= 3:
+                break
+    finally:
+        stop_faults.set()
+        test_odoo.heal()
+
+    problems = []
+    for message_id, _, _, refusal, model, res_id in messages:
+        stored = [m for m in test_odoo.messages(model, res_id) if m["message_id"] == message_id]
+        for reply in replies[message_id]:
+            if reply.startswith("5") and (refusal is None or not reply.startswith(refusal)):
+                problems.append(f"{message_id}: {reply!r}")
+            if reply.startswith("250") and refusal is not None:
+                problems.append(f"{message_id}: {reply!r} for a message that must be refused")
+        if refusal is None and len(stored) != 1:
+            problems.append(f"{message_id}: {len(stored)} times in Odoo, replies {replies[message_id]}")
+        if refusal is not None and stored:
+            problems.append(f"{message_id}: refused by design but filed")
+    codes = collections.Counter(reply[:9] for history in replies.values() for reply in history)
+    print(f"\nconcurrent deliveries under faults: replies {dict(sorted(codes.items()))}")
+    assert problems == []
+    assert pending == []
+    # The faults were met (deliveries deferred by Odoo) and so was batching (lookups shared).
+    assert any(reply.startswith(ODOO_DEFERRAL) for history in replies.values() for reply in history)
+    assert _shared_lookups() > shared_before
+
+
+def _shared_lookups() -> float:
+    """Messages answered by a sender lookup beyond the first of each read, from the gateway's metrics."""
+    labels = {"odoo": "main", "read": "res.users.search_read"}
+    answered = observe.REGISTRY.get_sample_value("note_gateway_odoo_read_batch_size_sum", labels) or 0.0
+    reads = observe.REGISTRY.get_sample_value("note_gateway_odoo_read_batch_size_count", labels) or 0.0
+    return answered - reads

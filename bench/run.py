@@ -268,7 +268,7 @@ class Bench:
                     raise SystemExit(f"bench: memory: {run.refused} messages refused (5xx), first: {first}")
                 row.gateway.append(peak)
                 row.note = (f"VmHWM of `note-gateway serve`; max_sessions={limit}, max_sessions_per_ip={limit}, "
-                            f"max_messages_in_data={_default_in_data()} (default; {_light_rule(min(len(m[2]) for m in messages))}); "
+                            f"max_messages_in_data={_listener_default('max_messages_in_data')} (default; {_light_rule(min(len(m[2]) for m in messages))}); "
                             f"{run.accepted} filed, {run.deferred} deferred "
                             f"(4xx), {run.refused_sessions} sessions turned away at connect (421), "
                             f"{run.broken_sessions} broken after it")
@@ -278,16 +278,14 @@ class Bench:
         return rows
 
 
-def _default_in_data() -> int:
+def _listener_default(name: str):
     from gateway.config import ListenerConfig
 
-    return ListenerConfig.model_fields["max_messages_in_data"].default
+    return ListenerConfig.model_fields[name].default
 
 
 def _light_rule(message_size: int) -> str:
-    from gateway.config import ListenerConfig
-
-    light = ListenerConfig.model_fields["light_message_size"].default
+    light = _listener_default("light_message_size")
     if message_size > light:
         return f"each message, {message_size} bytes or more, is above light_message_size ({light}) and keeps its slot"
     return f"messages from {message_size} bytes, some within light_message_size ({light}), which give their slot back"

@@ -260,9 +260,7 @@ def _cached(odoo: OdooPool, key: tuple, ttl: float, load, deadline: float | None
     if hit is not None:
         return hit[1]
     if ttl <= 0:
-        value = load()
-        cache[key] = (time.monotonic(), value)
-        return value
+        return load()  # The cache is off: read on every message, nothing to share or keep.
     # When the entry expires under load, every message in flight misses at once: one loads it,
     # the others wait for that read instead of sending the same one (issue 6: few round trips).
     lock = odoo.loading(key)

@@ -61,6 +61,15 @@ class _Forming:
     results: list | None = None
     error: BaseException | None = None
 
+    def answer(self, index: int, label: str) -> Any:
+        """The answer of item ``index``, or the batch's fault raised afresh in the asking thread."""
+        if self.error is not None:
+            if isinstance(self.error, OdooUnavailable):
+                raise OdooUnavailable(self.error.detail)
+            raise RuntimeError(f"batched {label} failed") from self.error
+        assert self.results is not None
+        return self.results[index]
+
 
 class _Slots:
     """The pool's connections as counted slots, where a patient borrower lets the others go first.
@@ -257,20 +266,12 @@ class OdooPool:
             wait = None if deadline is None else max(0.0, deadline - time.monotonic())
             if not forming.done.wait(wait):
                 raise OdooUnavailable("the message deadline passed before Odoo answered")
-        if forming.error is not None:
-            if isinstance(forming.error, OdooUnavailable):
-                raise OdooUnavailable(forming.error.detail)
-            raise RuntimeError(f"batched {batch.label} failed") from forming.error
-        assert forming.results is not None
-        result = forming.results[index]
+        result = forming.answer(index, batch.label)
         if result is SOLO:
             # The merged answer did not decide this one (a rare path: a refusal, a retry): its own call.
             single = _Forming(items=[item])
             self._lead(batch, single, deadline)
-            if single.error is not None:
-                raise single.error
-            assert single.results is not None
-            result = single.results[0]
+            result = single.answer(0, batch.label)
         self._cache_put(cache_key, result)
         return result
 

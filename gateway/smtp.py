@@ -77,7 +77,7 @@ class GatewayHandler:
             return InternalError("the configuration changed during this session").smtp_reply()
         raw = envelope.original_content or b""
         light = services.config.gateway.listener.light_message_size
-        if light and len(raw) <= light and hasattr(server, "release_data_slot"):
+        if light and len(raw) <= light:
             # Received, and small: its memory no longer needs a DATA slot (listener.light_message_size).
             server.release_data_slot()
         peer = session.peer[0] if isinstance(session.peer, tuple) else str(session.peer)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import re
 import socket
 import threading
 import time
@@ -21,6 +22,11 @@ from gateway.refusals import (GatewayBusy, InternalError, ModelNotAllowed, OdooU
                               TooManyConnectionsFromPeer, TooManyRecipients, TooManySessions)
 
 log = logging.getLogger(__name__)
+
+# A path of the plain shape nearly every MTA sends: <dot-atom@dot-atom> in ASCII, no comment after it.
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_DOT_ATOM = rf"{_ATEXT}(?:\.{_ATEXT})*"
+_PLAIN_PATH = re.compile(rf"<({_DOT_ATOM})@({_DOT_ATOM})>")
 
 
 class GatewayHandler:
@@ -195,6 +201,39 @@ def _limited(base: type[SMTP]) -> type[SMTP]:
                 return await super().smtp_DATA(arg)
             finally:
                 self.release_data_slot()
+
+        def _getaddr(self, arg: str):
+            """aiosmtpd's address parsing, with a shortcut for the plain ``<local@domain>`` path.
+
+            aiosmtpd runs every MAIL and RCPT argument through the email package's full header grammar
+            and builds a typing.Protocol class on each call (~90 µs, ~9% of a served note's CPU). A
+            plain path gets the same answer from one regular expression; anything else (quotes, a
+            route, ``<>``, a comment, non-ASCII, a domain literal) goes the original way.
+            tests/test_smtp_paths.py holds the two to the same answers.
+            """
+            match = _PLAIN_PATH.match(arg)
+            # "=?" may open an encoded word, which the grammar decodes.
+            if match is None or "=?" in match.group(0):
+                return self._full_getaddr(arg)
+            rest = arg[match.end():]
+            if rest[:1] in (" ", "\t", "("):
+                # The grammar's folding white space after the path takes every kind of white space.
+                rest = rest.lstrip()
+                if rest.startswith("("):
+                    return self._full_getaddr(arg)
+            if self.local_part_limit and len(match.group(1)) > self.local_part_limit:
+                return None, None
+            return match.group(0)[1:-1], rest
+
+        def _full_getaddr(self, arg: str):
+            # The email package's grammar raises IndexError, AttributeError or UnboundLocalError on
+            # some broken paths ('MAIL FROM:"', 'RCPT TO:a@'), which aiosmtpd would answer with
+            # "500 Error: (IndexError) string index out of range" and a logged traceback: such a path
+            # is malformed, and gets aiosmtpd's "553 5.1.3 Error: malformed address" instead.
+            try:
+                return super()._getaddr(arg)
+            except Exception:  # noqa: BLE001 (any failure of the grammar means a malformed path)
+                return None, None
 
         def release_data_slot(self) -> None:
             """Give this session's DATA slot back (once): at the end of DATA, or earlier for a light message."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.content import extract_body
 from gateway.context import ParsedMessage
@@ -178,3 +180,35 @@ def test_every_header_pattern_of_mail_parser_reply_needs_a_colon_or_dashes():
             patterns += value if isinstance(value, list) else [value]
     for pattern in patterns:
         assert ":" in pattern or "：" in pattern or "-{5,}" in pattern, pattern
+
+
+# Lines that move mail-parser-reply's parts: headers of several languages, closings, disclaimers,
+# signature openers, separators, quotes; and plain prose.
+_REPLY_LINES = [
+    "Pump P-7 was replaced this morning.", "The seal is worn; see the photo.", "", "  ", "> quoted line",
+    "On Mon, 3 Mar 2025 at 10:00, Bob <bob@example.com> wrote:", "Am 03.03.2025 um 10:00 schrieb Bob:",
+    "Le lun. 3 mars 2025 à 10:00, Bob a écrit :", "From: Bob <bob@example.com>", "Sent: Monday, March 3",
+    "Von: Bob", "Gesendet: Montag", "-----Original Message-----", "________________________________",
+    "Sent from my iPhone", "Von meinem iPhone gesendet", "Get Outlook for iOS", "Best regards,", "Mit freundlichen Grüßen",
+    "Cordialement,", "-- ", "--", "Bob", "This e-mail and any attachments are confidential. If you received this mail "
+    "in error, please delete it.", "Diese E-Mail ist vertraulich. Wenn Sie diese Mail irrtümlich erhalten haben",
+    "2025年3月3日(月) 10:00 Bob <bob@example.com>:", "Thanks,", "Time: 10:00 - 12:00", "Kind regards",
+]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(_REPLY_LINES), max_size=14))
+def test_latest_reply_is_the_libraries_own(lines):
+    # gateway/quotes.py hands the library its header pattern behind a lookahead, and patterns that
+    # fail at once for the signature and disclaimer fields it never reads: the answer must not move.
+    from gateway.quotes import _REPLY_PARSER, _latest_reply
+
+    text = "\n".join(lines)
+    assert _latest_reply(text) == (_REPLY_PARSER.parse_reply(text) or "")
+
+
+def test_latest_reply_keeps_what_the_library_keeps_above_a_header():
+    from gateway.quotes import _REPLY_PARSER, _latest_reply
+
+    text = "Done.\n\nBest regards,\nPaula\n\nOn Mon, 3 Mar 2025 at 10:00, Bob <bob@example.com> wrote:\n> old"
+    assert _latest_reply(text) == _REPLY_PARSER.parse_reply(text) == "Done.\n\nBest regards,\nPaula"

@@ -1,10 +1,11 @@
-"""Any SMTP command line gets a reply with a meaning, never an exception's text, and the session goes on."""
+"""Any SMTP or LMTP command line gets a reply with a meaning, never an exception's text, and the session goes on."""
 
 from __future__ import annotations
 
 import re
 import socket
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -35,11 +36,20 @@ def _reply(stream) -> bytes:
             return b"".join(lines)
 
 
+@pytest.fixture(params=["smtp", "lmtp"])
+def listener(request, start_gateway, dns_server):
+    """The listener in each protocol, with the greeting it expects (Postfix delivers over LMTP too)."""
+    if request.param == "lmtp":
+        return start_gateway(dns_server.port, listener_extra='protocol = "lmtp"'), b"LHLO client.example.com"
+    return start_gateway(dns_server.port), b"EHLO client.example.com"
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(greet=st.booleans(), commands=st.lists(LINES, min_size=1, max_size=8))
-def test_any_command_line_gets_a_meaningful_reply_and_the_session_goes_on(gateway, greet, commands):
+def test_any_command_line_gets_a_meaningful_reply_and_the_session_goes_on(listener, greet, commands):
+    gateway, greeting = listener
     # Without a greeting most commands stop at "503 send HELO first"; with one they reach their parsing.
-    commands = [b"EHLO client.example.com"] * greet + commands
+    commands = [greeting] * greet + commands
     with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as connection:
         stream = connection.makefile("rb")
         assert _reply(stream).startswith(b"220 ")

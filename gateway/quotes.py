@@ -95,12 +95,13 @@ _PATTERNS = {
 # is a dashed separator ("-----Original Message-----"); tests/test_quotes.py checks that of each
 # pattern it has. A text with neither cannot hold one, and most notes have none.
 _HEADER_HINT = re.compile(r"[:：]|-----")
+_PATTERNS_NO_HEADER = {**_PATTERNS, "_header_regex": _NO_MATCH}
 
 
 def _latest_reply(text: str) -> str:
     """mail-parser-reply's latest reply of ``text``: the text above the first header it knows
     ("On ... wrote:", "From: ...", "-----Original Message-----"), in any of its languages."""
-    patterns = _PATTERNS if _HEADER_HINT.search(text) else {**_PATTERNS, "_header_regex": _NO_MATCH}
+    patterns = _PATTERNS if _HEADER_HINT.search(text) else _PATTERNS_NO_HEADER
     return EmailMessage(text=text, languages=list(_REPLY_PARSER.languages), **patterns).read().latest_reply or ""
 
 

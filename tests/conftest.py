@@ -131,6 +131,17 @@ def gateway(start_gateway, dns_server) -> RunningGateway:
     return start_gateway(dns_server.port)
 
 
+def read_reply(stream) -> list[bytes]:
+    """The lines of one whole SMTP reply (a multi-line one ends with "NNN "), from a socket's binary file."""
+    lines: list[bytes] = []
+    while True:
+        line = stream.readline(4096)
+        assert line, f"connection closed after {lines!r}"
+        lines.append(line)
+        if line[3:4] != b"-":
+            return lines
+
+
 class Mailer:
     """Builds scenario messages from tests/data, signs them as a domain's mail system would, sends them."""
 

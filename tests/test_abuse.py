@@ -9,7 +9,7 @@ import tracemalloc
 
 import pytest
 
-from conftest import Mailer
+from conftest import Mailer, read_reply
 
 from gateway.config import InputLimits
 from gateway.inputlimits import check_input
@@ -205,10 +205,7 @@ def test_smtp_smuggling_is_one_refused_message(test_odoo, gateway, mailer, endin
 
         def command(line: bytes) -> bytes:
             connection.sendall(line + b"\r\n")
-            reply = reader.readline()
-            while reply[3:4] == b"-":
-                reply = reader.readline()
-            return reply
+            return read_reply(reader)[-1]
 
         assert reader.readline().startswith(b"220 ")
         assert command(b"EHLO client.example.com").startswith(b"250 ")

@@ -36,7 +36,7 @@ class Size:
     sink_messages: int = 1500
     odoo_messages: int = 400
     direct_seconds: float = 2.0
-    spawn_messages: int = 8
+    spawn_messages: int = 16
     steady_rate: float = 50.0
     steady_messages: int = 250
     memory_sessions: int = 200
@@ -96,6 +96,15 @@ def _check_all_accepted(run: client.Run, what: str) -> None:
                          f"first: {refused[:1]}")
 
 
+def _check_all_filed(journal: Path, message_ids: set[str], what: str) -> None:
+    """A 250 is also the answer to a message already filed: the journal tells that each was a new note."""
+    with sqlite3.connect(journal) as connection:
+        verdicts = dict(connection.execute("SELECT message_id, verdict FROM messages"))
+    others = sorted({verdicts.get(message_id, "not journaled") for message_id in message_ids} - {"filed"})
+    if others:
+        raise SystemExit(f"bench: {what}: not every message was filed as a new note: {others}")
+
+
 class Bench:
     def __init__(self, size: Size, folder: Path) -> None:
         self.size = size
@@ -133,31 +142,41 @@ class Bench:
         workers = Row("1. the same with listener.workers = 2", "msg/s", target="",
                       note="two gateway processes on one socket, pool_size = 8 (4 per worker, as the "
                            "one process has), the same sink run as the baseline")
-        with world.test_odoo() as odoo_url:
-            config = self.config(odoo_url)
+        for _ in range(size.repeat):
+            messages = self.messages(max(size.capacity_messages, size.sink_messages))
+            with world.sink() as port:
+                sink_run = asyncio.run(client.blast(port, messages[:size.sink_messages], 20))
+            _check_all_accepted(sink_run, "sink")
             # pool_size is shared out among the workers: 8 gives each the one process's 4.
-            config_workers = self.config(odoo_url, workers=2, pool_size=8)
-            for _ in range(size.repeat):
-                messages = self.messages(max(size.capacity_messages, size.sink_messages))
-                with world.sink() as port:
-                    sink_run = asyncio.run(client.blast(port, messages[:size.sink_messages], 20))
-                _check_all_accepted(sink_run, "sink")
-                with world.gateway(config) as (port, _process):
-                    self.warm(port)
-                    gateway_run = asyncio.run(client.blast(port, messages[:size.capacity_messages], 20))
-                _check_all_accepted(gateway_run, "gateway capacity")
-                with world.gateway(config_workers) as (port, _process):
-                    self.warm(port)
-                    workers_run = asyncio.run(client.blast(port, messages[:size.capacity_messages], 20))
-                _check_all_accepted(workers_run, "gateway capacity with 2 workers")
-                row.baseline.append(sink_run.rate)
-                row.gateway.append(gateway_run.rate)
-                row.ratios.append(gateway_run.rate / sink_run.rate)
-                workers.baseline.append(sink_run.rate)
-                workers.gateway.append(workers_run.rate)
-                workers.ratios.append(workers_run.rate / sink_run.rate)
+            gateway_run = self._fresh_run(messages[:size.capacity_messages], "gateway capacity")
+            workers_run = self._fresh_run(self.messages(size.capacity_messages), "gateway capacity with 2 workers",
+                                          workers=2, pool_size=8)
+            row.baseline.append(sink_run.rate)
+            row.gateway.append(gateway_run.rate)
+            row.ratios.append(gateway_run.rate / sink_run.rate)
+            workers.baseline.append(sink_run.rate)
+            workers.gateway.append(workers_run.rate)
+            workers.ratios.append(workers_run.rate / sink_run.rate)
         row.passed = _median(row.ratios) >= 0.35
         return row, row.gateway, workers
+
+    def _fresh_run(self, messages: list[tuple[str, str, bytes]], what: str, latency: str = "",
+                   **options) -> client.Run:
+        """One gateway run on its own test Odoo, with messages no run has sent before.
+
+        A real Odoo finds a Message-ID or a record's messages through an index; the test Odoo scans
+        them, so one that kept every earlier run's notes would charge each later run more of the
+        machine's CPU (measured: 2.0 -> 3.5 ms per note over 3000 notes). Messages sent again would
+        measure the "already filed" path, not a note being filed.
+        """
+        with world.test_odoo(latency) as odoo_url:
+            config = self.config(odoo_url, **options)
+            with world.gateway(config) as (port, _process):
+                self.warm(port)
+                run = asyncio.run(client.blast(port, messages, 20))
+        _check_all_accepted(run, what)
+        _check_all_filed(config.parent / "journal.sqlite3", {_message_id(payload) for _, _, payload in messages}, what)
+        return run
 
     def process_per_message(self, gateway_rates: list[float], workers_rates: list[float]) -> list[Row]:
         size = self.size
@@ -193,20 +212,15 @@ class Bench:
                        "default config: user, record access and Message-ID read on every message")
         cached = Row("2. the same with read_cache_seconds = 10", "notes/s", target="",
                      note="the user and record access reads answered from the cache after the first message")
-        with world.test_odoo(world.ODOO_LATENCY) as odoo_url:
-            configs = ((row, self.config(odoo_url, pool_size=4)),
-                       (cached, self.config(odoo_url, pool_size=4, odoo_extra="read_cache_seconds = 10")))
-            for _ in range(size.repeat):
+        for _ in range(size.repeat):
+            with world.test_odoo(world.ODOO_LATENCY) as odoo_url:
                 direct = _direct_post_rate(odoo_url, 4, size.direct_seconds)
-                for measured, config in configs:
-                    messages = self.messages(size.odoo_messages)
-                    with world.gateway(config) as (port, _process):
-                        self.warm(port)
-                        run = asyncio.run(client.blast(port, messages, 20))
-                    _check_all_accepted(run, "Odoo-bound")
-                    measured.baseline.append(direct)
-                    measured.gateway.append(run.rate)
-                    measured.ratios.append(run.rate / direct)
+            for measured, extra in ((row, ""), (cached, "read_cache_seconds = 10")):
+                run = self._fresh_run(self.messages(size.odoo_messages), "Odoo-bound", world.ODOO_LATENCY,
+                                      pool_size=4, odoo_extra=extra)
+                measured.baseline.append(direct)
+                measured.gateway.append(run.rate)
+                measured.ratios.append(run.rate / direct)
         row.passed = _median(row.ratios) >= 0.7
         return [row, cached]
 
@@ -219,22 +233,22 @@ class Bench:
                        "waits for a pooled connection), Odoo latency as in 2")
         p99 = Row("4. latency added at 50 msg/s, p99", "ms", target="<= 10 ms")
         achieved: list[float] = []
-        with world.test_odoo(world.ODOO_LATENCY) as odoo_url:
-            config = self.config(odoo_url, pool_size=4)
-            for _ in range(size.repeat):
-                messages = self.messages(size.steady_messages)
+        for _ in range(size.repeat):
+            messages = self.messages(size.steady_messages)
+            with world.test_odoo(world.ODOO_LATENCY) as odoo_url:
+                config = self.config(odoo_url, pool_size=4)
                 with world.gateway(config) as (port, _process):
                     self.warm(port)
                     run = asyncio.run(client.paced(port, messages, size.steady_rate, 20))
-                _check_all_accepted(run, "steady rate")
-                odoo_seconds = _journal_odoo_seconds(config.parent / "journal.sqlite3")
-                added = []
-                for item in run.sent:
-                    message_id = _message_id(messages[item.index][2])
-                    added.append((item.seconds - odoo_seconds[message_id]) * 1000)
-                p50.gateway.append(_percentile(added, 0.50))
-                p99.gateway.append(_percentile(added, 0.99))
-                achieved.append(run.rate)
+            _check_all_accepted(run, "steady rate")
+            odoo_seconds = _journal_odoo_seconds(config.parent / "journal.sqlite3")
+            added = []
+            for item in run.sent:
+                message_id = _message_id(messages[item.index][2])
+                added.append((item.seconds - odoo_seconds[message_id]) * 1000)
+            p50.gateway.append(_percentile(added, 0.50))
+            p99.gateway.append(_percentile(added, 0.99))
+            achieved.append(run.rate)
         p99.passed = _median(p99.gateway) <= 10
         # Arrivals are steady only while the gateway keeps up; a message that finds all the client's
         # connections busy waits for one, so say what rate was actually served.

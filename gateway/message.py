@@ -12,6 +12,7 @@ import logging
 import re
 
 import mailparser
+import mailparser.utils
 from mailparser.exceptions import MailParserRecursionError
 
 from gateway import mime
@@ -70,6 +71,30 @@ def message_ids(raw: bytes, header: str, email_message: email.message.Message | 
     return found[-100:]
 
 
+def _addresses(email_message: email.message.Message, header: str) -> list[str]:
+    """Every address of every ``header`` field, a quoted local part written plainly.
+
+    mail-parser reads the first field of each name only, and a second To or Cc (RFC 5322 allows
+    one, clients and scripts send two) would hide its addresses from the reply-all check: a reply
+    delivery naming the record's note address there would be filed publicly. The same parser reads
+    each field. ``"note+x"@d`` and ``note+x@d`` are one mailbox (RFC 5321 section 4.1.2).
+    """
+    found: list[str] = []
+    for value in email_message.get_all(header) or ():
+        for _, address in mailparser.utils.get_addresses(value, decode_names=True):
+            if address:
+                found.append(_unquoted_local_part(address))
+    return found
+
+
+def _unquoted_local_part(address: str) -> str:
+    local, at, domain = address.rpartition("@")
+    if at and len(local) >= 2 and local[0] == local[-1] == '"':
+        local = re.sub(r"\\(.)", r"\1", local[1:-1])
+        return f"{local}@{domain}"
+    return address
+
+
 def parse_email(raw: bytes) -> email.message.Message:
     """The message as mail-parser's parse_from_bytes parses it (compat32), or MessageUnparseable."""
     try:
@@ -112,8 +137,8 @@ def parse(raw: bytes, email_message: email.message.Message | None = None) -> Par
         parts = mime.walk(mail.message)
         text_plain = "\n".join(parts.text_plain)
         text_html = mime.join_html(parts.text_html)
-        to = [address for _, address in (mail.to or []) if address]
-        cc = [address for _, address in (mail.cc or []) if address]
+        to = _addresses(email_message, "To")
+        cc = _addresses(email_message, "Cc")
         attachments = parts.attachments
         defects = sorted(str(category) for category in (mail.defects_categories or ())) + parts.defects
         date_header = headers.get("Date", "") if isinstance(headers, dict) else ""

@@ -102,6 +102,33 @@ def test_reply_all_to_note_and_reply_is_filed_once_as_a_note(test_odoo, gateway,
     assert reply_row.decision == f"reply-all with {addresses['note']}: filed as a note, never public"
 
 
+@pytest.mark.parametrize("form", ["second Cc header", "second To header", "quoted local part", "in a group"])
+def test_reply_all_sees_the_note_address_however_the_headers_write_it(test_odoo, gateway, mailer, form):
+    # Found by exploratory testing: mail-parser reads only the first To and Cc field, and the address
+    # was compared as written, so these reply deliveries were filed publicly and emailed to the
+    # record's followers, a portal user among them.
+    note, reply = (mailer.address(kind, "project.task", TASK_ID) for kind in ("note", "reply"))
+    local, _, domain = note.partition("@")
+    headers = {
+        "second Cc header": f"Cc: someone@example.com\r\nCc: {note}\r\n",
+        "second To header": f"To: {note}\r\n",
+        "quoted local part": f'Cc: "{local}"@{domain.upper()}\r\n',
+        "in a group": f"Cc: team: someone@example.com, {note};\r\n",
+    }[form]
+    raw = compose(PAULA, reply, "Re: Gateway acceptance task", "Our margin on this job is 4%.",
+                  message_id=f"<reply-all-{form.replace(' ', '-')}@example.com>")
+    # After the header block's own To and Cc, where a second field of a name comes.
+    head, _, body = raw.partition(b"\r\n\r\n")
+    raw = mailer.sign(head + b"\r\n" + headers.encode() + b"\r\n" + body)
+    assert mailer.send(raw, reply).startswith("250 2.0.0 Filed as Odoo message ")
+    [post] = test_odoo.posts()
+    assert post.kwargs["subtype_xmlid"] == "mail.mt_note"
+    assert test_odoo.outbox == []
+    assert test_odoo.portal_chatter_ids("project.task", TASK_ID, partner_id=PAULA_PARTNER_ID) == []
+    [row] = _journal(gateway)
+    assert row.kind == "note" and row.decision.startswith("reply-all with note+")
+
+
 def test_reply_naming_a_plain_note_address_is_never_public(test_odoo, gateway, mailer):
     to = mailer.address("reply", "project.task", TASK_ID)
     reply = mailer.send(_reply_to(mailer, to, cc=NOTE), to)

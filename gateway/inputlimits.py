@@ -1,4 +1,4 @@
-"""Bounds on hostile input (NUL bytes, huge headers, 8-bit junk, MIME bombs), checked before the full parse."""
+"""Bounds on hostile input (NUL bytes, huge or unreadable headers, 8-bit junk, MIME bombs), checked before the full parse."""
 
 from __future__ import annotations
 
@@ -8,11 +8,15 @@ import email.policy
 import re
 
 from gateway.config import InputLimits
-from gateway.refusals import HeaderNotUtf8, HeaderTooLarge, NestedTooDeep, NulByte, TooManyParts
+from gateway.refusals import HeaderMalformed, HeaderNotUtf8, HeaderTooLarge, NestedTooDeep, NulByte, TooManyParts
 
 _HEADER_END = re.compile(rb"\r\n\r\n")
 # A header field starts at a line that does not begin with white space (RFC 5322 section 2.2.3).
 _FIELD_START = re.compile(rb"(?:^|\r\n)[^ \t\r\n]")
+# A continuation line (one that begins with white space) before the first header field: it
+# continues no field. mbox "From " lines before it are skipped by dkimpy and the email package
+# alike, so they start no field either.
+_ORPHAN_CONTINUATION = re.compile(rb"(?:From [^\r\n]*\r\n)*[ \t]")
 _ENCAPSULATED = re.compile(rb"message/(?:rfc822|global)", re.IGNORECASE)
 _BOUNDARY = re.compile(rb'boundary\s*=\s*(?:"([^"\r\n]{1,200})"|([^\s;"]{1,200}))', re.IGNORECASE)
 
@@ -32,6 +36,11 @@ def check_input(raw: bytes, limits: InputLimits) -> email.message.Message | None
     if match is None and len(raw) > limits.max_header_bytes:
         raise HeaderTooLarge(f"more than {limits.max_header_bytes} bytes")
     header = raw[: match.start()] if match else raw
+    if _ORPHAN_CONTINUATION.match(header):
+        # RFC 5322 section 2.2.3: folding continues a field. The email package drops such a line
+        # (FirstHeaderLineIsContinuationDefect) and dkimpy's parser fails on it with an IndexError,
+        # so no signature over it can be checked; the same bytes fail the same way on every retry.
+        raise HeaderMalformed("a continuation line (beginning with white space) comes before any header field")
     fields = len(_FIELD_START.findall(header))
     if fields > limits.max_header_fields:
         raise HeaderTooLarge(f"{fields} header fields, at most {limits.max_header_fields}")

@@ -117,6 +117,11 @@ class HeaderTooLarge(Refusal):
     template = "notice/too_large.txt.j2"
 
 
+class HeaderMalformed(Refusal):
+    smtp_code, enhanced_code = 550, "5.6.0"
+    reason = "Malformed message header, it cannot be read"
+
+
 class HeaderNotUtf8(Refusal):
     smtp_code, enhanced_code = 550, "5.6.0"
     reason = "Message header has 8-bit bytes that are not UTF-8"

@@ -235,6 +235,13 @@ def _verifier(raw: bytes, resolver: KeyLookup) -> dkim.DKIM:
     except dkim.MessageFormatError as error:
         # Raised by the dkim.rfc822_parse that building a verifier runs on the message.
         raise SenderNotAuthenticated(f"the header cannot be read for DKIM: {error}") from None
+    except IndexError:
+        # The only other exception rfc822_parse raises (dkimpy 1.1.8): a continuation line before
+        # any header field, which it appends to a field that is not there. The input-limits stage
+        # refuses such a header before this runs; this keeps authenticate's own promise of a
+        # refusal, never an internal error, for a message that fails the same way on every retry.
+        raise SenderNotAuthenticated(
+            "the header cannot be read for DKIM: a continuation line comes before any header field") from None
 
 
 def _signature_headers(verifier: dkim.DKIM) -> list[bytes]:

@@ -152,6 +152,15 @@ HOSTILE = {
     # Found by tests/test_fuzz.py: mail-parser hands back a list, which crashed the parse stage.
     "two-subject-headers": (lambda to: _plain(to, headers=b"Subject: second\r\n"),
                             "554 5.6.0 Malformed message, it could not be parsed: more than one Subject header"),
+    # Found by a security review: dkimpy's header parser raised IndexError on these, which the
+    # pipeline answered with 451 4.3.0, asking for retries that fail the same way forever.
+    "header-starts-with-a-continuation-line": (
+        lambda to: b" X-Folded: starts the header with a continuation line\r\n" + _plain(to),
+        "550 5.6.0 Malformed message header, it cannot be read: a continuation line (beginning with white space) "
+        "comes before any header field"),
+    "continuation-line-after-an-mbox-from-line": (
+        lambda to: b"From portal.contrib@example.com Mon Dec  7 10:00:00 2026\r\n\tfolded\r\n" + _plain(to),
+        "550 5.6.0 Malformed message header, it cannot be read: a continuation line"),
     "over-long-line": (lambda to: _plain(to, b"x" * 5000 + b"\r\n"), "500 Line too long (see RFC5321 4.5.3.1.6)"),
 }
 

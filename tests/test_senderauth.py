@@ -266,6 +266,14 @@ def test_message_without_from_is_refused(resolver):
         senderauth.authenticate(raw, resolver)
 
 
+def test_header_dkimpy_cannot_split_is_refused_not_raised(resolver):
+    # dkimpy's rfc822_parse raises IndexError on a continuation line before any field; the
+    # pipeline refuses such a header earlier (input-limits), authenticate refuses it on its own.
+    raw = b" X-Folded: starts the header with a continuation line\r\n" + signed()
+    assert refusal_detail(raw, resolver) == (
+        "the header cannot be read for DKIM: a continuation line comes before any header field")
+
+
 def test_obsolete_display_name_is_accepted(resolver):
     # An unquoted period in a display name is obsolete syntax (RFC 5322 section 4.1), and common.
     raw = signed(message(b"Paula Q. Contributor <portal.contrib@example.com>"))

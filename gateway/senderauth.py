@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import email.errors
 import email.message
 import email.parser
@@ -270,6 +272,7 @@ def _check_signature(new_verifier: Callable[[], dkim.DKIM], index: int, header_v
     if domain != from_domain:
         raise _SignatureRefused(
             _UNALIGNED, f"signature of {domain} does not align with From domain {from_domain}")
+    _check_syntax(tags)
     _check_policy(tags, now, max_age_days)
 
     key_name = f"{selector}._domainkey.{domain}"
@@ -286,9 +289,37 @@ def _check_signature(new_verifier: Callable[[], dkim.DKIM], index: int, header_v
         raise _SignatureRefused(_VERIFICATION, _validation_detail(error)) from None
     except dkim.DKIMException as error:
         raise _SignatureRefused(_VERIFICATION, f"malformed DKIM signature: {error}") from None
+    except (IndexError, ValueError) as error:
+        # What dkimpy 1.1.8 raises, instead of a DKIMException, on tag values it uses without
+        # checking them (binascii.Error is a ValueError); _check_syntax refuses the ones known.
+        # Raised by the key lookup instead, it is no fault of the signature: it goes on up.
+        if lookup.failed:
+            raise
+        raise _SignatureRefused(
+            _MALFORMED, f"malformed DKIM signature: {type(error).__name__}: {error}") from None
     if verified:
         return domain, selector
     raise _SignatureRefused(*_why_not_verified(verifier, lookup, key_name))
+
+
+def _check_syntax(tags: dict[bytes, bytes]) -> None:
+    """Tag values dkimpy uses without checking them, and fails on with an IndexError or a
+    binascii.Error rather than a DKIMException: a broken signature, which must not stop the loop
+    over the signatures below it (issue found by a security review's fuzzer)."""
+    identity = tags.get(b"i")
+    if identity is not None and b"@" not in identity:
+        # RFC 6376 section 3.5: i= is [local-part] "@" domain. dkimpy indexes the byte before
+        # d= in it, past its start when i= is d= without the @.
+        raise _SignatureRefused(_MALFORMED, "i= is not an identity, it has no @")
+    for tag in (b"bh", b"b"):
+        value = tags.get(tag)
+        if value is None:
+            continue
+        try:
+            # As dkimpy decodes it, once the key is looked up and the body hashed.
+            base64.b64decode(re.sub(rb"\s+", b"", value))
+        except binascii.Error:
+            raise _SignatureRefused(_MALFORMED, f"{tag.decode()}= is not valid base64") from None
 
 
 def _check_policy(tags: dict[bytes, bytes], now: float, max_age_days: int) -> None:
@@ -348,11 +379,17 @@ class _RecordingLookup:
     def __init__(self, resolver: KeyLookup) -> None:
         self._resolver = resolver
         self.asked = False
+        # Whether the resolver raised: its exceptions are never taken for a broken signature.
+        self.failed = False
         self.record: bytes | None = None
 
     def __call__(self, name: bytes, timeout: int | float = 5) -> bytes | None:
         self.asked = True
-        self.record = self._resolver(name, timeout=timeout)
+        try:
+            self.record = self._resolver(name, timeout=timeout)
+        except BaseException:
+            self.failed = True
+            raise
         return self.record
 
 
@@ -367,6 +404,9 @@ def _why_not_verified(verifier: dkim.DKIM, lookup: _RecordingLookup, key_name: s
             return _KEY, f"key for {key_name} is unusable: {error}"
         except dkim.DKIMException as error:
             return _KEY, f"key for {key_name} is unusable: {error}"
+        except binascii.Error:
+            # dkimpy's verify turns it into False; evaluate_pk itself lets it out.
+            return _KEY, f"key for {key_name} is unusable: p= is not valid base64"
     too_small = _key_size_detail(verifier, key_name)
     if too_small:
         return _KEY, too_small

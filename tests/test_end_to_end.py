@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import smtplib
 
 import pytest
@@ -217,6 +218,32 @@ def test_rsa_sha1_signature_is_refused(test_odoo, gateway, mailer):
     to = mailer.address("note", "project.task", TASK_ID)
     reply = mailer.send(mailer.sign(mailer.message("note_from_contributor.eml", to), algorithm=b"rsa-sha1"), to)
     assert reply.startswith("550 5.7.1") and "rsa-sha1" in reply
+
+
+def _with_broken_signature(signed: bytes, tag: bytes, value: bytes, *, keep_good: bool) -> bytes:
+    # The signature with one tag broken, alone or added above the good one.
+    end = signed.index(b"\r\nFrom:")
+    broken = re.sub(rb"([;\s]" + tag + rb"=)[^;]*", lambda match: match.group(1) + value, signed[:end], count=1)
+    return broken + (b"\r\n" + signed if keep_good else signed[end:])
+
+
+# Found by a security review's fuzzer: dkimpy raised IndexError or binascii.Error on these
+# aligned signatures, and the message got 451 4.3.0 Internal error even with a good one below.
+@pytest.mark.parametrize("tag, value, reason", [
+    (b"i", b"example.com", "i= is not an identity, it has no @"),
+    (b"bh", b"@example.com", "bh= is not valid base64"),
+    (b"b", b"A===", "b= is not valid base64"),
+])
+def test_malformed_signature_fails_alone_and_leaves_a_good_one_below(test_odoo, gateway, mailer, tag, value, reason):
+    to = mailer.address("note", "project.task", TASK_ID)
+    alone = _with_broken_signature(mailer.sign(mailer.message("note_from_contributor.eml", to)), tag, value,
+                                   keep_good=False)
+    assert mailer.send(alone, to) == ("550 5.7.1 Sender not authenticated, no valid DKIM signature aligned with "
+                                      f"the From domain: {reason}")
+    above_good = _with_broken_signature(mailer.sign(mailer.message("note_from_contributor.eml", to)), tag, value,
+                                        keep_good=True)
+    assert mailer.send(above_good, to).startswith("250 2.0.0 Filed")
+    assert len(_posts(test_odoo)) == 1
 
 
 # --- Addresses at RCPT ---------------------------------------------------------------------------

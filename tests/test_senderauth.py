@@ -1,6 +1,8 @@
 """Sender authentication: one scenario per DKIM rule of MAIL_SECURITY.md, keys served by real DNS."""
 
 import importlib.util
+import itertools
+import re
 import time
 
 import dkim
@@ -223,6 +225,97 @@ def test_most_telling_failure_is_reported(resolver, other_key):
     # is what the sender needs to hear.
     raw = signed(signed().replace(b"two weeks", b"two years"), domain=OTHER_DOMAIN)
     assert refusal_detail(raw, resolver) == "body hash mismatch"
+
+
+# --- Broken signatures: one that dkimpy cannot read is one failed signature ------------------------
+# Found by a security review's fuzzer: dkimpy 1.1.8 raises IndexError or binascii.Error, not a
+# DKIMException, on these aligned tag values, which stopped the loop over the signatures and
+# ended as an internal error (451) even with a good signature below.
+
+
+def with_broken_copy(raw: bytes, tag: bytes, value: bytes, *, keep_original: bool = True) -> bytes:
+    """A copy of raw's topmost DKIM-Signature with tag= set to value (added when missing), on top."""
+    end = raw.index(b"\r\nFrom:")
+    signature, pattern = raw[:end], re.compile(rb"([;\s]" + tag + rb"=)[^;]*")
+    if pattern.search(signature):
+        broken = pattern.sub(lambda match: match.group(1) + value, signature, count=1)
+    else:
+        broken = signature + b"; " + tag + b"=" + value
+    return broken + (b"\r\n" + raw if keep_original else raw[end:])
+
+
+BROKEN_TAGS = [
+    (b"i", b"example.com", "i= is not an identity, it has no @"),  # IndexError in dkimpy
+    (b"i", b"EXAMPLE.COM", "i= is not an identity, it has no @"),
+    (b"bh", b"@example.com", "bh= is not valid base64"),  # binascii.Error
+    (b"bh", b"A=A=", "bh= is not valid base64"),
+    (b"b", b"A===", "b= is not valid base64"),  # passes dkimpy's own b= check, then binascii.Error
+    (b"b", b"AAAAA===", "b= is not valid base64"),
+]
+
+
+@pytest.mark.parametrize("tag, value, detail", BROKEN_TAGS)
+def test_broken_signature_alone_is_refused_with_its_reason(tag, value, detail, resolver):
+    raw = with_broken_copy(signed(), tag, value, keep_original=False)
+    assert refusal_detail(raw, resolver) == detail
+
+
+@pytest.mark.parametrize("tag, value, detail", BROKEN_TAGS)
+def test_broken_signature_above_a_good_one_does_not_hide_it(tag, value, detail, resolver):
+    # Rule 1: every signature is looked at.
+    raw = with_broken_copy(signed(), tag, value)
+    assert senderauth.authenticate(raw, resolver).selector == SELECTOR
+
+
+FUZZ_TAGS = [b"v", b"a", b"c", b"d", b"s", b"h", b"bh", b"b", b"t", b"x", b"q", b"i", b"l", b"z"]
+FUZZ_VALUES = [b"", b"=", b"A===", b"AAAAA===", b"A=A=", b"@", b"x@", b"example.com", b"@example.com",
+               b"a@b.example.com", b"\xc3\xa9", b"\xff", b"99999999999999999999999", b"-1", b"!!!",
+               b"ed25519-sha256", b"simple/bogus", b"relaxed/simple/x", b"dns/txt:x", b"from:from", b":", b"\t"]
+
+
+def test_no_tag_value_turns_a_signature_into_an_error(resolver):
+    # The fuzzer's sweep: whatever one tag of an aligned signature says, the signature fails
+    # with a 5xx on its own, and a good signature below it still authenticates.
+    good = signed()
+    for tag, value in itertools.product(FUZZ_TAGS, FUZZ_VALUES):
+        try:
+            senderauth.authenticate(with_broken_copy(good, tag, value, keep_original=False), resolver)
+        except SenderNotAuthenticated as refusal:
+            assert refusal.smtp_code == 550, (tag, value)
+        assert senderauth.authenticate(with_broken_copy(good, tag, value), resolver).selector == SELECTOR, (tag, value)
+
+
+def test_what_dkimpy_raises_on_an_unchecked_tag_is_a_failed_signature(resolver, monkeypatch):
+    # The net under _check_syntax: a tag value it does not know of still fails one signature.
+    monkeypatch.setattr(senderauth, "_check_syntax", lambda tags: None)
+    good = signed()
+    assert refusal_detail(with_broken_copy(good, b"i", b"example.com", keep_original=False), resolver) == (
+        "malformed DKIM signature: IndexError: index out of range")
+    assert senderauth.authenticate(with_broken_copy(good, b"bh", b"A=A="), resolver).selector == SELECTOR
+
+
+def test_an_error_of_the_key_lookup_is_not_taken_for_a_broken_signature(resolver):
+    def failing_lookup(name, timeout=5):
+        raise ValueError("a bug in the resolver")
+
+    with pytest.raises(ValueError, match="a bug in the resolver"):
+        senderauth.authenticate(signed(), failing_lookup)
+
+
+def test_broken_signature_does_not_turn_a_dns_timeout_into_a_refusal(dns_server):
+    # Rule 10: the good signature's key could not be looked up for now: 451 4.4.3, not 550.
+    dns_server.drop(f"silent._domainkey.{DOMAIN}")
+    resolver = DkimKeyResolver(["127.0.0.1"], port=dns_server.port, timeout=0.3)
+    raw = with_broken_copy(signed(selector="silent"), b"i", b"example.com")
+    with pytest.raises(DnsTemporaryFailure) as refusal:
+        senderauth.authenticate(raw, resolver)
+    assert refusal.value.smtp_reply().startswith("451 4.4.3 ")
+
+
+def test_key_record_with_p_not_base64_is_refused(resolver, dns_server):
+    dns_server.add_txt(f"badp._domainkey.{DOMAIN}", "v=DKIM1; k=rsa; p=abc")
+    assert refusal_detail(signed(selector="badp"), resolver) == (
+        "key for badp._domainkey.example.com is unusable: p= is not valid base64")
 
 
 # --- The From header -------------------------------------------------------------------------------

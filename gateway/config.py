@@ -173,11 +173,18 @@ class GatewayFile(_Strict):
 # --- A rules file: one alias domain ------------------------------------------------------------
 
 
+DEFAULT_MAX_SIGNATURE_AGE_DAYS = 30
+
+
 class SenderPolicy(_Strict):
     # strict: d= equals the From domain. Relaxed alignment needs a public suffix list and is not
     # offered yet, so it cannot be configured by mistake.
     alignment: Literal["strict"] = "strict"
-    max_signature_age_days: Annotated[int, Field(ge=0)] = 0
+    # A replayed message keeps its valid signature: the age of t= bounds how long a captured
+    # signed message can be filed again (MAIL_SECURITY.md item 7). 0: no bound beyond x=.
+    max_signature_age_days: Annotated[int, Field(ge=0)] = DEFAULT_MAX_SIGNATURE_AGE_DAYS
+    # t= is optional (RFC 6376 section 3.5): a signature without it is refused only when asked.
+    require_signature_time: bool = False
 
 
 AccessPolicy = Literal["odoo-rules", "followers", "own", "company", "email-domain"]

@@ -107,9 +107,10 @@ def _authenticate_sender(ctx: MessageContext, services: Services, deadline: floa
     # The last stage to read the parsed message takes it off the context, and authenticate lets
     # go of it before its DNS lookups: ParsedMessage holds what the later stages need, and a large
     # message would otherwise stay in memory twice while DNS and Odoo answer.
+    sender_policy = ctx.rules.sender
     ctx.sender = senderauth.authenticate(
-        ctx.raw, services.resolver, max_signature_age_days=ctx.rules.sender.max_signature_age_days,
-        email_message=_take_email_message(ctx))
+        ctx.raw, services.resolver, max_signature_age_days=sender_policy.max_signature_age_days,
+        require_signature_time=sender_policy.require_signature_time, email_message=_take_email_message(ctx))
 
 
 def _rate_limit(ctx: MessageContext, services: Services, deadline: float) -> None:

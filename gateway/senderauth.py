@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 import dkim
 from dkim.util import InvalidTagValueList, parse_tag_value
 
+from gateway.config import DEFAULT_MAX_SIGNATURE_AGE_DAYS
 from gateway.context import VerifiedSender
 from gateway.refusals import DnsTemporaryFailure, FromHeaderInvalid, SenderNotAuthenticated
 
@@ -55,7 +56,8 @@ class _SignatureRefused(Exception):
 
 
 def authenticate(raw: bytes, resolver: KeyLookup, *, now: float | None = None,
-                 max_signature_age_days: int = 0,
+                 max_signature_age_days: int = DEFAULT_MAX_SIGNATURE_AGE_DAYS,
+                 require_signature_time: bool = False,
                  email_message: email.message.Message | None = None) -> VerifiedSender:
     """Return the From address vouched for by an aligned, valid DKIM signature, or refuse.
 
@@ -71,6 +73,9 @@ def authenticate(raw: bytes, resolver: KeyLookup, *, now: float | None = None,
     Authentication-Results and ARC headers in the message are never read: anyone upstream can
     write them, and trusting one needs a configured authserv-id or sealer (RFC 8601 section 5,
     RFC 8617), which the rules files do not offer yet.
+
+    ``max_signature_age_days`` refuses a signature whose t= is older (0: no bound beyond x=);
+    ``require_signature_time`` refuses one without t=, whose age cannot be known.
 
     ``email_message`` is ``raw`` already parsed by the email package (compat32); without it, the
     header is parsed here to count its From fields.
@@ -100,7 +105,7 @@ def authenticate(raw: bytes, resolver: KeyLookup, *, now: float | None = None,
     for index, header_value in enumerate(signatures):
         try:
             domain, selector = _check_signature(verifier, index, header_value, from_domain, resolver,
-                                                now, max_signature_age_days)
+                                                now, max_signature_age_days, require_signature_time)
         except _SignatureRefused as refused:
             failures.append(refused.failure)
             continue
@@ -252,7 +257,8 @@ def _signature_headers(verifier: dkim.DKIM) -> list[bytes]:
 
 
 def _check_signature(new_verifier: Callable[[], dkim.DKIM], index: int, header_value: bytes,
-                     from_domain: str, resolver: KeyLookup, now: float, max_age_days: int) -> tuple[str, str]:
+                     from_domain: str, resolver: KeyLookup, now: float, max_age_days: int,
+                     require_time: bool) -> tuple[str, str]:
     """Return (d=, s=) when signature ``index`` authenticates the From domain; raise otherwise."""
     try:
         tags = parse_tag_value(header_value)
@@ -273,7 +279,7 @@ def _check_signature(new_verifier: Callable[[], dkim.DKIM], index: int, header_v
         raise _SignatureRefused(
             _UNALIGNED, f"signature of {domain} does not align with From domain {from_domain}")
     _check_syntax(tags)
-    _check_policy(tags, now, max_age_days)
+    _check_policy(tags, now, max_age_days, require_time)
 
     key_name = f"{selector}._domainkey.{domain}"
     lookup = _RecordingLookup(resolver)
@@ -322,7 +328,7 @@ def _check_syntax(tags: dict[bytes, bytes]) -> None:
             raise _SignatureRefused(_MALFORMED, f"{tag.decode()}= is not valid base64") from None
 
 
-def _check_policy(tags: dict[bytes, bytes], now: float, max_age_days: int) -> None:
+def _check_policy(tags: dict[bytes, bytes], now: float, max_age_days: int, require_time: bool) -> None:
     """What dkimpy accepts but the gateway must not: checked before any DNS lookup."""
     algorithm = tags.get(b"a", b"").strip().lower()
     if algorithm == b"rsa-sha1":
@@ -346,14 +352,15 @@ def _check_policy(tags: dict[bytes, bytes], now: float, max_age_days: int) -> No
     signed_at = _tag_time(tags, b"t")
     if signed_at is not None and signed_at > now + ALLOWED_CLOCK_SKEW_SECONDS:
         raise _SignatureRefused(_POLICY, f"signature is dated in the future ({_when(signed_at)})")
-    if max_age_days > 0:
+    if signed_at is None:
+        # t= is optional (RFC 6376 section 3.5): without it the age is unknown, and the signature
+        # is refused only when the rules ask for t=.
+        if require_time:
+            raise _SignatureRefused(_POLICY, "signature has no t=, its age cannot be checked")
+    elif max_age_days > 0 and now - signed_at > max_age_days * 86400:
         # A replayed message keeps its valid signature; the age of t= bounds how long it can be
         # replayed (RFC 6376 section 8.6).
-        if signed_at is None:
-            raise _SignatureRefused(_POLICY, "signature has no t=, its age cannot be checked")
-        if now - signed_at > max_age_days * 86400:
-            raise _SignatureRefused(
-                _POLICY, f"signature is older than {max_age_days} days ({_when(signed_at)})")
+        raise _SignatureRefused(_POLICY, f"signature is older than {max_age_days} days ({_when(signed_at)})")
 
 
 def _tag_time(tags: dict[bytes, bytes], tag: bytes) -> int | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import smtplib
+import time
 
 import pytest
 
@@ -218,6 +219,27 @@ def test_rsa_sha1_signature_is_refused(test_odoo, gateway, mailer):
     to = mailer.address("note", "project.task", TASK_ID)
     reply = mailer.send(mailer.sign(mailer.message("note_from_contributor.eml", to), algorithm=b"rsa-sha1"), to)
     assert reply.startswith("550 5.7.1") and "rsa-sha1" in reply
+
+
+def test_old_signature_is_refused_by_default(test_odoo, gateway, mailer):
+    # A captured signed note replayed two years later (found by a security review: with
+    # max_signature_age_days 0 by default it was filed again).
+    to = mailer.address("note", "project.task", TASK_ID)
+    raw = mailer.sign(mailer.message("note_from_contributor.eml", to), timestamp=int(time.time()) - 2 * 365 * 86400)
+    reply = mailer.send(raw, to)
+    assert reply.startswith("550 5.7.1 Sender not authenticated") and "signature is older than 30 days" in reply
+    assert _posts(test_odoo) == []
+
+
+def test_signature_without_t_is_filed_unless_the_rules_require_t(test_odoo, start_gateway, dns_server, dkim_keys):
+    strict = Mailer(start_gateway(dns_server.port, rules_extra="[sender]\nrequire_signature_time = true\n"), dkim_keys)
+    to = strict.address("note", "project.task", TASK_ID)
+    undated = strict.sign(strict.message("note_from_contributor.eml", to), dated=False)
+    assert strict.send(undated, to) == ("550 5.7.1 Sender not authenticated, no valid DKIM signature aligned with "
+                                        "the From domain: signature has no t=, its age cannot be checked")
+    default = Mailer(start_gateway(dns_server.port), dkim_keys)
+    assert default.send(undated, to).startswith("250 2.0.0 Filed")
+    assert len(_posts(test_odoo)) == 1
 
 
 def _with_broken_signature(signed: bytes, tag: bytes, value: bytes, *, keep_good: bool) -> bytes:

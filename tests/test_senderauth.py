@@ -203,8 +203,30 @@ def test_signature_older_than_the_configured_age_is_refused(resolver):
     raw = signed(timestamp=int(now) - 3 * 86400)
     detail = refusal_detail(raw, resolver, now=now, max_signature_age_days=2)
     assert detail.startswith("signature is older than 2 days")
-    # Without a configured age the same signature is fine: replay bounding is opt-in.
+    # Within the default of 30 days the same signature is fine.
     assert senderauth.authenticate(raw, resolver, now=now)
+
+
+def test_signature_older_than_30_days_is_refused_by_default(resolver):
+    # Rule 7: a captured signed message can be replayed to a record only so long (found by a
+    # security review: the default was 0, no bound, and a two-year-old signature passed).
+    now = time.time()
+    assert senderauth.authenticate(signed(timestamp=int(now) - 29 * 86400), resolver, now=now)
+    raw = signed(timestamp=int(now) - 2 * 365 * 86400)
+    assert refusal_detail(raw, resolver, now=now).startswith("signature is older than 30 days")
+    # 0 lifts the bound, for a domain that wants it so.
+    assert senderauth.authenticate(raw, resolver, now=now, max_signature_age_days=0)
+
+
+def test_signature_without_t_is_accepted_unless_the_rules_require_t(resolver):
+    # t= is optional (RFC 6376 section 3.5): its age is bounded when it is there, and a signature
+    # without it is refused only under require_signature_time.
+    raw = signed(dated=False)
+    assert b"t=" not in raw.split(b"\r\nFrom:")[0]
+    assert senderauth.authenticate(raw, resolver, max_signature_age_days=2).selector == SELECTOR
+    assert refusal_detail(raw, resolver, require_signature_time=True) == (
+        "signature has no t=, its age cannot be checked")
+    assert senderauth.authenticate(signed(), resolver, require_signature_time=True).selector == SELECTOR
 
 
 @pytest.mark.parametrize("signing_domain, from_header", [

@@ -70,11 +70,12 @@ def generate_ed25519_key() -> DkimKey:
 def sign(raw: bytes, key: DkimKey | bytes, domain: str, selector: str, *,
          include_headers: list[bytes] | list[str] | None = None, length: bool = False,
          algorithm: bytes | None = None, expire_in: int | None = None,
-         timestamp: int | None = None) -> bytes:
+         timestamp: int | None = None, dated: bool = True) -> bytes:
     """Return ``raw`` with a DKIM-Signature header prepended, lines kept as they were (CRLF).
 
     ``algorithm`` defaults to rsa-sha256 for an RSA key and ed25519-sha256 for an ed25519 key.
-    ``timestamp`` sets t= (default: now) and ``expire_in`` adds x= that many seconds after it.
+    ``timestamp`` sets t= (default: now) and ``expire_in`` adds x= that many seconds after it;
+    ``dated=False`` leaves t= out, as it is optional (RFC 6376 section 3.5).
     Unlike dkimpy, ``include_headers`` may leave From out, to test that such a signature is
     refused; dkimpy's default list is used when it is None.
     """
@@ -93,8 +94,10 @@ def sign(raw: bytes, key: DkimKey | bytes, domain: str, selector: str, *,
             # it out again before the hash is computed.
             omit_from = True
             headers.append(b"from")
+    if not dated and (timestamp is not None or expire_in is not None):
+        raise ValueError("an undated signature has no t= to set, nor one for x= to follow")
     signer = _Signer(raw, signature_algorithm=algorithm or default_algorithm, linesep=b"\r\n",
-                     timestamp=timestamp, expire_in=expire_in, omit_from=omit_from)
+                     timestamp=timestamp, expire_in=expire_in, omit_from=omit_from, dated=dated)
     header = signer.sign(selector.encode("ascii"), domain.encode("ascii"), private_key,
                          include_headers=headers, length=length)
     return header + raw
@@ -104,8 +107,9 @@ class _Signer(dkim.DKIM):
     """dkimpy's signer with control over t=, x= and whether From is in h=."""
 
     def __init__(self, message: bytes, *, timestamp: int | None, expire_in: int | None,
-                 omit_from: bool, **options: object) -> None:
+                 omit_from: bool, dated: bool = True, **options: object) -> None:
         super().__init__(message, **options)
+        self._dated = dated
         self._timestamp = timestamp
         self._expire_in = expire_in
         self._omit_from = omit_from
@@ -117,6 +121,8 @@ class _Signer(dkim.DKIM):
             include_headers = tuple(name for name in include_headers if name != b"from")
         adjusted = []
         for tag, value in fields:
+            if tag == b"t" and not self._dated:
+                continue
             if tag == b"t" and self._timestamp is not None:
                 value = str(int(self._timestamp)).encode("ascii")
             if tag == b"h" and self._omit_from:

@@ -20,21 +20,55 @@ _MACHINE_LOCAL_PART = re.compile(
     re.IGNORECASE,
 )
 _AUTOMATIC_PRECEDENCE = frozenset({"bulk", "junk", "list", "auto_reply"})
-# Subjects that out-of-office replies set in common languages, for the auto-responders that send
-# no Auto-Submitted header (still many, RFC 3834 being only a proposed standard).
+# Subjects of out-of-office replies, for the auto-responders that send no Auto-Submitted header
+# (still many, RFC 3834 being only a proposed standard). Gmail's vacation responder, Zimbra, Sieve
+# vacation (RFC 5230) and Postfix/Unix vacation programs do send Auto-Submitted or Precedence, and
+# are refused by those; the subject is the last resort, for Outlook/Exchange and Lotus Notes.
+#
+# The subject is matched only in the forms responders write, never on a word a person could start a
+# sentence with ("Out of office hours call-out", "Niet aanwezig bij afspraak", "Autoreply module
+# configured", "Fuori sede: intervento completato" were refused until 2026-12, found by exploratory
+# testing):
+# - a responder's own prefix ("Automatic reply", "Abwesenheitsnotiz", "Réponse automatique",
+#   optionally qualified as Outlook 2003 did: "Out of Office AutoReply", "Réponse automatique
+#   d'absence du bureau"), then ":", a dash or the end of the subject: Outlook/Exchange put it in
+#   front of the original subject ("Automatic reply: Pump P-7");
+# - Exchange's English "Out of Office" prefix, the same way;
+# - Lotus Notes' "AUTO: Jane Doe is out of the office (returning ...)";
+# - an absence phrase that is the whole subject ("Out of office", "Fuori sede", "Niet aanwezig."),
+#   which is what a responder sends when its user typed only that. "Fuori sede: ..." followed by
+#   anything is a person writing.
+_AUTO_REPLY_PREFIX = (
+    r"auto(?:matic)?[- ]?reply|autoreply|auto[- ]?response|automatic[- ]response|autoresponder"
+    r"|out[- ]of[- ]office(?:[- ]auto[- ]?reply)?"                             # en (Exchange, Notes)
+    r"|abwesenheitsnotiz|automatische antwort(?: bei abwesenheit)?"          # de
+    r"|r[ée]ponse automatique(?: d'absence du bureau)?"                     # fr
+    r"|respuesta autom[áa]tica(?: de fuera de la oficina)?"                 # es
+    r"|risposta automatica(?: fuori sede| di fuori sede)?"                  # it
+    r"|automatisch antwoord(?: bij afwezigheid)?|afwezigheidsmelding"       # nl
+    r"|resposta autom[áa]tica"                                              # pt
+    r"|automatiskt svar|autosvar|automatisk svar|automatisk besked"         # sv, no, da
+    r"|automaattinen vastaus|automatyczna odpowied[źz]"                     # fi, pl
+    r"|automatick[áa] odpov[ěe][ďd]|otomatik yan[ıi]t"                      # cs, tr
+    r"|автоответ|автоматический ответ|自动回复|自动答复|自動応答|自動回覆|자동 회신"  # ru, zh, ja, ko
+)
+_ABSENCE_PHRASE = (
+    r"out of (?:the )?office|away from (?:the )?office|on vacation|on holiday"
+    r"|abwesend|nicht im b[üu]ro|au[ßs]er haus"                            # de
+    r"|absent(?:e)? du bureau|absence du bureau"                           # fr
+    r"|fuera de la oficina|ausente"                                        # es
+    r"|fuori sede|fuori ufficio"                                           # it
+    r"|niet aanwezig|afwezig"                                              # nl
+    r"|fora do escrit[óo]rio"                                              # pt
+    r"|fr[åa]nvaro|ikke til stede|poissaolo|poza biurem"                   # sv, da/no, fi, pl
+    r"|вне офиса|不在"                                                      # ru, ja
+)
 _OUT_OF_OFFICE_SUBJECT = re.compile(
-    r"^\s*("
-    r"out of (the )?office|auto(matic)?[- ]?reply|autoreply|auto[- ]?response|away from (the )?office"
-    r"|abwesenheitsnotiz|automatische antwort"                      # de
-    r"|r[ée]ponse automatique|absent du bureau|absence du bureau"    # fr
-    r"|fuera de la oficina|respuesta autom[áa]tica"                 # es
-    r"|fuori sede|risposta automatica|fuori ufficio"                # it
-    r"|automatisch antwoord|niet aanwezig|afwezigheidsmelding"      # nl
-    r"|resposta autom[áa]tica|fora do escrit[óo]rio"                # pt
-    r"|fr[åa]nvaro|automatiskt svar|autosvar|automatisk svar"       # sv, no, da
-    r"|poissaolo|automaattinen vastaus|automatyczna odpowied[źz]"   # fi, pl
-    r"|автоответ|автоматический ответ|自动回复|自動応答|自動回覆"      # ru, zh, ja
-    r")(\b|\s|:|$)",
+    rf"^\s*(?:"
+    rf"(?:{_AUTO_REPLY_PREFIX})\s*(?:[:：]|[-–—](?:\s|$)|$)"
+    rf"|auto\s*:.*\b(?:is out of (?:the )?office|ist (?:au[ßs]er haus|nicht im b[üu]ro|abwesend))\b"
+    rf"|(?:{_ABSENCE_PHRASE})\s*[.!]*\s*$"
+    rf")",
     re.IGNORECASE,
 )
 

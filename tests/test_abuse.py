@@ -66,6 +66,15 @@ def test_automatic_mail_is_refused_and_not_filed(test_odoo, gateway, mailer, hea
     "Out of Office: Pump P-7 inspected", "Automatic reply: Pump P-7", "Abwesenheitsnotiz: Pumpe P-7",
     "Réponse automatique : Pompe P-7", "Respuesta automática: Bomba", "Risposta automatica: pompa",
     "Automatisch antwoord: pomp", "自动回复: 泵",
+    # The forms real responders write without an Auto-Submitted header: Outlook/Exchange prefixes
+    # in their languages (Outlook 2003 qualified them), Lotus Notes' "AUTO: ... is out of the
+    # office", and an absence phrase that is the whole subject.
+    "Automatische Antwort: Pumpe P-7", "Automatic Reply:Pump P-7", "Auto-Reply - Pump P-7",
+    "Out of Office AutoReply: Pump P-7", "Réponse automatique d'absence du bureau : Pompe P-7",
+    "Automatiskt svar: pump", "Automaattinen vastaus: pumppu", "Automatyczna odpowiedź: pompa",
+    "Автоматический ответ: насос", "自动答复: 泵", "自動応答: ポンプ",
+    "AUTO: Jane Doe is out of the office (returning 05/01/2027)",
+    "Out of office", "Automatic reply", "Fuori sede", "Niet aanwezig.",
 ])
 def test_out_of_office_subjects_are_refused(test_odoo, gateway, mailer, subject):
     to = mailer.address("note", "project.task", TASK_ID)
@@ -89,6 +98,22 @@ def test_bounces_and_machine_senders_are_refused(test_odoo, gateway, mailer, mai
     reply = mailer.send(mailer.sign(raw), to, mail_from=mail_from)
     assert reply == f"550 5.7.1 Automatic replies, bulk and list mail are not filed: {detail}"
     assert _posts(test_odoo) == []
+
+
+@pytest.mark.parametrize("subject", [
+    # Found by exploratory testing (2026-12): notes whose subject only starts with the words of an
+    # out-of-office subject were refused as automatic mail.
+    "Out of office hours call-out at pump P-7", "Niet aanwezig bij afspraak, klant was weg",
+    "Fuori sede: intervento completato", "Autoreply module configured on the PLC",
+    "Auto: Ölwechsel erledigt", "Abwesend wegen Krankheit, Pumpe P-7 morgen", "Out of office-hours work on P-7",
+])
+def test_human_subjects_starting_like_an_out_of_office_reply_are_filed(test_odoo, gateway, mailer, subject):
+    to = mailer.address("note", "project.task", TASK_ID)
+    raw = _with_subject(mailer.message("note_from_contributor.eml", to), subject)
+    reply = mailer.send(mailer.sign(raw), to)
+    assert reply.startswith("250 2.0.0 Filed"), reply
+    [post] = _posts(test_odoo)
+    assert subject in post.kwargs["body"]
 
 
 def test_auto_submitted_no_and_an_ordinary_subject_are_filed(test_odoo, gateway, mailer):

@@ -39,6 +39,9 @@ _SEPARATOR = re.compile(
     r"Mensagem\s+original|元のメッセージ|転送メッセージ)\s*-{2,}\s*$",
     re.IGNORECASE,
 )
+# The line of underscores Outlook on the web and Outlook for Mac write above the header block in
+# the plain-text part. Only a rule followed by a header block starts a quote.
+_OUTLOOK_RULE = re.compile(r"^\s*_{10,}\s*$")
 # Outlook's header block: "From: ..." followed within two lines by "Sent: ..." (or its translation).
 _HEADER_FROM = re.compile(r"^\s*\**(?:From|De|Von|Da|Van|Fra|Från|差出人)\s*\**\s*[:：]", re.IGNORECASE)
 _HEADER_SENT = re.compile(
@@ -138,6 +141,8 @@ def _is_attribution(lines: list[str], index: int) -> bool:
         return False
     if _SEPARATOR.match(line):
         return True
+    if _OUTLOOK_RULE.match(line) and index + 1 < len(lines) and _is_attribution(lines, index + 1):
+        return True  # Outlook's rule above its "From: ... Sent: ..." block (the <hr> of its HTML)
     if _ATTRIBUTION.match(line):
         return _quote_follows(lines, index)
     if index + 1 < len(lines):

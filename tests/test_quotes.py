@@ -166,6 +166,19 @@ def test_outlook_separator_line_starts_the_quote_without_quote_marks():
     assert OLD not in split.kept and OLD in split.trimmed
 
 
+def test_outlook_web_rule_above_the_header_block_starts_the_quote():
+    # Outlook on the web's plain part puts a line of underscores above "From: ... Sent: ...": a reply
+    # holding only the quote kept that line as its text and was filed instead of refused.
+    text = f"\n________________________________\nFrom: Bob <bob@example.org>\nSent: Monday, 10:02\nSubject: P7\n\n{OLD}\n"
+    split = split_text(text)
+    assert split.kept == "" and "____" in split.trimmed and OLD in split.trimmed
+    with pytest.raises(EmptyBody):
+        extract_body(_message(text=text))
+    assert "____" not in split_text(f"{OWN}.\n{text}").kept
+    # A rule the author drew is the author's.
+    assert "____" in split_text(f"{OWN}.\n__________\n{OLD}\n").kept
+
+
 def test_every_header_pattern_of_mail_parser_reply_needs_a_colon_or_dashes():
     # gateway/quotes.py skips the library's header scan for a text without ":" or "-----";
     # that is only right while each of its header patterns requires one of them.

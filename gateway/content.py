@@ -11,6 +11,7 @@ import nh3
 from gateway import quotes
 from gateway.context import Attachment, ParsedMessage
 from gateway.refusals import EmptyBody
+from gateway.subject import is_forward_subject
 
 # What an Odoo chatter message may hold. Odoo sanitizes again on its side (ODOO_FACTS.md b), but
 # the gateway sanitizes first so that what it journals and what a template wraps is already safe,
@@ -202,19 +203,29 @@ def extract_body(message: ParsedMessage, files: list[Attachment] | None = None) 
 
     The quoted history and the signature are trimmed before the readability check, so that a
     reply holding only a quote is refused (issue 3); what was trimmed follows in a collapsed
-    <details> block. ``files`` are the attachments that will be filed (after the rules), by
-    default all of the message's.
+    <details> block. A message forwarded inline with nothing written above it is filed as the
+    forwarded message itself (see quotes.is_forward). ``files`` are the attachments that will be
+    filed (after the rules), by default all of the message's.
     """
     fallback = None
+    forwarded = None
+    forward_subject = is_forward_subject(message.subject)
     for split in _candidate_splits(message):
         body = strip_trailing_blanks(sanitize_html(split.kept))
         trimmed = sanitize_html(split.trimmed).strip() if split.trimmed else ""
+        readable_trimmed = bool(trimmed) and is_readable(trimmed)
         details = f"<details><summary>{TRIMMED_SUMMARY}</summary>\n{trimmed}\n</details>" \
-            if trimmed and is_readable(trimmed) else ""
+            if readable_trimmed else ""
         if is_readable(body):
             return f"{body}\n{details}" if details else body
         if fallback is None:
             fallback = details
+        if forwarded is None and readable_trimmed and quotes.is_forward(trimmed, forward_subject):
+            forwarded = strip_trailing_blanks(trimmed)
+    # Forwarding a customer's email into a record is filing it: the forwarded text is the note,
+    # shown in full rather than collapsed, since there is nothing else to show.
+    if forwarded:
+        return forwarded
     # A file sent on its own (a forwarded message, a scan) is what the author meant to file; an
     # inline image is not, since clients put logos and quoted pictures inline.
     if any(not attachment.content_id for attachment in (message.attachments if files is None else files)):

@@ -32,11 +32,29 @@ _ATTRIBUTION = re.compile(
     )\s*$""",
     re.IGNORECASE | re.VERBOSE,
 )
+# The line a client puts above a message it forwards inline, and above nothing else: Gmail's
+# "---------- Forwarded message ---------", Thunderbird's "-------- Forwarded Message --------",
+# mutt's "----- Forwarded message from Bob <bob@example.org> -----" and Apple Mail's "Begin forwarded
+# message:", in the languages these clients write them in. Outlook writes no such line: its forward
+# and its reply both start with "-----Original Message-----" or a "From: ... Sent: ..." block.
+_FORWARD_MARKER = re.compile(
+    r"^\s*(?:"
+    r"-{2,}\s*(?:Forwarded\s+message(?:\s+from\s.+)?|Weitergeleitete\s+Nachricht|Message\s+transf[ée]r[ée]|"
+    r"Mensaje\s+reenviado|Messaggio\s+inoltrato|Doorgestuurd\s+bericht|Mensagem\s+encaminhada|"
+    r"Vidarebefordrat\s+meddelande|Videresendt\s+(?:meddelelse|melding)|転送メッセージ|转发的邮件)\s*-{2,}"
+    r"|(?:Begin\s+forwarded\s+message|Anfang\s+der\s+weitergeleiteten\s+Nachricht|"
+    r"D[ée]but\s+du\s+message\s+r[ée]exp[ée]di[ée]|Inicio\s+del\s+mensaje\s+reenviado|"
+    r"Inizio\s+messaggio\s+inoltrato|Begin\s+doorgestuurd\s+bericht|"
+    r"(?:In[íi]cio|Come[çc]o)\s+da\s+mensagem\s+(?:re)?encaminhada|転送されたメッセージ)\s*[:：]"
+    r")\s*$",
+    re.IGNORECASE,
+)
 # Separators that Outlook, Thunderbird and others put above a quoted or forwarded message.
 _SEPARATOR = re.compile(
     r"^\s*-{2,}\s*(?:Original\s+Message|Forwarded\s+message|Ursprüngliche\s+Nachricht|Message\s+d'origine|"
     r"Message\s+transféré|Mensaje\s+original|Messaggio\s+originale|Oorspronkelijk\s+bericht|"
-    r"Mensagem\s+original|元のメッセージ|転送メッセージ)\s*-{2,}\s*$",
+    r"Mensagem\s+original|元のメッセージ|転送メッセージ)\s*-{2,}\s*$"
+    f"|{_FORWARD_MARKER.pattern}",
     re.IGNORECASE,
 )
 # The line of underscores Outlook on the web and Outlook for Mac write above the header block in
@@ -225,7 +243,8 @@ def split_text(text: str) -> Split:
 # --- HTML ---------------------------------------------------------------------------------------
 
 # Containers in which the clients put the quoted message (and everything after them is quote).
-_QUOTE_CLASSES = ("gmail_quote", "yahoo_quoted", "protonmail_quote", "zmail_extra")
+_QUOTE_CLASSES = ("gmail_quote", "yahoo_quoted", "protonmail_quote", "zmail_extra",
+                  "moz-forward-container")  # Thunderbird's inline forward
 _QUOTE_IDS = ("divrplyfwdmsg", "appendonsend", "mail-editor-reference-message-container", "isreplacedquote",
               "reply-intro", "zwchr")
 _SIGNATURE_CLASSES = ("gmail_signature", "moz-signature", "signature", "apple-signature")
@@ -423,3 +442,67 @@ def split_html(source: str) -> Split:
     trimmed = _serialize(_cut(cut_at, body, keep_node=kind == "signature-after")) if cut_at is not None else ""
     kept = (body.text and html.escape(body.text, quote=False) or "") + _serialize(list(body))
     return Split(kept=kept, trimmed=trimmed)
+
+
+# --- Forwards -----------------------------------------------------------------------------------
+
+# Elements that start a new line of text when a browser shows them.
+_LINE_TAGS = frozenset({"br", "p", "div", "tr", "li", "hr", "table", "pre", "blockquote", "details", "summary",
+                        "h1", "h2", "h3", "h4", "h5", "h6", "ul", "ol"})
+
+
+def _html_lines(source: str) -> list[str]:
+    """The lines of text an HTML fragment shows, a blockquote opening with a ">" line of its own."""
+    try:
+        document = lxml.html.document_fromstring(source)
+    except (etree.ParserError, ValueError):
+        return []
+    pieces: list[str] = []
+    for event, element in etree.iterwalk(document, events=("start", "end")):
+        tag = element.tag if isinstance(element.tag, str) else ""
+        if event == "start":
+            if tag in _LINE_TAGS:
+                pieces.append("\n>\n" if tag == "blockquote" else "\n")
+            if tag and element.text:
+                pieces.append(" ".join(element.text.split("\n")))
+        else:
+            if tag in _LINE_TAGS:
+                pieces.append("\n")
+            if element.tail:
+                pieces.append(" ".join(element.tail.split("\n")))
+    return "".join(pieces).split("\n")
+
+
+def _starts_message(lines: list[str], index: int) -> bool:
+    """True if another message starts at this line: a quote, an attribution, a separator, a header block."""
+    return _is_quoted(lines[index]) or _is_attribution(lines, index)
+
+
+def is_forward(trimmed: str, forward_subject: bool) -> bool:
+    """True if what was trimmed (HTML) is a message the author forwarded, not the one it answers.
+
+    Two signals, because neither is enough alone:
+    - the forward marker line: Gmail, Thunderbird, mutt and Apple Mail write one above a forwarded
+      message and never above a quoted one, whatever the subject became. Outlook writes none;
+    - a forward prefix on the subject ("Fwd:", "FW:", "WG:", "TR:", "RV:", "I:", ...,
+      gateway/subject.py), which every client sets on a forward, Outlook included, and which the
+      trimmed part must back with the start of another message (a separator, a "From: ... Sent:"
+      block, an attribution or a quote): a file forwarded as attachment under "Fwd:" leaves at
+      most a signature behind, and that is no forwarded text.
+    The forwarded message starts the trimmed part, or follows the forwarder's signature ("-- ",
+    "Sent from my iPhone"), which the clients put above it. A reply ("Re:") whose trimmed part
+    opens with "On ... wrote:" or "-----Original Message-----" is neither, and stays refused.
+    """
+    lines = [line.strip() for line in _html_lines(trimmed) if line.strip()]
+    if not lines:
+        return False
+    start = 0
+    if _SIGNATURE_DELIMITER.match(lines[0]) or _MOBILE_CLOSING.match(lines[0]):
+        start = next((index for index in range(1, len(lines)) if _starts_message(lines, index)), len(lines))
+        if start == len(lines):
+            return False
+    # Apple Mail puts the whole forward, "Begin forwarded message:" included, in a blockquote.
+    first_line = next((line for line in lines[start:] if line != ">"), "")
+    if _FORWARD_MARKER.match(first_line):
+        return True
+    return forward_subject and _starts_message(lines, start)

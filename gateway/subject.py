@@ -12,6 +12,15 @@ _PREFIX = re.compile(
     r"\s*(?:\[\d+\]|\(\d+\))?\s*[:：]\s*)+",
     re.IGNORECASE,
 )
+# Forward prefixes only, as clients set them on a forward: Fwd/Fw, WG (de), TR (fr), RV (es), I (it),
+# Doorst (nl), ENC (pt), PD (pl), VL (fi), VB (sv), 转发/轉寄 (zh), 転送 (ja). "VS" is left out: it
+# is a forward in Danish and Norwegian but a reply in Finnish. Only the first prefix counts: "Fwd: Re:"
+# forwards a reply, "Re: Fwd:" answers a forward. Tags a server puts in front ("[External]") are skipped.
+_FORWARD_PREFIX = re.compile(
+    r"^\s*(?:\[[^\]]{0,40}\]\s*)*(?:fwd?|wg|tr|rv|i|doorst|enc|pd|vl|vb|转发|轉寄|転送)"
+    r"\s*(?:\[\d+\]|\(\d+\))?\s*[:：]",
+    re.IGNORECASE,
+)
 # A gateway address or its local part pasted into the subject (note+project.task-42-<signature>)
 # is a capability: it is never shown in the chatter.
 _TOKEN = re.compile(r"(?:note|reply)\+[a-z][a-z0-9_.]*-\d+-[a-z0-9]+(?:@[a-z0-9.-]+)?", re.IGNORECASE)
@@ -24,3 +33,8 @@ def clean_subject(subject: str) -> str:
     text = _EMPTY_BRACKETS.sub("", text)
     text = _PREFIX.sub("", " ".join(text.split()))
     return text.strip(" -:")
+
+
+def is_forward_subject(subject: str) -> bool:
+    """True if the subject carries a forward prefix ("Fwd:", "FW:", "WG:", ...), the token aside."""
+    return bool(_FORWARD_PREFIX.match(_TOKEN.sub("", subject or "")))

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import email
 import email.policy
+import email.utils
 import textwrap
+import uuid
 
 import pytest
 
@@ -182,3 +184,278 @@ def test_reply_to_a_record_deleted_while_it_is_filed_is_deferred_then_refused(te
     assert replies and replies[0].startswith("451 4.3.0 Odoo is unavailable"), replies
     assert test_odoo.search("project.task", [], active_test=False) == [t for t in tasks_before if t != TASK_ID]
     assert mailer.send(raw, to).startswith("550 5.1.1 The record of this address does not exist")
+
+
+# --- Forwards without a comment (found by exploratory testing, 2026-12) ----------------------------
+# Forwarding a customer's email into a record is a main use case. Gmail's and Outlook's inline
+# forwards with nothing written above them were refused as "no text to file", Apple Mail's was filed
+# with "Begin forwarded message:" as the note and the customer's text collapsed. Each client's forward
+# is now filed the same way: with a comment, the comment is the note and the forward is collapsed;
+# without one, the forwarded message is the note.
+
+CUSTOMER_TEXT = "The pump P-7 is leaking again since this morning, please come."
+COMMENT = "FYI, going tomorrow at eight."
+
+
+def _alternative(plain: str, html: str, boundary: str = "fwd-boundary") -> str:
+    return (f'MIME-Version: 1.0\nContent-Type: multipart/alternative; boundary="{boundary}"\n\n'
+            f"--{boundary}\nContent-Type: text/plain; charset=UTF-8\n\n{plain}\n"
+            f"--{boundary}\nContent-Type: text/html; charset=UTF-8\n\n{html}\n--{boundary}--\n")
+
+
+def _plain_only(plain: str) -> str:
+    return f"MIME-Version: 1.0\nContent-Type: text/plain; charset=UTF-8\n\n{plain}"
+
+
+def _gmail(comment: str) -> str:
+    plain = (f"{comment}\n\n" if comment else "") + textwrap.dedent(f"""\
+        ---------- Forwarded message ---------
+        From: Customer <cust@customer.example>
+        Date: Mon, Dec 1, 2026 at 10:00 AM
+        Subject: Pump P-7 leaking again
+        To: Paula <portal.contrib@example.com>
+
+
+        {CUSTOMER_TEXT}
+        """)
+    html = (f'<div dir="ltr">{comment or "<br>"}<br><br><div class="gmail_quote"><div dir="ltr" class="gmail_attr">'
+            '---------- Forwarded message ---------<br>From: <strong class="gmail_sendername" dir="auto">Customer'
+            '</strong> <span dir="auto">&lt;cust@customer.example&gt;</span><br>Date: Mon, Dec 1, 2026 at 10:00 AM'
+            '<br>Subject: Pump P-7 leaking again<br>To: Paula &lt;portal.contrib@example.com&gt;<br></div><br><br>'
+            f'<div dir="ltr">{CUSTOMER_TEXT}</div>\n</div></div>\n')
+    return _alternative(plain, html)
+
+
+def _gmail_with_signature(comment: str) -> str:
+    # Gmail puts the signature above the forwarded message.
+    plain = (f"{comment}\n\n" if comment else "") + textwrap.dedent(f"""\
+        -- 
+        Paula Contributor, Acme Services
+
+        ---------- Forwarded message ---------
+        From: Customer <cust@customer.example>
+        Date: Mon, Dec 1, 2026 at 10:00 AM
+        Subject: Pump P-7 leaking again
+
+        {CUSTOMER_TEXT}
+        """)
+    html = (f'<div dir="ltr">{comment or "<br>"}<br clear="all"><div><br></div><span class="gmail_signature_prefix">'
+            '-- </span><br><div dir="ltr" class="gmail_signature">Paula Contributor, Acme Services</div><br><br>'
+            '<div class="gmail_quote"><div dir="ltr" class="gmail_attr">---------- Forwarded message ---------<br>'
+            'From: Customer &lt;cust@customer.example&gt;<br>Date: Mon, Dec 1, 2026 at 10:00 AM<br>'
+            'Subject: Pump P-7 leaking again<br></div><br><br>'
+            f'<div dir="ltr">{CUSTOMER_TEXT}</div></div></div>\n')
+    return _alternative(plain, html)
+
+
+def _outlook_desktop(comment: str) -> str:
+    plain = (f"{comment}\n\n" if comment else "\n") + textwrap.dedent(f"""\
+        From: Customer <cust@customer.example>
+        Sent: Monday, December 1, 2026 10:00 AM
+        To: Paula Contributor <portal.contrib@example.com>
+        Subject: Pump P-7 leaking again
+
+        {CUSTOMER_TEXT}
+        """)
+    own = f'<p class="MsoNormal">{comment}<o:p></o:p></p>' if comment else ""
+    html = ('<html><head><meta name="Generator" content="Microsoft Word 15 (filtered medium)"></head>'
+            '<body lang="EN-US"><div class="WordSection1">'
+            f'{own}<p class="MsoNormal"><o:p>&nbsp;</o:p></p>'
+            '<div style="border:none;border-top:solid #E1E1E1 1.0pt;padding:3.0pt 0cm 0cm 0cm">'
+            '<p class="MsoNormal"><b>From:</b> Customer &lt;cust@customer.example&gt; <br><b>Sent:</b> Monday, '
+            'December 1, 2026 10:00 AM<br><b>To:</b> Paula Contributor &lt;portal.contrib@example.com&gt;<br>'
+            '<b>Subject:</b> Pump P-7 leaking again<o:p></o:p></p></div>'
+            f'<p class="MsoNormal"><o:p>&nbsp;</o:p></p><p class="MsoNormal">{CUSTOMER_TEXT}<o:p></o:p></p>'
+            '</div></body></html>\n')
+    return _alternative(plain, html)
+
+
+def _outlook_original_message(comment: str) -> str:
+    return _plain_only((f"{comment}\n" if comment else "") + textwrap.dedent(f"""\
+
+
+        -----Original Message-----
+        From: Customer <cust@customer.example>
+        Sent: Monday, December 1, 2026 10:00 AM
+        To: Paula <portal.contrib@example.com>
+        Subject: Pump P-7 leaking again
+
+        {CUSTOMER_TEXT}
+        """))
+
+
+def _outlook_web(comment: str) -> str:
+    plain = (f"{comment}\n\n" if comment else "") + textwrap.dedent(f"""\
+        ________________________________
+        From: Customer <cust@customer.example>
+        Sent: Monday, December 1, 2026 10:00
+        To: Paula Contributor
+        Subject: Pump P-7 leaking again
+
+        {CUSTOMER_TEXT}
+        """)
+    html = ('<html><head></head><body dir="ltr"><div class="elementToProof" style="font-size: 12pt;">'
+            f'{comment or "<br>"}</div><div id="appendonsend"></div><hr style="display:inline-block;width:98%" '
+            'tabindex="-1"><div id="divRplyFwdMsg" dir="ltr"><font face="Calibri, sans-serif" style="font-size:11pt">'
+            '<b>From:</b> Customer &lt;cust@customer.example&gt;<br><b>Sent:</b> Monday, December 1, 2026 10:00<br>'
+            '<b>To:</b> Paula Contributor<br><b>Subject:</b> Pump P-7 leaking again</font><div>&nbsp;</div></div>'
+            f'<div><div dir="ltr">{CUSTOMER_TEXT}</div></div></body></html>\n')
+    return _alternative(plain, html)
+
+
+def _apple_mail(comment: str) -> str:
+    plain = (f"{comment}\n" if comment else "") + textwrap.dedent(f"""\
+
+
+        Begin forwarded message:
+
+        From: Customer <cust@customer.example>
+        Subject: Pump P-7 leaking again
+        Date: 1 December 2026 at 10:00:00 CET
+        To: Paula <portal.contrib@example.com>
+
+        {CUSTOMER_TEXT}
+        """)
+    html = ('<html><head><meta http-equiv="content-type" content="text/html; charset=utf-8"></head>'
+            '<body style="overflow-wrap: break-word; -webkit-nbsp-mode: space; line-break: after-white-space;">'
+            f'{comment}<br id="lineBreakAtBeginningOfMessage"><div><br><blockquote type="cite">'
+            '<div>Begin forwarded message:</div><br class="Apple-interchange-newline">'
+            '<div style="margin: 0px;"><span><b>From: </b></span><span>Customer &lt;<a href="mailto:cust@customer.example">'
+            'cust@customer.example</a>&gt;<br></span></div>'
+            '<div style="margin: 0px;"><span><b>Subject: </b></span><span><b>Pump P-7 leaking again</b><br></span></div>'
+            '<div style="margin: 0px;"><span><b>Date: </b></span><span>1 December 2026 at 10:00:00 CET<br></span></div>'
+            f'<br><div><div dir="ltr">{CUSTOMER_TEXT}</div></div></blockquote></div><br></body></html>\n')
+    return _alternative(plain, html, boundary="Apple-Mail=_6C1E2A3B")
+
+
+def _thunderbird(comment: str) -> str:
+    plain = (f"{comment}\n\n" if comment else "\n\n") + textwrap.dedent(f"""\
+        -------- Forwarded Message --------
+        Subject: \tPump P-7 leaking again
+        Date: \tMon, 1 Dec 2026 10:00:00 +0100
+        From: \tCustomer <cust@customer.example>
+        To: \tPaula <portal.contrib@example.com>
+
+
+
+        {CUSTOMER_TEXT}
+        """)
+    html = textwrap.dedent(f"""\
+        <!DOCTYPE html>
+        <html>
+          <head>
+            <meta http-equiv="content-type" content="text/html; charset=UTF-8">
+          </head>
+          <body>
+            {f"<p>{comment}</p>" if comment else ""}
+            <div class="moz-forward-container"><br>
+              <br>
+              -------- Forwarded Message --------
+              <table class="moz-email-headers-table" cellspacing="0" cellpadding="0" border="0">
+                <tbody>
+                  <tr><th valign="BASELINE" nowrap="nowrap" align="RIGHT">Subject: </th><td>Pump P-7 leaking again</td></tr>
+                  <tr><th valign="BASELINE" nowrap="nowrap" align="RIGHT">Date: </th><td>Mon, 1 Dec 2026 10:00:00 +0100</td></tr>
+                  <tr><th valign="BASELINE" nowrap="nowrap" align="RIGHT">From: </th><td>Customer
+                    <a class="moz-txt-link-rfc2396E" href="mailto:cust@customer.example">&lt;cust@customer.example&gt;</a></td></tr>
+                </tbody>
+              </table>
+              <br>
+              <br>
+              <p>{CUSTOMER_TEXT}</p>
+            </div>
+          </body>
+        </html>
+        """)
+    return _alternative(plain, html, boundary="------------Xy12AbCdEf34GhIjKl56MnOp")
+
+
+FORWARDS = {
+    "gmail": ("Fwd: Pump P-7 leaking again", _gmail),
+    "gmail-signature-above": ("Fwd: Pump P-7 leaking again", _gmail_with_signature),
+    "outlook-desktop": ("FW: Pump P-7 leaking again", _outlook_desktop),
+    "outlook-original-message": ("FW: Pump P-7 leaking again", _outlook_original_message),
+    "outlook-web": ("Fw: Pump P-7 leaking again", _outlook_web),
+    "outlook-german": ("WG: Pumpe P-7 leckt wieder", _outlook_desktop),
+    "apple-mail": ("Fwd: Pump P-7 leaking again", _apple_mail),
+    "thunderbird": ("Fwd: Pump P-7 leaking again", _thunderbird),
+}
+
+
+def _send_raw(mailer: Mailer, subject: str, mime: str) -> tuple[str, str]:
+    to = mailer.address("note", "project.task", TASK_ID)
+    headers = (f"From: Paula Contributor <{PAULA}>\nTo: {to}\nSubject: {subject}\n"
+               f"Date: {email.utils.formatdate()}\nMessage-ID: <{uuid.uuid4().hex}@example.com>\n")
+    raw = (headers + mime).replace("\r\n", "\n").replace("\n", "\r\n").encode("utf-8")
+    return mailer.send(mailer.sign(raw), to), to
+
+
+@pytest.mark.parametrize("client", FORWARDS)
+def test_a_forward_without_a_comment_is_filed_as_the_forwarded_message(test_odoo, gateway, mailer, client):
+    subject, build = FORWARDS[client]
+    reply, _ = _send_raw(mailer, subject, build(""))
+    assert reply.startswith("250 2.0.0 Filed"), reply
+    [post] = _posts(test_odoo)
+    body = post.kwargs["body"]
+    # The forwarded message is the note, in full view: nothing is collapsed.
+    assert CUSTOMER_TEXT in body and "cust@customer.example" in body
+    assert "<details>" not in body
+    assert "<script" not in body and "class=" not in body  # sanitized as any note
+
+
+@pytest.mark.parametrize("client", FORWARDS)
+def test_a_forward_with_a_comment_files_the_comment_and_collapses_the_forward(test_odoo, gateway, mailer, client):
+    subject, build = FORWARDS[client]
+    reply, _ = _send_raw(mailer, subject, build(COMMENT))
+    assert reply.startswith("250 2.0.0 Filed"), reply
+    [post] = _posts(test_odoo)
+    own, _, details = post.kwargs["body"].partition("<details>")
+    assert COMMENT in own and CUSTOMER_TEXT not in own
+    assert CUSTOMER_TEXT in details
+
+
+@pytest.mark.parametrize("client", ["gmail", "apple-mail", "thunderbird"])
+def test_a_forward_whose_subject_was_edited_is_known_by_its_marker_line(test_odoo, gateway, mailer, client):
+    # Gmail, Apple Mail and Thunderbird write a line above a forwarded message that they never write
+    # above a quoted one; Outlook does not, so its forwards are known by their "FW:" subject only.
+    _, build = FORWARDS[client]
+    reply, _ = _send_raw(mailer, "Pump P-7 leaking again", build(""))
+    assert reply.startswith("250 2.0.0 Filed"), reply
+    [post] = _posts(test_odoo)
+    assert CUSTOMER_TEXT in post.kwargs["body"] and "<details>" not in post.kwargs["body"]
+
+
+QUOTE_ONLY_REPLIES = {
+    "gmail": ("Re: Pump P-7 leaking again", _alternative(
+        f"On Mon, Dec 1, 2026 at 10:00 AM Customer <cust@customer.example> wrote:\n\n> {CUSTOMER_TEXT}\n",
+        '<div dir="ltr"><br></div><br><div class="gmail_quote"><div dir="ltr" class="gmail_attr">On Mon, Dec 1, '
+        '2026 at 10:00 AM Customer &lt;cust@customer.example&gt; wrote:<br></div><blockquote class="gmail_quote">'
+        f'{CUSTOMER_TEXT}</blockquote></div>')),
+    "outlook-desktop": ("RE: Pump P-7 leaking again", _outlook_desktop("")),
+    "outlook-original-message": ("RE: Pump P-7 leaking again", _outlook_original_message("")),
+    "outlook-web": ("RE: Pump P-7 leaking again", _outlook_web("")),
+    "apple-mail": ("Re: Pump P-7 leaking again", _alternative(
+        f"\n\n> On 1 Dec 2026, at 10:00, Customer <cust@customer.example> wrote:\n>\n> {CUSTOMER_TEXT}\n",
+        '<html><body><br id="lineBreakAtBeginningOfMessage"><div><br><blockquote type="cite"><div>On 1 Dec 2026, '
+        'at 10:00, Customer &lt;cust@customer.example&gt; wrote:</div><br class="Apple-interchange-newline">'
+        f'<div><div>{CUSTOMER_TEXT}</div></div></blockquote></div><br></body></html>')),
+    "thunderbird": ("Re: Pump P-7 leaking again", _alternative(
+        f"On 01/12/2026 10:00, Customer wrote:\n> {CUSTOMER_TEXT}\n",
+        '<html><body><p><br></p><div class="moz-cite-prefix">On 01/12/2026 10:00, Customer wrote:<br></div>'
+        f'<blockquote type="cite"><p>{CUSTOMER_TEXT}</p></blockquote></body></html>')),
+    # A reply quoting a forward: the quote starts with the attribution, not with the forward's line.
+    "gmail-quoting-a-forward": ("Re: Fwd: Pump P-7 leaking again", _alternative(
+        "On Mon, Dec 1, 2026 at 11:00 AM Bob <bob@example.org> wrote:\n\n> ---------- Forwarded message ---------\n"
+        f"> From: Customer <cust@customer.example>\n>\n> {CUSTOMER_TEXT}\n",
+        '<div dir="ltr"><br></div><br><div class="gmail_quote"><div dir="ltr" class="gmail_attr">On Mon, Dec 1, '
+        '2026 at 11:00 AM Bob &lt;bob@example.org&gt; wrote:<br></div><blockquote class="gmail_quote">'
+        '---------- Forwarded message ---------<br>From: Customer &lt;cust@customer.example&gt;<br><br>'
+        f'{CUSTOMER_TEXT}</blockquote></div>')),
+}
+
+
+@pytest.mark.parametrize("client", QUOTE_ONLY_REPLIES)
+def test_a_reply_holding_only_a_quote_is_still_refused(test_odoo, gateway, mailer, client):
+    subject, mime = QUOTE_ONLY_REPLIES[client]
+    reply, _ = _send_raw(mailer, subject, mime)
+    assert reply == "550 5.6.0 The message has no text to file, write above the quoted text"
+    assert _posts(test_odoo) == []

@@ -225,3 +225,38 @@ def test_latest_reply_keeps_what_the_library_keeps_above_a_header():
 
     text = "Done.\n\nBest regards,\nPaula\n\nOn Mon, 3 Mar 2025 at 10:00, Bob <bob@example.com> wrote:\n> old"
     assert _latest_reply(text) == _REPLY_PARSER.parse_reply(text) == "Done.\n\nBest regards,\nPaula"
+
+
+def _forward(subject: str, text: str = "", html: str = "") -> ParsedMessage:
+    message = _message(text=text, html=html)
+    message.subject = subject
+    return message
+
+
+def test_a_forward_as_attachment_under_fwd_files_the_file_not_the_signature():
+    # "Fwd:" with the message attached leaves only the forwarder's signature in the text: that is
+    # no forwarded text, the file is the note and the signature stays collapsed.
+    from gateway.context import Attachment
+
+    message = _forward("Fwd: Pump", text="\n-- \nPaula Contributor\n")
+    message.attachments = [Attachment(filename="Pump.eml", content_type="message/rfc822", payload=b"x")]
+    assert extract_body(message).startswith("<details>")
+    message.attachments = []
+    with pytest.raises(EmptyBody):
+        extract_body(message)
+
+
+def test_a_forward_is_known_by_its_marker_line_or_by_its_subject_backed_by_a_quote():
+    gmail = f"---------- Forwarded message ---------\nFrom: Bob <bob@example.org>\n\n{OLD}\n"
+    assert OLD in extract_body(_forward("Pump", text=gmail))
+    mutt = f"----- Forwarded message from Bob <bob@example.org> -----\n\n{OLD}\n\n----- End forwarded message -----\n"
+    assert OLD in extract_body(_forward("Pump", text=mutt))
+    apple_de = f"Anfang der weitergeleiteten Nachricht:\n\nVon: Bob <bob@example.org>\n\n{OLD}\n"
+    assert OLD in extract_body(_forward("Pumpe", text=apple_de))
+    outlook = f"-----Original Message-----\nFrom: Bob\nSent: Monday\n\n{OLD}\n"
+    assert OLD in extract_body(_forward("FW: Pump", text=outlook))
+    with pytest.raises(EmptyBody):
+        extract_body(_forward("RE: Pump", text=outlook))
+    reply = f"On Mon, Bob wrote:\n> {OLD}\n"
+    with pytest.raises(EmptyBody):
+        extract_body(_forward("Re: Pump", text=reply))

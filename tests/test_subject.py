@@ -2,7 +2,7 @@
 
 import pytest
 
-from gateway.subject import clean_subject
+from gateway.subject import clean_subject, is_forward_subject
 
 
 @pytest.mark.parametrize("raw, shown", [
@@ -22,3 +22,16 @@ from gateway.subject import clean_subject
 ])
 def test_clean_subject(raw, shown):
     assert clean_subject(raw) == shown
+
+
+@pytest.mark.parametrize("subject, forward", [
+    ("Fwd: Pump P-7", True), ("FW: Pump P-7", True), ("Fw: Pump", True), ("WG: Pumpe", True),
+    ("TR: Pompe", True), ("RV: Bomba", True), ("I: Pompa", True), ("Doorst: Pomp", True),
+    ("ENC: Bomba", True), ("PD: Pompa", True), ("转发: 泵", True), ("転送：ポンプ", True),
+    ("Fwd[2]: Pump", True), ("[External] FW: Pump", True), ("Fwd: Re: Pump", True),
+    ("Re: Fwd: Pump", False), ("RE: Pump", False), ("AW: Pumpe", False), ("VS: Pumppu", False),
+    ("Forward planning for P-7", False), ("Fwd pump P-7", False), ("", False),
+    ("[note+project.task-60-0a1b2c3d4e] Fwd: Gate", True),
+])
+def test_forward_subject(subject, forward):
+    assert is_forward_subject(subject) is forward

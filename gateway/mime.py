@@ -13,9 +13,16 @@ from gateway.refusals import MessageUnparseable
 from gateway.context import Attachment
 
 # After the declared charset, the chain issue 3 asks for: UTF-8 is what nearly every client
-# writes today, cp1252 is what Windows clients write while declaring (or omitting) latin-1, and
-# latin-1 decodes any byte, so the chain always ends with readable text.
-FALLBACK_CHARSETS = ("utf-8", "cp1252", "latin-1")
+# writes today, and cp1252 is what Windows clients write while declaring (or omitting) latin-1.
+# cp1252 here is the WHATWG Encoding Standard's windows-1252, which decodes every byte, so the chain
+# always ends with readable text.
+FALLBACK_CHARSETS = ("utf-8", "cp1252")
+# The WHATWG Encoding Standard (what browsers and most mail clients do) reads every latin-1 label
+# as windows-1252: Outlook labels its curly quotes, dashes and euro signs iso-8859-1, and latin-1
+# would turn those bytes (0x80-0x9F) into invisible C1 controls. Python knows most of the labels as
+# latin-1 ("iso8859-1"); these two it does not know at all.
+_WINDOWS_1252_CODECS = ("cp1252", "iso8859-1")
+_WINDOWS_1252_LABELS = ("iso88591", "x-cp1252")
 # ISO-2022-JP is 7-bit: without a declared charset it also "decodes" as ASCII, into escape
 # sequences. Its escape to JIS X 0208 (RFC 1468 section 3) gives it away.
 _ISO_2022_JP_ESCAPES = (b"\x1b$B", b"\x1b$@", b"\x1b(J")
@@ -35,12 +42,31 @@ class MimeContent:
     defects: list[str] = field(default_factory=list)
 
 
+def _c1_control(error: UnicodeError) -> tuple[str, int]:
+    """cp1252 leaves 0x81, 0x8D, 0x8F, 0x90 and 0x9D undefined; WHATWG's windows-1252 decodes each
+    to the C1 control of the same number, so decoding never fails."""
+    assert isinstance(error, UnicodeDecodeError)
+    return "".join(chr(byte) for byte in error.object[error.start:error.end]), error.end
+
+
+codecs.register_error("note-gateway-windows-1252", _c1_control)
+
+
+def _decode(payload: bytes, codec: str) -> str:
+    if codec == "cp1252":
+        return payload.decode("cp1252", "note-gateway-windows-1252")
+    return payload.decode(codec)
+
+
 def _codec(name: str | None) -> str | None:
     """The Python codec of a charset name, or None if Python does not know it."""
     if not name:
         return None
+    label = name.strip().strip('"').lower()
+    if label in _WINDOWS_1252_LABELS:
+        return "cp1252"
     try:
-        return codecs.lookup(name.strip().strip('"').lower()).name
+        return codecs.lookup(label).name
     except LookupError:
         return None
 
@@ -52,6 +78,7 @@ def decode_text(payload: bytes, declared: str | None, content_type: str, defects
     note and hides it; here every fallback leaves a trace in the journal.
     """
     codec = _codec(declared)
+    label = declared
     if declared and codec is None:
         defects.append(f"charset-unknown:{declared.lower()}")
     if codec is None and any(escape in payload for escape in _ISO_2022_JP_ESCAPES):
@@ -59,7 +86,15 @@ def decode_text(payload: bytes, declared: str | None, content_type: str, defects
         defects.append("charset-guessed:iso-2022-jp")
     if codec is None and content_type == "text/html":
         match = _META_CHARSET.search(payload[:4096])
-        codec = _codec(match.group(1).decode("ascii")) if match else None
+        label = match.group(1).decode("ascii") if match else None
+        codec = _codec(label)
+    if codec in _WINDOWS_1252_CODECS:
+        # windows-1252 decodes every byte; the journal says when a latin-1 label was read so and
+        # that changed the text (bytes 0x80-0x9F, which latin-1 would make C1 controls).
+        text = _decode(payload, "cp1252")
+        if codec != "cp1252" and text != payload.decode("latin-1"):
+            defects.append("charset-read-as-windows-1252:" + str(label).strip().strip('"').lower())
+        return text
     if codec is not None:
         try:
             return payload.decode(codec)
@@ -70,13 +105,13 @@ def decode_text(payload: bytes, declared: str | None, content_type: str, defects
         defects.append("charset-missing")
     for fallback in FALLBACK_CHARSETS:
         try:
-            text = payload.decode(fallback)
+            text = _decode(payload, fallback)
         except UnicodeDecodeError:
             continue
         if codec is not None or not payload.isascii():
             defects.append(f"charset-fallback:{fallback}")
         return text
-    raise AssertionError("latin-1 decodes every byte")  # pragma: no cover
+    raise AssertionError("windows-1252 decodes every byte")  # pragma: no cover
 
 
 def unflow(text: str, *, delete_space: bool = False) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import email
 import email.policy
 import email.utils
+import quopri
 import textwrap
 import uuid
 
@@ -459,3 +460,32 @@ def test_a_reply_holding_only_a_quote_is_still_refused(test_odoo, gateway, maile
     reply, _ = _send_raw(mailer, subject, mime)
     assert reply == "550 5.6.0 The message has no text to file, write above the quoted text"
     assert _posts(test_odoo) == []
+
+
+def _raw(to: str, subject: str, mime: str, body: bytes) -> bytes:
+    """A message as a mail client writes it: ``mime`` are its MIME headers, ``body`` its bytes."""
+    head = (f"From: Paula Contributor <{PAULA}>\r\nTo: {to}\r\nSubject: {subject}\r\n"
+            f"Date: {email.utils.formatdate()}\r\nMessage-ID: <{uuid.uuid4().hex}@example.com>\r\n"
+            f"MIME-Version: 1.0\r\n{mime}\r\n\r\n")
+    return head.encode() + body
+
+
+def _journal_defects(gateway) -> list[str]:
+    with Journal(gateway.services.config.journal_path) as journal:
+        [row] = journal.recent(1)
+    return row.defects
+
+
+def test_outlook_windows_1252_labelled_iso_8859_1_is_filed_readable(test_odoo, gateway, mailer):
+    # Outlook labels Windows-1252 text iso-8859-1; read as latin-1 its quotes, dash and euro sign
+    # became invisible C1 controls in the note (found by an exploratory test). Browsers and mail
+    # clients read the label as windows-1252 (WHATWG Encoding Standard), and so does the gateway.
+    to = mailer.address("note", "project.task", TASK_ID)
+    text = "It\u2019s \u201cdone\u201d \u2013 price \u20ac5"
+    raw = _raw(to, "Quote", "Content-Type: text/plain; charset=iso-8859-1\r\nContent-Transfer-Encoding: quoted-printable",
+               quopri.encodestring(text.encode("cp1252")).replace(b"\n", b"\r\n") + b"\r\n")
+    reply = mailer.send(mailer.sign(raw), to)
+    assert reply.startswith("250 ")
+    body = test_odoo.message(int(reply.rsplit(" ", 1)[1]))["body"]
+    assert f"<p>{text}</p>" in body and not any("\x80" <= char <= "\x9f" for char in body)
+    assert "charset-read-as-windows-1252:iso-8859-1" in _journal_defects(gateway)

@@ -48,6 +48,46 @@ def test_html_meta_charset_is_used_when_mime_declares_none():
     assert "naïve “quotes”" in message.text_html
 
 
+OUTLOOK_TEXT = "It\u2019s \u201cdone\u201d \u2013 price \u20ac5"
+
+
+def test_latin1_label_is_read_as_windows_1252_as_browsers_do():
+    # Outlook labels its curly quotes, dashes and euro signs iso-8859-1; latin-1 would make them
+    # invisible C1 controls ("It\x92s \x93done\x94"), found by an exploratory test.
+    import quopri
+    message = _parse(b"Content-Type: text/plain; charset=iso-8859-1\r\nContent-Transfer-Encoding: quoted-printable",
+                     quopri.encodestring(OUTLOOK_TEXT.encode("cp1252")))
+    assert message.text_plain.strip() == OUTLOOK_TEXT
+    assert message.defects == ["charset-read-as-windows-1252:iso-8859-1"]
+    for label in (b"latin1", b'"ISO-8859-1"', b"l1", b"iso88591", b"x-cp1252"):
+        assert _parse(b"Content-Type: text/plain; charset=" + label, b"\x93ok\x94").text_plain == "\u201cok\u201d"
+    # Real latin-1 text reads the same either way: nothing to record.
+    plain = _parse(b"Content-Type: text/plain; charset=iso-8859-1", "d\xe9j\xe0 \xa0fait".encode("latin-1"))
+    assert plain.text_plain == "d\xe9j\xe0 \xa0fait" and plain.defects == []
+
+
+def test_html_labelled_latin1_is_read_as_windows_1252():
+    html = "<html><head><meta charset=windows-1252></head><body><p>Price \x80 5 \x96 it\x92s</p></body></html>"
+    message = _parse(b"Content-Type: text/html; charset=iso-8859-1\r\nContent-Transfer-Encoding: 8bit",
+                     html.encode("latin-1"))
+    assert "Price \u20ac 5 \u2013 it\u2019s" in message.text_html
+    meta = _parse(b"Content-Type: text/html", b"<meta charset=iso-8859-1><p>\x93quoted\x94</p>")
+    assert "\u201cquoted\u201d" in meta.text_html and "charset-read-as-windows-1252:iso-8859-1" in meta.defects
+
+
+def test_windows_1252_never_fails_on_its_five_undefined_bytes():
+    # WHATWG's windows-1252 maps 0x81, 0x8D, 0x8F, 0x90, 0x9D to the C1 control of the same number.
+    message = _parse(b"Content-Type: text/plain; charset=windows-1252", b"\x80 \x81\x8d\x8f\x90\x9d \x93x\x94")
+    assert message.text_plain == "\u20ac \x81\x8d\x8f\x90\x9d \u201cx\u201d"
+    assert not [defect for defect in message.defects if defect.startswith("charset-")]
+    # The end of the fallback chain too: US-ASCII with 8-bit bytes that are not UTF-8.
+    fallback = _parse(b"Content-Type: text/plain; charset=us-ascii", b"\x93x\x94 \x81")
+    assert fallback.text_plain == "\u201cx\u201d \x81"
+    assert fallback.defects[-2:] == ["charset-mismatch:us-ascii", "charset-fallback:cp1252"]
+    # UTF-8 mislabelled US-ASCII is still read as UTF-8.
+    assert _parse(b"Content-Type: text/plain; charset=us-ascii", "Caf\u00e9".encode()).text_plain == "Caf\u00e9"
+
+
 def test_inline_image_without_disposition_is_a_file_with_its_content_id():
     png = b"\x89PNG\r\n\x1a\n" + bytes(range(256))
     import base64

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import unicodedata
+
 
 class Refusal(Exception):
     """A message the gateway will not file, with the SMTP reply that says why.
@@ -40,7 +42,20 @@ class Refusal(Exception):
         return " ".join(text.split())[:400]
 
     def smtp_reply(self) -> str:
-        return f"{self.smtp_code} {self.enhanced_code} {self.text}"
+        return f"{self.smtp_code} {self.enhanced_code} {_ascii(self.text)}"
+
+
+def _ascii(text: str) -> str:
+    """Text for an SMTP reply: US-ASCII (RFC 5321 section 2.4; the listener offers no SMTPUTF8).
+
+    A detail taken from a message, a file name such as "Rechnung Müller.vbs", keeps its letters
+    without their accents and "?" for the rest; aiosmtpd would fail to send it otherwise, and the
+    client would get "500 Error: (UnicodeEncodeError)" instead of the refusal.
+    """
+    if text.isascii():
+        return text
+    letters = "".join(char for char in unicodedata.normalize("NFKD", text) if not unicodedata.combining(char))
+    return letters.encode("ascii", "replace").decode("ascii")
 
 
 # --- Envelope (RCPT TO) -------------------------------------------------------------------------

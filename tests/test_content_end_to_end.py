@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import email
 import email.policy
 import email.utils
@@ -489,3 +490,23 @@ def test_outlook_windows_1252_labelled_iso_8859_1_is_filed_readable(test_odoo, g
     body = test_odoo.message(int(reply.rsplit(" ", 1)[1]))["body"]
     assert f"<p>{text}</p>" in body and not any("\x80" <= char <= "\x9f" for char in body)
     assert "charset-read-as-windows-1252:iso-8859-1" in _journal_defects(gateway)
+
+
+def _with_file(to: str, subject: str, file_headers: str, data: bytes) -> bytes:
+    """A text part and one file whose MIME headers are ``file_headers`` (each line ending in CRLF)."""
+    body = (b"--B\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nSee attached.\r\n--B\r\n"
+            + file_headers.encode() + b"Content-Transfer-Encoding: base64\r\n\r\n"
+            + base64.encodebytes(data).replace(b"\n", b"\r\n") + b"--B--\r\n")
+    return _raw(to, subject, 'Content-Type: multipart/mixed; boundary="B"', body)
+
+
+def test_refusal_naming_a_non_ascii_file_is_one_ascii_smtp_line(test_odoo, start_gateway, dns_server, dkim_keys):
+    # The listener offers no SMTPUTF8, so a reply is ASCII; aiosmtpd failed to send a refusal that
+    # named "Rechnung Müller.vbs" and the client got "500 Error: (UnicodeEncodeError) ..." instead.
+    gateway = start_gateway(dns_server.port, rules_extra='[attachments]\non_refused_file = "refuse"\n')
+    mailer = Mailer(gateway, dkim_keys)
+    to = mailer.address("note", "project.task", TASK_ID)
+    raw = _with_file(to, "Rechnung", "Content-Type: text/plain\r\nContent-Disposition: attachment; "
+                     "filename*=utf-8''Rechnung%20M%C3%BCller%20%E2%82%AC.vbs\r\n", b"MsgBox 1\r\n")
+    assert mailer.send(mailer.sign(raw), to) == (
+        "550 5.7.1 An attached file is not accepted by this gateway: Rechnung Muller ?.vbs (.vbs files are not accepted)")

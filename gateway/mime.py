@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import codecs
 import html
 import email.errors
 import email.message
+import quopri
 import re
+import unicodedata
 from dataclasses import dataclass, field
 
 from gateway.refusals import MessageUnparseable
@@ -150,14 +154,117 @@ def unflow(text: str, *, delete_space: bool = False) -> str:
     return "\n".join(out)
 
 
-def _filename(part: email.message.Message, default_stem: str) -> str:
+# RFC 2047 section 2; a charset may carry a language after "*" (RFC 2231 section 5).
+_ENCODED_WORD = re.compile(r"=\?([^?\s*]+)(?:\*[^?\s]*)?\?([BbQq])\?([^?\s]*)\?=")
+# Shown nowhere and never part of a real name: C0 and C1 controls, DEL, and the bidirectional
+# overrides and isolates that make "invoice\u202efdp.vbs" display as "invoicesbv.pdf".
+_NAME_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def _encoded_word_bytes(kind: str, data: str) -> bytes | None:
     try:
-        name = part.get_filename()
-    except (LookupError, UnicodeError, ValueError):
-        name = None
-    if name:
-        # A name is a label, never a path: keep only its last component.
-        name = re.split(r"[\\/]", str(name))[-1].strip()
+        if kind in "Bb":
+            return base64.b64decode(data + "=" * (-len(data) % 4), validate=True)
+        return quopri.decodestring(data.encode("ascii"), header=True)
+    except (binascii.Error, ValueError, UnicodeError):
+        return None
+
+
+def decode_encoded_words(value: str) -> str:
+    """The RFC 2047 encoded words in ``value`` decoded, the rest as it is.
+
+    Gmail and Outlook write a file name so, inside the quoted parameter (which RFC 2047 section 5
+    does not allow, and Python's compat32 parser leaves as it is). Adjacent words of one charset are
+    joined before decoding, since clients split a long name in the middle of a character, and the
+    whitespace between two encoded words is dropped (section 6.2). A word that does not decode is
+    kept as written.
+    """
+    pieces: list[str] = []
+    run_charset: str | None = None
+    run: list[bytes] = []
+
+    def flush() -> None:
+        nonlocal run_charset
+        if run_charset is not None:
+            pieces.append(decode_text(b"".join(run), run_charset, "", []))
+            run.clear()
+            run_charset = None
+
+    position = 0
+    for match in _ENCODED_WORD.finditer(value):
+        between = value[position:match.start()]
+        position = match.end()
+        data = _encoded_word_bytes(match.group(2), match.group(3))
+        if data is None:
+            flush()
+            pieces.append(between + match.group(0))
+            continue
+        if between and not (run_charset is not None and between.isspace()):
+            flush()
+            pieces.append(between)
+        charset = match.group(1).lower()
+        if charset != run_charset:
+            flush()
+            run_charset = charset
+        run.append(data)
+    flush()
+    pieces.append(value[position:])
+    return "".join(pieces)
+
+
+def _raw_header(part: email.message.Message, name: str) -> str | None:
+    """A header of the part, its 8-bit bytes decoded as UTF-8 (RFC 6532) or else windows-1252.
+
+    The email package carries such bytes as surrogate escapes and would hand them back as U+FFFD.
+    """
+    for key, value in part.raw_items():
+        if key.lower() == name:
+            value = str(value)
+            if any("\udc80" <= char <= "\udcff" for char in value):
+                value = decode_text(value.encode("utf-8", "surrogateescape"), None, "", [])
+            return value
+    return None
+
+
+def _param_text(value: str | tuple) -> str:
+    """A parameter value as text: an RFC 2231 one (charset'language'%XX) decoded in its charset."""
+    if isinstance(value, tuple):
+        charset, _language, text = value
+        try:
+            data = text.encode("latin-1", "surrogateescape")
+        except UnicodeError:
+            return str(text)
+        return decode_text(data, charset or None, "", [])
+    return str(value)
+
+
+def attachment_name(part: email.message.Message) -> str | None:
+    """The file name the sender's client shows, or None: the Content-Disposition filename, else the
+    Content-Type name, decoded from RFC 2231, RFC 2047 encoded words and raw 8-bit bytes.
+
+    Every check of a name runs on the decoded one: controls are dropped and the path stripped here,
+    and the type deny-list of gateway.attachments sees it, so an encoded ".vbs" is refused as a
+    plain one.
+    """
+    for header, param in (("content-disposition", "filename"), ("content-type", "name")):
+        value = _raw_header(part, header)
+        if value is None:
+            continue
+        holder = email.message.Message()
+        holder[header] = value
+        try:
+            found = holder.get_param(param, None, header)
+        except (LookupError, UnicodeError, ValueError):
+            found = None
+        if found:
+            name = unicodedata.normalize("NFC", _NAME_CONTROLS.sub("", decode_encoded_words(_param_text(found))))
+            # A name is a label, never a path: keep only its last component.
+            return re.split(r"[\\/]", name)[-1].strip() or None
+    return None
+
+
+def _filename(part: email.message.Message, default_stem: str) -> str:
+    name = attachment_name(part)
     if name:
         return name
     extension = {
@@ -183,7 +290,7 @@ def _forwarded_message(part: email.message.Message, content: MimeContent) -> Non
         data = part.get_payload(decode=True) or b""
         subject = ""
     stem = re.sub(r"[^\w .,()-]+", "_", subject)[:80].strip(" ._") or "forwarded message"
-    name = part.get_filename() or f"{stem}.eml"
+    name = attachment_name(part) or f"{stem}.eml"
     content.attachments.append(Attachment(filename=name, content_type="message/rfc822", payload=data))
 
 

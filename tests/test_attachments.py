@@ -50,3 +50,20 @@ def test_rules_can_refuse_the_whole_message():
 
 def test_extensions_in_the_rules_are_normalised():
     assert AttachmentRules(denied_extensions=["EXE", ".Bat"]).denied_extensions == [".exe", ".bat"]
+
+
+@pytest.mark.parametrize("disposition", [
+    b'attachment; filename="invoice.vbs"',
+    b'attachment; filename="=?UTF-8?B?aW52b2ljZS52YnM=?="',
+    b'attachment; filename="=?utf-8?q?invoice=2Evbs?="',
+    b"attachment; filename*=utf-8''invoice%2Evbs",
+    b'attachment; filename="=?utf-8?B?aW52b2ljZS52YnM=?=\x01"',
+])
+def test_the_deny_list_sees_the_decoded_name(disposition):
+    # An encoded-word .vbs was filed: the deny-list saw "=?UTF-8?B?aW52b2ljZS52YnM=?=".
+    from gateway.message import parse
+    raw = (b"From: p@example.com\r\nMessage-ID: <m@x>\r\nMIME-Version: 1.0\r\n"
+           b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nhi\r\n'
+           b"--b\r\nContent-Type: text/plain\r\nContent-Disposition: " + disposition + b"\r\n\r\nMsgBox 1\r\n--b--\r\n")
+    accepted, refused = screen(parse(raw).attachments, AttachmentRules())
+    assert accepted == [] and [str(item) for item in refused] == ["invoice.vbs (.vbs files are not accepted)"]

@@ -510,3 +510,57 @@ def test_refusal_naming_a_non_ascii_file_is_one_ascii_smtp_line(test_odoo, start
                      "filename*=utf-8''Rechnung%20M%C3%BCller%20%E2%82%AC.vbs\r\n", b"MsgBox 1\r\n")
     assert mailer.send(mailer.sign(raw), to) == (
         "550 5.7.1 An attached file is not accepted by this gateway: Rechnung Muller ?.vbs (.vbs files are not accepted)")
+
+
+def test_encoded_attachment_names_are_filed_as_the_client_shows_them(test_odoo, gateway, mailer):
+    # Found by an exploratory test: Gmail's RFC 2047 name was filed as "=?UTF-8?B?...?=" and a raw
+    # UTF-8 one as "��ber caf��.pdf".
+    to = mailer.address("note", "project.task", TASK_ID)
+    names = []
+    for headers in ('Content-Type: application/pdf; name="=?UTF-8?B?UmFwcG9ydCBkw6l0YWlsbMOpLnBkZg==?="\r\n'
+                    'Content-Disposition: attachment; filename="=?UTF-8?B?UmFwcG9ydCBkw6l0YWlsbMOpLnBkZg==?="\r\n',
+                    'Content-Type: application/pdf; name="Über café.pdf"\r\n'
+                    'Content-Disposition: attachment; filename="Über café.pdf"\r\n'):
+        reply = mailer.send(mailer.sign(_with_file(to, "Report", headers, b"%PDF-1.4\n")), to)
+        assert reply.startswith("250 ")
+        [attachment_id] = test_odoo.message(int(reply.rsplit(" ", 1)[1]))["attachment_ids"]
+        names.append(test_odoo.record("ir.attachment", attachment_id, ["name"])["name"])
+    assert names == ["Rapport détaillé.pdf", "Über café.pdf"]
+
+
+# The same .vbs file named as a client may write it: the deny-list must see "invoice.vbs" in each.
+VBS_NAMES = {
+    "plain": 'Content-Type: text/plain; name="invoice.vbs"\r\nContent-Disposition: attachment; filename="invoice.vbs"\r\n',
+    "rfc2047-b": ('Content-Type: text/plain; name="=?UTF-8?B?aW52b2ljZS52YnM=?="\r\n'
+                  'Content-Disposition: attachment; filename="=?UTF-8?B?aW52b2ljZS52YnM=?="\r\n'),
+    "rfc2047-q-name-only": 'Content-Type: text/plain; name="=?utf-8?Q?invoice=2Evbs?="\r\n'
+                           'Content-Disposition: attachment\r\n',
+    "rfc2047-split": ('Content-Type: application/octet-stream\r\nContent-Disposition: attachment;\r\n'
+                      ' filename="=?utf-8?B?aW52b2ljZS52?=\r\n =?utf-8?B?YnM=?="\r\n'),
+    "rfc2231": "Content-Type: text/plain\r\nContent-Disposition: attachment; filename*=utf-8''invoice%2Evbs\r\n",
+    "rfc2231-continued": ("Content-Type: text/plain\r\nContent-Disposition: attachment;\r\n"
+                          " filename*0*=utf-8''invoice; filename*1*=%2Ev; filename*2=bs\r\n"),
+}
+
+
+def test_deny_list_refuses_an_encoded_vbs_with_the_reply_of_a_plain_one(test_odoo, start_gateway, dns_server,
+                                                                           dkim_keys):
+    # SECURITY (found by an exploratory test): the deny-list checked the undecoded name, so
+    # invoice.vbs written as an RFC 2047 encoded word was filed instead of refused.
+    gateway = start_gateway(dns_server.port, rules_extra='[attachments]\non_refused_file = "refuse"\n')
+    mailer = Mailer(gateway, dkim_keys)
+    to = mailer.address("note", "project.task", TASK_ID)
+    replies = {label: mailer.send(mailer.sign(_with_file(to, "Invoice", headers, b'MsgBox "hi"\r\n')), to)
+               for label, headers in VBS_NAMES.items()}
+    assert replies == dict.fromkeys(VBS_NAMES, "550 5.7.1 An attached file is not accepted by this gateway: "
+                                               "invoice.vbs (.vbs files are not accepted)")
+    assert _posts(test_odoo) == []
+
+
+def test_dropped_encoded_vbs_is_named_in_the_note_and_the_journal(test_odoo, gateway, mailer):
+    to = mailer.address("note", "project.task", TASK_ID)
+    reply = mailer.send(mailer.sign(_with_file(to, "Invoice", VBS_NAMES["rfc2047-b"], b'MsgBox "hi"\r\n')), to)
+    assert reply.startswith("250 ")
+    message = test_odoo.message(int(reply.rsplit(" ", 1)[1]))
+    assert message["attachment_ids"] == [] and "invoice.vbs" in message["body"]
+    assert "attachment-refused:invoice.vbs (.vbs files are not accepted)" in _journal_defects(gateway)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 
 from gateway.message import parse
@@ -115,6 +116,58 @@ def test_attachment_name_is_never_a_path():
             b"Content-Disposition: attachment; filename=\"..\\\\..\\\\evil.bin\"\r\n\r\nx\r\n--b--\r\n")
     [attachment] = _parse(b'Content-Type: multipart/mixed; boundary="b"', body).attachments
     assert attachment.filename == "evil.bin"
+
+
+def _file_named(file_headers: bytes):
+    body = (b"--b\r\nContent-Type: text/plain\r\n\r\nhi\r\n--b\r\n" + file_headers
+            + b"\r\n\r\nx\r\n--b--\r\n")
+    [attachment] = _parse(b'Content-Type: multipart/mixed; boundary="b"', body).attachments
+    return attachment.filename
+
+
+def test_attachment_names_are_decoded_as_clients_write_them():
+    # Found by an exploratory test: Gmail's and Outlook's RFC 2047 names were filed literally
+    # ("=?UTF-8?B?...?="), raw UTF-8 ones as U+FFFD.
+    gmail = b'UmFwcG9ydCBkw6l0YWlsbMOpLnBkZg=='
+    assert _file_named(b'Content-Type: application/pdf; name="=?UTF-8?B?' + gmail + b'?="\r\n'
+                       b'Content-Disposition: attachment; filename="=?UTF-8?B?' + gmail + b'?="') == "Rapport détaillé.pdf"
+    # Only a Content-Type name, in Q encoding, lower-case charset and a language (RFC 2231 section 5).
+    assert _file_named(b'Content-Type: application/pdf; name="=?iso-8859-1*fr?Q?r=E9sum=E9_=80.pdf?="') == "résumé €.pdf"
+    # Outlook folds a long name into several words, splitting a character between two of them.
+    split = "Größenübersicht Prüfstand.xlsx".encode()
+    words = [split[:3], split[3:16], split[16:]]
+    folded = b"\r\n ".join(b"=?utf-8?B?" + base64.b64encode(word) + b"?=" for word in words)
+    assert _file_named(b'Content-Type: application/octet-stream\r\nContent-Disposition: attachment;\r\n'
+                       b' filename="' + folded + b'"') == "Größenübersicht Prüfstand.xlsx"
+    # Raw 8-bit names (RFC 6532 UTF-8, or a legacy charset) in the part header.
+    assert _file_named('Content-Type: application/pdf; name="Über café.pdf"'.encode()) == "Über café.pdf"
+    assert _file_named('Content-Disposition: attachment; filename="Gr\xfc\xdfe.pdf"'.encode("latin-1")) == "Grüße.pdf"
+    # RFC 2231 as before, its latin-1 label read as windows-1252.
+    assert _file_named(b"Content-Disposition: attachment; filename*=iso-8859-1''%93Q3%94.pdf") == "\u201cQ3\u201d.pdf"
+    assert _file_named(b"Content-Disposition: attachment; filename*=utf-8''%D0%9F%D1%80%D0%B0%D0%B9%D1%81.pdf") == "Прайс.pdf"
+    # Text that only looks like an encoded word stays as written.
+    assert _file_named(b'Content-Disposition: attachment; filename="=?utf-8?B?not base64!?=.txt"') == "=?utf-8?B?not base64!?=.txt"
+    # macOS writes decomposed letters; the name is NFC like every other.
+    assert _file_named('Content-Disposition: attachment; filename="U\u0308ber.pdf"'.encode()) == "\u00dcber.pdf"
+
+
+def test_every_name_check_sees_the_decoded_name():
+    # A path or a control character hidden in an encoded word is stripped like a plain one.
+    path = base64.b64encode(b"..\\..\\evil.bin")
+    assert _file_named(b'Content-Disposition: attachment; filename="=?utf-8?B?' + path + b'?="') == "evil.bin"
+    assert _file_named(b'Content-Disposition: attachment; filename="=?utf-8?Q?a/b=2Fc.bin?="') == "c.bin"
+    # Controls and bidirectional overrides ("invoice\u202efdp.vbs" shows as "invoicesbv.pdf") go.
+    assert _file_named(b'Content-Disposition: attachment; filename="=?utf-8?Q?in=0D=0Avoice=E2=80=AEfdp.vbs=00?="') == \
+        "invoicefdp.vbs"
+    assert _file_named("Content-Disposition: attachment; filename=\"re\u202eport.vbs\"".encode()) == "report.vbs"
+
+
+def test_forwarded_message_keeps_its_encoded_name():
+    inner = b"From: a@b.example\r\nSubject: x\r\n\r\nbody\r\n"
+    body = (b"--b\r\nContent-Type: text/plain\r\n\r\nFYI\r\n--b\r\nContent-Type: message/rfc822; "
+            b'name="=?utf-8?Q?R=C3=A9ponse.eml?="\r\n\r\n' + inner + b"--b--\r\n")
+    [forwarded] = _parse(b'Content-Type: multipart/mixed; boundary="b"', body).attachments
+    assert forwarded.filename == "Réponse.eml"
 
 
 def test_format_flowed_text_is_joined_into_paragraphs():

@@ -442,6 +442,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # aiosmtpd logs every SMTP line at INFO: useful when debugging, noise otherwise.
     logging.getLogger("mail.log").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    from gateway import observe
+    observe.downgrade_handled_library_errors()
     return args.func(args)
 
 

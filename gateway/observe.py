@@ -123,3 +123,26 @@ def bare_message_lines(stream=None) -> None:
     message_log.addHandler(handler)
     message_log.setLevel(logging.INFO)
     message_log.propagate = False
+
+
+class _HandledHeaderDecodeFailure(logging.Filter):
+    """mail-parser logs "Failed decoding header part: <header>" at ERROR, once per read of the
+    header (five times per message), for a header with a broken encoded word (=?utf-8?B?broken!!?=).
+    It keeps the header as written and the gateway files the message: that is no error to wake an
+    admin's alerting for. Such a record becomes DEBUG, shown only when debugging (--verbose); every
+    other record of mail-parser is left as it is."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno > logging.DEBUG and str(record.msg).startswith("Failed decoding header part"):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            # The logger let it through as an ERROR; as a DEBUG record it goes on only if DEBUG is on.
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
+HANDLED_LIBRARY_ERRORS = _HandledHeaderDecodeFailure()
+
+
+def downgrade_handled_library_errors() -> None:
+    """Part of the logging setup of every command: the filter above on mail-parser's logger."""
+    logging.getLogger("mailparser.utils").addFilter(HANDLED_LIBRARY_ERRORS)

@@ -337,3 +337,30 @@ def test_reload_swaps_the_services_of_a_running_listener(tmp_path, test_odoo, ga
             gateway.server.server.reload(old)
         new_services.close()
     assert test_odoo.posts() == []
+
+
+def test_mail_parser_failure_to_decode_a_header_the_gateway_handles_is_no_error(test_odoo, gateway, mailer,
+                                                                                 capsys, caplog):
+    # Found by an exploratory test: a subject with a broken encoded word was filed, and mail-parser
+    # logged five "ERROR mailparser.utils: Failed decoding header part" lines for it, enough to
+    # wake an admin's alerting. The logging setup of every command makes them DEBUG.
+    assert _run_cli(capsys, "check-config", "--config", str(gateway.config_path))[0] == 0
+    to = mailer.address("note", "project.task", TASK_ID)
+    raw = (f"From: Paula Contributor <{PAULA}>\r\nTo: {to}\r\nSubject: =?utf-8?B?broken!!?= =?unknown-cs?Q?abc?=\r\n"
+           f"Date: Mon, 07 Dec 2026 10:00:00 +0000\r\nMessage-ID: <broken-ew-{{n}}@example.com>\r\n"
+           "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nPump checked.\r\n")
+    parser_log = logging.getLogger("mailparser.utils")
+    try:
+        caplog.set_level(logging.INFO)
+        assert mailer.send(mailer.sign(raw.replace("{n}", "1").encode()), to).startswith("250 ")
+        assert [record for record in caplog.records if record.name.startswith("mailparser")] == []
+        # With --verbose they are there, as DEBUG; every other record of mail-parser is unchanged.
+        caplog.clear()
+        caplog.set_level(logging.DEBUG, logger="mailparser.utils")
+        assert mailer.send(mailer.sign(raw.replace("{n}", "2").encode()), to).startswith("250 ")
+        parser_log.error("Failed to get epilogue part. Check raw mail.")
+        levels = {(record.levelname, record.getMessage()[:27]) for record in caplog.records
+                  if record.name == "mailparser.utils" and record.getMessage().startswith("Failed")}
+        assert levels == {("DEBUG", "Failed decoding header part"), ("ERROR", "Failed to get epilogue part")}
+    finally:
+        parser_log.removeFilter(observe.HANDLED_LIBRARY_ERRORS)

@@ -163,9 +163,7 @@ def dry_run(services: pipeline.Services, rcpt: str, raw: bytes,
     try:
         target = address.parse_recipient(rcpt, config.secrets)
         rules = config.domains[target.domain]
-        if not target.by_reference:
-            policy.check_model_allowed(rules, target)
-            policy.check_address(rules, target)
+        policy.check_recipient(rules, target)
     except Refusal as refusal:
         return [("rcpt", f"REFUSED {refusal.smtp_reply()}")], False
     verdicts.append(("rcpt", "ok: " + (f"plain {target.kind}@ address, routed by References" if target.by_reference

@@ -286,8 +286,9 @@ class DomainRules(_Strict):
     email_domains: dict[str, Annotated[int, Field(ge=1)]] = {}
     # How long record rules and access lists read from Odoo are reused (0: read for every message).
     rules_cache_seconds: Annotated[float, Field(ge=0)] = 60.0
-    # Refuse dated addresses older than this many days (0: no limit); undated (old-format) addresses
-    # are refused too when require_dated_addresses is true.
+    # Refuse dated addresses older than this many days (0: no limit); undated (old-format) addresses,
+    # and the plain note@ / reply@ addresses (no date either), are refused too when
+    # require_dated_addresses is true.
     address_max_age_days: Annotated[int, Field(ge=0)] = 0
     require_dated_addresses: bool = False
     note: NoteRules = NoteRules()

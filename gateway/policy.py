@@ -11,7 +11,8 @@ from gateway.config import DomainRules
 from gateway.context import OdooUser, Target
 from gateway.odoo import SOLO, OdooPool, Rpc
 from gateway.refusals import (AccessRuleUnsupported, AddressExpired, AddressNotForSender, ModelNotAllowed,
-                              NotContributor, RecordAccessDenied, RecordNotFound, RecordOfOtherCompany)
+                              NotContributor, PlainAddressNotAccepted, RecordAccessDenied, RecordNotFound,
+                              RecordOfOtherCompany)
 
 log = logging.getLogger(__name__)
 
@@ -22,9 +23,25 @@ def check_model_allowed(rules: DomainRules, target: Target) -> None:
         raise ModelNotAllowed(f"{target.kind} on {target.model}")
 
 
+def check_recipient(rules: DomainRules, target: Target) -> None:
+    """Everything RCPT can judge of a recipient before the message is sent (the listener and ``check``)."""
+    if target.by_reference:
+        # A plain address of a kind this domain allows on no model can never be filed.
+        if not rules.kind_rules(target.kind).models:
+            raise ModelNotAllowed(f"{target.kind}@{target.domain}")
+    else:
+        check_model_allowed(rules, target)
+    check_address(rules, target)
+
+
 def check_address(rules: DomainRules, target: Target, *, today: int | None = None) -> None:
     """Data only, so it runs at RCPT too: an address older than the domain allows is refused."""
     if target.by_reference:
+        # A plain note@ / reply@ has no issue date either: where dates are required, it would be
+        # the one way past the address expiry (any message naming the record in References).
+        if rules.require_dated_addresses:
+            raise PlainAddressNotAccepted(f"write to the record's own dated {target.kind}+ address "
+                                          f"instead of {target.address}")
         return
     if target.issued_day is None:
         if rules.require_dated_addresses:

@@ -285,6 +285,14 @@ class AddressExpired(Refusal):
     template = "notice/bad_address.txt.j2"
 
 
+class PlainAddressNotAccepted(Refusal):
+    # require_dated_addresses: a plain note@ / reply@ carries no issue date, so it is undated too
+    # and would let any message with the right References past the domain's address expiry.
+    smtp_code, enhanced_code = 550, "5.1.1"
+    reason = "This alias domain accepts only dated record addresses"
+    template = "notice/bad_address.txt.j2"
+
+
 class AddressNotForSender(Refusal):
     smtp_code, enhanced_code = 550, "5.7.1"
     reason = "This gateway address was issued to another person"

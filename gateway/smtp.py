@@ -18,8 +18,8 @@ from gateway import address, observe, pipeline, policy, tls
 from gateway.context import MessageContext, Target
 from gateway.journal import JournalEntry, JournalUnavailable
 from gateway.pipeline import Services
-from gateway.refusals import (GatewayBusy, InternalError, ModelNotAllowed, OdooUnavailable, Refusal, ShuttingDown,
-                              TooManyConnectionsFromPeer, TooManyRecipients, TooManySessions)
+from gateway.refusals import (GatewayBusy, InternalError, OdooUnavailable, Refusal, ShuttingDown, TooManyConnectionsFromPeer,
+                              TooManyRecipients, TooManySessions)
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +46,7 @@ class GatewayHandler:
             return TooManyRecipients().smtp_reply()
         try:
             target = address.parse_recipient(rcpt, self.services.config.secrets)
-            rules = self.services.config.domains[target.domain]
-            if not target.by_reference:
-                policy.check_model_allowed(rules, target)
-                policy.check_address(rules, target)
-            elif not rules.kind_rules(target.kind).models:
-                # A plain address of a kind this domain allows on no model can never be filed.
-                raise ModelNotAllowed(f"{target.kind}@{target.domain}")
+            policy.check_recipient(self.services.config.domains[target.domain], target)
         except Refusal as refusal:
             log.info("RCPT %r refused: %s", rcpt, refusal.smtp_reply())
             await self._journal_rcpt_refusal(session, envelope, rcpt, refusal)

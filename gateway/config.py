@@ -65,6 +65,23 @@ class ListenerConfig(_Strict):
     # max_messages_in_data are shared out among them (each takes its share, rounded up), so the
     # bounds hold for the whole gateway; max_sessions_per_ip holds per process.
     workers: Annotated[int, Field(ge=1, le=64)] = 1
+    # aiosmtpd's command_call_limit (MAIL_SECURITY.md item 15): how many times one session may send
+    # each command that carries no mail (NOOP, HELP, VRFY, EXPN, HELO, EHLO, LHLO, STARTTLS, AUTH
+    # and unknown ones, each counted apart). One more gets "421 4.7.0 NOOP sent too many times" and
+    # the session is closed. Without it a client that sends NOOP now and then holds its session,
+    # which each command keeps from the idle timeout, for ever.
+    command_call_limit: Annotated[int, Field(ge=1)] = 20
+    # The same for each command of a mail transaction (MAIL, RCPT, DATA, RSET, QUIT), counted over
+    # the whole session: Postfix's connection cache delivers many messages on one session, each with
+    # MAIL, RCPT and DATA, and sends RSET before it reuses the session. Large, so that
+    # max_session_seconds and not this count ends a busy relay's session.
+    transaction_call_limit: Annotated[int, Field(ge=1)] = 10000
+    # Seconds one session may last in all, however busy: the first command after it gets
+    # "421 4.4.2 This session has lasted too long, reconnect to go on" and the session is closed,
+    # never a message inside DATA. Postfix reuses a session for at most 300 s by default
+    # (smtp_connection_reuse_time_limit, lmtp_connection_reuse_time_limit) plus its last delivery
+    # (message_deadline), so the default never cuts it.
+    max_session_seconds: Annotated[float, Field(gt=0)] = 600.0
     # On SIGTERM: seconds to let sessions in flight finish before they are cut (the pipeline of a
     # message already in DATA still runs to its own deadline).
     shutdown_grace: Annotated[float, Field(ge=0)] = 30.0

@@ -193,6 +193,13 @@ class ShuttingDown(Refusal):
     reason = "The gateway is shutting down, try again later"
 
 
+class SessionTooLong(Refusal):
+    # listener.max_session_seconds: said at the first command after the limit, never inside DATA,
+    # so no message is cut; the client reconnects and goes on (RFC 5321 section 3.8).
+    smtp_code, enhanced_code = 421, "4.4.2"
+    reason = "This session has lasted too long, reconnect to go on"
+
+
 class GatewayBusy(Refusal):
     # Every slot of listener.max_messages_in_data stayed taken for a whole session_timeout: defer
     # before any of the message is sent, and the client retries later (RFC 5321 section 4.2.5).

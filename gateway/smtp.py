@@ -18,8 +18,8 @@ from gateway import address, observe, pipeline, policy, tls
 from gateway.context import MessageContext, Target
 from gateway.journal import JournalEntry, JournalUnavailable
 from gateway.pipeline import Services
-from gateway.refusals import (GatewayBusy, InternalError, OdooUnavailable, Refusal, ShuttingDown, TooManyConnectionsFromPeer,
-                              TooManyRecipients, TooManySessions)
+from gateway.refusals import (GatewayBusy, InternalError, OdooUnavailable, Refusal, SessionTooLong, ShuttingDown,
+                              TooManyConnectionsFromPeer, TooManyRecipients, TooManySessions)
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,10 @@ log = logging.getLogger(__name__)
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _DOT_ATOM = rf"{_ATEXT}(?:\.{_ATEXT})*"
 _PLAIN_PATH = re.compile(rf"<({_DOT_ATOM})@{_DOT_ATOM}>")
+# The commands of a mail transaction, which a relay's session repeats for every message it
+# delivers (listener.transaction_call_limit); every other command has listener.command_call_limit.
+TRANSACTION_COMMANDS = ("MAIL", "RCPT", "DATA", "RSET", "QUIT")
+_SYNTAX_ATTRIBUTES = ("__smtp_syntax__", "__smtp_syntax_extended__", "__smtp_syntax_when__")
 
 
 class GatewayHandler:
@@ -133,11 +137,41 @@ class _SessionLimit:
 
 def _limited(base: type[SMTP]) -> type[SMTP]:
     class Limited(base):  # type: ignore[valid-type, misc]
-        """Caps concurrent sessions, in all and per peer: aiosmtpd has no such limit (MAIL_SECURITY.md item 15)."""
+        """Caps concurrent sessions, in all and per peer, and how long each lasts.
 
-        def __init__(self, *args, session_limit: _SessionLimit, **kwargs) -> None:
+        aiosmtpd has neither bound (MAIL_SECURITY.md item 15).
+        """
+
+        def __init__(self, *args, session_limit: _SessionLimit, max_session_seconds: float, **kwargs) -> None:
             super().__init__(*args, **kwargs)
             self._session_limit = session_limit
+            self._max_session_seconds = max_session_seconds
+            self._session_ends: float | None = None
+            # aiosmtpd looks each command up in this table after its own checks (the call limit
+            # among them); QUIT always gets its 221.
+            self._smtp_methods = {name: method if name == "QUIT" else self._within_session_time(method)
+                                  for name, method in self._smtp_methods.items()}
+
+        def _within_session_time(self, method):
+            """``method`` run only while the session is younger than listener.max_session_seconds.
+
+            Checked as a command starts, so a DATA that started in time is received and filed whole.
+            """
+            async def command(arg: str | None) -> None:
+                if self._session_ends is not None and self.loop.time() >= self._session_ends:
+                    refusal = SessionTooLong(f"the limit is {self._max_session_seconds:g} s")
+                    log.info("session of %s closed: %s", self.session.peer, refusal.smtp_reply())
+                    await self.push(refusal.smtp_reply())
+                    if self.transport is not None:
+                        self.transport.close()
+                    return None
+                return await method(arg)
+
+            # aiosmtpd's HELP reads the syntax that its @syntax decorator put on the method.
+            for attribute in _SYNTAX_ATTRIBUTES:
+                if hasattr(method, attribute):
+                    setattr(command, attribute, getattr(method, attribute))
+            return command
 
         async def _handle_client(self) -> None:
             limit = self._session_limit
@@ -154,6 +188,7 @@ def _limited(base: type[SMTP]) -> type[SMTP]:
                 await self.push(refusal.smtp_reply())
                 self.transport.close()
                 return
+            self._session_ends = self.loop.time() + self._max_session_seconds
             limit.active += 1
             observe.session_started()
             limit.by_peer[peer] += 1
@@ -236,7 +271,7 @@ def _limited(base: type[SMTP]) -> type[SMTP]:
                 self._session_limit.data_slots.release()
 
         # aiosmtpd's HELP reads the syntax that its @syntax decorator put on the method.
-        for attribute in ("__smtp_syntax__", "__smtp_syntax_extended__", "__smtp_syntax_when__"):
+        for attribute in _SYNTAX_ATTRIBUTES:
             setattr(smtp_DATA, attribute, getattr(base.smtp_DATA, attribute, None))
 
     Limited.__name__ = f"Limited{base.__name__}"
@@ -285,6 +320,11 @@ class GatewayServer:
         return protocol_class(
             self.handler,
             session_limit=self.session_limit,
+            max_session_seconds=listener.max_session_seconds,
+            # MAIL_SECURITY.md item 15: aiosmtpd counts each command over the whole session and
+            # answers "421 4.7.0 <command> sent too many times" past its limit, then closes.
+            command_call_limit={"*": listener.command_call_limit,
+                                **dict.fromkeys(TRANSACTION_COMMANDS, listener.transaction_call_limit)},
             # DKIM is computed over the exact bytes received (MAIL_SECURITY.md item 15).
             decode_data=False,
             hostname=listener.hostname,

@@ -436,3 +436,125 @@ def test_a_session_that_waits_a_session_timeout_for_a_data_slot_gets_451(test_od
     assert first.getreply()[0] == 250
     first.quit()
     assert len(_posts(test_odoo)) == 1
+
+
+# --- How long and how much one session may go on (MAIL_SECURITY.md item 15) -------------------------
+
+
+@pytest.fixture(params=["smtp", "lmtp"])
+def protocol(request):
+    """Each listener protocol, with its greeting command and the listener_extra that selects it."""
+    if request.param == "lmtp":
+        return b"LHLO client.example.com", 'protocol = "lmtp"\n'
+    return b"EHLO client.example.com", ""
+
+
+def _session(gateway, greeting: bytes):
+    connection = socket.create_connection(("127.0.0.1", gateway.port), timeout=30)
+    stream = connection.makefile("rb")
+    assert read_reply(stream)[-1].startswith(b"220 ")
+    connection.sendall(greeting + b"\r\n")
+    assert read_reply(stream)[-1].startswith(b"250 ")
+    return connection, stream
+
+
+def _command(connection, stream, line: bytes) -> bytes:
+    connection.sendall(line + b"\r\n")
+    return read_reply(stream)[-1].rstrip(b"\r\n")
+
+
+def _deliver_in_session(connection, stream, raw: bytes, rcpt: str) -> bytes:
+    """One transaction as a relay's reused session sends it: RSET, MAIL, RCPT, DATA; the reply to the data."""
+    for line in (b"RSET", f"MAIL FROM:<{PAULA}>".encode(), f"RCPT TO:<{rcpt}>".encode()):
+        reply = _command(connection, stream, line)
+        assert reply.startswith(b"250 "), (line, reply)
+    assert _command(connection, stream, b"DATA").startswith(b"354 ")
+    return _command(connection, stream, smtplib.quotedata(raw.decode("utf-8")).encode("utf-8") + b"\r\n.")
+
+
+def _closed(stream) -> bool:
+    return stream.readline() == b""
+
+
+@pytest.mark.parametrize("command", [b"NOOP", b"HELP", b"VRFY portal.contrib@example.com", b"EXPN staff", None],
+                         ids=["NOOP", "HELP", "VRFY", "EXPN", "greeting"])
+def test_a_command_that_carries_no_mail_is_answered_20_times_per_session(start_gateway, dns_server, protocol, command):
+    # Before, 2000 NOOPs all got 250, and as each one restarts the idle timer, a few addresses
+    # could hold every session slot for ever. The greeting itself is the first of its 20.
+    greeting, listener_extra = protocol
+    gateway = start_gateway(dns_server.port, listener_extra=listener_extra)
+    connection, stream = _session(gateway, greeting)
+    line = command or greeting
+    with connection:
+        replies = [_command(connection, stream, line) for _ in range(20 - (command is None))]
+        assert not [reply for reply in replies if reply.startswith(b"421")]
+        name = line.split()[0].decode()
+        assert _command(connection, stream, line) == f"421 4.7.0 {name} sent too many times".encode()
+        assert _closed(stream)
+
+
+def test_a_relay_session_that_delivers_many_messages_is_not_cut(test_odoo, start_gateway, dns_server, dkim_keys,
+                                                               protocol):
+    # Postfix's connection cache delivers many messages on one session, each with RSET, MAIL, RCPT and
+    # DATA: far more than the 20 a command that carries no mail is allowed.
+    greeting, listener_extra = protocol
+    gateway = start_gateway(dns_server.port, listener_extra=listener_extra,
+                            rules_extra="[rate_limit]\nper_sender = 0\nper_record = 0\n")
+    mailer = Mailer(gateway, dkim_keys)
+    task = mailer.address("note", "project.task", TASK_ID)
+    connection, stream = _session(gateway, greeting)
+    with connection:
+        for _ in range(500):
+            raw = mailer.sign(mailer.message("note_from_contributor.eml", task))
+            assert _deliver_in_session(connection, stream, raw, task).startswith(b"250 2.0.0 Filed")
+        assert _command(connection, stream, b"QUIT").startswith(b"221 ")
+    assert len(_posts(test_odoo)) == 500
+
+
+def test_the_commands_of_a_transaction_have_their_own_limit(start_gateway, dns_server, protocol):
+    greeting, listener_extra = protocol
+    gateway = start_gateway(dns_server.port, listener_extra=listener_extra + "transaction_call_limit = 3\n")
+    connection, stream = _session(gateway, greeting)
+    with connection:
+        for _ in range(3):
+            assert _command(connection, stream, f"MAIL FROM:<{PAULA}>".encode()).startswith(b"250 ")
+            assert _command(connection, stream, b"RSET").startswith(b"250 ")
+        assert _command(connection, stream, f"MAIL FROM:<{PAULA}>".encode()) == b"421 4.7.0 MAIL sent too many times"
+        assert _closed(stream)
+
+
+def test_a_session_past_max_session_seconds_is_closed_at_its_next_command(start_gateway, dns_server, protocol):
+    # A NOOP every half second used to keep a session with session_timeout = 1 open for ever.
+    greeting, listener_extra = protocol
+    gateway = start_gateway(dns_server.port, session_timeout=1,
+                            listener_extra=listener_extra + "max_session_seconds = 2\ncommand_call_limit = 100\n")
+    connection, stream = _session(gateway, greeting)
+    started = time.monotonic()
+    with connection:
+        while True:
+            reply = _command(connection, stream, b"NOOP")
+            if not reply.startswith(b"250 "):
+                break
+            assert time.monotonic() - started < 2.5, "the session outlived max_session_seconds"
+            time.sleep(0.25)
+        assert reply == b"421 4.4.2 This session has lasted too long, reconnect to go on: the limit is 2 s"
+        assert time.monotonic() - started >= 2
+        assert _closed(stream)
+
+
+def test_a_message_in_data_when_the_session_time_runs_out_is_filed(test_odoo, start_gateway, dns_server, dkim_keys,
+                                                                   protocol):
+    greeting, listener_extra = protocol
+    gateway = start_gateway(dns_server.port, listener_extra=listener_extra + "max_session_seconds = 1\n")
+    mailer = Mailer(gateway, dkim_keys)
+    task = mailer.address("note", "project.task", TASK_ID)
+    # Filing goes on past the session's end: the message gets its reply, the next command the 421.
+    test_odoo.latency = {"message_post": 1.5}
+    connection, stream = _session(gateway, greeting)
+    with connection:
+        raw = mailer.sign(mailer.message("note_from_contributor.eml", task))
+        assert _deliver_in_session(connection, stream, raw, task).startswith(b"250 2.0.0 Filed")
+        assert _command(connection, stream, f"MAIL FROM:<{PAULA}>".encode()) == (
+            b"421 4.4.2 This session has lasted too long, reconnect to go on: the limit is 1 s")
+        assert _closed(stream)
+    assert len(_posts(test_odoo)) == 1

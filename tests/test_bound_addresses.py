@@ -68,8 +68,9 @@ def test_domain_may_require_dated_addresses(test_odoo, tmp_path, dns_server, dki
 def test_required_dates_refuse_plain_addresses_too(test_odoo, tmp_path, dns_server, dkim_keys):
     # A plain note@ / reply@ carries no issue date: with a genuine Odoo notification in References
     # it used to be filed while the record's own undated note+ address was refused.
-    comment = test_odoo.add_record("mail.message", {"model": "project.task", "res_id": TASK_ID, "message_type": "comment",
-                                                    "subtype_id": 1, "body": "<p>Hello</p>", "author_id": 3})
+    comment = test_odoo.add_record("mail.message", {"model": "project.task", "res_id": TASK_ID,
+                                                    "message_type": "comment", "subtype_id": 1,
+                                                    "body": "<p>Hello</p>", "author_id": 3})
     notification = test_odoo.record("mail.message", comment, ["message_id"])["message_id"]
     with _gateway_with(tmp_path, test_odoo, dns_server, dkim_keys, "require_dated_addresses = true") as mailer:
         for kind in ("note", "reply"):

@@ -25,6 +25,10 @@ def test_examples_state_the_defaults(tmp_path):
     gateway = config.gateway
     assert gateway.limits == defaults.limits and gateway.notices == defaults.notices
     assert (gateway.listener.max_sessions_per_ip, gateway.listener.shutdown_grace) == (20, 30)
+    listener, default_listener = gateway.listener, defaults.listener
+    assert ((listener.command_call_limit, listener.transaction_call_limit, listener.max_session_seconds)
+            == (default_listener.command_call_limit, default_listener.transaction_call_limit,
+                default_listener.max_session_seconds) == (20, 10000, 600))
     rules = config.domains["notes.example.com"]
     assert (rules.rate_limit.per_sender, rules.rate_limit.per_record, rules.rate_limit.window_minutes) == (20, 20, 120)
     assert rules.notices.enabled is False
@@ -49,3 +53,20 @@ def test_deadline_over_five_minutes_is_refused(tmp_path):
     with pytest.raises(ConfigError) as error:
         load_config(path)
     assert error.value.key == "listener.message_deadline"
+
+
+@pytest.mark.parametrize("line, key", [
+    ("command_call_limit = 0", "listener.command_call_limit"),
+    ("transaction_call_limit = -1", "listener.transaction_call_limit"),
+    ("max_session_seconds = 0", "listener.max_session_seconds"),
+    ("max_session_seconds = 'long'", "listener.max_session_seconds"),
+])
+def test_session_limit_mistakes_name_the_key(tmp_path, line, key):
+    path = _examples(tmp_path)
+    name = line.split(" =")[0]
+    text = path.read_text()
+    start = text.index(f"\n{name} = ") + 1
+    path.write_text(text[:start] + line + text[text.index("  ", start):])
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert error.value.key == key and error.value.path == str(path)

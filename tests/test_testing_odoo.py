@@ -250,6 +250,28 @@ def test_message_id_is_stored_searchable_and_not_unique(odoo, gateway):
     assert generated.endswith("-openerp-60-project.task@testodoo>")
 
 
+def test_message_author_is_stored_and_searchable_with_the_message_id(odoo, gateway):
+    # The gateway's duplicate check reads who filed a Message-ID on a record (gateway/post.py
+    # look_up): Odoo 18 stores author_id and email_from as message_post was given them.
+    header = "<two-authors@example.com>"
+    paulas = post(gateway, "project.task", TASK_ID, body="note", message_id=header, author_id=PAULA_PARTNER_ID, **NOTE)
+    peters = post(gateway, "project.task", TASK_ID, body="reply", message_id=header, author_id=PETER_PARTNER_ID,
+                  **COMMENT)
+    assert gateway.execute_kw("mail.message", "search", [[("message_id", "=", header),
+                                                          ("author_id", "=", PAULA_PARTNER_ID)]]) == [paulas]
+    assert gateway.execute_kw("mail.message", "search", [[("message_id", "in", [header]),
+                                                          ("author_id", "!=", PAULA_PARTNER_ID)]]) == [peters]
+    rows = gateway.execute_kw("mail.message", "search_read", [[
+        ("message_id", "in", [header, "<other@example.com>"]), ("model", "=", "project.task"), ("res_id", "=", TASK_ID)]],
+        {"fields": ["message_id", "author_id", "email_from"], "order": "id"})
+    assert [(row["id"], row["message_id"], row["author_id"][0], row["email_from"]) for row in rows] == [
+        (paulas, header, PAULA_PARTNER_ID, '"Paula Contributor" <portal.contrib@example.com>'),
+        (peters, header, PETER_PARTNER_ID, '"Peter Plain" <portal.plain@example.com>')]
+    # Odoo's mail gateway drops a Message-ID it has anywhere, whoever wrote it (mail_thread.py:1375).
+    mail = f"From: Paula Contributor <{PAULA_LOGIN}>\r\nMessage-ID: {header}\r\nSubject: x\r\n\r\nagain\r\n"
+    assert gateway.execute_kw("mail.thread", "message_process", ["project.task", mail], {"thread_id": TASK_ID}) is False
+
+
 def test_attachments_keep_their_bytes_and_compose_attachments_move_to_the_record(odoo, gateway):
     payload = bytes(range(256)) + b"0123456789012345678901234567"
     message_id = post(gateway, "project.task", TASK_ID, body="files", attachments=[

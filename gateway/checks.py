@@ -191,14 +191,17 @@ def dry_run(services: pipeline.Services, rcpt: str, raw: bytes,
         verdicts.append((stage.name, "ok" + (f": {detail}" if detail else "")))
     odoo = services.odoo[ctx.rules.odoo]
     try:
-        existing = post.find_existing(odoo, ctx, deadline=deadline)
+        filed = post.look_up(odoo, ctx, deadline=deadline)
     except Refusal as refusal:
         verdicts.append(("post", f"REFUSED {refusal.smtp_reply()}"))
         return verdicts, False
-    assert ctx.user is not None
-    if existing is not None:
-        verdicts.append(("post", f"would not post: already filed as Odoo message {existing}"))
+    assert ctx.user is not None and ctx.message is not None
+    if filed.existing is not None:
+        verdicts.append(("post", f"would not post: already filed as Odoo message {filed.existing}"))
     else:
+        # Another author's message has its Message-ID on the record: it is filed under its own.
+        derived = (f" under Message-ID {post.author_message_id(ctx)}"
+                   if ctx.message.message_id in filed.taken else "")
         verdicts.append(("post", f"would post with subtype {post.SUBTYPES[ctx.target.kind]} on {ctx.target.model} "
-                                 f"{ctx.target.res_id} as partner {ctx.user.partner_id} (nothing posted)"))
+                                 f"{ctx.target.res_id} as partner {ctx.user.partner_id}{derived} (nothing posted)"))
     return verdicts, True

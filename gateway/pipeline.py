@@ -234,15 +234,20 @@ def _post(ctx: MessageContext, services: Services, deadline: float) -> None:
     # Two deliveries of one message at once (a retry while the first is still posting) would
     # both find nothing and both post; only one may be between the search and the post.
     _claim(ctx, services)
+    taken: frozenset[str] = frozenset()
     if not ctx.unfiled:
-        existing = post.find_existing(odoo, ctx, deadline=deadline)
-        if existing is not None:
-            ctx.odoo_message_id, ctx.duplicate = existing, True
+        # One of its Message-IDs is on the record (or the record search did not ask): filed
+        # already only if by this sender; another author's message with that ID is not this one.
+        filed = post.look_up(odoo, ctx, deadline=deadline)
+        if filed.existing is not None:
+            ctx.odoo_message_id, ctx.duplicate = filed.existing, True
             return
+        taken = filed.taken
     if ctx.target.kind == "reply" and post.files_through_mail_gateway(odoo, ctx, deadline=deadline):
-        ctx.odoo_message_id, ctx.duplicate = post.file_reply(odoo, ctx, deadline=deadline)
+        ctx.odoo_message_id, ctx.duplicate = post.file_reply(odoo, ctx, taken=taken, deadline=deadline)
     else:
-        ctx.odoo_message_id = post.post_message(odoo, ctx, deadline=deadline)
+        ctx.odoo_message_id = post.post_message(odoo, ctx, message_id=post.posting_message_id(ctx, taken),
+                                                deadline=deadline)
 
 
 # The order a message goes through; each stage either fills in the context or raises a Refusal.
@@ -262,7 +267,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("choose-recipients", "notify internal users named in To/Cc, drop all others", _choose_recipients),
     Stage("render", "render the note or reply template", _render),
     Stage("record-receipt", "write the durable receipt that the message is being filed", _record_receipt),
-    Stage("post", "post once by Message-ID with message_post", _post),
+    Stage("post", "post once per Message-ID and sender with message_post", _post),
 )
 
 

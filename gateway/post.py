@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import email
+import hashlib
 import logging
+from dataclasses import dataclass
 from email.message import EmailMessage
 from email.policy import SMTP
-from email.utils import formataddr
+from email.utils import formataddr, parseaddr
 
 from gateway.context import MessageContext
 from gateway.odoo import POST_CONTEXT, OdooPool
@@ -23,28 +25,83 @@ SUBTYPES = {"note": "mail.mt_note", "reply": "mail.mt_comment"}
 NO_RECORD_CREATION = {"note_gateway_existing_record_only": True}
 
 
-def find_existing(odoo: OdooPool, ctx: MessageContext, *, deadline: float | None = None) -> int | None:
-    """The id of a message already filed from this Message-ID on this record.
+@dataclass(frozen=True)
+class Filed:
+    """What Odoo has on the record under the message's Message-IDs (filed_message_ids).
+
+    ``existing``: the sender's own message, filed by an earlier delivery (a retry). ``taken``: the
+    IDs there from another author only; the message is still filed, under an ID not taken.
+    """
+
+    existing: int | None = None
+    taken: frozenset[str] = frozenset()
+
+
+def look_up(odoo: OdooPool, ctx: MessageContext, *, deadline: float | None = None) -> Filed:
+    """Whether this sender's message is already on the record, and which of its IDs others took.
 
     Odoo stores ``message_id`` but does not make it unique (ODOO_FACTS.md f), so a retried
-    delivery would be filed twice unless the gateway looks first.
+    delivery would be filed twice unless the gateway looks first. A message with the same
+    Message-ID from another author is not this message: anyone can reuse a Message-ID (a portal
+    user copying a contributor's, from a Cc), and counting it would swallow the note after a 250.
     """
     # Never cached: a retry comes precisely after the first delivery may have filed the message.
-    found = odoo.call("mail.message", "search",
-                      [[("message_id", "in", filed_message_ids(ctx)), ("model", "=", ctx.target.model),
-                        ("res_id", "=", ctx.target.res_id)]],
-                      {"limit": 1}, deadline=deadline)
-    return int(found[0]) if found else None
+    rows = odoo.call("mail.message", "search_read",
+                     [[("message_id", "in", filed_message_ids(ctx)), ("model", "=", ctx.target.model),
+                       ("res_id", "=", ctx.target.res_id)]],
+                     {"fields": ["message_id", "author_id", "email_from"], "order": "id"}, deadline=deadline)
+    own = [int(row["id"]) for row in rows if is_own(ctx, row)]
+    if own:
+        return Filed(existing=own[0])
+    return Filed(taken=frozenset(str(row.get("message_id") or "") for row in rows))
+
+
+def find_existing(odoo: OdooPool, ctx: MessageContext, *, deadline: float | None = None) -> int | None:
+    """The id of this sender's message already filed on this record under one of its Message-IDs."""
+    return look_up(odoo, ctx, deadline=deadline).existing
+
+
+def is_own(ctx: MessageContext, row: dict) -> bool:
+    """Whether a mail.message read from Odoo is the sender's: its author is the sender's partner.
+
+    Or its From is the sender's verified address: Odoo's mail gateway picks the author of a reply
+    by that address, among the record's followers first (mail_thread.py _mail_find_partner_from_emails),
+    so a reply it filed may carry another partner with the same address (journal ``reply-author:``).
+    Only mail that passed this gateway's DKIM check as that address, or that Odoo attributed to
+    that address itself, has it.
+    """
+    assert ctx.user is not None
+    author = row.get("author_id")
+    if author and int(author[0] if isinstance(author, (list, tuple)) else author) == ctx.user.partner_id:
+        return True
+    address = parseaddr(str(row.get("email_from") or ""))[1].strip().lower()
+    return bool(address) and address == sender_address(ctx).strip().lower()
+
+
+def sender_address(ctx: MessageContext) -> str:
+    """The sender's address: the DKIM-verified From that identified the user."""
+    assert ctx.message is not None
+    return ctx.sender.email if ctx.sender else ctx.message.from_address
 
 
 def filed_message_ids(ctx: MessageContext) -> list[str]:
-    """The Message-IDs this message is filed under: its own, and for a reply its record's own."""
+    """Every Message-ID this message may be filed under on its record, in the order they are tried.
+
+    Its own; its record's own (record_message_id), for a reply Odoo's mail gateway filed when the
+    original was on another record; its sender's own (author_message_id), when another author's
+    message had the original on the record. Known from the sender's verified address, before the
+    user is looked up, so the followers read made at the same time can ask for all of them.
+    """
     assert ctx.message is not None
-    # A reply may have been filed under its record's own Message-ID (record_message_id).
-    ids = [ctx.message.message_id]
-    if ctx.target.kind == "reply":
-        ids.append(record_message_id(ctx))
-    return ids
+    return [ctx.message.message_id, record_message_id(ctx), author_message_id(ctx)]
+
+
+def _derived(ctx: MessageContext, suffix: str) -> str:
+    assert ctx.message is not None
+    local, _, domain = ctx.message.message_id.strip().strip("<>").rpartition("@")
+    if not local:
+        local, domain = domain, "note-gateway.invalid"
+    return f"<{local}.{ctx.target.model}-{ctx.target.res_id}{suffix}@{domain}>"
 
 
 def record_message_id(ctx: MessageContext) -> str:
@@ -55,14 +112,36 @@ def record_message_id(ctx: MessageContext) -> str:
     (each recipient its own transaction, MAIL_SECURITY.md item 16): the second record gets its own
     ID, derived so that a retry finds it again.
     """
+    return _derived(ctx, "")
+
+
+def author_message_id(ctx: MessageContext) -> str:
+    """The Message-ID a message is filed under when another author's message has its own on the record.
+
+    Derived from the original, the record and the sender's verified address (a digest of it, so
+    that no address is spelled out in an ID Odoo copies into its notification emails): a retry by
+    the same sender finds it again, and another sender's message never matches it by author anyway.
+    """
+    digest = hashlib.sha256(sender_address(ctx).strip().lower().encode("utf-8")).hexdigest()[:12]
+    return _derived(ctx, f".from-{digest}")
+
+
+def posting_message_id(ctx: MessageContext, taken: frozenset[str] | set[str] = frozenset()) -> str:
+    """The Message-ID message_post files under: the message's own, unless another author's message
+    has it on the record (``taken``, from look_up); then the sender's own derived ID. message_post
+    does not refuse a Message-ID Odoo has (ODOO_FACTS.md f); the retry check needs it distinct."""
     assert ctx.message is not None
-    local, _, domain = ctx.message.message_id.strip().strip("<>").rpartition("@")
-    if not local:
-        local, domain = domain, "note-gateway.invalid"
-    return f"<{local}.{ctx.target.model}-{ctx.target.res_id}@{domain}>"
+    if ctx.message.message_id not in taken:
+        return ctx.message.message_id
+    derived = author_message_id(ctx)
+    ctx.journal_notes.append(f"message-id-taken:{ctx.message.message_id} is on the record from another author; "
+                             f"filed as {derived}")
+    return derived
 
 
-def post_message(odoo: OdooPool, ctx: MessageContext, *, deadline: float | None = None) -> int:
+def post_message(odoo: OdooPool, ctx: MessageContext, *, message_id: str | None = None,
+                 deadline: float | None = None) -> int:
+    """message_post the note (or reply) under ``message_id``, by default the message's own."""
     assert ctx.message is not None and ctx.user is not None and ctx.rendered_body is not None
     kwargs = {
         "body": ctx.rendered_body,
@@ -72,7 +151,7 @@ def post_message(odoo: OdooPool, ctx: MessageContext, *, deadline: float | None 
         "message_type": "comment",
         "subtype_xmlid": SUBTYPES[ctx.target.kind],
         "author_id": ctx.user.partner_id,
-        "message_id": ctx.message.message_id,
+        "message_id": message_id or ctx.message.message_id,
         # A note notifies whoever is in partner_ids by email, portal partners included
         # (ODOO_FACTS.md c): only internal partners, chosen by an earlier stage, ever go here.
         "partner_ids": list(ctx.notify_partner_ids),
@@ -128,7 +207,7 @@ def files_through_mail_gateway(odoo: OdooPool, ctx: MessageContext, *, deadline:
     assert ctx.user is not None and ctx.message is not None
     if not _author_follows(odoo, ctx, deadline=deadline):
         return False
-    if not message_id_survives(ctx.message.message_id) or not message_id_survives(record_message_id(ctx)):
+    if not all(message_id_survives(message_id) for message_id in filed_message_ids(ctx)):
         ctx.journal_notes.append(f"reply-posted-by-message_post:Message-ID {ctx.message.message_id!r} "
                                  "cannot pass Odoo's mail gateway unchanged")
         return False
@@ -175,7 +254,8 @@ def reply_message(ctx: MessageContext, message_id: str) -> str:
     return message.as_string()
 
 
-def file_reply(odoo: OdooPool, ctx: MessageContext, *, deadline: float | None = None) -> tuple[int, bool]:
+def file_reply(odoo: OdooPool, ctx: MessageContext, *, taken: frozenset[str] | set[str] = frozenset(),
+               deadline: float | None = None) -> tuple[int, bool]:
     """File a reply+ as Odoo's own mail gateway files an incoming email: (message id, duplicate).
 
     message_post as the integration user would email the author its own reply: Odoo leaves out of
@@ -184,6 +264,9 @@ def file_reply(odoo: OdooPool, ctx: MessageContext, *, deadline: float | None = 
     a priviledged archived user so real_author_id is correctly computed" (mail_thread.py:1294-1297),
     so the author is left out and every other follower gets Odoo's standard notification. It posts
     as superuser: the gateway's own checks, all run before this stage, are the only gate.
+
+    ``taken``: the Message-IDs another author's message has on the record (look_up); Odoo would
+    drop them, so they are not tried.
     """
     assert ctx.message is not None and ctx.user is not None
     context = {}
@@ -194,20 +277,35 @@ def file_reply(odoo: OdooPool, ctx: MessageContext, *, deadline: float | None = 
         ctx.journal_notes.append(f"recipient-not-notified:{address} (filed by Odoo's mail gateway, "
                                  "which notifies followers only)")
     found: list = []
-    thread = None
-    for message_id in (ctx.message.message_id, record_message_id(ctx)):
+    thread: object = False  # as if Odoo knew every ID, when another author has them all on the record
+    for message_id in filed_message_ids(ctx):
+        if message_id in taken:
+            continue
         thread = odoo.call("mail.thread", "message_process", [ctx.target.model, reply_message(ctx, message_id)],
                            {"custom_values": dict(NO_RECORD_CREATION), "thread_id": ctx.target.res_id},
                            context=context, deadline=deadline)
         # False: Odoo knows the Message-ID already (mail_thread.py:1375): filed on this record by a
-        # delivery in between, or on another record, and then the second ID is tried. None: a loop
-        # rule dropped it (mail_thread.py:1381).
+        # delivery in between, or there from another author, or on another record; then the next
+        # ID is tried. None: a loop rule dropped it (mail_thread.py:1381).
         found = odoo.call("mail.message", "search_read",
                           [[("message_id", "=", message_id), ("model", "=", ctx.target.model),
                             ("res_id", "=", ctx.target.res_id)]],
-                          {"fields": ["author_id"], "limit": 1, "order": "id desc"}, deadline=deadline)
+                          {"fields": ["author_id", "email_from"], "order": "id desc"}, deadline=deadline)
+        if thread is False:
+            # Only the sender's own message is this one; another author's is not (look_up).
+            found = [row for row in found if is_own(ctx, row)]
         if found or thread is not False:
             break
+    if found and thread is not False and message_id != ctx.message.message_id and ctx.message.message_id in taken:
+        ctx.journal_notes.append(f"message-id-taken:{ctx.message.message_id} is on the record from another author; "
+                                 f"filed as {message_id}")
+    if not found and thread is False:
+        # Odoo knows every ID this reply may be filed under, none of them as the sender's: posted
+        # with message_post, which files it whatever Odoo knows (ODOO_FACTS.md f); the author may
+        # get a copy, and the journal says why.
+        ctx.journal_notes.append(f"reply-posted-by-message_post:Odoo's mail gateway knows every Message-ID of "
+                                 f"{ctx.message.message_id!r}, none of them from this sender")
+        return post_message(odoo, ctx, message_id=author_message_id(ctx), deadline=deadline), False
     if not found:
         # Not filed, and Odoo said why only in its log: defer, so the sender's MTA retries and the
         # message is not lost; an admin finds the reason in Odoo's log.

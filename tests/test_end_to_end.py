@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import smtplib
 import time
@@ -12,14 +13,23 @@ from conftest import SELECTOR, Mailer
 
 from gateway.journal import Journal
 from gateway.testing.dns import DnsServer
-from gateway.testing.odoo_demo import (ARCHIVED_EMAIL, CONTRIBUTOR_GROUP_ID, PAULA_PARTNER_ID, PAULA_UID, PRIVATE_TASK_ID,
-                                       SALE_ORDER_ID, TASK_ID)
+from gateway.testing.odoo_demo import (ARCHIVED_EMAIL, CONTRIBUTOR_GROUP_ID, PAULA_PARTNER_ID, PAULA_UID, PETER_EMAIL,
+                                       PETER_PARTNER_ID, PRIVATE_TASK_ID, SALE_ORDER_ID, TASK_ID)
+from gateway.testing.sending import compose
 
 PAULA = "portal.contrib@example.com"
 
 
 def _posts(test_odoo):
     return [call for call in test_odoo.calls if call.model_method == "message_post"]
+
+
+def _filed_ids(local, model, res_id, sender=PAULA):
+    """The Message-IDs a message <local@example.com> may be filed under on a record (gateway/post.py):
+    its own, its record's own, and its sender's own (a digest of the sender's address)."""
+    digest = hashlib.sha256(sender.encode()).hexdigest()[:12]
+    return [f"<{local}@example.com>", f"<{local}.{model}-{res_id}@example.com>",
+            f"<{local}.{model}-{res_id}.from-{digest}@example.com>"]
 
 
 def _journal(gateway):
@@ -172,8 +182,8 @@ def test_read_cache_reuses_user_and_followers_but_never_the_duplicate_check(test
     for _ in range(3):
         assert mailer.send(mailer.sign(mailer.message("note_from_contributor.eml", to)), to).startswith("250 ")
     assert len(_reads(test_odoo, "res.users")) == 1 and len(_reads(test_odoo, "project.task")) == 1
-    searches = [call for call in test_odoo.calls if call.model == "mail.message" and call.model_method == "search"]
-    assert len(searches) == 3 and len(_posts(test_odoo)) == 3
+    # The duplicate check reads who filed what (a Message-ID of another author is not a duplicate).
+    assert len(_reads(test_odoo, "mail.message")) == 3 and len(_posts(test_odoo)) == 3
 
 
 # --- Sender authentication: forged, unsigned, unaligned ------------------------------------------
@@ -360,6 +370,103 @@ def test_message_without_message_id_is_still_filed_once(test_odoo, gateway, mail
     assert post.kwargs["message_id"].endswith("@derived.note-gateway.invalid>")
 
 
+SHARED_ID = "<shared@example.com>"
+
+
+def _shared(mailer, sender, name, to, text, message_id=SHARED_ID):
+    return mailer.sign(compose(sender, to, "Pump P7", text, sender_name=name, message_id=message_id))
+
+
+def _filed_id(reply):
+    assert reply.startswith("250 2.0.0 "), reply
+    return int(reply.rsplit(" ", 1)[1])
+
+
+@pytest.mark.parametrize("access", [None, "followers"])
+def test_another_senders_message_id_on_the_record_does_not_swallow_a_note(test_odoo, start_gateway, dns_server,
+                                                                           dkim_keys, access):
+    # Found by a security review: Peter (portal, no contributor) filed a reply with the Message-ID
+    # of Paula's note first, and her note was answered "250 Already filed as <Peter's reply>", lost.
+    # Under both the default policy's record search and the followers read (access="followers").
+    mailer = Mailer(start_gateway(dns_server.port, access=access), dkim_keys)
+    reply_to, note_to = (mailer.address(kind, "project.task", TASK_ID) for kind in ("reply", "note"))
+    peter = _shared(mailer, PETER_EMAIL, "Peter Plain", reply_to, "Peter's public answer.")
+    paula = _shared(mailer, PAULA, "Paula Contributor", note_to, "Paula's internal finding.")
+    peters = _filed_id(mailer.send(peter, reply_to, mail_from=PETER_EMAIL))
+    paulas_reply = mailer.send(paula, note_to)
+    assert paulas_reply.startswith("250 2.0.0 Filed as Odoo message "), paulas_reply
+    paulas = _filed_id(paulas_reply)
+    note = test_odoo.message(paulas)
+    assert (note["subtype_xmlid"], note["author_id"][0]) == ("mail.mt_note", PAULA_PARTNER_ID)
+    assert "internal finding." in note["body"]
+    # Odoo has the original ID from Peter on the record: the note has its sender's own.
+    assert note["message_id"] == _filed_ids("shared", "project.task", TASK_ID)[2]
+    assert paulas not in test_odoo.portal_chatter_ids("project.task", TASK_ID, partner_id=PETER_PARTNER_ID)
+    reply = test_odoo.message(peters)
+    assert (reply["subtype_xmlid"], reply["author_id"][0], reply["message_id"]) == (
+        "mail.mt_comment", PETER_PARTNER_ID, SHARED_ID)
+    # Each retry is recognised as its own sender's message; nothing is filed a third time.
+    assert mailer.send(paula, note_to) == f"250 2.0.0 Already filed as Odoo message {paulas}"
+    assert mailer.send(peter, reply_to, mail_from=PETER_EMAIL) == f"250 2.0.0 Already filed as Odoo message {peters}"
+    assert len(test_odoo.filings()) == 2
+    row = next(row for row in _journal(mailer.gateway) if row.odoo_message_id == paulas and row.verdict == "filed")
+    assert f"message-id-taken:{SHARED_ID} is on the record from another author; filed as {note['message_id']}" in \
+        row.defects
+
+
+def test_a_note_first_does_not_swallow_another_senders_reply_with_its_message_id(test_odoo, gateway, mailer):
+    reply_to, note_to = (mailer.address(kind, "project.task", TASK_ID) for kind in ("reply", "note"))
+    paula = _shared(mailer, PAULA, "Paula Contributor", note_to, "Paula's internal finding.")
+    peter = _shared(mailer, PETER_EMAIL, "Peter Plain", reply_to, "Peter's public answer.")
+    paulas = _filed_id(mailer.send(paula, note_to))
+    peters_reply = mailer.send(peter, reply_to, mail_from=PETER_EMAIL)
+    assert peters_reply.startswith("250 2.0.0 Filed as Odoo message "), peters_reply
+    peters = _filed_id(peters_reply)
+    reply = test_odoo.message(peters)
+    assert (reply["subtype_xmlid"], reply["author_id"][0]) == ("mail.mt_comment", PETER_PARTNER_ID)
+    assert "Peter" in reply["body"] and peters in test_odoo.portal_chatter_ids("project.task", TASK_ID,
+                                                                               partner_id=PETER_PARTNER_ID)
+    # Odoo's mail gateway drops an ID it knows: the reply went in under its record's own.
+    assert reply["message_id"] == _filed_ids("shared", "project.task", TASK_ID)[1]
+    row = next(row for row in _journal(gateway) if row.odoo_message_id == peters and row.verdict == "filed")
+    assert f"message-id-taken:{SHARED_ID} is on the record from another author; filed as {reply['message_id']}" in \
+        row.defects
+    note = test_odoo.message(paulas)
+    assert (note["subtype_xmlid"], note["message_id"]) == ("mail.mt_note", SHARED_ID)
+    assert paulas not in test_odoo.portal_chatter_ids("project.task", TASK_ID, partner_id=PETER_PARTNER_ID)
+    assert mailer.send(peter, reply_to, mail_from=PETER_EMAIL) == f"250 2.0.0 Already filed as Odoo message {peters}"
+    assert mailer.send(paula, note_to) == f"250 2.0.0 Already filed as Odoo message {paulas}"
+    assert len(test_odoo.filings()) == 2
+
+
+def test_a_reply_first_then_the_same_senders_note_is_already_filed(test_odoo, gateway, mailer):
+    # docs/rules.md: a note address in Bcc is invisible to the reply delivery, which is filed
+    # publicly first; the note delivery of the same sender's message then files nothing more.
+    reply_to, note_to = (mailer.address(kind, "project.task", TASK_ID) for kind in ("reply", "note"))
+    raw = _shared(mailer, PAULA, "Paula Contributor", reply_to, "Seal replaced.")
+    filed = _filed_id(mailer.send(raw, reply_to))
+    assert mailer.send(raw, note_to) == f"250 2.0.0 Already filed as Odoo message {filed}"
+    assert len(test_odoo.filings()) == 1
+
+
+@pytest.mark.parametrize("kind", ["note", "reply"])
+def test_every_id_of_a_message_taken_by_another_sender_still_files_it_once(test_odoo, gateway, mailer, kind):
+    # Peter files messages under the Message-ID of Paula's message and under each ID the gateway
+    # derives from it (all predictable): Paula's message is still filed, once, never as his.
+    reply_to, to = mailer.address("reply", "project.task", TASK_ID), mailer.address(kind, "project.task", TASK_ID)
+    for message_id in _filed_ids("shared", "project.task", TASK_ID):
+        _filed_id(mailer.send(_shared(mailer, PETER_EMAIL, "Peter Plain", reply_to, "Peter again.", message_id),
+                              reply_to, mail_from=PETER_EMAIL))
+    paula = _shared(mailer, PAULA, "Paula Contributor", to, "Paula's own words.")
+    reply = mailer.send(paula, to)
+    assert reply.startswith("250 2.0.0 Filed as Odoo message "), reply
+    filed = test_odoo.message(_filed_id(reply))
+    assert filed["author_id"][0] == PAULA_PARTNER_ID and "Paula" in filed["body"]
+    assert filed["message_id"] == _filed_ids("shared", "project.task", TASK_ID)[2]
+    assert mailer.send(paula, to) == f"250 2.0.0 Already filed as Odoo message {filed['id']}"
+    assert len(test_odoo.filings()) == 4
+
+
 @pytest.mark.parametrize("fault", ["refuse", "http500", "garbage", "rpc_error"])
 def test_odoo_down_defers_then_the_retry_files_once(test_odoo, gateway, mailer, fault):
     to = mailer.address("note", "project.task", TASK_ID)
@@ -410,14 +517,15 @@ def test_an_accepted_note_costs_three_odoo_calls_under_the_default_policy(test_o
     calls = test_odoo.calls
     assert [(call.model, call.model_method) for call in calls] == [
         ("res.users", "search_read"), ("project.task", "search"), ("project.task", "message_post")]
-    assert ["!", ["message_ids.message_id", "in", ["<three-calls@example.com>"]]] == calls[1].args[0][-2:]
+    assert ["!", ["message_ids.message_id", "in", sorted(_filed_ids("three-calls", "project.task", TASK_ID))]] == \
+        calls[1].args[0][-2:]
     # The same message again (a retry): the search finds it filed, the plain search and the
     # Message-ID search tell a retry from a refusal, and nothing is posted.
     test_odoo.clear_calls()
     assert mailer.send(raw, to).startswith("250 ")
     assert [(call.model, call.model_method) for call in test_odoo.calls] == [
         ("res.users", "search_read"), ("project.task", "search"), ("project.task", "search"),
-        ("mail.message", "search")]
+        ("mail.message", "search_read")]
 
 
 def test_read_cache_under_the_default_policy_leaves_the_message_id_check_and_the_post(test_odoo, start_gateway,
@@ -460,10 +568,11 @@ def test_under_the_followers_policy_the_followers_read_also_checks_the_message_i
         ("project.task", "search_read"), ("res.users", "search_read")]
     assert [(call.model, call.model_method) for call in calls[2:]] == [("project.task", "message_post")]
     [read] = [call for call in calls if call.model == "project.task" and call.model_method == "search_read"]
-    assert read.args[0][-2:] == ["!", ["message_ids.message_id", "in", ["<followers-three@example.com>"]]]
+    assert read.args[0][-2:] == ["!", ["message_ids.message_id", "in",
+                                       _filed_ids("followers-three", "project.task", TASK_ID)]]
     # A retry: the read finds it filed, the plain read and the Message-ID search make it a duplicate.
     test_odoo.clear_calls()
     assert mailer.send(raw, to).startswith("250 2.0.0 Already filed")
     assert sorted((call.model, call.model_method) for call in record_calls()) == [
-        ("mail.message", "search"), ("project.task", "search_read"), ("project.task", "search_read"),
+        ("mail.message", "search_read"), ("project.task", "search_read"), ("project.task", "search_read"),
         ("res.users", "search_read")]

@@ -51,6 +51,30 @@ def test_a_reply_attributed_to_another_partner_is_journaled():
     assert ctx.journal_notes == ["reply-author:99 instead of partner 42"]
 
 
+def test_a_message_id_odoo_has_from_another_author_is_not_this_reply():
+    # Odoo dropped the original ID, and what it has on the record under it is another author's
+    # message (filed in between): not this reply, which goes in under its record's own ID.
+    odoo = RecordingPool(False, [{"id": 5, "author_id": [43, "Peter"], "email_from": "peter@example.com"}],
+                         60, [{"id": 7, "author_id": [42, "Paula"], "email_from": "paula@example.com"}])
+    assert post.file_reply(odoo, _context()) == (7, False)
+    first, _, second, _ = odoo.calls
+    assert "<m1@example.com>" in first[2][1] and "<m1.project.task-60@example.com>" in second[2][1]
+
+
+def test_a_delivery_in_between_by_the_same_sender_is_a_duplicate():
+    # Also when Odoo attributed it to another partner with the sender's address (reply-author).
+    odoo = RecordingPool(False, [{"id": 5, "author_id": [99, "Other"], "email_from": "Paula <PAULA@example.com>"}])
+    assert post.file_reply(odoo, _context()) == (5, True)
+
+
+def test_ids_another_author_has_on_the_record_are_not_handed_to_odoo():
+    odoo = RecordingPool(60, [{"id": 7, "author_id": [42, "Paula"]}])
+    taken = {"<m1@example.com>", "<m1.project.task-60@example.com>"}
+    assert post.file_reply(odoo, _context(), taken=taken) == (7, False)
+    [(_, method, args, _), _search] = odoo.calls
+    assert method == "message_process" and post.author_message_id(_context()) in args[1]
+
+
 def test_the_message_handed_to_odoo_holds_only_what_the_gateway_decided():
     ctx = _context()
     ctx.notify_emails = ["marc@example.com"]

@@ -252,6 +252,50 @@ def test_same_message_id_twice_is_filed_once(world, real_gateway):
           f"{real_gateway.timings['duplicate']:.3f} s; messages with that Message-ID: {[first]}")
 
 
+@pytest.mark.parametrize("first", ["plain reply", "contributor note"])
+def test_a_message_id_another_sender_filed_on_the_record_swallows_nothing(world, real_gateway, first):
+    # Found by a security review: Peter (portal, no contributor) replies with the Message-ID of
+    # Paula's note; only a message of the same author under that ID is "already filed".
+    task, message_id = world.task_id, _message_id(world)
+    reply_to, note_to = (real_gateway.address(kind, "project.task", task) for kind in ("reply", "note"))
+    sends = {
+        "plain reply": (real_gateway.sign(real_gateway.message(
+            world.plain.email, reply_to, "Peter's public answer.\n", message_id=message_id)), reply_to, world.plain),
+        "contributor note": (real_gateway.sign(real_gateway.message(
+            world.contributor.email, note_to, "Paula's internal finding.\n", message_id=message_id)), note_to,
+            world.contributor),
+    }
+    order = [first] + [name for name in sends if name != first]
+    filed = {}
+    for name in order:
+        raw, to, sender = sends[name]
+        filed[name] = _filed_id(real_gateway.send(raw, to, mail_from=sender.email))
+    note = _stored(world, "project.task", task, filed["contributor note"])
+    reply = _stored(world, "project.task", task, filed["plain reply"])
+    assert note["author_id"][0] == world.contributor.partner_id and "internal finding" in note["body"]
+    assert note["subtype_id"][0] == _subtype_id(world, "mail.mt_note")
+    assert reply["author_id"][0] == world.plain.partner_id and "public answer" in reply["body"]
+    assert reply["subtype_id"][0] == _subtype_id(world, "mail.mt_comment")
+    # The first keeps the original ID; the second is filed under one derived from it (gateway/post.py):
+    # a reply by Odoo's mail gateway under its record's own, a note under its sender's own.
+    local, _, domain = message_id.strip("<>").rpartition("@")
+    digest = hashlib.sha256(world.contributor.email.lower().encode()).hexdigest()[:12]
+    first_id, second_id = (note, reply) if first == "contributor note" else (reply, note)
+    assert first_id["message_id"] == message_id
+    assert second_id["message_id"] == (f"<{local}.project.task-{task}@{domain}>" if first == "contributor note"
+                                       else f"<{local}.project.task-{task}.from-{digest}@{domain}>")
+    assert _portal_sees(world, world.plain, "project.task", task).count(filed["contributor note"]) == 0
+    assert filed["plain reply"] in _portal_sees(world, world.plain, "project.task", task)
+    # Each sender's retry is recognised as its own message, nothing is filed a third time.
+    for name in order:
+        raw, to, sender = sends[name]
+        assert real_gateway.send(raw, to, mail_from=sender.email) == f"250 2.0.0 Already filed as Odoo message {filed[name]}"
+    assert sorted(m["id"] for m in messages_on(world, "project.task", task)
+                  if m["message_id"] in (first_id["message_id"], second_id["message_id"])) == sorted(filed.values())
+    print(f"\n{first} first, same Message-ID: note {filed['contributor note']} ({note['message_id']}), "
+          f"reply {filed['plain reply']} ({reply['message_id']}); retries answered Already filed")
+
+
 def test_odoo_unreachable_defers_with_451_and_the_retry_is_filed_once(world, real_gateway, tmp_path, signing_dns):
     down = start_real_gateway(tmp_path, world, real_gateway.keys, signing_dns.port,
                               odoo_url=f"http://127.0.0.1:{closed_port()}", odoo_timeout=5)

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import codecs
 import html
 import email.errors
+import email.header
 import email.message
-import quopri
 import re
 import unicodedata
 from dataclasses import dataclass, field
@@ -154,62 +152,31 @@ def unflow(text: str, *, delete_space: bool = False) -> str:
     return "\n".join(out)
 
 
-# RFC 2047 section 2; a charset may carry a language after "*" (RFC 2231 section 5).
-_ENCODED_WORD = re.compile(r"=\?([^?\s*]+)(?:\*[^?\s]*)?\?([BbQq])\?([^?\s]*)\?=")
 # Shown nowhere and never part of a real name: C0 and C1 controls, DEL, and the bidirectional
 # overrides and isolates that make "invoice\u202efdp.vbs" display as "invoicesbv.pdf".
 _NAME_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
-
-
-def _encoded_word_bytes(kind: str, data: str) -> bytes | None:
-    try:
-        if kind in "Bb":
-            return base64.b64decode(data + "=" * (-len(data) % 4), validate=True)
-        return quopri.decodestring(data.encode("ascii"), header=True)
-    except (binascii.Error, ValueError, UnicodeError):
-        return None
 
 
 def decode_encoded_words(value: str) -> str:
     """The RFC 2047 encoded words in ``value`` decoded, the rest as it is.
 
     Gmail and Outlook write a file name so, inside the quoted parameter (which RFC 2047 section 5
-    does not allow, and Python's compat32 parser leaves as it is). Adjacent words of one charset are
-    joined before decoding, since clients split a long name in the middle of a character, and the
-    whitespace between two encoded words is dropped (section 6.2). A word that does not decode is
-    kept as written.
+    does not allow, and Python's compat32 parser leaves as it is). The email package's
+    decode_header joins adjacent words of one charset before they are decoded (clients split a long
+    name in the middle of a character) and drops the whitespace between two encoded words (section
+    6.2); each run is then decoded as a part is, a charset's language suffix (RFC 2231 section 5)
+    left out. A value with a word that does not decode is kept as written.
     """
-    pieces: list[str] = []
-    run_charset: str | None = None
-    run: list[bytes] = []
-
-    def flush() -> None:
-        nonlocal run_charset
-        if run_charset is not None:
-            pieces.append(decode_text(b"".join(run), run_charset, "", []))
-            run.clear()
-            run_charset = None
-
-    position = 0
-    for match in _ENCODED_WORD.finditer(value):
-        between = value[position:match.start()]
-        position = match.end()
-        data = _encoded_word_bytes(match.group(2), match.group(3))
-        if data is None:
-            flush()
-            pieces.append(between + match.group(0))
-            continue
-        if between and not (run_charset is not None and between.isspace()):
-            flush()
-            pieces.append(between)
-        charset = match.group(1).lower()
-        if charset != run_charset:
-            flush()
-            run_charset = charset
-        run.append(data)
-    flush()
-    pieces.append(value[position:])
-    return "".join(pieces)
+    try:
+        chunks = email.header.decode_header(value)
+    except (email.errors.HeaderParseError, ValueError):
+        return value
+    # decode_header hands back the text between encoded words as raw-unicode-escape bytes.
+    return "".join(
+        chunk if isinstance(chunk, str)
+        else decode_text(chunk, charset.partition("*")[0], "", []) if charset
+        else chunk.decode("raw-unicode-escape")
+        for chunk, charset in chunks)
 
 
 def _raw_header(part: email.message.Message, name: str) -> str | None:

@@ -345,6 +345,14 @@ class Journal:
         rows, _ = self._run("read", sql, parameters)
         return int(rows[0][0])
 
+    def was_filed(self, message_id: str, from_address: str, model: str, res_id: int) -> bool:
+        """Whether this sender's message was filed on this record (any time): a retry, not a new message."""
+        rows, _ = self._run(
+            "read", "SELECT 1 FROM messages WHERE message_id = ? AND from_address = ? COLLATE NOCASE "
+                    "AND model = ? AND res_id = ? AND verdict = 'filed' LIMIT 1",
+            (message_id, from_address, model, res_id))
+        return bool(rows)
+
     def recent(
         self, limit: int = 20, *, verdict: str | None = None, sender: str | None = None,
         since: float | None = None, model: str | None = None, res_id: int | None = None,

@@ -116,7 +116,8 @@ def _authenticate_sender(ctx: MessageContext, services: Services, deadline: floa
 def _rate_limit(ctx: MessageContext, services: Services, deadline: float) -> None:
     assert ctx.sender is not None
     try:
-        ratelimit.check_rate(services.journal, ctx.rules.rate_limit, ctx.sender.email, ctx.target)
+        ratelimit.check_rate(services.journal, ctx.rules.rate_limit, ctx.sender.email, ctx.target,
+                             message_id=ctx.message.message_id if ctx.message else None)
     except JournalUnavailable as error:
         raise JournalNotWritable(str(error)) from None
 

@@ -11,15 +11,24 @@ from gateway.refusals import RecordRateLimited, SenderRateLimited
 
 
 def check_rate(journal: Journal, limits: RateLimits, sender_email: str, target: Target,
-               now: float | None = None) -> None:
+               now: float | None = None, *, message_id: str | None = None) -> None:
     """Raise a 450 refusal when the sender or the record has had its share of filed messages.
 
     Only filed messages count: a refused or deferred attempt costs Odoo nothing, and counting the
     retries of a deferred message would lock its sender out for an outage it did not cause. Two
     messages checked at once may both pass at the limit; the limit is a brake on floods, not a quota.
+
+    A message this sender already filed on this record (``message_id``; a retry after a lost 250)
+    is never held back: it files nothing new, and the post stage answers "Already filed", where a
+    450 would keep it queued at the sender's MTA and could end in a bounce for a filed note. The
+    journal is asked only when a limit is reached.
     """
     since = (time.time() if now is None else now) - limits.window_minutes * 60
+    refusal = None
     if limits.per_sender and journal.count_filed(since, from_address=sender_email) >= limits.per_sender:
-        raise SenderRateLimited(f"{limits.per_sender} in {limits.window_minutes:g} minutes")
-    if limits.per_record and journal.count_filed(since, model=target.model, res_id=target.res_id) >= limits.per_record:
-        raise RecordRateLimited(f"{limits.per_record} in {limits.window_minutes:g} minutes")
+        refusal = SenderRateLimited(f"{limits.per_sender} in {limits.window_minutes:g} minutes")
+    elif limits.per_record and journal.count_filed(since, model=target.model, res_id=target.res_id) >= limits.per_record:
+        refusal = RecordRateLimited(f"{limits.per_record} in {limits.window_minutes:g} minutes")
+    if refusal is not None and not (message_id and journal.was_filed(message_id, sender_email, target.model,
+                                                                      target.res_id)):
+        raise refusal

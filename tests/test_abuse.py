@@ -286,6 +286,25 @@ def test_rate_limit_per_record_defers_with_450(test_odoo, start_gateway, dns_ser
     assert len(_posts(test_odoo)) == 2
 
 
+@pytest.mark.parametrize("limits", ["per_sender = 2\nper_record = 0", "per_sender = 0\nper_record = 2"])
+def test_a_retry_of_a_filed_message_at_the_limit_is_already_filed_not_deferred(
+        test_odoo, start_gateway, dns_server, dkim_keys, limits):
+    # Found by a failure-mode review: the sender's MTA never saw the first 250 (the connection
+    # dropped after the final dot) and retries once the limit is reached; a 450 kept the filed note
+    # queued until the window emptied, and could end in a bounce.
+    gateway = start_gateway(dns_server.port, rules_extra=f"[rate_limit]\n{limits}\n")
+    mailer = Mailer(gateway, dkim_keys)
+    task = mailer.address("note", "project.task", TASK_ID)
+    first = mailer.sign(mailer.message("note_from_contributor.eml", task))
+    filed = mailer.send(first, task)
+    assert filed.startswith("250 2.0.0 Filed as Odoo message ")
+    assert mailer.send(mailer.sign(mailer.message("note_from_contributor.eml", task)), task).startswith("250 ")
+    assert mailer.send(first, task) == filed.replace("Filed as", "Already filed as")
+    # A new message at the limit is still deferred.
+    assert mailer.send(mailer.sign(mailer.message("note_from_contributor.eml", task)), task).startswith("450 4.7.1 ")
+    assert len(_posts(test_odoo)) == 2
+
+
 def test_connections_per_peer_and_in_all_are_capped(start_gateway, dns_server):
     gateway = start_gateway(dns_server.port, listener_extra="max_sessions = 3\nmax_sessions_per_ip = 2")
     first = smtplib.SMTP("127.0.0.1", gateway.port, timeout=10)

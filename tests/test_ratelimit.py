@@ -41,3 +41,17 @@ def test_per_record_limit_counts_every_sender(tmp_path):
         with pytest.raises(RecordRateLimited):
             check_rate(journal, limits, "joel@example.com", TASK)
         check_rate(journal, limits, "joel@example.com", OTHER)
+
+
+def test_a_message_the_sender_filed_on_the_record_passes_at_the_limit(tmp_path):
+    limits = RateLimits(per_sender=1, per_record=1, window_minutes=60)
+    with Journal(tmp_path / "journal.sqlite3") as journal:
+        journal.record(JournalEntry(verdict="filed", received_at=time.time() - 60, message_id="<a@example.com>",
+                                    from_address="Paula@example.com", model=TASK.model, res_id=TASK.res_id))
+        check_rate(journal, limits, "paula@example.com", TASK, message_id="<a@example.com>")
+        with pytest.raises(SenderRateLimited):
+            check_rate(journal, limits, "paula@example.com", TASK, message_id="<b@example.com>")
+        with pytest.raises(SenderRateLimited):   # not filed on this record
+            check_rate(journal, limits, "paula@example.com", OTHER, message_id="<a@example.com>")
+        with pytest.raises(RecordRateLimited):   # another sender's message with that Message-ID
+            check_rate(journal, limits, "peter@example.com", TASK, message_id="<a@example.com>")

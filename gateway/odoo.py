@@ -11,6 +11,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Protocol, TypeVar
+import urllib.error
 from urllib.parse import urlsplit
 
 import odoorpc
@@ -343,8 +344,13 @@ class OdooPool:
         A ``patient`` session (a batched read) lets every other waiting call have a free connection first.
         """
         started, ok = time.monotonic(), False
+        transport: KeepAliveHandler | None = None
         try:
             with self._borrow(deadline, patient=patient) as client:
+                with self._lock:
+                    transport = self._transports.get(id(client))
+                if transport is not None:
+                    transport.sent = transport.answered = False
                 timeout = self.connection.timeout
                 if deadline is not None:
                     remaining = deadline - time.monotonic()
@@ -367,7 +373,14 @@ class OdooPool:
             raise OdooUnavailable(f"Odoo refused {label}") from None
         except Exception as error:  # Transport: refused, reset, timeout, HTTP 5xx, not JSON.
             log.warning("odoo %s: %s: %s: %s", self.name, label, type(error).__name__, error)
-            raise OdooUnavailable(f"{type(error).__name__} talking to Odoo") from None
+            # Failed after the request went out whole and before an answer came back (a timeout,
+            # a connection lost while waiting): Odoo may have run it, or may still be running it.
+            # So may it behind a proxy that answered 502 or 504 (its own timeout, Odoo's answer
+            # lost). A request that never left, or that Odoo answered, even with garbage or a 500,
+            # is settled: Odoo is done with it, and a search tells whether it was filed.
+            unsettled = transport is not None and transport.sent and (
+                not transport.answered or (isinstance(error, urllib.error.HTTPError) and error.code in (502, 504)))
+            raise OdooUnavailable(f"{type(error).__name__} talking to Odoo", unsettled=unsettled) from None
         finally:
             observe.odoo_call(self.name, time.monotonic() - started, ok)
 

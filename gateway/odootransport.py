@@ -21,6 +21,11 @@ class KeepAliveHandler(urllib.request.HTTPHandler, urllib.request.HTTPSHandler):
     did not receive whole). A failure while waiting for the answer is ambiguous (Odoo may have
     filed the note and died before answering) and is raised, never retried: a doubled note is
     worse than a 451.
+
+    ``sent`` and ``answered`` tell the pool which of the two a failed call was: ``sent`` once the
+    last request went out whole, ``answered`` once the status line of its answer came back. A
+    failure in between (a timeout, a connection lost while waiting) may leave Odoo running the
+    request; gateway/post.py records such a post as unsettled.
     """
 
     def __init__(self) -> None:
@@ -28,6 +33,7 @@ class KeepAliveHandler(urllib.request.HTTPHandler, urllib.request.HTTPSHandler):
         urllib.request.HTTPSHandler.__init__(self)
         self._connection: http.client.HTTPConnection | None = None
         self._key: tuple | None = None
+        self.sent = self.answered = False
 
     def http_open(self, request: urllib.request.Request) -> Any:
         return self._open(http.client.HTTPConnection, request, {})
@@ -51,6 +57,7 @@ class KeepAliveHandler(urllib.request.HTTPHandler, urllib.request.HTTPSHandler):
         headers.update({name: value for name, value in request.headers.items() if name not in headers})
         headers["Connection"] = "keep-alive"
         headers = {name.title(): value for name, value in headers.items()}
+        self.sent = self.answered = False
         for attempt in (1, 2):
             reused = self._connection is not None and self._connection.sock is not None
             if reused and self._closed_by_peer():
@@ -76,12 +83,14 @@ class KeepAliveHandler(urllib.request.HTTPHandler, urllib.request.HTTPSHandler):
             except OSError as error:
                 self.close()
                 raise urllib.request.URLError(error) from error
+            self.sent = True
             try:
                 response = connection.getresponse()
             except BaseException:
                 # Ambiguous: the request went out. Never re-send (see the class docstring).
                 self.close()
                 raise
+            self.answered = True
             if response.will_close:
                 # The server ends the connection after this answer (real Odoo 18 run directly
                 # answers "Connection: close"); the next call opens a fresh one.

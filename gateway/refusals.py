@@ -320,6 +320,13 @@ class OdooUnavailable(Refusal):
     smtp_code, enhanced_code = 451, "4.3.0"
     reason = "Odoo is unavailable, try again later"
 
+    def __init__(self, detail: str | None = None, *, unsettled: bool = False) -> None:
+        super().__init__(detail)
+        # The request went out and Odoo may still be running it: a timeout or a connection lost
+        # while waiting for the answer, a proxy's 502 or 504 (gateway/odoo.py). A request that never
+        # went out whole, or that Odoo answered (an RPC error, a 500, garbage), is settled.
+        self.unsettled = unsettled
+
 
 class MessageInProgress(Refusal):
     smtp_code, enhanced_code = 451, "4.3.0"

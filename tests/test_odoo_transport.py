@@ -161,3 +161,86 @@ def test_the_pool_closes_its_kept_connections_when_a_client_is_dropped_and_when_
         pool.close()
     # Closing the pool (as a reload closes the old one) closes the idle client's connection.
     assert _until(lambda: test_odoo.open_connections == 0)
+
+
+# --- Which failures leave Odoo perhaps still running the call --------------------------------------
+
+
+def test_the_transport_tells_a_request_sent_and_unanswered_from_one_never_sent(scripted):
+    server = scripted({2: "drop", 3: "hang"})
+    opener, transport = keep_alive_opener()
+    assert _post(opener, server, b"first") == 1
+    assert (transport.sent, transport.answered) == (True, True)
+    with pytest.raises((urllib.error.URLError, ConnectionError, OSError)):
+        _post(opener, server, b"dropped")
+    assert (transport.sent, transport.answered) == (True, False)
+    with pytest.raises((urllib.error.URLError, TimeoutError, OSError)):
+        _post(opener, server, b"hung", timeout=0.3)
+    assert (transport.sent, transport.answered) == (True, False)
+    port = server.server_address[1]
+    server.shutdown()
+    server.server_close()
+    transport.close()
+    with pytest.raises((urllib.error.URLError, ConnectionError, OSError)):
+        opener.open(urllib.request.Request(f"http://127.0.0.1:{port}/jsonrpc", data=b"refused"), timeout=1)
+    assert (transport.sent, transport.answered) == (False, False)
+
+
+@pytest.mark.parametrize("fault, unsettled", [
+    ("hang", True), ("die_after_post", True), ("die_before_post", True),
+    ("rpc_error", False), ("http500", False), ("garbage", False), ("refuse", False),
+])
+def test_the_pool_says_which_failed_calls_odoo_may_still_be_running(test_odoo, fault, unsettled):
+    from gateway.config import OdooConnection
+    from gateway.odoo import OdooPool
+    from gateway.refusals import OdooUnavailable
+    from gateway.testing.odoo_demo import DEMO_API_KEY, TASK_ID
+
+    connection = OdooConnection(url=test_odoo.url, database=test_odoo.database, login="gateway",
+                                api_key_env="UNUSED", timeout=0.5)
+    pool = OdooPool("main", connection, DEMO_API_KEY)
+    try:
+        pool.call("res.partner", "search", [[]], {"limit": 1})  # logged in: the fault meets the post itself
+        if fault == "refuse":
+            test_odoo.fail("refuse")
+        else:
+            test_odoo.fail(fault, method="message_post", times=1, seconds=3)
+        with pytest.raises(OdooUnavailable) as caught:
+            pool.call("project.task", "message_post", [[TASK_ID]], {"body": "x", "message_type": "comment",
+                                                                   "subtype_xmlid": "mail.mt_note"})
+        assert caught.value.unsettled is unsettled, caught.value.detail
+    finally:
+        test_odoo.heal()
+        pool.close()
+
+
+@pytest.mark.parametrize("status, unsettled", [(502, True), (504, True), (500, False), (503, False)])
+def test_a_proxy_that_gave_up_on_odoo_leaves_the_call_unsettled(status, unsettled):
+    # nginx answers 504 when Odoo takes longer than proxy_read_timeout (60 s by default, below
+    # Odoo's limit_time_real): Odoo goes on with the request as if the gateway had timed out itself.
+    from gateway.config import OdooConnection
+    from gateway.odoo import OdooPool
+    from gateway.odootransport import KeepAliveHandler
+    from gateway.refusals import OdooUnavailable
+
+    transport = KeepAliveHandler()
+
+    class Client:
+        config: dict = {}
+
+        def execute_kw(self, model, method, args, kwargs):
+            transport.sent = transport.answered = True  # as the transport leaves them after an answer
+            raise urllib.error.HTTPError("http://odoo/jsonrpc", status, "from the proxy", {}, None)
+
+    connection = OdooConnection(url="http://127.0.0.1:9", database="db", login="gateway", api_key_env="UNUSED")
+    pool = OdooPool("main", connection, "key")
+    client = Client()
+    pool._idle.put(client)
+    pool._transports[id(client)] = transport
+    try:
+        with pytest.raises(OdooUnavailable) as caught:
+            pool.call("project.task", "message_post", [[1]], {})
+        assert caught.value.unsettled is unsettled
+        assert caught.value.detail == "HTTPError talking to Odoo"
+    finally:
+        pool.close()

@@ -459,6 +459,15 @@ def test_die_after_post_stores_the_message_but_never_answers(odoo, gateway):
     assert gateway.execute_kw("mail.message", "search", [[("message_id", "=", "<crash@example.com>")]])
 
 
+def test_die_before_post_stores_nothing_and_never_answers(odoo, gateway):
+    odoo.fail("die_before_post", times=1)
+    before = len(odoo.messages("project.task", TASK_ID))
+    with pytest.raises((ConnectionError, http.client.HTTPException, urllib.error.URLError)):
+        post(gateway, "project.task", TASK_ID, body="rolled back", message_id="<killed@example.com>", **NOTE)
+    assert len(odoo.messages("project.task", TASK_ID)) == before
+    assert [call.outcome for call in odoo.posts()] == ["die_before_post"]
+
+
 def test_latency_is_applied_per_method(odoo, gateway):
     odoo.latency = {"message_post": 0.08, "*": 0.0}
     started = time.perf_counter()

@@ -92,7 +92,7 @@ __all__ = ["TestOdoo", "Call", "Fault", "OutgoingEmail", "FAIL_MODES", "seed_dem
 
 log = logging.getLogger(__name__)
 
-FAIL_MODES = ("refuse", "hang", "http500", "garbage", "rpc_error", "die_after_post")
+FAIL_MODES = ("refuse", "hang", "http500", "garbage", "rpc_error", "die_after_post", "die_before_post")
 
 # werkzeug's InternalServerError page, which is what an Odoo behind no proxy answers on a crash.
 _HTTP500_BODY = (
@@ -385,7 +385,9 @@ class TestOdoo:
         for object calls, else the service method, e.g. "login"); ``times`` limits it to the next
         N matching calls. "hang" waits until ``release()``/``heal()`` or ``seconds``, then answers;
         "die_after_post" lets message_post store its message, then drops the connection without
-        an answer; "refuse" closes the listening socket (healing reopens it on the same port).
+        an answer; "die_before_post" drops it without running the call, nothing stored (Odoo killing
+        a worker at limit_time_real rolls its transaction back), after ``seconds`` if given;
+        "refuse" closes the listening socket (healing reopens it on the same port).
         """
         if mode is None:
             self.heal()
@@ -394,7 +396,7 @@ class TestOdoo:
             raise ValueError(f"fail mode must be one of {', '.join(FAIL_MODES)} or None")
         if mode == "refuse" and (model or method or times):
             raise ValueError("a refused connection cannot be told apart by model, method or count")
-        if mode == "die_after_post" and method is None:
+        if mode in ("die_after_post", "die_before_post") and method is None:
             method = "message_post"
         fault = Fault(mode, model, method, times, seconds)
         if error_name:
@@ -696,6 +698,12 @@ class TestOdoo:
             time.sleep(delay)
         if fault is not None and fault.mode == "hang":
             self._hang(fault)
+        if fault is not None and fault.mode == "die_before_post":
+            if fault.seconds:
+                self._hang(fault)
+            call.outcome, call.ended = "die_before_post", time.time()
+            self._drop_connection(handler)
+            return
         if fault is not None and fault.mode in ("http500", "garbage", "rpc_error"):
             call.outcome, call.ended = fault.mode, time.time()
             if fault.mode == "http500":
@@ -728,14 +736,18 @@ class TestOdoo:
         if fault is not None and fault.mode == "die_after_post":
             # The message is stored; the answer never leaves, as when Odoo dies mid-request.
             call.outcome, call.ended = "die_after_post", time.time()
-            handler.close_connection = True
-            try:
-                handler.connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            self._drop_connection(handler)
             return
         call.ended = time.time()
         self._send_json(handler, response, headers)
+
+    @staticmethod
+    def _drop_connection(handler: _Handler) -> None:
+        handler.close_connection = True
+        try:
+            handler.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
     def _hang(self, fault: Fault) -> None:
         event = threading.Event()

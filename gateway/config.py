@@ -160,6 +160,11 @@ class OdooConnection(_Strict):
     # saves two of the four round trips per message but lets a revoked group, an archived user or a
     # removed follower through for that long (issue 6).
     read_cache_seconds: Annotated[float, Field(ge=0, le=300)] = 0.0
+    # A post that timed out or lost its connection may still be running in Odoo, which keeps an
+    # abandoned request going up to its limit_time_real (120 s by default; without limit under
+    # --workers=0). For this long after, a retry that does not find the message in Odoo is deferred
+    # (451) instead of posted again, which could file it twice. Must exceed Odoo's limit_time_real.
+    unsettled_post_seconds: Annotated[float, Field(gt=0, le=86400)] = 300.0
 
     @model_validator(mode="after")
     def _one_key_source(self) -> OdooConnection:

@@ -127,6 +127,9 @@ class MessageContext:
     # search of the access policy also answers that, and the post stage need not search again).
     claim: ExitStack | None = None
     unfiled: bool = False
+    # A call that files the message failed with Odoo perhaps still running it (gateway/post.py);
+    # the post stage then leaves a marker in the journal for the retry (odoo.unsettled_post_seconds).
+    post_unsettled: bool = False
     odoo_message_id: int | None = None
     duplicate: bool = False
     refusal: Refusal | None = None

@@ -155,6 +155,22 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )
         """,
     ),
+    (
+        # A post whose outcome is unknown: it timed out, or its connection was lost, while Odoo may
+        # still be running it (up to its limit_time_real). Until odoo.unsettled_post_seconds after
+        # ``since``, a later delivery that does not find the message filed is deferred rather than
+        # posted again. Written only then, and removed once the message is known to be filed.
+        """
+        CREATE TABLE unsettled_posts (
+            message_id TEXT NOT NULL,
+            model TEXT NOT NULL,
+            res_id INTEGER NOT NULL,
+            sender TEXT NOT NULL COLLATE NOCASE,
+            since REAL NOT NULL,
+            PRIMARY KEY (message_id, model, res_id, sender)
+        )
+        """,
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 _JSON_COLUMNS = frozenset({"durations", "defects"})
@@ -330,6 +346,31 @@ class Journal:
         rows, _ = self._run("written", "INSERT OR IGNORE INTO notices (recipient, reason, day, sent_at) "
                                        "VALUES (?, ?, ?, ?) RETURNING 1", (recipient, reason, day, time.time()))
         return bool(rows)
+
+    def mark_unsettled(self, message_id: str, model: str, res_id: int, sender: str, *,
+                       since: float | None = None, forget_before: float | None = None) -> None:
+        """Remember that this sender's post of this message on this record may still be running in Odoo.
+
+        ``forget_before``: markers left before this time are deleted in the same transaction (a
+        sender that never retried leaves one behind, and an expired one decides nothing).
+        """
+        statements = [("INSERT OR REPLACE INTO unsettled_posts (message_id, model, res_id, sender, since) "
+                       "VALUES (?, ?, ?, ?, ?)", (message_id, model, res_id, sender,
+                                                  time.time() if since is None else since))]
+        if forget_before is not None:
+            statements.append(("DELETE FROM unsettled_posts WHERE since < ?", (forget_before,)))
+        self._transaction("written", statements)
+
+    def unsettled_since(self, message_id: str, model: str, res_id: int, sender: str) -> float | None:
+        """When this sender's post of this message on this record was left unsettled, if it is."""
+        rows, _ = self._run("read", "SELECT since FROM unsettled_posts WHERE message_id = ? AND model = ? "
+                                    "AND res_id = ? AND sender = ?", (message_id, model, res_id, sender))
+        return float(rows[0][0]) if rows else None
+
+    def settle(self, message_id: str, model: str, res_id: int, sender: str) -> None:
+        """Forget an unsettled post: the message is known to be filed now."""
+        self._run("written", "DELETE FROM unsettled_posts WHERE message_id = ? AND model = ? AND res_id = ? "
+                             "AND sender = ?", (message_id, model, res_id, sender))
 
     def count_filed(self, since: float, *, from_address: str | None = None, model: str | None = None,
                     res_id: int | None = None) -> int:

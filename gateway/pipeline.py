@@ -18,7 +18,7 @@ from gateway.inflight import InFlight
 from gateway.context import MessageContext
 from gateway.journal import Journal, JournalEntry, JournalUnavailable
 from gateway.odoo import OdooPool
-from gateway.refusals import InternalError, JournalNotWritable, OdooUnavailable, Refusal
+from gateway.refusals import InternalError, JournalNotWritable, OdooUnavailable, PostUnsettled, Refusal
 from gateway.render import Renderer
 from gateway.resolver import DkimKeyResolver
 from gateway.subject import clean_subject
@@ -235,6 +235,15 @@ def _post(ctx: MessageContext, services: Services, deadline: float) -> None:
     # Two deliveries of one message at once (a retry while the first is still posting) would
     # both find nothing and both post; only one may be between the search and the post.
     _claim(ctx, services)
+    # An earlier delivery's post that timed out or lost its answer may still be running in Odoo
+    # (the journal's unsettled_posts, shared by the workers); read once, and written only on that
+    # rare path, so an ordinary note costs no journal write and no Odoo call more.
+    key = unsettled_key(ctx)
+    try:
+        unsettled_since = services.journal.unsettled_since(*key)
+    except JournalUnavailable as error:
+        # Whether an earlier post may still be running is unknown: defer rather than risk a second.
+        raise JournalNotWritable(str(error)) from None
     taken: frozenset[str] = frozenset()
     if not ctx.unfiled:
         # One of its Message-IDs is on the record (or the record search did not ask): filed
@@ -242,13 +251,67 @@ def _post(ctx: MessageContext, services: Services, deadline: float) -> None:
         filed = post.look_up(odoo, ctx, deadline=deadline)
         if filed.existing is not None:
             ctx.odoo_message_id, ctx.duplicate = filed.existing, True
+            if unsettled_since is not None:
+                _settle(ctx, services, key)
             return
         taken = filed.taken
-    if ctx.target.kind == "reply" and post.files_through_mail_gateway(odoo, ctx, deadline=deadline):
-        ctx.odoo_message_id, ctx.duplicate = post.file_reply(odoo, ctx, taken=taken, deadline=deadline)
-    else:
-        ctx.odoo_message_id = post.post_message(odoo, ctx, message_id=post.posting_message_id(ctx, taken),
-                                                deadline=deadline)
+    if unsettled_since is not None:
+        # Not in Odoo (the record search or look_up said so, under the claim): either that post
+        # failed, or Odoo is still running it. Only time tells them apart.
+        refusal = unsettled_refusal(odoo, unsettled_since)
+        if refusal is not None:
+            raise refusal
+        ctx.journal_notes.append(f"unsettled-post-expired:the post of {time.time() - unsettled_since:.0f} s ago "
+                                 "is not in Odoo; posted again")
+    try:
+        if ctx.target.kind == "reply" and post.files_through_mail_gateway(odoo, ctx, deadline=deadline):
+            ctx.odoo_message_id, ctx.duplicate = post.file_reply(odoo, ctx, taken=taken, deadline=deadline)
+        else:
+            ctx.odoo_message_id = post.post_message(odoo, ctx, message_id=post.posting_message_id(ctx, taken),
+                                                    deadline=deadline)
+    except OdooUnavailable:
+        if ctx.post_unsettled:
+            _mark_unsettled(ctx, services, key)
+        raise
+    if unsettled_since is not None:
+        _settle(ctx, services, key)
+
+
+def unsettled_key(ctx: MessageContext) -> tuple[str, str, int, str]:
+    """What an unsettled post is remembered by: the message's claim (Message-ID, record) and its sender."""
+    assert ctx.message is not None and ctx.target.res_id is not None
+    return ctx.message.message_id, ctx.target.model, ctx.target.res_id, post.sender_address(ctx).strip().lower()
+
+
+def unsettled_refusal(odoo: OdooPool, since: float) -> PostUnsettled | None:
+    """The refusal of a message not in Odoo whose post was left unsettled at ``since``, while it may still run."""
+    age = time.time() - since
+    wait = odoo.connection.unsettled_post_seconds - age
+    if wait <= 0:
+        return None
+    return PostUnsettled(f"its post {age:.0f} s ago got no answer, and it is not posted again "
+                         f"for another {wait:.0f} s (odoo.unsettled_post_seconds)")
+
+
+def _mark_unsettled(ctx: MessageContext, services: Services, key: tuple[str, str, int, str]) -> None:
+    longest = max((connection.unsettled_post_seconds for connection in services.config.gateway.odoo.values()),
+                  default=0.0)
+    try:
+        services.journal.mark_unsettled(*key, forget_before=time.time() - longest)
+    except JournalUnavailable as error:
+        # The reply is a 451 all the same; only a retry within Odoo's own time limit could double it.
+        log.error("journal unavailable, unsettled post of %s on %s,%s not recorded: %s", key[0], key[1], key[2], error)
+        return
+    ctx.journal_notes.append("unsettled-post:Odoo may still be filing it; a retry that does not find it "
+                             f"is deferred for {_odoo(ctx, services).connection.unsettled_post_seconds:g} s")
+
+
+def _settle(ctx: MessageContext, services: Services, key: tuple[str, str, int, str]) -> None:
+    try:
+        services.journal.settle(*key)
+    except JournalUnavailable as error:
+        # Filed, and the reply says so; the marker is ignored once the message is found in Odoo.
+        log.error("journal unavailable, settled post of %s on %s,%s not recorded: %s", key[0], key[1], key[2], error)
 
 
 # The order a message goes through; each stage either fills in the context or raises a Refusal.

@@ -172,9 +172,19 @@ def post_message(odoo: OdooPool, ctx: MessageContext, *, message_id: str | None 
     if ctx.company_id is not None:
         # The post runs in the company the alias domain serves (issue 7).
         context["allowed_company_ids"] = [ctx.company_id]
-    result = odoo.call(ctx.target.model, "message_post", [[ctx.target.res_id]], kwargs,
-                       context=context, deadline=deadline)
+    result = _write(odoo, ctx, ctx.target.model, "message_post", [[ctx.target.res_id]], kwargs,
+                    context=context, deadline=deadline)
     return int(result[0] if isinstance(result, list) else result)
+
+
+def _write(odoo: OdooPool, ctx: MessageContext, model: str, method: str, args: list, kwargs: dict, *,
+           context: dict, deadline: float | None) -> object:
+    """A call that files the message; if Odoo may still be running it when it fails, ctx says so."""
+    try:
+        return odoo.call(model, method, args, kwargs, context=context, deadline=deadline)
+    except OdooUnavailable as error:
+        ctx.post_unsettled = ctx.post_unsettled or error.unsettled
+        raise
 
 
 def message_id_survives(message_id: str) -> bool:
@@ -281,9 +291,9 @@ def file_reply(odoo: OdooPool, ctx: MessageContext, *, taken: frozenset[str] | s
     for message_id in filed_message_ids(ctx):
         if message_id in taken:
             continue
-        thread = odoo.call("mail.thread", "message_process", [ctx.target.model, reply_message(ctx, message_id)],
-                           {"custom_values": dict(NO_RECORD_CREATION), "thread_id": ctx.target.res_id},
-                           context=context, deadline=deadline)
+        thread = _write(odoo, ctx, "mail.thread", "message_process", [ctx.target.model, reply_message(ctx, message_id)],
+                        {"custom_values": dict(NO_RECORD_CREATION), "thread_id": ctx.target.res_id},
+                        context=context, deadline=deadline)
         # False: Odoo knows the Message-ID already (mail_thread.py:1375): filed on this record by a
         # delivery in between, or there from another author, or on another record; then the next
         # ID is tried. None: a loop rule dropped it (mail_thread.py:1381).

@@ -328,6 +328,14 @@ class OdooUnavailable(Refusal):
         self.unsettled = unsettled
 
 
+class PostUnsettled(Refusal):
+    # A post of this message timed out or lost its answer a short while ago, and Odoo does not have
+    # it (yet): Odoo may still be running that request (up to its limit_time_real). Posting again now
+    # could file it twice; after odoo.unsettled_post_seconds the gateway posts again.
+    smtp_code, enhanced_code = 451, "4.3.0"
+    reason = "An earlier delivery of this message may still be being filed by Odoo, try again later"
+
+
 class MessageInProgress(Refusal):
     smtp_code, enhanced_code = 451, "4.3.0"
     reason = "The same message is being filed right now, try again later"

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from contextlib import contextmanager
 
 import pytest
 
+from gateway.config import load_config
 from gateway.journal import Journal
+from gateway.pipeline import Services
+from gateway.smtp import ThreadedGateway
 from gateway.testing.odoo_demo import TASK_ID
 
 
@@ -203,3 +207,115 @@ def test_other_sessions_are_served_while_odoo_hangs_on_one(test_odoo, gateway, m
     thread.join(timeout=30)
     assert stuck[0].startswith(("250 ", "451 ")), stuck
 
+
+
+UNSETTLED = "451 4.3.0 An earlier delivery of this message may still be being filed by Odoo, try again later"
+
+
+@contextmanager
+def _gateway_on(config_path):
+    """A gateway on this config file, stopped at the end of the block: started twice, a restart."""
+    from conftest import RunningGateway
+
+    services = Services.build(load_config(config_path))
+    server = ThreadedGateway(services).start()
+    try:
+        yield RunningGateway(services, server, config_path)
+    finally:
+        server.stop()
+        services.close()
+
+
+def _unsettled_rows(journal_path) -> list[tuple]:
+    connection = sqlite3.connect(journal_path)
+    try:
+        return connection.execute("SELECT message_id, model, res_id, sender FROM unsettled_posts").fetchall()
+    finally:
+        connection.close()
+
+
+def _wait_for_stored(test_odoo, message_id: str, seconds: float = 15) -> list[dict]:
+    ends = time.monotonic() + seconds
+    while not (stored := _stored(test_odoo, message_id)):
+        assert time.monotonic() < ends, f"{message_id} never stored"
+        time.sleep(0.05)
+    return stored
+
+
+def test_a_retry_while_odoo_still_runs_a_timed_out_post_is_deferred_and_files_once(tmp_path, test_odoo, dns_server,
+                                                                                  dkim_keys):
+    # Found by the failure-mode review: the first delivery's message_post outlived the gateway's
+    # Odoo timeout (451), the retry found nothing in Odoo and posted again, and when Odoo finished
+    # the first post the record had the note twice.
+    from conftest import Mailer, write_config
+
+    config_path = write_config(tmp_path, test_odoo, dns_server.port, odoo_timeout=1.0)
+    to = Mailer.address("note", "project.task", TASK_ID)
+    message_id = "<unsettled@example.com>"
+    with _gateway_on(config_path) as gateway:
+        mailer = Mailer(gateway, dkim_keys)
+        raw = mailer.sign(mailer.message("note_from_contributor.eml", to, message_id))
+        test_odoo.fail("hang", method="message_post", times=1, seconds=60)
+        reply = mailer.send(raw, to)
+        assert reply == "451 4.3.0 Odoo is unavailable, try again later: TimeoutError talking to Odoo", reply
+        # Odoo is still running that post: the retry does not find it, and must not post.
+        retry = mailer.send(raw, to)
+        assert retry.startswith(UNSETTLED + ": its post "), retry
+        assert "(odoo.unsettled_post_seconds)" in retry
+        journal_path = gateway.services.config.journal_path
+    assert _unsettled_rows(journal_path) == [(message_id, "project.task", TASK_ID, "portal.contrib@example.com")]
+    # Durable: a restarted gateway still knows the post may be running.
+    with _gateway_on(config_path) as gateway:
+        mailer = Mailer(gateway, dkim_keys)
+        assert mailer.send(raw, to).startswith(UNSETTLED + ": its post ")
+        assert len(test_odoo.posts()) == 1 and _stored(test_odoo, message_id) == []
+        test_odoo.release()  # Odoo finishes the first post
+        [stored] = _wait_for_stored(test_odoo, message_id)
+        assert mailer.send(raw, to) == f"250 2.0.0 Already filed as Odoo message {stored['id']}"
+        assert len(_stored(test_odoo, message_id)) == 1
+        assert len(test_odoo.posts()) == 1
+        with Journal(journal_path) as journal:
+            assert [(row.verdict, row.refusal_class) for row in journal.recent(5)] == [
+                ("duplicate", ""), ("deferred", "PostUnsettled"), ("deferred", "PostUnsettled"),
+                ("deferred", "OdooUnavailable")]
+            assert any(note.startswith("unsettled-post:") for note in journal.recent(5)[-1].defects)
+    # Known to be filed: the marker is gone.
+    assert _unsettled_rows(journal_path) == []
+
+
+def test_a_post_that_really_failed_is_posted_again_once_unsettled_post_seconds_passed(test_odoo, start_gateway,
+                                                                                     dns_server, dkim_keys):
+    from conftest import Mailer
+
+    gateway = start_gateway(dns_server.port, unsettled_post_seconds=3)
+    mailer = Mailer(gateway, dkim_keys)
+    to = mailer.address("note", "project.task", TASK_ID)
+    raw = mailer.sign(mailer.message("note_from_contributor.eml", to, "<rolled-back@example.com>"))
+    # Odoo drops the connection without filing (a worker killed at limit_time_real rolls back): the
+    # gateway cannot tell this from a post still running, so it waits out unsettled_post_seconds.
+    test_odoo.fail("die_before_post", times=1)
+    reply = mailer.send(raw, to)
+    failed_at = time.monotonic()
+    assert reply.startswith("451 4.3.0 Odoo is unavailable, try again later: "), reply
+    assert mailer.send(raw, to).startswith(UNSETTLED), "retried at once"
+    assert _stored(test_odoo, "<rolled-back@example.com>") == []
+    time.sleep(max(0.0, failed_at + 3.2 - time.monotonic()))
+    filed = mailer.send(raw, to)
+    assert filed.startswith("250 2.0.0 Filed as Odoo message"), filed
+    assert len(_stored(test_odoo, "<rolled-back@example.com>")) == 1
+    assert [call.outcome for call in test_odoo.posts()] == ["die_before_post", "ok"]
+    assert _unsettled_rows(gateway.services.config.journal_path) == []
+    assert any(note.startswith("unsettled-post-expired:") for note in gateway.services.journal.recent(1)[0].defects)
+
+
+@pytest.mark.parametrize("fault", ["rpc_error", "http500", "garbage"])
+def test_a_post_odoo_answered_with_a_fault_is_retried_at_once(test_odoo, gateway, mailer, fault):
+    # Odoo answered, if only with an error: it is done with the request, nothing is left running,
+    # and the retry posts without waiting for unsettled_post_seconds.
+    to = mailer.address("note", "project.task", TASK_ID)
+    raw = mailer.sign(mailer.message("note_from_contributor.eml", to, f"<answered-{fault}@example.com>"))
+    test_odoo.fail(fault, method="message_post", times=1)
+    assert mailer.send(raw, to).startswith("451 4.3.0 Odoo is unavailable"), fault
+    assert mailer.send(raw, to).startswith("250 2.0.0 Filed as Odoo message")
+    assert len(_stored(test_odoo, f"<answered-{fault}@example.com>")) == 1
+    assert _unsettled_rows(gateway.services.config.journal_path) == []

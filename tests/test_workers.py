@@ -175,6 +175,42 @@ def test_the_same_message_at_once_on_two_workers_is_filed_once(test_odoo, serve,
     assert gateway.stop() == 0
 
 
+def test_an_unsettled_post_is_known_to_every_worker(test_odoo, serve, dkim_keys):
+    # The first delivery's message_post outlives the Odoo timeout and Odoo goes on with it; the
+    # retries land on either worker, and each must defer rather than post it a second time.
+    gateway = serve(odoo_timeout=1.0, rules_extra="[rate_limit]\nper_sender = 0\nper_record = 0\n")
+    _worker_pids(gateway, 2)
+    mailer = Mailer(_Port(gateway.port), dkim_keys)
+    to = mailer.address("note", "project.task", TASK_ID)
+    raw = mailer.sign(mailer.message("note_from_contributor.eml", to, "<unsettled@example.com>"))
+    test_odoo.fail("hang", method="message_post", times=1, seconds=60)
+    assert _send(raw, to, gateway.port).startswith("451 4.3.0 Odoo is unavailable"), gateway.log
+
+    def refused_by() -> set[int]:
+        lines = [json.loads(line) for line in gateway.lines if line.startswith('{"event": "message"')]
+        return {line["worker"] for line in lines if line["refusal_class"] == "PostUnsettled"}
+
+    for _ in range(40):
+        assert _send(raw, to, gateway.port).startswith(
+            "451 4.3.0 An earlier delivery of this message may still be being filed by Odoo")
+        if refused_by() == {0, 1}:
+            break
+    ends = time.monotonic() + 5  # the last log line may still be on its way from the worker
+    while refused_by() != {0, 1} and time.monotonic() < ends:
+        time.sleep(0.05)
+    assert refused_by() == {0, 1}
+    assert _filed(test_odoo, ["<unsettled@example.com>"]) == {"<unsettled@example.com>": 0}
+    test_odoo.release()
+    ends = time.monotonic() + 15
+    while not _filed(test_odoo, ["<unsettled@example.com>"])["<unsettled@example.com>"]:
+        assert time.monotonic() < ends
+        time.sleep(0.05)
+    assert _send(raw, to, gateway.port).startswith("250 2.0.0 Already filed as Odoo message")
+    assert _filed(test_odoo, ["<unsettled@example.com>"]) == {"<unsettled@example.com>": 1}
+    assert len(test_odoo.posts()) == 1
+    assert gateway.stop() == 0
+
+
 def test_a_killed_worker_is_started_again_and_a_killed_gateway_takes_its_workers(test_odoo, serve, dkim_keys):
     gateway = serve()
     pids = _worker_pids(gateway, 2)

@@ -198,10 +198,17 @@ def dry_run(services: pipeline.Services, rcpt: str, raw: bytes,
     assert ctx.user is not None and ctx.message is not None
     if filed.existing is not None:
         verdicts.append(("post", f"would not post: already filed as Odoo message {filed.existing}"))
-    else:
-        # Another author's message has its Message-ID on the record: it is filed under its own.
-        derived = (f" under Message-ID {post.author_message_id(ctx)}"
-                   if ctx.message.message_id in filed.taken else "")
-        verdicts.append(("post", f"would post with subtype {post.SUBTYPES[ctx.target.kind]} on {ctx.target.model} "
-                                 f"{ctx.target.res_id} as partner {ctx.user.partner_id}{derived} (nothing posted)"))
+        return verdicts, True
+    # An earlier delivery's post that got no answer (the journal's unsettled_posts), while Odoo
+    # may still be running it: a delivery now would be deferred rather than posted.
+    since = services.journal.unsettled_since(*pipeline.unsettled_key(ctx))
+    refusal = pipeline.unsettled_refusal(odoo, since) if since is not None else None
+    if refusal is not None:
+        verdicts.append(("post", f"REFUSED {refusal.smtp_reply()}"))
+        return verdicts, False
+    # Another author's message has its Message-ID on the record: it is filed under its own.
+    derived = (f" under Message-ID {post.author_message_id(ctx)}"
+               if ctx.message.message_id in filed.taken else "")
+    verdicts.append(("post", f"would post with subtype {post.SUBTYPES[ctx.target.kind]} on {ctx.target.model} "
+                             f"{ctx.target.res_id} as partner {ctx.user.partner_id}{derived} (nothing posted)"))
     return verdicts, True

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import time
+
 import pytest
 
 from conftest import ALIAS_DOMAIN, SECRET, Mailer, write_config
@@ -109,6 +112,27 @@ def test_check_prints_every_stage_and_posts_nothing(tmp_path, test_odoo, dns_ser
     assert out.splitlines()[-1].split(None, 1) == ["authorize", "REFUSED 550 5.7.1 Sender has no access to this "
                                                    f"record: portal.contrib@example.com on project.task "
                                                    f"{PRIVATE_TASK_ID} (odoo-rules)"]
+
+
+def test_check_reports_a_post_still_unsettled(tmp_path, test_odoo, dns_server, dkim_keys, capsys):
+    from gateway.config import load_config
+    from gateway.journal import Journal
+
+    config = write_config(tmp_path, test_odoo, dns_server.port)
+    mailer = Mailer(None, dkim_keys)
+    to = Mailer.address("note", "project.task", TASK_ID)
+    (tmp_path / "ok.eml").write_bytes(mailer.sign(mailer.message("note_from_contributor.eml", to, "<c2@example.com>")))
+    # An earlier delivery's post got no answer a minute ago; Odoo may still be running it.
+    with Journal(load_config(config).journal_path) as journal:
+        journal.mark_unsettled("<c2@example.com>", "project.task", TASK_ID, "portal.contrib@example.com",
+                               since=time.time() - 60)
+    status, out = _run(capsys, "check", "--config", str(config), "--rcpt", to, str(tmp_path / "ok.eml"))
+    assert status == 1, out
+    stage, verdict = out.splitlines()[-1].split(None, 1)
+    assert stage == "post"
+    assert re.match(r"REFUSED 451 4\.3\.0 An earlier delivery of this message may still be being filed by Odoo, "
+                    r"try again later: its post 6\d s ago got no answer", verdict), verdict
+    assert test_odoo.posts() == []
 
 
 def test_address_for_a_user_binds_its_partner(tmp_path, test_odoo, capsys):

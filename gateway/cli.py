@@ -12,7 +12,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from gateway import address
-from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.config import ConfigError, GatewayConfig, alias_domain, load_config
 
 
 def _load(path: str) -> GatewayConfig:
@@ -123,7 +123,14 @@ def command_serve(args: argparse.Namespace) -> int:
 
 def command_address(args: argparse.Namespace) -> int:
     config = _load(args.config)
-    domain = (args.domain or "").lower()
+    domain = ""
+    if args.domain:
+        try:
+            # As the rules files' domains are read: lowercase, A-labels, no final dot.
+            domain = alias_domain(args.domain)
+        except ValueError as error:
+            print(f"note-gateway: --domain: {error}", file=sys.stderr)
+            return 2
     if not domain:
         if len(config.domains) != 1:
             print("note-gateway: several alias domains are configured, name one with --domain", file=sys.stderr)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
+import re
+import ssl
 import stat
 import tomllib
 from pathlib import Path
@@ -25,8 +28,10 @@ class ConfigError(Exception):
 
 class _Strict(BaseModel):
     # An unknown key is almost always a typo of a known one; refusing it keeps a setting from
-    # silently not applying.
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # silently not applying. Strict types: TOML already gives each value its type, so port = "2525"
+    # or cache = 1 is a mistake named by its key, not a value quietly converted (an integer is still
+    # taken where a number of seconds is asked, as TOML writes 90 for 90.0).
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 # --- The gateway file --------------------------------------------------------------------------
@@ -113,11 +118,23 @@ class MetricsConfig(_Strict):
 
 
 class ResolverConfig(_Strict):
-    # Empty: the system's resolvers from /etc/resolv.conf.
+    # Empty: the system's resolvers from /etc/resolv.conf. Otherwise IPv4 or IPv6 addresses: a
+    # host name would itself need a resolver.
     nameservers: list[str] = []
     port: Annotated[int, Field(ge=1, le=65535)] = 53
     timeout: Annotated[float, Field(gt=0, le=30)] = 4.0
     cache: bool = True
+
+    @field_validator("nameservers")
+    @classmethod
+    def _ip_addresses(cls, value: list[str]) -> list[str]:
+        addresses = []
+        for server in value:
+            try:
+                addresses.append(str(ipaddress.ip_address(server.strip())))
+            except ValueError:
+                raise ValueError(f"{server!r} is not an IPv4 or IPv6 address") from None
+        return addresses
 
 
 class JournalConfig(_Strict):
@@ -193,6 +210,36 @@ class GatewayFile(_Strict):
 
 
 # --- A rules file: one alias domain ------------------------------------------------------------
+
+
+_LDH_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
+
+
+def alias_domain(value: str) -> str:
+    """An alias domain as recipients are compared with it: lowercase, A-labels, no final dot.
+
+    The same form as senderauth.normalise_domain gives, and the recipient's domain is read without
+    its final dot (address.split_address), so "notes.example.com." names notes.example.com. Anything
+    that is not a host name (letters, digits and hyphens in labels of 1 to 63, or internationalised
+    labels that IDNA can encode) raises ValueError.
+    """
+    domain = value.strip().lower()
+    if domain.endswith("."):
+        domain = domain[:-1]
+    if not domain:
+        raise ValueError("must be a domain name such as notes.example.com")
+    try:
+        domain = domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        raise ValueError(f"{value!r} is not a domain name: a label is empty, longer than 63 characters "
+                         "or not encodable as IDNA") from None
+    for label in domain.split("."):
+        if not _LDH_LABEL.fullmatch(label):
+            raise ValueError(f"{value!r} is not a domain name: each dot-separated label is 1 to 63 letters, "
+                             "digits or hyphens, not starting or ending with a hyphen")
+    if len(domain) > 253:
+        raise ValueError(f"{value!r} is not a domain name: longer than 253 characters")
+    return domain
 
 
 DEFAULT_MAX_SIGNATURE_AGE_DAYS = 30
@@ -332,8 +379,8 @@ class DomainRules(_Strict):
 
     @field_validator("domain")
     @classmethod
-    def _lowercase_domain(cls, value: str) -> str:
-        return value.strip().lower()
+    def _alias_domain(cls, value: str) -> str:
+        return alias_domain(value)
 
     @field_validator("email_domains")
     @classmethod
@@ -387,14 +434,33 @@ class GatewayConfig:
         return self.resolve_path(value) if value else None
 
 
-def _read_toml(path: Path) -> dict:
+def _read_text(path: Path) -> str:
+    """The UTF-8 text of a configuration file, or a ConfigError saying why it cannot be read."""
     try:
-        with path.open("rb") as handle:
-            return tomllib.load(handle)
+        data = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(path, "", "file not found") from None
+    except OSError as error:
+        # A folder, a file the gateway's user may not read, an I/O error.
+        raise ConfigError(path, "", f"cannot read: {error.strerror or error}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[:error.start].count(b"\n") + 1
+        raise ConfigError(path, "", f"not UTF-8 text: byte 0x{data[error.start]:02x} on line {line}") from None
+
+
+def _read_toml(path: Path) -> dict:
+    text = _read_text(path)
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(path, "", f"not valid TOML: {error}") from None
+
+
+def _toml_type(value: object) -> str:
+    return {bool: "boolean", int: "integer", float: "number", str: "string", list: "array",
+            dict: "table"}.get(type(value), type(value).__name__)
 
 
 def _validated(model: type[BaseModel], data: dict, path: Path) -> BaseModel:
@@ -406,14 +472,29 @@ def _validated(model: type[BaseModel], data: dict, path: Path) -> BaseModel:
         message = first["msg"]
         if first["type"] == "extra_forbidden":
             message = "unknown key"
+        elif first["type"] == "value_error":
+            # Our own validators' reasons, without pydantic's "Value error, " before them.
+            message = str(first.get("ctx", {}).get("error", message))
+        elif first["type"].endswith("_type"):
+            # Strict types: say what was written, e.g. port = "2525" (a string where a number goes).
+            message = f"{message}, not the {_toml_type(first['input'])} {first['input']!r}"
         raise ConfigError(path, key, message) from None
 
 
 def _read_secret_file(path: Path, owner: Path, key: str) -> str:
+    """A key or secrets file (or systemd credential): its text, which must not be empty."""
     try:
-        return path.read_text().strip()
+        data = path.read_bytes()
     except OSError as error:
-        raise ConfigError(owner, key, f"cannot read {path}: {error.strerror}") from None
+        raise ConfigError(owner, key, f"cannot read {path}: {error.strerror or error}") from None
+    try:
+        text = data.decode("utf-8").strip()
+    except UnicodeDecodeError as error:
+        raise ConfigError(owner, key, f"{path} is not UTF-8 text (byte 0x{data[error.start]:02x})") from None
+    if not text:
+        # An empty key would only show as a refused login to Odoo on the first message.
+        raise ConfigError(owner, key, f"{path} is empty")
+    return text
 
 
 def world_readable(path: Path) -> bool:
@@ -526,4 +607,36 @@ def load_config(path: str | os.PathLike, environ: dict[str, str] | None = None) 
 
     if not domains:
         raise ConfigError(rules_dir, "", "no rules file (*.toml): the gateway would serve no alias domain")
-    return GatewayConfig(path, gateway, domains, secrets, api_keys, warnings, tls_key_path)
+    config = GatewayConfig(path, gateway, domains, secrets, api_keys, warnings, tls_key_path)
+    _check_tls(config)
+    return config
+
+
+def _check_tls(config: GatewayConfig) -> None:
+    """The listener's certificate and key load, as serve will load them, or a ConfigError names which does not."""
+    files = config.tls_files
+    if files is None:
+        return
+    from gateway import tls
+
+    listener = config.gateway.listener
+    certificate, key = files
+    certificate_key = "listener.tls_certificate"
+    key_key = "listener.tls_key_credential" if listener.tls_key_credential else "listener.tls_key"
+    for file, key_name in ((certificate, certificate_key), (key, key_key)):
+        try:
+            with file.open("rb"):
+                pass
+        except OSError as error:
+            raise ConfigError(config.path, key_name, f"cannot read {file}: {error.strerror or error}") from None
+    try:
+        tls.certificate_not_after(certificate)
+    except ValueError as error:
+        raise ConfigError(config.path, certificate_key, f"{certificate} is not a PEM certificate: {error}") from None
+    try:
+        tls.server_context(certificate, key)
+    except (ssl.SSLError, ValueError) as error:
+        reason = getattr(error, "reason", None) or str(error)
+        raise ConfigError(config.path, key_key,
+                          f"{key} does not load as the private key of {certificate}: {reason}") from None
+

@@ -21,8 +21,13 @@ def server_context(certificate: Path, key: Path) -> ssl.SSLContext:
     # Compression leaks plaintext lengths (CRIME); renegotiation by the client is a DoS lever.
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_CIPHER_SERVER_PREFERENCE
     context.set_ciphers(TLS12_CIPHERS)
-    context.load_cert_chain(certificate, key)
+    # Without it, OpenSSL would ask for the passphrase of an encrypted key on the terminal.
+    context.load_cert_chain(certificate, key, password=_no_passphrase)
     return context
+
+
+def _no_passphrase() -> bytes:
+    raise ValueError("it is encrypted, and the gateway reads its key without a passphrase")
 
 
 def certificate_not_after(certificate: Path) -> datetime:

@@ -184,3 +184,252 @@ def test_example_rules_file_documents_every_key():
     missing = sorted(key for key in keys if f"{key} =" not in text)
     missing += sorted(f"[{table}]" for table in tables if f"[{table}]" not in text)
     assert missing == []
+
+
+# --- Files that cannot be read, values of the wrong shape: config errors, never a traceback -----------
+
+
+def _cli_config_error(capsys, *argv: str) -> str:
+    """What a command prints for a config error: exit code 2, one line on stderr, no traceback."""
+    from gateway import cli
+
+    with pytest.raises(SystemExit) as caught:
+        cli.main(list(argv))
+    err = capsys.readouterr().err
+    assert caught.value.code == 2, err
+    assert "Traceback" not in err
+    [line] = err.strip().splitlines()
+    return line
+
+
+def test_gateway_file_not_utf8_is_a_config_error(folder, capsys):
+    (folder / "gateway.toml").write_bytes(b'rules_dir = "\xff"\n')
+    error = _error(folder)
+    assert (error.path, error.key, error.reason) == (str(folder / "gateway.toml"), "", "not UTF-8 text: byte 0xff on line 1")
+    for command in ("check-config", "serve"):
+        line = _cli_config_error(capsys, command, "--config", str(folder / "gateway.toml"))
+        assert line == f"note-gateway: configuration error: {folder / 'gateway.toml'}: not UTF-8 text: byte 0xff on line 1"
+    from gateway.doctor import diagnose
+
+    report = diagnose(str(folder / "gateway.toml"))
+    assert report.problems == 1 and "FAIL  config: " in report.lines[0] and "not UTF-8 text" in report.lines[0]
+
+
+def test_gateway_file_that_is_a_folder_or_unreadable_is_a_config_error(folder, capsys, monkeypatch):
+    line = _cli_config_error(capsys, "check-config", "--config", str(folder / "rules"))
+    assert line == f"note-gateway: configuration error: {folder / 'rules'}: cannot read: Is a directory"
+    # Root reads any file, so the refusal of a chmod 000 file is played by the file system call.
+    real = Path.read_bytes
+
+    def refused(self):
+        if self.name == "gateway.toml":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "read_bytes", refused)
+    error = _error(folder)
+    assert (error.path, error.key, error.reason) == (str(folder / "gateway.toml"), "", "cannot read: Permission denied")
+
+
+def test_rules_file_not_utf8_or_a_folder_is_a_config_error(folder):
+    (folder / "rules" / "notes.toml").write_bytes(RULES.encode() + b'# caf\xe9\n')
+    error = _error(folder)
+    assert (error.path, error.reason) == (str(folder / "rules" / "notes.toml"), "not UTF-8 text: byte 0xe9 on line 7")
+    (folder / "rules" / "notes.toml").write_text(RULES)
+    (folder / "rules" / "more.toml").mkdir()
+    error = _error(folder)
+    assert (error.path, error.reason) == (str(folder / "rules" / "more.toml"), "cannot read: Is a directory")
+
+
+@pytest.mark.parametrize("servers", ['["not-an-ip"]', '["192.0.2.1", "dns.example.com"]', '["1.2.3.4.5"]'])
+def test_nameserver_that_is_not_an_ip_address_is_named(folder, capsys, servers):
+    gateway = GATEWAY.replace('rules_dir = "rules"', f'rules_dir = "rules"\n[resolver]\nnameservers = {servers}')
+    error = _error(folder, gateway=gateway)
+    assert error.key == "resolver.nameservers" and "is not an IPv4 or IPv6 address" in error.reason
+    # serve stops at the configuration, not in dnspython.
+    line = _cli_config_error(capsys, "serve", "--config", str(folder / "gateway.toml"))
+    assert "resolver.nameservers: " in line and "is not an IPv4 or IPv6 address" in line
+
+
+def test_nameservers_take_ipv4_and_ipv6_addresses(folder):
+    (folder / "gateway.toml").write_text(GATEWAY.replace(
+        'rules_dir = "rules"', 'rules_dir = "rules"\n[resolver]\nnameservers = ["192.0.2.1", " 2001:DB8::1 "]'))
+    assert load_config(folder / "gateway.toml").gateway.resolver.nameservers == ["192.0.2.1", "2001:db8::1"]
+
+
+def _with_tls(folder, certificate, key) -> None:
+    (folder / "gateway.toml").write_text(GATEWAY.replace(
+        'rules_dir = "rules"', f'rules_dir = "rules"\n[listener]\ntls_certificate = "{certificate}"\ntls_key = "{key}"'))
+
+
+def test_tls_files_that_do_not_load_are_named(folder, capsys):
+    from gateway.testing.certificates import self_signed
+
+    certificate, key = self_signed(folder, "notes.example.com")
+    _other_certificate, other_key = self_signed(folder, "notes.example.com", name="other")
+    _with_tls(folder, certificate, key)
+    assert load_config(folder / "gateway.toml").tls_files == (certificate, key)
+
+    _with_tls(folder, folder / "missing.crt", key)
+    error = _error(folder)
+    assert (error.key, error.reason) == ("listener.tls_certificate",
+                                         f"cannot read {folder / 'missing.crt'}: No such file or directory")
+    for command in ("check-config", "serve"):
+        line = _cli_config_error(capsys, command, "--config", str(folder / "gateway.toml"))
+        assert line.endswith(f"listener.tls_certificate: cannot read {folder / 'missing.crt'}: No such file or directory")
+
+    _with_tls(folder, certificate, folder / "missing.key")
+    error = _error(folder)
+    assert (error.key, error.reason) == ("listener.tls_key", f"cannot read {folder / 'missing.key'}: No such file or directory")
+
+    _with_tls(folder, key, key)
+    error = _error(folder)
+    assert error.key == "listener.tls_certificate" and error.reason.startswith(f"{key} is not a PEM certificate")
+
+    _with_tls(folder, certificate, other_key)
+    error = _error(folder)
+    assert (error.key, error.reason) == ("listener.tls_key", f"{other_key} does not load as the private key of "
+                                                             f"{certificate}: KEY_VALUES_MISMATCH")
+
+    from cryptography.hazmat.primitives import serialization
+
+    encrypted = folder / "encrypted.key"
+    encrypted.write_bytes(serialization.load_pem_private_key(key.read_bytes(), None).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.BestAvailableEncryption(b"pw")))
+    _with_tls(folder, certificate, encrypted)
+    error = _error(folder)
+    assert (error.key, error.reason) == ("listener.tls_key", f"{encrypted} does not load as the private key of "
+                                         f"{certificate}: it is encrypted, and the gateway reads its key without a "
+                                         "passphrase")
+
+
+def test_tls_key_credential_that_is_missing_is_named(folder):
+    from gateway.testing.certificates import self_signed
+
+    certificate, _key = self_signed(folder, "notes.example.com")
+    (folder / "credentials").mkdir()
+    (folder / "gateway.toml").write_text(GATEWAY.replace(
+        'rules_dir = "rules"', f'rules_dir = "rules"\n[listener]\ntls_certificate = "{certificate}"\ntls_key_credential = "tls-key"'))
+    error = _error(folder, environ={"CREDENTIALS_DIRECTORY": str(folder / "credentials")})
+    assert (error.key, error.reason) == ("listener.tls_key_credential",
+                                         f"cannot read {folder / 'credentials' / 'tls-key'}: No such file or directory")
+
+
+@pytest.mark.parametrize("content", ["", "\n", "  \n\n"])
+def test_empty_api_key_file_is_named(folder, content):
+    (folder / "key").write_text(content)
+    error = _error(folder)
+    assert (error.path, error.key, error.reason) == (str(folder / "gateway.toml"), "odoo.main.api_key_file",
+                                                     f"{folder / 'key'} is empty")
+
+
+def test_empty_credential_is_named(folder, capsys):
+    credentials = folder / "credentials"
+    credentials.mkdir()
+    (credentials / "odoo-main").write_text("\n")
+    (folder / "gateway.toml").write_text(GATEWAY.replace('api_key_file = "key"', 'api_key_credential = "odoo-main"'))
+    line = _cli_config_error(capsys, "--credentials-directory", str(credentials), "check-config",
+                             "--config", str(folder / "gateway.toml"))
+    assert line.endswith(f"gateway.toml: odoo.main.api_key_credential: {credentials / 'odoo-main'} is empty")
+    (credentials / "odoo-main").write_text("key\n")
+    (credentials / "secrets").write_text("")
+    (folder / "rules" / "notes.toml").write_text(RULES.replace('secrets = ["0123456789abcdef-secret"]',
+                                                               'secrets_credential = "secrets"'))
+    error = _error(folder, environ={"CREDENTIALS_DIRECTORY": str(credentials)})
+    assert (error.path, error.key, error.reason) == (str(folder / "rules" / "notes.toml"), "secrets_credential",
+                                                     f"{credentials / 'secrets'} is empty")
+
+
+def test_empty_secrets_file_is_named(folder):
+    (folder / "rules" / "notes.secrets").write_text("\n")
+    error = _error(folder, rules='secrets_file = "notes.secrets"\n' + RULES)
+    assert (error.key, error.reason) == ("secrets_file", f"{folder / 'rules' / 'notes.secrets'} is empty")
+
+
+@pytest.mark.parametrize("domain, reason", [
+    ("", "must be a domain name such as notes.example.com"),
+    (".", "must be a domain name such as notes.example.com"),
+    ("notes example .com", "'notes example .com' is not a domain name: each dot-separated label is 1 to 63"),
+    ("note@notes.example.com", "'note@notes.example.com' is not a domain name: each dot-separated label"),
+    ("notes..example.com", "'notes..example.com' is not a domain name: a label is empty"),
+    ("-notes.example.com", "'-notes.example.com' is not a domain name: each dot-separated label"),
+    ("notes_x.example.com", "'notes_x.example.com' is not a domain name: each dot-separated label"),
+    ("a" * 64 + ".example.com", "is not a domain name: a label is empty, longer than 63 characters"),
+])
+def test_alias_domain_that_is_not_a_host_name_is_named(folder, domain, reason):
+    error = _error(folder, rules=RULES.replace('"notes.example.com"', f'"{domain}"'))
+    assert (error.path, error.key) == (str(folder / "rules" / "notes.toml"), "domain")
+    assert reason in error.reason
+
+
+@pytest.mark.parametrize("written, normalised", [
+    ("notes.example.com.", "notes.example.com"),
+    (" Notes.Example.COM ", "notes.example.com"),
+    ("notes.bücher.example", "notes.xn--bcher-kva.example"),
+    ("notes.xn--bcher-kva.example", "notes.xn--bcher-kva.example"),
+])
+def test_alias_domain_is_read_as_recipients_are_compared(folder, written, normalised):
+    (folder / "rules" / "notes.toml").write_text(RULES.replace('"notes.example.com"', f'"{written}"'))
+    assert list(load_config(folder / "gateway.toml").domains) == [normalised]
+
+
+@pytest.mark.parametrize("other", ["notes.example.com.", "NOTES.example.com"])
+def test_duplicate_domain_is_found_after_normalisation(folder, other):
+    (folder / "rules" / "other.toml").write_text(RULES.replace('"notes.example.com"', f'"{other}"'))
+    error = _error(folder)
+    assert (error.path, error.key) == (str(folder / "rules" / "other.toml"), "domain")
+    assert error.reason == f"notes.example.com is already configured by {folder / 'rules' / 'notes.toml'}"
+
+
+def test_address_of_an_internationalised_alias_domain(folder, capsys):
+    from gateway import cli
+
+    (folder / "rules" / "notes.toml").write_text(RULES.replace('"notes.example.com"', '"notes.bücher.example"'))
+    assert cli.main(["address", "project.task", "42", "--config", str(folder / "gateway.toml"),
+                     "--domain", "Notes.Bücher.example."]) == 0
+    assert capsys.readouterr().out.strip().endswith("@notes.xn--bcher-kva.example")
+
+
+@pytest.mark.parametrize("gateway_extra, key, reason", [
+    ("[listener]\nport = \"2525\"\n", "listener.port", "Input should be a valid integer, not the string '2525'"),
+    ("[listener]\nrequire_starttls = \"false\"\n", "listener.require_starttls", "Input should be a valid boolean, not the string 'false'"),
+    ("[listener]\nmax_sessions = 10.0\n", "listener.max_sessions", "Input should be a valid integer, not the number 10.0"),
+    ("[listener]\nsession_timeout = \"90\"\n", "listener.session_timeout", "Input should be a valid number, not the string '90'"),
+    ("[resolver]\ncache = 1\n", "resolver.cache", "Input should be a valid boolean, not the integer 1"),
+    ("[resolver]\nnameservers = \"192.0.2.1\"\n", "resolver.nameservers", "Input should be a valid list, not the string '192.0.2.1'"),
+    ("[journal]\npath = 5\n", "journal.path", "Input should be a valid string, not the integer 5"),
+])
+def test_wrong_type_in_gateway_file_is_named(folder, gateway_extra, key, reason):
+    error = _error(folder, gateway=GATEWAY + gateway_extra)
+    assert (error.path, error.key, error.reason) == (str(folder / "gateway.toml"), key, reason)
+
+
+@pytest.mark.parametrize("rules_extra, key, reason", [
+    ('company_id = "3"\n', "company_id", "Input should be a valid integer, not the string '3'"),
+    ("require_dated_addresses = 1\n", "require_dated_addresses", "Input should be a valid boolean, not the integer 1"),
+    ('[rate_limit]\nper_sender = "20"\n', "rate_limit.per_sender", "Input should be a valid integer, not the string '20'"),
+    ('[notices]\nenabled = "yes"\n', "notices.enabled", "Input should be a valid boolean, not the string 'yes'"),
+])
+def test_wrong_type_in_rules_file_is_named(folder, rules_extra, key, reason):
+    rules = rules_extra + RULES if not rules_extra.startswith("[") else RULES + rules_extra
+    error = _error(folder, rules=rules)
+    assert (error.path, error.key, error.reason) == (str(folder / "rules" / "notes.toml"), key, reason)
+
+
+def test_numbers_of_seconds_may_be_written_as_integers(folder):
+    # TOML writes 90 for 90.0: a float setting takes an integer, as the shipped examples write them.
+    (folder / "gateway.toml").write_text(GATEWAY + "[listener]\nsession_timeout = 90\nmessage_deadline = 60\n")
+    listener = load_config(folder / "gateway.toml").gateway.listener
+    assert (listener.session_timeout, listener.message_deadline) == (90.0, 60.0)
+
+
+def test_test_and_demo_configs_load(tmp_path):
+    from gateway.testing.configs import write_gateway_config
+
+    path = write_gateway_config(tmp_path, odoo_url="http://127.0.0.1:8069", api_key="key", dns_port=5353,
+                                alias_domain="notes.example.com", secret="0123456789abcdef-secret",
+                                listener={"max_sessions": 5, "session_timeout": 2.5}, odoo={"timeout": 3},
+                                rules={"rules_cache_seconds": 0}, note={"access": "followers"})
+    config = load_config(path)
+    assert config.gateway.listener.max_sessions == 5 and config.gateway.odoo["main"].timeout == 3.0
+    assert config.domains["notes.example.com"].note.access == "followers"

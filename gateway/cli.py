@@ -7,12 +7,13 @@ import asyncio
 import logging
 import os
 import signal
+import ssl
 import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from gateway import address
-from gateway.config import ConfigError, GatewayConfig, alias_domain, load_config
+from gateway.config import ConfigError, GatewayConfig, alias_domain, keep_restart_settings, load_config, restart_warnings
 
 
 def _load(path: str) -> GatewayConfig:
@@ -43,8 +44,16 @@ def command_serve(args: argparse.Namespace) -> int:
             worker_processes.die_with_supervisor(supervisor)
         sockets = worker_processes.inherited_sockets(args.listen_fds)
         observe.worker = worker_processes.worker_index()
+        running = worker_processes.running_restart_values()
+        if running is not None:
+            keep_restart_settings(config, running)
+            workers = config.gateway.listener.workers
     share = workers if sockets is not None else 1
-    services = Services.build(config, workers=share)
+    try:
+        services = Services.build(config, workers=share)
+    except ConfigError as error:
+        print(f"note-gateway: configuration error: {error}", file=sys.stderr)
+        return 2
     server = GatewayServer(services, workers=share)
     if sockets is None:
         # Messages whose session a killed gateway cut while filing them: their senders got no reply
@@ -65,14 +74,23 @@ def command_serve(args: argparse.Namespace) -> int:
 
     def reload(loop: asyncio.AbstractEventLoop) -> None:
         # systemctl reload (ExecReload=kill -HUP): read the files again; a broken config keeps
-        # the running one rather than stopping a mail service over a typo. The socket stays, so
-        # a changed host, port or protocol needs a restart.
+        # the running one rather than stopping a mail service over a typo. The settings that need
+        # a restart (config.RESTART_SETTINGS: the socket, the protocol, ...) keep their running values.
+        new_services = None
         try:
-            new_services = Services.build(load_config(args.config), workers=share)
-        except (ConfigError, OSError, ValueError) as error:
-            logger.error("reload refused, the previous rules stay in force: %s", error)
+            new_config = load_config(args.config)
+            changed = keep_restart_settings(new_config, config)
+            if sockets is None:
+                # A worker's supervisor has said this once for all of them.
+                for warning in restart_warnings(new_config.path, changed):
+                    logger.warning("reload: %s", warning)
+            new_services = Services.build(new_config, workers=share)
+            old_services = server.reload(new_services)
+        except Exception as error:  # noqa: BLE001 (whatever it is, the running configuration stays)
+            if new_services is not None:
+                new_services.close()
+            logger.error("reload refused, the previous rules stay in force: %s", _refusal(error, args.config))
             return
-        old_services = server.reload(new_services)
         # Messages in flight still use the old services: close them once those are surely done.
         loop.call_later(new_services.config.gateway.listener.message_deadline + 10, old_services.close)
         logger.info("rules reloaded: %s", ", ".join(sorted(new_services.config.domains)))
@@ -119,6 +137,16 @@ def command_serve(args: argparse.Namespace) -> int:
     finally:
         server.services.close()
     return 0
+
+
+def _refusal(error: Exception, config_path: str) -> str:
+    """Why a reload was refused, as ``<file>: <key>: <reason>``."""
+    if isinstance(error, ConfigError):
+        return str(error)
+    if isinstance(error, (OSError, ssl.SSLError)):
+        # The certificate, read again when the new services are put in place.
+        return f"{Path(config_path).resolve()}: listener.tls_certificate: {error.strerror or error}"
+    return f"{Path(config_path).resolve()}: {type(error).__name__}: {error}"
 
 
 def command_address(args: argparse.Namespace) -> int:

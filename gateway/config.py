@@ -640,3 +640,47 @@ def _check_tls(config: GatewayConfig) -> None:
         raise ConfigError(config.path, key_key,
                           f"{key} does not load as the private key of {certificate}: {reason}") from None
 
+
+# Settings a running gateway keeps until it is restarted: its socket (host and port), the protocol
+# spoken on it, its processes, the session bounds sized when it started, the grace of its stop and
+# its metrics server. A reload that changes one keeps the running value and says so.
+RESTART_SETTINGS = ("listener.host", "listener.port", "listener.protocol", "listener.workers",
+                    "listener.max_sessions", "listener.max_sessions_per_ip", "listener.max_messages_in_data",
+                    "listener.shutdown_grace", "metrics.host", "metrics.port")
+
+
+def restart_values(config: GatewayConfig) -> dict[str, object]:
+    """The values of RESTART_SETTINGS in ``config`` (None for the keys of an absent [metrics])."""
+    values: dict[str, object] = {}
+    for setting in RESTART_SETTINGS:
+        section_name, name = setting.split(".")
+        section = getattr(config.gateway, section_name)
+        values[setting] = getattr(section, name) if section is not None else None
+    return values
+
+
+def keep_restart_settings(new: GatewayConfig, running: GatewayConfig | dict[str, object]) -> list[tuple[str, object, object]]:
+    """Give ``new`` the running values of RESTART_SETTINGS; return (key, running value, value in the file) of each changed.
+
+    ``running`` is the configuration the process started with, or its restart_values (what the
+    supervisor hands a worker it starts again after a reload).
+    """
+    kept = restart_values(running) if isinstance(running, GatewayConfig) else running
+    wanted = restart_values(new)
+    changed = [(key, kept[key], wanted[key]) for key in RESTART_SETTINGS if kept[key] != wanted[key]]
+    listener = {key.split(".")[1]: value for key, value in kept.items() if key.startswith("listener.")}
+    metrics = None
+    if kept["metrics.host"] is not None:
+        metrics = MetricsConfig(host=kept["metrics.host"], port=kept["metrics.port"])
+    new.gateway = new.gateway.model_copy(update={"listener": new.gateway.listener.model_copy(update=listener),
+                                                 "metrics": metrics})
+    return changed
+
+
+def restart_warnings(path: Path | str, changed: list[tuple[str, object, object]]) -> list[str]:
+    """One line per setting of ``keep_restart_settings``: ``<file>: <key>: <what happens>``."""
+    def shown(value: object) -> str:
+        return "no [metrics] section" if value is None else repr(value) if isinstance(value, str) else str(value)
+
+    return [f"{path}: {key}: changed from {shown(running)} to {shown(wanted)}, which needs a restart; "
+            f"{shown(running)} stays in force until then" for key, running, wanted in changed]

@@ -11,9 +11,11 @@ from dataclasses import dataclass, field
 from email.message import Message
 from typing import Callable
 
+import dns.resolver
+
 from gateway import (attachments, automatic, content, identity, inputlimits, message, notices, observe, policy,
                      post, ratelimit, recipients, routing, senderauth)
-from gateway.config import GatewayConfig
+from gateway.config import ConfigError, GatewayConfig
 from gateway.inflight import InFlight
 from gateway.context import MessageContext
 from gateway.journal import Journal, JournalEntry, JournalUnavailable
@@ -45,18 +47,34 @@ class Services:
         bounds its sessions: with several worker processes each gets its share, rounded up.
         """
         resolver_config = config.gateway.resolver
-        return cls(
-            config=config,
-            resolver=DkimKeyResolver(resolver_config.nameservers, port=resolver_config.port,
-                                     timeout=resolver_config.timeout, cache=resolver_config.cache),
-            odoo={name: OdooPool(name, connection.model_copy(update={"pool_size": -(-connection.pool_size // workers)}),
-                                 config.api_keys[name])
-                  for name, connection in config.gateway.odoo.items()},
-            renderer=Renderer(config.templates_dir),
-            journal=Journal(config.journal_path),
+        # What is built is closed again when a later part fails: a refused reload leaves nothing open.
+        with ExitStack() as built:
+            try:
+                resolver = DkimKeyResolver(resolver_config.nameservers, port=resolver_config.port,
+                                           timeout=resolver_config.timeout, cache=resolver_config.cache)
+            except dns.resolver.NoResolverConfiguration as error:
+                raise ConfigError(config.path, "resolver.nameservers",
+                                  f"empty, and the system's resolvers cannot be read: {error}") from None
+            odoo = {name: OdooPool(name, connection.model_copy(update={"pool_size": -(-connection.pool_size // workers)}),
+                                   config.api_keys[name])
+                    for name, connection in config.gateway.odoo.items()}
+            for pool in odoo.values():
+                built.callback(pool.close)
+            try:
+                journal = Journal(config.journal_path)
+            except JournalUnavailable as error:
+                raise ConfigError(config.path, "journal.path", str(error)) from None
+            built.callback(journal.close)
             # Beside the journal: every worker process of this gateway opens the same file.
-            in_flight=InFlight(config.journal_path.with_name(config.journal_path.name + ".inflight")),
-        )
+            lock_path = config.journal_path.with_name(config.journal_path.name + ".inflight")
+            try:
+                in_flight = InFlight(lock_path)
+            except OSError as error:
+                raise ConfigError(config.path, "journal.path", f"cannot open {lock_path}: {error.strerror or error}") from None
+            services = cls(config=config, resolver=resolver, odoo=odoo, renderer=Renderer(config.templates_dir),
+                           journal=journal, in_flight=in_flight)
+            built.pop_all()
+        return services
 
     def close(self) -> None:
         for pool in self.odoo.values():

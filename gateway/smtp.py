@@ -306,17 +306,21 @@ class GatewayServer:
     def reload(self, services: Services) -> Services:
         """Serve new sessions' messages with new services (after SIGHUP); return the old ones.
 
-        The socket stays: a changed host, port or protocol needs a restart. The certificate is
-        read again, so a renewed one is picked up by reload.
+        The socket, the protocol spoken on it and the session bounds stay as they were at start
+        (config.RESTART_SETTINGS need a restart). The certificate is read again, so a renewed one
+        is picked up by reload; a certificate that does not load raises and changes nothing.
         """
+        tls_context = self._tls_context(services)
         old = self.handler.services
-        self.tls_context = self._tls_context(services)
+        self.tls_context = tls_context
         self.services = self.handler.services = services
         return old
 
     def _protocol(self) -> SMTP:
+        # The protocol is the one the listener started with: a client (Postfix's smtp: or lmtp:
+        # transport) is configured for it, and a reload must not switch it under that client.
+        protocol_class = LimitedLMTP if self.listener.protocol == "lmtp" else LimitedSMTP
         listener = self.services.config.gateway.listener
-        protocol_class = LimitedLMTP if listener.protocol == "lmtp" else LimitedSMTP
         return protocol_class(
             self.handler,
             session_limit=self.session_limit,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import json
 import logging
 import os
 import shutil
@@ -13,7 +14,8 @@ import sys
 import tempfile
 import time
 
-from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.config import (ConfigError, GatewayConfig, keep_restart_settings, load_config, restart_values,
+                            restart_warnings)
 
 log = logging.getLogger("gateway")
 
@@ -21,6 +23,8 @@ log = logging.getLogger("gateway")
 # exits 1, and the service manager (systemd's Restart=on-failure) takes over.
 CRASH_LIMIT, CRASH_WINDOW = 5, 60.0
 PR_SET_PDEATHSIG = 1
+# The environment variable in which a worker gets the supervisor's values of config.RESTART_SETTINGS.
+RESTART_VALUES = "NOTE_GATEWAY_RESTART_VALUES"
 
 
 def bind(host: str, port: int, backlog: int = 100) -> list[socket.socket]:
@@ -76,7 +80,10 @@ class Supervisor:
         self._reload = False
 
     def _environment(self, index: int) -> dict[str, str]:
-        environment = {**os.environ, "NOTE_GATEWAY_WORKER": str(index), "NOTE_GATEWAY_SUPERVISOR": str(os.getpid())}
+        environment = {**os.environ, "NOTE_GATEWAY_WORKER": str(index), "NOTE_GATEWAY_SUPERVISOR": str(os.getpid()),
+                       # A worker started again after a reload reads the files as they are now: the
+                       # settings that need a restart (the protocol, the bounds, ...) are the supervisor's.
+                       RESTART_VALUES: json.dumps(restart_values(self.config))}
         if self.metrics_dir is not None:
             # prometheus_client reads it when it is imported: every worker writes its counters to
             # files there, and the supervisor serves their sum on the one metrics port.
@@ -114,9 +121,8 @@ class Supervisor:
         except (ConfigError, OSError, ValueError) as error:
             log.error("reload refused, the previous rules stay in force: %s", error)
             return
-        if config.gateway.listener.workers != self.count:
-            log.warning("listener.workers changed to %d: it takes effect at the next restart",
-                        config.gateway.listener.workers)
+        for warning in restart_warnings(config.path, keep_restart_settings(config, self.config)):
+            log.warning("reload: %s", warning)
         for worker in self.workers.values():
             if worker.poll() is None:
                 worker.send_signal(signal.SIGHUP)
@@ -219,6 +225,12 @@ def inherited_sockets(fds: str) -> list[socket.socket]:
 def supervisor_pid() -> int | None:
     value = os.environ.get("NOTE_GATEWAY_SUPERVISOR")
     return int(value) if value else None
+
+
+def running_restart_values() -> dict[str, object] | None:
+    """The supervisor's values of the settings that need a restart, which a worker keeps whatever the files say."""
+    value = os.environ.get(RESTART_VALUES)
+    return json.loads(value) if value else None
 
 
 def worker_index() -> int | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import smtplib
 import threading
@@ -137,4 +138,120 @@ def test_sighup_reloads_rules_and_a_broken_file_keeps_the_old_ones(test_odoo, se
     assert _rcpt(gateway.port, order)[0] == 550
     raw = mailer.sign(mailer.message("note_from_contributor.eml", task))
     assert _send(raw, task, gateway.port).startswith("250 2.0.0 Filed")
+    assert gateway.stop() == 0
+
+
+def _ehlo(port: int) -> tuple[int, str]:
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+        code, text = client.ehlo("client.example.com")
+        return code, text.decode()
+
+
+def test_sighup_keeps_the_settings_that_need_a_restart_and_applies_the_rest(test_odoo, serve, dkim_keys):
+    gateway = serve()
+    config = gateway.config_path
+    mailer = Mailer(_Port(gateway.port), dkim_keys)
+    rules = config.parent / "rules" / f"{ALIAS_DOMAIN}.toml"
+    order = mailer.address("note", "sale.order", SALE_ORDER_ID)
+    task = mailer.address("note", "project.task", TASK_ID)
+    text = config.read_text()
+    assert "port = 0\n" in text and f'hostname = "{ALIAS_DOMAIN}"' in text
+    # Postfix delivers here with its smtp: transport: an LMTP listener would fail every delivery.
+    config.write_text(text.replace("port = 0\n", "port = 2626\n").replace(
+        f'hostname = "{ALIAS_DOMAIN}"', 'hostname = "reloaded.example.com"\nprotocol = "lmtp"\nmax_sessions = 7'))
+    rules.write_text(rules.read_text().replace('models = ["project.task", "sale.order"]\ncontributor_group',
+                                               'models = ["project.task"]\ncontributor_group', 1))
+    mark = len(gateway.lines)
+    gateway.signal(signal.SIGHUP)
+    gateway.wait_for("rules reloaded: notes.example.com", start=mark)
+    warnings = [line.split(" WARNING gateway: ", 1)[1] for line in gateway.lines[mark:] if " WARNING gateway: " in line]
+    assert warnings == [
+        f"reload: {config}: listener.port: changed from 0 to 2626, which needs a restart; 0 stays in force until then",
+        f"reload: {config}: listener.protocol: changed from 'smtp' to 'lmtp', which needs a restart; "
+        "'smtp' stays in force until then",
+        f"reload: {config}: listener.max_sessions: changed from 100 to 7, which needs a restart; "
+        "100 stays in force until then",
+    ]
+    # Still SMTP on the same port; the hostname and the rules are the new ones.
+    code, text = _ehlo(gateway.port)
+    assert code == 250 and text.startswith("reloaded.example.com"), text
+    assert _rcpt(gateway.port, order)[0] == 550
+    raw = mailer.sign(mailer.message("note_from_contributor.eml", task))
+    assert _send(raw, task, gateway.port).startswith("250 2.0.0 Filed")
+
+    # A second reload compares with what runs, not with the file read the first time.
+    mark = len(gateway.lines)
+    gateway.signal(signal.SIGHUP)
+    gateway.wait_for("rules reloaded: notes.example.com", start=mark)
+    assert sum("needs a restart" in line for line in gateway.lines[mark:]) == 3
+    assert gateway.stop() == 0
+
+
+def test_refused_reloads_log_one_line_with_file_key_and_reason(test_odoo, serve, dkim_keys, tmp_path):
+    from gateway.testing.certificates import self_signed
+
+    gateway = serve()
+    config = gateway.config_path
+    mailer = Mailer(_Port(gateway.port), dkim_keys)
+    rules = config.parent / "rules" / f"{ALIAS_DOMAIN}.toml"
+    task = mailer.address("note", "project.task", TASK_ID)
+    good_config, good_rules = config.read_text(), rules.read_text()
+    missing = tmp_path / "missing.crt"
+    certificate, key = self_signed(tmp_path, ALIAS_DOMAIN)
+    listener_line = f'hostname = "{ALIAS_DOMAIN}"'
+
+    def refused(expected: str) -> None:
+        mark = len(gateway.lines)
+        gateway.signal(signal.SIGHUP)
+        line = gateway.wait_for(r"ERROR gateway: reload refused, the previous rules stay in force: (.*)", start=mark)
+        assert line.group(1) == expected
+        time.sleep(0.3)
+        assert [seen for seen in gateway.lines[mark:] if "ERROR" in seen or "WARNING" in seen or "reload" in seen] \
+            == [line.string]
+        assert not any("Traceback" in seen or "Exception in callback" in seen for seen in gateway.lines), gateway.log
+
+    config.write_text(good_config.replace(listener_line, f'{listener_line}\ntls_certificate = "{missing}"\n'
+                                                         f'tls_key = "{key}"'))
+    refused(f"{config}: listener.tls_certificate: cannot read {missing}: No such file or directory")
+    config.write_text(good_config.replace('nameservers = ["127.0.0.1"]', 'nameservers = ["not-an-ip"]'))
+    refused(f"{config}: resolver.nameservers: 'not-an-ip' is not an IPv4 or IPv6 address")
+    config.write_text(good_config)
+    rules.write_bytes(good_rules.encode() + b"# \xff\n")
+    refused(f"{rules}: not UTF-8 text: byte 0xff on line {good_rules.count(chr(10)) + 1}")
+    rules.write_text(good_rules.replace(f'domain = "{ALIAS_DOMAIN}"', 'domain = "notes example .com"'))
+    refused(f"{rules}: domain: 'notes example .com' is not a domain name: each dot-separated label is 1 to 63 "
+            "letters, digits or hyphens, not starting or ending with a hyphen")
+    rules.write_text(good_rules)
+
+    # The configuration in force is the first one: no STARTTLS, mail filed.
+    assert "STARTTLS" not in _ehlo(gateway.port)[1]
+    raw = mailer.sign(mailer.message("note_from_contributor.eml", task))
+    assert _send(raw, task, gateway.port).startswith("250 2.0.0 Filed")
+    # A certificate that loads is taken by a reload.
+    config.write_text(good_config.replace(listener_line, f'{listener_line}\ntls_certificate = "{certificate}"\n'
+                                                         f'tls_key = "{key}"'))
+    mark = len(gateway.lines)
+    gateway.signal(signal.SIGHUP)
+    gateway.wait_for("rules reloaded: notes.example.com", start=mark)
+    assert "STARTTLS" in _ehlo(gateway.port)[1]
+    assert gateway.stop() == 0
+
+
+def test_a_reload_refused_while_building_closes_what_it_built(test_odoo, serve):
+    gateway = serve()
+    config = gateway.config_path
+    # The new journal opens, the claim file beside it cannot: the journal opened for the reload
+    # must be closed again, not left open by a process that keeps the old configuration.
+    (config.parent / "other.sqlite3.inflight").mkdir()
+    config.write_text(config.read_text().replace('path = "journal.sqlite3"', 'path = "other.sqlite3"'))
+    mark = len(gateway.lines)
+    gateway.signal(signal.SIGHUP)
+    line = gateway.wait_for(r"ERROR gateway: reload refused, the previous rules stay in force: (.*)", start=mark)
+    assert line.group(1) == (f"{config}: journal.path: cannot open {config.parent / 'other.sqlite3.inflight'}: "
+                             "Is a directory")
+    open_files = {os.readlink(f"/proc/{gateway.process.pid}/fd/{fd}")
+                  for fd in os.listdir(f"/proc/{gateway.process.pid}/fd")}
+    assert str(config.parent / "journal.sqlite3") in open_files
+    assert not any("other.sqlite3" in name for name in open_files), open_files
+    assert _rcpt(gateway.port, Mailer.address("note", "project.task", TASK_ID))[0] == 250
     assert gateway.stop() == 0

@@ -274,6 +274,37 @@ def test_sighup_reloads_every_worker_and_a_broken_file_is_refused_once(test_odoo
     assert gateway.stop() == 0
 
 
+def test_a_reload_keeps_the_protocol_in_every_worker_and_in_workers_started_again(test_odoo, serve, dkim_keys):
+    gateway = serve()
+    pids = _worker_pids(gateway, 2)
+    config = gateway.config_path
+    config.write_text(config.read_text().replace(f'hostname = "{ALIAS_DOMAIN}"',
+                                                 f'hostname = "{ALIAS_DOMAIN}"\nprotocol = "lmtp"\nmax_sessions = 4'))
+    mark = len(gateway.lines)
+    gateway.signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while sum("rules reloaded: " in line for line in gateway.lines[mark:]) < 2:
+        assert time.monotonic() < deadline, gateway.log
+        time.sleep(0.05)
+    # Said once, by the supervisor, not once more by each worker.
+    assert [line.split(f"reload: {config}: ", 1)[1] for line in gateway.lines[mark:] if "needs a restart" in line] == [
+        "listener.protocol: changed from 'smtp' to 'lmtp', which needs a restart; 'smtp' stays in force until then",
+        "listener.max_sessions: changed from 100 to 4, which needs a restart; 100 stays in force until then",
+    ], gateway.log
+    # Workers started again after the reload read the files as they are now, yet speak what the gateway started with.
+    for index, pid in pids.items():
+        os.kill(pid, signal.SIGKILL)
+        gateway.wait_for(rf"worker {index} \(pid {pid}\) exited with -9; starting it again", start=mark)
+    for index in pids:
+        gateway.wait_for(rf"worker {index} serving .*\(SMTP", start=mark)
+    mailer = Mailer(_Port(gateway.port), dkim_keys)
+    to = mailer.address("note", "project.task", TASK_ID)
+    for number in range(4):
+        raw = mailer.sign(mailer.message("note_from_contributor.eml", to, f"<after-reload-{number}@example.com>"))
+        assert _send(raw, to, gateway.port).startswith("250 2.0.0")
+    assert gateway.stop() == 0
+
+
 def test_sigterm_lets_every_worker_finish_its_message(test_odoo, serve, dkim_keys):
     # A pool of 12 is 6 connections per worker: all 6 posts can be in Odoo at once wherever they land.
     gateway = serve(listener_extra="shutdown_grace = 15", pool_size=12)

@@ -13,16 +13,26 @@ from gateway.refusals import BadAddress, UnknownAliasDomain
 
 KINDS = ("note", "reply")
 SIGNATURE_LENGTH = 16  # base32 characters: 80 bits of the HMAC-SHA256
-
+# The ids an address carries (record, partner) have at most 18 digits, so every one fits a signed
+# 64-bit integer (Odoo's ids are PostgreSQL integers, far below). parse() reads no more and mint()
+# writes no more: an address minted beyond it would be refused with 550 5.1.1 by its own gateway.
+ID_DIGITS = 18
+MAX_ID = 10**ID_DIGITS - 1
+# The issue day of a dated address: days since 1970, six digits until the year 4707.
+DAY_DIGITS = 6
+MAX_DAY = 10**DAY_DIGITS - 1
+_ID = rf"[1-9][0-9]{{0,{ID_DIGITS - 1}}}"
 # Odoo model names are lowercase words joined by dots and underscores; they never hold "-",
 # which is why "-" can separate the parts of the local part.
+_MODEL_NAME = r"[a-z][a-z0-9_]*(?:\.[a-z0-9_]+)*"
+
 # The optional parts (issue 7) sit between the id and the signature; a signature never holds "-",
 # so an address of the first format (no optional part) can never be read as having one.
 _LOCAL_PART = re.compile(
-    r"^(?P<kind>[a-z]+)\+(?P<model>[a-z][a-z0-9_]*(?:\.[a-z0-9_]+)*)-(?P<res_id>[1-9][0-9]{0,17})"
-    r"(?:-p(?P<partner>[1-9][0-9]{0,17}))?(?:-d(?P<day>[0-9]{1,6}))?-(?P<sig>[a-z2-7]+)$"
+    rf"^(?P<kind>[a-z]+)\+(?P<model>{_MODEL_NAME})-(?P<res_id>{_ID})"
+    rf"(?:-p(?P<partner>{_ID}))?(?:-d(?P<day>[0-9]{{1,{DAY_DIGITS}}}))?-(?P<sig>[a-z2-7]+)$"
 )
-_MODEL = re.compile(r"^[a-z][a-z0-9_]*(?:\.[a-z0-9_]+)*$")
+_MODEL = re.compile(rf"^{_MODEL_NAME}$")
 
 
 def today() -> int:
@@ -46,23 +56,41 @@ def signature(secret: bytes, domain: str, kind: str, model: str, res_id: int,
     return base64.b32encode(digest).decode().lower()[:SIGNATURE_LENGTH]
 
 
+def check_parts(kind: str, model: str, res_id: int, *, partner_id: int | None = None,
+                issued_day: int | None = None) -> None:
+    """Raise ValueError for a part that parse() would not read back, so that no address is minted
+    that its own gateway refuses with 550 5.1.1 (issue 10 of the operator review)."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}")
+    if not isinstance(model, str) or not _MODEL.match(model):
+        raise ValueError(f"{model!r} is not an Odoo model name")
+    _check_id("record id", res_id)
+    if partner_id is not None:
+        _check_id("partner id", partner_id)
+    if issued_day is not None and not (_is_whole(issued_day) and 0 <= issued_day <= MAX_DAY):
+        raise ValueError(f"the issue day must be a whole number from 0 to {MAX_DAY}, not {issued_day!r}")
+
+
 def mint(secret: bytes, domain: str, kind: str, model: str, res_id: int, *,
          partner_id: int | None = None, issued_day: int | None = None) -> str:
     """An address; with ``partner_id`` it only accepts mail from that partner, with ``issued_day``
     it can expire (rules key address_max_age_days)."""
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {', '.join(KINDS)}")
-    if not _MODEL.match(model):
-        raise ValueError(f"{model!r} is not an Odoo model name")
-    if not (isinstance(res_id, int) and res_id > 0):
-        raise ValueError("the record id must be a positive integer")
-    if partner_id is not None and not (isinstance(partner_id, int) and partner_id > 0):
-        raise ValueError("the partner id must be a positive integer")
+    check_parts(kind, model, res_id, partner_id=partner_id, issued_day=issued_day)
     domain = domain.lower()
     optional = (f"-p{partner_id}" if partner_id is not None else "") + (
         f"-d{issued_day}" if issued_day is not None else "")
     sig = signature(secret, domain, kind, model, res_id, partner_id, issued_day)
     return f"{kind}+{model}-{res_id}{optional}-{sig}@{domain}"
+
+
+def _is_whole(value: object) -> bool:
+    # bool is an int to Python, and True would be written "True" in the address.
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_id(what: str, value: object) -> None:
+    if not (_is_whole(value) and 1 <= value <= MAX_ID):  # type: ignore[operator]
+        raise ValueError(f"the {what} must be a whole number from 1 to {MAX_ID} ({ID_DIGITS} digits), not {value!r}")
 
 
 def split_address(address: str) -> tuple[str, str]:

@@ -172,18 +172,26 @@ def command_address(args: argparse.Namespace) -> int:
         print(f"note-gateway: warning: {args.model} is not in [{args.kind}] models of "
               f"{config.domains[domain].source}; mail to this address will be refused", file=sys.stderr)
     rules = config.domains[domain]
+    # A dated address can expire; it is dated whenever the domain limits the age of addresses.
+    dated = args.dated or bool(rules.address_max_age_days) or rules.require_dated_addresses
+    issued_day = address.today() if dated else None
+    try:
+        # Before asking Odoo for --for: a record id the gateway could not read back (more than
+        # 18 digits, issue 10) is refused here, not printed as an address that gets 550 5.1.1.
+        address.check_parts(args.kind, args.model, args.res_id, partner_id=args.partner_id, issued_day=issued_day)
+    except ValueError as error:
+        print(f"note-gateway: {error}", file=sys.stderr)
+        return 2
     partner_id = args.partner_id
     if args.for_email:
         partner_id = _partner_of(config, rules.odoo, args.for_email)
         if partner_id is None:
             return 2
-    # A dated address can expire; it is dated whenever the domain limits the age of addresses.
-    dated = args.dated or bool(rules.address_max_age_days) or rules.require_dated_addresses
     try:
         # The first secret signs; all of them verify, so a new secret goes first when rotating.
         print(address.mint(config.secrets[domain][0], domain, args.kind, args.model, args.res_id,
-                           partner_id=partner_id, issued_day=address.today() if dated else None))
-    except ValueError as error:
+                           partner_id=partner_id, issued_day=issued_day))
+    except ValueError as error:  # A partner id from Odoo that an address cannot carry.
         print(f"note-gateway: {error}", file=sys.stderr)
         return 2
     return 0

@@ -102,3 +102,27 @@ def test_bound_and_dated_parts_are_signed(change):
     minted = address.mint(SECRET, "notes.example.com", "note", "project.task", 60, partner_id=42, issued_day=20410)
     with pytest.raises(BadAddress, match="signature"):
         address.parse(minted.replace(*change), SECRETS)
+
+
+# --- Operator review, issue 10: mint writes nothing that parse would not read back ---------------
+
+
+def test_mint_refuses_the_ids_that_parse_refuses():
+    # The largest id of each part: minted, and read back by the gateway.
+    largest = address.mint(SECRET, "notes.example.com", "note", "project.task", address.MAX_ID,
+                           partner_id=address.MAX_ID, issued_day=address.MAX_DAY)
+    target = address.parse(largest, SECRETS)
+    assert (target.res_id, target.partner_id, target.issued_day) == (address.MAX_ID, address.MAX_ID, address.MAX_DAY)
+    assert address.MAX_ID == 999999999999999999  # 18 digits, as addresses of earlier releases
+    # One more, which the gateway would refuse with 550 5.1.1: refused when minting.
+    for res_id in (address.MAX_ID + 1, 99999999999999999999999, 0, -1, True):
+        with pytest.raises(ValueError, match="the record id must be a whole number from 1 to 999999999999999999"):
+            address.mint(SECRET, "notes.example.com", "note", "project.task", res_id)
+    with pytest.raises(ValueError, match="the partner id must be"):
+        address.mint(SECRET, "notes.example.com", "note", "project.task", 42, partner_id=address.MAX_ID + 1)
+    with pytest.raises(ValueError, match="the issue day must be"):
+        address.mint(SECRET, "notes.example.com", "note", "project.task", 42, issued_day=address.MAX_DAY + 1)
+    # The same text written by hand with one digit more is what parse refuses.
+    longer = largest.replace(f"-{address.MAX_ID}-p", f"-{address.MAX_ID}9-p", 1)
+    with pytest.raises(BadAddress, match="expected note"):
+        address.parse(longer, SECRETS)

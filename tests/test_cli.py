@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import smtplib
 import time
 
 import pytest
@@ -162,3 +163,27 @@ def test_check_config_online_names_a_model_the_rules_go_through_that_the_gateway
     assert status == 1
     assert ("access: the record rules of project.task go through project.collaborator, which gateway cannot "
             "read: every search would fail (run note-gateway setup-odoo)") in out
+
+
+def test_address_refuses_a_record_id_the_gateway_would_refuse(tmp_path, test_odoo, gateway, capsys):
+    # Operator review, issue 10: 23 digits were printed as an address that RCPT answered 550 5.1.1.
+    config = write_config(tmp_path, test_odoo, 53)
+    status, out = _run(capsys, "address", "project.task", "99999999999999999999999", "--config", str(config))
+    assert status == 2
+    assert out == ("note-gateway: the record id must be a whole number from 1 to 999999999999999999 (18 digits), "
+                   "not 99999999999999999999999\n")
+    status, out = _run(capsys, "address", "project.task", "42", "--partner-id", "10000000000000000000",
+                       "--config", str(config))
+    assert status == 2 and "the partner id must be a whole number from 1 to 999999999999999999" in out
+    # Refused before asking Odoo for --for's partner.
+    calls = len(test_odoo.calls)
+    status, out = _run(capsys, "address", "project.task", "0", "--for", "portal.contrib@example.com",
+                       "--config", str(config))
+    assert status == 2 and "the record id must be" in out and len(test_odoo.calls) == calls
+    # The largest id it prints is one the listener takes at RCPT.
+    status, out = _run(capsys, "address", "project.task", "999999999999999999", "--config", str(config))
+    assert status == 0, out
+    with smtplib.SMTP("127.0.0.1", gateway.port, timeout=10) as client:
+        client.ehlo("client.example.com")
+        client.mail("portal.contrib@example.com")
+        assert client.rcpt(out.strip())[0] == 250

@@ -31,7 +31,8 @@ def check_online(config: GatewayConfig, pools: dict[str, OdooPool]) -> Findings:
         try:
             version = pool.version()
         except OdooUnavailable as error:
-            found.errors.append(f"odoo.{name}: cannot log in to {connection.url} as {connection.login}: {error.text}")
+            found.errors.append(f"odoo.{name}: cannot log in: {error.explanation}"
+                                + (f"; {error.fix}" if error.fix else ""))
             continue
         found.lines.append(f"odoo.{name}: logged in to {connection.url} database {connection.database} as "
                            f"{connection.login}, Odoo {version}, groups field {pool.groups_field}")

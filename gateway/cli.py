@@ -201,11 +201,16 @@ def _partner_of(config: GatewayConfig, odoo_name: str, email: str) -> int | None
     """The partner of the active Odoo user with this address, asked of the domain's Odoo."""
     from gateway.identity import find_user
     from gateway.odoo import OdooPool
-    from gateway.refusals import Refusal
+    from gateway.refusals import OdooUnavailable, Refusal
 
     pool = OdooPool(odoo_name, config.gateway.odoo[odoo_name], config.api_keys[odoo_name])
     try:
         return find_user(pool, email).partner_id
+    except OdooUnavailable as error:
+        # Not "try again later" when the key is wrong: what Odoo said, and what to check.
+        print(f"note-gateway: --for {email}: odoo.{odoo_name}: {error.explanation}"
+              + (f"; {error.fix}" if error.fix else ""), file=sys.stderr)
+        return None
     except Refusal as refusal:
         print(f"note-gateway: --for {email}: {refusal.text}", file=sys.stderr)
         return None

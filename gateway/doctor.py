@@ -73,12 +73,16 @@ def check_odoo(config: GatewayConfig, name: str, report: Report) -> None:
     try:
         try:
             version = pool.version(deadline())
-        except Exception as error:  # noqa: BLE001 (a login goes through odoorpc unwrapped: any fault counts)
-            reason = error.detail or error.text if isinstance(error, OdooUnavailable) else f"{type(error).__name__}: {error}"
+        except OdooUnavailable as error:
+            # Refused credentials and an unreachable Odoo need different fixes (operator review,
+            # issue 11): the pool tells them apart and says which.
+            report.fail(what, f"cannot log in: {error.explanation}",
+                        error.fix or "check url, database and login, and that Odoo is running")
+            return
+        except Exception as error:  # noqa: BLE001 (anything else the login raised: any fault counts)
             report.fail(what, f"cannot log in to {connection.url} database {connection.database} as "
-                              f"{connection.login}: {reason}",
-                        "check url, database and login, and that the API key belongs to that user "
-                        "(Preferences > Account Security > New API Key)")
+                              f"{connection.login}: {type(error).__name__}: {error}",
+                        "check url, database and login, and that Odoo is running")
             return
         detail = f"logged in to {connection.url} database {connection.database} as {connection.login}, Odoo {version}"
         if version < OLDEST_ODOO:

@@ -7,6 +7,7 @@ import queue
 import re
 import threading
 import time
+import urllib.error
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ import odoorpc
 from gateway import observe
 from gateway.config import OdooConnection
 from gateway.odootransport import KeepAliveHandler, keep_alive_opener
-from gateway.refusals import OdooUnavailable
+from gateway.refusals import OdooCredentialsRefused, OdooUnavailable
 
 log = logging.getLogger(__name__)
 Result = TypeVar("Result")
@@ -66,7 +67,7 @@ class _Forming:
         """The answer of item ``index``, or the batch's fault raised afresh in the asking thread."""
         if self.error is not None:
             if isinstance(self.error, OdooUnavailable):
-                raise OdooUnavailable(self.error.detail)
+                raise type(self.error)(self.error.detail, explanation=self.error.explanation, fix=self.error.fix)
             raise RuntimeError(f"batched {label} failed") from self.error
         assert self.results is not None
         return self.results[index]
@@ -122,6 +123,33 @@ class _Slots:
         with self._lock:
             self._free += 1
             (self._urgent if self._urgent_waiting else self._patient).notify()
+
+
+def credentials_refused(error: BaseException) -> bool:
+    """Whether Odoo answered and refused the gateway's login or API key, rather than failing.
+
+    common.login answers False for a wrong login or key, an archived user or a login cooldown
+    (odoo/service/common.py exp_authenticate), which odoorpc turns into an RPCError of its own
+    carrying no server answer; an object call whose key was revoked since the login fails with
+    odoo.exceptions.AccessDenied (ODOO_FACTS.md a). Record rules and access lists refuse with
+    AccessError, never AccessDenied, so those stay what they are.
+    """
+    if not isinstance(error, odoorpc.error.RPCError):
+        return False
+    info = error.info if isinstance(error.info, dict) else None
+    if info is None:
+        return str(error) == "Wrong login ID or password"
+    return (info.get("data") or {}).get("name") == "odoo.exceptions.AccessDenied"
+
+
+def transport_reason(error: BaseException) -> str:
+    """A transport fault in an admin's words: ``ConnectionRefusedError: [Errno 111] Connection refused``."""
+    if isinstance(error, urllib.error.HTTPError):
+        return f"HTTP {error.code} {error.reason}"
+    if isinstance(error, urllib.error.URLError):
+        reason = error.reason
+        return f"{type(reason).__name__}: {reason}" if isinstance(reason, BaseException) else f"URLError: {reason}"
+    return f"{type(error).__name__}: {error}"
 
 
 def user_group_fields(major: int) -> tuple[str, str]:
@@ -185,8 +213,10 @@ class OdooPool:
             # odoorpc logs in through /jsonrpc common.login, which accepts an API key
             # (ODOO_FACTS.md a); the key is never a user's password.
             client.login(self.connection.database, self.connection.login, self._api_key)
-        except BaseException:
+        except BaseException as error:
             transport.close()
+            if credentials_refused(error):
+                raise self._credentials_refused(error) from None
             raise
         with self._lock:
             self._transports[id(client)] = transport
@@ -366,6 +396,9 @@ class OdooPool:
         except OdooUnavailable:
             raise
         except odoorpc.error.RPCError as error:
+            if credentials_refused(error):
+                # The key was revoked or expired since this connection logged in.
+                raise self._credentials_refused(error) from None
             # An RPC error here is Odoo refusing or failing a call the gateway believes valid
             # (rights changed, a module missing, a server bug). A retry may heal it and an
             # admin must look, so it defers rather than bounces.
@@ -395,11 +428,41 @@ class OdooPool:
                 with self._borrow(deadline):
                     pass
             except OdooUnavailable:
-                raise
-            except Exception as error:  # Logging in: refused, reset, timeout, AccessDenied, not JSON.
-                log.warning("odoo %s: login: %s: %s", self.name, type(error).__name__, error)
-                raise OdooUnavailable(f"{type(error).__name__} logging in to Odoo") from None
+                raise  # The credentials refused (_connect), or the deadline.
+            except odoorpc.error.RPCError as error:
+                # Odoo answered the login with an error: a database that does not exist, a server fault.
+                refusal = OdooUnavailable(
+                    "RPCError logging in to Odoo",
+                    explanation=f"Odoo at {self.connection.url} failed the login of {self.connection.login} on "
+                                f"database {self.connection.database}: {error}",
+                    fix="check url and database, and Odoo's own log")
+                log.warning("odoo %s: %s", self.name, refusal.explanation)
+                raise refusal from None
+            except Exception as error:  # Transport: refused, reset, timeout, HTTP 5xx, not JSON.
+                refusal = OdooUnavailable(
+                    f"{type(error).__name__} logging in to Odoo",
+                    explanation=f"cannot reach Odoo at {self.connection.url}: {transport_reason(error)}",
+                    fix="check url, that Odoo is running, and that this host can reach it (network, firewall, proxy)")
+                log.warning("odoo %s: %s", self.name, refusal.explanation)
+                raise refusal from None
         return self._version or 0
+
+    def _credentials_refused(self, error: BaseException) -> OdooCredentialsRefused:
+        """The refusal for a login or key Odoo refused, logged with what the admin must fix."""
+        connection = self.connection
+        source = (f"api_key_credential {connection.api_key_credential}" if connection.api_key_credential
+                  else f"api_key_env {connection.api_key_env}" if connection.api_key_env
+                  else f"api_key_file {connection.api_key_file}")
+        refusal = OdooCredentialsRefused(
+            "Odoo refused the gateway's login",
+            explanation=f"Odoo at {connection.url} refused the credentials of login {connection.login} on database "
+                        f"{connection.database} ({error}): a configuration problem, not an outage",
+            fix=f"check that the API key ({source}) is a current key of the Odoo user {connection.login} "
+                "(Preferences > Account Security > New API Key) and that the user is active")
+        # An error, not a warning: no mail is filed until an admin acts; the senders' mail servers
+        # keep it meanwhile (451).
+        log.error("odoo %s: %s; %s", self.name, refusal.explanation, refusal.fix)
+        return refusal
 
     def user_group_fields(self, deadline: float | None = None) -> tuple[str, str]:
         """user_group_fields() of this server's version, logging in within ``deadline`` if needed."""

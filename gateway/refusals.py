@@ -320,12 +320,24 @@ class OdooUnavailable(Refusal):
     smtp_code, enhanced_code = 451, "4.3.0"
     reason = "Odoo is unavailable, try again later"
 
-    def __init__(self, detail: str | None = None, *, unsettled: bool = False) -> None:
+    def __init__(self, detail: str | None = None, *, unsettled: bool = False, explanation: str | None = None,
+                 fix: str | None = None) -> None:
         super().__init__(detail)
         # The request went out and Odoo may still be running it: a timeout or a connection lost
         # while waiting for the answer, a proxy's 502 or 504 (gateway/odoo.py). A request that never
         # went out whole, or that Odoo answered (an RPC error, a 500, garbage), is settled.
         self.unsettled = unsettled
+        # What the admin reads (the log, check-config, doctor, address --for): the URL, database,
+        # login and Odoo's own words, which the reply to a sender leaves out, and what to check.
+        self.explanation = explanation or self.text
+        self.fix = fix
+
+
+class OdooCredentialsRefused(OdooUnavailable):
+    # Odoo answered and refused the gateway's login or API key: a configuration problem, not an
+    # outage (found by an operator review). Still a 451, as docs/reliability.md promises for every
+    # Odoo fault: the mail waits in the sending MTA's queue and is filed once the admin fixes the key.
+    pass
 
 
 class PostUnsettled(Refusal):

@@ -187,3 +187,35 @@ def test_address_refuses_a_record_id_the_gateway_would_refuse(tmp_path, test_odo
         client.ehlo("client.example.com")
         client.mail("portal.contrib@example.com")
         assert client.rcpt(out.strip())[0] == 250
+
+
+def test_a_refused_api_key_is_named_as_such_not_as_an_outage(tmp_path, test_odoo, capsys):
+    # Operator review, issue 11: "Odoo is unavailable, try again later: RPCError logging in to Odoo".
+    config = write_config(tmp_path, test_odoo, 53)
+    (tmp_path / "odoo-api-key").write_text("not-the-key\n")
+    refused = (f"odoo.main: Odoo at {test_odoo.url} refused the credentials of login gateway on database notes "
+               "(Wrong login ID or password): a configuration problem, not an outage; check that the API key "
+               "(api_key_file odoo-api-key) is a current key of the Odoo user gateway")
+    status, out = _run(capsys, "check-config", "--config", str(config), "--online")
+    assert status == 1
+    assert f"error: odoo.main: cannot log in: {refused[len('odoo.main: '):]}" in out
+    assert "try again later" not in out
+    status, out = _run(capsys, "address", "project.task", str(TASK_ID), "--config", str(config),
+                       "--for", "portal.contrib@example.com")
+    assert status == 2
+    assert f"note-gateway: --for portal.contrib@example.com: {refused}" in out
+    assert "try again later" not in out
+
+
+def test_a_stopped_odoo_is_named_unreachable_with_its_url(tmp_path, test_odoo, capsys):
+    config = write_config(tmp_path, test_odoo, 53)
+    url = test_odoo.url
+    test_odoo.stop()
+    unreachable = (f"cannot reach Odoo at {url}: ConnectionRefusedError: [Errno 111] Connection refused; "
+                   "check url, that Odoo is running, and that this host can reach it")
+    status, out = _run(capsys, "check-config", "--config", str(config), "--online")
+    assert status == 1 and f"error: odoo.main: cannot log in: {unreachable}" in out
+    assert "API key" not in out
+    status, out = _run(capsys, "address", "project.task", str(TASK_ID), "--config", str(config),
+                       "--for", "portal.contrib@example.com")
+    assert status == 2 and f"note-gateway: --for portal.contrib@example.com: odoo.main: {unreachable}" in out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import time
 from contextlib import contextmanager
@@ -12,7 +13,7 @@ from gateway.config import load_config
 from gateway.journal import Journal
 from gateway.pipeline import Services
 from gateway.smtp import ThreadedGateway
-from gateway.testing.odoo_demo import TASK_ID
+from gateway.testing.odoo_demo import DEMO_API_KEY, GATEWAY_UID, TASK_ID
 
 
 def _stored(test_odoo, message_id: str) -> list[dict]:
@@ -319,3 +320,46 @@ def test_a_post_odoo_answered_with_a_fault_is_retried_at_once(test_odoo, gateway
     assert mailer.send(raw, to).startswith("250 2.0.0 Filed as Odoo message")
     assert len(_stored(test_odoo, f"<answered-{fault}@example.com>")) == 1
     assert _unsettled_rows(gateway.services.config.journal_path) == []
+
+
+def test_a_refused_api_key_defers_and_the_log_says_the_key_was_refused(test_odoo, gateway, mailer, caplog):
+    # Operator review, issue 11: a wrong key was logged as "RPCError" and told apart from an outage
+    # nowhere. The reply stays a 451 (docs/reliability.md): the mail is filed once the key is fixed.
+    to = mailer.address("note", "project.task", TASK_ID)
+    first = mailer.sign(mailer.message("note_from_contributor.eml", to, "<key-1@example.com>"))
+    second = mailer.sign(mailer.message("note_from_contributor.eml", to, "<key-2@example.com>"))
+    refused = (f"odoo main: Odoo at {test_odoo.url} refused the credentials of login gateway on database notes "
+               "({}): a configuration problem, not an outage; check that the API key (api_key_file ")
+
+    # The key is refused at the first login: odoorpc's own error, since Odoo's login answers False.
+    test_odoo.revoke_api_key(GATEWAY_UID, DEMO_API_KEY)
+    with caplog.at_level(logging.ERROR, logger="gateway.odoo"):
+        assert mailer.send(first, to) == "451 4.3.0 Odoo is unavailable, try again later: Odoo refused the gateway's login"
+    assert refused.format("Wrong login ID or password") in caplog.text
+    test_odoo.add_api_key(GATEWAY_UID, DEMO_API_KEY)
+    assert mailer.send(first, to).startswith("250 2.0.0 Filed")
+
+    # The key is revoked under a logged-in connection: Odoo answers the next call AccessDenied.
+    caplog.clear()
+    test_odoo.revoke_api_key(GATEWAY_UID, DEMO_API_KEY)
+    with caplog.at_level(logging.ERROR, logger="gateway.odoo"):
+        assert mailer.send(second, to) == "451 4.3.0 Odoo is unavailable, try again later: Odoo refused the gateway's login"
+    assert refused.format("Access Denied") in caplog.text
+    test_odoo.add_api_key(GATEWAY_UID, DEMO_API_KEY)
+    assert mailer.send(second, to).startswith("250 2.0.0 Filed")
+    with Journal(gateway.services.config.journal_path) as journal:
+        rows = journal.recent(4)
+    assert [(row.verdict, row.refusal_class) for row in rows] == [
+        ("filed", ""), ("deferred", "OdooCredentialsRefused"), ("filed", ""), ("deferred", "OdooCredentialsRefused")]
+
+
+def test_an_unreachable_odoo_is_logged_as_unreachable(test_odoo, gateway, mailer, caplog):
+    to = mailer.address("note", "project.task", TASK_ID)
+    raw = mailer.sign(mailer.message("note_from_contributor.eml", to, "<down@example.com>"))
+    url = test_odoo.url
+    test_odoo.stop()
+    with caplog.at_level(logging.WARNING, logger="gateway.odoo"):
+        assert mailer.send(raw, to) == "451 4.3.0 Odoo is unavailable, try again later: URLError logging in to Odoo"
+    assert (f"odoo main: cannot reach Odoo at {url}: ConnectionRefusedError: [Errno 111] Connection refused"
+            in caplog.text)
+    assert "credentials" not in caplog.text

@@ -281,7 +281,24 @@ def test_doctor_reports_a_rejected_api_key(tmp_path, test_odoo, dns_server):
     path = write_config(tmp_path, test_odoo, dns_server.port)
     (tmp_path / "odoo-api-key").write_text("not-the-key\n")
     text = _report_text(diagnose(str(path)))
-    assert "FAIL  odoo main: cannot log in to" in text and "API key belongs to that user" in text
+    # Operator review, issue 11: the key refused is said so, with the database and the login.
+    assert (f"FAIL  odoo main: cannot log in: Odoo at {test_odoo.url} refused the credentials of login gateway on "
+            "database notes (Wrong login ID or password): a configuration problem, not an outage\n"
+            "      fix: check that the API key (api_key_file odoo-api-key) is a current key of the Odoo user "
+            "gateway (Preferences > Account Security > New API Key) and that the user is active") in text
+
+
+def test_doctor_reports_a_stopped_odoo_as_unreachable(tmp_path, test_odoo, dns_server):
+    # Operator review, issue 11: it said "URLError logging in to Odoo" and pointed at the API key.
+    path = write_config(tmp_path, test_odoo, dns_server.port)
+    url = test_odoo.url
+    test_odoo.stop()
+    text = _report_text(diagnose(str(path)))
+    assert (f"FAIL  odoo main: cannot log in: cannot reach Odoo at {url}: ConnectionRefusedError: [Errno 111] "
+            "Connection refused\n"
+            "      fix: check url, that Odoo is running, and that this host can reach it (network, firewall, proxy)"
+            ) in text
+    assert "API key" not in text
 
 
 def test_doctor_warns_of_a_certificate_near_its_end(tmp_path, test_odoo, dns_server):

@@ -531,6 +531,11 @@ class TestOdoo:
             self.db.api_keys.setdefault(uid, []).append(key)
         return key
 
+    def revoke_api_key(self, uid: int, key: str) -> None:
+        """Remove a key, as its user or an admin does in Preferences > Account Security."""
+        with self.db.lock:
+            self.db.api_keys[uid].remove(key)
+
     def add_group(self, name: str, xmlid: str | None = None, *, id: int | None = None,  # noqa: A002
                   category: str | None = None) -> int:
         with self.db.lock:

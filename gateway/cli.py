@@ -324,7 +324,11 @@ def command_check(args: argparse.Namespace) -> int:
     from gateway.pipeline import Services
 
     config = _load(args.config)
-    raw = Path(args.message).read_bytes()
+    try:
+        raw = Path(args.message).read_bytes()
+    except OSError as error:  # Missing, a folder, not readable: one line, not a traceback (issue 12).
+        print(f"note-gateway: cannot read the message {args.message}: {error.strerror or error}", file=sys.stderr)
+        return 2
     # SMTP carries CRLF line endings; a .eml saved on Unix has LF, which the framing stage would
     # refuse although the same message by SMTP would pass.
     if b"\r\n" not in raw:
@@ -385,11 +389,50 @@ def command_setup_odoo(args: argparse.Namespace) -> int:
 
 
 def command_send(args: argparse.Namespace) -> int:
-    from gateway.testing.sending import send_signed
+    import smtplib
 
-    reply = send_signed(host=args.host, port=args.port, sender=args.sender, recipient=args.to,
-                        subject=args.subject, body=args.body, key_file=Path(args.key),
-                        selector=args.selector)
+    import dkim
+
+    from gateway.testing.dkim import sign
+    from gateway.testing.sending import compose, deliver
+
+    # Each ordinary mistake gets one line and a non-zero status, never a traceback (operator
+    # review, issue 12): 2 for what is wrong here (the key, the addresses), 1 when the message
+    # was not accepted (no connection, or a refusal, which is printed as the reply it is).
+    local, at, domain = args.sender.rpartition("@")
+    if not (local and at and domain) or not args.sender.isascii() or not args.to.isascii():
+        print("note-gateway: --from and --to must be plain ASCII email addresses", file=sys.stderr)
+        return 2
+    try:
+        key = Path(args.key).read_bytes()
+    except OSError as error:
+        print(f"note-gateway: cannot read the key {args.key}: {error.strerror or error}", file=sys.stderr)
+        return 2
+    try:
+        raw = compose(args.sender, args.to, args.subject, args.body)
+    except ValueError as error:  # A line break in --subject, for one.
+        print(f"note-gateway: cannot compose the message: {error}", file=sys.stderr)
+        return 2
+    try:
+        signed = sign(raw, key, domain, args.selector)
+    except dkim.DKIMException as error:
+        print(f"note-gateway: cannot sign with the key {args.key}: {error} (a PEM private key is expected)",
+              file=sys.stderr)
+        return 2
+    try:
+        reply = deliver(signed, args.to, host=args.host, port=args.port, mail_from=args.sender, timeout=args.timeout)
+    except smtplib.SMTPResponseException as error:
+        # A refusal that smtplib raises rather than returns: a greeting other than 220 (421 when
+        # the gateway is full or stopping), or DATA itself refused.
+        text = error.smtp_error
+        reply = f"{error.smtp_code} {text.decode(errors='replace') if isinstance(text, bytes) else text}"
+    except (smtplib.SMTPException, OSError) as error:  # Refused, timed out, unknown host, closed.
+        if isinstance(error, TimeoutError) or isinstance(error.__context__, TimeoutError):
+            reason = f"no answer within {args.timeout:g} s"
+        else:
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error) or type(error).__name__
+        print(f"note-gateway: cannot send to {args.host}:{args.port}: {reason}", file=sys.stderr)
+        return 1
     print(reply)
     return 0 if reply.startswith("250") else 1
 
@@ -471,6 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--body", required=True)
     send.add_argument("--key", required=True, help="PEM private key of the sender domain's DKIM selector")
     send.add_argument("--selector", default="gateway")
+    send.add_argument("--timeout", type=float, default=60, help="seconds to wait for each SMTP reply (default: 60)")
     send.set_defaults(func=command_send)
 
     demo = commands.add_parser("demo", help="run the whole product here against the bundled test Odoo")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import smtplib
+import socket
 import time
 
 import pytest
@@ -219,3 +220,53 @@ def test_a_stopped_odoo_is_named_unreachable_with_its_url(tmp_path, test_odoo, c
     status, out = _run(capsys, "address", "project.task", str(TASK_ID), "--config", str(config),
                        "--for", "portal.contrib@example.com")
     assert status == 2 and f"note-gateway: --for portal.contrib@example.com: odoo.main: {unreachable}" in out
+
+
+def test_check_says_in_one_line_that_the_message_cannot_be_read(tmp_path, test_odoo, capsys):
+    # Operator review, issue 12: FileNotFoundError and IsADirectoryError tracebacks.
+    config = write_config(tmp_path, test_odoo, 53)
+    to = Mailer.address("note", "project.task", TASK_ID)
+    missing = tmp_path / "nonexist.eml"
+    status, out = _run(capsys, "check", "--config", str(config), "--rcpt", to, str(missing))
+    assert (status, out) == (2, f"note-gateway: cannot read the message {missing}: No such file or directory\n")
+    status, out = _run(capsys, "check", "--config", str(config), "--rcpt", to, str(tmp_path))
+    assert (status, out) == (2, f"note-gateway: cannot read the message {tmp_path}: Is a directory\n")
+
+
+def test_send_says_in_one_line_what_went_wrong(tmp_path, test_odoo, start_gateway, dns_server, dkim_keys, capsys):
+    # Operator review, issue 12: each of these was a traceback; a refusal is printed as the reply.
+    gateway = start_gateway(dns_server.port, listener_extra="max_sessions = 1")
+    to = Mailer.address("note", "project.task", TASK_ID)
+    key = tmp_path / "example.com.key"
+    key.write_bytes(dkim_keys["example.com"].private_pem)
+    (tmp_path / "garbage.key").write_text("not a key\n")
+
+    def send(*options: str, port: int = gateway.port, to: str = to) -> tuple[int, str]:
+        return _run(capsys, "send", "--port", str(port), "--from", "portal.contrib@example.com", "--to", to,
+                    "--subject", "Pump P7", "--body", "The seal is worn.", *options)
+
+    assert send("--key", str(tmp_path / "nokey")) == (
+        2, f"note-gateway: cannot read the key {tmp_path / 'nokey'}: No such file or directory\n")
+    assert send("--key", str(tmp_path)) == (2, f"note-gateway: cannot read the key {tmp_path}: Is a directory\n")
+    assert send("--key", str(tmp_path / "garbage.key")) == (
+        2, f"note-gateway: cannot sign with the key {tmp_path / 'garbage.key'}: Private key not found "
+           "(a PEM private key is expected)\n")
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    closed_port = closed.getsockname()[1]
+    closed.close()
+    assert send("--key", str(key), port=closed_port) == (
+        1, f"note-gateway: cannot send to 127.0.0.1:{closed_port}: Connection refused\n")
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # Listens, never greets.
+        silent_port = silent.getsockname()[1]
+        assert send("--key", str(key), "--timeout", "0.5", port=silent_port) == (
+            1, f"note-gateway: cannot send to 127.0.0.1:{silent_port}: no answer within 0.5 s\n")
+
+    # Refusals are the reply, whichever SMTP step gives them.
+    bad = to.replace("project.task", "sale.order")
+    status, out = send("--key", str(key), to=bad)
+    assert (status, out) == (1, "550 5.1.1 No such gateway address: the address signature is not valid\n")
+    with smtplib.SMTP("127.0.0.1", gateway.port, timeout=10):  # The one session allowed.
+        assert send("--key", str(key)) == (1, "421 4.3.2 Too many sessions, try again later\n")
+    status, out = send("--key", str(key), "--selector", "gateway")
+    assert status == 0 and out.startswith("250 2.0.0 Filed as Odoo message "), out

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from conftest import Mailer, write_config
+from docs_snippets import readme_postfix_example
 
 from gateway import cli, observe, pipeline
 from gateway.config import ConfigError, load_config
@@ -381,3 +382,17 @@ def test_mail_parser_failure_to_decode_a_header_the_gateway_handles_is_no_error(
         assert levels == {("DEBUG", "Failed decoding header part"), ("ERROR", "Failed to get epilogue part")}
     finally:
         parser_log.removeFilter(observe.HANDLED_LIBRARY_ERRORS)
+
+
+def test_readme_postfix_example_limits_the_transport_it_routes_through():
+    # Operator review, issue 13: the README set lmtp_destination_recipient_limit = 1 but routed the
+    # domain through smtp:, where it has no effect, so a second recipient waited for Postfix's retry.
+    # tests/test_postfix.py delivers through this very configuration.
+    example = readme_postfix_example()
+    [(domain, nexthop)] = example.transports.items()
+    transport = nexthop.split(":", 1)[0]
+    assert domain == example.main_cf["relay_domains"] == "notes.example.com"
+    assert transport in ("lmtp", "smtp")
+    assert example.main_cf.get(f"{transport}_destination_recipient_limit") == "1", (nexthop, example.main_cf)
+    # The gateway speaks what the transport speaks.
+    assert example.listener.get("protocol", "smtp") == transport

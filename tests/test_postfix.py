@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import json
 import smtplib
 import threading
 import time
@@ -18,6 +19,7 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from conftest import ALIAS_DOMAIN, Mailer
+from docs_snippets import readme_postfix_example
 
 from gateway.journal import Journal
 from gateway.testing import dnsmasq, opendkim
@@ -126,6 +128,40 @@ def test_postfix_delivers_each_recipient_in_its_own_lmtp_transaction(front, test
                                                                       ("sale.order", SALE_ORDER_ID)]
     assert {post.kwargs["message_id"] for post in posts} == {"<via-postfix-lmtp@example.com>"}
     assert "TooManyRecipients" not in postfix.log()
+
+
+def test_the_readme_postfix_setup_delivers_two_record_addresses_without_a_retry(
+        start_gateway, dns_server, sink, test_odoo, dkim_keys):
+    # Operator review, issue 13: the README's example limited lmtp deliveries but routed through
+    # smtp:, so the second recipient got 452 4.5.3 and waited in Postfix's queue for a retry
+    # (300 s or more by default). Its main.cf, transport and [listener] lines are used as written;
+    # only the gateway's port and what the test instance itself needs differ.
+    example = readme_postfix_example()
+    gateway = start_gateway(dns_server.port, listener_extra="".join(
+        f"{key} = {json.dumps(value)}\n" for key, value in example.listener.items()))
+    nexthop = example.transports[ALIAS_DOMAIN].replace(":2525", f":{gateway.port}")
+    assert nexthop != example.transports[ALIAS_DOMAIN]
+    settings = {key: value for key, value in example.main_cf.items() if key not in ("relay_domains", "transport_maps")}
+    assert example.main_cf["relay_domains"] == ALIAS_DOMAIN
+    postfix = Postfix(relay_domains=[ALIAS_DOMAIN], settings=settings,
+                      transports={ALIAS_DOMAIN: nexthop, "example.com": f"smtp:[127.0.0.1]:{sink.controller.port}"}).start()
+    try:
+        mailer = Mailer(gateway, dkim_keys)
+        task = mailer.address("note", "project.task", TASK_ID)
+        order = mailer.address("note", "sale.order", SALE_ORDER_ID)
+        raw = mailer.sign(mailer.message("note_from_contributor.eml", f"{task}, {order}", "<readme-setup@example.com>"))
+        assert _submit(postfix, raw, [task, order]) == {}
+        for to in (task, order):
+            line = postfix.wait_for_log(f"to=<{to}>", "status=")
+            assert "status=sent" in line and "250 2.0.0 Filed as Odoo message" in line, postfix.log()
+        log = postfix.log()
+    finally:
+        postfix.stop()
+    # Both in the first delivery attempt: nothing deferred, no recipient refused for being second.
+    assert "status=deferred" not in log and "452 4.5.3" not in log, log
+    assert sorted((post.model, post.args[0][0]) for post in test_odoo.posts()) == [("project.task", TASK_ID),
+                                                                                  ("sale.order", SALE_ORDER_ID)]
+    assert [row.refusal_class for row in _journal(gateway)] == ["", ""]
 
 
 def test_refusal_at_data_comes_back_as_a_postfix_bounce(front, test_odoo, dkim_keys, sink):

@@ -142,14 +142,18 @@ def credentials_refused(error: BaseException) -> bool:
     return (info.get("data") or {}).get("name") == "odoo.exceptions.AccessDenied"
 
 
-def transport_reason(error: BaseException) -> str:
-    """A transport fault in an admin's words: ``ConnectionRefusedError: [Errno 111] Connection refused``."""
+def transport_fault(url: str, error: BaseException) -> str:
+    """A fault on the way to Odoo in an admin's words, e.g. ``cannot reach Odoo at URL:
+    ConnectionRefusedError: [Errno 111] Connection refused``."""
     if isinstance(error, urllib.error.HTTPError):
-        return f"HTTP {error.code} {error.reason}"
+        return f"Odoo at {url} answered HTTP {error.code} {error.reason}"
     if isinstance(error, urllib.error.URLError):
         reason = error.reason
-        return f"{type(reason).__name__}: {reason}" if isinstance(reason, BaseException) else f"URLError: {reason}"
-    return f"{type(error).__name__}: {error}"
+        return f"cannot reach Odoo at {url}: " + (
+            f"{type(reason).__name__}: {reason}" if isinstance(reason, BaseException) else f"URLError: {reason}")
+    if isinstance(error, OSError):  # A timeout or a reset, raised as itself.
+        return f"cannot reach Odoo at {url}: {type(error).__name__}: {error}"
+    return f"Odoo at {url} did not answer as JSON-RPC: {type(error).__name__}: {error}"
 
 
 def user_group_fields(major: int) -> tuple[str, str]:
@@ -441,7 +445,7 @@ class OdooPool:
             except Exception as error:  # Transport: refused, reset, timeout, HTTP 5xx, not JSON.
                 refusal = OdooUnavailable(
                     f"{type(error).__name__} logging in to Odoo",
-                    explanation=f"cannot reach Odoo at {self.connection.url}: {transport_reason(error)}",
+                    explanation=transport_fault(self.connection.url, error),
                     fix="check url, that Odoo is running, and that this host can reach it (network, firewall, proxy)")
                 log.warning("odoo %s: %s", self.name, refusal.explanation)
                 raise refusal from None

@@ -246,6 +246,17 @@ def test_a_killed_worker_is_started_again_and_a_killed_gateway_takes_its_workers
     assert restarted.stop() == 0
 
 
+def _reload_both_workers(gateway) -> int:
+    """SIGHUP, then wait until both workers say they reloaded; the log position before the signal."""
+    mark = len(gateway.lines)
+    gateway.signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while sum("rules reloaded: " in line for line in gateway.lines[mark:]) < 2:
+        assert time.monotonic() < deadline, gateway.log
+        time.sleep(0.05)
+    return mark
+
+
 def test_sighup_reloads_every_worker_and_a_broken_file_is_refused_once(test_odoo, serve, dkim_keys):
     gateway = serve()
     _worker_pids(gateway, 2)
@@ -255,12 +266,7 @@ def test_sighup_reloads_every_worker_and_a_broken_file_is_refused_once(test_odoo
     good = rules.read_text()
     rules.write_text(good.replace('models = ["project.task", "sale.order"]\ncontributor_group',
                                   'models = ["project.task"]\ncontributor_group', 1))
-    mark = len(gateway.lines)
-    gateway.signal(signal.SIGHUP)
-    deadline = time.monotonic() + 10
-    while sum("rules reloaded: " in line for line in gateway.lines[mark:]) < 2:
-        assert time.monotonic() < deadline, gateway.log
-        time.sleep(0.05)
+    mark = _reload_both_workers(gateway)
     # Every session, whichever worker takes it, sees the new rules.
     assert [rcpt(gateway.port, order)[0] for _ in range(8)] == [550] * 8
 
@@ -280,12 +286,7 @@ def test_a_reload_keeps_the_protocol_in_every_worker_and_in_workers_started_agai
     config = gateway.config_path
     config.write_text(config.read_text().replace(f'hostname = "{ALIAS_DOMAIN}"',
                                                  f'hostname = "{ALIAS_DOMAIN}"\nprotocol = "lmtp"\nmax_sessions = 4'))
-    mark = len(gateway.lines)
-    gateway.signal(signal.SIGHUP)
-    deadline = time.monotonic() + 10
-    while sum("rules reloaded: " in line for line in gateway.lines[mark:]) < 2:
-        assert time.monotonic() < deadline, gateway.log
-        time.sleep(0.05)
+    mark = _reload_both_workers(gateway)
     # Said once, by the supervisor, not once more by each worker.
     assert [line.split(f"reload: {config}: ", 1)[1] for line in gateway.lines[mark:] if "needs a restart" in line] == [
         "listener.protocol: changed from 'smtp' to 'lmtp', which needs a restart; 'smtp' stays in force until then",

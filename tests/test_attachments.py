@@ -23,6 +23,16 @@ def test_a_file_over_the_per_file_limit_is_dropped_and_named():
     assert [str(item) for item in refused] == ["big.bin (2.0 KiB, over the limit of 1.0 KiB per file)"]
 
 
+def test_a_total_of_zero_files_no_attachment_and_names_each_in_the_note():
+    # docs/content.md: a domain where even the names of a note's files must stay internal (Odoo lists
+    # a record's attachments to anyone holding its portal link) sets max_total_size = 0.
+    accepted, refused = screen([_file("margin.pdf", 10), _file("photo.jpg", 1, "image/jpeg")],
+                               AttachmentRules(max_total_size=0))
+    assert accepted == []
+    assert [str(item) for item in refused] == ["margin.pdf (the files of one message may hold 0 bytes in all)",
+                                               "photo.jpg (the files of one message may hold 0 bytes in all)"]
+
+
 def test_files_beyond_the_per_message_total_are_dropped_in_order():
     accepted, refused = screen([_file(f"{n}.bin", 400) for n in range(4)], AttachmentRules(max_total_size=1000))
     assert [item.filename for item in accepted] == ["0.bin", "1.bin"]

@@ -311,6 +311,13 @@ class AttachmentRules(_Strict):
         return [item.strip().lower() for item in value]
 
 
+class ContentRules(_Strict):
+    # "link": a remote image (http, https) in a message becomes a link to it showing its alt text,
+    # since a reader's browser fetching it tells the sender when the note was read, from where and
+    # with which browser (a tracking pixel). "keep": filed as an image, as Odoo's own sanitizer does.
+    remote_images: Literal["link", "keep"] = "link"
+
+
 class NoteRules(KindRules):
     contributor_group: str = "note_gateway.group_portal_note_contributor"
 
@@ -363,6 +370,7 @@ class DomainRules(_Strict):
     note: NoteRules = NoteRules()
     reply: KindRules = KindRules()
     attachments: AttachmentRules = AttachmentRules()
+    content: ContentRules = ContentRules()
     # A folder of templates for this alias domain only, tried before the gateway's templates_dir
     # and the bundled ones (relative to the rules file).
     templates_dir: str | None = None

@@ -56,11 +56,16 @@ _URL_LEADING_IGNORED = re.compile(r"^[\x00-\x20]+")
 _URL_IGNORED = re.compile(r"[\t\n\r]")
 
 
+def _browser_url(value: str) -> str:
+    """The URL as a browser reads it: leading spaces and controls, tabs and newlines ignored."""
+    return _URL_IGNORED.sub("", _URL_LEADING_IGNORED.sub("", value))
+
+
 def _filter_attribute(tag: str, attribute: str, value: str) -> str | None:
     """Narrow what nh3's allow-list lets through; nh3 reports an exception here, never raises it."""
     schemes = _SCHEMES_BY_ATTRIBUTE.get((tag, attribute))
     if schemes is not None:
-        url = _URL_IGNORED.sub("", _URL_LEADING_IGNORED.sub("", value))
+        url = _browser_url(value)
         match = _SCHEME.match(url)
         # A relative URL has no base in an email; inside Odoo it would point at Odoo itself, where a
         # crafted path could act for whoever clicks it. Only absolute URLs are kept.
@@ -86,6 +91,55 @@ def sanitize_html(text: str) -> str:
         link_rel=LINK_REL,
         strip_comments=True,
     )
+
+
+# Schemes whose images a browser fetches from elsewhere. cid: (the message's own files, which Odoo
+# points at /web/image/<id>) and data: (inside the message) load nothing from the sender's side;
+# relative and protocol-relative URLs never get this far (_filter_attribute drops them).
+_REMOTE_IMAGE_SCHEMES = frozenset({"http", "https"})
+# In nh3's output (html5ever's serializer) every attribute value is double-quoted, with & " < >
+# escaped in it, and text has < and > escaped: an <img> tag or an <a> tag is matched whole.
+_IMAGE_OR_LINK_TAG = re.compile(
+    r'<img(?P<attributes>(?:\s+[^\s="<>/]+="[^"]*")*)\s*/?>|(?P<open><a[\s>])|(?P<close></a>)', re.IGNORECASE)
+_ATTRIBUTE = re.compile(r'([^\s="<>/]+)="([^"]*)"')
+
+
+def link_remote_images(sanitized: str) -> tuple[str, int]:
+    """Each remote image of sanitized HTML as a link to it, and how many there were.
+
+    A remote image is fetched by the browser of every reader who opens the chatter, which tells its
+    server when the note was read, from which address and with which browser: a tracking pixel in an
+    internal note leaks its readers to the outside. The link shows the image's alt text (else its URL)
+    so that a reader can still open it deliberately; inside a link (a linked logo) it becomes that
+    text alone, since links do not nest. Images that are the message's own files (cid:) and data:
+    images stay.
+    """
+    if "<img" not in sanitized:
+        return sanitized, 0
+    count = 0
+    link_depth = 0
+
+    def replace(match: re.Match[str]) -> str:
+        nonlocal count, link_depth
+        if match.group("open"):
+            link_depth += 1
+            return match.group(0)
+        if match.group("close"):
+            link_depth = max(0, link_depth - 1)
+            return match.group(0)
+        attributes = {name.lower(): html.unescape(value)
+                      for name, value in _ATTRIBUTE.findall(match.group("attributes"))}
+        url = _browser_url(attributes.get("src", ""))
+        scheme = _SCHEME.match(url)
+        if scheme is None or scheme.group(1).lower() not in _REMOTE_IMAGE_SCHEMES:
+            return match.group(0)
+        count += 1
+        label = html.escape(attributes.get("alt", "").strip() or url)
+        if link_depth:
+            return label
+        return f'<a href="{html.escape(url)}" rel="{LINK_REL}">{label}</a>'
+
+    return _IMAGE_OR_LINK_TAG.sub(replace, sanitized), count
 
 
 # A URL starts with a scheme ("mailto:" too, so "mailto:a@b.example" is one link) or "www." and runs

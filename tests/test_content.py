@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.content import extract_body, sanitize_html, text_to_html
+from gateway.content import extract_body, link_remote_images, sanitize_html, text_to_html
 from gateway.context import ParsedMessage
 from gateway.refusals import EmptyBody
 
@@ -164,3 +164,43 @@ def test_a_one_megabyte_html_body_is_kept_whole_and_its_quote_trimmed():
     assert "014999 Reading" in body and "000000 Reading" in body
     kept, _, trimmed = body.partition("<details")
     assert "old question" not in kept and "old question" in trimmed
+
+
+def test_remote_images_become_links_showing_their_alt_text_or_url():
+    html = sanitize_html(
+        '<p>see photo</p><img src="https://tracker.example/p.gif?note=42&amp;u=7" width="1" height="1">'
+        '<img alt="Pump &quot;P-7&quot;" src="HTTP://photos.example/pump.jpg">'
+        '<img src=" https://spaced.example/a.png" alt="  ">'
+    )
+    linked, count = link_remote_images(html)
+    assert count == 3 and "<img" not in linked
+    assert linked == (
+        '<p>see photo</p><a href="https://tracker.example/p.gif?note=42&amp;u=7" rel="noopener noreferrer">'
+        'https://tracker.example/p.gif?note=42&amp;u=7</a>'
+        '<a href="HTTP://photos.example/pump.jpg" rel="noopener noreferrer">Pump &quot;P-7&quot;</a>'
+        '<a href="https://spaced.example/a.png" rel="noopener noreferrer">https://spaced.example/a.png</a>'
+    )
+
+
+def test_the_messages_own_images_stay_and_protocol_relative_ones_were_never_kept():
+    html = sanitize_html(
+        '<img src="cid:logo@example.com" alt="logo"><img src="data:image/png;base64,iVBORw0KGgo=">'
+        '<img src="//tracker.example/p.gif"><img src="/\\tracker.example/p.gif">'
+    )
+    assert link_remote_images(html) == (html, 0)
+    assert "tracker.example" not in html
+
+
+def test_a_linked_remote_image_becomes_the_text_of_its_link():
+    # Links do not nest: a linked logo becomes its alt text inside the sender's link.
+    html = sanitize_html('<a href="https://shop.example/"><img src="https://shop.example/logo.png" alt="Shop"></a>'
+                         '<p>after <img src="https://shop.example/x.png"></p>')
+    assert link_remote_images(html) == (
+        '<a href="https://shop.example/" rel="noopener noreferrer">Shop</a><p>after '
+        '<a href="https://shop.example/x.png" rel="noopener noreferrer">https://shop.example/x.png</a></p>', 2)
+
+
+def test_an_image_url_hidden_by_tabs_is_still_recognised_as_remote():
+    # Browsers ignore tabs and newlines in a URL: "ht<TAB>tps:" is fetched as https.
+    linked, count = link_remote_images(sanitize_html('<img src="ht&#9;tps://tracker.example/p.gif">'))
+    assert count == 1 and "<img" not in linked

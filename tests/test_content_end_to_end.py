@@ -564,3 +564,57 @@ def test_dropped_encoded_vbs_is_named_in_the_note_and_the_journal(test_odoo, gat
     message = test_odoo.message(int(reply.rsplit(" ", 1)[1]))
     assert message["attachment_ids"] == [] and "invoice.vbs" in message["body"]
     assert "attachment-refused:invoice.vbs (.vbs files are not accepted)" in _journal_defects(gateway)
+
+
+# A tracking pixel as a mailing tool writes it, and the text that goes with it.
+PIXEL = '<img src="https://tracker.example/p.gif?note=42" width="1" height="1">'
+PIXEL_HTML = f'<p>See the photo of the pump.</p>{PIXEL}<p><img src="https://photos.example/pump.jpg" alt="Pump P-7"></p>'
+
+
+def _remote_images_filed(mailer: Mailer, kind: str, test_odoo) -> str:
+    to = mailer.address(kind, "project.task", TASK_ID)
+    raw = compose(PAULA, to, "Pump photo", "See the photo of the pump.", sender_name="Paula Contributor",
+                  html=PIXEL_HTML)
+    reply = mailer.send(mailer.sign(raw), to)
+    assert reply.startswith("250 ")
+    return test_odoo.message(int(reply.rsplit(" ", 1)[1]))["body"]
+
+
+@pytest.mark.parametrize("kind", ["note", "reply"])
+def test_remote_images_are_filed_as_links_not_loaded_by_readers(test_odoo, gateway, mailer, kind):
+    # SECURITY (found by a content review): a remote image was filed as an image, so the browser of
+    # every internal user opening the chatter fetched it and told the sender when the internal note
+    # was read, from which IP and browser. It is now a link the reader can open deliberately.
+    body = _remote_images_filed(mailer, kind, test_odoo)
+    assert "<img" not in body
+    # A link shows its alt text, else its URL (Odoo drops the rel the gateway gives it).
+    assert '<a href="https://tracker.example/p.gif?note=42">https://tracker.example/p.gif?note=42</a>' in body
+    assert '<a href="https://photos.example/pump.jpg">Pump P-7</a>' in body
+    assert "See the photo of the pump." in body
+    assert "remote-image-dropped:2" in _journal_defects(gateway)
+
+
+def test_inline_image_of_the_message_still_shows_next_to_a_linked_remote_one(test_odoo, gateway, mailer):
+    to = mailer.address("note", "project.task", TASK_ID)
+    message = email.message_from_bytes(
+        compose(PAULA, to, "Pump photo", "See the photo.", sender_name="Paula Contributor",
+                html=f'<p>See the photo.</p><p><img src="cid:pump@example.com" alt="pump"></p>{PIXEL}'),
+        policy=email.policy.SMTP)
+    html_part = message.get_body(("html",))
+    html_part.add_related(b"\x89PNG\r\n\x1a\nfake", maintype="image", subtype="png", cid="<pump@example.com>",
+                          filename="pump.png")
+    reply = mailer.send(mailer.sign(message.as_bytes()), to)
+    assert reply.startswith("250 ")
+    filed = test_odoo.message(int(reply.rsplit(" ", 1)[1]))
+    [attachment_id] = filed["attachment_ids"]
+    # Odoo points the message's own image at /web/image/<id>: it stays an image.
+    assert f'<img src="/web/image/{attachment_id}?access_token=' in filed["body"]
+    assert filed["body"].count("<img") == 1
+    assert "remote-image-dropped:1" in _journal_defects(gateway)
+
+
+def test_remote_images_keep_rule_files_them_as_images(test_odoo, start_gateway, dns_server, dkim_keys):
+    gateway = start_gateway(dns_server.port, rules_extra='[content]\nremote_images = "keep"\n')
+    body = _remote_images_filed(Mailer(gateway, dkim_keys), "note", test_odoo)
+    assert PIXEL in body and '<img src="https://photos.example/pump.jpg" alt="Pump P-7">' in body
+    assert not any(defect.startswith("remote-image-dropped") for defect in _journal_defects(gateway))

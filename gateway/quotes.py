@@ -140,8 +140,12 @@ class Split:
 def _quote_follows(lines: list[str], index: int) -> bool:
     """True if the first non-blank line after ``index`` is quoted: "I wrote:" in the author's own
     text, followed by more of it, is not an attribution."""
-    following = next((line for line in lines[index + 1:] if line.strip()), "")
-    return _is_quoted(following)
+    # Indexes, not a slice: a slice copies the rest of the list for every attribution-like line, and
+    # 900 KB of "x wrote:" lines took 8 s (a content review).
+    for position in range(index + 1, len(lines)):
+        if lines[position].strip():
+            return _is_quoted(lines[position])
+    return False
 
 
 # Every attribution, separator and header pattern above needs one of these in the line or in the next

@@ -260,3 +260,22 @@ def test_a_forward_is_known_by_its_marker_line_or_by_its_subject_backed_by_a_quo
     reply = f"On Mon, Bob wrote:\n> {OLD}\n"
     with pytest.raises(EmptyBody):
         extract_body(_forward("Re: Pump", text=reply))
+
+
+# Order-of-magnitude guards (no timed performance tests otherwise): each input is sized so that the
+# former quadratic code takes tens of seconds and the linear one well under a second, and the bound
+# sits between them with room for a slow, shared machine. process_time: CPU of this process only.
+
+
+def test_attribution_like_lines_cost_linear_time_in_plain_text():
+    # A content review: every "x wrote:" line copied the rest of the line list to look for a quote
+    # below it, so 900 KB of such lines took 8 s. 400,000 of them took ~45 s; now ~0.5 s.
+    import time
+
+    from gateway.quotes import _is_attribution
+
+    lines = ["x wrote:"] * 400_000
+    started = time.process_time()
+    assert not any(_is_attribution(lines, index) for index in range(len(lines)))
+    assert time.process_time() - started < 8
+    assert OLD in split_text("x wrote:\n" * 1000 + f"> {OLD}\n").trimmed

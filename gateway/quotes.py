@@ -214,6 +214,31 @@ def _has_own_text_after_quote(lines: list[str], start: int, end: int) -> bool:
     return False
 
 
+def _end_of_prefix(lines: list[str], cut: int, own: str) -> int:
+    """Where mail-parser-reply's latest reply ``own`` ends in ``lines[:cut]``.
+
+    The latest reply is the start of the text the library read (each line stripped), so its lines
+    are matched from the first one on. Searching backwards for its last line found that line inside
+    the quote when the author's closing ("Thanks") was repeated there, and filed the quote as the
+    note (a content review).
+    """
+    wanted = [line.strip() for line in own.split("\n") if line.strip()]
+    matched = 0
+    for index in range(cut):
+        line = lines[index].strip()
+        if not line:
+            continue
+        if line != wanted[matched]:
+            break
+        matched += 1
+        if matched == len(wanted):
+            return index + 1
+    # The library rewrote a line (it breaks a line before a rule of underscores): its last line,
+    # searched from the start, is the closest to the text it kept.
+    last = wanted[-1]
+    return next((index + 1 for index in range(cut) if lines[index].strip() == last), cut)
+
+
 def split_text(text: str) -> Split:
     """Split a plain-text body; a top-posted reply loses its quote, an inline reply keeps it."""
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
@@ -232,11 +257,7 @@ def split_text(text: str) -> Split:
         # and headers than the patterns above.
         own = _latest_reply("\n".join(lines[:cut])).strip("\n")
         if own.strip():
-            last = own.rstrip().split("\n")[-1].strip()
-            for index in range(cut - 1, -1, -1):
-                if lines[index].strip() == last:
-                    cut = index + 1
-                    break
+            cut = _end_of_prefix(lines, cut, own)
         elif not any(line.strip() for line in lines[:cut]):
             cut = 0
     while cut > 0 and not lines[cut - 1].strip():

@@ -279,3 +279,16 @@ def test_attribution_like_lines_cost_linear_time_in_plain_text():
     assert not any(_is_attribution(lines, index) for index in range(len(lines)))
     assert time.process_time() - started < 8
     assert OLD in split_text("x wrote:\n" * 1000 + f"> {OLD}\n").trimmed
+
+
+@pytest.mark.parametrize("closing, header", [
+    ("Thanks", "Den 1 jan 2026 skrev Bob <bob@example.org>:"),  # sv
+    ("Dzięki", "Dnia 1.01.2026 o 10:00 Bob <bob@example.org> napisał(a):"),  # pl
+    ("Regards", "From: Bob <bob@example.org>\nTo: Paula <paula@example.org>\nSubject: Pump"),  # no "Sent:"
+])
+def test_a_closing_repeated_in_the_quote_does_not_move_the_quote_into_the_note(closing, header):
+    # A content review: the end of the library's latest reply was found by searching backwards for
+    # its last line, which matched the same closing at the end of the quote: the whole quote was filed.
+    split = split_text(f"{OWN}.\n{closing}\n\n{header}\n{OLD}?\n{closing}\n")
+    assert OWN in split.kept and closing in split.kept and OLD not in split.kept
+    assert OLD in split.trimmed and split.trimmed.endswith(f"{closing}</p>")

@@ -347,38 +347,62 @@ def _marker(element: etree._Element) -> str | None:
     return None
 
 
-def _following(node: etree._Element, root: etree._Element) -> Iterator[etree._Element | str]:
-    """What comes after ``node`` in document order: its tail, its later siblings, then its ancestors'."""
-    current = node
-    while current is not root and current.getparent() is not None:
-        if current.tail and current.tail.strip():
-            yield current.tail
-        sibling = current.getnext()
-        while sibling is not None:
-            yield sibling
-            if sibling.tail and sibling.tail.strip():
-                yield sibling.tail
-            sibling = sibling.getnext()
-        current = current.getparent()
+class _OwnTextAfter:
+    """Whether the author wrote after a quote (an inline reply), not counting a signature.
 
+    What follows an element in document order is its tail, its later siblings (each with its tail),
+    then what follows its parent, up to ``root``. The scan stops at the first text or element with
+    text (True) or the first signature or quote marker (False); markers of other quotes, and elements
+    without text, are passed over. So the answer for an element is either settled by its tail or its
+    next sibling, or is the answer for that next sibling (or, with none, for its parent), and each is
+    computed once per document: asking for every attribution and blockquote walked everything after
+    each of them, and 2000 of them in 110 KB of HTML took 16 s (a content review).
+    """
 
-def _has_own_text_after(node: etree._Element, root: etree._Element) -> bool:
-    """True if the author wrote after this quote (an inline reply), not counting a signature."""
-    for item in _following(node, root):
-        if isinstance(item, str):
-            if item.strip():
-                return True
-            continue
+    def __init__(self, root: etree._Element) -> None:
+        self._root = root
+        self._known: dict[etree._Element, bool] = {}
+
+    def __call__(self, node: etree._Element) -> bool:
+        path: list[etree._Element] = []
+        current: etree._Element | None = node
+        answer = False
+        while True:
+            if current is None or current is self._root:
+                break
+            if current in self._known:
+                answer = self._known[current]
+                break
+            path.append(current)
+            if current.tail and current.tail.strip():
+                answer = True
+                break
+            sibling = current.getnext()
+            if sibling is None:
+                current = current.getparent()
+                continue
+            verdict = self._verdict(sibling)
+            if verdict is not None:
+                answer = verdict
+                break
+            current = sibling
+        for element in path:
+            self._known[element] = answer
+        return answer
+
+    @staticmethod
+    def _verdict(item: etree._Element) -> bool | None:
+        """True for the author's text, False for a signature or quote, None to look further."""
         if not isinstance(item.tag, str) or item.tag in ("blockquote", "br", "hr"):
-            continue
+            return None
         kind = _marker(item)
         if kind in ("signature", "quote"):
             return False
         if kind in ("attribution", "cite"):
-            continue
-        if item.text_content().strip():
+            return None
+        if any(text.strip() for text in item.itertext()):
             return True
-    return False
+        return None
 
 
 def _cut(node: etree._Element, root: etree._Element, *, keep_node: bool = False) -> list[etree._Element | str]:
@@ -438,6 +462,7 @@ def split_html(source: str) -> Split:
     if body is None:
         return Split(kept="", trimmed="")
     cut_at = None
+    own_text_after = _OwnTextAfter(body)
     for element in _elements(body):
         kind = _marker(element)
         if kind is None:
@@ -447,7 +472,7 @@ def split_html(source: str) -> Split:
                 previous = _attribution_before(element)
                 if previous is element:
                     continue  # A plain blockquote is the author's own formatting.
-            if _has_own_text_after(element, body):
+            if own_text_after(element):
                 continue  # An inline reply: the quotes stay next to the answers.
             cut_at = _attribution_before(element)
         elif kind == "attribution":
@@ -458,7 +483,7 @@ def split_html(source: str) -> Split:
             text = _short_text(element) or ""
             if not quoted and "moz-cite-prefix" not in _classes(element) and not _SEPARATOR.match(text):
                 continue  # "I wrote:" in the author's own text, with no quote below it.
-            if quoted and _has_own_text_after(following, body):
+            if quoted and own_text_after(following):
                 continue
             cut_at = element
         else:

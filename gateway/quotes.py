@@ -12,6 +12,8 @@ from lxml import etree
 from mailparser_reply import EmailReplyParser
 from mailparser_reply.parser import EmailMessage
 
+from gateway.refusals import HtmlNestedTooDeep
+
 # The attribution line a client writes above a quote, in the languages issue 3 names (and the
 # others mail-parser-reply knows for plain text). Matched against one line, or two joined, since
 # clients wrap long attributions.
@@ -452,10 +454,28 @@ def _serialize(items: list[etree._Element | str]) -> str:
     return "".join(pieces)
 
 
+# libxml2 stops reading HTML nested deeper than this, even with its "huge" option, and without it
+# at 256 levels, which mail reaches (a content review: 300 nested <div>s dropped everything below
+# them, the author's own text too, without an error).
+HTML_MAX_DEPTH = 2048
+
+
+def _parse_html(source: str) -> etree._Element:
+    """The HTML document, or HtmlNestedTooDeep rather than a document cut short.
+
+    A parser per call: lxml parsers must not be shared between threads, and one costs ~1 µs.
+    """
+    parser = lxml.html.HTMLParser(huge_tree=True)
+    document = lxml.html.document_fromstring(source, parser=parser)
+    if any(error.type == etree.ErrorTypes.ERR_RESOURCE_LIMIT for error in parser.error_log):
+        raise HtmlNestedTooDeep(f"more than {HTML_MAX_DEPTH} levels")
+    return document
+
+
 def split_html(source: str) -> Split:
     """Split an HTML body at the first quote or signature its client marked, outside code blocks."""
     try:
-        document = lxml.html.document_fromstring(source)
+        document = _parse_html(source)
     except (etree.ParserError, ValueError):
         return Split(kept="", trimmed="")
     body = document.find("body")
@@ -504,7 +524,7 @@ _LINE_TAGS = frozenset({"br", "p", "div", "tr", "li", "hr", "table", "pre", "blo
 def _html_lines(source: str) -> list[str]:
     """The lines of text an HTML fragment shows, a blockquote opening with a ">" line of its own."""
     try:
-        document = lxml.html.document_fromstring(source)
+        document = _parse_html(source)
     except (etree.ParserError, ValueError):
         return []
     pieces: list[str] = []

@@ -153,6 +153,11 @@ class NestedTooDeep(Refusal):
     reason = "MIME parts nested too deep"
 
 
+class HtmlNestedTooDeep(Refusal):
+    smtp_code, enhanced_code = 554, "5.6.0"
+    reason = "HTML elements nested too deep"
+
+
 # --- Automatic mail and loops: refused in the session, never answered --------------------------
 
 

@@ -618,3 +618,25 @@ def test_remote_images_keep_rule_files_them_as_images(test_odoo, start_gateway, 
     body = _remote_images_filed(Mailer(gateway, dkim_keys), "note", test_odoo)
     assert PIXEL in body and '<img src="https://photos.example/pump.jpg" alt="Pump P-7">' in body
     assert not any(defect.startswith("remote-image-dropped") for defect in _journal_defects(gateway))
+
+
+def test_html_nested_deeper_than_libxml2s_default_limit_keeps_all_its_text(test_odoo, gateway, mailer):
+    # A content review: lxml reads HTML nested deeper than 255 levels only up to there, without an
+    # error, and the note kept "My answer" alone, the author's sign-off below the nesting lost.
+    to = mailer.address("note", "project.task", TASK_ID)
+    html = ("<p>My answer</p>" + "<div>" * 300 + "<p>DEEP-TEXT</p>" + "</div>" * 300
+            + "<p>AFTER-DEEP author sign-off</p>")
+    raw = compose(PAULA, to, "Deep", "My answer\nDEEP-TEXT\nAFTER-DEEP author sign-off", html=html)
+    reply = mailer.send(mailer.sign(raw), to)
+    assert reply.startswith("250 ")
+    body = test_odoo.message(int(reply.rsplit(" ", 1)[1]))["body"]
+    assert "My answer" in body and "DEEP-TEXT" in body and "AFTER-DEEP author sign-off" in body
+
+
+def test_html_nested_deeper_than_libxml2_reads_is_refused_not_cut_short(test_odoo, gateway, mailer):
+    # Past 2048 levels libxml2 stops reading even with its "huge" option: refused, never filed cut.
+    to = mailer.address("note", "project.task", TASK_ID)
+    html = "<p>My answer</p>" + "<div>" * 2100 + "<p>DEEP-TEXT</p>" + "</div>" * 2100 + "<p>Bye</p>"
+    raw = compose(PAULA, to, "Deep", "My answer\nDEEP-TEXT\nBye", html=html)
+    assert mailer.send(mailer.sign(raw), to) == "554 5.6.0 HTML elements nested too deep: more than 2048 levels"
+    assert _posts(test_odoo) == []

@@ -472,6 +472,49 @@ def _parse_html(source: str) -> etree._Element:
     return document
 
 
+# Odoo reads a note's body with lxml's default parser (html_sanitize, through lxml's Cleaner), which
+# stops at 256 levels as the gateway's did: what the gateway posts nests no deeper than this, and the
+# template and the collapsed block add a few levels.
+POSTED_MAX_DEPTH = 100
+
+
+def _flatten(root: etree._Element, limit: int = POSTED_MAX_DEPTH) -> None:
+    """Unwrap the elements nested deeper than ``limit`` below ``root`` that hold others, keeping all
+    their text in order; the innermost ones (a paragraph, a <br>, an image) stay, one level deeper.
+
+    Each element at the limit gets its innermost descendants as children, moved once: unwrapping
+    one level at a time moves each subtree once per level, quadratic in the depth.
+    """
+    at_limit: list[etree._Element] = []
+    depth = 0
+    for event, element in etree.iterwalk(root, events=("start", "end")):
+        if event == "start":
+            depth += 1
+            if depth == limit and any(len(child) for child in element):
+                at_limit.append(element)
+        else:
+            depth -= 1
+    for element in at_limit:
+        _flatten_children(element)
+
+
+def _flatten_children(element: etree._Element) -> None:
+    runs: list[list[str]] = [[element.text or ""]]
+    leaves: list[etree._Element] = []
+    for event, node in etree.iterwalk(element, events=("start", "end")):
+        if node is element:
+            continue
+        if len(node):
+            runs[-1].append((node.text or "") if event == "start" else (node.tail or ""))
+        elif event == "start":
+            leaves.append(node)
+            runs.append([node.tail or ""])
+    element[:] = leaves
+    element.text = "".join(runs[0]) or None
+    for leaf, run in zip(leaves, runs[1:]):
+        leaf.tail = "".join(run) or None
+
+
 def split_html(source: str) -> Split:
     """Split an HTML body at the first quote or signature its client marked, outside code blocks."""
     try:
@@ -509,7 +552,11 @@ def split_html(source: str) -> Split:
         else:
             cut_at = element
         break
-    trimmed = _serialize(_cut(cut_at, body, keep_node=kind == "signature-after")) if cut_at is not None else ""
+    removed = _cut(cut_at, body, keep_node=kind == "signature-after") if cut_at is not None else []
+    for item in [body, *removed]:
+        if not isinstance(item, str):
+            _flatten(item)
+    trimmed = _serialize(removed)
     kept = (body.text and html.escape(body.text, quote=False) or "") + _serialize(list(body))
     return Split(kept=kept, trimmed=trimmed)
 

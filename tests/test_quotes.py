@@ -365,3 +365,25 @@ def test_attributions_and_blockquotes_cost_linear_time_in_html():
     split = split_html(source)
     assert time.process_time() - started < 8
     assert split.trimmed == "" and "end" in split.kept  # an inline reply: everything stays
+
+
+def test_html_nested_deeper_than_odoo_reads_is_flattened_keeping_its_text_in_order():
+    # Odoo parses a note's body with lxml's default parser, which stops at 256 levels: what the
+    # gateway posts nests at most POSTED_MAX_DEPTH + 1 levels below <body>, every piece of text kept.
+    import lxml.html
+
+    from gateway.quotes import POSTED_MAX_DEPTH
+
+    deep = "a<p>B</p>c<br>d<span>e<i>F</i>g</span>h<img src=x>i"
+    split = split_html("<p>Top</p>" + "<div>" * 300 + deep + "</div>" * 300 + "<p>After</p>")
+    body = lxml.html.document_fromstring(split.kept).find("body")
+    assert max(len(list(element.iterancestors())) for element in body.iter()) <= POSTED_MAX_DEPTH + 2
+    assert body.text_content() == "Top" + "aBcdeFghi" + "After"
+    assert "<p>B</p>" in split.kept and "<i>F</i>" in split.kept and "<br>" in split.kept and "<img" in split.kept
+    # The same for what was trimmed, and nothing changes below the limit.
+    split = split_html("<p>Top</p><div>On Mon, Bob wrote:</div><blockquote type=cite>" + "<div>" * 300 + deep
+                       + "</div>" * 300 + "</blockquote>")
+    assert split.kept == "<p>Top</p>" and lxml.html.fragment_fromstring(
+        split.trimmed, create_parent="div").text_content() == "On Mon, Bob wrote:aBcdeFghi"
+    shallow = "<p>Top</p>" + "<div>" * 90 + deep + "</div>" * 90
+    assert split_html(shallow).kept == shallow.replace("<img src=x>", '<img src="x">')

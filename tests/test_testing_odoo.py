@@ -144,6 +144,17 @@ def test_body_is_html_keeps_sanitized_html_for_an_internal_caller(gateway):
         '<p>Hi<img src="x"><a href="">l</a></p><table><tr><td>t</td></tr></table>')
 
 
+def test_html_nested_past_256_levels_is_stored_as_far_as_libxml2_reads_it(gateway):
+    # Odoo's html_sanitize parses with lxml's default parser, which stops at 256 levels silently.
+    deep = "<p>Top</p>" + "<div>" * 300 + "<p>Deep</p>" + "</div>" * 300 + "<p>After</p>"
+    message_id = post(gateway, "project.task", TASK_ID, body=deep, body_is_html=True, author_id=42, **COMMENT)
+    stored = read_message(gateway, message_id, ["body"])["body"]
+    assert stored.replace("<div>", "").replace("</div>", "") == "<p>Top</p>"
+    shallow = "<p>Top</p>" + "<div>" * 200 + "<p>Deep</p>" + "</div>" * 200 + "<p>After</p>"
+    message_id = post(gateway, "project.task", TASK_ID, body=shallow, body_is_html=True, author_id=42, **COMMENT)
+    assert read_message(gateway, message_id, ["body"])["body"] == shallow
+
+
 def test_a_portal_callers_body_is_html_is_ignored(odoo):
     paula = connect(odoo, PAULA_LOGIN, PAULA_PASSWORD)
     message_id = post(paula, "project.task", TASK_ID, body="<p>Hello <b>bold</b></p>", body_is_html=True, **COMMENT)

@@ -11,6 +11,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+import lxml.etree
 import lxml.html
 import nh3
 from markupsafe import Markup
@@ -110,7 +111,7 @@ def sanitize_html(body: str) -> str:
         return body
     attributes = {tag: set(_GENERIC_ATTRIBUTES) | _URL_ATTRIBUTES.get(tag, set()) for tag in _ALLOWED_TAGS}
     cleaned = nh3.clean(
-        body,
+        _as_libxml2_reads(body),
         tags=_ALLOWED_TAGS,
         clean_content_tags={"script", "style", "title", "noscript", "iframe", "object", "embed", "head"},
         attributes=attributes,
@@ -127,6 +128,28 @@ def sanitize_html(body: str) -> str:
         cleaned = cleaned[:position] + cleaned[position + len("<p></p>"):]
         surplus -= 1
     return _wrap_leading_text(cleaned).replace("\xa0", "&nbsp;")
+
+
+def _as_libxml2_reads(body: str) -> str:
+    """The body as far as Odoo's parser reads it.
+
+    html_sanitize hands the body to lxml's Cleaner, which parses it with lxml's default HTML parser;
+    libxml2 stops reading past 256 levels of nesting without raising, and what lies deeper or after
+    is not stored (read from Odoo's and lxml's sources, as the gateway's own parser did before it
+    read such HTML whole). html5ever, which nh3 uses here, reads any depth.
+    """
+    parser = lxml.html.HTMLParser()
+    try:
+        document = lxml.html.document_fromstring(body, parser=parser)
+    except (lxml.etree.ParserError, ValueError):
+        return body
+    if not any(error.type == lxml.etree.ErrorTypes.ERR_RESOURCE_LIMIT for error in parser.error_log):
+        return body
+    root = document.find("body")
+    if root is None:
+        return ""
+    return html.escape(root.text or "", quote=False) + "".join(
+        lxml.html.tostring(child, encoding="unicode") for child in root)
 
 
 def _wrap_leading_text(cleaned: str) -> str:

@@ -182,20 +182,25 @@ def _is_quoted(line: str) -> bool:
     return line.lstrip().startswith(">")
 
 
-def _text_blocks_to_html(lines: list[str]) -> str:
-    """Plain text as HTML, with runs of "> " lines as blockquotes (RFC 3676 section 4.5)."""
+def _text_blocks_to_html(lines: list[str], depth: int = 0) -> str:
+    """Plain text as HTML, with runs of "> " lines as blockquotes (RFC 3676 section 4.5).
+
+    Quotes nest as blockquotes down to POSTED_MAX_DEPTH levels, which Odoo reads (see _flatten);
+    the ">" marks of deeper ones stay in the text.
+    """
     from gateway.content import text_to_html  # The one place plain text becomes HTML.
 
     pieces: list[str] = []
     run: list[str] = []
     quoted = False
+    nests = depth < POSTED_MAX_DEPTH
     for line in [*lines, None]:
-        line_quoted = line is not None and _is_quoted(line)
+        line_quoted = line is not None and nests and _is_quoted(line)
         if line is None or (run and line_quoted != quoted):
             if run:
                 if quoted:
                     inner = [re.sub(r"^\s*> ?", "", item, count=1) for item in run]
-                    pieces.append(f"<blockquote>{_text_blocks_to_html(inner)}</blockquote>")
+                    pieces.append(f"<blockquote>{_text_blocks_to_html(inner, depth + 1)}</blockquote>")
                 else:
                     pieces.append(text_to_html("\n".join(run)))
             run = []

@@ -640,3 +640,13 @@ def test_html_nested_deeper_than_libxml2_reads_is_refused_not_cut_short(test_odo
     raw = compose(PAULA, to, "Deep", "My answer\nDEEP-TEXT\nBye", html=html)
     assert mailer.send(mailer.sign(raw), to) == "554 5.6.0 HTML elements nested too deep: more than 2048 levels"
     assert _posts(test_odoo) == []
+
+
+def test_plain_text_quoted_300_levels_deep_keeps_the_answer_below(test_odoo, gateway, mailer):
+    # Each ">" level was a blockquote; Odoo reads 256 levels and stored nothing below them.
+    to = mailer.address("note", "project.task", TASK_ID)
+    raw = compose(PAULA, to, "Deep", "My answer\n" + ">" * 300 + " DEEP-TEXT\nAFTER-DEEP author sign-off\n")
+    reply = mailer.send(mailer.sign(raw), to)
+    assert reply.startswith("250 ")
+    body = test_odoo.message(int(reply.rsplit(" ", 1)[1]))["body"]
+    assert "My answer" in body and "DEEP-TEXT" in body and "AFTER-DEEP author sign-off" in body

@@ -387,3 +387,14 @@ def test_html_nested_deeper_than_odoo_reads_is_flattened_keeping_its_text_in_ord
         split.trimmed, create_parent="div").text_content() == "On Mon, Bob wrote:aBcdeFghi"
     shallow = "<p>Top</p>" + "<div>" * 90 + deep + "</div>" * 90
     assert split_html(shallow).kept == shallow.replace("<img src=x>", '<img src="x">')
+
+
+def test_plain_text_quotes_nest_no_deeper_than_odoo_reads():
+    # Each ">" level became a blockquote: 300 of them and Odoo, which reads 256 levels, stored
+    # nothing below them. Deeper levels keep their ">" marks in the text instead.
+    from gateway.quotes import POSTED_MAX_DEPTH
+
+    split = split_text(f"{OWN}\n" + ">" * 300 + " deep\nmy answer below\n")
+    assert split.trimmed == "" and split.kept.count("<blockquote>") == POSTED_MAX_DEPTH
+    assert "&gt;" * 200 + " deep" in split.kept and "my answer below" in split.kept
+    assert split_text(f"{OWN}\n>> {OLD}\nmy answer\n").kept.count("<blockquote>") == 2

@@ -221,6 +221,10 @@ def _has_own_text_after_quote(lines: list[str], start: int, end: int) -> bool:
     return False
 
 
+# mail-parser-reply's OUTLOOK_MAIL_SEPARATOR, which it removes from the text it reads.
+_LIBRARY_RULE = re.compile(r"^ ?[_-]{32,}")
+
+
 def _end_of_prefix(lines: list[str], cut: int, own: str) -> int:
     """Where mail-parser-reply's latest reply ``own`` ends in ``lines[:cut]``.
 
@@ -236,12 +240,14 @@ def _end_of_prefix(lines: list[str], cut: int, own: str) -> int:
         if not line:
             continue
         if line != wanted[matched]:
+            if _LIBRARY_RULE.match(line):
+                continue  # the library drops a rule of underscores or dashes below a blank line
             break
         matched += 1
         if matched == len(wanted):
             return index + 1
-    # The library rewrote a line (it breaks a line before a rule of underscores): its last line,
-    # searched from the start, is the closest to the text it kept.
+    # The library cut a line short (a header pattern matching within it): its last line, searched
+    # from the start, is the closest to the text it kept.
     last = wanted[-1]
     return next((index + 1 for index in range(cut) if lines[index].strip() == last), cut)
 

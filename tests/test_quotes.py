@@ -398,3 +398,20 @@ def test_plain_text_quotes_nest_no_deeper_than_odoo_reads():
     assert split.trimmed == "" and split.kept.count("<blockquote>") == POSTED_MAX_DEPTH
     assert "&gt;" * 200 + " deep" in split.kept and "my answer below" in split.kept
     assert split_text(f"{OWN}\n>> {OLD}\nmy answer\n").kept.count("<blockquote>") == 2
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(_REPLY_LINES), max_size=14))
+def test_end_of_the_latest_reply_is_where_the_former_backward_search_put_it_when_its_last_line_is_unique(lines):
+    # The former search, backwards for the latest reply's last line, was wrong only when that line
+    # came again below it (test above); otherwise both must agree.
+    from gateway.quotes import _end_of_prefix, _latest_reply
+
+    own = _latest_reply("\n".join(lines)).strip("\n")
+    if not own.strip():
+        return
+    last = own.rstrip().split("\n")[-1].strip()
+    if sum(line.strip() == last for line in lines) != 1:
+        return
+    former = next(index + 1 for index in range(len(lines) - 1, -1, -1) if lines[index].strip() == last)
+    assert _end_of_prefix(lines, len(lines), own) == former

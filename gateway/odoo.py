@@ -12,7 +12,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Protocol, TypeVar
-import urllib.error
 from urllib.parse import urlsplit
 
 import odoorpc

@@ -71,20 +71,19 @@ def message_ids(raw: bytes, header: str, email_message: email.message.Message | 
     return found[-100:]
 
 
-def _addresses(email_message: email.message.Message, header: str) -> list[str]:
+def _addresses(first: list | None, email_message: email.message.Message, header: str) -> list[str]:
     """Every address of every ``header`` field, a quoted local part written plainly.
 
-    mail-parser reads the first field of each name only, and a second To or Cc (RFC 5322 allows
-    one, clients and scripts send two) would hide its addresses from the reply-all check: a reply
-    delivery naming the record's note address there would be filed publicly. The same parser reads
-    each field. ``"note+x"@d`` and ``note+x@d`` are one mailbox (RFC 5321 section 4.1.2).
+    mail-parser hands back the first field of each name only (``first``, already parsed), and a
+    second To or Cc (RFC 5322 allows one, clients and scripts send two) would hide its addresses
+    from the reply-all check: a reply delivery naming the record's note address there would be
+    filed publicly. Any later field is read by the same parser. ``"note+x"@d`` and ``note+x@d`` are
+    one mailbox (RFC 5321 section 4.1.2).
     """
-    found: list[str] = []
-    for value in email_message.get_all(header) or ():
-        for _, address in mailparser.utils.get_addresses(value, decode_names=True):
-            if address:
-                found.append(_unquoted_local_part(address))
-    return found
+    pairs = list(first or [])
+    for value in (email_message.get_all(header) or [])[1:]:
+        pairs += mailparser.utils.get_addresses(value, decode_names=True)
+    return [_unquoted_local_part(address) for _, address in pairs if address]
 
 
 def _unquoted_local_part(address: str) -> str:
@@ -137,8 +136,8 @@ def parse(raw: bytes, email_message: email.message.Message | None = None) -> Par
         parts = mime.walk(mail.message)
         text_plain = "\n".join(parts.text_plain)
         text_html = mime.join_html(parts.text_html)
-        to = _addresses(email_message, "To")
-        cc = _addresses(email_message, "Cc")
+        to = _addresses(mail.to, email_message, "To")
+        cc = _addresses(mail.cc, email_message, "Cc")
         attachments = parts.attachments
         defects = sorted(str(category) for category in (mail.defects_categories or ())) + parts.defects
         date_header = headers.get("Date", "") if isinstance(headers, dict) else ""

@@ -59,7 +59,7 @@ def signature(secret: bytes, domain: str, kind: str, model: str, res_id: int,
 def check_parts(kind: str, model: str, res_id: int, *, partner_id: int | None = None,
                 issued_day: int | None = None) -> None:
     """Raise ValueError for a part that parse() would not read back, so that no address is minted
-    that its own gateway refuses with 550 5.1.1 (issue 10 of the operator review)."""
+    that its own gateway refuses with 550 5.1.1 (item 10 of the operator review)."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}")
     if not isinstance(model, str) or not _MODEL.match(model):

@@ -177,7 +177,7 @@ def command_address(args: argparse.Namespace) -> int:
     issued_day = address.today() if dated else None
     try:
         # Before asking Odoo for --for: a record id the gateway could not read back (more than
-        # 18 digits, issue 10) is refused here, not printed as an address that gets 550 5.1.1.
+        # 18 digits; operator review) is refused here, not printed as an address that gets 550 5.1.1.
         address.check_parts(args.kind, args.model, args.res_id, partner_id=args.partner_id, issued_day=issued_day)
     except ValueError as error:
         print(f"note-gateway: {error}", file=sys.stderr)
@@ -326,7 +326,7 @@ def command_check(args: argparse.Namespace) -> int:
     config = _load(args.config)
     try:
         raw = Path(args.message).read_bytes()
-    except OSError as error:  # Missing, a folder, not readable: one line, not a traceback (issue 12).
+    except OSError as error:  # Missing, a folder, not readable: one line, not a traceback (operator review).
         print(f"note-gateway: cannot read the message {args.message}: {error.strerror or error}", file=sys.stderr)
         return 2
     # SMTP carries CRLF line endings; a .eml saved on Unix has LF, which the framing stage would
@@ -397,7 +397,7 @@ def command_send(args: argparse.Namespace) -> int:
     from gateway.testing.sending import compose, deliver
 
     # Each ordinary mistake gets one line and a non-zero status, never a traceback (operator
-    # review, issue 12): 2 for what is wrong here (the key, the addresses), 1 when the message
+    # review): 2 for what is wrong here (the key, the addresses), 1 when the message
     # was not accepted (no connection, or a refusal, which is printed as the reply it is).
     local, at, domain = args.sender.rpartition("@")
     if not (local and at and domain) or not args.sender.isascii() or not args.to.isascii():

@@ -74,8 +74,8 @@ def check_odoo(config: GatewayConfig, name: str, report: Report) -> None:
         try:
             version = pool.version(deadline())
         except OdooUnavailable as error:
-            # Refused credentials and an unreachable Odoo need different fixes (operator review,
-            # issue 11): the pool tells them apart and says which.
+            # Refused credentials and an unreachable Odoo need different fixes (found by an operator
+            # review): the pool tells them apart and says which.
             report.fail(what, f"cannot log in: {error.explanation}",
                         error.fix or "check url, database and login, and that Odoo is running")
             return

@@ -134,9 +134,15 @@ def posting_message_id(ctx: MessageContext, taken: frozenset[str] | set[str] = f
     if ctx.message.message_id not in taken:
         return ctx.message.message_id
     derived = author_message_id(ctx)
-    ctx.journal_notes.append(f"message-id-taken:{ctx.message.message_id} is on the record from another author; "
-                             f"filed as {derived}")
+    _note_taken(ctx, derived)
     return derived
+
+
+def _note_taken(ctx: MessageContext, filed_as: str) -> None:
+    """The journal's note that the message's own ID was another author's on the record."""
+    assert ctx.message is not None
+    ctx.journal_notes.append(f"message-id-taken:{ctx.message.message_id} is on the record from another author; "
+                             f"filed as {filed_as}")
 
 
 def post_message(odoo: OdooPool, ctx: MessageContext, *, message_id: str | None = None,
@@ -307,8 +313,7 @@ def file_reply(odoo: OdooPool, ctx: MessageContext, *, taken: frozenset[str] | s
         if found or thread is not False:
             break
     if found and thread is not False and message_id != ctx.message.message_id and ctx.message.message_id in taken:
-        ctx.journal_notes.append(f"message-id-taken:{ctx.message.message_id} is on the record from another author; "
-                                 f"filed as {message_id}")
+        _note_taken(ctx, message_id)
     if not found and thread is False:
         # Odoo knows every ID this reply may be filed under, none of them as the sender's: posted
         # with message_post, which files it whatever Odoo knows (ODOO_FACTS.md f); the author may

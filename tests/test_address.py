@@ -104,7 +104,7 @@ def test_bound_and_dated_parts_are_signed(change):
         address.parse(minted.replace(*change), SECRETS)
 
 
-# --- Operator review, issue 10: mint writes nothing that parse would not read back ---------------
+# --- Operator review, item 10: mint writes nothing that parse would not read back ---------------
 
 
 def test_mint_refuses_the_ids_that_parse_refuses():

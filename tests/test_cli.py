@@ -167,7 +167,7 @@ def test_check_config_online_names_a_model_the_rules_go_through_that_the_gateway
 
 
 def test_address_refuses_a_record_id_the_gateway_would_refuse(tmp_path, test_odoo, gateway, capsys):
-    # Operator review, issue 10: 23 digits were printed as an address that RCPT answered 550 5.1.1.
+    # Operator review, item 10: 23 digits were printed as an address that RCPT answered 550 5.1.1.
     config = write_config(tmp_path, test_odoo, 53)
     status, out = _run(capsys, "address", "project.task", "99999999999999999999999", "--config", str(config))
     assert status == 2
@@ -191,7 +191,7 @@ def test_address_refuses_a_record_id_the_gateway_would_refuse(tmp_path, test_odo
 
 
 def test_a_refused_api_key_is_named_as_such_not_as_an_outage(tmp_path, test_odoo, capsys):
-    # Operator review, issue 11: "Odoo is unavailable, try again later: RPCError logging in to Odoo".
+    # Operator review, item 11: "Odoo is unavailable, try again later: RPCError logging in to Odoo".
     config = write_config(tmp_path, test_odoo, 53)
     (tmp_path / "odoo-api-key").write_text("not-the-key\n")
     refused = (f"odoo.main: Odoo at {test_odoo.url} refused the credentials of login gateway on database notes "
@@ -223,7 +223,7 @@ def test_a_stopped_odoo_is_named_unreachable_with_its_url(tmp_path, test_odoo, c
 
 
 def test_check_says_in_one_line_that_the_message_cannot_be_read(tmp_path, test_odoo, capsys):
-    # Operator review, issue 12: FileNotFoundError and IsADirectoryError tracebacks.
+    # Operator review, item 12: FileNotFoundError and IsADirectoryError tracebacks.
     config = write_config(tmp_path, test_odoo, 53)
     to = Mailer.address("note", "project.task", TASK_ID)
     missing = tmp_path / "nonexist.eml"
@@ -234,7 +234,7 @@ def test_check_says_in_one_line_that_the_message_cannot_be_read(tmp_path, test_o
 
 
 def test_send_says_in_one_line_what_went_wrong(tmp_path, test_odoo, start_gateway, dns_server, dkim_keys, capsys):
-    # Operator review, issue 12: each of these was a traceback; a refusal is printed as the reply.
+    # Operator review, item 12: each of these was a traceback; a refusal is printed as the reply.
     gateway = start_gateway(dns_server.port, listener_extra="max_sessions = 1")
     to = Mailer.address("note", "project.task", TASK_ID)
     key = tmp_path / "example.com.key"

@@ -323,7 +323,7 @@ def test_a_post_odoo_answered_with_a_fault_is_retried_at_once(test_odoo, gateway
 
 
 def test_a_refused_api_key_defers_and_the_log_says_the_key_was_refused(test_odoo, gateway, mailer, caplog):
-    # Operator review, issue 11: a wrong key was logged as "RPCError" and told apart from an outage
+    # Operator review, item 11: a wrong key was logged as "RPCError" and told apart from an outage
     # nowhere. The reply stays a 451 (docs/reliability.md): the mail is filed once the key is fixed.
     to = mailer.address("note", "project.task", TASK_ID)
     first = mailer.sign(mailer.message("note_from_contributor.eml", to, "<key-1@example.com>"))

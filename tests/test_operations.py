@@ -282,7 +282,7 @@ def test_doctor_reports_a_rejected_api_key(tmp_path, test_odoo, dns_server):
     path = write_config(tmp_path, test_odoo, dns_server.port)
     (tmp_path / "odoo-api-key").write_text("not-the-key\n")
     text = _report_text(diagnose(str(path)))
-    # Operator review, issue 11: the key refused is said so, with the database and the login.
+    # Operator review, item 11: the key refused is said so, with the database and the login.
     assert (f"FAIL  odoo main: cannot log in: Odoo at {test_odoo.url} refused the credentials of login gateway on "
             "database notes (Wrong login ID or password): a configuration problem, not an outage\n"
             "      fix: check that the API key (api_key_file odoo-api-key) is a current key of the Odoo user "
@@ -290,7 +290,7 @@ def test_doctor_reports_a_rejected_api_key(tmp_path, test_odoo, dns_server):
 
 
 def test_doctor_reports_a_stopped_odoo_as_unreachable(tmp_path, test_odoo, dns_server):
-    # Operator review, issue 11: it said "URLError logging in to Odoo" and pointed at the API key.
+    # Operator review, item 11: it said "URLError logging in to Odoo" and pointed at the API key.
     path = write_config(tmp_path, test_odoo, dns_server.port)
     url = test_odoo.url
     test_odoo.stop()
@@ -385,7 +385,7 @@ def test_mail_parser_failure_to_decode_a_header_the_gateway_handles_is_no_error(
 
 
 def test_readme_postfix_example_limits_the_transport_it_routes_through():
-    # Operator review, issue 13: the README set lmtp_destination_recipient_limit = 1 but routed the
+    # Operator review, item 13: the README set lmtp_destination_recipient_limit = 1 but routed the
     # domain through smtp:, where it has no effect, so a second recipient waited for Postfix's retry.
     # tests/test_postfix.py delivers through this very configuration.
     example = readme_postfix_example()

@@ -132,7 +132,7 @@ def test_postfix_delivers_each_recipient_in_its_own_lmtp_transaction(front, test
 
 def test_the_readme_postfix_setup_delivers_two_record_addresses_without_a_retry(
         start_gateway, dns_server, sink, test_odoo, dkim_keys):
-    # Operator review, issue 13: the README's example limited lmtp deliveries but routed through
+    # Operator review, item 13: the README's example limited lmtp deliveries but routed through
     # smtp:, so the second recipient got 452 4.5.3 and waited in Postfix's queue for a retry
     # (300 s or more by default). Its main.cf, transport and [listener] lines are used as written;
     # only the gateway's port and what the test instance itself needs differ.

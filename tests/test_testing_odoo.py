@@ -261,6 +261,26 @@ def test_message_id_is_stored_searchable_and_not_unique(odoo, gateway):
     assert generated.endswith("-openerp-60-project.task@testodoo>")
 
 
+def test_message_id_searches_follow_writes_and_deletes(odoo, gateway):
+    # The test Odoo looks message_id up in an index (as Odoo's btree on mail_message.message_id):
+    # a write or a delete must leave the answers a scan of the rows would give.
+    search = lambda domain: sorted(gateway.execute_kw("mail.message", "search", [domain]))  # noqa: E731
+    first = post(gateway, "project.task", TASK_ID, body="a", message_id="<moved@example.com>", author_id=42, **NOTE)
+    second = post(gateway, "project.task", TASK_ID, body="b", message_id="<kept@example.com>", author_id=42, **NOTE)
+    gateway.execute_kw("mail.message", "write", [[first], {"message_id": "<renamed@example.com>"}])
+    assert search([("message_id", "=", "<moved@example.com>")]) == []
+    assert search([("message_id", "in", ["<renamed@example.com>", "<kept@example.com>"])]) == [first, second]
+    assert search([("message_id", "=", "<renamed@example.com>"), ("body", "ilike", "b")]) == []
+    assert search(["|", ("message_id", "=", "<kept@example.com>"), ("id", "=", first)]) == [first, second]
+    assert second not in search(["!", ("message_id", "=", "<kept@example.com>")])
+    gateway.execute_kw("mail.message", "unlink", [[second]])
+    assert search([("message_id", "=", "<kept@example.com>")]) == []
+    tasks = lambda wanted: gateway.execute_kw("project.task", "search", [[  # noqa: E731
+        ("id", "=", TASK_ID), ("message_ids.message_id", "in", wanted)]])
+    assert tasks(["<renamed@example.com>"]) == [TASK_ID]
+    assert tasks(["<moved@example.com>", "<kept@example.com>"]) == []
+
+
 def test_message_author_is_stored_and_searchable_with_the_message_id(odoo, gateway):
     # The gateway's duplicate check reads who filed a Message-ID on a record (gateway/post.py
     # look_up): Odoo 18 stores author_id and email_from as message_post was given them.

@@ -605,7 +605,7 @@ def message_model() -> Model:
         "outgoing_email_to": Char("To (outgoing)"),
         "email_layout_xmlid": Char("Layout"),
         "email_add_signature": Boolean("Add signature", default=True),
-        "message_id": Char("Message-Id"),
+        "message_id": Char("Message-Id", index=True),
         "reply_to": Char("Reply-To"),
         "reply_to_force_new": Boolean("No threading for answers", default=False),
         "mail_ids": One2many("mail.mail", "mail_message_id", "Mails"),

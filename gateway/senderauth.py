@@ -18,11 +18,14 @@ from datetime import UTC, datetime
 import dkim
 from dkim.util import InvalidTagValueList, parse_tag_value
 
+from gateway import dkimcrypto
 from gateway.config import DEFAULT_MAX_SIGNATURE_AGE_DAYS
 from gateway.context import VerifiedSender
 from gateway.refusals import DnsTemporaryFailure, FromHeaderInvalid, SenderNotAuthenticated
 
 log = logging.getLogger(__name__)
+
+dkimcrypto.install()  # OpenSSL checks the RSA signatures dkimpy verifies (issue 6)
 
 # dkimpy's dnsfunc: (name: bytes, timeout=...) -> the TXT record, or None when there is none.
 KeyLookup = Callable[..., bytes | None]

@@ -22,7 +22,8 @@ message_log = logging.getLogger("gateway.messages")
 REGISTRY = CollectorRegistry()
 
 MESSAGES = Counter(
-    "note_gateway_messages", "Messages that reached DATA, by verdict and refusal class",
+    "note_gateway_messages",
+    "Messages that reached DATA (or were refused at MAIL for their declared SIZE), by verdict and refusal class",
     ["verdict", "refusal"], registry=REGISTRY)
 STAGE_SECONDS = Histogram(
     "note_gateway_stage_seconds", "Time spent in each pipeline stage", ["stage"], registry=REGISTRY,
@@ -64,12 +65,17 @@ def _odoo_seconds(odoo: str, outcome: str) -> Histogram:
     return ODOO_SECONDS.labels(odoo, outcome)
 
 
-def message_done(entry: JournalEntry) -> None:
-    """Count a finished message and log its line; called after the journal has (or has not) kept it."""
+def message_done(entry: JournalEntry, *, timed: bool = True) -> None:
+    """Count a finished message and log its line; called after the journal has (or has not) kept it.
+
+    ``timed`` is False for a message refused at MAIL for its declared SIZE: it never reached DATA,
+    so it has no time from DATA to the reply.
+    """
     _messages(entry.verdict, entry.refusal_class or "none").inc()
     for stage, seconds in entry.durations.items():
         _stage_seconds(stage).observe(seconds)
-    MESSAGE_SECONDS.observe(entry.total_seconds)
+    if timed:
+        MESSAGE_SECONDS.observe(entry.total_seconds)
     if message_log.isEnabledFor(logging.INFO):
         # The journal's own fields, so a log line and `note-gateway log --id N` tell the same story.
         message_log.info(json.dumps(log_fields(entry), ensure_ascii=False, sort_keys=False))

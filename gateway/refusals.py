@@ -92,9 +92,14 @@ class BareLineEnding(Refusal):
 
 
 class MessageTooLarge(Refusal):
+    # Over listener.max_message_size: said by the listener (gateway/smtp.py), at MAIL for a declared
+    # SIZE or at the end of DATA, and journaled there; the pipeline never sees the message. No
+    # notice: the message was not read whole, so no DKIM signature on it can be checked, and a
+    # notice to an unverified From would be backscatter (DESIGN.md "No backscatter").
     smtp_code, enhanced_code = 552, "5.3.4"
     reason = "Message too large"
     template = "notice/too_large.txt.j2"
+    sends_notice = False
 
 
 class MessageUnparseable(Refusal):

@@ -18,8 +18,8 @@ from gateway import address, observe, pipeline, policy, tls
 from gateway.context import MessageContext, Target
 from gateway.journal import JournalEntry, JournalUnavailable
 from gateway.pipeline import Services
-from gateway.refusals import (GatewayBusy, InternalError, OdooUnavailable, Refusal, SessionTooLong, ShuttingDown,
-                              TooManyConnectionsFromPeer, TooManyRecipients, TooManySessions)
+from gateway.refusals import (GatewayBusy, InternalError, MessageTooLarge, OdooUnavailable, Refusal, SessionTooLong,
+                              ShuttingDown, TooManyConnectionsFromPeer, TooManyRecipients, TooManySessions)
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,13 @@ _PLAIN_PATH = re.compile(rf"<({_DOT_ATOM})@{_DOT_ATOM}>")
 # delivers (listener.transaction_call_limit); every other command has listener.command_call_limit.
 TRANSACTION_COMMANDS = ("MAIL", "RCPT", "DATA", "RSET", "QUIT")
 _SYNTAX_ATTRIBUTES = ("__smtp_syntax__", "__smtp_syntax_extended__", "__smtp_syntax_when__")
+# aiosmtpd's own replies when a message passes its data_size_limit (listener.max_message_size): at
+# MAIL, for a SIZE= parameter over it, and at the end of DATA, which it reads to the end and
+# discards past the limit. Neither names the limit nor carries an enhanced code, and neither
+# reaches the handler; the listener puts MessageTooLarge's reply in their place and journals it.
+# tests/test_abuse.py fails if an aiosmtpd upgrade changes their text.
+_AIOSMTPD_SIZE_DECLARED_TOO_LARGE = "552 Error: message size exceeds fixed maximum message size"
+_AIOSMTPD_DATA_TOO_LARGE = "552 Error: Too much mail data"
 
 
 class GatewayHandler:
@@ -63,14 +70,32 @@ class GatewayHandler:
     async def _journal_rcpt_refusal(self, session: Session, envelope: Envelope, rcpt: str, refusal: Refusal) -> None:
         # A refused recipient is bad input too, and admins look for it in the journal when a
         # contributor says "my mail bounced".
+        await self.journal_refusal(session, refusal, mail_from=envelope.mail_from or "", rcpt=rcpt)
+
+    async def journal_refusal(self, session: Session, refusal: Refusal, *, mail_from: str, rcpt: str = "",
+                              target: Target | None = None, seconds: float | None = None,
+                              counted: bool = False) -> None:
+        """The journal row of a refusal said in the session itself, outside the pipeline.
+
+        ``counted``: the refusal is of a message (one too large), so it is counted in
+        note_gateway_messages_total and has its JSON log line, as the pipeline's refusals do;
+        ``seconds`` is its time from DATA to the reply, when it reached DATA.
+        """
         peer = session.peer[0] if isinstance(session.peer, tuple) else str(session.peer)
-        entry = JournalEntry(peer=peer, mail_from=envelope.mail_from or "", rcpt=rcpt[:320],
+        entry = JournalEntry(peer=peer, mail_from=mail_from, rcpt=(target.address if target else rcpt)[:320],
                              verdict="deferred" if refusal.transient else "refused",
-                             refusal_class=refusal.name, smtp_reply=refusal.smtp_reply())
+                             refusal_class=refusal.name, smtp_reply=refusal.smtp_reply(), total_seconds=seconds or 0.0)
+        if target is not None:
+            entry.kind, entry.model, entry.res_id = target.kind, target.model, target.res_id
         try:
-            await asyncio.get_running_loop().run_in_executor(self.executor, self.services.journal.record, entry)
+            entry.id = await asyncio.get_running_loop().run_in_executor(
+                self.executor, self.services.journal.record, entry)
         except JournalUnavailable as error:
-            log.error("journal unavailable, RCPT refusal not recorded: %s", error)
+            log.error("journal unavailable, %s refusal not recorded: %s | %s", "message" if counted else "RCPT",
+                      error, entry.smtp_reply)
+        finally:
+            if counted:
+                observe.message_done(entry, timed=seconds is not None)
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         target: Target = envelope.gateway_target  # type: ignore[attr-defined]
@@ -203,6 +228,50 @@ def _limited(base: type[SMTP]) -> type[SMTP]:
                     del limit.by_peer[peer]
                 limit.sessions.discard(self)
 
+        async def smtp_MAIL(self, arg: str | None) -> None:
+            # Kept for push(): aiosmtpd refuses a SIZE= over the limit before the handler sees the sender.
+            self._mail_arg = arg
+            try:
+                return await super().smtp_MAIL(arg)
+            finally:
+                self._mail_arg = None
+
+        async def push(self, status) -> None:
+            if status == _AIOSMTPD_SIZE_DECLARED_TOO_LARGE and getattr(self, "_mail_arg", None) is not None:
+                status = await self._refuse_declared_size(self._mail_arg)
+            elif status == _AIOSMTPD_DATA_TOO_LARGE and self.envelope is not None and self.envelope.rcpt_tos:
+                status = await self._refuse_data_size()
+            await super().push(status)
+
+        async def _refuse_declared_size(self, arg: str) -> str:
+            """MAIL FROM:<...> SIZE=n with n over listener.max_message_size: MessageTooLarge, journaled.
+
+            aiosmtpd checked the command up to the SIZE parameter, so parsing it again succeeds.
+            """
+            path = self._strip_command_keyword("FROM:", arg) or ""
+            address, params = self._getaddr(path)
+            declared = (self._getparams((params or "").upper().split()) or {}).get("SIZE")
+            refusal = MessageTooLarge(f"SIZE={declared} declared, the limit is {self.data_size_limit} bytes")
+            log.info("MAIL from %s refused: %s", self.session.peer, refusal.smtp_reply())
+            await self.event_handler.journal_refusal(self.session, refusal, mail_from=address or "", counted=True)
+            return refusal.smtp_reply()
+
+        async def _refuse_data_size(self) -> str:
+            """DATA over listener.max_message_size: MessageTooLarge, journaled with the envelope.
+
+            aiosmtpd read the data to its end and kept none of it past the limit; it resets the
+            transaction after this reply, and the session goes on.
+            """
+            refusal = MessageTooLarge(f"the limit is {self.data_size_limit} bytes")
+            envelope = self.envelope
+            target = getattr(envelope, "gateway_target", None)
+            log.info("DATA from %s refused: %s", self.session.peer, refusal.smtp_reply())
+            started = getattr(self, "_data_started", None)
+            await self.event_handler.journal_refusal(
+                self.session, refusal, mail_from=envelope.mail_from or "", rcpt=envelope.rcpt_tos[0], target=target,
+                seconds=None if started is None else time.monotonic() - started, counted=True)
+            return refusal.smtp_reply()
+
         async def smtp_DATA(self, arg: str) -> None:
             # Hold a slot from before the 354 until the reply: a session waiting here has sent
             # nothing of its message yet, so memory grows with the slots, not with the sessions.
@@ -227,8 +296,10 @@ def _limited(base: type[SMTP]) -> type[SMTP]:
                 if self.transport is None or self.transport.is_closing():
                     return None
                 self._reset_timeout()
+                self._data_started = time.monotonic()
                 return await super().smtp_DATA(arg)
             finally:
+                self._data_started = None
                 self.release_data_slot()
 
         def _getaddr(self, arg: str):
@@ -273,6 +344,7 @@ def _limited(base: type[SMTP]) -> type[SMTP]:
         # aiosmtpd's HELP reads the syntax that its @syntax decorator put on the method.
         for attribute in _SYNTAX_ATTRIBUTES:
             setattr(smtp_DATA, attribute, getattr(base.smtp_DATA, attribute, None))
+            setattr(smtp_MAIL, attribute, getattr(base.smtp_MAIL, attribute, None))
 
     Limited.__name__ = f"Limited{base.__name__}"
     return Limited

@@ -11,6 +11,7 @@ import pytest
 
 from conftest import Mailer, read_reply
 
+from gateway import observe
 from gateway.config import InputLimits
 from gateway.inputlimits import check_input
 from gateway.journal import Journal
@@ -577,3 +578,91 @@ def test_a_message_in_data_when_the_session_time_runs_out_is_filed(test_odoo, st
             b"421 4.4.2 This session has lasted too long, reconnect to go on: the limit is 1 s")
         assert _closed(stream)
     assert len(_posts(test_odoo)) == 1
+
+
+# --- Messages over listener.max_message_size (DESIGN.md: a precise reply and a journal row) ------------
+
+
+def _too_large_count() -> float:
+    labels = {"verdict": "refused", "refusal": "MessageTooLarge"}
+    return observe.REGISTRY.get_sample_value("note_gateway_messages_total", labels) or 0.0
+
+
+def test_a_message_over_max_message_size_is_refused_journaled_and_the_session_goes_on(
+        test_odoo, start_gateway, dns_server, dkim_keys, protocol):
+    # Found by a design review: the client got aiosmtpd's bare "552 Error: Too much mail data",
+    # which names no limit, and the journal and the metrics never heard of the message.
+    greeting, listener_extra = protocol
+    gateway = start_gateway(dns_server.port, listener_extra=listener_extra + "max_message_size = 4000\n")
+    mailer = Mailer(gateway, dkim_keys)
+    task = mailer.address("note", "project.task", TASK_ID)
+    before = _too_large_count()
+    connection, stream = _session(gateway, greeting)
+    with connection:
+        reply = _deliver_in_session(connection, stream, _large_note(mailer, task, 8000), task)
+        # Over LMTP too, one reply: the one recipient of the transaction's.
+        assert reply == b"552 5.3.4 Message too large: the limit is 4000 bytes"
+        # aiosmtpd read the data to its end and reset the transaction: the session goes on.
+        small = mailer.sign(mailer.message("note_from_contributor.eml", task))
+        assert _deliver_in_session(connection, stream, small, task).startswith(b"250 2.0.0 Filed")
+        assert _command(connection, stream, b"QUIT").startswith(b"221 ")
+    assert len(_posts(test_odoo)) == 1
+    filed, refused = _journal(gateway)
+    assert filed.verdict == "filed"
+    assert (refused.verdict, refused.refusal_class, refused.smtp_reply) == (
+        "refused", "MessageTooLarge", "552 5.3.4 Message too large: the limit is 4000 bytes")
+    assert (refused.peer, refused.mail_from, refused.rcpt) == ("127.0.0.1", PAULA, task)
+    assert (refused.kind, refused.model, refused.res_id) == ("note", "project.task", TASK_ID)
+    assert _too_large_count() == before + 1
+
+
+def test_a_declared_size_over_max_message_size_is_refused_at_mail_and_journaled(
+        test_odoo, start_gateway, dns_server, dkim_keys, protocol):
+    # RFC 1870: a client that declares SIZE hears at MAIL that the message will not fit, before
+    # sending it; the reply was aiosmtpd's "552 Error: message size exceeds fixed maximum message size".
+    greeting, listener_extra = protocol
+    gateway = start_gateway(dns_server.port, listener_extra=listener_extra + "max_message_size = 4000\n")
+    mailer = Mailer(gateway, dkim_keys)
+    task = mailer.address("note", "project.task", TASK_ID)
+    before = _too_large_count()
+    connection, stream = _session(gateway, greeting)
+    expected = b"552 5.3.4 Message too large: SIZE=8000 declared, the limit is 4000 bytes"
+    with connection:
+        assert _command(connection, stream, f"MAIL FROM:<{PAULA}> SIZE=8000".encode()) == expected
+        # No transaction was opened: the next MAIL of the session is answered as usual.
+        assert _command(connection, stream, f"MAIL FROM:<{PAULA}> SIZE=4000".encode()).startswith(b"250 ")
+        small = mailer.sign(mailer.message("note_from_contributor.eml", task))
+        assert _deliver_in_session(connection, stream, small, task).startswith(b"250 2.0.0 Filed")
+    assert len(_posts(test_odoo)) == 1
+    filed, refused = _journal(gateway)
+    assert filed.verdict == "filed"
+    assert (refused.verdict, refused.refusal_class, refused.smtp_reply.encode()) == (
+        "refused", "MessageTooLarge", expected)
+    # Refused before any RCPT: no recipient, no target.
+    assert (refused.peer, refused.mail_from, refused.rcpt, refused.model) == ("127.0.0.1", PAULA, "", "")
+    assert _too_large_count() == before + 1
+
+
+def test_data_over_max_message_size_is_read_to_its_end_but_not_kept(test_odoo, start_gateway, dns_server):
+    # The memory bound: 8 MB sent to a 64 KB limit are read and dropped line by line, never
+    # gathered to be refused whole.
+    gateway = start_gateway(dns_server.port, listener_extra="max_message_size = 65536\n")
+    chunk = (b"x" * 998 + b"\r\n") * 64
+    with smtplib.SMTP("127.0.0.1", gateway.port, timeout=30) as client:
+        client.ehlo("client.example.com")
+        client.mail(PAULA)
+        client.rcpt(Mailer.address("note", "project.task", TASK_ID))
+        assert client.docmd("DATA")[0] == 354
+        tracemalloc.start()
+        try:
+            for _ in range(128):
+                client.send(chunk)
+            client.send(b".\r\n")
+            reply = client.getreply()
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert reply == (552, b"5.3.4 Message too large: the limit is 65536 bytes")
+        assert client.noop()[0] == 250
+    assert peak < 2 * 1024 * 1024, peak
+    assert _posts(test_odoo) == []

@@ -28,10 +28,13 @@ _MODEL_NAME = r"[a-z][a-z0-9_]*(?:\.[a-z0-9_]+)*"
 
 # The optional parts (issue 7) sit between the id and the signature; a signature never holds "-",
 # so an address of the first format (no optional part) can never be read as having one.
-_LOCAL_PART = re.compile(
-    rf"^(?P<kind>[a-z]+)\+(?P<model>{_MODEL_NAME})-(?P<res_id>{_ID})"
-    rf"(?:-p(?P<partner>{_ID}))?(?:-d(?P<day>[0-9]{{1,{DAY_DIGITS}}}))?-(?P<sig>[a-z2-7]+)$"
+# RECORD_PART is what follows "<kind>+" up to the signature in every address mint() writes;
+# gateway/subject.py builds its pattern of pasted addresses from it, so the two cannot drift apart.
+RECORD_PART = (
+    rf"(?P<model>{_MODEL_NAME})-(?P<res_id>{_ID})"
+    rf"(?:-p(?P<partner>{_ID}))?(?:-d(?P<day>[0-9]{{1,{DAY_DIGITS}}}))?"
 )
+_LOCAL_PART = re.compile(rf"^(?P<kind>[a-z]+)\+{RECORD_PART}-(?P<sig>[a-z2-7]+)$")
 _MODEL = re.compile(rf"^{_MODEL_NAME}$")
 
 

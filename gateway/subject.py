@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from gateway import address
+
 # Reply and forward prefixes of common clients and languages: Re, Fwd/Fw, AW/WG (de), TR/RE (fr),
 # SV/VS (nordic), Antw/Doorst (nl), R/Rif (it), RES/ENC (pt), RV (es), Odp/PD (pl), YNT (tr),
 # 回复/转发 (zh), 返信/転送 (ja); Outlook may count them ("Re[2]:", "RE(3):") and use a full-width colon.
@@ -21,9 +23,15 @@ _FORWARD_PREFIX = re.compile(
     r"\s*(?:\[\d+\]|\(\d+\))?\s*[:：]",
     re.IGNORECASE,
 )
-# A gateway address or its local part pasted into the subject (note+project.task-42-<signature>)
-# is a capability: it is never shown in the chatter.
-_TOKEN = re.compile(r"(?:note|reply)\+[a-z][a-z0-9_.]*-\d+-[a-z0-9]+(?:@[a-z0-9.-]+)?", re.IGNORECASE)
+# A gateway address or its local part pasted into the subject (note+project.task-42-<signature>,
+# with the optional -p<partner> and -d<day> parts) is a capability: it is never shown in the
+# chatter. The record part is the parser's own (gateway/address.py), so every form it reads is
+# found here; the signature is matched loosely, so that a mistyped one is hidden too. The domain
+# may be an internationalised one, and a full stop after the address is left in place.
+_TOKEN = re.compile(
+    rf"(?:{'|'.join(address.KINDS)})\+{address.RECORD_PART}-[a-z0-9]+(?:@[\w-]+(?:\.[\w-]+)*)?",
+    re.IGNORECASE,
+)
 _EMPTY_BRACKETS = re.compile(r"\[\s*\]|\(\s*\)|<\s*>")
 
 

@@ -12,8 +12,9 @@ import uuid
 
 import pytest
 
-from conftest import ALIAS_DOMAIN, Mailer, write_config
+from conftest import ALIAS_DOMAIN, SECRET, Mailer, write_config
 
+from gateway import address
 from gateway.config import load_config
 from gateway.journal import Journal
 from gateway.pipeline import Services
@@ -111,6 +112,19 @@ def test_reply_is_not_emailed_back_to_its_sender(test_odoo, gateway, mailer):
     notified = {mail.partner_id for mail in test_odoo.outbox}
     # The other followers are notified as by any comment; the author is not (issue 3).
     assert PETER_PARTNER_ID in notified and PAULA_PARTNER_ID not in notified
+
+
+@pytest.mark.parametrize("kind", ["note", "reply"])
+def test_a_dated_bound_address_pasted_in_the_subject_is_not_shown(test_odoo, gateway, mailer, kind):
+    # A reply+ subject is shown to customers; a pasted address is a capability, -p and -d parts
+    # included (design review: "pump -d20779-<signature>@notes.example.com" was filed).
+    pasted = address.mint(SECRET.encode(), ALIAS_DOMAIN, "reply", "project.task", TASK_ID,
+                          partner_id=PAULA_PARTNER_ID, issued_day=address.today())
+    reply = _send(mailer, kind, "project.task", TASK_ID, subject=f"Re: Pump [{pasted}] {pasted.upper()}")
+    assert reply.startswith("250 ")
+    body = test_odoo.message(int(reply.rsplit(" ", 1)[1]))["body"]
+    assert "<strong>Pump</strong>" in body
+    assert pasted.split("@")[0].rsplit("-", 1)[1] not in body.lower() and "-d" not in body
 
 
 def test_reply_of_an_author_who_does_not_follow_is_posted_without_subscribing_it(test_odoo, gateway, mailer):

@@ -15,7 +15,11 @@ NOTE_GATEWAY_GROUP_NAME = "Note Gateway"
 # through. ir.model.data is left out: check_object_reference resolves xmlids without it
 # (ODOO_FACTS.md e), and the gateway never needs to list external ids.
 READ_MODELS = ("ir.rule", "ir.model.access", "ir.model")
-CONTRIBUTOR_GROUP_NAME = "Portal note contributors"
+# The name the README and the module this gateway complements give the group (an admin looks for
+# it by this name). Earlier versions created it as "Portal note contributors": a group found by its
+# xmlid under a former name is renamed, never duplicated; a name an admin chose is left alone.
+CONTRIBUTOR_GROUP_NAME = "Portal Internal Note Contributor"
+FORMER_CONTRIBUTOR_GROUP_NAMES = ("Portal note contributors",)
 # Path operators whose value is a domain on the field's comodel (Odoo 17+).
 SUBDOMAIN_OPERATORS = ("any", "not any")
 
@@ -61,14 +65,20 @@ class Setup:
     def call(self, model: str, method: str, args: list, kwargs: dict | None = None) -> Any:
         return self.client.execute_kw(model, method, args, kwargs or {})
 
-    def group(self, xmlid: str, name: str) -> int:
+    def group(self, xmlid: str, name: str, former_names: tuple[str, ...] = ()) -> int:
         module, _, local = xmlid.partition(".")
         rows = self.call("ir.model.data", "search_read",
                          [[("module", "=", module), ("name", "=", local), ("model", "=", "res.groups")]],
                          {"fields": ["res_id"]})
-        if rows and self.call("res.groups", "search", [[("id", "=", rows[0]["res_id"])]]):
-            self.report.append(f"found group {xmlid} (id {rows[0]['res_id']})")
-            return int(rows[0]["res_id"])
+        found = rows and self.call("res.groups", "search_read", [[("id", "=", rows[0]["res_id"])]],
+                                   {"fields": ["name"]})
+        if found:
+            group_id = int(rows[0]["res_id"])
+            self.report.append(f"found group {xmlid} (id {group_id})")
+            if found[0].get("name") in former_names:
+                self.call("res.groups", "write", [[group_id], {"name": name}])
+                self.report.append(f"renamed group {xmlid} (id {group_id}) from \"{found[0]['name']}\" to \"{name}\"")
+            return group_id
         group_id = _created_id(self.call("res.groups", "create", [{"name": name}]))
         if rows:
             # The external id outlived its group: point it at the new one.
@@ -156,7 +166,7 @@ class Setup:
     def run(self, contributor_groups: list[str], integration_logins: list[str],
             rule_models: list[str] = ()) -> list[str]:
         for xmlid in contributor_groups:
-            self.group(xmlid, CONTRIBUTOR_GROUP_NAME)
+            self.group(xmlid, CONTRIBUTOR_GROUP_NAME, FORMER_CONTRIBUTOR_GROUP_NAMES)
         gateway_group = self.group(NOTE_GATEWAY_GROUP, NOTE_GATEWAY_GROUP_NAME)
         for model in READ_MODELS:
             self.read_access(gateway_group, model)

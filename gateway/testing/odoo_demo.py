@@ -126,7 +126,7 @@ def seed_demo(db: Database, note_gateway_setup: bool = True) -> None:
 
     _group(env, GROUP_PORTAL_EXTRA_ID, "Portal Extra (test)", "note_gateway_test.group_portal_extra", "Extra Rights",
            share=True)
-    _group(env, CONTRIBUTOR_GROUP_ID, "Portal note contributors", CONTRIBUTOR_GROUP_XMLID, "Note Gateway", share=True)
+    _group(env, CONTRIBUTOR_GROUP_ID, "Portal Internal Note Contributor", CONTRIBUTOR_GROUP_XMLID, "Note Gateway", share=True)
 
     _partner(env, PAULA_PARTNER_ID, "Paula Contributor", PAULA_EMAIL)
     _user(env, PAULA_UID, PAULA_PARTNER_ID, PAULA_LOGIN, PAULA_PASSWORD,

@@ -44,7 +44,7 @@ ENV_VARS = (ENV_URL, ENV_DB, ENV_ADMIN, ENV_PASSWORD)
 GROUP_MODULE = "note_gateway"
 GROUP_NAME = "group_portal_note_contributor"
 GROUP_XMLID = f"{GROUP_MODULE}.{GROUP_NAME}"
-GROUP_LABEL = "Portal note contributors (note gateway test)"
+GROUP_LABEL = "Portal Internal Note Contributor (note gateway test)"
 
 # Every login, email and record name made by a run carries "ngw-test-<run id>", so a run's records
 # are told apart from the database's own and from concurrent runs, and leftovers can be swept.

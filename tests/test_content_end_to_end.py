@@ -102,6 +102,21 @@ def test_reply_by_a_follower_names_nobody_in_cc_to_odoo(test_odoo, gateway, mail
             "followers only)") in row.defects
 
 
+def test_reply_by_a_sender_who_does_not_follow_names_internal_users_in_cc(test_odoo, gateway, mailer):
+    # What rules/example.toml says of [reply] notify_recipients: internal users in To/Cc become
+    # recipients when the reply is posted with message_post, i.e. when its sender does not follow
+    # the record (a follower's reply goes through message_process, the test above).
+    test_odoo.add_record("project.collaborator", {"project_id": PROJECT_ID, "partner_id": PAULA_PARTNER_ID,
+                                                  "limited_access": False})
+    test_odoo.remove_follower("project.task", TASK_ID, PAULA_PARTNER_ID)
+    reply = _send(mailer, "reply", "project.task", TASK_ID,
+                  cc="Marc Demo <mark.brown23@example.com>, joel.willis63@example.com")
+    assert reply.startswith("250 ")
+    assert _processed(test_odoo) == []
+    [post] = _posts(test_odoo)
+    assert post.kwargs["partner_ids"] == [MARC_PARTNER_ID]
+
+
 def test_reply_is_not_emailed_back_to_its_sender(test_odoo, gateway, mailer):
     reply = _send(mailer, "reply", "project.task", TASK_ID)
     assert reply.startswith("250 ")

@@ -358,7 +358,8 @@ class DomainRules(_Strict):
     company_id: Annotated[int, Field(ge=1)] | None = None
     company_from_alias_domain: bool = False
     # For the email-domain policy: sender mail domain -> customer partner id (its commercial
-    # partner must be the record's).
+    # partner must be the record's). Keys are host names, kept as alias domains are (lowercase,
+    # A-labels, no final dot); "@acme.example" or two keys for one domain stop the start.
     email_domains: dict[str, Annotated[int, Field(ge=1)]] = {}
     # How long record rules and access lists read from Odoo are reused (0: read for every message).
     rules_cache_seconds: Annotated[float, Field(ge=0)] = 60.0
@@ -390,10 +391,26 @@ class DomainRules(_Strict):
     def _alias_domain(cls, value: str) -> str:
         return alias_domain(value)
 
+    @field_validator("email_domains", mode="before")
+    @classmethod
+    def _check_email_domains(cls, value: object) -> object:
+        # Checked before the values, which are then still named by the key as written; two keys
+        # that name one domain ("Acme.example" and "acme.example.") would silently become one.
+        if isinstance(value, dict):
+            seen: dict[str, str] = {}
+            for key in value:
+                domain = alias_domain(key) if isinstance(key, str) else key
+                if domain in seen:
+                    raise ValueError(f"{key!r} and {seen[domain]!r} both name {domain}")
+                seen[domain] = key
+        return value
+
     @field_validator("email_domains")
     @classmethod
-    def _lowercase_email_domains(cls, value: dict[str, int]) -> dict[str, int]:
-        return {domain.strip().lower(): partner for domain, partner in value.items()}
+    def _normalise_email_domains(cls, value: dict[str, int]) -> dict[str, int]:
+        # As the alias domains: lowercase, A-labels, no final dot; the sender's domain is looked
+        # up in the same form (policy.check_record_access, senderauth.normalise_domain).
+        return {alias_domain(domain): partner for domain, partner in value.items()}
 
 
     def kind_rules(self, kind: str) -> KindRules:

@@ -13,6 +13,7 @@ from gateway.odoo import SOLO, OdooPool, Rpc
 from gateway.refusals import (AccessRuleUnsupported, AddressExpired, AddressNotForSender, ModelNotAllowed,
                               NotContributor, PlainAddressNotAccepted, RecordAccessDenied, RecordNotFound,
                               RecordOfOtherCompany)
+from gateway.senderauth import normalise_domain
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,9 @@ def check_record_access(odoo: OdooPool, target: Target, user: OdooUser, *, rules
     elif policy == "company":
         domain = [(f"{partner_field}.commercial_partner_id", "=", user.commercial_partner_id)]
     elif policy == "email-domain":
-        mail_domain = sender_email.rpartition("@")[2].lower()
+        # Compared as the keys were stored: bücher.example and xn--bcher-kva.example, or a
+        # final dot, name one domain (config.DomainRules._normalise_email_domains).
+        mail_domain = normalise_domain(sender_email.rpartition("@")[2])
         customer = rules.email_domains.get(mail_domain)
         if customer is None:
             raise RecordAccessDenied(f"{mail_domain} is not in email_domains")

@@ -13,9 +13,10 @@ from gateway.context import Target
 from gateway.identity import find_user
 from gateway.odoo import OdooPool
 from gateway.refusals import AccessRuleUnsupported, RecordAccessDenied, RecordNotFound
-from gateway.testing.odoo_demo import (DEMO_API_KEY, JOEL_EMAIL, JOEL_LOGIN, JOEL_PASSWORD, MARC_LOGIN, PAULA_EMAIL,
-                                       PAULA_LOGIN, PAULA_PARTNER_ID, PAULA_PASSWORD, PETER_EMAIL, PETER_LOGIN,
-                                       PETER_PASSWORD, PRIVATE_TASK_ID, SALE_ORDER_ID, TASK_ID)
+from gateway.testing.odoo_demo import (CUSTOMER_PARTNER_ID, DEMO_API_KEY, JOEL_EMAIL, JOEL_LOGIN, JOEL_PASSWORD,
+                                       MARC_LOGIN, PAULA_EMAIL, PAULA_LOGIN, PAULA_PARTNER_ID, PAULA_PASSWORD,
+                                       PETER_EMAIL, PETER_LOGIN, PETER_PASSWORD, PRIVATE_TASK_ID, SALE_ORDER_ID,
+                                       TASK_ID)
 from gateway.testing.odoo_security import RULES
 
 # --- The evaluator alone -------------------------------------------------------------------------
@@ -229,3 +230,23 @@ def test_a_filed_message_is_no_way_past_the_access_check(pool, test_odoo):
     with pytest.raises(RecordAccessDenied):
         policy.check_record_access(pool, target, user, rules=_rules(), sender_email=PAULA_EMAIL,
                                    unfiled=["<m@example.com>"])
+
+
+# --- The email-domain policy: the sender's domain as the map's keys are kept --------------------
+
+
+@pytest.mark.parametrize("written", ["bücher.example", "xn--bcher-kva.example", "Bücher.Example."])
+@pytest.mark.parametrize("sender", ["paula@bücher.example", "paula@xn--bcher-kva.example",
+                                    "paula@BÜCHER.example", "paula@xn--bcher-kva.example."])
+def test_email_domain_matches_however_either_side_writes_the_domain(pool, written, sender):
+    # Rules review: bücher.example in the map let paula@bücher.example in and refused
+    # paula@xn--bcher-kva.example (one domain, as DNS and DKIM see it), and "acme.example." matched nobody.
+    user = find_user(pool, PAULA_EMAIL)
+    rules = DomainRules(domain="notes.example.com", odoo="main", secrets=["x" * 16],
+                        email_domains={written: CUSTOMER_PARTNER_ID},
+                        note={"models": ["sale.order"], "access": "email-domain"})
+    target = Target("note", "notes.example.com", "sale.order", SALE_ORDER_ID, "x@notes.example.com")
+    policy.check_record_access(pool, target, user, rules=rules, sender_email=sender)
+    with pytest.raises(RecordAccessDenied, match="xn--bcher-kva.example is not in email_domains"):
+        policy.check_record_access(pool, target, user, rules=rules.model_copy(update={"email_domains": {
+            "acme.example": CUSTOMER_PARTNER_ID}}), sender_email=sender)

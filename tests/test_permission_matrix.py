@@ -128,3 +128,32 @@ def test_permission_matrix(test_odoo, world, matrix_gateway, dkim_keys, kind):
     posts = [filing.call for filing in filings]
     bound = [post for post in posts if post.context.get("allowed_company_ids")]
     assert len(bound) == 2 and all(post.context["allowed_company_ids"] == [1] for post in bound)
+
+
+def test_email_domain_written_with_capitals_and_a_final_dot_still_matches(tmp_path, test_odoo, dns_server, world,
+                                                                            dkim_keys):
+    # Rules review: "Example.COM." was kept as "example.com.", so alice@example.com was refused
+    # "example.com is not in email_domains" although the map names her domain.
+    domain = "customers.example.net"
+    config_path = write_config(tmp_path, test_odoo, dns_server.port)
+    (tmp_path / "rules" / f"{domain}.toml").write_text(textwrap.dedent(f"""
+        domain = "{domain}"
+        odoo = "main"
+        secrets = ["{SECRET}"]
+        email_domains = {{ "Example.COM." = {world["acme"]} }}
+        [note]
+        models = ["sale.order"]
+        access = "email-domain"
+    """))
+    services = Services.build(load_config(config_path))
+    server = ThreadedGateway(services).start()
+    try:
+        for record, expected in (("own", FILED), ("unrelated", DENIED)):
+            to = address.mint(SECRET.encode(), domain, "note", "sale.order", world["records"][record])
+            raw = compose("alice@example.com", to, record, f"alice on {record}")
+            signed = sign(raw, dkim_keys["example.com"], "example.com", SELECTOR)
+            reply = deliver(signed, to, port=server.port, mail_from="alice@example.com")
+            assert reply.startswith(expected), reply
+    finally:
+        server.stop()
+        services.close()

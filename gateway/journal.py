@@ -41,6 +41,10 @@ class JournalEntry:
     kind: str = ""
     model: str = ""
     res_id: int | None = None
+    # The alias domain the message came through and the [odoo.NAME] connection of its record: the
+    # rate limits count per sender and alias domain, and per record of one Odoo (docs/rules.md).
+    domain: str = ""
+    odoo: str = ""
     verdict: str
     refusal_class: str = ""
     smtp_reply: str = ""
@@ -73,6 +77,8 @@ class JournalEntry:
             kind=target.kind,
             model=target.model,
             res_id=target.res_id,
+            domain=target.domain,
+            odoo=context.rules.odoo,
             refusal_class=context.refusal.name if context.refusal else "",
             smtp_reply=smtp_reply,
             odoo_message_id=context.odoo_message_id,
@@ -87,7 +93,7 @@ class JournalEntry:
 _COLUMNS = (
     "received_at", "message_id", "peer", "mail_from", "rcpt", "from_address", "dkim_domain", "kind",
     "model", "res_id", "verdict", "refusal_class", "smtp_reply", "odoo_message_id", "durations",
-    "total_seconds", "odoo_seconds", "defects", "decision",
+    "total_seconds", "odoo_seconds", "defects", "decision", "domain", "odoo",
 )
 
 # Each entry brings the schema from the version before it to its own (its position plus one); the
@@ -170,6 +176,19 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (message_id, model, res_id, sender)
         )
         """,
+    ),
+    (
+        # The rate limits count a sender's filed messages per alias domain, and a record's per Odoo
+        # (connection name): a record's model and id name another record on another Odoo. Rows of
+        # an older journal keep '' in both, and count for every domain and Odoo, as they did then,
+        # until they leave the window. The indexes hold every column the counts read: a flood of
+        # refused or deferred messages adds rows that the count of filed ones never visits.
+        "ALTER TABLE messages ADD COLUMN domain TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE messages ADD COLUMN odoo TEXT NOT NULL DEFAULT ''",
+        "DROP INDEX messages_record",
+        "CREATE INDEX messages_record ON messages (model, res_id, odoo, verdict, received_at)",
+        "DROP INDEX messages_from_address",
+        "CREATE INDEX messages_sender ON messages (from_address COLLATE NOCASE, domain, verdict, received_at)",
     ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -372,26 +391,35 @@ class Journal:
         self._run("written", "DELETE FROM unsettled_posts WHERE message_id = ? AND model = ? AND res_id = ? "
                              "AND sender = ?", (message_id, model, res_id, sender))
 
-    def count_filed(self, since: float, *, from_address: str | None = None, model: str | None = None,
-                    res_id: int | None = None) -> int:
-        """How many messages were filed since a time, from one sender or to one record."""
+    def count_filed(self, since: float, *, odoo: str = "", domain: str | None = None,
+                    from_address: str | None = None, model: str | None = None, res_id: int | None = None) -> int:
+        """How many messages were filed since a time: from one sender through one alias domain
+        (``from_address``, ``domain``), or to one record of one Odoo (``odoo``, ``model``, ``res_id``).
+
+        Rows of a journal older than schema version 5 (no domain or Odoo: '') count for every one.
+        """
         if from_address is not None:
-            sql = ("SELECT count(*) FROM messages WHERE from_address = ? COLLATE NOCASE AND verdict = 'filed' "
-                   "AND received_at >= ?")
-            parameters: tuple = (from_address, since)
+            sql = ("SELECT count(*) FROM messages WHERE from_address = ? COLLATE NOCASE AND domain IN (?, '') "
+                   "AND verdict = 'filed' AND received_at >= ?")
+            parameters: tuple = (from_address, domain or "", since)
         else:
-            sql = ("SELECT count(*) FROM messages WHERE model = ? AND res_id = ? AND verdict = 'filed' "
-                   "AND received_at >= ?")
-            parameters = (model, res_id, since)
+            sql = ("SELECT count(*) FROM messages WHERE model = ? AND res_id = ? AND odoo IN (?, '') "
+                   "AND verdict = 'filed' AND received_at >= ?")
+            parameters = (model, res_id, odoo, since)
         rows, _ = self._run("read", sql, parameters)
         return int(rows[0][0])
 
-    def was_filed(self, message_id: str, from_address: str, model: str, res_id: int) -> bool:
-        """Whether this sender's message was filed on this record (any time): a retry, not a new message."""
-        rows, _ = self._run(
-            "read", "SELECT 1 FROM messages WHERE message_id = ? AND from_address = ? COLLATE NOCASE "
-                    "AND model = ? AND res_id = ? AND verdict = 'filed' LIMIT 1",
-            (message_id, from_address, model, res_id))
+    def was_filed(self, message_id: str, from_address: str, odoo: str, model: str | None = None,
+                  res_id: int | None = None) -> bool:
+        """Whether this sender's message was filed on this record of this Odoo (any time): a retry,
+        not a new message. Without a record (a plain address not routed yet): on any record of it."""
+        sql = ("SELECT 1 FROM messages WHERE message_id = ? AND from_address = ? COLLATE NOCASE "
+               "AND odoo IN (?, '') AND verdict = 'filed'")
+        parameters: tuple = (message_id, from_address, odoo)
+        if model is not None:
+            sql += " AND model = ? AND res_id = ?"
+            parameters += (model, res_id)
+        rows, _ = self._run("read", sql + " LIMIT 1", parameters)
         return bool(rows)
 
     def recent(
@@ -497,6 +525,8 @@ def format_decision(entry: JournalEntry) -> str:
     """One message's whole decision for `note-gateway log --id N`: envelope, verdict, reply, stages."""
     received = datetime.fromtimestamp(entry.received_at, tz=timezone.utc)
     target = f"{entry.kind}+ {entry.model}/{_cell(entry.res_id)}" if entry.model else _cell(entry.kind)
+    if entry.odoo:
+        target += f" on Odoo {_cell(entry.odoo)}"
     lines = [
         f"journal id     {entry.id}",
         f"received       {received.strftime('%Y-%m-%dT%H:%M:%S.%fZ')}",

@@ -135,7 +135,7 @@ def _rate_limit(ctx: MessageContext, services: Services, deadline: float) -> Non
     assert ctx.sender is not None
     try:
         ratelimit.check_rate(services.journal, ctx.rules.rate_limit, ctx.sender.email, ctx.target,
-                             message_id=ctx.message.message_id if ctx.message else None)
+                             odoo=ctx.rules.odoo, message_id=ctx.message.message_id if ctx.message else None)
     except JournalUnavailable as error:
         raise JournalNotWritable(str(error)) from None
 

@@ -9,9 +9,15 @@ from gateway.context import Target
 from gateway.journal import Journal
 from gateway.refusals import RecordRateLimited, SenderRateLimited
 
+# A sender's filed messages are counted per alias domain: each domain's [rate_limit] governs the
+# mail sent through it, and what a sender files through another domain (perhaps for another
+# customer's Odoo) uses none of it. A record's are counted per Odoo (the [odoo.NAME] connection of
+# the domain): project.task 60 of another Odoo is another record, and alias domains on one Odoo
+# share the counts of its records, which receive their messages alike.
+
 
 def check_rate(journal: Journal, limits: RateLimits, sender_email: str, target: Target,
-               now: float | None = None, *, message_id: str | None = None) -> None:
+               now: float | None = None, *, odoo: str = "", message_id: str | None = None) -> None:
     """Raise a 450 refusal when the sender or the record has had its share of filed messages.
 
     Only filed messages count: a refused or deferred attempt costs Odoo nothing, and counting the
@@ -25,10 +31,12 @@ def check_rate(journal: Journal, limits: RateLimits, sender_email: str, target: 
     """
     since = (time.time() if now is None else now) - limits.window_minutes * 60
     refusal = None
-    if limits.per_sender and journal.count_filed(since, from_address=sender_email) >= limits.per_sender:
+    if limits.per_sender and journal.count_filed(since, domain=target.domain,
+                                                 from_address=sender_email) >= limits.per_sender:
         refusal = SenderRateLimited(f"{limits.per_sender} in {limits.window_minutes:g} minutes")
-    elif limits.per_record and journal.count_filed(since, model=target.model, res_id=target.res_id) >= limits.per_record:
+    elif limits.per_record and journal.count_filed(since, odoo=odoo, model=target.model,
+                                                   res_id=target.res_id) >= limits.per_record:
         refusal = RecordRateLimited(f"{limits.per_record} in {limits.window_minutes:g} minutes")
-    if refusal is not None and not (message_id and journal.was_filed(message_id, sender_email, target.model,
+    if refusal is not None and not (message_id and journal.was_filed(message_id, sender_email, odoo, target.model,
                                                                       target.res_id)):
         raise refusal

@@ -243,3 +243,48 @@ def test_journal_of_the_first_schema_gains_the_decision_column(tmp_path):
         assert old.decision == ""
         journal.record(JournalEntry(verdict="filed", decision="routed by mail.message <a@example.com>"))
         assert journal.recent(5)[0].decision == "routed by mail.message <a@example.com>"
+
+
+def test_journal_of_schema_4_gains_the_alias_domain_and_odoo_the_rate_limits_count_by(tmp_path):
+    # A journal written before the rate limits counted per alias domain and per Odoo: schema
+    # version 4, its rows without either. They keep counting for every domain and Odoo, as they
+    # did, until they leave the window; rows written now count only where they were filed.
+    from gateway.journal import _MIGRATIONS
+
+    path = tmp_path / "old.sqlite3"
+    connection = sqlite3.connect(path)
+    for statements in _MIGRATIONS[:4]:
+        for statement in statements:
+            connection.execute(statement)
+    connection.execute("PRAGMA user_version = 4")
+    connection.execute("INSERT INTO messages (received_at, message_id, from_address, model, res_id, verdict) "
+                       "VALUES (?, '<old@example.com>', 'portal.contrib@example.com', 'project.task', 42, 'filed')",
+                       (START,))
+    connection.commit()
+    connection.close()
+    since = START - 60
+    with Journal(path) as journal:
+        [old] = journal.recent(5)
+        assert (old.message_id, old.domain, old.odoo) == ("<old@example.com>", "", "")
+        journal.record(filed(received_at=START + 1, domain="notes.example.com", odoo="main"))
+        counted: list[str] = []
+        journal._connection.set_trace_callback(counted.append)
+        assert [journal.count_filed(since, odoo=odoo, model="project.task", res_id=42)
+                for odoo in ("main", "second")] == [2, 1]
+        assert [journal.count_filed(since, domain=domain, from_address="Portal.Contrib@example.com")
+                for domain in ("notes.example.com", "notes.second.example")] == [2, 1]
+        journal._connection.set_trace_callback(None)
+        assert journal.was_filed("<old@example.com>", "portal.contrib@example.com", "second", "project.task", 42)
+        assert not journal.was_filed("<pump-check@example.com>", "portal.contrib@example.com", "second")
+        [entry] = [entry for entry in journal.recent(5) if entry.odoo]
+        assert (entry.domain, entry.odoo) == ("notes.example.com", "main")
+        # Each count reads one index and no table row: it runs for every message.
+        plans = {journal._connection.execute("EXPLAIN QUERY PLAN " + sql).fetchall()[0][3].split(" (")[0]
+                 for sql in counted}
+        assert plans == {"SEARCH messages USING COVERING INDEX messages_record",
+                         "SEARCH messages USING COVERING INDEX messages_sender"}
+    connection = sqlite3.connect(path)
+    try:
+        assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+    finally:
+        connection.close()

@@ -62,6 +62,6 @@ def test_a_version_1_journal_is_upgraded_with_its_rows(tmp_path):
         assert journal.open_receipts() == 0
     connection = sqlite3.connect(path)
     try:
-        assert connection.execute("PRAGMA user_version").fetchone()[0] == journal_module.SCHEMA_VERSION == 4
+        assert connection.execute("PRAGMA user_version").fetchone()[0] == journal_module.SCHEMA_VERSION == 5
     finally:
         connection.close()

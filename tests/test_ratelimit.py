@@ -1,14 +1,24 @@
-"""Rate limits count filed messages in the journal within the window, per sender and per record."""
+"""Rate limits count filed messages in the journal within the window, per sender and alias domain, and per record
+of one Odoo."""
 
 import time
 
 import pytest
 
-from gateway.config import RateLimits
+from conftest import ALIAS_DOMAIN, SECRET, SELECTOR, write_config
+
+from gateway import address
+from gateway.config import RateLimits, load_config
 from gateway.context import Target
 from gateway.journal import Journal, JournalEntry
+from gateway.pipeline import Services
 from gateway.ratelimit import check_rate
 from gateway.refusals import RecordRateLimited, SenderRateLimited
+from gateway.smtp import ThreadedGateway
+from gateway.testing.dkim import sign
+from gateway.testing.odoo import TestOdoo
+from gateway.testing.odoo_demo import DEMO_API_KEY, SALE_ORDER_ID, TASK_ID
+from gateway.testing.sending import compose, deliver
 
 TASK = Target("note", "notes.example.com", "project.task", 60, "note+project.task-60-x@notes.example.com")
 OTHER = Target("note", "notes.example.com", "project.task", 61, "note+project.task-61-x@notes.example.com")
@@ -55,3 +65,87 @@ def test_a_message_the_sender_filed_on_the_record_passes_at_the_limit(tmp_path):
             check_rate(journal, limits, "paula@example.com", OTHER, message_id="<a@example.com>")
         with pytest.raises(RecordRateLimited):   # another sender's message with that Message-ID
             check_rate(journal, limits, "peter@example.com", TASK, message_id="<a@example.com>")
+
+
+# --- Over loopback SMTP: the scope of each count ------------------------------------------------------
+
+SECOND_DOMAIN = "notes.second.example"
+SECOND_SECRET = "second-domain-secret-0123456789"
+PAULA = "portal.contrib@example.com"
+
+
+@pytest.fixture
+def second_odoo():
+    with TestOdoo.with_demo_data(database="second") as odoo:
+        yield odoo
+
+
+@pytest.fixture
+def two_domain_gateway(tmp_path, test_odoo, dns_server):
+    """A gateway with a second alias domain, on the Odoo given (its own connection) or on "main"; both
+    domains with the same [rate_limit]."""
+    started = []
+
+    def start(limits: str, second_odoo: TestOdoo | None = None) -> ThreadedGateway:
+        config_path = write_config(tmp_path, test_odoo, dns_server.port, rules_extra=f"[rate_limit]\n{limits}\n")
+        connection = "main"
+        if second_odoo is not None:
+            connection = "second"
+            (tmp_path / "second-key").write_text(DEMO_API_KEY)
+            with config_path.open("a") as gateway_file:
+                gateway_file.write(f'\n[odoo.second]\nurl = "{second_odoo.url}"\ndatabase = "second"\n'
+                                   'login = "gateway"\napi_key_file = "second-key"\ntimeout = 5\n')
+        (tmp_path / "rules" / f"{SECOND_DOMAIN}.toml").write_text(
+            f'domain = "{SECOND_DOMAIN}"\nodoo = "{connection}"\nsecrets = ["{SECOND_SECRET}"]\n'
+            f'[note]\nmodels = ["project.task", "sale.order"]\n'
+            f'contributor_group = "note_gateway.group_portal_note_contributor"\n[rate_limit]\n{limits}\n')
+        services = Services.build(load_config(config_path))
+        server = ThreadedGateway(services).start()
+        started.append((server, services))
+        return server
+
+    yield start
+    for server, services in started:
+        server.stop()
+        services.close()
+
+
+def _note(dkim_keys, server, to, message_id=None) -> str:
+    raw = compose(PAULA, to, "Pump P-7", "The seal is worn.", message_id=message_id)
+    return deliver(sign(raw, dkim_keys["example.com"], "example.com", SELECTOR), to, port=server.port,
+                   mail_from=PAULA)
+
+
+def _first_address(model, res_id):
+    return address.mint(SECRET.encode(), ALIAS_DOMAIN, "note", model, res_id)
+
+
+def _second_address(model, res_id):
+    return address.mint(SECOND_SECRET.encode(), SECOND_DOMAIN, "note", model, res_id)
+
+
+def test_the_record_limit_counts_the_records_of_each_odoo_apart(test_odoo, second_odoo, two_domain_gateway,
+                                                               dkim_keys):
+    # Found by a rules review: task 60 of another Odoo database was refused once task 60 of the
+    # first had its share, since the journal counted (model, id) over every Odoo.
+    gateway = two_domain_gateway("per_sender = 0\nper_record = 2", second_odoo)
+    first, second = _first_address("project.task", TASK_ID), _second_address("project.task", TASK_ID)
+    assert [_note(dkim_keys, gateway, first)[:3] for _ in range(3)] == ["250", "250", "450"]
+    assert _note(dkim_keys, gateway, second, "<other-odoo@example.com>").startswith("250 2.0.0 Filed")
+    assert [post.kwargs["message_id"] for post in second_odoo.posts()] == ["<other-odoo@example.com>"]
+    assert len(test_odoo.posts()) == 2
+
+
+def test_two_domains_on_one_odoo_share_its_records_count_but_not_the_senders(test_odoo, two_domain_gateway,
+                                                                             dkim_keys):
+    # A sender's count is per alias domain (each domain's [rate_limit] governs its own mail); a
+    # record's is per Odoo, whichever domain its messages come through.
+    gateway = two_domain_gateway("per_sender = 2\nper_record = 2")
+    first = _first_address("project.task", TASK_ID)
+    assert [_note(dkim_keys, gateway, first)[:3] for _ in range(2)] == ["250", "250"]
+    assert _note(dkim_keys, gateway, first) == \
+        "450 4.7.1 Too many messages from this sender, try again later: 2 in 120 minutes"
+    assert _note(dkim_keys, gateway, _second_address("project.task", TASK_ID)) == \
+        "450 4.7.1 Too many messages to this record, try again later: 2 in 120 minutes"
+    assert _note(dkim_keys, gateway, _second_address("sale.order", SALE_ORDER_ID)).startswith("250 2.0.0 Filed")
+    assert len(test_odoo.posts()) == 3

@@ -139,6 +139,8 @@ def _describe(stage: str, ctx: MessageContext) -> str:
     if stage == "identify-sender" and ctx.user:
         role = "internal user" if ctx.user.internal else "portal user"
         return f"{role} {ctx.user.login} (uid {ctx.user.uid}, partner {ctx.user.partner_id})"
+    if stage == "routed-rate-limit" and not ctx.target.by_reference:
+        return "nothing to do (a record address: checked at rate-limit)"
     if stage in ("route", "reply-all-as-note"):
         return ctx.decision or "nothing to do"
     if stage == "authorize":

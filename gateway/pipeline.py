@@ -140,6 +140,19 @@ def _rate_limit(ctx: MessageContext, services: Services, deadline: float) -> Non
         raise JournalNotWritable(str(error)) from None
 
 
+def _rate_limit_routed(ctx: MessageContext, services: Services, deadline: float) -> None:
+    # The record of a plain note@ / reply@ is known only now; a record address had its record's
+    # limit checked with the sender's, before any Odoo call.
+    assert ctx.sender is not None
+    if not ctx.target.by_reference:
+        return
+    try:
+        ratelimit.check_record(services.journal, ctx.rules.rate_limit, ctx.sender.email, ctx.target,
+                               odoo=ctx.rules.odoo, message_id=ctx.message.message_id if ctx.message else None)
+    except JournalUnavailable as error:
+        raise JournalNotWritable(str(error)) from None
+
+
 def _identify_sender(ctx: MessageContext, services: Services, deadline: float) -> None:
     assert ctx.sender is not None
     odoo = _odoo(ctx, services)
@@ -343,9 +356,12 @@ STAGES: tuple[Stage, ...] = (
     Stage("parse", "parse the MIME message", _parse),
     Stage("refuse-automatic", "refuse auto-replies, bounces, bulk mail and our own loops", _refuse_automatic),
     Stage("authenticate-sender", "require an aligned, valid DKIM signature on From", _authenticate_sender),
-    Stage("rate-limit", "at most so many filed messages per sender and per record", _rate_limit),
+    Stage("rate-limit", "at most so many filed messages per sender, and per record of a record address",
+          _rate_limit),
     Stage("identify-sender", "find the sender's active Odoo user", _identify_sender),
     Stage("route", "find the record of a plain note@/reply@ from References", _route),
+    Stage("routed-rate-limit", "at most so many filed messages per record, for a routed note@/reply@",
+          _rate_limit_routed),
     Stage("reply-all-as-note", "a reply also addressed to a note address is filed as a note", _reply_all_as_note),
     Stage("authorize", "model allowed, contributor group for notes, company, record access policy", _authorize),
     Stage("screen-attachments", "apply the size limits and type deny-list to the files", _screen_attachments),

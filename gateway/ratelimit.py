@@ -18,11 +18,14 @@ from gateway.refusals import RecordRateLimited, SenderRateLimited
 
 def check_rate(journal: Journal, limits: RateLimits, sender_email: str, target: Target,
                now: float | None = None, *, odoo: str = "", message_id: str | None = None) -> None:
-    """Raise a 450 refusal when the sender or the record has had its share of filed messages.
+    """Raise a 450 refusal when the sender, or the record of a record address, has had its share.
 
     Only filed messages count: a refused or deferred attempt costs Odoo nothing, and counting the
     retries of a deferred message would lock its sender out for an outage it did not cause. Two
     messages checked at once may both pass at the limit; the limit is a brake on floods, not a quota.
+
+    The record of a plain note@ / reply@ address is not known yet (``target.by_reference``): its
+    limit is checked by ``check_record`` once the route stage found it.
 
     A message this sender already filed on this record (``message_id``; a retry after a lost 250)
     is never held back: it files nothing new, and the post stage answers "Already filed", where a
@@ -34,9 +37,34 @@ def check_rate(journal: Journal, limits: RateLimits, sender_email: str, target: 
     if limits.per_sender and journal.count_filed(since, domain=target.domain,
                                                  from_address=sender_email) >= limits.per_sender:
         refusal = SenderRateLimited(f"{limits.per_sender} in {limits.window_minutes:g} minutes")
-    elif limits.per_record and journal.count_filed(since, odoo=odoo, model=target.model,
-                                                   res_id=target.res_id) >= limits.per_record:
-        refusal = RecordRateLimited(f"{limits.per_record} in {limits.window_minutes:g} minutes")
-    if refusal is not None and not (message_id and journal.was_filed(message_id, sender_email, odoo, target.model,
-                                                                      target.res_id)):
+    elif not target.by_reference:
+        refusal = _record_refusal(journal, limits, target, since, odoo)
+    if refusal is not None and not _is_retry(journal, sender_email, target, odoo, message_id):
         raise refusal
+
+
+def check_record(journal: Journal, limits: RateLimits, sender_email: str, target: Target,
+                 now: float | None = None, *, odoo: str = "", message_id: str | None = None) -> None:
+    """Raise a 450 refusal when the record has had its share (as ``check_rate``), for a routed message."""
+    since = (time.time() if now is None else now) - limits.window_minutes * 60
+    refusal = _record_refusal(journal, limits, target, since, odoo)
+    if refusal is not None and not _is_retry(journal, sender_email, target, odoo, message_id):
+        raise refusal
+
+
+def _record_refusal(journal: Journal, limits: RateLimits, target: Target, since: float,
+                    odoo: str) -> RecordRateLimited | None:
+    if limits.per_record and journal.count_filed(since, odoo=odoo, model=target.model,
+                                                 res_id=target.res_id) >= limits.per_record:
+        return RecordRateLimited(f"{limits.per_record} in {limits.window_minutes:g} minutes")
+    return None
+
+
+def _is_retry(journal: Journal, sender_email: str, target: Target, odoo: str, message_id: str | None) -> bool:
+    # Before a plain address is routed, a message this sender filed on any record of this Odoo:
+    # the same References route it to the same record, where the post stage finds it filed.
+    if not message_id:
+        return False
+    if not target.model:
+        return journal.was_filed(message_id, sender_email, odoo)
+    return journal.was_filed(message_id, sender_email, odoo, target.model, target.res_id)

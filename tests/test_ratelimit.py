@@ -1,5 +1,5 @@
 """Rate limits count filed messages in the journal within the window, per sender and alias domain, and per record
-of one Odoo."""
+of one Odoo, also the record a plain address is routed to."""
 
 import time
 
@@ -67,11 +67,12 @@ def test_a_message_the_sender_filed_on_the_record_passes_at_the_limit(tmp_path):
             check_rate(journal, limits, "peter@example.com", TASK, message_id="<a@example.com>")
 
 
-# --- Over loopback SMTP: the scope of each count ------------------------------------------------------
+# --- Over loopback SMTP: the record of a routed message, and the scope of each count ----------------
 
 SECOND_DOMAIN = "notes.second.example"
 SECOND_SECRET = "second-domain-secret-0123456789"
 PAULA = "portal.contrib@example.com"
+NOTE = f"note@{ALIAS_DOMAIN}"
 
 
 @pytest.fixture
@@ -110,8 +111,10 @@ def two_domain_gateway(tmp_path, test_odoo, dns_server):
         services.close()
 
 
-def _note(dkim_keys, server, to, message_id=None) -> str:
+def _note(dkim_keys, server, to, message_id=None, references=None) -> str:
     raw = compose(PAULA, to, "Pump P-7", "The seal is worn.", message_id=message_id)
+    if references:
+        raw = f"References: {references}\r\n".encode() + raw
     return deliver(sign(raw, dkim_keys["example.com"], "example.com", SELECTOR), to, port=server.port,
                    mail_from=PAULA)
 
@@ -122,6 +125,46 @@ def _first_address(model, res_id):
 
 def _second_address(model, res_id):
     return address.mint(SECOND_SECRET.encode(), SECOND_DOMAIN, "note", model, res_id)
+
+
+def test_the_record_limit_applies_to_a_plain_address_once_it_is_routed(test_odoo, start_gateway, dns_server,
+                                                                      dkim_keys):
+    # Found by a design review: rate-limit ran before route, so a message to plain note@ was counted
+    # against model "" and id 0, never against its record; three routed notes on one task with
+    # per_record = 1 were all filed.
+    gateway = start_gateway(dns_server.port, rules_extra="[rate_limit]\nper_sender = 0\nper_record = 1\n")
+    task = f"<1.2-openerp-{TASK_ID}-project.task@testodoo>"
+    order = f"<1.2-openerp-{SALE_ORDER_ID}-sale.order@testodoo>"
+    first = _note(dkim_keys, gateway, NOTE, "<routed-1@example.com>", task)
+    assert first.startswith("250 2.0.0 Filed as Odoo message ")
+    assert _note(dkim_keys, gateway, NOTE, references=task) == \
+        "450 4.7.1 Too many messages to this record, try again later: 1 in 120 minutes"
+    assert _note(dkim_keys, gateway, _first_address("project.task", TASK_ID)).startswith("450 4.7.1 ")
+    # Another record is another count, and the retry of the routed note is recognised, not deferred.
+    assert _note(dkim_keys, gateway, NOTE, references=order).startswith("250 2.0.0 Filed")
+    assert _note(dkim_keys, gateway, NOTE, "<routed-1@example.com>", task) == \
+        first.replace("Filed as", "Already filed as")
+    assert [(post.model, post.args) for post in test_odoo.posts()] == [
+        ("project.task", [[TASK_ID]]), ("sale.order", [[SALE_ORDER_ID]])]
+    with Journal(gateway.services.config.journal_path) as journal:
+        refused = journal.recent(verdict="deferred")[-1]
+    assert (refused.refusal_class, refused.model, refused.res_id) == ("RecordRateLimited", "project.task", TASK_ID)
+    assert list(refused.durations)[-1] == "routed-rate-limit"
+
+
+def test_a_retry_of_a_routed_message_at_the_sender_limit_is_already_filed(test_odoo, start_gateway, dns_server,
+                                                                         dkim_keys):
+    # The sender's limit is checked before the record of a plain address is known: a message this
+    # sender filed on a record of this Odoo is a retry, which the post stage finds filed.
+    gateway = start_gateway(dns_server.port, rules_extra="[rate_limit]\nper_sender = 1\nper_record = 0\n")
+    task = f"<1.2-openerp-{TASK_ID}-project.task@testodoo>"
+    first = _note(dkim_keys, gateway, NOTE, "<routed-2@example.com>", task)
+    assert first.startswith("250 2.0.0 Filed as Odoo message ")
+    assert _note(dkim_keys, gateway, NOTE, "<routed-2@example.com>", task) == \
+        first.replace("Filed as", "Already filed as")
+    assert _note(dkim_keys, gateway, NOTE, references=task) == \
+        "450 4.7.1 Too many messages from this sender, try again later: 1 in 120 minutes"
+    assert len(test_odoo.posts()) == 1
 
 
 def test_the_record_limit_counts_the_records_of_each_odoo_apart(test_odoo, second_odoo, two_domain_gateway,

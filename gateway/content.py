@@ -280,8 +280,8 @@ def extract_body(message: ParsedMessage, files: list[Attachment] | None = None) 
     # shown in full rather than collapsed, since there is nothing else to show.
     if forwarded:
         return forwarded
-    # A file sent on its own (a forwarded message, a scan) is what the author meant to file; an
-    # inline image is not, since clients put logos and quoted pictures inline.
-    if any(not attachment.content_id for attachment in (message.attachments if files is None else files)):
+    # A file sent on its own (a forwarded message, a scan, a phone's photo) is what the author
+    # meant to file; an inline image is not, since clients put logos and quoted pictures inline.
+    if any(not attachment.inline for attachment in (message.attachments if files is None else files)):
         return fallback or ""
     raise EmptyBody()

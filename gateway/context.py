@@ -41,6 +41,10 @@ class Attachment:
     content_type: str
     payload: bytes
     content_id: str | None = None
+    # Shown inside the text rather than filed as a document: not Content-Disposition: attachment and
+    # its Content-ID referenced by the HTML body (or an image the gateway placed there itself).
+    # A Content-ID alone says nothing: Gmail gives one to every file it sends.
+    inline: bool = False
 
 
 @dataclass

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import html
 import email.errors
 import email.header
 import email.message
 import re
 import unicodedata
+import urllib.parse
 from dataclasses import dataclass, field
 
 from gateway.refusals import MessageUnparseable
@@ -272,7 +274,8 @@ def _place_inline_image(part: email.message.Message, content: MimeContent) -> No
     content_id = f"inline-{len(content.attachments) + 1}@note-gateway.invalid"
     filename = _filename(part, f"image-{len(content.attachments) + 1}")
     content.attachments.append(Attachment(filename=filename, content_type=part.get_content_type(),
-                                          payload=part.get_payload(decode=True) or b"", content_id=content_id))
+                                          payload=part.get_payload(decode=True) or b"", content_id=content_id,
+                                          inline=True))
     content.text_html.append(f'<img src="cid:{content_id}" alt="{html.escape(filename)}">')
 
 
@@ -309,12 +312,24 @@ def _walk(part: email.message.Message, content: MimeContent) -> None:
         # The email package decodes broken base64 as best it can; a file filed "byte-exact" from a
         # guess would be a lie, and the same bytes would fail again: a permanent refusal.
         raise MessageUnparseable(f"attachment {filename!r} is not valid base64")
+    content_id = _content_id(part)
     content.attachments.append(Attachment(
         filename=filename,
         content_type=content_type,
         payload=payload,
-        content_id=_content_id(part),
+        content_id=content_id,
+        # Inline for now if it may be; walk() keeps it so only if the HTML points at it.
+        inline=content_id is not None and disposition != "attachment",
     ))
+
+
+# A cid: URL (RFC 2392) in the HTML, as a src or anywhere: its Content-ID is URL-encoded.
+_CID_URL = re.compile(r"""cid:([^"'\s<>)]+)""", re.IGNORECASE)
+
+
+def _referenced_content_ids(html_parts: list[str]) -> set[str]:
+    return {urllib.parse.unquote(html.unescape(match)).strip("<>").lower()
+            for part in html_parts for match in _CID_URL.findall(part)}
 
 
 _DOCUMENT_FRAME = re.compile(r"<head\b.*?</head\s*>|<!doctype[^>]*>|</?(?:html|body)\b[^>]*>", re.IGNORECASE | re.DOTALL)
@@ -334,4 +349,13 @@ def walk(message: email.message.Message) -> MimeContent:
     """Every leaf of the message once; forwarded messages stay whole."""
     content = MimeContent()
     _walk(message, content)
+    # A file is inline only where the text shows it. Gmail gives every file a Content-ID (with
+    # Content-Disposition: attachment), and Exchange gives one to a phone's photo: taken for inline
+    # images, a file sent with no text was refused as empty (found by a review of real-world MIME
+    # shapes).
+    referenced = _referenced_content_ids(content.text_html)
+    content.attachments = [
+        item if not item.inline or (item.content_id or "").lower() in referenced
+        else dataclasses.replace(item, inline=False)
+        for item in content.attachments]
     return content

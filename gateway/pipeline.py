@@ -248,7 +248,7 @@ def _render(ctx: MessageContext, services: Services, deadline: float) -> None:
         dkim_domain=ctx.sender.dkim_domain,
         received_at=datetime.fromtimestamp(ctx.received_at, timezone.utc), res_id=ctx.target.res_id,
         refused_files=list(ctx.refused_files),
-        attachment_names=[item.filename for item in ctx.attachments or [] if not item.content_id],
+        attachment_names=[item.filename for item in ctx.attachments or [] if not item.inline],
     )
 
 

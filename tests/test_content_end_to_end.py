@@ -189,6 +189,70 @@ def test_reply_attachments_reach_odoo_byte_exact(test_odoo, gateway, mailer):
         "id": 0, "name": "reading.bin", "res_model": "project.task", "res_id": TASK_ID}
 
 
+def test_a_template_lists_gmail_files_but_not_inline_images(tmp_path, test_odoo, dns_server, dkim_keys):
+    # Gmail gives every file a Content-ID (and X-Attachment-Id), Content-Disposition: attachment;
+    # attachment_names left out every file with a Content-ID, so a template never named a Gmail file
+    # (found by a review of real-world MIME shapes). An image the HTML shows stays out of the list.
+    config_path = write_config(tmp_path, test_odoo, dns_server.port)
+    rules_path = tmp_path / "rules" / f"{ALIAS_DOMAIN}.toml"
+    rules_path.write_text('templates_dir = "domain-templates"\n' + rules_path.read_text())
+    folder = tmp_path / "rules" / "domain-templates" / "note"
+    folder.mkdir(parents=True)
+    (folder / "default.html.j2").write_text("{{ body }}\n<p>Files: {{ attachment_names | join(', ') }}</p>\n")
+    services = Services.build(load_config(config_path))
+    server = ThreadedGateway(services).start()
+    try:
+        mailer = Mailer(type("Running", (), {"port": server.port})(), dkim_keys)
+        to = mailer.address("note", "project.task", TASK_ID)
+        png = base64.encodebytes(b"\x89PNG\r\n\x1a\nfake").decode()
+        raw = _raw(to, "Inspection report", 'Content-Type: multipart/mixed; boundary="000000000000aaaa"', textwrap.dedent(f"""\
+            --000000000000aaaa
+            Content-Type: multipart/related; boundary="000000000000rrrr"
+
+            --000000000000rrrr
+            Content-Type: multipart/alternative; boundary="000000000000bbbb"
+
+            --000000000000bbbb
+            Content-Type: text/plain; charset="UTF-8"
+
+            Report attached, the seal: [image: seal.png]
+
+            --000000000000bbbb
+            Content-Type: text/html; charset="UTF-8"
+
+            <div dir="ltr">Report attached, the seal: <img src="cid:ii_seal01" alt="seal.png"></div>
+
+            --000000000000bbbb--
+            --000000000000rrrr
+            Content-Type: image/png; name="seal.png"
+            Content-Disposition: inline; filename="seal.png"
+            Content-Transfer-Encoding: base64
+            X-Attachment-Id: ii_seal01
+            Content-ID: <ii_seal01>
+
+            {png}
+            --000000000000rrrr--
+            --000000000000aaaa
+            Content-Type: application/pdf; name="report.pdf"
+            Content-Disposition: attachment; filename="report.pdf"
+            Content-Transfer-Encoding: base64
+            Content-ID: <f_lx1abc0>
+            X-Attachment-Id: f_lx1abc0
+
+            JVBERi0xLjQK
+            --000000000000aaaa--
+            """).replace("\n", "\r\n").encode())
+        reply = mailer.send(mailer.sign(raw), to)
+    finally:
+        server.stop()
+        services.close()
+    assert reply.startswith("250 "), reply
+    filed = test_odoo.message(int(reply.rsplit(" ", 1)[1]))
+    assert "<p>Files: report.pdf</p>" in filed["body"]
+    assert filed["body"].count('<img src="/web/image/') == 1
+    assert len(filed["attachment_ids"]) == 2
+
+
 def test_reply_to_a_record_deleted_while_it_is_filed_is_deferred_then_refused(test_odoo, gateway, mailer):
     # Ported from the reply-author branch: the task is deleted after the gateway authorized the
     # sender, while Odoo's mail gateway is about to file the reply. Odoo answers MissingError

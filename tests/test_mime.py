@@ -177,3 +177,25 @@ def test_format_flowed_text_is_joined_into_paragraphs():
         "The seal was worn and has been replaced.", "", "> Quoted soft break.", "-- ", "Paula"]
     delsp = _parse(b"Content-Type: text/plain; charset=utf-8; format=flowed; delsp=yes", b"Pres \r\nsure\r\n")
     assert delsp.text_plain.startswith("Pressure")
+
+
+def _mixed(*parts: bytes):
+    body = b"".join(b"--b\r\n" + part + b"\r\n" for part in parts) + b"--b--\r\n"
+    return _parse(b'Content-Type: multipart/mixed; boundary="b"', body)
+
+
+def test_a_file_is_inline_only_where_the_html_shows_it():
+    # Gmail gives every file a Content-ID; Exchange gives one to a phone's photo. Only an image
+    # that is not an attachment and whose cid: the HTML points at is inline (mime2 review).
+    message = _mixed(
+        b'Content-Type: text/html\r\n\r\n<p><img src="cid:logo%40x"></p>',
+        b"Content-Type: image/png\r\nContent-ID: <logo@x>\r\n\r\npng",
+        b"Content-Type: image/png\r\nContent-ID: <photo@x>\r\n\r\npng",
+        b'Content-Type: application/pdf\r\nContent-Disposition: attachment; filename="r.pdf"\r\n'
+        b"Content-ID: <f_lx1abc0>\r\n\r\n%PDF",
+        b'Content-Type: image/png\r\nContent-Disposition: attachment; filename="shown.png"\r\n'
+        b"Content-ID: <shown@x>\r\n\r\npng",
+    )
+    assert [(item.content_id, item.inline) for item in message.attachments] == [
+        ("logo@x", True), ("photo@x", False), ("f_lx1abc0", False), ("shown@x", False)]
+

@@ -133,12 +133,17 @@ def test_a_file_sent_without_text_is_filed_but_an_inline_logo_is_not_enough():
     from gateway.context import Attachment
 
     scan = Attachment(filename="scan.pdf", content_type="application/pdf", payload=b"%PDF")
-    logo = Attachment(filename="image001.png", content_type="image/png", payload=b"png", content_id="image001")
+    logo = Attachment(filename="image001.png", content_type="image/png", payload=b"png", content_id="image001",
+                      inline=True)
+    # Gmail gives every file a Content-ID: only the inline flag (shown by the HTML) makes a logo.
+    gmail_scan = Attachment(filename="scan.pdf", content_type="application/pdf", payload=b"%PDF",
+                            content_id="f_lx1abc0")
     quoted_only = f"On Mon, Bob wrote:\n> {OLD}\n"
     message = _message(text=quoted_only)
-    message.attachments = [scan]
-    body = extract_body(message)
-    assert OWN not in body and OLD in body and body.startswith("<details>")
+    for file in (scan, gmail_scan):
+        message.attachments = [file]
+        body = extract_body(message)
+        assert OWN not in body and OLD in body and body.startswith("<details>")
     message.attachments = [logo]
     with pytest.raises(EmptyBody):
         extract_body(message)

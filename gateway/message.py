@@ -17,7 +17,7 @@ from mailparser.exceptions import MailParserRecursionError
 
 from gateway import mime
 from gateway.context import ParsedMessage
-from gateway.refusals import BareLineEnding, MessageUnparseable
+from gateway.refusals import BareLineEnding, MessageUnparseable, Refusal
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ def parse(raw: bytes, email_message: email.message.Message | None = None) -> Par
         attachments = parts.attachments
         defects = sorted(str(category) for category in (mail.defects_categories or ())) + parts.defects
         date_header = headers.get("Date", "") if isinstance(headers, dict) else ""
-    except MessageUnparseable:
+    except Refusal:  # MessageUnparseable, MessageFragment: refused with their own reply
         raise
     except Exception as error:  # mail-parser raises many types, none of which a retry can heal.
         log.info("unparseable message: %s: %s", type(error).__name__, error)

@@ -126,6 +126,13 @@ class EmptyBody(Refusal):
     template = "notice/empty_body.txt.j2"
 
 
+class MessageFragment(Refusal):
+    # message/partial (RFC 2046 section 5.2.2): one piece of a message split by the sender's
+    # client; the gateway does not reassemble them, and a piece alone cannot be read.
+    smtp_code, enhanced_code = 554, "5.6.0"
+    reason = "Messages split in parts (message/partial) cannot be filed, send it whole"
+
+
 class NulByte(Refusal):
     smtp_code, enhanced_code = 550, "5.6.0"
     reason = "NUL byte in message data"

@@ -10,7 +10,7 @@ import nh3
 
 from gateway import quotes
 from gateway.context import Attachment, ParsedMessage
-from gateway.refusals import EmptyBody
+from gateway.refusals import EmptyBody, EncryptedMessage, OpaqueSignedMessage
 from gateway.subject import is_forward_subject
 
 # What an Odoo chatter message may hold. Odoo sanitizes again on its side (ODOO_FACTS.md b), but
@@ -213,13 +213,22 @@ _INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad"))
 _IMAGE = re.compile(r'<img src="[^"]')
 
 
+def visible_text(sanitized: str) -> str:
+    """The characters a reader sees of sanitized HTML."""
+    return html.unescape(nh3.clean(sanitized, tags=set(), clean_content_tags=set()))
+
+
+# An inline OpenPGP message (RFC 4880 section 6.2) as the text of a note.
+_PGP_MESSAGE = re.compile(r"\s*-----BEGIN PGP MESSAGE-----")
+
+
 def is_readable(sanitized: str) -> bool:
     """True if the HTML shows something: visible text, or an image (a pasted screenshot counts).
 
     nh3 does the HTML parsing twice over (all tags dropped: the text; only <img src>: the images),
     a quarter of the CPU of Python's HTMLParser (issue 6).
     """
-    text = html.unescape(nh3.clean(sanitized, tags=set(), clean_content_tags=set()))
+    text = visible_text(sanitized)
     if text.translate(_INVISIBLE).strip():
         return True
     return "<img" in sanitized and bool(_IMAGE.search(
@@ -261,6 +270,10 @@ def extract_body(message: ParsedMessage, files: list[Attachment] | None = None) 
     forwarded message itself (see quotes.is_forward). ``files`` are the attachments that will be
     filed (after the rules), by default all of the message's.
     """
+    if message.encryption:
+        raise EncryptedMessage(message.encryption)
+    if message.opaque_signed:
+        raise OpaqueSignedMessage()
     fallback = None
     forwarded = None
     forward_subject = is_forward_subject(message.subject)
@@ -271,6 +284,9 @@ def extract_body(message: ParsedMessage, files: list[Attachment] | None = None) 
         details = f"<details><summary>{TRIMMED_SUMMARY}</summary>\n{trimmed}\n</details>" \
             if readable_trimmed else ""
         if is_readable(body):
+            if _PGP_MESSAGE.match(visible_text(body)):
+                # Mailvelope, mutt and others encrypt the text itself: what is kept is ciphertext.
+                raise EncryptedMessage("inline PGP")
             return f"{body}\n{details}" if details else body
         if fallback is None:
             fallback = details

@@ -65,6 +65,11 @@ class ParsedMessage:
     attachments: list[Attachment] = field(default_factory=list)
     defects: list[str] = field(default_factory=list)
     message_id_derived: bool = False
+    # What the gateway cannot read: "S/MIME" or "PGP/MIME" when the message is encrypted, and
+    # whether it is S/MIME opaque-signed (its text inside a CMS structure). Refused when the
+    # content is extracted, after the sender is authenticated.
+    encryption: str | None = None
+    opaque_signed: bool = False
 
 
 @dataclass(frozen=True)

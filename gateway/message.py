@@ -166,6 +166,8 @@ def parse(raw: bytes, email_message: email.message.Message | None = None) -> Par
         attachments=attachments,
         defects=defects,
         message_id_derived=derived,
+        encryption=parts.encryption,
+        opaque_signed=parts.opaque_signed,
     )
 
 

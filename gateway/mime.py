@@ -46,6 +46,9 @@ class MimeContent:
     text_html: list[str] = field(default_factory=list)
     attachments: list[Attachment] = field(default_factory=list)
     defects: list[str] = field(default_factory=list)
+    # See ParsedMessage: "S/MIME" or "PGP/MIME" if the message is encrypted; S/MIME opaque-signed.
+    encryption: str | None = None
+    opaque_signed: bool = False
 
 
 def _c1_control(error: UnicodeError) -> tuple[str, int]:
@@ -324,7 +327,29 @@ _BASE64_DEFECTS = (email.errors.InvalidBase64CharactersDefect, email.errors.Inva
                    email.errors.InvalidBase64LengthDefect)
 
 
-def _walk(part: email.message.Message, content: MimeContent) -> None:
+# S/MIME (RFC 8551 section 3.2): smime-type says what the CMS structure holds; older clients leave
+# it out, and the structure's content type (an OID at its start) says it then.
+_SMIME_TYPES = ("application/pkcs7-mime", "application/x-pkcs7-mime")
+_CMS_SIGNED_DATA = bytes.fromhex("06092a864886f70d010702")          # 1.2.840.113549.1.7.2
+_CMS_ENVELOPED_DATA = bytes.fromhex("06092a864886f70d010703")       # 1.2.840.113549.1.7.3
+_CMS_AUTH_ENVELOPED_DATA = bytes.fromhex("060b2a864886f70d0109100117")  # 1.2.840.113549.1.9.16.1.23
+
+
+def _smime_type(part: email.message.Message) -> str:
+    declared = str(part.get_param("smime-type") or "").strip().lower()
+    if declared:
+        return declared
+    head = (part.get_payload(decode=True) or b"")[:32]
+    if _CMS_ENVELOPED_DATA in head:
+        return "enveloped-data"
+    if _CMS_AUTH_ENVELOPED_DATA in head:
+        return "authenveloped-data"
+    if _CMS_SIGNED_DATA in head:
+        return "signed-data"
+    return ""
+
+
+def _walk(part: email.message.Message, content: MimeContent, *, root: bool = False) -> None:
     content_type = part.get_content_type()
     if content_type in ("message/rfc822", "message/global"):
         _forwarded_message(part, content)
@@ -335,13 +360,26 @@ def _walk(part: email.message.Message, content: MimeContent) -> None:
     if content_type == "message/external-body":
         _external_body(part, content)
         return
+    if content_type == "multipart/encrypted":
+        content.encryption = "PGP/MIME"
+        return
+    if content_type in _SMIME_TYPES:
+        smime_type = _smime_type(part)
+        if smime_type in ("enveloped-data", "authenveloped-data"):
+            content.encryption = "S/MIME"
+            return
+        if smime_type == "signed-data" and root:
+            content.opaque_signed = True
+            return
     if part.is_multipart():
         html_before = False
-        for child in part.get_payload():
+        children = part.get_payload()
+        for index, child in enumerate(children):
             if html_before and content_type == "multipart/mixed" and _is_unreferenced_inline_image(child):
                 _place_inline_image(child, content)
                 continue
-            _walk(child, content)
+            # The signed content of multipart/signed is the message as the sender wrote it.
+            _walk(child, content, root=root and content_type == "multipart/signed" and index == 0)
             html_before = html_before or child.get_content_type() == "text/html"
         return
     disposition = (part.get_content_disposition() or "").lower()
@@ -395,7 +433,7 @@ def join_html(parts: list[str]) -> str:
 def walk(message: email.message.Message) -> MimeContent:
     """Every leaf of the message once; forwarded messages stay whole."""
     content = MimeContent()
-    _walk(message, content)
+    _walk(message, content, root=True)
     # A file is inline only where the text shows it. Gmail gives every file a Content-ID (with
     # Content-Disposition: attachment), and Exchange gives one to a phone's photo: taken for inline
     # images, a file sent with no text was refused as empty (found by a review of real-world MIME

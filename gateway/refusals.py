@@ -126,6 +126,23 @@ class EmptyBody(Refusal):
     template = "notice/empty_body.txt.j2"
 
 
+class EncryptedMessage(Refusal):
+    # S/MIME enveloped-data, PGP/MIME multipart/encrypted, an inline "BEGIN PGP MESSAGE": the
+    # gateway holds no key, and a note of ciphertext is no note (found by a review of real-world
+    # MIME shapes: each was filed as an unreadable note).
+    smtp_code, enhanced_code = 554, "5.6.0"
+    reason = "Encrypted messages cannot be filed, send it unencrypted"
+    template = "notice/encrypted.txt.j2"
+
+
+class OpaqueSignedMessage(Refusal):
+    # application/pkcs7-mime; smime-type=signed-data: the text is inside the CMS structure, which
+    # the gateway does not take apart (Outlook with "Send clear text signed message" off).
+    smtp_code, enhanced_code = 554, "5.6.0"
+    reason = "S/MIME opaque-signed messages cannot be read, send it clear-signed"
+    template = "notice/opaque_signed.txt.j2"
+
+
 class MessageFragment(Refusal):
     # message/partial (RFC 2046 section 5.2.2): one piece of a message split by the sender's
     # client; the gateway does not reassemble them, and a piece alone cannot be read.

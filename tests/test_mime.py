@@ -199,3 +199,15 @@ def test_a_file_is_inline_only_where_the_html_shows_it():
     assert [(item.content_id, item.inline) for item in message.attachments] == [
         ("logo@x", True), ("photo@x", False), ("f_lx1abc0", False), ("shown@x", False)]
 
+
+def test_an_attached_signed_p7m_file_is_filed_and_only_a_signed_message_refused():
+    # An Italian e-invoice (fattura.xml.p7m) is an opaque-signed file attached to a message: filed.
+    # Only a message that is itself opaque-signed cannot be read.
+    signed_data = bytes.fromhex("3082000006092a864886f70d010702a0")
+    attached = _mixed(b"Content-Type: text/plain\r\n\r\nInvoice attached.",
+                      b'Content-Type: application/pkcs7-mime; name="IT01_1.xml.p7m"\r\n'
+                      b"Content-Transfer-Encoding: base64\r\n\r\n" + base64.b64encode(signed_data))
+    assert [item.filename for item in attached.attachments] == ["IT01_1.xml.p7m"] and not attached.opaque_signed
+    whole = _parse(b'Content-Type: application/x-pkcs7-mime; name="smime.p7m"\r\nContent-Transfer-Encoding: base64',
+                   base64.b64encode(signed_data))
+    assert whole.opaque_signed and whole.encryption is None

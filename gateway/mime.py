@@ -333,6 +333,17 @@ _SMIME_TYPES = ("application/pkcs7-mime", "application/x-pkcs7-mime")
 _CMS_SIGNED_DATA = bytes.fromhex("06092a864886f70d010702")          # 1.2.840.113549.1.7.2
 _CMS_ENVELOPED_DATA = bytes.fromhex("06092a864886f70d010703")       # 1.2.840.113549.1.7.3
 _CMS_AUTH_ENVELOPED_DATA = bytes.fromhex("060b2a864886f70d0109100117")  # 1.2.840.113549.1.9.16.1.23
+# The control part of multipart/signed (RFC 1847 section 2.1) and a public key Thunderbird attaches
+# to signed mail: no document of the sender's. The gateway verifies no S/MIME or OpenPGP signature;
+# the DKIM signature is what authenticates the sender.
+_SIGNATURE_TYPES = ("application/pkcs7-signature", "application/x-pkcs7-signature", "application/pgp-signature")
+_KEY_TYPES = ("application/pgp-keys",)
+# An inline OpenPGP clear-signed text (RFC 4880 section 7): armour header lines, the text with
+# lines starting "-" dash-escaped, then the signature.
+_CLEARSIGNED = re.compile(
+    r"\A\s*-----BEGIN PGP SIGNED MESSAGE-----[ \t]*\r?\n(?:[^\r\n]+\r?\n)*?[ \t]*\r?\n(?P<text>.*?)\r?\n"
+    r"-----BEGIN PGP SIGNATURE-----[ \t]*\r?\n.*?-----END PGP SIGNATURE-----[ \t]*(?:\r?\n|\Z)",
+    re.DOTALL)
 
 
 def _smime_type(part: email.message.Message) -> str:
@@ -347,6 +358,15 @@ def _smime_type(part: email.message.Message) -> str:
     if _CMS_SIGNED_DATA in head:
         return "signed-data"
     return ""
+
+
+def unwrap_clearsigned(text: str) -> tuple[str, bool]:
+    """The text of an inline OpenPGP clear-signed message without its armour and signature."""
+    match = _CLEARSIGNED.match(text)
+    if match is None:
+        return text, False
+    lines = [line[2:] if line.startswith("- ") else line for line in match.group("text").split("\n")]
+    return "\n".join(lines) + "\n" + text[match.end():], True
 
 
 def _walk(part: email.message.Message, content: MimeContent, *, root: bool = False) -> None:
@@ -371,10 +391,18 @@ def _walk(part: email.message.Message, content: MimeContent, *, root: bool = Fal
         if smime_type == "signed-data" and root:
             content.opaque_signed = True
             return
+    if content_type in _KEY_TYPES:
+        content.defects.append(f"signature-part-dropped:{content_type}")
+        return
     if part.is_multipart():
         html_before = False
         children = part.get_payload()
+        protocol = str(part.get_param("protocol") or "").strip().lower()
         for index, child in enumerate(children):
+            if (content_type == "multipart/signed" and index > 0
+                    and child.get_content_type() in (*_SIGNATURE_TYPES, protocol)):
+                content.defects.append(f"signature-part-dropped:{child.get_content_type()}")
+                continue
             if html_before and content_type == "multipart/mixed" and _is_unreferenced_inline_image(child):
                 _place_inline_image(child, content)
                 continue
@@ -386,6 +414,10 @@ def _walk(part: email.message.Message, content: MimeContent, *, root: bool = Fal
     payload = part.get_payload(decode=True) or b""
     if content_type in _TEXT_TYPES and disposition != "attachment" and not part.get_filename():
         text = decode_text(payload, part.get_param("charset"), content_type, content.defects)
+        if content_type == "text/plain":
+            text, unwrapped = unwrap_clearsigned(text)
+            if unwrapped:
+                content.defects.append("pgp-inline-signature-dropped")
         if content_type == "text/plain" and str(part.get_param("format") or "").lower() == "flowed":
             text = unflow(text, delete_space=str(part.get_param("delsp") or "").lower() == "yes")
         (content.text_html if content_type == "text/html" else content.text_plain).append(text)

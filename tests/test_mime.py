@@ -200,6 +200,20 @@ def test_a_file_is_inline_only_where_the_html_shows_it():
         ("logo@x", True), ("photo@x", False), ("f_lx1abc0", False), ("shown@x", False)]
 
 
+def test_only_the_control_part_of_multipart_signed_is_dropped():
+    # A detached signature the sender attaches to a file of theirs is a file; the signature part of
+    # multipart/signed is not, nor is an OpenPGP key.
+    signed = _parse(b'Content-Type: multipart/signed; protocol="application/pgp-signature"; boundary="s"',
+                    b"--s\r\nContent-Type: text/plain\r\n\r\nSigned text\r\n--s\r\n"
+                    b"Content-Type: application/pgp-signature\r\n\r\nsig\r\n--s--\r\n")
+    assert signed.text_plain.strip() == "Signed text" and signed.attachments == []
+    assert "signature-part-dropped:application/pgp-signature" in signed.defects
+    mixed = _mixed(b"Content-Type: text/plain\r\n\r\nThe release and its signature.",
+                   b'Content-Type: application/pgp-signature; name="release.tar.gz.sig"\r\n\r\nsig',
+                   b'Content-Type: application/pgp-keys; name="OpenPGP_0x59F7240FF7AE7667.asc"\r\n\r\nkey')
+    assert [item.filename for item in mixed.attachments] == ["release.tar.gz.sig"]
+
+
 def test_an_attached_signed_p7m_file_is_filed_and_only_a_signed_message_refused():
     # An Italian e-invoice (fattura.xml.p7m) is an opaque-signed file attached to a message: filed.
     # Only a message that is itself opaque-signed cannot be read.

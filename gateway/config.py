@@ -585,6 +585,12 @@ def load_config(path: str | os.PathLike, environ: dict[str, str] | None = None) 
     rules_dir = rules_dir if rules_dir.is_absolute() else base / rules_dir
     if not rules_dir.is_dir():
         raise ConfigError(path, "rules_dir", f"{rules_dir} is not a folder")
+    if gateway.templates_dir:
+        # As a rules file's templates_dir: a typo must not leave the bundled templates in use unnoticed.
+        templates_dir = Path(gateway.templates_dir)
+        templates_dir = templates_dir if templates_dir.is_absolute() else base / templates_dir
+        if not templates_dir.is_dir():
+            raise ConfigError(path, "templates_dir", f"{templates_dir} is not a folder")
 
     domains: dict[str, DomainRules] = {}
     secrets: dict[str, list[bytes]] = {}

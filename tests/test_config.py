@@ -459,3 +459,14 @@ def test_test_and_demo_configs_load(tmp_path):
     config = load_config(path)
     assert config.gateway.listener.max_sessions == 5 and config.gateway.odoo["main"].timeout == 3.0
     assert config.domains["notes.example.com"].note.access == "followers"
+
+
+def test_gateway_templates_dir_that_is_not_a_folder_is_named(folder):
+    # A typo of the folder used to leave the bundled templates in use without a word.
+    (folder / "templates").mkdir()
+    error = _error(folder, gateway='templates_dir = "tempaltes"\n' + GATEWAY)
+    assert (error.path, error.key, error.reason) == (str(folder / "gateway.toml"), "templates_dir",
+                                                     f"{folder / 'tempaltes'} is not a folder")
+    (folder / "gateway.toml").write_text('templates_dir = "templates"\n' + GATEWAY)
+    assert load_config(folder / "gateway.toml", environ={}).templates_dir == folder / "templates"
+

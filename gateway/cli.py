@@ -34,6 +34,9 @@ def command_serve(args: argparse.Namespace) -> int:
     workers = config.gateway.listener.workers
     if workers > 1 and args.listen_fds is None:
         from gateway.workers import Supervisor
+        # Checked once here, as each worker checks them again: a broken template stops the start.
+        if _check_templates(config) is None:
+            return 2
         return Supervisor(args.config, config).run()
     sockets = None
     if args.listen_fds is not None:
@@ -137,6 +140,17 @@ def command_serve(args: argparse.Namespace) -> int:
     finally:
         server.services.close()
     return 0
+
+
+def _check_templates(config: GatewayConfig):
+    """The checked renderer of ``config``, or None once the broken template is named on stderr."""
+    from gateway.render import checked_renderer
+
+    try:
+        return checked_renderer(config)
+    except ConfigError as error:
+        print(f"note-gateway: configuration error: {error}", file=sys.stderr)
+        return None
 
 
 def _refusal(error: Exception, config_path: str) -> str:
@@ -292,6 +306,9 @@ def command_doctor(args: argparse.Namespace) -> int:
 
 def command_check_config(args: argparse.Namespace) -> int:
     config = _load(args.config)
+    # The templates as serve and a reload check them: each compiled and rendered with sample values.
+    if _check_templates(config) is None:
+        return 2
     print(f"{_shown(config.path)}: OK")
     for domain, rules in sorted(config.domains.items()):
         print(f"  {domain} ({_shown(rules.source)}): odoo={rules.odoo}, note models={rules.note.models or 'none'} "
@@ -333,7 +350,11 @@ def command_check(args: argparse.Namespace) -> int:
     # refuse although the same message by SMTP would pass.
     if b"\r\n" not in raw:
         raw = raw.replace(b"\n", b"\r\n")
-    services = Services.build(config)
+    try:
+        services = Services.build(config)
+    except ConfigError as error:
+        print(f"note-gateway: configuration error: {error}", file=sys.stderr)
+        return 2
     try:
         verdicts, would_file = dry_run(services, args.rcpt, raw, args.mail_from)
     finally:

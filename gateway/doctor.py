@@ -13,6 +13,7 @@ from typing import Callable
 
 from gateway import tls
 from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.render import checked_renderer
 from gateway.journal import Journal, JournalUnavailable
 from gateway.odoo import OdooPool
 from gateway.refusals import DnsTemporaryFailure, OdooUnavailable
@@ -174,6 +175,12 @@ def diagnose(config_path: str, now: Callable[[], datetime] | None = None) -> Rep
         report.fail("config", str(error), "correct that key; `note-gateway check-config` says the same")
         return report
     report.ok("config", f"{config.path}, alias domains {', '.join(sorted(config.domains))}")
+    try:
+        names = checked_renderer(config).check()
+    except ConfigError as error:
+        report.fail("templates", str(error), "correct that template; serve would not start with it")
+    else:
+        report.ok("templates", f"{len(names)} templates compile and render")
     check_resolver(config, report)
     for name in sorted(config.gateway.odoo):
         check_odoo(config, name, report)

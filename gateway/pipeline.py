@@ -21,7 +21,7 @@ from gateway.context import MessageContext
 from gateway.journal import Journal, JournalEntry, JournalUnavailable
 from gateway.odoo import OdooPool
 from gateway.refusals import InternalError, JournalNotWritable, OdooUnavailable, PostUnsettled, Refusal
-from gateway.render import Renderer
+from gateway.render import Renderer, checked_renderer
 from gateway.resolver import DkimKeyResolver
 from gateway.subject import clean_subject
 
@@ -47,6 +47,9 @@ class Services:
         bounds its sessions: with several worker processes each gets its share, rounded up.
         """
         resolver_config = config.gateway.resolver
+        # First, as it opens nothing: every template is read and checked (ConfigError naming the
+        # file and line), so a broken one stops the start or the reload, not every message after it.
+        renderer = checked_renderer(config)
         # What is built is closed again when a later part fails: a refused reload leaves nothing open.
         with ExitStack() as built:
             try:
@@ -71,7 +74,7 @@ class Services:
                 in_flight = InFlight(lock_path)
             except OSError as error:
                 raise ConfigError(config.path, "journal.path", f"cannot open {lock_path}: {error.strerror or error}") from None
-            services = cls(config=config, resolver=resolver, odoo=odoo, renderer=Renderer(config.templates_dir),
+            services = cls(config=config, resolver=resolver, odoo=odoo, renderer=renderer,
                            journal=journal, in_flight=in_flight)
             built.pop_all()
         return services

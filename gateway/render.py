@@ -5,8 +5,9 @@ from __future__ import annotations
 import importlib.resources
 import re
 import threading
+import traceback
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timezone
 from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,6 +17,7 @@ from jinja2.loaders import split_template_path
 from markupsafe import Markup
 
 if TYPE_CHECKING:
+    from gateway.config import GatewayConfig
     from gateway.refusals import Refusal
 
 BUNDLED_PACKAGE = "gateway.templates"
@@ -68,6 +70,52 @@ class ResourceLoader(jinja2.BaseLoader):
         return sorted(found)
 
 
+class TemplateProblem(ValueError):
+    """A template that cannot be read, compiled or rendered: the file, the line if known, and why."""
+
+    def __init__(self, file: str, line: int | None, reason: str) -> None:
+        self.file, self.line, self.reason = file, line, reason
+        super().__init__(f"{file}, line {line}: {reason}" if line else f"{file}: {reason}")
+
+
+class SnapshotLoader(jinja2.BaseLoader):
+    """The templates of one folder as they were read when the gateway started or last reloaded.
+
+    Every ``*.j2`` file is read once, so that an edit on disk changes nothing until a reload, which
+    checks it first (as a rules file is checked); a file saved half-way never reaches a message.
+    """
+
+    def __init__(self, loader: jinja2.BaseLoader, folder: str) -> None:
+        self.sources: dict[str, tuple[str, str | None]] = {}
+        for name in loader.list_templates():
+            if not name.endswith(".j2"):
+                continue
+            try:
+                source, filename, _ = loader.get_source(_READER, name)
+            except UnicodeDecodeError as error:
+                raise TemplateProblem(f"{folder}/{name}", None,
+                                      f"not UTF-8 text: byte 0x{error.object[error.start]:02x}") from None
+            except OSError as error:
+                raise TemplateProblem(f"{folder}/{name}", None, f"cannot read: {error.strerror or error}") from None
+            self.sources[name] = (source, filename)
+
+    def get_source(
+        self, environment: jinja2.Environment, template: str
+    ) -> tuple[str, str | None, Callable[[], bool]]:
+        try:
+            source, filename = self.sources[template]
+        except KeyError:
+            raise jinja2.TemplateNotFound(template) from None
+        return source, filename, lambda: True
+
+    def list_templates(self) -> list[str]:
+        return sorted(self.sources)
+
+
+# FileSystemLoader.get_source asks for an environment it does not use.
+_READER = jinja2.Environment()
+
+
 def _autoescape(template_name: str | None) -> bool:
     # Everything is HTML-escaped except plain-text notices: escaping there would show "&lt;" to
     # the reader and protects nothing, since a text/plain body is never interpreted as markup.
@@ -75,31 +123,43 @@ def _autoescape(template_name: str | None) -> bool:
 
 
 class Renderer:
-    """The template environment: an admin's folder first, then the bundled templates."""
+    """The template environment: the alias domain's folder, the gateway's, then the bundled templates.
+
+    Each folder is read whole when the renderer is built (SnapshotLoader): a template changes only
+    with a new renderer, that is at a reload, after ``check`` passed on it.
+    """
 
     def __init__(self, override_dir: Path | None = None, *, domain_dir: Path | None = None) -> None:
-        loaders: list[jinja2.BaseLoader] = []
         # An alias domain's own folder comes first (issue 3), then the gateway's, then the bundled.
+        self.layers: list[SnapshotLoader] = []
         for folder in (domain_dir, override_dir):
             if folder is not None:
-                loaders.append(jinja2.FileSystemLoader(str(folder), encoding="utf-8"))
-        loaders.append(ResourceLoader(bundled_templates()))
+                self.layers.append(SnapshotLoader(jinja2.FileSystemLoader(str(folder), encoding="utf-8"), str(folder)))
+        self.layers.append(SnapshotLoader(ResourceLoader(bundled_templates()), "bundled templates"))
         self.override_dir = override_dir
         self.domain_dir = domain_dir
         self._domain_renderers: dict[Path, Renderer] = {}
         self._domain_lock = threading.Lock()
         self.environment = jinja2.Environment(
-            loader=jinja2.ChoiceLoader(loaders),
+            loader=jinja2.ChoiceLoader(self.layers),
             autoescape=_autoescape,
-            # A typo in an admin's template must fail loudly, not file a note with a blank in it.
+            # A typo in an admin's template must fail loudly, not file a note with a blank in it;
+            # check() renders every template with sample values so the typo stops the start instead.
             undefined=jinja2.StrictUndefined,
             trim_blocks=True,
             lstrip_blocks=True,
             keep_trailing_newline=True,
+            # The sources never change under a renderer; nothing to look at on disk again.
+            auto_reload=False,
+            cache_size=-1,
         )
 
     def for_domain(self, domain_dir: Path | None) -> Renderer:
-        """The renderer of an alias domain whose rules name a templates_dir; built once per folder."""
+        """The renderer of an alias domain whose rules name a templates_dir; built once per folder.
+
+        ``checked_renderer`` builds and checks those of every domain when the services are built;
+        one asked for here first is built (and reads its folder) now.
+        """
         if domain_dir is None:
             return self
         with self._domain_lock:
@@ -109,11 +169,7 @@ class Renderer:
             return renderer
 
     def has_template(self, name: str) -> bool:
-        try:
-            self.environment.loader.get_source(self.environment, name)  # type: ignore[union-attr]
-        except jinja2.TemplateNotFound:
-            return False
-        return True
+        return any(name in layer.sources for layer in self.layers)
 
     def body_template_name(self, kind: str, model: str) -> str:
         """``<kind>/<model>.html.j2`` if there is one, else ``<kind>/default.html.j2``."""
@@ -195,11 +251,104 @@ class Renderer:
         )
 
     def check(self) -> list[str]:
-        """Compile every template and return their names, so a broken override stops the start.
+        """Compile every template and render each the gateway renders with sample values; return their names.
 
-        A syntax error raises jinja2.TemplateSyntaxError, which names the file and the line.
+        Raises TemplateProblem naming the file and the line: a syntax error, or a value no message
+        gives (StrictUndefined), found at start and reload instead of at the first message.
         """
-        names = sorted({name for name in self.environment.list_templates() if name.endswith(".j2")})
+        names = sorted({name for layer in self.layers for name in layer.sources})
         for name in names:
-            self.environment.get_template(name)
+            try:
+                template = self.environment.get_template(name)
+            except jinja2.TemplateSyntaxError as error:
+                raise TemplateProblem(error.filename or name, error.lineno, error.message or str(error)) from None
+            except jinja2.TemplateError as error:
+                raise TemplateProblem(self._filename(name), None, _reason(error)) from None
+            for values in _samples(name):
+                try:
+                    template.render(**values)
+                except jinja2.TemplateSyntaxError as error:
+                    # A template it extends or includes, compiled only now.
+                    raise TemplateProblem(error.filename or error.name or name, error.lineno,
+                                          error.message or str(error)) from None
+                except Exception as error:  # noqa: BLE001 (whatever a template raises, it would raise on a message)
+                    file, line = self._where(error, name)
+                    raise TemplateProblem(file, line, _reason(error)) from None
         return names
+
+    def _filename(self, name: str) -> str:
+        for layer in self.layers:
+            if name in layer.sources:
+                return layer.sources[name][1] or f"bundled templates/{name}"
+        return name
+
+    def _where(self, error: BaseException, name: str) -> tuple[str, int | None]:
+        """The template file and line the error was raised in (jinja2 rewrites the traceback to them)."""
+        files = {filename for layer in self.layers for _, filename in layer.sources.values() if filename}
+        for frame in reversed(traceback.extract_tb(error.__traceback__)):
+            if frame.filename in files:
+                return frame.filename, frame.lineno
+        return self._filename(name), None
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, jinja2.UndefinedError) and (error.message or "").endswith(" is undefined"):
+        return f"{error.message}: no message gives this value (the values are listed in docs/content.md)"
+    if isinstance(error, jinja2.UndefinedError):
+        return str(error.message)
+    if isinstance(error, jinja2.TemplateNotFound):
+        return f"template {error.name} not found"
+    return f"{type(error).__name__}: {error}"
+
+
+# The kinds whose templates are rendered around a message's body, and the notice templates: each is
+# rendered by check() with every value it gets, once with the lists and detail empty, once filled.
+_BODY_TEMPLATE = re.compile(r"^(?P<kind>note|reply)/(?P<model>[a-z][a-z0-9_]*(?:\.[a-z0-9_]+)*)\.html\.j2$")
+_NOTICE_TEMPLATE = re.compile(r"^notice/[a-z][a-z0-9_]*\.txt\.j2$")
+
+
+def _samples(name: str) -> list[dict[str, Any]]:
+    body = _BODY_TEMPLATE.match(name)
+    if body:
+        model = "project.task" if body.group("model") == "default" else body.group("model")
+        values = dict(body=Markup("<p>Sample body</p>"), sender_name="Sample Sender", sender_email="sender@example.com",
+                      subject="Sample subject", dkim_domain="example.com",
+                      received_at=datetime(2025, 1, 1, 12, 0, tzinfo=timezone.utc), kind=body.group("kind"),
+                      model=model, res_id=1, refused_files=[], attachment_names=[])
+        return [values, {**values, "sender_name": "", "subject": "", "refused_files": ["sample.exe (refused)"],
+                         "attachment_names": ["sample.pdf"]}]
+    if _NOTICE_TEMPLATE.match(name):
+        values = dict(reason="Sample reason", detail="", address="note+project.task-1-abcdefghijklmnop@example.com",
+                      subject="Sample subject", sender_email="sender@example.com")
+        return [values, {**values, "detail": "sample detail", "subject": ""}]
+    # A partial (a macro file, a layout under another name): compiled only, rendered where it is used.
+    return []
+
+
+def checked_renderer(config: GatewayConfig) -> Renderer:
+    """The renderer of a configuration, with each alias domain's built and every template checked.
+
+    Raises ConfigError naming the file that names the folder (the gateway file for its
+    templates_dir, a rules file for the domain's) and, in the reason, the template's file and line:
+    serve does not start, a reload is refused and check-config fails, as for a broken rules file.
+    """
+    from gateway.config import ConfigError
+
+    try:
+        renderer = Renderer(config.templates_dir)
+    except TemplateProblem as error:
+        raise ConfigError(config.path, "templates_dir", str(error)) from None
+    try:
+        renderer.check()
+    except TemplateProblem as error:
+        raise ConfigError(config.path, "templates_dir", str(error)) from None
+    for rules in config.domains.values():
+        if rules.templates_path is None:
+            continue
+        try:
+            renderer.for_domain(rules.templates_path).check()
+        except TemplateProblem as error:
+            # A template of the gateway's folder fails in every domain: it is the gateway file's.
+            owner = rules.source if Path(error.file).is_relative_to(rules.templates_path) else config.path
+            raise ConfigError(owner, "templates_dir", str(error)) from None
+    return renderer

@@ -16,6 +16,7 @@ import time
 
 from gateway.config import (ConfigError, GatewayConfig, keep_restart_settings, load_config, restart_values,
                             restart_warnings)
+from gateway.render import checked_renderer
 
 log = logging.getLogger("gateway")
 
@@ -118,6 +119,7 @@ class Supervisor:
         # Checked here once, so a broken file is reported once and no worker is asked to read it.
         try:
             config = load_config(self.config_path)
+            checked_renderer(config)
         except (ConfigError, OSError, ValueError) as error:
             log.error("reload refused, the previous rules stay in force: %s", error)
             return

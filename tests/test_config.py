@@ -1,6 +1,9 @@
 """Configuration loading: the shipped examples load, and each kind of mistake names file, key and reason."""
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -470,3 +473,39 @@ def test_gateway_templates_dir_that_is_not_a_folder_is_named(folder):
     (folder / "gateway.toml").write_text('templates_dir = "templates"\n' + GATEWAY)
     assert load_config(folder / "gateway.toml", environ={}).templates_dir == folder / "templates"
 
+
+@pytest.mark.parametrize("owner, text, reason", [
+    ("rules", "<p>{{ body }}</p>\n{% if %}\n", "line 2: Expected an expression, got 'end of statement block'"),
+    ("rules", "{{ body }}\n<p>{{ sender_nmae }}</p>\n", "line 2: 'sender_nmae' is undefined"),
+    ("gateway", "{{ body }}\n{{ subject | nosuchfilter }}\n", "line 2: No filter named 'nosuchfilter'."),
+])
+def test_check_config_and_serve_refuse_a_broken_template(folder, capsys, owner, text, reason):
+    # The same check as serve and a reload: each template compiled and rendered with sample values.
+    base = folder / "rules" if owner == "rules" else folder
+    (base / "tpl" / "note").mkdir(parents=True)
+    template = base / "tpl" / "note" / "default.html.j2"
+    template.write_text(text)
+    if owner == "rules":
+        (folder / "rules" / "notes.toml").write_text('templates_dir = "tpl"\n' + RULES)
+    else:
+        (folder / "gateway.toml").write_text('templates_dir = "tpl"\n' + GATEWAY)
+    named = folder / "rules" / "notes.toml" if owner == "rules" else folder / "gateway.toml"
+    expected = f"note-gateway: configuration error: {named}: templates_dir: {template}, {reason}"
+    from gateway import cli
+
+    assert cli.main(["check-config", "--config", str(folder / "gateway.toml")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip().splitlines()[0].startswith(expected), err
+    # serve as a process of its own (a gateway that started would serve until killed), alone and
+    # as the supervisor of workers.
+    for listener in ("", "[listener]\nworkers = 2\n"):
+        (folder / "gateway.toml").write_text((folder / "gateway.toml").read_text() + listener)
+        done = subprocess.run([sys.executable, "-m", "gateway", "serve", "--config", str(folder / "gateway.toml")],
+                              cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+                              timeout=30)
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+        assert [line for line in done.stderr.splitlines() if "configuration error" in line][0].startswith(expected)
+    from gateway.doctor import diagnose
+
+    report = diagnose(str(folder / "gateway.toml"))
+    assert "FAIL  templates: " in report.lines[1] and f"{template}, {reason}" in report.lines[1]

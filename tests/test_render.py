@@ -9,7 +9,7 @@ import jinja2
 import pytest
 
 from gateway.refusals import EmptyBody
-from gateway.render import Renderer
+from gateway.render import Renderer, TemplateProblem
 
 RECEIVED_AT = datetime(2025, 3, 14, 9, 30, tzinfo=timezone.utc)
 
@@ -101,9 +101,11 @@ def test_undefined_value_in_a_template_fails_loudly(tmp_path):
 
 
 def test_broken_override_is_found_by_check(tmp_path):
-    write(tmp_path, "note/default.html.j2", "{% if %}")
-    with pytest.raises(jinja2.TemplateSyntaxError):
+    write(tmp_path, "note/default.html.j2", "<p>{{ body }}</p>\n{% if %}")
+    with pytest.raises(TemplateProblem) as found:
         Renderer(tmp_path).check()
+    assert str(found.value) == (f"{tmp_path / 'note' / 'default.html.j2'}, line 2: "
+                                "Expected an expression, got 'end of statement block'")
 
 
 def test_bundled_templates_compile():
@@ -156,3 +158,34 @@ def test_default_note_names_refused_files_escaped():
     html = Renderer().render_body("note", "project.task", **body_values(),
                                   refused_files=["<evil>.exe (.exe files are not accepted)"])
     assert "Files not filed with this note" in html and "&lt;evil&gt;.exe" in html
+
+
+def test_check_names_the_file_and_line_of_a_value_no_message_gives(tmp_path):
+    # StrictUndefined fails only when the template renders: check() renders it with sample values.
+    write(tmp_path, "note/project.task.html.j2", "<p>{{ body }}</p>\n<p>{{ sender_nmae }}</p>\n")
+    with pytest.raises(TemplateProblem) as found:
+        Renderer(tmp_path).check()
+    assert str(found.value).startswith(f"{tmp_path / 'note' / 'project.task.html.j2'}, line 2: "
+                                       "'sender_nmae' is undefined")
+    # A notice gets the notice values only: the note's sender_name is not one of them.
+    (tmp_path / "note" / "project.task.html.j2").unlink()
+    write(tmp_path, "notice/not_contributor.txt.j2", "Dear {{ sender_name }}\n")
+    with pytest.raises(TemplateProblem, match=r"not_contributor\.txt\.j2, line 1: 'sender_name' is undefined"):
+        Renderer(tmp_path).check()
+    # Branches taken only by some messages are rendered too: no refused file, then one.
+    write(tmp_path, "notice/not_contributor.txt.j2", "{{ reason }}\n")
+    write(tmp_path, "note/default.html.j2", "{{ body }}\n{% for item in refused_files %}{{ item.name }}{% endfor %}\n")
+    with pytest.raises(TemplateProblem, match=r"default\.html\.j2, line 2: .*has no attribute 'name'"):
+        Renderer(tmp_path).check()
+
+
+def test_a_renderer_reads_its_folders_once(tmp_path):
+    # An edit saved on disk reaches the gateway only with a new renderer (a reload, after its check).
+    write(tmp_path, "note/default.html.j2", "first {{ body }}")
+    renderer = Renderer(tmp_path)
+    assert renderer.render_body("note", "sale.order", **body_values()).startswith("first")
+    write(tmp_path, "note/default.html.j2", "second {{ body }")
+    write(tmp_path, "note/sale.order.html.j2", "order {{ body }}")
+    assert renderer.render_body("note", "sale.order", **body_values()).startswith("first")
+    assert renderer.environment.auto_reload is False
+

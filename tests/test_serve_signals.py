@@ -255,3 +255,48 @@ def test_a_reload_refused_while_building_closes_what_it_built(test_odoo, serve):
     assert not any("other.sqlite3" in name for name in open_files), open_files
     assert _rcpt(gateway.port, Mailer.address("note", "project.task", TASK_ID))[0] == 250
     assert gateway.stop() == 0
+
+
+def test_templates_change_at_a_reload_only_and_a_broken_one_is_refused(test_odoo, serve, dkim_keys, tmp_path):
+    template = tmp_path / "tpl" / "note" / "default.html.j2"
+    template.parent.mkdir(parents=True)
+    template.write_text("<p>Version one by {{ sender_email }}</p>\n{{ body }}\n")
+    gateway = serve()  # writes the config on its first call; started again below with templates_dir
+    gateway.stop()
+    config = gateway.config_path
+    config.write_text('templates_dir = "tpl"\n' + config.read_text())
+    gateway = serve()
+    mailer = Mailer(_Port(gateway.port), dkim_keys)
+    task = mailer.address("note", "project.task", TASK_ID)
+
+    def filed(message_id: str) -> str:
+        raw = mailer.sign(mailer.message("note_from_contributor.eml", task, message_id))
+        assert _send(raw, task, gateway.port).startswith("250 2.0.0 Filed"), gateway.log
+        [body] = [message["body"] for message in test_odoo.messages("project.task", TASK_ID)
+                  if message["message_id"] == message_id]
+        return body
+
+    assert filed("<tpl-1@example.com>").startswith("<p>Version one by portal.contrib@example.com</p>")
+    # An edit saved half-way, with no reload: the running gateway keeps the template it checked.
+    template.write_text("<p>Version two by {{ sender_email }</p>\n{{ body }}\n")
+    assert filed("<tpl-2@example.com>").startswith("<p>Version one")
+    # A reload with it is refused, as a broken rules file is, and the running templates stay.
+    mark = len(gateway.lines)
+    gateway.signal(signal.SIGHUP)
+    line = gateway.wait_for(r"ERROR gateway: reload refused, the previous rules stay in force: (.*)", start=mark)
+    assert line.group(1) == f"{config}: templates_dir: {template}, line 1: unexpected '}}'"
+    assert filed("<tpl-3@example.com>").startswith("<p>Version one")
+    # A value no message gives (StrictUndefined) is refused the same way, with its line.
+    template.write_text("<p>Version two by {{ sender_email }}</p>\n<p>{{ sender_nmae }}</p>\n{{ body }}\n")
+    mark = len(gateway.lines)
+    gateway.signal(signal.SIGHUP)
+    line = gateway.wait_for(r"ERROR gateway: reload refused, the previous rules stay in force: (.*)", start=mark)
+    assert line.group(1).startswith(f"{config}: templates_dir: {template}, line 2: 'sender_nmae' is undefined")
+    assert filed("<tpl-4@example.com>").startswith("<p>Version one")
+    # Corrected: the reload takes it.
+    template.write_text("<p>Version two by {{ sender_email }}</p>\n{{ body }}\n")
+    mark = len(gateway.lines)
+    gateway.signal(signal.SIGHUP)
+    gateway.wait_for("rules reloaded: notes.example.com", start=mark)
+    assert filed("<tpl-5@example.com>").startswith("<p>Version two by portal.contrib@example.com</p>")
+    assert gateway.stop() == 0

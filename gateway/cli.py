@@ -138,7 +138,8 @@ def command_serve(args: argparse.Namespace) -> int:
         logger.error("cannot listen on %s:%d: %s", listener.host, listener.port, error.strerror or error)
         return 1
     finally:
-        server.services.close()
+        # The notices queued before the stop are sent first, within the same grace as the messages.
+        server.services.close(notices_wait=config.gateway.listener.shutdown_grace)
     return 0
 
 

@@ -143,7 +143,8 @@ class MessageContext:
     duplicate: bool = False
     refusal: Refusal | None = None
     receipt_id: int | None = None
-    notice_sent: bool = False
+    # A refusal notice was composed and queued for the smarthost (gateway/notices.py).
+    notice_queued: bool = False
     stage_durations: dict[str, float] = field(default_factory=dict)
     odoo_seconds: float = 0.0
 

@@ -38,6 +38,8 @@ class Services:
     renderer: Renderer
     journal: Journal
     in_flight: InFlight = field(default_factory=InFlight)
+    # Refusal notices leave after the SMTP reply, from a queue of their own (gateway/notices.py).
+    notifier: notices.Notifier = field(default_factory=notices.Notifier)
 
     @classmethod
     def build(cls, config: GatewayConfig, *, workers: int = 1) -> Services:
@@ -79,7 +81,9 @@ class Services:
             built.pop_all()
         return services
 
-    def close(self) -> None:
+    def close(self, *, notices_wait: float = 0.0) -> None:
+        """Close what was built; queued notices get up to ``notices_wait`` seconds (they go on after a reload)."""
+        self.notifier.close(notices_wait)
         for pool in self.odoo.values():
             pool.close()
         self.journal.close()

@@ -5,14 +5,20 @@ from __future__ import annotations
 import email
 import email.policy
 import socket
+import threading
+import time
 from dataclasses import replace
 
 import pytest
 from aiosmtpd.controller import Controller
 
-from conftest import Mailer
+from conftest import Mailer, RunningGateway, write_config
+from serving import Port
 
 from gateway import notices
+from gateway.config import load_config
+from gateway.pipeline import Services
+from gateway.smtp import ThreadedGateway
 from gateway.testing.odoo_demo import TASK_ID
 
 NON_MEMBER = "portal.plain@example.com"
@@ -55,7 +61,14 @@ def noticing_mailer(start_gateway, dns_server, dkim_keys, smarthost) -> Mailer:
 def _refused_note(mailer: Mailer, message_id: str, *, sign: bool = True) -> str:
     to = mailer.address("note", "project.task", TASK_ID)
     raw = mailer.message("note_from_non_member.eml", to, message_id)
-    return mailer.send(mailer.sign(raw) if sign else raw, to, mail_from=NON_MEMBER)
+    reply = mailer.send(mailer.sign(raw) if sign else raw, to, mail_from=NON_MEMBER)
+    _notices_tried(mailer)
+    return reply
+
+
+def _notices_tried(mailer: Mailer) -> None:
+    # A notice leaves after the SMTP reply, from the gateway's queue: wait until it was tried.
+    assert mailer.gateway.services.notifier.flush(10)
 
 
 def test_verified_sender_gets_one_notice_per_reason_and_day(test_odoo, noticing_mailer, smarthost):
@@ -88,6 +101,7 @@ def test_no_notice_for_transient_or_automatic_refusals(test_odoo, noticing_maile
     test_odoo.heal()
     automatic = noticing_mailer.sign(b"Auto-Submitted: auto-replied\r\n" + noticing_mailer.message("note_from_non_member.eml", to))
     assert noticing_mailer.send(automatic, to, mail_from=NON_MEMBER).startswith("550 5.7.1 Automatic")
+    _notices_tried(noticing_mailer)
     assert smarthost.received == []
 
 
@@ -104,6 +118,7 @@ def test_a_notice_that_comes_back_is_refused_as_a_loop(test_odoo, noticing_maile
     to = noticing_mailer.address("note", "project.task", TASK_ID)
     reply = noticing_mailer.send(raw, to, mail_from="portal.plain@example.com")
     assert reply.startswith("550 5.4.6 Mail loop")
+    _notices_tried(noticing_mailer)
     assert len(smarthost.received) == 1
 
 
@@ -122,12 +137,14 @@ def test_cr_or_lf_in_a_header_value_stops_the_notice(test_odoo, noticing_mailer,
     with pytest.raises(notices.UnsafeHeader):
         notices.compose(ctx, services)
     notices.maybe_send(ctx, services)
-    assert smarthost.received == [] and not ctx.notice_sent
+    assert services.notifier.flush(10)
+    assert smarthost.received == [] and not ctx.notice_queued
     assert "contains CR or LF" in caplog.text
     # The same context with a clean value is sent, so the refusal above was for the CR/LF alone.
     ctx.message = replace(ctx.message, message_id="<x@example.com>")
     notices.maybe_send(ctx, services)
-    assert len(smarthost.received) == 1 and ctx.notice_sent
+    assert services.notifier.flush(10)
+    assert len(smarthost.received) == 1 and ctx.notice_queued
 
 
 def _target(mailer: Mailer):
@@ -135,3 +152,106 @@ def _target(mailer: Mailer):
 
     config = mailer.gateway.services.config
     return address.parse(mailer.address("note", "project.task", TASK_ID), config.secrets)
+
+
+class SlowSmarthost:
+    """An SMTP server that answers every command after ``delay`` seconds: each answer within the
+    notices timeout, the whole conversation far beyond what a client waits for its reply."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.received: list[bytes] = []
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            with conn, conn.makefile("rb") as stream:
+                conn.sendall(b"220 slow.example ESMTP\r\n")
+                for line in stream:
+                    time.sleep(self.delay)
+                    command = line.upper()
+                    if command.startswith(b"DATA"):
+                        conn.sendall(b"354 go ahead\r\n")
+                        data = b"".join(iter(lambda: stream.readline(), b".\r\n"))
+                        time.sleep(self.delay)
+                        self.received.append(data)
+                        conn.sendall(b"250 queued\r\n")
+                    elif command.startswith(b"QUIT"):
+                        conn.sendall(b"221 bye\r\n")
+                        break
+                    else:
+                        conn.sendall(b"250 ok\r\n")
+
+    def close(self) -> None:
+        self.server.close()
+
+
+@pytest.fixture
+def slow_smarthost():
+    smarthost = SlowSmarthost(delay=1.5)
+    yield smarthost
+    smarthost.close()
+
+
+def _notice_options(port: int, **options) -> dict:
+    return dict(listener_extra=f"\n[notices]\nsmarthost = \"127.0.0.1\"\nsmarthost_port = {port}\n",
+                rules_extra="[notices]\nenabled = true\n", **options)
+
+
+def test_a_slow_smarthost_does_not_hold_the_reply(test_odoo, start_gateway, dns_server, dkim_keys, slow_smarthost):
+    # Seven commands at 1.5 s each: 10 s, within the 10 s timeout of each and past what the
+    # sender's reply may wait for. The reply is decided and sent first; the notice follows.
+    gateway = start_gateway(dns_server.port, **_notice_options(slow_smarthost.port))
+    mailer = Mailer(gateway, dkim_keys)
+    to = mailer.address("note", "project.task", TASK_ID)
+    raw = mailer.sign(mailer.message("note_from_non_member.eml", to, "<slow@example.com>"))
+    started = time.monotonic()
+    assert mailer.send(raw, to, mail_from=NON_MEMBER).startswith("550 5.7.1 Sender may not post internal notes")
+    assert time.monotonic() - started < 4
+    assert slow_smarthost.received == []
+    assert gateway.services.notifier.flush(30)
+    [notice] = slow_smarthost.received
+    assert b"Reason: Sender may not post internal notes" in notice
+
+
+def test_a_notice_that_fails_leaves_the_refusal_as_it_is(test_odoo, dns_server, dkim_keys, smarthost, tmp_path,
+                                                         caplog):
+    # A notice template that fails on this message only (its subject has "note", the samples of
+    # the start's check do not): the sender still gets the 550, every time, and no notice.
+    config_path = write_config(tmp_path, test_odoo, dns_server.port, **_notice_options(smarthost.port))
+    config_path.write_text('templates_dir = "tpl"\n' + config_path.read_text())
+    (tmp_path / "tpl" / "notice").mkdir(parents=True)
+    (tmp_path / "tpl" / "notice" / "not_contributor.txt.j2").write_text(
+        '{% extends "notice/layout.txt.j2" %}\n{% block advice %}\n'
+        '{% if "note" in subject %}Dear {{ sender_name }}{% endif %}\n{% endblock %}\n')
+    services = Services.build(load_config(config_path))
+    server = ThreadedGateway(services).start()
+    try:
+        mailer = Mailer(RunningGateway(services, server, config_path), dkim_keys)
+        for attempt in range(2):
+            assert _refused_note(mailer, "<fails@example.com>").startswith(
+                "550 5.7.1 Sender may not post internal notes")
+        assert [entry.smtp_reply[:9] for entry in services.journal.recent(5)] == ["550 5.7.1"] * 2
+    finally:
+        server.stop()
+        services.close()
+    assert smarthost.received == []
+    assert "notice NotContributor to portal.plain@example.com not sent: UndefinedError: 'sender_name' is undefined" \
+        in caplog.text
+
+
+def test_a_clean_stop_sends_the_queued_notices_first(test_odoo, serve, dkim_keys, slow_smarthost):
+    gateway = serve(**_notice_options(slow_smarthost.port))
+    mailer = Mailer(Port(gateway.port), dkim_keys)
+    to = mailer.address("note", "project.task", TASK_ID)
+    raw = mailer.sign(mailer.message("note_from_non_member.eml", to, "<stop@example.com>"))
+    assert mailer.send(raw, to, mail_from=NON_MEMBER).startswith("550 5.7.1")
+    assert gateway.stop() == 0
+    assert len(slow_smarthost.received) == 1
+    assert "notice NotContributor sent to portal.plain@example.com" in gateway.log

@@ -50,8 +50,10 @@ def should_send(ctx: MessageContext, services: Services) -> bool:
 def compose(ctx: MessageContext, services: Services) -> EmailMessage:
     assert ctx.refusal is not None and ctx.sender is not None
     subject = " ".join((ctx.message.subject if ctx.message else "").split())
-    body = services.renderer.render_refusal(ctx.refusal, address=ctx.target.address, subject=subject,
-                                            sender_email=ctx.sender.email)
+    # The alias domain's own templates first, as for the note itself (docs/content.md "Templates").
+    renderer = services.renderer.for_domain(ctx.rules.templates_path)
+    body = renderer.render_refusal(ctx.refusal, address=ctx.target.address, subject=subject,
+                                   sender_email=ctx.sender.email)
     sender = services.config.gateway.notices.from_address or f"no-reply@{ctx.target.domain}"
     notice = EmailMessage(policy=SMTP_POLICY)
     notice["From"] = _safe(email.utils.formataddr(("Odoo note gateway", sender)), "From")

@@ -130,7 +130,9 @@ class Renderer:
     """
 
     def __init__(self, override_dir: Path | None = None, *, domain_dir: Path | None = None) -> None:
-        # An alias domain's own folder comes first (issue 3), then the gateway's, then the bundled.
+        # The most specific folder first: an alias domain's own (issue 3), then the gateway's, then
+        # the bundled ones. body_template_name looks for the model's template and the default one
+        # folder by folder in this order.
         self.layers: list[SnapshotLoader] = []
         for folder in (domain_dir, override_dir):
             if folder is not None:
@@ -172,13 +174,22 @@ class Renderer:
         return any(name in layer.sources for layer in self.layers)
 
     def body_template_name(self, kind: str, model: str) -> str:
-        """``<kind>/<model>.html.j2`` if there is one, else ``<kind>/default.html.j2``."""
+        """The first of ``<kind>/<model>.html.j2`` and ``<kind>/default.html.j2`` in the most specific folder that has one.
+
+        An alias domain's own default beats the gateway's template of the model: the folder an admin
+        made for one domain says how all of its notes look, unless it has a template of the model.
+        """
         if not _KIND.match(kind):
             raise ValueError(f"{kind!r} is not a message kind")
         if not _MODEL.match(model):
             raise ValueError(f"{model!r} is not an Odoo model name")
-        specific = f"{kind}/{model}.html.j2"
-        return specific if self.has_template(specific) else f"{kind}/{DEFAULT_TEMPLATE}"
+        specific, default = f"{kind}/{model}.html.j2", f"{kind}/{DEFAULT_TEMPLATE}"
+        for layer in self.layers:
+            if specific in layer.sources:
+                return specific
+            if default in layer.sources:
+                return default
+        return default
 
     def render_body(
         self,

@@ -65,6 +65,28 @@ def test_alias_domain_templates_override_per_model_with_fallback(tmp_path, test_
     assert "Internal note by email from Paula Contributor" in order_post.kwargs["body"]
 
 
+def test_alias_domain_default_template_wins_over_the_gateway_template_of_the_model(
+        tmp_path, test_odoo, dns_server, dkim_keys):
+    # The most specific folder decides first: a domain's own default is how all of its notes look,
+    # even for a model the gateway's folder has a template of (docs/content.md "Templates").
+    config_path = write_config(tmp_path, test_odoo, dns_server.port, rules={"templates_dir": "domain-templates"})
+    config_path.write_text('templates_dir = "site-templates"\n' + config_path.read_text())
+    (tmp_path / "site-templates" / "note").mkdir(parents=True)
+    (tmp_path / "site-templates" / "note" / "project.task.html.j2").write_text("<p>Site task</p>\n{{ body }}\n")
+    (tmp_path / "rules" / "domain-templates" / "note").mkdir(parents=True)
+    (tmp_path / "rules" / "domain-templates" / "note" / "default.html.j2").write_text("<p>Domain note</p>\n{{ body }}\n")
+    services = Services.build(load_config(config_path))
+    server = ThreadedGateway(services).start()
+    try:
+        mailer = Mailer(type("Running", (), {"port": server.port})(), dkim_keys)
+        assert _send(mailer, "note", "project.task", TASK_ID).startswith("250 ")
+    finally:
+        server.stop()
+        services.close()
+    [post] = _posts(test_odoo)
+    assert post.kwargs["body"].startswith("<p>Domain note</p>")
+
+
 def test_note_notifies_internal_users_in_cc_with_one_lookup(test_odoo, gateway, mailer):
     reply = _send(mailer, "note", "project.task", TASK_ID,
                   cc="Marc Demo <mark.brown23@example.com>, portal.plain@example.com, stranger@elsewhere.example")

@@ -246,6 +246,19 @@ def test_a_notice_that_fails_leaves_the_refusal_as_it_is(test_odoo, dns_server, 
         in caplog.text
 
 
+def test_the_alias_domains_notice_template_is_used(test_odoo, start_gateway, dns_server, dkim_keys, smarthost,
+                                                   tmp_path):
+    folder = tmp_path / "domain-templates" / "notice"
+    folder.mkdir(parents=True)
+    (folder / "not_contributor.txt.j2").write_text("Notes example: {{ reason }} ({{ detail }}).\n")
+    gateway = start_gateway(dns_server.port, **_notice_options(
+        smarthost.port, rules={"templates_dir": str(tmp_path / "domain-templates")}))
+    assert _refused_note(Mailer(gateway, dkim_keys), "<domain@example.com>").startswith("550 5.7.1")
+    [(_, _, raw)] = smarthost.received
+    notice = email.message_from_bytes(raw, policy=email.policy.default)
+    assert notice.get_content().startswith("Notes example: Sender may not post internal notes (portal.plain@")
+
+
 def test_a_clean_stop_sends_the_queued_notices_first(test_odoo, serve, dkim_keys, slow_smarthost):
     gateway = serve(**_notice_options(slow_smarthost.port))
     mailer = Mailer(Port(gateway.port), dkim_keys)

@@ -189,3 +189,20 @@ def test_a_renderer_reads_its_folders_once(tmp_path):
     assert renderer.render_body("note", "sale.order", **body_values()).startswith("first")
     assert renderer.environment.auto_reload is False
 
+
+def test_the_most_specific_folder_decides_before_the_model(tmp_path):
+    # domain model > domain default > gateway model > gateway default > bundled (docs/content.md).
+    gateway_folder, domain_folder = tmp_path / "gateway", tmp_path / "domain"
+    write(gateway_folder, "note/project.task.html.j2", "gateway task {{ body }}")
+    write(gateway_folder, "notice/empty_body.txt.j2", "gateway notice {{ reason }}")
+    write(domain_folder, "note/default.html.j2", "domain default {{ body }}")
+    write(domain_folder, "notice/empty_body.txt.j2", "domain notice {{ reason }}")
+    renderer = Renderer(gateway_folder)
+    domain = renderer.for_domain(domain_folder)
+    assert domain.render_body("note", "project.task", **body_values()).startswith("domain default")
+    assert renderer.render_body("note", "project.task", **body_values()).startswith("gateway task")
+    # The reply templates: the domain has none, so the bundled default.
+    assert domain.render_body("reply", "project.task", **body_values()).startswith("<p><em>Message by email")
+    notice = dict(address="a@b.example", subject="", sender_email="c@d.example")
+    assert domain.render_refusal(EmptyBody(), **notice).startswith("domain notice")
+    assert renderer.render_refusal(EmptyBody(), **notice).startswith("gateway notice")

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from gateway.config import DomainRules
     from gateway.policy import RecordFollowers
     from gateway.refusals import Refusal
+    from gateway.routing import Parent
 
 Kind = Literal["note", "reply"]
 
@@ -128,8 +129,12 @@ class MessageContext:
     # Decisions an admin reading the journal must see: how a plain address was routed, why a
     # reply+ delivery was filed as a note (issue 7).
     decision: str = ""
+    # Why a reply delivery is filed as a note (the reply-all-as-note stage), for a refusal to say.
+    note_reason: str = ""
     # The record's followers, read from Odoo while the sender is identified (issue 6).
     followers: Future[RecordFollowers] | None = None
+    # The message of the record a reply+ answers, looked up at the same time (routing.reply_parent).
+    parent: Future[Parent | None] | None = None
     # The claim against another delivery of this message being filed at the same time
     # (gateway/inflight.py), held from the authorize stage to the end of the run; and whether Odoo,
     # searched under it, had none of the message's Message-IDs on the record (issue 6: the record

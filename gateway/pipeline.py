@@ -20,7 +20,8 @@ from gateway.inflight import InFlight
 from gateway.context import MessageContext
 from gateway.journal import Journal, JournalEntry, JournalUnavailable
 from gateway.odoo import OdooPool
-from gateway.refusals import InternalError, JournalNotWritable, OdooUnavailable, PostUnsettled, Refusal
+from gateway.refusals import (InternalError, JournalNotWritable, ModelNotAllowed, NotContributor, OdooUnavailable,
+                              PostUnsettled, Refusal)
 from gateway.render import Renderer, checked_renderer
 from gateway.resolver import DkimKeyResolver
 from gateway.subject import clean_subject
@@ -174,7 +175,18 @@ def _identify_sender(ctx: MessageContext, services: Services, deadline: float) -
         _claim(ctx, services)
         ctx.followers = odoo.submit(policy.read_followers, odoo, ctx.target, deadline=deadline,
                                     unfiled=post.filed_message_ids(ctx))
+    if _may_answer_a_note(ctx, services):
+        # The message a reply+ answers is looked up at the same time too (reply-all-as-note).
+        ctx.parent = odoo.submit(routing.reply_parent, odoo, ctx.message, ctx.target.model, ctx.target.res_id,
+                                 deadline=deadline)
     ctx.user = identity.find_user(odoo, ctx.sender.email, deadline=deadline)
+
+
+def _may_answer_a_note(ctx: MessageContext, services: Services) -> bool:
+    """A reply to a known record that references messages, and is not a note already by its To/Cc."""
+    assert ctx.message is not None
+    return (ctx.target.kind == "reply" and not ctx.target.by_reference and bool(routing.referenced_ids(ctx.message))
+            and routing.note_address_in_headers(ctx.message, ctx.target, services.config) is None)
 
 
 def _route(ctx: MessageContext, services: Services, deadline: float) -> None:
@@ -187,22 +199,52 @@ def _route(ctx: MessageContext, services: Services, deadline: float) -> None:
 
 
 def _reply_all_as_note(ctx: MessageContext, services: Services, deadline: float) -> None:
+    """A reply that is also a note, or that answers one, is filed as a note: never public.
+
+    Reply-all to a note address (To/Cc); or a reply to an internal message of the record (its
+    In-Reply-To or References), as Odoo's own mail gateway files it: it quotes the note, and
+    its followers may include portal users. Every check of a note then applies (authorize).
+    """
     assert ctx.message is not None
     if ctx.target.kind != "reply":
         return
     note = routing.note_address_in_headers(ctx.message, ctx.target, services.config)
     if note is not None:
-        ctx.target = dataclasses.replace(ctx.target, kind="note")
-        ctx.decision = "; ".join(filter(None, (ctx.decision, f"reply-all with {note}: filed as a note, never public")))
+        decision, ctx.note_reason = f"reply-all with {note}", "the message is also addressed to a note address"
+    else:
+        parent = _reply_parent(ctx, services, deadline)
+        if parent is None or not parent.internal:
+            return
+        decision, ctx.note_reason = (f"answers internal message {parent.message_id}",
+                                     "the message answers an internal note of this record")
+    ctx.target = dataclasses.replace(ctx.target, kind="note")
+    ctx.decision = "; ".join(filter(None, (ctx.decision, f"{decision}: filed as a note, never public")))
+
+
+def _reply_parent(ctx: MessageContext, services: Services, deadline: float) -> routing.Parent | None:
+    assert ctx.message is not None
+    if ctx.parent is not None:
+        return ctx.parent.result()
+    if not routing.referenced_ids(ctx.message):
+        return None
+    # A plain reply@, whose record the route stage has just found.
+    return routing.reply_parent(_odoo(ctx, services), ctx.message, ctx.target.model, ctx.target.res_id,
+                                deadline=deadline)
 
 
 def _authorize(ctx: MessageContext, services: Services, deadline: float) -> None:
     assert ctx.user is not None
     odoo = _odoo(ctx, services)
-    policy.check_model_allowed(ctx.rules, ctx.target)
-    policy.check_address(ctx.rules, ctx.target)
-    policy.check_address_owner(ctx.target, ctx.user)
-    policy.check_poster(odoo, ctx.rules, ctx.target, ctx.user, deadline=deadline)
+    try:
+        policy.check_model_allowed(ctx.rules, ctx.target)
+        policy.check_address(ctx.rules, ctx.target)
+        policy.check_address_owner(ctx.target, ctx.user)
+        policy.check_poster(odoo, ctx.rules, ctx.target, ctx.user, deadline=deadline)
+    except (ModelNotAllowed, NotContributor) as refusal:
+        if not ctx.note_reason:
+            raise
+        # A reply refused as a note says why it was one (reply-all-as-note).
+        raise type(refusal)(f"{refusal.detail}; {ctx.note_reason}, so it is filed only as a note") from None
     ctx.company_id = policy.bound_company(odoo, ctx.rules, deadline=deadline)
     # Claimed before the record search, which also asks Odoo whether the message is already filed
     # there: that answer holds until the post only while no other delivery of it can post.
@@ -369,7 +411,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("route", "find the record of a plain note@/reply@ from References", _route),
     Stage("routed-rate-limit", "at most so many filed messages per record, for a routed note@/reply@",
           _rate_limit_routed),
-    Stage("reply-all-as-note", "a reply also addressed to a note address is filed as a note", _reply_all_as_note),
+    Stage("reply-all-as-note", "a reply also addressed to a note address, or answering an internal note, "
+          "is filed as a note", _reply_all_as_note),
     Stage("authorize", "model allowed, contributor group for notes, company, record access policy", _authorize),
     Stage("screen-attachments", "apply the size limits and type deny-list to the files", _screen_attachments),
     Stage("extract-content", "take the body, trim quote and signature, sanitize its HTML", _extract_content),

@@ -24,6 +24,10 @@ SUBTYPES = {"note": "mail.mt_note", "reply": "mail.mt_comment"}
 # field"), so a reply never makes a record, even if the record vanished after the checks.
 NO_RECORD_CREATION = {"note_gateway_existing_record_only": True}
 
+# author_message_id: <local.model-res_id.from-<digest of the sender's address>@domain>.
+AUTHOR_SUFFIX = ".from-"
+AUTHOR_DIGEST_LENGTH = 12
+
 
 @dataclass(frozen=True)
 class Filed:
@@ -98,10 +102,22 @@ def filed_message_ids(ctx: MessageContext) -> list[str]:
 
 def _derived(ctx: MessageContext, suffix: str) -> str:
     assert ctx.message is not None
-    local, _, domain = ctx.message.message_id.strip().strip("<>").rpartition("@")
+    return derived_message_id(ctx.message.message_id, ctx.target.model, ctx.target.res_id, suffix)
+
+
+def derived_parts(message_id: str, model: str, res_id: int) -> tuple[str, str]:
+    """What every ID derived from ``message_id`` on a record starts and ends with (record_message_id,
+    author_message_id): ``<local.model-res_id`` and ``@domain>``."""
+    local, _, domain = message_id.strip().strip("<>").rpartition("@")
     if not local:
         local, domain = domain, "note-gateway.invalid"
-    return f"<{local}.{ctx.target.model}-{ctx.target.res_id}{suffix}@{domain}>"
+    return f"<{local}.{model}-{res_id}", f"@{domain}>"
+
+
+def derived_message_id(message_id: str, model: str, res_id: int, suffix: str = "") -> str:
+    """The ID ``message_id`` is filed under on a record when the original cannot be used there."""
+    head, tail = derived_parts(message_id, model, res_id)
+    return f"{head}{suffix}{tail}"
 
 
 def record_message_id(ctx: MessageContext) -> str:
@@ -122,8 +138,8 @@ def author_message_id(ctx: MessageContext) -> str:
     that no address is spelled out in an ID Odoo copies into its notification emails): a retry by
     the same sender finds it again, and another sender's message never matches it by author anyway.
     """
-    digest = hashlib.sha256(sender_address(ctx).strip().lower().encode("utf-8")).hexdigest()[:12]
-    return _derived(ctx, f".from-{digest}")
+    digest = hashlib.sha256(sender_address(ctx).strip().lower().encode("utf-8")).hexdigest()[:AUTHOR_DIGEST_LENGTH]
+    return _derived(ctx, f"{AUTHOR_SUFFIX}{digest}")
 
 
 def posting_message_id(ctx: MessageContext, taken: frozenset[str] | set[str] = frozenset()) -> str:
@@ -248,7 +264,9 @@ def reply_message(ctx: MessageContext, message_id: str) -> str:
     From is the identified user, so Odoo attributes the message to its partner; the body is the
     rendered reply; the files are those the attachment rules let through, inline images keeping
     their Content-ID. No To, References or In-Reply-To: Odoo would route by them (to an alias, or
-    to the record of a referenced message) before the record the address names. No Cc either, not
+    to the record of a referenced message) before the record the address names; so Odoo cannot
+    tell a reply to an internal note, which the reply-all-as-note stage has made a note already
+    (routing.reply_parent) and never comes here. No Cc either, not
     even the internal users the choose-recipients stage kept: project.task's message_update
     subscribes every partner Odoo finds for a To/Cc address (project_task.py:1669), and another
     partner with such an address, a portal one, would gain access to the record.

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
-from gateway import address
+from gateway import access, address, post
 from gateway.config import GatewayConfig
 from gateway.context import ParsedMessage, Target
 from gateway.odoo import OdooPool
@@ -51,6 +52,86 @@ def resolve(odoo: OdooPool, message: ParsedMessage, *, deadline: float | None = 
             model, res_id = stored[value]
             return model, res_id, f"by mail.message {value}"
     raise NoRecordReferenced(f"none of {len(ids)} referenced Message-IDs is known to Odoo")
+
+
+@dataclass(frozen=True)
+class Parent:
+    """The message of the record that a reply answers, as Odoo's mail gateway picks its parent_id."""
+
+    message_id: str  # as the reply references it
+    internal: bool  # a note: is_internal, or an internal subtype
+
+
+def reply_parent(odoo: OdooPool, message: ParsedMessage, model: str, res_id: int, *,
+                 deadline: float | None = None) -> Parent | None:
+    """The message of this record the reply answers, or None if it references none of them.
+
+    Odoo's mail gateway takes as parent the message of In-Reply-To, else the most recent of
+    References, and files a reply to an internal one as an internal note (mail_thread.py
+    message_parse, _message_parse_extract_from_parent). So does the gateway, on the record the
+    reply is filed on: the first of referenced_ids that is one of its messages, under its own ID or
+    one the gateway derived from it there (post.record_message_id, post.author_message_id: a note
+    whose ID another author's message had on the record is filed under the sender's own). Message-IDs
+    are not unique (ODOO_FACTS.md f): the parent is internal if any of its messages there is.
+    One search of mail.message; the subtypes other than Discussions and Note are asked only when
+    the parent has one (a tracking message), in one search more.
+    """
+    ids = referenced_ids(message)[:_MAX_LOOKUPS]
+    if not ids:
+        return None
+    exact: dict[str, str] = {}
+    patterns = []
+    for value in ids:
+        exact.setdefault(value, value)
+        exact.setdefault(post.derived_message_id(value, model, res_id), value)
+        head, tail = post.derived_parts(value, model, res_id)
+        patterns.append(_like_literal(head + post.AUTHOR_SUFFIX) + "_" * post.AUTHOR_DIGEST_LENGTH + _like_literal(tail))
+    leaves = [[("message_id", "in", list(exact))]] + [[("message_id", "=like", pattern)] for pattern in patterns]
+    rows = odoo.call("mail.message", "search_read",
+                     [access.AND([[("model", "=", model), ("res_id", "=", res_id)], access.OR(leaves)])],
+                     {"fields": ["message_id", "is_internal", "subtype_id"]}, deadline=deadline)
+    found: dict[str, list[dict]] = {}
+    for row in rows:
+        referenced = _referenced_by(str(row.get("message_id") or ""), ids, exact, model, res_id)
+        if referenced is not None:
+            found.setdefault(referenced, []).append(row)
+    parent = next((value for value in ids if value in found), None)
+    if parent is None:
+        return None
+    return Parent(parent, _any_internal(odoo, found[parent], deadline))
+
+
+def _like_literal(text: str) -> str:
+    """``text`` matched literally by =like (PostgreSQL's LIKE escapes with a backslash)."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _referenced_by(stored: str, ids: list[str], exact: dict[str, str], model: str, res_id: int) -> str | None:
+    if stored in exact:
+        return exact[stored]
+    for value in ids:
+        head, tail = post.derived_parts(value, model, res_id)
+        head += post.AUTHOR_SUFFIX
+        if (stored.startswith(head) and stored.endswith(tail)
+                and len(stored) == len(head) + post.AUTHOR_DIGEST_LENGTH + len(tail)):
+            return value
+    return None
+
+
+def _any_internal(odoo: OdooPool, rows: list[dict], deadline: float | None) -> bool:
+    if any(row.get("is_internal") for row in rows):
+        return True
+    subtypes = {int(value[0] if isinstance(value, (list, tuple)) else value)
+                for value in (row.get("subtype_id") for row in rows) if value}
+    if not subtypes:
+        return False
+    # The ids of Odoo's own Discussions (public) and Note (internal) subtypes, resolved once.
+    if odoo.xmlid("mail.mt_note", deadline=deadline) in subtypes:
+        return True
+    others = subtypes - {odoo.xmlid("mail.mt_comment", deadline=deadline)}
+    return bool(others) and bool(odoo.call("mail.message.subtype", "search",
+                                           [[("id", "in", sorted(others)), ("internal", "=", True)]],
+                                           {"limit": 1}, deadline=deadline, cacheable=True))
 
 
 def note_address_in_headers(message: ParsedMessage, target: Target, config: GatewayConfig) -> str | None:

@@ -1,6 +1,9 @@
-"""Plain note@ / reply@ routed by References, and reply-all to a note and a reply address of one record."""
+"""Plain note@ / reply@ routed by References; reply-all to a note and a reply address of one record, and
+a reply to an internal note, both filed as notes."""
 
 from __future__ import annotations
+
+from collections import Counter
 
 import pytest
 
@@ -10,7 +13,9 @@ from gateway.config import load_config
 from gateway.journal import Journal
 from gateway.pipeline import Services
 from gateway.smtp import ThreadedGateway
-from gateway.testing.odoo_demo import PAULA_PARTNER_ID, PETER_EMAIL, PRIVATE_TASK_ID, TASK_ID
+from gateway.testing.odoo_demo import (MARC_PARTNER_ID, PAULA_PARTNER_ID, PETER_EMAIL, PETER_PARTNER_ID,
+                                       PRIVATE_TASK_ID, SUBTYPE_ACTIVITIES_ID, SUBTYPE_COMMENT_ID, SUBTYPE_NOTE_ID,
+                                       SUBTYPE_TASK_NEW_ID, TASK_ID)
 from gateway.testing.sending import compose, deliver
 
 PAULA = "portal.contrib@example.com"
@@ -54,8 +59,9 @@ def test_plain_note_address_follows_odoos_notification_message_id(test_odoo, gat
 
 
 def test_plain_reply_address_follows_a_message_stored_in_odoo(test_odoo, gateway, mailer):
-    # A note filed earlier through the gateway keeps its sender's Message-ID (ODOO_FACTS.md f).
-    to = mailer.address("note", "sale.order", 23)
+    # A message filed earlier through the gateway keeps its sender's Message-ID (ODOO_FACTS.md f).
+    # A public one: a reply to a note is filed as a note (test_a_reply_to_an_internal_note_is_filed_as_a_note).
+    to = mailer.address("reply", "sale.order", 23)
     assert mailer.send(mailer.sign(mailer.message("note_from_contributor.eml", to, "<first@example.com>")),
                        to).startswith("250 ")
     reply = mailer.send(_reply_to(mailer, REPLY, in_reply_to="<first@example.com>"), REPLY)
@@ -149,6 +155,154 @@ def test_reply_all_from_a_non_contributor_is_refused_rather_than_made_public(tes
     reply = mailer.send(raw, addresses["reply"], mail_from=PETER_EMAIL)
     assert reply.startswith("550 5.7.1 Sender may not post internal notes")
     assert test_odoo.posts() == []
+
+
+# A reply that answers an internal note (found by a design review: reply+ and reply@ filed it
+# publicly, and its collapsed quote carried the note to the record's portal followers).
+
+SECRET = "Our margin on this job is 40%, do not tell the customer."
+
+
+def _file_note(mailer, message_id, model="project.task", res_id=TASK_ID):
+    to = mailer.address("note", model, res_id)
+    raw = compose(PAULA, to, "Pump P7", SECRET, sender_name="Paula Contributor", message_id=message_id)
+    reply = mailer.send(mailer.sign(raw), to)
+    assert reply.startswith("250 2.0.0 Filed")
+    return int(reply.rsplit(" ", 1)[1])
+
+
+def _answer(mailer, to, *, in_reply_to=None, references=(), sender=PAULA, message_id=None):
+    """A plain Reply to a message, quoting it, as a mail client writes it."""
+    body = ("The visit is done, the pump runs again.\n\n"
+            "On Mon, 1 Dec 2026 at 10:00, Paula Contributor <portal.contrib@example.com> wrote:\n"
+            f"> {SECRET}\n")
+    raw = compose(sender, to, "Re: Pump P7", body, message_id=message_id)
+    headers = b""
+    if in_reply_to:
+        headers += b"In-Reply-To: " + in_reply_to.encode() + b"\r\n"
+    if references:
+        headers += b"References: " + b"\r\n ".join(value.encode() for value in references) + b"\r\n"
+    return mailer.sign(headers + raw)
+
+
+def _backend_message(test_odoo, subtype_id, *, is_internal=False):
+    """A message posted in Odoo's backend: Odoo gives it its own Message-ID, which the emails it
+    sends carry (References of every notification of the record, facts i)."""
+    message_id = test_odoo.add_record("mail.message", {
+        "model": "project.task", "res_id": TASK_ID, "message_type": "comment", "subtype_id": subtype_id,
+        "is_internal": is_internal, "body": f"<p>{SECRET}</p>", "author_id": MARC_PARTNER_ID})
+    return test_odoo.record("mail.message", message_id, ["message_id"])["message_id"]
+
+
+def _nothing_public(test_odoo):
+    for partner_id in (PETER_PARTNER_ID, PAULA_PARTNER_ID):
+        assert not any("40%" in row["body"] for row in test_odoo.portal_chatter("project.task", TASK_ID, partner_id))
+    assert not any("40%" in mail.body_html or "40%" in mail.text for mail in test_odoo.outbox)
+
+
+@pytest.mark.parametrize("to", ["reply+", "reply@"])
+def test_a_reply_to_an_internal_note_is_filed_as_a_note(test_odoo, gateway, mailer, to):
+    _file_note(mailer, "<n1@example.com>")
+    to = mailer.address("reply", "project.task", TASK_ID) if to == "reply+" else REPLY
+    raw = _answer(mailer, to, in_reply_to="<n1@example.com>", references=["<n1@example.com>"],
+                  message_id="<r1@example.com>")
+    reply = mailer.send(raw, to)
+    assert reply.startswith("250 2.0.0 Filed as Odoo message ")
+    filed = test_odoo.message(int(reply.rsplit(" ", 1)[1]))
+    assert filed["subtype_xmlid"] == "mail.mt_note" and "visit is done" in filed["body"]
+    assert [filing.subtype_xmlid for filing in test_odoo.filings()] == ["mail.mt_note", "mail.mt_note"]
+    _nothing_public(test_odoo)
+    row = _journal(gateway)[0]
+    assert (row.rcpt, row.kind, row.model, row.res_id) == (to, "note", "project.task", TASK_ID)
+    assert row.decision.endswith("answers internal message <n1@example.com>: filed as a note, never public")
+
+
+def test_a_reply_to_a_public_message_stays_public(test_odoo, gateway, mailer):
+    # An earlier note in References does not make it one: the parent is the message of In-Reply-To,
+    # as for Odoo's mail gateway. Odoo's own notifications reference the record's first message,
+    # which may be a note.
+    _file_note(mailer, "<n1@example.com>")
+    public = _notification_id(test_odoo, "project.task", TASK_ID)
+    to = mailer.address("reply", "project.task", TASK_ID)
+    raw = _answer(mailer, to, in_reply_to=public, references=["<n1@example.com>", public])
+    assert mailer.send(raw, to).startswith("250 2.0.0 Filed")
+    assert [filing.subtype_xmlid for filing in test_odoo.filings()] == ["mail.mt_note", "mail.mt_comment"]
+    assert _journal(gateway)[0].kind == "reply"
+
+
+def test_a_reply_without_in_reply_to_answers_the_most_recent_reference(test_odoo, gateway, mailer):
+    public = _notification_id(test_odoo, "project.task", TASK_ID)
+    note = _backend_message(test_odoo, SUBTYPE_NOTE_ID)
+    to = mailer.address("reply", "project.task", TASK_ID)
+    assert mailer.send(_answer(mailer, to, references=[public, note]), to).startswith("250 2.0.0 Filed")
+    assert [filing.subtype_xmlid for filing in test_odoo.filings()] == ["mail.mt_note"]
+    _nothing_public(test_odoo)
+
+
+@pytest.mark.parametrize("subtype_id, is_internal, expected", [
+    (SUBTYPE_NOTE_ID, False, "mail.mt_note"),
+    (SUBTYPE_ACTIVITIES_ID, False, "mail.mt_note"),  # another internal subtype
+    (SUBTYPE_COMMENT_ID, True, "mail.mt_note"),  # a comment marked internal (Employee Only)
+    (SUBTYPE_COMMENT_ID, False, "mail.mt_comment"),
+    (SUBTYPE_TASK_NEW_ID, False, "mail.mt_comment"),  # a public tracking message
+])
+def test_a_reply_to_a_message_posted_in_odoo_follows_its_visibility(test_odoo, gateway, mailer, subtype_id,
+                                                                      is_internal, expected):
+    parent = _backend_message(test_odoo, subtype_id, is_internal=is_internal)
+    assert f"-openerp-{TASK_ID}-project.task@" in parent
+    to = mailer.address("reply", "project.task", TASK_ID)
+    assert mailer.send(_answer(mailer, to, in_reply_to=parent, references=[parent]), to).startswith("250 2.0.0 Filed")
+    assert [filing.subtype_xmlid for filing in test_odoo.filings()] == [expected]
+
+
+def test_a_reply_to_a_note_filed_under_a_derived_message_id_is_a_note(test_odoo, gateway, mailer):
+    # Peter's public message holds <n3@example.com> on the task first, so Paula's note is filed
+    # under her own derived ID (docs/reliability.md); her reply names the ID she sent it with.
+    to = mailer.address("reply", "project.task", TASK_ID)
+    peter = compose(PETER_EMAIL, to, "Pump P7", "Is the pump fixed?", message_id="<n3@example.com>")
+    assert mailer.send(mailer.sign(peter), to, mail_from=PETER_EMAIL).startswith("250 2.0.0 Filed")
+    note = test_odoo.message(_file_note(mailer, "<n3@example.com>"))
+    assert note["message_id"].startswith("<n3.project.task-60.from-")
+    assert mailer.send(_answer(mailer, to, in_reply_to="<n3@example.com>"), to).startswith("250 2.0.0 Filed")
+    assert [filing.subtype_xmlid for filing in test_odoo.filings()] == ["mail.mt_comment", "mail.mt_note",
+                                                                        "mail.mt_note"]
+    _nothing_public(test_odoo)
+
+
+def test_a_reply_to_a_note_of_another_record_is_not_that_records_reply(test_odoo, gateway, mailer):
+    # The parent is looked for on the record the reply is filed on only.
+    _file_note(mailer, "<n4@example.com>", model="sale.order", res_id=23)
+    to = mailer.address("reply", "project.task", TASK_ID)
+    assert mailer.send(_answer(mailer, to, in_reply_to="<n4@example.com>"), to).startswith("250 2.0.0 Filed")
+    assert test_odoo.filings()[-1].subtype_xmlid == "mail.mt_comment"
+
+
+@pytest.mark.parametrize("to", ["reply+", "reply@"])
+def test_a_non_contributor_answering_a_note_is_refused_rather_than_made_public(test_odoo, gateway, mailer, to):
+    _file_note(mailer, "<n5@example.com>")
+    to = mailer.address("reply", "project.task", TASK_ID) if to == "reply+" else REPLY
+    raw = _answer(mailer, to, in_reply_to="<n5@example.com>", sender=PETER_EMAIL)
+    reply = mailer.send(raw, to, mail_from=PETER_EMAIL)
+    assert reply == ("550 5.7.1 Sender may not post internal notes: portal.plain@example.com is not in the "
+                     "contributor group; the message answers an internal note of this record, so it is filed "
+                     "only as a note")
+    assert [filing.subtype_xmlid for filing in test_odoo.filings()] == ["mail.mt_note"]
+    _nothing_public(test_odoo)
+
+
+def test_the_parent_is_looked_up_only_for_a_reply_that_references_messages(test_odoo, gateway, mailer):
+    # Few round trips per message (issue 6): one search of mail.message, only when there is a parent to find.
+    to = mailer.address("reply", "project.task", TASK_ID)
+    assert mailer.send(_answer(mailer, to), to).startswith("250 2.0.0 Filed")  # access rules read and cached
+    calls = []
+    for in_reply_to in (None, "<unknown@example.com>"):
+        test_odoo.clear_calls()
+        assert mailer.send(_answer(mailer, to, in_reply_to=in_reply_to), to).startswith("250 2.0.0 Filed")
+        # A login of a pooled connection opened for a read made in parallel is no call per message.
+        calls.append(Counter((call.model, call.model_method) for call in test_odoo.calls
+                             if call.model and call.model_method != "context_get"))
+    without, referencing = calls
+    assert referencing - without == Counter({("mail.message", "search_read"): 1}) and not without - referencing
 
 
 def test_plain_address_of_a_kind_the_domain_never_allows_is_refused_at_rcpt(tmp_path, test_odoo, dns_server):

@@ -1,4 +1,5 @@
-"""A follower's reply+ filed through Odoo 18's own mail gateway (message_process), checked as Odoo's admin (issue 3)."""
+"""A follower's reply+ filed through Odoo 18's own mail gateway (message_process), checked as Odoo's admin (issue 3);
+a reply to an internal note, filed as a note."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import re
 import pytest
 
 from .provision import filed_id as _filed_id, new_message_id as _message_id, real_odoo_or_skip
-from .provision import stored_message as _stored
+from .provision import messages_on, notifications_for_message, portal_session, stored_message as _stored
 
 real_odoo_or_skip()
 
@@ -74,3 +75,69 @@ def test_reply_attributed_by_odoo_to_an_older_follower_with_the_same_address_is_
         admin.execute_kw("project.task", "message_unsubscribe", [[task]], {"partner_ids": [twin]})
     print(f"\nolder follower {twin} with the contributor's address: message {comment} attributed to it; "
           f"journal defects {row.defects}")
+
+
+def _answer(real_gateway, sender: str, to: str, parent: str, quoted: str) -> bytes:
+    """A plain Reply to ``parent`` as a mail client writes it: In-Reply-To, References, the parent quoted."""
+    raw = real_gateway.message(sender, to, f"The pump runs again.\n\nOn Monday, someone wrote:\n> {quoted}\n",
+                               subject="Re: Site visit", message_id=_message_id(real_gateway.world))
+    headers = f"In-Reply-To: {parent}\r\nReferences: {parent}\r\n".encode()
+    return real_gateway.sign(headers + raw)
+
+
+def _note_posted_in_the_backend(world, text: str) -> str:
+    """An internal note an employee logs in the chatter; Odoo gives it its own Message-ID (facts i)."""
+    note = world.admin.execute_kw("project.task", "message_post", [[world.task_id]],
+                                  {"body": text, "message_type": "comment", "subtype_xmlid": "mail.mt_note",
+                                   # The admin does not become a follower (facts c).
+                                   "context": {"mail_create_nosubscribe": True}})
+    note = note[0] if isinstance(note, list) else note
+    return _stored(world, "project.task", world.task_id, note)["message_id"]
+
+
+@pytest.mark.parametrize("parent", ["gateway note", "backend note"])
+def test_a_reply_to_an_internal_note_is_filed_as_a_note_the_portal_never_sees(world, real_gateway, parent):
+    # Found by a design review: such a reply was filed publicly, its quote carrying the note's text
+    # to the portal followers. Odoo's own mail gateway files a reply to an internal message as a note.
+    task = world.task_id
+    secret = f"Margin on this job is 40% ({world.tag}, {parent})"
+    if parent == "gateway note":
+        note_to = real_gateway.address("note", "project.task", task)
+        note_id = _message_id(world)
+        _filed_id(real_gateway.send(real_gateway.sign(real_gateway.message(world.contributor.email, note_to, secret,
+                                                                           message_id=note_id)),
+                                    note_to, mail_from=world.contributor.email))
+    else:
+        note_id = _note_posted_in_the_backend(world, secret)
+        assert f"-openerp-{task}-project.task@" in note_id
+    to = real_gateway.address("reply", "project.task", task)
+    filed = _filed_id(real_gateway.send(_answer(real_gateway, world.contributor.email, to, note_id, secret), to,
+                                        mail_from=world.contributor.email))
+    stored = _stored(world, "project.task", task, filed)
+    assert stored["subtype_id"][0] == world.admin.execute("ir.model.data", "check_object_reference", "mail", "mt_note")[1]
+    assert "The pump runs again." in stored["body"]
+    assert notifications_for_message(world, filed) == []
+    for user in (world.plain, world.contributor):
+        session = portal_session(world, user.login, user.password)
+        assert session.can_read("project.task", task)
+        seen = session.chatter("project.task", task)
+        assert filed not in [message["id"] for message in seen]
+        assert not any(world.tag in str(message.get("body") or "") and "40%" in str(message.get("body") or "")
+                       for message in seen)
+    [row] = [row for row in real_gateway.journal() if row.odoo_message_id == filed]
+    assert row.kind == "note" and f"answers internal message {note_id}" in row.decision
+    print(f"\nreply to a {parent} ({note_id}) on project.task {task}: note {filed}, 0 notifications, "
+          f"not in the portal chatter")
+
+
+def test_a_non_contributor_answering_an_internal_note_is_refused(world, real_gateway):
+    task = world.task_id
+    secret = f"Margin on this job is 40% ({world.tag}, refused)"
+    note_id = _note_posted_in_the_backend(world, secret)
+    before = max(row["id"] for row in messages_on(world, "project.task", task))
+    to = real_gateway.address("reply", "project.task", task)
+    reply = real_gateway.send(_answer(real_gateway, world.plain.email, to, note_id, secret), to,
+                              mail_from=world.plain.email)
+    assert reply.startswith("550 5.7.1 Sender may not post internal notes: ") and "answers an internal note" in reply
+    assert max(row["id"] for row in messages_on(world, "project.task", task)) == before
+    print(f"\nnon-contributor's reply to a note on project.task {task}: {reply!r}")

@@ -72,12 +72,36 @@ _HEADER_SENT = re.compile(
 # has no word boundary before "Sent", so none is required.
 _HEADER_SENT_ANYWHERE = re.compile(
     r"(?:Sent|Envoyé|Gesendet|Enviado|Inviato|Verzonden|Skickat|送信日時)\s*\**\s*[:：]", re.IGNORECASE)
-# What mobile clients append below the text: a closing, not part of the note.
+# What mobile clients and webmail apps append below the text: a closing, not part of the note. A
+# device name is one to four words ("iPhone", "Samsung Galaxy smartphone.", "T-Mobile 5G Device"),
+# or a carrier and a device ("Verizon, Samsung Galaxy smartphone"); an app is named from a short list
+# ("Sent from Yahoo Mail on Android", "Sent with Proton Mail secure email."), since "Sent from the
+# warehouse on Monday" is a person writing. A line of a person's can still read like a closing ("Sent
+# from my desk."): only the last lines of the author's text are taken as one (_before_closings), so
+# the text below such a line is never trimmed with it (a MIME review found the closings above left in
+# the note). Every repetition is bounded and the words hold no space: matching a line costs time
+# linear in its length.
+_WORD = r"[\w'’&+-]+"
+_DEVICE = (rf"(?:{_WORD}\s+){{0,3}}{_WORD}"
+           rf"|{_WORD},\s+(?:{_WORD}\s+){{0,2}}(?:smartphone|phone|device|tablet)")
+_APP = (r"(?:Mail|Outlook|Gmail|Yahoo\s+Mail|Proton\s*Mail|AOL(?:\s+Mobile)?\s+Mail|Spark|BlueMail"
+        r"|Edison\s+Mail|Samsung\s+(?:Email|Mail|Mobile)|Xfinity\s+Connect|Zoho\s+Mail|Mailspring)")
+# The app, then what some append: "for iOS", "on Android", "pour Android", "Mobile", "secure email".
+_APP_TAIL = rf"{_APP}(?:\s+(?:for|on|auf|für|pour|sur|para|en|per|su|voor|op|för|på|dla|na))?(?:\s+{_WORD}){{0,2}}"
 _MOBILE_CLOSING = re.compile(
-    r"^\s*(?:Sent\s+from\s+my\s+\w+|Sent\s+from\s+(?:Mail|Outlook)\s+for\s+\w+|Get\s+Outlook\s+for\s+\w+|"
-    r"Envoy[ée]\s+de\s+mon\s+\w+|Von\s+meinem\s+\w+\s+gesendet|Enviado\s+desde\s+mi\s+\w+|"
-    r"Inviato\s+da(?:l\s+mio)?\s+\w+|Verstuurd\s+vanaf\s+mijn\s+\w+|Enviado\s+do\s+meu\s+\w+|"
-    r"\w+から送信)\s*$",
+    r"^\s*(?:"
+    rf"Sent\s+from\s+my\s+(?:{_DEVICE})|Sent\s+(?:from|with|using|via)\s+{_APP_TAIL}|Get\s+Outlook\s+for\s+\w+"
+    rf"|Sent\s+via\s+the\s+(?:{_WORD},?\s+){{1,8}}(?:smartphone|phone|device|tablet)"  # AT&T
+    rf"|Von\s+meinem\s+(?:{_DEVICE})\s+gesendet|Gesendet\s+(?:von|mit)\s+(?:meinem\s+(?:{_DEVICE})|{_APP_TAIL})"
+    rf"|Envoy[ée]\s+(?:de|depuis|à\s+partir\s+de)\s+(?:mon\s+(?:{_DEVICE})|{_APP_TAIL})"
+    rf"|Enviado\s+desde\s+(?:mi\s+(?:{_DEVICE})|{_APP_TAIL})|Enviado\s+do\s+(?:meu\s+(?:{_DEVICE})|{_APP_TAIL})"
+    rf"|Inviato\s+da\s+\w+|Inviato\s+dal\s+mio\s+(?:{_DEVICE})"
+    rf"|(?:Verstuurd|Verzonden)\s+(?:vanaf|met)\s+(?:mijn\s+(?:{_DEVICE})|{_APP_TAIL})"
+    rf"|(?:Skickat|Sendt)\s+från\s+min\s+(?:{_DEVICE})|Sendt\s+fra\s+min\s+(?:{_DEVICE})"
+    rf"|Wys[łl]an[eo]\s+z\s+(?:mojego\s+(?:{_DEVICE})|{_WORD})"
+    r"|\w+から送信"
+    # Outlook's plain text follows its closing with the link of its HTML: "Get Outlook for iOS<https://aka.ms/x>".
+    r")\.?(?:\s*<https?://[^\s<>]{1,200}>)?\s*$",
     re.IGNORECASE,
 )
 _SIGNATURE_DELIMITER = re.compile(r"^--[ \u00a0]?$")  # RFC 3676 section 4.3: "-- " on its own line
@@ -252,11 +276,30 @@ def _end_of_prefix(lines: list[str], cut: int, own: str) -> int:
     return next((index + 1 for index in range(cut) if lines[index].strip() == last), cut)
 
 
+def _before_closings(lines: list[str], end: int) -> int:
+    """The first of the mobile closings that are the last lines of ``lines[:end]`` (blank lines
+    between them aside), or ``end`` if the last line is none.
+
+    A closing is only ever the end of what its author wrote: "Sent from my desk." followed by more
+    of the author's text is a sentence, and nothing below it is trimmed.
+    """
+    found = index = end
+    while index > 0:
+        line = lines[index - 1]
+        if line.strip() and not _MOBILE_CLOSING.match(line):
+            break
+        index -= 1
+        if line.strip():
+            found = index
+    return found
+
+
 def split_text(text: str) -> Split:
     """Split a plain-text body; a top-posted reply loses its quote, an inline reply keeps it."""
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    signature = next((i for i, line in enumerate(lines)
-                      if _SIGNATURE_DELIMITER.match(line) or _MOBILE_CLOSING.match(line)), len(lines))
+    signature = next((i for i, line in enumerate(lines) if _SIGNATURE_DELIMITER.match(line)), len(lines))
+    # The closings right above the signature or the end are not answers between quoted lines.
+    signature = _before_closings(lines, signature)
     # One search of the whole text spares the per-line hint searches when none can match.
     attribution_possible = _ATTRIBUTION_HINT.search(text) is not None
     first_quote = next((i for i, line in enumerate(lines[:signature])
@@ -266,13 +309,15 @@ def split_text(text: str) -> Split:
         cut = signature
     else:
         cut = first_quote
-        # The library knows more closings ("Sent from my iPhone", "Von meinem iPhone gesendet")
-        # and headers than the patterns above.
+        # The library knows more headers than the patterns above (its closings are not asked for:
+        # _PATTERNS).
         own = _latest_reply("\n".join(lines[:cut])).strip("\n")
         if own.strip():
             cut = _end_of_prefix(lines, cut, own)
         elif not any(line.strip() for line in lines[:cut]):
             cut = 0
+        # A closing above the quote: iOS Mail, Gmail and Samsung's app write it there.
+        cut = _before_closings(lines, cut)
     while cut > 0 and not lines[cut - 1].strip():
         cut -= 1
     return Split(kept=_text_blocks_to_html(lines[:cut]), trimmed=_text_blocks_to_html(lines[cut:]))
@@ -327,7 +372,8 @@ def _short_text(element: etree._Element, limit: int = 400) -> str | None:
 
 
 def _marker(element: etree._Element) -> str | None:
-    """"quote", "cite" (a blockquote that may be an inline reply), "signature" or None."""
+    """"quote", "cite" (a blockquote that may be an inline reply), "signature", "closing" (a mobile
+    closing, if nothing of the author's follows it) or None."""
     tag = element.tag
     classes = _classes(element)
     identifier = (element.get("id") or "").lower()
@@ -346,8 +392,10 @@ def _marker(element: etree._Element) -> str | None:
     if tag in _BLOCKS:
         text = _short_text(element)
         if text:
-            if text == "--" or _MOBILE_CLOSING.match(text):
+            if text == "--":
                 return "signature"
+            if _MOBILE_CLOSING.match(text):
+                return "closing"
             if _ATTRIBUTION.match(text) or _SEPARATOR.match(text):
                 # The innermost element holding the line is the one to cut at.
                 if not any(_ATTRIBUTION.match(_short_text(child) or "") for child in element if isinstance(child.tag, str)):
@@ -411,7 +459,9 @@ class _OwnTextAfter:
         kind = _marker(item)
         if kind in ("signature", "quote"):
             return False
-        if kind in ("attribution", "cite"):
+        if kind in ("attribution", "cite", "closing"):
+            # A closing is the author's text if more of it follows, and ends it otherwise: either
+            # way the answer is what follows it.
             return None
         if any(text.strip() for text in item.itertext()):
             return True
@@ -526,6 +576,50 @@ def _flatten_children(element: etree._Element) -> None:
         leaf.tail = "".join(run) or None
 
 
+def _trailing_closing(body: etree._Element, closings: set[etree._Element]) -> etree._Element | None:
+    """The first of the mobile closings that hold the last text of ``body`` (with nothing but blanks
+    and other closings after it), or None if the last text or image is the author's.
+
+    iOS Mail, Gmail and Samsung's app put the closing right above the quote, and wrap the quote's
+    attribution or separator in a block of its own ("<div><br><blockquote>On ... wrote:"): the
+    closing is known once the quote is cut off, as the end of what is left. The text is read once
+    from the end, and each element's closing ancestor is looked up once.
+    """
+    pieces: list[etree._Element] = []  # the element holding each non-blank text or image, in order
+    for event, element in etree.iterwalk(body, events=("start", "end")):
+        if not isinstance(element.tag, str):
+            continue
+        if event == "start" and ((element.text and element.text.strip()) or element.tag == "img"):
+            pieces.append(element)
+        elif event == "end" and element is not body and element.tail and element.tail.strip():
+            pieces.append(element.getparent())
+    outermost: dict[etree._Element, etree._Element | None] = {}
+
+    def closing_of(element: etree._Element) -> etree._Element | None:
+        path = []
+        current: etree._Element | None = element
+        found = None
+        while current is not None and current is not body:
+            if current in outermost:
+                found = outermost[current]
+                break
+            path.append(current)
+            current = current.getparent()
+        for item in reversed(path):  # from the top down: the outermost closing wins
+            if found is None and item in closings:
+                found = item
+            outermost[item] = found
+        return found
+
+    first = None
+    for element in reversed(pieces):
+        closing = closing_of(element) if closings else None
+        if closing is None:
+            break
+        first = closing
+    return first
+
+
 def split_html(source: str) -> Split:
     """Split an HTML body at the first quote or signature its client marked, outside code blocks."""
     try:
@@ -537,6 +631,7 @@ def split_html(source: str) -> Split:
         return Split(kept="", trimmed="")
     cut_at = None
     own_text_after = _OwnTextAfter(body)
+    closings: set[etree._Element] = set()
     for element in _elements(body):
         kind = _marker(element)
         if kind is None:
@@ -560,10 +655,16 @@ def split_html(source: str) -> Split:
             if quoted and own_text_after(following):
                 continue
             cut_at = element
+        elif kind == "closing":
+            closings.add(element)  # one only if it ends the author's text: decided below
+            continue
         else:
             cut_at = element
         break
     removed = _cut(cut_at, body, keep_node=kind == "signature-after") if cut_at is not None else []
+    closing = _trailing_closing(body, closings)
+    if closing is not None:
+        removed = _cut(closing, body) + removed
     for item in [body, *removed]:
         if not isinstance(item, str):
             _flatten(item)

@@ -6,6 +6,7 @@ import base64
 import email
 import email.policy
 import email.utils
+import html
 import quopri
 import textwrap
 import uuid
@@ -765,3 +766,33 @@ def test_plain_text_quoted_300_levels_deep_keeps_the_answer_below(test_odoo, gat
     assert reply.startswith("250 ")
     body = test_odoo.message(int(reply.rsplit(" ", 1)[1]))["body"]
     assert "My answer" in body and "DEEP-TEXT" in body and "AFTER-DEEP author sign-off" in body
+
+
+# The closings mobile clients and webmail apps write below the text; a MIME review found all but the
+# iPhone and Outlook ones filed as part of the note.
+MOBILE_CLOSINGS = [
+    "Sent from my Samsung Galaxy smartphone.", "Gesendet von meinem Samsung Galaxy Smartphone.",
+    "Envoyé de mon appareil Galaxy", "Sent from Yahoo Mail on Android", "Sent with Proton Mail secure email.",
+    "Sent from my Huawei phone", "Sent from my BlackBerry 10 smartphone.", "Sent from my T-Mobile 5G Device",
+    "Sent via the Samsung Galaxy S23, an AT&T 5G smartphone", "Skickat från min iPhone", "Wysłane z mojego iPhone'a",
+]
+
+
+@pytest.mark.parametrize("closing", MOBILE_CLOSINGS)
+def test_a_mobile_closing_below_the_text_is_collapsed_with_the_signature(test_odoo, gateway, mailer, closing):
+    to = mailer.address("note", "project.task", TASK_ID)
+    reply = mailer.send(mailer.sign(compose(PAULA, to, "P-7 done", f"Pump P-7 done, seal replaced.\n\n{closing}\n")), to)
+    assert reply.startswith("250 2.0.0 Filed"), reply
+    own, _, details = test_odoo.message(int(reply.rsplit(" ", 1)[1]))["body"].partition("<details>")
+    assert "Pump P-7 done, seal replaced." in own and closing.split()[0] not in own
+    assert html.escape(closing, quote=False) in details
+
+
+def test_a_sentence_like_a_closing_in_the_middle_of_the_text_stays_in_the_note(test_odoo, gateway, mailer):
+    to = mailer.address("note", "project.task", TASK_ID)
+    # The former pattern took "Sent from my phone" anywhere, and trimmed the author's text below it.
+    text = "Pump P-7 done.\nSent from my phone\nThe report is attached.\n"
+    reply = mailer.send(mailer.sign(compose(PAULA, to, "P-7 done", text, html=text.replace("\n", "<br>"))), to)
+    assert reply.startswith("250 2.0.0 Filed"), reply
+    body = test_odoo.message(int(reply.rsplit(" ", 1)[1]))["body"]
+    assert "Sent from my phone" in body and "The report is attached." in body and "<details>" not in body

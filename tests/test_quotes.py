@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from html import unescape
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -85,6 +87,77 @@ def test_plain_signature_delimiter_and_mobile_closing_are_trimmed():
     assert "Paula" not in split_text(f"{OWN}\n-- \nPaula\n").kept
     split = split_text(f"{OWN}\n\nEnvoyé de mon iPhone\n")
     assert OWN in split.kept and "iPhone" not in split.kept and "iPhone" in split.trimmed
+
+
+# The closings mobile clients and webmail apps write below the text (a MIME review found all but the
+# iPhone and Outlook ones left in the note).
+MOBILE_CLOSINGS = [
+    "Sent from my iPhone", "Sent from my Samsung Galaxy smartphone.", "Gesendet von meinem Samsung Galaxy Smartphone.",
+    "Envoyé de mon appareil Galaxy", "Sent from Yahoo Mail on Android", "Sent with Proton Mail secure email.",
+    "Sent from my Huawei phone", "Sent from my BlackBerry 10 smartphone.", "Sent from my T-Mobile 5G Device",
+    "Sent via the Samsung Galaxy S23, an AT&T 5G smartphone", "Skickat från min iPhone", "Wysłane z mojego iPhone'a",
+    "Sent from my Verizon, Samsung Galaxy smartphone", "Sent from Gmail Mobile", "Get Outlook for iOS<https://aka.ms/o0ukef>",
+]
+
+
+@pytest.mark.parametrize("closing", MOBILE_CLOSINGS)
+def test_mobile_closings_below_the_text_are_trimmed(closing):
+    split = split_text(f"{OWN}.\n\n{closing}\n")
+    assert split.kept == f"<p>{OWN}.</p>" and closing.partition("<")[0] in unescape(split.trimmed)
+    split = split_text(f"{OWN}.\n\n{closing}\n\nOn Mon, 3 Nov 2025 at 10:02, Bob <bob@example.org> wrote:\n> {OLD}\n")
+    assert split.kept == f"<p>{OWN}.</p>" and OLD in split.trimmed
+    escaped = closing.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    split = split_html(f"<div>{OWN}.</div><div><br></div><div>{escaped}</div>")
+    assert OWN in split.kept and closing not in unescape(split.kept) and closing in unescape(split.trimmed)
+
+
+@pytest.mark.parametrize("html", [
+    # iOS Mail: the attribution in a block of its own, then the quote.
+    f'{OWN}.<br><br><div dir="ltr">Sent from my iPhone</div><div dir="ltr"><br><blockquote type="cite">On 3 Nov '
+    f'2025, at 10:02, Bob &lt;bob@example.org&gt; wrote:<br><br></blockquote></div><blockquote type="cite">'
+    f'<div dir="ltr">{OLD}?</div></blockquote>',
+    # Samsung Email: its signature block, then the separator inside the quote's block.
+    f'<div>{OWN}.</div><div><br></div><div id="composer_signature"><div style="font-size:85%">Sent from my Samsung '
+    f'Galaxy smartphone.</div></div><div><br></div><div style="font-size:100%"><!-- originalMessage --><div>'
+    f'-------- Original message --------</div><div>From: Bob &lt;bob@example.org&gt; </div><div>Date: 11/3/25 '
+    f'</div><div>Subject: Pump </div><div><br></div></div>{OLD}?',
+], ids=["ios-mail", "samsung-email"])
+def test_a_mobile_closing_above_the_quote_goes_with_the_quote(html):
+    split = split_html(html)
+    assert OWN in split.kept and "Sent from" not in split.kept and OLD not in split.kept
+    assert "Sent from" in split.trimmed and OLD in split.trimmed
+
+
+@pytest.mark.parametrize("text", [
+    f"{OWN}.\nSent from my desk, the report is attached\nThanks",
+    f"{OWN}.\nSent from my desk.\nThe report is attached.",
+    f"{OWN}.\nSent from the warehouse on Monday.",
+    f"{OWN}.\n\nSent from my iPhone\nThe report is attached.",
+])
+def test_a_line_like_a_closing_with_the_authors_text_below_is_kept(text):
+    # Only the last lines of the author's text are a closing; a sentence that reads like one stays,
+    # and so does everything below it.
+    assert split_text(text).trimmed == ""
+    html = "".join(f"<p>{line}</p>" for line in text.split("\n") if line)
+    assert split_html(html).trimmed == ""
+    # Below a quote, the same sentence is an answer of an inline reply.
+    assert split_text(f"> {OLD}?\n{text}").trimmed == ""
+    assert split_html(f'<blockquote type="cite">{OLD}?</blockquote>{html}').trimmed == ""
+
+
+def test_mobile_closings_cost_linear_time():
+    # Every line was matched against the closing pattern; it now takes one to four words, and the
+    # closing must end the text: neither may cost more than linear time. ~0.5 s in all.
+    import time
+
+    started = time.process_time()
+    assert split_text("Sent from my iPhone\n\n" * 100_000 + "end\n").trimmed == ""
+    assert split_text(f"{OWN}\n" + "Sent from my iPhone\n" * 100_000).kept == f"<p>{OWN}</p>"
+    assert split_text(f"{OWN}\nSent from my " + "x " * 300_000).trimmed == ""
+    assert split_text(f"{OWN}\nSent via the " + "a, " * 300_000).trimmed == ""
+    assert split_html(f"<p>{OWN}</p>" + "<div>Sent from my iPhone</div>" * 20_000).kept == f"<p>{OWN}</p>"
+    assert split_html(f"<p>{OWN}</p>" + "<div>Sent from my iPhone</div>" * 20_000 + "<p>end</p>").trimmed == ""
+    assert time.process_time() - started < 8
 
 
 def test_a_plain_blockquote_of_the_author_is_kept():
@@ -328,7 +401,8 @@ def _former_has_own_text_after(node, root):
         kind = _marker(item)
         if kind in ("signature", "quote"):
             return False
-        if kind in ("attribution", "cite"):
+        if kind in ("attribution", "cite", "closing"):
+            # A mobile closing is no longer a signature: what follows it decides (a MIME review).
             continue
         if item.text_content().strip():
             return True

@@ -5,8 +5,11 @@ from __future__ import annotations
 import email.message
 import email.parser
 import email.policy
+import email.utils
 import re
 
+from gateway import content
+from gateway.context import ParsedMessage
 from gateway.refusals import AutomaticMessage, MailLoop
 
 # Every notice the gateway sends carries this header; mail that comes back with it has looped
@@ -73,6 +76,23 @@ _OUT_OF_OFFICE_SUBJECT = re.compile(
 )
 
 
+# RFC 6522's report types that the reason names in words; others are named by their type.
+_REPORT_KINDS = {
+    "delivery-status": "a delivery report",        # RFC 3464
+    "disposition-notification": "a read receipt",  # RFC 8098
+    "feedback-report": "an abuse feedback report",  # RFC 5965 (ARF)
+}
+
+
+def _report_reason(headers: email.message.Message) -> str:
+    value = headers.get_param("report-type")
+    report_type = str(email.utils.collapse_rfc2231_value(value) if value else "").strip().lower()[:40]
+    if not report_type:
+        return "a report (multipart/report)"
+    kind = _REPORT_KINDS.get(report_type, "a report")
+    return f"{kind} (multipart/report, report-type={report_type})"
+
+
 def _local_part(address: str) -> str:
     return address.strip().strip("<>").rpartition("@")[0] if "@" in address else address.strip().strip("<>")
 
@@ -99,6 +119,12 @@ def check_not_automatic(raw: bytes, mail_from: str, from_address: str, subject: 
     for name in ("X-Autoreply", "X-Autorespond", "X-Auto-Response"):
         if headers.get(name) is not None:
             raise AutomaticMessage(name)
+    # A report on another message (RFC 6522) is written by a machine, whatever its envelope says: a
+    # read receipt goes out with its reader's own address (Thunderbird's "This is a Return Receipt"),
+    # and a relay can send a delivery report with the user's. Only the top-level type is read: a
+    # report forwarded as an attachment is a person's message.
+    if headers.get_content_type() == "multipart/report":
+        raise AutomaticMessage(_report_reason(headers))
     # A null reverse-path is how bounces and other delivery reports are sent (RFC 5321 section 4.5.5).
     if not mail_from.strip().strip("<>"):
         raise AutomaticMessage("empty envelope sender")
@@ -107,3 +133,27 @@ def check_not_automatic(raw: bytes, mail_from: str, from_address: str, subject: 
             raise AutomaticMessage(f"sent from a machine address, {_local_part(address)[:40]}")
     if _OUT_OF_OFFICE_SUBJECT.match(subject or ""):
         raise AutomaticMessage("out-of-office subject")
+
+
+# iTIP (RFC 5546 section 3.2.3): the calendar object of an attendee's answer to an invitation.
+_CALENDAR_REPLY = re.compile(rb"^METHOD:REPLY\r?$", re.MULTILINE | re.IGNORECASE)
+
+
+def check_not_calendar_reply(message: ParsedMessage) -> None:
+    """Raise AutomaticMessage for a calendar's answer to an invitation with no text of its sender.
+
+    Outlook's "Accept, send the response now" (and Tentative, Decline) sends a text/calendar part
+    with METHOD:REPLY under an "Accepted: <subject>" subject and an empty text part: filed, it was an
+    empty note with an .ics file on the record (a MIME review). Nobody wrote anything, so it is
+    refused as automatic mail. An answer with a comment, or with another file, is a person's and is
+    filed as any message.
+    """
+    files = message.attachments
+    if not files or not all(item.content_type == "text/calendar" and _CALENDAR_REPLY.search(item.payload)
+                            for item in files):
+        return
+    if content.is_readable(content.sanitize_html(content.text_to_html(message.text_plain))):
+        return
+    if message.text_html.strip() and content.is_readable(content.sanitize_html(message.text_html)):
+        return
+    raise AutomaticMessage("a calendar reply (METHOD:REPLY) with no text, the answer to an invitation")

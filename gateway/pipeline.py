@@ -122,6 +122,7 @@ def _refuse_automatic(ctx: MessageContext, services: Services, deadline: float) 
     assert ctx.message is not None
     automatic.check_not_automatic(ctx.raw, ctx.mail_from, ctx.message.from_address, ctx.message.subject,
                                   ctx.email_message)
+    automatic.check_not_calendar_reply(ctx.message)
 
 
 def _take_email_message(ctx: MessageContext) -> Message | None:
@@ -403,7 +404,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("framing", "refuse bare CR or LF in the data", _check_framing),
     Stage("input-limits", "refuse NUL bytes, huge headers, 8-bit junk and MIME bombs", _check_input_limits),
     Stage("parse", "parse the MIME message", _parse),
-    Stage("refuse-automatic", "refuse auto-replies, bounces, bulk mail and our own loops", _refuse_automatic),
+    Stage("refuse-automatic", "refuse auto-replies, bounces and other reports, bulk mail, bare calendar replies and our own loops",
+          _refuse_automatic),
     Stage("authenticate-sender", "require an aligned, valid DKIM signature on From", _authenticate_sender),
     Stage("rate-limit", "at most so many filed messages per sender, and per record of a record address",
           _rate_limit),

@@ -101,6 +101,94 @@ def test_bounces_and_machine_senders_are_refused(test_odoo, gateway, mailer, mai
     assert _posts(test_odoo) == []
 
 
+def _report(to: str, report_type: str, subject: str, human: str, machine: str) -> bytes:
+    """A multipart/report (RFC 6522) as Thunderbird or an MTA writes it, From the person."""
+    return (f"From: Paula Contributor <{PAULA}>\r\nTo: {to}\r\nSubject: {subject}\r\n"
+            f"Message-ID: <report-{report_type}@example.com>\r\nMIME-Version: 1.0\r\n"
+            f'Content-Type: multipart/report; report-type={report_type};\r\n boundary="rep0001"\r\n\r\n'
+            "This is a multi-part message in MIME format.\r\n--rep0001\r\n"
+            f"Content-Type: text/plain; charset=UTF-8\r\n\r\n{human}\r\n\r\n--rep0001\r\n"
+            f"Content-Type: message/{report_type}\r\n\r\n{machine}\r\n\r\n--rep0001\r\n"
+            "Content-Type: text/rfc822-headers\r\n\r\nSubject: Pump P-7\r\nMessage-ID: <abc@notes.example.com>\r\n"
+            "\r\n--rep0001--\r\n").encode()
+
+
+@pytest.mark.parametrize("report_type, subject, human, machine, detail", [
+    # Thunderbird's read receipt, sent with the reader's own envelope sender and From.
+    ("disposition-notification", "Return Receipt (displayed) - Pump P-7",
+     "This is a Return Receipt for the mail that you sent to portal.contrib@example.com.",
+     "Reporting-UA: example.com; Thunderbird 115.5.0\r\nFinal-Recipient: rfc822;portal.contrib@example.com\r\n"
+     "Original-Message-ID: <abc@notes.example.com>\r\nDisposition: manual-action/MDN-sent-manually; displayed",
+     "a read receipt (multipart/report, report-type=disposition-notification)"),
+    # A delivery report a relay sent with the user's envelope sender instead of the null one.
+    ("delivery-status", "Undeliverable: Pump P-7", "Delivery has failed to these recipients: customer@client.example",
+     "Reporting-MTA: dns;mx.example.com\r\n\r\nFinal-Recipient: rfc822;customer@client.example\r\n"
+     "Action: failed\r\nStatus: 5.1.1",
+     "a delivery report (multipart/report, report-type=delivery-status)"),
+    ("feedback-report", "Abuse report", "This is an email abuse report.",
+     "Feedback-Type: abuse\r\nUser-Agent: SomeGenerator/1.0\r\nVersion: 1",
+     "an abuse feedback report (multipart/report, report-type=feedback-report)"),
+    ("x-vendor-report", "Report", "A report.", "Whatever: 1", "a report (multipart/report, report-type=x-vendor-report)"),
+], ids=["read-receipt", "delivery-report", "feedback-report", "other-report"])
+def test_reports_on_other_messages_are_refused_whatever_their_sender(test_odoo, gateway, mailer, report_type, subject,
+                                                                      human, machine, detail):
+    # A MIME review: a read receipt and a delivery report with a person's envelope sender were filed
+    # as notes; only the headers and the envelope were read.
+    to = mailer.address("note", "project.task", TASK_ID)
+    reply = mailer.send(mailer.sign(_report(to, report_type, subject, human, machine)), to, mail_from=PAULA)
+    assert reply == f"550 5.7.1 Automatic replies, bulk and list mail are not filed: {detail}"
+    assert test_odoo.calls == []
+
+
+def test_a_report_forwarded_as_an_attachment_is_a_persons_message(test_odoo, gateway, mailer):
+    to = mailer.address("note", "project.task", TASK_ID)
+    report = _report(to, "delivery-status", "Undeliverable: Pump P-7", "Delivery has failed.", "Action: failed")
+    raw = (f"From: Paula Contributor <{PAULA}>\r\nTo: {to}\r\nSubject: Fwd: Undeliverable: Pump P-7\r\n"
+           "Message-ID: <forwarded-report@example.com>\r\nMIME-Version: 1.0\r\n"
+           'Content-Type: multipart/mixed; boundary="fw"\r\n\r\n--fw\r\nContent-Type: text/plain\r\n\r\n'
+           "The customer's address bounces, see below.\r\n--fw\r\nContent-Type: message/rfc822\r\n\r\n").encode() \
+        + report + b"\r\n--fw--\r\n"
+    reply = mailer.send(mailer.sign(raw), to)
+    assert reply.startswith("250 2.0.0 Filed"), reply
+
+
+def _calendar_reply(to: str, *, text: str = "", method: str = "REPLY") -> bytes:
+    """Outlook's answer to an invitation: a text part (empty unless the attendee wrote a comment)
+    and the iTIP object (RFC 5546)."""
+    ics = ("BEGIN:VCALENDAR\r\nMETHOD:{method}\r\nPRODID:Microsoft Exchange Server 2010\r\nVERSION:2.0\r\n"
+           "BEGIN:VEVENT\r\nORGANIZER:mailto:bob@example.org\r\n"
+           f"ATTENDEE;PARTSTAT=ACCEPTED:mailto:{PAULA}\r\nUID:040000008200E00074C5B7101A82E008\r\n"
+           "SUMMARY:Site visit P-7\r\nDTSTART:20270110T090000Z\r\nDTEND:20270110T100000Z\r\n"
+           "END:VEVENT\r\nEND:VCALENDAR\r\n").format(method=method)
+    return (f"From: Paula Contributor <{PAULA}>\r\nTo: {to}\r\nSubject: Accepted: Site visit P-7\r\n"
+            f"Message-ID: <accept-{method}-{len(text)}@example.com>\r\nMIME-Version: 1.0\r\n"
+            'Content-Type: multipart/alternative; boundary="acc"\r\n\r\n'
+            f'--acc\r\nContent-Type: text/plain; charset="us-ascii"\r\n\r\n{text}\r\n'
+            f'--acc\r\nContent-Type: text/calendar; charset="utf-8"; method={method}\r\n\r\n{ics}'
+            "--acc--\r\n").encode()
+
+
+def test_a_calendar_reply_without_a_comment_is_refused_as_automatic(test_odoo, gateway, mailer):
+    # A MIME review: Outlook's "Accept, send the response now" was filed as an empty note with an .ics.
+    to = mailer.address("note", "project.task", TASK_ID)
+    reply = mailer.send(mailer.sign(_calendar_reply(to)), to)
+    assert reply == ("550 5.7.1 Automatic replies, bulk and list mail are not filed: a calendar reply "
+                     "(METHOD:REPLY) with no text, the answer to an invitation")
+    assert test_odoo.calls == []
+
+
+@pytest.mark.parametrize("text, method", [
+    ("I will bring the new seal for P-7.", "REPLY"),  # "Accept, edit the response before sending"
+    ("", "REQUEST"),  # an invitation sent to the record: its .ics is the content
+], ids=["reply-with-comment", "invitation"])
+def test_a_calendar_reply_with_a_comment_and_an_invitation_are_filed(test_odoo, gateway, mailer, text, method):
+    to = mailer.address("note", "project.task", TASK_ID)
+    reply = mailer.send(mailer.sign(_calendar_reply(to, text=text, method=method)), to)
+    assert reply.startswith("250 2.0.0 Filed"), reply
+    [post] = _posts(test_odoo)
+    assert text in post.kwargs["body"]
+
+
 @pytest.mark.parametrize("subject", [
     # Found by exploratory testing (2026-12): notes whose subject only starts with the words of an
     # out-of-office subject were refused as automatic mail.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import email.parser
+
 import pytest
 
 from gateway import automatic, inputlimits, message, senderauth
@@ -33,6 +35,10 @@ CASES = {
     "mbox From_ line": b"From portal.contrib@example.com Mon Jan  1 00:00:00 2024\r\n" + _HEADER + _BODY,
     "multipart": _HEADER + b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n"
                            b"\r\nThe pump.\r\n--b--\r\n",
+    "read receipt": _HEADER + b"Content-Type: multipart/report; report-type=disposition-notification;\r\n boundary=b\r\n"
+                              b"\r\n--b\r\nContent-Type: text/plain\r\n\r\nThis is a Return Receipt\r\n--b\r\n"
+                              b"Content-Type: message/disposition-notification\r\n\r\nDisposition: manual-action/"
+                              b"MDN-sent-manually; displayed\r\n--b--\r\n",
 }
 
 
@@ -70,3 +76,17 @@ def test_input_limits_hand_over_the_multipart_message_they_parsed():
     assert message.parse(raw, parsed) == message.parse(raw)
     # A message without MIME structure is not parsed there: the parse stage does it.
     assert inputlimits.check_input(CASES["plain"], InputLimits()) is None
+
+
+def test_a_report_is_recognised_in_the_message_parsed_once(monkeypatch):
+    # The top-level Content-Type of a multipart/report is read from the message the pipeline parsed
+    # (a MIME review asked that refusing reports costs no second parse).
+    raw = CASES["read receipt"]
+    parsed = message.parse_email(raw)
+
+    def parsed_again(*args, **kwargs):
+        raise AssertionError("the message was parsed a second time")
+
+    monkeypatch.setattr(email.parser.BytesParser, "parsebytes", parsed_again)
+    assert _outcome(lambda: automatic.check_not_automatic(raw, "portal.contrib@example.com", "", "", parsed)) == (
+        "AutomaticMessage", "a read receipt (multipart/report, report-type=disposition-notification)")

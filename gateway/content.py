@@ -10,7 +10,7 @@ import nh3
 
 from gateway import quotes
 from gateway.context import Attachment, ParsedMessage
-from gateway.refusals import EmptyBody, EncryptedMessage, OpaqueSignedMessage
+from gateway.refusals import EmptyBody, EncryptedMessage, OpaqueSignedMessage, OutlookTnefOnly
 from gateway.subject import is_forward_subject
 
 # What an Odoo chatter message may hold. Odoo sanitizes again on its side (ODOO_FACTS.md b), but
@@ -261,6 +261,14 @@ def _candidate_splits(message: ParsedMessage) -> Iterator[quotes.Split]:
         yield quotes.split_text(message.text_plain)
 
 
+# Outlook's Transport Neutral Encapsulation Format, by its types and by the name Outlook gives it.
+_TNEF_TYPES = frozenset({"application/ms-tnef", "application/vnd.ms-tnef"})
+
+
+def _is_tnef(attachment: Attachment) -> bool:
+    return attachment.content_type.lower() in _TNEF_TYPES or attachment.filename.lower() == "winmail.dat"
+
+
 def extract_body(message: ParsedMessage, files: list[Attachment] | None = None) -> str:
     """The sanitized HTML body to post, or EmptyBody if nothing readable is left above the quote.
 
@@ -268,7 +276,8 @@ def extract_body(message: ParsedMessage, files: list[Attachment] | None = None) 
     reply holding only a quote is refused (issue 3); what was trimmed follows in a collapsed
     <details> block. A message forwarded inline with nothing written above it is filed as the
     forwarded message itself (see quotes.is_forward). ``files`` are the attachments that will be
-    filed (after the rules), by default all of the message's.
+    filed (after the rules), by default all of the message's. A message with no text but Outlook's
+    winmail.dat is OutlookTnefOnly.
     """
     if message.encryption:
         raise EncryptedMessage(message.encryption)
@@ -296,6 +305,11 @@ def extract_body(message: ParsedMessage, files: list[Attachment] | None = None) 
     # shown in full rather than collapsed, since there is nothing else to show.
     if forwarded:
         return forwarded
+    # Exchange sends a message whose text and files are all in Outlook's winmail.dat (TNEF), which is
+    # not decoded: filed, it was an empty note with an opaque file. Beside a text part it is only
+    # the files' wrapper, and the text is filed with it as any file.
+    if not fallback and any(_is_tnef(attachment) for attachment in message.attachments):
+        raise OutlookTnefOnly()
     # A file sent on its own (a forwarded message, a scan, a phone's photo) is what the author
     # meant to file; an inline image is not, since clients put logos and quoted pictures inline.
     if any(not attachment.inline for attachment in (message.attachments if files is None else files)):

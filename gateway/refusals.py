@@ -150,6 +150,13 @@ class MessageFragment(Refusal):
     reason = "Messages split in parts (message/partial) cannot be filed, send it whole"
 
 
+class OutlookTnefOnly(Refusal):
+    # The text and the files are inside Outlook's winmail.dat (TNEF), which the gateway does not
+    # decode (docs/content.md, "Outlook's winmail.dat"); the same bytes would fail again.
+    smtp_code, enhanced_code = 554, "5.6.0"
+    reason = "Outlook sent this in its own format (winmail.dat): send it as plain text or HTML"
+
+
 class NulByte(Refusal):
     smtp_code, enhanced_code = 550, "5.6.0"
     reason = "NUL byte in message data"

@@ -796,3 +796,47 @@ def test_a_sentence_like_a_closing_in_the_middle_of_the_text_stays_in_the_note(t
     assert reply.startswith("250 2.0.0 Filed"), reply
     body = test_odoo.message(int(reply.rsplit(" ", 1)[1]))["body"]
     assert "Sent from my phone" in body and "The report is attached." in body and "<details>" not in body
+
+
+# The start of a winmail.dat as Outlook writes it: the TNEF signature, a key, then the TNEF version
+# attribute (MS-OXTNEF 2.1.3); the gateway does not decode it (docs/content.md), so no more is needed.
+WINMAIL_DAT = bytes.fromhex("789f3e22" "4c61" "0106900800" "04000000" "00000100" "0100")
+_TNEF_REFUSAL = "554 5.6.0 Outlook sent this in its own format (winmail.dat): send it as plain text or HTML"
+
+
+def _tnef_message(to: str, text: str | None, *, content_type: str = "application/ms-tnef") -> bytes:
+    """Outlook's 'Rich Text' message: a text part (Outlook to an external recipient) and winmail.dat,
+    or winmail.dat alone as the whole message (Exchange)."""
+    encoded = base64.b64encode(WINMAIL_DAT).decode()
+    tnef_headers = (f'Content-Type: {content_type}; name="winmail.dat"\r\nContent-Transfer-Encoding: base64\r\n'
+                    'Content-Disposition: attachment; filename="winmail.dat"')
+    if text is None:
+        return _raw(to, "Inspection report attached", tnef_headers + "\r\nX-MS-TNEF-Correlator: <0000@example.com>",
+                    encoded.encode())
+    return _raw(to, "Inspection report attached", 'Content-Type: multipart/mixed; boundary="_000_tnef_"',
+                (f'--_000_tnef_\r\nContent-Type: text/plain; charset="us-ascii"\r\n\r\n{text}\r\n'
+                 f"--_000_tnef_\r\n{tnef_headers}\r\n\r\n{encoded}\r\n--_000_tnef_--\r\n").encode())
+
+
+@pytest.mark.parametrize("text, content_type", [
+    (None, "application/ms-tnef"),  # Exchange: the whole message is winmail.dat
+    (None, "application/vnd.ms-tnef"),
+    ("", "application/ms-tnef"),  # an empty text part beside it
+], ids=["tnef-only", "vnd-tnef-only", "empty-text-and-tnef"])
+def test_a_message_that_is_only_outlooks_winmail_dat_is_refused_with_what_to_do(test_odoo, gateway, mailer, text,
+                                                                                   content_type):
+    # A MIME review: filed as an empty note with an opaque winmail.dat, its text and files unreadable.
+    to = mailer.address("note", "project.task", TASK_ID)
+    assert mailer.send(mailer.sign(_tnef_message(to, text, content_type=content_type)), to) == _TNEF_REFUSAL
+    assert _posts(test_odoo) == []
+
+
+def test_the_text_beside_a_winmail_dat_is_filed_with_the_file(test_odoo, gateway, mailer):
+    # Outlook writes the text as a text part too: it is the note, and winmail.dat is filed as a file.
+    to = mailer.address("note", "project.task", TASK_ID)
+    reply = mailer.send(mailer.sign(_tnef_message(to, "Here is the inspection report for P-7.\r\n\r\nPaula")), to)
+    assert reply.startswith("250 2.0.0 Filed"), reply
+    stored = test_odoo.message(int(reply.rsplit(" ", 1)[1]))
+    assert "Here is the inspection report for P-7." in stored["body"]
+    [attachment_id] = stored["attachment_ids"]
+    assert test_odoo.attachment_bytes(attachment_id) == WINMAIL_DAT

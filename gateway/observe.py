@@ -82,8 +82,11 @@ def message_done(entry: JournalEntry, *, timed: bool = True) -> None:
 
 
 def log_fields(entry: JournalEntry) -> dict:
-    fields = dataclasses.asdict(entry)
+    # A shallow copy: dataclasses.asdict deep-copies every value, a tenth of this function's time
+    # for fields that are only read here (issue 6: CPU per note).
+    fields = {field.name: getattr(entry, field.name) for field in dataclasses.fields(entry)}
     fields["journal_id"] = fields.pop("id")
+    fields["defects"] = list(entry.defects)
     fields["durations"] = {stage: round(seconds, 6) for stage, seconds in entry.durations.items()}
     if worker is not None:
         # Which of the workers filed it: the journal row is the same whichever did.

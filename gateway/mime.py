@@ -369,7 +369,18 @@ def unwrap_clearsigned(text: str) -> tuple[str, bool]:
     return "\n".join(lines) + "\n" + text[match.end():], True
 
 
+def _encrypted_part(part: email.message.Message, content: MimeContent) -> None:
+    """A multipart/encrypted part inside a message (a PGP/MIME mail forwarded as a part, not as
+    message/rfc822) is one file: the encrypted entity whole, which the reader's client can open and
+    decrypt, rather than its control part and ciphertext as two files."""
+    content.attachments.append(Attachment(filename=attachment_name(part) or "encrypted message.eml",
+                                          content_type="message/rfc822", payload=part.as_bytes()))
+
+
 def _walk(part: email.message.Message, content: MimeContent, *, root: bool = False) -> None:
+    """Walk one part. ``root``: the part is the message itself (or the signed content of a
+    multipart/signed message), the only place where encryption or opaque signing makes the message
+    unreadable; elsewhere an encrypted or signed part is a file."""
     content_type = part.get_content_type()
     if content_type in ("message/rfc822", "message/global"):
         _forwarded_message(part, content)
@@ -380,15 +391,20 @@ def _walk(part: email.message.Message, content: MimeContent, *, root: bool = Fal
     if content_type == "message/external-body":
         _external_body(part, content)
         return
+    # Only the message itself encrypted (or opaque-signed) is unreadable: an encrypted file attached
+    # to a readable text is a file (a review found archive.p7m beside a text refused whole).
     if content_type == "multipart/encrypted":
-        content.encryption = "PGP/MIME"
+        if root:
+            content.encryption = "PGP/MIME"
+        else:
+            _encrypted_part(part, content)
         return
-    if content_type in _SMIME_TYPES:
+    if content_type in _SMIME_TYPES and root:
         smime_type = _smime_type(part)
         if smime_type in ("enveloped-data", "authenveloped-data"):
             content.encryption = "S/MIME"
             return
-        if smime_type == "signed-data" and root:
+        if smime_type == "signed-data":
             content.opaque_signed = True
             return
     if content_type in _KEY_TYPES:

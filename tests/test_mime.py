@@ -225,3 +225,27 @@ def test_an_attached_signed_p7m_file_is_filed_and_only_a_signed_message_refused(
     whole = _parse(b'Content-Type: application/x-pkcs7-mime; name="smime.p7m"\r\nContent-Transfer-Encoding: base64',
                    base64.b64encode(signed_data))
     assert whole.opaque_signed and whole.encryption is None
+
+
+def test_only_the_message_itself_encrypted_is_encrypted():
+    # An encrypted part beside a readable text is a file; the message is encrypted only where the
+    # encrypted part is the message, or the signed content of multipart/signed (today's review).
+    enveloped = bytes.fromhex("3082000006092a864886f70d010703a0")
+    smime_file = (b'Content-Type: application/pkcs7-mime; smime-type=enveloped-data; name="archive.p7m"\r\n'
+                  b"Content-Transfer-Encoding: base64\r\n\r\n" + base64.b64encode(enveloped))
+    pgp_part = (b'Content-Type: multipart/encrypted; protocol="application/pgp-encrypted"; boundary=e\r\n\r\n'
+                b"--e\r\nContent-Type: application/pgp-encrypted\r\n\r\nVersion: 1\r\n"
+                b"--e\r\nContent-Type: application/octet-stream\r\n\r\n-----BEGIN PGP MESSAGE-----\r\n"
+                b"hQEMA\r\n-----END PGP MESSAGE-----\r\n--e--")
+    attached = _mixed(b"Content-Type: text/plain\r\n\r\nThe archive and the report, as they came.", smime_file, pgp_part)
+    assert attached.encryption is None
+    assert [(item.filename, item.content_type) for item in attached.attachments] == [
+        ("archive.p7m", "application/pkcs7-mime"), ("encrypted message.eml", "message/rfc822")]
+    assert b"-----BEGIN PGP MESSAGE-----" in attached.attachments[1].payload
+    assert b"application/pgp-encrypted" in attached.attachments[1].payload
+    whole = _parse(b'Content-Type: multipart/encrypted; protocol="application/pgp-encrypted"; boundary=e',
+                   pgp_part.split(b"\r\n\r\n", 1)[1])
+    assert whole.encryption == "PGP/MIME" and whole.attachments == []
+    signed = _parse(b'Content-Type: multipart/signed; protocol="application/pkcs7-signature"; boundary="s"',
+                    b"--s\r\n" + smime_file + b"\r\n--s\r\nContent-Type: application/pkcs7-signature\r\n\r\nsig\r\n--s--\r\n")
+    assert signed.encryption == "S/MIME"

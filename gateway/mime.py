@@ -377,10 +377,11 @@ def _encrypted_part(part: email.message.Message, content: MimeContent) -> None:
                                           content_type="message/rfc822", payload=part.as_bytes()))
 
 
-def _walk(part: email.message.Message, content: MimeContent, *, root: bool = False) -> None:
+def _walk(part: email.message.Message, content: MimeContent, *, root: bool = False, signed: bool = False) -> None:
     """Walk one part. ``root``: the part is the message itself (or the signed content of a
     multipart/signed message), the only place where encryption or opaque signing makes the message
-    unreadable; elsewhere an encrypted or signed part is a file."""
+    unreadable; elsewhere an encrypted or signed part is a file. ``signed``: the part is inside a
+    multipart/signed structure, where a client adds the sender's key on its own."""
     content_type = part.get_content_type()
     if content_type in ("message/rfc822", "message/global"):
         _forwarded_message(part, content)
@@ -407,7 +408,8 @@ def _walk(part: email.message.Message, content: MimeContent, *, root: bool = Fal
         if smime_type == "signed-data":
             content.opaque_signed = True
             return
-    if content_type in _KEY_TYPES:
+    if content_type in _KEY_TYPES and signed:
+        # The key Thunderbird adds to signed mail; one a sender attaches to an unsigned message is a file.
         content.defects.append(f"signature-part-dropped:{content_type}")
         return
     if part.is_multipart():
@@ -423,7 +425,8 @@ def _walk(part: email.message.Message, content: MimeContent, *, root: bool = Fal
                 _place_inline_image(child, content)
                 continue
             # The signed content of multipart/signed is the message as the sender wrote it.
-            _walk(child, content, root=root and content_type == "multipart/signed" and index == 0)
+            _walk(child, content, root=root and content_type == "multipart/signed" and index == 0,
+                  signed=signed or content_type == "multipart/signed")
             html_before = html_before or child.get_content_type() == "text/html"
         return
     disposition = (part.get_content_disposition() or "").lower()

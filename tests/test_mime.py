@@ -202,16 +202,23 @@ def test_a_file_is_inline_only_where_the_html_shows_it():
 
 def test_only_the_control_part_of_multipart_signed_is_dropped():
     # A detached signature the sender attaches to a file of theirs is a file; the signature part of
-    # multipart/signed is not, nor is an OpenPGP key.
+    # multipart/signed is not, nor is the OpenPGP key Thunderbird adds inside a signed message.
     signed = _parse(b'Content-Type: multipart/signed; protocol="application/pgp-signature"; boundary="s"',
-                    b"--s\r\nContent-Type: text/plain\r\n\r\nSigned text\r\n--s\r\n"
+                    b"--s\r\nContent-Type: multipart/mixed; boundary=m\r\n\r\n"
+                    b"--m\r\nContent-Type: text/plain\r\n\r\nSigned text\r\n--m\r\n"
+                    b'Content-Type: application/pgp-keys; name="OpenPGP_0x59F7240FF7AE7667.asc"\r\n\r\nkey\r\n'
+                    b"--m--\r\n--s\r\n"
                     b"Content-Type: application/pgp-signature\r\n\r\nsig\r\n--s--\r\n")
     assert signed.text_plain.strip() == "Signed text" and signed.attachments == []
     assert "signature-part-dropped:application/pgp-signature" in signed.defects
+    assert "signature-part-dropped:application/pgp-keys" in signed.defects
+    # A key attached to an unsigned message was attached on purpose ("please import my key"): a
+    # file (today's review: it was dropped; this test said so until then).
     mixed = _mixed(b"Content-Type: text/plain\r\n\r\nThe release and its signature.",
                    b'Content-Type: application/pgp-signature; name="release.tar.gz.sig"\r\n\r\nsig',
                    b'Content-Type: application/pgp-keys; name="OpenPGP_0x59F7240FF7AE7667.asc"\r\n\r\nkey')
-    assert [item.filename for item in mixed.attachments] == ["release.tar.gz.sig"]
+    assert [item.filename for item in mixed.attachments] == ["release.tar.gz.sig", "OpenPGP_0x59F7240FF7AE7667.asc"]
+    assert not any(defect.startswith("signature-part-dropped") for defect in mixed.defects)
 
 
 def test_an_attached_signed_p7m_file_is_filed_and_only_a_signed_message_refused():

@@ -218,8 +218,34 @@ def visible_text(sanitized: str) -> str:
     return html.unescape(nh3.clean(sanitized, tags=set(), clean_content_tags=set()))
 
 
-# An inline OpenPGP message (RFC 4880 section 6.2) as the text of a note.
-_PGP_MESSAGE = re.compile(r"\s*-----BEGIN PGP MESSAGE-----")
+# An inline OpenPGP message (RFC 4880 section 6.2): the armour lines that open and close it.
+_PGP_BEGIN = "-----BEGIN PGP MESSAGE-----"
+_PGP_END = "-----END PGP MESSAGE-----"
+# Where HTML breaks a line: visible_text joins the lines of <br> and of block elements.
+_LINE_BREAK = re.compile(r"<br\s*/?>|</(?:p|div|pre|li|tr|h[1-6]|blockquote|table)>", re.IGNORECASE)
+
+
+def is_inline_pgp(sanitized: str, text: str) -> bool:
+    """True if the body is only inline OpenPGP ciphertext: armoured blocks, each from its BEGIN
+    line to its END line, and nothing around them but blank lines. ``text`` is the body's
+    ``visible_text``.
+
+    A text that mentions the armour line, or explains a block pasted into it, is the sender's text
+    (a review found a text starting with the BEGIN line and no END line refused as encrypted). Only
+    a text that starts with the BEGIN line is read again, line by line, in one pass.
+    """
+    if not text.lstrip().startswith(_PGP_BEGIN):
+        return False
+    inside = False
+    for line in visible_text(_LINE_BREAK.sub("\\g<0>\n", sanitized)).splitlines():
+        line = line.strip()
+        if inside:
+            inside = line != _PGP_END
+        elif line == _PGP_BEGIN:
+            inside = True
+        elif line:
+            return False
+    return not inside
 
 
 def is_readable(sanitized: str) -> bool:
@@ -293,7 +319,7 @@ def extract_body(message: ParsedMessage, files: list[Attachment] | None = None) 
         details = f"<details><summary>{TRIMMED_SUMMARY}</summary>\n{trimmed}\n</details>" \
             if readable_trimmed else ""
         if is_readable(body):
-            if _PGP_MESSAGE.match(visible_text(body)):
+            if is_inline_pgp(body, visible_text(body)):
                 # Mailvelope, mutt and others encrypt the text itself: what is kept is ciphertext.
                 raise EncryptedMessage("inline PGP")
             return f"{body}\n{details}" if details else body

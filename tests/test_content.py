@@ -6,7 +6,7 @@ import pytest
 
 from gateway.content import extract_body, link_remote_images, sanitize_html, text_to_html
 from gateway.context import ParsedMessage
-from gateway.refusals import EmptyBody
+from gateway.refusals import EmptyBody, EncryptedMessage
 
 
 def message(text_plain: str = "", text_html: str = "") -> ParsedMessage:
@@ -204,3 +204,30 @@ def test_an_image_url_hidden_by_tabs_is_still_recognised_as_remote():
     # Browsers ignore tabs and newlines in a URL: "ht<TAB>tps:" is fetched as https.
     linked, count = link_remote_images(sanitize_html('<img src="ht&#9;tps://tracker.example/p.gif">'))
     assert count == 1 and "<img" not in linked
+
+
+_ARMOURED = "-----BEGIN PGP MESSAGE-----\n\nhF4DsEaySJ2/GooSAQdA\n=ymef\n-----END PGP MESSAGE-----\n"
+
+
+@pytest.mark.parametrize("text_plain, text_html", [
+    (_ARMOURED, ""),
+    ("\n\n" + _ARMOURED + "\n" + _ARMOURED + "\n", ""),
+    ("", "<pre>" + _ARMOURED.replace("\n", "<br>") + "</pre>"),
+    ("", "<p>-----BEGIN PGP MESSAGE-----</p><p>hF4DsEaySJ2/GooSAQdA<br>=ymef<br>-----END PGP MESSAGE-----</p>"),
+], ids=["text", "two-blocks", "html-pre", "html-paragraphs"])
+def test_a_text_that_is_only_armoured_ciphertext_is_inline_pgp(text_plain, text_html):
+    with pytest.raises(EncryptedMessage) as refused:
+        extract_body(message(text_plain=text_plain, text_html=text_html))
+    assert refused.value.detail == "inline PGP"
+
+
+@pytest.mark.parametrize("text_plain", [
+    # The armour line mentioned, no END line (today's review: refused as inline PGP).
+    "-----BEGIN PGP MESSAGE----- is what the customer's mails start with; ask for plain text.\n",
+    "-----BEGIN PGP MESSAGE-----\nhF4DsEaySJ2/GooSAQdA\n",
+    _ARMOURED + "\nThis is what the customer sent; we have no key for it.\n",
+    "The customer sent this:\n\n" + _ARMOURED,
+    "-----BEGIN PGP MESSAGE----- and -----END PGP MESSAGE----- frame what they send.\n",
+], ids=["mention", "no-end-line", "text-after", "text-before", "both-lines-mentioned"])
+def test_a_text_about_or_around_an_armoured_block_is_filed(text_plain):
+    assert "PGP MESSAGE" in extract_body(message(text_plain=text_plain))

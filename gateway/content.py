@@ -248,13 +248,15 @@ def is_inline_pgp(sanitized: str, text: str) -> bool:
     return not inside
 
 
-def is_readable(sanitized: str) -> bool:
+def is_readable(sanitized: str, text: str | None = None) -> bool:
     """True if the HTML shows something: visible text, or an image (a pasted screenshot counts).
 
     nh3 does the HTML parsing twice over (all tags dropped: the text; only <img src>: the images),
-    a quarter of the CPU of Python's HTMLParser (issue 6).
+    a quarter of the CPU of Python's HTMLParser (issue 6). ``text``, if given, is the
+    ``visible_text`` of ``sanitized`` the caller already has, so it is not computed again.
     """
-    text = visible_text(sanitized)
+    if text is None:
+        text = visible_text(sanitized)
     if text.translate(_INVISIBLE).strip():
         return True
     return "<img" in sanitized and bool(_IMAGE.search(
@@ -318,8 +320,10 @@ def extract_body(message: ParsedMessage, files: list[Attachment] | None = None) 
         readable_trimmed = bool(trimmed) and is_readable(trimmed)
         details = f"<details><summary>{TRIMMED_SUMMARY}</summary>\n{trimmed}\n</details>" \
             if readable_trimmed else ""
-        if is_readable(body):
-            if is_inline_pgp(body, visible_text(body)):
+        # nh3 parses the body once for its text: readability and the inline-PGP check share it.
+        text = visible_text(body)
+        if is_readable(body, text):
+            if is_inline_pgp(body, text):
                 # Mailvelope, mutt and others encrypt the text itself: what is kept is ciphertext.
                 raise EncryptedMessage("inline PGP")
             return f"{body}\n{details}" if details else body

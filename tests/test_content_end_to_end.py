@@ -840,3 +840,24 @@ def test_the_text_beside_a_winmail_dat_is_filed_with_the_file(test_odoo, gateway
     assert "Here is the inspection report for P-7." in stored["body"]
     [attachment_id] = stored["attachment_ids"]
     assert test_odoo.attachment_bytes(attachment_id) == WINMAIL_DAT
+
+
+def test_the_text_of_a_filed_note_is_read_out_of_its_html_once(test_odoo, gateway, mailer, monkeypatch):
+    # Each nh3 pass over a body costs CPU on every note (bench/); a review found the kept body read
+    # twice, for readability and again for the inline-PGP check.
+    from gateway import content
+
+    read: list[str] = []
+    real = content.visible_text
+
+    def counted(sanitized: str) -> str:
+        read.append(sanitized)
+        return real(sanitized)
+
+    monkeypatch.setattr(content, "visible_text", counted)
+    reply, _ = _send_raw(mailer, "Pump P-7", _plain_only("The seal of pump P-7 was replaced.\n\n"
+                                                          "On Mon, Bob wrote:\n> Is the pump done?\n"))
+    assert reply.startswith("250 2.0.0 Filed"), reply
+    [post] = _posts(test_odoo)
+    assert "The seal of pump P-7 was replaced." in post.kwargs["body"]
+    assert read and all(read.count(body) == 1 for body in read), read

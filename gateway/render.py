@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import jinja2
-from jinja2.loaders import split_template_path
 from markupsafe import Markup
 
 if TYPE_CHECKING:
@@ -41,35 +40,6 @@ def bundled_templates() -> Traversable:
         return SOURCE_TEMPLATES
 
 
-class ResourceLoader(jinja2.BaseLoader):
-    """Loads templates from a package's resources, which need not be files on disk (a zip, a wheel)."""
-
-    def __init__(self, root: Traversable) -> None:
-        self.root = root
-
-    def get_source(
-        self, environment: jinja2.Environment, template: str
-    ) -> tuple[str, str | None, Callable[[], bool] | None]:
-        resource = self.root.joinpath(*split_template_path(template))
-        if not resource.is_file():
-            raise jinja2.TemplateNotFound(template)
-        filename = str(resource) if isinstance(resource, Path) else None
-        # Bundled templates change only with the gateway, so a compiled template never goes stale.
-        return resource.read_text(encoding="utf-8"), filename, lambda: True
-
-    def list_templates(self) -> list[str]:
-        found: list[str] = []
-        pending: list[tuple[str, Traversable]] = [("", self.root)]
-        while pending:
-            prefix, folder = pending.pop()
-            for child in folder.iterdir():
-                if child.is_dir():
-                    pending.append((f"{prefix}{child.name}/", child))
-                elif child.name.endswith(".j2"):
-                    found.append(prefix + child.name)
-        return sorted(found)
-
-
 class TemplateProblem(ValueError):
     """A template that cannot be read, compiled or rendered: the file, the line if known, and why."""
 
@@ -78,26 +48,73 @@ class TemplateProblem(ValueError):
         super().__init__(f"{file}, line {line}: {reason}" if line else f"{file}: {reason}")
 
 
+# A template folder holds text: a file larger than this is no template or part of one.
+MAX_TEMPLATE_FILE = 1024 * 1024
+
+
+def _folder_files(root: Traversable, label: str) -> list[tuple[str, Traversable]]:
+    """Every file under ``root`` as (template name, file), hidden files and folders (an editor's
+    ``.default.html.j2.swp``, ``.git``) left out; a folder linked from elsewhere is not followed."""
+    found: list[tuple[str, Traversable]] = []
+    pending: list[tuple[str, Traversable]] = [("", root)]
+    while pending:
+        prefix, folder = pending.pop()
+        try:
+            children = list(folder.iterdir())
+        except OSError as error:
+            raise TemplateProblem(f"{label}/{prefix}".rstrip("/"), None,
+                                  f"cannot read the folder: {error.strerror or error}") from None
+        for child in children:
+            if child.name.startswith("."):
+                continue
+            if child.is_dir():
+                if not (isinstance(child, Path) and child.is_symlink()):
+                    pending.append((f"{prefix}{child.name}/", child))
+            elif child.is_file():
+                found.append((prefix + child.name, child))
+    return sorted(found, key=lambda item: item[0])
+
+
 class SnapshotLoader(jinja2.BaseLoader):
     """The templates of one folder as they were read when the gateway started or last reloaded.
 
-    Every ``*.j2`` file is read once, so that an edit on disk changes nothing until a reload, which
-    checks it first (as a rules file is checked); a file saved half-way never reaches a message.
+    Every file of the folder (hidden ones left out) is read once, so that an edit on disk changes
+    nothing until a reload, which checks it first (as a rules file is checked); a file saved
+    half-way never reaches a message. The ``*.j2`` files are the templates, checked by
+    Renderer.check; any other file is read so that a template can ``{% include %}`` it (a review
+    found an include of "note/footer.html" stopping serve after an upgrade that read only
+    ``*.j2``). A ``*.j2`` file that cannot be read, is not UTF-8 text or is larger than
+    MAX_TEMPLATE_FILE is a TemplateProblem here; another such file is not read, and a template that
+    uses it fails its check, naming the file and why.
     """
 
-    def __init__(self, loader: jinja2.BaseLoader, folder: str) -> None:
+    def __init__(self, root: Traversable, folder: str, *, templates_only: bool = False) -> None:
         self.sources: dict[str, tuple[str, str | None]] = {}
-        for name in loader.list_templates():
-            if not name.endswith(".j2"):
+        # Files that are not templates and were not read, and why: named if a template uses one.
+        self.unread: dict[str, str] = {}
+        for name, resource in _folder_files(root, folder):
+            if templates_only and not name.endswith(".j2"):
                 continue
+            filename = str(resource) if isinstance(resource, Path) else None
             try:
-                source, filename, _ = loader.get_source(_READER, name)
-            except UnicodeDecodeError as error:
-                raise TemplateProblem(f"{folder}/{name}", None,
-                                      f"not UTF-8 text: byte 0x{error.object[error.start]:02x}") from None
+                with resource.open("rb") as stream:
+                    data = stream.read(MAX_TEMPLATE_FILE + 1)
+                if len(data) > MAX_TEMPLATE_FILE:
+                    raise _NotText(f"larger than {MAX_TEMPLATE_FILE // (1024 * 1024)} MiB, not read")
+                try:
+                    source = data.decode("utf-8")
+                except UnicodeDecodeError as error:
+                    raise _NotText(f"not UTF-8 text: byte 0x{error.object[error.start]:02x}") from None
             except OSError as error:
-                raise TemplateProblem(f"{folder}/{name}", None, f"cannot read: {error.strerror or error}") from None
-            self.sources[name] = (source, filename)
+                problem = _NotText(f"cannot read: {error.strerror or error}")
+            except _NotText as not_text:
+                problem = not_text
+            else:
+                self.sources[name] = (source, filename)
+                continue
+            if name.endswith(".j2"):
+                raise TemplateProblem(f"{folder}/{name}", None, str(problem))
+            self.unread[name] = f"{filename or f'{folder}/{name}'}: {problem}"
 
     def get_source(
         self, environment: jinja2.Environment, template: str
@@ -105,15 +122,26 @@ class SnapshotLoader(jinja2.BaseLoader):
         try:
             source, filename = self.sources[template]
         except KeyError:
+            if template in self.unread:
+                raise UnreadTemplateFile(self.unread[template]) from None
             raise jinja2.TemplateNotFound(template) from None
         return source, filename, lambda: True
 
     def list_templates(self) -> list[str]:
         return sorted(self.sources)
 
+    @property
+    def templates(self) -> list[str]:
+        """The names of the templates proper, the ``*.j2`` files."""
+        return [name for name in sorted(self.sources) if name.endswith(".j2")]
 
-# FileSystemLoader.get_source asks for an environment it does not use.
-_READER = jinja2.Environment()
+
+class _NotText(Exception):
+    pass
+
+
+class UnreadTemplateFile(jinja2.TemplateError):
+    """A template includes a file of the folder that was not read (not UTF-8, or too large)."""
 
 
 def _autoescape(template_name: str | None) -> bool:
@@ -136,8 +164,9 @@ class Renderer:
         self.layers: list[SnapshotLoader] = []
         for folder in (domain_dir, override_dir):
             if folder is not None:
-                self.layers.append(SnapshotLoader(jinja2.FileSystemLoader(str(folder), encoding="utf-8"), str(folder)))
-        self.layers.append(SnapshotLoader(ResourceLoader(bundled_templates()), "bundled templates"))
+                self.layers.append(SnapshotLoader(folder, str(folder)))
+        # The bundled package ships only *.j2 files (beside its __init__.py).
+        self.layers.append(SnapshotLoader(bundled_templates(), "bundled templates", templates_only=True))
         self.override_dir = override_dir
         self.domain_dir = domain_dir
         self._domain_renderers: dict[Path, Renderer] = {}
@@ -267,7 +296,7 @@ class Renderer:
         Raises TemplateProblem naming the file and the line: a syntax error, or a value no message
         gives (StrictUndefined), found at start and reload instead of at the first message.
         """
-        names = sorted({name for layer in self.layers for name in layer.sources})
+        names = sorted({name for layer in self.layers for name in layer.templates})
         for name in names:
             try:
                 template = self.environment.get_template(name)
@@ -306,6 +335,8 @@ def _reason(error: BaseException) -> str:
     if isinstance(error, jinja2.UndefinedError) and (error.message or "").endswith(" is undefined"):
         return f"{error.message}: no message gives this value (the values are listed in docs/content.md)"
     if isinstance(error, jinja2.UndefinedError):
+        return str(error.message)
+    if isinstance(error, UnreadTemplateFile):
         return str(error.message)
     if isinstance(error, jinja2.TemplateNotFound):
         return f"template {error.name} not found"

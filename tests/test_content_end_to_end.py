@@ -88,6 +88,30 @@ def test_alias_domain_default_template_wins_over_the_gateway_template_of_the_mod
     assert post.kwargs["body"].startswith("<p>Domain note</p>")
 
 
+def test_a_template_includes_a_file_of_its_folder_that_is_no_j2_template(tmp_path, test_odoo, dns_server, dkim_keys):
+    # Today's review: an include of "note/footer.html" stopped serve after an upgrade that read only
+    # the *.j2 files of a folder ("template note/footer.html not found"). Every file is read; hidden
+    # ones (an editor's swap file) and files no template uses (a picture) stop nothing.
+    config_path = write_config(tmp_path, test_odoo, dns_server.port)
+    config_path.write_text('templates_dir = "site-templates"\n' + config_path.read_text())
+    folder = tmp_path / "site-templates" / "note"
+    folder.mkdir(parents=True)
+    (folder / "default.html.j2").write_text('<p>{{ body }}</p>\n{% include "note/footer.html" %}\n')
+    (folder / "footer.html").write_text("<p><em>Site log, filed by {{ sender_email }}</em></p>\n")
+    (folder / ".default.html.j2.swp").write_bytes(b"b0VIM 9.0\x00\xff\xfe")
+    (folder / "logo.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff")
+    services = Services.build(load_config(config_path))
+    server = ThreadedGateway(services).start()
+    try:
+        mailer = Mailer(type("Running", (), {"port": server.port})(), dkim_keys)
+        assert _send(mailer, "note", "project.task", TASK_ID).startswith("250 ")
+    finally:
+        server.stop()
+        services.close()
+    [post] = _posts(test_odoo)
+    assert post.kwargs["body"].endswith(f"<p><em>Site log, filed by {PAULA}</em></p>\n")
+
+
 def test_note_notifies_internal_users_in_cc_with_one_lookup(test_odoo, gateway, mailer):
     reply = _send(mailer, "note", "project.task", TASK_ID,
                   cc="Marc Demo <mark.brown23@example.com>, portal.plain@example.com, stranger@elsewhere.example")

@@ -206,3 +206,40 @@ def test_the_most_specific_folder_decides_before_the_model(tmp_path):
     notice = dict(address="a@b.example", subject="", sender_email="c@d.example")
     assert domain.render_refusal(EmptyBody(), **notice).startswith("domain notice")
     assert renderer.render_refusal(EmptyBody(), **notice).startswith("gateway notice")
+
+
+def test_every_file_of_a_folder_is_read_once_and_only_j2_files_are_checked(tmp_path):
+    # An include of a file not ending in .j2 (today's review: "template note/footer.html not found").
+    write(tmp_path, "note/default.html.j2", '{{ body }}\n{% include "note/footer.html" %}')
+    write(tmp_path, "note/footer.html", "<p>Footer for {{ sender_email }}</p>\n")
+    write(tmp_path, "note/unused.html", "{% if %} not a template, never checked")
+    write(tmp_path, ".git/config", "[core]")
+    write(tmp_path, "note/.footer.html.swp", "swap")
+    renderer = Renderer(tmp_path)
+    names = renderer.check()
+    assert "note/default.html.j2" in names and "note/footer.html" not in names and "note/unused.html" not in names
+    assert set(renderer.layers[0].sources) == {"note/default.html.j2", "note/footer.html", "note/unused.html"}
+    write(tmp_path, "note/footer.html", "<p>Edited on disk</p>\n")
+    html = renderer.render_body("note", "project.task", **body_values())
+    assert html.endswith("<p>Footer for portal.contrib@example.com</p>\n")
+
+
+def test_a_file_that_is_not_text_stops_only_the_template_that_uses_it(tmp_path):
+    write(tmp_path, "note/default.html.j2", "{{ body }}\n")
+    (tmp_path / "note" / "logo.png").write_bytes(b"\x89PNG\r\n\x1a\n\xff")
+    assert "note/default.html.j2" in Renderer(tmp_path).check()
+    write(tmp_path, "note/default.html.j2", '{{ body }}\n{% include "note/logo.png" %}\n')
+    with pytest.raises(TemplateProblem) as found:
+        Renderer(tmp_path).check()
+    assert str(found.value) == (f"{tmp_path / 'note' / 'default.html.j2'}, line 2: "
+                                f"{tmp_path / 'note' / 'logo.png'}: not UTF-8 text: byte 0x89")
+
+
+def test_a_file_larger_than_a_template_can_be_is_named(tmp_path):
+    write(tmp_path, "note/default.html.j2", "{{ body }}\n")
+    (tmp_path / "note" / "huge.html").write_bytes(b"x" * (1024 * 1024 + 1))
+    assert "note/default.html.j2" in Renderer(tmp_path).check()
+    (tmp_path / "note" / "huge.html").rename(tmp_path / "note" / "sale.order.html.j2")
+    with pytest.raises(TemplateProblem) as found:
+        Renderer(tmp_path)
+    assert str(found.value) == f"{tmp_path}/note/sale.order.html.j2: larger than 1 MiB, not read"

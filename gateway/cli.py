@@ -9,6 +9,7 @@ import os
 import signal
 import ssl
 import sys
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -98,6 +99,9 @@ def command_serve(args: argparse.Namespace) -> int:
         loop.call_later(new_services.config.gateway.listener.message_deadline + 10, old_services.close)
         logger.info("rules reloaded: %s", ", ".join(sorted(new_services.config.domains)))
 
+    # When the stop's grace ends (time.monotonic()), once a signal asked for the stop.
+    stop_ends: list[float] = []
+
     async def run() -> None:
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
@@ -125,6 +129,7 @@ def command_serve(args: argparse.Namespace) -> int:
             except Exception as error:
                 logger.warning("odoo %s: cannot log in yet (%s); mail is deferred until it can", name, error)
         await stop.wait()
+        stop_ends.append(time.monotonic() + listener.shutdown_grace)
         logger.info("stopping: no new sessions, up to %g s for messages in flight", listener.shutdown_grace)
         await server.stop()
         logger.info("stopped")
@@ -138,8 +143,12 @@ def command_serve(args: argparse.Namespace) -> int:
         logger.error("cannot listen on %s:%d: %s", listener.host, listener.port, error.strerror or error)
         return 1
     finally:
-        # The notices queued before the stop are sent first, within the same grace as the messages.
-        server.services.close(notices_wait=config.gateway.listener.shutdown_grace)
+        # The queued notices get what is left of the stop's grace, counted from the signal: the
+        # messages in flight had it first, and server.stop may have used it all and more (the
+        # pipelines still running, each up to its message deadline). A fresh grace here made a stop
+        # take up to two, past what a supervisor waits for a worker (workers._stop_workers).
+        grace = config.gateway.listener.shutdown_grace
+        server.services.close(notices_wait=max(0.0, stop_ends[0] - time.monotonic()) if stop_ends else grace)
     return 0
 
 

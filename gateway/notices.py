@@ -131,7 +131,8 @@ class Notifier:
     """Sends queued notices one at a time in a thread of its own, started with the first notice.
 
     ``close`` takes no more notices; the thread goes on until the queue is empty, and ``close``
-    waits for it up to the time it is given (serve gives it listener.shutdown_grace when it stops).
+    waits for it up to the time it is given (serve gives it what is left of listener.shutdown_grace,
+    counted from the stop signal).
     """
 
     def __init__(self, size: int = QUEUE_SIZE) -> None:
@@ -181,12 +182,13 @@ class Notifier:
         with self._changed:
             return self._changed.wait_for(lambda: not self._pending and not self._sending, timeout)
 
-    def close(self, wait: float = 0.0) -> None:
-        """Take no more notices; wait up to ``wait`` seconds for the queued ones to be tried."""
+    def close(self, wait: float | None = None) -> None:
+        """Take no more notices. With ``wait`` (the process is stopping) wait up to that many seconds
+        for the queued ones to be tried, and log how many were not; 0 waits for none."""
         with self._changed:
             self._closed = True
             self._changed.notify_all()
-        if wait > 0 and not self.flush(wait):
+        if wait is not None and not self.flush(max(0.0, wait)):
             with self._changed:
                 left = len(self._pending) + self._sending
             log.warning("stopping with %d notice(s) not sent after %.0f s", left, wait)

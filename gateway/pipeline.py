@@ -82,8 +82,9 @@ class Services:
             built.pop_all()
         return services
 
-    def close(self, *, notices_wait: float = 0.0) -> None:
-        """Close what was built; queued notices get up to ``notices_wait`` seconds (they go on after a reload)."""
+    def close(self, *, notices_wait: float | None = None) -> None:
+        """Close what was built. At a stop, queued notices get up to ``notices_wait`` seconds (0: none
+        more) and those left are logged; without it (a reload) they go on in their thread."""
         self.notifier.close(notices_wait)
         for pool in self.odoo.values():
             pool.close()

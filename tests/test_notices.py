@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import signal
 import socket
 import threading
 import time
@@ -268,3 +269,40 @@ def test_a_clean_stop_sends_the_queued_notices_first(test_odoo, serve, dkim_keys
     assert gateway.stop() == 0
     assert len(slow_smarthost.received) == 1
     assert "notice NotContributor sent to portal.plain@example.com" in gateway.log
+
+
+def test_a_stop_gives_the_notices_what_is_left_of_its_grace_not_a_grace_more(test_odoo, serve, dkim_keys):
+    # Today's review: after the messages in flight (up to the grace, then a pipeline still running
+    # up to its message deadline) the queued notices got a fresh shutdown_grace, so a stop could
+    # take two graces and outlive the supervisor's wait for a worker. They get what is left of the
+    # grace counted from the signal: here nothing, since the stuck post outlasts it.
+    smarthost = SlowSmarthost(delay=2.5)  # a notice takes about 20 s
+    try:
+        options = _notice_options(smarthost.port, odoo_timeout=6.0)
+        gateway = serve(**{**options, "listener_extra": "shutdown_grace = 4\n" + options["listener_extra"]})
+        mailer = Mailer(Port(gateway.port), dkim_keys)
+        to = mailer.address("note", "project.task", TASK_ID)
+        refused = mailer.sign(mailer.message("note_from_non_member.eml", to, "<grace-notice@example.com>"))
+        assert mailer.send(refused, to, mail_from=NON_MEMBER).startswith("550 5.7.1")
+        test_odoo.fail("hang", method="message_post")
+        stuck = mailer.sign(mailer.message("note_from_contributor.eml", to, "<grace-stuck@example.com>"))
+        replies: list[str] = []
+        thread = threading.Thread(target=lambda: replies.append(mailer.send(stuck, to)))
+        thread.start()
+        deadline = time.monotonic() + 15
+        while not test_odoo.posts():
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        started = time.monotonic()
+        gateway.signal(signal.SIGTERM)
+        thread.join(timeout=30)
+        assert replies == ["421 4.3.2 The gateway is shutting down, try again later"]
+        assert gateway.process.wait(timeout=30) == 0
+        # The grace (4 s) is over before the stuck post times out (6 s after it started); a second
+        # grace for the notices made it 10 s.
+        assert time.monotonic() - started < 8, gateway.log
+        assert "stopping with 1 notice(s) not sent" in gateway.log
+        assert smarthost.received == []
+    finally:
+        test_odoo.heal()
+        smarthost.close()

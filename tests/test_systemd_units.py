@@ -74,6 +74,19 @@ def test_unit_hardening(name):
     assert service["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
 
 
+@pytest.mark.parametrize("name", ["note-gateway.service", "note-gateway@.service"])
+def test_unit_waits_for_a_stop_as_long_as_the_gateway_may_take(name):
+    # systemd kills a service that has not stopped after TimeoutStopSec (90 s by default): with the
+    # default settings a stop may take the grace, then a post sent to Odoo up to the message
+    # deadline, then the supervisor's 10 s (gateway/workers.py _stop_workers).
+    from gateway.config import ListenerConfig
+
+    listener = ListenerConfig.model_fields
+    longest = listener["shutdown_grace"].default + listener["message_deadline"].default + 10
+    (timeout,) = _directives(UNITS / name)["TimeoutStopSec"]
+    assert timeout.endswith("s") and float(timeout[:-1]) > longest
+
+
 def test_template_instances_have_their_own_config_and_state():
     service = _directives(UNITS / "note-gateway@.service")
     assert service["ExecStart"] == [f"{INSTALLED_COMMAND} serve --config /etc/note-gateway/%i/gateway.toml"]

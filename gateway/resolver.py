@@ -90,6 +90,11 @@ def _query_name(name: bytes | str) -> dns.name.Name | None:
     # written in DNS cannot have a key (RFC 6376 section 3.6.2.1).
     try:
         text = name.decode("utf-8") if isinstance(name, bytes) else name
+        if text.endswith(".."):
+            # dkimpy appends the root's dot to d=, and d= written absolute ("example.com.") is the
+            # same DNS name (RFC 1034 section 3.1): its key is at the same place. senderauth
+            # aligns that d= with the From domain the same way (normalise_domain).
+            text = text[:-1]
         return dns.name.from_text(text, origin=dns.name.root)
     except (UnicodeError, dns.exception.DNSException, ValueError):
         return None

@@ -148,7 +148,11 @@ def read_from_address(raw: bytes, email_message: email.message.Message | None = 
     seen_by_email_package = len(parsed.get_all("From") or [])
     if not values and not seen_by_email_package:
         raise FromHeaderInvalid("no From header")
-    if len(values) != 1 or seen_by_email_package != 1:
+    if len(values) == 1 and seen_by_email_package != 1:
+        # "From :" (obs-from) alone, or a From below a line that ends the header for the email
+        # package: the one author checked here is not one such a reader shows.
+        raise FromHeaderInvalid(f"1 From header, but {seen_by_email_package} as the email package reads the header")
+    if len(values) != 1:
         raise FromHeaderInvalid(f"{max(len(values), seen_by_email_package)} From headers")
     return _parse_mailbox(values[0])
 

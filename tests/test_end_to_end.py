@@ -196,6 +196,22 @@ def test_forged_from_without_signature_is_refused(test_odoo, gateway, mailer):
     assert _posts(test_odoo) == []
 
 
+def test_from_folded_over_two_lines_is_authenticated_and_filed(test_odoo, gateway, mailer):
+    # Found by a mutation audit: a long display name pushes the address to a continuation line
+    # (RFC 5322 section 2.2.3), and no test showed that the From read is the unfolded field.
+    to = mailer.address("note", "project.task", TASK_ID)
+    raw = mailer.message("note_from_contributor.eml", to).replace(
+        b"From: Paula Contributor <portal.contrib@example.com>",
+        b"From: Paula Contributor of Site Inspections and Maintenance\r\n <Portal.Contrib@example.com>")
+    assert b"\r\n <Portal.Contrib@example.com>" in raw
+    reply = mailer.send(mailer.sign(raw), to)
+    assert reply.startswith("250 2.0.0 Filed as Odoo message "), reply
+    [post] = _posts(test_odoo)
+    assert post.kwargs["author_id"] == PAULA_PARTNER_ID
+    [row] = _journal(gateway)
+    assert row.from_address == PAULA
+
+
 def test_signature_of_another_domain_is_refused(test_odoo, gateway, mailer):
     to = mailer.address("note", "project.task", TASK_ID)
     reply = mailer.send(mailer.sign(mailer.message("note_from_contributor.eml", to), domain="evil.example"), to)

@@ -135,9 +135,16 @@ def test_no_nameserver_answering_is_a_temporary_failure():
         resolver(KEY_NAME.encode())
 
 
+def test_d_written_with_its_final_dot_finds_the_same_key(dns_server, key_record):
+    # dkimpy asks for s._domainkey.<d=>. even when d= already ends with the root's dot; that is
+    # the same DNS name, not an empty label.
+    assert resolver_for(dns_server)(KEY_NAME.encode() + b"..") == key_record.encode()
+
+
 @pytest.mark.parametrize("name", [
     b"x" * 64 + b"._domainkey.example.com.",  # a label longer than 63 bytes (RFC 1035 2.3.4)
     b"sel.._domainkey.example.com.",  # an empty label
+    b"paula._domainkey.example.com...",  # an empty label before the final dots
     b"\xff\xfe._domainkey.example.com.",  # not UTF-8
 ])
 def test_name_that_cannot_exist_is_no_key_without_a_query(name):

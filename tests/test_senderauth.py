@@ -100,6 +100,16 @@ def test_d_tag_matches_the_from_domain_whatever_the_case(resolver):
     assert sender.dkim_domain == DOMAIN
 
 
+def test_d_tag_written_with_a_final_dot_is_the_from_domain(resolver):
+    # Found by a mutation audit, nothing tested it: "example.com." is example.com written as an
+    # absolute DNS name (RFC 1034 section 3.1), the same domain with the same key. It aligns with
+    # the From domain, and its key is found (dkimpy asked for "...example.com..", no key).
+    raw = signed(domain=DOMAIN + ".")
+    assert b"d=example.com.;" in raw
+    sender = senderauth.authenticate(raw, resolver)
+    assert sender == VerifiedSender(email="portal.contrib@example.com", dkim_domain=DOMAIN, selector=SELECTOR)
+
+
 def test_broken_signature_above_a_good_one_still_passes(resolver, dns_server, other_key):
     # Rule 1: dkimpy's verify() looks at the topmost signature only.
     good = signed()
@@ -205,6 +215,17 @@ def test_signature_older_than_the_configured_age_is_refused(resolver):
     assert detail.startswith("signature is older than 2 days")
     # Within the default of 30 days the same signature is fine.
     assert senderauth.authenticate(raw, resolver, now=now)
+
+
+def test_signature_exactly_the_configured_age_passes_and_a_second_more_is_refused(resolver):
+    # Found by a mutation audit: the other tests' ages were days away from the bound, so a bound
+    # a day too generous went unnoticed.
+    now = float(int(time.time()))
+    at_the_bound = signed(timestamp=int(now) - 2 * 86400)
+    assert senderauth.authenticate(at_the_bound, resolver, now=now, max_signature_age_days=2)
+    over = signed(timestamp=int(now) - 2 * 86400 - 1)
+    assert refusal_detail(over, resolver, now=now, max_signature_age_days=2).startswith(
+        "signature is older than 2 days")
 
 
 def test_signature_older_than_30_days_is_refused_by_default(resolver):
@@ -354,6 +375,47 @@ def test_second_from_in_obsolete_syntax_is_refused(resolver):
     # "From :" (obs-from, RFC 5322 section 4.5.2) is skipped by dkimpy and the email package alike.
     raw = signed(message(extra_headers=b"From : Mallory <mallory@evil.example>\r\n"))
     with pytest.raises(FromHeaderInvalid, match="2 From headers"):
+        senderauth.authenticate(raw, resolver)
+
+
+@pytest.mark.parametrize("rewrite", [
+    (b"\r\nFrom: ", b"\r\nFrom : "),  # obs-from: dkimpy and the email package skip it
+    (b"\r\nFrom: ", b"\r\nNot a header line\r\nFrom: "),  # the email package's header ends above it
+])
+def test_from_the_email_package_does_not_read_is_refused(rewrite, resolver):
+    # Found by a mutation audit: the one From found on the raw lines must also be the one the
+    # email package reads, or mail-parser and Odoo would show no author, or another one. Refused
+    # for its From, before any signature is looked at.
+    raw = signed().replace(*rewrite)
+    with pytest.raises(FromHeaderInvalid, match="1 From header, but 0 as the email package reads the header"):
+        senderauth.authenticate(raw, resolver)
+
+
+def test_from_folded_over_two_lines_is_read_whole(resolver):
+    # RFC 5322 section 2.2.3: unfolding removes the line break, the address on the continuation
+    # line belongs to the field (a long display name pushes it there).
+    raw = signed(message(b"Paula Contributor of Site Inspections and Maintenance\r\n <Portal.Contrib@Example.com>"))
+    assert senderauth.authenticate(raw, resolver).email == "portal.contrib@example.com"
+
+
+@pytest.mark.parametrize("from_header", [
+    b'"portal\tcontrib"@example.com',  # a tab in the quoted string
+    b'"portal\\\tcontrib"@example.com',  # a tab as a quoted-pair
+])
+def test_from_address_with_a_tab_is_refused(from_header, resolver):
+    # RFC 5322 lets a quoted local part hold a tab (FWS, quoted-pair), but an SMTP mailbox
+    # cannot: RFC 5321 section 4.1.2 allows only %d32-126 in a Quoted-string. No Odoo user has
+    # such an address, and a tab could turn into a space somewhere and match one who has.
+    # Other control characters are refused by the email package already (qtext excludes them).
+    raw = signed(message(from_header))
+    with pytest.raises(FromHeaderInvalid, match="From address contains control characters"):
+        senderauth.authenticate(raw, resolver)
+
+
+@pytest.mark.parametrize("character", [b"\x01", b"\x7f"])
+def test_from_address_with_a_control_character_is_refused(character, resolver):
+    raw = signed(message(b'"portal' + character + b'contrib"@example.com'))
+    with pytest.raises(FromHeaderInvalid, match="non-printables"):
         senderauth.authenticate(raw, resolver)
 
 

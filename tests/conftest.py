@@ -53,7 +53,9 @@ def test_odoo():
 def write_config(folder: Path, odoo: TestOdoo, dns_port: int, *, rules_extra: str = "", listener_extra: str = "",
                  pool_size: int = 4, odoo_timeout: float = 5.0, read_cache_seconds: float = 0,
                  access: str | None = None, session_timeout: float = 30,
-                 unsettled_post_seconds: float | None = None, rules: dict | None = None) -> Path:
+                 unsettled_post_seconds: float | None = None, rules: dict | None = None,
+                 note: dict | None = None) -> Path:
+    """A gateway file and its rules for the test Odoo; ``note`` adds or overrides keys of [note]."""
     from gateway.testing.odoo_demo import DEMO_API_KEY
 
     policy = {"access": access} if access else {}
@@ -64,7 +66,8 @@ def write_config(folder: Path, odoo: TestOdoo, dns_port: int, *, rules_extra: st
         resolver={"timeout": 3},
         odoo={"timeout": odoo_timeout, "pool_size": pool_size, "read_cache_seconds": read_cache_seconds,
               **({"unsettled_post_seconds": unsettled_post_seconds} if unsettled_post_seconds else {})},
-        note={"contributor_group": "note_gateway.group_portal_note_contributor", **policy}, reply=policy,
+        note={"contributor_group": "note_gateway.group_portal_note_contributor", **policy, **(note or {})},
+        reply=policy,
         rules=rules, rules_extra=rules_extra)
 
 

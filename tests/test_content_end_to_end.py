@@ -123,6 +123,17 @@ def test_note_notifies_internal_users_in_cc_with_one_lookup(test_odoo, gateway, 
     assert len(lookups) == 2  # the sender's identity, then every To/Cc address at once
 
 
+def test_no_one_in_cc_is_notified_where_the_rules_say_so(test_odoo, start_gateway, dns_server, dkim_keys):
+    # Found by a mutation audit: notify_recipients = false was tested nowhere. Marc, an internal
+    # user in Cc, is notified by default (the test above), not here.
+    mailer = Mailer(start_gateway(dns_server.port, note={"notify_recipients": False}), dkim_keys)
+    reply = _send(mailer, "note", "project.task", TASK_ID, cc="Marc Demo <mark.brown23@example.com>")
+    assert reply.startswith("250 2.0.0 Filed")
+    [post] = _posts(test_odoo)
+    assert post.kwargs["partner_ids"] == []
+    assert test_odoo.outbox == []
+
+
 def _processed(test_odoo):
     """The replies handed to Odoo's mail gateway, each as the email message Odoo parsed."""
     return [email.message_from_string(call.args[1]) for call in test_odoo.calls

@@ -151,6 +151,20 @@ def test_binding_by_alias_domain_without_one_in_odoo_refuses(test_odoo, bound_ga
     assert test_odoo.posts() == []
 
 
+def test_binding_by_an_alias_domain_of_two_companies_refuses(test_odoo, bound_gateway, two_companies, dkim_keys):
+    # Found by a mutation audit: an alias domain shared by several companies names no one company,
+    # and taking the first could post in the wrong company's context.
+    other, _ = two_companies
+    alias_domain = test_odoo.add_record("mail.alias.domain", {"name": ALIAS_DOMAIN})
+    test_odoo.write("res.company", 1, {"alias_domain_id": alias_domain})
+    test_odoo.write("res.company", other, {"alias_domain_id": alias_domain})
+    gateway = bound_gateway("company_from_alias_domain = true")
+    to = address.mint(SECRET.encode(), ALIAS_DOMAIN, "note", "sale.order", SALE_ORDER_ID)
+    assert _send(gateway, dkim_keys, to) == ("550 5.7.1 The record belongs to a company this address does not "
+                                             f"serve: mail.alias.domain {ALIAS_DOMAIN} names 2 companies")
+    assert test_odoo.posts() == []
+
+
 def test_bound_company_the_sender_does_not_belong_to_is_refused(test_odoo, bound_gateway, two_companies, dkim_keys):
     other, foreign = two_companies
     test_odoo.write("res.users", 8, {"company_ids": [1]})

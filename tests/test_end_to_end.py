@@ -13,8 +13,9 @@ from conftest import SELECTOR, Mailer
 
 from gateway.journal import Journal
 from gateway.testing.dns import DnsServer
-from gateway.testing.odoo_demo import (ARCHIVED_EMAIL, CONTRIBUTOR_GROUP_ID, PAULA_PARTNER_ID, PAULA_UID, PETER_EMAIL,
-                                       PETER_PARTNER_ID, PRIVATE_TASK_ID, SALE_ORDER_ID, TASK_ID)
+from gateway.testing.odoo_demo import (ARCHIVED_EMAIL, CONTRIBUTOR_GROUP_ID, MARC_PARTNER_ID, PAULA_PARTNER_ID,
+                                       PAULA_UID, PETER_EMAIL, PETER_PARTNER_ID, PRIVATE_TASK_ID, SALE_ORDER_ID,
+                                       TASK_ID)
 from gateway.testing.sending import compose
 
 PAULA = "portal.contrib@example.com"
@@ -108,6 +109,35 @@ def test_sender_not_allowed_to_post_notes_is_refused(test_odoo, gateway, mailer,
     assert _posts(test_odoo) == []
     [row] = _journal(gateway)
     assert row.verdict == "refused" and row.smtp_reply == reply
+
+
+def test_two_active_users_with_the_senders_address_are_refused(test_odoo, gateway, mailer):
+    # Found by a mutation audit: nothing showed that the gateway refuses to guess which of two
+    # Odoo users wrote, and filing as the first one found could give one user's note to another.
+    test_odoo.add_user("paula.again", "Paula Again", email=PAULA, internal=True)
+    to = mailer.address("note", "project.task", TASK_ID)
+    reply = mailer.send(mailer.sign(mailer.message("note_from_contributor.eml", to)), to)
+    assert reply == f"550 5.7.1 Several Odoo users have this sender address: {PAULA} (2 users)"
+    assert _posts(test_odoo) == []
+    [row] = _journal(gateway)
+    assert (row.verdict, row.refusal_class) == ("refused", "AmbiguousSender")
+
+
+def test_internal_user_is_refused_where_the_rules_do_not_allow_internal_users(test_odoo, start_gateway, dns_server,
+                                                                                dkim_keys):
+    # Found by a mutation audit: allow_internal_users = false was tested nowhere. Marc is an
+    # internal user who may read the task; by default his note is filed.
+    marc = "mark.brown23@example.com"
+    note = compose(marc, Mailer.address("note", "project.task", TASK_ID), "Pump", "Seal worn.", sender_name="Marc")
+    strict = Mailer(start_gateway(dns_server.port, note={"allow_internal_users": False}), dkim_keys)
+    to = strict.address("note", "project.task", TASK_ID)
+    assert strict.send(strict.sign(note), to, mail_from=marc) == (
+        "550 5.7.1 Sender may not post internal notes: internal users may not post here by email")
+    assert _posts(test_odoo) == []
+    default = Mailer(start_gateway(dns_server.port), dkim_keys)
+    assert default.send(default.sign(note), to, mail_from=marc).startswith("250 2.0.0 Filed")
+    [post] = _posts(test_odoo)
+    assert post.kwargs["author_id"] == MARC_PARTNER_ID
 
 
 def test_non_member_may_still_file_a_public_reply(test_odoo, gateway, mailer):

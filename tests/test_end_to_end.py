@@ -14,8 +14,8 @@ from conftest import SELECTOR, Mailer
 from gateway.journal import Journal
 from gateway.testing.dns import DnsServer
 from gateway.testing.odoo_demo import (ARCHIVED_EMAIL, CONTRIBUTOR_GROUP_ID, MARC_PARTNER_ID, PAULA_PARTNER_ID,
-                                       PAULA_UID, PETER_EMAIL, PETER_PARTNER_ID, PRIVATE_TASK_ID, SALE_ORDER_ID,
-                                       TASK_ID)
+                                       PAULA_UID, PETER_EMAIL, PETER_PARTNER_ID, PRIVATE_TASK_ID, PROJECT_ID,
+                                       SALE_ORDER_ID, TASK_ID)
 from gateway.testing.sending import compose
 
 PAULA = "portal.contrib@example.com"
@@ -216,6 +216,24 @@ def test_read_cache_reuses_user_and_followers_but_never_the_duplicate_check(test
     assert len(_reads(test_odoo, "mail.message")) == 3 and len(_posts(test_odoo)) == 3
 
 
+def test_one_message_to_the_note_addresses_of_two_tasks_is_filed_on_both(test_odoo, start_gateway, dns_server,
+                                                                         dkim_keys):
+    # Found by a mutation audit: with a read cache the followers read cannot ask whether the message
+    # is on the record, so every delivery searches mail.message (post.look_up), and nothing showed
+    # that search is made on the delivery's own record: on the model alone, the second task's copy
+    # would be answered "Already filed" with the first task's note, and never filed.
+    mailer = Mailer(start_gateway(dns_server.port, read_cache_seconds=60, access="followers"), dkim_keys)
+    second = test_odoo.add_record("project.task", {"name": "Second pump", "project_id": PROJECT_ID},
+                                  followers=[PAULA_PARTNER_ID])
+    first_to, second_to = (mailer.address("note", "project.task", res_id) for res_id in (TASK_ID, second))
+    raw = mailer.sign(mailer.message("note_from_contributor.eml", first_to, "<both-tasks@example.com>"))
+    for to in (first_to, second_to):
+        assert mailer.send(raw, to).startswith("250 2.0.0 Filed as Odoo message ")
+    assert mailer.send(raw, second_to).startswith("250 2.0.0 Already filed as Odoo message ")
+    assert [(post.args, post.kwargs["message_id"]) for post in _posts(test_odoo)] == [
+        ([[TASK_ID]], "<both-tasks@example.com>"), ([[second]], "<both-tasks@example.com>")]
+
+
 # --- Sender authentication: forged, unsigned, unaligned ------------------------------------------
 
 
@@ -414,6 +432,21 @@ def test_message_without_message_id_is_still_filed_once(test_odoo, gateway, mail
     assert mailer.send(raw, to).startswith("250 2.0.0 Already filed")
     [post] = _posts(test_odoo)
     assert post.kwargs["message_id"].endswith("@derived.note-gateway.invalid>")
+
+
+def test_two_messages_without_message_id_differing_only_in_the_body_are_both_filed(test_odoo, gateway, mailer):
+    # Found by a mutation audit: the Message-ID derived for a message that has none hashes the
+    # body too, and nothing showed it. A script that sends two findings with one Subject and one
+    # Date must not have the second answered "Already filed" and lost.
+    to = mailer.address("note", "project.task", TASK_ID)
+    first = mailer.message("no_message_id.eml", to)
+    second = first.replace(b"a retry must still be recognised.", b"the second finding, sent in the same second.")
+    assert first != second
+    replies = [mailer.send(mailer.sign(raw), to) for raw in (first, second)]
+    assert all(reply.startswith("250 2.0.0 Filed as Odoo message ") for reply in replies), replies
+    first_post, second_post = _posts(test_odoo)
+    assert "second finding" in second_post.kwargs["body"]
+    assert first_post.kwargs["message_id"] != second_post.kwargs["message_id"]
 
 
 SHARED_ID = "<shared@example.com>"

@@ -14,8 +14,8 @@ from gateway.journal import Journal
 from gateway.pipeline import Services
 from gateway.smtp import ThreadedGateway
 from gateway.testing.odoo_demo import (MARC_PARTNER_ID, PAULA_PARTNER_ID, PETER_EMAIL, PETER_PARTNER_ID,
-                                       PRIVATE_TASK_ID, SUBTYPE_ACTIVITIES_ID, SUBTYPE_COMMENT_ID, SUBTYPE_NOTE_ID,
-                                       SUBTYPE_TASK_NEW_ID, TASK_ID)
+                                       PRIVATE_TASK_ID, SALE_ORDER_ID, SUBTYPE_ACTIVITIES_ID, SUBTYPE_COMMENT_ID,
+                                       SUBTYPE_NOTE_ID, SUBTYPE_TASK_NEW_ID, TASK_ID)
 from gateway.testing.sending import compose, deliver
 
 PAULA = "portal.contrib@example.com"
@@ -56,6 +56,19 @@ def test_plain_note_address_follows_odoos_notification_message_id(test_odoo, gat
     [row] = _journal(gateway)
     assert (row.rcpt, row.model, row.res_id) == (NOTE, "project.task", TASK_ID)
     assert row.decision == f"routed by Odoo Message-ID {notification}"
+
+
+@pytest.mark.parametrize("to", [NOTE, REPLY])
+def test_plain_address_follows_the_most_recent_reference(test_odoo, gateway, mailer, to):
+    # Found by a mutation audit: References list the thread oldest first (RFC 5322 section 3.6.4),
+    # and a thread that moved from the task to the order answers the order.
+    older = _notification_id(test_odoo, "project.task", TASK_ID)
+    newer = _notification_id(test_odoo, "sale.order", SALE_ORDER_ID)
+    reply = mailer.send(_reply_to(mailer, to, references=[older, newer]), to)
+    assert reply.startswith("250 2.0.0 Filed"), reply
+    [filing] = test_odoo.filings()
+    assert (filing.model, filing.res_id) == ("sale.order", SALE_ORDER_ID)
+    assert _journal(gateway)[0].decision == f"routed by Odoo Message-ID {newer}"
 
 
 def test_plain_reply_address_follows_a_message_stored_in_odoo(test_odoo, gateway, mailer):

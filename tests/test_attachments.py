@@ -23,6 +23,13 @@ def test_a_file_over_the_per_file_limit_is_dropped_and_named():
     assert [str(item) for item in refused] == ["big.bin (2.0 KiB, over the limit of 1.0 KiB per file)"]
 
 
+def test_a_file_of_exactly_the_per_file_limit_is_kept_and_one_byte_more_is_dropped():
+    # Found by a mutation audit: no file was near the limit, so a limit one byte too generous passed.
+    accepted, refused = screen([_file("at.bin", 1024), _file("over.bin", 1025)], AttachmentRules(max_file_size=1024))
+    assert [item.filename for item in accepted] == ["at.bin"]
+    assert [str(item) for item in refused] == ["over.bin (1.0 KiB, over the limit of 1.0 KiB per file)"]
+
+
 def test_a_total_of_zero_files_no_attachment_and_names_each_in_the_note():
     # docs/content.md: a domain where even the names of a note's files must stay internal (Odoo lists
     # a record's attachments to anyone holding its portal link) sets max_total_size = 0.

@@ -165,6 +165,13 @@ def test_a_plain_blockquote_of_the_author_is_kept():
     assert "Torque 40 Nm." in split.kept and "Done." in split.kept and split.trimmed == ""
 
 
+def test_a_plain_blockquote_at_the_end_of_the_authors_note_is_kept():
+    # Found by a mutation audit: with text after it, a blockquote is kept as an inline reply
+    # anyway, so only one that ends the note shows that a plain blockquote is no quote.
+    split = split_html(f"<p>{OWN}, as the manual says:</p><blockquote>Torque 40 Nm.</blockquote>")
+    assert "Torque 40 Nm." in split.kept and split.trimmed == ""
+
+
 def test_inline_reply_keeps_the_quotes_next_to_the_answers():
     html = ('<div class="moz-cite-prefix">Bob wrote:</div><blockquote type="cite">Question one?</blockquote>'
             '<p>Answer one.</p><blockquote type="cite">Question two?</blockquote><p>Answer two.</p>')

@@ -308,6 +308,9 @@ def test_utf8_header_is_accepted(test_odoo, gateway, mailer):
     to = mailer.address("note", "project.task", TASK_ID)
     raw = _with_subject(mailer.message("note_from_contributor.eml", to), "Pumpe P-7 geprüft")
     assert mailer.send(mailer.sign(raw), to).startswith("250 2.0.0 Filed")
+    # Read as UTF-8, not as Latin-1 bytes ("geprÃ¼ft"; found by a mutation audit).
+    [post] = _posts(test_odoo)
+    assert "Pumpe P-7 geprüft" in post.kwargs["body"]
 
 
 # RFC 5321 section 4.1.1.4 ends DATA only at CRLF.CRLF; these are the endings other servers took

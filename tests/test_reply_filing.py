@@ -83,7 +83,9 @@ def test_the_message_handed_to_odoo_holds_only_what_the_gateway_decided():
     assert post.file_reply(odoo, ctx) == (7, False)
     (_, method, args, kwargs), _search = odoo.calls
     assert method == "message_process" and args[0] == "project.task"
-    assert kwargs == {"custom_values": post.NO_RECORD_CREATION, "thread_id": 60}
+    # Spelled out: compared with post.NO_RECORD_CREATION, emptying that constant went unnoticed (found
+    # by a mutation audit). A key no model has makes Odoo refuse to create a record (post.py).
+    assert kwargs == {"custom_values": {"note_gateway_existing_record_only": True}, "thread_id": 60}
     sent = email.message_from_string(args[1], policy=email.policy.SMTP)
     assert (sent["From"], sent["Message-ID"]) == ("Paula Contributor <paula@example.com>", "<m1@example.com>")
     # Nothing Odoo could route by before the record the address names, nobody it could subscribe.

@@ -34,6 +34,82 @@ _ATTRIBUTION = re.compile(
     )\s*$""",
     re.IGNORECASE | re.VERBOSE,
 )
+# The attribution lines Gmail, Apple Mail and Thunderbird write in the languages _ATTRIBUTION and
+# mail-parser-reply do not know (Polish, Czech, Finnish, Turkish, Russian, Chinese, Apple Mail's
+# Dutch and Japanese), and the Swedish, Danish and Norwegian ones that the library finds in plain
+# text only. Each is the client's own wording: its opening or the words around the date, a time
+# (HH:MM or HH.MM) and, where the client writes one, the address, up to its "wrote:" (Gmail's Russian
+# has none: the address ends the line). So a sentence that merely ends in "pisze:" or mentions a date
+# is no attribution. Each branch has one lazy stretch of at most 200 characters (the name) between
+# fixed words and is tried only on a line of at most _ATTRIBUTION_MAX_LENGTH characters ending in a
+# colon (_matches_attribution): matching costs time linear in the line.
+_TIME = r"\d{1,2}[:.]\d{2}"
+_ADDRESS = (r"(?:<[^<>\s@]{1,64}@[^<>\s@]{1,255}>|\(<?[^()<>\s@]{1,64}@[^()<>\s@]{1,255}>?\)"
+            r"|\[mailto:[^\[\]\s@]{1,64}@[^\[\]\s@]{1,255}\])")
+_NAME = r".{1,200}?"
+_DATE = r"\d[^\n:]{0,30}?"  # a date as the client's locale writes it: "7.12.2026", "3. nov. 2025", "2026-12-07"
+_I18N_ATTRIBUTION = re.compile(
+    rf"""(?:
+        # pl: Gmail "pon., 3 lis 2025 o 10:02 Jan <jan@example.pl> napisał(a):", Thunderbird "W dniu
+        # 7.12.2026 o 10:15, Jan pisze:" (or "napisał:"), Apple Mail "Wiadomość napisana przez Jan
+        # <jan@example.pl> w dniu 7 gru 2026, o godz. 10:15:"
+        (?:(?:pon|wt|śr|czw|pt|sob|niedz)\.,\s+)?\d{{1,2}}\s+\w{{3,4}}\.?\s+\d{{4}}\s+o\s+{_TIME}\s+{_NAME}\s*{_ADDRESS}\s+napisał\(a\)
+        | W\s+dniu\s+(?:\w{{2,5}}\.?,?\s+)?{_DATE}\s+o\s+{_TIME},\s+{_NAME}\s+(?:pisze|napisał(?:\(a\)|a)?)
+        | Wiadomość\s+napisana\s+przez\s+{_NAME}\s+w\s+dniu\s+{_DATE},?\s+o\s+godz\.\s*{_TIME}
+        # cs: Gmail "po 3. 11. 2025 v 10:02 odesílatel Jan <jan@example.cz> napsal:", Thunderbird and
+        # Apple Mail "Dne 7. 12. 2026 v 10:15 Jan napsal(a):"
+        | (?:(?:po|út|st|čt|pá|so|ne)\s+)?\d{{1,2}}\.\s*\d{{1,2}}\.\s*\d{{4}}\s+v\s+{_TIME}\s+odesílatel\s+{_NAME}\s+napsal
+        | Dne\s+{_DATE}\s+v\s+{_TIME},?\s+{_NAME}\s+napsal(?:\(a\)|a)?
+        # fi: Gmail "ma 3.11.2025 klo 10.02 Jan (jan@example.fi) kirjoitti:", Thunderbird "Jan kirjoitti
+        # 7.12.2026 klo 10.15:", Apple Mail "Jan <jan@example.fi> kirjoitti 7.12.2026 kello 10.15:"
+        | (?:(?:ma|ti|ke|to|pe|la|su)\s+)?{_DATE}\s+klo\s+{_TIME}\s+{_NAME}\s*{_ADDRESS}\s+kirjoitti
+        | {_NAME}\s+kirjoitti\s+\d{{1,2}}\.\s?\d{{1,2}}\.\s?\d{{2,4}}(?:\s+(?:klo|kello))?\s+{_TIME}
+        # sv, da, nb: Gmail "Den mån 3 nov. 2025 kl 10:02 skrev Jan <jan@example.se>:", Apple Mail
+        # "3 nov. 2025 kl. 10:02 skrev Jan <...>:", Thunderbird "Den 2026-12-07 kl. 10:15, skrev Jan:"
+        | (?:Den\s+)?(?:\w{{2,4}}\.?\s+)?{_DATE}\s+(?:kl\.?\s+)?{_TIME},?\s+skrev\s+{_NAME}
+        # nl: Apple Mail "Op 3 nov. 2025 om 10:02 heeft Jan <jan@example.nl> het volgende geschreven:"
+        | Op\s+{_DATE}\s+om\s+{_TIME}\s+heeft\s+{_NAME}\s+het\s+volgende\s+geschreven
+        # tr: Gmail "3 Kas 2025 Pzt 10:02 tarihinde Jan <jan@example.com.tr> şunu yazdı:", Thunderbird
+        # "7.12.2026 10:15 tarihinde Jan yazdı:", Apple Mail "3 Kas 2025 tarihinde 10:02 saatinde, Jan
+        # <...> şunları yazdı:"
+        | {_DATE}\s+{_TIME}\s+tarihinde,?\s+{_NAME}\s+(?:şunu\s+)?yazdı
+        | {_DATE}\s+tarihinde\s+{_TIME}\s+saatinde,?\s+{_NAME}\s+şunları\s+yazdı
+        # ru: Gmail "пн, 3 нояб. 2025 г. в 10:02, Иван <ivan@example.ru>:", Apple Mail "3 нояб. 2025 г., в
+        # 10:02, Иван <...> написал(а):", Thunderbird "07.12.2026 10:15, Иван пишет:"
+        | (?:(?:пн|вт|ср|чт|пт|сб|вс),\s+)?\d{{1,2}}\s+\w{{3,5}}\.?\s+\d{{4}}\s+г\.\s+в\s+{_TIME},\s+{_NAME}\s*{_ADDRESS}
+        | \d{{1,2}}\s+\w{{3,5}}\.?\s+\d{{4}}\s+г\.,?\s+в\s+{_TIME},\s+{_NAME}\s+написал(?:\(а\)|а)?
+        | \d{{1,2}}\.\d{{1,2}}\.\d{{2,4}}\s+{_TIME},\s+{_NAME}\s+пишет
+        # ja: Apple Mail "2025/11/03 10:02、Bob <bob@example.jp>のメール:"
+        | \d{{4}}/\d{{1,2}}/\d{{1,2}}\s+{_TIME}、{_NAME}のメール
+        # zh: Gmail "Bob <bob@example.cn> 于2025年11月3日周一 10:02写道：" (zh-TW "於 ... 上午10:02寫道："),
+        # Thunderbird "在 2026/12/7 10:15, Bob 写道:" and "Bob 於 2026/12/7 10:15 寫道:"
+        | {_NAME}\s*{_ADDRESS}\s*[于於]\s*\d{{4}}年\d{{1,2}}月\d{{1,2}}日[^\n:：]{{0,12}}?{_TIME}\s*[写寫]道
+        | 在\s*{_DATE}\s+{_TIME},?\s*{_NAME}\s*写道
+        | {_NAME}\s+於\s*{_DATE}\s+{_TIME}\s*寫道
+    )\s*[:：]\s*\Z""",
+    re.IGNORECASE | re.VERBOSE,
+)
+# No client writes an attribution longer than this (a long name, an address, a date); a longer line
+# is prose, and is not matched against the patterns above.
+_ATTRIBUTION_MAX_LENGTH = 400
+
+
+def _matches_attribution(text: str) -> bool:
+    """True if ``text`` (a line, two joined, or an HTML block's text) is an attribution line.
+
+    Every form ends in a colon but _ATTRIBUTION's Japanese Outlook and Thunderbird ones, which hold
+    "のメッセージ" or "書きました": one look at the end spares most lines the long patterns (the HTML
+    side asks this of every block of text, the plain side of every line with a colon).
+    """
+    stripped = text.rstrip()
+    if not stripped.endswith((":", "：")):
+        return ("のメッセージ" in stripped or "書きました" in stripped) and _ATTRIBUTION.match(text) is not None
+    if _ATTRIBUTION.match(text):
+        return True
+    stripped = stripped.lstrip()
+    return len(stripped) <= _ATTRIBUTION_MAX_LENGTH and _I18N_ATTRIBUTION.match(stripped) is not None
+
+
 # The line a client puts above a message it forwards inline, and above nothing else: Gmail's
 # "---------- Forwarded message ---------", Thunderbird's "-------- Forwarded Message --------",
 # mutt's "----- Forwarded message from Bob <bob@example.org> -----" and Apple Mail's "Begin forwarded
@@ -51,27 +127,38 @@ _FORWARD_MARKER = re.compile(
     r")\s*$",
     re.IGNORECASE,
 )
-# Separators that Outlook, Thunderbird and others put above a quoted or forwarded message.
+# Separators that Outlook, Thunderbird and others put above a quoted or forwarded message: Outlook's
+# "-----Original Message-----" in the languages of the header block below.
 _SEPARATOR = re.compile(
     r"^\s*-{2,}\s*(?:Original\s+Message|Forwarded\s+message|Ursprüngliche\s+Nachricht|Message\s+d'origine|"
     r"Message\s+transféré|Mensaje\s+original|Messaggio\s+originale|Oorspronkelijk\s+bericht|"
-    r"Mensagem\s+original|元のメッセージ|転送メッセージ)\s*-{2,}\s*$"
+    r"Mensagem\s+original|Wiadomość\s+oryginalna|Ursprungligt\s+meddelande|Oprindelig\s+meddelelse|"
+    r"Opprinnelig\s+melding|Alkuperäinen\s+viesti|Původní\s+zpráva|Özgün\s+ileti|Исходное\s+сообщение|"
+    r"元のメッセージ|転送メッセージ|原始邮件|原始郵件)\s*-{2,}\s*$"
     f"|{_FORWARD_MARKER.pattern}",
     re.IGNORECASE,
 )
 # The line of underscores Outlook on the web and Outlook for Mac write above the header block in
 # the plain-text part. Only a rule followed by a header block starts a quote.
 _OUTLOOK_RULE = re.compile(r"^\s*_{10,}\s*$")
-# Outlook's header block: "From: ..." followed within two lines by "Sent: ..." (or its translation).
-_HEADER_FROM = re.compile(r"^\s*\**(?:From|De|Von|Da|Van|Fra|Från|差出人)\s*\**\s*[:：]", re.IGNORECASE)
+# Outlook's header block: "From: ..." followed within two lines by "Sent: ..." (or "Date: ...", as
+# Outlook for Mac writes it), in the language of the sender's Outlook: en, fr ("De :", "Envoyé :"),
+# de, es, it, nl, pt, sv, da and nb ("Fra:", "Sendt:"), pl ("Od:", "Wysłane:" or "Wysłano:"), cs
+# ("Od:", "Odesláno:"), fi ("Lähettäjä:", "Lähetetty:"), tr ("Kimden:", "Gönderildi:"), ru ("От:",
+# "Отправлено:"), ja ("差出人:", "送信日時:"), zh ("发件人:", "发送时间:"; "寄件者:", "寄件日期:").
+_HEADER_FROM = re.compile(
+    r"^\s*\**(?:From|De|Von|Da|Van|Fra|Från|Od|Lähettäjä|Kimden|От|差出人|发件人|寄件者)\s*\**\s*[:：]",
+    re.IGNORECASE)
+_SENT_WORDS = (r"Sent|Envoyé|Gesendet|Enviado|Inviato|Verzonden|Skickat|Sendt|Wysłane|Wysłano|Odesláno|Lähetetty"
+               r"|Gönderildi|Отправлено|送信日時|发送时间|寄件日期")
 _HEADER_SENT = re.compile(
-    r"^\s*\**(?:Sent|Date|Envoyé|Gesendet|Datum|Enviado|Fecha|Inviato|Data|Verzonden|Skickat|送信日時)\s*\**\s*[:：]",
+    rf"^\s*\**(?:{_SENT_WORDS}|Date|Datum|Fecha|Data|Dato|Päivämäärä|Tarih|Дата|日付|日期)\s*\**\s*[:：]",
     re.IGNORECASE,
 )
 # In an HTML header block the lines are separated by <br>, which adds no text: "From: BobSent: ..."
-# has no word boundary before "Sent", so none is required.
-_HEADER_SENT_ANYWHERE = re.compile(
-    r"(?:Sent|Envoyé|Gesendet|Enviado|Inviato|Verzonden|Skickat|送信日時)\s*\**\s*[:：]", re.IGNORECASE)
+# has no word boundary before "Sent", so none is required. "Date:" is left out ("Update:"): a
+# block with it is known by the label starting a piece of text of its own (_is_header_block).
+_HEADER_SENT_ANYWHERE = re.compile(rf"(?:{_SENT_WORDS})\s*\**\s*[:：]", re.IGNORECASE)
 # What mobile clients and webmail apps append below the text: a closing, not part of the note. A
 # device name is one to four words ("iPhone", "Samsung Galaxy smartphone.", "T-Mobile 5G Device"),
 # or a carrier and a device ("Verizon, Samsung Galaxy smartphone"); an app is named from a short list
@@ -191,11 +278,11 @@ def _is_attribution(lines: list[str], index: int) -> bool:
         return True
     if _OUTLOOK_RULE.match(line) and index + 1 < len(lines) and _is_attribution(lines, index + 1):
         return True  # Outlook's rule above its "From: ... Sent: ..." block (the <hr> of its HTML)
-    if _ATTRIBUTION.match(line):
+    if _matches_attribution(line):
         return _quote_follows(lines, index)
     if index + 1 < len(lines):
         following = lines[index + 1].strip()
-        if _ATTRIBUTION.match(f"{line} {following}") and not _ATTRIBUTION.match(following):
+        if _matches_attribution(f"{line} {following}") and not _matches_attribution(following):
             return _quote_follows(lines, index + 1)
         if _HEADER_FROM.match(line) and any(_HEADER_SENT.match(next_line) for next_line in lines[index + 1:index + 3]):
             return True
@@ -371,6 +458,16 @@ def _short_text(element: etree._Element, limit: int = 400) -> str | None:
     return " ".join("".join(pieces).split())
 
 
+def _is_header_block(element: etree._Element, text: str) -> bool:
+    """True if the element's text, which starts with "From:", holds a "Sent:" or "Date:" label.
+
+    Outlook writes each label in a <b> of its own, or after a <br>: a label starts a piece of the
+    element's text (the text is at most _short_text's limit, so this reads a few pieces).
+    """
+    return _HEADER_SENT_ANYWHERE.search(text) is not None or any(
+        _HEADER_SENT.match(piece) for piece in element.itertext())
+
+
 def _marker(element: etree._Element) -> str | None:
     """"quote", "cite" (a blockquote that may be an inline reply), "signature", "closing" (a mobile
     closing, if nothing of the author's follows it) or None."""
@@ -396,11 +493,11 @@ def _marker(element: etree._Element) -> str | None:
                 return "signature"
             if _MOBILE_CLOSING.match(text):
                 return "closing"
-            if _ATTRIBUTION.match(text) or _SEPARATOR.match(text):
+            if _matches_attribution(text) or _SEPARATOR.match(text):
                 # The innermost element holding the line is the one to cut at.
-                if not any(_ATTRIBUTION.match(_short_text(child) or "") for child in element if isinstance(child.tag, str)):
+                if not any(_matches_attribution(_short_text(child) or "") for child in element if isinstance(child.tag, str)):
                     return "attribution"
-            if _HEADER_FROM.match(text) and _HEADER_SENT_ANYWHERE.search(text):
+            if _HEADER_FROM.match(text) and _is_header_block(element, text):
                 return "quote"
     if tag == "br" and (element.tail or "").strip() == "--" and element.getnext() is not None \
             and element.getnext().tag == "br":
@@ -498,7 +595,7 @@ def _attribution_before(node: etree._Element) -> etree._Element:
         previous = previous.getprevious()
     if previous is not None and isinstance(previous.tag, str):
         text = _short_text(previous)
-        if text and (_ATTRIBUTION.match(text) or _SEPARATOR.match(text)):
+        if text and (_matches_attribution(text) or _SEPARATOR.match(text)):
             return previous
     return node
 

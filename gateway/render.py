@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import jinja2
+import jinja2.sandbox
 from markupsafe import Markup
 
 if TYPE_CHECKING:
@@ -171,7 +172,12 @@ class Renderer:
         self.domain_dir = domain_dir
         self._domain_renderers: dict[Path, Renderer] = {}
         self._domain_lock = threading.Lock()
-        self.environment = jinja2.Environment(
+        # Sandboxed: a template reads the values it is given and calls their harmless methods, and
+        # nothing else. A plain Environment let a template copied from the internet reach Python's
+        # globals ("cycler.__init__.__globals__.os.popen(...)") and run a command at start, reload
+        # and check-config (found by a security review). Immutable: no template changes a value
+        # it is given (list.append, dict.update), so one rendering cannot leak into the next.
+        self.environment = jinja2.sandbox.ImmutableSandboxedEnvironment(
             loader=jinja2.ChoiceLoader(self.layers),
             autoescape=_autoescape,
             # A typo in an admin's template must fail loudly, not file a note with a blank in it;

@@ -478,6 +478,9 @@ def test_gateway_templates_dir_that_is_not_a_folder_is_named(folder):
     ("rules", "<p>{{ body }}</p>\n{% if %}\n", "line 2: Expected an expression, got 'end of statement block'"),
     ("rules", "{{ body }}\n<p>{{ sender_nmae }}</p>\n", "line 2: 'sender_nmae' is undefined"),
     ("gateway", "{{ body }}\n{{ subject | nosuchfilter }}\n", "line 2: No filter named 'nosuchfilter'."),
+    # Templates are sandboxed (found by a security review: this ran the command at start).
+    ("gateway", '{{ body }}\n{% set x = cycler.__init__.__globals__.os.popen("id").read() %}\n',
+     "line 2: SecurityError: access to attribute '__init__' of 'type' object is unsafe."),
 ])
 def test_check_config_and_serve_refuse_a_broken_template(folder, capsys, owner, text, reason):
     # The same check as serve and a reload: each template compiled and rendered with sample values.

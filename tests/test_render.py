@@ -179,6 +179,40 @@ def test_check_names_the_file_and_line_of_a_value_no_message_gives(tmp_path):
         Renderer(tmp_path).check()
 
 
+def test_templates_are_sandboxed_and_a_violation_is_named_by_check(tmp_path):
+    # SECURITY (found by a security review): templates get copied from the internet, and a plain
+    # jinja2 Environment ran this command at start, reload and check-config.
+    ran = tmp_path / "ran"
+    write(tmp_path, "tpl/note/default.html.j2",
+          f'{{{{ body }}}}\n{{% set x = cycler.__init__.__globals__.os.popen("touch {ran}").read() %}}\n')
+    with pytest.raises(TemplateProblem) as found:
+        Renderer(tmp_path / "tpl").check()
+    assert str(found.value) == (f"{tmp_path / 'tpl' / 'note' / 'default.html.j2'}, line 2: "
+                                "SecurityError: access to attribute '__init__' of 'type' object is unsafe.")
+    assert not ran.exists()
+    # Immutable: a template cannot change a value it is given, so one message's rendering cannot
+    # leak into the next.
+    write(tmp_path, "tpl/note/default.html.j2", "{{ body }}\n{% set x = attachment_names.append('x') %}\n")
+    with pytest.raises(TemplateProblem, match=r"default\.html\.j2, line 2: SecurityError: .*append"):
+        Renderer(tmp_path / "tpl").check()
+
+
+def test_sandboxed_templates_still_use_every_documented_value_and_filter(tmp_path):
+    write(tmp_path, "note/default.html.j2",
+          "{{ body }}\n<p>{{ received_at.strftime('%Y-%m-%d %H:%M') }} {{ received_at.isoformat() }}</p>\n"
+          "<p>{{ sender_name | upper }} {{ sender_email.split('@')[1] }} {{ dkim_domain }} {{ kind }} {{ model }}"
+          " {{ res_id + 1 }} {{ subject | truncate(4, True, '', 0) }}</p>\n"
+          "<p>{{ attachment_names | join(', ') }}; {{ refused_files | length }}"
+          "{% for item in refused_files %} {{ loop.index }}:{{ item }}{% endfor %}</p>\n")
+    renderer = Renderer(tmp_path)
+    assert "note/default.html.j2" in renderer.check()
+    html = renderer.render_body("note", "project.task", **body_values(
+        attachment_names=["a.pdf", "b.png"], refused_files=["c.exe (refused)"]))
+    assert "<p>2025-03-14 09:30 2025-03-14T09:30:00+00:00</p>" in html
+    assert "<p>PAULA CONTRIBUTOR example.com example.com note project.task 43 Pump</p>" in html
+    assert "<p>a.pdf, b.png; 1 1:c.exe (refused)</p>" in html
+
+
 def test_a_renderer_reads_its_folders_once(tmp_path):
     # An edit saved on disk reaches the gateway only with a new renderer (a reload, after its check).
     write(tmp_path, "note/default.html.j2", "first {{ body }}")

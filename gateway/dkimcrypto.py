@@ -6,12 +6,19 @@ largest single cost of a note in the gateway (issue 6, py-spy). OpenSSL does the
 few microseconds. Everything else stays dkimpy's: parsing, canonicalization, the body and header
 hashes, the key record and its minimum size; only the final RSASSA-PKCS1-v1_5 comparison moves.
 
-The answers are dkimpy's for every signature a signer produces, including one whose leading zero
-octets were dropped (it is the same integer; OpenSSL wants exactly the modulus' length). They
-differ only for a signature that is not a valid encoding under RFC 8017 section 8.2.2: a value at
-or above the modulus (a malleated copy of a valid one), which dkimpy reduces and accepts and
-OpenSSL refuses. A key OpenSSL will not load (an even modulus, an exponent under 3) and a hash it
-is not told about go to dkimpy's own function, so they are judged as before.
+The answers are dkimpy's for every valid signature, including one whose leading zero octets were
+dropped (it is the same integer; OpenSSL wants exactly the modulus' length). They differ only for a
+signature that is not a valid encoding under RFC 8017 section 8.2.2: a value at or above the
+modulus (a malleated copy of a valid one), which dkimpy reduces and accepts and the gateway refuses.
+
+OpenSSL refuses some keys dkimpy checks: a modulus over 16384 bits (OPENSSL_RSA_MAX_MODULUS_BITS),
+and, for a modulus over 3072 bits, a public exponent over 64 bits (OPENSSL_RSA_MAX_PUBEXP_BITS);
+it answered False for a valid signature under a 4096-bit key with a 66-bit exponent, where dkimpy
+answers True (found by a security review). A key over either bound (a modulus over 16384 bits, an
+exponent over 64 bits, whatever the modulus) goes to dkimpy's own function, as does a key OpenSSL
+will not load at all (an even modulus or exponent, an exponent under 3 or not below the modulus) and a hash it
+is not told about, so they are judged as before. Real DKIM keys (1024 to 4096 bits, exponent
+65537) never take that path.
 """
 
 from __future__ import annotations
@@ -33,6 +40,11 @@ _HASHES = {"sha256": hashes.SHA256(), "sha1": hashes.SHA1()}
 # The DER DigestInfo of each hash (RFC 8017 section 9.2, note 1): its length decides, as in
 # dkimpy's EMSA_PKCS1_v1_5_encode, whether the modulus is too small to carry it.
 _DIGEST_INFO_LENGTH = {"sha256": 19 + 32, "sha1": 15 + 20}
+# OpenSSL's bounds on an RSA public key (include/openssl/rsa.h, crypto/rsa/rsa_ossl.c): over them
+# it refuses to check, so such a key is dkimpy's to judge. Its exponent bound applies only over
+# 3072 bits; any exponent over it goes to dkimpy here, which leaves no room for a version to differ.
+_OPENSSL_MAX_MODULUS_BITS = 16384
+_OPENSSL_MAX_EXPONENT_BITS = 64
 
 
 @functools.lru_cache(maxsize=256)
@@ -48,6 +60,12 @@ def rsassa_pkcs1_v1_5_verify(hash: Any, signature: bytes, public_key: dict) -> b
     name = hash.name.lower()
     algorithm = _HASHES.get(name)
     modulus, exponent = public_key["modulus"], public_key["publicExponent"]
+    beyond_openssl = (modulus.bit_length() > _OPENSSL_MAX_MODULUS_BITS
+                      or exponent.bit_length() > _OPENSSL_MAX_EXPONENT_BITS)
+    if algorithm is not None and beyond_openssl:
+        if int.from_bytes(signature, "big") >= modulus:
+            return False  # not a signature (RFC 8017 section 5.2.2), as on the OpenSSL path
+        return _PURE(hash, signature, public_key)
     key = _public_key(modulus, exponent) if algorithm is not None else None
     if key is None:
         return _PURE(hash, signature, public_key)

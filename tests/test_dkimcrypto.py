@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 
 import dkim
 import dkim.crypto
@@ -100,3 +101,54 @@ def test_a_key_openssl_will_not_load_is_left_to_dkimpy():
     digest = hashlib.sha256(b"x")
     encoded = dkim.crypto.EMSA_PKCS1_v1_5_encode(digest, 128)
     assert both(digest, encoded, weak) == (True, True)
+
+
+def _primes(bits: int) -> list[int]:
+    """Primes of 512 bits (the factors of 1024-bit keys cryptography makes) whose product has over ``bits`` bits."""
+    primes: list[int] = []
+    while math.prod(primes).bit_length() <= bits:
+        numbers = rsa.generate_private_key(public_exponent=65537, key_size=1024).private_numbers()
+        primes += [numbers.p, numbers.q]
+    return primes
+
+
+def _exponent_over(bits: int, primes: list[int]) -> int:
+    exponent = (1 << bits) + 1
+    while any(math.gcd(exponent, prime - 1) != 1 for prime in primes):
+        exponent += 2
+    return exponent
+
+
+def _signed_by_hand(primes: list[int], exponent: int, data: bytes) -> tuple:
+    """A valid RSASSA-PKCS1-v1_5 signature under the multi-prime key n = product of ``primes``,
+    computed prime by prime (Chinese remainders): a key cryptography cannot make or load."""
+    modulus = math.prod(primes)
+    size = (modulus.bit_length() + 7) // 8
+    digest = hashlib.sha256(data)
+    encoded = int.from_bytes(dkim.crypto.EMSA_PKCS1_v1_5_encode(digest, size), "big")
+    value, product = 0, 1
+    for prime in primes:
+        residue = pow(encoded, pow(exponent, -1, prime - 1), prime)
+        value += product * ((residue - value) * pow(product, -1, prime) % prime)
+        product *= prime
+    assert pow(value, exponent, modulus) == encoded
+    return digest, value.to_bytes(size, "big"), {"modulus": modulus, "publicExponent": exponent}
+
+
+@pytest.mark.parametrize("modulus_bits, exponent_bits", [
+    (16384, 16),   # a modulus over OPENSSL_RSA_MAX_MODULUS_BITS, exponent 65537 or so
+    (4000, 65),    # over 3072 bits, an exponent over OPENSSL_RSA_MAX_PUBEXP_BITS
+    (2000, 100),   # an exponent OpenSSL takes under 3072 bits: dkimpy's as well, whatever the version
+])
+def test_a_key_beyond_openssl_limits_is_judged_by_dkimpy(modulus_bits, exponent_bits):
+    # Found by a security review: a valid signature under a 4096-bit key with a 66-bit exponent
+    # was True for dkimpy and False through OpenSSL, which refuses such keys.
+    primes = _primes(modulus_bits)
+    digest, signature, key = _signed_by_hand(primes, _exponent_over(exponent_bits, primes), b"the body")
+    assert both(digest, signature, key) == (True, True)
+    assert both(hashlib.sha256(b"another body"), signature, key) == (False, False)
+    damaged = bytes([signature[0] ^ 1]) + signature[1:]
+    assert both(digest, damaged, key) == (False, False)
+    # A value above the modulus is refused on this path too, as on OpenSSL's.
+    malleated = (int.from_bytes(signature, "big") + key["modulus"]).to_bytes(len(signature) + 1, "big")
+    assert both(digest, malleated, key) == (True, False)

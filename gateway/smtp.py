@@ -80,6 +80,12 @@ class GatewayHandler:
         ``counted``: the refusal is of a message (one too large), so it is counted in
         note_gateway_messages_total and has its JSON log line, as the pipeline's refusals do;
         ``seconds`` is its time from DATA to the reply, when it reached DATA.
+
+        Never raises: the caller's precise reply must still go out. Besides JournalUnavailable,
+        anything the journaling raises (a RuntimeError from the executor shut down at stop) is
+        logged; raised out of Limited.push, it skipped the 552 and aiosmtpd's reset of the
+        transaction, and out of handle_RCPT it became aiosmtpd's "500 Error: (RuntimeError)"
+        (found by a security review).
         """
         peer = session.peer[0] if isinstance(session.peer, tuple) else str(session.peer)
         entry = JournalEntry(peer=peer, mail_from=mail_from, rcpt=(target.address if target else rcpt)[:320],
@@ -93,6 +99,9 @@ class GatewayHandler:
         except JournalUnavailable as error:
             log.error("journal unavailable, %s refusal not recorded: %s | %s", "message" if counted else "RCPT",
                       error, entry.smtp_reply)
+        except Exception:
+            log.exception("%s refusal not recorded in the journal: %s", "message" if counted else "RCPT",
+                          entry.smtp_reply)
         finally:
             if counted:
                 observe.message_done(entry, timed=seconds is not None)

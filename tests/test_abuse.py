@@ -787,6 +787,42 @@ def test_a_declared_size_over_max_message_size_is_refused_at_mail_and_journaled(
     assert _too_large_count() == before + 1
 
 
+def test_a_refusal_said_in_the_session_is_said_even_if_its_journaling_fails(
+        test_odoo, start_gateway, dns_server, dkim_keys, monkeypatch, caplog):
+    # Found by a security review: only JournalUnavailable was caught; anything else the journaling
+    # raised (a RuntimeError from the executor shut down at stop) skipped the precise reply and
+    # aiosmtpd's reset of the transaction, and the client got "500 Error: (RuntimeError) ...".
+    gateway = start_gateway(dns_server.port, listener_extra="max_message_size = 4000\n")
+    mailer = Mailer(gateway, dkim_keys)
+    task = mailer.address("note", "project.task", TASK_ID)
+    journal = gateway.services.journal
+    record = journal.record
+
+    def record_or_fail(entry, **options):
+        if entry.refusal_class:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        return record(entry, **options)
+
+    monkeypatch.setattr(journal, "record", record_or_fail)
+    connection, stream = _session(gateway, b"EHLO client.example.com")
+    with connection:
+        assert _command(connection, stream, f"MAIL FROM:<{PAULA}> SIZE=8000".encode()) == (
+            b"552 5.3.4 Message too large: SIZE=8000 declared, the limit is 4000 bytes")
+        assert _command(connection, stream, f"MAIL FROM:<{PAULA}>".encode()).startswith(b"250 ")
+        assert _command(connection, stream, b"RCPT TO:<note+project.task-60-x@notes.example.com>").startswith(b"550 5.1.1 ")
+        assert _command(connection, stream, f"RCPT TO:<{task}>".encode()).startswith(b"250 ")
+        assert _command(connection, stream, b"DATA").startswith(b"354 ")
+        raw = _large_note(mailer, task, 8000)
+        assert _command(connection, stream, smtplib.quotedata(raw.decode()).encode() + b"\r\n.") == (
+            b"552 5.3.4 Message too large: the limit is 4000 bytes")
+        # The transaction was reset: a MAIL with no RSET before it opens the next one.
+        assert _command(connection, stream, f"MAIL FROM:<{PAULA}>".encode()).startswith(b"250 ")
+        small = mailer.sign(mailer.message("note_from_contributor.eml", task))
+        assert _deliver_in_session(connection, stream, small, task).startswith(b"250 2.0.0 Filed")
+    assert len(_posts(test_odoo)) == 1
+    assert caplog.text.count("refusal not recorded in the journal") == 3
+
+
 def test_data_over_max_message_size_is_read_to_its_end_but_not_kept(test_odoo, start_gateway, dns_server):
     # The memory bound: 8 MB sent to a 64 KB limit are read and dropped line by line, never
     # gathered to be refused whole.

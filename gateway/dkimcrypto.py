@@ -16,9 +16,9 @@ and, for a modulus over 3072 bits, a public exponent over 64 bits (OPENSSL_RSA_M
 it answered False for a valid signature under a 4096-bit key with a 66-bit exponent, where dkimpy
 answers True (found by a security review). A key over either bound (a modulus over 16384 bits, an
 exponent over 64 bits, whatever the modulus) goes to dkimpy's own function, as does a key OpenSSL
-will not load at all (an even modulus or exponent, an exponent under 3 or not below the modulus) and a hash it
-is not told about, so they are judged as before. Real DKIM keys (1024 to 4096 bits, exponent
-65537) never take that path.
+will not load at all (an even modulus or exponent, an exponent under 3 or not below the modulus)
+and a hash it is not told about, so they are judged as before. Real DKIM keys (1024 to 4096 bits,
+exponent 65537) never take that path.
 """
 
 from __future__ import annotations

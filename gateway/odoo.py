@@ -124,6 +124,12 @@ class _Slots:
             (self._urgent if self._urgent_waiting else self._patient).notify()
 
 
+def odoo_error_name(error: odoorpc.error.RPCError) -> str | None:
+    """The server exception of an RPC error, e.g. ``odoo.exceptions.MissingError``, when Odoo sent one."""
+    info = error.info if isinstance(error.info, dict) else None
+    return (info.get("data") or {}).get("name") if info else None
+
+
 def credentials_refused(error: BaseException) -> bool:
     """Whether Odoo answered and refused the gateway's login or API key, rather than failing.
 
@@ -406,7 +412,7 @@ class OdooPool:
             # (rights changed, a module missing, a server bug). A retry may heal it and an
             # admin must look, so it defers rather than bounces.
             log.warning("odoo %s: %s failed: %s", self.name, label, error)
-            raise OdooUnavailable(f"Odoo refused {label}") from None
+            raise OdooUnavailable(f"Odoo refused {label}", odoo_error=odoo_error_name(error)) from None
         except Exception as error:  # Transport: refused, reset, timeout, HTTP 5xx, not JSON.
             log.warning("odoo %s: %s: %s: %s", self.name, label, type(error).__name__, error)
             # Failed after the request went out whole and before an answer came back (a timeout,

@@ -11,8 +11,8 @@ from gateway.config import DomainRules
 from gateway.context import OdooUser, Target
 from gateway.odoo import SOLO, OdooPool, Rpc
 from gateway.refusals import (AccessRuleUnsupported, AddressExpired, AddressNotForSender, ModelNotAllowed,
-                              NotContributor, PlainAddressNotAccepted, RecordAccessDenied, RecordNotFound,
-                              RecordOfOtherCompany)
+                              NotContributor, OdooUnavailable, PlainAddressNotAccepted, RecordAccessDenied,
+                              RecordHiddenFromGateway, RecordNotFound, RecordOfOtherCompany)
 from gateway.senderauth import normalise_domain
 
 log = logging.getLogger(__name__)
@@ -205,7 +205,33 @@ def _unfiled_clause(message_ids: list[str]) -> list:
 def _check_exists(odoo: OdooPool, target: Target, context: dict, deadline: float | None) -> None:
     if not odoo.call(target.model, "search", [[("id", "=", target.res_id)]], {"limit": 1},
                      context=context, deadline=deadline):
-        raise RecordNotFound(f"{target.model} {target.res_id}")
+        _missing_or_hidden(odoo, target, context, deadline)
+
+
+def _missing_or_hidden(odoo: OdooPool, target: Target, context: dict, deadline: float | None) -> None:
+    """The search as the integration user found nothing: a record that is gone, or one a record rule
+    hides from that user (operator review: an integration user in "Sales / User: Own Documents
+    Only" made every note on another salesperson's order a permanent 550 "does not exist").
+
+    One read tells them apart, as a real Odoo 18 answers it: MissingError for an id that does not
+    exist, AccessError for one a rule hides. It runs only here, after a search found nothing, so an
+    accepted message pays no extra call (issue 6).
+    """
+    try:
+        odoo.call(target.model, "read", [[target.res_id], ["id"]], context=context, deadline=deadline)
+    except OdooUnavailable as error:
+        if error.odoo_error == "odoo.exceptions.AccessError":
+            login = odoo.connection.login
+            log.error("odoo %s: %s %s exists but the gateway's Odoo user %s cannot see it: a record rule hides "
+                      "it. Give %s read access to every %s record (for sale.order: Sales / User: All Documents; "
+                      "for project.task: Project / User); messages to it are deferred (451) until then",
+                      odoo.name, target.model, target.res_id, login, login, target.model)
+            raise RecordHiddenFromGateway(f"{target.model} {target.res_id}") from None
+        if error.odoo_error == "odoo.exceptions.MissingError":
+            raise RecordNotFound(f"{target.model} {target.res_id}") from None
+        raise
+    # Readable, yet not found: archived (the search leaves inactive records out) or gone meanwhile.
+    raise RecordNotFound(f"{target.model} {target.res_id}")
 
 
 def _check_search(odoo: OdooPool, target: Target, user: OdooUser, domain: list, context: dict, policy: str,
@@ -244,7 +270,7 @@ def _check_followers(odoo: OdooPool, target: Target, user: OdooUser, context: di
                      context={key: value for key, value in context.items() if key != "active_test"},
                      deadline=deadline)
     if not rows:
-        raise RecordNotFound(f"{target.model} {target.res_id}")
+        _missing_or_hidden(odoo, target, context, deadline)
     followers = set(rows[0].get("message_partner_ids") or ())
     if not followers & {user.partner_id, user.commercial_partner_id}:
         raise RecordAccessDenied(f"{user.email} does not follow {target.model} {target.res_id}")
@@ -279,7 +305,7 @@ def read_followers(odoo: OdooPool, target: Target, *, deadline: float | None = N
     rows = odoo.call(target.model, "search_read", [[("id", "=", target.res_id)]],
                      {"fields": ["message_partner_ids"], "limit": 1}, deadline=deadline, cacheable=True)
     if not rows:
-        raise RecordNotFound(f"{target.model} {target.res_id}")
+        _missing_or_hidden(odoo, target, {"active_test": False}, deadline)
     return RecordFollowers(set(rows[0].get("message_partner_ids") or ()))
 
 

@@ -362,8 +362,10 @@ class OdooUnavailable(Refusal):
     reason = "Odoo is unavailable, try again later"
 
     def __init__(self, detail: str | None = None, *, unsettled: bool = False, explanation: str | None = None,
-                 fix: str | None = None) -> None:
+                 fix: str | None = None, odoo_error: str | None = None) -> None:
         super().__init__(detail)
+        # The exception Odoo answered with (``odoo.exceptions.AccessError``...), when it answered one.
+        self.odoo_error = odoo_error
         # The request went out and Odoo may still be running it: a timeout or a connection lost
         # while waiting for the answer, a proxy's 502 or 504 (gateway/odoo.py). A request that never
         # went out whole, or that Odoo answered (an RPC error, a 500, garbage), is settled.
@@ -372,6 +374,15 @@ class OdooUnavailable(Refusal):
         # login and Odoo's own words, which the reply to a sender leaves out, and what to check.
         self.explanation = explanation or self.text
         self.fix = fix
+
+
+class RecordHiddenFromGateway(Refusal):
+    # The record exists, but the gateway's own Odoo user cannot see it (a record rule hides it: a
+    # "Sales / User: Own Documents Only" integration user, found by an operator review). Only an
+    # admin can heal it, by giving that user read access; the mail waits in the sender's queue
+    # meanwhile rather than being refused as if the record did not exist.
+    smtp_code, enhanced_code = 451, "4.3.0"
+    reason = "The gateway's Odoo user cannot see this record, an administrator must give it read access"
 
 
 class OdooCredentialsRefused(OdooUnavailable):

@@ -7,16 +7,18 @@ import logging
 import odoorpc
 import pytest
 
+from conftest import Mailer
+
 from gateway import access, policy
 from gateway.config import DomainRules, OdooConnection
 from gateway.context import Target
 from gateway.identity import find_user
 from gateway.odoo import OdooPool
-from gateway.refusals import AccessRuleUnsupported, RecordAccessDenied, RecordNotFound
+from gateway.refusals import AccessRuleUnsupported, OdooUnavailable, RecordAccessDenied, RecordNotFound
 from gateway.testing.odoo_demo import (CUSTOMER_PARTNER_ID, DEMO_API_KEY, JOEL_EMAIL, JOEL_LOGIN, JOEL_PASSWORD,
                                        MARC_LOGIN, PAULA_EMAIL, PAULA_LOGIN, PAULA_PARTNER_ID, PAULA_PASSWORD,
                                        PETER_EMAIL, PETER_LOGIN, PETER_PASSWORD, PRIVATE_TASK_ID, SALE_ORDER_ID,
-                                       TASK_ID)
+                                       GATEWAY_UID, TASK_ID)
 from gateway.testing.odoo_security import RULES
 
 # --- The evaluator alone -------------------------------------------------------------------------
@@ -250,3 +252,47 @@ def test_email_domain_matches_however_either_side_writes_the_domain(pool, writte
     with pytest.raises(RecordAccessDenied, match="xn--bcher-kva.example is not in email_domains"):
         policy.check_record_access(pool, target, user, rules=rules.model_copy(update={"email_domains": {
             "acme.example": CUSTOMER_PARTNER_ID}}), sender_email=sender)
+
+
+# --- A record the integration user cannot see (operator review) ----------------------------------
+
+
+def test_the_test_odoo_hides_other_salespeoples_orders_from_an_own_documents_user(test_odoo, pool):
+    # As a real Odoo 18 with the integration user in "Sales / User: Own Documents Only"
+    # (sales_team.group_sale_salesman, "Personal Orders"): the search finds nothing, a read of
+    # the id tells a hidden record (AccessError) from a missing one (MissingError).
+    test_odoo.set_group(GATEWAY_UID, "sales_team.group_sale_salesman")
+    assert pool.call("sale.order", "search", [[("id", "=", SALE_ORDER_ID)]]) == []
+    for res_id, name in ((SALE_ORDER_ID, "odoo.exceptions.AccessError"), (999999, "odoo.exceptions.MissingError")):
+        with pytest.raises(OdooUnavailable) as caught:
+            pool.call("sale.order", "read", [[res_id], ["id"]])
+        assert caught.value.odoo_error == name
+    own = test_odoo.add_record("sale.order", {"name": "S-GW", "partner_id": CUSTOMER_PARTNER_ID, "user_id": GATEWAY_UID})
+    assert pool.call("sale.order", "search", [[("id", "in", [own, SALE_ORDER_ID])]]) == [own]
+    test_odoo.set_group(GATEWAY_UID, "sales_team.group_sale_salesman_all_leads")
+    assert pool.call("sale.order", "search", [[("id", "=", SALE_ORDER_ID)]]) == [SALE_ORDER_ID]
+
+
+@pytest.mark.parametrize("access_policy", ["odoo-rules", "followers"])
+def test_a_record_hidden_from_the_integration_user_is_deferred_not_called_missing(
+        test_odoo, start_gateway, dns_server, dkim_keys, caplog, access_policy):
+    # Operator review: 550 5.1.1 "does not exist: sale.order 82" for an order Paula follows and can
+    # read, because the search ran as an integration user that a record rule kept from seeing it.
+    mailer = Mailer(start_gateway(dns_server.port, access=access_policy), dkim_keys)
+    test_odoo.set_group(GATEWAY_UID, "sales_team.group_sale_salesman")
+    to = mailer.address("note", "sale.order", SALE_ORDER_ID)
+    with caplog.at_level(logging.ERROR, logger="gateway.policy"):
+        reply = mailer.send(mailer.sign(mailer.message("note_from_contributor.eml", to)), to)
+    assert reply == ("451 4.3.0 The gateway's Odoo user cannot see this record, an administrator must give it read "
+                     f"access: sale.order {SALE_ORDER_ID}")
+    [line] = [record.getMessage() for record in caplog.records if record.levelno == logging.ERROR]
+    assert (f"sale.order {SALE_ORDER_ID} exists but the gateway's Odoo user gateway cannot see it: a record rule "
+            "hides it. Give gateway read access to every sale.order record") in line
+    assert test_odoo.posts() == []
+    # A record that does not exist is still refused for good.
+    missing = mailer.address("note", "sale.order", 999999)
+    reply = mailer.send(mailer.sign(mailer.message("note_from_contributor.eml", missing)), missing)
+    assert reply == "550 5.1.1 The record of this address does not exist: sale.order 999999"
+    # Once an admin gives it All Documents, the deferred message is filed on its retry.
+    test_odoo.set_group(GATEWAY_UID, "sales_team.group_sale_salesman_all_leads")
+    assert mailer.send(mailer.sign(mailer.message("note_from_contributor.eml", to)), to).startswith("250 ")

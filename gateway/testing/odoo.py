@@ -62,7 +62,7 @@ from gateway.testing.odoo_demo import (
     TASK_ID,
 )
 from gateway.testing.odoo_mail import OutgoingEmail, format_message, portal_chatter_ids, subscribe, unsubscribe
-from gateway.testing.odoo_models import build_database, follower_partners, messages_of, set_xmlid
+from gateway.testing.odoo_models import build_database, follower_partners, messages_of, register_api_key, set_xmlid
 from gateway.testing.odoo_orm import (
     AccessDenied,
     AccessError,
@@ -522,19 +522,25 @@ class TestOdoo:
                 values["password"] = password
             uid = create_record(self._env(), "res.users", values, id)
             if api_key:
-                self.db.api_keys.setdefault(uid, []).append(api_key)
+                register_api_key(self.db, uid, api_key)
             return uid
 
-    def add_api_key(self, uid: int, key: str | None = None) -> str:
+    def add_api_key(self, uid: int, key: str | None = None, *, name: str = "note gateway",
+                    expiration_date: str | bool | None = None) -> str:
+        """A new key of ``uid``: by default it expires in 90 days, as a non-admin's key in Odoo 18;
+        ``expiration_date`` ("YYYY-MM-DD HH:MM:SS" UTC, or False for none) sets its end."""
         key = key or secrets.token_hex(20)
         with self.db.lock:
-            self.db.api_keys.setdefault(uid, []).append(key)
+            register_api_key(self.db, uid, key, name=name, expiration_date=expiration_date)
         return key
 
     def revoke_api_key(self, uid: int, key: str) -> None:
         """Remove a key, as its user or an admin does in Preferences > Account Security."""
         with self.db.lock:
             self.db.api_keys[uid].remove(key)
+            row = self.db.api_key_rows.pop(key, None)
+            if row is not None:
+                self.db.rows["res.users.apikeys"].pop(row, None)
 
     def add_group(self, name: str, xmlid: str | None = None, *, id: int | None = None,  # noqa: A002
                   category: str | None = None) -> int:
@@ -911,7 +917,14 @@ class TestOdoo:
         if self.db.passwords.get(uid) == password:
             return True
         # res_users.py _check_credentials accepts API keys only when the login is not interactive.
-        return not interactive and any(secrets.compare_digest(password, key) for key in self.db.api_keys.get(uid, []))
+        # An expired key is refused as a wrong one (res_users.py _check_credentials: expiration_date > now).
+        return not interactive and any(secrets.compare_digest(password, key) and not self._expired(key)
+                                       for key in self.db.api_keys.get(uid, []))
+
+    def _expired(self, key: str) -> bool:
+        row = self.db.rows["res.users.apikeys"].get(self.db.api_key_rows.get(key, 0)) or {}
+        ends = row.get("expiration_date")
+        return bool(ends) and ends <= time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
 
     def check_credentials(self, uid: int, password: Any) -> None:
         with self.db.lock:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from gateway.testing.odoo_mail import subscribe
-from gateway.testing.odoo_models import set_xmlid
+from gateway.testing.odoo_models import register_api_key, set_xmlid
 from gateway.testing.odoo_orm import Database, Env, create_record
 from gateway.testing.odoo_security import BUSINESS_GROUPS, seed_security, setup_note_gateway
 
@@ -138,7 +138,7 @@ def seed_demo(db: Database, note_gateway_setup: bool = True) -> None:
     if note_gateway_setup:
         # The database as after `note-gateway setup-odoo`: the integration user is in the gateway's group.
         setup_note_gateway(db, NOTE_GATEWAY_GROUP_ID, GATEWAY_UID)
-    db.api_keys.setdefault(GATEWAY_UID, []).append(DEMO_API_KEY)
+    register_api_key(db, GATEWAY_UID, DEMO_API_KEY)
     _partner(env, ARCHIVED_PARTNER_ID, "Archie Former", ARCHIVED_EMAIL)
     _user(env, ARCHIVED_UID, ARCHIVED_PARTNER_ID, ARCHIVED_LOGIN, ARCHIVED_PASSWORD,
           [GROUP_PORTAL_ID, CONTRIBUTOR_GROUP_ID, GROUP_PORTAL_EXTRA_ID], active=False)

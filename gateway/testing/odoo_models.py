@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import mimetypes
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from gateway.testing.odoo_orm import (
@@ -835,6 +836,16 @@ def task_model() -> Model:
                  mail_post_access="read", share_rule=_portal_task_rule, access=_everyone_reads())
 
 
+def _personal_orders_rule(env: Env) -> list | None:
+    # sale/security/ir_rules.xml "Personal Orders" of sales_team.group_sale_salesman ("Own Documents
+    # Only"), ORed with "All Orders" of group_sale_salesman_all_leads, which the managers have too.
+    if not env.in_group("sales_team.group_sale_salesman") or any(
+            env.in_group(xmlid) for xmlid in ("sales_team.group_sale_salesman_all_leads",
+                                              "sales_team.group_sale_manager")):
+        return None
+    return ["|", ("user_id", "=", env.uid), ("user_id", "=", False)]
+
+
 def sale_order_model() -> Model:
     fields = {
         "name": Char("Order Reference", required=True, default="New"),
@@ -848,7 +859,41 @@ def sale_order_model() -> Model:
         **chatter_fields("sale.order"),
     }
     return Model("sale.order", "Sales Order", fields, order="date_order desc, id desc", chatter=True,
-                 share_rule=_portal_sale_order_rule, access=_everyone_reads())
+                 share_rule=_portal_sale_order_rule, user_rule=_personal_orders_rule, access=_everyone_reads())
+
+
+def _own_keys_rule(env: Env) -> list | None:
+    # base/security/base_security.xml: users read (and delete) their own keys; the Settings group
+    # sees every user's, to revoke them.
+    return None if env.is_admin() else [("user_id", "=", env.uid)]
+
+
+def api_keys_model() -> Model:
+    """res.users.apikeys as a real Odoo 18 describes it (fields_get measured): the key itself is not a field."""
+    fields = {
+        "name": Char("Description", readonly=True),
+        "user_id": Many2one("res.users", "User", readonly=True),
+        "scope": Char("Scope", readonly=True),
+        "expiration_date": Datetime("Expiration Date", readonly=True),
+    }
+    # ir.model.access: read for base.group_user and base.group_portal; created only by the key wizard.
+    return Model("res.users.apikeys", "Users API Keys", fields, user_rule=_own_keys_rule,
+                 access={"read": ACCESS_ALL, "write": ACCESS_ADMIN, "create": ACCESS_ADMIN, "unlink": ACCESS_INTERNAL})
+
+
+def register_api_key(db: Database, uid: int, key: str, *, name: str = "note gateway",
+                     expiration_date: str | bool | None = None) -> int:
+    """A key and its res.users.apikeys row; by default it expires in 90 days, the most Odoo 18 gives
+    a non-admin user's key (ODOO_FACTS.md a)."""
+    if expiration_date is None:
+        expiration_date = (datetime.now(timezone.utc) + timedelta(days=90)).strftime("%Y-%m-%d %H:%M:%S")
+    from gateway.testing.odoo_orm import create_record
+
+    row = create_record(Env(db, 1, su=True), "res.users.apikeys",
+                        {"name": name, "user_id": uid, "scope": False, "expiration_date": expiration_date})
+    db.api_keys.setdefault(uid, []).append(key)
+    db.api_key_rows[key] = row
+    return row
 
 
 def build_database(name: str, version: str) -> Database:
@@ -860,7 +905,7 @@ def build_database(name: str, version: str) -> Database:
         partner, users_model(db, partner), groups_model(db), company_model(), model_data_model(), ir_model_model(),
         subtype_model(), followers_model(), message_model(), notification_model(), mail_mail_model(),
         alias_domain_model(), attachment_model(), project_model(), collaborator_model(), task_model(),
-        sale_order_model(), rule_model(), model_access_model(),
+        sale_order_model(), rule_model(), model_access_model(), api_keys_model(),
         # The abstract model whose public methods are called without records, as message_process.
         Model("mail.thread", "Email Thread", {}, rec_name=None),
     ]

@@ -190,6 +190,9 @@ class Model:
     access: dict[str, str] = field(default_factory=dict)
     # Record rules for non-internal users, as a domain built for the calling user.
     share_rule: Callable[[Env], list] | None = None
+    # Record rules that bind every caller, internal users too (a group's rule, as sale.order's
+    # "Personal Orders"): the domain for the calling user, or None when none applies to it.
+    user_rule: Callable[[Env], list | None] | None = None
     # Record rules that a domain cannot express (mail.message): the readable subset of ids.
     share_filter: Callable[[Env, set[int]], set[int]] | None = None
     display: Callable[[Env, int], str] | None = None
@@ -238,6 +241,8 @@ class Database:
         self.xmlids: dict[str, tuple[str, int]] = {}
         self.passwords: dict[int, str] = {}
         self.api_keys: dict[int, list[str]] = {}
+        # Each key's res.users.apikeys row (its name and expiration_date).
+        self.api_key_rows: dict[str, int] = {}
         self.blobs: dict[int, bytes] = {}
         self.outbox: list[Any] = []
         self.sessions: dict[str, int] = {}
@@ -763,9 +768,15 @@ def _granted_by_rows(env: Env, model: str, operation: str) -> bool:
 
 def rule_filter(env: Env, model: str, ids: set[int]) -> set[int]:
     """The subset of ``ids`` that the record rules let the caller read."""
-    if env.su or env.is_internal():
+    if env.su:
         return ids
     spec = env.db.models[model]
+    if spec.user_rule is not None:
+        domain = spec.user_rule(env)
+        if domain is not None:
+            ids = ids & search_ids(env.sudo(), model, domain, active_test=False)
+    if env.is_internal():
+        return ids
     if spec.share_filter is not None:
         ids = spec.share_filter(env, ids)
     if spec.share_rule is not None:

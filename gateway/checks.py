@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
 from gateway import access, address, pipeline, policy, post, senderauth
 from gateway.config import GatewayConfig
@@ -15,64 +16,146 @@ from gateway.setup_odoo import Setup
 # Groups the integration user must not need (issue 7): their rights would let a compromised
 # gateway key change Odoo's security.
 TOO_MUCH = {"base.group_system": "Settings", "base.group_erp_manager": "Access Rights"}
+# An API key this close to its end gets a warning, as a TLS certificate does (doctor.py).
+API_KEY_WARNING_DAYS = 21
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A problem found in Odoo, and what fixes it (doctor prints the fix on its own line)."""
+
+    text: str
+    fix: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.text} ({self.fix})" if self.fix else self.text
 
 
 @dataclass
 class Findings:
     lines: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
+    warnings: list[Finding] = field(default_factory=list)
+    errors: list[Finding] = field(default_factory=list)
+
+    def error(self, text: str, fix: str = "") -> None:
+        # Said once: several models or kinds can run into the same missing right (operator review:
+        # "odoo-rules needs read access ..." was printed once per model).
+        if Finding(text, fix) not in self.errors:
+            self.errors.append(Finding(text, fix))
+
+    def warn(self, text: str, fix: str = "") -> None:
+        if Finding(text, fix) not in self.warnings:
+            self.warnings.append(Finding(text, fix))
 
 
-def check_online(config: GatewayConfig, pools: dict[str, OdooPool]) -> Findings:
+def check_online(config: GatewayConfig, pools: dict[str, OdooPool], *, now: float | None = None) -> Findings:
+    """`check-config --online`: log in to each Odoo, then check_connection."""
     found = Findings()
     for name, pool in pools.items():
         connection = config.gateway.odoo[name]
         try:
             version = pool.version()
         except OdooUnavailable as error:
-            found.errors.append(f"odoo.{name}: cannot log in: {error.explanation}"
-                                + (f"; {error.fix}" if error.fix else ""))
+            found.error(f"odoo.{name}: cannot log in: {error.explanation}" + (f"; {error.fix}" if error.fix else ""))
             continue
         found.lines.append(f"odoo.{name}: logged in to {connection.url} database {connection.database} as "
                            f"{connection.login}, Odoo {version}, groups field {pool.groups_field}")
+        check_connection(config, name, pool, found, now=now)
+    return found
+
+
+def check_connection(config: GatewayConfig, name: str, pool: OdooPool, found: Findings, *,
+                     now: float | None = None) -> None:
+    """Everything checked of one Odoo once logged in; `check-config --online` and `doctor` both run it."""
+    connection = config.gateway.odoo[name]
+    try:
         uids = pool.call("res.users", "search", [[("login", "=", connection.login)]])
         for xmlid, label in TOO_MUCH.items():
             if uids and pool.call("res.users", "has_group", [uids[:1], xmlid]):
-                found.warnings.append(f"odoo.{name}: {connection.login} is in {label} ({xmlid}): more rights than "
-                                      "the gateway needs; run setup-odoo and remove it from that group")
-        for domain, rules in sorted(config.domains.items()):
-            if rules.odoo == name:
-                _check_domain(pool, domain, rules, found)
-    return found
+                found.warn(f"odoo.{name}: {connection.login} is in {label} ({xmlid}): more rights than "
+                           "the gateway needs", "run setup-odoo and remove it from that group")
+    except OdooUnavailable as error:
+        found.error(f"odoo.{name}: cannot read the user {connection.login}: {error.explanation}")
+        return
+    if uids:
+        _check_api_key(name, pool, uids[0], found, time.time() if now is None else now)
+    for domain, rules in sorted(config.domains.items()):
+        if rules.odoo == name:
+            _check_domain(pool, domain, rules, found)
+
+
+def _check_api_key(name: str, pool: OdooPool, uid: int, found: Findings, now: float) -> None:
+    """A key of the integration user that expires soon (Odoo 18 gives non-admin keys at most 90 days).
+
+    Odoo does not tell which of the user's keys this login used (only a hash of it is stored), so
+    each key that has not expired yet counts: once the new key is in place, deleting the old one
+    ends the warning.
+    """
+    login = pool.connection.login
+    try:
+        keys = pool.call("res.users.apikeys", "search_read", [[("user_id", "=", uid)]],
+                         {"fields": ["name", "expiration_date"]})
+    except OdooUnavailable:
+        # An Odoo without expiration_date (before 17) or that does not let the user read its keys.
+        found.lines.append(f"odoo.{name}: the expiry of {login}'s API keys cannot be read")
+        return
+    soonest = None
+    for key in keys:
+        if not key.get("expiration_date"):
+            continue
+        ends = datetime.strptime(key["expiration_date"], "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc)
+        days = (ends.timestamp() - now) / 86400
+        if days < 0:
+            continue  # Not the key in use: this login succeeded. Odoo removes it soon.
+        stamp = ends.strftime("%Y-%m-%d %H:%M UTC")
+        if days < API_KEY_WARNING_DAYS:
+            found.warn(f"odoo.{name}: the API key \"{key.get('name') or ''}\" of {login} expires on {stamp}, "
+                       f"in {days:.0f} days; then every message is deferred (451) until a new key is in place",
+                       f"make a new key for {login} (Preferences > Account Security > New API Key), put it in "
+                       "the key file, systemctl reload note-gateway, then delete the old key")
+        elif soonest is None or ends < soonest[0]:
+            soonest = (ends, days)
+    if soonest is not None:
+        found.lines.append(f"odoo.{name}: {login}'s API keys are valid until at least "
+                           f"{soonest[0].strftime('%Y-%m-%d %H:%M UTC')} ({soonest[1]:.0f} days)")
 
 
 def _check_domain(pool: OdooPool, domain: str, rules, found: Findings) -> None:
     where = f"{rules.source}"
+    login = pool.connection.login
     try:
         group_id = pool.xmlid(rules.note.contributor_group)
         found.lines.append(f"{domain}: contributor group {rules.note.contributor_group} is res.groups {group_id}")
     except OdooUnavailable:
-        found.errors.append(f"{where}: note.contributor_group: {rules.note.contributor_group} not found in Odoo "
-                            "(run note-gateway setup-odoo)")
+        found.error(f"{where}: note.contributor_group: {rules.note.contributor_group} not found in Odoo or not "
+                    f"readable by {login}", "run note-gateway setup-odoo")
     models = sorted(set(rules.note.models) | set(rules.reply.models))
     for model in models:
         try:
             fields = pool.call(model, "fields_get", [["message_ids", "company_id"]], {"attributes": ["type"]})
         except OdooUnavailable:
-            found.errors.append(f"{where}: models: {model} does not exist in Odoo")
+            found.error(f"{where}: models: {model} does not exist in Odoo",
+                        f"install the module of {model}, or remove it from the rules' models")
             continue
         if "message_ids" not in fields:
-            found.errors.append(f"{where}: models: {model} has no chatter (not a mail.thread)")
+            found.error(f"{where}: models: {model} has no chatter (not a mail.thread)")
             continue
-        found.lines.append(f"{domain}: {model} has a chatter")
+        try:
+            # A count that matches nothing: it proves that the integration user may read the
+            # model, without reading any record.
+            pool.call(model, "search_count", [[["id", "=", 0]]])
+        except OdooUnavailable:
+            found.error(f"{where}: models: {login} may not read {model}",
+                        f"give {login} read access to {model}, or remove it from the rules' models")
+            continue
+        found.lines.append(f"{domain}: {model} has a chatter and is readable")
         for kind in ("note", "reply"):
             kind_rules = rules.kind_rules(kind)
             if model in kind_rules.models and kind_rules.access in ("own", "company", "email-domain"):
                 described = pool.call(model, "fields_get", [[kind_rules.partner_field]], {"attributes": ["relation"]})
                 if (described.get(kind_rules.partner_field) or {}).get("relation") != "res.partner":
-                    found.errors.append(f"{where}: {kind}.partner_field: {model}.{kind_rules.partner_field} is not "
-                                        "a many2one to res.partner")
+                    found.error(f"{where}: {kind}.partner_field: {model}.{kind_rules.partner_field} is not "
+                                "a many2one to res.partner")
         kinds = [kind for kind in ("note", "reply") if model in rules.kind_rules(kind).models
                  and rules.kind_rules(kind).access == "odoo-rules"]
         if kinds:
@@ -82,7 +165,7 @@ def _check_domain(pool: OdooPool, domain: str, rules, found: Findings) -> None:
         if company is not None:
             found.lines.append(f"{domain}: bound to res.company {company}")
     except Refusal as refusal:
-        found.errors.append(f"{where}: company_from_alias_domain: {refusal.text}")
+        found.error(f"{where}: company_from_alias_domain: {refusal.text}")
 
 
 def _check_rules(pool: OdooPool, domain: str, where: str, model: str, found: Findings) -> None:
@@ -90,8 +173,8 @@ def _check_rules(pool: OdooPool, domain: str, where: str, model: str, found: Fin
         rules = access.read_rules(pool, model, ttl=0)
         access.read_access_groups(pool, model, ttl=0)
     except OdooUnavailable:
-        found.errors.append(f"{where}: access: odoo-rules needs read access to ir.rule, ir.model.access and "
-                            "ir.model (run note-gateway setup-odoo)")
+        found.error(f"{where}: access: odoo-rules needs read access to ir.rule, ir.model.access and ir.model",
+                    "run note-gateway setup-odoo")
         return
     # The access search runs as the integration user, so it must read every model the rules go
     # through (setup-odoo grants them; gateway/setup_odoo.py Setup.run).
@@ -100,21 +183,20 @@ def _check_rules(pool: OdooPool, domain: str, where: str, model: str, found: Fin
         reached = sorted(walker.rule_models([model]))
     except OdooUnavailable:
         reached = []
-        found.errors.append(f"{where}: access: cannot follow the fields of {model}'s record rules")
+        found.error(f"{where}: access: cannot follow the fields of {model}'s record rules")
     for other in reached:
         try:
             pool.call(other, "search", [[]], {"limit": 1})
         except OdooUnavailable:
-            found.errors.append(f"{where}: access: the record rules of {model} go through {other}, which "
-                                f"{pool.connection.login} cannot read: every search would fail (run "
-                                "note-gateway setup-odoo)")
+            found.error(f"{where}: access: the record rules of {model} go through {other}, which "
+                        f"{pool.connection.login} cannot read: every search would fail", "run note-gateway setup-odoo")
     unsupported = 0
     for rule in rules:
         try:
             access.parse_domain(rule.domain_force, rule.name)
         except access.UnsupportedRule as error:
             unsupported += 1
-            found.warnings.append(f"{domain}: {model}: {error}: senders it applies to will be refused")
+            found.warn(f"{domain}: {model}: {error}: senders it applies to will be refused")
     found.lines.append(f"{domain}: {model}: {len(rules)} read rules, {len(rules) - unsupported} evaluable")
 
 

@@ -11,13 +11,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable
 
-from gateway import tls
+from gateway import checks, tls
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.render import checked_renderer
 from gateway.journal import Journal, JournalUnavailable
 from gateway.odoo import OdooPool
 from gateway.refusals import DnsTemporaryFailure, OdooUnavailable
-from gateway.resolver import DkimKeyResolver
+from gateway.resolver import DkimKeyResolver, name_exists
 
 # A certificate this close to its end gets a warning: enough for a renewal that failed once to be
 # noticed and fixed by hand.
@@ -37,11 +37,11 @@ class Report:
 
     def warn(self, what: str, detail: str, fix: str) -> None:
         self.warnings += 1
-        self.lines.append(f"WARN  {what}: {detail}\n      fix: {fix}")
+        self.lines.append(f"WARN  {what}: {detail}" + (f"\n      fix: {fix}" if fix else ""))
 
     def fail(self, what: str, detail: str, fix: str) -> None:
         self.problems += 1
-        self.lines.append(f"FAIL  {what}: {detail}\n      fix: {fix}")
+        self.lines.append(f"FAIL  {what}: {detail}" + (f"\n      fix: {fix}" if fix else ""))
 
 
 def check_resolver(config: GatewayConfig, report: Report) -> None:
@@ -52,18 +52,30 @@ def check_resolver(config: GatewayConfig, report: Report) -> None:
     except Exception as error:  # dnspython: no /etc/resolv.conf, or no nameserver in it.
         report.fail("resolver", f"cannot be set up: {error}", "set [resolver] nameservers, or fix /etc/resolv.conf")
         return
-    # Any answer, a key or NXDOMAIN, shows the resolver works; only silence or SERVFAIL is a fault
+    # Any answer, a key or NXDOMAIN, shows the resolver answers; silence or SERVFAIL is a fault
     # (and would defer every message with 451, see resolver.py).
     domain = sorted(config.domains)[0]
     name = f"note-gateway-doctor._domainkey.{domain}."
     started = time.monotonic()
     try:
         resolver(name.encode())
+        # The probe above never exists, so a resolver answering NXDOMAIN for every name passed it
+        # (operator review) while every sender's key would then be "missing": a permanent 550.
+        # A name that always exists must be found: the root zone, or the alias domain's top-level
+        # domain (for a resolver serving only its own zones, as in a closed test network).
+        proofs = [".", domain.rsplit(".", 1)[-1] + "."]
+        found = next((proof for proof in proofs if name_exists(resolver, proof)), None)
     except DnsTemporaryFailure as error:
         report.fail("resolver", f"{servers} nameservers: {error}",
                     "make [resolver] nameservers point at a working recursive resolver reachable from this host")
         return
-    report.ok("resolver", f"{servers} nameservers answered for {name} in {(time.monotonic() - started) * 1000:.0f} ms")
+    if found is None:
+        report.fail("resolver", f"{servers} nameservers answer NXDOMAIN for {' and '.join(proofs)}, names that "
+                                "always exist: they would call every sender's DKIM key missing (550)",
+                    "make [resolver] nameservers point at a working recursive resolver that resolves internet names")
+        return
+    report.ok("resolver", f"{servers} nameservers answered for {name} and found {found} in "
+                          f"{(time.monotonic() - started) * 1000:.0f} ms")
 
 
 def check_odoo(config: GatewayConfig, name: str, report: Report) -> None:
@@ -90,26 +102,16 @@ def check_odoo(config: GatewayConfig, name: str, report: Report) -> None:
             report.warn(what, detail, f"Odoo {OLDEST_ODOO} or newer is what the gateway was built against")
         else:
             report.ok(what, detail)
-        domains = [rules for rules in config.domains.values() if rules.odoo == name]
-        for group in sorted({rules.note.contributor_group for rules in domains if rules.note.models}):
-            try:
-                group_id = pool.xmlid(group, deadline())
-                report.ok(what, f"group {group} is res.groups {group_id}")
-            except OdooUnavailable:
-                report.fail(what, f"group {group} is not found or not readable by {connection.login}",
-                            "install the module that defines it, or create the group and give it this xmlid "
-                            "(Settings > Technical > External Identifiers); or change note.contributor_group")
-        models = sorted({model for rules in domains for model in (*rules.note.models, *rules.reply.models)})
-        for model in models:
-            try:
-                # A count that matches nothing: it proves the model exists and that the
-                # integration user may read it, without reading any record.
-                pool.call(model, "search_count", [[["id", "=", 0]]], deadline=deadline())
-                report.ok(what, f"model {model} exists and is readable")
-            except OdooUnavailable:
-                report.fail(what, f"model {model} does not exist or {connection.login} may not read it",
-                            f"install the module of {model}, give {connection.login} read access, "
-                            "or remove it from the rules' models")
+        # The same checks as `check-config --online` (operator review: doctor said "everything looks
+        # right" while every message was deferred, as setup-odoo had not been run).
+        found = checks.Findings()
+        checks.check_connection(config, name, pool, found)
+        for line in found.lines:
+            report.ok(what, line)
+        for warning in found.warnings:
+            report.warn(what, warning.text, warning.fix)
+        for error in found.errors:
+            report.fail(what, error.text, error.fix)
     finally:
         pool.close()
 

@@ -84,6 +84,25 @@ class DkimKeyResolver:
         return _choose_key_record([b"".join(rdata.strings) for rdata in answer.rrset])
 
 
+def name_exists(resolver: DkimKeyResolver, name: str) -> bool:
+    """Whether ``name`` exists (NOERROR, with or without NS records): doctor's proof that the
+    resolver really resolves, since a resolver that answers NXDOMAIN for every name also answers
+    the DKIM key probe. Faults raise DnsTemporaryFailure, as key lookups do."""
+    qname = dns.name.from_text(name, origin=dns.name.root)
+    try:
+        resolver._resolver.resolve(qname, dns.rdatatype.NS, dns.rdataclass.IN, search=False,
+                                   raise_on_no_answer=False, lifetime=resolver.timeout)
+    except (dns.resolver.NXDOMAIN, dns.resolver.YXDOMAIN):
+        return False
+    except dns.exception.Timeout as error:
+        raise DnsTemporaryFailure(f"timeout looking up {qname}") from error
+    except dns.resolver.NoNameservers as error:
+        raise DnsTemporaryFailure(f"no nameserver answered for {qname}") from error
+    except dns.exception.DNSException as error:
+        raise DnsTemporaryFailure(f"lookup of {qname} failed: {error}") from error
+    return True
+
+
 def _query_name(name: bytes | str) -> dns.name.Name | None:
     """The absolute DNS name dkimpy asks for, or None when s= and d= cannot form one."""
     # s= and d= come from the message, so anything can be in them; a name that cannot be

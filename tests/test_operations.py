@@ -20,7 +20,9 @@ from gateway.config import ConfigError, load_config
 from gateway.doctor import diagnose
 from gateway.journal import Journal
 from gateway.testing.certificates import self_signed
-from gateway.testing.odoo_demo import PRIVATE_TASK_ID, SALE_ORDER_ID, TASK_ID
+from gateway.testing.dns import DnsServer
+from gateway.testing.odoo import TestOdoo
+from gateway.testing.odoo_demo import GATEWAY_UID, PRIVATE_TASK_ID, SALE_ORDER_ID, TASK_ID
 
 PAULA = "portal.contrib@example.com"
 
@@ -244,9 +246,12 @@ def test_doctor_passes_on_a_healthy_gateway(tmp_path, test_odoo, dns_server, cap
     code, out, _ = _run_cli(capsys, "doctor", "--config", str(path))
     assert code == 0, out
     assert f"ok    odoo main: logged in to {test_odoo.url} database {test_odoo.database} as gateway, Odoo 18" in out
-    assert "ok    odoo main: group note_gateway.group_portal_note_contributor is res.groups 52" in out
-    assert "ok    odoo main: model project.task exists and is readable" in out
-    assert "ok    odoo main: model sale.order exists and is readable" in out
+    # The checks of check-config --online, shared (operator review: doctor ran fewer of them).
+    assert ("ok    odoo main: notes.example.com: contributor group note_gateway.group_portal_note_contributor is "
+            "res.groups 52") in out
+    assert "ok    odoo main: notes.example.com: project.task has a chatter and is readable" in out
+    assert "ok    odoo main: notes.example.com: sale.order has a chatter and is readable" in out
+    assert "ok    odoo main: notes.example.com: project.task: 6 read rules, 6 evaluable" in out
     assert "ok    resolver: 127.0.0.1:" in out
     assert "ok    journal:" in out and "ok    tls:" in out and " days)" in out
     assert out.rstrip().endswith("everything looks right")
@@ -267,9 +272,11 @@ def test_doctor_names_each_problem_and_what_to_fix(tmp_path, test_odoo, capsys):
     report = diagnose(str(path))
     text = _report_text(report)
     assert "FAIL  resolver: 127.0.0.1:9 nameservers: " in text
-    assert "FAIL  odoo main: group note_gateway.group_missing is not found" in text
-    assert "FAIL  odoo main: model crm.nothing does not exist" in text
-    assert "ok    odoo main: model project.task exists" in text
+    assert (f"FAIL  odoo main: {rules}: note.contributor_group: note_gateway.group_missing not "
+            "found in Odoo or not readable by gateway\n      fix: run note-gateway setup-odoo") in text
+    assert (f"FAIL  odoo main: {rules}: models: crm.nothing does not exist in Odoo\n"
+            "      fix: install the module of crm.nothing, or remove it from the rules' models") in text
+    assert "ok    odoo main: notes.example.com: project.task has a chatter and is readable" in text
     assert "FAIL  tls:" in text and "expired on" in text
     assert report.problems == 4
     assert text.count("      fix: ") == 4
@@ -309,6 +316,75 @@ def test_doctor_warns_of_a_certificate_near_its_end(tmp_path, test_odoo, dns_ser
     report = diagnose(str(path))
     assert report.problems == 0 and report.warnings == 1
     assert "WARN  tls:" in _report_text(report) and "in 10 days" in _report_text(report)
+
+
+def test_doctor_runs_the_online_checks_of_check_config(tmp_path, dns_server, capsys):
+    # Operator review: before setup-odoo, doctor said "everything looks right" while every message
+    # was deferred (451, Odoo refused ir.model.access.search_read); check-config --online knew.
+    with TestOdoo.with_demo_data(note_gateway_setup=False) as fresh:
+        path = write_config(tmp_path, fresh, dns_server.port)
+        report = diagnose(str(path))
+        code, out, _ = _run_cli(capsys, "check-config", "--online", "--config", str(path))
+    text = _report_text(report)
+    needed = "access: odoo-rules needs read access to ir.rule, ir.model.access and ir.model"
+    assert f"FAIL  odoo main: {tmp_path / 'rules' / 'notes.example.com.toml'}: {needed}\n" \
+           "      fix: run note-gateway setup-odoo" in text
+    assert report.problems == 1 and "everything looks right" not in text
+    # Said once, not once per model (project.task and sale.order both use odoo-rules).
+    assert text.count(needed) == 1
+    assert code == 1 and out.count(needed) == 1 and f"{needed} (run note-gateway setup-odoo)" in out
+
+
+def test_doctor_fails_a_resolver_that_answers_nxdomain_for_every_name(tmp_path, test_odoo):
+    # Operator review: NXDOMAIN for the probe name passed, while such a resolver calls every
+    # sender's DKIM key missing: a permanent 550 for all mail.
+    with DnsServer() as nothing:
+        path = write_config(tmp_path, test_odoo, nothing.port)
+        report = diagnose(str(path))
+    text = _report_text(report)
+    assert (f"FAIL  resolver: 127.0.0.1:{nothing.port} nameservers answer NXDOMAIN for . and com., names that "
+            "always exist: they would call every sender's DKIM key missing (550)\n"
+            "      fix: make [resolver] nameservers point at a working recursive resolver that resolves internet "
+            "names") in text
+    assert report.problems == 1
+    # The same server once it knows a name under com., as the closed test network's dnsmasq does.
+    with DnsServer({"selector._domainkey.example.com": "v=DKIM1; p=x"}) as some:
+        path.write_text(path.read_text().replace(f"port = {nothing.port}", f"port = {some.port}"))
+        text = _report_text(diagnose(str(path)))
+    assert f"ok    resolver: 127.0.0.1:{some.port} nameservers answered for" in text and "and found . in" in text
+
+
+def _expire_demo_key(test_odoo, days: float) -> str:
+    ends = datetime.now(timezone.utc) + timedelta(days=days)
+    [row] = test_odoo.search("res.users.apikeys", [("user_id", "=", GATEWAY_UID)])
+    test_odoo.write("res.users.apikeys", row, {"expiration_date": ends.strftime("%Y-%m-%d %H:%M:%S")})
+    return ends.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def test_doctor_warns_before_the_api_key_expires(tmp_path, test_odoo, dns_server, capsys):
+    # Operator review: a non-admin's key lasts at most 90 days in Odoo 18, and nothing warned
+    # before every message got 451. The user reads its own keys' expiration_date.
+    path = write_config(tmp_path, test_odoo, dns_server.port)
+    text = _report_text(diagnose(str(path)))
+    assert "ok    odoo main: odoo.main: gateway's API keys are valid until at least " in text and "(90 days)" in text
+    stamp = _expire_demo_key(test_odoo, 10.5)
+    report = diagnose(str(path))
+    assert report.problems == 0 and report.warnings == 1
+    assert (f'WARN  odoo main: odoo.main: the API key "note gateway" of gateway expires on {stamp}, in 10 days; '
+            "then every message is deferred (451) until a new key is in place\n"
+            "      fix: make a new key for gateway (Preferences > Account Security > New API Key), put it in the key "
+            "file, systemctl reload note-gateway, then delete the old key") in _report_text(report)
+    (tmp_path / "odoo-api-key").chmod(0o600)
+    code, out, _ = _run_cli(capsys, "check-config", "--online", "--config", str(path))
+    assert code == 0 and f'warning: odoo.main: the API key "note gateway" of gateway expires on {stamp}' in out
+
+
+def test_the_test_odoo_refuses_an_expired_api_key(tmp_path, test_odoo, dns_server):
+    # As Odoo 18's _check_credentials (expiration_date > now): the key of the warning above stops working.
+    path = write_config(tmp_path, test_odoo, dns_server.port)
+    _expire_demo_key(test_odoo, -1)
+    text = _report_text(diagnose(str(path)))
+    assert "FAIL  odoo main: cannot log in: " in text and "refused the credentials of login gateway" in text
 
 
 def test_doctor_reports_a_config_error(tmp_path):

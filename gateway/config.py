@@ -18,6 +18,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 log = logging.getLogger(__name__)
 
 
+# The address secrets published in the repository (rules/example.secrets), refused in any rules file
+# (operator review: following the README in the checkout served rules/example.toml with it).
+PUBLISHED_SECRETS = frozenset({"example-secret-change-me-0123456789"})
+
+
 class ConfigError(Exception):
     """A configuration mistake, naming the file, the key and the reason."""
 
@@ -631,6 +636,13 @@ def load_config(path: str | os.PathLike, environ: dict[str, str] | None = None) 
         for secret in domain_secrets:
             if len(secret) < 16:
                 raise ConfigError(rules_path, "secrets", "each secret needs at least 16 characters")
+            if secret in PUBLISHED_SECRETS:
+                # Anyone can mint valid addresses with a secret that is in the repository.
+                raise ConfigError(rules_path, "secrets",
+                                  "this is the example secret published with the gateway (rules/example.secrets): "
+                                  "anyone could sign addresses with it; make your own with python3 -c \"import "
+                                  "secrets; print(secrets.token_urlsafe(32))\", and keep your rules in a folder of "
+                                  "their own (README, \"Configuring it\")")
         if rules.templates_path is not None and not rules.templates_path.is_dir():
             raise ConfigError(rules_path, "templates_dir", f"{rules.templates_path} is not a folder")
         domains[rules.domain] = rules

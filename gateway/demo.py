@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import re
+import secrets
 import tempfile
 import textwrap
 import time
@@ -23,7 +24,8 @@ from gateway.testing.sending import compose, deliver, sign
 ALIAS_DOMAIN = "notes.example.com"
 SENDER_DOMAIN = PAULA_EMAIL.rpartition("@")[2]
 SELECTOR = "demo"
-SECRET = "demo-secret-not-for-production-0123456789"
+# Made anew for each run, so that no published secret is ever one a gateway accepts.
+SECRET = secrets.token_urlsafe(32)
 
 
 def _text(body: str) -> str:

@@ -1,6 +1,7 @@
 """Configuration loading: the shipped examples load, and each kind of mistake names file, key and reason."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -43,10 +44,34 @@ def test_shipped_example_files_load(tmp_path):
     shutil.copy(ROOT / "gateway.example.toml", tmp_path / "gateway.toml")
     shutil.copytree(ROOT / "rules", tmp_path / "rules")
     (tmp_path / "odoo-api-key").write_text("k")
+    # Operator review: served as shipped, the example's secret (published in git) signed live addresses.
+    with pytest.raises(ConfigError) as caught:
+        load_config(tmp_path / "gateway.toml")
+    assert (caught.value.path, caught.value.key) == (str(tmp_path / "rules" / "example.toml"), "secrets")
+    assert caught.value.reason.startswith("this is the example secret published with the gateway "
+                                          "(rules/example.secrets): anyone could sign addresses with it")
+    (tmp_path / "rules" / "example.secrets").write_text("this-site-own-secret-0123456789\n")
     config = load_config(tmp_path / "gateway.toml")
     assert "notes.example.com" in config.domains
-    assert config.secrets["notes.example.com"][0].startswith(b"example-secret")
+    assert config.secrets["notes.example.com"] == [b"this-site-own-secret-0123456789"]
     assert config.domains["notes.example.com"].note.models == ["project.task", "sale.order"]
+
+
+def test_every_published_secret_is_refused_wherever_it_is_written(folder, monkeypatch):
+    from gateway.config import PUBLISHED_SECRETS
+
+    published = {line.strip() for line in (ROOT / "rules" / "example.secrets").read_text().splitlines() if line.strip()}
+    published |= set(re.findall(r'secrets = \["([^"]+)"', (ROOT / "rules" / "example.toml").read_text()))
+    assert published and published <= PUBLISHED_SECRETS
+    rules = folder / "rules" / "notes.toml"
+    for secret in sorted(PUBLISHED_SECRETS):
+        rules.write_text(RULES.replace("secrets = [", f'secrets = ["fresh-secret-0123456789abc", "{secret}", '))
+        with pytest.raises(ConfigError, match="example secret published with the gateway"):
+            load_config(folder / "gateway.toml")
+        monkeypatch.setenv("NOTES_SECRETS", secret)
+        rules.write_text(RULES.replace("secrets = [", 'secrets_env = "NOTES_SECRETS"\nsecrets = ['))
+        with pytest.raises(ConfigError, match="example secret published with the gateway"):
+            load_config(folder / "gateway.toml")
 
 
 def test_minimal_config_has_sensible_defaults(folder):

@@ -13,6 +13,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def _examples(tmp_path: Path, rules_extra: str = "", gateway_extra: str = "") -> Path:
     (tmp_path / "gateway.toml").write_text((ROOT / "gateway.example.toml").read_text() + gateway_extra)
     shutil.copytree(ROOT / "rules", tmp_path / "rules")
+    # A site's own secret: the published example one is refused (operator review).
+    (tmp_path / "rules" / "example.secrets").write_text("this-site-own-secret-0123456789\n")
     rules = tmp_path / "rules" / "example.toml"
     rules.write_text(rules.read_text() + rules_extra)
     (tmp_path / "odoo-api-key").write_text("k")

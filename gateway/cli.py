@@ -207,10 +207,14 @@ def command_address(args: argparse.Namespace) -> int:
         print(f"note-gateway: {error}", file=sys.stderr)
         return 2
     partner_id = args.partner_id
-    if args.for_email:
-        partner_id = _partner_of(config, rules.odoo, args.for_email)
+    if args.for_email or args.online:
+        # Odoo is asked anyway: what it says against the address is a warning (operator review: an
+        # address was printed for a task that does not exist, or bound to a user whose mail to it
+        # would be refused).
+        partner_id = _ask_odoo(config, rules, args, domain)
         if partner_id is None:
             return 2
+        partner_id = partner_id or args.partner_id
     try:
         # The first secret signs; all of them verify, so a new secret goes first when rotating.
         print(address.mint(config.secrets[domain][0], domain, args.kind, args.model, args.res_id,
@@ -221,22 +225,46 @@ def command_address(args: argparse.Namespace) -> int:
     return 0
 
 
-def _partner_of(config: GatewayConfig, odoo_name: str, email: str) -> int | None:
-    """The partner of the active Odoo user with this address, asked of the domain's Odoo."""
+def _ask_odoo(config: GatewayConfig, rules, args: argparse.Namespace, domain: str) -> int | None:
+    """--for's partner (0 without --for), warning on stderr when the record does not exist or the
+    user may not post; None once the reason it cannot be asked is printed."""
+    from gateway import policy
+    from gateway.context import Target
     from gateway.identity import find_user
     from gateway.odoo import OdooPool
     from gateway.refusals import OdooUnavailable, Refusal
 
+    odoo_name = rules.odoo
+    asking = f"--for {args.for_email}" if args.for_email else "--online"
     pool = OdooPool(odoo_name, config.gateway.odoo[odoo_name], config.api_keys[odoo_name])
+    target = Target(args.kind, domain, args.model, args.res_id, "")
     try:
-        return find_user(pool, email).partner_id
+        user = find_user(pool, args.for_email) if args.for_email else None
+        try:
+            policy.check_exists(pool, target)
+        except OdooUnavailable:
+            raise
+        except Refusal as refusal:
+            print(f"note-gateway: warning: {refusal.text}; mail to this address will be refused", file=sys.stderr)
+        if user is not None:
+            try:
+                policy.check_poster(pool, rules, target, user)
+            except OdooUnavailable as error:  # The contributor group's xmlid, for one.
+                print(f"note-gateway: warning: cannot tell whether {user.email} may post here: {error.explanation}",
+                      file=sys.stderr)
+            except Refusal as refusal:
+                group = f" ({rules.note.contributor_group})" if args.kind == "note" and not user.internal else ""
+                print(f"note-gateway: warning: {refusal.text}{group}; mail from "
+                      f"{user.email} to this address will be refused ({refusal.smtp_code} {refusal.enhanced_code})",
+                      file=sys.stderr)
+        return user.partner_id if user is not None else 0
     except OdooUnavailable as error:
         # Not "try again later" when the key is wrong: what Odoo said, and what to check.
-        print(f"note-gateway: --for {email}: odoo.{odoo_name}: {error.explanation}"
+        print(f"note-gateway: {asking}: odoo.{odoo_name}: {error.explanation}"
               + (f"; {error.fix}" if error.fix else ""), file=sys.stderr)
         return None
     except Refusal as refusal:
-        print(f"note-gateway: --for {email}: {refusal.text}", file=sys.stderr)
+        print(f"note-gateway: {asking}: {refusal.text}", file=sys.stderr)
         return None
     finally:
         pool.close()
@@ -497,6 +525,8 @@ def build_parser() -> argparse.ArgumentParser:
     bound.add_argument("--for", dest="for_email", metavar="EMAIL",
                        help="bind the address to the partner of this Odoo user (asks Odoo)")
     bound.add_argument("--partner-id", type=int, help="bind the address to this partner id (offline)")
+    mint.add_argument("--online", action="store_true",
+                      help="ask Odoo whether the record exists (--for always does) and warn if not")
     mint.add_argument("--dated", action="store_true",
                       help="sign the issue date, so that address_max_age_days can expire the address")
     mint.add_argument("--config", required=True)
@@ -567,7 +597,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("mail.log").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     from gateway import observe
     observe.downgrade_handled_library_errors()
-    return args.func(args)
+    try:
+        status = args.func(args)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`note-gateway log | head`): stop quietly, as the Python docs advise
+        # (signal module, "Note on SIGPIPE"); the interpreter's last flush would raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    return status
 
 
 if __name__ == "__main__":

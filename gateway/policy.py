@@ -202,6 +202,12 @@ def _unfiled_clause(message_ids: list[str]) -> list:
     return ["!", ("message_ids.message_id", "in", list(message_ids))]
 
 
+def check_exists(odoo: OdooPool, target: Target, *, deadline: float | None = None) -> None:
+    """RecordNotFound when the record does not exist (archived ones do), RecordHiddenFromGateway when a
+    record rule hides it from the integration user (``note-gateway address`` asks it)."""
+    _check_exists(odoo, target, {"active_test": False}, deadline)
+
+
 def _check_exists(odoo: OdooPool, target: Target, context: dict, deadline: float | None) -> None:
     if not odoo.call(target.model, "search", [[("id", "=", target.res_id)]], {"limit": 1},
                      context=context, deadline=deadline):

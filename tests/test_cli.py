@@ -306,3 +306,54 @@ def test_send_says_in_one_line_what_went_wrong(tmp_path, test_odoo, start_gatewa
         assert send("--key", str(key)) == (1, "421 4.3.2 Too many sessions, try again later\n")
     status, out = send("--key", str(key), "--selector", "gateway")
     assert status == 0 and out.startswith("250 2.0.0 Filed as Odoo message "), out
+
+
+def test_address_warns_of_a_user_outside_the_contributor_group_and_of_a_missing_record(tmp_path, test_odoo, capsys):
+    # Operator review: both were printed as good addresses, though the command asks Odoo anyway.
+    config = write_config(tmp_path, test_odoo, 53)
+    status, out = _run(capsys, "address", "project.task", str(TASK_ID), "--config", str(config),
+                       "--for", "portal.plain@example.com")
+    assert status == 0
+    # _run gives stdout, then stderr: the address, then the warning.
+    printed, line = out.splitlines()
+    assert line == ("note-gateway: warning: Sender may not post internal notes: portal.plain@example.com is not in "
+                    "the contributor group (note_gateway.group_portal_note_contributor); mail from "
+                    "portal.plain@example.com to this address will be refused (550 5.7.1)")
+    assert address.parse(printed, {ALIAS_DOMAIN: [SECRET.encode()]}).res_id == TASK_ID
+    missing = "note-gateway: warning: The record of this address does not exist: project.task 999999; mail to " \
+              "this address will be refused"
+    for bound in (["--for", "portal.contrib@example.com"], ["--online"]):
+        status, out = _run(capsys, "address", "project.task", "999999", "--config", str(config), *bound)
+        assert status == 0 and out.splitlines()[1] == missing, out
+        assert len(out.splitlines()) == 2
+    # A member and a record that exists: no warning; offline, Odoo is not asked at all.
+    status, out = _run(capsys, "address", "project.task", str(TASK_ID), "--config", str(config),
+                       "--for", "portal.contrib@example.com")
+    assert status == 0 and "warning" not in out
+    calls = len(test_odoo.calls)
+    status, out = _run(capsys, "address", "project.task", "999999", "--config", str(config))
+    assert status == 0 and "warning" not in out and len(test_odoo.calls) == calls
+
+
+def test_a_reader_that_closes_the_pipe_ends_the_command_quietly(tmp_path, test_odoo):
+    # Operator review: `note-gateway log --id 5 | head -14` could end in a BrokenPipeError traceback.
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from gateway.config import load_config
+    from gateway.journal import Journal
+
+    config = write_config(tmp_path, test_odoo, 53)
+    with Journal(load_config(config).journal_path):
+        pass  # Made, so that log has a journal to read; even its one line meets the closed pipe.
+    root = Path(__file__).resolve().parent.parent
+    for argv in (["log"], ["check-config"]):
+        process = subprocess.Popen([sys.executable, "-m", "gateway", *argv, "--config", str(config)], cwd=root,
+                                   env={**os.environ, "PYTHONPATH": str(root)}, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE)
+        process.stdout.close()  # The reader is gone before the first line.
+        err = process.stderr.read().decode()
+        process.wait(timeout=30)
+        assert err == "" and process.returncode == 1, (argv, err)

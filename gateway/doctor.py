@@ -106,12 +106,13 @@ def check_odoo(config: GatewayConfig, name: str, report: Report) -> None:
         # right" while every message was deferred, as setup-odoo had not been run).
         found = checks.Findings()
         checks.check_connection(config, name, pool, found)
+        own = f"odoo.{name}: "  # Said once already by doctor's "odoo NAME:".
         for line in found.lines:
-            report.ok(what, line)
+            report.ok(what, line.removeprefix(own))
         for warning in found.warnings:
-            report.warn(what, warning.text, warning.fix)
+            report.warn(what, warning.text.removeprefix(own), warning.fix)
         for error in found.errors:
-            report.fail(what, error.text, error.fix)
+            report.fail(what, error.text.removeprefix(own), error.fix)
     finally:
         pool.close()
 

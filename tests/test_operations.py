@@ -366,11 +366,11 @@ def test_doctor_warns_before_the_api_key_expires(tmp_path, test_odoo, dns_server
     # before every message got 451. The user reads its own keys' expiration_date.
     path = write_config(tmp_path, test_odoo, dns_server.port)
     text = _report_text(diagnose(str(path)))
-    assert "ok    odoo main: odoo.main: gateway's API keys are valid until at least " in text and "(90 days)" in text
+    assert "ok    odoo main: gateway's API keys are valid until at least " in text and "(90 days)" in text
     stamp = _expire_demo_key(test_odoo, 10.5)
     report = diagnose(str(path))
     assert report.problems == 0 and report.warnings == 1
-    assert (f'WARN  odoo main: odoo.main: the API key "note gateway" of gateway expires on {stamp}, in 10 days; '
+    assert (f'WARN  odoo main: the API key "note gateway" of gateway expires on {stamp}, in 10 days; '
             "then every message is deferred (451) until a new key is in place\n"
             "      fix: make a new key for gateway (Preferences > Account Security > New API Key), put it in the key "
             "file, systemctl reload note-gateway, then delete the old key") in _report_text(report)

@@ -70,3 +70,30 @@ def test_contributor_passes_odoo_rules_on_the_world_records(world, admin_pool):
     else:
         with pytest.raises(RecordAccessDenied):
             policy.check_record_access(admin_pool, target, internal, rules=rules)
+
+
+def test_a_record_hidden_from_the_integration_user_is_told_from_a_missing_one(world):
+    # Operator review: an integration user in "Sales / User: Own Documents Only" searched the
+    # world's order (salesperson: the admin) in vain, and the gateway called it missing (550 5.1.1).
+    # A read of the id tells them apart: AccessError (hidden, 451) or MissingError (missing, 550).
+    from gateway.refusals import RecordHiddenFromGateway, RecordNotFound
+
+    all_documents = world.admin.env.ref("sales_team.group_sale_salesman_all_leads").id
+    own_documents = world.admin.env.ref("sales_team.group_sale_salesman").id
+    users = world.admin.env["res.users"]
+    pool = OdooPool("real", OdooConnection(url=ENV.url, database=ENV.db, login=world.integration.login,
+                                           api_key_env="UNUSED", timeout=30), world.integration.api_key)
+    order = Target("note", world.domain, "sale.order", world.sale_order_id, "x@" + world.domain)
+    try:
+        policy.check_exists(pool, order)  # All Documents, as provisioned: it exists and is seen.
+        users.browse(world.integration.user_id).write({"groups_id": [(3, all_documents), (4, own_documents)]})
+        # The admin made the order, so the admin is its salesperson: "Personal Orders" hides it.
+        salesperson = world.admin.execute_kw("sale.order", "read", [[world.sale_order_id], ["user_id"]])[0]["user_id"]
+        assert salesperson and salesperson[0] != world.integration.user_id
+        with pytest.raises(RecordHiddenFromGateway):
+            policy.check_exists(pool, order)
+        with pytest.raises(RecordNotFound):
+            policy.check_exists(pool, Target("note", world.domain, "sale.order", 999999999, "x@" + world.domain))
+    finally:
+        users.browse(world.integration.user_id).write({"groups_id": [(4, all_documents)]})
+        pool.close()

@@ -27,7 +27,7 @@ def _load(path: str) -> GatewayConfig:
 
 def command_serve(args: argparse.Namespace) -> int:
     from gateway import observe
-    from gateway.pipeline import Services
+    from gateway.pipeline import Services, open_in_flight
     from gateway.smtp import GatewayServer
 
     config = _load(args.config)
@@ -40,6 +40,7 @@ def command_serve(args: argparse.Namespace) -> int:
             return 2
         return Supervisor(args.config, config).run()
     sockets = None
+    lock_path = None
     if args.listen_fds is not None:
         # A worker of a supervisor: its socket, its receipts recovered and its metrics served by it.
         from gateway import workers as worker_processes
@@ -48,13 +49,21 @@ def command_serve(args: argparse.Namespace) -> int:
             worker_processes.die_with_supervisor(supervisor)
         sockets = worker_processes.inherited_sockets(args.listen_fds)
         observe.worker = worker_processes.worker_index()
+        lock_path = worker_processes.inherited_in_flight_path()
         running = worker_processes.running_restart_values()
         if running is not None:
             keep_restart_settings(config, running)
             workers = config.gateway.listener.workers
     share = workers if sockets is not None else 1
     try:
-        services = Services.build(config, workers=share)
+        # One for the life of the process, handed to the services of every reload: a second one
+        # would neither see this one's claims nor keep its own once this one closes (open_in_flight).
+        in_flight = open_in_flight(config, lock_path)
+        try:
+            services = Services.build(config, workers=share, in_flight=in_flight)
+        except ConfigError:
+            in_flight.close()
+            raise
     except ConfigError as error:
         print(f"note-gateway: configuration error: {error}", file=sys.stderr)
         return 2
@@ -73,31 +82,58 @@ def command_serve(args: argparse.Namespace) -> int:
         except OSError as error:
             logger.error("cannot serve metrics on %s:%d: %s", metrics.host, metrics.port, error.strerror or error)
             services.close()
+            in_flight.close()
             return 1
         logger.info("metrics on http://%s:%d/metrics", metrics.host, metrics.port)
 
-    def reload(loop: asyncio.AbstractEventLoop) -> None:
+    def build(new_config: GatewayConfig) -> Services:
+        # In a thread of the loop's default executor: opening the journal may wait up to its busy
+        # timeout (5 s), and the sessions must not wait with it.
+        changed = keep_restart_settings(new_config, config)
+        if sockets is None:
+            # A worker's supervisor has said this once for all of them.
+            for warning in restart_warnings(new_config.path, changed):
+                logger.warning("reload: %s", warning)
+        return Services.build(new_config, workers=share, in_flight=in_flight)
+
+    async def reload_once() -> None:
         # systemctl reload (ExecReload=kill -HUP): read the files again; a broken config keeps
         # the running one rather than stopping a mail service over a typo. The settings that need
         # a restart (config.RESTART_SETTINGS: the socket, the protocol, ...) keep their running values.
         new_services = None
         try:
-            new_config = load_config(args.config)
-            changed = keep_restart_settings(new_config, config)
-            if sockets is None:
-                # A worker's supervisor has said this once for all of them.
-                for warning in restart_warnings(new_config.path, changed):
-                    logger.warning("reload: %s", warning)
-            new_services = Services.build(new_config, workers=share)
+            new_config = await asyncio.to_thread(load_config, args.config)
+            new_services = await asyncio.to_thread(build, new_config)
             old_services = server.reload(new_services)
         except Exception as error:  # noqa: BLE001 (whatever it is, the running configuration stays)
             if new_services is not None:
                 new_services.close()
             logger.error("reload refused, the previous rules stay in force: %s", _refusal(error, args.config))
             return
-        # Messages in flight still use the old services: close them once those are surely done.
-        loop.call_later(new_services.config.gateway.listener.message_deadline + 10, old_services.close)
+        # Messages in flight still use the old services: they are closed when the last is done.
+        old_services.retire()
         logger.info("rules reloaded: %s", ", ".join(sorted(new_services.config.domains)))
+
+    # One reload at a time, in the order asked; SIGHUPs that come during one make one more after it,
+    # which reads the files as they are then (a burst of them is one or two reloads, not a queue).
+    reloading: list[asyncio.Task] = []
+    reload_again = [False]
+    stopping = [False]
+
+    async def reload_loop() -> None:
+        while True:
+            reload_again[0] = False
+            await reload_once()
+            if not reload_again[0] or stopping[0]:
+                return
+
+    def reload(loop: asyncio.AbstractEventLoop) -> None:
+        if stopping[0]:
+            logger.info("reload ignored: stopping")
+        elif reloading and not reloading[0].done():
+            reload_again[0] = True
+        else:
+            reloading[:] = [loop.create_task(reload_loop())]
 
     # When the stop's grace ends (time.monotonic()), once a signal asked for the stop.
     stop_ends: list[float] = []
@@ -130,6 +166,11 @@ def command_serve(args: argparse.Namespace) -> int:
                 logger.warning("odoo %s: cannot log in yet (%s); mail is deferred until it can", name, error)
         await stop.wait()
         stop_ends.append(time.monotonic() + listener.shutdown_grace)
+        # No reload starts now (a SIGHUP stays handled: its default action would kill the process);
+        # one under way finishes first, and its services are then the ones closed at the end.
+        stopping[0] = True
+        if reloading:
+            await reloading[0]
         logger.info("stopping: no new sessions, up to %g s for messages in flight", listener.shutdown_grace)
         await server.stop()
         logger.info("stopped")
@@ -149,6 +190,7 @@ def command_serve(args: argparse.Namespace) -> int:
         # take up to two, past what a supervisor waits for a worker (workers._stop_workers).
         grace = config.gateway.listener.shutdown_grace
         server.services.close(notices_wait=max(0.0, stop_ends[0] - time.monotonic()) if stop_ends else grace)
+        in_flight.close()
     return 0
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import time
 from contextlib import ExitStack
 from datetime import datetime, timezone
 from dataclasses import dataclass, field
 from email.message import Message
-from typing import Callable
+from pathlib import Path
+from typing import Callable, TypeVar
 
 import dns.resolver
 
@@ -28,6 +30,8 @@ from gateway.subject import clean_subject
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 
 @dataclass
 class Services:
@@ -41,13 +45,24 @@ class Services:
     in_flight: InFlight = field(default_factory=InFlight)
     # Refusal notices leave after the SMTP reply, from a queue of their own (gateway/notices.py).
     notifier: notices.Notifier = field(default_factory=notices.Notifier)
+    # Whether close() closes in_flight: not when the process handed in its own (see build).
+    owns_in_flight: bool = True
+    # The messages (and journal writes) still using these services: a reload closes the ones it
+    # replaced when the last of them is done (retire).
+    _users: int = field(default=0, init=False, repr=False)
+    _retired: bool = field(default=False, init=False, repr=False)
+    _closed: bool = field(default=False, init=False, repr=False)
+    _users_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     @classmethod
-    def build(cls, config: GatewayConfig, *, workers: int = 1) -> Services:
+    def build(cls, config: GatewayConfig, *, workers: int = 1, in_flight: InFlight | None = None) -> Services:
         """The services of one gateway process; one of ``workers`` takes its share of each Odoo pool.
 
         ``pool_size`` bounds the connections the whole gateway opens to an Odoo, as ``max_sessions``
         bounds its sessions: with several worker processes each gets its share, rounded up.
+
+        ``in_flight``: the process's claims (open_in_flight), kept across reloads and not closed by
+        close(). Without it the services open their own, for a process that never reloads.
         """
         resolver_config = config.gateway.resolver
         # First, as it opens nothing: every template is read and checked (ConfigError naming the
@@ -71,25 +86,85 @@ class Services:
             except JournalUnavailable as error:
                 raise ConfigError(config.path, "journal.path", str(error)) from None
             built.callback(journal.close)
-            # Beside the journal: every worker process of this gateway opens the same file.
-            lock_path = config.journal_path.with_name(config.journal_path.name + ".inflight")
-            try:
-                in_flight = InFlight(lock_path)
-            except OSError as error:
-                raise ConfigError(config.path, "journal.path", f"cannot open {lock_path}: {error.strerror or error}") from None
+            owns_in_flight = in_flight is None
+            if in_flight is None:
+                in_flight = open_in_flight(config)
             services = cls(config=config, resolver=resolver, odoo=odoo, renderer=renderer,
-                           journal=journal, in_flight=in_flight)
+                           journal=journal, in_flight=in_flight, owns_in_flight=owns_in_flight)
             built.pop_all()
         return services
+
+    def held(self, function: Callable[..., T]) -> Callable[..., T]:
+        """``function`` for another thread, holding these services from now until it returns.
+
+        Called on the event loop in the same step that read the server's services, so a reload
+        cannot retire and close them between the two; the hold ends in the thread, when the
+        message (or the journal write) is done, however long it runs past its reply.
+        """
+        with self._users_lock:
+            self._users += 1
+
+        def call(*args, **kwargs) -> T:
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self._release()
+
+        return call
+
+    def _release(self) -> None:
+        with self._users_lock:
+            self._users -= 1
+            done = self._retired and self._users == 0
+        if done:
+            self.close()
+
+    def retire(self) -> None:
+        """Replaced by a reload: close now if no message uses these services, else when the last one is done.
+
+        Bounds what reloads keep open (a journal connection, Odoo connections, a notice thread) to
+        the services of the messages in flight, however often the gateway is reloaded.
+        """
+        with self._users_lock:
+            self._retired = True
+            done = self._users == 0
+        if done:
+            self.close()
 
     def close(self, *, notices_wait: float | None = None) -> None:
         """Close what was built. At a stop, queued notices get up to ``notices_wait`` seconds (0: none
         more) and those left are logged; without it (a reload) they go on in their thread."""
+        with self._users_lock:
+            if self._closed:
+                return
+            self._closed = True
         self.notifier.close(notices_wait)
         for pool in self.odoo.values():
             pool.close()
         self.journal.close()
-        self.in_flight.close()
+        if self.owns_in_flight:
+            self.in_flight.close()
+
+
+def in_flight_path(config: GatewayConfig) -> Path:
+    """The lock file of the claims: beside the journal, where every worker process of this gateway opens it."""
+    return config.journal_path.with_name(config.journal_path.name + ".inflight")
+
+
+def open_in_flight(config: GatewayConfig, lock_path: Path | str | None = None) -> InFlight:
+    """The claims of one gateway process: open once, for its whole life, and handed to every Services it builds.
+
+    At ``lock_path``, by default in_flight_path(config); a worker opens its supervisor's, so that
+    one started again after a reload that moved the journal shares the file with its siblings. One
+    descriptor per process: a record lock never conflicts with another of the same process, so a
+    second InFlight (with its own set) would not see the first one's claims, and closing any
+    descriptor of the file drops every lock the process holds on it (fcntl(2)), the other's too.
+    """
+    lock_path = lock_path or in_flight_path(config)
+    try:
+        return InFlight(lock_path)
+    except OSError as error:
+        raise ConfigError(config.path, "journal.path", f"cannot open {lock_path}: {error.strerror or error}") from None
 
 
 @dataclass(frozen=True)

@@ -93,9 +93,10 @@ class GatewayHandler:
                              refusal_class=refusal.name, smtp_reply=refusal.smtp_reply(), total_seconds=seconds or 0.0)
         if target is not None:
             entry.kind, entry.model, entry.res_id = target.kind, target.model, target.res_id
+        services = self.services
         try:
             entry.id = await asyncio.get_running_loop().run_in_executor(
-                self.executor, self.services.journal.record, entry)
+                self.executor, services.held(services.journal.record), entry)
         except JournalUnavailable as error:
             log.error("journal unavailable, %s refusal not recorded: %s | %s", "message" if counted else "RCPT",
                       error, entry.smtp_reply)
@@ -140,7 +141,10 @@ class GatewayHandler:
 
     async def _process(self, ctx: MessageContext, services: Services, target: Target, envelope: Envelope,
                        budget: float, deadline: float, loop: asyncio.AbstractEventLoop) -> str:
-        future = loop.run_in_executor(self.executor, lambda: pipeline.process(ctx, services, deadline=deadline))
+        # Held from here (no await since handle_DATA read self.services) until the pipeline ends:
+        # services a reload replaced are closed only then (Services.retire).
+        future = loop.run_in_executor(self.executor,
+                                      services.held(lambda: pipeline.process(ctx, services, deadline=deadline)))
         try:
             # A little over the pipeline's own deadline: normally the pipeline answers itself.
             await asyncio.wait_for(asyncio.shield(future), timeout=budget + 5)

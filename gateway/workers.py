@@ -26,6 +26,8 @@ CRASH_LIMIT, CRASH_WINDOW = 5, 60.0
 PR_SET_PDEATHSIG = 1
 # The environment variable in which a worker gets the supervisor's values of config.RESTART_SETTINGS.
 RESTART_VALUES = "NOTE_GATEWAY_RESTART_VALUES"
+# The lock file of the claims (pipeline.in_flight_path) as the supervisor started: one for all workers.
+IN_FLIGHT = "NOTE_GATEWAY_IN_FLIGHT"
 
 
 def bind(host: str, port: int, backlog: int = 100) -> list[socket.socket]:
@@ -81,10 +83,13 @@ class Supervisor:
         self._reload = False
 
     def _environment(self, index: int) -> dict[str, str]:
+        from gateway.pipeline import in_flight_path
+
         environment = {**os.environ, "NOTE_GATEWAY_WORKER": str(index), "NOTE_GATEWAY_SUPERVISOR": str(os.getpid()),
                        # A worker started again after a reload reads the files as they are now: the
                        # settings that need a restart (the protocol, the bounds, ...) are the supervisor's.
-                       RESTART_VALUES: json.dumps(restart_values(self.config))}
+                       RESTART_VALUES: json.dumps(restart_values(self.config)),
+                       IN_FLIGHT: str(in_flight_path(self.config))}
         if self.metrics_dir is not None:
             # prometheus_client reads it when it is imported: every worker writes its counters to
             # files there, and the supervisor serves their sum on the one metrics port.
@@ -233,6 +238,11 @@ def running_restart_values() -> dict[str, object] | None:
     """The supervisor's values of the settings that need a restart, which a worker keeps whatever the files say."""
     value = os.environ.get(RESTART_VALUES)
     return json.loads(value) if value else None
+
+
+def inherited_in_flight_path() -> str | None:
+    """The lock file of the claims the supervisor gave its workers."""
+    return os.environ.get(IN_FLIGHT) or None
 
 
 def worker_index() -> int | None:

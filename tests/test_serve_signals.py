@@ -237,23 +237,113 @@ def test_refused_reloads_log_one_line_with_file_key_and_reason(test_odoo, serve,
     assert gateway.stop() == 0
 
 
-def test_a_reload_refused_while_building_closes_what_it_built(test_odoo, serve):
-    gateway = serve()
+def _open_files(pid: int) -> list[str]:
+    names = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            names.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except FileNotFoundError:
+            pass
+    return names
+
+
+def test_a_reload_keeps_the_claim_file_and_closes_the_replaced_journal_when_its_last_message_is_done(
+        test_odoo, serve, dkim_keys):
+    gateway = serve(rules_extra="[rate_limit]\nper_sender = 0\nper_record = 0\n")
     config = gateway.config_path
-    # The new journal opens, the claim file beside it cannot: the journal opened for the reload
-    # must be closed again, not left open by a process that keeps the old configuration.
+    journal, claims = str(config.parent / "journal.sqlite3"), str(config.parent / "journal.sqlite3.inflight")
+    mailer = Mailer(_Port(gateway.port), dkim_keys)
+    to = mailer.address("note", "project.task", TASK_ID)
+    # A message is inside message_post when the reload moves the journal: it goes on with the
+    # services it started with, which stay open until it is done, and not a moment longer.
+    test_odoo.latency = {"message_post": 2.0}
+    threads, replies = send_while_posting(test_odoo, mailer, gateway.port, 1, "moved")
+    # The claim file is the process's for its whole life: a reload neither opens it again beside
+    # the new journal (where a directory stands in the way here) nor closes it (which would drop
+    # the claims of the messages in flight, fcntl(2)).
     (config.parent / "other.sqlite3.inflight").mkdir()
     config.write_text(config.read_text().replace('path = "journal.sqlite3"', 'path = "other.sqlite3"'))
     mark = len(gateway.lines)
     gateway.signal(signal.SIGHUP)
-    line = gateway.wait_for(r"ERROR gateway: reload refused, the previous rules stay in force: (.*)", start=mark)
-    assert line.group(1) == (f"{config}: journal.path: cannot open {config.parent / 'other.sqlite3.inflight'}: "
-                             "Is a directory")
-    open_files = {os.readlink(f"/proc/{gateway.process.pid}/fd/{fd}")
-                  for fd in os.listdir(f"/proc/{gateway.process.pid}/fd")}
-    assert str(config.parent / "journal.sqlite3") in open_files
-    assert not any("other.sqlite3" in name for name in open_files), open_files
-    assert _rcpt(gateway.port, Mailer.address("note", "project.task", TASK_ID))[0] == 250
+    gateway.wait_for("rules reloaded: notes.example.com", start=mark)
+    open_files = _open_files(gateway.process.pid)
+    assert open_files.count(claims) == 1 and journal in open_files, open_files
+    assert str(config.parent / "other.sqlite3") in open_files
+    for thread in threads:
+        thread.join(30)
+    assert replies[0].startswith("250 2.0.0 Filed"), replies
+    deadline = time.monotonic() + 5
+    while journal in _open_files(gateway.process.pid):
+        assert time.monotonic() < deadline, "the replaced journal is still open after its last message"
+        time.sleep(0.05)
+    with Journal(journal, read_only=True) as old:
+        assert [row.verdict for row in old.recent(10)] == ["filed"]
+    assert _open_files(gateway.process.pid).count(claims) == 1
+    assert gateway.stop() == 0
+
+
+def test_the_same_message_at_once_across_a_reload_is_filed_once(test_odoo, serve, dkim_keys):
+    gateway = serve(rules_extra="[rate_limit]\nper_sender = 0\nper_record = 0\n")
+    mailer = Mailer(_Port(gateway.port), dkim_keys)
+    to = mailer.address("note", "project.task", TASK_ID)
+    raw = mailer.sign(mailer.message("note_from_contributor.eml", to, "<across-reload@example.com>"))
+    test_odoo.latency = {"message_post": 3.0}
+    first: list[str] = []
+    thread = threading.Thread(target=lambda: first.append(_send(raw, to, gateway.port)))
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not [call for call in test_odoo.posts() if call.ended is None]:
+        assert time.monotonic() < deadline, "the post did not start"
+        time.sleep(0.02)
+    mark = len(gateway.lines)
+    gateway.signal(signal.SIGHUP)
+    gateway.wait_for("rules reloaded: notes.example.com", start=mark)
+    # The services of the reload see the claim of the message their predecessors are posting.
+    second = _send(raw, to, gateway.port)
+    thread.join(30)
+    assert second == ("451 4.3.0 The same message is being filed right now, try again later: "
+                      "<across-reload@example.com>")
+    assert first and first[0].startswith("250 2.0.0 Filed"), first
+    assert _filed_ids(test_odoo, ["<across-reload@example.com>"]) == {"<across-reload@example.com>": 1}
+    assert gateway.stop() == 0
+
+
+def test_reloads_keep_no_files_open_once_no_message_uses_them(test_odoo, serve):
+    gateway = serve()
+    pid = gateway.process.pid
+    before = len(_open_files(pid))
+    for _ in range(40):
+        mark = len(gateway.lines)
+        gateway.signal(signal.SIGHUP)
+        gateway.wait_for("rules reloaded: notes.example.com", start=mark)
+    # The services each reload replaced were closed at once, no message using them: not 40 times
+    # a journal and its friends kept for message_deadline + 10 s.
+    assert len(_open_files(pid)) <= before + 1, _open_files(pid)
+    assert gateway.stop() == 0
+
+
+def test_a_reload_waiting_for_a_locked_journal_does_not_stall_the_sessions(test_odoo, serve):
+    import sqlite3
+
+    gateway = serve()
+    # A reload whose new journal is locked by another program waits for it (up to its busy
+    # timeout) in a thread: the sessions are answered meanwhile.
+    config = gateway.config_path
+    other = sqlite3.connect(config.parent / "other.sqlite3", isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    try:
+        config.write_text(config.read_text().replace('path = "journal.sqlite3"', 'path = "other.sqlite3"'))
+        mark = len(gateway.lines)
+        gateway.signal(signal.SIGHUP)
+        time.sleep(0.5)
+        started = time.monotonic()
+        code, _ = _rcpt(gateway.port, Mailer.address("note", "project.task", TASK_ID))
+        assert code == 250 and time.monotonic() - started < 1.0
+        assert not any("reload" in line for line in gateway.lines[mark:]), gateway.log
+    finally:
+        other.rollback()
+        other.close()
+    gateway.wait_for(r"rules reloaded: notes.example.com|reload refused", start=mark)
     assert gateway.stop() == 0
 
 

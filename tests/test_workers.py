@@ -306,6 +306,39 @@ def test_a_reload_keeps_the_protocol_in_every_worker_and_in_workers_started_agai
     assert gateway.stop() == 0
 
 
+def test_closing_the_services_a_reload_replaced_keeps_the_claims_of_the_new_ones(test_odoo, serve, dkim_keys):
+    gateway = serve(rules_extra="[rate_limit]\nper_sender = 0\nper_record = 0\n")
+    _worker_pids(gateway, 2)
+    config = gateway.config_path
+    mailer = Mailer(_Port(gateway.port), dkim_keys)
+    to = mailer.address("note", "project.task", TASK_ID)
+    raw = mailer.sign(mailer.message("note_from_contributor.eml", to, "<after-close@example.com>"))
+    # A short message deadline: services replaced by a reload were once closed on a timer of
+    # message_deadline + 10 s, and closing them closed their descriptor of the claim file, which
+    # drops every claim the worker holds on it, those of the services in force too (fcntl(2)).
+    config.write_text(config.read_text().replace("message_deadline = 20", "message_deadline = 5"))
+    assert "message_deadline = 5" in config.read_text()
+    _reload_both_workers(gateway)
+    replaced = time.monotonic()
+    test_odoo.latency = {"message_post": 3.0}
+    time.sleep(max(0.0, replaced + 13.5 - time.monotonic()))
+    first: list[str] = []
+    thread = threading.Thread(target=lambda: first.append(_send(raw, to, gateway.port)))
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not [call for call in test_odoo.posts() if call.ended is None]:
+        assert time.monotonic() < deadline, "the post did not start"
+        time.sleep(0.02)
+    # Past the moment the replaced services were closed, the first copy still posting: every
+    # other copy, whichever worker takes it, finds the claim.
+    time.sleep(max(0.0, replaced + 15.3 - time.monotonic()))
+    others = [_send(raw, to, gateway.port) for _ in range(6)]
+    thread.join(30)
+    assert first and first[0].startswith("250 2.0.0 Filed"), first
+    assert _filed(test_odoo, ["<after-close@example.com>"]) == {"<after-close@example.com>": 1}, (first, others)
+    assert gateway.stop() == 0
+
+
 def test_sigterm_lets_every_worker_finish_its_message(test_odoo, serve, dkim_keys):
     # A pool of 12 is 6 connections per worker: all 6 posts can be in Odoo at once wherever they land.
     gateway = serve(listener_extra="shutdown_grace = 15", pool_size=12)

@@ -144,6 +144,9 @@ def command_serve(args: argparse.Namespace) -> int:
         for signal_number in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signal_number, stop.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: reload(loop))
+        # A worker starts with SIGHUP blocked (Supervisor._spawn), as its default action would kill
+        # it: from now on it is handled, and one that came while starting is delivered now.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
         listener = config.gateway.listener
         if sockets is not None:
             await server.start(sockets)

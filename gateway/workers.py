@@ -100,7 +100,17 @@ class Supervisor:
         fds = [sock.fileno() for sock in self.sockets]
         command = [sys.executable, "-m", "gateway", "serve", "--config", self.config_path,
                    "--listen-fds", ",".join(map(str, fds))]
-        self.workers[index] = subprocess.Popen(command, pass_fds=fds, env=self._environment(index))
+        # The worker starts with SIGHUP blocked, and unblocks it once its handler is in place
+        # (cli.command_serve): until then SIGHUP's default action would kill it, and a reload
+        # forwarded while it starts (or a burst of them) would look like a crash. A SIGHUP that came
+        # meanwhile stays pending and is handled then: a reload that re-reads the files the worker
+        # has just read, harmless, and never lost if they changed after it read them.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+        try:
+            self.workers[index] = subprocess.Popen(command, pass_fds=fds, env=self._environment(index))
+        finally:
+            if signal.SIGHUP not in blocked:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
         log.info("worker %d started (pid %d)", index, self.workers[index].pid)
 
     def _serve_metrics(self) -> None:

@@ -306,6 +306,37 @@ def test_a_reload_keeps_the_protocol_in_every_worker_and_in_workers_started_agai
     assert gateway.stop() == 0
 
 
+def test_a_sighup_storm_during_load_files_every_message_once_and_stops_no_worker(test_odoo, serve, dkim_keys):
+    gateway = serve(rules_extra="[rate_limit]\nper_sender = 0\nper_record = 0\n")
+    pids = _worker_pids(gateway, 2)
+    mailer = Mailer(_Port(gateway.port), dkim_keys)
+    test_odoo.latency = {"message_post": 0.2}
+    messages = notes_to_both_records(mailer, "storm", count=30)
+    threads, replies = start_senders(messages, gateway.port, 6)
+    # A reload forwarded to a worker still starting (or a burst of them, each handled after the
+    # last) must not kill it: SIGHUP is blocked until the worker handles it.
+    while any(thread.is_alive() for thread in threads):
+        gateway.signal(signal.SIGHUP)
+        time.sleep(0.05)
+    assert all(reply.startswith("250 2.0.0 Filed") for reply in replies.values()), replies
+    assert set(_filed(test_odoo, [message_id for message_id, _, _ in messages]).values()) == {1}
+    assert not any("exited with" in line or "Traceback" in line for line in gateway.lines), gateway.log
+    assert all(_alive(pid) for pid in pids.values())
+    # Nor one started again, however soon after its start the SIGHUPs come.
+    mark = len(gateway.lines)
+    os.kill(pids[1], signal.SIGKILL)
+    gateway.wait_for(r"worker 1 started \(pid \d+\)", start=mark)
+    for _ in range(10):
+        gateway.signal(signal.SIGHUP)
+        time.sleep(0.02)
+    gateway.wait_for(r"worker 1 serving ", start=mark)
+    time.sleep(1)
+    exits = [line for line in gateway.lines[mark:] if "exited with" in line]
+    assert len(exits) == 1 and f"(pid {pids[1]}) exited with -9" in exits[0], gateway.log
+    assert rcpt(gateway.port, mailer.address("note", "project.task", TASK_ID))[0] == 250
+    assert gateway.stop() == 0
+
+
 def test_closing_the_services_a_reload_replaced_keeps_the_claims_of_the_new_ones(test_odoo, serve, dkim_keys):
     gateway = serve(rules_extra="[rate_limit]\nper_sender = 0\nper_record = 0\n")
     _worker_pids(gateway, 2)

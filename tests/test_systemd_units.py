@@ -94,3 +94,13 @@ def test_template_instances_have_their_own_config_and_state():
     assert service["LoadCredential"] == ["odoo-main:/etc/note-gateway/%i/credentials/odoo-main",
                                          "address-secrets:/etc/note-gateway/%i/credentials/address-secrets"]
 
+
+
+@pytest.mark.parametrize("name", ["note-gateway.service", "note-gateway@.service"])
+def test_unit_gives_the_sessions_more_descriptors_than_the_default(name):
+    # systemd's soft limit is 1024: a socket per session, and after a reload the journal and Odoo
+    # connections of the messages still being filed with the replaced configuration.
+    from gateway.config import ListenerConfig
+
+    (limit,) = _directives(UNITS / name)["LimitNOFILE"]
+    assert int(limit) >= 16 * ListenerConfig.model_fields["max_sessions"].default and int(limit) > 1024

@@ -55,6 +55,8 @@ def command_serve(args: argparse.Namespace) -> int:
             keep_restart_settings(config, running)
             workers = config.gateway.listener.workers
     share = workers if sockets is not None else 1
+    if sockets is None and _lock_journal(config) is None:
+        return 1
     try:
         # One for the life of the process, handed to the services of every reload: a second one
         # would neither see this one's claims nor keep its own once this one closes (open_in_flight).
@@ -195,6 +197,20 @@ def command_serve(args: argparse.Namespace) -> int:
         server.services.close(notices_wait=max(0.0, stop_ends[0] - time.monotonic()) if stop_ends else grace)
         in_flight.close()
     return 0
+
+
+def _lock_journal(config: GatewayConfig) -> int | None:
+    """The lock of the one gateway serving on this journal (held until exit), or None once the error is logged."""
+    from gateway.journal import JournalInUse, lock_journal
+
+    try:
+        return lock_journal(config.journal_path)
+    except JournalInUse as error:
+        logging.getLogger("gateway").error("%s", error)
+    except OSError as error:
+        logging.getLogger("gateway").error("cannot lock the journal %s: %s", config.journal_path,
+                                           error.strerror or error)
+    return None
 
 
 def _check_templates(config: GatewayConfig):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -24,6 +27,37 @@ class JournalUnavailable(OSError):
     An OSError, because like a full disk it may heal: the caller answers 451 and the sending MTA
     retries later.
     """
+
+
+class JournalInUse(Exception):
+    """Another running gateway holds the journal's lock: a second one must not start on it."""
+
+
+def lock_journal(path: Path | str) -> int:
+    """Take the exclusive lock of one running gateway on its journal; the descriptor, kept open for life.
+
+    ``<journal>.lock`` beside it (flock): taken before the receipts of a stopped gateway are
+    recovered, since a second `note-gateway serve` started by hand would otherwise take the running
+    one's receipts for those of a dead gateway. The kernel drops it when the process dies, however
+    it dies. Workers of a supervisor share the journal by design: the supervisor holds it.
+    """
+    journal = Path(path)
+    lock_path = journal.with_name(journal.name + ".lock")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as error:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        os.close(fd)
+        if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise JournalInUse(
+                f"journal {journal} is in use by another running gateway (pid {holder or 'unknown'} holds "
+                f"{lock_path}); stop it first, or give this one a [journal] path of its own") from None
+        raise
+    # The holder's pid, for the message above; the lock itself needs no content.
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 @dataclass(kw_only=True)
@@ -190,6 +224,16 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "DROP INDEX messages_from_address",
         "CREATE INDEX messages_sender ON messages (from_address COLLATE NOCASE, domain, verdict, received_at)",
     ),
+    (
+        # A receipt says which process wrote it and when, and whose post it is (the sender's
+        # verified address, as unsettled_posts keys it): a receipt left by a killed process is a
+        # post that may still be running in Odoo, and becomes an unsettled post (crash review 2).
+        # Receipts of an older journal keep 0 and '': recovered by any start, their sender taken
+        # from their From, their time from their reception.
+        "ALTER TABLE receipts ADD COLUMN pid INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE receipts ADD COLUMN sender TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE receipts ADD COLUMN written_at REAL NOT NULL DEFAULT 0",
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 _JSON_COLUMNS = frozenset({"durations", "defects"})
@@ -327,13 +371,19 @@ class Journal:
                 raise _unavailable(self.path, action, error) from error
 
     def begin(self, *, received_at: float, message_id: str, peer: str, mail_from: str, rcpt: str,
-              from_address: str, kind: str, model: str, res_id: int) -> int:
-        """Write the receipt of a message about to be posted; JournalUnavailable if it cannot be written."""
+              from_address: str, kind: str, model: str, res_id: int, sender: str = "") -> int:
+        """Write the receipt of a message about to be posted; JournalUnavailable if it cannot be written.
+
+        ``sender``: the key of an unsettled post of it (the verified address, lower case); the
+        receipt also keeps this process's id and the time, so that the receipt of a process that
+        dies can be told apart and taken for a post that may still be running in Odoo.
+        """
         _, receipt_id = self._run(
             "written",
-            "INSERT INTO receipts (received_at, message_id, peer, mail_from, rcpt, from_address, kind, model, res_id)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (received_at, message_id, peer, mail_from, rcpt, from_address, kind, model, res_id),
+            "INSERT INTO receipts (received_at, message_id, peer, mail_from, rcpt, from_address, kind, model, res_id,"
+            " pid, sender, written_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (received_at, message_id, peer, mail_from, rcpt, from_address, kind, model, res_id, os.getpid(),
+             sender or from_address.strip().lower(), time.time()),
         )
         return int(receipt_id or 0)
 
@@ -341,22 +391,51 @@ class Journal:
         rows, _ = self._run("read", "SELECT count(*) FROM receipts")
         return int(rows[0][0])
 
-    def recover_interrupted(self) -> list[JournalEntry]:
-        """Turn the receipts a stopped gateway left behind into "deferred" rows, and return them.
+    def recover_interrupted(self, *, pids: list[int] | None = None) -> list[JournalEntry]:
+        """Turn the receipts a dead process left behind into "deferred" rows and unsettled posts; return the rows.
 
-        Run at start: the gateway that wrote them is gone, and no reply reached their senders.
+        Run at start for every receipt (the gateway that wrote them is gone), and by a supervisor
+        for those of a worker that died (``pids``). No reply reached their senders, and the post
+        each receipt announced may have reached Odoo and still be running there (up to its
+        limit_time_real): each becomes an unsettled post since the receipt was written, so a retry
+        is deferred until Odoo has the message (then "Already filed") or odoo.unsettled_post_seconds
+        have passed (then posted). A message that never reached Odoo waits no longer than that.
         """
-        rows, _ = self._run("read", "SELECT id, received_at, message_id, peer, mail_from, rcpt, from_address, "
-                                    "kind, model, res_id FROM receipts ORDER BY id")
+        sql = ("SELECT id, received_at, message_id, peer, mail_from, rcpt, from_address, kind, model, res_id, "
+               "sender, written_at FROM receipts")
+        parameters: tuple = ()
+        if pids is not None:
+            if not pids:
+                return []
+            sql += f" WHERE pid IN ({', '.join('?' for _ in pids)})"
+            parameters = tuple(pids)
+        rows, _ = self._run("read", sql + " ORDER BY id", parameters)
         recovered = []
-        for receipt_id, received_at, message_id, peer, mail_from, rcpt, from_address, kind, model, res_id in rows:
+        for (receipt_id, received_at, message_id, peer, mail_from, rcpt, from_address, kind, model, res_id,
+             sender, written_at) in rows:
             entry = JournalEntry(
                 verdict="deferred", received_at=received_at, message_id=message_id, peer=peer,
                 mail_from=mail_from, rcpt=rcpt, from_address=from_address, kind=kind, model=model,
                 res_id=res_id, refusal_class="Interrupted",
                 smtp_reply="(no reply: the gateway stopped while filing; the sender's retry is matched by Message-ID)",
+                defects=["unsettled-post:the process filing it died; a retry that does not find it in Odoo "
+                         "is deferred for odoo.unsettled_post_seconds"],
             )
-            self.record(entry, receipt_id=receipt_id)
+            values = tuple(
+                json.dumps(getattr(entry, column)) if column in _JSON_COLUMNS else getattr(entry, column)
+                for column in _COLUMNS
+            )
+            statements = [
+                (f"INSERT INTO messages ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)})", values),
+                ("DELETE FROM receipts WHERE id = ?", (receipt_id,)),
+            ]
+            if message_id and model and res_id is not None:
+                # A later marker of the same post (a retry that timed out again) is kept.
+                statements.append((
+                    "INSERT INTO unsettled_posts (message_id, model, res_id, sender, since) VALUES (?, ?, ?, ?, ?) "
+                    "ON CONFLICT DO UPDATE SET since = max(since, excluded.since)",
+                    (message_id, model, res_id, sender or from_address.strip().lower(), written_at or received_at)))
+            self._transaction("written", statements)
             recovered.append(entry)
         return recovered
 
@@ -380,11 +459,23 @@ class Journal:
             statements.append(("DELETE FROM unsettled_posts WHERE since < ?", (forget_before,)))
         self._transaction("written", statements)
 
-    def unsettled_since(self, message_id: str, model: str, res_id: int, sender: str) -> float | None:
-        """When this sender's post of this message on this record was left unsettled, if it is."""
-        rows, _ = self._run("read", "SELECT since FROM unsettled_posts WHERE message_id = ? AND model = ? "
-                                    "AND res_id = ? AND sender = ?", (message_id, model, res_id, sender))
-        return float(rows[0][0]) if rows else None
+    def unsettled_since(self, message_id: str, model: str, res_id: int, sender: str, *,
+                        own_receipt: int | None = None) -> float | None:
+        """When this sender's post of this message on this record was left unsettled, if it is.
+
+        An open receipt of the same post, other than ``own_receipt``, counts as well: read under the
+        message's claim, it was left by a process that died while posting (a killed worker whose
+        supervisor has not yet turned it into a marker) or that could not record the outcome.
+        """
+        rows, _ = self._run(
+            "read",
+            "SELECT max(since) FROM (SELECT since FROM unsettled_posts WHERE message_id = ? AND model = ? "
+            "AND res_id = ? AND sender = ? UNION ALL SELECT CASE WHEN written_at > 0 THEN written_at "
+            "ELSE received_at END FROM receipts WHERE message_id = ? AND model = ? AND res_id = ? "
+            "AND sender = ? AND id != ?)",
+            (message_id, model, res_id, sender, message_id, model, res_id, sender,
+             -1 if own_receipt is None else own_receipt))
+        return float(rows[0][0]) if rows and rows[0][0] is not None else None
 
     def settle(self, message_id: str, model: str, res_id: int, sender: str) -> None:
         """Forget an unsettled post: the message is known to be filed now."""

@@ -384,7 +384,7 @@ def _record_receipt(ctx: MessageContext, services: Services, deadline: float) ->
         ctx.receipt_id = services.journal.begin(
             received_at=ctx.received_at, message_id=ctx.message.message_id, peer=ctx.peer, mail_from=ctx.mail_from,
             rcpt=ctx.target.address, from_address=ctx.message.from_address, kind=ctx.target.kind,
-            model=ctx.target.model, res_id=ctx.target.res_id)
+            model=ctx.target.model, res_id=ctx.target.res_id, sender=unsettled_key(ctx)[3])
     except JournalUnavailable as error:
         # A full or read-only disk: defer before posting, so that every note in Odoo has its row.
         raise JournalNotWritable(str(error)) from None
@@ -401,7 +401,8 @@ def _post(ctx: MessageContext, services: Services, deadline: float) -> None:
     # rare path, so an ordinary note costs no journal write and no Odoo call more.
     key = unsettled_key(ctx)
     try:
-        unsettled_since = services.journal.unsettled_since(*key)
+        # The receipt of a delivery whose process died while posting counts as a marker too.
+        unsettled_since = services.journal.unsettled_since(*key, own_receipt=ctx.receipt_id)
     except JournalUnavailable as error:
         # Whether an earlier post may still be running is unknown: defer rather than risk a second.
         raise JournalNotWritable(str(error)) from None

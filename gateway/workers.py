@@ -79,6 +79,7 @@ class Supervisor:
         self.workers: dict[int, subprocess.Popen] = {}
         self.crashes: list[float] = []
         self.metrics_dir: str | None = None
+        self.journal_lock: int | None = None
         self._stop = False
         self._reload = False
 
@@ -151,6 +152,7 @@ class Supervisor:
             if code is None:
                 continue
             log.error("worker %d (pid %d) exited with %s; starting it again", index, worker.pid, code)
+            self._recover(worker.pid)
             if self.metrics_dir is not None:
                 from prometheus_client import multiprocess
                 multiprocess.mark_process_dead(worker.pid, self.metrics_dir)
@@ -161,6 +163,22 @@ class Supervisor:
                 return False
             self._spawn(index)
         return True
+
+    def _recover(self, pid: int | None = None) -> None:
+        """The receipts of a dead worker (or, at start, of a stopped gateway): unsettled posts now."""
+        from gateway.journal import Journal, JournalUnavailable
+
+        try:
+            with Journal(self.config.journal_path) as journal:
+                for entry in journal.recover_interrupted(pids=None if pid is None else [pid]):
+                    log.warning("interrupted by the %s, the sender will retry: %s to %s",
+                                "previous stop" if pid is None else f"death of worker pid {pid}",
+                                entry.message_id or "-", entry.rcpt)
+        except JournalUnavailable as error:
+            if pid is None:
+                raise
+            # Its receipts stay: the post stage takes them for unsettled posts all the same, and the next start recovers them.
+            log.error("receipts of worker pid %d not recovered: %s", pid, error)
 
     def _stop_workers(self) -> None:
         # New connections are refused once the workers close their copies too.
@@ -182,18 +200,22 @@ class Supervisor:
                 worker.wait()
 
     def run(self) -> int:
-        from gateway.journal import Journal
+        from gateway.journal import JournalInUse, lock_journal
 
         listener = self.config.gateway.listener
+        # Held for the supervisor's life (not inherited by the workers): no second gateway recovers
+        # the receipts of the messages this one's workers are filing.
+        try:
+            self.journal_lock = lock_journal(self.config.journal_path)
+        except JournalInUse as error:
+            log.error("%s", error)
+            return 1
+        except OSError as error:
+            log.error("cannot lock the journal %s: %s", self.config.journal_path, error.strerror or error)
+            return 1
         # Once for all workers: a worker started again later must not take the receipts of the
         # messages its siblings are filing for those of a stopped gateway.
-        journal = Journal(self.config.journal_path)
-        try:
-            for entry in journal.recover_interrupted():
-                log.warning("interrupted by the previous stop, the sender will retry: %s to %s",
-                            entry.message_id or "-", entry.rcpt)
-        finally:
-            journal.close()
+        self._recover()
         try:
             self.sockets = bind(listener.host, listener.port)
         except OSError as error:

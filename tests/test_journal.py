@@ -285,6 +285,6 @@ def test_journal_of_schema_4_gains_the_alias_domain_and_odoo_the_rate_limits_cou
                          "SEARCH messages USING COVERING INDEX messages_sender"}
     connection = sqlite3.connect(path)
     try:
-        assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+        assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
     finally:
         connection.close()

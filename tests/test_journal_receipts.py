@@ -1,10 +1,14 @@
 """Receipts before posting, their recovery after a crash, notice claims, and the upgrade of a version 1 journal."""
 
+import os
+import re
 import sqlite3
 import time
 
+import pytest
+
 from gateway import journal as journal_module
-from gateway.journal import Journal, JournalEntry
+from gateway.journal import Journal, JournalEntry, JournalInUse, lock_journal
 
 
 def _begin(journal: Journal, message_id: str) -> int:
@@ -37,6 +41,59 @@ def test_receipts_left_by_a_crash_become_interrupted_rows(tmp_path):
     crashed.close()
 
 
+def test_a_recovered_receipt_is_an_unsettled_post_since_it_was_written(tmp_path):
+    # Crash review 2: the post a receipt announced may still be running in Odoo after its process died.
+    path = tmp_path / "journal.sqlite3"
+    crashed = Journal(path)
+    before = time.time()
+    _begin(crashed, "<cut@example.com>")
+    with Journal(path) as journal:
+        [entry] = journal.recover_interrupted()
+        assert entry.defects[0].startswith("unsettled-post:")
+        since = journal.unsettled_since("<cut@example.com>", "project.task", 60, "portal.contrib@example.com")
+        assert since is not None and before <= since <= time.time()
+    crashed.close()
+
+
+def test_a_supervisor_recovers_only_the_receipts_of_the_dead_worker(tmp_path):
+    with Journal(tmp_path / "journal.sqlite3") as journal:
+        _begin(journal, "<mine@example.com>")
+        journal._connection.execute("UPDATE receipts SET pid = 999999999")
+        _begin(journal, "<sibling@example.com>")
+        assert journal.recover_interrupted(pids=[]) == []
+        [entry] = journal.recover_interrupted(pids=[999999999])
+        assert entry.message_id == "<mine@example.com>" and journal.open_receipts() == 1
+
+
+def test_an_open_receipt_of_another_delivery_counts_as_an_unsettled_post(tmp_path):
+    # Read under the message's claim: another delivery's receipt was left by a process that died posting.
+    key = ("<a@example.com>", "project.task", 60, "portal.contrib@example.com")
+    with Journal(tmp_path / "journal.sqlite3") as journal:
+        own = _begin(journal, "<a@example.com>")
+        assert journal.unsettled_since(*key, own_receipt=own) is None
+        assert journal.unsettled_since(*key) is not None
+        journal.record(JournalEntry(verdict="filed", message_id="<a@example.com>"), receipt_id=own)
+        assert journal.unsettled_since(*key) is None
+
+
+def test_one_gateway_at_a_time_holds_the_journal(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "journal.sqlite3"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; from gateway.journal import lock_journal; "
+                               "lock_journal(sys.argv[1]); print('held', flush=True); sys.stdin.readline()", str(path)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(JournalInUse, match=rf"pid {holder.pid} holds {re.escape(str(path))}\.lock"):
+            lock_journal(path)
+    finally:
+        holder.kill()
+        holder.wait()
+    os.close(lock_journal(path))
+
+
 def test_a_notice_is_claimed_once_per_recipient_reason_and_day(tmp_path):
     with Journal(tmp_path / "journal.sqlite3") as journal:
         assert journal.claim_notice("paula@example.com", "NotContributor", "2026-11-22")
@@ -62,6 +119,6 @@ def test_a_version_1_journal_is_upgraded_with_its_rows(tmp_path):
         assert journal.open_receipts() == 0
     connection = sqlite3.connect(path)
     try:
-        assert connection.execute("PRAGMA user_version").fetchone()[0] == journal_module.SCHEMA_VERSION == 5
+        assert connection.execute("PRAGMA user_version").fetchone()[0] == journal_module.SCHEMA_VERSION == 6
     finally:
         connection.close()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import signal
 import smtplib
+import subprocess
+import sys
 import threading
 import time
 
@@ -12,15 +14,18 @@ import pytest
 
 from conftest import ALIAS_DOMAIN, Mailer
 from serving import notes_to_both_records, send_while_posting, start_senders
-from serving import Port as _Port, filed_counts as _filed_ids, rcpt as _rcpt, send as _send
+from serving import ROOT, Port as _Port, filed_counts as _filed_ids, rcpt as _rcpt, send as _send
 
 from gateway.journal import Journal
 from gateway.testing.odoo_demo import SALE_ORDER_ID, TASK_ID
 
+NO_RATE_LIMIT = "[rate_limit]\nper_sender = 0\nper_record = 0\n"
+UNSETTLED = "451 4.3.0 An earlier delivery of this message may still be being filed by Odoo"
+
 
 def test_sigkill_during_sessions_loses_nothing_and_restart_is_clean(test_odoo, serve, dkim_keys):
     # One sender files far more than the default rate limit allows here.
-    gateway = serve(rules_extra="[rate_limit]\nper_sender = 0\nper_record = 0\n")
+    gateway = serve(rules_extra=NO_RATE_LIMIT, unsettled_post_seconds=3)
     mailer = Mailer(_Port(gateway.port), dkim_keys)
     # Slow posts keep several sessions inside message_post when the kill comes.
     test_odoo.latency = {"message_post": 0.25}
@@ -44,7 +49,8 @@ def test_sigkill_during_sessions_loses_nothing_and_restart_is_clean(test_odoo, s
     assert all(count <= 1 for count in counts.values()), counts
 
     # Restart on the same journal: the receipts of cut sessions become "deferred" rows, then
-    # every message the MTAs still hold is retried and filed once.
+    # every message the MTAs still hold is retried and filed once. A cut post may still have been
+    # running in Odoo, so its retry is deferred until Odoo has it or unsettled_post_seconds passed.
     restarted = serve()
     with Journal(restarted.config_path.parent / "journal.sqlite3", read_only=True) as journal:
         assert journal.open_receipts() == 0
@@ -54,13 +60,121 @@ def test_sigkill_during_sessions_loses_nothing_and_restart_is_clean(test_odoo, s
     assert interrupted and {row.message_id for row in interrupted} <= set(cut)
     for message_id, to, raw in messages:
         if message_id not in accepted:
-            reply = _send(raw, to, restarted.port)
+            deadline = time.monotonic() + 15
+            while (reply := _send(raw, to, restarted.port)).startswith(UNSETTLED):
+                assert message_id in {row.message_id for row in interrupted}, (message_id, reply)
+                assert time.monotonic() < deadline, (message_id, reply)
+                time.sleep(0.5)
             assert reply.startswith("250 2.0.0"), (message_id, reply)
     counts = _filed_ids(test_odoo, [message_id for message_id, _, _ in messages])
     assert set(counts.values()) == {1}, counts
     assert restarted.stop() == 0
     print(f"\nSIGKILL: {len(messages)} sent, {len(accepted)} got 250 before the kill, {len(cut)} without a reply, "
           f"{len(interrupted)} receipts recovered, {sum(counts.values())} filed after retries, duplicates 0, lost 0")
+
+
+def _post_started(test_odoo) -> None:
+    deadline = time.monotonic() + 15
+    while not [call for call in test_odoo.posts() if call.ended is None]:
+        assert time.monotonic() < deadline, "the post did not start"
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("workers", [None, 2])
+def test_sigkill_while_odoo_still_posts_defers_the_retry_until_odoo_has_the_note(test_odoo, serve, dkim_keys,
+                                                                                 workers):
+    # Crash review 2: the gateway was killed while Odoo was still running message_post, and the
+    # MTA's retry at the restart found nothing in Odoo yet and posted the note a second time. The
+    # receipt the killed gateway left is now an unsettled post: the retry is deferred until Odoo
+    # has the note, then answered "Already filed".
+    gateway = serve(workers=workers, rules_extra=NO_RATE_LIMIT)
+    mailer = Mailer(_Port(gateway.port), dkim_keys)
+    to = mailer.address("note", "project.task", TASK_ID)
+    message_id = "<killed-while-posting@example.com>"
+    raw = mailer.sign(mailer.message("note_from_contributor.eml", to, message_id))
+    test_odoo.latency = {"message_post": 4.0}
+    replies: list[str] = []
+    sender = threading.Thread(target=lambda: replies.append(_send(raw, to, gateway.port)))
+    sender.start()
+    _post_started(test_odoo)
+    gateway.kill()
+    sender.join(timeout=30)
+    assert replies[0].startswith("no reply"), replies
+    test_odoo.latency = {}
+
+    restarted = serve()
+    restarted.wait_for(rf"interrupted by the previous stop, the sender will retry: {message_id}")
+    retry = _send(raw, to, restarted.port)
+    assert retry.startswith(UNSETTLED) and "(odoo.unsettled_post_seconds)" in retry, retry
+    deadline = time.monotonic() + 15
+    while not _filed_ids(test_odoo, [message_id])[message_id]:
+        assert time.monotonic() < deadline, "Odoo did not finish the first post"
+        time.sleep(0.05)
+    assert _send(raw, to, restarted.port).startswith("250 2.0.0 Already filed as Odoo message")
+    assert _filed_ids(test_odoo, [message_id]) == {message_id: 1}
+    assert len(test_odoo.posts()) == 1
+    assert restarted.stop() == 0
+
+
+def test_a_receipt_whose_post_never_reached_odoo_delays_the_retry_by_unsettled_post_seconds_only(
+        test_odoo, serve, dkim_keys, tmp_path):
+    # A gateway killed after writing the receipt but before its post reached Odoo: the retry cannot
+    # tell this from a post still running, and waits out unsettled_post_seconds from the receipt.
+    gateway = serve(rules_extra=NO_RATE_LIMIT, unsettled_post_seconds=3)
+    mailer = Mailer(_Port(gateway.port), dkim_keys)
+    to = mailer.address("note", "project.task", TASK_ID)
+    message_id = "<never-posted@example.com>"
+    raw = mailer.sign(mailer.message("note_from_contributor.eml", to, message_id))
+    gateway.kill()
+    with Journal(tmp_path / "journal.sqlite3") as journal:
+        journal.begin(received_at=time.time(), message_id=message_id, peer="127.0.0.1",
+                      mail_from="portal.contrib@example.com", rcpt=to, from_address="portal.contrib@example.com",
+                      kind="note", model="project.task", res_id=TASK_ID)
+    written = time.time()
+    restarted = serve()
+    assert _send(raw, to, restarted.port).startswith(UNSETTLED)
+    deadline = time.monotonic() + 15
+    while (reply := _send(raw, to, restarted.port)).startswith(UNSETTLED):
+        assert time.monotonic() < deadline, reply
+        time.sleep(0.25)
+    assert reply.startswith("250 2.0.0 Filed as Odoo message"), reply
+    assert 3 <= time.time() - written < 6
+    assert _filed_ids(test_odoo, [message_id]) == {message_id: 1}
+    assert restarted.stop() == 0
+
+
+@pytest.mark.parametrize("workers", [None, 2])
+def test_a_second_gateway_on_the_same_journal_refuses_to_start_and_leaves_the_receipts(
+        test_odoo, serve, dkim_keys, tmp_path, workers):
+    # Crash review 2: a second `note-gateway serve` started by hand on the running one's config
+    # recovered the running gateway's receipts as "Interrupted" before it failed to bind the port.
+    gateway = serve(workers=workers, rules_extra=NO_RATE_LIMIT)
+    mailer = Mailer(_Port(gateway.port), dkim_keys)
+    to = mailer.address("note", "project.task", TASK_ID)
+    message_id = "<second-gateway@example.com>"
+    raw = mailer.sign(mailer.message("note_from_contributor.eml", to, message_id))
+    test_odoo.latency = {"message_post": 2.0}
+    replies: list[str] = []
+    sender = threading.Thread(target=lambda: replies.append(_send(raw, to, gateway.port)))
+    sender.start()
+    _post_started(test_odoo)
+    second = subprocess.run([sys.executable, "-m", "gateway", "serve", "--config", str(gateway.config_path)],
+                            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+                            timeout=30)
+    journal_path = tmp_path / "journal.sqlite3"
+    assert second.returncode == 1, second.stderr
+    [line] = [line for line in second.stderr.splitlines() if "ERROR" in line]
+    assert (f"journal {journal_path} is in use by another running gateway (pid {gateway.process.pid} holds "
+            f"{journal_path}.lock); stop it first, or give this one a [journal] path of its own") in line
+    with Journal(journal_path, read_only=True) as journal:
+        assert journal.open_receipts() == 1
+    sender.join(timeout=30)
+    assert replies[0].startswith("250 2.0.0 Filed as Odoo message"), replies
+    with Journal(journal_path, read_only=True) as journal:
+        assert [(row.verdict, row.refusal_class) for row in journal.recent(5)] == [("filed", "")]
+    assert gateway.stop() == 0
+    # Once it has stopped, the lock is free again.
+    assert serve().stop() == 0
 
 
 def test_sigterm_finishes_messages_in_flight_and_refuses_new_sessions(test_odoo, serve, dkim_keys):

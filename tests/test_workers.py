@@ -211,6 +211,55 @@ def test_an_unsettled_post_is_known_to_every_worker(test_odoo, serve, dkim_keys)
     assert gateway.stop() == 0
 
 
+def _session_worker(pids: dict[int, int], port: int) -> int:
+    """The pid of the worker holding the one established session to ``port``."""
+    out = subprocess.run(["ss", "-tnpH", "state", "established", "( sport = :%d )" % port],
+                         capture_output=True, text=True, check=True).stdout
+    [pid] = [pid for pid in pids.values() if f"pid={pid}," in out]
+    return pid
+
+
+def test_a_worker_killed_while_odoo_posts_leaves_an_unsettled_post_for_its_siblings(test_odoo, serve, dkim_keys):
+    # Crash review 2: one worker was killed while Odoo was still running its message_post; the
+    # retry on the other worker found nothing in Odoo yet and posted the note a second time. The
+    # killed worker's receipt is an unsettled post: deferred until Odoo has it, then "Already filed".
+    gateway = serve(rules_extra="[rate_limit]\nper_sender = 0\nper_record = 0\n")
+    pids = _worker_pids(gateway, 2)
+    mailer = Mailer(_Port(gateway.port), dkim_keys)
+    to = mailer.address("note", "project.task", TASK_ID)
+    message_id = "<worker-killed-while-posting@example.com>"
+    raw = mailer.sign(mailer.message("note_from_contributor.eml", to, message_id))
+    test_odoo.latency = {"message_post": 4.0}
+    replies: list[str] = []
+    sender = threading.Thread(target=lambda: replies.append(_send(raw, to, gateway.port)))
+    sender.start()
+    deadline = time.monotonic() + 15
+    while not [call for call in test_odoo.posts() if call.ended is None]:
+        assert time.monotonic() < deadline, "the post did not start"
+        time.sleep(0.02)
+    victim = _session_worker(pids, gateway.port)
+    mark = len(gateway.lines)
+    os.kill(victim, signal.SIGKILL)
+    sender.join(timeout=30)
+    assert replies[0].startswith("no reply"), replies
+    test_odoo.latency = {}
+    # At once, before or after the supervisor has seen the death: on either worker, deferred.
+    for _ in range(4):
+        reply = _send(raw, to, gateway.port)
+        assert reply.startswith("451 4.3.0 An earlier delivery of this message may still be being filed by Odoo"), reply
+    gateway.wait_for(rf"interrupted by the death of worker pid {victim}, the sender will retry: {message_id}",
+                     start=mark)
+    deadline = time.monotonic() + 15
+    while not _filed(test_odoo, [message_id])[message_id]:
+        assert time.monotonic() < deadline, "Odoo did not finish the first post"
+        time.sleep(0.05)
+    for _ in range(2):
+        assert _send(raw, to, gateway.port).startswith("250 2.0.0 Already filed as Odoo message")
+    assert _filed(test_odoo, [message_id]) == {message_id: 1}
+    assert len(test_odoo.posts()) == 1
+    assert gateway.stop() == 0
+
+
 def test_a_killed_worker_is_started_again_and_a_killed_gateway_takes_its_workers(test_odoo, serve, dkim_keys):
     gateway = serve()
     pids = _worker_pids(gateway, 2)

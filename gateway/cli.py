@@ -1,4 +1,4 @@
-"""The ``note-gateway`` command: serve, address, log, check-config, check, setup-odoo, doctor, send, demo."""
+"""The ``note-gateway`` command: serve, address, log, prune-journal, check-config, check, setup-odoo, doctor, send, demo."""
 
 from __future__ import annotations
 
@@ -331,6 +331,34 @@ def _ask_odoo(config: GatewayConfig, rules, args: argparse.Namespace, domain: st
         pool.close()
 
 
+def command_prune_journal(args: argparse.Namespace) -> int:
+    """Delete journal rows older than --keep-days that no rate limit, notice or unsettled post still reads."""
+    import math
+
+    from gateway.journal import Journal, JournalUnavailable
+
+    config = _load(args.config)
+    # The rate limits count the filed rows of their window, one notice per sender and reason is
+    # sent per day, and an unsettled post decides for odoo.unsettled_post_seconds (at most a day).
+    longest_window = max((rules.rate_limit.window_minutes for rules in config.domains.values()), default=0.0)
+    needed = max(1, math.ceil(longest_window / 1440))
+    if args.keep_days < needed:
+        print(f"note-gateway: --keep-days {args.keep_days} is shorter than the journal rows still in use: "
+              f"the rate-limit window of {longest_window:g} minutes needs --keep-days {needed} or more",
+              file=sys.stderr)
+        return 2
+    before = time.time() - args.keep_days * 86400
+    try:
+        with Journal(config.journal_path) as journal:
+            deleted = journal.prune(before)
+    except JournalUnavailable as error:
+        print(f"note-gateway: {error}", file=sys.stderr)
+        return 1
+    print(f"deleted rows older than {args.keep_days} days: " + ", ".join(f"{table} {count}"
+                                                                         for table, count in deleted.items()))
+    return 0
+
+
 def command_log(args: argparse.Namespace) -> int:
     from gateway.journal import Journal, JournalUnavailable, format_decision, format_entries
 
@@ -602,6 +630,12 @@ def build_parser() -> argparse.ArgumentParser:
     journal.add_argument("--record", help="only messages to MODEL or MODEL/ID, e.g. project.task/42")
     journal.add_argument("--id", type=int, help="show one message's whole decision: stages, reply, defects")
     journal.set_defaults(func=command_log)
+
+    prune = commands.add_parser("prune-journal", help="delete journal rows older than N days (safe while serving)")
+    prune.add_argument("--config", required=True)
+    prune.add_argument("--keep-days", type=int, required=True,
+                       help="keep this many days of rows (at least the longest rate-limit window, and 1)")
+    prune.set_defaults(func=command_prune_journal)
 
     doctor = commands.add_parser("doctor", help="check config, resolver, Odoo, journal and certificate")
     doctor.add_argument("--config", required=True)

@@ -513,6 +513,37 @@ class Journal:
         rows, _ = self._run("read", sql + " LIMIT 1", parameters)
         return bool(rows)
 
+    def prune(self, before: float, *, batch: int = 2000) -> dict[str, int]:
+        """Delete the rows older than ``before`` (a Unix time) that nothing reads any more; the counts per table.
+
+        messages by their reception, notices by when they were sent, unsettled posts by their
+        ``since``; never a receipt (an open receipt is a message being filed, or one a start or a
+        supervisor recovers). The caller keeps ``before`` earlier than the longest rate-limit
+        window and odoo.unsettled_post_seconds. Deleted in short transactions, so that a running
+        gateway's writes wait for one batch at most, not for the whole prune.
+        """
+        deleted = {"messages": 0, "notices": 0, "unsettled_posts": 0}
+        statements = {
+            "messages": "DELETE FROM messages WHERE id IN "
+                        "(SELECT id FROM messages WHERE received_at < ? ORDER BY received_at LIMIT ?)",
+            "notices": "DELETE FROM notices WHERE rowid IN (SELECT rowid FROM notices WHERE sent_at < ? LIMIT ?)",
+            "unsettled_posts": "DELETE FROM unsettled_posts WHERE rowid IN "
+                               "(SELECT rowid FROM unsettled_posts WHERE since < ? LIMIT ?)",
+        }
+        for table, sql in statements.items():
+            while True:
+                with self._lock:
+                    if self._closed:
+                        raise JournalUnavailable(f"journal {self.path} is closed")
+                    try:
+                        count = self._connection.execute(sql, (before, batch)).rowcount
+                    except sqlite3.Error as error:
+                        raise _unavailable(self.path, "pruned", error) from error
+                deleted[table] += count
+                if count < batch:
+                    break
+        return deleted
+
     def recent(
         self, limit: int = 20, *, verdict: str | None = None, sender: str | None = None,
         since: float | None = None, model: str | None = None, res_id: int | None = None,

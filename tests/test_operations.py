@@ -18,7 +18,7 @@ from docs_snippets import readme_postfix_example
 from gateway import cli, observe, pipeline
 from gateway.config import ConfigError, load_config
 from gateway.doctor import diagnose
-from gateway.journal import Journal
+from gateway.journal import Journal, JournalEntry
 from gateway.testing.certificates import self_signed
 from gateway.testing.dns import DnsServer
 from gateway.testing.odoo import TestOdoo
@@ -233,6 +233,41 @@ def test_log_filters_and_one_decision(test_odoo, gateway, mailer, capsys):
     assert stage_lines == list(refused.durations) and stage_lines[-1] == "authorize"
     code, _, err = _run_cli(capsys, "log", "--config", config, "--id", "999999")
     assert code == 1 and "no journal entry 999999" in err
+
+
+def test_prune_journal_deletes_only_rows_nothing_reads_any_more_while_the_gateway_serves(gateway, mailer, capsys):
+    # Crash review 2: nothing ever deleted journal rows, and no doc said how to keep its size in check.
+    import time
+
+    task = mailer.address("note", "project.task", TASK_ID)
+    mailer.send(mailer.sign(mailer.message("note_from_contributor.eml", task, "<kept@example.com>")), task)
+    old, recent = time.time() - 40 * 86400, time.time() - 60
+    path = gateway.services.config.journal_path
+    with Journal(path) as journal:
+        journal.record(JournalEntry(verdict="filed", received_at=old, message_id="<old@example.com>"))
+        journal._connection.execute("INSERT INTO notices VALUES ('a@example.com', 'NotContributor', '2026-01-01', ?)",
+                                    (old,))
+        journal.mark_unsettled("<old@example.com>", "project.task", TASK_ID, PAULA, since=old)
+        journal.mark_unsettled("<recent@example.com>", "project.task", TASK_ID, PAULA, since=recent)
+        journal.begin(received_at=old, message_id="<open@example.com>", peer="127.0.0.1", mail_from=PAULA,
+                      rcpt=task, from_address=PAULA, kind="note", model="project.task", res_id=TASK_ID)
+    config = str(gateway.config_path)
+
+    code, _, err = _run_cli(capsys, "prune-journal", "--config", config, "--keep-days", "0")
+    assert code == 2
+    assert "--keep-days 0 is shorter than the journal rows still in use: the rate-limit window of 120 minutes " \
+           "needs --keep-days 1 or more" in err
+    code, out, _ = _run_cli(capsys, "prune-journal", "--config", config, "--keep-days", "30")
+    assert code == 0
+    assert out.strip() == "deleted rows older than 30 days: messages 1, notices 1, unsettled_posts 1"
+    with Journal(path) as journal:
+        assert [entry.message_id for entry in journal.recent(10)] == ["<kept@example.com>"]
+        assert journal.open_receipts() == 1
+        assert journal.unsettled_since("<recent@example.com>", "project.task", TASK_ID, PAULA) == recent
+    # The running gateway goes on writing to the same file.
+    reply = mailer.send(mailer.sign(mailer.message("note_from_contributor.eml", task, "<after@example.com>")), task)
+    assert reply.startswith("250 2.0.0 Filed"), reply
+    assert [entry.message_id for entry in _journal(gateway)] == ["<after@example.com>", "<kept@example.com>"]
 
 
 def _report_text(report) -> str:

@@ -507,11 +507,14 @@ def process(ctx: MessageContext, services: Services, *, deadline: float) -> Mess
     started = time.monotonic()
     try:
         _run_stages(ctx, services, deadline)
+        # Under the claim: the outcome row removes the receipt, and the next delivery of the
+        # message, which may take the claim as soon as it is let go, must not find this one's
+        # receipt open and take it for a post left by a dead process (an unsettled post).
+        journal(ctx, services, time.monotonic() - started)
     finally:
         if ctx.claim is not None:
             ctx.claim.close()
             ctx.claim = None
-    journal(ctx, services, time.monotonic() - started)
     notices.maybe_send(ctx, services)
     return ctx
 

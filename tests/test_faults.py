@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import threading
 import time
 from contextlib import contextmanager
 
@@ -320,6 +321,39 @@ def test_a_post_odoo_answered_with_a_fault_is_retried_at_once(test_odoo, gateway
     assert mailer.send(raw, to).startswith("250 2.0.0 Filed as Odoo message")
     assert len(_stored(test_odoo, f"<answered-{fault}@example.com>")) == 1
     assert _unsettled_rows(gateway.services.config.journal_path) == []
+
+
+def test_a_delivery_racing_the_outcome_of_another_is_not_taken_for_an_unsettled_post(test_odoo, gateway, mailer,
+                                                                                     monkeypatch):
+    # An open receipt of another delivery counts as an unsettled post (a process that died
+    # posting). The outcome row that removes a receipt is written under the message's claim: a
+    # copy arriving while it is written is "being filed right now", never deferred as unsettled
+    # for unsettled_post_seconds on a post that Odoo had already refused.
+    to = mailer.address("note", "project.task", TASK_ID)
+    raw = mailer.sign(mailer.message("note_from_contributor.eml", to, "<racing@example.com>"))
+    journal = gateway.services.journal
+    recording, go_on = threading.Event(), threading.Event()
+    record = journal.record
+
+    def slow_record(entry, **options):
+        if options.get("receipt_id") is not None and not recording.is_set():
+            recording.set()
+            go_on.wait(10)
+        return record(entry, **options)
+
+    monkeypatch.setattr(journal, "record", slow_record)
+    test_odoo.fail("rpc_error", method="message_post", times=1)
+    first: list[str] = []
+    sender = threading.Thread(target=lambda: first.append(mailer.send(raw, to)))
+    sender.start()
+    assert recording.wait(10)
+    racing = mailer.send(raw, to)
+    go_on.set()
+    sender.join(10)
+    assert first[0].startswith("451 4.3.0 Odoo is unavailable"), first
+    assert racing.startswith("451 4.3.0 The same message is being filed right now"), racing
+    assert mailer.send(raw, to).startswith("250 2.0.0 Filed as Odoo message")
+    assert len(_stored(test_odoo, "<racing@example.com>")) == 1
 
 
 def test_a_refused_api_key_defers_and_the_log_says_the_key_was_refused(test_odoo, gateway, mailer, caplog):

@@ -142,7 +142,7 @@ _SEPARATOR = re.compile(
 # the plain-text part. Only a rule followed by a header block starts a quote.
 _OUTLOOK_RULE = re.compile(r"^\s*_{10,}\s*$")
 # Outlook's header block: "From: ..." followed within two lines by "Sent: ..." (or "Date: ...", as
-# Outlook for Mac writes it), in the language of the sender's Outlook: en, fr ("De :", "Envoyé :"),
+# Outlook for Mac writes it), and in plain text then by "To:" or "Subject:" (_is_outlook_block), in the language of the sender's Outlook: en, fr ("De :", "Envoyé :"),
 # de, es, it, nl, pt, sv, da and nb ("Fra:", "Sendt:"), pl ("Od:", "Wysłane:" or "Wysłano:"), cs
 # ("Od:", "Odesláno:"), fi ("Lähettäjä:", "Lähetetty:"), tr ("Kimden:", "Gönderildi:"), ru ("От:",
 # "Отправлено:"), ja ("差出人:", "送信日時:"), zh ("发件人:", "发送时间:"; "寄件者:", "寄件日期:").
@@ -153,6 +153,13 @@ _SENT_WORDS = (r"Sent|Envoyé|Gesendet|Enviado|Inviato|Verzonden|Skickat|Sendt|W
                r"|Gönderildi|Отправлено|送信日時|发送时间|寄件日期")
 _HEADER_SENT = re.compile(
     rf"^\s*\**(?:{_SENT_WORDS}|Date|Datum|Fecha|Data|Dato|Päivämäärä|Tarih|Дата|日付|日期)\s*\**\s*[:：]",
+    re.IGNORECASE,
+)
+# The block's "To:" or "Subject:" line, which Outlook writes below "Sent:" in every language above.
+_HEADER_TO_OR_SUBJECT = re.compile(
+    r"^\s*\**(?:To|À|An|Para|A|Aan|Till?|Do|Komu|Vastaanottaja|Kime|Кому|宛先|收件人|收件者"
+    r"|Subject|Objet|Betreff|Asunto|Oggetto|Onderwerp|Assunto|Ämne|Emne|Temat|Předmět|Aihe|Konu|Тема|件名|主题|主旨)"
+    r"\s*\**\s*[:：]",
     re.IGNORECASE,
 )
 # In an HTML header block the lines are separated by <br>, which adds no text: "From: BobSent: ..."
@@ -284,9 +291,55 @@ def _is_attribution(lines: list[str], index: int) -> bool:
         following = lines[index + 1].strip()
         if _matches_attribution(f"{line} {following}") and not _matches_attribution(following):
             return _quote_follows(lines, index + 1)
-        if _HEADER_FROM.match(line) and any(_HEADER_SENT.match(next_line) for next_line in lines[index + 1:index + 3]):
+        if _is_outlook_block(lines, index):
             return True
     return False
+
+
+def _is_outlook_block(lines: list[str], index: int) -> bool:
+    """True if an Outlook header block starts at this line: its "From:" line, a "Sent:" (or "Date:")
+    line within the next two and a "To:" or "Subject:" line within the next four, as Outlook writes them.
+    Looks at five lines at most."""
+    return (_HEADER_FROM.match(lines[index]) is not None
+            and any(_HEADER_SENT.match(line) for line in lines[index + 1:index + 3])
+            and any(_HEADER_TO_OR_SUBJECT.match(line) for line in lines[index + 1:index + 5]))
+
+
+# A line that mail-parser-reply may take for a line of an Outlook header block: a label ("Od:",
+# "Data:", "*From:*"), that is a word and a colon, at its start. Its Polish pattern takes one such
+# line for a whole block, its others two ("To: ...", "Subject: ..." of the author's own text).
+_LIBRARY_LABEL_LINE = re.compile(r"^[\s*]*[^\W\d_]{1,20}[ *]*[:：]")
+# A line that its Danish and Swedish "... skrev ...:" patterns may take for an attribution: they ask
+# only for a weekday's first letters or a digit at its start ("Torben skrev til os om pumpen:"). The
+# clients' own lines hold a year or a time (Gmail's "Den man. 3. nov. 2025 kl. 10.02 skrev Bob <...>:").
+_LIBRARY_SKREV = re.compile(r"\sskrev\s", re.IGNORECASE)
+_YEAR_OR_TIME = re.compile(r"\d{4}|\d{1,2}[:.]\d{2}")
+# Put in front of such a line, the library's patterns, which start at a line's start, pass it over.
+_LIBRARY_MASK = "\ue000"
+
+
+def _masked_for_library(lines: list[str]) -> list[str]:
+    """``lines`` with the lines mail-parser-reply would take for a header, and no client writes as
+    one, behind _LIBRARY_MASK (a line already starting with it gets one more: _unmasked undoes it).
+
+    A Polish line of the author's own starting "Od: ..." ("From Monday ...") or "Data: ..." cut the
+    note there: the library's Outlook patterns are accepted only at a block as Outlook writes it
+    (_is_outlook_block), its "... skrev ...:" only on a line with a year or a time. Each line is
+    looked at with the few that follow it: linear time.
+    """
+    masked = []
+    for index, line in enumerate(lines):
+        skrev = _LIBRARY_SKREV.search(line) if line.rstrip().endswith((":", "：")) else None
+        if line.lstrip().startswith(_LIBRARY_MASK) or (
+                _LIBRARY_LABEL_LINE.match(line) and not _is_outlook_block(lines, index)) or (
+                skrev is not None and not _YEAR_OR_TIME.search(line, 0, skrev.start())):
+            line = _LIBRARY_MASK + line.lstrip()
+        masked.append(line)
+    return masked
+
+
+def _unmasked(text: str) -> str:
+    return "\n".join(line[1:] if line.startswith(_LIBRARY_MASK) else line for line in text.split("\n"))
 
 
 def _is_quoted(line: str) -> bool:
@@ -398,7 +451,7 @@ def split_text(text: str) -> Split:
         cut = first_quote
         # The library knows more headers than the patterns above (its closings are not asked for:
         # _PATTERNS).
-        own = _latest_reply("\n".join(lines[:cut])).strip("\n")
+        own = _unmasked(_latest_reply("\n".join(_masked_for_library(lines[:cut])))).strip("\n")
         if own.strip():
             cut = _end_of_prefix(lines, cut, own)
         elif not any(line.strip() for line in lines[:cut]):

@@ -171,6 +171,43 @@ def test_a_from_line_of_the_author_without_a_sent_line_stays():
     assert split_html(html).trimmed == ""
 
 
+@pytest.mark.parametrize("line", [
+    "Od: poniedziałku pompa działa.",  # pl: "From Monday the pump works", mail-parser-reply's one-line "block"
+    "Data: wymiany to piątek.",  # pl: "The date of the replacement is Friday"
+    "Od: poniedziałku pompa działa.\nDo: piątku proszę ją obserwować.",  # from Monday ... until Friday ...
+    "From: the warehouse, 20 m.\nTo: the workshop, by hand.",  # the library's English block needs two lines
+    "To: Paula, Bob\nSubject: the pump",
+    "Torben skrev til os om pumpen:",  # da: its "... skrev ...:" asks for a weekday's first letters
+    "2 gange skrev jeg til leverandøren om det:",  # ... or a digit
+])
+def test_a_header_like_line_of_the_author_stays_in_the_note(line):
+    # A quote review: mail-parser-reply's Polish Outlook pattern takes one "Od:" or "Data:" line for a
+    # header block, and the rest of the author's text went into the collapsed quote with it.
+    text = f"{OWN}.\n{line}\nPlease check it tomorrow.\n\n> {OLD}?\n"
+    split = split_text(text)
+    assert line.split("\n")[-1] in visible_text(split.kept) and "Please check it tomorrow." in split.kept
+    assert OLD in split.trimmed and OLD not in split.kept
+
+
+def test_a_polish_outlook_header_block_below_such_a_line_is_still_trimmed():
+    text = (f"{OWN}.\nOd: poniedziałku pompa działa.\n\nOd: Jan Kowalski <jan@example.pl>\n"
+            f"Wysłane: poniedziałek, 7 grudnia 2026 10:15\nDo: Paula <paula@example.com>\nTemat: Pompa\n\n{OLD}?\n")
+    split = split_text(text)
+    assert "Od: poniedziałku pompa działa." in split.kept and "Jan Kowalski" not in split.kept
+    assert "Wysłane:" in split.trimmed and OLD in split.trimmed
+
+
+def test_masking_lines_from_the_library_costs_linear_time():
+    # Every line looks like a label; each is checked against the four lines below it, no more.
+    import time
+
+    text = "Od: poniedziałku pompa działa.\nData: piątek.\n" * 100_000 + f"> {OLD}\n"
+    started = time.process_time()
+    split = split_text(text)
+    assert time.process_time() - started < 8
+    assert OLD in split.trimmed and "Data: piątek." in split.kept
+
+
 def test_client_attribution_patterns_cost_linear_time():
     # Each client pattern has one lazy stretch between fixed words, and only a line of at most 400
     # characters ending in a colon is tried: 2 MB of lines that start like attributions and never
@@ -503,7 +540,7 @@ def test_attribution_like_lines_cost_linear_time_in_plain_text():
 @pytest.mark.parametrize("closing, header", [
     ("Thanks", "Den 1 jan 2026 skrev Bob <bob@example.org>:"),  # sv
     ("Dzięki", "Dnia 1.01.2026 o 10:00 Bob <bob@example.org> napisał(a):"),  # pl
-    ("Regards", "From: Bob <bob@example.org>\nTo: Paula <paula@example.org>\nSubject: Pump"),  # no "Sent:"
+    ("Regards", "From: Bob <bob@example.org>\nDate: Mon, 3 Nov 2025 10:02\nTo: Paula <paula@example.org>\nSubject: Pump"),
 ])
 def test_a_closing_repeated_in_the_quote_does_not_move_the_quote_into_the_note(closing, header):
     # A content review: the end of the library's latest reply was found by searching backwards for

@@ -26,6 +26,18 @@ def _load(path: str) -> GatewayConfig:
 
 
 def command_serve(args: argparse.Namespace) -> int:
+    # SIGHUP's default action ends the process: systemd's ExecReload (kill -HUP) sent while the
+    # gateway still loads its files would kill it. Held back until run() handles it (a reload then,
+    # reading the files again), and the mask is given back on every way out.
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+    try:
+        return _serve(args, held)
+    finally:
+        if signal.SIGHUP not in held:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
+
+
+def _serve(args: argparse.Namespace, held: set) -> int:
     from gateway import observe
     from gateway.pipeline import Services, open_in_flight
     from gateway.smtp import GatewayServer
@@ -38,6 +50,8 @@ def command_serve(args: argparse.Namespace) -> int:
         # Checked once here, as each worker checks them again: a broken template stops the start.
         if _check_templates(config) is None:
             return 2
+        # The supervisor handles SIGHUP itself (it forwards it to the workers it started).
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
         return Supervisor(args.config, config).run()
     sockets = None
     lock_path = None
@@ -146,8 +160,9 @@ def command_serve(args: argparse.Namespace) -> int:
         for signal_number in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signal_number, stop.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: reload(loop))
-        # A worker starts with SIGHUP blocked (Supervisor._spawn), as its default action would kill
-        # it: from now on it is handled, and one that came while starting is delivered now.
+        # SIGHUP was held back since the start (command_serve; a worker also by Supervisor._spawn),
+        # as its default action would kill the process: from now on it is handled, and one that
+        # came while starting is delivered now.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
         listener = config.gateway.listener
         if sockets is not None:

@@ -461,6 +461,58 @@ def test_a_reload_waiting_for_a_locked_journal_does_not_stall_the_sessions(test_
     assert gateway.stop() == 0
 
 
+def test_a_sighup_while_the_gateway_is_still_starting_is_a_reload_not_its_end(test_odoo, serve):
+    import sqlite3
+
+    # systemd's ExecReload (kill -HUP) may come while the gateway still loads: SIGHUP's default
+    # action would end it. Here the start is held where it opens the journal (locked by the test),
+    # past its imports, and the SIGHUPs come then.
+    gateway = serve()  # writes the config; the one under test is started by hand below
+    assert gateway.stop() == 0
+    journal = str(gateway.config_path.parent / "journal.sqlite3")
+    other = sqlite3.connect(journal, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    process = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", str(gateway.config_path)],
+                               cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        def opened_journal() -> bool:
+            try:
+                return any(os.path.realpath(f"/proc/{process.pid}/fd/{fd}") == journal
+                           for fd in os.listdir(f"/proc/{process.pid}/fd"))
+            except OSError:
+                return False
+
+        deadline = time.monotonic() + 30
+        while not opened_journal():
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.01)
+        for _ in range(5):
+            process.send_signal(signal.SIGHUP)
+            time.sleep(0.05)
+        assert process.poll() is None
+    finally:
+        other.rollback()
+        other.close()
+    try:
+        lines: list[str] = []
+        assert process.stderr is not None
+        for line in process.stderr:
+            lines.append(line)
+            if "listening on" in line:
+                break
+        assert any("listening on" in line for line in lines), "".join(lines)
+        port = int(lines[-1].split("listening on ")[1].split(" ")[0].rsplit(":", 1)[1])
+        assert _rcpt(port, Mailer.address("note", "project.task", TASK_ID))[0] == 250
+        assert process.poll() is None
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
 def test_templates_change_at_a_reload_only_and_a_broken_one_is_refused(test_odoo, serve, dkim_keys, tmp_path):
     template = tmp_path / "tpl" / "note" / "default.html.j2"
     template.parent.mkdir(parents=True)

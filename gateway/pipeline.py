@@ -22,8 +22,8 @@ from gateway.inflight import InFlight
 from gateway.context import MessageContext
 from gateway.journal import Journal, JournalEntry, JournalUnavailable
 from gateway.odoo import OdooPool
-from gateway.refusals import (InternalError, JournalNotWritable, ModelNotAllowed, NotContributor, OdooUnavailable,
-                              PostUnsettled, Refusal)
+from gateway.refusals import (AnswersNoteOfAnotherRecord, InternalError, JournalNotWritable, ModelNotAllowed,
+                              NotContributor, OdooUnavailable, PostUnsettled, Refusal)
 from gateway.render import Renderer, checked_renderer
 from gateway.resolver import DkimKeyResolver
 from gateway.subject import clean_subject
@@ -281,6 +281,7 @@ def _reply_all_as_note(ctx: MessageContext, services: Services, deadline: float)
     Reply-all to a note address (To/Cc); or a reply to an internal message of the record (its
     In-Reply-To or References), as Odoo's own mail gateway files it: it quotes the note, and
     its followers may include portal users. Every check of a note then applies (authorize).
+    A reply answering an internal note of another record is refused (AnswersNoteOfAnotherRecord).
     """
     assert ctx.message is not None
     if ctx.target.kind != "reply":
@@ -292,6 +293,14 @@ def _reply_all_as_note(ctx: MessageContext, services: Services, deadline: float)
         parent = _reply_parent(ctx, services, deadline)
         if parent is None or not parent.internal:
             return
+        if parent.elsewhere is not None:
+            # Filed here it would be public, quoting that note; Odoo's catchall would file it there
+            # as a note, but the address names this record. The journal names the other record,
+            # the reply to the sender does not.
+            model, res_id = parent.elsewhere
+            ctx.decision = "; ".join(filter(None, (
+                ctx.decision, f"answers internal message {parent.message_id} of {model},{res_id}: refused")))
+            raise AnswersNoteOfAnotherRecord()
         decision, ctx.note_reason = (f"answers internal message {parent.message_id}",
                                      "the message answers an internal note of this record")
     ctx.target = dataclasses.replace(ctx.target, kind="note")

@@ -301,6 +301,16 @@ class ModelNotAllowed(Refusal):
     template = "notice/access_denied.txt.j2"
 
 
+class AnswersNoteOfAnotherRecord(Refusal):
+    # A reply to this record whose In-Reply-To (else most recent References) is an internal note of
+    # another record: filed here it would be public, its quote carrying that note (found by a
+    # review). Odoo's catchall would file it on the other record as a note; the address names this
+    # one, so the sender is asked to send it where it belongs. A retry would fail the same way.
+    smtp_code, enhanced_code = 550, "5.7.1"
+    reason = ("The message answers an internal note of another record: "
+              "send it to that record's note address")
+
+
 class RecordNotFound(Refusal):
     smtp_code, enhanced_code = 550, "5.1.1"
     reason = "The record of this address does not exist"

@@ -60,21 +60,27 @@ class Parent:
 
     message_id: str  # as the reply references it
     internal: bool  # a note: is_internal, or an internal subtype
+    # None for a message of the record the reply is filed on; else (model, res_id) of another record
+    # that holds it (one that holds it as a note, if any does).
+    elsewhere: tuple[str, int] | None = None
 
 
 def reply_parent(odoo: OdooPool, message: ParsedMessage, model: str, res_id: int, *,
                  deadline: float | None = None) -> Parent | None:
-    """The message of this record the reply answers, or None if it references none of them.
+    """The message the reply answers, or None if it references none Odoo has.
 
     Odoo's mail gateway takes as parent the message of In-Reply-To, else the most recent of
     References, and files a reply to an internal one as an internal note (mail_thread.py
-    message_parse, _message_parse_extract_from_parent). So does the gateway, on the record the
-    reply is filed on: the first of referenced_ids that is one of its messages, under its own ID or
-    one the gateway derived from it there (post.record_message_id, post.author_message_id: a note
-    whose ID another author's message had on the record is filed under the sender's own). Message-IDs
-    are not unique (ODOO_FACTS.md f): the parent is internal if any of its messages there is.
-    One search of mail.message; the subtypes other than Discussions and Note are asked only when
-    the parent has one (a tracking message), in one search more.
+    message_parse, _message_parse_extract_from_parent). So does the gateway: the first of
+    referenced_ids that is a message of the record the reply is filed on, under its own ID or one
+    the gateway derived from it there (post.record_message_id, post.author_message_id: a note whose
+    ID another author's message had on the record is filed under the sender's own), or, under its
+    own ID, a message of any other record (``elsewhere``: Odoo's catchall finds the parent across
+    records, and a reply to a note of another record must not be filed publicly here). Message-IDs
+    are not unique (ODOO_FACTS.md f): the parent is internal if any of its messages there is (on
+    this record if it has one, else on any other). Messages of records the gateway's own Odoo user
+    cannot read are not found. One search of mail.message; the subtypes other than Discussions and
+    Note are asked only when the parent has one (a tracking message), in one search more.
     """
     ids = referenced_ids(message)[:_MAX_LOOKUPS]
     if not ids:
@@ -87,18 +93,30 @@ def reply_parent(odoo: OdooPool, message: ParsedMessage, model: str, res_id: int
         head, tail = post.derived_parts(value, model, res_id)
         patterns.append(_like_literal(head + post.AUTHOR_SUFFIX) + "_" * post.AUTHOR_DIGEST_LENGTH + _like_literal(tail))
     leaves = [[("message_id", "in", list(exact))]] + [[("message_id", "=like", pattern)] for pattern in patterns]
-    rows = odoo.call("mail.message", "search_read",
-                     [access.AND([[("model", "=", model), ("res_id", "=", res_id)], access.OR(leaves)])],
-                     {"fields": ["message_id", "is_internal", "subtype_id"]}, deadline=deadline)
+    here = access.AND([[("model", "=", model)], [("res_id", "=", res_id)], access.OR(leaves)])
+    # Any other record's message under the very ID referenced (a note of another record quoted
+    # into a reply to this one).
+    there = access.AND([[("message_id", "in", ids)], [("model", "!=", False)], [("res_id", "!=", 0)]])
+    rows = odoo.call("mail.message", "search_read", [access.OR([here, there])],
+                     {"fields": ["message_id", "is_internal", "subtype_id", "model", "res_id"]}, deadline=deadline)
     found: dict[str, list[dict]] = {}
+    others: dict[str, list[dict]] = {}
     for row in rows:
-        referenced = _referenced_by(str(row.get("message_id") or ""), ids, exact, model, res_id)
-        if referenced is not None:
-            found.setdefault(referenced, []).append(row)
-    parent = next((value for value in ids if value in found), None)
+        stored = str(row.get("message_id") or "")
+        if row.get("model") == model and int(row.get("res_id") or 0) == res_id:
+            referenced = _referenced_by(stored, ids, exact, model, res_id)
+            if referenced is not None:
+                found.setdefault(referenced, []).append(row)
+        elif row.get("model") and row.get("res_id") and stored in ids:
+            others.setdefault(stored, []).append(row)
+    parent = next((value for value in ids if value in found or value in others), None)
     if parent is None:
         return None
-    return Parent(parent, _any_internal(odoo, found[parent], deadline))
+    if parent in found:
+        return Parent(parent, _any_internal(odoo, found[parent], deadline))
+    rows = others[parent]
+    holder = next((row for row in rows if row.get("is_internal")), rows[0])
+    return Parent(parent, _any_internal(odoo, rows, deadline), (str(holder["model"]), int(holder["res_id"])))
 
 
 def _like_literal(text: str) -> str:

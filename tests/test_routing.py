@@ -14,8 +14,8 @@ from gateway.journal import Journal
 from gateway.pipeline import Services
 from gateway.smtp import ThreadedGateway
 from gateway.testing.odoo_demo import (MARC_PARTNER_ID, PAULA_PARTNER_ID, PETER_EMAIL, PETER_PARTNER_ID,
-                                       PRIVATE_TASK_ID, SALE_ORDER_ID, SUBTYPE_ACTIVITIES_ID, SUBTYPE_COMMENT_ID,
-                                       SUBTYPE_NOTE_ID, SUBTYPE_TASK_NEW_ID, TASK_ID)
+                                       PRIVATE_TASK_ID, PROJECT_ID, SALE_ORDER_ID, SUBTYPE_ACTIVITIES_ID,
+                                       SUBTYPE_COMMENT_ID, SUBTYPE_NOTE_ID, SUBTYPE_TASK_NEW_ID, TASK_ID)
 from gateway.testing.sending import compose, deliver
 
 PAULA = "portal.contrib@example.com"
@@ -198,18 +198,19 @@ def _answer(mailer, to, *, in_reply_to=None, references=(), sender=PAULA, messag
     return mailer.sign(headers + raw)
 
 
-def _backend_message(test_odoo, subtype_id, *, is_internal=False):
+def _backend_message(test_odoo, subtype_id, *, is_internal=False, model="project.task", res_id=TASK_ID):
     """A message posted in Odoo's backend: Odoo gives it its own Message-ID, which the emails it
     sends carry (References of every notification of the record, facts i)."""
     message_id = test_odoo.add_record("mail.message", {
-        "model": "project.task", "res_id": TASK_ID, "message_type": "comment", "subtype_id": subtype_id,
+        "model": model, "res_id": res_id, "message_type": "comment", "subtype_id": subtype_id,
         "is_internal": is_internal, "body": f"<p>{SECRET}</p>", "author_id": MARC_PARTNER_ID})
     return test_odoo.record("mail.message", message_id, ["message_id"])["message_id"]
 
 
-def _nothing_public(test_odoo):
-    for partner_id in (PETER_PARTNER_ID, PAULA_PARTNER_ID):
-        assert not any("40%" in row["body"] for row in test_odoo.portal_chatter("project.task", TASK_ID, partner_id))
+def _nothing_public(test_odoo, *records):
+    for model, res_id in (("project.task", TASK_ID), *records):
+        for partner_id in (PETER_PARTNER_ID, PAULA_PARTNER_ID):
+            assert not any("40%" in row["body"] for row in test_odoo.portal_chatter(model, res_id, partner_id))
     assert not any("40%" in mail.body_html or "40%" in mail.text for mail in test_odoo.outbox)
 
 
@@ -282,11 +283,62 @@ def test_a_reply_to_a_note_filed_under_a_derived_message_id_is_a_note(test_odoo,
     _nothing_public(test_odoo)
 
 
-def test_a_reply_to_a_note_of_another_record_is_not_that_records_reply(test_odoo, gateway, mailer):
-    # The parent is looked for on the record the reply is filed on only.
-    _file_note(mailer, "<n4@example.com>", model="sale.order", res_id=23)
+# A reply to this task that answers a note of another record (found by a review of the fix above:
+# the parent was looked for on this task only, and the reply was filed publicly here, the other
+# record's note in its quote). Odoo's catchall finds the parent on any record and would file it
+# there as a note; the address names this task, so the gateway refuses it.
+
+CROSS_NOTE = ("550 5.7.1 The message answers an internal note of another record: send it to that record's "
+              "note address")
+
+
+def _other_task(test_odoo):
+    """Another task of the project, followed by Paula and Peter like task 60."""
+    task_id = test_odoo.add_record("project.task", {"name": "Pump P8", "project_id": PROJECT_ID})
+    for partner_id in (PAULA_PARTNER_ID, PETER_PARTNER_ID):
+        test_odoo.add_follower("project.task", task_id, partner_id)
+    return task_id
+
+
+@pytest.mark.parametrize("parent", ["gateway note on the order", "backend note on another task"])
+def test_a_reply_to_a_note_of_another_record_is_refused_not_filed_publicly(test_odoo, gateway, mailer, parent):
+    if parent == "gateway note on the order":
+        other = ("sale.order", SALE_ORDER_ID)
+        note = "<n4@example.com>"
+        _file_note(mailer, note, *other)
+    else:
+        other = ("project.task", _other_task(test_odoo))
+        note = _backend_message(test_odoo, SUBTYPE_NOTE_ID, model=other[0], res_id=other[1])
+    before = test_odoo.filings()
     to = mailer.address("reply", "project.task", TASK_ID)
-    assert mailer.send(_answer(mailer, to, in_reply_to="<n4@example.com>"), to).startswith("250 2.0.0 Filed")
+    # The answer names this task's public message after the note, in References: In-Reply-To decides.
+    public = _notification_id(test_odoo, "project.task", TASK_ID)
+    raw = _answer(mailer, to, in_reply_to=note, references=[public, note], message_id="<r4@example.com>")
+    assert mailer.send(raw, to) == CROSS_NOTE
+    assert test_odoo.filings() == before
+    _nothing_public(test_odoo, other)
+    row = _journal(gateway)[0]
+    assert (row.rcpt, row.verdict, row.model, row.res_id) == (to, "refused", "project.task", TASK_ID)
+    assert row.decision == f"answers internal message {note} of {other[0]},{other[1]}: refused"
+
+
+def test_a_reply_to_a_public_message_of_another_record_stays_public(test_odoo, gateway, mailer):
+    public = _notification_id(test_odoo, "sale.order", SALE_ORDER_ID)
+    to = mailer.address("reply", "project.task", TASK_ID)
+    assert mailer.send(_answer(mailer, to, in_reply_to=public, references=[public]), to).startswith("250 2.0.0 Filed")
+    filing = test_odoo.filings()[-1]
+    assert (filing.model, filing.res_id, filing.subtype_xmlid) == ("project.task", TASK_ID, "mail.mt_comment")
+    assert _journal(gateway)[0].kind == "reply"
+
+
+def test_a_reply_to_a_public_message_of_this_record_with_another_records_note_in_references_stays_public(
+        test_odoo, gateway, mailer):
+    # The parent is the message of In-Reply-To, wherever the older references are.
+    _file_note(mailer, "<n6@example.com>", "sale.order", SALE_ORDER_ID)
+    public = _notification_id(test_odoo, "project.task", TASK_ID)
+    to = mailer.address("reply", "project.task", TASK_ID)
+    raw = _answer(mailer, to, in_reply_to=public, references=["<n6@example.com>", public])
+    assert mailer.send(raw, to).startswith("250 2.0.0 Filed")
     assert test_odoo.filings()[-1].subtype_xmlid == "mail.mt_comment"
 
 

@@ -1,5 +1,5 @@
 """A follower's reply+ filed through Odoo 18's own mail gateway (message_process), checked as Odoo's admin (issue 3);
-a reply to an internal note, filed as a note."""
+a reply to an internal note, filed as a note; a reply to a note of another record, refused."""
 
 from __future__ import annotations
 
@@ -141,3 +141,61 @@ def test_a_non_contributor_answering_an_internal_note_is_refused(world, real_gat
     assert reply.startswith("550 5.7.1 Sender may not post internal notes: ") and "answers an internal note" in reply
     assert max(row["id"] for row in messages_on(world, "project.task", task)) == before
     print(f"\nnon-contributor's reply to a note on project.task {task}: {reply!r}")
+
+
+def _post_on_the_order(world, text: str, subtype_xmlid: str) -> str:
+    """A message an employee posts on the sale order in the backend; its Odoo Message-ID."""
+    posted = world.admin.execute_kw("sale.order", "message_post", [[world.sale_order_id]],
+                                    {"body": text, "message_type": "comment", "subtype_xmlid": subtype_xmlid,
+                                     "context": {"mail_create_nosubscribe": True}})
+    posted = posted[0] if isinstance(posted, list) else posted
+    return _stored(world, "sale.order", world.sale_order_id, posted)["message_id"]
+
+
+@pytest.mark.parametrize("parent", ["gateway note", "backend note"])
+def test_a_reply_to_a_note_of_another_record_is_refused_and_never_public(world, real_gateway, parent):
+    # Found by a review: the parent was looked for on the reply's own record only, so an answer to
+    # a note of the order sent to the task's reply+ address was filed publicly on the task, the
+    # order's note in its quote. Odoo's catchall finds the parent on any record.
+    task, order = world.task_id, world.sale_order_id
+    secret = f"Margin on this order is 40% ({world.tag}, cross {parent})"
+    if parent == "gateway note":
+        note_to = real_gateway.address("note", "sale.order", order)
+        note_id = _message_id(world)
+        _filed_id(real_gateway.send(real_gateway.sign(real_gateway.message(world.contributor.email, note_to, secret,
+                                                                           message_id=note_id)),
+                                    note_to, mail_from=world.contributor.email))
+    else:
+        note_id = _post_on_the_order(world, secret, "mail.mt_note")
+        assert f"-openerp-{order}-sale.order@" in note_id
+    before = max((row["id"] for row in messages_on(world, "project.task", task)), default=0)
+    to = real_gateway.address("reply", "project.task", task)
+    reply = real_gateway.send(_answer(real_gateway, world.contributor.email, to, note_id, secret), to,
+                              mail_from=world.contributor.email)
+    assert reply == ("550 5.7.1 The message answers an internal note of another record: send it to that "
+                     "record's note address")
+    assert max((row["id"] for row in messages_on(world, "project.task", task)), default=0) == before
+    for user in (world.plain, world.contributor):
+        session = portal_session(world, user.login, user.password)
+        for model, res_id in (("project.task", task), ("sale.order", order)):
+            assert not any(world.tag in str(message.get("body") or "") and "40%" in str(message.get("body") or "")
+                           for message in session.chatter(model, res_id))
+    row = real_gateway.journal()[0]  # the newest
+    assert row.verdict == "refused"
+    assert row.decision == f"answers internal message {note_id} of sale.order,{order}: refused"
+    print(f"\nreply+ of project.task {task} answering a {parent} of sale.order {order} ({note_id}): {reply!r}")
+
+
+def test_a_reply_to_a_public_message_of_another_record_stays_public(world, real_gateway):
+    task, order = world.task_id, world.sale_order_id
+    text = f"The order ships on Monday ({world.tag}, cross public)"
+    public_id = _post_on_the_order(world, text, "mail.mt_comment")
+    to = real_gateway.address("reply", "project.task", task)
+    filed = _filed_id(real_gateway.send(_answer(real_gateway, world.contributor.email, to, public_id, text), to,
+                                        mail_from=world.contributor.email))
+    stored = _stored(world, "project.task", task, filed)
+    assert stored["subtype_id"][0] == world.admin.execute("ir.model.data", "check_object_reference", "mail",
+                                                          "mt_comment")[1]
+    session = portal_session(world, world.plain.login, world.plain.password)
+    assert filed in [message["id"] for message in session.chatter("project.task", task)]
+    print(f"\nreply+ of project.task {task} answering a public message of sale.order {order}: public message {filed}")

@@ -425,6 +425,8 @@ def test_the_same_message_at_once_across_a_reload_is_filed_once(test_odoo, serve
 def test_reloads_keep_no_files_open_once_no_message_uses_them(test_odoo, serve):
     gateway = serve()
     pid = gateway.process.pid
+    # The start logs in to Odoo after it listens: its connection is counted once it is made.
+    gateway.wait_for(r"odoo main: (logged in|cannot log in)")
     before = len(_open_files(pid))
     for _ in range(40):
         mark = len(gateway.lines)

@@ -33,9 +33,14 @@ def _size(size: int) -> str:
 
 
 def _denied_type(attachment: Attachment, rules: AttachmentRules) -> str | None:
-    extension = posixpath.splitext(attachment.filename.lower().rstrip(". "))[1]
-    if extension and extension in rules.denied_extensions:
-        return f"{extension} files are not accepted"
+    name = attachment.filename.lower()
+    # Windows reads "invoice.vbs::$DATA" (an NTFS stream) and "invoice.vbs:x" as invoice.vbs; the
+    # name is checked whole too, so a colon cannot hide the extension of "report 10:30.exe".
+    names = (name, name.partition(":")[0]) if ":" in name else (name,)
+    for candidate in names:
+        extension = posixpath.splitext(candidate.rstrip(". "))[1]
+        if extension and extension in rules.denied_extensions:
+            return f"{extension} files are not accepted"
     if attachment.content_type.lower() in rules.denied_types:
         return f"{attachment.content_type.lower()} files are not accepted"
     for magic, sniffed in _EXECUTABLE_MAGIC:

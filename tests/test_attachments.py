@@ -53,6 +53,9 @@ def test_files_beyond_the_per_message_total_are_dropped_in_order():
     _file("report.pdf", 10, "application/pdf", head=b"MZ\x90\x00"),
     _file("report.pdf", 10, "application/pdf", head=b"\x7fELF"),
     _file("trailing-dot.exe.", 10),
+    _file("invoice.vbs::$DATA", 10),
+    _file("invoice.VBS:Zone.Identifier", 10),
+    _file("report 10:30.exe", 10),
 ])
 def test_denied_types_are_dropped(attachment):
     accepted, refused = screen([attachment], AttachmentRules())
@@ -84,3 +87,8 @@ def test_the_deny_list_sees_the_decoded_name(disposition):
            b"--b\r\nContent-Type: text/plain\r\nContent-Disposition: " + disposition + b"\r\n\r\nMsgBox 1\r\n--b--\r\n")
     accepted, refused = screen(parse(raw).attachments, AttachmentRules())
     assert accepted == [] and [str(item) for item in refused] == ["invoice.vbs (.vbs files are not accepted)"]
+
+
+def test_a_colon_in_an_ordinary_name_does_not_refuse_it():
+    accepted, refused = screen([_file("minutes 10:30.pdf", 10, "application/pdf")], AttachmentRules())
+    assert [item.filename for item in accepted] == ["minutes 10:30.pdf"] and refused == []

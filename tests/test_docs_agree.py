@@ -1,0 +1,71 @@
+"""The docs quote the code: the stage tables and the refusal replies they show must be the code's.
+
+Found by a docs review after a day of parallel commits: the README's stage table still had the
+automatic-mail and rate-limit checks before framing and no record-receipt, and docs/content.md had
+extract-content before screen-attachments.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from gateway.pipeline import STAGES
+from gateway.refusals import all_refusal_classes
+
+ROOT = Path(__file__).parent.parent
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+STAGE_NAMES = [stage.name for stage in STAGES]
+
+# Replies the gateway quotes that are aiosmtpd's own, not a Refusal class.
+AIOSMTPD_REPLIES = {
+    (421, "4.7.0"): ("NOOP sent too many times", "MAIL sent too many times"),
+    (553, "5.1.3"): ("Error: malformed address",),
+}
+
+
+def _table_stages(text: str, heading: str) -> list[str]:
+    """The stage names of the first column of the first table after ``heading``, in order."""
+    section = text[text.index(heading):]
+    rows = re.search(r"^\| stage \|.*?\n\|[-| ]+\|\n((?:\|.*\n)+)", section, re.M).group(1)
+    names: list[str] = []
+    for row in rows.splitlines():
+        first = row.split("|")[1].strip()
+        if first.startswith("("):  # "(RCPT)": not a stage of the pipeline
+            continue
+        names += [name.strip().strip("`") for name in first.split(",")]
+    return names
+
+
+def test_readme_stage_table_is_the_pipeline_in_order():
+    assert _table_stages((ROOT / "README.md").read_text(), "## How it works") == STAGE_NAMES
+
+
+def test_content_stage_table_follows_the_pipeline_order():
+    names = _table_stages((ROOT / "docs/content.md").read_text(), "# What a filed note holds")
+    assert set(names) <= set(STAGE_NAMES)
+    assert names == sorted(names, key=STAGE_NAMES.index)
+
+
+def _quoted_replies():
+    for path in DOCS:
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            for quoted in re.findall(r"`(?:REFUSED )?([45]\d\d) ([45]\.\d{1,3}\.\d{1,3}) ([^`]+)`", line):
+                yield pytest.param(*quoted, id=f"{path.name}:{number}")
+
+
+@pytest.mark.parametrize(("code", "enhanced", "text"), list(_quoted_replies()))
+def test_quoted_refusal_replies_are_the_code_s(code, enhanced, text):
+    if text.startswith("..."):  # only the detail is quoted
+        return
+    said = text.split(" ...")[0]
+    # "Too many messages from this sender / to this record": two replies quoted as one.
+    said = said.split(" / ")[0]
+    reasons = [refusal.reason for refusal in all_refusal_classes()
+               if (refusal.smtp_code, refusal.enhanced_code) == (int(code), enhanced)]
+    reasons += AIOSMTPD_REPLIES.get((int(code), enhanced), ())
+    assert reasons, f"no refusal replies {code} {enhanced}"
+    assert any(reason.startswith(said) or said.startswith(reason) for reason in reasons), \
+        f"{code} {enhanced} {text!r} is none of {reasons}"

@@ -69,3 +69,15 @@ def test_quoted_refusal_replies_are_the_code_s(code, enhanced, text):
     assert reasons, f"no refusal replies {code} {enhanced}"
     assert any(reason.startswith(said) or said.startswith(reason) for reason in reasons), \
         f"{code} {enhanced} {text!r} is none of {reasons}"
+
+
+def _decision_examples():
+    for path in DOCS:
+        for block in re.findall(r"^stages:\n((?:  \S+ +[0-9.]+ ms\n)+)", path.read_text(), re.M):
+            yield pytest.param([line.split()[0] for line in block.splitlines()], id=path.name)
+
+
+@pytest.mark.parametrize("stages", list(_decision_examples()))
+def test_log_id_examples_list_the_stages_that_run(stages):
+    # Every stage runs until one refuses: the list is always the first stages of STAGES.
+    assert stages == STAGE_NAMES[:len(stages)]

@@ -7,11 +7,13 @@ extract-content before screen-attachments.
 
 from __future__ import annotations
 
+import argparse
 import re
 from pathlib import Path
 
 import pytest
 
+from gateway.cli import build_parser
 from gateway.pipeline import STAGES
 from gateway.refusals import all_refusal_classes
 
@@ -81,3 +83,35 @@ def _decision_examples():
 def test_log_id_examples_list_the_stages_that_run(stages):
     # Every stage runs until one refuses: the list is always the first stages of STAGES.
     assert stages == STAGE_NAMES[:len(stages)]
+
+
+def _subcommand_options() -> dict[str, set[str]]:
+    parser = build_parser()
+    common = set(parser._option_string_actions)
+    commands = next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction))
+    return {name: common | set(sub._option_string_actions) for name, sub in commands.choices.items()}
+
+
+def _documented_commands():
+    for path in [*DOCS, ROOT / "gateway.example.toml", ROOT / "rules/example.toml"]:
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            for command, rest in re.findall(r"note-gateway ([a-z][a-z-]+)((?: +(?:--?[a-z][a-z-]*|[^\s`|-]\S*))*)", line):
+                options = re.findall(r"(?<![\w-])(--?[a-z][a-z-]*)", rest)
+                yield pytest.param(command, options, id=f"{path.name}:{number}:{command}")
+
+
+@pytest.mark.parametrize(("command", "options"), list(_documented_commands()))
+def test_documented_commands_and_options_exist(command, options):
+    known = _subcommand_options()
+    if command not in known:  # "note-gateway holds ...": prose, not a command line
+        assert not options, f"note-gateway has no command {command!r}"
+        return
+    assert set(options) <= known[command], f"note-gateway {command}: not in --help: {set(options) - known[command]}"
+
+
+def test_readme_names_every_log_filter():
+    # The README's journal section lists the filters of "note-gateway log" (found naming 3 of 5).
+    section = (ROOT / "README.md").read_text().split("## The journal", 1)[1].split("\n## ", 1)[0]
+    for option in ("--verdict", "--sender", "--record", "--since", "--limit", "--id"):
+        assert option in _subcommand_options()["log"]
+        assert f"`{option}" in section

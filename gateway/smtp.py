@@ -12,7 +12,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from aiosmtpd.lmtp import LMTP
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException
 
 from gateway import address, observe, pipeline, policy, tls
 from gateway.context import MessageContext, Target
@@ -315,6 +315,37 @@ def _limited(base: type[SMTP]) -> type[SMTP]:
                 self._data_started = None
                 self.release_data_slot()
 
+        async def smtp_STARTTLS(self, arg: str) -> None:
+            """aiosmtpd's STARTTLS, refused once TLS is active, and a session whose handshake fails ended.
+
+            aiosmtpd answered a second STARTTLS "220 Ready to start TLS" and began a TLS handshake
+            inside TLS, which no client completes. A handshake that never completed (the client went
+            silent until session_timeout, or closed the connection) woke aiosmtpd as if it had
+            succeeded: the session then waited for ever on a connection already closed, and kept its
+            place in listener.max_sessions and max_sessions_per_ip until a restart. A handshake that
+            failed (not TLS, TLS below 1.2) ended the session with an ERROR and a traceback.
+            Both were found by a review of the STARTTLS paths.
+            """
+            if self._tls_protocol is not None and self.session.ssl is not None:
+                await self.push("503 5.5.1 TLS already active")
+                return None
+            failure: BaseException | None = None
+            try:
+                await super().smtp_STARTTLS(arg)
+            except TLSSetupException as error:
+                failure = error.__cause__ or error
+            # On success aiosmtpd has a new session with the TLS details (connection_made, RFC 3207
+            # section 4.2); without one, the handshake did not complete.
+            if self._tls_protocol is not None and self.session.ssl is None:
+                log.info("STARTTLS from %s failed, session closed: %s", self.session.peer,
+                         failure or "the client did not complete the handshake")
+                if self.transport is not None:
+                    self.transport.close()
+                # What aiosmtpd does after a failed handshake: the original transport closed, the
+                # idle timer cancelled, and the command loop ended (transport None).
+                self.connection_lost(None)
+            return None
+
         def _getaddr(self, arg: str):
             """aiosmtpd's address parsing, with a shortcut for the plain ``<local@domain>`` path.
 
@@ -358,6 +389,7 @@ def _limited(base: type[SMTP]) -> type[SMTP]:
         for attribute in _SYNTAX_ATTRIBUTES:
             setattr(smtp_DATA, attribute, getattr(base.smtp_DATA, attribute, None))
             setattr(smtp_MAIL, attribute, getattr(base.smtp_MAIL, attribute, None))
+            setattr(smtp_STARTTLS, attribute, getattr(base.smtp_STARTTLS, attribute, None))
 
     Limited.__name__ = f"Limited{base.__name__}"
     return Limited

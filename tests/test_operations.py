@@ -5,14 +5,16 @@ from __future__ import annotations
 import json
 import logging
 import smtplib
+import socket
 import ssl
+import time
 import urllib.request
 import warnings
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from conftest import Mailer, write_config
+from conftest import Mailer, read_reply, write_config
 from docs_snippets import readme_postfix_example
 
 from gateway import cli, observe, pipeline
@@ -82,6 +84,50 @@ def test_tls_below_1_2_is_refused(tls_gateway):
         client.ehlo("client.example.com")
         with pytest.raises((ssl.SSLError, smtplib.SMTPServerDisconnected, ConnectionResetError)):
             client.starttls(context=context)
+
+
+def test_a_second_starttls_is_refused_and_the_session_goes_on(tls_gateway):
+    # aiosmtpd answered it "220 Ready to start TLS" and waited for a handshake inside TLS.
+    running, certificate = tls_gateway
+    with smtplib.SMTP("127.0.0.1", running.port, timeout=10) as client:
+        client.ehlo("client.example.com")
+        client.starttls(context=_client_context(certificate))
+        client.ehlo("client.example.com")
+        assert not client.has_extn("starttls")
+        assert client.docmd("STARTTLS") == (503, b"5.5.1 TLS already active")
+        assert client.mail(PAULA)[0] == 250
+
+
+@pytest.mark.parametrize("client_does", ["goes silent", "closes mid-handshake", "sends no TLS"])
+def test_a_starttls_handshake_that_never_completes_frees_the_session(tmp_path, start_gateway, dns_server,
+                                                                     client_does, caplog):
+    # A handshake cut by the idle timer or by the client woke aiosmtpd as if it had succeeded: the
+    # session then waited for ever, and kept its place in max_sessions until a restart.
+    certificate, key = self_signed(tmp_path, "notes.example.com")
+    running = start_gateway(dns_server.port, session_timeout=1, listener_extra=(
+        f'tls_certificate = "{certificate}"\ntls_key = "{key}"\nrequire_starttls = true\nmax_sessions = 1'))
+    with socket.create_connection(("127.0.0.1", running.port), timeout=10) as sock:
+        stream = sock.makefile("rb")
+        read_reply(stream)
+        sock.sendall(b"EHLO client.example.com\r\nSTARTTLS\r\n")
+        read_reply(stream)
+        assert read_reply(stream) == [b"220 Ready to start TLS\r\n"]
+        if client_does == "closes mid-handshake":
+            sock.sendall(bytes.fromhex("16030100"))  # the start of a TLS record, and no more
+        elif client_does == "sends no TLS":
+            sock.sendall(b"MAIL FROM:<portal.contrib@example.com>\r\n")
+        else:
+            assert sock.recv(100) == b""  # closed by the server at session_timeout
+    ends = time.monotonic() + 10
+    while True:
+        with socket.create_connection(("127.0.0.1", running.port), timeout=10) as sock:
+            greeting = sock.recv(200)
+        if greeting.startswith(b"220 ") or time.monotonic() > ends:
+            break
+        assert greeting.startswith(b"421 4.3.2 Too many sessions")
+        time.sleep(0.2)
+    assert greeting.startswith(b"220 notes.example.com")
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
 
 
 def test_require_starttls_without_certificate_is_a_config_error(tmp_path, test_odoo):

@@ -38,6 +38,9 @@ _SYNTAX_ATTRIBUTES = ("__smtp_syntax__", "__smtp_syntax_extended__", "__smtp_syn
 # tests/test_abuse.py fails if an aiosmtpd upgrade changes their text.
 _AIOSMTPD_SIZE_DECLARED_TOO_LARGE = "552 Error: message size exceeds fixed maximum message size"
 _AIOSMTPD_DATA_TOO_LARGE = "552 Error: Too much mail data"
+# RFC 3207 section 4's commands allowed before STARTTLS when it is required, and LMTP's greeting.
+ALLOWED_BEFORE_STARTTLS = frozenset({"NOOP", "EHLO", "LHLO", "STARTTLS", "QUIT"})
+STARTTLS_REQUIRED = "530 5.7.0 Must issue a STARTTLS command first"
 
 
 class GatewayHandler:
@@ -180,20 +183,23 @@ def _limited(base: type[SMTP]) -> type[SMTP]:
         aiosmtpd has neither bound (MAIL_SECURITY.md item 15).
         """
 
-        def __init__(self, *args, session_limit: _SessionLimit, max_session_seconds: float, **kwargs) -> None:
+        def __init__(self, *args, session_limit: _SessionLimit, max_session_seconds: float,
+                     requires_tls: bool = False, **kwargs) -> None:
             super().__init__(*args, **kwargs)
+            self._requires_tls = requires_tls
             self._session_limit = session_limit
             self._max_session_seconds = max_session_seconds
             self._session_ends: float | None = None
             # aiosmtpd looks each command up in this table after its own checks (the call limit
             # among them); QUIT always gets its 221.
-            self._smtp_methods = {name: method if name == "QUIT" else self._within_session_time(method)
+            self._smtp_methods = {name: method if name == "QUIT" else self._within_session_time(name, method)
                                   for name, method in self._smtp_methods.items()}
 
-        def _within_session_time(self, method):
+        def _within_session_time(self, name: str, method):
             """``method`` run only while the session is younger than listener.max_session_seconds.
 
             Checked as a command starts, so a DATA that started in time is received and filed whole.
+            With listener.require_starttls, only the commands of ALLOWED_BEFORE_STARTTLS run before TLS.
             """
             async def command(arg: str | None) -> None:
                 if self._session_ends is not None and self.loop.time() >= self._session_ends:
@@ -202,6 +208,9 @@ def _limited(base: type[SMTP]) -> type[SMTP]:
                     await self.push(refusal.smtp_reply())
                     if self.transport is not None:
                         self.transport.close()
+                    return None
+                if self._requires_tls and self._tls_protocol is None and name not in ALLOWED_BEFORE_STARTTLS:
+                    await self.push(STARTTLS_REQUIRED)
                     return None
                 return await method(arg)
 
@@ -454,8 +463,10 @@ class GatewayServer:
             ident="Odoo Note Gateway",
             tls_context=self.tls_context,
             # RFC 3207 section 4: a server may refuse commands other than NOOP, EHLO, STARTTLS and
-            # QUIT before TLS; aiosmtpd answers them "530 Must issue a STARTTLS command first".
-            require_starttls=listener.require_starttls and self.tls_context is not None,
+            # QUIT before TLS. Limited does it, not aiosmtpd's require_starttls: aiosmtpd refused
+            # LMTP's LHLO too (a Postfix lmtp: client could not even greet), and its
+            # "530 Must issue a STARTTLS command first" had no enhanced status code.
+            requires_tls=listener.require_starttls and self.tls_context is not None,
         )
 
     async def start(self, sockets: list[socket.socket] | None = None) -> None:

@@ -86,6 +86,35 @@ def test_tls_below_1_2_is_refused(tls_gateway):
             client.starttls(context=context)
 
 
+def test_every_command_but_noop_ehlo_starttls_quit_gets_530_5_7_0_before_tls(tls_gateway):
+    running, _ = tls_gateway
+    with smtplib.SMTP("127.0.0.1", running.port, timeout=10) as client:
+        for command in ("HELO client.example.com", f"MAIL FROM:<{PAULA}>", "RCPT TO:<a@notes.example.com>", "DATA",
+                        "RSET", "VRFY a", "HELP"):
+            assert client.docmd(command) == (530, b"5.7.0 Must issue a STARTTLS command first"), command
+        assert client.docmd("NOOP")[0] == 250
+        assert client.ehlo("client.example.com")[0] == 250
+
+
+def test_lmtp_with_require_starttls_greets_with_lhlo_before_tls(tmp_path, start_gateway, dns_server, dkim_keys,
+                                                                 test_odoo):
+    # aiosmtpd's require_starttls allowed EHLO but not LHLO: a Postfix lmtp: client got 530 to its greeting.
+    certificate, key = self_signed(tmp_path, "notes.example.com")
+    running = start_gateway(dns_server.port, listener_extra=(
+        f'protocol = "lmtp"\ntls_certificate = "{certificate}"\ntls_key = "{key}"\nrequire_starttls = true'))
+    mailer = Mailer(running, dkim_keys)
+    to = mailer.address("note", "project.task", TASK_ID)
+    with smtplib.LMTP("127.0.0.1", running.port, timeout=20) as client:
+        assert client.ehlo("client.example.com")[0] == 250  # smtplib's LMTP sends LHLO
+        assert client.has_extn("starttls")
+        assert client.mail(PAULA) == (530, b"5.7.0 Must issue a STARTTLS command first")
+        client.starttls(context=_client_context(certificate))
+        client.ehlo("client.example.com")
+        refused = client.sendmail(PAULA, [to], mailer.sign(mailer.message("note_from_contributor.eml", to)))
+    assert refused == {}
+    assert len(test_odoo.posts()) == 1
+
+
 def test_a_second_starttls_is_refused_and_the_session_goes_on(tls_gateway):
     # aiosmtpd answered it "220 Ready to start TLS" and waited for a handshake inside TLS.
     running, certificate = tls_gateway

@@ -115,6 +115,26 @@ def test_lmtp_with_require_starttls_greets_with_lhlo_before_tls(tmp_path, start_
     assert len(test_odoo.posts()) == 1
 
 
+def test_commands_pipelined_after_starttls_in_clear_are_discarded(tls_gateway):
+    # RFC 3207 section 4.2 and CVE-2024-34083 (aiosmtpd < 1.4.6): a MAIL sent in clear behind STARTTLS,
+    # by the client or by someone in the middle, must not run inside the encrypted session.
+    running, certificate = tls_gateway
+    with socket.create_connection(("127.0.0.1", running.port), timeout=10) as sock:
+        stream = sock.makefile("rb")
+        read_reply(stream)
+        sock.sendall(b"EHLO client.example.com\r\n")
+        read_reply(stream)
+        sock.sendall(b"STARTTLS\r\nEHLO evil.example.net\r\nMAIL FROM:<injected@example.net>\r\n")
+        assert read_reply(stream) == [b"220 Ready to start TLS\r\n"]
+        with _client_context(certificate).wrap_socket(sock, server_hostname="notes.example.com") as tls:
+            tls_stream = tls.makefile("rb")
+            # Run, the injected EHLO and MAIL would have answered first, and opened a transaction.
+            tls.sendall(b"NOOP\r\n")
+            assert read_reply(tls_stream) == [b"250 OK\r\n"]
+            tls.sendall(b"RCPT TO:<note@notes.example.com>\r\n")
+            assert read_reply(tls_stream) == [b"503 Error: send HELO first\r\n"]
+
+
 def test_a_second_starttls_is_refused_and_the_session_goes_on(tls_gateway):
     # aiosmtpd answered it "220 Ready to start TLS" and waited for a handshake inside TLS.
     running, certificate = tls_gateway

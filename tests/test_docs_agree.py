@@ -21,10 +21,13 @@ ROOT = Path(__file__).parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 STAGE_NAMES = [stage.name for stage in STAGES]
 
-# Replies the gateway quotes that are aiosmtpd's own, not a Refusal class.
+# Replies the gateway quotes that are aiosmtpd's own, or the listener's answers to SMTP commands
+# (gateway/smtp.py), not a Refusal class.
 AIOSMTPD_REPLIES = {
     (421, "4.7.0"): ("NOOP sent too many times", "MAIL sent too many times"),
     (553, "5.1.3"): ("Error: malformed address",),
+    (503, "5.5.1"): ("TLS already active",),
+    (530, "5.7.0"): ("Must issue a STARTTLS command first",),
 }
 
 

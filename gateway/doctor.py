@@ -17,7 +17,7 @@ from gateway.render import checked_renderer
 from gateway.journal import Journal, JournalUnavailable
 from gateway.odoo import OdooPool
 from gateway.refusals import DnsTemporaryFailure, OdooUnavailable
-from gateway.resolver import DkimKeyResolver, name_exists
+from gateway.resolver import DkimKeyResolver
 
 # A certificate this close to its end gets a warning: enough for a renewal that failed once to be
 # noticed and fixed by hand.
@@ -64,7 +64,7 @@ def check_resolver(config: GatewayConfig, report: Report) -> None:
         # A name that always exists must be found: the root zone, or the alias domain's top-level
         # domain (for a resolver serving only its own zones, as in a closed test network).
         proofs = [".", domain.rsplit(".", 1)[-1] + "."]
-        found = next((proof for proof in proofs if name_exists(resolver, proof)), None)
+        found = next((proof for proof in proofs if resolver.name_exists(proof)), None)
     except DnsTemporaryFailure as error:
         report.fail("resolver", f"{servers} nameservers: {error}",
                     "make [resolver] nameservers point at a working recursive resolver reachable from this host")

@@ -61,10 +61,25 @@ class DkimKeyResolver:
         if qname is None:
             return None
         lifetime = min(self.timeout, timeout) if timeout else self.timeout
+        answer = self._resolve(qname, dns.rdatatype.TXT, lifetime)
+        if answer is None or answer.rrset is None:
+            return None
+        return _choose_key_record([b"".join(rdata.strings) for rdata in answer.rrset])
+
+    def name_exists(self, name: str) -> bool:
+        """Whether ``name`` exists (NOERROR, with or without NS records): doctor's proof that the
+        resolver really resolves, since a resolver that answers NXDOMAIN for every name also answers
+        the DKIM key probe. Faults raise DnsTemporaryFailure, as key lookups do."""
+        return self._resolve(dns.name.from_text(name, origin=dns.name.root), dns.rdatatype.NS,
+                             self.timeout) is not None
+
+    def _resolve(self, qname: dns.name.Name, rdtype: dns.rdatatype.RdataType,
+                 lifetime: float) -> dns.resolver.Answer | None:
+        """The answer (its rrset None when the name has no such record), None when the name does
+        not exist; DnsTemporaryFailure for what a later try may heal."""
         try:
-            answer = self._resolver.resolve(qname, dns.rdatatype.TXT, dns.rdataclass.IN,
-                                            search=False, raise_on_no_answer=False,
-                                            lifetime=lifetime)
+            return self._resolver.resolve(qname, rdtype, dns.rdataclass.IN, search=False,
+                                          raise_on_no_answer=False, lifetime=lifetime)
         except dns.resolver.NXDOMAIN:
             return None
         except dns.resolver.YXDOMAIN:
@@ -79,28 +94,6 @@ class DkimKeyResolver:
         except dns.exception.DNSException as error:
             log.warning("DNS lookup of %s failed: %r", qname, error)
             raise DnsTemporaryFailure(f"lookup of {qname} failed") from error
-        if answer.rrset is None:
-            return None
-        return _choose_key_record([b"".join(rdata.strings) for rdata in answer.rrset])
-
-
-def name_exists(resolver: DkimKeyResolver, name: str) -> bool:
-    """Whether ``name`` exists (NOERROR, with or without NS records): doctor's proof that the
-    resolver really resolves, since a resolver that answers NXDOMAIN for every name also answers
-    the DKIM key probe. Faults raise DnsTemporaryFailure, as key lookups do."""
-    qname = dns.name.from_text(name, origin=dns.name.root)
-    try:
-        resolver._resolver.resolve(qname, dns.rdatatype.NS, dns.rdataclass.IN, search=False,
-                                   raise_on_no_answer=False, lifetime=resolver.timeout)
-    except (dns.resolver.NXDOMAIN, dns.resolver.YXDOMAIN):
-        return False
-    except dns.exception.Timeout as error:
-        raise DnsTemporaryFailure(f"timeout looking up {qname}") from error
-    except dns.resolver.NoNameservers as error:
-        raise DnsTemporaryFailure(f"no nameserver answered for {qname}") from error
-    except dns.exception.DNSException as error:
-        raise DnsTemporaryFailure(f"lookup of {qname} failed: {error}") from error
-    return True
 
 
 def _query_name(name: bytes | str) -> dns.name.Name | None:

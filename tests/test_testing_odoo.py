@@ -542,3 +542,24 @@ def test_connections_are_kept_alive_and_refuse_cuts_them(odoo):
     with pytest.raises((ConnectionError, http.client.HTTPException, OSError)):
         _version_over(connection)
     odoo.fail_mode = None
+
+
+def test_flat_thread_parent_is_the_oldest_message_left_on_the_document(odoo, gateway):
+    # mail.thread's flat thread hangs a message without a parent from the document's first one.
+    # The test Odoo finds it in its (model, res_id) index: moves and deletes must give what a scan
+    # of the rows would.
+    parent = lambda message_id: read_message(gateway, message_id, ["parent_id"])["parent_id"]  # noqa: E731
+    elsewhere = post(gateway, "project.task", PRIVATE_TASK_ID, body="older, elsewhere", **NOTE)
+    first = post(gateway, "project.task", TASK_ID, body="a", **NOTE)
+    oldest = min(gateway.execute_kw("mail.message", "search", [[("model", "=", "project.task"),
+                                                                 ("res_id", "=", TASK_ID)]]))
+    assert parent(post(gateway, "project.task", TASK_ID, body="b", **NOTE))[0] == oldest
+    for message_id in gateway.execute_kw("mail.message", "search", [[("model", "=", "project.task"),
+                                                                     ("res_id", "=", TASK_ID),
+                                                                     ("id", "<", first)]]):
+        gateway.execute_kw("mail.message", "unlink", [[message_id]])
+    assert parent(post(gateway, "project.task", TASK_ID, body="c", **NOTE))[0] == first
+    gateway.execute_kw("mail.message", "write", [[elsewhere], {"res_id": TASK_ID}])
+    assert parent(post(gateway, "project.task", TASK_ID, body="d", **NOTE))[0] == elsewhere
+    gateway.execute_kw("mail.message", "write", [[elsewhere], {"res_id": PRIVATE_TASK_ID}])
+    assert parent(post(gateway, "project.task", TASK_ID, body="e", **NOTE))[0] == first

@@ -19,6 +19,7 @@ from markupsafe import Markup
 from gateway.testing.odoo_models import (
     WEBSITE_MESSAGE_TYPES,
     document_readable,
+    first_message_of,
     followers_of,
     format_address,
     message_is_internal,
@@ -313,8 +314,8 @@ def _notify(env: Env, model: str, record_id: int, message_id: int, notify_author
         else:
             real_author = message.get("author_id")
     internal = bool(subtype.get("internal") or message.get("is_internal"))
-    thread_messages = messages_of(env, model, record_id)
-    first = db.rows["mail.message"][min(thread_messages)].get("message_id") if thread_messages else ""
+    first_id = first_message_of(env, model, record_id)
+    first = db.rows["mail.message"][first_id].get("message_id") if first_id is not None else ""
     references = " ".join(dict.fromkeys(value for value in (first, message.get("message_id")) if value))
     subject = message.get("subject") or message.get("record_name") or display_name(env, model, record_id)
     text = html_to_text(message.get("body") or "")
@@ -741,11 +742,8 @@ def _parent_id(env: Env, model: str, record_id: int, parent_id: Any) -> Any:
     # mail.thread has _mail_flat_thread: a message without a parent hangs from the first one.
     if parent_id:
         return parent_id
-    thread = [
-        mid for mid in messages_of(env, model, record_id)
-        if env.db.rows["mail.message"][mid].get("message_type") != "user_notification"
-    ]
-    return min(thread) if thread else False
+    first = first_message_of(env, model, record_id, exclude=("user_notification",))
+    return first if first is not None else False
 
 
 # --- Chatters -----------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import bisect
 import hashlib
 import mimetypes
 from datetime import datetime, timedelta, timezone
@@ -87,10 +88,34 @@ def messages_of(env: Env, model: str, record_id: int, types: tuple[str, ...] | N
     return sorted(found, reverse=True)
 
 
+def first_message_of(env: Env, model: str, record_id: int, exclude: tuple[str, ...] = ()) -> int | None:
+    """The oldest mail.message id of one document (what a flat thread hangs from), or None.
+
+    Like Odoo's ``min(id)`` over the indexed (model, res_id) columns, this does not read the whole
+    thread: the index lists are kept in ascending order, so the first entry still on the document is
+    the answer.
+    """
+    rows = env.db.rows["mail.message"]
+    for message_id in env.db.thread_messages.get((model, record_id), ()):
+        row = rows.get(message_id)
+        if row is not None and row.get("model") == model and row.get("res_id") == record_id \
+                and row.get("message_type") not in exclude:
+            return message_id
+    return None
+
+
+def _add_to_thread(env: Env, key: tuple, message_id: int) -> None:
+    entries = env.db.thread_messages.setdefault(key, [])
+    if not entries or entries[-1] < message_id:
+        entries.append(message_id)  # the usual case: a new message is the newest id
+    else:
+        bisect.insort(entries, message_id)
+
+
 def _index_message(env: Env, message_id: int, values: dict) -> None:
     row = env.db.rows["mail.message"][message_id]
     if row.get("model") and row.get("res_id"):
-        env.db.thread_messages.setdefault((row["model"], row["res_id"]), []).append(message_id)
+        _add_to_thread(env, (row["model"], row["res_id"]), message_id)
 
 
 def _message_before_write(env: Env, ids: list[int], values: dict) -> dict:
@@ -98,7 +123,7 @@ def _message_before_write(env: Env, ids: list[int], values: dict) -> dict:
         for message_id in ids:
             row = env.db.rows["mail.message"][message_id]
             key = (values.get("model", row.get("model")), values.get("res_id", row.get("res_id")))
-            env.db.thread_messages.setdefault(key, []).append(message_id)
+            _add_to_thread(env, key, message_id)
     return values
 
 

@@ -246,8 +246,8 @@ class Database:
         self.blobs: dict[int, bytes] = {}
         self.outbox: list[Any] = []
         self.sessions: dict[str, int] = {}
-        # (model, res_id) -> mail.message ids, so that posting stays cheap in long benchmarks;
-        # entries of deleted or moved messages are filtered out when read.
+        # (model, res_id) -> mail.message ids in ascending order, so that posting stays cheap in
+        # long benchmarks; entries of deleted or moved messages are filtered out when read.
         self.thread_messages: dict[tuple[str, int], list[int]] = {}
         # (model, field) -> value -> ids that held it, for fields declared with index=True;
         # like thread_messages, entries whose row has moved on are filtered out when read.

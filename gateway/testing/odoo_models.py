@@ -88,6 +88,14 @@ def messages_of(env: Env, model: str, record_id: int, types: tuple[str, ...] | N
     return sorted(found, reverse=True)
 
 
+def _message_holder(env: Env, model: str, message_id: int, exclude: tuple[str, ...] = ()) -> int | None:
+    """The document of ``model`` whose messages_of(..., exclude) lists ``message_id``, or None."""
+    row = env.db.rows["mail.message"].get(message_id)
+    if row is None or row.get("model") != model or not row.get("res_id") or row.get("message_type") in exclude:
+        return None
+    return row["res_id"]
+
+
 def first_message_of(env: Env, model: str, record_id: int, exclude: tuple[str, ...] = ()) -> int | None:
     """The oldest mail.message id of one document (what a flat thread hangs from), or None.
 
@@ -134,6 +142,7 @@ def chatter_fields(model: str) -> dict[str, Field]:
             # through message_ids (the gateway's "not filed yet" clause) leave those out too.
             "one2many", "Messages", relation="mail.message", inverse_name="res_id",
             compute=lambda env, rid: messages_of(env, model, rid, exclude=("user_notification",)),
+            holder=lambda env, mid: _message_holder(env, model, mid, exclude=("user_notification",)),
         ),
         "website_message_ids": Field(
             "one2many", "Website Messages", relation="mail.message", inverse_name="res_id",

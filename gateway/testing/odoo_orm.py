@@ -82,6 +82,10 @@ class Field:
     # A value index, as a real Odoo has on an indexed column: "=" and "in" searches of it look
     # values up instead of reading every row (long benchmarks post thousands of messages).
     index: bool = False
+    # For a computed one2many: the record whose field lists a given comodel id (or None), so that
+    # "any" searches go from the few matching comodel rows to their holders, as Odoo's SQL does
+    # through the inverse column, instead of computing the field of every candidate record.
+    holder: Callable[[Env, int], int | None] | None = None
     name: str = ""
 
     @property
@@ -519,6 +523,9 @@ def _evaluate_leaf(env: Env, model: str, leaf: tuple, universe: set[int]) -> set
         if not env.su:
             check_access(env, comodel, "read")
         matching = search_ids(env, comodel, right, active_test=False if spec.type == "many2one" else None)
+        if spec.holder is not None:
+            holders = {spec.holder(env, related) for related in active_filter(env, comodel, sorted(matching))}
+            return universe & holders
         return {rid for rid in universe if set(_related_ids(env, model, rid, spec)) & matching}
     if operator in ("child_of", "parent_of"):
         comodel = model if spec.name == "id" else spec.relation

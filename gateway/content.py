@@ -79,18 +79,21 @@ def _filter_attribute(tag: str, attribute: str, value: str) -> str | None:
     return value
 
 
+# Built once (nh3.clean would convert the allow-list on every call).
+_CLEANER = nh3.Cleaner(
+    tags=set(ALLOWED_TAGS),
+    clean_content_tags=set(_CONTENT_DROPPED_TAGS),
+    attributes={tag: set(names) for tag, names in ALLOWED_ATTRIBUTES.items()},
+    attribute_filter=_filter_attribute,
+    url_schemes=set(URL_SCHEMES),
+    link_rel=LINK_REL,
+    strip_comments=True,
+)
+
+
 def sanitize_html(text: str) -> str:
     """Keep only the markup a chatter message needs: no scripts, styles, handlers or odd URLs."""
-    return nh3.clean(
-        text,
-        tags=set(ALLOWED_TAGS),
-        clean_content_tags=set(_CONTENT_DROPPED_TAGS),
-        attributes={tag: set(names) for tag, names in ALLOWED_ATTRIBUTES.items()},
-        attribute_filter=_filter_attribute,
-        url_schemes=set(URL_SCHEMES),
-        link_rel=LINK_REL,
-        strip_comments=True,
-    )
+    return _CLEANER.clean(text)
 
 
 # Schemes whose images a browser fetches from elsewhere. cid: (the message's own files, which Odoo
@@ -205,6 +208,11 @@ def text_to_html(text: str) -> str:
     return "\n".join(paragraphs)
 
 
+# All tags dropped, their text kept: what a reader sees. Only <img src>: what shows without text.
+_TEXT_ONLY = nh3.Cleaner(tags=set(), clean_content_tags=set())
+_IMAGES_ONLY = nh3.Cleaner(tags={"img"}, attributes={"img": {"src"}}, url_schemes=set(URL_SCHEMES))
+
+
 # Characters that take no room on the page; str.strip() keeps them because they are not spaces.
 _INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad"))
 
@@ -215,7 +223,7 @@ _IMAGE = re.compile(r'<img src="[^"]')
 
 def visible_text(sanitized: str) -> str:
     """The characters a reader sees of sanitized HTML."""
-    return html.unescape(nh3.clean(sanitized, tags=set(), clean_content_tags=set()))
+    return html.unescape(_TEXT_ONLY.clean(sanitized))
 
 
 # An inline OpenPGP message (RFC 4880 section 6.2): the armour lines that open and close it.
@@ -260,7 +268,7 @@ def is_readable(sanitized: str, text: str | None = None) -> bool:
     if text.translate(_INVISIBLE).strip():
         return True
     return "<img" in sanitized and bool(_IMAGE.search(
-        nh3.clean(sanitized, tags={"img"}, attributes={"img": {"src"}}, url_schemes=set(URL_SCHEMES))))
+        _IMAGES_ONLY.clean(sanitized)))
 
 
 # The blank lines a client leaves between the text and the quote it was cut from.

@@ -109,20 +109,24 @@ def _filter_attribute(tag: str, attribute: str, value: str) -> str | None:
 _ATTRIBUTES = {tag: set(_GENERIC_ATTRIBUTES) | _URL_ATTRIBUTES.get(tag, set()) for tag in _ALLOWED_TAGS}
 
 
+# Built once: handing nh3.clean this allow-list (73 tags, 2486 tag/attribute pairs) on every call
+# cost 0.3 ms of conversions per message_post, more than the sanitizing itself (issue 6).
+_CLEANER = nh3.Cleaner(
+    tags=_ALLOWED_TAGS,
+    clean_content_tags={"script", "style", "title", "noscript", "iframe", "object", "embed", "head"},
+    attributes=_ATTRIBUTES,
+    attribute_filter=_filter_attribute,
+    url_schemes={"http", "https", "mailto", "tel", "ftp", "ftps", "cid", "sms", "javascript", "vbscript"},
+    link_rel=None,
+    strip_comments=True,
+)
+
+
 def sanitize_html(body: str) -> str:
     """The body as Odoo's html_sanitize would store it."""
     if not body:
         return body
-    cleaned = nh3.clean(
-        _as_libxml2_reads(body),
-        tags=_ALLOWED_TAGS,
-        clean_content_tags={"script", "style", "title", "noscript", "iframe", "object", "embed", "head"},
-        attributes=_ATTRIBUTES,
-        attribute_filter=_filter_attribute,
-        url_schemes={"http", "https", "mailto", "tel", "ftp", "ftps", "cid", "sms", "javascript", "vbscript"},
-        link_rel=None,
-        strip_comments=True,
-    )
+    cleaned = _CLEANER.clean(_as_libxml2_reads(body))
     # html5ever turns a stray "</p>" (after a block that closed the paragraph) into an empty
     # paragraph; libxml2, which Odoo uses, ignores it.
     surplus = cleaned.count("<p></p>") - body.lower().count("<p></p>")

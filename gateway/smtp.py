@@ -41,6 +41,10 @@ _AIOSMTPD_DATA_TOO_LARGE = "552 Error: Too much mail data"
 # RFC 3207 section 4's commands allowed before STARTTLS when it is required, and LMTP's greeting.
 ALLOWED_BEFORE_STARTTLS = frozenset({"NOOP", "EHLO", "LHLO", "STARTTLS", "QUIT"})
 STARTTLS_REQUIRED = "530 5.7.0 Must issue a STARTTLS command first"
+# The gateway has no authentication: EHLO does not offer AUTH, and the command gets 502, RFC 5321
+# section 4.2.4's reply for a command the server recognizes but does not implement (500 is for one
+# it does not recognize; 503, "bad sequence", would say that AUTH could work at another point).
+AUTH_NOT_IMPLEMENTED = "502 5.5.1 AUTH not implemented: the gateway takes mail without authentication"
 
 
 class GatewayHandler:
@@ -51,6 +55,21 @@ class GatewayHandler:
         self.executor = executor
         # Messages between the end of DATA and their reply; a graceful stop waits for them.
         self.in_data = 0
+
+    async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope, hostname: str,
+                          responses: list[str]) -> list[str]:
+        """The EHLO (and LHLO) reply without aiosmtpd's AUTH line.
+
+        aiosmtpd offers its built-in "AUTH LOGIN PLAIN" once TLS is active, whatever the server
+        does with it; the gateway has no authentication, and answered every AUTH 535, so a relay
+        configured with credentials for this next hop tried them, failed, and deferred or bounced
+        the mail (found by a review of the SMTP replies). None of aiosmtpd's AUTH options removes
+        the line (auth_exclude_mechanism of both mechanisms leaves an empty "250-AUTH "); this hook
+        is aiosmtpd's way to edit the reply, and as it is defined it records the client's name itself.
+        The AUTH command itself gets AUTH_NOT_IMPLEMENTED (Limited.smtp_AUTH).
+        """
+        session.host_name = hostname
+        return [line for line in responses if line[4:].split()[:1] != ["AUTH"]]
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, rcpt: str,
                           rcpt_options: list[str]) -> str:
@@ -354,6 +373,16 @@ def _limited(base: type[SMTP]) -> type[SMTP]:
                 # idle timer cancelled, and the command loop ended (transport None).
                 self.connection_lost(None)
             return None
+
+        async def smtp_AUTH(self, arg: str) -> None:
+            """AUTH_NOT_IMPLEMENTED, whatever the mechanism, with TLS or without.
+
+            aiosmtpd's AUTH ran its built-in LOGIN and PLAIN against a callback that fails every
+            login (535), and before TLS answered "538 5.7.11 Encryption required", as if it would
+            work over TLS. No @syntax: HELP does not list it. Before TLS, with
+            listener.require_starttls, it gets STARTTLS_REQUIRED like any other command.
+            """
+            await self.push(AUTH_NOT_IMPLEMENTED)
 
         def _getaddr(self, arg: str):
             """aiosmtpd's address parsing, with a shortcut for the plain ``<local@domain>`` path.

@@ -16,6 +16,7 @@ import pytest
 from gateway.cli import build_parser
 from gateway.pipeline import STAGES
 from gateway.refusals import all_refusal_classes
+from gateway.smtp import AUTH_NOT_IMPLEMENTED, STARTTLS_REQUIRED
 
 ROOT = Path(__file__).parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -27,8 +28,10 @@ AIOSMTPD_REPLIES = {
     (421, "4.7.0"): ("NOOP sent too many times", "MAIL sent too many times"),
     (553, "5.1.3"): ("Error: malformed address",),
     (503, "5.5.1"): ("TLS already active",),
-    (530, "5.7.0"): ("Must issue a STARTTLS command first",),
 }
+for _reply in (STARTTLS_REQUIRED, AUTH_NOT_IMPLEMENTED):
+    _code, _enhanced, _text = _reply.split(" ", 2)
+    AIOSMTPD_REPLIES[int(_code), _enhanced] = (*AIOSMTPD_REPLIES.get((int(_code), _enhanced), ()), _text)
 
 
 def _table_stages(text: str, heading: str) -> list[str]:

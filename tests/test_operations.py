@@ -96,6 +96,26 @@ def test_every_command_but_noop_ehlo_starttls_quit_gets_530_5_7_0_before_tls(tls
         assert client.ehlo("client.example.com")[0] == 250
 
 
+def test_auth_is_never_offered_and_refused_with_502_5_5_1(tls_gateway):
+    # The gateway has no authentication, but after STARTTLS it advertised aiosmtpd's "AUTH LOGIN PLAIN"
+    # and answered every attempt 535: a relay configured with credentials for this next hop tried
+    # AUTH, failed, and deferred or bounced the mail (RFC 5321 section 4.2.4: a server must not
+    # advertise what it answers 502).
+    running, certificate = tls_gateway
+    with smtplib.SMTP("127.0.0.1", running.port, timeout=10) as client:
+        client.ehlo("client.example.com")
+        assert not client.has_extn("auth")
+        assert client.docmd("AUTH", "PLAIN AHVzZXIAcGFzc3dvcmQ=") == (530, b"5.7.0 Must issue a STARTTLS command first")
+        client.starttls(context=_client_context(certificate))
+        client.ehlo("client.example.com")
+        assert not client.has_extn("auth"), client.esmtp_features
+        for mechanism in ("PLAIN AHVzZXIAcGFzc3dvcmQ=", "LOGIN", "CRAM-MD5"):
+            assert client.docmd("AUTH", mechanism) == (
+                502, b"5.5.1 AUTH not implemented: the gateway takes mail without authentication"), mechanism
+        assert b"AUTH" not in client.docmd("HELP")[1]
+        assert client.mail(PAULA)[0] == 250
+
+
 def test_lmtp_with_require_starttls_greets_with_lhlo_before_tls(tmp_path, start_gateway, dns_server, dkim_keys,
                                                                  test_odoo):
     # aiosmtpd's require_starttls allowed EHLO but not LHLO: a Postfix lmtp: client got 530 to its greeting.
@@ -108,8 +128,10 @@ def test_lmtp_with_require_starttls_greets_with_lhlo_before_tls(tmp_path, start_
         assert client.ehlo("client.example.com")[0] == 250  # smtplib's LMTP sends LHLO
         assert client.has_extn("starttls")
         assert client.mail(PAULA) == (530, b"5.7.0 Must issue a STARTTLS command first")
+        assert not client.has_extn("auth")
         client.starttls(context=_client_context(certificate))
         client.ehlo("client.example.com")
+        assert not client.has_extn("auth")
         refused = client.sendmail(PAULA, [to], mailer.sign(mailer.message("note_from_contributor.eml", to)))
     assert refused == {}
     assert len(test_odoo.posts()) == 1

@@ -5,6 +5,8 @@ from __future__ import annotations
 import smtplib
 import socket
 
+import pytest
+
 from conftest import Mailer
 
 from gateway import pipeline
@@ -22,6 +24,21 @@ def test_lmtp_listener_files_a_note(test_odoo, start_gateway, dns_server, dkim_k
     assert refused == {}
     [post] = test_odoo.posts()
     assert post.kwargs["subtype_xmlid"] == "mail.mt_note"
+
+
+@pytest.mark.parametrize("protocol", ["smtp", "lmtp"])
+def test_without_tls_auth_is_not_offered_and_an_unknown_command_gets_500(start_gateway, dns_server, protocol):
+    # AUTH got aiosmtpd's "538 5.7.11 Encryption required", as if it would work over TLS; it never
+    # does (no authentication in the gateway). Without require_starttls, an unknown command keeps its 500.
+    gateway = start_gateway(dns_server.port, listener_extra=f'protocol = "{protocol}"')
+    client_class = smtplib.LMTP if protocol == "lmtp" else smtplib.SMTP
+    with client_class("127.0.0.1", gateway.port, timeout=10) as client:
+        assert client.ehlo("client.example.com")[0] == 250  # LHLO over LMTP
+        assert not client.has_extn("auth")
+        assert client.docmd("AUTH", "LOGIN") == (
+            502, b"5.5.1 AUTH not implemented: the gateway takes mail without authentication")
+        assert client.docmd("XYZZY") == (500, b'Error: command "XYZZY" not recognized')
+        assert client.mail("portal.contrib@example.com")[0] == 250
 
 
 def test_sessions_over_the_cap_get_421_and_others_keep_working(test_odoo, start_gateway, dns_server, dkim_keys):

@@ -38,6 +38,10 @@ _SYNTAX_ATTRIBUTES = ("__smtp_syntax__", "__smtp_syntax_extended__", "__smtp_syn
 # tests/test_abuse.py fails if an aiosmtpd upgrade changes their text.
 _AIOSMTPD_SIZE_DECLARED_TOO_LARGE = "552 Error: message size exceeds fixed maximum message size"
 _AIOSMTPD_DATA_TOO_LARGE = "552 Error: Too much mail data"
+# aiosmtpd's reply to a command it has no method for. Before STARTTLS, with
+# listener.require_starttls, the listener puts STARTTLS_REQUIRED in its place (Limited.push);
+# tests/test_operations.py fails if an aiosmtpd upgrade changes its text.
+_AIOSMTPD_UNKNOWN_COMMAND = re.compile(r'500 Error: command "(.*)" not recognized', re.S)
 # RFC 3207 section 4's commands allowed before STARTTLS when it is required, and LMTP's greeting.
 ALLOWED_BEFORE_STARTTLS = frozenset({"NOOP", "EHLO", "LHLO", "STARTTLS", "QUIT"})
 STARTTLS_REQUIRED = "530 5.7.0 Must issue a STARTTLS command first"
@@ -282,7 +286,25 @@ def _limited(base: type[SMTP]) -> type[SMTP]:
                 status = await self._refuse_declared_size(self._mail_arg)
             elif status == _AIOSMTPD_DATA_TOO_LARGE and self.envelope is not None and self.envelope.rcpt_tos:
                 status = await self._refuse_data_size()
+            elif self._requires_tls and self._tls_protocol is None and isinstance(status, str):
+                status = self._unknown_before_tls(status)
             await super().push(status)
+
+        def _unknown_before_tls(self, status: str) -> str:
+            """STARTTLS_REQUIRED in place of aiosmtpd's 500 to an unknown command, before TLS.
+
+            RFC 3207 section 4: with TLS required, every command but NOOP, EHLO, STARTTLS and QUIT
+            gets 530 before TLS. _within_session_time answers the commands aiosmtpd knows, but an
+            unknown one never reaches a method and got "500 Error: command "X" not recognized"
+            (found by a review of the listener's SMTP conformance). Answered here, after aiosmtpd's
+            lookup, so unknown commands still count towards its limit of five ("502 5.5.1 Too many
+            unrecognized commands", then closed). A 500 of a known method stays: LMTP's own
+            answer to EHLO, which is allowed before TLS and no LMTP command.
+            """
+            unknown = _AIOSMTPD_UNKNOWN_COMMAND.fullmatch(status)
+            if unknown is not None and unknown.group(1) not in self._smtp_methods:
+                return STARTTLS_REQUIRED
+            return status
 
         async def _refuse_declared_size(self, arg: str) -> str:
             """MAIL FROM:<...> SIZE=n with n over listener.max_message_size: MessageTooLarge, journaled.

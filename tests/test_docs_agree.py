@@ -28,6 +28,7 @@ AIOSMTPD_REPLIES = {
     (421, "4.7.0"): ("NOOP sent too many times", "MAIL sent too many times"),
     (553, "5.1.3"): ("Error: malformed address",),
     (503, "5.5.1"): ("TLS already active",),
+    (502, "5.5.1"): ("Too many unrecognized commands, goodbye.",),
 }
 for _reply in (STARTTLS_REQUIRED, AUTH_NOT_IMPLEMENTED):
     _code, _enhanced, _text = _reply.split(" ", 2)

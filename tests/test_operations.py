@@ -96,6 +96,27 @@ def test_every_command_but_noop_ehlo_starttls_quit_gets_530_5_7_0_before_tls(tls
         assert client.ehlo("client.example.com")[0] == 250
 
 
+def test_an_unknown_command_gets_530_5_7_0_before_tls_and_500_after(tls_gateway):
+    # RFC 3207 section 4: before TLS every command but NOOP, EHLO, STARTTLS and QUIT is refused with
+    # 530. Known commands were, but an unknown one got aiosmtpd's "500 Error: command not recognized".
+    running, certificate = tls_gateway
+    with smtplib.SMTP("127.0.0.1", running.port, timeout=10) as client:
+        assert client.docmd("XYZZY") == (530, b"5.7.0 Must issue a STARTTLS command first")
+        assert client.docmd("XYZZY", "plugh") == (530, b"5.7.0 Must issue a STARTTLS command first")
+        client.ehlo("client.example.com")
+        client.starttls(context=_client_context(certificate))
+        client.ehlo("client.example.com")
+        assert client.docmd("XYZZY") == (500, b'Error: command "XYZZY" not recognized')
+        assert client.mail(PAULA)[0] == 250
+    # They still count towards aiosmtpd's limit of unknown commands in a session.
+    with smtplib.SMTP("127.0.0.1", running.port, timeout=10) as client:
+        for attempt in range(4):
+            assert client.docmd(f"XYZZY{attempt}")[0] == 530
+        assert client.docmd("XYZZY") == (502, b"5.5.1 Too many unrecognized commands, goodbye.")
+        with pytest.raises(smtplib.SMTPServerDisconnected):
+            client.noop()
+
+
 def test_auth_is_never_offered_and_refused_with_502_5_5_1(tls_gateway):
     # The gateway has no authentication, but after STARTTLS it advertised aiosmtpd's "AUTH LOGIN PLAIN"
     # and answered every attempt 535: a relay configured with credentials for this next hop tried
@@ -128,6 +149,9 @@ def test_lmtp_with_require_starttls_greets_with_lhlo_before_tls(tmp_path, start_
         assert client.ehlo("client.example.com")[0] == 250  # smtplib's LMTP sends LHLO
         assert client.has_extn("starttls")
         assert client.mail(PAULA) == (530, b"5.7.0 Must issue a STARTTLS command first")
+        assert client.docmd("XYZZY") == (530, b"5.7.0 Must issue a STARTTLS command first")
+        # EHLO is allowed before TLS, and is no LMTP command: LMTP's own 500 (RFC 2033 section 4.1).
+        assert client.docmd("EHLO", "client.example.com") == (500, b'Error: command "EHLO" not recognized')
         assert not client.has_extn("auth")
         client.starttls(context=_client_context(certificate))
         client.ehlo("client.example.com")

@@ -296,6 +296,53 @@ DEFAULT_DENIED_TYPES = [
 ]
 
 
+# A name's ending as the deny-list compares it: what is written is compared as it is, so a glob, a
+# path or a space inside (rules review: "*.exe" or "bat " loaded and then refused no file) would
+# never match any file and is refused when the rules are loaded, naming the entry.
+_GLOB_CHARACTERS = "*?[]"
+
+
+def _denied_extension(written: str) -> str:
+    """".exe" from "exe", ".EXE" or " .exe "; ".tar.gz" too (the end of the name is compared)."""
+    item = written.strip().lower()
+    if not item.strip("."):
+        raise ValueError(f"{written!r} is not an extension: it is empty; write one such as .exe")
+    if any(char in _GLOB_CHARACTERS for char in item):
+        bare = item.lstrip("*.")
+        hint = f"write .{bare}, not {item}" if bare and not any(c in _GLOB_CHARACTERS for c in bare) else (
+            "list each extension, such as .exe")
+        raise ValueError(f"{written!r} is not an extension: {hint} (the end of a file's name is compared, "
+                         "there are no wildcards)")
+    if "/" in item or "\\" in item or ":" in item:
+        # Windows reads "invoice.vbs:x" as invoice.vbs, and .vbs alone refuses it.
+        raise ValueError(f"{written!r} is not an extension: it holds a /, \\ or :, which no extension "
+                         "does; write the ending of the name alone, such as .exe")
+    if any(char.isspace() or not char.isprintable() for char in item):
+        raise ValueError(f"{written!r} is not an extension: it holds a space or a control character")
+    dotted = item if item.startswith(".") else f".{item}"
+    if "" in dotted[1:].split("."):
+        raise ValueError(f"{written!r} is not an extension: a dot is doubled or ends it; write it as "
+                         "a name ends, such as .exe or .tar.gz")
+    return dotted
+
+
+# A MIME type is compared as the message's parser gives it: type/subtype in lower case, without
+# parameters (email.message.Message.get_content_type).
+_MIME_TOKEN = re.compile(r"[!#$%&'+\-.^_`{|}~0-9a-z]+")
+
+
+def _denied_mime_type(written: str) -> str:
+    item = written.strip().lower()
+    kind, slash, subtype = item.partition("/")
+    if "*" in item:
+        raise ValueError(f"{written!r} is not a MIME type: list each type, such as application/x-msdownload "
+                         "(the type is compared whole, there are no wildcards)")
+    if not (slash and _MIME_TOKEN.fullmatch(kind) and _MIME_TOKEN.fullmatch(subtype)):
+        raise ValueError(f"{written!r} is not a MIME type: write type/subtype without parameters, "
+                         "such as application/x-msdownload")
+    return item
+
+
 class AttachmentRules(_Strict):
     max_file_size: Annotated[int, Field(ge=0)] = 10 * MIB
     max_total_size: Annotated[int, Field(ge=0)] = 20 * MIB
@@ -308,12 +355,12 @@ class AttachmentRules(_Strict):
     @field_validator("denied_extensions")
     @classmethod
     def _dotted(cls, value: list[str]) -> list[str]:
-        return [item.lower() if item.startswith(".") else f".{item.lower()}" for item in value]
+        return [_denied_extension(item) for item in value]
 
     @field_validator("denied_types")
     @classmethod
     def _lower(cls, value: list[str]) -> list[str]:
-        return [item.strip().lower() for item in value]
+        return [_denied_mime_type(item) for item in value]
 
 
 class ContentRules(_Strict):

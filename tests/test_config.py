@@ -161,6 +161,60 @@ def test_bad_attachment_rules_and_missing_templates_folder_are_named(folder):
     assert error.key == "templates_dir" and "is not a folder" in error.reason
 
 
+@pytest.mark.parametrize("written, reason", [
+    ('"*.exe"', "'*.exe' is not an extension: write .exe, not *.exe"),
+    ('"*.js"', "'*.js' is not an extension: write .js, not *.js"),
+    ('"*"', "'*' is not an extension: list each extension, such as .exe"),
+    ('"report?.exe"', "'report?.exe' is not an extension: list each extension, such as .exe"),
+    ('""', "'' is not an extension: it is empty"),
+    ('" . "', "' . ' is not an extension: it is empty"),
+    ('".v bs"', "'.v bs' is not an extension: it holds a space"),
+    ('"bin/.exe"', "'bin/.exe' is not an extension: it holds a /"),
+    ('"x\\\\.exe"', "'x\\\\.exe' is not an extension: it holds a /"),
+    ('".vbs::$DATA"', "'.vbs::$DATA' is not an extension: it holds a /"),
+    ('"exe."', "'exe.' is not an extension: a dot is doubled or ends it"),
+    ('".tar..gz"', "'.tar..gz' is not an extension: a dot is doubled or ends it"),
+])
+def test_denied_extension_that_can_match_no_file_is_named(folder, capsys, written, reason):
+    # Bad-input review: ["*.exe", "*.js", ".vbs ", "bat "] loaded, became ".*.exe" ... ".bat " and
+    # refused no file, while check-config said OK.
+    error = _error(folder, rules=RULES + f'[attachments]\ndenied_extensions = [".com", {written}]\n')
+    assert (error.path, error.key) == (str(folder / "rules" / "notes.toml"), "attachments.denied_extensions")
+    assert error.reason.startswith(reason)
+    line = _cli_config_error(capsys, "check-config", "--config", str(folder / "gateway.toml"))
+    assert line.startswith(f"note-gateway: configuration error: {folder / 'rules' / 'notes.toml'}: "
+                           f"attachments.denied_extensions: {reason}")
+
+
+def test_denied_extensions_are_read_as_names_are_compared(folder):
+    (folder / "rules" / "notes.toml").write_text(
+        RULES + '[attachments]\ndenied_extensions = ["exe", ".js", " .VBS ", "bat ", ".Tar.GZ", "tar.bz2"]\n')
+    rules = load_config(folder / "gateway.toml").domains["notes.example.com"]
+    assert rules.attachments.denied_extensions == [".exe", ".js", ".vbs", ".bat", ".tar.gz", ".tar.bz2"]
+
+
+@pytest.mark.parametrize("written, reason", [
+    ('"application/*"', "'application/*' is not a MIME type: list each type, such as application/x-msdownload"),
+    ('"*/*"', "'*/*' is not a MIME type: list each type"),
+    ('"x-msdownload"', "'x-msdownload' is not a MIME type: write type/subtype without parameters"),
+    ('"text/x-sh; charset=utf-8"', "'text/x-sh; charset=utf-8' is not a MIME type: write type/subtype"),
+    ('"application/x msdownload"', "'application/x msdownload' is not a MIME type: write type/subtype"),
+    ('""', "'' is not a MIME type: write type/subtype"),
+])
+def test_denied_type_that_can_match_no_file_is_named(folder, written, reason):
+    # The same trap as denied_extensions: the type is compared whole as the parser gives it.
+    error = _error(folder, rules=RULES + f'[attachments]\ndenied_types = ["application/hta", {written}]\n')
+    assert (error.path, error.key) == (str(folder / "rules" / "notes.toml"), "attachments.denied_types")
+    assert error.reason.startswith(reason)
+
+
+def test_denied_types_are_read_as_the_parser_gives_them(folder):
+    (folder / "rules" / "notes.toml").write_text(
+        RULES + '[attachments]\ndenied_types = [" Application/X-Sh ", "application/vnd.ms-cab-compressed"]\n')
+    rules = load_config(folder / "gateway.toml").domains["notes.example.com"]
+    assert rules.attachments.denied_types == ["application/x-sh", "application/vnd.ms-cab-compressed"]
+
+
 @pytest.mark.parametrize("extra, key, reason", [
     ('[reply]\naccess = "everyone"\n', "reply.access", "Input should be"),
     ('[reply]\naccess = "email-domain"\n', "reply.access", "email_domains"),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import posixpath
 from dataclasses import dataclass
 
 from gateway.config import AttachmentRules
@@ -38,9 +37,13 @@ def _denied_type(attachment: Attachment, rules: AttachmentRules) -> str | None:
     # name is checked whole too, so a colon cannot hide the extension of "report 10:30.exe".
     names = (name, name.partition(":")[0]) if ":" in name else (name,)
     for candidate in names:
-        extension = posixpath.splitext(candidate.rstrip(". "))[1]
-        if extension and extension in rules.denied_extensions:
-            return f"{extension} files are not accepted"
+        # The end of the name is compared, not only its last extension, so that ".tar.gz" in the
+        # rules refuses "backup.tar.gz"; each entry starts with a dot (config.py), so ".exe" never
+        # refuses "maxe" or "exe". The longest entry that matches is named.
+        candidate = candidate.rstrip(". ")
+        matching = [extension for extension in rules.denied_extensions if candidate.endswith(extension)]
+        if matching:
+            return f"{max(matching, key=len)} files are not accepted"
     if attachment.content_type.lower() in rules.denied_types:
         return f"{attachment.content_type.lower()} files are not accepted"
     for magic, sniffed in _EXECUTABLE_MAGIC:

@@ -1,11 +1,18 @@
 """The attachment rules: per-file and per-message limits, the type deny-list, drop or refuse."""
 
+import base64
+import email.utils
+import uuid
+
 import pytest
+
+from conftest import Mailer
 
 from gateway.attachments import screen
 from gateway.config import AttachmentRules
 from gateway.context import Attachment
 from gateway.refusals import AttachmentRefused
+from gateway.testing.odoo_demo import TASK_ID
 
 
 def _file(name: str, size: int, content_type: str = "application/octet-stream", head: bytes = b"") -> Attachment:
@@ -69,7 +76,35 @@ def test_rules_can_refuse_the_whole_message():
 
 
 def test_extensions_in_the_rules_are_normalised():
-    assert AttachmentRules(denied_extensions=["EXE", ".Bat"]).denied_extensions == [".exe", ".bat"]
+    assert AttachmentRules(denied_extensions=["EXE", ".Bat", " vbs ", " .Tar.Gz "]).denied_extensions == [
+        ".exe", ".bat", ".vbs", ".tar.gz"]
+
+
+@pytest.mark.parametrize("name, reason", [
+    ("backup.tar.gz", ".tar.gz files are not accepted"),
+    ("Backup.TAR.GZ. ", ".tar.gz files are not accepted"),
+    ("backup.tar.gz::$DATA", ".tar.gz files are not accepted"),
+    ("site 10:30.tar.gz", ".tar.gz files are not accepted"),
+    ("old.tgz.tar.gz", ".tar.gz files are not accepted"),
+    ("setup.exe", ".exe files are not accepted"),
+])
+def test_an_extension_of_two_dots_is_matched_on_the_end_of_the_name(name, reason):
+    # Bad-input review: only the last extension was compared, so ".tar.gz" in the rules refused nothing.
+    rules = AttachmentRules(denied_extensions=["tar.gz", "exe"])
+    accepted, refused = screen([_file(name, 10)], rules)
+    assert accepted == [] and [item.reason for item in refused] == [reason]
+
+
+@pytest.mark.parametrize("name", ["backup.gz", "backup.tgz", "mytar.gz", "tar.gz.txt", "maxe", "exe"])
+def test_an_extension_of_two_dots_refuses_only_names_ending_in_it(name):
+    rules = AttachmentRules(denied_extensions=[".tar.gz", ".exe"])
+    assert screen([_file(name, 10)], rules) == ([_file(name, 10)], [])
+
+
+def test_the_longest_matching_extension_is_named():
+    rules = AttachmentRules(denied_extensions=[".gz", ".tar.gz"])
+    accepted, refused = screen([_file("b.tar.gz", 10)], rules)
+    assert accepted == [] and [str(item) for item in refused] == ["b.tar.gz (.tar.gz files are not accepted)"]
 
 
 @pytest.mark.parametrize("disposition", [
@@ -92,3 +127,38 @@ def test_the_deny_list_sees_the_decoded_name(disposition):
 def test_a_colon_in_an_ordinary_name_does_not_refuse_it():
     accepted, refused = screen([_file("minutes 10:30.pdf", 10, "application/pdf")], AttachmentRules())
     assert [item.filename for item in accepted] == ["minutes 10:30.pdf"] and refused == []
+
+
+def _with_file(to: str, disposition: str) -> bytes:
+    """A note of Paula's with one file, the Content-Disposition written as ``disposition``."""
+    head = (f"From: Paula Contributor <portal.contrib@example.com>\r\nTo: {to}\r\nSubject: Backup\r\n"
+            f"Date: {email.utils.formatdate()}\r\nMessage-ID: <{uuid.uuid4().hex}@example.com>\r\n"
+            'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="B"\r\n\r\n')
+    return (head.encode() + b"--B\r\nContent-Type: text/plain\r\n\r\nSee attached.\r\n--B\r\n"
+            b"Content-Type: application/octet-stream\r\nContent-Disposition: " + disposition.encode()
+            + b"\r\nContent-Transfer-Encoding: base64\r\n\r\n" + base64.b64encode(b"\x1f\x8b\x08\x00") + b"\r\n"
+            + b"--B--\r\n")
+
+
+# Each file named as a client may write it; the rules list "tar.gz" and " EXE " (no leading dot,
+# stray spaces), which were ".tar.gz" (compared with the last extension only) and ".exe " before.
+REFUSED_FILES = {
+    'attachment; filename="backup.tar.gz"': "backup.tar.gz (.tar.gz files are not accepted)",
+    "attachment; filename*=utf-8''Backup%2ETAR%2EGZ": "Backup.TAR.GZ (.tar.gz files are not accepted)",
+    'attachment; filename="=?utf-8?B?YmFja3VwLnRhci5neg==?="': "backup.tar.gz (.tar.gz files are not accepted)",
+    'attachment; filename="setup.exe."': "setup.exe. (.exe files are not accepted)",
+}
+
+
+def test_rules_extensions_without_a_dot_or_with_two_refuse_the_file_over_smtp(test_odoo, start_gateway, dns_server,
+                                                                               dkim_keys):
+    gateway = start_gateway(dns_server.port, rules_extra='[attachments]\ndenied_extensions = ["tar.gz", " EXE "]\n'
+                                                         'on_refused_file = "refuse"\n')
+    mailer = Mailer(gateway, dkim_keys)
+    to = mailer.address("note", "project.task", TASK_ID)
+    replies = {disposition: mailer.send(mailer.sign(_with_file(to, disposition)), to) for disposition in REFUSED_FILES}
+    assert replies == {disposition: f"550 5.7.1 An attached file is not accepted by this gateway: {named}"
+                       for disposition, named in REFUSED_FILES.items()}
+    assert [call for call in test_odoo.calls if call.model_method == "message_post"] == []
+    # Only the name's end counts: a .gz that is no .tar.gz is filed.
+    assert mailer.send(mailer.sign(_with_file(to, 'attachment; filename="mytar.gz"')), to).startswith("250 ")

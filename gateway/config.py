@@ -349,7 +349,7 @@ class AttachmentRules(_Strict):
     denied_extensions: list[str] = DEFAULT_DENIED_EXTENSIONS
     denied_types: list[str] = DEFAULT_DENIED_TYPES
     # "drop": file the message, name the refused files in the note and the journal.
-    # "refuse": refuse the whole message (552) when any file is refused.
+    # "refuse": refuse the whole message (550 5.7.1) when any file is refused.
     on_refused_file: Literal["drop", "refuse"] = "drop"
 
     @field_validator("denied_extensions")

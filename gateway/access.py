@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.context import OdooUser
-from gateway.odoo import OdooPool
+from gateway.odoo import OdooPool, waited
 from gateway.refusals import OdooUnavailable
 
 log = logging.getLogger(__name__)
@@ -264,8 +264,11 @@ def _cached(odoo: OdooPool, key: tuple, ttl: float, load, deadline: float | None
     # When the entry expires under load, every message in flight misses at once: one loads it,
     # the others wait for that read instead of sending the same one (issue 6: few round trips).
     lock = odoo.loading(key)
-    wait = -1 if deadline is None else max(0.0, deadline - time.monotonic())
-    if not lock.acquire(timeout=wait):
+    started = time.monotonic()
+    wait = -1 if deadline is None else max(0.0, deadline - started)
+    acquired = lock.acquire(timeout=wait)
+    waited(time.monotonic() - started)  # Another message's read of it: time on Odoo (odoo_seconds).
+    if not acquired:
         raise OdooUnavailable("the message deadline passed before Odoo answered")
     try:
         hit = fresh()

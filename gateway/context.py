@@ -7,11 +7,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
-    from concurrent.futures import Future
     from contextlib import ExitStack
     from email.message import Message
 
     from gateway.config import DomainRules
+    from gateway.odoo import Pending
     from gateway.policy import RecordFollowers
     from gateway.refusals import Refusal
     from gateway.routing import Parent
@@ -132,9 +132,9 @@ class MessageContext:
     # Why a reply delivery is filed as a note (the reply-all-as-note stage), for a refusal to say.
     note_reason: str = ""
     # The record's followers, read from Odoo while the sender is identified (issue 6).
-    followers: Future[RecordFollowers] | None = None
+    followers: Pending[RecordFollowers] | None = None
     # The message of the record a reply+ answers, looked up at the same time (routing.reply_parent).
-    parent: Future[Parent | None] | None = None
+    parent: Pending[Parent | None] | None = None
     # The claim against another delivery of this message being filed at the same time
     # (gateway/inflight.py), held from the authorize stage to the end of the run; and whether Odoo,
     # searched under it, had none of the message's Message-IDs on the record (issue 6: the record
@@ -151,6 +151,8 @@ class MessageContext:
     # A refusal notice was composed and queued for the smarthost (gateway/notices.py).
     notice_queued: bool = False
     stage_durations: dict[str, float] = field(default_factory=dict)
+    # The time the message waited on Odoo: its calls, a pooled connection, a batched read, a read
+    # started alongside; not the gateway's own work (gateway/odoo.py start_waiting).
     odoo_seconds: float = 0.0
 
     @property

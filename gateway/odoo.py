@@ -11,7 +11,7 @@ import urllib.error
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Protocol, TypeVar
+from typing import Any, Callable, Generic, Iterator, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import odoorpc
@@ -174,6 +174,54 @@ def user_group_fields(major: int) -> tuple[str, str]:
     return "groups_id", "groups_id"
 
 
+# --- The time a message waits on Odoo --------------------------------------------------------------
+# The journal's odoo_seconds (benchmark 4, "latency added", subtracts it from the reply time): the
+# time the message's thread spends in the pool's RPC sessions (waiting for a pooled connection,
+# logging one in, the calls themselves), waiting for a batched read another message makes, and
+# waiting for a read started alongside (submit). The gateway's own CPU between and around the calls
+# is not in it. A thread counts only between start_waiting() and stop_waiting() (pipeline.process):
+# the pool's background threads never do, so a read that runs alongside counts once, as the wait
+# of the thread that needs its answer.
+_waits = threading.local()
+
+
+def start_waiting() -> None:
+    """Count, from now on, the time this thread waits on Odoo."""
+    _waits.seconds = 0.0
+
+
+def stop_waiting() -> float:
+    """The time this thread waited on Odoo since start_waiting(); counting stops."""
+    seconds = getattr(_waits, "seconds", None)
+    _waits.seconds = None
+    return seconds or 0.0
+
+
+def waited(seconds: float) -> None:
+    """Add ``seconds`` that this thread waited on Odoo, if it counts (start_waiting)."""
+    if getattr(_waits, "seconds", None) is not None:
+        _waits.seconds += seconds
+
+
+class Pending(Generic[Result]):
+    """A read started on another pooled connection (OdooPool.submit); ``result()`` waits for it, and
+    that wait, not the read's own time on its thread, is what the caller counts as waiting on Odoo."""
+
+    __slots__ = ("_future",)
+
+    def __init__(self, future: Future[Result]) -> None:
+        self._future = future
+
+    def result(self) -> Result:
+        if self._future.done():
+            return self._future.result()
+        started = time.monotonic()
+        try:
+            return self._future.result()
+        finally:
+            waited(time.monotonic() - started)
+
+
 class OdooPool:
     """Logged-in connections to one Odoo database, lent to one thread at a time.
 
@@ -303,8 +351,11 @@ class OdooPool:
         if leader:
             self._lead(batch, forming, deadline)
         else:
-            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if not forming.done.wait(wait):
+            started = time.monotonic()
+            wait = None if deadline is None else max(0.0, deadline - started)
+            answered = forming.done.wait(wait)
+            waited(time.monotonic() - started)
+            if not answered:
                 raise OdooUnavailable("the message deadline passed before Odoo answered")
         result = forming.answer(index, batch.label)
         if result is SOLO:
@@ -424,15 +475,18 @@ class OdooPool:
                 not transport.answered or (isinstance(error, urllib.error.HTTPError) and error.code in (502, 504)))
             raise OdooUnavailable(f"{type(error).__name__} talking to Odoo", unsettled=unsettled) from None
         finally:
-            observe.odoo_call(self.name, time.monotonic() - started, ok)
+            elapsed = time.monotonic() - started
+            observe.odoo_call(self.name, elapsed, ok)
+            waited(elapsed)
 
-    def submit(self, function: Callable[..., Result], *args: Any, **kwargs: Any) -> Future[Result]:
+    def submit(self, function: Callable[..., Result], *args: Any, **kwargs: Any) -> Pending[Result]:
         """Start ``function`` (a read through this pool) now; its result or refusal comes from ``.result()``."""
-        return self._background.submit(function, *args, **kwargs)
+        return Pending(self._background.submit(function, *args, **kwargs))
 
     def version(self, deadline: float | None = None) -> int:
         """The server's major version, read at the first login; faults become OdooUnavailable as in call()."""
         if self._version is None:
+            started = time.monotonic()
             try:
                 with self._borrow(deadline):
                     pass
@@ -454,6 +508,8 @@ class OdooPool:
                     fix="check url, that Odoo is running, and that this host can reach it (network, firewall, proxy)")
                 log.warning("odoo %s: %s", self.name, refusal.explanation)
                 raise refusal from None
+            finally:
+                waited(time.monotonic() - started)  # The first login.
         return self._version or 0
 
     def _credentials_refused(self, error: BaseException) -> OdooCredentialsRefused:

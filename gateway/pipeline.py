@@ -21,7 +21,7 @@ from gateway.config import ConfigError, GatewayConfig
 from gateway.inflight import InFlight
 from gateway.context import MessageContext
 from gateway.journal import Journal, JournalEntry, JournalUnavailable
-from gateway.odoo import OdooPool
+from gateway.odoo import OdooPool, start_waiting, stop_waiting
 from gateway.refusals import (AnswersNoteOfAnotherRecord, InternalError, JournalNotWritable, ModelNotAllowed,
                               NotContributor, OdooUnavailable, PostUnsettled, Refusal)
 from gateway.render import Renderer, checked_renderer
@@ -515,7 +515,13 @@ def process(ctx: MessageContext, services: Services, *, deadline: float) -> Mess
     """Run every stage; a refusal stops the run. Blocking: the SMTP layer calls it in a worker thread."""
     started = time.monotonic()
     try:
-        _run_stages(ctx, services, deadline)
+        # odoo_seconds: the time this thread waits on Odoo (gateway/odoo.py start_waiting), not
+        # the stages' wall time, which holds the gateway's own work between the calls too.
+        start_waiting()
+        try:
+            _run_stages(ctx, services, deadline)
+        finally:
+            ctx.odoo_seconds = stop_waiting()
         # Under the claim: the outcome row removes the receipt, and the next delivery of the
         # message, which may take the claim as soon as it is let go, must not find this one's
         # receipt open and take it for a post left by a dead process (an unsettled post).
@@ -541,10 +547,7 @@ def _run_stages(ctx: MessageContext, services: Services, deadline: float) -> Non
             log.exception("stage %s failed on %s", stage.name, ctx.target.address)
             ctx.refusal = InternalError(f"stage {stage.name}")
         finally:
-            elapsed = time.monotonic() - stage_started
-            ctx.stage_durations[stage.name] = elapsed
-            if stage.name in ("identify-sender", "route", "authorize", "choose-recipients", "post"):
-                ctx.odoo_seconds += elapsed
+            ctx.stage_durations[stage.name] = time.monotonic() - stage_started
         if ctx.refusal is not None:
             break
         if time.monotonic() > deadline and stage is not STAGES[-1]:

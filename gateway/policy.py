@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import logging
-from concurrent.futures import Future
 from dataclasses import dataclass
 
 from gateway import access, address
 from gateway.config import DomainRules
 from gateway.context import OdooUser, Target
-from gateway.odoo import SOLO, OdooPool, Rpc
+from gateway.odoo import SOLO, OdooPool, Pending, Rpc
 from gateway.refusals import (AccessRuleUnsupported, AddressExpired, AddressNotForSender, ModelNotAllowed,
                               NotContributor, OdooUnavailable, PlainAddressNotAccepted, RecordAccessDenied,
                               RecordHiddenFromGateway, RecordNotFound, RecordOfOtherCompany)
@@ -77,7 +76,7 @@ def check_poster(odoo: OdooPool, rules: DomainRules, target: Target, user: OdooU
 
 def check_record_access(odoo: OdooPool, target: Target, user: OdooUser, *, rules: DomainRules | None = None,
                         sender_email: str = "", company: int | None = None,
-                        deadline: float | None = None, followers: Future[RecordFollowers] | None = None,
+                        deadline: float | None = None, followers: Pending[RecordFollowers] | None = None,
                         unfiled: list[str] | None = None) -> bool:
     """The record access policy of the target's kind; every policy ends in one search of the record.
 

@@ -11,6 +11,7 @@ import stat
 import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -166,6 +167,20 @@ class NoticeConfig(_Strict):
     from_address: str = ""
 
 
+_URL_HOST_LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
+
+
+def _url_host(host: str) -> bool:
+    """Whether ``host`` (a URL's hostname, lowercase, without brackets) is an IP address or a host name."""
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    labels = host[:-1].split(".") if host.endswith(".") else host.split(".")
+    return len(host) <= 254 and all(_URL_HOST_LABEL.fullmatch(label) for label in labels)
+
+
 class OdooConnection(_Strict):
     url: str
     database: str
@@ -197,8 +212,41 @@ class OdooConnection(_Strict):
     @field_validator("url")
     @classmethod
     def _http_url(cls, value: str) -> str:
+        # odoorpc is given a host, a protocol and a port (odoo.endpoint), nothing else of the URL:
+        # a URL it cannot reach passed here and every message was deferred (451) for days, and a
+        # path was silently dropped (bad-input review). So the URL is scheme, host and port only.
+        example = "such as https://erp.example.com or http://127.0.0.1:8069"
         if not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
+            raise ValueError(f"must start with http:// or https://, {example}")
+        if any(char.isspace() or not char.isprintable() for char in value):
+            raise ValueError(f"{value!r} contains a space or a control character: write the URL of Odoo, {example}")
+        try:
+            parts = urlsplit(value)
+        except ValueError as error:  # "http://[::1": Invalid IPv6 URL
+            raise ValueError(f"{value!r} is not a URL ({error}): write the URL of Odoo, {example}") from None
+        if "@" in parts.netloc:
+            # Not echoed: it may hold a password.
+            raise ValueError("carries a user name or password (user@host): the gateway logs in with login and its "
+                             "API key, never with credentials in the URL; remove them from it")
+        if not parts.hostname:
+            raise ValueError(f"{value!r} names no host: write the URL of Odoo, {example}")
+        try:
+            port = parts.port
+        except ValueError:  # Port out of range, or not a number.
+            port = 0
+        if port == 0:
+            raise ValueError(f"the port of {value!r} must be a number from 1 to 65535")
+        if not _url_host(parts.hostname):
+            raise ValueError(f"{parts.hostname!r} in {value!r} is not a host name or an IP address "
+                             "(an internationalised name is written in its xn-- form)")
+        if parts.query or parts.fragment or "?" in value or "#" in value:
+            raise ValueError(f"{value!r} has a query or a fragment (? or #), which the gateway would not send: "
+                             f"write scheme, host and port only, {example}")
+        if parts.path.rstrip("/"):
+            raise ValueError(f"{value!r} has a path ({parts.path}): Odoo must be served at the root of its host. "
+                             "odoorpc, through which the gateway talks to Odoo, takes only a host and a port and "
+                             "calls /jsonrpc and /web/... at their root, so the path would be dropped; give the "
+                             "host name or port that serves Odoo at its root, such as https://erp.example.com")
         return value.rstrip("/")
 
 

@@ -161,6 +161,21 @@ def transport_fault(url: str, error: BaseException) -> str:
     return f"Odoo at {url} did not answer as JSON-RPC: {type(error).__name__}: {error}"
 
 
+def endpoint(url: str) -> tuple[str, str, int]:
+    """The host, protocol and port that odoorpc.ODOO takes for an [odoo.NAME] url (checked by config).
+
+    odoorpc writes its URLs as ``{scheme}{host}:{port}/jsonrpc``, so an IPv6 address keeps its
+    brackets and those URLs stay well-formed (http.client also reads the bare form, by its last
+    colon). The URL has no path, query or user (config.OdooConnection), which odoorpc could not use.
+    """
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    https = parts.scheme == "https"
+    return host, "jsonrpc+ssl" if https else "jsonrpc", parts.port or (443 if https else 80)
+
+
 def user_group_fields(major: int) -> tuple[str, str]:
     """(field to assign groups, field holding every group including implied ones) of res.users.
 
@@ -256,9 +271,7 @@ class OdooPool:
     # --- connections ---------------------------------------------------------------------------
 
     def _connect(self, deadline: float | None = None) -> odoorpc.ODOO:
-        parts = urlsplit(self.connection.url)
-        protocol = "jsonrpc+ssl" if parts.scheme == "https" else "jsonrpc"
-        port = parts.port or (443 if parts.scheme == "https" else 80)
+        host, protocol, port = endpoint(self.connection.url)
         timeout = self.connection.timeout
         if deadline is not None:
             # Logging in is part of the message's time too (issue 4: the per-message deadline).
@@ -266,7 +279,7 @@ class OdooPool:
         # One kept-alive HTTP connection per pooled client instead of a connect per call (issue 6).
         opener, transport = keep_alive_opener()
         try:
-            client = odoorpc.ODOO(parts.hostname, protocol=protocol, port=port, timeout=timeout, opener=opener)
+            client = odoorpc.ODOO(host, protocol=protocol, port=port, timeout=timeout, opener=opener)
             # odoorpc logs in through /jsonrpc common.login, which accepts an API key
             # (ODOO_FACTS.md a); the key is never a user's password.
             client.login(self.connection.database, self.connection.login, self._api_key)

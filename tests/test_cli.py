@@ -100,6 +100,32 @@ def test_setup_odoo_with_a_wrong_admin_password(tmp_path, fresh_odoo, capsys):
     assert status == 1 and "cannot log in as admin" in out
 
 
+def test_setup_odoo_refuses_a_url_with_a_bad_port_as_a_configuration_error(tmp_path, fresh_odoo, capsys):
+    # Bad-input review: "ValueError: Port out of range" traceback; now check-config's error, before any request.
+    config = write_config(tmp_path, fresh_odoo, 53)
+    config.write_text(config.read_text().replace(fresh_odoo.url, "http://127.0.0.1:99999"))
+    with pytest.raises(SystemExit) as caught:
+        cli.main(["setup-odoo", "--config", str(config), "--admin-password", ADMIN_PASSWORD])
+    err = capsys.readouterr().err
+    assert caught.value.code == 2 and "Traceback" not in err
+    assert err.strip() == (f"note-gateway: configuration error: {config}: odoo.main.url: the port of "
+                           "'http://127.0.0.1:99999' must be a number from 1 to 65535")
+
+
+def test_setup_odoo_and_the_gateway_reach_odoo_at_an_ipv6_address(tmp_path, capsys):
+    # The stricter check of [odoo.NAME] url keeps taking an IPv6 address, which odoorpc is given in
+    # brackets (odoo.endpoint).
+    with TestOdoo.with_demo_data(note_gateway_setup=False, host="::1") as odoo:
+        assert odoo.url.startswith("http://[::1]:")
+        config = write_config(tmp_path, odoo, 53)
+        status, out = _run(capsys, "setup-odoo", "--config", str(config), "--admin-password", ADMIN_PASSWORD)
+        assert status == 0, out
+        assert f"odoo.main ({odoo.url}, database notes):" in out
+        status, out = _run(capsys, "check-config", "--config", str(config), "--online")
+        assert status == 0, out
+        assert "Odoo 18, groups field groups_id" in out
+
+
 def test_check_config_online_names_each_problem(tmp_path, test_odoo, capsys):
     config = write_config(tmp_path, test_odoo, 53)
     rules = tmp_path / "rules" / f"{ALIAS_DOMAIN}.toml"

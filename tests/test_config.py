@@ -131,6 +131,57 @@ def test_api_key_from_unset_environment_variable(folder):
     assert config.api_keys["main"] == "from-env"
 
 
+@pytest.mark.parametrize("url, reason", [
+    # Bad-input review: each of these passed check-config, and serve then deferred every message (451).
+    ("http://", "'http://' names no host: write the URL of Odoo, such as https://erp.example.com or "
+                "http://127.0.0.1:8069"),
+    ("http://127.0.0.1:99999", "the port of 'http://127.0.0.1:99999' must be a number from 1 to 65535"),
+    ("http://127.0.0.1:0", "the port of 'http://127.0.0.1:0' must be a number from 1 to 65535"),
+    ("http://127.0.0.1:80a", "the port of 'http://127.0.0.1:80a' must be a number from 1 to 65535"),
+    ("http://odoo example.com", "'http://odoo example.com' contains a space or a control character"),
+    ("http://[::1", "'http://[::1' is not a URL (Invalid IPv6 URL)"),
+    ("http://-odoo-.example.com", "'-odoo-.example.com' in 'http://-odoo-.example.com' is not a host name or an IP "
+                                  "address"),
+    ("http://erp.example.com?db=notes", "'http://erp.example.com?db=notes' has a query or a fragment (? or #), which "
+                                        "the gateway would not send"),
+    ("http://erp.example.com/#/", "'http://erp.example.com/#/' has a query or a fragment (? or #), which the "
+                                  "gateway would not send"),
+    # Silently dropped: odoorpc takes a host and a port only.
+    ("https://erp.example.com/odoo", "'https://erp.example.com/odoo' has a path (/odoo): Odoo must be served at the "
+                                     "root of its host. odoorpc, through which the gateway talks to Odoo, takes only "
+                                     "a host and a port"),
+    ("ftp://erp.example.com", "must start with http:// or https://"),
+])
+def test_odoo_url_the_gateway_cannot_reach_odoo_at_is_named(folder, capsys, url, reason):
+    error = _error(folder, gateway=GATEWAY.replace("http://127.0.0.1:8069", url))
+    assert (error.path, error.key) == (str(folder / "gateway.toml"), "odoo.main.url")
+    assert error.reason.startswith(reason), error.reason
+    line = _cli_config_error(capsys, "check-config", "--config", str(folder / "gateway.toml"))
+    assert line.startswith(f"note-gateway: configuration error: {folder / 'gateway.toml'}: odoo.main.url: {reason}")
+
+
+def test_odoo_url_with_a_user_or_password_is_refused_without_echoing_it(folder):
+    error = _error(folder, gateway=GATEWAY.replace("http://127.0.0.1:8069", "https://admin:s3cret@erp.example.com"))
+    assert error.key == "odoo.main.url" and "user name or password" in error.reason
+    assert "s3cret" not in str(error)
+
+
+@pytest.mark.parametrize("url, kept, endpoint", [
+    ("http://127.0.0.1:8069/", "http://127.0.0.1:8069", ("127.0.0.1", "jsonrpc", 8069)),
+    ("https://erp.example.com", "https://erp.example.com", ("erp.example.com", "jsonrpc+ssl", 443)),
+    ("http://odoo", "http://odoo", ("odoo", "jsonrpc", 80)),
+    # odoorpc writes {host}:{port} into its URLs: an IPv6 address keeps its brackets there.
+    ("http://[::1]:8069", "http://[::1]:8069", ("[::1]", "jsonrpc", 8069)),
+])
+def test_odoo_url_is_given_to_odoorpc_as_host_protocol_and_port(folder, url, kept, endpoint):
+    from gateway.odoo import endpoint as odoorpc_endpoint
+
+    (folder / "gateway.toml").write_text(GATEWAY.replace("http://127.0.0.1:8069", url))
+    connection = load_config(folder / "gateway.toml", environ={}).gateway.odoo["main"]
+    assert connection.url == kept
+    assert odoorpc_endpoint(connection.url) == endpoint
+
+
 def test_bad_group_xmlid_and_bad_toml(folder):
     assert _error(folder, rules=RULES + 'contributor_group = "nodot"\n').key == "note.contributor_group"
     assert "not valid TOML" in _error(folder, rules="domain = ").reason

@@ -202,6 +202,12 @@ class _Server(ThreadingHTTPServer):
         log.debug("request from %s ended with an error", client_address, exc_info=True)
 
 
+class _Server6(_Server):
+    """The same on an IPv6 address (TestOdoo(host="::1"))."""
+
+    address_family = socket.AF_INET6
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     # The headers and the body leave in two writes; with Nagle's algorithm the body may wait for
@@ -304,7 +310,7 @@ class TestOdoo:
                 self._close()
 
     def _open(self) -> None:
-        server = _Server((self._host, self._port), _Handler)
+        server = (_Server6 if ":" in self._host else _Server)((self._host, self._port), _Handler)
         server.test_odoo = self
         self._port = server.server_address[1]
         thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
@@ -341,7 +347,8 @@ class TestOdoo:
 
     @property
     def url(self) -> str:
-        return f"http://{self._host}:{self._port}"
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        return f"http://{host}:{self._port}"
 
     @property
     def database(self) -> str:

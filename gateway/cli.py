@@ -11,7 +11,6 @@ import ssl
 import sys
 import time
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from gateway import address
 from gateway.config import ConfigError, GatewayConfig, alias_domain, keep_restart_settings, load_config, restart_warnings
@@ -512,6 +511,7 @@ def command_setup_odoo(args: argparse.Namespace) -> int:
 
     import odoorpc
 
+    from gateway.odoo import endpoint, transport_fault
     from gateway.setup_odoo import Setup
 
     config = _load(args.config)
@@ -524,13 +524,19 @@ def command_setup_odoo(args: argparse.Namespace) -> int:
         if connection is None:
             print(f"note-gateway: no [odoo.{name}] in {config.path.name}", file=sys.stderr)
             return 2
-        parts = urlsplit(connection.url)
-        client = odoorpc.ODOO(parts.hostname, protocol="jsonrpc+ssl" if parts.scheme == "https" else "jsonrpc",
-                              port=parts.port or (443 if parts.scheme == "https" else 80), timeout=connection.timeout)
+        host, protocol, port = endpoint(connection.url)
         try:
+            # odoorpc.ODOO already asks Odoo for its version: an Odoo down or unreachable fails here
+            # (operator review: this, the README's first command, ended in a traceback).
+            client = odoorpc.ODOO(host, protocol=protocol, port=port, timeout=connection.timeout)
             client.login(connection.database, args.admin_login, password)
-        except Exception as error:  # odoorpc raises RPCError, transport errors, ...
+        except odoorpc.error.RPCError as error:  # Odoo answered: wrong password, no such database, ...
             print(f"odoo.{name}: cannot log in as {args.admin_login}: {error}", file=sys.stderr)
+            status = 1
+            continue
+        except Exception as error:  # Refused, reset, timed out, not Odoo's JSON-RPC: as the pool says it.
+            print(f"odoo.{name}: {transport_fault(connection.url, error)}; check url, that Odoo is running, "
+                  "and that this host can reach it (network, firewall, proxy)", file=sys.stderr)
             status = 1
             continue
         groups = sorted({rules.note.contributor_group for rules in config.domains.values() if rules.odoo == name})

@@ -100,6 +100,18 @@ def test_setup_odoo_with_a_wrong_admin_password(tmp_path, fresh_odoo, capsys):
     assert status == 1 and "cannot log in as admin" in out
 
 
+def test_setup_odoo_says_in_one_line_that_odoo_cannot_be_reached(tmp_path, fresh_odoo, capsys):
+    # Bad-input review: the README's first command ended in a URLError traceback when Odoo was down.
+    config = write_config(tmp_path, fresh_odoo, 53)
+    url = fresh_odoo.url
+    fresh_odoo.stop()
+    status, out = _run(capsys, "setup-odoo", "--config", str(config), "--admin-password", ADMIN_PASSWORD)
+    assert status == 1 and "Traceback" not in out
+    assert out.strip() == (f"odoo.main: cannot reach Odoo at {url}: ConnectionRefusedError: [Errno 111] Connection "
+                           "refused; check url, that Odoo is running, and that this host can reach it (network, "
+                           "firewall, proxy)")
+
+
 def test_setup_odoo_refuses_a_url_with_a_bad_port_as_a_configuration_error(tmp_path, fresh_odoo, capsys):
     # Bad-input review: "ValueError: Port out of range" traceback; now check-config's error, before any request.
     config = write_config(tmp_path, fresh_odoo, 53)

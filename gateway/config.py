@@ -723,8 +723,16 @@ def load_config(path: str | os.PathLike, environ: dict[str, str] | None = None) 
                                      rules_path, "secrets_credential")
             domain_secrets += [line.strip() for line in text.splitlines() if line.strip()]
         if rules.secrets_env:
-            value = environ.get(rules.secrets_env, "")
-            domain_secrets += [part.strip() for part in value.split(",") if part.strip()]
+            # As api_key_env: a variable named but not set is an error, even when another source
+            # gives secrets (bad-input review: secrets rotated through an environment that did not
+            # reach the gateway were silently not in force).
+            value = environ.get(rules.secrets_env)
+            if value is None:
+                raise ConfigError(rules_path, "secrets_env", f"environment variable {rules.secrets_env} is not set")
+            env_secrets = [part.strip() for part in value.split(",") if part.strip()]
+            if not env_secrets:
+                raise ConfigError(rules_path, "secrets_env", f"environment variable {rules.secrets_env} is empty")
+            domain_secrets += env_secrets
         if not domain_secrets:
             raise ConfigError(rules_path, "secrets",
                               "no address secret (secrets, secrets_file, secrets_env or secrets_credential)")

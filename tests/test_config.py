@@ -182,6 +182,19 @@ def test_odoo_url_is_given_to_odoorpc_as_host_protocol_and_port(folder, url, kep
     assert odoorpc_endpoint(connection.url) == endpoint
 
 
+def test_secrets_from_unset_environment_variable(folder):
+    # Bad-input review: beside secrets (or secrets_file), an unset secrets_env was silently ignored,
+    # so secrets rotated through the environment were not in force and nothing said so.
+    rules = RULES.replace("secrets = [", 'secrets_env = "NOTES_SECRETS"\nsecrets = [')
+    error = _error(folder, rules=rules)
+    assert (error.path, error.key, error.reason) == (str(folder / "rules" / "notes.toml"), "secrets_env",
+                                                     "environment variable NOTES_SECRETS is not set")
+    error = _error(folder, rules=rules, environ={"NOTES_SECRETS": " , "})
+    assert error.key == "secrets_env" and error.reason == "environment variable NOTES_SECRETS is empty"
+    config = load_config(folder / "gateway.toml", environ={"NOTES_SECRETS": "rotated-secret-0123456789, "})
+    assert config.secrets["notes.example.com"] == [b"0123456789abcdef-secret", b"rotated-secret-0123456789"]
+
+
 def test_bad_group_xmlid_and_bad_toml(folder):
     assert _error(folder, rules=RULES + 'contributor_group = "nodot"\n').key == "note.contributor_group"
     assert "not valid TOML" in _error(folder, rules="domain = ").reason

@@ -746,6 +746,10 @@ def load_config(path: str | os.PathLike, environ: dict[str, str] | None = None) 
                                   "anyone could sign addresses with it; make your own with python3 -c \"import "
                                   "secrets; print(secrets.token_urlsafe(32))\", and keep your rules in a folder of "
                                   "their own (README, \"Configuring it\")")
+        if rules.notices.enabled and not gateway.notices.smarthost:
+            # notices.should_send needs both: without the smarthost the rules file asks in vain.
+            _warn(warnings, rules_path, "notices.enabled",
+                  f"true, but {path.name} has no [notices] smarthost: no notice is sent until it names one")
         if rules.templates_path is not None and not rules.templates_path.is_dir():
             raise ConfigError(rules_path, "templates_dir", f"{rules.templates_path} is not a folder")
         domains[rules.domain] = rules

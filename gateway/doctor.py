@@ -178,6 +178,10 @@ def diagnose(config_path: str, now: Callable[[], datetime] | None = None) -> Rep
         report.fail("config", str(error), "correct that key; `note-gateway check-config` says the same")
         return report
     report.ok("config", f"{config.path}, alias domains {', '.join(sorted(config.domains))}")
+    # What check-config prints as "warning:" (a world-readable key, notices asked without a
+    # smarthost): doctor said "everything looks right" over them.
+    for warning in config.warnings:
+        report.warn("config", warning, "")
     try:
         names = checked_renderer(config).check()
     except ConfigError as error:

@@ -138,6 +138,26 @@ def test_setup_odoo_and_the_gateway_reach_odoo_at_an_ipv6_address(tmp_path, caps
         assert "Odoo 18, groups field groups_id" in out
 
 
+def test_notices_enabled_without_a_smarthost_is_warned_about(tmp_path, test_odoo, dns_server, capsys):
+    # Bad-input review: [notices] enabled = true did nothing without the gateway file's smarthost,
+    # and neither check-config nor doctor said so.
+    config = write_config(tmp_path, test_odoo, dns_server.port, rules_extra="[notices]\nenabled = true\n")
+    rules = tmp_path / "rules" / f"{ALIAS_DOMAIN}.toml"
+    warning = (f"{rules}: notices.enabled: true, but gateway.toml has no [notices] smarthost: no notice is sent "
+               "until it names one")
+    status, out = _run(capsys, "check-config", "--config", str(config))
+    assert status == 0 and f"warning: {warning}" in out.splitlines()
+    status, out = _run(capsys, "doctor", "--config", str(config))
+    assert status == 0 and f"WARN  config: {warning}" in out.splitlines()
+    assert out.rstrip().endswith("0 problem(s), 1 warning(s)")
+
+    config.write_text(config.read_text() + '\n[notices]\nsmarthost = "127.0.0.1"\n')
+    status, out = _run(capsys, "check-config", "--config", str(config))
+    assert status == 0 and "warning:" not in out
+    status, out = _run(capsys, "doctor", "--config", str(config))
+    assert status == 0 and out.rstrip().endswith("everything looks right"), out
+
+
 def test_check_config_online_names_each_problem(tmp_path, test_odoo, capsys):
     config = write_config(tmp_path, test_odoo, 53)
     rules = tmp_path / "rules" / f"{ALIAS_DOMAIN}.toml"

@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 from gateway import address
-from gateway.config import ConfigError, GatewayConfig, alias_domain, keep_restart_settings, load_config, restart_warnings
+from gateway.config import (ConfigError, GatewayConfig, alias_domain, keep_restart_settings, load_config, log_warnings,
+                            restart_warnings)
 
 
 def _load(path: str) -> GatewayConfig:
@@ -42,6 +43,8 @@ def _serve(args: argparse.Namespace, held: set) -> int:
     from gateway.smtp import GatewayServer
 
     config = _load(args.config)
+    if args.listen_fds is None:
+        log_warnings(config)  # Once: a worker (--listen-fds) reads what its supervisor logged.
     logger = logging.getLogger("gateway")
     workers = config.gateway.listener.workers
     if workers > 1 and args.listen_fds is None:
@@ -118,6 +121,8 @@ def _serve(args: argparse.Namespace, held: set) -> int:
         new_services = None
         try:
             new_config = await asyncio.to_thread(load_config, args.config)
+            if args.listen_fds is None:
+                log_warnings(new_config)
             new_services = await asyncio.to_thread(build, new_config)
             old_services = server.reload(new_services)
         except Exception as error:  # noqa: BLE001 (whatever it is, the running configuration stays)

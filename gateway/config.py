@@ -630,9 +630,15 @@ def world_readable(path: Path) -> bool:
 
 
 def _warn(warnings: list[str], path: Path | str, key: str, reason: str) -> None:
-    message = f"{path}: {key}: {reason}"
-    warnings.append(message)
-    log.warning("configuration: %s", message)
+    # Not logged here: check-config and doctor print them (a log line too showed each twice);
+    # serve and a reload log them (log_warnings).
+    warnings.append(f"{path}: {key}: {reason}")
+
+
+def log_warnings(config: GatewayConfig) -> None:
+    """Log what check-config prints as "warning:", for serve's start and each reload."""
+    for warning in config.warnings:
+        log.warning("configuration: %s", warning)
 
 
 def credential_path(name: str, owner: Path, key: str, environ: dict[str, str] | os._Environ) -> Path:

@@ -14,8 +14,8 @@ import sys
 import tempfile
 import time
 
-from gateway.config import (ConfigError, GatewayConfig, keep_restart_settings, load_config, restart_values,
-                            restart_warnings)
+from gateway.config import (ConfigError, GatewayConfig, keep_restart_settings, load_config, log_warnings,
+                            restart_values, restart_warnings)
 from gateway.render import checked_renderer
 
 log = logging.getLogger("gateway")
@@ -139,6 +139,7 @@ class Supervisor:
         except (ConfigError, OSError, ValueError) as error:
             log.error("reload refused, the previous rules stay in force: %s", error)
             return
+        log_warnings(config)
         for warning in restart_warnings(config.path, keep_restart_settings(config, self.config)):
             log.warning("reload: %s", warning)
         for worker in self.workers.values():

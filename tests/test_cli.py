@@ -158,6 +158,24 @@ def test_notices_enabled_without_a_smarthost_is_warned_about(tmp_path, test_odoo
     assert status == 0 and out.rstrip().endswith("everything looks right"), out
 
 
+def test_check_config_and_doctor_show_each_warning_once(tmp_path, test_odoo, dns_server):
+    # check-config printed every configuration warning twice: as "warning: ..." and as the log line
+    # load_config wrote to stderr. Run as a process, so that the log reaches stderr as it does for
+    # an admin.
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    config = write_config(tmp_path, test_odoo, dns_server.port, rules_extra="[notices]\nenabled = true\n")
+    root = Path(__file__).resolve().parent.parent
+    for command in ("check-config", "doctor"):
+        done = subprocess.run([sys.executable, "-m", "gateway", command, "--config", str(config)], cwd=root,
+                              env={**os.environ, "PYTHONPATH": str(root)}, capture_output=True, text=True, timeout=60)
+        shown = done.stdout + done.stderr
+        assert shown.count("no notice is sent until it names one") == 1, (command, shown)
+
+
 def test_check_config_online_names_each_problem(tmp_path, test_odoo, capsys):
     config = write_config(tmp_path, test_odoo, 53)
     rules = tmp_path / "rules" / f"{ALIAS_DOMAIN}.toml"

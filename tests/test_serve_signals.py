@@ -558,3 +558,17 @@ def test_templates_change_at_a_reload_only_and_a_broken_one_is_refused(test_odoo
     gateway.wait_for("rules reloaded: notes.example.com", start=mark)
     assert filed("<tpl-5@example.com>").startswith("<p>Version two by portal.contrib@example.com</p>")
     assert gateway.stop() == 0
+
+
+def test_serve_logs_the_configurations_warnings_at_start_and_at_each_reload(test_odoo, serve):
+    # check-config prints them; serve logs them once at start and once per reload (load_config
+    # itself no longer logs, so that check-config does not show each twice).
+    gateway = serve(rules_extra="[notices]\nenabled = true\n")
+    warning = "configuration: .*notices.enabled: true, but gateway.toml has no \\[notices\\] smarthost"
+    gateway.wait_for(warning)
+    assert len([line for line in gateway.lines if "no notice is sent until it names one" in line]) == 1
+    mark = len(gateway.lines)
+    gateway.signal(signal.SIGHUP)
+    gateway.wait_for("rules reloaded: notes.example.com", start=mark)
+    assert len([line for line in gateway.lines[mark:] if "no notice is sent until it names one" in line]) == 1
+    assert gateway.stop() == 0

@@ -47,6 +47,9 @@ def _serve(args: argparse.Namespace, held: set) -> int:
         log_warnings(config)  # Once: a worker (--listen-fds) reads what its supervisor logged.
     logger = logging.getLogger("gateway")
     workers = config.gateway.listener.workers
+    # A worker's supervisor has checked the journal for all of them.
+    if args.listen_fds is None and not _check_journal(config):
+        return 2
     if workers > 1 and args.listen_fds is None:
         from gateway.workers import Supervisor
         # Checked once here, as each worker checks them again: a broken template stops the start.
@@ -230,6 +233,17 @@ def _lock_journal(config: GatewayConfig) -> int | None:
         logging.getLogger("gateway").error("cannot lock the journal %s: %s", config.journal_path,
                                            error.strerror or error)
     return None
+
+
+def _check_journal(config: GatewayConfig) -> bool:
+    """Whether the journal can be kept at journal.path by this user; False once the reason is on stderr."""
+    from gateway.journal import path_problem
+
+    problem = path_problem(config.journal_path)
+    if problem is not None:
+        print(f"note-gateway: configuration error: {ConfigError(config.path, 'journal.path', problem)}", file=sys.stderr)
+        return False
+    return True
 
 
 def _check_templates(config: GatewayConfig):
@@ -452,6 +466,9 @@ def command_doctor(args: argparse.Namespace) -> int:
 
 def command_check_config(args: argparse.Namespace) -> int:
     config = _load(args.config)
+    # The journal as serve checks it at start: a folder it can write, and the file if it exists.
+    if not _check_journal(config):
+        return 2
     # The templates as serve and a reload check them: each compiled and rendered with sample values.
     if _check_templates(config) is None:
         return 2

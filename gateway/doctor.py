@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import ssl
 import sys
@@ -14,7 +13,7 @@ from typing import Callable
 from gateway import checks, tls
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.render import checked_renderer
-from gateway.journal import Journal, JournalUnavailable
+from gateway.journal import Journal, JournalUnavailable, path_problem
 from gateway.odoo import OdooPool
 from gateway.refusals import DnsTemporaryFailure, OdooUnavailable
 from gateway.resolver import DkimKeyResolver
@@ -120,17 +119,20 @@ def check_odoo(config: GatewayConfig, name: str, report: Report) -> None:
 def check_journal(config: GatewayConfig, report: Report) -> None:
     path = config.journal_path
     folder = path.parent
-    if not path.exists():
-        if folder.is_dir() and os.access(folder, os.W_OK):
-            report.ok("journal", f"{path} does not exist yet; the gateway will create it")
+    # What serve and check-config refuse at start (journal.path_problem), each with its own fix: a
+    # folder was reported as "disk I/O error" with "move the damaged file away" (operator review).
+    problem = path_problem(path)
+    if problem is not None:
+        if path.is_dir():
+            fix = f"set [journal] path to a file name, e.g. {path / 'journal.sqlite3'}"
+        elif not folder.is_dir():
+            fix = "create it, owned by the gateway's user (StateDirectory= in the systemd unit does this)"
         else:
-            report.fail("journal", f"{folder} is not a writable folder", "create it, owned by the gateway's user "
-                        "(StateDirectory= in the systemd unit does this)")
+            fix = "run doctor as the gateway's user, or give that user the file and its folder"
+        report.fail("journal", problem, fix)
         return
-    if not os.access(path, os.W_OK) or not os.access(folder, os.W_OK):
-        # SQLite writes a -wal and a -shm file beside the journal, so the folder must be writable too.
-        report.fail("journal", f"{path} or its folder is not writable by this user",
-                    "run doctor as the gateway's user, or give that user the file and its folder")
+    if not path.exists():
+        report.ok("journal", f"{path} does not exist yet; the gateway will create it")
         return
     try:
         with Journal(path, read_only=True) as journal:

@@ -33,6 +33,39 @@ class JournalInUse(Exception):
     """Another running gateway holds the journal's lock: a second one must not start on it."""
 
 
+def path_problem(path: Path | str) -> str | None:
+    """Why the gateway's user cannot keep its journal at ``path``, or None.
+
+    Checked at the start of `serve` and by check-config and doctor (operator review: a journal
+    file the service's user may not write passed the start, then every message was deferred 451
+    with "attempt to write a readonly database"; a folder, or a missing one, passed check-config
+    and stopped serve). os.access asks for the real user's rights, as the gateway will use them:
+    root may write a file whatever its mode, another user not.
+    """
+    journal = Path(path)
+    folder = journal.parent
+    if journal.is_dir():
+        return f"{journal} is a folder; journal.path names the journal file, e.g. {journal / 'journal.sqlite3'}"
+    if not folder.is_dir():
+        return f"the folder {folder} does not exist" if not folder.exists() else f"{folder} is not a folder"
+    # SQLite writes a -wal and a -shm file beside the journal, and the gateway its .lock and .inflight.
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return (f"the folder {folder} is not writable by this user ({_user()}): the journal's companion "
+                "files (-wal, -shm, .lock, .inflight) are created there")
+    if journal.exists() and not os.access(journal, os.R_OK | os.W_OK):
+        return f"{journal} is not writable by this user ({_user()})"
+    return None
+
+
+def _user() -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return f"uid {os.getuid()}"
+
+
 def lock_journal(path: Path | str) -> int:
     """Take the exclusive lock of one running gateway on its journal; the descriptor, kept open for life.
 

@@ -658,3 +658,108 @@ def test_check_config_and_serve_refuse_a_broken_template(folder, capsys, owner, 
     [line] = [line for line in report.lines if line.startswith("FAIL  templates: ")]
     assert report.lines.index(line) == 1 + len(load_config(folder / "gateway.toml").warnings)
     assert f"{template}, {reason}" in line
+
+
+# --- Values serve could not use: refused by check-config and at start, as serve would fail on them ----------
+
+
+def _as_unprivileged(folder: Path, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    """``python -m gateway ARGV`` as a user the file modes apply to: when the tests run as root (who
+    writes a chmod 444 file and lists a chmod 000 folder), as nobody (uid 65534), given ``folder``."""
+    command = [sys.executable, "-m", "gateway", *argv]
+    if os.geteuid() == 0:
+        for path in (folder, *folder.rglob("*")):
+            os.chown(path, 65534, 65534, follow_symlinks=False)
+        # setpriv(1), as the review did: here subprocess's own user= could not even start Python.
+        command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
+        probe = subprocess.run([*command[:5], "-c", "import gateway.cli"], cwd="/", capture_output=True, text=True,
+                               env={**os.environ, "PYTHONPATH": str(ROOT)}) if shutil.which("setpriv") else None
+        if probe is None or probe.returncode != 0:
+            pytest.skip("cannot run the gateway as nobody (uid 65534) here: "
+                        + (probe.stderr.strip() if probe else "no setpriv"))
+    return subprocess.run(command, cwd="/", env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture
+def open_folder():
+    """A folder under /tmp that another user can reach (pytest's tmp_path is below a root-only folder)."""
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="note-gateway-test-"))
+    os.chmod(path, 0o755)
+    (path / "rules").mkdir()
+    (path / "key").write_text("api-key\n")
+    (path / "gateway.toml").write_text(GATEWAY)
+    (path / "rules" / "notes.toml").write_text(RULES)
+    for file in (path / "key", path / "gateway.toml", path / "rules" / "notes.toml"):
+        file.chmod(0o600)
+    yield path
+    for inner in (path, *path.rglob("*")):
+        if inner.is_dir():
+            inner.chmod(0o755)
+    shutil.rmtree(path)
+
+
+def _error_lines(done: subprocess.CompletedProcess) -> list[str]:
+    return [line for line in done.stderr.splitlines() if "WARNING" not in line]
+
+
+def _user_name() -> str:
+    import pwd
+
+    return pwd.getpwuid(65534 if os.geteuid() == 0 else os.getuid()).pw_name
+
+
+def test_check_config_and_serve_refuse_a_journal_this_user_cannot_write(open_folder):
+    # Operator review: serve started on a journal file its user could not write (chmod 444, or
+    # another user's) and then deferred every message (451, "attempt to write a readonly database").
+    # As nobody when the tests run as root, who writes any file: the check is os.access, the rights
+    # the gateway's user really has.
+    journal = open_folder / "journal.sqlite3"
+    from gateway.journal import Journal
+
+    Journal(journal).close()  # Its tables are there: opening it writes nothing, and passed.
+    journal.chmod(0o444)
+    expected = (f"note-gateway: configuration error: {open_folder / 'gateway.toml'}: journal.path: {journal} is not "
+                f"writable by this user ({_user_name()})")
+    for command in ("check-config", "serve"):
+        done = _as_unprivileged(open_folder, command, "--config", str(open_folder / "gateway.toml"))
+        assert done.returncode == 2 and _error_lines(done) == [expected], (command, done.stderr)
+    # The folder too: SQLite and the gateway create files beside the journal.
+    journal.chmod(0o644)
+    open_folder.chmod(0o555)
+    done = _as_unprivileged(open_folder, "check-config", "--config", str(open_folder / "gateway.toml"))
+    assert done.returncode == 2 and _error_lines(done) == [
+        f"note-gateway: configuration error: {open_folder / 'gateway.toml'}: journal.path: the folder {open_folder} "
+        f"is not writable by this user ({_user_name()}): the journal's companion files (-wal, -shm, .lock, .inflight) "
+        "are created there"], done.stderr
+    open_folder.chmod(0o755)
+    done = _as_unprivileged(open_folder, "check-config", "--config", str(open_folder / "gateway.toml"))
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("journal_path, reason", [
+    ("nodir/journal.sqlite3", "the folder {folder}/nodir does not exist"),
+    ("j.d", "{folder}/j.d is a folder; journal.path names the journal file, e.g. {folder}/j.d/journal.sqlite3"),
+])
+def test_check_config_refuses_the_journal_paths_serve_refuses(folder, capsys, journal_path, reason):
+    # Operator review: check-config said OK; serve exited 1 (no folder) or 2 (a folder), and doctor
+    # called the folder a "disk I/O error" and advised to "move the damaged file away".
+    from gateway import cli
+
+    (folder / "j.d").mkdir()
+    (folder / "gateway.toml").write_text(GATEWAY + f'[journal]\npath = "{journal_path}"\n')
+    expected = (f"note-gateway: configuration error: {folder / 'gateway.toml'}: journal.path: "
+                + reason.format(folder=folder))
+    assert cli.main(["check-config", "--config", str(folder / "gateway.toml")]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [expected]
+    done = subprocess.run([sys.executable, "-m", "gateway", "serve", "--config", str(folder / "gateway.toml")], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
+                          text=True, timeout=30)
+    assert done.returncode == 2 and _error_lines(done) == [expected], done.stderr
+    from gateway.doctor import diagnose
+
+    [line] = [line for line in diagnose(str(folder / "gateway.toml")).lines if "journal" in line.split(":")[0]]
+    fix = ("create it, owned by the gateway's user (StateDirectory= in the systemd unit does this)"
+           if journal_path.startswith("nodir") else f"set [journal] path to a file name, e.g. {folder}/j.d/journal.sqlite3")
+    assert line == f"FAIL  journal: {reason.format(folder=folder)}\n      fix: {fix}"

@@ -50,6 +50,8 @@ def _serve(args: argparse.Namespace, held: set) -> int:
     # A worker's supervisor has checked the journal for all of them.
     if args.listen_fds is None and not _check_journal(config):
         return 2
+    # --any-port (tests): a port the system picks, read back from the "listening on" line.
+    port = 0 if args.any_port else None
     if workers > 1 and args.listen_fds is None:
         from gateway.workers import Supervisor
         # Checked once here, as each worker checks them again: a broken template stops the start.
@@ -57,7 +59,7 @@ def _serve(args: argparse.Namespace, held: set) -> int:
             return 2
         # The supervisor handles SIGHUP itself (it forwards it to the workers it started).
         signal.pthread_sigmask(signal.SIG_SETMASK, held)
-        return Supervisor(args.config, config).run()
+        return Supervisor(args.config, config, port=port).run()
     sockets = None
     lock_path = None
     if args.listen_fds is not None:
@@ -88,7 +90,7 @@ def _serve(args: argparse.Namespace, held: set) -> int:
     except ConfigError as error:
         print(f"note-gateway: configuration error: {error}", file=sys.stderr)
         return 2
-    server = GatewayServer(services, workers=share)
+    server = GatewayServer(services, workers=share, port=port)
     if sockets is None:
         # Messages whose session a killed gateway cut while filing them: their senders got no reply
         # and will retry; the journal says so instead of leaving them open (issue 4).
@@ -634,6 +636,25 @@ def command_demo(args: argparse.Namespace) -> int:
     return run_demo(keep_running=args.keep_running, port=args.port)
 
 
+def _bounded(low: int, high: int):
+    """An argparse type: an integer from ``low`` to ``high`` (a huge --id was an OverflowError from SQLite)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid integer: {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be from {low} to {high}, not {value}")
+        return value
+
+    return parse
+
+
+# SQLite's INTEGER: journal row ids, and the most rows a query can ask for.
+_ROWS = _bounded(1, 2**63 - 1)
+_PORT = _bounded(1, 65535)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="note-gateway", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
@@ -646,6 +667,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", required=True, help="the gateway TOML file")
     # Internal: how the supervisor of listener.workers > 1 starts each worker on its sockets.
     serve.add_argument("--listen-fds", help=argparse.SUPPRESS)
+    # Internal, for the tests: listen on a port the system picks instead of listener.port, which
+    # must name a real port (0 in the file would be a port no mail system can be pointed at).
+    serve.add_argument("--any-port", action="store_true", help=argparse.SUPPRESS)
     serve.set_defaults(func=command_serve)
 
     mint = commands.add_parser("address", help="print the gateway address of a record")
@@ -706,7 +730,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     send = commands.add_parser("send", help="sign a message with a DKIM key and send it over SMTP (for testing)")
     send.add_argument("--host", default="127.0.0.1")
-    send.add_argument("--port", type=int, default=2525)
+    send.add_argument("--port", type=_PORT, default=2525)
     send.add_argument("--from", dest="sender", required=True)
     send.add_argument("--to", required=True)
     send.add_argument("--subject", default="")
@@ -718,7 +742,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="run the whole product here against the bundled test Odoo")
     demo.add_argument("--keep-running", action="store_true", help="stay up and print how to send your own")
-    demo.add_argument("--port", type=int, default=0, help="SMTP port of the demo gateway (default: any free)")
+    demo.add_argument("--port", type=_PORT, help="SMTP port of the demo gateway (default: any free)")
     demo.set_defaults(func=command_demo)
     return parser
 

@@ -36,8 +36,17 @@ class _Strict(BaseModel):
     # An unknown key is almost always a typo of a known one; refusing it keeps a setting from
     # silently not applying. Strict types: TOML already gives each value its type, so port = "2525"
     # or cache = 1 is a mistake named by its key, not a value quietly converted (an integer is still
-    # taken where a number of seconds is asked, as TOML writes 90 for 90.0).
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    # taken where a number of seconds is asked, as TOML writes 90 for 90.0). No inf or nan, which
+    # TOML allows: window_minutes = inf passed gt=0 and then broke prune-journal (operator review).
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+
+def _host(value: str) -> str:
+    # An empty host bound every interface while messages and doctor showed a blank (operator review).
+    if not value.strip():
+        raise ValueError("empty: write the address to listen on, e.g. 127.0.0.1, or 0.0.0.0 for every "
+                         "IPv4 interface (:: for every IPv6 one)")
+    return value
 
 
 # --- The gateway file --------------------------------------------------------------------------
@@ -45,7 +54,8 @@ class _Strict(BaseModel):
 
 class ListenerConfig(_Strict):
     host: str = "127.0.0.1"
-    port: Annotated[int, Field(ge=0, le=65535)] = 2525
+    # Not 0: the system would pick a port no mail system could be pointed at (operator review).
+    port: Annotated[int, Field(ge=1, le=65535)] = 2525
     protocol: Literal["smtp", "lmtp"] = "smtp"
     hostname: str = "note-gateway.localhost"
     max_message_size: Annotated[int, Field(ge=1024)] = 20 * 1024 * 1024
@@ -105,6 +115,8 @@ class ListenerConfig(_Strict):
     tls_key_credential: str | None = None
     require_starttls: bool = False
 
+    _nonempty_host = field_validator("host")(_host)
+
     @model_validator(mode="after")
     def _tls_complete(self) -> ListenerConfig:
         if self.tls_key and self.tls_key_credential:
@@ -120,7 +132,10 @@ class MetricsConfig(_Strict):
     # Prometheus metrics over HTTP. Loopback by default: the numbers tell an outsider which
     # senders are refused and how loaded the gateway is.
     host: str = "127.0.0.1"
-    port: Annotated[int, Field(ge=0, le=65535)] = 9464
+    # Not 0: "metrics on http://127.0.0.1:0/metrics" was logged for a port picked by the system.
+    port: Annotated[int, Field(ge=1, le=65535)] = 9464
+
+    _nonempty_host = field_validator("host")(_host)
 
 
 class ResolverConfig(_Strict):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import re
 import secrets
+import sys
 import tempfile
 import textwrap
 import time
@@ -33,7 +34,7 @@ def _text(body: str) -> str:
     return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", body)).split())
 
 
-def _write_config(folder: Path, odoo: TestOdoo, dns_port: int, smtp_port: int) -> Path:
+def _write_config(folder: Path, odoo: TestOdoo, dns_port: int, smtp_port: int | None) -> Path:
     return write_gateway_config(folder, odoo_url=odoo.url, database=odoo.database, api_key=DEMO_API_KEY,
                                 dns_port=dns_port, smtp_port=smtp_port, alias_domain=ALIAS_DOMAIN, secret=SECRET)
 
@@ -50,7 +51,8 @@ def _print_chatter(odoo: TestOdoo) -> None:
             print(f"  #{message['id']} [{subtype}] {author}: {_text(message['body'])[:100]}")
 
 
-def run_demo(*, keep_running: bool = False, port: int = 0) -> int:
+def run_demo(*, keep_running: bool = False, port: int | None = None) -> int:
+    """The demo on ``port`` (None: one the system picks); 1 once the reason is printed when it cannot listen there."""
     key = generate_rsa_key()
     with tempfile.TemporaryDirectory(prefix="note-gateway-demo-") as folder_name, \
             TestOdoo.with_demo_data() as odoo, DnsServer() as dns:
@@ -59,7 +61,14 @@ def run_demo(*, keep_running: bool = False, port: int = 0) -> int:
         (folder / "sender-dkim.pem").write_bytes(key.private_pem)
         config_path = _write_config(folder, odoo, dns.port, port)
         services = Services.build(load_config(config_path))
-        with ThreadedGateway(services) as gateway:
+        try:
+            gateway = ThreadedGateway(services, port=port or 0).start()
+        except OSError as error:
+            # The port taken, or one below 1024 without the right to bind it: one line, not a traceback.
+            print(f"note-gateway: demo: cannot listen on 127.0.0.1:{port}: {error.strerror or error}", file=sys.stderr)
+            services.close()
+            return 1
+        try:
             note_to = address.mint(SECRET.encode(), ALIAS_DOMAIN, "note", "project.task", TASK_ID)
             reply_to = address.mint(SECRET.encode(), ALIAS_DOMAIN, "reply", "project.task", TASK_ID)
             print(f"Test Odoo (JSON-RPC) at {odoo.url}, database {odoo.database}")
@@ -96,5 +105,7 @@ def run_demo(*, keep_running: bool = False, port: int = 0) -> int:
                         time.sleep(3600)
                 except KeyboardInterrupt:
                     _print_chatter(odoo)
+        finally:
+            gateway.stop()
         services.close()
     return 0

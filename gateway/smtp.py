@@ -462,10 +462,13 @@ LimitedLMTP = _limited(LMTP)
 class GatewayServer:
     """The listener bound to its socket, run on an asyncio loop."""
 
-    def __init__(self, services: Services, *, workers: int = 1) -> None:
+    def __init__(self, services: Services, *, workers: int = 1, port: int | None = None) -> None:
         self.services = services
         listener = services.config.gateway.listener
         self.listener = listener
+        # listener.port unless given: 0, a port the system picks, is for the tests and the demo
+        # (the configuration refuses it, as no mail system could be pointed at it).
+        self.bind_port = listener.port if port is None else port
         # One of ``workers`` processes on one socket takes its share of the gateway's bounds.
         max_sessions = -(-listener.max_sessions // workers)
         self.executor = ThreadPoolExecutor(max_workers=max_sessions, thread_name_prefix="pipeline")
@@ -526,7 +529,7 @@ class GatewayServer:
         if sockets:
             self._servers = [await loop.create_server(self._protocol, sock=sock) for sock in sockets]
         else:
-            self._servers = [await loop.create_server(self._protocol, host=self.listener.host, port=self.listener.port)]
+            self._servers = [await loop.create_server(self._protocol, host=self.listener.host, port=self.bind_port)]
 
     @property
     def port(self) -> int:
@@ -562,16 +565,27 @@ class GatewayServer:
 
 
 class ThreadedGateway:
-    """A GatewayServer on its own loop in a background thread, for tests and the demo."""
+    """A GatewayServer on its own loop in a background thread, for tests and the demo.
 
-    def __init__(self, services: Services) -> None:
-        self.server = GatewayServer(services)
+    ``port``: 0 (the default) listens on a port the system picks, read back from the ``port``
+    property; None on the config's listener.port.
+    """
+
+    def __init__(self, services: Services, port: int | None = 0) -> None:
+        self.server = GatewayServer(services, port=port)
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="gateway-loop", daemon=True)
 
     def start(self) -> ThreadedGateway:
         self._thread.start()
-        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(timeout=10)
+        try:
+            asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(timeout=10)
+        except BaseException:
+            # The port taken, for one: the loop's thread is not left running.
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(timeout=10)
+            self.loop.close()
+            raise
         return self
 
     @property

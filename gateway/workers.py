@@ -71,9 +71,11 @@ def die_with_supervisor(supervisor: int) -> None:
 class Supervisor:
     """Starts ``listener.workers`` copies of ``note-gateway serve`` on inherited sockets and keeps them running."""
 
-    def __init__(self, config_path: str, config: GatewayConfig) -> None:
+    def __init__(self, config_path: str, config: GatewayConfig, *, port: int | None = None) -> None:
         self.config_path = config_path
         self.config = config
+        # listener.port unless given (serve --any-port, for the tests: 0, a port the system picks).
+        self.port = config.gateway.listener.port if port is None else port
         self.count = config.gateway.listener.workers
         self.sockets: list[socket.socket] = []
         self.workers: dict[int, subprocess.Popen] = {}
@@ -218,9 +220,9 @@ class Supervisor:
         # messages its siblings are filing for those of a stopped gateway.
         self._recover()
         try:
-            self.sockets = bind(listener.host, listener.port)
+            self.sockets = bind(listener.host, self.port)
         except OSError as error:
-            log.error("cannot listen on %s:%d: %s", listener.host, listener.port, error.strerror or error)
+            log.error("cannot listen on %s:%d: %s", listener.host, self.port, error.strerror or error)
             return 1
         for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(number, self._on_signal)

@@ -24,7 +24,7 @@ class ServeProcess:
         self._changed = threading.Condition()
         environment = {**os.environ, "PYTHONPATH": str(ROOT)}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "serve", "--config", str(config_path)],
+            [sys.executable, "-m", "gateway", "serve", "--config", str(config_path), "--any-port"],
             cwd=ROOT, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()

@@ -433,3 +433,17 @@ def test_a_reader_that_closes_the_pipe_ends_the_command_quietly(tmp_path, test_o
         err = process.stderr.read().decode()
         process.wait(timeout=30)
         assert err == "" and process.returncode == 1, (argv, err)
+
+
+def test_demo_says_in_one_line_which_port_it_cannot_listen_on(capsys):
+    # Operator review: --port 99999 was a ConfigError traceback, a port in use an OSError one.
+    with pytest.raises(SystemExit) as caught:
+        cli.main(["demo", "--port", "99999"])
+    assert caught.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == "note-gateway demo: error: argument --port: must be from 1 to " \
+                                                       "65535, not 99999"
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        status, out = _run(capsys, "demo", "--port", str(port))
+    assert status == 1 and out.startswith(f"note-gateway: demo: cannot listen on 127.0.0.1:{port}: ") and \
+        "address already in use" in out and len(out.splitlines()) == 1, out

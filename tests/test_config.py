@@ -663,6 +663,62 @@ def test_check_config_and_serve_refuse_a_broken_template(folder, capsys, owner, 
 # --- Values serve could not use: refused by check-config and at start, as serve would fail on them ----------
 
 
+def _float_fields():
+    """(model, field) of every number of seconds, minutes, ... in the gateway file and rules files."""
+    import typing
+
+    from pydantic import BaseModel
+
+    from gateway import config
+
+    models = [value for value in vars(config).values()
+              if isinstance(value, type) and issubclass(value, BaseModel) and value.__module__ == config.__name__]
+    for model in models:
+        for name, field in model.model_fields.items():
+            if field.annotation is float or float in typing.get_args(field.annotation):
+                yield pytest.param(model, name, id=f"{model.__name__}.{name}")
+
+
+@pytest.mark.parametrize("model, name", list(_float_fields()))
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+def test_no_number_setting_takes_inf_or_nan(model, name, value):
+    # Operator review: window_minutes = inf (TOML has inf and nan) passed check-config, then
+    # prune-journal failed with an OverflowError; the same went for every float setting.
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError) as caught:
+        model.model_validate({name: value})
+    assert any(error["loc"] == (name,) and error["type"] == "finite_number" for error in caught.value.errors())
+
+
+def test_an_infinite_rate_limit_window_is_named_not_a_traceback_of_prune_journal(folder, capsys):
+    (folder / "rules" / "notes.toml").write_text(RULES + "[rate_limit]\nwindow_minutes = inf\n")
+    line = _cli_config_error(capsys, "prune-journal", "--config", str(folder / "gateway.toml"), "--keep-days", "30")
+    assert line == (f"note-gateway: configuration error: {folder / 'rules' / 'notes.toml'}: rate_limit.window_minutes: "
+                    "Input should be a finite number")
+    error = _error(folder, gateway=GATEWAY + "[listener]\nsession_timeout = nan\n")
+    assert (error.key, error.reason) == ("listener.session_timeout", "Input should be a finite number")
+
+
+@pytest.mark.parametrize("gateway_extra, key, reason", [
+    # The system would pick the port: no mail system could be pointed at it, and "metrics on
+    # http://127.0.0.1:0/metrics" was logged for a server listening elsewhere (operator review).
+    ("[listener]\nport = 0\n", "listener.port", "Input should be greater than or equal to 1"),
+    ("[metrics]\nport = 0\n", "metrics.port", "Input should be greater than or equal to 1"),
+    # Every interface, shown as a blank in the log and doctor's "yet the listener is on " (operator review).
+    ('[listener]\nhost = ""\n', "listener.host", "empty: write the address to listen on, e.g. 127.0.0.1, or 0.0.0.0 "
+                                                 "for every IPv4 interface (:: for every IPv6 one)"),
+    ('[metrics]\nhost = " "\n', "metrics.host", "empty: write the address to listen on, e.g. 127.0.0.1, or 0.0.0.0 "
+                                                "for every IPv4 interface (:: for every IPv6 one)"),
+])
+def test_a_port_or_host_no_mail_system_can_be_pointed_at_is_refused(folder, gateway_extra, key, reason):
+    error = _error(folder, gateway=GATEWAY + gateway_extra)
+    assert (error.path, error.key, error.reason) == (str(folder / "gateway.toml"), key, reason)
+    (folder / "gateway.toml").write_text(GATEWAY + '[listener]\nhost = "0.0.0.0"\nport = 1\n[metrics]\nport = 65535\n')
+    gateway = load_config(folder / "gateway.toml", environ={}).gateway
+    assert (gateway.listener.host, gateway.listener.port, gateway.metrics.port) == ("0.0.0.0", 1, 65535)
+
+
 def _as_unprivileged(folder: Path, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess:
     """``python -m gateway ARGV`` as a user the file modes apply to: when the tests run as root (who
     writes a chmod 444 file and lists a chmod 000 folder), as nobody (uid 65534), given ``folder``."""
@@ -724,7 +780,8 @@ def test_check_config_and_serve_refuse_a_journal_this_user_cannot_write(open_fol
     expected = (f"note-gateway: configuration error: {open_folder / 'gateway.toml'}: journal.path: {journal} is not "
                 f"writable by this user ({_user_name()})")
     for command in ("check-config", "serve"):
-        done = _as_unprivileged(open_folder, command, "--config", str(open_folder / "gateway.toml"))
+        done = _as_unprivileged(open_folder, command, "--config", str(open_folder / "gateway.toml"),
+                                *(["--any-port"] if command == "serve" else []))
         assert done.returncode == 2 and _error_lines(done) == [expected], (command, done.stderr)
     # The folder too: SQLite and the gateway create files beside the journal.
     journal.chmod(0o644)
@@ -754,7 +811,8 @@ def test_check_config_refuses_the_journal_paths_serve_refuses(folder, capsys, jo
                 + reason.format(folder=folder))
     assert cli.main(["check-config", "--config", str(folder / "gateway.toml")]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [expected]
-    done = subprocess.run([sys.executable, "-m", "gateway", "serve", "--config", str(folder / "gateway.toml")], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "gateway", "serve", "--config", str(folder / "gateway.toml"),
+                           "--any-port"], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
                           text=True, timeout=30)
     assert done.returncode == 2 and _error_lines(done) == [expected], done.stderr
     from gateway.doctor import diagnose

@@ -32,7 +32,7 @@ def _free_port() -> int:
 class ServeProcess:
     def __init__(self, config: Path) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "serve", "--config", str(config)], cwd=ROOT,
+            [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--any-port"], cwd=ROOT,
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self.lines: list[str] = []
         # A thread reads stderr: select() on the pipe cannot see lines already in Python's buffer.
@@ -131,8 +131,7 @@ def test_serve_exits_1_with_one_line_when_the_port_is_taken(tmp_path, test_odoo)
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        config = write_config(tmp_path, test_odoo, 53)
-        config.write_text(config.read_text().replace("port = 0", f"port = {port}", 1))
+        config = write_config(tmp_path, test_odoo, 53, listener_extra=f"port = {port}")
         result = subprocess.run([sys.executable, "-m", "gateway", "serve", "--config", str(config)], cwd=ROOT,
                                 capture_output=True, text=True, timeout=60)
     assert result.returncode == 1

@@ -28,7 +28,7 @@ def _private(path: Path, text: str) -> None:
 
 
 def write_gateway_config(folder: Path, *, odoo_url: str, api_key: str, dns_port: int, alias_domain: str,
-                         secret: str, database: str = "notes", login: str = "gateway", smtp_port: int = 0,
+                         secret: str, database: str = "notes", login: str = "gateway", smtp_port: int | None = None,
                          models: tuple[str, ...] = ("project.task", "sale.order"),
                          listener: dict[str, Any] | None = None, resolver: dict[str, Any] | None = None,
                          odoo: dict[str, Any] | None = None, rules: dict[str, Any] | None = None,
@@ -38,6 +38,9 @@ def write_gateway_config(folder: Path, *, odoo_url: str, api_key: str, dns_port:
 
     The dictionaries add or override keys of their table; the ``*_extra`` strings are TOML lines
     appended as they are (after [reply] for ``rules_extra``, so they may open further tables).
+    Without ``smtp_port`` the file has no listener.port (2525 then): the tests and the demo listen
+    on a port the system picks (ThreadedGateway's port=0, `serve --any-port`), which the file
+    cannot ask for.
     """
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "rules").mkdir(exist_ok=True)

@@ -591,7 +591,9 @@ def _read_text(path: Path) -> str:
 
 
 def _read_toml(path: Path) -> dict:
-    text = _read_text(path)
+    # A byte order mark, which some Windows editors write at the start of UTF-8 files, is taken as
+    # the UTF-8 it announces: tomllib refused it as "Invalid statement (at line 1, column 1)".
+    text = _read_text(path).removeprefix("\ufeff")
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
@@ -715,7 +717,15 @@ def load_config(path: str | os.PathLike, environ: dict[str, str] | None = None) 
 
     domains: dict[str, DomainRules] = {}
     secrets: dict[str, list[bytes]] = {}
-    for rules_path in sorted(rules_dir.glob("*.toml")):
+    try:
+        # Not Path.glob, which took a folder it may not read for an empty one ("no rules file").
+        names = os.listdir(rules_dir)
+    except OSError as error:
+        raise ConfigError(path, "rules_dir", f"cannot read the folder {rules_dir}: {error.strerror or error}") from None
+    # The gateway file itself when rules_dir is its own folder ("."): it is no rules file.
+    rules_paths = sorted(rules_dir / name for name in names
+                         if name.endswith(".toml") and (rules_dir / name).resolve() != path)
+    for rules_path in rules_paths:
         data = _read_toml(rules_path)
         rules = _validated(DomainRules, {**data, "source": str(rules_path)}, rules_path)
         if rules.domain in domains:

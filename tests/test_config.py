@@ -719,6 +719,23 @@ def test_a_port_or_host_no_mail_system_can_be_pointed_at_is_refused(folder, gate
     assert (gateway.listener.host, gateway.listener.port, gateway.metrics.port) == ("0.0.0.0", 1, 65535)
 
 
+def test_a_byte_order_mark_at_the_start_of_a_toml_file_is_taken_as_utf8(folder):
+    # Some Windows editors write one; tomllib said only "Invalid statement (at line 1, column 1)".
+    (folder / "gateway.toml").write_bytes(b"\xef\xbb\xbf" + GATEWAY.lstrip().encode())
+    (folder / "rules" / "notes.toml").write_bytes(b"\xef\xbb\xbf" + RULES.lstrip().encode())
+    config = load_config(folder / "gateway.toml", environ={})
+    assert config.gateway.odoo["main"].database == "notes" and list(config.domains) == ["notes.example.com"]
+
+
+def test_the_gateway_file_in_its_own_rules_folder_is_no_rules_file(folder):
+    # Operator review: rules_dir = "." read gateway.toml as a rules file: "gateway.toml: domain: Field required".
+    (folder / "rules" / "notes.toml").rename(folder / "notes.toml")
+    (folder / "gateway.toml").write_text(GATEWAY.replace('rules_dir = "rules"', 'rules_dir = "."'))
+    config = load_config(folder / "gateway.toml", environ={})
+    assert list(config.domains) == ["notes.example.com"]
+    assert config.domains["notes.example.com"].source == str(folder / "notes.toml")
+
+
 def _as_unprivileged(folder: Path, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess:
     """``python -m gateway ARGV`` as a user the file modes apply to: when the tests run as root (who
     writes a chmod 444 file and lists a chmod 000 folder), as nobody (uid 65534), given ``folder``."""
@@ -759,6 +776,16 @@ def open_folder():
 
 def _error_lines(done: subprocess.CompletedProcess) -> list[str]:
     return [line for line in done.stderr.splitlines() if "WARNING" not in line]
+
+
+def test_a_rules_folder_that_cannot_be_read_is_named_not_taken_for_an_empty_one(open_folder):
+    # Operator review: Path.glob took a permission error for an empty folder, "no rules file (*.toml)".
+    # Run as another user (nobody) when the tests run as root, who lists any folder.
+    (open_folder / "rules").chmod(0o300)  # Its files can be opened, not listed.
+    done = _as_unprivileged(open_folder, "check-config", "--config", str(open_folder / "gateway.toml"))
+    assert done.returncode == 2 and _error_lines(done) == [
+        f"note-gateway: configuration error: {open_folder / 'gateway.toml'}: rules_dir: cannot read the folder "
+        f"{open_folder / 'rules'}: Permission denied"], done.stderr
 
 
 def _user_name() -> str:

@@ -398,7 +398,11 @@ def command_log(args: argparse.Namespace) -> int:
     from gateway.journal import Journal, JournalUnavailable, format_decision, format_entries
 
     config = _load(args.config)
-    model, res_id = _record_filter(args.record)
+    try:
+        model, res_id = _record_filter(args.record)
+    except ValueError as error:
+        print(f"note-gateway: --record: {error}", file=sys.stderr)
+        return 2
     try:
         since = _since(args.since)
     except ValueError as error:
@@ -439,7 +443,7 @@ def _record_filter(value: str | None) -> tuple[str | None, int | None]:
         return None, None
     model, _, res_id = value.partition("/")
     if res_id and not res_id.isdigit():
-        raise SystemExit(f"note-gateway: --record: {value!r} is not MODEL or MODEL/ID")
+        raise ValueError(f"{value!r} is not MODEL or MODEL/ID, e.g. project.task or project.task/42")
     return model, int(res_id) if res_id else None
 
 
@@ -454,7 +458,11 @@ def _since(value: str | None) -> float | None:
     match = re.fullmatch(r"(\d+)([smhd])", value.strip())
     if match:
         return time.time() - int(match.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
-    moment = datetime.fromisoformat(value.strip())
+    try:
+        moment = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise ValueError(f"{value!r} is neither a duration (90s, 15m, 2h, 7d) nor an ISO time "
+                         "(2024-05-01 or 2024-05-01T12:00, UTC unless an offset is given)") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
     return moment.timestamp()
@@ -690,12 +698,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     journal = commands.add_parser("log", help="print recent journal rows")
     journal.add_argument("--config", required=True)
-    journal.add_argument("--limit", type=int, default=20)
+    journal.add_argument("--limit", type=_ROWS, default=20, help="at most this many rows, newest first (default: 20)")
     journal.add_argument("--verdict", choices=("filed", "duplicate", "refused", "deferred"))
     journal.add_argument("--sender", help="only messages from this From (or envelope) address")
     journal.add_argument("--since", help="only messages since an ISO time (UTC) or a duration: 30m, 2h, 7d")
     journal.add_argument("--record", help="only messages to MODEL or MODEL/ID, e.g. project.task/42")
-    journal.add_argument("--id", type=int, help="show one message's whole decision: stages, reply, defects")
+    journal.add_argument("--id", type=_ROWS, help="show one message's whole decision: stages, reply, defects")
     journal.set_defaults(func=command_log)
 
     prune = commands.add_parser("prune-journal", help="delete journal rows older than N days (safe while serving)")

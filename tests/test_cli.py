@@ -435,6 +435,34 @@ def test_a_reader_that_closes_the_pipe_ends_the_command_quietly(tmp_path, test_o
         assert err == "" and process.returncode == 1, (argv, err)
 
 
+@pytest.mark.parametrize("option, value, reason", [
+    # Operator review: an OverflowError traceback from SQLite's INTEGER.
+    ("--id", "99999999999999999999999", "must be from 1 to 9223372036854775807, not 99999999999999999999999"),
+    ("--id", "0", "must be from 1 to 9223372036854775807, not 0"),
+    # -1 listed every row, 0 printed "No journal entries.".
+    ("--limit", "-1", "must be from 1 to 9223372036854775807, not -1"),
+    ("--limit", "0", "must be from 1 to 9223372036854775807, not 0"),
+    ("--limit", "ten", "invalid integer: 'ten'"),
+])
+def test_log_takes_only_row_numbers_sqlite_can_hold(tmp_path, test_odoo, capsys, option, value, reason):
+    config = write_config(tmp_path, test_odoo, 53)
+    with pytest.raises(SystemExit) as caught:
+        cli.main(["log", "--config", str(config), option, value])
+    assert caught.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"note-gateway log: error: argument {option}: {reason}"
+
+
+def test_log_names_the_forms_of_record_and_since_it_takes(tmp_path, test_odoo, capsys):
+    # Operator review: a bad --record exited 1 where other argument errors exit 2, and --since 5w
+    # answered "Invalid isoformat string" without naming the forms it takes.
+    config = write_config(tmp_path, test_odoo, 53)
+    assert _run(capsys, "log", "--config", str(config), "--record", "project.task/abc") == (
+        2, "note-gateway: --record: 'project.task/abc' is not MODEL or MODEL/ID, e.g. project.task or project.task/42\n")
+    assert _run(capsys, "log", "--config", str(config), "--since", "5w") == (
+        2, "note-gateway: --since: '5w' is neither a duration (90s, 15m, 2h, 7d) nor an ISO time "
+           "(2024-05-01 or 2024-05-01T12:00, UTC unless an offset is given)\n")
+
+
 def test_demo_says_in_one_line_which_port_it_cannot_listen_on(capsys):
     # Operator review: --port 99999 was a ConfigError traceback, a port in use an OSError one.
     with pytest.raises(SystemExit) as caught:

@@ -23,8 +23,8 @@ from gateway.context import MessageContext
 from gateway.journal import Journal, JournalEntry, JournalUnavailable
 from gateway.odoo import OdooPool, start_waiting, stop_waiting
 from gateway.refusals import (AnswersNoteOfAnotherRecord, InternalError, JournalNotWritable, ModelNotAllowed,
-                              NotContributor, OdooUnavailable, PostUnsettled, Refusal)
-from gateway.render import Renderer, checked_renderer
+                              NotContributor, OdooUnavailable, PostUnsettled, Refusal, TemplateLosesBody)
+from gateway.render import BodyNotShown, Renderer, checked_renderer
 from gateway.resolver import DkimKeyResolver
 from gateway.subject import clean_subject
 
@@ -376,15 +376,22 @@ def _choose_recipients(ctx: MessageContext, services: Services, deadline: float)
 
 def _render(ctx: MessageContext, services: Services, deadline: float) -> None:
     assert ctx.message is not None and ctx.user is not None and ctx.sender is not None
-    ctx.rendered_body = services.renderer.for_domain(ctx.rules.templates_path).render_body(
-        ctx.target.kind, ctx.target.model,
-        body=ctx.body_html, sender_name=ctx.user.name or ctx.message.from_name,
-        sender_email=ctx.sender.email, subject=clean_subject(ctx.message.subject),
-        dkim_domain=ctx.sender.dkim_domain,
-        received_at=datetime.fromtimestamp(ctx.received_at, timezone.utc), res_id=ctx.target.res_id,
-        refused_files=list(ctx.refused_files),
-        attachment_names=[item.filename for item in ctx.attachments or [] if not item.inline],
-    )
+    try:
+        ctx.rendered_body = services.renderer.for_domain(ctx.rules.templates_path).render_body(
+            ctx.target.kind, ctx.target.model,
+            body=ctx.body_html, sender_name=ctx.user.name or ctx.message.from_name,
+            sender_email=ctx.sender.email, subject=clean_subject(ctx.message.subject),
+            dkim_domain=ctx.sender.dkim_domain,
+            received_at=datetime.fromtimestamp(ctx.received_at, timezone.utc), res_id=ctx.target.res_id,
+            refused_files=list(ctx.refused_files),
+            attachment_names=[item.filename for item in ctx.attachments or [] if not item.inline],
+        )
+    except BodyNotShown as error:
+        # Never a note without its text: deferred until the admin corrects the template and reloads.
+        log.error("template %s rendered the %s of %s without the message's text; deferred (451) until it "
+                  "shows {{ body }} on every message (docs/content.md \"Templates\")",
+                  error.file, ctx.target.kind, ctx.target.address)
+        raise TemplateLosesBody() from None
 
 
 def _record_receipt(ctx: MessageContext, services: Services, deadline: float) -> None:

@@ -422,6 +422,16 @@ class JournalNotWritable(Refusal):
     reason = "The gateway's journal cannot be written, try again later"
 
 
+class TemplateLosesBody(Refusal):
+    # The note or reply template rendered this message without its text (a branch that leaves out
+    # {{ body }}, a filter that changes it). Filing it would lose the text with a 250; refusing it
+    # would bounce a message for a fault of the gateway's own configuration. It waits in the
+    # sender's queue instead, and the log names the template, until an administrator corrects it
+    # and reloads (check-config and every start and reload refuse a template that never shows it).
+    smtp_code, enhanced_code = 451, "4.3.0"
+    reason = "The gateway's template would file this message without its text, an administrator must correct it"
+
+
 class InternalError(Refusal):
     smtp_code, enhanced_code = 451, "4.3.0"
     reason = "Internal error, try again later"

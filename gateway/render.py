@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.resources
 import re
+import secrets
 import threading
 import traceback
 from collections.abc import Callable
@@ -145,6 +146,18 @@ class UnreadTemplateFile(jinja2.TemplateError):
     """A template includes a file of the folder that was not read (not UTF-8, or too large)."""
 
 
+BODY_NOT_SHOWN = ("does not show the message's body: every note or reply it renders would be filed without its text; "
+                  "write {{ body }} where the text goes, as is (no filter that changes it)")
+
+
+class BodyNotShown(Exception):
+    """A note or reply template rendered a message without its (non-empty) body."""
+
+    def __init__(self, file: str) -> None:
+        self.file = file
+        super().__init__(f"{file}: rendered this message without its body")
+
+
 def _autoescape(template_name: str | None) -> bool:
     # Everything is HTML-escaped except plain-text notices: escaping there would show "&lt;" to
     # the reader and protects nothing, since a text/plain body is never interpreted as markup.
@@ -247,7 +260,7 @@ class Renderer:
         Every documented value is required so that an admin's template can use any of them.
         """
         template = self.environment.get_template(self.body_template_name(kind, model))
-        return template.render(
+        html = template.render(
             # The body was sanitized by gateway.content; Markup keeps autoescape from escaping it
             # a second time, while every other value (the sender's name, the subject) is escaped.
             body=Markup(body),
@@ -263,6 +276,12 @@ class Renderer:
             attachment_names=list(attachment_names),
             **extra,
         )
+        # check() refuses a body template that does not show the body; one that shows it only on
+        # some messages ({% if %} on the subject, a filter that changes it) must still never file
+        # a note without its text (found by a review of bad admin input).
+        if body.strip() and body not in html:
+            raise BodyNotShown(self._filename(template.name or self.body_template_name(kind, model)))
+        return html
 
     def render_notice(
         self,
@@ -303,6 +322,9 @@ class Renderer:
         gives (StrictUndefined), found at start and reload instead of at the first message.
         """
         names = sorted({name for layer in self.layers for name in layer.templates})
+        # A body no template could write by chance: a body template whose output lacks it would
+        # file every note without its text (an empty file, a forgotten {{ body }}).
+        marker = f"note-gateway-body-check-{secrets.token_hex(8)}"
         for name in names:
             try:
                 template = self.environment.get_template(name)
@@ -310,9 +332,9 @@ class Renderer:
                 raise TemplateProblem(error.filename or name, error.lineno, error.message or str(error)) from None
             except jinja2.TemplateError as error:
                 raise TemplateProblem(self._filename(name), None, _reason(error)) from None
-            for values in _samples(name):
+            for values in _samples(name, marker):
                 try:
-                    template.render(**values)
+                    output = template.render(**values)
                 except jinja2.TemplateSyntaxError as error:
                     # A template it extends or includes, compiled only now.
                     raise TemplateProblem(error.filename or error.name or name, error.lineno,
@@ -320,6 +342,8 @@ class Renderer:
                 except Exception as error:  # noqa: BLE001 (whatever a template raises, it would raise on a message)
                     file, line = self._where(error, name)
                     raise TemplateProblem(file, line, _reason(error)) from None
+                if "body" in values and str(values["body"]) not in output:
+                    raise TemplateProblem(self._filename(name), None, BODY_NOT_SHOWN)
         return names
 
     def _filename(self, name: str) -> str:
@@ -355,12 +379,12 @@ _BODY_TEMPLATE = re.compile(r"^(?P<kind>note|reply)/(?P<model>[a-z][a-z0-9_]*(?:
 _NOTICE_TEMPLATE = re.compile(r"^notice/[a-z][a-z0-9_]*\.txt\.j2$")
 
 
-def _samples(name: str) -> list[dict[str, Any]]:
+def _samples(name: str, marker: str = "") -> list[dict[str, Any]]:
     body = _BODY_TEMPLATE.match(name)
     if body:
         model = "project.task" if body.group("model") == "default" else body.group("model")
-        values = dict(body=Markup("<p>Sample body</p>"), sender_name="Sample Sender", sender_email="sender@example.com",
-                      subject="Sample subject", dkim_domain="example.com",
+        values = dict(body=Markup(f"<p>Sample body {marker}</p>"), sender_name="Sample Sender",
+                      sender_email="sender@example.com", subject="Sample subject", dkim_domain="example.com",
                       received_at=datetime(2025, 1, 1, 12, 0, tzinfo=timezone.utc), kind=body.group("kind"),
                       model=model, res_id=1, refused_files=[], attachment_names=[])
         return [values, {**values, "sender_name": "", "subject": "", "refused_files": ["sample.exe (refused)"],

@@ -848,3 +848,36 @@ def test_check_config_refuses_the_journal_paths_serve_refuses(folder, capsys, jo
     fix = ("create it, owned by the gateway's user (StateDirectory= in the systemd unit does this)"
            if journal_path.startswith("nodir") else f"set [journal] path to a file name, e.g. {folder}/j.d/journal.sqlite3")
     assert line == f"FAIL  journal: {reason.format(folder=folder)}\n      fix: {fix}"
+
+
+@pytest.mark.parametrize("owner", ["gateway", "rules"])
+def test_check_config_serve_and_doctor_refuse_a_template_that_does_not_show_the_body(folder, capsys, owner):
+    # Review of bad admin input: an empty note template passed every check, and every note was then
+    # filed without its text with a 250.
+    base = folder / "rules" if owner == "rules" else folder
+    (base / "tpl" / "note").mkdir(parents=True)
+    template = base / "tpl" / "note" / "default.html.j2"
+    template.write_text("")
+    if owner == "rules":
+        (folder / "rules" / "notes.toml").write_text('templates_dir = "tpl"\n' + RULES)
+    else:
+        (folder / "gateway.toml").write_text('templates_dir = "tpl"\n' + GATEWAY)
+    named = folder / "rules" / "notes.toml" if owner == "rules" else folder / "gateway.toml"
+    expected = (f"note-gateway: configuration error: {named}: templates_dir: {template}: does not show the "
+                "message's body: every note or reply it renders would be filed without its text; write {{ body }}")
+    from gateway import cli
+
+    assert cli.main(["check-config", "--config", str(folder / "gateway.toml")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip().splitlines()[0].startswith(expected), err
+    done = subprocess.run([sys.executable, "-m", "gateway", "serve", "--config", str(folder / "gateway.toml")],
+                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+                          timeout=30)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert [line for line in done.stderr.splitlines() if "configuration error" in line][0].startswith(expected)
+    from gateway.doctor import diagnose
+
+    report = diagnose(str(folder / "gateway.toml"))
+    [line] = [line for line in report.lines if line.startswith("FAIL  templates: ")]
+    assert line.startswith(f"FAIL  templates: {expected.removeprefix('note-gateway: configuration error: ')}")
+

@@ -7,6 +7,7 @@ import email
 import email.policy
 import email.utils
 import html
+import logging
 import quopri
 import textwrap
 import uuid
@@ -110,6 +111,36 @@ def test_a_template_includes_a_file_of_its_folder_that_is_no_j2_template(tmp_pat
         services.close()
     [post] = _posts(test_odoo)
     assert post.kwargs["body"].endswith(f"<p><em>Site log, filed by {PAULA}</em></p>\n")
+
+
+def test_a_note_the_template_would_file_without_its_text_is_deferred(
+        tmp_path, test_odoo, dns_server, dkim_keys, caplog):
+    # Review of bad admin input: a template that leaves out {{ body }} filed every note without its
+    # text with a 250. check() refuses one that never shows it; one that leaves it out only on some
+    # messages (a branch check() does not take) defers those, 451, until the admin corrects it.
+    config_path = write_config(tmp_path, test_odoo, dns_server.port)
+    config_path.write_text('templates_dir = "site-templates"\n' + config_path.read_text())
+    template = tmp_path / "site-templates" / "note" / "default.html.j2"
+    template.parent.mkdir(parents=True)
+    template.write_text('{% if "draft" in subject|lower %}<p>(draft)</p>\n{% else %}{{ body }}\n{% endif %}')
+    services = Services.build(load_config(config_path))
+    server = ThreadedGateway(services).start()
+    try:
+        mailer = Mailer(type("Running", (), {"port": server.port})(), dkim_keys)
+        with caplog.at_level(logging.ERROR, logger="gateway.pipeline"):
+            deferred = _send(mailer, "note", "project.task", TASK_ID, subject="Draft: pump")
+        filed = _send(mailer, "note", "project.task", TASK_ID)
+    finally:
+        server.stop()
+        services.close()
+    assert deferred == ("451 4.3.0 The gateway's template would file this message without its text, an "
+                        "administrator must correct it")
+    assert f"template {template} rendered the note of " in caplog.text
+    assert filed.startswith("250 ")
+    [post] = _posts(test_odoo)
+    assert "Pump checked." in post.kwargs["body"]
+    with Journal(tmp_path / "journal.sqlite3", read_only=True) as journal:
+        assert [entry.smtp_reply[:9] for entry in reversed(journal.recent(2))] == ["451 4.3.0", "250 2.0.0"]
 
 
 def test_note_notifies_internal_users_in_cc_with_one_lookup(test_odoo, gateway, mailer):

@@ -9,7 +9,7 @@ import jinja2
 import pytest
 
 from gateway.refusals import EmptyBody
-from gateway.render import Renderer, TemplateProblem
+from gateway.render import BodyNotShown, Renderer, TemplateProblem
 
 RECEIVED_AT = datetime(2025, 3, 14, 9, 30, tzinfo=timezone.utc)
 
@@ -277,3 +277,48 @@ def test_a_file_larger_than_a_template_can_be_is_named(tmp_path):
     with pytest.raises(TemplateProblem) as found:
         Renderer(tmp_path)
     assert str(found.value) == f"{tmp_path}/note/sale.order.html.j2: larger than 1 MiB, not read"
+
+
+@pytest.mark.parametrize("name, text", [
+    # Review of bad admin input: an empty file, or one that forgot {{ body }}, passed every check and
+    # every note was then filed without its text.
+    ("note/default.html.j2", ""),
+    ("note/project.task.html.j2", "<p>{{ sender_name }}: {{ subject }}</p>\n"),
+    ("reply/default.html.j2", "<p>{{ subject }}</p>\n{% if refused_files %}{{ body }}{% endif %}\n"),
+    ("reply/sale.order.html.j2", "{{ body | striptags }}\n"),
+    # The sample body written out by hand is not the body: each check uses a body of its own.
+    ("note/default.html.j2", "<p>Sample body</p>\n"),
+])
+@pytest.mark.parametrize("folder", ["gateway", "domain"])
+def test_check_refuses_a_body_template_that_does_not_show_the_body(tmp_path, name, text, folder):
+    (tmp_path / "gateway").mkdir()
+    write(tmp_path / folder, name, text)
+    renderer = Renderer(tmp_path / "gateway")
+    if folder == "domain":
+        renderer = renderer.for_domain(tmp_path / "domain")
+    with pytest.raises(TemplateProblem) as found:
+        renderer.check()
+    assert str(found.value) == (
+        f"{tmp_path / folder / name}: does not show the message's body: every note or reply it renders would "
+        "be filed without its text; write {{ body }} where the text goes, as is (no filter that changes it)")
+
+
+def test_check_passes_a_body_shown_through_a_layout_or_a_macro(tmp_path):
+    write(tmp_path, "note/_frame.html.j2", "<div>{% block text %}{% endblock %}</div>\n")
+    write(tmp_path, "note/default.html.j2", '{% extends "note/_frame.html.j2" %}{% block text %}{{ body }}{% endblock %}')
+    write(tmp_path, "reply/_macros.html.j2", "{% macro show(text) %}<div>{{ text }}</div>{% endmacro %}\n")
+    write(tmp_path, "reply/default.html.j2", '{% import "reply/_macros.html.j2" as m %}{{ m.show(body) }}\n')
+    assert {"note/default.html.j2", "reply/default.html.j2"} <= set(Renderer(tmp_path).check())
+
+
+def test_a_note_whose_template_leaves_out_this_body_is_not_rendered(tmp_path):
+    # A branch that check() cannot see: the body is shown unless the subject says "draft".
+    write(tmp_path, "note/default.html.j2", '{% if "draft" in subject %}<p>(draft)</p>{% else %}{{ body }}{% endif %}')
+    renderer = Renderer(tmp_path)
+    renderer.check()
+    assert renderer.render_body("note", "project.task", **body_values()) == body_values()["body"]
+    with pytest.raises(BodyNotShown) as found:
+        renderer.render_body("note", "project.task", **body_values(subject="A draft"))
+    assert found.value.file == str(tmp_path / "note" / "default.html.j2")
+    # A message without text (only files) loses nothing.
+    assert renderer.render_body("note", "project.task", **body_values(body="", subject="A draft")) == "<p>(draft)</p>"

@@ -185,11 +185,15 @@ def diagnose(config_path: str, now: Callable[[], datetime] | None = None) -> Rep
     for warning in config.warnings:
         report.warn("config", warning, "")
     try:
-        names = checked_renderer(config).check()
+        renderer = checked_renderer(config)
+        names = renderer.check()
     except ConfigError as error:
         report.fail("templates", str(error), "correct that template; serve would not start with it")
     else:
         report.ok("templates", f"{len(names)} templates compile and render")
+        for warning in renderer.warnings:
+            report.warn("templates", warning, "rename the file as the gateway looks for it, or remove it "
+                                              "(docs/content.md \"Templates\")")
     check_resolver(config, report)
     for name in sorted(config.gateway.odoo):
         check_odoo(config, name, report)

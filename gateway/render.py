@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib.resources
+import logging
 import re
 import secrets
 import threading
@@ -14,12 +16,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import jinja2
+import jinja2.meta
 import jinja2.sandbox
 from markupsafe import Markup
 
 if TYPE_CHECKING:
     from gateway.config import GatewayConfig
     from gateway.refusals import Refusal
+
+log = logging.getLogger(__name__)
 
 BUNDLED_PACKAGE = "gateway.templates"
 # In a source checkout the bundled templates are the top-level templates/ folder; pyproject maps it
@@ -183,6 +188,8 @@ class Renderer:
         self.layers.append(SnapshotLoader(bundled_templates(), "bundled templates", templates_only=True))
         self.override_dir = override_dir
         self.domain_dir = domain_dir
+        # The files of the admin's folders the gateway never uses (checked_renderer).
+        self.warnings: list[str] = []
         self._domain_renderers: dict[Path, Renderer] = {}
         self._domain_lock = threading.Lock()
         # Sandboxed: a template reads the values it is given and calls their harmless methods, and
@@ -403,6 +410,8 @@ def checked_renderer(config: GatewayConfig) -> Renderer:
     Raises ConfigError naming the file that names the folder (the gateway file for its
     templates_dir, a rules file for the domain's) and, in the reason, the template's file and line:
     serve does not start, a reload is refused and check-config fails, as for a broken rules file.
+    A file of those folders that the gateway never uses (template_warnings) is a warning of the
+    configuration, in ``renderer.warnings`` and ``config.warnings`` (logged when added there).
     """
     from gateway.config import ConfigError
 
@@ -423,4 +432,139 @@ def checked_renderer(config: GatewayConfig) -> Renderer:
             # A template of the gateway's folder fails in every domain: it is the gateway file's.
             owner = rules.source if Path(error.file).is_relative_to(rules.templates_path) else config.path
             raise ConfigError(owner, "templates_dir", str(error)) from None
+    renderer.warnings = [f"{owner}: templates_dir: {reason}" for owner, reason in template_warnings(config, renderer)]
+    for warning in renderer.warnings:
+        if warning not in config.warnings:
+            config.warnings.append(warning)
+            log.warning("configuration: %s", warning)
     return renderer
+
+
+def template_warnings(config: GatewayConfig, renderer: Renderer) -> list[tuple[str, str]]:
+    """(file naming the folder, why) for each file of the admin's template folders the gateway never uses.
+
+    A misnamed file (note/project_task.html.j2, note/Project.Task.html.j2, note/default.html,
+    notes/default.html.j2, notice/acces_denied.txt.j2) passed every check while the bundled
+    template stayed in use (found by a review of bad admin input). Used are: note/ and reply/
+    ``<model>.html.j2`` of a model some rules file names for that kind and their ``default.html.j2``,
+    the notices the refusals send, and every file one of those extends, includes or imports. A
+    name starting with ``_`` is a partial by its name and never warned about; a template that
+    names what it includes by an expression (not a string) leaves the "not included" part unknown.
+    """
+    from gateway.refusals import Refusal, all_refusal_classes
+
+    bundled = renderer.layers[-1]
+    kinds = sorted({name.split("/")[0] for name in bundled.sources if "/" in name})
+    notices = {refusal.template for refusal in (Refusal, *all_refusal_classes())}
+    # Each admin folder once, with the rules files that use it (the gateway's: every domain).
+    folders: dict[Path, tuple[str, SnapshotLoader, list]] = {}
+    if config.templates_dir is not None:
+        folders[config.templates_dir] = (str(config.path), renderer.layers[0], list(config.domains.values()))
+    for rules in config.domains.values():
+        path = rules.templates_path
+        if path is None:
+            continue
+        if path in folders:
+            folders[path][2].append(rules)
+        else:
+            folders[path] = (rules.source, renderer.for_domain(path).layers[0], [rules])
+    if not folders:
+        return []
+    layers = [bundled, *(layer for _, layer, _ in folders.values())]
+    rendered = set(notices) | {f"{kind}/{model}.html.j2" for rules in config.domains.values()
+                               for kind in ("note", "reply") for model in [*rules.kind_rules(kind).models, "default"]}
+    included, known = _included_templates(renderer.environment, layers, rendered)
+    if not known:
+        log.info("templates: a template names what it includes by an expression; unused files are not looked for")
+        return []
+    found: list[tuple[str, str]] = []
+    for owner, layer, domains in folders.values():
+        models = {kind: sorted({model for rules in domains for model in rules.kind_rules(kind).models})
+                  for kind in ("note", "reply")}
+        candidates = [f"{kind}/{model}.html.j2" for kind in ("note", "reply")
+                      for model in [*models[kind], "default"]] + sorted(notices | included)
+        for name in sorted({*layer.sources, *layer.unread}):
+            if name in included or any(part.startswith("_") for part in name.split("/")):
+                continue
+            reason = _unused(name, kinds, models, notices)
+            if reason is None:
+                continue
+            close = _close_match(name, candidates)
+            hint = f"; did you mean {close}?" if close else ""
+            filename = layer.sources[name][1] if name in layer.sources else None
+            found.append((owner, f"{filename or name} is never used: {reason}{hint}"))
+    return found
+
+
+def _close_match(name: str, candidates: list[str]) -> str | None:
+    """The name of ``candidates`` that ``name`` is most likely a misspelling of, if any."""
+    def stem(value: str) -> str:
+        # The suffixes every candidate shares would make any two names look alike.
+        value = value.lower().removesuffix(".j2")
+        return value.removesuffix(".html").removesuffix(".txt")
+
+    stems = {stem(candidate): candidate for candidate in reversed(candidates)}
+    close = difflib.get_close_matches(stem(name), list(stems), n=1, cutoff=0.75)
+    return stems[close[0]] if close and stems[close[0]] != name else None
+
+
+def _included_templates(environment: jinja2.Environment, layers: list[SnapshotLoader],
+                        rendered: set[str]) -> tuple[set[str], bool]:
+    """The names that the templates of ``rendered`` (what the gateway renders) extend, include or
+    import, and those extend, include or import in turn.
+
+    The second value is False when a template names what it includes by an expression: which files
+    are used is then unknown.
+    """
+    pending = list(rendered)
+    seen: set[str] = set()
+    included: set[str] = set()
+    known = True
+    while pending:
+        name = pending.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        for layer in layers:
+            if name not in layer.sources:
+                continue
+            try:
+                tree = environment.parse(layer.sources[name][0])
+            except jinja2.TemplateSyntaxError:
+                continue
+            for referenced in jinja2.meta.find_referenced_templates(tree):
+                if referenced is None:
+                    known = False
+                else:
+                    included.add(referenced)
+                    pending.append(referenced)
+    return included, known
+
+
+def _unused(name: str, kinds: list[str], models: dict[str, list[str]], notices: set[str]) -> str | None:
+    """Why the gateway never renders the file ``name`` of a template folder, or None if it may."""
+    folders = ", ".join(f"{kind}/" for kind in kinds)
+    parts = name.split("/")
+    if len(parts) == 1 or parts[0] not in kinds:
+        where = "directly in the folder" if len(parts) == 1 else f"in {parts[0]}/"
+        return f"it is {where}, and the gateway reads templates only from {folders} (or where a template includes it)"
+    kind, file = parts[0], "/".join(parts[1:])
+    if kind in ("note", "reply"):
+        if len(parts) > 2:
+            return f"{kind}/ templates are {kind}/<model>.html.j2 and {kind}/default.html.j2, not in a subfolder"
+        if not file.endswith(".html.j2"):
+            return f"{kind}/ templates end in .html.j2"
+        model = file.removesuffix(".html.j2")
+        if not _MODEL.match(model):
+            return (f"{kind}/ templates are named {kind}/<model>.html.j2 with the model's technical name, "
+                    "lowercase with dots (project.task), or default.html.j2")
+        if model != "default" and model not in models[kind]:
+            listed = ", ".join(models[kind]) or "none"
+            return f"{model} is in no rules file's [{kind}] models ({listed})"
+        return None
+    if kind == "notice":
+        if name in notices:
+            return None
+        return ("it is no notice the gateway sends (docs/reliability.md \"Notices\"), "
+                "nor extended, included or imported by one")
+    return None

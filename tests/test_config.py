@@ -881,3 +881,67 @@ def test_check_config_serve_and_doctor_refuse_a_template_that_does_not_show_the_
     [line] = [line for line in report.lines if line.startswith("FAIL  templates: ")]
     assert line.startswith(f"FAIL  templates: {expected.removeprefix('note-gateway: configuration error: ')}")
 
+
+# (file, what check-config says of it after "<file> is never used: ")
+MISNAMED_TEMPLATES = [
+    ("note/project_task.html.j2", "project_task is in no rules file's [note] models (project.task); "
+                                  "did you mean note/project.task.html.j2?"),
+    ("note/Project.Task.html.j2", "note/ templates are named note/<model>.html.j2 with the model's technical name, "
+                                  "lowercase with dots (project.task), or default.html.j2; "
+                                  "did you mean note/project.task.html.j2?"),
+    ("note/default.html", "note/ templates end in .html.j2; did you mean note/default.html.j2?"),
+    ("note/sale.order.html.j2", "sale.order is in no rules file's [note] models (project.task)"),
+    ("notes/default.html.j2", "it is in notes/, and the gateway reads templates only from note/, notice/, reply/ "
+                              "(or where a template includes it); did you mean note/default.html.j2?"),
+    ("notice/acces_denied.txt.j2", "it is no notice the gateway sends (docs/reliability.md \"Notices\"), nor "
+                                   "extended, included or imported by one; did you mean notice/access_denied.txt.j2?"),
+    ("notice/access_denied.txt", "it is no notice the gateway sends (docs/reliability.md \"Notices\"), nor "
+                                 "extended, included or imported by one; did you mean notice/access_denied.txt.j2?"),
+    ("reply/project.task.html.j2", "project.task is in no rules file's [reply] models (none); "
+                                   "did you mean note/project.task.html.j2?"),
+]
+
+
+@pytest.mark.parametrize("owner", ["gateway", "rules"])
+def test_check_config_and_doctor_warn_of_template_files_the_gateway_never_uses(folder, capsys, owner):
+    # Review of bad admin input: each of these passed check-config while the bundled template stayed
+    # in use. The files the gateway does use, and the partials they include, are not warned about.
+    base = folder / "rules" if owner == "rules" else folder
+    tpl = base / "tpl"
+    used = {"note/default.html.j2": '{{ body }}\n{% include "parts/footer.html" %}\n',
+            "note/project.task.html.j2": '{% import "note/_macros.html.j2" as m %}{{ m.show(body) }}\n',
+            "note/_macros.html.j2": "{% macro show(text) %}<div>{{ text }}</div>{% endmacro %}\n",
+            "parts/footer.html": "<p>Filed by {{ sender_email }}</p>\n",
+            "notice/layout.txt.j2": "{{ reason }}\n{% block advice %}{% endblock %}\n",
+            "notice/access_denied.txt.j2": '{% extends "notice/layout.txt.j2" %}\n'}
+    misnamed = {name: "{{ reason }}\n" if name.startswith("notice/") else "{{ body }}\n" for name, _ in MISNAMED_TEMPLATES}
+    for name, text in [*used.items(), *misnamed.items()]:
+        (tpl / name).parent.mkdir(parents=True, exist_ok=True)
+        (tpl / name).write_text(text)
+    if owner == "rules":
+        (folder / "rules" / "notes.toml").write_text('templates_dir = "tpl"\n' + RULES)
+    else:
+        (folder / "gateway.toml").write_text('templates_dir = "tpl"\n' + GATEWAY)
+    named = folder / "rules" / "notes.toml" if owner == "rules" else folder / "gateway.toml"
+    expected = [f"{named}: templates_dir: {tpl / name} is never used: {reason}" for name, reason in MISNAMED_TEMPLATES]
+    from gateway import cli
+
+    assert cli.main(["check-config", "--config", str(folder / "gateway.toml")]) == 0
+    out = capsys.readouterr().out
+    # (The folder fixture's key file is readable by all: a warning of its own.)
+    assert sorted(line.removeprefix("warning: ") for line in out.splitlines()
+                  if line.startswith("warning: ") and "templates_dir" in line) == sorted(expected), out
+    from gateway.doctor import diagnose
+
+    # doctor says what check-config says: the templates' warnings and the others of the configuration.
+    (folder / "key").chmod(0o644)
+    report = diagnose(str(folder / "gateway.toml"))
+    assert f"WARN  config: {folder / 'gateway.toml'}: odoo.main.api_key_file: {folder / 'key'} is readable" \
+        in "\n".join(report.lines)
+    warned = [line.removeprefix("WARN  templates: ") for line in report.lines if line.startswith("WARN  templates: ")]
+    assert sorted(line.split("\n")[0] for line in warned) == sorted(expected)
+    # Renamed as the gateway looks for them (or removed): not a word.
+    for name, _ in MISNAMED_TEMPLATES:
+        (tpl / name).unlink()
+    assert cli.main(["check-config", "--config", str(folder / "gateway.toml")]) == 0
+    assert "templates_dir" not in capsys.readouterr().out

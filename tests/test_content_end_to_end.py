@@ -143,6 +143,30 @@ def test_a_note_the_template_would_file_without_its_text_is_deferred(
         assert [entry.smtp_reply[:9] for entry in reversed(journal.recent(2))] == ["451 4.3.0", "250 2.0.0"]
 
 
+def test_a_misnamed_template_is_warned_of_at_start(tmp_path, test_odoo, dns_server, dkim_keys, caplog):
+    # Review of bad admin input: note/project_task.html.j2 passed every check while the bundled
+    # template stayed in use without a word.
+    config_path = write_config(tmp_path, test_odoo, dns_server.port)
+    config_path.write_text('templates_dir = "site-templates"\n' + config_path.read_text())
+    template = tmp_path / "site-templates" / "note" / "project_task.html.j2"
+    template.parent.mkdir(parents=True)
+    template.write_text("<p>Site task</p>\n{{ body }}\n")
+    with caplog.at_level(logging.WARNING, logger="gateway.render"):
+        services = Services.build(load_config(config_path))
+    server = ThreadedGateway(services).start()
+    try:
+        mailer = Mailer(type("Running", (), {"port": server.port})(), dkim_keys)
+        assert _send(mailer, "note", "project.task", TASK_ID).startswith("250 ")
+    finally:
+        server.stop()
+        services.close()
+    assert (f"configuration: {config_path}: templates_dir: {template} is never used: project_task is in no rules "
+            "file's [note] models") in caplog.text
+    assert "did you mean note/project.task.html.j2?" in caplog.text
+    [post] = _posts(test_odoo)
+    assert "Internal note by email from" in post.kwargs["body"]
+
+
 def test_note_notifies_internal_users_in_cc_with_one_lookup(test_odoo, gateway, mailer):
     reply = _send(mailer, "note", "project.task", TASK_ID,
                   cc="Marc Demo <mark.brown23@example.com>, portal.plain@example.com, stranger@elsewhere.example")

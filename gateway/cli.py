@@ -248,12 +248,12 @@ def _check_journal(config: GatewayConfig) -> bool:
     return True
 
 
-def _check_templates(config: GatewayConfig):
+def _check_templates(config: GatewayConfig, *, log_warnings: bool = True):
     """The checked renderer of ``config``, or None once the broken template is named on stderr."""
     from gateway.render import checked_renderer
 
     try:
-        return checked_renderer(config)
+        return checked_renderer(config, log_warnings=log_warnings)
     except ConfigError as error:
         print(f"note-gateway: configuration error: {error}", file=sys.stderr)
         return None
@@ -480,7 +480,7 @@ def command_check_config(args: argparse.Namespace) -> int:
     if not _check_journal(config):
         return 2
     # The templates as serve and a reload check them: each compiled and rendered with sample values.
-    if _check_templates(config) is None:
+    if _check_templates(config, log_warnings=False) is None:  # printed below as "warning:"
         return 2
     print(f"{_shown(config.path)}: OK")
     for domain, rules in sorted(config.domains.items()):

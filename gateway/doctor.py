@@ -185,7 +185,7 @@ def diagnose(config_path: str, now: Callable[[], datetime] | None = None) -> Rep
     for warning in config.warnings:
         report.warn("config", warning, "")
     try:
-        renderer = checked_renderer(config)
+        renderer = checked_renderer(config, log_warnings=False)  # shown as WARN lines
         names = renderer.check()
     except ConfigError as error:
         report.fail("templates", str(error), "correct that template; serve would not start with it")

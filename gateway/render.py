@@ -404,14 +404,15 @@ def _samples(name: str, marker: str = "") -> list[dict[str, Any]]:
     return []
 
 
-def checked_renderer(config: GatewayConfig) -> Renderer:
+def checked_renderer(config: GatewayConfig, *, log_warnings: bool = True) -> Renderer:
     """The renderer of a configuration, with each alias domain's built and every template checked.
 
     Raises ConfigError naming the file that names the folder (the gateway file for its
     templates_dir, a rules file for the domain's) and, in the reason, the template's file and line:
     serve does not start, a reload is refused and check-config fails, as for a broken rules file.
     A file of those folders that the gateway never uses (template_warnings) is a warning of the
-    configuration, in ``renderer.warnings`` and ``config.warnings`` (logged when added there).
+    configuration, in ``renderer.warnings`` and ``config.warnings`` (logged when added there, unless
+    ``log_warnings`` is false: check-config and doctor print them instead).
     """
     from gateway.config import ConfigError
 
@@ -436,7 +437,8 @@ def checked_renderer(config: GatewayConfig) -> Renderer:
     for warning in renderer.warnings:
         if warning not in config.warnings:
             config.warnings.append(warning)
-            log.warning("configuration: %s", warning)
+            if log_warnings:
+                log.warning("configuration: %s", warning)
     return renderer
 
 

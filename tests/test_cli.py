@@ -168,12 +168,18 @@ def test_check_config_and_doctor_show_each_warning_once(tmp_path, test_odoo, dns
     from pathlib import Path
 
     config = write_config(tmp_path, test_odoo, dns_server.port, rules_extra="[notices]\nenabled = true\n")
+    # And a template file the gateway never uses (its warning comes from the templates' check).
+    rules = tmp_path / "rules" / f"{ALIAS_DOMAIN}.toml"
+    rules.write_text('templates_dir = "tpl"\n' + rules.read_text())
+    (tmp_path / "rules" / "tpl" / "notes").mkdir(parents=True)
+    (tmp_path / "rules" / "tpl" / "notes" / "default.html.j2").write_text("{{ body }}")
     root = Path(__file__).resolve().parent.parent
     for command in ("check-config", "doctor"):
         done = subprocess.run([sys.executable, "-m", "gateway", command, "--config", str(config)], cwd=root,
                               env={**os.environ, "PYTHONPATH": str(root)}, capture_output=True, text=True, timeout=60)
         shown = done.stdout + done.stderr
         assert shown.count("no notice is sent until it names one") == 1, (command, shown)
+        assert shown.count("notes/default.html.j2 is never used") == 1, (command, shown)
 
 
 def test_check_config_online_names_each_problem(tmp_path, test_odoo, capsys):

@@ -149,6 +149,66 @@ def test_two_workers_share_the_sessions_and_odoo_pool_and_file_each_message_once
     assert _most_calls_at_once(test_odoo.calls) <= 2
 
 
+def test_each_worker_listens_on_its_own_socket_and_the_kernel_spreads_connections_over_them():
+    # Benchmark 1 with two workers on one shared socket: the worker whose event loop woke first took
+    # every connection waiting (asyncio accepts up to the backlog at a time), one held 70 % of the
+    # sessions and of the CPU while the other idled. Each worker now has its own socket in an
+    # SO_REUSEPORT group, and the kernel spreads new connections by a hash of the client's port.
+    from gateway.workers import bind_per_worker
+
+    groups = bind_per_worker("127.0.0.1", 0, 2)
+    try:
+        assert len(groups) == 2 and groups[0][0] is not groups[1][0]
+        port = groups[0][0].getsockname()[1]
+        assert {sock.getsockname()[1] for group in groups for sock in group} == {port}
+        # 100: each socket's listen backlog (100) holds them all, even if one got every one.
+        clients = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(100)]
+        accepted = []
+        for group in groups:
+            group[0].setblocking(False)
+            taken = 0
+            while True:
+                try:
+                    connection, _ = group[0].accept()
+                except BlockingIOError:
+                    break
+                connection.close()
+                taken += 1
+            accepted.append(taken)
+        for client in clients:
+            client.close()
+        # Every connection reached a worker's socket, and each worker's socket got its share (each
+        # at least 20 of 100: a fair coin gives fewer about once in 10^9 runs).
+        assert sum(accepted) == 100 and min(accepted) >= 20, accepted
+    finally:
+        for group in groups:
+            for sock in group:
+                sock.close()
+
+
+def test_a_burst_of_sessions_is_spread_over_the_workers(test_odoo, serve, dkim_keys):
+    # 24 sessions opened at once, under the 20 per worker of max_sessions_per_ip if spread: all are
+    # filed, and by both workers.
+    gateway = serve(workers=2, rules_extra="[rate_limit]\nper_sender = 0\nper_record = 0\n")
+    _worker_pids(gateway, 2)
+    mailer = Mailer(_Port(gateway.port), dkim_keys)
+    to = mailer.address("note", "project.task", TASK_ID)
+    raws = [mailer.sign(mailer.message("note_from_contributor.eml", to, f"<burst-{n}@example.com>"))
+            for n in range(24)]
+    together = threading.Barrier(len(raws))
+    replies: list[str] = []
+    threads = [threading.Thread(target=lambda raw=raw: (together.wait(10), replies.append(_send(raw, to, gateway.port))))
+               for raw in raws]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert len(replies) == 24 and all(reply.startswith("250 2.0.0") for reply in replies), replies
+    workers = [json.loads(line)["worker"] for line in gateway.lines if line.startswith('{"event": "message"')]
+    assert len(workers) == 24 and min(workers.count(0), workers.count(1)) >= 3, workers
+    assert gateway.stop() == 0
+
+
 def test_the_same_message_at_once_on_two_workers_is_filed_once(test_odoo, serve, dkim_keys):
     gateway = serve(rules_extra="[rate_limit]\nper_sender = 0\nper_record = 0\n")
     _worker_pids(gateway, 2)

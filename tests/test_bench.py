@@ -110,6 +110,10 @@ def test_the_process_per_message_rows_pair_each_repetition_with_a_gateway_run(ba
     row, workers = bare_bench.process_per_message([160.0, 240.0, 80.0], [200.0, 200.0, 200.0])
     assert row.baseline == [8.0, 8.0, 8.0]
     assert row.ratios == [20.0, 30.0, 10.0] and workers.ratios == [25.0, 25.0, 25.0]
+    # Each configuration is judged on its own median: one process 20x (met), two workers 25x.
+    assert (row.passed, workers.passed) == (True, True)
+    row, workers = bare_bench.process_per_message([80.0, 80.0, 240.0], [120.0, 200.0, 120.0])
+    assert row.ratios == [10.0, 10.0, 30.0] and (row.passed, workers.passed) == (False, False)
 
 
 def _journal_with(path, *rows: tuple[str, str]) -> None:

@@ -181,8 +181,8 @@ class Bench:
         row = Row("1. capacity: gateway / bare aiosmtpd sink", "msg/s", target=">= 0.35",
                   note="20 connections, 5 KB DKIM-signed notes, warm DNS cache, test Odoo without latency")
         workers = Row("1. the same with listener.workers = 2", "msg/s", target=">= 0.35",
-                      note="two gateway processes on one socket, pool_size = 8 (4 per worker, as the "
-                           "one process has), the same sink run as the baseline")
+                      note="two gateway processes, each on its own socket (SO_REUSEPORT), pool_size = 8 (4 per "
+                           "worker, as the one process has), the same sink run as the baseline")
         for _ in range(size.repeat):
             messages = self.messages(max(size.capacity_messages, size.sink_messages))
             with world.sink() as port:

@@ -390,7 +390,9 @@ def _samples(name: str, marker: str = "") -> list[dict[str, Any]]:
     body = _BODY_TEMPLATE.match(name)
     if body:
         model = "project.task" if body.group("model") == "default" else body.group("model")
-        values = dict(body=Markup(f"<p>Sample body {marker}</p>"), sender_name="Sample Sender",
+        # Blank lines around it, as a sanitized body can have: a filter that trims or shortens the
+        # body ({{ body | trim }}) is caught here, not by the run-time guard on a real message.
+        values = dict(body=Markup(f"\n<p>Sample body {marker}</p>\n"), sender_name="Sample Sender",
                       sender_email="sender@example.com", subject="Sample subject", dkim_domain="example.com",
                       received_at=datetime(2025, 1, 1, 12, 0, tzinfo=timezone.utc), kind=body.group("kind"),
                       model=model, res_id=1, refused_files=[], attachment_names=[])

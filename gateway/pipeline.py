@@ -67,7 +67,9 @@ class Services:
         resolver_config = config.gateway.resolver
         # First, as it opens nothing: every template is read and checked (ConfigError naming the
         # file and line), so a broken one stops the start or the reload, not every message after it.
-        renderer = checked_renderer(config)
+        # A worker of several (workers > 1) leaves the warnings of never-used template files to its
+        # supervisor, which logs them once for all at start and at each reload.
+        renderer = checked_renderer(config, log_warnings=workers == 1)
         # What is built is closed again when a later part fails: a refused reload leaves nothing open.
         with ExitStack() as built:
             try:

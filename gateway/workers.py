@@ -167,7 +167,7 @@ class Supervisor:
         # Checked here once, so a broken file is reported once and no worker is asked to read it.
         try:
             config = load_config(self.config_path)
-            checked_renderer(config)
+            checked_renderer(config, log_warnings=False)  # logged with the others just below
         except (ConfigError, OSError, ValueError) as error:
             log.error("reload refused, the previous rules stay in force: %s", error)
             return

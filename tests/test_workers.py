@@ -511,3 +511,32 @@ def test_metrics_of_every_worker_are_served_summed_on_one_port(test_odoo, serve,
     assert len(lines) == 6
     assert 'note_gateway_messages_total{refusal="none",verdict="filed"} 6.0' in text, text
     assert gateway.stop() == 0
+
+
+def test_a_never_used_template_is_warned_about_once_at_start_and_once_per_reload(test_odoo, serve, tmp_path):
+    # Session review: with workers, the supervisor and every worker logged it (3 times at start, 4
+    # more at a reload, the supervisor twice).
+    (tmp_path / "rules" / "tpl" / "note").mkdir(parents=True)
+    (tmp_path / "rules" / "tpl" / "note" / "project_task.html.j2").write_text("{{ body }}")
+    gateway = serve(workers=2)
+    rules = tmp_path / "rules" / f"{ALIAS_DOMAIN}.toml"
+    rules.write_text('templates_dir = "tpl"\n' + rules.read_text())
+    mark = _reload_both_workers(gateway)
+    time.sleep(0.5)  # what a worker would log comes before its "rules reloaded"; a moment more for the supervisor
+    warned = [index for index, line in enumerate(gateway.lines) if "project_task.html.j2 is never used" in line]
+    assert len(warned) == 1 and warned[0] >= mark, gateway.log
+    gateway.signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while sum("rules reloaded: " in line for line in gateway.lines[mark:]) < 4:
+        assert time.monotonic() < deadline, gateway.log
+        time.sleep(0.05)
+    time.sleep(0.5)
+    assert sum("project_task.html.j2 is never used" in line for line in gateway.lines) == 2, gateway.log
+    # A worker started again (its start builds the services as at the gateway's start) logs nothing.
+    pid = int(re.findall(r"worker 1 started \(pid (\d+)\)", gateway.log)[-1])
+    mark = len(gateway.lines)
+    os.kill(pid, signal.SIGKILL)
+    gateway.wait_for(r"worker 1 serving ", start=mark)
+    time.sleep(0.5)
+    assert sum("project_task.html.j2 is never used" in line for line in gateway.lines) == 2, gateway.log
+    assert gateway.stop() == 0

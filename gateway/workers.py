@@ -45,6 +45,9 @@ def bind(host: str, port: int, backlog: int = 100, *, reuse_port: bool = False) 
             if family == socket.AF_INET6:
                 # As asyncio does: "::" takes IPv6 only, so "0.0.0.0" beside it does not collide.
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if port == 0 and sockets[0] is not sock:
+                # Port 0 (tests): the port the system picked for the first address, for every one.
+                address = (address[0], sockets[0].getsockname()[1], *address[2:])
             sock.bind(address)
             sock.listen(backlog)
             sock.set_inheritable(True)

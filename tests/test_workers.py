@@ -186,6 +186,30 @@ def test_each_worker_listens_on_its_own_socket_and_the_kernel_spreads_connection
                 sock.close()
 
 
+def test_with_port_0_every_address_of_every_worker_gets_the_same_port(monkeypatch):
+    # Session review: a host with two addresses ("localhost": 127.0.0.1 and ::1) and port 0 (serve
+    # --any-port) put worker 0's second address on a port of its own.
+    from gateway import workers
+
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this machine")
+    real = socket.getaddrinfo
+    monkeypatch.setattr(socket, "getaddrinfo", lambda host, port, *a, **k: real("127.0.0.1", port, *a, **k)
+                        + real("::1", port, *a, **k) if host == "localhost" else real(host, port, *a, **k))
+    try:
+        groups = workers.bind_per_worker("localhost", 0, 3)
+    except OSError as error:
+        pytest.skip(f"cannot bind ::1 here: {error}")
+    try:
+        ports = {sock.getsockname()[1] for group in groups for sock in group}
+        assert len(ports) == 1 and all(len(group) == 2 for group in groups), \
+            [[sock.getsockname()[:2] for sock in group] for group in groups]
+    finally:
+        for group in groups:
+            for sock in group:
+                sock.close()
+
+
 def test_a_burst_of_sessions_is_spread_over_the_workers(test_odoo, serve, dkim_keys):
     # 24 sessions opened at once, under the 20 per worker of max_sessions_per_ip if spread: all are
     # filed, and by both workers.

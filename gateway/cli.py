@@ -476,8 +476,14 @@ def command_doctor(args: argparse.Namespace) -> int:
 
 def command_check_config(args: argparse.Namespace) -> int:
     config = _load(args.config)
-    # The journal as serve checks it at start: a folder it can write, and the file if it exists.
-    if not _check_journal(config):
+    # The journal as serve checks it at start: a folder it can write, and the file if it exists. A
+    # folder that does not exist yet is only a warning here: systemd's StateDirectory= (the unit's
+    # /var/lib/note-gateway) is made when the unit first starts, after the admin checked the files.
+    folder = config.journal_path.parent
+    if not folder.exists() and not config.journal_path.is_dir():
+        config.warnings.append(f"{config.path}: journal.path: the folder {folder} does not exist yet; serve "
+                               "needs it (systemd's StateDirectory= makes it when the unit first starts)")
+    elif not _check_journal(config):
         return 2
     # The templates as serve and a reload check them: each compiled and rendered with sample values.
     if _check_templates(config, log_warnings=False) is None:  # printed below as "warning:"

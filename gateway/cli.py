@@ -14,7 +14,7 @@ from pathlib import Path
 
 from gateway import address
 from gateway.config import (ConfigError, GatewayConfig, alias_domain, keep_restart_settings, load_config, log_warnings,
-                            restart_warnings)
+                            restart_warnings, shown_address)
 
 
 def _load(path: str) -> GatewayConfig:
@@ -176,13 +176,13 @@ def _serve(args: argparse.Namespace, held: set) -> int:
         listener = config.gateway.listener
         if sockets is not None:
             await server.start(sockets)
-            logger.info("worker %s serving %s:%d (%s%s)", observe.worker, listener.host, server.port,
+            logger.info("worker %s serving %s (%s%s)", observe.worker, shown_address(listener.host, server.port),
                         listener.protocol.upper(), ", STARTTLS required" if listener.require_starttls
                         else ", STARTTLS" if config.tls_files else "")
         else:
             await server.start()
-            logger.info("listening on %s:%d (%s%s) for %s", listener.host, server.port, listener.protocol.upper(),
-                        ", STARTTLS required" if listener.require_starttls
+            logger.info("listening on %s (%s%s) for %s", shown_address(listener.host, server.port),
+                        listener.protocol.upper(), ", STARTTLS required" if listener.require_starttls
                         else ", STARTTLS" if config.tls_files else "", ", ".join(sorted(config.domains)))
         for name, pool in services.odoo.items():
             # Logging in now shows a wrong key or URL at start; the gateway serves anyway, since
@@ -210,7 +210,7 @@ def _serve(args: argparse.Namespace, held: set) -> int:
         # Port taken or not allowed (port 25 without CAP_NET_BIND_SERVICE): one line, exit 1, and
         # systemd's Restart=on-failure tries again.
         listener = config.gateway.listener
-        logger.error("cannot listen on %s:%d: %s", listener.host, listener.port, error.strerror or error)
+        logger.error("cannot listen on %s: %s", shown_address(listener.host, listener.port), error.strerror or error)
         return 1
     finally:
         # The queued notices get what is left of the stop's grace, counted from the signal: the

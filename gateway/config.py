@@ -41,11 +41,43 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
+# How messages show an empty [listener] host: it binds every interface, IPv4 and IPv6.
+EVERY_INTERFACE = "every interface (0.0.0.0 and ::)"
+
+
+def shown_host(host: str) -> str:
+    """listener.host as doctor and a reload's warning show it: an empty one is not a blank."""
+    return host or EVERY_INTERFACE
+
+
+def shown_address(host: str, port: int) -> str:
+    """Where the listener is, as the log shows it: ``127.0.0.1:2525``, ``[::1]:2525``, or, for an
+    empty host, ``every interface, 0.0.0.0:2525 and [::]:2525``."""
+    if not host:
+        return f"every interface, 0.0.0.0:{port} and [::]:{port}"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _host(value: str) -> str:
-    # An empty host bound every interface while messages and doctor showed a blank (operator review).
+    # An empty [metrics] host failed at start with "Name or service not known" (operator review):
+    # prometheus_client's start_http_server resolves it as a name.
     if not value.strip():
         raise ValueError("empty: write the address to listen on, e.g. 127.0.0.1, or 0.0.0.0 for every "
                          "IPv4 interface (:: for every IPv6 one)")
+    return value
+
+
+def _listener_host(value: str) -> str:
+    # "" (or "*") listens on every interface, IPv4 and IPv6: asyncio's create_server and
+    # workers.bind make of an empty host a socket on 0.0.0.0 and one on ::, on the same port.
+    # 0.0.0.0 alone is IPv4 only and :: alone IPv6 only (both set IPV6_V6ONLY), so refusing "" for
+    # the blank it left in the log and doctor left no way to take mail from both families, as an
+    # MX on port 25 must (review); the log and doctor now show it as EVERY_INTERFACE.
+    if value == "*":
+        return ""
+    if value and not value.strip():
+        raise ValueError('blank: write "" (or "*") for every interface, IPv4 and IPv6, or the address to '
+                         "listen on, e.g. 127.0.0.1 (0.0.0.0 is every IPv4 interface only, :: every IPv6 one only)")
     return value
 
 
@@ -115,7 +147,7 @@ class ListenerConfig(_Strict):
     tls_key_credential: str | None = None
     require_starttls: bool = False
 
-    _nonempty_host = field_validator("host")(_host)
+    _every_interface = field_validator("host")(_listener_host)
 
     @model_validator(mode="after")
     def _tls_complete(self) -> ListenerConfig:

@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from typing import Callable
 
 from gateway import checks, tls
-from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.config import ConfigError, GatewayConfig, load_config, shown_host
 from gateway.render import checked_renderer
 from gateway.journal import Journal, JournalUnavailable, path_problem
 from gateway.odoo import OdooPool
@@ -148,7 +148,7 @@ def check_certificate(config: GatewayConfig, report: Report, now: Callable[[], d
     listener = config.gateway.listener
     if files is None:
         if listener.host not in ("127.0.0.1", "::1", "localhost"):
-            report.warn("tls", f"no certificate, yet the listener is on {listener.host}",
+            report.warn("tls", f"no certificate, yet the listener is on {shown_host(listener.host)}",
                         "set [listener] tls_certificate, tls_key and require_starttls when it faces the internet")
         else:
             report.ok("tls", "no certificate (loopback listener)")

@@ -529,7 +529,9 @@ class GatewayServer:
         if sockets:
             self._servers = [await loop.create_server(self._protocol, sock=sock) for sock in sockets]
         else:
-            self._servers = [await loop.create_server(self._protocol, host=self.listener.host, port=self.bind_port)]
+            # An empty host (every interface): None, for which asyncio binds 0.0.0.0 and ::.
+            self._servers = [await loop.create_server(self._protocol, host=self.listener.host or None,
+                                                      port=self.bind_port)]
 
     @property
     def port(self) -> int:

@@ -15,7 +15,7 @@ import tempfile
 import time
 
 from gateway.config import (ConfigError, GatewayConfig, keep_restart_settings, load_config, log_warnings,
-                            restart_values, restart_warnings)
+                            restart_values, restart_warnings, shown_address)
 from gateway.render import checked_renderer
 
 log = logging.getLogger("gateway")
@@ -255,7 +255,7 @@ class Supervisor:
         try:
             self.sockets = bind_per_worker(listener.host, self.port, self.count)
         except OSError as error:
-            log.error("cannot listen on %s:%d: %s", listener.host, self.port, error.strerror or error)
+            log.error("cannot listen on %s: %s", shown_address(listener.host, self.port), error.strerror or error)
             return 1
         for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(number, self._on_signal)
@@ -273,8 +273,8 @@ class Supervisor:
             for index in range(self.count):
                 self._spawn(index)
             port = self.sockets[0][0].getsockname()[1]
-            log.info("listening on %s:%d (%s, %d workers) for %s", listener.host, port, listener.protocol.upper(),
-                     self.count, ", ".join(sorted(self.config.domains)))
+            log.info("listening on %s (%s, %d workers) for %s", shown_address(listener.host, port),
+                     listener.protocol.upper(), self.count, ", ".join(sorted(self.config.domains)))
             while not self._stop:
                 if self._reload:
                     self._reload = False

@@ -705,9 +705,13 @@ def test_an_infinite_rate_limit_window_is_named_not_a_traceback_of_prune_journal
     # http://127.0.0.1:0/metrics" was logged for a server listening elsewhere (operator review).
     ("[listener]\nport = 0\n", "listener.port", "Input should be greater than or equal to 1"),
     ("[metrics]\nport = 0\n", "metrics.port", "Input should be greater than or equal to 1"),
-    # Every interface, shown as a blank in the log and doctor's "yet the listener is on " (operator review).
-    ('[listener]\nhost = ""\n', "listener.host", "empty: write the address to listen on, e.g. 127.0.0.1, or 0.0.0.0 "
-                                                 "for every IPv4 interface (:: for every IPv6 one)"),
+    # A blank listener host is a slip: "" (or "*") is every interface, IPv4 and IPv6.
+    ('[listener]\nhost = " "\n', "listener.host", 'blank: write "" (or "*") for every interface, IPv4 and IPv6, or the '
+                                                  "address to listen on, e.g. 127.0.0.1 (0.0.0.0 is every IPv4 "
+                                                  "interface only, :: every IPv6 one only)"),
+    # prometheus_client's start_http_server takes an empty host for a name: "Name or service not known" at start.
+    ('[metrics]\nhost = ""\n', "metrics.host", "empty: write the address to listen on, e.g. 127.0.0.1, or 0.0.0.0 "
+                                               "for every IPv4 interface (:: for every IPv6 one)"),
     ('[metrics]\nhost = " "\n', "metrics.host", "empty: write the address to listen on, e.g. 127.0.0.1, or 0.0.0.0 "
                                                 "for every IPv4 interface (:: for every IPv6 one)"),
 ])
@@ -717,6 +721,17 @@ def test_a_port_or_host_no_mail_system_can_be_pointed_at_is_refused(folder, gate
     (folder / "gateway.toml").write_text(GATEWAY + '[listener]\nhost = "0.0.0.0"\nport = 1\n[metrics]\nport = 65535\n')
     gateway = load_config(folder / "gateway.toml", environ={}).gateway
     assert (gateway.listener.host, gateway.listener.port, gateway.metrics.port) == ("0.0.0.0", 1, 65535)
+
+
+@pytest.mark.parametrize("host", ["", "*"])
+def test_an_empty_listener_host_is_every_interface_ipv4_and_ipv6(folder, host):
+    from gateway import cli
+
+    # 742b0d0 refused host = "", which had listened on 0.0.0.0 and :: at once: 0.0.0.0 is IPv4
+    # only and :: IPv6 only, so a working MX on port 25 had to drop the senders of one family (review).
+    (folder / "gateway.toml").write_text(GATEWAY + f'[listener]\nhost = "{host}"\n')
+    assert load_config(folder / "gateway.toml", environ={}).gateway.listener.host == ""
+    assert cli.main(["check-config", "--config", str(folder / "gateway.toml")]) == 0
 
 
 def test_a_byte_order_mark_at_the_start_of_a_toml_file_is_taken_as_utf8(folder):

@@ -494,6 +494,18 @@ def test_doctor_warns_of_a_certificate_near_its_end(tmp_path, test_odoo, dns_ser
     assert "WARN  tls:" in _report_text(report) and "in 10 days" in _report_text(report)
 
 
+def test_doctor_names_an_empty_host_as_every_interface(tmp_path, test_odoo, dns_server):
+    # It said "no certificate, yet the listener is on " with a blank (operator review); host = ""
+    # listens on 0.0.0.0 and :: at once, and the warning says so.
+    path = write_config(tmp_path, test_odoo, dns_server.port)
+    path.write_text(path.read_text().replace('host = "127.0.0.1"', 'host = ""', 1))
+    report = diagnose(str(path))
+    assert report.problems == 0 and report.warnings == 1
+    assert ("WARN  tls: no certificate, yet the listener is on every interface (0.0.0.0 and ::)\n"
+            "      fix: set [listener] tls_certificate, tls_key and require_starttls when it faces the internet"
+            ) in _report_text(report)
+
+
 def test_doctor_runs_the_online_checks_of_check_config(tmp_path, dns_server, capsys):
     # Operator review: before setup-odoo, doctor said "everything looks right" while every message
     # was deferred (451, Odoo refused ir.model.access.search_read); check-config --online knew.

@@ -19,6 +19,7 @@ import pytest
 from conftest import Mailer, write_config
 
 from gateway.testing.odoo_demo import SALE_ORDER_ID, TASK_ID
+from gateway.testing.sending import deliver
 
 ROOT = Path(__file__).parent.parent
 
@@ -30,10 +31,10 @@ def _free_port() -> int:
 
 
 class ServeProcess:
-    def __init__(self, config: Path) -> None:
+    def __init__(self, config: Path, *, any_port: bool = True) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--any-port"], cwd=ROOT,
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            [sys.executable, "-m", "gateway", "serve", "--config", str(config), *(["--any-port"] if any_port else [])],
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self.lines: list[str] = []
         # A thread reads stderr: select() on the pipe cannot see lines already in Python's buffer.
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -137,3 +138,46 @@ def test_serve_exits_1_with_one_line_when_the_port_is_taken(tmp_path, test_odoo)
     assert result.returncode == 1
     assert f"ERROR gateway: cannot listen on 127.0.0.1:{port}: " in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+def _free_port_of_both_families() -> int:
+    # One socket on :: that also takes IPv4 holds the port on 0.0.0.0 and :: while it is picked.
+    with socket.socket(socket.AF_INET6) as probe:
+        probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        probe.bind(("::", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="this machine has no IPv6 loopback (::1) to connect to")
+@pytest.mark.parametrize("host, workers", [("", 1), ("", 2), ("*", 1)])
+def test_an_empty_host_takes_mail_on_every_interface_ipv4_and_ipv6(tmp_path, test_odoo, dns_server, dkim_keys,
+                                                                  host, workers):
+    # host = "" listened on 0.0.0.0 and :: at once until 742b0d0 refused it; 0.0.0.0 alone takes
+    # IPv4 only and :: alone IPv6 only, so an MX had to turn away the senders of one family (review).
+    # Not --any-port: port 0 would give each address a port of its own; this one is free on both.
+    port = _free_port_of_both_families()
+    config = write_config(tmp_path, test_odoo, dns_server.port, listener_extra=f"port = {port}\nworkers = {workers}")
+    config.write_text(config.read_text().replace('host = "127.0.0.1"', f'host = "{host}"', 1))
+    serve = ServeProcess(config, any_port=False)
+    try:
+        every = f"every interface, 0.0.0.0:{port} and [::]:{port}"
+        serve.wait_for(re.escape(f"listening on {every} (SMTP{', 2 workers' if workers == 2 else ''}) for "))
+        for index in range(workers if workers > 1 else 0):
+            serve.wait_for(re.escape(f"worker {index} serving {every} (SMTP)"))
+        mailer = Mailer(type("Running", (), {"port": port})(), dkim_keys)
+        task = mailer.address("note", "project.task", TASK_ID)
+        for address in ("127.0.0.1", "::1"):
+            raw = mailer.sign(mailer.message("note_from_contributor.eml", task))
+            reply = deliver(raw, task, host=address, port=port, mail_from="portal.contrib@example.com", timeout=30)
+            assert reply.startswith("250 2.0.0 Filed"), (address, reply)
+    finally:
+        assert serve.stop() == 0

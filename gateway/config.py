@@ -893,6 +893,8 @@ def keep_restart_settings(new: GatewayConfig, running: GatewayConfig | dict[str,
 def restart_warnings(path: Path | str, changed: list[tuple[str, object, object]]) -> list[str]:
     """One line per setting of ``keep_restart_settings``: ``<file>: <key>: <what happens>``."""
     def shown(value: object) -> str:
+        if value == "":  # listener.host, the only setting here that may be empty: not a bare ''
+            return f"'' ({EVERY_INTERFACE})"
         return "no [metrics] section" if value is None else repr(value) if isinstance(value, str) else str(value)
 
     return [f"{path}: {key}: changed from {shown(running)} to {shown(wanted)}, which needs a restart; "

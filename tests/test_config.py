@@ -734,6 +734,20 @@ def test_an_empty_listener_host_is_every_interface_ipv4_and_ipv6(folder, host):
     assert cli.main(["check-config", "--config", str(folder / "gateway.toml")]) == 0
 
 
+def test_a_reload_that_changes_an_empty_host_names_it_every_interface(folder):
+    from gateway.config import keep_restart_settings, restart_warnings
+
+    path = folder / "gateway.toml"
+    path.write_text(GATEWAY + '[listener]\nhost = ""\n')
+    running = load_config(path, environ={})
+    path.write_text(GATEWAY + '[listener]\nhost = "127.0.0.1"\n')
+    new = load_config(path, environ={})
+    assert restart_warnings(path, keep_restart_settings(new, running)) == [
+        f"{path}: listener.host: changed from '' (every interface (0.0.0.0 and ::)) to '127.0.0.1', which needs a "
+        "restart; '' (every interface (0.0.0.0 and ::)) stays in force until then"]
+    assert new.gateway.listener.host == ""
+
+
 def test_a_byte_order_mark_at_the_start_of_a_toml_file_is_taken_as_utf8(folder):
     # Some Windows editors write one; tomllib said only "Invalid statement (at line 1, column 1)".
     (folder / "gateway.toml").write_bytes(b"\xef\xbb\xbf" + GATEWAY.lstrip().encode())

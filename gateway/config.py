@@ -228,6 +228,29 @@ def _url_host(host: str) -> bool:
     return len(host) <= 254 and all(_URL_HOST_LABEL.fullmatch(label) for label in labels)
 
 
+def odoo_identity(url: str, database: str) -> str:
+    """Which Odoo data an [odoo.NAME] connection reaches: its URL's scheme, host and port, and its database.
+
+    Two connections with the same identity are one Odoo for every "same Odoo" question (a record
+    of one is the record of the other): one integration user per company on one database, say
+    (docs/rules.md). The login does not count: two logins on one database see the same records.
+    Normalised as odoorpc reaches it (odoo.endpoint): the host in lower case without a final dot,
+    an IP address in its shortest form, the port the scheme implies written out. Two names of one
+    server (a host name and its address) are not recognised as one: give both connections the same
+    URL. E.g. ``https://erp.example.com:443/production``.
+    """
+    parts = urlsplit(url)
+    host = (parts.hostname or "").rstrip(".")
+    try:
+        address = ipaddress.ip_address(host)
+        host = f"[{address.compressed}]" if address.version == 6 else address.compressed
+    except ValueError:
+        pass
+    scheme = parts.scheme.lower()
+    port = parts.port or (443 if scheme == "https" else 80)
+    return f"{scheme}://{host}:{port}/{database}"
+
+
 class OdooConnection(_Strict):
     url: str
     database: str
@@ -295,6 +318,11 @@ class OdooConnection(_Strict):
                              "calls /jsonrpc and /web/... at their root, so the path would be dropped; give the "
                              "host name or port that serves Odoo at its root, such as https://erp.example.com")
         return value.rstrip("/")
+
+    @property
+    def identity(self) -> str:
+        """The Odoo this connection reaches (odoo_identity): what the gateway's keys name an Odoo by."""
+        return odoo_identity(self.url, self.database)
 
 
 class GatewayFile(_Strict):
@@ -578,6 +606,13 @@ class GatewayConfig:
         self.api_keys = api_keys
         # Mistakes that do not stop the start (a world-readable key file), logged and shown by check-config.
         self.warnings = list(warnings or [])
+        # Connection name -> the Odoo it reaches (odoo_identity), worked out once: two connections
+        # to one database are one Odoo for routing, the claims, the journal's keys and rate limits.
+        self.odoo_identities = {name: connection.identity for name, connection in gateway.odoo.items()}
+
+    def odoo_identity(self, domain: str) -> str:
+        """The Odoo (odoo_identity) of an alias domain's records."""
+        return self.odoo_identities[self.domains[domain].odoo]
 
     @property
     def base_dir(self) -> Path:

@@ -161,14 +161,19 @@ def note_address_in_headers(message: ParsedMessage, target: Target, config: Gate
     note: the Message-ID check makes the second delivery a duplicate of the first, whichever comes
     first, and nothing is ever public. A plain note@ of a domain on the same Odoo counts as the
     same record: it would be routed by the same References.
+
+    The same Odoo is the same URL and database (config.odoo_identity), whatever the [odoo.NAME]
+    connections are called: two connections to one database (one integration user per company)
+    reach the same record, and a note address of the other one's domain must keep this reply
+    internal just as well (review of multi-Odoo setups: it was filed public, its note a duplicate).
     """
-    odoo_name = config.domains[target.domain].odoo
+    odoo = config.odoo_identity(target.domain)
     for value in list(message.to) + list(message.cc):
         try:
             other = address.parse_recipient(value, config.secrets)
         except Refusal:
             continue
-        if other.kind != "note" or config.domains[other.domain].odoo != odoo_name:
+        if other.kind != "note" or config.odoo_identity(other.domain) != odoo:
             continue
         if other.by_reference or (other.model, other.res_id) == (target.model, target.res_id):
             return other.address

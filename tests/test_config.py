@@ -182,6 +182,42 @@ def test_odoo_url_is_given_to_odoorpc_as_host_protocol_and_port(folder, url, kep
     assert odoorpc_endpoint(connection.url) == endpoint
 
 
+def test_two_connections_to_one_database_are_one_odoo_whatever_their_names_and_logins(folder):
+    # Multi-Odoo review: "the same Odoo" was the same [odoo.NAME], so two connections to one
+    # database (one integration user per company) were two Odoos, and a record of both two records.
+    (folder / "gateway.toml").write_text(GATEWAY.replace("http://127.0.0.1:8069", "https://ERP.Example.com.:443/") + """
+[odoo.second_company]
+url = "https://erp.example.com"
+database = "notes"
+login = "gateway-second-company"
+api_key_file = "key"
+[odoo.other_database]
+url = "https://erp.example.com"
+database = "notes2"
+login = "gateway"
+api_key_file = "key"
+[odoo.plain_http]
+url = "http://erp.example.com:443"
+database = "notes"
+login = "gateway"
+api_key_file = "key"
+[odoo.v6]
+url = "http://[0:0::1]:8069"
+database = "notes"
+login = "gateway"
+api_key_file = "key"
+""")
+    config = load_config(folder / "gateway.toml", environ={})
+    assert config.odoo_identities == {
+        "main": "https://erp.example.com:443/notes",
+        "second_company": "https://erp.example.com:443/notes",
+        "other_database": "https://erp.example.com:443/notes2",
+        "plain_http": "http://erp.example.com:443/notes",
+        "v6": "http://[::1]:8069/notes",
+    }
+    assert config.odoo_identity("notes.example.com") == "https://erp.example.com:443/notes"
+
+
 def test_secrets_from_unset_environment_variable(folder):
     # Bad-input review: beside secrets (or secrets_file), an unset secrets_env was silently ignored,
     # so secrets rotated through the environment were not in force and nothing said so.

@@ -10,6 +10,7 @@ from conftest import ALIAS_DOMAIN, SECRET, SELECTOR, write_config
 
 from gateway import address
 from gateway.config import load_config
+from gateway.journal import Journal
 from gateway.pipeline import Services
 from gateway.smtp import ThreadedGateway
 from gateway.testing.dkim import sign
@@ -93,6 +94,53 @@ def test_a_note_address_of_the_same_record_on_another_odoo_leaves_a_reply_public
         assert reply.startswith("250 2.0.0 Filed as Odoo message "), reply
     assert [filing.subtype_xmlid for filing in test_odoo.filings()] == ["mail.mt_comment", "mail.mt_comment"]
     assert second_odoo.filings() == []
+
+
+@pytest.fixture
+def two_connections_gateway(tmp_path, test_odoo, dns_server):
+    """The second alias domain on a second [odoo.*] connection to the SAME database (one integration
+    user per company, say: docs/rules.md)."""
+    config_path = write_config(tmp_path, test_odoo, dns_server.port)
+    with (tmp_path / "gateway.toml").open("a") as gateway_file:
+        gateway_file.write(textwrap.dedent(f"""
+            [odoo.other_company]
+            url = "{test_odoo.url}/"
+            database = "{test_odoo.database}"
+            login = "gateway"
+            api_key_file = "odoo-api-key"
+            timeout = 5
+        """))
+    (tmp_path / "rules" / f"{SECOND_DOMAIN}.toml").write_text(textwrap.dedent(f"""
+        domain = "{SECOND_DOMAIN}"
+        odoo = "other_company"
+        secrets = ["{SECOND_SECRET}"]
+        [note]
+        models = ["project.task"]
+    """))
+    services, server = _start(config_path)
+    yield server
+    server.stop()
+    services.close()
+
+
+def test_a_note_address_of_another_connection_to_the_same_database_keeps_a_reply_internal(
+        tmp_path, test_odoo, two_connections_gateway, dkim_keys):
+    # Found by the multi-Odoo review: "the same Odoo" was the same connection NAME, so a reply+ of
+    # the first domain with a note+ of the second (another connection, same database, same task)
+    # in Cc was filed PUBLIC, and the note+ delivery then answered "Already filed": the internal
+    # text public, no note. The same URL and database are one Odoo, whatever the connections' names.
+    reply_to = address.mint(SECRET.encode(), ALIAS_DOMAIN, "reply", "project.task", TASK_ID)
+    note_to = address.mint(SECOND_SECRET.encode(), SECOND_DOMAIN, "note", "project.task", TASK_ID)
+    raw = sign(compose(PAULA_EMAIL, f"{reply_to}, {note_to}", "Re: Pump", "INTERNAL: margin is 40%",
+                       message_id="<both@example.com>"), dkim_keys["example.com"], "example.com", SELECTOR)
+    first = deliver(raw, reply_to, port=two_connections_gateway.port, mail_from=PAULA_EMAIL)
+    assert first.startswith("250 2.0.0 Filed as Odoo message "), first
+    second = deliver(raw, note_to, port=two_connections_gateway.port, mail_from=PAULA_EMAIL)
+    assert second == first.replace("Filed", "Already filed"), second
+    assert [filing.subtype_xmlid for filing in test_odoo.filings()] == ["mail.mt_note"]
+    with Journal(tmp_path / "journal.sqlite3", read_only=True) as journal:
+        assert [entry.decision for entry in journal.recent(2)[::-1]] == [
+            f"reply-all with {note_to}: filed as a note, never public", ""]
 
 
 def test_one_odoo_down_does_not_stop_the_other(test_odoo, second_odoo, two_odoo_gateway, dkim_keys):

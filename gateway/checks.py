@@ -258,7 +258,8 @@ def dry_run(services: pipeline.Services, rcpt: str, raw: bytes,
             mail_from = senderauth.read_from_address(raw)
         except Refusal:
             mail_from = ""
-    ctx = MessageContext(raw=raw, mail_from=mail_from, target=target, rules=rules)
+    ctx = MessageContext(raw=raw, mail_from=mail_from, target=target, rules=rules,
+                         odoo_identity=config.odoo_identity(target.domain))
     deadline = time.monotonic() + config.gateway.listener.message_deadline
     for stage in pipeline.STAGES:
         if stage.name == "post":

@@ -107,6 +107,10 @@ class MessageContext:
     target: Target
     rules: DomainRules
     peer: str = ""
+    # The Odoo the record is in (config.odoo_identity: URL and database, not the connection's name):
+    # the in-flight claim and the journal's keys name it, so that task 60 of one Odoo is not task 60
+    # of another, and two connections to one database are one Odoo. '' (unknown) matches any Odoo.
+    odoo_identity: str = ""
     received_at: float = field(default_factory=time.time)
     message: ParsedMessage | None = None
     # The message as the email package parses it (compat32, as mail-parser does), parsed once and

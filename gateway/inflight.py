@@ -15,7 +15,7 @@ from gateway.refusals import MessageInProgress
 
 
 class InFlight:
-    """Claims on (Message-ID, model, record): one delivery at a time between the search and the post.
+    """Claims on (Message-ID, model, record, Odoo): one delivery at a time between the search and the post.
 
     Two deliveries of one message at once (a retry while the first is still posting) would both find
     nothing in Odoo and both post. Threads of one process share a set; worker processes
@@ -26,7 +26,7 @@ class InFlight:
     """
 
     def __init__(self, lock_path: Path | str | None = None) -> None:
-        self._keys: set[tuple[str, str, int]] = set()
+        self._keys: set[tuple] = set()
         self._lock = threading.Lock()
         self._fd: int | None = None
         if lock_path is not None:
@@ -35,14 +35,14 @@ class InFlight:
             self._fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
     @staticmethod
-    def _offset(key: tuple[str, str, int]) -> int:
+    def _offset(key: tuple) -> int:
         # 62 bits of a hash: two different keys share a byte with a chance of about 2**-62, and
         # the offset stays within off_t; the file itself never grows, locks need no data behind them.
         digest = hashlib.sha256(repr(key).encode()).digest()
         return int.from_bytes(digest[:8], "big") >> 2
 
     @contextmanager
-    def claim(self, key: tuple[str, str, int]) -> Iterator[None]:
+    def claim(self, key: tuple) -> Iterator[None]:
         """Hold ``key`` for the block, or raise MessageInProgress (451) if another delivery holds it."""
         with self._lock:
             if key in self._keys:

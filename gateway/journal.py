@@ -112,6 +112,9 @@ class JournalEntry:
     # rate limits count per sender and alias domain, and per record of one Odoo (docs/rules.md).
     domain: str = ""
     odoo: str = ""
+    # The Odoo itself (config.odoo_identity: URL and database): what the per-record rate limit and
+    # the retry check count by, since two connections to one database are one Odoo.
+    odoo_identity: str = ""
     verdict: str
     refusal_class: str = ""
     smtp_reply: str = ""
@@ -146,6 +149,7 @@ class JournalEntry:
             res_id=target.res_id,
             domain=target.domain,
             odoo=context.rules.odoo,
+            odoo_identity=context.odoo_identity,
             refusal_class=context.refusal.name if context.refusal else "",
             smtp_reply=smtp_reply,
             odoo_message_id=context.odoo_message_id,
@@ -160,7 +164,7 @@ class JournalEntry:
 _COLUMNS = (
     "received_at", "message_id", "peer", "mail_from", "rcpt", "from_address", "dkim_domain", "kind",
     "model", "res_id", "verdict", "refusal_class", "smtp_reply", "odoo_message_id", "durations",
-    "total_seconds", "odoo_seconds", "defects", "decision", "domain", "odoo",
+    "total_seconds", "odoo_seconds", "defects", "decision", "domain", "odoo", "odoo_identity",
 )
 
 # Each entry brings the schema from the version before it to its own (its position plus one); the
@@ -266,6 +270,36 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE receipts ADD COLUMN pid INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE receipts ADD COLUMN sender TEXT NOT NULL DEFAULT ''",
         "ALTER TABLE receipts ADD COLUMN written_at REAL NOT NULL DEFAULT 0",
+    ),
+    (
+        # Which Odoo (config.odoo_identity: URL and database, not the connection's name) a filed
+        # message, a receipt and an unsettled post belong to: task 60 of one Odoo is not task 60 of
+        # another, and two connections to one database are one Odoo (multi-Odoo review: a post left
+        # unsettled in one Odoo deferred the same message to another, and a duplicate there settled
+        # the first one's marker, which let a retry file it twice). Rows of an older journal keep
+        # '', which matches every Odoo, as the rows did then: an unsettled post of unknown Odoo
+        # still defers the message everywhere until it expires, and a filed message counts for
+        # every Odoo's record until it leaves the rate-limit window.
+        "ALTER TABLE messages ADD COLUMN odoo_identity TEXT NOT NULL DEFAULT ''",
+        "DROP INDEX messages_record",
+        "CREATE INDEX messages_record ON messages (model, res_id, odoo_identity, verdict, received_at)",
+        "ALTER TABLE receipts ADD COLUMN odoo_identity TEXT NOT NULL DEFAULT ''",
+        # The Odoo is part of the primary key, which SQLite cannot alter: the table is rebuilt.
+        """
+        CREATE TABLE unsettled_posts_7 (
+            message_id TEXT NOT NULL,
+            model TEXT NOT NULL,
+            res_id INTEGER NOT NULL,
+            sender TEXT NOT NULL COLLATE NOCASE,
+            since REAL NOT NULL,
+            odoo_identity TEXT NOT NULL DEFAULT '',
+            PRIMARY KEY (message_id, model, res_id, sender, odoo_identity)
+        )
+        """,
+        "INSERT INTO unsettled_posts_7 (message_id, model, res_id, sender, since, odoo_identity) "
+        "SELECT message_id, model, res_id, sender, since, '' FROM unsettled_posts",
+        "DROP TABLE unsettled_posts",
+        "ALTER TABLE unsettled_posts_7 RENAME TO unsettled_posts",
     ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -404,19 +438,21 @@ class Journal:
                 raise _unavailable(self.path, action, error) from error
 
     def begin(self, *, received_at: float, message_id: str, peer: str, mail_from: str, rcpt: str,
-              from_address: str, kind: str, model: str, res_id: int, sender: str = "") -> int:
+              from_address: str, kind: str, model: str, res_id: int, sender: str = "",
+              odoo_identity: str = "") -> int:
         """Write the receipt of a message about to be posted; JournalUnavailable if it cannot be written.
 
-        ``sender``: the key of an unsettled post of it (the verified address, lower case); the
-        receipt also keeps this process's id and the time, so that the receipt of a process that
-        dies can be told apart and taken for a post that may still be running in Odoo.
+        ``sender`` and ``odoo_identity``: the key of an unsettled post of it (the verified address,
+        lower case; the Odoo, config.odoo_identity); the receipt also keeps this process's id and
+        the time, so that the receipt of a process that dies can be told apart and taken for a post
+        that may still be running in Odoo.
         """
         _, receipt_id = self._run(
             "written",
             "INSERT INTO receipts (received_at, message_id, peer, mail_from, rcpt, from_address, kind, model, res_id,"
-            " pid, sender, written_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " pid, sender, written_at, odoo_identity) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (received_at, message_id, peer, mail_from, rcpt, from_address, kind, model, res_id, os.getpid(),
-             sender or from_address.strip().lower(), time.time()),
+             sender or from_address.strip().lower(), time.time(), odoo_identity),
         )
         return int(receipt_id or 0)
 
@@ -435,7 +471,7 @@ class Journal:
         have passed (then posted). A message that never reached Odoo waits no longer than that.
         """
         sql = ("SELECT id, received_at, message_id, peer, mail_from, rcpt, from_address, kind, model, res_id, "
-               "sender, written_at FROM receipts")
+               "sender, written_at, odoo_identity FROM receipts")
         parameters: tuple = ()
         if pids is not None:
             if not pids:
@@ -445,11 +481,11 @@ class Journal:
         rows, _ = self._run("read", sql + " ORDER BY id", parameters)
         recovered = []
         for (receipt_id, received_at, message_id, peer, mail_from, rcpt, from_address, kind, model, res_id,
-             sender, written_at) in rows:
+             sender, written_at, odoo_identity) in rows:
             entry = JournalEntry(
                 verdict="deferred", received_at=received_at, message_id=message_id, peer=peer,
                 mail_from=mail_from, rcpt=rcpt, from_address=from_address, kind=kind, model=model,
-                res_id=res_id, refusal_class="Interrupted",
+                res_id=res_id, odoo_identity=odoo_identity, refusal_class="Interrupted",
                 smtp_reply="(no reply: the gateway stopped while filing; the sender's retry is matched by Message-ID)",
                 defects=["unsettled-post:the process filing it died; a retry that does not find it in Odoo "
                          "is deferred for odoo.unsettled_post_seconds"],
@@ -463,11 +499,13 @@ class Journal:
                 ("DELETE FROM receipts WHERE id = ?", (receipt_id,)),
             ]
             if message_id and model and res_id is not None:
-                # A later marker of the same post (a retry that timed out again) is kept.
+                # A later marker of the same post (a retry that timed out again) is kept. The receipt
+                # of an older journal has no Odoo (''): its marker holds for every Odoo.
                 statements.append((
-                    "INSERT INTO unsettled_posts (message_id, model, res_id, sender, since) VALUES (?, ?, ?, ?, ?) "
-                    "ON CONFLICT DO UPDATE SET since = max(since, excluded.since)",
-                    (message_id, model, res_id, sender or from_address.strip().lower(), written_at or received_at)))
+                    "INSERT INTO unsettled_posts (message_id, model, res_id, sender, since, odoo_identity) "
+                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET since = max(since, excluded.since)",
+                    (message_id, model, res_id, sender or from_address.strip().lower(), written_at or received_at,
+                     odoo_identity)))
             self._transaction("written", statements)
             recovered.append(entry)
         return recovered
@@ -478,68 +516,81 @@ class Journal:
                                        "VALUES (?, ?, ?, ?) RETURNING 1", (recipient, reason, day, time.time()))
         return bool(rows)
 
-    def mark_unsettled(self, message_id: str, model: str, res_id: int, sender: str, *,
+    def mark_unsettled(self, message_id: str, model: str, res_id: int, sender: str, odoo_identity: str = "", *,
                        since: float | None = None, forget_before: float | None = None) -> None:
-        """Remember that this sender's post of this message on this record may still be running in Odoo.
+        """Remember that this sender's post of this message on this record of this Odoo may still be running there.
 
-        ``forget_before``: markers left before this time are deleted in the same transaction (a
-        sender that never retried leaves one behind, and an expired one decides nothing).
+        ``odoo_identity``: the Odoo (config.odoo_identity); '' (a marker of unknown Odoo, as an older
+        journal's) holds for every Odoo. ``forget_before``: markers left before this time are
+        deleted in the same transaction (a sender that never retried leaves one behind, and an
+        expired one decides nothing).
         """
-        statements = [("INSERT OR REPLACE INTO unsettled_posts (message_id, model, res_id, sender, since) "
-                       "VALUES (?, ?, ?, ?, ?)", (message_id, model, res_id, sender,
-                                                  time.time() if since is None else since))]
+        statements = [("INSERT OR REPLACE INTO unsettled_posts (message_id, model, res_id, sender, since, odoo_identity) "
+                       "VALUES (?, ?, ?, ?, ?, ?)", (message_id, model, res_id, sender,
+                                                     time.time() if since is None else since, odoo_identity))]
         if forget_before is not None:
             statements.append(("DELETE FROM unsettled_posts WHERE since < ?", (forget_before,)))
         self._transaction("written", statements)
 
-    def unsettled_since(self, message_id: str, model: str, res_id: int, sender: str, *,
+    def unsettled_since(self, message_id: str, model: str, res_id: int, sender: str, odoo_identity: str = "", *,
                         own_receipt: int | None = None) -> float | None:
-        """When this sender's post of this message on this record was left unsettled, if it is.
+        """When this sender's post of this message on this record of this Odoo was left unsettled, if it is.
 
         An open receipt of the same post, other than ``own_receipt``, counts as well: read under the
         message's claim, it was left by a process that died while posting (a killed worker whose
-        supervisor has not yet turned it into a marker) or that could not record the outcome.
+        supervisor has not yet turned it into a marker) or that could not record the outcome. A
+        marker or receipt of unknown Odoo ('', an older journal's) counts for every Odoo: it may be
+        this one's. Still one query, on the primary key.
         """
         rows, _ = self._run(
             "read",
             "SELECT max(since) FROM (SELECT since FROM unsettled_posts WHERE message_id = ? AND model = ? "
-            "AND res_id = ? AND sender = ? UNION ALL SELECT CASE WHEN written_at > 0 THEN written_at "
-            "ELSE received_at END FROM receipts WHERE message_id = ? AND model = ? AND res_id = ? "
-            "AND sender = ? AND id != ?)",
-            (message_id, model, res_id, sender, message_id, model, res_id, sender,
+            "AND res_id = ? AND sender = ? AND odoo_identity IN (?, '') UNION ALL SELECT CASE WHEN written_at > 0 "
+            "THEN written_at ELSE received_at END FROM receipts WHERE message_id = ? AND model = ? AND res_id = ? "
+            "AND sender = ? AND odoo_identity IN (?, '') AND id != ?)",
+            (message_id, model, res_id, sender, odoo_identity, message_id, model, res_id, sender, odoo_identity,
              -1 if own_receipt is None else own_receipt))
         return float(rows[0][0]) if rows and rows[0][0] is not None else None
 
-    def settle(self, message_id: str, model: str, res_id: int, sender: str) -> None:
-        """Forget an unsettled post: the message is known to be filed now."""
-        self._run("written", "DELETE FROM unsettled_posts WHERE message_id = ? AND model = ? AND res_id = ? "
-                             "AND sender = ?", (message_id, model, res_id, sender))
+    def settle(self, message_id: str, model: str, res_id: int, sender: str, odoo_identity: str = "") -> None:
+        """Forget an unsettled post: the message is known to be filed now, in this Odoo.
 
-    def count_filed(self, since: float, *, odoo: str = "", domain: str | None = None,
+        Only this Odoo's marker: the message filed in another Odoo says nothing of a post still
+        running here (multi-Odoo review: a duplicate in one Odoo cleared the other's marker, and a
+        retry there filed the note twice). A marker of unknown Odoo ('') is not settled either: it
+        may be another Odoo's, and it expires after odoo.unsettled_post_seconds.
+        """
+        self._run("written", "DELETE FROM unsettled_posts WHERE message_id = ? AND model = ? AND res_id = ? "
+                             "AND sender = ? AND odoo_identity = ?", (message_id, model, res_id, sender, odoo_identity))
+
+    def count_filed(self, since: float, *, odoo_identity: str = "", domain: str | None = None,
                     from_address: str | None = None, model: str | None = None, res_id: int | None = None) -> int:
         """How many messages were filed since a time: from one sender through one alias domain
-        (``from_address``, ``domain``), or to one record of one Odoo (``odoo``, ``model``, ``res_id``).
+        (``from_address``, ``domain``), or to one record of one Odoo (``odoo_identity``, ``model``, ``res_id``).
 
-        Rows of a journal older than schema version 5 (no domain or Odoo: '') count for every one.
+        One Odoo is one URL and database (config.odoo_identity), whatever its connections are called.
+        Rows of a journal older than schema version 5 (no domain: '') count for every domain, and
+        older than 7 (no Odoo: '') for every Odoo.
         """
         if from_address is not None:
             sql = ("SELECT count(*) FROM messages WHERE from_address = ? COLLATE NOCASE AND domain IN (?, '') "
                    "AND verdict = 'filed' AND received_at >= ?")
             parameters: tuple = (from_address, domain or "", since)
         else:
-            sql = ("SELECT count(*) FROM messages WHERE model = ? AND res_id = ? AND odoo IN (?, '') "
+            sql = ("SELECT count(*) FROM messages WHERE model = ? AND res_id = ? AND odoo_identity IN (?, '') "
                    "AND verdict = 'filed' AND received_at >= ?")
-            parameters = (model, res_id, odoo, since)
+            parameters = (model, res_id, odoo_identity, since)
         rows, _ = self._run("read", sql, parameters)
         return int(rows[0][0])
 
-    def was_filed(self, message_id: str, from_address: str, odoo: str, model: str | None = None,
+    def was_filed(self, message_id: str, from_address: str, odoo_identity: str, model: str | None = None,
                   res_id: int | None = None) -> bool:
         """Whether this sender's message was filed on this record of this Odoo (any time): a retry,
-        not a new message. Without a record (a plain address not routed yet): on any record of it."""
+        not a new message. Without a record (a plain address not routed yet): on any record of it.
+        A row of unknown Odoo ('', older than schema version 7) counts for every Odoo."""
         sql = ("SELECT 1 FROM messages WHERE message_id = ? AND from_address = ? COLLATE NOCASE "
-               "AND odoo IN (?, '') AND verdict = 'filed'")
-        parameters: tuple = (message_id, from_address, odoo)
+               "AND odoo_identity IN (?, '') AND verdict = 'filed'")
+        parameters: tuple = (message_id, from_address, odoo_identity)
         if model is not None:
             sql += " AND model = ? AND res_id = ?"
             parameters += (model, res_id)

@@ -222,7 +222,7 @@ def _rate_limit(ctx: MessageContext, services: Services, deadline: float) -> Non
     assert ctx.sender is not None
     try:
         ratelimit.check_rate(services.journal, ctx.rules.rate_limit, ctx.sender.email, ctx.target,
-                             odoo=ctx.rules.odoo, message_id=ctx.message.message_id if ctx.message else None)
+                             odoo=ctx.odoo_identity, message_id=ctx.message.message_id if ctx.message else None)
     except JournalUnavailable as error:
         raise JournalNotWritable(str(error)) from None
 
@@ -235,7 +235,7 @@ def _rate_limit_routed(ctx: MessageContext, services: Services, deadline: float)
         return
     try:
         ratelimit.check_record(services.journal, ctx.rules.rate_limit, ctx.sender.email, ctx.target,
-                               odoo=ctx.rules.odoo, message_id=ctx.message.message_id if ctx.message else None)
+                               odoo=ctx.odoo_identity, message_id=ctx.message.message_id if ctx.message else None)
     except JournalUnavailable as error:
         raise JournalNotWritable(str(error)) from None
 
@@ -343,11 +343,17 @@ def _authorize(ctx: MessageContext, services: Services, deadline: float) -> None
 
 
 def _claim(ctx: MessageContext, services: Services) -> None:
-    """Hold the message's in-flight claim until the end of the run (MessageInProgress, 451, if taken)."""
+    """Hold the message's in-flight claim until the end of the run (MessageInProgress, 451, if taken).
+
+    On (Message-ID, record, Odoo): the same message to task 60 of another Odoo is another post,
+    which must not wait for this one; to task 60 through another connection to the same database
+    it is the same post.
+    """
     if ctx.claim is None:
         assert ctx.message is not None
         claim = ExitStack()
-        claim.enter_context(services.in_flight.claim((ctx.message.message_id, ctx.target.model, ctx.target.res_id)))
+        claim.enter_context(services.in_flight.claim(
+            (ctx.message.message_id, ctx.target.model, ctx.target.res_id, ctx.odoo_identity)))
         ctx.claim = claim
 
 
@@ -402,7 +408,8 @@ def _record_receipt(ctx: MessageContext, services: Services, deadline: float) ->
         ctx.receipt_id = services.journal.begin(
             received_at=ctx.received_at, message_id=ctx.message.message_id, peer=ctx.peer, mail_from=ctx.mail_from,
             rcpt=ctx.target.address, from_address=ctx.message.from_address, kind=ctx.target.kind,
-            model=ctx.target.model, res_id=ctx.target.res_id, sender=unsettled_key(ctx)[3])
+            model=ctx.target.model, res_id=ctx.target.res_id, sender=unsettled_key(ctx)[3],
+            odoo_identity=ctx.odoo_identity)
     except JournalUnavailable as error:
         # A full or read-only disk: defer before posting, so that every note in Odoo has its row.
         raise JournalNotWritable(str(error)) from None
@@ -457,10 +464,11 @@ def _post(ctx: MessageContext, services: Services, deadline: float) -> None:
         _settle(ctx, services, key)
 
 
-def unsettled_key(ctx: MessageContext) -> tuple[str, str, int, str]:
-    """What an unsettled post is remembered by: the message's claim (Message-ID, record) and its sender."""
+def unsettled_key(ctx: MessageContext) -> tuple[str, str, int, str, str]:
+    """What an unsettled post is remembered by: Message-ID, record, its sender, and the Odoo (config.odoo_identity)."""
     assert ctx.message is not None and ctx.target.res_id is not None
-    return ctx.message.message_id, ctx.target.model, ctx.target.res_id, post.sender_address(ctx).strip().lower()
+    return (ctx.message.message_id, ctx.target.model, ctx.target.res_id, post.sender_address(ctx).strip().lower(),
+            ctx.odoo_identity)
 
 
 def unsettled_refusal(odoo: OdooPool, since: float) -> PostUnsettled | None:
@@ -473,7 +481,7 @@ def unsettled_refusal(odoo: OdooPool, since: float) -> PostUnsettled | None:
                          f"for another {wait:.0f} s (odoo.unsettled_post_seconds)")
 
 
-def _mark_unsettled(ctx: MessageContext, services: Services, key: tuple[str, str, int, str]) -> None:
+def _mark_unsettled(ctx: MessageContext, services: Services, key: tuple[str, str, int, str, str]) -> None:
     longest = max((connection.unsettled_post_seconds for connection in services.config.gateway.odoo.values()),
                   default=0.0)
     try:
@@ -486,7 +494,7 @@ def _mark_unsettled(ctx: MessageContext, services: Services, key: tuple[str, str
                              f"is deferred for {_odoo(ctx, services).connection.unsettled_post_seconds:g} s")
 
 
-def _settle(ctx: MessageContext, services: Services, key: tuple[str, str, int, str]) -> None:
+def _settle(ctx: MessageContext, services: Services, key: tuple[str, str, int, str, str]) -> None:
     try:
         services.journal.settle(*key)
     except JournalUnavailable as error:

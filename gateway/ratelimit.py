@@ -11,9 +11,10 @@ from gateway.refusals import RecordRateLimited, SenderRateLimited
 
 # A sender's filed messages are counted per alias domain: each domain's [rate_limit] governs the
 # mail sent through it, and what a sender files through another domain (perhaps for another
-# customer's Odoo) uses none of it. A record's are counted per Odoo (the [odoo.NAME] connection of
-# the domain): project.task 60 of another Odoo is another record, and alias domains on one Odoo
-# share the counts of its records, which receive their messages alike.
+# customer's Odoo) uses none of it. A record's are counted per Odoo (``odoo``: config.odoo_identity,
+# the URL and database of the domain's [odoo.NAME] connection): project.task 60 of another Odoo is
+# another record, and alias domains on one Odoo, through one connection or several to its
+# database, share the counts of its records, which receive their messages alike.
 
 
 def check_rate(journal: Journal, limits: RateLimits, sender_email: str, target: Target,
@@ -54,7 +55,7 @@ def check_record(journal: Journal, limits: RateLimits, sender_email: str, target
 
 def _record_refusal(journal: Journal, limits: RateLimits, target: Target, since: float,
                     odoo: str) -> RecordRateLimited | None:
-    if limits.per_record and journal.count_filed(since, odoo=odoo, model=target.model,
+    if limits.per_record and journal.count_filed(since, odoo_identity=odoo, model=target.model,
                                                  res_id=target.res_id) >= limits.per_record:
         return RecordRateLimited(f"{limits.per_record} in {limits.window_minutes:g} minutes")
     return None

@@ -147,7 +147,8 @@ class GatewayHandler:
             server.release_data_slot()
         peer = session.peer[0] if isinstance(session.peer, tuple) else str(session.peer)
         ctx = MessageContext(raw=raw, mail_from=envelope.mail_from or "", target=target,
-                             rules=services.config.domains[target.domain], peer=peer)
+                             rules=services.config.domains[target.domain], peer=peer,
+                             odoo_identity=services.config.odoo_identity(target.domain))
         budget = services.config.gateway.listener.message_deadline
         deadline = time.monotonic() + budget
         loop = asyncio.get_running_loop()

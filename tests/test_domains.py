@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import textwrap
+import threading
+import time
 
 import pytest
 
@@ -96,16 +98,15 @@ def test_a_note_address_of_the_same_record_on_another_odoo_leaves_a_reply_public
     assert second_odoo.filings() == []
 
 
-@pytest.fixture
-def two_connections_gateway(tmp_path, test_odoo, dns_server):
+def _two_connections(tmp_path, odoo, dns_port, rate_limit=""):
     """The second alias domain on a second [odoo.*] connection to the SAME database (one integration
     user per company, say: docs/rules.md)."""
-    config_path = write_config(tmp_path, test_odoo, dns_server.port)
+    config_path = write_config(tmp_path, odoo, dns_port, rules_extra=rate_limit)
     with (tmp_path / "gateway.toml").open("a") as gateway_file:
         gateway_file.write(textwrap.dedent(f"""
             [odoo.other_company]
-            url = "{test_odoo.url}/"
-            database = "{test_odoo.database}"
+            url = "{odoo.url}/"
+            database = "{odoo.database}"
             login = "gateway"
             api_key_file = "odoo-api-key"
             timeout = 5
@@ -116,8 +117,13 @@ def two_connections_gateway(tmp_path, test_odoo, dns_server):
         secrets = ["{SECOND_SECRET}"]
         [note]
         models = ["project.task"]
-    """))
-    services, server = _start(config_path)
+    """) + rate_limit)
+    return _start(config_path)
+
+
+@pytest.fixture
+def two_connections_gateway(tmp_path, test_odoo, dns_server):
+    services, server = _two_connections(tmp_path, test_odoo, dns_server.port)
     yield server
     server.stop()
     services.close()
@@ -141,6 +147,101 @@ def test_a_note_address_of_another_connection_to_the_same_database_keeps_a_reply
     with Journal(tmp_path / "journal.sqlite3", read_only=True) as journal:
         assert [entry.decision for entry in journal.recent(2)[::-1]] == [
             f"reply-all with {note_to}: filed as a note, never public", ""]
+
+
+def test_a_records_rate_limit_counts_its_messages_through_every_connection_to_its_database(
+        tmp_path, test_odoo, dns_server, dkim_keys):
+    # Task 60 through either connection is one record of one Odoo: its limit is not doubled by a
+    # second connection (it counted per connection name).
+    services, server = _two_connections(tmp_path, test_odoo, dns_server.port, "\n[rate_limit]\nper_record = 1\n")
+    try:
+        first = address.mint(SECRET.encode(), ALIAS_DOMAIN, "note", "project.task", TASK_ID)
+        second = address.mint(SECOND_SECRET.encode(), SECOND_DOMAIN, "note", "project.task", TASK_ID)
+        assert _send(server, dkim_keys, first, message_id="<one@example.com>").startswith("250 ")
+        reply = _send(server, dkim_keys, second, message_id="<two@example.com>")
+        assert reply.startswith("450 4.7.1 ") and "record" in reply, reply
+        # A retry of the filed message through the other connection is still recognised as one.
+        assert _send(server, dkim_keys, second, message_id="<one@example.com>").startswith("250 2.0.0 Already filed")
+    finally:
+        server.stop()
+        services.close()
+
+
+# --- One message to the same record id of two Odoos ---------------------------------------------
+# Found by the multi-Odoo review: the in-flight claim and the journal's unsettled posts were keyed
+# on (Message-ID, record, sender) without the Odoo, and project.task 60 exists in both databases.
+
+
+def test_the_same_message_to_two_odoos_is_filed_in_both_at_once(test_odoo, second_odoo, two_odoo_gateway,
+                                                                dkim_keys):
+    # The MTA delivers note+ of each domain in parallel: the second is for another Odoo and must
+    # not be told "being filed right now" (451) while the first posts.
+    first = address.mint(SECRET.encode(), ALIAS_DOMAIN, "note", "project.task", TASK_ID)
+    second = address.mint(SECOND_SECRET.encode(), SECOND_DOMAIN, "note", "project.task", TASK_ID)
+    raw = sign(compose(PAULA_EMAIL, f"{first}, {second}", "Pump", "The seal is worn.", message_id="<both@example.com>"),
+               dkim_keys["example.com"], "example.com", SELECTOR)
+    test_odoo.latency = {"message_post": 2}
+    replies = {}
+    sending = threading.Thread(target=lambda: replies.__setitem__(
+        "first", deliver(raw, first, port=two_odoo_gateway.port, mail_from=PAULA_EMAIL)))
+    sending.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not [call for call in test_odoo.posts() if call.ended is None]:
+            assert time.monotonic() < deadline, "the first delivery never posted"
+            time.sleep(0.01)
+        # The first delivery holds its claim, posting in the first Odoo.
+        second_reply = deliver(raw, second, port=two_odoo_gateway.port, mail_from=PAULA_EMAIL)
+    finally:
+        sending.join()
+    assert second_reply.startswith("250 2.0.0 Filed as Odoo message "), second_reply
+    assert replies["first"].startswith("250 2.0.0 Filed as Odoo message "), replies["first"]
+    assert len(test_odoo.posts()) == len(second_odoo.posts()) == 1
+
+
+def test_an_unsettled_post_in_one_odoo_does_not_defer_the_message_to_another(test_odoo, second_odoo,
+                                                                             two_odoo_gateway, dkim_keys):
+    first = address.mint(SECRET.encode(), ALIAS_DOMAIN, "note", "project.task", TASK_ID)
+    second = address.mint(SECOND_SECRET.encode(), SECOND_DOMAIN, "note", "project.task", TASK_ID)
+    # The first Odoo stores the note and the connection drops: its post is unsettled there.
+    test_odoo.fail("die_after_post", times=1)
+    assert _send(two_odoo_gateway, dkim_keys, first, message_id="<both@example.com>").startswith("451 4.3.0 ")
+    # Nothing is running in the second Odoo: filed at once, not deferred for unsettled_post_seconds.
+    reply = _send(two_odoo_gateway, dkim_keys, second, message_id="<both@example.com>")
+    assert reply.startswith("250 2.0.0 Filed as Odoo message "), reply
+    assert len(second_odoo.posts()) == 1
+    # The first Odoo's marker still holds for the first Odoo, where the message turns out filed.
+    assert _send(two_odoo_gateway, dkim_keys, first, message_id="<both@example.com>").startswith(
+        "250 2.0.0 Already filed as Odoo message ")
+    assert len(test_odoo.posts()) == 1
+
+
+def test_a_duplicate_in_one_odoo_does_not_settle_a_post_still_running_in_another(test_odoo, second_odoo,
+                                                                                 two_odoo_gateway, dkim_keys):
+    # The review's three faults: the message is filed in the second Odoo; the first Odoo takes
+    # its post and sits on it (the gateway times out: unsettled); the second one's 250 was lost
+    # and the MTA redelivers there ("Already filed"), which settled the FIRST Odoo's marker; the
+    # next retry to the first Odoo posted while the first post still ran: the note twice there.
+    first = address.mint(SECRET.encode(), ALIAS_DOMAIN, "note", "project.task", TASK_ID)
+    second = address.mint(SECOND_SECRET.encode(), SECOND_DOMAIN, "note", "project.task", TASK_ID)
+    message_id = "<settle@example.com>"
+    assert _send(two_odoo_gateway, dkim_keys, second, message_id=message_id).startswith("250 2.0.0 Filed")
+    test_odoo.fail("hang", method="message_post", times=1)
+    try:
+        assert _send(two_odoo_gateway, dkim_keys, first, message_id=message_id).startswith("451 4.3.0 Odoo is unavailable")
+        unsettled = "451 4.3.0 An earlier delivery of this message may still be being filed by Odoo"
+        assert _send(two_odoo_gateway, dkim_keys, first, message_id=message_id).startswith(unsettled)
+        assert _send(two_odoo_gateway, dkim_keys, second, message_id=message_id).startswith("250 2.0.0 Already filed")
+        assert _send(two_odoo_gateway, dkim_keys, first, message_id=message_id).startswith(unsettled)
+    finally:
+        test_odoo.release()
+    deadline = time.monotonic() + 10
+    while not test_odoo.messages("project.task", TASK_ID) or any(call.ended is None for call in test_odoo.posts()):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    copies = [row for row in test_odoo.messages("project.task", TASK_ID) if row["message_id"] == message_id]
+    assert len(copies) == 1
+    assert _send(two_odoo_gateway, dkim_keys, first, message_id=message_id).startswith("250 2.0.0 Already filed")
 
 
 def test_one_odoo_down_does_not_stop_the_other(test_odoo, second_odoo, two_odoo_gateway, dkim_keys):

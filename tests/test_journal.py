@@ -266,16 +266,19 @@ def test_journal_of_schema_4_gains_the_alias_domain_and_odoo_the_rate_limits_cou
     with Journal(path) as journal:
         [old] = journal.recent(5)
         assert (old.message_id, old.domain, old.odoo) == ("<old@example.com>", "", "")
-        journal.record(filed(received_at=START + 1, domain="notes.example.com", odoo="main"))
+        journal.record(filed(received_at=START + 1, domain="notes.example.com", odoo="main",
+                             odoo_identity="https://main.example:443/main"))
         counted: list[str] = []
         journal._connection.set_trace_callback(counted.append)
-        assert [journal.count_filed(since, odoo=odoo, model="project.task", res_id=42)
-                for odoo in ("main", "second")] == [2, 1]
+        assert [journal.count_filed(since, odoo_identity=odoo, model="project.task", res_id=42)
+                for odoo in ("https://main.example:443/main", "https://second.example:443/second")] == [2, 1]
         assert [journal.count_filed(since, domain=domain, from_address="Portal.Contrib@example.com")
                 for domain in ("notes.example.com", "notes.second.example")] == [2, 1]
         journal._connection.set_trace_callback(None)
-        assert journal.was_filed("<old@example.com>", "portal.contrib@example.com", "second", "project.task", 42)
-        assert not journal.was_filed("<pump-check@example.com>", "portal.contrib@example.com", "second")
+        assert journal.was_filed("<old@example.com>", "portal.contrib@example.com", "https://second.example:443/second",
+                                 "project.task", 42)
+        assert not journal.was_filed("<pump-check@example.com>", "portal.contrib@example.com",
+                                     "https://second.example:443/second")
         [entry] = [entry for entry in journal.recent(5) if entry.odoo]
         assert (entry.domain, entry.odoo) == ("notes.example.com", "main")
         # Each count reads one index and no table row: it runs for every message.
@@ -285,6 +288,6 @@ def test_journal_of_schema_4_gains_the_alias_domain_and_odoo_the_rate_limits_cou
                          "SEARCH messages USING COVERING INDEX messages_sender"}
     connection = sqlite3.connect(path)
     try:
-        assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
+        assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
     finally:
         connection.close()

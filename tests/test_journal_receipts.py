@@ -119,6 +119,80 @@ def test_a_version_1_journal_is_upgraded_with_its_rows(tmp_path):
         assert journal.open_receipts() == 0
     connection = sqlite3.connect(path)
     try:
-        assert connection.execute("PRAGMA user_version").fetchone()[0] == journal_module.SCHEMA_VERSION == 6
+        assert connection.execute("PRAGMA user_version").fetchone()[0] == journal_module.SCHEMA_VERSION == 7
+    finally:
+        connection.close()
+
+
+ODOO_A = "https://erp-a.example:443/production"
+ODOO_B = "https://erp-b.example:443/production"
+
+
+def test_an_unsettled_post_is_kept_per_odoo(tmp_path):
+    # Multi-Odoo review: task 60 of one Odoo is not task 60 of another; a marker of one neither
+    # defers the other nor is settled by it.
+    key = ("<a@example.com>", "project.task", 60, "portal.contrib@example.com")
+    with Journal(tmp_path / "journal.sqlite3") as journal:
+        journal.mark_unsettled(*key, ODOO_A)
+        assert journal.unsettled_since(*key, ODOO_B) is None
+        assert journal.unsettled_since(*key, ODOO_A) is not None
+        journal.settle(*key, ODOO_B)
+        assert journal.unsettled_since(*key, ODOO_A) is not None
+        journal.settle(*key, ODOO_A)
+        assert journal.unsettled_since(*key, ODOO_A) is None
+        # An open receipt (a process that died posting) likewise holds for its own Odoo only.
+        journal.begin(received_at=time.time(), message_id=key[0], peer="127.0.0.1", mail_from=key[3], rcpt="r",
+                      from_address=key[3], kind="note", model=key[1], res_id=key[2], odoo_identity=ODOO_A)
+        assert journal.unsettled_since(*key, ODOO_B) is None
+        assert journal.unsettled_since(*key, ODOO_A) is not None
+        [entry] = journal.recover_interrupted()
+        assert entry.odoo_identity == ODOO_A
+        assert journal.unsettled_since(*key, ODOO_B) is None
+        assert journal.unsettled_since(*key, ODOO_A) is not None
+
+
+def test_a_version_6_journal_keeps_its_unsettled_posts_for_every_odoo(tmp_path):
+    # Its markers and receipts do not say which Odoo the post went to: each keeps deferring the
+    # message in every Odoo, as it did, until it expires; no delivery to one Odoo settles it.
+    path = tmp_path / "journal.sqlite3"
+    key = ("<old@example.com>", "project.task", 60, "portal.contrib@example.com")
+    since = time.time() - 10
+    connection = sqlite3.connect(path)
+    try:
+        for statements in journal_module._MIGRATIONS[:6]:
+            for statement in statements:
+                connection.execute(statement)
+        connection.execute("INSERT INTO unsettled_posts (message_id, model, res_id, sender, since) VALUES (?, ?, ?, ?, ?)",
+                           (*key, since))
+        connection.execute("INSERT INTO receipts (received_at, message_id, model, res_id, sender, written_at) "
+                           "VALUES (?, '<cut@example.com>', 'project.task', 60, ?, ?)", (since, key[3], since + 1))
+        connection.execute("PRAGMA user_version = 6")
+        connection.commit()
+    finally:
+        connection.close()
+    with Journal(path) as journal:
+        assert journal.unsettled_since(*key, ODOO_A) == journal.unsettled_since(*key, ODOO_B) == since
+        journal.settle(*key, ODOO_A)
+        assert journal.unsettled_since(*key, ODOO_B) == since
+        later = time.time()
+        journal.mark_unsettled(*key, ODOO_A, since=later)
+        assert (journal.unsettled_since(*key, ODOO_A), journal.unsettled_since(*key, ODOO_B)) == (later, since)
+        journal.settle(*key, ODOO_A)
+        assert journal.unsettled_since(*key, ODOO_A) == since
+        # The old receipt becomes a marker of unknown Odoo too.
+        cut = ("<cut@example.com>", *key[1:])
+        assert journal.unsettled_since(*cut, ODOO_A) == since + 1
+        [entry] = journal.recover_interrupted()
+        assert entry.message_id == "<cut@example.com>" and entry.odoo_identity == ""
+        assert journal.unsettled_since(*cut, ODOO_A) == journal.unsettled_since(*cut, ODOO_B) == since + 1
+        # Expired markers are forgotten as before, whatever their Odoo.
+        journal.mark_unsettled("<new@example.com>", *key[1:], ODOO_B, forget_before=time.time())
+        rows = journal._connection.execute("SELECT message_id, odoo_identity FROM unsettled_posts").fetchall()
+        assert rows == [("<new@example.com>", ODOO_B)]
+    connection = sqlite3.connect(path)
+    try:
+        assert connection.execute("PRAGMA user_version").fetchone()[0] == journal_module.SCHEMA_VERSION == 7
+        columns = [row[1] for row in connection.execute("PRAGMA table_info(unsettled_posts)")]
+        assert columns == ["message_id", "model", "res_id", "sender", "since", "odoo_identity"]
     finally:
         connection.close()

@@ -71,6 +71,32 @@ def message_ids(raw: bytes, header: str, email_message: email.message.Message | 
     return found[-100:]
 
 
+# A comment of RFC 5322 section 3.2.2 without nested ones, as a relay appends to a Message-ID.
+_COMMENT = re.compile(r"\([^()]*\)")
+_BARE_MESSAGE_ID = re.compile(r"[^<>\s()@]+@[^<>\s()@]+")
+
+
+def own_message_id(value: str) -> str:
+    """The single msg-id of a Message-ID header, as In-Reply-To and References are read (message_ids).
+
+    The gateway files a message under this one value, checks for duplicates and derives its other
+    IDs from it, and a reply that names the message must find it in Odoo: a value stored with a
+    comment (``<id@domain> (added by mx.example.com)``), without angle brackets or with the CRLF of a
+    folded header in it never equals the ``<id@domain>`` of a reply's In-Reply-To, and the reply to
+    an internal note was then filed publicly with the note in its quote. The first ``<...>`` token
+    is the msg-id; a bare ``id@domain`` (comments aside) gets its angle brackets. "" when there is
+    none: the message is then filed under a derived ID, as one without a Message-ID.
+    """
+    words = " ".join(value.split())
+    found = _MESSAGE_ID.search(words)
+    if found:
+        return found.group()
+    bare = _COMMENT.sub(" ", words).strip()
+    if _BARE_MESSAGE_ID.fullmatch(bare) and _MESSAGE_ID.fullmatch(f"<{bare}>"):
+        return f"<{bare}>"
+    return ""
+
+
 def _addresses(first: list | None, email_message: email.message.Message, header: str) -> list[str]:
     """Every address of every ``header`` field, a quoted local part written plainly.
 
@@ -129,7 +155,7 @@ def parse(raw: bytes, email_message: email.message.Message | None = None) -> Par
             if isinstance(value, list):
                 raise MessageUnparseable(f"more than one {name} header")
         from_list = mail.from_ or []
-        message_id = (mail.message_id or "").strip()
+        message_id = own_message_id(str(mail.message_id or ""))
         subject = mail.subject or ""
         # The parts are decoded by gateway.mime rather than taken from mail-parser, which drops
         # charset errors silently and mixes forwarded messages into the body (issue 3).

@@ -4,11 +4,13 @@ a reply to an internal note, both filed as notes."""
 from __future__ import annotations
 
 from collections import Counter
+from types import SimpleNamespace
 
 import pytest
 
 from conftest import ALIAS_DOMAIN, write_config
 
+from gateway import message
 from gateway.config import load_config
 from gateway.journal import Journal
 from gateway.pipeline import Services
@@ -353,6 +355,95 @@ def test_a_non_contributor_answering_a_note_is_refused_rather_than_made_public(t
                      "only as a note")
     assert [filing.subtype_xmlid for filing in test_odoo.filings()] == ["mail.mt_note"]
     _nothing_public(test_odoo)
+
+
+# A note whose Message-ID is not a bare <id@domain> (found by a security review: it was stored under
+# the raw header value, so the reply+ naming <id@domain> in In-Reply-To was not seen to answer a note
+# and was filed publicly, the note in its quote). The message is filed under its single msg-id.
+
+ODD_MESSAGE_IDS = {
+    "comment": (b"<n7@example.com> (added by mx.example.com)", "<n7@example.com>"),
+    "no angle brackets": (b"n8@example.com", "<n8@example.com>"),
+    "folded": (b"<n9@example.com>\r\n (added by mx.example.com)", "<n9@example.com>"),
+}
+
+
+def _with_message_id(raw, value):
+    """``raw`` with its Message-ID written as ``value``, as a relay or a client wrote it."""
+    head, separator, body = raw.partition(b"\r\n\r\n")
+    lines = [line for line in head.split(b"\r\n") if not line.lower().startswith(b"message-id:")]
+    return b"\r\n".join(lines + [b"Message-ID: " + value]) + separator + body
+
+
+def _file_odd_note(mailer, value):
+    to = mailer.address("note", "project.task", TASK_ID)
+    raw = compose(PAULA, to, "Pump P7", SECRET, sender_name="Paula Contributor")
+    reply = mailer.send(mailer.sign(_with_message_id(raw, value)), to)
+    assert reply.startswith("250 2.0.0 Filed as Odoo message ")
+    return int(reply.rsplit(" ", 1)[1])
+
+
+@pytest.mark.parametrize("value, msg_id", ODD_MESSAGE_IDS.values(), ids=ODD_MESSAGE_IDS.keys())
+def test_a_reply_to_a_note_with_an_odd_message_id_is_filed_as_a_note(test_odoo, gateway, mailer, value, msg_id):
+    note = test_odoo.message(_file_odd_note(mailer, value))
+    assert note["message_id"] == msg_id
+    to = mailer.address("reply", "project.task", TASK_ID)
+    raw = _answer(mailer, to, in_reply_to=msg_id, references=[msg_id], message_id="<r7@example.com>")
+    assert mailer.send(raw, to).startswith("250 2.0.0 Filed as Odoo message ")
+    assert [filing.subtype_xmlid for filing in test_odoo.filings()] == ["mail.mt_note", "mail.mt_note"]
+    _nothing_public(test_odoo)
+    assert _journal(gateway)[0].decision.endswith(f"answers internal message {msg_id}: filed as a note, never public")
+
+
+@pytest.mark.parametrize("value, msg_id", ODD_MESSAGE_IDS.values(), ids=ODD_MESSAGE_IDS.keys())
+def test_a_non_contributor_answering_a_note_with_an_odd_message_id_is_refused(test_odoo, gateway, mailer, value,
+                                                                             msg_id):
+    _file_odd_note(mailer, value)
+    to = mailer.address("reply", "project.task", TASK_ID)
+    reply = mailer.send(_answer(mailer, to, in_reply_to=msg_id, sender=PETER_EMAIL), to, mail_from=PETER_EMAIL)
+    assert reply.startswith("550 5.7.1 Sender may not post internal notes: ")
+    assert [filing.subtype_xmlid for filing in test_odoo.filings()] == ["mail.mt_note"]
+    _nothing_public(test_odoo)
+
+
+@pytest.mark.parametrize("value, msg_id", ODD_MESSAGE_IDS.values(), ids=ODD_MESSAGE_IDS.keys())
+def test_a_note_with_an_odd_message_id_is_filed_once(test_odoo, gateway, mailer, value, msg_id):
+    note_id = _file_odd_note(mailer, value)
+    to = mailer.address("note", "project.task", TASK_ID)
+    raw = compose(PAULA, to, "Pump P7", SECRET, sender_name="Paula Contributor")
+    again = _with_message_id(raw, value.replace(b"mx.example.com", b"mx2.example.com"))
+    assert mailer.send(mailer.sign(again), to) == f"250 2.0.0 Already filed as Odoo message {note_id}"
+    assert [row.message_id for row in _journal(gateway)] == [msg_id, msg_id]
+
+
+def test_a_message_id_without_a_msg_id_is_replaced_by_a_derived_one(test_odoo, gateway, mailer):
+    note = test_odoo.message(_file_odd_note(mailer, b"not a message id\r\n (garbage)"))
+    assert note["message_id"].endswith("@derived.note-gateway.invalid>")
+    assert "\r" not in note["message_id"] and "\n" not in note["message_id"]
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("<n1@example.com>", "<n1@example.com>"),
+    ("<Odd.Id+x=1/$@[10.0.0.1]>", "<Odd.Id+x=1/$@[10.0.0.1]>"),  # an ordinary value is kept as it is
+    ("<n1@example.com> (added by mx.example.com)", "<n1@example.com>"),
+    ("(relay) <n1@example.com>", "<n1@example.com>"),
+    ("<n1@example.com>\r\n (added by mx.example.com)", "<n1@example.com>"),
+    ("<n1@example.com> <n2@example.com>", "<n1@example.com>"),
+    ("n2@example.com", "<n2@example.com>"),
+    ("n2@example.com (no brackets)", "<n2@example.com>"),
+    ("", ""), ("garbage", ""), ("<with space@example.com>", ""), ("a@b@example.com", ""),
+    ("<" + "x" * 600 + "@example.com>", ""),
+])
+def test_the_message_id_is_its_single_msg_id(value, expected):
+    assert message.own_message_id(value) == expected
+
+
+@pytest.mark.parametrize("value, msg_id", ODD_MESSAGE_IDS.values(), ids=ODD_MESSAGE_IDS.keys())
+def test_a_message_id_is_the_one_a_reply_names(value, msg_id):
+    raw = _with_message_id(compose(PAULA, NOTE, "Pump P7", SECRET), value)
+    answer = _answer(SimpleNamespace(sign=lambda raw: raw), REPLY, in_reply_to=msg_id, references=[msg_id])
+    assert message.parse(raw).message_id == msg_id
+    assert message.message_ids(answer, "In-Reply-To") == message.message_ids(answer, "References") == [msg_id]
 
 
 def test_the_parent_is_looked_up_only_for_a_reply_that_references_messages(test_odoo, gateway, mailer):

@@ -64,7 +64,7 @@ def check_poster(odoo: OdooPool, rules: DomainRules, target: Target, user: OdooU
     kind_rules = rules.kind_rules(target.kind)
     if user.internal:
         if not kind_rules.allow_internal_users:
-            raise NotContributor("internal users may not post here by email")
+            raise NotContributor("internal users may not post here by email; answer in the record's chatter in Odoo")
         return
     if target.kind == "note":
         # Membership is read from Odoo with the user on every message; only the xmlid's id is

@@ -454,8 +454,11 @@ def _post(ctx: MessageContext, services: Services, deadline: float) -> None:
         if ctx.target.kind == "reply" and post.files_through_mail_gateway(odoo, ctx, deadline=deadline):
             ctx.odoo_message_id, ctx.duplicate = post.file_reply(odoo, ctx, taken=taken, deadline=deadline)
         else:
+            # A note's notifications are answered to its record's note address, never to its
+            # (portal) author nor to Odoo's catchall (post.note_reply_to).
+            reply_to = post.note_reply_to(ctx, services.config.secrets) if ctx.target.kind == "note" else None
             ctx.odoo_message_id = post.post_message(odoo, ctx, message_id=post.posting_message_id(ctx, taken),
-                                                    deadline=deadline)
+                                                    reply_to=reply_to, deadline=deadline)
     except OdooUnavailable:
         if ctx.post_unsettled:
             _mark_unsettled(ctx, services, key)

@@ -10,6 +10,7 @@ from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import formataddr, parseaddr
 
+from gateway import address
 from gateway.context import MessageContext
 from gateway.odoo import POST_CONTEXT, OdooPool
 from gateway.refusals import OdooUnavailable
@@ -161,9 +162,34 @@ def _note_taken(ctx: MessageContext, filed_as: str) -> None:
                              f"filed as {filed_as}")
 
 
+def note_reply_to(ctx: MessageContext, secrets: dict[str, list[bytes]]) -> str:
+    """Where answers to a note's notification emails go: the record's own note address at the gateway.
+
+    Not the address the note came in on as such: that one may be bound to its author (only the
+    author could answer) or a plain note@. Minted with the domain's signing secret, bound to no
+    partner, and dated today where the domain dates its addresses (address_max_age_days,
+    require_dated_addresses), as `note-gateway address` mints them. An internal user's answer is
+    then filed by the gateway as his own note, with every check of a note and recipients it
+    chooses itself (internal users only); the portal author of the note is not notified.
+    """
+    rules = ctx.rules
+    dated = bool(rules.address_max_age_days) or rules.require_dated_addresses
+    return address.mint(secrets[ctx.target.domain][0], ctx.target.domain, "note", ctx.target.model,
+                        ctx.target.res_id, issued_day=address.today() if dated else None)
+
+
 def post_message(odoo: OdooPool, ctx: MessageContext, *, message_id: str | None = None,
-                 deadline: float | None = None) -> int:
-    """message_post the note (or reply) under ``message_id``, by default the message's own."""
+                 reply_to: str | None = None, deadline: float | None = None) -> int:
+    """message_post the note (or reply) under ``message_id``, by default the message's own.
+
+    ``reply_to``: the Reply-To of the message and of every notification email Odoo sends of it
+    (a mail.message field, stored as given: mail_thread.py message_post keeps it in msg_values and
+    computes one only when it is missing, line 2209; mail.mail inherits it from the message). A
+    note gets the record's own note address (note_reply_to): Odoo's default is the catchall, or
+    without one the author's own address (ODOO_FACTS.md i), and an internal user answering the
+    notification would then write straight to the portal author, or through the catchall, which
+    files an answer to a note as a note that notifies the note's author (mail_thread.py:1297-1308).
+    """
     assert ctx.message is not None and ctx.user is not None and ctx.rendered_body is not None
     kwargs = {
         "body": ctx.rendered_body,
@@ -178,6 +204,8 @@ def post_message(odoo: OdooPool, ctx: MessageContext, *, message_id: str | None 
         # (ODOO_FACTS.md c): only internal partners, chosen by an earlier stage, ever go here.
         "partner_ids": list(ctx.notify_partner_ids),
     }
+    if reply_to:
+        kwargs["reply_to"] = reply_to
     files = ctx.message.attachments if ctx.attachments is None else ctx.attachments
     if files:
         # Binary content travels as a latin-1 string that Odoo encodes back to the same bytes

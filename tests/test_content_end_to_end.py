@@ -189,6 +189,86 @@ def test_no_one_in_cc_is_notified_where_the_rules_say_so(test_odoo, start_gatewa
     assert test_odoo.outbox == []
 
 
+MARC = "mark.brown23@example.com"
+
+
+def _answer(mailer: Mailer, notification, text: str, *, sender: str = MARC, name: str = "Marc Demo") -> str:
+    """``sender`` answers a notification email, as a mail client does: to its Reply-To, quoting it."""
+    to = email.utils.parseaddr(notification.reply_to)[1]
+    raw = compose(sender, to, "Re: Pump", f"{text}\n\nOn Mon, Paula Contributor wrote:\n> Pump checked.\n",
+                  sender_name=name)
+    raw = (f"In-Reply-To: {notification.message_id}\r\nReferences: {notification.references}\r\n".encode()
+           + raw)
+    return mailer.send(mailer.sign(raw), to, mail_from=sender)
+
+
+@pytest.mark.parametrize("catchall", [False, True], ids=["no-catchall", "catchall"])
+def test_an_internal_answer_to_a_notes_notification_never_reaches_the_portal_author(test_odoo, gateway, mailer,
+                                                                                    catchall):
+    # Found by a security review: Odoo makes a notification's Reply-To the catchall, or without
+    # one the author's own address (ODOO_FACTS.md i). Marc, an internal user in Cc of Paula's
+    # note, answered it by email: without a catchall straight to Paula, a customer's agent; with
+    # one, Odoo files the answer as a note and notifies the note's author, Paula (mail_thread.py
+    # :1297-1308). A note's notifications are answered to the record's note address instead.
+    if catchall:
+        test_odoo.write("res.company", 1, {"alias_domain_id": test_odoo.add_record(
+            "mail.alias.domain", {"name": "odoo.example.com"})})
+    assert _send(mailer, "note", "project.task", TASK_ID, cc=f"Marc Demo <{MARC}>").startswith("250 2.0.0 Filed")
+    [notification] = test_odoo.outbox
+    assert notification.partner_id == MARC_PARTNER_ID and notification.internal
+    note_address = address.mint(SECRET.encode(), ALIAS_DOMAIN, "note", "project.task", TASK_ID)
+    assert email.utils.parseaddr(notification.reply_to)[1] == note_address
+    assert PAULA not in notification.reply_to and "catchall" not in notification.reply_to
+    [post] = _posts(test_odoo)
+    assert post.kwargs["reply_to"] == note_address
+
+    # Marc's answer comes back to the gateway, which files it as his own note and notifies only
+    # the internal users it chooses itself: nobody here, Paula least of all.
+    test_odoo.clear_outbox()
+    reply = _answer(mailer, notification, "Margin is thin, no discount.")
+    assert reply.startswith("250 2.0.0 Filed as Odoo message ")
+    filed = test_odoo.message(int(reply.rsplit(" ", 1)[1]))
+    assert filed["author_id"][0] == MARC_PARTNER_ID and filed["subtype_xmlid"] == "mail.mt_note"
+    assert "Margin is thin" in filed["body"] and filed["partner_ids"] == []
+    assert test_odoo.outbox == []
+    assert filed["id"] not in test_odoo.portal_chatter_ids("project.task", TASK_ID, partner_id=PAULA_PARTNER_ID)
+
+
+def test_a_note_filed_from_a_bound_address_is_answered_to_the_records_own_dated_note_address(
+        test_odoo, start_gateway, dns_server, dkim_keys):
+    # The address a note came in on may take mail only from its author (bound) or be a plain
+    # note@: answers go to the record's note address, dated where the domain requires dates,
+    # so that a colleague's answer is not refused as written to someone else's address.
+    mailer = Mailer(start_gateway(dns_server.port, rules={"require_dated_addresses": True}), dkim_keys)
+    today = address.today()
+    to = address.mint(SECRET.encode(), ALIAS_DOMAIN, "note", "project.task", TASK_ID, partner_id=PAULA_PARTNER_ID,
+                      issued_day=today - 3)
+    raw = f"Cc: Marc Demo <{MARC}>\r\n".encode() + compose(PAULA, to, "Pump", "Pump checked.",
+                                                            sender_name="Paula Contributor")
+    assert mailer.send(mailer.sign(raw), to).startswith("250 2.0.0 Filed")
+    [notification] = test_odoo.outbox
+    answer_to = email.utils.parseaddr(notification.reply_to)[1]
+    assert answer_to == address.mint(SECRET.encode(), ALIAS_DOMAIN, "note", "project.task", TASK_ID,
+                                     issued_day=today)
+    test_odoo.clear_outbox()
+    reply = _answer(mailer, notification, "Margin is thin, no discount.")
+    assert reply.startswith("250 2.0.0 Filed")
+    assert test_odoo.message(int(reply.rsplit(" ", 1)[1]))["author_id"][0] == MARC_PARTNER_ID
+    assert test_odoo.outbox == []
+
+
+def test_an_internal_answer_where_internal_users_may_not_post_says_to_use_the_chatter(
+        test_odoo, start_gateway, dns_server, dkim_keys):
+    mailer = Mailer(start_gateway(dns_server.port, note={"allow_internal_users": False}), dkim_keys)
+    assert _send(mailer, "note", "project.task", TASK_ID, cc=f"Marc Demo <{MARC}>").startswith("250 2.0.0 Filed")
+    [notification] = test_odoo.outbox
+    test_odoo.clear_outbox()
+    assert _answer(mailer, notification, "Margin is thin, no discount.") == (
+        "550 5.7.1 Sender may not post internal notes: internal users may not post here by email; "
+        "answer in the record's chatter in Odoo")
+    assert len(_posts(test_odoo)) == 1 and test_odoo.outbox == []
+
+
 def _processed(test_odoo):
     """The replies handed to Odoo's mail gateway, each as the email message Odoo parsed."""
     return [email.message_from_string(call.args[1]) for call in test_odoo.calls

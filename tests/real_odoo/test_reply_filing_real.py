@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import email
+import email.utils
 import email.policy
 import hashlib
 import re
@@ -199,3 +200,43 @@ def test_a_reply_to_a_public_message_of_another_record_stays_public(world, real_
     session = portal_session(world, world.plain.login, world.plain.password)
     assert filed in [message["id"] for message in session.chatter("project.task", task)]
     print(f"\nreply+ of project.task {task} answering a public message of sale.order {order}: public message {filed}")
+
+
+def test_an_internal_answer_to_a_notes_notification_never_reaches_the_portal_author(world, real_gateway):
+    # Found by a security review: without a catchall Odoo 18 gives a notification the author's
+    # address as Reply-To (facts i), so an internal colleague in Cc of a contributor's note
+    # answered the contributor directly; with one, Odoo's mail gateway files the answer as a note
+    # and adds the note's author to its recipients (mail_thread.py:1297-1308). The gateway now
+    # posts a note with the record's note address as reply_to; the answer comes back to it and is
+    # filed as the colleague's own note, notifying nobody the gateway did not choose.
+    task = world.task_id
+    admin = world.admin
+    # The world's followers policy: the colleague answering must follow the task, as a team member does.
+    admin.execute_kw("project.task", "message_subscribe", [[task]], {"partner_ids": [world.internal.partner_id]})
+    try:
+        note_to = real_gateway.address("note", "project.task", task)
+        raw = real_gateway.message(world.contributor.email, note_to, f"Pump checked {world.tag}.",
+                                   message_id=_message_id(world))
+        raw = raw.replace(b"\r\nSubject:", f"\r\nCc: {world.internal.email}\r\nSubject:".encode(), 1)
+        note = _filed_id(real_gateway.send(real_gateway.sign(raw), note_to, mail_from=world.contributor.email))
+        [stored] = admin.env["mail.message"].read([note], ["reply_to", "author_id", "message_id"])
+        assert stored["author_id"][0] == world.contributor.partner_id
+        assert email.utils.parseaddr(stored["reply_to"])[1] == note_to
+        notified = notifications_for_message(world, note)
+        assert [row["res_partner_id"][0] for row in notified] == [world.internal.partner_id]
+
+        answer = real_gateway.message(world.internal.email, note_to, f"INTERNAL ANSWER {world.tag}: no discount.",
+                                      subject="Re: Site visit", sender_name="Marc Internal")
+        answer = (f"In-Reply-To: {stored['message_id']}\r\nReferences: {stored['message_id']}\r\n".encode()
+                  + answer)
+        filed = _filed_id(real_gateway.send(real_gateway.sign(answer), note_to, mail_from=world.internal.email))
+        row = _stored(world, "project.task", task, filed)
+        assert row["author_id"][0] == world.internal.partner_id
+        assert row["subtype_id"][0] == admin.execute("ir.model.data", "check_object_reference", "mail", "mt_note")[1]
+        assert notifications_for_message(world, filed) == []
+        contributor = portal_session(world, world.contributor.login, world.contributor.password)
+        assert filed not in contributor.chatter_ids("project.task", task) and note not in contributor.chatter_ids(
+            "project.task", task)
+        print(f"\nnote {note} reply_to {stored['reply_to']!r}; internal answer filed as note {filed}, notified nobody")
+    finally:
+        admin.execute_kw("project.task", "message_unsubscribe", [[task]], {"partner_ids": [world.internal.partner_id]})

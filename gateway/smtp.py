@@ -117,9 +117,11 @@ class GatewayHandler:
         entry = JournalEntry(peer=peer, mail_from=mail_from, rcpt=(target.address if target else rcpt)[:320],
                              verdict="deferred" if refusal.transient else "refused",
                              refusal_class=refusal.name, smtp_reply=refusal.smtp_reply(), total_seconds=seconds or 0.0)
+        services = self.services
         if target is not None:
             entry.kind, entry.model, entry.res_id = target.kind, target.model, target.res_id
-        services = self.services
+            rules = services.config.domains.get(target.domain)
+            entry.domain, entry.odoo = target.domain, rules.odoo if rules else ""
         try:
             entry.id = await asyncio.get_running_loop().run_in_executor(
                 self.executor, services.held(services.journal.record), entry)
@@ -140,6 +142,9 @@ class GatewayHandler:
             # A reload between this session's RCPT and its DATA removed the alias domain: defer,
             # and the retry is judged at RCPT by the configuration now in force.
             return InternalError("the configuration changed during this session").smtp_reply()
+        refused = await self._recheck_recipient(server, session, envelope, target, services)
+        if refused is not None:
+            return refused
         raw = envelope.original_content or b""
         light = services.config.gateway.listener.light_message_size
         if light and len(raw) <= light:
@@ -165,6 +170,32 @@ class GatewayHandler:
             self.in_data -= 1
             if timer is not None:
                 server._reset_timeout()
+
+    async def _recheck_recipient(self, server: SMTP, session: Session, envelope: Envelope, target: Target,
+                                 services: Services) -> str | None:
+        """The refusal RCPT would give the session's recipient now, or None if it would accept it.
+
+        A reload between RCPT and DATA may have dropped the secret that signed the address (a
+        rotation that retires a leaked secret) or tightened the domain's rules: the message is
+        judged by the rules in force when it is filed, so the address is verified again here
+        against the services DATA uses. Without it, a session that passed RCPT before the reload
+        filed its message after it, and an attacker holding a revoked address could keep a session
+        open with NOOPs for up to listener.max_session_seconds (found by a review of multi-domain
+        setups). The refusal is RCPT's own, 550 5.1.1 for a signature no current secret verifies:
+        a retry would be refused at RCPT, so a 4xx would only delay the bounce. About 12 µs a
+        message (one HMAC a secret), so it runs whether or not a reload happened.
+        """
+        try:
+            current = address.parse_recipient(envelope.rcpt_tos[0], services.config.secrets)
+            policy.check_recipient(services.config.domains[current.domain], current)
+        except Refusal as refusal:
+            log.info("DATA to %r refused, its address is no longer accepted: %s", envelope.rcpt_tos[0],
+                     refusal.smtp_reply())
+            started = getattr(server, "_data_started", None)
+            await self.journal_refusal(session, refusal, mail_from=envelope.mail_from or "", target=target,
+                                       seconds=None if started is None else time.monotonic() - started, counted=True)
+            return refusal.smtp_reply()
+        return None
 
     async def _process(self, ctx: MessageContext, services: Services, target: Target, envelope: Envelope,
                        budget: float, deadline: float, loop: asyncio.AbstractEventLoop) -> str:

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import ALIAS_DOMAIN, Mailer
+from conftest import ALIAS_DOMAIN, SECRET, Mailer
 from serving import notes_to_both_records, send_while_posting, start_senders
 from serving import ROOT, Port as _Port, filed_counts as _filed_ids, rcpt as _rcpt, send as _send
 
@@ -253,6 +253,38 @@ def test_sighup_reloads_rules_and_a_broken_file_keeps_the_old_ones(test_odoo, se
     raw = mailer.sign(mailer.message("note_from_contributor.eml", task))
     assert _send(raw, task, gateway.port).startswith("250 2.0.0 Filed")
     assert gateway.stop() == 0
+
+
+def test_a_secret_dropped_at_a_reload_refuses_the_data_of_a_session_that_passed_rcpt_before_it(
+        test_odoo, serve, dkim_keys, tmp_path):
+    gateway = serve()
+    mailer = Mailer(_Port(gateway.port), dkim_keys)
+    rules = gateway.config_path.parent / "rules" / f"{ALIAS_DOMAIN}.toml"
+    old = mailer.address("note", "project.task", TASK_ID)
+    raw = mailer.sign(mailer.message("note_from_contributor.eml", old, "<after-the-drop@example.com>"))
+    refused = "No such gateway address: the address signature is not valid"
+    with smtplib.SMTP("127.0.0.1", gateway.port, timeout=20) as client:
+        client.ehlo("client.example.com")
+        assert client.mail("portal.contrib@example.com")[0] == 250
+        assert client.rcpt(old)[0] == 250
+        # The secret that signed the address is retired (leaked, say) while the session waits.
+        rules.write_text(rules.read_text().replace(SECRET, "the-new-secret-0123456789abcdefgh"))
+        mark = len(gateway.lines)
+        gateway.signal(signal.SIGHUP)
+        gateway.wait_for("rules reloaded: notes.example.com", start=mark)
+        code, text = client.data(raw)
+    # What RCPT says of the address now, at once: no filing, no retry.
+    assert (code, text.decode()) == (550, f"5.1.1 {refused}")
+    assert _rcpt(gateway.port, old) == (550, f"5.1.1 {refused}".encode())
+    assert test_odoo.posts() == []
+    assert gateway.stop() == 0
+    # Journaled as a refused message of that record (the RCPT refusal after it names no record).
+    with Journal(tmp_path / "journal.sqlite3", read_only=True) as journal:
+        data, rcpt = journal.recent(2)[::-1]
+    assert (data.verdict, data.refusal_class, data.smtp_reply) == ("refused", "BadAddress", f"550 5.1.1 {refused}")
+    assert (data.mail_from, data.model, data.res_id, data.domain, data.odoo) == (
+        "portal.contrib@example.com", "project.task", TASK_ID, ALIAS_DOMAIN, "main")
+    assert (rcpt.smtp_reply, rcpt.model) == (f"550 5.1.1 {refused}", "")
 
 
 def _ehlo(port: int) -> tuple[int, str]:

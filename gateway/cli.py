@@ -408,6 +408,28 @@ def command_log(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"note-gateway: --since: {error}", file=sys.stderr)
         return 2
+    domain = None
+    if args.domain:
+        try:
+            domain = alias_domain(args.domain)
+        except ValueError as error:
+            print(f"note-gateway: --domain: {error}", file=sys.stderr)
+            return 2
+    # A name the configuration does not have may still be in older rows (a domain or a connection
+    # removed since): said, not refused, so a typo does not pass for "no rows".
+    if domain is not None and domain not in config.domains:
+        print(f"note-gateway: --domain {domain} is not an alias domain of this gateway "
+              f"(configured: {', '.join(sorted(config.domains))}); listing the journal's rows of it",
+              file=sys.stderr)
+    if args.odoo is not None and args.odoo not in config.gateway.odoo:
+        print(f"note-gateway: --odoo {args.odoo} is not an [odoo.NAME] connection of this gateway "
+              f"(configured: {', '.join(sorted(config.gateway.odoo))}); listing the journal's rows of it",
+              file=sys.stderr)
+    # Columns only where they tell rows apart: an odoo column with several Odoo connections (the
+    # same MODEL/ID is a record in each), a domain column when an Odoo serves several alias domains
+    # (otherwise the Odoo names the domain). One domain on one Odoo: the table as it always was.
+    odoo_column = len(config.gateway.odoo) > 1
+    domain_column = len(config.domains) > len({rules.odoo for rules in config.domains.values()})
     # Read-only: an admin may read the journal without being able to write the gateway's state.
     try:
         journal = Journal(config.journal_path, read_only=True)
@@ -423,7 +445,9 @@ def command_log(args: argparse.Namespace) -> int:
             print(format_decision(entry))
         else:
             print(format_entries(journal.recent(args.limit, verdict=args.verdict, sender=args.sender,
-                                                since=since, model=model, res_id=res_id)))
+                                                since=since, model=model, res_id=res_id, domain=domain,
+                                                odoo=args.odoo),
+                                 domain_column=domain_column, odoo_column=odoo_column))
     finally:
         journal.close()
     return 0
@@ -709,6 +733,8 @@ def build_parser() -> argparse.ArgumentParser:
     journal.add_argument("--sender", help="only messages from this From (or envelope) address")
     journal.add_argument("--since", help="only messages since an ISO time (UTC) or a duration: 30m, 2h, 7d")
     journal.add_argument("--record", help="only messages to MODEL or MODEL/ID, e.g. project.task/42")
+    journal.add_argument("--domain", help="only messages through this alias domain")
+    journal.add_argument("--odoo", help="only messages of this [odoo.NAME] connection's database")
     journal.add_argument("--id", type=_ROWS, help="show one message's whole decision: stages, reply, defects")
     journal.set_defaults(func=command_log)
 

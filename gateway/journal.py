@@ -631,11 +631,19 @@ class Journal:
     def recent(
         self, limit: int = 20, *, verdict: str | None = None, sender: str | None = None,
         since: float | None = None, model: str | None = None, res_id: int | None = None,
+        domain: str | None = None, odoo: str | None = None,
     ) -> list[JournalEntry]:
         """The newest entries first, optionally of one verdict, one sender (From or envelope),
-        received at or after ``since`` (a Unix time), or about one model (and record)."""
+        received at or after ``since`` (a Unix time), about one model (and record), through one
+        alias domain or for one [odoo.NAME] connection."""
         conditions: list[str] = []
         parameters: list[object] = []
+        if domain is not None:
+            conditions.append("domain = ?")
+            parameters.append(domain)
+        if odoo is not None:
+            conditions.append("odoo = ?")
+            parameters.append(odoo)
         if since is not None:
             conditions.append("received_at >= ?")
             parameters.append(float(since))
@@ -698,11 +706,18 @@ def _cell(value: object, width: int | None = None) -> str:
     return text
 
 
-def format_entries(entries: list[JournalEntry]) -> str:
-    """A compact table of entries for `note-gateway log`, one line each."""
+def format_entries(entries: list[JournalEntry], *, domain_column: bool = False, odoo_column: bool = False) -> str:
+    """A compact table of entries for `note-gateway log`, one line each.
+
+    ``domain_column`` and ``odoo_column`` add the alias domain and the [odoo.NAME] connection of
+    each row after its target: with several Odoo databases, project.task/60 names a record in each.
+    """
     if not entries:
         return "No journal entries."
-    header = ("time (UTC)", "verdict", "sender", "target", "reply", "odoo id", "message-id")
+    extra = (("domain", lambda entry: _cell(entry.domain, 40)),) if domain_column else ()
+    extra += (("odoo", lambda entry: _cell(entry.odoo, 20)),) if odoo_column else ()
+    header = ("time (UTC)", "verdict", "sender", "target", *(name for name, _ in extra), "reply", "odoo id",
+              "message-id")
     rows = []
     for entry in entries:
         received = datetime.fromtimestamp(entry.received_at, tz=timezone.utc)
@@ -714,6 +729,7 @@ def format_entries(entries: list[JournalEntry]) -> str:
                 _cell(entry.verdict),
                 _cell(entry.from_address or entry.mail_from, 40),
                 _cell(target, 32),
+                *(cell(entry) for _, cell in extra),
                 _cell(reply_code),
                 _cell(entry.odoo_message_id),
                 _cell(entry.message_id),

@@ -120,8 +120,12 @@ class GatewayHandler:
         services = self.services
         if target is not None:
             entry.kind, entry.model, entry.res_id = target.kind, target.model, target.res_id
-            rules = services.config.domains.get(target.domain)
-            entry.domain, entry.odoo = target.domain, rules.odoo if rules else ""
+        # The alias domain and its Odoo, when the recipient is of one this gateway serves, so that
+        # `note-gateway log --domain/--odoo` and the metrics' odoo label find these refusals too.
+        domain = target.domain if target is not None else _domain_of(rcpt)
+        rules = services.config.domains.get(domain)
+        if rules is not None:
+            entry.domain, entry.odoo = domain, rules.odoo
         try:
             entry.id = await asyncio.get_running_loop().run_in_executor(
                 self.executor, services.held(services.journal.record), entry)
@@ -215,6 +219,13 @@ class GatewayHandler:
         log.info("%s from=%s rcpt=%s verdict=%s reply=%r", ctx.message.message_id if ctx.message else "-",
                  ctx.sender.email if ctx.sender else envelope.mail_from, target.address, ctx.verdict, reply)
         return reply
+
+
+def _domain_of(rcpt: str) -> str:
+    try:
+        return address.split_address(rcpt)[1]
+    except Refusal:
+        return ""
 
 
 class _SessionLimit:

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import ALIAS_DOMAIN, SECRET, SELECTOR, write_config
 
-from gateway import address
+from gateway import address, cli
 from gateway.config import load_config
 from gateway.journal import Journal
 from gateway.pipeline import Services
@@ -250,6 +250,93 @@ def test_one_odoo_down_does_not_stop_the_other(test_odoo, second_odoo, two_odoo_
     second = address.mint(SECOND_SECRET.encode(), SECOND_DOMAIN, "note", "project.task", TASK_ID)
     assert _send(two_odoo_gateway, dkim_keys, second).startswith("451 ")
     assert _send(two_odoo_gateway, dkim_keys, first).startswith("250 ")
+
+
+# --- The journal of several domains ------------------------------------------------------------
+
+
+def _log(capsys, config_path, *options):
+    status = cli.main(["log", "--config", str(config_path), *options])
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def _rows(out):
+    """The table's rows as lists of cells, the header first."""
+    return [line.split() for line in out.splitlines()]
+
+
+def test_log_tells_the_odoo_databases_apart_and_filters_by_odoo_and_domain(tmp_path, test_odoo, second_odoo,
+                                                                          two_odoo_gateway, dkim_keys, capsys):
+    # Found by a review of multi-domain setups: `log --record project.task/60` listed the filings in
+    # both databases as identical rows, and nothing filtered by domain or Odoo.
+    first = address.mint(SECRET.encode(), ALIAS_DOMAIN, "note", "project.task", TASK_ID)
+    second = address.mint(SECOND_SECRET.encode(), SECOND_DOMAIN, "note", "project.task", TASK_ID)
+    assert _send(two_odoo_gateway, dkim_keys, first, message_id="<one@example.com>").startswith("250 ")
+    assert _send(two_odoo_gateway, dkim_keys, second, message_id="<two@example.com>").startswith("250 ")
+    forged = address.mint(SECRET.encode(), SECOND_DOMAIN, "note", "project.task", TASK_ID)
+    assert _send(two_odoo_gateway, dkim_keys, forged).startswith("550 5.1.1 No such gateway address")
+    config_path = tmp_path / "gateway.toml"
+
+    status, out, _ = _log(capsys, config_path, "--record", f"project.task/{TASK_ID}")
+    header, *rows = _rows(out)
+    # Two databases, one domain each: an odoo column, no domain column (the Odoo names the domain).
+    assert header[:6] == ["time", "(UTC)", "verdict", "sender", "target", "odoo"] and "domain" not in header
+    assert [(row[3], row[4], row[-1]) for row in rows] == [
+        (f"project.task/{TASK_ID}", "second", "<two@example.com>"),
+        (f"project.task/{TASK_ID}", "main", "<one@example.com>")]
+
+    # The refusal at RCPT counts as the second domain's too, as does its Odoo.
+    status, out, _ = _log(capsys, config_path, "--odoo", "second")
+    assert status == 0
+    assert [(row[1], row[4], row[5]) for row in _rows(out)[1:]] == [("refused", "second", "550"),
+                                                                     ("filed", "second", "250")]
+    status, by_domain, _ = _log(capsys, config_path, "--domain", SECOND_DOMAIN.upper() + ".")
+    assert by_domain == out
+    status, out, _ = _log(capsys, config_path, "--domain", ALIAS_DOMAIN, "--verdict", "filed")
+    assert [row[-1] for row in _rows(out)[1:]] == ["<one@example.com>"]
+
+    # A name the configuration does not have is said, in case it is a typo.
+    status, out, err = _log(capsys, config_path, "--odoo", "secnod")
+    assert (status, out.strip()) == (0, "No journal entries.")
+    assert err == ("note-gateway: --odoo secnod is not an [odoo.NAME] connection of this gateway "
+                   "(configured: main, second); listing the journal's rows of it\n")
+
+
+def test_log_has_a_domain_column_when_one_odoo_serves_several_domains_and_none_with_one_domain(
+        tmp_path, test_odoo, dns_server, dkim_keys, capsys):
+    config_path = write_config(tmp_path, test_odoo, dns_server.port)
+    services, server = _start(config_path)
+    try:
+        first = address.mint(SECRET.encode(), ALIAS_DOMAIN, "note", "project.task", TASK_ID)
+        assert _send(server, dkim_keys, first, message_id="<one@example.com>").startswith("250 ")
+        # One domain on one Odoo: the table as it always was.
+        status, out, _ = _log(capsys, config_path)
+        assert _rows(out)[0] == ["time", "(UTC)", "verdict", "sender", "target", "reply", "odoo", "id", "message-id"]
+    finally:
+        server.stop()
+        services.close()
+    (tmp_path / "rules" / f"{SECOND_DOMAIN}.toml").write_text(textwrap.dedent(f"""
+        domain = "{SECOND_DOMAIN}"
+        odoo = "main"
+        secrets = ["{SECOND_SECRET}"]
+        [note]
+        models = ["project.task"]
+    """))
+    services, server = _start(config_path)
+    try:
+        second = address.mint(SECOND_SECRET.encode(), SECOND_DOMAIN, "note", "project.task", TASK_ID)
+        assert _send(server, dkim_keys, second, message_id="<two@example.com>").startswith("250 ")
+    finally:
+        server.stop()
+        services.close()
+    status, out, _ = _log(capsys, config_path)
+    header, *rows = _rows(out)
+    assert header[:6] == ["time", "(UTC)", "verdict", "sender", "target", "domain"] and "odoo" not in header[:7]
+    assert [(row[4], row[-1]) for row in rows] == [(SECOND_DOMAIN, "<two@example.com>"),
+                                                   (ALIAS_DOMAIN, "<one@example.com>")]
+    status, out, _ = _log(capsys, config_path, "--odoo", "main", "--domain", SECOND_DOMAIN)
+    assert [row[-1] for row in _rows(out)[1:]] == ["<two@example.com>"]
 
 
 # --- Company binding ---------------------------------------------------------------------------

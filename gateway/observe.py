@@ -23,8 +23,9 @@ REGISTRY = CollectorRegistry()
 
 MESSAGES = Counter(
     "note_gateway_messages",
-    "Messages that reached DATA (or were refused at MAIL for their declared SIZE), by verdict and refusal class",
-    ["verdict", "refusal"], registry=REGISTRY)
+    "Messages that reached DATA (or were refused at MAIL for their declared SIZE), by verdict, refusal class "
+    "and the [odoo.NAME] connection of their alias domain (empty when none was known yet)",
+    ["verdict", "refusal", "odoo"], registry=REGISTRY)
 STAGE_SECONDS = Histogram(
     "note_gateway_stage_seconds", "Time spent in each pipeline stage", ["stage"], registry=REGISTRY,
     buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
@@ -51,8 +52,8 @@ worker: int | None = None
 # label values come from finite sets (verdicts, refusal classes, stage names, configured Odoo
 # connections) and a child lives as long as its metric, so each is looked up once (issue 6).
 @functools.cache
-def _messages(verdict: str, refusal: str) -> Counter:
-    return MESSAGES.labels(verdict, refusal)
+def _messages(verdict: str, refusal: str, odoo: str) -> Counter:
+    return MESSAGES.labels(verdict, refusal, odoo)
 
 
 @functools.cache
@@ -71,7 +72,9 @@ def message_done(entry: JournalEntry, *, timed: bool = True) -> None:
     ``timed`` is False for a message refused at MAIL for its declared SIZE: it never reached DATA,
     so it has no time from DATA to the reply.
     """
-    _messages(entry.verdict, entry.refusal_class or "none").inc()
+    # By Odoo too, so that deferred messages (OdooUnavailable) name the Odoo that fails; Odoo
+    # connections are few, so the series stay few (verdicts x refusal classes x connections).
+    _messages(entry.verdict, entry.refusal_class or "none", entry.odoo).inc()
     for stage, seconds in entry.durations.items():
         _stage_seconds(stage).observe(seconds)
     if timed:

@@ -727,8 +727,9 @@ def test_a_message_in_data_when_the_session_time_runs_out_is_filed(test_odoo, st
 # --- Messages over listener.max_message_size (DESIGN.md: a precise reply and a journal row) ------------
 
 
-def _too_large_count() -> float:
-    labels = {"verdict": "refused", "refusal": "MessageTooLarge"}
+def _too_large_count(odoo: str) -> float:
+    """``odoo``: the recipient's Odoo, or "" for a message refused at MAIL, before any recipient."""
+    labels = {"verdict": "refused", "refusal": "MessageTooLarge", "odoo": odoo}
     return observe.REGISTRY.get_sample_value("note_gateway_messages_total", labels) or 0.0
 
 
@@ -740,7 +741,7 @@ def test_a_message_over_max_message_size_is_refused_journaled_and_the_session_go
     gateway = start_gateway(dns_server.port, listener_extra=listener_extra + "max_message_size = 4000\n")
     mailer = Mailer(gateway, dkim_keys)
     task = mailer.address("note", "project.task", TASK_ID)
-    before = _too_large_count()
+    before = _too_large_count("main")
     connection, stream = _session(gateway, greeting)
     with connection:
         reply = _deliver_in_session(connection, stream, _large_note(mailer, task, 8000), task)
@@ -757,7 +758,7 @@ def test_a_message_over_max_message_size_is_refused_journaled_and_the_session_go
         "refused", "MessageTooLarge", "552 5.3.4 Message too large: the limit is 4000 bytes")
     assert (refused.peer, refused.mail_from, refused.rcpt) == ("127.0.0.1", PAULA, task)
     assert (refused.kind, refused.model, refused.res_id) == ("note", "project.task", TASK_ID)
-    assert _too_large_count() == before + 1
+    assert _too_large_count("main") == before + 1
 
 
 def test_a_declared_size_over_max_message_size_is_refused_at_mail_and_journaled(
@@ -768,7 +769,7 @@ def test_a_declared_size_over_max_message_size_is_refused_at_mail_and_journaled(
     gateway = start_gateway(dns_server.port, listener_extra=listener_extra + "max_message_size = 4000\n")
     mailer = Mailer(gateway, dkim_keys)
     task = mailer.address("note", "project.task", TASK_ID)
-    before = _too_large_count()
+    before = _too_large_count("")
     connection, stream = _session(gateway, greeting)
     expected = b"552 5.3.4 Message too large: SIZE=8000 declared, the limit is 4000 bytes"
     with connection:
@@ -784,7 +785,7 @@ def test_a_declared_size_over_max_message_size_is_refused_at_mail_and_journaled(
         "refused", "MessageTooLarge", expected)
     # Refused before any RCPT: no recipient, no target.
     assert (refused.peer, refused.mail_from, refused.rcpt, refused.model) == ("127.0.0.1", PAULA, "", "")
-    assert _too_large_count() == before + 1
+    assert _too_large_count("") == before + 1
 
 
 def test_a_refusal_said_in_the_session_is_said_even_if_its_journaling_fails(

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import ALIAS_DOMAIN, SECRET, SELECTOR, write_config
 
-from gateway import address, cli
+from gateway import address, cli, observe
 from gateway.config import load_config
 from gateway.journal import Journal
 from gateway.pipeline import Services
@@ -244,12 +244,23 @@ def test_a_duplicate_in_one_odoo_does_not_settle_a_post_still_running_in_another
     assert _send(two_odoo_gateway, dkim_keys, first, message_id=message_id).startswith("250 2.0.0 Already filed")
 
 
+def _messages_total(**labels) -> float:
+    return observe.REGISTRY.get_sample_value("note_gateway_messages_total", labels) or 0.0
+
+
 def test_one_odoo_down_does_not_stop_the_other(test_odoo, second_odoo, two_odoo_gateway, dkim_keys):
     second_odoo.fail("refuse")
+    deferred = {"verdict": "deferred", "refusal": "OdooUnavailable"}
+    filed = {"verdict": "filed", "refusal": "none"}
+    before = [_messages_total(**deferred, odoo="second"), _messages_total(**deferred, odoo="main"),
+              _messages_total(**filed, odoo="main")]
     first = address.mint(SECRET.encode(), ALIAS_DOMAIN, "note", "project.task", TASK_ID)
     second = address.mint(SECOND_SECRET.encode(), SECOND_DOMAIN, "note", "project.task", TASK_ID)
     assert _send(two_odoo_gateway, dkim_keys, second).startswith("451 ")
     assert _send(two_odoo_gateway, dkim_keys, first).startswith("250 ")
+    # The metrics name the Odoo that fails (found by a review of multi-domain setups: no odoo label).
+    assert [_messages_total(**deferred, odoo="second"), _messages_total(**deferred, odoo="main"),
+            _messages_total(**filed, odoo="main")] == [before[0] + 1, before[1], before[2] + 1]
 
 
 # --- The journal of several domains ------------------------------------------------------------

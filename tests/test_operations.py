@@ -282,8 +282,10 @@ def _sample(name: str, labels: dict[str, str] | None = None) -> float:
 
 
 def test_metrics_and_one_json_line_per_message(test_odoo, gateway, mailer, caplog):
-    filed_before = _sample("note_gateway_messages_total", {"verdict": "filed", "refusal": "none"})
-    refused_before = _sample("note_gateway_messages_total", {"verdict": "refused", "refusal": "RecordAccessDenied"})
+    filed = {"verdict": "filed", "refusal": "none", "odoo": "main"}
+    filed_before = _sample("note_gateway_messages_total", filed)
+    refused_before = _sample("note_gateway_messages_total",
+                             {"verdict": "refused", "refusal": "RecordAccessDenied", "odoo": "main"})
     post_stage_before = _sample("note_gateway_stage_seconds_count", {"stage": "post"})
     odoo_calls_before = _sample("note_gateway_odoo_call_seconds_count", {"odoo": "main", "outcome": "ok"})
 
@@ -294,10 +296,11 @@ def test_metrics_and_one_json_line_per_message(test_odoo, gateway, mailer, caplo
     refused = mailer.send(mailer.sign(mailer.message("note_from_contributor.eml", private)), private)
     assert refused.startswith("550")
 
-    assert _sample("note_gateway_messages_total", {"verdict": "filed", "refusal": "none"}) == filed_before + 1
+    assert _sample("note_gateway_messages_total", filed) == filed_before + 1
     refusal_class = _journal(gateway)[0].refusal_class
     assert refusal_class == "RecordAccessDenied"
-    assert _sample("note_gateway_messages_total", {"verdict": "refused", "refusal": refusal_class}) == refused_before + 1
+    assert _sample("note_gateway_messages_total",
+                   {"verdict": "refused", "refusal": refusal_class, "odoo": "main"}) == refused_before + 1
     assert _sample("note_gateway_stage_seconds_count", {"stage": "post"}) == post_stage_before + 1
     assert _sample("note_gateway_odoo_call_seconds_count", {"odoo": "main", "outcome": "ok"}) > odoo_calls_before
 

@@ -102,7 +102,7 @@ def test_serve_logs_json_serves_metrics_and_reloads_on_sighup(tmp_path, test_odo
             with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
                 return response.read().decode()
 
-        assert 'note_gateway_messages_total{refusal="none",verdict="filed"} 1.0' in metrics()
+        assert 'note_gateway_messages_total{odoo="main",refusal="none",verdict="filed"} 1.0' in metrics()
         with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
             client.ehlo("client.example.com")
             assert "note_gateway_sessions_in_flight 1.0" in metrics()

@@ -533,7 +533,7 @@ def test_metrics_of_every_worker_are_served_summed_on_one_port(test_odoo, serve,
         text = response.read().decode()
     lines = [json.loads(line) for line in gateway.lines if line.startswith('{"event": "message"')]
     assert len(lines) == 6
-    assert 'note_gateway_messages_total{refusal="none",verdict="filed"} 6.0' in text, text
+    assert 'note_gateway_messages_total{odoo="main",refusal="none",verdict="filed"} 6.0' in text, text
     assert gateway.stop() == 0
 
 

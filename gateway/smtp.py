@@ -126,6 +126,9 @@ class GatewayHandler:
         rules = services.config.domains.get(domain)
         if rules is not None:
             entry.domain, entry.odoo = domain, rules.odoo
+        elif target is not None:
+            # A domain a reload removed during the session: its Odoo is no longer known.
+            entry.domain = domain
         try:
             entry.id = await asyncio.get_running_loop().run_in_executor(
                 self.executor, services.held(services.journal.record), entry)
@@ -145,7 +148,11 @@ class GatewayHandler:
         if target.domain not in services.config.domains:
             # A reload between this session's RCPT and its DATA removed the alias domain: defer,
             # and the retry is judged at RCPT by the configuration now in force.
-            return InternalError("the configuration changed during this session").smtp_reply()
+            refusal = InternalError("the configuration changed during this session")
+            started = getattr(server, "_data_started", None)
+            await self.journal_refusal(session, refusal, mail_from=envelope.mail_from or "", target=target,
+                                       seconds=None if started is None else time.monotonic() - started, counted=True)
+            return refusal.smtp_reply()
         refused = await self._recheck_recipient(server, session, envelope, target, services)
         if refused is not None:
             return refused

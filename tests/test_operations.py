@@ -14,7 +14,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from conftest import Mailer, read_reply, write_config
+from conftest import ALIAS_DOMAIN, Mailer, read_reply, write_config
 from docs_snippets import readme_postfix_example
 
 from gateway import cli, observe, pipeline
@@ -612,6 +612,9 @@ def test_reload_swaps_the_services_of_a_running_listener(tmp_path, test_odoo, ga
             code, text = client.data(raw)
         assert old is gateway.services
         assert (code, text) == (451, b"4.3.0 Internal error, try again later: the configuration changed during this session")
+        # Journaled, as every message that reaches DATA is (it was not).
+        row = new_services.journal.recent(1)[0]
+        assert (row.verdict, row.refusal_class, row.rcpt, row.domain) == ("deferred", "InternalError", to, ALIAS_DOMAIN)
         # New sessions are judged by the new configuration: the old domain is no longer served.
         with smtplib.SMTP("127.0.0.1", gateway.port, timeout=20) as client:
             client.ehlo("client.example.com")

@@ -6,7 +6,7 @@ import re
 import socket
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from conftest import read_reply
@@ -38,6 +38,8 @@ def listener(request, start_gateway, dns_server):
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(greet=st.booleans(), commands=st.lists(LINES, min_size=1, max_size=8))
+@example(greet=False, commands=[b"QUIT"])
+@example(greet=True, commands=[b"NOOP", b"quit "])
 def test_any_command_line_gets_a_meaningful_reply_and_the_session_goes_on(listener, greet, commands):
     gateway, greeting = listener
     # Without a greeting most commands stop at "503 send HELO first"; with one they reach their parsing.
@@ -53,6 +55,11 @@ def test_any_command_line_gets_a_meaningful_reply_and_the_session_goes_on(listen
             if reply.startswith(_GOODBYE):
                 # aiosmtpd ends a session after five unknown commands or too many of one: said, then closed.
                 assert stream.readline() == b"", reply
+                return
+            if reply.startswith(b"221 "):
+                # The noise spelled QUIT (hypothesis found b"QUIT"): the one command that ends the
+                # session, said, then closed.
+                assert command.strip().upper() == b"QUIT" and stream.readline() == b"", (command, reply)
                 return
         connection.sendall(b"NOOP\r\n")
         assert read_reply(stream)[-1].startswith(b"250 "), commands

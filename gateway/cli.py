@@ -259,6 +259,18 @@ def _check_templates(config: GatewayConfig, *, log_warnings: bool = True):
         return None
 
 
+def _domain_option(value: str | None) -> str | None:
+    """--domain read as the rules files' domains are (lowercase, A-labels, no final dot), or None;
+    a value that is no domain name ends the command with exit code 2."""
+    if not value:
+        return None
+    try:
+        return alias_domain(value)
+    except ValueError as error:
+        print(f"note-gateway: --domain: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def _refusal(error: Exception, config_path: str) -> str:
     """Why a reload was refused, as ``<file>: <key>: <reason>``."""
     if isinstance(error, ConfigError):
@@ -271,14 +283,7 @@ def _refusal(error: Exception, config_path: str) -> str:
 
 def command_address(args: argparse.Namespace) -> int:
     config = _load(args.config)
-    domain = ""
-    if args.domain:
-        try:
-            # As the rules files' domains are read: lowercase, A-labels, no final dot.
-            domain = alias_domain(args.domain)
-        except ValueError as error:
-            print(f"note-gateway: --domain: {error}", file=sys.stderr)
-            return 2
+    domain = _domain_option(args.domain) or ""
     if not domain:
         if len(config.domains) != 1:
             print("note-gateway: several alias domains are configured, name one with --domain", file=sys.stderr)
@@ -408,13 +413,7 @@ def command_log(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"note-gateway: --since: {error}", file=sys.stderr)
         return 2
-    domain = None
-    if args.domain:
-        try:
-            domain = alias_domain(args.domain)
-        except ValueError as error:
-            print(f"note-gateway: --domain: {error}", file=sys.stderr)
-            return 2
+    domain = _domain_option(args.domain)
     # A name the configuration does not have may still be in older rows (a domain or a connection
     # removed since): said, not refused, so a typo does not pass for "no rows".
     if domain is not None and domain not in config.domains:

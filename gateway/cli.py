@@ -445,7 +445,8 @@ def command_log(args: argparse.Namespace) -> int:
         else:
             print(format_entries(journal.recent(args.limit, verdict=args.verdict, sender=args.sender,
                                                 since=since, model=model, res_id=res_id, domain=domain,
-                                                odoo=args.odoo),
+                                                odoo=args.odoo,
+                                                odoo_identity=config.odoo_identities.get(args.odoo or "")),
                                  domain_column=domain_column, odoo_column=odoo_column))
     finally:
         journal.close()

@@ -631,17 +631,22 @@ class Journal:
     def recent(
         self, limit: int = 20, *, verdict: str | None = None, sender: str | None = None,
         since: float | None = None, model: str | None = None, res_id: int | None = None,
-        domain: str | None = None, odoo: str | None = None,
+        domain: str | None = None, odoo: str | None = None, odoo_identity: str | None = None,
     ) -> list[JournalEntry]:
         """The newest entries first, optionally of one verdict, one sender (From or envelope),
         received at or after ``since`` (a Unix time), about one model (and record), through one
-        alias domain or for one [odoo.NAME] connection."""
+        alias domain or for one [odoo.NAME] connection. With ``odoo_identity`` too (config's
+        odoo_identities[odoo]), every connection to that connection's database counts: rows naming
+        the database, and rows of ``odoo`` written before the journal kept it."""
         conditions: list[str] = []
         parameters: list[object] = []
         if domain is not None:
             conditions.append("domain = ?")
             parameters.append(domain)
-        if odoo is not None:
+        if odoo is not None and odoo_identity:
+            conditions.append("(odoo_identity = ? OR (odoo_identity = '' AND odoo = ?))")
+            parameters.extend((odoo_identity, odoo))
+        elif odoo is not None:
             conditions.append("odoo = ?")
             parameters.append(odoo)
         if since is not None:

@@ -314,6 +314,25 @@ def test_log_tells_the_odoo_databases_apart_and_filters_by_odoo_and_domain(tmp_p
                    "(configured: main, second); listing the journal's rows of it\n")
 
 
+def test_log_odoo_lists_every_connection_to_that_connections_database(tmp_path, test_odoo, dns_server, dkim_keys,
+                                                                     capsys):
+    # Review of the last merges: with two connections to one database (one Odoo for the claims and
+    # rate limits), `log --odoo main` listed only what came through main, not the record's other
+    # filings in the same database.
+    services, server = _two_connections(tmp_path, test_odoo, dns_server.port)
+    try:
+        first = address.mint(SECRET.encode(), ALIAS_DOMAIN, "note", "project.task", TASK_ID)
+        second = address.mint(SECOND_SECRET.encode(), SECOND_DOMAIN, "note", "project.task", TASK_ID)
+        assert _send(server, dkim_keys, first, message_id="<one@example.com>").startswith("250 ")
+        assert _send(server, dkim_keys, second, message_id="<two@example.com>").startswith("250 ")
+    finally:
+        server.stop()
+        services.close()
+    for name in ("main", "other_company"):
+        status, out, _ = _log(capsys, tmp_path / "gateway.toml", "--odoo", name, "--record", f"project.task/{TASK_ID}")
+        assert status == 0 and [row[-1] for row in _rows(out)[1:]] == ["<two@example.com>", "<one@example.com>"], out
+
+
 def test_log_has_a_domain_column_when_one_odoo_serves_several_domains_and_none_with_one_domain(
         tmp_path, test_odoo, dns_server, dkim_keys, capsys):
     config_path = write_config(tmp_path, test_odoo, dns_server.port)

@@ -94,7 +94,8 @@ def _serve(args: argparse.Namespace, held: set) -> int:
     if sockets is None:
         # Messages whose session a killed gateway cut while filing them: their senders got no reply
         # and will retry; the journal says so instead of leaving them open (issue 4).
-        for entry in services.journal.recover_interrupted():
+        odoo_of = {domain: rules.odoo for domain, rules in config.domains.items()}
+        for entry in services.journal.recover_interrupted(odoo_of=odoo_of):
             logger.warning("interrupted by the previous stop, the sender will retry: %s to %s",
                            entry.message_id or "-", entry.rcpt)
     observe.bare_message_lines()

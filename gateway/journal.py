@@ -460,7 +460,8 @@ class Journal:
         rows, _ = self._run("read", "SELECT count(*) FROM receipts")
         return int(rows[0][0])
 
-    def recover_interrupted(self, *, pids: list[int] | None = None) -> list[JournalEntry]:
+    def recover_interrupted(self, *, pids: list[int] | None = None,
+                            odoo_of: dict[str, str] | None = None) -> list[JournalEntry]:
         """Turn the receipts a dead process left behind into "deferred" rows and unsettled posts; return the rows.
 
         Run at start for every receipt (the gateway that wrote them is gone), and by a supervisor
@@ -482,10 +483,15 @@ class Journal:
         recovered = []
         for (receipt_id, received_at, message_id, peer, mail_from, rcpt, from_address, kind, model, res_id,
              sender, written_at, odoo_identity) in rows:
+            # The alias domain of the address (as the gateway wrote it: lower case, A-labels) and,
+            # given ``odoo_of`` (domain -> [odoo.NAME] of the configuration), its connection, so
+            # that `log --domain/--odoo` list these rows too.
+            domain = rcpt.rpartition("@")[2]
             entry = JournalEntry(
                 verdict="deferred", received_at=received_at, message_id=message_id, peer=peer,
                 mail_from=mail_from, rcpt=rcpt, from_address=from_address, kind=kind, model=model,
-                res_id=res_id, odoo_identity=odoo_identity, refusal_class="Interrupted",
+                res_id=res_id, domain=domain, odoo=(odoo_of or {}).get(domain, ""),
+                odoo_identity=odoo_identity, refusal_class="Interrupted",
                 smtp_reply="(no reply: the gateway stopped while filing; the sender's retry is matched by Message-ID)",
                 defects=["unsettled-post:the process filing it died; a retry that does not find it in Odoo "
                          "is deferred for odoo.unsettled_post_seconds"],

@@ -206,7 +206,8 @@ class Supervisor:
 
         try:
             with Journal(self.config.journal_path) as journal:
-                for entry in journal.recover_interrupted(pids=None if pid is None else [pid]):
+                odoo_of = {domain: rules.odoo for domain, rules in self.config.domains.items()}
+                for entry in journal.recover_interrupted(pids=None if pid is None else [pid], odoo_of=odoo_of):
                     log.warning("interrupted by the %s, the sender will retry: %s to %s",
                                 "previous stop" if pid is None else f"death of worker pid {pid}",
                                 entry.message_id or "-", entry.rcpt)

@@ -41,6 +41,19 @@ def test_receipts_left_by_a_crash_become_interrupted_rows(tmp_path):
     crashed.close()
 
 
+def test_a_recovered_receipt_names_its_alias_domain_and_odoo_for_log_filters(tmp_path):
+    # Review of the last merges: rows recovered from a dead process's receipts had no domain or Odoo,
+    # so `log --domain` / `--odoo` never listed them.
+    path = tmp_path / "journal.sqlite3"
+    crashed = Journal(path)
+    _begin(crashed, "<cut@example.com>")
+    with Journal(path) as journal:
+        [entry] = journal.recover_interrupted(odoo_of={"notes.example.com": "main"})
+        assert (entry.domain, entry.odoo) == ("notes.example.com", "main")
+        assert [row.message_id for row in journal.recent(domain="notes.example.com", odoo="main")] == ["<cut@example.com>"]
+    crashed.close()
+
+
 def test_a_recovered_receipt_is_an_unsettled_post_since_it_was_written(tmp_path):
     # Crash review 2: the post a receipt announced may still be running in Odoo after its process died.
     path = tmp_path / "journal.sqlite3"

@@ -113,7 +113,7 @@ class ListenerConfig(_Strict):
     # instead, so the memory bound becomes max_messages_in_data x max_message_size plus
     # max_sessions x light_message_size, each about ten times over. 0: every message keeps its slot.
     light_message_size: Annotated[int, Field(ge=0)] = 65536
-    # Processes serving the one socket (issue 6): a message costs some milliseconds of CPU in
+    # Processes serving the listener, each on its own socket (issue 6): a message costs some milliseconds of CPU in
     # Python, and one process runs on one core at a time. With more than one, max_sessions and
     # max_messages_in_data are shared out among them (each takes its share, rounded up), so the
     # bounds hold for the whole gateway; max_sessions_per_ip holds per process.

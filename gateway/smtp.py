@@ -519,7 +519,7 @@ class GatewayServer:
         # listener.port unless given: 0, a port the system picks, is for the tests and the demo
         # (the configuration refuses it, as no mail system could be pointed at it).
         self.bind_port = listener.port if port is None else port
-        # One of ``workers`` processes on one socket takes its share of the gateway's bounds.
+        # One of ``workers`` processes takes its share of the gateway's bounds.
         max_sessions = -(-listener.max_sessions // workers)
         self.executor = ThreadPoolExecutor(max_workers=max_sessions, thread_name_prefix="pipeline")
         self.handler = GatewayHandler(services, self.executor)

@@ -122,3 +122,19 @@ def test_readme_names_every_log_filter():
     for option in ("--verdict", "--sender", "--record", "--domain", "--odoo", "--since", "--limit", "--id"):
         assert option in _subcommand_options()["log"]
         assert f"`{option}" in section
+
+
+def test_the_json_log_line_example_has_the_fields_and_stages_serve_writes():
+    # A docs review found the example line in docs/operations.md without odoo_identity and with only
+    # the stages of an older pipeline.
+    import dataclasses
+    import json
+
+    from gateway.journal import JournalEntry
+
+    text = (ROOT / "docs" / "operations.md").read_text()
+    [line] = re.findall(r'^\{"event": "message", .*\}$', text, re.M)
+    example = json.loads(line)
+    # The entry's own row id is written as journal_id.
+    assert set(example) == {"event", "journal_id"} | {field.name for field in dataclasses.fields(JournalEntry)} - {"id"}
+    assert list(example["durations"]) == STAGE_NAMES[:len(example["durations"])]

@@ -307,7 +307,7 @@ _JSON_COLUMNS = frozenset({"durations", "defects"})
 _SELECTED = ", ".join(("id", *_COLUMNS))
 
 
-def _unavailable(path: Path, action: str, error: sqlite3.Error) -> JournalUnavailable:
+def _unavailable(path: Path, action: str, error: sqlite3.Error | OSError) -> JournalUnavailable:
     return JournalUnavailable(f"journal {path} cannot be {action}: {error}")
 
 
@@ -325,7 +325,13 @@ class Journal:
                 uri = f"file:{urllib.parse.quote(str(self.path.resolve()))}?mode=ro"
                 self._connection = sqlite3.connect(uri, uri=True, timeout=5.0, check_same_thread=False)
             else:
+                # Made owner-only before SQLite opens it, whatever the umask of a `serve` run by hand
+                # (the units set UMask=0077): the rows hold senders, Message-IDs and whole record
+                # addresses. SQLite gives the -wal and -shm files the mode of the journal's.
+                os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
                 self._connection = sqlite3.connect(self.path, timeout=5.0, check_same_thread=False)
+        except OSError as error:
+            raise _unavailable(self.path, "opened", error) from error
         except sqlite3.Error as error:
             raise _unavailable(self.path, "opened", error) from error
         # Autocommit: each record is one INSERT, and migrations open their own transactions.

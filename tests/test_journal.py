@@ -291,3 +291,21 @@ def test_journal_of_schema_4_gains_the_alias_domain_and_odoo_the_rate_limits_cou
         assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
     finally:
         connection.close()
+
+
+def test_the_journal_and_its_wal_files_are_readable_by_their_owner_only(tmp_path):
+    # Operator run: a `serve` started by hand (umask 022) left journal.sqlite3, -wal and -shm
+    # readable by every local user; they hold senders, Message-IDs and whole record addresses.
+    import os
+    import stat
+
+    previous = os.umask(0o022)
+    try:
+        with Journal(tmp_path / "journal.sqlite3") as journal:
+            journal.record(JournalEntry(verdict="filed", message_id="<a@example.com>"))
+            modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in tmp_path.iterdir()
+                     if path.name.startswith("journal.sqlite3")}
+    finally:
+        os.umask(previous)
+    assert {"journal.sqlite3", "journal.sqlite3-wal", "journal.sqlite3-shm"} <= set(modes)
+    assert set(modes.values()) == {0o600}, modes

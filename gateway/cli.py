@@ -652,7 +652,8 @@ def command_send(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     try:
-        reply = deliver(signed, args.to, host=args.host, port=args.port, mail_from=args.sender, timeout=args.timeout)
+        reply = deliver(signed, args.to, host=args.host, port=args.port, mail_from=args.sender, timeout=args.timeout,
+                        lmtp=args.lmtp)
     except smtplib.SMTPResponseException as error:
         # A refusal that smtplib raises rather than returns: a greeting other than 220 (421 when
         # the gateway is full or stopping), or DATA itself refused.
@@ -666,6 +667,10 @@ def command_send(args: argparse.Namespace) -> int:
         print(f"note-gateway: cannot send to {args.host}:{args.port}: {reason}", file=sys.stderr)
         return 1
     print(reply)
+    if not args.lmtp and reply.startswith("503") and "HELO" in reply:
+        # An LMTP listener answers EHLO 500, and MAIL then asks for a greeting (operator run).
+        print(f"note-gateway: {args.host}:{args.port} did not take EHLO: if its protocol is \"lmtp\", "
+              "send with --lmtp", file=sys.stderr)
     return 0 if reply.startswith("250") else 1
 
 
@@ -779,6 +784,8 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--key", required=True, help="PEM private key of the sender domain's DKIM selector")
     send.add_argument("--selector", default="gateway")
     send.add_argument("--timeout", type=float, default=60, help="seconds to wait for each SMTP reply (default: 60)")
+    send.add_argument("--lmtp", action="store_true",
+                      help="speak LMTP (LHLO), for a listener with protocol = \"lmtp\"")
     send.set_defaults(func=command_send)
 
     demo = commands.add_parser("demo", help="run the whole product here against the bundled test Odoo")

@@ -390,6 +390,26 @@ def test_send_says_in_one_line_what_went_wrong(tmp_path, test_odoo, start_gatewa
     assert status == 0 and out.startswith("250 2.0.0 Filed as Odoo message "), out
 
 
+def test_send_speaks_lmtp_with_lmtp_and_says_so_when_a_listener_refuses_ehlo(tmp_path, test_odoo, start_gateway,
+                                                                              dns_server, dkim_keys, capsys):
+    # Operator run: against a listener with protocol = "lmtp", send printed only
+    # "503 Error: send HELO first".
+    gateway = start_gateway(dns_server.port, listener_extra='protocol = "lmtp"')
+    key = tmp_path / "example.com.key"
+    key.write_bytes(dkim_keys["example.com"].private_pem)
+
+    def send(*options: str) -> tuple[int, str]:
+        return _run(capsys, "send", "--port", str(gateway.port), "--from", "portal.contrib@example.com",
+                    "--to", Mailer.address("note", "project.task", TASK_ID), "--subject", "Pump P7",
+                    "--body", "The seal is worn.", "--key", str(key), "--selector", "gateway", *options)
+
+    status, out = send()
+    assert status == 1 and out.endswith(f"note-gateway: 127.0.0.1:{gateway.port} did not take EHLO: if its protocol "
+                                        'is "lmtp", send with --lmtp\n'), out
+    status, out = send("--lmtp")
+    assert status == 0 and out.startswith("250 2.0.0 Filed as Odoo message "), out
+
+
 def test_address_warns_of_a_user_outside_the_contributor_group_and_of_a_missing_record(tmp_path, test_odoo, capsys):
     # Operator review: both were printed as good addresses, though the command asks Odoo anyway.
     config = write_config(tmp_path, test_odoo, 53)

@@ -29,9 +29,10 @@ def compose(sender: str, recipient: str, subject: str, body: str, *, sender_name
 
 
 def deliver(raw: bytes, recipient: str, *, host: str = "127.0.0.1", port: int = 2525,
-            mail_from: str = "", timeout: float = 60) -> str:
-    """Send over SMTP and return the server's final reply as "CODE text" (refusals included)."""
-    client = smtplib.SMTP(host, port, timeout=timeout)
+            mail_from: str = "", timeout: float = 60, lmtp: bool = False) -> str:
+    """Send over SMTP (LMTP with ``lmtp``: LHLO instead of EHLO) and return the server's final
+    reply as "CODE text" (refusals included)."""
+    client = smtplib.LMTP(host, port, timeout=timeout) if lmtp else smtplib.SMTP(host, port, timeout=timeout)
     try:
         client.ehlo("client.example.com")
         code, text = client.mail(mail_from)

@@ -149,6 +149,7 @@ def _check_domain(pool: OdooPool, domain: str, rules, found: Findings) -> None:
                         f"give {login} read access to {model}, or remove it from the rules' models")
             continue
         found.lines.append(f"{domain}: {model} has a chatter and is readable")
+        _check_may_post(pool, domain, model, found)
         for kind in ("note", "reply"):
             kind_rules = rules.kind_rules(kind)
             if model in kind_rules.models and kind_rules.access in ("own", "company", "email-domain"):
@@ -166,6 +167,34 @@ def _check_domain(pool: OdooPool, domain: str, rules, found: Findings) -> None:
             found.lines.append(f"{domain}: bound to res.company {company}")
     except Refusal as refusal:
         found.error(f"{where}: company_from_alias_domain: {refusal.text}")
+
+
+def _check_may_post(pool: OdooPool, domain: str, model: str, found: Findings) -> None:
+    """Whether the integration user may write ``model``, which Odoo demands to post on it.
+
+    Odoo creates the posted message as the caller and lets it do so with the model's
+    _mail_post_access on the record, 'write' unless the model says otherwise (mail_thread.py,
+    mail_message.py _get_forbidden_access); project.task says 'read'. That attribute cannot be read
+    over RPC, so a user without write access is a warning, not an error (operator review: a
+    "Project / Administrator" reads sale.order, the checks said all was well, and every note to an
+    order was deferred by Odoo's AccessError). Odoo 18 has has_access and deprecates
+    check_access_rights (a DeprecationWarning in Odoo's log); Odoo 17 has only check_access_rights.
+    """
+    login = pool.connection.login
+    try:
+        if pool.version() >= 18:
+            may_write = pool.call(model, "has_access", [[], "write"])
+        else:
+            may_write = pool.call(model, "check_access_rights", ["write"], {"raise_exception": False})
+    except OdooUnavailable as error:
+        found.warn(f"{domain}: {model}: cannot ask Odoo whether {login} may write it: {error.explanation}")
+        return
+    if not may_write:
+        found.warn(f"{domain}: {model}: {login} may read {model} but not write it, and Odoo lets only users who "
+                   f"may write a record post on it unless the model lets readers post: notes and replies to a "
+                   f"{model} would be deferred (451)",
+                   f"give {login} write access to {model} (for sale.order: Sales / User: All Documents), "
+                   "unless the model lets readers post (project.task does)")
 
 
 def _check_rules(pool: OdooPool, domain: str, where: str, model: str, found: Findings) -> None:

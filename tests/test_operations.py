@@ -570,6 +570,35 @@ def test_doctor_warns_before_the_api_key_expires(tmp_path, test_odoo, dns_server
     assert code == 0 and f'warning: odoo.main: the API key "note gateway" of gateway expires on {stamp}' in out
 
 
+WRITE_WARNING = ("WARN  odoo main: notes.example.com: sale.order: gateway may read sale.order but not write it, and "
+                 "Odoo lets only users who may write a record post on it unless the model lets readers post: notes "
+                 "and replies to a sale.order would be deferred (451)\n"
+                 "      fix: give gateway write access to sale.order (for sale.order: Sales / User: All Documents), "
+                 "unless the model lets readers post (project.task does)")
+
+
+@pytest.mark.parametrize("version", ["17.0", "18.0", "19.0"])
+def test_doctor_warns_when_the_gateway_may_read_a_model_but_not_post_on_it(tmp_path, dns_server, capsys, version):
+    # Operator review: an integration user in "Project / Administrator" reads sale.order but may not
+    # write it; check-config --online and doctor said all was well, and every note to an order was
+    # then deferred. A warning, not an error: a model may let readers post (project.task does).
+    # Odoo 18 and 19 answer has_access, Odoo 17 check_access_rights.
+    with TestOdoo.with_demo_data(version=version) as odoo:
+        path = write_config(tmp_path, odoo, dns_server.port)
+        (tmp_path / "odoo-api-key").chmod(0o600)
+        assert diagnose(str(path)).warnings == 0
+        odoo.set_group(GATEWAY_UID, "project.group_project_manager")
+        report = diagnose(str(path))
+        assert report.problems == 0 and report.warnings == 1
+        assert WRITE_WARNING in _report_text(report)
+        assert "project.task: gateway may read" not in _report_text(report)
+        code, out, _ = _run_cli(capsys, "check-config", "--online", "--config", str(path))
+        assert code == 0 and ("warning: notes.example.com: sale.order: gateway may read sale.order but "
+                              "not write it") in out
+        odoo.set_group(GATEWAY_UID, "sales_team.group_sale_salesman_all_leads")
+        assert diagnose(str(path)).warnings == 0
+
+
 def test_the_test_odoo_refuses_an_expired_api_key(tmp_path, test_odoo, dns_server):
     # As Odoo 18's _check_credentials (expiration_date > now): the key of the warning above stops working.
     path = write_config(tmp_path, test_odoo, dns_server.port)

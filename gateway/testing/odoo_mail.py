@@ -552,16 +552,21 @@ def message_post(
     if unknown:
         raise ValueError(f"Those values are not supported when posting or notifying: {', '.join(sorted(unknown))}")
 
-    # The message is created as the caller: the document access of _mail_post_access, and for
-    # users who are not employees, no internal comment (mail_message.py _get_forbidden_access).
+    # The message is created as the caller, employees included: the document access of
+    # _mail_post_access ('write' unless the model says otherwise), else the caller's partner
+    # following the record; and for users who are not employees, no internal comment
+    # (mail_message.py _get_forbidden_access, operation 'create'). The parent condition (a caller
+    # notified of parent_id) is not modelled: the gateway passes no parent.
     if record_id not in db.rows[model]:
         raise missing_error(env, model, [record_id])
-    if not env.is_internal():
+    if not env.su:
         try:
             operation = db.models[model].mail_post_access
             check_records(env, model, [record_id], operation)
         except AccessError:
-            raise _message_create_error(env) from None
+            followers = {db.rows["mail.followers"][fid]["partner_id"] for fid in followers_of(env, model, record_id)}
+            if env.partner_id not in followers:
+                raise _message_create_error(env) from None
 
     author_id, email_from = _compute_author(env, author_id, email_from)
     if subtype_xmlid:

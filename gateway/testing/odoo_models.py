@@ -893,7 +893,13 @@ def sale_order_model() -> Model:
         **chatter_fields("sale.order"),
     }
     return Model("sale.order", "Sales Order", fields, order="date_order desc, id desc", chatter=True,
-                 share_rule=_portal_sale_order_rule, user_rule=_personal_orders_rule, access=_everyone_reads())
+                 share_rule=_portal_sale_order_rule, user_rule=_personal_orders_rule, access=_everyone_reads(),
+                 # sale/security/ir.model.access.csv, and sale_project's read-only line for project
+                 # managers: a "Project / Administrator" reads orders but may not write them, so
+                 # it may not post on them either (mail_thread.py _mail_post_access = 'write').
+                 group_access={"sales_team.group_sale_salesman": "rwc",
+                               "sales_team.group_sale_salesman_all_leads": "rwc",
+                               "sales_team.group_sale_manager": "rwcu", "project.group_project_manager": "r"})
 
 
 def _own_keys_rule(env: Env) -> list | None:

@@ -192,6 +192,12 @@ class Model:
     mail_post_access: str = "write"
     # Who passes the access-control list, per operation; portal and public users are "all" only.
     access: dict[str, str] = field(default_factory=dict)
+    # The ir.model.access rows of business groups, group xmlid -> the operations they grant ("r",
+    # "w", "c", "u"), for an operation ``access`` gives internal users: an internal user in any of
+    # these groups has what they grant, no more (sale.order: "Project / Administrator" reads it, a
+    # salesman writes it). An internal user in none of them keeps ``access``: the demo's users stand
+    # for users given the rights the real database gives them.
+    group_access: dict[str, str] = field(default_factory=dict)
     # Record rules for non-internal users, as a domain built for the calling user.
     share_rule: Callable[[Env], list] | None = None
     # Record rules that bind every caller, internal users too (a group's rule, as sale.order's
@@ -748,6 +754,15 @@ def check_access(env: Env, model: str, operation: str) -> None:
         or (needed == ACCESS_ROWS and (env.is_admin() or env.in_group("base.group_erp_manager")
                                        or _granted_by_rows(env, model, operation)))
     )
+    held = [perms for xmlid, perms in spec.group_access.items() if env.in_group(xmlid)]
+    if allowed and needed == ACCESS_INTERNAL and held:
+        allowed = any(operation[0] in perms for perms in held)
+        if not allowed:
+            groups = "\n".join(f"\t- {_group_label(env, xmlid)}" for xmlid, perms in spec.group_access.items()
+                               if operation[0] in perms)
+            header = _OPERATION_WORDS[operation].format(kind=spec.description, model=model)
+            raise AccessError(f"{header}\n\nThis operation is allowed for the following groups:\n{groups}\n\n"
+                              "Contact your administrator to request access if necessary.")
     if allowed:
         return
     header = _OPERATION_WORDS[operation].format(kind=spec.description, model=model)
@@ -758,6 +773,23 @@ def check_access(env: Env, model: str, operation: str) -> None:
     else:
         groups = f"This operation is allowed for the following groups:\n\t- {_GROUP_LABELS[needed]}"
     raise AccessError(f"{header}\n\n{groups}\n\nContact your administrator to request access if necessary.")
+
+
+def _group_label(env: Env, xmlid: str) -> str:
+    group_id = env.db.xmlid_to_id(xmlid)
+    return display_name(env.sudo(), "res.groups", group_id) if group_id else xmlid
+
+
+def has_access(env: Env, model: str, ids: list[int], operation: str) -> bool:
+    """models.py has_access (Odoo 18): the access list, then the record rules on ``ids``; never raises."""
+    if env.su:
+        return True
+    try:
+        check_access(env, model, operation)
+    except AccessError:
+        return False
+    present = {record_id for record_id in ids if record_id in env.db.rows[model]}
+    return not (present - rule_filter(env, model, present))
 
 
 def _granted_by_rows(env: Env, model: str, operation: str) -> bool:
@@ -1103,6 +1135,28 @@ def create_record(env: Env, model: str, values: dict, wanted_id: int | None = No
     if spec.after_create is not None:
         spec.after_create(env, record_id, values)
     return record_id
+
+
+@rpc(name="check_access_rights")
+def _check_access_rights(env: Env, model: str, operation: str, raise_exception: bool = True) -> bool:
+    # models.py check_access_rights: Odoo 17, and 18 where it is deprecated (a DeprecationWarning
+    # in Odoo's log) in favour of has_access.
+    if operation not in _OPERATION_WORDS:
+        raise ValueError(f"Invalid access mode {operation!r}")
+    if raise_exception:
+        check_access(env, model, operation)
+        return True
+    return has_access(env, model, [], operation)
+
+
+@rpc(name="has_access", on_records=True)
+def _has_access(env: Env, model: str, ids: list[int], operation: str) -> bool:
+    # Odoo 18 and later only (models.py has_access); Odoo 17 has no such method.
+    if env.db.major < 18:
+        raise AttributeError(f"The method 'has_access' does not exist on the model '{model}'")
+    if operation not in _OPERATION_WORDS:
+        raise ValueError(f"Invalid access mode {operation!r}")
+    return has_access(env, model, ids, operation)
 
 
 @rpc(name="create")

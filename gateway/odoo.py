@@ -476,7 +476,8 @@ class OdooPool:
             # (rights changed, a module missing, a server bug). A retry may heal it and an
             # admin must look, so it defers rather than bounces.
             log.warning("odoo %s: %s failed: %s", self.name, label, error)
-            raise OdooUnavailable(f"Odoo refused {label}", odoo_error=odoo_error_name(error)) from None
+            raise OdooUnavailable(f"Odoo refused {label}", odoo_error=odoo_error_name(error), odoo_message=str(error),
+                                  call=label) from None
         except Exception as error:  # Transport: refused, reset, timeout, HTTP 5xx, not JSON.
             log.warning("odoo %s: %s: %s: %s", self.name, label, type(error).__name__, error)
             # Failed after the request went out whole and before an answer came back (a timeout,

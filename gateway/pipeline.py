@@ -22,8 +22,9 @@ from gateway.inflight import InFlight
 from gateway.context import MessageContext
 from gateway.journal import Journal, JournalEntry, JournalUnavailable
 from gateway.odoo import OdooPool, start_waiting, stop_waiting
-from gateway.refusals import (AnswersNoteOfAnotherRecord, InternalError, JournalNotWritable, ModelNotAllowed,
-                              NotContributor, OdooUnavailable, PostUnsettled, Refusal, TemplateLosesBody)
+from gateway.refusals import (AnswersNoteOfAnotherRecord, GatewayMayNotPost, InternalError, JournalNotWritable,
+                              ModelNotAllowed, NotContributor, OdooUnavailable, PostUnsettled, Refusal,
+                              TemplateLosesBody)
 from gateway.render import BodyNotShown, Renderer, checked_renderer
 from gateway.resolver import DkimKeyResolver
 from gateway.subject import clean_subject
@@ -415,7 +416,30 @@ def _record_receipt(ctx: MessageContext, services: Services, deadline: float) ->
         raise JournalNotWritable(str(error)) from None
 
 
+ACCESS_ERROR = "odoo.exceptions.AccessError"
+
+
 def _post(ctx: MessageContext, services: Services, deadline: float) -> None:
+    try:
+        _post_once(ctx, services, deadline)
+    except OdooUnavailable as error:
+        if error.odoo_error != ACCESS_ERROR:
+            raise
+        # Odoo answered, and refused: nothing was posted (an answered call is settled, so no
+        # unsettled marker was left). Its own Odoo user lacks a right, which a retry does not give,
+        # but an admin can (operator review: "Odoo is unavailable" for every note on a sale.order
+        # the user could read but not write); the mail waits in the sender's queue meanwhile.
+        odoo = _odoo(ctx, services)
+        login = odoo.connection.login
+        log.error("odoo %s: the gateway's Odoo user %s may not post on %s %s: Odoo refused %s: %s. Give %s write "
+                  "access to %s (for sale.order: Sales / User: All Documents), unless the model lets readers "
+                  "post (project.task does); messages to it are deferred (451) until then", odoo.name, login,
+                  ctx.target.model, ctx.target.res_id, error.call or "the post", " ".join(
+                      str(error.odoo_message or "").split()), login, ctx.target.model)
+        raise GatewayMayNotPost(f"{ctx.target.model} {ctx.target.res_id}") from None
+
+
+def _post_once(ctx: MessageContext, services: Services, deadline: float) -> None:
     assert ctx.message is not None
     odoo = _odoo(ctx, services)
     # Two deliveries of one message at once (a retry while the first is still posting) would

@@ -372,10 +372,14 @@ class OdooUnavailable(Refusal):
     reason = "Odoo is unavailable, try again later"
 
     def __init__(self, detail: str | None = None, *, unsettled: bool = False, explanation: str | None = None,
-                 fix: str | None = None, odoo_error: str | None = None) -> None:
+                 fix: str | None = None, odoo_error: str | None = None, odoo_message: str | None = None,
+                 call: str | None = None) -> None:
         super().__init__(detail)
-        # The exception Odoo answered with (``odoo.exceptions.AccessError``...), when it answered one.
+        # The exception Odoo answered with (``odoo.exceptions.AccessError``...), when it answered one,
+        # its message, and the call it answered (``sale.order.message_post``).
         self.odoo_error = odoo_error
+        self.odoo_message = odoo_message
+        self.call = call
         # The request went out and Odoo may still be running it: a timeout or a connection lost
         # while waiting for the answer, a proxy's 502 or 504 (gateway/odoo.py). A request that never
         # went out whole, or that Odoo answered (an RPC error, a 500, garbage), is settled.
@@ -393,6 +397,16 @@ class RecordHiddenFromGateway(Refusal):
     # meanwhile rather than being refused as if the record did not exist.
     smtp_code, enhanced_code = 451, "4.3.0"
     reason = "The gateway's Odoo user cannot see this record, an administrator must give it read access"
+
+
+class GatewayMayNotPost(Refusal):
+    # Odoo answered the post (message_post, or the mail gateway's message_process) with an
+    # AccessError: the gateway's own Odoo user may read the record but not post on it, as a
+    # "Project / Administrator" on sale.order, which Odoo lets post only with write access (found by
+    # an operator review, where it was "Odoo is unavailable"). Odoo posted nothing. Only an admin can
+    # heal it; the mail waits in the sender's queue meanwhile, and the log says which right is missing.
+    smtp_code, enhanced_code = 451, "4.3.0"
+    reason = "The gateway's Odoo user may not post on this record, an administrator must correct it"
 
 
 class OdooCredentialsRefused(OdooUnavailable):

@@ -296,3 +296,54 @@ def test_a_record_hidden_from_the_integration_user_is_deferred_not_called_missin
     # Once an admin gives it All Documents, the deferred message is filed on its retry.
     test_odoo.set_group(GATEWAY_UID, "sales_team.group_sale_salesman_all_leads")
     assert mailer.send(mailer.sign(mailer.message("note_from_contributor.eml", to)), to).startswith("250 ")
+
+
+# --- A record the integration user may read but not post on (operator review) -------------------
+
+
+def test_the_test_odoo_lets_a_project_administrator_read_orders_but_not_post_on_them(test_odoo, pool):
+    # As a real Odoo 18 with the integration user in "Project / Administrator" (sale_project's
+    # read-only access line on sale.order): it reads the order, has_access and check_access_rights
+    # say it may not write it, and message_post is refused as Odoo refuses it, on the message's
+    # creation (mail_thread.py _mail_post_access = 'write'); project.task lets readers post.
+    test_odoo.set_group(GATEWAY_UID, "project.group_project_manager")
+    assert pool.call("sale.order", "search", [[("id", "=", SALE_ORDER_ID)]]) == [SALE_ORDER_ID]
+    assert pool.call("sale.order", "has_access", [[], "write"]) is False
+    assert pool.call("sale.order", "has_access", [[SALE_ORDER_ID], "read"]) is True
+    assert pool.call("sale.order", "check_access_rights", ["write"], {"raise_exception": False}) is False
+    assert pool.call("project.task", "has_access", [[], "write"]) is True
+    with pytest.raises(OdooUnavailable) as caught:
+        pool.call("sale.order", "message_post", [[SALE_ORDER_ID]], {"body": "x", "message_type": "comment",
+                                                                    "subtype_xmlid": "mail.mt_note"})
+    assert caught.value.odoo_error == "odoo.exceptions.AccessError"
+    assert "(Document type: Message, Operation: create)" in caught.value.odoo_message
+    # A salesman may write, and post (the demo's users, in no sales group, keep the test Odoo's default).
+    test_odoo.set_group(GATEWAY_UID, "sales_team.group_sale_salesman_all_leads")
+    assert pool.call("sale.order", "has_access", [[], "write"]) is True
+
+
+def test_a_record_the_integration_user_may_not_post_on_is_deferred_as_a_configuration_problem(
+        test_odoo, start_gateway, dns_server, dkim_keys, caplog):
+    # Operator review: with the integration user a "Project / Administrator", every note to a
+    # sale.order got "451 4.3.0 Odoo is unavailable, try again later: Odoo refused
+    # sale.order.message_post" and the log only a WARNING.
+    mailer = Mailer(start_gateway(dns_server.port), dkim_keys)
+    test_odoo.set_group(GATEWAY_UID, "project.group_project_manager")
+    before = len(test_odoo.messages("sale.order", SALE_ORDER_ID))
+    to = mailer.address("note", "sale.order", SALE_ORDER_ID)
+    message = mailer.sign(mailer.message("note_from_contributor.eml", to))
+    with caplog.at_level(logging.ERROR, logger="gateway.pipeline"):
+        reply = mailer.send(message, to)
+    assert reply == ("451 4.3.0 The gateway's Odoo user may not post on this record, an administrator must "
+                     f"correct it: sale.order {SALE_ORDER_ID}")
+    [line] = [record.getMessage() for record in caplog.records if record.levelno == logging.ERROR]
+    assert (f"odoo main: the gateway's Odoo user gateway may not post on sale.order {SALE_ORDER_ID}: Odoo refused "
+            "sale.order.message_post: The requested operation cannot be completed due to security restrictions. "
+            "Please contact your system administrator. (Document type: Message, Operation: create)") in line
+    assert "Give gateway write access to sale.order (for sale.order: Sales / User: All Documents)" in line
+    assert len(test_odoo.messages("sale.order", SALE_ORDER_ID)) == before
+    # Odoo answered, so nothing may still be running: once an admin gives the right, the retry is
+    # filed at once, not held back as an unsettled post.
+    test_odoo.set_group(GATEWAY_UID, "sales_team.group_sale_salesman_all_leads")
+    assert mailer.send(message, to).startswith("250 2.0.0 Filed as Odoo message ")
+    assert len(test_odoo.messages("sale.order", SALE_ORDER_ID)) == before + 1

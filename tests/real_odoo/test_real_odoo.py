@@ -359,3 +359,46 @@ def test_attachment_of_a_note_keeps_its_bytes_and_stays_internal(world, real_gat
             session.call_kw("ir.attachment", "read", [[attachment_id], ["name"]])
     print(f"\nnote with attachment on project.task {task}: message {note}, ir.attachment {attachment_id} "
           f"({attachment['file_size']} bytes, sha1 equal), unreadable by both portal users")
+
+
+def test_an_integration_user_that_may_read_orders_but_not_write_them_is_warned_of_and_defers(world, real_gateway):
+    # Operator review: a "Project / Administrator" integration user reads sale.order but may not
+    # write it, so Odoo refuses its message_post (Document type: Message, Operation: create); the
+    # checks said all was well and every note was "Odoo is unavailable". Now has_access warns, the
+    # note gets the configuration 451, nothing is posted, and the retry after the fix is filed.
+    from gateway import checks
+    from gateway.odoo import OdooPool
+
+    ref = world.admin.env.ref
+    sales = [ref("sales_team.group_sale_salesman_all_leads").id, ref("sales_team.group_sale_salesman").id]
+    project_admin = ref("project.group_project_manager").id
+    users = world.admin.env["res.users"]
+    config = real_gateway.services.config
+    [(name, connection)] = config.gateway.odoo.items()
+    [domain] = config.domains
+    pool = OdooPool(name, connection, config.api_keys[name])
+    order = world.sale_order_id
+    to = real_gateway.address("note", "sale.order", order)
+    raw = real_gateway.sign(real_gateway.message(world.contributor.email, to, NOTE_TEXT, message_id=_message_id(world)))
+    before = [row["id"] for row in messages_on(world, "sale.order", order)]
+    try:
+        users.browse(world.integration.user_id).write({"groups_id": [(3, group) for group in sales]
+                                                       + [(4, project_admin)]})
+        found = checks.Findings()
+        checks.check_connection(config, name, pool, found)
+        assert [str(warning) for warning in found.warnings if "sale.order" in str(warning)] == [
+            f"{domain}: sale.order: {world.integration.login} may read sale.order but not write it, and Odoo "
+            "lets only users who may write a record post on it unless the model lets readers post: notes and "
+            "replies to a sale.order would be deferred (451) (give "
+            f"{world.integration.login} write access to sale.order (for sale.order: Sales / User: All Documents), "
+            "unless the model lets readers post (project.task does))"]
+        assert not found.errors
+        reply = real_gateway.send(raw, to, mail_from=world.contributor.email)
+        assert reply == ("451 4.3.0 The gateway's Odoo user may not post on this record, an administrator must "
+                         f"correct it: sale.order {order}")
+        assert [row["id"] for row in messages_on(world, "sale.order", order)] == before
+    finally:
+        users.browse(world.integration.user_id).write({"groups_id": [(3, project_admin), (4, sales[0])]})
+        pool.close()
+    # Odoo answered the refused post, so the retry is posted at once (no unsettled post).
+    _filed_id(real_gateway.send(raw, to, mail_from=world.contributor.email))

@@ -82,8 +82,7 @@ class GatewayHandler:
         if envelope.rcpt_tos:
             return TooManyRecipients().smtp_reply()
         try:
-            target = address.parse_recipient(rcpt, self.services.config.secrets)
-            policy.check_recipient(self.services.config.domains[target.domain], target)
+            target = _accepted_target(rcpt, self.services)
         except Refusal as refusal:
             log.info("RCPT %r refused: %s", rcpt, refusal.smtp_reply())
             await self._journal_rcpt_refusal(session, envelope, rcpt, refusal)
@@ -148,11 +147,8 @@ class GatewayHandler:
         if target.domain not in services.config.domains:
             # A reload between this session's RCPT and its DATA removed the alias domain: defer,
             # and the retry is judged at RCPT by the configuration now in force.
-            refusal = InternalError("the configuration changed during this session")
-            started = getattr(server, "_data_started", None)
-            await self.journal_refusal(session, refusal, mail_from=envelope.mail_from or "", target=target,
-                                       seconds=None if started is None else time.monotonic() - started, counted=True)
-            return refusal.smtp_reply()
+            return await self._refuse_data(server, session, envelope, target,
+                                           InternalError("the configuration changed during this session"))
         refused = await self._recheck_recipient(server, session, envelope, target, services)
         if refused is not None:
             return refused
@@ -197,16 +193,20 @@ class GatewayHandler:
         message (one HMAC a secret), so it runs whether or not a reload happened.
         """
         try:
-            current = address.parse_recipient(envelope.rcpt_tos[0], services.config.secrets)
-            policy.check_recipient(services.config.domains[current.domain], current)
+            _accepted_target(envelope.rcpt_tos[0], services)
         except Refusal as refusal:
             log.info("DATA to %r refused, its address is no longer accepted: %s", envelope.rcpt_tos[0],
                      refusal.smtp_reply())
-            started = getattr(server, "_data_started", None)
-            await self.journal_refusal(session, refusal, mail_from=envelope.mail_from or "", target=target,
-                                       seconds=None if started is None else time.monotonic() - started, counted=True)
-            return refusal.smtp_reply()
+            return await self._refuse_data(server, session, envelope, target, refusal)
         return None
+
+    async def _refuse_data(self, server: SMTP, session: Session, envelope: Envelope, target: Target,
+                           refusal: Refusal) -> str:
+        """Journal and count a refusal said at DATA outside the pipeline; its reply."""
+        started = getattr(server, "_data_started", None)
+        await self.journal_refusal(session, refusal, mail_from=envelope.mail_from or "", target=target,
+                                   seconds=None if started is None else time.monotonic() - started, counted=True)
+        return refusal.smtp_reply()
 
     async def _process(self, ctx: MessageContext, services: Services, target: Target, envelope: Envelope,
                        budget: float, deadline: float, loop: asyncio.AbstractEventLoop) -> str:
@@ -226,6 +226,16 @@ class GatewayHandler:
         log.info("%s from=%s rcpt=%s verdict=%s reply=%r", ctx.message.message_id if ctx.message else "-",
                  ctx.sender.email if ctx.sender else envelope.mail_from, target.address, ctx.verdict, reply)
         return reply
+
+
+def _accepted_target(rcpt: str, services: Services) -> Target:
+    """The target of a recipient address as the services in force accept it; raises its Refusal.
+
+    RCPT asks it first, and DATA again (a reload between them may have retired the secret or
+    tightened the rules)."""
+    target = address.parse_recipient(rcpt, services.config.secrets)
+    policy.check_recipient(services.config.domains[target.domain], target)
+    return target
 
 
 def _domain_of(rcpt: str) -> str:

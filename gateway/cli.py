@@ -299,7 +299,7 @@ def command_address(args: argparse.Namespace) -> int:
               f"{config.domains[domain].source}; mail to this address will be refused", file=sys.stderr)
     rules = config.domains[domain]
     # A dated address can expire; it is dated whenever the domain limits the age of addresses.
-    dated = args.dated or bool(rules.address_max_age_days) or rules.require_dated_addresses
+    dated = args.dated or rules.dates_addresses
     issued_day = address.today() if dated else None
     try:
         # Before asking Odoo for --for: a record id the gateway could not read back (more than

@@ -555,6 +555,11 @@ class DomainRules(_Strict):
     source: str = ""
 
     @property
+    def dates_addresses(self) -> bool:
+        """Whether the addresses minted for this domain carry their day (they can then expire)."""
+        return bool(self.address_max_age_days) or self.require_dated_addresses
+
+    @property
     def templates_path(self) -> Path | None:
         if not self.templates_dir:
             return None

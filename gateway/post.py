@@ -172,10 +172,8 @@ def note_reply_to(ctx: MessageContext, secrets: dict[str, list[bytes]]) -> str:
     then filed by the gateway as his own note, with every check of a note and recipients it
     chooses itself (internal users only); the portal author of the note is not notified.
     """
-    rules = ctx.rules
-    dated = bool(rules.address_max_age_days) or rules.require_dated_addresses
     return address.mint(secrets[ctx.target.domain][0], ctx.target.domain, "note", ctx.target.model,
-                        ctx.target.res_id, issued_day=address.today() if dated else None)
+                        ctx.target.res_id, issued_day=address.today() if ctx.rules.dates_addresses else None)
 
 
 def post_message(odoo: OdooPool, ctx: MessageContext, *, message_id: str | None = None,

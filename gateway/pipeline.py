@@ -416,14 +416,11 @@ def _record_receipt(ctx: MessageContext, services: Services, deadline: float) ->
         raise JournalNotWritable(str(error)) from None
 
 
-ACCESS_ERROR = "odoo.exceptions.AccessError"
-
-
 def _post(ctx: MessageContext, services: Services, deadline: float) -> None:
     try:
         _post_once(ctx, services, deadline)
     except OdooUnavailable as error:
-        if error.odoo_error != ACCESS_ERROR:
+        if not error.access_denied:
             raise
         # Odoo answered, and refused: nothing was posted (an answered call is settled, so no
         # unsettled marker was left). Its own Odoo user lacks a right, which a retry does not give,

@@ -225,7 +225,7 @@ def _missing_or_hidden(odoo: OdooPool, target: Target, context: dict, deadline: 
     try:
         odoo.call(target.model, "read", [[target.res_id], ["id"]], context=context, deadline=deadline)
     except OdooUnavailable as error:
-        if error.odoo_error == "odoo.exceptions.AccessError":
+        if error.access_denied:
             login = odoo.connection.login
             log.error("odoo %s: %s %s exists but the gateway's Odoo user %s cannot see it: a record rule hides "
                       "it. Give %s read access to every %s record (for sale.order: Sales / User: All Documents; "

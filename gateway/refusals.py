@@ -389,6 +389,11 @@ class OdooUnavailable(Refusal):
         self.explanation = explanation or self.text
         self.fix = fix
 
+    @property
+    def access_denied(self) -> bool:
+        """Odoo answered with an AccessError: the gateway's Odoo user lacks a right (not an outage)."""
+        return self.odoo_error == "odoo.exceptions.AccessError"
+
 
 class RecordHiddenFromGateway(Refusal):
     # The record exists, but the gateway's own Odoo user cannot see it (a record rule hides it: a

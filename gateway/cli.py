@@ -574,7 +574,7 @@ def command_setup_odoo(args: argparse.Namespace) -> int:
 
     import odoorpc
 
-    from gateway.odoo import endpoint, transport_fault
+    from gateway.odoo import transport_fault
     from gateway.setup_odoo import Setup
 
     config = _load(args.config)

@@ -234,21 +234,34 @@ def odoo_identity(url: str, database: str) -> str:
     Two connections with the same identity are one Odoo for every "same Odoo" question (a record
     of one is the record of the other): one integration user per company on one database, say
     (docs/rules.md). The login does not count: two logins on one database see the same records.
-    Normalised as odoorpc reaches it (odoo.endpoint): the host in lower case without a final dot,
-    an IP address in its shortest form, the port the scheme implies written out. Two names of one
-    server (a host name and its address) are not recognised as one: give both connections the same
-    URL. E.g. ``https://erp.example.com:443/production``.
+    Normalised from where odoorpc reaches it (endpoint): the host in lower case without a final
+    dot, an IP address in its shortest form, the port the scheme implies written out. Two names of
+    one server (a host name and its address) are not recognised as one: give both connections the
+    same URL. E.g. ``https://erp.example.com:443/production``.
     """
-    parts = urlsplit(url)
-    host = (parts.hostname or "").rstrip(".")
+    host, protocol, port = endpoint(url)
+    host = host.strip("[]").lower().rstrip(".")
     try:
         address = ipaddress.ip_address(host)
         host = f"[{address.compressed}]" if address.version == 6 else address.compressed
     except ValueError:
         pass
-    scheme = parts.scheme.lower()
-    port = parts.port or (443 if scheme == "https" else 80)
-    return f"{scheme}://{host}:{port}/{database}"
+    return f"{'https' if protocol == 'jsonrpc+ssl' else 'http'}://{host}:{port}/{database}"
+
+
+def endpoint(url: str) -> tuple[str, str, int]:
+    """The host, protocol and port that odoorpc.ODOO takes for an [odoo.NAME] url (checked by OdooConnection).
+
+    odoorpc writes its URLs as ``{scheme}{host}:{port}/jsonrpc``, so an IPv6 address keeps its
+    brackets and those URLs stay well-formed (http.client also reads the bare form, by its last
+    colon). The URL has no path, query or user (OdooConnection), which odoorpc could not use.
+    """
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    https = parts.scheme == "https"
+    return host, "jsonrpc+ssl" if https else "jsonrpc", parts.port or (443 if https else 80)
 
 
 class OdooConnection(_Strict):

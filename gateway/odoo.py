@@ -12,12 +12,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, Iterator, Protocol, TypeVar
-from urllib.parse import urlsplit
 
 import odoorpc
 
 from gateway import observe
-from gateway.config import OdooConnection
+from gateway.config import OdooConnection, endpoint
 from gateway.odootransport import KeepAliveHandler, keep_alive_opener
 from gateway.refusals import OdooCredentialsRefused, OdooUnavailable
 
@@ -159,21 +158,6 @@ def transport_fault(url: str, error: BaseException) -> str:
     if isinstance(error, OSError):  # A timeout or a reset, raised as itself.
         return f"cannot reach Odoo at {url}: {type(error).__name__}: {error}"
     return f"Odoo at {url} did not answer as JSON-RPC: {type(error).__name__}: {error}"
-
-
-def endpoint(url: str) -> tuple[str, str, int]:
-    """The host, protocol and port that odoorpc.ODOO takes for an [odoo.NAME] url (checked by config).
-
-    odoorpc writes its URLs as ``{scheme}{host}:{port}/jsonrpc``, so an IPv6 address keeps its
-    brackets and those URLs stay well-formed (http.client also reads the bare form, by its last
-    colon). The URL has no path, query or user (config.OdooConnection), which odoorpc could not use.
-    """
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    https = parts.scheme == "https"
-    return host, "jsonrpc+ssl" if https else "jsonrpc", parts.port or (443 if https else 80)
 
 
 def user_group_fields(major: int) -> tuple[str, str]:

@@ -174,7 +174,7 @@ def test_odoo_url_with_a_user_or_password_is_refused_without_echoing_it(folder):
     ("http://[::1]:8069", "http://[::1]:8069", ("[::1]", "jsonrpc", 8069)),
 ])
 def test_odoo_url_is_given_to_odoorpc_as_host_protocol_and_port(folder, url, kept, endpoint):
-    from gateway.odoo import endpoint as odoorpc_endpoint
+    from gateway.config import endpoint as odoorpc_endpoint
 
     (folder / "gateway.toml").write_text(GATEWAY.replace("http://127.0.0.1:8069", url))
     connection = load_config(folder / "gateway.toml", environ={}).gateway.odoo["main"]

@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 from gateway import address
-from gateway.config import (ConfigError, GatewayConfig, alias_domain, keep_restart_settings, load_config, log_warnings,
-                            restart_warnings, shown_address)
+from gateway.config import (ConfigError, GatewayConfig, alias_domain, endpoint, keep_restart_settings, load_config,
+                            log_warnings, restart_warnings, shown_address)
 
 
 def _load(path: str) -> GatewayConfig:

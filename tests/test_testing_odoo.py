@@ -29,6 +29,7 @@ from gateway.testing.odoo import (
     PETER_PARTNER_ID,
     PETER_PASSWORD,
     PRIVATE_TASK_ID,
+    PROJECT_ID,
     SALE_ORDER_ID,
     TASK_ID,
     TestOdoo,
@@ -169,6 +170,22 @@ def test_a_portal_caller_cannot_post_a_note(odoo):
         post(paula, "project.task", TASK_ID, body="secret", **NOTE)
     assert caught.value.info["data"]["name"] == "odoo.exceptions.AccessError"
     assert len(odoo.messages("project.task", TASK_ID)) == before
+
+
+def test_only_project_administrators_may_post_on_a_project(odoo, gateway):
+    # As measured on a real Odoo 18 (review of the test Odoo): project.project keeps _mail_post_access
+    # 'write', and employees and Project users only read it.
+    assert gateway.execute_kw("project.project", "has_access", [[], "read"]) is True
+    assert gateway.execute_kw("project.project", "has_access", [[], "write"]) is False
+    with pytest.raises(odoorpc.error.RPCError, match=r"Document type: Message, Operation: create"):
+        post(gateway, "project.project", PROJECT_ID, body="x", author_id=42,
+             context={"mail_create_nosubscribe": True}, **NOTE)
+    odoo.set_group(GATEWAY_UID, "project.group_project_user")
+    assert gateway.execute_kw("project.project", "has_access", [[], "write"]) is False
+    odoo.set_group(GATEWAY_UID, "project.group_project_manager")
+    assert gateway.execute_kw("project.project", "has_access", [[], "write"]) is True
+    assert post(gateway, "project.project", PROJECT_ID, body="x", author_id=42,
+                context={"mail_create_nosubscribe": True}, **NOTE)
 
 
 def test_unknown_keyword_arguments_are_refused_and_message_fields_are_stored(odoo, gateway):

@@ -833,8 +833,14 @@ def project_model() -> Model:
         "description": Html("Description"),
         **chatter_fields("project.project"),
     }
-    return Model("project.project", "Project", fields, order="name, id", chatter=True, mail_post_access="read",
-                 share_rule=_portal_project_rule, access=_everyone_reads())
+    # project.project keeps mail.thread's _mail_post_access = 'write', and only Project
+    # administrators may write it (project/security/ir.model.access.csv): employees and Project
+    # users read it, so they may not post on it (measured on Odoo 18: a bare employee's
+    # has_access('write') is False and its message_post an AccessError, Document type: Message).
+    return Model("project.project", "Project", fields, order="name, id", chatter=True,
+                 share_rule=_portal_project_rule, access=_everyone_reads(),
+                 group_access={"base.group_user": "r", "project.group_project_user": "r",
+                               "project.group_project_manager": "rwcu"})
 
 
 def collaborator_model() -> Model:

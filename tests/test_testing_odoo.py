@@ -188,6 +188,31 @@ def test_only_project_administrators_may_post_on_a_project(odoo, gateway):
                 context={"mail_create_nosubscribe": True}, **NOTE)
 
 
+def test_account_move_imports_the_files_of_an_internal_post_unless_told_not_to(odoo, gateway):
+    # account_move.py _message_post_after_hook, as the test Odoo emulates it: no decoder, so on a
+    # draft every file is deleted; on a posted move OdooBot says it was not updated.
+    with pytest.raises(odoorpc.error.RPCError, match="not allowed to access"):
+        gateway.execute_kw("account.move", "search", [[]])
+    odoo.set_group(GATEWAY_UID, "account.group_account_invoice")
+    draft = odoo.add_record("account.move", {"move_type": "in_invoice", "ref": "B1"})
+    posted = odoo.add_record("account.move", {"move_type": "in_invoice", "ref": "B2", "state": "posted"})
+    files = {"attachments": [["photo.png", "png"]], "author_id": 42, **NOTE}
+    dropped = post(gateway, "account.move", draft, body="x", **files)
+    assert read_message(gateway, dropped, ["attachment_ids"])["attachment_ids"] == []
+    kept = post(gateway, "account.move", draft, body="x", context={"no_new_invoice": True}, **files)
+    assert len(read_message(gateway, kept, ["attachment_ids"])["attachment_ids"]) == 1
+    post(gateway, "account.move", posted, body="x", **files)
+    [bot_note, _] = odoo.messages("account.move", posted)
+    assert bot_note["author_id"][0] == 2 and "is not a draft" in bot_note["body"]
+    post(gateway, "account.move", posted, body="x", context={"no_new_invoice": True}, **files)
+    assert len(odoo.messages("account.move", posted)) == 3
+    # A portal user's post is left alone, as in Odoo (the hook checks _is_internal).
+    paula = connect(odoo, PAULA_LOGIN, PAULA_PASSWORD)
+    odoo.add_follower("account.move", posted, PAULA_PARTNER_ID)
+    assert post(paula, "account.move", posted, body="x", **{**files, **COMMENT})
+    assert len(odoo.messages("account.move", posted)) == 4
+
+
 def test_unknown_keyword_arguments_are_refused_and_message_fields_are_stored(odoo, gateway):
     with pytest.raises(odoorpc.error.RPCError, match="not supported when posting or notifying: bogus"):
         post(gateway, "project.task", TASK_ID, body="x", bogus=1, **NOTE)

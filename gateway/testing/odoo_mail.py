@@ -634,10 +634,58 @@ def message_post(
         if follower:
             subscribe(env, model, record_id, [follower])
 
+    after_hook = POST_AFTER_HOOKS.get(model)
+    if after_hook is not None:
+        # mail_thread.py:2236: _message_post_after_hook runs before _notify_thread.
+        after_hook(env, model, record_id, message_id)
+
     notify_author = bool(notify_values.get("notify_author") or env.context.get("mail_notify_author"))
     keep_mails = notify_values.get("mail_auto_delete", True) is False
     _notify(env, model, record_id, message_id, notify_author, keep_mails)
     return message_id
+
+
+# --- account.move's _message_post_after_hook ------------------------------------------------------
+
+NOT_A_DRAFT = "The invoice is not a draft, it was not updated from the attachment."
+
+
+def _unlink_attachments(env: Env, attachment_ids: list[int]) -> None:
+    """ir.attachment unlink; the rows of mail.message's attachment_ids go with it (ondelete cascade)."""
+    for attachment_id in attachment_ids:
+        env.db.rows["ir.attachment"].pop(attachment_id, None)
+        env.db.blobs.pop(attachment_id, None)
+    gone = set(attachment_ids)
+    for row in env.db.rows["mail.message"].values():
+        if gone & set(row.get("attachment_ids") or ()):
+            row["attachment_ids"] = [aid for aid in row["attachment_ids"] if aid not in gone]
+
+
+def account_move_after_hook(env: Env, model: str, record_id: int, message_id: int) -> None:
+    """account_move.py _message_post_after_hook and _check_and_decode_attachment (Odoo 18.0 lines 5931-5989).
+
+    Every post on a move by an internal user (the integration user, or OdooBot for message_process)
+    hands the message's files to the invoice import, unless the context has ``no_new_invoice``:
+    on a move that is not a draft, OdooBot posts a note saying so; on a draft, what the import
+    decodes (a UBL or Factur-X XML, a PDF with one embedded) rewrites the move or creates new ones
+    (from_alias), and every file it does not use is deleted, so the message loses it. The test Odoo
+    has no decoder: on a draft every file is deleted. Posts by portal users are left alone.
+    """
+    if env.context.get("no_new_invoice") or not env.is_internal():
+        return
+    attachment_ids = [aid for aid in env.db.rows["mail.message"][message_id].get("attachment_ids") or []
+                      if aid in env.db.rows["ir.attachment"]]
+    if not attachment_ids:
+        return
+    if env.db.rows[model][record_id].get("state") != "draft":
+        # self.with_user(SUPERUSER_ID).message_post(...): OdooBot is the author.
+        message_post(Env(env.db, 1, env.context, su=True), model, [record_id], body=NOT_A_DRAFT,
+                     message_type="comment")
+        return
+    _unlink_attachments(env, attachment_ids)
+
+
+POST_AFTER_HOOKS = {"account.move": account_move_after_hook}
 
 
 # --- message_process (the mail gateway) -----------------------------------------------------------

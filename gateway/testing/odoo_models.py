@@ -908,6 +908,45 @@ def sale_order_model() -> Model:
                                "sales_team.group_sale_manager": "rwcu", "project.group_project_manager": "r"})
 
 
+def _portal_invoice_rule(env: Env) -> list:
+    # account/security/account_security.xml:256 account.account_invoice_rule_portal.
+    return [("state", "not in", ("cancel", "draft")),
+            ("move_type", "in", ("out_invoice", "out_refund", "in_invoice", "in_refund")),
+            ("message_partner_ids", "child_of", [env.commercial_partner_id()])]
+
+
+MOVE_TYPES = (
+    ("entry", "Journal Entry"), ("out_invoice", "Customer Invoice"), ("out_refund", "Customer Credit Note"),
+    ("in_invoice", "Vendor Bill"), ("in_refund", "Vendor Credit Note"), ("out_receipt", "Sales Receipt"),
+    ("in_receipt", "Purchase Receipt"),
+)
+
+
+def account_move_model() -> Model:
+    """account.move, only as far as its chatter goes (the test Odoo has no accounting).
+
+    Two things of the real one matter to the gateway: _mail_post_access = 'read' (account_move.py:84),
+    so whoever reads a move may post on it; and its _message_post_after_hook, which treats the files of
+    every post as invoices to import (odoo_mail.py account_move_after_hook). Access follows the real
+    ir.model.access rows (odoo_security.ACCESS): Invoicing users write, read-only and portal users
+    read, an employee without an accounting group has no access at all.
+    """
+    fields = {
+        "name": Char("Number", default="/"),
+        "move_type": Selection(MOVE_TYPES, "Type", default="entry", required=True),
+        "state": Selection((("draft", "Draft"), ("posted", "Posted"), ("cancel", "Cancelled")), "Status",
+                           default="draft", required=True),
+        "partner_id": Many2one("res.partner", "Partner"),
+        "ref": Char("Reference"),
+        "company_id": Many2one("res.company", "Company", default=1),
+        "amount_total": Float("Total", default=0.0),
+        **chatter_fields("account.move"),
+    }
+    rows = {operation: ACCESS_ROWS for operation in ("read", "write", "create", "unlink")}
+    return Model("account.move", "Journal Entry", fields, order="name desc, id desc", chatter=True,
+                 mail_post_access="read", share_rule=_portal_invoice_rule, access=rows)
+
+
 def _own_keys_rule(env: Env) -> list | None:
     # base/security/base_security.xml: users read (and delete) their own keys; the Settings group
     # sees every user's, to revoke them.
@@ -951,7 +990,7 @@ def build_database(name: str, version: str) -> Database:
         partner, users_model(db, partner), groups_model(db), company_model(), model_data_model(), ir_model_model(),
         subtype_model(), followers_model(), message_model(), notification_model(), mail_mail_model(),
         alias_domain_model(), attachment_model(), project_model(), collaborator_model(), task_model(),
-        sale_order_model(), rule_model(), model_access_model(), api_keys_model(),
+        sale_order_model(), account_move_model(), rule_model(), model_access_model(), api_keys_model(),
         # The abstract model whose public methods are called without records, as message_process.
         Model("mail.thread", "Email Thread", {}, rec_name=None),
     ]

@@ -25,8 +25,12 @@ Result = TypeVar("Result")
 
 # Every post passes this context (ODOO_FACTS.md "What these facts demand" item 3): without it the
 # integration user follows each record it posts on, and on sale.order every notified partner is
-# subscribed and so gains portal read access to the order.
-POST_CONTEXT = {"mail_create_nosubscribe": True, "mail_post_autofollow": False}
+# subscribed and so gains portal read access to the order. no_new_invoice: account.move's
+# _message_post_after_hook hands the files of every post by an internal user to the invoice import
+# (account_move.py:5931-5989): a contributor's UBL XML rewrote a draft bill or created new ones,
+# every other file was deleted after the gateway had answered 250, and on a posted invoice OdooBot
+# noted each file. Odoo's portal chatter skips this for non-internal users; other models ignore it.
+POST_CONTEXT = {"mail_create_nosubscribe": True, "mail_post_autofollow": False, "no_new_invoice": True}
 
 
 # What a batched read answers for an item it could not decide on its own: that item's thread then

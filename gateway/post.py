@@ -329,7 +329,10 @@ def file_reply(odoo: OdooPool, ctx: MessageContext, *, taken: frozenset[str] | s
     drop them, so they are not tried.
     """
     assert ctx.message is not None and ctx.user is not None
-    context = {}
+    # Odoo's mail gateway posts as OdooBot, an internal user: without no_new_invoice account.move
+    # would import the reply's files as invoices (from_alias: new bills too) and delete the rest
+    # (POST_CONTEXT). Its own subscription contexts are set by message_process itself.
+    context: dict = {"no_new_invoice": POST_CONTEXT["no_new_invoice"]}
     if ctx.company_id is not None:
         context["allowed_company_ids"] = [ctx.company_id]
     for address in ctx.notify_emails:

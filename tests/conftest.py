@@ -54,8 +54,9 @@ def write_config(folder: Path, odoo: TestOdoo, dns_port: int, *, rules_extra: st
                  pool_size: int = 4, odoo_timeout: float = 5.0, read_cache_seconds: float = 0,
                  access: str | None = None, session_timeout: float = 30,
                  unsettled_post_seconds: float | None = None, rules: dict | None = None,
-                 note: dict | None = None) -> Path:
-    """A gateway file and its rules for the test Odoo; ``note`` adds or overrides keys of [note]."""
+                 note: dict | None = None, models: tuple[str, ...] | None = None) -> Path:
+    """A gateway file and its rules for the test Odoo; ``note`` adds or overrides keys of [note];
+    ``models`` replaces the models of both [note] and [reply]."""
     from gateway.testing.odoo_demo import DEMO_API_KEY
 
     policy = {"access": access} if access else {}
@@ -67,7 +68,7 @@ def write_config(folder: Path, odoo: TestOdoo, dns_port: int, *, rules_extra: st
         odoo={"timeout": odoo_timeout, "pool_size": pool_size, "read_cache_seconds": read_cache_seconds,
               **({"unsettled_post_seconds": unsettled_post_seconds} if unsettled_post_seconds else {})},
         note={"contributor_group": "note_gateway.group_portal_note_contributor", **policy, **(note or {})},
-        reply=policy,
+        reply=policy, **({"models": models} if models else {}),
         rules=rules, rules_extra=rules_extra)
 
 

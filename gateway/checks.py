@@ -190,9 +190,12 @@ def _check_may_post(pool: OdooPool, domain: str, model: str, found: Findings) ->
         found.warn(f"{domain}: {model}: cannot ask Odoo whether {login} may write it: {error.explanation}")
         return
     if not may_write:
+        # A reply of a follower goes through Odoo's mail gateway (post.file_reply), which posts as
+        # OdooBot and is filed; every other post is the integration user's message_post.
         found.warn(f"{domain}: {model}: {login} may read {model} but not write it, and Odoo lets only users who "
-                   f"may write a record post on it unless the model lets readers post: notes and replies to a "
-                   f"{model} would be deferred (451)",
+                   f"may write a record post on it unless the model lets readers post: notes to a {model}, and "
+                   f"replies from senders who do not follow it, would be deferred (451); replies from followers "
+                   f"are filed by Odoo's mail gateway",
                    f"give {login} write access to {model} (for sale.order: Sales / User: All Documents), "
                    "unless the model lets readers post (project.task does)")
 

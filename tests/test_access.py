@@ -14,6 +14,7 @@ from gateway.config import DomainRules, OdooConnection
 from gateway.context import Target
 from gateway.identity import find_user
 from gateway.odoo import OdooPool
+from gateway.testing.sending import compose
 from gateway.refusals import AccessRuleUnsupported, OdooUnavailable, RecordAccessDenied, RecordNotFound
 from gateway.testing.odoo_demo import (CUSTOMER_PARTNER_ID, DEMO_API_KEY, JOEL_EMAIL, JOEL_LOGIN, JOEL_PASSWORD,
                                        MARC_LOGIN, PAULA_EMAIL, PAULA_LOGIN, PAULA_PARTNER_ID, PAULA_PASSWORD,
@@ -347,3 +348,20 @@ def test_a_record_the_integration_user_may_not_post_on_is_deferred_as_a_configur
     test_odoo.set_group(GATEWAY_UID, "sales_team.group_sale_salesman_all_leads")
     assert mailer.send(message, to).startswith("250 2.0.0 Filed as Odoo message ")
     assert len(test_odoo.messages("sale.order", SALE_ORDER_ID)) == before + 1
+
+
+def test_without_write_access_only_replies_of_followers_are_filed(test_odoo, start_gateway, dns_server, dkim_keys):
+    # What the doctor's warning says (gateway/checks.py _check_may_post): a reply of a follower goes
+    # through Odoo's mail gateway, which posts as OdooBot and is filed; a reply of a sender who does
+    # not follow is posted with message_post as the integration user, and deferred like a note.
+    mailer = Mailer(start_gateway(dns_server.port), dkim_keys)
+    test_odoo.set_group(GATEWAY_UID, "project.group_project_manager")
+    test_odoo.add_user("ivan@example.com", "Ivan Internal", internal=True,
+                       groups=["sales_team.group_sale_salesman", "sales_team.group_sale_salesman_all_leads"])
+    to = mailer.address("reply", "sale.order", SALE_ORDER_ID)
+    follower = mailer.sign(mailer.message("note_from_contributor.eml", to))
+    assert mailer.send(follower, to).startswith("250 2.0.0 Filed as Odoo message ")
+    raw = compose("ivan@example.com", to, "Re: S00023", "Checked.", sender_name="Ivan Internal")
+    assert mailer.send(mailer.sign(raw), to, mail_from="ivan@example.com") == (
+        "451 4.3.0 The gateway's Odoo user may not post on this record, an administrator must "
+        f"correct it: sale.order {SALE_ORDER_ID}")

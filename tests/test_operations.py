@@ -572,7 +572,8 @@ def test_doctor_warns_before_the_api_key_expires(tmp_path, test_odoo, dns_server
 
 WRITE_WARNING = ("WARN  odoo main: notes.example.com: sale.order: gateway may read sale.order but not write it, and "
                  "Odoo lets only users who may write a record post on it unless the model lets readers post: notes "
-                 "and replies to a sale.order would be deferred (451)\n"
+                 "to a sale.order, and replies from senders who do not follow it, would be deferred (451); replies "
+                 "from followers are filed by Odoo's mail gateway\n"
                  "      fix: give gateway write access to sale.order (for sale.order: Sales / User: All Documents), "
                  "unless the model lets readers post (project.task does)")
 

@@ -388,8 +388,9 @@ def test_an_integration_user_that_may_read_orders_but_not_write_them_is_warned_o
         checks.check_connection(config, name, pool, found)
         assert [str(warning) for warning in found.warnings if "sale.order" in str(warning)] == [
             f"{domain}: sale.order: {world.integration.login} may read sale.order but not write it, and Odoo "
-            "lets only users who may write a record post on it unless the model lets readers post: notes and "
-            "replies to a sale.order would be deferred (451) (give "
+            "lets only users who may write a record post on it unless the model lets readers post: notes to a "
+            "sale.order, and replies from senders who do not follow it, would be deferred (451); replies from "
+            "followers are filed by Odoo's mail gateway (give "
             f"{world.integration.login} write access to sale.order (for sale.order: Sales / User: All Documents), "
             "unless the model lets readers post (project.task does))"]
         assert not found.errors

@@ -61,10 +61,12 @@ def signing_dns(signing_keys):
 
 
 def write_real_config(folder: Path, world: RealOdooWorld, dns_port: int, *, odoo_url: str | None = None,
-                      odoo_timeout: float = 30.0, access: str | None = "followers") -> Path:
+                      odoo_timeout: float = 30.0, access: str | None = "followers",
+                      models: tuple[str, ...] | None = None) -> Path:
     """A gateway file and one rules file, as an admin would write them for this Odoo.
 
-    ``access=None`` writes no ``access`` key, so the default (odoo-rules) applies."""
+    ``access=None`` writes no ``access`` key, so the default (odoo-rules) applies; ``models``
+    replaces the models of [note] and [reply] (project.task and sale.order)."""
     # The followers policy by default: these scenarios were written for it, and the odoo-rules
     # default needs `note-gateway setup-odoo` run on the database first (docs/rules.md).
     policy = {"access": access} if access else {}
@@ -73,7 +75,8 @@ def write_real_config(folder: Path, world: RealOdooWorld, dns_port: int, *, odoo
         api_key=world.integration.api_key, dns_port=dns_port, alias_domain=ALIAS_DOMAIN, secret=SECRET,
         listener={"session_timeout": 60, "message_deadline": 60}, resolver={"timeout": 3},
         odoo={"timeout": odoo_timeout, "pool_size": 2},
-        note={"contributor_group": world.group_xmlid, **policy}, reply=policy)
+        note={"contributor_group": world.group_xmlid, **policy}, reply=policy,
+        **({"models": models} if models else {}))
 
 
 @dataclass

@@ -398,6 +398,12 @@ def test_an_integration_user_that_may_read_orders_but_not_write_them_is_warned_o
         assert reply == ("451 4.3.0 The gateway's Odoo user may not post on this record, an administrator must "
                          f"correct it: sale.order {order}")
         assert [row["id"] for row in messages_on(world, "sale.order", order)] == before
+        # As the warning says: a reply of a follower (the contributor follows the order) goes
+        # through Odoo's mail gateway, which posts as OdooBot, and is filed all the same.
+        reply_to = real_gateway.address("reply", "sale.order", order)
+        follower_reply = real_gateway.sign(real_gateway.message(world.contributor.email, reply_to, "Reply.\n",
+                                                                message_id=_message_id(world)))
+        _filed_id(real_gateway.send(follower_reply, reply_to, mail_from=world.contributor.email))
     finally:
         users.browse(world.integration.user_id).write({"groups_id": [(3, project_admin), (4, sales[0])]})
         pool.close()

@@ -80,6 +80,10 @@ class VerifiedSender:
     email: str
     dkim_domain: str
     selector: str
+    # The header fields the gateway reads (senderauth.USED_HEADERS) that the message carries but
+    # the signature's h= does not name at all, lowercased: the signer left them open to change.
+    # To and Cc of this set notify nobody, In-Reply-To and References choose no record.
+    unsigned_headers: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)

@@ -154,6 +154,13 @@ def parse(raw: bytes, email_message: email.message.Message | None = None) -> Par
                             ("Date", headers.get("Date") if isinstance(headers, dict) else None)):
             if isinstance(value, list):
                 raise MessageUnparseable(f"more than one {name} header")
+        # RFC 2045 (and RFC 2183 for Content-Disposition) allows one of each at the top level.
+        # With two, the email package reads the first and a DKIM signature covers the last, and
+        # a signer that leaves the field out of h= (Gmail does not sign Content-Type) covers
+        # neither: one added above it would decide what the body is (security review).
+        for name in ("Content-Type", "MIME-Version", "Content-Transfer-Encoding", "Content-Disposition"):
+            if len(email_message.get_all(name) or ()) > 1:
+                raise MessageUnparseable(f"more than one {name} header")
         from_list = mail.from_ or []
         message_id = own_message_id(str(mail.message_id or ""))
         subject = mail.subject or ""

@@ -263,6 +263,13 @@ class SenderNotAuthenticated(Refusal):
     template = "notice/not_authenticated.txt.j2"
 
 
+class HeaderNotSigned(Refusal):
+    # A copy of a header the gateway reads that the signature which authenticated the sender does
+    # not cover: added above the signed one, it is the one the email package reads.
+    smtp_code, enhanced_code = 550, "5.7.1"
+    reason = "The message was changed after it was signed"
+
+
 class DnsTemporaryFailure(Refusal):
     smtp_code, enhanced_code = 451, "4.4.3"
     reason = "DNS lookup of the DKIM key failed, try again later"

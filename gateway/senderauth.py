@@ -11,6 +11,7 @@ import email.policy
 import logging
 import re
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,7 +22,7 @@ from dkim.util import InvalidTagValueList, parse_tag_value
 from gateway import dkimcrypto
 from gateway.config import DEFAULT_MAX_SIGNATURE_AGE_DAYS
 from gateway.context import VerifiedSender
-from gateway.refusals import DnsTemporaryFailure, FromHeaderInvalid, SenderNotAuthenticated
+from gateway.refusals import DnsTemporaryFailure, FromHeaderInvalid, HeaderNotSigned, SenderNotAuthenticated
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,8 @@ def authenticate(raw: bytes, resolver: KeyLookup, *, now: float | None = None,
     # rather than twice (issue 6, found by profiling). Each further signature gets a verifier of
     # its own, as dkimpy keeps the state of its last verify on it.
     unused = [_verifier(raw, resolver)]
+    # The header fields as dkimpy split them: the ones its signatures are checked against.
+    header_fields = unused[0].headers
 
     def verifier() -> dkim.DKIM:
         return unused.pop() if unused else _verifier(raw, resolver)
@@ -116,7 +119,8 @@ def authenticate(raw: bytes, resolver: KeyLookup, *, now: float | None = None,
             log.info("DKIM signature %d of %s: %s", index, from_address, error.detail)
             dns_failure = dns_failure or error
             continue
-        return VerifiedSender(email=from_address, dkim_domain=domain, selector=selector)
+        return VerifiedSender(email=from_address, dkim_domain=domain, selector=selector,
+                              unsigned_headers=check_signed_copies(header_fields, header_value))
 
     if dns_failure is not None:
         # A signature that might pass once DNS answers decides nothing yet: defer, so the
@@ -238,6 +242,54 @@ def normalise_domain(domain: str | bytes) -> str:
         return domain.encode("idna").decode("ascii")
     except UnicodeError:
         return domain
+
+
+# --- What the signature covers --------------------------------------------------------------------
+
+# The header fields the gateway reads to build, address or route a note: From (read_from_address),
+# Subject, Date, Message-ID, To, Cc, In-Reply-To and References (message.parse, recipients,
+# routing), and the top-level MIME fields that decide what the body is (mime.walk).
+USED_HEADERS = ("from", "subject", "date", "message-id", "to", "cc", "in-reply-to", "references",
+                "mime-version", "content-type", "content-transfer-encoding", "content-disposition")
+_DISPLAY_NAMES = {"message-id": "Message-ID", "mime-version": "MIME-Version", "cc": "Cc"}
+
+
+def check_signed_copies(header_fields: list, signature: bytes) -> frozenset[str]:
+    """Refuse a copy of a used header that the passing signature does not cover; return the used
+    headers it leaves out of h= altogether.
+
+    dkimpy hashes, for each time h= names a header, the next copy of it from the bottom (RFC 6376
+    section 5.4.2), while the email package and mail-parser read the topmost copy: a header added
+    above a signed one passes the signature and is the one the gateway reads (found by a security
+    review: a Content-Type prepended to a signed reply filed only the quoted text, an In-Reply-To
+    chose the record of a plain note@, a Cc had Odoo email internal users). So every copy must be
+    covered: no more copies than h= names (naming it more often, oversigning, is what keeps such
+    copies out, and passes). A header h= does not name at all is the signer's choice and is not
+    refused: Gmail leaves Content-Type out, Microsoft 365 To, Cc, In-Reply-To and References. The
+    callers use those only where they cannot widen who sees the note (VerifiedSender.unsigned_headers).
+
+    ``header_fields`` is dkimpy's split of the header, ``signature`` the DKIM-Signature value
+    that verified: counting names costs no second parse and no second verify.
+    """
+    try:
+        signed_list = parse_tag_value(signature).get(b"h", b"")
+    except InvalidTagValueList:  # verified, so parsed before; kept total all the same
+        signed_list = b""
+    # As dkimpy splits h=: names around colons, compared in lowercase.
+    named = Counter(name.strip().lower() for name in signed_list.split(b":"))
+    present = Counter(name.strip().lower().decode("ascii", "replace") for name, _ in header_fields)
+    unsigned = []
+    for name in USED_HEADERS:
+        copies = present.get(name, 0)
+        covered = named.get(name.encode(), 0)
+        if copies == 0:
+            continue
+        if covered == 0:
+            unsigned.append(name)
+        elif copies > covered:
+            display = _DISPLAY_NAMES.get(name, name.title())
+            raise HeaderNotSigned(f"the {display} header was added after the DKIM signature (not covered by it)")
+    return frozenset(unsigned)
 
 
 # --- One signature --------------------------------------------------------------------------------

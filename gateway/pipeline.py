@@ -273,7 +273,8 @@ def _route(ctx: MessageContext, services: Services, deadline: float) -> None:
     assert ctx.message is not None
     if not ctx.target.by_reference:
         return
-    model, res_id, how = routing.resolve(_odoo(ctx, services), ctx.message, deadline=deadline)
+    unsigned = ctx.sender.unsigned_headers if ctx.sender else frozenset()
+    model, res_id, how = routing.resolve(_odoo(ctx, services), ctx.message, unsigned=unsigned, deadline=deadline)
     ctx.target = dataclasses.replace(ctx.target, model=model, res_id=res_id)
     ctx.decision = f"routed {how}"
 

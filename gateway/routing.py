@@ -20,20 +20,33 @@ _ODOO_MESSAGE_ID = re.compile(
 _MAX_LOOKUPS = 20
 
 
-def referenced_ids(message: ParsedMessage) -> list[str]:
-    """In-Reply-To first, then References from the most recent (RFC 5322 section 3.6.4), each once."""
-    ordered = list(message.in_reply_to) + list(reversed(message.references))
+def referenced_ids(message: ParsedMessage, unsigned: frozenset[str] = frozenset()) -> list[str]:
+    """In-Reply-To first, then References from the most recent (RFC 5322 section 3.6.4), each once.
+
+    ``unsigned``: lowercased names of headers to leave out (VerifiedSender.unsigned_headers).
+    """
+    ordered = ([] if "in-reply-to" in unsigned else list(message.in_reply_to)) + (
+        [] if "references" in unsigned else list(reversed(message.references)))
     return list(dict.fromkeys(ordered))
 
 
-def resolve(odoo: OdooPool, message: ParsedMessage, *, deadline: float | None = None) -> tuple[str, int, str]:
+def resolve(odoo: OdooPool, message: ParsedMessage, *, unsigned: frozenset[str] = frozenset(),
+            deadline: float | None = None) -> tuple[str, int, str]:
     """(model, res_id, how) of the record the message replies to, or NoRecordReferenced.
 
     Only where the reply points is decided here: who may post there is decided afterwards by the
-    same checks as for a record address, so a forged References header gains nothing.
+    same checks as for a record address. A References or In-Reply-To header that the DKIM
+    signature does not cover (``unsigned``, VerifiedSender.unsigned_headers) chooses nothing:
+    anyone holding a signed message could have written it, and would choose the record where
+    the sender's own words are filed (security review).
     """
-    ids = referenced_ids(message)
+    ids = referenced_ids(message, unsigned)
     if not ids:
+        left_out = [name for name, values in (("In-Reply-To", message.in_reply_to), ("References", message.references))
+                    if values and name.lower() in unsigned]
+        if left_out:
+            raise NoRecordReferenced(f"{' and '.join(left_out)} {'are' if len(left_out) > 1 else 'is'} not covered "
+                                     "by the DKIM signature, so the record cannot be chosen by them")
         raise NoRecordReferenced("the message has no In-Reply-To or References")
     others = [value for value in ids if not _ODOO_MESSAGE_ID.search(value)][:_MAX_LOOKUPS]
     stored: dict[str, tuple[str, int]] = {}

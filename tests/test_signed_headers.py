@@ -25,6 +25,9 @@ PLAIN_NOTE = f"note@{ALIAS_DOMAIN}"
 # leaves Content-Disposition out, which is named here so that it is covered too).
 SIGNED_ONCE = [b"from", b"to", b"cc", b"subject", b"date", b"message-id", b"in-reply-to", b"references",
                b"mime-version", b"content-type", b"content-transfer-encoding", b"content-disposition"]
+# Microsoft 365's h= (its selector1/selector2 signatures): To, Cc, In-Reply-To, References and
+# Content-Transfer-Encoding are not signed.
+MICROSOFT_365 = [b"from", b"date", b"subject", b"message-id", b"content-type", b"mime-version"]
 
 
 def _posts(test_odoo):
@@ -141,3 +144,22 @@ def test_a_plain_note_address_is_routed_by_a_signed_in_reply_to(test_odoo, gatew
     assert reply.startswith("250 2.0.0 Filed")
     [post] = _posts(test_odoo)
     assert post.args == [[TASK_ID]]
+
+
+def test_to_and_cc_left_out_of_h_notify_nobody(test_odoo, gateway, mailer):
+    """Signed as Microsoft 365 signs: anyone holding the message could have written its To and Cc."""
+    to = mailer.address("note", "project.task", TASK_ID)
+    reply = mailer.send(mailer.sign(_reply(to), include_headers=MICROSOFT_365), to)
+    assert reply.startswith("250 2.0.0 Filed")
+    [post] = _posts(test_odoo)
+    assert post.kwargs["partner_ids"] == []
+    [row] = _journal(gateway)
+    assert "recipient-dropped:mark.brown23@example.com (To/Cc not covered by the DKIM signature)" in row.defects
+
+
+def test_in_reply_to_and_references_left_out_of_h_choose_no_record(test_odoo, gateway, mailer):
+    reply = mailer.send(mailer.sign(_reply(PLAIN_NOTE), include_headers=MICROSOFT_365), PLAIN_NOTE)
+    assert reply == ("550 5.1.1 No record found for this message: reply to an Odoo notification, or write to the "
+                     "record's own note+ or reply+ address: In-Reply-To and References are not covered by the DKIM "
+                     "signature, so the record cannot be chosen by them")
+    assert _posts(test_odoo) == []

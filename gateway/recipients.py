@@ -21,28 +21,13 @@ class Recipients:
     dropped: list[str] = field(default_factory=list)
 
 
-def unsigned_fields(ctx: MessageContext) -> list[str]:
-    """To and/or Cc when the message has them but its DKIM signature does not cover them (h=)."""
-    unsigned = ctx.sender.unsigned_headers if ctx.sender else frozenset()
-    return [name for name in ("To", "Cc") if name.lower() in unsigned]
-
-
-def candidate_addresses(ctx: MessageContext, own_domains: set[str] | frozenset[str] = frozenset(), *,
-                        unsigned: bool = False) -> list[str]:
-    """To and Cc, lowercased, once each, without the gateway's own addresses and the sender.
-
-    A To or Cc the DKIM signature does not cover is left out: anyone who holds the signed message
-    could have written it (Microsoft 365 signs neither), and it must not choose who is emailed.
-    ``unsigned=True`` gives the addresses of those instead, to journal them.
-    """
+def candidate_addresses(ctx: MessageContext, own_domains: set[str] | frozenset[str] = frozenset()) -> list[str]:
+    """To and Cc, lowercased, once each, without the gateway's own addresses and the sender."""
     assert ctx.message is not None
     own_domains = {ctx.target.domain, *own_domains}
     sender = ctx.sender.email.lower() if ctx.sender else ctx.message.from_address
-    fields = unsigned_fields(ctx)
-    values = [value for name, field_values in (("To", ctx.message.to), ("Cc", ctx.message.cc))
-              if (name in fields) == unsigned for value in field_values]
     found: list[str] = []
-    for value in values:
+    for value in [*ctx.message.to, *ctx.message.cc]:
         address = value.strip().lower()
         if not address or "@" not in address or address == sender or address in found:
             continue
@@ -62,8 +47,6 @@ def choose(odoo: OdooPool, ctx: MessageContext, *, own_domains: set[str] | froze
     """
     addresses = candidate_addresses(ctx, own_domains)
     result = Recipients(dropped=[f"{address} (too many recipients)" for address in addresses[MAX_LOOKED_UP:]])
-    result.dropped += [f"{address} (To/Cc not covered by the DKIM signature)"
-                       for address in candidate_addresses(ctx, own_domains, unsigned=True) if address not in addresses]
     addresses = addresses[:MAX_LOOKED_UP]
     if not addresses:
         return result

@@ -275,6 +275,23 @@ class DnsTemporaryFailure(Refusal):
     reason = "DNS lookup of the DKIM key failed, try again later"
 
 
+class SenderAuthenticationTimedOut(Refusal):
+    # The message's deadline (listener.message_deadline) passed while its DKIM keys were being
+    # looked up: DNS slow or silent, most often. Said as such, not as "Odoo is unavailable", which
+    # sent admins looking at the wrong server (found by a security review). X.4.3: the directory
+    # server (DNS) failed (RFC 3463).
+    smtp_code, enhanced_code = 451, "4.4.3"
+    reason = "The DKIM check took too long (DNS lookups of its keys), try again later"
+
+
+class TooManySignatures(Refusal):
+    # More DKIM-Signature fields than any real message carries (senderauth.MAX_SIGNATURES): each
+    # costs a key lookup and a hash of the body, so the gateway does not look at any of them, and
+    # the same message would be refused again (RFC 6376 section 6.1 lets a verifier limit them).
+    smtp_code, enhanced_code = 550, "5.7.1"
+    reason = "Too many DKIM signatures"
+
+
 # --- Identity and authorization ------------------------------------------------------------------
 
 

@@ -22,7 +22,8 @@ from dkim.util import InvalidTagValueList, parse_tag_value
 from gateway import dkimcrypto
 from gateway.config import DEFAULT_MAX_SIGNATURE_AGE_DAYS
 from gateway.context import VerifiedSender
-from gateway.refusals import DnsTemporaryFailure, FromHeaderInvalid, HeaderNotSigned, SenderNotAuthenticated
+from gateway.refusals import (DnsTemporaryFailure, FromHeaderInvalid, HeaderNotSigned, SenderAuthenticationTimedOut,
+                              SenderNotAuthenticated, TooManySignatures)
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,19 @@ ACCEPTED_ALGORITHMS = (b"rsa-sha256", b"ed25519-sha256")
 ALLOWED_CLOCK_SKEW_SECONDS = 15 * 60
 # Used when the resolver does not say its own lifetime: dkimpy's default.
 DEFAULT_DNS_TIMEOUT = 5.0
+# "A Verifier MAY limit the number of signatures it tries, in order to avoid denial-of-service
+# attacks" (RFC 6376 section 6.1). Each signature examined costs a key lookup, whose timeout is
+# not cached (a domain whose DNS never answers costs the resolver's whole lifetime every time),
+# and a hash of the whole body: a message carrying hundreds of aligned signatures held a worker
+# thread for over an hour, or hashed a 5 MB body a hundred times (found by a security review).
+# A message that went through a few forwarders and lists carries a handful of signatures; one with
+# more than MAX_SIGNATURES is refused outright. Of the signatures aligned with the From domain
+# (the only ones that can authenticate it, the others are never looked up), at most
+# MAX_SIGNATURES_EXAMINED have their key looked up and their hashes checked, topmost first.
+MAX_SIGNATURES = 20
+MAX_SIGNATURES_EXAMINED = 5
+# The lifetime of a key lookup once the message's deadline is near: a cached key still answers.
+_SHORTEST_LOOKUP = 0.05
 
 # How telling a failure is, when every signature failed and only one reason fits in the reply.
 # A signature of the From domain says more than a third party's (a list, a provider), and the
@@ -59,10 +73,73 @@ class _SignatureRefused(Exception):
         self.failure = _Failure(relevance, detail)
 
 
+class _NotExamined(Exception):
+    """An aligned signature left out: over MAX_SIGNATURES_EXAMINED, or its key already failed."""
+
+
+class _Examination:
+    """What the loop over one message's signatures has spent: the signatures verified, the keys
+    that failed, the deadline."""
+
+    def __init__(self, deadline: float | None) -> None:
+        self.deadline = deadline
+        self.examined = 0
+        self.left_out = 0
+        self._current: tuple[str, str] | None = None
+        self._failed_keys: set[tuple[str, str]] = set()
+        self._dns_failure: DnsTemporaryFailure | None = None
+
+    def admit(self, domain: str, selector: str) -> None:
+        """Before an aligned signature's key is looked up: raise _NotExamined to skip it, or
+        SenderAuthenticationTimedOut once the deadline has passed."""
+        if (domain, selector) in self._failed_keys:
+            # The same key gives the same answer: a lookup that timed out would time out again,
+            # and a missing or refused key is as missing the second time. Its failure is already
+            # counted; a key that was found and usable is tried again (another signature of it
+            # may pass where this one did not).
+            raise _NotExamined()
+        if self.examined >= MAX_SIGNATURES_EXAMINED:
+            self.left_out += 1
+            raise _NotExamined()
+        if self.out_of_time():
+            raise self.timed_out()
+        self.examined += 1
+        self._current = (domain, selector)
+
+    def key_failed(self, dns_failure: DnsTemporaryFailure | None = None) -> None:
+        """The key of the signature last admitted failed (DNS, missing, refused): skip its pair from now."""
+        if self._current is not None:
+            self._failed_keys.add(self._current)
+        self._dns_failure = dns_failure or self._dns_failure
+
+    def lookup_timeout(self, timeout: float) -> float:
+        """A key lookup's lifetime: dkimpy's ``timeout``, but never past the deadline."""
+        if self.deadline is None:
+            return timeout
+        return min(timeout, max(self.deadline - time.monotonic(), _SHORTEST_LOOKUP))
+
+    def out_of_time(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def timed_out(self) -> SenderAuthenticationTimedOut:
+        detail = f"the message's deadline passed with {self.examined} of its DKIM signatures examined"
+        if self._dns_failure is not None:
+            detail += f", the last DNS failure: {self._dns_failure.detail}"
+        return SenderAuthenticationTimedOut(detail)
+
+    def not_examined(self) -> str:
+        """What a refusal adds when aligned signatures were left out by the cap."""
+        if not self.left_out:
+            return ""
+        return (f" ({self.left_out} more aligned signatures not examined, "
+                f"the gateway examines at most {MAX_SIGNATURES_EXAMINED})")
+
+
 def authenticate(raw: bytes, resolver: KeyLookup, *, now: float | None = None,
                  max_signature_age_days: int = DEFAULT_MAX_SIGNATURE_AGE_DAYS,
                  require_signature_time: bool = False,
-                 email_message: email.message.Message | None = None) -> VerifiedSender:
+                 email_message: email.message.Message | None = None,
+                 deadline: float | None = None) -> VerifiedSender:
     """Return the From address vouched for by an aligned, valid DKIM signature, or refuse.
 
     Blocking (DNS, and a few milliseconds of RSA): call it from a worker thread. ``resolver`` is
@@ -70,9 +147,14 @@ def authenticate(raw: bytes, resolver: KeyLookup, *, now: float | None = None,
     raises ``DnsTemporaryFailure`` when the lookup may succeed later.
 
     Raises ``FromHeaderInvalid`` unless there is exactly one From header with one mailbox,
+    ``TooManySignatures`` over MAX_SIGNATURES signatures, ``SenderAuthenticationTimedOut`` when
+    ``deadline`` (a time.monotonic() value) passes before a signature passed,
     ``DnsTemporaryFailure`` when no signature passed and the key of an aligned one could not be
     looked up for now, and ``SenderNotAuthenticated`` otherwise, with the reason of the most
     telling failed signature.
+
+    At most MAX_SIGNATURES_EXAMINED aligned signatures are verified, and none once ``deadline``
+    has passed; each key lookup ends by the deadline.
 
     Authentication-Results and ARC headers in the message are never read: anyone upstream can
     write them, and trusting one needs a configured authserv-id or sealer (RFC 8601 section 5,
@@ -103,31 +185,42 @@ def authenticate(raw: bytes, resolver: KeyLookup, *, now: float | None = None,
     signatures = _signature_headers(unused[0])
     if not signatures:
         raise SenderNotAuthenticated("no DKIM signature")
+    if len(signatures) > MAX_SIGNATURES:
+        raise TooManySignatures(f"the message has {len(signatures)}, the gateway examines at most {MAX_SIGNATURES}")
 
     failures: list[_Failure] = []
     dns_failure: DnsTemporaryFailure | None = None
+    examination = _Examination(deadline)
     # Every signature is looked at, not only the topmost one: a forwarder or list may add one
     # that fails above the author's good one (RFC 6376 section 6.1).
     for index, header_value in enumerate(signatures):
         try:
             domain, selector = _check_signature(verifier, index, header_value, from_domain, resolver,
-                                                now, max_signature_age_days, require_signature_time)
+                                                now, max_signature_age_days, require_signature_time, examination)
+        except _NotExamined:
+            continue
         except _SignatureRefused as refused:
             failures.append(refused.failure)
+            if refused.failure.relevance == _KEY:
+                examination.key_failed()
             continue
         except DnsTemporaryFailure as error:
             log.info("DKIM signature %d of %s: %s", index, from_address, error.detail)
             dns_failure = dns_failure or error
+            examination.key_failed(error)
             continue
         return VerifiedSender(email=from_address, dkim_domain=domain, selector=selector,
                               unsigned_headers=check_signed_copies(header_fields, header_value))
 
     if dns_failure is not None:
+        if examination.out_of_time():
+            # The lookup the deadline cut short was the last one: say what took the time.
+            raise examination.timed_out()
         # A signature that might pass once DNS answers decides nothing yet: defer, so the
         # sending MTA retries (RFC 6376 section 6.1.2, TEMPFAIL).
-        raise dns_failure
+        raise DnsTemporaryFailure(dns_failure.detail + examination.not_examined())
     most_telling = max(failures, key=lambda failure: failure.relevance)
-    raise SenderNotAuthenticated(most_telling.detail)
+    raise SenderNotAuthenticated(most_telling.detail + examination.not_examined())
 
 
 # --- From -----------------------------------------------------------------------------------------
@@ -317,7 +410,7 @@ def _signature_headers(verifier: dkim.DKIM) -> list[bytes]:
 
 def _check_signature(new_verifier: Callable[[], dkim.DKIM], index: int, header_value: bytes,
                      from_domain: str, resolver: KeyLookup, now: float, max_age_days: int,
-                     require_time: bool) -> tuple[str, str]:
+                     require_time: bool, examination: _Examination) -> tuple[str, str]:
     """Return (d=, s=) when signature ``index`` authenticates the From domain; raise otherwise."""
     try:
         tags = parse_tag_value(header_value)
@@ -340,8 +433,10 @@ def _check_signature(new_verifier: Callable[[], dkim.DKIM], index: int, header_v
     _check_syntax(tags)
     _check_policy(tags, now, max_age_days, require_time)
 
+    examination.admit(domain, selector)
+
     key_name = f"{selector}._domainkey.{domain}"
-    lookup = _RecordingLookup(resolver)
+    lookup = _RecordingLookup(resolver, examination)
     verifier = new_verifier()
     try:
         verified = verifier.verify(idx=index, dnsfunc=lookup)
@@ -440,10 +535,14 @@ def _when(timestamp: int) -> str:
 
 
 class _RecordingLookup:
-    """Passes lookups to the resolver and remembers the answer, which dkimpy does not report."""
+    """Passes lookups to the resolver and remembers the answer, which dkimpy does not report.
 
-    def __init__(self, resolver: KeyLookup) -> None:
+    Each lookup ends by the message's deadline.
+    """
+
+    def __init__(self, resolver: KeyLookup, examination: _Examination) -> None:
         self._resolver = resolver
+        self._examination = examination
         self.asked = False
         # Whether the resolver raised: its exceptions are never taken for a broken signature.
         self.failed = False
@@ -452,7 +551,7 @@ class _RecordingLookup:
     def __call__(self, name: bytes, timeout: int | float = 5) -> bytes | None:
         self.asked = True
         try:
-            self.record = self._resolver(name, timeout=timeout)
+            self.record = self._resolver(name, timeout=self._examination.lookup_timeout(timeout))
         except BaseException:
             self.failed = True
             raise

@@ -5,12 +5,13 @@ from __future__ import annotations
 import base64
 import smtplib
 import socket
+import threading
 import time
 import tracemalloc
 
 import pytest
 
-from conftest import Mailer, read_reply
+from conftest import SELECTOR, Mailer, read_reply
 
 from gateway import observe
 from gateway.config import InputLimits
@@ -18,6 +19,7 @@ from gateway.inputlimits import check_input
 from gateway.journal import Journal
 from gateway.message import parse
 from gateway.refusals import TooManyParts
+from gateway.testing.dns import DnsServer
 from gateway.testing.odoo_demo import SALE_ORDER_ID, TASK_ID
 from gateway.testing.sending import compose
 
@@ -479,6 +481,135 @@ def test_connections_per_peer_and_in_all_are_capped(start_gateway, dns_server):
     for client in (second, third, again):
         client.quit()
 
+
+# --- DKIM signatures: how many, and for how long ----------------------------------------------------
+# Found by a security review: every signature was tried, with no deadline inside the DKIM check. A
+# message with hundreds of aligned signatures whose DNS never answers held a pipeline thread for an
+# hour, a few such messages made every genuine note wait and fail with "451 4.3.0 Odoo is
+# unavailable", and signatures under a published key with a wrong bh= hashed the body each time.
+
+NOT_AUTHENTICATED = "550 5.7.1 Sender not authenticated, no valid DKIM signature aligned with the From domain: "
+
+
+def _fabricated_signatures(domain: str, selectors: list[str]) -> bytes:
+    """DKIM-Signature fields that pass every check made before their key is looked up."""
+    return b"".join(f"DKIM-Signature: v=1; a=rsa-sha256; d={domain}; s={selector}; h=from; bh=AAAA; "
+                    f"b=AAAA\r\n".encode() for selector in selectors)
+
+
+@pytest.fixture
+def silent_dns(dkim_keys):
+    """The signing domains' keys, served by a DNS server that can be told to never answer a name."""
+    records = {key.record_name(SELECTOR, domain): key.txt_record for domain, key in dkim_keys.items()}
+    with DnsServer(records) as server:
+        yield server
+
+
+def test_more_dkim_signatures_than_the_gateway_examines_are_refused_at_once(test_odoo, gateway, mailer):
+    to = mailer.address("note", "project.task", TASK_ID)
+    note = mailer.sign(mailer.message("note_from_contributor.eml", to))
+    lists = _fabricated_signatures("lists.example.org", [f"s{number}" for number in range(20)])
+    started = time.monotonic()
+    assert mailer.send(lists + note, to) == (
+        "550 5.7.1 Too many DKIM signatures: the message has 21, the gateway examines at most 20")
+    assert time.monotonic() - started < 10
+    assert _journal(gateway)[0].refusal_class == "TooManySignatures"
+    # 19 of a list's signatures are never looked up, and do not hide the author's.
+    assert mailer.send(lists[lists.index(b"DKIM-Signature", 1):] + note, to).startswith("250 2.0.0 Filed")
+    assert len(_posts(test_odoo)) == 1
+
+
+@pytest.mark.parametrize("selectors, reason", [
+    # Keys that do not exist: one lookup each.
+    ([f"gone{number}" for number in range(20)], "key not found for gone0._domainkey.example.com"),
+    # The key of example.com, a wrong body hash: each one examined hashes the whole body again.
+    ([SELECTOR] * 20, "body hash mismatch"),
+])
+def test_at_most_five_aligned_signatures_are_examined(test_odoo, gateway, mailer, selectors, reason):
+    to = mailer.address("note", "project.task", TASK_ID)
+    raw = _fabricated_signatures("example.com", selectors) + mailer.message("note_from_contributor.eml", to)
+    assert mailer.send(raw, to) == (
+        f"{NOT_AUTHENTICATED}{reason} (15 more aligned signatures not examined, the gateway examines at most 5)")
+    assert _posts(test_odoo) == []
+
+
+def test_aligned_signatures_whose_dns_never_answers_end_at_the_deadline_and_free_the_threads(
+        test_odoo, start_gateway, silent_dns, dkim_keys):
+    # Two pipeline threads, both taken by messages from a domain whose DNS never answers: 20
+    # aligned signatures each, 3 s per lookup (the tests' resolver.timeout). Each message ends at
+    # its deadline with a reply that names DNS, and a genuine note sent right after is filed.
+    gateway = start_gateway(silent_dns.port, listener_extra="max_sessions = 2\n")
+    object.__setattr__(gateway.services.config.gateway.listener, "message_deadline", 5.0)
+    mailer = Mailer(gateway, dkim_keys)
+    to = mailer.address("note", "project.task", TASK_ID)
+    for number in range(20):
+        silent_dns.drop(f"s{number}._domainkey.slow.example")
+    attack = _fabricated_signatures("slow.example", [f"s{number}" for number in range(20)]) + compose(
+        "x@slow.example", to, "Hi", "hello", message_id="<flood@slow.example>")
+    replies: dict[int, tuple[str, float]] = {}
+
+    def send(number: int) -> None:
+        started = time.monotonic()
+        reply = mailer.send(attack, to, mail_from="x@slow.example")
+        replies[number] = (reply, time.monotonic() - started)
+
+    attackers = [threading.Thread(target=send, args=(number,)) for number in range(2)]
+    for thread in attackers:
+        thread.start()
+    for thread in attackers:
+        thread.join(60)
+    for reply, seconds in replies.values():
+        assert reply.startswith("451 4.4.3 The DKIM check took too long (DNS lookups of its keys), try again "
+                                "later: the message's deadline passed with "), reply
+        assert "timeout looking up s" in reply
+        # The listener's own timer (deadline + 5 s) would have said "Odoo is unavailable".
+        assert seconds < 9.5
+    assert len(replies) == 2
+    assert [row.refusal_class for row in _journal(gateway)] == ["SenderAuthenticationTimedOut"] * 2
+    note = mailer.sign(mailer.message("note_from_contributor.eml", to))
+    assert mailer.send(note, to).startswith("250 2.0.0 Filed")
+
+
+def test_a_dkim_check_that_ends_past_the_deadline_is_deferred_as_such(test_odoo, start_gateway, dns_server,
+                                                                       dkim_keys):
+    # The key answers, but only after the message's deadline (a lookup cut at the deadline, then the
+    # verify): the pipeline's check after the stage said "Odoo is unavailable".
+    gateway = start_gateway(dns_server.port)
+    listener = gateway.services.config.gateway.listener
+    object.__setattr__(listener, "message_deadline", 1.0)
+    resolver = gateway.services.resolver
+
+    def late_lookup(name, timeout=5):
+        time.sleep(1.5)
+        return resolver(name, timeout=timeout)
+
+    late_lookup.timeout = resolver.timeout
+    gateway.services.resolver = late_lookup
+    mailer = Mailer(gateway, dkim_keys)
+    to = mailer.address("note", "project.task", TASK_ID)
+    note = mailer.sign(mailer.message("note_from_contributor.eml", to))
+    assert mailer.send(note, to) == (
+        "451 4.4.3 The DKIM check took too long (DNS lookups of its keys), try again later: the message's deadline "
+        "passed while its DKIM signature was checked")
+    assert _journal(gateway)[0].refusal_class == "SenderAuthenticationTimedOut"
+    gateway.services.resolver = resolver
+    object.__setattr__(listener, "message_deadline", 20.0)
+    assert mailer.send(note, to).startswith("250 2.0.0 Filed")
+
+
+def test_a_selector_repeated_after_its_dns_failed_is_not_asked_again(test_odoo, start_gateway, silent_dns,
+                                                                      dkim_keys):
+    # 19 signatures of one silent selector above the author's good one: the first is looked up
+    # (3 s), the 18 others are skipped, and the good one below them is still examined.
+    gateway = start_gateway(silent_dns.port)
+    mailer = Mailer(gateway, dkim_keys)
+    to = mailer.address("note", "project.task", TASK_ID)
+    silent_dns.drop("silent._domainkey.example.com")
+    note = mailer.sign(mailer.message("note_from_contributor.eml", to))
+    assert mailer.send(_fabricated_signatures("example.com", ["silent"] * 19) + note, to).startswith(
+        "250 2.0.0 Filed")
+    # dnspython tries twice within one lookup's lifetime (gateway/resolver.py); five lookups ask 10 times.
+    assert silent_dns.query_count("silent._domainkey.example.com") <= 3
 
 
 def _raw_reply(sock: socket.socket) -> bytes:

@@ -10,7 +10,8 @@ import pytest
 
 from gateway import senderauth
 from gateway.context import VerifiedSender
-from gateway.refusals import DnsTemporaryFailure, FromHeaderInvalid, SenderNotAuthenticated
+from gateway.refusals import (DnsTemporaryFailure, FromHeaderInvalid, SenderAuthenticationTimedOut,
+                              SenderNotAuthenticated, TooManySignatures)
 from gateway.resolver import DkimKeyResolver
 from gateway.testing import dnsmasq
 from gateway.testing.dkim import generate_ed25519_key, shared_rsa_key, sign
@@ -491,6 +492,107 @@ def test_dns_failure_of_an_unaligned_signature_does_not_defer(resolver, dns_serv
     raw = signed(domain=OTHER_DOMAIN, selector="broken")
     assert refusal_detail(raw, resolver).startswith(f"signature of {OTHER_DOMAIN} does not align")
     assert dns_server.query_count(f"broken._domainkey.{OTHER_DOMAIN}") == 0
+
+
+# --- How many signatures, and for how long ----------------------------------------------------------
+# Found by a security review: every signature was tried, with no deadline. A message with hundreds
+# of aligned signatures whose DNS never answers held a worker thread for an hour, and one with a
+# published key and wrong bh= values hashed a large body once per signature.
+
+
+def fabricated(selector: str, domain: str = DOMAIN) -> bytes:
+    """A DKIM-Signature field that passes every check made before its key is looked up."""
+    return (f"DKIM-Signature: v=1; a=rsa-sha256; d={domain}; s={selector}; h=from; "
+            f"bh=AAAA; b=AAAA\r\n").encode()
+
+
+class CountingLookup:
+    """The resolver, counting the key lookups dkimpy asks for."""
+
+    def __init__(self, resolver):
+        self.resolver = resolver
+        self.timeout = resolver.timeout
+        self.names: list[bytes] = []
+
+    def __call__(self, name, timeout=5):
+        self.names.append(name)
+        return self.resolver(name, timeout=timeout)
+
+
+def test_more_signatures_than_the_gateway_examines_are_refused_without_a_lookup(resolver):
+    lookup = CountingLookup(resolver)
+    raw = b"".join(fabricated(f"s{number}", OTHER_DOMAIN) for number in range(20)) + signed()
+    with pytest.raises(TooManySignatures) as refusal:
+        senderauth.authenticate(raw, lookup)
+    assert refusal.value.smtp_reply() == (
+        "550 5.7.1 Too many DKIM signatures: the message has 21, the gateway examines at most 20")
+    assert lookup.names == []
+
+
+def test_twenty_signatures_are_examined_when_few_align(resolver):
+    # The limit is on the fields, the cap on the aligned ones: 19 signatures of a list do not hide
+    # the author's, as they are never looked up.
+    lookup = CountingLookup(resolver)
+    raw = b"".join(fabricated(f"s{number}", OTHER_DOMAIN) for number in range(19)) + signed()
+    assert senderauth.authenticate(raw, lookup).selector == SELECTOR
+    assert lookup.names == [b"paula._domainkey.example.com."]
+
+
+def test_at_most_five_aligned_signatures_have_their_key_looked_up_and_body_hashed(resolver):
+    # The same published key, each signature with a wrong body hash: each one examined costs a
+    # hash of the whole body.
+    lookup = CountingLookup(resolver)
+    raw = b"".join(fabricated(SELECTOR) for _ in range(19)) + signed()
+    assert refusal_detail(raw, lookup) == (
+        "body hash mismatch (15 more aligned signatures not examined, the gateway examines at most 5)")
+    assert len(lookup.names) == senderauth.MAX_SIGNATURES_EXAMINED == 5
+
+
+def test_a_key_that_failed_is_not_looked_up_again(resolver, dns_server):
+    # The same selector 19 times, its DNS silent: asked once, and the good signature below is
+    # still examined.
+    dns_server.drop(f"silent._domainkey.{DOMAIN}")
+    resolver = DkimKeyResolver(["127.0.0.1"], port=dns_server.port, timeout=0.3)
+    lookup = CountingLookup(resolver)
+    raw = b"".join(fabricated("silent") for _ in range(19)) + signed()
+    assert senderauth.authenticate(raw, lookup).selector == SELECTOR
+    assert lookup.names == [b"silent._domainkey.example.com.", b"paula._domainkey.example.com."]
+
+
+def test_a_missing_key_is_looked_up_once_whatever_the_number_of_its_signatures(resolver):
+    lookup = CountingLookup(resolver)
+    raw = b"".join(fabricated("retired") for _ in range(19)) + signed(selector="retired")
+    assert refusal_detail(raw, lookup) == "key not found for retired._domainkey.example.com"
+    assert lookup.names == [b"retired._domainkey.example.com."]
+
+
+def test_key_lookups_end_by_the_deadline(dns_server):
+    # Five aligned signatures whose DNS never answers, 3 s each, and a deadline in 1 s.
+    for number in range(5):
+        dns_server.drop(f"slow{number}._domainkey.{DOMAIN}")
+    resolver = DkimKeyResolver(["127.0.0.1"], port=dns_server.port, timeout=3.0)
+    raw = b"".join(fabricated(f"slow{number}") for number in range(5)) + message()
+    started = time.monotonic()
+    with pytest.raises(SenderAuthenticationTimedOut) as refusal:
+        senderauth.authenticate(raw, resolver, deadline=started + 1.0)
+    assert time.monotonic() - started < 2.5  # 15 s without the deadline
+    assert refusal.value.smtp_reply() == (
+        "451 4.4.3 The DKIM check took too long (DNS lookups of its keys), try again later: the message's "
+        "deadline passed with 1 of its DKIM signatures examined, the last DNS failure: timeout looking up "
+        "slow0._domainkey.example.com.")
+
+
+def test_no_key_is_looked_up_once_the_deadline_has_passed(resolver):
+    lookup = CountingLookup(resolver)
+    with pytest.raises(SenderAuthenticationTimedOut, match="with 0 of its DKIM signatures examined"):
+        senderauth.authenticate(signed(), lookup, deadline=time.monotonic() - 1)
+    assert lookup.names == []
+
+
+def test_a_cached_key_still_answers_at_the_deadline(resolver):
+    # The last lookup gets what is left of the time, but never less than a cached answer needs.
+    senderauth.authenticate(signed(), resolver)
+    assert senderauth.authenticate(signed(), resolver, deadline=time.monotonic() + 0.01).selector == SELECTOR
 
 
 def test_keys_served_by_dnsmasq(key):

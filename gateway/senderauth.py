@@ -436,7 +436,9 @@ def _check_signature(new_verifier: Callable[[], dkim.DKIM], index: int, header_v
     examination.admit(domain, selector)
 
     key_name = f"{selector}._domainkey.{domain}"
-    lookup = _RecordingLookup(resolver, examination)
+    algorithm = tags[b"a"].strip().lower()
+    lookup = _RecordingLookup(resolver, examination,
+                              lambda record: _check_key(record, domain, selector, key_name, algorithm))
     verifier = new_verifier()
     try:
         verified = verifier.verify(idx=index, dnsfunc=lookup)
@@ -534,15 +536,48 @@ def _when(timestamp: int) -> str:
         return str(timestamp)
 
 
+def _check_key(record: bytes | None, domain: str, selector: str, key_name: str, algorithm: bytes) -> None:
+    """Tags of the key record that dkimpy ignores; checked as the record arrives, before dkimpy
+    hashes the body for a signature that could not count anyway."""
+    if not record:
+        return
+    try:
+        key_tags = parse_tag_value(record)
+    except InvalidTagValueList:
+        return  # dkimpy finds the record unusable, and _why_not_verified says so in its words
+    flags = {flag.strip().lower() for flag in key_tags.get(b"t", b"").split(b":")}
+    if b"y" in flags:
+        # "Verifiers MUST NOT treat messages from Signers in testing mode differently from unsigned
+        # email, even should the signature fail to verify" (RFC 6376 section 3.6.1). Some domains
+        # leave t=y set long after testing: the reason tells their administrator what to change.
+        raise _SignatureRefused(_KEY, f"the DKIM key of {domain}/{selector} is in testing mode (t=y): "
+                                      f"{domain} must remove y from t= of the TXT record {key_name}")
+    acceptable = key_tags.get(b"h")
+    if acceptable is not None:
+        # "If the h= tag exists in the public-key record and the hash algorithm implied by the a=
+        # tag ... is not included in the contents of the h= tag, the Verifier MUST ignore the
+        # signature" (RFC 6376 section 6.1.2); unrecognised names in h= are ignored (3.6.1).
+        hash_name = algorithm.rpartition(b"-")[2]
+        if hash_name not in {name.strip().lower() for name in acceptable.split(b":")}:
+            listed = acceptable.decode("ascii", "replace").strip()
+            raise _SignatureRefused(
+                _KEY, f"the DKIM key of {domain}/{selector} accepts only h={listed}, not the "
+                      f"{hash_name.decode()} of {algorithm.decode()}: {domain} must add {hash_name.decode()} "
+                      f"to h= of the TXT record {key_name}, or remove h=")
+
+
 class _RecordingLookup:
     """Passes lookups to the resolver and remembers the answer, which dkimpy does not report.
 
-    Each lookup ends by the message's deadline.
+    Each lookup ends by the message's deadline, and the record's own tags are checked on arrival
+    (``check_key`` raises _SignatureRefused).
     """
 
-    def __init__(self, resolver: KeyLookup, examination: _Examination) -> None:
+    def __init__(self, resolver: KeyLookup, examination: _Examination,
+                 check_key: Callable[[bytes | None], None]) -> None:
         self._resolver = resolver
         self._examination = examination
+        self._check_key = check_key
         self.asked = False
         # Whether the resolver raised: its exceptions are never taken for a broken signature.
         self.failed = False
@@ -555,6 +590,7 @@ class _RecordingLookup:
         except BaseException:
             self.failed = True
             raise
+        self._check_key(self.record)
         return self.record
 
 

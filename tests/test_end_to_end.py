@@ -12,6 +12,7 @@ import pytest
 from conftest import SELECTOR, Mailer
 
 from gateway.journal import Journal
+from gateway.testing.dkim import sign
 from gateway.testing.dns import DnsServer
 from gateway.testing.odoo_demo import (ARCHIVED_EMAIL, CONTRIBUTOR_GROUP_ID, MARC_PARTNER_ID, PAULA_PARTNER_ID,
                                        PAULA_UID, PETER_EMAIL, PETER_PARTNER_ID, PRIVATE_TASK_ID, PROJECT_ID,
@@ -315,6 +316,32 @@ def test_signature_without_t_is_filed_unless_the_rules_require_t(test_odoo, star
     default = Mailer(start_gateway(dns_server.port), dkim_keys)
     assert default.send(undated, to).startswith("250 2.0.0 Filed")
     assert len(_posts(test_odoo)) == 1
+
+
+# Found by a security review: dkimpy reads neither t= nor h= of a key record, and a key in testing
+# mode, or one that accepts only sha1, authenticated the sender with an rsa-sha256 signature.
+@pytest.mark.parametrize("selector, tag, reason", [
+    ("testing", "t=y", "the DKIM key of example.com/testing is in testing mode (t=y): example.com must remove y "
+                       "from t= of the TXT record testing._domainkey.example.com"),
+    ("sha1only", "h=sha1", "the DKIM key of example.com/sha1only accepts only h=sha1, not the sha256 of "
+                           "rsa-sha256: example.com must add sha256 to h= of the TXT record "
+                           "sha1only._domainkey.example.com, or remove h="),
+])
+def test_signature_whose_key_record_says_it_must_not_count_is_refused(test_odoo, start_gateway, dkim_keys,
+                                                                      selector, tag, reason):
+    key = dkim_keys["example.com"]
+    with DnsServer({key.record_name(SELECTOR, "example.com"): key.txt_record,
+                    key.record_name(selector, "example.com"): f"v=DKIM1; k=rsa; {tag}; p={key.public_key}"}) as dns:
+        mailer = Mailer(start_gateway(dns.port), dkim_keys)
+        to = mailer.address("note", "project.task", TASK_ID)
+        raw = sign(mailer.message("note_from_contributor.eml", to), key, "example.com", selector)
+        assert mailer.send(raw, to) == ("550 5.7.1 Sender not authenticated, no valid DKIM signature aligned with "
+                                        f"the From domain: {reason}")
+        assert _posts(test_odoo) == []
+        # Such a signature is as good as none: one that counts, below it, still files the note.
+        raw = sign(mailer.sign(mailer.message("note_from_contributor.eml", to)), key, "example.com", selector)
+        assert mailer.send(raw, to).startswith("250 2.0.0 Filed")
+        assert len(_posts(test_odoo)) == 1
 
 
 def _with_broken_signature(signed: bytes, tag: bytes, value: bytes, *, keep_good: bool) -> bytes:

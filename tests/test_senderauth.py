@@ -271,6 +271,69 @@ def test_most_telling_failure_is_reported(resolver, other_key):
     assert refusal_detail(raw, resolver) == "body hash mismatch"
 
 
+# --- Tags of the key record that dkimpy ignores ------------------------------------------------------
+# Found by a security review: dkimpy 1.1.8 reads neither t= nor h= of a key record.
+
+
+def test_key_in_testing_mode_is_refused_with_what_to_change(resolver, dns_server, key):
+    # RFC 6376 section 3.6.1: "Verifiers MUST NOT treat messages from Signers in testing mode
+    # differently from unsigned email". The reason tells the domain's admin what to change.
+    dns_server.add_txt(f"testing._domainkey.{DOMAIN}", f"v=DKIM1; k=rsa; t=y; p={key.public_key}")
+    raw = signed(selector="testing")
+    assert dkimpy_alone_accepts(raw, dns_server)
+    assert refusal_detail(raw, resolver) == (
+        "the DKIM key of example.com/testing is in testing mode (t=y): example.com must remove y from t= "
+        "of the TXT record testing._domainkey.example.com")
+
+
+@pytest.mark.parametrize("flags", ["y:s", " s : Y "])
+def test_key_in_testing_mode_among_other_flags_is_refused(flags, resolver, dns_server, key):
+    dns_server.add_txt(f"testing-{len(flags)}._domainkey.{DOMAIN}", f"v=DKIM1; t={flags}; p={key.public_key}")
+    assert "is in testing mode (t=y)" in refusal_detail(signed(selector=f"testing-{len(flags)}"), resolver)
+
+
+def test_key_with_t_s_only_is_not_in_testing_mode(resolver, dns_server, key):
+    dns_server.add_txt(f"strict._domainkey.{DOMAIN}", f"v=DKIM1; k=rsa; t=s; p={key.public_key}")
+    assert senderauth.authenticate(signed(selector="strict"), resolver).selector == "strict"
+
+
+def test_signature_under_a_testing_key_does_not_hide_a_good_one(resolver, dns_server, key):
+    dns_server.add_txt(f"testing._domainkey.{DOMAIN}", f"v=DKIM1; k=rsa; t=y; p={key.public_key}")
+    raw = signed(signed(), selector="testing")
+    assert senderauth.authenticate(raw, resolver).selector == SELECTOR
+
+
+def test_key_whose_h_leaves_out_the_signatures_hash_is_refused(resolver, dns_server, key):
+    # RFC 6376 section 6.1.2: a hash not in the key's h= makes the verifier ignore the signature.
+    dns_server.add_txt(f"sha1only._domainkey.{DOMAIN}", f"v=DKIM1; k=rsa; h=sha1; p={key.public_key}")
+    raw = signed(selector="sha1only")
+    assert dkimpy_alone_accepts(raw, dns_server)
+    assert refusal_detail(raw, resolver) == (
+        "the DKIM key of example.com/sha1only accepts only h=sha1, not the sha256 of rsa-sha256: example.com "
+        "must add sha256 to h= of the TXT record sha1only._domainkey.example.com, or remove h=")
+
+
+@pytest.mark.parametrize("hashes", ["sha256", "sha1:sha256", " SHA1 : Sha256 : sha512 "])
+def test_key_whose_h_lists_the_signatures_hash_passes(hashes, resolver, dns_server, key):
+    # Names are compared without case (RFC 5234 section 2.3); unknown ones are ignored (3.6.1).
+    selector = f"h{len(hashes)}"
+    dns_server.add_txt(f"{selector}._domainkey.{DOMAIN}", f"v=DKIM1; k=rsa; h={hashes}; p={key.public_key}")
+    assert senderauth.authenticate(signed(selector=selector), resolver).selector == selector
+
+
+def test_key_in_testing_mode_is_refused_before_the_body_is_hashed(resolver, dns_server, key, monkeypatch):
+    # The record is judged when it arrives: dkimpy does not hash the body of a signature that
+    # could not count anyway.
+    dns_server.add_txt(f"testing._domainkey.{DOMAIN}", f"v=DKIM1; k=rsa; t=y; p={key.public_key}")
+    raw = signed(selector="testing")
+    hashed = []
+    canonicalize = dkim.CanonicalizationPolicy.canonicalize_body
+    monkeypatch.setattr(dkim.CanonicalizationPolicy, "canonicalize_body",
+                        lambda self, body: hashed.append(1) or canonicalize(self, body))
+    assert "testing mode" in refusal_detail(raw, resolver)
+    assert hashed == []
+
+
 # --- Broken signatures: one that dkimpy cannot read is one failed signature ------------------------
 # Found by a security review's fuzzer: dkimpy 1.1.8 raises IndexError or binascii.Error, not a
 # DKIMException, on these aligned tag values, which stopped the loop over the signatures and

@@ -234,8 +234,12 @@ def attachment_name(part: email.message.Message) -> str | None:
             found = None
         if found:
             name = unicodedata.normalize("NFC", _NAME_CONTROLS.sub("", decode_encoded_words(_param_text(found))))
-            # A name is a label, never a path: keep only its last component.
-            return re.split(r"[\\/]", name)[-1].strip() or None
+            # A name is a label, never a path: keep only its last component. One of dots only
+            # ("..", ".": a review found them kept) names nothing: the Content-Type name, else the
+            # generated name, is used.
+            name = re.split(r"[\\/]", name)[-1].strip()
+            if name.strip(". "):
+                return name
     return None
 
 

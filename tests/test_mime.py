@@ -256,3 +256,11 @@ def test_only_the_message_itself_encrypted_is_encrypted():
     signed = _parse(b'Content-Type: multipart/signed; protocol="application/pkcs7-signature"; boundary="s"',
                     b"--s\r\n" + smime_file + b"\r\n--s\r\nContent-Type: application/pkcs7-signature\r\n\r\nsig\r\n--s--\r\n")
     assert signed.encryption == "S/MIME"
+
+
+def test_a_name_of_dots_only_is_no_name():
+    # ".." and "." were kept as file names (a MIME review).
+    assert _file_named(b'Content-Type: application/pdf\r\nContent-Disposition: attachment; filename="../../.."') == "attachment-1.pdf"
+    assert _file_named(b'Content-Type: application/pdf\r\nContent-Disposition: attachment; filename="."') == "attachment-1.pdf"
+    assert _file_named(b'Content-Type: application/pdf; name="report.pdf"\r\nContent-Disposition: attachment; filename=".."') == "report.pdf"
+    assert _file_named(b'Content-Type: application/pdf\r\nContent-Disposition: attachment; filename="..report.pdf"') == "..report.pdf"

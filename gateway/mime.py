@@ -403,6 +403,31 @@ def _encrypted_part(part: email.message.Message, content: MimeContent) -> None:
                                           content_type="message/rfc822", payload=part.as_bytes()))
 
 
+# The machine-readable parts of a report (RFC 6522) forwarded inside a person's message, filed as
+# text files under these names. The email package reads message/delivery-status as a list of header
+# blocks and the other two as a message of headers: walked as parts, they vanished (found by a MIME
+# review), and text/rfc822-headers was filed as attachment-1.bin.
+_REPORT_PART_NAMES = {
+    "message/delivery-status": "delivery-status.txt",
+    "message/global-delivery-status": "delivery-status.txt",
+    "message/disposition-notification": "disposition-notification.txt",
+    "message/global-disposition-notification": "disposition-notification.txt",
+    "message/feedback-report": "feedback-report.txt",
+    "text/rfc822-headers": "original-headers.txt",
+    "message/global-headers": "original-headers.txt",
+}
+
+
+def _report_part(part: email.message.Message, content: MimeContent) -> None:
+    if part.is_multipart():
+        data = b"".join(_as_sent(block) for block in part.get_payload()).rstrip(b"\r\n") + b"\r\n"
+    else:
+        data = part.get_payload(decode=True) or b""
+    content.attachments.append(Attachment(
+        filename=attachment_name(part) or _REPORT_PART_NAMES[part.get_content_type()],
+        content_type="text/plain", payload=data))
+
+
 def _walk(part: email.message.Message, content: MimeContent, *, root: bool = False, signed: bool = False) -> None:
     """Walk one part. ``root``: the part is the message itself (or the signed content of a
     multipart/signed message), the only place where encryption or opaque signing makes the message
@@ -437,6 +462,9 @@ def _walk(part: email.message.Message, content: MimeContent, *, root: bool = Fal
     if content_type in _KEY_TYPES and signed:
         # The key Thunderbird adds to signed mail; one a sender attaches to an unsigned message is a file.
         content.defects.append(f"signature-part-dropped:{content_type}")
+        return
+    if content_type in _REPORT_PART_NAMES:
+        _report_part(part, content)
         return
     if part.is_multipart():
         html_before = False

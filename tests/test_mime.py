@@ -258,6 +258,32 @@ def test_only_the_message_itself_encrypted_is_encrypted():
     assert signed.encryption == "S/MIME"
 
 
+def test_report_parts_forwarded_in_a_message_are_text_files():
+    # compat32 reads message/delivery-status as header blocks and the others as a message of
+    # headers: walked as parts they vanished, and text/rfc822-headers was attachment-1.bin.
+    report = (b'Content-Type: multipart/report; report-type=delivery-status; boundary="R"\r\n\r\n'
+              b"--R\r\nContent-Type: text/plain\r\n\r\nDelivery to customer@example.org failed.\r\n"
+              b"--R\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example.com\r\n\r\n"
+              b"Final-Recipient: rfc822; customer@example.org\r\nAction: failed\r\nStatus: 5.1.1\r\n"
+              b"--R\r\nContent-Type: text/rfc822-headers\r\n\r\nFrom: Paula <portal.contrib@example.com>\r\nSubject: Pump P-7\r\n"
+              b"--R--")
+    message = _mixed(b"Content-Type: text/plain\r\n\r\nThe customer address bounced.", report,
+                     b"Content-Type: message/disposition-notification\r\n\r\nReporting-UA: pc.example.com; Foomail\r\n"
+                     b"Disposition: manual-action/MDN-sent-manually; displayed\r\n",
+                     b"Content-Type: message/feedback-report\r\n\r\nFeedback-Type: abuse\r\nVersion: 1\r\n")
+    files = {item.filename: item for item in message.attachments}
+    assert sorted(files) == ["delivery-status.txt", "disposition-notification.txt", "feedback-report.txt",
+                             "original-headers.txt"]
+    assert all(item.content_type == "text/plain" for item in files.values())
+    assert files["delivery-status.txt"].payload == (
+        b"Reporting-MTA: dns; mx.example.com\r\n\r\n"
+        b"Final-Recipient: rfc822; customer@example.org\r\nAction: failed\r\nStatus: 5.1.1\r\n")
+    assert b"Disposition: manual-action/MDN-sent-manually; displayed" in files["disposition-notification.txt"].payload
+    assert b"Feedback-Type: abuse" in files["feedback-report.txt"].payload
+    assert files["original-headers.txt"].payload.startswith(b"From: Paula <portal.contrib@example.com>\r\nSubject: Pump P-7")
+    assert "Reporting-MTA" not in message.text_plain and "Feedback-Type" not in message.text_plain
+
+
 def test_a_name_of_dots_only_is_no_name():
     # ".." and "." were kept as file names (a MIME review).
     assert _file_named(b'Content-Type: application/pdf\r\nContent-Disposition: attachment; filename="../../.."') == "attachment-1.pdf"

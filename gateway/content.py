@@ -10,7 +10,7 @@ import nh3
 
 from gateway import quotes
 from gateway.context import Attachment, ParsedMessage
-from gateway.refusals import EmptyBody, EncryptedMessage, OpaqueSignedMessage, OutlookTnefOnly
+from gateway.refusals import EmptyBody, EncryptedMessage, OpaqueSignedMessage, OutlookTnefOnly, UnknownTransferEncoding
 from gateway.subject import is_forward_subject
 
 # What an Odoo chatter message may hold. Odoo sanitizes again on its side (ODOO_FACTS.md b), but
@@ -313,7 +313,8 @@ def extract_body(message: ParsedMessage, files: list[Attachment] | None = None) 
     <details> block. A message forwarded inline with nothing written above it is filed as the
     forwarded message itself (see quotes.is_forward). ``files`` are the attachments that will be
     filed (after the rules), by default all of the message's. A message with no text but Outlook's
-    winmail.dat is OutlookTnefOnly.
+    winmail.dat is OutlookTnefOnly, and one with no text but files in an unknown transfer encoding
+    UnknownTransferEncoding.
     """
     if message.encryption:
         raise EncryptedMessage(message.encryption)
@@ -343,6 +344,11 @@ def extract_body(message: ParsedMessage, files: list[Attachment] | None = None) 
     # shown in full rather than collapsed, since there is nothing else to show.
     if forwarded:
         return forwarded
+    filed = [attachment for attachment in (message.attachments if files is None else files) if not attachment.inline]
+    # A message whose only files are in a transfer encoding the gateway cannot undo has nothing to
+    # read (RFC 2045 section 6.4): filed, it was its encoded text (a MIME review).
+    if filed and all(attachment.unknown_encoding for attachment in filed):
+        raise UnknownTransferEncoding(filed[0].unknown_encoding)
     # Exchange sends a message whose text and files are all in Outlook's winmail.dat (TNEF), which is
     # not decoded: filed, it was an empty note with an opaque file. Beside a text part it is only
     # the files' wrapper, and the text is filed with it as any file.
@@ -350,6 +356,6 @@ def extract_body(message: ParsedMessage, files: list[Attachment] | None = None) 
         raise OutlookTnefOnly()
     # A file sent on its own (a forwarded message, a scan, a phone's photo) is what the author
     # meant to file; an inline image is not, since clients put logos and quoted pictures inline.
-    if any(not attachment.inline for attachment in (message.attachments if files is None else files)):
+    if filed:
         return fallback or ""
     raise EmptyBody()

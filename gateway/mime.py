@@ -259,6 +259,64 @@ def _content_id(part: email.message.Message) -> str | None:
     return str(value).strip().strip("<>").strip() or None if value else None
 
 
+# The Content-Transfer-Encodings of RFC 2045 section 6.1, and the uuencode labels the email package
+# decodes too.
+_TRANSFER_ENCODINGS = frozenset({"7bit", "8bit", "binary", "quoted-printable", "base64",
+                                 "x-uuencode", "uuencode", "uue", "x-uue"})
+_COMMENT = re.compile(r"\([^()]*\)")
+
+
+def transfer_encoding(part: email.message.Message) -> str:
+    """The part's Content-Transfer-Encoding as its bare token, lowercase; "" if it has none.
+
+    The header is structured (RFC 2045 section 6.1, RFC 822 section 3.1.4): whitespace and comments
+    may surround the token, and clients and gateways quote it too ("base64 ", '"base64"',
+    "base64 (encoded)"). The email package only lowercases it, reads such a part as not encoded at
+    all and filed its base64 text as the note, or a PDF as its base64 (found by a MIME review).
+    """
+    value = str(part.get("Content-Transfer-Encoding") or "")
+    previous = None
+    while previous != value:  # nested comments, from the inside out
+        previous, value = value, _COMMENT.sub(" ", value)
+    return value.strip().strip('"').strip().lower()
+
+
+def _decodable(part: email.message.Message) -> bool:
+    return transfer_encoding(part) in ("", *_TRANSFER_ENCODINGS)
+
+
+def _payload(part: email.message.Message) -> bytes:
+    """The body of a leaf part, its transfer encoding undone (read as transfer_encoding does).
+
+    Decoding defects (broken base64) are recorded on the part, as get_payload(decode=True) does.
+    """
+    encoding = transfer_encoding(part)
+    raw = part.get_payload(decode=True) or b""
+    if encoding == str(part.get("Content-Transfer-Encoding") or "").lower() or encoding not in _TRANSFER_ENCODINGS:
+        return raw
+    # The email package saw an encoding it does not know and handed back the bytes as sent: they
+    # are decoded as the email package would, had the header been written plainly.
+    holder = email.message.Message()
+    holder["Content-Transfer-Encoding"] = encoding
+    holder.set_payload(raw.decode("ascii", "surrogateescape"))
+    decoded = holder.get_payload(decode=True) or b""
+    part.defects.extend(holder.defects)
+    return decoded
+
+
+def _unknown_encoding_part(part: email.message.Message, encoding: str, content: MimeContent) -> None:
+    """A part in a transfer encoding the gateway does not know (x-gzip64, a typo): RFC 2045
+    section 6.4 says to treat it as application/octet-stream whatever its type says, so it is
+    never text. It is filed as the bytes that came, its name ending with the encoding, so that the
+    reader sees what the file is (a "report.pdf" holding encoded text looks corrupt); a message with
+    nothing else to file is refused (content.extract_body)."""
+    token = re.sub(r"[^a-z0-9-]+", "_", encoding)[:40]
+    stem = attachment_name(part) or f"attachment-{len(content.attachments) + 1}"
+    content.defects.append(f"transfer-encoding-unknown:{token}")
+    content.attachments.append(Attachment(filename=f"{stem}.{token}", content_type="application/octet-stream",
+                                          payload=part.get_payload(decode=True) or b"", unknown_encoding=token))
+
+
 def _as_sent(inner: email.message.Message) -> bytes:
     """The body of a message/* part as it was sent, before its transfer encoding is undone.
 
@@ -307,7 +365,7 @@ def _forwarded_message(part: email.message.Message, content: MimeContent) -> Non
     """
     inner = part.get_payload()
     inner_message = inner[0] if isinstance(inner, list) and inner else None
-    encoding = str(part.get("Content-Transfer-Encoding") or "").strip().lower()
+    encoding = transfer_encoding(part)
     if inner_message is not None and encoding in ("base64", "quoted-printable"):
         encoded = _as_sent(inner_message)
         try:
@@ -318,7 +376,7 @@ def _forwarded_message(part: email.message.Message, content: MimeContent) -> Non
     elif inner_message is not None:
         data = inner_message.as_bytes()
     else:
-        data = part.get_payload(decode=True) or b""
+        data = _payload(part)
     subject = decode_encoded_words(str(inner_message.get("Subject") or "")).strip() if inner_message is not None else ""
     stem = re.sub(r"[^\w .,()-]+", "_", subject)[:80].strip(" ._") or "forwarded message"
     name = attachment_name(part) or f"{stem}.eml"
@@ -335,7 +393,7 @@ def _external_body(part: email.message.Message, content: MimeContent) -> None:
 
 def _is_unreferenced_inline_image(part: email.message.Message) -> bool:
     return (part.get_content_maintype() == "image" and _content_id(part) is None
-            and (part.get_content_disposition() or "inline") == "inline")
+            and (part.get_content_disposition() or "inline") == "inline" and _decodable(part))
 
 
 def _place_inline_image(part: email.message.Message, content: MimeContent) -> None:
@@ -344,7 +402,7 @@ def _place_inline_image(part: email.message.Message, content: MimeContent) -> No
     content_id = f"inline-{len(content.attachments) + 1}@note-gateway.invalid"
     filename = _filename(part, f"image-{len(content.attachments) + 1}")
     content.attachments.append(Attachment(filename=filename, content_type=part.get_content_type(),
-                                          payload=part.get_payload(decode=True) or b"", content_id=content_id,
+                                          payload=_payload(part), content_id=content_id,
                                           inline=True))
     content.text_html.append(f'<img src="cid:{content_id}" alt="{html.escape(filename)}">')
 
@@ -376,7 +434,7 @@ def _smime_type(part: email.message.Message) -> str:
     declared = str(part.get_param("smime-type") or "").strip().lower()
     if declared:
         return declared
-    head = (part.get_payload(decode=True) or b"")[:32]
+    head = _payload(part)[:32]
     if _CMS_ENVELOPED_DATA in head:
         return "enveloped-data"
     if _CMS_AUTH_ENVELOPED_DATA in head:
@@ -422,7 +480,7 @@ def _report_part(part: email.message.Message, content: MimeContent) -> None:
     if part.is_multipart():
         data = b"".join(_as_sent(block) for block in part.get_payload()).rstrip(b"\r\n") + b"\r\n"
     else:
-        data = part.get_payload(decode=True) or b""
+        data = _payload(part)
     content.attachments.append(Attachment(
         filename=attachment_name(part) or _REPORT_PART_NAMES[part.get_content_type()],
         content_type="text/plain", payload=data))
@@ -451,6 +509,14 @@ def _walk(part: email.message.Message, content: MimeContent, *, root: bool = Fal
         else:
             _encrypted_part(part, content)
         return
+    if not part.is_multipart():
+        encoding = transfer_encoding(part)
+        if encoding not in ("", *_TRANSFER_ENCODINGS):
+            _unknown_encoding_part(part, encoding, content)
+            return
+        if encoding and encoding != str(part.get("Content-Transfer-Encoding") or "").lower():
+            # Spaces, quotes or a comment around the token, which the email package does not read.
+            content.defects.append(f"transfer-encoding-normalised:{encoding}")
     if content_type in _SMIME_TYPES and root:
         smime_type = _smime_type(part)
         if smime_type in ("enveloped-data", "authenveloped-data"):
@@ -484,7 +550,7 @@ def _walk(part: email.message.Message, content: MimeContent, *, root: bool = Fal
             html_before = html_before or child.get_content_type() == "text/html"
         return
     disposition = (part.get_content_disposition() or "").lower()
-    payload = part.get_payload(decode=True) or b""
+    payload = _payload(part)
     if content_type in _TEXT_TYPES and disposition != "attachment" and not part.get_filename():
         text = decode_text(payload, part.get_param("charset"), content_type, content.defects)
         if content_type == "text/plain":

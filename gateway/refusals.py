@@ -157,6 +157,14 @@ class OutlookTnefOnly(Refusal):
     reason = "Outlook sent this in its own format (winmail.dat): send it as plain text or HTML"
 
 
+class UnknownTransferEncoding(Refusal):
+    # Everything the message holds is in a Content-Transfer-Encoding the gateway does not know
+    # (x-gzip64, a typo): RFC 2045 section 6.4 makes such a part an opaque file, and a note of one
+    # opaque file is no note. Found by a MIME review: the encoded text was filed as the note.
+    smtp_code, enhanced_code = 554, "5.6.0"
+    reason = "The message is in a Content-Transfer-Encoding the gateway cannot decode, send it as plain text"
+
+
 class NulByte(Refusal):
     smtp_code, enhanced_code = 550, "5.6.0"
     reason = "NUL byte in message data"

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import base64
+import gzip
 import hashlib
+import quopri
 
+import pytest
+
+from gateway.content import extract_body
 from gateway.message import parse
+from gateway.refusals import MessageUnparseable, UnknownTransferEncoding
 
 HEAD = b"From: Paula <portal.contrib@example.com>\r\nTo: x@notes.example.com\r\nSubject: s\r\nMessage-ID: <m@x>\r\nMIME-Version: 1.0\r\n"
 
@@ -256,6 +262,57 @@ def test_only_the_message_itself_encrypted_is_encrypted():
     signed = _parse(b'Content-Type: multipart/signed; protocol="application/pkcs7-signature"; boundary="s"',
                     b"--s\r\n" + smime_file + b"\r\n--s\r\nContent-Type: application/pkcs7-signature\r\n\r\nsig\r\n--s--\r\n")
     assert signed.encryption == "S/MIME"
+
+
+TEXT = "Pump P-7 inspected \u2013 Gr\u00f6\u00dfe 6 bar, 85 \u20ac."
+
+
+def test_transfer_encoding_with_spaces_quotes_or_a_comment_is_decoded():
+    # The email package only lowercases the header: "base64 " was read as no encoding, and the
+    # note showed the base64 text (a MIME review).
+    encoded = {"base64": base64.b64encode(TEXT.encode()), "quoted-printable": quopri.encodestring(TEXT.encode())}
+    for written, token in ((b"base64 ", "base64"), (b'"base64"', "base64"), (b"base64 (encoded)", "base64"),
+                           (b" Base64\t(a (nested) comment) ", "base64"), (b"quoted-printable ", "quoted-printable")):
+        message = _parse(b"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: " + written,
+                         encoded[token])
+        assert message.text_plain.strip() == TEXT, written
+        assert message.defects == [f"transfer-encoding-normalised:{token}"], written
+    pdf = b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n%%EOF\n"
+    attached = _mixed(b"Content-Type: text/plain\r\n\r\nReport attached.",
+                      b'Content-Type: application/pdf; name="report.pdf"\r\nContent-Transfer-Encoding: base64 \r\n\r\n'
+                      + base64.b64encode(pdf))
+    [report] = attached.attachments
+    assert (report.filename, report.payload) == ("report.pdf", pdf)
+    # Written plainly, in any case: nothing to record.
+    assert _parse(b"Content-Type: text/plain\r\nContent-Transfer-Encoding: BASE64", base64.b64encode(b"ok")).defects == []
+
+
+def test_broken_base64_behind_a_normalised_encoding_is_still_refused():
+    with pytest.raises(MessageUnparseable, match="not valid base64"):
+        _mixed(b"Content-Type: text/plain\r\n\r\nReport attached.",
+               b'Content-Type: application/pdf; name="report.pdf"\r\nContent-Transfer-Encoding: "base64"\r\n\r\n'
+               + base64.b64encode(b"%PDF-1.4 12345")[:-3])
+
+
+def test_a_part_in_an_unknown_transfer_encoding_is_never_text():
+    # RFC 2045 section 6.4: application/octet-stream, whatever its type says. It was filed as the
+    # note's text (a MIME review).
+    encoded = base64.b64encode(gzip.compress(TEXT.encode()))
+    alone = _parse(b"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: x-gzip64", encoded)
+    assert alone.text_plain == "" and alone.defects == ["transfer-encoding-unknown:x-gzip64"]
+    [file] = alone.attachments
+    assert (file.filename, file.content_type, file.payload) == ("attachment-1.x-gzip64", "application/octet-stream", encoded)
+    with pytest.raises(UnknownTransferEncoding) as refused:
+        extract_body(alone)
+    assert refused.value.smtp_reply() == (
+        "554 5.6.0 The message is in a Content-Transfer-Encoding the gateway cannot decode, send it as plain text: x-gzip64")
+    beside = _mixed(b"Content-Type: text/plain\r\n\r\nReport attached.",
+                    b'Content-Type: application/pdf; name="report.pdf"\r\nContent-Transfer-Encoding: X-GZIP64 (zipped)\r\n\r\n'
+                    + encoded)
+    assert [(item.filename, item.content_type) for item in beside.attachments] == [("report.pdf.x-gzip64", "application/octet-stream")]
+    assert "Report attached." in extract_body(beside)
+
+
 
 
 def test_report_parts_forwarded_in_a_message_are_text_files():

@@ -313,8 +313,8 @@ def extract_body(message: ParsedMessage, files: list[Attachment] | None = None) 
     <details> block. A message forwarded inline with nothing written above it is filed as the
     forwarded message itself (see quotes.is_forward). ``files`` are the attachments that will be
     filed (after the rules), by default all of the message's. A message with no text but Outlook's
-    winmail.dat is OutlookTnefOnly, and one with no text but files in an unknown transfer encoding
-    UnknownTransferEncoding.
+    winmail.dat is OutlookTnefOnly; one with no text but encrypted files is EncryptedMessage, and
+    one with no text but files in an unknown transfer encoding UnknownTransferEncoding.
     """
     if message.encryption:
         raise EncryptedMessage(message.encryption)
@@ -345,9 +345,14 @@ def extract_body(message: ParsedMessage, files: list[Attachment] | None = None) 
     if forwarded:
         return forwarded
     filed = [attachment for attachment in (message.attachments if files is None else files) if not attachment.inline]
-    # A message whose only files are in a transfer encoding the gateway cannot undo has nothing to
-    # read (RFC 2045 section 6.4): filed, it was its encoded text (a MIME review).
-    if filed and all(attachment.unknown_encoding for attachment in filed):
+    # An encrypted message to which an outbound gateway added a disclaimer footer, or a list its
+    # footer (multipart/mixed of the encrypted entity and a text of the footer only), is encrypted
+    # as much as one without: filed, it was the footer and a ciphertext file (a MIME review). The
+    # same holds for a message whose only files are in a transfer encoding the gateway cannot undo.
+    if filed and all(attachment.encryption or attachment.unknown_encoding for attachment in filed):
+        encrypted = [attachment.encryption for attachment in filed if attachment.encryption]
+        if encrypted:
+            raise EncryptedMessage(encrypted[0])
         raise UnknownTransferEncoding(filed[0].unknown_encoding)
     # Exchange sends a message whose text and files are all in Outlook's winmail.dat (TNEF), which is
     # not decoded: filed, it was an empty note with an opaque file. Beside a text part it is only

@@ -46,8 +46,10 @@ class Attachment:
     # its Content-ID referenced by the HTML body (or an image the gateway placed there itself).
     # A Content-ID alone says nothing: Gmail gives one to every file it sends.
     inline: bool = False
-    # The unknown Content-Transfer-Encoding the file is still in (gateway.mime). A message with no
-    # text whose every file is so is refused (content.extract_body), not filed as an empty note.
+    # What makes the file unreadable (gateway.mime): "S/MIME" or "PGP/MIME" for an encrypted entity,
+    # or the unknown Content-Transfer-Encoding it is still in. A message with no text whose every
+    # file is so is refused (content.extract_body), not filed as an empty note.
+    encryption: str | None = None
     unknown_encoding: str | None = None
 
 

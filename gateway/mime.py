@@ -430,11 +430,35 @@ _CLEARSIGNED = re.compile(
     re.DOTALL)
 
 
-def _smime_type(part: email.message.Message) -> str:
+# RFC 8551 section 3.9: an S/MIME entity may also come as application/octet-stream, told by its file
+# name (what a client or gateway that relabels types it does not know sends): .p7m for the
+# enveloped or signed data, .p7s for the signature part of multipart/signed.
+_SMIME_SUFFIX = ".p7m"
+_SMIME_SIGNATURE_SUFFIX = ".p7s"
+_SMIME_ENCRYPTED = ("enveloped-data", "authenveloped-data")
+
+
+def _octet_stream_named(part: email.message.Message, suffix: str) -> bool:
+    return (part.get_content_type() == "application/octet-stream"
+            and (attachment_name(part) or "").lower().endswith(suffix))
+
+
+def _is_smime(part: email.message.Message) -> bool:
+    return part.get_content_type() in _SMIME_TYPES or _octet_stream_named(part, _SMIME_SUFFIX)
+
+
+def _is_signature_part(part: email.message.Message, protocol: str) -> bool:
+    """The control part of multipart/signed (RFC 1847 section 2.1), by its type or, relabelled
+    application/octet-stream, by its .p7s name (a review found smime.p7s so filed as a file)."""
+    return (part.get_content_type() in (*_SIGNATURE_TYPES, protocol)
+            or _octet_stream_named(part, _SMIME_SIGNATURE_SUFFIX))
+
+
+def _smime_type(part: email.message.Message, payload: bytes | None = None) -> str:
     declared = str(part.get_param("smime-type") or "").strip().lower()
     if declared:
         return declared
-    head = _payload(part)[:32]
+    head = (_payload(part) if payload is None else payload)[:32]
     if _CMS_ENVELOPED_DATA in head:
         return "enveloped-data"
     if _CMS_AUTH_ENVELOPED_DATA in head:
@@ -458,7 +482,8 @@ def _encrypted_part(part: email.message.Message, content: MimeContent) -> None:
     message/rfc822) is one file: the encrypted entity whole, which the reader's client can open and
     decrypt, rather than its control part and ciphertext as two files."""
     content.attachments.append(Attachment(filename=attachment_name(part) or "encrypted message.eml",
-                                          content_type="message/rfc822", payload=part.as_bytes()))
+                                          content_type="message/rfc822", payload=part.as_bytes(),
+                                          encryption="PGP/MIME"))
 
 
 # The machine-readable parts of a report (RFC 6522) forwarded inside a person's message, filed as
@@ -517,9 +542,9 @@ def _walk(part: email.message.Message, content: MimeContent, *, root: bool = Fal
         if encoding and encoding != str(part.get("Content-Transfer-Encoding") or "").lower():
             # Spaces, quotes or a comment around the token, which the email package does not read.
             content.defects.append(f"transfer-encoding-normalised:{encoding}")
-    if content_type in _SMIME_TYPES and root:
+    if root and _is_smime(part):
         smime_type = _smime_type(part)
-        if smime_type in ("enveloped-data", "authenveloped-data"):
+        if smime_type in _SMIME_ENCRYPTED:
             content.encryption = "S/MIME"
             return
         if smime_type == "signed-data":
@@ -537,8 +562,7 @@ def _walk(part: email.message.Message, content: MimeContent, *, root: bool = Fal
         children = part.get_payload()
         protocol = str(part.get_param("protocol") or "").strip().lower()
         for index, child in enumerate(children):
-            if (content_type == "multipart/signed" and index > 0
-                    and child.get_content_type() in (*_SIGNATURE_TYPES, protocol)):
+            if content_type == "multipart/signed" and index > 0 and _is_signature_part(child, protocol):
                 content.defects.append(f"signature-part-dropped:{child.get_content_type()}")
                 continue
             if html_before and content_type == "multipart/mixed" and _is_unreferenced_inline_image(child):
@@ -576,6 +600,8 @@ def _walk(part: email.message.Message, content: MimeContent, *, root: bool = Fal
         content_id=content_id,
         # Inline for now if it may be; walk() keeps it so only if the HTML points at it.
         inline=content_id is not None and disposition != "attachment",
+        # An S/MIME encrypted file: a message whose only file it is was encrypted (extract_body).
+        encryption="S/MIME" if _is_smime(part) and _smime_type(part, payload) in _SMIME_ENCRYPTED else None,
     ))
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from gateway.content import extract_body
 from gateway.message import parse
-from gateway.refusals import MessageUnparseable, UnknownTransferEncoding
+from gateway.refusals import EncryptedMessage, MessageUnparseable, UnknownTransferEncoding
 
 HEAD = b"From: Paula <portal.contrib@example.com>\r\nTo: x@notes.example.com\r\nSubject: s\r\nMessage-ID: <m@x>\r\nMIME-Version: 1.0\r\n"
 
@@ -313,6 +313,47 @@ def test_a_part_in_an_unknown_transfer_encoding_is_never_text():
     assert "Report attached." in extract_body(beside)
 
 
+def test_smime_labelled_octet_stream_is_smime():
+    # RFC 8551 section 3.9: application/octet-stream named *.p7m is the S/MIME entity, *.p7s the
+    # signature of multipart/signed. Both were filed as files (a MIME review).
+    enveloped = bytes.fromhex("3082000006092a864886f70d010703a0")
+    signed_data = bytes.fromhex("3082000006092a864886f70d010702a0")
+    for data, encryption, opaque in ((enveloped, "S/MIME", False), (signed_data, None, True)):
+        whole = _parse(b'Content-Type: application/octet-stream; name="smime.p7m"\r\nContent-Transfer-Encoding: base64\r\n'
+                       b'Content-Disposition: attachment; filename="smime.p7m"', base64.b64encode(data))
+        assert (whole.encryption, whole.opaque_signed, whole.attachments) == (encryption, opaque, [])
+    # An opaque file of another name at the root, or a .p7m beside a text, is a file as before.
+    other = _parse(b'Content-Type: application/octet-stream; name="backup.bin"\r\nContent-Transfer-Encoding: base64',
+                   base64.b64encode(enveloped))
+    assert other.encryption is None and [item.filename for item in other.attachments] == ["backup.bin"]
+    signed = _parse(b'Content-Type: multipart/signed; protocol="application/pkcs7-signature"; boundary="s"',
+                    b"--s\r\nContent-Type: text/plain\r\n\r\nSigned text\r\n--s\r\n"
+                    b'Content-Type: application/octet-stream; name="smime.p7s"\r\n\r\nsig\r\n--s--\r\n')
+    assert signed.text_plain.strip() == "Signed text" and signed.attachments == []
+    assert "signature-part-dropped:application/octet-stream" in signed.defects
+
+
+def test_encrypted_mail_with_a_footer_added_on_the_way_is_encrypted():
+    # An outbound gateway's disclaimer beside the encrypted entity: it was filed as the footer and
+    # the ciphertext file (a MIME review). An encrypted file beside a text of the sender's is a file.
+    enveloped = bytes.fromhex("3082000006092a864886f70d010703a0")
+    footer = b"Content-Type: text/plain\r\n\r\n-- \r\nThis email was scanned by ExampleCorp Mail Security."
+    smime = b'Content-Type: application/pkcs7-mime; name="smime.p7m"\r\nContent-Transfer-Encoding: base64\r\n\r\n'
+    relabelled = b'Content-Type: application/octet-stream; name="smime.p7m"\r\nContent-Transfer-Encoding: base64\r\n\r\n'
+    pgp = (b'Content-Type: multipart/encrypted; protocol="application/pgp-encrypted"; boundary=e\r\n\r\n'
+           b"--e\r\nContent-Type: application/pgp-encrypted\r\n\r\nVersion: 1\r\n"
+           b"--e\r\nContent-Type: application/octet-stream\r\n\r\n-----BEGIN PGP MESSAGE-----\r\n--e--")
+    for entity, scheme in ((smime + base64.b64encode(enveloped), "S/MIME"),
+                           (relabelled + base64.b64encode(enveloped), "S/MIME"), (pgp, "PGP/MIME")):
+        with pytest.raises(EncryptedMessage) as refused:
+            extract_body(_mixed(entity, footer))
+        assert refused.value.detail == scheme
+        assert "Here is the archive" in extract_body(_mixed(b"Content-Type: text/plain\r\n\r\nHere is the archive.", entity))
+    # An opaque-signed file on its own (an e-invoice) is still the document the sender meant to file.
+    signed_data = bytes.fromhex("3082000006092a864886f70d010702a0")
+    invoice = _mixed(footer, b'Content-Type: application/pkcs7-mime; name="IT01_1.xml.p7m"\r\n'
+                             b"Content-Transfer-Encoding: base64\r\n\r\n" + base64.b64encode(signed_data))
+    assert "ExampleCorp" in extract_body(invoice)
 
 
 def test_report_parts_forwarded_in_a_message_are_text_files():

@@ -264,6 +264,11 @@ def _content_id(part: email.message.Message) -> str | None:
 _TRANSFER_ENCODINGS = frozenset({"7bit", "8bit", "binary", "quoted-printable", "base64",
                                  "x-uuencode", "uuencode", "uue", "x-uue"})
 _COMMENT = re.compile(r"\([^()]*\)")
+# Misspellings of the identity encodings seen from home-made mailers (a charset written in the
+# header's place, a hyphen): the bytes are as sent, as the email package read them before tokens were
+# checked; recorded as normalised.
+_IDENTITY_ALIASES = {"8-bit": "8bit", "8bits": "8bit", "7-bit": "7bit", "7bits": "7bit",
+                     "utf-8": "8bit", "utf8": "8bit", "us-ascii": "7bit", "ascii": "7bit"}
 
 
 def transfer_encoding(part: email.message.Message) -> str:
@@ -278,7 +283,8 @@ def transfer_encoding(part: email.message.Message) -> str:
     previous = None
     while previous != value:  # nested comments, from the inside out
         previous, value = value, _COMMENT.sub(" ", value)
-    return value.strip().strip('"').strip().lower()
+    token = value.strip().strip('"').strip().lower()
+    return _IDENTITY_ALIASES.get(token, token)
 
 
 def _decodable(part: email.message.Message) -> bool:

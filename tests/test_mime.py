@@ -283,6 +283,12 @@ def test_transfer_encoding_with_spaces_quotes_or_a_comment_is_decoded():
                       + base64.b64encode(pdf))
     [report] = attached.attachments
     assert (report.filename, report.payload) == ("report.pdf", pdf)
+    # Identity encodings misspelled, or a charset in the header's place: the bytes as sent, as before.
+    for written, token in ((b"8-bit", "8bit"), (b"UTF-8", "8bit"), (b"7bits", "7bit")):
+        message = _parse(b"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: " + written,
+                         TEXT.encode())
+        assert message.text_plain.strip() == TEXT, written
+        assert message.defects == [f"transfer-encoding-normalised:{token}"], written
     # Written plainly, in any case: nothing to record.
     assert _parse(b"Content-Type: text/plain\r\nContent-Transfer-Encoding: BASE64", base64.b64encode(b"ok")).defects == []
 

@@ -112,6 +112,15 @@ class FromHeaderInvalid(Refusal):
     reason = "The message must have exactly one From header with one address"
 
 
+class FromAddressInternationalised(FromHeaderInvalid):
+    # A From with a UTF-8 local part (RFC 6532 section 3.2, an SMTPUTF8/EAI address): the listener
+    # offers no SMTPUTF8 (RFC 6531) and Odoo matches senders by ASCII addresses. Said as that, not as
+    # "exactly one From header" with the email package's defect text (found by a review). 5.6.7 is
+    # RFC 6531's "non-ASCII addresses not permitted for that sender/recipient".
+    smtp_code, enhanced_code = 550, "5.6.7"
+    reason = "Internationalised email addresses (SMTPUTF8) are not supported"
+
+
 class AttachmentRefused(Refusal):
     # Only when the rules say so (attachments.on_refused_file = "refuse"); by default a refused
     # file is named in the note and the rest of the message is filed.

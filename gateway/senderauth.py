@@ -22,8 +22,8 @@ from dkim.util import InvalidTagValueList, parse_tag_value
 from gateway import dkimcrypto
 from gateway.config import DEFAULT_MAX_SIGNATURE_AGE_DAYS
 from gateway.context import VerifiedSender
-from gateway.refusals import (DnsTemporaryFailure, FromHeaderInvalid, HeaderNotSigned, SenderAuthenticationTimedOut,
-                              SenderNotAuthenticated, TooManySignatures)
+from gateway.refusals import (DnsTemporaryFailure, FromAddressInternationalised, FromHeaderInvalid, HeaderNotSigned,
+                              SenderAuthenticationTimedOut, SenderNotAuthenticated, TooManySignatures)
 
 log = logging.getLogger(__name__)
 
@@ -307,6 +307,8 @@ def _parse_mailbox(value: bytes) -> str:
     # Obsolete syntax (an unquoted period in a display name) is common and harmless; anything
     # else means the parser had to guess which part is the address.
     serious = [defect for defect in defects if not isinstance(defect, email.errors.ObsoleteHeaderDefect)]
+    if any(isinstance(defect, email.errors.NonASCIILocalPartDefect) for defect in serious):
+        raise FromAddressInternationalised("the From address has a non-ASCII local part")
     if serious:
         raise FromHeaderInvalid(f"From is malformed: {serious[0]}")
     mailboxes = [address for group in groups for address in group.addresses]

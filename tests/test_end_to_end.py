@@ -291,6 +291,17 @@ def test_two_from_headers_are_refused(test_odoo, gateway, mailer):
     assert _posts(test_odoo) == []
 
 
+def test_from_with_an_internationalised_address_is_refused_as_such(test_odoo, gateway, mailer):
+    # Found by a review: the reply said "must have exactly one From header with one address: From is
+    # malformed: local-part contains non-ASCII characters)", the email package's defect text with its
+    # stray parenthesis, for a message with exactly one From.
+    to = mailer.address("note", "project.task", TASK_ID)
+    reply = mailer.send(mailer.sign(mailer.message("from_internationalised_address.eml", to)), to)
+    assert reply == ("550 5.6.7 Internationalised email addresses (SMTPUTF8) are not supported: "
+                     "the From address has a non-ASCII local part")
+    assert _posts(test_odoo) == []
+
+
 def test_rsa_sha1_signature_is_refused(test_odoo, gateway, mailer):
     to = mailer.address("note", "project.task", TASK_ID)
     reply = mailer.send(mailer.sign(mailer.message("note_from_contributor.eml", to), algorithm=b"rsa-sha1"), to)

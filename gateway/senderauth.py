@@ -258,6 +258,9 @@ _EMPTY_LINE = re.compile(rb"\r?\n\r?\n")
 # The header registry builds a new class on every lookup; building it once spares that cost on
 # every message (issue 6, found by profiling).
 _FROM_HEADER = email.policy.default.header_factory["From"]
+_HARMLESS_DEFECTS = (email.errors.ObsoleteHeaderDefect, email.errors.UndecodableBytesDefect, email.errors.CharsetError,
+                     email.errors.InvalidBase64CharactersDefect, email.errors.InvalidBase64PaddingDefect,
+                     email.errors.InvalidBase64LengthDefect)
 
 
 def _header_block(raw: bytes) -> list[bytes]:
@@ -304,9 +307,12 @@ def _parse_mailbox(value: bytes) -> str:
         groups, defects = header.groups, header.defects
     except (email.errors.HeaderParseError, ValueError, IndexError, TypeError) as error:
         raise FromHeaderInvalid(f"From cannot be parsed: {error}") from None
-    # Obsolete syntax (an unquoted period in a display name) is common and harmless; anything
-    # else means the parser had to guess which part is the address.
-    serious = [defect for defect in defects if not isinstance(defect, email.errors.ObsoleteHeaderDefect)]
+    # Obsolete syntax (an unquoted period in a display name) is common and harmless, and so is an
+    # encoded word its charset does not decode (Foxmail's gb2312-labelled GBK names, windows-874,
+    # which Python does not know, were refused; found by a review): in the address it leaves
+    # surrogate escapes, refused below. Anything else means the parser had to guess which part is
+    # the address.
+    serious = [defect for defect in defects if not isinstance(defect, _HARMLESS_DEFECTS)]
     if any(isinstance(defect, email.errors.NonASCIILocalPartDefect) for defect in serious):
         raise FromAddressInternationalised("the From address has a non-ASCII local part")
     if serious:
@@ -323,6 +329,8 @@ def _parse_mailbox(value: bytes) -> str:
     if any((character.isspace() and character != " ") or ord(character) < 32 or ord(character) == 127
            for character in address):
         raise FromHeaderInvalid("From address contains control characters")
+    if any("\udc80" <= character <= "\udcff" for character in address):
+        raise FromHeaderInvalid("From address has an encoded word its charset does not decode")
     return address.lower()
 
 

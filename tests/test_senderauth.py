@@ -495,6 +495,20 @@ def test_from_with_a_non_ascii_local_part_is_refused_as_an_internationalised_add
         "portal.contrib@example.com"
 
 
+@pytest.mark.parametrize("display_name", [
+    b"=?gb2312?B?zfWGtA==?=",  # Foxmail: GBK (\u738b\u5586) labelled gb2312, which Python's codec rejects
+    b"=?windows-874?B?u9HqwQ==?=",  # Outlook (Thai): a label Python does not know
+])
+def test_display_name_its_charset_does_not_decode_is_no_reason_to_refuse(display_name, resolver):
+    # Found by a review: the whole message was refused "550 5.7.1 ... From is malformed: Encoded
+    # word contains bytes not decodable using 'gb2312' charset"; the name says nothing of the address.
+    raw = message(display_name + b" <portal.contrib@example.com>")
+    assert senderauth.read_from_address(raw) == "portal.contrib@example.com"
+    # The same word in the address is still refused.
+    with pytest.raises(FromHeaderInvalid, match="encoded word its charset does not decode"):
+        senderauth.read_from_address(message(b"portal.contrib@" + display_name))
+
+
 def test_from_with_two_mailboxes_is_refused(resolver):
     raw = signed(message(b"Paula <portal.contrib@example.com>, Mallory <mallory@evil.example>"))
     with pytest.raises(FromHeaderInvalid, match="2 mailboxes"):

@@ -172,7 +172,10 @@ def parse(raw: bytes, email_message: email.message.Message | None = None) -> Par
         to = _addresses(mail.to, email_message, "To")
         cc = _addresses(mail.cc, email_message, "Cc")
         attachments = parts.attachments
-        defects = sorted(str(category) for category in (mail.defects_categories or ())) + parts.defects
+        # mail-parser's CharsetDecodeDefect is of its own reading of the parts, which the gateway
+        # does not use: gateway.mime records its own (a gb2312 part it read whole was journaled so).
+        defects = (sorted(str(category) for category in (mail.defects_categories or ())
+                          if category != "CharsetDecodeDefect") + parts.defects)
         date_header = headers.get("Date", "") if isinstance(headers, dict) else ""
     except Refusal:  # MessageUnparseable, MessageFragment: refused with their own reply
         raise

@@ -17,6 +17,7 @@ import unicodedata
 import urllib.parse
 from dataclasses import dataclass, field
 
+from gateway import charsets
 from gateway.refusals import MessageFragment, MessageUnparseable
 from gateway.context import Attachment
 
@@ -27,10 +28,12 @@ from gateway.context import Attachment
 FALLBACK_CHARSETS = ("utf-8", "cp1252")
 # The WHATWG Encoding Standard (what browsers and most mail clients do) reads every latin-1 label
 # as windows-1252: Outlook labels its curly quotes, dashes and euro signs iso-8859-1, and latin-1
-# would turn those bytes (0x80-0x9F) into invisible C1 controls. Python knows most of the labels as
-# latin-1 ("iso8859-1"); these two it does not know at all.
+# would turn those bytes (0x80-0x9F) into invisible C1 controls. gateway.charsets gives the latin-1
+# labels the codec name "iso8859-1" so that the journal can say when reading them so changed the text.
 _WINDOWS_1252_CODECS = ("cp1252", "iso8859-1")
-_WINDOWS_1252_LABELS = ("iso88591", "x-cp1252")
+# Labels that say nothing of a script: text that does not decode under them is read by the chain
+# (UTF-8, then windows-1252). Under any other label it is that charset with a few bad bytes.
+_SCRIPTLESS_CODECS = ("ascii", "utf-8")
 # ISO-2022-JP is 7-bit: without a declared charset it also "decodes" as ASCII, into escape
 # sequences. Its escape to JIS X 0208 (RFC 1468 section 3) gives it away.
 _ISO_2022_JP_ESCAPES = (b"\x1b$B", b"\x1b$@", b"\x1b(J")
@@ -66,24 +69,18 @@ codecs.register_error("note-gateway-windows-1252", _c1_control)
 def _decode(payload: bytes, codec: str) -> str:
     if codec == "cp1252":
         return payload.decode("cp1252", "note-gateway-windows-1252")
-    return payload.decode(codec)
+    return charsets.decode(payload, codec)
 
 
 def _codec(name: str | None) -> str | None:
-    """The Python codec of a charset name, or None if Python does not know it."""
-    if not name:
-        return None
-    label = name.strip().strip('"').lower()
-    if label in _WINDOWS_1252_LABELS:
-        return "cp1252"
-    try:
-        return codecs.lookup(label).name
-    except LookupError:
-        return None
+    """The Python codec of a charset label (gateway.charsets), or None if it is unknown."""
+    return charsets.codec_for(name)
 
 
 def decode_text(payload: bytes, declared: str | None, content_type: str, defects: list[str]) -> str:
-    """Text of a part: the declared charset, then UTF-8, cp1252, latin-1; a fallback is a defect.
+    """Text of a part: the declared charset (read as gateway.charsets reads its label), then UTF-8,
+    then windows-1252 (or, under a legacy label, the declared charset with U+FFFD for the bytes that
+    do not decode); a fallback is a defect.
 
     MAIL_SECURITY.md item 19: mail-parser replaces undecodable bytes silently, which garbles the
     note and hides it; here every fallback leaves a trace in the journal.
@@ -108,12 +105,28 @@ def decode_text(payload: bytes, declared: str | None, content_type: str, defects
         return text
     if codec is not None:
         try:
-            return payload.decode(codec)
+            return _decode(payload, codec)
         except UnicodeDecodeError:
             defects.append(f"charset-mismatch:{declared or codec}")
     elif not declared and not payload.isascii():
         # RFC 2045 section 5.2: no charset means US-ASCII, so 8-bit bytes are a mistake to repair.
         defects.append("charset-missing")
+    if codec is not None and codec not in _SCRIPTLESS_CODECS:
+        # Declared wrongly, the text may be UTF-8 (8-bit text that decodes as UTF-8 almost always
+        # is); otherwise it is the declared charset with a few bad bytes (a truncated character, an
+        # extension no codec knows), and read as windows-1252 the whole part was mojibake (found by
+        # a review of real-world charsets). 7-bit text (ISO-2022-JP) would "decode" as UTF-8 into
+        # its escape sequences.
+        if not payload.isascii():
+            try:
+                text = payload.decode("utf-8")
+            except UnicodeDecodeError:
+                pass
+            else:
+                defects.append("charset-fallback:utf-8")
+                return text
+        defects.append(f"charset-replaced:{codec}")
+        return charsets.decode(payload, codec, "replace")
     for fallback in FALLBACK_CHARSETS:
         try:
             text = _decode(payload, fallback)

@@ -778,6 +778,21 @@ def test_outlook_windows_1252_labelled_iso_8859_1_is_filed_readable(test_odoo, g
     assert "charset-read-as-windows-1252:iso-8859-1" in _journal_defects(gateway)
 
 
+def test_a_byte_its_charset_does_not_decode_costs_one_character_not_the_part(test_odoo, gateway, mailer):
+    # A gb2312 part with one byte no Chinese charset decodes was read whole as windows-1252
+    # ("±ÃÒÑ¼ìÐÞ"), and the journal said only charset-mismatch (found by a review of real-world
+    # charsets). It is read in its charset, with U+FFFD for that byte, and the journal says so.
+    to = mailer.address("note", "project.task", TASK_ID)
+    data = "泵P-7已检修，王喆".encode("gbk") + b"\xff" + "密封件已更换。".encode("gbk")
+    raw = _raw(to, "Pump P-7", "Content-Type: text/plain; charset=gb2312\r\nContent-Transfer-Encoding: base64",
+               base64.encodebytes(data).replace(b"\n", b"\r\n"))
+    reply = mailer.send(mailer.sign(raw), to)
+    assert reply.startswith("250 ")
+    body = test_odoo.message(int(reply.rsplit(" ", 1)[1]))["body"]
+    assert "泵P-7已检修，王喆\ufffd密封件已更换。" in body
+    assert _journal_defects(gateway) == ["charset-mismatch:gb2312", "charset-replaced:gb18030"]
+
+
 def _with_file(to: str, subject: str, file_headers: str, data: bytes) -> bytes:
     """A text part and one file whose MIME headers are ``file_headers`` (each line ending in CRLF)."""
     body = (b"--B\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nSee attached.\r\n--B\r\n"

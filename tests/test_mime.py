@@ -95,6 +95,81 @@ def test_windows_1252_never_fails_on_its_five_undefined_bytes():
     assert _parse(b"Content-Type: text/plain; charset=us-ascii", "Caf\u00e9".encode()).text_plain == "Caf\u00e9"
 
 
+@pytest.mark.parametrize(("label", "text", "written_as"), [
+    # Windows writes its wider code page under the narrow label (WHATWG Encoding Standard).
+    ("gb2312", "泵P-7已检修 朱镕基 王喆", "gbk"),
+    ("x-gbk", "朱镕基", "gbk"),
+    ("shift_jis", "ポンプ①号機 ㈱テスト 髙﨑 ～", "cp932"),
+    ("x-sjis", "ポンプ①号機", "cp932"),
+    ("windows-31j", "ポンプ①号機", "cp932"),
+    ("euc-kr", "펌프 점검 똠방각하 쌰", "cp949"),
+    ("ks_c_5601-1987", "펌프 점검 똠방각하", "cp949"),
+    ("big5", "泵已檢修 碁 銹 裏 墻 恒 粧 嫺 €", "cp950"),
+    ("big5", "香港 𨋢 𡃁", "big5hkscs"),
+    # Labels Python does not know.
+    ("windows-874", "ปั๊ม P-7 ตรวจสอบแล้ว", "cp874"),
+    ("tis-620", "ปั๊ม P-7 ตรวจสอบแล้ว", "cp874"),
+    ("iso-8859-8-i", "המשאבה P-7 נבדקה", "iso8859-8"),
+    ("unicode-1-1-utf-8", "Größe 泵", "utf-8"),
+    ("x-mac-cyrillic", "Насос проверен", "mac-cyrillic"),
+])
+def test_a_label_is_read_as_the_charset_clients_write_under_it(label, text, written_as):
+    # Found by a review of real-world charsets: one character outside Python's codec of the label
+    # (or a label Python does not know) sent the whole part through windows-1252, into mojibake.
+    message = _parse(b"Content-Type: text/plain; charset=" + label.encode(), text.encode(written_as))
+    assert message.text_plain == text
+    assert not [defect for defect in message.defects if defect.startswith("charset-")]
+
+
+def _iso_2022_jp_as_outlook_writes_it(text: str) -> bytes:
+    """ISO-2022-JP as Windows code page 50221 writes it: JIS X 0208 rows as cp932 has them, the
+    NEC-selected IBM kanji (髙 is cp932 0xEEE0) in rows 89-92, half-width katakana after ESC ( I."""
+    out, mode = bytearray(), b"\x1b(B"
+    for char in text:
+        if char.isascii():
+            wanted, data = b"\x1b(B", char.encode()
+        elif "\uff61" <= char <= "\uff9f":
+            wanted, data = b"\x1b(I", bytes([char.encode("cp932")[0] - 0x80])
+        else:
+            lead, trail = b"\xee\xe0" if char == "髙" else char.encode("cp932")
+            row = (lead - 0x81 if lead <= 0x9F else lead - 0xC1) * 2 + 0x21 + (trail >= 0x9F)
+            cell = trail - 0x7E if trail >= 0x9F else trail - 0x1F - (trail >= 0x80)
+            wanted, data = b"\x1b$B", bytes([row, cell])
+        if wanted != mode:
+            out += wanted
+            mode = wanted
+        out += data
+    return bytes(out) + (b"\x1b(B" if mode != b"\x1b(B" else b"")
+
+
+def test_iso_2022_jp_as_outlook_writes_it_is_readable():
+    # Outlook's ISO-2022-JP holds the company mark ㈱ and circled digits (NEC row 13), the kanji of
+    # names such as 髙﨑 (rows 89-92) and half-width katakana; Python's iso2022_jp rejects them all,
+    # and the part was filed as its escape sequences (found by a review of real-world charsets).
+    text = "㈱テスト工業 ①シール交換 ②確認 髙﨑 一郎 ｶﾀｶﾅ ～"
+    encoded = _iso_2022_jp_as_outlook_writes_it(text)
+    message = _parse(b'Content-Type: text/plain; charset="iso-2022-jp"', encoded)
+    assert message.text_plain == text and message.defects == []
+    # Undeclared, it is still recognised; JIS X 0213 (ESC $ ( Q) under the same label is read too.
+    assert _parse(b"Content-Type: text/plain", encoded).text_plain == text
+    jis_2004 = "ポンプ①号機を点検しました。".encode("iso2022_jp_2004")
+    assert _parse(b"Content-Type: text/plain; charset=iso-2022-jp", jis_2004).text_plain == "ポンプ①号機を点検しました。"
+
+
+def test_bytes_a_legacy_charset_does_not_decode_are_replaced_in_that_charset():
+    # Before, one bad byte sent the whole part to windows-1252: "±ÃÒÑ¼ìÐÞ" for "泵已检修".
+    message = _parse(b"Content-Type: text/plain; charset=gb2312", "泵已检修".encode("gbk") + b"\xff" + "完成".encode("gbk"))
+    assert message.text_plain == "泵已检修\ufffd完成"
+    assert message.defects == ["charset-mismatch:gb2312", "charset-replaced:gb18030"]
+    broken = _iso_2022_jp_as_outlook_writes_it("ポンプ点検") + b" \x1b$B%]\x7f\x7f\x1b(B ok"
+    message = _parse(b"Content-Type: text/plain; charset=iso-2022-jp", broken)
+    assert message.text_plain == "ポンプ点検 ポ\ufffd ok"
+    assert message.defects == ["charset-mismatch:iso-2022-jp", "charset-replaced:iso2022_jp"]
+    # UTF-8 under a legacy label is still read as UTF-8 ("declared wrongly").
+    utf8 = _parse(b"Content-Type: text/plain; charset=shift_jis", "Größe ポンプ".encode())
+    assert utf8.text_plain == "Größe ポンプ" and utf8.defects == ["charset-mismatch:shift_jis", "charset-fallback:utf-8"]
+
+
 def test_inline_image_without_disposition_is_a_file_with_its_content_id():
     png = b"\x89PNG\r\n\x1a\n" + bytes(range(256))
     import base64

@@ -34,6 +34,10 @@ _WINDOWS_1252_CODECS = ("cp1252", "iso8859-1")
 # Labels that say nothing of a script: text that does not decode under them is read by the chain
 # (UTF-8, then windows-1252). Under any other label it is that charset with a few bad bytes.
 _SCRIPTLESS_CODECS = ("ascii", "utf-8")
+# RFC 2781 section 4.3: UTF-16 without a byte order mark is big-endian (Python's codec, as browsers,
+# reads it little-endian); the Unicode Standard (section 3.10, D101) says the same of UTF-32.
+_BYTE_ORDER_MARKS = {"utf-16": (codecs.BOM_UTF16_BE, codecs.BOM_UTF16_LE),
+                     "utf-32": (codecs.BOM_UTF32_BE, codecs.BOM_UTF32_LE)}
 # ISO-2022-JP is 7-bit: without a declared charset it also "decodes" as ASCII, into escape
 # sequences. Its escape to JIS X 0208 (RFC 1468 section 3) gives it away.
 _ISO_2022_JP_ESCAPES = (b"\x1b$B", b"\x1b$@", b"\x1b(J")
@@ -103,6 +107,9 @@ def decode_text(payload: bytes, declared: str | None, content_type: str, defects
         if codec != "cp1252" and text != payload.decode("latin-1"):
             defects.append("charset-read-as-windows-1252:" + str(label).strip().strip('"').lower())
         return text
+    if codec in _BYTE_ORDER_MARKS and not payload.startswith(_BYTE_ORDER_MARKS[codec]):
+        defects.append(f"charset-read-as-big-endian:{codec}")
+        codec += "-be"
     if codec is not None:
         try:
             return _decode(payload, codec)

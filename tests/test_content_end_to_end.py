@@ -793,6 +793,18 @@ def test_a_byte_its_charset_does_not_decode_costs_one_character_not_the_part(tes
     assert _journal_defects(gateway) == ["charset-mismatch:gb2312", "charset-replaced:gb18030"]
 
 
+def test_utf_16_without_a_byte_order_mark_is_filed_big_endian(test_odoo, gateway, mailer):
+    # RFC 2781 section 4.3; it was read little-endian, every character swapped (found by a review).
+    to = mailer.address("note", "project.task", TASK_ID)
+    text = "Pump P-7 inspected, seal replaced \u00fc"
+    raw = _raw(to, "UTF-16", "Content-Type: text/plain; charset=utf-16\r\nContent-Transfer-Encoding: base64",
+               base64.encodebytes(text.encode("utf-16-be")).replace(b"\n", b"\r\n"))
+    reply = mailer.send(mailer.sign(raw), to)
+    assert reply.startswith("250 ")
+    assert f"<p>{text}</p>" in test_odoo.message(int(reply.rsplit(" ", 1)[1]))["body"]
+    assert _journal_defects(gateway) == ["charset-read-as-big-endian:utf-16"]
+
+
 def _with_file(to: str, subject: str, file_headers: str, data: bytes) -> bytes:
     """A text part and one file whose MIME headers are ``file_headers`` (each line ending in CRLF)."""
     body = (b"--B\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nSee attached.\r\n--B\r\n"

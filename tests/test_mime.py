@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import codecs
 import gzip
 import hashlib
 import quopri
@@ -168,6 +169,18 @@ def test_bytes_a_legacy_charset_does_not_decode_are_replaced_in_that_charset():
     # UTF-8 under a legacy label is still read as UTF-8 ("declared wrongly").
     utf8 = _parse(b"Content-Type: text/plain; charset=shift_jis", "Größe ポンプ".encode())
     assert utf8.text_plain == "Größe ポンプ" and utf8.defects == ["charset-mismatch:shift_jis", "charset-fallback:utf-8"]
+
+
+def test_utf_16_without_a_byte_order_mark_is_big_endian():
+    # RFC 2781 section 4.3; Python's codec read it little-endian, every character swapped (found by
+    # a review). The guess is journaled; with a mark, or an explicit utf-16le, nothing is.
+    text = "Pump P-7 inspected \u00fc"
+    message = _parse(b"Content-Type: text/plain; charset=utf-16", text.encode("utf-16-be"))
+    assert message.text_plain == text and message.defects == ["charset-read-as-big-endian:utf-16"]
+    for label, data in ((b"utf-16", text.encode("utf-16")), (b"utf-16le", text.encode("utf-16-le")),
+                        (b"utf-16", codecs.BOM_UTF16_LE + text.encode("utf-16-le"))):
+        message = _parse(b"Content-Type: text/plain; charset=" + label, data)
+        assert message.text_plain == text and message.defects == []
 
 
 def test_inline_image_without_disposition_is_a_file_with_its_content_id():

@@ -10,6 +10,7 @@ import email.utils
 import hashlib
 import logging
 import re
+import unicodedata
 
 import mailparser
 import mailparser.utils
@@ -120,6 +121,35 @@ def _unquoted_local_part(address: str) -> str:
     return address
 
 
+def _header_text(email_message: email.message.Message, name: str, defects: list[str]) -> str | None:
+    """A header decoded by gateway.mime, not by mail-parser (which drops what it cannot decode);
+    each fallback is a defect named after the header ("subject-charset-mismatch:gb2312")."""
+    found: list[str] = []
+    text = mime.header_text(email_message, name, found)
+    defects += [f"{name}-{defect}" for defect in found]
+    return text
+
+
+def _display_name(email_message: email.message.Message, parsed_name: str, address: str, defects: list[str]) -> str:
+    """The From display name, its encoded words decoded by gateway.mime as the Subject's are.
+
+    mail-parser's name stands when the header has no encoded word, or when the email package's
+    reading of it finds another mailbox than mail-parser's. An encoded word inside quotes, which
+    RFC 2047 section 5 does not allow and clients write, is decoded, as Thunderbird and the email
+    package's default policy do.
+    """
+    raw = mime.unfolded_header(email_message, "from")
+    if raw is None or "=?" not in raw:
+        return parsed_name
+    pairs = email.utils.getaddresses([raw])
+    if len(pairs) != 1 or _unquoted_local_part(pairs[0][1]).lower() != _unquoted_local_part(address or "").lower():
+        return parsed_name
+    found: list[str] = []
+    name = unicodedata.normalize("NFC", " ".join(mime.decode_encoded_words(pairs[0][0], found).split()))
+    defects += [f"from-name-{defect}" for defect in found]
+    return name
+
+
 def parse_email(raw: bytes) -> email.message.Message:
     """The message as mail-parser's parse_from_bytes parses it (compat32), or MessageUnparseable."""
     try:
@@ -163,7 +193,11 @@ def parse(raw: bytes, email_message: email.message.Message | None = None) -> Par
                 raise MessageUnparseable(f"more than one {name} header")
         from_list = mail.from_ or []
         message_id = own_message_id(str(mail.message_id or ""))
-        subject = mail.subject or ""
+        # A retry of a message without a Message-ID must derive the ID it had before the gateway
+        # decoded the Subject itself, so the ID is still derived from mail-parser's reading.
+        subject_for_id = mail.subject or ""
+        header_defects: list[str] = []
+        subject = _header_text(email_message, "subject", header_defects) or ""
         # The parts are decoded by gateway.mime rather than taken from mail-parser, which drops
         # charset errors silently and mixes forwarded messages into the body (issue 3).
         parts = mime.walk(mail.message)
@@ -175,7 +209,9 @@ def parse(raw: bytes, email_message: email.message.Message | None = None) -> Par
         # mail-parser's CharsetDecodeDefect is of its own reading of the parts, which the gateway
         # does not use: gateway.mime records its own (a gb2312 part it read whole was journaled so).
         defects = (sorted(str(category) for category in (mail.defects_categories or ())
-                          if category != "CharsetDecodeDefect") + parts.defects)
+                          if category != "CharsetDecodeDefect") + header_defects + parts.defects)
+        from_name, from_address = from_list[0] if from_list else ("", "")
+        from_name = _display_name(email_message, from_name, from_address, defects)
         date_header = headers.get("Date", "") if isinstance(headers, dict) else ""
     except Refusal:  # MessageUnparseable, MessageFragment: refused with their own reply
         raise
@@ -183,10 +219,9 @@ def parse(raw: bytes, email_message: email.message.Message | None = None) -> Par
         log.info("unparseable message: %s: %s", type(error).__name__, error)
         raise MessageUnparseable(type(error).__name__) from None
 
-    from_name, from_address = from_list[0] if from_list else ("", "")
     derived = False
     if not message_id:
-        message_id = derived_message_id(raw, from_address, subject, str(date_header))
+        message_id = derived_message_id(raw, from_address, subject_for_id, str(date_header))
         derived = True
     return ParsedMessage(
         message_id=message_id,

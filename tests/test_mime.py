@@ -183,6 +183,34 @@ def test_utf_16_without_a_byte_order_mark_is_big_endian():
         assert message.text_plain == text and message.defects == []
 
 
+def _encoded_word(charset: str, text: str, written_as: str) -> bytes:
+    return f"=?{charset}?B?{base64.b64encode(text.encode(written_as)).decode()}?=".encode()
+
+
+def test_subject_and_from_name_are_decoded_as_the_parts_are():
+    # mail-parser decoded an encoded word with Python's codec of its label and dropped what did not
+    # decode: "Ѽ F" for a gb2312 (GBK) subject, "Pump  85" for Outlook's latin-1 curly quotes, with
+    # no defect (found by a review of real-world charsets).
+    for charset, text, written_as in (("gb2312", "泵已检修 朱镕基", "gbk"), ("shift_jis", "ポンプ①号機", "cp932"),
+                                      ("windows-874", "ปั๊ม P-7", "cp874"), ("ISO-2022-JP", "㈱テスト 髙﨑", "cp50221")):
+        word = (b"=?" + charset.encode() + b"?B?" + base64.b64encode(_iso_2022_jp_as_outlook_writes_it(text)) + b"?="
+                if written_as == "cp50221" else _encoded_word(charset, text, written_as))
+        message = parse(HEAD.replace(b"Subject: s", b"Subject: Re: " + word).replace(b"From: Paula", b"From: " + word)
+                        + b"Content-Type: text/plain\r\n\r\nok\r\n")
+        assert (message.subject, message.from_name, message.from_address) == (f"Re: {text}", text,
+                                                                              "portal.contrib@example.com")
+        assert message.defects == []
+    outlook = parse(HEAD.replace(b"Subject: s", b"Subject: =?iso-8859-1?Q?=93Pump=94_=96_85=80?=")
+                    + b"Content-Type: text/plain\r\n\r\nok\r\n")
+    assert outlook.subject == "\u201cPump\u201d \u2013 85\u20ac"
+    assert outlook.defects == ["subject-charset-read-as-windows-1252:iso-8859-1"]
+    # A fallback is journaled, named after the header; folded lines are unfolded.
+    broken = parse(HEAD.replace(b"Subject: s", b"Subject: =?gb2312?B?" + base64.b64encode("泵".encode("gbk") + b"\xff")
+                                + b"?=\r\n next line") + b"Content-Type: text/plain\r\n\r\nok\r\n")
+    assert broken.subject == "泵\ufffd next line"
+    assert broken.defects == ["subject-charset-mismatch:gb2312", "subject-charset-replaced:gb18030"]
+
+
 def test_inline_image_without_disposition_is_a_file_with_its_content_id():
     png = b"\x89PNG\r\n\x1a\n" + bytes(range(256))
     import base64

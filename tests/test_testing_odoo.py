@@ -448,6 +448,14 @@ def test_domains_follow_paths_hierarchies_and_active_test(odoo, gateway):
     # "_" is a wildcard of LIKE patterns unless a backslash escapes it, as in PostgreSQL.
     assert search("res.partner", [("email", "=ilike", "ann@acme_example")]) == [employee]
     assert search("res.partner", [("email", "=ilike", "ann@acme\\_example")]) == []
+    # ILIKE lowercases both sides, as PostgreSQL does: "Ü" is "ü", but "ſ" is not "s" and "ü" is
+    # not "u" (Odoo's unaccent option is off by default), where Python's re.IGNORECASE matched "ſ".
+    accented = odoo.add_partner("Ünal Bücher", "ünal@bücher.example")
+    assert search("res.partner", [("email", "=ilike", "ÜNAL@BÜCHER.EXAMPLE")]) == [accented]
+    assert search("res.partner", [("email", "=ilike", "unal@bucher.example")]) == []
+    long_s = odoo.add_partner("Long S", "ſam@acme.example")
+    assert search("res.partner", [("email", "=ilike", "sam@acme.example")]) == []
+    assert search("res.partner", [("email", "=ilike", "ſam@acme.example")]) == [long_s]
     assert search("res.partner", ["|", ("name", "ilike", "paula"), ("email", "like", "plain")]) == \
         search("res.partner", [("id", "in", [PAULA_PARTNER_ID, PETER_PARTNER_ID])])
     assert search("res.users", [("email", "=", "ann@acme.example")]) == []

@@ -664,11 +664,14 @@ def _match_value(spec: Field, value: Any, operator: str, right: Any) -> bool:
     if operator in ("like", "ilike", "=like", "=ilike"):
         if empty or right is False or right is None:
             return False
-        pattern = _like_pattern(str(right), wrap=operator in ("like", "ilike"))
-        subject = str(value)
+        right, subject = str(right), str(value)
         if operator in ("ilike", "=ilike"):
-            pattern = re.compile(pattern.pattern, re.DOTALL | re.IGNORECASE)
-        return pattern.fullmatch(subject) is not None
+            # PostgreSQL's ILIKE lowercases both sides and compares what is left (like.c): "Ü"
+            # matches "ü", but "ſ" does not match "s" nor "ı" "i", as Python's re.IGNORECASE would
+            # have them. Odoo passes the operator to the database unchanged (its unaccent option,
+            # which would also make "ü" match "u", is off by default).
+            right, subject = right.lower(), subject.lower()
+        return _like_pattern(right, wrap=operator in ("like", "ilike")).fullmatch(subject) is not None
     if operator in ("<", ">", "<=", ">="):
         if empty or right is False or right is None:
             return False

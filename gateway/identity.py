@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gateway import access
+from gateway import access, idn
 from gateway.context import OdooUser
 from gateway.odoo import SOLO, OdooPool, Rpc, escape_like
 from gateway.refusals import AmbiguousSender, SenderArchived, UnknownSender
@@ -21,15 +21,18 @@ _ROWS_PER_ADDRESS = 10
 
 
 def _clause(email: str) -> list:
-    pattern = escape_like(email)
-    return ["|", ("login", "=ilike", pattern), ("email", "=ilike", pattern)]
+    # The address in each form Odoo may hold it in (A-labels, U-labels), ORed in the one search:
+    # users matching across the forms are as ambiguous as users matching one form.
+    terms = [(field, "=ilike", escape_like(form)) for form in idn.address_forms(email) for field in ("login", "email")]
+    return [*(["|"] * (len(terms) - 1)), *terms]
 
 
 def _rows_of(rows: list[dict], email: str) -> list[dict]:
     # The database compared with ILIKE; compare again exactly so that no pattern subtlety can
     # make one person's address match another's.
+    forms = idn.address_forms(email)
     return [row for row in rows
-            if (row.get("login") or "").lower() == email or (row.get("email") or "").lower() == email]
+            if (row.get("login") or "").lower() in forms or (row.get("email") or "").lower() in forms]
 
 
 @dataclass(frozen=True)
@@ -60,7 +63,11 @@ class UserRows:
 
 
 def find_user(odoo: OdooPool, email: str, *, deadline: float | None = None) -> OdooUser:
-    """The one active user whose login or partner email is ``email``, compared case-insensitively."""
+    """The one active user whose login or partner email is ``email``, compared case-insensitively.
+
+    An internationalised domain matches in A-labels and in U-labels, however either side wrote it
+    (gateway/idn.py address_forms).
+    """
     email = email.strip().lower()
     # The field name depends on the server's version, known after the first login: that login
     # is bounded by the message's deadline like every other call.

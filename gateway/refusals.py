@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import unicodedata
 
+from gateway import idn
+
 
 class Refusal(Exception):
     """A message the gateway will not file, with the SMTP reply that says why.
@@ -48,14 +50,27 @@ class Refusal(Exception):
 def _ascii(text: str) -> str:
     """Text for an SMTP reply: US-ASCII (RFC 5321 section 2.4; the listener offers no SMTPUTF8).
 
-    A detail taken from a message, a file name such as "Rechnung Müller.vbs", keeps its letters
-    without their accents and "?" for the rest; aiosmtpd would fail to send it otherwise, and the
-    client would get "500 Error: (UnicodeEncodeError)" instead of the refusal.
+    An address keeps its identity: its domain in A-labels ("paula@xn--bcher-kva.example") and a
+    non-ASCII letter of its local part as "\\x{FC}" (RFC 6533); without its accents it named
+    another, real domain ("paula@bucher.example", found by a review of internationalised senders).
+    Any other detail taken from a message, a file name such as "Rechnung Müller.vbs", keeps its
+    letters without their accents and "?" for the rest; aiosmtpd would fail to send it otherwise,
+    and the client would get "500 Error: (UnicodeEncodeError)" instead of the refusal.
     """
     if text.isascii():
         return text
+    text = idn.ADDRESS_IN_TEXT.sub(_ascii_address, text)
     letters = "".join(char for char in unicodedata.normalize("NFKD", text) if not unicodedata.combining(char))
     return letters.encode("ascii", "replace").decode("ascii")
+
+
+def _ascii_address(match) -> str:
+    found = match.group(0)
+    if found.isascii():
+        return found
+    # A sentence's full stop after the address is not part of its domain.
+    address = found.rstrip(".")
+    return idn.ascii_address(address) + found[len(address):]
 
 
 # --- Envelope (RCPT TO) -------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 import dkim
 from dkim.util import InvalidTagValueList, parse_tag_value
 
-from gateway import dkimcrypto
+from gateway import dkimcrypto, idn
 from gateway.config import DEFAULT_MAX_SIGNATURE_AGE_DAYS
 from gateway.context import VerifiedSender
 from gateway.refusals import (DnsTemporaryFailure, FromAddressInternationalised, FromHeaderInvalid, HeaderNotSigned,
@@ -336,15 +336,8 @@ def _parse_mailbox(value: bytes) -> str:
 
 def normalise_domain(domain: str | bytes) -> str:
     """A domain as DNS compares it: lowercase, no final dot, internationalised labels as A-labels."""
-    if isinstance(domain, bytes):
-        domain = domain.decode("utf-8")
-    domain = domain.strip().rstrip(".").lower()
-    try:
-        # d= and an RFC 6532 From may each write an internationalised domain in U-labels or
-        # A-labels; compared as A-labels, they match however either side wrote it.
-        return domain.encode("idna").decode("ascii")
-    except UnicodeError:
-        return domain
+    # The same form as Odoo's users and partners are looked up in (gateway/idn.py).
+    return idn.ascii_domain(domain)
 
 
 # --- What the signature covers --------------------------------------------------------------------

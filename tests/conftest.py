@@ -26,7 +26,8 @@ SECRET = "test-secret-for-addresses-0123456789"
 SELECTOR = "gateway"
 # example.com is the contributors' own mail domain, which signs their mail; evil.example is another
 # domain with a valid key of its own, for signatures that verify but do not align.
-SIGNING_DOMAINS = ("example.com", "evil.example")
+# xn--bcher-kva.example is bücher.example in A-labels, as DNS and a DKIM d= name it (tests/test_idn_senders.py).
+SIGNING_DOMAINS = ("example.com", "evil.example", "xn--bcher-kva.example")
 
 
 @pytest.fixture(scope="session")

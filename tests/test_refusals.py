@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from gateway.refusals import Refusal, all_refusal_classes
+from gateway.refusals import Refusal, UnknownSender, all_refusal_classes
 from gateway.render import Renderer
 
 REFUSALS = [Refusal, *all_refusal_classes()]
@@ -48,3 +48,17 @@ def test_smtp_reply_is_one_line_whatever_the_detail(refusal_class):
     assert "\r" not in reply and "\n" not in reply
     assert len(reply.splitlines()) == 1
     assert reply.startswith(f"{refusal_class.smtp_code} {refusal_class.enhanced_code} ")
+
+
+@pytest.mark.parametrize("detail, written", [
+    # Found by a review of internationalised senders: without its accents the domain was another,
+    # real one ("paula@bucher.example"). A-labels name the same domain in ASCII.
+    ("paula@bücher.example", "paula@xn--bcher-kva.example"),
+    ("paula@bücher.example (2 users)", "paula@xn--bcher-kva.example (2 users)"),
+    ("jürgen@bücher.example is not partner 7.", "j\\x{FC}rgen@xn--bcher-kva.example is not partner 7."),
+    # Anything else keeps its letters without their accents, as before.
+    ("Rechnung Müller.vbs", "Rechnung Muller.vbs"),
+])
+def test_smtp_reply_writes_an_address_in_ascii_without_changing_it(detail, written):
+    # A local part has no ASCII form: RFC 6533's EmbeddedUnicodeChar (\\x{FC}), never "jurgen".
+    assert UnknownSender(detail).smtp_reply() == f"550 5.7.1 No Odoo user has this sender address: {written}"

@@ -1,0 +1,71 @@
+"""Internationalised sender domains: bücher.example and xn--bcher-kva.example are one domain to Odoo and in replies."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import Mailer
+
+from gateway.testing.odoo_demo import TASK_ID
+
+# One domain in its two forms: U-labels, as a person types it into Odoo or a mail program writes it
+# in an RFC 6532 From, and A-labels, as DNS, DKIM's d= and most mail programs write it.
+U_LABELS = "paula@bücher.example"
+A_LABELS = "paula@xn--bcher-kva.example"
+SIGNER = "xn--bcher-kva.example"
+
+
+def _posts(test_odoo):
+    return [call for call in test_odoo.calls if call.model_method == "message_post"]
+
+
+def _lookups(test_odoo):
+    return [call for call in test_odoo.calls if call.model == "res.users" and call.model_method == "search_read"]
+
+
+def _note_from(mailer: Mailer, from_address: str) -> str:
+    """A note to the task from ``from_address``, signed by the domain's mail system (d= in A-labels)."""
+    to = mailer.address("note", "project.task", TASK_ID)
+    raw = mailer.message("note_from_idn_sender.eml", to).replace(A_LABELS.encode(), from_address.encode())
+    return mailer.send(mailer.sign(raw, SIGNER), to, mail_from=A_LABELS)
+
+
+@pytest.mark.parametrize("odoo_email, from_address", [
+    (A_LABELS, A_LABELS), (U_LABELS, A_LABELS), (A_LABELS, U_LABELS), (U_LABELS, U_LABELS),
+    # Odoo compares case-insensitively, in the U-labels too.
+    ("Paula@BÜCHER.example", A_LABELS),
+], ids=["same-a", "odoo-u-from-a", "odoo-a-from-u", "same-u", "odoo-upper-u"])
+def test_sender_is_found_whichever_form_odoo_and_the_from_use(test_odoo, gateway, mailer, odoo_email, from_address):
+    # Found by a review of internationalised senders: Odoo holding one form and the From the other
+    # was "550 5.7.1 No Odoo user has this sender address".
+    partner = test_odoo.add_partner("Paula Bücher", odoo_email)
+    test_odoo.add_user(odoo_email, "Paula Bücher", internal=True, partner_id=partner)
+    reply = _note_from(mailer, from_address)
+    assert reply.startswith("250 2.0.0 Filed as Odoo message ")
+    [post] = _posts(test_odoo)
+    assert post.kwargs["author_id"] == partner
+    # Both forms in the one search: no second round trip to Odoo.
+    [lookup] = _lookups(test_odoo)
+    assert {term[2] for term in lookup.args[0] if isinstance(term, (list, tuple))} == {A_LABELS, U_LABELS}
+
+
+@pytest.mark.parametrize("from_address", [A_LABELS, U_LABELS])
+def test_two_users_with_the_address_in_its_two_forms_are_ambiguous(test_odoo, gateway, mailer, from_address):
+    test_odoo.add_user("paula.u", "Paula U-labels", email=U_LABELS, internal=True)
+    test_odoo.add_user("paula.a", "Paula A-labels", email=A_LABELS, internal=True)
+    reply = _note_from(mailer, from_address)
+    assert reply == f"550 5.7.1 Several Odoo users have this sender address: {A_LABELS} (2 users)"
+    assert _posts(test_odoo) == []
+
+
+@pytest.mark.parametrize("from_address", [U_LABELS, A_LABELS])
+def test_refusal_names_the_domain_in_a_labels_not_without_its_accents(test_odoo, gateway, mailer, from_address):
+    # The SMTP reply is ASCII; it named "paula@bucher.example", another and real domain.
+    reply = _note_from(mailer, from_address)
+    assert reply == f"550 5.7.1 No Odoo user has this sender address: {A_LABELS}"
+
+
+def test_archived_user_of_the_other_form_is_refused_as_archived(test_odoo, gateway, mailer):
+    test_odoo.add_user(U_LABELS, "Paula Bücher", internal=True, active=False)
+    reply = _note_from(mailer, A_LABELS)
+    assert reply == f"550 5.7.1 The Odoo user of this sender is archived: {A_LABELS}"

@@ -15,6 +15,7 @@ from email.message import EmailMessage
 from email.policy import SMTP as SMTP_POLICY
 from typing import TYPE_CHECKING
 
+from gateway import idn
 from gateway.automatic import LOOP_HEADER
 from gateway.config import NoticeConfig
 
@@ -57,7 +58,7 @@ def compose(ctx: MessageContext, services: Services) -> EmailMessage:
     sender = services.config.gateway.notices.from_address or f"no-reply@{ctx.target.domain}"
     notice = EmailMessage(policy=SMTP_POLICY)
     notice["From"] = _safe(email.utils.formataddr(("Odoo note gateway", sender)), "From")
-    notice["To"] = _safe(ctx.sender.email, "To")
+    notice["To"] = _safe(idn.envelope_address(ctx.sender.email), "To")
     notice["Subject"] = _safe(f"Not filed: {subject}" if subject else "Your message was not filed", "Subject")
     notice["Date"] = email.utils.formatdate(time.time())
     notice["Message-ID"] = f"<{uuid.uuid4().hex}@{ctx.target.domain}>"
@@ -85,9 +86,11 @@ def maybe_send(ctx: MessageContext, services: Services) -> None:
     day = datetime.now(timezone.utc).strftime("%Y-%m-%d")
     try:
         notice = compose(ctx, services)
-        if not services.journal.claim_notice(ctx.sender.email, ctx.refusal.name, day):
+        # One sender whichever form of an internationalised domain its From was written in.
+        recipient = idn.envelope_address(ctx.sender.email)
+        if not services.journal.claim_notice(recipient, ctx.refusal.name, day):
             return
-        pending = Pending(notice, ctx.sender.email, ctx.refusal.name, services.config.gateway.notices)
+        pending = Pending(notice, recipient, ctx.refusal.name, services.config.gateway.notices)
         why_not = services.notifier.submit(pending)
     except Exception as error:  # noqa: BLE001 (the refusal stands whatever becomes of its notice)
         # A template that fails on this message's values, a CR or LF in a header, a journal that

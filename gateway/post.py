@@ -10,7 +10,7 @@ from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import formataddr, parseaddr
 
-from gateway import address
+from gateway import address, idn
 from gateway.context import MessageContext
 from gateway.odoo import POST_CONTEXT, OdooPool
 from gateway.refusals import OdooUnavailable
@@ -79,8 +79,10 @@ def is_own(ctx: MessageContext, row: dict) -> bool:
     author = row.get("author_id")
     if author and int(author[0] if isinstance(author, (list, tuple)) else author) == ctx.user.partner_id:
         return True
-    address = parseaddr(str(row.get("email_from") or ""))[1].strip().lower()
-    return bool(address) and address == sender_address(ctx).strip().lower()
+    # In either form of an internationalised domain: Odoo's mail gateway may have stored the From
+    # with U-labels that this delivery writes with A-labels, or the other way round (gateway/idn.py).
+    address = parseaddr(str(row.get("email_from") or ""))[1].strip()
+    return idn.same_mailbox(address, sender_address(ctx))
 
 
 def sender_address(ctx: MessageContext) -> str:

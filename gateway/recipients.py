@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from gateway import idn
 from gateway.context import MessageContext
 from gateway.odoo import OdooPool, escape_like
 
@@ -22,16 +23,22 @@ class Recipients:
 
 
 def candidate_addresses(ctx: MessageContext, own_domains: set[str] | frozenset[str] = frozenset()) -> list[str]:
-    """To and Cc, lowercased, once each, without the gateway's own addresses and the sender."""
+    """To and Cc, lowercased, once each, without the gateway's own addresses and the sender.
+
+    An address written once with A-labels and once with U-labels is one address (gateway/idn.py).
+    """
     assert ctx.message is not None
     own_domains = {ctx.target.domain, *own_domains}
     sender = ctx.sender.email.lower() if ctx.sender else ctx.message.from_address
     found: list[str] = []
     for value in [*ctx.message.to, *ctx.message.cc]:
         address = value.strip().lower()
-        if not address or "@" not in address or address == sender or address in found:
+        if not address or "@" not in address or idn.same_mailbox(sender, address):
             continue
-        if address.rsplit("@", 1)[1] in own_domains:
+        if any(idn.same_mailbox(address, other) for other in found):
+            continue
+        # The alias domains are held in A-labels (config.alias_domain).
+        if idn.ascii_domain(address.rsplit("@", 1)[1]) in own_domains:
             continue
         found.append(address)
     return found
@@ -50,10 +57,13 @@ def choose(odoo: OdooPool, ctx: MessageContext, *, own_domains: set[str] | froze
     addresses = addresses[:MAX_LOOKED_UP]
     if not addresses:
         return result
+    # Each address in every form Odoo may hold it in (A-labels, U-labels), all in the one call.
+    forms = {address: idn.address_forms(address) for address in addresses}
     terms: list = []
     for address in addresses:
-        pattern = escape_like(address)
-        terms += [("login", "=ilike", pattern), ("email", "=ilike", pattern)]
+        for form in forms[address]:
+            pattern = escape_like(form)
+            terms += [("login", "=ilike", pattern), ("email", "=ilike", pattern)]
     domain = [("share", "=", False), *(["|"] * (len(terms) - 1)), *terms]
     rows = odoo.call("res.users", "search_read", [domain], {"fields": ["login", "email", "partner_id"]},
                      deadline=deadline)
@@ -63,11 +73,12 @@ def choose(odoo: OdooPool, ctx: MessageContext, *, own_domains: set[str] | froze
         partner = row.get("partner_id")
         if not partner:
             continue
-        # The database compared with ILIKE; only an exact match names a user.
+        # The database compared with ILIKE; only an exact match, in one of the forms, names a user.
         for value in (row.get("login"), row.get("email")):
-            if value and value.lower() in addresses:
-                internal.setdefault(value.lower(), int(partner[0]))
-                emails.setdefault(int(partner[0]), row.get("email") or value)
+            for address in addresses:
+                if value and value.lower() in forms[address]:
+                    internal.setdefault(address, int(partner[0]))
+                    emails.setdefault(int(partner[0]), row.get("email") or value)
     author = ctx.user.partner_id if ctx.user else 0
     for address in addresses:
         partner_id = internal.get(address)

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import Mailer
 
-from gateway.testing.odoo_demo import TASK_ID
+from gateway.testing.odoo_demo import MARC_PARTNER_ID, TASK_ID
 
 # One domain in its two forms: U-labels, as a person types it into Odoo or a mail program writes it
 # in an RFC 6532 From, and A-labels, as DNS, DKIM's d= and most mail programs write it.
@@ -23,10 +23,12 @@ def _lookups(test_odoo):
     return [call for call in test_odoo.calls if call.model == "res.users" and call.model_method == "search_read"]
 
 
-def _note_from(mailer: Mailer, from_address: str) -> str:
+def _note_from(mailer: Mailer, from_address: str, *, cc: str = "") -> str:
     """A note to the task from ``from_address``, signed by the domain's mail system (d= in A-labels)."""
     to = mailer.address("note", "project.task", TASK_ID)
     raw = mailer.message("note_from_idn_sender.eml", to).replace(A_LABELS.encode(), from_address.encode())
+    if cc:
+        raw = f"Cc: {cc}\r\n".encode() + raw
     return mailer.send(mailer.sign(raw, SIGNER), to, mail_from=A_LABELS)
 
 
@@ -69,3 +71,15 @@ def test_archived_user_of_the_other_form_is_refused_as_archived(test_odoo, gatew
     test_odoo.add_user(U_LABELS, "Paula Bücher", internal=True, active=False)
     reply = _note_from(mailer, A_LABELS)
     assert reply == f"550 5.7.1 The Odoo user of this sender is archived: {A_LABELS}"
+
+
+def test_internal_user_in_cc_is_notified_whichever_form_the_cc_uses(test_odoo, gateway, mailer):
+    colleague = test_odoo.add_partner("Bea Bücher", "bea@xn--bcher-kva.example")
+    test_odoo.add_user("bea@xn--bcher-kva.example", "Bea Bücher", internal=True, partner_id=colleague)
+    test_odoo.add_user(U_LABELS, "Paula Bücher", internal=True)
+    # Bea twice (each form once), and Paula, the sender, in the form her From does not use.
+    reply = _note_from(mailer, A_LABELS, cc=f"bea@bücher.example, Bea <bea@xn--bcher-kva.example>, {U_LABELS}, "
+                                          "Marc Demo <mark.brown23@example.com>")
+    assert reply.startswith("250 2.0.0 Filed")
+    [post] = _posts(test_odoo)
+    assert post.kwargs["partner_ids"] == [colleague, MARC_PARTNER_ID]

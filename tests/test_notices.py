@@ -88,6 +88,25 @@ def test_verified_sender_gets_one_notice_per_reason_and_day(test_odoo, noticing_
     assert len(smarthost.received) == 1  # the same reason on the same day: no second notice
 
 
+@pytest.mark.parametrize("first, second", [("paula@bücher.example", "paula@xn--bcher-kva.example"),
+                                           ("paula@xn--bcher-kva.example", "paula@bücher.example")])
+def test_notice_to_an_internationalised_domain_goes_to_its_a_labels_once(test_odoo, noticing_mailer, smarthost,
+                                                                         first, second):
+    # A From in U-labels gave a To of "paula@=?utf-8?q?b=C3=BCcher?=.example", no address, and an
+    # envelope smtplib sends only to an SMTPUTF8 smarthost. Either form is one sender a day.
+    to = noticing_mailer.address("note", "project.task", TASK_ID)
+    for from_address in (first, second):
+        raw = noticing_mailer.message("note_from_idn_sender.eml", to).replace(
+            b"paula@xn--bcher-kva.example", from_address.encode())
+        reply = noticing_mailer.send(noticing_mailer.sign(raw, "xn--bcher-kva.example"), to,
+                                     mail_from="paula@xn--bcher-kva.example")
+        assert reply == "550 5.7.1 No Odoo user has this sender address: paula@xn--bcher-kva.example"
+        _notices_tried(noticing_mailer)
+    [(_, recipients, raw)] = smarthost.received
+    assert recipients == ["paula@xn--bcher-kva.example"]
+    assert email.message_from_bytes(raw, policy=email.policy.default)["To"] == "paula@xn--bcher-kva.example"
+
+
 def test_no_notice_to_an_unverified_sender(test_odoo, noticing_mailer, smarthost):
     # Anyone can write any From; answering it would be backscatter to an innocent address.
     assert _refused_note(noticing_mailer, "<forged@example.com>", sign=False).startswith("550 5.7.1 Sender not authenticated")

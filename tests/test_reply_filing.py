@@ -67,6 +67,18 @@ def test_a_delivery_in_between_by_the_same_sender_is_a_duplicate():
     assert post.file_reply(odoo, _context()) == (5, True)
 
 
+def test_a_delivery_in_between_by_the_same_sender_in_the_other_form_of_its_domain_is_a_duplicate():
+    # bücher.example and xn--bcher-kva.example are one domain (gateway/idn.py): Odoo may write the
+    # From with U-labels that this delivery writes with A-labels. Another domain is no duplicate.
+    ctx = _context()
+    ctx.message.from_address = "paula@xn--bcher-kva.example"
+    odoo = RecordingPool(False, [{"id": 5, "author_id": [99, "Other"], "email_from": "Paula <Paula@Bücher.example>"}])
+    assert post.file_reply(odoo, ctx) == (5, True)
+    odoo = RecordingPool(False, [{"id": 5, "author_id": [99, "Other"], "email_from": "Paula <paula@bucher.example>"}],
+                         60, [{"id": 7, "author_id": [42, "Paula"]}])
+    assert post.file_reply(odoo, ctx) == (7, False)
+
+
 def test_ids_another_author_has_on_the_record_are_not_handed_to_odoo():
     odoo = RecordingPool(60, [{"id": 7, "author_id": [42, "Paula"]}])
     taken = {"<m1@example.com>", "<m1.project.task-60@example.com>"}

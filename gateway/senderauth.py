@@ -309,14 +309,19 @@ def _parse_mailbox(value: bytes) -> str:
         raise FromHeaderInvalid(f"From cannot be parsed: {error}") from None
     # Obsolete syntax (an unquoted period in a display name) is common and harmless, and so is an
     # encoded word its charset does not decode (Foxmail's gb2312-labelled GBK names, windows-874,
-    # which Python does not know, were refused; found by a review): in the address it leaves
-    # surrogate escapes, refused below. Anything else means the parser had to guess which part is
+    # which Python does not know, were refused; found by a review): in the address any encoded
+    # word is refused below. Anything else means the parser had to guess which part is
     # the address.
     serious = [defect for defect in defects if not isinstance(defect, _HARMLESS_DEFECTS)]
     if any(isinstance(defect, email.errors.NonASCIILocalPartDefect) for defect in serious):
         raise FromAddressInternationalised("the From address has a non-ASCII local part")
     if serious:
         raise FromHeaderInvalid(f"From is malformed: {serious[0]}")
+    if _encoded_word_in_address(header._parse_tree):
+        # RFC 2047 section 5: never in an addr-spec. The email package decodes it all the same, so
+        # "=?utf-8?q?ceo?= @example.com" read as ceo@example.com: a signer that checks the From's
+        # mailbox as written would have let through a name it never allowed (found by a review).
+        raise FromHeaderInvalid("From address contains an encoded word (RFC 2047 allows them only in the name)")
     mailboxes = [address for group in groups for address in group.addresses]
     if len(mailboxes) != 1:
         raise FromHeaderInvalid(f"From has {len(mailboxes)} mailboxes")
@@ -329,9 +334,18 @@ def _parse_mailbox(value: bytes) -> str:
     if any((character.isspace() and character != " ") or ord(character) < 32 or ord(character) == 127
            for character in address):
         raise FromHeaderInvalid("From address contains control characters")
-    if any("\udc80" <= character <= "\udcff" for character in address):
-        raise FromHeaderInvalid("From address has an encoded word its charset does not decode")
     return address.lower()
+
+
+def _encoded_word_in_address(token: object, inside: bool = False) -> bool:
+    """Whether an encoded word stands in an addr-spec of the email package's parse tree."""
+    kind = getattr(token, "token_type", None)
+    if inside and kind == "encoded-word":
+        return True
+    if not isinstance(token, list):
+        return False
+    inside = inside or kind == "addr-spec"
+    return any(_encoded_word_in_address(child, inside) for child in token)
 
 
 def normalise_domain(domain: str | bytes) -> str:

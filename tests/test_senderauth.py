@@ -504,9 +504,23 @@ def test_display_name_its_charset_does_not_decode_is_no_reason_to_refuse(display
     # word contains bytes not decodable using 'gb2312' charset"; the name says nothing of the address.
     raw = message(display_name + b" <portal.contrib@example.com>")
     assert senderauth.read_from_address(raw) == "portal.contrib@example.com"
-    # The same word in the address is still refused.
-    with pytest.raises(FromHeaderInvalid, match="encoded word its charset does not decode"):
+    # The same word in the address is still refused (as any encoded word there is).
+    with pytest.raises(FromHeaderInvalid, match="From address contains an encoded word"):
         senderauth.read_from_address(message(b"portal.contrib@" + display_name))
+
+
+@pytest.mark.parametrize("from_header", [
+    b"=?utf-8?q?ceo?= @example.com",  # the email package read it as ceo@example.com
+    b"Paula <portal.contrib@=?utf-8?q?example?= .com>",
+])
+def test_encoded_word_in_the_from_address_is_refused(from_header, resolver):
+    # RFC 2047 section 5: an encoded word never stands in an addr-spec. A signer that checks the
+    # From's mailbox as written (not decoded) would have signed a name it never allowed.
+    with pytest.raises(FromHeaderInvalid, match="From address contains an encoded word"):
+        senderauth.authenticate(signed(message(from_header)), resolver)
+    # In the display name it is the usual way to write a non-ASCII name.
+    assert senderauth.read_from_address(message(b"=?utf-8?q?P=C3=A2ula?= <portal.contrib@example.com>")) == \
+        "portal.contrib@example.com"
 
 
 def test_from_with_two_mailboxes_is_refused(resolver):

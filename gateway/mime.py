@@ -101,6 +101,18 @@ def decode_text(payload: bytes, declared: str | None, content_type: str, defects
         label = match.group(1).decode("ascii") if match else None
         codec = _codec(label)
     if codec in _WINDOWS_1252_CODECS:
+        if not payload.isascii():
+            # UTF-8 under a latin-1 or windows-1252 label (a mailer's default label, an HTML part
+            # whose <meta> says utf-8): 8-bit latin-1 text almost never forms valid UTF-8 sequences
+            # ("Ã©" is what it would take), and read as windows-1252 every accent became two
+            # characters (found by a review of real-world charsets).
+            try:
+                text = payload.decode("utf-8")
+            except UnicodeDecodeError:
+                pass
+            else:
+                defects.append("charset-read-as-utf-8:" + str(label).strip().strip('"').lower())
+                return text
         # windows-1252 decodes every byte; the journal says when a latin-1 label was read so and
         # that changed the text (bytes 0x80-0x9F, which latin-1 would make C1 controls).
         text = _decode(payload, "cp1252")

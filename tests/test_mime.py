@@ -83,6 +83,21 @@ def test_html_labelled_latin1_is_read_as_windows_1252():
     assert "\u201cquoted\u201d" in meta.text_html and "charset-read-as-windows-1252:iso-8859-1" in meta.defects
 
 
+def test_utf8_under_a_latin1_or_windows_1252_label_is_read_as_utf8():
+    # A mailer's default label over UTF-8 text, and an HTML part whose <meta> says utf-8 under a
+    # MIME latin-1 label: read as windows-1252 every accent became two characters ("GrÃ¶ÃŸe").
+    for label in (b"iso-8859-1", b"windows-1252"):
+        message = _parse(b"Content-Type: text/plain; charset=" + label, TEXT.encode("utf-8"))
+        assert message.text_plain == TEXT
+        assert message.defects == ["charset-read-as-utf-8:" + label.decode()]
+    html = _parse(b"Content-Type: text/html; charset=iso-8859-1",
+                  b'<html><head><meta charset="utf-8"></head><body><p>' + TEXT.encode() + b"</p></body></html>")
+    assert TEXT in html.text_html
+    # Latin-1 text is not valid UTF-8 (an accent is one byte, never followed by a continuation byte).
+    latin = _parse(b"Content-Type: text/plain; charset=iso-8859-1", "Gr\xf6\xdfe 6 bar".encode("latin-1"))
+    assert latin.text_plain == "Gr\xf6\xdfe 6 bar" and latin.defects == []
+
+
 def test_windows_1252_never_fails_on_its_five_undefined_bytes():
     # WHATWG's windows-1252 maps 0x81, 0x8D, 0x8F, 0x90, 0x9D to the C1 control of the same number.
     message = _parse(b"Content-Type: text/plain; charset=windows-1252", b"\x80 \x81\x8d\x8f\x90\x9d \x93x\x94")

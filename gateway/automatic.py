@@ -116,6 +116,13 @@ def check_not_automatic(raw: bytes, mail_from: str, from_address: str, subject: 
     precedence = str(headers.get("Precedence", "") or "").strip().lower()
     if precedence in _AUTOMATIC_PRECEDENCE:
         raise AutomaticMessage(f"Precedence: {precedence}")
+    # A mailing list's copy (RFC 2919 List-Id, RFC 2369 List-Post) or a bulk mailing (RFC 2369 /
+    # RFC 8058 List-Unsubscribe): only list managers and bulk senders write these fields, and many
+    # send no Precedence. A list with List-Id and no Precedence was filed until 2026-12 (found by a
+    # review of the gateway behind Postfix).
+    for name in ("List-Id", "List-Post", "List-Unsubscribe"):
+        if headers.get(name) is not None:
+            raise AutomaticMessage(f"list mail ({name})" if name != "List-Unsubscribe" else f"bulk mail ({name})")
     for name in ("X-Autoreply", "X-Autorespond", "X-Auto-Response"):
         if headers.get(name) is not None:
             raise AutomaticMessage(name)

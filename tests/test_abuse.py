@@ -55,6 +55,14 @@ def _with_subject(raw: bytes, subject: str) -> bytes:
     ("X-Autoreply: yes", "550 5.7.1 Automatic replies, bulk and list mail are not filed: X-Autoreply"),
     ("X-Autorespond: yes", "550 5.7.1 Automatic replies, bulk and list mail are not filed: X-Autorespond"),
     ("X-Note-Gateway-Loop: notes.example.com", "550 5.4.6 Mail loop: the message carries this gateway's own loop header"),
+    # A list's copy with no Precedence (Mailman 3, Google Groups, Sympa send List-Id; a review of the
+    # gateway behind Postfix found it filed), and a bulk mailing that only says List-Unsubscribe.
+    ("List-Id: Pump maintainers <pumps.lists.example.org>",
+     "550 5.7.1 Automatic replies, bulk and list mail are not filed: list mail (List-Id)"),
+    ("List-Post: <mailto:pumps@lists.example.org>",
+     "550 5.7.1 Automatic replies, bulk and list mail are not filed: list mail (List-Post)"),
+    ("List-Unsubscribe: <https://news.example.com/u/1>, <mailto:leave@news.example.com>",
+     "550 5.7.1 Automatic replies, bulk and list mail are not filed: bulk mail (List-Unsubscribe)"),
 ])
 def test_automatic_mail_is_refused_and_not_filed(test_odoo, gateway, mailer, header, expected):
     to = mailer.address("note", "project.task", TASK_ID)

@@ -101,7 +101,16 @@ def split_address(address: str) -> tuple[str, str]:
     local, at, domain = address.rpartition("@")
     if not at or not local or not domain:
         raise BadAddress("not an email address")
-    return local, domain.lower().rstrip(".")
+    domain = domain.lower().rstrip(".")
+    if not domain.isascii():
+        # An internationalised domain in its U-label form (RFC 6531, a client that declared
+        # SMTPUTF8): compared in the A-label form alias domains are configured in
+        # (config.normalise_domain), and named that way in a refusal, which is ASCII.
+        try:
+            domain = domain.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise BadAddress("the domain is not a valid internationalised domain name") from None
+    return local, domain
 
 
 def parse(address: str, secrets_by_domain: dict[str, list[bytes]]) -> Target:

@@ -48,7 +48,7 @@ class Refusal(Exception):
 
 
 def _ascii(text: str) -> str:
-    """Text for an SMTP reply: US-ASCII (RFC 5321 section 2.4; the listener offers no SMTPUTF8).
+    """Text for an SMTP reply: US-ASCII (RFC 5321 section 2.4), also to a client that declared SMTPUTF8.
 
     An address keeps its identity: its domain in A-labels ("paula@xn--bcher-kva.example") and a
     non-ASCII letter of its local part as "\\x{FC}" (RFC 6533); without its accents it named
@@ -96,6 +96,18 @@ class TooManyRecipients(Refusal):
 class SenderAddressInvalid(Refusal):
     smtp_code, enhanced_code = 553, "5.1.7"
     reason = "Malformed envelope sender address"
+
+
+class RecipientAddressInvalid(Refusal):
+    smtp_code, enhanced_code = 553, "5.1.3"
+    reason = "Malformed recipient address"
+
+
+class NonAsciiAddressUndeclared(Refusal):
+    # RFC 6531 section 3.4: a non-ASCII address only in a transaction whose MAIL carried SMTPUTF8.
+    # 5.6.7, "non-ASCII addresses not permitted" (RFC 6533 section 4); the words are Postfix's.
+    smtp_code, enhanced_code = 553, "5.6.7"
+    reason = "Must declare SMTPUTF8 to send unicode address"
 
 
 # --- Message content and framing ----------------------------------------------------------------

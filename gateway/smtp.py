@@ -18,8 +18,9 @@ from gateway import address, observe, pipeline, policy, tls
 from gateway.context import MessageContext, Target
 from gateway.journal import JournalEntry, JournalUnavailable
 from gateway.pipeline import Services
-from gateway.refusals import (GatewayBusy, InternalError, MessageTooLarge, OdooUnavailable, Refusal, SessionTooLong,
-                              ShuttingDown, TooManyConnectionsFromPeer, TooManyRecipients, TooManySessions)
+from gateway.refusals import (GatewayBusy, InternalError, MessageTooLarge, NonAsciiAddressUndeclared, OdooUnavailable,
+                              RecipientAddressInvalid, Refusal, SenderAddressInvalid, SessionTooLong, ShuttingDown,
+                              TooManyConnectionsFromPeer, TooManyRecipients, TooManySessions)
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,8 @@ _AIOSMTPD_DATA_TOO_LARGE = "552 Error: Too much mail data"
 # listener.require_starttls, the listener puts STARTTLS_REQUIRED in its place (Limited.push);
 # tests/test_operations.py fails if an aiosmtpd upgrade changes its text.
 _AIOSMTPD_UNKNOWN_COMMAND = re.compile(r'500 Error: command "(.*)" not recognized', re.S)
+# MAIL's SMTPUTF8 parameter (RFC 6531 section 3.4), among the others after the path.
+_SMTPUTF8_PARAMETER = re.compile(r"\sSMTPUTF8(?:\s|$)", re.IGNORECASE)
 # RFC 3207 section 4's commands allowed before STARTTLS when it is required, and LMTP's greeting.
 ALLOWED_BEFORE_STARTTLS = frozenset({"NOOP", "EHLO", "LHLO", "STARTTLS", "QUIT"})
 STARTTLS_REQUIRED = "530 5.7.0 Must issue a STARTTLS command first"
@@ -333,13 +336,54 @@ def _limited(base: type[SMTP]) -> type[SMTP]:
                     del limit.by_peer[peer]
                 limit.sessions.discard(self)
 
+        def _utf8_refusal(self, arg: str | None, *, smtputf8: bool, sender: bool) -> Refusal | None:
+            """The refusal of a MAIL or RCPT argument that is not valid UTF-8, or is not ASCII undeclared.
+
+            With SMTPUTF8 offered, aiosmtpd decodes an argument as UTF-8 with surrogateescape and
+            takes any bytes, declared or not: a sender or recipient with bytes that are not UTF-8
+            passed into the journal (which could not store it: the RCPT refusal went unrecorded) and
+            the log. Those get 553 with 5.1.7 / 5.1.3 (malformed address); a non-ASCII address in a
+            transaction whose MAIL did not declare SMTPUTF8 gets 553 5.6.7 (RFC 6531 section 3.4),
+            as Postfix answers it.
+            """
+            if not arg or arg.isascii():
+                return None
+            try:
+                arg.encode("utf-8")
+            except UnicodeEncodeError:
+                return (SenderAddressInvalid if sender else RecipientAddressInvalid)("not valid UTF-8")
+            if not smtputf8:
+                return NonAsciiAddressUndeclared()
+            return None
+
         async def smtp_MAIL(self, arg: str | None) -> None:
+            if self.envelope is not None and self.envelope.mail_from is None and self.session.extended_smtp:
+                refusal = self._utf8_refusal(arg, smtputf8=bool(_SMTPUTF8_PARAMETER.search(arg or "")), sender=True)
+                if refusal is not None:
+                    log.info("MAIL from %s refused: %s", self.session.peer, refusal.smtp_reply())
+                    await self.push(refusal.smtp_reply())
+                    return None
             # Kept for push(): aiosmtpd refuses a SIZE= over the limit before the handler sees the sender.
             self._mail_arg = arg
             try:
                 return await super().smtp_MAIL(arg)
             finally:
                 self._mail_arg = None
+
+        async def smtp_RCPT(self, arg: str | None) -> None:
+            envelope = self.envelope
+            if envelope is not None and envelope.mail_from is not None:
+                refusal = self._utf8_refusal(arg, smtputf8=envelope.smtp_utf8, sender=False)
+                if refusal is not None:
+                    # Journaled as any refused recipient; bytes that are not UTF-8 as U+FFFD.
+                    rcpt = (arg or "").encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+                    rcpt = (rcpt[3:] if rcpt[:3].upper() == "TO:" else rcpt).strip().lstrip("<").partition(">")[0]
+                    log.info("RCPT %r refused: %s", rcpt, refusal.smtp_reply())
+                    await self.event_handler.journal_refusal(self.session, refusal,
+                                                             mail_from=envelope.mail_from, rcpt=rcpt)
+                    await self.push(refusal.smtp_reply())
+                    return None
+            return await super().smtp_RCPT(arg)
 
         async def push(self, status) -> None:
             if status == _AIOSMTPD_SIZE_DECLARED_TOO_LARGE and getattr(self, "_mail_arg", None) is not None:
@@ -509,6 +553,7 @@ def _limited(base: type[SMTP]) -> type[SMTP]:
         for attribute in _SYNTAX_ATTRIBUTES:
             setattr(smtp_DATA, attribute, getattr(base.smtp_DATA, attribute, None))
             setattr(smtp_MAIL, attribute, getattr(base.smtp_MAIL, attribute, None))
+            setattr(smtp_RCPT, attribute, getattr(base.smtp_RCPT, attribute, None))
             setattr(smtp_STARTTLS, attribute, getattr(base.smtp_STARTTLS, attribute, None))
 
     Limited.__name__ = f"Limited{base.__name__}"
@@ -571,6 +616,10 @@ class GatewayServer:
                                 **dict.fromkeys(TRANSACTION_COMMANDS, listener.transaction_call_limit)},
             # DKIM is computed over the exact bytes received (MAIL_SECURITY.md item 15).
             decode_data=False,
+            # RFC 6531: offered, so that a relay may pass on a message with UTF-8 header fields
+            # (RFC 6532), which the gateway files. Without it, Postfix (smtputf8_enable = yes,
+            # Debian's default) bounced such mail: "SMTPUTF8 is required, but was not offered".
+            enable_SMTPUTF8=True,
             hostname=listener.hostname,
             data_size_limit=listener.max_message_size,
             timeout=listener.session_timeout,

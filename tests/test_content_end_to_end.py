@@ -814,7 +814,7 @@ def _with_file(to: str, subject: str, file_headers: str, data: bytes) -> bytes:
 
 
 def test_refusal_naming_a_non_ascii_file_is_one_ascii_smtp_line(test_odoo, start_gateway, dns_server, dkim_keys):
-    # The listener offers no SMTPUTF8, so a reply is ASCII; aiosmtpd failed to send a refusal that
+    # A reply is ASCII (refusals._ascii); aiosmtpd failed to send a refusal that
     # named "Rechnung Müller.vbs" and the client got "500 Error: (UnicodeEncodeError) ..." instead.
     gateway = start_gateway(dns_server.port, rules_extra='[attachments]\non_refused_file = "refuse"\n')
     mailer = Mailer(gateway, dkim_keys)

@@ -7,9 +7,10 @@ import socket
 
 import pytest
 
-from conftest import Mailer
+from conftest import Mailer, read_reply
 
 from gateway import pipeline
+from gateway.journal import Journal
 from gateway.testing.odoo_demo import TASK_ID
 
 
@@ -67,3 +68,96 @@ def test_a_bug_in_a_stage_defers_the_message_and_the_server_keeps_serving(test_o
     assert test_odoo.posts() == []
     monkeypatch.undo()
     assert mailer.send(raw, to).startswith("250 2.0.0 Filed")
+
+
+# --- SMTPUTF8 (RFC 6531) ---------------------------------------------------------------------------
+
+
+def _utf8_message(mailer: Mailer, to: str, message_id: str) -> bytes:
+    """A contributor's note with UTF-8 header fields (RFC 6532): a display name and a subject with umlauts."""
+    raw = mailer.message("note_from_contributor.eml", to, message_id)
+    raw = raw.replace(b"From: Paula Contributor", "From: Paula Müller".encode()).replace(
+        b"Subject: Pump P-7 inspected", "Subject: Pumpe P-7 geprüft".encode())
+    return mailer.sign(raw)
+
+
+@pytest.mark.parametrize("protocol", ["smtp", "lmtp"])
+def test_smtputf8_is_offered_and_a_message_with_utf8_headers_is_filed(test_odoo, start_gateway, dns_server,
+                                                                      dkim_keys, protocol):
+    # A relay that received the message with SMTPUTF8 (Debian's Postfix: smtputf8_enable = yes)
+    # passes it on only to a next hop that offers SMTPUTF8; the gateway did not, and Postfix bounced
+    # mail the gateway files: "SMTPUTF8 is required, but was not offered by host" (a review of the
+    # gateway behind Postfix).
+    gateway = start_gateway(dns_server.port, listener_extra=f'protocol = "{protocol}"')
+    mailer = Mailer(gateway, dkim_keys)
+    to = mailer.address("note", "project.task", TASK_ID)
+    client_class = smtplib.LMTP if protocol == "lmtp" else smtplib.SMTP
+    with client_class("127.0.0.1", gateway.port, timeout=30) as client:
+        client.ehlo("client.example.com")
+        assert client.has_extn("smtputf8") and client.has_extn("8bitmime")
+        refused = client.sendmail("portal.contrib@example.com", [to], _utf8_message(mailer, to, "<utf8@example.com>"),
+                                  mail_options=["SMTPUTF8", "BODY=8BITMIME"])
+    assert refused == {}
+    [post] = test_odoo.posts()
+    assert post.kwargs["message_id"] == "<utf8@example.com>"
+
+
+def test_non_ascii_envelope_addresses_get_precise_replies(test_odoo, gateway):
+    ok = b"250 OK\r\n"
+    sessions = [
+        # Not declared at MAIL: 553 5.6.7, as Postfix answers it (RFC 6531 section 3.4).
+        ("MAIL FROM:<müller@example.com>".encode(), b"553 5.6.7 Must declare SMTPUTF8 to send unicode address\r\n",
+         None, None),
+        (b"MAIL FROM:<portal.contrib@example.com>", ok,
+         "RCPT TO:<noté@notes.example.com>".encode(), b"553 5.6.7 Must declare SMTPUTF8 to send unicode address\r\n"),
+        # Declared: a UTF-8 envelope sender is taken (the message's From and DKIM decide who sent it);
+        # a non-ASCII local part is no gateway address, and a domain is compared (and named) as
+        # A-labels, never as its letters without accents ("notes.example.com" before the fix).
+        ("MAIL FROM:<müller@example.com> SMTPUTF8".encode(), ok,
+         "RCPT TO:<noté@notes.example.com>".encode(),
+         b"550 5.1.1 No such gateway address: expected note+<model>-<id>-<signature> or reply+...\r\n"),
+        (b"MAIL FROM:<portal.contrib@example.com> SMTPUTF8", ok,
+         "RCPT TO:<note@nötes.example.com>".encode(),
+         b"550 5.1.1 Not an alias domain of this gateway: xn--ntes-5qa.example.com\r\n"),
+        # Bytes that are not UTF-8 are a malformed address, sender or recipient.
+        (b"MAIL FROM:<m\xfcller@example.com> SMTPUTF8", b"553 5.1.7 Malformed envelope sender address: not valid UTF-8\r\n",
+         None, None),
+        (b"MAIL FROM:<portal.contrib@example.com> SMTPUTF8", ok,
+         b"RCPT TO:<n\xf6te@notes.example.com>", b"553 5.1.3 Malformed recipient address: not valid UTF-8\r\n"),
+    ]
+    for mail, mail_reply, rcpt, rcpt_reply in sessions:
+        with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as connection:
+            stream = connection.makefile("rb")
+            assert stream.readline().startswith(b"220")
+            connection.sendall(b"EHLO client.example.com\r\n")
+            assert b"".join(read_reply(stream)).endswith(b"250 HELP\r\n")
+            connection.sendall(mail + b"\r\n")
+            assert stream.readline() == mail_reply
+            if rcpt is not None:
+                connection.sendall(rcpt + b"\r\n")
+                assert stream.readline() == rcpt_reply
+            connection.sendall(b"QUIT\r\n")
+            assert stream.readline().startswith(b"221")
+    with Journal(gateway.services.config.journal_path) as journal:
+        rows = sorted((row.rcpt, row.mail_from, row.refusal_class, row.smtp_reply[:9]) for row in journal.recent(10))
+    # Every refused recipient is journaled; bytes that are not UTF-8 as U+FFFD.
+    assert rows == sorted([
+        ("n\ufffdte@notes.example.com", "portal.contrib@example.com", "RecipientAddressInvalid", "553 5.1.3"),
+        ("note@nötes.example.com", "portal.contrib@example.com", "UnknownAliasDomain", "550 5.1.1"),
+        ("noté@notes.example.com", "müller@example.com", "BadAddress", "550 5.1.1"),
+        ("noté@notes.example.com", "portal.contrib@example.com", "NonAsciiAddressUndeclared", "553 5.6.7")])
+    assert test_odoo.posts() == []
+
+
+def test_a_from_with_a_non_ascii_local_part_gets_a_clear_refusal(test_odoo, gateway, mailer):
+    to = mailer.address("note", "project.task", TASK_ID)
+    raw = mailer.message("note_from_contributor.eml", to).replace(
+        b"From: Paula Contributor <portal.contrib@example.com>", "From: Paula Müller <müller@example.com>".encode())
+    with smtplib.SMTP("127.0.0.1", gateway.port, timeout=30) as client:
+        client.ehlo("client.example.com")
+        with pytest.raises(smtplib.SMTPDataError) as refused:
+            client.sendmail("müller@example.com", [to], mailer.sign(raw), mail_options=["SMTPUTF8"])
+    assert refused.value.smtp_code == 550
+    assert refused.value.smtp_error == (b"5.7.1 The message must have exactly one From header with one address: "
+                                        b"From has a non-ASCII local part, and senders are matched by ASCII addresses only")
+    assert test_odoo.posts() == []

@@ -14,8 +14,8 @@ POSTFIX = "/usr/sbin/postfix"
 # Only the services a relay needs. chroot is off ("n"): the instance's queue is in a temporary
 # folder, not under a chroot prepared by Debian's scripts.
 _MASTER_CF = """\
-{listen} inet n - n - - smtpd
-cleanup   unix  n - n - 0 cleanup
+{listen} inet n - n - {maxproc} smtpd
+{options}cleanup   unix  n - n - 0 cleanup
 qmgr      unix  n - n 300 1 qmgr
 rewrite   unix  - - n - - trivial-rewrite
 bounce    unix  - - n - 0 bounce
@@ -56,13 +56,23 @@ class Postfix:
 
     ``transports`` maps a domain to a Postfix next hop (``smtp:[127.0.0.1]:2525``); it becomes a
     texthash transport map, which needs no postmap.
+
+    The listening smtpd is the master.cf service ``smtp inet n - n - <smtpd_maxproc> smtpd`` with
+    ``smtpd_options`` as its ``-o name=value`` lines (a before-queue ``smtpd_proxy_filter``, as
+    docs/operations.md sets it up); ``services`` are further master.cf lines (a dedicated
+    ``notegw unix - - n - 20 lmtp`` transport).
     """
 
     def __init__(self, *, relay_domains: list[str], transports: dict[str, str],
-                 settings: dict[str, str] | None = None, hostname: str = "mx.test.example") -> None:
+                 settings: dict[str, str] | None = None, hostname: str = "mx.test.example",
+                 smtpd_options: dict[str, str] | None = None, smtpd_maxproc: str = "-",
+                 services: list[str] | None = None) -> None:
         self.relay_domains = relay_domains
         self.transports = transports
         self.settings = dict(settings or {})
+        self.smtpd_options = dict(smtpd_options or {})
+        self.smtpd_maxproc = smtpd_maxproc
+        self.services = list(services or [])
         self.hostname = hostname
         self.port = 0
         self.directory: Path | None = None
@@ -114,7 +124,6 @@ class Postfix:
             "alias_maps": "",
             "alias_database": "",
             "biff": "no",
-            "smtputf8_enable": "no",
             # A test must see a result in seconds, not after Postfix's default back-off.
             "queue_run_delay": "1s",
             "minimal_backoff_time": "1s",
@@ -128,7 +137,10 @@ class Postfix:
             **self.settings,
         }
         (etc / "main.cf").write_text("".join(f"{key} = {value}\n" for key, value in main.items()))
-        (etc / "master.cf").write_text(_MASTER_CF.format(listen=f"127.0.0.1:{self.port}"))
+        options = "".join(f"  -o {name}={value}\n" for name, value in self.smtpd_options.items())
+        (etc / "master.cf").write_text(_MASTER_CF.format(listen=f"127.0.0.1:{self.port}", maxproc=self.smtpd_maxproc,
+                                                         options=options)
+                                       + "".join(f"{line}\n" for line in self.services))
         for name in ("dynamicmaps.cf", "postfix-files"):
             if (Path("/etc/postfix") / name).exists():
                 shutil.copy(Path("/etc/postfix") / name, etc / name)

@@ -684,15 +684,27 @@ def test_mail_parser_failure_to_decode_a_header_the_gateway_handles_is_no_error(
         parser_log.removeFilter(observe.HANDLED_LIBRARY_ERRORS)
 
 
-def test_readme_postfix_example_limits_the_transport_it_routes_through():
-    # Operator review, item 13: the README set lmtp_destination_recipient_limit = 1 but routed the
-    # domain through smtp:, where it has no effect, so a second recipient waited for Postfix's retry.
-    # tests/test_postfix.py delivers through this very configuration.
+def test_readme_postfix_example_is_sized_for_the_gateway_it_filters_through():
+    # The README's setup was after-queue (Postfix queued, then relayed over LMTP), which turned every
+    # refusal into a bounce to a possibly forged sender (a review of the gateway behind Postfix); it
+    # is now a before-queue proxy filter. Its numbers must fit the gateway's defaults:
+    # tests/test_postfix.py runs this very configuration.
+    from gateway.config import ListenerConfig
+
     example = readme_postfix_example()
-    [(domain, nexthop)] = example.transports.items()
-    transport = nexthop.split(":", 1)[0]
-    assert domain == example.main_cf["relay_domains"] == "notes.example.com"
-    assert transport in ("lmtp", "smtp")
-    assert example.main_cf.get(f"{transport}_destination_recipient_limit") == "1", (nexthop, example.main_cf)
-    # The gateway speaks what the transport speaks.
-    assert example.listener.get("protocol", "smtp") == transport
+    listener = ListenerConfig(**example.listener)
+    assert example.main_cf["relay_domains"] == "notes.example.com"
+    # Nothing is queued for the alias domain: no transport, the smtpd hands it to the gateway.
+    assert example.transports == {}
+    assert example.smtpd[:2] == ["smtp", "inet"] and example.smtpd[-1] == "smtpd"
+    assert example.smtpd_options["smtpd_proxy_filter"] == f"127.0.0.1:{listener.port}"
+    assert listener.protocol == "smtp"
+    # No more smtpd processes than the gateway takes sessions from one address (Postfix's).
+    assert int(example.smtpd[6]) <= listener.max_sessions_per_ip <= listener.max_sessions
+    # Postfix waits for the reply to DATA longer than the gateway may take to give it (the
+    # message's deadline, then 5 s of margin in GatewayHandler._process) ...
+    assert int(example.smtpd_options["smtpd_proxy_timeout"].rstrip("s")) > listener.message_deadline + 5
+    # ... and drops an idle client before the gateway drops the idle proxy connection.
+    assert int(example.smtpd_options["smtpd_timeout"].rstrip("s")) < listener.session_timeout
+    # Oversize mail reaches the gateway, whose 552 names its limit and is journaled.
+    assert int(example.main_cf["message_size_limit"]) >= listener.max_message_size

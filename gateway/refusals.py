@@ -141,11 +141,12 @@ class FromHeaderInvalid(Refusal):
 
 class FromAddressInternationalised(FromHeaderInvalid):
     # A From with a UTF-8 local part (RFC 6532 section 3.2, an SMTPUTF8/EAI address): the listener
-    # offers no SMTPUTF8 (RFC 6531) and Odoo matches senders by ASCII addresses. Said as that, not as
+    # offers SMTPUTF8 (RFC 6531) so that UTF-8 headers pass, but senders are matched by ASCII
+    # addresses only (a homoglyph of a contributor's address must not become one). Said as that, not as
     # "exactly one From header" with the email package's defect text (found by a review). 5.6.7 is
     # RFC 6531's "non-ASCII addresses not permitted for that sender/recipient".
     smtp_code, enhanced_code = 550, "5.6.7"
-    reason = "Internationalised email addresses (SMTPUTF8) are not supported"
+    reason = "Internationalised sender addresses are not supported, senders are matched by ASCII addresses"
 
 
 class AttachmentRefused(Refusal):

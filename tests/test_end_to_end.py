@@ -297,8 +297,8 @@ def test_from_with_an_internationalised_address_is_refused_as_such(test_odoo, ga
     # stray parenthesis, for a message with exactly one From.
     to = mailer.address("note", "project.task", TASK_ID)
     reply = mailer.send(mailer.sign(mailer.message("from_internationalised_address.eml", to)), to)
-    assert reply == ("550 5.6.7 Internationalised email addresses (SMTPUTF8) are not supported: "
-                     "the From address has a non-ASCII local part")
+    assert reply == ("550 5.6.7 Internationalised sender addresses are not supported, senders are matched by "
+                     "ASCII addresses: the From address has a non-ASCII local part")
     assert _posts(test_odoo) == []
 
 

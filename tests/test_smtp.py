@@ -158,6 +158,6 @@ def test_a_from_with_a_non_ascii_local_part_gets_a_clear_refusal(test_odoo, gate
         with pytest.raises(smtplib.SMTPDataError) as refused:
             client.sendmail("müller@example.com", [to], mailer.sign(raw), mail_options=["SMTPUTF8"])
     assert refused.value.smtp_code == 550
-    assert refused.value.smtp_error == (b"5.7.1 The message must have exactly one From header with one address: "
-                                        b"From has a non-ASCII local part, and senders are matched by ASCII addresses only")
+    assert refused.value.smtp_error == (b"5.6.7 Internationalised sender addresses are not supported, senders are "
+                                        b"matched by ASCII addresses: the From address has a non-ASCII local part")
     assert test_odoo.posts() == []

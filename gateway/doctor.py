@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
 import ssl
 import sys
@@ -13,7 +14,7 @@ from typing import Callable
 from gateway import checks, tls
 from gateway.config import ConfigError, GatewayConfig, load_config, shown_host
 from gateway.render import checked_renderer
-from gateway.journal import Journal, JournalUnavailable, path_problem
+from gateway.journal import FREE_SPACE_NEEDED, Journal, JournalUnavailable, path_problem
 from gateway.odoo import OdooPool
 from gateway.refusals import DnsTemporaryFailure, OdooUnavailable
 from gateway.resolver import DkimKeyResolver
@@ -21,6 +22,12 @@ from gateway.resolver import DkimKeyResolver
 # A certificate this close to its end gets a warning: enough for a renewal that failed once to be
 # noticed and fixed by hand.
 CERTIFICATE_WARNING_DAYS = 21
+# The journal's file system: below journal.FREE_SPACE_NEEDED every message is deferred soon (a
+# message row and its receipt take a few KiB, SQLite's WAL grows by pages); below this, an operator
+# should act.
+JOURNAL_FREE_WARN_BYTES = 512 * 1024 * 1024
+# Rows this old mean nobody prunes the journal (docs/operations.md suggests --keep-days 90).
+JOURNAL_OLD_ROW_DAYS = 120
 # Odoo 17 is the oldest release whose message_post and groups behave as ODOO_FACTS.md describes.
 OLDEST_ODOO = 17
 
@@ -116,7 +123,7 @@ def check_odoo(config: GatewayConfig, name: str, report: Report) -> None:
         pool.close()
 
 
-def check_journal(config: GatewayConfig, report: Report) -> None:
+def check_journal(config: GatewayConfig, report: Report, now: Callable[[], float] = time.time) -> None:
     path = config.journal_path
     folder = path.parent
     # What serve and check-config refuse at start (journal.path_problem), each with its own fix: a
@@ -131,16 +138,52 @@ def check_journal(config: GatewayConfig, report: Report) -> None:
             fix = "run doctor as the gateway's user, or give that user the file and its folder"
         report.fail("journal", problem, fix)
         return
+    # A full file system defers every message (451 "journal cannot be written") while the file
+    # itself looks writable (a review: doctor said "everything looks right" meanwhile).
+    free = shutil.disk_usage(folder).free if folder.is_dir() else JOURNAL_FREE_WARN_BYTES
+    if free < FREE_SPACE_NEEDED:
+        report.fail("journal", f"{folder} has {_size(free)} free: every message is deferred (451) until there is room",
+                    "free space on that file system")
+        return
+    if free < JOURNAL_FREE_WARN_BYTES:
+        report.warn("journal", f"{folder} has {_size(free)} free", "free space on that file system, or prune the "
+                    "journal: note-gateway prune-journal --keep-days 90 (docs/operations.md)")
     if not path.exists():
         report.ok("journal", f"{path} does not exist yet; the gateway will create it")
         return
+    repair = ("stop the gateway, then `sqlite3 journal.sqlite3 .recover | sqlite3 recovered.sqlite3` and put the "
+              "recovered file in its place; moving the file away instead drops its receipts and unsettled posts, "
+              "so a message being filed may be filed twice")
     try:
         with Journal(path, read_only=True) as journal:
-            count = len(journal.recent(1))
+            damage, oldest = journal.health()
     except (JournalUnavailable, sqlite3.Error) as error:
-        report.fail("journal", str(error), "move the damaged file away; the gateway starts a new one")
+        report.fail("journal", str(error), repair)
         return
-    report.ok("journal", f"{path} is writable" + ("" if count else ", no message yet"))
+    if damage is not None:
+        report.fail("journal", f"{path} is damaged: {damage}", repair)
+        return
+    size = sum(file.stat().st_size for file in (path, path.with_name(path.name + "-wal")) if file.exists())
+    detail = f"{path} is writable, {_size(size)}"
+    if oldest is None:
+        report.ok("journal", detail + ", no message yet")
+        return
+    age_days = (now() - oldest) / 86400
+    detail += f", its oldest row {age_days:.0f} days old"
+    if age_days > JOURNAL_OLD_ROW_DAYS:
+        # The gateway never deletes a row: nothing else tells that the file only grows.
+        report.warn("journal", detail, "prune it daily from a timer: note-gateway prune-journal --keep-days 90 "
+                    "(docs/operations.md)")
+        return
+    report.ok("journal", detail)
+
+
+def _size(count: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "bytes" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count} bytes"
 
 
 def check_certificate(config: GatewayConfig, report: Report, now: Callable[[], datetime]) -> None:

@@ -6,6 +6,7 @@ import errno
 import fcntl
 import json
 import os
+import shutil
 import sqlite3
 import threading
 import time
@@ -307,8 +308,26 @@ _JSON_COLUMNS = frozenset({"durations", "defects"})
 _SELECTED = ", ".join(("id", *_COLUMNS))
 
 
+# Below this much free space on the journal's file system, SQLite's "disk I/O error" or "database
+# or disk is full" is said to be that (doctor fails it too).
+FREE_SPACE_NEEDED = 16 * 1024 * 1024
+
+
+def free_space_short(path: Path | str) -> int | None:
+    """The free bytes of the file system of the journal at ``path`` when below FREE_SPACE_NEEDED, else None."""
+    try:
+        free = shutil.disk_usage(Path(path).parent).free
+    except OSError:
+        return None
+    return free if free < FREE_SPACE_NEEDED else None
+
+
 def _unavailable(path: Path, action: str, error: sqlite3.Error | OSError) -> JournalUnavailable:
-    return JournalUnavailable(f"journal {path} cannot be {action}: {error}")
+    # A restart on a full disk said "cannot be prepared: disk I/O error" (SQLite must create the
+    # -wal and -shm files again), which does not say "full" (a review).
+    free = free_space_short(path)
+    full = "" if free is None else f" (its file system is full: {free} bytes free)"
+    return JournalUnavailable(f"journal {path} cannot be {action}: {error}{full}")
 
 
 class Journal:
@@ -639,6 +658,13 @@ class Journal:
                 if count < batch:
                     break
         return deleted
+
+    def health(self) -> tuple[str | None, float | None]:
+        """(what SQLite's quick_check found wrong, or None; the oldest message row's received_at, or None)."""
+        found, _ = self._run("checked", "PRAGMA quick_check")
+        problems = [str(row[0]) for row in found if row and row[0] != "ok"]
+        oldest, _ = self._run("read", "SELECT MIN(received_at) FROM messages")
+        return ("; ".join(problems[:3]) or None), (oldest[0][0] if oldest else None)
 
     def recent(
         self, limit: int = 20, *, verdict: str | None = None, sender: str | None = None,

@@ -237,7 +237,7 @@ class Supervisor:
                 worker.wait()
 
     def run(self) -> int:
-        from gateway.journal import JournalInUse, lock_journal
+        from gateway.journal import JournalInUse, JournalUnavailable, lock_journal
 
         listener = self.config.gateway.listener
         # Held for the supervisor's life (not inherited by the workers): no second gateway recovers
@@ -252,7 +252,12 @@ class Supervisor:
             return 1
         # Once for all workers: a worker started again later must not take the receipts of the
         # messages its siblings are filing for those of a stopped gateway.
-        self._recover()
+        try:
+            self._recover()
+        except JournalUnavailable as error:
+            # A full disk at a restart ended in a traceback (a review); one line, as serve says it.
+            log.error("%s", error)
+            return 1
         try:
             self.sockets = bind_per_worker(listener.host, self.port, self.count)
         except OSError as error:

@@ -19,7 +19,8 @@ from docs_snippets import readme_postfix_example
 
 from gateway import cli, observe, pipeline
 from gateway.config import ConfigError, load_config
-from gateway.doctor import diagnose
+from gateway import doctor
+from gateway.doctor import Report, check_journal, diagnose
 from gateway.journal import Journal, JournalEntry
 from gateway.testing.certificates import self_signed
 from gateway.testing.dns import DnsServer
@@ -462,6 +463,58 @@ def test_doctor_names_each_problem_and_what_to_fix(tmp_path, test_odoo, capsys):
 
     code, out, _ = _run_cli(capsys, "doctor", "--config", str(path))
     assert code == 1 and out.rstrip().endswith("4 problem(s), 0 warning(s)")
+
+
+def _journal_report(path, now=time.time) -> str:
+    report = Report()
+    check_journal(type("Config", (), {"journal_path": path})(), report, now=now)
+    return _report_text(report)
+
+
+def test_doctor_fails_a_journal_whose_file_system_is_full(tmp_path, monkeypatch):
+    # A review: with the journal's tmpfs full every message got "451 ... database or disk is full",
+    # and doctor said "ok journal: ... is writable ... everything looks right".
+    path = tmp_path / "journal.sqlite3"
+    with Journal(path) as journal:
+        journal.record(JournalEntry(verdict="filed"))
+    usage = type("Usage", (), {"free": 3 * 1024 * 1024})
+    monkeypatch.setattr(doctor.shutil, "disk_usage", lambda folder: usage)
+    assert _journal_report(path) == (f"FAIL  journal: {tmp_path} has 3.0 MiB free: every message is deferred (451) "
+                                     "until there is room\n      fix: free space on that file system")
+    usage.free = 100 * 1024 * 1024
+    text = _journal_report(path)
+    assert text.startswith(f"WARN  journal: {tmp_path} has 100.0 MiB free\n") and "ok    journal:" in text
+
+
+def test_doctor_fails_a_damaged_journal_and_says_how_to_keep_its_receipts(tmp_path):
+    # A review overwrote an index page while serving: every message got "451 ... database disk image
+    # is malformed", and doctor, which read one row through another index, said it was writable.
+    path = tmp_path / "journal.sqlite3"
+    with Journal(path) as journal:
+        for index in range(200):
+            journal.record(JournalEntry(verdict="filed", from_address=f"sender{index}@example.com"))
+    import sqlite3
+    with sqlite3.connect(path) as connection:
+        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        page_size = connection.execute("PRAGMA page_size").fetchone()[0]
+        [root] = connection.execute("SELECT rootpage FROM sqlite_master WHERE name = 'messages_sender'").fetchone()
+    with open(path, "r+b") as file:
+        file.seek((root - 1) * page_size)
+        file.write(b"\xff" * page_size)
+    text = _journal_report(path)
+    assert text.startswith(f"FAIL  journal: {path} is damaged: "), text
+    assert "sqlite3 journal.sqlite3 .recover" in text and "drops its receipts and unsettled posts" in text
+
+
+def test_doctor_reports_the_journal_size_and_warns_when_nobody_prunes_it(tmp_path):
+    path = tmp_path / "journal.sqlite3"
+    with Journal(path) as journal:
+        journal.record(JournalEntry(verdict="filed", received_at=time.time() - 30 * 86400))
+    text = _journal_report(path)
+    assert text.startswith(f"ok    journal: {path} is writable, ") and text.endswith(", its oldest row 30 days old")
+    text = _journal_report(path, now=lambda: time.time() + 100 * 86400)
+    assert text.startswith(f"WARN  journal: {path} is writable, ") and ", its oldest row 130 days old\n" in text
+    assert text.endswith("fix: prune it daily from a timer: note-gateway prune-journal --keep-days 90 (docs/operations.md)")
 
 
 def test_doctor_reports_a_rejected_api_key(tmp_path, test_odoo, dns_server):

@@ -140,6 +140,32 @@ def test_serve_exits_1_with_one_line_when_the_port_is_taken(tmp_path, test_odoo)
     assert "Traceback" not in result.stderr
 
 
+def test_serve_with_workers_exits_1_with_one_line_when_the_journal_cannot_be_opened(tmp_path, test_odoo):
+    # A review: with workers = 2 a journal the supervisor could not open at start (a full disk,
+    # where SQLite must create its -wal file again) ended in a JournalUnavailable traceback.
+    config = write_config(tmp_path, test_odoo, 53, listener_extra="workers = 2")
+    journal = tmp_path / "journal.sqlite3"
+    assert 'path = "journal.sqlite3"' in config.read_text()
+    journal.write_bytes(b"not a journal" * 100)
+    result = subprocess.run([sys.executable, "-m", "gateway", "serve", "--config", str(config)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert f"ERROR gateway: journal {journal} cannot be prepared: file is not a database" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_journal_that_cannot_be_opened_on_a_full_file_system_says_it_is_full(tmp_path, monkeypatch):
+    from gateway import journal as journal_module
+    from gateway.journal import Journal, JournalUnavailable
+
+    path = tmp_path / "journal.sqlite3"
+    path.write_bytes(b"not a journal" * 100)
+    monkeypatch.setattr(journal_module.shutil, "disk_usage", lambda folder: type("Usage", (), {"free": 4096}))
+    with pytest.raises(JournalUnavailable) as refused:
+        Journal(path)
+    assert str(refused.value).endswith(": file is not a database (its file system is full: 4096 bytes free)")
+
+
 def _ipv6_loopback() -> bool:
     try:
         with socket.socket(socket.AF_INET6) as probe:

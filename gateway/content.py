@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import html
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import nh3
 
 from gateway import quotes
 from gateway.context import Attachment, ParsedMessage
-from gateway.refusals import EmptyBody, EncryptedMessage, OpaqueSignedMessage, OutlookTnefOnly, UnknownTransferEncoding
+from gateway.refusals import (EmptyBody, EncryptedMessage, OnlyRefusedFiles, OpaqueSignedMessage, OutlookTnefOnly,
+                              UnknownTransferEncoding)
 from gateway.subject import is_forward_subject
 
 # What an Odoo chatter message may hold. Odoo sanitizes again on its side (ODOO_FACTS.md b), but
@@ -305,7 +306,8 @@ def _is_tnef(attachment: Attachment) -> bool:
     return attachment.content_type.lower() in _TNEF_TYPES or attachment.filename.lower() == "winmail.dat"
 
 
-def extract_body(message: ParsedMessage, files: list[Attachment] | None = None) -> str:
+def extract_body(message: ParsedMessage, files: list[Attachment] | None = None,
+                 refused: Sequence[str] = ()) -> str:
     """The sanitized HTML body to post, or EmptyBody if nothing readable is left above the quote.
 
     The quoted history and the signature are trimmed before the readability check, so that a
@@ -314,7 +316,9 @@ def extract_body(message: ParsedMessage, files: list[Attachment] | None = None) 
     forwarded message itself (see quotes.is_forward). ``files`` are the attachments that will be
     filed (after the rules), by default all of the message's. A message with no text but Outlook's
     winmail.dat is OutlookTnefOnly; one with no text but encrypted files is EncryptedMessage, and
-    one with no text but files in an unknown transfer encoding UnknownTransferEncoding.
+    one with no text but files in an unknown transfer encoding UnknownTransferEncoding. ``refused``
+    names the files the rules left out, each with why (attachments.RefusedFile): a message with no
+    text and no file left is OnlyRefusedFiles, naming them, rather than EmptyBody.
     """
     if message.encryption:
         raise EncryptedMessage(message.encryption)
@@ -363,4 +367,8 @@ def extract_body(message: ParsedMessage, files: list[Attachment] | None = None) 
     # meant to file; an inline image is not, since clients put logos and quoted pictures inline.
     if filed:
         return fallback or ""
+    # Its files were what the sender meant to file, and the rules refused them all: that is what the
+    # sender must hear, not "write above the quoted text" (found by a review of misleading refusals).
+    if refused:
+        raise OnlyRefusedFiles("; ".join(refused))
     raise EmptyBody()

@@ -374,7 +374,7 @@ def _claim(ctx: MessageContext, services: Services) -> None:
 
 def _extract_content(ctx: MessageContext, services: Services, deadline: float) -> None:
     assert ctx.message is not None
-    ctx.body_html = content.extract_body(ctx.message, files=ctx.attachments)
+    ctx.body_html = content.extract_body(ctx.message, files=ctx.attachments, refused=ctx.refused_files)
     if ctx.rules.content.remote_images == "link":
         ctx.body_html, linked = content.link_remote_images(ctx.body_html)
         if linked:

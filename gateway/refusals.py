@@ -157,6 +157,15 @@ class AttachmentRefused(Refusal):
     template = "notice/attachment_refused.txt.j2"
 
 
+class OnlyRefusedFiles(AttachmentRefused):
+    # No text of the sender's, and every file it held was refused by the attachment rules (an 11 MB
+    # scan over max_file_size under "Sent from my iPhone", a lone setup.exe). Said as EmptyBody
+    # before ("write above the quoted text"), which never named the file that was the cause (found
+    # by a review of misleading refusals). The files and the rule each broke are the detail.
+    reason = "The message has no text to file, and its files are not accepted by this gateway"
+    template = "notice/only_refused_files.txt.j2"
+
+
 class EmptyBody(Refusal):
     smtp_code, enhanced_code = 550, "5.6.0"
     reason = "The message has no text to file, write above the quoted text"

@@ -162,3 +162,37 @@ def test_rules_extensions_without_a_dot_or_with_two_refuse_the_file_over_smtp(te
     assert [call for call in test_odoo.calls if call.model_method == "message_post"] == []
     # Only the name's end counts: a .gz that is no .tar.gz is filed.
     assert mailer.send(mailer.sign(_with_file(to, 'attachment; filename="mytar.gz"')), to).startswith("250 ")
+
+
+def _files_only(to: str, text: str, name: str, payload: bytes) -> bytes:
+    """A message of Paula's whose text is ``text`` (a phone's signature, or nothing) and one file."""
+    head = (f"From: Paula Contributor <portal.contrib@example.com>\r\nTo: {to}\r\nSubject: Delivery note\r\n"
+            f"Date: {email.utils.formatdate()}\r\nMessage-ID: <{uuid.uuid4().hex}@example.com>\r\n"
+            'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="B"\r\n\r\n')
+    return (head.encode() + b"--B\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n" + text.encode() + b"\r\n"
+            + f'--B\r\nContent-Type: application/octet-stream\r\nContent-Disposition: attachment; filename="{name}"\r\n'
+              "Content-Transfer-Encoding: base64\r\n\r\n".encode()
+            + base64.encodebytes(payload).replace(b"\n", b"\r\n") + b"--B--\r\n")
+
+
+def test_a_message_whose_only_file_is_refused_is_refused_for_the_file(test_odoo, start_gateway, dns_server, dkim_keys):
+    # Found by a review of misleading refusals: a phone's scan over max_file_size, sent with only
+    # "Sent from my iPhone", or a lone setup.exe, got "The message has no text to file, write above the
+    # quoted text", which never named the file that was the cause.
+    gateway = start_gateway(dns_server.port, rules_extra="[attachments]\nmax_file_size = 1024\n")
+    mailer = Mailer(gateway, dkim_keys)
+    to = mailer.address("note", "project.task", TASK_ID)
+    iphone = "\r\n-- \r\nSent from my iPhone"
+    scan = mailer.send(mailer.sign(_files_only(to, iphone, "scan.pdf", b"%PDF-1.4\n" + b"0" * 2048)), to)
+    assert scan == ("550 5.7.1 The message has no text to file, and its files are not accepted by this gateway: "
+                    "scan.pdf (2.0 KiB, over the limit of 1.0 KiB per file)")
+    program = mailer.send(mailer.sign(_files_only(to, "", "setup.exe", b"MZ" + b"\0" * 100)), to)
+    assert program == ("550 5.7.1 The message has no text to file, and its files are not accepted by this gateway: "
+                       "setup.exe (.exe files are not accepted)")
+    assert [call for call in test_odoo.calls if call.model_method == "message_post"] == []
+    # The same scan within the limit is filed on its own; over it, with a text of hers, the text is
+    # filed and the note names the file left out.
+    assert mailer.send(mailer.sign(_files_only(to, iphone, "scan.pdf", b"%PDF-1.4\n" + b"0" * 512)), to) \
+        .startswith("250 2.0.0 Filed")
+    with_text = _files_only(to, "The delivery note, signed." + iphone, "scan.pdf", b"%PDF-1.4\n" + b"0" * 2048)
+    assert mailer.send(mailer.sign(with_text), to).startswith("250 2.0.0 Filed")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import email
+import email.message
 import email.policy
+import email.utils
 import signal
 import socket
 import threading
@@ -13,16 +15,19 @@ from dataclasses import replace
 import pytest
 from aiosmtpd.controller import Controller
 
-from conftest import Mailer, RunningGateway, write_config
+from conftest import ALIAS_DOMAIN, SECRET, Mailer, RunningGateway, write_config
 from serving import Port
 
-from gateway import notices
+from gateway import address, notices
 from gateway.config import load_config
 from gateway.pipeline import Services
 from gateway.smtp import ThreadedGateway
-from gateway.testing.odoo_demo import TASK_ID
+from gateway.testing.odoo_demo import GATEWAY_UID, PETER_PARTNER_ID, TASK_ID
+from gateway.testing.sending import compose
 
 NON_MEMBER = "portal.plain@example.com"
+CONTRIBUTOR = "portal.contrib@example.com"
+INTERNAL = "mark.brown23@example.com"
 
 
 class Sink:
@@ -325,3 +330,46 @@ def test_a_stop_gives_the_notices_what_is_left_of_its_grace_not_a_grace_more(tes
     finally:
         test_odoo.heal()
         smarthost.close()
+
+
+# Each refusal's notice says what the sender can do about that refusal. Found by a review of
+# misleading refusals: several reused the advice of another refusal, which sent the sender to ask
+# for an access they had, to copy an address from an Odoo screen that shows none, or to write
+# above a quote when the cause was a refused file.
+
+
+def _notice(mailer: Mailer, smarthost) -> str:
+    """The text of the one notice the smarthost received, its lines joined as one."""
+    _notices_tried(mailer)
+    [(_, _, raw)] = smarthost.received
+    return " ".join(email.message_from_bytes(raw, policy=email.policy.default).get_content().split())
+
+
+def _noticing(start_gateway, dns_server, dkim_keys, smarthost, rules_extra: str = "", **options) -> Mailer:
+    settings = _notice_options(smarthost.port, **options)
+    settings["rules_extra"] = rules_extra + settings["rules_extra"]
+    return Mailer(start_gateway(dns_server.port, **settings), dkim_keys)
+
+
+def test_a_message_whose_only_file_was_refused_is_told_of_the_file(test_odoo, start_gateway, dns_server, dkim_keys,
+                                                                   smarthost):
+    # A phone's scan over max_file_size, under its signature only: the notice said "Your message held
+    # no text of its own ... write your note at the top", never a word of the file.
+    mailer = _noticing(start_gateway, dns_server, dkim_keys, smarthost,
+                       rules_extra="[attachments]\nmax_file_size = 1024\n")
+    to = mailer.address("note", "project.task", TASK_ID)
+    scan = email.message.EmailMessage(policy=email.policy.SMTP)
+    scan["From"], scan["To"], scan["Subject"] = CONTRIBUTOR, to, "Delivery note"
+    scan["Date"], scan["Message-ID"] = email.utils.formatdate(), email.utils.make_msgid(domain="example.com")
+    scan.set_content("\n-- \nSent from my iPhone\n")
+    scan.add_attachment(b"%PDF-1.4\n" + b"0" * 2048, maintype="application", subtype="pdf", filename="scan.pdf")
+    assert mailer.send(mailer.sign(scan.as_bytes()), to) == (
+        "550 5.7.1 The message has no text to file, and its files are not accepted by this gateway: "
+        "scan.pdf (2.0 KiB, over the limit of 1.0 KiB per file)")
+    notice = _notice(mailer, smarthost)
+    assert ("Reason: The message has no text to file, and its files are not accepted by this gateway "
+            "(scan.pdf (2.0 KiB, over the limit of 1.0 KiB per file)).") in notice
+    assert ("Your message held no text of its own, only the files named above, and this address did not accept "
+            "them") in notice
+    assert "Send a smaller file or one of another type, or share the file another way" in notice
+    assert "above any quoted text" not in notice

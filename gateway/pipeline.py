@@ -22,9 +22,9 @@ from gateway.inflight import InFlight
 from gateway.context import MessageContext
 from gateway.journal import Journal, JournalEntry, JournalUnavailable
 from gateway.odoo import OdooPool, start_waiting, stop_waiting
-from gateway.refusals import (AnswersNoteOfAnotherRecord, GatewayMayNotPost, InternalError, JournalNotWritable,
-                              ModelNotAllowed, NotContributor, OdooUnavailable, PostUnsettled, Refusal,
-                              SenderAuthenticationTimedOut, TemplateLosesBody)
+from gateway.refusals import (AnswersNoteOfAnotherRecord, GatewayMayNotPost, InternalError, InternalUserNotAllowed,
+                              JournalNotWritable, ModelNotAllowed, NotContributor, OdooUnavailable, PostUnsettled,
+                              Refusal, SenderAuthenticationTimedOut, TemplateLosesBody)
 from gateway.render import BodyNotShown, Renderer, checked_renderer
 from gateway.resolver import DkimKeyResolver
 from gateway.subject import clean_subject
@@ -343,7 +343,7 @@ def _authorize(ctx: MessageContext, services: Services, deadline: float) -> None
         policy.check_address(ctx.rules, ctx.target)
         policy.check_address_owner(ctx.target, ctx.user)
         policy.check_poster(odoo, ctx.rules, ctx.target, ctx.user, deadline=deadline)
-    except (ModelNotAllowed, NotContributor) as refusal:
+    except (ModelNotAllowed, NotContributor, InternalUserNotAllowed) as refusal:
         if not ctx.note_reason:
             raise
         # A reply refused as a note says why it was one (reply-all-as-note).

@@ -9,9 +9,9 @@ from gateway import access, address
 from gateway.config import DomainRules
 from gateway.context import OdooUser, Target
 from gateway.odoo import SOLO, OdooPool, Pending, Rpc
-from gateway.refusals import (AccessRuleUnsupported, AddressExpired, AddressNotForSender, ModelNotAllowed,
-                              NotContributor, OdooUnavailable, PlainAddressNotAccepted, RecordAccessDenied,
-                              RecordHiddenFromGateway, RecordNotFound, RecordOfOtherCompany)
+from gateway.refusals import (AccessRuleUnsupported, AddressExpired, AddressNotForSender, InternalUserNotAllowed,
+                              ModelNotAllowed, NotContributor, OdooUnavailable, PlainAddressNotAccepted,
+                              RecordAccessDenied, RecordHiddenFromGateway, RecordNotFound, RecordOfOtherCompany)
 from gateway.senderauth import normalise_domain
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ def check_poster(odoo: OdooPool, rules: DomainRules, target: Target, user: OdooU
     kind_rules = rules.kind_rules(target.kind)
     if user.internal:
         if not kind_rules.allow_internal_users:
-            raise NotContributor("internal users may not post here by email; answer in the record's chatter in Odoo")
+            raise InternalUserNotAllowed("answer in the record's chatter in Odoo")
         return
     if target.kind == "note":
         # Membership is read from Odoo with the user on every message; only the xmlid's id is

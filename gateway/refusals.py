@@ -373,6 +373,15 @@ class NotContributor(Refusal):
     template = "notice/not_contributor.txt.j2"
 
 
+class InternalUserNotAllowed(Refusal):
+    # The kind's allow_internal_users = false: the address takes mail from portal users only. Told
+    # before as NotContributor ("may not post internal notes", "ask for that access"), even on a
+    # reply+ address and to a user no group would let in (found by a review of misleading refusals).
+    smtp_code, enhanced_code = 550, "5.7.1"
+    reason = "Internal users may not post here by email"
+    template = "notice/internal_user.txt.j2"
+
+
 class ModelNotAllowed(Refusal):
     smtp_code, enhanced_code = 550, "5.7.1"
     reason = "Posting by email is not enabled for this kind of record"

@@ -264,8 +264,7 @@ def test_an_internal_answer_where_internal_users_may_not_post_says_to_use_the_ch
     [notification] = test_odoo.outbox
     test_odoo.clear_outbox()
     assert _answer(mailer, notification, "Margin is thin, no discount.") == (
-        "550 5.7.1 Sender may not post internal notes: internal users may not post here by email; "
-        "answer in the record's chatter in Odoo")
+        "550 5.7.1 Internal users may not post here by email: answer in the record's chatter in Odoo")
     assert len(_posts(test_odoo)) == 1 and test_odoo.outbox == []
 
 

@@ -373,3 +373,21 @@ def test_a_message_whose_only_file_was_refused_is_told_of_the_file(test_odoo, st
             "them") in notice
     assert "Send a smaller file or one of another type, or share the file another way" in notice
     assert "above any quoted text" not in notice
+
+
+def test_an_internal_user_where_only_portal_users_may_post_is_told_to_use_the_chatter(test_odoo, start_gateway,
+                                                                                      dns_server, dkim_keys,
+                                                                                      smarthost):
+    # [reply] allow_internal_users = false (rules_extra is appended to [reply]): his reply was told
+    # "Sender may not post internal notes", and the notice said to ask for contributor access, which
+    # no group gives an internal user here.
+    mailer = _noticing(start_gateway, dns_server, dkim_keys, smarthost, rules_extra="allow_internal_users = false\n")
+    to = mailer.address("reply", "project.task", TASK_ID)
+    raw = mailer.sign(compose(INTERNAL, to, "Re: pump", "The seal is on its way."))
+    assert mailer.send(raw, to, mail_from=INTERNAL) == (
+        "550 5.7.1 Internal users may not post here by email: answer in the record's chatter in Odoo")
+    notice = _notice(mailer, smarthost)
+    assert "Reason: Internal users may not post here by email (answer in the record's chatter in Odoo)." in notice
+    assert "This address files email from portal users only" in notice
+    assert "open the record in Odoo and write your note or your reply in its chatter there" in notice
+    assert "contributor" not in notice and "internal notes" not in notice and "for that access" not in notice

@@ -421,7 +421,7 @@ class AccessRuleUnsupported(Refusal):
 class RecordOfOtherCompany(Refusal):
     smtp_code, enhanced_code = 550, "5.7.1"
     reason = "The record belongs to a company this address does not serve"
-    template = "notice/access_denied.txt.j2"
+    template = "notice/other_company.txt.j2"
 
 
 class AddressExpired(Refusal):
@@ -441,14 +441,22 @@ class PlainAddressNotAccepted(Refusal):
 class AddressNotForSender(Refusal):
     smtp_code, enhanced_code = 550, "5.7.1"
     reason = "This gateway address was issued to another person"
-    template = "notice/access_denied.txt.j2"
+    template = "notice/address_not_for_sender.txt.j2"
 
 
 class NoRecordReferenced(Refusal):
     smtp_code, enhanced_code = 550, "5.1.1"
     reason = ("No record found for this message: reply to an Odoo notification, "
               "or write to the record's own note+ or reply+ address")
-    template = "notice/bad_address.txt.j2"
+    template = "notice/no_record_referenced.txt.j2"
+
+
+class ReferencesNotSigned(NoRecordReferenced):
+    # A plain address, and the In-Reply-To and References that would name the record are left out
+    # of the DKIM signature (routing.resolve): the sender's mail provider does not sign them, and a
+    # reply to the notification would fail the same way, so the notice says to use the record's own
+    # address. The SMTP reply is NoRecordReferenced's, the detail naming the headers.
+    template = "notice/references_not_signed.txt.j2"
 
 
 # --- Faults on our side or Odoo's: always transient ---------------------------------------------

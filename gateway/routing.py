@@ -9,7 +9,7 @@ from gateway import access, address, post
 from gateway.config import GatewayConfig
 from gateway.context import ParsedMessage, Target
 from gateway.odoo import OdooPool
-from gateway.refusals import NoRecordReferenced, Refusal
+from gateway.refusals import NoRecordReferenced, ReferencesNotSigned, Refusal
 
 # Odoo's notification Message-IDs: <random.time-openerp-<res_id>-<model>@host>
 # (tools.mail.generate_tracking_message_id, ODOO_FACTS.md i). Model names hold no "-".
@@ -45,8 +45,8 @@ def resolve(odoo: OdooPool, message: ParsedMessage, *, unsigned: frozenset[str] 
         left_out = [name for name, values in (("In-Reply-To", message.in_reply_to), ("References", message.references))
                     if values and name.lower() in unsigned]
         if left_out:
-            raise NoRecordReferenced(f"{' and '.join(left_out)} {'are' if len(left_out) > 1 else 'is'} not covered "
-                                     "by the DKIM signature, so the record cannot be chosen by them")
+            raise ReferencesNotSigned(f"{' and '.join(left_out)} {'are' if len(left_out) > 1 else 'is'} not covered "
+                                      "by the DKIM signature, so the record cannot be chosen by them")
         raise NoRecordReferenced("the message has no In-Reply-To or References")
     others = [value for value in ids if not _ODOO_MESSAGE_ID.search(value)][:_MAX_LOOKUPS]
     stored: dict[str, tuple[str, int]] = {}

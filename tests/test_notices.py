@@ -391,3 +391,66 @@ def test_an_internal_user_where_only_portal_users_may_post_is_told_to_use_the_ch
     assert "This address files email from portal users only" in notice
     assert "open the record in Odoo and write your note or your reply in its chatter there" in notice
     assert "contributor" not in notice and "internal notes" not in notice and "for that access" not in notice
+
+
+def test_a_plain_address_without_references_is_told_to_reply_to_the_notification(test_odoo, noticing_mailer,
+                                                                                  smarthost):
+    # The notice said the address "cannot be written by hand ... Copy the address again from the
+    # record in Odoo": note@ was right, the message named no record, and no Odoo screen shows it.
+    plain = f"note@{ALIAS_DOMAIN}"
+    raw = noticing_mailer.sign(compose(CONTRIBUTOR, plain, "Pump", "The seal is worn."))
+    assert noticing_mailer.send(raw, plain) == (
+        "550 5.1.1 No record found for this message: reply to an Odoo notification, or write to the record's own "
+        "note+ or reply+ address: the message has no In-Reply-To or References")
+    notice = _notice(noticing_mailer, smarthost)
+    assert ("Reply to the Odoo notification itself, or ask the person who gave you this address for the record's "
+            "own address") in notice
+    assert "written by hand" not in notice and "from the record in Odoo" not in notice
+
+
+def test_a_plain_address_whose_references_are_not_signed_is_told_to_use_the_records_address(
+        test_odoo, noticing_mailer, smarthost):
+    # A reply to the notification, but the provider's DKIM signature leaves In-Reply-To and References
+    # out (as Microsoft 365's does): replying again would fail the same way.
+    plain = f"note@{ALIAS_DOMAIN}"
+    thread = f"<0.1-openerp-{TASK_ID}-project.task@odoo.example>"
+    raw = (f"In-Reply-To: {thread}\r\nReferences: {thread}\r\n".encode()
+           + compose(CONTRIBUTOR, plain, "Re: pump", "The seal is worn."))
+    signed = noticing_mailer.sign(raw, include_headers=[b"from", b"date", b"subject", b"message-id", b"to"])
+    assert noticing_mailer.send(signed, plain) == (
+        "550 5.1.1 No record found for this message: reply to an Odoo notification, or write to the record's own "
+        "note+ or reply+ address: In-Reply-To and References are not covered by the DKIM signature, so the record "
+        "cannot be chosen by them")
+    notice = _notice(noticing_mailer, smarthost)
+    assert "your mail provider does not sign them, so a reply sent from your mail account cannot be filed" in notice
+    assert "Write to the record's own address instead" in notice
+    assert "Reply to the Odoo notification" not in notice and "from the record in Odoo" not in notice
+
+
+def test_an_address_issued_to_another_person_is_told_to_ask_for_ones_own(test_odoo, noticing_mailer, smarthost):
+    # The notice was access_denied's: "The record may have been deleted ... check that you can open
+    # the record", though the record and her access to it were fine.
+    bound = address.mint(SECRET.encode(), ALIAS_DOMAIN, "note", "project.task", TASK_ID, partner_id=PETER_PARTNER_ID)
+    raw = noticing_mailer.sign(compose(CONTRIBUTOR, bound, "Pump", "The seal is worn."))
+    assert noticing_mailer.send(raw, bound) == (
+        "550 5.7.1 This gateway address was issued to another person: portal.contrib@example.com is not partner 43")
+    notice = _notice(noticing_mailer, smarthost)
+    assert "Ask whoever gave you this address for an address issued to you." in notice
+    assert "deleted" not in notice and "open the record" not in notice
+
+
+def test_a_record_of_another_company_is_told_to_use_that_companys_address(test_odoo, start_gateway, dns_server,
+                                                                          dkim_keys, smarthost):
+    # The notice was access_denied's, "check that you can open the record in Odoo": she can; the
+    # cause is the company the alias domain serves.
+    other = test_odoo.add_record("res.company", {"name": "Subsidiary"})
+    test_odoo.write("res.users", GATEWAY_UID, {"company_ids": [1, other]})
+    order = test_odoo.add_record("sale.order", {"name": "S-OTHER", "partner_id": 9, "company_id": other})
+    mailer = _noticing(start_gateway, dns_server, dkim_keys, smarthost, rules={"company_id": 1})
+    to = mailer.address("note", "sale.order", order)
+    reply = mailer.send(mailer.sign(compose(CONTRIBUTOR, to, "Order", "Delivery moved to Friday.")), to)
+    assert reply.startswith("550 5.7.1 The record belongs to a company this address does not serve")
+    notice = _notice(mailer, smarthost)
+    assert "This address serves one company of the Odoo database, and the record belongs to another" in notice
+    assert "Write to the record's address for the company it belongs to, or ask the administrator" in notice
+    assert "deleted" not in notice and "Check that you can open the record" not in notice

@@ -6,7 +6,8 @@ import re
 
 import pytest
 
-from gateway.refusals import Refusal, UnknownSender, all_refusal_classes
+from gateway.refusals import (AddressExpired, BadAddress, PlainAddressNotAccepted, Refusal, UnknownAliasDomain,
+                              UnknownSender, all_refusal_classes)
 from gateway.render import Renderer
 
 REFUSALS = [Refusal, *all_refusal_classes()]
@@ -62,3 +63,16 @@ def test_smtp_reply_is_one_line_whatever_the_detail(refusal_class):
 def test_smtp_reply_writes_an_address_in_ascii_without_changing_it(detail, written):
     # A local part has no ASCII form: RFC 6533's EmbeddedUnicodeChar (\\x{FC}), never "jurgen".
     assert UnknownSender(detail).smtp_reply() == f"550 5.7.1 No Odoo user has this sender address: {written}"
+
+
+@pytest.mark.parametrize("refusal_class", [BadAddress, UnknownAliasDomain, AddressExpired, PlainAddressNotAccepted])
+def test_an_address_notice_sends_nobody_to_an_odoo_screen(refusal_class):
+    # Found by a review of misleading refusals: the notice said to "copy the address again from the
+    # record in Odoo", and no Odoo screen shows a gateway address (an administrator mints them with
+    # note-gateway address).
+    notice = " ".join(Renderer().render_refusal(
+        refusal_class(), address="note+project.task-42-abcdefghijklmnop@notes.example.com", subject="",
+        sender_email="portal.contrib@example.com").split())
+    assert "Each record has its own gateway addresses, given out by the administrator of the Odoo database" in notice
+    assert "Ask the person who gave you the address for the record's current address" in notice
+    assert "from the record in Odoo" not in notice and "by hand" not in notice

@@ -312,9 +312,12 @@ class TooManyConnectionsFromPeer(Refusal):
 
 
 class SenderNotAuthenticated(Refusal):
+    # Never a notice: a notice goes only to a sender whose DKIM signature verified (notices.should_send),
+    # which this sender is not; its From may be forged (DESIGN.md "No backscatter"). It had a notice
+    # template all the same, which could never be sent (found by a review of the notices).
     smtp_code, enhanced_code = 550, "5.7.1"
     reason = "Sender not authenticated, no valid DKIM signature aligned with the From domain"
-    template = "notice/not_authenticated.txt.j2"
+    sends_notice = False
 
 
 class HeaderNotSigned(Refusal):

@@ -972,6 +972,10 @@ MISNAMED_TEMPLATES = [
                                  "extended, included or imported by one; did you mean notice/access_denied.txt.j2?"),
     ("reply/project.task.html.j2", "project.task is in no rules file's [reply] models (none); "
                                    "did you mean note/project.task.html.j2?"),
+    # The notice of a sender whose DKIM signature failed: a notice goes only to a verified sender, so
+    # it could never be sent (found by a review of the notices), and an admin's copy is never used.
+    ("notice/not_authenticated.txt.j2", "it is no notice the gateway sends (docs/reliability.md \"Notices\"), nor "
+                                        "extended, included or imported by one"),
 ]
 
 

@@ -123,7 +123,7 @@ def test_kind_and_model_cannot_leave_the_template_folders(kind, model):
 
 def test_notice_is_plain_text_not_html_escaped():
     notice = Renderer().render_notice(
-        "notice/not_authenticated.txt.j2",
+        "notice/generic.txt.j2",
         reason="Sender not authenticated",
         detail="signature of <example.com> failed",
         address="note+project.task-42-abcdefghijklmnop@notes.example.com",
@@ -135,7 +135,7 @@ def test_notice_is_plain_text_not_html_escaped():
         in notice
     )
     assert "Reason: Sender not authenticated (signature of <example.com> failed)." in notice
-    assert "DKIM" in notice
+    assert "forward this notice to the administrator" in notice
     assert "&amp;" not in notice and "&#39;" not in notice
 
 

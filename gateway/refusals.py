@@ -125,7 +125,6 @@ class MessageTooLarge(Refusal):
     # notice to an unverified From would be backscatter (DESIGN.md "No backscatter").
     smtp_code, enhanced_code = 552, "5.3.4"
     reason = "Message too large"
-    template = "notice/too_large.txt.j2"
     sends_notice = False
 
 
@@ -217,9 +216,11 @@ class NulByte(Refusal):
 
 
 class HeaderTooLarge(Refusal):
+    # No notice, as for MessageTooLarge: refused by the input limits before the signature is
+    # checked. Both had a notice template that could never be sent (found by a review of the notices).
     smtp_code, enhanced_code = 552, "5.3.4"
     reason = "Message header too large"
-    template = "notice/too_large.txt.j2"
+    sends_notice = False
 
 
 class HeaderMalformed(Refusal):
@@ -233,9 +234,10 @@ class HeaderNotUtf8(Refusal):
 
 
 class TooManyParts(Refusal):
+    # No notice: refused by the input limits before the signature is checked (HeaderTooLarge).
     smtp_code, enhanced_code = 552, "5.3.4"
     reason = "Message has too many MIME parts"
-    template = "notice/too_large.txt.j2"
+    sends_notice = False
 
 
 class NestedTooDeep(Refusal):

@@ -976,6 +976,9 @@ MISNAMED_TEMPLATES = [
     # it could never be sent (found by a review of the notices), and an admin's copy is never used.
     ("notice/not_authenticated.txt.j2", "it is no notice the gateway sends (docs/reliability.md \"Notices\"), nor "
                                         "extended, included or imported by one"),
+    # The notice of a message too large: refused before its signature is checked, so never sent either.
+    ("notice/too_large.txt.j2", "it is no notice the gateway sends (docs/reliability.md \"Notices\"), nor "
+                                "extended, included or imported by one"),
 ]
 
 

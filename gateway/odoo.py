@@ -18,7 +18,7 @@ import odoorpc
 from gateway import observe
 from gateway.config import OdooConnection, endpoint
 from gateway.odootransport import KeepAliveHandler, keep_alive_opener
-from gateway.refusals import OdooCredentialsRefused, OdooUnavailable
+from gateway.refusals import OdooCredentialsRefused, OdooRequestTooLarge, OdooUnavailable
 
 log = logging.getLogger(__name__)
 Result = TypeVar("Result")
@@ -467,12 +467,15 @@ class OdooPool:
             raise OdooUnavailable(f"Odoo refused {label}", odoo_error=odoo_error_name(error), odoo_message=str(error),
                                   call=label) from None
         except Exception as error:  # Transport: refused, reset, timeout, HTTP 5xx, not JSON.
+            if isinstance(error, urllib.error.HTTPError) and error.code == 413:
+                raise self._too_large(label, transport, error) from None
             log.warning("odoo %s: %s: %s: %s", self.name, label, type(error).__name__, error)
             # Failed after the request went out whole and before an answer came back (a timeout,
             # a connection lost while waiting): Odoo may have run it, or may still be running it.
             # So may it behind a proxy that answered 502 or 504 (its own timeout, Odoo's answer
             # lost). A request that never left, or that Odoo answered, even with garbage or a 500,
-            # is settled: Odoo is done with it, and a search tells whether it was filed.
+            # is settled: Odoo is done with it, and a search tells whether it was filed. A 413
+            # (above) is settled too: the request was refused whole.
             unsettled = transport is not None and transport.sent and (
                 not transport.answered or (isinstance(error, urllib.error.HTTPError) and error.code in (502, 504)))
             raise OdooUnavailable(f"{type(error).__name__} talking to Odoo", unsettled=unsettled) from None
@@ -480,6 +483,27 @@ class OdooPool:
             elapsed = time.monotonic() - started
             observe.odoo_call(self.name, elapsed, ok)
             waited(elapsed)
+
+    def _too_large(self, label: str, transport: KeepAliveHandler | None,
+                   error: urllib.error.HTTPError) -> OdooRequestTooLarge:
+        """The refusal of a call refused as too large (HTTP 413) by the web server in front of Odoo, logged as an error.
+
+        nginx refuses a body over its client_max_body_size (1 MB by default) before Odoo sees it,
+        Odoo itself one over 128 MiB (odoo/http.py DEFAULT_MAX_CONTENT_LENGTH). Every retry of the
+        message meets the same limit until an administrator raises it: not an outage, so the reply
+        does not say "unavailable" and the log says what to change (a review of Odoo-side faults
+        found notes with a photo deferred for days as "Odoo is unavailable", logged as a warning).
+        """
+        size = f"{transport.request_size} bytes" if transport is not None and transport.request_size else "unknown size"
+        refusal = OdooRequestTooLarge(
+            f"HTTP 413 for a request of {size}", call=label,
+            explanation=f"the web server in front of Odoo at {self.connection.url} refused the {label} request "
+                        f"of {size} as too large (HTTP {error.code} {error.reason})",
+            fix="raise the request body limit of the reverse proxy in front of Odoo above that size (nginx: "
+                "client_max_body_size; docs/operations.md, \"Odoo behind a reverse proxy\"); Odoo itself takes "
+                "up to 128 MiB. The message waits in the sender's queue (451) and is filed at a retry after that")
+        log.error("odoo %s: %s; %s", self.name, refusal.explanation, refusal.fix)
+        return refusal
 
     def submit(self, function: Callable[..., Result], *args: Any, **kwargs: Any) -> Pending[Result]:
         """Start ``function`` (a read through this pool) now; its result or refusal comes from ``.result()``."""

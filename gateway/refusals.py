@@ -495,6 +495,16 @@ class OdooUnavailable(Refusal):
         return self.odoo_error == "odoo.exceptions.AccessError"
 
 
+class OdooRequestTooLarge(OdooUnavailable):
+    # The web server in front of Odoo refused the post as too large (HTTP 413): nginx's
+    # client_max_body_size is 1 MB by default, and a note with a 300 KiB photo was a 1.25 MB request
+    # (found by a review of Odoo-side faults, where it read "Odoo is unavailable" for days). Nothing
+    # reached Odoo. Every retry meets the same limit until an administrator raises it, but then the
+    # message is filed: a 451 keeps it in the sender's queue meanwhile (a 5xx would lose it for a
+    # setting), with a reason that names the limit rather than an outage; the log is an ERROR.
+    reason = "The web server in front of Odoo refused this message as too large, an administrator must raise its limit"
+
+
 class RecordHiddenFromGateway(Refusal):
     # The record exists, but the gateway's own Odoo user cannot see it (a record rule hides it: a
     # "Sales / User: Own Documents Only" integration user, found by an operator review). Only an

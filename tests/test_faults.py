@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import email
+import email.policy
 import logging
+import random
 import sqlite3
 import threading
 import time
@@ -15,6 +18,7 @@ from gateway.journal import Journal
 from gateway.pipeline import Services
 from gateway.smtp import ThreadedGateway
 from gateway.testing.odoo_demo import DEMO_API_KEY, GATEWAY_UID, TASK_ID
+from gateway.testing.sending import compose
 
 
 def _stored(test_odoo, message_id: str) -> list[dict]:
@@ -397,3 +401,61 @@ def test_an_unreachable_odoo_is_logged_as_unreachable(test_odoo, gateway, mailer
     assert (f"odoo main: cannot reach Odoo at {url}: ConnectionRefusedError: [Errno 111] Connection refused"
             in caplog.text)
     assert "credentials" not in caplog.text
+
+
+# --- Odoo behind a reverse proxy -------------------------------------------------------------------
+
+
+def _photo_note(mailer, message_id: str) -> tuple[bytes, str, bytes]:
+    """A signed note with a 300 KiB JPEG (random bytes, as a compressed file is), its address, the file."""
+    to = mailer.address("note", "project.task", TASK_ID)
+    photo = b"\xff\xd8\xff\xe0" + random.Random(message_id).randbytes(300 * 1024)
+    message = email.message_from_bytes(compose("portal.contrib@example.com", to, "Site photo", "The pump, attached.",
+                                               sender_name="Paula Contributor", message_id=message_id),
+                                       policy=email.policy.SMTP)
+    message.add_attachment(photo, maintype="image", subtype="jpeg", filename="pump.jpg")
+    return mailer.sign(message.as_bytes()), to, photo
+
+
+def test_a_binary_attachment_costs_about_twice_its_size_on_the_wire_and_arrives_byte_exact(test_odoo, gateway, mailer):
+    # Found by a review of Odoo-side faults: the files went as latin-1 strings in ASCII JSON, each
+    # byte from 0x80 a 6-byte \u00XX escape, so a 300 KiB photo made a 1.25 MB message_post (4.07x),
+    # over nginx's default 1 MB body limit. The transport sends UTF-8 JSON: such a byte costs 2.
+    raw, to, photo = _photo_note(mailer, "<photo@example.com>")
+    reply = mailer.send(raw, to)
+    assert reply.startswith("250 2.0.0 Filed as Odoo message"), reply
+    [post] = test_odoo.posts()
+    assert post.size <= 2.1 * len(photo), post.size / len(photo)
+    [attachment_id] = test_odoo.message(int(reply.rsplit(" ", 1)[1]))["attachment_ids"]
+    assert test_odoo.attachment_bytes(attachment_id) == photo
+
+
+def test_a_post_over_the_proxy_s_body_limit_says_so_and_is_filed_once_the_limit_is_raised(test_odoo, gateway, mailer,
+                                                                                          caplog):
+    # Found by the same review: HTTP 413 read "451 Odoo is unavailable ... HTTPError", a warning, on
+    # every retry for days. Every retry meets the limit until an administrator raises it, and then
+    # the note must be filed: still a 451 (the sender's MTA keeps it), saying what is wrong.
+    raw, to, photo = _photo_note(mailer, "<big-photo@example.com>")
+    test_odoo.body_limit = 512 * 1024
+    with caplog.at_level(logging.WARNING, logger="gateway.odoo"):
+        reply = mailer.send(raw, to)
+    [refused] = [call for call in test_odoo.calls if call.outcome == "too large"]
+    assert reply == ("451 4.3.0 The web server in front of Odoo refused this message as too large, an administrator "
+                     f"must raise its limit: HTTP 413 for a request of {refused.size} bytes"), reply
+    assert "unavailable" not in reply
+    [record] = [record for record in caplog.records if record.levelno >= logging.WARNING]
+    assert record.levelno == logging.ERROR
+    assert (f"odoo main: the web server in front of Odoo at {test_odoo.url} refused the project.task.message_post "
+            f"request of {refused.size} bytes as too large (HTTP 413 Request Entity Too Large); raise the request "
+            "body limit of the reverse proxy in front of Odoo above that size (nginx: client_max_body_size"
+            ) in record.getMessage()
+    # Nothing reached Odoo, so nothing is left unsettled: the retry after the fix posts at once.
+    assert _unsettled_rows(gateway.services.config.journal_path) == []
+    test_odoo.body_limit = 2 * 1024 * 1024
+    assert mailer.send(raw, to).startswith("250 2.0.0 Filed as Odoo message")
+    [stored] = _stored(test_odoo, "<big-photo@example.com>")
+    assert test_odoo.attachment_bytes(stored["attachment_ids"][0]) == photo
+    with Journal(gateway.services.config.journal_path) as journal:
+        assert [(row.verdict, row.refusal_class) for row in journal.recent(2)] == [
+            ("filed", ""), ("deferred", "OdooRequestTooLarge")]
+

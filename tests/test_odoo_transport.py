@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import socket
 import socketserver
 import threading
@@ -244,3 +246,60 @@ def test_a_proxy_that_gave_up_on_odoo_leaves_the_call_unsettled(status, unsettle
         assert caught.value.detail == "HTTPError talking to Odoo"
     finally:
         pool.close()
+
+
+def test_a_request_the_proxy_refused_as_too_large_is_settled_and_named(caplog):
+    from gateway.config import OdooConnection
+    from gateway.odoo import OdooPool
+    from gateway.odootransport import KeepAliveHandler
+    from gateway.refusals import OdooRequestTooLarge
+
+    transport = KeepAliveHandler()
+
+    class Client:
+        config: dict = {}
+
+        def execute_kw(self, model, method, args, kwargs):
+            transport.sent = transport.answered = True
+            transport.request_size = 1251568
+            raise urllib.error.HTTPError("http://odoo/jsonrpc", 413, "Request Entity Too Large", {},
+                                         io.BytesIO(b"<html>413 Request Entity Too Large</html>"))
+
+    connection = OdooConnection(url="http://127.0.0.1:9", database="db", login="gateway", api_key_env="UNUSED")
+    pool = OdooPool("main", connection, "key")
+    client = Client()
+    pool._idle.put(client)
+    pool._transports[id(client)] = transport
+    try:
+        with caplog.at_level(logging.WARNING, logger="gateway.odoo"), pytest.raises(OdooRequestTooLarge) as caught:
+            pool.call("project.task", "message_post", [[1]], {})
+    finally:
+        pool.close()
+    # Refused whole, before Odoo: nothing is running, the retry after the fix posts at once.
+    assert caught.value.unsettled is False
+    assert caught.value.smtp_reply() == ("451 4.3.0 The web server in front of Odoo refused this message as too "
+                                         "large, an administrator must raise its limit: HTTP 413 for a request of "
+                                         "1251568 bytes")
+    [record] = caplog.records
+    assert record.levelname == "ERROR"
+    assert "refused the project.task.message_post request of 1251568 bytes as too large" in record.getMessage()
+    assert "client_max_body_size" in record.getMessage()
+
+
+# --- What goes over the wire -----------------------------------------------------------------------
+
+
+def test_json_bodies_go_as_utf_8_not_as_ascii_escapes(scripted):
+    # A file travels as a latin-1 string (gateway/post.py); odoorpc's ASCII JSON wrote each byte from
+    # 0x80 as a 6-byte \u00XX escape (a review of Odoo-side faults: 4.07x a photo's size).
+    server = scripted({})
+    opener, transport = keep_alive_opener()
+    payload = bytes(range(256)) * 4
+    value = {"params": {"args": [payload.decode("latin-1"), "Pumpenprüfung ✓"], "n": 1.5}}
+    sent = json.dumps(value).encode()  # as odoorpc sends it
+    assert _post(opener, server, sent) == 1
+    [received] = server.requests
+    assert json.loads(received.decode("utf-8")) == value  # the same JSON value, as Odoo reads it
+    assert transport.request_size == len(received) <= 2.1 * len(payload) + 60
+    assert json.loads(received)["params"]["args"][0].encode("latin-1") == payload
+

@@ -102,6 +102,9 @@ _HTTP500_BODY = (
 )
 # What a reverse proxy shows while Odoo restarts: a 200 that is not JSON.
 _GARBAGE_BODY = b"<html><head><title>Odoo</title></head><body><p>Service is restarting, please wait.</p></body></html>"
+# What a reverse proxy answers itself to a request body over its limit (nginx).
+_HTTP413_BODY = (b"<html>\r\n<head><title>413 Request Entity Too Large</title></head>\r\n<body>\r\n<center><h1>413 "
+                 b"Request Entity Too Large</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n")
 _NOT_FOUND_BODY = (
     b"<!doctype html>\n<html lang=en>\n<title>404 Not Found</title>\n<h1>Not Found</h1>\n"
     b"<p>The requested URL was not found on the server.</p>\n"
@@ -125,6 +128,8 @@ class Call:
     ended: float | None = None
     outcome: str = "pending"
     error: str | None = None
+    # The bytes of the request body as they came over HTTP.
+    size: int = 0
 
     @property
     def ok(self) -> bool:
@@ -269,6 +274,9 @@ class TestOdoo:
         self._fault: Fault | None = None
         self._hanging: list[threading.Event] = []
         self._latency: dict[Any, float] = {}
+        # A reverse proxy's request body limit in front of this Odoo (nginx client_max_body_size):
+        # a larger request is answered 413 with nginx's page and never reaches Odoo. None: no limit.
+        self.body_limit: int | None = None
 
     @classmethod
     def with_demo_data(cls, *, note_gateway_setup: bool = True, **options: Any) -> TestOdoo:
@@ -687,7 +695,7 @@ class TestOdoo:
         path = urlsplit(handler.path).path
         length = int(handler.headers.get("Content-Length") or 0)
         raw = handler.rfile.read(length) if length else b""
-        call = Call(route=path, started=started)
+        call = Call(route=path, started=started, size=len(raw))
         if verb == "GET":
             self._record(call)
             if path == "/web/health":
@@ -697,8 +705,15 @@ class TestOdoo:
                 call.outcome, call.ended = "not found", time.time()
                 self._send(handler, 404, _NOT_FOUND_BODY, "text/html; charset=utf-8")
             return
+        if self.body_limit is not None and len(raw) > self.body_limit:
+            self._record(call)
+            call.outcome, call.ended = "too large", time.time()
+            self._send(handler, 413, _HTTP413_BODY, "text/html")
+            return
         try:
-            payload = json.loads(raw or b"{}")
+            # As Odoo reads a JSON-RPC body (odoo/http.py get_json_data): werkzeug's
+            # get_data(as_text=True), UTF-8 with errors replaced, then json.loads of that text.
+            payload = json.loads(raw.decode("utf-8", "replace") if raw else "{}")
             if not isinstance(payload, dict):
                 raise ValueError("not an object")
         except ValueError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import re
@@ -162,6 +163,17 @@ def transport_fault(url: str, error: BaseException) -> str:
     if isinstance(error, OSError):  # A timeout or a reset, raised as itself.
         return f"cannot reach Odoo at {url}: {type(error).__name__}: {error}"
     return f"Odoo at {url} did not answer as JSON-RPC: {type(error).__name__}: {error}"
+
+
+def answered_by_odoo(error: urllib.error.HTTPError) -> bool:
+    """Whether an HTTP error status came with a JSON-RPC answer, which only Odoo writes (a proxy's
+    own error page is HTML or empty): then Odoo answered and is done with the call."""
+    try:
+        body = error.read(65536) if error.fp is not None else b""
+        answer = json.loads(body)
+    except Exception:  # noqa: BLE001 (no body, a lost connection, not JSON: not Odoo's answer)
+        return False
+    return isinstance(answer, dict) and answer.get("jsonrpc") == "2.0" and ("result" in answer or "error" in answer)
 
 
 def user_group_fields(major: int) -> tuple[str, str]:
@@ -472,12 +484,16 @@ class OdooPool:
             log.warning("odoo %s: %s: %s: %s", self.name, label, type(error).__name__, error)
             # Failed after the request went out whole and before an answer came back (a timeout,
             # a connection lost while waiting): Odoo may have run it, or may still be running it.
-            # So may it behind a proxy that answered 502 or 504 (its own timeout, Odoo's answer
-            # lost). A request that never left, or that Odoo answered, even with garbage or a 500,
-            # is settled: Odoo is done with it, and a search tells whether it was filed. A 413
-            # (above) is settled too: the request was refused whole.
+            # So may it behind a proxy that answered with an HTTP error of its own: Odoo answers
+            # every call with HTTP 200 and JSON-RPC, errors included, so any other status is the
+            # proxy's, and proxies answer their own timeouts with 504 (nginx), 503 (Azure Front
+            # Door), 524 (Cloudflare), 408 or 502, while Odoo goes on with the request (a 503 or
+            # 524 counted as settled and a quick retry filed the note twice, found by a review of
+            # Odoo-side faults). A request that never left, or that Odoo answered, even with
+            # garbage in a 200 or with a JSON-RPC error, is settled: Odoo is done with it, and a
+            # search tells whether it was filed. A 413 is settled: the request was refused whole.
             unsettled = transport is not None and transport.sent and (
-                not transport.answered or (isinstance(error, urllib.error.HTTPError) and error.code in (502, 504)))
+                not transport.answered or (isinstance(error, urllib.error.HTTPError) and not answered_by_odoo(error)))
             raise OdooUnavailable(f"{type(error).__name__} talking to Odoo", unsettled=unsettled) from None
         finally:
             elapsed = time.monotonic() - started

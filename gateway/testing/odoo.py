@@ -92,7 +92,7 @@ __all__ = ["TestOdoo", "Call", "Fault", "OutgoingEmail", "FAIL_MODES", "seed_dem
 
 log = logging.getLogger(__name__)
 
-FAIL_MODES = ("refuse", "hang", "http500", "garbage", "rpc_error", "die_after_post", "die_before_post")
+FAIL_MODES = ("refuse", "hang", "http500", "garbage", "rpc_error", "die_after_post", "die_before_post", "proxy_gave_up")
 
 # werkzeug's InternalServerError page, which is what an Odoo behind no proxy answers on a crash.
 _HTTP500_BODY = (
@@ -102,7 +102,9 @@ _HTTP500_BODY = (
 )
 # What a reverse proxy shows while Odoo restarts: a 200 that is not JSON.
 _GARBAGE_BODY = b"<html><head><title>Odoo</title></head><body><p>Service is restarting, please wait.</p></body></html>"
-# What a reverse proxy answers itself to a request body over its limit (nginx).
+# What a reverse proxy answers itself: its timeout waiting for Odoo, a request body over its limit.
+_PROXY_TIMEOUT_BODY = (b"<html><head><title>Gateway timeout</title></head>"
+                       b"<body><h1>The origin did not answer in time</h1></body></html>")
 _HTTP413_BODY = (b"<html>\r\n<head><title>413 Request Entity Too Large</title></head>\r\n<body>\r\n<center><h1>413 "
                  b"Request Entity Too Large</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n")
 _NOT_FOUND_BODY = (
@@ -162,6 +164,7 @@ class Fault:
     seconds: float | None = None
     error_name: str = "psycopg2.OperationalError"
     error_message: str = "server closed the connection unexpectedly"
+    status: int = 503
 
     def matches(self, call: Call) -> bool:
         if self.model is not None and call.model != self.model:
@@ -393,7 +396,7 @@ class TestOdoo:
 
     def fail(self, mode: str | None, *, model: str | None = None, method: str | None = None,
              times: int | None = None, seconds: float | None = None, error_name: str | None = None,
-             error_message: str | None = None) -> None:
+             error_message: str | None = None, status: int | None = None) -> None:
         """Make requests fail from now on; ``None`` heals.
 
         ``model``/``method`` restrict the fault to matching calls (``method`` is the model method
@@ -402,7 +405,10 @@ class TestOdoo:
         "die_after_post" lets message_post store its message, then drops the connection without
         an answer; "die_before_post" drops it without running the call, nothing stored (Odoo killing
         a worker at limit_time_real rolls its transaction back), after ``seconds`` if given;
-        "refuse" closes the listening socket (healing reopens it on the same port).
+        "refuse" closes the listening socket (healing reopens it on the same port);
+        "proxy_gave_up" is a reverse proxy's own timeout: the client gets HTTP ``status`` (503 by
+        default: Azure Front Door; 504 nginx, 524 Cloudflare, 408) with an HTML page at once, while
+        Odoo goes on with the call, after ``seconds`` (or ``release()``), and stores what it files.
         """
         if mode is None:
             self.heal()
@@ -418,6 +424,8 @@ class TestOdoo:
             fault.error_name = error_name
         if error_message:
             fault.error_message = error_message
+        if status:
+            fault.status = status
         with self._state_lock:
             previous = self._fault
             self._fault = fault
@@ -751,6 +759,12 @@ class TestOdoo:
                 self._send_json(handler, {"jsonrpc": "2.0", "id": request_id, "error": error})
             call.error = fault.error_name if fault.mode == "rpc_error" else None
             return
+        gave_up = fault is not None and fault.mode == "proxy_gave_up"
+        if gave_up:
+            assert fault is not None
+            self._send(handler, fault.status, _PROXY_TIMEOUT_BODY, "text/html")
+            handler.close_connection = True
+            self._hang(fault)
         headers: dict[str, str] = {}
         try:
             reply = self._dispatch(handler, path, params, call)
@@ -766,6 +780,9 @@ class TestOdoo:
         except Exception as error:  # noqa: BLE001 (every server error becomes a JSON-RPC error, as in Odoo)
             call.outcome, call.error = "error", exception_name(error)
             response = {"jsonrpc": "2.0", "id": request_id, "error": self._error_payload(error)}
+        if gave_up:
+            call.ended = time.time()  # Served; its answer went nowhere: the proxy had answered already.
+            return
         if fault is not None and fault.mode == "die_after_post":
             # The message is stored; the answer never leaves, as when Odoo dies mid-request.
             call.outcome, call.ended = "die_after_post", time.time()

@@ -575,6 +575,7 @@ def command_setup_odoo(args: argparse.Namespace) -> int:
     import odoorpc
 
     from gateway.odoo import transport_fault
+    from gateway.odootransport import keep_alive_opener
     from gateway.setup_odoo import Setup
 
     config = _load(args.config)
@@ -591,7 +592,9 @@ def command_setup_odoo(args: argparse.Namespace) -> int:
         try:
             # odoorpc.ODOO already asks Odoo for its version: an Odoo down or unreachable fails here
             # (operator review: this, the README's first command, ended in a traceback).
-            client = odoorpc.ODOO(host, protocol=protocol, port=port, timeout=connection.timeout)
+            # The gateway's own transport: the connection's ca_file is trusted here too.
+            client = odoorpc.ODOO(host, protocol=protocol, port=port, timeout=connection.timeout,
+                                  opener=keep_alive_opener(connection.ca_file)[0])
             client.login(connection.database, args.admin_login, password)
         except odoorpc.error.RPCError as error:  # Odoo answered: wrong password, no such database, ...
             print(f"odoo.{name}: cannot log in as {args.admin_login}: {error}", file=sys.stderr)

@@ -285,6 +285,10 @@ class OdooConnection(_Strict):
     # --workers=0). For this long after, a retry that does not find the message in Odoo is deferred
     # (451) instead of posted again, which could file it twice. Must exceed Odoo's limit_time_real.
     unsettled_post_seconds: Annotated[float, Field(gt=0, le=86400)] = 300.0
+    # PEM file of the CA certificate(s) an https:// url's certificate must chain to (a private CA,
+    # a self-signed Odoo); then only these are trusted for this connection, not the system's.
+    # Relative to the gateway file; read at every start, reload and check-config.
+    ca_file: str | None = None
 
     @model_validator(mode="after")
     def _one_key_source(self) -> OdooConnection:
@@ -731,6 +735,25 @@ def world_readable(path: Path) -> bool:
         return False
 
 
+def _ca_file(connection: OdooConnection, base: Path, owner: Path, name: str) -> Path:
+    """odoo.<name>.ca_file resolved, checked to be readable CA certificates for an https:// url."""
+    key = f"odoo.{name}.ca_file"
+    ca_path = Path(str(connection.ca_file))
+    ca_path = ca_path if ca_path.is_absolute() else base / ca_path
+    if not connection.url.startswith("https://"):
+        raise ConfigError(owner, key, f"is for an https:// url, and {connection.url} is plain HTTP: "
+                                      "remove ca_file or use https://")
+    try:
+        # What the connection itself loads (gateway/odootransport.py tls_context): a file that
+        # fails here would fail every message's login with a TLS error.
+        ssl.create_default_context(cafile=str(ca_path))
+    except OSError as error:
+        if isinstance(error, ssl.SSLError):
+            raise ConfigError(owner, key, f"{ca_path} holds no PEM CA certificate ({error})") from None
+        raise ConfigError(owner, key, f"cannot read {ca_path}: {error.strerror or error}") from None
+    return ca_path
+
+
 def _warn(warnings: list[str], path: Path | str, key: str, reason: str) -> None:
     # Not logged here: check-config and doctor print them (a log line too showed each twice);
     # serve and a reload log them (log_warnings).
@@ -783,6 +806,10 @@ def load_config(path: str | os.PathLike, environ: dict[str, str] | None = None) 
                 raise ConfigError(path, f"{key_name}.api_key_env",
                                   f"environment variable {connection.api_key_env} is not set")
             api_keys[name] = value.strip()
+
+    for name, connection in list(gateway.odoo.items()):
+        if connection.ca_file:
+            gateway.odoo[name] = connection.model_copy(update={"ca_file": str(_ca_file(connection, base, path, name))})
 
     listener = gateway.listener
     tls_key_path = None

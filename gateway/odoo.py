@@ -277,7 +277,7 @@ class OdooPool:
             # Logging in is part of the message's time too (issue 4: the per-message deadline).
             timeout = max(0.1, min(timeout, deadline - time.monotonic()))
         # One kept-alive HTTP connection per pooled client instead of a connect per call (issue 6).
-        opener, transport = keep_alive_opener()
+        opener, transport = keep_alive_opener(self.connection.ca_file)
         try:
             client = odoorpc.ODOO(host, protocol=protocol, port=port, timeout=timeout, opener=opener)
             # odoorpc logs in through /jsonrpc common.login, which accepts an API key

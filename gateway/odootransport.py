@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import select
+import ssl
 import urllib.request
 from http.cookiejar import CookieJar
 from typing import Any
@@ -29,9 +30,10 @@ class KeepAliveHandler(urllib.request.HTTPHandler, urllib.request.HTTPSHandler):
     request; gateway/post.py records such a post as unsettled.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, context: ssl.SSLContext | None = None) -> None:
         urllib.request.HTTPHandler.__init__(self)
-        urllib.request.HTTPSHandler.__init__(self)
+        # ``context``: the TLS context of an https:// Odoo (odoo.<name>.ca_file); None, the system's.
+        urllib.request.HTTPSHandler.__init__(self, context=context)
         self._connection: http.client.HTTPConnection | None = None
         self._key: tuple | None = None
         self.sent = self.answered = False
@@ -141,7 +143,16 @@ def compact_json(body: bytes) -> bytes:
         return body
 
 
-def keep_alive_opener() -> tuple[urllib.request.OpenerDirector, KeepAliveHandler]:
-    """An opener for ``odoorpc.ODOO(opener=...)`` with cookies (as odoorpc's own) over one kept-alive connection."""
-    handler = KeepAliveHandler()
+def tls_context(ca_file: str | None) -> ssl.SSLContext | None:
+    """The TLS context of an https:// Odoo that trusts only the CA certificates in ``ca_file``
+    (odoo.<name>.ca_file), with the host name checked; None (the system's CAs) without one."""
+    if not ca_file:
+        return None
+    return ssl.create_default_context(cafile=ca_file)
+
+
+def keep_alive_opener(ca_file: str | None = None) -> tuple[urllib.request.OpenerDirector, KeepAliveHandler]:
+    """An opener for ``odoorpc.ODOO(opener=...)`` with cookies (as odoorpc's own) over one kept-alive
+    connection; ``ca_file`` as in tls_context()."""
+    handler = KeepAliveHandler(tls_context(ca_file))
     return urllib.request.build_opener(urllib.request.HTTPCookieProcessor(CookieJar()), handler), handler

@@ -497,6 +497,27 @@ def test_tls_key_credential_that_is_missing_is_named(folder):
                                          f"cannot read {folder / 'credentials' / 'tls-key'}: No such file or directory")
 
 
+def test_ca_file_is_resolved_and_checked_at_load(folder):
+    # A review of Odoo-side faults: an Odoo with a private CA could be trusted only through the whole
+    # system's store (SSL_CERT_FILE). ca_file is read at load, so a wrong one fails check-config and
+    # start, not every message's login.
+    from gateway.testing.certificates import self_signed
+
+    https = GATEWAY.replace('url = "http://127.0.0.1:8069"', 'url = "https://odoo.internal"')
+    certificate, _ = self_signed(folder, "odoo.internal", name="odoo-ca")
+    (folder / "gateway.toml").write_text(https + 'ca_file = "odoo-ca.crt"\n')
+    assert load_config(folder / "gateway.toml", environ={}).gateway.odoo["main"].ca_file == str(certificate)
+    error = _error(folder, gateway=https + 'ca_file = "missing.crt"\n')
+    assert (error.key, error.reason) == ("odoo.main.ca_file", f"cannot read {folder / 'missing.crt'}: No such file or "
+                                                              "directory")
+    error = _error(folder, gateway=https + 'ca_file = "key"\n')
+    assert error.key == "odoo.main.ca_file"
+    assert error.reason.startswith(f"{folder / 'key'} holds no PEM CA certificate")
+    error = _error(folder, gateway=GATEWAY + 'ca_file = "odoo-ca.crt"\n')
+    assert (error.key, error.reason) == ("odoo.main.ca_file", "is for an https:// url, and http://127.0.0.1:8069 is "
+                                                              "plain HTTP: remove ca_file or use https://")
+
+
 @pytest.mark.parametrize("content", ["", "\n", "  \n\n"])
 def test_empty_api_key_file_is_named(folder, content):
     (folder / "key").write_text(content)

@@ -487,3 +487,25 @@ def test_a_proxy_that_gives_up_while_odoo_still_posts_leaves_the_post_unsettled(
     assert len(_stored(test_odoo, message_id)) == 1
     assert len(test_odoo.posts()) == 1
 
+
+def test_an_https_odoo_with_a_private_ca_is_reached_with_ca_file(tmp_path, test_odoo, dns_server, dkim_keys, caplog):
+    # A review of Odoo-side faults: an Odoo whose certificate a private CA signed was trusted only
+    # through the system's store (or SSL_CERT_FILE for the whole process); every note was a 451.
+    from conftest import Mailer, write_config
+
+    from gateway.testing.certificates import self_signed
+
+    certificate, key = self_signed(tmp_path, "odoo.internal", name="odoo")
+    test_odoo.use_tls(certificate, key)
+    to = Mailer.address("note", "project.task", TASK_ID)
+    config_path = write_config(tmp_path / "plain", test_odoo, dns_server.port)
+    with _gateway_on(config_path) as gateway:
+        raw = Mailer(gateway, dkim_keys).sign(Mailer.message("note_from_contributor.eml", to, "<tls@example.com>"))
+        with caplog.at_level(logging.WARNING, logger="gateway.odoo"):
+            assert Mailer(gateway, dkim_keys).send(raw, to).startswith("451 4.3.0 Odoo is unavailable")
+        assert "CERTIFICATE_VERIFY_FAILED" in caplog.text
+    config_path = write_config(tmp_path / "trusting", test_odoo, dns_server.port)
+    config_path.write_text(config_path.read_text() + f'ca_file = "{certificate}"\n')
+    with _gateway_on(config_path) as gateway:
+        assert Mailer(gateway, dkim_keys).send(raw, to).startswith("250 2.0.0 Filed as Odoo message")
+    assert len(_stored(test_odoo, "<tls@example.com>")) == 1

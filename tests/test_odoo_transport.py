@@ -318,3 +318,28 @@ def test_json_bodies_go_as_utf_8_not_as_ascii_escapes(scripted):
     assert transport.request_size == len(received) <= 2.1 * len(payload) + 60
     assert json.loads(received)["params"]["args"][0].encode("latin-1") == payload
 
+
+def test_ca_file_trusts_a_private_ca_for_an_https_odoo(tmp_path, test_odoo, caplog):
+    # A review of Odoo-side faults: only the system's CA store was trusted for an https:// Odoo.
+    from gateway.config import OdooConnection
+    from gateway.odoo import OdooPool
+    from gateway.refusals import OdooUnavailable
+    from gateway.testing.certificates import self_signed
+    from gateway.testing.odoo_demo import DEMO_API_KEY
+
+    certificate, key = self_signed(tmp_path, "odoo.internal")
+    test_odoo.use_tls(certificate, key)
+    assert test_odoo.url.startswith("https://")
+    trusting = OdooPool("main", OdooConnection(url=test_odoo.url, database=test_odoo.database, login="gateway",
+                                               api_key_env="UNUSED", timeout=5, ca_file=str(certificate)),
+                        DEMO_API_KEY)
+    untrusting = OdooPool("main", OdooConnection(url=test_odoo.url, database=test_odoo.database, login="gateway",
+                                                 api_key_env="UNUSED", timeout=5), DEMO_API_KEY)
+    try:
+        assert trusting.call("res.partner", "search", [[]], {"limit": 1})
+        with caplog.at_level(logging.WARNING, logger="gateway.odoo"), pytest.raises(OdooUnavailable):
+            untrusting.call("res.partner", "search", [[]], {"limit": 1})
+        assert "CERTIFICATE_VERIFY_FAILED" in caplog.text
+    finally:
+        trusting.close()
+        untrusting.close()

@@ -10,6 +10,7 @@ import logging
 import secrets
 import signal
 import socket
+import ssl
 import threading
 import time
 import traceback
@@ -280,6 +281,7 @@ class TestOdoo:
         # A reverse proxy's request body limit in front of this Odoo (nginx client_max_body_size):
         # a larger request is answered 413 with nginx's page and never reaches Odoo. None: no limit.
         self.body_limit: int | None = None
+        self._tls: ssl.SSLContext | None = None
 
     @classmethod
     def with_demo_data(cls, *, note_gateway_setup: bool = True, **options: Any) -> TestOdoo:
@@ -320,8 +322,23 @@ class TestOdoo:
             elif not listen and self._server is not None:
                 self._close()
 
+    def use_tls(self, certificate: Any, key: Any) -> None:
+        """Serve HTTPS with this certificate and key (PEM files) from now on, as an Odoo behind a TLS
+        proxy; ``url`` says https://. Connections open now are closed."""
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(str(certificate), str(key))
+        with self._listener_lock:
+            self._tls = context
+            if self._server is not None:
+                self._close()
+                self._open()
+
     def _open(self) -> None:
         server = (_Server6 if ":" in self._host else _Server)((self._host, self._port), _Handler)
+        if self._tls is not None:
+            # A client that refuses the certificate fails the handshake in accept(): socketserver
+            # drops that connection (an OSError) and goes on serving.
+            server.socket = self._tls.wrap_socket(server.socket, server_side=True)
         server.test_odoo = self
         self._port = server.server_address[1]
         thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
@@ -359,7 +376,7 @@ class TestOdoo:
     @property
     def url(self) -> str:
         host = f"[{self._host}]" if ":" in self._host else self._host
-        return f"http://{host}:{self._port}"
+        return f"{'https' if self._tls is not None else 'http'}://{host}:{self._port}"
 
     @property
     def database(self) -> str:

@@ -110,6 +110,37 @@ def test_wrong_key_fails_login_and_execute_kw_says_access_denied(odoo):
     assert error["data"]["name"] == "odoo.exceptions.AccessDenied"
 
 
+def test_after_5_failed_logins_every_login_from_the_address_is_ignored_for_a_while(odoo):
+    # res_users.py _assert_can_auth (base.login_cooldown_after 5, base.login_cooldown_duration 60 s):
+    # failures are counted per client address; from the 5th on, a login within the cooldown of the
+    # last failure is refused unchecked, the right key too, and not counted; a success clears them.
+    odoo.login_cooldown_duration = 1.0  # 60 s in Odoo; short here.
+
+    def login(secret: str):
+        reply, _ = jsonrpc(odoo, "/jsonrpc", {"service": "common", "method": "login",
+                                              "args": [odoo.database, "gateway", secret]})
+        return reply["result"]
+
+    for _ in range(4):
+        assert login("0" * 40) is False
+    assert login(DEMO_API_KEY) == GATEWAY_UID  # 4 failures: no cooldown, and the success clears them.
+    for _ in range(5):
+        assert login("0" * 40) is False
+    assert login(DEMO_API_KEY) is False  # On cooldown: the right key is refused too.
+    error = execute_kw(odoo, "res.users", "read", [[GATEWAY_UID], ["login"]], secret="0" * 40)["error"]
+    assert error["data"]["message"] == "Too many login failures, please wait a bit before trying again."
+    # A key Odoo already checked (its check is cached) still works on an object call.
+    assert execute_kw(odoo, "res.users", "read", [[GATEWAY_UID], ["login"]])["result"] == [
+        {"id": GATEWAY_UID, "login": "gateway"}]
+    reply, _ = jsonrpc(odoo, "/web/session/authenticate",
+                       {"db": odoo.database, "login": PAULA_LOGIN, "password": PAULA_PASSWORD})
+    assert reply["error"]["data"]["name"] == "odoo.exceptions.AccessDenied"  # Web users behind the address too.
+    time.sleep(1.2)
+    assert login(DEMO_API_KEY) == GATEWAY_UID
+    assert login("0" * 40) is False  # Counted from 0 again: one failure, no cooldown.
+    assert login(DEMO_API_KEY) == GATEWAY_UID
+
+
 def test_a_web_session_refuses_the_api_key(odoo):
     reply, _ = jsonrpc(odoo, "/web/session/authenticate",
                        {"db": odoo.database, "login": "gateway", "password": DEMO_API_KEY})

@@ -282,6 +282,14 @@ class TestOdoo:
         # a larger request is answered 413 with nginx's page and never reaches Odoo. None: no limit.
         self.body_limit: int | None = None
         self._tls: ssl.SSLContext | None = None
+        # Odoo's login cooldown (res_users.py _assert_can_auth): failed logins are counted per client
+        # address; once there are login_cooldown_after of them (ir.config_parameter
+        # base.login_cooldown_after, 5; 0 turns it off), every login from that address within
+        # login_cooldown_duration seconds of the last failure (base.login_cooldown_duration, 60) is
+        # refused, the right password or key too, and not counted; a successful login clears the count.
+        self.login_cooldown_after = 5
+        self.login_cooldown_duration = 60.0
+        self._login_failures: dict[str, tuple[int, float]] = {}
 
     @classmethod
     def with_demo_data(cls, *, note_gateway_setup: bool = True, **options: Any) -> TestOdoo:
@@ -863,9 +871,10 @@ class TestOdoo:
         if path == "/web/webclient/version_info":
             return self.version_info
         if path == "/jsonrpc":
-            return self._dispatch_rpc(params.get("service"), params.get("method"), params.get("args") or [])
+            return self._dispatch_rpc(params.get("service"), params.get("method"), params.get("args") or [],
+                                      source=handler.client_address[0])
         if path == "/web/session/authenticate":
-            return self._session_authenticate(params)
+            return self._session_authenticate(params, source=handler.client_address[0])
         session_uid = self._session_uid(handler)
         if path == "/web/session/get_session_info":
             if session_uid is None:
@@ -896,17 +905,17 @@ class TestOdoo:
 
     # --- /jsonrpc services ----------------------------------------------------------------------
 
-    def _dispatch_rpc(self, service: Any, method: Any, args: list) -> Any:
+    def _dispatch_rpc(self, service: Any, method: Any, args: list, *, source: str | None = None) -> Any:
         # odoo/http.py dispatch_rpc: an unknown service is a KeyError.
         if service == "common":
-            return self._common(method, args)
+            return self._common(method, args, source)
         if service == "db":
             return self._db_service(method, args)
         if service == "object":
-            return self._object(method, args)
+            return self._object(method, args, source)
         raise KeyError(service)
 
-    def _common(self, method: Any, args: list) -> Any:
+    def _common(self, method: Any, args: list, source: str | None = None) -> Any:
         if method == "version":
             return self.version_info
         if method == "about":
@@ -916,7 +925,7 @@ class TestOdoo:
             self._check_database(database)
             # odoo/service/common.py exp_authenticate: a failed login answers False, not an error.
             try:
-                return self.authenticate(login, password, interactive=False)
+                return self.authenticate(login, password, interactive=False, source=source)
             except AccessDenied:
                 return False
         raise Exception(f"Method not found: {method}")
@@ -933,10 +942,10 @@ class TestOdoo:
             raise AccessDenied()
         raise KeyError(f"exp_{method}")
 
-    def _object(self, method: Any, args: list) -> Any:
+    def _object(self, method: Any, args: list, source: str | None = None) -> Any:
         database, uid, password = args[0], int(args[1]), args[2]
         self._check_database(database)
-        self.check_credentials(uid, password)
+        self.check_credentials(uid, password, source=source)
         if method == "execute":
             model, name, rest, kwargs = args[3], args[4], list(args[5:]), {}
         elif method == "execute_kw":
@@ -954,18 +963,37 @@ class TestOdoo:
                 f'"{database}" does not exist\n'
             )
 
-    def authenticate(self, login: str, password: str, *, interactive: bool) -> int:
-        """res.users authenticate: the password, or, outside web sessions, an API key (facts a)."""
+    def authenticate(self, login: str, password: str, *, interactive: bool, source: str | None = None) -> int:
+        """res.users authenticate: the password, or, outside web sessions, an API key (facts a).
+
+        ``source``: the client's address, for the login cooldown (None: no request, no cooldown).
+        """
         with self.db.lock:
+            self._assert_can_auth(source)
             users = sorted(uid for uid, row in self.db.rows["res.users"].items()
                            if row.get("login") == login and row.get("active", True))
-            if not users or not password:
+            if not users or not password or not self._credentials_match(users[0], password, interactive):
+                self._login_failed(source)
                 raise AccessDenied()
             uid = users[0]
-            if not self._credentials_match(uid, password, interactive):
-                raise AccessDenied()
+            if source is not None:
+                self._login_failures.pop(source, None)
             self.db.rows["res.users"][uid]["login_date"] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
             return uid
+
+    def _assert_can_auth(self, source: str | None) -> None:
+        """res_users.py _assert_can_auth and _on_login_cooldown: refuse a login from an address on cooldown."""
+        if source is None or not self.login_cooldown_after:
+            return
+        failures, previous = self._login_failures.get(source, (0, 0.0))
+        if failures >= self.login_cooldown_after and time.monotonic() - previous < self.login_cooldown_duration:
+            log.warning("Login attempt ignored for %s: %d failures since last success", source, failures)
+            raise AccessDenied("Too many login failures, please wait a bit before trying again.")
+
+    def _login_failed(self, source: str | None) -> None:
+        if source is not None:
+            failures, _ = self._login_failures.get(source, (0, 0.0))
+            self._login_failures[source] = (failures + 1, time.monotonic())
 
     def _credentials_match(self, uid: int, password: Any, interactive: bool) -> bool:
         if not isinstance(password, str) or not password:
@@ -982,10 +1010,15 @@ class TestOdoo:
         ends = row.get("expiration_date")
         return bool(ends) and ends <= time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
 
-    def check_credentials(self, uid: int, password: Any) -> None:
+    def check_credentials(self, uid: int, password: Any, *, source: str | None = None) -> None:
+        """res.users check of an object call. Odoo caches a successful check (ormcache on uid and
+        key), so credentials that match pass without the login cooldown; a failed one is counted
+        as a failed login, and refused unchecked while the address is on cooldown."""
         with self.db.lock:
             row = self.db.rows["res.users"].get(uid)
             if not row or not row.get("active", True) or not self._credentials_match(uid, password, False):
+                self._assert_can_auth(source)
+                self._login_failed(source)
                 raise AccessDenied()
 
     def call_method(self, uid: int, model: Any, name: Any, args: list, kwargs: dict) -> Any:
@@ -1021,9 +1054,9 @@ class TestOdoo:
 
     # --- Web sessions (portal pages) ------------------------------------------------------------
 
-    def _session_authenticate(self, params: dict) -> _Reply:
+    def _session_authenticate(self, params: dict, *, source: str | None = None) -> _Reply:
         self._check_database(params.get("db"))
-        uid = self.authenticate(params.get("login"), params.get("password"), interactive=True)
+        uid = self.authenticate(params.get("login"), params.get("password"), interactive=True, source=source)
         token = secrets.token_urlsafe(32)
         with self.db.lock:
             self.db.sessions[token] = uid

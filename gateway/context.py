@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
@@ -167,6 +168,13 @@ class MessageContext:
     # The time the message waited on Odoo: its calls, a pooled connection, a batched read, a read
     # started alongside; not the gateway's own work (gateway/odoo.py start_waiting).
     odoo_seconds: float = 0.0
+    # The reply the listener gave itself when the pipeline overran its last-resort timer (smtp.py),
+    # and when; whether the pipeline's own reply was settled (journaled) first. Under reply_lock:
+    # whichever comes first is the reply sent and the one the journal keeps (pipeline.sent_reply).
+    listener_reply: str | None = None
+    listener_answered_at: float = 0.0
+    reply_settled: bool = False
+    reply_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @property
     def verdict(self) -> str:

@@ -619,14 +619,28 @@ def smtp_reply(ctx: MessageContext) -> str:
     return f"250 2.0.0 Filed as Odoo message {ctx.odoo_message_id}"
 
 
+def sent_reply(ctx: MessageContext) -> str:
+    """The reply the message gets: the pipeline's, unless the listener already answered it at its
+    last-resort timer (smtp.py), which then stays the reply; whichever comes first is the one sent."""
+    with ctx.reply_lock:
+        if ctx.listener_reply is None:
+            ctx.reply_settled = True
+            return smtp_reply(ctx)
+    ctx.journal_notes.append(f"listener-answered:the listener answered at its last-resort timer; the pipeline "
+                             f"ended {time.monotonic() - ctx.listener_answered_at:.1f} s later with {smtp_reply(ctx)}")
+    return ctx.listener_reply
+
+
 def journal(ctx: MessageContext, services: Services, total_seconds: float) -> None:
-    entry = JournalEntry.from_context(ctx, smtp_reply(ctx), total_seconds)
+    # The row holds the reply the sender got (review of Odoo faults: a slow login left the row
+    # saying "the message deadline passed" while the listener had answered "took too long").
+    entry = JournalEntry.from_context(ctx, sent_reply(ctx), total_seconds)
     try:
         entry.id = services.journal.record(entry, receipt_id=ctx.receipt_id)
     except JournalUnavailable as error:
         # The reply still tells the truth: a filed note is in Odoo whether or not the journal
         # could say so, and a retry is recognised by its Message-ID there.
-        log.error("journal unavailable, outcome not recorded: %s | %s", error, smtp_reply(ctx))
+        log.error("journal unavailable, outcome not recorded: %s | %s", error, entry.smtp_reply)
     finally:
         # Metrics and the message's log line (issue 5), whether or not the journal kept it.
         observe.message_done(entry)

@@ -221,7 +221,15 @@ class GatewayHandler:
             # A little over the pipeline's own deadline: normally the pipeline answers itself.
             await asyncio.wait_for(asyncio.shield(future), timeout=budget + 5)
         except asyncio.TimeoutError:
-            return OdooUnavailable("the message took too long to process").smtp_reply()
+            fallback = OdooUnavailable("the message took too long to process").smtp_reply()
+            with ctx.reply_lock:
+                if not ctx.reply_settled:
+                    # The pipeline journals this reply when it ends (pipeline.sent_reply).
+                    ctx.listener_reply, ctx.listener_answered_at = fallback, time.monotonic()
+                    log.warning("pipeline still running on %s after %.0f s, answered %r", target.address,
+                                budget + 5, fallback)
+                    return fallback
+            # The pipeline settled its reply just now (it is journaling it): that one is sent.
         except Exception:
             log.exception("pipeline crashed on %s", target.address)
             return InternalError().smtp_reply()

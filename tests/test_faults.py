@@ -393,6 +393,73 @@ def test_a_refused_api_key_defers_and_the_log_says_the_key_was_refused(test_odoo
         ("filed", ""), ("deferred", "OdooCredentialsRefused"), ("filed", ""), ("deferred", "OdooCredentialsRefused")]
 
 
+def test_a_slow_login_is_cut_at_the_message_deadline(test_odoo, start_gateway, dns_server, dkim_keys):
+    from conftest import Mailer
+
+    # Review of Odoo faults: odoorpc's login makes three requests (version_info, common.login,
+    # context_get), each given the one timeout computed before the first; 3.8 s each under a 6 s
+    # deadline answered after 11 s, from the listener's fallback, and the journal row said another
+    # reply than the one sent. Each request now gets the time left.
+    gateway = start_gateway(dns_server.port, odoo_timeout=5.0)
+    object.__setattr__(gateway.services.config.gateway.listener, "message_deadline", 4.0)
+    mailer = Mailer(gateway, dkim_keys)
+    to = mailer.address("note", "project.task", TASK_ID)
+    raw = mailer.sign(mailer.message("note_from_contributor.eml", to, "<slow-login@example.com>"))
+    test_odoo.latency = {"*": 3.5}  # Each within the 5 s timeout; three of them pass 4 s + 5 s.
+    started = time.monotonic()
+    reply = mailer.send(raw, to)
+    elapsed = time.monotonic() - started
+    test_odoo.latency = {}
+    assert reply.startswith("451 4.3.0 Odoo is unavailable, try again later: "), reply
+    assert "took too long" not in reply  # the listener's fallback was not needed
+    assert elapsed < 8.5, elapsed  # The fallback answers at 9 s.
+    with Journal(gateway.services.config.journal_path) as journal:
+        [row] = journal.recent(1)
+    assert row.smtp_reply == reply
+    assert mailer.send(raw, to).startswith("250 ")
+
+
+def test_the_journal_keeps_the_reply_of_the_listener_s_fallback(test_odoo, start_gateway, dns_server, dkim_keys,
+                                                                 monkeypatch):
+    from conftest import Mailer
+
+    # A stage that overruns the deadline by more than the listener's 5 s margin: the listener
+    # answers for it, and the pipeline, when it ends, must journal that reply, not its own.
+    gateway = start_gateway(dns_server.port)
+    object.__setattr__(gateway.services.config.gateway.listener, "message_deadline", 1.0)
+    mailer = Mailer(gateway, dkim_keys)
+    journal = gateway.services.journal
+    unsettled_since = journal.unsettled_since
+    ended = threading.Event()
+
+    def slow_unsettled_since(*args, **options):
+        time.sleep(6.5)
+        return unsettled_since(*args, **options)
+
+    record = journal.record
+
+    def recording(entry, **options):
+        try:
+            return record(entry, **options)
+        finally:
+            ended.set()
+
+    monkeypatch.setattr(journal, "unsettled_since", slow_unsettled_since)
+    monkeypatch.setattr(journal, "record", recording)
+    to = mailer.address("note", "project.task", TASK_ID)
+    raw = mailer.sign(mailer.message("note_from_contributor.eml", to, "<overrun@example.com>"))
+    reply = mailer.send(raw, to)
+    assert reply == "451 4.3.0 Odoo is unavailable, try again later: the message took too long to process"
+    assert ended.wait(10)
+    with Journal(gateway.services.config.journal_path) as reader:
+        [row] = reader.recent(1)
+    assert row.smtp_reply == reply
+    [note] = [defect for defect in row.defects if defect.startswith("listener-answered:")]
+    assert note.endswith("with 451 4.3.0 Odoo is unavailable, try again later: the message deadline passed "
+                         "before Odoo answered")
+    assert test_odoo.posts() == []
+
+
 def test_an_unreachable_odoo_is_logged_as_unreachable(test_odoo, gateway, mailer, caplog):
     to = mailer.address("note", "project.task", TASK_ID)
     raw = mailer.sign(mailer.message("note_from_contributor.eml", to, "<down@example.com>"))

@@ -34,6 +34,12 @@ Result = TypeVar("Result")
 POST_CONTEXT = {"mail_create_nosubscribe": True, "mail_post_autofollow": False, "no_new_invoice": True}
 
 
+# Odoo exceptions a retry may heal by itself (a serialization failure, a lock, a lost database
+# connection; a record deleted or hidden, which the retry's own checks then refuse for what it is):
+# logged as warnings. Any other exception Odoo answers (UserError, ValidationError, a server bug)
+# repeats on every retry until someone acts on it: logged as errors.
+TRANSIENT_ODOO_ERRORS = ("psycopg2.", "odoo.exceptions.MissingError", "odoo.exceptions.AccessError")
+
 # What a batched read answers for an item it could not decide on its own: that item's thread then
 # makes its own call, exactly as without batching.
 SOLO = object()
@@ -70,7 +76,10 @@ class _Forming:
         """The answer of item ``index``, or the batch's fault raised afresh in the asking thread."""
         if self.error is not None:
             if isinstance(self.error, OdooUnavailable):
-                raise type(self.error)(self.error.detail, explanation=self.error.explanation, fix=self.error.fix)
+                # With what Odoo answered, which the journal keeps (pipeline._run_stages).
+                raise type(self.error)(self.error.detail, explanation=self.error.explanation, fix=self.error.fix,
+                                       odoo_error=self.error.odoo_error, odoo_message=self.error.odoo_message,
+                                       call=self.error.call)
             raise RuntimeError(f"batched {label} failed") from self.error
         assert self.results is not None
         return self.results[index]
@@ -149,6 +158,19 @@ def credentials_refused(error: BaseException) -> bool:
     if info is None:
         return str(error) == "Wrong login ID or password"
     return (info.get("data") or {}).get("name") == "odoo.exceptions.AccessDenied"
+
+
+def database_missing(error: BaseException) -> bool:
+    """Whether Odoo answered that the database of the call does not exist (dropped or renamed).
+
+    Odoo 18 opens the registry of the named database before anything else, and PostgreSQL refuses
+    the connection: psycopg2.OperationalError 'connection to server ... failed: FATAL:  database
+    "notes" does not exist' (measured on a real Odoo 18, common.login to an unknown database).
+    """
+    if not isinstance(error, odoorpc.error.RPCError):
+        return False
+    return odoo_error_name(error) == "psycopg2.OperationalError" and bool(
+        re.search(r'database ".*" does not exist', str(error)))
 
 
 def transport_fault(url: str, error: BaseException) -> str:
@@ -310,6 +332,8 @@ class OdooPool:
             transport.close()
             if credentials_refused(error):
                 raise self._credentials_refused(error) from None
+            if database_missing(error):
+                raise self._database_missing(error) from None
             raise
         # From here on, each call's timeout is set by _session (client.config["timeout"]).
         login_opener.deadline = None
@@ -497,11 +521,20 @@ class OdooPool:
             if credentials_refused(error):
                 # The key was revoked or expired since this connection logged in.
                 raise self._credentials_refused(error) from None
+            if database_missing(error):
+                # The database was dropped or renamed since this connection logged in.
+                raise self._database_missing(error, label) from None
             # An RPC error here is Odoo refusing or failing a call the gateway believes valid
             # (rights changed, a module missing, a server bug). A retry may heal it and an
-            # admin must look, so it defers rather than bounces.
-            log.warning("odoo %s: %s failed: %s", self.name, label, error)
-            raise OdooUnavailable(f"Odoo refused {label}", odoo_error=odoo_error_name(error), odoo_message=str(error),
+            # admin must look, so it defers rather than bounces. Odoo's own exception name goes
+            # with the refusal, into the journal row (pipeline._run_stages).
+            name = odoo_error_name(error)
+            transient = name is None or name.startswith(TRANSIENT_ODOO_ERRORS)
+            # UserError, ValidationError, a server bug: every retry fails the same way until
+            # someone acts, which "Odoo is unavailable" at WARNING did not say (review of Odoo faults).
+            log.log(logging.WARNING if transient else logging.ERROR, "odoo %s: %s failed: %s%s", self.name, label,
+                    "" if transient else f"{name}: ", error)
+            raise OdooUnavailable(f"Odoo refused {label}", odoo_error=name, odoo_message=str(error),
                                   call=label) from None
         except Exception as error:  # Transport: refused, reset, timeout, HTTP 5xx, not JSON.
             if isinstance(error, urllib.error.HTTPError) and error.code == 413:
@@ -593,6 +626,19 @@ class OdooPool:
                 "(Preferences > Account Security > New API Key) and that the user is active")
         # An error, not a warning: no mail is filed until an admin acts; the senders' mail servers
         # keep it meanwhile (451).
+        log.error("odoo %s: %s; %s", self.name, refusal.explanation, refusal.fix)
+        return refusal
+
+    def _database_missing(self, error: BaseException, call: str = "common.login") -> OdooUnavailable:
+        """The refusal for a database Odoo does not have, logged with the setting that names it."""
+        connection = self.connection
+        refusal = OdooUnavailable(
+            "Odoo does not have the gateway's database",
+            explanation=f"Odoo at {connection.url} has no database {connection.database} (odoo.{self.name}.database): "
+                        f"{' '.join(str(error).split())}",
+            fix=f"set odoo.{self.name}.database to the database's current name (renamed or dropped?), then reload",
+            odoo_error=odoo_error_name(error), odoo_message=str(error), call=call)
+        # An error: no mail is filed until an admin acts; the senders' mail servers keep it (451).
         log.error("odoo %s: %s; %s", self.name, refusal.explanation, refusal.fix)
         return refusal
 

@@ -597,6 +597,11 @@ def _run_stages(ctx: MessageContext, services: Services, deadline: float) -> Non
             stage.run(ctx, services, deadline)
         except Refusal as refusal:
             ctx.refusal = refusal
+            if isinstance(refusal, OdooUnavailable) and refusal.odoo_error:
+                # What Odoo answered, which the reply to the sender leaves out (review of Odoo faults:
+                # a UserError on message_post left only "Odoo refused project.task.message_post").
+                ctx.journal_notes.append(f"odoo-error:{refusal.odoo_error} on {refusal.call or 'a call'}: "
+                                         + " ".join(str(refusal.odoo_message or "").split())[:300])
         except Exception:
             # A bug or an unforeseen fault must not bounce mail that a fixed gateway would accept:
             # defer it, and log everything an admin needs.

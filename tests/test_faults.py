@@ -393,6 +393,62 @@ def test_a_refused_api_key_defers_and_the_log_says_the_key_was_refused(test_odoo
         ("filed", ""), ("deferred", "OdooCredentialsRefused"), ("filed", ""), ("deferred", "OdooCredentialsRefused")]
 
 
+def test_a_missing_database_is_an_error_that_names_the_setting(test_odoo, gateway, mailer, caplog):
+    # Review of Odoo faults: a database renamed or dropped under a running gateway was a WARNING per
+    # message, "res.users.search_read failed: ... database "notes" does not exist", naming no setting.
+    to = mailer.address("note", "project.task", TASK_ID)
+    first = mailer.sign(mailer.message("note_from_contributor.eml", to, "<db-1@example.com>"))
+    second = mailer.sign(mailer.message("note_from_contributor.eml", to, "<db-2@example.com>"))
+    missing = "451 4.3.0 Odoo is unavailable, try again later: Odoo does not have the gateway's database"
+    setting = (f"odoo main: Odoo at {test_odoo.url} has no database notes (odoo.main.database): connection to "
+               'server at "localhost" (127.0.0.1), port 5432 failed: FATAL: database "notes" does not exist; '
+               "set odoo.main.database to the database's current name (renamed or dropped?), then reload")
+    test_odoo.db.name = "notes_renamed"
+    with caplog.at_level(logging.WARNING, logger="gateway.odoo"):
+        assert mailer.send(first, to) == missing  # At the login.
+    assert [(record.levelname, record.message) for record in caplog.records] == [("ERROR", setting)]
+    test_odoo.db.name = "notes"
+    assert mailer.send(first, to).startswith("250 2.0.0 Filed")
+
+    caplog.clear()
+    test_odoo.db.name = "notes_renamed"
+    with caplog.at_level(logging.WARNING, logger="gateway.odoo"):
+        assert mailer.send(second, to) == missing  # On the logged-in connection: an object call.
+    assert [(record.levelname, record.message) for record in caplog.records] == [("ERROR", setting)]
+    with Journal(gateway.services.config.journal_path) as journal:
+        [row] = journal.recent(1)
+    assert row.defects[-1].startswith("odoo-error:psycopg2.OperationalError on res.users.search_read: connection to ")
+    test_odoo.db.name = "notes"
+    assert mailer.send(second, to).startswith("250 2.0.0 Filed")
+
+
+@pytest.mark.parametrize("name, level", [
+    ("odoo.exceptions.UserError", "ERROR"),
+    ("odoo.exceptions.ValidationError", "ERROR"),
+    ("psycopg2.errors.SerializationFailure", "WARNING"),
+])
+def test_an_odoo_exception_on_the_post_is_logged_by_kind_and_journaled(test_odoo, gateway, mailer, caplog,
+                                                                        name, level):
+    # Review of Odoo faults: a UserError or ValidationError on message_post, which repeats on every
+    # retry until someone acts, was a WARNING like a passing serialization failure, and the journal
+    # kept only "Odoo refused project.task.message_post", not what Odoo answered.
+    to = mailer.address("note", "project.task", TASK_ID)
+    raw = mailer.sign(mailer.message("note_from_contributor.eml", to, "<post-error@example.com>"))
+    test_odoo.fail("rpc_error", method="message_post", times=1, error_name=name, error_message="Odoo's own words")
+    with caplog.at_level(logging.WARNING, logger="gateway.odoo"):
+        reply = mailer.send(raw, to)
+    assert reply == "451 4.3.0 Odoo is unavailable, try again later: Odoo refused project.task.message_post"
+    [record] = caplog.records
+    assert record.levelname == level
+    assert record.message == ("odoo main: project.task.message_post failed: "
+                              + ("" if level == "WARNING" else f"{name}: ") + "Odoo's own words")
+    with Journal(gateway.services.config.journal_path) as journal:
+        [row] = journal.recent(1)
+    assert row.smtp_reply == reply
+    assert f"odoo-error:{name} on project.task.message_post: Odoo's own words" in row.defects
+    assert mailer.send(raw, to).startswith("250 2.0.0 Filed")
+
+
 def test_a_slow_login_is_cut_at_the_message_deadline(test_odoo, start_gateway, dns_server, dkim_keys):
     from conftest import Mailer
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import queue
 import re
 import threading
@@ -33,6 +34,14 @@ Result = TypeVar("Result")
 # noted each file. Odoo's portal chatter skips this for non-internal users; other models ignore it.
 POST_CONTEXT = {"mail_create_nosubscribe": True, "mail_post_autofollow": False, "no_new_invoice": True}
 
+
+# Odoo 18 counts failed logins per client address and, after 5 (base.login_cooldown_after), ignores
+# every login from that address until 60 s have passed since the last failure (base.login_cooldown_duration;
+# res_users.py _assert_can_auth): the corrected key too, and, when Odoo is not in proxy_mode, every web
+# user behind the gateway's address. So once Odoo refused the gateway's login or key, the gateway tries
+# again only after a little longer than that (operator review: a login and an ERROR per message), and
+# answers the messages meanwhile with the same 451 without calling Odoo.
+CREDENTIALS_RETRY_SECONDS = 65.0
 
 # Odoo exceptions a retry may heal by itself (a serialization failure, a lock, a lost database
 # connection; a record deleted or hidden, which the retry's own checks then refuse for what it is):
@@ -310,6 +319,14 @@ class OdooPool:
         # Runs the reads of a message that do not wait on each other side by side, each on its own
         # pooled connection (issue 6); as many threads as connections, since a read needs one.
         self._background = ThreadPoolExecutor(max_workers=connection.pool_size, thread_name_prefix=f"odoo-{name}")
+        # The login or key Odoo refused last (_credentials_refused), and when: for
+        # CREDENTIALS_RETRY_SECONDS from then no borrower calls Odoo with it; the messages deferred
+        # since the last ERROR, told apart by their deadline; whether a borrower is trying the
+        # credentials again now. A reload builds a new pool, which tries at once.
+        self._refused: OdooCredentialsRefused | None = None
+        self._refused_at = 0.0
+        self._refused_deferred: set[object] = set()
+        self._retrying = False
 
     # --- connections ---------------------------------------------------------------------------
 
@@ -347,10 +364,17 @@ class OdooPool:
 
     @contextmanager
     def _borrow(self, deadline: float | None, *, patient: bool = False) -> Iterator[odoorpc.ODOO]:
+        # Raises the refusal while Odoo's refusal of the credentials holds; True for the one
+        # borrower that tries them again once CREDENTIALS_RETRY_SECONDS passed. What that try told:
+        # "accepted", "refused" (_credentials_refused takes it from there), or None (a transport
+        # fault, the deadline: the next borrower tries).
+        retrying, told = self._credentials_hold(deadline), None
         wait = self.connection.timeout if deadline is None else max(0.0, deadline - time.monotonic())
         # A bounded pool: when Odoo is slow, messages wait here (and get a 451 at their deadline)
         # instead of piling up threads and connections on Odoo.
         if not self._slots.acquire(wait, patient=patient):
+            if retrying:
+                self._credentials_tried(None)
             raise OdooUnavailable(f"all {self.connection.pool_size} Odoo connections are busy")
         client = None
         try:
@@ -358,16 +382,25 @@ class OdooPool:
                 client = self._idle.get_nowait()
             except queue.Empty:
                 client = self._connect(deadline)
+                told = "accepted"
             yield client
-        except BaseException:
+            told = "accepted"
+        except BaseException as error:
             if client is not None:
                 self._drop(client)  # Possibly broken: never lend it again.
             client = None
+            if isinstance(error, OdooCredentialsRefused):
+                told = "refused"  # By the login (_connect).
+            elif isinstance(error, odoorpc.error.RPCError):
+                # Odoo answered the call: AccessDenied refuses the key, anything else accepted it.
+                told = "refused" if credentials_refused(error) else "accepted"
             raise
         finally:
             if client is not None:
                 self._idle.put(client)
             self._slots.release()
+            if retrying:
+                self._credentials_tried(told)
 
     def call(self, model: str, method: str, args: list | None = None, kwargs: dict | None = None,
              *, context: dict | None = None, deadline: float | None = None, cacheable: bool = False) -> Any:
@@ -624,10 +657,57 @@ class OdooPool:
                         f"{connection.database} ({error}): a configuration problem, not an outage",
             fix=f"check that the API key ({source}) is a current key of the Odoo user {connection.login} "
                 "(Preferences > Account Security > New API Key) and that the user is active")
+        with self._lock:
+            # Logged once per CREDENTIALS_RETRY_SECONDS: at the first refusal, and when the try
+            # after the pause is refused again; not for calls that were under way at the first one.
+            first, again = self._refused is None, self._retrying
+            deferred = len(self._refused_deferred)
+            if first or again:
+                self._refused_deferred = set()
+            self._refused, self._refused_at = refusal, time.monotonic()
+            self._retrying = False
         # An error, not a warning: no mail is filed until an admin acts; the senders' mail servers
         # keep it meanwhile (451).
-        log.error("odoo %s: %s; %s", self.name, refusal.explanation, refusal.fix)
+        if first:
+            log.error("odoo %s: %s; %s. Until then messages are deferred (451) without calling Odoo, which is "
+                      "tried again every %.0f s (after 5 failed logins from one address, Odoo ignores every login "
+                      "from it for 60 s)", self.name, refusal.explanation, refusal.fix, CREDENTIALS_RETRY_SECONDS)
+        elif again:
+            log.error("odoo %s: %s; %s. Still refused when tried again, after %d message(s) deferred (451) "
+                      "without calling Odoo; next try in %.0f s", self.name, refusal.explanation, refusal.fix,
+                      deferred, CREDENTIALS_RETRY_SECONDS)
         return refusal
+
+    def _credentials_hold(self, deadline: float | None) -> bool:
+        """Raise the refusal of the credentials while it holds; True if this borrower is to try them again."""
+        if self._refused is None:
+            return False
+        with self._lock:
+            refusal = self._refused
+            if refusal is None:
+                return False
+            if self._retrying or time.monotonic() - self._refused_at < CREDENTIALS_RETRY_SECONDS:
+                # One message's reads share its deadline: counted once.
+                self._refused_deferred.add(deadline if deadline is not None else object())
+                raise OdooCredentialsRefused(refusal.detail, explanation=refusal.explanation, fix=refusal.fix)
+            self._retrying = True
+            return True
+
+    def _credentials_tried(self, told: str | None) -> None:
+        """The end of the try of refused credentials: accepted, refused, or (None) undecided."""
+        with self._lock:
+            if not self._retrying:
+                return  # Refused (_credentials_refused), which set the next pause.
+            if told == "refused":
+                return  # _session's RPCError branch calls _credentials_refused next.
+            self._retrying = False
+            if told is None:
+                self._refused_at = -math.inf  # The try told nothing (Odoo down, the deadline): the next borrower tries.
+                return
+            deferred = len(self._refused_deferred)
+            self._refused, self._refused_deferred = None, set()
+        log.warning("odoo %s: Odoo accepts the gateway's login again; %d message(s) were deferred (451) meanwhile",
+                    self.name, deferred)
 
     def _database_missing(self, error: BaseException, call: str = "common.login") -> OdooUnavailable:
         """The refusal for a database Odoo does not have, logged with the setting that names it."""

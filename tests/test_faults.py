@@ -13,6 +13,7 @@ from contextlib import contextmanager
 
 import pytest
 
+from gateway import odoo
 from gateway.config import load_config
 from gateway.journal import Journal
 from gateway.pipeline import Services
@@ -362,9 +363,12 @@ def test_a_delivery_racing_the_outcome_of_another_is_not_taken_for_an_unsettled_
     assert len(_stored(test_odoo, "<racing@example.com>")) == 1
 
 
-def test_a_refused_api_key_defers_and_the_log_says_the_key_was_refused(test_odoo, gateway, mailer, caplog):
+def test_a_refused_api_key_defers_and_the_log_says_the_key_was_refused(test_odoo, gateway, mailer, caplog,
+                                                                        monkeypatch):
     # Operator review, item 11: a wrong key was logged as "RPCError" and told apart from an outage
     # nowhere. The reply stays a 451 (docs/reliability.md): the mail is filed once the key is fixed.
+    # The pause after a refusal (the next test) is over at once here: each retry tries the key.
+    monkeypatch.setattr(odoo, "CREDENTIALS_RETRY_SECONDS", 0)
     to = mailer.address("note", "project.task", TASK_ID)
     first = mailer.sign(mailer.message("note_from_contributor.eml", to, "<key-1@example.com>"))
     second = mailer.sign(mailer.message("note_from_contributor.eml", to, "<key-2@example.com>"))
@@ -391,6 +395,63 @@ def test_a_refused_api_key_defers_and_the_log_says_the_key_was_refused(test_odoo
         rows = journal.recent(4)
     assert [(row.verdict, row.refusal_class) for row in rows] == [
         ("filed", ""), ("deferred", "OdooCredentialsRefused"), ("filed", ""), ("deferred", "OdooCredentialsRefused")]
+
+
+def _logins(test_odoo) -> int:
+    return sum(1 for call in test_odoo.calls if call.service == "common" and call.method == "login")
+
+
+def test_a_refused_api_key_is_tried_again_only_after_a_pause(test_odoo, gateway, mailer, caplog, monkeypatch):
+    # Review of Odoo faults: a refused key cost one Odoo login and one ERROR per message. Odoo 18
+    # counts failed logins per address and, after 5, ignores every login from it for 60 s (the test
+    # Odoo does too): right after the admin fixed the key, the gateway was still refused, and so was
+    # every web user behind its address. Now one try per pause (CREDENTIALS_RETRY_SECONDS).
+    to = mailer.address("note", "project.task", TASK_ID)
+    notes = [mailer.sign(mailer.message("note_from_contributor.eml", to, f"<pause-{n}@example.com>"))
+             for n in range(7)]
+    refused = "451 4.3.0 Odoo is unavailable, try again later: Odoo refused the gateway's login"
+    test_odoo.revoke_api_key(GATEWAY_UID, DEMO_API_KEY)
+    with caplog.at_level(logging.INFO, logger="gateway.odoo"):
+        assert [mailer.send(raw, to) for raw in notes[:6]] == [refused] * 6
+        assert _logins(test_odoo) == 1
+        [error] = [record for record in caplog.records if record.levelno >= logging.ERROR]
+        assert ("refused the credentials of login gateway on database notes (Wrong login ID or password)"
+                in error.message)
+        assert "tried again every 65 s" in error.message
+
+        # The key is fixed, but the pause holds: no login (the pause outlasts Odoo's 60 s lockout).
+        test_odoo.add_api_key(GATEWAY_UID, DEMO_API_KEY)
+        assert mailer.send(notes[6], to) == refused
+        assert _logins(test_odoo) == 1
+
+        # The pause passed: the next message tries the key, which Odoo accepts, and all are filed.
+        caplog.clear()
+        monkeypatch.setattr(odoo, "CREDENTIALS_RETRY_SECONDS", 0)
+        for raw in notes:
+            assert mailer.send(raw, to).startswith("250 2.0.0 Filed as Odoo message")
+    assert _logins(test_odoo) == 2
+    assert [record.levelname for record in caplog.records if record.levelno >= logging.WARNING] == ["WARNING"]
+    assert "Odoo accepts the gateway's login again; 6 message(s) were deferred (451) meanwhile" in caplog.text
+    assert all(len(_stored(test_odoo, f"<pause-{n}@example.com>")) == 1 for n in range(7))
+    with Journal(gateway.services.config.journal_path) as journal:
+        rows = journal.recent(14)[::-1]
+    assert [(row.verdict, row.refusal_class) for row in rows] == (
+        [("deferred", "OdooCredentialsRefused")] * 7 + [("filed", "")] * 7)
+
+
+def test_a_key_refused_again_after_the_pause_is_one_error_per_pause(test_odoo, gateway, mailer, caplog,
+                                                                    monkeypatch):
+    to = mailer.address("note", "project.task", TASK_ID)
+    raw = mailer.sign(mailer.message("note_from_contributor.eml", to, "<again@example.com>"))
+    test_odoo.revoke_api_key(GATEWAY_UID, DEMO_API_KEY)
+    with caplog.at_level(logging.ERROR, logger="gateway.odoo"):
+        for _ in range(3):
+            assert mailer.send(raw, to).startswith("451 4.3.0")
+        monkeypatch.setattr(odoo, "CREDENTIALS_RETRY_SECONDS", 0)  # The pause passed; the key is still revoked.
+        assert mailer.send(raw, to).startswith("451 4.3.0")
+    first, again = [record.message for record in caplog.records]
+    assert _logins(test_odoo) == 2
+    assert "Still refused when tried again, after 2 message(s) deferred (451) without calling Odoo" in again
 
 
 def test_a_missing_database_is_an_error_that_names_the_setting(test_odoo, gateway, mailer, caplog):

@@ -30,6 +30,15 @@ class JournalUnavailable(OSError):
     """
 
 
+class JournalBusy(JournalUnavailable):
+    """Another process held the journal's write lock (an sqlite3 shell, a prune) for as long as the caller could wait.
+
+    Waited out without holding the journal's own lock, so that the other threads of the process
+    (their reads above all) go on meanwhile (journal review: a journal locked for 25 s by an
+    operator's sqlite3 held every thread, reads included, for 5 s per statement in turn).
+    """
+
+
 class JournalInUse(Exception):
     """Another running gateway holds the journal's lock: a second one must not start on it."""
 
@@ -330,25 +339,60 @@ def _unavailable(path: Path, action: str, error: sqlite3.Error | OSError) -> Jou
     return JournalUnavailable(f"journal {path} cannot be {action}: {error}{full}")
 
 
+# How long SQLite itself waits for another process's lock in one attempt, and how long a caller
+# waits in all when it names no deadline (SQLite's own timeout before: 5 s). Between attempts the
+# journal's lock is free, so a write waiting for another process holds no other thread.
+_ATTEMPT_SECONDS = 0.1
+_PAUSE_SECONDS = 0.02
+WAIT_SECONDS = 5.0
+# SQLITE_BUSY and SQLITE_LOCKED, whatever their extended codes (BUSY_SNAPSHOT, BUSY_TIMEOUT...).
+_BUSY_CODES = frozenset({5, 6})
+
+
+def _is_busy(error: sqlite3.Error) -> bool:
+    code = getattr(error, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in _BUSY_CODES
+    return "locked" in str(error) or "busy" in str(error)
+
+
+def _wait_end(deadline: float | None, wait: float) -> float:
+    """The time.monotonic() by which a caller gives up waiting for another process's lock."""
+    end = time.monotonic() + wait
+    return end if deadline is None else min(end, deadline)
+
+
 class Journal:
-    """The journal file. One connection, guarded by a lock, serves every thread."""
+    """The journal file. One connection, guarded by a lock, writes for every thread; each thread reads on its own.
+
+    Reads (the rate limits, the retry and unsettled-post checks, `log`) go through a connection of
+    the reading thread, which under WAL neither waits for a writer nor holds the others (journal
+    review: the rate-limit stage of 8 messages took 5-10 s while another process held the write
+    lock, as each read queued behind writes waiting out SQLite's 5 s timeout under the lock).
+    A write waits for another process's lock in short attempts, with the lock free between them,
+    for at most WAIT_SECONDS or until the caller's ``deadline`` (time.monotonic()).
+    """
 
     def __init__(self, path: Path | str, *, read_only: bool = False) -> None:
         self.path = Path(path)
         self.read_only = read_only
         self._lock = threading.Lock()
         self._closed = False
+        # The reading connection of each thread, and all of them, to be closed with the journal.
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
         try:
             if read_only:
                 # For `note-gateway log` run by an admin who may read the journal but not write it.
                 uri = f"file:{urllib.parse.quote(str(self.path.resolve()))}?mode=ro"
-                self._connection = sqlite3.connect(uri, uri=True, timeout=5.0, check_same_thread=False)
+                self._connection = sqlite3.connect(uri, uri=True, timeout=WAIT_SECONDS, check_same_thread=False)
             else:
                 # Made owner-only before SQLite opens it, whatever the umask of a `serve` run by hand
                 # (the units set UMask=0077): the rows hold senders, Message-IDs and whole record
                 # addresses. SQLite gives the -wal and -shm files the mode of the journal's.
                 os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
-                self._connection = sqlite3.connect(self.path, timeout=5.0, check_same_thread=False)
+                self._connection = sqlite3.connect(self.path, timeout=WAIT_SECONDS, check_same_thread=False)
         except OSError as error:
             raise _unavailable(self.path, "opened", error) from error
         except sqlite3.Error as error:
@@ -358,6 +402,9 @@ class Journal:
         try:
             if not read_only:
                 self._prepare()
+                # The migrations waited as long as SQLite's timeout says (another gateway starting
+                # at the same time); a statement from now on waits in attempts (_write).
+                self._connection.execute(f"PRAGMA busy_timeout = {int(_ATTEMPT_SECONDS * 1000)}")
             self._check_version()
         except BaseException:
             self._connection.close()
@@ -410,24 +457,97 @@ class Journal:
                 "start the gateway once to bring it up to date"
             )
 
-    def _run(self, action: str, sql: str, parameters: tuple = ()) -> tuple[list[tuple], int | None]:
-        """Run one statement under the lock; return its rows and the id of an inserted row."""
-        with self._lock:
+    def _run(self, action: str, sql: str, parameters: tuple = (), *, deadline: float | None = None,
+             wait: float = WAIT_SECONDS) -> tuple[list[tuple], int | None]:
+        """Run one statement; return its rows and the id of an inserted row.
+
+        A read ("read") on the thread's own connection, a write under the lock (_write).
+        """
+        if action == "read" and not self.read_only:
+            return self._read(sql, parameters, deadline=deadline, wait=wait)
+
+        def run(connection: sqlite3.Connection) -> tuple[list[tuple], int | None]:
+            cursor = connection.execute(sql, parameters)
+            return cursor.fetchall(), cursor.lastrowid
+
+        return self._write(action, run, deadline=deadline, wait=wait)
+
+    def _write(self, action: str, work, *, deadline: float | None = None, wait: float = WAIT_SECONDS):
+        """``work(connection)`` under the lock, in attempts while another process holds the file's lock.
+
+        Each attempt waits at most _ATTEMPT_SECONDS in SQLite (its busy timeout), then lets go of
+        the lock for the other threads; JournalBusy once ``wait`` seconds or the ``deadline`` passed.
+        """
+        started = time.monotonic()
+        end = _wait_end(deadline, wait)
+        while True:
+            if not self._lock.acquire(timeout=max(end - time.monotonic(), _ATTEMPT_SECONDS)):
+                raise JournalBusy(f"journal {self.path} cannot be {action}: its other writes held it for "
+                                  f"{time.monotonic() - started:.1f} s")
+            try:
+                if self._closed:
+                    raise JournalUnavailable(f"journal {self.path} is closed")
+                try:
+                    return work(self._connection)
+                except (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError):
+                    # A bad value or bad SQL is a bug in the gateway, not a state of the file.
+                    raise
+                except sqlite3.Error as error:
+                    # Disk full, a read-only file, a lock held too long, a damaged file: each may heal
+                    # or be healed by an admin, and none is the message's fault.
+                    if not _is_busy(error):
+                        raise _unavailable(self.path, action, error) from error
+                    if time.monotonic() >= end:
+                        raise JournalBusy(f"journal {self.path} cannot be {action}: {error} (another process "
+                                          f"held it for {time.monotonic() - started:.1f} s)") from error
+            finally:
+                self._lock.release()
+            time.sleep(_PAUSE_SECONDS)
+
+    def _reader(self) -> sqlite3.Connection:
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            try:
+                connection = sqlite3.connect(self.path, timeout=_ATTEMPT_SECONDS, check_same_thread=False,
+                                             isolation_level=None)
+                connection.execute("PRAGMA query_only = ON")
+            except sqlite3.Error as error:
+                raise _unavailable(self.path, "read", error) from error
+            with self._readers_lock:
+                if self._closed:
+                    connection.close()
+                    raise JournalUnavailable(f"journal {self.path} is closed")
+                self._readers.append(connection)
+            self._local.connection = connection
+        return connection
+
+    def _read(self, sql: str, parameters: tuple, *, deadline: float | None = None,
+              wait: float = WAIT_SECONDS) -> tuple[list[tuple], None]:
+        """Run a query on this thread's connection: under WAL it waits for no writer, and holds no other thread."""
+        started = time.monotonic()
+        end = _wait_end(deadline, wait)
+        while True:
             if self._closed:
                 raise JournalUnavailable(f"journal {self.path} is closed")
             try:
-                cursor = self._connection.execute(sql, parameters)
-                return cursor.fetchall(), cursor.lastrowid
+                return self._reader().execute(sql, parameters).fetchall(), None
             except (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError):
-                # A bad value or bad SQL is a bug in the gateway, not a state of the file.
+                if self._closed:
+                    raise JournalUnavailable(f"journal {self.path} is closed") from None
                 raise
             except sqlite3.Error as error:
-                # Disk full, a read-only file, a lock held too long, a damaged file: each may heal
-                # or be healed by an admin, and none is the message's fault.
-                raise _unavailable(self.path, action, error) from error
+                if not _is_busy(error):
+                    raise _unavailable(self.path, "read", error) from error
+                if time.monotonic() >= end:
+                    raise JournalBusy(f"journal {self.path} cannot be read: {error} (another process "
+                                      f"held it for {time.monotonic() - started:.1f} s)") from error
+            time.sleep(_PAUSE_SECONDS)
 
-    def record(self, entry: JournalEntry, *, receipt_id: int | None = None) -> int:
-        """Store the entry and return its id; the receipt of the message, if given, goes in the same transaction."""
+    def record(self, entry: JournalEntry, *, receipt_id: int | None = None, wait: float = WAIT_SECONDS) -> int:
+        """Store the entry and return its id; the receipt of the message, if given, goes in the same transaction.
+
+        ``wait``: how long another process's lock is waited for (JournalBusy then).
+        """
         values = tuple(
             json.dumps(getattr(entry, column)) if column in _JSON_COLUMNS else getattr(entry, column)
             for column in _COLUMNS
@@ -435,37 +555,39 @@ class Journal:
         placeholders = ", ".join("?" for _ in _COLUMNS)
         insert = f"INSERT INTO messages ({', '.join(_COLUMNS)}) VALUES ({placeholders})"
         if receipt_id is None:
-            _, entry_id = self._run("written", insert, values)
+            _, entry_id = self._run("written", insert, values, wait=wait)
             return int(entry_id or 0)
-        return self._transaction("written", [(insert, values), ("DELETE FROM receipts WHERE id = ?", (receipt_id,))])
+        return self._transaction("written", [(insert, values), ("DELETE FROM receipts WHERE id = ?", (receipt_id,))],
+                                 wait=wait)
 
-    def _transaction(self, action: str, statements: list[tuple[str, tuple]]) -> int:
-        """Run statements in one transaction under the lock; return the last inserted row id of the first."""
-        with self._lock:
-            if self._closed:
-                raise JournalUnavailable(f"journal {self.path} is closed")
+    def _transaction(self, action: str, statements: list[tuple[str, tuple]], *, deadline: float | None = None,
+                     wait: float = WAIT_SECONDS) -> int:
+        """Run statements in one transaction (_write); return the last inserted row id of the first."""
+
+        def run(connection: sqlite3.Connection) -> int:
+            connection.execute("BEGIN IMMEDIATE")
             try:
-                self._connection.execute("BEGIN IMMEDIATE")
-                try:
-                    first_id = None
-                    for sql, parameters in statements:
-                        cursor = self._connection.execute(sql, parameters)
-                        first_id = cursor.lastrowid if first_id is None else first_id
-                    self._connection.execute("COMMIT")
-                except BaseException:
-                    if self._connection.in_transaction:
-                        self._connection.execute("ROLLBACK")
-                    raise
-                return int(first_id or 0)
-            except (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError):
+                first_id = None
+                for sql, parameters in statements:
+                    cursor = connection.execute(sql, parameters)
+                    first_id = cursor.lastrowid if first_id is None else first_id
+                connection.execute("COMMIT")
+            except BaseException:
+                # SQLite has already rolled back after some errors (a full disk among them).
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
                 raise
-            except sqlite3.Error as error:
-                raise _unavailable(self.path, action, error) from error
+            return int(first_id or 0)
+
+        return self._write(action, run, deadline=deadline, wait=wait)
 
     def begin(self, *, received_at: float, message_id: str, peer: str, mail_from: str, rcpt: str,
               from_address: str, kind: str, model: str, res_id: int, sender: str = "",
-              odoo_identity: str = "") -> int:
+              odoo_identity: str = "", deadline: float | None = None) -> int:
         """Write the receipt of a message about to be posted; JournalUnavailable if it cannot be written.
+
+        ``deadline`` (time.monotonic()): the message's, beyond which another process's lock is not
+        waited for (JournalBusy).
 
         ``sender`` and ``odoo_identity``: the key of an unsettled post of it (the verified address,
         lower case; the Odoo, config.odoo_identity); the receipt also keeps this process's id and
@@ -478,6 +600,7 @@ class Journal:
             " pid, sender, written_at, odoo_identity) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (received_at, message_id, peer, mail_from, rcpt, from_address, kind, model, res_id, os.getpid(),
              sender or from_address.strip().lower(), time.time(), odoo_identity),
+            deadline=deadline,
         )
         return int(receipt_id or 0)
 
@@ -564,7 +687,7 @@ class Journal:
         self._transaction("written", statements)
 
     def unsettled_since(self, message_id: str, model: str, res_id: int, sender: str, odoo_identity: str = "", *,
-                        own_receipt: int | None = None) -> float | None:
+                        own_receipt: int | None = None, deadline: float | None = None) -> float | None:
         """When this sender's post of this message on this record of this Odoo was left unsettled, if it is.
 
         An open receipt of the same post, other than ``own_receipt``, counts as well: read under the
@@ -580,7 +703,7 @@ class Journal:
             "THEN written_at ELSE received_at END FROM receipts WHERE message_id = ? AND model = ? AND res_id = ? "
             "AND sender = ? AND odoo_identity IN (?, '') AND id != ?)",
             (message_id, model, res_id, sender, odoo_identity, message_id, model, res_id, sender, odoo_identity,
-             -1 if own_receipt is None else own_receipt))
+             -1 if own_receipt is None else own_receipt), deadline=deadline)
         return float(rows[0][0]) if rows and rows[0][0] is not None else None
 
     def settle(self, message_id: str, model: str, res_id: int, sender: str, odoo_identity: str = "") -> None:
@@ -595,7 +718,8 @@ class Journal:
                              "AND sender = ? AND odoo_identity = ?", (message_id, model, res_id, sender, odoo_identity))
 
     def count_filed(self, since: float, *, odoo_identity: str = "", domain: str | None = None,
-                    from_address: str | None = None, model: str | None = None, res_id: int | None = None) -> int:
+                    from_address: str | None = None, model: str | None = None, res_id: int | None = None,
+                    deadline: float | None = None) -> int:
         """How many messages were filed since a time: from one sender through one alias domain
         (``from_address``, ``domain``), or to one record of one Odoo (``odoo_identity``, ``model``, ``res_id``).
 
@@ -611,11 +735,11 @@ class Journal:
             sql = ("SELECT count(*) FROM messages WHERE model = ? AND res_id = ? AND odoo_identity IN (?, '') "
                    "AND verdict = 'filed' AND received_at >= ?")
             parameters = (model, res_id, odoo_identity, since)
-        rows, _ = self._run("read", sql, parameters)
+        rows, _ = self._run("read", sql, parameters, deadline=deadline)
         return int(rows[0][0])
 
     def was_filed(self, message_id: str, from_address: str, odoo_identity: str, model: str | None = None,
-                  res_id: int | None = None) -> bool:
+                  res_id: int | None = None, *, deadline: float | None = None) -> bool:
         """Whether this sender's message was filed on this record of this Odoo (any time): a retry,
         not a new message. Without a record (a plain address not routed yet): on any record of it.
         A row of unknown Odoo ('', older than schema version 7) counts for every Odoo."""
@@ -625,7 +749,7 @@ class Journal:
         if model is not None:
             sql += " AND model = ? AND res_id = ?"
             parameters += (model, res_id)
-        rows, _ = self._run("read", sql + " LIMIT 1", parameters)
+        rows, _ = self._run("read", sql + " LIMIT 1", parameters, deadline=deadline)
         return bool(rows)
 
     def prune(self, before: float, *, batch: int = 2000) -> dict[str, int]:
@@ -647,13 +771,7 @@ class Journal:
         }
         for table, sql in statements.items():
             while True:
-                with self._lock:
-                    if self._closed:
-                        raise JournalUnavailable(f"journal {self.path} is closed")
-                    try:
-                        count = self._connection.execute(sql, (before, batch)).rowcount
-                    except sqlite3.Error as error:
-                        raise _unavailable(self.path, "pruned", error) from error
+                count = self._write("pruned", lambda connection: connection.execute(sql, (before, batch)).rowcount)
                 deleted[table] += count
                 if count < batch:
                     break
@@ -729,6 +847,10 @@ class Journal:
             if not self._closed:
                 self._closed = True
                 self._connection.close()
+                with self._readers_lock:
+                    readers, self._readers = self._readers, []
+                for reader in readers:
+                    reader.close()
 
     def __enter__(self) -> Journal:
         return self

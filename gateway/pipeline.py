@@ -20,7 +20,7 @@ from gateway import (attachments, automatic, content, identity, inputlimits, mes
 from gateway.config import ConfigError, GatewayConfig
 from gateway.inflight import InFlight
 from gateway.context import MessageContext
-from gateway.journal import Journal, JournalEntry, JournalUnavailable
+from gateway.journal import WAIT_SECONDS, Journal, JournalBusy, JournalEntry, JournalUnavailable
 from gateway.odoo import OdooPool, start_waiting, stop_waiting
 from gateway.refusals import (AnswersNoteOfAnotherRecord, GatewayMayNotPost, InternalError, InternalUserNotAllowed,
                               JournalNotWritable, ModelNotAllowed, NotContributor, OdooUnavailable, PostUnsettled,
@@ -232,13 +232,33 @@ def _authentication_too_slow() -> Refusal:
     return SenderAuthenticationTimedOut("the message's deadline passed while its DKIM signature was checked")
 
 
+def _journal_too_slow() -> Refusal:
+    # The stages that wait on the journal say the journal, not Odoo (journal review: with the
+    # journal locked by another process, late messages were answered "Odoo is unavailable" and
+    # counted as OdooUnavailable, which fires an Odoo alert while Odoo is healthy).
+    return JournalNotWritable(_JOURNAL_BUSY)
+
+
+_JOURNAL_BUSY = "the journal was busy until the message's deadline"
+
+
+def _journal_refusal(ctx: MessageContext, stage: str, error: JournalUnavailable) -> JournalNotWritable:
+    """The refusal of a message whose journal could not be read or written; the error itself goes
+    to the log and the message's journal row, not to the sender (journal review: the reply gave
+    any stranger the journal's path and SQLite's error)."""
+    log.error("journal unavailable in stage %s, message deferred (451): %s", stage, error)
+    ctx.journal_notes.append(f"journal-unavailable:{error}")
+    return JournalNotWritable(_JOURNAL_BUSY if isinstance(error, JournalBusy) else None)
+
+
 def _rate_limit(ctx: MessageContext, services: Services, deadline: float) -> None:
     assert ctx.sender is not None
     try:
         ratelimit.check_rate(services.journal, ctx.rules.rate_limit, ctx.sender.email, ctx.target,
-                             odoo=ctx.odoo_identity, message_id=ctx.message.message_id if ctx.message else None)
+                             odoo=ctx.odoo_identity, message_id=ctx.message.message_id if ctx.message else None,
+                             deadline=deadline)
     except JournalUnavailable as error:
-        raise JournalNotWritable(str(error)) from None
+        raise _journal_refusal(ctx, "rate-limit", error) from None
 
 
 def _rate_limit_routed(ctx: MessageContext, services: Services, deadline: float) -> None:
@@ -249,9 +269,10 @@ def _rate_limit_routed(ctx: MessageContext, services: Services, deadline: float)
         return
     try:
         ratelimit.check_record(services.journal, ctx.rules.rate_limit, ctx.sender.email, ctx.target,
-                               odoo=ctx.odoo_identity, message_id=ctx.message.message_id if ctx.message else None)
+                               odoo=ctx.odoo_identity, message_id=ctx.message.message_id if ctx.message else None,
+                               deadline=deadline)
     except JournalUnavailable as error:
-        raise JournalNotWritable(str(error)) from None
+        raise _journal_refusal(ctx, "routed-rate-limit", error) from None
 
 
 def _identify_sender(ctx: MessageContext, services: Services, deadline: float) -> None:
@@ -424,10 +445,10 @@ def _record_receipt(ctx: MessageContext, services: Services, deadline: float) ->
             received_at=ctx.received_at, message_id=ctx.message.message_id, peer=ctx.peer, mail_from=ctx.mail_from,
             rcpt=ctx.target.address, from_address=ctx.message.from_address, kind=ctx.target.kind,
             model=ctx.target.model, res_id=ctx.target.res_id, sender=unsettled_key(ctx)[3],
-            odoo_identity=ctx.odoo_identity)
+            odoo_identity=ctx.odoo_identity, deadline=deadline)
     except JournalUnavailable as error:
         # A full or read-only disk: defer before posting, so that every note in Odoo has its row.
-        raise JournalNotWritable(str(error)) from None
+        raise _journal_refusal(ctx, "record-receipt", error) from None
 
 
 def _post(ctx: MessageContext, services: Services, deadline: float) -> None:
@@ -462,10 +483,10 @@ def _post_once(ctx: MessageContext, services: Services, deadline: float) -> None
     key = unsettled_key(ctx)
     try:
         # The receipt of a delivery whose process died while posting counts as a marker too.
-        unsettled_since = services.journal.unsettled_since(*key, own_receipt=ctx.receipt_id)
+        unsettled_since = services.journal.unsettled_since(*key, own_receipt=ctx.receipt_id, deadline=deadline)
     except JournalUnavailable as error:
         # Whether an earlier post may still be running is unknown: defer rather than risk a second.
-        raise JournalNotWritable(str(error)) from None
+        raise _journal_refusal(ctx, "post", error) from None
     taken: frozenset[str] = frozenset()
     if not ctx.unfiled:
         # One of its Message-IDs is on the record (or the record search did not ask): filed
@@ -550,11 +571,11 @@ STAGES: tuple[Stage, ...] = (
     Stage("authenticate-sender", "require an aligned, valid DKIM signature on From", _authenticate_sender,
           too_slow=_authentication_too_slow),
     Stage("rate-limit", "at most so many filed messages per sender, and per record of a record address",
-          _rate_limit),
+          _rate_limit, too_slow=_journal_too_slow),
     Stage("identify-sender", "find the sender's active Odoo user", _identify_sender),
     Stage("route", "find the record of a plain note@/reply@ from References", _route),
     Stage("routed-rate-limit", "at most so many filed messages per record, for a routed note@/reply@",
-          _rate_limit_routed),
+          _rate_limit_routed, too_slow=_journal_too_slow),
     Stage("reply-all-as-note", "a reply also addressed to a note address, or answering an internal note, "
           "is filed as a note", _reply_all_as_note),
     Stage("authorize", "model allowed, contributor group for notes, company, record access policy", _authorize),
@@ -562,7 +583,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("extract-content", "take the body, trim quote and signature, sanitize its HTML", _extract_content),
     Stage("choose-recipients", "notify internal users named in To/Cc, drop all others", _choose_recipients),
     Stage("render", "render the note or reply template", _render),
-    Stage("record-receipt", "write the durable receipt that the message is being filed", _record_receipt),
+    Stage("record-receipt", "write the durable receipt that the message is being filed", _record_receipt,
+          too_slow=_journal_too_slow),
     Stage("post", "post once per Message-ID and sender with message_post", _post),
 )
 
@@ -581,7 +603,7 @@ def process(ctx: MessageContext, services: Services, *, deadline: float) -> Mess
         # Under the claim: the outcome row removes the receipt, and the next delivery of the
         # message, which may take the claim as soon as it is let go, must not find this one's
         # receipt open and take it for a post left by a dead process (an unsettled post).
-        journal(ctx, services, time.monotonic() - started)
+        journal(ctx, services, time.monotonic() - started, deadline=deadline)
     finally:
         if ctx.claim is not None:
             ctx.claim.close()
@@ -636,12 +658,16 @@ def sent_reply(ctx: MessageContext) -> str:
     return ctx.listener_reply
 
 
-def journal(ctx: MessageContext, services: Services, total_seconds: float) -> None:
+def journal(ctx: MessageContext, services: Services, total_seconds: float, *, deadline: float | None = None) -> None:
     # The row holds the reply the sender got (review of Odoo faults: a slow login left the row
     # saying "the message deadline passed" while the listener had answered "took too long").
     entry = JournalEntry.from_context(ctx, sent_reply(ctx), total_seconds)
+    # The outcome is written past the deadline too (a note filed at the deadline has its row), but
+    # a journal another process holds is waited for only until a little before the listener gives
+    # up on the pipeline (deadline + 5 s), so that the reply is still the pipeline's own.
+    wait = WAIT_SECONDS if deadline is None else max(0.5, min(WAIT_SECONDS, deadline + 3 - time.monotonic()))
     try:
-        entry.id = services.journal.record(entry, receipt_id=ctx.receipt_id)
+        entry.id = services.journal.record(entry, receipt_id=ctx.receipt_id, wait=wait)
     except JournalUnavailable as error:
         # The reply still tells the truth: a filed note is in Odoo whether or not the journal
         # could say so, and a retry is recognised by its Message-ID there.

@@ -18,7 +18,8 @@ from gateway.refusals import RecordRateLimited, SenderRateLimited
 
 
 def check_rate(journal: Journal, limits: RateLimits, sender_email: str, target: Target,
-               now: float | None = None, *, odoo: str = "", message_id: str | None = None) -> None:
+               now: float | None = None, *, odoo: str = "", message_id: str | None = None,
+               deadline: float | None = None) -> None:
     """Raise a 450 refusal when the sender, or the record of a record address, has had its share.
 
     Only filed messages count: a refused or deferred attempt costs Odoo nothing, and counting the
@@ -31,41 +32,44 @@ def check_rate(journal: Journal, limits: RateLimits, sender_email: str, target: 
     A message this sender already filed on this record (``message_id``; a retry after a lost 250)
     is never held back: it files nothing new, and the post stage answers "Already filed", where a
     450 would keep it queued at the sender's MTA and could end in a bounce for a filed note. The
-    journal is asked only when a limit is reached.
+    journal is asked only when a limit is reached. ``deadline`` (time.monotonic()): the message's,
+    beyond which a journal locked by another process is not waited for (JournalBusy).
     """
     since = (time.time() if now is None else now) - limits.window_minutes * 60
     refusal = None
-    if limits.per_sender and journal.count_filed(since, domain=target.domain,
-                                                 from_address=sender_email) >= limits.per_sender:
+    if limits.per_sender and journal.count_filed(since, domain=target.domain, from_address=sender_email,
+                                                 deadline=deadline) >= limits.per_sender:
         refusal = SenderRateLimited(f"{limits.per_sender} in {limits.window_minutes:g} minutes")
     elif not target.by_reference:
-        refusal = _record_refusal(journal, limits, target, since, odoo)
-    if refusal is not None and not _is_retry(journal, sender_email, target, odoo, message_id):
+        refusal = _record_refusal(journal, limits, target, since, odoo, deadline)
+    if refusal is not None and not _is_retry(journal, sender_email, target, odoo, message_id, deadline):
         raise refusal
 
 
 def check_record(journal: Journal, limits: RateLimits, sender_email: str, target: Target,
-                 now: float | None = None, *, odoo: str = "", message_id: str | None = None) -> None:
+                 now: float | None = None, *, odoo: str = "", message_id: str | None = None,
+                 deadline: float | None = None) -> None:
     """Raise a 450 refusal when the record has had its share (as ``check_rate``), for a routed message."""
     since = (time.time() if now is None else now) - limits.window_minutes * 60
-    refusal = _record_refusal(journal, limits, target, since, odoo)
-    if refusal is not None and not _is_retry(journal, sender_email, target, odoo, message_id):
+    refusal = _record_refusal(journal, limits, target, since, odoo, deadline)
+    if refusal is not None and not _is_retry(journal, sender_email, target, odoo, message_id, deadline):
         raise refusal
 
 
 def _record_refusal(journal: Journal, limits: RateLimits, target: Target, since: float,
-                    odoo: str) -> RecordRateLimited | None:
+                    odoo: str, deadline: float | None = None) -> RecordRateLimited | None:
     if limits.per_record and journal.count_filed(since, odoo_identity=odoo, model=target.model,
-                                                 res_id=target.res_id) >= limits.per_record:
+                                                 res_id=target.res_id, deadline=deadline) >= limits.per_record:
         return RecordRateLimited(f"{limits.per_record} in {limits.window_minutes:g} minutes")
     return None
 
 
-def _is_retry(journal: Journal, sender_email: str, target: Target, odoo: str, message_id: str | None) -> bool:
+def _is_retry(journal: Journal, sender_email: str, target: Target, odoo: str, message_id: str | None,
+              deadline: float | None = None) -> bool:
     # Before a plain address is routed, a message this sender filed on any record of this Odoo:
     # the same References route it to the same record, where the post stage finds it filed.
     if not message_id:
         return False
     if not target.model:
-        return journal.was_filed(message_id, sender_email, odoo)
-    return journal.was_filed(message_id, sender_email, odoo, target.model, target.res_id)
+        return journal.was_filed(message_id, sender_email, odoo, deadline=deadline)
+    return journal.was_filed(message_id, sender_email, odoo, target.model, target.res_id, deadline=deadline)

@@ -78,20 +78,91 @@ def _heal_journal_disk(journal: Journal) -> None:
     (_make_journal_read_only, _heal_read_only, "readonly"),
     (_fill_journal_disk, _heal_journal_disk, "full"),
 ], ids=["read-only", "disk-full"])
-def test_journal_that_cannot_be_written_defers_before_posting(test_odoo, gateway, mailer, fault, heal, error):
+def test_journal_that_cannot_be_written_defers_before_posting(test_odoo, gateway, mailer, fault, heal, error,
+                                                             caplog):
     journal = gateway.services.journal
     to = mailer.address("note", "project.task", TASK_ID)
     raw = mailer.sign(mailer.message("note_from_contributor.eml", to, "<journal@example.com>"))
     fault(journal)
-    reply = mailer.send(raw, to)
-    assert reply.startswith("451 4.3.0 The gateway's journal cannot be written, try again later"), reply
-    assert error in reply
+    with caplog.at_level(logging.ERROR, logger="gateway.pipeline"):
+        reply = mailer.send(raw, to)
+    # SQLite's error and the journal's path are the admin's to read, in the log, not a stranger's
+    # in the reply (journal review: "... journal /var/lib/.../journal.sqlite3 cannot be written:
+    # database or disk is full" went to the remote sender).
+    assert reply == "451 4.3.0 The gateway's journal cannot be written, try again later"
+    assert str(journal.path) not in reply and error not in reply
+    [logged] = [record.getMessage() for record in caplog.records if "journal unavailable in stage" in record.getMessage()]
+    assert "stage record-receipt" in logged and error in logged and str(journal.path) in logged
     # Nothing reached Odoo: a note whose journal row could not be written is not posted.
     assert test_odoo.posts() == []
     heal(journal)
     assert mailer.send(raw, to).startswith("250 2.0.0 Filed")
     assert len(_stored(test_odoo, "<journal@example.com>")) == 1
     assert journal.open_receipts() == 0
+
+
+def test_a_journal_another_process_holds_defers_at_the_deadline_as_the_journal_and_reads_go_on(
+        test_odoo, gateway, mailer):
+    from gateway import observe
+
+    # An operator's sqlite3 holds the journal's write lock (BEGIN IMMEDIATE) past the deadline of
+    # the messages that arrive meanwhile (journal review: with a 25 s lock, each statement held
+    # every other thread, reads included, for 5 s in turn; the late messages were answered "Odoo
+    # is unavailable" and counted as OdooUnavailable, and the rate-limit stage took 5-10 s).
+    object.__setattr__(gateway.services.config.gateway.listener, "message_deadline", 4.0)
+    to = mailer.address("note", "project.task", TASK_ID)
+    raws = {f"<locked-{number}@example.com>": mailer.sign(
+        mailer.message("note_from_contributor.eml", to, f"<locked-{number}@example.com>")) for number in range(5)}
+    refusals = {name: observe.REGISTRY.get_sample_value(
+        "note_gateway_messages_total", {"verdict": "deferred", "refusal": name, "odoo": "main"}) or 0.0
+        for name in ("JournalNotWritable", "OdooUnavailable")}
+    holder = sqlite3.connect(gateway.services.config.journal_path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    holder.execute("INSERT INTO notices VALUES ('holder@example.com', 'r', 'd', 0)")
+    locked = time.monotonic()
+    replies: dict[str, tuple[str, float]] = {}
+
+    def send(message_id: str) -> None:
+        reply = mailer.send(raws[message_id], to)
+        replies[message_id] = (reply, time.monotonic() - locked)
+
+    # Three at once, two more while the first ones wait for the journal.
+    threads = [threading.Thread(target=send, args=(message_id,)) for message_id in raws]
+    for thread in threads[:3]:
+        thread.start()
+    time.sleep(1.5)
+    for thread in threads[3:]:
+        thread.start()
+    time.sleep(max(0.0, 6.0 - (time.monotonic() - locked)))
+    holder.execute("ROLLBACK")
+    holder.close()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert len(replies) == 5
+    for message_id, (reply, seconds) in replies.items():
+        # The journal's refusal, said at the message's deadline (each waited on its own, none
+        # behind another's wait), without the journal's path or SQLite's error.
+        assert reply == ("451 4.3.0 The gateway's journal cannot be written, try again later: "
+                         "the journal was busy until the message's deadline"), (message_id, reply)
+        assert seconds < 9.0, (message_id, seconds)
+    assert test_odoo.posts() == []
+    rows = {row.message_id: row for row in gateway.services.journal.recent(20) if row.message_id in raws}
+    assert set(rows) == set(raws)
+    for row in rows.values():
+        assert row.refusal_class == "JournalNotWritable"
+        # The reads of the rate limits waited for no write, in this process or another.
+        assert row.durations["rate-limit"] < 1.0, row.durations
+        assert [defect for defect in row.defects if defect.startswith("journal-unavailable:")], row.defects
+    assert observe.REGISTRY.get_sample_value(
+        "note_gateway_messages_total", {"verdict": "deferred", "refusal": "JournalNotWritable", "odoo": "main"}
+    ) == refusals["JournalNotWritable"] + 5
+    assert (observe.REGISTRY.get_sample_value(
+        "note_gateway_messages_total", {"verdict": "deferred", "refusal": "OdooUnavailable", "odoo": "main"}
+    ) or 0.0) == refusals["OdooUnavailable"]
+    # Released, every retry files once.
+    for message_id, raw in raws.items():
+        assert mailer.send(raw, to).startswith("250 2.0.0 Filed"), message_id
+        assert len(_stored(test_odoo, message_id)) == 1
 
 
 def test_slow_odoo_is_deferred_at_the_message_deadline(test_odoo, start_gateway, dns_server, dkim_keys):

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from gateway.journal import SCHEMA_VERSION, Journal, JournalEntry, JournalUnavailable, format_entries
+from gateway.journal import SCHEMA_VERSION, Journal, JournalBusy, JournalEntry, JournalUnavailable, format_entries
 
 START = 1_741_944_600.0  # 2025-03-14T09:30:00Z
 
@@ -113,6 +113,41 @@ def test_records_from_many_threads(journal):
     entries = journal.recent(1000)
     assert len(entries) == 400
     assert len({entry.id for entry in entries}) == 400
+
+
+def test_a_write_waiting_for_another_process_holds_no_read_and_ends_at_its_deadline(journal):
+    import time
+
+    journal.record(filed())
+    # Another process (an operator's sqlite3) holds the write lock (journal review: each statement
+    # then held the journal's lock for SQLite's 5 s, and every other thread, reads included, waited).
+    holder = sqlite3.connect(journal.path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    holder.execute("INSERT INTO notices VALUES ('holder@example.com', 'r', 'd', 0)")
+    try:
+        waiting = threading.Thread(target=lambda: pytest.raises(JournalBusy, journal.record, filed(), wait=3.0))
+        waiting.start()
+        time.sleep(0.3)
+        started = time.monotonic()
+        assert journal.count_filed(START - 60, from_address="portal.contrib@example.com", domain="") == 1
+        assert journal.was_filed("<pump-check@example.com>", "portal.contrib@example.com", "")
+        assert len(journal.recent(5)) == 1
+        assert time.monotonic() - started < 1.0
+        # A write gives up at the caller's deadline, not after SQLite's whole timeout.
+        started = time.monotonic()
+        with pytest.raises(JournalBusy, match="database is locked"):
+            journal.begin(received_at=START, message_id="<m@example.com>", peer="", mail_from="", rcpt="",
+                          from_address="a@example.com", kind="note", model="project.task", res_id=42,
+                          deadline=time.monotonic() + 0.5)
+        assert time.monotonic() - started < 1.5
+        waiting.join(timeout=10)
+        assert not waiting.is_alive()
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    # The lock released, writes go through again.
+    assert journal.record(filed(message_id="<after@example.com>"))
+    assert journal.open_receipts() == 0
 
 
 def test_schema_version_and_wal(tmp_path):
@@ -269,12 +304,13 @@ def test_journal_of_schema_4_gains_the_alias_domain_and_odoo_the_rate_limits_cou
         journal.record(filed(received_at=START + 1, domain="notes.example.com", odoo="main",
                              odoo_identity="https://main.example:443/main"))
         counted: list[str] = []
-        journal._connection.set_trace_callback(counted.append)
+        # Reads run on the reading thread's own connection (Journal._reader).
+        journal._reader().set_trace_callback(counted.append)
         assert [journal.count_filed(since, odoo_identity=odoo, model="project.task", res_id=42)
                 for odoo in ("https://main.example:443/main", "https://second.example:443/second")] == [2, 1]
         assert [journal.count_filed(since, domain=domain, from_address="Portal.Contrib@example.com")
                 for domain in ("notes.example.com", "notes.second.example")] == [2, 1]
-        journal._connection.set_trace_callback(None)
+        journal._reader().set_trace_callback(None)
         assert journal.was_filed("<old@example.com>", "portal.contrib@example.com", "https://second.example:443/second",
                                  "project.task", 42)
         assert not journal.was_filed("<pump-check@example.com>", "portal.contrib@example.com",

@@ -103,6 +103,36 @@ def lock_journal(path: Path | str) -> int:
     return fd
 
 
+# What the journal and the message's log line keep of text a sender chose: a row and a line stay a
+# few kilobytes whatever the message (journal review: an unsigned 4 MB message of 400 parts, each
+# declaring a charset label thousands of characters long, was refused in 0.4 s and left a row and a
+# JSON log line of 4 MB each). The Message-ID (at most 502 characters, gateway.message), the
+# addresses and the reply are kept whole when they are of a valid message: only longer ones are cut.
+TEXT_LIMIT = 1000
+DEFECT_LIMIT = 200
+DEFECTS_KEPT = 50
+
+
+def bounded_text(text: str, limit: int = TEXT_LIMIT) -> str:
+    """``text``, or its first ``limit`` - 1 characters and "…" (so a bounded text stays as it is)."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def bounded_defects(defects: list[str]) -> list[str]:
+    """At most DEFECTS_KEPT defects, each at most DEFECT_LIMIT characters; the last says how many more there were.
+
+    Bounding a bounded list leaves it as it is: a row read back is the row written.
+    """
+    if len(defects) <= DEFECTS_KEPT:
+        kept = defects
+        more = ""
+    else:
+        kept = defects[: DEFECTS_KEPT - 1]
+        more = f"+{len(defects) - len(kept)} more defects not kept"
+    bounded = [bounded_text(str(defect), DEFECT_LIMIT) for defect in kept]
+    return [*bounded, more] if more else bounded
+
+
 @dataclass(kw_only=True)
 class JournalEntry:
     """One received message as the journal keeps it."""
@@ -138,6 +168,14 @@ class JournalEntry:
     def __post_init__(self) -> None:
         if self.verdict not in VERDICTS:
             raise ValueError(f"verdict must be one of {', '.join(VERDICTS)}, not {self.verdict!r}")
+        # Once, where every entry is made (the pipeline's, the listener's, a recovered receipt's):
+        # the journal row and the JSON log line are both written from the entry.
+        for name in _TEXT_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, str) and len(value) > TEXT_LIMIT:
+                setattr(self, name, bounded_text(value))
+        if len(self.defects) > DEFECTS_KEPT or any(len(str(defect)) > DEFECT_LIMIT for defect in self.defects):
+            self.defects = bounded_defects(self.defects)
 
     @classmethod
     def from_context(
@@ -313,6 +351,8 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
+# Every text column but the verdict, which is checked against VERDICTS.
+_TEXT_FIELDS = tuple(name for name, kind in JournalEntry.__annotations__.items() if kind == "str" and name != "verdict")
 _JSON_COLUMNS = frozenset({"durations", "defects"})
 _SELECTED = ", ".join(("id", *_COLUMNS))
 

@@ -345,3 +345,42 @@ def test_the_journal_and_its_wal_files_are_readable_by_their_owner_only(tmp_path
         os.umask(previous)
     assert {"journal.sqlite3", "journal.sqlite3-wal", "journal.sqlite3-shm"} <= set(modes)
     assert set(modes.values()) == {0o600}, modes
+
+
+def test_a_strangers_message_leaves_a_row_and_a_log_line_of_bounded_size(gateway, mailer, caplog):
+    import json
+    import logging
+
+    from gateway.testing.odoo_demo import TASK_ID
+
+    # Found by a review of the journal: an unsigned 4 MB message of 400 text parts, each declaring
+    # a charset label thousands of characters long (RFC 2231 continuations), was refused in 0.4 s
+    # and left a journal row whose defects were 3,968,000 characters and a JSON log line of 3.9 MB:
+    # each refused message of max_message_size could leave as much in the journal and in journald.
+    to = mailer.address("note", "project.task", TASK_ID)
+    label = b"".join(b';\r\n charset*%d="%s"' % (number, b"x" * 900) for number in range(10))
+    parts = b"".join(b"--B\r\nContent-Type: text/plain" + label + b"\r\n\r\nhello\r\n" for _ in range(120))
+    # A quoted local part may be folded (RFC 5322 section 3.2.4): a From address of 3600 characters.
+    sender = '"' + "\r\n ".join(["x" * 900] * 4) + '"@nowhere.invalid'
+    raw = (f"From: {sender}\r\nTo: {to}\r\nSubject: hi\r\nMessage-ID: <bloat@nowhere.invalid>\r\n"
+           "MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"B\"\r\n\r\n").encode() + parts + b"--B--\r\n"
+    assert len(raw) > 1_000_000
+    with caplog.at_level(logging.INFO, logger="gateway.messages"):
+        reply = mailer.send(raw, to, mail_from="stranger@nowhere.invalid")
+    assert reply.startswith("550 5.7.1"), reply
+    [row] = [row for row in gateway.services.journal.recent(5) if row.message_id == "<bloat@nowhere.invalid>"]
+    # At most 50 defects of at most 200 characters; the last says how many more there were.
+    assert len(row.defects) == 50
+    assert row.defects[-1] == f"+{120 - 49} more defects not kept"
+    assert all(len(defect) <= 200 for defect in row.defects)
+    assert row.defects[0].startswith("charset-unknown:") and row.defects[0].endswith("…")
+    assert len(row.from_address) == 1000 and row.from_address.endswith("…")
+    with sqlite3.connect(gateway.services.config.journal_path) as connection:
+        [(size,)] = connection.execute(
+            "SELECT length(message_id) + length(mail_from) + length(rcpt) + length(from_address) + length(defects) "
+            "+ length(smtp_reply) + length(decision) + length(durations) FROM messages WHERE id = ?", (row.id,))
+    assert size < 15_000
+    [line] = [record.getMessage() for record in caplog.records if "<bloat@nowhere.invalid>" in record.getMessage()]
+    assert len(line.encode()) < 15_000
+    logged = json.loads(line)
+    assert logged["defects"] == row.defects and logged["from_address"] == row.from_address

@@ -804,11 +804,14 @@ def main(argv: list[str] | None = None) -> int:
         # For an admin running doctor, log or address by hand: the files systemd would hand over.
         os.environ["CREDENTIALS_DIRECTORY"] = args.credentials_directory
     quiet = args.command in ("demo", "address", "log", "check-config", "send", "doctor", "check", "setup-odoo")
+    from gateway import observe
+    # Control characters a sender wrote are escaped in every diagnostic line (observe.printable).
+    handler = logging.StreamHandler()
+    handler.setFormatter(observe.PrintableFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING if quiet else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+                        handlers=[handler])
     # aiosmtpd logs every SMTP line at INFO: useful when debugging, noise otherwise.
     logging.getLogger("mail.log").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
-    from gateway import observe
     observe.downgrade_handled_library_errors()
     try:
         status = args.func(args)

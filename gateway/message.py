@@ -18,6 +18,7 @@ from mailparser.exceptions import MailParserRecursionError
 
 from gateway import mime
 from gateway.context import ParsedMessage
+from gateway.observe import printable
 from gateway.refusals import BareLineEnding, MessageUnparseable, Refusal
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,11 @@ def derived_message_id(raw: bytes, from_address: str, subject: str, date: str) -
     return f"<{digest.hexdigest()[:40]}@derived.note-gateway.invalid>"
 
 
-_MESSAGE_ID = re.compile(r"<[^<>\s]{1,500}>")
+# A msg-id is printable text (RFC 5322 section 3.6.4; RFC 6532 adds UTF-8, not control characters):
+# one with a control character is no msg-id, and a message whose Message-ID holds one is filed
+# under a derived ID, as one without (journal review: "<a\x1b[31m\x08\x08\x08@b>" reached the log
+# raw; Odoo and a reply's References would have kept it so).
+_MESSAGE_ID = re.compile(r"<[^<>\s\x00-\x1f\x7f-\x9f]{1,500}>")
 
 
 def message_ids(raw: bytes, header: str, email_message: email.message.Message | None = None) -> list[str]:
@@ -74,7 +79,7 @@ def message_ids(raw: bytes, header: str, email_message: email.message.Message | 
 
 # A comment of RFC 5322 section 3.2.2 without nested ones, as a relay appends to a Message-ID.
 _COMMENT = re.compile(r"\([^()]*\)")
-_BARE_MESSAGE_ID = re.compile(r"[^<>\s()@]+@[^<>\s()@]+")
+_BARE_MESSAGE_ID = re.compile(r"[^<>\s()@\x00-\x1f\x7f-\x9f]+@[^<>\s()@\x00-\x1f\x7f-\x9f]+")
 
 
 def own_message_id(value: str) -> str:
@@ -159,7 +164,7 @@ def parse_email(raw: bytes) -> email.message.Message:
             # mail-parser's parse_from_bytes reports a message nested too deep for the parser so.
             raise MailParserRecursionError("Message nesting too deep to parse") from error
     except Exception as error:  # mail-parser raises many types, none of which a retry can heal.
-        log.info("unparseable message: %s: %s", type(error).__name__, error)
+        log.info("unparseable message: %s: %s", type(error).__name__, printable(error))
         raise MessageUnparseable(type(error).__name__) from None
 
 
@@ -216,7 +221,7 @@ def parse(raw: bytes, email_message: email.message.Message | None = None) -> Par
     except Refusal:  # MessageUnparseable, MessageFragment: refused with their own reply
         raise
     except Exception as error:  # mail-parser raises many types, none of which a retry can heal.
-        log.info("unparseable message: %s: %s", type(error).__name__, error)
+        log.info("unparseable message: %s: %s", type(error).__name__, printable(error))
         raise MessageUnparseable(type(error).__name__) from None
 
     derived = False

@@ -47,6 +47,28 @@ SESSIONS = Gauge("note_gateway_sessions_in_flight", "SMTP/LMTP sessions open now
 # The index of this worker process when listener.workers > 1, None in a gateway of one process.
 worker: int | None = None
 
+# Message-IDs, addresses, file names and parser errors come from strangers; written raw into a log,
+# an escape sequence or a backspace in one rewrites what the admin's terminal shows, and a line
+# break forges a line (journal review: a Message-ID <a\x1b[31m\x08\x08\x08@b> reached the INFO
+# line of gateway.smtp as it was). Control characters are shown escaped, as "\x1b".
+_CONTROLS = (*range(0x20), 0x7F, *range(0x80, 0xA0))
+_ESCAPED = {code: f"\\x{code:02x}" for code in _CONTROLS}
+# JSON escapes C0 itself; DEL and C1 (0x9b is a terminal's CSI) it leaves as they are.
+_JSON_ESCAPED = {code: f"\\u{code:04x}" for code in (0x7F, *range(0x80, 0xA0))}
+
+
+def printable(value: object) -> str:
+    """``value`` for a diagnostic log line, its control characters escaped ("\\x1b")."""
+    return str(value).translate(_ESCAPED)
+
+
+class PrintableFormatter(logging.Formatter):
+    """The gateway's diagnostic lines with every control character of their message escaped, whatever
+    the call that logged it interpolated; a traceback appended to a line keeps its lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return super().formatMessage(record).translate(_ESCAPED)
+
 
 # labels() looks its child up under a lock on every call, some twenty times per message; the
 # label values come from finite sets (verdicts, refusal classes, stage names, configured Odoo
@@ -81,7 +103,7 @@ def message_done(entry: JournalEntry, *, timed: bool = True) -> None:
         MESSAGE_SECONDS.observe(entry.total_seconds)
     if message_log.isEnabledFor(logging.INFO):
         # The journal's own fields, so a log line and `note-gateway log --id N` tell the same story.
-        message_log.info(json.dumps(log_fields(entry), ensure_ascii=False, sort_keys=False))
+        message_log.info(json.dumps(log_fields(entry), ensure_ascii=False, sort_keys=False).translate(_JSON_ESCAPED))
 
 
 def log_fields(entry: JournalEntry) -> dict:

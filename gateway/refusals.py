@@ -40,11 +40,15 @@ class Refusal(Exception):
     def text(self) -> str:
         text = self.reason if not self.detail else f"{self.reason}: {self.detail}"
         # An SMTP reply is one line; a detail taken from a message must not be able to add lines
-        # or smuggle a second reply (RFC 5321 section 4.2).
-        return " ".join(text.split())[:400]
+        # or smuggle a second reply (RFC 5321 section 4.2), nor carry a control character (its
+        # textstring is printable text), which the log lines quoting the reply would show raw.
+        return " ".join(text.split()).translate(_CONTROL_CHARACTERS)[:400]
 
     def smtp_reply(self) -> str:
         return f"{self.smtp_code} {self.enhanced_code} {_ascii(self.text)}"
+
+
+_CONTROL_CHARACTERS = dict.fromkeys([*range(0x20), 0x7F], "?")
 
 
 def _ascii(text: str) -> str:

@@ -20,6 +20,7 @@ import dkim
 from dkim.util import InvalidTagValueList, parse_tag_value
 
 from gateway import dkimcrypto, idn
+from gateway.observe import printable
 from gateway.config import DEFAULT_MAX_SIGNATURE_AGE_DAYS
 from gateway.context import VerifiedSender
 from gateway.refusals import (DnsTemporaryFailure, FromAddressInternationalised, FromHeaderInvalid, HeaderNotSigned,
@@ -205,7 +206,7 @@ def authenticate(raw: bytes, resolver: KeyLookup, *, now: float | None = None,
                 examination.key_failed()
             continue
         except DnsTemporaryFailure as error:
-            log.info("DKIM signature %d of %s: %s", index, from_address, error.detail)
+            log.info("DKIM signature %d of %s: %s", index, printable(from_address), printable(error.detail))
             dns_failure = dns_failure or error
             examination.key_failed(error)
             continue

@@ -234,8 +234,10 @@ class GatewayHandler:
             log.exception("pipeline crashed on %s", target.address)
             return InternalError().smtp_reply()
         reply = pipeline.smtp_reply(ctx)
-        log.info("%s from=%s rcpt=%s verdict=%s reply=%r", ctx.message.message_id if ctx.message else "-",
-                 ctx.sender.email if ctx.sender else envelope.mail_from, target.address, ctx.verdict, reply)
+        # The Message-ID and the envelope sender are the sender's text: escaped (observe.printable).
+        log.info("%s from=%s rcpt=%s verdict=%s reply=%r", observe.printable(ctx.message.message_id) if ctx.message
+                 else "-", observe.printable(ctx.sender.email if ctx.sender else envelope.mail_from), target.address,
+                 ctx.verdict, reply)
         return reply
 
 

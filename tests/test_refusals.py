@@ -51,6 +51,15 @@ def test_smtp_reply_is_one_line_whatever_the_detail(refusal_class):
     assert reply.startswith(f"{refusal_class.smtp_code} {refusal_class.enhanced_code} ")
 
 
+def test_smtp_reply_carries_no_control_character_of_the_detail():
+    # RFC 5321's reply text is printable ASCII; a detail taken from a message (a file name, a
+    # header) with an escape sequence or a backspace reached the client and the log lines quoting
+    # the reply raw (found by a review of the journal).
+    reply = UnknownSender("report\x1b[31m\x08\x08.pdf\x7f\x9b").smtp_reply()
+    assert reply.endswith(": report?[31m??.pdf??")
+    assert all(0x20 <= ord(char) < 0x7F for char in reply)
+
+
 @pytest.mark.parametrize("detail, written", [
     # Found by a review of internationalised senders: without its accents the domain was another,
     # real one ("paula@bucher.example"). A-labels name the same domain in ASCII.

@@ -161,3 +161,49 @@ def test_a_from_with_a_non_ascii_local_part_gets_a_clear_refusal(test_odoo, gate
     assert refused.value.smtp_error == (b"5.6.7 Internationalised sender addresses are not supported, senders are "
                                         b"matched by ASCII addresses: the From address has a non-ASCII local part")
     assert test_odoo.posts() == []
+
+
+def test_control_characters_a_sender_wrote_reach_no_log_line_raw(test_odoo, gateway, mailer, caplog):
+    import logging
+
+    from gateway import observe
+
+    # Found by a review of the journal: the Message-ID <a\x1b[31m\x08\x08\x08@b> of an unsigned
+    # message reached gateway.smtp's INFO line with its escape sequence and backspaces, which
+    # rewrite what an admin's terminal shows of the log.
+    to = mailer.address("note", "project.task", TASK_ID)
+    with caplog.at_level(logging.INFO, logger="gateway"), \
+            socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as connection:
+        replies = connection.makefile("rb")
+
+        def command(line: bytes) -> bytes:
+            connection.sendall(line + b"\r\n")
+            return b"".join(read_reply(replies))
+
+        read_reply(replies)
+        command(b"EHLO client.example.com")
+        # aiosmtpd refuses a control character in an envelope address (501) itself.
+        assert command(b"MAIL FROM:<x\x1b[2J@nowhere.invalid>").startswith(b"501")
+        assert command(b"MAIL FROM:<x@nowhere.invalid>").startswith(b"250")
+        assert command(b"RCPT TO:<" + to.encode() + b">").startswith(b"250")
+        assert command(b"DATA").startswith(b"354")
+        reply = command(b"From: x@nowhere.invalid\r\nMessage-ID: <a\x1b[31m\x08\x08\x08@b>\r\nSubject: s\r\n\r\nhi\r\n.")
+        command(b"QUIT")
+    assert reply.startswith(b"550 5.7.1 Sender not authenticated"), reply
+    # A contributor's signed message whose Message-ID holds a control character: no msg-id
+    # (RFC 5322 section 3.6.4), so it is filed under a derived ID, as one without.
+    raw = mailer.sign(mailer.message("note_from_contributor.eml", to, "<c\x1b]0;owned\x07@example.com>"))
+    with caplog.at_level(logging.INFO, logger="gateway"):
+        assert mailer.send(raw, to).startswith("250 2.0.0 Filed as Odoo message")
+    [post] = test_odoo.posts()
+    assert post.kwargs["message_id"].endswith("@derived.note-gateway.invalid>"), post.kwargs
+    lines = [record.getMessage() for record in caplog.records if record.name.startswith("gateway")]
+    # Its Message-ID is no msg-id either: the unsigned message's line names its derived ID.
+    assert [line for line in lines if "@derived.note-gateway.invalid> from=x@nowhere.invalid" in line], lines
+    raw_controls = [line for line in lines if any(ord(char) < 0x20 or 0x7F <= ord(char) < 0xA0 for char in line)]
+    assert raw_controls == []
+    # Whatever a call interpolates, the lines of `serve` escape the control characters of their message.
+    record = logging.LogRecord("gateway.odoo", logging.WARNING, __file__, 1, "odoo said %s", ("a\x1b[2Jb\nc\x9b",),
+                               None)
+    formatter = observe.PrintableFormatter("%(levelname)s %(name)s: %(message)s")
+    assert formatter.format(record) == "WARNING gateway.odoo: odoo said a\\x1b[2Jb\\x0ac\\x9b"

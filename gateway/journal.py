@@ -380,8 +380,9 @@ def _unavailable(path: Path, action: str, error: sqlite3.Error | OSError) -> Jou
 
 
 # How long SQLite itself waits for another process's lock in one attempt, and how long a caller
-# waits in all when it names no deadline (SQLite's own timeout before: 5 s). Between attempts the
-# journal's lock is free, so a write waiting for another process holds no other thread.
+# waits in all when it names no deadline (SQLite's own timeout before: 5 s); one that names the
+# message's deadline waits until then. Between attempts the journal's lock is free, so a write
+# waiting for another process holds no other thread.
 _ATTEMPT_SECONDS = 0.1
 _PAUSE_SECONDS = 0.02
 WAIT_SECONDS = 5.0
@@ -397,9 +398,9 @@ def _is_busy(error: sqlite3.Error) -> bool:
 
 
 def _wait_end(deadline: float | None, wait: float) -> float:
-    """The time.monotonic() by which a caller gives up waiting for another process's lock."""
-    end = time.monotonic() + wait
-    return end if deadline is None else min(end, deadline)
+    """The time.monotonic() by which a caller gives up waiting for another process's lock: its
+    message's deadline, or ``wait`` seconds from now."""
+    return time.monotonic() + wait if deadline is None else deadline
 
 
 class Journal:
@@ -410,7 +411,7 @@ class Journal:
     review: the rate-limit stage of 8 messages took 5-10 s while another process held the write
     lock, as each read queued behind writes waiting out SQLite's 5 s timeout under the lock).
     A write waits for another process's lock in short attempts, with the lock free between them,
-    for at most WAIT_SECONDS or until the caller's ``deadline`` (time.monotonic()).
+    until the caller's ``deadline`` (time.monotonic(): its message's), or for WAIT_SECONDS.
     """
 
     def __init__(self, path: Path | str, *, read_only: bool = False) -> None:
@@ -516,7 +517,7 @@ class Journal:
         """``work(connection)`` under the lock, in attempts while another process holds the file's lock.
 
         Each attempt waits at most _ATTEMPT_SECONDS in SQLite (its busy timeout), then lets go of
-        the lock for the other threads; JournalBusy once ``wait`` seconds or the ``deadline`` passed.
+        the lock for the other threads; JournalBusy once the ``deadline`` (or ``wait`` seconds) passed.
         """
         started = time.monotonic()
         end = _wait_end(deadline, wait)

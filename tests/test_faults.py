@@ -91,7 +91,8 @@ def test_journal_that_cannot_be_written_defers_before_posting(test_odoo, gateway
     # database or disk is full" went to the remote sender).
     assert reply == "451 4.3.0 The gateway's journal cannot be written, try again later"
     assert str(journal.path) not in reply and error not in reply
-    [logged] = [record.getMessage() for record in caplog.records if "journal unavailable in stage" in record.getMessage()]
+    [logged] = [line for line in (record.getMessage() for record in caplog.records)
+                if "journal unavailable in stage" in line]
     assert "stage record-receipt" in logged and error in logged and str(journal.path) in logged
     # Nothing reached Odoo: a note whose journal row could not be written is not posted.
     assert test_odoo.posts() == []

@@ -187,7 +187,8 @@ def test_control_characters_a_sender_wrote_reach_no_log_line_raw(test_odoo, gate
         assert command(b"MAIL FROM:<x@nowhere.invalid>").startswith(b"250")
         assert command(b"RCPT TO:<" + to.encode() + b">").startswith(b"250")
         assert command(b"DATA").startswith(b"354")
-        reply = command(b"From: x@nowhere.invalid\r\nMessage-ID: <a\x1b[31m\x08\x08\x08@b>\r\nSubject: s\r\n\r\nhi\r\n.")
+        reply = command(b"From: x@nowhere.invalid\r\nMessage-ID: <a\x1b[31m\x08\x08\x08@b>\r\nSubject: s\r\n"
+                        b"\r\nhi\r\n.")
         command(b"QUIT")
     assert reply.startswith(b"550 5.7.1 Sender not authenticated"), reply
     # A contributor's signed message whose Message-ID holds a control character: no msg-id

@@ -523,8 +523,9 @@ class Journal:
         end = _wait_end(deadline, wait)
         while True:
             if not self._lock.acquire(timeout=max(end - time.monotonic(), _ATTEMPT_SECONDS)):
-                raise JournalBusy(f"journal {self.path} cannot be {action}: its other writes held it for "
-                                  f"{time.monotonic() - started:.1f} s")
+                # Its other writes took turns at it, each for one attempt: the journal stayed locked.
+                raise JournalBusy(f"journal {self.path} cannot be {action}: busy for {time.monotonic() - started:.1f} s "
+                                  "(database is locked; this process's other writes waited for it in turn)")
             try:
                 if self._closed:
                     raise JournalUnavailable(f"journal {self.path} is closed")

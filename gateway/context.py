@@ -90,6 +90,9 @@ class VerifiedSender:
     # the signature's h= does not name at all, lowercased: the signer left them open to change.
     # To and Cc of this set notify nobody, In-Reply-To and References choose no record.
     unsigned_headers: frozenset[str] = frozenset()
+    # The header fields the gateway reads that h= names, lowercased, whether or not the message
+    # carries them: a signer that names To or Cc covers the recipients (gateway/addressed.py).
+    signed_headers: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)

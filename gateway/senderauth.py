@@ -210,8 +210,10 @@ def authenticate(raw: bytes, resolver: KeyLookup, *, now: float | None = None,
             dns_failure = dns_failure or error
             examination.key_failed(error)
             continue
+        named = signed_names(header_value)
         return VerifiedSender(email=from_address, dkim_domain=domain, selector=selector,
-                              unsigned_headers=check_signed_copies(header_fields, header_value))
+                              unsigned_headers=check_signed_copies(header_fields, named),
+                              signed_headers=frozenset(name for name in USED_HEADERS if named[name]))
 
     if dns_failure is not None:
         if examination.out_of_time():
@@ -365,7 +367,17 @@ USED_HEADERS = ("from", "subject", "date", "message-id", "to", "cc", "in-reply-t
 _DISPLAY_NAMES = {"message-id": "Message-ID", "mime-version": "MIME-Version", "cc": "Cc"}
 
 
-def check_signed_copies(header_fields: list, signature: bytes) -> frozenset[str]:
+def signed_names(signature: bytes) -> Counter[str]:
+    """How many times the h= of a verified DKIM-Signature value names each header, by lowercase name."""
+    try:
+        signed_list = parse_tag_value(signature).get(b"h", b"")
+    except InvalidTagValueList:  # verified, so parsed before; kept total all the same
+        signed_list = b""
+    # As dkimpy splits h=: names around colons, compared in lowercase.
+    return Counter(name.strip().lower().decode("ascii", "replace") for name in signed_list.split(b":"))
+
+
+def check_signed_copies(header_fields: list, named: Counter[str]) -> frozenset[str]:
     """Refuse a copy of a used header that the passing signature does not cover; return the used
     headers it leaves out of h= altogether.
 
@@ -379,20 +391,15 @@ def check_signed_copies(header_fields: list, signature: bytes) -> frozenset[str]
     refused: Gmail leaves Content-Type out, Microsoft 365 To, Cc, In-Reply-To and References. The
     callers use those only where they cannot widen who sees the note (VerifiedSender.unsigned_headers).
 
-    ``header_fields`` is dkimpy's split of the header, ``signature`` the DKIM-Signature value
-    that verified: counting names costs no second parse and no second verify.
+    ``header_fields`` is dkimpy's split of the header, ``named`` the names in h= of the
+    DKIM-Signature that verified (signed_names): counting them costs no second parse and no
+    second verify.
     """
-    try:
-        signed_list = parse_tag_value(signature).get(b"h", b"")
-    except InvalidTagValueList:  # verified, so parsed before; kept total all the same
-        signed_list = b""
-    # As dkimpy splits h=: names around colons, compared in lowercase.
-    named = Counter(name.strip().lower() for name in signed_list.split(b":"))
     present = Counter(name.strip().lower().decode("ascii", "replace") for name, _ in header_fields)
     unsigned = []
     for name in USED_HEADERS:
         copies = present.get(name, 0)
-        covered = named.get(name.encode(), 0)
+        covered = named.get(name, 0)
         if copies == 0:
             continue
         if covered == 0:

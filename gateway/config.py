@@ -399,6 +399,10 @@ class SenderPolicy(_Strict):
     max_signature_age_days: Annotated[int, Field(ge=0)] = DEFAULT_MAX_SIGNATURE_AGE_DAYS
     # t= is optional (RFC 6376 section 3.5): a signature without it is refused only when asked.
     require_signature_time: bool = False
+    # A note whose To and Cc name no address of the gateway (the gateway in Bcc, or a redirect) is
+    # refused unless this is set: otherwise whoever received a message the contributor signed could
+    # file it as her note (gateway/addressed.py, docs/rules.md). Replies always need it in To/Cc.
+    accept_bcc_notes: bool = False
 
 
 AccessPolicy = Literal["odoo-rules", "followers", "own", "company", "email-domain"]

@@ -15,8 +15,8 @@ from typing import Callable, TypeVar
 
 import dns.resolver
 
-from gateway import (attachments, automatic, content, identity, inputlimits, message, notices, observe, policy,
-                     post, ratelimit, recipients, routing, senderauth)
+from gateway import (addressed, attachments, automatic, content, identity, inputlimits, message, notices, observe,
+                     policy, post, ratelimit, recipients, routing, senderauth)
 from gateway.config import ConfigError, GatewayConfig
 from gateway.inflight import InFlight
 from gateway.context import MessageContext
@@ -249,6 +249,15 @@ def _journal_refusal(ctx: MessageContext, stage: str, error: JournalUnavailable)
     log.error("journal unavailable in stage %s, message deferred (451): %s", stage, error)
     ctx.journal_notes.append(f"journal-unavailable:{error}")
     return JournalNotWritable(_JOURNAL_BUSY if isinstance(error, JournalBusy) else None)
+
+
+def _check_addressed(ctx: MessageContext, services: Services, deadline: float) -> None:
+    # Before identify-sender: a message not sent to the gateway costs no Odoo call, and its refusal
+    # says nothing of its author's Odoo account (a replay to note@ told whether she had one, and
+    # whether it was archived: security review).
+    assert ctx.message is not None and ctx.sender is not None
+    addressed.check_addressed(ctx.message, ctx.target, ctx.sender, alias_domains=services.config.domains,
+                              accept_bcc_notes=ctx.rules.sender.accept_bcc_notes)
 
 
 def _rate_limit(ctx: MessageContext, services: Services, deadline: float) -> None:
@@ -570,6 +579,8 @@ STAGES: tuple[Stage, ...] = (
           _refuse_automatic),
     Stage("authenticate-sender", "require an aligned, valid DKIM signature on From", _authenticate_sender,
           too_slow=_authentication_too_slow),
+    Stage("addressed-to-gateway", "refuse a message whose To and Cc name no gateway address (mail sent to "
+          "someone else), a Bcc note only where the rules accept it", _check_addressed),
     Stage("rate-limit", "at most so many filed messages per sender, and per record of a record address",
           _rate_limit, too_slow=_journal_too_slow),
     Stage("identify-sender", "find the sender's active Odoo user", _identify_sender),

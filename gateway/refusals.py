@@ -355,6 +355,16 @@ class TooManySignatures(Refusal):
     reason = "Too many DKIM signatures"
 
 
+class NotAddressedToGateway(Refusal):
+    # The message's To and Cc name no address of the gateway: a signed message its author sent to
+    # someone else, which that someone could otherwise send on to a reply+ address (filed publicly
+    # under her name) or a note+ one (found by a security review). No notice: its verified From is
+    # the author, who did not send it to the gateway, and the reply reaches who did.
+    smtp_code, enhanced_code = 550, "5.7.1"
+    reason = "The message is not addressed to the gateway"
+    sends_notice = False
+
+
 # --- Identity and authorization ------------------------------------------------------------------
 
 

@@ -638,6 +638,8 @@ def test_wrong_type_in_gateway_file_is_named(folder, gateway_extra, key, reason)
     ("require_dated_addresses = 1\n", "require_dated_addresses", "Input should be a valid boolean, not the integer 1"),
     ('[rate_limit]\nper_sender = "20"\n', "rate_limit.per_sender", "Input should be a valid integer, not the string '20'"),
     ('[notices]\nenabled = "yes"\n', "notices.enabled", "Input should be a valid boolean, not the string 'yes'"),
+    ('[sender]\naccept_bcc_notes = "true"\n', "sender.accept_bcc_notes",
+     "Input should be a valid boolean, not the string 'true'"),
 ])
 def test_wrong_type_in_rules_file_is_named(folder, rules_extra, key, reason):
     rules = rules_extra + RULES if not rules_extra.startswith("[") else RULES + rules_extra

@@ -98,6 +98,19 @@ def test_a_note_address_of_the_same_record_on_another_odoo_leaves_a_reply_public
     assert second_odoo.filings() == []
 
 
+def test_an_address_of_any_alias_domain_in_to_or_cc_addresses_the_gateway(test_odoo, second_odoo, two_odoo_gateway,
+                                                                          dkim_keys):
+    # A message is filed only if its To or Cc names the gateway (gateway/addressed.py); an address of
+    # another of its alias domains does, as a reply-all may name a note+ of one and a reply+ of another.
+    first = address.mint(SECRET.encode(), ALIAS_DOMAIN, "note", "project.task", TASK_ID)
+    second = address.mint(SECOND_SECRET.encode(), SECOND_DOMAIN, "note", "project.task", TASK_ID)
+    raw = compose(PAULA_EMAIL, first, "Pump", "The seal is worn.", message_id="<both@example.com>")
+    reply = deliver(sign(raw, dkim_keys["example.com"], "example.com", SELECTOR), second,
+                    port=two_odoo_gateway.port, mail_from=PAULA_EMAIL)
+    assert reply.startswith("250 2.0.0 Filed as Odoo message "), reply
+    assert [post.kwargs["message_id"] for post in second_odoo.posts()] == ["<both@example.com>"]
+
+
 def _two_connections(tmp_path, odoo, dns_port, rate_limit=""):
     """The second alias domain on a second [odoo.*] connection to the SAME database (one integration
     user per company, say: docs/rules.md)."""

@@ -130,6 +130,17 @@ def test_no_notice_for_transient_or_automatic_refusals(test_odoo, noticing_maile
     assert smarthost.received == []
 
 
+def test_no_notice_for_a_message_not_addressed_to_the_gateway(test_odoo, noticing_mailer, smarthost):
+    # Its verified From wrote it to someone else, who sent it to the gateway: she did not, and a
+    # notice would tell her of a message she never sent here (gateway/addressed.py).
+    to = noticing_mailer.address("note", "project.task", TASK_ID)
+    raw = noticing_mailer.sign(noticing_mailer.message("note_from_non_member.eml", "bob@partner.example"))
+    reply = noticing_mailer.send(raw, to, mail_from="bob@partner.example")
+    assert reply.startswith("550 5.7.1 The message is not addressed to the gateway")
+    _notices_tried(noticing_mailer)
+    assert smarthost.received == []
+
+
 def test_no_notice_unless_the_rules_ask(test_odoo, start_gateway, dns_server, dkim_keys, smarthost):
     gateway = start_gateway(dns_server.port,
                             listener_extra=f"\n[notices]\nsmarthost = \"127.0.0.1\"\nsmarthost_port = {smarthost.port}\n")

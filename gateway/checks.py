@@ -268,6 +268,14 @@ def _describe(stage: str, ctx: MessageContext) -> str:
     return ""
 
 
+def _refused(ctx: MessageContext, refusal: Refusal) -> str:
+    """A refusal as the operator reads it: the reply, what only the journal keeps, and the reply the
+    sender is told instead if another (pipeline.said_refusal)."""
+    said = pipeline.said_refusal(ctx, refusal)
+    text = f"REFUSED {refusal.smtp_reply()}" + (f" ({refusal.internal})" if refusal.internal else "")
+    return text + (f"; the sender is told: {said.smtp_reply()}" if said is not refusal else "")
+
+
 def dry_run(services: pipeline.Services, rcpt: str, raw: bytes,
             mail_from: str | None = None) -> tuple[list[tuple[str, str]], bool]:
     """Each stage's verdict for this message to this recipient, and whether it would be filed.
@@ -303,7 +311,7 @@ def dry_run(services: pipeline.Services, rcpt: str, raw: bytes,
         try:
             stage.run(ctx, services, deadline)
         except Refusal as refusal:
-            verdicts.append((stage.name, f"REFUSED {refusal.smtp_reply()}"))
+            verdicts.append((stage.name, _refused(ctx, refusal)))
             return verdicts, False
         detail = _describe(stage.name, ctx)
         verdicts.append((stage.name, "ok" + (f": {detail}" if detail else "")))

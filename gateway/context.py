@@ -146,8 +146,14 @@ class MessageContext:
     # Decisions an admin reading the journal must see: how a plain address was routed, why a
     # reply+ delivery was filed as a note (issue 7).
     decision: str = ""
-    # Why a reply delivery is filed as a note (the reply-all-as-note stage), for a refusal to say.
+    # Why a reply delivery is filed as a note (the reply-all-as-note stage), for a refusal to say;
+    # and whether it is because the message answers an internal note (said only once the sender's
+    # access to the record is established).
     note_reason: str = ""
+    note_from_parent: bool = False
+    # The record access policy let the sender read the record: from then on a routed note@ / reply@
+    # is told its refusals as they are (pipeline.said_refusal).
+    record_access: bool = False
     # The record's followers, read from Odoo while the sender is identified (issue 6).
     followers: Pending[RecordFollowers] | None = None
     # The message of the record a reply+ answers, looked up at the same time (routing.reply_parent).

@@ -198,7 +198,8 @@ class JournalEntry:
             domain=target.domain,
             odoo=context.rules.odoo,
             odoo_identity=context.odoo_identity,
-            refusal_class=context.refusal.name if context.refusal else "",
+            # The refusal itself, also when the reply said another in its place (pipeline.said_refusal).
+            refusal_class=(context.refusal.concealed or context.refusal).name if context.refusal else "",
             smtp_reply=smtp_reply,
             odoo_message_id=context.odoo_message_id,
             durations=dict(context.stage_durations),

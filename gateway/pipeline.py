@@ -19,12 +19,14 @@ from gateway import (addressed, attachments, automatic, content, identity, input
                      policy, post, ratelimit, recipients, routing, senderauth)
 from gateway.config import ConfigError, GatewayConfig
 from gateway.inflight import InFlight
-from gateway.context import MessageContext
+from gateway.context import MessageContext, Target
 from gateway.journal import WAIT_SECONDS, Journal, JournalBusy, JournalEntry, JournalUnavailable
 from gateway.odoo import OdooPool, start_waiting, stop_waiting
-from gateway.refusals import (AnswersNoteOfAnotherRecord, GatewayMayNotPost, InternalError, InternalUserNotAllowed,
-                              JournalNotWritable, ModelNotAllowed, NotContributor, OdooUnavailable, PostUnsettled,
-                              Refusal, SenderAuthenticationTimedOut, TemplateLosesBody)
+from gateway.refusals import (AccessRuleUnsupported, AnswersNoteOfAnotherRecord, GatewayMayNotPost, InternalError,
+                              InternalUserNotAllowed, JournalNotWritable, ModelNotAllowed, NoRecordReferenced,
+                              NotContributor, OdooUnavailable, PostUnsettled, RecordAccessDenied, RecordArchived,
+                              RecordHiddenFromGateway, RecordNotFound, RecordOfOtherCompany, Refusal,
+                              RoutedRecordUnavailable, SenderAuthenticationTimedOut, TemplateLosesBody)
 from gateway.render import BodyNotShown, Renderer, checked_renderer
 from gateway.resolver import DkimKeyResolver
 from gateway.subject import clean_subject
@@ -350,6 +352,7 @@ def _reply_all_as_note(ctx: MessageContext, services: Services, deadline: float)
             raise AnswersNoteOfAnotherRecord()
         decision, ctx.note_reason = (f"answers internal message {parent.message_id}",
                                      "the message answers an internal note of this record")
+        ctx.note_from_parent = True
     ctx.target = dataclasses.replace(ctx.target, kind="note")
     ctx.decision = "; ".join(filter(None, (ctx.decision, f"{decision}: filed as a note, never public")))
 
@@ -376,15 +379,67 @@ def _authorize(ctx: MessageContext, services: Services, deadline: float) -> None
     except (ModelNotAllowed, NotContributor, InternalUserNotAllowed) as refusal:
         if not ctx.note_reason:
             raise
+        if ctx.note_from_parent:
+            # That the message answers an internal note is said only to a sender who may read the
+            # record, as the reply it was sent as (found by a review: anyone holding a Message-ID
+            # learnt that it was a note, and of which record); else that refusal is the reply.
+            reply = dataclasses.replace(ctx.target, kind="reply")
+            policy.check_model_allowed(ctx.rules, reply)
+            policy.check_address(ctx.rules, reply)
+            policy.check_address_owner(reply, ctx.user)
+            _check_record_access(ctx, services, reply, deadline, unfiled=None)
         # A reply refused as a note says why it was one (reply-all-as-note).
-        raise type(refusal)(f"{refusal.detail}; {ctx.note_reason}, so it is filed only as a note") from None
+        raise type(refusal)(f"{refusal.detail}; {ctx.note_reason}, so it is filed only as a note",
+                            internal=refusal.internal) from None
+    ctx.unfiled = _check_record_access(ctx, services, ctx.target, deadline, unfiled=post.filed_message_ids(ctx))
+
+
+def _check_record_access(ctx: MessageContext, services: Services, target: Target, deadline: float,
+                         *, unfiled: list[str] | None) -> bool:
+    assert ctx.user is not None
+    odoo = _odoo(ctx, services)
     ctx.company_id = policy.bound_company(odoo, ctx.rules, deadline=deadline)
     # Claimed before the record search, which also asks Odoo whether the message is already filed
     # there: that answer holds until the post only while no other delivery of it can post.
     _claim(ctx, services)
-    ctx.unfiled = policy.check_record_access(
-        odoo, ctx.target, ctx.user, rules=ctx.rules, sender_email=ctx.sender.email if ctx.sender else "",
-        company=ctx.company_id, deadline=deadline, followers=ctx.followers, unfiled=post.filed_message_ids(ctx))
+    try:
+        found = policy.check_record_access(
+            odoo, target, ctx.user, rules=ctx.rules, sender_email=ctx.sender.email if ctx.sender else "",
+            company=ctx.company_id, deadline=deadline, followers=ctx.followers, unfiled=unfiled)
+    except RecordOfOtherCompany:
+        # Said only to a sender who may read the record (policy.check_record_access).
+        ctx.record_access = True
+        raise
+    ctx.record_access = True
+    return found
+
+
+# What a routed note@ / reply@ never says before the sender's access to its record is established:
+# each tells something of a record the sender may not read (that it exists, is archived, is hidden
+# from the gateway, its kind, its company, that a Message-ID is a note). Found by a review: any
+# portal user could ask about any record by writing a made-up Odoo Message-ID in In-Reply-To.
+_RECORD_REVEALING = (ModelNotAllowed, RecordNotFound, RecordArchived, RecordAccessDenied, AccessRuleUnsupported,
+                     RecordOfOtherCompany, RecordHiddenFromGateway, AnswersNoteOfAnotherRecord)
+
+
+def said_refusal(ctx: MessageContext, refusal: Refusal) -> Refusal:
+    """The refusal the sender is told: ``refusal`` itself, or for a plain note@ / reply@ whose record
+    is not established as readable by the sender, the reply of a message that references no record.
+
+    A record address (note+ / reply+) keeps its precise refusal: its token proves that the sender
+    was given the address. A plain address is routed by headers anyone can write, so everything
+    record-revealing says what a message of unknown references is told (routing.UNROUTED); the
+    journal and the log keep the specific refusal (``concealed``). A record hidden from the
+    gateway's own Odoo user stays a 451, so that the message waits while the administrator (told
+    at ERROR) corrects it, with a text that names nothing.
+    """
+    if not (ctx.target.by_reference and ctx.target.model and not ctx.record_access
+            and isinstance(refusal, _RECORD_REVEALING)):
+        return refusal
+    said: Refusal = (RoutedRecordUnavailable() if refusal.transient
+                     else NoRecordReferenced(routing.UNROUTED))
+    said.concealed = refusal
+    return said
 
 
 def _claim(ctx: MessageContext, services: Services) -> None:
@@ -611,6 +666,7 @@ def process(ctx: MessageContext, services: Services, *, deadline: float) -> Mess
             _run_stages(ctx, services, deadline)
         finally:
             ctx.odoo_seconds = stop_waiting()
+        _say_refusal(ctx)
         # Under the claim: the outcome row removes the receipt, and the next delivery of the
         # message, which may take the claim as soon as it is let go, must not find this one's
         # receipt open and take it for a post left by a dead process (an unsettled post).
@@ -647,6 +703,20 @@ def _run_stages(ctx: MessageContext, services: Services, deadline: float) -> Non
         if time.monotonic() > deadline and stage is not STAGES[-1]:
             ctx.refusal = stage.too_slow()
             break
+
+
+def _say_refusal(ctx: MessageContext) -> None:
+    """The refusal the reply and the notice say (said_refusal); what they leave out goes to the
+    decision, which the journal and the message's log line keep."""
+    refusal = ctx.refusal
+    if refusal is None:
+        return
+    ctx.refusal = said_refusal(ctx, refusal)
+    if ctx.refusal is not refusal or refusal.internal:
+        kept = f"refused {refusal.name}: {refusal.operator_text}"
+        if ctx.refusal is not refusal:
+            kept += f"; said as {ctx.refusal.name}, the sender's access to the record not being established"
+        ctx.decision = "; ".join(filter(None, (ctx.decision, kept)))
 
 
 def smtp_reply(ctx: MessageContext) -> str:

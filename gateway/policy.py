@@ -11,7 +11,8 @@ from gateway.context import OdooUser, Target
 from gateway.odoo import SOLO, OdooPool, Pending, Rpc
 from gateway.refusals import (AccessRuleUnsupported, AddressExpired, AddressNotForSender, InternalUserNotAllowed,
                               ModelNotAllowed, NotContributor, OdooUnavailable, PlainAddressNotAccepted,
-                              RecordAccessDenied, RecordHiddenFromGateway, RecordNotFound, RecordOfOtherCompany)
+                              RecordAccessDenied, RecordArchived, RecordHiddenFromGateway, RecordNotFound,
+                              RecordOfOtherCompany)
 from gateway.senderauth import normalise_domain
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,42 @@ def check_record_access(odoo: OdooPool, target: Target, user: OdooUser, *, rules
     The followers policy asks it in its read of the followers, unless that read may come from the
     read cache. False means access is granted but filing was not checked (a cached read, the
     company-bound followers check, or one of the IDs is there: a retry, which the post stage finds).
+
+    ``company``: the company the alias domain is bound to, whose context the searches run in. A
+    record of another company is RecordOfOtherCompany only for a sender who may read it, bound to
+    no company (as an unbound domain decides): any other sender gets RecordAccessDenied and learns
+    nothing of its company (found by a review, where "sale.order 24 is of company 2, not 1"
+    answered a portal user about an order he could not read). So RecordOfOtherCompany says that
+    the sender may read the record. Whether the record exists, is archived or is hidden from the
+    gateway is asked only once access is refused.
     """
+    try:
+        found = _check_access(odoo, target, user, rules=rules, sender_email=sender_email, company=company,
+                              deadline=deadline, followers=followers, unfiled=unfiled)
+    except RecordAccessDenied:
+        # Refused in the company's context (odoo-rules runs the sender's rules for it alone): a
+        # record of another company that the sender may read elsewhere is said to be so.
+        if (company is not None and _other_company(odoo, target, company, deadline=deadline)
+                and _may_read_unbound(odoo, target, user, rules=rules, sender_email=sender_email,
+                                      deadline=deadline)):
+            check_company(odoo, target, company, deadline=deadline)
+        raise
+    check_company(odoo, target, company, deadline=deadline)
+    return found
+
+
+def _may_read_unbound(odoo: OdooPool, target: Target, user: OdooUser, *, rules: DomainRules | None,
+                      sender_email: str, deadline: float | None) -> bool:
+    try:
+        _check_access(odoo, target, user, rules=rules, sender_email=sender_email, company=None, deadline=deadline)
+    except (RecordAccessDenied, AccessRuleUnsupported):
+        return False
+    return True
+
+
+def _check_access(odoo: OdooPool, target: Target, user: OdooUser, *, rules: DomainRules | None,
+                  sender_email: str, company: int | None, deadline: float | None,
+                  followers: Pending[RecordFollowers] | None = None, unfiled: list[str] | None = None) -> bool:
     policy = rules.kind_rules(target.kind).access if rules is not None else "followers"
     context = {"active_test": False}
     if company is not None:
@@ -99,10 +135,6 @@ def check_record_access(odoo: OdooPool, target: Target, user: OdooUser, *, rules
         if not read.partners & {user.partner_id, user.commercial_partner_id}:
             raise RecordAccessDenied(f"{user.email} does not follow {target.model} {target.res_id}")
         return read.unfiled
-    if company is not None:
-        # The record's company is read, which needs the record: existence is asked first.
-        _check_exists(odoo, target, context, deadline)
-        check_company(odoo, target, company, deadline=deadline)
     if policy == "followers":
         _check_followers(odoo, target, user, context, deadline)
         return False
@@ -123,7 +155,8 @@ def check_record_access(odoo: OdooPool, target: Target, user: OdooUser, *, rules
         mail_domain = normalise_domain(sender_email.rpartition("@")[2])
         customer = rules.email_domains.get(mail_domain)
         if customer is None:
-            raise RecordAccessDenied(f"{mail_domain} is not in email_domains")
+            raise RecordAccessDenied(f"{sender_email} on {target.model} {target.res_id}",
+                                     internal=f"{mail_domain} is not in email_domains")
         domain = [(f"{partner_field}.commercial_partner_id", "=", customer)]
     else:  # pragma: no cover - the config schema allows no other value
         raise AccessRuleUnsupported(f"policy {policy}")
@@ -134,10 +167,9 @@ def check_record_access(odoo: OdooPool, target: Target, user: OdooUser, *, rules
     try:
         _check_search(odoo, target, user, domain, context, policy, deadline)
     except RecordAccessDenied:
-        # Only a refusal pays for telling "no such record" from "not yours": an accepted message
-        # costs one search (issue 6: few round trips per message).
-        if company is None:
-            _check_exists(odoo, target, context, deadline)
+        # Only a refusal pays for telling "no such record" or "archived" from "not yours": an
+        # accepted message costs one search (issue 6: few round trips per message).
+        _check_exists_and_active(odoo, target, context, deadline)
         raise
     return False
 
@@ -210,10 +242,25 @@ def check_exists(odoo: OdooPool, target: Target, *, deadline: float | None = Non
 def _check_exists(odoo: OdooPool, target: Target, context: dict, deadline: float | None) -> None:
     if not odoo.call(target.model, "search", [[("id", "=", target.res_id)]], {"limit": 1},
                      context=context, deadline=deadline):
-        _missing_or_hidden(odoo, target, context, deadline)
+        _missing_or_hidden(odoo, target, context, deadline,
+                           inactive_searched=context.get("active_test", True) is False)
 
 
-def _missing_or_hidden(odoo: OdooPool, target: Target, context: dict, deadline: float | None) -> None:
+def _check_exists_and_active(odoo: OdooPool, target: Target, context: dict, deadline: float | None) -> None:
+    """_check_exists, and RecordArchived for an archived record, asked once access is refused so
+    that the refusal says why (found by a review: "no access" for an archived task its sender
+    follows). One search when the record is there and active, as before: a search that leaves
+    inactive records out finds it (a model without an ``active`` field leaves nothing out)."""
+    active = {key: value for key, value in context.items() if key != "active_test"}
+    if odoo.call(target.model, "search", [[("id", "=", target.res_id)]], {"limit": 1},
+                 context=active, deadline=deadline):
+        return
+    _check_exists(odoo, target, context, deadline)
+    raise RecordArchived(f"{target.model} {target.res_id}")
+
+
+def _missing_or_hidden(odoo: OdooPool, target: Target, context: dict, deadline: float | None,
+                       *, inactive_searched: bool = False) -> None:
     """The search as the integration user found nothing: a record that is gone, or one a record rule
     hides from that user (operator review: an integration user in "Sales / User: Own Documents
     Only" made every note on another salesperson's order a permanent 550 "does not exist").
@@ -221,6 +268,9 @@ def _missing_or_hidden(odoo: OdooPool, target: Target, context: dict, deadline: 
     One read tells them apart, as a real Odoo 18 answers it: MissingError for an id that does not
     exist, AccessError for one a rule hides. It runs only here, after a search found nothing, so an
     accepted message pays no extra call (issue 6).
+
+    ``inactive_searched``: the search that found nothing did not leave archived records out, so a
+    readable record is not an archived one; else (the followers reads) it is RecordArchived.
     """
     try:
         odoo.call(target.model, "read", [[target.res_id], ["id"]], context=context, deadline=deadline)
@@ -235,7 +285,10 @@ def _missing_or_hidden(odoo: OdooPool, target: Target, context: dict, deadline: 
         if error.odoo_error == "odoo.exceptions.MissingError":
             raise RecordNotFound(f"{target.model} {target.res_id}") from None
         raise
-    # Readable, yet not found: archived (the search leaves inactive records out) or gone meanwhile.
+    if not inactive_searched:
+        # Readable, yet not found by a search that leaves inactive records out: archived.
+        raise RecordArchived(f"{target.model} {target.res_id}")
+    # Readable, yet not found even with archived records: gone meanwhile.
     raise RecordNotFound(f"{target.model} {target.res_id}")
 
 
@@ -246,7 +299,7 @@ def _check_search(odoo: OdooPool, target: Target, user: OdooUser, domain: list, 
     found = odoo.call(target.model, "search", [[("id", "=", target.res_id)] + list(domain)], {"limit": 1},
                       context=context, deadline=deadline, cacheable=True)
     if not found:
-        raise RecordAccessDenied(f"{user.email} on {target.model} {target.res_id} ({policy})")
+        raise RecordAccessDenied(f"{user.email} on {target.model} {target.res_id}", internal=policy)
 
 
 def _odoo_rules_domain(odoo: OdooPool, rules: DomainRules, target: Target, user: OdooUser,
@@ -256,9 +309,10 @@ def _odoo_rules_domain(odoo: OdooPool, rules: DomainRules, target: Target, user:
                                  deadline=deadline)
     except access.UnsupportedRule as error:
         log.error("odoo-rules on %s for %s: %s; refusing (fail closed)", target.model, user.email, error)
-        raise AccessRuleUnsupported(error.rule) from None
+        raise AccessRuleUnsupported(f"{user.email} on {target.model} {target.res_id}", internal=error.rule) from None
     if not decision.acl:
-        raise RecordAccessDenied(f"{user.email} has no read access to {target.model} (ir.model.access)")
+        raise RecordAccessDenied(f"{user.email} on {target.model} {target.res_id}",
+                                 internal=f"odoo-rules: no read access to {target.model} in ir.model.access")
     log.debug("odoo-rules %s for %s: rules %s -> %s", target.model, user.email, decision.rules, decision.domain)
     return decision.domain
 
@@ -292,7 +346,7 @@ class RecordFollowers:
 
 def read_followers(odoo: OdooPool, target: Target, *, deadline: float | None = None,
                    unfiled: list[str] | None = None) -> RecordFollowers:
-    """The partners following the record, read from Odoo now; RecordNotFound if it is gone or archived.
+    """The partners following the record, read from Odoo now; RecordNotFound if it is gone, RecordArchived.
 
     It does not depend on the sender, so it can run while the sender is looked up (issue 6).
     Searching (not reading) by id also leaves archived records out, as Odoo's portal rule for
@@ -332,14 +386,20 @@ def bound_company(odoo: OdooPool, rules: DomainRules, *, deadline: float | None 
 
 def check_company(odoo: OdooPool, target: Target, company: int | None, *, deadline: float | None = None) -> None:
     """A record of another company is refused; a record without company (False) is shared, as in Odoo."""
+    other = _other_company(odoo, target, company, deadline=deadline)
+    if other is not None:
+        raise RecordOfOtherCompany(f"{target.model} {target.res_id} is of company {other}, not {company}")
+
+
+def _other_company(odoo: OdooPool, target: Target, company: int | None, *, deadline: float | None) -> int | None:
+    """The record's company if it is another than ``company``; None if it is that one, or none."""
     if company is None:
-        return
+        return None
     fields = odoo.call(target.model, "fields_get", [["company_id"]], {"attributes": ["type"]}, deadline=deadline)
     if "company_id" not in fields:
-        return
+        return None
     rows = odoo.call(target.model, "read", [[target.res_id], ["company_id"]], context={"active_test": False},
                      deadline=deadline)
     value = rows[0].get("company_id") if rows else False
-    if value and int(value[0]) != company:
-        raise RecordOfOtherCompany(f"{target.model} {target.res_id} is of company {value[0]}, not {company}")
+    return int(value[0]) if value and int(value[0]) != company else None
 

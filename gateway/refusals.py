@@ -24,8 +24,16 @@ class Refusal(Exception):
     # itself automatic: answering an auto-reply is how mail loops start (RFC 3834 section 2).
     sends_notice: bool = True
 
-    def __init__(self, detail: str | None = None) -> None:
+    def __init__(self, detail: str | None = None, *, internal: str | None = None) -> None:
         self.detail = detail
+        # What only the operator reads (the journal, the log, ``note-gateway check``), never the
+        # reply or the notice: the access policy, ir.model.access, email_domains, a record rule's
+        # name. A portal sender can do nothing with them, and they describe the configuration
+        # (found by a review of what refusals tell senders).
+        self.internal = internal
+        # The refusal this one is said in place of (pipeline.said_refusal): its class and specifics are
+        # what the journal and the log keep.
+        self.concealed: Refusal | None = None
         super().__init__(self.text)
 
     @property
@@ -46,6 +54,11 @@ class Refusal(Exception):
 
     def smtp_reply(self) -> str:
         return f"{self.smtp_code} {self.enhanced_code} {_ascii(self.text)}"
+
+    @property
+    def operator_text(self) -> str:
+        """The text with what only the operator reads (``internal``) added: the journal, the log, ``check``."""
+        return f"{self.text} ({self.internal})" if self.internal else self.text
 
 
 _CONTROL_CHARACTERS = dict.fromkeys([*range(0x20), 0x7F], "?")
@@ -423,6 +436,16 @@ class RecordNotFound(Refusal):
     template = "notice/access_denied.txt.j2"
 
 
+class RecordArchived(Refusal):
+    # The record exists but is archived (active = False): said as such, not as "does not exist" or
+    # "no access" (found by a review). X.2.1 is "mailbox disabled, not accepting messages" (RFC 3463).
+    # Said only for a record address: its token proves the sender was given it; a plain note@ /
+    # reply@ says NoRecordReferenced (pipeline.said_refusal).
+    smtp_code, enhanced_code = 550, "5.2.1"
+    reason = "The record of this address is archived"
+    template = "notice/access_denied.txt.j2"
+
+
 class RecordAccessDenied(Refusal):
     smtp_code, enhanced_code = 550, "5.7.1"
     reason = "Sender has no access to this record"
@@ -431,7 +454,8 @@ class RecordAccessDenied(Refusal):
 
 class AccessRuleUnsupported(Refusal):
     # Fail closed (issue 7): a record rule the gateway cannot evaluate faithfully decides nothing,
-    # so the message is refused and the log names the rule for the admin.
+    # so the message is refused and the log and the journal name the rule for the admin (``internal``,
+    # never in the reply).
     smtp_code, enhanced_code = 550, "5.7.1"
     reason = "Sender's access to this record cannot be decided, a record rule is not supported"
     template = "notice/access_denied.txt.j2"
@@ -517,6 +541,16 @@ class OdooRequestTooLarge(OdooUnavailable):
     # message is filed: a 451 keeps it in the sender's queue meanwhile (a 5xx would lose it for a
     # setting), with a reason that names the limit rather than an outage; the log is an ERROR.
     reason = "The web server in front of Odoo refused this message as too large, an administrator must raise its limit"
+
+
+class RoutedRecordUnavailable(Refusal):
+    # What a plain note@ / reply@ is answered when its record is hidden from the gateway's own Odoo
+    # user (RecordHiddenFromGateway, logged at ERROR for the operator): still a 451, so that the
+    # message waits in the sender's queue until the administrator gives that user access rather
+    # than being lost for a misconfiguration; but it names neither the record nor why, since
+    # nothing proves the sender was given that record (pipeline.said_refusal).
+    smtp_code, enhanced_code = 451, "4.3.0"
+    reason = "The message cannot be filed right now, try again later"
 
 
 class RecordHiddenFromGateway(Refusal):

@@ -18,6 +18,10 @@ _ODOO_MESSAGE_ID = re.compile(
 # How many referenced ids are looked up in mail.message at most: References of a long thread keep
 # growing, and the most recent ones are the ones that matter.
 _MAX_LOOKUPS = 20
+# The detail of a message whose references lead to no record the sender may post on: unknown to
+# Odoo, or of a record the sender may not read (pipeline.said_refusal). One text for both, so that
+# the reply tells nothing of records the sender cannot read.
+UNROUTED = "it references no message of a record this sender may post on"
 
 
 def referenced_ids(message: ParsedMessage, unsigned: frozenset[str] = frozenset()) -> list[str]:
@@ -64,7 +68,7 @@ def resolve(odoo: OdooPool, message: ParsedMessage, *, unsigned: frozenset[str] 
         if value in stored:
             model, res_id = stored[value]
             return model, res_id, f"by mail.message {value}"
-    raise NoRecordReferenced(f"none of {len(ids)} referenced Message-IDs is known to Odoo")
+    raise NoRecordReferenced(UNROUTED, internal=f"none of {len(ids)} referenced Message-IDs is known to Odoo")
 
 
 @dataclass(frozen=True)

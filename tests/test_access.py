@@ -146,8 +146,10 @@ def test_internal_user_is_judged_by_the_employee_and_sales_rules(test_odoo, pool
 def test_without_a_read_acl_for_any_of_the_users_groups_access_is_denied(test_odoo, pool):
     [acl] = test_odoo.search("ir.model.access", [("name", "=", "sale.order.portal")])
     test_odoo.write("ir.model.access", acl, {"perm_read": False})
-    with pytest.raises(RecordAccessDenied, match=r"ir\.model\.access"):
+    with pytest.raises(RecordAccessDenied) as caught:
         _check(pool, PAULA_EMAIL, "sale.order", SALE_ORDER_ID)
+    # Named for the operator (journal, log), never in the reply to the sender (review of refusal texts).
+    assert "ir.model.access" in caught.value.internal and "ir.model.access" not in caught.value.text
 
 
 def test_an_unsupported_rule_refuses_and_logs_which_rule(test_odoo, pool, caplog):
@@ -163,8 +165,9 @@ def test_a_rule_using_a_record_as_a_value_is_refused_not_converted(test_odoo, po
     model_id = test_odoo.search("ir.model", [("model", "=", "sale.order")])[0]
     test_odoo.add_record("ir.rule", {"name": "Partner record", "model_id": model_id, "groups": [10],
                                      "domain_force": "[('partner_id', '=', user.partner_id)]"})
-    with pytest.raises(AccessRuleUnsupported, match="Partner record"):
+    with pytest.raises(AccessRuleUnsupported) as caught:
         _check(pool, PAULA_EMAIL, "sale.order", SALE_ORDER_ID)
+    assert caught.value.internal == "Partner record" and "Partner record" not in caught.value.text
 
 
 def test_rules_are_cached_for_the_configured_time_and_user_values_never(test_odoo, pool):
@@ -250,9 +253,11 @@ def test_email_domain_matches_however_either_side_writes_the_domain(pool, writte
                         note={"models": ["sale.order"], "access": "email-domain"})
     target = Target("note", "notes.example.com", "sale.order", SALE_ORDER_ID, "x@notes.example.com")
     policy.check_record_access(pool, target, user, rules=rules, sender_email=sender)
-    with pytest.raises(RecordAccessDenied, match="xn--bcher-kva.example is not in email_domains"):
+    with pytest.raises(RecordAccessDenied) as caught:
         policy.check_record_access(pool, target, user, rules=rules.model_copy(update={"email_domains": {
             "acme.example": CUSTOMER_PARTNER_ID}}), sender_email=sender)
+    assert caught.value.internal == "xn--bcher-kva.example is not in email_domains"
+    assert "email_domains" not in caught.value.text
 
 
 # --- A record the integration user cannot see (operator review) ----------------------------------
@@ -365,3 +370,81 @@ def test_without_write_access_only_replies_of_followers_are_filed(test_odoo, sta
     assert mailer.send(mailer.sign(raw), to, mail_from="ivan@example.com") == (
         "451 4.3.0 The gateway's Odoo user may not post on this record, an administrator must "
         f"correct it: sale.order {SALE_ORDER_ID}")
+
+
+# --- What a record address's refusal tells its sender (review of refusal texts) ------------------
+
+
+def _journal(gateway):
+    from gateway.journal import Journal
+
+    with Journal(gateway.services.config.journal_path) as journal:
+        return journal.recent(50)
+
+
+@pytest.mark.parametrize("access_policy", ["odoo-rules", "followers"])
+def test_an_archived_record_is_said_to_be_archived(test_odoo, start_gateway, dns_server, dkim_keys, access_policy):
+    # Found by a review: "no access to this record" under odoo-rules, "does not exist" under followers,
+    # for an archived task Paula follows. The address's token proves she was given it: it says why.
+    gateway = start_gateway(dns_server.port, access=access_policy)
+    mailer = Mailer(gateway, dkim_keys)
+    task = test_odoo.add_record("project.task", {"name": "Done and archived", "project_id": 7},
+                                followers=[PAULA_PARTNER_ID])
+    test_odoo.archive("project.task", task)
+    to = mailer.address("note", "project.task", task)
+    reply = mailer.send(mailer.sign(mailer.message("note_from_contributor.eml", to)), to)
+    assert reply == f"550 5.2.1 The record of this address is archived: project.task {task}"
+    assert _journal(gateway)[0].refusal_class == "RecordArchived"
+    assert test_odoo.posts() == []
+
+
+def test_a_refusal_names_no_policy_or_configuration_only_the_journal_does(test_odoo, start_gateway, dns_server,
+                                                                           dkim_keys, caplog):
+    # Found by a review: "(odoo-rules)", "has no read access to sale.order (ir.model.access)" and a
+    # record rule's name were in the replies to portal senders, who can do nothing with them.
+    gateway = start_gateway(dns_server.port, rules={"rules_cache_seconds": 0})
+    mailer = Mailer(gateway, dkim_keys)
+
+    def send(model, res_id):
+        to = mailer.address("note", model, res_id)
+        return mailer.send(mailer.sign(mailer.message("note_from_contributor.eml", to)), to)
+
+    assert send("project.task", PRIVATE_TASK_ID) == (
+        f"550 5.7.1 Sender has no access to this record: {PAULA_EMAIL} on project.task {PRIVATE_TASK_ID}")
+    assert "(odoo-rules)" in _journal(gateway)[0].decision
+    [acl] = test_odoo.search("ir.model.access", [("name", "=", "sale.order.portal")])
+    test_odoo.write("ir.model.access", acl, {"perm_read": False})
+    assert send("sale.order", SALE_ORDER_ID) == (
+        f"550 5.7.1 Sender has no access to this record: {PAULA_EMAIL} on sale.order {SALE_ORDER_ID}")
+    assert "no read access to sale.order in ir.model.access" in _journal(gateway)[0].decision
+    test_odoo.write("ir.model.access", acl, {"perm_read": True})
+    model_id = test_odoo.search("ir.model", [("model", "=", "sale.order")])[0]
+    test_odoo.add_record("ir.rule", {"name": "Orders of this year", "model_id": model_id, "groups": [10],
+                                     "domain_force": "[('date_order', '>=', time.strftime('%Y-01-01'))]"})
+    with caplog.at_level(logging.ERROR, logger="gateway.policy"):
+        reply = send("sale.order", SALE_ORDER_ID)
+    assert reply == ("550 5.7.1 Sender's access to this record cannot be decided, a record rule is not supported: "
+                     f"{PAULA_EMAIL} on sale.order {SALE_ORDER_ID}")
+    [row] = _journal(gateway)[:1]
+    assert row.refusal_class == "AccessRuleUnsupported" and "(Orders of this year)" in row.decision
+    assert "Orders of this year" in caplog.text
+
+
+def test_a_company_bound_record_address_says_no_access_before_the_company(test_odoo, start_gateway, dns_server,
+                                                                          dkim_keys):
+    # Found by a review: Paula, who does not follow it, was told "sale.order 24 is of company 2, not 1".
+    other = test_odoo.add_record("res.company", {"name": "Secret Subsidiary"})
+    test_odoo.write("res.users", GATEWAY_UID, {"company_ids": [1, other]})
+    foreign = test_odoo.add_record("sale.order", {"name": "S-OTHER", "partner_id": 9, "company_id": other})
+    mailer = Mailer(start_gateway(dns_server.port, rules={"company_id": 1}, access="followers"), dkim_keys)
+    to = mailer.address("note", "sale.order", foreign)
+
+    def send():
+        return mailer.send(mailer.sign(mailer.message("note_from_contributor.eml", to)), to)
+
+    assert send() == ("550 5.7.1 Sender has no access to this record: "
+                      f"{PAULA_EMAIL} does not follow sale.order {foreign}")
+    test_odoo.add_follower("sale.order", foreign, PAULA_PARTNER_ID)
+    assert send() == ("550 5.7.1 The record belongs to a company this address does not serve: "
+                      f"sale.order {foreign} is of company {other}, not 1")
+    assert test_odoo.posts() == []

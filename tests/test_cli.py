@@ -233,6 +233,20 @@ def test_check_prints_every_stage_and_posts_nothing(tmp_path, test_odoo, dns_ser
                                                    f"record: portal.contrib@example.com on project.task "
                                                    f"{PRIVATE_TASK_ID} (odoo-rules)"]
 
+    # A plain note@ routed to that task: the operator reads the refusal, and what the sender is told
+    # instead (review of refusal texts: the reply tells nothing of a record the sender may not read).
+    plain = "note@notes.example.com"
+    (tmp_path / "routed.eml").write_bytes(mailer.sign(
+        f"In-Reply-To: <1.2-openerp-{PRIVATE_TASK_ID}-project.task@x>\r\n".encode()
+        + mailer.message("note_from_contributor.eml", plain)))
+    status, out = _run(capsys, "check", "--config", str(config), "--rcpt", plain, str(tmp_path / "routed.eml"))
+    assert status == 1
+    assert out.splitlines()[-1].split(None, 1) == [
+        "authorize", "REFUSED 550 5.7.1 Sender has no access to this record: portal.contrib@example.com on "
+        f"project.task {PRIVATE_TASK_ID} (odoo-rules); the sender is told: 550 5.1.1 No record found for this "
+        "message: reply to an Odoo notification, or write to the record's own note+ or reply+ address: it "
+        "references no message of a record this sender may post on"]
+
 
 def test_check_reports_a_post_still_unsettled(tmp_path, test_odoo, dns_server, dkim_keys, capsys):
     from gateway.config import load_config

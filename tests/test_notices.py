@@ -465,3 +465,27 @@ def test_a_record_of_another_company_is_told_to_use_that_companys_address(test_o
     assert "This address serves one company of the Odoo database, and the record belongs to another" in notice
     assert "Write to the record's address for the company it belongs to, or ask the administrator" in notice
     assert "deleted" not in notice and "Check that you can open the record" not in notice
+def test_a_notice_tells_no_more_than_the_reply(test_odoo, noticing_mailer, smarthost):
+    # Found by a review of what refusals tell senders: the notice of a plain reply@ named the task a
+    # made-up Odoo Message-ID pointed to, and an unsupported record rule's name was in the notice.
+    from gateway.testing.odoo_demo import PRIVATE_TASK_ID, SALE_ORDER_ID
+    from gateway.testing.sending import compose
+
+    reply_at = "reply@notes.example.com"
+    raw = (f"In-Reply-To: <1.2-openerp-{PRIVATE_TASK_ID}-project.task@forged>\r\n".encode()
+           + compose(NON_MEMBER, reply_at, "Probe", "Hello, a question."))
+    reply = noticing_mailer.send(noticing_mailer.sign(raw), reply_at, mail_from=NON_MEMBER)
+    assert reply.startswith("550 5.1.1 No record found for this message")
+    model_id = test_odoo.search("ir.model", [("model", "=", "sale.order")])[0]
+    test_odoo.add_record("ir.rule", {"name": "Orders of this year", "model_id": model_id, "groups": [10],
+                                     "domain_force": "[('date_order', '>=', time.strftime('%Y-01-01'))]"})
+    to = noticing_mailer.address("note", "sale.order", SALE_ORDER_ID)
+    reply = noticing_mailer.send(noticing_mailer.sign(noticing_mailer.message("note_from_contributor.eml", to)), to)
+    assert reply.startswith("550 5.7.1 Sender's access to this record cannot be decided")
+    _notices_tried(noticing_mailer)
+    routed, unsupported = (email.message_from_bytes(raw, policy=email.policy.default).get_content()
+                           for _, _, raw in smarthost.received)
+    assert "Reason: No record found for this message" in routed
+    assert "project.task" not in routed
+    assert "Reason: Sender's access to this record cannot be decided" in unsupported
+    assert "Orders of this year" not in unsupported

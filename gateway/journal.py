@@ -969,6 +969,9 @@ def format_decision(entry: JournalEntry) -> str:
         f"target         {target}",
         f"verdict        {entry.verdict}" + (f" ({entry.refusal_class})" if entry.refusal_class else ""),
         f"reply          {_cell(entry.smtp_reply)}",
+        # How a plain address was routed, why a reply was a note, what the reply left out for the
+        # operator only (the access policy, the refusal a plain address's reply said another in place of).
+        *([f"decision       {_cell(entry.decision)}"] if entry.decision else []),
         f"odoo message   {_cell(entry.odoo_message_id)}",
         f"total          {entry.total_seconds * 1000:.1f} ms (Odoo {entry.odoo_seconds * 1000:.1f} ms)",
         "stages:",

@@ -373,6 +373,9 @@ def test_log_filters_and_one_decision(test_odoo, gateway, mailer, capsys):
     assert f"journal id     {refused.id}" in out
     assert f"verdict        refused ({refused.refusal_class})" in out
     assert f"reply          {refused.smtp_reply}" in out
+    # What the reply leaves out for the operator only (review of refusal texts): the access policy.
+    assert f"decision       refused RecordAccessDenied: {refused.smtp_reply[10:]} (odoo-rules)" in out
+    assert "(odoo-rules)" not in refused.smtp_reply
     # Every stage that ran, in order, with its duration; the last is where the refusal stopped it.
     stage_lines = [line.split()[0] for line in out.split("stages:\n")[1].split("defects:")[0].splitlines()]
     assert stage_lines == list(refused.durations) and stage_lines[-1] == "authorize"

@@ -22,7 +22,7 @@ from gateway import address, notices
 from gateway.config import load_config
 from gateway.pipeline import Services
 from gateway.smtp import ThreadedGateway
-from gateway.testing.odoo_demo import GATEWAY_UID, PETER_PARTNER_ID, TASK_ID
+from gateway.testing.odoo_demo import GATEWAY_UID, PAULA_PARTNER_ID, PAULA_UID, PETER_PARTNER_ID, TASK_ID
 from gateway.testing.sending import compose
 
 NON_MEMBER = "portal.plain@example.com"
@@ -456,7 +456,11 @@ def test_a_record_of_another_company_is_told_to_use_that_companys_address(test_o
     # cause is the company the alias domain serves.
     other = test_odoo.add_record("res.company", {"name": "Subsidiary"})
     test_odoo.write("res.users", GATEWAY_UID, {"company_ids": [1, other]})
-    order = test_odoo.add_record("sale.order", {"name": "S-OTHER", "partner_id": 9, "company_id": other})
+    # She can: she belongs to both companies and follows the order. A sender who may not read it is
+    # told "no access" and learns nothing of its company (review of what refusals tell senders).
+    test_odoo.write("res.users", PAULA_UID, {"company_ids": [1, other]})
+    order = test_odoo.add_record("sale.order", {"name": "S-OTHER", "partner_id": 9, "company_id": other},
+                                 followers=[PAULA_PARTNER_ID])
     mailer = _noticing(start_gateway, dns_server, dkim_keys, smarthost, rules={"company_id": 1})
     to = mailer.address("note", "sale.order", order)
     reply = mailer.send(mailer.sign(compose(CONTRIBUTOR, to, "Order", "Delivery moved to Friday.")), to)
@@ -465,6 +469,8 @@ def test_a_record_of_another_company_is_told_to_use_that_companys_address(test_o
     assert "This address serves one company of the Odoo database, and the record belongs to another" in notice
     assert "Write to the record's address for the company it belongs to, or ask the administrator" in notice
     assert "deleted" not in notice and "Check that you can open the record" not in notice
+
+
 def test_a_notice_tells_no_more_than_the_reply(test_odoo, noticing_mailer, smarthost):
     # Found by a review of what refusals tell senders: the notice of a plain reply@ named the task a
     # made-up Odoo Message-ID pointed to, and an unsupported record rule's name was in the notice.

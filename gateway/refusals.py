@@ -443,7 +443,7 @@ class RecordArchived(Refusal):
     # reply@ says NoRecordReferenced (pipeline.said_refusal).
     smtp_code, enhanced_code = 550, "5.2.1"
     reason = "The record of this address is archived"
-    template = "notice/access_denied.txt.j2"
+    template = "notice/record_archived.txt.j2"
 
 
 class RecordAccessDenied(Refusal):

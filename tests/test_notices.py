@@ -471,6 +471,20 @@ def test_a_record_of_another_company_is_told_to_use_that_companys_address(test_o
     assert "deleted" not in notice and "Check that you can open the record" not in notice
 
 
+def test_an_archived_record_is_told_so_in_the_notice(test_odoo, noticing_mailer, smarthost):
+    # RecordArchived had access_denied's notice, "the record may have been deleted ... check that you
+    # can open the record": it was archived, and opening it would not help.
+    task = test_odoo.add_record("project.task", {"name": "Done and archived", "project_id": 7},
+                                followers=[PAULA_PARTNER_ID])
+    test_odoo.archive("project.task", task)
+    to = noticing_mailer.address("note", "project.task", task)
+    reply = noticing_mailer.send(noticing_mailer.sign(compose(CONTRIBUTOR, to, "Pump", "Seal replaced.")), to)
+    assert reply == f"550 5.2.1 The record of this address is archived: project.task {task}"
+    notice = _notice(noticing_mailer, smarthost)
+    assert "The record this address belongs to has been archived in Odoo" in notice
+    assert "deleted" not in notice and "Check that you can open the record" not in notice
+
+
 def test_a_notice_tells_no_more_than_the_reply(test_odoo, noticing_mailer, smarthost):
     # Found by a review of what refusals tell senders: the notice of a plain reply@ named the task a
     # made-up Odoo Message-ID pointed to, and an unsupported record rule's name was in the notice.

@@ -31,16 +31,22 @@ def candidate_addresses(ctx: MessageContext, own_domains: set[str] | frozenset[s
     own_domains = {ctx.target.domain, *own_domains}
     sender = ctx.sender.email.lower() if ctx.sender else ctx.message.from_address
     found: list[str] = []
+    # Every form of every address kept: a later address in any form of one of them is the same
+    # mailbox. Each address's forms are computed once (comparing each pair computed them again, and
+    # a To of thousands of addresses took minutes: a review of this session's merges).
+    seen: set[str] = set()
     for value in [*ctx.message.to, *ctx.message.cc]:
         address = value.strip().lower()
-        if not address or "@" not in address or idn.same_mailbox(sender, address):
+        if not address or "@" not in address or address in seen:
             continue
-        if any(idn.same_mailbox(address, other) for other in found):
+        forms = idn.address_forms(address)
+        if sender in forms:
             continue
         # The alias domains are held in A-labels (config.alias_domain).
         if idn.ascii_domain(address.rsplit("@", 1)[1]) in own_domains:
             continue
         found.append(address)
+        seen.update(forms)
     return found
 
 

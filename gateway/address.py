@@ -8,6 +8,7 @@ import hmac
 import re
 import time
 
+from gateway import idn
 from gateway.context import Target
 from gateway.refusals import BadAddress, UnknownAliasDomain
 
@@ -105,11 +106,10 @@ def split_address(address: str) -> tuple[str, str]:
     if not domain.isascii():
         # An internationalised domain in its U-label form (RFC 6531, a client that declared
         # SMTPUTF8): compared in the A-label form alias domains are configured in
-        # (config.normalise_domain), and named that way in a refusal, which is ASCII.
-        try:
-            domain = domain.encode("idna").decode("ascii")
-        except UnicodeError:
-            raise BadAddress("the domain is not a valid internationalised domain name") from None
+        # (config.alias_domain), and named that way in a refusal, which is ASCII.
+        domain = idn.ascii_domain(domain)
+        if not domain.isascii():
+            raise BadAddress("the domain is not a valid internationalised domain name")
     return local, domain
 
 

@@ -363,7 +363,7 @@ _LDH_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
 def alias_domain(value: str) -> str:
     """An alias domain as recipients are compared with it: lowercase, A-labels, no final dot.
 
-    The same form as senderauth.normalise_domain gives, and the recipient's domain is read without
+    The same form as idn.ascii_domain gives, and the recipient's domain is read without
     its final dot (address.split_address), so "notes.example.com." names notes.example.com. Anything
     that is not a host name (letters, digits and hyphens in labels of 1 to 63, or internationalised
     labels that IDNA can encode) raises ValueError.
@@ -610,7 +610,7 @@ class DomainRules(_Strict):
     @classmethod
     def _normalise_email_domains(cls, value: dict[str, int]) -> dict[str, int]:
         # As the alias domains: lowercase, A-labels, no final dot; the sender's domain is looked
-        # up in the same form (policy.check_record_access, senderauth.normalise_domain).
+        # up in the same form (policy.check_record_access, idn.ascii_domain).
         return {alias_domain(domain): partner for domain, partner in value.items()}
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from gateway import access, address
+from gateway import access, address, idn
 from gateway.config import DomainRules
 from gateway.context import OdooUser, Target
 from gateway.odoo import SOLO, OdooPool, Pending, Rpc
@@ -13,7 +13,6 @@ from gateway.refusals import (AccessRuleUnsupported, AddressExpired, AddressNotF
                               ModelNotAllowed, NotContributor, OdooUnavailable, PlainAddressNotAccepted,
                               RecordAccessDenied, RecordArchived, RecordHiddenFromGateway, RecordNotFound,
                               RecordOfOtherCompany)
-from gateway.senderauth import normalise_domain
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +151,7 @@ def _check_access(odoo: OdooPool, target: Target, user: OdooUser, *, rules: Doma
     elif policy == "email-domain":
         # Compared as the keys were stored: bücher.example and xn--bcher-kva.example, or a
         # final dot, name one domain (config.DomainRules._normalise_email_domains).
-        mail_domain = normalise_domain(sender_email.rpartition("@")[2])
+        mail_domain = idn.ascii_domain(sender_email.rpartition("@")[2])
         customer = rules.email_domains.get(mail_domain)
         if customer is None:
             raise RecordAccessDenied(f"{sender_email} on {target.model} {target.res_id}",

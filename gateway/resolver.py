@@ -105,7 +105,7 @@ def _query_name(name: bytes | str) -> dns.name.Name | None:
         if text.endswith(".."):
             # dkimpy appends the root's dot to d=, and d= written absolute ("example.com.") is the
             # same DNS name (RFC 1034 section 3.1): its key is at the same place. senderauth
-            # aligns that d= with the From domain the same way (normalise_domain).
+            # aligns that d= with the From domain the same way (idn.ascii_domain).
             text = text[:-1]
         return dns.name.from_text(text, origin=dns.name.root)
     except (UnicodeError, dns.exception.DNSException, ValueError):

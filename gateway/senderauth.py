@@ -171,7 +171,7 @@ def authenticate(raw: bytes, resolver: KeyLookup, *, now: float | None = None,
     from_address = read_from_address(raw, email_message)
     # Not needed any more: not kept alive through the DNS lookups below.
     email_message = None
-    from_domain = normalise_domain(from_address.rpartition("@")[2])
+    from_domain = idn.ascii_domain(from_address.rpartition("@")[2])
     # dkimpy splits the header when a verifier is built; the first one built also gives the
     # signatures to look at and serves the first signature verified, so the header is split once
     # rather than twice (issue 6, found by profiling). Each further signature gets a verifier of
@@ -351,12 +351,6 @@ def _encoded_word_in_address(token: object, inside: bool = False) -> bool:
     return any(_encoded_word_in_address(child, inside) for child in token)
 
 
-def normalise_domain(domain: str | bytes) -> str:
-    """A domain as DNS compares it: lowercase, no final dot, internationalised labels as A-labels."""
-    # The same form as Odoo's users and partners are looked up in (gateway/idn.py).
-    return idn.ascii_domain(domain)
-
-
 # --- What the signature covers --------------------------------------------------------------------
 
 # The header fields the gateway reads to build, address or route a note: From (read_from_address),
@@ -442,7 +436,7 @@ def _check_signature(new_verifier: Callable[[], dkim.DKIM], index: int, header_v
     except InvalidTagValueList as error:
         raise _SignatureRefused(_MALFORMED, f"malformed DKIM signature: {error}") from None
     try:
-        domain = normalise_domain(tags[b"d"])
+        domain = idn.ascii_domain(tags[b"d"])
         selector = tags[b"s"].decode("ascii").strip()
     except KeyError as error:
         missing = error.args[0].decode()

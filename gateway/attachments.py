@@ -23,7 +23,8 @@ class RefusedFile:
         return f"{self.filename} ({self.reason})"
 
 
-def _size(size: int) -> str:
+def size_text(size: int) -> str:
+    """A size as people read it: "812 bytes", "3.0 MiB"."""
     for unit in ("bytes", "KiB", "MiB", "GiB"):
         if size < 1024 or unit == "GiB":
             return f"{size} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
@@ -61,9 +62,9 @@ def screen(attachments: list[Attachment], rules: AttachmentRules) -> tuple[list[
         size = len(attachment.payload)
         reason = _denied_type(attachment, rules)
         if reason is None and size > rules.max_file_size:
-            reason = f"{_size(size)}, over the limit of {_size(rules.max_file_size)} per file"
+            reason = f"{size_text(size)}, over the limit of {size_text(rules.max_file_size)} per file"
         if reason is None and total + size > rules.max_total_size:
-            reason = f"the files of one message may hold {_size(rules.max_total_size)} in all"
+            reason = f"the files of one message may hold {size_text(rules.max_total_size)} in all"
         if reason is not None:
             refused.append(RefusedFile(attachment.filename, size, reason))
             continue

@@ -15,6 +15,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from gateway import odootransport
+
 
 log = logging.getLogger(__name__)
 
@@ -748,9 +750,9 @@ def _ca_file(connection: OdooConnection, base: Path, owner: Path, name: str) -> 
         raise ConfigError(owner, key, f"is for an https:// url, and {connection.url} is plain HTTP: "
                                       "remove ca_file or use https://")
     try:
-        # What the connection itself loads (gateway/odootransport.py tls_context): a file that
-        # fails here would fail every message's login with a TLS error.
-        ssl.create_default_context(cafile=str(ca_path))
+        # What the connection itself loads: a file that fails here would fail every message's
+        # login with a TLS error.
+        odootransport.tls_context(str(ca_path))
     except OSError as error:
         if isinstance(error, ssl.SSLError):
             raise ConfigError(owner, key, f"{ca_path} holds no PEM CA certificate ({error})") from None

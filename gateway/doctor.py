@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from typing import Callable
 
 from gateway import checks, tls
+from gateway.attachments import size_text
 from gateway.config import ConfigError, GatewayConfig, load_config, shown_host
 from gateway.render import checked_renderer
 from gateway.journal import FREE_SPACE_NEEDED, Journal, JournalUnavailable, path_problem
@@ -142,11 +143,11 @@ def check_journal(config: GatewayConfig, report: Report, now: Callable[[], float
     # itself looks writable (a review: doctor said "everything looks right" meanwhile).
     free = shutil.disk_usage(folder).free if folder.is_dir() else JOURNAL_FREE_WARN_BYTES
     if free < FREE_SPACE_NEEDED:
-        report.fail("journal", f"{folder} has {_size(free)} free: every message is deferred (451) until there is room",
+        report.fail("journal", f"{folder} has {size_text(free)} free: every message is deferred (451) until there is room",
                     "free space on that file system")
         return
     if free < JOURNAL_FREE_WARN_BYTES:
-        report.warn("journal", f"{folder} has {_size(free)} free", "free space on that file system, or prune the "
+        report.warn("journal", f"{folder} has {size_text(free)} free", "free space on that file system, or prune the "
                     "journal: note-gateway prune-journal --keep-days 90 (docs/operations.md)")
     if not path.exists():
         report.ok("journal", f"{path} does not exist yet; the gateway will create it")
@@ -164,7 +165,7 @@ def check_journal(config: GatewayConfig, report: Report, now: Callable[[], float
         report.fail("journal", f"{path} is damaged: {damage}", repair)
         return
     size = sum(file.stat().st_size for file in (path, path.with_name(path.name + "-wal")) if file.exists())
-    detail = f"{path} is writable, {_size(size)}"
+    detail = f"{path} is writable, {size_text(size)}"
     if oldest is None:
         report.ok("journal", detail + ", no message yet")
         return
@@ -176,14 +177,6 @@ def check_journal(config: GatewayConfig, report: Report, now: Callable[[], float
                     "(docs/operations.md)")
         return
     report.ok("journal", detail)
-
-
-def _size(count: int) -> str:
-    for unit in ("bytes", "KiB", "MiB", "GiB"):
-        if count < 1024 or unit == "GiB":
-            return f"{count:.0f} {unit}" if unit == "bytes" else f"{count:.1f} {unit}"
-        count /= 1024
-    return f"{count} bytes"
 
 
 def check_certificate(config: GatewayConfig, report: Report, now: Callable[[], datetime]) -> None:

@@ -77,7 +77,7 @@ _ENCODINGS: dict[str, str] = {
 _LABELS = {label: codec for codec, labels in _ENCODINGS.items() for label in labels.split()}
 # A label outside the table that Python knows (cp936, euc_kr, ...) gets the same wider codec.
 _WIDER = {"gb2312": "gb18030", "gbk": "gb18030", "big5": "big5hkscs", "shift_jis": "cp932", "euc_kr": "cp949",
-          "tis-620": "cp874", "iso8859-11": "cp874", "iso8859-9": "cp1254", "latin-1": "iso8859-1"}
+          "tis-620": "cp874", "iso8859-11": "cp874", "iso8859-9": "cp1254"}
 
 
 def codec_for(name: str | None) -> str | None:

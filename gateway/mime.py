@@ -81,6 +81,13 @@ def _codec(name: str | None) -> str | None:
     return charsets.codec_for(name)
 
 
+def _utf8_or_none(payload: bytes) -> str | None:
+    try:
+        return payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
 def decode_text(payload: bytes, declared: str | None, content_type: str, defects: list[str]) -> str:
     """Text of a part: the declared charset (read as gateway.charsets reads its label), then UTF-8,
     then windows-1252 (or, under a legacy label, the declared charset with U+FFFD for the bytes that
@@ -106,11 +113,8 @@ def decode_text(payload: bytes, declared: str | None, content_type: str, defects
             # whose <meta> says utf-8): 8-bit latin-1 text almost never forms valid UTF-8 sequences
             # ("Ã©" is what it would take), and read as windows-1252 every accent became two
             # characters (found by a review of real-world charsets).
-            try:
-                text = payload.decode("utf-8")
-            except UnicodeDecodeError:
-                pass
-            else:
+            text = _utf8_or_none(payload)
+            if text is not None:
                 defects.append("charset-read-as-utf-8:" + str(label).strip().strip('"').lower())
                 return text
         # windows-1252 decodes every byte; the journal says when a latin-1 label was read so and
@@ -136,14 +140,10 @@ def decode_text(payload: bytes, declared: str | None, content_type: str, defects
         # extension no codec knows), and read as windows-1252 the whole part was mojibake (found by
         # a review of real-world charsets). 7-bit text (ISO-2022-JP) would "decode" as UTF-8 into
         # its escape sequences.
-        if not payload.isascii():
-            try:
-                text = payload.decode("utf-8")
-            except UnicodeDecodeError:
-                pass
-            else:
-                defects.append("charset-fallback:utf-8")
-                return text
+        text = None if payload.isascii() else _utf8_or_none(payload)
+        if text is not None:
+            defects.append("charset-fallback:utf-8")
+            return text
         defects.append(f"charset-replaced:{codec}")
         return charsets.decode(payload, codec, "replace")
     for fallback in FALLBACK_CHARSETS:

@@ -620,6 +620,32 @@ def test_a_selector_repeated_after_its_dns_failed_is_not_asked_again(test_odoo, 
     assert silent_dns.query_count("silent._domainkey.example.com") <= 3
 
 
+# --- CPU: text that costs more than its size ------------------------------------------------------
+
+
+def _paren_run(mailer, to: str, count: int) -> bytes:
+    """A signed note whose one line is a URL followed by ``count`` ')' (sent base64 or quoted-printable)."""
+    return mailer.sign(compose(PAULA, to, "Parentheses", "hello http://x" + ")" * count + "\n",
+                               message_id=f"<parens-{count}@example.com>"))
+
+
+def test_a_run_of_closing_brackets_after_a_url_costs_what_its_length_does(test_odoo, gateway, mailer):
+    # SECURITY (found by a security review): the link of a plain-text URL gave its trailing ")" back
+    # to the sentence one at a time, counting the URL's brackets again for each: quadratic. A 1.3 MB
+    # note, one URL and 1 000 000 ")", held a pipeline thread about 300 s past its deadline. Four
+    # times the run now costs about four times as much (quadratic: 16), and the note is filed.
+    to = mailer.address("note", "project.task", TASK_ID)
+    seconds = {}
+    for count in (50_000, 200_000):
+        reply = mailer.send(_paren_run(mailer, to, count), to)
+        assert reply.startswith("250 2.0.0 Filed"), reply
+        body = test_odoo.message(int(reply.rsplit(" ", 1)[1]))["body"]
+        assert '<a href="http://x">http://x</a>' + ")" * 100 in body
+        seconds[count] = next(row for row in _journal(gateway)
+                              if row.message_id == f"<parens-{count}@example.com>").durations["extract-content"]
+    assert seconds[200_000] < 6 * seconds[50_000] + 0.5, seconds
+
+
 def _raw_reply(sock: socket.socket) -> bytes:
     data = b""
     while not data.endswith(b"\r\n") or data.split(b"\r\n")[-2][3:4] == b"-":

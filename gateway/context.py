@@ -174,6 +174,9 @@ class MessageContext:
     # A refusal notice was composed and queued for the smarthost (gateway/notices.py).
     notice_queued: bool = False
     stage_durations: dict[str, float] = field(default_factory=dict)
+    # The stage running now ("" before the first and after the last): the listener names it when
+    # the pipeline gives no outcome in time.
+    running_stage: str = ""
     # The time the message waited on Odoo: its calls, a pooled connection, a batched read, a read
     # started alongside; not the gateway's own work (gateway/odoo.py start_waiting).
     odoo_seconds: float = 0.0

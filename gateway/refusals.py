@@ -609,6 +609,16 @@ class TemplateLosesBody(Refusal):
     reason = "The gateway's template would file this message without its text, an administrator must correct it"
 
 
+class MessageTookTooLong(Refusal):
+    # The message's deadline (listener.message_deadline) passed in a stage that does not wait on
+    # Odoo (parsing, trimming and sanitizing the text, the journal...), or the pipeline gave no
+    # outcome at all by then: the detail names the stage. Said as such, not as "Odoo is
+    # unavailable", which sent admins looking at the wrong server (found by a security review,
+    # where a CPU-heavy text was answered so). A retry can heal it (a loaded machine, a fixed gateway).
+    smtp_code, enhanced_code = 451, "4.3.0"
+    reason = "The message took too long to process, try again later"
+
+
 class InternalError(Refusal):
     smtp_code, enhanced_code = 451, "4.3.0"
     reason = "Internal error, try again later"

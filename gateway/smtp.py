@@ -18,7 +18,7 @@ from gateway import address, observe, pipeline, policy, tls
 from gateway.context import MessageContext, Target
 from gateway.journal import JournalEntry, JournalUnavailable
 from gateway.pipeline import Services
-from gateway.refusals import (GatewayBusy, InternalError, MessageTooLarge, NonAsciiAddressUndeclared, OdooUnavailable,
+from gateway.refusals import (GatewayBusy, InternalError, MessageTooLarge, NonAsciiAddressUndeclared,
                               RecipientAddressInvalid, Refusal, SenderAddressInvalid, SessionTooLong, ShuttingDown,
                               TooManyConnectionsFromPeer, TooManyRecipients, TooManySessions)
 
@@ -221,13 +221,16 @@ class GatewayHandler:
             # A little over the pipeline's own deadline: normally the pipeline answers itself.
             await asyncio.wait_for(asyncio.shield(future), timeout=budget + 5)
         except asyncio.TimeoutError:
-            fallback = OdooUnavailable("the message took too long to process").smtp_reply()
+            # Every Odoo call ends by the deadline: a pipeline still running 5 s later is the
+            # gateway's own work, named by its stage, not "Odoo is unavailable" (security review).
+            fallback = pipeline.took_too_long(ctx, budget + 5).smtp_reply()
             with ctx.reply_lock:
                 if not ctx.reply_settled:
                     # The pipeline journals this reply when it ends (pipeline.sent_reply).
                     ctx.listener_reply, ctx.listener_answered_at = fallback, time.monotonic()
-                    log.warning("pipeline still running on %s after %.0f s, answered %r", target.address,
-                                budget + 5, fallback)
+                    log.warning("%s to %s: no outcome %g s after its data, the pipeline is still running "
+                                "(stage %s), answered %r", ctx.message.message_id if ctx.message else "-",
+                                target.address, budget + 5, ctx.running_stage or "-", fallback)
                     return fallback
             # The pipeline settled its reply just now (it is journaling it): that one is sent.
         except Exception:

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import SELECTOR, Mailer, read_reply
 
-from gateway import observe
+from gateway import content, observe
 from gateway.config import InputLimits
 from gateway.inputlimits import check_input
 from gateway.journal import Journal
@@ -644,6 +644,90 @@ def test_a_run_of_closing_brackets_after_a_url_costs_what_its_length_does(test_o
         seconds[count] = next(row for row in _journal(gateway)
                               if row.message_id == f"<parens-{count}@example.com>").durations["extract-content"]
     assert seconds[200_000] < 6 * seconds[50_000] + 0.5, seconds
+
+
+TOOK_TOO_LONG = "451 4.3.0 The message took too long to process, try again later: "
+EXTRACT_CONTENT = "extract-content (take the body, trim quote and signature, sanitize its HTML)"
+
+
+def test_a_content_stage_ending_past_the_deadline_is_deferred_as_such_not_as_odoo(
+        test_odoo, start_gateway, dns_server, dkim_keys, monkeypatch):
+    # Found by a security review: the pipeline's check after a stage said "Odoo is unavailable" for
+    # every stage but the DKIM check's, here after the gateway's own work on the text.
+    gateway = start_gateway(dns_server.port)
+    listener = gateway.services.config.gateway.listener
+    object.__setattr__(listener, "message_deadline", 1.0)
+    extract_body = content.extract_body
+
+    def slow_extract_body(message, **options):
+        time.sleep(1.5)
+        return extract_body(message, **options)
+
+    monkeypatch.setattr(content, "extract_body", slow_extract_body)
+    mailer = Mailer(gateway, dkim_keys)
+    to = mailer.address("note", "project.task", TASK_ID)
+    note = mailer.sign(mailer.message("note_from_contributor.eml", to))
+    assert mailer.send(note, to) == f"{TOOK_TOO_LONG}the deadline passed in stage {EXTRACT_CONTENT}"
+    assert _journal(gateway)[0].refusal_class == "MessageTookTooLong"
+    assert _posts(test_odoo) == []
+    monkeypatch.setattr(content, "extract_body", extract_body)
+    object.__setattr__(listener, "message_deadline", 20.0)
+    assert mailer.send(note, to).startswith("250 2.0.0 Filed")
+
+
+def test_a_runaway_content_stage_gives_up_at_the_deadline_and_lets_go_of_the_message(
+        test_odoo, start_gateway, dns_server, dkim_keys, monkeypatch):
+    # The same review: the deadline was checked only between stages, so a stage costlier than
+    # foreseen ran on after the 451, holding a pipeline thread and the message's claim (its retries
+    # got "being filed right now"). The text's steps now check it between blocks and lines: 400
+    # lines at 50 ms each (20 s) end at the 1 s deadline, with the stage's own reply.
+    gateway = start_gateway(dns_server.port)
+    listener = gateway.services.config.gateway.listener
+    object.__setattr__(listener, "message_deadline", 1.0)
+    linked_line = content._linked_line
+
+    def slow_linked_line(line):
+        time.sleep(0.05)
+        return linked_line(line)
+
+    monkeypatch.setattr(content, "_linked_line", slow_linked_line)
+    mailer = Mailer(gateway, dkim_keys)
+    to = mailer.address("note", "project.task", TASK_ID)
+    note = mailer.sign(compose(PAULA, to, "Long", "".join(f"line {number}\n" for number in range(400)),
+                               message_id="<runaway@example.com>"))
+    started = time.monotonic()
+    reply = mailer.send(note, to)
+    # The listener's own timer (deadline + 5 s) would have answered at 6 s.
+    assert time.monotonic() - started < 4, reply
+    assert reply == f"{TOOK_TOO_LONG}the deadline passed in stage {EXTRACT_CONTENT}"
+    [row] = [row for row in _journal(gateway) if row.message_id == "<runaway@example.com>"]
+    assert row.refusal_class == "MessageTookTooLong" and row.durations["extract-content"] < 3
+    # The claim is let go: the retry is filed, not "being filed right now".
+    monkeypatch.setattr(content, "_linked_line", linked_line)
+    object.__setattr__(listener, "message_deadline", 20.0)
+    assert mailer.send(note, to).startswith("250 2.0.0 Filed")
+
+
+def test_a_pipeline_without_an_outcome_past_the_deadline_is_answered_by_the_listener_naming_its_stage(
+        test_odoo, start_gateway, dns_server, dkim_keys, monkeypatch):
+    # The listener's fallback (deadline + 5 s) said "Odoo is unavailable" whatever held the thread.
+    gateway = start_gateway(dns_server.port)
+    object.__setattr__(gateway.services.config.gateway.listener, "message_deadline", 1.0)
+    released = threading.Event()
+    extract_body = content.extract_body
+
+    def stuck_extract_body(message, **options):
+        released.wait(30)
+        return extract_body(message, **options)
+
+    monkeypatch.setattr(content, "extract_body", stuck_extract_body)
+    mailer = Mailer(gateway, dkim_keys)
+    to = mailer.address("note", "project.task", TASK_ID)
+    try:
+        reply = mailer.send(mailer.sign(mailer.message("note_from_contributor.eml", to)), to)
+    finally:
+        released.set()
+    assert reply == f"{TOOK_TOO_LONG}no outcome 6 s after its data; stage {EXTRACT_CONTENT} still running"
 
 
 def _raw_reply(sock: socket.socket) -> bytes:

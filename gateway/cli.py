@@ -163,6 +163,8 @@ def _serve(args: argparse.Namespace, held: set) -> int:
 
     # When the stop's grace ends (time.monotonic()), once a signal asked for the stop.
     stop_ends: list[float] = []
+    # Messages whose pipeline the stop did not wait for (GatewayServer.stop): their threads still run.
+    abandoned = [0]
 
     async def run() -> None:
         loop = asyncio.get_running_loop()
@@ -202,7 +204,7 @@ def _serve(args: argparse.Namespace, held: set) -> int:
         if reloading:
             await reloading[0]
         logger.info("stopping: no new sessions, up to %g s for messages in flight", listener.shutdown_grace)
-        await server.stop()
+        abandoned[0] = await server.stop()
         logger.info("stopped")
 
     try:
@@ -221,6 +223,14 @@ def _serve(args: argparse.Namespace, held: set) -> int:
         grace = config.gateway.listener.shutdown_grace
         server.services.close(notices_wait=max(0.0, stop_ends[0] - time.monotonic()) if stop_ends else grace)
         in_flight.close()
+    if abandoned[0]:
+        # The interpreter's exit would join the pipeline threads still running (concurrent.futures
+        # does at exit), however long they take: the stop would not end within shutdown_grace +
+        # message_deadline as promised, and a worker's supervisor would kill it. Their messages
+        # are journaled already (GatewayServer.stop) and the journal is closed under them.
+        logger.warning("exiting without waiting for %d pipeline thread(s) still running", abandoned[0])
+        logging.shutdown()
+        os._exit(0)
     return 0
 
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import copy
 import logging
+import os
 import re
 import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException
@@ -18,9 +21,10 @@ from gateway import address, observe, pipeline, policy, tls
 from gateway.context import MessageContext, Target
 from gateway.journal import JournalEntry, JournalUnavailable
 from gateway.pipeline import Services
-from gateway.refusals import (GatewayBusy, InternalError, MessageTooLarge, NonAsciiAddressUndeclared,
-                              RecipientAddressInvalid, Refusal, SenderAddressInvalid, SessionTooLong, ShuttingDown,
-                              TooManyConnectionsFromPeer, TooManyRecipients, TooManySessions)
+from gateway.refusals import (GatewayBusy, InternalError, MessageTookTooLong, MessageTooLarge,
+                              NonAsciiAddressUndeclared, RecipientAddressInvalid, Refusal, SenderAddressInvalid,
+                              SessionTooLong, ShuttingDown, TooManyConnectionsFromPeer, TooManyRecipients,
+                              TooManySessions)
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +58,16 @@ STARTTLS_REQUIRED = "530 5.7.0 Must issue a STARTTLS command first"
 AUTH_NOT_IMPLEMENTED = "502 5.5.1 AUTH not implemented: the gateway takes mail without authentication"
 
 
+@dataclass
+class _Running:
+    """A message whose pipeline has not ended: what a stop needs to wait for it, or to journal it if it gives up."""
+
+    deadline: float
+    ctx: MessageContext
+    services: Services
+    started: float
+
+
 class GatewayHandler:
     """aiosmtpd hooks: the thin layer between SMTP and the pipeline."""
 
@@ -62,6 +76,8 @@ class GatewayHandler:
         self.executor = executor
         # Messages between the end of DATA and their reply; a graceful stop waits for them.
         self.in_data = 0
+        # Pipelines not ended yet (queued or running), which may outlive their reply.
+        self.pipelines: dict[asyncio.Future, _Running] = {}
 
     async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope, hostname: str,
                           responses: list[str]) -> list[str]:
@@ -217,6 +233,8 @@ class GatewayHandler:
         # services a reload replaced are closed only then (Services.retire).
         future = loop.run_in_executor(self.executor,
                                       services.held(lambda: pipeline.process(ctx, services, deadline=deadline)))
+        self.pipelines[future] = _Running(deadline, ctx, services, time.monotonic())
+        future.add_done_callback(lambda done: self.pipelines.pop(done, None))
         try:
             # A little over the pipeline's own deadline: normally the pipeline answers itself.
             await asyncio.wait_for(asyncio.shield(future), timeout=budget + 5)
@@ -660,17 +678,26 @@ class GatewayServer:
         assert self._servers
         return self._servers[0].sockets[0].getsockname()[1]
 
-    async def stop(self, grace: float | None = None) -> None:
+    async def stop(self, grace: float | None = None) -> int:
         """Stop accepting, let messages in DATA get their reply for up to ``grace`` seconds, cut the rest.
 
         A session cut here gets 421 (RFC 5321 section 3.8): its client keeps the message and
         retries, and a retry of one that was being posted is matched by its Message-ID.
+
+        The pipelines still running are waited for until their message deadline (and a second to
+        journal their outcome), never past ``grace`` + listener.message_deadline from the stop.
+        One still running then (a stage that does not end at the deadline) is not waited for: its
+        message is journaled as interrupted (abandoned), and the number of them is returned, for
+        the caller to exit without waiting for their threads (serve). Before, the stop waited for
+        them without a bound: SIGTERM had not stopped a gateway after 240 s while a note whose text
+        took minutes to link was being filed (found by a security review).
         """
         grace = self.listener.shutdown_grace if grace is None else grace
+        loop = asyncio.get_running_loop()
+        stop_started = time.monotonic()
         self.session_limit.stopping = True
         for server in self._servers:
             server.close()
-        loop = asyncio.get_running_loop()
         ends = loop.time() + grace
         while self.handler.in_data > 0 and loop.time() < ends:
             await asyncio.sleep(0.05)
@@ -685,7 +712,62 @@ class GatewayServer:
             await server.wait_closed()
         # A pipeline still running finishes here (it is bounded by its own message deadline), so
         # its outcome reaches the journal before the process exits.
-        await loop.run_in_executor(None, lambda: self.executor.shutdown(wait=True, cancel_futures=False))
+        bound = stop_started + grace + self.listener.message_deadline
+        while self.handler.pipelines:
+            until = min(bound, max(running.deadline for running in self.handler.pipelines.values()) + 1.0)
+            if until <= time.monotonic():
+                break
+            await asyncio.wait(list(self.handler.pipelines), timeout=until - time.monotonic())
+        abandoned = list(self.handler.pipelines.values())
+        if not abandoned:
+            await loop.run_in_executor(None, lambda: self.executor.shutdown(wait=True, cancel_futures=False))
+            return 0
+        log.warning("stopping with %d message(s) whose pipeline is still running past its deadline, %.0f s after "
+                    "the signal: not waited for", len(abandoned), time.monotonic() - stop_started)
+        await loop.run_in_executor(None, _journal_abandoned, abandoned)
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        return len(abandoned)
+
+
+def _journal_abandoned(abandoned: list[_Running]) -> None:
+    """The journal rows of messages whose pipeline a stop gave up on; the process exits next.
+
+    One that wrote its receipt may be posting: the receipt becomes an Interrupted row and an
+    unsettled post now, as the next start would do (docs/reliability.md "The journal's receipt"),
+    so its retry is deferred until Odoo has it and never filed twice. One that had not is deferred,
+    with the reply its session got: the listener's own, or the stop's 421.
+    """
+    for running in abandoned:
+        ctx = copy.copy(running.ctx)
+        stage = ctx.running_stage or "-"
+        message_id = ctx.message.message_id if ctx.message else "-"
+        if ctx.receipt_id is not None:
+            log.warning("%s to %s: the stop did not wait for its pipeline (stage %s), its receipt is recovered as "
+                        "an interrupted post", message_id, ctx.target.address, stage)
+            continue
+        ctx.refusal = MessageTookTooLong(f"the gateway stopped with stage {stage} still running")
+        # The listener's own reply if its timer answered the session first (pipeline.sent_reply).
+        reply = ctx.listener_reply or ShuttingDown().smtp_reply()
+        entry = JournalEntry.from_context(ctx, reply, time.monotonic() - running.started)
+        log.warning("%s to %s: the stop did not wait for its pipeline (stage %s), deferred: %s", message_id,
+                    ctx.target.address, stage, reply)
+        try:
+            running.services.journal.record(entry)
+        except JournalUnavailable as error:
+            log.error("journal unavailable, interrupted message not recorded: %s | %s", error, reply)
+        finally:
+            observe.message_done(entry)
+    journals = {id(running.services.journal): running.services for running in abandoned
+                if running.ctx.receipt_id is not None}
+    for services in journals.values():
+        odoo_of = {domain: rules.odoo for domain, rules in services.config.domains.items()}
+        try:
+            for entry in services.journal.recover_interrupted(pids=[os.getpid()], odoo_of=odoo_of):
+                log.warning("interrupted by the stop, the sender will retry: %s to %s", entry.message_id or "-",
+                            entry.rcpt)
+        except JournalUnavailable as error:
+            # The receipts stay: the next start recovers them the same way.
+            log.error("journal unavailable, receipts of interrupted posts left for the next start: %s", error)
 
 
 class ThreadedGateway:

@@ -53,7 +53,7 @@ def test_odoo():
 
 def write_config(folder: Path, odoo: TestOdoo, dns_port: int, *, rules_extra: str = "", listener_extra: str = "",
                  pool_size: int = 4, odoo_timeout: float = 5.0, read_cache_seconds: float = 0,
-                 access: str | None = None, session_timeout: float = 30,
+                 access: str | None = None, session_timeout: float = 30, message_deadline: float = 20,
                  unsettled_post_seconds: float | None = None, rules: dict | None = None,
                  note: dict | None = None, models: tuple[str, ...] | None = None) -> Path:
     """A gateway file and its rules for the test Odoo; ``note`` adds or overrides keys of [note];
@@ -64,7 +64,7 @@ def write_config(folder: Path, odoo: TestOdoo, dns_port: int, *, rules_extra: st
     return write_gateway_config(
         folder, odoo_url=odoo.url, database=odoo.database, api_key=DEMO_API_KEY, dns_port=dns_port,
         alias_domain=ALIAS_DOMAIN, secret=SECRET,
-        listener={"session_timeout": session_timeout, "message_deadline": 20}, listener_extra=listener_extra,
+        listener={"session_timeout": session_timeout, "message_deadline": message_deadline}, listener_extra=listener_extra,
         resolver={"timeout": 3},
         odoo={"timeout": odoo_timeout, "pool_size": pool_size, "read_cache_seconds": read_cache_seconds,
               **({"unsettled_post_seconds": unsettled_post_seconds} if unsettled_post_seconds else {})},
@@ -77,15 +77,16 @@ def write_config(folder: Path, odoo: TestOdoo, dns_port: int, *, rules_extra: st
 def serve(tmp_path, test_odoo, dns_server):
     """Start ``python -m gateway serve`` on one config (written on the first call); killed after the test.
 
-    ``workers`` and ``metrics_port`` add ``listener.workers`` and a ``[metrics]`` section; other
-    options go to write_config.
+    ``workers`` and ``metrics_port`` add ``listener.workers`` and a ``[metrics]`` section;
+    ``stalling`` lets a Subject hang a stage (tests/stalling/sitecustomize.py); other options go to
+    write_config.
     """
     from serving import ServeProcess
 
     started: list[ServeProcess] = []
 
     def start(workers: int | None = None, listener_extra: str = "", metrics_port: int | None = None,
-              **options) -> ServeProcess:
+              stalling: bool = False, **options) -> ServeProcess:
         config_path = tmp_path / "gateway.toml"
         if not config_path.exists():
             if workers is not None:
@@ -94,7 +95,7 @@ def serve(tmp_path, test_odoo, dns_server):
             if metrics_port is not None:
                 config_path.write_text(config_path.read_text()
                                        + f'\n[metrics]\nhost = "127.0.0.1"\nport = {metrics_port}\n')
-        process = ServeProcess(config_path)
+        process = ServeProcess(config_path, stalling=stalling)
         started.append(process)
         return process
 

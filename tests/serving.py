@@ -18,11 +18,13 @@ ROOT = Path(__file__).resolve().parent.parent
 class ServeProcess:
     """Runs ``python -m gateway serve --config PATH`` and follows its log on stderr."""
 
-    def __init__(self, config_path: Path) -> None:
+    def __init__(self, config_path: Path, *, stalling: bool = False) -> None:
         self.config_path = config_path
         self.lines: list[str] = []
         self._changed = threading.Condition()
-        environment = {**os.environ, "PYTHONPATH": str(ROOT)}
+        # ``stalling``: tests/stalling/sitecustomize.py makes "[stall STAGE]" in a Subject hang that stage.
+        python_path = [str(ROOT / "tests" / "stalling")] if stalling else []
+        environment = {**os.environ, "PYTHONPATH": os.pathsep.join([*python_path, str(ROOT)])}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "gateway", "serve", "--config", str(config_path), "--any-port"],
             cwd=ROOT, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

@@ -608,3 +608,54 @@ def test_serve_logs_the_configurations_warnings_at_start_and_at_each_reload(test
     gateway.wait_for("rules reloaded: notes.example.com", start=mark)
     assert len([line for line in gateway.lines[mark:] if "no notice is sent until it names one" in line]) == 1
     assert gateway.stop() == 0
+
+
+def _stalled(mailer, to: str, stage: str, message_id: str) -> bytes:
+    raw = mailer.message("note_from_contributor.eml", to, message_id)
+    return mailer.sign(raw.replace(b"Subject: Pump P-7 inspected", f"Subject: Pump P-7 [stall {stage}]".encode()))
+
+
+@pytest.mark.parametrize("workers", [None, 2])
+def test_sigterm_does_not_wait_for_a_pipeline_stuck_past_its_deadline(test_odoo, serve, dkim_keys, workers):
+    # Found by a security review: SIGTERM had not stopped the gateway after 240 s while a note whose
+    # text took minutes to link was being filed, as the stop waited for every pipeline thread without
+    # a bound (docs/reliability.md promises shutdown_grace + message_deadline). Two stages that never
+    # end (tests/stalling): one before anything reached the journal, one in the post, after the
+    # receipt. The gateway (each worker: its supervisor would kill one after 10 s more) exits within
+    # the bound; the first message is journaled deferred, the second as an interrupted post, whose
+    # retry is deferred as unsettled rather than filed a second time.
+    gateway = serve(workers=workers, stalling=True, listener_extra="shutdown_grace = 1", message_deadline=3,
+                    rules_extra=NO_RATE_LIMIT)
+    mailer = Mailer(_Port(gateway.port), dkim_keys)
+    to = mailer.address("note", "project.task", TASK_ID)
+    in_content = _stalled(mailer, to, "extract-content", "<stuck-in-content@example.com>")
+    in_post = _stalled(mailer, to, "post", "<stuck-in-post@example.com>")
+    replies: list[str] = []
+    senders = [threading.Thread(target=lambda raw=raw: replies.append(_send(raw, to, gateway.port)))
+               for raw in (in_content, in_post)]
+    for sender in senders:
+        sender.start()
+    gateway.wait_for("stalling in extract-content: <stuck-in-content@example.com>", timeout=20)
+    gateway.wait_for("stalling in post: <stuck-in-post@example.com>", timeout=20)
+    started = time.monotonic()
+    gateway.signal(signal.SIGTERM)
+    # Before: still running after 240 s; a worker killed by its supervisor after grace + deadline + 10 s.
+    assert gateway.process.wait(timeout=30) == 0, gateway.log
+    assert time.monotonic() - started < 1 + 3 + 3, gateway.log
+    assert "did not stop in time" not in gateway.log
+    for sender in senders:
+        sender.join(timeout=10)
+    assert sorted(replies) == ["421 4.3.2 The gateway is shutting down, try again later"] * 2, replies
+    gateway.wait_for(r"exiting without waiting for \d pipeline thread")
+    gateway.wait_for("interrupted by the stop, the sender will retry: <stuck-in-post@example.com>")
+    with Journal(gateway.config_path.parent / "journal.sqlite3") as journal:
+        rows = {row.message_id: row for row in journal.recent(10)}
+    content_row, post_row = rows["<stuck-in-content@example.com>"], rows["<stuck-in-post@example.com>"]
+    assert (content_row.verdict, content_row.refusal_class) == ("deferred", "MessageTookTooLong")
+    assert content_row.smtp_reply == "421 4.3.2 The gateway is shutting down, try again later"
+    assert (post_row.verdict, post_row.refusal_class) == ("deferred", "Interrupted")
+    assert _filed_ids(test_odoo, ["<stuck-in-post@example.com>"]) == {"<stuck-in-post@example.com>": 0}
+    restarted = serve()
+    assert _send(in_post, to, restarted.port).startswith(UNSETTLED)
+    assert _send(in_content, to, restarted.port).startswith("250 2.0.0 Filed")
+    assert restarted.stop() == 0

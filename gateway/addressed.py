@@ -27,8 +27,9 @@ def check_addressed(message: ParsedMessage, target: Target, sender: VerifiedSend
     the message, so it counts only when the signature covers neither (Microsoft 365 signs no
     recipient field; the residual risk is in docs/rules.md). A signer that names To or Cc in h=
     signs every recipient field present when it signs (dkimpy and OpenDKIM by default), so a
-    field it leaves out was added afterwards: a Cc naming the gateway added to a message sent To
-    someone else must not pass.
+    field it leaves out was most likely added afterwards: a Cc naming the gateway added to a
+    message sent To someone else must not pass. A fixed-list signer that covers To and never Cc
+    looks the same; its users are told to write the address in To.
 
     ``accept_bcc_notes`` ([sender] of the rules): a note need not name the gateway (Bcc, a
     redirect), at the risk written there. A reply, public, always must.
@@ -47,10 +48,15 @@ def check_addressed(message: ParsedMessage, target: Target, sender: VerifiedSend
                 added.append(_DISPLAY[name])
                 break
             return
-    why = f"its To and Cc name no address of {target.domain}"
     if added:
+        # Added after signing, or left out by a signer with a fixed list that names To and never Cc
+        # (Broadcom Email Security.cloud signs From:To:Subject:Date:Message-ID:Content-Type:
+        # MIME-Version, found by a review): the two look alike, and the author can do one thing,
+        # write the address in the field her signature covers.
         covered = " and ".join(_DISPLAY[name] for name in RECIPIENT_HEADERS if name in sender.signed_headers)
-        why = (f"{why} that the DKIM signature covers (it covers {covered}; the {' and '.join(added)} "
-               "naming one was added after it)")
-    raise NotAddressedToGateway(f"{why}; a Bcc copy, or a message sent to someone else, is not filed: "
-                                "write the gateway address in To or Cc")
+        raise NotAddressedToGateway(
+            f"only its {' and '.join(added)}, which the DKIM signature does not cover, names an address of "
+            f"{target.domain} (a header added after signing, or a mail system that signs {covered} only): "
+            f"write the gateway address in {covered}")
+    raise NotAddressedToGateway(f"its To and Cc name no address of {target.domain}; a Bcc copy, or a message "
+                                "sent to someone else, is not filed: write the gateway address in To or Cc")

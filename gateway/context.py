@@ -88,7 +88,8 @@ class VerifiedSender:
     selector: str
     # The header fields the gateway reads (senderauth.USED_HEADERS) that the message carries but
     # the signature's h= does not name at all, lowercased: the signer left them open to change.
-    # To and Cc of this set notify nobody, In-Reply-To and References choose no record.
+    # In-Reply-To and References of this set choose no record (routing); To and Cc still notify the
+    # internal users they name, and count as addressing the gateway only as gateway/addressed.py says.
     unsigned_headers: frozenset[str] = frozenset()
     # The header fields the gateway reads that h= names, lowercased, whether or not the message
     # carries them: a signer that names To or Cc covers the recipients (gateway/addressed.py).

@@ -111,6 +111,12 @@ def lock_journal(path: Path | str) -> int:
 TEXT_LIMIT = 1000
 DEFECT_LIMIT = 200
 DEFECTS_KEPT = 50
+# The gateway's own notes (context.journal_notes: odoo-error with Odoo's message, unsettled-post,
+# listener-answered, recipient-dropped, ...) are bounded apart from the message's defects, which
+# its sender chose: 50 unknown charsets pushed every note out of the row (a review of this
+# session's merges), and an odoo-error note is written with 300 characters of Odoo's message.
+NOTE_LIMIT = 600
+ENTRIES_KEPT = 2 * DEFECTS_KEPT
 
 
 def bounded_text(text: str, limit: int = TEXT_LIMIT) -> str:
@@ -118,18 +124,18 @@ def bounded_text(text: str, limit: int = TEXT_LIMIT) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def bounded_defects(defects: list[str]) -> list[str]:
-    """At most DEFECTS_KEPT defects, each at most DEFECT_LIMIT characters; the last says how many more there were.
+def bounded_defects(defects: list[str], kept_at_most: int = DEFECTS_KEPT, limit: int = DEFECT_LIMIT) -> list[str]:
+    """At most ``kept_at_most`` defects, each at most ``limit`` characters; the last says how many more there were.
 
     Bounding a bounded list leaves it as it is: a row read back is the row written.
     """
-    if len(defects) <= DEFECTS_KEPT:
+    if len(defects) <= kept_at_most:
         kept = defects
         more = ""
     else:
-        kept = defects[: DEFECTS_KEPT - 1]
+        kept = defects[: kept_at_most - 1]
         more = f"+{len(defects) - len(kept)} more defects not kept"
-    bounded = [bounded_text(str(defect), DEFECT_LIMIT) for defect in kept]
+    bounded = [bounded_text(str(defect), limit) for defect in kept]
     return [*bounded, more] if more else bounded
 
 
@@ -174,8 +180,9 @@ class JournalEntry:
             value = getattr(self, name)
             if isinstance(value, str) and len(value) > TEXT_LIMIT:
                 setattr(self, name, bounded_text(value))
-        if len(self.defects) > DEFECTS_KEPT or any(len(str(defect)) > DEFECT_LIMIT for defect in self.defects):
-            self.defects = bounded_defects(self.defects)
+        # from_context bounded the message's defects and the gateway's notes apart, within these.
+        if len(self.defects) > ENTRIES_KEPT or any(len(str(defect)) > NOTE_LIMIT for defect in self.defects):
+            self.defects = bounded_defects(self.defects, ENTRIES_KEPT, NOTE_LIMIT)
 
     @classmethod
     def from_context(
@@ -205,7 +212,8 @@ class JournalEntry:
             durations=dict(context.stage_durations),
             total_seconds=sum(context.stage_durations.values()) if total_seconds is None else total_seconds,
             odoo_seconds=context.odoo_seconds,
-            defects=[*(message.defects if message else []), *context.journal_notes],
+            defects=[*bounded_defects(message.defects if message else []),
+                     *bounded_defects(context.journal_notes, DEFECTS_KEPT, NOTE_LIMIT)],
             decision=context.decision,
         )
 

@@ -388,8 +388,13 @@ def _limited(base: type[SMTP]) -> type[SMTP]:
             return None
 
         async def smtp_MAIL(self, arg: str | None) -> None:
-            if self.envelope is not None and self.envelope.mail_from is None and self.session.extended_smtp:
-                refusal = self._utf8_refusal(arg, smtputf8=bool(_SMTPUTF8_PARAMETER.search(arg or "")), sender=True)
+            # After HELO too (a review: only EHLO sessions were checked, and after HELO a sender with
+            # bytes that are not UTF-8 crashed the receipt's write, 451 at every retry, while a
+            # non-ASCII one was filed); there SMTPUTF8 cannot be declared. Before any greeting,
+            # aiosmtpd answers 503 itself.
+            if self.envelope is not None and self.envelope.mail_from is None and self.session.host_name:
+                declared = self.session.extended_smtp and bool(_SMTPUTF8_PARAMETER.search(arg or ""))
+                refusal = self._utf8_refusal(arg, smtputf8=declared, sender=True)
                 if refusal is not None:
                     log.info("MAIL from %s refused: %s", self.session.peer, refusal.smtp_reply())
                     await self.push(refusal.smtp_reply())

@@ -149,6 +149,27 @@ def test_non_ascii_envelope_addresses_get_precise_replies(test_odoo, gateway):
     assert test_odoo.posts() == []
 
 
+def test_non_ascii_envelope_senders_after_helo_get_the_same_replies(test_odoo, gateway):
+    # Found by a review of this session's merges: only EHLO sessions were checked. After HELO a
+    # sender with bytes that are not UTF-8 reached the receipt's write (a UnicodeEncodeError, 451
+    # at every retry, nothing journaled) and a non-ASCII one was filed. SMTPUTF8 cannot be declared
+    # after HELO.
+    for mail, reply in (("MAIL FROM:<müller@example.com>".encode(),
+                         b"553 5.6.7 Must declare SMTPUTF8 to send unicode address\r\n"),
+                        (b"MAIL FROM:<m\xfcller@example.com>",
+                         b"553 5.1.7 Malformed envelope sender address: not valid UTF-8\r\n"),
+                        (b"MAIL FROM:<portal.contrib@example.com>", b"250 OK\r\n")):
+        with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as connection:
+            stream = connection.makefile("rb")
+            assert stream.readline().startswith(b"220")
+            connection.sendall(b"HELO client.example.com\r\n")
+            assert stream.readline().startswith(b"250 ")
+            connection.sendall(mail + b"\r\n")
+            assert stream.readline() == reply
+            connection.sendall(b"QUIT\r\n")
+            assert stream.readline().startswith(b"221")
+
+
 def test_a_from_with_a_non_ascii_local_part_gets_a_clear_refusal(test_odoo, gateway, mailer):
     to = mailer.address("note", "project.task", TASK_ID)
     raw = mailer.message("note_from_contributor.eml", to).replace(

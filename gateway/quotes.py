@@ -90,7 +90,8 @@ _I18N_ATTRIBUTION = re.compile(
     re.IGNORECASE | re.VERBOSE,
 )
 # No client writes an attribution longer than this (a long name, an address, a date); a longer line
-# is prose, and is not matched against the patterns above.
+# is prose, and is not matched against the patterns above (which then cost time linear in it: the
+# HTML side reads at most this much of a block, _short_text).
 _ATTRIBUTION_MAX_LENGTH = 400
 
 
@@ -99,15 +100,21 @@ def _matches_attribution(text: str) -> bool:
 
     Every form ends in a colon but _ATTRIBUTION's Japanese Outlook and Thunderbird ones, which hold
     "のメッセージ" or "書きました": one look at the end spares most lines the long patterns (the HTML
-    side asks this of every block of text, the plain side of every line with a colon).
+    side asks this of every block of text, the plain side of every line with a colon). Runs of spaces
+    count as one, as in HTML (_short_text): the patterns' spaces next to their stretches of any
+    character let a line of spaces be read many ways, and 400 of them cost ~40 ms a line.
     """
     stripped = text.rstrip()
+    if not stripped.endswith((":", "：")) and "のメッセージ" not in stripped and "書きました" not in stripped:
+        return False
+    if len(stripped) > 2 * _ATTRIBUTION_MAX_LENGTH + 1:  # two lines joined: longer is prose, whatever its spaces
+        return False
+    stripped = " ".join(stripped.split())
+    if len(stripped) > _ATTRIBUTION_MAX_LENGTH:
+        return False
     if not stripped.endswith((":", "：")):
-        return ("のメッセージ" in stripped or "書きました" in stripped) and _ATTRIBUTION.match(text) is not None
-    if _ATTRIBUTION.match(text):
-        return True
-    stripped = stripped.lstrip()
-    return len(stripped) <= _ATTRIBUTION_MAX_LENGTH and _I18N_ATTRIBUTION.match(stripped) is not None
+        return _ATTRIBUTION.match(stripped) is not None
+    return _ATTRIBUTION.match(stripped) is not None or _I18N_ATTRIBUTION.match(stripped) is not None
 
 
 # The line a client puts above a message it forwards inline, and above nothing else: Gmail's
@@ -115,9 +122,11 @@ def _matches_attribution(text: str) -> bool:
 # mutt's "----- Forwarded message from Bob <bob@example.org> -----" and Apple Mail's "Begin forwarded
 # message:", in the languages these clients write them in. Outlook writes no such line: its forward
 # and its reply both start with "-----Original Message-----" or a "From: ... Sent: ..." block.
+# mutt's sender ends in a character that is no dash: "from .+" read the dashes that close the line
+# into the name, and tried the closing dashes at each of them, so a line of 16 KB of dashes took 5 s.
 _FORWARD_MARKER = re.compile(
     r"^\s*(?:"
-    r"-{2,}\s*(?:Forwarded\s+message(?:\s+from\s.+)?|Weitergeleitete\s+Nachricht|Message\s+transf[ée]r[ée]|"
+    r"-{2,}\s*(?:Forwarded\s+message(?:\s+from\s(?:.*?[^\s-])?)?|Weitergeleitete\s+Nachricht|Message\s+transf[ée]r[ée]|"
     r"Mensaje\s+reenviado|Messaggio\s+inoltrato|Doorgestuurd\s+bericht|Mensagem\s+encaminhada|"
     r"Vidarebefordrat\s+meddelande|Videresendt\s+(?:meddelelse|melding)|転送メッセージ|转发的邮件)\s*-{2,}"
     r"|(?:Begin\s+forwarded\s+message|Anfang\s+der\s+weitergeleiteten\s+Nachricht|"
@@ -239,11 +248,17 @@ _HEADER_HINT = re.compile(r"[:：]|-----")
 _PATTERNS_NO_HEADER = {**_PATTERNS, "_header_regex": _NO_MATCH}
 
 
+def _library_read(text: str) -> tuple[str, bool]:
+    """mail-parser-reply's latest reply of ``text``, and whether a header split the text in two."""
+    patterns = _PATTERNS if _HEADER_HINT.search(text) else _PATTERNS_NO_HEADER
+    message = EmailMessage(text=text, languages=list(_REPLY_PARSER.languages), **patterns).read()
+    return message.latest_reply or "", len(message.replies) > 1
+
+
 def _latest_reply(text: str) -> str:
     """mail-parser-reply's latest reply of ``text``: the text above the first header it knows
     ("On ... wrote:", "From: ...", "-----Original Message-----"), in any of its languages."""
-    patterns = _PATTERNS if _HEADER_HINT.search(text) else _PATTERNS_NO_HEADER
-    return EmailMessage(text=text, languages=list(_REPLY_PARSER.languages), **patterns).read().latest_reply or ""
+    return _library_read(text)[0]
 
 
 @dataclass(frozen=True)
@@ -318,28 +333,95 @@ _YEAR_OR_TIME = re.compile(r"\d{4}|\d{1,2}[:.]\d{2}")
 _LIBRARY_MASK = "\ue000"
 
 
-def _masked_for_library(lines: list[str]) -> list[str]:
-    """``lines`` with the lines mail-parser-reply would take for a header, and no client writes as
-    one, behind _LIBRARY_MASK (a line already starting with it gets one more: _unmasked undoes it).
+def _library_mask(lines: list[str], index: int) -> str:
+    """The line as mail-parser-reply is to read it: behind _LIBRARY_MASK if the library would take it
+    for a header and no client writes it as one (a line already starting with the mask gets one more).
 
     A Polish line of the author's own starting "Od: ..." ("From Monday ...") or "Data: ..." cut the
     note there: the library's Outlook patterns are accepted only at a block as Outlook writes it
     (_is_outlook_block), its "... skrev ...:" only on a line with a year or a time. Each line is
     looked at with the few that follow it: linear time.
     """
-    masked = []
+    line = lines[index]
+    skrev = _LIBRARY_SKREV.search(line) if line.rstrip().endswith((":", "：")) else None
+    if line.lstrip().startswith(_LIBRARY_MASK) or (
+            _LIBRARY_LABEL_LINE.match(line) and not _is_outlook_block(lines, index)) or (
+            skrev is not None and not _YEAR_OR_TIME.search(line, 0, skrev.start())):
+        return _LIBRARY_MASK + line.lstrip()
+    return line
+
+
+# What mail-parser-reply reads in place of lines that can be no part of a header it knows, a run of
+# them (blank lines between them included) as one line: the mask, then the run's number, so that
+# _end_of_prefix tells the runs apart. At least two characters, as the library's patterns ask for two
+# between their fixed words (a line of the author's is at least one).
+_LIBRARY_ELIDED = _LIBRARY_MASK + "\ue001{}"
+# Each header the library knows holds a colon or "-----" (_HEADER_HINT) on its line or on one of the
+# few below it: its "On ...\n...\nwrote:" spans up to four lines, its German one five. A line with
+# neither on it nor on the next _LIBRARY_WINDOW lines that are not blank starts none and ends none.
+_LIBRARY_WINDOW = 5
+# The library's header pattern is one search of the whole text, which holds the interpreter's lock
+# throughout: how long it takes is how long every session waits (a review: a 40 KB line froze them
+# all for 19 s). Its patterns for "On ... wrote:", "Op ... schreef:", "Dnia ... napisał(a):" and the
+# like cost time quadratic in a line (and the two below it) that starts like one and does not end
+# like one, so it reads no line longer than _LIBRARY_LINE_MAX_LENGTH (no client writes a header line
+# that long; a longer line is elided like prose) and at most _LIBRARY_MAX_CHARS (and one line) of
+# them: ~0.1 s at worst. An attribution line is near the top of the text
+# anyway; a note whose own text holds more such lines keeps what the library alone would have trimmed.
+_LIBRARY_LINE_MAX_LENGTH = 200
+_LIBRARY_MAX_CHARS = 16 * 1024
+
+
+def _library_view(lines: list[str]) -> tuple[list[str], list[int]]:
+    """The lines mail-parser-reply is to read, and where each ends in ``lines`` (the index after it).
+
+    A line longer than _LIBRARY_LINE_MAX_LENGTH is prose, and a line far from a colon or "-----" can
+    be no part of a header: each is elided, a run of them becoming one line, so the library's search
+    (~15 µs for each line start, quadratic in a long line) costs what the few candidate lines do.
+    The lines are read up to _LIBRARY_MAX_CHARS.
+    """
+    count = len(lines)
+    near = [False] * count
+    distance = _LIBRARY_WINDOW + 1
+    for index in range(count - 1, -1, -1):
+        line = lines[index]
+        if ":" in line or "：" in line or "-----" in line:
+            distance = 0
+        elif line and not line.isspace():
+            distance += 1
+        else:
+            continue
+        near[index] = distance <= _LIBRARY_WINDOW
+    view: list[str] = []
+    ends: list[int] = []
+    size = 0
+    elided_at = -1  # the position in view after the last elided run, while only blank lines follow it
     for index, line in enumerate(lines):
-        skrev = _LIBRARY_SKREV.search(line) if line.rstrip().endswith((":", "：")) else None
-        if line.lstrip().startswith(_LIBRARY_MASK) or (
-                _LIBRARY_LABEL_LINE.match(line) and not _is_outlook_block(lines, index)) or (
-                skrev is not None and not _YEAR_OR_TIME.search(line, 0, skrev.start())):
-            line = _LIBRARY_MASK + line.lstrip()
-        masked.append(line)
-    return masked
-
-
-def _unmasked(text: str) -> str:
-    return "\n".join(line[1:] if line.startswith(_LIBRARY_MASK) else line for line in text.split("\n"))
+        if size >= _LIBRARY_MAX_CHARS:
+            break
+        stripped = line.strip()
+        if not stripped:
+            view.append("")  # the library strips every line
+            ends.append(index + 1)
+            size += 1
+            continue
+        rule = stripped[0] in "_-" and _LIBRARY_RULE.match(stripped) is not None  # the library drops it
+        if (near[index] or rule) and (len(stripped) <= _LIBRARY_LINE_MAX_LENGTH or rule and not stripped.strip("_-")):
+            view.append(_library_mask(lines, index))
+            ends.append(index + 1)
+            size += len(view[-1]) + 1
+            elided_at = -1
+            continue
+        if elided_at >= 0:
+            size -= len(view) - elided_at  # the blank lines since the run
+            del view[elided_at:], ends[elided_at:]
+            ends[-1] = index + 1
+            continue
+        view.append(_LIBRARY_ELIDED.format(index))
+        ends.append(index + 1)
+        size += len(view[-1]) + 1
+        elided_at = len(view)
+    return view, ends
 
 
 def _is_quoted(line: str) -> bool:
@@ -450,10 +532,13 @@ def split_text(text: str) -> Split:
     else:
         cut = first_quote
         # The library knows more headers than the patterns above (its closings are not asked for:
-        # _PATTERNS).
-        own = _unmasked(_latest_reply("\n".join(_masked_for_library(lines[:cut])))).strip("\n")
-        if own.strip():
-            cut = _end_of_prefix(lines, cut, own)
+        # _PATTERNS). It reads the lines that may hold one (_library_view); if they stop short of
+        # the cut and hold no header, what follows them is not known to hold none.
+        view, ends = _library_view(lines[:cut])
+        own, parted = _library_read("\n".join(view))
+        own = own.strip("\n")
+        if own.strip() and (parted or not ends or ends[-1] == cut):
+            cut = ends[_end_of_prefix(view, len(view), own) - 1]
         elif not any(line.strip() for line in lines[:cut]):
             cut = 0
         # A closing above the quote: iOS Mail, Gmail and Samsung's app write it there.

@@ -227,6 +227,89 @@ def test_client_attribution_patterns_cost_linear_time():
     assert time.process_time() - started < 8
 
 
+@pytest.mark.parametrize("opening", ["On", "Dnia", "Op", "Il", "Dne"])
+def test_a_long_line_that_starts_like_a_header_costs_linear_time(opening):
+    # A review: mail-parser-reply's "On ... wrote:" pattern (and its Polish, Dutch, Italian, Czech
+    # ones) costs time quadratic in a line that starts like one: a 40 KB line, one line of a base64
+    # part, held the interpreter's lock (and every session) for 19 s; this one took ~15 s. The library
+    # reads no line that long: ~5 ms.
+    import time
+
+    text = f"{OWN}: see below\n{opening} " + "a " * 15_000 + "\n"
+    started = time.process_time()
+    split = split_text(text)
+    assert time.process_time() - started < 3
+    assert split.trimmed == "" and "a a a" in split.kept
+
+
+def test_the_library_reads_a_bounded_part_of_the_text(monkeypatch):
+    # Lines of at most 200 characters, each one like an attribution that never ends like one, cost
+    # the library ~4 ms each: it reads the lines near a colon or "-----" (one line in place of a run
+    # of the others), up to _LIBRARY_MAX_CHARS, so one search costs ~0.1 s whatever the note's size.
+    from gateway import quotes
+
+    read: list[int] = []
+    library_read = quotes._library_read
+    monkeypatch.setattr(quotes, "_library_read", lambda text: read.append(len(text)) or library_read(text))
+    header_like = ("On " + "a " * 100)[:199] + ":"
+    prose = "The pump was replaced this morning, the seal was worn."
+    text = f"{OWN}\n" + "\n".join([header_like, prose, prose, prose, prose, prose, prose, prose] * 5000) + f"\n> {OLD}\n"
+    split = split_text(text)
+    assert OLD in split.trimmed and prose in split.kept
+    assert len(read) == 1 and read[0] <= quotes._LIBRARY_MAX_CHARS + quotes._LIBRARY_LINE_MAX_LENGTH + 1
+    # Lines far from any colon or "-----" are one line to the library, however many.
+    view, ends = quotes._library_view([prose] * 100_000 + ["", prose])
+    assert len(view) == 1 and ends == [100_002]
+
+
+# Lines that move mail-parser-reply's parts (_REPLY_LINES below), and lines far from any header.
+_LIBRARY_VIEW_LINES = [
+    "Pump P-7 was replaced this morning.", "", "  ", "> quoted line", "On Mon, 3 Mar 2025 at 10:00, Bob <bob@example.com>",
+    "wrote:", "On", "...", "On Mon, 3 Mar 2025 at 10:00, Bob <bob@example.com> wrote:", "Am 03.03.2025 um 10:00 schrieb Bob:",
+    "Den 1 jan 2026 skrev Bob <bob@example.org>:", "1", "jan 2026 skrev Bob:", "Dne 1. 1. 2026 v 10:00 Bob napsal(a):",
+    "Dnia 1.01.2026 o 10:00 Bob", "napisał(a):", "Op ma 3 nov 2025 schreef Bob:", "Il giorno lun 3 nov 2025 Bob ha scritto:",
+    "From: Bob <bob@example.com>", "Sent: Monday, March 3", "To: Paula", "Subject: Pump", "Od: Jan", "Data: piątek",
+    "Von: Bob", "Gesendet: Montag", "An: Paula", "Betreff: Pumpe", "-----Original Message-----", "-" * 40, "_" * 40,
+    "Best regards,", "Thanks,", "Sent from my iPhone", "2025年3月3日(月) 10:00 Bob <bob@example.com>:", "\ue000x",
+    "plain words", "a", "b", "x" * 250,
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(_LIBRARY_VIEW_LINES), max_size=40))
+def test_the_library_finds_in_its_view_what_it_finds_in_the_whole_text(lines):
+    # What _library_view elides (lines far from a colon or "-----", lines of prose longer than a header
+    # line) can be no part of a header the library knows: the own text ends on the same line.
+    from gateway import quotes
+
+    whole = [quotes._library_mask(lines, index) for index in range(len(lines))]
+    own = quotes._latest_reply("\n".join(whole)).strip("\n")
+    view, ends = quotes._library_view(lines)
+    own_in_view = quotes._latest_reply("\n".join(view)).strip("\n")
+    assert bool(own.strip()) == bool(own_in_view.strip())
+    if own.strip() and not any(len(line) > quotes._LIBRARY_LINE_MAX_LENGTH for line in lines):
+        assert ends[quotes._end_of_prefix(view, len(view), own_in_view) - 1] == quotes._end_of_prefix(
+            whole, len(whole), own)
+
+
+def test_attribution_and_separator_patterns_cost_linear_time_on_odd_lines():
+    # Spaces between an attribution's words could be read many ways by the client patterns (~1 ms a
+    # line of 400 characters, 30 times the cost of a line of words), and mutt's "Forwarded message
+    # from" line read its closing dashes into the name: 16 KB of dashes took 1.4 s, 64 KB 20 s.
+    import time
+
+    from gateway.quotes import _matches_attribution
+
+    lines = ["Am" + " " * 396 + ":", "W dniu" + " " * 392 + ":", "1" + "\u3000" * 398 + ":", "Den" + " " * 396 + ":"]
+    started = time.process_time()
+    assert not any(_matches_attribution(line) for line in lines * 1000)
+    assert split_text(f"{OWN}\n-- Forwarded message from " + "-" * 64_000 + "x\n").trimmed == ""
+    assert time.process_time() - started < 3
+    assert _matches_attribution("Am  Mo.,  3. Nov. 2025   um 10:02 Uhr schrieb Bob:")
+    forwarded = split_text(f"{OWN}\n\n----- Forwarded message from Bob <bob@example.org> -----\n{OLD}\n")
+    assert OLD in forwarded.trimmed and OWN in forwarded.kept
+
+
 @pytest.mark.parametrize("html", [
     f'<div dir="ltr">{OWN}</div><div class="gmail_quote"><blockquote class="gmail_quote">{OLD}</blockquote></div>',
     f'<div>{OWN}</div><div id="appendonsend"></div><hr><div id="divRplyFwdMsg"><b>From:</b> Bob</div><div>{OLD}</div>',

@@ -428,32 +428,94 @@ def _is_quoted(line: str) -> bool:
     return line.lstrip().startswith(">")
 
 
-def _text_blocks_to_html(lines: list[str], depth: int = 0) -> str:
-    """Plain text as HTML, with runs of "> " lines as blockquotes (RFC 3676 section 4.5).
+# Odoo reads a note's body with lxml's default parser (html_sanitize, through lxml's Cleaner), which
+# stops at 256 levels as the gateway's did: what the gateway posts nests no deeper than this, and the
+# template and the collapsed block add a few levels.
+POSTED_MAX_DEPTH = 100
+
+
+# A quoted line's marks: up to POSTED_MAX_DEPTH of "> " (or ">") after any spaces, as nested
+# blockquotes read them one level at a time (RFC 3676 section 4.5).
+_QUOTE_MARKS = re.compile(rf"(?:\s*> ?){{1,{POSTED_MAX_DEPTH}}}")
+
+
+class _Budget:
+    """How many more lines plain text may render, blockquotes open and links hold (shared by its parts)."""
+
+    def __init__(self) -> None:
+        self.lines = _RENDER_MAX_LINES
+        self.blockquotes = _RENDER_MAX_BLOCKQUOTES
+        self.links = _RENDER_MAX_LINKS
+
+
+def _text_blocks_to_html(lines: list[str], budget: _Budget | None = None) -> tuple[str, int]:
+    """Plain text as HTML, with runs of "> " lines as blockquotes (RFC 3676 section 4.5), and how
+    many of the lines it holds: all, or those before the first that would render more lines, open
+    more blockquotes or hold more links than ``budget`` has left.
 
     Quotes nest as blockquotes down to POSTED_MAX_DEPTH levels, which Odoo reads (see _flatten);
-    the ">" marks of deeper ones stay in the text.
+    the ">" marks of deeper ones stay in the text. Each line's level is read once and its marks
+    stripped once, and the levels are opened and closed in one pass: a call per level made a copy of
+    every line at each level, all alive at once, and 14 MB of 100-level quotes took 1.3 GB (a review).
     """
     from gateway.content import text_to_html  # The one place plain text becomes HTML.
 
-    pieces: list[str] = []
+    if budget is None:
+        budget = _Budget()
+    # Line by line only if the whole would not fit.
+    links = _link_hints("\n".join(lines)) if len(lines) <= budget.lines else budget.links + 1
+    counted = links > budget.links
+    if not counted:
+        budget.lines -= len(lines)
+        budget.links -= links
+    out: list[str] = []
+    written = [False]  # for each open level: whether a piece was written in it
     run: list[str] = []
-    quoted = False
-    nests = depth < POSTED_MAX_DEPTH
-    for line in [*lines, None]:
-        line_quoted = line is not None and nests and _is_quoted(line)
-        if line is None or (run and line_quoted != quoted):
+    run_level = 0
+    stopped = len(lines)
+
+    def write(piece: str) -> None:
+        if written[-1]:
+            out.append("\n")
+        out.append(piece)
+        written[-1] = True
+
+    def flush() -> None:
+        while len(written) - 1 > run_level:
+            out.append("</blockquote>")
+            written.pop()
+        while len(written) - 1 < run_level:
+            write("<blockquote>")
+            written.append(False)
+        piece = text_to_html("\n".join(run))
+        if piece:
+            write(piece)
+
+    for index, line in enumerate(lines):
+        if counted:
+            links = _link_hints(line)
+            if not budget.lines or links > budget.links:
+                stopped = index
+                break
+            budget.lines -= 1
+            budget.links -= links
+        marks = _QUOTE_MARKS.match(line) if _is_quoted(line) else None
+        level = marks.group().count(">") if marks else 0
+        if level != run_level:
+            if level > run_level:
+                if level - run_level > budget.blockquotes:
+                    stopped = index
+                    break
+                budget.blockquotes -= level - run_level
             if run:
-                if quoted:
-                    inner = [re.sub(r"^\s*> ?", "", item, count=1) for item in run]
-                    pieces.append(f"<blockquote>{_text_blocks_to_html(inner, depth + 1)}</blockquote>")
-                else:
-                    pieces.append(text_to_html("\n".join(run)))
-            run = []
-        if line is not None:
-            run.append(line)
-            quoted = line_quoted
-    return "\n".join(piece for piece in pieces if piece)
+                flush()
+                run = []
+            run_level = level
+        run.append(line[marks.end():] if marks else line)
+    if run:
+        flush()
+    out.extend("</blockquote>" * (len(written) - 1))
+    return "".join(out), stopped
 
 
 def _has_own_text_after_quote(lines: list[str], start: int, end: int) -> bool:
@@ -516,12 +578,62 @@ def _before_closings(lines: list[str], end: int) -> int:
     return found
 
 
+# Plain text is split into the note and its quote line by line, each line a few objects here: 14 MB of
+# "a\n" took 1.2 GB (a review). Only its first _TEXT_MAX_LINES lines, at most _TEXT_MAX_CHARS
+# characters, are split; what follows is kept as it is after the part they end in (the quote, if any
+# was trimmed). Rendered, each line becomes a <br> that the sanitizer (html5ever, through nh3) holds
+# as an element of ~350 bytes, and so does each blockquote: 4 MB of lines alternating between no
+# quote and 100 levels took 850 MB (a review). Only the first _RENDER_MAX_LINES lines, opening at
+# most _RENDER_MAX_BLOCKQUOTES blockquotes, are rendered with links and blockquotes; from the line
+# that would exceed either (or hold more links than _RENDER_MAX_LINKS), each part is kept as it is,
+# escaped in a <pre> block.
+_TEXT_MAX_CHARS = 8 * 1024 * 1024
+_TEXT_MAX_LINES = 250_000
+_RENDER_MAX_LINES = 20_000
+_RENDER_MAX_BLOCKQUOTES = 20_000
+# Each link is an element too (~1 KB with its attributes): 2 MB of URLs took 125 MB. Every link
+# content.text_to_html makes holds a scheme's colon, an "@" or "www." (_LINK), so their number bounds it.
+_RENDER_MAX_LINKS = 20_000
+
+
+def _link_hints(text: str) -> int:
+    """At least the number of links content.text_to_html makes of ``text``."""
+    return text.count(":") + text.count("@") + (text.lower().count("www.") if "." in text else 0)
+
+
+def _head(text: str) -> tuple[str, str]:
+    """The first lines of ``text``, which are split and rendered, and what follows them."""
+    if len(text) <= _TEXT_MAX_CHARS and text.count("\n") < _TEXT_MAX_LINES:
+        return text, ""
+    end = -1
+    for _ in range(_TEXT_MAX_LINES):
+        found = text.find("\n", end + 1, _TEXT_MAX_CHARS + 1)
+        if found < 0:
+            break
+        end = found
+    if end < 0:  # the first line alone is longer than the limit
+        return text[:_TEXT_MAX_CHARS], text[_TEXT_MAX_CHARS:]
+    return text[:end], text[end + 1:]
+
+
+def _preformatted(text: str) -> str:
+    text = text.strip("\n")
+    return f"<pre>{html.escape(text, quote=False)}</pre>" if text.strip() else ""
+
+
+def _joined(*pieces: str) -> str:
+    return "\n".join(piece for piece in pieces if piece)
+
+
 def split_text(text: str) -> Split:
     """Split a plain-text body; a top-posted reply loses its quote, an inline reply keeps it."""
-    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    text, rest = _head(text.replace("\r\n", "\n").replace("\r", "\n"))
+    lines = text.split("\n")
     signature = next((i for i, line in enumerate(lines) if _SIGNATURE_DELIMITER.match(line)), len(lines))
-    # The closings right above the signature or the end are not answers between quoted lines.
-    signature = _before_closings(lines, signature)
+    # The closings right above the signature or the end are not answers between quoted lines (the
+    # end of the first lines is no end if more follows them).
+    if signature < len(lines) or not rest:
+        signature = _before_closings(lines, signature)
     # One search of the whole text spares the per-line hint searches when none can match.
     attribution_possible = _ATTRIBUTION_HINT.search(text) is not None
     first_quote = next((i for i, line in enumerate(lines[:signature])
@@ -542,10 +654,20 @@ def split_text(text: str) -> Split:
         elif not any(line.strip() for line in lines[:cut]):
             cut = 0
         # A closing above the quote: iOS Mail, Gmail and Samsung's app write it there.
-        cut = _before_closings(lines, cut)
+        if cut < len(lines) or not rest:
+            cut = _before_closings(lines, cut)
     while cut > 0 and not lines[cut - 1].strip():
         cut -= 1
-    return Split(kept=_text_blocks_to_html(lines[:cut]), trimmed=_text_blocks_to_html(lines[cut:]))
+    budget = _Budget()
+    kept, rendered = _text_blocks_to_html(lines[:cut], budget)
+    kept = _joined(kept, _preformatted("\n".join(lines[rendered:cut])))
+    trimmed, rendered = _text_blocks_to_html(lines[cut:], budget)
+    trimmed = _joined(trimmed, _preformatted("\n".join(lines[cut + rendered:])))
+    if trimmed:
+        trimmed = _joined(trimmed, _preformatted(rest))
+    else:
+        kept = _joined(kept, _preformatted(rest))
+    return Split(kept=kept, trimmed=trimmed)
 
 
 # --- HTML ---------------------------------------------------------------------------------------
@@ -766,12 +888,6 @@ def _parse_html(source: str) -> etree._Element:
     if any(error.type == etree.ErrorTypes.ERR_RESOURCE_LIMIT for error in parser.error_log):
         raise HtmlNestedTooDeep(f"more than {HTML_MAX_DEPTH} levels")
     return document
-
-
-# Odoo reads a note's body with lxml's default parser (html_sanitize, through lxml's Cleaner), which
-# stops at 256 levels as the gateway's did: what the gateway posts nests no deeper than this, and the
-# template and the collapsed block add a few levels.
-POSTED_MAX_DEPTH = 100
 
 
 def _flatten(root: etree._Element, limit: int = POSTED_MAX_DEPTH) -> None:

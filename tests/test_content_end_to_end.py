@@ -964,6 +964,38 @@ def test_plain_text_quoted_300_levels_deep_keeps_the_answer_below(test_odoo, gat
     assert "My answer" in body and "DEEP-TEXT" in body and "AFTER-DEEP author sign-off" in body
 
 
+def test_a_note_with_one_long_line_is_filed_while_other_sessions_are_answered(test_odoo, serve, dkim_keys):
+    # A review: a 40 KB line starting "On " (one line of a base64 part) kept mail-parser-reply's
+    # search, which holds the interpreter's lock, busy for ~19 s: no other session got its banner or
+    # its EHLO answered meanwhile. The library no longer reads such a line: ~10 ms.
+    import smtplib
+    import threading
+    import time
+
+    from serving import Port, send
+
+    gateway = serve()
+    mailer = Mailer(Port(gateway.port), dkim_keys)
+    to = mailer.address("note", "project.task", TASK_ID)
+    raw = mailer.sign(compose(PAULA, to, "Pump", "Note: see below\nOn " + "a " * 20_000 + "\n"))
+    assert b"Content-Transfer-Encoding: base64" in raw or b"quoted-printable" in raw
+    replies: list[str] = []
+    note = threading.Thread(target=lambda: replies.append(send(raw, to, gateway.port)))
+    worst = 0.0
+    note.start()
+    while note.is_alive() or not worst:
+        started = time.monotonic()
+        with smtplib.SMTP("127.0.0.1", gateway.port, timeout=60) as client:
+            assert client.ehlo("probe.example.com")[0] == 250
+        worst = max(worst, time.monotonic() - started)
+        time.sleep(0.02)
+    note.join()
+    assert replies[0].startswith("250 2.0.0 Filed"), replies
+    assert worst < 3, f"an EHLO waited {worst:.1f} s"
+    body = test_odoo.message(int(replies[0].rsplit(" ", 1)[1]))["body"]
+    assert "Note: see below" in body and "a a a a" in body
+
+
 # The closings mobile clients and webmail apps write below the text; a MIME review found all but the
 # iPhone and Outlook ones filed as part of the note.
 MOBILE_CLOSINGS = [

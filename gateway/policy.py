@@ -264,15 +264,19 @@ def _missing_or_hidden(odoo: OdooPool, target: Target, context: dict, deadline: 
     hides from that user (operator review: an integration user in "Sales / User: Own Documents
     Only" made every note on another salesperson's order a permanent 550 "does not exist").
 
-    One read tells them apart, as a real Odoo 18 answers it: MissingError for an id that does not
-    exist, AccessError for one a rule hides. It runs only here, after a search found nothing, so an
-    accepted message pays no extra call (issue 6).
+    One read tells them apart, as a real Odoo 18 answers it: AccessError for one a rule hides;
+    for an id that does not exist, MissingError where a record rule applies to the reader, else no
+    row at all. It reads ``display_name``: a read of ``id`` alone fetches nothing, and a real Odoo
+    18 answered it ``[{'id': 999999}]`` for a task that did not exist, which this function took
+    for an archived record (the real-Odoo suite). It runs only here, after a search found nothing,
+    so an accepted message pays no extra call (issue 6).
 
     ``inactive_searched``: the search that found nothing did not leave archived records out, so a
     readable record is not an archived one; else (the followers reads) it is RecordArchived.
     """
     try:
-        odoo.call(target.model, "read", [[target.res_id], ["id"]], context=context, deadline=deadline)
+        rows = odoo.call(target.model, "read", [[target.res_id], ["display_name"]], context=context,
+                         deadline=deadline)
     except OdooUnavailable as error:
         if error.access_denied:
             login = odoo.connection.login
@@ -284,6 +288,8 @@ def _missing_or_hidden(odoo: OdooPool, target: Target, context: dict, deadline: 
         if error.odoo_error == "odoo.exceptions.MissingError":
             raise RecordNotFound(f"{target.model} {target.res_id}") from None
         raise
+    if not rows:
+        raise RecordNotFound(f"{target.model} {target.res_id}")
     if not inactive_searched:
         # Readable, yet not found by a search that leaves inactive records out: archived.
         raise RecordArchived(f"{target.model} {target.res_id}")

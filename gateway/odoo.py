@@ -220,12 +220,19 @@ class _DeadlineOpener:
 
     def open(self, request: Any, data: Any = None, **options: Any) -> Any:
         if self.deadline is not None:
-            remaining = self.deadline - time.monotonic()
-            if remaining <= 0:
-                raise OdooUnavailable("the message deadline passed before Odoo answered")
             timeout = options.get("timeout")
-            options["timeout"] = min(timeout, remaining) if isinstance(timeout, (int, float)) else remaining
+            options["timeout"] = time_left(self.deadline, timeout if isinstance(timeout, (int, float)) else None)
         return self._opener.open(request, data, **options)
+
+
+def time_left(deadline: float, timeout: float | None = None) -> float:
+    """The time a request may take: what is left before ``deadline``, at most ``timeout``; none left
+    is OdooUnavailable. No call may outlive the message's deadline (issue 4): otherwise a few slow
+    calls in a row, each within its own timeout, keep the client waiting past it."""
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise OdooUnavailable("the message deadline passed before Odoo answered")
+    return remaining if timeout is None else min(timeout, remaining)
 
 
 def user_group_fields(major: int) -> tuple[str, str]:
@@ -536,15 +543,8 @@ class OdooPool:
                     transport = self._transports.get(id(client))
                 if transport is not None:
                     transport.sent = transport.answered = False
-                timeout = self.connection.timeout
-                if deadline is not None:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        raise OdooUnavailable("the message deadline passed before Odoo answered")
-                    # No call may outlive the message's deadline (issue 4): otherwise a few slow
-                    # calls in a row, each within its own timeout, keep the client waiting past it.
-                    timeout = min(timeout, remaining)
-                client.config["timeout"] = timeout
+                client.config["timeout"] = (self.connection.timeout if deadline is None
+                                            else time_left(deadline, self.connection.timeout))
                 result = work(client.execute_kw)
                 ok = True
                 return result

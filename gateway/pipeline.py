@@ -767,14 +767,21 @@ def sent_reply(ctx: MessageContext) -> str:
     return ctx.listener_reply
 
 
+# How long after a message's deadline the listener stops waiting for its pipeline and answers
+# itself (smtp.py); every Odoo call and DNS lookup ends by the deadline, so a pipeline still running
+# then is the gateway's own work (pipeline.took_too_long names its stage).
+LISTENER_GRACE_SECONDS = 5.0
+
+
 def journal(ctx: MessageContext, services: Services, total_seconds: float, *, deadline: float | None = None) -> None:
     # The row holds the reply the sender got (review of Odoo faults: a slow login left the row
     # saying "the message deadline passed" while the listener had answered "took too long").
     entry = JournalEntry.from_context(ctx, sent_reply(ctx), total_seconds)
     # The outcome is written past the deadline too (a note filed at the deadline has its row), but
     # a journal another process holds is waited for only until a little before the listener gives
-    # up on the pipeline (deadline + 5 s), so that the reply is still the pipeline's own.
-    wait = WAIT_SECONDS if deadline is None else max(0.5, min(WAIT_SECONDS, deadline + 3 - time.monotonic()))
+    # up on the pipeline (LISTENER_GRACE_SECONDS), so that the reply is still the pipeline's own.
+    wait = WAIT_SECONDS if deadline is None else max(
+        0.5, min(WAIT_SECONDS, deadline + LISTENER_GRACE_SECONDS - 2 - time.monotonic()))
     try:
         entry.id = services.journal.record(entry, receipt_id=ctx.receipt_id, wait=wait)
     except JournalUnavailable as error:

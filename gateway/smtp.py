@@ -235,20 +235,21 @@ class GatewayHandler:
                                       services.held(lambda: pipeline.process(ctx, services, deadline=deadline)))
         self.pipelines[future] = _Running(deadline, ctx, services, time.monotonic())
         future.add_done_callback(lambda done: self.pipelines.pop(done, None))
+        # A little over the pipeline's own deadline: normally the pipeline answers itself.
+        give_up = budget + pipeline.LISTENER_GRACE_SECONDS
         try:
-            # A little over the pipeline's own deadline: normally the pipeline answers itself.
-            await asyncio.wait_for(asyncio.shield(future), timeout=budget + 5)
+            await asyncio.wait_for(asyncio.shield(future), timeout=give_up)
         except asyncio.TimeoutError:
-            # Every Odoo call ends by the deadline: a pipeline still running 5 s later is the
+            # Every Odoo call ends by the deadline: a pipeline still running the grace later is the
             # gateway's own work, named by its stage, not "Odoo is unavailable" (security review).
-            fallback = pipeline.took_too_long(ctx, budget + 5).smtp_reply()
+            fallback = pipeline.took_too_long(ctx, give_up).smtp_reply()
             with ctx.reply_lock:
                 if not ctx.reply_settled:
                     # The pipeline journals this reply when it ends (pipeline.sent_reply).
                     ctx.listener_reply, ctx.listener_answered_at = fallback, time.monotonic()
                     log.warning("%s to %s: no outcome %g s after its data, the pipeline is still running "
                                 "(stage %s), answered %r", ctx.message.message_id if ctx.message else "-",
-                                target.address, budget + 5, ctx.running_stage or "-", fallback)
+                                target.address, give_up, ctx.running_stage or "-", fallback)
                     return fallback
             # The pipeline settled its reply just now (it is journaling it): that one is sent.
         except Exception:

@@ -196,8 +196,9 @@ def authenticate(raw: bytes, resolver: KeyLookup, *, now: float | None = None,
     # that fails above the author's good one (RFC 6376 section 6.1).
     for index, header_value in enumerate(signatures):
         try:
-            domain, selector = _check_signature(verifier, index, header_value, from_domain, resolver,
-                                                now, max_signature_age_days, require_signature_time, examination)
+            domain, selector, signed_list = _check_signature(
+                verifier, index, header_value, from_domain, resolver, now, max_signature_age_days,
+                require_signature_time, examination)
         except _NotExamined:
             continue
         except _SignatureRefused as refused:
@@ -210,7 +211,7 @@ def authenticate(raw: bytes, resolver: KeyLookup, *, now: float | None = None,
             dns_failure = dns_failure or error
             examination.key_failed(error)
             continue
-        named = signed_names(header_value)
+        named = signed_names(signed_list)
         return VerifiedSender(email=from_address, dkim_domain=domain, selector=selector,
                               unsigned_headers=check_signed_copies(header_fields, named),
                               signed_headers=frozenset(name for name in USED_HEADERS if named[name]))
@@ -361,12 +362,9 @@ USED_HEADERS = ("from", "subject", "date", "message-id", "to", "cc", "in-reply-t
 _DISPLAY_NAMES = {"message-id": "Message-ID", "mime-version": "MIME-Version", "cc": "Cc"}
 
 
-def signed_names(signature: bytes) -> Counter[str]:
-    """How many times the h= of a verified DKIM-Signature value names each header, by lowercase name."""
-    try:
-        signed_list = parse_tag_value(signature).get(b"h", b"")
-    except InvalidTagValueList:  # verified, so parsed before; kept total all the same
-        signed_list = b""
+def signed_names(signed_list: bytes) -> Counter[str]:
+    """How many times the h= of a verified DKIM-Signature (its value as _check_signature parsed it)
+    names each header, by lowercase name."""
     # As dkimpy splits h=: names around colons, compared in lowercase.
     return Counter(name.strip().lower().decode("ascii", "replace") for name in signed_list.split(b":"))
 
@@ -429,8 +427,8 @@ def _signature_headers(verifier: dkim.DKIM) -> list[bytes]:
 
 def _check_signature(new_verifier: Callable[[], dkim.DKIM], index: int, header_value: bytes,
                      from_domain: str, resolver: KeyLookup, now: float, max_age_days: int,
-                     require_time: bool, examination: _Examination) -> tuple[str, str]:
-    """Return (d=, s=) when signature ``index`` authenticates the From domain; raise otherwise."""
+                     require_time: bool, examination: _Examination) -> tuple[str, str, bytes]:
+    """Return (d=, s=, h=) when signature ``index`` authenticates the From domain; raise otherwise."""
     try:
         tags = parse_tag_value(header_value)
     except InvalidTagValueList as error:
@@ -479,7 +477,7 @@ def _check_signature(new_verifier: Callable[[], dkim.DKIM], index: int, header_v
         raise _SignatureRefused(
             _MALFORMED, f"malformed DKIM signature: {type(error).__name__}: {error}") from None
     if verified:
-        return domain, selector
+        return domain, selector, tags.get(b"h", b"")
     raise _SignatureRefused(*_why_not_verified(verifier, lookup, key_name))
 
 

@@ -16,6 +16,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from gateway.observe import CONTROL_CHARACTERS
+
 if TYPE_CHECKING:
     from gateway.context import MessageContext
 
@@ -912,7 +914,7 @@ class Journal:
 
 # Message-IDs, addresses and SMTP replies come from strangers; printed raw, an escape sequence in
 # one could rewrite the admin's terminal. Control characters are shown as "?".
-_CONTROL_CHARACTERS = dict.fromkeys([*range(0x20), 0x7F, *range(0x80, 0xA0)], "?")
+_CONTROL_CHARACTERS = dict.fromkeys(CONTROL_CHARACTERS, "?")
 
 
 def _cell(value: object, width: int | None = None) -> str:

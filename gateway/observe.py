@@ -51,8 +51,8 @@ worker: int | None = None
 # an escape sequence or a backspace in one rewrites what the admin's terminal shows, and a line
 # break forges a line (journal review: a Message-ID <a\x1b[31m\x08\x08\x08@b> reached the INFO
 # line of gateway.smtp as it was). Control characters are shown escaped, as "\x1b".
-_CONTROLS = (*range(0x20), 0x7F, *range(0x80, 0xA0))
-_ESCAPED = {code: f"\\x{code:02x}" for code in _CONTROLS}
+CONTROL_CHARACTERS = (*range(0x20), 0x7F, *range(0x80, 0xA0))  # C0, DEL and C1
+_ESCAPED = {code: f"\\x{code:02x}" for code in CONTROL_CHARACTERS}
 # JSON escapes C0 itself; DEL and C1 (0x9b is a terminal's CSI) it leaves as they are.
 _JSON_ESCAPED = {code: f"\\u{code:04x}" for code in (0x7F, *range(0x80, 0xA0))}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import unicodedata
 
 from gateway import idn
+from gateway.observe import CONTROL_CHARACTERS
 
 
 class Refusal(Exception):
@@ -61,7 +62,7 @@ class Refusal(Exception):
         return f"{self.text} ({self.internal})" if self.internal else self.text
 
 
-_CONTROL_CHARACTERS = dict.fromkeys([*range(0x20), 0x7F], "?")
+_CONTROL_CHARACTERS = dict.fromkeys(CONTROL_CHARACTERS, "?")
 
 
 def _ascii(text: str) -> str:

@@ -138,3 +138,34 @@ def test_the_json_log_line_example_has_the_fields_and_stages_serve_writes():
     # The entry's own row id is written as journal_id.
     assert set(example) == {"event", "journal_id"} | {field.name for field in dataclasses.fields(JournalEntry)} - {"id"}
     assert list(example["durations"]) == STAGE_NAMES[:len(example["durations"])]
+
+
+def _example_comment(key: str) -> str:
+    """The comment of ``key`` in gateway.example.toml: its line's and the indented ones under it, as one line."""
+    lines = (ROOT / "gateway.example.toml").read_text().splitlines()
+    start = next(number for number, line in enumerate(lines) if line.startswith(f"{key} ="))
+    parts = [lines[start].split("#", 1)[1]]
+    for line in lines[start + 1:]:
+        if not re.match(r"^ +#", line):
+            break
+        parts.append(line.split("#", 1)[1])
+    return " ".join(" ".join(parts).split())
+
+
+def _prose(path: Path) -> str:
+    return " ".join(path.read_text().split())
+
+
+def test_max_sessions_per_ip_comment_names_the_limit_the_docs_name():
+    # A review found the sample config telling to keep max_sessions_per_ip at or above Postfix's
+    # "lmtp/smtp destination concurrency limit", while the docs say it is the process limit of the
+    # Postfix service that connects (with a recipient limit of 1, the destination concurrency
+    # limit does not bound the deliveries; docs/operations.md).
+    docs_say = "`listener.max_sessions_per_ip` at or above the process limit of the proxied smtpd"
+    assert docs_say in _prose(ROOT / "docs" / "reliability.md")
+    assert "the transport's process limit allows: that limit (20 in `master.cf`) must be at most `[listener] " \
+        "max_sessions_per_ip`" in _prose(ROOT / "docs" / "operations.md")
+    comment = _example_comment("max_sessions_per_ip")
+    assert "at or above the process limit of the Postfix service that connects" in comment
+    assert "proxied smtpd" in comment and "notegw transport" in comment
+    assert "at or above its lmtp/smtp destination concurrency limit" not in comment

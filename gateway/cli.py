@@ -565,7 +565,8 @@ def command_check(args: argparse.Namespace) -> int:
     if b"\r\n" not in raw:
         raw = raw.replace(b"\n", b"\r\n")
     try:
-        services = Services.build(config)
+        # Read-only: no journal or claims file is made or written, no migration run (docs/rules.md).
+        services = Services.build(config, read_only=True)
     except ConfigError as error:
         print(f"note-gateway: configuration error: {error}", file=sys.stderr)
         return 2

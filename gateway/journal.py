@@ -425,9 +425,16 @@ class Journal:
     until the caller's ``deadline`` (time.monotonic(): its message's), or for WAIT_SECONDS.
     """
 
+    # SQLite's own name for a database of no file: the schema and no rows, gone when it is closed.
+    IN_MEMORY = ":memory:"
+
     def __init__(self, path: Path | str, *, read_only: bool = False) -> None:
         self.path = Path(path)
         self.read_only = read_only
+        in_memory = str(path) == self.IN_MEMORY
+        # Reads on the one connection: a read-only file has no writer to stay clear of, and a
+        # database in memory is another, empty, one for every connection.
+        self._one_connection = read_only or in_memory
         self._lock = threading.Lock()
         self._closed = False
         # The reading connection of each thread, and all of them, to be closed with the journal.
@@ -435,8 +442,11 @@ class Journal:
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
         try:
-            if read_only:
-                # For `note-gateway log` run by an admin who may read the journal but not write it.
+            if in_memory:
+                # For `note-gateway check` where no journal exists yet: what it reads is empty.
+                self._connection = sqlite3.connect(self.IN_MEMORY, check_same_thread=False)
+            elif read_only:
+                # For `note-gateway log` and `check` run by an admin who may read the journal but not write it.
                 uri = f"file:{urllib.parse.quote(str(self.path.resolve()))}?mode=ro"
                 self._connection = sqlite3.connect(uri, uri=True, timeout=WAIT_SECONDS, check_same_thread=False)
             else:
@@ -452,7 +462,7 @@ class Journal:
         # Autocommit: each record is one INSERT, and migrations open their own transactions.
         self._connection.isolation_level = None
         try:
-            if not read_only:
+            if in_memory or not read_only:
                 self._prepare()
                 # The migrations waited as long as SQLite's timeout says (another gateway starting
                 # at the same time); a statement from now on waits in attempts (_write).
@@ -515,7 +525,7 @@ class Journal:
 
         A read ("read") on the thread's own connection, a write under the lock (_write).
         """
-        if action == "read" and not self.read_only:
+        if action == "read" and not self._one_connection:
             return self._read(sql, parameters, deadline=deadline, wait=wait)
 
         def run(connection: sqlite3.Connection) -> tuple[list[tuple], int | None]:

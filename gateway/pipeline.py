@@ -58,7 +58,8 @@ class Services:
     _users_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     @classmethod
-    def build(cls, config: GatewayConfig, *, workers: int = 1, in_flight: InFlight | None = None) -> Services:
+    def build(cls, config: GatewayConfig, *, workers: int = 1, in_flight: InFlight | None = None,
+              read_only: bool = False) -> Services:
         """The services of one gateway process; one of ``workers`` takes its share of each Odoo pool.
 
         ``pool_size`` bounds the connections the whole gateway opens to an Odoo, as ``max_sessions``
@@ -66,6 +67,13 @@ class Services:
 
         ``in_flight``: the process's claims (open_in_flight), kept across reloads and not closed by
         close(). Without it the services open their own, for a process that never reloads.
+
+        ``read_only``: for `note-gateway check`, which writes no file. The journal is opened
+        read-only, or is an empty one in memory while the file does not exist (as `log`, for an
+        admin who may read the gateway's state but not write it), and the claims are the
+        process's own, in no file: a delivery of the same message while it runs is not deferred
+        as being filed right now (a review found check creating the journal and <journal>.inflight,
+        running the migrations, and claiming the message in the gateway's shared file).
         """
         resolver_config = config.gateway.resolver
         # First, as it opens nothing: every template is read and checked (ConfigError naming the
@@ -87,13 +95,18 @@ class Services:
             for pool in odoo.values():
                 built.callback(pool.close)
             try:
-                journal = Journal(config.journal_path)
+                if not read_only:
+                    journal = Journal(config.journal_path)
+                elif config.journal_path.exists():
+                    journal = Journal(config.journal_path, read_only=True)
+                else:
+                    journal = Journal(Journal.IN_MEMORY)
             except JournalUnavailable as error:
                 raise ConfigError(config.path, "journal.path", str(error)) from None
             built.callback(journal.close)
             owns_in_flight = in_flight is None
             if in_flight is None:
-                in_flight = open_in_flight(config)
+                in_flight = InFlight() if read_only else open_in_flight(config)
             services = cls(config=config, resolver=resolver, odoo=odoo, renderer=renderer,
                            journal=journal, in_flight=in_flight, owns_in_flight=owns_in_flight)
             built.pop_all()

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import shutil
 import smtplib
 import socket
+import subprocess
+import threading
 import time
 
 import pytest
@@ -267,6 +272,106 @@ def test_check_reports_a_post_still_unsettled(tmp_path, test_odoo, dns_server, d
     assert re.match(r"REFUSED 451 4\.3\.0 An earlier delivery of this message may still be being filed by Odoo, "
                     r"try again later: its post 6\d s ago got no answer", verdict), verdict
     assert test_odoo.posts() == []
+
+
+def _files(folder) -> dict[str, bytes]:
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def test_check_on_an_empty_state_folder_makes_no_file(tmp_path, test_odoo, dns_server, dkim_keys, capsys):
+    # A review found `check`, documented as read-only, creating the journal and <journal>.inflight
+    # (running the migrations) as the user who ran it. With no journal yet it reads an empty one.
+    config = write_config(tmp_path, test_odoo, dns_server.port)
+    mailer = Mailer(None, dkim_keys)
+    to = Mailer.address("note", "project.task", TASK_ID)
+    (tmp_path / "ok.eml").write_bytes(mailer.sign(mailer.message("note_from_contributor.eml", to, "<c3@example.com>")))
+    before = _files(tmp_path)
+    status, out = _run(capsys, "check", "--config", str(config), "--rcpt", to, str(tmp_path / "ok.eml"))
+    assert status == 0, out
+    assert out.splitlines()[-1].split(None, 1) == [
+        "post", f"would post with subtype mail.mt_note on project.task {TASK_ID} as partner {PAULA_PARTNER_ID} "
+        "(nothing posted)"]
+    assert _files(tmp_path) == before
+    assert test_odoo.posts() == []
+
+
+@contextlib.contextmanager
+def _unwritable(path):
+    """``path`` made a file this process cannot open for writing: read-only, and immutable for root."""
+    path.chmod(0o444)
+    immutable = False
+    try:
+        if os.access(path, os.W_OK):  # root writes to read-only files
+            if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(path)],
+                                                                 capture_output=True).returncode != 0:
+                pytest.skip("root, and the file cannot be made immutable (chattr +i)")
+            immutable = True
+        with pytest.raises(PermissionError):
+            os.open(path, os.O_RDWR)
+        yield
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(path)], check=True)
+        path.chmod(0o600)
+
+
+def test_check_reads_a_journal_it_cannot_write_and_leaves_it_unchanged(tmp_path, test_odoo, dns_server,
+                                                                         dkim_keys, capsys):
+    # An admin may read the gateway's journal without being able to write it, as for `log`: check
+    # opened it read-write (and ran the migrations), and failed with a configuration error.
+    from gateway.config import load_config
+    from gateway.journal import Journal
+
+    config = write_config(tmp_path, test_odoo, dns_server.port)
+    journal_path = load_config(config).journal_path
+    mailer = Mailer(None, dkim_keys)
+    to = Mailer.address("note", "project.task", TASK_ID)
+    (tmp_path / "ok.eml").write_bytes(mailer.sign(mailer.message("note_from_contributor.eml", to, "<c4@example.com>")))
+    # What check reads in the journal: an earlier delivery's post that got no answer.
+    with Journal(journal_path) as journal:
+        journal.mark_unsettled("<c4@example.com>", "project.task", TASK_ID, "portal.contrib@example.com",
+                               since=time.time() - 60)
+    content = journal_path.read_bytes()
+    with _unwritable(journal_path):
+        status, out = _run(capsys, "check", "--config", str(config), "--rcpt", to, str(tmp_path / "ok.eml"))
+    assert status == 1, out
+    stage, verdict = out.splitlines()[-1].split(None, 1)
+    assert stage == "post"
+    assert verdict.startswith("REFUSED 451 4.3.0 An earlier delivery of this message may still be being filed "
+                              "by Odoo"), verdict
+    assert journal_path.read_bytes() == content
+    assert not pipeline.in_flight_path(load_config(config)).exists()
+    assert test_odoo.posts() == []
+
+
+def test_a_delivery_while_check_runs_on_the_same_message_is_filed(tmp_path, test_odoo, serve, dkim_keys, capsys):
+    # check claimed the message in the gateway's shared in-flight file: a delivery of the same
+    # message meanwhile got "451 ... being filed right now". Its claims are its own now.
+    from serving import send
+
+    gateway = serve()
+    mailer = Mailer(None, dkim_keys)
+    to = Mailer.address("note", "project.task", TASK_ID)
+    raw = mailer.sign(mailer.message("note_from_contributor.eml", to, "<c5@example.com>"))
+    (tmp_path / "ok.eml").write_bytes(raw)
+    # check holds its claim while it looks in Odoo for the message already filed: that call hangs.
+    test_odoo.fail("hang", model="mail.message", method="search_read", times=1)
+    checked: list[int] = []
+    check = threading.Thread(target=lambda: checked.append(cli.main(
+        ["check", "--config", str(gateway.config_path), "--rcpt", to, str(tmp_path / "ok.eml")])))
+    check.start()
+    try:
+        deadline = time.monotonic() + 20
+        while test_odoo.fault is not None:  # taken by check's look-up, which hangs now
+            assert time.monotonic() < deadline and check.is_alive(), capsys.readouterr()
+            time.sleep(0.02)
+        reply = send(raw, to, gateway.port)
+    finally:
+        test_odoo.release()
+        check.join(timeout=30)
+    assert reply.startswith("250 "), reply
+    assert checked == [0]
+    assert len(test_odoo.posts()) == 1
 
 
 def test_address_for_a_user_binds_its_partner(tmp_path, test_odoo, capsys):

@@ -678,7 +678,7 @@ STAGES: tuple[Stage, ...] = (
           _rate_limit_routed, too_slow=_journal_too_slow),
     Stage("reply-all-as-note", "a reply also addressed to a note address, or answering an internal note, "
           "is filed as a note", _reply_all_as_note, too_slow=_odoo_too_slow),
-    Stage("authorize", "model allowed, contributor group for notes, company, record access policy", _authorize,
+    Stage("authorize", "model allowed, contributor group for notes, record access policy, then company", _authorize,
           too_slow=_odoo_too_slow),
     Stage("screen-attachments", "apply the size limits and type deny-list to the files", _screen_attachments),
     Stage("extract-content", "take the body, trim quote and signature, sanitize its HTML", _extract_content),

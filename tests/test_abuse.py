@@ -730,6 +730,33 @@ def test_a_pipeline_without_an_outcome_past_the_deadline_is_answered_by_the_list
     assert reply == f"{TOOK_TOO_LONG}no outcome 6 s after its data; stage {EXTRACT_CONTENT} still running"
 
 
+
+def test_a_pipeline_stuck_in_authorize_is_answered_with_its_checks_in_the_order_they_run(
+        test_odoo, start_gateway, dns_server, dkim_keys, monkeypatch):
+    # The stage's description, which this reply shows the sender, named the company before the
+    # record access policy; policy.check_record_access reads the company only after the access
+    # search, so that a sender who may not read the record never learns its company (a review).
+    from gateway import policy
+
+    gateway = start_gateway(dns_server.port)
+    object.__setattr__(gateway.services.config.gateway.listener, "message_deadline", 1.0)
+    released = threading.Event()
+    check_record_access = policy.check_record_access
+
+    def stuck_check_record_access(*args, **options):
+        released.wait(30)
+        return check_record_access(*args, **options)
+
+    monkeypatch.setattr(policy, "check_record_access", stuck_check_record_access)
+    mailer = Mailer(gateway, dkim_keys)
+    to = mailer.address("note", "project.task", TASK_ID)
+    try:
+        reply = mailer.send(mailer.sign(mailer.message("note_from_contributor.eml", to)), to)
+    finally:
+        released.set()
+    assert reply == (f"{TOOK_TOO_LONG}no outcome 6 s after its data; stage authorize (model allowed, contributor "
+                     "group for notes, record access policy, then company) still running")
+
 def _raw_reply(sock: socket.socket) -> bytes:
     data = b""
     while not data.endswith(b"\r\n") or data.split(b"\r\n")[-2][3:4] == b"-":

@@ -245,7 +245,3 @@ def parse(raw: bytes, email_message: email.message.Message | None = None) -> Par
         encryption=parts.encryption,
         opaque_signed=parts.opaque_signed,
     )
-
-
-def formatted_sender(message: ParsedMessage) -> str:
-    return email.utils.formataddr((message.from_name, message.from_address))

@@ -61,11 +61,6 @@ def look_up(odoo: OdooPool, ctx: MessageContext, *, deadline: float | None = Non
     return Filed(taken=frozenset(str(row.get("message_id") or "") for row in rows))
 
 
-def find_existing(odoo: OdooPool, ctx: MessageContext, *, deadline: float | None = None) -> int | None:
-    """The id of this sender's message already filed on this record under one of its Message-IDs."""
-    return look_up(odoo, ctx, deadline=deadline).existing
-
-
 def is_own(ctx: MessageContext, row: dict) -> bool:
     """Whether a mail.message read from Odoo is the sender's: its author is the sender's partner.
 

@@ -121,10 +121,12 @@ class ListenerConfig(_Strict):
     # bounds hold for the whole gateway; max_sessions_per_ip holds per process.
     workers: Annotated[int, Field(ge=1, le=64)] = 1
     # aiosmtpd's command_call_limit (MAIL_SECURITY.md item 15): how many times one session may send
-    # each command that carries no mail (NOOP, HELP, VRFY, EXPN, HELO, EHLO, LHLO, STARTTLS, AUTH
-    # and unknown ones, each counted apart). One more gets "421 4.7.0 NOOP sent too many times" and
-    # the session is closed. Without it a client that sends NOOP now and then holds its session,
-    # which each command keeps from the idle timeout, for ever.
+    # each command that carries no mail (NOOP, HELP, VRFY, EXPN, HELO, EHLO, LHLO, STARTTLS, AUTH,
+    # each counted apart). One more gets "421 4.7.0 NOOP sent too many times" and the session is
+    # closed. Without it a client that sends NOOP now and then holds its session, which each command
+    # keeps from the idle timeout, for ever. Unknown commands have aiosmtpd's own fixed limit
+    # (BOGUS_LIMIT): the fifth in a session gets "502 5.5.1 Too many unrecognized commands, goodbye."
+    # and ends it, before this limit at any value of 5 or more.
     command_call_limit: Annotated[int, Field(ge=1)] = 20
     # The same for each command of a mail transaction (MAIL, RCPT, DATA, RSET, QUIT), counted over
     # the whole session: Postfix's connection cache delivers many messages on one session, each with

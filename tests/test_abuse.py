@@ -933,6 +933,21 @@ def test_a_command_that_carries_no_mail_is_answered_20_times_per_session(start_g
         assert _closed(stream)
 
 
+@pytest.mark.parametrize("commands", [[b"XYZZY"] * 5, [b"XYZZY%d" % number for number in range(5)]],
+                         ids=["the same", "different ones"])
+def test_the_fifth_unknown_command_ends_the_session_before_command_call_limit(start_gateway, dns_server, protocol,
+                                                                                commands):
+    # The sample config and docs said command_call_limit (20) counts unknown commands too; aiosmtpd's
+    # fixed limit of five unknown commands per session ends it first (docs/reliability.md).
+    greeting, listener_extra = protocol
+    gateway = start_gateway(dns_server.port, listener_extra=listener_extra)
+    connection, stream = _session(gateway, greeting)
+    with connection:
+        for command in commands[:4]:
+            assert _command(connection, stream, command) == b'500 Error: command "%s" not recognized' % command
+        assert _command(connection, stream, commands[4]) == b"502 5.5.1 Too many unrecognized commands, goodbye."
+        assert _closed(stream)
+
 def test_a_relay_session_that_delivers_many_messages_is_not_cut(test_odoo, start_gateway, dns_server, dkim_keys,
                                                                protocol):
     # Postfix's connection cache delivers many messages on one session, each with RSET, MAIL, RCPT and

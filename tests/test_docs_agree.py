@@ -169,3 +169,27 @@ def test_max_sessions_per_ip_comment_names_the_limit_the_docs_name():
     assert "at or above the process limit of the Postfix service that connects" in comment
     assert "proxied smtpd" in comment and "notegw transport" in comment
     assert "at or above its lmtp/smtp destination concurrency limit" not in comment
+
+
+def test_unknown_commands_are_said_to_end_the_session_at_the_fifth_not_at_command_call_limit():
+    # A review found the sample config, the config's comment and docs/reliability.md counting
+    # unknown commands under command_call_limit (20), when aiosmtpd's fixed limit of five ends the
+    # session first (tests/test_abuse.py shows it over SMTP), as docs/operations.md said.
+    from aiosmtpd.smtp import BOGUS_LIMIT
+
+    assert BOGUS_LIMIT == 5
+    comment = _example_comment("command_call_limit")
+    assert "unknown" not in comment.split(";")[0]
+    assert "Unknown commands have aiosmtpd's fixed limit: the fifth gets 502 5.5.1" in comment
+    lines = (ROOT / "gateway" / "config.py").read_text().split("    command_call_limit: Annotated")[0].splitlines()
+    above: list[str] = []
+    while lines[-1].strip().startswith("#"):
+        above.insert(0, lines.pop().strip().lstrip("#"))
+    config_comment = " ".join(" ".join(above).split())
+    assert config_comment.startswith("aiosmtpd's command_call_limit")
+    assert "unknown ones" not in config_comment
+    assert "the fifth in a session gets \"502 5.5.1 Too many unrecognized commands, goodbye.\"" in config_comment
+    reliability = (ROOT / "docs" / "reliability.md").read_text()
+    [row] = [line for line in reliability.splitlines() if "more than `listener.command_call_limit` times" in line]
+    assert "unknown" not in row
+    assert "| A fifth unknown command in one session" in reliability

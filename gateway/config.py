@@ -303,7 +303,7 @@ class OdooConnection(_Strict):
     @field_validator("url")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        # odoorpc is given a host, a protocol and a port (odoo.endpoint), nothing else of the URL:
+        # odoorpc is given a host, a protocol and a port (endpoint() above), nothing else of the URL:
         # a URL it cannot reach passed here and every message was deferred (451) for days, and a
         # path was silently dropped (bad-input review). So the URL is scheme, host and port only.
         example = "such as https://erp.example.com or http://127.0.0.1:8069"
@@ -588,8 +588,7 @@ class DomainRules(_Strict):
     def templates_path(self) -> Path | None:
         if not self.templates_dir:
             return None
-        path = Path(self.templates_dir)
-        return path if path.is_absolute() else Path(self.source).parent / path
+        return resolved_path(self.templates_dir, Path(self.source).parent)
 
     @field_validator("domain")
     @classmethod
@@ -649,8 +648,7 @@ class GatewayConfig:
         return self.path.parent
 
     def resolve_path(self, value: str) -> Path:
-        candidate = Path(value)
-        return candidate if candidate.is_absolute() else self.base_dir / candidate
+        return resolved_path(value, self.base_dir)
 
     @property
     def journal_path(self) -> Path:
@@ -736,6 +734,12 @@ def _read_secret_file(path: Path, owner: Path, key: str) -> str:
     return text
 
 
+def resolved_path(value: str | Path, base: Path) -> Path:
+    """``value`` as written in a configuration file: an absolute path, or one relative to ``base`` (the file's folder)."""
+    path = Path(value)
+    return path if path.is_absolute() else base / path
+
+
 def world_readable(path: Path) -> bool:
     try:
         return bool(path.stat().st_mode & stat.S_IROTH)
@@ -746,8 +750,7 @@ def world_readable(path: Path) -> bool:
 def _ca_file(connection: OdooConnection, base: Path, owner: Path, name: str) -> Path:
     """odoo.<name>.ca_file resolved, checked to be readable CA certificates for an https:// url."""
     key = f"odoo.{name}.ca_file"
-    ca_path = Path(str(connection.ca_file))
-    ca_path = ca_path if ca_path.is_absolute() else base / ca_path
+    ca_path = resolved_path(str(connection.ca_file), base)
     if not connection.url.startswith("https://"):
         raise ConfigError(owner, key, f"is for an https:// url, and {connection.url} is plain HTTP: "
                                       "remove ca_file or use https://")
@@ -801,8 +804,7 @@ def load_config(path: str | os.PathLike, environ: dict[str, str] | None = None) 
                 credential_path(connection.api_key_credential, path, f"{key_name}.api_key_credential", environ),
                 path, f"{key_name}.api_key_credential")
         elif connection.api_key_file:
-            key_path = Path(connection.api_key_file)
-            key_path = key_path if key_path.is_absolute() else base / key_path
+            key_path = resolved_path(connection.api_key_file, base)
             api_keys[name] = _read_secret_file(key_path, path, f"{key_name}.api_key_file")
             # Issue 7: an API key is never left where any local user can read it.
             if world_readable(key_path):
@@ -824,14 +826,12 @@ def load_config(path: str | os.PathLike, environ: dict[str, str] | None = None) 
     if listener.tls_key_credential:
         tls_key_path = credential_path(listener.tls_key_credential, path, "listener.tls_key_credential", environ)
 
-    rules_dir = Path(gateway.rules_dir)
-    rules_dir = rules_dir if rules_dir.is_absolute() else base / rules_dir
+    rules_dir = resolved_path(gateway.rules_dir, base)
     if not rules_dir.is_dir():
         raise ConfigError(path, "rules_dir", f"{rules_dir} is not a folder")
     if gateway.templates_dir:
         # As a rules file's templates_dir: a typo must not leave the bundled templates in use unnoticed.
-        templates_dir = Path(gateway.templates_dir)
-        templates_dir = templates_dir if templates_dir.is_absolute() else base / templates_dir
+        templates_dir = resolved_path(gateway.templates_dir, base)
         if not templates_dir.is_dir():
             raise ConfigError(path, "templates_dir", f"{templates_dir} is not a folder")
 
@@ -863,8 +863,7 @@ def load_config(path: str | os.PathLike, environ: dict[str, str] | None = None) 
         if rules.secrets and world_readable(rules_path):
             _warn(warnings, rules_path, "secrets", "secrets written in a file readable by every local user")
         if rules.secrets_file:
-            secret_path = Path(rules.secrets_file)
-            secret_path = secret_path if secret_path.is_absolute() else rules_path.parent / secret_path
+            secret_path = resolved_path(rules.secrets_file, rules_path.parent)
             text = _read_secret_file(secret_path, rules_path, "secrets_file")
             if world_readable(secret_path):
                 _warn(warnings, rules_path, "secrets_file", f"{secret_path} is readable by every local user")

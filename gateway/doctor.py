@@ -20,9 +20,6 @@ from gateway.odoo import OdooPool
 from gateway.refusals import DnsTemporaryFailure, OdooUnavailable
 from gateway.resolver import DkimKeyResolver
 
-# A certificate this close to its end gets a warning: enough for a renewal that failed once to be
-# noticed and fixed by hand.
-CERTIFICATE_WARNING_DAYS = 21
 # The journal's file system: below journal.FREE_SPACE_NEEDED every message is deferred soon (a
 # message row and its receipt take a few KiB, SQLite's WAL grows by pages); below this, an operator
 # should act.
@@ -201,7 +198,7 @@ def check_certificate(config: GatewayConfig, report: Report, now: Callable[[], d
     stamp = not_after.strftime("%Y-%m-%d %H:%M UTC")
     if days < 0:
         report.fail("tls", f"{certificate} expired on {stamp}", "renew it, then systemctl reload note-gateway")
-    elif days < CERTIFICATE_WARNING_DAYS:
+    elif days < checks.EXPIRY_WARNING_DAYS:
         report.warn("tls", f"{certificate} expires on {stamp}, in {days:.0f} days",
                     "renew it, then systemctl reload note-gateway")
     else:

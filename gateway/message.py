@@ -41,7 +41,7 @@ def _header_block(raw: bytes) -> bytes:
     return raw[: match.start()] if match else raw
 
 
-def derived_message_id(raw: bytes, from_address: str, subject: str, date: str) -> str:
+def message_id_from_content(raw: bytes, from_address: str, subject: str, date: str) -> str:
     """A stable Message-ID for a message that has none, so a retry is still recognised.
 
     Trace headers (Received, DKIM-Signature added by a relay) differ between two deliveries of the
@@ -226,7 +226,7 @@ def parse(raw: bytes, email_message: email.message.Message | None = None) -> Par
 
     derived = False
     if not message_id:
-        message_id = derived_message_id(raw, from_address, subject_for_id, str(date_header))
+        message_id = message_id_from_content(raw, from_address, subject_for_id, str(date_header))
         derived = True
     return ParsedMessage(
         message_id=message_id,

@@ -131,7 +131,7 @@ def test_setup_odoo_refuses_a_url_with_a_bad_port_as_a_configuration_error(tmp_p
 
 def test_setup_odoo_and_the_gateway_reach_odoo_at_an_ipv6_address(tmp_path, capsys):
     # The stricter check of [odoo.NAME] url keeps taking an IPv6 address, which odoorpc is given in
-    # brackets (odoo.endpoint).
+    # brackets (config.endpoint).
     with TestOdoo.with_demo_data(note_gateway_setup=False, host="::1") as odoo:
         assert odoo.url.startswith("http://[::1]:")
         config = write_config(tmp_path, odoo, 53)

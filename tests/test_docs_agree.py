@@ -193,3 +193,14 @@ def test_unknown_commands_are_said_to_end_the_session_at_the_fifth_not_at_comman
     [row] = [line for line in reliability.splitlines() if "more than `listener.command_call_limit` times" in line]
     assert "unknown" not in row
     assert "| A fifth unknown command in one session" in reliability
+
+
+def test_the_expiry_warnings_of_certificate_and_api_keys_are_the_days_the_docs_say():
+    # doctor.py and checks.py had a 21 each (CERTIFICATE_WARNING_DAYS, API_KEY_WARNING_DAYS) for
+    # the one promise of docs/operations.md: now one constant, which the docs must quote.
+    from gateway import checks
+
+    text = _prose(ROOT / "docs" / "operations.md")
+    assert (f"certificate and the integration user's API keys get a warning {checks.EXPIRY_WARNING_DAYS} days "
+            "before they expire") in text
+    assert f"`check-config --online` warn {checks.EXPIRY_WARNING_DAYS} days ahead" in text

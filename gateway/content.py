@@ -12,6 +12,7 @@ from contextlib import contextmanager
 import nh3
 
 from gateway import quotes
+from gateway.mime import content_id_key
 from gateway.context import Attachment, ParsedMessage
 from gateway.refusals import (EmptyBody, EncryptedMessage, MessageTookTooLong, OnlyRefusedFiles, OpaqueSignedMessage,
                               OutlookTnefOnly, UnknownTransferEncoding)
@@ -172,6 +173,51 @@ def link_remote_images(sanitized: str) -> tuple[str, int]:
         return f'<a href="{html.escape(url)}" rel="{LINK_REL}">{label}</a>'
 
     return _IMAGE_OR_LINK_TAG.sub(replace, sanitized), count
+
+
+# An <img> tag of nh3's output, whole (as in _IMAGE_OR_LINK_TAG).
+_IMAGE_TAG = re.compile(r'<img(?P<attributes>(?:\s+[^\s="<>/]+="[^"]*")*)\s*/?>', re.IGNORECASE)
+
+
+def show_unfiled_images(sanitized: str, filed: Sequence[Attachment], parts: Sequence[Attachment], *,
+                        placeholder: bool = True) -> str:
+    """Sanitized HTML whose every <img src="cid:..."> not naming a filed file is text instead.
+
+    Odoo points an <img src="cid:X"> at the posted file whose cid is X and leaves every other one as
+    it is: an inline image the attachment rules left out (an Outlook signature logo over
+    max_file_size) was a broken picture in the chatter and in the notification email (found by a
+    review on a real Odoo 18). Such an image becomes its alt text, else "[image not filed: <file
+    name>]" (the part of ``parts``, the message's files, with that Content-ID), else "[image not
+    filed]" when no part has it. ``filed`` are the files posted with the message. A cid: URL names
+    a file as gateway.mime reads it: URL-decoded, in any case. Without ``placeholder`` such an image
+    is dropped, text and all: what the readability check reads, since it shows nothing of the sender's.
+    """
+    if "<img" not in sanitized:
+        return sanitized
+    filed_ids = {item.content_id.lower() for item in filed if item.content_id}
+    names: dict[str, str] = {}
+    for item in parts:
+        if item.content_id:
+            names.setdefault(item.content_id.lower(), item.filename)
+
+    def replace(match: re.Match[str]) -> str:
+        attributes = {name.lower(): html.unescape(value)
+                      for name, value in _ATTRIBUTE.findall(match.group("attributes"))}
+        url = _browser_url(attributes.get("src", ""))
+        scheme = _SCHEME.match(url)
+        if scheme is None or scheme.group(1).lower() != "cid":
+            return match.group(0)
+        key = content_id_key(url[scheme.end():])
+        if key in filed_ids:
+            return match.group(0)
+        if not placeholder:
+            return ""
+        name = names.get(key)
+        text = " ".join(attributes.get("alt", "").split()) or (
+            f"[image not filed: {name}]" if name else "[image not filed]")
+        return html.escape(text)
+
+    return _IMAGE_TAG.sub(replace, sanitized)
 
 
 # A URL starts with a scheme ("mailto:" too, so "mailto:a@b.example" is one link) or "www." and runs
@@ -369,20 +415,28 @@ def extract_body(message: ParsedMessage, files: list[Attachment] | None = None,
     fallback = None
     forwarded = None
     forward_subject = is_forward_subject(message.subject)
+    files = message.attachments if files is None else files
     for split in _candidate_splits(message):
         # Between the costly steps: quote splitting, sanitizing, the readability checks.
         check_deadline()
-        body = strip_trailing_blanks(sanitize_html(split.kept))
+        kept = sanitize_html(split.kept)
+        # An image whose file is not filed is text (show_unfiled_images); it is no text of the
+        # sender's, so readability is judged without it: a pasted screenshot the rules refused,
+        # sent alone, is refused for its file (OnlyRefusedFiles below).
+        body = strip_trailing_blanks(show_unfiled_images(kept, files, message.attachments))
+        shown = show_unfiled_images(kept, files, message.attachments, placeholder=False)
         check_deadline()
         trimmed = sanitize_html(split.trimmed).strip() if split.trimmed else ""
-        readable_trimmed = bool(trimmed) and is_readable(trimmed)
+        readable_trimmed = bool(trimmed) and is_readable(
+            show_unfiled_images(trimmed, files, message.attachments, placeholder=False))
+        trimmed = show_unfiled_images(trimmed, files, message.attachments)
         check_deadline()
         details = f"<details><summary>{TRIMMED_SUMMARY}</summary>\n{trimmed}\n</details>" \
             if readable_trimmed else ""
         # nh3 parses the body once for its text: readability and the inline-PGP check share it.
-        text = visible_text(body)
-        if is_readable(body, text):
-            if is_inline_pgp(body, text):
+        text = visible_text(shown)
+        if is_readable(shown, text):
+            if is_inline_pgp(shown, text):
                 # Mailvelope, mutt and others encrypt the text itself: what is kept is ciphertext.
                 raise EncryptedMessage("inline PGP")
             return f"{body}\n{details}" if details else body
@@ -394,7 +448,7 @@ def extract_body(message: ParsedMessage, files: list[Attachment] | None = None,
     # shown in full rather than collapsed, since there is nothing else to show.
     if forwarded:
         return forwarded
-    filed = [attachment for attachment in (message.attachments if files is None else files) if not attachment.inline]
+    filed = [attachment for attachment in files if not attachment.inline]
     # An encrypted message to which an outbound gateway added a disclaimer footer, or a list its
     # footer (multipart/mixed of the encrypted entity and a text of the footer only), is encrypted
     # as much as one without: filed, it was the footer and a ciphertext file (a MIME review). The

@@ -676,9 +676,14 @@ def _walk(part: email.message.Message, content: MimeContent, *, root: bool = Fal
 _CID_URL = re.compile(r"""cid:([^"'\s<>)]+)""", re.IGNORECASE)
 
 
+def content_id_key(url: str) -> str:
+    """The Content-ID a cid: URL (without "cid:") names, as compared with a part's Content-ID lowered:
+    URL-decoded (RFC 2392 section 2), angle brackets dropped, in lower case (clients differ in case)."""
+    return urllib.parse.unquote(url).strip("<>").lower()
+
+
 def _referenced_content_ids(html_parts: list[str]) -> set[str]:
-    return {urllib.parse.unquote(html.unescape(match)).strip("<>").lower()
-            for part in html_parts for match in _CID_URL.findall(part)}
+    return {content_id_key(html.unescape(match)) for part in html_parts for match in _CID_URL.findall(part)}
 
 
 _DOCUMENT_FRAME = re.compile(r"<head\b.*?</head\s*>|<!doctype[^>]*>|</?(?:html|body)\b[^>]*>", re.IGNORECASE | re.DOTALL)

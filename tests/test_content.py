@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.content import extract_body, link_remote_images, sanitize_html, text_to_html
-from gateway.context import ParsedMessage
+from gateway.context import Attachment, ParsedMessage
 from gateway.refusals import EmptyBody, EncryptedMessage
 
 
@@ -133,7 +133,13 @@ def test_empty_html_part_falls_back_to_plain_text():
 
 
 def test_an_image_alone_is_a_body():
-    assert extract_body(message(text_html='<p><img src="cid:photo@example.com"></p>'))
+    photo = Attachment("photo.png", "image/png", b"\x89PNG", content_id="photo@example.com", inline=True)
+    pasted = message(text_html='<p><img src="cid:photo@example.com"></p>')
+    pasted.attachments = [photo]
+    assert extract_body(pasted) == '<p><img src="cid:photo@example.com"></p>'
+    # Only an image that is filed: one whose cid: names no file of the message shows nothing.
+    with pytest.raises(EmptyBody):
+        extract_body(message(text_html='<p><img src="cid:photo@example.com"></p>'))
 
 
 def test_accents_and_japanese_are_preserved():

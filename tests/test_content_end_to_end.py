@@ -925,6 +925,54 @@ def test_inline_image_of_the_message_still_shows_next_to_a_linked_remote_one(tes
     assert "remote-image-dropped:1" in _journal_defects(gateway)
 
 
+def _with_images(to: str, html: str, images: dict[str, bytes], *, text: str = "See below.", cc: str = "") -> bytes:
+    """Paula's message whose HTML is ``html`` with ``images`` (Content-ID: bytes) inline, as Outlook sends them."""
+    message = email.message_from_bytes(
+        compose(PAULA, to, "Valve", text, sender_name="Paula Contributor", html=html), policy=email.policy.SMTP)
+    if cc:
+        message["Cc"] = cc
+    html_part = message.get_body(("html",))
+    for content_id, payload in images.items():
+        html_part.add_related(payload, maintype="image", subtype="png", cid=f"<{content_id}>",
+                              filename=content_id.partition("@")[0])
+    return message.as_bytes()
+
+
+def test_an_inline_image_the_rules_refuse_is_text_not_a_broken_picture(test_odoo, start_gateway, dns_server,
+                                                                        dkim_keys):
+    # Found by a review on a real Odoo 18: Outlook's signature logo over max_file_size was left out,
+    # and its <img src="cid:image001.png@..."> stayed in the note; Odoo points only a cid: of a posted
+    # file at it, so the chatter and the internal user's notification email showed a broken picture.
+    gateway = start_gateway(dns_server.port, rules_extra="[attachments]\nmax_file_size = 100\n")
+    mailer = Mailer(gateway, dkim_keys)
+    to = mailer.address("note", "project.task", TASK_ID)
+    logo, plan = "image001.png@01DC62B1.5A8F3E20", "image002.png@01DC62B1.5A8F3E20"
+    html = (f'<p>The valve leaks again.</p><p><img src="cid:{plan}"></p><p>Kind regards</p>'
+            f'<p><img width="120" height="40" src="cid:{logo}" alt="Contoso &lt;logo&gt;"></p>'
+            '<p><img src="cid:seal@example.com" alt="seal"></p>')
+    reply = mailer.send(mailer.sign(_with_images(to, html, {
+        logo: b"\x89PNG\r\n\x1a\n" + b"L" * 200, plan: b"\x89PNG\r\n\x1a\n" + b"P" * 200,
+        "seal@example.com": b"\x89PNG\r\n\x1a\nseal"}, cc=f"Marc Demo <{MARC}>")), to)
+    assert reply.startswith("250 2.0.0 Filed"), reply
+    filed = test_odoo.message(int(reply.rsplit(" ", 1)[1]))
+    [seal_id] = filed["attachment_ids"]
+    [notification] = test_odoo.outbox
+    for body in (filed["body"], notification.body_html):
+        assert "cid:" not in body
+        # The refused ones: their alt text, escaped, else a marker naming the file.
+        assert "<p>Contoso &lt;logo&gt;</p>" in body
+        assert "<p>[image not filed: image002.png]</p>" in body
+        # The filed one still shows, pointed at its attachment by Odoo.
+        assert f'<img src="/web/image/{seal_id}?access_token=' in body
+        assert body.count("<img") == 1
+    assert "image001.png (208 bytes, over the limit of 100 bytes per file)" in filed["body"]
+    # A pasted screenshot alone, left out, is refused for it, not filed as a note of a marker.
+    reply = mailer.send(mailer.sign(_with_images(to, f'<p><img src="cid:{plan}"></p>',
+                                                 {plan: b"\x89PNG\r\n\x1a\n" + b"P" * 200}, text="")), to)
+    assert reply == ("550 5.7.1 The message has no text to file, and its files are not accepted by this gateway: "
+                     "image002.png (208 bytes, over the limit of 100 bytes per file)")
+
+
 def test_remote_images_keep_rule_files_them_as_images(test_odoo, start_gateway, dns_server, dkim_keys):
     gateway = start_gateway(dns_server.port, rules_extra='[content]\nremote_images = "keep"\n')
     body = _remote_images_filed(Mailer(gateway, dkim_keys), "note", test_odoo)

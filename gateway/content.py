@@ -179,40 +179,53 @@ def link_remote_images(sanitized: str) -> tuple[str, int]:
 _IMAGE_TAG = re.compile(r'<img(?P<attributes>(?:\s+[^\s="<>/]+="[^"]*")*)\s*/?>', re.IGNORECASE)
 
 
-def show_unfiled_images(sanitized: str, filed: Sequence[Attachment], parts: Sequence[Attachment], *,
-                        placeholder: bool = True) -> str:
-    """Sanitized HTML whose every <img src="cid:..."> not naming a filed file is text instead.
+def point_images_at_files(sanitized: str, filed: Sequence[Attachment], parts: Sequence[Attachment], *,
+                          placeholder: bool = True) -> str:
+    """Sanitized HTML whose every <img src="cid:..."> names a filed file as Odoo matches it, or is text.
 
-    Odoo points an <img src="cid:X"> at the posted file whose cid is X and leaves every other one as
-    it is: an inline image the attachment rules left out (an Outlook signature logo over
-    max_file_size) was a broken picture in the chatter and in the notification email (found by a
-    review on a real Odoo 18). Such an image becomes its alt text, else "[image not filed: <file
-    name>]" (the part of ``parts``, the message's files, with that Content-ID), else "[image not
-    filed]" when no part has it. ``filed`` are the files posted with the message. A cid: URL names
-    a file as gateway.mime reads it: URL-decoded, in any case. Without ``placeholder`` such an image
-    is dropped, text and all: what the readability check reads, since it shows nothing of the sender's.
+    Odoo points an <img src="cid:X"> at the posted file whose cid is exactly X (Odoo 18
+    mail_thread._process_attachments_for_post, and _message_parse_extract_payload for its mail
+    gateway) and leaves every other one as it is, a broken picture in the chatter and in the
+    notification email (found by a review on a real Odoo 18). A cid: URL names a file as
+    gateway.mime reads it, URL-decoded (RFC 2392) and in any case: such an image of a filed file
+    gets src "cid:" and the Content-ID exactly as the file is posted (post.py), so that
+    "cid:photo1%40host.example" and "cid:PHOTO2@HOST.EXAMPLE" show their files. An image whose file
+    is not filed (the attachment rules left out an Outlook signature logo over max_file_size)
+    becomes its alt text, else "[image not filed: <file name>]" (the part of ``parts``, the
+    message's files, with that Content-ID), else "[image not filed]" when no part has it.
+    ``filed`` are the files posted with the message. Without ``placeholder`` an image whose file is
+    not filed is dropped, text and all: what the readability check reads, since it shows nothing of
+    the sender's.
     """
     if "<img" not in sanitized:
         return sanitized
-    filed_ids = {item.content_id.lower() for item in filed if item.content_id}
+    filed_ids: dict[str, str] = {}
+    for item in filed:
+        if item.content_id:
+            filed_ids.setdefault(item.content_id.lower(), item.content_id)
     names: dict[str, str] = {}
     for item in parts:
         if item.content_id:
             names.setdefault(item.content_id.lower(), item.filename)
 
     def replace(match: re.Match[str]) -> str:
-        attributes = {name.lower(): html.unescape(value)
-                      for name, value in _ATTRIBUTE.findall(match.group("attributes"))}
-        url = _browser_url(attributes.get("src", ""))
+        pairs = _ATTRIBUTE.findall(match.group("attributes"))
+        attributes = {name.lower(): html.unescape(value) for name, value in pairs}
+        src = attributes.get("src", "")
+        url = _browser_url(src)
         scheme = _SCHEME.match(url)
         if scheme is None or scheme.group(1).lower() != "cid":
             return match.group(0)
-        key = content_id_key(url[scheme.end():])
-        if key in filed_ids:
-            return match.group(0)
+        content_id = filed_ids.get(content_id_key(url[scheme.end():]))
+        if content_id is not None:
+            if src == f"cid:{content_id}":
+                return match.group(0)
+            return "<img" + "".join(
+                f' {name}="{html.escape("cid:" + content_id) if name.lower() == "src" else value}"'
+                for name, value in pairs) + ">"
         if not placeholder:
             return ""
-        name = names.get(key)
+        name = names.get(content_id_key(url[scheme.end():]))
         text = " ".join(attributes.get("alt", "").split()) or (
             f"[image not filed: {name}]" if name else "[image not filed]")
         return html.escape(text)
@@ -420,16 +433,16 @@ def extract_body(message: ParsedMessage, files: list[Attachment] | None = None,
         # Between the costly steps: quote splitting, sanitizing, the readability checks.
         check_deadline()
         kept = sanitize_html(split.kept)
-        # An image whose file is not filed is text (show_unfiled_images); it is no text of the
+        # An image whose file is not filed is text (point_images_at_files); it is no text of the
         # sender's, so readability is judged without it: a pasted screenshot the rules refused,
         # sent alone, is refused for its file (OnlyRefusedFiles below).
-        body = strip_trailing_blanks(show_unfiled_images(kept, files, message.attachments))
-        shown = show_unfiled_images(kept, files, message.attachments, placeholder=False)
+        body = strip_trailing_blanks(point_images_at_files(kept, files, message.attachments))
+        shown = point_images_at_files(kept, files, message.attachments, placeholder=False)
         check_deadline()
         trimmed = sanitize_html(split.trimmed).strip() if split.trimmed else ""
         readable_trimmed = bool(trimmed) and is_readable(
-            show_unfiled_images(trimmed, files, message.attachments, placeholder=False))
-        trimmed = show_unfiled_images(trimmed, files, message.attachments)
+            point_images_at_files(trimmed, files, message.attachments, placeholder=False))
+        trimmed = point_images_at_files(trimmed, files, message.attachments)
         check_deadline()
         details = f"<details><summary>{TRIMMED_SUMMARY}</summary>\n{trimmed}\n</details>" \
             if readable_trimmed else ""

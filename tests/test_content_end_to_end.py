@@ -9,6 +9,7 @@ import email.utils
 import html
 import logging
 import quopri
+import re
 import textwrap
 import uuid
 
@@ -971,6 +972,27 @@ def test_an_inline_image_the_rules_refuse_is_text_not_a_broken_picture(test_odoo
                                                  {plan: b"\x89PNG\r\n\x1a\n" + b"P" * 200}, text="")), to)
     assert reply == ("550 5.7.1 The message has no text to file, and its files are not accepted by this gateway: "
                      "image002.png (208 bytes, over the limit of 100 bytes per file)")
+
+
+@pytest.mark.parametrize("kind", ["note", "reply"])
+def test_a_cid_url_spelled_otherwise_than_its_content_id_shows_its_file(test_odoo, gateway, mailer, kind):
+    # Found by a review on a real Odoo 18: a cid: URL URL-encoded (RFC 2392: "cid:photo1%40host.example")
+    # or in another case than the part's Content-ID was read as pointing at it (the part counted as
+    # inline), but Odoo compares the URL with the posted cid exactly, for message_post and for its
+    # mail gateway, and left both pictures broken. Such a URL is written as the Content-ID posted.
+    to = mailer.address(kind, "project.task", TASK_ID)
+    html = ('<div>Two photos: <img src="cid:photo1%40host.example" alt="p1"> and '
+            '<img src="cid:PHOTO2@HOST.EXAMPLE" alt="p2">.</div>')
+    reply = mailer.send(mailer.sign(_with_images(to, html, {
+        "photo1@host.example": b"\x89PNG\r\n\x1a\none", "photo2@host.example": b"\x89PNG\r\n\x1a\ntwo"})), to)
+    assert reply.startswith("250 2.0.0 Filed"), reply
+    filed = test_odoo.message(int(reply.rsplit(" ", 1)[1]))
+    files = {test_odoo.record("ir.attachment", attachment_id, ["name"])["name"]: attachment_id
+             for attachment_id in filed["attachment_ids"]}
+    assert set(files) == {"photo1", "photo2"}
+    assert "cid:" not in filed["body"]
+    for name, alt in (("photo1", "p1"), ("photo2", "p2")):
+        assert re.search(f'<img src="/web/image/{files[name]}\\?access_token=[^"]+" alt="{alt}">', filed["body"])
 
 
 def test_remote_images_keep_rule_files_them_as_images(test_odoo, start_gateway, dns_server, dkim_keys):

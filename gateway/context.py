@@ -66,6 +66,9 @@ class ParsedMessage:
     text_html: str
     to: list[str] = field(default_factory=list)
     cc: list[str] = field(default_factory=list)
+    # The display name each address of To and Cc was written with, by the address lowercased (the
+    # first non-empty one): what a note says of the people the email went to (external_recipients).
+    recipient_names: dict[str, str] = field(default_factory=dict)
     # Message-IDs of In-Reply-To then References (RFC 5322 section 3.6.4), for routing plain addresses.
     in_reply_to: list[str] = field(default_factory=list)
     references: list[str] = field(default_factory=list)
@@ -137,6 +140,9 @@ class MessageContext:
     rendered_body: str | None = None
     notify_partner_ids: list[int] = field(default_factory=list)
     notify_emails: list[str] = field(default_factory=list)
+    # The To/Cc recipients of the email that are not internal users, so not notified of a note,
+    # "Name <address>": the sender's email reached them already (the note template's external_recipients).
+    external_recipients: list[str] = field(default_factory=list)
     # The files to post (after the attachment rules), and what the journal should remember of
     # the content stages: files refused, recipients not notified (issue 3).
     attachments: list[Attachment] | None = None

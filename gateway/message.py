@@ -18,7 +18,7 @@ from mailparser.exceptions import MailParserRecursionError
 
 from gateway import mime
 from gateway.context import ParsedMessage
-from gateway.observe import printable
+from gateway.observe import CONTROL_CHARACTERS, printable
 from gateway.refusals import BareLineEnding, MessageUnparseable, Refusal
 
 log = logging.getLogger(__name__)
@@ -103,8 +103,8 @@ def own_message_id(value: str) -> str:
     return ""
 
 
-def _addresses(first: list | None, email_message: email.message.Message, header: str) -> list[str]:
-    """Every address of every ``header`` field, a quoted local part written plainly.
+def _addresses(first: list | None, email_message: email.message.Message, header: str) -> list[tuple[str, str]]:
+    """Every (display name, address) of every ``header`` field, a quoted local part written plainly.
 
     mail-parser hands back the first field of each name only (``first``, already parsed), and a
     second To or Cc (RFC 5322 allows one, clients and scripts send two) would hide its addresses
@@ -115,7 +115,22 @@ def _addresses(first: list | None, email_message: email.message.Message, header:
     pairs = list(first or [])
     for value in (email_message.get_all(header) or [])[1:]:
         pairs += mailparser.utils.get_addresses(value, decode_names=True)
-    return [_unquoted_local_part(address) for _, address in pairs if address]
+    return [(name or "", _unquoted_local_part(address)) for name, address in pairs if address]
+
+
+# Control characters (observe.CONTROL_CHARACTERS) and bidirectional overrides of a display name are
+# dropped: it is shown in a note (external_recipients), where they would hide or reorder text.
+_NAME_DROPPED = dict.fromkeys([*CONTROL_CHARACTERS, *range(0x202A, 0x202F), *range(0x2066, 0x206A)])
+
+
+def _recipient_names(pairs: list[tuple[str, str]]) -> dict[str, str]:
+    """The display name of each address, by the address lowercased: the first non-empty one, on one line."""
+    names: dict[str, str] = {}
+    for name, address in pairs:
+        name = " ".join(str(name).translate(_NAME_DROPPED).split())
+        if name and name.lower() != address.lower():
+            names.setdefault(address.strip().lower(), name)
+    return names
 
 
 def _unquoted_local_part(address: str) -> str:
@@ -208,8 +223,11 @@ def parse(raw: bytes, email_message: email.message.Message | None = None) -> Par
         parts = mime.walk(mail.message)
         text_plain = "\n".join(parts.text_plain)
         text_html = mime.join_html(parts.text_html)
-        to = _addresses(mail.to, email_message, "To")
-        cc = _addresses(mail.cc, email_message, "Cc")
+        to_pairs = _addresses(mail.to, email_message, "To")
+        cc_pairs = _addresses(mail.cc, email_message, "Cc")
+        to = [address for _, address in to_pairs]
+        cc = [address for _, address in cc_pairs]
+        recipient_names = _recipient_names(to_pairs + cc_pairs)
         attachments = parts.attachments
         # mail-parser's CharsetDecodeDefect is of its own reading of the parts, which the gateway
         # does not use: gateway.mime records its own (a gb2312 part it read whole was journaled so).
@@ -237,6 +255,7 @@ def parse(raw: bytes, email_message: email.message.Message | None = None) -> Par
         text_html=text_html,
         to=to,
         cc=cc,
+        recipient_names=recipient_names,
         in_reply_to=message_ids(raw, "In-Reply-To", email_message),
         references=message_ids(raw, "References", email_message),
         attachments=attachments,

@@ -514,6 +514,8 @@ def _choose_recipients(ctx: MessageContext, services: Services, deadline: float)
     ctx.notify_partner_ids = chosen.partner_ids
     ctx.notify_emails = chosen.emails
     ctx.journal_notes += [f"recipient-dropped:{item}" for item in chosen.dropped]
+    # The sender's email reached them, what the note says included: the note says so to its readers.
+    ctx.external_recipients = recipients.shown(ctx, chosen.not_notified)
 
 
 def _render(ctx: MessageContext, services: Services, deadline: float) -> None:
@@ -527,6 +529,7 @@ def _render(ctx: MessageContext, services: Services, deadline: float) -> None:
             received_at=datetime.fromtimestamp(ctx.received_at, timezone.utc), res_id=ctx.target.res_id,
             refused_files=list(ctx.refused_files),
             attachment_names=[item.filename for item in ctx.attachments or [] if not item.inline],
+            external_recipients=list(ctx.external_recipients),
         )
     except BodyNotShown as error:
         # Never a note without its text: deferred until the admin corrects the template and reloads.

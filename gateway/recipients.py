@@ -20,6 +20,8 @@ class Recipients:
     # Cc of the message it files (gateway/post.py file_reply).
     emails: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
+    # The addresses dropped, without the reason: not internal users, or not looked up (too many).
+    not_notified: list[str] = field(default_factory=list)
 
 
 def candidate_addresses(ctx: MessageContext, own_domains: set[str] | frozenset[str] = frozenset()) -> list[str]:
@@ -59,7 +61,8 @@ def choose(odoo: OdooPool, ctx: MessageContext, *, own_domains: set[str] | froze
     and recorded.
     """
     addresses = candidate_addresses(ctx, own_domains)
-    result = Recipients(dropped=[f"{address} (too many recipients)" for address in addresses[MAX_LOOKED_UP:]])
+    result = Recipients(dropped=[f"{address} (too many recipients)" for address in addresses[MAX_LOOKED_UP:]],
+                        not_notified=addresses[MAX_LOOKED_UP:])
     addresses = addresses[:MAX_LOOKED_UP]
     if not addresses:
         return result
@@ -90,7 +93,15 @@ def choose(odoo: OdooPool, ctx: MessageContext, *, own_domains: set[str] | froze
         partner_id = internal.get(address)
         if partner_id is None:
             result.dropped.append(f"{address} (not an internal user)")
+            result.not_notified.append(address)
         elif partner_id != author and partner_id not in result.partner_ids:
             result.partner_ids.append(partner_id)
             result.emails.append(emails[partner_id])
     return result
+
+
+def shown(ctx: MessageContext, addresses: list[str]) -> list[str]:
+    """Each address as the sender's email named it, "Name <address>", else the address alone."""
+    assert ctx.message is not None
+    names = ctx.message.recipient_names
+    return [f"{names[address]} <{address}>" if names.get(address) else address for address in addresses]

@@ -260,13 +260,19 @@ class Renderer:
         res_id: int,
         refused_files: list[str] | tuple[str, ...] = (),
         attachment_names: list[str] | tuple[str, ...] = (),
+        external_recipients: list[str] | tuple[str, ...] = (),
         **extra: Any,
     ) -> str:
         """The HTML to post: the template of the kind and model wrapped around the sanitized body.
 
         Every documented value is required so that an admin's template can use any of them.
+        ``external_recipients`` (the To/Cc recipients of the email who are not internal users) is
+        given to a note's template only: a reply's is read by the record's customers, and a reply
+        template that names it is refused by check() as naming a value no message gives.
         """
         template = self.environment.get_template(self.body_template_name(kind, model))
+        if kind == "note":
+            extra["external_recipients"] = list(external_recipients)
         html = template.render(
             # The body was sanitized by gateway.content; Markup keeps autoescape from escaping it
             # a second time, while every other value (the sender's name, the subject) is escaped.
@@ -396,8 +402,13 @@ def _samples(name: str, marker: str = "") -> list[dict[str, Any]]:
                       sender_email="sender@example.com", subject="Sample subject", dkim_domain="example.com",
                       received_at=datetime(2025, 1, 1, 12, 0, tzinfo=timezone.utc), kind=body.group("kind"),
                       model=model, res_id=1, refused_files=[], attachment_names=[])
-        return [values, {**values, "sender_name": "", "subject": "", "refused_files": ["sample.exe (refused)"],
-                         "attachment_names": ["sample.pdf"]}]
+        filled = {**values, "sender_name": "", "subject": "", "refused_files": ["sample.exe (refused)"],
+                  "attachment_names": ["sample.pdf"]}
+        if body.group("kind") == "note":
+            # A note's only (render_body): a reply's template that names it is refused.
+            values["external_recipients"] = []
+            filled["external_recipients"] = ["Sample Customer <customer@example.com>"]
+        return [values, filled]
     if _NOTICE_TEMPLATE.match(name):
         values = dict(reason="Sample reason", detail="", address="note+project.task-1-abcdefghijklmnop@example.com",
                       subject="Sample subject", sender_email="sender@example.com")

@@ -179,6 +179,37 @@ def test_note_notifies_internal_users_in_cc_with_one_lookup(test_odoo, gateway, 
     assert len(lookups) == 2  # the sender's identity, then every To/Cc address at once
 
 
+def test_a_note_says_which_customers_and_portal_users_the_email_also_went_to(test_odoo, gateway, mailer):
+    # Found by a review on a real Odoo 18: Paula's email went to the customer and a portal user
+    # too; they are rightly not notified of the note (journaled recipient-dropped), but the internal
+    # team reading the note could not tell that its "internal" text had reached them already.
+    cc = ('Marc Demo <mark.brown23@example.com>, "Bob <b>Customer</b>" <Bob@Customer.example>, '
+          "Joel Willis <joel.willis63@example.com>, stranger@elsewhere.example")
+    assert _send(mailer, "note", "project.task", TASK_ID, cc=cc).startswith("250 2.0.0 Filed")
+    [post] = _posts(test_odoo)
+    line = ("<p><em>Also sent by email to: Bob &lt;b&gt;Customer&lt;/b&gt; &lt;bob@customer.example&gt;, "
+            "Joel Willis &lt;joel.willis63@example.com&gt;, stranger@elsewhere.example</em></p>")
+    assert line in post.kwargs["body"]
+    # Marc is an internal user, notified of the note: not named; his email shows the line too.
+    assert "mark.brown23" not in post.kwargs["body"]
+    [notification] = test_odoo.outbox
+    assert notification.partner_id == MARC_PARTNER_ID and line in notification.body_html
+    assert "recipient-dropped:joel.willis63@example.com (not an internal user)" in _journal_defects(gateway)
+
+    # A reply is read by the record's customers: it never says so (and a note Cc'd to nobody
+    # outside does not either).
+    test_odoo.clear_calls()
+    assert _send(mailer, "reply", "project.task", TASK_ID, cc=cc).startswith("250 2.0.0 Filed")
+    [processed] = _processed(test_odoo)
+    filed = processed.get_payload(decode=True).decode()
+    assert "Message by email from" in filed
+    assert "Also sent by email" not in filed and "customer.example" not in filed.lower()
+    test_odoo.clear_calls()
+    assert _send(mailer, "note", "project.task", TASK_ID, cc="Marc Demo <mark.brown23@example.com>").startswith("250 ")
+    [post] = _posts(test_odoo)
+    assert "Also sent by email" not in post.kwargs["body"]
+
+
 def test_no_one_in_cc_is_notified_where_the_rules_say_so(test_odoo, start_gateway, dns_server, dkim_keys):
     # Found by a mutation audit: notify_recipients = false was tested nowhere. Marc, an internal
     # user in Cc, is notified by default (the test above), not here.

@@ -160,6 +160,23 @@ def test_default_note_names_refused_files_escaped():
     assert "Files not filed with this note" in html and "&lt;evil&gt;.exe" in html
 
 
+def test_only_a_notes_template_gets_the_external_recipients(tmp_path):
+    # The To/Cc recipients who are not internal users: a note says the email reached them; a
+    # reply, which customers read, never gets the value, and check() refuses a reply template naming it.
+    html = Renderer().render_body("note", "project.task", **body_values(),
+                                  external_recipients=["Bob <b>Customer</b> <bob@customer.example>"])
+    assert ("<p><em>Also sent by email to: Bob &lt;b&gt;Customer&lt;/b&gt; &lt;bob@customer.example&gt;</em></p>"
+            in html)
+    assert "Also sent by email" not in Renderer().render_body("note", "project.task", **body_values())
+    assert "Also sent by email" not in Renderer().render_body(
+        "reply", "project.task", **body_values(), external_recipients=["bob@customer.example"])
+    write(tmp_path, "note/default.html.j2", "{{ body }}\n{{ external_recipients | join(', ') }}\n")
+    Renderer(tmp_path).check()
+    write(tmp_path, "reply/default.html.j2", "{{ body }}\n{{ external_recipients | join(', ') }}\n")
+    with pytest.raises(TemplateProblem, match=r"reply/default\.html\.j2, line 2: 'external_recipients' is undefined"):
+        Renderer(tmp_path).check()
+
+
 def test_check_names_the_file_and_line_of_a_value_no_message_gives(tmp_path):
     # StrictUndefined fails only when the template renders: check() renders it with sample values.
     write(tmp_path, "note/project.task.html.j2", "<p>{{ body }}</p>\n<p>{{ sender_nmae }}</p>\n")

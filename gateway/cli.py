@@ -13,8 +13,9 @@ import time
 from pathlib import Path
 
 from gateway import address
-from gateway.config import (ConfigError, GatewayConfig, alias_domain, endpoint, keep_restart_settings, load_config,
-                            log_warnings, restart_warnings, shown_address)
+from gateway.config import (ConfigError, GatewayConfig, JournalSettings, alias_domain, endpoint,
+                            keep_restart_settings, load_config, load_journal_settings, log_warnings, restart_warnings,
+                            shown_address)
 
 
 def _load(path: str) -> GatewayConfig:
@@ -23,6 +24,22 @@ def _load(path: str) -> GatewayConfig:
     except ConfigError as error:
         print(f"note-gateway: configuration error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def _load_journal_settings(path: str, *, rules_left_out: str, odoo_left_out: str | None = None) -> JournalSettings:
+    """What log and prune-journal read of the configuration (no secret, no API key); each part
+    they use that could not be read is said on stderr, with what leaving it out costs the command."""
+    try:
+        settings = load_journal_settings(path)
+    except ConfigError as error:
+        print(f"note-gateway: configuration error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    for problem in settings.rules_problems:
+        print(f"note-gateway: warning: {problem}; {rules_left_out}", file=sys.stderr)
+    if odoo_left_out is not None:
+        for problem in settings.odoo_problems:
+            print(f"note-gateway: warning: {problem}; {odoo_left_out}", file=sys.stderr)
+    return settings
 
 
 def command_serve(args: argparse.Namespace) -> int:
@@ -388,7 +405,10 @@ def command_prune_journal(args: argparse.Namespace) -> int:
 
     from gateway.journal import Journal, JournalUnavailable
 
-    config = _load(args.config)
+    # Not load_config: a timer's run must not need the service's credentials, nor stop over a typo
+    # in a rules file the running gateway refused to reload (day-2 review).
+    config = _load_journal_settings(args.config, rules_left_out="the rate-limit windows there are not checked "
+                                                                "against --keep-days")
     # The rate limits count the filed rows of their window, one notice per sender and reason is
     # sent per day, and an unsettled post decides for odoo.unsettled_post_seconds (at most a day).
     longest_window = max((rules.rate_limit.window_minutes for rules in config.domains.values()), default=0.0)
@@ -413,7 +433,10 @@ def command_prune_journal(args: argparse.Namespace) -> int:
 def command_log(args: argparse.Namespace) -> int:
     from gateway.journal import Journal, JournalUnavailable, format_decision, format_entries
 
-    config = _load(args.config)
+    # Not load_config: the journal is what an admin reads during a configuration incident, and
+    # without the service's credentials (day-2 review).
+    config = _load_journal_settings(args.config, rules_left_out="the journal's rows are listed all the same",
+                                    odoo_left_out="--odoo lists the rows of that name only")
     try:
         model, res_id = _record_filter(args.record)
     except ValueError as error:
@@ -431,14 +454,14 @@ def command_log(args: argparse.Namespace) -> int:
         print(f"note-gateway: --domain {domain} is not an alias domain of this gateway "
               f"(configured: {', '.join(sorted(config.domains))}); listing the journal's rows of it",
               file=sys.stderr)
-    if args.odoo is not None and args.odoo not in config.gateway.odoo:
+    if args.odoo is not None and args.odoo not in config.odoo_identities:
         print(f"note-gateway: --odoo {args.odoo} is not an [odoo.NAME] connection of this gateway "
-              f"(configured: {', '.join(sorted(config.gateway.odoo))}); listing the journal's rows of it",
+              f"(configured: {', '.join(sorted(config.odoo_identities))}); listing the journal's rows of it",
               file=sys.stderr)
     # Columns only where they tell rows apart: an odoo column with several Odoo connections (the
     # same MODEL/ID is a record in each), a domain column when an Odoo serves several alias domains
     # (otherwise the Odoo names the domain). One domain on one Odoo: the table as it always was.
-    odoo_column = len(config.gateway.odoo) > 1
+    odoo_column = len(config.odoo_identities) > 1
     domain_column = len(config.domains) > len({rules.odoo for rules in config.domains.values()})
     # Read-only: an admin may read the journal without being able to write the gateway's state.
     try:
@@ -812,7 +835,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.credentials_directory:
-        # For an admin running doctor, log or address by hand: the files systemd would hand over.
+        # For an admin running doctor or address by hand: the files systemd would hand over (log and
+        # prune-journal read none).
         os.environ["CREDENTIALS_DIRECTORY"] = args.credentials_directory
     quiet = args.command in ("demo", "address", "log", "check-config", "send", "doctor", "check", "setup-odoo")
     from gateway import observe

@@ -912,6 +912,109 @@ def load_config(path: str | os.PathLike, environ: dict[str, str] | None = None) 
     return config
 
 
+class _JournalOdoo(BaseModel):
+    """Of an [odoo.NAME] table, what names its Odoo (odoo_identity); its other keys are not read."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, strict=True)
+    url: str
+    database: str
+
+
+class _JournalRules(BaseModel):
+    """Of a rules file, what the journal's readers need: its alias domain, its Odoo and its rate-limit window."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, strict=True, allow_inf_nan=False)
+    domain: str
+    odoo: str
+    rate_limit: RateLimits = RateLimits()
+
+    @field_validator("domain")
+    @classmethod
+    def _alias_domain(cls, value: str) -> str:
+        return alias_domain(value)
+
+
+class JournalSettings:
+    """What ``note-gateway log`` and ``prune-journal`` read of the configuration (load_journal_settings)."""
+
+    def __init__(self, path: Path, journal: JournalConfig, odoo_identities: dict[str, str | None],
+                 domains: dict[str, _JournalRules], rules_problems: list[ConfigError],
+                 odoo_problems: list[ConfigError]) -> None:
+        self.path = path
+        self.journal = journal
+        # Every [odoo.NAME] of the gateway file, its Odoo (odoo_identity) None when its url or
+        # database cannot be read.
+        self.odoo_identities = odoo_identities
+        # The alias domains of the rules files that could be read: their Odoo and rate-limit window.
+        self.domains = domains
+        # What could not be read (a rules file with a TOML typo or the rules folder; a connection
+        # without a url): the commands say it as a warning and go on with the rest.
+        self.rules_problems = rules_problems
+        self.odoo_problems = odoo_problems
+
+    @property
+    def journal_path(self) -> Path:
+        candidate = Path(self.journal.path)
+        return candidate if candidate.is_absolute() else self.path.parent / candidate
+
+
+def load_journal_settings(path: str | os.PathLike) -> JournalSettings:
+    """The journal's path and the names the journal's rows carry, read without secrets or API keys.
+
+    The journal's readers must work during a configuration incident (a rules file with a typo,
+    which a reload refused and the running gateway works without) and for an admin who cannot read
+    the service's credentials: unlike load_config, this reads no secret, API key, certificate or
+    template, and a rules file or an [odoo.NAME] table it cannot read is one of ``rules_problems``
+    or ``odoo_problems``, not an error (day-2 review: `log` and `prune-journal` refused to run, exit 2, over a TOML typo in
+    one rules file, or without $CREDENTIALS_DIRECTORY). Only a gateway file that cannot be read,
+    or a [journal] section that cannot be, is a ConfigError: the journal is not found without it.
+    """
+    path = Path(path).resolve()
+    data = _read_toml(path)
+    base = path.parent
+    rules_problems: list[ConfigError] = []
+    odoo_problems: list[ConfigError] = []
+    section = data.get("journal", {})
+    try:
+        journal = _validated(JournalConfig, section, path)
+    except ConfigError as error:
+        raise ConfigError(path, f"journal.{error.key}" if error.key != "(top level)" else "journal",
+                          error.reason) from None
+    odoo_identities: dict[str, str | None] = {}
+    connections = data.get("odoo", {})
+    for name, connection in (connections.items() if isinstance(connections, dict) else ()):
+        odoo_identities[name] = None
+        try:
+            read = _validated(_JournalOdoo, connection if isinstance(connection, dict) else {}, path)
+            odoo_identities[name] = odoo_identity(read.url, read.database)
+        except ConfigError as error:
+            odoo_problems.append(ConfigError(path, f"odoo.{name}.{error.key}", error.reason))
+        except ValueError as error:  # A url urlsplit cannot read.
+            odoo_problems.append(ConfigError(path, f"odoo.{name}.url", str(error)))
+
+    domains: dict[str, _JournalRules] = {}
+    rules_dir = data.get("rules_dir", "rules")
+    if not isinstance(rules_dir, str):
+        rules_problems.append(ConfigError(path, "rules_dir", f"not a string: {rules_dir!r}"))
+        return JournalSettings(path, journal, odoo_identities, domains, rules_problems, odoo_problems)
+    rules_dir_path = Path(rules_dir) if Path(rules_dir).is_absolute() else base / rules_dir
+    try:
+        names = os.listdir(rules_dir_path)
+    except OSError as error:
+        rules_problems.append(ConfigError(path, "rules_dir", f"cannot read the folder {rules_dir_path}: "
+                                                       f"{error.strerror or error}"))
+        names = []
+    for rules_path in sorted(rules_dir_path / name for name in names
+                             if name.endswith(".toml") and (rules_dir_path / name).resolve() != path):
+        try:
+            rules = _validated(_JournalRules, _read_toml(rules_path), rules_path)
+        except ConfigError as error:
+            rules_problems.append(error)
+            continue
+        domains.setdefault(rules.domain, rules)
+    return JournalSettings(path, journal, odoo_identities, domains, rules_problems, odoo_problems)
+
+
 def _check_tls(config: GatewayConfig) -> None:
     """The listener's certificate and key load, as serve will load them, or a ConfigError names which does not."""
     files = config.tls_files

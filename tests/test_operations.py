@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import smtplib
 import socket
 import ssl
@@ -416,6 +417,54 @@ def test_prune_journal_deletes_only_rows_nothing_reads_any_more_while_the_gatewa
     reply = mailer.send(mailer.sign(mailer.message("note_from_contributor.eml", task, "<after@example.com>")), task)
     assert reply.startswith("250 2.0.0 Filed"), reply
     assert [entry.message_id for entry in _journal(gateway)] == ["<after@example.com>", "<kept@example.com>"]
+
+
+def test_log_and_prune_journal_work_through_a_broken_rules_file_and_without_the_credentials(gateway, mailer, capsys,
+                                                                                           monkeypatch):
+    # Day-2 review: both read the whole configuration, so a TOML typo in any rules file (which a
+    # reload refuses while the gateway goes on serving) or a secret only systemd hands over ("run
+    # under systemd with LoadCredential=...") stopped them with exit 2: the journal could not be
+    # read during the very incident it would explain. They read the journal's path and the names
+    # and windows they need, and say what they could not read.
+    task = mailer.address("note", "project.task", TASK_ID)
+    reply = mailer.send(mailer.sign(mailer.message("note_from_contributor.eml", task, "<incident@example.com>")), task)
+    assert reply.startswith("250 2.0.0 Filed"), reply
+    config = str(gateway.config_path)
+    folder = gateway.config_path.parent
+    rules = folder / "rules" / f"{ALIAS_DOMAIN}.toml"
+    broken = folder / "rules" / "other.example.com.toml"
+    broken.write_text('domain = "other.example.com"\nodoo = "main"\n[note\nmodels = ["project.task"]\n')
+
+    code, out, err = _run_cli(capsys, "log", "--config", config)
+    assert code == 0 and "<incident@example.com>" in out, err
+    [warning] = err.splitlines()
+    assert warning.startswith(f"note-gateway: warning: {broken}: not valid TOML: ")
+    assert warning.endswith("; the journal's rows are listed all the same")
+    code, out, err = _run_cli(capsys, "prune-journal", "--config", config, "--keep-days", "30")
+    assert code == 0 and out.startswith("deleted rows older than 30 days: messages 0"), err
+    [warning] = err.splitlines()
+    assert warning.startswith(f"note-gateway: warning: {broken}: not valid TOML: ")
+    assert warning.endswith("; the rate-limit windows there are not checked against --keep-days")
+    # The readable rules file's window is still checked.
+    code, _, err = _run_cli(capsys, "prune-journal", "--config", config, "--keep-days", "0")
+    assert code == 2 and "the rate-limit window of 120 minutes needs --keep-days 1 or more" in err
+    broken.unlink()
+
+    # The secrets and the API key as the systemd unit hands them over, read by the gateway's user only.
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    rules.write_text(re.sub(r"(?m)^secrets = .*$", 'secrets_credential = "address-secrets"', rules.read_text()))
+    gateway.config_path.write_text(gateway.config_path.read_text().replace(
+        'api_key_file = "odoo-api-key"', 'api_key_credential = "odoo-main"'))
+    with pytest.raises(ConfigError, match="CREDENTIALS_DIRECTORY is not set"):
+        load_config(config, environ={})
+    code, out, err = _run_cli(capsys, "log", "--config", config, "--limit", "5")
+    assert (code, err) == (0, "") and "<incident@example.com>" in out
+    code, out, err = _run_cli(capsys, "prune-journal", "--config", config, "--keep-days", "30")
+    assert (code, err) == (0, "") and out.startswith("deleted rows older than 30 days: ")
+    # A credentials folder the admin may not read is no obstacle either: nothing in it is read.
+    code, out, err = _run_cli(capsys, "--credentials-directory", str(folder / "no-such-folder"), "log", "--config",
+                              config)
+    assert (code, err) == (0, "") and "<incident@example.com>" in out
 
 
 def _report_text(report) -> str:

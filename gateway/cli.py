@@ -458,11 +458,6 @@ def command_log(args: argparse.Namespace) -> int:
         print(f"note-gateway: --odoo {args.odoo} is not an [odoo.NAME] connection of this gateway "
               f"(configured: {', '.join(sorted(config.odoo_identities))}); listing the journal's rows of it",
               file=sys.stderr)
-    # Columns only where they tell rows apart: an odoo column with several Odoo connections (the
-    # same MODEL/ID is a record in each), a domain column when an Odoo serves several alias domains
-    # (otherwise the Odoo names the domain). One domain on one Odoo: the table as it always was.
-    odoo_column = len(config.odoo_identities) > 1
-    domain_column = len(config.domains) > len({rules.odoo for rules in config.domains.values()})
     # Read-only: an admin may read the journal without being able to write the gateway's state.
     try:
         journal = Journal(config.journal_path, read_only=True)
@@ -480,8 +475,7 @@ def command_log(args: argparse.Namespace) -> int:
             print(format_entries(journal.recent(args.limit, verdict=args.verdict, sender=args.sender,
                                                 since=since, model=model, res_id=res_id, domain=domain,
                                                 odoo=args.odoo,
-                                                odoo_identity=config.odoo_identities.get(args.odoo or "")),
-                                 domain_column=domain_column, odoo_column=odoo_column))
+                                                odoo_identity=config.odoo_identities.get(args.odoo or ""))))
     finally:
         journal.close()
     return 0

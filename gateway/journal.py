@@ -934,14 +934,32 @@ def _cell(value: object, width: int | None = None) -> str:
     return text
 
 
-def format_entries(entries: list[JournalEntry], *, domain_column: bool = False, odoo_column: bool = False) -> str:
+def needed_columns(entries: list[JournalEntry]) -> tuple[bool, bool]:
+    """Whether the table of ``entries`` needs a domain column and an odoo column, from the rows themselves.
+
+    Columns only where they tell these rows apart: an odoo column when they name several [odoo.NAME]
+    connections (the same MODEL/ID is a record in each), a domain column when the rows of one of
+    them name several alias domains (otherwise the Odoo names the domain). Not from the
+    configuration, which may no longer have the names of older rows (day-2 review: after [odoo.main]
+    was removed by a reload, rows of two Odoos were listed without an odoo column). Rows written
+    before the journal kept these names (empty) tell nothing apart.
+    """
+    domains_of: dict[str, set[str]] = {}
+    for entry in entries:
+        if entry.odoo:
+            domains_of.setdefault(entry.odoo, set()).update({entry.domain} if entry.domain else ())
+    return any(len(domains) > 1 for domains in domains_of.values()), len(domains_of) > 1
+
+
+def format_entries(entries: list[JournalEntry]) -> str:
     """A compact table of entries for `note-gateway log`, one line each.
 
-    ``domain_column`` and ``odoo_column`` add the alias domain and the [odoo.NAME] connection of
-    each row after its target: with several Odoo databases, project.task/60 names a record in each.
+    The alias domain and the [odoo.NAME] connection of each row follow its target where they tell
+    the rows apart (needed_columns): with several Odoo databases, project.task/60 names a record in each.
     """
     if not entries:
         return "No journal entries."
+    domain_column, odoo_column = needed_columns(entries)
     extra = (("domain", lambda entry: _cell(entry.domain, 40)),) if domain_column else ()
     extra += (("odoo", lambda entry: _cell(entry.odoo, 20)),) if odoo_column else ()
     header = ("time (UTC)", "verdict", "sender", "target", *(name for name, _ in extra), "reply", "odoo id",

@@ -447,6 +447,10 @@ def command_log(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"note-gateway: --since: {error}", file=sys.stderr)
         return 2
+    if args.message_id is not None and not args.message_id.strip().removeprefix("<").removesuffix(">").strip():
+        print("note-gateway: --message-id: empty; give the Message-ID as the message has it, e.g. "
+              "<ab12@example.com> (the brackets may be left out)", file=sys.stderr)
+        return 2
     domain = _domain_option(args.domain)
     # A name the configuration does not have may still be in older rows (a domain or a connection
     # removed since): said, not refused, so a typo does not pass for "no rows".
@@ -474,7 +478,7 @@ def command_log(args: argparse.Namespace) -> int:
         else:
             print(format_entries(journal.recent(args.limit, verdict=args.verdict, sender=args.sender,
                                                 since=since, model=model, res_id=res_id, domain=domain,
-                                                odoo=args.odoo,
+                                                odoo=args.odoo, message_id=args.message_id,
                                                 odoo_identity=config.odoo_identities.get(args.odoo or ""))))
     finally:
         journal.close()
@@ -772,6 +776,8 @@ def build_parser() -> argparse.ArgumentParser:
     journal.add_argument("--record", help="only messages to MODEL or MODEL/ID, e.g. project.task/42")
     journal.add_argument("--domain", help="only messages through this alias domain")
     journal.add_argument("--odoo", help="only messages of this [odoo.NAME] connection's database")
+    journal.add_argument("--message-id", metavar="MSG-ID",
+                         help="only the rows of this Message-ID, with or without its <angle brackets>")
     journal.add_argument("--id", type=_ROWS, help="show one message's whole decision: stages, reply, defects")
     journal.set_defaults(func=command_log)
 

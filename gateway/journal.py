@@ -851,14 +851,23 @@ class Journal:
         self, limit: int = 20, *, verdict: str | None = None, sender: str | None = None,
         since: float | None = None, model: str | None = None, res_id: int | None = None,
         domain: str | None = None, odoo: str | None = None, odoo_identity: str | None = None,
+        message_id: str | None = None,
     ) -> list[JournalEntry]:
         """The newest entries first, optionally of one verdict, one sender (From or envelope),
         received at or after ``since`` (a Unix time), about one model (and record), through one
         alias domain or for one [odoo.NAME] connection. With ``odoo_identity`` too (config's
         odoo_identities[odoo]), every connection to that connection's database counts: rows naming
-        the database, and rows of ``odoo`` written before the journal kept it."""
+        the database, and rows of ``odoo`` written before the journal kept it. ``message_id``: the
+        rows of one Message-ID, written with or without its angle brackets (a retry, another
+        recipient of the same message each have their own)."""
         conditions: list[str] = []
         parameters: list[object] = []
+        if message_id is not None:
+            # Stored as the header's msg-id, "<id@host>" (message.own_message_id); a bare value is
+            # also looked up as written, for a row that kept one.
+            bare = message_id.strip().removeprefix("<").removesuffix(">")
+            conditions.append("message_id IN (?, ?)")
+            parameters.extend((f"<{bare}>", bare))
         if domain is not None:
             conditions.append("domain = ?")
             parameters.append(domain)

@@ -119,7 +119,8 @@ def test_documented_commands_and_options_exist(command, options):
 def test_readme_names_every_log_filter():
     # The README's journal section lists the filters of "note-gateway log" (found naming 3 of 5).
     section = (ROOT / "README.md").read_text().split("## The journal", 1)[1].split("\n## ", 1)[0]
-    for option in ("--verdict", "--sender", "--record", "--domain", "--odoo", "--since", "--limit", "--id"):
+    for option in ("--verdict", "--sender", "--record", "--domain", "--odoo", "--message-id", "--since", "--limit",
+                   "--id"):
         assert option in _subcommand_options()["log"]
         assert f"`{option}" in section
 

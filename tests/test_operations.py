@@ -384,6 +384,31 @@ def test_log_filters_and_one_decision(test_odoo, gateway, mailer, capsys):
     assert code == 1 and "no journal entry 999999" in err
 
 
+def test_log_finds_the_rows_of_a_message_id_with_or_without_its_brackets(test_odoo, gateway, mailer, capsys):
+    # Day-2 review: a contributor's complaint quotes the Message-ID of the mail that did not arrive,
+    # and log had no way to find it but to scan every row by eye.
+    task = mailer.address("note", "project.task", TASK_ID)
+    private = mailer.address("note", "project.task", PRIVATE_TASK_ID)
+    for to, message_id in ((task, "<complaint.1@example.com>"), (private, "<complaint.2@example.com>"),
+                           (task, "<complaint.3@example.com>")):
+        mailer.send(mailer.sign(mailer.message("note_from_contributor.eml", to, message_id)), to)
+    config = str(gateway.config_path)
+    for written in ("<complaint.2@example.com>", "complaint.2@example.com", " <complaint.2@example.com> "):
+        code, out, err = _run_cli(capsys, "log", "--config", config, "--message-id", written)
+        assert (code, err) == (0, "")
+        header, *rows = out.splitlines()
+        assert len(rows) == 1 and rows[0].split()[1] == "refused" and rows[0].endswith(" <complaint.2@example.com>")
+    # With the other filters, as they combine.
+    code, out, _ = _run_cli(capsys, "log", "--config", config, "--message-id", "complaint.2@example.com",
+                            "--verdict", "filed")
+    assert out.strip() == "No journal entries."
+    # Not a prefix or a part of one: the whole msg-id.
+    code, out, _ = _run_cli(capsys, "log", "--config", config, "--message-id", "complaint")
+    assert (code, out.strip()) == (0, "No journal entries.")
+    code, _, err = _run_cli(capsys, "log", "--config", config, "--message-id", "<>")
+    assert code == 2 and err.startswith("note-gateway: --message-id: empty")
+
+
 def test_prune_journal_deletes_only_rows_nothing_reads_any_more_while_the_gateway_serves(gateway, mailer, capsys):
     # Crash review 2: nothing ever deleted journal rows, and no doc said how to keep its size in check.
     import time

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gateway import odootransport
+from gateway.resolver import DEFAULT_CACHE_SIZE
 
 
 log = logging.getLogger(__name__)
@@ -181,6 +182,9 @@ class ResolverConfig(_Strict):
     port: Annotated[int, Field(ge=1, le=65535)] = 53
     timeout: Annotated[float, Field(gt=0, le=30)] = 4.0
     cache: bool = True
+    # The most DKIM key answers the cache keeps (about 4 KB each), in each process: the least
+    # recently used goes first. Each is kept for its TTL, at most an hour.
+    cache_size: Annotated[int, Field(ge=1, le=1_000_000)] = DEFAULT_CACHE_SIZE
 
     @field_validator("nameservers")
     @classmethod

@@ -85,7 +85,8 @@ class Services:
         with ExitStack() as built:
             try:
                 resolver = DkimKeyResolver(resolver_config.nameservers, port=resolver_config.port,
-                                           timeout=resolver_config.timeout, cache=resolver_config.cache)
+                                           timeout=resolver_config.timeout, cache=resolver_config.cache,
+                                           cache_size=resolver_config.cache_size)
             except dns.resolver.NoResolverConfiguration as error:
                 raise ConfigError(config.path, "resolver.nameservers",
                                   f"empty, and the system's resolvers cannot be read: {error}") from None

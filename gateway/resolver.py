@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import dns.exception
 import dns.name
@@ -17,6 +18,32 @@ log = logging.getLogger(__name__)
 # A single try must leave room for a second one (another nameserver, or the same one again after
 # a lost UDP datagram) inside the lifetime of the whole lookup.
 _LONGEST_SINGLE_TRY = 2.0
+
+# The most answers the key cache keeps ([resolver] cache_size), and the longest it keeps one: a
+# domain's TTL, or its SOA minimum for "no such key", may be a week, and a removed or rotated key
+# would be believed that long (docs/operations.md, "The DKIM key cache").
+DEFAULT_CACHE_SIZE = 5000
+LONGEST_CACHED_SECONDS = 3600.0
+
+
+class BoundedCache(dns.resolver.LRUCache):
+    """dnspython's LRU cache, each answer kept at most ``longest`` seconds whatever its TTL.
+
+    dns.resolver.Cache, used before, kept every answer for its full TTL with no bound on their
+    number (day-2 review: a sender with a wildcard TXT record naming a new selector in each message
+    grew it by about 4 KB a lookup, 20,000 selectors 80 MB, each kept for the TTL its zone chose).
+    Answers found (a key, no TXT record at the name) and NXDOMAIN both pass through put.
+    """
+
+    def __init__(self, max_size: int = DEFAULT_CACHE_SIZE, longest: float = LONGEST_CACHED_SECONDS) -> None:
+        super().__init__(max_size)
+        self.longest = longest
+
+    def put(self, key: dns.resolver.CacheKey, value: dns.resolver.Answer) -> None:
+        # The answer is the lookup's own (dnspython makes one per response): shortening its life
+        # changes nothing for the caller, which has already read it.
+        value.expiration = min(value.expiration, time.time() + self.longest)
+        super().put(key, value)
 
 
 class DkimKeyResolver:
@@ -34,7 +61,7 @@ class DkimKeyResolver:
     """
 
     def __init__(self, nameservers: list[str], port: int = 53, timeout: float = 4.0,
-                 cache: bool = True) -> None:
+                 cache: bool = True, cache_size: int = DEFAULT_CACHE_SIZE) -> None:
         if nameservers:
             resolver = dns.resolver.Resolver(configure=False)
             resolver.nameservers = list(nameservers)
@@ -46,8 +73,9 @@ class DkimKeyResolver:
         resolver.lifetime = timeout
         resolver.timeout = min(timeout, _LONGEST_SINGLE_TRY)
         # The cache keeps each answer for its TTL, and NXDOMAIN for the SOA minimum of the
-        # response (RFC 2308 section 5), so a burst of mail from one domain costs one lookup.
-        resolver.cache = dns.resolver.Cache() if cache else None
+        # response (RFC 2308 section 5), so a burst of mail from one domain costs one lookup; at
+        # most an hour, and at most cache_size answers, the least recently used going first.
+        resolver.cache = BoundedCache(cache_size) if cache else None
         self._resolver = resolver
         self.timeout = timeout
 

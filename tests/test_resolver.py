@@ -170,3 +170,51 @@ def test_lookups_from_many_threads_at_once(dns_server, key_record):
         thread.join()
     assert errors == []
     assert results == [key_record.encode()] * 16
+
+
+def test_the_cache_keeps_at_most_cache_size_answers_the_least_recently_used_going_first(dns_server):
+    # Day-2 review: the cache (dns.resolver.Cache) had no bound. A sender with a wildcard TXT record
+    # and a new selector in each message, or s= and d= a sender makes up, grew it by about 4 KB a
+    # lookup (20,000 selectors: 80 MB), each kept for the TTL the sender's zone chose.
+    resolver = resolver_for(dns_server, cache_size=50)
+    names = [f"sel{number}._domainkey.flood.example" for number in range(200)]
+    asked = dns_server.query_count(SHORT_NAME)
+    assert resolver(SHORT_NAME.encode()) == SHORT_RECORD.encode()
+    for name in names:
+        assert resolver(name.encode()) is None
+        # The key in use stays: it is the most recently used.
+        assert resolver(SHORT_NAME.encode()) == SHORT_RECORD.encode()
+    assert dns_server.query_count(SHORT_NAME) == asked + 1
+    assert len(resolver._resolver.cache.data) <= 50
+    before = {name: dns_server.query_count(name) for name in (names[0], names[-1])}
+    assert resolver(names[-1].encode()) is None
+    assert dns_server.query_count(names[-1]) == before[names[-1]]  # still cached
+    assert resolver(names[0].encode()) is None
+    assert dns_server.query_count(names[0]) == before[names[0]] + 1  # pushed out, asked again
+
+
+def test_an_answer_is_cached_an_hour_at_most_whatever_its_ttl(key_record, monkeypatch):
+    # The zone's TTL (a week here) and its SOA minimum for "no such key" (a day) are the domain
+    # owner's choice: a removed key would have been believed, and a key published after a first
+    # miss refused, that long.
+    missing = "later._domainkey.example.com"
+    with DnsServer({KEY_NAME: key_record}, ttl=7 * 86400, negative_ttl=86400) as server:
+        resolver = resolver_for(server)
+        assert resolver(KEY_NAME.encode()) == key_record.encode()
+        assert resolver(missing.encode()) is None
+        now = time.time()
+        for entry in resolver._resolver.cache.data.values():  # LRUCache keeps nodes, Cache the answers
+            assert getattr(entry, "value", entry).expiration <= now + 3600
+        server.remove(KEY_NAME)
+        server.add_txt(missing, SHORT_RECORD)
+        real_time = time.time
+        monkeypatch.setattr(time, "time", lambda: real_time() + 1800)
+        # Half an hour later both answers are still the cached ones ...
+        assert resolver(KEY_NAME.encode()) == key_record.encode()
+        assert resolver(missing.encode()) is None
+        assert (server.query_count(KEY_NAME), server.query_count(missing)) == (1, 1)
+        # ... and an hour and a second after they were cached, the zone is asked again.
+        monkeypatch.setattr(time, "time", lambda: real_time() + 3601)
+        assert resolver(KEY_NAME.encode()) is None
+        assert resolver(missing.encode()) == SHORT_RECORD.encode()
+        assert (server.query_count(KEY_NAME), server.query_count(missing)) == (2, 2)

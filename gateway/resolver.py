@@ -25,6 +25,14 @@ _LONGEST_SINGLE_TRY = 2.0
 DEFAULT_CACHE_SIZE = 5000
 LONGEST_CACHED_SECONDS = 3600.0
 
+# Said to the operator only (the journal's decision, the log line, `note-gateway check`) with a
+# "key not found" when the key cache is on: a key published after a first lookup missed it is not
+# seen until the cached miss expires (day-2 review: docs/operations.md said dig shows the record
+# "as the gateway reads it", which is untrue while an answer is cached).
+CACHED_MISS_NOTE = (f"possibly an answer cached earlier: the gateway keeps \"no key\" for the zone's negative TTL "
+                    f"(its SOA minimum), at most {LONGEST_CACHED_SECONDS / 60:g} minutes, and a reload "
+                    f"(systemctl reload) empties its DKIM key cache")
+
 
 class BoundedCache(dns.resolver.LRUCache):
     """dnspython's LRU cache, each answer kept at most ``longest`` seconds whatever its TTL.
@@ -77,6 +85,8 @@ class DkimKeyResolver:
         # most an hour, and at most cache_size answers, the least recently used going first.
         resolver.cache = BoundedCache(cache_size) if cache else None
         self._resolver = resolver
+        # senderauth adds CACHED_MISS_NOTE to a "key not found" that may come from the cache.
+        self.caches = cache
         self.timeout = timeout
 
     def __call__(self, name: bytes, timeout: int | float = 5) -> bytes | None:

@@ -23,6 +23,7 @@ from gateway import dkimcrypto, idn
 from gateway.observe import printable
 from gateway.config import DEFAULT_MAX_SIGNATURE_AGE_DAYS
 from gateway.context import VerifiedSender
+from gateway.resolver import CACHED_MISS_NOTE
 from gateway.refusals import (DnsTemporaryFailure, FromAddressInternationalised, FromHeaderInvalid, HeaderNotSigned,
                               SenderAuthenticationTimedOut, SenderNotAuthenticated, TooManySignatures)
 
@@ -66,12 +67,14 @@ _MALFORMED, _UNALIGNED, _POLICY, _KEY, _VERIFICATION = range(5)
 class _Failure:
     relevance: int
     detail: str
+    # For the operator only (Refusal.internal), never the reply.
+    internal: str | None = None
 
 
 class _SignatureRefused(Exception):
-    def __init__(self, relevance: int, detail: str) -> None:
+    def __init__(self, relevance: int, detail: str, internal: str | None = None) -> None:
         super().__init__(detail)
-        self.failure = _Failure(relevance, detail)
+        self.failure = _Failure(relevance, detail, internal)
 
 
 class _NotExamined(Exception):
@@ -224,7 +227,7 @@ def authenticate(raw: bytes, resolver: KeyLookup, *, now: float | None = None,
         # sending MTA retries (RFC 6376 section 6.1.2, TEMPFAIL).
         raise DnsTemporaryFailure(dns_failure.detail + examination.not_examined())
     most_telling = max(failures, key=lambda failure: failure.relevance)
-    raise SenderNotAuthenticated(most_telling.detail + examination.not_examined())
+    raise SenderNotAuthenticated(most_telling.detail + examination.not_examined(), internal=most_telling.internal)
 
 
 # --- From -----------------------------------------------------------------------------------------
@@ -478,7 +481,10 @@ def _check_signature(new_verifier: Callable[[], dkim.DKIM], index: int, header_v
             _MALFORMED, f"malformed DKIM signature: {type(error).__name__}: {error}") from None
     if verified:
         return domain, selector, tags.get(b"h", b"")
-    raise _SignatureRefused(*_why_not_verified(verifier, lookup, key_name))
+    relevance, detail = _why_not_verified(verifier, lookup, key_name)
+    # A key published after an earlier lookup missed it is not seen while the miss is cached.
+    cached_miss = lookup.asked and not lookup.record and getattr(resolver, "caches", False)
+    raise _SignatureRefused(relevance, detail, CACHED_MISS_NOTE if cached_miss else None)
 
 
 def _check_syntax(tags: dict[bytes, bytes]) -> None:

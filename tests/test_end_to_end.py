@@ -11,7 +11,10 @@ import pytest
 
 from conftest import SELECTOR, Mailer
 
+from gateway.config import load_config
 from gateway.journal import Journal
+from gateway.pipeline import Services
+from gateway.resolver import CACHED_MISS_NOTE
 from gateway.testing.dkim import sign
 from gateway.testing.dns import DnsServer
 from gateway.testing.odoo_demo import (ARCHIVED_EMAIL, CONTRIBUTOR_GROUP_ID, MARC_PARTNER_ID, PAULA_PARTNER_ID,
@@ -351,6 +354,42 @@ def test_signature_whose_key_record_says_it_must_not_count_is_refused(test_odoo,
         # Such a signature is as good as none: one that counts, below it, still files the note.
         raw = sign(mailer.sign(mailer.message("note_from_contributor.eml", to)), key, "example.com", selector)
         assert mailer.send(raw, to).startswith("250 2.0.0 Filed")
+        assert len(_posts(test_odoo)) == 1
+
+
+def test_a_key_published_after_a_miss_is_found_after_a_reload_and_the_journal_says_the_miss_may_be_cached(
+        test_odoo, start_gateway, dkim_keys):
+    # Day-2 review: docs/operations.md said `dig +short TXT ...` shows the record "as the gateway
+    # reads it", and the journal's "key not found" gave no hint that the gateway may be answering
+    # from its cache (a miss is kept for the zone's negative TTL, at most an hour) while dig
+    # already shows the key. A reload builds a new resolver: its cache starts empty.
+    key = dkim_keys["example.com"]
+    with DnsServer({key.record_name(SELECTOR, "example.com"): key.txt_record}, negative_ttl=3600) as dns:
+        running = start_gateway(dns.port)
+        mailer = Mailer(running, dkim_keys)
+        to = mailer.address("note", "project.task", TASK_ID)
+        refused = ("550 5.7.1 Sender not authenticated, no valid DKIM signature aligned with the From domain: "
+                   "key not found for rotated._domainkey.example.com")
+
+        def send() -> str:
+            return mailer.send(sign(mailer.message("note_from_contributor.eml", to), key, "example.com", "rotated"), to)
+
+        assert send() == refused  # The reply says no more than before.
+        with Journal(running.services.config.journal_path) as journal:
+            [entry] = journal.recent(1)
+        assert entry.decision == f"refused SenderNotAuthenticated: {refused[10:]} ({CACHED_MISS_NOTE})"
+        assert "cached" not in entry.smtp_reply
+        dns.add_txt(key.record_name("rotated", "example.com"), key.txt_record)
+        assert send() == refused  # The miss is still cached.
+        assert dns.query_count("rotated._domainkey.example.com") == 1
+        # What a reload (SIGHUP) does: the services, the resolver and its cache among them, built again.
+        new_services = Services.build(load_config(running.config_path))
+        old = running.server.server.reload(new_services)
+        try:
+            assert send().startswith("250 2.0.0 Filed")
+        finally:
+            running.server.server.reload(old)
+            new_services.close()
         assert len(_posts(test_odoo)) == 1
 
 

@@ -72,6 +72,9 @@ class ParsedMessage:
     # Message-IDs of In-Reply-To then References (RFC 5322 section 3.6.4), for routing plain addresses.
     in_reply_to: list[str] = field(default_factory=list)
     references: list[str] = field(default_factory=list)
+    # How many msg-ids of In-Reply-To and References were left out of the two lists above
+    # (message.MAX_MESSAGE_IDS each: the first and the newest are kept).
+    message_ids_left_out: int = 0
     attachments: list[Attachment] = field(default_factory=list)
     defects: list[str] = field(default_factory=list)
     message_id_derived: bool = False

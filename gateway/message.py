@@ -63,18 +63,40 @@ def message_id_from_content(raw: bytes, from_address: str, subject: str, date: s
 _MESSAGE_ID = re.compile(r"<[^<>\s\x00-\x1f\x7f-\x9f]{1,500}>")
 
 
+# How many msg-ids of one In-Reply-To or References header are kept: the first (the thread's root,
+# RFC 5322 section 3.6.4) and the newest. The reply-to-a-note check looks each one up, so a longer
+# header cannot make it cheaper to hide the root (routing.reply_parent refuses a reply it cannot
+# decide because of ids left out); Odoo's own mail gateway looks at every one.
+MAX_MESSAGE_IDS = 100
+
+
 def message_ids(raw: bytes, header: str, email_message: email.message.Message | None = None) -> list[str]:
     """The msg-ids of a header, in order (RFC 5322 section 3.6.4); anything else in it is ignored.
 
+    At most MAX_MESSAGE_IDS: the first one and the newest (all_message_ids has them all).
     ``email_message`` is ``raw`` already parsed by ``parse_email``: its header fields are the ones
     the header parser finds in the header block, so it is read instead of parsing again.
     """
+    return bounded_message_ids(all_message_ids(raw, header, email_message))
+
+
+def all_message_ids(raw: bytes, header: str, email_message: email.message.Message | None = None) -> list[str]:
     parsed = email_message if email_message is not None else (
         email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(_header_block(raw)))
     found: list[str] = []
     for value in parsed.get_all(header) or ():
         found += _MESSAGE_ID.findall(" ".join(str(value).split()))
-    return found[-100:]
+    return found
+
+
+def bounded_message_ids(found: list[str]) -> list[str]:
+    """The first of ``found`` and the newest, MAX_MESSAGE_IDS in all. Found by a review: only the
+    newest 100 were kept, and the reply+ check looked at 20 of them, so a reply whose References
+    began with an internal note (the thread's root) followed by 20 ids Odoo never saw was filed
+    publicly, the note in its quote."""
+    if len(found) <= MAX_MESSAGE_IDS:
+        return found
+    return found[:1] + found[-(MAX_MESSAGE_IDS - 1):]
 
 
 # A comment of RFC 5322 section 3.2.2 without nested ones, as a relay appends to a Message-ID.
@@ -242,6 +264,8 @@ def parse(raw: bytes, email_message: email.message.Message | None = None) -> Par
         log.info("unparseable message: %s: %s", type(error).__name__, printable(error))
         raise MessageUnparseable(type(error).__name__) from None
 
+    in_reply_to = all_message_ids(raw, "In-Reply-To", email_message)
+    references = all_message_ids(raw, "References", email_message)
     derived = False
     if not message_id:
         message_id = message_id_from_content(raw, from_address, subject_for_id, str(date_header))
@@ -256,8 +280,9 @@ def parse(raw: bytes, email_message: email.message.Message | None = None) -> Par
         to=to,
         cc=cc,
         recipient_names=recipient_names,
-        in_reply_to=message_ids(raw, "In-Reply-To", email_message),
-        references=message_ids(raw, "References", email_message),
+        in_reply_to=bounded_message_ids(in_reply_to),
+        references=bounded_message_ids(references),
+        message_ids_left_out=sum(max(0, len(ids) - MAX_MESSAGE_IDS) for ids in (in_reply_to, references)),
         attachments=attachments,
         defects=defects,
         message_id_derived=derived,

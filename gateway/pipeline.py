@@ -25,7 +25,8 @@ from gateway.odoo import OdooPool, start_waiting, stop_waiting
 from gateway.refusals import (AccessRuleUnsupported, AnswersNoteOfAnotherRecord, GatewayMayNotPost, InternalError,
                               InternalUserNotAllowed, JournalNotWritable, MessageTookTooLong, ModelNotAllowed,
                               NoRecordReferenced, NotContributor, OdooUnavailable, PostUnsettled, RecordAccessDenied,
-                              RecordArchived, RecordHiddenFromGateway, RecordNotFound, RecordOfOtherCompany, Refusal,
+                              RecordArchived, RecordHiddenFromGateway, RecordNotFound, RecordOfOtherCompany,
+                              ReferencesTooMany, Refusal,
                               RoutedRecordUnavailable, SenderAuthenticationTimedOut, TemplateLosesBody)
 from gateway.render import BodyNotShown, Renderer, checked_renderer
 from gateway.resolver import DkimKeyResolver
@@ -451,7 +452,7 @@ def _check_record_access(ctx: MessageContext, services: Services, target: Target
 # from the gateway, its kind, its company, that a Message-ID is a note). Found by a review: any
 # portal user could ask about any record by writing a made-up Odoo Message-ID in In-Reply-To.
 _RECORD_REVEALING = (ModelNotAllowed, RecordNotFound, RecordArchived, RecordAccessDenied, AccessRuleUnsupported,
-                     RecordOfOtherCompany, RecordHiddenFromGateway, AnswersNoteOfAnotherRecord)
+                     RecordOfOtherCompany, RecordHiddenFromGateway, AnswersNoteOfAnotherRecord, ReferencesTooMany)
 
 
 def said_refusal(ctx: MessageContext, refusal: Refusal) -> Refusal:

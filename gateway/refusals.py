@@ -422,13 +422,24 @@ class ModelNotAllowed(Refusal):
 
 
 class AnswersNoteOfAnotherRecord(Refusal):
-    # A reply to this record whose In-Reply-To (else most recent References) is an internal note of
+    # A reply to this record whose In-Reply-To (else newest message of References) is an internal note of
     # another record: filed here it would be public, its quote carrying that note (found by a
     # review). Odoo's catchall would file it on the other record as a note; the address names this
     # one, so the sender is asked to send it where it belongs. A retry would fail the same way.
     smtp_code, enhanced_code = 550, "5.7.1"
     reason = ("The message answers an internal note of another record: "
               "send it to that record's note address")
+
+
+class ReferencesTooMany(Refusal):
+    # A reply whose In-Reply-To and References hold more msg-ids than the gateway keeps
+    # (message.MAX_MESSAGE_IDS each: the first and the newest), whose In-Reply-To is no message
+    # Odoo has and whose kept ids answer no internal note: a left-out id could be the parent Odoo
+    # would pick, and a note, whose quote a public reply would carry to the record's portal
+    # followers (found by a review). Refused rather than filed publicly; a retry would fail the same way.
+    smtp_code, enhanced_code = 550, "5.7.1"
+    reason = ("The message references too many earlier messages to tell whether it answers an internal note: "
+              "send it with a shorter References header, or to the record's note address")
 
 
 class RecordNotFound(Refusal):

@@ -6,17 +6,19 @@ import re
 from dataclasses import dataclass
 
 from gateway import access, address, post
+from gateway import message as message_mod
 from gateway.config import GatewayConfig
 from gateway.context import ParsedMessage, Target
 from gateway.odoo import OdooPool
-from gateway.refusals import NoRecordReferenced, ReferencesNotSigned, Refusal
+from gateway.refusals import NoRecordReferenced, ReferencesNotSigned, ReferencesTooMany, Refusal
 
 # Odoo's notification Message-IDs: <random.time-openerp-<res_id>-<model>@host>
 # (tools.mail.generate_tracking_message_id, ODOO_FACTS.md i). Model names hold no "-".
 _ODOO_MESSAGE_ID = re.compile(
     r"-openerp-(?P<res_id>[1-9][0-9]{0,17})-(?P<model>[a-z][a-z0-9_]*(?:\.[a-z0-9_]+)*)@[^<>@\s]+>$")
-# How many referenced ids are looked up in mail.message at most: References of a long thread keep
-# growing, and the most recent ones are the ones that matter.
+# How many referenced ids routing a plain note@/reply@ looks up in mail.message at most: References
+# of a long thread keep growing, and the most recent ones are the ones that matter. Whether a reply
+# answers a note (reply_parent) looks up every one.
 _MAX_LOOKUPS = 20
 # The detail of a message whose references lead to no record the sender may post on: unknown to
 # Odoo, or of a record the sender may not read (pipeline.said_refusal). One text for both, so that
@@ -86,20 +88,29 @@ def reply_parent(odoo: OdooPool, message: ParsedMessage, model: str, res_id: int
                  deadline: float | None = None) -> Parent | None:
     """The message the reply answers, or None if it references none Odoo has.
 
-    Odoo's mail gateway takes as parent the message of In-Reply-To, else the most recent of
-    References, and files a reply to an internal one as an internal note (mail_thread.py
-    message_parse, _message_parse_extract_from_parent). So does the gateway: the first of
-    referenced_ids that is a message of the record the reply is filed on, under its own ID or one
-    the gateway derived from it there (post.record_message_id, post.author_message_id: a note whose
-    ID another author's message had on the record is filed under the sender's own), or, under its
-    own ID, a message of any other record (``elsewhere``: Odoo's catchall finds the parent across
-    records, and a reply to a note of another record must not be filed publicly here). Message-IDs
-    are not unique (ODOO_FACTS.md f): the parent is internal if any of its messages there is (on
-    this record if it has one, else on any other). Messages of records the gateway's own Odoo user
-    cannot read are not found. One search of mail.message; the subtypes other than Discussions and
-    Note are asked only when the parent has one (a tracking message), in one search more.
+    Odoo's mail gateway takes as parent the message of In-Reply-To, else the most recently created
+    message of any id of References, and files a reply to an internal one as an internal note
+    (mail_thread.py _get_parent_message: ``order='create_date DESC, id DESC', limit=1``;
+    _message_parse_extract_from_parent). So does the gateway, looking up every id of In-Reply-To
+    and References in one search (found by a review: it looked at the 20 most recent, and a reply
+    whose References began with an internal note followed by 20 ids Odoo never saw was filed
+    publicly, quoting the note). A message counts when it is of the record the reply is filed
+    on, under its own ID or one the gateway derived from it there (post.record_message_id,
+    post.author_message_id: a note whose ID another author's message had on the record is filed
+    under the sender's own), or, under its own ID, of any other record (``elsewhere``: Odoo's
+    catchall finds the parent across records, and a reply to a note of another record must not be
+    filed publicly here). Message-IDs are not unique (ODOO_FACTS.md f): the parent is internal if
+    any of its messages there is (on this record if it has one, else on any other). Messages of
+    records the gateway's own Odoo user cannot read are not found. The subtypes other than
+    Discussions and Note are asked only when the parent has one (a tracking message), in one
+    search more.
+
+    A message whose headers held more ids than were kept (message.MAX_MESSAGE_IDS: the first and
+    the newest) is refused (ReferencesTooMany) unless In-Reply-To or a kept id answers an internal
+    note: a left-out id could be the newest message Odoo has, and a note.
     """
-    ids = referenced_ids(message)[:_MAX_LOOKUPS]
+    in_reply_to = list(dict.fromkeys(message.in_reply_to))
+    ids = list(dict.fromkeys(in_reply_to + list(message.references)))
     if not ids:
         return None
     exact: dict[str, str] = {}
@@ -115,25 +126,39 @@ def reply_parent(odoo: OdooPool, message: ParsedMessage, model: str, res_id: int
     # into a reply to this one).
     there = access.AND([[("message_id", "in", ids)], [("model", "!=", False)], [("res_id", "!=", 0)]])
     rows = odoo.call("mail.message", "search_read", [access.OR([here, there])],
-                     {"fields": ["message_id", "is_internal", "subtype_id", "model", "res_id"]}, deadline=deadline)
+                     {"fields": ["message_id", "is_internal", "subtype_id", "model", "res_id"],
+                      "order": "create_date desc, id desc"}, deadline=deadline)
     found: dict[str, list[dict]] = {}
     others: dict[str, list[dict]] = {}
+    newest: list[str] = []  # the referenced ids, their most recently created message first
     for row in rows:
         stored = str(row.get("message_id") or "")
+        referenced = None
         if row.get("model") == model and int(row.get("res_id") or 0) == res_id:
             referenced = _referenced_by(stored, ids, exact, model, res_id)
             if referenced is not None:
                 found.setdefault(referenced, []).append(row)
         elif row.get("model") and row.get("res_id") and stored in ids:
+            referenced = stored
             others.setdefault(stored, []).append(row)
-    parent = next((value for value in ids if value in found or value in others), None)
-    if parent is None:
-        return None
+        if referenced is not None and referenced not in newest:
+            newest.append(referenced)
+    parent = (next((value for value in newest if value in in_reply_to), None)
+              or next(iter(newest), None))
+    by_in_reply_to = parent is not None and parent in in_reply_to
+    result: Parent | None = None
     if parent in found:
-        return Parent(parent, _any_internal(odoo, found[parent], deadline))
-    rows = others[parent]
-    holder = next((row for row in rows if row.get("is_internal")), rows[0])
-    return Parent(parent, _any_internal(odoo, rows, deadline), (str(holder["model"]), int(holder["res_id"])))
+        result = Parent(parent, _any_internal(odoo, found[parent], deadline))
+    elif parent is not None:
+        rows = others[parent]
+        holder = next((row for row in rows if row.get("is_internal")), rows[0])
+        result = Parent(parent, _any_internal(odoo, rows, deadline), (str(holder["model"]), int(holder["res_id"])))
+    if message.message_ids_left_out and not by_in_reply_to and (result is None or not result.internal):
+        raise ReferencesTooMany(
+            f"{message.message_ids_left_out} of its In-Reply-To and References were not looked up (at most "
+            f"{message_mod.MAX_MESSAGE_IDS} of each, the first and the newest)",
+            internal=f"parent {'none found' if result is None else result.message_id} among the ids looked up")
+    return result
 
 
 def _like_literal(text: str) -> str:

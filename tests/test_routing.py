@@ -350,6 +350,66 @@ def test_a_reply_without_in_reply_to_answers_the_most_recent_reference(test_odoo
     _nothing_public(test_odoo)
 
 
+def test_a_reply_without_in_reply_to_answers_the_most_recently_created_reference(test_odoo, gateway, mailer):
+    # As Odoo's _get_parent_message (order='create_date DESC, id DESC'), not the last one written:
+    # the note was created after the public message that References names after it.
+    public = _notification_id(test_odoo, "project.task", TASK_ID)
+    _file_note(mailer, "<n10@example.com>")
+    to = mailer.address("reply", "project.task", TASK_ID)
+    raw = _answer(mailer, to, in_reply_to="<unknown-10@example.com>", references=["<n10@example.com>", public])
+    assert mailer.send(raw, to).startswith("250 2.0.0 Filed")
+    assert [filing.subtype_xmlid for filing in test_odoo.filings()] == ["mail.mt_note", "mail.mt_note"]
+    _nothing_public(test_odoo)
+
+
+# A reply whose References begin with a note, the thread's root, followed by ids Odoo never saw (the
+# thread went on by direct email), and whose In-Reply-To is the last of them (found by a review: the
+# gateway looked up the 20 most recent ids only, and with 20 later ones filed the reply publicly,
+# the note in its quote; Odoo's own mail gateway looks up every one and files it as a note).
+
+@pytest.mark.parametrize("later", [19, 20, 150])
+def test_a_reply_whose_references_begin_with_a_note_is_a_note_however_long_they_are(test_odoo, gateway, mailer,
+                                                                                     later):
+    _file_note(mailer, "<root-note@example.com>")
+    to = mailer.address("reply", "project.task", TASK_ID)
+    unknown = [f"<direct-{number}@example.com>" for number in range(later)]
+    raw = _answer(mailer, to, in_reply_to=unknown[-1], references=["<root-note@example.com>", *unknown])
+    reply = mailer.send(raw, to)
+    assert reply.startswith("250 2.0.0 Filed as Odoo message "), reply
+    assert [filing.subtype_xmlid for filing in test_odoo.filings()] == ["mail.mt_note", "mail.mt_note"]
+    _nothing_public(test_odoo)
+    assert _journal(gateway)[0].decision.endswith(
+        "answers internal message <root-note@example.com>: filed as a note, never public")
+
+
+TOO_MANY = ("550 5.7.1 The message references too many earlier messages to tell whether it answers an internal "
+            "note: send it with a shorter References header, or to the record's note address")
+
+
+def test_a_reply_whose_left_out_references_could_hold_the_note_is_refused_not_filed_publicly(test_odoo, gateway,
+                                                                                               mailer):
+    # The first id and the newest 99 are kept; the note, second, is not looked up.
+    _file_note(mailer, "<second-note@example.com>")
+    to = mailer.address("reply", "project.task", TASK_ID)
+    unknown = [f"<direct-{number}@example.com>" for number in range(99)]
+    raw = _answer(mailer, to, in_reply_to=unknown[-1],
+                  references=["<root@example.com>", "<second-note@example.com>", *unknown])
+    reply = mailer.send(raw, to)
+    assert reply.startswith(TOO_MANY + ": 1 of its In-Reply-To and References were not looked up"), reply
+    assert [filing.subtype_xmlid for filing in test_odoo.filings()] == ["mail.mt_note"]
+    _nothing_public(test_odoo)
+
+
+def test_a_reply_whose_in_reply_to_odoo_has_is_decided_by_it_however_long_its_references(test_odoo, gateway,
+                                                                                          mailer):
+    public = _notification_id(test_odoo, "project.task", TASK_ID)
+    to = mailer.address("reply", "project.task", TASK_ID)
+    unknown = [f"<direct-{number}@example.com>" for number in range(150)]
+    raw = _answer(mailer, to, in_reply_to=public, references=[*unknown, public])
+    assert mailer.send(raw, to).startswith("250 2.0.0 Filed as Odoo message ")
+    assert [filing.subtype_xmlid for filing in test_odoo.filings()] == ["mail.mt_comment"]
+
+
 @pytest.mark.parametrize("subtype_id, is_internal, expected", [
     (SUBTYPE_NOTE_ID, False, "mail.mt_note"),
     (SUBTYPE_ACTIVITIES_ID, False, "mail.mt_note"),  # another internal subtype

@@ -78,12 +78,12 @@ def test_reply_attributed_by_odoo_to_an_older_follower_with_the_same_address_is_
           f"journal defects {row.defects}")
 
 
-def _answer(real_gateway, sender: str, to: str, parent: str, quoted: str) -> bytes:
+def _answer(real_gateway, sender: str, to: str, parent: str, quoted: str, references: list[str] | None = None) -> bytes:
     """A plain Reply to ``parent`` as a mail client writes it: In-Reply-To, References, the parent quoted."""
     raw = real_gateway.message(sender, to, f"The pump runs again.\n\nOn Monday, someone wrote:\n> {quoted}\n",
                                subject="Re: Site visit", message_id=_message_id(real_gateway.world))
-    headers = f"In-Reply-To: {parent}\r\nReferences: {parent}\r\n".encode()
-    return real_gateway.sign(headers + raw)
+    folded = "\r\n ".join(references or [parent])
+    return real_gateway.sign(f"In-Reply-To: {parent}\r\nReferences: {folded}\r\n".encode() + raw)
 
 
 def _note_posted_in_the_backend(world, text: str) -> str:
@@ -129,6 +129,34 @@ def test_a_reply_to_an_internal_note_is_filed_as_a_note_the_portal_never_sees(wo
     assert row.kind == "note" and f"answers internal message {note_id}" in row.decision
     print(f"\nreply to a {parent} ({note_id}) on project.task {task}: note {filed}, 0 notifications, "
           f"not in the portal chatter")
+
+
+def test_a_reply_whose_references_begin_with_a_note_is_a_note_however_long_they_are(world, real_gateway):
+    # Found by a review: a note, the thread's root, then 20 ids Odoo never saw (the thread went on
+    # by direct email), In-Reply-To the last of them: the gateway looked up the 20 most recent ids
+    # only and filed the reply publicly, the note in its quote. Odoo's own gateway looks up every
+    # References id and takes the most recently created message it has: the note.
+    task = world.task_id
+    secret = f"Margin on this job is 40% ({world.tag}, long references)"
+    note_to = real_gateway.address("note", "project.task", task)
+    note_id = _message_id(world)
+    _filed_id(real_gateway.send(real_gateway.sign(real_gateway.message(world.contributor.email, note_to, secret,
+                                                                       message_id=note_id)),
+                                note_to, mail_from=world.contributor.email))
+    later = [_message_id(world) for _ in range(20)]
+    [odoos_parent] = world.admin.env["mail.message"].search_read(
+        [("message_id", "in", [note_id, *later])], ["message_id"], order="create_date DESC, id DESC", limit=1)
+    assert odoos_parent["message_id"] == note_id
+    to = real_gateway.address("reply", "project.task", task)
+    filed = _filed_id(real_gateway.send(_answer(real_gateway, world.contributor.email, to, later[-1], secret,
+                                                references=[note_id, *later]),
+                                        to, mail_from=world.contributor.email))
+    stored = _stored(world, "project.task", task, filed)
+    assert stored["subtype_id"][0] == world.admin.execute("ir.model.data", "check_object_reference", "mail", "mt_note")[1]
+    assert notifications_for_message(world, filed) == []
+    session = portal_session(world, world.plain.login, world.plain.password)
+    assert filed not in session.chatter_ids("project.task", task)
+    print(f"\nreply+ with References = note {note_id} + 20 unknown ids on project.task {task}: note {filed}")
 
 
 def test_a_non_contributor_answering_an_internal_note_is_refused(world, real_gateway):

@@ -153,3 +153,30 @@ def parse_recipient(address: str, secrets_by_domain: dict[str, list[bytes]]) -> 
         kind = local.lower()
         return Target(kind=kind, domain=domain, model="", res_id=0, address=f"{kind}@{domain}", by_reference=True)
     return parse(address, secrets_by_domain)
+
+
+def read_unverified(address: str, secrets_by_domain: dict[str, list[bytes]]) -> Target | None:
+    """What an address at an alias domain names as parse_recipient reads it, its signature NOT checked.
+
+    For the reply-all check only (routing.note_address_in_headers): a note address whose signature
+    no longer verifies (a rotated secret, a mistyped token) still says that its sender meant the
+    message as a note (found by a review: such a Cc was skipped, the note delivery got 550 5.1.1 and
+    the reply was filed publicly). Never a reason to file anything on the record it names. None
+    for an address that is not at an alias domain, or whose local part is neither a plain
+    ``note``/``reply`` nor ``<kind>+<model>-<id>...-<signature>``.
+    """
+    try:
+        local, domain = split_address(address)
+    except BadAddress:
+        return None
+    if domain not in secrets_by_domain:
+        return None
+    local = local.lower()
+    if local in KINDS:
+        return Target(kind=local, domain=domain, model="", res_id=0, address=f"{local}@{domain}", by_reference=True)
+    match = _LOCAL_PART.match(local)
+    if not match or match["kind"] not in KINDS:
+        return None
+    return Target(kind=match["kind"], domain=domain, model=match["model"], res_id=int(match["res_id"]),
+                  address=f"{local}@{domain}", partner_id=int(match["partner"]) if match["partner"] else None,
+                  issued_day=int(match["day"]) if match["day"] is not None else None)

@@ -10,7 +10,7 @@ from gateway import message as message_mod
 from gateway.config import GatewayConfig
 from gateway.context import ParsedMessage, Target
 from gateway.odoo import OdooPool
-from gateway.refusals import NoRecordReferenced, ReferencesNotSigned, ReferencesTooMany, Refusal
+from gateway.refusals import NoRecordReferenced, ReferencesNotSigned, ReferencesTooMany
 
 # Odoo's notification Message-IDs: <random.time-openerp-<res_id>-<model>@host>
 # (tools.mail.generate_tracking_message_id, ODOO_FACTS.md i). Model names hold no "-".
@@ -195,7 +195,8 @@ def _any_internal(odoo: OdooPool, rows: list[dict], deadline: float | None) -> b
 
 
 def note_address_in_headers(message: ParsedMessage, target: Target, config: GatewayConfig) -> str | None:
-    """A note address of the same record (same Odoo) named in To or Cc of a reply delivery, if any.
+    """A note address of the same record (same Odoo) named in To or Cc of a reply delivery, if any,
+    whether or not its signature verifies (address.read_unverified).
 
     Reply-all to a note+ and a reply+ address reaches the gateway as two deliveries, possibly in
     separate transactions and in either order (issue 7). Each delivery sees the same headers, so
@@ -211,11 +212,11 @@ def note_address_in_headers(message: ParsedMessage, target: Target, config: Gate
     """
     odoo = config.odoo_identity(target.domain)
     for value in list(message.to) + list(message.cc):
-        try:
-            other = address.parse_recipient(value, config.secrets)
-        except Refusal:
-            continue
-        if other.kind != "note" or config.odoo_identity(other.domain) != odoo:
+        # Its signature unchecked: a note address that no longer verifies (a rotated secret, a
+        # mistyped token) was still meant as a note, and its own delivery is refused at RCPT
+        # (found by a review: it was skipped, and the reply filed publicly).
+        other = address.read_unverified(value, config.secrets)
+        if other is None or other.kind != "note" or config.odoo_identity(other.domain) != odoo:
             continue
         if other.by_reference or (other.model, other.res_id) == (target.model, target.res_id):
             return other.address

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import ALIAS_DOMAIN, Mailer, write_config
 
-from gateway import message
+from gateway import address, message
 from gateway.config import load_config
 from gateway.journal import Journal
 from gateway.pipeline import Services
@@ -243,6 +243,29 @@ def test_reply_all_sees_the_note_address_however_the_headers_write_it(test_odoo,
     assert test_odoo.portal_chatter_ids("project.task", TASK_ID, partner_id=PAULA_PARTNER_ID) == []
     [row] = _journal(gateway)
     assert row.kind == "note" and row.decision.startswith("reply-all with note+")
+
+
+@pytest.mark.parametrize("token", ["retired secret", "mistyped signature"])
+def test_reply_all_with_a_note_address_that_no_longer_verifies_is_never_public(test_odoo, gateway, mailer, token):
+    # Found by a review: the reply-all check skipped a note address whose signature does not verify
+    # (a secret rotated out, a token mistyped); its own delivery is refused at RCPT and the reply
+    # was filed publicly. It still says the sender meant the message as a note.
+    reply = mailer.address("reply", "project.task", TASK_ID)
+    if token == "retired secret":
+        note = address.mint(b"retired-secret-0123456789abcdef", ALIAS_DOMAIN, "note", "project.task", TASK_ID)
+    else:
+        valid = mailer.address("note", "project.task", TASK_ID)
+        local, _, domain = valid.partition("@")
+        note = f"{local[:-1]}{'a' if local[-1] != 'a' else 'b'}@{domain}"
+    raw = _reply_to(mailer, reply, cc=note, message_id="<reply-all-unverified@example.com>")
+    assert mailer.send(raw, note).startswith("550 5.1.1 ")
+    assert mailer.send(raw, reply).startswith("250 2.0.0 Filed as Odoo message ")
+    [post] = test_odoo.posts()
+    assert post.kwargs["subtype_xmlid"] == "mail.mt_note"
+    assert test_odoo.outbox == []
+    assert test_odoo.portal_chatter_ids("project.task", TASK_ID, partner_id=PAULA_PARTNER_ID) == []
+    row = next(row for row in _journal(gateway) if row.rcpt == reply)
+    assert row.kind == "note" and row.decision == f"reply-all with {note}: filed as a note, never public"
 
 
 def test_reply_naming_a_plain_note_address_is_never_public(test_odoo, gateway, mailer):

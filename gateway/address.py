@@ -161,9 +161,10 @@ def read_unverified(address: str, secrets_by_domain: dict[str, list[bytes]]) -> 
     For the reply-all check only (routing.note_address_in_headers): a note address whose signature
     no longer verifies (a rotated secret, a mistyped token) still says that its sender meant the
     message as a note (found by a review: such a Cc was skipped, the note delivery got 550 5.1.1 and
-    the reply was filed publicly). Never a reason to file anything on the record it names. None
-    for an address that is not at an alias domain, or whose local part is neither a plain
-    ``note``/``reply`` nor ``<kind>+<model>-<id>...-<signature>``.
+    the reply was filed publicly). Never a reason to file anything on the record it names. A
+    ``note+`` local part whose record part cannot be read is a note of no record (model "", res_id
+    0, not by_reference). None for an address that is not at an alias domain, or whose local part
+    is none of these: a plain ``note``/``reply``, ``<kind>+<model>-<id>...-<signature>``, ``note+...``.
     """
     try:
         local, domain = split_address(address)
@@ -176,6 +177,9 @@ def read_unverified(address: str, secrets_by_domain: dict[str, list[bytes]]) -> 
         return Target(kind=local, domain=domain, model="", res_id=0, address=f"{local}@{domain}", by_reference=True)
     match = _LOCAL_PART.match(local)
     if not match or match["kind"] not in KINDS:
+        if local.startswith("note+"):
+            # A note address whose record part cannot be read (mistyped): a note of no known record.
+            return Target(kind="note", domain=domain, model="", res_id=0, address=f"{local}@{domain}")
         return None
     return Target(kind=match["kind"], domain=domain, model=match["model"], res_id=int(match["res_id"]),
                   address=f"{local}@{domain}", partner_id=int(match["partner"]) if match["partner"] else None,

@@ -22,12 +22,12 @@ from gateway.inflight import InFlight
 from gateway.context import MessageContext, Target
 from gateway.journal import WAIT_SECONDS, Journal, JournalBusy, JournalEntry, JournalUnavailable
 from gateway.odoo import OdooPool, start_waiting, stop_waiting
-from gateway.refusals import (AccessRuleUnsupported, AnswersNoteOfAnotherRecord, GatewayMayNotPost, InternalError,
-                              InternalUserNotAllowed, JournalNotWritable, MessageTookTooLong, ModelNotAllowed,
-                              NoRecordReferenced, NotContributor, OdooUnavailable, PostUnsettled, RecordAccessDenied,
-                              RecordArchived, RecordHiddenFromGateway, RecordNotFound, RecordOfOtherCompany,
-                              ReferencesTooMany, Refusal,
-                              RoutedRecordUnavailable, SenderAuthenticationTimedOut, TemplateLosesBody)
+from gateway.refusals import (AccessRuleUnsupported, AlsoAddressedToNote, AnswersNoteOfAnotherRecord,
+                              GatewayMayNotPost, InternalError, InternalUserNotAllowed, JournalNotWritable,
+                              MessageTookTooLong, ModelNotAllowed, NoRecordReferenced, NotContributor,
+                              OdooUnavailable, PostUnsettled, RecordAccessDenied, RecordArchived,
+                              RecordHiddenFromGateway, RecordNotFound, RecordOfOtherCompany, ReferencesTooMany,
+                              Refusal, RoutedRecordUnavailable, SenderAuthenticationTimedOut, TemplateLosesBody)
 from gateway.render import BodyNotShown, Renderer, checked_renderer
 from gateway.resolver import DkimKeyResolver
 from gateway.subject import clean_subject
@@ -341,10 +341,11 @@ def _identify_sender(ctx: MessageContext, services: Services, deadline: float) -
 
 
 def _may_answer_a_note(ctx: MessageContext, services: Services) -> bool:
-    """A reply to a known record that references messages, and is not a note already by its To/Cc."""
+    """A reply to a known record that references messages, and is neither a note nor refused by its To/Cc."""
     assert ctx.message is not None
     return (ctx.target.kind == "reply" and not ctx.target.by_reference and bool(routing.referenced_ids(ctx.message))
-            and routing.note_address_in_headers(ctx.message, ctx.target, services.config) is None)
+            and routing.note_address_in_headers(ctx.message, ctx.target, services.config) is None
+            and routing.other_note_address_in_headers(ctx.message, ctx.target, services.config) is None)
 
 
 def _route(ctx: MessageContext, services: Services, deadline: float) -> None:
@@ -363,11 +364,18 @@ def _reply_all_as_note(ctx: MessageContext, services: Services, deadline: float)
     Reply-all to a note address (To/Cc); or a reply to an internal message of the record (its
     In-Reply-To or References), as Odoo's own mail gateway files it: it quotes the note, and
     its followers may include portal users. Every check of a note then applies (authorize).
-    A reply answering an internal note of another record is refused (AnswersNoteOfAnotherRecord).
+    A reply answering an internal note of another record is refused (AnswersNoteOfAnotherRecord), as
+    is one whose To or Cc also names a note address that is not its record's (AlsoAddressedToNote).
     """
     assert ctx.message is not None
     if ctx.target.kind != "reply":
         return
+    elsewhere = routing.other_note_address_in_headers(ctx.message, ctx.target, services.config)
+    if elsewhere is not None:
+        # Meant in part as a note of another record (or Odoo): filed here as a reply its text would
+        # be public, and filed as a note here it would be a note where the sender did not put one.
+        ctx.decision = "; ".join(filter(None, (ctx.decision, f"also addressed to {elsewhere}: refused")))
+        raise AlsoAddressedToNote()
     note = routing.note_address_in_headers(ctx.message, ctx.target, services.config)
     if note is not None:
         decision, ctx.note_reason = f"reply-all with {note}", "the message is also addressed to a note address"

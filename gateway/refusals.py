@@ -431,6 +431,17 @@ class AnswersNoteOfAnotherRecord(Refusal):
               "send it to that record's note address")
 
 
+class AlsoAddressedToNote(Refusal):
+    # A reply whose To or Cc also names a note address that is not one of its own record (another
+    # record, another Odoo, a note+ of no readable record): meant in part as an internal note, its
+    # text would be public here (found by a review: To a task's reply+ and Cc a sale order's
+    # note+ was filed as a note on the order and publicly on the task). docs/rules.md: nothing of a
+    # message that was also meant as a note is ever made public. A retry would fail the same way.
+    smtp_code, enhanced_code = 550, "5.7.1"
+    reason = ("The message is also addressed to an internal note address: send the public reply separately, "
+              "without the note address in To or Cc")
+
+
 class ReferencesTooMany(Refusal):
     # A reply whose In-Reply-To and References hold more msg-ids than the gateway keeps
     # (message.MAX_MESSAGE_IDS each: the first and the newest), whose In-Reply-To is no message

@@ -210,14 +210,37 @@ def note_address_in_headers(message: ParsedMessage, target: Target, config: Gate
     reach the same record, and a note address of the other one's domain must keep this reply
     internal just as well (review of multi-Odoo setups: it was filed public, its note a duplicate).
     """
+    return _note_addresses(message, target, config)[0]
+
+
+def other_note_address_in_headers(message: ParsedMessage, target: Target, config: GatewayConfig) -> str | None:
+    """A note address named in To or Cc of a reply delivery that is not one of its record, if any.
+
+    Any note address of any alias domain of the gateway, its signature verified or not: of another
+    record, of the same record id on another Odoo, a plain note@ of a domain on another Odoo, a
+    note+ whose record cannot be read. The message was meant, at least in part, as an internal note
+    elsewhere, and filed here as a reply its text would be public (found by a review: one email To
+    a task's reply+ and Cc a sale order's note+ was a note on the order and public on the task).
+    pipeline refuses the reply (AlsoAddressedToNote).
+    """
+    return _note_addresses(message, target, config)[1]
+
+
+def _note_addresses(message: ParsedMessage, target: Target, config: GatewayConfig) -> tuple[str | None, str | None]:
+    """(the first note address of ``target``'s record, the first other note address) of To and Cc."""
     odoo = config.odoo_identity(target.domain)
+    same: str | None = None
+    other_record: str | None = None
     for value in list(message.to) + list(message.cc):
         # Its signature unchecked: a note address that no longer verifies (a rotated secret, a
         # mistyped token) was still meant as a note, and its own delivery is refused at RCPT
         # (found by a review: it was skipped, and the reply filed publicly).
         other = address.read_unverified(value, config.secrets)
-        if other is None or other.kind != "note" or config.odoo_identity(other.domain) != odoo:
+        if other is None or other.kind != "note":
             continue
-        if other.by_reference or (other.model, other.res_id) == (target.model, target.res_id):
-            return other.address
-    return None
+        if config.odoo_identity(other.domain) == odoo and (
+                other.by_reference or (other.model, other.res_id) == (target.model, target.res_id)):
+            same = same or other.address
+        else:
+            other_record = other_record or other.address
+    return same, other_record

@@ -81,11 +81,13 @@ def test_each_alias_domain_posts_to_its_own_odoo(test_odoo, second_odoo, two_odo
     assert _send(two_odoo_gateway, dkim_keys, forged).startswith("550 5.1.1 No such gateway address")
 
 
-def test_a_note_address_of_the_same_record_on_another_odoo_leaves_a_reply_public(test_odoo, second_odoo,
-                                                                                   two_odoo_gateway, dkim_keys):
+def test_a_note_address_of_the_same_record_on_another_odoo_refuses_the_reply(test_odoo, second_odoo,
+                                                                             two_odoo_gateway, dkim_keys):
     # Found by a mutation audit: reply-all turns a reply into a note only for a note address of the
     # same record, and task 60 of the second domain is another Odoo's task 60, not this one. Nor
-    # does a plain note@ of a domain on another Odoo count.
+    # does a plain note@ of a domain on another Odoo count. The reply was then filed publicly; a
+    # review found that a message also meant as a note elsewhere must not be (docs/rules.md), so it
+    # is now refused, and still not filed as a note on this Odoo.
     reply_to = address.mint(SECRET.encode(), ALIAS_DOMAIN, "reply", "project.task", TASK_ID)
     other_note = address.mint(SECOND_SECRET.encode(), SECOND_DOMAIN, "note", "project.task", TASK_ID)
     for number, cc in enumerate((other_note, f"note@{SECOND_DOMAIN}")):
@@ -93,8 +95,9 @@ def test_a_note_address_of_the_same_record_on_another_odoo_leaves_a_reply_public
                                                           message_id=f"<public-{number}@example.com>")
         reply = deliver(sign(raw, dkim_keys["example.com"], "example.com", SELECTOR), reply_to,
                         port=two_odoo_gateway.port, mail_from=PAULA_EMAIL)
-        assert reply.startswith("250 2.0.0 Filed as Odoo message "), reply
-    assert [filing.subtype_xmlid for filing in test_odoo.filings()] == ["mail.mt_comment", "mail.mt_comment"]
+        assert reply == ("550 5.7.1 The message is also addressed to an internal note address: send the public "
+                         "reply separately, without the note address in To or Cc"), reply
+    assert test_odoo.filings() == []
     assert second_odoo.filings() == []
 
 

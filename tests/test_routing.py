@@ -275,11 +275,35 @@ def test_reply_naming_a_plain_note_address_is_never_public(test_odoo, gateway, m
     assert test_odoo.posts()[0].kwargs["subtype_xmlid"] == "mail.mt_note"
 
 
-def test_reply_naming_a_note_address_of_another_record_stays_public(test_odoo, gateway, mailer):
+ALSO_A_NOTE = ("550 5.7.1 The message is also addressed to an internal note address: send the public reply "
+               "separately, without the note address in To or Cc")
+
+
+@pytest.mark.parametrize("order", [("note", "reply"), ("reply", "note")])
+def test_reply_naming_a_note_address_of_another_record_is_refused_never_public(test_odoo, gateway, mailer, order):
+    # Found by a review (it was filed publicly): one email To the task's reply+ and Cc the order's
+    # note+ was a note on the order and, the same text meant internal, public on the task.
     to = mailer.address("reply", "project.task", TASK_ID)
-    other = mailer.address("note", "sale.order", 23)
-    assert mailer.send(_reply_to(mailer, to, cc=other), to).startswith("250 ")
-    assert test_odoo.filings()[0].subtype_xmlid == "mail.mt_comment"
+    other = mailer.address("note", "sale.order", SALE_ORDER_ID)
+    raw = _reply_to(mailer, to, cc=other, message_id="<also-a-note@example.com>")
+    replies = {kind: mailer.send(raw, {"note": other, "reply": to}[kind]) for kind in order}
+    assert replies["reply"] == ALSO_A_NOTE
+    assert replies["note"].startswith("250 2.0.0 Filed as Odoo message ")
+    [filing] = test_odoo.filings()
+    assert (filing.model, filing.res_id, filing.subtype_xmlid) == ("sale.order", SALE_ORDER_ID, "mail.mt_note")
+    assert test_odoo.portal_chatter_ids("project.task", TASK_ID, partner_id=PAULA_PARTNER_ID) == []
+    assert test_odoo.outbox == []
+    row = next(row for row in _journal(gateway) if row.rcpt == to)
+    assert (row.verdict, row.decision) == ("refused", f"also addressed to {other}: refused")
+
+
+@pytest.mark.parametrize("cc", ["note+project.task-6o-abcdefghijklmnop", "note+sale.order-23-retired"])
+def test_reply_naming_an_unreadable_note_address_of_another_record_is_refused(test_odoo, gateway, mailer, cc):
+    # A note+ whose record part is mistyped names no record; one whose signature does not verify
+    # names the record of its local part: either was meant as a note, and not of this task.
+    to = mailer.address("reply", "project.task", TASK_ID)
+    assert mailer.send(_reply_to(mailer, to, cc=f"{cc}@{ALIAS_DOMAIN}"), to) == ALSO_A_NOTE
+    assert test_odoo.filings() == []
 
 
 def test_reply_all_from_a_non_contributor_is_refused_rather_than_made_public(test_odoo, gateway, mailer):

@@ -101,6 +101,23 @@ def test_reply_is_filed_as_public_comment(test_odoo, gateway, mailer):
     assert message_id in test_odoo.portal_chatter_ids("project.task", TASK_ID, partner_id=PAULA_PARTNER_ID)
 
 
+def test_a_public_reply_names_its_sender_without_the_address(test_odoo, gateway, mailer):
+    # Found by a review: the reply's first line was "Message by email from Paula Contributor
+    # <portal.contrib@example.com>", shown to every customer following the record, in the portal and
+    # in Odoo's notification emails; Odoo's portal shows an author's name only. A note keeps it.
+    reply_to, note_to = (mailer.address(kind, "project.task", TASK_ID) for kind in ("reply", "note"))
+    raw = compose(PAULA, reply_to, "Pump", "Seal replaced.", sender_name="Paula Contributor")
+    reply = int(mailer.send(mailer.sign(raw), reply_to).rsplit(" ", 1)[1])
+    body = test_odoo.message(reply)["body"]
+    assert "<p><em>Message by email from Paula Contributor</em></p>" in body
+    assert PAULA not in body
+    [shown] = [row for row in test_odoo.portal_chatter("project.task", TASK_ID, PETER_PARTNER_ID) if row["id"] == reply]
+    assert PAULA not in shown["body"]
+    raw = compose(PAULA, note_to, "Pump", "Seal worn.", sender_name="Paula Contributor")
+    note = int(mailer.send(mailer.sign(raw), note_to).rsplit(" ", 1)[1])
+    assert f"Internal note by email from Paula Contributor &lt;{PAULA}&gt;" in test_odoo.message(note)["body"]
+
+
 @pytest.mark.parametrize("scenario, sender, expected", [
     ("note_from_non_member.eml", "portal.plain@example.com", "550 5.7.1 Sender may not post internal notes"),
     ("note_from_unknown_user.eml", "stranger@example.com", "550 5.7.1 No Odoo user has this sender address"),

@@ -45,7 +45,8 @@ def test_default_note_names_the_sender_and_holds_the_body():
 
 def test_default_reply_is_not_called_internal():
     html = Renderer().render_body("reply", "sale.order", **body_values(subject=""))
-    assert "<p><em>Message by email from Paula Contributor" in html
+    assert "<p><em>Message by email from Paula Contributor</em></p>" in html
+    assert "portal.contrib@example.com" not in html  # the name only, as Odoo's portal shows an author
     assert "nternal" not in html
     assert "<strong>" not in html  # No subject, no subject line.
 

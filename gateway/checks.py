@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from gateway import access, address, pipeline, policy, post, senderauth
-from gateway.config import GatewayConfig
+from gateway.config import GatewayConfig, api_key_replacement
 from gateway.context import MessageContext
 from gateway.odoo import OdooPool
 from gateway.refusals import OdooUnavailable, Refusal
@@ -113,8 +113,8 @@ def _check_api_key(name: str, pool: OdooPool, uid: int, found: Findings, now: fl
         if days < EXPIRY_WARNING_DAYS:
             found.warn(f"odoo.{name}: the API key \"{key.get('name') or ''}\" of {login} expires on {stamp}, "
                        f"in {days:.0f} days; then every message is deferred (451) until a new key is in place",
-                       f"make a new key for {login} (Preferences > Account Security > New API Key), put it in "
-                       "the key file, systemctl reload note-gateway, then delete the old key")
+                       f"make a new key for {login} (Preferences > Account Security > New API Key), "
+                       f"{api_key_replacement(pool.connection)}, then delete the old key")
         elif soonest is None or ends < soonest[0]:
             soonest = (ends, days)
     if soonest is not None:

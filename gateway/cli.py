@@ -15,7 +15,7 @@ from pathlib import Path
 from gateway import address
 from gateway.config import (ConfigError, GatewayConfig, JournalSettings, alias_domain, endpoint,
                             keep_restart_settings, load_config, load_journal_settings, log_warnings, restart_warnings,
-                            shown_address)
+                            shown_address, start_only_warning)
 
 
 def _load(path: str) -> GatewayConfig:
@@ -146,6 +146,10 @@ def _serve(args: argparse.Namespace, held: set) -> int:
             new_config = await asyncio.to_thread(load_config, args.config)
             if args.listen_fds is None:
                 log_warnings(new_config)
+                # A credential or environment variable changed for this reload is not in force
+                # (day-2 operations review: a leaked address secret retired by a reload stayed valid).
+                if (start_only := start_only_warning(new_config)) is not None:
+                    logger.warning("%s", start_only)
             new_services = await asyncio.to_thread(build, new_config)
             old_services = server.reload(new_services)
         except Exception as error:  # noqa: BLE001 (whatever it is, the running configuration stays)

@@ -722,12 +722,15 @@ def _validated(model: type[BaseModel], data: dict, path: Path) -> BaseModel:
         raise ConfigError(path, key, message) from None
 
 
-def _read_secret_file(path: Path, owner: Path, key: str) -> str:
-    """A key or secrets file (or systemd credential): its text, which must not be empty."""
+def _read_secret_file(path: Path, owner: Path, key: str, credential: str | None = None) -> str:
+    """A key or secrets file (or the systemd credential named ``credential``): its text, which must not be empty."""
     try:
         data = path.read_bytes()
     except OSError as error:
-        raise ConfigError(owner, key, f"cannot read {path}: {error.strerror or error}") from None
+        reason = f"cannot read {path}: {error.strerror or error}"
+        if credential is not None and isinstance(error, FileNotFoundError):
+            reason += credential_missing(credential)
+        raise ConfigError(owner, key, reason) from None
     try:
         text = data.decode("utf-8").strip()
     except UnicodeDecodeError as error:
@@ -781,6 +784,64 @@ def log_warnings(config: GatewayConfig) -> None:
         log.warning("configuration: %s", warning)
 
 
+def credential_missing(name: str) -> str:
+    """What a "cannot read" of a missing credential adds: it is loaded by systemd at start, never at a reload.
+
+    Under the unit's LoadCredential=, systemd copies the credentials into $CREDENTIALS_DIRECTORY
+    when the service starts and leaves that copy as it is until the service stops (systemd.exec(5),
+    "Credentials"): a credential added to the unit since is missing there at a reload (day-2
+    operations review: the reload said only "No such file or directory").
+    """
+    return (f"; systemd puts the service's credentials there when it starts (LoadCredential={name}:PATH in the "
+            "unit) and not at a reload: add that line if it is missing, then restart the gateway "
+            "(systemctl restart note-gateway)")
+
+
+def start_only_values(config: GatewayConfig) -> list[str]:
+    """The keys of ``config`` whose values a reload cannot refresh, as ``<key> (<file>)``.
+
+    A *_credential is read from $CREDENTIALS_DIRECTORY, which systemd fills when the service starts
+    and never again while it runs; a *_env from the environment, which a running process keeps as
+    it started. A reload reads them again and finds the values of the start: a key or an address
+    secret changed there (a leaked secret retired, a rotated Odoo key) takes a restart.
+    """
+    found = []
+    for name, connection in sorted(config.gateway.odoo.items()):
+        for key in ("api_key_credential", "api_key_env"):
+            if getattr(connection, key):
+                found.append(f"odoo.{name}.{key} ({config.path})")
+    if config.gateway.listener.tls_key_credential:
+        found.append(f"listener.tls_key_credential ({config.path})")
+    for domain in sorted(config.domains):
+        rules = config.domains[domain]
+        for key in ("secrets_credential", "secrets_env"):
+            if getattr(rules, key):
+                found.append(f"{key} ({rules.source})")
+    return found
+
+
+def start_only_warning(config: GatewayConfig) -> str | None:
+    """The one warning a reload logs when ``config`` takes values from *_credential or *_env keys."""
+    found = start_only_values(config)
+    if not found:
+        return None
+    return (f"reload: {', '.join(found)} kept the values of the gateway's start: systemd copies credentials into "
+            "$CREDENTIALS_DIRECTORY when the service starts, and a process keeps the environment it started with; "
+            "after changing one of them, restart the gateway (systemctl restart note-gateway), a reload does not "
+            "see the change (*_file values are read at each reload)")
+
+
+def api_key_replacement(connection: OdooConnection) -> str:
+    """How a new API key is put in force, by where the key comes from (the fix of a refused or expiring key)."""
+    if connection.api_key_credential:
+        return (f"put it in the file of the credential {connection.api_key_credential} (LoadCredential=), "
+                "systemctl restart note-gateway (systemd copies credentials at start: a reload does not read it)")
+    if connection.api_key_env:
+        return (f"set {connection.api_key_env} to it in the service's environment, systemctl restart note-gateway "
+                "(a process keeps the environment it started with: a reload does not see it)")
+    return "put it in the key file, systemctl reload note-gateway"
+
+
 def credential_path(name: str, owner: Path, key: str, environ: dict[str, str] | os._Environ) -> Path:
     """Where systemd put the credential NAME of this service (systemd.exec(5), "Credentials")."""
     directory = environ.get("CREDENTIALS_DIRECTORY")
@@ -806,7 +867,7 @@ def load_config(path: str | os.PathLike, environ: dict[str, str] | None = None) 
         if connection.api_key_credential:
             api_keys[name] = _read_secret_file(
                 credential_path(connection.api_key_credential, path, f"{key_name}.api_key_credential", environ),
-                path, f"{key_name}.api_key_credential")
+                path, f"{key_name}.api_key_credential", connection.api_key_credential)
         elif connection.api_key_file:
             key_path = resolved_path(connection.api_key_file, base)
             api_keys[name] = _read_secret_file(key_path, path, f"{key_name}.api_key_file")
@@ -874,7 +935,7 @@ def load_config(path: str | os.PathLike, environ: dict[str, str] | None = None) 
             domain_secrets += [line.strip() for line in text.splitlines() if line.strip()]
         if rules.secrets_credential:
             text = _read_secret_file(credential_path(rules.secrets_credential, rules_path, "secrets_credential", environ),
-                                     rules_path, "secrets_credential")
+                                     rules_path, "secrets_credential", rules.secrets_credential)
             domain_secrets += [line.strip() for line in text.splitlines() if line.strip()]
         if rules.secrets_env:
             # As api_key_env: a variable named but not set is an error, even when another source
@@ -1035,7 +1096,10 @@ def _check_tls(config: GatewayConfig) -> None:
             with file.open("rb"):
                 pass
         except OSError as error:
-            raise ConfigError(config.path, key_name, f"cannot read {file}: {error.strerror or error}") from None
+            reason = f"cannot read {file}: {error.strerror or error}"
+            if key_name == "listener.tls_key_credential" and isinstance(error, FileNotFoundError):
+                reason += credential_missing(str(listener.tls_key_credential))
+            raise ConfigError(config.path, key_name, reason) from None
     try:
         tls.certificate_not_after(certificate)
     except ValueError as error:

@@ -18,7 +18,7 @@ from typing import Any, Callable, Generic, Iterator, Protocol, TypeVar
 import odoorpc
 
 from gateway import observe
-from gateway.config import OdooConnection, endpoint
+from gateway.config import OdooConnection, api_key_replacement, endpoint
 from gateway.odootransport import KeepAliveHandler, keep_alive_opener
 from gateway.refusals import OdooCredentialsRefused, OdooRequestTooLarge, OdooUnavailable
 
@@ -656,7 +656,8 @@ class OdooPool:
             explanation=f"Odoo at {connection.url} refused the credentials of login {connection.login} on database "
                         f"{connection.database} ({error}): a configuration problem, not an outage",
             fix=f"check that the API key ({source}) is a current key of the Odoo user {connection.login} "
-                "(Preferences > Account Security > New API Key) and that the user is active")
+                "(Preferences > Account Security > New API Key) and that the user is active; a new key: "
+                + api_key_replacement(connection))
         with self._lock:
             # Logged once per CREDENTIALS_RETRY_SECONDS: at the first refusal, and when the try
             # after the pause is refused again; not for calls that were under way at the first one.

@@ -15,7 +15,7 @@ import tempfile
 import time
 
 from gateway.config import (ConfigError, GatewayConfig, keep_restart_settings, load_config, log_warnings,
-                            restart_values, restart_warnings, shown_address)
+                            restart_values, restart_warnings, shown_address, start_only_warning)
 from gateway.render import checked_renderer
 
 log = logging.getLogger("gateway")
@@ -175,6 +175,8 @@ class Supervisor:
             log.error("reload refused, the previous rules stay in force: %s", error)
             return
         log_warnings(config)
+        if (start_only := start_only_warning(config)) is not None:
+            log.warning("%s", start_only)
         for warning in restart_warnings(config.path, keep_restart_settings(config, self.config)):
             log.warning("reload: %s", warning)
         for worker in self.workers.values():

@@ -493,8 +493,12 @@ def test_tls_key_credential_that_is_missing_is_named(folder):
     (folder / "gateway.toml").write_text(GATEWAY.replace(
         'rules_dir = "rules"', f'rules_dir = "rules"\n[listener]\ntls_certificate = "{certificate}"\ntls_key_credential = "tls-key"'))
     error = _error(folder, environ={"CREDENTIALS_DIRECTORY": str(folder / "credentials")})
+    # And that systemd loads it at start only (day-2 operations review): a reload cannot read it.
     assert (error.key, error.reason) == ("listener.tls_key_credential",
-                                         f"cannot read {folder / 'credentials' / 'tls-key'}: No such file or directory")
+                                         f"cannot read {folder / 'credentials' / 'tls-key'}: No such file or directory; "
+                                         "systemd puts the service's credentials there when it starts "
+                                         "(LoadCredential=tls-key:PATH in the unit) and not at a reload: add that line "
+                                         "if it is missing, then restart the gateway (systemctl restart note-gateway)")
 
 
 def test_ca_file_is_resolved_and_checked_at_load(folder):

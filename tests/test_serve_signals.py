@@ -12,12 +12,12 @@ import time
 
 import pytest
 
-from conftest import ALIAS_DOMAIN, SECRET, Mailer
+from conftest import ALIAS_DOMAIN, SECRET, Mailer, write_config
 from serving import notes_to_both_records, send_while_posting, start_senders
 from serving import ROOT, Port as _Port, filed_counts as _filed_ids, rcpt as _rcpt, send as _send
 
 from gateway.journal import Journal
-from gateway.testing.odoo_demo import SALE_ORDER_ID, TASK_ID
+from gateway.testing.odoo_demo import DEMO_API_KEY, GATEWAY_UID, SALE_ORDER_ID, TASK_ID
 
 NO_RATE_LIMIT = "[rate_limit]\nper_sender = 0\nper_record = 0\n"
 UNSETTLED = "451 4.3.0 An earlier delivery of this message may still be being filed by Odoo"
@@ -607,6 +607,67 @@ def test_serve_logs_the_configurations_warnings_at_start_and_at_each_reload(test
     gateway.signal(signal.SIGHUP)
     gateway.wait_for("rules reloaded: notes.example.com", start=mark)
     assert len([line for line in gateway.lines[mark:] if "no notice is sent until it names one" in line]) == 1
+    assert gateway.stop() == 0
+
+
+@pytest.mark.parametrize("workers", [None, 2])
+def test_a_reload_warns_that_credentials_and_environment_keep_their_values_until_a_restart(
+        test_odoo, serve, dkim_keys, dns_server, tmp_path, monkeypatch, workers):
+    # Day-2 operations review: under the unit's LoadCredential=, systemd copies the credentials into
+    # $CREDENTIALS_DIRECTORY at start and never again, and a process's environment never changes: a
+    # leaked address secret retired by editing its credential and reloading stayed valid, silently,
+    # and a reload after adding a credential for a new domain said only "No such file or directory".
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "address-secrets").write_text(SECRET + "\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(credentials))
+    monkeypatch.setenv("NOTE_GATEWAY_TEST_KEY", DEMO_API_KEY)
+    config = write_config(tmp_path, test_odoo, dns_server.port, listener_extra=f"workers = {workers or 1}\n")
+    rules = config.parent / "rules" / f"{ALIAS_DOMAIN}.toml"
+    config.write_text(config.read_text().replace('api_key_file = "odoo-api-key"', 'api_key_env = "NOTE_GATEWAY_TEST_KEY"'))
+    rules.write_text(rules.read_text().replace(f'secrets = ["{SECRET}"]', 'secrets_credential = "address-secrets"'))
+    gateway = serve()
+    mailer = Mailer(_Port(gateway.port), dkim_keys)
+    task = mailer.address("note", "project.task", TASK_ID)
+
+    def reload(said: str, count: int) -> int:
+        mark = len(gateway.lines)
+        gateway.signal(signal.SIGHUP)
+        deadline = time.monotonic() + 15
+        while sum(said in line for line in gateway.lines[mark:]) < count:
+            assert time.monotonic() < deadline, gateway.log
+            time.sleep(0.05)
+        return mark
+
+    # Every worker reloads; the supervisor says it once for all of them.
+    mark = reload("rules reloaded: ", workers or 1)
+    warnings = [line.split(" ", 2)[2] for line in gateway.lines[mark:] if "kept the values of the gateway's start" in line]
+    assert warnings == [
+        f"WARNING gateway: reload: odoo.main.api_key_env ({config}), secrets_credential ({rules}) kept the values of "
+        "the gateway's start: systemd copies credentials into $CREDENTIALS_DIRECTORY when the service starts, and a "
+        "process keeps the environment it started with; after changing one of them, restart the gateway "
+        "(systemctl restart note-gateway), a reload does not see the change (*_file values are read at each reload)"
+    ], gateway.log
+
+    # A domain whose credential the unit does not load yet: the reload names the restart it needs.
+    (rules.parent / "notes-b.example.com.toml").write_text(
+        'domain = "notes-b.example.com"\nodoo = "main"\nsecrets_credential = "address-secrets-b"\n'
+        '[note]\nmodels = ["project.task"]\n')
+    mark = reload("reload refused", 1)
+    line = gateway.wait_for(r"ERROR gateway: reload refused, the previous rules stay in force: (.*)", start=mark).group(1)
+    assert line == (f"{rules.parent / 'notes-b.example.com.toml'}: secrets_credential: cannot read "
+                    f"{credentials / 'address-secrets-b'}: No such file or directory; systemd puts the service's "
+                    "credentials there when it starts (LoadCredential=address-secrets-b:PATH in the unit) and not at "
+                    "a reload: add that line if it is missing, then restart the gateway (systemctl restart note-gateway)")
+
+    # An API key from the environment that Odoo no longer takes: the ERROR says restart, not reload.
+    test_odoo.revoke_api_key(GATEWAY_UID, DEMO_API_KEY)
+    raw = mailer.sign(mailer.message("note_from_contributor.eml", task, "<revoked-env-key@example.com>"))
+    assert _send(raw, task, gateway.port).startswith("451 4.3.0 Odoo is unavailable")
+    line = gateway.wait_for(r"ERROR gateway.odoo: odoo main: .*refused the credentials.*", start=mark).group(0)
+    assert ("a new key: set NOTE_GATEWAY_TEST_KEY to it in the service's environment, systemctl restart "
+            "note-gateway (a process keeps the environment it started with: a reload does not see it)") in line
+    assert "systemctl reload" not in line
     assert gateway.stop() == 0
 
 

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import email.utils
+import json
 import shutil
 import sqlite3
 import ssl
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable
 
-from gateway import checks, tls
+from gateway import checks, odootransport, senderauth, tls
 from gateway.attachments import size_text
-from gateway.config import ConfigError, GatewayConfig, load_config, shown_host
+from gateway.config import ConfigError, GatewayConfig, OdooConnection, load_config, shown_host
 from gateway.render import checked_renderer
 from gateway.journal import FREE_SPACE_NEEDED, Journal, JournalUnavailable, path_problem
 from gateway.odoo import OdooPool
@@ -28,6 +31,12 @@ JOURNAL_FREE_WARN_BYTES = 512 * 1024 * 1024
 JOURNAL_OLD_ROW_DAYS = 120
 # Odoo 17 is the oldest release whose message_post and groups behave as ODOO_FACTS.md describes.
 OLDEST_ODOO = 17
+# The gateway's clock and Odoo's (the Date header of its answer) further apart than this fail: two
+# synchronised clocks agree within a second, and one that drifts goes on drifting. The gateway's
+# clock dates DKIM signatures: one dated further ahead of it than senderauth.ALLOWED_CLOCK_SKEW_SECONDS
+# is deferred (day-2 operations review: with the gateway 20 minutes slow every fresh note was
+# refused, and doctor said everything looked right).
+CLOCK_SKEW_FAIL_SECONDS = 120
 
 
 @dataclass
@@ -82,6 +91,73 @@ def check_resolver(config: GatewayConfig, report: Report) -> None:
                           f"{(time.monotonic() - started) * 1000:.0f} ms")
 
 
+def odoo_clock_offset(connection: OdooConnection, clock: Callable[[], float] = time.time) -> float | None:
+    """How far Odoo's clock is ahead of the gateway's (negative: behind), in seconds, by the Date
+    header of an answer of Odoo (RFC 9110 section 6.6.1; Odoo's werkzeug, and a proxy in front of
+    it, send one); None when the answer has none. Raises OSError when Odoo cannot be asked."""
+    body = json.dumps({"jsonrpc": "2.0", "method": "call", "params": {}, "id": 1}).encode()
+    request = urllib.request.Request(connection.url.rstrip("/") + "/web/webclient/version_info", data=body,
+                                     headers={"Content-Type": "application/json"})
+    opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=odootransport.tls_context(connection.ca_file)))
+    sent = clock()
+    with opener.open(request, timeout=connection.timeout) as answer:
+        date = answer.headers.get("Date")
+        answer.read()
+    received = clock()
+    if not date:
+        return None
+    try:
+        stamped = email.utils.parsedate_to_datetime(date).timestamp()
+    except (TypeError, ValueError):
+        return None
+    # Date has whole seconds, stamped while the answer was made: taken as the middle of that second,
+    # against the middle of the exchange.
+    return stamped + 0.5 - (sent + received) / 2
+
+
+def _span(seconds: float) -> str:
+    seconds = abs(seconds)
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} minutes"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} hours"
+    return f"{seconds / 86400:.1f} days"
+
+
+def check_clock(config: GatewayConfig, name: str, report: Report, clock: Callable[[], float] = time.time) -> None:
+    """The gateway's clock against Odoo's: DKIM's t= and x=, the signature's age, dated addresses and
+    the API keys' expiry are all read by the gateway's clock."""
+    connection = config.gateway.odoo[name]
+    what = f"odoo {name}"
+    fix = ("synchronise the clocks with NTP: on the gateway's host `timedatectl set-ntp true` (systemd-timesyncd) "
+           "or chrony, and `timedatectl timesync-status` to see it work; if Odoo's host is the one that is wrong, "
+           "there (docs/operations.md, \"Time\")")
+    try:
+        offset = odoo_clock_offset(connection, clock)
+    except (OSError, ValueError) as error:
+        report.warn(what, f"cannot compare the clocks: asking {connection.url} for its time failed: {error}",
+                    "check the gateway's time synchronisation by hand: timedatectl timesync-status")
+        return
+    if offset is None:
+        report.warn(what, "cannot compare the clocks: Odoo's answer has no Date header",
+                    "check the gateway's time synchronisation by hand: timedatectl timesync-status")
+        return
+    if abs(offset) <= CLOCK_SKEW_FAIL_SECONDS:
+        report.ok(what, f"the gateway's clock agrees with Odoo's within {max(abs(offset), 1):.0f} s")
+        return
+    skew = _span(senderauth.ALLOWED_CLOCK_SKEW_SECONDS)
+    if offset > 0:
+        effect = (f"DKIM signatures made now are dated ahead of the gateway's clock, and once that is more than "
+                  f"{skew} every message is deferred (451 4.7.0) until the clocks agree")
+        report.fail(what, f"the gateway's clock is {_span(offset)} behind Odoo's: {effect}", fix)
+    else:
+        effect = ("the dates of DKIM signatures (t=, x=), of dated addresses and of the API keys' expiry are read "
+                  "by a clock that runs ahead: signatures look older than they are and expire early")
+        report.fail(what, f"the gateway's clock is {_span(offset)} ahead of Odoo's: {effect}", fix)
+
+
 def check_odoo(config: GatewayConfig, name: str, report: Report) -> None:
     connection = config.gateway.odoo[name]
     what = f"odoo {name}"
@@ -106,6 +182,7 @@ def check_odoo(config: GatewayConfig, name: str, report: Report) -> None:
             report.warn(what, detail, f"Odoo {OLDEST_ODOO} or newer is what the gateway was built against")
         else:
             report.ok(what, detail)
+        check_clock(config, name, report)
         # The same checks as `check-config --online` (operator review: doctor said "everything looks
         # right" while every message was deferred, as setup-odoo had not been run).
         found = checks.Findings()

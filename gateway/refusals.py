@@ -361,6 +361,19 @@ class SenderAuthenticationTimedOut(Refusal):
     reason = "The DKIM check took too long (DNS lookups of its keys), try again later"
 
 
+class SignatureDatedAhead(Refusal):
+    # A signature that verified, but whose t= is further ahead of the gateway's clock than
+    # senderauth.ALLOWED_CLOCK_SKEW_SECONDS allows: one of the two clocks is wrong, most often the
+    # gateway's (a host without time synchronisation). A retry passes once the clocks agree, so it
+    # is deferred, never filed (day-2 operations review: a gateway 20 minutes slow answered every
+    # fresh note "550 5.7.1 ... signature is dated in the future", bouncing it and blaming the
+    # sender). X.7.0: a security status (RFC 3463). A t= more than senderauth.MAX_DEFERRED_AHEAD_SECONDS
+    # ahead is refused (550) as before: the sender's MTA gives up before any clock could reach it.
+    smtp_code, enhanced_code = 451, "4.7.0"
+    reason = "The DKIM signature is dated ahead of the gateway's clock, try again later"
+    sends_notice = False
+
+
 class TooManySignatures(Refusal):
     # More DKIM-Signature fields than any real message carries (senderauth.MAX_SIGNATURES): each
     # costs a key lookup and a hash of the body, so the gateway does not look at any of them, and

@@ -25,7 +25,8 @@ from gateway.config import DEFAULT_MAX_SIGNATURE_AGE_DAYS
 from gateway.context import VerifiedSender
 from gateway.resolver import CACHED_MISS_NOTE
 from gateway.refusals import (DnsTemporaryFailure, FromAddressInternationalised, FromHeaderInvalid, HeaderNotSigned,
-                              SenderAuthenticationTimedOut, SenderNotAuthenticated, TooManySignatures)
+                              SenderAuthenticationTimedOut, SenderNotAuthenticated, SignatureDatedAhead,
+                              TooManySignatures)
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,11 @@ ACCEPTED_ALGORITHMS = (b"rsa-sha256", b"ed25519-sha256")
 # A signer's clock may run a little ahead of ours; more than this and t= is not believable
 # (RFC 6376 section 3.5 lets a verifier ignore signatures dated in the future).
 ALLOWED_CLOCK_SKEW_SECONDS = 15 * 60
+# A signature that verifies but is dated further ahead than ALLOWED_CLOCK_SKEW_SECONDS is deferred
+# (451 SignatureDatedAhead): the gateway's clock may be the one that is wrong, and the retry passes
+# once the clocks agree. Up to this far ahead only: the sender's MTA gives up after about as long
+# (Postfix's maximal_queue_lifetime is 5 days), so a t= further ahead is refused (550) as before.
+MAX_DEFERRED_AHEAD_SECONDS = 5 * 86400
 # Used when the resolver does not say its own lifetime: dkimpy's default.
 DEFAULT_DNS_TIMEOUT = 5.0
 # "A Verifier MAY limit the number of signatures it tries, in order to avoid denial-of-service
@@ -75,6 +81,16 @@ class _SignatureRefused(Exception):
     def __init__(self, relevance: int, detail: str, internal: str | None = None) -> None:
         super().__init__(detail)
         self.failure = _Failure(relevance, detail, internal)
+
+
+class _SignatureAhead(Exception):
+    """A signature that verified, dated further ahead of the gateway's clock than the skew allows."""
+
+    def __init__(self, signed_at: int, now: float) -> None:
+        ahead = signed_at - now
+        super().__init__(f"its t= is {_when(signed_at)}, {_duration(ahead)} ahead of the gateway's clock "
+                         f"({_when(int(now))}), which allows {_duration(ALLOWED_CLOCK_SKEW_SECONDS)}; "
+                         "a retry passes once the clocks agree")
 
 
 class _NotExamined(Exception):
@@ -194,6 +210,8 @@ def authenticate(raw: bytes, resolver: KeyLookup, *, now: float | None = None,
 
     failures: list[_Failure] = []
     dns_failure: DnsTemporaryFailure | None = None
+    # A signature that verified but is dated ahead of the clock: never the one that authenticates.
+    dated_ahead: _SignatureAhead | None = None
     examination = _Examination(deadline)
     # Every signature is looked at, not only the topmost one: a forwarder or list may add one
     # that fails above the author's good one (RFC 6376 section 6.1).
@@ -203,6 +221,9 @@ def authenticate(raw: bytes, resolver: KeyLookup, *, now: float | None = None,
                 verifier, index, header_value, from_domain, resolver, now, max_signature_age_days,
                 require_signature_time, examination)
         except _NotExamined:
+            continue
+        except _SignatureAhead as ahead:
+            dated_ahead = dated_ahead or ahead
             continue
         except _SignatureRefused as refused:
             failures.append(refused.failure)
@@ -219,6 +240,10 @@ def authenticate(raw: bytes, resolver: KeyLookup, *, now: float | None = None,
                               unsigned_headers=check_signed_copies(header_fields, named),
                               signed_headers=frozenset(name for name in USED_HEADERS if named[name]))
 
+    if dated_ahead is not None:
+        # A good signature of the From domain, only early: deferred, so that the sending MTA
+        # retries once the clocks agree; never filed now, never refused for good.
+        raise SignatureDatedAhead(str(dated_ahead) + examination.not_examined())
     if dns_failure is not None:
         if examination.out_of_time():
             # The lookup the deadline cut short was the last one: say what took the time.
@@ -451,7 +476,7 @@ def _check_signature(new_verifier: Callable[[], dkim.DKIM], index: int, header_v
         raise _SignatureRefused(
             _UNALIGNED, f"signature of {domain} does not align with From domain {from_domain}")
     _check_syntax(tags)
-    _check_policy(tags, now, max_age_days, require_time)
+    signed_ahead = _check_policy(tags, now, max_age_days, require_time)
 
     examination.admit(domain, selector)
 
@@ -480,6 +505,11 @@ def _check_signature(new_verifier: Callable[[], dkim.DKIM], index: int, header_v
         raise _SignatureRefused(
             _MALFORMED, f"malformed DKIM signature: {type(error).__name__}: {error}") from None
     if verified:
+        if signed_ahead is not None:
+            # Verified, so the sender did sign it: only its date is early. Checked after the
+            # verification, so that a signature that would fail anyway is refused now (550), not
+            # deferred until the clocks agree.
+            raise _SignatureAhead(signed_ahead, now)
         return domain, selector, tags.get(b"h", b"")
     relevance, detail = _why_not_verified(verifier, lookup, key_name)
     # A key published after an earlier lookup missed it is not seen while the miss is cached.
@@ -507,8 +537,12 @@ def _check_syntax(tags: dict[bytes, bytes]) -> None:
             raise _SignatureRefused(_MALFORMED, f"{tag.decode()}= is not valid base64") from None
 
 
-def _check_policy(tags: dict[bytes, bytes], now: float, max_age_days: int, require_time: bool) -> None:
-    """What dkimpy accepts but the gateway must not: checked before any DNS lookup."""
+def _check_policy(tags: dict[bytes, bytes], now: float, max_age_days: int, require_time: bool) -> int | None:
+    """What dkimpy accepts but the gateway must not: checked before any DNS lookup.
+
+    Returns t= when it is further ahead of ``now`` than ALLOWED_CLOCK_SKEW_SECONDS (and within
+    MAX_DEFERRED_AHEAD_SECONDS): such a signature, if it verifies, is deferred, not refused.
+    """
     algorithm = tags.get(b"a", b"").strip().lower()
     if algorithm == b"rsa-sha1":
         raise _SignatureRefused(_POLICY, "rsa-sha1 is refused (RFC 8301)")
@@ -529,8 +563,9 @@ def _check_policy(tags: dict[bytes, bytes], now: float, max_age_days: int, requi
         # dkimpy grants 10 hours past x=; the signer asked for no more (RFC 6376 section 3.5).
         raise _SignatureRefused(_POLICY, f"signature expired at {_when(expires)}")
     signed_at = _tag_time(tags, b"t")
-    if signed_at is not None and signed_at > now + ALLOWED_CLOCK_SKEW_SECONDS:
-        raise _SignatureRefused(_POLICY, f"signature is dated in the future ({_when(signed_at)})")
+    if signed_at is not None and signed_at > now + MAX_DEFERRED_AHEAD_SECONDS:
+        raise _SignatureRefused(_POLICY, f"signature is dated in the future ({_when(signed_at)}), more than "
+                                         f"{_duration(MAX_DEFERRED_AHEAD_SECONDS)} ahead of the gateway's clock")
     if signed_at is None:
         # t= is optional (RFC 6376 section 3.5): without it the age is unknown, and the signature
         # is refused only when the rules ask for t=.
@@ -540,6 +575,9 @@ def _check_policy(tags: dict[bytes, bytes], now: float, max_age_days: int, requi
         # A replayed message keeps its valid signature; the age of t= bounds how long it can be
         # replayed (RFC 6376 section 8.6).
         raise _SignatureRefused(_POLICY, f"signature is older than {max_age_days} days ({_when(signed_at)})")
+    if signed_at is not None and signed_at > now + ALLOWED_CLOCK_SKEW_SECONDS:
+        return signed_at
+    return None
 
 
 def _tag_time(tags: dict[bytes, bytes], tag: bytes) -> int | None:
@@ -550,6 +588,18 @@ def _tag_time(tags: dict[bytes, bytes], tag: bytes) -> int | None:
     if not value.isdigit():
         raise _SignatureRefused(_MALFORMED, f"{tag.decode()}= is not a number")
     return int(value)
+
+
+def _duration(seconds: float) -> str:
+    """A span of time for a reply: "20 minutes", "2 hours 5 minutes", "5 days"."""
+    minutes = int(round(seconds / 60))
+    if minutes < 1:
+        return f"{int(seconds)} seconds"
+    days, rest = divmod(minutes, 1440)
+    hours, minutes = divmod(rest, 60)
+    parts = [f"{value} {unit}{'s' if value != 1 else ''}"
+             for value, unit in ((days, "day"), (hours, "hour"), (minutes, "minute")) if value]
+    return " ".join(parts)
 
 
 def _when(timestamp: int) -> str:

@@ -337,6 +337,35 @@ def test_old_signature_is_refused_by_default(test_odoo, gateway, mailer):
     assert _posts(test_odoo) == []
 
 
+def test_signature_dated_ahead_of_the_gateways_clock_is_deferred_never_filed(test_odoo, gateway, mailer, monkeypatch):
+    # Day-2 operations review: with the gateway's clock 20 minutes slow, every freshly signed note
+    # got "550 5.7.1 ... signature is dated in the future" and bounced. It is deferred now, and
+    # filed by the retry once the clocks agree; nothing is posted before.
+    from gateway import senderauth
+
+    to = mailer.address("note", "project.task", TASK_ID)
+    signed_at = int(time.time()) + 1200
+    raw = mailer.sign(mailer.message("note_from_contributor.eml", to, "<ahead@example.com>"), timestamp=signed_at)
+    reply = mailer.send(raw, to)
+    assert reply.startswith("451 4.7.0 The DKIM signature is dated ahead of the gateway's clock, try again later: "
+                            f"its t= is {senderauth._when(signed_at)}, 20 minutes ahead of the gateway's clock ("), reply
+    assert reply.endswith("which allows 15 minutes; a retry passes once the clocks agree"), reply
+    # Under a bad signature of the same domain too: the good one decides, and says "later", not "never".
+    below = sign(raw, mailer.keys["example.com"], "example.com", "nosuchkey")
+    assert mailer.send(below, to).startswith("451 4.7.0 The DKIM signature is dated ahead of the gateway's clock")
+    # A retry while the clocks still disagree is deferred again, not taken for a note already filed.
+    assert mailer.send(raw, to).startswith("451 4.7.0 ")
+    assert _posts(test_odoo) == []
+    rows = _journal(gateway)
+    assert [(row.verdict, row.refusal_class) for row in rows] == [("deferred", "SignatureDatedAhead")] * 3
+    # The clocks agree (the gateway's set right): the same message is filed, once.
+    real = time.time
+    monkeypatch.setattr(senderauth, "time", type("Clock", (), {"time": staticmethod(lambda: real() + 1200),
+                                                               "monotonic": staticmethod(time.monotonic)}))
+    assert mailer.send(raw, to).startswith("250 2.0.0 Filed as Odoo message ")
+    assert len(_posts(test_odoo)) == 1
+
+
 def test_signature_without_t_is_filed_unless_the_rules_require_t(test_odoo, start_gateway, dns_server, dkim_keys):
     strict = Mailer(start_gateway(dns_server.port, rules_extra="[sender]\nrequire_signature_time = true\n"), dkim_keys)
     to = strict.address("note", "project.task", TASK_ID)

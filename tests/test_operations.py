@@ -510,8 +510,38 @@ def test_doctor_passes_on_a_healthy_gateway(tmp_path, test_odoo, dns_server, cap
     assert "ok    odoo main: notes.example.com: sale.order has a chatter and is readable" in out
     assert "ok    odoo main: notes.example.com: project.task: 6 read rules, 6 evaluable" in out
     assert "ok    resolver: 127.0.0.1:" in out
+    assert "ok    odoo main: the gateway's clock agrees with Odoo's within " in out
     assert "ok    journal:" in out and "ok    tls:" in out and " days)" in out
     assert out.rstrip().endswith("everything looks right")
+
+
+CLOCK_FIX = ("      fix: synchronise the clocks with NTP: on the gateway's host `timedatectl set-ntp true` "
+             "(systemd-timesyncd) or chrony, and `timedatectl timesync-status` to see it work; if Odoo's host is "
+             "the one that is wrong, there (docs/operations.md, \"Time\")")
+
+
+def test_doctor_fails_a_clock_that_disagrees_with_odoos(tmp_path, test_odoo, dns_server, capsys):
+    # Day-2 operations review: with the gateway's clock 20 minutes slow every freshly signed note
+    # was refused ("signature is dated in the future"), and doctor said everything looked right.
+    # Odoo's clock, by the Date header of its answer, is the one at hand to compare with.
+    path = write_config(tmp_path, test_odoo, dns_server.port)
+    test_odoo.clock_offset = 1200  # Odoo 20 minutes ahead: the gateway's clock 20 minutes behind.
+    report = diagnose(str(path))
+    assert report.problems == 1, _report_text(report)
+    assert ("FAIL  odoo main: the gateway's clock is 20 minutes behind Odoo's: DKIM signatures made now are dated "
+            "ahead of the gateway's clock, and once that is more than 15 minutes every message is deferred "
+            "(451 4.7.0) until the clocks agree\n" + CLOCK_FIX) in _report_text(report)
+    test_odoo.clock_offset = -300
+    text = _report_text(diagnose(str(path)))
+    assert ("FAIL  odoo main: the gateway's clock is 5 minutes ahead of Odoo's: the dates of DKIM signatures (t=, x=), "
+            "of dated addresses and of the API keys' expiry are read by a clock that runs ahead: signatures look "
+            "older than they are and expire early\n" + CLOCK_FIX) in text
+    # A minute apart is within what doctor lets pass (CLOCK_SKEW_FAIL_SECONDS).
+    test_odoo.clock_offset = 60
+    text = _report_text(diagnose(str(path)))
+    assert "ok    odoo main: the gateway's clock agrees with Odoo's within 6" in text
+    code, out, _ = _run_cli(capsys, "doctor", "--config", str(path))
+    assert code == 0, out
 
 
 def test_doctor_names_each_problem_and_what_to_fix(tmp_path, test_odoo, capsys):

@@ -11,7 +11,8 @@ import pytest
 from gateway import senderauth
 from gateway.context import VerifiedSender
 from gateway.refusals import (DnsTemporaryFailure, FromAddressInternationalised, FromHeaderInvalid,
-                              SenderAuthenticationTimedOut, SenderNotAuthenticated, TooManySignatures)
+                              SenderAuthenticationTimedOut, SenderNotAuthenticated, SignatureDatedAhead,
+                              TooManySignatures)
 from gateway.resolver import DkimKeyResolver
 from gateway.testing import dnsmasq
 from gateway.testing.dkim import generate_ed25519_key, shared_rsa_key, sign
@@ -208,10 +209,29 @@ def test_expired_signature_is_refused_within_dkimpys_ten_hours(resolver, dns_ser
     assert refusal_detail(raw, resolver, now=now).startswith("signature expired at ")
 
 
-def test_signature_dated_in_the_future_is_refused(resolver):
-    now = time.time()
-    raw = signed(timestamp=int(now) + 3600)
-    assert refusal_detail(raw, resolver, now=now).startswith("signature is dated in the future")
+def test_signature_dated_ahead_of_the_clock_is_deferred_and_far_in_the_future_refused(resolver):
+    # Day-2 operations review: with the gateway's clock 20 minutes slow every freshly signed note
+    # was refused 550 ("signature is dated in the future"), bounced as the sender's fault. A good
+    # signature dated ahead of the gateway's clock is now deferred (451): the retry passes once the
+    # clocks agree. It was refused 550 before; the far future still is.
+    now = float(int(time.time()))
+    raw = signed(timestamp=int(now) + 1200)
+    with pytest.raises(SignatureDatedAhead) as deferred:
+        senderauth.authenticate(raw, resolver, now=now)
+    assert deferred.value.smtp_reply() == (
+        f"451 4.7.0 The DKIM signature is dated ahead of the gateway's clock, try again later: its t= is "
+        f"{senderauth._when(int(now) + 1200)}, 20 minutes ahead of the gateway's clock ({senderauth._when(int(now))}), "
+        "which allows 15 minutes; a retry passes once the clocks agree")
+    # Within the allowed skew it passes, and so does the same message once the clocks agree.
+    assert senderauth.authenticate(signed(timestamp=int(now) + senderauth.ALLOWED_CLOCK_SKEW_SECONDS), resolver, now=now)
+    assert senderauth.authenticate(raw, resolver, now=now + 1200).selector == SELECTOR
+    # Dated ahead and not verifying (a key that did not sign it): refused now, not deferred.
+    wrong_key = signed(timestamp=int(now) + 1200, selector="rotated")
+    assert refusal_detail(wrong_key, resolver, now=now) == "signature did not verify"
+    # Further ahead than a sender's MTA keeps retrying: refused, as before.
+    far = signed(timestamp=int(now) + senderauth.MAX_DEFERRED_AHEAD_SECONDS + 60)
+    assert refusal_detail(far, resolver, now=now).startswith("signature is dated in the future (")
+    assert refusal_detail(far, resolver, now=now).endswith("more than 5 days ahead of the gateway's clock")
 
 
 def test_signature_older_than_the_configured_age_is_refused(resolver):

@@ -236,6 +236,12 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         log.debug("%s " + format, self.address_string(), *args)
 
+    def date_time_string(self, timestamp: float | None = None) -> str:
+        # The Date header of every answer, as Odoo's clock would stamp it (TestOdoo.clock_offset).
+        if timestamp is None:
+            timestamp = time.time() + self.server.test_odoo.clock_offset
+        return super().date_time_string(timestamp)
+
 
 class _HttpError(Exception):
     def __init__(self, status: int, body: bytes = _NOT_FOUND_BODY) -> None:
@@ -281,6 +287,9 @@ class TestOdoo:
         # A reverse proxy's request body limit in front of this Odoo (nginx client_max_body_size):
         # a larger request is answered 413 with nginx's page and never reaches Odoo. None: no limit.
         self.body_limit: int | None = None
+        # Seconds this Odoo's clock runs ahead of the host's (negative: behind), as the Date header of
+        # its answers shows it: `doctor` compares the gateway's clock with it.
+        self.clock_offset = 0.0
         self._tls: ssl.SSLContext | None = None
         # Odoo's login cooldown (res_users.py _assert_can_auth): failed logins are counted per client
         # address; once there are login_cooldown_after of them (ir.config_parameter

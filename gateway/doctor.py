@@ -18,7 +18,7 @@ from gateway import checks, odootransport, senderauth, tls
 from gateway.attachments import size_text
 from gateway.config import ConfigError, GatewayConfig, OdooConnection, load_config, shown_host
 from gateway.render import checked_renderer
-from gateway.journal import FREE_SPACE_NEEDED, Journal, JournalUnavailable, path_problem
+from gateway.journal import FREE_SPACE_NEEDED, Journal, JournalNewer, JournalUnavailable, path_problem
 from gateway.odoo import OdooPool
 from gateway.refusals import DnsTemporaryFailure, OdooUnavailable
 from gateway.resolver import DkimKeyResolver
@@ -232,6 +232,13 @@ def check_journal(config: GatewayConfig, report: Report, now: Callable[[], float
     try:
         with Journal(path, read_only=True) as journal:
             damage, oldest = journal.health()
+    except JournalNewer as error:
+        # Not damaged: written by a newer gateway, and .recover would not make it older (day-2
+        # operations review of upgrades: doctor told a downgraded gateway's admin to recover it).
+        report.fail("journal", str(error), "a newer gateway migrated it, and migrations have no step back: install "
+                    "that version (or a newer one) again, or stop the gateway and put back the journal's backup taken "
+                    "before the upgrade (docs/operations.md, \"Upgrading\")")
+        return
     except (JournalUnavailable, sqlite3.Error) as error:
         report.fail("journal", str(error), repair)
         return

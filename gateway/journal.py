@@ -32,6 +32,10 @@ class JournalUnavailable(OSError):
     """
 
 
+class JournalNewer(JournalUnavailable):
+    """The journal's schema is newer than this gateway's: a newer gateway migrated it (a downgrade)."""
+
+
 class JournalBusy(JournalUnavailable):
     """Another process held the journal's write lock (an sqlite3 shell, a prune) for as long as the caller could wait.
 
@@ -509,7 +513,7 @@ class Journal:
         except sqlite3.Error as error:
             raise _unavailable(self.path, "read", error) from error
         if version > SCHEMA_VERSION:
-            raise JournalUnavailable(
+            raise JournalNewer(
                 f"journal {self.path} has schema version {version}, newer than the {SCHEMA_VERSION} "
                 "this gateway knows; was it written by a newer gateway?"
             )

@@ -7,6 +7,7 @@ import logging
 import re
 import smtplib
 import socket
+import sqlite3
 import ssl
 import time
 import urllib.request
@@ -22,7 +23,7 @@ from gateway import cli, observe, pipeline
 from gateway.config import ConfigError, load_config
 from gateway import doctor
 from gateway.doctor import Report, check_journal, diagnose
-from gateway.journal import Journal, JournalEntry
+from gateway.journal import SCHEMA_VERSION, Journal, JournalEntry
 from gateway.testing.certificates import self_signed
 from gateway.testing.dns import DnsServer
 from gateway.testing.odoo import TestOdoo
@@ -611,6 +612,23 @@ def test_doctor_fails_a_damaged_journal_and_says_how_to_keep_its_receipts(tmp_pa
     text = _journal_report(path)
     assert text.startswith(f"FAIL  journal: {path} is damaged: "), text
     assert "sqlite3 journal.sqlite3 .recover" in text and "drops its receipts and unsettled posts" in text
+
+
+def test_doctor_tells_a_journal_of_a_newer_gateway_from_a_damaged_one(tmp_path):
+    # Day-2 operations review of upgrades: a journal a newer gateway migrated, read by an older
+    # one after a downgrade, got "stop the gateway, then sqlite3 journal.sqlite3 .recover ...",
+    # which cannot make it older.
+    path = tmp_path / "journal.sqlite3"
+    with Journal(path) as journal:
+        journal.record(JournalEntry(verdict="filed", received_at=time.time()))
+    with sqlite3.connect(path) as connection:
+        connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    text = _journal_report(path)
+    assert text == (f"FAIL  journal: journal {path} has schema version {SCHEMA_VERSION + 1}, newer than the "
+                    f"{SCHEMA_VERSION} this gateway knows; was it written by a newer gateway?\n"
+                    "      fix: a newer gateway migrated it, and migrations have no step back: install that version "
+                    "(or a newer one) again, or stop the gateway and put back the journal's backup taken before the "
+                    "upgrade (docs/operations.md, \"Upgrading\")")
 
 
 def test_doctor_reports_the_journal_size_and_warns_when_nobody_prunes_it(tmp_path):

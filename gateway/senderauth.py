@@ -337,7 +337,11 @@ def _parse_mailbox(value: bytes) -> str:
     try:
         header = _FROM_HEADER("From", text)
         groups, defects = header.groups, header.defects
-    except (email.errors.HeaderParseError, ValueError, IndexError, TypeError) as error:
+    except (email.errors.HeaderParseError, ValueError, IndexError, TypeError, AttributeError) as error:
+        # The email package's parser fails on some shapes with an AttributeError of its own tree: a
+        # group then a mailbox ("g:; x@example.com": 'Group' object has no attribute 'local_part'), a
+        # word ending in a period before the angle address ("Paula www.<p@example.com>": 'str'
+        # object has no attribute 'token_type'). Found by a fuzzing review: a 451 on every retry.
         raise FromHeaderInvalid(f"From cannot be parsed: {error}") from None
     # Obsolete syntax (an unquoted period in a display name) is common and harmless, and so is an
     # encoded word its charset does not decode (Foxmail's gb2312-labelled GBK names, windows-874,
@@ -357,7 +361,9 @@ def _parse_mailbox(value: bytes) -> str:
     mailboxes = [address for group in groups for address in group.addresses]
     if len(mailboxes) != 1:
         raise FromHeaderInvalid(f"From has {len(mailboxes)} mailboxes")
-    if groups[0].display_name is not None:
+    if any(group.display_name is not None for group in groups):
+        # Before or after the mailbox ("portal.contrib@example.com, g:;"): RFC 5322 section 3.6.2
+        # allows mailboxes only in From.
         raise FromHeaderInvalid("From uses group syntax")
     mailbox = mailboxes[0]
     address = mailbox.addr_spec

@@ -310,6 +310,23 @@ def test_two_from_headers_are_refused(test_odoo, gateway, mailer):
     assert _posts(test_odoo) == []
 
 
+@pytest.mark.parametrize("from_header, detail", [
+    ("g:; portal.contrib@example.com", "From cannot be parsed"),  # a group, then a mailbox
+    ("Paula Contributor www.<portal.contrib@example.com>", "From cannot be parsed"),  # a period before "<"
+    ("portal.contrib@example.com, g:;", "From uses group syntax"),  # a mailbox, then a group
+])
+def test_from_the_email_package_fails_on_is_refused_for_good(test_odoo, gateway, mailer, from_header, detail):
+    # Found by a fuzzing review: the email package's parser raised an AttributeError of its own
+    # ('Group' object has no attribute 'local_part'), which the gateway did not expect: 451 on every
+    # retry, the message lost once the sender gave up. Such a From is refused for good.
+    to = mailer.address("note", "project.task", TASK_ID)
+    raw = mailer.message("note_from_contributor.eml", to).replace(
+        b"From: Paula Contributor <portal.contrib@example.com>", b"From: " + from_header.encode())
+    reply = mailer.send(mailer.sign(raw), to)
+    assert reply.startswith(f"550 5.7.1 The message must have exactly one From header with one address: {detail}"), reply
+    assert _posts(test_odoo) == []
+
+
 def test_from_with_an_internationalised_address_is_refused_as_such(test_odoo, gateway, mailer):
     # Found by a review: the reply said "must have exactly one From header with one address: From is
     # malformed: local-part contains non-ASCII characters)", the email package's defect text with its

@@ -1016,8 +1016,12 @@ def split_html(source: str) -> Split:
     closing = _trailing_closing(body, closings)
     if closing is not None:
         removed = _cut(closing, body) + removed
+    # What was cut holds the comments and processing instructions that followed the cut point too
+    # (Windows' clipboard "<!--EndFragment-->", an outbound gateway's "<!-- disclaimer -->"): they
+    # hold no element to flatten, and iterwalk refuses one, which deferred such a reply with a 451
+    # on every retry (a fuzzing review). _serialize writes them as they were; the sanitizer drops them.
     for item in [body, *removed]:
-        if not isinstance(item, str):
+        if isinstance(item, etree._Element) and isinstance(item.tag, str):
             _flatten(item)
     trimmed = _serialize(removed)
     kept = (body.text and html.escape(body.text, quote=False) or "") + _serialize(list(body))

@@ -1033,6 +1033,38 @@ def test_remote_images_keep_rule_files_them_as_images(test_odoo, start_gateway, 
     assert not any(defect.startswith("remote-image-dropped") for defect in _journal_defects(gateway))
 
 
+# What follows the point where the note is cut, and a comment or a processing instruction after it.
+CUT_POINTS = {
+    "cite": '<blockquote type="cite"><p>Was the seal replaced?</p></blockquote>',
+    "gmail-quote": '<div class="gmail_quote"><p>Was the seal replaced?</p></div>',
+    "outlook-separator": "<div>-----Original Message-----</div><p>Was the seal replaced?</p>",
+    "signature": "<div>-- <br>Paula Contributor, site inspections</div>",
+    "mobile-closing": "<div>Sent from my iPhone</div>",
+}
+AFTER_THE_CUT = {
+    "comment": "<!-- added by the outbound gateway: SECRET-COMMENT -->",
+    "windows-fragment-end": "<!--EndFragment-->",
+    "processing-instruction": "<?php SECRET-COMMENT ?>",
+}
+
+
+@pytest.mark.parametrize("after", AFTER_THE_CUT)
+@pytest.mark.parametrize("cut", CUT_POINTS)
+def test_a_comment_after_the_quote_or_signature_is_no_reason_to_defer(test_odoo, gateway, mailer, cut, after):
+    # Found by a fuzzing review: a comment or processing instruction anywhere after the cut point
+    # made the stage extract-content fail ("Input object is not an XML element: HtmlComment"), a
+    # 451 on every retry. Windows' clipboard writes <!--EndFragment--> at the end of pasted HTML.
+    to = mailer.address("note", "project.task", TASK_ID)
+    html = f"<p>Seal of P-7 replaced, pump running.</p>{CUT_POINTS[cut]}{AFTER_THE_CUT[after]}"
+    reply = mailer.send(mailer.sign(compose(PAULA, to, "Re: P-7", "Seal of P-7 replaced, pump running.", html=html)), to)
+    assert reply.startswith("250 2.0.0 Filed"), reply
+    body = test_odoo.message(int(reply.rsplit(" ", 1)[1]))["body"]
+    own, _, details = body.partition("<details>")
+    assert "Seal of P-7 replaced, pump running." in own and "<details>" in body
+    # Comments carry nothing to show: the sanitizer drops them, in the note and in what was trimmed.
+    assert "SECRET-COMMENT" not in body and "EndFragment" not in body and "<!--" not in body
+
+
 def test_html_nested_deeper_than_libxml2s_default_limit_keeps_all_its_text(test_odoo, gateway, mailer):
     # A content review: lxml reads HTML nested deeper than 255 levels only up to there, without an
     # error, and the note kept "My answer" alone, the author's sign-off below the nesting lost.

@@ -878,11 +878,33 @@ def _serialize(items: list[etree._Element | str]) -> str:
 HTML_MAX_DEPTH = 2048
 
 
+# What lxml refuses in a text it is given ("All strings must be XML compatible"): the C0 controls
+# but tab, LF and CR, and the noncharacters U+FFFE and U+FFFF (lone surrogates, which UTF-7 can
+# decode to, become U+FFFD where parts are decoded: gateway.charsets). libxml2 reads them into a
+# document, but _flatten_children sets the joined text of the elements it unwraps, and a form
+# feed in HTML nested over POSTED_MAX_DEPTH levels deferred the message with a 451 on every retry
+# (a fuzzing review). A vertical tab or a form feed separates text, as a line break does; the
+# others show nothing and are dropped.
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+_NOT_XML_REPLACEMENTS = {"\x0b": "\n", "\x0c": "\n"}
+
+
+def _xml_compatible(source: str) -> str:
+    """``source`` without the characters lxml refuses (_NOT_XML)."""
+    if _NOT_XML.search(source) is None:
+        return source
+    return _NOT_XML.sub(lambda match: _NOT_XML_REPLACEMENTS.get(match.group(), ""), source)
+
+
 def _parse_html(source: str) -> etree._Element:
     """The HTML document, or HtmlNestedTooDeep rather than a document cut short.
 
-    A parser per call: lxml parsers must not be shared between threads, and one costs ~1 µs.
+    Every HTML part is parsed here (split_html, then _html_lines on what it trimmed), and what the
+    gateway posts of it is serialized from this parse: cleaned here (_xml_compatible), the text is
+    clean in every later step, the lxml tree, the sanitizer and the note. A parser per call: lxml
+    parsers must not be shared between threads, and one costs ~1 µs.
     """
+    source = _xml_compatible(source)
     parser = lxml.html.HTMLParser(huge_tree=True)
     document = lxml.html.document_fromstring(source, parser=parser)
     if any(error.type == etree.ErrorTypes.ERR_RESOURCE_LIMIT for error in parser.error_log):

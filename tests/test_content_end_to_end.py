@@ -1087,6 +1087,25 @@ def test_html_nested_deeper_than_libxml2_reads_is_refused_not_cut_short(test_odo
     assert _posts(test_odoo) == []
 
 
+@pytest.mark.parametrize("character", ["\x01", "\x0b", "\x0c", "\x1b", "\ufffe"],
+                         ids=["soh", "vertical-tab", "form-feed", "escape", "noncharacter"])
+def test_a_control_character_in_html_nested_deeper_than_odoo_reads_is_no_reason_to_defer(
+        test_odoo, gateway, mailer, character):
+    # Found by a fuzzing review: the text of what is nested deeper than 100 levels is joined and
+    # set again (quotes._flatten), and lxml refuses a control character there: 451 on every retry.
+    to = mailer.address("note", "project.task", TASK_ID)
+    html = ("<p>My answer</p>" + "<div>\n" * 101 + f"page one{character}page two<p>DEEP-TEXT</p>"
+            + "</div>\n" * 101 + "<p>AFTER-DEEP author sign-off</p>")
+    raw = compose(PAULA, to, "Deep", "My answer\npage one page two\nDEEP-TEXT\nAFTER-DEEP author sign-off", html=html)
+    reply = mailer.send(mailer.sign(raw), to)
+    assert reply.startswith("250 2.0.0 Filed"), reply
+    body = test_odoo.message(int(reply.rsplit(" ", 1)[1]))["body"]
+    assert "My answer" in body and "DEEP-TEXT" in body and "AFTER-DEEP author sign-off" in body
+    # A vertical tab or a form feed separates the words as a line break does; the others are dropped.
+    assert ("page one\npage two" if character in "\x0b\x0c" else "page onepage two") in body
+    assert character not in body
+
+
 def test_plain_text_quoted_300_levels_deep_keeps_the_answer_below(test_odoo, gateway, mailer):
     # Each ">" level was a blockquote; Odoo reads 256 levels and stored nothing below them.
     to = mailer.address("note", "project.task", TASK_ID)

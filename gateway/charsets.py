@@ -180,21 +180,33 @@ def _decode_one(payload: bytes, codec: str, errors: str) -> str:
     return payload.decode(codec, errors)
 
 
+# Python's UTF-7 codec decodes "+2AA-" to a lone surrogate, which no later step can encode: nh3
+# (the sanitizer) raised UnicodeEncodeError on a plain-text part, a 451 on every retry, and libxml2
+# stopped reading an HTML part there, the text after it lost without an error (found after a
+# fuzzing review). It stands for a character that was written, as U+FFFD does for a byte a
+# charset does not decode.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _without_lone_surrogates(text: str) -> str:
+    return _LONE_SURROGATE.sub("\ufffd", text) if _LONE_SURROGATE.search(text) else text
+
+
 def decode(payload: bytes, codec: str, errors: str = "strict") -> str:
     """``payload`` in ``codec`` (from codec_for), or in the first of its alternatives that decodes it.
 
     Strict: UnicodeDecodeError if none does. Otherwise ``errors`` applies to the reading clients
-    use most: for ISO-2022-JP, Windows'.
+    use most: for ISO-2022-JP, Windows'. A lone surrogate (UTF-7) is U+FFFD.
     """
     if errors != "strict":
-        return _decode_one(payload, _REPLACING.get(codec, codec), errors)
+        return _without_lone_surrogates(_decode_one(payload, _REPLACING.get(codec, codec), errors))
     try:
-        return payload.decode(codec)
+        return _without_lone_surrogates(payload.decode(codec))
     except UnicodeDecodeError as error:
         first = error
     for alternative in _ALTERNATIVES.get(codec, ()):
         try:
-            return _decode_one(payload, alternative, "strict")
+            return _without_lone_surrogates(_decode_one(payload, alternative, "strict"))
         except UnicodeDecodeError:
             continue
     raise first

@@ -1121,6 +1121,20 @@ def test_a_control_character_in_html_nested_deeper_than_odoo_reads_is_no_reason_
     assert character not in body
 
 
+def test_a_comment_in_html_nested_deeper_than_odoo_reads_keeps_the_text_after_it(test_odoo, gateway, mailer):
+    # Found while fixing the fuzzing review's comments: unwrapping what is nested deeper than 100
+    # levels walked elements only, and the text after each comment or processing instruction in it
+    # was dropped with it, silently.
+    to = mailer.address("note", "project.task", TASK_ID)
+    html = ("<p>My answer</p>" + "<div>" * 101 + "<div>seal<!--[if !supportLists]-->AFTER-COMMENT replaced"
+            "<?php x ?>AFTER-PI<p>DEEP-TEXT</p></div>" + "</div>" * 101 + "<p>Bye</p>")
+    raw = compose(PAULA, to, "Deep", "My answer\nseal replaced\nDEEP-TEXT\nBye", html=html)
+    reply = mailer.send(mailer.sign(raw), to)
+    assert reply.startswith("250 2.0.0 Filed"), reply
+    body = test_odoo.message(int(reply.rsplit(" ", 1)[1]))["body"]
+    assert "sealAFTER-COMMENT replacedAFTER-PI" in body and "DEEP-TEXT" in body and "supportLists" not in body
+
+
 def test_plain_text_quoted_300_levels_deep_keeps_the_answer_below(test_odoo, gateway, mailer):
     # Each ">" level was a blockquote; Odoo reads 256 levels and stored nothing below them.
     to = mailer.address("note", "project.task", TASK_ID)

@@ -708,6 +708,42 @@ def test_a_runaway_content_stage_gives_up_at_the_deadline_and_lets_go_of_the_mes
     assert mailer.send(note, to).startswith("250 2.0.0 Filed")
 
 
+def test_deeply_nested_empty_html_is_filed_well_within_the_deadline(test_odoo, start_gateway, dns_server, dkim_keys):
+    # Found by a fuzzing review: 2000 nested <div>s around 6000 empty <b>s (52 KB) took 14-35 s of
+    # CPU: each block element's text was read to see whether it is an attribution line, and that
+    # reading was bounded by characters, not by the elements of its subtree (12 million read). It
+    # reads at most 100 elements now: the note is filed well before a deadline of 5 s.
+    gateway = start_gateway(dns_server.port, message_deadline=5)
+    mailer = Mailer(gateway, dkim_keys)
+    to = mailer.address("note", "project.task", TASK_ID)
+    html = "<div>" * 2000 + "<b></b>" * 6000 + "DEEP-EMPTY-TEXT"
+    reply = mailer.send(mailer.sign(compose(PAULA, to, "Deep", "DEEP-EMPTY-TEXT", html=html)), to)
+    assert reply.startswith("250 2.0.0 Filed"), reply
+    assert "DEEP-EMPTY-TEXT" in test_odoo.message(int(reply.rsplit(" ", 1)[1]))["body"]
+
+
+def test_html_costlier_than_the_deadline_gives_up_at_the_deadline_in_the_quote_split(
+        test_odoo, start_gateway, dns_server, dkim_keys):
+    # The same review: the quote split never looked at the message's deadline, and the content stage
+    # ran on for as long as the HTML's shape made it cost (17.7 s past a deadline of 1 s). 1 MB of
+    # blocks of 2000 nested <div>s, each still read for its text (100 elements each), costs seconds:
+    # the split checks the deadline at each element and ends at it, with the stage's own reply.
+    gateway = start_gateway(dns_server.port)
+    listener = gateway.services.config.gateway.listener
+    object.__setattr__(listener, "message_deadline", 1.0)
+    mailer = Mailer(gateway, dkim_keys)
+    to = mailer.address("note", "project.task", TASK_ID)
+    block = "<div>" * 2000 + "<b></b>" * 101 + "x" + "</div>" * 2000
+    note = mailer.sign(compose(PAULA, to, "Deep", "x", html=block * 50, message_id="<deep-blocks@example.com>"))
+    started = time.monotonic()
+    reply = mailer.send(note, to)
+    # The listener's own timer (deadline + 5 s) would have answered at 6 s.
+    assert time.monotonic() - started < 4, reply
+    assert reply == f"{TOOK_TOO_LONG}the deadline passed in stage {EXTRACT_CONTENT}"
+    [row] = [row for row in _journal(gateway) if row.message_id == "<deep-blocks@example.com>"]
+    assert row.refusal_class == "MessageTookTooLong" and row.durations["extract-content"] < 3
+
+
 def test_a_pipeline_without_an_outcome_past_the_deadline_is_answered_by_the_listener_naming_its_stage(
         test_odoo, start_gateway, dns_server, dkim_keys, monkeypatch):
     # The listener's fallback (deadline + 5 s) said "Odoo is unavailable" whatever held the thread.

@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gateway.observe import CONTROL_CHARACTERS
+from gateway.observe import UNPRINTABLE
 
 if TYPE_CHECKING:
     from gateway.context import MessageContext
@@ -936,8 +936,9 @@ class Journal:
 
 
 # Message-IDs, addresses and SMTP replies come from strangers; printed raw, an escape sequence in
-# one could rewrite the admin's terminal. Control characters are shown as "?".
-_CONTROL_CHARACTERS = dict.fromkeys(CONTROL_CHARACTERS, "?")
+# one could rewrite the admin's terminal, and a bidirectional override reorder the line. Control
+# and bidirectional formatting characters (observe.UNPRINTABLE) are shown as "?".
+_CONTROL_CHARACTERS = dict.fromkeys(UNPRINTABLE, "?")
 
 
 def _cell(value: object, width: int | None = None) -> str:

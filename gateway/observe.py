@@ -52,13 +52,22 @@ worker: int | None = None
 # break forges a line (journal review: a Message-ID <a\x1b[31m\x08\x08\x08@b> reached the INFO
 # line of gateway.smtp as it was). Control characters are shown escaped, as "\x1b".
 CONTROL_CHARACTERS = (*range(0x20), 0x7F, *range(0x80, 0xA0))  # C0, DEL and C1
-_ESCAPED = {code: f"\\x{code:02x}" for code in CONTROL_CHARACTERS}
-# JSON escapes C0 itself; DEL and C1 (0x9b is a terminal's CSI) it leaves as they are.
-_JSON_ESCAPED = {code: f"\\u{code:04x}" for code in (0x7F, *range(0x80, 0xA0))}
+# The bidirectional formatting characters (Unicode's UAX #9: the marks, embeddings, overrides and
+# isolates) move no cursor, but reorder what a terminal or a log viewer shows around them: a file
+# name "invoice\u202efdp.vbs" reads "invoicesbv.pdf" (a fuzzing review: they reached the JSON lines
+# and `note-gateway log` raw). They are shown escaped with the control characters.
+BIDI_CONTROLS = (0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))
+# What an operator's view of a stranger's text shows escaped: the one table of the log lines, the
+# JSON lines, `note-gateway log` and the refusals' text.
+UNPRINTABLE = (*CONTROL_CHARACTERS, *BIDI_CONTROLS)
+_ESCAPED = {code: f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}" for code in UNPRINTABLE}
+# JSON escapes C0 itself; DEL, C1 (0x9b is a terminal's CSI) and the bidirectional controls it
+# leaves as they are. Escaped, a JSON reader still reads the same value.
+_JSON_ESCAPED = {code: f"\\u{code:04x}" for code in UNPRINTABLE if code >= 0x20}
 
 
 def printable(value: object) -> str:
-    """``value`` for a diagnostic log line, its control characters escaped ("\\x1b")."""
+    """``value`` for a diagnostic log line, its control characters escaped ("\\x1b", "\\u202e")."""
     return str(value).translate(_ESCAPED)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import unicodedata
 
 from gateway import idn
-from gateway.observe import CONTROL_CHARACTERS
+from gateway.observe import UNPRINTABLE
 
 
 class Refusal(Exception):
@@ -62,7 +62,7 @@ class Refusal(Exception):
         return f"{self.text} ({self.internal})" if self.internal else self.text
 
 
-_CONTROL_CHARACTERS = dict.fromkeys(CONTROL_CHARACTERS, "?")
+_CONTROL_CHARACTERS = dict.fromkeys(UNPRINTABLE, "?")
 
 
 def _ascii(text: str) -> str:

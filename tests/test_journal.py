@@ -386,6 +386,38 @@ def test_a_strangers_message_leaves_a_row_and_a_log_line_of_bounded_size(gateway
     assert logged["defects"] == row.defects and logged["from_address"] == row.from_address
 
 
+def test_bidirectional_overrides_of_a_stranger_reach_no_log_line_or_journal_view_raw(gateway, mailer, caplog):
+    import json
+    import logging
+
+    from gateway.journal import format_decision
+    from gateway.testing.odoo_demo import TASK_ID
+
+    # Found by a fuzzing review: the control characters were escaped, the bidirectional overrides and
+    # isolates not. U+202E (right-to-left override) shows what follows it reversed on an operator's
+    # terminal: the "exe.jpg" of this Message-ID read "gpj.exe".
+    message_id = "<note-\u202eexe.jpg\u2066x\u2069@example.com>"
+    to = mailer.address("note", "project.task", TASK_ID)
+    raw = mailer.message("note_from_contributor.eml", to, message_id=message_id)
+    with caplog.at_level(logging.INFO):
+        reply = mailer.send(mailer.sign(raw), to)
+    assert reply.startswith("250 2.0.0 Filed"), reply
+    [row] = [row for row in gateway.services.journal.recent(5) if "exe.jpg" in row.message_id]
+    assert row.message_id == message_id  # the journal keeps the value as it was written
+    # The JSON line escapes them, and a JSON reader reads the same value back.
+    [line] = [record.getMessage() for record in caplog.records
+              if record.name == "gateway.messages" and "exe.jpg" in record.getMessage()]
+    assert "\u202e" not in line and "\u2066" not in line and "\\u202e" in line
+    assert json.loads(line)["message_id"] == message_id
+    # The diagnostic line of the listener shows them escaped.
+    [smtp_line] = [record.getMessage() for record in caplog.records
+                   if record.name == "gateway.smtp" and "exe.jpg" in record.getMessage()]
+    assert "\u202e" not in smtp_line and "<note-\\u202eexe.jpg\\u2066x\\u2069@example.com>" in smtp_line
+    # `note-gateway log` and `log --id N` show them as "?", as any control character.
+    for text in (format_entries([row]), format_decision(row)):
+        assert "\u202e" not in text and "<note-?exe.jpg?x?@example.com>" in text
+
+
 def test_the_gateways_own_notes_are_kept_whatever_the_messages_defects(test_odoo, gateway, mailer):
     # Found by a review of this session's merges: the message's defects (its sender's choice) came
     # first and the bound kept the first 49, so 60 parts in unknown charsets pushed the gateway's

@@ -18,7 +18,7 @@ from mailparser.exceptions import MailParserRecursionError
 
 from gateway import mime
 from gateway.context import ParsedMessage
-from gateway.observe import CONTROL_CHARACTERS, printable
+from gateway.observe import UNPRINTABLE, printable
 from gateway.refusals import BareLineEnding, MessageUnparseable, Refusal
 
 log = logging.getLogger(__name__)
@@ -140,9 +140,9 @@ def _addresses(first: list | None, email_message: email.message.Message, header:
     return [(name or "", _unquoted_local_part(address)) for name, address in pairs if address]
 
 
-# Control characters (observe.CONTROL_CHARACTERS) and bidirectional overrides of a display name are
-# dropped: it is shown in a note (external_recipients), where they would hide or reorder text.
-_NAME_DROPPED = dict.fromkeys([*CONTROL_CHARACTERS, *range(0x202A, 0x202F), *range(0x2066, 0x206A)])
+# Control characters and bidirectional formatting characters of a display name (observe.UNPRINTABLE)
+# are dropped: it is shown in a note (external_recipients), where they would hide or reorder text.
+_NAME_DROPPED = dict.fromkeys(UNPRINTABLE)
 
 
 def _recipient_names(pairs: list[tuple[str, str]]) -> dict[str, str]:

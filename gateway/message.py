@@ -61,6 +61,24 @@ def message_id_from_content(raw: bytes, from_address: str, subject: str, date: s
 # under a derived ID, as one without (journal review: "<a\x1b[31m\x08\x08\x08@b>" reached the log
 # raw; Odoo and a reply's References would have kept it so).
 _MESSAGE_ID = re.compile(r"<[^<>\s\x00-\x1f\x7f-\x9f]{1,500}>")
+# Some mail clients fold a long header inside a msg-id ("<...-openerp-\r\n 60-project.task@host>").
+# Odoo's mail gateway reads every "<...>" of References and In-Reply-To with the CR, LF, TAB and
+# spaces inside it deleted (mail_thread.py message_route: tools.mail.mail_header_msgid_re, then
+# "Unfold" buggy references), and so does the gateway, before the checks of _MESSAGE_ID (found by a
+# review: "<abc @def>" was dropped, and a reply naming an internal note so was filed publicly, the
+# note in its quote, where Odoo itself would file it as a note).
+_BRACKETED = re.compile(r"<[^<>]+>")
+_INSIDE_FOLDING = re.compile(r"[\r\n\t ]+")
+
+
+def _unfolded_msg_ids(text: str) -> list[str]:
+    """Every ``<...>`` of ``text``, the whitespace inside it deleted, that is then a msg-id."""
+    found = []
+    for match in _BRACKETED.finditer(text):
+        candidate = _INSIDE_FOLDING.sub("", match.group())
+        if _MESSAGE_ID.fullmatch(candidate):
+            found.append(candidate)
+    return found
 
 
 # How many msg-ids of one In-Reply-To or References header are kept: the first (the thread's root,
@@ -85,7 +103,7 @@ def all_message_ids(raw: bytes, header: str, email_message: email.message.Messag
         email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(_header_block(raw)))
     found: list[str] = []
     for value in parsed.get_all(header) or ():
-        found += _MESSAGE_ID.findall(" ".join(str(value).split()))
+        found += _unfolded_msg_ids(str(value))
     return found
 
 
@@ -112,13 +130,15 @@ def own_message_id(value: str) -> str:
     comment (``<id@domain> (added by mx.example.com)``), without angle brackets or with the CRLF of a
     folded header in it never equals the ``<id@domain>`` of a reply's In-Reply-To, and the reply to
     an internal note was then filed publicly with the note in its quote. The first ``<...>`` token
-    is the msg-id; a bare ``id@domain`` (comments aside) gets its angle brackets. "" when there is
-    none: the message is then filed under a derived ID, as one without a Message-ID.
+    is the msg-id, the whitespace inside it deleted as for a reply's References (_unfolded_msg_ids:
+    a Message-ID folded inside its msg-id is the one a reply names unfolded, and a retry folded
+    otherwise is the same message); a bare ``id@domain`` (comments aside) gets its angle brackets.
+    "" when there is none: the message is then filed under a derived ID, as one without a Message-ID.
     """
-    words = " ".join(value.split())
-    found = _MESSAGE_ID.search(words)
+    found = _unfolded_msg_ids(value)
     if found:
-        return found.group()
+        return found[0]
+    words = " ".join(value.split())
     bare = _COMMENT.sub(" ", words).strip()
     if _BARE_MESSAGE_ID.fullmatch(bare) and _MESSAGE_ID.fullmatch(f"<{bare}>"):
         return f"<{bare}>"

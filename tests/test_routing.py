@@ -87,6 +87,29 @@ def test_plain_reply_address_follows_a_message_stored_in_odoo(test_odoo, gateway
     assert _journal(gateway)[0].decision == "routed by mail.message <first@example.com>"
 
 
+def _folded(message_id, fold=b"\r\n "):
+    """``message_id`` folded inside the msg-id, after "-openerp-" (or its first "-"), as some mail
+    clients split a long References or In-Reply-To."""
+    cut = message_id.index("-openerp-") + len("-openerp-") if "-openerp-" in message_id else message_id.index("-") + 1
+    return message_id[:cut] + fold.decode() + message_id[cut:]
+
+
+@pytest.mark.parametrize("to", [NOTE, REPLY])
+@pytest.mark.parametrize("header", ["References", "In-Reply-To"])
+def test_plain_address_follows_a_reference_folded_inside_its_msg_id(test_odoo, gateway, mailer, to, header):
+    # Odoo's mail gateway deletes the whitespace inside each <...> (mail_thread.py message_route, its
+    # "Unfold" buggy references); so does the gateway (found by a review: the id was dropped).
+    notification = _notification_id(test_odoo, "project.task", TASK_ID)
+    folded = _folded(notification)
+    raw = (_reply_to(mailer, to, references=["<earlier@example.com>", folded]) if header == "References"
+           else _reply_to(mailer, to, in_reply_to=folded))
+    reply = mailer.send(raw, to)
+    assert reply.startswith("250 2.0.0 Filed"), reply
+    [filing] = test_odoo.filings()
+    assert (filing.model, filing.res_id) == ("project.task", TASK_ID)
+    assert _journal(gateway)[0].decision == f"routed by Odoo Message-ID {notification}"
+
+
 UNROUTED = ("550 5.1.1 No record found for this message: reply to an Odoo notification, or write to the record's "
             "own note+ or reply+ address: it references no message of a record this sender may post on")
 
@@ -559,6 +582,28 @@ def test_a_non_contributor_answering_a_note_is_refused_rather_than_made_public(t
     _nothing_public(test_odoo)
 
 
+# A reply whose References or In-Reply-To names a note folded inside the msg-id ("<...-openerp-\r\n
+# 60-project.task@host>", as some mail clients split a long header; Odoo's mail gateway deletes the
+# whitespace inside each <...>). Found by a review: the gateway dropped the folded id, did not see
+# the note, and filed the reply publicly, the note in its quote, emailed to the portal followers.
+
+@pytest.mark.parametrize("to", ["reply+", "reply@"])
+@pytest.mark.parametrize("where", ["References", "In-Reply-To", "both"])
+@pytest.mark.parametrize("fold", [b"\r\n ", b"\r\n\t"], ids=["space", "tab"])
+def test_a_reply_naming_a_note_folded_inside_its_msg_id_is_filed_as_a_note(test_odoo, gateway, mailer, to, where,
+                                                                            fold):
+    note = _backend_message(test_odoo, SUBTYPE_NOTE_ID, is_internal=True)
+    folded = _folded(note, fold)
+    to = mailer.address("reply", "project.task", TASK_ID) if to == "reply+" else REPLY
+    raw = _answer(mailer, to, in_reply_to=folded if where != "References" else None,
+                  references=["<older@example.com>", folded] if where != "In-Reply-To" else ())
+    reply = mailer.send(raw, to)
+    assert reply.startswith("250 2.0.0 Filed as Odoo message "), reply
+    assert [filing.subtype_xmlid for filing in test_odoo.filings()] == ["mail.mt_note"]
+    _nothing_public(test_odoo)
+    assert _journal(gateway)[0].decision.endswith(f"answers internal message {note}: filed as a note, never public")
+
+
 # A note whose Message-ID is not a bare <id@domain> (found by a security review: it was stored under
 # the raw header value, so the reply+ naming <id@domain> in In-Reply-To was not seen to answer a note
 # and was filed publicly, the note in its quote). The message is filed under its single msg-id.
@@ -567,6 +612,10 @@ ODD_MESSAGE_IDS = {
     "comment": (b"<n7@example.com> (added by mx.example.com)", "<n7@example.com>"),
     "no angle brackets": (b"n8@example.com", "<n8@example.com>"),
     "folded": (b"<n9@example.com>\r\n (added by mx.example.com)", "<n9@example.com>"),
+    # Folded inside the msg-id by a client that splits long ids (found by a review: filed under a
+    # derived ID, a reply naming it unfolded did not find the note and was filed publicly).
+    "folded inside": (b"<n11.1733000000.a-long-\r\n message-id@example.com>",
+                      "<n11.1733000000.a-long-message-id@example.com>"),
 }
 
 
@@ -618,6 +667,22 @@ def test_a_note_with_an_odd_message_id_is_filed_once(test_odoo, gateway, mailer,
     assert [row.message_id for row in _journal(gateway)] == [msg_id, msg_id]
 
 
+@pytest.mark.parametrize("first, retry", [
+    (b"<n12.a-long-\r\n message-id@example.com>", b"<n12.a-long-message-id@example.com>"),
+    (b"<n12.a-long-message-id@example.com>", b"<n12.a-long-\r\n message-id@example.com>"),
+    (b"<n12.a-long-\r\n message-id@example.com>", b"<n12.a-long-message-\r\n\tid@example.com>"),
+], ids=["folded then unfolded", "unfolded then folded", "folded elsewhere"])
+def test_a_retry_folded_otherwise_is_the_same_message(test_odoo, gateway, mailer, first, retry):
+    # A relay may fold the Message-ID where the first delivery had none, or elsewhere: one message.
+    note_id = _file_odd_note(mailer, first)
+    to = mailer.address("note", "project.task", TASK_ID)
+    raw = compose(PAULA, to, "Pump P7", SECRET, sender_name="Paula Contributor")
+    again = mailer.sign(_with_message_id(raw, retry))
+    assert mailer.send(again, to) == f"250 2.0.0 Already filed as Odoo message {note_id}"
+    assert [row.message_id for row in _journal(gateway)] == ["<n12.a-long-message-id@example.com>"] * 2
+    assert test_odoo.message(note_id)["message_id"] == "<n12.a-long-message-id@example.com>"
+
+
 def test_a_message_id_without_a_msg_id_is_replaced_by_a_derived_one(test_odoo, gateway, mailer):
     note = test_odoo.message(_file_odd_note(mailer, b"not a message id\r\n (garbage)"))
     assert note["message_id"].endswith("@derived.note-gateway.invalid>")
@@ -633,7 +698,12 @@ def test_a_message_id_without_a_msg_id_is_replaced_by_a_derived_one(test_odoo, g
     ("<n1@example.com> <n2@example.com>", "<n1@example.com>"),
     ("n2@example.com", "<n2@example.com>"),
     ("n2@example.com (no brackets)", "<n2@example.com>"),
-    ("", ""), ("garbage", ""), ("<with space@example.com>", ""), ("a@b@example.com", ""),
+    ("<n1.long-\r\n id@example.com>", "<n1.long-id@example.com>"),  # folded inside the msg-id
+    ("<n1.long-\r\n\tid@example.com> (added by mx.example.com)", "<n1.long-id@example.com>"),
+    # Whitespace inside <...> is deleted, as Odoo's mail gateway reads References (a fold whose CRLF
+    # a relay or parser already removed); a control character still makes it no msg-id.
+    ("<with space@example.com>", "<withspace@example.com>"), ("<with\x1bescape@example.com>", ""),
+    ("", ""), ("garbage", ""), ("a@b@example.com", ""),
     ("<" + "x" * 600 + "@example.com>", ""),
 ])
 def test_the_message_id_is_its_single_msg_id(value, expected):

@@ -1,5 +1,6 @@
 """A follower's reply+ filed through Odoo 18's own mail gateway (message_process), checked as Odoo's admin (issue 3);
-a reply to an internal note, filed as a note; a reply to a note of another record, refused."""
+a reply to an internal note, filed as a note (also when it names the note folded inside the msg-id); a reply to a
+note of another record, refused."""
 
 from __future__ import annotations
 
@@ -157,6 +158,54 @@ def test_a_reply_whose_references_begin_with_a_note_is_a_note_however_long_they_
     session = portal_session(world, world.plain.login, world.plain.password)
     assert filed not in session.chatter_ids("project.task", task)
     print(f"\nreply+ with References = note {note_id} + 20 unknown ids on project.task {task}: note {filed}")
+
+
+def _folded(message_id: str) -> str:
+    """``message_id`` folded inside the msg-id, as some mail clients split a long References."""
+    cut = message_id.index("-openerp-") + len("-openerp-") if "-openerp-" in message_id else message_id.index(".") + 1
+    return message_id[:cut] + "\r\n " + message_id[cut:]
+
+
+@pytest.mark.parametrize("where", ["References", "In-Reply-To", "both", "Message-ID of the note"])
+def test_a_reply_naming_a_note_folded_inside_its_msg_id_is_a_note(world, real_gateway, where):
+    # Found by a review: a References or In-Reply-To folded inside the msg-id
+    # ("<...-openerp-\r\n 60-project.task@host>") was dropped, and the reply filed publicly, the note
+    # in its quote; Odoo's mail gateway deletes that white space (mail_thread.py message_route). A
+    # note whose own Message-ID came folded was filed under a derived ID, which a reply naming it
+    # unfolded did not find.
+    task = world.task_id
+    secret = f"Margin on this job is 40% ({world.tag}, folded {where})"
+    if where == "Message-ID of the note":
+        note_to = real_gateway.address("note", "project.task", task)
+        note_id = _message_id(world)
+        raw = real_gateway.message(world.contributor.email, note_to, secret, message_id=note_id)
+        folded_raw = raw.replace(f"Message-ID: {note_id}".encode(), f"Message-ID: {_folded(note_id)}".encode())
+        assert folded_raw != raw
+        note = _filed_id(real_gateway.send(real_gateway.sign(folded_raw), note_to, mail_from=world.contributor.email))
+        assert _stored(world, "project.task", task, note)["message_id"] == note_id
+        in_reply_to, references = note_id, note_id
+    else:
+        note_id = _note_posted_in_the_backend(world, secret)
+        assert f"-openerp-{task}-project.task@" in note_id
+        in_reply_to = _folded(note_id) if where in ("In-Reply-To", "both") else None
+        references = _folded(note_id) if where in ("References", "both") else None
+    to = real_gateway.address("reply", "project.task", task)
+    raw = real_gateway.message(world.contributor.email, to,
+                               f"The pump runs again.\n\nOn Monday, someone wrote:\n> {secret}\n",
+                               subject="Re: Site visit", message_id=_message_id(world))
+    headers = (f"In-Reply-To: {in_reply_to}\r\n" if in_reply_to else "") + (
+        f"References: <older.{world.tag}@{world.domain}> {references}\r\n" if references else "")
+    filed = _filed_id(real_gateway.send(real_gateway.sign(headers.encode() + raw), to,
+                                        mail_from=world.contributor.email))
+    stored = _stored(world, "project.task", task, filed)
+    assert stored["subtype_id"][0] == world.admin.execute("ir.model.data", "check_object_reference", "mail", "mt_note")[1]
+    assert notifications_for_message(world, filed) == []
+    for user in (world.plain, world.contributor):
+        session = portal_session(world, user.login, user.password)
+        assert filed not in session.chatter_ids("project.task", task)
+    [row] = [row for row in real_gateway.journal() if row.odoo_message_id == filed]
+    assert row.kind == "note" and f"answers internal message {note_id}" in row.decision
+    print(f"\nreply+ naming {note_id} folded ({where}) on project.task {task}: note {filed}, 0 notifications")
 
 
 def test_a_non_contributor_answering_an_internal_note_is_refused(world, real_gateway):

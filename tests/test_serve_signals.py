@@ -148,12 +148,14 @@ def test_a_second_gateway_on_the_same_journal_refuses_to_start_and_leaves_the_re
         test_odoo, serve, dkim_keys, tmp_path, workers):
     # Crash review 2: a second `note-gateway serve` started by hand on the running one's config
     # recovered the running gateway's receipts as "Interrupted" before it failed to bind the port.
-    gateway = serve(workers=workers, rules_extra=NO_RATE_LIMIT)
+    gateway = serve(workers=workers, rules_extra=NO_RATE_LIMIT, odoo_timeout=60)
     mailer = Mailer(_Port(gateway.port), dkim_keys)
     to = mailer.address("note", "project.task", TASK_ID)
     message_id = "<second-gateway@example.com>"
     raw = mailer.sign(mailer.message("note_from_contributor.eml", to, message_id))
-    test_odoo.latency = {"message_post": 2.0}
+    # The post is held until the test has looked, however long the second start takes (a
+    # 2 s latency let it finish first on a loaded machine, found by a review of the tests).
+    test_odoo.fail("hang", method="message_post", times=1, seconds=60)
     replies: list[str] = []
     sender = threading.Thread(target=lambda: replies.append(_send(raw, to, gateway.port)))
     sender.start()
@@ -168,6 +170,7 @@ def test_a_second_gateway_on_the_same_journal_refuses_to_start_and_leaves_the_re
             f"{journal_path}.lock); stop it first, or give this one a [journal] path of its own") in line
     with Journal(journal_path, read_only=True) as journal:
         assert journal.open_receipts() == 1
+    test_odoo.release()
     sender.join(timeout=30)
     assert replies[0].startswith("250 2.0.0 Filed as Odoo message"), replies
     with Journal(journal_path, read_only=True) as journal:

@@ -332,7 +332,7 @@ def test_a_stop_gives_the_notices_what_is_left_of_its_grace_not_a_grace_more(tes
         gateway.signal(signal.SIGTERM)
         thread.join(timeout=30)
         assert replies == ["421 4.3.2 The gateway is shutting down, try again later"]
-        assert gateway.process.wait(timeout=30) == 0
+        assert gateway.wait(timeout=30) == 0
         # The grace (6 s) is over before the stuck post times out (7 s after it started); a second
         # grace for the notices made it 13 s. The bound leaves 3 s either way for a loaded machine.
         assert time.monotonic() - started < 10, gateway.log

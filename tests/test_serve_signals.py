@@ -197,7 +197,7 @@ def test_sigterm_finishes_messages_in_flight_and_refuses_new_sessions(test_odoo,
         smtplib.SMTP("127.0.0.1", gateway.port, timeout=5)
     for thread in threads:
         thread.join(timeout=30)
-    assert gateway.process.wait(timeout=20) == 0
+    assert gateway.wait(timeout=20) == 0
     assert time.monotonic() - started < 15
     assert sorted(reply[:9] for reply in replies) == ["250 2.0.0"] * 3, replies
     gateway.wait_for("stopped")
@@ -221,7 +221,7 @@ def test_sigterm_cuts_a_stuck_session_after_the_grace(test_odoo, serve, dkim_key
     thread.join(timeout=30)
     assert replies == ["421 4.3.2 The gateway is shutting down, try again later"]
     # The grace, then the post's own timeout: bounded, whatever Odoo does.
-    assert gateway.process.wait(timeout=15) == 0
+    assert gateway.wait(timeout=15) == 0
     assert time.monotonic() - started < 10
     test_odoo.heal()
     restarted = serve()
@@ -706,7 +706,7 @@ def test_sigterm_does_not_wait_for_a_pipeline_stuck_past_its_deadline(test_odoo,
     started = time.monotonic()
     gateway.signal(signal.SIGTERM)
     # Before: still running after 240 s; a worker killed by its supervisor after grace + deadline + 10 s.
-    assert gateway.process.wait(timeout=30) == 0, gateway.log
+    assert gateway.wait(timeout=30) == 0, gateway.log
     assert time.monotonic() - started < 1 + 3 + 3, gateway.log
     assert "did not stop in time" not in gateway.log
     for sender in senders:

@@ -51,6 +51,16 @@ def _worker_pids(gateway: ServeProcess, count: int) -> dict[int, int]:
     return pids
 
 
+def _message_lines(gateway: ServeProcess, count: int, timeout: float = 10) -> list[dict]:
+    """The gateway's JSON message lines, once ``count`` of them have been read (each is written before
+    its reply is sent, but the test's log reader may not have read it yet when the reply is in)."""
+    mark = 0
+    for _ in range(count):
+        match = gateway.wait_for(r'^\{"event": "message"', timeout=timeout, start=mark)
+        mark = gateway.lines.index(match.string, mark) + 1
+    return [json.loads(line) for line in gateway.lines if line.startswith('{"event": "message"')]
+
+
 @pytest.fixture
 def serve(serve):
     """The conftest's serve with two workers unless told otherwise."""
@@ -141,7 +151,7 @@ def test_two_workers_share_the_sessions_and_odoo_pool_and_file_each_message_once
         thread.join(60)
     assert all(reply.startswith("250 2.0.0") for reply in replies.values()), replies
     assert set(_filed(test_odoo, [message_id for message_id, _, _ in messages]).values()) == {1}
-    lines = [json.loads(line) for line in gateway.lines if line.startswith('{"event": "message"')]
+    lines = _message_lines(gateway, len(messages))
     assert len(lines) == len(messages)
     # Both processes filed some: the kernel hands each connection to one of them.
     assert {line["worker"] for line in lines} == {0, 1}, [line["worker"] for line in lines]
@@ -228,7 +238,7 @@ def test_a_burst_of_sessions_is_spread_over_the_workers(test_odoo, serve, dkim_k
     for thread in threads:
         thread.join(60)
     assert len(replies) == 24 and all(reply.startswith("250 2.0.0") for reply in replies), replies
-    workers = [json.loads(line)["worker"] for line in gateway.lines if line.startswith('{"event": "message"')]
+    workers = [line["worker"] for line in _message_lines(gateway, 24)]
     assert len(workers) == 24 and min(workers.count(0), workers.count(1)) >= 3, workers
     assert gateway.stop() == 0
 
@@ -251,7 +261,7 @@ def test_the_same_message_at_once_on_two_workers_is_filed_once(test_odoo, serve,
     assert len(replies) == 8
     assert all(reply.startswith(("250 2.0.0", "451 4.3.0")) for reply in replies), replies
     assert any(reply.startswith("451 4.3.0") for reply in replies), replies
-    lines = [json.loads(line) for line in gateway.lines if line.startswith('{"event": "message"')]
+    lines = _message_lines(gateway, 8)
     refused_by = {line["worker"] for line in lines if line["refusal_class"] == "MessageInProgress"}
     filed_by = {line["worker"] for line in lines if line["verdict"] == "filed"}
     # Whatever process took each copy, only one copy reached Odoo.
@@ -515,7 +525,7 @@ def test_sigterm_lets_every_worker_finish_its_message(test_odoo, serve, dkim_key
     gateway.signal(signal.SIGTERM)
     for thread in threads:
         thread.join(30)
-    assert gateway.process.wait(timeout=30) == 0
+    assert gateway.wait(timeout=30) == 0
     assert sorted(reply[:9] for reply in replies) == ["250 2.0.0"] * 6, replies
     assert not any(_alive(pid) for pid in pids.values())
     with pytest.raises(ConnectionRefusedError):
@@ -533,7 +543,7 @@ def test_metrics_of_every_worker_are_served_summed_on_one_port(test_odoo, serve,
         assert _send(raw, to, gateway.port).startswith("250 2.0.0")
     with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
         text = response.read().decode()
-    lines = [json.loads(line) for line in gateway.lines if line.startswith('{"event": "message"')]
+    lines = _message_lines(gateway, 6)
     assert len(lines) == 6
     assert 'note_gateway_messages_total{odoo="main",refusal="none",verdict="filed"} 6.0' in text, text
     assert gateway.stop() == 0

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
+import subprocess
+import sys
+import tempfile
 import threading
+from pathlib import Path
 
 import pytest
 
 from gateway.journal import SCHEMA_VERSION, Journal, JournalBusy, JournalEntry, JournalUnavailable, format_entries
 
+ROOT = Path(__file__).resolve().parent.parent
 START = 1_741_944_600.0  # 2025-03-14T09:30:00Z
 
 
@@ -186,19 +192,60 @@ def test_file_that_is_not_a_database_is_unavailable(tmp_path):
         Journal(path)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes to read-only files")
-def test_read_only_file_is_unavailable(tmp_path):
-    path = tmp_path / "journal.sqlite3"
-    Journal(path).close()
-    path.chmod(0o444)
-    tmp_path.chmod(0o555)
+# Opens the journal named by argv[1] and records an entry; prints what came of it.
+_RECORD = """
+import sys
+from gateway.journal import JournalUnavailable, Journal
+from test_journal import filed
+try:
+    journal = Journal(sys.argv[1])
+    journal.record(filed())
+except JournalUnavailable as error:
+    print(f"JournalUnavailable: {error}")
+else:
+    print("recorded")
+"""
+
+
+def _record_as_unprivileged(path: Path) -> subprocess.CompletedProcess:
+    """Record an entry in the journal at ``path`` from a process the file modes apply to: when the
+    tests run as root (who writes to read-only files), as nobody (uid 65534), given the folder
+    (tests/test_config.py's _as_unprivileged does the same for `python -m gateway`)."""
+    command = [sys.executable, "-c", _RECORD, str(path)]
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
+    if os.geteuid() == 0:
+        for owned in (path.parent, *path.parent.iterdir()):
+            os.chown(owned, 65534, 65534, follow_symlinks=False)
+        command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
+        probe = subprocess.run([*command[:5], "-c", "import gateway.journal"], cwd="/", capture_output=True,
+                               text=True, env=environment) if shutil.which("setpriv") else None
+        if probe is None or probe.returncode != 0:
+            pytest.skip("cannot run Python as nobody (uid 65534) here: "
+                        + (probe.stderr.strip() if probe else "no setpriv"))
+    return subprocess.run(command, cwd="/", env=environment, capture_output=True, text=True, timeout=30)
+
+
+def test_read_only_file_is_unavailable():
+    # Skipped when the tests ran as root, so never in CI (found by a review of the tests); the
+    # journal is now written by nobody then. In a folder of /tmp that nobody can reach (pytest's
+    # tmp_path is below a folder only root may enter).
+    folder = Path(tempfile.mkdtemp(prefix="note-gateway-test-"))
     try:
-        with pytest.raises(JournalUnavailable):
-            journal = Journal(path)
-            journal.record(filed())
-    finally:
-        tmp_path.chmod(0o755)
+        path = folder / "journal.sqlite3"
+        Journal(path).close()
+        path.chmod(0o444)
+        folder.chmod(0o555)
+        done = _record_as_unprivileged(path)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.startswith(f"JournalUnavailable: journal {path} "), done.stdout
+        # The same process can write it once the file and its folder are writable again.
+        folder.chmod(0o755)
         path.chmod(0o644)
+        done = _record_as_unprivileged(path)
+        assert (done.returncode, done.stdout) == (0, "recorded\n"), done.stderr
+    finally:
+        folder.chmod(0o755)
+        shutil.rmtree(folder)
 
 
 def test_read_only_journal_reads_but_does_not_write(tmp_path):

@@ -501,6 +501,29 @@ def test_domains_follow_paths_hierarchies_and_active_test(odoo, gateway):
     assert gateway.execute_kw("project.task", "search_count", [[("partner_id", "=", False)]]) == 2
 
 
+@pytest.mark.parametrize("stored, normalized", [
+    ("Paula Two <Paula2@Example.com>", "paula2@example.com"),
+    (" paula2@example.com ", "paula2@example.com"),
+    ("paula2@example.com, paula.two@example.com", "paula2@example.com"),
+    ("Paula Two paula2@example.com", "paula2@example.com"),
+    ('"Two, Paula" <p@example.com>', "p@example.com"),
+    # A non-ASCII local part keeps its case; the domain is lowercased and not IDNA-encoded.
+    ("Jürgen@Bücher.Example", "Jürgen@bücher.example"),
+    ("x <@example.com>, y@example.com", "y@example.com"),
+    ("no address", False),
+])
+def test_email_normalized_is_odoos_email_normalize_not_strict(odoo, gateway, stored, normalized):
+    # Each pair is what Odoo 18's tools.email_normalize(stored, strict=False) returns, the value
+    # mail.thread.blacklist stores (the test Odoo had the email stripped and lowercased: a review
+    # comparing the gateway with Odoo's own mail gateway, which finds users by this field).
+    partner = odoo.add_partner("Paula Two", stored)
+    uid = odoo.add_user("paula2", partner_id=partner)
+    [user] = gateway.execute_kw("res.users", "read", [[uid], ["email_normalized"]])
+    assert user["email_normalized"] == normalized
+    if normalized:
+        assert gateway.execute_kw("res.users", "search", [[("email_normalized", "=", normalized)]]) == [uid]
+
+
 def test_portal_users_read_only_the_records_their_rules_allow(odoo):
     peter = connect(odoo, PETER_LOGIN, PETER_PASSWORD)
     assert sorted(peter.execute_kw("project.task", "search", [[]])) == [TASK_ID]

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import base64
 import bisect
+import email.utils
 import hashlib
 import mimetypes
+import re
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -184,6 +186,44 @@ def format_address(name: str | None, email: str | None) -> str:
     return f'"{escaped}" <{email}>'
 
 
+# tools/mail.py email_re: the addresses Odoo falls back to when getaddresses read one without local part.
+_ODOO_EMAIL = re.compile(r"[a-zA-Z0-9._%+-]+@[a-zA-Z0-9.-]+\.[a-zA-Z]{2,63}")
+
+
+def _getaddresses(text: str) -> list[tuple[str, str]]:
+    # Odoo 18 turns off the strict parsing that newer Pythons added to getaddresses (tools/mail.py).
+    if getattr(email.utils, "supports_strict_parsing", False):
+        return email.utils.getaddresses([text], strict=False)
+    return email.utils.getaddresses([text])
+
+
+def email_normalized(text: Any) -> str | bool:
+    """tools.email_normalize(text, strict=False) as mail.thread.blacklist stores it in email_normalized.
+
+    The first address getaddresses finds in ``text`` (tools.email_split_tuples: a name, spaces and
+    further addresses are dropped; "name user@host" without brackets is read as a name and an
+    address), its local part lowercased when ASCII, its domain lowercased (no IDNA encoding);
+    False when ``text`` holds no address with an "@".
+    """
+    if not text:
+        return False
+    pairs = [(name, address) for name, address in _getaddresses(str(text)) if address and "@" in address]
+    if any(address.startswith("@") for _name, address in pairs):
+        # A domain without its local part: Odoo takes the addresses its regular expression finds.
+        found = [address for address in _ODOO_EMAIL.findall(str(text)) if not address.startswith("@")]
+        pairs = [("", address) for address in found] or pairs
+    if not pairs:
+        return False
+    name, first = pairs[0]
+    if not name and " " in first:
+        # getaddresses left "name user@host" whole, as an address with no name: read again with
+        # the spaces as separators, the last part with an "@" is the address.
+        parts = [address for _name, address in _getaddresses(first.replace(" ", ",")) if address and "@" in address]
+        first = parts[-1] if parts else first
+    local, at, domain = first.rpartition("@")
+    return (local.lower() if local.isascii() else local) + at + domain.lower()
+
+
 def _partner_email_formatted(env: Env, partner_id: int) -> str:
     row = env.db.rows["res.partner"][partner_id]
     return format_address(row.get("name"), row.get("email"))
@@ -205,7 +245,7 @@ def partner_model() -> Model:
         "email": Char("Email"),
         "email_normalized": Char(
             "Normalized Email",
-            compute=lambda env, rid: (env.db.rows["res.partner"][rid].get("email") or "").strip().lower() or False,
+            compute=lambda env, rid: email_normalized(env.db.rows["res.partner"][rid].get("email")),
         ),
         "email_formatted": Char("Formatted Email", compute=_partner_email_formatted),
         "phone": Char("Phone"),

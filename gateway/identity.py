@@ -14,16 +14,24 @@ def _many2one_id(value) -> int:
     return int(value[0]) if value else 0
 
 
-_USER_FIELDS = ["login", "name", "email", "active", "share", "partner_id", "commercial_partner_id",
-                "company_ids", "company_id"]
+_USER_FIELDS = ["login", "name", "email", "email_normalized", "active", "share", "partner_id",
+                "commercial_partner_id", "company_ids", "company_id"]
 # Rows one address may bring: more than one active is refused as ambiguous anyway.
 _ROWS_PER_ADDRESS = 10
+
+
+# Odoo's own mail gateway finds the user of a From address by email_normalized
+# (mail_thread.py _mail_find_user_for_gateway), the partner's email as tools.email_normalize(strict=False)
+# reads it: "Paula <paula@example.com>", " paula@example.com " and "paula@example.com, p@example.com"
+# are all paula@example.com, and a second address in the list is nobody's. The raw email was compared
+# before, and such users were refused as unknown (found by a review comparing the gateway with Odoo's).
+_MATCHED_FIELDS = ("login", "email_normalized")
 
 
 def _clause(email: str) -> list:
     # The address in each form Odoo may hold it in (A-labels, U-labels), ORed in the one search:
     # users matching across the forms are as ambiguous as users matching one form.
-    terms = [(field, "=ilike", escape_like(form)) for form in idn.address_forms(email) for field in ("login", "email")]
+    terms = [(field, "=ilike", escape_like(form)) for form in idn.address_forms(email) for field in _MATCHED_FIELDS]
     return [*(["|"] * (len(terms) - 1)), *terms]
 
 
@@ -31,13 +39,12 @@ def _rows_of(rows: list[dict], email: str) -> list[dict]:
     # The database compared with ILIKE; compare again exactly so that no pattern subtlety can
     # make one person's address match another's.
     forms = idn.address_forms(email)
-    return [row for row in rows
-            if (row.get("login") or "").lower() in forms or (row.get("email") or "").lower() in forms]
+    return [row for row in rows if any((row.get(field) or "").lower() in forms for field in _MATCHED_FIELDS)]
 
 
 @dataclass(frozen=True)
 class UserRows:
-    """The users whose login or email is each of several addresses, read in one search (issue 6).
+    """The users whose login or normalised email is each of several addresses, read in one search (issue 6).
 
     Items are lowercased addresses; each gets the rows that match it exactly. A read that filled
     its limit may have left some address's rows out, so then every address of several reads alone.
@@ -63,10 +70,12 @@ class UserRows:
 
 
 def find_user(odoo: OdooPool, email: str, *, deadline: float | None = None) -> OdooUser:
-    """The one active user whose login or partner email is ``email``, compared case-insensitively.
+    """The one active user whose login or normalised partner email is ``email``, compared case-insensitively.
 
-    An internationalised domain matches in A-labels and in U-labels, however either side wrote it
-    (gateway/idn.py address_forms).
+    The email is Odoo's email_normalized: the first address of the partner's email, without its
+    name or spaces. An internationalised domain matches in A-labels and in U-labels, however either
+    side wrote it (gateway/idn.py address_forms). Two active users of one address are ambiguous
+    and refused, where Odoo's gateway would take the first it finds.
     """
     email = email.strip().lower()
     # The field name depends on the server's version, known after the first login: that login
@@ -89,7 +98,7 @@ def find_user(odoo: OdooPool, email: str, *, deadline: float | None = None) -> O
         uid=int(row["id"]),
         login=row.get("login") or "",
         name=row.get("name") or "",
-        email=(row.get("email") or "").lower(),
+        email=(row.get("email_normalized") or row.get("email") or "").lower(),
         partner_id=partner_id,
         commercial_partner_id=_many2one_id(row.get("commercial_partner_id")) or partner_id,
         internal=not row.get("share", True),

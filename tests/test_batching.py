@@ -92,7 +92,7 @@ def test_a_read_with_a_free_connection_goes_at_once_and_alone(test_odoo, pool):
     test_odoo.clear_calls()
     assert find_user(pool, PAULA_EMAIL).uid == PAULA_UID
     [call] = test_odoo.calls
-    assert call.args[0] == ["|", ["login", "=ilike", PAULA_EMAIL], ["email", "=ilike", PAULA_EMAIL]]
+    assert call.args[0] == ["|", ["login", "=ilike", PAULA_EMAIL], ["email_normalized", "=ilike", PAULA_EMAIL]]
     assert call.kwargs["limit"] == 10
 
 
@@ -154,7 +154,7 @@ def test_a_lookup_whose_deadline_passes_while_it_waits_gets_451_and_the_others_t
 
 def test_a_batched_lookup_that_fills_its_limit_sends_every_address_alone():
     # Ten rows per address: a read that filled its limit may have left some address's rows out.
-    rows = [{"id": index, "login": f"shared{index}@example.com", "email": "a@example.com", "active": True}
+    rows = [{"id": index, "login": f"shared{index}@example.com", "email_normalized": "a@example.com", "active": True}
             for index in range(20)]
     batch = UserRows("groups_id")
     assert batch.run(["a@example.com", "b@example.com"], lambda *args: rows) == [SOLO, SOLO]

@@ -1,0 +1,94 @@
+"""A sender's Odoo user is found by its partner's email as Odoo normalises it (email_normalized), as Odoo's gateway does."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.testing.odoo_demo import CONTRIBUTOR_GROUP_ID, TASK_ID
+from gateway.testing.sending import compose
+
+PAULA = "paula2@example.com"
+MALLORY = "mallory@example.com"
+IDN_SIGNER = "xn--bcher-kva.example"
+
+
+def _posts(test_odoo):
+    return [call for call in test_odoo.calls if call.model_method == "message_post"]
+
+
+def _contributor(test_odoo, login: str, name: str, stored_email: str, *, active: bool = True) -> int:
+    """A portal contributor following the task, whose partner's email Odoo holds as ``stored_email``."""
+    partner = test_odoo.add_partner(name, stored_email)
+    test_odoo.add_user(login, name, partner_id=partner, groups=[CONTRIBUTOR_GROUP_ID], active=active)
+    test_odoo.add_follower("project.task", TASK_ID, partner)
+    return partner
+
+
+def _note_from(mailer, sender: str, signer: str = "example.com") -> str:
+    to = mailer.address("note", "project.task", TASK_ID)
+    return mailer.send(mailer.sign(compose(sender, to, "Pump", "Seal worn."), signer), to, mail_from=sender)
+
+
+@pytest.mark.parametrize("stored_email, sender, signer", [
+    ("Paula Two <paula2@example.com>", PAULA, "example.com"),
+    (" paula2@example.com ", PAULA, "example.com"),
+    # tools.email_normalize(strict=False) keeps the first address of a list.
+    ("paula2@example.com, paula.two@example.com", PAULA, "example.com"),
+    ('"Two, Paula" <PAULA2@Example.COM>', PAULA, "example.com"),
+    # Odoo normalises without IDNA: the U-labels stay, lowercased, and match an A-label From.
+    ("Paula Bücher <Paula@BÜCHER.example>", "paula@xn--bcher-kva.example", IDN_SIGNER),
+], ids=["name", "spaces", "list", "quoted-name-upper", "name-idn"])
+def test_user_is_found_by_the_email_odoo_normalises(test_odoo, gateway, mailer, stored_email, sender, signer):
+    # Found by a review comparing the gateway with Odoo's own mail gateway, which finds the user by
+    # email_normalized: the raw email was compared, and these users were refused with
+    # "550 5.7.1 No Odoo user has this sender address".
+    partner = _contributor(test_odoo, "paula2", "Paula Two", stored_email)
+    reply = _note_from(mailer, sender, signer)
+    assert reply.startswith("250 2.0.0 Filed as Odoo message ")
+    [post] = _posts(test_odoo)
+    assert post.kwargs["author_id"] == partner
+    # The search asks Odoo's field, not the raw email.
+    [lookup] = [call for call in test_odoo.calls if call.model == "res.users" and call.model_method == "search_read"]
+    assert {term[0] for term in lookup.args[0] if isinstance(term, (list, tuple))} == {"login", "email_normalized"}
+
+
+def test_archived_user_of_a_named_email_is_refused_as_archived(test_odoo, gateway, mailer):
+    _contributor(test_odoo, "paula2", "Paula Two", "Paula Two <paula2@example.com>", active=False)
+    assert _note_from(mailer, PAULA) == f"550 5.7.1 The Odoo user of this sender is archived: {PAULA}"
+    assert _posts(test_odoo) == []
+
+
+def test_the_second_address_of_a_list_is_nobodys(test_odoo, gateway, mailer):
+    # Odoo's email_normalized holds the first address only: the second finds no user, in Odoo's
+    # gateway as here.
+    _contributor(test_odoo, "paula2", "Paula Two", "paula2@example.com, paula.two@example.com")
+    assert _note_from(mailer, "paula.two@example.com") == (
+        "550 5.7.1 No Odoo user has this sender address: paula.two@example.com")
+    assert _posts(test_odoo) == []
+
+
+def test_a_partner_email_naming_someone_else_second_does_not_make_their_mail_its_users(test_odoo, gateway, mailer):
+    # Mallory lists Paula's address after her own: Paula's mail stays Paula's, not ambiguous and
+    # not Mallory's; Mallory's own address finds Mallory, as in Odoo.
+    paula = _contributor(test_odoo, "paula2", "Paula Two", PAULA)
+    mallory = _contributor(test_odoo, "mallory", "Mallory", f"{MALLORY}, {PAULA}")
+    assert _note_from(mailer, PAULA).startswith("250 2.0.0 Filed as Odoo message ")
+    assert _note_from(mailer, MALLORY).startswith("250 2.0.0 Filed as Odoo message ")
+    assert [post.kwargs["author_id"] for post in _posts(test_odoo)] == [paula, mallory]
+
+
+@pytest.mark.parametrize("other_login, other_email", [
+    ("paula.again", "Paula Again <paula2@example.com>"),
+    ("paula.again", " PAULA2@example.com, paula.again@example.com"),
+    # A login that is the address and a normalised email that is the address are two users of it.
+    (PAULA, "paula.again@example.com"),
+], ids=["named", "list", "login"])
+def test_two_users_whose_normalised_emails_collide_are_refused(test_odoo, gateway, mailer, other_login, other_email):
+    # Odoo's gateway takes the first user it finds (a follower first, then by name); the gateway
+    # refuses to guess, as for two users of one raw email: filing as either could give one user's
+    # note to another. Before email_normalized was searched, the named and listed emails went
+    # unseen and the note was filed as the first user.
+    _contributor(test_odoo, "paula2", "Paula Two", PAULA)
+    _contributor(test_odoo, other_login, "Paula Again", other_email)
+    assert _note_from(mailer, PAULA) == f"550 5.7.1 Several Odoo users have this sender address: {PAULA} (2 users)"
+    assert _posts(test_odoo) == []

@@ -66,15 +66,17 @@ def choose(odoo: OdooPool, ctx: MessageContext, *, own_domains: set[str] | froze
     addresses = addresses[:MAX_LOOKED_UP]
     if not addresses:
         return result
-    # Each address in every form Odoo may hold it in (A-labels, U-labels), all in the one call.
+    # Each address in every form Odoo may hold it in (A-labels, U-labels), all in the one call,
+    # by login or normalised email as the sender is found (gateway/identity.py): an internal user
+    # whose email is "Marc <marc@example.com>" is marc@example.com to Odoo.
     forms = {address: idn.address_forms(address) for address in addresses}
     terms: list = []
     for address in addresses:
         for form in forms[address]:
             pattern = escape_like(form)
-            terms += [("login", "=ilike", pattern), ("email", "=ilike", pattern)]
+            terms += [("login", "=ilike", pattern), ("email_normalized", "=ilike", pattern)]
     domain = [("share", "=", False), *(["|"] * (len(terms) - 1)), *terms]
-    rows = odoo.call("res.users", "search_read", [domain], {"fields": ["login", "email", "partner_id"]},
+    rows = odoo.call("res.users", "search_read", [domain], {"fields": ["login", "email_normalized", "partner_id"]},
                      deadline=deadline)
     internal: dict[str, int] = {}
     emails: dict[int, str] = {}
@@ -83,11 +85,11 @@ def choose(odoo: OdooPool, ctx: MessageContext, *, own_domains: set[str] | froze
         if not partner:
             continue
         # The database compared with ILIKE; only an exact match, in one of the forms, names a user.
-        for value in (row.get("login"), row.get("email")):
+        for value in (row.get("login"), row.get("email_normalized")):
             for address in addresses:
                 if value and value.lower() in forms[address]:
                     internal.setdefault(address, int(partner[0]))
-                    emails.setdefault(int(partner[0]), row.get("email") or value)
+                    emails.setdefault(int(partner[0]), row.get("email_normalized") or value)
     author = ctx.user.partner_id if ctx.user else 0
     for address in addresses:
         partner_id = internal.get(address)

@@ -92,3 +92,20 @@ def test_two_users_whose_normalised_emails_collide_are_refused(test_odoo, gatewa
     _contributor(test_odoo, other_login, "Paula Again", other_email)
     assert _note_from(mailer, PAULA) == f"550 5.7.1 Several Odoo users have this sender address: {PAULA} (2 users)"
     assert _posts(test_odoo) == []
+
+
+def test_internal_users_in_cc_are_found_by_their_normalised_email(test_odoo, gateway, mailer):
+    # The To/Cc lookup compared the raw email too: Bea, whose email Odoo holds with her name, was
+    # dropped as "not an internal user" and not notified of the note. Nick's list names Bea's
+    # colleague second, which is nobody's address.
+    bea = test_odoo.add_partner("Bea Two", "Bea Two <bea2@example.com>")
+    test_odoo.add_user("bea2", "Bea Two", internal=True, partner_id=bea)
+    nick = test_odoo.add_partner("Nick", "nick@example.com, colleague@example.com")
+    test_odoo.add_user("nick", "Nick", internal=True, partner_id=nick)
+    _contributor(test_odoo, "paula2", "Paula Two", PAULA)
+    to = mailer.address("note", "project.task", TASK_ID)
+    raw = b"Cc: bea2@example.com, colleague@example.com\r\n" + compose(PAULA, to, "Pump", "Seal worn.")
+    assert mailer.send(mailer.sign(raw), to, mail_from=PAULA).startswith("250 2.0.0 Filed")
+    [post] = _posts(test_odoo)
+    assert post.kwargs["partner_ids"] == [bea]
+    assert "colleague@example.com" in post.kwargs["body"]  # "Also sent by email to": not an internal user

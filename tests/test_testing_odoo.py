@@ -14,6 +14,7 @@ import urllib.request
 import odoorpc
 import pytest
 
+from gateway.testing import odoo_mail
 from gateway.testing.odoo import (
     ADMIN_PARTNER_ID,
     CONTRIBUTOR_GROUP_ID,
@@ -696,3 +697,24 @@ def test_flat_thread_parent_is_the_oldest_message_left_on_the_document(odoo, gat
     assert parent(post(gateway, "project.task", TASK_ID, body="d", **NOTE))[0] == elsewhere
     gateway.execute_kw("mail.message", "write", [[elsewhere], {"res_id": PRIVATE_TASK_ID}])
     assert parent(post(gateway, "project.task", TASK_ID, body="e", **NOTE))[0] == first
+
+
+@pytest.mark.parametrize("text, pairs, normalized", [
+    # As Odoo 18's tools/mail.py email_split_tuples and email_normalize(strict=False) read them
+    # (measured with its source): a From header's text, decoded, as message_parse reads the author.
+    ('"Päula <mark.brown23@example.com>" <eve@ext.com>', [("Päula <mark.brown23@example.com>", "eve@ext.com")],
+     "eve@ext.com"),
+    ("Päula <mark.brown23@example.com> <eve@ext.com>", [("Päula", "mark.brown23@example.com"), ("", "eve@ext.com")],
+     "mark.brown23@example.com"),
+    ("Zoë [ACME] <eve@ext.com>", [("", "eve@ext.com")], "eve@ext.com"),
+    ("Renée @ ACME <eve@ext.com>", [("", "Renée@ACME"), ("", "eve@ext.com")], "Renée@acme"),
+    ("Paula eve@ext.com", [("Paula", "eve@ext.com")], "eve@ext.com"),
+    ("@gmail.com, eve@ext.com", [("", "eve@ext.com")], "eve@ext.com"),
+    ("Ünal@X.COM", [("", "Ünal@X.COM")], "Ünal@x.com"),
+    ("Paula <Paula@Bücher.Example>", [("Paula", "Paula@Bücher.Example")], "paula@bücher.example"),
+])
+def test_the_mail_gateway_reads_a_from_as_odoo_does(text, pairs, normalized):
+    # It read the From with parseaddr: not the mailbox Odoo 18 reads in a name with specials
+    # (found by a differential review of reply+ filing against Odoo 18).
+    assert odoo_mail.email_split_tuples(text) == pairs
+    assert odoo_mail.email_normalize(text, strict=False) == normalized

@@ -693,15 +693,66 @@ POST_AFTER_HOOKS = {"account.move": account_move_after_hook}
 _QUOTE_TAG = re.compile(r"<blockquote(?![^>]*data-o-mail-quote)", re.IGNORECASE)
 
 
+# tools/mail.py email_re: what Odoo takes for an address in text, when getaddresses found none.
+_EMAIL_IN_TEXT = re.compile(r"([a-zA-Z0-9._%+-]+@[a-zA-Z0-9.-]+\.[a-zA-Z]{2,63})")
+
+
+def email_split_tuples(text: str) -> list[tuple[str, str]]:
+    """tools/mail.py email_split_tuples: the (name, address) pairs Odoo reads in a header's text.
+
+    What getaddresses finds with an "@" in its address; if one of them starts with "@", the
+    addresses email_re finds in the text instead; a pair without a name whose address holds spaces
+    is read again with the spaces as commas (Odoo's repair of 'name email@domain.com').
+    """
+    from email.utils import getaddresses
+
+    if not text:
+        return []
+    pairs = [(name, address) for name, address in getaddresses([text]) if address and "@" in address]
+    if any(address.startswith("@") for _name, address in pairs):
+        found = [address for address in _EMAIL_IN_TEXT.findall(text) if address and not address.startswith("@")]
+        if found:
+            pairs = [("", address) for address in found]
+    repaired = []
+    for name, address in pairs:
+        if not name and " " in address:
+            words = [word for _n, word in getaddresses([address.replace(" ", ",")]) if word]
+            inside = [word for word in words if "@" in word]
+            if inside:
+                name, address = " ".join(word for word in words if "@" not in word), inside[-1]
+        repaired.append((name, address))
+    return repaired
+
+
+def email_normalize(text: str, strict: bool = True) -> str | bool:
+    """tools/mail.py email_normalize: the one (strict) or first address of ``text``, its domain
+    lowercased, its local part too when it is ASCII (a non-ASCII local part is kept as it is)."""
+    addresses = [address for _name, address in email_split_tuples(text)]
+    if not addresses or (strict and len(addresses) != 1):
+        return False
+    local, at, domain = addresses[0].rpartition("@")
+    if local.isascii():
+        local = local.lower()
+    return local + at + domain.lower()
+
+
+def _odoo_formataddr(name: str, address: str) -> str:
+    """tools/mail.py formataddr with its default charset utf-8: the name quoted, the address kept."""
+    return format_address(name, address) if name else address
+
+
 def _find_partner_by_email(env: Env, model: str, record_id: int, address: str) -> int | None:
     """mail_thread.py _mail_find_partner_from_emails for one address: the record's followers
-    first, then the partners of users, then any partner (lowest id)."""
-    wanted = address.strip().lower()
+    first, then the partners of users, then any partner (lowest id), compared by the normalized
+    address (email_normalize(strict=False) of the text, a partner's email_normalized)."""
+    wanted = email_normalize(address, strict=False)
+    if not wanted:
+        return None
     partners = env.db.rows["res.partner"]
 
     def matches(partner_id: int) -> bool:
         row = partners.get(partner_id) or {}
-        return bool(row.get("email")) and row["email"].strip().lower() == wanted
+        return bool(row.get("email")) and email_normalize(row["email"]) == wanted
 
     followers = [env.db.rows["mail.followers"][fid]["partner_id"] for fid in followers_of(env, model, record_id)]
     for partner_id in followers:
@@ -729,7 +780,7 @@ def message_process(env: Env, _model: str, thread_model: str, message: Any, cust
     """
     import email
     import email.policy
-    from email.utils import getaddresses, parseaddr
+    from email.utils import getaddresses
 
     db = env.db
     if isinstance(message, str):
@@ -746,8 +797,14 @@ def message_process(env: Env, _model: str, thread_model: str, message: Any, cust
     if record_id not in db.rows[thread_model]:
         raise missing_error(env, thread_model, [record_id])
     check_records(env, thread_model, [record_id], "read")
-    email_from = str(parsed.get("From") or "")
-    author_id = _find_partner_by_email(env, thread_model, record_id, parseaddr(email_from)[1])
+    # message_parse (mail_thread.py:1705-1709): every From header, decoded and joined with commas;
+    # the first pair Odoo reads in it, formatted again, or the text itself when it reads none. The
+    # author is found by that text's first address (_routing_check_route, lines 855-864).
+    email_from = ",".join(str(value) for value in parsed.get_all("From", []) if value)
+    from_pairs = email_split_tuples(email_from)
+    if from_pairs:
+        email_from = _odoo_formataddr(*from_pairs[0])
+    author_id = _find_partner_by_email(env, thread_model, record_id, email_from)
     body, files = "", []
     for part in parsed.walk():
         if part.is_multipart():
@@ -781,7 +838,7 @@ def message_process(env: Env, _model: str, thread_model: str, message: Any, cust
         subscribe(root, thread_model, record_id, copied)
     new_message = message_post(
         root, thread_model, [record_id], body=Markup(body), message_type="email", subtype_xmlid="mail.mt_comment",
-        author_id=author_id or None, email_from=email_from, subject=str(parsed.get("Subject") or "") or None,
+        author_id=author_id or False, email_from=email_from, subject=str(parsed.get("Subject") or "") or None,
         attachments=[] if strip_attachments else files, message_id=message_id or tracking_message_id(str(record_id)))
     if copied:
         db.rows["mail.message"][new_message]["partner_ids"] = list(dict.fromkeys(copied))

@@ -177,6 +177,9 @@ class MessageContext:
     # A call that files the message failed with Odoo perhaps still running it (gateway/post.py);
     # the post stage then leaves a marker in the journal for the retry (odoo.unsettled_post_seconds).
     post_unsettled: bool = False
+    # The (name, address) of the From a reply+ is handed to Odoo's mail gateway with (gateway/post.py
+    # files_through_mail_gateway): the address as Odoo holds it, the name only if Odoo reads it so.
+    reply_from: tuple[str, str] | None = None
     odoo_message_id: int | None = None
     duplicate: bool = False
     refusal: Refusal | None = None

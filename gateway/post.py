@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import email
+import email.errors
 import hashlib
 import logging
 from dataclasses import dataclass
+from email.headerregistry import Address
 from email.message import EmailMessage
-from email.policy import SMTP
-from email.utils import formataddr, parseaddr
+from email.policy import SMTP, SMTPUTF8
+from email.utils import getaddresses, parseaddr
 
 from gateway import address, idn
 from gateway.context import MessageContext
@@ -268,7 +270,86 @@ def files_through_mail_gateway(odoo: OdooPool, ctx: MessageContext, *, deadline:
         ctx.journal_notes.append(f"reply-posted-by-message_post:Message-ID {ctx.message.message_id!r} "
                                  "cannot pass Odoo's mail gateway unchanged")
         return False
+    author_address = mail_gateway_address(odoo, ctx, deadline=deadline)
+    if author_address is None:
+        return False
+    name = reply_from_name(ctx)
+    if _reply_from_reads_as(name, author_address):
+        ctx.reply_from = (name, author_address)
+    elif _reply_from_reads_as("", author_address):
+        ctx.reply_from = ("", author_address)
+        ctx.journal_notes.append(f"reply-from-without-name:Odoo's mail gateway would read the sender's name "
+                                 f"{name!r} as other than one mailbox {author_address}; From is the bare address")
+    else:
+        ctx.journal_notes.append(f"reply-posted-by-message_post:Odoo's mail gateway would not read the From "
+                                 f"{author_address!r} as that one mailbox")
+        return False
     return True
+
+
+# Partners one sender address may bring (res.partner.search_read in mail_gateway_address): more are
+# not told apart; the reply is then posted with message_post.
+SAME_ADDRESS_ROWS = 20
+
+
+def odoo_normalized(address: str) -> str:
+    """An address as Odoo 18 normalizes one (tools/mail.py _normalize_email, res.partner.email_normalized):
+    the domain lowercased as written (A-labels and U-labels are two strings to it), the local part
+    lowercased only when it is ASCII."""
+    local, at, domain = address.strip().rpartition("@")
+    return (local.lower() if local.isascii() else local) + at + domain.lower()
+
+
+def _normalized_forms(address: str) -> list[str]:
+    """``address`` normalized as Odoo does, with its domain in each form Odoo may hold (gateway/idn.py)."""
+    local, at, domain = address.strip().rpartition("@")
+    if not at:
+        return [odoo_normalized(address)]
+    forms = [domain, idn.ascii_domain(domain)]
+    forms.append(idn.unicode_domain(forms[1]) or forms[1])
+    return list(dict.fromkeys(odoo_normalized(f"{local}@{form}") for form in forms))
+
+
+def mail_gateway_address(odoo: OdooPool, ctx: MessageContext, *, deadline: float | None = None) -> str | None:
+    """The address the From handed to Odoo's mail gateway carries: the sender's partner's
+    email_normalized, if Odoo's mail gateway finds that partner, and only that one, by it; else None,
+    and the journal says why (the reply is then posted with message_post, with the sender as author).
+
+    Odoo picks the author of what its gateway files by the From's normalized address, among the
+    record's followers first (mail_thread.py _mail_find_partner_from_emails, a string compare of
+    email_normalized): the address goes in the form Odoo holds it, whichever form of an
+    internationalised domain the sender's mail used ("paula@bücher.example" on the partner and
+    paula@xn--bcher-kva.example in the From filed the reply without an author; found by a
+    differential review against Odoo 18). A partner's email that is not the verified sender's
+    address is not written in its place; another follower with that address would be picked in
+    the sender's stead (measured: the oldest follower).
+    """
+    assert ctx.user is not None
+    sender, partner_id = sender_address(ctx), ctx.user.partner_id
+    rows = odoo.call("res.partner", "search_read",
+                     [["|", ("id", "=", partner_id), ("email_normalized", "in", _normalized_forms(sender))]],
+                     {"fields": ["email_normalized"], "limit": SAME_ADDRESS_ROWS, "context": {"active_test": False}},
+                     deadline=deadline)
+    own = next((row for row in rows if int(row["id"]) == partner_id), None)
+    normalized = str((own or {}).get("email_normalized") or "")
+    if not normalized or not idn.same_mailbox(normalized, sender):
+        ctx.journal_notes.append(f"reply-posted-by-message_post:the email of partner {partner_id} in Odoo is not "
+                                 f"the sender's address {sender}, by which Odoo's mail gateway finds the author")
+        return None
+    if len(rows) >= SAME_ADDRESS_ROWS:
+        ctx.journal_notes.append(f"reply-posted-by-message_post:{len(rows)} or more partners have the sender's "
+                                 f"address {sender}; Odoo's mail gateway could pick another as author")
+        return None
+    others = sorted(int(row["id"]) for row in rows
+                    if int(row["id"]) != partner_id and row.get("email_normalized") == normalized)
+    if others and odoo.call(ctx.target.model, "search_count",
+                            [[("id", "=", ctx.target.res_id), ("message_partner_ids", "in", others)]],
+                            deadline=deadline):
+        ctx.journal_notes.append(f"reply-posted-by-message_post:another follower of the record has the sender's "
+                                 f"address {sender} (one of partners {', '.join(map(str, others))}); Odoo's mail "
+                                 "gateway could pick it as author")
+        return None
+    return normalized
 
 
 def _author_follows(odoo: OdooPool, ctx: MessageContext, *, deadline: float | None = None) -> bool:
@@ -283,10 +364,69 @@ def _author_follows(odoo: OdooPool, ctx: MessageContext, *, deadline: float | No
                           deadline=deadline))
 
 
+# The longest line of the message handed to Odoo's mail gateway (RFC 5322 section 2.1.1).
+REPLY_LINE_LENGTH = 998
+
+
+def reply_from_name(ctx: MessageContext) -> str:
+    """The name in the From of a reply handed to Odoo's mail gateway: the identified user's, one line."""
+    assert ctx.user is not None and ctx.message is not None
+    return " ".join((ctx.user.name or ctx.message.from_name or "").split())
+
+
+def odoo_reads_from(raw: str) -> list[tuple[str, str]]:
+    """The (name, address) pairs in the From of ``raw`` as Odoo's mail gateway comes to read them.
+
+    message_process parses the bytes with the SMTP policy, message_parse joins every From header,
+    decoded, with commas and reads the pairs getaddresses finds in it (mail_thread.py:1705-1709,
+    tools/mail.py email_split_tuples). Odoo then drops the pairs without "@" and repairs some; a
+    From read here as exactly one pair, with an "@" and a name or no space, is read so by Odoo too.
+    """
+    parsed = email.message_from_bytes(raw.encode("utf-8"), policy=SMTP)
+    return getaddresses([",".join(str(value) for value in parsed.get_all("From", []) if value)])
+
+
+def _reply_from_reads_as(name: str, author_address: str) -> bool:
+    """Whether Odoo's mail gateway reads the From built of ``name`` and ``author_address`` as that one mailbox."""
+    try:
+        raw = _reply_headers(name, author_address).as_string()
+    except (email.errors.MessageError, ValueError, IndexError, TypeError, UnicodeError):
+        return False  # the header classes refuse some values
+    return _reads_as(raw, author_address)
+
+
+def _reads_as(raw: str, author_address: str) -> bool:
+    """Whether Odoo's mail gateway reads the From of ``raw`` as exactly the one mailbox ``author_address``."""
+    pairs = odoo_reads_from(raw)
+    if len(pairs) != 1:
+        return False
+    read_name, read_address = pairs[0]
+    return ("@" in read_address and (bool(read_name) or " " not in read_address)
+            and odoo_normalized(read_address) == odoo_normalized(author_address))
+
+
+def _reply_headers(name: str, author_address: str) -> EmailMessage:
+    # The name is one display-name, quoted or encoded whole by the header class: formataddr left
+    # the specials of a non-ASCII name bare once the policy refolded it, and Odoo read
+    # "Päula <mark.brown23@example.com>" as another mailbox and filed the reply as that user's
+    # (found by a differential review against Odoo 18). A non-ASCII address is written as UTF-8
+    # (RFC 6532): the SMTP policy cannot write it (UnicodeEncodeError, a 451 forever), and Odoo 18
+    # reads an 8-bit From given to message_process as UTF-8 (measured).
+    # Lines up to RFC 5322's limit: folded in two encoded-words, a long name came back from Python's
+    # parser with a space where the fold was ("...@no te-gateway.test", measured on Odoo 18); the
+    # message goes to Odoo by RPC, never over SMTP.
+    policy = SMTP if author_address.isascii() else SMTPUTF8
+    message = EmailMessage(policy=policy.clone(max_line_length=REPLY_LINE_LENGTH))
+    message["From"] = Address(display_name=name, addr_spec=author_address)
+    return message
+
+
 def reply_message(ctx: MessageContext, message_id: str) -> str:
     """The message Odoo's mail gateway files for a reply+: only what the gateway decided to file.
 
-    From is the identified user, so Odoo attributes the message to its partner; the body is the
+    From is the identified user (ctx.reply_from, chosen by files_through_mail_gateway: the sender's
+    partner's address as Odoo holds it, the name only if Odoo reads the whole as that one mailbox),
+    so Odoo attributes the message to its partner; the body is the
     rendered reply; the files are those the attachment rules let through, inline images keeping
     their Content-ID. No To, References or In-Reply-To: Odoo would route by them (to an alias, or
     to the record of a referenced message) before the record the address names; so Odoo cannot
@@ -297,10 +437,12 @@ def reply_message(ctx: MessageContext, message_id: str) -> str:
     partner with such an address, a portal one, would gain access to the record.
     """
     assert ctx.message is not None and ctx.user is not None and ctx.rendered_body is not None
-    message = EmailMessage(policy=SMTP)
-    # The DKIM-verified address is the one the identity stage matched; a name is one line.
-    sender = ctx.sender.email if ctx.sender else ctx.message.from_address
-    message["From"] = formataddr((" ".join((ctx.user.name or ctx.message.from_name or "").split()), sender))
+    if ctx.reply_from is None:
+        author_address = odoo_normalized(sender_address(ctx))
+        name = reply_from_name(ctx)
+        ctx.reply_from = (name if _reply_from_reads_as(name, author_address) else "", author_address)
+    name, author_address = ctx.reply_from
+    message = _reply_headers(name, author_address)
     message["Message-ID"] = message_id
     message.set_content(ctx.rendered_body, subtype="html", charset="utf-8", cte="base64")
     files = ctx.message.attachments if ctx.attachments is None else ctx.attachments
@@ -310,7 +452,11 @@ def reply_message(ctx: MessageContext, message_id: str) -> str:
         options = {"cid": f"<{item.content_id}>", "disposition": "inline"} if item.content_id else {}
         message.add_attachment(item.payload, maintype="application", subtype="octet-stream",
                                filename=item.filename, **options)
-    return message.as_string()
+    raw = message.as_string()
+    if not _reads_as(raw, author_address):
+        # files_through_mail_gateway checked this From; never hand over one Odoo reads otherwise.
+        raise ValueError(f"Odoo's mail gateway would not read the From of {author_address!r} as that one mailbox")
+    return raw
 
 
 def file_reply(odoo: OdooPool, ctx: MessageContext, *, taken: frozenset[str] | set[str] = frozenset(),

@@ -51,6 +51,40 @@ def test_a_reply_attributed_to_another_partner_is_journaled():
     assert ctx.journal_notes == ["reply-author:99 instead of partner 42"]
 
 
+@pytest.mark.parametrize("rows, followed, expected, note", [
+    ([{"id": 42, "email_normalized": "paula@example.com"}], None, "paula@example.com", None),
+    # The partner's email in Odoo is another mailbox than the verified sender's (a user found by login).
+    ([{"id": 42, "email_normalized": "paula@home.example"}], None, None, "the email of partner 42 in Odoo"),
+    ([{"id": 42, "email_normalized": False}], None, None, "the email of partner 42 in Odoo"),
+    # Another partner has the address: only if it follows could Odoo pick it.
+    ([{"id": 42, "email_normalized": "paula@example.com"}, {"id": 30, "email_normalized": "paula@example.com"}],
+     0, "paula@example.com", None),
+    ([{"id": 42, "email_normalized": "paula@example.com"}, {"id": 30, "email_normalized": "paula@example.com"}],
+     1, None, "another follower of the record has the sender's address paula@example.com (one of partners 30)"),
+    ([{"id": n, "email_normalized": "paula@example.com"} for n in range(42, 42 + post.SAME_ADDRESS_ROWS)],
+     None, None, f"{post.SAME_ADDRESS_ROWS} or more partners"),
+])
+def test_the_address_handed_to_odoo_is_the_one_it_finds_only_the_sender_by(rows, followed, expected, note):
+    odoo = RecordingPool(rows, *([] if followed is None else [followed]))
+    ctx = _context()
+    assert post.mail_gateway_address(odoo, ctx) == expected
+    assert odoo.calls[0][:3] == ("res.partner", "search_read", [["|", ("id", "=", 42),
+                                                                ("email_normalized", "in", ["paula@example.com"])]])
+    if note is None:
+        assert ctx.journal_notes == []
+    else:
+        [said] = ctx.journal_notes
+        assert said.startswith("reply-posted-by-message_post:") and note in said
+
+
+def test_the_address_is_asked_for_in_each_form_of_an_internationalised_domain():
+    ctx = _context()
+    ctx.message.from_address = "Paula@xn--BCHER-kva.example"
+    odoo = RecordingPool([{"id": 42, "email_normalized": "paula@bücher.example"}])
+    assert post.mail_gateway_address(odoo, ctx) == "paula@bücher.example"
+    assert odoo.calls[0][2][0][2] == ("email_normalized", "in", ["paula@xn--bcher-kva.example", "paula@bücher.example"])
+
+
 def test_a_message_id_odoo_has_from_another_author_is_not_this_reply():
     # Odoo dropped the original ID, and what it has on the record under it is another author's
     # message (filed in between): not this reply, which goes in under its record's own ID.

@@ -52,10 +52,12 @@ def test_reply_attachments_keep_their_bytes_and_the_inline_image_shows(world, re
           f"inline image -> /web/image/{image_id}")
 
 
-def test_reply_attributed_by_odoo_to_an_older_follower_with_the_same_address_is_journaled(world, real_gateway):
+def test_reply_odoo_would_attribute_to_an_older_follower_with_the_same_address_is_posted_as_the_senders(
+        world, real_gateway):
     # Odoo takes the author from the record's followers first, oldest first (mail_thread.py
     # _mail_find_partner_from_emails): a contact with Paula's address that followed the task
-    # before her wins. The reply is filed, and the journal names both partners.
+    # before her won, and the reply was only journaled as another's. The gateway now sees that
+    # follower first and posts the reply with message_post, Paula as its author.
     task = world.task_id
     admin = world.admin
     twin = admin.env["res.partner"].with_context(mail_create_nosubscribe=True).create(
@@ -70,13 +72,70 @@ def test_reply_attributed_by_odoo_to_an_older_follower_with_the_same_address_is_
         raw = real_gateway.sign(real_gateway.message(world.contributor.email, to, "Twin check.\n",
                                                      message_id=message_id))
         comment = _filed_id(real_gateway.send(raw, to, mail_from=world.contributor.email))
-        assert _stored(world, "project.task", task, comment)["author_id"][0] == twin
+        assert _stored(world, "project.task", task, comment)["author_id"][0] == world.contributor.partner_id
         [row] = [row for row in real_gateway.journal() if row.message_id == message_id]
-        assert f"reply-author:{twin} instead of partner {world.contributor.partner_id}" in row.defects
+        assert any(note.startswith("reply-posted-by-message_post:another follower of the record has the sender's "
+                                   "address") and str(twin) in note for note in row.defects)
     finally:
         admin.execute_kw("project.task", "message_unsubscribe", [[task]], {"partner_ids": [twin]})
-    print(f"\nolder follower {twin} with the contributor's address: message {comment} attributed to it; "
-          f"journal defects {row.defects}")
+    print(f"\nolder follower {twin} with the contributor's address: message {comment} posted as the "
+          f"contributor's; journal defects {row.defects}")
+
+
+@pytest.mark.parametrize("name", ["Päula <{internal}>", "Zoë [ACME]", "Renée @ ACME"])
+def test_a_reply_is_the_senders_whatever_name_she_gives_herself(world, real_gateway, name):
+    # Found by a differential review against Odoo 18: a portal user named "Päula <an internal
+    # user's address>" (she may set her name on /my/account) had her reply filed public as the
+    # internal user's; "Zoë [ACME]" and "Renée @ ACME" had it filed without an author.
+    task, admin = world.task_id, world.admin
+    name = name.format(internal=world.internal.email)
+    admin.execute_kw("res.partner", "write", [[world.contributor.partner_id], {"name": name}])
+    try:
+        to = real_gateway.address("reply", "project.task", task)
+        raw = real_gateway.sign(real_gateway.message(world.contributor.email, to, "Name check.\n",
+                                                     sender_name="Paula"))
+        comment = _filed_id(real_gateway.send(raw, to, mail_from=world.contributor.email))
+        stored = _stored(world, "project.task", task, comment)
+    finally:
+        admin.execute_kw("res.partner", "write", [[world.contributor.partner_id], {"name": world.contributor.name}])
+    assert stored["author_id"] and stored["author_id"][0] == world.contributor.partner_id
+    assert email.utils.getaddresses([stored["email_from"]]) == [(name, world.contributor.email)]
+    print(f"\nname {name!r}: message {comment} by {stored['author_id']}, email_from {stored['email_from']!r}")
+
+
+def test_odoo_reads_a_utf8_from_handed_to_its_mail_gateway(world):
+    # The gateway writes the From of a reply in the form Odoo holds the sender's address, as UTF-8
+    # when its domain is in U-labels (post.reply_message); Odoo 18 reads it so and finds the
+    # partner by it (a U-label From given to the SMTP policy was a 451 forever, an A-label one
+    # filed the reply without an author: found by a differential review).
+    from gateway import post
+    from gateway.context import MessageContext, OdooUser, ParsedMessage, Target
+
+    task, admin = world.task_id, world.admin
+    address = f"{world.tag}.paula@b\u00fccher.note-gateway.test"
+    partner = admin.env["res.partner"].with_context(mail_create_nosubscribe=True).create(
+        {"name": f"Päula <{world.internal.email}> {world.tag}", "email": address})
+    world.track("res.partner", partner)
+    admin.execute_kw("project.task", "message_subscribe", [[task]], {"partner_ids": [partner]})
+    try:
+        ascii_address = address.replace("b\u00fccher", "xn--bcher-kva")
+        ctx = MessageContext(raw=b"", mail_from=ascii_address, rules=None,  # type: ignore[arg-type]
+                             target=Target("reply", "notes.example.com", "project.task", task, "reply+x@notes.example.com"))
+        ctx.message = ParsedMessage(message_id=_message_id(world), from_address=ascii_address, from_name="Paula",
+                                    subject="Re: Site visit", text_plain="", text_html="")
+        ctx.user = OdooUser(uid=0, login=address, name=f"Päula <{world.internal.email}>", email=address,
+                            partner_id=partner, commercial_partner_id=partner, internal=False)
+        ctx.rendered_body = "<p>UTF-8 From check.</p>"
+        ctx.reply_from = (post.reply_from_name(ctx), address)
+        admin.execute_kw("mail.thread", "message_process", ["project.task", post.reply_message(ctx, ctx.message.message_id)],
+                         {"custom_values": dict(post.NO_RECORD_CREATION), "thread_id": task})
+        [stored] = admin.execute_kw("mail.message", "search_read", [[("message_id", "=", ctx.message.message_id)]],
+                                    {"fields": ["author_id", "email_from", "model", "res_id"]})
+    finally:
+        admin.execute_kw("project.task", "message_unsubscribe", [[task]], {"partner_ids": [partner]})
+    assert stored["author_id"] and stored["author_id"][0] == partner
+    assert (stored["model"], stored["res_id"]) == ("project.task", task)
+    print(f"\nUTF-8 From {address}: filed by {stored['author_id']}, email_from {stored['email_from']!r}")
 
 
 def _answer(real_gateway, sender: str, to: str, parent: str, quoted: str, references: list[str] | None = None) -> bytes:

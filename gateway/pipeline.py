@@ -27,7 +27,8 @@ from gateway.refusals import (AccessRuleUnsupported, AlsoAddressedToNote, Answer
                               MessageTookTooLong, ModelNotAllowed, NoRecordReferenced, NotContributor,
                               OdooUnavailable, PostUnsettled, RecordAccessDenied, RecordArchived,
                               RecordHiddenFromGateway, RecordNotFound, RecordOfOtherCompany, ReferencesTooMany,
-                              Refusal, RoutedRecordUnavailable, SenderAuthenticationTimedOut, TemplateLosesBody)
+                              Refusal, ReplyMisattributed, RoutedRecordUnavailable, SenderAuthenticationTimedOut,
+                              TemplateLosesBody)
 from gateway.render import BodyNotShown, Renderer, checked_renderer
 from gateway.resolver import DkimKeyResolver
 from gateway.subject import clean_subject
@@ -629,6 +630,11 @@ def _post_once(ctx: MessageContext, services: Services, deadline: float) -> None
     except OdooUnavailable:
         if ctx.post_unsettled:
             _mark_unsettled(ctx, services, key)
+        raise
+    except ReplyMisattributed:
+        # Filed, under another author: settled all the same (post.file_reply).
+        if unsettled_since is not None:
+            _settle(ctx, services, key)
         raise
     if unsettled_since is not None:
         _settle(ctx, services, key)

@@ -15,7 +15,7 @@ from email.utils import getaddresses, parseaddr
 from gateway import address, idn
 from gateway.context import MessageContext
 from gateway.odoo import POST_CONTEXT, OdooPool
-from gateway.refusals import OdooUnavailable
+from gateway.refusals import OdooUnavailable, ReplyMisattributed
 
 log = logging.getLogger(__name__)
 
@@ -521,11 +521,22 @@ def file_reply(odoo: OdooPool, ctx: MessageContext, *, taken: frozenset[str] | s
         raise OdooUnavailable("Odoo's mail gateway did not file the reply")
     author = found[0].get("author_id")
     author_id = int(author[0]) if author else 0
+    filed_id = int(found[0]["id"])
     if author_id != ctx.user.partner_id:
         # Odoo picks the author by the From address among the record's followers first
-        # (mail_thread.py _mail_find_partner_from_emails): another partner with the same email.
+        # (mail_thread.py _mail_find_partner_from_emails); files_through_mail_gateway made sure that
+        # only the sender's partner has it, so another partner here came in between (a follower
+        # with the sender's address added meanwhile) or from a change to Odoo's gateway.
         ctx.journal_notes.append(f"reply-author:{author_id} instead of partner {ctx.user.partner_id}")
-        log.warning("odoo: reply %s attributed to partner %s, not the sender's partner %s",
-                    ctx.message.message_id, author_id, ctx.user.partner_id)
+        log.error("odoo: reply %s filed as message %s on %s,%s is attributed to partner %s, not the sender's "
+                  "partner %s: correct its author in Odoo (it is public); the sender is told it is filed and "
+                  "must not be sent again", ctx.message.message_id, filed_id, ctx.target.model,
+                  ctx.target.res_id, author_id or "none", ctx.user.partner_id)
+        if thread is not False:
+            # Filed by this call, once: a 250 would hide the wrong author, a 4xx would only be
+            # retried into "Already filed" (is_own knows the reply by its From). The message stays
+            # filed, under its id in the journal.
+            ctx.odoo_message_id = filed_id
+            raise ReplyMisattributed(f"Odoo message {filed_id}")
     # Filed by this call unless Odoo said it had the message already (a delivery in between).
-    return int(found[0]["id"]), thread is False
+    return filed_id, thread is False

@@ -538,6 +538,20 @@ class ReferencesNotSigned(NoRecordReferenced):
     template = "notice/references_not_signed.txt.j2"
 
 
+class ReplyMisattributed(Refusal):
+    # Odoo's mail gateway filed a reply+ under another partner than the sender's, although the
+    # gateway had checked that only the sender's partner has the From's address (gateway/post.py
+    # mail_gateway_address): one added in between. The reply is in Odoo, once, public, under
+    # another name. A 250 would hide that from the sender; a 4xx would be retried only to be found
+    # "Already filed"; a 5xx ends the retries and tells the sender that it is filed (not lost) and
+    # must not be sent again, which would file a second copy. The log is an ERROR with the
+    # message's id, for an administrator to correct its author; the journal row keeps the id.
+    smtp_code, enhanced_code = 550, "5.7.0"
+    reason = ("Your reply was filed, but Odoo shows it under another contact's name; do not send it again, "
+              "an administrator must correct its author")
+
+
+
 # --- Faults on our side or Odoo's: always transient ---------------------------------------------
 
 

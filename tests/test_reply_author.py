@@ -6,13 +6,15 @@ import email
 import email.headerregistry
 import email.policy
 import email.utils
+import threading
+import time
 
 import pytest
 
 from test_idn_senders import A_LABELS, SIGNER, U_LABELS
 
 from gateway.journal import Journal
-from gateway.testing.odoo_demo import CONTRIBUTOR_GROUP_ID, PAULA_PARTNER_ID, TASK_ID
+from gateway.testing.odoo_demo import CONTRIBUTOR_GROUP_ID, MARC_PARTNER_ID, PAULA_PARTNER_ID, TASK_ID
 from gateway.testing.sending import compose
 
 PAULA = "portal.contrib@example.com"
@@ -107,3 +109,36 @@ def test_a_reply_another_follower_with_the_senders_address_would_get_is_posted_a
     [row] = _journal(gateway)
     assert any(note.startswith("reply-posted-by-message_post:another follower of the record has the sender's "
                                f"address {PAULA} (one of partners {other})") for note in row.defects)
+
+
+def test_a_reply_odoo_files_under_another_partner_is_not_acknowledged_as_filed(test_odoo, gateway, mailer):
+    # Between the gateway's check and Odoo's mail gateway, Paula's partner gets another email and
+    # Marc's gets hers: the reply is in Odoo once, public, under Marc's name. It used to be a 250
+    # with a WARNING. Now the sender is told it is filed and must not be sent again (a 5xx: a 4xx
+    # would be retried only to be found "Already filed"), the log is an ERROR, and the journal
+    # keeps the message's id.
+    test_odoo.fail("hang", model="mail.thread", method="message_process", times=1, seconds=30)
+    to = mailer.address("reply", "project.task", TASK_ID)
+    raw = mailer.sign(compose(PAULA, to, "Pump", "Seal replaced.", sender_name="Paula"))
+    replies: list[str] = []
+    sending = threading.Thread(target=lambda: replies.append(mailer.send(raw, to)))
+    sending.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not test_odoo.filings() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        test_odoo.write("res.partner", PAULA_PARTNER_ID, {"email": "paula.elsewhere@example.com"})
+        test_odoo.write("res.partner", MARC_PARTNER_ID, {"email": PAULA})
+    finally:
+        test_odoo.heal()
+        sending.join(30)
+    [filing] = test_odoo.filings()
+    assert filing.call.model_method == "message_process"
+    [reply] = replies
+    assert reply.startswith("550 5.7.0 Your reply was filed, but Odoo shows it under another contact's name; "
+                            "do not send it again, an administrator must correct its author: Odoo message ")
+    filed_id = int(reply.rsplit(" ", 1)[1])
+    assert test_odoo.message(filed_id)["author_id"][0] == MARC_PARTNER_ID
+    [row] = _journal(gateway)
+    assert (row.verdict, row.refusal_class, row.odoo_message_id) == ("refused", "ReplyMisattributed", filed_id)
+    assert f"reply-author:{MARC_PARTNER_ID} instead of partner {PAULA_PARTNER_ID}" in row.defects

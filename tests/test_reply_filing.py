@@ -10,7 +10,7 @@ import pytest
 
 from gateway import post
 from gateway.context import Attachment, MessageContext, OdooUser, ParsedMessage, Target
-from gateway.refusals import OdooUnavailable
+from gateway.refusals import OdooUnavailable, ReplyMisattributed
 
 
 class RecordingPool:
@@ -44,10 +44,22 @@ def test_a_reply_odoo_did_not_file_is_deferred_not_acknowledged():
         post.file_reply(odoo, _context())
 
 
-def test_a_reply_attributed_to_another_partner_is_journaled():
+def test_a_reply_attributed_to_another_partner_is_refused_as_filed():
+    # It was a 250 with a WARNING: the reply is public in Odoo under another name. Filed once, it
+    # stays filed; the sender is told so, and not to send it again (ReplyMisattributed, a 5xx).
     odoo = RecordingPool(60, [{"id": 7, "author_id": [99, "Other"]}])
     ctx = _context()
-    assert post.file_reply(odoo, ctx) == (7, False)
+    with pytest.raises(ReplyMisattributed, match="Odoo message 7"):
+        post.file_reply(odoo, ctx)
+    assert ctx.odoo_message_id == 7
+    assert ctx.journal_notes == ["reply-author:99 instead of partner 42"]
+
+
+def test_a_delivery_in_between_attributed_to_another_partner_is_a_duplicate_journaled():
+    # Odoo had the message already (a delivery in between, which got its own answer): not filed again.
+    odoo = RecordingPool(False, [{"id": 5, "author_id": [99, "Other"], "email_from": "paula@example.com"}])
+    ctx = _context()
+    assert post.file_reply(odoo, ctx) == (5, True)
     assert ctx.journal_notes == ["reply-author:99 instead of partner 42"]
 
 

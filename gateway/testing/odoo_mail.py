@@ -18,7 +18,9 @@ from markupsafe import Markup
 
 from gateway.testing.odoo_models import (
     WEBSITE_MESSAGE_TYPES,
+    _getaddresses,
     document_readable,
+    email_normalized,
     first_message_of,
     followers_of,
     format_address,
@@ -704,11 +706,9 @@ def email_split_tuples(text: str) -> list[tuple[str, str]]:
     addresses email_re finds in the text instead; a pair without a name whose address holds spaces
     is read again with the spaces as commas (Odoo's repair of 'name email@domain.com').
     """
-    from email.utils import getaddresses
-
     if not text:
         return []
-    pairs = [(name, address) for name, address in getaddresses([text]) if address and "@" in address]
+    pairs = [(name, address) for name, address in _getaddresses(text) if address and "@" in address]
     if any(address.startswith("@") for _name, address in pairs):
         found = [address for address in _EMAIL_IN_TEXT.findall(text) if address and not address.startswith("@")]
         if found:
@@ -716,24 +716,12 @@ def email_split_tuples(text: str) -> list[tuple[str, str]]:
     repaired = []
     for name, address in pairs:
         if not name and " " in address:
-            words = [word for _n, word in getaddresses([address.replace(" ", ",")]) if word]
+            words = [word for _n, word in _getaddresses(address.replace(" ", ",")) if word]
             inside = [word for word in words if "@" in word]
             if inside:
                 name, address = " ".join(word for word in words if "@" not in word), inside[-1]
         repaired.append((name, address))
     return repaired
-
-
-def email_normalize(text: str, strict: bool = True) -> str | bool:
-    """tools/mail.py email_normalize: the one (strict) or first address of ``text``, its domain
-    lowercased, its local part too when it is ASCII (a non-ASCII local part is kept as it is)."""
-    addresses = [address for _name, address in email_split_tuples(text)]
-    if not addresses or (strict and len(addresses) != 1):
-        return False
-    local, at, domain = addresses[0].rpartition("@")
-    if local.isascii():
-        local = local.lower()
-    return local + at + domain.lower()
 
 
 def _odoo_formataddr(name: str, address: str) -> str:
@@ -745,14 +733,14 @@ def _find_partner_by_email(env: Env, model: str, record_id: int, address: str) -
     """mail_thread.py _mail_find_partner_from_emails for one address: the record's followers
     first, then the partners of users, then any partner (lowest id), compared by the normalized
     address (email_normalize(strict=False) of the text, a partner's email_normalized)."""
-    wanted = email_normalize(address, strict=False)
+    wanted = email_normalized(address)
     if not wanted:
         return None
     partners = env.db.rows["res.partner"]
 
     def matches(partner_id: int) -> bool:
         row = partners.get(partner_id) or {}
-        return bool(row.get("email")) and email_normalize(row["email"]) == wanted
+        return email_normalized(row.get("email")) == wanted
 
     followers = [env.db.rows["mail.followers"][fid]["partner_id"] for fid in followers_of(env, model, record_id)]
     for partner_id in followers:

@@ -3,6 +3,7 @@ a reply to an internal note, both filed as notes."""
 
 from __future__ import annotations
 
+import base64
 import logging
 from collections import Counter
 from types import SimpleNamespace
@@ -604,6 +605,96 @@ def test_a_reply_naming_a_note_folded_inside_its_msg_id_is_filed_as_a_note(test_
     assert _journal(gateway)[0].decision.endswith(f"answers internal message {note}: filed as a note, never public")
 
 
+# A reply whose References or In-Reply-To names a note in UTF-8 (RFC 6532: "<n13.1@bücher.example>")
+# or as an RFC 2047 encoded word, both of which Odoo's mail gateway decodes (message_parse reads them
+# under policy SMTP, as unstructured headers). Found by a differential review against Odoo 18: the
+# gateway read them as compat32 text, UTF-8 bytes as U+FFFD and encoded words never decoded, while it
+# filed the note under its decoded Message-ID; the reply did not find the note and was filed
+# publicly, the note in its quote, where Odoo files it as a note.
+
+UTF8_NOTE_ID = "<n13.1@b\u00fccher.example>"
+ASCII_NOTE_ID = "<n14.1733000000.1@example.com>"
+
+
+def _encoded_word(text, charset="utf-8", encoding="q"):
+    """``text`` as one RFC 2047 encoded word, every byte of the msg-id encoded as some clients do."""
+    data = text.encode(charset)
+    if encoding == "b":
+        return f"=?{charset}?b?{base64.b64encode(data).decode()}?="
+    return f"=?{charset}?q?{''.join(chr(byte) if chr(byte).isascii() and chr(byte).isalnum() else f'={byte:02X}' for byte in data)}?="
+
+
+NAMED_OTHERWISE = {
+    # note's Message-ID as its header writes it, how the reply writes it, the ID it is filed under
+    "UTF-8, named in UTF-8": (UTF8_NOTE_ID.encode(), UTF8_NOTE_ID, UTF8_NOTE_ID),
+    "UTF-8, named in an encoded word": (UTF8_NOTE_ID.encode(), _encoded_word(UTF8_NOTE_ID), UTF8_NOTE_ID),
+    "named in a q encoded word": (ASCII_NOTE_ID.encode(), _encoded_word(ASCII_NOTE_ID, "us-ascii"), ASCII_NOTE_ID),
+    "named in a b encoded word": (ASCII_NOTE_ID.encode(), _encoded_word(ASCII_NOTE_ID, encoding="b"), ASCII_NOTE_ID),
+    "named in two encoded words, folded": (
+        ASCII_NOTE_ID.encode(), _encoded_word(ASCII_NOTE_ID[:12]) + "\r\n " + _encoded_word(ASCII_NOTE_ID[12:]),
+        ASCII_NOTE_ID),
+}
+
+
+@pytest.mark.parametrize("to", ["reply+", "reply@"])
+@pytest.mark.parametrize("where", ["References", "In-Reply-To"])
+@pytest.mark.parametrize("note_header, written, msg_id", NAMED_OTHERWISE.values(), ids=NAMED_OTHERWISE.keys())
+def test_a_reply_naming_a_note_in_utf8_or_an_encoded_word_is_filed_as_a_note(test_odoo, gateway, mailer, to, where,
+                                                                             note_header, written, msg_id):
+    note = test_odoo.message(_file_odd_note(mailer, note_header))
+    assert note["message_id"] == msg_id
+    to = mailer.address("reply", "project.task", TASK_ID) if to == "reply+" else REPLY
+    raw = _answer(mailer, to, in_reply_to=written if where == "In-Reply-To" else None,
+                  references=["<older@example.com>", written] if where == "References" else (),
+                  message_id="<r13@example.com>")
+    reply = mailer.send(raw, to)
+    assert reply.startswith("250 2.0.0 Filed as Odoo message "), reply
+    assert [filing.subtype_xmlid for filing in test_odoo.filings()] == ["mail.mt_note", "mail.mt_note"]
+    _nothing_public(test_odoo)
+    assert _journal(gateway)[0].decision.endswith(f"answers internal message {msg_id}: filed as a note, never public")
+
+
+@pytest.mark.parametrize("encoding", ["q", "b"])
+def test_a_reply_naming_a_backend_note_in_an_encoded_word_is_filed_as_a_note(test_odoo, gateway, mailer, encoding):
+    # Odoo's own "<...-openerp-60-project.task@host>" of a note logged in the backend, as a client
+    # that encodes References writes it.
+    note = _backend_message(test_odoo, SUBTYPE_NOTE_ID, is_internal=True)
+    to = mailer.address("reply", "project.task", TASK_ID)
+    raw = _answer(mailer, to, references=[_encoded_word(note, encoding=encoding)])
+    assert mailer.send(raw, to).startswith("250 2.0.0 Filed as Odoo message ")
+    assert [filing.subtype_xmlid for filing in test_odoo.filings()] == ["mail.mt_note"]
+    _nothing_public(test_odoo)
+    assert _journal(gateway)[0].decision.endswith(f"answers internal message {note}: filed as a note, never public")
+
+
+@pytest.mark.parametrize("to", [NOTE, REPLY])
+def test_plain_address_follows_a_reference_in_an_encoded_word(test_odoo, gateway, mailer, to):
+    notification = _notification_id(test_odoo, "project.task", TASK_ID)
+    reply = mailer.send(_reply_to(mailer, to, references=["<earlier@example.com>", _encoded_word(notification)]), to)
+    assert reply.startswith("250 2.0.0 Filed"), reply
+    [filing] = test_odoo.filings()
+    assert (filing.model, filing.res_id) == ("project.task", TASK_ID)
+    assert _journal(gateway)[0].decision == f"routed by Odoo Message-ID {notification}"
+
+
+@pytest.mark.parametrize("first, retry, msg_id", [
+    (UTF8_NOTE_ID.encode(), _encoded_word(UTF8_NOTE_ID).encode(), UTF8_NOTE_ID),
+    (_encoded_word(UTF8_NOTE_ID, encoding="b").encode(), UTF8_NOTE_ID.encode(), UTF8_NOTE_ID),
+    (ASCII_NOTE_ID.encode(), _encoded_word(ASCII_NOTE_ID, "us-ascii").encode(), ASCII_NOTE_ID),
+    (_encoded_word(ASCII_NOTE_ID).encode(), ASCII_NOTE_ID.encode(), ASCII_NOTE_ID),
+], ids=["UTF-8 then encoded", "encoded then UTF-8", "plain then encoded", "encoded then plain"])
+def test_a_retry_spelling_its_message_id_otherwise_is_the_same_message(test_odoo, gateway, mailer, first, retry,
+                                                                      msg_id):
+    # The Message-ID is read as In-Reply-To and References are: one ID however a relay spells it.
+    note_id = _file_odd_note(mailer, first)
+    to = mailer.address("note", "project.task", TASK_ID)
+    raw = compose(PAULA, to, "Pump P7", SECRET, sender_name="Paula Contributor")
+    again = mailer.sign(_with_message_id(raw, retry))
+    assert mailer.send(again, to) == f"250 2.0.0 Already filed as Odoo message {note_id}"
+    assert [row.message_id for row in _journal(gateway)] == [msg_id] * 2
+    assert test_odoo.message(note_id)["message_id"] == msg_id
+
+
 # A note whose Message-ID is not a bare <id@domain> (found by a security review: it was stored under
 # the raw header value, so the reply+ naming <id@domain> in In-Reply-To was not seen to answer a note
 # and was filed publicly, the note in its quote). The message is filed under its single msg-id.
@@ -616,6 +707,10 @@ ODD_MESSAGE_IDS = {
     # derived ID, a reply naming it unfolded did not find the note and was filed publicly).
     "folded inside": (b"<n11.1733000000.a-long-\r\n message-id@example.com>",
                       "<n11.1733000000.a-long-message-id@example.com>"),
+    # RFC 6532 UTF-8, and an RFC 2047 encoded word: read as a reply's References are (found by a
+    # review: a reply naming a note in UTF-8 did not find it and was filed publicly).
+    "UTF-8": ("<n15@b\u00fccher.example>".encode(), "<n15@b\u00fccher.example>"),
+    "encoded word": (b"=?utf-8?q?=3Cn16=40example=2Ecom=3E?=", "<n16@example.com>"),
 }
 
 

@@ -16,10 +16,9 @@ from gateway.refusals import NoRecordReferenced, ReferencesNotSigned, References
 # (tools.mail.generate_tracking_message_id, ODOO_FACTS.md i). Model names hold no "-".
 _ODOO_MESSAGE_ID = re.compile(
     r"-openerp-(?P<res_id>[1-9][0-9]{0,17})-(?P<model>[a-z][a-z0-9_]*(?:\.[a-z0-9_]+)*)@[^<>@\s]+>$")
-# How many referenced ids routing a plain note@/reply@ looks up in mail.message at most: References
-# of a long thread keep growing, and the most recent ones are the ones that matter. Whether a reply
-# answers a note (reply_parent) looks up every one.
-_MAX_LOOKUPS = 20
+# How many ids of the header it routes by Odoo's mail gateway looks at, the newest (mail_thread.py
+# message_route: "msg_references[-32:]"); the gateway looks at the same ones.
+MAX_ROUTING_IDS = 32
 # The detail of a message whose references lead to no record the sender may post on: unknown to
 # Odoo, or of a record the sender may not read (pipeline.said_refusal). One text for both, so that
 # the reply tells nothing of records the sender cannot read.
@@ -27,7 +26,8 @@ UNROUTED = "it references no message of a record this sender may post on"
 
 
 def referenced_ids(message: ParsedMessage, unsigned: frozenset[str] = frozenset()) -> list[str]:
-    """In-Reply-To first, then References from the most recent (RFC 5322 section 3.6.4), each once.
+    """In-Reply-To first, then References from the most recent (RFC 5322 section 3.6.4), each once:
+    whether the message references any message at all (the reply-to-a-note check looks up each).
 
     ``unsigned``: lowercased names of headers to leave out (VerifiedSender.unsigned_headers).
     """
@@ -36,9 +36,39 @@ def referenced_ids(message: ParsedMessage, unsigned: frozenset[str] = frozenset(
     return list(dict.fromkeys(ordered))
 
 
+def routing_ids(message: ParsedMessage, unsigned: frozenset[str] = frozenset()) -> list[str]:
+    """The ids a plain note@/reply@ is routed by, oldest first, as Odoo's mail gateway picks them
+    (mail_thread.py message_route): those of References if it has any, else of In-Reply-To; an id
+    with "reply_to" in it left out (Odoo's ``-openerp-reply_to@`` ids, of messages whose replies
+    must not go to their record); the newest MAX_ROUTING_IDS.
+
+    A header the DKIM signature does not cover (``unsigned``) is not used: References left out
+    so, In-Reply-To is used if it is covered (Odoo would use References, which anyone holding a
+    message the sender signed could have written).
+    """
+    references = [] if "references" in unsigned else list(message.references)
+    chosen = references or ([] if "in-reply-to" in unsigned else list(message.in_reply_to))
+    return list(dict.fromkeys(value for value in chosen if "reply_to" not in value))[-MAX_ROUTING_IDS:]
+
+
 def resolve(odoo: OdooPool, message: ParsedMessage, *, unsigned: frozenset[str] = frozenset(),
             deadline: float | None = None) -> tuple[str, int, str]:
     """(model, res_id, how) of the record the message replies to, or NoRecordReferenced.
+
+    As Odoo's mail gateway routes a reply (mail_thread.py message_route): of the ids routing_ids
+    picks, the mail.message Odoo has under one of them with the highest id, if it is of a record,
+    gives the record (one search: ``order='id desc', limit=1``). A review found the gateway reading
+    In-Reply-To before References, taking the first id that resolved and looking up 20, so a
+    reply whose In-Reply-To named a message of the order and whose References ended on the task
+    went to the order, where Odoo's own gateway files it on the task.
+
+    Only when Odoo has none of them, the newest id in Odoo's notification form
+    (``<…-openerp-<res_id>-<model>@host>``) gives its record: Odoo sends mail under such an ID that
+    it does not keep (a template email, not a notification: mail_mail.py unlink deletes its
+    mail.message once it is sent), and its own gateway would then route the reply by its alias,
+    which a plain note@/reply@ does not have. Anyone can write such an ID; every check of a record
+    address applies afterwards, and a refusal tells nothing of a record the sender cannot read
+    (pipeline.said_refusal).
 
     Only where the reply points is decided here: who may post there is decided afterwards by the
     same checks as for a record address. A References or In-Reply-To header that the DKIM
@@ -46,7 +76,9 @@ def resolve(odoo: OdooPool, message: ParsedMessage, *, unsigned: frozenset[str] 
     anyone holding a signed message could have written it, and would choose the record where
     the sender's own words are filed (security review).
     """
-    ids = referenced_ids(message, unsigned)
+    ids = routing_ids(message, unsigned)
+    if not ids and referenced_ids(message, unsigned):
+        raise NoRecordReferenced(UNROUTED, internal="its only Message-IDs are Odoo's reply_to ones, never routed")
     if not ids:
         left_out = [name for name, values in (("In-Reply-To", message.in_reply_to), ("References", message.references))
                     if values and name.lower() in unsigned]
@@ -54,22 +86,17 @@ def resolve(odoo: OdooPool, message: ParsedMessage, *, unsigned: frozenset[str] 
             raise ReferencesNotSigned(f"{' and '.join(left_out)} {'are' if len(left_out) > 1 else 'is'} not covered "
                                       "by the DKIM signature, so the record cannot be chosen by them")
         raise NoRecordReferenced("the message has no In-Reply-To or References")
-    others = [value for value in ids if not _ODOO_MESSAGE_ID.search(value)][:_MAX_LOOKUPS]
-    stored: dict[str, tuple[str, int]] = {}
-    if others:
-        rows = odoo.call("mail.message", "search_read",
-                         [[("message_id", "in", others), ("model", "!=", False), ("res_id", "!=", 0)]],
-                         {"fields": ["message_id", "model", "res_id"], "order": "id desc"}, deadline=deadline)
-        for row in rows:
-            if row.get("model") and row.get("res_id"):
-                stored.setdefault(row["message_id"], (row["model"], int(row["res_id"])))
-    for value in ids:
+    rows = odoo.call("mail.message", "search_read",
+                     [[("message_id", "in", ids), ("model", "!=", False), ("res_id", "!=", 0)]],
+                     {"fields": ["message_id", "model", "res_id"], "order": "id desc", "limit": 1},
+                     deadline=deadline)
+    for row in rows:
+        if row.get("model") and row.get("res_id"):
+            return str(row["model"]), int(row["res_id"]), f"by mail.message {row['message_id']}"
+    for value in reversed(ids):
         match = _ODOO_MESSAGE_ID.search(value)
         if match:
             return match["model"], int(match["res_id"]), f"by Odoo Message-ID {value}"
-        if value in stored:
-            model, res_id = stored[value]
-            return model, res_id, f"by mail.message {value}"
     raise NoRecordReferenced(UNROUTED, internal=f"none of {len(ids)} referenced Message-IDs is known to Odoo")
 
 

@@ -59,7 +59,7 @@ def test_plain_note_address_follows_odoos_notification_message_id(test_odoo, gat
     assert (post.model, post.args, post.kwargs["subtype_xmlid"]) == ("project.task", [[TASK_ID]], "mail.mt_note")
     [row] = _journal(gateway)
     assert (row.rcpt, row.model, row.res_id) == (NOTE, "project.task", TASK_ID)
-    assert row.decision == f"routed by Odoo Message-ID {notification}"
+    assert row.decision == f"routed by mail.message {notification}"
 
 
 @pytest.mark.parametrize("to", [NOTE, REPLY])
@@ -72,7 +72,7 @@ def test_plain_address_follows_the_most_recent_reference(test_odoo, gateway, mai
     assert reply.startswith("250 2.0.0 Filed"), reply
     [filing] = test_odoo.filings()
     assert (filing.model, filing.res_id) == ("sale.order", SALE_ORDER_ID)
-    assert _journal(gateway)[0].decision == f"routed by Odoo Message-ID {newer}"
+    assert _journal(gateway)[0].decision == f"routed by mail.message {newer}"
 
 
 def test_plain_reply_address_follows_a_message_stored_in_odoo(test_odoo, gateway, mailer):
@@ -108,11 +108,92 @@ def test_plain_address_follows_a_reference_folded_inside_its_msg_id(test_odoo, g
     assert reply.startswith("250 2.0.0 Filed"), reply
     [filing] = test_odoo.filings()
     assert (filing.model, filing.res_id) == ("project.task", TASK_ID)
-    assert _journal(gateway)[0].decision == f"routed by Odoo Message-ID {notification}"
+    assert _journal(gateway)[0].decision == f"routed by mail.message {notification}"
 
 
 UNROUTED = ("550 5.1.1 No record found for this message: reply to an Odoo notification, or write to the record's "
             "own note+ or reply+ address: it references no message of a record this sender may post on")
+
+
+# Routing a plain address as Odoo's mail gateway routes a reply (mail_thread.py message_route): the
+# ids of References if it has any, else of In-Reply-To, the newest 32; the mail.message of the
+# highest id among them gives the record. Found by a differential review against Odoo 18: the
+# gateway took In-Reply-To first, the first id that resolved, trusted an id in Odoo's notification
+# form without asking Odoo, and looked up 20.
+
+@pytest.mark.parametrize("to", [NOTE, REPLY])
+def test_plain_address_follows_references_before_in_reply_to(test_odoo, gateway, mailer, to):
+    # In-Reply-To names the order's message, References end on the task's newer one: Odoo files on the task.
+    order = _message_on(test_odoo, "sale.order", SALE_ORDER_ID, "<order-email@customer.example>")
+    task = _notification_id(test_odoo, "project.task", TASK_ID)
+    reply = mailer.send(_reply_to(mailer, to, in_reply_to=order, references=[order, task]), to)
+    assert reply.startswith("250 2.0.0 Filed"), reply
+    [filing] = test_odoo.filings()
+    assert (filing.model, filing.res_id) == ("project.task", TASK_ID)
+    assert _journal(gateway)[0].decision.startswith(f"routed by mail.message {task}")
+
+
+@pytest.mark.parametrize("to", [NOTE, REPLY])
+def test_plain_address_follows_the_most_recently_created_message_wherever_it_is_referenced(test_odoo, gateway,
+                                                                                          mailer, to):
+    # References oldest first is what RFC 5322 asks, not what every client writes: Odoo takes the
+    # message it created last (the highest id), whatever its place in the header.
+    order = _message_on(test_odoo, "sale.order", SALE_ORDER_ID, "<order-email@customer.example>")
+    task = _notification_id(test_odoo, "project.task", TASK_ID)
+    reply = mailer.send(_reply_to(mailer, to, references=[task, order]), to)
+    assert reply.startswith("250 2.0.0 Filed"), reply
+    [filing] = test_odoo.filings()
+    assert (filing.model, filing.res_id) == ("project.task", TASK_ID)
+
+
+def test_plain_address_follows_a_message_odoo_has_before_an_odoo_style_id_it_has_not(test_odoo, gateway, mailer):
+    # An id in Odoo's notification form that no mail.message has (anyone can write one) does not
+    # outrank a message Odoo has: Odoo's own gateway never reads the record out of the id.
+    order = _message_on(test_odoo, "sale.order", SALE_ORDER_ID, "<order-email@customer.example>")
+    made_up = f"<1.2-openerp-{TASK_ID}-project.task@forged.example>"
+    reply = mailer.send(_reply_to(mailer, NOTE, in_reply_to=made_up, references=[order, made_up]), NOTE)
+    assert reply.startswith("250 2.0.0 Filed"), reply
+    [filing] = test_odoo.filings()
+    assert (filing.model, filing.res_id) == ("sale.order", SALE_ORDER_ID)
+    assert _journal(gateway)[0].decision == f"routed by mail.message {order}"
+
+
+def test_plain_address_follows_an_odoo_id_no_message_has_when_odoo_has_none_of_them(test_odoo, gateway, mailer):
+    # Odoo sends mail under "<...-openerp-<id>-<model>@host>" that it does not keep (a template
+    # email, not a notification: its mail.message is deleted once sent, checked on Odoo 18); a
+    # reply to it is routed by that id when Odoo has none of the ids, every check still applying.
+    sent = f"<1.2-openerp-{TASK_ID}-project.task@odoo.example>"
+    reply = mailer.send(_reply_to(mailer, NOTE, references=["<unknown@example.com>", sent]), NOTE)
+    assert reply.startswith("250 2.0.0 Filed"), reply
+    [filing] = test_odoo.filings()
+    assert (filing.model, filing.res_id) == ("project.task", TASK_ID)
+    assert _journal(gateway)[0].decision == f"routed by Odoo Message-ID {sent}"
+
+
+@pytest.mark.parametrize("place, routed", [(20, True), (32, True), (33, False)])
+def test_plain_address_looks_at_the_newest_32_references(test_odoo, gateway, mailer, place, routed):
+    # The known message is the place-th id from the end of References; the others Odoo never saw.
+    known = _message_on(test_odoo, "project.task", TASK_ID, "<known@customer.example>")
+    references = [known] + [f"<unknown.{number}@example.com>" for number in range(place - 1)]
+    reply = mailer.send(_reply_to(mailer, NOTE, references=references), NOTE)
+    if routed:
+        assert reply.startswith("250 2.0.0 Filed"), reply
+        assert _journal(gateway)[0].decision == f"routed by mail.message {known}"
+    else:
+        assert reply == UNROUTED
+        assert test_odoo.posts() == []
+
+
+def test_plain_address_is_not_routed_by_odoos_reply_to_ids(test_odoo, gateway, mailer):
+    # Odoo gives "<...-openerp-reply_to@host>" to messages whose replies must not go to their record,
+    # and its mail gateway routes by no id with "reply_to" in it.
+    task = _notification_id(test_odoo, "project.task", TASK_ID)
+    reply_to = _message_on(test_odoo, "sale.order", SALE_ORDER_ID, "<1.2-openerp-reply_to@odoo.example>")
+    reply = mailer.send(_reply_to(mailer, NOTE, references=[task, reply_to]), NOTE)
+    assert reply.startswith("250 2.0.0 Filed"), reply
+    [filing] = test_odoo.filings()
+    assert (filing.model, filing.res_id) == ("project.task", TASK_ID)
+    assert mailer.send(_reply_to(mailer, REPLY, references=[reply_to]), REPLY) == UNROUTED
 
 
 def test_plain_address_without_references_is_refused(test_odoo, gateway, mailer):
@@ -674,7 +755,7 @@ def test_plain_address_follows_a_reference_in_an_encoded_word(test_odoo, gateway
     assert reply.startswith("250 2.0.0 Filed"), reply
     [filing] = test_odoo.filings()
     assert (filing.model, filing.res_id) == ("project.task", TASK_ID)
-    assert _journal(gateway)[0].decision == f"routed by Odoo Message-ID {notification}"
+    assert _journal(gateway)[0].decision == f"routed by mail.message {notification}"
 
 
 @pytest.mark.parametrize("first, retry, msg_id", [

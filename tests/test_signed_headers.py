@@ -16,7 +16,7 @@ import pytest
 
 from conftest import ALIAS_DOMAIN
 from gateway.journal import Journal
-from gateway.testing.odoo_demo import MARC_PARTNER_ID, TASK_ID
+from gateway.testing.odoo_demo import MARC_PARTNER_ID, SALE_ORDER_ID, TASK_ID
 
 PAULA = "portal.contrib@example.com"
 ODOO_THREAD = f"<0.1-openerp-{TASK_ID}-project.task@odoo.example>"
@@ -144,6 +144,20 @@ def test_a_plain_note_address_is_routed_by_a_signed_in_reply_to(test_odoo, gatew
     assert reply.startswith("250 2.0.0 Filed")
     [post] = _posts(test_odoo)
     assert post.args == [[TASK_ID]]
+
+
+def test_a_plain_note_address_passes_over_unsigned_references_for_a_signed_in_reply_to(test_odoo, gateway, mailer):
+    # Routing reads References before In-Reply-To, as Odoo's mail gateway does; a References the
+    # signature leaves out could be anyone's, and names the order here: the signed In-Reply-To decides.
+    test_odoo.add_record("mail.message", {"model": "sale.order", "res_id": SALE_ORDER_ID, "message_type": "comment",
+                                          "subtype_id": 1, "body": "<p>x</p>", "author_id": 3,
+                                          "message_id": "<order@customer.example>"})
+    raw = _reply(PLAIN_NOTE).replace(f"References: {ODOO_THREAD}".encode(), b"References: <order@customer.example>")
+    signed = mailer.sign(raw, include_headers=[name for name in SIGNED_ONCE if name != b"references"])
+    assert mailer.send(signed, PLAIN_NOTE).startswith("250 2.0.0 Filed")
+    [post] = _posts(test_odoo)
+    assert (post.model, post.args) == ("project.task", [[TASK_ID]])
+    assert _journal(gateway)[0].decision.startswith(f"routed by Odoo Message-ID {ODOO_THREAD}")
 
 
 def test_to_and_cc_left_out_of_h_still_notify_internal_users(test_odoo, gateway, mailer):

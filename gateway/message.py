@@ -89,17 +89,13 @@ def _unfolded_msg_ids(text: str) -> list[str]:
 MAX_MESSAGE_IDS = 100
 
 
-def message_ids(raw: bytes, header: str, email_message: email.message.Message | None = None) -> list[str]:
+def all_message_ids(raw: bytes, header: str, email_message: email.message.Message | None = None) -> list[str]:
     """The msg-ids of a header, in order (RFC 5322 section 3.6.4); anything else in it is ignored.
 
-    At most MAX_MESSAGE_IDS: the first one and the newest (all_message_ids has them all).
-    ``email_message`` is ``raw`` already parsed by ``parse_email``: its header fields are the ones
-    the header parser finds in the header block, so it is read instead of parsing again.
+    Every one (parse keeps MAX_MESSAGE_IDS of them: bounded_message_ids). ``email_message`` is
+    ``raw`` already parsed by ``parse_email``: its header fields are the ones the header parser finds
+    in the header block, so it is read instead of parsing again.
     """
-    return bounded_message_ids(all_message_ids(raw, header, email_message))
-
-
-def all_message_ids(raw: bytes, header: str, email_message: email.message.Message | None = None) -> list[str]:
     parsed = email_message if email_message is not None else (
         email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(_header_block(raw)))
     found: list[str] = []
@@ -160,7 +156,7 @@ _BARE_MESSAGE_ID = re.compile(r"[^<>\s()@\x00-\x1f\x7f-\x9f]+@[^<>\s()@\x00-\x1f
 
 
 def own_message_id(value: str) -> str:
-    """The single msg-id of a Message-ID header, as In-Reply-To and References are read (message_ids).
+    """The single msg-id of a Message-ID header, as In-Reply-To and References are read (all_message_ids).
 
     The gateway files a message under this one value, checks for duplicates and derives its other
     IDs from it, and a reply that names the message must find it in Odoo: a value stored with a

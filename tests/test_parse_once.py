@@ -53,7 +53,7 @@ def _outcome(read):
 def test_header_readers_see_the_same_fields_in_the_parsed_message(raw):
     parsed = message.parse_email(raw)
     for header in ("In-Reply-To", "References"):
-        assert message.message_ids(raw, header, parsed) == message.message_ids(raw, header)
+        assert message.all_message_ids(raw, header, parsed) == message.all_message_ids(raw, header)
     for mail_from in ("portal.contrib@example.com", ""):
         assert (_outcome(lambda: automatic.check_not_automatic(raw, mail_from, "", "", parsed))
                 == _outcome(lambda: automatic.check_not_automatic(raw, mail_from, "", "")))
@@ -66,7 +66,7 @@ def test_cases_cover_refusals_and_acceptances():
     # The comparison above says little if every case ended the same way.
     outcomes = {_outcome(lambda: senderauth.read_from_address(raw))[0] for raw in CASES.values()}
     assert outcomes == {"returned", "FromHeaderInvalid"}
-    assert message.message_ids(CASES["plain"], "References") == ["<root@example.com>", "<parent@example.com>"]
+    assert message.all_message_ids(CASES["plain"], "References") == ["<root@example.com>", "<parent@example.com>"]
 
 
 def test_input_limits_hand_over_the_multipart_message_they_parsed():

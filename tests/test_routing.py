@@ -891,7 +891,7 @@ def test_a_message_id_is_the_one_a_reply_names(value, msg_id):
     raw = _with_message_id(compose(PAULA, NOTE, "Pump P7", SECRET), value)
     answer = _answer(SimpleNamespace(sign=lambda raw: raw), REPLY, in_reply_to=msg_id, references=[msg_id])
     assert message.parse(raw).message_id == msg_id
-    assert message.message_ids(answer, "In-Reply-To") == message.message_ids(answer, "References") == [msg_id]
+    assert message.all_message_ids(answer, "In-Reply-To") == message.all_message_ids(answer, "References") == [msg_id]
 
 
 def test_the_parent_is_looked_up_only_for_a_reply_that_references_messages(test_odoo, gateway, mailer):

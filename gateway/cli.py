@@ -436,6 +436,7 @@ def command_prune_journal(args: argparse.Namespace) -> int:
 
 def command_log(args: argparse.Namespace) -> int:
     from gateway.journal import Journal, JournalUnavailable, format_decision, format_entries
+    from gateway.message import own_message_id
 
     # Not load_config: the journal is what an admin reads during a configuration incident, and
     # without the service's credentials (day-2 review).
@@ -451,9 +452,13 @@ def command_log(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"note-gateway: --since: {error}", file=sys.stderr)
         return 2
-    if args.message_id is not None and not args.message_id.strip().removeprefix("<").removesuffix(">").strip():
-        print("note-gateway: --message-id: empty; give the Message-ID as the message has it, e.g. "
-              "<ab12@example.com> (the brackets may be left out)", file=sys.stderr)
+    # Read as the gateway read the message's Message-ID header when it journaled it (a folded one,
+    # a relay's comment, spaces inside the brackets, no brackets), so the value quoted from the
+    # header finds its rows.
+    message_id = None if args.message_id is None else own_message_id(args.message_id)
+    if message_id == "":
+        print("note-gateway: --message-id: empty or not a msg-id; give the Message-ID as the message has it, "
+              "e.g. <ab12@example.com> (the brackets may be left out)", file=sys.stderr)
         return 2
     domain = _domain_option(args.domain)
     # A name the configuration does not have may still be in older rows (a domain or a connection
@@ -482,7 +487,7 @@ def command_log(args: argparse.Namespace) -> int:
         else:
             print(format_entries(journal.recent(args.limit, verdict=args.verdict, sender=args.sender,
                                                 since=since, model=model, res_id=res_id, domain=domain,
-                                                odoo=args.odoo, message_id=args.message_id,
+                                                odoo=args.odoo, message_id=message_id,
                                                 odoo_identity=config.odoo_identities.get(args.odoo or ""))))
     finally:
         journal.close()

@@ -862,16 +862,15 @@ class Journal:
         alias domain or for one [odoo.NAME] connection. With ``odoo_identity`` too (config's
         odoo_identities[odoo]), every connection to that connection's database counts: rows naming
         the database, and rows of ``odoo`` written before the journal kept it. ``message_id``: the
-        rows of one Message-ID, written with or without its angle brackets (a retry, another
+        rows of one Message-ID, as message.own_message_id reads it ("<id@host>"; a retry, another
         recipient of the same message each have their own)."""
         conditions: list[str] = []
         parameters: list[object] = []
         if message_id is not None:
-            # Stored as the header's msg-id, "<id@host>" (message.own_message_id); a bare value is
-            # also looked up as written, for a row that kept one.
-            bare = message_id.strip().removeprefix("<").removesuffix(">")
+            # Stored as own_message_id made it; a journal written before it (commit 2bd49ad, no
+            # migration rewrote the rows) kept a header without brackets as it was, bare.
             conditions.append("message_id IN (?, ?)")
-            parameters.extend((f"<{bare}>", bare))
+            parameters.extend((message_id, message_id.removeprefix("<").removesuffix(">")))
         if domain is not None:
             conditions.append("domain = ?")
             parameters.append(domain)

@@ -404,10 +404,36 @@ def test_log_finds_the_rows_of_a_message_id_with_or_without_its_brackets(test_od
                             "--verdict", "filed")
     assert out.strip() == "No journal entries."
     # Not a prefix or a part of one: the whole msg-id.
-    code, out, _ = _run_cli(capsys, "log", "--config", config, "--message-id", "complaint")
+    code, out, _ = _run_cli(capsys, "log", "--config", config, "--message-id", "complaint.2@example")
     assert (code, out.strip()) == (0, "No journal entries.")
-    code, _, err = _run_cli(capsys, "log", "--config", config, "--message-id", "<>")
-    assert code == 2 and err.startswith("note-gateway: --message-id: empty")
+    for nothing in ("<>", "complaint", "(added by mx.example.com)"):
+        code, _, err = _run_cli(capsys, "log", "--config", config, "--message-id", nothing)
+        assert code == 2 and err.startswith("note-gateway: --message-id: empty or not a msg-id")
+
+
+def test_log_reads_a_message_id_as_the_gateway_stored_it(test_odoo, gateway, mailer, capsys):
+    # Shape review: --message-id stripped brackets and spaces its own way while the gateway files a
+    # message under message.own_message_id (whitespace inside <...> deleted, a relay's comment
+    # dropped), so the header copied from the message - folded, with a comment, "< id >" - found no row.
+    task = mailer.address("note", "project.task", TASK_ID)
+    folded = "<1733.1-openerp-\r\n 60-project.task@erp.example.com> (added by mx.example.com)"
+    mailer.send(mailer.sign(mailer.message("note_from_contributor.eml", task, folded)), task)
+    stored = "<1733.1-openerp-60-project.task@erp.example.com>"
+    with Journal(gateway.services.config.journal_path) as journal:
+        # A row of a journal written before own_message_id, which kept a header without brackets as it was.
+        journal.record(JournalEntry(verdict="refused", received_at=time.time(), message_id="legacy.1@example.com"))
+    config = str(gateway.config_path)
+    for written in (stored, stored.strip("<>"), folded, "<1733.1-openerp- 60-project.task@erp.example.com>",
+                    "<1733.1-openerp-60-project.task@erp.example.com> (added by mx.example.com)",
+                    "< 1733.1-openerp-60-project.task@erp.example.com >"):
+        code, out, err = _run_cli(capsys, "log", "--config", config, "--message-id", written)
+        assert (code, err) == (0, "")
+        header, *rows = out.splitlines()
+        assert len(rows) == 1 and rows[0].split()[1] == "filed" and rows[0].endswith(f" {stored}"), written
+    for written in ("<legacy.1@example.com>", "legacy.1@example.com (sent by a script)"):
+        code, out, err = _run_cli(capsys, "log", "--config", config, "--message-id", written)
+        header, *rows = out.splitlines()
+        assert (code, err, len(rows)) == (0, "", 1) and rows[0].endswith(" legacy.1@example.com")
 
 
 def test_prune_journal_deletes_only_rows_nothing_reads_any_more_while_the_gateway_serves(gateway, mailer, capsys):

@@ -853,6 +853,18 @@ def credential_path(name: str, owner: Path, key: str, environ: dict[str, str] | 
     return Path(directory) / name
 
 
+def _rules_files(rules_dir: Path, gateway_file: Path) -> list[Path]:
+    """The rules files (``*.toml``) of ``rules_dir``, sorted; OSError when the folder cannot be read.
+
+    Not Path.glob, which took a folder it may not read for an empty one ("no rules file"). The
+    gateway file itself (``gateway_file``, resolved) when rules_dir is its own folder ("."): it is
+    no rules file.
+    """
+    names = os.listdir(rules_dir)
+    return sorted(rules_dir / name for name in names
+                  if name.endswith(".toml") and (rules_dir / name).resolve() != gateway_file)
+
+
 def load_config(path: str | os.PathLike, environ: dict[str, str] | None = None) -> GatewayConfig:
     """Read the gateway file and every ``*.toml`` under its rules folder, or raise ConfigError."""
     environ = os.environ if environ is None else environ
@@ -903,13 +915,9 @@ def load_config(path: str | os.PathLike, environ: dict[str, str] | None = None) 
     domains: dict[str, DomainRules] = {}
     secrets: dict[str, list[bytes]] = {}
     try:
-        # Not Path.glob, which took a folder it may not read for an empty one ("no rules file").
-        names = os.listdir(rules_dir)
+        rules_paths = _rules_files(rules_dir, path)
     except OSError as error:
         raise ConfigError(path, "rules_dir", f"cannot read the folder {rules_dir}: {error.strerror or error}") from None
-    # The gateway file itself when rules_dir is its own folder ("."): it is no rules file.
-    rules_paths = sorted(rules_dir / name for name in names
-                         if name.endswith(".toml") and (rules_dir / name).resolve() != path)
     for rules_path in rules_paths:
         data = _read_toml(rules_path)
         rules = _validated(DomainRules, {**data, "source": str(rules_path)}, rules_path)
@@ -1019,8 +1027,7 @@ class JournalSettings:
 
     @property
     def journal_path(self) -> Path:
-        candidate = Path(self.journal.path)
-        return candidate if candidate.is_absolute() else self.path.parent / candidate
+        return resolved_path(self.journal.path, self.path.parent)
 
 
 def load_journal_settings(path: str | os.PathLike) -> JournalSettings:
@@ -1062,15 +1069,14 @@ def load_journal_settings(path: str | os.PathLike) -> JournalSettings:
     if not isinstance(rules_dir, str):
         rules_problems.append(ConfigError(path, "rules_dir", f"not a string: {rules_dir!r}"))
         return JournalSettings(path, journal, odoo_identities, domains, rules_problems, odoo_problems)
-    rules_dir_path = Path(rules_dir) if Path(rules_dir).is_absolute() else base / rules_dir
+    rules_dir_path = resolved_path(rules_dir, base)
     try:
-        names = os.listdir(rules_dir_path)
+        rules_paths = _rules_files(rules_dir_path, path)
     except OSError as error:
         rules_problems.append(ConfigError(path, "rules_dir", f"cannot read the folder {rules_dir_path}: "
                                                        f"{error.strerror or error}"))
-        names = []
-    for rules_path in sorted(rules_dir_path / name for name in names
-                             if name.endswith(".toml") and (rules_dir_path / name).resolve() != path):
+        rules_paths = []
+    for rules_path in rules_paths:
         try:
             rules = _validated(_JournalRules, _read_toml(rules_path), rules_path)
         except ConfigError as error:

@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gateway.observe import UNPRINTABLE
+from gateway.observe import masked
 
 if TYPE_CHECKING:
     from gateway.context import MessageContext
@@ -936,12 +936,11 @@ class Journal:
 
 # Message-IDs, addresses and SMTP replies come from strangers; printed raw, an escape sequence in
 # one could rewrite the admin's terminal, and a bidirectional override reorder the line. Control
-# and bidirectional formatting characters (observe.UNPRINTABLE) are shown as "?".
-_CONTROL_CHARACTERS = dict.fromkeys(UNPRINTABLE, "?")
+# and bidirectional formatting characters (observe.UNPRINTABLE) are shown as "?" (observe.masked).
 
 
 def _cell(value: object, width: int | None = None) -> str:
-    text = "-" if value in (None, "") else str(value).translate(_CONTROL_CHARACTERS)
+    text = "-" if value in (None, "") else masked(str(value))
     if width is not None and len(text) > width:
         text = text[: width - 1] + "…"
     return text

@@ -64,6 +64,13 @@ _ESCAPED = {code: f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}" for cod
 # JSON escapes C0 itself; DEL, C1 (0x9b is a terminal's CSI) and the bidirectional controls it
 # leaves as they are. Escaped, a JSON reader still reads the same value.
 _JSON_ESCAPED = {code: f"\\u{code:04x}" for code in UNPRINTABLE if code >= 0x20}
+# A table (note-gateway log) and a refusal's text show each of them as "?".
+_MASKED = dict.fromkeys(UNPRINTABLE, "?")
+
+
+def masked(text: str) -> str:
+    """``text`` with each control and bidirectional formatting character (UNPRINTABLE) shown as "?"."""
+    return text.translate(_MASKED)
 
 
 def printable(value: object) -> str:

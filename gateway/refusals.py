@@ -5,7 +5,7 @@ from __future__ import annotations
 import unicodedata
 
 from gateway import idn
-from gateway.observe import UNPRINTABLE
+from gateway.observe import masked
 
 
 class Refusal(Exception):
@@ -51,7 +51,7 @@ class Refusal(Exception):
         # An SMTP reply is one line; a detail taken from a message must not be able to add lines
         # or smuggle a second reply (RFC 5321 section 4.2), nor carry a control character (its
         # textstring is printable text), which the log lines quoting the reply would show raw.
-        return " ".join(text.split()).translate(_CONTROL_CHARACTERS)[:400]
+        return masked(" ".join(text.split()))[:400]
 
     def smtp_reply(self) -> str:
         return f"{self.smtp_code} {self.enhanced_code} {_ascii(self.text)}"
@@ -60,9 +60,6 @@ class Refusal(Exception):
     def operator_text(self) -> str:
         """The text with what only the operator reads (``internal``) added: the journal, the log, ``check``."""
         return f"{self.text} ({self.internal})" if self.internal else self.text
-
-
-_CONTROL_CHARACTERS = dict.fromkeys(UNPRINTABLE, "?")
 
 
 def _ascii(text: str) -> str:

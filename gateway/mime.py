@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from gateway import charsets
 from gateway.refusals import MessageFragment, MessageUnparseable
 from gateway.context import Attachment
+from gateway.observe import UNPRINTABLE
 
 # After the declared charset, the chain issue 3 asks for: UTF-8 is what nearly every client
 # writes today, and cp1252 is what Windows clients write while declaring (or omitting) latin-1.
@@ -194,8 +195,9 @@ def unflow(text: str, *, delete_space: bool = False) -> str:
 
 
 # Shown nowhere and never part of a real name: C0 and C1 controls, DEL, and the bidirectional
-# overrides and isolates that make "invoice\u202efdp.vbs" display as "invoicesbv.pdf".
-_NAME_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+# formatting characters that make "invoice\u202efdp.vbs" display as "invoicesbv.pdf" - the
+# operator's table of them (observe.UNPRINTABLE), which a copy of its own here lacked U+061C.
+_NAME_DROPPED = dict.fromkeys(UNPRINTABLE)
 
 
 def decode_encoded_words(value: str, defects: list[str] | None = None) -> str:
@@ -294,7 +296,7 @@ def attachment_name(part: email.message.Message) -> str | None:
         except (LookupError, UnicodeError, ValueError):
             found = None
         if found:
-            name = unicodedata.normalize("NFC", _NAME_CONTROLS.sub("", decode_encoded_words(_param_text(found))))
+            name = unicodedata.normalize("NFC", decode_encoded_words(_param_text(found)).translate(_NAME_DROPPED))
             # A name is a label, never a path: keep only its last component. One of dots only
             # ("..", ".": a review found them kept) names nothing: the Content-Type name, else the
             # generated name, is used.

@@ -10,6 +10,7 @@ import quopri
 
 import pytest
 
+from gateway import observe
 from gateway.content import extract_body
 from gateway.message import parse
 from gateway.refusals import EncryptedMessage, MessageUnparseable, UnknownTransferEncoding
@@ -297,6 +298,11 @@ def test_every_name_check_sees_the_decoded_name():
     assert _file_named(b'Content-Disposition: attachment; filename="=?utf-8?Q?in=0D=0Avoice=E2=80=AEfdp.vbs=00?="') == \
         "invoicefdp.vbs"
     assert _file_named("Content-Disposition: attachment; filename=\"re\u202eport.vbs\"".encode()) == "report.vbs"
+    # Every bidirectional formatting character the operator's views escape (observe.UNPRINTABLE),
+    # the Arabic letter mark too: a copy of the table here lacked it (shape review).
+    for code in observe.BIDI_CONTROLS:
+        assert _file_named(f"Content-Disposition: attachment; filename=\"re{chr(code)}port.pdf\"".encode()) == \
+            "report.pdf", hex(code)
 
 
 def test_forwarded_message_keeps_its_encoded_name():

@@ -18,6 +18,7 @@ from gateway import checks, odootransport, senderauth, tls
 from gateway.attachments import size_text
 from gateway.config import ConfigError, GatewayConfig, OdooConnection, load_config, shown_host
 from gateway.render import checked_renderer
+from gateway.observe import duration
 from gateway.journal import FREE_SPACE_NEEDED, Journal, JournalNewer, JournalUnavailable, path_problem
 from gateway.odoo import OdooPool
 from gateway.refusals import DnsTemporaryFailure, OdooUnavailable
@@ -115,17 +116,6 @@ def odoo_clock_offset(connection: OdooConnection, clock: Callable[[], float] = t
     return stamped + 0.5 - (sent + received) / 2
 
 
-def _span(seconds: float) -> str:
-    seconds = abs(seconds)
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} minutes"
-    if seconds < 172800:
-        return f"{seconds / 3600:.1f} hours"
-    return f"{seconds / 86400:.1f} days"
-
-
 def check_clock(config: GatewayConfig, name: str, report: Report, clock: Callable[[], float] = time.time) -> None:
     """The gateway's clock against Odoo's: DKIM's t= and x=, the signature's age, dated addresses and
     the API keys' expiry are all read by the gateway's clock."""
@@ -147,15 +137,15 @@ def check_clock(config: GatewayConfig, name: str, report: Report, clock: Callabl
     if abs(offset) <= CLOCK_SKEW_FAIL_SECONDS:
         report.ok(what, f"the gateway's clock agrees with Odoo's within {max(abs(offset), 1):.0f} s")
         return
-    skew = _span(senderauth.ALLOWED_CLOCK_SKEW_SECONDS)
+    skew = duration(senderauth.ALLOWED_CLOCK_SKEW_SECONDS)
     if offset > 0:
         effect = (f"DKIM signatures made now are dated ahead of the gateway's clock, and once that is more than "
                   f"{skew} every message is deferred (451 4.7.0) until the clocks agree")
-        report.fail(what, f"the gateway's clock is {_span(offset)} behind Odoo's: {effect}", fix)
+        report.fail(what, f"the gateway's clock is {duration(offset)} behind Odoo's: {effect}", fix)
     else:
         effect = ("the dates of DKIM signatures (t=, x=), of dated addresses and of the API keys' expiry are read "
                   "by a clock that runs ahead: signatures look older than they are and expire early")
-        report.fail(what, f"the gateway's clock is {_span(offset)} ahead of Odoo's: {effect}", fix)
+        report.fail(what, f"the gateway's clock is {duration(offset)} ahead of Odoo's: {effect}", fix)
 
 
 def check_odoo(config: GatewayConfig, name: str, report: Report) -> None:

@@ -68,6 +68,20 @@ _JSON_ESCAPED = {code: f"\\u{code:04x}" for code in UNPRINTABLE if code >= 0x20}
 _MASKED = dict.fromkeys(UNPRINTABLE, "?")
 
 
+def duration(seconds: float) -> str:
+    """A span of time, its sign left out, as a reply or doctor says it: "20 minutes", "3 hours 5 minutes",
+    "5 days"; "45 seconds" below half a minute."""
+    seconds = abs(seconds)
+    minutes = int(round(seconds / 60))
+    if minutes < 1:
+        return f"{int(seconds)} seconds"
+    days, rest = divmod(minutes, 1440)
+    hours, minutes = divmod(rest, 60)
+    parts = [f"{value} {unit}{'s' if value != 1 else ''}"
+             for value, unit in ((days, "day"), (hours, "hour"), (minutes, "minute")) if value]
+    return " ".join(parts)
+
+
 def masked(text: str) -> str:
     """``text`` with each control and bidirectional formatting character (UNPRINTABLE) shown as "?"."""
     return text.translate(_MASKED)

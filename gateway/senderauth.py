@@ -20,7 +20,7 @@ import dkim
 from dkim.util import InvalidTagValueList, parse_tag_value
 
 from gateway import dkimcrypto, idn
-from gateway.observe import printable
+from gateway.observe import duration, printable
 from gateway.config import DEFAULT_MAX_SIGNATURE_AGE_DAYS
 from gateway.context import VerifiedSender
 from gateway.resolver import CACHED_MISS_NOTE
@@ -88,8 +88,8 @@ class _SignatureAhead(Exception):
 
     def __init__(self, signed_at: int, now: float) -> None:
         ahead = signed_at - now
-        super().__init__(f"its t= is {_when(signed_at)}, {_duration(ahead)} ahead of the gateway's clock "
-                         f"({_when(int(now))}), which allows {_duration(ALLOWED_CLOCK_SKEW_SECONDS)}; "
+        super().__init__(f"its t= is {_when(signed_at)}, {duration(ahead)} ahead of the gateway's clock "
+                         f"({_when(int(now))}), which allows {duration(ALLOWED_CLOCK_SKEW_SECONDS)}; "
                          "a retry passes once the clocks agree")
 
 
@@ -571,7 +571,7 @@ def _check_policy(tags: dict[bytes, bytes], now: float, max_age_days: int, requi
     signed_at = _tag_time(tags, b"t")
     if signed_at is not None and signed_at > now + MAX_DEFERRED_AHEAD_SECONDS:
         raise _SignatureRefused(_POLICY, f"signature is dated in the future ({_when(signed_at)}), more than "
-                                         f"{_duration(MAX_DEFERRED_AHEAD_SECONDS)} ahead of the gateway's clock")
+                                         f"{duration(MAX_DEFERRED_AHEAD_SECONDS)} ahead of the gateway's clock")
     if signed_at is None:
         # t= is optional (RFC 6376 section 3.5): without it the age is unknown, and the signature
         # is refused only when the rules ask for t=.
@@ -594,18 +594,6 @@ def _tag_time(tags: dict[bytes, bytes], tag: bytes) -> int | None:
     if not value.isdigit():
         raise _SignatureRefused(_MALFORMED, f"{tag.decode()}= is not a number")
     return int(value)
-
-
-def _duration(seconds: float) -> str:
-    """A span of time for a reply: "20 minutes", "2 hours 5 minutes", "5 days"."""
-    minutes = int(round(seconds / 60))
-    if minutes < 1:
-        return f"{int(seconds)} seconds"
-    days, rest = divmod(minutes, 1440)
-    hours, minutes = divmod(rest, 60)
-    parts = [f"{value} {unit}{'s' if value != 1 else ''}"
-             for value, unit in ((days, "day"), (hours, "hour"), (minutes, "minute")) if value]
-    return " ".join(parts)
 
 
 def _when(timestamp: int) -> str:

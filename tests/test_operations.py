@@ -563,6 +563,10 @@ def test_doctor_fails_a_clock_that_disagrees_with_odoos(tmp_path, test_odoo, dns
     assert ("FAIL  odoo main: the gateway's clock is 5 minutes ahead of Odoo's: the dates of DKIM signatures (t=, x=), "
             "of dated addresses and of the API keys' expiry are read by a clock that runs ahead: signatures look "
             "older than they are and expire early\n" + CLOCK_FIX) in text
+    # In the words of the 451 reply it foretells (observe.duration), not "3.1 hours" (shape review).
+    test_odoo.clock_offset = 3 * 3600 + 300
+    text = _report_text(diagnose(str(path)))
+    assert "FAIL  odoo main: the gateway's clock is 3 hours 5 minutes behind Odoo's: " in text
     # A minute apart is within what doctor lets pass (CLOCK_SKEW_FAIL_SECONDS).
     test_odoo.clock_offset = 60
     text = _report_text(diagnose(str(path)))

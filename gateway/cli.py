@@ -14,8 +14,8 @@ from pathlib import Path
 
 from gateway import address
 from gateway.config import (ConfigError, GatewayConfig, JournalSettings, alias_domain, endpoint,
-                            keep_restart_settings, load_config, load_journal_settings, log_warnings, restart_warnings,
-                            shown_address, start_only_warning)
+                            keep_restart_settings, load_config, load_journal_settings, log_warnings, reload_warnings,
+                            shown_address)
 
 
 def _load(path: str) -> GatewayConfig:
@@ -130,11 +130,7 @@ def _serve(args: argparse.Namespace, held: set) -> int:
     def build(new_config: GatewayConfig) -> Services:
         # In a thread of the loop's default executor: opening the journal may wait up to its busy
         # timeout (5 s), and the sessions must not wait with it.
-        changed = keep_restart_settings(new_config, config)
-        if sockets is None:
-            # A worker's supervisor has said this once for all of them.
-            for warning in restart_warnings(new_config.path, changed):
-                logger.warning("reload: %s", warning)
+        keep_restart_settings(new_config, config)
         return Services.build(new_config, workers=share, in_flight=in_flight)
 
     async def reload_once() -> None:
@@ -144,12 +140,11 @@ def _serve(args: argparse.Namespace, held: set) -> int:
         new_services = None
         try:
             new_config = await asyncio.to_thread(load_config, args.config)
-            if args.listen_fds is None:
-                log_warnings(new_config)
-                # A credential or environment variable changed for this reload is not in force
-                # (day-2 operations review: a leaked address secret retired by a reload stayed valid).
-                if (start_only := start_only_warning(new_config)) is not None:
-                    logger.warning("%s", start_only)
+            # Logged once the reload is taken, not by a refused one. A worker's supervisor says
+            # them once for all of them. They name a credential or environment variable changed for
+            # this reload, which is not in force (day-2 operations review: a leaked address secret
+            # retired by a reload stayed valid).
+            warnings = reload_warnings(new_config, config) if sockets is None else []
             new_services = await asyncio.to_thread(build, new_config)
             old_services = server.reload(new_services)
         except Exception as error:  # noqa: BLE001 (whatever it is, the running configuration stays)
@@ -157,6 +152,8 @@ def _serve(args: argparse.Namespace, held: set) -> int:
                 new_services.close()
             logger.error("reload refused, the previous rules stay in force: %s", _refusal(error, args.config))
             return
+        for warning in warnings:
+            logger.warning("%s", warning)
         # Messages in flight still use the old services: they are closed when the last is done.
         old_services.retire()
         logger.info("rules reloaded: %s", ", ".join(sorted(new_services.config.domains)))

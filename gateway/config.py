@@ -1136,6 +1136,11 @@ def restart_values(config: GatewayConfig) -> dict[str, object]:
     return values
 
 
+def _restart_changes(new: GatewayConfig, kept: dict[str, object]) -> list[tuple[str, object, object]]:
+    wanted = restart_values(new)
+    return [(key, kept[key], wanted[key]) for key in RESTART_SETTINGS if kept[key] != wanted[key]]
+
+
 def keep_restart_settings(new: GatewayConfig, running: GatewayConfig | dict[str, object]) -> list[tuple[str, object, object]]:
     """Give ``new`` the running values of RESTART_SETTINGS; return (key, running value, value in the file) of each changed.
 
@@ -1143,8 +1148,7 @@ def keep_restart_settings(new: GatewayConfig, running: GatewayConfig | dict[str,
     supervisor hands a worker it starts again after a reload).
     """
     kept = restart_values(running) if isinstance(running, GatewayConfig) else running
-    wanted = restart_values(new)
-    changed = [(key, kept[key], wanted[key]) for key in RESTART_SETTINGS if kept[key] != wanted[key]]
+    changed = _restart_changes(new, kept)
     listener = {key.split(".")[1]: value for key, value in kept.items() if key.startswith("listener.")}
     metrics = None
     if kept["metrics.host"] is not None:
@@ -1152,6 +1156,22 @@ def keep_restart_settings(new: GatewayConfig, running: GatewayConfig | dict[str,
     new.gateway = new.gateway.model_copy(update={"listener": new.gateway.listener.model_copy(update=listener),
                                                  "metrics": metrics})
     return changed
+
+
+def reload_warnings(new: GatewayConfig, running: GatewayConfig | dict[str, object]) -> list[str]:
+    """The lines a reload to ``new`` logs once it is accepted, before keep_restart_settings: the
+    configuration's warnings (as log_warnings says them at the start), the values it keeps from the
+    start (start_only_warning), then one line per setting that needs a restart (restart_warnings).
+
+    ``running``: as for keep_restart_settings. A reload refused logs none of them: they would
+    describe a configuration that never ran.
+    """
+    kept = restart_values(running) if isinstance(running, GatewayConfig) else running
+    lines = [f"configuration: {warning}" for warning in new.warnings]
+    if (start_only := start_only_warning(new)) is not None:
+        lines.append(start_only)
+    lines += [f"reload: {warning}" for warning in restart_warnings(new.path, _restart_changes(new, kept))]
+    return lines
 
 
 def restart_warnings(path: Path | str, changed: list[tuple[str, object, object]]) -> list[str]:

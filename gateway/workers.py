@@ -14,8 +14,7 @@ import sys
 import tempfile
 import time
 
-from gateway.config import (ConfigError, GatewayConfig, keep_restart_settings, load_config, log_warnings,
-                            restart_values, restart_warnings, shown_address, start_only_warning)
+from gateway.config import ConfigError, GatewayConfig, load_config, reload_warnings, restart_values, shown_address
 from gateway.render import checked_renderer
 
 log = logging.getLogger("gateway")
@@ -174,11 +173,8 @@ class Supervisor:
         except (ConfigError, OSError, ValueError) as error:
             log.error("reload refused, the previous rules stay in force: %s", error)
             return
-        log_warnings(config)
-        if (start_only := start_only_warning(config)) is not None:
-            log.warning("%s", start_only)
-        for warning in restart_warnings(config.path, keep_restart_settings(config, self.config)):
-            log.warning("reload: %s", warning)
+        for warning in reload_warnings(config, self.config):
+            log.warning("%s", warning)
         for worker in self.workers.values():
             if worker.poll() is None:
                 worker.send_signal(signal.SIGHUP)

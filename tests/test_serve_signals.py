@@ -676,6 +676,48 @@ def test_a_reload_warns_that_credentials_and_environment_keep_their_values_until
     assert gateway.stop() == 0
 
 
+@pytest.mark.parametrize("workers", [None, 2])
+def test_a_refused_reload_logs_no_warning_of_the_configuration_it_refused(
+        test_odoo, serve, dns_server, tmp_path, monkeypatch, workers):
+    # Shape review: the reload warnings were put together twice, and a one-process gateway logged
+    # the configuration's warnings, "kept the values of the gateway's start" and "needs a restart"
+    # before building what a broken template then refused: lines about a configuration that never
+    # ran. Now config.reload_warnings, logged once the reload is taken, in one order.
+    monkeypatch.setenv("NOTE_GATEWAY_TEST_KEY", DEMO_API_KEY)
+    config = write_config(tmp_path, test_odoo, dns_server.port, listener_extra=f"workers = {workers or 1}\n")
+    config.write_text(config.read_text().replace('api_key_file = "odoo-api-key"', 'api_key_env = "NOTE_GATEWAY_TEST_KEY"'))
+    rules = config.parent / "rules" / f"{ALIAS_DOMAIN}.toml"
+    gateway = serve()
+    deadline = time.monotonic() + 20
+    while sum(" serving " in line for line in gateway.lines) < (workers or 0):
+        assert time.monotonic() < deadline, gateway.log
+        time.sleep(0.05)
+    template = tmp_path / "tpl" / "note" / "default.html.j2"
+    template.parent.mkdir(parents=True)
+    template.write_text("<p>By {{ sender_email }</p>\n{{ body }}\n")
+    config.write_text('templates_dir = "tpl"\n' + config.read_text().replace(
+        f'hostname = "{ALIAS_DOMAIN}"', f'hostname = "{ALIAS_DOMAIN}"\nmax_sessions = 7'))
+    rules.write_text(rules.read_text() + "\n[notices]\nenabled = true\n")
+    said = ("configuration: ", "kept the values of the gateway's start", "which needs a restart")
+
+    mark = len(gateway.lines)
+    gateway.signal(signal.SIGHUP)
+    gateway.wait_for(r"ERROR gateway: reload refused, the previous rules stay in force: .*templates_dir", start=mark)
+    time.sleep(0.5)
+    assert not [line for line in gateway.lines[mark:] if any(words in line for words in said)], gateway.log
+
+    template.write_text("<p>By {{ sender_email }}</p>\n{{ body }}\n")
+    mark = len(gateway.lines)
+    gateway.signal(signal.SIGHUP)
+    gateway.wait_for("rules reloaded: notes.example.com", start=mark)
+    time.sleep(0.5)
+    warnings = [line.split(" WARNING ", 1)[1].split(": ", 1)[1] for line in gateway.lines[mark:] if " WARNING " in line]
+    assert [next(words for words in said if words in line) for line in warnings] == list(said), gateway.log
+    assert "notices.enabled: true, but gateway.toml has no [notices] smarthost" in warnings[0]
+    assert "api_key_env" in warnings[1] and "listener.max_sessions: changed from 100 to 7" in warnings[2]
+    assert gateway.stop() == 0
+
+
 def _stalled(mailer, to: str, stage: str, message_id: str) -> bytes:
     raw = mailer.message("note_from_contributor.eml", to, message_id)
     return mailer.sign(raw.replace(b"Subject: Pump P-7 inspected", f"Subject: Pump P-7 [stall {stage}]".encode()))

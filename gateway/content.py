@@ -132,9 +132,19 @@ def sanitize_html(text: str) -> str:
 _REMOTE_IMAGE_SCHEMES = frozenset({"http", "https"})
 # In nh3's output (html5ever's serializer) every attribute value is double-quoted, with & " < >
 # escaped in it, and text has < and > escaped: an <img> tag or an <a> tag is matched whole.
-_IMAGE_OR_LINK_TAG = re.compile(
-    r'<img(?P<attributes>(?:\s+[^\s="<>/]+="[^"]*")*)\s*/?>|(?P<open><a[\s>])|(?P<close></a>)', re.IGNORECASE)
+_IMAGE = r'<img(?P<attributes>(?:\s+[^\s="<>/]+="[^"]*")*)\s*/?>'
+_IMAGE_TAG = re.compile(_IMAGE, re.IGNORECASE)
+_IMAGE_OR_LINK_TAG = re.compile(rf'{_IMAGE}|(?P<open><a[\s>])|(?P<close></a>)', re.IGNORECASE)
 _ATTRIBUTE = re.compile(r'([^\s="<>/]+)="([^"]*)"')
+
+
+def _image_url(match: re.Match[str]) -> tuple[dict[str, str], str, str]:
+    """Of an <img> tag (_IMAGE): its attributes (names in lower case, values unescaped), the URL of
+    its src as a browser reads it (_browser_url), and that URL's scheme in lower case ("" for none)."""
+    attributes = {name.lower(): html.unescape(value) for name, value in _ATTRIBUTE.findall(match.group("attributes"))}
+    url = _browser_url(attributes.get("src", ""))
+    scheme = _SCHEME.match(url)
+    return attributes, url, scheme.group(1).lower() if scheme else ""
 
 
 def link_remote_images(sanitized: str) -> tuple[str, int]:
@@ -160,11 +170,8 @@ def link_remote_images(sanitized: str) -> tuple[str, int]:
         if match.group("close"):
             link_depth = max(0, link_depth - 1)
             return match.group(0)
-        attributes = {name.lower(): html.unescape(value)
-                      for name, value in _ATTRIBUTE.findall(match.group("attributes"))}
-        url = _browser_url(attributes.get("src", ""))
-        scheme = _SCHEME.match(url)
-        if scheme is None or scheme.group(1).lower() not in _REMOTE_IMAGE_SCHEMES:
+        attributes, url, scheme = _image_url(match)
+        if scheme not in _REMOTE_IMAGE_SCHEMES:
             return match.group(0)
         count += 1
         label = html.escape(attributes.get("alt", "").strip() or url)
@@ -173,10 +180,6 @@ def link_remote_images(sanitized: str) -> tuple[str, int]:
         return f'<a href="{html.escape(url)}" rel="{LINK_REL}">{label}</a>'
 
     return _IMAGE_OR_LINK_TAG.sub(replace, sanitized), count
-
-
-# An <img> tag of nh3's output, whole (as in _IMAGE_OR_LINK_TAG).
-_IMAGE_TAG = re.compile(r'<img(?P<attributes>(?:\s+[^\s="<>/]+="[^"]*")*)\s*/?>', re.IGNORECASE)
 
 
 def point_images_at_files(sanitized: str, filed: Sequence[Attachment], parts: Sequence[Attachment], *,
@@ -209,23 +212,20 @@ def point_images_at_files(sanitized: str, filed: Sequence[Attachment], parts: Se
             names.setdefault(item.content_id.lower(), item.filename)
 
     def replace(match: re.Match[str]) -> str:
-        pairs = _ATTRIBUTE.findall(match.group("attributes"))
-        attributes = {name.lower(): html.unescape(value) for name, value in pairs}
-        src = attributes.get("src", "")
-        url = _browser_url(src)
-        scheme = _SCHEME.match(url)
-        if scheme is None or scheme.group(1).lower() != "cid":
+        attributes, url, scheme = _image_url(match)
+        if scheme != "cid":
             return match.group(0)
-        content_id = filed_ids.get(content_id_key(url[scheme.end():]))
+        key = content_id_key(url[len("cid:"):])
+        content_id = filed_ids.get(key)
         if content_id is not None:
-            if src == f"cid:{content_id}":
+            if attributes["src"] == f"cid:{content_id}":
                 return match.group(0)
             return "<img" + "".join(
                 f' {name}="{html.escape("cid:" + content_id) if name.lower() == "src" else value}"'
-                for name, value in pairs) + ">"
+                for name, value in _ATTRIBUTE.findall(match.group("attributes"))) + ">"
         if not placeholder:
             return ""
-        name = names.get(content_id_key(url[scheme.end():]))
+        name = names.get(key)
         text = " ".join(attributes.get("alt", "").split()) or (
             f"[image not filed: {name}]" if name else "[image not filed]")
         return html.escape(text)

@@ -4,44 +4,18 @@ from __future__ import annotations
 
 import html
 import re
-import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 
 import nh3
 
 from gateway import quotes
+from gateway.deadlines import check_deadline, current_deadline
 from gateway.mime import content_id_key
 from gateway.context import Attachment, ParsedMessage
 from gateway.refusals import (EmptyBody, EncryptedMessage, MessageTookTooLong, OnlyRefusedFiles, OpaqueSignedMessage,
                               OutlookTnefOnly, UnknownTransferEncoding)
 from gateway.subject import is_forward_subject
-
-# The deadline (time.monotonic()) of the message this thread is extracting: the steps that loop over
-# blocks and lines give up once it has passed, so that a text costlier than foreseen frees its
-# pipeline thread at the deadline rather than after it (found by a security review: a runaway
-# content stage went on for minutes after the message's 451). Per thread: each pipeline runs in one.
-_running = threading.local()
-
-
-@contextmanager
-def deadline(when: float | None):
-    """Within this block, the content steps of this thread raise MessageTookTooLong once ``when`` has passed."""
-    previous = getattr(_running, "deadline", None)
-    _running.deadline = when
-    try:
-        yield
-    finally:
-        _running.deadline = previous
-
-
-def check_deadline() -> None:
-    """MessageTookTooLong if the deadline of the message this thread extracts has passed (about 50 ns)."""
-    when = getattr(_running, "deadline", None)
-    if when is not None and time.monotonic() > when:
-        raise MessageTookTooLong()
-
 
 # What an Odoo chatter message may hold. Odoo sanitizes again on its side (ODOO_FACTS.md b), but
 # the gateway sanitizes first so that what it journals and what a template wraps is already safe,
@@ -296,7 +270,7 @@ def text_to_html(text: str) -> str:
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     paragraphs = []
     # The message's deadline, checked before each line (a line costs what its length does).
-    when = getattr(_running, "deadline", None)
+    when = current_deadline()
     for block in _BLANK_LINES.split(text):
         lines = [line.rstrip() for line in block.strip("\n").split("\n")]
         if not any(lines):

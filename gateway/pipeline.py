@@ -15,8 +15,8 @@ from typing import Callable, TypeVar
 
 import dns.resolver
 
-from gateway import (addressed, attachments, automatic, content, identity, inputlimits, message, notices, observe,
-                     policy, post, ratelimit, recipients, routing, senderauth)
+from gateway import (addressed, attachments, automatic, content, deadlines, identity, inputlimits, message, notices,
+                     observe, policy, post, ratelimit, recipients, routing, senderauth)
 from gateway.config import ConfigError, GatewayConfig
 from gateway.inflight import InFlight
 from gateway.context import MessageContext, Target
@@ -502,9 +502,9 @@ def _claim(ctx: MessageContext, services: Services) -> None:
 def _extract_content(ctx: MessageContext, services: Services, deadline: float) -> None:
     assert ctx.message is not None
     # The text's steps give up at the deadline (MessageTookTooLong), between blocks and lines.
-    with content.deadline(deadline):
+    with deadlines.deadline(deadline):
         ctx.body_html = content.extract_body(ctx.message, files=ctx.attachments, refused=ctx.refused_files)
-        content.check_deadline()
+        deadlines.check_deadline()
         if ctx.rules.content.remote_images == "link":
             ctx.body_html, linked = content.link_remote_images(ctx.body_html)
             if linked:
@@ -741,7 +741,7 @@ def _run_stages(ctx: MessageContext, services: Services, deadline: float) -> Non
         try:
             stage.run(ctx, services, deadline)
         except MessageTookTooLong as refusal:
-            # A stage that gave up at the deadline (content.check_deadline) is named in the reply.
+            # A stage that gave up at the deadline (deadlines.check_deadline) is named in the reply.
             ctx.refusal = refusal if refusal.detail else stage.too_slow_refusal()
         except Refusal as refusal:
             ctx.refusal = refusal

@@ -13,8 +13,7 @@ from lxml import etree
 from mailparser_reply import EmailReplyParser
 from mailparser_reply.parser import EmailMessage
 
-# content imports this module: its functions are looked up when called (the deadline checks).
-from gateway import content
+from gateway.deadlines import check_deadline
 from gateway.refusals import HtmlNestedTooDeep
 
 # The attribution line a client writes above a quote, in the languages issue 3 names (and the
@@ -935,7 +934,7 @@ def _flatten(root: etree._Element, limit: int = POSTED_MAX_DEPTH) -> None:
     at_limit: list[etree._Element] = []
     depth = 0
     for event, element in etree.iterwalk(root, events=("start", "end")):
-        content.check_deadline()
+        check_deadline()
         if event == "start":
             depth += 1
             if depth == limit and any(len(child) for child in element):
@@ -955,7 +954,7 @@ def _flatten_children(element: etree._Element) -> None:
     runs: list[list[str]] = [[element.text or ""]]
     leaves: list[etree._Element] = []
     for event, node in etree.iterwalk(element, events=("start", "end")):
-        content.check_deadline()
+        check_deadline()
         if node is element:
             continue
         if len(node):
@@ -980,7 +979,7 @@ def _trailing_closing(body: etree._Element, closings: set[etree._Element]) -> et
     """
     pieces: list[etree._Element] = []  # the element holding each non-blank text or image, in order
     for event, element in etree.iterwalk(body, events=("start", "end")):
-        content.check_deadline()
+        check_deadline()
         if not isinstance(element.tag, str):
             continue
         if event == "start" and ((element.text and element.text.strip()) or element.tag == "img"):
@@ -1029,7 +1028,7 @@ def split_html(source: str) -> Split:
     for element in _elements(body):
         # The message's deadline, checked for each element: the steps below cost what the HTML's
         # shape makes them cost, and the deadline is what stops one costlier than foreseen.
-        content.check_deadline()
+        check_deadline()
         kind = _marker(element)
         if kind is None:
             continue
@@ -1089,7 +1088,7 @@ def _html_lines(source: str) -> list[str]:
         return []
     pieces: list[str] = []
     for event, element in etree.iterwalk(document, events=("start", "end")):
-        content.check_deadline()
+        check_deadline()
         tag = element.tag if isinstance(element.tag, str) else ""
         if event == "start":
             if tag in _LINE_TAGS:

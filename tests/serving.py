@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import shutil
 import signal
 import smtplib
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -187,3 +191,39 @@ def start_senders(messages: list[tuple[str, str, bytes]], port: int,
     for thread in threads:
         thread.start()
     return threads, replies
+
+
+# Who runs a child process of the tests when they run as root (CI and containers do): root writes
+# to a chmod 444 file and lists a chmod 000 folder, so what a file mode forbids is tested as nobody.
+NOBODY = 65534
+
+
+@contextlib.contextmanager
+def open_folder() -> Iterator[Path]:
+    """A new folder under /tmp that nobody can reach (pytest's tmp_path is below a folder only root
+    may enter), removed afterwards whatever modes a test left in it."""
+    path = Path(tempfile.mkdtemp(prefix="note-gateway-test-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        for inner in (path, *path.rglob("*")):
+            if inner.is_dir() and not inner.is_symlink():
+                inner.chmod(0o755)
+        shutil.rmtree(path)
+
+
+def run_unprivileged(arguments: Sequence[str], folder: Path, *, timeout: float = 30) -> subprocess.CompletedProcess:
+    """``python ARGUMENTS`` (the repository and tests/ on its path, run from /) in a process the file
+    modes apply to: the tests' own user, or nobody (NOBODY) when the tests run as root, ``folder`` and
+    all below it given to nobody first (an open_folder()). Never skipped: a test that skipped as root
+    never ran in CI (found by reviews of the tests); where nobody cannot start Python, it fails saying so."""
+    command = [sys.executable, *arguments]
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
+    if os.geteuid() == 0:
+        assert shutil.which("setpriv"), "the tests run as root: setpriv(1) (util-linux) is needed to run as nobody"
+        for path in (folder, *folder.rglob("*")):
+            os.chown(path, NOBODY, NOBODY, follow_symlinks=False)
+        # setpriv(1), as a review did: subprocess's own user= could not even start Python here.
+        command = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *command]
+    return subprocess.run(command, cwd="/", env=environment, capture_output=True, text=True, timeout=timeout)

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import shutil
 import smtplib
 import socket
-import subprocess
 import threading
 import time
 
 import pytest
 
 from conftest import ALIAS_DOMAIN, SECRET, Mailer, write_config
+from serving import open_folder, run_unprivileged
 
 from gateway import address, cli, pipeline
 from gateway.testing.odoo import TestOdoo
@@ -295,53 +293,50 @@ def test_check_on_an_empty_state_folder_makes_no_file(tmp_path, test_odoo, dns_s
     assert test_odoo.posts() == []
 
 
-@contextlib.contextmanager
-def _unwritable(path):
-    """``path`` made a file this process cannot open for writing: read-only, and immutable for root."""
-    path.chmod(0o444)
-    immutable = False
-    try:
-        if os.access(path, os.W_OK):  # root writes to read-only files
-            if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(path)],
-                                                                 capture_output=True).returncode != 0:
-                pytest.skip("root, and the file cannot be made immutable (chattr +i)")
-            immutable = True
-        with pytest.raises(PermissionError):
-            os.open(path, os.O_RDWR)
-        yield
-    finally:
-        if immutable:
-            subprocess.run(["chattr", "-i", str(path)], check=True)
-        path.chmod(0o600)
-
-
-def test_check_reads_a_journal_it_cannot_write_and_leaves_it_unchanged(tmp_path, test_odoo, dns_server,
-                                                                         dkim_keys, capsys):
+def test_check_reads_a_journal_it_cannot_write_and_leaves_it_unchanged(test_odoo, dns_server, dkim_keys):
     # An admin may read the gateway's journal without being able to write it, as for `log`: check
-    # opened it read-write (and ran the migrations), and failed with a configuration error.
+    # opened it read-write (and ran the migrations), and failed with a configuration error. Run by a
+    # user the file's mode applies to: nobody when the tests run as root (it skipped then, where
+    # chattr +i could not make the file immutable).
     from gateway.config import load_config
     from gateway.journal import Journal
 
-    config = write_config(tmp_path, test_odoo, dns_server.port)
-    journal_path = load_config(config).journal_path
-    mailer = Mailer(None, dkim_keys)
-    to = Mailer.address("note", "project.task", TASK_ID)
-    (tmp_path / "ok.eml").write_bytes(mailer.sign(mailer.message("note_from_contributor.eml", to, "<c4@example.com>")))
-    # What check reads in the journal: an earlier delivery's post that got no answer.
-    with Journal(journal_path) as journal:
-        journal.mark_unsettled("<c4@example.com>", "project.task", TASK_ID, "portal.contrib@example.com",
-                               since=time.time() - 60)
-    content = journal_path.read_bytes()
-    with _unwritable(journal_path):
-        status, out = _run(capsys, "check", "--config", str(config), "--rcpt", to, str(tmp_path / "ok.eml"))
-    assert status == 1, out
-    stage, verdict = out.splitlines()[-1].split(None, 1)
-    assert stage == "post"
-    assert verdict.startswith("REFUSED 451 4.3.0 An earlier delivery of this message may still be being filed "
-                              "by Odoo"), verdict
-    assert journal_path.read_bytes() == content
-    assert not pipeline.in_flight_path(load_config(config)).exists()
+    with open_folder() as folder:
+        config = write_config(folder, test_odoo, dns_server.port)
+        journal_path = load_config(config).journal_path
+        mailer = Mailer(None, dkim_keys)
+        to = Mailer.address("note", "project.task", TASK_ID)
+        (folder / "ok.eml").write_bytes(mailer.sign(mailer.message("note_from_contributor.eml", to, "<c4@example.com>")))
+        # What check reads in the journal: an earlier delivery's post that got no answer.
+        with Journal(journal_path) as journal:
+            journal.mark_unsettled("<c4@example.com>", "project.task", TASK_ID, "portal.contrib@example.com",
+                                   since=time.time() - 60)
+        content = journal_path.read_bytes()
+        journal_path.chmod(0o444)
+        done = run_unprivileged(["-c", _CANNOT_WRITE_THEN_CHECK, str(journal_path), "check", "--config", str(config),
+                                 "--rcpt", to, str(folder / "ok.eml")], folder)
+        out = done.stdout + done.stderr
+        assert done.returncode == 1, out
+        stage, verdict = done.stdout.splitlines()[-1].split(None, 1)
+        assert stage == "post"
+        assert verdict.startswith("REFUSED 451 4.3.0 An earlier delivery of this message may still be being filed "
+                                  "by Odoo"), verdict
+        assert journal_path.read_bytes() == content
+        assert not pipeline.in_flight_path(load_config(config)).exists()
     assert test_odoo.posts() == []
+
+
+# The journal named by argv[1] cannot be opened for writing by this process (else exit 3); then
+# `note-gateway ARGV[2:]`.
+_CANNOT_WRITE_THEN_CHECK = """
+import os, sys
+from gateway import cli
+try:
+    os.close(os.open(sys.argv[1], os.O_RDWR))
+except PermissionError:
+    sys.exit(cli.main(sys.argv[2:]))
+sys.exit(3)
+"""
 
 
 def test_a_delivery_while_check_runs_on_the_same_message_is_filed(tmp_path, test_odoo, serve, dkim_keys, capsys):

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from serving import NOBODY, open_folder as serving_open_folder, run_unprivileged
+
 from gateway.config import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -838,42 +840,17 @@ def test_the_gateway_file_in_its_own_rules_folder_is_no_rules_file(folder):
     assert config.domains["notes.example.com"].source == str(folder / "notes.toml")
 
 
-def _as_unprivileged(folder: Path, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess:
-    """``python -m gateway ARGV`` as a user the file modes apply to: when the tests run as root (who
-    writes a chmod 444 file and lists a chmod 000 folder), as nobody (uid 65534), given ``folder``."""
-    command = [sys.executable, "-m", "gateway", *argv]
-    if os.geteuid() == 0:
-        for path in (folder, *folder.rglob("*")):
-            os.chown(path, 65534, 65534, follow_symlinks=False)
-        # setpriv(1), as the review did: here subprocess's own user= could not even start Python.
-        command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
-        probe = subprocess.run([*command[:5], "-c", "import gateway.cli"], cwd="/", capture_output=True, text=True,
-                               env={**os.environ, "PYTHONPATH": str(ROOT)}) if shutil.which("setpriv") else None
-        if probe is None or probe.returncode != 0:
-            pytest.skip("cannot run the gateway as nobody (uid 65534) here: "
-                        + (probe.stderr.strip() if probe else "no setpriv"))
-    return subprocess.run(command, cwd="/", env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
-                          timeout=timeout)
-
-
 @pytest.fixture
 def open_folder():
-    """A folder under /tmp that another user can reach (pytest's tmp_path is below a root-only folder)."""
-    import tempfile
-
-    path = Path(tempfile.mkdtemp(prefix="note-gateway-test-"))
-    os.chmod(path, 0o755)
-    (path / "rules").mkdir()
-    (path / "key").write_text("api-key\n")
-    (path / "gateway.toml").write_text(GATEWAY)
-    (path / "rules" / "notes.toml").write_text(RULES)
-    for file in (path / "key", path / "gateway.toml", path / "rules" / "notes.toml"):
-        file.chmod(0o600)
-    yield path
-    for inner in (path, *path.rglob("*")):
-        if inner.is_dir():
-            inner.chmod(0o755)
-    shutil.rmtree(path)
+    """A gateway file, its rules and its key in a folder nobody can reach (serving.open_folder)."""
+    with serving_open_folder() as path:
+        (path / "rules").mkdir()
+        (path / "key").write_text("api-key\n")
+        (path / "gateway.toml").write_text(GATEWAY)
+        (path / "rules" / "notes.toml").write_text(RULES)
+        for file in (path / "key", path / "gateway.toml", path / "rules" / "notes.toml"):
+            file.chmod(0o600)
+        yield path
 
 
 def _error_lines(done: subprocess.CompletedProcess) -> list[str]:
@@ -884,7 +861,8 @@ def test_a_rules_folder_that_cannot_be_read_is_named_not_taken_for_an_empty_one(
     # Operator review: Path.glob took a permission error for an empty folder, "no rules file (*.toml)".
     # Run as another user (nobody) when the tests run as root, who lists any folder.
     (open_folder / "rules").chmod(0o300)  # Its files can be opened, not listed.
-    done = _as_unprivileged(open_folder, "check-config", "--config", str(open_folder / "gateway.toml"))
+    done = run_unprivileged(["-m", "gateway", "check-config", "--config", str(open_folder / "gateway.toml")],
+                            open_folder)
     assert done.returncode == 2 and _error_lines(done) == [
         f"note-gateway: configuration error: {open_folder / 'gateway.toml'}: rules_dir: cannot read the folder "
         f"{open_folder / 'rules'}: Permission denied"], done.stderr
@@ -893,7 +871,7 @@ def test_a_rules_folder_that_cannot_be_read_is_named_not_taken_for_an_empty_one(
 def _user_name() -> str:
     import pwd
 
-    return pwd.getpwuid(65534 if os.geteuid() == 0 else os.getuid()).pw_name
+    return pwd.getpwuid(NOBODY if os.geteuid() == 0 else os.getuid()).pw_name
 
 
 def test_check_config_and_serve_refuse_a_journal_this_user_cannot_write(open_folder):
@@ -909,19 +887,21 @@ def test_check_config_and_serve_refuse_a_journal_this_user_cannot_write(open_fol
     expected = (f"note-gateway: configuration error: {open_folder / 'gateway.toml'}: journal.path: {journal} is not "
                 f"writable by this user ({_user_name()})")
     for command in ("check-config", "serve"):
-        done = _as_unprivileged(open_folder, command, "--config", str(open_folder / "gateway.toml"),
-                                *(["--any-port"] if command == "serve" else []))
+        done = run_unprivileged(["-m", "gateway", command, "--config", str(open_folder / "gateway.toml"),
+                                 *(["--any-port"] if command == "serve" else [])], open_folder)
         assert done.returncode == 2 and _error_lines(done) == [expected], (command, done.stderr)
     # The folder too: SQLite and the gateway create files beside the journal.
     journal.chmod(0o644)
     open_folder.chmod(0o555)
-    done = _as_unprivileged(open_folder, "check-config", "--config", str(open_folder / "gateway.toml"))
+    done = run_unprivileged(["-m", "gateway", "check-config", "--config", str(open_folder / "gateway.toml")],
+                            open_folder)
     assert done.returncode == 2 and _error_lines(done) == [
         f"note-gateway: configuration error: {open_folder / 'gateway.toml'}: journal.path: the folder {open_folder} "
         f"is not writable by this user ({_user_name()}): the journal's companion files (-wal, -shm, .lock, .inflight) "
         "are created there"], done.stderr
     open_folder.chmod(0o755)
-    done = _as_unprivileged(open_folder, "check-config", "--config", str(open_folder / "gateway.toml"))
+    done = run_unprivileged(["-m", "gateway", "check-config", "--config", str(open_folder / "gateway.toml")],
+                            open_folder)
     assert done.returncode == 0, done.stderr
 
 

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import os
-import shutil
 import sqlite3
 import subprocess
-import sys
-import tempfile
 import threading
 from pathlib import Path
 
 import pytest
 
+from serving import open_folder, run_unprivileged
+
 from gateway.journal import SCHEMA_VERSION, Journal, JournalBusy, JournalEntry, JournalUnavailable, format_entries
 
-ROOT = Path(__file__).resolve().parent.parent
 START = 1_741_944_600.0  # 2025-03-14T09:30:00Z
 
 
@@ -208,29 +206,16 @@ else:
 
 
 def _record_as_unprivileged(path: Path) -> subprocess.CompletedProcess:
-    """Record an entry in the journal at ``path`` from a process the file modes apply to: when the
-    tests run as root (who writes to read-only files), as nobody (uid 65534), given the folder
-    (tests/test_config.py's _as_unprivileged does the same for `python -m gateway`)."""
-    command = [sys.executable, "-c", _RECORD, str(path)]
-    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
-    if os.geteuid() == 0:
-        for owned in (path.parent, *path.parent.iterdir()):
-            os.chown(owned, 65534, 65534, follow_symlinks=False)
-        command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
-        probe = subprocess.run([*command[:5], "-c", "import gateway.journal"], cwd="/", capture_output=True,
-                               text=True, env=environment) if shutil.which("setpriv") else None
-        if probe is None or probe.returncode != 0:
-            pytest.skip("cannot run Python as nobody (uid 65534) here: "
-                        + (probe.stderr.strip() if probe else "no setpriv"))
-    return subprocess.run(command, cwd="/", env=environment, capture_output=True, text=True, timeout=30)
+    """Record an entry in the journal at ``path`` from a process the file modes apply to (as nobody
+    when the tests run as root, who writes to read-only files: serving.run_unprivileged)."""
+    return run_unprivileged(["-c", _RECORD, str(path)], path.parent)
 
 
 def test_read_only_file_is_unavailable():
     # Skipped when the tests ran as root, so never in CI (found by a review of the tests); the
     # journal is now written by nobody then. In a folder of /tmp that nobody can reach (pytest's
     # tmp_path is below a folder only root may enter).
-    folder = Path(tempfile.mkdtemp(prefix="note-gateway-test-"))
-    try:
+    with open_folder() as folder:
         path = folder / "journal.sqlite3"
         Journal(path).close()
         path.chmod(0o444)
@@ -243,9 +228,6 @@ def test_read_only_file_is_unavailable():
         path.chmod(0o644)
         done = _record_as_unprivileged(path)
         assert (done.returncode, done.stdout) == (0, "recorded\n"), done.stderr
-    finally:
-        folder.chmod(0o755)
-        shutil.rmtree(folder)
 
 
 def test_read_only_journal_reads_but_does_not_write(tmp_path):

@@ -227,3 +227,14 @@ def run_unprivileged(arguments: Sequence[str], folder: Path, *, timeout: float =
         # setpriv(1), as a review did: subprocess's own user= could not even start Python here.
         command = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *command]
     return subprocess.run(command, cwd="/", env=environment, capture_output=True, text=True, timeout=timeout)
+
+
+def folded_msg_id(message_id: str, fold: str = "\r\n ") -> str:
+    """``message_id`` folded inside the msg-id, as some mail clients split a long References or
+    In-Reply-To ("<...-openerp-\r\n 60-project.task@host>"): after "-openerp-" (Odoo's own
+    Message-IDs), else after the first "." or "-"."""
+    if "-openerp-" in message_id:
+        cut = message_id.index("-openerp-") + len("-openerp-")
+    else:
+        cut = min(found for found in (message_id.find("."), message_id.find("-")) if found >= 0) + 1
+    return message_id[:cut] + fold + message_id[cut:]

@@ -13,6 +13,8 @@ import re
 
 import pytest
 
+from serving import folded_msg_id
+
 from .provision import filed_id as _filed_id, new_message_id as _message_id, real_odoo_or_skip
 from .provision import messages_on, notifications_for_message, portal_session, stored_message as _stored
 
@@ -219,12 +221,6 @@ def test_a_reply_whose_references_begin_with_a_note_is_a_note_however_long_they_
     print(f"\nreply+ with References = note {note_id} + 20 unknown ids on project.task {task}: note {filed}")
 
 
-def _folded(message_id: str) -> str:
-    """``message_id`` folded inside the msg-id, as some mail clients split a long References."""
-    cut = message_id.index("-openerp-") + len("-openerp-") if "-openerp-" in message_id else message_id.index(".") + 1
-    return message_id[:cut] + "\r\n " + message_id[cut:]
-
-
 @pytest.mark.parametrize("where", ["References", "In-Reply-To", "both", "Message-ID of the note"])
 def test_a_reply_naming_a_note_folded_inside_its_msg_id_is_a_note(world, real_gateway, where):
     # Found by a review: a References or In-Reply-To folded inside the msg-id
@@ -238,7 +234,7 @@ def test_a_reply_naming_a_note_folded_inside_its_msg_id_is_a_note(world, real_ga
         note_to = real_gateway.address("note", "project.task", task)
         note_id = _message_id(world)
         raw = real_gateway.message(world.contributor.email, note_to, secret, message_id=note_id)
-        folded_raw = raw.replace(f"Message-ID: {note_id}".encode(), f"Message-ID: {_folded(note_id)}".encode())
+        folded_raw = raw.replace(f"Message-ID: {note_id}".encode(), f"Message-ID: {folded_msg_id(note_id)}".encode())
         assert folded_raw != raw
         note = _filed_id(real_gateway.send(real_gateway.sign(folded_raw), note_to, mail_from=world.contributor.email))
         assert _stored(world, "project.task", task, note)["message_id"] == note_id
@@ -246,8 +242,8 @@ def test_a_reply_naming_a_note_folded_inside_its_msg_id_is_a_note(world, real_ga
     else:
         note_id = _note_posted_in_the_backend(world, secret)
         assert f"-openerp-{task}-project.task@" in note_id
-        in_reply_to = _folded(note_id) if where in ("In-Reply-To", "both") else None
-        references = _folded(note_id) if where in ("References", "both") else None
+        in_reply_to = folded_msg_id(note_id) if where in ("In-Reply-To", "both") else None
+        references = folded_msg_id(note_id) if where in ("References", "both") else None
     to = real_gateway.address("reply", "project.task", task)
     raw = real_gateway.message(world.contributor.email, to,
                                f"The pump runs again.\n\nOn Monday, someone wrote:\n> {secret}\n",

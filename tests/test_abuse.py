@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import smtplib
 import socket
 import threading
@@ -744,27 +745,34 @@ def test_html_costlier_than_the_deadline_gives_up_at_the_deadline_in_the_quote_s
     assert row.refusal_class == "MessageTookTooLong" and row.durations["extract-content"] < 3
 
 
+@contextlib.contextmanager
+def _held(monkeypatch, module, name: str):
+    """Within this block, ``module.name`` holds the pipeline thread that calls it (for at most 30 s),
+    as a stage stuck past the deadline does; it runs once the block ends, whatever the block raised."""
+    released = threading.Event()
+    original = getattr(module, name)
+
+    def held(*args, **options):
+        released.wait(30)
+        return original(*args, **options)
+
+    monkeypatch.setattr(module, name, held)
+    try:
+        yield
+    finally:
+        released.set()
+
+
 def test_a_pipeline_without_an_outcome_past_the_deadline_is_answered_by_the_listener_naming_its_stage(
         test_odoo, start_gateway, dns_server, dkim_keys, monkeypatch):
     # The listener's fallback (deadline + 5 s) said "Odoo is unavailable" whatever held the thread.
     gateway = start_gateway(dns_server.port)
     object.__setattr__(gateway.services.config.gateway.listener, "message_deadline", 1.0)
-    released = threading.Event()
-    extract_body = content.extract_body
-
-    def stuck_extract_body(message, **options):
-        released.wait(30)
-        return extract_body(message, **options)
-
-    monkeypatch.setattr(content, "extract_body", stuck_extract_body)
     mailer = Mailer(gateway, dkim_keys)
     to = mailer.address("note", "project.task", TASK_ID)
-    try:
+    with _held(monkeypatch, content, "extract_body"):
         reply = mailer.send(mailer.sign(mailer.message("note_from_contributor.eml", to)), to)
-    finally:
-        released.set()
     assert reply == f"{TOOK_TOO_LONG}no outcome 6 s after its data; stage {EXTRACT_CONTENT} still running"
-
 
 
 def test_a_pipeline_stuck_in_authorize_is_answered_with_its_checks_in_the_order_they_run(
@@ -776,22 +784,13 @@ def test_a_pipeline_stuck_in_authorize_is_answered_with_its_checks_in_the_order_
 
     gateway = start_gateway(dns_server.port)
     object.__setattr__(gateway.services.config.gateway.listener, "message_deadline", 1.0)
-    released = threading.Event()
-    check_record_access = policy.check_record_access
-
-    def stuck_check_record_access(*args, **options):
-        released.wait(30)
-        return check_record_access(*args, **options)
-
-    monkeypatch.setattr(policy, "check_record_access", stuck_check_record_access)
     mailer = Mailer(gateway, dkim_keys)
     to = mailer.address("note", "project.task", TASK_ID)
-    try:
+    with _held(monkeypatch, policy, "check_record_access"):
         reply = mailer.send(mailer.sign(mailer.message("note_from_contributor.eml", to)), to)
-    finally:
-        released.set()
     assert reply == (f"{TOOK_TOO_LONG}no outcome 6 s after its data; stage authorize (model allowed, contributor "
                      "group for notes, record access policy, then company) still running")
+
 
 def _raw_reply(sock: socket.socket) -> bytes:
     data = b""

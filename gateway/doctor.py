@@ -140,7 +140,9 @@ def check_clock(config: GatewayConfig, name: str, report: Report, clock: Callabl
     skew = duration(senderauth.ALLOWED_CLOCK_SKEW_SECONDS)
     if offset > 0:
         effect = (f"DKIM signatures made now are dated ahead of the gateway's clock, and once that is more than "
-                  f"{skew} every message is deferred (451 4.7.0) until the clocks agree")
+                  f"{skew} every message is deferred (451 4.7.0) until the clocks agree; more than "
+                  f"{duration(senderauth.MAX_DEFERRED_AHEAD_SECONDS)} ahead, every message is refused "
+                  "(550 5.7.1) and bounces")
         report.fail(what, f"the gateway's clock is {duration(offset)} behind Odoo's: {effect}", fix)
     else:
         effect = ("the dates of DKIM signatures (t=, x=), of dated addresses and of the API keys' expiry are read "

@@ -365,7 +365,7 @@ class SignatureDatedAhead(Refusal):
     # is deferred, never filed (day-2 operations review: a gateway 20 minutes slow answered every
     # fresh note "550 5.7.1 ... signature is dated in the future", bouncing it and blaming the
     # sender). X.7.0: a security status (RFC 3463). A t= more than senderauth.MAX_DEFERRED_AHEAD_SECONDS
-    # ahead is refused (550) as before: the sender's MTA gives up before any clock could reach it.
+    # (9 hours 50 minutes, just under dkimpy's own 10 hours) ahead is refused (550), as before.
     smtp_code, enhanced_code = 451, "4.7.0"
     reason = "The DKIM signature is dated ahead of the gateway's clock, try again later"
     sends_notice = False

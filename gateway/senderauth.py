@@ -42,11 +42,19 @@ ACCEPTED_ALGORITHMS = (b"rsa-sha256", b"ed25519-sha256")
 # A signer's clock may run a little ahead of ours; more than this and t= is not believable
 # (RFC 6376 section 3.5 lets a verifier ignore signatures dated in the future).
 ALLOWED_CLOCK_SKEW_SECONDS = 15 * 60
+# dkimpy's own bound on t=: dkim.validate_signature_fields raises "t= value is in the future" for
+# a t= more than 36000 s (10 hours) past time.time(), before any signature is verified. It reads
+# the clock itself and takes no parameter for it, so the gateway cannot lift it through dkimpy's API.
+DKIMPY_FUTURE_SLOP_SECONDS = 36000
 # A signature that verifies but is dated further ahead than ALLOWED_CLOCK_SKEW_SECONDS is deferred
 # (451 SignatureDatedAhead): the gateway's clock may be the one that is wrong, and the retry passes
-# once the clocks agree. Up to this far ahead only: the sender's MTA gives up after about as long
-# (Postfix's maximal_queue_lifetime is 5 days), so a t= further ahead is refused (550) as before.
-MAX_DEFERRED_AHEAD_SECONDS = 5 * 86400
+# once the clocks agree. Up to this far ahead only, a t= further ahead is refused (550). The bound
+# is just under dkimpy's 10 hours (10 minutes under, in case the clock steps back while the message
+# is checked): a signature dkimpy would refuse can never verify, so it could never be deferred. It
+# was 5 days (about as long as a sender's MTA retries), but dkimpy refused everything past 10 hours
+# with "550 5.7.1 ... t= value is in the future" before the gateway's own check (behaviour review:
+# 11 and 48 hours ahead bounced although the docs promised 451).
+MAX_DEFERRED_AHEAD_SECONDS = DKIMPY_FUTURE_SLOP_SECONDS - 10 * 60
 # Used when the resolver does not say its own lifetime: dkimpy's default.
 DEFAULT_DNS_TIMEOUT = 5.0
 # "A Verifier MAY limit the number of signatures it tries, in order to avoid denial-of-service

@@ -403,6 +403,31 @@ def test_signature_dated_ahead_of_the_gateways_clock_is_deferred_never_filed(tes
     assert len(_posts(test_odoo)) == 1
 
 
+def test_a_good_signature_is_deferred_up_to_just_under_dkimpys_ten_hours_then_refused(test_odoo, gateway, mailer):
+    # Found by a behaviour review: the deferral was documented up to 5 days ahead, but dkimpy refuses
+    # a t= more than 10 hours past the real clock before the gateway's own check, so 11 and 48 hours
+    # ahead bounced with "550 5.7.1 ... t= value is in the future (...)". The bound is just under
+    # dkimpy's now, and a t= past it is refused with the gateway's reason. Real clock, no time patched.
+    from gateway import senderauth
+
+    to = mailer.address("note", "project.task", TASK_ID)
+    signed_at = int(time.time() + 9.5 * 3600)
+    raw = mailer.sign(mailer.message("note_from_contributor.eml", to, "<nine@example.com>"), timestamp=signed_at)
+    reply = mailer.send(raw, to)
+    assert reply.startswith("451 4.7.0 The DKIM signature is dated ahead of the gateway's clock, try again later: "
+                            f"its t= is {senderauth._when(signed_at)}, 9 hours 30 minutes ahead of the gateway's "
+                            "clock ("), reply
+    signed_at = int(time.time() + 10.5 * 3600)
+    raw = mailer.sign(mailer.message("note_from_contributor.eml", to, "<ten@example.com>"), timestamp=signed_at)
+    assert mailer.send(raw, to) == (
+        "550 5.7.1 Sender not authenticated, no valid DKIM signature aligned with the From domain: signature is "
+        f"dated in the future ({senderauth._when(signed_at)}), more than 9 hours 50 minutes ahead of the gateway's clock")
+    assert _posts(test_odoo) == []
+    rows = _journal(gateway)
+    assert [(row.verdict, row.refusal_class) for row in rows] == [("refused", "SenderNotAuthenticated"),
+                                                                  ("deferred", "SignatureDatedAhead")]
+
+
 def test_signature_without_t_is_filed_unless_the_rules_require_t(test_odoo, start_gateway, dns_server, dkim_keys):
     strict = Mailer(start_gateway(dns_server.port, rules_extra="[sender]\nrequire_signature_time = true\n"), dkim_keys)
     to = strict.address("note", "project.task", TASK_ID)

@@ -557,7 +557,8 @@ def test_doctor_fails_a_clock_that_disagrees_with_odoos(tmp_path, test_odoo, dns
     assert report.problems == 1, _report_text(report)
     assert ("FAIL  odoo main: the gateway's clock is 20 minutes behind Odoo's: DKIM signatures made now are dated "
             "ahead of the gateway's clock, and once that is more than 15 minutes every message is deferred "
-            "(451 4.7.0) until the clocks agree\n" + CLOCK_FIX) in _report_text(report)
+            "(451 4.7.0) until the clocks agree; more than 9 hours 50 minutes ahead, every message is refused "
+            "(550 5.7.1) and bounces\n" + CLOCK_FIX) in _report_text(report)
     test_odoo.clock_offset = -300
     text = _report_text(diagnose(str(path)))
     assert ("FAIL  odoo main: the gateway's clock is 5 minutes ahead of Odoo's: the dates of DKIM signatures (t=, x=), "

@@ -26,15 +26,17 @@ def _load(path: str) -> GatewayConfig:
         raise SystemExit(2) from None
 
 
-def _load_journal_settings(path: str, *, rules_left_out: str, odoo_left_out: str | None = None) -> JournalSettings:
+def _load_journal_settings(path: str, *, rules_left_out: str | None,
+                           odoo_left_out: str | None = None) -> JournalSettings:
     """What log and prune-journal read of the configuration (no secret, no API key); each part
-    they use that could not be read is said on stderr, with what leaving it out costs the command."""
+    they use that could not be read is said on stderr, with what leaving it out costs the command
+    (rules_left_out None: the caller says it)."""
     try:
         settings = load_journal_settings(path)
     except ConfigError as error:
         print(f"note-gateway: configuration error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
-    for problem in settings.rules_problems:
+    for problem in settings.rules_problems if rules_left_out is not None else ():
         print(f"note-gateway: warning: {problem}; {rules_left_out}", file=sys.stderr)
     if odoo_left_out is not None:
         for problem in settings.odoo_problems:
@@ -406,10 +408,19 @@ def command_prune_journal(args: argparse.Namespace) -> int:
 
     from gateway.journal import Journal, JournalUnavailable
 
-    # Not load_config: a timer's run must not need the service's credentials, nor stop over a typo
-    # in a rules file the running gateway refused to reload (day-2 review).
+    # Not load_config: a timer's run must not need the service's credentials (day-2 review). A rules
+    # file it cannot read (a typo a reload refused) stops it, unless the admin says to go on: the
+    # running gateway keeps its last good copy, whose window (maybe days) still counts rows older
+    # than --keep-days (behaviour review: it only warned, and deleted them).
+    ignore = args.ignore_unreadable_rules
     config = _load_journal_settings(args.config, rules_left_out="the rate-limit windows there are not checked "
-                                                                "against --keep-days")
+                                                                "against --keep-days" if ignore else None)
+    if config.rules_problems and not ignore:
+        for problem in config.rules_problems:
+            print(f"note-gateway: {problem}; nothing deleted, as the running gateway may still count rows older "
+                  "than --keep-days for the rate limits there: correct it, or pass --ignore-unreadable-rules to "
+                  "prune without checking their windows", file=sys.stderr)
+        return 2
     # The rate limits count the filed rows of their window, one notice per sender and reason is
     # sent per day, and an unsettled post decides for odoo.unsettled_post_seconds (at most a day).
     longest_window = max((rules.rate_limit.window_minutes for rules in config.domains.values()), default=0.0)
@@ -791,6 +802,8 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--config", required=True)
     prune.add_argument("--keep-days", type=int, required=True,
                        help="keep this many days of rows (at least the longest rate-limit window, and 1)")
+    prune.add_argument("--ignore-unreadable-rules", action="store_true",
+                       help="prune even when a rules file cannot be read, without checking its rate-limit window")
     prune.set_defaults(func=command_prune_journal)
 
     doctor = commands.add_parser("doctor", help="check config, resolver, Odoo, journal and certificate")

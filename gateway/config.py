@@ -1040,6 +1040,9 @@ def load_journal_settings(path: str | os.PathLike) -> JournalSettings:
     or ``odoo_problems``, not an error (day-2 review: `log` and `prune-journal` refused to run, exit 2, over a TOML typo in
     one rules file, or without $CREDENTIALS_DIRECTORY). Only a gateway file that cannot be read,
     or a [journal] section that cannot be, is a ConfigError: the journal is not found without it.
+    What a reader does with ``rules_problems`` is its own choice: `log` warns, `prune-journal`
+    refuses unless told --ignore-unreadable-rules (the running gateway may still count rows for
+    the rate-limit window of its last good copy of that file).
     """
     path = Path(path).resolve()
     data = _read_toml(path)

@@ -758,11 +758,20 @@ def test_no_number_setting_takes_inf_or_nan(model, name, value):
 
 def test_an_infinite_rate_limit_window_is_named_not_a_traceback_of_prune_journal(folder, capsys):
     (folder / "rules" / "notes.toml").write_text(RULES + "[rate_limit]\nwindow_minutes = inf\n")
-    # A rules file prune-journal cannot read is said on stderr and the prune goes on (day-2 review:
-    # a broken rules file must not stop the journal's readers), its window not checked.
+    # A rules file prune-journal cannot read is named on stderr, and the prune refused unless the
+    # admin passes --ignore-unreadable-rules (behaviour review: it only warned, and deleted rows the
+    # running gateway still counted); with it, the prune goes on, that window not checked.
     from gateway import cli
 
-    assert cli.main(["prune-journal", "--config", str(folder / "gateway.toml"), "--keep-days", "30"]) == 0
+    assert cli.main(["prune-journal", "--config", str(folder / "gateway.toml"), "--keep-days", "30"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.splitlines() == [f"note-gateway: {folder / 'rules' / 'notes.toml'}: rate_limit.window_minutes: "
+                                "Input should be a finite number; nothing deleted, as the running gateway may still "
+                                "count rows older than --keep-days for the rate limits there: correct it, or pass "
+                                "--ignore-unreadable-rules to prune without checking their windows"]
+    assert cli.main(["prune-journal", "--config", str(folder / "gateway.toml"), "--keep-days", "30",
+                     "--ignore-unreadable-rules"]) == 0
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert err.splitlines() == [f"note-gateway: warning: {folder / 'rules' / 'notes.toml'}: rate_limit.window_minutes: "

@@ -492,13 +492,24 @@ def test_log_and_prune_journal_work_through_a_broken_rules_file_and_without_the_
     [warning] = err.splitlines()
     assert warning.startswith(f"note-gateway: warning: {broken}: not valid TOML: ")
     assert warning.endswith("; the journal's rows are listed all the same")
+    # Reading is lenient, deleting is not: prune-journal refuses, naming the file, unless the admin
+    # passes the override (test_prune_journal_refuses_while_a_rules_file_cannot_be_read).
     code, out, err = _run_cli(capsys, "prune-journal", "--config", config, "--keep-days", "30")
+    assert (code, out) == (2, "")
+    [refusal] = err.splitlines()
+    assert refusal.startswith(f"note-gateway: {broken}: not valid TOML: ")
+    assert refusal.endswith("; nothing deleted, as the running gateway may still count rows older than --keep-days "
+                            "for the rate limits there: correct it, or pass --ignore-unreadable-rules to prune "
+                            "without checking their windows")
+    code, out, err = _run_cli(capsys, "prune-journal", "--config", config, "--keep-days", "30",
+                              "--ignore-unreadable-rules")
     assert code == 0 and out.startswith("deleted rows older than 30 days: messages 0"), err
     [warning] = err.splitlines()
     assert warning.startswith(f"note-gateway: warning: {broken}: not valid TOML: ")
     assert warning.endswith("; the rate-limit windows there are not checked against --keep-days")
     # The readable rules file's window is still checked.
-    code, _, err = _run_cli(capsys, "prune-journal", "--config", config, "--keep-days", "0")
+    code, _, err = _run_cli(capsys, "prune-journal", "--config", config, "--keep-days", "0",
+                            "--ignore-unreadable-rules")
     assert code == 2 and "the rate-limit window of 120 minutes needs --keep-days 1 or more" in err
     broken.unlink()
 
@@ -517,6 +528,46 @@ def test_log_and_prune_journal_work_through_a_broken_rules_file_and_without_the_
     code, out, err = _run_cli(capsys, "--credentials-directory", str(folder / "no-such-folder"), "log", "--config",
                               config)
     assert (code, err) == (0, "") and "<incident@example.com>" in out
+
+
+def test_prune_journal_refuses_while_a_rules_file_cannot_be_read(start_gateway, dns_server, dkim_keys, capsys):
+    # Found by a behaviour review: with a rules file it could not read (a typo the running gateway
+    # refused to reload), prune-journal only warned and checked --keep-days against the other
+    # files' windows, deleting rows the running gateway, with its last good copy of that file and
+    # its 3-day window, still counted: the sender's rate limit was reset. It refuses now (exit 2,
+    # the file and the override named), and deletes them only when the admin says so.
+    gateway = start_gateway(dns_server.port, rules_extra="[rate_limit]\nper_sender = 1\nwindow_minutes = 4320\n")
+    mailer = Mailer(gateway, dkim_keys)
+    task = mailer.address("note", "project.task", TASK_ID)
+    reply = mailer.send(mailer.sign(mailer.message("note_from_contributor.eml", task, "<monday@example.com>")), task)
+    assert reply.startswith("250 2.0.0 Filed"), reply
+    path = gateway.services.config.journal_path
+    with Journal(path) as journal:
+        journal._connection.execute("UPDATE messages SET received_at = ?", (time.time() - 2 * 86400,))
+    rules = gateway.config_path.parent / "rules" / f"{ALIAS_DOMAIN}.toml"
+    rules.write_text(rules.read_text().replace("[rate_limit]", "[rate_limit"))
+    config = str(gateway.config_path)
+
+    code, out, err = _run_cli(capsys, "prune-journal", "--config", config, "--keep-days", "1")
+    assert (code, out) == (2, "")
+    [refusal] = err.splitlines()
+    assert refusal.startswith(f"note-gateway: {rules}: not valid TOML: ")
+    assert refusal.endswith("; nothing deleted, as the running gateway may still count rows older than --keep-days "
+                            "for the rate limits there: correct it, or pass --ignore-unreadable-rules to prune "
+                            "without checking their windows")
+    # The row is kept, and the running gateway still counts it.
+    reply = mailer.send(mailer.sign(mailer.message("note_from_contributor.eml", task, "<tuesday@example.com>")), task)
+    assert reply == "450 4.7.1 Too many messages from this sender, try again later: 1 in 4320 minutes"
+
+    # The admin's explicit choice: the window of that file is not checked, and the row goes.
+    code, out, err = _run_cli(capsys, "prune-journal", "--config", config, "--keep-days", "1",
+                              "--ignore-unreadable-rules")
+    assert code == 0 and out.strip() == "deleted rows older than 1 days: messages 1, notices 0, unsettled_posts 0", err
+    [warning] = err.splitlines()
+    assert warning.startswith(f"note-gateway: warning: {rules}: not valid TOML: ")
+    assert warning.endswith("; the rate-limit windows there are not checked against --keep-days")
+    reply = mailer.send(mailer.sign(mailer.message("note_from_contributor.eml", task, "<tuesday@example.com>")), task)
+    assert reply.startswith("250 2.0.0 Filed"), reply
 
 
 def _report_text(report) -> str:

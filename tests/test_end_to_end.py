@@ -118,6 +118,27 @@ def test_a_public_reply_names_its_sender_without_the_address(test_odoo, gateway,
     assert f"Internal note by email from Paula Contributor &lt;{PAULA}&gt;" in test_odoo.message(note)["body"]
 
 
+def test_a_reply_names_the_senders_odoo_user_whatever_the_from_display_name(test_odoo, gateway, mailer):
+    # Found by a behaviour review: docs/content.md said a reply begins "Message by email from Name (or
+    # `Message by email` when From has no display name)", but the name is the sender's Odoo user's
+    # (pipeline: sender_name = ctx.user.name or ctx.message.from_name). The docs now say so, with
+    # the two cases sent here.
+    from pathlib import Path
+
+    content = " ".join((Path(__file__).parent.parent / "docs" / "content.md").read_text().split())
+    assert ('`From: "P. C." <address>`, or a From with no display name at all, still gives `Message by email '
+            'from Paula Contributor` when that is the user\'s name') in content
+    reply_to = mailer.address("reply", "project.task", TASK_ID)
+    for display_name in ("P. C.", ""):
+        raw = compose(PAULA, reply_to, "Pump", "Seal replaced.",
+                      sender_name=display_name)
+        reply = mailer.send(mailer.sign(raw), reply_to)
+        assert reply.startswith("250 2.0.0 Filed"), reply
+        body = test_odoo.message(int(reply.rsplit(" ", 1)[1]))["body"]
+        assert body.startswith("<p><em>Message by email from Paula Contributor</em></p>"), body
+        assert "P. C." not in body
+
+
 @pytest.mark.parametrize("scenario, sender, expected", [
     ("note_from_non_member.eml", "portal.plain@example.com", "550 5.7.1 Sender may not post internal notes"),
     ("note_from_unknown_user.eml", "stranger@example.com", "550 5.7.1 No Odoo user has this sender address"),

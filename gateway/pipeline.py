@@ -367,6 +367,8 @@ def _reply_all_as_note(ctx: MessageContext, services: Services, deadline: float)
     its followers may include portal users. Every check of a note then applies (authorize).
     A reply answering an internal note of another record is refused (AnswersNoteOfAnotherRecord), as
     is one whose To or Cc also names a note address that is not its record's (AlsoAddressedToNote).
+    For a plain reply@, routed by headers anyone can write, what this decides is said only once the
+    sender's access to the routed record is established (said_refusal, _check_reply_access).
     """
     assert ctx.message is not None
     if ctx.target.kind != "reply":
@@ -375,6 +377,11 @@ def _reply_all_as_note(ctx: MessageContext, services: Services, deadline: float)
     if elsewhere is not None:
         # Meant in part as a note of another record (or Odoo): filed here as a reply its text would
         # be public, and filed as a note here it would be a note where the sender did not put one.
+        if ctx.target.by_reference:
+            # Said only to a sender who may read the record a plain reply@ was routed to: whether a
+            # note address is "another" depends on where References led, and any sender could ask
+            # whether a Message-ID is in Odoo, and of which record (found by a review).
+            _check_reply_access(ctx, services, deadline)
         ctx.decision = "; ".join(filter(None, (ctx.decision, f"also addressed to {elsewhere}: refused")))
         raise AlsoAddressedToNote()
     note = routing.note_address_in_headers(ctx.message, ctx.target, services.config)
@@ -421,19 +428,28 @@ def _authorize(ctx: MessageContext, services: Services, deadline: float) -> None
     except (ModelNotAllowed, NotContributor, InternalUserNotAllowed) as refusal:
         if not ctx.note_reason:
             raise
-        if ctx.note_from_parent:
-            # That the message answers an internal note is said only to a sender who may read the
-            # record, as the reply it was sent as (found by a review: anyone holding a Message-ID
-            # learnt that it was a note, and of which record); else that refusal is the reply.
-            reply = dataclasses.replace(ctx.target, kind="reply")
-            policy.check_model_allowed(ctx.rules, reply)
-            policy.check_address(ctx.rules, reply)
-            policy.check_address_owner(reply, ctx.user)
-            _check_record_access(ctx, services, reply, deadline, unfiled=None)
+        if ctx.note_from_parent or ctx.target.by_reference:
+            # That the message answers an internal note, or that it is a note because its To/Cc
+            # names one of the record a plain reply@ was routed to, is said only to a sender who may
+            # read the record, as the reply it was sent as (found by reviews: anyone holding a
+            # Message-ID learnt that it was a note, and of which record; a plain reply@ Cc a made-up
+            # note+ of a guessed record told whether the Message-ID was of that record); else that
+            # refusal is the reply.
+            _check_reply_access(ctx, services, deadline)
         # A reply refused as a note says why it was one (reply-all-as-note).
         raise type(refusal)(f"{refusal.detail}; {ctx.note_reason}, so it is filed only as a note",
                             internal=refusal.internal) from None
     ctx.unfiled = _check_record_access(ctx, services, ctx.target, deadline, unfiled=post.filed_message_ids(ctx))
+
+
+def _check_reply_access(ctx: MessageContext, services: Services, deadline: float) -> None:
+    """Establish that the sender may post on the record as the reply the message was sent as (or raise)."""
+    assert ctx.user is not None
+    reply = dataclasses.replace(ctx.target, kind="reply")
+    policy.check_model_allowed(ctx.rules, reply)
+    policy.check_address(ctx.rules, reply)
+    policy.check_address_owner(reply, ctx.user)
+    _check_record_access(ctx, services, reply, deadline, unfiled=None)
 
 
 def _check_record_access(ctx: MessageContext, services: Services, target: Target, deadline: float,
@@ -460,8 +476,11 @@ def _check_record_access(ctx: MessageContext, services: Services, target: Target
 # each tells something of a record the sender may not read (that it exists, is archived, is hidden
 # from the gateway, its kind, its company, that a Message-ID is a note). Found by a review: any
 # portal user could ask about any record by writing a made-up Odoo Message-ID in In-Reply-To.
+# AlsoAddressedToNote too: whether a note address in To/Cc is of "another" record depends on where
+# References led (the same review found it said before access, telling whether a Message-ID existed).
 _RECORD_REVEALING = (ModelNotAllowed, RecordNotFound, RecordArchived, RecordAccessDenied, AccessRuleUnsupported,
-                     RecordOfOtherCompany, RecordHiddenFromGateway, AnswersNoteOfAnotherRecord, ReferencesTooMany)
+                     RecordOfOtherCompany, RecordHiddenFromGateway, AnswersNoteOfAnotherRecord, ReferencesTooMany,
+                     AlsoAddressedToNote)
 
 
 def said_refusal(ctx: MessageContext, refusal: Refusal) -> Refusal:

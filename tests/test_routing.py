@@ -413,6 +413,55 @@ def test_reply_all_from_a_non_contributor_is_refused_rather_than_made_public(tes
     assert test_odoo.posts() == []
 
 
+# Found by a review: a plain reply@ whose To or Cc named a note address was answered "also addressed
+# to an internal note address" or "may not post internal notes" before the sender's access to the
+# record its References led to was established. Which answer depended on that record, so Peter, who
+# cannot read task 42, learnt whether a Message-ID was in Odoo and, with a made-up note+ of a guessed
+# record in Cc, which record held it. Each is now told what a message of unknown references is.
+@pytest.mark.parametrize("cc", [None, "order note+", "made-up order note+", "guessed task note+", "plain note@"])
+@pytest.mark.parametrize("known", [True, False], ids=["known", "unknown"])
+def test_plain_reply_naming_a_note_address_tells_nothing_of_records_the_sender_cannot_read(
+        test_odoo, gateway, mailer, cc, known):
+    in_reply_to = (_message_on(test_odoo, "project.task", PRIVATE_TASK_ID, "<cc@customer.example>") if known
+                   else "<nobody-knows@example.com>")
+    cc = {None: None, "order note+": mailer.address("note", "sale.order", SALE_ORDER_ID),
+          "made-up order note+": f"note+sale.order-{SALE_ORDER_ID}-x@{ALIAS_DOMAIN}",
+          "guessed task note+": f"note+project.task-{PRIVATE_TASK_ID}-x@{ALIAS_DOMAIN}", "plain note@": NOTE}[cc]
+    raw = _reply_to(mailer, REPLY, in_reply_to=in_reply_to, sender=PETER_EMAIL, cc=cc)
+    assert mailer.send(raw, REPLY, mail_from=PETER_EMAIL) == UNROUTED
+    assert test_odoo.posts() == []
+    [row] = _journal(gateway)
+    assert row.refusal_class == ("RecordAccessDenied" if known else "NoRecordReferenced"), row.decision
+
+
+NOT_CONTRIBUTOR_AS_NOTE = ("550 5.7.1 Sender may not post internal notes: portal.plain@example.com is not in the "
+                           "contributor group; the message is also addressed to a note address, so it is filed only "
+                           "as a note")
+
+
+@pytest.mark.parametrize("sender, cc, expected", [
+    (PAULA, "order note+", ALSO_A_NOTE),
+    (PAULA, "made-up task note+", "250 2.0.0 Filed"),
+    (PAULA, "plain note@", "250 2.0.0 Filed"),
+    (PETER_EMAIL, "order note+", ALSO_A_NOTE),
+    (PETER_EMAIL, "made-up task note+", NOT_CONTRIBUTOR_AS_NOTE),
+    (PETER_EMAIL, "plain note@", NOT_CONTRIBUTOR_AS_NOTE),
+])
+def test_plain_reply_naming_a_note_address_of_a_readable_record_is_a_note_or_refused(
+        test_odoo, gateway, mailer, sender, cc, expected):
+    # The same review's counterpart: a sender who may read the record (both follow task 60) is told
+    # why, and nothing of a reply@ naming a note address is ever public.
+    in_reply_to = _message_on(test_odoo, "project.task", TASK_ID, "<public@customer.example>")
+    cc = {"order note+": mailer.address("note", "sale.order", SALE_ORDER_ID),
+          "made-up task note+": f"note+project.task-{TASK_ID}-x@{ALIAS_DOMAIN}", "plain note@": NOTE}[cc]
+    reply = mailer.send(_reply_to(mailer, REPLY, in_reply_to=in_reply_to, sender=sender, cc=cc), REPLY,
+                        mail_from=sender)
+    assert reply.startswith(expected), reply
+    assert [filing.subtype_xmlid for filing in test_odoo.filings()] == (["mail.mt_note"] if reply.startswith("250")
+                                                                         else [])
+    assert test_odoo.outbox == []
+
+
 # A reply that answers an internal note (found by a design review: reply+ and reply@ filed it
 # publicly, and its collapsed quote carried the note to the record's portal followers).
 

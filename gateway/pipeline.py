@@ -353,6 +353,13 @@ def _route(ctx: MessageContext, services: Services, deadline: float) -> None:
     assert ctx.message is not None
     if not ctx.target.by_reference:
         return
+    if ctx.target.kind == "note":
+        # Whether the sender may file notes at all is about the sender alone: said before routing,
+        # so that it does not depend on whether the references lead to a record (found by a review:
+        # a non-contributor's note@ was "No record found" for an unknown Message-ID and "may not post
+        # internal notes" for one Odoo has, whoever's record holds it).
+        assert ctx.user is not None
+        policy.check_poster(_odoo(ctx, services), ctx.rules, ctx.target, ctx.user, deadline=deadline)
     unsigned = ctx.sender.unsigned_headers if ctx.sender else frozenset()
     model, res_id, how = routing.resolve(_odoo(ctx, services), ctx.message, unsigned=unsigned, deadline=deadline)
     ctx.target = dataclasses.replace(ctx.target, model=model, res_id=res_id)
@@ -711,7 +718,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("rate-limit", "at most so many filed messages per sender, and per record of a record address",
           _rate_limit, too_slow=_journal_too_slow),
     Stage("identify-sender", "find the sender's active Odoo user", _identify_sender, too_slow=_odoo_too_slow),
-    Stage("route", "find the record of a plain note@/reply@ from References", _route, too_slow=_odoo_too_slow),
+    Stage("route", "find the record of a plain note@/reply@ from References (a plain note@: contributor first)",
+          _route, too_slow=_odoo_too_slow),
     Stage("routed-rate-limit", "at most so many filed messages per record, for a routed note@/reply@",
           _rate_limit_routed, too_slow=_journal_too_slow),
     Stage("reply-all-as-note", "a reply also addressed to a note address, or answering an internal note, "

@@ -253,6 +253,23 @@ def test_plain_address_tells_nothing_of_records_the_sender_cannot_read(test_odoo
         assert kept in row.decision, row.decision
 
 
+@pytest.mark.parametrize("reference", ["unknown", "of a record he cannot read", "none"])
+def test_plain_note_address_tells_a_non_contributor_so_whatever_the_references(test_odoo, gateway, mailer,
+                                                                               reference):
+    # Found by a review: Peter's note@ was "No record found" for a Message-ID unknown to Odoo and
+    # "Sender may not post internal notes" for one Odoo has, telling him that it exists. Whether he
+    # may file notes at all is about him alone, and said before the references are looked at.
+    in_reply_to = {"unknown": "<nobody-knows@example.com>", "none": None,
+                   "of a record he cannot read": _message_on(test_odoo, "project.task", PRIVATE_TASK_ID,
+                                                             "<cc@customer.example>")}[reference]
+    raw = _reply_to(mailer, NOTE, in_reply_to=in_reply_to, sender=PETER_EMAIL)
+    assert mailer.send(raw, NOTE, mail_from=PETER_EMAIL) == (
+        f"550 5.7.1 Sender may not post internal notes: {PETER_EMAIL} is not in the contributor group")
+    assert test_odoo.posts() == []
+    [row] = _journal(gateway)
+    assert row.refusal_class == "NotContributor" and "routed" not in row.decision
+
+
 def test_plain_address_of_a_record_hidden_from_the_gateway_is_deferred_naming_nothing(test_odoo, gateway, mailer,
                                                                                          caplog):
     # The same review: 451 "The gateway's Odoo user cannot see this record" told any sender that the

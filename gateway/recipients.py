@@ -102,8 +102,45 @@ def choose(odoo: OdooPool, ctx: MessageContext, *, own_domains: set[str] | froze
     return result
 
 
+# What a note says of the people its email went to (external_recipients) is one line of the
+# gateway's own framing: at most this many, then "and N more"; each name and address cut to a length
+# a line can show.
+MAX_SHOWN = 20
+MAX_SHOWN_NAME = 64
+MAX_SHOWN_ADDRESS = 254  # RFC 5321 section 4.5.3.1.3: a path holds at most 256 octets, <> included
+
+
 def shown(ctx: MessageContext, addresses: list[str]) -> list[str]:
-    """Each address as the sender's email named it, "Name <address>", else the address alone."""
+    """Each address as the sender's email named it, "Name <address>", else the address alone: only
+    those of a To or Cc field the DKIM signature covers, the first MAX_SHOWN, then "and N more".
+
+    A To or Cc that h= leaves out (VerifiedSender.unsigned_headers: Microsoft 365 signs neither)
+    could have been written by whoever holds the signed message, and the line is the gateway's own
+    words in an internal note: an added `Cc: "Approved by the CFO, pay invoice 123 today" <x@...>`
+    was shown there (found by a review of this session's merges). Such a field may still have an
+    internal user notified (docs/content.md "Notifications"), never put text in the note. A name is
+    shown only for an address no uncovered field names, since the name kept is the first non-empty
+    one of either field (message.recipient_names).
+    """
     assert ctx.message is not None
+    unsigned = ctx.sender.unsigned_headers if ctx.sender else frozenset()
+    covered: set[str] = set()
+    uncovered: set[str] = set()
+    for name, values in (("to", ctx.message.to), ("cc", ctx.message.cc)):
+        for value in values:
+            (uncovered if name in unsigned else covered).update(idn.address_forms(value))
     names = ctx.message.recipient_names
-    return [f"{names[address]} <{address}>" if names.get(address) else address for address in addresses]
+    listed = []
+    for address in addresses:
+        if address not in covered:
+            continue
+        name = names.get(address) if address not in uncovered else None
+        text = _cut(address, MAX_SHOWN_ADDRESS)
+        listed.append(f"{_cut(name, MAX_SHOWN_NAME)} <{text}>" if name else text)
+    if len(listed) > MAX_SHOWN:
+        listed = listed[:MAX_SHOWN] + [f"and {len(listed) - MAX_SHOWN} more"]
+    return listed
+
+
+def _cut(text: str, length: int) -> str:
+    return text if len(text) <= length else text[:length - 1] + "…"

@@ -210,6 +210,51 @@ def test_a_note_says_which_customers_and_portal_users_the_email_also_went_to(tes
     assert "Also sent by email" not in post.kwargs["body"]
 
 
+# Found by a review of this session's merges: a Cc the DKIM signature does not cover (Microsoft 365
+# leaves To and Cc out of h=) can be added by whoever holds the signed message, and its display name
+# became the gateway's own "Also sent by email to:" line of an internal note, emailed to the internal
+# users in Cc. It may still have an internal user notified; it never writes text into the note.
+FORGED_CC = '"Approved by the CFO, pay invoice 123 today" <x@attacker.example>'
+
+
+@pytest.mark.parametrize("signed", [["from", "subject", "date", "message-id"],
+                                    ["from", "to", "subject", "date", "message-id"]],
+                         ids=["To and Cc uncovered (Microsoft 365)", "Cc uncovered"])
+def test_a_note_names_only_recipients_of_fields_the_signature_covers(test_odoo, gateway, mailer, signed):
+    to = mailer.address("note", "project.task", TASK_ID)
+    raw = compose(PAULA, f"{to}, Bob Customer <bob@customer.example>", "Invoice 123", "Please check.",
+                  sender_name="Paula Contributor")
+    signed_raw = mailer.sign(raw, include_headers=[name.encode() for name in signed])
+    # Added on the way: a stranger, Bob again under another name, and Marc, an internal user.
+    forged = (f'Cc: {FORGED_CC}, "Pay now" <bob@customer.example>, Marc Demo <mark.brown23@example.com>\r\n'
+              .encode() + signed_raw)
+    assert mailer.send(forged, to).startswith("250 2.0.0 Filed")
+    [post] = _posts(test_odoo)
+    body = post.kwargs["body"]
+    assert "CFO" not in body and "attacker.example" not in body and "Pay now" not in body
+    if "to" in signed:
+        # Bob is in the covered To, so named; his name too is one an uncovered field also gives,
+        # so the address alone.
+        assert "<p><em>Also sent by email to: bob@customer.example</em></p>" in body
+    else:
+        assert "Also sent by email" not in body
+    # What an uncovered Cc can still do: have an internal user notified.
+    assert post.kwargs["partner_ids"] == [MARC_PARTNER_ID]
+
+
+def test_a_note_names_at_most_twenty_recipients_each_cut_to_a_line(test_odoo, gateway, mailer):
+    # The same review: the line had no bound, and a display name none either.
+    cc = ", ".join([f'"{"Very long name " * 10}" <long@customer.example>']
+                   + [f"customer{number}@customer.example" for number in range(24)])
+    assert _send(mailer, "note", "project.task", TASK_ID, cc=cc).startswith("250 2.0.0 Filed")
+    [post] = _posts(test_odoo)
+    line = next(line for line in post.kwargs["body"].splitlines() if "Also sent by email to:" in line)
+    shown = line.removeprefix("<p><em>Also sent by email to: ").removesuffix("</em></p>").split(", ")
+    assert len(shown) == 21 and shown[-1] == "and 5 more"
+    assert shown[0] == f"{('Very long name ' * 10)[:63]}… &lt;long@customer.example&gt;"
+    assert shown[1:20] == [f"customer{number}@customer.example" for number in range(19)]
+
+
 def test_no_one_in_cc_is_notified_where_the_rules_say_so(test_odoo, start_gateway, dns_server, dkim_keys):
     # Found by a mutation audit: notify_recipients = false was tested nowhere. Marc, an internal
     # user in Cc, is notified by default (the test above), not here.

@@ -40,7 +40,14 @@ _MODEL = re.compile(r"^[a-z][a-z0-9_]*(?:\.[a-z0-9_]+)*$")
 
 
 def bundled_templates() -> Traversable:
-    """The folder of the templates shipped with the gateway."""
+    """The folder of the templates shipped with the gateway.
+
+    In a source checkout (templates/ beside pyproject.toml), that checkout's own folder: an editable
+    install maps gateway.templates to the checkout it was made from, so the code of another checkout
+    (a git worktree, a scratch clone on PYTHONPATH) rendered the first one's templates.
+    """
+    if SOURCE_TEMPLATES.is_dir() and (SOURCE_TEMPLATES.parent / "pyproject.toml").is_file():
+        return SOURCE_TEMPLATES
     try:
         return importlib.resources.files(BUNDLED_PACKAGE)
     except ModuleNotFoundError:

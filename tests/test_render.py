@@ -10,6 +10,7 @@ import pytest
 
 from gateway.refusals import EmptyBody
 from gateway.render import BodyNotShown, Renderer, TemplateProblem
+from gateway import render
 
 RECEIVED_AT = datetime(2025, 3, 14, 9, 30, tzinfo=timezone.utc)
 
@@ -342,3 +343,17 @@ def test_a_note_whose_template_leaves_out_this_body_is_not_rendered(tmp_path):
     assert found.value.file == str(tmp_path / "note" / "default.html.j2")
     # A message without text (only files) loses nothing.
     assert renderer.render_body("note", "project.task", **body_values(body="", subject="A draft")) == "<p>(draft)</p>"
+
+
+def test_a_source_checkout_renders_its_own_templates(tmp_path, monkeypatch):
+    # An editable install maps gateway.templates to the checkout it was made from: the code of a
+    # git worktree or scratch clone on PYTHONPATH rendered that checkout's templates instead of its own.
+    checkout = tmp_path / "checkout"
+    (checkout / "templates").mkdir(parents=True)
+    (checkout / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    monkeypatch.setattr(render, "SOURCE_TEMPLATES", checkout / "templates")
+    assert render.bundled_templates() == checkout / "templates"
+    # Without pyproject.toml beside it, a folder named templates is not the gateway's: the package's.
+    (checkout / "pyproject.toml").unlink()
+    assert render.bundled_templates() != checkout / "templates"
+    assert render.bundled_templates().joinpath("note", "default.html.j2").is_file()

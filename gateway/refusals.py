@@ -540,8 +540,9 @@ class ReplyMisattributed(Refusal):
     # gateway had checked that only the sender's partner has the From's address (gateway/post.py
     # mail_gateway_address): one added in between. The reply is in Odoo, once, public, under
     # another name. A 250 would hide that from the sender; a 4xx would be retried only to be found
-    # "Already filed"; a 5xx ends the retries and tells the sender that it is filed (not lost) and
-    # must not be sent again, which would file a second copy. The log is an ERROR with the
+    # "Already filed"; a 5xx ends the retries and tells the sender that it is filed (not lost). Sent
+    # again, the same message is found filed (post.look_up) and answered 250 with its id, which
+    # would hide the wrong author again: hence "do not send it again". The log is an ERROR with the
     # message's id, for an administrator to correct its author; the journal row keeps the id.
     smtp_code, enhanced_code = 550, "5.7.0"
     reason = ("Your reply was filed, but Odoo shows it under another contact's name; do not send it again, "

@@ -309,6 +309,38 @@ def notifications_for_message(world: RealOdooWorld, message_id: int) -> list[dic
         [("mail_message_id", "=", message_id)], NOTIFICATION_FIELDS, order="id asc")
 
 
+def note_posted_in_the_backend(world: RealOdooWorld, text: str) -> str:
+    """An internal note an employee logs in the task's chatter; Odoo gives it its own Message-ID (facts i)."""
+    note = world.admin.execute_kw("project.task", "message_post", [[world.task_id]],
+                                  {"body": text, "message_type": "comment", "subtype_xmlid": "mail.mt_note",
+                                   # The admin does not become a follower (facts c).
+                                   "context": {"mail_create_nosubscribe": True}})
+    note = note[0] if isinstance(note, list) else note
+    return stored_message(world, "project.task", world.task_id, note)["message_id"]
+
+
+def reply_quoting(world: RealOdooWorld, real_gateway: Any, headers: str, quoted: str) -> int:
+    """The contributor's reply+ to the task, ``headers`` (In-Reply-To, References) above it and ``quoted``
+    in its quote, filed: its mail.message id."""
+    to = real_gateway.address("reply", "project.task", world.task_id)
+    raw = real_gateway.message(world.contributor.email, to,
+                               f"The pump runs again.\n\nOn Monday, someone wrote:\n> {quoted}\n",
+                               subject="Re: Site visit", message_id=new_message_id(world))
+    return filed_id(real_gateway.send(real_gateway.sign(headers.encode() + raw), to, mail_from=world.contributor.email))
+
+
+def assert_a_note_nobody_outside_sees(world: RealOdooWorld, real_gateway: Any, filed: int, note_id: str) -> None:
+    """The reply ``filed`` on the task is a note answering ``note_id``: no notification, in no portal chatter."""
+    stored = stored_message(world, "project.task", world.task_id, filed)
+    assert stored["subtype_id"][0] == _ref(world.admin, "mail.mt_note")
+    assert notifications_for_message(world, filed) == []
+    for user in (world.plain, world.contributor):
+        session = portal_session(world, user.login, user.password)
+        assert filed not in session.chatter_ids("project.task", world.task_id)
+    [row] = [row for row in real_gateway.journal() if row.odoo_message_id == filed]
+    assert row.kind == "note" and f"answers internal message {note_id}" in row.decision
+
+
 def followers_of(world: RealOdooWorld, model: str, res_id: int) -> list[int]:
     """Partner ids following a record."""
     rows = world.admin.env["mail.followers"].search_read(

@@ -16,7 +16,8 @@ import pytest
 from serving import folded_msg_id
 
 from .provision import filed_id as _filed_id, new_message_id as _message_id, real_odoo_or_skip
-from .provision import messages_on, notifications_for_message, portal_session, stored_message as _stored
+from .provision import assert_a_note_nobody_outside_sees, messages_on, note_posted_in_the_backend
+from .provision import notifications_for_message, portal_session, reply_quoting, stored_message as _stored
 
 real_odoo_or_skip()
 
@@ -148,16 +149,6 @@ def _answer(real_gateway, sender: str, to: str, parent: str, quoted: str, refere
     return real_gateway.sign(f"In-Reply-To: {parent}\r\nReferences: {folded}\r\n".encode() + raw)
 
 
-def _note_posted_in_the_backend(world, text: str) -> str:
-    """An internal note an employee logs in the chatter; Odoo gives it its own Message-ID (facts i)."""
-    note = world.admin.execute_kw("project.task", "message_post", [[world.task_id]],
-                                  {"body": text, "message_type": "comment", "subtype_xmlid": "mail.mt_note",
-                                   # The admin does not become a follower (facts c).
-                                   "context": {"mail_create_nosubscribe": True}})
-    note = note[0] if isinstance(note, list) else note
-    return _stored(world, "project.task", world.task_id, note)["message_id"]
-
-
 @pytest.mark.parametrize("parent", ["gateway note", "backend note"])
 def test_a_reply_to_an_internal_note_is_filed_as_a_note_the_portal_never_sees(world, real_gateway, parent):
     # Found by a design review: such a reply was filed publicly, its quote carrying the note's text
@@ -171,7 +162,7 @@ def test_a_reply_to_an_internal_note_is_filed_as_a_note_the_portal_never_sees(wo
                                                                            message_id=note_id)),
                                     note_to, mail_from=world.contributor.email))
     else:
-        note_id = _note_posted_in_the_backend(world, secret)
+        note_id = note_posted_in_the_backend(world, secret)
         assert f"-openerp-{task}-project.task@" in note_id
     to = real_gateway.address("reply", "project.task", task)
     filed = _filed_id(real_gateway.send(_answer(real_gateway, world.contributor.email, to, note_id, secret), to,
@@ -240,33 +231,21 @@ def test_a_reply_naming_a_note_folded_inside_its_msg_id_is_a_note(world, real_ga
         assert _stored(world, "project.task", task, note)["message_id"] == note_id
         in_reply_to, references = note_id, note_id
     else:
-        note_id = _note_posted_in_the_backend(world, secret)
+        note_id = note_posted_in_the_backend(world, secret)
         assert f"-openerp-{task}-project.task@" in note_id
         in_reply_to = folded_msg_id(note_id) if where in ("In-Reply-To", "both") else None
         references = folded_msg_id(note_id) if where in ("References", "both") else None
-    to = real_gateway.address("reply", "project.task", task)
-    raw = real_gateway.message(world.contributor.email, to,
-                               f"The pump runs again.\n\nOn Monday, someone wrote:\n> {secret}\n",
-                               subject="Re: Site visit", message_id=_message_id(world))
     headers = (f"In-Reply-To: {in_reply_to}\r\n" if in_reply_to else "") + (
         f"References: <older.{world.tag}@{world.domain}> {references}\r\n" if references else "")
-    filed = _filed_id(real_gateway.send(real_gateway.sign(headers.encode() + raw), to,
-                                        mail_from=world.contributor.email))
-    stored = _stored(world, "project.task", task, filed)
-    assert stored["subtype_id"][0] == world.admin.execute("ir.model.data", "check_object_reference", "mail", "mt_note")[1]
-    assert notifications_for_message(world, filed) == []
-    for user in (world.plain, world.contributor):
-        session = portal_session(world, user.login, user.password)
-        assert filed not in session.chatter_ids("project.task", task)
-    [row] = [row for row in real_gateway.journal() if row.odoo_message_id == filed]
-    assert row.kind == "note" and f"answers internal message {note_id}" in row.decision
+    filed = reply_quoting(world, real_gateway, headers, secret)
+    assert_a_note_nobody_outside_sees(world, real_gateway, filed, note_id)
     print(f"\nreply+ naming {note_id} folded ({where}) on project.task {task}: note {filed}, 0 notifications")
 
 
 def test_a_non_contributor_answering_an_internal_note_is_refused(world, real_gateway):
     task = world.task_id
     secret = f"Margin on this job is 40% ({world.tag}, refused)"
-    note_id = _note_posted_in_the_backend(world, secret)
+    note_id = note_posted_in_the_backend(world, secret)
     before = max(row["id"] for row in messages_on(world, "project.task", task))
     to = real_gateway.address("reply", "project.task", task)
     reply = real_gateway.send(_answer(real_gateway, world.plain.email, to, note_id, secret), to,

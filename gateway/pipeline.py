@@ -307,8 +307,11 @@ def _rate_limit(ctx: MessageContext, services: Services, deadline: float) -> Non
 
 
 def _rate_limit_routed(ctx: MessageContext, services: Services, deadline: float) -> None:
-    # The record of a plain note@ / reply@ is known only now; a record address had its record's
-    # limit checked with the sender's, before any Odoo call.
+    # The record of a plain note@ / reply@ is known only after route; a record address had its
+    # record's limit checked with the sender's, before any Odoo call. After authorize, not right
+    # after route: RecordRateLimited tells that the record gets mail, so it is said only to a sender
+    # who may read the record (found by two reviews: between route and authorize, a portal user
+    # told a busy record she could not read from an unknown Message-ID by its 450).
     assert ctx.sender is not None
     if not ctx.target.by_reference:
         return
@@ -720,12 +723,13 @@ STAGES: tuple[Stage, ...] = (
     Stage("identify-sender", "find the sender's active Odoo user", _identify_sender, too_slow=_odoo_too_slow),
     Stage("route", "find the record of a plain note@/reply@ from References (a plain note@: contributor first)",
           _route, too_slow=_odoo_too_slow),
-    Stage("routed-rate-limit", "at most so many filed messages per record, for a routed note@/reply@",
-          _rate_limit_routed, too_slow=_journal_too_slow),
     Stage("reply-all-as-note", "a reply also addressed to a note address, or answering an internal note, "
           "is filed as a note", _reply_all_as_note, too_slow=_odoo_too_slow),
     Stage("authorize", "model allowed, contributor group for notes, record access policy, then company", _authorize,
           too_slow=_odoo_too_slow),
+    Stage("routed-rate-limit", "at most so many filed messages per record, for a routed note@/reply@ "
+          "(after authorize: said only to a sender who may read the record)",
+          _rate_limit_routed, too_slow=_journal_too_slow),
     Stage("screen-attachments", "apply the size limits and type deny-list to the files", _screen_attachments),
     Stage("extract-content", "take the body, trim quote and signature, sanitize its HTML", _extract_content),
     Stage("choose-recipients", "notify internal users named in To/Cc, drop all others", _choose_recipients,

@@ -17,7 +17,7 @@ from gateway.refusals import RecordRateLimited, SenderRateLimited
 from gateway.smtp import ThreadedGateway
 from gateway.testing.dkim import sign
 from gateway.testing.odoo import TestOdoo
-from gateway.testing.odoo_demo import DEMO_API_KEY, SALE_ORDER_ID, TASK_ID
+from gateway.testing.odoo_demo import DEMO_API_KEY, PRIVATE_TASK_ID, SALE_ORDER_ID, TASK_ID
 from gateway.testing.sending import compose, deliver
 
 TASK = Target("note", "notes.example.com", "project.task", 60, "note+project.task-60-x@notes.example.com")
@@ -73,6 +73,7 @@ SECOND_DOMAIN = "notes.second.example"
 SECOND_SECRET = "second-domain-secret-0123456789"
 PAULA = "portal.contrib@example.com"
 NOTE = f"note@{ALIAS_DOMAIN}"
+REPLY = f"reply@{ALIAS_DOMAIN}"
 
 
 @pytest.fixture
@@ -149,7 +150,42 @@ def test_the_record_limit_applies_to_a_plain_address_once_it_is_routed(test_odoo
     with Journal(gateway.services.config.journal_path) as journal:
         refused = journal.recent(verdict="deferred")[-1]
     assert (refused.refusal_class, refused.model, refused.res_id) == ("RecordRateLimited", "project.task", TASK_ID)
-    assert list(refused.durations)[-1] == "routed-rate-limit"
+    assert list(refused.durations)[-2:] == ["authorize", "routed-rate-limit"]
+
+
+def test_a_routed_record_at_its_limit_is_not_told_to_a_sender_who_cannot_read_it(test_odoo, start_gateway,
+                                                                                 dns_server, dkim_keys):
+    # Found by two reviews: routed-rate-limit ran between route and authorize, so a portal user
+    # writing to plain note@/reply@ with References naming a message of a record she may not read
+    # was told "450 Too many messages to this record" when it was busy, and the 550 of an unknown
+    # Message-ID when it was not: whether a record she cannot read gets mail. The record's limit is
+    # now checked after authorize; she hears the answer of an unknown Message-ID either way.
+    gateway = start_gateway(dns_server.port, rules_extra="[rate_limit]\nper_sender = 0\nper_record = 1\n")
+    marc = "mark.brown23@example.com"
+    private = f"<1.2-openerp-{PRIVATE_TASK_ID}-project.task@testodoo>"
+
+    def send(sender, to, references=None, message_id=None):
+        raw = compose(sender, to, "Pump P-7", "The seal is worn.", message_id=message_id)
+        if references:
+            raw = f"References: {references}\r\n".encode() + raw
+        return deliver(sign(raw, dkim_keys["example.com"], "example.com", SELECTOR), to, port=gateway.port,
+                       mail_from=sender)
+
+    # Marc, an internal user who may read the private task, gives it its share.
+    assert send(marc, _first_address("project.task", PRIVATE_TASK_ID)).startswith("250 2.0.0 Filed")
+    unknown = {to: send(PAULA, to, "<no-such-message@example.com>") for to in (NOTE, REPLY)}
+    assert unknown[NOTE] == unknown[REPLY] == (
+        "550 5.1.1 No record found for this message: reply to an Odoo notification, or write to the record's own "
+        "note+ or reply+ address: it references no message of a record this sender may post on")
+    for to in (NOTE, REPLY):
+        assert send(PAULA, to, private) == unknown[to]
+    # Marc, who may read it, is told that the record has had its share.
+    assert send(marc, NOTE, private) == "450 4.7.1 Too many messages to this record, try again later: 1 in 120 minutes"
+    assert [post.args for post in test_odoo.posts()] == [[[PRIVATE_TASK_ID]]]
+    with Journal(gateway.services.config.journal_path) as journal:
+        deferred = journal.recent(verdict="deferred")[-1]
+    assert (deferred.refusal_class, deferred.res_id) == ("RecordRateLimited", PRIVATE_TASK_ID)
+    assert list(deferred.durations)[-2:] == ["authorize", "routed-rate-limit"]
 
 
 def test_a_retry_of_a_routed_message_at_the_sender_limit_is_already_filed(test_odoo, start_gateway, dns_server,

@@ -348,8 +348,7 @@ def _may_answer_a_note(ctx: MessageContext, services: Services) -> bool:
     """A reply to a known record that references messages, and is neither a note nor refused by its To/Cc."""
     assert ctx.message is not None
     return (ctx.target.kind == "reply" and not ctx.target.by_reference and bool(routing.referenced_ids(ctx.message))
-            and routing.note_address_in_headers(ctx.message, ctx.target, services.config) is None
-            and routing.other_note_address_in_headers(ctx.message, ctx.target, services.config) is None)
+            and routing.note_addresses(ctx.message, ctx.target, services.config) == (None, None))
 
 
 def _route(ctx: MessageContext, services: Services, deadline: float) -> None:
@@ -383,7 +382,7 @@ def _reply_all_as_note(ctx: MessageContext, services: Services, deadline: float)
     assert ctx.message is not None
     if ctx.target.kind != "reply":
         return
-    elsewhere = routing.other_note_address_in_headers(ctx.message, ctx.target, services.config)
+    note, elsewhere = routing.note_addresses(ctx.message, ctx.target, services.config)
     if elsewhere is not None:
         # Meant in part as a note of another record (or Odoo): filed here as a reply its text would
         # be public, and filed as a note here it would be a note where the sender did not put one.
@@ -394,7 +393,6 @@ def _reply_all_as_note(ctx: MessageContext, services: Services, deadline: float)
             _check_reply_access(ctx, services, deadline)
         ctx.decision = "; ".join(filter(None, (ctx.decision, f"also addressed to {elsewhere}: refused")))
         raise AlsoAddressedToNote()
-    note = routing.note_address_in_headers(ctx.message, ctx.target, services.config)
     if note is not None:
         decision, ctx.note_reason = f"reply-all with {note}", "the message is also addressed to a note address"
     else:

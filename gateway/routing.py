@@ -221,40 +221,31 @@ def _any_internal(odoo: OdooPool, rows: list[dict], deadline: float | None) -> b
                                            {"limit": 1}, deadline=deadline, cacheable=True))
 
 
-def note_address_in_headers(message: ParsedMessage, target: Target, config: GatewayConfig) -> str | None:
-    """A note address of the same record (same Odoo) named in To or Cc of a reply delivery, if any,
-    whether or not its signature verifies (address.read_unverified).
+def note_addresses(message: ParsedMessage, target: Target, config: GatewayConfig) -> tuple[str | None, str | None]:
+    """(same, other): the first note address of ``target``'s record and the first other note
+    address named in To or Cc of a reply delivery, each None if there is none. To and Cc are read
+    once for both; every note address counts whether or not its signature verifies
+    (address.read_unverified).
 
-    Reply-all to a note+ and a reply+ address reaches the gateway as two deliveries, possibly in
-    separate transactions and in either order (issue 7). Each delivery sees the same headers, so
-    the reply+ delivery can tell that the sender also addressed a note, and is then filed as a
-    note: the Message-ID check makes the second delivery a duplicate of the first, whichever comes
-    first, and nothing is ever public. A plain note@ of a domain on the same Odoo counts as the
-    same record: it would be routed by the same References.
+    ``same``, a note address of the same record (same Odoo): reply-all to a note+ and a reply+
+    address reaches the gateway as two deliveries, possibly in separate transactions and in either
+    order (issue 7). Each delivery sees the same headers, so the reply+ delivery can tell that the
+    sender also addressed a note, and is then filed as a note: the Message-ID check makes the
+    second delivery a duplicate of the first, whichever comes first, and nothing is ever public. A
+    plain note@ of a domain on the same Odoo counts as the same record: it would be routed by the
+    same References. The same Odoo is the same URL and database (config.odoo_identity), whatever
+    the [odoo.NAME] connections are called: two connections to one database (one integration user
+    per company) reach the same record, and a note address of the other one's domain must keep
+    this reply internal just as well (review of multi-Odoo setups: it was filed public, its note a
+    duplicate).
 
-    The same Odoo is the same URL and database (config.odoo_identity), whatever the [odoo.NAME]
-    connections are called: two connections to one database (one integration user per company)
-    reach the same record, and a note address of the other one's domain must keep this reply
-    internal just as well (review of multi-Odoo setups: it was filed public, its note a duplicate).
+    ``other``, a note address that is not one of its record: any note address of any alias domain
+    of the gateway, of another record, of the same record id on another Odoo, a plain note@ of a
+    domain on another Odoo, a note+ whose record cannot be read. The message was meant, at least in
+    part, as an internal note elsewhere, and filed here as a reply its text would be public (found
+    by a review: one email To a task's reply+ and Cc a sale order's note+ was a note on the order
+    and public on the task). pipeline refuses the reply (AlsoAddressedToNote).
     """
-    return _note_addresses(message, target, config)[0]
-
-
-def other_note_address_in_headers(message: ParsedMessage, target: Target, config: GatewayConfig) -> str | None:
-    """A note address named in To or Cc of a reply delivery that is not one of its record, if any.
-
-    Any note address of any alias domain of the gateway, its signature verified or not: of another
-    record, of the same record id on another Odoo, a plain note@ of a domain on another Odoo, a
-    note+ whose record cannot be read. The message was meant, at least in part, as an internal note
-    elsewhere, and filed here as a reply its text would be public (found by a review: one email To
-    a task's reply+ and Cc a sale order's note+ was a note on the order and public on the task).
-    pipeline refuses the reply (AlsoAddressedToNote).
-    """
-    return _note_addresses(message, target, config)[1]
-
-
-def _note_addresses(message: ParsedMessage, target: Target, config: GatewayConfig) -> tuple[str | None, str | None]:
-    """(the first note address of ``target``'s record, the first other note address) of To and Cc."""
     odoo = config.odoo_identity(target.domain)
     same: str | None = None
     other_record: str | None = None

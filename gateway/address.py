@@ -119,25 +119,32 @@ def parse(address: str, secrets_by_domain: dict[str, list[bytes]]) -> Target:
     secrets = secrets_by_domain.get(domain)
     if secrets is None:
         raise UnknownAliasDomain(domain)
-    match = _LOCAL_PART.match(local.lower())
+    local = local.lower()
+    match = _LOCAL_PART.match(local)
     if not match:
         raise BadAddress("expected note+<model>-<id>-<signature> or reply+...")
-    kind, model, res_id = match["kind"], match["model"], int(match["res_id"])
-    partner_id = int(match["partner"]) if match["partner"] else None
-    issued_day = int(match["day"]) if match["day"] is not None else None
-    if kind not in KINDS:
-        raise BadAddress(f"unknown address kind {kind!r}")
+    if match["kind"] not in KINDS:
+        raise BadAddress(f"unknown address kind {match['kind']!r}")
+    target = _target_of(match, local, domain)
     given = match["sig"].encode()
     # Every secret is tried, in constant time each, so keys can be rotated: the first one signs,
     # all of them verify.
     valid = False
     for secret in secrets:
-        expected = signature(secret, domain, kind, model, res_id, partner_id, issued_day).encode()
+        expected = signature(secret, domain, target.kind, target.model, target.res_id,
+                             target.partner_id, target.issued_day).encode()
         valid |= hmac.compare_digest(expected, given)
     if not valid:
         raise BadAddress("the address signature is not valid")
-    return Target(kind=kind, domain=domain, model=model, res_id=res_id, address=f"{local.lower()}@{domain}",
-                  partner_id=partner_id, issued_day=issued_day)
+    return target
+
+
+def _target_of(match: re.Match[str], local: str, domain: str) -> Target:
+    """The Target that ``local`` (lower case, matched by _LOCAL_PART as ``match``) at ``domain``
+    names, its kind and signature NOT checked here: parse() checks both, read_unverified() the kind."""
+    return Target(kind=match["kind"], domain=domain, model=match["model"], res_id=int(match["res_id"]),
+                  address=f"{local}@{domain}", partner_id=int(match["partner"]) if match["partner"] else None,
+                  issued_day=int(match["day"]) if match["day"] is not None else None)
 
 
 def parse_recipient(address: str, secrets_by_domain: dict[str, list[bytes]]) -> Target:
@@ -158,13 +165,15 @@ def parse_recipient(address: str, secrets_by_domain: dict[str, list[bytes]]) -> 
 def read_unverified(address: str, secrets_by_domain: dict[str, list[bytes]]) -> Target | None:
     """What an address at an alias domain names as parse_recipient reads it, its signature NOT checked.
 
-    For the reply-all check only (routing.note_address_in_headers): a note address whose signature
-    no longer verifies (a rotated secret, a mistyped token) still says that its sender meant the
-    message as a note (found by a review: such a Cc was skipped, the note delivery got 550 5.1.1 and
-    the reply was filed publicly). Never a reason to file anything on the record it names. A
-    ``note+`` local part whose record part cannot be read is a note of no record (model "", res_id
-    0, not by_reference). None for an address that is not at an alias domain, or whose local part
-    is none of these: a plain ``note``/``reply``, ``<kind>+<model>-<id>...-<signature>``, ``note+...``.
+    For reading the note addresses a reply names in To and Cc only (routing.note_addresses: a
+    reply-all to its own record's note address is filed as a note, one naming another note address
+    is refused): a note address whose signature no longer verifies (a rotated secret, a mistyped
+    token) still says that its sender meant the message as a note (found by a review: such a Cc was
+    skipped, the note delivery got 550 5.1.1 and the reply was filed publicly). Never a reason to
+    file anything on the record it names. A ``note+`` local part whose record part cannot be read is
+    a note of no record (model "", res_id 0, not by_reference). None for an address that is not at
+    an alias domain, or whose local part is none of these: a plain ``note``/``reply``,
+    ``<kind>+<model>-<id>...-<signature>``, ``note+...``.
     """
     try:
         local, domain = split_address(address)
@@ -181,6 +190,4 @@ def read_unverified(address: str, secrets_by_domain: dict[str, list[bytes]]) -> 
             # A note address whose record part cannot be read (mistyped): a note of no known record.
             return Target(kind="note", domain=domain, model="", res_id=0, address=f"{local}@{domain}")
         return None
-    return Target(kind=match["kind"], domain=domain, model=match["model"], res_id=int(match["res_id"]),
-                  address=f"{local}@{domain}", partner_id=int(match["partner"]) if match["partner"] else None,
-                  issued_day=int(match["day"]) if match["day"] is not None else None)
+    return _target_of(match, local, domain)

@@ -763,33 +763,27 @@ def _held(monkeypatch, module, name: str):
         released.set()
 
 
-def test_a_pipeline_without_an_outcome_past_the_deadline_is_answered_by_the_listener_naming_its_stage(
-        test_odoo, start_gateway, dns_server, dkim_keys, monkeypatch):
+@pytest.mark.parametrize("held, stage", [
     # The listener's fallback (deadline + 5 s) said "Odoo is unavailable" whatever held the thread.
-    gateway = start_gateway(dns_server.port)
-    object.__setattr__(gateway.services.config.gateway.listener, "message_deadline", 1.0)
-    mailer = Mailer(gateway, dkim_keys)
-    to = mailer.address("note", "project.task", TASK_ID)
-    with _held(monkeypatch, content, "extract_body"):
-        reply = mailer.send(mailer.sign(mailer.message("note_from_contributor.eml", to)), to)
-    assert reply == f"{TOOK_TOO_LONG}no outcome 6 s after its data; stage {EXTRACT_CONTENT} still running"
-
-
-def test_a_pipeline_stuck_in_authorize_is_answered_with_its_checks_in_the_order_they_run(
-        test_odoo, start_gateway, dns_server, dkim_keys, monkeypatch):
+    (("content", "extract_body"), EXTRACT_CONTENT),
     # The stage's description, which this reply shows the sender, named the company before the
     # record access policy; policy.check_record_access reads the company only after the access
     # search, so that a sender who may not read the record never learns its company (a review).
+    (("policy", "check_record_access"),
+     "authorize (model allowed, contributor group for notes, record access policy, then company)"),
+], ids=["extract-content", "authorize"])
+def test_a_pipeline_without_an_outcome_past_the_deadline_is_answered_by_the_listener_naming_its_stage(
+        test_odoo, start_gateway, dns_server, dkim_keys, monkeypatch, held, stage):
     from gateway import policy
 
+    module, name = {"content": content, "policy": policy}[held[0]], held[1]
     gateway = start_gateway(dns_server.port)
     object.__setattr__(gateway.services.config.gateway.listener, "message_deadline", 1.0)
     mailer = Mailer(gateway, dkim_keys)
     to = mailer.address("note", "project.task", TASK_ID)
-    with _held(monkeypatch, policy, "check_record_access"):
+    with _held(monkeypatch, module, name):
         reply = mailer.send(mailer.sign(mailer.message("note_from_contributor.eml", to)), to)
-    assert reply == (f"{TOOK_TOO_LONG}no outcome 6 s after its data; stage authorize (model allowed, contributor "
-                     "group for notes, record access policy, then company) still running")
+    assert reply == f"{TOOK_TOO_LONG}no outcome 6 s after its data; stage {stage} still running"
 
 
 def _raw_reply(sock: socket.socket) -> bytes:

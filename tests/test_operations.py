@@ -471,6 +471,12 @@ def test_prune_journal_deletes_only_rows_nothing_reads_any_more_while_the_gatewa
     assert [entry.message_id for entry in _journal(gateway)] == ["<after@example.com>", "<kept@example.com>"]
 
 
+# What prune-journal says after a rules file it cannot read (cli.command_prune_journal).
+PRUNE_REFUSED = ("; nothing deleted, as the running gateway may still count rows older than --keep-days for the "
+                 "rate limits there: correct it, or pass --ignore-unreadable-rules to prune without checking their "
+                 "windows")
+
+
 def test_log_and_prune_journal_work_through_a_broken_rules_file_and_without_the_credentials(gateway, mailer, capsys,
                                                                                            monkeypatch):
     # Day-2 review: both read the whole configuration, so a TOML typo in any rules file (which a
@@ -498,9 +504,7 @@ def test_log_and_prune_journal_work_through_a_broken_rules_file_and_without_the_
     assert (code, out) == (2, "")
     [refusal] = err.splitlines()
     assert refusal.startswith(f"note-gateway: {broken}: not valid TOML: ")
-    assert refusal.endswith("; nothing deleted, as the running gateway may still count rows older than --keep-days "
-                            "for the rate limits there: correct it, or pass --ignore-unreadable-rules to prune "
-                            "without checking their windows")
+    assert refusal.endswith(PRUNE_REFUSED)
     code, out, err = _run_cli(capsys, "prune-journal", "--config", config, "--keep-days", "30",
                               "--ignore-unreadable-rules")
     assert code == 0 and out.startswith("deleted rows older than 30 days: messages 0"), err
@@ -552,9 +556,7 @@ def test_prune_journal_refuses_while_a_rules_file_cannot_be_read(start_gateway, 
     assert (code, out) == (2, "")
     [refusal] = err.splitlines()
     assert refusal.startswith(f"note-gateway: {rules}: not valid TOML: ")
-    assert refusal.endswith("; nothing deleted, as the running gateway may still count rows older than --keep-days "
-                            "for the rate limits there: correct it, or pass --ignore-unreadable-rules to prune "
-                            "without checking their windows")
+    assert refusal.endswith(PRUNE_REFUSED)
     # The row is kept, and the running gateway still counts it.
     reply = mailer.send(mailer.sign(mailer.message("note_from_contributor.eml", task, "<tuesday@example.com>")), task)
     assert reply == "450 4.7.1 Too many messages from this sender, try again later: 1 in 4320 minutes"

@@ -866,6 +866,8 @@ def main(argv: list[str] | None = None) -> int:
                         handlers=[handler])
     # aiosmtpd logs every SMTP line at INFO: useful when debugging, noise otherwise.
     logging.getLogger("mail.log").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    # Even with --verbose: odoorpc's DEBUG lines carry the Odoo API key, aiosmtpd's the message text.
+    observe.keep_secrets_out_of_logs()
     observe.downgrade_handled_library_errors()
     try:
         status = args.func(args)

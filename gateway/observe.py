@@ -210,3 +210,63 @@ HANDLED_LIBRARY_ERRORS = _HandledHeaderDecodeFailure()
 def downgrade_handled_library_errors() -> None:
     """Part of the logging setup of every command: the filter above on mail-parser's logger."""
     logging.getLogger("mailparser.utils").addFilter(HANDLED_LIBRARY_ERRORS)
+
+
+# odoorpc logs every JSON-RPC request and its answer at DEBUG (odoorpc/rpc/jsonrpclib.py). It hides
+# a parameter named "password" only, while from Odoo 10 on the API key is a positional item of
+# "args": [db, login, key] of common.login and [db, uid, key, model, method, ...] of every
+# execute_kw. `serve --verbose` wrote the key about twenty times per message, and the note's text
+# with each message_post (found by a review of the logs). Never below INFO, whatever the root logger
+# says: each Odoo call is timed by the gateway's own DEBUG line instead (odoo.OdooPool._session).
+QUIET_LIBRARY_LOGGERS = ("odoorpc",)
+
+# The commands whose lines aiosmtpd's log may show (aiosmtpd's smtp_* and lmtp's LHLO).
+_SMTP_COMMANDS = frozenset({"HELO", "EHLO", "LHLO", "MAIL", "RCPT", "DATA", "RSET", "NOOP", "QUIT", "VRFY",
+                            "EXPN", "HELP", "STARTTLS", "AUTH"})
+# aiosmtpd 1.4.6 (smtp.py): each line of DATA at DEBUG, i.e. the message itself; each command line
+# at DEBUG and again at INFO.
+_DATA_LINE = "DATA readline: %s"
+_COMMAND_LINES = {"_handle_client readline: %r": 0, "%r >> %r": 1}  # the line's index in record.args
+
+
+class _WithoutMessageContent(logging.Filter):
+    """aiosmtpd's log lines (logger mail.log, shown with --verbose) without what a sender wrote.
+
+    Dropped: "DATA readline", one record per line of the message. Reworded: a command line whose
+    first word is no SMTP command (a line of a message sent without waiting for the reply to DATA,
+    or the credentials a client sends after its AUTH got 502) shows only its length; an AUTH line
+    shows its mechanism but not its credentials (aiosmtpd hides them only when "AUTH" is written in
+    capitals). The replies, MAIL FROM and RCPT TO, and the connections stay as aiosmtpd logs them.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg == _DATA_LINE:
+            return False
+        index = _COMMAND_LINES.get(record.msg) if isinstance(record.msg, str) else None
+        if index is not None and isinstance(record.args, tuple) and len(record.args) > index:
+            line = record.args[index]
+            if isinstance(line, bytes):
+                args = list(record.args)
+                args[index] = _shown_command(line)
+                record.args = tuple(args)
+        return True
+
+
+def _shown_command(line: bytes) -> bytes:
+    words = line.split(None, 2)
+    verb = words[0].upper() if words else b""
+    if verb.decode("ascii", "replace") not in _SMTP_COMMANDS:
+        return b"<%d bytes withheld: not an SMTP command>" % len(line)
+    if verb == b"AUTH" and len(words) > 2:
+        return b" ".join(words[:2]) + b" <withheld>"
+    return line
+
+
+WITHOUT_MESSAGE_CONTENT = _WithoutMessageContent()
+
+
+def keep_secrets_out_of_logs() -> None:
+    """Part of the logging setup of every command: no API key, credential or message text in the log, even with --verbose."""
+    for name in QUIET_LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(max(logging.INFO, logging.getLogger().getEffectiveLevel()))
+    logging.getLogger("mail.log").addFilter(WITHOUT_MESSAGE_CONTENT)

@@ -588,6 +588,8 @@ class OdooPool:
             raise OdooUnavailable(f"{type(error).__name__} talking to Odoo", unsettled=unsettled) from None
         finally:
             elapsed = time.monotonic() - started
+            # In place of odoorpc's own DEBUG lines, which carry the API key (observe.QUIET_LIBRARY_LOGGERS).
+            log.debug("odoo %s: %s %s in %.3f s", self.name, label, "answered" if ok else "failed", elapsed)
             observe.odoo_call(self.name, elapsed, ok)
             waited(elapsed)
 

@@ -78,15 +78,15 @@ def serve(tmp_path, test_odoo, dns_server):
     """Start ``python -m gateway serve`` on one config (written on the first call); killed after the test.
 
     ``workers`` and ``metrics_port`` add ``listener.workers`` and a ``[metrics]`` section;
-    ``stalling`` lets a Subject hang a stage (tests/stalling/sitecustomize.py); other options go to
-    write_config.
+    ``stalling`` lets a Subject hang a stage (tests/stalling/sitecustomize.py); ``verbose`` runs
+    ``note-gateway --verbose serve``; other options go to write_config.
     """
     from serving import ServeProcess
 
     started: list[ServeProcess] = []
 
     def start(workers: int | None = None, listener_extra: str = "", metrics_port: int | None = None,
-              stalling: bool = False, **options) -> ServeProcess:
+              stalling: bool = False, verbose: bool = False, **options) -> ServeProcess:
         config_path = tmp_path / "gateway.toml"
         if not config_path.exists():
             if workers is not None:
@@ -95,7 +95,7 @@ def serve(tmp_path, test_odoo, dns_server):
             if metrics_port is not None:
                 config_path.write_text(config_path.read_text()
                                        + f'\n[metrics]\nhost = "127.0.0.1"\nport = {metrics_port}\n')
-        process = ServeProcess(config_path, stalling=stalling)
+        process = ServeProcess(config_path, stalling=stalling, verbose=verbose)
         started.append(process)
         return process
 

@@ -24,7 +24,7 @@ READER_GRACE_SECONDS = 10
 class ServeProcess:
     """Runs ``python -m gateway serve --config PATH`` and follows its log on stderr."""
 
-    def __init__(self, config_path: Path, *, stalling: bool = False) -> None:
+    def __init__(self, config_path: Path, *, stalling: bool = False, verbose: bool = False) -> None:
         self.config_path = config_path
         self.lines: list[str] = []
         self._changed = threading.Condition()
@@ -32,7 +32,8 @@ class ServeProcess:
         python_path = [str(ROOT / "tests" / "stalling")] if stalling else []
         environment = {**os.environ, "PYTHONPATH": os.pathsep.join([*python_path, str(ROOT)])}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "serve", "--config", str(config_path), "--any-port"],
+            [sys.executable, "-m", "gateway", *(["--verbose"] if verbose else []), "serve", "--config", str(config_path),
+             "--any-port"],
             cwd=ROOT, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()

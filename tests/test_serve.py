@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import signal
@@ -17,8 +18,9 @@ from pathlib import Path
 import pytest
 
 from conftest import Mailer, write_config
+from serving import Port, send
 
-from gateway.testing.odoo_demo import SALE_ORDER_ID, TASK_ID
+from gateway.testing.odoo_demo import DEMO_API_KEY, SALE_ORDER_ID, TASK_ID
 from gateway.testing.sending import deliver
 
 ROOT = Path(__file__).parent.parent
@@ -125,6 +127,34 @@ def test_serve_logs_json_serves_metrics_and_reloads_on_sighup(tmp_path, test_odo
         assert _rcpt(port, order) == 250
     finally:
         assert serve.stop() == 0
+
+
+def test_verbose_logs_debug_lines_but_not_the_odoo_api_key_nor_what_a_sender_wrote(test_odoo, serve, dkim_keys):
+    # Found by a review of the logs: `note-gateway --verbose serve`, the documented way to see DEBUG
+    # lines, wrote the Odoo API key some twenty times per message (odoorpc logs each JSON-RPC call,
+    # hiding only a parameter named "password") and the note's text three times (aiosmtpd's
+    # "DATA readline" lines and odoorpc's message_post).
+    gateway = serve(verbose=True)
+    mailer = Mailer(Port(gateway.port), dkim_keys)
+    task = mailer.address("note", "project.task", TASK_ID)
+    raw = mailer.sign(mailer.message("note_from_contributor.eml", task, "<verbose-1@example.com>"))
+    assert send(raw, task, gateway.port).startswith("250 2.0.0 Filed as Odoo message ")
+    credentials = base64.b64encode(b"\0paula\0Pump-P7-password").decode()
+    with smtplib.SMTP("127.0.0.1", gateway.port, timeout=10) as client:
+        client.ehlo("client.example.com")
+        # Credentials the gateway never asked for; aiosmtpd hides them only after "AUTH" in capitals.
+        assert client.docmd("auth", f"plain {credentials}")[0] == 502
+        # A line of a message sent without waiting for the reply to DATA is read as a command.
+        assert client.docmd("Customer's", "contact was not told yet")[0] == 500
+    assert gateway.stop() == 0
+    log = gateway.log
+    assert DEMO_API_KEY not in log
+    for written in ("seal is worn", "not told yet", credentials):
+        assert written not in log, written
+    # --verbose was on: the DEBUG lines are there, each Odoo call with its time.
+    assert re.search(r" DEBUG gateway\.odoo: odoo main: project\.task\.message_post answered in \d+\.\d{3} s", log), log
+    assert " DEBUG mail.log: ('127.0.0.1', " in log
+    assert "INFO mail.log: ('127.0.0.1', " in log and ">> b'auth plain <withheld>'" in log
 
 
 def test_serve_exits_1_with_one_line_when_the_port_is_taken(tmp_path, test_odoo):

@@ -9,6 +9,7 @@ import re
 import ssl
 import stat
 import tomllib
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
@@ -639,6 +640,8 @@ class GatewayConfig:
         self.api_keys = api_keys
         # Mistakes that do not stop the start (a world-readable key file), logged and shown by check-config.
         self.warnings = list(warnings or [])
+        # When the listener's certificate ends (read by _check_tls); None without STARTTLS.
+        self.tls_not_after: datetime | None = None
         # Connection name -> the Odoo it reaches (odoo_identity), worked out once: two connections
         # to one database are one Odoo for routing, the claims, the journal's keys and rate limits.
         self.odoo_identities = {name: connection.identity for name, connection in gateway.odoo.items()}
@@ -779,9 +782,40 @@ def _warn(warnings: list[str], path: Path | str, key: str, reason: str) -> None:
 
 
 def log_warnings(config: GatewayConfig) -> None:
-    """Log what check-config prints as "warning:", for serve's start and each reload."""
+    """Log what check-config prints as "warning:", and certificate_warning, for serve's start."""
     for warning in config.warnings:
         log.warning("configuration: %s", warning)
+    if (expiring := certificate_warning(config)) is not None:
+        log.warning("%s", expiring)
+
+
+def certificate_warning(config: GatewayConfig, now: datetime | None = None) -> str | None:
+    """The line serve logs at its start and at each reload for a listener certificate that has
+    expired or expires within checks.EXPIRY_WARNING_DAYS, as doctor's "tls" check says it.
+
+    An expired certificate loads: serve logged nothing and went on presenting it, and only doctor
+    compared the dates (found by a review of STARTTLS). The gateway still offers STARTTLS with it:
+    most senders use TLS opportunistically and do not check the certificate, and for them an
+    expired one is better than none; senders that do check (MTA-STS in enforce mode, DANE-TA
+    records) defer the mail until it is renewed. Not one of config.warnings: doctor and check-config
+    would say it twice with doctor's own "tls" line.
+    """
+    from gateway.checks import EXPIRY_WARNING_DAYS
+
+    files = config.tls_files
+    if files is None or config.tls_not_after is None:
+        return None
+    certificate = files[0]
+    days = (config.tls_not_after - (now or datetime.now(timezone.utc))).total_seconds() / 86400
+    stamp = config.tls_not_after.strftime("%Y-%m-%d %H:%M UTC")
+    renew = "renew it, then systemctl reload note-gateway"
+    if days < 0:
+        return (f"certificate: {certificate} expired on {stamp}: senders that check certificates (MTA-STS, DANE-TA) "
+                "defer their mail; STARTTLS is still offered with it, which senders that do not check take, "
+                f"rather than none: {renew}")
+    if days < EXPIRY_WARNING_DAYS:
+        return f"certificate: {certificate} expires on {stamp}, in {days:.0f} days: {renew}"
+    return None
 
 
 def credential_missing(name: str) -> str:
@@ -1110,7 +1144,7 @@ def _check_tls(config: GatewayConfig) -> None:
                 reason += credential_missing(str(listener.tls_key_credential))
             raise ConfigError(config.path, key_name, reason) from None
     try:
-        tls.certificate_not_after(certificate)
+        config.tls_not_after = tls.certificate_not_after(certificate)
     except ValueError as error:
         raise ConfigError(config.path, certificate_key, f"{certificate} is not a PEM certificate: {error}") from None
     try:
@@ -1163,14 +1197,17 @@ def keep_restart_settings(new: GatewayConfig, running: GatewayConfig | dict[str,
 
 def reload_warnings(new: GatewayConfig, running: GatewayConfig | dict[str, object]) -> list[str]:
     """The lines a reload to ``new`` logs once it is accepted, before keep_restart_settings: the
-    configuration's warnings (as log_warnings says them at the start), the values it keeps from the
-    start (start_only_warning), then one line per setting that needs a restart (restart_warnings).
+    configuration's warnings and certificate_warning (as log_warnings says them at the start), the
+    values it keeps from the start (start_only_warning), then one line per setting that needs a
+    restart (restart_warnings).
 
     ``running``: as for keep_restart_settings. A reload refused logs none of them: they would
     describe a configuration that never ran.
     """
     kept = restart_values(running) if isinstance(running, GatewayConfig) else running
     lines = [f"configuration: {warning}" for warning in new.warnings]
+    if (expiring := certificate_warning(new)) is not None:
+        lines.append(expiring)
     if (start_only := start_only_warning(new)) is not None:
         lines.append(start_only)
     lines += [f"reload: {warning}" for warning in restart_warnings(new.path, _restart_changes(new, kept))]

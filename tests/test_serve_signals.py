@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import signal
 import smtplib
+import ssl
 import subprocess
 import sys
 import threading
 import time
+from datetime import datetime, timedelta, timezone
 
 import pytest
+from cryptography import x509
 
 from conftest import ALIAS_DOMAIN, SECRET, Mailer, write_config
 from serving import notes_to_both_records, send_while_posting, start_senders
@@ -612,6 +617,73 @@ def test_serve_logs_the_configurations_warnings_at_start_and_at_each_reload(test
     gateway.signal(signal.SIGHUP)
     gateway.wait_for("rules reloaded: notes.example.com", start=mark)
     assert len([line for line in gateway.lines[mark:] if "no notice is sent until it names one" in line]) == 1
+    assert gateway.stop() == 0
+
+
+def _served_certificate(port: int) -> bytes:
+    """The certificate (DER) the gateway presents after STARTTLS, unchecked as most senders leave it."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+        client.ehlo("client.example.com")
+        client.starttls(context=context)
+        return client.sock.getpeercert(binary_form=True)
+
+
+@pytest.mark.parametrize("workers", [None, 2])
+def test_an_expired_certificate_is_warned_of_at_start_and_at_each_reload_and_still_offered(
+        test_odoo, serve, tmp_path, workers):
+    # Found by a review of STARTTLS: an expired certificate was loaded at the start and at a reload
+    # without a word; only doctor compared its dates. The gateway still offers STARTTLS with it
+    # (an expired certificate is better than none for the senders that do not check it), and says
+    # so once (a worker's supervisor for all of them).
+    from gateway.testing.certificates import self_signed
+
+    folder = tmp_path / "certificates"
+    folder.mkdir()
+    expired, expired_key = self_signed(folder, ALIAS_DOMAIN, days=10, name="expired",
+                                       not_before=datetime.now(timezone.utc) - timedelta(days=40))
+    certificate, key = folder / "tls.crt", folder / "tls.key"
+    shutil.copy(expired, certificate)
+    shutil.copy(expired_key, key)
+    ended = x509.load_pem_x509_certificate(expired.read_bytes()).not_valid_after_utc.strftime("%Y-%m-%d %H:%M UTC")
+    said = (f"certificate: {certificate} expired on {ended}: senders that check certificates (MTA-STS, DANE-TA) "
+            "defer their mail; STARTTLS is still offered with it, which senders that do not check take, rather than "
+            "none: renew it, then systemctl reload note-gateway")
+
+    def warnings(lines: list[str]) -> list[str]:
+        return [line.split(" WARNING ", 1)[1].split(": ", 1)[1] for line in lines
+                if " WARNING " in line and ": certificate: " in line]
+
+    gateway = serve(workers=workers, listener_extra=f'tls_certificate = "{certificate}"\ntls_key = "{key}"\n')
+    gateway.wait_for(re.escape(said))
+    assert warnings(gateway.lines) == [said]
+    assert ssl.PEM_cert_to_DER_cert(expired.read_text()) == _served_certificate(gateway.port)
+
+    def reload() -> list[str]:
+        mark = len(gateway.lines)
+        gateway.signal(signal.SIGHUP)
+        deadline = time.monotonic() + 15
+        while sum("rules reloaded: " in line for line in gateway.lines[mark:]) < (workers or 1):
+            assert time.monotonic() < deadline, gateway.log
+            time.sleep(0.05)
+        return warnings(gateway.lines[mark:])
+
+    assert reload() == [said]
+    # Renewed, for ten days only: doctor's warning window (checks.EXPIRY_WARNING_DAYS).
+    renewed, renewed_key = self_signed(folder, ALIAS_DOMAIN, days=10, name="renewed")
+    shutil.copy(renewed, certificate)
+    shutil.copy(renewed_key, key)
+    [line] = reload()
+    assert re.fullmatch(rf"certificate: {re.escape(str(certificate))} expires on \S+ \S+ UTC, in (9|10) days: renew it, "
+                        "then systemctl reload note-gateway", line), line
+    assert ssl.PEM_cert_to_DER_cert(renewed.read_text()) == _served_certificate(gateway.port)
+    # Renewed for ninety days: nothing to say.
+    renewed, renewed_key = self_signed(folder, ALIAS_DOMAIN, days=90, name="renewed")
+    shutil.copy(renewed, certificate)
+    shutil.copy(renewed_key, key)
+    assert reload() == []
     assert gateway.stop() == 0
 
 

@@ -10,7 +10,7 @@ from gateway import access, address, pipeline, policy, post, senderauth
 from gateway.config import GatewayConfig, api_key_replacement
 from gateway.context import MessageContext
 from gateway.odoo import OdooPool
-from gateway.refusals import OdooUnavailable, Refusal
+from gateway.refusals import MessageTookTooLong, OdooUnavailable, Refusal
 from gateway.setup_odoo import Setup
 
 # Groups the integration user must not need (issue 7): their rights would let a compromised
@@ -312,8 +312,15 @@ def dry_run(services: pipeline.Services, rcpt: str, raw: bytes,
             continue
         try:
             stage.run(ctx, services, deadline)
+        except MessageTookTooLong as refusal:
+            refusal = refusal if refusal.detail else stage.too_slow_refusal()
+            verdicts.append((stage.name, _refused(ctx, refusal)))
+            return verdicts, False
         except Refusal as refusal:
             verdicts.append((stage.name, _refused(ctx, refusal)))
+            return verdicts, False
+        except Exception as error:  # noqa: BLE001 (as pipeline._run_stages: the listener defers it)
+            verdicts.append((stage.name, _refused(ctx, pipeline.stage_fault(stage.name, error, ctx, services))))
             return verdicts, False
         detail = _describe(stage.name, ctx)
         verdicts.append((stage.name, "ok" + (f": {detail}" if detail else "")))
@@ -322,6 +329,9 @@ def dry_run(services: pipeline.Services, rcpt: str, raw: bytes,
         filed = post.look_up(odoo, ctx, deadline=deadline)
     except Refusal as refusal:
         verdicts.append(("post", f"REFUSED {refusal.smtp_reply()}"))
+        return verdicts, False
+    except Exception as error:  # noqa: BLE001
+        verdicts.append(("post", _refused(ctx, pipeline.stage_fault("post", error, ctx, services))))
         return verdicts, False
     assert ctx.user is not None and ctx.message is not None
     if filed.existing is not None:

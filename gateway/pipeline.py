@@ -779,11 +779,11 @@ def _run_stages(ctx: MessageContext, services: Services, deadline: float) -> Non
                 # a UserError on message_post left only "Odoo refused project.task.message_post").
                 ctx.journal_notes.append(f"odoo-error:{refusal.odoo_error} on {refusal.call or 'a call'}: "
                                          + " ".join(str(refusal.odoo_message or "").split())[:300])
-        except Exception:
+        except Exception as error:
             # A bug or an unforeseen fault must not bounce mail that a fixed gateway would accept:
             # defer it, and log everything an admin needs.
             log.exception("stage %s failed on %s", stage.name, ctx.target.address)
-            ctx.refusal = InternalError(f"stage {stage.name}")
+            ctx.refusal = stage_fault(stage.name, error, ctx, services)
         finally:
             ctx.stage_durations[stage.name] = time.monotonic() - stage_started
             ctx.running_stage = ""
@@ -792,6 +792,28 @@ def _run_stages(ctx: MessageContext, services: Services, deadline: float) -> Non
         if time.monotonic() > deadline and stage is not STAGES[-1]:
             ctx.refusal = stage.too_slow_refusal()
             break
+
+
+def stage_fault(stage: str, error: Exception, ctx: MessageContext, services: Services) -> Refusal:
+    """The refusal of a stage that raised what no refusal foresees (a bug, a template that fails on
+    this message): ``451 4.3.0 Internal error, try again later: stage <name>``, and for the operator
+    (the journal, ``note-gateway check``) its cause: for the render stage the template's file and
+    line, as check-config names them.
+
+    ``note-gateway check`` gives the same (a review found it ending in a Python traceback on a
+    message whose domain template fails, ``{% if "urgent" in subject|lower %}{{ subjet }}{% endif %}``,
+    where the listener deferred it).
+    """
+    cause = f"{type(error).__name__}: {error}"
+    if stage == "render":
+        renderer = services.renderer.for_domain(ctx.rules.templates_path)
+        try:
+            name = renderer.body_template_name(ctx.target.kind, ctx.target.model)
+        except ValueError:
+            pass
+        else:
+            cause = renderer.describe_error(error, name)
+    return InternalError(f"stage {stage}", internal=cause)
 
 
 def _say_refusal(ctx: MessageContext) -> None:

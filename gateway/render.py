@@ -366,6 +366,12 @@ class Renderer:
                     raise TemplateProblem(self._filename(name), None, BODY_NOT_SHOWN)
         return names
 
+    def describe_error(self, error: BaseException, name: str) -> str:
+        """What an error raised while rendering the template ``name`` says to an admin: the file and
+        line it was raised in, and why (as check() says it)."""
+        file, line = self._where(error, name)
+        return str(TemplateProblem(file, line, _reason(error)))
+
     def _filename(self, name: str) -> str:
         for layer in self.layers:
             if name in layer.sources:

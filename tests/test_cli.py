@@ -272,6 +272,49 @@ def test_check_reports_a_post_still_unsettled(tmp_path, test_odoo, dns_server, d
     assert test_odoo.posts() == []
 
 
+def test_check_names_the_template_line_that_fails_on_this_message_as_the_listener_defers_it(
+        tmp_path, test_odoo, dns_server, dkim_keys, capsys):
+    # Review of templates: a domain template whose branch fails on one message only passed
+    # check-config; `check` on that message ended in a Python traceback (jinja2's UndefinedError)
+    # while the listener deferred it. check now says the listener's reply and the template's line.
+    from gateway.config import load_config
+    from gateway.smtp import ThreadedGateway
+
+    config = write_config(tmp_path, test_odoo, dns_server.port, rules={"templates_dir": "tpl"})
+    template = tmp_path / "rules" / "tpl" / "note" / "default.html.j2"
+    template.parent.mkdir(parents=True)
+    template.write_text('{% if "urgent" in subject|lower %}<p>URGENT: {{ subjet }}</p>{% endif %}\n{{ body }}\n')
+    status, out = _run(capsys, "check-config", "--config", str(config))
+    assert status == 0, out
+    mailer = Mailer(None, dkim_keys)
+    to = Mailer.address("note", "project.task", TASK_ID)
+    raw = mailer.sign(mailer.message("note_from_contributor.eml", to, "<c6@example.com>")
+                      .replace(b"Subject: ", b"Subject: Urgent: ", 1))
+    (tmp_path / "urgent.eml").write_bytes(raw)
+    status, out = _run(capsys, "check", "--config", str(config), "--rcpt", to, str(tmp_path / "urgent.eml"))
+    assert status == 1 and "Traceback" not in out, out
+    stage, verdict = out.splitlines()[-1].split(None, 1)
+    assert (stage, verdict) == ("render", f"REFUSED 451 4.3.0 Internal error, try again later: stage render "
+                                          f"({template}, line 1: 'subjet' is undefined: no message gives this "
+                                          "value (the values are listed in docs/content.md))")
+    # The listener's reply to the same message is the one check gave.
+    services = pipeline.Services.build(load_config(config))
+    server = ThreadedGateway(services).start()
+    try:
+        reply = Mailer(type("Running", (), {"port": server.port})(), dkim_keys).send(raw, to)
+    finally:
+        server.stop()
+        services.close()
+    assert reply == "451 4.3.0 Internal error, try again later: stage render"
+    assert test_odoo.posts() == []
+    # The journal keeps the cause that check showed.
+    from gateway.journal import Journal
+
+    with Journal(load_config(config).journal_path, read_only=True) as journal:
+        [entry] = journal.recent(1)
+    assert f"refused InternalError: Internal error, try again later: stage render ({template}, line 1: " in entry.decision
+
+
 def _files(folder) -> dict[str, bytes]:
     return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
 

@@ -9,7 +9,7 @@ import re
 import secrets
 import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timezone
 from importlib.resources.abc import Traversable
 from pathlib import Path
@@ -335,11 +335,16 @@ class Renderer:
             sender_email=sender_email,
         )
 
-    def check(self) -> list[str]:
+    def check(self, models: Mapping[str, Iterable[str]] | None = None) -> list[str]:
         """Compile every template and render each the gateway renders with sample values; return their names.
 
         Raises TemplateProblem naming the file and the line: a syntax error, or a value no message
         gives (StrictUndefined), found at start and reload instead of at the first message.
+        ``models`` are the models of each kind ("note", "reply") that the rules files using this
+        renderer route: a ``<kind>/default.html.j2`` is rendered as each of those it is the template
+        of, besides project.task. A review found a default template checked as project.task only, so
+        that ``{% if model == "sale.order" %}{{ customer_name }}{% endif %}`` passed every check and
+        every note to an order was then deferred.
         """
         names = sorted({name for layer in self.layers for name in layer.templates})
         # A body no template could write by chance: a body template whose output lacks it would
@@ -352,19 +357,33 @@ class Renderer:
                 raise TemplateProblem(error.filename or name, error.lineno, error.message or str(error)) from None
             except jinja2.TemplateError as error:
                 raise TemplateProblem(self._filename(name), None, _reason(error)) from None
-            for values in _samples(name, marker):
+            for values in _samples(name, marker, self._routed_models(name, models or {})):
+                # Said of a model a rules file routes here: the one the samples do not render by default.
+                routed = (f" (rendered as a {values['model']} {values['kind']}: a rules file's [{values['kind']}] "
+                          "models send it to this template)"
+                          if name.endswith(f"/{DEFAULT_TEMPLATE}") and values.get("model", SAMPLE_MODEL) != SAMPLE_MODEL
+                          else "")
                 try:
                     output = template.render(**values)
                 except jinja2.TemplateSyntaxError as error:
                     # A template it extends or includes, compiled only now.
                     raise TemplateProblem(error.filename or error.name or name, error.lineno,
-                                          error.message or str(error)) from None
+                                          (error.message or str(error)) + routed) from None
                 except Exception as error:  # noqa: BLE001 (whatever a template raises, it would raise on a message)
                     file, line = self._where(error, name)
-                    raise TemplateProblem(file, line, _reason(error)) from None
+                    raise TemplateProblem(file, line, _reason(error) + routed) from None
                 if "body" in values and str(values["body"]) not in output:
-                    raise TemplateProblem(self._filename(name), None, BODY_NOT_SHOWN)
+                    raise TemplateProblem(self._filename(name), None, BODY_NOT_SHOWN + routed)
         return names
+
+    def _routed_models(self, name: str, models: Mapping[str, Iterable[str]]) -> list[str]:
+        """The models of ``models`` whose notes or replies the template ``name`` renders, if it is a
+        ``<kind>/default.html.j2`` (a model's own template renders that model only)."""
+        kind, _, file = name.partition("/")
+        if file != DEFAULT_TEMPLATE or not _KIND.match(kind):
+            return []
+        return sorted({model for model in models.get(kind, ()) if _MODEL.match(model)
+                       and model != SAMPLE_MODEL and self.body_template_name(kind, model) == name})
 
     def describe_error(self, error: BaseException, name: str) -> str:
         """What an error raised while rendering the template ``name`` says to an admin: the file and
@@ -405,29 +424,41 @@ _BODY_TEMPLATE = re.compile(r"^(?P<kind>note|reply)/(?P<model>[a-z][a-z0-9_]*(?:
 _NOTICE_TEMPLATE = re.compile(r"^notice/[a-z][a-z0-9_]*\.txt\.j2$")
 
 
-def _samples(name: str, marker: str = "") -> list[dict[str, Any]]:
+# The model a default template is rendered as by check(), besides those the rules route to it.
+SAMPLE_MODEL = "project.task"
+
+
+def _samples(name: str, marker: str = "", routed: Iterable[str] = ()) -> list[dict[str, Any]]:
+    """The values check() renders ``name`` with; a default template also as each model of ``routed``."""
     body = _BODY_TEMPLATE.match(name)
+    if body and body.group("model") == "default":
+        return [values for model in (SAMPLE_MODEL, *routed)
+                for values in _body_samples(body.group("kind"), model, marker)]
     if body:
-        model = "project.task" if body.group("model") == "default" else body.group("model")
-        # Blank lines around it, as a sanitized body can have: a filter that trims or shortens the
-        # body ({{ body | trim }}) is caught here, not by the run-time guard on a real message.
-        values = dict(body=Markup(f"\n<p>Sample body {marker}</p>\n"), sender_name="Sample Sender",
-                      sender_email="sender@example.com", subject="Sample subject", dkim_domain="example.com",
-                      received_at=datetime(2025, 1, 1, 12, 0, tzinfo=timezone.utc), kind=body.group("kind"),
-                      model=model, res_id=1, refused_files=[], attachment_names=[])
-        filled = {**values, "sender_name": "", "subject": "", "refused_files": ["sample.exe (refused)"],
-                  "attachment_names": ["sample.pdf"]}
-        if body.group("kind") == "note":
-            # A note's only (render_body): a reply's template that names it is refused.
-            values["external_recipients"] = []
-            filled["external_recipients"] = ["Sample Customer <customer@example.com>"]
-        return [values, filled]
+        return _body_samples(body.group("kind"), body.group("model"), marker)
     if _NOTICE_TEMPLATE.match(name):
         values = dict(reason="Sample reason", detail="", address="note+project.task-1-abcdefghijklmnop@example.com",
                       subject="Sample subject", sender_email="sender@example.com")
         return [values, {**values, "detail": "sample detail", "subject": ""}]
     # A partial (a macro file, a layout under another name): compiled only, rendered where it is used.
     return []
+
+
+def _body_samples(kind: str, model: str, marker: str) -> list[dict[str, Any]]:
+    """A note's or reply's values for ``model``: once with the lists empty, once filled."""
+    # Blank lines around it, as a sanitized body can have: a filter that trims or shortens the
+    # body ({{ body | trim }}) is caught here, not by the run-time guard on a real message.
+    values = dict(body=Markup(f"\n<p>Sample body {marker}</p>\n"), sender_name="Sample Sender",
+                  sender_email="sender@example.com", subject="Sample subject", dkim_domain="example.com",
+                  received_at=datetime(2025, 1, 1, 12, 0, tzinfo=timezone.utc), kind=kind,
+                  model=model, res_id=1, refused_files=[], attachment_names=[])
+    filled = {**values, "sender_name": "", "subject": "", "refused_files": ["sample.exe (refused)"],
+              "attachment_names": ["sample.pdf"]}
+    if kind == "note":
+        # A note's only (render_body): a reply's template that names it is refused.
+        values["external_recipients"] = []
+        filled["external_recipients"] = ["Sample Customer <customer@example.com>"]
+    return [values, filled]
 
 
 def checked_renderer(config: GatewayConfig, *, log_warnings: bool = True) -> Renderer:
@@ -446,15 +477,21 @@ def checked_renderer(config: GatewayConfig, *, log_warnings: bool = True) -> Ren
         renderer = Renderer(config.templates_dir)
     except TemplateProblem as error:
         raise ConfigError(config.path, "templates_dir", str(error)) from None
+    # Each renderer's default templates are rendered as every model its rules files route (the
+    # gateway's renderer: those of the domains without a folder of their own).
+    domains: dict[Path | None, list] = {}
+    for rules in config.domains.values():
+        domains.setdefault(rules.templates_path, []).append(rules)
     try:
-        renderer.check()
+        renderer.check(_routed(domains.get(None, [])))
     except TemplateProblem as error:
         raise ConfigError(config.path, "templates_dir", str(error)) from None
-    for rules in config.domains.values():
-        if rules.templates_path is None:
+    for path, using in domains.items():
+        if path is None:
             continue
+        rules = using[0]
         try:
-            renderer.for_domain(rules.templates_path).check()
+            renderer.for_domain(path).check(_routed(using))
         except TemplateProblem as error:
             # A template of the gateway's folder fails in every domain: it is the gateway file's.
             owner = rules.source if Path(error.file).is_relative_to(rules.templates_path) else config.path
@@ -466,6 +503,12 @@ def checked_renderer(config: GatewayConfig, *, log_warnings: bool = True) -> Ren
             if log_warnings:
                 log.warning("configuration: %s", warning)
     return renderer
+
+
+def _routed(domains: list) -> dict[str, list[str]]:
+    """The models of each kind ("note", "reply") that these alias domains' rules file."""
+    return {kind: sorted({model for rules in domains for model in rules.kind_rules(kind).models})
+            for kind in ("note", "reply")}
 
 
 def template_warnings(config: GatewayConfig, renderer: Renderer) -> list[tuple[str, str]]:

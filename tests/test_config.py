@@ -725,6 +725,34 @@ def test_check_config_and_serve_refuse_a_broken_template(folder, capsys, owner, 
     assert f"{template}, {reason}" in line
 
 
+@pytest.mark.parametrize("owner", ["gateway", "rules"])
+def test_check_config_renders_a_default_template_as_each_model_the_rules_route_to_it(folder, capsys, owner):
+    # Review of templates: note/default.html.j2 was checked as project.task only, so a branch for
+    # sale.order passed check-config, serve and reload, and then every note to an order got a 451.
+    base = folder / "rules" if owner == "rules" else folder
+    (base / "tpl" / "note").mkdir(parents=True)
+    template = base / "tpl" / "note" / "default.html.j2"
+    template.write_text('{{ body }}\n{% if model == "sale.order" %}<p>Order of {{ customer_name }}</p>{% endif %}\n')
+    rules = RULES.replace('models = ["project.task"]', 'models = ["project.task", "sale.order"]')
+    if owner == "rules":
+        (folder / "rules" / "notes.toml").write_text('templates_dir = "tpl"\n' + rules)
+    else:
+        (folder / "rules" / "notes.toml").write_text(rules)
+        (folder / "gateway.toml").write_text('templates_dir = "tpl"\n' + GATEWAY)
+    named = folder / "rules" / "notes.toml" if owner == "rules" else folder / "gateway.toml"
+    from gateway import cli
+
+    assert cli.main(["check-config", "--config", str(folder / "gateway.toml")]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[0] == (
+        f"note-gateway: configuration error: {named}: templates_dir: {template}, line 2: 'customer_name' is "
+        "undefined: no message gives this value (the values are listed in docs/content.md) (rendered as a "
+        "sale.order note: a rules file's [note] models send it to this template)"), err
+    # Without sale.order in the rules, no note is rendered so: the template passes.
+    (folder / "rules" / "notes.toml").write_text(('templates_dir = "tpl"\n' if owner == "rules" else "") + RULES)
+    assert cli.main(["check-config", "--config", str(folder / "gateway.toml")]) == 0, capsys.readouterr()
+
+
 # --- Values serve could not use: refused by check-config and at start, as serve would fail on them ----------
 
 

@@ -198,6 +198,25 @@ def test_check_names_the_file_and_line_of_a_value_no_message_gives(tmp_path):
         Renderer(tmp_path).check()
 
 
+def test_check_renders_a_default_template_as_each_model_routed_to_it(tmp_path):
+    # Review of templates: a default template was rendered as project.task only, so a branch on
+    # another model the rules route to it passed every check and every note to an order was deferred.
+    write(tmp_path, "note/default.html.j2",
+          '{% if model == "sale.order" %}<p>Order of {{ customer_name }}</p>{% endif %}\n{{ body }}\n')
+    assert "note/default.html.j2" in Renderer(tmp_path).check()
+    with pytest.raises(TemplateProblem) as found:
+        Renderer(tmp_path).check({"note": ["project.task", "sale.order"]})
+    assert str(found.value) == (
+        f"{tmp_path / 'note' / 'default.html.j2'}, line 1: 'customer_name' is undefined: no message gives this value "
+        "(the values are listed in docs/content.md) (rendered as a sale.order note: a rules file's [note] models "
+        "send it to this template)")
+    # A reply to an order is not rendered by the note template.
+    Renderer(tmp_path).check({"reply": ["sale.order"]})
+    # Nor is a note to an order when the folder has the order's own template.
+    write(tmp_path, "note/sale.order.html.j2", "<p>Order {{ res_id }}</p>\n{{ body }}\n")
+    Renderer(tmp_path).check({"note": ["project.task", "sale.order"]})
+
+
 def test_templates_are_sandboxed_and_a_violation_is_named_by_check(tmp_path):
     # SECURITY (found by a security review): templates get copied from the internet, and a plain
     # jinja2 Environment ran this command at start, reload and check-config.

@@ -571,9 +571,9 @@ def _render(ctx: MessageContext, services: Services, deadline: float) -> None:
         )
     except BodyNotShown as error:
         # Never a note without its text: deferred until the admin corrects the template and reloads.
-        log.error("template %s rendered the %s of %s without the message's text; deferred (451) until it "
+        log.error("template %s rendered the %s of %s without the message's text%s; deferred (451) until it "
                   "shows {{ body }} on every message (docs/content.md \"Templates\")",
-                  error.file, ctx.target.kind, ctx.target.address)
+                  error.file, ctx.target.kind, ctx.target.address, f" ({error.reason})" if error.reason else "")
         raise TemplateLosesBody() from None
 
 

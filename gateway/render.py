@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import jinja2
 import jinja2.meta
 import jinja2.sandbox
+import lxml.etree
 from markupsafe import Markup
 
 if TYPE_CHECKING:
@@ -163,11 +164,86 @@ BODY_NOT_SHOWN = ("does not show the message's body: every note or reply it rend
 
 
 class BodyNotShown(Exception):
-    """A note or reply template rendered a message without its (non-empty) body."""
+    """A note or reply template rendered a message without its (non-empty) body, or with it where
+    no reader sees it (``reason``, as body_hidden says it)."""
 
-    def __init__(self, file: str) -> None:
-        self.file = file
-        super().__init__(f"{file}: rendered this message without its body")
+    def __init__(self, file: str, reason: str = "") -> None:
+        self.file, self.reason = file, reason
+        super().__init__(f"{file}: rendered this message without its body" + (f": {reason}" if reason else ""))
+
+
+# The body check() renders a body template with, around a marker of its own; render_body puts the
+# same in place of a message's body to find whether a reader sees it (body_hidden).
+def sample_body(marker: str) -> Markup:
+    # Blank lines around it, as a sanitized body can have: a filter that trims or shortens the
+    # body ({{ body | trim }}) is caught by check(), not by the run-time guard on a real message.
+    return Markup(f"\n<p>Sample body {marker}</p>\n")
+
+
+# Elements whose content no reader of a note sees: raw text a browser does not show (script, style,
+# textarea and title, whose content Odoo's sanitizer drops or keeps as nothing: a review found a
+# <textarea> around {{ body }} filed with 250 and an empty note), inert or fallback content
+# (template, noscript, an iframe's, an object's), the document's head, and a select's text.
+_HIDING_ELEMENTS = frozenset({"script", "style", "template", "textarea", "title", "noscript", "noembed", "noframes",
+                              "iframe", "object", "embed", "applet", "audio", "video", "canvas", "head", "select",
+                              "datalist", "xmp", "plaintext"})
+_HIDING_STYLE = re.compile(r"(?:^|;)\s*(display\s*:\s*none|visibility\s*:\s*(?:hidden|collapse))\b", re.IGNORECASE)
+# What libxml2 refuses in a text it is given (as gateway.quotes._NOT_XML).
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+
+
+def body_hidden(html: str, marker: str, kind: str = "note") -> str | None:
+    """Why the text ``marker`` (in ``html``) is no text a reader sees, or None if it is somewhere.
+
+    A review found templates that wrote {{ body }} and filed nothing readable with a 250: in an
+    HTML comment, in ``<div style="display:none">``, in ``<template>`` or ``<textarea>``. The HTML
+    is read as lxml (and Odoo's sanitizer) reads it; the marker must be in the text of an element
+    none of whose ancestors hides it (_HIDING_ELEMENTS, the hidden attribute, a style with
+    display: none or visibility: hidden).
+    """
+    lost = f"the {kind}'s text would be invisible"
+    parser = lxml.etree.HTMLParser(huge_tree=True)
+    root = lxml.etree.fromstring(_NOT_XML.sub(" ", html), parser) if html.strip() else None
+    if root is None:
+        # Nothing but a comment or processing instruction: no element, no text.
+        return f"{{{{ body }}}} is inside an HTML comment: {lost}"
+    found: list[str] = []
+    for element in root.iter():
+        if not isinstance(element.tag, str):
+            # A comment or processing instruction: its own text is never shown, what follows it is.
+            if marker in (element.text or ""):
+                what = "an HTML comment" if element.tag is lxml.etree.Comment else "a processing instruction (<?...>)"
+                found.append(f"{{{{ body }}}} is inside {what}: {lost}")
+        else:
+            if marker in (element.text or ""):
+                hidden = _hidden_by(element)
+                if hidden is None:
+                    return None
+                found.append(f"{{{{ body }}}} {hidden}: {lost}")
+            for attribute, value in element.attrib.items():
+                if marker in value:
+                    found.append(f"{{{{ body }}}} is inside the {attribute} attribute of <{element.tag}>: {lost}")
+        if marker in (element.tail or "") and element.getparent() is not None:
+            hidden = _hidden_by(element.getparent())
+            if hidden is None:
+                return None
+            found.append(f"{{{{ body }}}} {hidden}: {lost}")
+    return found[0] if found else f"{{{{ body }}}} is where an HTML reader drops it: {lost}"
+
+
+def _hidden_by(element: Any) -> str | None:
+    """What hides the text of ``element`` (the innermost), or None if nothing does."""
+    while element is not None:
+        tag = element.tag if isinstance(element.tag, str) else ""
+        if tag.lower() in _HIDING_ELEMENTS:
+            return f"is inside <{tag}>"
+        if "hidden" in element.attrib:
+            return f"is inside an element with the hidden attribute (<{tag} hidden>)"
+        style = _HIDING_STYLE.search(element.get("style") or "")
+        if style:
+            return f"is inside an element whose style hides it (<{tag} style=\"{' '.join(style.group(1).split())}\">)"
+        element = element.getparent()
+    return None
 
 
 def _autoescape(template_name: str | None) -> bool:
@@ -298,9 +374,17 @@ class Renderer:
         )
         # check() refuses a body template that does not show the body; one that shows it only on
         # some messages ({% if %} on the subject, a filter that changes it) must still never file
-        # a note without its text (found by a review of bad admin input).
-        if body.strip() and body not in html:
-            raise BodyNotShown(self._filename(template.name or self.body_template_name(kind, model)))
+        # a note without its text (found by a review of bad admin input). Nor where no reader sees
+        # it (an HTML comment, a hidden element): the sample body in its place must be seen, as
+        # check() demands of the sample values (a review of templates).
+        if body.strip():
+            file = self._filename(template.name or self.body_template_name(kind, model))
+            if body not in html:
+                raise BodyNotShown(file)
+            marker = f"note-gateway-body-{secrets.token_hex(8)}"
+            hidden = body_hidden(html.replace(body, sample_body(marker)), marker, kind)
+            if hidden is not None:
+                raise BodyNotShown(file, hidden)
         return html
 
     def render_notice(
@@ -372,8 +456,19 @@ class Renderer:
                 except Exception as error:  # noqa: BLE001 (whatever a template raises, it would raise on a message)
                     file, line = self._where(error, name)
                     raise TemplateProblem(file, line, _reason(error) + routed) from None
-                if "body" in values and str(values["body"]) not in output:
-                    raise TemplateProblem(self._filename(name), None, BODY_NOT_SHOWN + routed)
+                if "body" in values:
+                    if str(values["body"]) not in output:
+                        raise TemplateProblem(self._filename(name), None, BODY_NOT_SHOWN + routed)
+                    hidden = body_hidden(output, marker, values["kind"])
+                    if hidden is not None:
+                        raise TemplateProblem(self._filename(name), None,
+                                              f"{hidden}; write {{{{ body }}}} where it shows{routed}")
+                elif not output.strip():
+                    # A notice that says nothing: the sender would get an empty mail (a review of templates).
+                    raise TemplateProblem(self._filename(name), None,
+                                          "renders an empty notice for the sample values: the sender would get a mail "
+                                          "that says nothing of why the message was not filed; write {{ reason }} "
+                                          "in it")
         return names
 
     def _routed_models(self, name: str, models: Mapping[str, Iterable[str]]) -> list[str]:
@@ -446,9 +541,7 @@ def _samples(name: str, marker: str = "", routed: Iterable[str] = ()) -> list[di
 
 def _body_samples(kind: str, model: str, marker: str) -> list[dict[str, Any]]:
     """A note's or reply's values for ``model``: once with the lists empty, once filled."""
-    # Blank lines around it, as a sanitized body can have: a filter that trims or shortens the
-    # body ({{ body | trim }}) is caught here, not by the run-time guard on a real message.
-    values = dict(body=Markup(f"\n<p>Sample body {marker}</p>\n"), sender_name="Sample Sender",
+    values = dict(body=sample_body(marker), sender_name="Sample Sender",
                   sender_email="sender@example.com", subject="Sample subject", dkim_domain="example.com",
                   received_at=datetime(2025, 1, 1, 12, 0, tzinfo=timezone.utc), kind=kind,
                   model=model, res_id=1, refused_files=[], attachment_names=[])

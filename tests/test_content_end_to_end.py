@@ -144,6 +144,35 @@ def test_a_note_the_template_would_file_without_its_text_is_deferred(
         assert [entry.smtp_reply[:9] for entry in reversed(journal.recent(2))] == ["451 4.3.0", "250 2.0.0"]
 
 
+def test_a_note_the_template_would_file_where_nobody_sees_it_is_deferred(
+        tmp_path, test_odoo, dns_server, dkim_keys, caplog):
+    # Review of templates: a template that put {{ body }} in an HTML comment (or a hidden element)
+    # passed every check and filed notes nobody could read with a 250. check() refuses one that
+    # always does; one that does on some messages defers those, as one that leaves the body out.
+    config_path = write_config(tmp_path, test_odoo, dns_server.port)
+    config_path.write_text('templates_dir = "site-templates"\n' + config_path.read_text())
+    template = tmp_path / "site-templates" / "note" / "default.html.j2"
+    template.parent.mkdir(parents=True)
+    template.write_text('{% if "draft" in subject|lower %}<p>(draft)</p><!-- {{ body }} -->\n{% else %}{{ body }}\n{% endif %}')
+    services = Services.build(load_config(config_path))
+    server = ThreadedGateway(services).start()
+    try:
+        mailer = Mailer(type("Running", (), {"port": server.port})(), dkim_keys)
+        with caplog.at_level(logging.ERROR, logger="gateway.pipeline"):
+            deferred = _send(mailer, "note", "project.task", TASK_ID, subject="Draft: pump")
+        filed = _send(mailer, "note", "project.task", TASK_ID)
+    finally:
+        server.stop()
+        services.close()
+    assert deferred == ("451 4.3.0 The gateway's template would file this message without its text, an "
+                        "administrator must correct it")
+    assert (f"template {template} rendered the note of {Mailer.address('note', 'project.task', TASK_ID)} without "
+            "the message's text ({{ body }} is inside an HTML comment: the note's text would be invisible)") in caplog.text
+    assert filed.startswith("250 ")
+    [post] = _posts(test_odoo)
+    assert "Pump checked." in post.kwargs["body"] and "<!--" not in post.kwargs["body"]
+
+
 def test_a_misnamed_template_is_warned_of_at_start(tmp_path, test_odoo, dns_server, dkim_keys, caplog):
     # Review of bad admin input: note/project_task.html.j2 passed every check while the bundled
     # template stayed in use without a word.

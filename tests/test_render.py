@@ -364,6 +364,68 @@ def test_a_note_whose_template_leaves_out_this_body_is_not_rendered(tmp_path):
     assert renderer.render_body("note", "project.task", **body_values(body="", subject="A draft")) == "<p>(draft)</p>"
 
 
+@pytest.mark.parametrize("text, where", [
+    # Review of templates: each passed check() (the body's text was in the output) and filed a note
+    # nobody can read, with a 250; Odoo stores a textarea's content as nothing.
+    ("<p>From {{ sender_email }}</p>\n<!-- old layout: {{ body }} -->\n", "is inside an HTML comment"),
+    ('<div style="display:none">{{ body }}</div>\n',
+     'is inside an element whose style hides it (<div style="display:none">)'),
+    ('<div style="color: red; Visibility : hidden"><blockquote>{{ body }}</blockquote></div>\n',
+     'is inside an element whose style hides it (<div style="Visibility : hidden">)'),
+    ("<div hidden><p>{{ body }}</p></div>\n", "is inside an element with the hidden attribute (<div hidden>)"),
+    ("<template>{{ body }}</template>\n", "is inside <template>"),
+    ("<textarea>{{ body }}</textarea>\n", "is inside <textarea>"),
+    ("<noscript>{{ body }}</noscript>\n", "is inside <noscript>"),
+    ("<script>var text = `{{ body }}`;</script>\n", "is inside <script>"),
+    ('<a title="{{ body }}">note</a>\n', "is inside the title attribute of <a>"),
+])
+def test_check_refuses_a_body_template_whose_body_nobody_sees(tmp_path, text, where):
+    write(tmp_path, "note/default.html.j2", text)
+    with pytest.raises(TemplateProblem) as found:
+        Renderer(tmp_path).check()
+    assert str(found.value) == (f"{tmp_path / 'note' / 'default.html.j2'}: {{{{ body }}}} {where}: the note's text "
+                                "would be invisible; write {{ body }} where it shows")
+    # The same template never files a message either.
+    with pytest.raises(BodyNotShown) as refused:
+        Renderer(tmp_path).render_body("note", "project.task", **body_values())
+    assert refused.value.reason == f"{{{{ body }}}} {where}: the note's text would be invisible"
+
+
+def test_check_passes_a_body_shown_after_a_comment_or_in_a_visible_element(tmp_path):
+    write(tmp_path, "note/default.html.j2",
+          '<!-- site layout 2 --><div style="color: red; display: block"><details open><blockquote>\n'
+          "{{ body }}</blockquote></details></div>\n<!-- {{ sender_email }} -->\n")
+    write(tmp_path, "reply/default.html.j2", "<!-- first -->{{ body }}<!-- last -->")
+    renderer = Renderer(tmp_path)
+    assert {"note/default.html.j2", "reply/default.html.j2"} <= set(renderer.check())
+    assert "<p>Pump checked" in renderer.render_body("note", "project.task", **body_values())
+
+
+def test_a_note_whose_template_hides_this_body_is_not_rendered(tmp_path):
+    # A branch that check() cannot see: the body is in a comment when the subject says "draft".
+    write(tmp_path, "reply/default.html.j2",
+          '{% if "draft" in subject %}<p>(draft)</p><!-- {{ body }} -->{% else %}{{ body }}{% endif %}')
+    renderer = Renderer(tmp_path)
+    renderer.check()
+    assert renderer.render_body("reply", "project.task", **body_values()) == body_values()["body"]
+    with pytest.raises(BodyNotShown) as found:
+        renderer.render_body("reply", "project.task", **body_values(subject="A draft"))
+    assert (found.value.file, found.value.reason) == (
+        str(tmp_path / "reply" / "default.html.j2"),
+        "{{ body }} is inside an HTML comment: the reply's text would be invisible")
+
+
+@pytest.mark.parametrize("text", ["", "\n  \n", "{{ detail }}\n"])
+def test_check_refuses_a_notice_that_says_nothing(tmp_path, text):
+    # Review of templates: an empty notice passed the check and would mail the sender nothing.
+    write(tmp_path, "notice/generic.txt.j2", text)
+    with pytest.raises(TemplateProblem) as found:
+        Renderer(tmp_path).check()
+    assert str(found.value) == (
+        f"{tmp_path / 'notice' / 'generic.txt.j2'}: renders an empty notice for the sample values: the sender would "
+        "get a mail that says nothing of why the message was not filed; write {{ reason }} in it")
+
+
 def test_a_source_checkout_renders_its_own_templates(tmp_path, monkeypatch):
     # An editable install maps gateway.templates to the checkout it was made from: the code of a
     # git worktree or scratch clone on PYTHONPATH rendered that checkout's templates instead of its own.

@@ -32,7 +32,6 @@ BUNDLED_PACKAGE = "gateway.templates"
 # to the package gateway.templates only when the gateway is installed.
 SOURCE_TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 DEFAULT_TEMPLATE = "default.html.j2"
-TEXT_SUFFIX = ".txt.j2"
 
 # Kinds and model names become parts of a template path, so they are held to the shapes an address
 # can carry (gateway/address.py) and can never climb out of the template folders.
@@ -246,10 +245,25 @@ def _hidden_by(element: Any) -> str | None:
     return None
 
 
-def _autoescape(template_name: str | None) -> bool:
-    # Everything is HTML-escaped except plain-text notices: escaping there would show "&lt;" to
-    # the reader and protects nothing, since a text/plain body is never interpreted as markup.
-    return not (template_name or "").endswith(TEXT_SUFFIX)
+def _environment(loader: jinja2.BaseLoader, *, autoescape: bool) -> jinja2.Environment:
+    # Sandboxed: a template reads the values it is given and calls their harmless methods, and
+    # nothing else. A plain Environment let a template copied from the internet reach Python's
+    # globals ("cycler.__init__.__globals__.os.popen(...)") and run a command at start, reload
+    # and check-config (found by a security review). Immutable: no template changes a value
+    # it is given (list.append, dict.update), so one rendering cannot leak into the next.
+    return jinja2.sandbox.ImmutableSandboxedEnvironment(
+        loader=loader,
+        autoescape=autoescape,
+        # A typo in an admin's template must fail loudly, not file a note with a blank in it;
+        # check() renders every template with sample values so the typo stops the start instead.
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        # The sources never change under a renderer; nothing to look at on disk again.
+        auto_reload=False,
+        cache_size=-1,
+    )
 
 
 class Renderer:
@@ -275,24 +289,14 @@ class Renderer:
         self.warnings: list[str] = []
         self._domain_renderers: dict[Path, Renderer] = {}
         self._domain_lock = threading.Lock()
-        # Sandboxed: a template reads the values it is given and calls their harmless methods, and
-        # nothing else. A plain Environment let a template copied from the internet reach Python's
-        # globals ("cycler.__init__.__globals__.os.popen(...)") and run a command at start, reload
-        # and check-config (found by a security review). Immutable: no template changes a value
-        # it is given (list.append, dict.update), so one rendering cannot leak into the next.
-        self.environment = jinja2.sandbox.ImmutableSandboxedEnvironment(
-            loader=jinja2.ChoiceLoader(self.layers),
-            autoescape=_autoescape,
-            # A typo in an admin's template must fail loudly, not file a note with a blank in it;
-            # check() renders every template with sample values so the typo stops the start instead.
-            undefined=jinja2.StrictUndefined,
-            trim_blocks=True,
-            lstrip_blocks=True,
-            keep_trailing_newline=True,
-            # The sources never change under a renderer; nothing to look at on disk again.
-            auto_reload=False,
-            cache_size=-1,
-        )
+        # Escaping follows what is rendered, not the name of the file a template includes: a note's
+        # or reply's HTML body is escaped throughout, a notice's plain text never. Chosen by file
+        # name (".txt.j2" not escaped), a '{% include "_header.txt.j2" %}' in a note template wrote
+        # the sender's subject into the note as HTML, and a notice including a partial not named
+        # .txt.j2 showed "&amp;" (found by a review of templates). One loader, two environments.
+        loader = jinja2.ChoiceLoader(self.layers)
+        self.environment = _environment(loader, autoescape=True)
+        self.text_environment = _environment(loader, autoescape=False)
 
     def for_domain(self, domain_dir: Path | None) -> Renderer:
         """The renderer of an alias domain whose rules name a templates_dir; built once per folder.
@@ -399,7 +403,7 @@ class Renderer:
         **extra: Any,
     ) -> str:
         """The plain-text notice that tells a sender why a message was not filed."""
-        return self.environment.get_template(template).render(
+        return self.text_environment.get_template(template).render(
             reason=reason,
             detail=detail or "",
             address=address,
@@ -436,7 +440,7 @@ class Renderer:
         marker = f"note-gateway-body-check-{secrets.token_hex(8)}"
         for name in names:
             try:
-                template = self.environment.get_template(name)
+                template = self._environment_of(name).get_template(name)
             except jinja2.TemplateSyntaxError as error:
                 raise TemplateProblem(error.filename or name, error.lineno, error.message or str(error)) from None
             except jinja2.TemplateError as error:
@@ -470,6 +474,10 @@ class Renderer:
                                           "that says nothing of why the message was not filed; write {{ reason }} "
                                           "in it")
         return names
+
+    def _environment_of(self, name: str) -> jinja2.Environment:
+        """The environment ``name`` is rendered in: the notices' plain text, or HTML for the rest."""
+        return self.text_environment if name.split("/")[0] == "notice" else self.environment
 
     def _routed_models(self, name: str, models: Mapping[str, Iterable[str]]) -> list[str]:
         """The models of ``models`` whose notes or replies the template ``name`` renders, if it is a

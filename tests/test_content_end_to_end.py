@@ -114,6 +114,29 @@ def test_a_template_includes_a_file_of_its_folder_that_is_no_j2_template(tmp_pat
     assert post.kwargs["body"].endswith(f"<p><em>Site log, filed by {PAULA}</em></p>\n")
 
 
+def test_a_text_partial_included_in_a_note_template_is_escaped(tmp_path, test_odoo, dns_server, dkim_keys):
+    # Review of templates: a shared "_header.txt.j2" included by the note template was not escaped
+    # (escaping went by file name), and the sender's Subject was filed as HTML in the note's first line.
+    config_path = write_config(tmp_path, test_odoo, dns_server.port)
+    config_path.write_text('templates_dir = "site-templates"\n' + config_path.read_text())
+    folder = tmp_path / "site-templates"
+    (folder / "note").mkdir(parents=True)
+    (folder / "_header.txt.j2").write_text("Subject: {{ subject }}\n")
+    (folder / "note" / "default.html.j2").write_text('<p>{% include "_header.txt.j2" %}</p>\n{{ body }}\n')
+    services = Services.build(load_config(config_path))
+    server = ThreadedGateway(services).start()
+    try:
+        mailer = Mailer(type("Running", (), {"port": server.port})(), dkim_keys)
+        subject = '<a href="https://evil.example">Approved by CFO</a>'
+        assert _send(mailer, "note", "project.task", TASK_ID, subject=subject).startswith("250 ")
+    finally:
+        server.stop()
+        services.close()
+    [post] = _posts(test_odoo)
+    assert post.kwargs["body"].startswith(
+        "<p>Subject: &lt;a href=&#34;https://evil.example&#34;&gt;Approved by CFO&lt;/a&gt;\n</p>"), post.kwargs["body"]
+
+
 def test_a_note_the_template_would_file_without_its_text_is_deferred(
         tmp_path, test_odoo, dns_server, dkim_keys, caplog):
     # Review of bad admin input: a template that leaves out {{ body }} filed every note without its

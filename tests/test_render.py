@@ -141,6 +141,27 @@ def test_notice_is_plain_text_not_html_escaped():
     assert "&amp;" not in notice and "&#39;" not in notice
 
 
+def test_escaping_follows_what_is_rendered_not_the_included_files_name(tmp_path):
+    # Review of templates: escaping was chosen by file name, so a shared .txt.j2 partial included
+    # in a note template wrote the sender's subject into the note as HTML (a link, an image shown
+    # in lines the gateway presents as its own), and a notice's partial not named .txt.j2 was escaped.
+    write(tmp_path, "_header.txt.j2", "Subject: {{ subject }}\n")
+    write(tmp_path, "note/default.html.j2", '<p>{% include "_header.txt.j2" %}</p>\n{{ body }}\n')
+    write(tmp_path, "notice/_sig.j2", "(re: {{ subject }})\n")
+    write(tmp_path, "notice/generic.txt.j2",
+          '{% extends "notice/layout.txt.j2" %}{% block advice %}{% include "notice/_sig.j2" %}{% endblock %}')
+    renderer = Renderer(tmp_path)
+    renderer.check()
+    html = renderer.render_body("note", "project.task", **body_values(
+        subject='<img src=x onerror=alert(1)><a href="https://evil.example">Approved by CFO</a>'))
+    assert html.startswith("<p>Subject: &lt;img src=x onerror=alert(1)&gt;&lt;a href=&#34;https://evil.example&#34;&gt;"
+                           "Approved by CFO&lt;/a&gt;\n</p>")
+    assert "<img" not in html and "<a " not in html
+    notice = renderer.render_notice("notice/generic.txt.j2", reason="Sender not authenticated", detail="",
+                                    address="a@b.example", subject="Q&A <draft>", sender_email="c@d.example")
+    assert "(re: Q&A <draft>)" in notice and "&amp;" not in notice and "&lt;" not in notice
+
+
 def test_alias_domain_folder_wins_over_the_gateway_folder_and_falls_back_per_model(tmp_path):
     gateway_folder, domain_folder = tmp_path / "gateway", tmp_path / "domain"
     write(gateway_folder, "note/default.html.j2", "gateway default {{ body }}")

@@ -161,6 +161,9 @@ class MessageContext:
     # access to the record is established).
     note_reason: str = ""
     note_from_parent: bool = False
+    # The author (partner) of the internal message such a reply answers: notified of the note if an
+    # active internal user, as Odoo's mail gateway notifies it (recipients.choose).
+    parent_author_id: int | None = None
     # The record access policy let the sender read the record: from then on a routed note@ / reply@
     # is told its refusals as they are (pipeline.said_refusal).
     record_access: bool = False

@@ -410,6 +410,7 @@ def _reply_all_as_note(ctx: MessageContext, services: Services, deadline: float)
         decision, ctx.note_reason = (f"answers internal message {parent.message_id}",
                                      "the message answers an internal note of this record")
         ctx.note_from_parent = True
+        ctx.parent_author_id = parent.author_id
     ctx.target = dataclasses.replace(ctx.target, kind="note")
     ctx.decision = "; ".join(filter(None, (ctx.decision, f"{decision}: filed as a note, never public")))
 
@@ -546,9 +547,13 @@ def _screen_attachments(ctx: MessageContext, services: Services, deadline: float
 
 
 def _choose_recipients(ctx: MessageContext, services: Services, deadline: float) -> None:
-    if not ctx.rules.kind_rules(ctx.target.kind).notify_recipients:
+    # The internal author of the note a reply answers is told of the answer whatever the rules say
+    # of To/Cc, as Odoo's own mail gateway tells it (recipients.choose).
+    to_cc = ctx.rules.kind_rules(ctx.target.kind).notify_recipients
+    if not to_cc and ctx.parent_author_id is None:
         return
-    chosen = recipients.choose(_odoo(ctx, services), ctx, own_domains=set(services.config.domains), deadline=deadline)
+    chosen = recipients.choose(_odoo(ctx, services), ctx, own_domains=set(services.config.domains), to_cc=to_cc,
+                               parent_author=ctx.parent_author_id, deadline=deadline)
     ctx.notify_partner_ids = chosen.partner_ids
     ctx.notify_emails = chosen.emails
     ctx.journal_notes += [f"recipient-dropped:{item}" for item in chosen.dropped]
@@ -730,7 +735,8 @@ STAGES: tuple[Stage, ...] = (
           _rate_limit_routed, too_slow=_journal_too_slow),
     Stage("screen-attachments", "apply the size limits and type deny-list to the files", _screen_attachments),
     Stage("extract-content", "take the body, trim quote and signature, sanitize its HTML", _extract_content),
-    Stage("choose-recipients", "notify internal users named in To/Cc, drop all others", _choose_recipients,
+    Stage("choose-recipients", "notify internal users named in To/Cc and the internal author of the note a "
+          "reply answers, drop all others", _choose_recipients,
           too_slow=_odoo_too_slow),
     Stage("render", "render the note or reply template", _render),
     Stage("record-receipt", "write the durable receipt that the message is being filed", _record_receipt,

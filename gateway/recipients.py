@@ -1,4 +1,5 @@
-"""Whom Odoo notifies of a filed message: internal users named in To/Cc, never portal users or customers."""
+"""Whom Odoo notifies of a filed message: internal users named in To/Cc, and the internal author of the note a
+reply answers; never portal users or customers."""
 
 from __future__ import annotations
 
@@ -53,18 +54,28 @@ def candidate_addresses(ctx: MessageContext, own_domains: set[str] | frozenset[s
 
 
 def choose(odoo: OdooPool, ctx: MessageContext, *, own_domains: set[str] | frozenset[str] = frozenset(),
-           deadline: float | None = None) -> Recipients:
-    """Partners of the active internal users (share = False) among To/Cc, in one Odoo call.
+           to_cc: bool = True, parent_author: int | None = None, deadline: float | None = None) -> Recipients:
+    """Partners of the active internal users (share = False) among To/Cc (unless ``to_cc`` is False),
+    and ``parent_author`` if it is one, in one Odoo call.
 
     A partner in partner_ids of a note is emailed the note, portal partners included
     (ODOO_FACTS.md c and "What these facts demand" item 4), so every other address is dropped
-    and recorded.
+    and recorded. ``parent_author``: the author of the internal note a reply answers, which the
+    reply is filed as a note because of. Odoo's own mail gateway adds it to the recipients of such a
+    reply, whoever it is (mail_thread.py:1297-1308: "parent message author is added in recipients
+    to ensure they are notified of a private answer"); the gateway adds it only if it is the partner
+    of an active internal user, looked up in the same search as To/Cc (found by a review: an
+    employee whose backend note a contributor answered by a reply+ was never told of the answer).
+    A portal or customer author is left out, as is the sender.
     """
-    addresses = candidate_addresses(ctx, own_domains)
+    addresses = candidate_addresses(ctx, own_domains) if to_cc else []
     result = Recipients(dropped=[f"{address} (too many recipients)" for address in addresses[MAX_LOOKED_UP:]],
                         not_notified=addresses[MAX_LOOKED_UP:])
     addresses = addresses[:MAX_LOOKED_UP]
-    if not addresses:
+    author = ctx.user.partner_id if ctx.user else 0
+    if parent_author == author:
+        parent_author = None
+    if not addresses and not parent_author:
         return result
     # Each address in every form Odoo may hold it in (A-labels, U-labels), all in the one call,
     # by login or normalised email as the sender is found (gateway/identity.py): an internal user
@@ -75,6 +86,9 @@ def choose(odoo: OdooPool, ctx: MessageContext, *, own_domains: set[str] | froze
         for form in forms[address]:
             pattern = escape_like(form)
             terms += [("login", "=ilike", pattern), ("email_normalized", "=ilike", pattern)]
+    if parent_author:
+        # res.users searches only active users (active_test): an archived one is not notified.
+        terms.append(("partner_id", "=", parent_author))
     domain = [("share", "=", False), *(["|"] * (len(terms) - 1)), *terms]
     rows = odoo.call("res.users", "search_read", [domain], {"fields": ["login", "email_normalized", "partner_id"]},
                      deadline=deadline)
@@ -84,13 +98,14 @@ def choose(odoo: OdooPool, ctx: MessageContext, *, own_domains: set[str] | froze
         partner = row.get("partner_id")
         if not partner:
             continue
+        if int(partner[0]) == parent_author:
+            emails.setdefault(parent_author, row.get("email_normalized") or row.get("login") or "")
         # The database compared with ILIKE; only an exact match, in one of the forms, names a user.
         for value in (row.get("login"), row.get("email_normalized")):
             for address in addresses:
                 if value and value.lower() in forms[address]:
                     internal.setdefault(address, int(partner[0]))
                     emails.setdefault(int(partner[0]), row.get("email_normalized") or value)
-    author = ctx.user.partner_id if ctx.user else 0
     for address in addresses:
         partner_id = internal.get(address)
         if partner_id is None:
@@ -99,6 +114,9 @@ def choose(odoo: OdooPool, ctx: MessageContext, *, own_domains: set[str] | froze
         elif partner_id != author and partner_id not in result.partner_ids:
             result.partner_ids.append(partner_id)
             result.emails.append(emails[partner_id])
+    if parent_author and parent_author in emails and parent_author not in result.partner_ids:
+        result.partner_ids.append(parent_author)
+        result.emails.append(emails[parent_author])
     return result
 
 

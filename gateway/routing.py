@@ -109,6 +109,10 @@ class Parent:
     # None for a message of the record the reply is filed on; else (model, res_id) of another record
     # that holds it (one that holds it as a note, if any does).
     elsewhere: tuple[str, int] | None = None
+    # The partner who wrote it (of the message marked internal, if one under that ID is, else of the
+    # newest), read in the same search: Odoo's mail gateway adds it to the recipients of a reply it
+    # files as a note (mail_thread.py:1297-1308); None if it has no author.
+    author_id: int | None = None
 
 
 def reply_parent(odoo: OdooPool, message: ParsedMessage, model: str, res_id: int, *,
@@ -130,7 +134,7 @@ def reply_parent(odoo: OdooPool, message: ParsedMessage, model: str, res_id: int
     any of its messages there is (on this record if it has one, else on any other). Messages of
     records the gateway's own Odoo user cannot read are not found. The subtypes other than
     Discussions and Note are asked only when the parent has one (a tracking message), in one
-    search more.
+    search more. The parent's author is read in the same search (Parent.author_id).
 
     A message whose headers held more ids than were kept (message.MAX_MESSAGE_IDS: the first and
     the newest) is refused (ReferencesTooMany) unless In-Reply-To or a kept id answers an internal
@@ -153,7 +157,7 @@ def reply_parent(odoo: OdooPool, message: ParsedMessage, model: str, res_id: int
     # into a reply to this one).
     there = access.AND([[("message_id", "in", ids)], [("model", "!=", False)], [("res_id", "!=", 0)]])
     rows = odoo.call("mail.message", "search_read", [access.OR([here, there])],
-                     {"fields": ["message_id", "is_internal", "subtype_id", "model", "res_id"],
+                     {"fields": ["message_id", "is_internal", "subtype_id", "model", "res_id", "author_id"],
                       "order": "create_date desc, id desc"}, deadline=deadline)
     found: dict[str, list[dict]] = {}
     others: dict[str, list[dict]] = {}
@@ -175,17 +179,27 @@ def reply_parent(odoo: OdooPool, message: ParsedMessage, model: str, res_id: int
     by_in_reply_to = parent is not None and parent in in_reply_to
     result: Parent | None = None
     if parent in found:
-        result = Parent(parent, _any_internal(odoo, found[parent], deadline))
+        rows = found[parent]
+        holder = next((row for row in rows if row.get("is_internal")), rows[0])
+        result = Parent(parent, _any_internal(odoo, rows, deadline), author_id=_id_of(holder.get("author_id")))
     elif parent is not None:
         rows = others[parent]
         holder = next((row for row in rows if row.get("is_internal")), rows[0])
-        result = Parent(parent, _any_internal(odoo, rows, deadline), (str(holder["model"]), int(holder["res_id"])))
+        result = Parent(parent, _any_internal(odoo, rows, deadline), (str(holder["model"]), int(holder["res_id"])),
+                        author_id=_id_of(holder.get("author_id")))
     if message.message_ids_left_out and not by_in_reply_to and (result is None or not result.internal):
         raise ReferencesTooMany(
             f"{message.message_ids_left_out} of its In-Reply-To and References were not looked up (at most "
             f"{message_mod.MAX_MESSAGE_IDS} of each, the first and the newest)",
             internal=f"parent {'none found' if result is None else result.message_id} among the ids looked up")
     return result
+
+
+def _id_of(value: object) -> int | None:
+    """The id of a many2one as search_read gives it ([id, name], or False)."""
+    if isinstance(value, (list, tuple)) and value:
+        value = value[0]
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 def _like_literal(text: str) -> str:

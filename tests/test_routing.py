@@ -18,9 +18,10 @@ from gateway.config import load_config
 from gateway.journal import Journal
 from gateway.pipeline import Services
 from gateway.smtp import ThreadedGateway
-from gateway.testing.odoo_demo import (GATEWAY_UID, MARC_PARTNER_ID, PAULA_PARTNER_ID, PETER_EMAIL, PETER_PARTNER_ID,
-                                       PRIVATE_TASK_ID, PROJECT_ID, SALE_ORDER_ID, SUBTYPE_ACTIVITIES_ID,
-                                       SUBTYPE_COMMENT_ID, SUBTYPE_NOTE_ID, SUBTYPE_TASK_NEW_ID, TASK_ID)
+from gateway.testing.odoo_demo import (ADMIN_PARTNER_ID, CUSTOMER_PARTNER_ID, GATEWAY_UID, MARC_PARTNER_ID,
+                                       PAULA_PARTNER_ID, PETER_EMAIL, PETER_PARTNER_ID, PRIVATE_TASK_ID, PROJECT_ID,
+                                       SALE_ORDER_ID, SUBTYPE_ACTIVITIES_ID, SUBTYPE_COMMENT_ID, SUBTYPE_NOTE_ID,
+                                       SUBTYPE_TASK_NEW_ID, TASK_ID)
 from gateway.testing.sending import compose, deliver
 
 PAULA = "portal.contrib@example.com"
@@ -507,12 +508,13 @@ def _answer(mailer, to, *, in_reply_to=None, references=(), sender=PAULA, messag
     return mailer.sign(headers + raw)
 
 
-def _backend_message(test_odoo, subtype_id, *, is_internal=False, model="project.task", res_id=TASK_ID):
+def _backend_message(test_odoo, subtype_id, *, is_internal=False, model="project.task", res_id=TASK_ID,
+                     author_id=MARC_PARTNER_ID):
     """A message posted in Odoo's backend: Odoo gives it its own Message-ID, which the emails it
     sends carry (References of every notification of the record, facts i)."""
     message_id = test_odoo.add_record("mail.message", {
         "model": model, "res_id": res_id, "message_type": "comment", "subtype_id": subtype_id,
-        "is_internal": is_internal, "body": f"<p>{SECRET}</p>", "author_id": MARC_PARTNER_ID})
+        "is_internal": is_internal, "body": f"<p>{SECRET}</p>", "author_id": author_id})
     return test_odoo.record("mail.message", message_id, ["message_id"])["message_id"]
 
 
@@ -520,7 +522,11 @@ def _nothing_public(test_odoo, *records):
     for model, res_id in (("project.task", TASK_ID), *records):
         for partner_id in (PETER_PARTNER_ID, PAULA_PARTNER_ID):
             assert not any("40%" in row["body"] for row in test_odoo.portal_chatter(model, res_id, partner_id))
-    assert not any("40%" in mail.body_html or "40%" in mail.text for mail in test_odoo.outbox)
+    # The internal author of a note answered is emailed the answer, as by Odoo's mail gateway; no
+    # portal user or customer is.
+    outside = [mail for mail in test_odoo.outbox
+               if test_odoo.record("res.partner", mail.partner_id, ["partner_share"])["partner_share"]]
+    assert not any("40%" in mail.body_html or "40%" in mail.text for mail in outside)
 
 
 @pytest.mark.parametrize("to", ["reply+", "reply@"])
@@ -650,6 +656,89 @@ def test_a_reply_to_a_note_filed_under_a_derived_message_id_is_a_note(test_odoo,
     assert [filing.subtype_xmlid for filing in test_odoo.filings()] == ["mail.mt_comment", "mail.mt_note",
                                                                         "mail.mt_note"]
     _nothing_public(test_odoo)
+
+
+# Who is told of a reply filed as a note because it answers one (found by a review against Odoo 18: the
+# gateway filed it with no recipients, and the employee whose note a contributor answered, following
+# the task for Discussions only as by default, never learnt of the answer; Odoo's own mail gateway
+# adds the note's author to the recipients, mail_thread.py:1297-1308). Only an active internal user.
+
+UNSIGNED = SimpleNamespace(sign=lambda raw: raw)
+
+
+def _users_lookups(test_odoo):
+    return [call for call in test_odoo.calls if call.model == "res.users" and call.model_method == "search_read"
+            and "partner_id" in repr(call.args)]
+
+
+def _archived_employee(test_odoo):
+    uid = test_odoo.add_user("ed.employee@example.com", "Ed Employee", internal=True)
+    test_odoo.archive("res.users", uid)
+    return test_odoo.record("res.users", uid, ["partner_id"])["partner_id"][0]
+
+
+@pytest.mark.parametrize("author, notified", [
+    ("internal user", True),
+    ("portal user", False),
+    ("customer", False),
+    ("archived internal user", False),
+])
+def test_a_reply_answering_a_note_notifies_its_author_only_if_an_internal_user(test_odoo, gateway, mailer, author,
+                                                                               notified):
+    author_id = {"internal user": lambda: MARC_PARTNER_ID, "portal user": lambda: PETER_PARTNER_ID,
+                 "customer": lambda: CUSTOMER_PARTNER_ID,
+                 "archived internal user": lambda: _archived_employee(test_odoo)}[author]()
+    note = _backend_message(test_odoo, SUBTYPE_NOTE_ID, author_id=author_id)
+    to = mailer.address("reply", "project.task", TASK_ID)
+    test_odoo.clear_calls()
+    test_odoo.clear_outbox()
+    reply = mailer.send(_answer(mailer, to, in_reply_to=note, references=[note]), to)
+    assert reply.startswith("250 2.0.0 Filed")
+    [post] = test_odoo.posts()
+    assert post.kwargs["subtype_xmlid"] == "mail.mt_note"
+    assert post.kwargs["partner_ids"] == ([author_id] if notified else [])
+    assert (author_id in [row["res_partner_id"][0] for row in test_odoo.notifications(int(reply.rsplit(" ", 1)[1]))]
+            ) is notified
+    assert [mail.partner_id for mail in test_odoo.outbox if mail.partner_id == author_id] == (
+        [author_id] if notified else [])
+    assert len(_users_lookups(test_odoo)) == 1
+    _nothing_public(test_odoo)
+
+
+def test_the_author_of_the_note_answered_is_looked_up_with_the_internal_users_in_cc(test_odoo, gateway, mailer):
+    # One res.users search for both, as for To/Cc alone (issue 6).
+    note = _backend_message(test_odoo, SUBTYPE_NOTE_ID)
+    to = mailer.address("reply", "project.task", TASK_ID)
+    raw = _answer(UNSIGNED, to, in_reply_to=note, references=[note])
+    raw = mailer.sign(raw.replace(b"\r\nSubject:", b"\r\nCc: Mitchell Admin <admin@yourcompany.example.com>, "
+                                  b"portal.plain@example.com\r\nSubject:", 1))
+    test_odoo.clear_calls()
+    assert mailer.send(raw, to).startswith("250 2.0.0 Filed")
+    [post] = test_odoo.posts()
+    assert post.kwargs["partner_ids"] == [ADMIN_PARTNER_ID, MARC_PARTNER_ID]
+    assert len(_users_lookups(test_odoo)) == 1
+
+
+def test_the_internal_author_of_the_note_answered_is_notified_where_cc_is_not(test_odoo, start_gateway, dns_server,
+                                                                                dkim_keys):
+    # notify_recipients is about the addresses the sender put in To/Cc; the note answered is not one.
+    mailer = Mailer(start_gateway(dns_server.port, note={"notify_recipients": False}), dkim_keys)
+    note = _backend_message(test_odoo, SUBTYPE_NOTE_ID)
+    to = mailer.address("reply", "project.task", TASK_ID)
+    raw = _answer(UNSIGNED, to, in_reply_to=note, references=[note])
+    raw = mailer.sign(raw.replace(b"\r\nSubject:", b"\r\nCc: admin@yourcompany.example.com\r\nSubject:", 1))
+    assert mailer.send(raw, to).startswith("250 2.0.0 Filed")
+    [post] = test_odoo.posts()
+    assert post.kwargs["partner_ids"] == [MARC_PARTNER_ID]
+
+
+def test_the_sender_answering_her_own_note_is_not_added_to_its_recipients(test_odoo, gateway, mailer):
+    _file_note(mailer, "<n1@example.com>")
+    to = mailer.address("reply", "project.task", TASK_ID)
+    test_odoo.clear_calls()
+    assert mailer.send(_answer(mailer, to, in_reply_to="<n1@example.com>"), to).startswith("250 2.0.0 Filed")
+    [post] = test_odoo.posts()
+    assert post.kwargs["partner_ids"] == [] and _users_lookups(test_odoo) == []
 
 
 # A reply to this task that answers a note of another record (found by a review of the fix above:

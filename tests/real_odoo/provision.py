@@ -329,11 +329,26 @@ def reply_quoting(world: RealOdooWorld, real_gateway: Any, headers: str, quoted:
     return filed_id(real_gateway.send(real_gateway.sign(headers.encode() + raw), to, mail_from=world.contributor.email))
 
 
+def internal_authors_of(world: RealOdooWorld, note_id: str) -> list[int]:
+    """The partner of the task's message ``note_id`` if an active internal user wrote it (the backend
+    notes of note_posted_in_the_backend are the admin's), else nothing: whom the gateway notifies of a
+    reply it files as a note because it answers that one (mail_thread.py:1297-1308 notifies the author)."""
+    rows = world.admin.env["mail.message"].search_read(
+        [("message_id", "=", note_id), ("model", "=", "project.task"), ("res_id", "=", world.task_id)],
+        ["author_id"], order="create_date desc, id desc", limit=1)
+    author = rows[0]["author_id"][0] if rows and rows[0]["author_id"] else None
+    if author is None or not world.admin.env["res.users"].search([("partner_id", "=", author), ("share", "=", False)]):
+        return []
+    return [author]
+
+
 def assert_a_note_nobody_outside_sees(world: RealOdooWorld, real_gateway: Any, filed: int, note_id: str) -> None:
-    """The reply ``filed`` on the task is a note answering ``note_id``: no notification, in no portal chatter."""
+    """The reply ``filed`` on the task is a note answering ``note_id``: in no portal chatter, and
+    notified only to the internal author of that note, if it has one."""
     stored = stored_message(world, "project.task", world.task_id, filed)
     assert stored["subtype_id"][0] == _ref(world.admin, "mail.mt_note")
-    assert notifications_for_message(world, filed) == []
+    notified = [row["res_partner_id"][0] for row in notifications_for_message(world, filed)]
+    assert notified == internal_authors_of(world, note_id)
     for user in (world.plain, world.contributor):
         session = portal_session(world, user.login, user.password)
         assert filed not in session.chatter_ids("project.task", world.task_id)

@@ -46,4 +46,4 @@ def test_a_reply_naming_a_note_in_utf8_or_an_encoded_word_is_a_note(world, real_
                else f"References: <older.{world.tag}@{world.domain}> {written}\r\n")
     filed = reply_quoting(world, real_gateway, headers, secret)
     assert_a_note_nobody_outside_sees(world, real_gateway, filed, note_id)
-    print(f"\nreply+ naming {note_id} ({spelling}, {where}) on project.task {task}: note {filed}, 0 notifications")
+    print(f"\nreply+ naming {note_id} ({spelling}, {where}) on project.task {task}: note {filed}")

@@ -16,8 +16,9 @@ import pytest
 from serving import folded_msg_id
 
 from .provision import filed_id as _filed_id, new_message_id as _message_id, real_odoo_or_skip
-from .provision import assert_a_note_nobody_outside_sees, messages_on, note_posted_in_the_backend
+from .provision import assert_a_note_nobody_outside_sees, internal_authors_of, messages_on, note_posted_in_the_backend
 from .provision import notifications_for_message, portal_session, reply_quoting, stored_message as _stored
+from .provision import WebSession, _create_user, _ref
 
 real_odoo_or_skip()
 
@@ -170,7 +171,10 @@ def test_a_reply_to_an_internal_note_is_filed_as_a_note_the_portal_never_sees(wo
     stored = _stored(world, "project.task", task, filed)
     assert stored["subtype_id"][0] == world.admin.execute("ir.model.data", "check_object_reference", "mail", "mt_note")[1]
     assert "The pump runs again." in stored["body"]
-    assert notifications_for_message(world, filed) == []
+    # Only the internal author of the note (the admin, for the backend note) is notified; never the portal.
+    notified = [row["res_partner_id"][0] for row in notifications_for_message(world, filed)]
+    assert notified == internal_authors_of(world, note_id) == ([] if parent == "gateway note"
+                                                               else [world.admin.env.user.partner_id.id])
     for user in (world.plain, world.contributor):
         session = portal_session(world, user.login, user.password)
         assert session.can_read("project.task", task)
@@ -180,8 +184,43 @@ def test_a_reply_to_an_internal_note_is_filed_as_a_note_the_portal_never_sees(wo
                        for message in seen)
     [row] = [row for row in real_gateway.journal() if row.odoo_message_id == filed]
     assert row.kind == "note" and f"answers internal message {note_id}" in row.decision
-    print(f"\nreply to a {parent} ({note_id}) on project.task {task}: note {filed}, 0 notifications, "
+    print(f"\nreply to a {parent} ({note_id}) on project.task {task}: note {filed}, notified {notified}, "
           f"not in the portal chatter")
+
+
+def test_a_reply_to_an_employees_note_notifies_him_never_a_portal_author(world, real_gateway):
+    # Found by a review against Odoo 18: a contributor's reply+ answering Ed's backend note was filed
+    # as a note with no recipients, and Ed, who follows the task for Discussions only (the default),
+    # was never told; Odoo's catchall, given the same email, adds the parent's author to the
+    # recipients (mail_thread.py:1297-1308). The gateway does so for an active internal user only.
+    admin, task = world.admin, world.task_id
+    ed = _create_user(admin, name=f"Ed Employee {world.tag}", login=f"ed.{world.tag}@{world.domain}",
+                      group_ids=[_ref(admin, "base.group_user")], notification_type="email")
+    world.track("res.partner", ed.partner_id)
+    world.track("res.users", ed.user_id)
+    admin.execute_kw("project.task", "message_subscribe", [[task]], {"partner_ids": [ed.partner_id]})
+    session = WebSession(world.env)
+    session.authenticate(ed.login, ed.password)
+    posted = session.call_kw("project.task", "message_post", [[task]], {
+        "body": f"EDNOTE margin 40% {world.tag}", "message_type": "comment", "subtype_xmlid": "mail.mt_note"})
+    ed_note = _stored(world, "project.task", task, posted[0] if isinstance(posted, list) else posted)["message_id"]
+    # A note whose author is the portal user Peter (who follows the task): never told of a note.
+    portal_note = admin.execute_kw("project.task", "message_post", [[task]], {
+        "body": f"PORTALNOTE {world.tag}", "message_type": "comment", "subtype_xmlid": "mail.mt_note",
+        "author_id": world.plain.partner_id, "context": {"mail_create_nosubscribe": True}})
+    portal_note = _stored(world, "project.task", task,
+                          portal_note[0] if isinstance(portal_note, list) else portal_note)["message_id"]
+    to = real_gateway.address("reply", "project.task", task)
+    notified = {}
+    for name, note_id in (("ed", ed_note), ("portal", portal_note)):
+        filed = _filed_id(real_gateway.send(_answer(real_gateway, world.contributor.email, to, note_id, "margin"), to,
+                                            mail_from=world.contributor.email))
+        stored = _stored(world, "project.task", task, filed)
+        assert stored["subtype_id"][0] == _ref(admin, "mail.mt_note")
+        notified[name] = [(row["res_partner_id"][0], row["notification_type"])
+                          for row in notifications_for_message(world, filed)]
+    assert notified == {"ed": [(ed.partner_id, "email")], "portal": []}
+    print(f"\nreply+ answering Ed's note {ed_note}: notified {notified['ed']}; answering Peter's: none")
 
 
 def test_a_reply_whose_references_begin_with_a_note_is_a_note_however_long_they_are(world, real_gateway):
@@ -239,7 +278,7 @@ def test_a_reply_naming_a_note_folded_inside_its_msg_id_is_a_note(world, real_ga
         f"References: <older.{world.tag}@{world.domain}> {references}\r\n" if references else "")
     filed = reply_quoting(world, real_gateway, headers, secret)
     assert_a_note_nobody_outside_sees(world, real_gateway, filed, note_id)
-    print(f"\nreply+ naming {note_id} folded ({where}) on project.task {task}: note {filed}, 0 notifications")
+    print(f"\nreply+ naming {note_id} folded ({where}) on project.task {task}: note {filed}")
 
 
 def test_a_non_contributor_answering_an_internal_note_is_refused(world, real_gateway):

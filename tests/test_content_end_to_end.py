@@ -331,6 +331,25 @@ def _answer(mailer: Mailer, notification, text: str, *, sender: str = MARC, name
     return mailer.send(mailer.sign(raw), to, mail_from=sender)
 
 
+def test_a_note_notifies_the_internal_followers_of_notes_its_internal_sender_included(test_odoo, gateway, mailer):
+    # What docs/content.md "Who Odoo notifies of a note" says, which a review found wrong ("only the
+    # internal users it names in To/Cc"): Odoo's standard notifies the record's internal followers
+    # of the Note subtype too, portal ones never; and it leaves out only the integration user, so an
+    # internal sender who follows Note gets his own note emailed back (no RPC argument avoids it).
+    for partner_id in (MARC_PARTNER_ID, PETER_PARTNER_ID):
+        test_odoo.add_follower("project.task", TASK_ID, partner_id, ["mail.mt_comment", "mail.mt_note"])
+    assert _send(mailer, "note", "project.task", TASK_ID).startswith("250 2.0.0 Filed")
+    assert [mail.partner_id for mail in test_odoo.outbox] == [MARC_PARTNER_ID]
+    test_odoo.clear_outbox()
+    to = mailer.address("note", "project.task", TASK_ID)
+    raw = mailer.sign(compose(MARC, to, "Pump", "Ordered the seal.", sender_name="Marc Demo"))
+    reply = mailer.send(raw, to, mail_from=MARC)
+    assert reply.startswith("250 2.0.0 Filed")
+    [post] = _posts(test_odoo)[1:]
+    assert post.kwargs["author_id"] == MARC_PARTNER_ID and post.kwargs["partner_ids"] == []
+    assert [mail.partner_id for mail in test_odoo.outbox] == [MARC_PARTNER_ID]
+
+
 @pytest.mark.parametrize("catchall", [False, True], ids=["no-catchall", "catchall"])
 def test_an_internal_answer_to_a_notes_notification_never_reaches_the_portal_author(test_odoo, gateway, mailer,
                                                                                     catchall):

@@ -386,6 +386,29 @@ def free_space_short(path: Path | str) -> int | None:
     return free if free < FREE_SPACE_NEEDED else None
 
 
+def _create_owner_only(path: Path) -> None:
+    """Create the journal file, owner-only, if it does not exist yet; an existing one is not opened at all.
+
+    Owner-only before SQLite opens it, whatever the umask of a `serve` run by hand (the units set
+    UMask=0077): the rows hold senders, Message-IDs and whole record addresses. SQLite gives the
+    -wal and -shm files the mode of the journal's.
+
+    Never a descriptor of an existing journal outside SQLite: closing any descriptor of a file
+    drops every POSIX lock the process holds on it (fcntl(2); sqlite.org/howtocorrupt.html 2.2),
+    the SHARED lock of the process's open connections included. A reload builds a new Journal in
+    the process that serves; its os.close(os.open(journal)) let a `prune-journal` or an sqlite3
+    shell, at its close, take itself for the last connection, checkpoint and delete the -wal and
+    -shm files the gateway went on writing into (451 "cannot be written: disk I/O error", or rows
+    filed in Odoo that `log` never showed; found by an onboarding review). With O_EXCL a file that
+    exists opens no descriptor; one this call creates is new, so no connection holds a lock on it.
+    """
+    try:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        return
+    os.close(descriptor)
+
+
 def _unavailable(path: Path, action: str, error: sqlite3.Error | OSError) -> JournalUnavailable:
     # A restart on a full disk said "cannot be prepared: disk I/O error" (SQLite must create the
     # -wal and -shm files again), which does not say "full" (a review).
@@ -454,10 +477,7 @@ class Journal:
                 uri = f"file:{urllib.parse.quote(str(self.path.resolve()))}?mode=ro"
                 self._connection = sqlite3.connect(uri, uri=True, timeout=WAIT_SECONDS, check_same_thread=False)
             else:
-                # Made owner-only before SQLite opens it, whatever the umask of a `serve` run by hand
-                # (the units set UMask=0077): the rows hold senders, Message-IDs and whole record
-                # addresses. SQLite gives the -wal and -shm files the mode of the journal's.
-                os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+                _create_owner_only(self.path)
                 self._connection = sqlite3.connect(self.path, timeout=WAIT_SECONDS, check_same_thread=False)
         except OSError as error:
             raise _unavailable(self.path, "opened", error) from error

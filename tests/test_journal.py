@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -374,6 +375,45 @@ def test_the_journal_and_its_wal_files_are_readable_by_their_owner_only(tmp_path
         os.umask(previous)
     assert {"journal.sqlite3", "journal.sqlite3-wal", "journal.sqlite3-shm"} <= set(modes)
     assert set(modes.values()) == {0o600}, modes
+
+
+# Another process opens the journal and closes it again, as an sqlite3 shell or `prune-journal` does.
+_OTHER_CONNECTION = """
+import sqlite3, sys
+connection = sqlite3.connect(sys.argv[1])
+connection.execute("SELECT count(*) FROM messages").fetchall()
+connection.close()
+"""
+
+
+def _open_and_close_in_another_process(path: Path) -> None:
+    done = subprocess.run([sys.executable, "-c", _OTHER_CONNECTION, str(path)], capture_output=True, text=True,
+                          timeout=30)
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_second_journal_on_the_file_keeps_the_locks_of_the_process_connections(tmp_path):
+    # Onboarding review: a reload builds a new Journal in the process that serves, and its
+    # os.close(os.open(journal)) dropped every POSIX lock the process held on the file (fcntl(2)),
+    # the SHARED lock of the running journal's connections too. Another process closing its
+    # connection then took itself for the last one: it checkpointed and deleted the -wal and -shm
+    # files the running journal went on writing into (451 "disk I/O error", rows `log` never saw).
+    path = tmp_path / "journal.sqlite3"
+    wal = tmp_path / "journal.sqlite3-wal"
+    with Journal(path) as serving:
+        serving.record(filed(message_id="<before@example.com>"))
+        assert [entry.message_id for entry in serving.recent(5)] == ["<before@example.com>"]  # a reader too
+        with Journal(path) as reloaded:
+            _open_and_close_in_another_process(path)
+            assert wal.exists() and (tmp_path / "journal.sqlite3-shm").exists()
+            reloaded.record(filed(message_id="<reloaded@example.com>"))
+        # The reload's journal closed (the next reload retires it): the first one's locks stay.
+        _open_and_close_in_another_process(path)
+        assert wal.exists()
+        serving.record(filed(message_id="<after@example.com>"))
+    with Journal(path, read_only=True) as reader:
+        assert [entry.message_id for entry in reader.recent(5)] == [
+            "<after@example.com>", "<reloaded@example.com>", "<before@example.com>"]
 
 
 def test_a_strangers_message_leaves_a_row_and_a_log_line_of_bounded_size(gateway, mailer, caplog):

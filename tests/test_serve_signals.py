@@ -468,6 +468,47 @@ def test_the_same_message_at_once_across_a_reload_is_filed_once(test_odoo, serve
     assert gateway.stop() == 0
 
 
+def _note_gateway(config, *arguments: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gateway", *arguments, "--config", str(config)], cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=30)
+
+
+@pytest.mark.parametrize("workers", [None, 2])
+def test_prune_journal_after_a_reload_leaves_the_serving_journal_whole(test_odoo, serve, dkim_keys, workers):
+    # Onboarding review: a reload opened and closed the journal file outside SQLite in the process
+    # that serves, which dropped the POSIX locks of its open connections (fcntl(2)). The daily
+    # `prune-journal` ("safe while it serves"), at its close, took itself for the last connection
+    # and deleted the -wal and -shm files the gateway went on writing into: the next notes got
+    # 451 "The gateway's journal cannot be written", or were filed with rows `log` never showed.
+    gateway = serve(workers=workers, rules_extra=NO_RATE_LIMIT)
+    config = gateway.config_path
+    mailer = Mailer(_Port(gateway.port), dkim_keys)
+    to = mailer.address("note", "project.task", TASK_ID)
+
+    def note(message_id: str) -> str:
+        return _send(mailer.sign(mailer.message("note_from_contributor.eml", to, message_id)), to, gateway.port)
+
+    assert note("<before-reload@example.com>").startswith("250 2.0.0 Filed")
+    mark = len(gateway.lines)
+    gateway.signal(signal.SIGHUP)
+    deadline = time.monotonic() + 15
+    while sum("rules reloaded: " in line for line in gateway.lines[mark:]) < (workers or 1):
+        assert time.monotonic() < deadline, gateway.log
+        time.sleep(0.05)
+    pruned = _note_gateway(config, "prune-journal", "--keep-days", "30")
+    assert pruned.returncode == 0, pruned.stderr
+    assert (config.parent / "journal.sqlite3-wal").exists() and (config.parent / "journal.sqlite3-shm").exists()
+    # Each worker (one message each, at least, among four) writes where the readers read.
+    after = [f"<after-prune-{number}@example.com>" for number in range(4)]
+    for message_id in after:
+        assert note(message_id).startswith("250 2.0.0 Filed"), gateway.log
+    listed = _note_gateway(config, "log", "--verdict", "filed")
+    assert listed.returncode == 0, listed.stderr
+    assert sorted(line.split()[-1] for line in listed.stdout.splitlines()[1:]) == sorted(
+        ["<before-reload@example.com>", *after]), listed.stdout
+    assert gateway.stop() == 0
+
+
 def test_reloads_keep_no_files_open_once_no_message_uses_them(test_odoo, serve):
     gateway = serve()
     pid = gateway.process.pid

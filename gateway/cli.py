@@ -129,11 +129,12 @@ def _serve(args: argparse.Namespace, held: set) -> int:
             return 1
         logger.info("metrics on http://%s:%d/metrics", metrics.host, metrics.port)
 
-    def build(new_config: GatewayConfig) -> Services:
+    def build(new_config: GatewayConfig, running: Services) -> Services:
         # In a thread of the loop's default executor: opening the journal may wait up to its busy
-        # timeout (5 s), and the sessions must not wait with it.
+        # timeout (5 s), and the sessions must not wait with it. The running journal is kept when
+        # journal.path still names it (Services.build): one journal per file and process.
         keep_restart_settings(new_config, config)
-        return Services.build(new_config, workers=share, in_flight=in_flight)
+        return Services.build(new_config, workers=share, in_flight=in_flight, running=running)
 
     async def reload_once() -> None:
         # systemctl reload (ExecReload=kill -HUP): read the files again; a broken config keeps
@@ -147,13 +148,15 @@ def _serve(args: argparse.Namespace, held: set) -> int:
             # this reload, which is not in force (day-2 operations review: a leaked address secret
             # retired by a reload stayed valid).
             warnings = reload_warnings(new_config, config) if sockets is None else []
-            new_services = await asyncio.to_thread(build, new_config)
+            new_services = await asyncio.to_thread(build, new_config, server.services)
             old_services = server.reload(new_services)
         except Exception as error:  # noqa: BLE001 (whatever it is, the running configuration stays)
             if new_services is not None:
-                new_services.close()
+                new_services.close()  # Not a journal it was lent: that stays the running services'.
             logger.error("reload refused, the previous rules stay in force: %s", _refusal(error, args.config))
             return
+        # Before the retire, which would otherwise close the journal the new services go on with.
+        old_services.hand_over_journal(new_services)
         for warning in warnings:
             logger.warning("%s", warning)
         # Messages in flight still use the old services: they are closed when the last is done.

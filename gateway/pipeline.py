@@ -52,6 +52,9 @@ class Services:
     notifier: notices.Notifier = field(default_factory=notices.Notifier)
     # Whether close() closes in_flight: not when the process handed in its own (see build).
     owns_in_flight: bool = True
+    # Whether close() closes the journal: not one the running services lent to a reload (see build
+    # and hand_over_journal).
+    owns_journal: bool = True
     # The messages (and journal writes) still using these services: a reload closes the ones it
     # replaced when the last of them is done (retire).
     _users: int = field(default=0, init=False, repr=False)
@@ -61,7 +64,7 @@ class Services:
 
     @classmethod
     def build(cls, config: GatewayConfig, *, workers: int = 1, in_flight: InFlight | None = None,
-              read_only: bool = False) -> Services:
+              read_only: bool = False, running: Services | None = None) -> Services:
         """The services of one gateway process; one of ``workers`` takes its share of each Odoo pool.
 
         ``pool_size`` bounds the connections the whole gateway opens to an Odoo, as ``max_sessions``
@@ -76,6 +79,11 @@ class Services:
         process's own, in no file: a delivery of the same message while it runs is not deferred
         as being filed right now (a review found check creating the journal and <journal>.inflight,
         running the migrations, and claiming the message in the gateway's shared file).
+
+        ``running``: the services a reload replaces. Their journal is lent to the new services when
+        journal.path still names it, rather than opened a second time in the process (no migration
+        run again, no wait for another program holding the journal's write lock); the new services
+        own it once the reload is done (hand_over_journal).
         """
         resolver_config = config.gateway.resolver
         # First, as it opens nothing: every template is read and checked (ConfigError naming the
@@ -97,8 +105,11 @@ class Services:
                     for name, connection in config.gateway.odoo.items()}
             for pool in odoo.values():
                 built.callback(pool.close)
+            owns_journal = not (running is not None and running.keeps_journal_for(config, read_only))
             try:
-                if not read_only:
+                if not owns_journal:
+                    journal = running.journal
+                elif not read_only:
                     journal = Journal(config.journal_path)
                 elif config.journal_path.exists():
                     journal = Journal(config.journal_path, read_only=True)
@@ -106,14 +117,27 @@ class Services:
                     journal = Journal(Journal.IN_MEMORY)
             except JournalUnavailable as error:
                 raise ConfigError(config.path, "journal.path", str(error)) from None
-            built.callback(journal.close)
+            if owns_journal:
+                built.callback(journal.close)
             owns_in_flight = in_flight is None
             if in_flight is None:
                 in_flight = InFlight() if read_only else open_in_flight(config)
             services = cls(config=config, resolver=resolver, odoo=odoo, renderer=renderer,
-                           journal=journal, in_flight=in_flight, owns_in_flight=owns_in_flight)
+                           journal=journal, in_flight=in_flight, owns_in_flight=owns_in_flight,
+                           owns_journal=owns_journal)
             built.pop_all()
         return services
+
+    def keeps_journal_for(self, config: GatewayConfig, read_only: bool = False) -> bool:
+        """Whether services built for ``config`` may use this journal rather than open the file again."""
+        return (not read_only and not self.journal.read_only and not self._closed
+                and str(self.journal.path) != Journal.IN_MEMORY
+                and self.journal.path.resolve() == config.journal_path.resolve())
+
+    def hand_over_journal(self, successor: Services) -> None:
+        """A reload is done: ``successor``, which was lent this journal, now owns it; these no longer close it."""
+        if successor.journal is self.journal and not successor.owns_journal:
+            successor.owns_journal, self.owns_journal = self.owns_journal, False
 
     def held(self, function: Callable[..., T]) -> Callable[..., T]:
         """``function`` for another thread, holding these services from now until it returns.
@@ -162,7 +186,8 @@ class Services:
         self.notifier.close(notices_wait)
         for pool in self.odoo.values():
             pool.close()
-        self.journal.close()
+        if self.owns_journal:
+            self.journal.close()
         if self.owns_in_flight:
             self.in_flight.close()
 

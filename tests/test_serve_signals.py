@@ -550,6 +550,51 @@ def test_a_reload_waiting_for_a_locked_journal_does_not_stall_the_sessions(test_
     assert gateway.stop() == 0
 
 
+def test_a_reload_keeps_the_running_journal_while_an_sqlite3_shell_holds_its_write_lock(test_odoo, serve, dkim_keys):
+    import sqlite3
+
+    # A reload whose journal.path is unchanged goes on with the journal the process has open: it
+    # opens no second one (which ran the migrations again, waited 5 s for a shell's write lock and
+    # was refused "journal.path: ... database is locked"; and a second open of the file in the
+    # serving process is what once dropped the SQLite locks of the first, onboarding review).
+    gateway = serve(rules_extra=NO_RATE_LIMIT)
+    journal = str(gateway.config_path.parent / "journal.sqlite3")
+    mailer = Mailer(_Port(gateway.port), dkim_keys)
+    to = mailer.address("note", "project.task", TASK_ID)
+    raw = mailer.sign(mailer.message("note_from_contributor.eml", to, "<before-locked-reload@example.com>"))
+    assert _send(raw, to, gateway.port).startswith("250 2.0.0 Filed")
+    before = _open_files(gateway.process.pid).count(journal)
+    shell = sqlite3.connect(journal, isolation_level=None)
+    shell.execute("BEGIN IMMEDIATE")
+    try:
+        mark = len(gateway.lines)
+        started = time.monotonic()
+        gateway.signal(signal.SIGHUP)
+        gateway.wait_for(r"rules reloaded: notes.example.com|reload refused", start=mark)
+        assert "rules reloaded: notes.example.com" in gateway.log and time.monotonic() - started < 2.0, gateway.log
+    finally:
+        shell.rollback()
+        shell.close()
+    assert _open_files(gateway.process.pid).count(journal) == before
+    raw = mailer.sign(mailer.message("note_from_contributor.eml", to, "<after-locked-reload@example.com>"))
+    assert _send(raw, to, gateway.port).startswith("250 2.0.0 Filed")
+    with Journal(journal, read_only=True) as rows:
+        assert [row.message_id for row in rows.recent(5)] == ["<after-locked-reload@example.com>",
+                                                              "<before-locked-reload@example.com>"]
+    # A later reload that moves the journal still opens the new file, and the stop closes it.
+    config = gateway.config_path
+    config.write_text(config.read_text().replace('path = "journal.sqlite3"', 'path = "other.sqlite3"'))
+    mark = len(gateway.lines)
+    gateway.signal(signal.SIGHUP)
+    gateway.wait_for("rules reloaded: notes.example.com", start=mark)
+    deadline = time.monotonic() + 5
+    while journal in _open_files(gateway.process.pid):
+        assert time.monotonic() < deadline, "the replaced journal is still open"
+        time.sleep(0.05)
+    assert str(config.parent / "other.sqlite3") in _open_files(gateway.process.pid)
+    assert gateway.stop() == 0
+
+
 def test_a_sighup_while_the_gateway_is_still_starting_is_a_reload_not_its_end(test_odoo, serve):
     import sqlite3
 

@@ -344,9 +344,14 @@ def dry_run(services: pipeline.Services, rcpt: str, raw: bytes,
     if refusal is not None:
         verdicts.append(("post", f"REFUSED {refusal.smtp_reply()}"))
         return verdicts, False
-    # Another author's message has its Message-ID on the record: it is filed under its own.
-    derived = (f" under Message-ID {post.author_message_id(ctx)}"
-               if ctx.message.message_id in filed.taken else "")
+    # Another author's message has its Message-ID on the record: it is filed under its own. A
+    # public reply whose note delivery came first is filed under another of its IDs.
+    if filed.notes:
+        derived = f" under Message-ID {post.public_message_id(ctx, filed.taken, filed.notes)}"
+    elif ctx.message.message_id in filed.taken:
+        derived = f" under Message-ID {post.author_message_id(ctx)}"
+    else:
+        derived = ""
     verdicts.append(("post", f"would post with subtype {post.SUBTYPES[ctx.target.kind]} on {ctx.target.model} "
                              f"{ctx.target.res_id} as partner {ctx.user.partner_id}{derived} (nothing posted)"))
     return verdicts, True

@@ -657,16 +657,18 @@ def _post_once(ctx: MessageContext, services: Services, deadline: float) -> None
         # Whether an earlier post may still be running is unknown: defer rather than risk a second.
         raise _journal_refusal(ctx, "post", error) from None
     taken: frozenset[str] = frozenset()
+    notes: frozenset[str] = frozenset()
     if not ctx.unfiled:
         # One of its Message-IDs is on the record (or the record search did not ask): filed
-        # already only if by this sender; another author's message with that ID is not this one.
+        # already only if by this sender; another author's message with that ID is not this one,
+        # nor, for a public reply, the sender's own note of it (its Bcc note delivery came first).
         filed = post.look_up(odoo, ctx, deadline=deadline)
         if filed.existing is not None:
             ctx.odoo_message_id, ctx.duplicate = filed.existing, True
             if unsettled_since is not None:
                 _settle(ctx, services, key)
             return
-        taken = filed.taken
+        taken, notes = filed.taken, filed.notes
     if unsettled_since is not None:
         # Not in Odoo (the record search or look_up said so, under the claim): either that post
         # failed, or Odoo is still running it. Only time tells them apart.
@@ -677,12 +679,13 @@ def _post_once(ctx: MessageContext, services: Services, deadline: float) -> None
                                  "is not in Odoo; posted again")
     try:
         if ctx.target.kind == "reply" and post.files_through_mail_gateway(odoo, ctx, deadline=deadline):
-            ctx.odoo_message_id, ctx.duplicate = post.file_reply(odoo, ctx, taken=taken, deadline=deadline)
+            ctx.odoo_message_id, ctx.duplicate = post.file_reply(odoo, ctx, taken=taken, notes=notes,
+                                                                 deadline=deadline)
         else:
             # A note's notifications are answered to its record's note address, never to its
             # (portal) author nor to Odoo's catchall (post.note_reply_to).
             reply_to = post.note_reply_to(ctx, services.config.secrets) if ctx.target.kind == "note" else None
-            ctx.odoo_message_id = post.post_message(odoo, ctx, message_id=post.posting_message_id(ctx, taken),
+            ctx.odoo_message_id = post.post_message(odoo, ctx, message_id=post.posting_message_id(ctx, taken, notes),
                                                     reply_to=reply_to, deadline=deadline)
     except OdooUnavailable:
         if ctx.post_unsettled:

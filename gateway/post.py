@@ -38,10 +38,14 @@ class Filed:
 
     ``existing``: the sender's own message, filed by an earlier delivery (a retry). ``taken``: the
     IDs there from another author only; the message is still filed, under an ID not taken.
+    ``notes``: for a public reply only, the IDs the sender's own internal messages have there
+    when no public one of the sender is (the note delivery of the same message came first); the
+    reply is filed under another of its IDs.
     """
 
     existing: int | None = None
     taken: frozenset[str] = frozenset()
+    notes: frozenset[str] = frozenset()
 
 
 def look_up(odoo: OdooPool, ctx: MessageContext, *, deadline: float | None = None) -> Filed:
@@ -51,16 +55,49 @@ def look_up(odoo: OdooPool, ctx: MessageContext, *, deadline: float | None = Non
     delivery would be filed twice unless the gateway looks first. A message with the same
     Message-ID from another author is not this message: anyone can reuse a Message-ID (a portal
     user copying a contributor's, from a Cc), and counting it would swallow the note after a 250.
+
+    For a public reply (``ctx.target.kind`` still "reply" at the post: neither reply-all to a note
+    address nor an answer to a note), only the sender's public message is this one. One message
+    sent To a reply+ with a Bcc to the note+ of the same record reaches the gateway as two
+    deliveries, with one Message-ID; the note delivery, if it came first, filed an internal note,
+    and counting that would have answered the reply delivery "Already filed" while no reply was
+    public (found by a concurrency review). The reply is then filed under another of its IDs
+    (``notes``; filed_message_ids, so a retry finds it). A note delivery counts any message of the
+    sender, the public reply too (docs/rules.md).
     """
     # Never cached: a retry comes precisely after the first delivery may have filed the message.
     rows = odoo.call("mail.message", "search_read",
                      [[("message_id", "in", filed_message_ids(ctx)), ("model", "=", ctx.target.model),
                        ("res_id", "=", ctx.target.res_id)]],
-                     {"fields": ["message_id", "author_id", "email_from"], "order": "id"}, deadline=deadline)
-    own = [int(row["id"]) for row in rows if is_own(ctx, row)]
+                     {"fields": ["message_id", "author_id", "email_from", "is_internal", "subtype_id"],
+                      "order": "id"}, deadline=deadline)
+    own = [row for row in rows if is_own(ctx, row)]
+    others = frozenset(str(row.get("message_id") or "") for row in rows if not is_own(ctx, row))
+    if own and ctx.target.kind == "reply":
+        public = [row for row in own if not any_internal(odoo, [row], deadline)]
+        if not public:
+            return Filed(taken=others, notes=frozenset(str(row.get("message_id") or "") for row in own))
+        own = public
     if own:
-        return Filed(existing=own[0])
-    return Filed(taken=frozenset(str(row.get("message_id") or "") for row in rows))
+        return Filed(existing=int(own[0]["id"]))
+    return Filed(taken=others)
+
+
+def any_internal(odoo: OdooPool, rows: list[dict], deadline: float | None) -> bool:
+    """Whether any of these mail.message rows (with ``is_internal`` and ``subtype_id``) is internal."""
+    if any(row.get("is_internal") for row in rows):
+        return True
+    subtypes = {int(value[0] if isinstance(value, (list, tuple)) else value)
+                for value in (row.get("subtype_id") for row in rows) if value}
+    if not subtypes:
+        return False
+    # The ids of Odoo's own Discussions (public) and Note (internal) subtypes, resolved once.
+    if odoo.xmlid("mail.mt_note", deadline=deadline) in subtypes:
+        return True
+    others = subtypes - {odoo.xmlid("mail.mt_comment", deadline=deadline)}
+    return bool(others) and bool(odoo.call("mail.message.subtype", "search",
+                                           [[("id", "in", sorted(others)), ("internal", "=", True)]],
+                                           {"limit": 1}, deadline=deadline, cacheable=True))
 
 
 def is_own(ctx: MessageContext, row: dict) -> bool:
@@ -142,16 +179,44 @@ def author_message_id(ctx: MessageContext) -> str:
     return _derived(ctx, f"{AUTHOR_SUFFIX}{digest}")
 
 
-def posting_message_id(ctx: MessageContext, taken: frozenset[str] | set[str] = frozenset()) -> str:
+def posting_message_id(ctx: MessageContext, taken: frozenset[str] | set[str] = frozenset(),
+                       notes: frozenset[str] | set[str] = frozenset()) -> str:
     """The Message-ID message_post files under: the message's own, unless another author's message
     has it on the record (``taken``, from look_up); then the sender's own derived ID. message_post
-    does not refuse a Message-ID Odoo has (ODOO_FACTS.md f); the retry check needs it distinct."""
+    does not refuse a Message-ID Odoo has (ODOO_FACTS.md f); the retry check needs it distinct.
+
+    ``notes`` (a public reply, look_up): the IDs the sender's own note of this message has on the
+    record; the reply takes the first of filed_message_ids that neither the note nor another
+    author has (the record's derived ID when the note has the message's own)."""
     assert ctx.message is not None
+    if notes:
+        chosen = public_message_id(ctx, taken, notes)
+        _note_note_first(ctx, chosen)
+        return chosen
     if ctx.message.message_id not in taken:
         return ctx.message.message_id
     derived = author_message_id(ctx)
     _note_taken(ctx, derived)
     return derived
+
+
+def public_message_id(ctx: MessageContext, taken: frozenset[str] | set[str], notes: frozenset[str] | set[str]) -> str:
+    """The ID a public reply is filed under when the sender's note of the same message has ``notes`` on the record.
+
+    Deterministic and one of filed_message_ids, so that a retry of the reply finds it (look_up).
+    A note is filed under the message's own ID or author_message_id (posting_message_id), never
+    under record_message_id, which is therefore free of the note whatever else holds the others.
+    """
+    free = [message_id for message_id in filed_message_ids(ctx) if message_id not in notes]
+    return next((message_id for message_id in free if message_id not in taken),
+                free[0] if free else record_message_id(ctx))
+
+
+def _note_note_first(ctx: MessageContext, filed_as: str) -> None:
+    """The journal's note that the message's note delivery came first, and under which ID the public reply went."""
+    assert ctx.message is not None
+    ctx.journal_notes.append(f"note-filed-first:{ctx.message.message_id} is on the record as the sender's internal "
+                             f"note (its note delivery came first); the public reply is filed as {filed_as}")
 
 
 def _note_taken(ctx: MessageContext, filed_as: str) -> None:
@@ -460,7 +525,7 @@ def reply_message(ctx: MessageContext, message_id: str) -> str:
 
 
 def file_reply(odoo: OdooPool, ctx: MessageContext, *, taken: frozenset[str] | set[str] = frozenset(),
-               deadline: float | None = None) -> tuple[int, bool]:
+               notes: frozenset[str] | set[str] = frozenset(), deadline: float | None = None) -> tuple[int, bool]:
     """File a reply+ as Odoo's own mail gateway files an incoming email: (message id, duplicate).
 
     message_post as the integration user would email the author its own reply: Odoo leaves out of
@@ -471,7 +536,9 @@ def file_reply(odoo: OdooPool, ctx: MessageContext, *, taken: frozenset[str] | s
     as superuser: the gateway's own checks, all run before this stage, are the only gate.
 
     ``taken``: the Message-IDs another author's message has on the record (look_up); Odoo would
-    drop them, so they are not tried.
+    drop them, so they are not tried. ``notes``: those the sender's own note of this message has
+    there (look_up, the note delivery came first); not tried either, and the reply is filed under
+    the next (public_message_id says which in the journal).
     """
     assert ctx.message is not None and ctx.user is not None
     # Odoo's mail gateway posts as OdooBot, an internal user: without no_new_invoice account.move
@@ -487,7 +554,7 @@ def file_reply(odoo: OdooPool, ctx: MessageContext, *, taken: frozenset[str] | s
     found: list = []
     thread: object = False  # as if Odoo knew every ID, when another author has them all on the record
     for message_id in filed_message_ids(ctx):
-        if message_id in taken:
+        if message_id in taken or message_id in notes:
             continue
         thread = _write(odoo, ctx, "mail.thread", "message_process", [ctx.target.model, reply_message(ctx, message_id)],
                         {"custom_values": dict(NO_RECORD_CREATION), "thread_id": ctx.target.res_id},
@@ -506,13 +573,20 @@ def file_reply(odoo: OdooPool, ctx: MessageContext, *, taken: frozenset[str] | s
             break
     if found and thread is not False and message_id != ctx.message.message_id and ctx.message.message_id in taken:
         _note_taken(ctx, message_id)
+    if found and thread is not False and notes:
+        _note_note_first(ctx, message_id)
     if not found and thread is False:
         # Odoo knows every ID this reply may be filed under, none of them as the sender's: posted
         # with message_post, which files it whatever Odoo knows (ODOO_FACTS.md f); the author may
         # get a copy, and the journal says why.
         ctx.journal_notes.append(f"reply-posted-by-message_post:Odoo's mail gateway knows every Message-ID of "
                                  f"{ctx.message.message_id!r}, none of them from this sender")
-        return post_message(odoo, ctx, message_id=author_message_id(ctx), deadline=deadline), False
+        if notes:
+            message_id = public_message_id(ctx, taken, notes)
+            _note_note_first(ctx, message_id)
+        else:
+            message_id = author_message_id(ctx)
+        return post_message(odoo, ctx, message_id=message_id, deadline=deadline), False
     if not found:
         # Not filed, and Odoo said why only in its log: defer, so the sender's MTA retries and the
         # message is not lost; an admin finds the reason in Odoo's log.

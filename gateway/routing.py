@@ -181,11 +181,11 @@ def reply_parent(odoo: OdooPool, message: ParsedMessage, model: str, res_id: int
     if parent in found:
         rows = found[parent]
         holder = next((row for row in rows if row.get("is_internal")), rows[0])
-        result = Parent(parent, _any_internal(odoo, rows, deadline), author_id=_id_of(holder.get("author_id")))
+        result = Parent(parent, post.any_internal(odoo, rows, deadline), author_id=_id_of(holder.get("author_id")))
     elif parent is not None:
         rows = others[parent]
         holder = next((row for row in rows if row.get("is_internal")), rows[0])
-        result = Parent(parent, _any_internal(odoo, rows, deadline), (str(holder["model"]), int(holder["res_id"])),
+        result = Parent(parent, post.any_internal(odoo, rows, deadline), (str(holder["model"]), int(holder["res_id"])),
                         author_id=_id_of(holder.get("author_id")))
     if message.message_ids_left_out and not by_in_reply_to and (result is None or not result.internal):
         raise ReferencesTooMany(
@@ -217,22 +217,6 @@ def _referenced_by(stored: str, ids: list[str], exact: dict[str, str], model: st
                 and len(stored) == len(head) + post.AUTHOR_DIGEST_LENGTH + len(tail)):
             return value
     return None
-
-
-def _any_internal(odoo: OdooPool, rows: list[dict], deadline: float | None) -> bool:
-    if any(row.get("is_internal") for row in rows):
-        return True
-    subtypes = {int(value[0] if isinstance(value, (list, tuple)) else value)
-                for value in (row.get("subtype_id") for row in rows) if value}
-    if not subtypes:
-        return False
-    # The ids of Odoo's own Discussions (public) and Note (internal) subtypes, resolved once.
-    if odoo.xmlid("mail.mt_note", deadline=deadline) in subtypes:
-        return True
-    others = subtypes - {odoo.xmlid("mail.mt_comment", deadline=deadline)}
-    return bool(others) and bool(odoo.call("mail.message.subtype", "search",
-                                           [[("id", "in", sorted(others)), ("internal", "=", True)]],
-                                           {"limit": 1}, deadline=deadline, cacheable=True))
 
 
 def note_addresses(message: ParsedMessage, target: Target, config: GatewayConfig) -> tuple[str | None, str | None]:

@@ -335,6 +335,60 @@ def test_reply_all_to_note_and_reply_is_filed_once_as_a_note(test_odoo, gateway,
     assert reply_row.decision == f"reply-all with {addresses['note']}: filed as a note, never public"
 
 
+def _kinds(test_odoo, message_id):
+    """The messages of the task filed from ``message_id`` (under it or an ID derived from it), oldest first."""
+    local = message_id.strip("<>").rpartition("@")[0]
+    return [(row["id"], row["message_id"], row["subtype_id"][1]) for row in reversed(test_odoo.messages(
+        "project.task", TASK_ID)) if str(row.get("message_id") or "").startswith(f"<{local}")]
+
+
+@pytest.mark.parametrize("follows", [True, False], ids=["mail-gateway", "message_post"])
+@pytest.mark.parametrize("order", [("note", "reply"), ("reply", "note")])
+def test_a_bcc_note_and_its_reply_file_the_reply_publicly_whichever_comes_first(test_odoo, gateway, mailer, order,
+                                                                                follows):
+    # Found by a concurrency review: To the task's reply+ with a Bcc to its note+, the note delivery
+    # first filed a note and the reply delivery was answered "250 Already filed" with no public reply:
+    # the customer never got the answer, and which delivery came first (random with workers) decided.
+    if not follows:
+        # A reply of an author who does not follow goes in by message_post; Paula still reads the
+        # task as a collaborator of its project (tests/test_content_end_to_end.py).
+        test_odoo.add_record("project.collaborator", {"project_id": PROJECT_ID, "partner_id": PAULA_PARTNER_ID,
+                                                      "limited_access": False})
+        test_odoo.remove_follower("project.task", TASK_ID, PAULA_PARTNER_ID)
+    addresses = {kind: mailer.address(kind, "project.task", TASK_ID) for kind in ("note", "reply")}
+    message_id = f"<bcc-{'-'.join(order)}-{follows}@example.com>"
+    raw = _reply_to(mailer, addresses["reply"], message_id=message_id)  # the note address only in the envelope
+    replies = {kind: mailer.send(raw, addresses[kind]) for kind in order}
+    first, second = order
+    assert replies[first].startswith("250 2.0.0 Filed as Odoo message ")
+    reply_filing = next(filing for filing in test_odoo.filings() if filing.subtype_xmlid == "mail.mt_comment")
+    assert reply_filing.call.model_method == ("message_process" if follows else "message_post")
+    filed = _kinds(test_odoo, message_id)
+    public = [row for row in filed if row[2] == "Discussions"]
+    [(reply_id, _, _)] = public
+    assert reply_id in test_odoo.portal_chatter_ids("project.task", TASK_ID, partner_id=PAULA_PARTNER_ID)
+    assert "Seal replaced, all good." in test_odoo.message(reply_id)["body"]
+    if first == "reply":
+        # The sender made the text public in the same message: the note delivery files nothing more.
+        assert replies["note"] == f"250 2.0.0 Already filed as Odoo message {reply_id}"
+        assert filed == public
+        note_id = reply_id
+    else:
+        [(note_id, note_message_id, kind)] = [row for row in filed if row not in public]
+        assert (note_message_id, kind) == (message_id, "Note")
+        assert replies["reply"] == f"250 2.0.0 Filed as Odoo message {reply_id}"
+        assert public[0][1] == f"<bcc-note-reply-{follows}.project.task-{TASK_ID}@example.com>"
+        row = next(row for row in _journal(gateway) if row.rcpt == addresses["reply"])
+        assert (row.kind, row.verdict) == ("reply", "filed")
+        assert f"note-filed-first:{message_id} is on the record as the sender's internal note" in " ".join(row.defects)
+    # A retry of either delivery (its 250 lost) files nothing more.
+    filings = len(test_odoo.filings())
+    assert mailer.send(raw, addresses["reply"]) == f"250 2.0.0 Already filed as Odoo message {reply_id}"
+    assert mailer.send(raw, addresses["note"]) == f"250 2.0.0 Already filed as Odoo message {note_id}"
+    assert len(test_odoo.filings()) == filings
+    assert _kinds(test_odoo, message_id) == filed
+
+
 @pytest.mark.parametrize("form", ["second Cc header", "second To header", "quoted local part", "in a group"])
 def test_reply_all_sees_the_note_address_however_the_headers_write_it(test_odoo, gateway, mailer, form):
     # Found by exploratory testing: mail-parser reads only the first To and Cc field, and the address

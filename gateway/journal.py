@@ -49,6 +49,30 @@ class JournalInUse(Exception):
     """Another running gateway holds the journal's lock: a second one must not start on it."""
 
 
+@dataclass(frozen=True)
+class ReceiptLimits:
+    """The rate limits a receipt is written within (Journal.begin): 0 turns one off.
+
+    Counted since ``since`` (a Unix time): the messages filed, and the receipts open (being filed
+    right now, by any thread or worker), from ``sender`` through ``domain`` (``per_sender``), and on
+    the receipt's record of its Odoo (``per_record``).
+    """
+
+    since: float
+    sender: str
+    domain: str
+    per_sender: int = 0
+    per_record: int = 0
+
+
+class LimitReached(Exception):
+    """A receipt not written: ``which`` ("sender" or "record") has had its share (Journal.begin)."""
+
+    def __init__(self, which: str) -> None:
+        super().__init__(which)
+        self.which = which
+
+
 def path_problem(path: Path | str) -> str | None:
     """Why the gateway's user cannot keep its journal at ``path``, or None.
 
@@ -441,6 +465,20 @@ def _wait_end(deadline: float | None, wait: float) -> float:
     return time.monotonic() + wait if deadline is None else deadline
 
 
+# Journal.begin's count: what count_filed counts, plus the open receipts of the same scope (a
+# receipt's alias domain is its address's: the gateway writes rcpt as <local>@<domain>); and, only
+# at a limit, whether this sender filed the message on this record already (was_filed: a retry).
+_SENDER_COUNT = ("(SELECT count(*) FROM messages WHERE from_address = ? COLLATE NOCASE AND domain IN (?, '') "
+                 "AND verdict = 'filed' AND received_at >= ?) + (SELECT count(*) FROM receipts WHERE from_address = ? "
+                 "COLLATE NOCASE AND substr(rcpt, -?) = ? AND received_at >= ?)")
+_RECORD_COUNT = ("(SELECT count(*) FROM messages WHERE model = ? AND res_id = ? AND odoo_identity IN (?, '') "
+                 "AND verdict = 'filed' AND received_at >= ?) + (SELECT count(*) FROM receipts WHERE model = ? "
+                 "AND res_id = ? AND odoo_identity IN (?, '') AND received_at >= ?)")
+_LIMITS_COUNT = "SELECT {sender}, {record}"
+_FILED_HERE = ("SELECT 1 FROM messages WHERE message_id = ? AND from_address = ? COLLATE NOCASE "
+               "AND odoo_identity IN (?, '') AND verdict = 'filed' AND model = ? AND res_id = ? LIMIT 1")
+
+
 class Journal:
     """The journal file. One connection, guarded by a lock, writes for every thread; each thread reads on its own.
 
@@ -670,7 +708,7 @@ class Journal:
 
     def begin(self, *, received_at: float, message_id: str, peer: str, mail_from: str, rcpt: str,
               from_address: str, kind: str, model: str, res_id: int, sender: str = "",
-              odoo_identity: str = "", deadline: float | None = None) -> int:
+              odoo_identity: str = "", limits: ReceiptLimits | None = None, deadline: float | None = None) -> int:
         """Write the receipt of a message about to be posted; JournalUnavailable if it cannot be written.
 
         ``deadline`` (time.monotonic()): the message's, beyond which another process's lock is not
@@ -680,16 +718,51 @@ class Journal:
         lower case; the Odoo, config.odoo_identity); the receipt also keeps this process's id and
         the time, so that the receipt of a process that dies can be told apart and taken for a post
         that may still be running in Odoo.
+
+        ``limits``: written only within them (LimitReached otherwise, nothing written), counted in
+        the same transaction. BEGIN IMMEDIATE takes the file's write lock before the count, so the
+        threads and worker processes writing receipts take turns: of N messages at once, only as
+        many as the limit leaves get a receipt, where the count of filed rows alone let all N
+        through while each was still being posted (found by a concurrency review: 12 parallel
+        notes with limits of 3 were all filed). The same message this sender filed on this record
+        already (a retry; docs/rules.md) is written whatever the counts. One query, on the indexes
+        the rate limits read (receipts are few: one per message being filed), and a second only at
+        a limit, for the retry.
         """
-        _, receipt_id = self._run(
-            "written",
-            "INSERT INTO receipts (received_at, message_id, peer, mail_from, rcpt, from_address, kind, model, res_id,"
-            " pid, sender, written_at, odoo_identity) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (received_at, message_id, peer, mail_from, rcpt, from_address, kind, model, res_id, os.getpid(),
-             sender or from_address.strip().lower(), time.time(), odoo_identity),
-            deadline=deadline,
-        )
-        return int(receipt_id or 0)
+        insert = ("INSERT INTO receipts (received_at, message_id, peer, mail_from, rcpt, from_address, kind, model,"
+                  " res_id, pid, sender, written_at, odoo_identity) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+        values = (received_at, message_id, peer, mail_from, rcpt, from_address, kind, model, res_id, os.getpid(),
+                  sender or from_address.strip().lower(), time.time(), odoo_identity)
+        if limits is None or not (limits.per_sender or limits.per_record):
+            _, receipt_id = self._run("written", insert, values, deadline=deadline)
+            return int(receipt_id or 0)
+        count = _LIMITS_COUNT.format(
+            sender=_SENDER_COUNT if limits.per_sender else "0", record=_RECORD_COUNT if limits.per_record else "0")
+        parameters = ((limits.sender, limits.domain, limits.since, limits.sender, len(limits.domain) + 1,
+                       f"@{limits.domain}", limits.since) if limits.per_sender else ()) + (
+            (model, res_id, odoo_identity, limits.since, model, res_id, odoo_identity, limits.since)
+            if limits.per_record else ())
+
+        def run(connection: sqlite3.Connection) -> int:
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                senders, records = connection.execute(count, parameters).fetchone()
+                reached = ("sender" if limits.per_sender and senders >= limits.per_sender else
+                           "record" if limits.per_record and records >= limits.per_record else None)
+                if reached is not None and connection.execute(
+                        _FILED_HERE, (message_id, limits.sender, odoo_identity, model, res_id)).fetchone() is None:
+                    connection.execute("ROLLBACK")
+                    raise LimitReached(reached)
+                receipt_id = connection.execute(insert, values).lastrowid
+                connection.execute("COMMIT")
+            except BaseException:
+                # SQLite has already rolled back after some errors (a full disk among them).
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
+                raise
+            return int(receipt_id or 0)
+
+        return self._write("written", run, deadline=deadline)
 
     def open_receipts(self) -> int:
         rows, _ = self._run("read", "SELECT count(*) FROM receipts")

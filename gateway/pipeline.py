@@ -608,13 +608,16 @@ def _render(ctx: MessageContext, services: Services, deadline: float) -> None:
 
 
 def _record_receipt(ctx: MessageContext, services: Services, deadline: float) -> None:
-    assert ctx.message is not None
+    assert ctx.message is not None and ctx.sender is not None
     try:
-        ctx.receipt_id = services.journal.begin(
+        # The rate limits once more, counted with the messages being filed right now and written in
+        # one transaction with the receipt (ratelimit.begin_receipt): the early checks alone let as
+        # many messages past a limit as were in flight at once.
+        ctx.receipt_id = ratelimit.begin_receipt(
+            services.journal, ctx.rules.rate_limit, ctx.sender.email, ctx.target,
             received_at=ctx.received_at, message_id=ctx.message.message_id, peer=ctx.peer, mail_from=ctx.mail_from,
             rcpt=ctx.target.address, from_address=ctx.message.from_address, kind=ctx.target.kind,
-            model=ctx.target.model, res_id=ctx.target.res_id, sender=unsettled_key(ctx)[3],
-            odoo_identity=ctx.odoo_identity, deadline=deadline)
+            sender=unsettled_key(ctx)[3], odoo_identity=ctx.odoo_identity, deadline=deadline)
     except JournalUnavailable as error:
         # A full or read-only disk: defer before posting, so that every note in Odoo has its row.
         raise _journal_refusal(ctx, "record-receipt", error) from None
@@ -767,7 +770,8 @@ STAGES: tuple[Stage, ...] = (
           "reply answers, drop all others", _choose_recipients,
           too_slow=_odoo_too_slow),
     Stage("render", "render the note or reply template", _render),
-    Stage("record-receipt", "write the durable receipt that the message is being filed", _record_receipt,
+    Stage("record-receipt", "write the durable receipt that the message is being filed, within the rate limits "
+          "counted with the messages being filed right now", _record_receipt,
           too_slow=_journal_too_slow),
     Stage("post", "post once per Message-ID and sender with message_post", _post, too_slow=_odoo_too_slow),
 )

@@ -1,16 +1,18 @@
 """Rate limits count filed messages in the journal within the window, per sender and alias domain, and per record
 of one Odoo, also the record a plain address is routed to."""
 
+import threading
 import time
 
 import pytest
 
-from conftest import ALIAS_DOMAIN, SECRET, SELECTOR, write_config
+from conftest import ALIAS_DOMAIN, SECRET, SELECTOR, Mailer, write_config
+from serving import Port, filed_counts, send
 
 from gateway import address
 from gateway.config import RateLimits, load_config
 from gateway.context import Target
-from gateway.journal import Journal, JournalEntry
+from gateway.journal import Journal, JournalEntry, LimitReached, ReceiptLimits
 from gateway.pipeline import Services
 from gateway.ratelimit import check_rate
 from gateway.refusals import RecordRateLimited, SenderRateLimited
@@ -65,6 +67,39 @@ def test_a_message_the_sender_filed_on_the_record_passes_at_the_limit(tmp_path):
             check_rate(journal, limits, "paula@example.com", OTHER, message_id="<a@example.com>")
         with pytest.raises(RecordRateLimited):   # another sender's message with that Message-ID
             check_rate(journal, limits, "peter@example.com", TASK, message_id="<a@example.com>")
+
+
+def _begin(journal, limits, sender, target, message_id, domain="notes.example.com"):
+    return journal.begin(received_at=time.time(), message_id=message_id, peer="127.0.0.1", mail_from=sender,
+                         rcpt=f"note+x@{domain}", from_address=sender, kind="note", model=target.model,
+                         res_id=target.res_id, limits=ReceiptLimits(since=time.time() - 3600, sender=sender,
+                                                                    domain=domain, **limits))
+
+
+def test_a_receipt_is_written_only_within_the_limits_counting_the_open_receipts(tmp_path):
+    with Journal(tmp_path / "journal.sqlite3") as journal:
+        _filed(journal, "paula@example.com", TASK, 5)
+        _begin(journal, {"per_sender": 3}, "paula@example.com", OTHER, "<a@example.com>")   # being filed
+        _begin(journal, {"per_sender": 3}, "Paula@Example.com", TASK, "<b@example.com>")
+        with pytest.raises(LimitReached, match="sender"):
+            _begin(journal, {"per_sender": 3}, "paula@example.com", OTHER, "<c@example.com>")
+        # Another alias domain's sender count, and another sender, are apart.
+        _begin(journal, {"per_sender": 3}, "paula@example.com", TASK, "<d@example.com>", domain="notes.second.example")
+        _begin(journal, {"per_sender": 3}, "peter@example.com", TASK, "<e@example.com>")
+        # TASK has one filed and three open receipts.
+        with pytest.raises(LimitReached, match="record"):
+            _begin(journal, {"per_record": 4}, "joel@example.com", TASK, "<f@example.com>")
+        _begin(journal, {"per_record": 4}, "joel@example.com", OTHER, "<f@example.com>")
+        assert journal.open_receipts() == 5
+
+
+def test_a_receipt_of_a_message_the_sender_filed_on_the_record_passes_at_the_limit(tmp_path):
+    with Journal(tmp_path / "journal.sqlite3") as journal:
+        journal.record(JournalEntry(verdict="filed", received_at=time.time() - 60, message_id="<a@example.com>",
+                                    from_address="Paula@example.com", model=TASK.model, res_id=TASK.res_id))
+        _begin(journal, {"per_sender": 1, "per_record": 1}, "paula@example.com", TASK, "<a@example.com>")
+        with pytest.raises(LimitReached):
+            _begin(journal, {"per_sender": 1, "per_record": 1}, "paula@example.com", OTHER, "<a@example.com>")
 
 
 # --- Over loopback SMTP: the record of a routed message, and the scope of each count ----------------
@@ -228,3 +263,39 @@ def test_two_domains_on_one_odoo_share_its_records_count_but_not_the_senders(tes
         "450 4.7.1 Too many messages to this record, try again later: 2 in 120 minutes"
     assert _note(dkim_keys, gateway, _second_address("sale.order", SALE_ORDER_ID)).startswith("250 2.0.0 Filed")
     assert len(test_odoo.posts()) == 3
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("limit", ["per_sender", "per_record"])
+def test_messages_in_flight_at_once_do_not_pass_a_limit_together(test_odoo, serve, dkim_keys, limit, workers):
+    # Found by a concurrency review: only filed messages counted, written when their post ended, so
+    # 12 distinct notes at once with a limit of 3 were all filed (1 worker and 2). The receipt before
+    # the post counts the messages being filed too, in one transaction that workers take in turn.
+    other = "per_record" if limit == "per_sender" else "per_sender"
+    gateway = serve(workers=workers, rules_extra=f"[rate_limit]\n{limit} = 3\n{other} = 0\n", pool_size=16)
+    mailer = Mailer(Port(gateway.port), dkim_keys)
+    to = mailer.address("note", "project.task", TASK_ID)
+    ids = [f"<in-flight-{n}@example.com>" for n in range(10)]
+    raws = [mailer.sign(mailer.message("note_from_contributor.eml", to, message_id)) for message_id in ids]
+    # Every message passes the early check while the first posts are still running.
+    test_odoo.latency = {"message_post": 1.0}
+    replies: list[str] = []
+    threads = [threading.Thread(target=lambda raw=raw: replies.append(send(raw, to, gateway.port))) for raw in raws]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    said = "from this sender" if limit == "per_sender" else "to this record"
+    filed_replies = [reply for reply in replies if reply.startswith("250 2.0.0 Filed as Odoo message ")]
+    assert len(replies) == 10 and len(filed_replies) == 3, replies
+    assert set(replies) - set(filed_replies) == {f"450 4.7.1 Too many messages {said}, try again later: 3 in 120 minutes"}
+    assert sum(filed_counts(test_odoo, ids).values()) == 3
+    # A retry of a filed one still passes at the limit: Already filed.
+    filed = next(raw for raw, message_id in zip(raws, ids) if filed_counts(test_odoo, [message_id])[message_id])
+    test_odoo.latency = None
+    assert send(filed, to, gateway.port).startswith("250 2.0.0 Already filed as Odoo message ")
+    assert gateway.stop() == 0
+    with Journal(gateway.config_path.parent / "journal.sqlite3") as journal:
+        assert journal.open_receipts() == 0
+        deferred = journal.recent(verdict="deferred")
+    assert len(deferred) == 7

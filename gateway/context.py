@@ -54,6 +54,16 @@ class Attachment:
     unknown_encoding: str | None = None
 
 
+@dataclass(frozen=True)
+class DroppedRecipient:
+    """A To or Cc item mail-parser could not read, and so left out of ParsedMessage.to / cc."""
+
+    # The item as written, its whitespace collapsed.
+    text: str
+    # The addresses the standard library's parser reads in it (message._other_reading), if any.
+    addresses: tuple[str, ...] = ()
+
+
 @dataclass
 class ParsedMessage:
     """What the stages need of the MIME message, taken from mail-parser once."""
@@ -69,6 +79,13 @@ class ParsedMessage:
     # The display name each address of To and Cc was written with, by the address lowercased (the
     # first non-empty one): what a note says of the people the email went to (external_recipients).
     recipient_names: dict[str, str] = field(default_factory=dict)
+    # What To and Cc say beyond to / cc, for the reply-all check only (routing.note_addresses,
+    # routing.unreadable_note_recipient), never to notify or list anyone: the addresses the standard
+    # library's parser reads in To and Cc that mail-parser does not ("note+...@notes.example.com."
+    # and "<note+...@notes.example.com.>", with the final dot an MTA strips), and every item
+    # mail-parser dropped, with what the standard library reads in it.
+    other_readings: list[str] = field(default_factory=list)
+    dropped_recipients: list[DroppedRecipient] = field(default_factory=list)
     # Message-IDs of In-Reply-To then References (RFC 5322 section 3.6.4), for routing plain addresses.
     in_reply_to: list[str] = field(default_factory=list)
     references: list[str] = field(default_factory=list)

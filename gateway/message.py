@@ -9,6 +9,7 @@ import email.parser
 import email.policy
 import email.utils
 import hashlib
+import inspect
 import logging
 import re
 import unicodedata
@@ -18,7 +19,7 @@ import mailparser.utils
 from mailparser.exceptions import MailParserRecursionError
 
 from gateway import mime
-from gateway.context import ParsedMessage
+from gateway.context import DroppedRecipient, ParsedMessage
 from gateway.observe import UNPRINTABLE, printable
 from gateway.refusals import BareLineEnding, MessageUnparseable, Refusal
 
@@ -194,6 +195,67 @@ def _addresses(first: list | None, email_message: email.message.Message, header:
     return [(name or "", _unquoted_local_part(address)) for name, address in pairs if address]
 
 
+# The standard library's address parser, told strict=False where it has the parameter: Python
+# 3.11.10, 3.12.6 and later default to strict=True, which reads a whole field as [("", "")] when
+# its addresses are not its commas plus one (`"Two, Paula" <p@example.com>, note+...@d.` would be
+# nothing). Its reading only ever finds more note addresses for the reply-all check (fail closed),
+# never anyone to notify or list, so the lenient reading, which finds what the strict one finds
+# and more, is the one wanted.
+_LENIENT = {"strict": False} if "strict" in inspect.signature(email.utils.getaddresses).parameters else {}
+RECIPIENT_HEADERS = ("to", "cc")
+
+
+def _other_reading(text: str) -> tuple[str, ...]:
+    """The addresses (``local@domain``, neither empty) the standard library's parser reads in ``text``,
+    each once, a quoted local part written plainly; none when it cannot read ``text`` at all."""
+    try:
+        pairs = email.utils.getaddresses([text], **_LENIENT)
+    except Exception:  # noqa: BLE001 (nested comments exhaust its recursion: the text is then unread)
+        return ()
+    found: list[str] = []
+    for _, value in pairs:
+        value = _unquoted_local_part(str(value).strip())
+        local, at, domain = value.rpartition("@")
+        if at and local and domain and value not in found:
+            found.append(value)
+    return tuple(found)
+
+
+def _read_otherwise(email_message: email.message.Message, address_defects: list[dict],
+                    read: list[str]) -> tuple[list[str], list[DroppedRecipient]]:
+    """(other_readings, dropped_recipients) of ParsedMessage: what To and Cc say beyond ``read``.
+
+    mail-parser drops a To/Cc item it finds ambiguous, with a diagnostic (``address_header_defects``)
+    and no address: ``note+...@notes.example.com.`` and ``<note+...@notes.example.com.>``, whose
+    final dot an MTA strips before delivering (RFC 5321 forbids it, Postfix accepts it), were no
+    address at all, and a reply-all whose Cc so named its record's note address was filed publicly
+    on the reply+ delivery while the note+ delivery was refused (found by a lifecycle review). The
+    standard library's parser reads them. Every field is read by it too, so that an item
+    mail-parser reads otherwise, or drops without saying so, is still seen.
+    """
+    seen = {address.lower() for address in read}
+    others: list[str] = []
+
+    def keep(addresses: tuple[str, ...]) -> None:
+        for address in addresses:
+            if address.lower() not in seen:
+                seen.add(address.lower())
+                others.append(address)
+
+    for name, value in email_message.raw_items():
+        if name.lower() in RECIPIENT_HEADERS:
+            keep(_other_reading(_LINE_BREAKS.sub("", str(value))))
+    dropped: list[DroppedRecipient] = []
+    for defect in address_defects:
+        if str(defect.get("header", "")).lower() not in RECIPIENT_HEADERS or defect.get("recovered"):
+            continue
+        text = " ".join(str(defect.get("raw") or "").split())
+        if text:
+            dropped.append(DroppedRecipient(text, _other_reading(text)))
+            keep(dropped[-1].addresses)
+    return others, dropped
+
+
 # Control characters and bidirectional formatting characters of a display name (observe.UNPRINTABLE)
 # are dropped: it is shown in a note (external_recipients), where they would hide or reorder text.
 _NAME_DROPPED = dict.fromkeys(UNPRINTABLE)
@@ -306,6 +368,8 @@ def parse(raw: bytes, email_message: email.message.Message | None = None) -> Par
         to = [address for _, address in to_pairs]
         cc = [address for _, address in cc_pairs]
         recipient_names = _recipient_names(to_pairs + cc_pairs)
+        other_readings, dropped_recipients = _read_otherwise(
+            email_message, list(mail.address_header_defects or ()), to + cc)
         attachments = parts.attachments
         # mail-parser's CharsetDecodeDefect is of its own reading of the parts, which the gateway
         # does not use: gateway.mime records its own (a gb2312 part it read whole was journaled so).
@@ -336,6 +400,8 @@ def parse(raw: bytes, email_message: email.message.Message | None = None) -> Par
         to=to,
         cc=cc,
         recipient_names=recipient_names,
+        other_readings=other_readings,
+        dropped_recipients=dropped_recipients,
         in_reply_to=bounded_message_ids(in_reply_to),
         references=bounded_message_ids(references),
         message_ids_left_out=sum(max(0, len(ids) - MAX_MESSAGE_IDS) for ids in (in_reply_to, references)),

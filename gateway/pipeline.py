@@ -28,7 +28,7 @@ from gateway.refusals import (AccessRuleUnsupported, AlsoAddressedToNote, Answer
                               OdooUnavailable, PostUnsettled, RecordAccessDenied, RecordArchived,
                               RecordHiddenFromGateway, RecordNotFound, RecordOfOtherCompany, ReferencesTooMany,
                               Refusal, ReplyMisattributed, RoutedRecordUnavailable, SenderAuthenticationTimedOut,
-                              TemplateLosesBody)
+                              TemplateLosesBody, UnreadableRecipient)
 from gateway.render import BodyNotShown, Renderer, checked_renderer
 from gateway.resolver import DkimKeyResolver
 from gateway.subject import clean_subject
@@ -300,6 +300,8 @@ def _journal_too_slow() -> Refusal:
     return JournalNotWritable(_JOURNAL_BUSY)
 
 
+# How much of an unreadable To/Cc item a refusal and the journal quote (UnreadableRecipient).
+MAX_QUOTED_ITEM = 120
 _JOURNAL_BUSY = "the journal was busy until the message's deadline"
 
 
@@ -373,7 +375,8 @@ def _may_answer_a_note(ctx: MessageContext, services: Services) -> bool:
     """A reply to a known record that references messages, and is neither a note nor refused by its To/Cc."""
     assert ctx.message is not None
     return (ctx.target.kind == "reply" and not ctx.target.by_reference and bool(routing.referenced_ids(ctx.message))
-            and routing.note_addresses(ctx.message, ctx.target, services.config) == (None, None))
+            and routing.note_addresses(ctx.message, ctx.target, services.config) == (None, None)
+            and routing.unreadable_note_recipient(ctx.message, services.config) is None)
 
 
 def _route(ctx: MessageContext, services: Services, deadline: float) -> None:
@@ -408,7 +411,8 @@ def _reply_all_as_note(ctx: MessageContext, services: Services, deadline: float)
     if ctx.target.kind != "reply":
         return
     note, elsewhere = routing.note_addresses(ctx.message, ctx.target, services.config)
-    if elsewhere is not None:
+    unreadable = routing.unreadable_note_recipient(ctx.message, services.config)
+    if elsewhere is not None or unreadable is not None:
         # Meant in part as a note of another record (or Odoo): filed here as a reply its text would
         # be public, and filed as a note here it would be a note where the sender did not put one.
         if ctx.target.by_reference:
@@ -416,6 +420,11 @@ def _reply_all_as_note(ctx: MessageContext, services: Services, deadline: float)
             # note address is "another" depends on where References led, and any sender could ask
             # whether a Message-ID is in Odoo, and of which record (found by a review).
             _check_reply_access(ctx, services, deadline)
+        if elsewhere is None:
+            # An item no parser reads, which may be a note address (routing.unreadable_note_recipient).
+            item = observe.printable(unreadable)[:MAX_QUOTED_ITEM]
+            ctx.decision = "; ".join(filter(None, (ctx.decision, f"also addressed to unreadable {item!r}: refused")))
+            raise UnreadableRecipient(item)
         ctx.decision = "; ".join(filter(None, (ctx.decision, f"also addressed to {elsewhere}: refused")))
         raise AlsoAddressedToNote()
     if note is not None:

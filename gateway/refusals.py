@@ -452,6 +452,16 @@ class AlsoAddressedToNote(Refusal):
               "without the note address in To or Cc")
 
 
+class UnreadableRecipient(AlsoAddressedToNote):
+    # A reply whose To or Cc holds an item that no parser reads as an address of the gateway but
+    # that may be a note address: it holds a note address's local part or names an alias domain
+    # (routing.unreadable_note_recipient). An MTA may deliver it to the note address all the same,
+    # and its text was meant, at least in part, as internal: refused rather than filed publicly
+    # (fail closed; found by a lifecycle review). The detail quotes the item; a retry fails the same way.
+    reason = ("The message's To or Cc holds an address the gateway cannot read that may be an internal note "
+              "address: send the public reply without it, or write it as a plain name@domain address")
+
+
 class ReferencesTooMany(Refusal):
     # A reply whose In-Reply-To and References hold more msg-ids than the gateway keeps
     # (message.MAX_MESSAGE_IDS each: the first and the newest), whose In-Reply-To is no message

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from gateway import access, address, post
+from gateway import access, address, idn, post
 from gateway import message as message_mod
 from gateway.config import GatewayConfig
 from gateway.context import ParsedMessage, Target
@@ -247,7 +247,9 @@ def note_addresses(message: ParsedMessage, target: Target, config: GatewayConfig
     odoo = config.odoo_identity(target.domain)
     same: str | None = None
     other_record: str | None = None
-    for value in list(message.to) + list(message.cc):
+    # What the standard library's parser reads beyond mail-parser counts too (message._read_otherwise):
+    # "note+...@notes.example.com." is the note address an MTA delivers it as.
+    for value in list(message.to) + list(message.cc) + list(message.other_readings):
         # Its signature unchecked: a note address that no longer verifies (a rotated secret, a
         # mistyped token) was still meant as a note, and its own delivery is refused at RCPT
         # (found by a review: it was skipped, and the reply filed publicly).
@@ -260,3 +262,32 @@ def note_addresses(message: ParsedMessage, target: Target, config: GatewayConfig
         else:
             other_record = other_record or other.address
     return same, other_record
+
+
+# A note address's local part in text that could not be read as addresses: "note+" or "note@" not
+# inside a longer word, once quotes, backslashes and white space are left out ("note+x"@d, note +x@d).
+_NOTE_LOOKING = re.compile(r"(?<![a-z0-9._+-])note[+@]")
+_NOT_ADDRESS_TEXT = re.compile(r'[\s"\\]+')
+
+
+def unreadable_note_recipient(message: ParsedMessage, config: GatewayConfig) -> str | None:
+    """The first To/Cc item that no parser reads as an address of the gateway and that may be a note
+    address: it holds a note address's local part or names an alias domain. None if there is none.
+
+    mail-parser drops a To/Cc item it finds ambiguous, and the standard library's parser reads what
+    it can of it (message._read_otherwise); an item neither reads as an address at an alias domain
+    (``note+x@@notes.example.com``, ``note+x(@notes.example.com``, ``<note+x@[notes.example.com>``)
+    may still be delivered to a note address by a lenient MTA, or be what the sender meant as one.
+    A reply naming one is refused (pipeline: UnreadableRecipient), never filed publicly: fail closed
+    (found by a lifecycle review: such items were not seen at all, and the final-dot form of the
+    record's own note address made a reply-all public).
+    """
+    domains = set(config.secrets)
+    named = domains | {form for form in (idn.unicode_domain(domain) for domain in domains) if form}
+    for item in message.dropped_recipients:
+        if any(address.read_unverified(value, config.secrets) is not None for value in item.addresses):
+            continue  # read as an address of the gateway: note_addresses judges it
+        text = _NOT_ADDRESS_TEXT.sub("", item.text).lower()
+        if _NOTE_LOOKING.search(text) or any(domain in text for domain in named):
+            return item.text
+    return None

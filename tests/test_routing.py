@@ -416,6 +416,73 @@ def test_reply_all_sees_the_note_address_however_the_headers_write_it(test_odoo,
     assert row.kind == "note" and row.decision.startswith("reply-all with note+")
 
 
+@pytest.mark.parametrize("form", ["final dot", "final dot in angle brackets", "quoted name, final dot",
+                                  "encoded name, final dot", "second Cc header, final dot"])
+def test_reply_all_naming_the_note_address_with_a_final_dot_is_never_public(test_odoo, gateway, mailer, form):
+    # Found by a lifecycle review: mail-parser reads "note+...@notes.example.com." (and the same in
+    # angle brackets) as no address at all, where the standard library's parser and the MTA see the
+    # note address, the final dot stripped. The reply+ delivery of such a reply-all was filed
+    # publicly while the note+ delivery, written with the dot, was refused at RCPT (553 by
+    # aiosmtpd behind Postfix): the internal text reached the portal.
+    note, reply = (mailer.address(kind, "project.task", TASK_ID) for kind in ("note", "reply"))
+    cc = {
+        "final dot": f"Cc: {note}.\r\n",
+        "final dot in angle brackets": f"Cc: <{note}.>\r\n",
+        "quoted name, final dot": f'Cc: "Task, internal note" <{note}.>\r\n',
+        "encoded name, final dot": f"Cc: =?utf-8?q?T=C3=A2che_note?= <{note}.>\r\n",
+        "second Cc header, final dot": f"Cc: someone@example.com\r\nCc: Task note <{note}.>\r\n",
+    }[form]
+    raw = compose(PAULA, reply, "Re: Gateway acceptance task", "Internal: the customer broke the seal himself.",
+                  message_id=f"<final-dot-{form.replace(' ', '-').replace(',', '')}@example.com>")
+    raw = mailer.sign(cc.encode() + raw)
+    assert mailer.send(raw, reply).startswith("250 2.0.0 Filed as Odoo message ")
+    [post] = test_odoo.posts()
+    assert post.kwargs["subtype_xmlid"] == "mail.mt_note"
+    assert test_odoo.outbox == []
+    assert test_odoo.portal_chatter_ids("project.task", TASK_ID, partner_id=PAULA_PARTNER_ID) == []
+    [row] = _journal(gateway)
+    assert (row.kind, row.decision) == ("note", f"reply-all with {note}: filed as a note, never public")
+
+
+def test_reply_naming_a_note_address_of_another_record_with_a_final_dot_is_refused(test_odoo, gateway, mailer):
+    to = mailer.address("reply", "project.task", TASK_ID)
+    other = mailer.address("note", "sale.order", SALE_ORDER_ID)
+    assert mailer.send(_reply_to(mailer, to, cc=f"Order note <{other}.>"), to) == ALSO_A_NOTE
+    assert test_odoo.filings() == []
+
+
+UNREADABLE = ("550 5.7.1 The message's To or Cc holds an address the gateway cannot read that may be an internal "
+              "note address: send the public reply without it, or write it as a plain name@domain address: ")
+
+
+@pytest.mark.parametrize("form", ["double at", "note part, comment", "alias domain in brackets",
+                                  "alias domain, no note part"])
+def test_reply_naming_an_unreadable_address_that_may_be_a_note_is_refused_never_public(test_odoo, gateway, mailer,
+                                                                                      form):
+    # The same review: neither mail-parser nor the standard library reads these as an address of the
+    # gateway, so the reply-all check never saw them; a lenient MTA may still deliver one to the note
+    # address, and the sender may have meant it so. Refused rather than filed publicly (fail closed).
+    to = mailer.address("reply", "project.task", TASK_ID)
+    local, _, domain = mailer.address("note", "project.task", TASK_ID).partition("@")
+    cc = {"double at": f"{local}@@{domain}", "note part, comment": f"{local}(@{domain}",
+          "alias domain in brackets": f"Task <{local}@[{domain}>", "alias domain, no note part": f"team@@{domain}"}[form]
+    reply = mailer.send(_reply_to(mailer, to, cc=f"someone@example.com, {cc}"), to)
+    assert reply == UNREADABLE + cc
+    assert test_odoo.filings() == []
+    [row] = _journal(gateway)
+    assert (row.verdict, row.refusal_class) == ("refused", "UnreadableRecipient")
+    assert row.decision == f"also addressed to unreadable {cc!r}: refused"
+
+
+def test_an_unreadable_address_elsewhere_leaves_a_public_reply_public(test_odoo, gateway, mailer):
+    # Fail closed only for what may be a note address: an item mail-parser drops that names neither a
+    # note local part nor an alias domain (a colleague's address with a final dot) changes nothing.
+    to = mailer.address("reply", "project.task", TASK_ID)
+    assert mailer.send(_reply_to(mailer, to, cc="bob@example.com."), to).startswith("250 2.0.0 Filed as Odoo message ")
+    [filing] = test_odoo.filings()
+    assert filing.subtype_xmlid == "mail.mt_comment"
+
+
 @pytest.mark.parametrize("token", ["retired secret", "mistyped signature"])
 def test_reply_all_with_a_note_address_that_no_longer_verifies_is_never_public(test_odoo, gateway, mailer, token):
     # Found by a review: the reply-all check skipped a note address whose signature does not verify

@@ -1,6 +1,6 @@
 """A follower's reply+ filed through Odoo 18's own mail gateway (message_process), checked as Odoo's admin (issue 3);
 a reply to an internal note, filed as a note (also when it names the note folded inside the msg-id); a reply to a
-note of another record, refused."""
+note of another record, refused; a reply-all naming the note address with a final dot, filed as a note."""
 
 from __future__ import annotations
 
@@ -390,3 +390,28 @@ def test_an_internal_answer_to_a_notes_notification_never_reaches_the_portal_aut
         print(f"\nnote {note} reply_to {stored['reply_to']!r}; internal answer filed as note {filed}, notified nobody")
     finally:
         admin.execute_kw("project.task", "message_unsubscribe", [[task]], {"partner_ids": [world.internal.partner_id]})
+
+
+@pytest.mark.parametrize("cc", ["{note}.", "Task note <{note}.>"], ids=["bare", "angle brackets"])
+def test_a_reply_all_naming_the_note_address_with_a_final_dot_is_a_note_the_portal_never_sees(
+        world, real_gateway, cc):
+    # Found by a lifecycle review: mail-parser read "note+...@notes.example.com." as no address, so
+    # the reply+ delivery of such a reply-all was filed publicly (mail.mt_comment, 250 Filed on Odoo
+    # 18) while the note+ delivery, written with the dot, was refused at RCPT.
+    task = world.task_id
+    note = real_gateway.address("note", "project.task", task)
+    to = real_gateway.address("reply", "project.task", task)
+    secret = f"Internal: the customer broke the seal himself ({world.tag}, final dot)"
+    raw = real_gateway.message(world.contributor.email, to, secret, subject="Re: Site visit",
+                               message_id=_message_id(world))
+    raw = f"Cc: {cc.format(note=note)}\r\n".encode() + raw
+    filed = _filed_id(real_gateway.send(real_gateway.sign(raw), to, mail_from=world.contributor.email))
+    stored = _stored(world, "project.task", task, filed)
+    assert stored["subtype_id"][0] == world.admin.execute("ir.model.data", "check_object_reference", "mail", "mt_note")[1]
+    assert notifications_for_message(world, filed) == []
+    for user in (world.plain, world.contributor):
+        session = portal_session(world, user.login, user.password)
+        assert filed not in session.chatter_ids("project.task", task)
+    [row] = [row for row in real_gateway.journal() if row.odoo_message_id == filed]
+    assert (row.kind, row.decision) == ("note", f"reply-all with {note}: filed as a note, never public")
+    print(f"\nreply-all with Cc {cc!r} on project.task {task}: note {filed}, not in the portal chatter")

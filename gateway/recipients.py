@@ -78,8 +78,9 @@ def choose(odoo: OdooPool, ctx: MessageContext, *, own_domains: set[str] | froze
     if not addresses and not parent_author:
         return result
     # Each address in every form Odoo may hold it in (A-labels, U-labels), all in the one call,
-    # by login or normalised email as the sender is found (gateway/identity.py): an internal user
-    # whose email is "Marc <marc@example.com>" is marc@example.com to Odoo.
+    # by login or normalised email (the sender, an author, is found by the normalised email only,
+    # gateway/identity.py; notifying an internal user decides no author): an internal user whose
+    # email is "Marc <marc@example.com>" is marc@example.com to Odoo.
     forms = {address: idn.address_forms(address) for address in addresses}
     terms: list = []
     for address in addresses:

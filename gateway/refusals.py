@@ -410,6 +410,17 @@ class SenderArchived(Refusal):
     template = "notice/unknown_sender.txt.j2"
 
 
+class SenderWithoutEmail(Refusal):
+    # The sender address is the login of an active Odoo user whose partner has no email. The user
+    # is found by email alone, as Odoo's own mail gateway finds her (identity._MATCHED_FIELDS): a
+    # login does not follow an email change, and matched it kept an old address filing as its user
+    # (found by a lifecycle review). Only an administrator setting the email heals it.
+    smtp_code, enhanced_code = 550, "5.7.1"
+    reason = ("The Odoo user whose login is this sender address has no email address: an Odoo administrator "
+              "must set the user's email to this address")
+    template = "notice/unknown_sender.txt.j2"
+
+
 class NotContributor(Refusal):
     smtp_code, enhanced_code = 550, "5.7.1"
     reason = "Sender may not post internal notes"

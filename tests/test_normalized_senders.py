@@ -1,14 +1,17 @@
-"""A sender's Odoo user is found by its partner's email as Odoo normalises it (email_normalized), as Odoo's gateway does."""
+"""A sender's Odoo user is found by its partner's email as Odoo normalises it (email_normalized), as Odoo's gateway does;
+never by a login alone."""
 
 from __future__ import annotations
 
 import pytest
 
+from gateway.journal import Journal
 from gateway.testing.odoo_demo import CONTRIBUTOR_GROUP_ID, TASK_ID
 from gateway.testing.sending import compose
 
 PAULA = "paula2@example.com"
 MALLORY = "mallory@example.com"
+MOVED = "paula.moved@example.com"
 IDN_SIGNER = "xn--bcher-kva.example"
 
 
@@ -80,9 +83,7 @@ def test_a_partner_email_naming_someone_else_second_does_not_make_their_mail_its
 @pytest.mark.parametrize("other_login, other_email", [
     ("paula.again", "Paula Again <paula2@example.com>"),
     ("paula.again", " PAULA2@example.com, paula.again@example.com"),
-    # A login that is the address and a normalised email that is the address are two users of it.
-    (PAULA, "paula.again@example.com"),
-], ids=["named", "list", "login"])
+], ids=["named", "list"])
 def test_two_users_whose_normalised_emails_collide_are_refused(test_odoo, gateway, mailer, other_login, other_email):
     # Odoo's gateway takes the first user it finds (a follower first, then by name); the gateway
     # refuses to guess, as for two users of one raw email: filing as either could give one user's
@@ -109,3 +110,45 @@ def test_internal_users_in_cc_are_found_by_their_normalised_email(test_odoo, gat
     [post] = _posts(test_odoo)
     assert post.kwargs["partner_ids"] == [bea]
     assert "colleague@example.com" in post.kwargs["body"]  # "Also sent by email to": not an internal user
+
+
+# Found by a lifecycle review on Odoo 18: the login was matched too, and a portal login is set when the
+# user is invited and never follows her email. After an administrator changed a contributor's partner
+# email (she moved company), her old address, still her login, filed notes as her ("250 Filed"),
+# where Odoo's own mail gateway (_mail_find_user_for_gateway, email_normalized only) finds nobody.
+
+def test_the_old_address_of_a_contributor_whose_email_changed_files_nothing(test_odoo, gateway, mailer):
+    partner = _contributor(test_odoo, PAULA, "Paula Two", PAULA)
+    assert _note_from(mailer, PAULA).startswith("250 2.0.0 Filed as Odoo message ")
+    test_odoo.write("res.partner", partner, {"email": MOVED})
+    assert _note_from(mailer, PAULA) == f"550 5.7.1 No Odoo user has this sender address: {PAULA}"
+    assert _note_from(mailer, MOVED).startswith("250 2.0.0 Filed as Odoo message ")
+    assert [post.kwargs["author_id"] for post in _posts(test_odoo)] == [partner, partner]
+    # The operator is told whose login the old address is.
+    with Journal(gateway.services.config.journal_path) as journal:
+        refused = next(row for row in journal.recent(10) if row.verdict == "refused")
+    assert refused.refusal_class == "UnknownSender"
+    assert "it is the login of user " in refused.decision and f"whose email is {MOVED}" in refused.decision
+
+
+def test_a_user_found_only_by_her_login_because_she_has_no_email_is_told_to_have_it_set(test_odoo, gateway, mailer):
+    # Why the login was matched: such a user was found by it. Odoo's gateway finds her by neither,
+    # and the refusal says what the administrator must do.
+    partner = test_odoo.add_partner("Paula Two", None)
+    test_odoo.add_user(PAULA, "Paula Two", partner_id=partner, groups=[CONTRIBUTOR_GROUP_ID])
+    test_odoo.add_follower("project.task", TASK_ID, partner)
+    assert _note_from(mailer, PAULA) == (
+        "550 5.7.1 The Odoo user whose login is this sender address has no email address: an Odoo administrator "
+        f"must set the user's email to this address: {PAULA}")
+    assert _posts(test_odoo) == []
+    test_odoo.write("res.partner", partner, {"email": PAULA})
+    assert _note_from(mailer, PAULA).startswith("250 2.0.0 Filed as Odoo message ")
+
+
+def test_a_login_that_is_another_users_email_does_not_take_or_block_her_mail(test_odoo, gateway, mailer):
+    # A user whose login is Paula's address and whose email is another: Odoo's gateway finds Paula by
+    # her email, and so does the gateway (this was refused as two users of the address).
+    paula = _contributor(test_odoo, "paula2", "Paula Two", PAULA)
+    _contributor(test_odoo, PAULA, "Paula Again", "paula.again@example.com")
+    assert _note_from(mailer, PAULA).startswith("250 2.0.0 Filed as Odoo message ")
+    assert [post.kwargs["author_id"] for post in _posts(test_odoo)] == [paula]

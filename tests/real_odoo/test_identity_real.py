@@ -1,4 +1,5 @@
-"""The sender's user on a real Odoo 18: found by email_normalized, as Odoo's own mail gateway finds it; collisions refused."""
+"""The sender's user on a real Odoo 18: found by email_normalized, as Odoo's own mail gateway finds it, never by a login
+alone (an old address after an email change, a user without an email); collisions refused."""
 
 from __future__ import annotations
 
@@ -85,3 +86,33 @@ def test_an_address_listed_second_in_another_users_email_stays_its_owners(world,
         filed = _filed_id(_note(world, real_gateway, address, "listed second"))
     [message] = [m for m in messages_on(world, "project.task", world.task_id) if m["id"] == filed]
     assert message["author_id"][0] == world.contributor.partner_id
+
+
+def test_the_old_address_of_a_contributor_whose_email_changed_files_nothing(world, real_gateway):
+    # Found by a lifecycle review: the login was matched too, and a portal login is set at the
+    # invitation and never follows the email. After the admin changed the contributor's partner email
+    # (she moved company), her old address, still her login, filed notes as her ("250 Filed"), where
+    # Odoo's own gateway finds nobody.
+    old, new = world.contributor.email, _mail_address(world)
+    assert world.contributor.login == old
+    before = max([m["id"] for m in messages_on(world, "project.task", world.task_id)], default=0)
+    with _partner_emails(world, {world.contributor.partner_id: new}):
+        assert _odoo_finds(world, old) == []
+        refused = _note(world, real_gateway, old, "old address")
+        assert max([m["id"] for m in messages_on(world, "project.task", world.task_id)], default=0) == before
+        filed = _filed_id(_note(world, real_gateway, new, "new address"))
+    assert refused == f"550 5.7.1 No Odoo user has this sender address: {old}"
+    [message] = [m for m in messages_on(world, "project.task", world.task_id) if m["id"] == filed]
+    assert message["author_id"][0] == world.contributor.partner_id
+    print(f"\nafter the email change: old address {refused!r}, new address filed as {filed}")
+
+
+def test_a_contributor_without_an_email_is_told_to_have_it_set(world, real_gateway):
+    # Why the login was matched from the first version on: a user whose partner has no email was found
+    # by it. Odoo's gateway finds her by neither; the refusal says what the administrator must do.
+    address = world.contributor.email
+    with _partner_emails(world, {world.contributor.partner_id: False}):
+        assert _odoo_finds(world, address) == []
+        reply = _note(world, real_gateway, address, "no email")
+    assert reply == ("550 5.7.1 The Odoo user whose login is this sender address has no email address: an Odoo "
+                     f"administrator must set the user's email to this address: {address}")

@@ -40,6 +40,16 @@ READ_BATCH = Histogram(
     "note_gateway_odoo_read_batch_size", "Messages answered by one Odoo read, by connection and read "
     "(above 1: messages that waited for a connection together shared it)",
     ["odoo", "read"], registry=REGISTRY, buckets=(1, 2, 4, 8, 16, 32, 64))
+# The refusals the listener says to a session as it connects, before any command (421, then it
+# closes). Behind Postfix every session comes from 127.0.0.1, so listener.max_sessions_per_ip is
+# the limit that binds, and its turn-aways reached neither the journal nor any metric (found by a
+# review of what operators can see). A closed list of reasons, each a series from the start (at 0).
+SESSION_REFUSALS = ("TooManySessions", "TooManyConnectionsFromPeer", "ShuttingDown")
+SESSIONS_REFUSED = Counter(
+    "note_gateway_sessions_refused", "SMTP/LMTP sessions turned away as they connected (421), by refusal class",
+    ["reason"], registry=REGISTRY)
+for _reason in SESSION_REFUSALS:
+    SESSIONS_REFUSED.labels(_reason)
 # With listener.workers > 1 the supervisor serves the sum over the live workers' files.
 SESSIONS = Gauge("note_gateway_sessions_in_flight", "SMTP/LMTP sessions open now", registry=REGISTRY,
                  multiprocess_mode="livesum")
@@ -168,6 +178,13 @@ def session_started() -> None:
 
 def session_ended() -> None:
     SESSIONS.dec()
+
+
+def session_refused(reason: str) -> None:
+    """Count a session turned away at connect; ``reason`` is one of SESSION_REFUSALS."""
+    if reason not in SESSION_REFUSALS:
+        raise ValueError(f"not a refusal of a session at connect: {reason!r}")
+    SESSIONS_REFUSED.labels(reason).inc()
 
 
 def serve_metrics(host: str, port: int):

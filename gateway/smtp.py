@@ -350,6 +350,7 @@ def _limited(base: type[SMTP]) -> type[SMTP]:
                 refusal = TooManyConnectionsFromPeer()
             if refusal is not None:
                 log.info("connection from %s refused: %s", peer, refusal.smtp_reply())
+                observe.session_refused(refusal.name)
                 await self.push(refusal.smtp_reply())
                 self.transport.close()
                 return

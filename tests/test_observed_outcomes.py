@@ -1,0 +1,77 @@
+"""What an operator sees of each outcome the listener says itself: /metrics, the journal and the JSON line.
+
+Found by a review of what reaches the operator: a session turned away at connect, a DATA with no
+free slot, a line over 1000 bytes, a refused recipient and the listener's own 451 for a stuck
+pipeline were each told to the client and to nothing (or not everything) an operator watches.
+Each test runs `note-gateway serve` with a [metrics] section and reads /metrics over HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+import smtplib
+import socket
+import urllib.request
+
+import pytest
+
+from conftest import Mailer
+from serving import PAULA, Port
+
+from gateway.journal import Journal
+from gateway.testing.odoo_demo import TASK_ID
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _metrics(port: int, name: str) -> dict[str, float]:
+    """The samples of one metric on /metrics, by their labels as written ('{reason="..."}')."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    samples = {}
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            series, value = line.rsplit(" ", 1)
+            samples[series[len(name):]] = float(value)
+    return samples
+
+
+def _journal(tmp_path) -> list:
+    with Journal(tmp_path / "journal.sqlite3") as journal:
+        return journal.recent(50)
+
+
+def _message_lines(gateway) -> list[dict]:
+    return [json.loads(line) for line in gateway.lines if line.startswith('{"event": "message"')]
+
+
+def test_sessions_turned_away_at_connect_are_counted_by_reason(serve, tmp_path):
+    # Behind Postfix every session comes from 127.0.0.1: max_sessions_per_ip is the limit that
+    # binds, and its 421s were in no metric, the journal or a JSON line.
+    metrics_port = _free_port()
+    gateway = serve(metrics_port=metrics_port, listener_extra="max_sessions = 3\nmax_sessions_per_ip = 2\n")
+    # Every reason is a series from the start, so that an alert on its rate has something to read.
+    assert _metrics(metrics_port, "note_gateway_sessions_refused_total") == {
+        '{reason="TooManySessions"}': 0.0, '{reason="TooManyConnectionsFromPeer"}': 0.0,
+        '{reason="ShuttingDown"}': 0.0}
+    held = [smtplib.SMTP("127.0.0.1", gateway.port, timeout=10) for _ in range(2)]
+    for _ in range(2):
+        with pytest.raises(smtplib.SMTPConnectError) as refused:
+            smtplib.SMTP("127.0.0.1", gateway.port, timeout=10)
+        assert refused.value.smtp_code == 421
+    held.append(smtplib.SMTP("127.0.0.1", gateway.port, timeout=10, source_address=("127.0.0.2", 0)))
+    with pytest.raises(smtplib.SMTPConnectError) as full:
+        smtplib.SMTP("127.0.0.1", gateway.port, timeout=10, source_address=("127.0.0.3", 0))
+    assert full.value.smtp_error == b"4.3.2 Too many sessions, try again later"
+    assert _metrics(metrics_port, "note_gateway_sessions_refused_total") == {
+        '{reason="TooManySessions"}': 1.0, '{reason="TooManyConnectionsFromPeer"}': 2.0,
+        '{reason="ShuttingDown"}': 0.0}
+    for client in held:
+        client.quit()
+    # No message was sent: no journal row, no message counted.
+    assert _journal(tmp_path) == []
+    assert _metrics(metrics_port, "note_gateway_messages_total") == {}

@@ -494,6 +494,13 @@ def _limited(base: type[SMTP]) -> type[SMTP]:
                 self._reset_timeout()
                 refusal = GatewayBusy()
                 log.info("DATA from %s deferred: %s", self.session.peer, refusal.smtp_reply())
+                # Journaled and counted as a deferred message, as the other refusals at DATA are: a
+                # gateway short of slots was seen only by its clients (found by a review of what
+                # operators can see). No time from DATA: none of the message was sent.
+                envelope = self.envelope
+                await self.event_handler.journal_refusal(
+                    self.session, refusal, mail_from=envelope.mail_from or "", rcpt=envelope.rcpt_tos[0],
+                    target=getattr(envelope, "gateway_target", None), counted=True)
                 await self.push(refusal.smtp_reply())
                 return None
             self._holds_data_slot = True

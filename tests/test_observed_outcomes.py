@@ -75,3 +75,45 @@ def test_sessions_turned_away_at_connect_are_counted_by_reason(serve, tmp_path):
     # No message was sent: no journal row, no message counted.
     assert _journal(tmp_path) == []
     assert _metrics(metrics_port, "note_gateway_messages_total") == {}
+
+
+def test_a_data_with_no_free_slot_is_journaled_and_counted_as_deferred(test_odoo, serve, tmp_path, dkim_keys):
+    # The 451 4.3.2 of a gateway whose DATA slots stayed taken for a session_timeout was seen only
+    # by its clients; it is a deferred message now, as the other refusals at DATA.
+    metrics_port = _free_port()
+    gateway = serve(metrics_port=metrics_port, listener_extra="max_messages_in_data = 1\nlight_message_size = 0\n",
+                    session_timeout=1)
+    mailer = Mailer(Port(gateway.port), dkim_keys)
+    task = mailer.address("note", "project.task", TASK_ID)
+    # Filing takes longer than session_timeout: the first message holds the only slot meanwhile.
+    test_odoo.latency = {"message_post": 2.5}
+    first = smtplib.SMTP("127.0.0.1", gateway.port, timeout=30)
+    first.ehlo("first.example.com")
+    first.mail(PAULA)
+    first.rcpt(task)
+    first.putcmd("data")
+    assert first.getreply()[0] == 354
+    note = mailer.sign(mailer.message("note_from_contributor.eml", task)).decode()
+    first.send(smtplib.quotedata(note).encode() + b"\r\n.\r\n")
+    second = smtplib.SMTP("127.0.0.1", gateway.port, timeout=30)
+    second.ehlo("second.example.com")
+    second.mail(PAULA)
+    second.rcpt(task)
+    busy = "451 4.3.2 The gateway is busy with other messages, try again later"
+    assert second.docmd("DATA") == (451, busy[4:].encode())
+    assert first.getreply()[0] == 250
+    # The second session was idle past session_timeout meanwhile, and closed.
+    first.quit()
+    second.close()
+    rows = _journal(tmp_path)
+    assert sorted(row.verdict for row in rows) == ["deferred", "filed"]
+    [deferred] = [row for row in rows if row.verdict == "deferred"]
+    assert (deferred.verdict, deferred.refusal_class, deferred.smtp_reply) == ("deferred", "GatewayBusy", busy)
+    assert (deferred.mail_from, deferred.rcpt, deferred.model, deferred.res_id, deferred.odoo) == (
+        PAULA, task, "project.task", TASK_ID, "main")
+    assert _metrics(metrics_port, "note_gateway_messages_total") == {
+        '{odoo="main",refusal="none",verdict="filed"}': 1.0,
+        '{odoo="main",refusal="GatewayBusy",verdict="deferred"}': 1.0}
+    gateway.wait_for('"refusal_class": "GatewayBusy"')
+    [line] = [line for line in _message_lines(gateway) if line["verdict"] == "deferred"]
+    assert line["smtp_reply"] == busy and line["journal_id"] == deferred.id

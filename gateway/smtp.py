@@ -21,7 +21,7 @@ from gateway import address, observe, pipeline, policy, tls
 from gateway.context import MessageContext, Target
 from gateway.journal import JournalEntry, JournalUnavailable
 from gateway.pipeline import Services
-from gateway.refusals import (GatewayBusy, InternalError, MessageTookTooLong, MessageTooLarge,
+from gateway.refusals import (GatewayBusy, InternalError, LineTooLong, MessageTookTooLong, MessageTooLarge,
                               NonAsciiAddressUndeclared, RecipientAddressInvalid, Refusal, SenderAddressInvalid,
                               SessionTooLong, ShuttingDown, TooManyConnectionsFromPeer, TooManyRecipients,
                               TooManySessions)
@@ -43,6 +43,10 @@ _SYNTAX_ATTRIBUTES = ("__smtp_syntax__", "__smtp_syntax_extended__", "__smtp_syn
 # tests/test_abuse.py fails if an aiosmtpd upgrade changes their text.
 _AIOSMTPD_SIZE_DECLARED_TOO_LARGE = "552 Error: message size exceeds fixed maximum message size"
 _AIOSMTPD_DATA_TOO_LARGE = "552 Error: Too much mail data"
+# aiosmtpd's reply at the end of DATA when a line was over its line_length_limit (RFC 5321 section
+# 4.5.3.1.6); the listener puts LineTooLong's in its place and journals it, as for the size.
+_AIOSMTPD_LINE_TOO_LONG = "500 Line too long (see RFC5321 4.5.3.1.6)"
+LINE_LIMIT = "a line may hold 1000 bytes with its CRLF (RFC 5321 section 4.5.3.1.6)"
 # aiosmtpd's reply to a command it has no method for. Before STARTTLS, with
 # listener.require_starttls, the listener puts STARTTLS_REQUIRED in its place (Limited.push);
 # tests/test_operations.py fails if an aiosmtpd upgrade changes its text.
@@ -427,7 +431,9 @@ def _limited(base: type[SMTP]) -> type[SMTP]:
             if status == _AIOSMTPD_SIZE_DECLARED_TOO_LARGE and getattr(self, "_mail_arg", None) is not None:
                 status = await self._refuse_declared_size(self._mail_arg)
             elif status == _AIOSMTPD_DATA_TOO_LARGE and self.envelope is not None and self.envelope.rcpt_tos:
-                status = await self._refuse_data_size()
+                status = await self._refuse_received_data(MessageTooLarge(f"the limit is {self.data_size_limit} bytes"))
+            elif status == _AIOSMTPD_LINE_TOO_LONG and self.envelope is not None and self.envelope.rcpt_tos:
+                status = await self._refuse_received_data(LineTooLong(LINE_LIMIT))
             elif self._requires_tls and self._tls_protocol is None and isinstance(status, str):
                 status = self._unknown_before_tls(status)
             await super().push(status)
@@ -461,13 +467,13 @@ def _limited(base: type[SMTP]) -> type[SMTP]:
             await self.event_handler.journal_refusal(self.session, refusal, mail_from=address or "", counted=True)
             return refusal.smtp_reply()
 
-        async def _refuse_data_size(self) -> str:
-            """DATA over listener.max_message_size: MessageTooLarge, journaled with the envelope.
+        async def _refuse_received_data(self, refusal: Refusal) -> str:
+            """A DATA aiosmtpd refused at its end, journaled with the envelope and counted; its reply.
 
-            aiosmtpd read the data to its end and kept none of it past the limit; it resets the
-            transaction after this reply, and the session goes on.
+            Over listener.max_message_size (MessageTooLarge) or with a line over 1000 bytes
+            (LineTooLong): aiosmtpd read the data to its end and kept none of it past the fault; it
+            resets the transaction after this reply, and the session goes on.
             """
-            refusal = MessageTooLarge(f"the limit is {self.data_size_limit} bytes")
             envelope = self.envelope
             target = getattr(envelope, "gateway_target", None)
             log.info("DATA from %s refused: %s", self.session.peer, refusal.smtp_reply())

@@ -288,7 +288,8 @@ HOSTILE = {
     "continuation-line-after-an-mbox-from-line": (
         lambda to: b"From portal.contrib@example.com Mon Dec  7 10:00:00 2026\r\n\tfolded\r\n" + _plain(to),
         "550 5.6.0 Malformed message header, it cannot be read: a continuation line"),
-    "over-long-line": (lambda to: _plain(to, b"x" * 5000 + b"\r\n"), "500 Line too long (see RFC5321 4.5.3.1.6)"),
+    "over-long-line": (lambda to: _plain(to, b"x" * 5000 + b"\r\n"),
+                       "500 5.5.2 Line too long in the message data: a line may hold 1000 bytes with its CRLF"),
 }
 
 

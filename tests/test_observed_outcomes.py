@@ -117,3 +117,40 @@ def test_a_data_with_no_free_slot_is_journaled_and_counted_as_deferred(test_odoo
     gateway.wait_for('"refusal_class": "GatewayBusy"')
     [line] = [line for line in _message_lines(gateway) if line["verdict"] == "deferred"]
     assert line["smtp_reply"] == busy and line["journal_id"] == deferred.id
+
+
+def test_a_line_over_1000_bytes_in_data_is_refused_precisely_journaled_and_counted(test_odoo, serve, tmp_path,
+                                                                                   dkim_keys):
+    # aiosmtpd's own "500 Line too long (see RFC5321 4.5.3.1.6)" had no enhanced code, and no
+    # journal row, metric or INFO line heard of the message: "every message that reaches DATA gets
+    # a row in the journal" was not true of it.
+    metrics_port = _free_port()
+    gateway = serve(metrics_port=metrics_port)
+    mailer = Mailer(Port(gateway.port), dkim_keys)
+    task = mailer.address("note", "project.task", TASK_ID)
+    long_line = mailer.sign(mailer.message("note_from_contributor.eml", task, "<long-line@example.com>")).replace(
+        b"\r\n\r\n", b"\r\n\r\n" + b"y" * 1200 + b"\r\n", 1)
+    expected = ("500 5.5.2 Line too long in the message data: a line may hold 1000 bytes with its CRLF "
+                "(RFC 5321 section 4.5.3.1.6)")
+    with smtplib.SMTP("127.0.0.1", gateway.port, timeout=30) as client:
+        client.ehlo("client.example.com")
+        client.mail(PAULA)
+        client.rcpt(task)
+        assert client.data(long_line) == (500, expected[4:].encode())
+        # aiosmtpd read the data to its end and reset the transaction: the session goes on.
+        client.mail(PAULA)
+        client.rcpt(task)
+        code, filed = client.data(mailer.sign(mailer.message("note_from_contributor.eml", task)))
+        assert (code, filed[:15]) == (250, b"2.0.0 Filed as ")
+    rows = _journal(tmp_path)
+    [refused] = [row for row in rows if row.verdict == "refused"]
+    assert (refused.refusal_class, refused.smtp_reply) == ("LineTooLong", expected)
+    assert (refused.mail_from, refused.rcpt, refused.model, refused.res_id, refused.odoo) == (
+        PAULA, task, "project.task", TASK_ID, "main")
+    assert _metrics(metrics_port, "note_gateway_messages_total") == {
+        '{odoo="main",refusal="none",verdict="filed"}': 1.0,
+        '{odoo="main",refusal="LineTooLong",verdict="refused"}': 1.0}
+    gateway.wait_for('"refusal_class": "LineTooLong"')
+    [line] = [line for line in _message_lines(gateway) if line["verdict"] == "refused"]
+    assert line["smtp_reply"] == expected and line["journal_id"] == refused.id
+    assert gateway.wait_for(r"INFO gateway\.smtp: DATA from .* refused: 500 5\.5\.2 Line too long")

@@ -390,6 +390,13 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
+# The rows of notes this gateway filed in Odoo, for was_filed: verdict filed, and a note the
+# pipeline filed after the listener had answered its last-resort 451 (pipeline.journal), whose row
+# follows that reply (deferred) and keeps its Odoo id; a retry of either is a retry, answered
+# "Already filed" and never held by a rate limit. count_filed reads the verdict alone, from its
+# covering index, on every message: such a rare late note is not counted against the rate limits.
+_FILED = "(verdict = 'filed' OR (verdict = 'deferred' AND odoo_message_id IS NOT NULL))"
+
 # Every text column but the verdict, which is checked against VERDICTS.
 _TEXT_FIELDS = tuple(name for name, kind in JournalEntry.__annotations__.items() if kind == "str" and name != "verdict")
 _JSON_COLUMNS = frozenset({"durations", "defects"})
@@ -904,7 +911,7 @@ class Journal:
         not a new message. Without a record (a plain address not routed yet): on any record of it.
         A row of unknown Odoo ('', older than schema version 7) counts for every Odoo."""
         sql = ("SELECT 1 FROM messages WHERE message_id = ? AND from_address = ? COLLATE NOCASE "
-               "AND odoo_identity IN (?, '') AND verdict = 'filed'")
+               f"AND odoo_identity IN (?, '') AND {_FILED}")
         parameters: tuple = (message_id, from_address, odoo_identity)
         if model is not None:
             sql += " AND model = ? AND res_id = ?"

@@ -128,19 +128,27 @@ def _odoo_seconds(odoo: str, outcome: str) -> Histogram:
     return ODOO_SECONDS.labels(odoo, outcome)
 
 
-def message_done(entry: JournalEntry, *, timed: bool = True) -> None:
+def message_answered(verdict: str, refusal: str, odoo: str, seconds: float | None) -> None:
+    """Count a message as its reply goes out: its verdict and its time from DATA to the reply (None: none)."""
+    # By Odoo too, so that deferred messages (OdooUnavailable) name the Odoo that fails; Odoo
+    # connections are few, so the series stay few (verdicts x refusal classes x connections).
+    _messages(verdict, refusal or "none", odoo).inc()
+    if seconds is not None:
+        MESSAGE_SECONDS.observe(seconds)
+
+
+def message_done(entry: JournalEntry, *, timed: bool = True, counted: bool = False) -> None:
     """Count a finished message and log its line; called after the journal has (or has not) kept it.
 
     ``timed`` is False for a message refused at MAIL for its declared SIZE: it never reached DATA,
-    so it has no time from DATA to the reply.
+    so it has no time from DATA to the reply. ``counted``: the message was counted already, when
+    its reply went out before its row was written (the listener's last-resort reply, smtp.py):
+    only its stages' durations and its line are left to do.
     """
-    # By Odoo too, so that deferred messages (OdooUnavailable) name the Odoo that fails; Odoo
-    # connections are few, so the series stay few (verdicts x refusal classes x connections).
-    _messages(entry.verdict, entry.refusal_class or "none", entry.odoo).inc()
+    if not counted:
+        message_answered(entry.verdict, entry.refusal_class, entry.odoo, entry.total_seconds if timed else None)
     for stage, seconds in entry.durations.items():
         _stage_seconds(stage).observe(seconds)
-    if timed:
-        MESSAGE_SECONDS.observe(entry.total_seconds)
     if message_log.isEnabledFor(logging.INFO):
         # The journal's own fields, so a log line and `note-gateway log --id N` tell the same story.
         message_log.info(json.dumps(log_fields(entry), ensure_ascii=False, sort_keys=False).translate(_JSON_ESCAPED))

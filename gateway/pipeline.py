@@ -906,7 +906,19 @@ LISTENER_GRACE_SECONDS = 5.0
 def journal(ctx: MessageContext, services: Services, total_seconds: float, *, deadline: float | None = None) -> None:
     # The row holds the reply the sender got (review of Odoo faults: a slow login left the row
     # saying "the message deadline passed" while the listener had answered "took too long").
+    now = time.monotonic()
     entry = JournalEntry.from_context(ctx, sent_reply(ctx), total_seconds)
+    # Once sent_reply has returned, listener_reply no longer changes.
+    said = ctx.listener_refusal if ctx.listener_reply is not None else None
+    if said is not None:
+        # The listener's last-resort reply went out first: the row's verdict, class and time are
+        # those of that reply, which the sender got, not of the pipeline's outcome, which the
+        # listener-answered note keeps. A note filed late is deferred here, its Odoo id kept; the
+        # sender retries, and the retry is answered "Already filed" (found by a review of what
+        # operators can see: the row said filed and the metrics counted it so, after a 451).
+        entry.verdict = "deferred" if said.transient else "refused"
+        entry.refusal_class = said.name
+        entry.total_seconds = max(0.0, ctx.listener_answered_at - (now - total_seconds))
     # The outcome is written past the deadline too (a note filed at the deadline has its row), but
     # a journal another process holds is waited for only until a little before the listener gives
     # up on the pipeline (LISTENER_GRACE_SECONDS), so that the reply is still the pipeline's own.
@@ -919,5 +931,6 @@ def journal(ctx: MessageContext, services: Services, total_seconds: float, *, de
         # could say so, and a retry is recognised by its Message-ID there.
         log.error("journal unavailable, outcome not recorded: %s | %s", error, entry.smtp_reply)
     finally:
-        # Metrics and the message's log line (issue 5), whether or not the journal kept it.
-        observe.message_done(entry)
+        # Metrics and the message's log line (issue 5), whether or not the journal kept it; a
+        # message the listener answered was counted as its reply went out (smtp.py).
+        observe.message_done(entry, counted=said is not None)

@@ -246,11 +246,18 @@ class GatewayHandler:
         except asyncio.TimeoutError:
             # Every Odoo call ends by the deadline: a pipeline still running the grace later is the
             # gateway's own work, named by its stage, not "Odoo is unavailable" (security review).
-            fallback = pipeline.took_too_long(ctx, give_up).smtp_reply()
+            refusal = pipeline.took_too_long(ctx, give_up)
+            fallback = refusal.smtp_reply()
             with ctx.reply_lock:
                 if not ctx.reply_settled:
-                    # The pipeline journals this reply when it ends (pipeline.sent_reply).
-                    ctx.listener_reply, ctx.listener_answered_at = fallback, time.monotonic()
+                    # The pipeline journals this reply when it ends (pipeline.sent_reply), which may
+                    # be much later or, for a stage that never ends, at the stop: the message is
+                    # counted now, as its reply goes out, and its row is not counted again (found by
+                    # a review of what operators can see: a stuck gateway's 451s reached no metric).
+                    ctx.listener_reply, ctx.listener_refusal = fallback, refusal
+                    ctx.listener_answered_at = time.monotonic()
+                    observe.message_answered("deferred" if refusal.transient else "refused", refusal.name,
+                                             ctx.rules.odoo, ctx.listener_answered_at - (deadline - budget))
                     log.warning("%s to %s: no outcome %g s after its data, the pipeline is still running "
                                 "(stage %s), answered %r", ctx.message.message_id if ctx.message else "-",
                                 target.address, give_up, ctx.running_stage or "-", fallback)
@@ -776,7 +783,8 @@ def _journal_abandoned(abandoned: list[_Running]) -> None:
         except JournalUnavailable as error:
             log.error("journal unavailable, interrupted message not recorded: %s | %s", error, reply)
         finally:
-            observe.message_done(entry)
+            # Counted already if the listener's timer answered it (GatewayHandler._process).
+            observe.message_done(entry, counted=ctx.listener_reply is not None)
     journals = {id(running.services.journal): running.services for running in abandoned
                 if running.ctx.receipt_id is not None}
     for services in journals.values():

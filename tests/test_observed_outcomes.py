@@ -154,3 +154,60 @@ def test_a_line_over_1000_bytes_in_data_is_refused_precisely_journaled_and_count
     [line] = [line for line in _message_lines(gateway) if line["verdict"] == "refused"]
     assert line["smtp_reply"] == expected and line["journal_id"] == refused.id
     assert gateway.wait_for(r"INFO gateway\.smtp: DATA from .* refused: 500 5\.5\.2 Line too long")
+
+
+def test_the_listener_s_own_451_is_counted_as_sent_and_the_late_row_follows_it(test_odoo, serve, tmp_path,
+                                                                                dkim_keys):
+    # The listener's last-resort 451, for a pipeline still running 5 s past the message's deadline,
+    # reached no metric until the pipeline ended, if it ever did; and the row the pipeline wrote
+    # then had the pipeline's verdict (filed, counted as filed) while the sender had been told to
+    # retry. Here the post stage files the note, then overruns the deadline by 9 s.
+    metrics_port = _free_port()
+    gateway = serve(metrics_port=metrics_port, stalling=True, message_deadline=2,
+                    rules_extra="[rate_limit]\nper_sender = 0\nper_record = 1\n")
+    mailer = Mailer(Port(gateway.port), dkim_keys)
+    task = mailer.address("note", "project.task", TASK_ID)
+
+    def note(message_id: str, subject: str = "Pump P-7 inspected") -> bytes:
+        raw = mailer.message("note_from_contributor.eml", task, message_id)
+        return mailer.sign(raw.replace(b"Subject: Pump P-7 inspected", f"Subject: {subject}".encode()))
+
+    with smtplib.SMTP("127.0.0.1", gateway.port, timeout=30) as client:
+        client.ehlo("client.example.com")
+        client.mail(PAULA)
+        client.rcpt(task)
+        code, text = client.data(note("<late@example.com>", "Pump P-7 inspected [stall post 9]"))
+    reply = f"{code} {text.decode()}"
+    assert reply == ("451 4.3.0 The message took too long to process, try again later: no outcome 7 s after its "
+                     "data; stage post (post once per Message-ID and sender with message_post) still running")
+    # Counted as the reply went out, before any row.
+    deferred = '{odoo="main",refusal="MessageTookTooLong",verdict="deferred"}'
+    assert _metrics(metrics_port, "note_gateway_messages_total") == {deferred: 1.0}
+    assert _metrics(metrics_port, "note_gateway_message_seconds_count") == {"": 1.0}
+    assert [row for row in _journal(tmp_path) if row.message_id == "<late@example.com>"] == []
+
+    # The pipeline ends: its row is the reply the sender got, and the message is not counted again.
+    line = json.loads(gateway.wait_for(r'^\{"event": "message".*', timeout=15).group(0))
+    [row] = _journal(tmp_path)
+    assert (row.verdict, row.refusal_class, row.smtp_reply) == ("deferred", "MessageTookTooLong", reply)
+    assert row.total_seconds < 8 and row.odoo_message_id is not None
+    [answered] = [defect for defect in row.defects if defect.startswith("listener-answered:")]
+    assert answered.endswith(f"with 250 2.0.0 Filed as Odoo message {row.odoo_message_id}")
+    assert (line["journal_id"], line["verdict"], line["smtp_reply"]) == (row.id, "deferred", reply)
+    assert _metrics(metrics_port, "note_gateway_messages_total") == {deferred: 1.0}
+    assert _metrics(metrics_port, "note_gateway_message_seconds_count") == {"": 1.0}
+
+    # A new note fills the record's rate limit (per_record = 1); the sender's retry of the late one
+    # is still recognised as a retry, and answered "Already filed", not held by the limit.
+    with smtplib.SMTP("127.0.0.1", gateway.port, timeout=30) as client:
+        client.ehlo("client.example.com")
+        client.mail(PAULA)
+        client.rcpt(task)
+        assert client.data(note("<next@example.com>"))[0] == 250
+        client.mail(PAULA)
+        client.rcpt(task)
+        assert client.data(note("<late@example.com>")) == (
+            250, f"2.0.0 Already filed as Odoo message {row.odoo_message_id}".encode())
+    assert _metrics(metrics_port, "note_gateway_messages_total") == {
+        deferred: 1.0, '{odoo="main",refusal="none",verdict="filed"}': 1.0,
+        '{odoo="main",refusal="none",verdict="duplicate"}': 1.0}

@@ -26,6 +26,13 @@ MESSAGES = Counter(
     "Messages that reached DATA (or were refused at MAIL for their declared SIZE), by verdict, refusal class "
     "and the [odoo.NAME] connection of their alias domain (empty when none was known yet)",
     ["verdict", "refusal", "odoo"], registry=REGISTRY)
+# Recipients refused at RCPT: journaled, but no message reached DATA, so not in MESSAGES (whose
+# sum stays the messages the gateway was sent); counted here apart (found by a review of what
+# operators can see: they were in the journal only, with no metric and no JSON line).
+RECIPIENTS_REFUSED = Counter(
+    "note_gateway_recipients_refused", "Recipients refused at RCPT, by refusal class and the [odoo.NAME] "
+    "connection of their alias domain (empty when the domain is not one the gateway serves)",
+    ["refusal", "odoo"], registry=REGISTRY)
 STAGE_SECONDS = Histogram(
     "note_gateway_stage_seconds", "Time spent in each pipeline stage", ["stage"], registry=REGISTRY,
     buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
@@ -152,6 +159,14 @@ def message_done(entry: JournalEntry, *, timed: bool = True, counted: bool = Fal
     if message_log.isEnabledFor(logging.INFO):
         # The journal's own fields, so a log line and `note-gateway log --id N` tell the same story.
         message_log.info(json.dumps(log_fields(entry), ensure_ascii=False, sort_keys=False).translate(_JSON_ESCAPED))
+
+
+def recipient_refused(entry: JournalEntry) -> None:
+    """Count a recipient refused at RCPT and log its line (event "refused-recipient"), after its journal row."""
+    RECIPIENTS_REFUSED.labels(entry.refusal_class, entry.odoo).inc()
+    if message_log.isEnabledFor(logging.INFO):
+        fields = {**log_fields(entry), "event": "refused-recipient"}
+        message_log.info(json.dumps(fields, ensure_ascii=False, sort_keys=False).translate(_JSON_ESCAPED))
 
 
 def log_fields(entry: JournalEntry) -> dict:

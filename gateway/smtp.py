@@ -127,7 +127,9 @@ class GatewayHandler:
 
         ``counted``: the refusal is of a message (one too large), so it is counted in
         note_gateway_messages_total and has its JSON log line, as the pipeline's refusals do;
-        ``seconds`` is its time from DATA to the reply, when it reached DATA.
+        ``seconds`` is its time from DATA to the reply, when it reached DATA. Otherwise it is of a
+        recipient at RCPT: counted in note_gateway_recipients_refused_total, not as a message, with
+        a JSON line of its own event ("refused-recipient"), so that every journal row has its line.
 
         Never raises: the caller's precise reply must still go out. Besides JournalUnavailable,
         anything the journaling raises (a RuntimeError from the executor shut down at stop) is
@@ -163,6 +165,8 @@ class GatewayHandler:
         finally:
             if counted:
                 observe.message_done(entry, timed=seconds is not None)
+            else:
+                observe.recipient_refused(entry)
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         target: Target = envelope.gateway_target  # type: ignore[attr-defined]

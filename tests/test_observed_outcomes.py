@@ -211,3 +211,26 @@ def test_the_listener_s_own_451_is_counted_as_sent_and_the_late_row_follows_it(t
     assert _metrics(metrics_port, "note_gateway_messages_total") == {
         deferred: 1.0, '{odoo="main",refusal="none",verdict="filed"}': 1.0,
         '{odoo="main",refusal="none",verdict="duplicate"}': 1.0}
+
+
+def test_a_recipient_refused_at_rcpt_has_its_json_line_and_its_own_counter(serve, tmp_path, dkim_keys):
+    # A refused recipient had a journal row and nothing else: no JSON line (every other row has
+    # one) and no metric. It is no message (none reached DATA): messages_total leaves it out.
+    metrics_port = _free_port()
+    gateway = serve(metrics_port=metrics_port)
+    mailer = Mailer(Port(gateway.port), dkim_keys)
+    forged = mailer.address("note", "project.task", TASK_ID).replace("note+", "note+x", 1)
+    with smtplib.SMTP("127.0.0.1", gateway.port, timeout=30) as client:
+        client.ehlo("client.example.com")
+        client.mail(PAULA)
+        code, text = client.rcpt(forged)
+    assert code == 550
+    [row] = _journal(tmp_path)
+    assert (row.verdict, row.rcpt, row.smtp_reply) == ("refused", forged, f"{code} {text.decode()}")
+    line = json.loads(gateway.wait_for(r'^\{"event": "refused-recipient".*').group(0))
+    assert (line["journal_id"], line["refusal_class"], line["smtp_reply"]) == (row.id, row.refusal_class,
+                                                                              row.smtp_reply)
+    assert _message_lines(gateway) == []
+    assert _metrics(metrics_port, "note_gateway_recipients_refused_total") == {
+        f'{{odoo="main",refusal="{row.refusal_class}"}}': 1.0}
+    assert _metrics(metrics_port, "note_gateway_messages_total") == {}

@@ -483,7 +483,7 @@ _RECORD_COUNT = ("(SELECT count(*) FROM messages WHERE model = ? AND res_id = ? 
                  "AND res_id = ? AND odoo_identity IN (?, '') AND received_at >= ?)")
 _LIMITS_COUNT = "SELECT {sender}, {record}"
 _FILED_HERE = ("SELECT 1 FROM messages WHERE message_id = ? AND from_address = ? COLLATE NOCASE "
-               "AND odoo_identity IN (?, '') AND verdict = 'filed' AND model = ? AND res_id = ? LIMIT 1")
+               f"AND odoo_identity IN (?, '') AND {_FILED} AND model = ? AND res_id = ? LIMIT 1")
 
 
 class Journal:

@@ -919,6 +919,18 @@ class Journal:
         rows, _ = self._run("read", sql + " LIMIT 1", parameters, deadline=deadline)
         return bool(rows)
 
+    def filed_as(self, message_id: str, from_address: str, odoo_identity: str, model: str, res_id: int, *,
+                 deadline: float | None = None) -> int | None:
+        """The Odoo message this sender's message was filed as on this record of this Odoo (as was_filed),
+        or None: what a retry refused after the record or the sender changed is answered with
+        (pipeline._answer_retry_of_filed)."""
+        rows, _ = self._run(
+            "read", "SELECT odoo_message_id FROM messages WHERE message_id = ? AND from_address = ? COLLATE NOCASE "
+                    "AND odoo_identity IN (?, '') AND verdict = 'filed' AND model = ? AND res_id = ? "
+                    "AND odoo_message_id IS NOT NULL ORDER BY id DESC LIMIT 1",
+            (message_id, from_address, odoo_identity, model, res_id), deadline=deadline)
+        return int(rows[0][0]) if rows else None
+
     def prune(self, before: float, *, batch: int = 2000) -> dict[str, int]:
         """Delete the rows older than ``before`` (a Unix time) that nothing reads any more; the counts per table.
 

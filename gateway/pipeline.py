@@ -835,6 +835,7 @@ def _run_stages(ctx: MessageContext, services: Services, deadline: float) -> Non
             ctx.stage_durations[stage.name] = time.monotonic() - stage_started
             ctx.running_stage = ""
         if ctx.refusal is not None:
+            _answer_retry_of_filed(ctx, services, stage, deadline)
             break
         if time.monotonic() > deadline and stage is not STAGES[-1]:
             ctx.refusal = stage.too_slow_refusal()
@@ -861,6 +862,75 @@ def stage_fault(stage: str, error: Exception, ctx: MessageContext, services: Ser
         else:
             cause = renderer.describe_error(error, name)
     return InternalError(f"stage {stage}", internal=cause)
+def _answer_retry_of_filed(ctx: MessageContext, services: Services, stage: Stage, deadline: float) -> None:
+    """A permanent refusal of a message this sender already filed on this record becomes "250 Already filed".
+
+    A retry comes after its first delivery was filed but its 250 was lost, or after a 451 for a
+    post Odoo stored without answering (die_after_post); if in between the record was archived,
+    the sender archived, taken out of the contributor group or unfollowed, the refusal stages
+    (identify-sender, authorize) answered 550 before the post stage's look-up: the MTA bounced a
+    note that is in Odoo, and the journal said refused (found by the lifecycle review). The rate
+    limits already let such a retry through (ratelimit._is_retry); every refusal does now.
+
+    Only on that path, so an ordinary note costs nothing more: a permanent (5xx) refusal of a
+    record address (note+ / reply+) in a stage after the DKIM check passed, except the post stage,
+    which looks the message up itself. Never an oracle: the sender is the DKIM-verified one, the
+    question is whether her own message, this Message-ID on this record, is there (the journal's
+    filed row from her address; in Odoo, a message of hers: her partner or her From, post.is_own),
+    and no other message is ever answered. Odoo is asked only when the journal holds an unsettled
+    post of this very message by this sender; found, it is settled. Not found while that post may
+    still be running in Odoo (odoo.unsettled_post_seconds), it is deferred (PostUnsettled, as the
+    post stage does) rather than bounced under a note that may yet land.
+    """
+    refusal = ctx.refusal
+    if (refusal is None or refusal.transient or stage.name == "post" or ctx.sender is None or ctx.message is None
+            or ctx.target.by_reference or not ctx.target.model or not ctx.target.res_id):
+        return
+    try:
+        found = retry_of_filed(ctx, services, deadline)
+    except Refusal as deferral:
+        # Whether it is filed is not known yet: a 451, which a retry heals, not the bounce.
+        ctx.refusal = deferral
+        ctx.decision = "; ".join(filter(None, (ctx.decision, f"refused {refusal.name}: {refusal.operator_text}; "
+                                                             "deferred: it may be filed already")))
+        return
+    except JournalUnavailable as error:
+        ctx.refusal = _journal_refusal(ctx, stage.name, error)
+        return
+    except Exception as error:
+        log.exception("the retry check of a refused message failed on %s", ctx.target.address)
+        ctx.refusal = stage_fault(stage.name, error, ctx, services)
+        return
+    if found is None:
+        return
+    ctx.refusal, ctx.odoo_message_id, ctx.duplicate = None, found, True
+    ctx.decision = "; ".join(filter(None, (ctx.decision, f"retry of a message filed as Odoo message {found}: "
+                                                         f"not refused {refusal.name} ({refusal.operator_text})")))
+
+
+def retry_of_filed(ctx: MessageContext, services: Services, deadline: float | None = None) -> int | None:
+    """The Odoo message this sender's message is already filed as on its record, if it is (see
+    _answer_retry_of_filed): the journal's filed row, else, for an unsettled earlier post only,
+    Odoo's mail.message of hers under its Message-IDs. Raises PostUnsettled while that post may
+    still be running, OdooUnavailable when Odoo cannot say, JournalUnavailable."""
+    assert ctx.sender is not None and ctx.message is not None
+    filed = services.journal.filed_as(ctx.message.message_id, ctx.sender.email, ctx.odoo_identity,
+                                      ctx.target.model, ctx.target.res_id, deadline=deadline)
+    if filed is not None:
+        return filed
+    key = unsettled_key(ctx)
+    since = services.journal.unsettled_since(*key, deadline=deadline)
+    if since is None:
+        return None
+    odoo = _odoo(ctx, services)
+    existing = post.look_up(odoo, ctx, deadline=deadline).existing
+    if existing is not None:
+        _settle(ctx, services, key)
+        return existing
+    refusal = unsettled_refusal(odoo, since)
+    if refusal is not None:
+        raise refusal
+    return None
 
 
 def _say_refusal(ctx: MessageContext) -> None:

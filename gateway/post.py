@@ -107,11 +107,11 @@ def is_own(ctx: MessageContext, row: dict) -> bool:
     by that address, among the record's followers first (mail_thread.py _mail_find_partner_from_emails),
     so a reply it filed may carry another partner with the same address (journal ``reply-author:``).
     Only mail that passed this gateway's DKIM check as that address, or that Odoo attributed to
-    that address itself, has it.
+    that address itself, has it. Without the sender's user (an archived or removed one, whose
+    retry of a message filed before is looked up: pipeline._answer_retry_of_filed), only the From.
     """
-    assert ctx.user is not None
     author = row.get("author_id")
-    if author and int(author[0] if isinstance(author, (list, tuple)) else author) == ctx.user.partner_id:
+    if ctx.user is not None and author and int(author[0] if isinstance(author, (list, tuple)) else author) == ctx.user.partner_id:
         return True
     # In either form of an internationalised domain: Odoo's mail gateway may have stored the From
     # with U-labels that this delivery writes with A-labels, or the other way round (gateway/idn.py).

@@ -631,6 +631,79 @@ def test_same_message_id_twice_gives_one_note(test_odoo, gateway, mailer):
     assert [row.verdict for row in _journal(gateway)] == ["duplicate", "filed"]
 
 
+# What changes in Odoo between a note's first delivery and its retry, and the refusal a new
+# message gets under it.
+CHANGES = {
+    "task archived": (lambda odoo: odoo.archive("project.task", TASK_ID), "550 5.2.1 The record of this address is archived"),
+    "sender archived": (lambda odoo: odoo.archive("res.users", PAULA_UID), "550 5.7.1 The Odoo user of this sender is archived"),
+    "out of the group": (lambda odoo: odoo.set_group(PAULA_UID, CONTRIBUTOR_GROUP_ID, member=False),
+                         "550 5.7.1 Sender may not post internal notes"),
+    "unfollowed": (lambda odoo: odoo.remove_follower("project.task", TASK_ID, PAULA_PARTNER_ID),
+                   "550 5.7.1 Sender has no access to this record"),
+}
+
+
+@pytest.mark.parametrize("change", CHANGES)
+def test_a_retry_of_a_filed_note_is_already_filed_after_its_record_or_sender_changed(test_odoo, gateway, mailer,
+                                                                                     change):
+    # Found by the lifecycle review: the 250 of a filed note is lost, and before the MTA's retry the
+    # task is archived (or Paula, her group membership, her following): identify-sender and
+    # authorize refused the retry with a 550 before the post stage could find the note, and the
+    # MTA bounced a note that is in Odoo. A new message under the same conditions is still refused.
+    to = mailer.address("note", "project.task", TASK_ID)
+    raw = mailer.sign(mailer.message("note_from_contributor.eml", to, "<lost-250@example.com>"))
+    filed = _filed_id(mailer.send(raw, to))
+    apply, refusal = CHANGES[change]
+    apply(test_odoo)
+    assert mailer.send(raw, to) == f"250 2.0.0 Already filed as Odoo message {filed}"
+    other = mailer.send(mailer.sign(mailer.message("note_from_contributor.eml", to, "<new-one@example.com>")), to)
+    assert other.startswith(refusal), other
+    assert len(_posts(test_odoo)) == 1
+    assert [row.verdict for row in _journal(gateway)] == ["refused", "duplicate", "filed"]
+    assert f"retry of a message filed as Odoo message {filed}: not refused" in _journal(gateway)[1].decision
+
+
+@pytest.mark.parametrize("change", ["task archived", "sender archived", "out of the group"])
+def test_a_retry_of_a_post_odoo_stored_unanswered_is_already_filed_after_a_change(test_odoo, gateway, mailer, change):
+    # The same review's realistic path: Odoo stored the note but its answer was lost (451, an
+    # unsettled post in the journal); the retry after the change is looked up in Odoo, by Message-ID,
+    # record and author, only because that refusal follows an unsettled post of this very message.
+    to = mailer.address("note", "project.task", TASK_ID)
+    raw = mailer.sign(mailer.message("note_from_contributor.eml", to, "<unanswered@example.com>"))
+    test_odoo.fail("die_after_post", times=1)
+    assert mailer.send(raw, to).startswith("451 4.3.0 Odoo is unavailable")
+    [stored] = [m for m in test_odoo.messages("project.task", TASK_ID) if m["message_id"] == "<unanswered@example.com>"]
+    apply, refusal = CHANGES[change]
+    apply(test_odoo)
+    assert mailer.send(raw, to) == f"250 2.0.0 Already filed as Odoo message {stored['id']}"
+    assert len(_posts(test_odoo)) == 1
+    with Journal(gateway.services.config.journal_path) as journal:
+        assert [row.verdict for row in journal.recent(5)] == ["duplicate", "deferred"]
+        # Found: settled, so a later delivery is not looked up in Odoo again.
+        assert journal.unsettled_since("<unanswered@example.com>", "project.task", TASK_ID, PAULA,
+                                       gateway.services.config.odoo_identity("notes.example.com")) is None
+    other = mailer.send(mailer.sign(mailer.message("note_from_contributor.eml", to, "<new-one@example.com>")), to)
+    assert other.startswith(refusal), other
+
+
+def test_a_refused_retry_of_a_post_odoo_may_still_run_is_deferred_not_bounced(test_odoo, start_gateway, dns_server,
+                                                                             dkim_keys):
+    # Not in Odoo while the unanswered post may still be running there: a 550 could bounce a note
+    # that lands a moment later, so it is deferred as the post stage defers it; once that time is
+    # over, the refusal is said.
+    mailer = Mailer(start_gateway(dns_server.port, unsettled_post_seconds=2), dkim_keys)
+    to = mailer.address("note", "project.task", TASK_ID)
+    raw = mailer.sign(mailer.message("note_from_contributor.eml", to, "<killed@example.com>"))
+    test_odoo.fail("die_before_post", times=1)
+    assert mailer.send(raw, to).startswith("451 4.3.0 Odoo is unavailable")
+    test_odoo.archive("project.task", TASK_ID)
+    assert mailer.send(raw, to).startswith("451 4.3.0 An earlier delivery of this message may still be being filed")
+    time.sleep(2.2)
+    assert mailer.send(raw, to).startswith("550 5.2.1 The record of this address is archived")
+    assert [post.outcome for post in _posts(test_odoo)] == ["die_before_post"]
+    assert all(m["message_id"] != "<killed@example.com>" for m in test_odoo.messages("project.task", TASK_ID))
+
+
 def test_message_without_message_id_is_still_filed_once(test_odoo, gateway, mailer):
     to = mailer.address("note", "project.task", TASK_ID)
     raw = mailer.sign(mailer.message("no_message_id.eml", to))

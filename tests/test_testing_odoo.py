@@ -450,6 +450,29 @@ def test_check_object_reference_resolves_xmlids_that_ir_model_data_hides(gateway
     assert caught.value.info["data"]["name"] == "odoo.exceptions.AccessError"
 
 
+def test_external_ids_are_the_ir_model_data_rows_and_go_with_their_record(odoo, gateway):
+    # Found by the lifecycle review: the test Odoo kept xmlids in a store of its own, so a row that
+    # `note-gateway setup-odoo` created or wrote over RPC was not seen by check_object_reference, and
+    # deleting a group left its xmlid, where Odoo deletes a record's ir.model.data rows with it
+    # (models.py unlink). A group deleted and created again by setup-odoo resolved to the old id.
+    admin = connect(odoo, "admin", "admin")
+    group = admin.execute_kw("res.groups", "create", [{"name": "Lifecycle contributors"}])
+    admin.execute_kw("ir.model.data", "create", [{"module": "lifecycle", "name": "group", "model": "res.groups",
+                                                  "res_id": group, "noupdate": True}])
+    resolve = ["ir.model.data", "check_object_reference", ["lifecycle", "group"]]
+    assert gateway.execute_kw(*resolve) == ["res.groups", group]
+    admin.execute_kw("res.groups", "unlink", [[group]])
+    assert admin.execute_kw("ir.model.data", "search", [[("module", "=", "lifecycle")]]) == []
+    with pytest.raises(odoorpc.error.RPCError, match="External ID not found in the system: lifecycle.group"):
+        gateway.execute_kw(*resolve)
+    # setup_odoo.Setup.group writes an xmlid that outlived its group to the new one.
+    again = admin.execute_kw("res.groups", "create", [{"name": "Lifecycle contributors"}])
+    data = admin.execute_kw("ir.model.data", "create", [{"module": "lifecycle", "name": "group",
+                                                         "model": "res.groups", "res_id": group}])
+    admin.execute_kw("ir.model.data", "write", [[data], {"res_id": again}])
+    assert gateway.execute_kw(*resolve) == ["res.groups", again]
+
+
 def test_groups_field_is_groups_id_in_18(gateway):
     assert list(gateway.execute_kw("res.users", "fields_get", [["groups_id", "group_ids"]])) == ["groups_id"]
     assert gateway.execute_kw("res.users", "read", [[8, 9], ["groups_id"]]) == [

@@ -691,11 +691,7 @@ class TestOdoo:
         with self.db.lock:
             values = read_records(self._env(), "mail.message", [message_id])[0]
             subtype_id = values["subtype_id"][0] if values["subtype_id"] else None
-            values["subtype_xmlid"] = next(
-                (xmlid for xmlid, (model, record_id) in self.db.xmlids.items()
-                 if model == "mail.message.subtype" and record_id == subtype_id),
-                False,
-            )
+            values["subtype_xmlid"] = next(iter(self.db.xmlids("mail.message.subtype", subtype_id)), False)
             return values
 
     def notifications(self, message_id: int) -> list[dict[str, Any]]:

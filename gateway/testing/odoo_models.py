@@ -485,7 +485,6 @@ def set_xmlid(db: Database, xmlid: str, model: str, record_id: int) -> None:
             break
     else:
         rows[db.new_id("ir.model.data")] = {"module": module, "name": name, "model": model, "res_id": record_id}
-    db.xmlids[xmlid] = (model, record_id)
 
 
 @rpc("ir.model.data", name="check_object_reference")

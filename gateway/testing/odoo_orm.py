@@ -248,7 +248,6 @@ class Database:
         self.models = models
         self.rows: dict[str, dict[int, dict[str, Any]]] = {name: {} for name in models}
         self.sequences: dict[str, int] = {name: 1 for name in models}
-        self.xmlids: dict[str, tuple[str, int]] = {}
         self.passwords: dict[int, str] = {}
         self.api_keys: dict[int, list[str]] = {}
         # Each key's res.users.apikeys row (its name and expiration_date).
@@ -285,11 +284,24 @@ class Database:
         return new
 
     def xmlid(self, xmlid: str) -> tuple[str, int] | None:
-        return self.xmlids.get(xmlid)
+        """(model, res_id) of an external id, read from the ir.model.data rows, as Odoo's
+        _xmlid_lookup reads the table: a row created or written over RPC (as `note-gateway
+        setup-odoo` does) counts, and one deleted with its record (unlink_records) is gone. A second
+        store of xmlids did neither (found by the lifecycle review)."""
+        module, _, name = xmlid.partition(".")
+        for row in self.rows["ir.model.data"].values():
+            if row.get("module") == module and row.get("name") == name:
+                return str(row.get("model") or ""), int(row.get("res_id") or 0)
+        return None
 
     def xmlid_to_id(self, xmlid: str) -> int | None:
-        found = self.xmlids.get(xmlid)
+        found = self.xmlid(xmlid)
         return found[1] if found else None
+
+    def xmlids(self, model: str, record_id: int) -> list[str]:
+        """The external ids of one record."""
+        return [f"{row['module']}.{row['name']}" for row in self.rows["ir.model.data"].values()
+                if row.get("model") == model and row.get("res_id") == record_id]
 
 
 class Env:
@@ -1220,6 +1232,10 @@ def unlink_records(env: Env, model: str, ids: list[int]) -> bool:
         spec.before_unlink(env, ids)
     for record_id in ids:
         env.db.rows[model].pop(record_id, None)
+    # Their external ids go with them (models.py unlink deletes the ir.model.data rows of the records).
+    data = env.db.rows["ir.model.data"]
+    for data_id in [i for i, row in data.items() if row.get("model") == model and row.get("res_id") in ids]:
+        data.pop(data_id)
     if spec.chatter:
         # Deleting a document deletes its followers and its messages (mail.thread unlink).
         for other, link in (("mail.followers", "res_model"), ("mail.message", "model")):

@@ -42,6 +42,11 @@ POST_CONTEXT = {"mail_create_nosubscribe": True, "mail_post_autofollow": False, 
 # again only after a little longer than that (operator review: a login and an ERROR per message), and
 # answers the messages meanwhile with the same 451 without calling Odoo.
 CREDENTIALS_RETRY_SECONDS = 65.0
+# How often an xmlid whose cached id refused a sender is read again from Odoo (OdooPool.xmlid_again):
+# a contributor group deleted and created again by `note-gateway setup-odoo` has a new id, which a
+# running gateway takes at the next refusal; at most once per this many seconds per xmlid, so that
+# refusals of non-contributors cost Odoo no call each.
+XMLID_RECHECK_SECONDS = 60.0
 
 # Odoo exceptions a retry may heal by itself (a serialization failure, a lock, a lost database
 # connection; a record deleted or hidden, which the retry's own checks then refuse for what it is):
@@ -316,6 +321,8 @@ class OdooPool:
         self._lock = threading.Lock()
         self._version: int | None = None
         self._xmlids: dict[str, int] = {}
+        # When each xmlid was last read again after a refusal (xmlid_again), time.monotonic().
+        self._xmlids_rechecked: dict[str, float] = {}
         # Record rules, access lists and field types, with the time they were read (gateway/access.py).
         self.security_cache: dict[tuple, tuple[float, object]] = {}
         self._read_cache: dict[tuple, tuple[float, Any]] = {}
@@ -742,15 +749,55 @@ class OdooPool:
         return user_group_fields(self.version())[1]
 
     def xmlid(self, xmlid: str, deadline: float | None = None) -> int:
-        """The database id of an xmlid, resolved once: ids of groups do not change under a running gateway."""
-        if xmlid not in self._xmlids:
-            module, _, name = xmlid.partition(".")
+        """The database id of an xmlid, resolved at its first use and kept: one call per gateway, not per message.
+
+        An id can change under a running gateway (a contributor group deleted and created again by
+        `note-gateway setup-odoo`, whose ir.model.data row then names the new group): a caller whose
+        check failed on the kept id asks xmlid_again before it refuses.
+        """
+        found = self._xmlids.get(xmlid)
+        if found is None:
+            found = self._resolve(xmlid, deadline)
+        return found
+
+    def xmlid_again(self, xmlid: str, deadline: float | None = None) -> int | None:
+        """The id of an xmlid read again from Odoo, or None when it was read again less than
+        XMLID_RECHECK_SECONDS ago (the kept id stands).
+
+        Found by the lifecycle review: the contributor group's id was kept forever, and after the
+        admin deleted the group and setup-odoo created it again, every contributor was refused
+        "not in the contributor group" (550) until a reload. Called only on that refusal's path, so
+        an accepted note costs nothing; at most once a minute, so a flood of non-contributors costs
+        one call a minute. An xmlid Odoo no longer has (the group deleted, setup-odoo not run yet)
+        raises OdooUnavailable (451: the message waits for the admin, as at a start) and is not
+        kept, so that the next message resolves it again.
+        """
+        now = time.monotonic()
+        with self._lock:
+            last = self._xmlids_rechecked.get(xmlid)
+            if last is not None and now - last < XMLID_RECHECK_SECONDS:
+                return None
+            self._xmlids_rechecked[xmlid] = now
+        before = self._xmlids.get(xmlid)
+        found = self._resolve(xmlid, deadline)
+        if before is not None and found != before:
+            log.warning("odoo %s: %s is now id %d, was %d (deleted and created again?); messages use the new id",
+                        self.name, xmlid, found, before)
+        return found
+
+    def _resolve(self, xmlid: str, deadline: float | None) -> int:
+        module, _, name = xmlid.partition(".")
+        try:
             # check_object_reference needs no Access Rights, unlike reading ir.model.data
             # (ODOO_FACTS.md e).
             _, record_id = self.call("ir.model.data", "check_object_reference", [module, name], deadline=deadline)
+        except OdooUnavailable:
             with self._lock:
-                self._xmlids[xmlid] = int(record_id)
-        return self._xmlids[xmlid]
+                self._xmlids.pop(xmlid, None)
+            raise
+        with self._lock:
+            self._xmlids[xmlid] = int(record_id)
+        return int(record_id)
 
     def _drop(self, client: odoorpc.ODOO) -> None:
         with self._lock:

@@ -68,10 +68,13 @@ def check_poster(odoo: OdooPool, rules: DomainRules, target: Target, user: OdooU
         return
     if target.kind == "note":
         # Membership is read from Odoo with the user on every message; only the xmlid's id is
-        # cached, as ids do not change.
-        group_id = odoo.xmlid(rules.note.contributor_group, deadline=deadline)
-        if group_id not in user.group_ids:
-            raise NotContributor(f"{user.email} is not in the contributor group")
+        # kept. Before a refusal, that id is read again (at most once a minute): the group may have
+        # been deleted and created again by setup-odoo, under a new id (the lifecycle review found
+        # every contributor refused until a reload).
+        xmlid = rules.note.contributor_group
+        if odoo.xmlid(xmlid, deadline=deadline) not in user.group_ids:
+            if odoo.xmlid_again(xmlid, deadline=deadline) not in user.group_ids:
+                raise NotContributor(f"{user.email} is not in the contributor group")
 
 
 def check_record_access(odoo: OdooPool, target: Target, user: OdooUser, *, rules: DomainRules | None = None,

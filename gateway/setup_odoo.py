@@ -166,7 +166,14 @@ class Setup:
     def run(self, contributor_groups: list[str], integration_logins: list[str],
             rule_models: list[str] = ()) -> list[str]:
         for xmlid in contributor_groups:
+            reported = len(self.report)
             self.group(xmlid, CONTRIBUTOR_GROUP_NAME, FORMER_CONTRIBUTOR_GROUP_NAMES)
+            if self.report[reported].startswith("created group"):
+                # A group deleted and created again has a new id; a running gateway takes it at the
+                # next note it would refuse as "not in the contributor group" (OdooPool.xmlid_again).
+                self.report.append(f"add the contributors to {xmlid} in Odoo; a running gateway takes its new id "
+                                   "at the next note it would refuse as not in the contributor group (read again "
+                                   "at most once a minute), a reload at once")
         gateway_group = self.group(NOTE_GATEWAY_GROUP, NOTE_GATEWAY_GROUP_NAME)
         for model in READ_MODELS:
             self.read_access(gateway_group, model)

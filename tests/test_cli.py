@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 
+import odoorpc
 import pytest
 
 from conftest import ALIAS_DOMAIN, SECRET, Mailer, write_config
@@ -16,8 +17,9 @@ from serving import open_folder, run_unprivileged
 
 from gateway import address, cli, pipeline
 from gateway.testing.odoo import TestOdoo
-from gateway.testing.odoo_demo import (ADMIN_PASSWORD, CONTRIBUTOR_GROUP_ID, GATEWAY_UID, PAULA_PARTNER_ID,
-                                       PRIVATE_TASK_ID, TASK_ID)
+from gateway.testing.odoo_demo import (ADMIN_PASSWORD, CONTRIBUTOR_GROUP_ID, CONTRIBUTOR_GROUP_XMLID, GATEWAY_UID,
+                                       PAULA_PARTNER_ID, PAULA_UID, PETER_EMAIL, PRIVATE_TASK_ID, TASK_ID)
+from gateway.testing.sending import compose
 
 
 @pytest.fixture
@@ -95,6 +97,39 @@ def test_setup_odoo_creates_a_missing_contributor_group_under_its_documented_nam
     [created] = re.findall(r'created group note_gateway.group_site_note_contributor \(id (\d+)\) "([^"]+)"', out)
     assert created[1] == "Portal Internal Note Contributor"
     assert fresh_odoo.record("res.groups", int(created[0]), ["name"])["name"] == "Portal Internal Note Contributor"
+
+
+def test_a_contributor_group_deleted_and_created_again_by_setup_odoo_is_taken_by_a_running_gateway(
+        test_odoo, gateway, dkim_keys, capsys):
+    # Found by the lifecycle review: the gateway kept the group's id forever, so after the admin
+    # deleted the contributor group and setup-odoo created it again, every contributor was refused
+    # "not in the contributor group" (550) until a reload.
+    mailer = Mailer(gateway, dkim_keys)
+    to = mailer.address("note", "project.task", TASK_ID)
+
+    def note(sender="portal.contrib@example.com"):
+        raw = mailer.sign(compose(sender, to, "Pump P7", "The seal is worn."))
+        return mailer.send(raw, to, mail_from=sender)
+
+    assert note().startswith("250 2.0.0 Filed as Odoo message ")
+    # The admin deletes the group in Odoo (its members and its xmlid go with it).
+    admin = odoorpc.ODOO(test_odoo.host, port=test_odoo.port, timeout=10)
+    admin.login(test_odoo.database, "admin", ADMIN_PASSWORD)
+    admin.execute_kw("res.groups", "unlink", [[CONTRIBUTOR_GROUP_ID]])
+    test_odoo.set_group(PAULA_UID, CONTRIBUTOR_GROUP_ID, member=False)
+    status, out = _run(capsys, "setup-odoo", "--config", str(gateway.config_path), "--admin-password", ADMIN_PASSWORD)
+    assert status == 0, out
+    [new_id] = re.findall(rf"created group {CONTRIBUTOR_GROUP_XMLID} \(id (\d+)\)", out)
+    assert (f"add the contributors to {CONTRIBUTOR_GROUP_XMLID} in Odoo; a running gateway takes its new id at the "
+            "next note it would refuse as not in the contributor group (read again at most once a minute), a reload "
+            "at once") in out
+    test_odoo.set_group(PAULA_UID, int(new_id))
+    assert note().startswith("250 2.0.0 Filed as Odoo message ")
+    # A non-contributor is still refused, and her refusals read the xmlid again at most once a minute.
+    lookups = [call for call in test_odoo.calls if call.model_method == "check_object_reference"]
+    for _ in range(3):
+        assert note(PETER_EMAIL).startswith("550 5.7.1 Sender may not post internal notes")
+    assert len([call for call in test_odoo.calls if call.model_method == "check_object_reference"]) == len(lookups)
 
 
 def test_setup_odoo_with_a_wrong_admin_password(tmp_path, fresh_odoo, capsys):

@@ -157,6 +157,19 @@ def odoo_error_name(error: odoorpc.error.RPCError) -> str | None:
     return (info.get("data") or {}).get("name") if info else None
 
 
+_MISSING_MODEL = re.compile(r"\AObject (\S+) doesn't exist\Z")
+
+
+def missing_model(error: OdooUnavailable) -> str | None:
+    """The model a call failed on because this Odoo does not have it, if so: Odoo 18 answers any call on
+    a model whose module is not installed with UserError "Object crm.lead doesn't exist"
+    (odoo/service/model.py; measured on a real Odoo 18, lifecycle review)."""
+    if error.odoo_error != "odoo.exceptions.UserError":
+        return None
+    found = _MISSING_MODEL.match(" ".join(str(error.odoo_message or "").split()))
+    return found.group(1) if found else None
+
+
 def credentials_refused(error: BaseException) -> bool:
     """Whether Odoo answered and refused the gateway's login or API key, rather than failing.
 
@@ -323,6 +336,8 @@ class OdooPool:
         self._xmlids: dict[str, int] = {}
         # When each xmlid was last read again after a refusal (xmlid_again), time.monotonic().
         self._xmlids_rechecked: dict[str, float] = {}
+        # When each thing said once in a while (first_in) was last said, time.monotonic().
+        self._said: dict[tuple, float] = {}
         # Record rules, access lists and field types, with the time they were read (gateway/access.py).
         self.security_cache: dict[tuple, tuple[float, object]] = {}
         self._read_cache: dict[tuple, tuple[float, Any]] = {}
@@ -569,13 +584,16 @@ class OdooPool:
             # admin must look, so it defers rather than bounces. Odoo's own exception name goes
             # with the refusal, into the journal row (pipeline._run_stages).
             name = odoo_error_name(error)
+            refusal = OdooUnavailable(f"Odoo refused {label}", odoo_error=name, odoo_message=str(error), call=label)
             transient = name is None or name.startswith(TRANSIENT_ODOO_ERRORS)
             # UserError, ValidationError, a server bug: every retry fails the same way until
             # someone acts, which "Odoo is unavailable" at WARNING did not say (review of Odoo faults).
-            log.log(logging.WARNING if transient else logging.ERROR, "odoo %s: %s failed: %s%s", self.name, label,
-                    "" if transient else f"{name}: ", error)
-            raise OdooUnavailable(f"Odoo refused {label}", odoo_error=name, odoo_message=str(error),
-                                  call=label) from None
+            # A model this Odoo does not have is a WARNING here: the record access check that meets
+            # it refuses the message for good and says what to change in one ERROR, not one a message
+            # (policy.model_unavailable).
+            log.log(logging.WARNING if transient or missing_model(refusal) else logging.ERROR,
+                    "odoo %s: %s failed: %s%s", self.name, label, "" if transient else f"{name}: ", error)
+            raise refusal from None
         except Exception as error:  # Transport: refused, reset, timeout, HTTP 5xx, not JSON.
             if isinstance(error, urllib.error.HTTPError) and error.code == 413:
                 raise self._too_large(label, transport, error) from None
@@ -747,6 +765,16 @@ class OdooPool:
     def all_groups_field(self) -> str:
         """The res.users field with every group of a user, implied ones included."""
         return user_group_fields(self.version())[1]
+
+    def first_in(self, key: tuple, seconds: float) -> bool:
+        """True at most once per ``seconds`` for ``key``: for an ERROR logged once, not on every message."""
+        now = time.monotonic()
+        with self._lock:
+            last = self._said.get(key)
+            if last is not None and now - last < seconds:
+                return False
+            self._said[key] = now
+            return True
 
     def xmlid(self, xmlid: str, deadline: float | None = None) -> int:
         """The database id of an xmlid, resolved at its first use and kept: one call per gateway, not per message.

@@ -24,8 +24,8 @@ from gateway.journal import WAIT_SECONDS, Journal, JournalBusy, JournalEntry, Jo
 from gateway.odoo import OdooPool, start_waiting, stop_waiting
 from gateway.refusals import (AccessRuleUnsupported, AlsoAddressedToNote, AnswersNoteOfAnotherRecord,
                               GatewayMayNotPost, InternalError, InternalUserNotAllowed, JournalNotWritable,
-                              MessageTookTooLong, ModelNotAllowed, NoRecordReferenced, NotContributor,
-                              OdooUnavailable, PostUnsettled, RecordAccessDenied, RecordArchived,
+                              MessageTookTooLong, ModelNotAllowed, ModelUnavailable, NoRecordReferenced,
+                              NotContributor, OdooUnavailable, PostUnsettled, RecordAccessDenied, RecordArchived,
                               RecordHiddenFromGateway, RecordNotFound, RecordOfOtherCompany, ReferencesTooMany,
                               Refusal, ReplyMisattributed, RoutedRecordUnavailable, SenderAuthenticationTimedOut,
                               TemplateLosesBody, UnreadableRecipient)
@@ -521,7 +521,7 @@ def _check_record_access(ctx: MessageContext, services: Services, target: Target
 # portal user could ask about any record by writing a made-up Odoo Message-ID in In-Reply-To.
 # AlsoAddressedToNote too: whether a note address in To/Cc is of "another" record depends on where
 # References led (the same review found it said before access, telling whether a Message-ID existed).
-_RECORD_REVEALING = (ModelNotAllowed, RecordNotFound, RecordArchived, RecordAccessDenied, AccessRuleUnsupported,
+_RECORD_REVEALING = (ModelNotAllowed, ModelUnavailable, RecordNotFound, RecordArchived, RecordAccessDenied, AccessRuleUnsupported,
                      RecordOfOtherCompany, RecordHiddenFromGateway, AnswersNoteOfAnotherRecord, ReferencesTooMany,
                      AlsoAddressedToNote)
 

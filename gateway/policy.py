@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from gateway import access, address, idn
 from gateway.config import DomainRules
 from gateway.context import OdooUser, Target
-from gateway.odoo import SOLO, OdooPool, Pending, Rpc
+from gateway.odoo import SOLO, OdooPool, Pending, Rpc, missing_model
 from gateway.refusals import (AccessRuleUnsupported, AddressExpired, AddressNotForSender, InternalUserNotAllowed,
-                              ModelNotAllowed, NotContributor, OdooUnavailable, PlainAddressNotAccepted,
-                              RecordAccessDenied, RecordArchived, RecordHiddenFromGateway, RecordNotFound,
-                              RecordOfOtherCompany)
+                              ModelNotAllowed, ModelUnavailable, NotContributor, OdooUnavailable,
+                              PlainAddressNotAccepted, RecordAccessDenied, RecordArchived, RecordHiddenFromGateway,
+                              RecordNotFound, RecordOfOtherCompany)
 
 log = logging.getLogger(__name__)
 
@@ -97,20 +97,55 @@ def check_record_access(odoo: OdooPool, target: Target, user: OdooUser, *, rules
     answered a portal user about an order he could not read). So RecordOfOtherCompany says that
     the sender may read the record. Whether the record exists, is archived or is hidden from the
     gateway is asked only once access is refused.
+
+    A model this Odoo no longer has (its module uninstalled) is ModelUnavailable, whichever policy
+    meets it (model_unavailable).
     """
     try:
-        found = _check_access(odoo, target, user, rules=rules, sender_email=sender_email, company=company,
-                              deadline=deadline, followers=followers, unfiled=unfiled)
-    except RecordAccessDenied:
-        # Refused in the company's context (odoo-rules runs the sender's rules for it alone): a
-        # record of another company that the sender may read elsewhere is said to be so.
-        if (company is not None and _other_company(odoo, target, company, deadline=deadline)
-                and _may_read_unbound(odoo, target, user, rules=rules, sender_email=sender_email,
-                                      deadline=deadline)):
-            check_company(odoo, target, company, deadline=deadline)
-        raise
-    check_company(odoo, target, company, deadline=deadline)
+        try:
+            found = _check_access(odoo, target, user, rules=rules, sender_email=sender_email, company=company,
+                                  deadline=deadline, followers=followers, unfiled=unfiled)
+        except RecordAccessDenied:
+            # Refused in the company's context (odoo-rules runs the sender's rules for it alone): a
+            # record of another company that the sender may read elsewhere is said to be so.
+            if (company is not None and _other_company(odoo, target, company, deadline=deadline)
+                    and _may_read_unbound(odoo, target, user, rules=rules, sender_email=sender_email,
+                                          deadline=deadline)):
+                check_company(odoo, target, company, deadline=deadline)
+            raise
+        check_company(odoo, target, company, deadline=deadline)
+    except OdooUnavailable as error:
+        if missing_model(error) != target.model:
+            raise
+        raise model_unavailable(odoo, rules, target, error) from None
     return found
+
+
+# How often the ERROR of a model this Odoo no longer has is repeated while messages to it come.
+MODEL_UNAVAILABLE_LOG_SECONDS = 3600.0
+
+
+def model_unavailable(odoo: OdooPool, rules: DomainRules | None, target: Target,
+                      error: OdooUnavailable) -> ModelUnavailable:
+    """The refusal of a message to a record of a model Odoo no longer has, with one ERROR an hour for it.
+
+    Found by the lifecycle review: with the module of a listed model uninstalled, Odoo answers every
+    call on it UserError "Object x doesn't exist"; odoo-rules, finding no access list, said "no
+    access" (550) with no ERROR, and the other policies deferred every message as "Odoo is
+    unavailable" (451) until the sender's MTA gave up days later. No retry heals it, and only the
+    admin can: install the module again, or take the model out of the rules' models.
+    """
+    if odoo.first_in(("model-unavailable", target.model), MODEL_UNAVAILABLE_LOG_SECONDS):
+        settings = "models"
+        if rules is not None:
+            kinds = [kind for kind in ("note", "reply") if target.model in rules.kind_rules(kind).models]
+            settings = " and ".join(f"[{kind}] models" for kind in kinds or ("note", "reply"))
+            settings += f" of {rules.source} (domain {target.domain})"
+        log.error("odoo %s: %s is not a model of this Odoo (its module uninstalled?): Odoo refused %s: %s. "
+                  "Messages to its records are refused (550 5.1.1); install the module again, or remove %s from "
+                  "the %s and reload", odoo.name, target.model, error.call or "a call",
+                  " ".join(str(error.odoo_message or "").split()), target.model, settings)
+    return ModelUnavailable(target.model)
 
 
 def _may_read_unbound(odoo: OdooPool, target: Target, user: OdooUser, *, rules: DomainRules | None,
@@ -319,6 +354,10 @@ def _odoo_rules_domain(odoo: OdooPool, rules: DomainRules, target: Target, user:
         log.error("odoo-rules on %s for %s: %s; refusing (fail closed)", target.model, user.email, error)
         raise AccessRuleUnsupported(f"{user.email} on {target.model} {target.res_id}", internal=error.rule) from None
     if not decision.acl:
+        # No access list for the sender: also what a model Odoo no longer has looks like (its
+        # ir.model.access rows went with its module). One fields_get tells (kept a day, so a refusal
+        # costs it once), raising OdooUnavailable "Object x doesn't exist" for a missing model.
+        access.field_description(odoo, target.model, "id", deadline=deadline)
         raise RecordAccessDenied(f"{user.email} on {target.model} {target.res_id}",
                                  internal=f"odoo-rules: no read access to {target.model} in ir.model.access")
     log.debug("odoo-rules %s for %s: rules %s -> %s", target.model, user.email, decision.rules, decision.domain)

@@ -505,6 +505,17 @@ class RecordNotFound(Refusal):
     template = "notice/access_denied.txt.j2"
 
 
+class ModelUnavailable(Refusal):
+    # The address names a record of a model this Odoo no longer has (its module uninstalled: Odoo
+    # answers every call on it "Object x doesn't exist"). No retry heals it: the address itself can
+    # no longer be delivered to, which is X.1.1, "bad destination mailbox address" (RFC 3463), as for
+    # a record that does not exist. Found by the lifecycle review: odoo-rules said "no access" and the
+    # other policies deferred it as "Odoo is unavailable" until the sender's MTA gave up, days later.
+    smtp_code, enhanced_code = 550, "5.1.1"
+    reason = "This kind of record is no longer available in Odoo"
+    template = "notice/access_denied.txt.j2"
+
+
 class RecordArchived(Refusal):
     # The record exists but is archived (active = False): said as such, not as "does not exist" or
     # "no access" (found by a review). X.2.1 is "mailbox disabled, not accepting messages" (RFC 3463).

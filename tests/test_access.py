@@ -403,6 +403,33 @@ def test_an_archived_record_is_said_to_be_archived(test_odoo, start_gateway, dns
     assert test_odoo.posts() == []
 
 
+@pytest.mark.parametrize("access_policy", ["odoo-rules", "followers", "own", "company"])
+def test_a_model_odoo_no_longer_has_is_refused_for_good_with_one_error(test_odoo, start_gateway, dns_server,
+                                                                      dkim_keys, access_policy, caplog):
+    # Found by the lifecycle review: a listed model whose module was uninstalled (Odoo answers
+    # UserError "Object x doesn't exist") was "no access" under odoo-rules, with no ERROR, and
+    # "Odoo is unavailable" (451) under the other policies until the sender's MTA gave up, days later.
+    gateway = start_gateway(dns_server.port, access=access_policy, models=("project.task", "x_gone.model"))
+    mailer = Mailer(gateway, dkim_keys)
+    to = mailer.address("note", "x_gone.model", 5)
+    with caplog.at_level(logging.WARNING):
+        replies = [mailer.send(mailer.sign(mailer.message("note_from_contributor.eml", to)), to) for _ in range(2)]
+    assert replies == ["550 5.1.1 This kind of record is no longer available in Odoo: x_gone.model"] * 2
+    assert [row.refusal_class for row in _journal(gateway)] == ["ModelUnavailable"] * 2
+    # One ERROR for the admin, naming the setting to change; not one a message.
+    [error] = [record for record in caplog.records if record.levelno >= logging.ERROR]
+    assert error.name == "gateway.policy"
+    assert "x_gone.model is not a model of this Odoo (its module uninstalled?)" in error.getMessage()
+    assert "Object x_gone.model doesn't exist" in error.getMessage()
+    assert (f"remove x_gone.model from the [note] models and [reply] models of "
+            f"{gateway.services.config.domains['notes.example.com'].source}") in error.getMessage()
+    assert test_odoo.posts() == []
+    # A model Odoo has keeps its refusal: no access to a task Paula does not follow.
+    to = mailer.address("note", "project.task", PRIVATE_TASK_ID)
+    assert mailer.send(mailer.sign(mailer.message("note_from_contributor.eml", to)), to).startswith(
+        "550 5.7.1 Sender has no access to this record")
+
+
 def test_a_refusal_names_no_policy_or_configuration_only_the_journal_does(test_odoo, start_gateway, dns_server,
                                                                            dkim_keys, caplog):
     # Found by a review: "(odoo-rules)", "has no read access to sale.order (ir.model.access)" and a

@@ -926,7 +926,7 @@ class Journal:
         (pipeline._answer_retry_of_filed)."""
         rows, _ = self._run(
             "read", "SELECT odoo_message_id FROM messages WHERE message_id = ? AND from_address = ? COLLATE NOCASE "
-                    "AND odoo_identity IN (?, '') AND verdict = 'filed' AND model = ? AND res_id = ? "
+                    f"AND odoo_identity IN (?, '') AND {_FILED} AND model = ? AND res_id = ? "
                     "AND odoo_message_id IS NOT NULL ORDER BY id DESC LIMIT 1",
             (message_id, from_address, odoo_identity, model, res_id), deadline=deadline)
         return int(rows[0][0]) if rows else None

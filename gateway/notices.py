@@ -82,7 +82,11 @@ def maybe_send(ctx: MessageContext, services: Services) -> None:
     """
     if not should_send(ctx, services):
         return
-    assert ctx.refusal is not None and ctx.sender is not None
+    if ctx.refusal is None or ctx.sender is None:
+        # should_send said no already; a real check, not an assert, which python -O drops (and which,
+        # raised, turned the 550 of a message refused before authentication into a pipeline crash).
+        # Never a notice to a From no DKIM signature vouched for (DESIGN.md "No backscatter").
+        return
     day = datetime.now(timezone.utc).strftime("%Y-%m-%d")
     try:
         notice = compose(ctx, services)

@@ -131,6 +131,8 @@ class NonAsciiAddressUndeclared(Refusal):
 class BareLineEnding(Refusal):
     smtp_code, enhanced_code = 550, "5.6.0"
     reason = "Bare CR or LF in message data, lines must end with CRLF"
+    # No notice: refused before the sender is authenticated (DESIGN.md "No backscatter").
+    sends_notice = False
 
 
 class MessageTooLarge(Refusal):
@@ -161,11 +163,15 @@ class LineTooLong(Refusal):
 class MessageUnparseable(Refusal):
     smtp_code, enhanced_code = 554, "5.6.0"
     reason = "Malformed message, it could not be parsed"
+    # No notice: refused before the sender is authenticated (DESIGN.md "No backscatter").
+    sends_notice = False
 
 
 class FromHeaderInvalid(Refusal):
     smtp_code, enhanced_code = 550, "5.7.1"
     reason = "The message must have exactly one From header with one address"
+    # No notice: refused before the sender is authenticated (DESIGN.md "No backscatter").
+    sends_notice = False
 
 
 class FromAddressInternationalised(FromHeaderInvalid):
@@ -223,6 +229,8 @@ class MessageFragment(Refusal):
     # client; the gateway does not reassemble them, and a piece alone cannot be read.
     smtp_code, enhanced_code = 554, "5.6.0"
     reason = "Messages split in parts (message/partial) cannot be filed, send it whole"
+    # No notice: refused before the sender is authenticated (DESIGN.md "No backscatter").
+    sends_notice = False
 
 
 class OutlookTnefOnly(Refusal):
@@ -243,6 +251,8 @@ class UnknownTransferEncoding(Refusal):
 class NulByte(Refusal):
     smtp_code, enhanced_code = 550, "5.6.0"
     reason = "NUL byte in message data"
+    # No notice: refused before the sender is authenticated (DESIGN.md "No backscatter").
+    sends_notice = False
 
 
 class HeaderTooLarge(Refusal):
@@ -256,11 +266,15 @@ class HeaderTooLarge(Refusal):
 class HeaderMalformed(Refusal):
     smtp_code, enhanced_code = 550, "5.6.0"
     reason = "Malformed message header, it cannot be read"
+    # No notice: refused before the sender is authenticated (DESIGN.md "No backscatter").
+    sends_notice = False
 
 
 class HeaderNotUtf8(Refusal):
     smtp_code, enhanced_code = 550, "5.6.0"
     reason = "Message header has 8-bit bytes that are not UTF-8"
+    # No notice: refused before the sender is authenticated (DESIGN.md "No backscatter").
+    sends_notice = False
 
 
 class TooManyParts(Refusal):
@@ -273,6 +287,8 @@ class TooManyParts(Refusal):
 class NestedTooDeep(Refusal):
     smtp_code, enhanced_code = 554, "5.6.0"
     reason = "MIME parts nested too deep"
+    # No notice: refused before the sender is authenticated (DESIGN.md "No backscatter").
+    sends_notice = False
 
 
 class HtmlNestedTooDeep(Refusal):
@@ -357,6 +373,9 @@ class HeaderNotSigned(Refusal):
     # not cover: added above the signed one, it is the one the email package reads.
     smtp_code, enhanced_code = 550, "5.7.1"
     reason = "The message was changed after it was signed"
+    # No notice: the message is not what the sender signed, and the gateway never took its From as
+    # verified (docs/rules.md); a notice would tell the signer of a message someone else changed.
+    sends_notice = False
 
 
 class DnsTemporaryFailure(Refusal):
@@ -392,6 +411,8 @@ class TooManySignatures(Refusal):
     # the same message would be refused again (RFC 6376 section 6.1 lets a verifier limit them).
     smtp_code, enhanced_code = 550, "5.7.1"
     reason = "Too many DKIM signatures"
+    # No notice: refused before the sender is authenticated (DESIGN.md "No backscatter").
+    sends_notice = False
 
 
 class NotAddressedToGateway(Refusal):

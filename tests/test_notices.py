@@ -119,6 +119,85 @@ def test_no_notice_to_an_unverified_sender(test_odoo, noticing_mailer, smarthost
     assert smarthost.received == []
 
 
+# Refusals said before the sender is authenticated: of a message whose From nobody vouched for, or
+# which the gateway never got to check. Each has a 5xx a retry cannot heal, and none a notice: the
+# From (a real Odoo user here, one a notice would otherwise reach) may be forged (DESIGN.md "No
+# backscatter"). Found by a design audit: should_send's check of a verified sender was the only guard
+# for these, and deleting it broke no test; maybe_send's assert then made each a pipeline crash.
+def _forged_from(mailer: Mailer, to: str) -> bytes:
+    return b"From: Victim <victim@elsewhere.example>\r\n" + mailer.message("note_from_non_member.eml", to)
+
+
+def _bare_lf(mailer: Mailer, to: str) -> bytes:
+    return mailer.message("note_from_non_member.eml", to).replace(b"\r\n", b"\n")
+
+
+def _nul(mailer: Mailer, to: str) -> bytes:
+    return mailer.message("note_from_non_member.eml", to).replace(b"portal user", b"portal\x00user")
+
+
+def _continuation_first(mailer: Mailer, to: str) -> bytes:
+    return b" X-Folded: a continuation line before any header field\r\n" + mailer.message("note_from_non_member.eml", to)
+
+
+def _two_subjects(mailer: Mailer, to: str) -> bytes:
+    return b"Subject: a second subject\r\n" + mailer.message("note_from_non_member.eml", to)
+
+
+def _many_signatures(mailer: Mailer, to: str) -> bytes:
+    # The sender's own good signature under 20 fabricated ones: none is looked at.
+    lists = b"".join(f"DKIM-Signature: v=1; a=rsa-sha256; d=lists.example.org; s=s{number}; h=from; bh=AAAA; "
+                     f"b=AAAA\r\n".encode() for number in range(20))
+    return lists + mailer.sign(mailer.message("note_from_non_member.eml", to))
+
+
+def _to_added_after_signing(mailer: Mailer, to: str) -> bytes:
+    # The signature verifies, but the message is not what the sender signed (docs/rules.md).
+    return b"To: someone@elsewhere.example\r\n" + mailer.sign(mailer.message("note_from_non_member.eml", to))
+
+
+@pytest.mark.parametrize("build, reply", [
+    (_forged_from, "550 5.7.1 The message must have exactly one From header with one address: 2 From headers"),
+    (_bare_lf, "550 5.6.0 Bare CR or LF in message data, lines must end with CRLF"),
+    (_nul, "550 5.6.0 NUL byte in message data"),
+    (_continuation_first, "550 5.6.0 Malformed message header, it cannot be read: a continuation line"),
+    (_two_subjects, "554 5.6.0 Malformed message, it could not be parsed: more than one Subject header"),
+    (_many_signatures, "550 5.7.1 Too many DKIM signatures: the message has 21, the gateway examines at most 20"),
+    (_to_added_after_signing, "550 5.7.1 The message was changed after it was signed: the To header was added"),
+], ids=["two-from", "bare-lf", "nul", "header-malformed", "unparseable", "too-many-signatures", "header-not-signed"])
+def test_no_notice_for_a_refusal_before_the_sender_is_authenticated(test_odoo, noticing_mailer, smarthost,
+                                                                    build, reply):
+    to = noticing_mailer.address("note", "project.task", TASK_ID)
+    assert noticing_mailer.send(build(noticing_mailer, to), to, mail_from=NON_MEMBER).startswith(reply)
+    _notices_tried(noticing_mailer)
+    assert smarthost.received == []
+    # The same sender's own signed message, refused after authentication, does get its notice: the
+    # smarthost and the rules were ready for one above.
+    assert _refused_note(noticing_mailer, "<verified@example.com>").startswith("550 5.7.1 Sender may not post")
+    assert [recipients for _, recipients, _ in smarthost.received] == [[NON_MEMBER]]
+
+
+def test_no_notice_without_a_verified_sender_whatever_the_refusal(test_odoo, noticing_mailer, smarthost,
+                                                                  monkeypatch):
+    # Both guards on their own, with a refusal that does send notices: should_send says no without a
+    # verified sender, and maybe_send, asked anyway, returns without one rather than asserting (an
+    # assert is gone under python -O, and raised it turned a 550 into a crash of the pipeline).
+    from gateway.context import MessageContext, ParsedMessage
+    from gateway.refusals import NotContributor
+
+    services = noticing_mailer.gateway.services
+    ctx = MessageContext(raw=b"", mail_from=NON_MEMBER, rules=services.config.domains["notes.example.com"],
+                         target=_target(noticing_mailer))
+    ctx.message = ParsedMessage(message_id="<unverified@example.com>", from_address=NON_MEMBER, from_name="",
+                                subject="s", text_plain="", text_html="")
+    ctx.refusal = NotContributor()
+    assert ctx.sender is None and not notices.should_send(ctx, services)
+    monkeypatch.setattr(notices, "should_send", lambda ctx, services: True)
+    notices.maybe_send(ctx, services)
+    assert services.notifier.flush(10)
+    assert smarthost.received == [] and not ctx.notice_queued
+
+
 def test_no_notice_for_transient_or_automatic_refusals(test_odoo, noticing_mailer, smarthost):
     to = noticing_mailer.address("note", "project.task", TASK_ID)
     test_odoo.fail("http500")

@@ -134,7 +134,12 @@ def test_ids_another_author_has_on_the_record_are_not_handed_to_odoo():
 
 
 def test_the_message_handed_to_odoo_holds_only_what_the_gateway_decided():
-    ctx = _context()
+    # A reply to a notification of another record (task 61): Odoo's message_route files a message
+    # whose References or In-Reply-To names a known message on that message's record, before the
+    # thread_id it is given (mail_thread.py:1108-1160). Without them in this context, copying them
+    # over went unnoticed (found by a DESIGN.md audit).
+    other = "<0.1-openerp-61-project.task@odoo.example>"
+    ctx = _context(in_reply_to=[other], references=["<root@example.com>", other])
     ctx.notify_emails = ["marc@example.com"]
     ctx.attachments = [Attachment("photo.png", "image/png", b"\x89PNG-bytes", content_id="img1@example.com")]
     odoo = RecordingPool(60, [{"id": 7, "author_id": [42, "Paula"]}])

@@ -392,6 +392,44 @@ def test_message_author_is_stored_and_searchable_with_the_message_id(odoo, gatew
     assert gateway.execute_kw("mail.thread", "message_process", ["project.task", mail], {"thread_id": TASK_ID}) is False
 
 
+def test_message_process_files_a_reply_on_the_record_of_the_message_it_references(odoo, gateway):
+    # Odoo 18's message_route (mail_thread.py:1107-1160) files a message whose References, or
+    # In-Reply-To without References, names a message it has on that message's record, before the
+    # thread_id it is given; message_parse makes that message the parent, and a reply to an internal
+    # note a note (lines 1755-1769, 1301-1310). The gateway hands over neither header
+    # (post.reply_message); the test Odoo ignored them, so a gateway that did went unnoticed (found
+    # by a DESIGN.md audit).
+    public = post(gateway, "sale.order", SALE_ORDER_ID, body="public", message_id="<public@odoo.example>", **COMMENT)
+    note = post(gateway, "sale.order", SALE_ORDER_ID, body="note", message_id="<note@odoo.example>",
+                author_id=MARC_PARTNER_ID, **NOTE)
+
+    def process(number: int, headers: str) -> int:
+        mail = (f"From: Paula Contributor <{PAULA_LOGIN}>\r\nMessage-ID: <r{number}@example.com>\r\n{headers}"
+                "Subject: Re: x\r\n\r\nanswer\r\n")
+        assert gateway.execute_kw("mail.thread", "message_process", ["project.task", mail],
+                                  {"custom_values": {"note_gateway_existing_record_only": True}, "thread_id": TASK_ID}
+                                  ) in (TASK_ID, SALE_ORDER_ID)
+        [filed] = gateway.execute_kw("mail.message", "search", [[("message_id", "=", f"<r{number}@example.com>")]])
+        return filed
+
+    def where(message_id: int) -> tuple:
+        row = odoo.message(message_id)
+        return row["model"], row["res_id"], row["subtype_xmlid"], row["parent_id"] and row["parent_id"][0]
+
+    assert where(process(1, "References: <earlier@example.com>\r\n <public@odoo.example>\r\n")) == (
+        "sale.order", SALE_ORDER_ID, "mail.mt_comment", public)
+    assert where(process(2, "In-Reply-To: <public@odoo.example>\r\n")) == (
+        "sale.order", SALE_ORDER_ID, "mail.mt_comment", public)
+    reply_to_note = process(3, "In-Reply-To: <note@odoo.example>\r\nReferences: <note@odoo.example>\r\n")
+    assert where(reply_to_note) == ("sale.order", SALE_ORDER_ID, "mail.mt_note", note)
+    assert odoo.message(reply_to_note)["partner_ids"] == [MARC_PARTNER_ID]
+    # References win over In-Reply-To for the record; none Odoo knows: the thread_id, with no parent
+    # from the references (the fallback route drops it).
+    filed = process(4, "In-Reply-To: <public@odoo.example>\r\nReferences: <unknown@example.com>\r\n")
+    assert where(filed)[:3] == ("project.task", TASK_ID, "mail.mt_comment") and where(filed)[3] != public
+    assert where(process(5, ""))[:3] == ("project.task", TASK_ID, "mail.mt_comment")
+
+
 def test_attachments_keep_their_bytes_and_compose_attachments_move_to_the_record(odoo, gateway):
     payload = bytes(range(256)) + b"0123456789012345678901234567"
     message_id = post(gateway, "project.task", TASK_ID, body="files", attachments=[

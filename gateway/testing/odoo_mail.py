@@ -756,7 +756,14 @@ def _find_partner_by_email(env: Env, model: str, record_id: int, address: str) -
 def message_process(env: Env, _model: str, thread_model: str, message: Any, custom_values: Any = None, save_original: bool = False,
                     strip_attachments: bool = False, thread_id: Any = None) -> Any:
     """mail_thread.py message_process (Odoo 18.0 lines 1332-1390) for what the gateway sends: a
-    message for an existing record (``thread_id``), without References or aliases to route by.
+    message for an existing record (``thread_id``), without aliases to route by.
+
+    A message whose References (or, without them, In-Reply-To) names a message Odoo has is filed on
+    that message's record, not on ``thread_id`` (message_route, lines 1107-1115 and 1139-1160), as a
+    reply to it (message_parse's parent, lines 1755-1769 and 1808-1830: a note if the parent is
+    one). The gateway hands over neither header (post.reply_message); a gateway that did would see
+    its reply filed on another record here as on Odoo 18. Not modelled: an alias of another model
+    named in To/Cc, which makes Odoo take it as a forward (line 1139-1156; the gateway sends no To).
 
     As measured on a real Odoo 18: a known Message-ID returns False and files nothing; a missing
     record raises MissingError (from the author lookup among its followers), before any record
@@ -782,6 +789,25 @@ def message_process(env: Env, _model: str, thread_model: str, message: Any, cust
         raise ValueError(f"Undeliverable mail with Message-Id {message_id}, model {thread_model} "
                          "does not accept incoming emails")
     record_id = int(thread_id or 0)
+    parent = _parent_of_incoming(db, parsed)
+    # message_parse's is_internal, passed to message_post with the rest of the parsed values.
+    parsed_values = {"is_internal": parent["is_internal"]} if parent is not None else {}
+    is_internal = bool(parent and parent["is_internal"])
+    replied = _replied_message(db, parsed)
+    if replied is not None and replied.get("model") in db.models and replied.get("res_id"):
+        # A direct reply: routed to the replied message's record (_routing_check_route with
+        # raise_exception=False). A record that is gone falls back on creating one from
+        # custom_values, which create() refuses for a key that is no field (post.NO_RECORD_CREATION).
+        thread_model, record_id = replied["model"], int(replied["res_id"])
+        if record_id not in db.rows.get(thread_model, {}):
+            unknown = [key for key in custom_values or {} if key not in db.models[thread_model].fields]
+            if unknown:
+                raise ValueError(f"Invalid field {unknown[0]!r} on model {thread_model!r}")
+            raise NotImplementedError("the test Odoo creates no record from an incoming email")
+    else:
+        # The fallback route (line 1224): the parent found by message_parse is dropped, what it
+        # made of is_internal is kept.
+        parent = None
     if record_id not in db.rows[thread_model]:
         raise missing_error(env, thread_model, [record_id])
     check_records(env, thread_model, [record_id], "read")
@@ -824,13 +850,50 @@ def message_process(env: Env, _model: str, thread_model: str, message: Any, cust
     root = Env(db, 1, {**env.context, "from_alias": True, "mail_create_nosubscribe": not author_id}, su=True)
     if thread_model == "project.task" and copied:
         subscribe(root, thread_model, record_id, copied)
+    # _message_route_process (lines 1301-1310): a reply to an internal note is a note, and the note's
+    # author is a recipient of it.
+    partner_ids = [parent["author_id"]] if is_internal and parent is not None and parent["author_id"] else []
     new_message = message_post(
-        root, thread_model, [record_id], body=Markup(body), message_type="email", subtype_xmlid="mail.mt_comment",
-        author_id=author_id or False, email_from=email_from, subject=str(parsed.get("Subject") or "") or None,
+        root, thread_model, [record_id], body=Markup(body), message_type="email",
+        subtype_xmlid="mail.mt_note" if is_internal else "mail.mt_comment", parent_id=parent["id"] if parent else False,
+        partner_ids=partner_ids, author_id=author_id or False, email_from=email_from, **parsed_values,
+        subject=str(parsed.get("Subject") or "") or None,
         attachments=[] if strip_attachments else files, message_id=message_id or tracking_message_id(str(record_id)))
     if copied:
         db.rows["mail.message"][new_message]["partner_ids"] = list(dict.fromkeys(copied))
     return record_id
+
+
+# tools/mail.py mail_header_msgid_re.
+_MESSAGE_ID_IN_HEADER = re.compile(r"<[^<>]+>")
+
+
+def _replied_message(db: Any, parsed: Any) -> dict | None:
+    """message_route's replying_to_msg (lines 1107-1115): the newest message named by References,
+    or by In-Reply-To when there are no References, as a row with its id; None if none is known."""
+    thread_references = str(parsed.get("References") or "") or str(parsed.get("In-Reply-To") or "").strip()
+    references = [re.sub(r"[\r\n\t ]+", "", ref) for ref in _MESSAGE_ID_IN_HEADER.findall(thread_references)
+                  if "reply_to" not in ref][-32:]
+    found = [mid for mid, row in db.rows["mail.message"].items() if references and row.get("message_id") in references]
+    return {**db.rows["mail.message"][max(found)], "id": max(found)} if found else None
+
+
+def _parent_of_incoming(db: Any, parsed: Any) -> dict | None:
+    """message_parse's parent (_get_parent_message, lines 1808-1830, and
+    _message_parse_extract_from_parent): the newest message of the In-Reply-To, else of any of the
+    References; whether it is internal (an internal subtype, not an auto_comment) and its author."""
+    messages = db.rows["mail.message"]
+    in_reply_to = str(parsed.get("In-Reply-To") or "").strip()
+    found = [mid for mid, row in messages.items() if in_reply_to and row.get("message_id") == in_reply_to]
+    if not found:
+        references = [ref.strip() for ref in _MESSAGE_ID_IN_HEADER.findall(str(parsed.get("References") or ""))]
+        found = [mid for mid, row in messages.items() if references and row.get("message_id") in references]
+    if not found:
+        return None
+    row = messages[max(found)]
+    subtype = db.rows["mail.message.subtype"].get(row.get("subtype_id") or 0) or {}
+    return {"id": max(found), "author_id": row.get("author_id") or False,
+            "is_internal": bool(subtype.get("internal")) and row.get("message_type") != "auto_comment"}
 
 
 def _would_be_internal(env: Env, values: dict) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from gateway import access, address, idn
+from gateway import access, address, idn, odoorights
 from gateway.config import DomainRules
 from gateway.context import OdooUser, Target
 from gateway.odoo import SOLO, OdooPool, Pending, Rpc, missing_model
@@ -318,10 +318,12 @@ def _missing_or_hidden(odoo: OdooPool, target: Target, context: dict, deadline: 
     except OdooUnavailable as error:
         if error.access_denied:
             login = odoo.connection.login
+            # The group per model (odoorights.KNOWN): "Project / User", named here before, does not
+            # show a task of a project visible to invited internal users only (onboarding review).
+            hint = odoorights.read_hint(login, target.model)
             log.error("odoo %s: %s %s exists but the gateway's Odoo user %s cannot see it: a record rule hides "
-                      "it. Give %s read access to every %s record (for sale.order: Sales / User: All Documents; "
-                      "for project.task: Project / User); messages to it are deferred (451) until then",
-                      odoo.name, target.model, target.res_id, login, login, target.model)
+                      "it. %s; messages to it are deferred (451) until then",
+                      odoo.name, target.model, target.res_id, login, hint[:1].upper() + hint[1:])
             raise RecordHiddenFromGateway(f"{target.model} {target.res_id}") from None
         if error.odoo_error == "odoo.exceptions.MissingError":
             raise RecordNotFound(f"{target.model} {target.res_id}") from None

@@ -309,6 +309,36 @@ def test_a_record_hidden_from_the_integration_user_is_deferred_not_called_missin
     assert mailer.send(mailer.sign(mailer.message("note_from_contributor.eml", to)), to).startswith("250 ")
 
 
+@pytest.mark.parametrize("access_policy", ["odoo-rules", "followers"])
+def test_a_task_of_a_project_for_invited_users_only_names_the_group_that_shows_it(
+        test_odoo, start_gateway, dns_server, dkim_keys, caplog, access_policy):
+    # Onboarding review: for a task of a project visible to invited internal users only, the ERROR
+    # advised "Project / User", which does not lift Odoo 18's rule "employees: follow required for
+    # follower-only projects"; measured on a real Odoo 18, only "Project / Administrator" did.
+    mailer = Mailer(start_gateway(dns_server.port, access=access_policy), dkim_keys)
+    project = test_odoo.add_record("project.project", {"name": "Invited only", "privacy_visibility": "followers"},
+                                   followers=[PAULA_PARTNER_ID])
+    task = test_odoo.add_record("project.task", {"name": "Invited-only task", "project_id": project},
+                                followers=[PAULA_PARTNER_ID])
+    to = mailer.address("note", "project.task", task)
+    message = mailer.sign(mailer.message("note_from_contributor.eml", to))
+    test_odoo.set_group(GATEWAY_UID, "project.group_project_user")
+    with caplog.at_level(logging.ERROR, logger="gateway.policy"):
+        reply = mailer.send(message, to)
+    assert reply == ("451 4.3.0 The gateway's Odoo user cannot see this record, an administrator must give it read "
+                     f"access: project.task {task}")
+    [line] = [record.getMessage() for record in caplog.records if record.levelno == logging.ERROR]
+    assert (f"project.task {task} exists but the gateway's Odoo user gateway cannot see it: a record rule hides it. "
+            "Give gateway read access to every project.task record (project.task: Project / Administrator; "
+            "Project / User does not see the tasks of projects visible to invited internal users only)") in line
+    assert "for sale.order" not in line and test_odoo.posts() == []
+    # What the line advises: the retry is no longer deferred for the gateway's sake (a portal user
+    # reads no task of such a project, so odoo-rules refuses Paula; she follows it, so followers files).
+    test_odoo.set_group(GATEWAY_UID, "project.group_project_manager")
+    reply = mailer.send(message, to)
+    assert reply.startswith("250 2.0.0 Filed" if access_policy == "followers" else "550 5.7.1 ")
+
+
 # --- A record the integration user may read but not post on (operator review) -------------------
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from gateway.cli import build_parser
+from gateway.odoorights import KNOWN
 from gateway.pipeline import STAGES
 from gateway.refusals import all_refusal_classes
 from gateway.smtp import AUTH_NOT_IMPLEMENTED, STARTTLS_REQUIRED
@@ -205,3 +206,15 @@ def test_the_expiry_warnings_of_certificate_and_api_keys_are_the_days_the_docs_s
     assert (f"certificate and the integration user's API keys get a warning {checks.EXPIRY_WARNING_DAYS} days "
             "before they expire") in text
     assert f"`check-config --online` warn {checks.EXPIRY_WARNING_DAYS} days ahead" in text
+
+
+def test_the_rights_table_of_the_odoo_side_names_the_groups_of_the_hints():
+    # Onboarding review: the docs and every hint named "Sales / User: All Documents" (and "Project /
+    # User" for tasks) whatever the model. The table in docs/operations.md and the one the hints
+    # use (gateway/odoorights.py) must name the same group for each model.
+    section = (ROOT / "docs/operations.md").read_text().split("## The Odoo side", 1)[1]
+    rows = {row.split("|")[1].strip().strip("`"): row for row in re.findall(r"^  \| `[a-z_.]+` \|.*$", section, re.M)}
+    assert set(rows) == set(KNOWN)
+    for model, rights in KNOWN.items():
+        group = rights.write or rights.read.split(";")[0]
+        assert f'"{group}"' in rows[model], (model, group)

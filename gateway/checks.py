@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from gateway import access, address, pipeline, policy, post, senderauth
+from gateway import access, address, odoorights, pipeline, policy, post, senderauth
 from gateway.config import GatewayConfig, api_key_replacement
 from gateway.context import MessageContext
 from gateway.odoo import OdooPool
@@ -183,6 +183,10 @@ def _check_may_post(pool: OdooPool, domain: str, model: str, found: Findings) ->
     check_access_rights (a DeprecationWarning in Odoo's log); Odoo 17 has only check_access_rights.
     """
     login = pool.connection.login
+    if odoorights.lets_readers_post(model):
+        # Known to ask only for read access (project.task, account.move): no write check, and no
+        # warning that would send the admin after a right the gateway does not need.
+        return
     try:
         if pool.version() >= 18:
             may_write = pool.call(model, "has_access", [[], "write"])
@@ -198,8 +202,7 @@ def _check_may_post(pool: OdooPool, domain: str, model: str, found: Findings) ->
                    f"may write a record post on it unless the model lets readers post: notes to a {model}, and "
                    f"replies from senders who do not follow it, would be deferred (451); replies from followers "
                    f"are filed by Odoo's mail gateway",
-                   f"give {login} write access to {model} (for sale.order: Sales / User: All Documents), "
-                   "unless the model lets readers post (project.task does)")
+                   odoorights.post_hint(login, model))
 
 
 def _check_rules(pool: OdooPool, domain: str, where: str, model: str, found: Findings) -> None:

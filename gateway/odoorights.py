@@ -1,7 +1,8 @@
 """Which Odoo group gives the integration user what it needs on each model the gateway knows.
 
 One table for every hint that names a group: the ERROR of a record hidden from the integration
-user (policy.py). Each row was measured on a real Odoo 18 (project,
+user (policy.py), the ERROR of a post Odoo refused (pipeline.py) and the warning of `doctor` and
+`check-config --online` (checks.py). Each row was measured on a real Odoo 18 (project,
 sale_management and account installed): an internal user in the group alone, searching a record it
 neither follows nor is assigned to, then posting a note on it with ``message_post``
 (docs/operations.md, "The Odoo side").
@@ -21,7 +22,8 @@ neither follows nor is assigned to, then posting a note on it with ``message_pos
   "Sales / User: All Documents" only customer invoices and credit notes. account.move lets readers
   post (_mail_post_access = 'read').
 
-A model not in the table gets a hint that names no group.
+A model not in the table gets a hint that names no group: the write hints named the sale.order
+group for every model, res.partner included (onboarding review).
 """
 
 from __future__ import annotations
@@ -48,6 +50,13 @@ KNOWN: dict[str, ModelRights] = {
 }
 
 
+def lets_readers_post(model: str) -> bool:
+    """Whether Odoo lets a user who may read a record of ``model`` post on it (known models only:
+    _mail_post_access cannot be read over RPC)."""
+    rights = KNOWN.get(model)
+    return rights is not None and rights.write is None
+
+
 def read_hint(login: str, model: str) -> str:
     """What gives ``login`` read access to every ``model`` record."""
     rights = KNOWN.get(model)
@@ -56,3 +65,14 @@ def read_hint(login: str, model: str) -> str:
                 "rules show it every record) and every company of those records")
     return f"give {login} read access to every {model} record ({model}: {rights.read})"
 
+
+
+def post_hint(login: str, model: str) -> str:
+    """What lets ``login`` post on ``model``: write access, or read access where readers may post."""
+    rights = KNOWN.get(model)
+    if rights is None:
+        return (f"give {login} write access to {model} (a group of the app of {model} that may modify its "
+                "records), unless the model lets readers post")
+    if rights.write is None:
+        return f"{read_hint(login, model)}, which is all {model} needs to post on it"
+    return f"give {login} write access to {model} ({model}: {rights.write})"

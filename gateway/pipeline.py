@@ -16,7 +16,7 @@ from typing import Callable, TypeVar
 import dns.resolver
 
 from gateway import (addressed, attachments, automatic, content, deadlines, identity, inputlimits, message, notices,
-                     observe, policy, post, ratelimit, recipients, routing, senderauth)
+                     observe, odoorights, policy, post, ratelimit, recipients, routing, senderauth)
 from gateway.config import ConfigError, GatewayConfig
 from gateway.inflight import InFlight
 from gateway.context import MessageContext, Target
@@ -644,11 +644,12 @@ def _post(ctx: MessageContext, services: Services, deadline: float) -> None:
         # the user could read but not write); the mail waits in the sender's queue meanwhile.
         odoo = _odoo(ctx, services)
         login = odoo.connection.login
-        log.error("odoo %s: the gateway's Odoo user %s may not post on %s %s: Odoo refused %s: %s. Give %s write "
-                  "access to %s (for sale.order: Sales / User: All Documents), unless the model lets readers "
-                  "post (project.task does); messages to it are deferred (451) until then", odoo.name, login,
-                  ctx.target.model, ctx.target.res_id, error.call or "the post", " ".join(
-                      str(error.odoo_message or "").split()), login, ctx.target.model)
+        # The group per model (odoorights.KNOWN); the sale.order group was named for every model.
+        hint = odoorights.post_hint(login, ctx.target.model)
+        log.error("odoo %s: the gateway's Odoo user %s may not post on %s %s: Odoo refused %s: %s. %s; messages "
+                  "to it are deferred (451) until then", odoo.name, login, ctx.target.model, ctx.target.res_id,
+                  error.call or "the post", " ".join(str(error.odoo_message or "").split()),
+                  hint[:1].upper() + hint[1:])
         raise GatewayMayNotPost(f"{ctx.target.model} {ctx.target.res_id}") from None
 
 

@@ -381,13 +381,33 @@ def test_a_record_the_integration_user_may_not_post_on_is_deferred_as_a_configur
     assert (f"odoo main: the gateway's Odoo user gateway may not post on sale.order {SALE_ORDER_ID}: Odoo refused "
             "sale.order.message_post: The requested operation cannot be completed due to security restrictions. "
             "Please contact your system administrator. (Document type: Message, Operation: create)") in line
-    assert "Give gateway write access to sale.order (for sale.order: Sales / User: All Documents)" in line
+    assert "Give gateway write access to sale.order (sale.order: Sales / User: All Documents)" in line
     assert len(test_odoo.messages("sale.order", SALE_ORDER_ID)) == before
     # Odoo answered, so nothing may still be running: once an admin gives the right, the retry is
     # filed at once, not held back as an unsettled post.
     test_odoo.set_group(GATEWAY_UID, "sales_team.group_sale_salesman_all_leads")
     assert mailer.send(message, to).startswith("250 2.0.0 Filed as Odoo message ")
     assert len(test_odoo.messages("sale.order", SALE_ORDER_ID)) == before + 1
+
+
+def test_a_refused_post_on_a_contact_names_contact_creation_not_the_sales_group(
+        test_odoo, start_gateway, dns_server, dkim_keys, caplog):
+    # Onboarding review: the ERROR of a refused post named "Sales / User: All Documents" for every
+    # model; on a real Odoo 18 an employee posts on a contact with "Extra Rights / Contact Creation".
+    mailer = Mailer(start_gateway(dns_server.port, access="followers", models=("res.partner",)), dkim_keys)
+    contact = test_odoo.add_record("res.partner", {"name": "Site contact"}, followers=[PAULA_PARTNER_ID])
+    to = mailer.address("note", "res.partner", contact)
+    message = mailer.sign(mailer.message("note_from_contributor.eml", to))
+    with caplog.at_level(logging.ERROR, logger="gateway.pipeline"):
+        reply = mailer.send(message, to)
+    assert reply == ("451 4.3.0 The gateway's Odoo user may not post on this record, an administrator must "
+                     f"correct it: res.partner {contact}")
+    [line] = [record.getMessage() for record in caplog.records if record.levelno == logging.ERROR]
+    assert ("Give gateway write access to res.partner (res.partner: Extra Rights / Contact Creation); messages to "
+            "it are deferred (451) until then") in line
+    assert "Sales / User" not in line
+    test_odoo.set_group(GATEWAY_UID, "base.group_partner_manager")
+    assert mailer.send(message, to).startswith("250 2.0.0 Filed as Odoo message ")
 
 
 def test_without_write_access_only_replies_of_followers_are_filed(test_odoo, start_gateway, dns_server, dkim_keys):

@@ -37,6 +37,7 @@ CONTRIBUTOR_GROUP_XMLID = "note_gateway.group_portal_note_contributor"
 # The integration user's group made by `note-gateway setup-odoo` (odoo_security.py).
 NOTE_GATEWAY_GROUP_ID = 53
 SALESMAN_GROUP_ID, PROJECT_USER_GROUP_ID = 21, 36
+PARTNER_MANAGER_GROUP_ID = 32  # base.group_partner_manager, "Extra Rights / Contact Creation"
 
 SUBTYPE_COMMENT_ID, SUBTYPE_NOTE_ID, SUBTYPE_ACTIVITIES_ID, SUBTYPE_TASK_NEW_ID = 1, 2, 3, 4
 
@@ -95,7 +96,7 @@ def seed_base(db: Database) -> None:
     _user(env, 1, 2, "__system__", None, [GROUP_USER_ID, GROUP_SYSTEM_ID], "base.user_root", active=False)
     _partner(env, ADMIN_PARTNER_ID, "Mitchell Admin", "admin@yourcompany.example.com", "base.partner_admin")
     _user(env, ADMIN_UID, ADMIN_PARTNER_ID, ADMIN_LOGIN, ADMIN_PASSWORD,
-          [GROUP_USER_ID, GROUP_ERP_MANAGER_ID, GROUP_SYSTEM_ID], "base.user_admin")
+          [GROUP_USER_ID, GROUP_ERP_MANAGER_ID, GROUP_SYSTEM_ID, PARTNER_MANAGER_GROUP_ID], "base.user_admin")
     _partner(env, PUBLIC_PARTNER_ID, "Public user", None, "base.public_partner", active=False)
     _user(env, PUBLIC_UID, PUBLIC_PARTNER_ID, "public", None, [GROUP_PUBLIC_ID], "base.public_user", active=False)
 

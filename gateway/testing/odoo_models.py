@@ -270,6 +270,10 @@ def partner_model() -> Model:
     return Model(
         "res.partner", "Contact", fields, order="name, id desc", parent_name="parent_id", chatter=True,
         display=_partner_display, access=_everyone_reads(),
+        # base/security/ir.model.access.csv: employees read contacts, "Extra Rights / Contact
+        # Creation" writes them, so only its members may post on one (mail.thread's
+        # _mail_post_access = 'write'; measured on a real Odoo 18, onboarding review).
+        group_access={"base.group_user": "r", "base.group_partner_manager": "rwcu"},
     )
 
 

@@ -657,7 +657,12 @@ def command_setup_odoo(args: argparse.Namespace) -> int:
                   "and that this host can reach it (network, firewall, proxy)", file=sys.stderr)
             status = 1
             continue
-        groups = sorted({rules.note.contributor_group for rules in config.domains.values() if rules.odoo == name})
+        # Each contributor group with the alias domains that name it: a group other than the
+        # default one is named after them (setup_odoo.contributor_group_name).
+        groups: dict[str, list[str]] = {}
+        for domain, rules in sorted(config.domains.items()):
+            if rules.odoo == name:
+                groups.setdefault(rules.note.contributor_group, []).append(domain)
         try:
             # The models whose record rules odoo-rules evaluates: the ones their domains go through
             # must be readable by the integration user too.

@@ -74,7 +74,11 @@ def check_poster(odoo: OdooPool, rules: DomainRules, target: Target, user: OdooU
         xmlid = rules.note.contributor_group
         if odoo.xmlid(xmlid, deadline=deadline) not in user.group_ids:
             if odoo.xmlid_again(xmlid, deadline=deadline) not in user.group_ids:
-                raise NotContributor(f"{user.email} is not in the contributor group")
+                # Which group, for the admin (journal, log, `log --id`): with several alias domains
+                # there are several contributor groups (onboarding review). The reply says no more
+                # than before: the sender can do nothing with an xmlid.
+                raise NotContributor(f"{user.email} is not in the contributor group",
+                                     internal=f"contributor_group {xmlid}")
 
 
 def check_record_access(odoo: OdooPool, target: Target, user: OdooUser, *, rules: DomainRules | None = None,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ast
 import re
-from typing import Any
+from typing import Any, Iterable, Mapping
 
 from gateway.odoo import user_group_fields
 
@@ -20,6 +20,20 @@ READ_MODELS = ("ir.rule", "ir.model.access", "ir.model")
 # xmlid under a former name is renamed, never duplicated; a name an admin chose is left alone.
 CONTRIBUTOR_GROUP_NAME = "Portal Internal Note Contributor"
 FORMER_CONTRIBUTOR_GROUP_NAMES = ("Portal note contributors",)
+DEFAULT_CONTRIBUTOR_GROUP = "note_gateway.group_portal_note_contributor"
+
+
+def contributor_group_name(xmlid: str, domains: Iterable[str] = ()) -> str:
+    """The name setup-odoo gives the contributor group ``xmlid`` of the alias domains ``domains``.
+
+    The default xmlid keeps the documented name. Any other gets the alias domains that name it, or
+    else its xmlid, after that name: every contributor group was created as "Portal Internal Note
+    Contributor", and two alias domains with groups of their own left two groups of one name, which
+    the admin is told to find by name (onboarding review, repro 07_two_contributor_groups.sh).
+    """
+    if xmlid == DEFAULT_CONTRIBUTOR_GROUP:
+        return CONTRIBUTOR_GROUP_NAME
+    return f"{CONTRIBUTOR_GROUP_NAME} ({', '.join(sorted(set(domains))) or xmlid})"
 # Path operators whose value is a domain on the field's comodel (Odoo 17+).
 SUBDOMAIN_OPERATORS = ("any", "not any")
 
@@ -163,11 +177,19 @@ class Setup:
         return len(users) == len(logins) and all(granted & set(user.get(self.all_groups_field) or ())
                                                  for user in users)
 
-    def run(self, contributor_groups: list[str], integration_logins: list[str],
+    def run(self, contributor_groups: Mapping[str, Iterable[str]] | Iterable[str], integration_logins: list[str],
             rule_models: list[str] = ()) -> list[str]:
-        for xmlid in contributor_groups:
+        """``contributor_groups``: each xmlid with the alias domains that name it (or xmlids alone)."""
+        if not isinstance(contributor_groups, Mapping):
+            contributor_groups = {xmlid: () for xmlid in contributor_groups}
+        for xmlid, domains in sorted(contributor_groups.items()):
+            name = contributor_group_name(xmlid, domains)
+            # A group of another xmlid that an earlier version named as the default one is renamed
+            # too, so that the names tell the groups apart; a name an admin chose is kept.
+            former = FORMER_CONTRIBUTOR_GROUP_NAMES + ((CONTRIBUTOR_GROUP_NAME,) if name != CONTRIBUTOR_GROUP_NAME
+                                                       else ())
             reported = len(self.report)
-            self.group(xmlid, CONTRIBUTOR_GROUP_NAME, FORMER_CONTRIBUTOR_GROUP_NAMES)
+            self.group(xmlid, name, former)
             if self.report[reported].startswith("created group"):
                 # A group deleted and created again has a new id; a running gateway takes it at the
                 # next note it would refuse as "not in the contributor group" (OdooPool.xmlid_again).

@@ -12,6 +12,7 @@ import time
 import urllib.error
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, Iterator, Protocol, TypeVar
 
@@ -53,6 +54,26 @@ XMLID_RECHECK_SECONDS = 60.0
 # logged as warnings. Any other exception Odoo answers (UserError, ValidationError, a server bug)
 # repeats on every retry until someone acts on it: logged as errors.
 TRANSIENT_ODOO_ERRORS = ("psycopg2.", "odoo.exceptions.MissingError", "odoo.exceptions.AccessError")
+
+# Odoo exceptions the caller expects and reports in words of its own (expected_refusals): logged
+# at DEBUG only, in the calling thread.
+_EXPECTED_REFUSALS: ContextVar[frozenset[str]] = ContextVar("expected_odoo_refusals", default=frozenset())
+
+
+@contextmanager
+def expected_refusals(*names: str) -> Iterator[None]:
+    """Odoo answering one of these exceptions (``odoo.exceptions.AccessError``, ...) is no news to the
+    caller, which says it once, clearly: it is logged at DEBUG, not as a WARNING or ERROR line before
+    the caller's own message (onboarding review: check-config --online and doctor printed
+    "ERROR gateway.odoo: ... check_object_reference failed: builtins.ValueError: External ID not
+    found" and one "ir.rule.search_read failed" warning per model before saying "run note-gateway
+    setup-odoo"). Any other exception, and every transport fault, is logged as before."""
+    token = _EXPECTED_REFUSALS.set(_EXPECTED_REFUSALS.get() | frozenset(names))
+    try:
+        yield
+    finally:
+        _EXPECTED_REFUSALS.reset(token)
+
 
 # What a batched read answers for an item it could not decide on its own: that item's thread then
 # makes its own call, exactly as without batching.
@@ -591,8 +612,10 @@ class OdooPool:
             # A model this Odoo does not have is a WARNING here: the record access check that meets
             # it refuses the message for good and says what to change in one ERROR, not one a message
             # (policy.model_unavailable).
-            log.log(logging.WARNING if transient or missing_model(refusal) else logging.ERROR,
-                    "odoo %s: %s failed: %s%s", self.name, label, "" if transient else f"{name}: ", error)
+            level = logging.WARNING if transient or missing_model(refusal) else logging.ERROR
+            if name in _EXPECTED_REFUSALS.get():
+                level = logging.DEBUG  # The caller reports it (expected_refusals).
+            log.log(level, "odoo %s: %s failed: %s%s", self.name, label, "" if transient else f"{name}: ", error)
             raise refusal from None
         except Exception as error:  # Transport: refused, reset, timeout, HTTP 5xx, not JSON.
             if isinstance(error, urllib.error.HTTPError) and error.code == 413:

@@ -920,15 +920,26 @@ class Journal:
         return bool(rows)
 
     def filed_as(self, message_id: str, from_address: str, odoo_identity: str, model: str, res_id: int, *,
-                 deadline: float | None = None) -> int | None:
+                 public_reply_to: str | None = None, deadline: float | None = None) -> int | None:
         """The Odoo message this sender's message was filed as on this record of this Odoo (as was_filed),
         or None: what a retry refused after the record or the sender changed is answered with
-        (pipeline._answer_retry_of_filed)."""
-        rows, _ = self._run(
-            "read", "SELECT odoo_message_id FROM messages WHERE message_id = ? AND from_address = ? COLLATE NOCASE "
-                    f"AND odoo_identity IN (?, '') AND {_FILED} AND model = ? AND res_id = ? "
-                    "AND odoo_message_id IS NOT NULL ORDER BY id DESC LIMIT 1",
-            (message_id, from_address, odoo_identity, model, res_id), deadline=deadline)
+        (pipeline._answer_retry_of_filed).
+
+        ``public_reply_to``: the address of a delivery that files a public reply; only a row filed
+        as a public reply, or one of this very address (a reply-all filed as a note), is its first
+        delivery. The note of its Bcc'd note address is not: a reply refused for a reason of its
+        own (an employee where allow_internal_users is false, a sender who may not post publicly)
+        was answered "Already filed" under that note, and the customer never got the answer
+        (found by a review of the session's merges; post.look_up counts public messages only the
+        same way)."""
+        sql = ("SELECT odoo_message_id FROM messages WHERE message_id = ? AND from_address = ? COLLATE NOCASE "
+               f"AND odoo_identity IN (?, '') AND {_FILED} AND model = ? AND res_id = ? "
+               "AND odoo_message_id IS NOT NULL")
+        parameters: tuple = (message_id, from_address, odoo_identity, model, res_id)
+        if public_reply_to is not None:
+            sql += " AND (kind = 'reply' OR rcpt = ? COLLATE NOCASE)"
+            parameters += (public_reply_to,)
+        rows, _ = self._run("read", sql + " ORDER BY id DESC LIMIT 1", parameters, deadline=deadline)
         return int(rows[0][0]) if rows else None
 
     def prune(self, before: float, *, batch: int = 2000) -> dict[str, int]:

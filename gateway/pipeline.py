@@ -915,8 +915,9 @@ def retry_of_filed(ctx: MessageContext, services: Services, deadline: float | No
     Odoo's mail.message of hers under its Message-IDs. Raises PostUnsettled while that post may
     still be running, OdooUnavailable when Odoo cannot say, JournalUnavailable."""
     assert ctx.sender is not None and ctx.message is not None
-    filed = services.journal.filed_as(ctx.message.message_id, ctx.sender.email, ctx.odoo_identity,
-                                      ctx.target.model, ctx.target.res_id, deadline=deadline)
+    filed = services.journal.filed_as(
+        ctx.message.message_id, ctx.sender.email, ctx.odoo_identity, ctx.target.model, ctx.target.res_id,
+        public_reply_to=ctx.target.address if ctx.target.kind == "reply" else None, deadline=deadline)
     if filed is not None:
         return filed
     key = unsettled_key(ctx)

@@ -25,6 +25,7 @@ from gateway.testing.odoo_demo import (ADMIN_PARTNER_ID, CUSTOMER_PARTNER_ID, GA
 from gateway.testing.sending import compose, deliver
 
 PAULA = "portal.contrib@example.com"
+MARC = "mark.brown23@example.com"  # an internal user
 NOTE, REPLY = f"note@{ALIAS_DOMAIN}", f"reply@{ALIAS_DOMAIN}"
 
 
@@ -387,6 +388,33 @@ def test_a_bcc_note_and_its_reply_file_the_reply_publicly_whichever_comes_first(
     assert mailer.send(raw, addresses["note"]) == f"250 2.0.0 Already filed as Odoo message {note_id}"
     assert len(test_odoo.filings()) == filings
     assert _kinds(test_odoo, message_id) == filed
+
+
+@pytest.mark.parametrize("case", ["employee", "not-a-follower"])
+def test_a_reply_refused_for_itself_is_not_already_filed_by_its_bcc_note(test_odoo, start_gateway, dns_server,
+                                                                          dkim_keys, case):
+    # Found by a review of the session's merges: a permanent refusal of a message this sender already
+    # filed on the record is answered "Already filed" (a retry after the record changed); the note of
+    # the message's Bcc'd note address, filed first, made the reply delivery's own 550 such a retry.
+    if case == "employee":
+        gateway = start_gateway(dns_server.port, rules_extra="allow_internal_users = false\n")
+        sender, refusal = MARC, ("550 5.7.1 Internal users may not post here by email: answer in the record's "
+                                 "chatter in Odoo")
+    else:
+        gateway = start_gateway(dns_server.port, rules_extra='access = "followers"\n')
+        test_odoo.add_record("project.collaborator", {"project_id": PROJECT_ID, "partner_id": PAULA_PARTNER_ID,
+                                                      "limited_access": False})
+        test_odoo.remove_follower("project.task", TASK_ID, PAULA_PARTNER_ID)
+        sender, refusal = PAULA, ("550 5.7.1 Sender has no access to this record: portal.contrib@example.com does "
+                                  f"not follow project.task {TASK_ID}")
+    mailer = Mailer(gateway, dkim_keys)
+    addresses = {kind: mailer.address(kind, "project.task", TASK_ID) for kind in ("note", "reply")}
+    alone = _reply_to(mailer, addresses["reply"], sender=sender, message_id=f"<alone-{case}@example.com>")
+    assert mailer.send(alone, addresses["reply"], mail_from=sender) == refusal
+    raw = _reply_to(mailer, addresses["reply"], sender=sender, message_id=f"<bcc-{case}@example.com>")
+    assert mailer.send(raw, addresses["note"], mail_from=sender).startswith("250 2.0.0 Filed as Odoo message ")
+    assert mailer.send(raw, addresses["reply"], mail_from=sender) == refusal
+    assert [kind for _, _, kind in _kinds(test_odoo, f"<bcc-{case}@example.com>")] == ["Note"]
 
 
 @pytest.mark.parametrize("form", ["second Cc header", "second To header", "quoted local part", "in a group"])

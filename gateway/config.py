@@ -523,8 +523,13 @@ class ContentRules(_Strict):
     remote_images: Literal["link", "keep"] = "link"
 
 
+# The contributor group of a domain whose rules name none; setup-odoo gives it the documented name
+# (setup_odoo.contributor_group_name), any other group a name of its own.
+DEFAULT_CONTRIBUTOR_GROUP = "note_gateway.group_portal_note_contributor"
+
+
 class NoteRules(KindRules):
-    contributor_group: str = "note_gateway.group_portal_note_contributor"
+    contributor_group: str = DEFAULT_CONTRIBUTOR_GROUP
 
     @field_validator("contributor_group")
     @classmethod

@@ -214,7 +214,8 @@ class MessageContext:
     # started alongside; not the gateway's own work (gateway/odoo.py start_waiting).
     odoo_seconds: float = 0.0
     # The reply the listener gave itself when the pipeline overran its last-resort timer (smtp.py),
-    # its refusal (the journal row's verdict and class follow it: it is what the sender got) and when; whether the pipeline's own reply was settled (journaled) first. Under reply_lock:
+    # its refusal (the journal row's verdict and class follow it: it is what the sender got) and
+    # when; whether the pipeline's own reply was settled (journaled) first. Under reply_lock:
     # whichever comes first is the reply sent and the one the journal keeps (pipeline.sent_reply).
     listener_reply: str | None = None
     listener_refusal: Refusal | None = None
@@ -226,4 +227,4 @@ class MessageContext:
     def verdict(self) -> str:
         if self.refusal is None:
             return "duplicate" if self.duplicate else "filed"
-        return "deferred" if self.refusal.transient else "refused"
+        return self.refusal.verdict

@@ -111,8 +111,9 @@ def find_user(odoo: OdooPool, email: str, *, deadline: float | None = None) -> O
 
     The email is Odoo's email_normalized: the first address of the partner's email, without its
     name or spaces. An address that is only a user's login is refused (_without_user): with the
-    reason that the user has no email when she has none, else as no user's. An internationalised domain matches in A-labels and in U-labels, however either
-    side wrote it (gateway/idn.py address_forms). Two active users of one address are ambiguous
+    reason that the user has no email when she has none, else as no user's. An internationalised
+    domain matches in A-labels and in U-labels, however either side wrote it (gateway/idn.py
+    address_forms). Two active users of one address are ambiguous
     and refused, where Odoo's gateway would take the first it finds.
     """
     email = email.strip().lower()

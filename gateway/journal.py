@@ -14,9 +14,11 @@ import urllib.parse
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable, TypeVar
 
 from gateway.observe import masked
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from gateway.context import MessageContext
@@ -475,15 +477,21 @@ def _wait_end(deadline: float | None, wait: float) -> float:
 # Journal.begin's count: what count_filed counts, plus the open receipts of the same scope (a
 # receipt's alias domain is its address's: the gateway writes rcpt as <local>@<domain>); and, only
 # at a limit, whether this sender filed the message on this record already (was_filed: a retry).
-_SENDER_COUNT = ("(SELECT count(*) FROM messages WHERE from_address = ? COLLATE NOCASE AND domain IN (?, '') "
-                 "AND verdict = 'filed' AND received_at >= ?) + (SELECT count(*) FROM receipts WHERE from_address = ? "
+# What count_filed counts, from one sender through one alias domain (parameters: from_address,
+# domain, since) or on one record of one Odoo (model, res_id, odoo_identity, since).
+_FILED_FROM_SENDER = ("SELECT count(*) FROM messages WHERE from_address = ? COLLATE NOCASE AND domain IN (?, '') "
+                      "AND verdict = 'filed' AND received_at >= ?")
+_FILED_ON_RECORD = ("SELECT count(*) FROM messages WHERE model = ? AND res_id = ? AND odoo_identity IN (?, '') "
+                    "AND verdict = 'filed' AND received_at >= ?")
+# This sender's message, filed (_FILED) in this Odoo (parameters: message_id, from_address,
+# odoo_identity): was_filed, filed_as and Journal.begin's retry test read it.
+_SENDERS_FILED = f"message_id = ? AND from_address = ? COLLATE NOCASE AND odoo_identity IN (?, '') AND {_FILED}"
+_SENDER_COUNT = (f"({_FILED_FROM_SENDER}) + (SELECT count(*) FROM receipts WHERE from_address = ? "
                  "COLLATE NOCASE AND substr(rcpt, -?) = ? AND received_at >= ?)")
-_RECORD_COUNT = ("(SELECT count(*) FROM messages WHERE model = ? AND res_id = ? AND odoo_identity IN (?, '') "
-                 "AND verdict = 'filed' AND received_at >= ?) + (SELECT count(*) FROM receipts WHERE model = ? "
+_RECORD_COUNT = (f"({_FILED_ON_RECORD}) + (SELECT count(*) FROM receipts WHERE model = ? "
                  "AND res_id = ? AND odoo_identity IN (?, '') AND received_at >= ?)")
 _LIMITS_COUNT = "SELECT {sender}, {record}"
-_FILED_HERE = ("SELECT 1 FROM messages WHERE message_id = ? AND from_address = ? COLLATE NOCASE "
-               f"AND odoo_identity IN (?, '') AND {_FILED} AND model = ? AND res_id = ? LIMIT 1")
+_FILED_HERE = f"SELECT 1 FROM messages WHERE {_SENDERS_FILED} AND model = ? AND res_id = ? LIMIT 1"
 
 
 class Journal:
@@ -694,22 +702,33 @@ class Journal:
 
     def _transaction(self, action: str, statements: list[tuple[str, tuple]], *, deadline: float | None = None,
                      wait: float = WAIT_SECONDS) -> int:
-        """Run statements in one transaction (_write); return the last inserted row id of the first."""
+        """Run statements in one transaction (_atomically); return the last inserted row id of the first."""
 
         def run(connection: sqlite3.Connection) -> int:
+            first_id = None
+            for sql, parameters in statements:
+                cursor = connection.execute(sql, parameters)
+                first_id = cursor.lastrowid if first_id is None else first_id
+            return int(first_id or 0)
+
+        return self._atomically(action, run, deadline=deadline, wait=wait)
+
+    def _atomically(self, action: str, work: Callable[[sqlite3.Connection], T], *, deadline: float | None = None,
+                    wait: float = WAIT_SECONDS) -> T:
+        """``work(connection)`` in one BEGIN IMMEDIATE transaction (_write): committed if it returns,
+        rolled back if it raises (whatever it raises, which is raised again)."""
+
+        def run(connection: sqlite3.Connection) -> T:
             connection.execute("BEGIN IMMEDIATE")
             try:
-                first_id = None
-                for sql, parameters in statements:
-                    cursor = connection.execute(sql, parameters)
-                    first_id = cursor.lastrowid if first_id is None else first_id
+                result = work(connection)
                 connection.execute("COMMIT")
             except BaseException:
                 # SQLite has already rolled back after some errors (a full disk among them).
                 if connection.in_transaction:
                     connection.execute("ROLLBACK")
                 raise
-            return int(first_id or 0)
+            return result
 
         return self._write(action, run, deadline=deadline, wait=wait)
 
@@ -751,25 +770,15 @@ class Journal:
             if limits.per_record else ())
 
         def run(connection: sqlite3.Connection) -> int:
-            connection.execute("BEGIN IMMEDIATE")
-            try:
-                senders, records = connection.execute(count, parameters).fetchone()
-                reached = ("sender" if limits.per_sender and senders >= limits.per_sender else
-                           "record" if limits.per_record and records >= limits.per_record else None)
-                if reached is not None and connection.execute(
-                        _FILED_HERE, (message_id, limits.sender, odoo_identity, model, res_id)).fetchone() is None:
-                    connection.execute("ROLLBACK")
-                    raise LimitReached(reached)
-                receipt_id = connection.execute(insert, values).lastrowid
-                connection.execute("COMMIT")
-            except BaseException:
-                # SQLite has already rolled back after some errors (a full disk among them).
-                if connection.in_transaction:
-                    connection.execute("ROLLBACK")
-                raise
-            return int(receipt_id or 0)
+            senders, records = connection.execute(count, parameters).fetchone()
+            reached = ("sender" if limits.per_sender and senders >= limits.per_sender else
+                       "record" if limits.per_record and records >= limits.per_record else None)
+            if reached is not None and connection.execute(
+                    _FILED_HERE, (message_id, limits.sender, odoo_identity, model, res_id)).fetchone() is None:
+                raise LimitReached(reached)  # Rolled back by _atomically: nothing written.
+            return int(connection.execute(insert, values).lastrowid or 0)
 
-        return self._write("written", run, deadline=deadline)
+        return self._atomically("written", run, deadline=deadline)
 
     def open_receipts(self) -> int:
         rows, _ = self._run("read", "SELECT count(*) FROM receipts")
@@ -895,13 +904,9 @@ class Journal:
         older than 7 (no Odoo: '') for every Odoo.
         """
         if from_address is not None:
-            sql = ("SELECT count(*) FROM messages WHERE from_address = ? COLLATE NOCASE AND domain IN (?, '') "
-                   "AND verdict = 'filed' AND received_at >= ?")
-            parameters: tuple = (from_address, domain or "", since)
+            sql, parameters = _FILED_FROM_SENDER, (from_address, domain or "", since)
         else:
-            sql = ("SELECT count(*) FROM messages WHERE model = ? AND res_id = ? AND odoo_identity IN (?, '') "
-                   "AND verdict = 'filed' AND received_at >= ?")
-            parameters = (model, res_id, odoo_identity, since)
+            sql, parameters = _FILED_ON_RECORD, (model, res_id, odoo_identity, since)
         rows, _ = self._run("read", sql, parameters, deadline=deadline)
         return int(rows[0][0])
 
@@ -910,8 +915,7 @@ class Journal:
         """Whether this sender's message was filed on this record of this Odoo (any time): a retry,
         not a new message. Without a record (a plain address not routed yet): on any record of it.
         A row of unknown Odoo ('', older than schema version 7) counts for every Odoo."""
-        sql = ("SELECT 1 FROM messages WHERE message_id = ? AND from_address = ? COLLATE NOCASE "
-               f"AND odoo_identity IN (?, '') AND {_FILED}")
+        sql = f"SELECT 1 FROM messages WHERE {_SENDERS_FILED}"
         parameters: tuple = (message_id, from_address, odoo_identity)
         if model is not None:
             sql += " AND model = ? AND res_id = ?"
@@ -932,8 +936,7 @@ class Journal:
         was answered "Already filed" under that note, and the customer never got the answer
         (found by a review of the session's merges; post.look_up counts public messages only the
         same way)."""
-        sql = ("SELECT odoo_message_id FROM messages WHERE message_id = ? AND from_address = ? COLLATE NOCASE "
-               f"AND odoo_identity IN (?, '') AND {_FILED} AND model = ? AND res_id = ? "
+        sql = (f"SELECT odoo_message_id FROM messages WHERE {_SENDERS_FILED} AND model = ? AND res_id = ? "
                "AND odoo_message_id IS NOT NULL")
         parameters: tuple = (message_id, from_address, odoo_identity, model, res_id)
         if public_reply_to is not None:

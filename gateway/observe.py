@@ -144,15 +144,15 @@ def message_answered(verdict: str, refusal: str, odoo: str, seconds: float | Non
         MESSAGE_SECONDS.observe(seconds)
 
 
-def message_done(entry: JournalEntry, *, timed: bool = True, counted: bool = False) -> None:
+def message_done(entry: JournalEntry, *, timed: bool = True, already_counted: bool = False) -> None:
     """Count a finished message and log its line; called after the journal has (or has not) kept it.
 
     ``timed`` is False for a message refused at MAIL for its declared SIZE: it never reached DATA,
-    so it has no time from DATA to the reply. ``counted``: the message was counted already, when
+    so it has no time from DATA to the reply. ``already_counted``: the message was counted when
     its reply went out before its row was written (the listener's last-resort reply, smtp.py):
     only its stages' durations and its line are left to do.
     """
-    if not counted:
+    if not already_counted:
         message_answered(entry.verdict, entry.refusal_class, entry.odoo, entry.total_seconds if timed else None)
     for stage, seconds in entry.durations.items():
         _stage_seconds(stage).observe(seconds)

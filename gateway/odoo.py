@@ -355,9 +355,8 @@ class OdooPool:
         self._lock = threading.Lock()
         self._version: int | None = None
         self._xmlids: dict[str, int] = {}
-        # When each xmlid was last read again after a refusal (xmlid_again), time.monotonic().
-        self._xmlids_rechecked: dict[str, float] = {}
-        # When each thing said once in a while (first_in) was last said, time.monotonic().
+        # When each thing said or done once in a while (first_in) was last, time.monotonic(): an
+        # ERROR logged once an hour, an xmlid read again after a refusal (xmlid_again).
         self._said: dict[tuple, float] = {}
         # Record rules, access lists and field types, with the time they were read (gateway/access.py).
         self.security_cache: dict[tuple, tuple[float, object]] = {}
@@ -790,7 +789,8 @@ class OdooPool:
         return user_group_fields(self.version())[1]
 
     def first_in(self, key: tuple, seconds: float) -> bool:
-        """True at most once per ``seconds`` for ``key``: for an ERROR logged once, not on every message."""
+        """True at most once per ``seconds`` for ``key``: for an ERROR logged once, not on every message,
+        or an Odoo call made once in a while (xmlid_again)."""
         now = time.monotonic()
         with self._lock:
             last = self._said.get(key)
@@ -823,12 +823,8 @@ class OdooPool:
         raises OdooUnavailable (451: the message waits for the admin, as at a start) and is not
         kept, so that the next message resolves it again.
         """
-        now = time.monotonic()
-        with self._lock:
-            last = self._xmlids_rechecked.get(xmlid)
-            if last is not None and now - last < XMLID_RECHECK_SECONDS:
-                return None
-            self._xmlids_rechecked[xmlid] = now
+        if not self.first_in(("xmlid-again", xmlid), XMLID_RECHECK_SECONDS):
+            return None
         before = self._xmlids.get(xmlid)
         found = self._resolve(xmlid, deadline)
         if before is not None and found != before:

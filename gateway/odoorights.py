@@ -66,7 +66,6 @@ def read_hint(login: str, model: str) -> str:
     return f"give {login} read access to every {model} record ({model}: {rights.read})"
 
 
-
 def post_hint(login: str, model: str) -> str:
     """What lets ``login`` post on ``model``: write access, or read access where readers may post."""
     rights = KNOWN.get(model)

@@ -863,6 +863,8 @@ def stage_fault(stage: str, error: Exception, ctx: MessageContext, services: Ser
         else:
             cause = renderer.describe_error(error, name)
     return InternalError(f"stage {stage}", internal=cause)
+
+
 def _answer_retry_of_filed(ctx: MessageContext, services: Services, stage: Stage, deadline: float) -> None:
     """A permanent refusal of a message this sender already filed on this record becomes "250 Already filed".
 
@@ -988,7 +990,7 @@ def journal(ctx: MessageContext, services: Services, total_seconds: float, *, de
         # listener-answered note keeps. A note filed late is deferred here, its Odoo id kept; the
         # sender retries, and the retry is answered "Already filed" (found by a review of what
         # operators can see: the row said filed and the metrics counted it so, after a 451).
-        entry.verdict = "deferred" if said.transient else "refused"
+        entry.verdict = said.verdict
         entry.refusal_class = said.name
         entry.total_seconds = max(0.0, ctx.listener_answered_at - (now - total_seconds))
     # The outcome is written past the deadline too (a note filed at the deadline has its row), but
@@ -1005,4 +1007,4 @@ def journal(ctx: MessageContext, services: Services, total_seconds: float, *, de
     finally:
         # Metrics and the message's log line (issue 5), whether or not the journal kept it; a
         # message the listener answered was counted as its reply went out (smtp.py).
-        observe.message_done(entry, counted=said is not None)
+        observe.message_done(entry, already_counted=said is not None)

@@ -42,6 +42,11 @@ class Refusal(Exception):
         return 400 <= self.smtp_code < 500
 
     @property
+    def verdict(self) -> str:
+        """The journal's and the metrics' verdict of a message answered with this refusal."""
+        return "deferred" if self.transient else "refused"
+
+    @property
     def name(self) -> str:
         return type(self).__name__
 

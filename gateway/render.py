@@ -651,8 +651,7 @@ def template_warnings(config: GatewayConfig, renderer: Renderer) -> list[tuple[s
         return []
     found: list[tuple[str, str]] = []
     for owner, layer, domains in folders.values():
-        models = {kind: sorted({model for rules in domains for model in rules.kind_rules(kind).models})
-                  for kind in ("note", "reply")}
+        models = _routed(domains)
         candidates = [f"{kind}/{model}.html.j2" for kind in ("note", "reply")
                       for model in [*models[kind], "default"]] + sorted(notices | included)
         for name in sorted({*layer.sources, *layer.unread}):

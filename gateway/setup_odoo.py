@@ -6,6 +6,7 @@ import ast
 import re
 from typing import Any, Iterable, Mapping
 
+from gateway.config import DEFAULT_CONTRIBUTOR_GROUP
 from gateway.odoo import user_group_fields
 
 NOTE_GATEWAY_GROUP = "note_gateway.group_note_gateway"
@@ -20,7 +21,8 @@ READ_MODELS = ("ir.rule", "ir.model.access", "ir.model")
 # xmlid under a former name is renamed, never duplicated; a name an admin chose is left alone.
 CONTRIBUTOR_GROUP_NAME = "Portal Internal Note Contributor"
 FORMER_CONTRIBUTOR_GROUP_NAMES = ("Portal note contributors",)
-DEFAULT_CONTRIBUTOR_GROUP = "note_gateway.group_portal_note_contributor"
+# Path operators whose value is a domain on the field's comodel (Odoo 17+).
+SUBDOMAIN_OPERATORS = ("any", "not any")
 
 
 def contributor_group_name(xmlid: str, domains: Iterable[str] = ()) -> str:
@@ -34,8 +36,6 @@ def contributor_group_name(xmlid: str, domains: Iterable[str] = ()) -> str:
     if xmlid == DEFAULT_CONTRIBUTOR_GROUP:
         return CONTRIBUTOR_GROUP_NAME
     return f"{CONTRIBUTOR_GROUP_NAME} ({', '.join(sorted(set(domains))) or xmlid})"
-# Path operators whose value is a domain on the field's comodel (Odoo 17+).
-SUBDOMAIN_OPERATORS = ("any", "not any")
 
 
 def _leaves(node: ast.AST):
@@ -177,11 +177,9 @@ class Setup:
         return len(users) == len(logins) and all(granted & set(user.get(self.all_groups_field) or ())
                                                  for user in users)
 
-    def run(self, contributor_groups: Mapping[str, Iterable[str]] | Iterable[str], integration_logins: list[str],
+    def run(self, contributor_groups: Mapping[str, Iterable[str]], integration_logins: list[str],
             rule_models: list[str] = ()) -> list[str]:
-        """``contributor_groups``: each xmlid with the alias domains that name it (or xmlids alone)."""
-        if not isinstance(contributor_groups, Mapping):
-            contributor_groups = {xmlid: () for xmlid in contributor_groups}
+        """``contributor_groups``: each xmlid with the alias domains that name it."""
         for xmlid, domains in sorted(contributor_groups.items()):
             name = contributor_group_name(xmlid, domains)
             # A group of another xmlid that an earlier version named as the default one is renamed

@@ -125,8 +125,9 @@ class GatewayHandler:
                               counted: bool = False) -> None:
         """The journal row of a refusal said in the session itself, outside the pipeline.
 
-        ``counted``: the refusal is of a message (one too large), so it is counted in
-        note_gateway_messages_total and has its JSON log line, as the pipeline's refusals do;
+        ``counted``: the refusal is of a message (too large, a line too long, no free DATA slot), so
+        it is counted in note_gateway_messages_total and has its JSON log line, as the pipeline's
+        refusals do;
         ``seconds`` is its time from DATA to the reply, when it reached DATA. Otherwise it is of a
         recipient at RCPT: counted in note_gateway_recipients_refused_total, not as a message, with
         a JSON line of its own event ("refused-recipient"), so that every journal row has its line.
@@ -139,7 +140,7 @@ class GatewayHandler:
         """
         peer = session.peer[0] if isinstance(session.peer, tuple) else str(session.peer)
         entry = JournalEntry(peer=peer, mail_from=mail_from, rcpt=(target.address if target else rcpt)[:320],
-                             verdict="deferred" if refusal.transient else "refused",
+                             verdict=refusal.verdict,
                              refusal_class=refusal.name, smtp_reply=refusal.smtp_reply(), total_seconds=seconds or 0.0)
         services = self.services
         if target is not None:
@@ -260,8 +261,8 @@ class GatewayHandler:
                     # a review of what operators can see: a stuck gateway's 451s reached no metric).
                     ctx.listener_reply, ctx.listener_refusal = fallback, refusal
                     ctx.listener_answered_at = time.monotonic()
-                    observe.message_answered("deferred" if refusal.transient else "refused", refusal.name,
-                                             ctx.rules.odoo, ctx.listener_answered_at - (deadline - budget))
+                    observe.message_answered(refusal.verdict, refusal.name, ctx.rules.odoo,
+                                             ctx.listener_answered_at - (deadline - budget))
                     log.warning("%s to %s: no outcome %g s after its data, the pipeline is still running "
                                 "(stage %s), answered %r", ctx.message.message_id if ctx.message else "-",
                                 target.address, give_up, ctx.running_stage or "-", fallback)
@@ -788,7 +789,7 @@ def _journal_abandoned(abandoned: list[_Running]) -> None:
             log.error("journal unavailable, interrupted message not recorded: %s | %s", error, reply)
         finally:
             # Counted already if the listener's timer answered it (GatewayHandler._process).
-            observe.message_done(entry, counted=ctx.listener_reply is not None)
+            observe.message_done(entry, already_counted=ctx.listener_reply is not None)
     journals = {id(running.services.journal): running.services for running in abandoned
                 if running.ctx.receipt_id is not None}
     for services in journals.values():

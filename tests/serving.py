@@ -67,6 +67,17 @@ class ServeProcess:
     def signal(self, number: int) -> None:
         self.process.send_signal(number)
 
+    def reload(self, count: int = 1, said: str = "rules reloaded: ", timeout: float = 15) -> int:
+        """SIGHUP, then wait until ``count`` log lines say ``said`` (one per worker); the log position
+        before the signal."""
+        mark = len(self.lines)
+        self.signal(signal.SIGHUP)
+        deadline = time.monotonic() + timeout
+        while sum(said in line for line in self.lines[mark:]) < count:
+            assert time.monotonic() < deadline, self.log
+            time.sleep(0.05)
+        return mark
+
     def kill(self) -> None:
         self.process.kill()
         self.wait(timeout=10)

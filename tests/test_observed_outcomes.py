@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import smtplib
-import socket
 import urllib.request
 
 import pytest
@@ -19,13 +18,8 @@ from conftest import Mailer
 from serving import PAULA, Port
 
 from gateway.journal import Journal
+from gateway.testing.postfix import free_port as _free_port
 from gateway.testing.odoo_demo import TASK_ID
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _metrics(port: int, name: str) -> dict[str, float]:

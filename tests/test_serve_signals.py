@@ -489,12 +489,7 @@ def test_prune_journal_after_a_reload_leaves_the_serving_journal_whole(test_odoo
         return _send(mailer.sign(mailer.message("note_from_contributor.eml", to, message_id)), to, gateway.port)
 
     assert note("<before-reload@example.com>").startswith("250 2.0.0 Filed")
-    mark = len(gateway.lines)
-    gateway.signal(signal.SIGHUP)
-    deadline = time.monotonic() + 15
-    while sum("rules reloaded: " in line for line in gateway.lines[mark:]) < (workers or 1):
-        assert time.monotonic() < deadline, gateway.log
-        time.sleep(0.05)
+    gateway.reload(workers or 1)
     pruned = _note_gateway(config, "prune-journal", "--keep-days", "30")
     assert pruned.returncode == 0, pruned.stderr
     assert (config.parent / "journal.sqlite3-wal").exists() and (config.parent / "journal.sqlite3-shm").exists()
@@ -748,13 +743,7 @@ def test_an_expired_certificate_is_warned_of_at_start_and_at_each_reload_and_sti
     assert ssl.PEM_cert_to_DER_cert(expired.read_text()) == _served_certificate(gateway.port)
 
     def reload() -> list[str]:
-        mark = len(gateway.lines)
-        gateway.signal(signal.SIGHUP)
-        deadline = time.monotonic() + 15
-        while sum("rules reloaded: " in line for line in gateway.lines[mark:]) < (workers or 1):
-            assert time.monotonic() < deadline, gateway.log
-            time.sleep(0.05)
-        return warnings(gateway.lines[mark:])
+        return warnings(gateway.lines[gateway.reload(workers or 1):])
 
     assert reload() == [said]
     # Renewed, for ten days only: doctor's warning window (checks.EXPIRY_WARNING_DAYS).
@@ -794,13 +783,7 @@ def test_a_reload_warns_that_credentials_and_environment_keep_their_values_until
     task = mailer.address("note", "project.task", TASK_ID)
 
     def reload(said: str, count: int) -> int:
-        mark = len(gateway.lines)
-        gateway.signal(signal.SIGHUP)
-        deadline = time.monotonic() + 15
-        while sum(said in line for line in gateway.lines[mark:]) < count:
-            assert time.monotonic() < deadline, gateway.log
-            time.sleep(0.05)
-        return mark
+        return gateway.reload(count, said)
 
     # Every worker reloads; the supervisor says it once for all of them.
     mark = reload("rules reloaded: ", workers or 1)

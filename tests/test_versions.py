@@ -31,7 +31,7 @@ def test_identity_and_odoo_rules_on_each_version(version, assign, effective):
 
         admin = odoorpc.ODOO(odoo.host, port=odoo.port, timeout=5)
         admin.login(odoo.database, ADMIN_LOGIN, ADMIN_PASSWORD)
-        report = Setup(admin, admin.version).run([], ["gateway"], ["project.task"])
+        report = Setup(admin, admin.version).run({}, ["gateway"], ["project.task"])
         assert "added gateway (uid 10) to note_gateway.group_note_gateway" in report
         # The portal task rule goes through project.collaborator, which the gateway (no Project
         # user) could not read: without it every search of a task as the gateway fails.

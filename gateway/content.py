@@ -381,6 +381,36 @@ def _is_tnef(attachment: Attachment) -> bool:
     return attachment.content_type.lower() in _TNEF_TYPES or attachment.filename.lower() == "winmail.dat"
 
 
+# A plain part no longer than this that shares no word with the HTML is a stub (_is_stub).
+_STUB_MAX_CHARS = 200
+_WORDS = re.compile(r"\w+")
+
+
+def _words(text: str) -> list[str]:
+    return _WORDS.findall(text.casefold())
+
+
+def _is_stub(plain: str, html_text: str) -> bool:
+    """True if ``plain``, a plain part's text, is no rendering of the HTML part's text ``html_text``
+    but a placeholder a tool writes for readers without HTML ("(html)", "[HTML message]"): short,
+    and not one of its words is in the HTML. A rendering of the HTML shares its words; a short text
+    that shares some ("Site 12 done") is kept, since it may be the sender's own."""
+    if len(plain.strip()) > _STUB_MAX_CHARS:
+        return False
+    words = _words(plain)
+    html_words = set(_words(html_text))
+    # No word at all ("👍", "..."): nothing says it is not the sender's.
+    return bool(words) and not any(word in html_words for word in words)
+
+
+def _holds(text: str, inner: str) -> bool:
+    """True if the words of ``inner`` are all in ``text``, in order: ``text`` (a plain part) holds
+    ``inner`` (what was trimmed of the HTML part) whatever the line breaks, the *bold* marks and
+    the link URLs that a plain rendering adds."""
+    words = iter(_words(text))
+    return all(word in words for word in _words(inner))
+
+
 def extract_body(message: ParsedMessage, files: list[Attachment] | None = None,
                  refused: Sequence[str] = ()) -> str:
     """The sanitized HTML body to post, or EmptyBody if nothing readable is left above the quote.
@@ -394,12 +424,23 @@ def extract_body(message: ParsedMessage, files: list[Attachment] | None = None,
     one with no text but files in an unknown transfer encoding UnknownTransferEncoding. ``refused``
     names the files the rules left out, each with why (attachments.RefusedFile): a message with no
     text and no file left is OnlyRefusedFiles, naming them, rather than EmptyBody.
+
+    When the HTML part's own part is empty and the plain part's is not, the plain part is filed,
+    and what was trimmed of the HTML follows it, collapsed, unless the plain part holds its words
+    (it was lost until a review of silent content loss: "As the manual wrote:" above a blockquote
+    trimmed everything the sender wrote, and the plain part was "(html)"). A plain part that is a
+    stub (_is_stub) is no text of the sender's: the HTML is filed, as if it came alone but for the
+    refusal of a quote only (what it trimmed, collapsed).
     """
     if message.encryption:
         raise EncryptedMessage(message.encryption)
     if message.opaque_signed:
         raise OpaqueSignedMessage()
     fallback = None
+    # The text of what was trimmed of the first candidate with no readable text of its own.
+    fallback_text = None
+    # A plain part was only a stub beside that candidate: what the candidate trimmed is filed instead.
+    stub = False
     forwarded = None
     forward_subject = is_forward_subject(message.subject)
     files = message.attachments if files is None else files
@@ -426,15 +467,27 @@ def extract_body(message: ParsedMessage, files: list[Attachment] | None = None,
             if is_inline_pgp(shown, text):
                 # Mailvelope, mutt and others encrypt the text itself: what is kept is ciphertext.
                 raise EncryptedMessage("inline PGP")
+            if fallback:
+                # The HTML part kept nothing readable and trimmed something: the plain part wins, and
+                # what the HTML trimmed (the sender's text, if the split misjudged it) is not dropped.
+                own = text if not readable_trimmed else f"{text}\n{visible_text(trimmed)}"
+                if _is_stub(own, fallback_text):
+                    stub = True
+                    continue
+                if not _holds(own, fallback_text):
+                    details = f"{details}\n{fallback}" if details else fallback
             return f"{body}\n{details}" if details else body
         if fallback is None:
             fallback = details
+            fallback_text = visible_text(trimmed) if readable_trimmed else ""
         if forwarded is None and readable_trimmed and quotes.is_forward(trimmed, forward_subject):
             forwarded = strip_trailing_blanks(trimmed)
     # Forwarding a customer's email into a record is filing it: the forwarded text is the note,
     # shown in full rather than collapsed, since there is nothing else to show.
     if forwarded:
         return forwarded
+    if stub:
+        return fallback
     filed = [attachment for attachment in files if not attachment.inline]
     # An encrypted message to which an outbound gateway added a disclaimer footer, or a list its
     # footer (multipart/mixed of the encrypted entity and a text of the footer only), is encrypted

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.content import extract_body, link_remote_images, sanitize_html, text_to_html
+from gateway.content import extract_body, link_remote_images, sanitize_html, text_to_html, visible_text
 from gateway.context import Attachment, ParsedMessage
 from gateway.refusals import EmptyBody, EncryptedMessage
 
@@ -237,3 +237,37 @@ def test_a_text_that_is_only_armoured_ciphertext_is_inline_pgp(text_plain, text_
 ], ids=["mention", "no-end-line", "text-after", "text-before", "both-lines-mentioned"])
 def test_a_text_about_or_around_an_armoured_block_is_filed(text_plain):
     assert "PGP MESSAGE" in extract_body(message(text_plain=text_plain))
+
+
+# --- An HTML part whose text was all trimmed, next to a plain part ------------------------------
+
+# A review of silent content loss: "As the manual wrote:" above a blockquote reads as an attribution,
+# so the HTML part's own part was empty and the plain part won; what the HTML trimmed was dropped.
+_MANUAL_HTML = "<div>Visited site 12 today. As the manual wrote:</div><blockquote>never run the pump dry</blockquote>"
+
+
+@pytest.mark.parametrize("stub", ["(html)", "[HTML message]"])
+def test_a_stub_plain_part_loses_to_the_html_part_whose_text_was_trimmed(stub):
+    body = extract_body(message(text_plain=stub, text_html=_MANUAL_HTML))
+    assert "Visited site 12 today. As the manual wrote:" in body and "never run the pump dry" in body
+    assert stub not in body
+    assert body.startswith("<details><summary>Quoted text and signature</summary>")
+
+
+def test_a_plain_part_of_its_own_is_filed_with_what_the_html_part_trimmed():
+    # A plain part that is no rendering of the HTML, but shares words with it: it may be the
+    # sender's, so it stays, and the HTML's text follows it, collapsed.
+    body = extract_body(message(text_plain="Site 12: pump checked.", text_html=_MANUAL_HTML))
+    own, _, details = body.partition("<details>")
+    assert own == "<p>Site 12: pump checked.</p>\n"
+    assert "Visited site 12 today." in details and "never run the pump dry" in details
+
+
+def test_a_plain_part_holding_what_the_html_part_trimmed_is_filed_alone():
+    plain = "Visited site 12 today. As the manual wrote:\n\n   *never* run the\n   pump dry\n"
+    body = extract_body(message(text_plain=plain, text_html=_MANUAL_HTML))
+    assert "<details>" not in body and body.count("pump dry") == 1
+
+
+def test_a_plain_part_next_to_an_empty_html_part_is_still_filed_alone():
+    assert extract_body(message(text_plain="(html)", text_html="<div><br></div>")) == "<p>(html)</p>"

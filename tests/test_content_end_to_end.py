@@ -896,6 +896,26 @@ def test_a_reply_holding_only_a_quote_is_still_refused(test_odoo, gateway, maile
     assert _posts(test_odoo) == []
 
 
+# A review of silent content loss: "As the manual wrote:" above a blockquote reads as an attribution,
+# so all the HTML part held was trimmed, and the plain part ("(html)") was filed without it.
+MANUAL_HTML = ('<div dir="ltr"><div>Visited site 12 today. As the manual wrote:</div>'
+               "<blockquote><div>never run the pump dry</div></blockquote></div>")
+
+
+@pytest.mark.parametrize("plain", ["(html)", "Site 12: see below."], ids=["stub", "text-of-its-own"])
+def test_the_senders_words_the_html_part_trimmed_reach_the_note_beside_a_plain_part(
+        test_odoo, gateway, mailer, plain):
+    reply, _ = _send_raw(mailer, "Re: Pump", _alternative(plain, MANUAL_HTML))
+    assert reply.startswith("250 2.0.0 Filed"), reply
+    [post] = _posts(test_odoo)
+    body = post.kwargs["body"]
+    assert "Visited site 12 today. As the manual wrote:" in body and "never run the pump dry" in body
+    # Collapsed, as what is trimmed always is; a stub is no text of the sender's and is not filed.
+    own, _, details = body.partition("<details>")
+    assert "never run the pump dry" in details
+    assert ("(html)" not in body) if plain == "(html)" else (plain in own)
+
+
 def _raw(to: str, subject: str, mime: str, body: bytes) -> bytes:
     """A message as a mail client writes it: ``mime`` are its MIME headers, ``body`` its bytes."""
     head = (f"From: Paula Contributor <{PAULA}>\r\nTo: {to}\r\nSubject: {subject}\r\n"

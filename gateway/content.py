@@ -362,6 +362,52 @@ def strip_trailing_blanks(body: str) -> str:
 TRIMMED_SUMMARY = "Quoted text and signature"
 
 
+# What Odoo 18 hides of a note (odoo/tools/mail.py tag_quote, run by html_normalize on every body it
+# stores): in the text of an element, the part from a line starting with ">" and the part from a
+# "--" line followed by more lines, each wrapped in a <span data-o-mail-quote="1">; and a whole
+# element whose text ends with a "--" line and that holds a <br>. The chatter shows those only
+# behind "Read More". tag_quote reads an element's text (what follows its start tag up to the next
+# tag), never a tail (what follows an end tag or a <br>), and these are its patterns.
+_ODOO_TEXT_QUOTE = re.compile(r"((?:\n[>]+[^\n\r]*)+|(?:(?:^|\n)[-]{2}[\s]?[\r\n]{1,2}[\s\S]+))")
+_ODOO_SIGNATURE = re.compile(r"((?:(?:^|\n)[-]{2}[\s]?$))")
+# A text run of sanitized HTML that Odoo reads as an element's text: at the start of the body (a
+# template may put the body first in an element) or right after a start tag, not a void one (text
+# after <br>, <hr>, <img> or <col> is that element's tail). nh3 escapes "<" in text, and quotes
+# every attribute value, so a tag is matched whole. Only runs that hold one of the patterns' marks
+# ("\n>" escaped, or "--") are read further.
+_ODOO_READ_TEXT = re.compile(
+    r'(?P<tag>\A|<(?!(?:br|hr|img|col|wbr)\b)[a-z][a-z0-9]*(?:\s+[^\s="<>/]+(?:="[^"]*")?)*\s*>)'
+    r'(?P<text>[^<]*?(?:\n&gt;|--)[^<]*)', re.IGNORECASE)
+
+
+def _odoo_would_hide(text: str) -> bool:
+    return bool(_ODOO_TEXT_QUOTE.search(text) or _ODOO_SIGNATURE.search(text))
+
+
+def shield_from_odoo_quote_marks(sanitized: str) -> str:
+    """Sanitized HTML in which Odoo finds no quoted text or signature in the sender's own lines.
+
+    Odoo 18 hides a ">" line of a <pre> log ("> show alarms") behind "Read More", and everything
+    after a "--" line of a <pre> or of a plain-text paragraph ("--", then a checklist): tag_quote
+    (see _ODOO_TEXT_QUOTE) reads them as a quote or a signature (found by a review of silent content
+    loss on a real Odoo 18). What the gateway files is what it decided to show: in each element
+    text Odoo would mark, each line goes in a <span> of its own, the line breaks between the spans,
+    so that no element's text holds a line break and the element's own text is empty. A reader sees
+    the same text. A <blockquote> is left as it is: Odoo marks it by its tag, not its text.
+    """
+    if "--" not in sanitized and "\n&gt;" not in sanitized:
+        return sanitized
+
+    def shield(match: re.Match[str]) -> str:
+        text = match.group("text")
+        if not _odoo_would_hide(html.unescape(text)):
+            return match.group(0)
+        lines = (f"<span>{line}</span>" if line.strip() else line for line in text.split("\n"))
+        return match.group("tag") + "\n".join(lines)
+
+    return _ODOO_READ_TEXT.sub(shield, sanitized)
+
+
 def _candidate_splits(message: ParsedMessage) -> Iterator[quotes.Split]:
     """The message's text split into own part and trimmed part, best first: HTML, then plain text."""
     # The HTML part is what the author saw when writing. The plain part is tried after it, not only
@@ -413,6 +459,13 @@ def _holds(text: str, inner: str) -> bool:
 
 def extract_body(message: ParsedMessage, files: list[Attachment] | None = None,
                  refused: Sequence[str] = ()) -> str:
+    """The sanitized HTML body to post (_extract_body), its own lines shielded from Odoo's quote
+    marks (shield_from_odoo_quote_marks)."""
+    return shield_from_odoo_quote_marks(_extract_body(message, files, refused))
+
+
+def _extract_body(message: ParsedMessage, files: list[Attachment] | None = None,
+                  refused: Sequence[str] = ()) -> str:
     """The sanitized HTML body to post, or EmptyBody if nothing readable is left above the quote.
 
     The quoted history and the signature are trimmed before the readability check, so that a

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+
+import lxml.html
 import pytest
 
 from gateway.content import extract_body, link_remote_images, sanitize_html, text_to_html, visible_text
@@ -271,3 +274,57 @@ def test_a_plain_part_holding_what_the_html_part_trimmed_is_filed_alone():
 
 def test_a_plain_part_next_to_an_empty_html_part_is_still_filed_alone():
     assert extract_body(message(text_plain="(html)", text_html="<div><br></div>")) == "<p>(html)</p>"
+
+
+# --- Odoo's quote marks ----------------------------------------------------------------------------
+
+# odoo/tools/mail.py tag_quote of Odoo 18 (html_normalize runs it on every element of a body it
+# stores): the text it marks data-o-mail-quote, which the chatter hides behind "Read More".
+_ODOO_TEXT_QUOTE = re.compile(r"((?:\n[>]+[^\n\r]*)+|(?:(?:^|\n)[-]{2}[\s]?[\r\n]{1,2}[\s\S]+))")
+_ODOO_SIGNATURE = re.compile(r"((?:(?:^|\n)[-]{2}[\s]?$))")
+
+
+def odoo_hides(body: str) -> list[str]:
+    """The texts of ``body`` (put in a note as the default template does) Odoo 18 marks as quote
+    or signature by their text: blockquotes and the classes of clients aside, which the gateway
+    decides on itself."""
+    root = lxml.html.fromstring(f"<p>Internal note by email</p>\n{body}")
+    hidden = []
+    for element in root.iter(lxml.etree.Element):
+        text = element.text or ""
+        if text and element.find("br") is not None and _ODOO_SIGNATURE.search(text):
+            hidden.append(element.text_content())
+        hidden.extend(match.group(0) for match in _ODOO_TEXT_QUOTE.finditer(text))
+    return hidden
+
+
+_LOG = "Controller log:\n> show status\npump1 running\n> show alarms\nnone\n--\nend of log\n"
+
+
+@pytest.mark.parametrize("text_html", [
+    f"<div>Controller log:</div><pre>{_LOG.replace('>', '&gt;')}</pre><div>Looks fine.</div>",
+    f"<pre><code>{_LOG.replace('>', '&gt;')}</code></pre><p>Looks fine.</p>",
+    f"<div>{_LOG.replace('>', '&gt;')}</div><p>Looks fine.</p>",
+], ids=["pre", "pre-code", "div-with-line-breaks-in-its-text"])
+def test_the_lines_of_a_kept_log_are_no_quote_or_signature_to_odoo(text_html):
+    # Found by a review on a real Odoo 18: "> show alarms" in a <pre> was filed, and the chatter hid
+    # it behind "Read More"; everything after a "--" line too.
+    body = extract_body(message(text_html=text_html))
+    assert odoo_hides(body) == []
+    assert " ".join(visible_text(body).split()) == " ".join(visible_text(sanitize_html(text_html)).split())
+    assert visible_text(body).count("\n") == visible_text(sanitize_html(text_html)).count("\n")
+
+
+def test_a_plain_text_paragraph_starting_with_two_dashes_is_no_signature_to_odoo():
+    # The gateway writes a paragraph "--<br>..." for a "--" line after a blank one; Odoo hid the whole
+    # paragraph as a signature (here in the collapsed block, where the "--" line puts it today).
+    body = extract_body(message(text_plain="Checklist:\n\n--\n1. pump ok\n2. valve replaced\n\nDone.\n"))
+    assert "valve replaced" in body and "Done." in body
+    assert odoo_hides(body) == []
+
+
+def test_odoo_would_hide_the_log_as_the_gateway_filed_it_before():
+    # The check above is Odoo's: it finds what it hid in the body filed until this review.
+    assert odoo_hides("<pre>&gt; show status\npump1 running\n&gt; show alarms\n--\nend</pre>") == [
+        "\n> show alarms", "\n--\nend"]
+    assert odoo_hides("<p>--<br>\n1. pump ok</p>") == ["--\n1. pump ok"]

@@ -414,9 +414,9 @@ def _candidate_splits(message: ParsedMessage) -> Iterator[quotes.Split]:
     # when there is no HTML part, because some clients send an HTML part that holds nothing
     # readable (an empty template) next to a plain part that holds the text.
     if message.text_html.strip():
-        yield quotes.split_html(message.text_html)
+        yield quotes.split_html(message.text_html, message.from_name)
     if message.text_plain.strip():
-        yield quotes.split_text(message.text_plain)
+        yield quotes.split_text(message.text_plain, message.from_name)
 
 
 # Outlook's Transport Neutral Encapsulation Format, by its types and by the name Outlook gives it.

@@ -211,6 +211,54 @@ _MOBILE_CLOSING = re.compile(
 )
 _SIGNATURE_DELIMITER = re.compile(r"^--[ \u00a0]?$")  # RFC 3676 section 4.3: "-- " on its own line
 
+# Outlook (desktop, on the web) marks no quote it answers inline: its header block looks the same
+# above a quote answered inline ("see my answers below in red") as above one left whole. The author's
+# text above it says so, in words that pair an answer with where it is ("answers below", "comments
+# inline", "Antworten im Text", "réponses ci-dessous"), or each answer opens with Outlook's "Preface
+# comments with" marker, the author's name in brackets ("[Paula] 4.2 bar"). "See below" alone is
+# no such sign: top-posted replies and forwards say it of the whole quote. Each stretch between the
+# words is bounded and holds no sentence end: matching costs time linear in the text.
+_ANSWER_WORDS = (r"answers?|answered|repl(?:y|ies|ied)|responses?|comments?|notes|remarks|Antworten|Anmerkungen"
+                 r"|Kommentare|r[ée]ponses?|commentaires?|respuestas?|comentarios?|risposte|commenti|antwoorden"
+                 r"|opmerkingen|respostas|coment[áa]rios|odpowiedzi|komentarze|odpov[ěe]di|svar|kommentarer|vastaukset")
+_WHERE_WORDS = (r"below|inline|in-line|in\s+(?:red|blue|green|bold)|unten|im\s+Text|in\s+(?:rot|blau|gr[üu]n)"
+                r"|ci-dessous|dans\s+le\s+texte|en\s+(?:rouge|bleu|vert|rojo|azul|verde)|abajo|debajo|entre\s+l[íi]neas"
+                r"|sotto|di\s+seguito|in\s+(?:rosso|blu)|hieronder|in\s+het\s+(?:rood|blauw)|abaixo"
+                r"|em\s+(?:vermelho|azul)|poni[żz]ej|n[íi][žz]e|nedan|nedenfor|alla")
+_INLINE_ANNOUNCEMENT = re.compile(
+    rf"\b(?:{_ANSWER_WORDS})\b[^.!?\n]{{0,40}}?(?<!\w)(?:{_WHERE_WORDS})(?!\w)"
+    rf"|(?<!\w)(?:{_WHERE_WORDS})(?!\w)[^.!?\n]{{0,20}}?\b(?:are\s+)?(?:my|our|meine|unsere|mes|nos|mis|nuestras|le\s+mie|mijn|as\s+minhas)\s+(?:{_ANSWER_WORDS})\b"
+    rf"|\bsee\s+(?:inline|in-line|below\s+in\s+(?:red|blue|green))\b",
+    re.IGNORECASE,
+)
+# Outlook's "Preface comments with:" marker: a name in brackets (at most a few words).
+_PREFACE = re.compile(r"\[([^\[\]\n]{1,60})\]")
+# How much text around an Outlook header block is read for these signs.
+_INLINE_SIGNS_MAX_CHARS = 64 * 1024
+
+
+def _announces_inline(text: str) -> bool:
+    """True if the author's text above an Outlook quote says that answers are written in it."""
+    return _INLINE_ANNOUNCEMENT.search(text[:_INLINE_SIGNS_MAX_CHARS]) is not None
+
+
+def _prefaced_by(text: str, author: str) -> bool:
+    """True if ``text`` (the quote) holds Outlook's preface marker of the author: "[Paula]", "[Paula
+    Contributor]", every word in brackets one of the author's display name's."""
+    names = set(author.casefold().replace(",", " ").split())
+    if not names:
+        return False
+    for match in _PREFACE.finditer(text, 0, _INLINE_SIGNS_MAX_CHARS):
+        words = match.group(1).casefold().split()
+        if words and all(word in names for word in words):
+            return True
+    return False
+
+
+def _outlook_inline(before: str, after: str, author: str) -> bool:
+    """True if the quote below an Outlook header block holds the author's answers (see above)."""
+    return _announces_inline(before) or _prefaced_by(after, author)
+
 # mail-parser-reply knows these of the languages issue 3 names; Portuguese is covered by the
 # attribution pattern above.
 _REPLY_PARSER = EmailReplyParser(languages=["en", "de", "fr", "es", "it", "nl", "ja", "sv", "da", "pl", "cs"])
@@ -627,8 +675,22 @@ def _joined(*pieces: str) -> str:
     return "\n".join(piece for piece in pieces if piece)
 
 
-def split_text(text: str) -> Split:
-    """Split a plain-text body; a top-posted reply loses its quote, an inline reply keeps it."""
+def _starts_outlook_quote(lines: list[str], index: int) -> bool:
+    """True if the first non-blank line from ``index`` on starts an Outlook quote: its header block,
+    the rule above it or its "-----Original Message-----" line (no forward marker)."""
+    while index < len(lines) and not lines[index].strip():
+        index += 1
+    if index == len(lines):
+        return False
+    line = lines[index]
+    return (_OUTLOOK_RULE.match(line) is not None or _is_outlook_block(lines, index)
+            or (_SEPARATOR.match(line) is not None and _FORWARD_MARKER.match(line) is None))
+
+
+def split_text(text: str, author: str = "") -> Split:
+    """Split a plain-text body; a top-posted reply loses its quote, an inline reply keeps it.
+
+    ``author`` is the sender's display name, for Outlook's "[Name]" marker of inline answers."""
     text, rest = _head(text.replace("\r\n", "\n").replace("\r", "\n"))
     lines = text.split("\n")
     signature = next((i for i, line in enumerate(lines) if _SIGNATURE_DELIMITER.match(line)), len(lines))
@@ -658,6 +720,11 @@ def split_text(text: str) -> Split:
         # A closing above the quote: iOS Mail, Gmail and Samsung's app write it there.
         if cut < len(lines) or not rest:
             cut = _before_closings(lines, cut)
+        # Outlook's inline answers below its header block carry no quote marks: the author's words
+        # above it, or the answers' "[Name]" marker, tell them from a quote left whole.
+        if cut < signature and _starts_outlook_quote(lines, cut) and _outlook_inline(
+                "\n".join(lines[:cut]), "\n".join(lines[cut:signature]), author):
+            cut = signature
     while cut > 0 and not lines[cut - 1].strip():
         cut -= 1
     budget = _Budget()
@@ -1013,8 +1080,88 @@ def _trailing_closing(body: etree._Element, closings: set[etree._Element]) -> et
     return first
 
 
-def split_html(source: str) -> Split:
-    """Split an HTML body at the first quote or signature its client marked, outside code blocks."""
+def _gmail_inline_reply(container: etree._Element) -> bool:
+    """True if Gmail's quote container holds text of the author's: an inline reply.
+
+    Gmail puts the answers typed into its quote between its blockquotes, inside the container: text
+    after the first blockquote that is in none of them (nor in the attribution, gmail_attr). A
+    forward has no blockquote (its message follows the gmail_attr block), so it is never one.
+    """
+    seen_quote = False
+    skip: etree._Element | None = None  # the blockquote or gmail_attr being passed over
+    walker = etree.iterwalk(container, events=("start", "end"))
+    for event, element in walker:
+        check_deadline()
+        if element is container:
+            continue
+        is_element = isinstance(element.tag, str)
+        if event == "start":
+            if is_element and (element.tag == "blockquote" or "gmail_attr" in _classes(element)):
+                seen_quote = seen_quote or element.tag == "blockquote"
+                walker.skip_subtree()
+                skip = element
+                continue
+            if seen_quote and is_element and element.text and element.text.strip():
+                return True
+        else:
+            if element is skip:
+                skip = None
+            if seen_quote and element.tail and element.tail.strip():
+                return True
+    return False
+
+
+def _text_around(root: etree._Element, node: etree._Element) -> tuple[str, str]:
+    """The text before ``node`` and from it on, in document order, each up to
+    _INLINE_SIGNS_MAX_CHARS (the start of what is before, the start of what follows), lines apart."""
+    before: list[str] = []
+    after: list[str] = []
+    pieces = before
+    size = 0
+    for event, element in etree.iterwalk(root, events=("start", "end")):
+        check_deadline()
+        if event == "start" and element is node:
+            pieces, size = after, 0
+        if size > _INLINE_SIGNS_MAX_CHARS:
+            if pieces is after:
+                break
+            continue
+        tag = element.tag if isinstance(element.tag, str) else ""
+        if event == "start":
+            if tag in _LINE_TAGS:
+                pieces.append("\n")
+            if tag and element.text:
+                pieces.append(element.text)
+                size += len(element.text)
+        else:
+            if tag in _LINE_TAGS:
+                pieces.append("\n")
+            if element is not root and element.tail:
+                pieces.append(element.tail)
+                size += len(element.tail)
+    return "".join(before), "".join(after)
+
+
+# The markers of Outlook's quote, which it writes the same above inline answers (_outlook_inline).
+_OUTLOOK_QUOTE_IDS = frozenset({"divrplyfwdmsg", "appendonsend"})
+
+
+def _is_outlook_quote(element: etree._Element) -> bool:
+    """True if ``element`` (a "quote" marker) is Outlook's: its header block, divRplyFwdMsg,
+    appendonsend, the <hr> above it, or its "-----Original Message-----" line."""
+    if "gmail_quote" in _classes(element) or any(name in _classes(element) for name in _QUOTE_CLASSES):
+        return False
+    identifier = (element.get("id") or "").lower()
+    if identifier in _QUOTE_IDS:
+        return identifier in _OUTLOOK_QUOTE_IDS
+    text = _short_text(element) or ""
+    return not _matches_attribution(text) and _FORWARD_MARKER.match(text) is None
+
+
+def split_html(source: str, author: str = "") -> Split:
+    """Split an HTML body at the first quote or signature its client marked, outside code blocks.
+
+    ``author`` is the sender's display name, for Outlook's "[Name]" marker of inline answers."""
     try:
         document = _parse_html(source)
     except (etree.ParserError, ValueError):
@@ -1025,12 +1172,19 @@ def split_html(source: str) -> Split:
     cut_at = None
     own_text_after = _OwnTextAfter(body)
     closings: set[etree._Element] = set()
+    inline: set[etree._Element] = set()  # the content of Gmail quote containers answered inline
     for element in _elements(body):
         # The message's deadline, checked for each element: the steps below cost what the HTML's
         # shape makes them cost, and the deadline is what stops one costlier than foreseen.
         check_deadline()
+        if element in inline:
+            continue
         kind = _marker(element)
         if kind is None:
+            continue
+        if kind == "quote" and element.tag != "blockquote" and "gmail_quote" in _classes(element) \
+                and _gmail_inline_reply(element):
+            inline.update(element.iterdescendants())  # An inline reply: the quotes stay next to the answers.
             continue
         if kind == "cite":
             if element.get("type", "").lower() != "cite" and "gmail_quote" not in _classes(element):
@@ -1057,6 +1211,11 @@ def split_html(source: str) -> Split:
         else:
             cut_at = element
         break
+    if cut_at is not None and (kind == "quote" or kind == "attribution" and _SEPARATOR.match(_short_text(cut_at) or "")) \
+            and _is_outlook_quote(cut_at) and _outlook_inline(*_text_around(body, cut_at), author):
+        # Outlook's inline answers below its header block: nothing tells them from the quote but
+        # the author's words above it or the answers' "[Name]" marker. Kept whole, quote and answers.
+        cut_at = None
     removed = _cut(cut_at, body, keep_node=kind == "signature-after") if cut_at is not None else []
     closing = _trailing_closing(body, closings)
     if closing is not None:

@@ -916,6 +916,39 @@ def test_the_senders_words_the_html_part_trimmed_reach_the_note_beside_a_plain_p
     assert ("(html)" not in body) if plain == "(html)" else (plain in own)
 
 
+# Inline answers typed into the quote, where the client marks none of them as the author's (a
+# stripping review: only the line above the quote was filed, or, with none, the reply was refused
+# "write above the quoted text").
+INLINE_REPLIES = {
+    "gmail": ("Re: Pump P-7 leaking again", _alternative(
+        f"Done.\n\nOn Mon, Dec 1, 2026 at 10:00 AM Customer <cust@customer.example> wrote:\n\n> {CUSTOMER_TEXT}\n>\n"
+        "Seal replaced, leak gone.\n",
+        '<div dir="ltr">Done.</div><div class="gmail_quote gmail_quote_container"><div dir="ltr" class="gmail_attr">'
+        'On Mon, Dec 1, 2026 at 10:00 AM Customer &lt;cust@customer.example&gt; wrote:<br></div><blockquote '
+        f'class="gmail_quote">{CUSTOMER_TEXT}</blockquote><div>Seal replaced, leak gone.</div></div>')),
+    "outlook-desktop": ("RE: Pump P-7 leaking again", _alternative(
+        "\nFrom: Customer <cust@customer.example>\nSent: Monday, December 1, 2026 10:00 AM\n"
+        f"To: Paula Contributor <{PAULA}>\nSubject: Pump P-7 leaking again\n\n{CUSTOMER_TEXT}\n"
+        "[Paula Contributor] Seal replaced, leak gone.\n",
+        '<html><body lang="EN-US"><div class="WordSection1"><p class="MsoNormal"><o:p>&nbsp;</o:p></p><div><div '
+        'style="border:none;border-top:solid #E1E1E1 1.0pt;padding:3.0pt 0in 0in 0in"><p class="MsoNormal"><b>From:'
+        '</b> Customer &lt;cust@customer.example&gt;<br><b>Sent:</b> Monday, December 1, 2026 10:00 AM<br><b>To:</b>'
+        f' Paula Contributor<br><b>Subject:</b> Pump P-7 leaking again</p></div></div><p class="MsoNormal">{CUSTOMER_TEXT}'
+        '</p><p class="MsoNormal"><span style="color:red">[Paula Contributor] Seal replaced, leak gone.</span></p>'
+        '</div></body></html>')),
+}
+
+
+@pytest.mark.parametrize("client", INLINE_REPLIES)
+def test_inline_answers_typed_into_the_quote_are_filed_next_to_it(test_odoo, gateway, mailer, client):
+    subject, mime = INLINE_REPLIES[client]
+    reply, _ = _send_raw(mailer, subject, mime)
+    assert reply.startswith("250 2.0.0 Filed"), reply
+    [post] = _posts(test_odoo)
+    own, _, details = post.kwargs["body"].partition("<details>")
+    assert "Seal replaced, leak gone." in own and CUSTOMER_TEXT in own and not details
+
+
 def _raw(to: str, subject: str, mime: str, body: bytes) -> bytes:
     """A message as a mail client writes it: ``mime`` are its MIME headers, ``body`` its bytes."""
     head = (f"From: Paula Contributor <{PAULA}>\r\nTo: {to}\r\nSubject: {subject}\r\n"

@@ -435,6 +435,72 @@ def test_inline_reply_keeps_the_quotes_next_to_the_answers():
     assert "Answer two." in text.kept and "<blockquote>" in text.kept and "Paula" in text.trimmed
 
 
+# Gmail puts the answers typed into its quote inside its gmail_quote container, between its
+# blockquotes; the container was cut whole and the answers collapsed with the quote (a stripping review).
+GMAIL_INLINE = ('<div dir="ltr">{top}</div><br><div class="gmail_quote gmail_quote_container"><div dir="ltr" '
+                'class="gmail_attr">On Mon, Nov 3, 2025 at 10:02 AM Bob &lt;bob@example.org&gt; wrote:<br></div>'
+                '<blockquote class="gmail_quote"><div>Did you check the pump?</div></blockquote><div>Yes, 4.2 bar.</div>'
+                '<blockquote class="gmail_quote"><div>And the seal?</div></blockquote><div>Replaced, part 4711.</div></div>')
+
+
+@pytest.mark.parametrize("top", ["Answers inline below.", "<br>"])
+def test_a_gmail_inline_reply_inside_its_quote_container_is_kept(top):
+    split = split_html(GMAIL_INLINE.format(top=top))
+    assert all(text in split.kept for text in ("Did you check the pump?", "Yes, 4.2 bar.", "And the seal?",
+                                               "Replaced, part 4711."))
+    assert split.trimmed == ""
+
+
+def test_a_gmail_quote_container_without_answers_is_still_trimmed():
+    # A top-posted reply, and a forward (no blockquote: the message follows the gmail_attr block).
+    reply = ('<div dir="ltr">Done.</div><div class="gmail_quote"><div class="gmail_attr">On Mon, Bob wrote:<br></div>'
+             f'<blockquote class="gmail_quote">{OLD}</blockquote><div><br></div></div>')
+    forward = ('<div dir="ltr">FYI.</div><div class="gmail_quote"><div class="gmail_attr">---------- Forwarded message '
+               f'---------<br>From: Bob</div><br><div>{OLD}</div></div>')
+    for html in (reply, forward):
+        split = split_html(html)
+        assert OLD not in split.kept and OLD in split.trimmed
+
+
+OUTLOOK_INLINE_HTML = (
+    '<div class="WordSection1"><p class="MsoNormal">{top}</p><div><div style="border:none;border-top:solid #E1E1E1 '
+    '1.0pt;padding:3.0pt 0in 0in 0in"><p class="MsoNormal"><b>From:</b> Bob &lt;bob@example.org&gt;<br><b>Sent:</b> '
+    'Monday, November 3, 2025 10:02 AM<br><b>To:</b> Paula<br><b>Subject:</b> Pump</p></div></div>'
+    '<p class="MsoNormal">1. Did you check the pump?</p><p class="MsoNormal"><span style="color:red">{mark}4.2 bar.'
+    '</span></p></div>')
+OUTLOOK_INLINE_TEXT = ("{top}\n\nFrom: Bob <bob@example.org>\nSent: Monday, November 3, 2025 10:02 AM\nTo: Paula\n"
+                       "Subject: Pump\n\n1. Did you check the pump?\n{mark}4.2 bar.\n")
+
+
+@pytest.mark.parametrize("top, mark, author", [
+    ("Hi Bob, see my answers below in red.", "", ""),
+    ("See answers inline.", "", ""),
+    ("Meine Antworten unten im Text.", "", ""),
+    ("Mes réponses ci-dessous.", "", ""),
+    ("Thanks Bob.", "[Paula] ", "Paula Contributor"),
+    ("", "[Paula Contributor] ", "Paula Contributor"),
+])
+def test_outlook_inline_answers_below_its_header_block_are_kept(top, mark, author):
+    # Outlook marks nothing of answers typed into the quote: only the author's words above it or
+    # Outlook's "[Name]" preface tell them from a quote left whole (a stripping review: only the
+    # top line was filed, and with none the reply was refused "write above the quoted text").
+    for split in (split_html(OUTLOOK_INLINE_HTML.format(top=top, mark=mark), author),
+                  split_text(OUTLOOK_INLINE_TEXT.format(top=top, mark=mark), author)):
+        assert "4.2 bar." in split.kept and "Did you check the pump?" in split.kept and split.trimmed == ""
+
+
+@pytest.mark.parametrize("top, mark, author", [
+    ("Please see below.", "", ""),
+    ("Customer complaint below, I will go tomorrow.", "", ""),
+    ("Done.", "[EXTERNAL] ", "Paula Contributor"),  # a tag in brackets that names nobody
+    ("Done.", "[Paula] ", ""),  # no display name to compare with
+])
+def test_an_outlook_quote_without_signs_of_inline_answers_is_trimmed(top, mark, author):
+    for split in (split_html(OUTLOOK_INLINE_HTML.format(top=top, mark=mark), author),
+                  split_text(OUTLOOK_INLINE_TEXT.format(top=top, mark=mark), author)):
+        assert top in visible_text(split.kept) and "4.2 bar." not in split.kept and "4.2 bar." in split.trimmed
+
+
 def test_nothing_inside_code_blocks_is_trimmed():
     html = ("<p>Config:</p><pre>&gt; quoted looking line\n-- \nOn Mon, Bob wrote:\n</pre>"
             "<code><span class='gmail_quote'>x</span></code><p>Deployed.</p>")

@@ -209,7 +209,35 @@ _MOBILE_CLOSING = re.compile(
     r")\.?(?:\s*<https?://[^\s<>]{1,200}>)?\s*$",
     re.IGNORECASE,
 )
-_SIGNATURE_DELIMITER = re.compile(r"^--[ \u00a0]?$")  # RFC 3676 section 4.3: "-- " on its own line
+# RFC 3676 section 4.3: the signature starts below a line "-- ", two dashes and a space. Many
+# editors strip trailing spaces, so a bare "--" line may be one too, but it is also what people write
+# between a heading and a list, or in a table: it counts only if what follows it (up to a quote or
+# the end) is no longer than a signature. Below either, a list or a report's "Label: value" line
+# opening what follows is the author's text, which no signature starts with (_looks_like_signature).
+# Until 2026-12 any "--" line was a delimiter, and the author's list or results below it went into
+# the collapsed block (a stripping review).
+_SIGNATURE_DELIMITER = re.compile(r"^--[ \u00a0]$")
+_BARE_DELIMITER = "--"
+# What is above a forwarded message, its lines stripped (is_forward): either delimiter.
+_ANY_SIGNATURE_DELIMITER = re.compile(r"^--[ \u00a0]?$")
+# A signature is a few lines: RFC 1855 asks for at most four, business ones run to eight.
+_SIGNATURE_MAX_LINES = 8
+# A line of a list ("1. pump ok", "2) valve", "- seal", "• seal") or a report's "Label: value" line
+# opening what follows: the author's text, not a signature (which opens with a name or a closing).
+_LIST_ITEM = re.compile(r"^\s*(?:\d{1,3}[.)]|[-*•·–]\s)")
+_LABEL_LINE = re.compile(r"^\s*[^\s:/][^:/]{0,30}:\s+\S")
+
+
+def _looks_like_signature(lines: list[str], *, bare: bool) -> bool:
+    """True if the lines below a "--" line (up to a quote or the end) can be a signature: none an
+    item of a list, the first no "Label: value" line, and below a ``bare`` "--" (no space) at most
+    _SIGNATURE_MAX_LINES of text."""
+    text = [line for line in lines if line.strip()]
+    if bare and len(text) > _SIGNATURE_MAX_LINES:
+        return False
+    if text and _LABEL_LINE.match(text[0]):
+        return False
+    return not any(_LIST_ITEM.match(line) for line in text)
 
 # Outlook (desktop, on the web) marks no quote it answers inline: its header block looks the same
 # above a quote answered inline ("see my answers below in red") as above one left whole. The author's
@@ -687,13 +715,31 @@ def _starts_outlook_quote(lines: list[str], index: int) -> bool:
             or (_SEPARATOR.match(line) is not None and _FORWARD_MARKER.match(line) is None))
 
 
+def _is_signature_delimiter(lines: list[str], index: int) -> bool:
+    """True if the line is "-- " or a bare "--" with what looks like a signature below it (read up
+    to the first quoted line or attribution, and at most one line more than a signature has)."""
+    line = lines[index]
+    bare = line.rstrip() == _BARE_DELIMITER
+    if not bare and not _SIGNATURE_DELIMITER.match(line):
+        return False
+    below: list[str] = []
+    for position in range(index + 1, len(lines)):
+        if _starts_message(lines, position):
+            break
+        if lines[position].strip():
+            below.append(lines[position])
+            if len(below) > _SIGNATURE_MAX_LINES:
+                break
+    return _looks_like_signature(below, bare=bare)
+
+
 def split_text(text: str, author: str = "") -> Split:
     """Split a plain-text body; a top-posted reply loses its quote, an inline reply keeps it.
 
     ``author`` is the sender's display name, for Outlook's "[Name]" marker of inline answers."""
     text, rest = _head(text.replace("\r\n", "\n").replace("\r", "\n"))
     lines = text.split("\n")
-    signature = next((i for i, line in enumerate(lines) if _SIGNATURE_DELIMITER.match(line)), len(lines))
+    signature = next((i for i, line in enumerate(lines) if _is_signature_delimiter(lines, i)), len(lines))
     # The closings right above the signature or the end are not answers between quoted lines (the
     # end of the first lines is no end if more follows them).
     if signature < len(lines) or not rest:
@@ -751,6 +797,102 @@ _SIGNATURE_IDS = ("signature", "ms-outlook-mobile-signature", "applemailsignatur
 # Code keeps every line, and clients never put a quote inside it.
 _PROTECTED = frozenset({"pre", "code", "tt", "kbd", "samp"})
 _BLOCKS = frozenset({"div", "p", "span", "font", "b", "strong", "td"})
+# The elements whose whole text is a line of its own: a "--" delimiter counts only in these, or in
+# an inline element that is a line of its own (_whole_line), never in a table's cell or within a
+# line ("Pressure <span>--</span> ok").
+_LINE_BLOCKS = frozenset({"div", "p"})
+_TABLE_TAGS = frozenset({"td", "th", "tr", "table", "tbody", "thead", "tfoot", "caption"})
+# At most this many elements are read below a bare "--" for the lines that follow it.
+_SIGNATURE_MAX_NODES = 200
+
+
+def _in_table(element: etree._Element) -> bool:
+    return any(ancestor.tag in _TABLE_TAGS for ancestor in element.iterancestors())
+
+
+def _whole_line(element: etree._Element) -> bool:
+    """True if an inline element is a line of its own: a line break or a block (or the start of its
+    parent) before it, and one (or the end of its parent) after it, with no text between. Gmail
+    writes its delimiter so: "<div><br></div><span class="gmail_signature_prefix">-- </span><br>"."""
+    if element.tail and element.tail.strip():
+        return False
+    following = element.getnext()
+    if following is not None and following.tag not in _LINE_TAGS:
+        return False
+    previous = element.getprevious()
+    if previous is None:
+        parent = element.getparent()
+        return parent is None or not (parent.text or "").strip()
+    return previous.tag in _LINE_TAGS and not (previous.tail or "").strip()
+
+
+def _lines_below(start: etree._Element, *, inclusive: bool) -> list[str]:
+    """The lines of text after ``start`` (and in it, if ``inclusive``), in document order, up to a
+    quote (a blockquote, a quote container, an attribution or header line) or past what a
+    signature holds: at most _SIGNATURE_MAX_LINES + 1 lines and _SIGNATURE_MAX_NODES elements."""
+    pieces: list[str] = []
+    nodes = 0
+
+    def lines() -> list[str]:
+        return [line for line in "".join(pieces).split("\n") if line.strip()]
+
+    def stop(element: etree._Element) -> bool:
+        if element.tag == "blockquote":
+            return True
+        classes = _classes(element)
+        return any(name in classes for name in _QUOTE_CLASSES) or (element.get("id") or "").lower() in _QUOTE_IDS
+
+    def read(element: etree._Element) -> bool:
+        """Append the element's text; False once a quote starts or enough was read."""
+        nonlocal nodes
+        if not isinstance(element.tag, str):
+            return True  # a comment or processing instruction shows nothing (its tail is read after it)
+        for event, node in etree.iterwalk(element, events=("start", "end")):
+            nodes += 1
+            if nodes > _SIGNATURE_MAX_NODES:
+                return False
+            tag = node.tag if isinstance(node.tag, str) else ""
+            if event == "start":
+                if tag and stop(node):
+                    return False
+                if tag in _LINE_TAGS:
+                    pieces.append("\n")
+                if tag and node.text:
+                    pieces.append(node.text)
+            else:
+                if tag in _LINE_TAGS:
+                    pieces.append("\n")
+                if node is not element and node.tail:
+                    pieces.append(node.tail)
+        return len(lines()) <= _SIGNATURE_MAX_LINES
+
+    current = start
+    going = read(start) if inclusive else True
+    while going and current is not None:
+        if current.tail:
+            pieces.append(current.tail)
+        sibling = current.getnext()
+        while going and sibling is not None:
+            going = read(sibling)
+            if going and sibling.tail:
+                pieces.append(sibling.tail)
+            sibling = sibling.getnext()
+        current = current.getparent()
+    found = []
+    for line in lines():
+        if _matches_attribution(line) or _SEPARATOR.match(line) or _HEADER_FROM.match(line):
+            break
+        found.append(line)
+    return found
+
+
+def _dashes_sign_off(element: etree._Element, text: str, following: etree._Element, inclusive: bool) -> bool:
+    """True if ``text``, a "--" line (its whole raw text), is a signature delimiter, "-- " or a bare
+    "--", as the lines below it (from ``following``) say (_looks_like_signature). Never in a table."""
+    if _in_table(element):
+        return False
+    bare = not text.lstrip().startswith(("-- ", "--\u00a0"))
+    return _looks_like_signature(_lines_below(following, inclusive=inclusive), bare=bare)
 
 
 def _classes(element: etree._Element) -> list[str]:
@@ -821,7 +963,8 @@ def _marker(element: etree._Element) -> str | None:
         return "cite"
     if "moz-cite-prefix" in classes:  # Thunderbird's attribution, above a quote or an inline reply.
         return "attribution"
-    if (element.text or "").strip() == "--" and len(element) and element[0].tag == "br":
+    if tag in _LINE_BLOCKS and (element.text or "").strip() == "--" and len(element) and element[0].tag == "br" \
+            and _dashes_sign_off(element, element.text, element[0], inclusive=True):
         return "signature"
     if tag == "hr" and element.get("id") == "stopSpelling":  # Outlook.com above its header block.
         return "quote"
@@ -829,7 +972,10 @@ def _marker(element: etree._Element) -> str | None:
         text = _short_text(element)
         if text:
             if text == "--":
-                return "signature"
+                if (tag in _LINE_BLOCKS or tag != "td" and _whole_line(element)) and _dashes_sign_off(
+                        element, "".join(element.itertext()), element, inclusive=False):
+                    return "signature"
+                return None
             if _MOBILE_CLOSING.match(text):
                 return "closing"
             if _matches_attribution(text) or _SEPARATOR.match(text):
@@ -839,7 +985,8 @@ def _marker(element: etree._Element) -> str | None:
             if _HEADER_FROM.match(text) and _is_header_block(element, text):
                 return "quote"
     if tag == "br" and (element.tail or "").strip() == "--" and element.getnext() is not None \
-            and element.getnext().tag == "br":
+            and element.getnext().tag == "br" and _dashes_sign_off(element, element.tail, element.getnext(),
+                                                                   inclusive=True):
         return "signature-after"
     return None
 
@@ -1286,7 +1433,7 @@ def is_forward(trimmed: str, forward_subject: bool) -> bool:
     if not lines:
         return False
     start = 0
-    if _SIGNATURE_DELIMITER.match(lines[0]) or _MOBILE_CLOSING.match(lines[0]):
+    if _ANY_SIGNATURE_DELIMITER.match(lines[0]) or _MOBILE_CLOSING.match(lines[0]):
         start = next((index for index in range(1, len(lines)) if _starts_message(lines, index)), len(lines))
         if start == len(lines):
             return False

@@ -1376,6 +1376,25 @@ def test_a_sentence_like_a_closing_in_the_middle_of_the_text_stays_in_the_note(t
     assert "Sent from my phone" in body and "The report is attached." in body and "<details>" not in body
 
 
+def test_dashes_in_a_table_or_above_a_list_are_filed_as_the_authors_text(test_odoo, gateway, mailer):
+    # A stripping review: a "--" cell was taken for a signature delimiter, the table was cut in two and
+    # its rows below filed only in the collapsed block, as cells the sanitizer dropped; a "--" line
+    # between a heading and a numbered list hid the list.
+    to = mailer.address("note", "project.task", TASK_ID)
+    table = ("<p>Inspection results:</p><table border=1><tr><th>Valve</th><th>Action</th></tr><tr><td>V1</td>"
+             "<td>--</td></tr><tr><td>V2</td><td>gasket replaced</td></tr></table><p>Customer signed the report.</p>")
+    plain = "Checklist:\n--\n1. pump ok\n2. valve replaced\n"
+    for text, html_part in (("(html)", table), (plain, None)):
+        reply = mailer.send(mailer.sign(compose(PAULA, to, "P-7 visit", text, html=html_part)), to)
+        assert reply.startswith("250 2.0.0 Filed"), reply
+        body = test_odoo.message(int(reply.rsplit(" ", 1)[1]))["body"]
+        assert "<details>" not in body
+        if html_part:
+            assert "<td>gasket replaced</td>" in body and "Customer signed the report." in body
+        else:
+            assert "2. valve replaced" in body
+
+
 # The start of a winmail.dat as Outlook writes it: the TNEF signature, a key, then the TNEF version
 # attribute (MS-OXTNEF 2.1.3); the gateway does not decode it (docs/content.md), so no more is needed.
 WINMAIL_DAT = bytes.fromhex("789f3e22" "4c61" "0106900800" "04000000" "00000100" "0100")

@@ -343,6 +343,55 @@ def test_plain_signature_delimiter_and_mobile_closing_are_trimmed():
     assert OWN in split.kept and "iPhone" not in split.kept and "iPhone" in split.trimmed
 
 
+# "--" as the author writes it: a table cell, inline, a heading over a list or results (a stripping
+# review: each cut the note there, and a cut inside a table left cells the sanitizer dropped).
+@pytest.mark.parametrize("html, below", [
+    ('<p>Inspection:</p><table><tr><td>V1</td><td>--</td></tr><tr><td>V2</td><td>gasket replaced</td></tr></table>'
+     '<p>Customer signed.</p>', "Customer signed."),
+    ('<table><tr><td>V1</td><td>-- <br>n/a</td></tr><tr><td>V2</td><td>replaced</td></tr></table>', "replaced"),
+    ("<div>Pressure <span>--</span> ok<br>Valve replaced.</div>", "Valve replaced."),
+    ("<p>Part <b>--</b> not needed.</p><p>Done.</p>", "Done."),
+    ('<p class="MsoNormal">Visit report</p><p class="MsoNormal">--<o:p></o:p></p><p class="MsoNormal">Pump: ok</p>'
+     '<p class="MsoNormal">Valve: replaced</p>', "Valve: replaced"),
+    ("<div>Checklist:</div><div>--</div><div>1. pump ok</div><div>2. valve replaced</div>", "2. valve replaced"),
+    ("<div>Readings:<br>--<br>" + "<br>".join(f"sensor {n} within range" for n in range(10)) + "</div>",
+     "sensor 9 within range"),
+])
+def test_dashes_the_author_wrote_are_no_signature(html, below):
+    split = split_html(html)
+    assert below in split.kept and split.trimmed == ""
+    assert split.kept.count("<td>") == html.count("<td>")  # no table is cut
+
+
+@pytest.mark.parametrize("html", [
+    f"<div>{OWN}</div><div>--</div><div>Paula Contributor</div><div>ACME Field Service</div>",
+    f"<div>{OWN}<br>--<br>Paula Contributor<br>+49 30 1234</div>",
+    f"<p>{OWN}</p><p>-- </p><p>Paula Contributor</p>",
+    # An inline element that is a line of its own, as Gmail writes its delimiter.
+    f'<div>{OWN}<div><br></div><span class="gmail_signature_prefix">-- </span><br><div>Paula Contributor</div></div>',
+])
+def test_a_bare_or_spaced_dash_line_above_a_short_signature_still_starts_it(html):
+    split = split_html(html)
+    assert OWN in split.kept and "Paula Contributor" not in split.kept and "Paula Contributor" in split.trimmed
+
+
+@pytest.mark.parametrize("text, below", [
+    ("Checklist:\n--\n1. pump ok\n2. valve replaced\n", "valve replaced"),
+    ("Results:\n-- \nValve 1: ok\nValve 2: leaking, replaced gasket\n", "Valve 2"),
+    ("Readings:\n--\n" + "".join(f"sensor {n} within range\n" for n in range(10)), "sensor 9"),
+])
+def test_a_plain_dash_line_above_the_authors_list_or_text_is_no_signature(text, below):
+    split = split_text(text)
+    assert below in split.kept and split.trimmed == ""
+
+
+def test_a_plain_bare_dash_line_above_a_short_signature_still_starts_it():
+    # Clients that strip trailing spaces turn "-- " into "--": below it, a signature's few lines.
+    for delimiter in ("--", "-- "):
+        split = split_text(f"{OWN}.\n{delimiter}\nPaula Contributor\nACME Field Service\n\nOn Mon, Bob wrote:\n> {OLD}\n")
+        assert split.kept == f"<p>{OWN}.</p>" and "ACME" in split.trimmed and OLD in split.trimmed
+
+
 # The closings mobile clients and webmail apps write below the text (a MIME review found all but the
 # iPhone and Outlook ones left in the note).
 MOBILE_CLOSINGS = [

@@ -156,20 +156,28 @@ _OUTLOOK_RULE = re.compile(r"^\s*_{10,}\s*$")
 # Outlook for Mac writes it), and in plain text then by "To:" or "Subject:" (_is_outlook_block), in the language of the sender's Outlook: en, fr ("De :", "Envoyé :"),
 # de, es, it, nl, pt, sv, da and nb ("Fra:", "Sendt:"), pl ("Od:", "Wysłane:" or "Wysłano:"), cs
 # ("Od:", "Odesláno:"), fi ("Lähettäjä:", "Lähetetty:"), tr ("Kimden:", "Gönderildi:"), ru ("От:",
-# "Отправлено:"), ja ("差出人:", "送信日時:"), zh ("发件人:", "发送时间:"; "寄件者:", "寄件日期:").
+# "Отправлено:"), ja ("差出人:", "送信日時:"), zh ("发件人:", "发送时间:"; "寄件者:", "寄件日期:"), and, as
+# found in the clients' own text (a stripping review found these blocks filed as the author's
+# words): hu ("Feladó:", "Elküldve:" or "Dátum:", "Címzett:", "Tárgy:"), ko ("보낸 사람:", "보낸 날짜:",
+# "받는 사람:", "제목:", mail-parser-reply's Korean block), el ("Από:", "Στάλθηκε:", "Προς:", "Θέμα:", an
+# Outlook.com reply), ro ("De la:", "Trimis:" or "Dată:", "Către:", "Subiect:") and uk ("Від:",
+# "Відправлено:", "Кому:", "Тема:"). Outlook's blocks in languages not listed (Arabic, Hebrew,
+# Vietnamese, ...) are known in HTML by their markup alone (_outlook_header_container).
 _HEADER_FROM = re.compile(
-    r"^\s*\**(?:From|De|Von|Da|Van|Fra|Från|Od|Lähettäjä|Kimden|От|差出人|发件人|寄件者)\s*\**\s*[:：]",
+    r"^\s*\**(?:From|De|Von|Da|Van|Fra|Från|Od|Lähettäjä|Kimden|От|差出人|发件人|寄件者|Feladó|보낸\s?사람|Από"
+    r"|De\s+la|Від)\s*\**\s*[:：]",
     re.IGNORECASE)
 _SENT_WORDS = (r"Sent|Envoyé|Gesendet|Enviado|Inviato|Verzonden|Skickat|Sendt|Wysłane|Wysłano|Odesláno|Lähetetty"
-               r"|Gönderildi|Отправлено|送信日時|发送时间|寄件日期")
+               r"|Gönderildi|Отправлено|送信日時|发送时间|寄件日期|Elküldve|보낸\s?날짜|Στάλθηκε|Trimis|Відправлено")
 _HEADER_SENT = re.compile(
-    rf"^\s*\**(?:{_SENT_WORDS}|Date|Datum|Fecha|Data|Dato|Päivämäärä|Tarih|Дата|日付|日期)\s*\**\s*[:：]",
+    rf"^\s*\**(?:{_SENT_WORDS}|Date|Datum|Fecha|Data|Dato|Päivämäärä|Tarih|Дата|日付|日期|Dátum|Dată)\s*\**\s*[:：]",
     re.IGNORECASE,
 )
 # The block's "To:" or "Subject:" line, which Outlook writes below "Sent:" in every language above.
 _HEADER_TO_OR_SUBJECT = re.compile(
-    r"^\s*\**(?:To|À|An|Para|A|Aan|Till?|Do|Komu|Vastaanottaja|Kime|Кому|宛先|收件人|收件者"
-    r"|Subject|Objet|Betreff|Asunto|Oggetto|Onderwerp|Assunto|Ämne|Emne|Temat|Předmět|Aihe|Konu|Тема|件名|主题|主旨)"
+    r"^\s*\**(?:To|À|An|Para|A|Aan|Till?|Do|Komu|Vastaanottaja|Kime|Кому|宛先|收件人|收件者|Címzett|받는\s?사람|Προς|Către"
+    r"|Subject|Objet|Betreff|Asunto|Oggetto|Onderwerp|Assunto|Ämne|Emne|Temat|Předmět|Aihe|Konu|Тема|件名|主题|主旨"
+    r"|Tárgy|제목|Θέμα|Subiect)"
     r"\s*\**\s*[:：]",
     re.IGNORECASE,
 )
@@ -949,6 +957,28 @@ def _is_header_block(element: etree._Element, text: str) -> bool:
         _HEADER_SENT.match(piece) for piece in element.itertext())
 
 
+# The style Outlook desktop gives the block holding its header block (2013 and later #E1E1E1, 2007
+# and 2010 #B5C4DF), in every language: "border:none;border-top:solid #E1E1E1 1.0pt;padding:3.0pt 0in 0in 0in".
+_OUTLOOK_HEADER_STYLE = re.compile(r"border-top:\s*solid\s+#(?:E1E1E1|B5C4DF)\s+1\.0pt", re.IGNORECASE)
+# The labels of the block in bold ("<b>From:</b>", "<b><span lang=ES>De:</span></b>"): at least these.
+_OUTLOOK_HEADER_MIN_LABELS = 2
+
+
+def _outlook_header_container(element: etree._Element) -> bool:
+    """True if the <div> is the one Outlook desktop puts its header block in, whatever its language:
+    its border style and, in its first few elements, bold labels ending in a colon."""
+    style = element.get("style")
+    if not style or "border-top" not in style.lower() or not _OUTLOOK_HEADER_STYLE.search(style):
+        return False
+    labels = 0
+    for bold in itertools.islice(element.iter("b", "strong"), 20):
+        if "".join(bold.itertext()).strip().endswith((":", "：")):
+            labels += 1
+            if labels >= _OUTLOOK_HEADER_MIN_LABELS:
+                return True
+    return False
+
+
 def _marker(element: etree._Element) -> str | None:
     """"quote", "cite" (a blockquote that may be an inline reply), "signature", "closing" (a mobile
     closing, if nothing of the author's follows it) or None."""
@@ -967,6 +997,10 @@ def _marker(element: etree._Element) -> str | None:
             and _dashes_sign_off(element, element.text, element[0], inclusive=True):
         return "signature"
     if tag == "hr" and element.get("id") == "stopSpelling":  # Outlook.com above its header block.
+        return "quote"
+    if tag == "a" and element.get("name") == "_MailOriginal":
+        return "quote"  # Outlook desktop's bookmark at the start of the message it quotes
+    if tag == "div" and _outlook_header_container(element):
         return "quote"
     if tag in _BLOCKS:
         text = _short_text(element)
@@ -1357,6 +1391,12 @@ def split_html(source: str, author: str = "") -> Split:
             continue
         else:
             cut_at = element
+            if element.tag == "a":
+                # Outlook's _MailOriginal bookmark opens the quoted message, which may start with a
+                # table (a forwarded newsletter): the table goes whole, a cut in it orphans its cells.
+                tables = [ancestor for ancestor in element.iterancestors("table")]
+                if tables:
+                    cut_at = tables[-1]
         break
     if cut_at is not None and (kind == "quote" or kind == "attribution" and _SEPARATOR.match(_short_text(cut_at) or "")) \
             and _is_outlook_quote(cut_at) and _outlook_inline(*_text_around(body, cut_at), author):

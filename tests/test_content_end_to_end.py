@@ -949,6 +949,24 @@ def test_inline_answers_typed_into_the_quote_are_filed_next_to_it(test_odoo, gat
     assert "Seal replaced, leak gone." in own and CUSTOMER_TEXT in own and not details
 
 
+@pytest.mark.parametrize("labels", [("Feladó:", "Elküldve:", "Címzett:", "Tárgy:"), ("من:", "تم الإرسال:", "إلى:", "الموضوع:")],
+                         ids=["hungarian", "arabic"])
+def test_an_outlook_reply_in_another_language_collapses_the_thread(test_odoo, gateway, mailer, labels):
+    # A stripping review: in a language the gateway had no labels of, Outlook's header block was
+    # not known, and the whole earlier thread was filed as the sender's words. Hungarian is known by
+    # its labels now, Arabic by Outlook's markup around the block.
+    block = "<br>".join(f"<b>{label}</b> {value}" for label, value in zip(labels, ("Customer", "x", "Paula", "P-7")))
+    html_part = ('<html><body><div class="WordSection1"><p class="MsoNormal">Seal replaced.</p><div><div style="border:'
+                 f'none;border-top:solid #E1E1E1 1.0pt;padding:3.0pt 0in 0in 0in"><p class="MsoNormal">{block}</p></div>'
+                 f'</div><p class="MsoNormal">{CUSTOMER_TEXT}</p></div></body></html>')
+    plain = "Seal replaced.\n\n" + "\n".join(f"{label} x" for label in labels) + f"\n\n{CUSTOMER_TEXT}\n"
+    reply, _ = _send_raw(mailer, "RE: Pump P-7 leaking again", _alternative(plain, html_part))
+    assert reply.startswith("250 2.0.0 Filed"), reply
+    [post] = _posts(test_odoo)
+    own, _, details = post.kwargs["body"].partition("<details>")
+    assert "Seal replaced." in own and CUSTOMER_TEXT not in own and CUSTOMER_TEXT in details
+
+
 def _raw(to: str, subject: str, mime: str, body: bytes) -> bytes:
     """A message as a mail client writes it: ``mime`` are its MIME headers, ``body`` its bytes."""
     head = (f"From: Paula Contributor <{PAULA}>\r\nTo: {to}\r\nSubject: {subject}\r\n"

@@ -604,6 +604,27 @@ def _text_blocks_to_html(lines: list[str], budget: _Budget | None = None) -> tup
     return "".join(out), stopped
 
 
+def _footer_below_quoted_lines(lines: list[str], start: int, end: int) -> bool:
+    """True if the quote at ``start`` is a top-posted reply's, with a footer below it: the author
+    wrote above its attribution (and announced no inline answers), and wrote after the last quoted
+    line only, nothing between quoted lines.
+
+    An outbound gateway's disclaimer or a list's footer lands below the quote; taken for the answer
+    of an inline reply, it kept the whole quote in the note (a stripping review).
+    """
+    if _is_quoted(lines[start]) or not any(line.strip() for line in lines[:start]):
+        return False
+    seen_quote = seen_text = False
+    for line in lines[start + 1:end]:
+        if _is_quoted(line):
+            if seen_text:
+                return False  # text between quoted lines: an inline reply
+            seen_quote = True
+        elif seen_quote and line.strip():
+            seen_text = True
+    return seen_text and not _announces_inline("\n".join(lines[:start]))
+
+
 def _has_own_text_after_quote(lines: list[str], start: int, end: int) -> bool:
     """True if the author answered between quoted lines (an inline reply), before the signature."""
     seen_quote = False
@@ -756,7 +777,8 @@ def split_text(text: str, author: str = "") -> Split:
     attribution_possible = _ATTRIBUTION_HINT.search(text) is not None
     first_quote = next((i for i, line in enumerate(lines[:signature])
                         if _is_quoted(line) or (attribution_possible and _is_attribution(lines, i))), signature)
-    if first_quote < signature and _has_own_text_after_quote(lines, first_quote, signature):
+    if first_quote < signature and _has_own_text_after_quote(lines, first_quote, signature) \
+            and not _footer_below_quoted_lines(lines, first_quote, signature):
         # Answers written between the quoted lines only make sense next to them.
         cut = signature
     else:
@@ -1292,8 +1314,8 @@ def _gmail_inline_reply(container: etree._Element) -> bool:
     return False
 
 
-def _text_around(root: etree._Element, node: etree._Element) -> tuple[str, str]:
-    """The text before ``node`` and from it on, in document order, each up to
+def _text_around(root: etree._Element, node: etree._Element, *, stop_at_node: bool = False) -> tuple[str, str]:
+    """The text before ``node`` and from it on (unless ``stop_at_node``), in document order, each up to
     _INLINE_SIGNS_MAX_CHARS (the start of what is before, the start of what follows), lines apart."""
     before: list[str] = []
     after: list[str] = []
@@ -1302,6 +1324,8 @@ def _text_around(root: etree._Element, node: etree._Element) -> tuple[str, str]:
     for event, element in etree.iterwalk(root, events=("start", "end")):
         check_deadline()
         if event == "start" and element is node:
+            if stop_at_node:
+                break
             pieces, size = after, 0
         if size > _INLINE_SIGNS_MAX_CHARS:
             if pieces is after:
@@ -1339,6 +1363,61 @@ def _is_outlook_quote(element: etree._Element) -> bool:
     return not _matches_attribution(text) and _FORWARD_MARKER.match(text) is None
 
 
+def _answers_between_quotes(quote: etree._Element) -> bool:
+    """True if, after the blockquote ``quote``, text is followed by another blockquote: answers
+    between quotes, an inline reply. Reads what follows in document order once, blockquotes passed over."""
+    seen_text = False
+
+    def read(element: etree._Element) -> bool:
+        nonlocal seen_text
+        if not isinstance(element.tag, str):
+            return False
+        walker = etree.iterwalk(element, events=("start", "end"))
+        for event, node in walker:
+            check_deadline()
+            if event == "start":
+                if node.tag == "blockquote":
+                    if seen_text:
+                        return True
+                    walker.skip_subtree()
+                elif isinstance(node.tag, str) and node.text and node.text.strip():
+                    seen_text = True
+            elif node is not element and node.tail and node.tail.strip():
+                seen_text = True
+        return False
+
+    current: etree._Element | None = quote
+    while current is not None:
+        if current.tail and current.tail.strip():
+            seen_text = True
+        sibling = current.getnext()
+        while sibling is not None:
+            if read(sibling):
+                return True
+            if sibling.tail and sibling.tail.strip():
+                seen_text = True
+            sibling = sibling.getnext()
+        current = current.getparent()
+    return False
+
+
+def _text_before(root: etree._Element, node: etree._Element) -> str:
+    """The text before ``node`` in document order (up to _INLINE_SIGNS_MAX_CHARS), lines apart."""
+    before, _ = _text_around(root, node, stop_at_node=True)
+    return before
+
+
+def _footer_below_quote(body: etree._Element, attribution: etree._Element, quote: etree._Element) -> bool:
+    """True if the text after the quote is a footer below a top-posted reply: the author wrote above
+    the attribution (announcing no inline answers) and nothing between quotes, only after the last.
+
+    An outbound gateway's disclaimer or a list's footer lands below the quote; taken for the answer
+    of an inline reply, it kept the whole quote in the note (a stripping review).
+    """
+    before = _text_before(body, attribution)
+    return bool(before.strip()) and not _announces_inline(before) and not _answers_between_quotes(quote)
+
+
 def split_html(source: str, author: str = "") -> Split:
     """Split an HTML body at the first quote or signature its client marked, outside code blocks.
 
@@ -1354,6 +1433,7 @@ def split_html(source: str, author: str = "") -> Split:
     own_text_after = _OwnTextAfter(body)
     closings: set[etree._Element] = set()
     inline: set[etree._Element] = set()  # the content of Gmail quote containers answered inline
+    inline_reply = False  # answers were found between quotes: every quote below stays too
     for element in _elements(body):
         # The message's deadline, checked for each element: the steps below cost what the HTML's
         # shape makes them cost, and the deadline is what stops one costlier than foreseen.
@@ -1372,7 +1452,12 @@ def split_html(source: str, author: str = "") -> Split:
                 previous = _attribution_before(element)
                 if previous is element:
                     continue  # A plain blockquote is the author's own formatting.
-            if own_text_after(element):
+            attribution = _attribution_before(element)
+            if attribution is element and not _matches_attribution(_short_text(element) or ""):
+                attribution = None  # iOS Mail puts the attribution in a blockquote of its own
+            if own_text_after(element) and (inline_reply or attribution is None
+                                            or not _footer_below_quote(body, attribution, element)):
+                inline_reply = True
                 continue  # An inline reply: the quotes stay next to the answers.
             cut_at = _attribution_before(element)
         elif kind == "attribution":
@@ -1383,7 +1468,8 @@ def split_html(source: str, author: str = "") -> Split:
             text = _short_text(element) or ""
             if not quoted and "moz-cite-prefix" not in _classes(element) and not _SEPARATOR.match(text):
                 continue  # "I wrote:" in the author's own text, with no quote below it.
-            if quoted and own_text_after(following):
+            if quoted and own_text_after(following) and (inline_reply or not _footer_below_quote(body, element, following)):
+                inline_reply = True
                 continue
             cut_at = element
         elif kind == "closing":

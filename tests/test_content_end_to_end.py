@@ -967,6 +967,21 @@ def test_an_outlook_reply_in_another_language_collapses_the_thread(test_odoo, ga
     assert "Seal replaced." in own and CUSTOMER_TEXT not in own and CUSTOMER_TEXT in details
 
 
+def test_a_disclaimer_below_a_top_posted_reply_is_collapsed_with_the_quote(test_odoo, gateway, mailer):
+    # A stripping review: the footer an outbound gateway appends below the quote was taken for the
+    # answer of an inline reply, and the whole quoted message was filed in full view.
+    footer = "CONFIDENTIALITY NOTICE: This e-mail is intended solely for the addressee."
+    html_part = ('<html><body><p>Seal replaced.</p><div class="moz-cite-prefix">On 01/12/2026 10:00, Customer wrote:'
+                 f'<br></div><blockquote type="cite"><p>{CUSTOMER_TEXT}</p></blockquote><br><div>{footer}</div></body></html>')
+    plain = f"Seal replaced.\n\nOn 01/12/2026 10:00, Customer wrote:\n> {CUSTOMER_TEXT}\n\n{footer}\n"
+    for mime in (_alternative(plain, html_part), _plain_only(plain)):
+        reply, _ = _send_raw(mailer, "Re: Pump P-7 leaking again", mime)
+        assert reply.startswith("250 2.0.0 Filed"), reply
+        own, _, details = test_odoo.message(int(reply.rsplit(" ", 1)[1]))["body"].partition("<details>")
+        assert "Seal replaced." in own and CUSTOMER_TEXT not in own and footer not in own
+        assert CUSTOMER_TEXT in details and footer in details
+
+
 def _raw(to: str, subject: str, mime: str, body: bytes) -> bytes:
     """A message as a mail client writes it: ``mime`` are its MIME headers, ``body`` its bytes."""
     head = (f"From: Paula Contributor <{PAULA}>\r\nTo: {to}\r\nSubject: {subject}\r\n"

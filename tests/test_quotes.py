@@ -597,6 +597,47 @@ def test_an_outlook_quote_without_signs_of_inline_answers_is_trimmed(top, mark, 
         assert top in visible_text(split.kept) and "4.2 bar." not in split.kept and "4.2 bar." in split.trimmed
 
 
+# An outbound gateway's disclaimer or a list's footer below the quote of a top-posted reply: taken for
+# the answer of an inline reply, it kept the whole quote in the note (a stripping review).
+FOOTER = "CONFIDENTIALITY NOTICE: This e-mail is intended solely for the addressee."
+FOOTER_BELOW_QUOTE = {
+    "plain": f"{OWN}.\n\nOn Mon, 3 Nov 2025 at 10:02, Bob <bob@example.org> wrote:\n> {OLD}?\n> Bob\n\n{FOOTER}\n",
+    "apple-mail": (f'<div dir="ltr">{OWN}.</div><div dir="ltr"><br><blockquote type="cite">On 3 Nov 2025, at 10:02, '
+                   f'Bob &lt;bob@example.org&gt; wrote:<br><br></blockquote></div><blockquote type="cite"><div dir="ltr">'
+                   f'{OLD}?</div></blockquote><p style="font-size:8pt">{FOOTER}</p>'),
+    "thunderbird": (f'<p>{OWN}.</p><div class="moz-cite-prefix">On 03/11/2025 10:02, Bob wrote:<br></div><blockquote '
+                    f'type="cite"><p>{OLD}?</p></blockquote><br><div>{FOOTER}</div>'),
+    "html-attribution": (f"<div>{OWN}.</div><div>On Mon, 3 Nov 2025 at 10:02, Bob &lt;bob@example.org&gt; wrote:</div>"
+                         f'<blockquote type="cite">{OLD}?</blockquote><div>{FOOTER}</div>'),
+}
+
+
+@pytest.mark.parametrize("client", FOOTER_BELOW_QUOTE)
+def test_a_footer_below_a_top_posted_quote_goes_with_the_quote(client):
+    source = FOOTER_BELOW_QUOTE[client]
+    split = split_text(source) if client == "plain" else split_html(source)
+    assert OWN in split.kept and OLD not in split.kept and FOOTER not in split.kept
+    assert OLD in split.trimmed and FOOTER in split.trimmed
+
+
+@pytest.mark.parametrize("source", [
+    # Answers between quotes, and the footer below the last: an inline reply, kept whole.
+    f"Hi Bob.\n\nOn Mon, Bob wrote:\n> {OLD}?\nYes.\n> And the seal?\nReplaced.\n\n{FOOTER}\n",
+    '<p>Hi Bob.</p><div class="moz-cite-prefix">On Mon, Bob wrote:</div><blockquote type="cite">Q1?</blockquote>'
+    f'<p>Yes.</p><blockquote type="cite">Q2?</blockquote><p>Replaced.</p><div>{FOOTER}</div>',
+    # One answer below one quote, announced above it.
+    f"Answers below.\n\nOn Mon, Bob wrote:\n> {OLD}?\nYes, 4.2 bar.\n",
+    f'<p>See my answers below.</p><div class="moz-cite-prefix">On Mon, Bob wrote:</div><blockquote type="cite">{OLD}?'
+    '</blockquote><p>Yes, 4.2 bar.</p>',
+    # Nothing above the quote: a bottom-posted answer.
+    f"On Mon, Bob wrote:\n> {OLD}?\n\nYes, 4.2 bar.\n",
+])
+def test_answers_below_a_quote_are_still_an_inline_reply(source):
+    split = split_text(source) if "<" not in source else split_html(source)
+    assert OLD in split.kept or "Q1?" in split.kept
+    assert split.trimmed == ""
+
+
 def test_nothing_inside_code_blocks_is_trimmed():
     html = ("<p>Config:</p><pre>&gt; quoted looking line\n-- \nOn Mon, Bob wrote:\n</pre>"
             "<code><span class='gmail_quote'>x</span></code><p>Deployed.</p>")

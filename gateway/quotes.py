@@ -273,9 +273,28 @@ _PREFACE = re.compile(r"\[([^\[\]\n]{1,60})\]")
 _INLINE_SIGNS_MAX_CHARS = 64 * 1024
 
 
+# Each announcement holds one of these (lowercased): the pattern is tried only around them, since
+# its alternations tried at every position cost ~0.5 ms for 4 KB of text, on every Outlook reply.
+_WHERE_HINTS = ("below", "inline", "in-line", "in red", "in blue", "in green", "in bold", "unten", "im text",
+                "in rot", "in blau", "in grün", "in grun", "dessous", "dans le texte", "en rouge", "en bleu",
+                "en vert", "en rojo", "en azul", "en verde", "abajo", "debajo", "entre l", "sotto", "di seguito",
+                "in rosso", "in blu", "hieronder", "in het r", "in het b", "abaixo", "em vermelho", "em azul",
+                "poniżej", "ponizej", "níže", "nize", "niže", "nedan", "nedenfor", "alla")
+# How far from such a word the rest of an announcement can be (the pattern's stretches and words).
+_ANNOUNCEMENT_REACH = 80
+
+
 def _announces_inline(text: str) -> bool:
     """True if the author's text above an Outlook quote says that answers are written in it."""
-    return _INLINE_ANNOUNCEMENT.search(text[:_INLINE_SIGNS_MAX_CHARS]) is not None
+    lowered = text[:_INLINE_SIGNS_MAX_CHARS].lower()
+    for hint in _WHERE_HINTS:
+        position = lowered.find(hint)
+        while position >= 0:
+            start = max(0, position - _ANNOUNCEMENT_REACH)
+            if _INLINE_ANNOUNCEMENT.search(lowered, start, position + len(hint) + _ANNOUNCEMENT_REACH):
+                return True
+            position = lowered.find(hint, position + len(hint))
+    return False
 
 
 def _prefaced_by(text: str, author: str) -> bool:
@@ -1314,37 +1333,12 @@ def _gmail_inline_reply(container: etree._Element) -> bool:
     return False
 
 
-def _text_around(root: etree._Element, node: etree._Element, *, stop_at_node: bool = False) -> tuple[str, str]:
-    """The text before ``node`` and from it on (unless ``stop_at_node``), in document order, each up to
-    _INLINE_SIGNS_MAX_CHARS (the start of what is before, the start of what follows), lines apart."""
-    before: list[str] = []
-    after: list[str] = []
-    pieces = before
-    size = 0
-    for event, element in etree.iterwalk(root, events=("start", "end")):
-        check_deadline()
-        if event == "start" and element is node:
-            if stop_at_node:
-                break
-            pieces, size = after, 0
-        if size > _INLINE_SIGNS_MAX_CHARS:
-            if pieces is after:
-                break
-            continue
-        tag = element.tag if isinstance(element.tag, str) else ""
-        if event == "start":
-            if tag in _LINE_TAGS:
-                pieces.append("\n")
-            if tag and element.text:
-                pieces.append(element.text)
-                size += len(element.text)
-        else:
-            if tag in _LINE_TAGS:
-                pieces.append("\n")
-            if element is not root and element.tail:
-                pieces.append(element.tail)
-                size += len(element.tail)
-    return "".join(before), "".join(after)
+def _outlook_inline_html(quote: etree._Element, author: str) -> bool:
+    """_outlook_inline for the quote starting at ``quote``; what follows it is read only if an
+    "[author]" marker can be in it (``author`` is empty if the source holds no "[")."""
+    if _announces_inline(_text_before(quote)):
+        return True
+    return bool(author.strip()) and _prefaced_by("".join(quote.xpath("descendant::text() | following::text()")), author)
 
 
 # The markers of Outlook's quote, which it writes the same above inline answers (_outlook_inline).
@@ -1401,10 +1395,9 @@ def _answers_between_quotes(quote: etree._Element) -> bool:
     return False
 
 
-def _text_before(root: etree._Element, node: etree._Element) -> str:
-    """The text before ``node`` in document order (up to _INLINE_SIGNS_MAX_CHARS), lines apart."""
-    before, _ = _text_around(root, node, stop_at_node=True)
-    return before
+def _text_before(node: etree._Element) -> str:
+    """The text before ``node`` in document order (libxml2's XPath: a fifth of a walk's cost)."""
+    return "".join(node.xpath("preceding::text()"))
 
 
 def _footer_below_quote(body: etree._Element, attribution: etree._Element, quote: etree._Element) -> bool:
@@ -1414,7 +1407,7 @@ def _footer_below_quote(body: etree._Element, attribution: etree._Element, quote
     An outbound gateway's disclaimer or a list's footer lands below the quote; taken for the answer
     of an inline reply, it kept the whole quote in the note (a stripping review).
     """
-    before = _text_before(body, attribution)
+    before = _text_before(attribution)
     return bool(before.strip()) and not _announces_inline(before) and not _answers_between_quotes(quote)
 
 
@@ -1485,7 +1478,7 @@ def split_html(source: str, author: str = "") -> Split:
                     cut_at = tables[-1]
         break
     if cut_at is not None and (kind == "quote" or kind == "attribution" and _SEPARATOR.match(_short_text(cut_at) or "")) \
-            and _is_outlook_quote(cut_at) and _outlook_inline(*_text_around(body, cut_at), author):
+            and _is_outlook_quote(cut_at) and _outlook_inline_html(cut_at, author if "[" in source else ""):
         # Outlook's inline answers below its header block: nothing tells them from the quote but
         # the author's words above it or the answers' "[Name]" marker. Kept whole, quote and answers.
         cut_at = None

@@ -623,15 +623,34 @@ def _text_blocks_to_html(lines: list[str], budget: _Budget | None = None) -> tup
     return "".join(out), stopped
 
 
+# What the clients' own attribution lines hold and a sentence of the author's ("The customer wrote:",
+# "Le 3 mars, le client a écrit :") does not: a time or an address. The footer rule below applies
+# only under a client's attribution: above the author's own quoting, text below the quote is theirs.
+_CLIENT_ATTRIBUTION_SIGN = re.compile(r"\d{1,2}[:.]\d{2}|@")
+# A greeting alone above the attribution ("Hi Bob,", "Bonjour,") opens a text that goes on below.
+_GREETING_MAX_LENGTH = 40
+
+
+def _top_posted(above: str, attribution: str) -> bool:
+    """True if ``above`` (the text above the quote) is a top-posted reply's text under which a client
+    wrote ``attribution``: not blank, not a greeting alone, not announcing answers (_announces_inline)."""
+    if _CLIENT_ATTRIBUTION_SIGN.search(attribution) is None:
+        return False
+    lines = [line.strip() for line in above.split("\n") if line.strip()]
+    if not lines or len(lines) == 1 and lines[0].endswith(",") and len(lines[0]) <= _GREETING_MAX_LENGTH:
+        return False
+    return not _announces_inline(above)
+
+
 def _footer_below_quoted_lines(lines: list[str], start: int, end: int) -> bool:
     """True if the quote at ``start`` is a top-posted reply's, with a footer below it: the author
-    wrote above its attribution (and announced no inline answers), and wrote after the last quoted
-    line only, nothing between quoted lines.
+    wrote above the client's attribution (_top_posted), and after the last quoted line only, nothing
+    between quoted lines.
 
     An outbound gateway's disclaimer or a list's footer lands below the quote; taken for the answer
     of an inline reply, it kept the whole quote in the note (a stripping review).
     """
-    if _is_quoted(lines[start]) or not any(line.strip() for line in lines[:start]):
+    if _is_quoted(lines[start]):
         return False
     seen_quote = seen_text = False
     for line in lines[start + 1:end]:
@@ -641,7 +660,8 @@ def _footer_below_quoted_lines(lines: list[str], start: int, end: int) -> bool:
             seen_quote = True
         elif seen_quote and line.strip():
             seen_text = True
-    return seen_text and not _announces_inline("\n".join(lines[:start]))
+    attribution = " ".join(lines[start:start + 2])  # clients wrap a long one over two lines
+    return seen_text and _top_posted("\n".join(lines[:start]), attribution)
 
 
 def _has_own_text_after_quote(lines: list[str], start: int, end: int) -> bool:
@@ -1402,13 +1422,12 @@ def _text_before(node: etree._Element) -> str:
 
 def _footer_below_quote(body: etree._Element, attribution: etree._Element, quote: etree._Element) -> bool:
     """True if the text after the quote is a footer below a top-posted reply: the author wrote above
-    the attribution (announcing no inline answers) and nothing between quotes, only after the last.
+    the client's attribution (_top_posted) and nothing between quotes, only after the last.
 
     An outbound gateway's disclaimer or a list's footer lands below the quote; taken for the answer
     of an inline reply, it kept the whole quote in the note (a stripping review).
     """
-    before = _text_before(attribution)
-    return bool(before.strip()) and not _announces_inline(before) and not _answers_between_quotes(quote)
+    return _top_posted(_text_before(attribution), _short_text(attribution) or "") and not _answers_between_quotes(quote)
 
 
 def split_html(source: str, author: str = "") -> Split:

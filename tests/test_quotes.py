@@ -620,20 +620,29 @@ def test_a_footer_below_a_top_posted_quote_goes_with_the_quote(client):
     assert OLD in split.trimmed and FOOTER in split.trimmed
 
 
+BOB_WROTE = "On 03/11/2025 10:02, Bob wrote:"
+
+
 @pytest.mark.parametrize("source", [
     # Answers between quotes, and the footer below the last: an inline reply, kept whole.
-    f"Hi Bob.\n\nOn Mon, Bob wrote:\n> {OLD}?\nYes.\n> And the seal?\nReplaced.\n\n{FOOTER}\n",
-    '<p>Hi Bob.</p><div class="moz-cite-prefix">On Mon, Bob wrote:</div><blockquote type="cite">Q1?</blockquote>'
+    f"Hi Bob.\n\n{BOB_WROTE}\n> {OLD}?\nYes.\n> And the seal?\nReplaced.\n\n{FOOTER}\n",
+    f'<p>Hi Bob.</p><div class="moz-cite-prefix">{BOB_WROTE}</div><blockquote type="cite">Q1?</blockquote>'
     f'<p>Yes.</p><blockquote type="cite">Q2?</blockquote><p>Replaced.</p><div>{FOOTER}</div>',
     # One answer below one quote, announced above it.
-    f"Answers below.\n\nOn Mon, Bob wrote:\n> {OLD}?\nYes, 4.2 bar.\n",
-    f'<p>See my answers below.</p><div class="moz-cite-prefix">On Mon, Bob wrote:</div><blockquote type="cite">{OLD}?'
+    f"Answers below.\n\n{BOB_WROTE}\n> {OLD}?\nYes, 4.2 bar.\n",
+    f'<p>See my answers below.</p><div class="moz-cite-prefix">{BOB_WROTE}</div><blockquote type="cite">{OLD}?'
     '</blockquote><p>Yes, 4.2 bar.</p>',
+    # A greeting alone above the quote: the text goes on below it.
+    f"Bonjour,\n{BOB_WROTE}\n> {OLD}?\n\nNous avons changé le roulement.\nCordialement\n",
+    # The author quoting with a sentence of their own, no client's attribution (no time, no address).
+    f"Visited site 12.\nLe 3 mars, le client a écrit :\n> {OLD}?\n\nBearing replaced.\n",
+    f'<div>Visited site 12.<div>The customer wrote:</div><blockquote style="margin:0 0 0 40px">{OLD}?</blockquote>'
+    '<div>Bearing replaced.</div></div>',
     # Nothing above the quote: a bottom-posted answer.
-    f"On Mon, Bob wrote:\n> {OLD}?\n\nYes, 4.2 bar.\n",
+    f"{BOB_WROTE}\n> {OLD}?\n\nYes, 4.2 bar.\n",
 ])
 def test_answers_below_a_quote_are_still_an_inline_reply(source):
-    split = split_text(source) if "<" not in source else split_html(source)
+    split = split_text(source) if not source.startswith("<") else split_html(source)
     assert OLD in split.kept or "Q1?" in split.kept
     assert split.trimmed == ""
 

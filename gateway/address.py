@@ -22,7 +22,11 @@ MAX_ID = 10**ID_DIGITS - 1
 # The issue day of a dated address: days since 1970, six digits until the year 4707.
 DAY_DIGITS = 6
 MAX_DAY = 10**DAY_DIGITS - 1
+# Every number is read in the one spelling mint() writes, without a leading zero: "-d020795-" names
+# the day of "-d20795-" and verified with its signature, so one address had many spellings (found by
+# a review of addresses as credentials).
 _ID = rf"[1-9][0-9]{{0,{ID_DIGITS - 1}}}"
+_DAY = rf"0|[1-9][0-9]{{0,{DAY_DIGITS - 1}}}"
 # Odoo model names are lowercase words joined by dots and underscores; they never hold "-",
 # which is why "-" can separate the parts of the local part.
 _MODEL_NAME = r"[a-z][a-z0-9_]*(?:\.[a-z0-9_]+)*"
@@ -33,10 +37,11 @@ _MODEL_NAME = r"[a-z][a-z0-9_]*(?:\.[a-z0-9_]+)*"
 # gateway/subject.py builds its pattern of pasted addresses from it, so the two cannot drift apart.
 RECORD_PART = (
     rf"(?P<model>{_MODEL_NAME})-(?P<res_id>{_ID})"
-    rf"(?:-p(?P<partner>{_ID}))?(?:-d(?P<day>[0-9]{{1,{DAY_DIGITS}}}))?"
+    rf"(?:-p(?P<partner>{_ID}))?(?:-d(?P<day>{_DAY}))?"
 )
-_LOCAL_PART = re.compile(rf"^(?P<kind>[a-z]+)\+{RECORD_PART}-(?P<sig>[a-z2-7]+)$")
-_MODEL = re.compile(rf"^{_MODEL_NAME}$")
+# Matched with fullmatch: "$" also matched before a final line feed.
+_LOCAL_PART = re.compile(rf"(?P<kind>[a-z]+)\+{RECORD_PART}-(?P<sig>[a-z2-7]+)")
+_MODEL = re.compile(_MODEL_NAME)
 
 
 def today() -> int:
@@ -66,7 +71,7 @@ def check_parts(kind: str, model: str, res_id: int, *, partner_id: int | None = 
     that its own gateway refuses with 550 5.1.1 (item 10 of the operator review)."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}")
-    if not isinstance(model, str) or not _MODEL.match(model):
+    if not isinstance(model, str) or not _MODEL.fullmatch(model):
         raise ValueError(f"{model!r} is not an Odoo model name")
     _check_id("record id", res_id)
     if partner_id is not None:
@@ -80,7 +85,11 @@ def mint(secret: bytes, domain: str, kind: str, model: str, res_id: int, *,
     """An address; with ``partner_id`` it only accepts mail from that partner, with ``issued_day``
     it can expire (rules key address_max_age_days)."""
     check_parts(kind, model, res_id, partner_id=partner_id, issued_day=issued_day)
-    domain = domain.lower()
+    # As parse() reads the domain (split_address): an internationalised one in its A-label form,
+    # the form alias domains are configured and signed in.
+    domain = idn.ascii_domain(domain) if not domain.isascii() else domain.lower()
+    if not domain.isascii():
+        raise ValueError(f"{domain!r} is not a valid internationalised domain name")
     optional = (f"-p{partner_id}" if partner_id is not None else "") + (
         f"-d{issued_day}" if issued_day is not None else "")
     sig = signature(secret, domain, kind, model, res_id, partner_id, issued_day)
@@ -119,8 +128,12 @@ def parse(address: str, secrets_by_domain: dict[str, list[bytes]]) -> Target:
     secrets = secrets_by_domain.get(domain)
     if secrets is None:
         raise UnknownAliasDomain(domain)
+    if not local.isascii():
+        # Before lower(): some non-ASCII characters lowercase to ASCII ones (KELVIN SIGN U+212A to
+        # "k"), and would give a minted address another spelling that verifies.
+        raise BadAddress("the local part holds a character that is not ASCII")
     local = local.lower()
-    match = _LOCAL_PART.match(local)
+    match = _LOCAL_PART.fullmatch(local)
     if not match:
         raise BadAddress("expected note+<model>-<id>-<signature> or reply+...")
     if match["kind"] not in KINDS:
@@ -154,7 +167,7 @@ def parse_recipient(address: str, secrets_by_domain: dict[str, list[bytes]]) -> 
     stage finds the record from the message's References (issue 7).
     """
     local, domain = split_address(address)
-    if local.lower() in KINDS:
+    if local.isascii() and local.lower() in KINDS:
         if domain not in secrets_by_domain:
             raise UnknownAliasDomain(domain)
         kind = local.lower()
@@ -181,10 +194,11 @@ def read_unverified(address: str, secrets_by_domain: dict[str, list[bytes]]) -> 
         return None
     if domain not in secrets_by_domain:
         return None
+    ascii_local = local.isascii()  # As parse(): a non-ASCII local part is none of the gateway's forms.
     local = local.lower()
-    if local in KINDS:
+    if ascii_local and local in KINDS:
         return Target(kind=local, domain=domain, model="", res_id=0, address=f"{local}@{domain}", by_reference=True)
-    match = _LOCAL_PART.match(local)
+    match = _LOCAL_PART.fullmatch(local) if ascii_local else None
     if not match or match["kind"] not in KINDS:
         if local.startswith("note+"):
             # A note address whose record part cannot be read (mistyped): a note of no known record.

@@ -137,3 +137,42 @@ def test_mint_refuses_the_ids_that_parse_refuses():
     longer = largest.replace(f"-{address.MAX_ID}-p", f"-{address.MAX_ID}9-p", 1)
     with pytest.raises(BadAddress, match="expected note"):
         address.parse(longer, SECRETS)
+
+
+# --- Review of addresses as a credential: one address, one spelling ---------------------------
+
+
+@pytest.mark.parametrize("respell", [
+    lambda a: a.replace("-d20410-", "-d020410-"),   # the day with a leading zero
+    lambda a: a.replace("-d20410-", "-d0020410-"),
+    lambda a: a.replace("task", "tas\u212a"),        # KELVIN SIGN, which lower() makes an ASCII "k"
+    lambda a: a.replace("@", "\n@"),                # a final line feed, which "$" let through
+])
+def test_another_spelling_of_a_minted_address_is_refused(respell):
+    # Found by a review of addresses as credentials: each of these verified as the minted address.
+    minted = address.mint(SECRET, "notes.example.com", "note", "project.task", 60, partner_id=42, issued_day=20410)
+    assert address.parse(minted, SECRETS).issued_day == 20410
+    with pytest.raises(BadAddress):
+        address.parse(respell(minted), SECRETS)
+    assert address.read_unverified(respell(minted).replace("note+", "reply+"), SECRETS) is None
+
+
+def test_day_zero_is_still_one_spelling():
+    minted = address.mint(SECRET, "notes.example.com", "note", "project.task", 60, issued_day=0)
+    assert "-d0-" in minted and address.parse(minted, SECRETS).issued_day == 0
+    with pytest.raises(BadAddress):
+        address.parse(minted.replace("-d0-", "-d00-"), SECRETS)
+
+
+def test_model_name_with_a_final_line_feed_is_not_minted():
+    with pytest.raises(ValueError, match="is not an Odoo model name"):
+        address.mint(SECRET, "notes.example.com", "note", "project.task\n", 42)
+
+
+def test_address_of_an_internationalised_domain_is_minted_as_parse_reads_it():
+    # Minted with the U-label domain, the address was signed for "bücher.example" and never verified.
+    secrets = {"xn--bcher-kva.example": [SECRET]}
+    minted = address.mint(SECRET, "Bücher.example", "note", "project.task", 42)
+    assert minted.endswith("@xn--bcher-kva.example")
+    assert minted == address.mint(SECRET, "xn--bcher-kva.example", "note", "project.task", 42)
+    assert address.parse(minted, secrets).res_id == 42

@@ -9,8 +9,9 @@ import time
 
 import pytest
 
-from conftest import SELECTOR, Mailer
+from conftest import ALIAS_DOMAIN, SECRET, SELECTOR, Mailer
 
+from gateway import address
 from gateway.config import load_config
 from gateway.journal import Journal
 from gateway.pipeline import Services
@@ -565,6 +566,22 @@ def test_tampered_token_is_refused_at_rcpt(gateway, mailer):
     [row] = _journal(gateway)
     assert (row.verdict, row.refusal_class, row.mail_from) == ("refused", "BadAddress", PAULA)
     assert row.smtp_reply == "550 5.1.1 No such gateway address: the address signature is not valid"
+
+
+def test_other_spellings_of_a_minted_address_are_refused_at_rcpt(gateway, mailer):
+    # A review of addresses as credentials: a day with a leading zero and a KELVIN SIGN (U+212A,
+    # lowercased to "k") in the local part verified as the minted address; each is a bad address now.
+    minted = address.mint(SECRET.encode(), ALIAS_DOMAIN, "note", "project.task", TASK_ID, issued_day=address.today())
+    zero_day = minted.replace(f"-d{address.today()}-", f"-d0{address.today()}-")
+    kelvin = minted.replace("task", "tas\u212a")
+    with smtplib.SMTP("127.0.0.1", gateway.port, timeout=10) as client:
+        client.ehlo("client.example.com")
+        client.mail(PAULA, ["SMTPUTF8"])
+        replies = [client.rcpt(recipient) for recipient in (zero_day, kelvin, minted)]
+    assert [(code, text.decode()) for code, text in replies] == [
+        (550, "5.1.1 No such gateway address: expected note+<model>-<id>-<signature> or reply+..."),
+        (550, "5.1.1 No such gateway address: the local part holds a character that is not ASCII"),
+        (250, "2.1.5 OK")]
 
 
 def test_note_token_used_as_reply_is_refused_at_rcpt(gateway, mailer):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import math
 import os
 import re
 import ssl
@@ -23,9 +24,77 @@ from gateway.resolver import DEFAULT_CACHE_SIZE
 log = logging.getLogger(__name__)
 
 
-# The address secrets published in the repository (rules/example.secrets), refused in any rules file
-# (operator review: following the README in the checkout served rules/example.toml with it).
-PUBLISHED_SECRETS = frozenset({"example-secret-change-me-0123456789"})
+# The address secret of rules/example.secrets (operator review: following the README in the
+# checkout served rules/example.toml with it).
+EXAMPLE_SECRET = "example-secret-change-me-0123456789"
+# Every address secret written in this repository, now or before: the example's, the tests', the
+# bench's. Anyone can read them, so anyone could sign addresses with them: load_config refuses each,
+# in any case and with anything around it, wherever it is written. This is the one list of them;
+# tests/test_config.py finds the secrets written in the repository and checks that each is refused.
+# The tests, the bench and the demo make a strong secret for each run (gateway.testing.configs.fresh_secret).
+PUBLISHED_SECRETS = frozenset({
+    EXAMPLE_SECRET,
+    "test-secret-for-addresses-0123456789",        # tests/conftest.py until it made one per run; test_subject.py
+    "bench-secret-not-for-production-0123456789",  # bench/world.py until it made one per run
+    "real-odoo-suite-secret-0123456789abcdef",     # tests/real_odoo/conftest.py until it made one per run
+    "first-secret-0123456789", "older-secret-0123456789",  # tests/test_address.py, addresses known to verify
+    "retired-secret-0123456789abcdef",             # tests/test_routing.py
+    "second-domain-secret-0123456789", "idn-domain-secret-0123456789", "this-site-own-secret-0123456789",
+    "fresh-secret-0123456789abc", "rotated-secret-0123456789", "second-secret-0123456789",
+    "the-new-secret-0123456789abcdefgh", "0123456789abcdef-secret",  # earlier tests' configurations
+})
+# An address secret is the key of the addresses' HMAC: one address seen (a Reply-To, a reply+ a
+# customer was given) lets anyone test guesses offline, as fast as SHA-256 runs. The rules below
+# are a floor against a secret typed by hand (a review recovered "aaaaaaaaaaaaaaaa" from one address
+# in a millisecond), not a proof of a good one: a secret made by secrets.token_urlsafe(32) passes.
+MIN_SECRET_LENGTH = 22
+MIN_SECRET_BITS = 128
+MAKE_A_SECRET = 'make one with python3 -c "import secrets; print(secrets.token_urlsafe(32))"'
+
+
+def secret_bits(secret: str) -> float:
+    """A rough estimate of the bits of a secret: its length times log2 of the alphabet of the kinds
+    of characters it uses (lowercase, uppercase, digits, ASCII punctuation, others), where a
+    repetition of the whole counts once and a character that continues a run (the same one a third
+    time, or a third step of 1 as in "abc" or "321") counts nothing."""
+    alphabet = sum(size for present, size in (
+        (any("a" <= char <= "z" for char in secret), 26), (any("A" <= char <= "Z" for char in secret), 26),
+        (any("0" <= char <= "9" for char in secret), 10),
+        (any(char.isascii() and not char.isalnum() for char in secret), 32),
+        (any(not char.isascii() for char in secret), 64)) if present)
+    if alphabet == 0:
+        return 0.0
+    period = next((size for size in range(1, len(secret) // 2 + 1) if secret[size:] == secret[:-size]), len(secret))
+    text = secret[:period]
+    counted = sum(1 for index, char in enumerate(text)
+                  if index < 2 or not (ord(char) - ord(text[index - 1]) == ord(text[index - 1]) - ord(text[index - 2])
+                                       in (-1, 0, 1)))
+    return counted * math.log2(alphabet)
+
+
+def secret_problem(secret: str) -> str | None:
+    """Why load_config refuses an address secret, or None; it never says the secret."""
+    if any(char.isspace() or not char.isprintable() for char in secret):
+        # Secrets read from a file, a credential or the environment are stripped, those written in
+        # the rules file were not: "example-secret-... " was another secret. Refused rather than
+        # stripped, so that what signs is what the file says.
+        return "it holds a space, a line break or another invisible character; " + MAKE_A_SECRET
+    folded = secret.casefold()
+    if EXAMPLE_SECRET.casefold() in folded:
+        return ("this is the example secret published with the gateway (rules/example.secrets): anyone could sign "
+                f"addresses with it; {MAKE_A_SECRET}, and keep your rules in a folder of their own "
+                "(README, \"Configuring it\")")
+    if any(published.casefold() in folded for published in PUBLISHED_SECRETS):
+        return ("this secret is published with the gateway's source (its tests or bench): anyone could sign addresses "
+                f"with it; {MAKE_A_SECRET}")
+    if len(secret) < MIN_SECRET_LENGTH:
+        return f"each secret needs at least {MIN_SECRET_LENGTH} characters, this one has {len(secret)}; {MAKE_A_SECRET}"
+    bits = secret_bits(secret)
+    if bits < MIN_SECRET_BITS:
+        return (f"this secret is too easy to guess from one address: about {bits:.0f} bits by the gateway's estimate "
+                f"(its length, the kinds of characters it uses, repeats and runs), at least {MIN_SECRET_BITS} needed; "
+                + MAKE_A_SECRET)
+    return None
 
 
 class ConfigError(Exception):
@@ -971,7 +1040,9 @@ def load_config(path: str | os.PathLike, environ: dict[str, str] | None = None) 
                 raise ConfigError(rules_path, f"{kind}.access", "email-domain needs a non-empty email_domains map")
         if rules.odoo not in gateway.odoo:
             raise ConfigError(rules_path, "odoo", f"no [odoo.{rules.odoo}] in {path.name}")
-        domain_secrets = list(rules.secrets)
+        # (key of the source, where in it, secret), in the order the sources are read: the first signs.
+        domain_secrets: list[tuple[str, str, str]] = [
+            ("secrets", f"secret {number} of the list", secret) for number, secret in enumerate(rules.secrets, 1)]
         if rules.secrets and world_readable(rules_path):
             _warn(warnings, rules_path, "secrets", "secrets written in a file readable by every local user")
         if rules.secrets_file:
@@ -979,11 +1050,13 @@ def load_config(path: str | os.PathLike, environ: dict[str, str] | None = None) 
             text = _read_secret_file(secret_path, rules_path, "secrets_file")
             if world_readable(secret_path):
                 _warn(warnings, rules_path, "secrets_file", f"{secret_path} is readable by every local user")
-            domain_secrets += [line.strip() for line in text.splitlines() if line.strip()]
+            domain_secrets += [("secrets_file", f"line {number} of {secret_path}", line.strip())
+                               for number, line in enumerate(text.splitlines(), 1) if line.strip()]
         if rules.secrets_credential:
-            text = _read_secret_file(credential_path(rules.secrets_credential, rules_path, "secrets_credential", environ),
-                                     rules_path, "secrets_credential", rules.secrets_credential)
-            domain_secrets += [line.strip() for line in text.splitlines() if line.strip()]
+            credential = credential_path(rules.secrets_credential, rules_path, "secrets_credential", environ)
+            text = _read_secret_file(credential, rules_path, "secrets_credential", rules.secrets_credential)
+            domain_secrets += [("secrets_credential", f"line {number} of {credential}", line.strip())
+                               for number, line in enumerate(text.splitlines(), 1) if line.strip()]
         if rules.secrets_env:
             # As api_key_env: a variable named but not set is an error, even when another source
             # gives secrets (bad-input review: secrets rotated through an environment that did not
@@ -994,20 +1067,14 @@ def load_config(path: str | os.PathLike, environ: dict[str, str] | None = None) 
             env_secrets = [part.strip() for part in value.split(",") if part.strip()]
             if not env_secrets:
                 raise ConfigError(rules_path, "secrets_env", f"environment variable {rules.secrets_env} is empty")
-            domain_secrets += env_secrets
+            domain_secrets += [("secrets_env", f"item {number} of environment variable {rules.secrets_env}", secret)
+                               for number, secret in enumerate(env_secrets, 1)]
         if not domain_secrets:
             raise ConfigError(rules_path, "secrets",
                               "no address secret (secrets, secrets_file, secrets_env or secrets_credential)")
-        for secret in domain_secrets:
-            if len(secret) < 16:
-                raise ConfigError(rules_path, "secrets", "each secret needs at least 16 characters")
-            if secret in PUBLISHED_SECRETS:
-                # Anyone can mint valid addresses with a secret that is in the repository.
-                raise ConfigError(rules_path, "secrets",
-                                  "this is the example secret published with the gateway (rules/example.secrets): "
-                                  "anyone could sign addresses with it; make your own with python3 -c \"import "
-                                  "secrets; print(secrets.token_urlsafe(32))\", and keep your rules in a folder of "
-                                  "their own (README, \"Configuring it\")")
+        for key, where, secret in domain_secrets:
+            if (problem := secret_problem(secret)) is not None:
+                raise ConfigError(rules_path, key, f"{where}: {problem}")
         if rules.notices.enabled and not gateway.notices.smarthost:
             # notices.should_send needs both: without the smarthost the rules file asks in vain.
             _warn(warnings, rules_path, "notices.enabled",
@@ -1015,7 +1082,7 @@ def load_config(path: str | os.PathLike, environ: dict[str, str] | None = None) 
         if rules.templates_path is not None and not rules.templates_path.is_dir():
             raise ConfigError(rules_path, "templates_dir", f"{rules.templates_path} is not a folder")
         domains[rules.domain] = rules
-        secrets[rules.domain] = [secret.encode() for secret in domain_secrets]
+        secrets[rules.domain] = [secret.encode() for _, _, secret in domain_secrets]
 
     if not domains:
         raise ConfigError(rules_dir, "", "no rules file (*.toml): the gateway would serve no alias domain")

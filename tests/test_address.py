@@ -6,8 +6,8 @@ from gateway import address
 from gateway.refusals import BadAddress, UnknownAliasDomain
 
 SECRET = b"first-secret-0123456789"
-OLD = b"older-secret-0123456789"
-SECRETS = {"notes.example.com": [SECRET, OLD]}
+OLD_SECRET = b"older-secret-0123456789"
+SECRETS = {"notes.example.com": [SECRET, OLD_SECRET]}
 
 
 def test_minted_address_parses_back_to_its_target():
@@ -24,7 +24,7 @@ def test_case_folded_by_an_mta_still_parses():
 
 
 def test_older_secret_still_verifies_for_rotation():
-    minted = address.mint(OLD, "notes.example.com", "note", "project.task", 42)
+    minted = address.mint(OLD_SECRET, "notes.example.com", "note", "project.task", 42)
     assert address.parse(minted, SECRETS).res_id == 42
 
 

@@ -1,7 +1,9 @@
 """Configuration loading: the shipped examples load, and each kind of mistake names file, key and reason."""
 
+import json
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import sys
@@ -12,6 +14,7 @@ import pytest
 from serving import NOBODY, open_folder as serving_open_folder, run_unprivileged
 
 from gateway.config import ConfigError, load_config
+from gateway.testing.configs import fresh_secret
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -24,10 +27,13 @@ login = "gateway"
 api_key_file = "key"
 """
 
-RULES = """
+# Strong secrets made for this run: one written here would be published, and load_config refuses those.
+OWN_SECRET, SITE_SECRET, ROTATED_SECRET = fresh_secret(), fresh_secret(), fresh_secret()
+
+RULES = f"""
 domain = "notes.example.com"
 odoo = "main"
-secrets = ["0123456789abcdef-secret"]
+secrets = ["{OWN_SECRET}"]
 [note]
 models = ["project.task"]
 """
@@ -49,31 +55,132 @@ def test_shipped_example_files_load(tmp_path):
     # Operator review: served as shipped, the example's secret (published in git) signed live addresses.
     with pytest.raises(ConfigError) as caught:
         load_config(tmp_path / "gateway.toml")
-    assert (caught.value.path, caught.value.key) == (str(tmp_path / "rules" / "example.toml"), "secrets")
-    assert caught.value.reason.startswith("this is the example secret published with the gateway "
-                                          "(rules/example.secrets): anyone could sign addresses with it")
-    (tmp_path / "rules" / "example.secrets").write_text("this-site-own-secret-0123456789\n")
+    # The key and the line of the source that holds it (review of addresses as a credential).
+    assert (caught.value.path, caught.value.key) == (str(tmp_path / "rules" / "example.toml"), "secrets_file")
+    assert caught.value.reason.startswith(f"line 1 of {tmp_path / 'rules' / 'example.secrets'}: this is the example "
+                                          "secret published with the gateway (rules/example.secrets): anyone could "
+                                          "sign addresses with it")
+    (tmp_path / "rules" / "example.secrets").write_text(SITE_SECRET + "\n")
     config = load_config(tmp_path / "gateway.toml")
     assert "notes.example.com" in config.domains
-    assert config.secrets["notes.example.com"] == [b"this-site-own-secret-0123456789"]
+    assert config.secrets["notes.example.com"] == [SITE_SECRET.encode()]
     assert config.domains["notes.example.com"].note.models == ["project.task", "sale.order"]
 
 
 def test_every_published_secret_is_refused_wherever_it_is_written(folder, monkeypatch):
-    from gateway.config import PUBLISHED_SECRETS
+    from gateway.config import EXAMPLE_SECRET, PUBLISHED_SECRETS
 
     published = {line.strip() for line in (ROOT / "rules" / "example.secrets").read_text().splitlines() if line.strip()}
     published |= set(re.findall(r'secrets = \["([^"]+)"', (ROOT / "rules" / "example.toml").read_text()))
     assert published and published <= PUBLISHED_SECRETS
     rules = folder / "rules" / "notes.toml"
     for secret in sorted(PUBLISHED_SECRETS):
-        rules.write_text(RULES.replace("secrets = [", f'secrets = ["fresh-secret-0123456789abc", "{secret}", '))
-        with pytest.raises(ConfigError, match="example secret published with the gateway"):
+        # The example's secret is named as such; the tests' and the bench's as published too.
+        published_with = ("example secret published with the gateway" if secret == EXAMPLE_SECRET
+                          else "this secret is published with the gateway's source")
+        rules.write_text(RULES.replace("secrets = [", f'secrets = ["{fresh_secret()}", "{secret}", '))
+        with pytest.raises(ConfigError, match=published_with):
             load_config(folder / "gateway.toml")
         monkeypatch.setenv("NOTES_SECRETS", secret)
         rules.write_text(RULES.replace("secrets = [", 'secrets_env = "NOTES_SECRETS"\nsecrets = ['))
-        with pytest.raises(ConfigError, match="example secret published with the gateway"):
+        with pytest.raises(ConfigError, match=published_with):
             load_config(folder / "gateway.toml")
+
+
+# --- Review of addresses as a credential: a secret one address cannot give away -----------------
+
+MAKE_ONE = 'make one with python3 -c "import secrets; print(secrets.token_urlsafe(32))"'
+TOO_SHORT = "each secret needs at least 22 characters"
+INVISIBLE = "it holds a space, a line break or another invisible character"
+GUESSABLE = "this secret is too easy to guess from one address"
+
+
+@pytest.mark.parametrize("secret, reason", [
+    (" " * 16, INVISIBLE),                               # accepted: inline secrets were not stripped
+    ("example-secret-change-me-0123456789 ", INVISIBLE),  # the example with a trailing space
+    ("abcdefgh\tijklmnop-0123456789", INVISIBLE),
+    ("Example-secret-change-me-0123456789", "this is the example secret published with the gateway"),
+    ("my-example-secret-change-me-0123456789", "this is the example secret published with the gateway"),
+    ("Test-Secret-For-Addresses-0123456789", "this secret is published with the gateway's source"),
+    ("aaaaaaaaaaaaaaaa", TOO_SHORT),                     # repro/crack_weak_secret.py found it in 1 ms
+    ("password12345678", TOO_SHORT),
+    ("\u00e9" * 16, TOO_SHORT),
+    ("a" * 40, GUESSABLE),
+    ("password" * 4, GUESSABLE),
+    ("abcdefghijklmnopqrstuvwxyz0123456789", GUESSABLE),
+    ("password-1234567890123456", GUESSABLE),
+])
+def test_weak_secret_is_refused_naming_its_source(folder, secret, reason):
+    # Found by a review of addresses as a credential: >= 16 characters was the only rule, and one
+    # address seen is an offline oracle for the secret that signed it.
+    error = _error(folder, rules=RULES.replace(f'secrets = ["{OWN_SECRET}"]',
+                                               f'secrets = ["{OWN_SECRET}", {json.dumps(secret)}]'))
+    assert (error.path, error.key) == (str(folder / "rules" / "notes.toml"), "secrets")
+    assert error.reason.startswith(f"secret 2 of the list: {reason}") and MAKE_ONE in error.reason
+    assert secret.strip() not in error.reason or secret.isspace()  # never the secret itself
+    if secret.isspace():
+        return  # a blank line of a file, a blank item of a variable, is no secret
+    if secret != secret.strip():  # a file's lines are stripped: the example itself is left
+        reason = "this is the example secret published with the gateway"
+    (folder / "rules" / "notes.secrets").write_text(f"{fresh_secret()}\n{secret}\n")
+    error = _error(folder, rules=RULES.replace(f'secrets = ["{OWN_SECRET}"]', 'secrets_file = "notes.secrets"'))
+    assert error.key == "secrets_file"
+    assert error.reason.startswith(f"line 2 of {folder / 'rules' / 'notes.secrets'}: {reason}")
+    error = _error(folder, rules=RULES.replace(f'secrets = ["{OWN_SECRET}"]', 'secrets_env = "NOTES_SECRETS"'),
+                   environ={"NOTES_SECRETS": f"{fresh_secret()},{secret}"})
+    assert error.key == "secrets_env"
+    assert error.reason.startswith(f"item 2 of environment variable NOTES_SECRETS: {reason}")
+
+
+def test_random_secrets_as_the_readme_makes_them_are_taken(folder):
+    made = [secrets.token_urlsafe(32) for _ in range(50)] + [secrets.token_hex(16) for _ in range(50)]
+    (folder / "rules" / "notes.toml").write_text(RULES.replace(f'"{OWN_SECRET}"', ", ".join(f'"{s}"' for s in made)))
+    assert load_config(folder / "gateway.toml").secrets["notes.example.com"] == [s.encode() for s in made]
+
+
+def _secrets_written_in_the_repository() -> dict[str, str]:
+    """Every address secret written in the repository, with a file that writes it: the items of a
+    TOML ``secrets = [...]``, the lines of a ``*.secrets`` file, a string given to a name that holds
+    "SECRET" or to a ``secret`` argument, the secret handed to address.mint or address.signature."""
+    patterns = (re.compile(r"secrets\s*=\s*\[([^\]\n]*)\]"), re.compile(r'\b\w*SECRET\w*\s*=\s*(b?"[^"\n]*")'),
+                re.compile(r'\bsecret\s*=\s*(b?"[^"\n]*")'),
+                re.compile(r'(?:mint|signature)\(\s*(b?"[^"\n]*")'))
+    found: dict[str, str] = {}
+    for path in sorted(ROOT.rglob("*")):
+        if {".git", ".venv", "__pycache__"} & set(path.parts) or not path.is_file() or path.suffix not in (
+                ".py", ".toml", ".md", ".secrets", ".sh", ".j2", ".service", ".txt", ".cfg", ".ini"):
+            continue
+        text = path.read_text(errors="replace")
+        if path.suffix == ".secrets":
+            candidates = [line.strip() for line in text.splitlines() if line.strip()]
+        else:
+            candidates = [literal for pattern in patterns for written in pattern.findall(text)
+                          for literal in re.findall(r'"([^"]*)"', written)]
+        for secret in candidates:
+            if "{" not in secret and len(secret) >= 8:  # an f-string's secret is made at run time
+                found.setdefault(secret, str(path.relative_to(ROOT)))
+    return found
+
+
+def test_every_secret_written_in_the_repository_is_refused(folder):
+    # A secret of the tests or the bench is as public as the example's (review of addresses as a
+    # credential: the tests' and the bench's were taken by load_config). The tests, the bench and
+    # the demo make theirs for each run (gateway.testing.configs.fresh_secret).
+    from gateway.config import EXAMPLE_SECRET, PUBLISHED_SECRETS
+
+    written = _secrets_written_in_the_repository()
+    assert {EXAMPLE_SECRET, "first-secret-0123456789", "test-secret-for-addresses-0123456789"} <= set(written)
+    assert not set(PUBLISHED_SECRETS) - set(written) - {
+        # Written before the tests, the bench and the real-Odoo suite made their secrets for each run.
+        "bench-secret-not-for-production-0123456789", "real-odoo-suite-secret-0123456789abcdef",
+        "second-domain-secret-0123456789", "idn-domain-secret-0123456789", "this-site-own-secret-0123456789",
+        "fresh-secret-0123456789abc", "rotated-secret-0123456789", "second-secret-0123456789",
+        "the-new-secret-0123456789abcdefgh", "0123456789abcdef-secret"}
+    for secret, where in written.items():
+        (folder / "rules" / "notes.toml").write_text(RULES.replace(OWN_SECRET, json.dumps(secret)[1:-1]))
+        with pytest.raises(ConfigError) as caught:
+            load_config(folder / "gateway.toml")
+        assert caught.value.key == "secrets", (secret, where)
 
 
 def test_minimal_config_has_sensible_defaults(folder):
@@ -106,13 +213,15 @@ def test_bad_type_is_named(folder):
 
 
 def test_missing_secret(folder):
-    error = _error(folder, rules=RULES.replace('secrets = ["0123456789abcdef-secret"]', ""))
+    error = _error(folder, rules=RULES.replace(f'secrets = ["{OWN_SECRET}"]', ""))
     assert error.key == "secrets"
 
 
 def test_short_secret(folder):
-    error = _error(folder, rules=RULES.replace("0123456789abcdef-secret", "short"))
-    assert "16 characters" in error.reason
+    error = _error(folder, rules=RULES.replace(OWN_SECRET, "short"))
+    assert (error.key, error.reason) == ("secrets", "secret 1 of the list: each secret needs at least 22 characters, "
+                                         'this one has 5; make one with python3 -c "import secrets; '
+                                         'print(secrets.token_urlsafe(32))"')
 
 
 def test_unknown_odoo_connection(folder):
@@ -229,8 +338,8 @@ def test_secrets_from_unset_environment_variable(folder):
                                                      "environment variable NOTES_SECRETS is not set")
     error = _error(folder, rules=rules, environ={"NOTES_SECRETS": " , "})
     assert error.key == "secrets_env" and error.reason == "environment variable NOTES_SECRETS is empty"
-    config = load_config(folder / "gateway.toml", environ={"NOTES_SECRETS": "rotated-secret-0123456789, "})
-    assert config.secrets["notes.example.com"] == [b"0123456789abcdef-secret", b"rotated-secret-0123456789"]
+    config = load_config(folder / "gateway.toml", environ={"NOTES_SECRETS": f"{ROTATED_SECRET}, "})
+    assert config.secrets["notes.example.com"] == [OWN_SECRET.encode(), ROTATED_SECRET.encode()]
 
 
 def test_bad_group_xmlid_and_bad_toml(folder):
@@ -542,7 +651,7 @@ def test_empty_credential_is_named(folder, capsys):
     assert line.endswith(f"gateway.toml: odoo.main.api_key_credential: {credentials / 'odoo-main'} is empty")
     (credentials / "odoo-main").write_text("key\n")
     (credentials / "secrets").write_text("")
-    (folder / "rules" / "notes.toml").write_text(RULES.replace('secrets = ["0123456789abcdef-secret"]',
+    (folder / "rules" / "notes.toml").write_text(RULES.replace(f'secrets = ["{OWN_SECRET}"]',
                                                                'secrets_credential = "secrets"'))
     error = _error(folder, environ={"CREDENTIALS_DIRECTORY": str(credentials)})
     assert (error.path, error.key, error.reason) == (str(folder / "rules" / "notes.toml"), "secrets_credential",
@@ -664,7 +773,7 @@ def test_test_and_demo_configs_load(tmp_path):
     from gateway.testing.configs import write_gateway_config
 
     path = write_gateway_config(tmp_path, odoo_url="http://127.0.0.1:8069", api_key="key", dns_port=5353,
-                                alias_domain="notes.example.com", secret="0123456789abcdef-secret",
+                                alias_domain="notes.example.com", secret=fresh_secret(),
                                 listener={"max_sessions": 5, "session_timeout": 2.5}, odoo={"timeout": 3},
                                 rules={"rules_cache_seconds": 0}, note={"access": "followers"})
     config = load_config(path)

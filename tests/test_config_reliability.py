@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from gateway.config import ConfigError, GatewayFile, load_config
+from gateway.testing.configs import fresh_secret
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -14,7 +15,7 @@ def _examples(tmp_path: Path, rules_extra: str = "", gateway_extra: str = "") ->
     (tmp_path / "gateway.toml").write_text((ROOT / "gateway.example.toml").read_text() + gateway_extra)
     shutil.copytree(ROOT / "rules", tmp_path / "rules")
     # A site's own secret: the published example one is refused (operator review).
-    (tmp_path / "rules" / "example.secrets").write_text("this-site-own-secret-0123456789\n")
+    (tmp_path / "rules" / "example.secrets").write_text(fresh_secret() + "\n")
     rules = tmp_path / "rules" / "example.toml"
     rules.write_text(rules.read_text() + rules_extra)
     (tmp_path / "odoo-api-key").write_text("k")

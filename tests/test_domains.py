@@ -12,6 +12,7 @@ from conftest import ALIAS_DOMAIN, SECRET, SELECTOR, write_config
 
 from gateway import address, cli, observe
 from gateway.config import load_config
+from gateway.testing.configs import fresh_secret
 from gateway.journal import Journal, JournalEntry
 from gateway.pipeline import Services
 from gateway.smtp import ThreadedGateway
@@ -21,7 +22,7 @@ from gateway.testing.odoo_demo import DEMO_API_KEY, GATEWAY_UID, PAULA_EMAIL, PA
 from gateway.testing.sending import compose, deliver
 
 SECOND_DOMAIN = "notes.second.example"
-SECOND_SECRET = "second-domain-secret-0123456789"
+SECOND_SECRET = fresh_secret()  # made for this run: a secret written here is refused
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from conftest import ALIAS_DOMAIN, Mailer, read_reply, write_config
+from conftest import ALIAS_DOMAIN, SECRET, Mailer, read_reply, write_config
 from docs_snippets import readme_postfix_example
 
 from gateway import cli, observe, odoorights, pipeline
@@ -25,6 +25,7 @@ from gateway import doctor
 from gateway.doctor import Report, check_journal, diagnose
 from gateway.journal import SCHEMA_VERSION, Journal, JournalEntry
 from gateway.testing.certificates import self_signed
+from gateway.testing.configs import fresh_secret
 from gateway.testing.dns import DnsServer
 from gateway.testing.odoo import TestOdoo
 from gateway.testing.odoo_demo import GATEWAY_UID, PRIVATE_TASK_ID, SALE_ORDER_ID, TASK_ID
@@ -268,15 +269,16 @@ def test_credentials_directory_option_for_commands_run_by_hand(tmp_path, test_od
 def test_address_secrets_from_systemd_credential(tmp_path, test_odoo):
     path = write_config(tmp_path, test_odoo, 53)
     rules = tmp_path / "rules" / "notes.example.com.toml"
-    rules.write_text(rules.read_text().replace('secrets = ["test-secret-for-addresses-0123456789"]',
+    rules.write_text(rules.read_text().replace(f'secrets = ["{SECRET}"]',
                                                'secrets_credential = "address-secrets"'))
     credentials = tmp_path / "credentials"
     credentials.mkdir()
-    (credentials / "address-secrets").write_text("first-secret-0123456789\nsecond-secret-0123456789\n")
+    first, second = fresh_secret(), fresh_secret()
+    (credentials / "address-secrets").write_text(f"{first}\n{second}\n")
     config = load_config(path, environ={"CREDENTIALS_DIRECTORY": str(credentials)})
-    assert config.secrets["notes.example.com"] == [b"first-secret-0123456789", b"second-secret-0123456789"]
+    assert config.secrets["notes.example.com"] == [first.encode(), second.encode()]
     (credentials / "address-secrets").write_text("short\n")
-    with pytest.raises(ConfigError, match="at least 16 characters"):
+    with pytest.raises(ConfigError, match="line 1 of .*address-secrets: each secret needs at least 22 characters"):
         load_config(path, environ={"CREDENTIALS_DIRECTORY": str(credentials)})
 
 

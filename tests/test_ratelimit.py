@@ -11,6 +11,7 @@ from serving import Port, filed_counts, send
 
 from gateway import address
 from gateway.config import RateLimits, load_config
+from gateway.testing.configs import fresh_secret
 from gateway.context import Target
 from gateway.journal import Journal, JournalEntry, LimitReached, ReceiptLimits
 from gateway.pipeline import Services
@@ -105,7 +106,7 @@ def test_a_receipt_of_a_message_the_sender_filed_on_the_record_passes_at_the_lim
 # --- Over loopback SMTP: the record of a routed message, and the scope of each count ----------------
 
 SECOND_DOMAIN = "notes.second.example"
-SECOND_SECRET = "second-domain-secret-0123456789"
+SECOND_SECRET = fresh_secret()  # made for this run: a secret written here is refused
 PAULA = "portal.contrib@example.com"
 NOTE = f"note@{ALIAS_DOMAIN}"
 REPLY = f"reply@{ALIAS_DOMAIN}"

@@ -22,6 +22,7 @@ from serving import notes_to_both_records, send_while_posting, start_senders
 from serving import ROOT, Port as _Port, filed_counts as _filed_ids, rcpt as _rcpt, send as _send
 
 from gateway.journal import Journal
+from gateway.testing.configs import fresh_secret
 from gateway.testing.odoo_demo import DEMO_API_KEY, GATEWAY_UID, SALE_ORDER_ID, TASK_ID
 
 NO_RATE_LIMIT = "[rate_limit]\nper_sender = 0\nper_record = 0\n"
@@ -278,7 +279,7 @@ def test_a_secret_dropped_at_a_reload_refuses_the_data_of_a_session_that_passed_
         assert client.mail("portal.contrib@example.com")[0] == 250
         assert client.rcpt(old)[0] == 250
         # The secret that signed the address is retired (leaked, say) while the session waits.
-        rules.write_text(rules.read_text().replace(SECRET, "the-new-secret-0123456789abcdefgh"))
+        rules.write_text(rules.read_text().replace(SECRET, fresh_secret()))
         mark = len(gateway.lines)
         gateway.signal(signal.SIGHUP)
         gateway.wait_for("rules reloaded: notes.example.com", start=mark)

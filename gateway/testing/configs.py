@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 from pathlib import Path
 from typing import Any
+
+
+def fresh_secret() -> str:
+    """A strong address secret made for this run, as README says to make one: a secret written in
+    the repository is published, and load_config refuses it (config.PUBLISHED_SECRETS)."""
+    return secrets.token_urlsafe(32)
 
 
 def _value(value: Any) -> str:

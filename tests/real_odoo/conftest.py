@@ -15,14 +15,15 @@ from gateway.journal import Journal
 from gateway.pipeline import Services
 from gateway.smtp import ThreadedGateway
 from gateway.testing import dnsmasq
-from gateway.testing.configs import write_gateway_config
+from gateway.testing.configs import fresh_secret, write_gateway_config
 from gateway.testing.dkim import DkimKey, shared_rsa_key, sign
 from gateway.testing.sending import compose, deliver
 
 from .provision import cleanup, provision, real_odoo_or_skip, RealOdooEnv, RealOdooWorld
 
 ALIAS_DOMAIN = "notes.note-gateway.test"  # RFC 2606 reserved, like the provisioned users' mail domain
-SECRET = "real-odoo-suite-secret-0123456789abcdef"
+# Made for each run: a secret written here would be published, and load_config refuses those.
+SECRET = fresh_secret()
 SELECTOR = "gateway"
 # Another domain with a valid key of its own, for a signature that verifies but does not align.
 OTHER_DOMAIN = "evil.example"

@@ -15,7 +15,7 @@ from pathlib import Path
 from gateway import address
 from gateway.config import (ConfigError, GatewayConfig, JournalSettings, alias_domain, endpoint,
                             keep_restart_settings, load_config, load_journal_settings, log_warnings, reload_warnings,
-                            shown_address)
+                            shown_address, signing_lines, signing_secret)
 
 
 def _load(path: str) -> GatewayConfig:
@@ -162,6 +162,9 @@ def _serve(args: argparse.Namespace, held: set) -> int:
         # Messages in flight still use the old services: they are closed when the last is done.
         old_services.retire()
         logger.info("rules reloaded: %s", ", ".join(sorted(new_services.config.domains)))
+        if sockets is None:  # A worker's supervisor says it once for all of them.
+            for line in signing_lines(new_services.config):
+                logger.info("%s", line)
 
     # One reload at a time, in the order asked; SIGHUPs that come during one make one more after it,
     # which reads the files as they are then (a burst of them is one or two reloads, not a queue).
@@ -210,6 +213,8 @@ def _serve(args: argparse.Namespace, held: set) -> int:
             logger.info("listening on %s (%s%s) for %s", shown_address(listener.host, server.port),
                         listener.protocol.upper(), ", STARTTLS required" if listener.require_starttls
                         else ", STARTTLS" if config.tls_files else "", ", ".join(sorted(config.domains)))
+            for line in signing_lines(config):
+                logger.info("%s", line)
         for name, pool in services.odoo.items():
             # Logging in now shows a wrong key or URL at start; the gateway serves anyway, since
             # Odoo being down is a reason to defer mail (451), not to refuse to start.
@@ -568,7 +573,7 @@ def command_check_config(args: argparse.Namespace) -> int:
     for domain, rules in sorted(config.domains.items()):
         print(f"  {domain} ({_shown(rules.source)}): odoo={rules.odoo}, note models={rules.note.models or 'none'} "
               f"({rules.note.access}), reply models={rules.reply.models or 'none'} ({rules.reply.access}), "
-              f"{len(config.secrets[domain])} secret(s)")
+              f"{len(config.secrets[domain])} secret(s), signed with {signing_secret(config, domain)}")
     for warning in config.warnings:
         print(f"warning: {warning}")
     if not args.online:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import logging
 import math
@@ -50,6 +51,9 @@ PUBLISHED_SECRETS = frozenset({
 MIN_SECRET_LENGTH = 22
 MIN_SECRET_BITS = 128
 MAKE_A_SECRET = 'make one with python3 -c "import secrets; print(secrets.token_urlsafe(32))"'
+# The keys a rules file gives its secrets with, in the order load_config reads them: the first
+# secret of the first of them that gives any signs new addresses, whatever was added last.
+SECRET_SOURCES = ("secrets", "secrets_file", "secrets_credential", "secrets_env")
 
 
 def secret_bits(secret: str) -> float:
@@ -70,6 +74,23 @@ def secret_bits(secret: str) -> float:
                   if index < 2 or not (ord(char) - ord(text[index - 1]) == ord(text[index - 1]) - ord(text[index - 2])
                                        in (-1, 0, 1)))
     return counted * math.log2(alphabet)
+
+
+def secret_fingerprint(secret: bytes) -> str:
+    """The first 8 hex digits of the secret's SHA-256: tells an admin which secret signs, never what it is."""
+    return hashlib.sha256(secret).hexdigest()[:8]
+
+
+def signing_secret(config: GatewayConfig, domain: str) -> str:
+    """Which secret signs the new addresses of ``domain`` (`note-gateway address`, a note's
+    Reply-To): the first of its list, whose source is the first of SECRET_SOURCES that gives any."""
+    return f"the first secret of {config.secret_sources[domain][0]} (sha256 {secret_fingerprint(config.secrets[domain][0])})"
+
+
+def signing_lines(config: GatewayConfig) -> list[str]:
+    """One line per alias domain, logged at the start and at each reload: which secret signs."""
+    return [f"{domain}: new addresses are signed with {signing_secret(config, domain)}; "
+            f"{len(config.secrets[domain])} secret(s) verify" for domain in sorted(config.domains)]
 
 
 def secret_problem(secret: str) -> str | None:
@@ -705,8 +726,10 @@ class GatewayConfig:
 
     def __init__(self, path: Path, gateway: GatewayFile, domains: dict[str, DomainRules],
                  secrets: dict[str, list[bytes]], api_keys: dict[str, str], warnings: list[str] | None = None,
-                 tls_key_path: Path | None = None) -> None:
+                 tls_key_path: Path | None = None, secret_sources: dict[str, list[str]] | None = None) -> None:
         self.path = path
+        # Alias domain -> the key (SECRET_SOURCES) each of its secrets came from, in their order.
+        self.secret_sources = secret_sources or {}
         self._tls_key_path = tls_key_path
         self.gateway = gateway
         self.domains = domains
@@ -1022,6 +1045,7 @@ def load_config(path: str | os.PathLike, environ: dict[str, str] | None = None) 
 
     domains: dict[str, DomainRules] = {}
     secrets: dict[str, list[bytes]] = {}
+    secret_lists: dict[str, list[tuple[str, str, str]]] = {}
     try:
         rules_paths = _rules_files(rules_dir, path)
     except OSError as error:
@@ -1075,6 +1099,15 @@ def load_config(path: str | os.PathLike, environ: dict[str, str] | None = None) 
         for key, where, secret in domain_secrets:
             if (problem := secret_problem(secret)) is not None:
                 raise ConfigError(rules_path, key, f"{where}: {problem}")
+        keys = list(dict.fromkeys(key for key, _, _ in domain_secrets))
+        if len(keys) > 1:
+            # Review of addresses as a credential: an admin who added the new secret through
+            # another source than the old one's kept signing with the old (a leaked) one.
+            _warn(warnings, rules_path, keys[0],
+                  f"this domain's secrets come from {' and '.join(keys)}, read in the order {', '.join(SECRET_SOURCES)}: "
+                  f"new addresses are signed with the first secret of {keys[0]} "
+                  f"(sha256 {secret_fingerprint(domain_secrets[0][2].encode())}), whichever was added last; to "
+                  f"rotate, put the new secret first in {keys[0]}, or keep all of them in one source")
         if rules.notices.enabled and not gateway.notices.smarthost:
             # notices.should_send needs both: without the smarthost the rules file asks in vain.
             _warn(warnings, rules_path, "notices.enabled",
@@ -1083,10 +1116,12 @@ def load_config(path: str | os.PathLike, environ: dict[str, str] | None = None) 
             raise ConfigError(rules_path, "templates_dir", f"{rules.templates_path} is not a folder")
         domains[rules.domain] = rules
         secrets[rules.domain] = [secret.encode() for _, _, secret in domain_secrets]
+        secret_lists[rules.domain] = domain_secrets
 
     if not domains:
         raise ConfigError(rules_dir, "", "no rules file (*.toml): the gateway would serve no alias domain")
-    config = GatewayConfig(path, gateway, domains, secrets, api_keys, warnings, tls_key_path)
+    sources = {domain: [key for key, _, _ in listed] for domain, listed in secret_lists.items()}
+    config = GatewayConfig(path, gateway, domains, secrets, api_keys, warnings, tls_key_path, sources)
     _check_tls(config)
     return config
 

@@ -14,7 +14,8 @@ import sys
 import tempfile
 import time
 
-from gateway.config import ConfigError, GatewayConfig, load_config, reload_warnings, restart_values, shown_address
+from gateway.config import (ConfigError, GatewayConfig, load_config, reload_warnings, restart_values, shown_address,
+                            signing_lines)
 from gateway.render import checked_renderer
 
 log = logging.getLogger("gateway")
@@ -175,6 +176,8 @@ class Supervisor:
             return
         for warning in reload_warnings(config, self.config):
             log.warning("%s", warning)
+        for line in signing_lines(config):
+            log.info("%s", line)
         for worker in self.workers.values():
             if worker.poll() is None:
                 worker.send_signal(signal.SIGHUP)
@@ -279,6 +282,8 @@ class Supervisor:
             port = self.sockets[0][0].getsockname()[1]
             log.info("listening on %s (%s, %d workers) for %s", shown_address(listener.host, port),
                      listener.protocol.upper(), self.count, ", ".join(sorted(self.config.domains)))
+            for line in signing_lines(self.config):
+                log.info("%s", line)
             while not self._stop:
                 if self._reload:
                     self._reload = False

@@ -290,6 +290,56 @@ def test_check_config_online_and_doctor_say_what_they_expect_once_without_odoo_s
     assert "ERROR gateway.odoo: odoo main: ir.rule.search_read failed: builtins.TypeError" in done.stderr, done.stderr
 
 
+def test_check_config_and_the_log_say_which_secret_signs(tmp_path, test_odoo, serve, capsys, monkeypatch):
+    # Review of addresses as a credential: which secret signs new addresses (address, a note's
+    # Reply-To) is the first of the first source read (secrets, secrets_file, secrets_credential,
+    # secrets_env), not the one the admin calls new; an admin who added the new secret through
+    # another source kept minting with the leaked one, and nothing said which one signed.
+    import hashlib
+    import signal
+
+    from gateway.testing.configs import fresh_secret
+
+    def fingerprint(secret: str) -> str:
+        return hashlib.sha256(secret.encode()).hexdigest()[:8]
+
+    gateway = serve()
+    gateway.wait_for(re.escape(f"{ALIAS_DOMAIN}: new addresses are signed with the first secret of secrets "
+                               f"(sha256 {fingerprint(SECRET)}); 1 secret(s) verify"))
+    config, rules = gateway.config_path, tmp_path / "rules" / f"{ALIAS_DOMAIN}.toml"
+    old, new = fresh_secret(), fresh_secret()
+    (tmp_path / "rules" / "notes.secrets").write_text(old + "\n")
+    (tmp_path / "rules" / "notes.secrets").chmod(0o600)
+    rules.write_text(rules.read_text().replace(f'secrets = ["{SECRET}"]',
+                                               'secrets_file = "notes.secrets"\nsecrets_env = "NOTES_NEW_SECRET"'))
+    monkeypatch.setenv("NOTES_NEW_SECRET", new)
+    status, out = _run(capsys, "check-config", "--config", str(config))
+    assert status == 0
+    assert out.splitlines()[1].endswith(f"2 secret(s), signed with the first secret of secrets_file "
+                                        f"(sha256 {fingerprint(old)})")
+    assert out.splitlines()[2:] == [
+        f"warning: {rules}: secrets_file: this domain's secrets come from secrets_file and secrets_env, read in the "
+        "order secrets, secrets_file, secrets_credential, secrets_env: new addresses are signed with the first "
+        f"secret of secrets_file (sha256 {fingerprint(old)}), whichever was added last; to rotate, put the new secret "
+        "first in secrets_file, or keep all of them in one source"]
+    status, out = _run(capsys, "address", "project.task", str(TASK_ID), "--config", str(config))
+    assert (status, out) == (0, address.mint(old.encode(), ALIAS_DOMAIN, "note", "project.task", TASK_ID) + "\n")
+    # Rotated as the warning says: the new one first in one source; no warning, the new one signs.
+    (tmp_path / "rules" / "notes.secrets").write_text(f"{new}\n{old}\n")
+    rules.write_text(rules.read_text().replace('\nsecrets_env = "NOTES_NEW_SECRET"', ""))
+    status, out = _run(capsys, "check-config", "--config", str(config))
+    assert status == 0 and "warning" not in out
+    assert out.splitlines()[1].endswith(f"2 secret(s), signed with the first secret of secrets_file "
+                                        f"(sha256 {fingerprint(new)})")
+    # The running gateway says it again when it reloads the rules.
+    mark = len(gateway.lines)
+    gateway.signal(signal.SIGHUP)
+    gateway.wait_for(re.escape(f"{ALIAS_DOMAIN}: new addresses are signed with the first secret of secrets_file "
+                               f"(sha256 {fingerprint(new)}); 2 secret(s) verify"), start=mark)
+    assert gateway.stop() == 0
+    assert not any(secret in gateway.log for secret in (SECRET, old, new))
+
+
 def test_check_config_online_names_each_problem(tmp_path, test_odoo, capsys):
     config = write_config(tmp_path, test_odoo, 53)
     rules = tmp_path / "rules" / f"{ALIAS_DOMAIN}.toml"

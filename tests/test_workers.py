@@ -414,6 +414,10 @@ def test_sighup_reloads_every_worker_and_a_broken_file_is_refused_once(test_odoo
     mark = _reload_both_workers(gateway)
     # Every session, whichever worker takes it, sees the new rules.
     assert [rcpt(gateway.port, order)[0] for _ in range(8)] == [550] * 8
+    # Which secret signs, said by the supervisor at the start and at the reload, not by each worker.
+    signing = f"{ALIAS_DOMAIN}: new addresses are signed with the first secret of secrets (sha256 "
+    assert [sum(signing in line for line in lines) for lines in (gateway.lines[:mark], gateway.lines[mark:])] == [
+        1, 1], gateway.log
 
     rules.write_text(good + "\n[note\nbroken = \n")
     mark = len(gateway.lines)

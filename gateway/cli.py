@@ -15,7 +15,7 @@ from pathlib import Path
 from gateway import address
 from gateway.config import (ConfigError, GatewayConfig, JournalSettings, alias_domain, endpoint,
                             keep_restart_settings, load_config, load_journal_settings, log_warnings, reload_warnings,
-                            shown_address, signing_lines, signing_secret)
+                            shown_address, signing_lines, signing_secret, domain_odoo_identities)
 
 
 def _load(path: str) -> GatewayConfig:
@@ -147,7 +147,8 @@ def _serve(args: argparse.Namespace, held: set) -> int:
             # them once for all of them. They name a credential or environment variable changed for
             # this reload, which is not in force (day-2 operations review: a leaked address secret
             # retired by a reload stayed valid).
-            warnings = reload_warnings(new_config, config) if sockets is None else []
+            warnings = (reload_warnings(new_config, config, domain_odoo_identities(server.services.config))
+                        if sockets is None else [])
             new_services = await asyncio.to_thread(build, new_config, server.services)
             old_services = server.reload(new_services)
         except Exception as error:  # noqa: BLE001 (whatever it is, the running configuration stays)

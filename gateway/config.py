@@ -1302,11 +1302,35 @@ def keep_restart_settings(new: GatewayConfig, running: GatewayConfig | dict[str,
     return changed
 
 
-def reload_warnings(new: GatewayConfig, running: GatewayConfig | dict[str, object]) -> list[str]:
+def domain_odoo_identities(config: GatewayConfig) -> dict[str, str]:
+    """Alias domain -> the Odoo (odoo_identity) its addresses name records in."""
+    return {domain: config.odoo_identity(domain) for domain in config.domains}
+
+
+def odoo_change_warnings(new: GatewayConfig, in_force: dict[str, str]) -> list[str]:
+    """One line per alias domain whose Odoo (URL and database) differs in ``new`` from ``in_force``
+    (domain_odoo_identities of the configuration running until now).
+
+    The Odoo is not signed into an address (review of addresses as a credential): pointed at
+    another database, by the rules file's odoo or its [odoo.NAME] url or database, every address
+    already given out names the record with the same id there.
+    """
+    return [f"reload: {new.domains[domain].source}: odoo: the Odoo of {domain} changed from {in_force[domain]} to "
+            f"{identity}: the Odoo is not part of an address's signature, so every address of {domain} already "
+            f"given out now names the record with the same id in {identity}; unless both are the same data (a "
+            "database moved to another server), rotate the domain's secret: a new one first, the old ones dropped "
+            "(docs/rules.md, \"Address secrets\")"
+            for domain, identity in sorted(domain_odoo_identities(new).items())
+            if domain in in_force and in_force[domain] != identity]
+
+
+def reload_warnings(new: GatewayConfig, running: GatewayConfig | dict[str, object],
+                    odoo_in_force: dict[str, str] | None = None) -> list[str]:
     """The lines a reload to ``new`` logs once it is accepted, before keep_restart_settings: the
     configuration's warnings and certificate_warning (as log_warnings says them at the start), the
-    values it keeps from the start (start_only_warning), then one line per setting that needs a
-    restart (restart_warnings).
+    values it keeps from the start (start_only_warning), one line per setting that needs a
+    restart (restart_warnings), then one per alias domain whose Odoo changed from ``odoo_in_force``
+    (odoo_change_warnings; the domain_odoo_identities of the configuration in force until now).
 
     ``running``: as for keep_restart_settings. A reload refused logs none of them: they would
     describe a configuration that never ran.
@@ -1318,6 +1342,8 @@ def reload_warnings(new: GatewayConfig, running: GatewayConfig | dict[str, objec
     if (start_only := start_only_warning(new)) is not None:
         lines.append(start_only)
     lines += [f"reload: {warning}" for warning in restart_warnings(new.path, _restart_changes(new, kept))]
+    if odoo_in_force is not None:
+        lines += odoo_change_warnings(new, odoo_in_force)
     return lines
 
 

@@ -15,7 +15,7 @@ import tempfile
 import time
 
 from gateway.config import (ConfigError, GatewayConfig, load_config, reload_warnings, restart_values, shown_address,
-                            signing_lines)
+                            signing_lines, domain_odoo_identities)
 from gateway.render import checked_renderer
 
 log = logging.getLogger("gateway")
@@ -106,6 +106,8 @@ class Supervisor:
     def __init__(self, config_path: str, config: GatewayConfig, *, port: int | None = None) -> None:
         self.config_path = config_path
         self.config = config
+        # The Odoo of each alias domain as the last configuration taken says it (odoo_change_warnings).
+        self.odoo_in_force = domain_odoo_identities(config)
         # listener.port unless given (serve --any-port, for the tests: 0, a port the system picks).
         self.port = config.gateway.listener.port if port is None else port
         self.count = config.gateway.listener.workers
@@ -174,8 +176,9 @@ class Supervisor:
         except (ConfigError, OSError, ValueError) as error:
             log.error("reload refused, the previous rules stay in force: %s", error)
             return
-        for warning in reload_warnings(config, self.config):
+        for warning in reload_warnings(config, self.config, self.odoo_in_force):
             log.warning("%s", warning)
+        self.odoo_in_force = domain_odoo_identities(config)
         for line in signing_lines(config):
             log.info("%s", line)
         for worker in self.workers.values():

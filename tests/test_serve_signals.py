@@ -909,3 +909,40 @@ def test_sigterm_does_not_wait_for_a_pipeline_stuck_past_its_deadline(test_odoo,
     assert _send(in_post, to, restarted.port).startswith(UNSETTLED)
     assert _send(in_content, to, restarted.port).startswith("250 2.0.0 Filed")
     assert restarted.stop() == 0
+
+
+@pytest.mark.parametrize("workers", [None, 2])
+def test_a_reload_that_points_an_alias_domain_at_another_odoo_says_to_rotate_its_secret(
+        test_odoo, serve, dns_server, tmp_path, workers):
+    # Review of addresses as a credential: the Odoo is not signed into an address, so a rules file
+    # pointed at another database (or its [odoo.NAME] url or database changed) made every address
+    # given out name the record with the same id there, and the reload said nothing.
+    config = write_config(tmp_path, test_odoo, dns_server.port, listener_extra=f"workers = {workers or 1}\n")
+    gateway = serve()
+    deadline = time.monotonic() + 20
+    while sum(" serving " in line for line in gateway.lines) < (workers or 0):
+        assert time.monotonic() < deadline, gateway.log
+        time.sleep(0.05)
+    rules = config.parent / "rules" / f"{ALIAS_DOMAIN}.toml"
+    config.write_text(config.read_text().replace(f'database = "{test_odoo.database}"', 'database = "other"'))
+    expected = (f"reload: {rules}: odoo: the Odoo of {ALIAS_DOMAIN} changed from {test_odoo.url}/{test_odoo.database} "
+                f"to {test_odoo.url}/other: the Odoo is not part of an address's signature, so every address of "
+                f"{ALIAS_DOMAIN} already given out now names the record with the same id in {test_odoo.url}/other; "
+                "unless both are the same data (a database moved to another server), rotate the domain's secret: a "
+                'new one first, the old ones dropped (docs/rules.md, "Address secrets")')
+
+    def reload() -> list[str]:
+        """SIGHUP, once every process reloaded: the "reload:" warnings logged since the start."""
+        mark = len(gateway.lines)
+        gateway.signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while sum("rules reloaded: " in line for line in gateway.lines[mark:]) < (workers or 1):
+            assert time.monotonic() < deadline, gateway.log
+            time.sleep(0.05)
+        return [line.split(" WARNING gateway: ", 1)[1] for line in gateway.lines if " WARNING gateway: reload: " in line]
+
+    assert reload() == [expected], gateway.log
+    # Said once, at the reload that changed it (by the supervisor for its workers): the next one
+    # compares with the Odoo in force since then, not with the start's.
+    assert reload() == [expected], gateway.log
+    assert gateway.stop() == 0

@@ -13,6 +13,9 @@ from gateway.context import Target
 from gateway.refusals import BadAddress, UnknownAliasDomain
 
 KINDS = ("note", "reply")
+# RFC 5321 4.5.3.1.1: the longest local part every mail server must take. The gateway reads longer
+# ones (a long model name, an 18-digit id, a partner and a day); `note-gateway address` warns of them.
+MAX_LOCAL_PART_OCTETS = 64
 SIGNATURE_LENGTH = 16  # base32 characters: 80 bits of the HMAC-SHA256
 # The ids an address carries (record, partner) have at most 18 digits, so every one fits a signed
 # 64-bit integer (Odoo's ids are PostgreSQL integers, far below). parse() reads no more and mint()

@@ -357,12 +357,20 @@ def command_address(args: argparse.Namespace) -> int:
             return 2
         partner_id = partner_id or args.partner_id
     try:
-        # The first secret signs; all of them verify, so a new secret goes first when rotating.
-        print(address.mint(config.secrets[domain][0], domain, args.kind, args.model, args.res_id,
-                           partner_id=partner_id, issued_day=issued_day))
+        # The first secret signs (signing_secret); all of them verify.
+        minted = address.mint(config.secrets[domain][0], domain, args.kind, args.model, args.res_id,
+                              partner_id=partner_id, issued_day=issued_day)
     except ValueError as error:  # A partner id from Odoo that an address cannot carry.
         print(f"note-gateway: {error}", file=sys.stderr)
         return 2
+    print(minted)
+    octets = len(minted.rpartition("@")[0].encode())
+    if octets > address.MAX_LOCAL_PART_OCTETS:
+        # This gateway reads it; a mail server on the way may not (review of addresses as a credential).
+        print(f"note-gateway: warning: the local part of this address has {octets} octets, more than the "
+              f"{address.MAX_LOCAL_PART_OCTETS} of RFC 5321 (4.5.3.1.1): some mail servers refuse such an address "
+              "before it reaches the gateway; a shorter model name, or no --for/--partner-id or --dated, shortens it",
+              file=sys.stderr)
     return 0
 
 

@@ -749,6 +749,28 @@ def test_address_warns_of_a_user_outside_the_contributor_group_and_of_a_missing_
     assert status == 0 and "warning" not in out and len(test_odoo.calls) == calls
 
 
+def test_address_warns_of_a_local_part_longer_than_rfc_5321_allows(tmp_path, test_odoo, gateway, capsys):
+    # Review of addresses as a credential: a bound, dated address of a large id has a local part
+    # over the 64 octets of RFC 5321 4.5.3.1.1, which some mail servers refuse; a warning only.
+    config = write_config(tmp_path, test_odoo, 53)
+    status, out = _run(capsys, "address", "project.task", str(address.MAX_ID), "--partner-id", str(address.MAX_ID),
+                       "--dated", "--config", str(config))
+    printed, line = out.splitlines()
+    octets = len(printed.partition("@")[0])
+    assert status == 0 and octets == 80
+    assert line == (f"note-gateway: warning: the local part of this address has {octets} octets, more than the 64 of "
+                    "RFC 5321 (4.5.3.1.1): some mail servers refuse such an address before it reaches the gateway; a "
+                    "shorter model name, or no --for/--partner-id or --dated, shortens it")
+    # The gateway itself takes it (whether the record exists is asked after DATA).
+    with smtplib.SMTP("127.0.0.1", gateway.port, timeout=10) as client:
+        client.ehlo("client.example.com")
+        client.mail("portal.contrib@example.com")
+        code, text = client.rcpt(printed)
+    assert (code, text) == (250, b"2.1.5 OK")
+    status, out = _run(capsys, "address", "project.task", str(TASK_ID), "--dated", "--config", str(config))
+    assert status == 0 and len(out.splitlines()) == 1
+
+
 def test_a_reader_that_closes_the_pipe_ends_the_command_quietly(tmp_path, test_odoo):
     # Operator review: `note-gateway log --id 5 | head -14` could end in a BrokenPipeError traceback.
     import os

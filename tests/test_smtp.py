@@ -111,11 +111,12 @@ def test_non_ascii_envelope_addresses_get_precise_replies(test_odoo, gateway):
         (b"MAIL FROM:<portal.contrib@example.com>", ok,
          "RCPT TO:<noté@notes.example.com>".encode(), b"553 5.6.7 Must declare SMTPUTF8 to send unicode address\r\n"),
         # Declared: a UTF-8 envelope sender is taken (the message's From and DKIM decide who sent it);
-        # a non-ASCII local part is no gateway address, and a domain is compared (and named) as
-        # A-labels, never as its letters without accents ("notes.example.com" before the fix).
+        # a non-ASCII local part is no gateway address (said as such since a review of addresses as
+        # a credential found one lowercased into a valid one), and a domain is compared (and named)
+        # as A-labels, never as its letters without accents ("notes.example.com" before the fix).
         ("MAIL FROM:<müller@example.com> SMTPUTF8".encode(), ok,
          "RCPT TO:<noté@notes.example.com>".encode(),
-         b"550 5.1.1 No such gateway address: expected note+<model>-<id>-<signature> or reply+...\r\n"),
+         b"550 5.1.1 No such gateway address: the local part holds a character that is not ASCII\r\n"),
         (b"MAIL FROM:<portal.contrib@example.com> SMTPUTF8", ok,
          "RCPT TO:<note@nötes.example.com>".encode(),
          b"550 5.1.1 Not an alias domain of this gateway: xn--ntes-5qa.example.com\r\n"),

@@ -288,6 +288,29 @@ def _check_journal(config: GatewayConfig) -> bool:
     return True
 
 
+def _check_journal_version(config: GatewayConfig) -> bool:
+    """Whether an existing journal's schema is one this gateway knows, read only (nothing created or
+    migrated); False once serve's reason is on stderr.
+
+    A journal a newer gateway migrated stops serve (exit 2) and fails doctor, while check-config said
+    OK (upgrade review: the check an admin runs before a downgrade, or before starting an older
+    checkout on a restored journal). An older schema is no problem: serve migrates it.
+    """
+    from gateway.journal import Journal, JournalNewer, JournalUnavailable
+
+    if not config.journal_path.is_file():
+        return True
+    try:
+        Journal(config.journal_path, read_only=True).close()
+    except JournalNewer as error:
+        print(f"note-gateway: configuration error: {ConfigError(config.path, 'journal.path', str(error))}",
+              file=sys.stderr)
+        return False
+    except JournalUnavailable:
+        pass  # Older (serve migrates it), or unreadable here: doctor examines the file itself.
+    return True
+
+
 def _check_templates(config: GatewayConfig, *, log_warnings: bool = True):
     """The checked renderer of ``config``, or None once the broken template is named on stderr."""
     from gateway.render import checked_renderer
@@ -573,7 +596,7 @@ def command_check_config(args: argparse.Namespace) -> int:
     if not folder.exists() and not config.journal_path.is_dir():
         config.warnings.append(f"{config.path}: journal.path: the folder {folder} does not exist yet; serve "
                                "needs it (systemd's StateDirectory= makes it when the unit first starts)")
-    elif not _check_journal(config):
+    elif not _check_journal(config) or not _check_journal_version(config):
         return 2
     # The templates as serve and a reload check them: each compiled and rendered with sample values.
     if _check_templates(config, log_warnings=False) is None:  # printed below as "warning:"

@@ -834,6 +834,44 @@ def test_check_config_and_serve_refuse_a_broken_template(folder, capsys, owner, 
     assert f"{template}, {reason}" in line
 
 
+def test_check_config_refuses_a_journal_of_a_newer_gateway_as_serve_does(folder, capsys):
+    # Upgrade review: on a journal a newer gateway had migrated (user_version 8 for a gateway that
+    # knows 7), serve exited 2 and doctor failed, while check-config said OK with exit 0. It reads
+    # the version as serve does, read only: no file created, nothing migrated.
+    import sqlite3
+
+    from gateway import cli
+    from gateway.journal import SCHEMA_VERSION, Journal
+
+    config = folder / "gateway.toml"
+    config.write_text(GATEWAY + '[journal]\npath = "journal.sqlite3"\n')
+    journal = folder / "journal.sqlite3"
+    assert cli.main(["check-config", "--config", str(config)]) == 0
+    assert not journal.exists()  # Never created by check-config.
+    capsys.readouterr()
+    Journal(journal).close()
+    with sqlite3.connect(journal) as connection:
+        connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    connection.close()
+    expected = (f"note-gateway: configuration error: {config}: journal.path: journal {journal} has schema version "
+                f"{SCHEMA_VERSION + 1}, newer than the {SCHEMA_VERSION} this gateway knows; was it written by a "
+                "newer gateway?")
+    assert cli.main(["check-config", "--config", str(config)]) == 2
+    out, err = capsys.readouterr()
+    assert err.strip().splitlines() == [expected] and ": OK" not in out
+    done = subprocess.run([sys.executable, "-m", "gateway", "serve", "--config", str(config), "--any-port"],
+                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+                          timeout=30)
+    assert done.returncode == 2 and _error_lines(done) == [expected], done.stderr
+    with sqlite3.connect(journal) as connection:
+        assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION + 1
+    connection.close()
+    with sqlite3.connect(journal) as connection:
+        connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    connection.close()
+    assert cli.main(["check-config", "--config", str(config)]) == 0
+
+
 @pytest.mark.parametrize("owner", ["gateway", "rules"])
 def test_check_config_renders_a_default_template_as_each_model_the_rules_route_to_it(folder, capsys, owner):
     # Review of templates: note/default.html.j2 was checked as project.task only, so a branch for

@@ -18,6 +18,34 @@ from gateway.config import (ConfigError, GatewayConfig, JournalSettings, alias_d
                             shown_address, signing_lines, signing_secret, domain_odoo_identities)
 
 
+DISTRIBUTION = "odoo-note-gateway"
+# The checkout the gateway package runs from, when it runs from one (not an installed wheel).
+_CHECKOUT = Path(__file__).resolve().parent.parent
+
+
+def package_version(checkout: Path = _CHECKOUT) -> str:
+    """The version `note-gateway --version` prints: the source checkout's pyproject.toml when the
+    package runs from one, else the installed distribution's (importlib.metadata).
+
+    The checkout comes first: an editable install (pip install -e) keeps the version of the day it
+    was installed in its metadata, which a checkout pulled since would contradict. Nothing asks git.
+    """
+    import importlib.metadata
+    import tomllib
+
+    try:
+        with open(checkout / "pyproject.toml", "rb") as file:
+            project = tomllib.load(file).get("project", {})
+        if project.get("name") == DISTRIBUTION and project.get("version"):
+            return str(project["version"])
+    except (OSError, tomllib.TOMLDecodeError):
+        pass
+    try:
+        return importlib.metadata.version(DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def _load(path: str) -> GatewayConfig:
     try:
         return load_config(path)
@@ -799,6 +827,8 @@ _PORT = _bounded(1, 65535)
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="note-gateway", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
+    parser.add_argument("--version", action="version", version=f"note-gateway {package_version()}",
+                        help="print the gateway's version and exit")
     parser.add_argument("--credentials-directory", metavar="DIR",
                         help="where *_credential keys are read when not run by systemd (which sets "
                              "$CREDENTIALS_DIRECTORY), e.g. /etc/note-gateway/credentials")

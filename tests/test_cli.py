@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import re
 import smtplib
 import socket
+import subprocess
+import sys
 import threading
 import time
+import tomllib
+from pathlib import Path
 
 import odoorpc
 import pytest
@@ -835,3 +840,31 @@ def test_demo_says_in_one_line_which_port_it_cannot_listen_on(capsys):
         status, out = _run(capsys, "demo", "--port", str(port))
     assert status == 1 and out.startswith(f"note-gateway: demo: cannot listen on 127.0.0.1:{port}: ") and \
         "address already in use" in out and len(out.splitlines()) == 1, out
+
+
+def test_version_is_the_checkout_s_or_else_the_installed_distribution_s(tmp_path, monkeypatch):
+    # Upgrade review: there was no --version, so an admin could not tell which version a host runs
+    # before or after an upgrade. From a checkout it is pyproject.toml's (an editable install keeps
+    # the version of the day it was installed); elsewhere the installed distribution's. No git.
+    root = Path(cli.__file__).resolve().parent.parent
+    with open(root / "pyproject.toml", "rb") as file:
+        version = tomllib.load(file)["project"]["version"]
+    assert version == "0.2.0"
+    done = subprocess.run([sys.executable, "-m", "gateway", "--version"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=30, env={**os.environ, "PYTHONPATH": str(root)})
+    assert (done.returncode, done.stdout, done.stderr) == (0, f"note-gateway {version}\n", "")
+
+    installed = {"odoo-note-gateway": "0.9.1"}
+
+    def metadata_version(name):
+        if name not in installed:
+            raise importlib.metadata.PackageNotFoundError(name)
+        return installed[name]
+
+    monkeypatch.setattr(importlib.metadata, "version", metadata_version)
+    assert cli.package_version(root) == version
+    assert cli.package_version(tmp_path) == "0.9.1"  # No pyproject.toml: an installed wheel.
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "something-else"\nversion = "3.0"\n')
+    assert cli.package_version(tmp_path) == "0.9.1"  # Another project's file beside the package.
+    installed.clear()
+    assert cli.package_version(tmp_path) == "unknown"

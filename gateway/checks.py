@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from gateway import access, address, odoorights, pipeline, policy, post, senderauth
+from gateway import access, address, idn, odoorights, pipeline, policy, post, senderauth
 from gateway.config import GatewayConfig, api_key_replacement
 from gateway.context import MessageContext
 from gateway.odoo import OdooPool, expected_refusals
@@ -91,6 +91,75 @@ def check_connection(config: GatewayConfig, name: str, pool: OdooPool, found: Fi
     for domain, rules in sorted(config.domains.items()):
         if rules.odoo == name:
             _check_domain(pool, domain, rules, found)
+    _check_sender_emails(config, name, pool, found)
+
+
+# Users named one by one by _check_sender_emails; the others are counted.
+NAMED_SENDERS = 10
+SENDER_EMAIL_FIX = ("set the user's email to the address they send from (Settings > Users & Companies > Users, "
+                    "or the email of the user's contact)")
+
+
+def _check_sender_emails(config: GatewayConfig, name: str, pool: OdooPool, found: Findings) -> None:
+    """Senders the gateway finds by their login no more: since 0.2.0 (identity._MATCHED_FIELDS) a
+    sender's user is the one whose normalised email is the From address, as in Odoo's own mail
+    gateway. An active contributor (or an internal user, where the rules let them write) whose login
+    is the address she mails from while her email is another one, or who has no email, had her mail
+    filed until the upgrade, and is refused 550 after it; check-config --online and doctor said
+    "everything looks right" (upgrade review). One search of res.users.
+    """
+    groups, internal = set(), False
+    for domain, rules in config.domains.items():
+        if rules.odoo != name:
+            continue
+        if rules.note.models:
+            try:
+                with expected_refusals(NO_SUCH_XMLID, NO_RIGHT):  # Said by _check_domain already.
+                    groups.add(pool.xmlid(rules.note.contributor_group))
+            except OdooUnavailable:
+                pass
+        internal = internal or any(rules.kind_rules(kind).models and rules.kind_rules(kind).allow_internal_users
+                                   for kind in ("note", "reply"))
+    # Searched by the stored field that assigns groups (all_group_ids of Odoo 19 is computed), as
+    # setup-odoo and the admin assign the contributor group; each row's groups read whole.
+    senders = ([[(pool.groups_field, "in", sorted(groups))]] if groups else []) + (
+        [[("share", "=", False)]] if internal else [])
+    if not senders:
+        return
+    domain = access.AND([[("active", "=", True)], access.OR(senders),
+                         ["|", ("login", "like", "@"), ("email_normalized", "=", False)]])
+    try:
+        with expected_refusals(NO_RIGHT):
+            rows = pool.call("res.users", "search_read", [domain],
+                             {"fields": ["login", "name", "email_normalized", "share", pool.all_groups_field],
+                              "order": "login"})
+    except OdooUnavailable as error:
+        found.warn(f"odoo.{name}: cannot read the users who send mail to the gateway: {error.explanation}")
+        return
+    who = "contributors" + (" and internal users" if internal else "")
+    refused = []
+    for row in rows:
+        login = (row.get("login") or "").strip()
+        email = (row.get("email_normalized") or "").lower()
+        contributor = bool(groups & set(row.get(pool.all_groups_field) or ()))
+        kind = "contributor" if contributor and row.get("share") else "internal user"
+        user = f"{kind} {row.get('name') or login} (user {row['id']}, login {login})"
+        if "@" in login and email and email not in idn.address_forms(login):
+            refused.append(f"{user} has the email {email}: mail from {login} is refused (550 5.7.1 No Odoo user "
+                           "has this sender address), the sender's user being found by email only, as in Odoo's "
+                           "mail gateway")
+        elif not email and ("@" in login or contributor):
+            said = f"mail from {login} is refused (550 5.7.1, the user has no email)" if "@" in login else (
+                "none of the user's mail can be filed")
+            refused.append(f"{user} has no email: {said}")
+    if not refused:
+        found.lines.append(f"odoo.{name}: the active {who} have an email, their login's address where it is one")
+        return
+    for text in refused[:NAMED_SENDERS]:
+        found.warn(f"odoo.{name}: {text}", SENDER_EMAIL_FIX)
+    if len(refused) > NAMED_SENDERS:
+        found.warn(f"odoo.{name}: {len(refused) - NAMED_SENDERS} more {who} as above, not named here",
+                   SENDER_EMAIL_FIX)
 
 
 def _check_api_key(name: str, pool: OdooPool, uid: int, found: Findings, now: float) -> None:

@@ -28,7 +28,7 @@ from gateway.testing.certificates import self_signed
 from gateway.testing.configs import fresh_secret
 from gateway.testing.dns import DnsServer
 from gateway.testing.odoo import TestOdoo
-from gateway.testing.odoo_demo import GATEWAY_UID, PRIVATE_TASK_ID, SALE_ORDER_ID, TASK_ID
+from gateway.testing.odoo_demo import CONTRIBUTOR_GROUP_ID, GATEWAY_UID, PRIVATE_TASK_ID, SALE_ORDER_ID, TASK_ID
 
 PAULA = "portal.contrib@example.com"
 
@@ -788,6 +788,74 @@ def test_doctor_runs_the_online_checks_of_check_config(tmp_path, dns_server, cap
     # Said once, not once per model (project.task and sale.order both use odoo-rules).
     assert text.count(needed) == 1
     assert code == 1 and out.count(needed) == 1 and f"{needed} (run note-gateway setup-odoo)" in out
+
+
+SENDER_EMAIL_FIX = ("      fix: set the user's email to the address they send from (Settings > Users & Companies > "
+                    "Users, or the email of the user's contact)")
+
+
+def test_doctor_and_check_config_warn_of_senders_found_by_their_login_no_more(tmp_path, test_odoo, dns_server,
+                                                                             capsys):
+    # Upgrade review: since the sender's user is found by email only (identity._MATCHED_FIELDS, as
+    # Odoo's mail gateway), a contributor whose login is the address she mails from while her email
+    # is another one, or who has no email, was refused 550 after the upgrade, while doctor and
+    # check-config --online said "everything looks right". They name such users, with the fix.
+    path = write_config(tmp_path, test_odoo, dns_server.port)
+    (tmp_path / "odoo-api-key").chmod(0o600)
+    report = diagnose(str(path))
+    assert report.warnings == 0 and ("ok    odoo main: the active contributors and internal users have an email, "
+                                     "their login's address where it is one") in _report_text(report)
+    moved = test_odoo.add_partner("Lea Moved", "Lea.Moved@example.com")
+    lea = test_odoo.add_user("lea@example.com", partner_id=moved, groups=[CONTRIBUTOR_GROUP_ID])
+    nora = test_odoo.add_user("nora@example.com", partner_id=test_odoo.add_partner("Nora None", None),
+                              groups=[CONTRIBUTOR_GROUP_ID])
+    nils = test_odoo.add_user("nils", partner_id=test_odoo.add_partner("Nils Login", None), groups=[CONTRIBUTOR_GROUP_ID])
+    ivan = test_odoo.add_user("ivan.old@example.com", partner_id=test_odoo.add_partner("Ivan", "ivan@example.com"),
+                              internal=True)
+    # Not senders whose mail the upgrade refuses: a portal user outside the contributor group, an
+    # archived contributor, a contributor whose login is her email written in capitals.
+    test_odoo.add_user("pia@example.com", partner_id=test_odoo.add_partner("Pia", "pia.new@example.com"))
+    test_odoo.add_user("arno@example.com", partner_id=test_odoo.add_partner("Arno", "arno.new@example.com"),
+                       groups=[CONTRIBUTOR_GROUP_ID], active=False)
+    test_odoo.add_user("Cleo@Example.com", partner_id=test_odoo.add_partner("Cleo", "cleo@example.com"),
+                       groups=[CONTRIBUTOR_GROUP_ID])
+    searches = lambda: sum(call.model_method == "search_read" and call.model == "res.users"  # noqa: E731
+                           for call in test_odoo.calls)
+    calls = searches()
+    report = diagnose(str(path))
+    text = _report_text(report)
+    assert searches() == calls + 1, "one search of res.users"
+    assert report.problems == 0 and report.warnings == 4, text
+    assert (f"WARN  odoo main: internal user Ivan (user {ivan}, login ivan.old@example.com) has the email "
+            "ivan@example.com: mail from ivan.old@example.com is refused (550 5.7.1 No Odoo user has this sender "
+            "address), the sender's user being found by email only, as in Odoo's mail gateway\n"
+            + SENDER_EMAIL_FIX) in text
+    assert (f"WARN  odoo main: contributor Lea Moved (user {lea}, login lea@example.com) has the email "
+            "lea.moved@example.com: mail from lea@example.com is refused (550 5.7.1 No Odoo user has this sender "
+            "address), ") in text
+    assert (f"WARN  odoo main: contributor Nils Login (user {nils}, login nils) has no email: none of the user's "
+            "mail can be filed\n" + SENDER_EMAIL_FIX) in text
+    assert (f"WARN  odoo main: contributor Nora None (user {nora}, login nora@example.com) has no email: mail from "
+            "nora@example.com is refused (550 5.7.1, the user has no email)\n" + SENDER_EMAIL_FIX) in text
+    assert "Pia" not in text and "Arno" not in text and "Cleo" not in text
+    code, out, _ = _run_cli(capsys, "check-config", "--online", "--config", str(path))
+    assert code == 0 and out.count("warning: odoo.main: ") == 4, out
+    assert (f"warning: odoo.main: contributor Lea Moved (user {lea}, login lea@example.com) has the email "
+            "lea.moved@example.com: ") in out and "(set the user's email to the address they send from" in out
+    # Internal users count only where the rules let them write.
+    rules = tmp_path / "rules" / "notes.example.com.toml"
+    rules.write_text(rules.read_text().replace("[note]\n", "[note]\nallow_internal_users = false\n", 1)
+                     .replace("[reply]\n", "[reply]\nallow_internal_users = false\n", 1))
+    text = _report_text(diagnose(str(path)))
+    assert "Ivan" not in text and "Lea Moved" in text
+    # Ten are named, the others counted.
+    for index in range(10):
+        test_odoo.add_user(f"c{index:02}@example.com", partner_id=test_odoo.add_partner(f"C{index}", None),
+                           groups=[CONTRIBUTOR_GROUP_ID])
+    report = diagnose(str(path))
+    text = _report_text(report)
+    assert report.warnings == 11 and text.count("has no email:") == 10 and "Lea Moved" not in text, text
+    assert "WARN  odoo main: 3 more contributors as above, not named here\n" + SENDER_EMAIL_FIX in text
 
 
 def test_doctor_fails_a_resolver_that_answers_nxdomain_for_every_name(tmp_path, test_odoo):

@@ -105,6 +105,22 @@ class UserRows:
         return [_rows_of(rows, email) for email in items]
 
 
+def login_partners(odoo: OdooPool, email: str, *, deadline: float | None = None) -> frozenset[int]:
+    """The partners of the active users whose login is ``email``, whatever their email.
+
+    Not a sender's identity (find_user ignores logins): only for a retry of a post the journal left
+    unsettled, which a gateway before 0.2.0 may have made as the user it found by login, authored
+    by her partner with her email, not the From (pipeline.retry_of_filed; upgrade review). The
+    same read as find_user's, so usually from its batch or the read cache.
+    """
+    email = email.strip().lower()
+    groups_field = odoo.user_group_fields(deadline)[1]
+    rows = odoo.call_batched(UserRows(groups_field), email, deadline=deadline, cacheable=True)
+    forms = idn.address_forms(email)
+    return frozenset(_many2one_id(row.get("partner_id")) for row in rows
+                     if row.get("active") and _matches(row, forms, ("login",))) - {0}
+
+
 def find_user(odoo: OdooPool, email: str, *, deadline: float | None = None) -> OdooUser:
     """The one active user whose normalised partner email is ``email``, compared case-insensitively,
     as Odoo's own mail gateway finds a sender's user (its login does not count: _MATCHED_FIELDS).

@@ -927,7 +927,13 @@ def retry_of_filed(ctx: MessageContext, services: Services, deadline: float | No
     if since is None:
         return None
     odoo = _odoo(ctx, services)
-    existing = post.look_up(odoo, ctx, deadline=deadline).existing
+    # A post an older gateway made (before 0.2.0) for the user whose login is this From: authored by
+    # her partner, with her email, which is not the From (she is no sender now, UnknownSender or
+    # SenderWithoutEmail). The journal's unsettled post of this very message from this address says
+    # the gateway posted it for her (upgrade review: answered 550 on its retry, while in Odoo).
+    authors = identity.login_partners(odoo, post.sender_address(ctx), deadline=deadline) if ctx.user is None \
+        else frozenset()
+    existing = post.look_up(odoo, ctx, deadline=deadline, authors=authors).existing
     if existing is not None:
         _settle(ctx, services, key)
         return existing

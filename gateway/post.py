@@ -48,7 +48,8 @@ class Filed:
     notes: frozenset[str] = frozenset()
 
 
-def look_up(odoo: OdooPool, ctx: MessageContext, *, deadline: float | None = None) -> Filed:
+def look_up(odoo: OdooPool, ctx: MessageContext, *, deadline: float | None = None,
+            authors: frozenset[int] = frozenset()) -> Filed:
     """Whether this sender's message is already on the record, and which of its IDs others took.
 
     Odoo stores ``message_id`` but does not make it unique (ODOO_FACTS.md f), so a retried
@@ -64,6 +65,9 @@ def look_up(odoo: OdooPool, ctx: MessageContext, *, deadline: float | None = Non
     public (found by a concurrency review). The reply is then filed under another of its IDs
     (``notes``; filed_message_ids, so a retry finds it). A note delivery counts any message of the
     sender, the public reply too (docs/rules.md).
+
+    ``authors``: more partners whose messages are the sender's (is_own), for a retry of a post the
+    journal left unsettled only (pipeline.retry_of_filed).
     """
     # Never cached: a retry comes precisely after the first delivery may have filed the message.
     rows = odoo.call("mail.message", "search_read",
@@ -71,8 +75,8 @@ def look_up(odoo: OdooPool, ctx: MessageContext, *, deadline: float | None = Non
                        ("res_id", "=", ctx.target.res_id)]],
                      {"fields": ["message_id", "author_id", "email_from", "is_internal", "subtype_id"],
                       "order": "id"}, deadline=deadline)
-    own = [row for row in rows if is_own(ctx, row)]
-    others = frozenset(str(row.get("message_id") or "") for row in rows if not is_own(ctx, row))
+    own = [row for row in rows if is_own(ctx, row, authors)]
+    others = frozenset(str(row.get("message_id") or "") for row in rows if not is_own(ctx, row, authors))
     if own and ctx.target.kind == "reply":
         public = [row for row in own if not any_internal(odoo, [row], deadline)]
         if not public:
@@ -100,7 +104,7 @@ def any_internal(odoo: OdooPool, rows: list[dict], deadline: float | None) -> bo
                                            {"limit": 1}, deadline=deadline, cacheable=True))
 
 
-def is_own(ctx: MessageContext, row: dict) -> bool:
+def is_own(ctx: MessageContext, row: dict, authors: frozenset[int] = frozenset()) -> bool:
     """Whether a mail.message read from Odoo is the sender's: its author is the sender's partner.
 
     Or its From is the sender's verified address: Odoo's mail gateway picks the author of a reply
@@ -108,10 +112,12 @@ def is_own(ctx: MessageContext, row: dict) -> bool:
     so a reply it filed may carry another partner with the same address (journal ``reply-author:``).
     Only mail that passed this gateway's DKIM check as that address, or that Odoo attributed to
     that address itself, has it. Without the sender's user (an archived or removed one, whose
-    retry of a message filed before is looked up: pipeline._answer_retry_of_filed), only the From.
+    retry of a message filed before is looked up: pipeline._answer_retry_of_filed), only the From,
+    or an author of ``authors`` (the partner of the user whose login is the From, pipeline.retry_of_filed).
     """
     author = row.get("author_id")
-    if ctx.user is not None and author and int(author[0] if isinstance(author, (list, tuple)) else author) == ctx.user.partner_id:
+    author_id = int(author[0] if isinstance(author, (list, tuple)) else author) if author else 0
+    if author_id and ((ctx.user is not None and author_id == ctx.user.partner_id) or author_id in authors):
         return True
     # In either form of an internationalised domain: Odoo's mail gateway may have stored the From
     # with U-labels that this delivery writes with A-labels, or the other way round (gateway/idn.py).

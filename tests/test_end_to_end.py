@@ -721,6 +721,32 @@ def test_a_refused_retry_of_a_post_odoo_may_still_run_is_deferred_not_bounced(te
     assert all(m["message_id"] != "<killed@example.com>" for m in test_odoo.messages("project.task", TASK_ID))
 
 
+def test_a_retry_of_a_post_an_older_gateway_made_for_a_sender_found_by_login_is_already_filed(
+        test_odoo, start_gateway, dns_server, dkim_keys):
+    # Upgrade review: before 0.2.0 a sender's user was found by login too. Such a post whose answer
+    # was lost (an unsettled post in the journal) is authored by the user's partner with her email,
+    # not the From; the new gateway, which finds her by email only, refused the retry (UnknownSender)
+    # and, the From not being the message's, answered 550 once unsettled_post_seconds had passed,
+    # while the note was in Odoo. The partner of the active user whose login is the From now counts,
+    # on that path only: a new message from that address is still refused.
+    mailer = Mailer(start_gateway(dns_server.port, unsettled_post_seconds=1), dkim_keys)
+    to = mailer.address("note", "project.task", TASK_ID)
+    raw = mailer.sign(mailer.message("note_from_contributor.eml", to, "<by-login@example.com>"))
+    test_odoo.fail("die_after_post", times=1)
+    assert mailer.send(raw, to).startswith("451 4.3.0 Odoo is unavailable")
+    [stored] = [m for m in test_odoo.messages("project.task", TASK_ID) if m["message_id"] == "<by-login@example.com>"]
+    # As the older gateway left it: Paula's login is the From, her contact's email another address,
+    # which Odoo's message_post wrote as the message's email_from.
+    test_odoo.write("res.partner", PAULA_PARTNER_ID, {"email": "paula.moved@example.com"})
+    test_odoo.write("mail.message", stored["id"], {"email_from": '"Paula Contributor" <paula.moved@example.com>'})
+    time.sleep(1.2)
+    assert mailer.send(raw, to) == f"250 2.0.0 Already filed as Odoo message {stored['id']}"
+    assert len(_posts(test_odoo)) == 1
+    other = mailer.send(mailer.sign(mailer.message("note_from_contributor.eml", to, "<after@example.com>")), to)
+    assert other.startswith("550 5.7.1 No Odoo user has this sender address"), other
+    assert len(_posts(test_odoo)) == 1
+
+
 def test_message_without_message_id_is_still_filed_once(test_odoo, gateway, mailer):
     to = mailer.address("note", "project.task", TASK_ID)
     raw = mailer.sign(mailer.message("no_message_id.eml", to))

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 
 import dns.exception
 import dns.name
 import dns.rdataclass
 import dns.rdatatype
 import dns.resolver
+from dkim.util import InvalidTagValueList, parse_tag_value
 
 from gateway.refusals import DnsTemporaryFailure
 
@@ -32,6 +34,27 @@ LONGEST_CACHED_SECONDS = 3600.0
 CACHED_MISS_NOTE = (f"possibly an answer cached earlier: the gateway keeps \"no key\" for the zone's negative TTL "
                     f"(its SOA minimum), at most {LONGEST_CACHED_SECONDS / 60:g} minutes, and a reload "
                     f"(systemctl reload) empties its DKIM key cache")
+
+
+# The most key records at one name a signature is verified against (RFC 6376 section 6.1.2 step 3
+# lets a verifier try one or several): a key rotation publishes two at the same selector for a
+# while, rarely more. Each one tried costs a verification (a hash of the message), so a name with
+# dozens of TXT records cannot multiply the work.
+MAX_KEY_RECORDS = 4
+
+
+@dataclass(frozen=True)
+class KeyRecords:
+    """The key records found at one name, in DNS order.
+
+    ``records`` holds at most MAX_KEY_RECORDS of the ``found`` records that look like DKIM keys
+    (_is_key_record); when none does, all the TXT records at the name (up to the same bound), so
+    that the refusal says what is wrong with them. ``cached``: the answer came from the cache.
+    """
+
+    records: tuple[bytes, ...] = ()
+    found: int = 0
+    cached: bool = False
 
 
 class BoundedCache(dns.resolver.LRUCache):
@@ -90,19 +113,35 @@ class DkimKeyResolver:
         self.timeout = timeout
 
     def __call__(self, name: bytes, timeout: int | float = 5) -> bytes | None:
-        """Return the key record at ``name`` with its strings joined, or None when there is none.
+        """Return the first key record at ``name`` with its strings joined, or None when there is none.
 
         The signature matches dkimpy's ``dnsfunc``; its ``timeout`` can only shorten the
-        configured lifetime, never lengthen it.
+        configured lifetime, never lengthen it. senderauth asks key_records, which keeps them all.
+        """
+        found = self.key_records(name, timeout)
+        return found.records[0] if found.records else None
+
+    def key_records(self, name: bytes | str, timeout: int | float = 5) -> KeyRecords:
+        """The key records at ``name``, their strings joined; none when the name has no TXT record.
+
+        Several TXT records at one selector are common: the old and the new key during a rotation,
+        or a key next to an unrelated record ("some-site-verification=..."). Servers answer them in
+        any order, so keeping one of them refused the messages signed with another one at random
+        (DNS review: with the cache on, one order was pinned for the cache's life, and 5 of 8 such
+        selectors refused every message).
         """
         qname = _query_name(name)
         if qname is None:
-            return None
+            return KeyRecords()
         lifetime = min(self.timeout, timeout) if timeout else self.timeout
+        cache = self._resolver.cache
+        cached = cache is not None and cache.get((qname, dns.rdatatype.TXT, dns.rdataclass.IN)) is not None
         answer = self._resolve(qname, dns.rdatatype.TXT, lifetime)
         if answer is None or answer.rrset is None:
-            return None
-        return _choose_key_record([b"".join(rdata.strings) for rdata in answer.rrset])
+            return KeyRecords(cached=cached)
+        records = [b"".join(rdata.strings) for rdata in answer.rrset]
+        candidates = [record for record in records if _is_key_record(record)] or records
+        return KeyRecords(tuple(candidates[:MAX_KEY_RECORDS]), len(candidates), cached)
 
     def name_exists(self, name: str) -> bool:
         """Whether ``name`` exists (NOERROR, with or without NS records): doctor's proof that the
@@ -150,10 +189,13 @@ def _query_name(name: bytes | str) -> dns.name.Name | None:
         return None
 
 
-def _choose_key_record(records: list[bytes]) -> bytes:
-    # RFC 6376 section 6.1.2 lets a verifier pick one of several records at the name; one that
-    # declares itself a DKIM key (v=DKIM1 first, section 3.6.1) is the likeliest to be meant.
-    for record in records:
-        if record.lstrip().startswith(b"v=DKIM1"):
-            return record
-    return records[0]
+def _is_key_record(record: bytes) -> bool:
+    """Whether a TXT record can be a DKIM key (RFC 6376 section 3.6.1): a tag=value list with p=,
+    and v=, if there is one, first and DKIM1. An unrelated record at the selector is none."""
+    try:
+        tags = parse_tag_value(record)
+    except InvalidTagValueList:
+        return False
+    if b"p" not in tags:
+        return False
+    return b"v" not in tags or (next(iter(tags)) == b"v" and tags[b"v"] == b"DKIM1")

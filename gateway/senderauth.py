@@ -23,7 +23,7 @@ from gateway import dkimcrypto, idn
 from gateway.observe import duration, printable
 from gateway.config import DEFAULT_MAX_SIGNATURE_AGE_DAYS
 from gateway.context import VerifiedSender
-from gateway.resolver import CACHED_MISS_NOTE
+from gateway.resolver import CACHED_MISS_NOTE, KeyRecords
 from gateway.refusals import (DnsTemporaryFailure, FromAddressInternationalised, FromHeaderInvalid, HeaderNotSigned,
                               SenderAuthenticationTimedOut, SenderNotAuthenticated, SignatureDatedAhead,
                               TooManySignatures)
@@ -498,9 +498,42 @@ def _check_signature(new_verifier: Callable[[], dkim.DKIM], index: int, header_v
     algorithm = tags[b"a"].strip().lower()
     lookup = _RecordingLookup(resolver, examination,
                               lambda record: _check_key(record, domain, selector, key_name, algorithm))
+    # One verification per key record at the name, until one verifies (RFC 6376 section 6.1.2
+    # step 3 lets a verifier try several): the usual single record costs one, as before.
+    failures: list[_Failure] = []
     verifier = new_verifier()
+    while True:
+        try:
+            verified = _verify(verifier, index, lookup, key_name)
+        except _SignatureRefused as refused:
+            if not lookup.asked or refused.failure.detail == _BODY_HASH_MISMATCH:
+                # Failed before its key was looked up, or on the body: no other record can help.
+                raise
+            failures.append(refused.failure)
+        else:
+            if verified:
+                if signed_ahead is not None:
+                    # Verified, so the sender did sign it: only its date is early. Checked after
+                    # the verification, so that a signature that would fail anyway is refused now
+                    # (550), not deferred until the clocks agree.
+                    raise _SignatureAhead(signed_ahead, now)
+                return domain, selector, tags.get(b"h", b"")
+            failures.append(_Failure(*_why_not_verified(verifier, lookup, key_name)))
+        if not lookup.next_record():
+            break
+        verifier = new_verifier()
+    raise _SignatureRefused(*_none_verifies(failures, lookup, key_name, resolver))
+
+
+# dkimpy's reason (shortened by _validation_detail) when the body is not the one signed.
+_BODY_HASH_MISMATCH = "body hash mismatch"
+
+
+def _verify(verifier: dkim.DKIM, index: int, lookup: _RecordingLookup, key_name: str) -> bool:
+    """dkimpy's verify of signature ``index`` against the record ``lookup`` gives it; its
+    exceptions as _SignatureRefused."""
     try:
-        verified = verifier.verify(idx=index, dnsfunc=lookup)
+        return verifier.verify(idx=index, dnsfunc=lookup)
     except dkim.KeyFormatError as error:
         # Raised by dkimpy only after the signature checked out with a key under minkey.
         raise _SignatureRefused(_KEY, _key_size_detail(verifier, key_name) or str(error)) from None
@@ -518,17 +551,28 @@ def _check_signature(new_verifier: Callable[[], dkim.DKIM], index: int, header_v
             raise
         raise _SignatureRefused(
             _MALFORMED, f"malformed DKIM signature: {type(error).__name__}: {error}") from None
-    if verified:
-        if signed_ahead is not None:
-            # Verified, so the sender did sign it: only its date is early. Checked after the
-            # verification, so that a signature that would fail anyway is refused now (550), not
-            # deferred until the clocks agree.
-            raise _SignatureAhead(signed_ahead, now)
-        return domain, selector, tags.get(b"h", b"")
-    relevance, detail = _why_not_verified(verifier, lookup, key_name)
+
+
+def _none_verifies(failures: list[_Failure], lookup: _RecordingLookup, key_name: str,
+                   resolver: KeyLookup) -> tuple[int, str, str | None]:
+    """(relevance, detail, internal) of a signature that verified with none of the key records."""
+    found = lookup.found
     # A key published after an earlier lookup missed it is not seen while the miss is cached.
-    cached_miss = lookup.asked and not lookup.record and getattr(resolver, "caches", False)
-    raise _SignatureRefused(relevance, detail, CACHED_MISS_NOTE if cached_miss else None)
+    cached_miss = lookup.asked and found is not None and not found.records and getattr(resolver, "caches", False)
+    internal = CACHED_MISS_NOTE if cached_miss else None
+    if len(failures) == 1:
+        failure = failures[0]
+        return failure.relevance, failure.detail, internal or failure.internal
+    tried = len(failures)
+    # The most telling first; servers shuffle the records, the refusal says the same each time.
+    details = list(dict.fromkeys(failure.detail for failure in
+                                 sorted(failures, key=lambda failure: (-failure.relevance, failure.detail))))
+    detail = f"{found.found if found else tried} key records at {key_name}"
+    if found is not None and found.found > tried:
+        detail += f", the gateway tries {tried}"
+    detail += ", none verifies: " + "; ".join(details)
+    internals = list(dict.fromkeys(failure.internal for failure in failures if failure.internal))
+    return max(failure.relevance for failure in failures), detail, "; ".join(internals) or None
 
 
 def _check_syntax(tags: dict[bytes, bytes]) -> None:
@@ -642,10 +686,12 @@ def _check_key(record: bytes | None, domain: str, selector: str, key_name: str, 
 
 
 class _RecordingLookup:
-    """Passes lookups to the resolver and remembers the answer, which dkimpy does not report.
+    """Passes dkimpy's key lookup to the resolver and remembers the answer, which dkimpy does not report.
 
-    Each lookup ends by the message's deadline, and the record's own tags are checked on arrival
-    (``check_key`` raises _SignatureRefused).
+    DNS is asked once, for every key record at the name (the resolver's ``key_records``; a plain
+    ``dnsfunc`` gives one at most): each lookup of dkimpy gets the current one, the first until
+    next_record moves on to another. Each lookup ends by the message's deadline, and the record's
+    own tags are checked on arrival (``check_key`` raises _SignatureRefused).
     """
 
     def __init__(self, resolver: KeyLookup, examination: _Examination,
@@ -656,17 +702,41 @@ class _RecordingLookup:
         self.asked = False
         # Whether the resolver raised: its exceptions are never taken for a broken signature.
         self.failed = False
-        self.record: bytes | None = None
+        self.found: KeyRecords | None = None
+        self._position = 0
+
+    @property
+    def record(self) -> bytes | None:
+        """The key record dkimpy is given now."""
+        if self.found is None or self._position >= len(self.found.records):
+            return None
+        return self.found.records[self._position]
+
+    def next_record(self) -> bool:
+        """Move on to the next key record at the name; False when there is none left."""
+        if self.found is None or self._position + 1 >= len(self.found.records):
+            return False
+        self._position += 1
+        return True
 
     def __call__(self, name: bytes, timeout: int | float = 5) -> bytes | None:
-        self.asked = True
-        try:
-            self.record = self._resolver(name, timeout=self._examination.lookup_timeout(timeout))
-        except BaseException:
-            self.failed = True
-            raise
-        self._check_key(self.record)
-        return self.record
+        if self.found is None:
+            self.asked = True
+            try:
+                self.found = self._ask(name, self._examination.lookup_timeout(timeout))
+            except BaseException:
+                self.failed = True
+                raise
+        record = self.record
+        self._check_key(record)
+        return record
+
+    def _ask(self, name: bytes, timeout: float) -> KeyRecords:
+        key_records = getattr(self._resolver, "key_records", None)
+        if key_records is not None:
+            return key_records(name, timeout=timeout)
+        record = self._resolver(name, timeout=timeout)
+        return KeyRecords((record,), 1) if record else KeyRecords()
 
 
 def _why_not_verified(verifier: dkim.DKIM, lookup: _RecordingLookup, key_name: str) -> tuple[int, str]:
@@ -700,5 +770,5 @@ def _validation_detail(error: dkim.ValidationError) -> str:
     text = str(error)
     if text.startswith("body hash mismatch"):
         # The hashes themselves help nobody reading the refusal.
-        return "body hash mismatch"
+        return _BODY_HASH_MISMATCH
     return text

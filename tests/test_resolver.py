@@ -218,3 +218,52 @@ def test_an_answer_is_cached_an_hour_at_most_whatever_its_ttl(key_record, monkey
         assert resolver(KEY_NAME.encode()) is None
         assert resolver(missing.encode()) == SHORT_RECORD.encode()
         assert (server.query_count(KEY_NAME), server.query_count(missing)) == (2, 2)
+
+
+def test_every_key_record_at_a_name_is_kept(key_record):
+    # DNS review: a key rotation publishes the old and the new key at one selector, and some domains
+    # keep an unrelated TXT record next to a key. Only the first record (or the first starting with
+    # v=DKIM1) was kept, so a message signed with the other key failed, depending on the server's order
+    # (DnsServer shuffles them, as dnspython's to_wire does and real servers do).
+    name = "two._domainkey.example.com"
+    junk = "junk._domainkey.example.com"
+    with DnsServer() as server:
+        server.add_txt(name, SHORT_RECORD)
+        server.add_txt(name, key_record)
+        server.add_txt(junk, "some-site-verification=abc123")
+        server.add_txt(junk, "k=rsa; v=DKIM1; p=dmVyc2lvbi1ub3QtZmlyc3Q=")  # v= not first: no key record
+        server.add_txt(junk, "v=DKIM2; p=dmVyc2lvbi0y")
+        server.add_txt(junk, "k=rsa; p=bm8tdmVyc2lvbg==")  # v= is optional
+        resolver = resolver_for(server)
+        found = resolver.key_records(name.encode())
+        assert sorted(found.records) == sorted([SHORT_RECORD.encode(), key_record.encode()]) and found.found == 2
+        assert not found.cached
+        assert resolver.key_records(name.encode()).cached
+        assert resolver.key_records(junk.encode()).records == (b"k=rsa; p=bm8tdmVyc2lvbg==",)
+        # dkimpy's dnsfunc gets the first of them, as the cached answer has them.
+        assert resolver(name.encode()) == found.records[0]
+        assert server.query_count(name) == 1
+
+
+def test_a_name_without_any_key_record_keeps_its_txt_records_for_the_refusal():
+    # None of them can be a key: dkimpy's reason for each says what is wrong with them.
+    name = "none._domainkey.example.com"
+    with DnsServer({name: "some-site-verification=abc123"}) as server:
+        resolver = resolver_for(server)
+        assert resolver(name.encode()) == b"some-site-verification=abc123"
+        server.add_txt(name, "v=DKIM2; p=AAAA")
+        assert sorted(resolver_for(server).key_records(name.encode()).records) == [b"some-site-verification=abc123",
+                                                                                   b"v=DKIM2; p=AAAA"]
+
+
+def test_at_most_max_key_records_are_kept_of_a_crowded_name():
+    from gateway.resolver import MAX_KEY_RECORDS
+
+    name = "crowd._domainkey.example.com"
+    records = [f"v=DKIM1; k=rsa; p=a2V5{number}A==" for number in range(MAX_KEY_RECORDS + 3)]
+    with DnsServer() as server:
+        for record in records:
+            server.add_txt(name, record)
+        found = resolver_for(server).key_records(name.encode())
+    assert len(found.records) == MAX_KEY_RECORDS and set(found.records) < {record.encode() for record in records}
+    assert found.found == MAX_KEY_RECORDS + 3

@@ -619,6 +619,86 @@ def test_dns_failure_of_an_unaligned_signature_does_not_defer(resolver, dns_serv
     assert dns_server.query_count(f"broken._domainkey.{OTHER_DOMAIN}") == 0
 
 
+
+# --- Several key records at one selector ------------------------------------------------------------
+# Found by a DNS review: with two TXT records at a selector (a key rotation's overlap, or a key next to
+# an unrelated record) only the first one was tried, and servers answer them in any order: a message
+# signed with the other key got "550 5.7.1 ... signature did not verify", for the cache's life.
+
+
+def test_signature_verifies_against_any_of_the_key_records_whatever_their_order(dns_server, key, other_key):
+    for selector, published in (("rot-a", (key, other_key)), ("rot-b", (other_key, key))):
+        for published_key in published:
+            dns_server.add_txt(f"{selector}._domainkey.{DOMAIN}", published_key.txt_record)
+    # DnsServer shuffles the records of an answer, as real servers do; the cache keeps one order.
+    resolver = DkimKeyResolver(["127.0.0.1"], port=dns_server.port, timeout=1.0)
+    for selector in ("rot-a", "rot-b"):
+        for signing_key in (key, other_key, key, other_key):
+            assert senderauth.authenticate(signed(key=signing_key, selector=selector), resolver).selector == selector
+
+
+def test_an_unrelated_txt_record_next_to_the_key_is_not_taken_for_it(resolver, dns_server, key):
+    dns_server.add_txt(f"verified._domainkey.{DOMAIN}", "some-site-verification=abc123")
+    dns_server.add_txt(f"verified._domainkey.{DOMAIN}", key.txt_record)
+    assert senderauth.authenticate(signed(selector="verified"), resolver).selector == "verified"
+
+
+def test_each_key_record_is_checked_on_its_own(resolver, dns_server, key, other_key):
+    # A record that must not count (testing mode, a hash it does not accept) does not stop the next.
+    name = f"mixed._domainkey.{DOMAIN}"
+    dns_server.add_txt(name, f"v=DKIM1; k=rsa; t=y; p={key.public_key}")
+    dns_server.add_txt(name, f"v=DKIM1; k=rsa; h=sha1; p={key.public_key}")
+    dns_server.add_txt(name, key.txt_record)
+    assert senderauth.authenticate(signed(selector="mixed"), resolver).selector == "mixed"
+    assert refusal_detail(signed(selector="mixed", key=other_key), resolver) == (
+        "3 key records at mixed._domainkey.example.com, none verifies: signature did not verify; the DKIM key of "
+        "example.com/mixed accepts only h=sha1, not the sha256 of rsa-sha256: example.com must add sha256 to h= of "
+        "the TXT record mixed._domainkey.example.com, or remove h=; the DKIM key of example.com/mixed is in testing "
+        "mode (t=y): example.com must remove y from t= of the TXT record mixed._domainkey.example.com")
+
+
+def test_none_of_the_key_records_verifying_is_refused_naming_how_many(resolver, dns_server, key, other_key):
+    name = f"pair._domainkey.{DOMAIN}"
+    dns_server.add_txt(name, other_key.txt_record)
+    dns_server.add_txt(name, shared_rsa_key(1024, name="third").txt_record)
+    assert refusal_detail(signed(selector="pair", key=key), resolver) == (
+        "2 key records at pair._domainkey.example.com, none verifies: signature did not verify")
+
+
+def test_at_most_max_key_records_are_tried(resolver, dns_server, key, other_key, monkeypatch):
+    from gateway.resolver import MAX_KEY_RECORDS
+
+    name = f"crowded._domainkey.{DOMAIN}"
+    for number in range(MAX_KEY_RECORDS + 1):
+        dns_server.add_txt(name, other_key.txt_record + "; n=" + "x" * number)  # distinct records
+    verifications = []
+    real_verify = dkim.DKIM.verify
+    monkeypatch.setattr(dkim.DKIM, "verify", lambda self, *args, **kwargs: verifications.append(1)
+                        or real_verify(self, *args, **kwargs))
+    assert refusal_detail(signed(selector="crowded"), resolver) == (
+        f"{MAX_KEY_RECORDS + 1} key records at crowded._domainkey.example.com, the gateway tries "
+        f"{MAX_KEY_RECORDS}, none verifies: signature did not verify")
+    assert len(verifications) == MAX_KEY_RECORDS
+
+
+def test_a_body_hash_mismatch_is_not_tried_against_the_other_key_records(resolver, dns_server, key, other_key):
+    # The body does not depend on the key: the first record's verification says it for all.
+    name = f"bodies._domainkey.{DOMAIN}"
+    dns_server.add_txt(name, other_key.txt_record)
+    dns_server.add_txt(name, key.txt_record)
+    raw = signed(selector="bodies").replace(b"seal is worn", b"seal is fine")
+    assert refusal_detail(raw, resolver) == "body hash mismatch"
+
+
+def test_one_key_record_costs_one_verification(resolver, monkeypatch):
+    verifications = []
+    real_verify = dkim.DKIM.verify
+    monkeypatch.setattr(dkim.DKIM, "verify", lambda self, *args, **kwargs: verifications.append(1)
+                        or real_verify(self, *args, **kwargs))
+    assert senderauth.authenticate(signed(), resolver).selector == SELECTOR
+    assert refusal_detail(signed(key=shared_rsa_key(1024, name="other")), resolver) == "signature did not verify"
+    assert len(verifications) == 2
+
 # --- How many signatures, and for how long ----------------------------------------------------------
 # Found by a security review: every signature was tried, with no deadline. A message with hundreds
 # of aligned signatures whose DNS never answers held a worker thread for an hour, and one with a

@@ -271,6 +271,8 @@ class ResolverConfig(_Strict):
     # host name would itself need a resolver.
     nameservers: list[str] = []
     port: Annotated[int, Field(ge=1, le=65535)] = 53
+    # Seconds the last nameserver gets; a lookup first tries each one before it for up to
+    # min(timeout, 2 s) (resolver.lookup_lifetime), all within the message's deadline.
     timeout: Annotated[float, Field(gt=0, le=30)] = 4.0
     cache: bool = True
     # The most DKIM key answers the cache keeps (about 4 KB each), in each process: the least

@@ -88,8 +88,13 @@ def check_resolver(config: GatewayConfig, report: Report) -> None:
                                 "always exist: they would call every sender's DKIM key missing (550)",
                     "make [resolver] nameservers point at a working recursive resolver that resolves internet names")
         return
+    lifetime = ""
+    if resolver.timeout > settings.timeout:
+        # resolver.lookup_lifetime: [resolver] timeout covers all the nameservers together.
+        lifetime = (f"; a key lookup may take {resolver.timeout:g} s: each of the {resolver.nameserver_count} "
+                    f"nameservers in turn, the last with [resolver] timeout {settings.timeout:g} s")
     report.ok("resolver", f"{servers} nameservers answered for {name} and found {found} in "
-                          f"{(time.monotonic() - started) * 1000:.0f} ms")
+                          f"{(time.monotonic() - started) * 1000:.0f} ms{lifetime}")
 
 
 def odoo_clock_offset(connection: OdooConnection, clock: Callable[[], float] = time.time) -> float | None:

@@ -21,6 +21,20 @@ log = logging.getLogger(__name__)
 # a lost UDP datagram) inside the lifetime of the whole lookup.
 _LONGEST_SINGLE_TRY = 2.0
 
+
+def lookup_lifetime(timeout: float, nameservers: int) -> float:
+    """The lifetime of one key lookup: [resolver] ``timeout``, and a try of each nameserver but the last before it.
+
+    The nameservers are asked in turn, each try ending after min(timeout, _LONGEST_SINGLE_TRY),
+    and ``timeout`` bounded the whole lookup: with two silent nameservers ahead of a working one
+    (or three lines in /etc/resolv.conf), the default 4 s ran out before the third was asked, and
+    every message got 451 (DNS review). Now the last nameserver gets ``timeout`` after each one
+    before it had its try: 4 s with one nameserver, 8 s with three. The message's deadline
+    (listener.message_deadline) still ends any lookup (senderauth).
+    """
+    return timeout + max(nameservers - 1, 0) * min(timeout, _LONGEST_SINGLE_TRY)
+
+
 # The most answers the key cache keeps ([resolver] cache_size), and the longest it keeps one: a
 # domain's TTL, or its SOA minimum for "no such key", may be a week, and a removed or rotated key
 # would be believed that long (docs/operations.md, "The DKIM key cache").
@@ -101,8 +115,10 @@ class DkimKeyResolver:
             # The system's resolvers from /etc/resolv.conf; a missing or empty file raises
             # NoResolverConfiguration here, at start, rather than on the first message.
             resolver = dns.resolver.Resolver()
-        resolver.lifetime = timeout
+        # Each try as before; the whole lookup long enough to try every nameserver.
         resolver.timeout = min(timeout, _LONGEST_SINGLE_TRY)
+        timeout = lookup_lifetime(timeout, len(resolver.nameservers))
+        resolver.lifetime = timeout
         # The cache keeps each answer for its TTL, and NXDOMAIN for the SOA minimum of the
         # response (RFC 2308 section 5), so a burst of mail from one domain costs one lookup; at
         # most an hour, and at most cache_size answers, the least recently used going first.
@@ -110,7 +126,9 @@ class DkimKeyResolver:
         self._resolver = resolver
         # senderauth adds CACHED_MISS_NOTE to a "key not found" that may come from the cache.
         self.caches = cache
+        # The lifetime of a lookup (lookup_lifetime), which dkimpy is given as its timeout.
         self.timeout = timeout
+        self.nameserver_count = len(resolver.nameservers)
 
     def __call__(self, name: bytes, timeout: int | float = 5) -> bytes | None:
         """Return the first key record at ``name`` with its strings joined, or None when there is none.

@@ -56,9 +56,10 @@ def write_config(folder: Path, odoo: TestOdoo, dns_port: int, *, rules_extra: st
                  pool_size: int = 4, odoo_timeout: float = 5.0, read_cache_seconds: float = 0,
                  access: str | None = None, session_timeout: float = 30, message_deadline: float = 20,
                  unsettled_post_seconds: float | None = None, rules: dict | None = None,
-                 note: dict | None = None, models: tuple[str, ...] | None = None) -> Path:
-    """A gateway file and its rules for the test Odoo; ``note`` adds or overrides keys of [note];
-    ``models`` replaces the models of both [note] and [reply]."""
+                 note: dict | None = None, models: tuple[str, ...] | None = None,
+                 resolver: dict | None = None) -> Path:
+    """A gateway file and its rules for the test Odoo; ``note`` adds or overrides keys of [note],
+    ``resolver`` of [resolver]; ``models`` replaces the models of both [note] and [reply]."""
     from gateway.testing.odoo_demo import DEMO_API_KEY
 
     policy = {"access": access} if access else {}
@@ -66,7 +67,7 @@ def write_config(folder: Path, odoo: TestOdoo, dns_port: int, *, rules_extra: st
         folder, odoo_url=odoo.url, database=odoo.database, api_key=DEMO_API_KEY, dns_port=dns_port,
         alias_domain=ALIAS_DOMAIN, secret=SECRET,
         listener={"session_timeout": session_timeout, "message_deadline": message_deadline}, listener_extra=listener_extra,
-        resolver={"timeout": 3},
+        resolver={"timeout": 3, **(resolver or {})},
         odoo={"timeout": odoo_timeout, "pool_size": pool_size, "read_cache_seconds": read_cache_seconds,
               **({"unsettled_post_seconds": unsettled_post_seconds} if unsettled_post_seconds else {})},
         note={"contributor_group": "note_gateway.group_portal_note_contributor", **policy, **(note or {})},

@@ -17,7 +17,7 @@ from gateway.journal import Journal
 from gateway.pipeline import Services
 from gateway.resolver import CACHED_MISS_NOTE
 from gateway.testing.dkim import generate_ed25519_key, shared_rsa_key, sign
-from gateway.testing.dns import DnsServer
+from gateway.testing.dns import DnsServer, silent_nameservers
 from gateway.testing.odoo_demo import (ARCHIVED_EMAIL, CONTRIBUTOR_GROUP_ID, MARC_PARTNER_ID, PAULA_PARTNER_ID,
                                        PAULA_UID, PETER_EMAIL, PETER_PARTNER_ID, PRIVATE_TASK_ID, PROJECT_ID,
                                        SALE_ORDER_ID, TASK_ID)
@@ -513,6 +513,22 @@ def test_mail_signed_with_either_key_of_a_selector_with_two_key_records_is_filed
             "550 5.7.1 Sender not authenticated, no valid DKIM signature aligned with the From domain: 2 key records "
             "at rotating._domainkey.example.com, none verifies: signature did not verify")
     assert len(_posts(test_odoo)) == 6
+
+def test_a_working_nameserver_behind_two_silent_ones_authenticates_the_sender(test_odoo, start_gateway, dkim_keys):
+    # Found by a DNS review: each try ends after 2 s, and [resolver] timeout (4 s by default) bounded
+    # the whole lookup, so the third nameserver was never asked: every message got "451 4.4.3 ...
+    # timeout looking up ..." after 4 s (three lines in /etc/resolv.conf, the first two down, alike).
+    key = dkim_keys["example.com"]
+    with DnsServer({key.record_name(SELECTOR, "example.com"): key.txt_record}) as dns, \
+            silent_nameservers(["127.0.0.2", "127.0.0.3"], dns.port):
+        mailer = Mailer(start_gateway(dns.port, resolver={"nameservers": ["127.0.0.2", "127.0.0.3", "127.0.0.1"],
+                                                          "timeout": 4.0}), dkim_keys)
+        to = mailer.address("note", "project.task", TASK_ID)
+        started = time.monotonic()
+        reply = mailer.send(mailer.sign(mailer.message("note_from_contributor.eml", to)), to)
+        assert reply.startswith("250 2.0.0 Filed as Odoo message "), reply
+        assert time.monotonic() - started > 3.5  # the two silent ones were asked first
+    assert len(_posts(test_odoo)) == 1
 
 def test_a_key_published_after_a_miss_is_found_after_a_reload_and_the_journal_says_the_miss_may_be_cached(
         test_odoo, start_gateway, dkim_keys):

@@ -877,6 +877,24 @@ def test_doctor_fails_a_resolver_that_answers_nxdomain_for_every_name(tmp_path, 
     assert f"ok    resolver: 127.0.0.1:{some.port} nameservers answered for" in text and "and found . in" in text
 
 
+def test_doctor_says_how_long_a_key_lookup_may_take_with_several_nameservers(tmp_path, test_odoo):
+    # DNS review: [resolver] timeout bounded the whole lookup while each nameserver's try took up to
+    # 2 s, so a third nameserver was never asked behind two silent ones. A lookup now gives each one
+    # its try before the last gets the timeout; doctor says how long that makes it.
+    with DnsServer({"selector._domainkey.example.com": "v=DKIM1; p=x"}) as some:
+        path = write_config(tmp_path, test_odoo, some.port,
+                            resolver={"nameservers": ["127.0.0.1", "127.0.0.1", "127.0.0.1"], "timeout": 4.0})
+        text = _report_text(diagnose(str(path)))
+    assert f"ok    resolver: 127.0.0.1:{some.port}, 127.0.0.1:{some.port}, 127.0.0.1:{some.port} nameservers " \
+           "answered for" in text
+    assert "; a key lookup may take 8 s: each of the 3 nameservers in turn, the last with [resolver] timeout 4 s\n" in text
+    # One nameserver: its timeout, nothing to add.
+    path.write_text(path.read_text().replace('"127.0.0.1", "127.0.0.1", "127.0.0.1"', '"127.0.0.1"'))
+    with DnsServer({"selector._domainkey.example.com": "v=DKIM1; p=x"}) as some:
+        path.write_text(re.sub(r"port = \d+\n(timeout)", f"port = {some.port}\n\\1", path.read_text()))
+        text = _report_text(diagnose(str(path)))
+    assert "ok    resolver: " in text and "a key lookup may take" not in text
+
 def _expire_demo_key(test_odoo, days: float) -> str:
     ends = datetime.now(timezone.utc) + timedelta(days=days)
     [row] = test_odoo.search("res.users.apikeys", [("user_id", "=", GATEWAY_UID)])

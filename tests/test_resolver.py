@@ -10,7 +10,7 @@ from gateway.refusals import DnsTemporaryFailure
 from gateway.resolver import DkimKeyResolver
 from gateway.testing import dnsmasq
 from gateway.testing.dkim import shared_rsa_key
-from gateway.testing.dns import DnsServer
+from gateway.testing.dns import DnsServer, silent_nameservers
 
 KEY_NAME = "paula._domainkey.example.com"
 SHORT_NAME = "short._domainkey.example.com"
@@ -267,3 +267,23 @@ def test_at_most_max_key_records_are_kept_of_a_crowded_name():
         found = resolver_for(server).key_records(name.encode())
     assert len(found.records) == MAX_KEY_RECORDS and set(found.records) < {record.encode() for record in records}
     assert found.found == MAX_KEY_RECORDS + 3
+
+
+def test_two_silent_nameservers_ahead_of_a_working_one_leave_it_time_to_answer(dns_server):
+    # DNS review: each try ends after 2 s, but [resolver] timeout (4 s) was the lifetime of the whole
+    # lookup: the third nameserver was never asked, and every message got 451 after 4 s. The same
+    # with three lines in /etc/resolv.conf. Now the last nameserver gets the timeout after each one
+    # before it had its try.
+    with silent_nameservers(["127.0.0.2", "127.0.0.3"], dns_server.port):
+        resolver = DkimKeyResolver(["127.0.0.2", "127.0.0.3", "127.0.0.1"], port=dns_server.port, cache=False)
+        assert resolver.timeout == 8.0
+        started = time.monotonic()
+        assert resolver(SHORT_NAME.encode()) == SHORT_RECORD.encode()
+        assert 3.5 < time.monotonic() - started < 6
+        # A short timeout stays short: each try and the last nameserver get it.
+        hasty = DkimKeyResolver(["127.0.0.2", "127.0.0.3", "127.0.0.1"], port=dns_server.port, timeout=0.3,
+                                cache=False)
+        assert hasty.timeout == pytest.approx(0.9)
+        assert hasty(SHORT_NAME.encode()) == SHORT_RECORD.encode()
+    # One nameserver: the timeout, as configured.
+    assert resolver_for(dns_server).timeout == 4.0

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import socketserver
 import struct
 import threading
 from collections import Counter
+from collections.abc import Iterator
 
 import dns.exception
 import dns.flags
@@ -191,6 +193,22 @@ class DnsServer:
             dns.rdataclass.IN, dns.rdatatype.SOA, dns.name.from_text("ns.test."),
             dns.name.from_text("hostmaster.test."), 1, 3600, 600, 86400, self.negative_ttl))
         return soa
+
+
+@contextlib.contextmanager
+def silent_nameservers(hosts: list[str], port: int) -> Iterator[None]:
+    """UDP sockets at ``hosts`` (other loopback addresses: 127.0.0.2, ...) on ``port`` that take
+    queries and never answer, as black-holed nameservers do: the client waits for each try to time out."""
+    sockets: list[socket.socket] = []
+    try:
+        for host in hosts:
+            silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sockets.append(silent)
+            silent.bind((host, port))
+        yield
+    finally:
+        for silent in sockets:
+            silent.close()
 
 
 def _name(text: str) -> dns.name.Name:

@@ -80,8 +80,7 @@ def check_resolver(config: GatewayConfig, report: Report) -> None:
         proofs = [".", domain.rsplit(".", 1)[-1] + "."]
         found = next((proof for proof in proofs if resolver.name_exists(proof)), None)
     except DnsTemporaryFailure as error:
-        report.fail("resolver", f"{servers} nameservers: {error}",
-                    "make [resolver] nameservers point at a working recursive resolver reachable from this host")
+        report.fail("resolver", f"{servers} nameservers: {error.operator_text}", _resolver_fix(error.causes))
         return
     if found is None:
         report.fail("resolver", f"{servers} nameservers answer NXDOMAIN for {' and '.join(proofs)}, names that "
@@ -95,6 +94,27 @@ def check_resolver(config: GatewayConfig, report: Report) -> None:
                     f"nameservers in turn, the last with [resolver] timeout {settings.timeout:g} s")
     report.ok("resolver", f"{servers} nameservers answered for {name} and found {found} in "
                           f"{(time.monotonic() - started) * 1000:.0f} ms{lifetime}")
+
+
+# doctor's advice for each thing a nameserver did (DnsTemporaryFailure.causes): "reachable from this
+# host" for all of them sent operators whose resolver's ACL refused the gateway to the network (DNS review).
+_RESOLVER_FIXES = {
+    "REFUSED": "let this host query the nameserver: add it to its access control (BIND allow-query and "
+               "allow-recursion, Unbound access-control, dnsmasq's listen addresses), or make [resolver] "
+               "nameservers point at one that serves it",
+    "SERVFAIL": "the nameserver cannot resolve (SERVFAIL): check its upstream servers or forwarders and its DNSSEC "
+                "validation, or make [resolver] nameservers point at a working recursive resolver",
+    "TCP": "a DKIM key too large for UDP needs DNS over TCP: allow TCP port 53 from this host to the nameserver "
+           "(firewall) and on the nameserver",
+}
+_REACHABLE_FIX = "make [resolver] nameservers point at a working recursive resolver reachable from this host"
+
+
+def _resolver_fix(causes: frozenset[str]) -> str:
+    fixes = [fix for cause, fix in _RESOLVER_FIXES.items() if cause in causes]
+    if not fixes or causes - _RESOLVER_FIXES.keys():
+        fixes.append(_REACHABLE_FIX)
+    return "; ".join(fixes)
 
 
 def odoo_clock_offset(connection: OdooConnection, clock: Callable[[], float] = time.time) -> float | None:

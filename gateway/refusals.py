@@ -387,6 +387,13 @@ class DnsTemporaryFailure(Refusal):
     smtp_code, enhanced_code = 451, "4.4.3"
     reason = "DNS lookup of the DKIM key failed, try again later"
 
+    def __init__(self, detail: str | None = None, *, internal: str | None = None,
+                 causes: frozenset[str] = frozenset()) -> None:
+        super().__init__(detail, internal=internal)
+        # What the nameservers did, for doctor's advice (resolver.py): "timeout", an rcode such as
+        # "SERVFAIL" or "REFUSED", "TCP" (a truncated answer, and TCP failed), "other".
+        self.causes = causes
+
 
 class SenderAuthenticationTimedOut(Refusal):
     # The message's deadline (listener.message_deadline) passed while its DKIM keys were being

@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 
 import dns.exception
+import dns.message
 import dns.name
 import dns.rdataclass
 import dns.rdatatype
@@ -182,13 +183,64 @@ class DkimKeyResolver:
             # or later (RFC 6672 section 2.2).
             return None
         except dns.exception.Timeout as error:
-            raise DnsTemporaryFailure(f"timeout looking up {qname}") from error
+            said, causes = what_nameservers_did(error)
+            raise DnsTemporaryFailure(f"timeout looking up {qname}", internal=said,
+                                      causes=causes | {"timeout"}) from error
         except dns.resolver.NoNameservers as error:
-            # SERVFAIL, REFUSED or a malformed reply from every nameserver.
-            raise DnsTemporaryFailure(f"no nameserver answered for {qname}") from error
+            # SERVFAIL, REFUSED, a truncated answer whose TCP retry failed, or a malformed reply,
+            # from every nameserver. The sender is told no more; what each nameserver did goes to
+            # the operator (the log, the journal's decision, doctor): "no nameserver answered"
+            # for them all sent operators looking for a network fault when their resolver's ACL
+            # refused the gateway (DNS review).
+            said, causes = what_nameservers_did(error)
+            raise DnsTemporaryFailure(f"no usable answer from the nameservers for {qname}", internal=said,
+                                      causes=causes) from error
         except dns.exception.DNSException as error:
             log.warning("DNS lookup of %s failed: %r", qname, error)
             raise DnsTemporaryFailure(f"lookup of {qname} failed") from error
+
+
+def what_nameservers_did(error: dns.exception.DNSException) -> tuple[str | None, frozenset[str]]:
+    """What each nameserver did in a failed lookup, from dnspython's trace of its tries
+    (NoNameservers and LifetimeTimeout keep one): "127.0.0.1:53 answered REFUSED", and the causes
+    (DnsTemporaryFailure.causes)."""
+    errors = getattr(error, "kwargs", {}).get("errors") or []
+    said: list[str] = []
+    causes: set[str] = set()
+    truncated: list[str] = []
+    for server, tcp, port, problem, _response in errors:
+        where = _server_text(str(server), port)
+        if isinstance(problem, str):
+            # An answer with an rcode other than NOERROR and NXDOMAIN: SERVFAIL, REFUSED, NOTIMP...
+            said.append(f"{where} answered {problem}")
+            causes.add(problem)
+        elif isinstance(problem, dns.message.Truncated):
+            truncated.append(where)  # said with its TCP try, below
+        elif tcp and where in truncated:
+            truncated.remove(where)
+            said.append(f"{where} truncated its answer over UDP, and TCP failed: {_problem_text(problem)}")
+            causes.add("TCP")
+        elif isinstance(problem, dns.exception.Timeout):
+            said.append(f"{where} did not answer{' over TCP' if tcp else ''}")
+            causes.add("timeout")
+        else:
+            said.append(f"{where}{' over TCP' if tcp else ''}: {_problem_text(problem)}")
+            causes.add("other")
+    for where in truncated:
+        said.append(f"{where} truncated its answer over UDP, no time was left for TCP")
+        causes.add("TCP")
+    return "; ".join(dict.fromkeys(said)) or None, frozenset(causes)
+
+
+def _server_text(server: str, port: int) -> str:
+    # dnspython names a nameserver "Do53:127.0.0.1@53".
+    address = server.removeprefix("Do53:").rpartition("@")[0] or server
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+def _problem_text(problem: object) -> str:
+    text = str(problem)
+    return f"{type(problem).__name__}: {text}" if text else type(problem).__name__
 
 
 def _query_name(name: bytes | str) -> dns.name.Name | None:

@@ -151,9 +151,11 @@ class _Examination:
 
     def timed_out(self) -> SenderAuthenticationTimedOut:
         detail = f"the message's deadline passed with {self.examined} of its DKIM signatures examined"
+        internal = None
         if self._dns_failure is not None:
             detail += f", the last DNS failure: {self._dns_failure.detail}"
-        return SenderAuthenticationTimedOut(detail)
+            internal = self._dns_failure.internal
+        return SenderAuthenticationTimedOut(detail, internal=internal)
 
     def not_examined(self) -> str:
         """What a refusal adds when aligned signatures were left out by the cap."""
@@ -239,7 +241,7 @@ def authenticate(raw: bytes, resolver: KeyLookup, *, now: float | None = None,
                 examination.key_failed()
             continue
         except DnsTemporaryFailure as error:
-            log.info("DKIM signature %d of %s: %s", index, printable(from_address), printable(error.detail))
+            log.info("DKIM signature %d of %s: %s", index, printable(from_address), printable(error.operator_text))
             dns_failure = dns_failure or error
             examination.key_failed(error)
             continue
@@ -258,7 +260,8 @@ def authenticate(raw: bytes, resolver: KeyLookup, *, now: float | None = None,
             raise examination.timed_out()
         # A signature that might pass once DNS answers decides nothing yet: defer, so the
         # sending MTA retries (RFC 6376 section 6.1.2, TEMPFAIL).
-        raise DnsTemporaryFailure(dns_failure.detail + examination.not_examined())
+        raise DnsTemporaryFailure(dns_failure.detail + examination.not_examined(), internal=dns_failure.internal,
+                                  causes=dns_failure.causes)
     most_telling = max(failures, key=lambda failure: failure.relevance)
     raise SenderNotAuthenticated(most_telling.detail + examination.not_examined(), internal=most_telling.internal)
 

@@ -530,6 +530,26 @@ def test_a_working_nameserver_behind_two_silent_ones_authenticates_the_sender(te
         assert time.monotonic() - started > 3.5  # the two silent ones were asked first
     assert len(_posts(test_odoo)) == 1
 
+@pytest.mark.parametrize("fault, what", [("refuse", "answered REFUSED"), ("servfail", "answered SERVFAIL"),
+                                         ("truncate", "truncated its answer over UDP, and TCP failed: EOFError: EOF")])
+def test_what_the_nameserver_did_is_in_the_journal_not_in_the_reply(test_odoo, start_gateway, dkim_keys, fault, what):
+    # Found by a DNS review: SERVFAIL, REFUSED (the resolver's access control leaving the gateway out)
+    # and a truncated answer whose TCP retry failed were all "no nameserver answered for ...", in the
+    # reply, the log and the journal, and dnspython's words were dropped.
+    key = dkim_keys["example.com"]
+    with DnsServer({key.record_name(SELECTOR, "example.com"): key.txt_record}) as dns:
+        getattr(dns, fault)(key.record_name(SELECTOR, "example.com"))
+        running = start_gateway(dns.port)
+        mailer = Mailer(running, dkim_keys)
+        to = mailer.address("note", "project.task", TASK_ID)
+        reply = mailer.send(mailer.sign(mailer.message("note_from_contributor.eml", to)), to)
+    assert reply == ("451 4.4.3 DNS lookup of the DKIM key failed, try again later: no usable answer from the "
+                     "nameservers for gateway._domainkey.example.com.")
+    [entry] = _journal(running)
+    assert entry.decision == (f"refused DnsTemporaryFailure: {reply[10:]} (127.0.0.1:{dns.port} {what})")
+    assert entry.smtp_reply == reply
+    assert _posts(test_odoo) == []
+
 def test_a_key_published_after_a_miss_is_found_after_a_reload_and_the_journal_says_the_miss_may_be_cached(
         test_odoo, start_gateway, dkim_keys):
     # Day-2 review: docs/operations.md said `dig +short TXT ...` shows the record "as the gateway

@@ -895,6 +895,26 @@ def test_doctor_says_how_long_a_key_lookup_may_take_with_several_nameservers(tmp
         text = _report_text(diagnose(str(path)))
     assert "ok    resolver: " in text and "a key lookup may take" not in text
 
+@pytest.mark.parametrize("fault, what, fix", [
+    ("refuse", "answered REFUSED", "let this host query the nameserver: add it to its access control"),
+    ("servfail", "answered SERVFAIL", "the nameserver cannot resolve (SERVFAIL): check its upstream servers"),
+    ("truncate", "truncated its answer over UDP, and TCP failed: EOFError: EOF",
+     "a DKIM key too large for UDP needs DNS over TCP: allow TCP port 53 from this host to the nameserver"),
+    ("drop", "did not answer", "make [resolver] nameservers point at a working recursive resolver reachable from "
+                               "this host"),
+])
+def test_doctor_says_what_the_nameserver_did_and_the_fix_for_it(tmp_path, test_odoo, fault, what, fix):
+    # DNS review: doctor said "no nameserver answered for ..." and "fix: ... reachable from this host"
+    # when the resolver's access control refused this host, or when it answered SERVFAIL.
+    with DnsServer() as broken:
+        getattr(broken, fault)(f"note-gateway-doctor._domainkey.{ALIAS_DOMAIN}")
+        path = write_config(tmp_path, test_odoo, broken.port, resolver={"timeout": 0.5})
+        report = diagnose(str(path))
+    text = _report_text(report)
+    assert f"FAIL  resolver: 127.0.0.1:{broken.port} nameservers: " in text
+    assert f"(127.0.0.1:{broken.port} {what})\n      fix: {fix}" in text
+    assert report.problems == 1 and text.count("      fix: ") == 1
+
 def _expire_demo_key(test_odoo, days: float) -> str:
     ends = datetime.now(timezone.utc) + timedelta(days=days)
     [row] = test_odoo.search("res.users.apikeys", [("user_id", "=", GATEWAY_UID)])

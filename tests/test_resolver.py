@@ -287,3 +287,33 @@ def test_two_silent_nameservers_ahead_of_a_working_one_leave_it_time_to_answer(d
         assert hasty(SHORT_NAME.encode()) == SHORT_RECORD.encode()
     # One nameserver: the timeout, as configured.
     assert resolver_for(dns_server).timeout == 4.0
+
+
+@pytest.mark.parametrize("fault, what, causes", [
+    ("servfail", "answered SERVFAIL", {"SERVFAIL"}),
+    ("refuse", "answered REFUSED", {"REFUSED"}),
+    ("truncate", "truncated its answer over UDP, and TCP failed: EOFError: EOF", {"TCP"}),
+])
+def test_what_the_nameserver_did_is_kept_for_the_operator(dns_server, fault, what, causes):
+    # DNS review: SERVFAIL, REFUSED and a truncated answer whose TCP retry failed were all "no
+    # nameserver answered for ...", in the reply, the log, the journal and doctor, and dnspython's
+    # own words ("... answered REFUSED") were dropped. The sender is told no more than before.
+    name = f"{fault}-said._domainkey.example.com"
+    getattr(dns_server, fault)(name)
+    with pytest.raises(DnsTemporaryFailure) as refusal:
+        resolver_for(dns_server)(name.encode())
+    assert refusal.value.detail == f"no usable answer from the nameservers for {name}."
+    assert refusal.value.internal == f"127.0.0.1:{dns_server.port} {what}"
+    assert refusal.value.causes == causes
+
+
+def test_a_timeout_says_which_nameservers_did_not_answer(dns_server):
+    with silent_nameservers(["127.0.0.2"], dns_server.port):
+        name = "dropped-said._domainkey.example.com"
+        dns_server.drop(name)
+        with pytest.raises(DnsTemporaryFailure) as refusal:
+            DkimKeyResolver(["127.0.0.2", "127.0.0.1"], port=dns_server.port, timeout=0.3)(name.encode())
+    assert refusal.value.detail == f"timeout looking up {name}."
+    assert refusal.value.internal == (f"127.0.0.2:{dns_server.port} did not answer; "
+                                      f"127.0.0.1:{dns_server.port} did not answer")
+    assert refusal.value.causes == {"timeout"}

@@ -30,8 +30,9 @@ class DnsServer:
     """Answers TXT queries from its own table, authoritatively, the way a domain's DNS would.
 
     Unknown names get NXDOMAIN with an SOA in the authority section so resolvers can cache the
-    negative answer (RFC 2308 section 3). ``servfail(name)`` and ``drop(name)`` make one name fail
-    the way a broken or unreachable authority does, to test how the gateway defers mail.
+    negative answer (RFC 2308 section 3). ``servfail(name)``, ``refuse(name)``, ``truncate(name)``
+    and ``drop(name)`` make one name fail the way a broken or unreachable authority (or resolver)
+    does, to test how the gateway defers mail.
     """
 
     def __init__(self, records: dict[str, str] | None = None, host: str = "127.0.0.1",
@@ -43,6 +44,8 @@ class DnsServer:
         self._lock = threading.Lock()
         self._records: dict[dns.name.Name, list[list[bytes]]] = {}
         self._servfail: set[dns.name.Name] = set()
+        self._refused: set[dns.name.Name] = set()
+        self._truncated: set[dns.name.Name] = set()
         self._dropped: set[dns.name.Name] = set()
         self._queries: Counter[dns.name.Name] = Counter()
         self._udp: socketserver.ThreadingUDPServer | None = None
@@ -67,6 +70,8 @@ class DnsServer:
         with self._lock:
             self._records.pop(key, None)
             self._servfail.discard(key)
+            self._refused.discard(key)
+            self._truncated.discard(key)
             self._dropped.discard(key)
 
     def servfail(self, name: str) -> None:
@@ -74,16 +79,29 @@ class DnsServer:
         with self._lock:
             self._servfail.add(_name(name))
 
+    def refuse(self, name: str) -> None:
+        """Answer REFUSED for ``name``, as a resolver whose access control leaves the client out does."""
+        with self._lock:
+            self._refused.add(_name(name))
+
+    def truncate(self, name: str) -> None:
+        """Answer ``name`` over UDP with the TC bit alone, and close a TCP connection that asks for
+        it: a key too large for UDP behind a firewall that lets no DNS over TCP through."""
+        with self._lock:
+            self._truncated.add(_name(name))
+
     def drop(self, name: str) -> None:
         """Never answer for ``name``, so the client times out."""
         with self._lock:
             self._dropped.add(_name(name))
 
     def heal(self, name: str) -> None:
-        """Undo ``servfail`` and ``drop`` for ``name``."""
+        """Undo ``servfail``, ``refuse``, ``truncate`` and ``drop`` for ``name``."""
         key = _name(name)
         with self._lock:
             self._servfail.discard(key)
+            self._refused.discard(key)
+            self._truncated.discard(key)
             self._dropped.discard(key)
 
     def query_count(self, name: str) -> int:
@@ -144,7 +162,7 @@ class DnsServer:
     # --- Answering ----------------------------------------------------------------------------
 
     def answer(self, wire: bytes, max_size: int | None) -> bytes | None:
-        """The reply to one query in wire format, or None to stay silent."""
+        """The reply to one query in wire format, None to stay silent, b"" (TCP) to close the connection."""
         try:
             query = dns.message.from_wire(wire)
         except dns.exception.DNSException:
@@ -158,12 +176,21 @@ class DnsServer:
             if qname in self._dropped:
                 return None
             servfail = qname in self._servfail
+            refused = qname in self._refused
+            truncated = qname in self._truncated
             records = [list(strings) for strings in self._records.get(qname, [])]
             exists = bool(records) or any(name.is_subdomain(qname) for name in self._records)
         response = dns.message.make_response(query)
         response.flags |= dns.flags.AA
+        if truncated:
+            if max_size is None:
+                return b""
+            response.flags |= dns.flags.TC
+            return response.to_wire()
         if servfail:
             response.set_rcode(dns.rcode.SERVFAIL)
+        elif refused:
+            response.set_rcode(dns.rcode.REFUSED)
         elif not exists:
             response.set_rcode(dns.rcode.NXDOMAIN)
             response.authority.append(self._soa())
@@ -258,6 +285,8 @@ class _TcpHandler(socketserver.BaseRequestHandler):
                 if wire is None:
                     return
                 reply = server.answer(wire, None)
+                if reply == b"":
+                    return
                 if reply is not None:
                     connection.sendall(struct.pack("!H", len(reply)) + reply)
         except OSError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass
 
@@ -49,6 +50,14 @@ LONGEST_CACHED_SECONDS = 3600.0
 CACHED_MISS_NOTE = (f"possibly an answer cached earlier: the gateway keeps \"no key\" for the zone's negative TTL "
                     f"(its SOA minimum), at most {LONGEST_CACHED_SECONDS / 60:g} minutes, and a reload "
                     f"(systemctl reload) empties its DKIM key cache")
+
+# A key found in the cache that fails to verify a signature is asked of DNS again, without the
+# cache, at most once per name in this many seconds: a domain that swapped the key at a selector
+# would otherwise see its mail refused for as long as the old key stays cached (up to an hour).
+REFRESH_INTERVAL = 60.0
+# Said to the operator with a refusal whose key came from the cache and could not be asked again.
+CACHED_KEY_NOTE = (f"possibly a key cached earlier: the gateway asks DNS again for a cached key that fails at most "
+                   f"once a minute per selector, and a reload (systemctl reload) empties its DKIM key cache")
 
 
 # The most key records at one name a signature is verified against (RFC 6376 section 6.1.2 step 3
@@ -130,6 +139,11 @@ class DkimKeyResolver:
         # The lifetime of a lookup (lookup_lifetime), which dkimpy is given as its timeout.
         self.timeout = timeout
         self.nameserver_count = len(resolver.nameservers)
+        # When each name was last asked again without the cache (refreshed), at most cache_size
+        # of them, none older than REFRESH_INTERVAL.
+        self._refreshed: dict[dns.name.Name, float] = {}
+        self._refreshed_limit = cache_size
+        self._refresh_lock = threading.Lock()
 
     def __call__(self, name: bytes, timeout: int | float = 5) -> bytes | None:
         """Return the first key record at ``name`` with its strings joined, or None when there is none.
@@ -161,6 +175,33 @@ class DkimKeyResolver:
         records = [b"".join(rdata.strings) for rdata in answer.rrset]
         candidates = [record for record in records if _is_key_record(record)] or records
         return KeyRecords(tuple(candidates[:MAX_KEY_RECORDS]), len(candidates), cached)
+
+    def refreshed(self, name: bytes | str, timeout: int | float = 5) -> KeyRecords | None:
+        """The key records at ``name`` asked of DNS again, the cached answer replaced; None when the
+        name was asked again less than REFRESH_INTERVAL ago (or there is no cache to bypass).
+
+        senderauth asks it when a cached key fails to verify a signature: a key swapped at the same
+        selector was otherwise refused with "signature did not verify" while the old one stayed
+        cached (DNS review). Once a minute per name at most, so that forged signatures cannot make
+        every message a DNS query.
+        """
+        qname = _query_name(name)
+        cache = self._resolver.cache
+        if qname is None or cache is None:
+            return None
+        now = time.monotonic()
+        with self._refresh_lock:
+            last = self._refreshed.get(qname)
+            if last is not None and now - last < REFRESH_INTERVAL:
+                return None
+            if len(self._refreshed) >= self._refreshed_limit:
+                self._refreshed = {key: when for key, when in self._refreshed.items()
+                                   if now - when < REFRESH_INTERVAL}
+                if len(self._refreshed) >= self._refreshed_limit:
+                    return None
+            self._refreshed[qname] = now
+        cache.flush((qname, dns.rdatatype.TXT, dns.rdataclass.IN))
+        return self.key_records(name, timeout)
 
     def name_exists(self, name: str) -> bool:
         """Whether ``name`` exists (NOERROR, with or without NS records): doctor's proof that the

@@ -23,7 +23,7 @@ from gateway import dkimcrypto, idn
 from gateway.observe import duration, printable
 from gateway.config import DEFAULT_MAX_SIGNATURE_AGE_DAYS
 from gateway.context import VerifiedSender
-from gateway.resolver import CACHED_MISS_NOTE, KeyRecords
+from gateway.resolver import CACHED_KEY_NOTE, CACHED_MISS_NOTE, KeyRecords
 from gateway.refusals import (DnsTemporaryFailure, FromAddressInternationalised, FromHeaderInvalid, HeaderNotSigned,
                               SenderAuthenticationTimedOut, SenderNotAuthenticated, SignatureDatedAhead,
                               TooManySignatures)
@@ -523,7 +523,10 @@ def _check_signature(new_verifier: Callable[[], dkim.DKIM], index: int, header_v
                 return domain, selector, tags.get(b"h", b"")
             failures.append(_Failure(*_why_not_verified(verifier, lookup, key_name)))
         if not lookup.next_record():
-            break
+            # Every record failed: if they came from the cache, DNS may have others by now.
+            if not lookup.refresh():
+                break
+            failures = []
         verifier = new_verifier()
     raise _SignatureRefused(*_none_verifies(failures, lookup, key_name, resolver))
 
@@ -562,7 +565,7 @@ def _none_verifies(failures: list[_Failure], lookup: _RecordingLookup, key_name:
     found = lookup.found
     # A key published after an earlier lookup missed it is not seen while the miss is cached.
     cached_miss = lookup.asked and found is not None and not found.records and getattr(resolver, "caches", False)
-    internal = CACHED_MISS_NOTE if cached_miss else None
+    internal = CACHED_MISS_NOTE if cached_miss else CACHED_KEY_NOTE if lookup.stale else None
     if len(failures) == 1:
         failure = failures[0]
         return failure.relevance, failure.detail, internal or failure.internal
@@ -574,7 +577,7 @@ def _none_verifies(failures: list[_Failure], lookup: _RecordingLookup, key_name:
     if found is not None and found.found > tried:
         detail += f", the gateway tries {tried}"
     detail += ", none verifies: " + "; ".join(details)
-    internals = list(dict.fromkeys(failure.internal for failure in failures if failure.internal))
+    internals = list(dict.fromkeys(filter(None, [*(failure.internal for failure in failures), internal])))
     return max(failure.relevance for failure in failures), detail, "; ".join(internals) or None
 
 
@@ -707,6 +710,12 @@ class _RecordingLookup:
         self.failed = False
         self.found: KeyRecords | None = None
         self._position = 0
+        # What dkimpy asked for, and its timeout: refresh asks again.
+        self._name: bytes | None = None
+        self._timeout: float = DEFAULT_DNS_TIMEOUT
+        self._refreshed = False
+        # The records came from the cache, failed, and could not be asked again (refresh).
+        self.stale = False
 
     @property
     def record(self) -> bytes | None:
@@ -722,8 +731,33 @@ class _RecordingLookup:
         self._position += 1
         return True
 
+    def refresh(self) -> bool:
+        """Once every record failed: when they came from the cache, ask DNS again without it
+        (the resolver's ``refreshed``). True when DNS has other records, the first now current."""
+        found = self.found
+        refreshed = getattr(self._resolver, "refreshed", None)
+        if found is None or not found.cached or not found.records or self._refreshed or refreshed is None:
+            return False
+        self._refreshed = True
+        if self._examination.out_of_time():
+            self.stale = True
+            return False
+        try:
+            fresh = refreshed(self._name, timeout=self._examination.lookup_timeout(self._timeout))
+        except BaseException:
+            self.failed = True
+            raise
+        if fresh is None:
+            self.stale = True
+            return False
+        if fresh.records == found.records:
+            return False
+        self.found, self._position = fresh, 0
+        return True
+
     def __call__(self, name: bytes, timeout: int | float = 5) -> bytes | None:
         if self.found is None:
+            self._name, self._timeout = name, timeout
             self.asked = True
             try:
                 self.found = self._ask(name, self._examination.lookup_timeout(timeout))

@@ -15,7 +15,7 @@ from gateway import address
 from gateway.config import load_config
 from gateway.journal import Journal
 from gateway.pipeline import Services
-from gateway.resolver import CACHED_MISS_NOTE
+from gateway.resolver import CACHED_KEY_NOTE, CACHED_MISS_NOTE
 from gateway.testing.dkim import generate_ed25519_key, shared_rsa_key, sign
 from gateway.testing.dns import DnsServer, silent_nameservers
 from gateway.testing.odoo_demo import (ARCHIVED_EMAIL, CONTRIBUTOR_GROUP_ID, MARC_PARTNER_ID, PAULA_PARTNER_ID,
@@ -585,6 +585,38 @@ def test_a_key_published_after_a_miss_is_found_after_a_reload_and_the_journal_sa
             new_services.close()
         assert len(_posts(test_odoo)) == 1
 
+
+def test_a_key_swapped_at_its_selector_is_asked_of_dns_again_while_the_old_one_is_cached(test_odoo, start_gateway,
+                                                                                       dkim_keys):
+    # Found by a DNS review: a domain that swapped the key at a selector had every message signed
+    # with the new one refused "550 5.7.1 ... signature did not verify" while the old key stayed
+    # cached (up to an hour), and the journal's decision said nothing of the cache.
+    old, new = dkim_keys["example.com"], shared_rsa_key(name="swapped-in")
+    name = old.record_name("swap", "example.com")
+    with DnsServer({name: old.txt_record}, ttl=3600) as dns:
+        running = start_gateway(dns.port)
+        mailer = Mailer(running, dkim_keys)
+        to = mailer.address("note", "project.task", TASK_ID)
+
+        def send(key) -> str:
+            return mailer.send(sign(mailer.message("note_from_contributor.eml", to), key, "example.com", "swap"), to)
+
+        assert send(old).startswith("250 2.0.0 Filed")
+        dns.remove(name)
+        dns.add_txt(name, new.txt_record)
+        assert send(new).startswith("250 2.0.0 Filed")  # the cached old key failed, DNS was asked again
+        assert send(new).startswith("250 2.0.0 Filed")  # the new key is the cached one now
+        assert len(_posts(test_odoo)) == 3
+        # A signature no key verifies: DNS was asked again less than a minute ago, the journal says
+        # the key may be a cached one, the reply no more than before.
+        asked = dns.query_count(name)
+        refused = ("550 5.7.1 Sender not authenticated, no valid DKIM signature aligned with the From domain: "
+                   "signature did not verify")
+        assert send(shared_rsa_key(name="stranger")) == refused
+        assert dns.query_count(name) == asked
+    [entry] = _journal(running)[:1]
+    assert entry.decision == f"refused SenderNotAuthenticated: {refused[10:]} ({CACHED_KEY_NOTE})"
+    assert len(_posts(test_odoo)) == 3
 
 def _with_broken_signature(signed: bytes, tag: bytes, value: bytes, *, keep_good: bool) -> bytes:
     # The signature with one tag broken, alone or added above the good one.

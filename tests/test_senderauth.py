@@ -699,6 +699,44 @@ def test_one_key_record_costs_one_verification(resolver, monkeypatch):
     assert refusal_detail(signed(key=shared_rsa_key(1024, name="other")), resolver) == "signature did not verify"
     assert len(verifications) == 2
 
+
+def test_a_cached_key_that_fails_is_asked_of_dns_again_once_a_minute(dns_server, key, other_key):
+    # DNS review: a key swapped at the same selector stayed cached up to an hour, and every message
+    # signed with the new key got "550 5.7.1 ... signature did not verify", with nothing in the
+    # journal's decision to say the key may be an old one.
+    from gateway.resolver import CACHED_KEY_NOTE
+
+    name = f"swapped._domainkey.{DOMAIN}"
+    dns_server.add_txt(name, other_key.txt_record)
+    resolver = DkimKeyResolver(["127.0.0.1"], port=dns_server.port, timeout=1.0)
+    assert senderauth.authenticate(signed(key=other_key, selector="swapped"), resolver).selector == "swapped"
+    dns_server.remove(name)
+    dns_server.add_txt(name, key.txt_record)
+    asked = dns_server.query_count(name)
+    # The cached key fails, DNS has another one: the message passes.
+    assert senderauth.authenticate(signed(key=key, selector="swapped"), resolver).selector == "swapped"
+    assert dns_server.query_count(name) > asked
+    # Cached again, and not asked again within the minute: a signature no key verifies is refused with
+    # the note for the operator.
+    asked = dns_server.query_count(name)
+    with pytest.raises(SenderNotAuthenticated) as refusal:
+        senderauth.authenticate(signed(key=shared_rsa_key(1024, name="nobody"), selector="swapped"), resolver)
+    assert refusal.value.detail == "signature did not verify" and refusal.value.internal == CACHED_KEY_NOTE
+    assert dns_server.query_count(name) == asked
+
+
+def test_a_key_that_fails_fresh_from_dns_is_not_asked_again(dns_server, key, other_key):
+    name = f"fresh._domainkey.{DOMAIN}"
+    dns_server.add_txt(name, other_key.txt_record)
+    resolver = DkimKeyResolver(["127.0.0.1"], port=dns_server.port, timeout=1.0)
+    with pytest.raises(SenderNotAuthenticated) as refusal:
+        senderauth.authenticate(signed(key=key, selector="fresh"), resolver)
+    assert refusal.value.internal is None
+    asked = dns_server.query_count(name)
+    # From the cache now: asked again once, the same key, the same refusal, and no note.
+    assert refusal_detail(signed(key=key, selector="fresh"), resolver) == "signature did not verify"
+    assert dns_server.query_count(name) > asked
+
 # --- How many signatures, and for how long ----------------------------------------------------------
 # Found by a security review: every signature was tried, with no deadline. A message with hundreds
 # of aligned signatures whose DNS never answers held a worker thread for an hour, and one with a

@@ -500,7 +500,8 @@ def _check_signature(new_verifier: Callable[[], dkim.DKIM], index: int, header_v
     key_name = f"{selector}._domainkey.{domain}"
     algorithm = tags[b"a"].strip().lower()
     lookup = _RecordingLookup(resolver, examination,
-                              lambda record: _check_key(record, domain, selector, key_name, algorithm))
+                              lambda record: _check_key(record, domain, selector, key_name, algorithm,
+                                                        tags.get(b"i")))
     # One verification per key record at the name, until one verifies (RFC 6376 section 6.1.2
     # step 3 lets a verifier try several): the usual single record costs one, as before.
     failures: list[_Failure] = []
@@ -661,16 +662,39 @@ def _when(timestamp: int) -> str:
         return str(timestamp)
 
 
-def _check_key(record: bytes | None, domain: str, selector: str, key_name: str, algorithm: bytes) -> None:
-    """Tags of the key record that dkimpy ignores; checked as the record arrives, before dkimpy
-    hashes the body for a signature that could not count anyway."""
+def _check_key(record: bytes | None, domain: str, selector: str, key_name: str, algorithm: bytes,
+               identity: bytes | None = None) -> None:
+    """Tags of the key record that dkimpy ignores or words poorly; checked as the record arrives,
+    before dkimpy hashes the body for a signature that could not count anyway."""
     if not record:
         return
     try:
         key_tags = parse_tag_value(record)
     except InvalidTagValueList:
         return  # dkimpy finds the record unusable, and _why_not_verified says so in its words
+    if b"p" in key_tags and not re.sub(rb"\s+", b"", key_tags[b"p"]):
+        # "An empty value means that this public key has been revoked" (RFC 6376 section 3.6.1);
+        # dkimpy said "could not parse RSA public key (b''): Unparsable public key; ...".
+        raise _SignatureRefused(_KEY, f"key revoked (empty p=) at {key_name}")
+    key_type = key_tags.get(b"k", b"rsa").strip().lower()
+    signed_with = algorithm.partition(b"-")[0]
+    if key_type in (b"rsa", b"ed25519") and key_type != signed_with:
+        # dkimpy checked an rsa-sha256 signature with an ed25519 key and said "malformed DKIM
+        # signature: ValueError: The signature must be exactly 64 bytes long" (DNS review).
+        # Not _KEY: the key may verify another signature of the message, made with its algorithm.
+        raise _SignatureRefused(
+            _VERIFICATION, f"the key at {key_name} is of type {key_type.decode()} (k=), which cannot verify the "
+                  f"signature's {algorithm.decode()}")
     flags = {flag.strip().lower() for flag in key_tags.get(b"t", b"").split(b":")}
+    if b"s" in flags and identity is not None:
+        # t=s: "the "i=" domain MUST NOT be a subdomain of "d="" (RFC 6376 section 3.6.1); dkimpy
+        # does not check it (DNS review: i=paula@sub.example.com was accepted).
+        identity_domain = idn.ascii_domain(identity.rpartition(b"@")[2].decode("utf-8", "replace"))
+        if identity_domain != domain:
+            # Not _KEY: another signature of the message, its i= in d= itself, may pass with it.
+            raise _SignatureRefused(
+                _VERIFICATION, f"the DKIM key of {domain}/{selector} has t=s, which allows no subdomain, but the "
+                      f"signature's i= is in {identity_domain}")
     if b"y" in flags:
         # "Verifiers MUST NOT treat messages from Signers in testing mode differently from unsigned
         # email, even should the signature fail to verify" (RFC 6376 section 3.6.1). Some domains

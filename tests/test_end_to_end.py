@@ -550,6 +550,29 @@ def test_what_the_nameserver_did_is_in_the_journal_not_in_the_reply(test_odoo, s
     assert entry.smtp_reply == reply
     assert _posts(test_odoo) == []
 
+@pytest.mark.parametrize("record, identity, reason", [
+    ("v=DKIM1; k=rsa; t=s; p={rsa}", b"paula@sub.example.com",
+     "the DKIM key of example.com/odd has t=s, which allows no subdomain, but the signature's i= is in sub.example.com"),
+    ("{ed25519}", None, "the key at odd._domainkey.example.com is of type ed25519 (k=), which cannot verify the "
+                        "signature's rsa-sha256"),
+    ("v=DKIM1; k=rsa; p=", None, "key revoked (empty p=) at odd._domainkey.example.com"),
+])
+def test_key_record_that_cannot_verify_the_signature_is_refused_saying_why(test_odoo, start_gateway, dkim_keys,
+                                                                         record, identity, reason):
+    # Found by a DNS review: a t=s key accepted a signature whose i= is in a subdomain (RFC 6376
+    # section 3.6.1 says it must not), an ed25519 key under an rsa-sha256 signature was "malformed
+    # DKIM signature: ValueError: The signature must be exactly 64 bytes long", and a revoked key
+    # "could not parse RSA public key (b''): ...".
+    key = dkim_keys["example.com"]
+    published = record.format(rsa=key.public_key, ed25519=generate_ed25519_key().txt_record)
+    with DnsServer({key.record_name("odd", "example.com"): published}) as dns:
+        mailer = Mailer(start_gateway(dns.port), dkim_keys)
+        to = mailer.address("note", "project.task", TASK_ID)
+        raw = sign(mailer.message("note_from_contributor.eml", to), key, "example.com", "odd", identity=identity)
+        assert mailer.send(raw, to) == ("550 5.7.1 Sender not authenticated, no valid DKIM signature aligned with "
+                                        f"the From domain: {reason}")
+    assert _posts(test_odoo) == []
+
 def test_a_key_published_after_a_miss_is_found_after_a_reload_and_the_journal_says_the_miss_may_be_cached(
         test_odoo, start_gateway, dkim_keys):
     # Day-2 review: docs/operations.md said `dig +short TXT ...` shows the record "as the gateway

@@ -325,6 +325,46 @@ def test_signature_under_a_testing_key_does_not_hide_a_good_one(resolver, dns_se
     assert senderauth.authenticate(raw, resolver).selector == SELECTOR
 
 
+def test_key_with_t_s_refuses_a_signature_whose_i_is_in_a_subdomain(resolver, dns_server, key):
+    # DNS review: RFC 6376 section 3.6.1 says the i= domain of a signature under a t=s key "MUST NOT
+    # be a subdomain of d="; dkimpy does not check it, and i=paula@sub.example.com was filed.
+    dns_server.add_txt(f"no-sub._domainkey.{DOMAIN}", f"v=DKIM1; k=rsa; t=s; p={key.public_key}")
+    assert refusal_detail(signed(selector="no-sub", identity=b"paula@sub.example.com"), resolver) == (
+        "the DKIM key of example.com/no-sub has t=s, which allows no subdomain, but the signature's i= is in "
+        "sub.example.com")
+    for identity in (b"paula@example.com", b"@example.com", None):
+        assert senderauth.authenticate(signed(selector="no-sub", identity=identity), resolver).selector == "no-sub"
+    # Without t=s a subdomain is the signer's to use.
+    assert senderauth.authenticate(signed(identity=b"paula@sub.example.com"), resolver).selector == SELECTOR
+    # The same key still verifies another signature of the message, one without the subdomain.
+    raw = signed(signed(selector="no-sub"), selector="no-sub", identity=b"paula@sub.example.com")
+    assert senderauth.authenticate(raw, resolver).selector == "no-sub"
+
+
+def test_key_of_another_type_than_the_signatures_algorithm_is_refused_saying_so(resolver, dns_server, key):
+    # DNS review: an ed25519 key (k=ed25519) with an rsa-sha256 signature was "malformed DKIM
+    # signature: ValueError: The signature must be exactly 64 bytes long".
+    ed_key = generate_ed25519_key()
+    dns_server.add_txt(f"edonly._domainkey.{DOMAIN}", ed_key.txt_record)
+    assert refusal_detail(signed(selector="edonly", key=key), resolver) == (
+        "the key at edonly._domainkey.example.com is of type ed25519 (k=), which cannot verify the signature's "
+        "rsa-sha256")
+    dns_server.add_txt(f"rsaonly._domainkey.{DOMAIN}", key.txt_record)
+    assert refusal_detail(signed(selector="rsaonly", key=ed_key), resolver) == (
+        "the key at rsaonly._domainkey.example.com is of type rsa (k=), which cannot verify the signature's "
+        "ed25519-sha256")
+
+
+@pytest.mark.parametrize("record", ["v=DKIM1; k=rsa; p=", "v=DKIM1; p= ;", "v=DKIM1; k=ed25519; p="])
+def test_revoked_key_is_refused_saying_so(record, resolver, dns_server):
+    # DNS review: "An empty value means that this public key has been revoked" (RFC 6376 section
+    # 3.6.1); the refusal was dkimpy's "could not parse RSA public key (b''): Unparsable public key; ...".
+    dns_server.add_txt(f"revoked._domainkey.{DOMAIN}", record)
+    assert refusal_detail(signed(selector="revoked"), DkimKeyResolver(["127.0.0.1"], port=dns_server.port,
+                                                                     cache=False)) == (
+        "key revoked (empty p=) at revoked._domainkey.example.com")
+    dns_server.remove(f"revoked._domainkey.{DOMAIN}")
+
 def test_key_whose_h_leaves_out_the_signatures_hash_is_refused(resolver, dns_server, key):
     # RFC 6376 section 6.1.2: a hash not in the key's h= makes the verifier ignore the signature.
     dns_server.add_txt(f"sha1only._domainkey.{DOMAIN}", f"v=DKIM1; k=rsa; h=sha1; p={key.public_key}")

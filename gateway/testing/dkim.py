@@ -70,12 +70,13 @@ def generate_ed25519_key() -> DkimKey:
 def sign(raw: bytes, key: DkimKey | bytes, domain: str, selector: str, *,
          include_headers: list[bytes] | list[str] | None = None, length: bool = False,
          algorithm: bytes | None = None, expire_in: int | None = None,
-         timestamp: int | None = None, dated: bool = True) -> bytes:
+         timestamp: int | None = None, dated: bool = True, identity: bytes | None = None) -> bytes:
     """Return ``raw`` with a DKIM-Signature header prepended, lines kept as they were (CRLF).
 
     ``algorithm`` defaults to rsa-sha256 for an RSA key and ed25519-sha256 for an ed25519 key.
     ``timestamp`` sets t= (default: now) and ``expire_in`` adds x= that many seconds after it;
-    ``dated=False`` leaves t= out, as it is optional (RFC 6376 section 3.5).
+    ``dated=False`` leaves t= out, as it is optional (RFC 6376 section 3.5). ``identity`` sets i=
+    (default: @domain), e.g. b"paula@sub.example.com".
     Unlike dkimpy, ``include_headers`` may leave From out, to test that such a signature is
     refused; dkimpy's default list is used when it is None.
     """
@@ -99,7 +100,7 @@ def sign(raw: bytes, key: DkimKey | bytes, domain: str, selector: str, *,
     signer = _Signer(raw, signature_algorithm=algorithm or default_algorithm, linesep=b"\r\n",
                      timestamp=timestamp, expire_in=expire_in, omit_from=omit_from, dated=dated)
     header = signer.sign(selector.encode("ascii"), domain.encode("ascii"), private_key,
-                         include_headers=headers, length=length)
+                         include_headers=headers, length=length, identity=identity)
     return header + raw
 
 

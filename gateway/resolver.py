@@ -167,13 +167,19 @@ class DkimKeyResolver:
         if qname is None:
             return KeyRecords()
         lifetime = min(self.timeout, timeout) if timeout else self.timeout
-        cache = self._resolver.cache
-        cached = cache is not None and cache.get((qname, dns.rdatatype.TXT, dns.rdataclass.IN)) is not None
         answer = self._resolve(qname, dns.rdatatype.TXT, lifetime)
-        if answer is None or answer.rrset is None:
+        if answer is None:
+            return KeyRecords()
+        # The cache hands out the Answer it stored, the one a first lookup got: marked here, so a
+        # cache hit is told from a fresh answer without a second look into the cache.
+        cached = getattr(answer, "_gateway_seen", False)
+        answer._gateway_seen = True  # type: ignore[attr-defined]
+        if answer.rrset is None:
             return KeyRecords(cached=cached)
         records = [b"".join(rdata.strings) for rdata in answer.rrset]
-        candidates = [record for record in records if _is_key_record(record)] or records
+        # A lone record is the one to try whatever it holds (dkimpy's reason says what is wrong
+        # with it): no parse for the usual case.
+        candidates = records if len(records) == 1 else [record for record in records if _is_key_record(record)] or records
         return KeyRecords(tuple(candidates[:MAX_KEY_RECORDS]), len(candidates), cached)
 
     def refreshed(self, name: bytes | str, timeout: int | float = 5) -> KeyRecords | None:

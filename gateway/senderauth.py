@@ -565,7 +565,8 @@ def _none_verifies(failures: list[_Failure], lookup: _RecordingLookup, key_name:
     """(relevance, detail, internal) of a signature that verified with none of the key records."""
     found = lookup.found
     # A key published after an earlier lookup missed it is not seen while the miss is cached.
-    cached_miss = lookup.asked and found is not None and not found.records and getattr(resolver, "caches", False)
+    cached_miss = (lookup.asked and found is not None and not found.records and not lookup.refreshed
+                   and getattr(resolver, "caches", False))
     internal = CACHED_MISS_NOTE if cached_miss else CACHED_KEY_NOTE if lookup.stale else None
     if len(failures) == 1:
         failure = failures[0]
@@ -737,6 +738,8 @@ class _RecordingLookup:
         # What dkimpy asked for, and its timeout: refresh asks again.
         self._name: bytes | None = None
         self._timeout: float = DEFAULT_DNS_TIMEOUT
+        # Whether refresh asked DNS again (the records are then fresh ones).
+        self.refreshed = False
         self._refreshed = False
         # The records came from the cache, failed, and could not be asked again (refresh).
         self.stale = False
@@ -774,6 +777,7 @@ class _RecordingLookup:
         if fresh is None:
             self.stale = True
             return False
+        self.refreshed = True
         if fresh.records == found.records:
             return False
         self.found, self._position = fresh, 0

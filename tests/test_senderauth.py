@@ -897,3 +897,15 @@ def test_keys_served_by_dnsmasq(key):
         assert senderauth.authenticate(signed(), resolver).dkim_domain == DOMAIN
         assert refusal_detail(signed(selector="retired"), resolver) == (
             "key not found for retired._domainkey.example.com")
+
+
+def test_a_cached_key_removed_from_dns_is_refused_as_missing_without_the_cache_note(dns_server, key, other_key):
+    # The cached key fails and DNS, asked again, has none: "key not found", an answer just asked.
+    name = f"removed._domainkey.{DOMAIN}"
+    dns_server.add_txt(name, other_key.txt_record)
+    resolver = DkimKeyResolver(["127.0.0.1"], port=dns_server.port, timeout=1.0)
+    assert senderauth.authenticate(signed(key=other_key, selector="removed"), resolver).selector == "removed"
+    dns_server.remove(name)
+    with pytest.raises(SenderNotAuthenticated) as refusal:
+        senderauth.authenticate(signed(key=key, selector="removed"), resolver)
+    assert refusal.value.detail == f"key not found for {name}" and refusal.value.internal is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import html
 import itertools
 import re
@@ -249,21 +250,54 @@ def _looks_like_signature(lines: list[str], *, bare: bool) -> bool:
 
 # Outlook (desktop, on the web) marks no quote it answers inline: its header block looks the same
 # above a quote answered inline ("see my answers below in red") as above one left whole. The author's
-# text above it says so, in words that pair an answer with where it is ("answers below", "comments
-# inline", "Antworten im Text", "réponses ci-dessous"), or each answer opens with Outlook's "Preface
-# comments with" marker, the author's name in brackets ("[Paula] 4.2 bar"). "See below" alone is
-# no such sign: top-posted replies and forwards say it of the whole quote. Each stretch between the
-# words is bounded and holds no sentence end: matching costs time linear in the text.
+# text above it says so, in words that pair the author's own answers with where they are ("my answers
+# below", "answers inline", "comments in red", "meine Antworten unten", "mes réponses ci-dessous"), or
+# each answer opens with Outlook's "Preface comments with" marker, the author's name in brackets
+# ("[Paula] 4.2 bar"). "See below" alone is no such sign: top-posted replies and forwards say it of
+# the whole quote; nor are someone else's words pointed at ("see the customer's comments below",
+# "Carl's notes below", "Anmerkungen des Kunden unten", a review: the whole quoted thread was filed
+# as the sender's text). In doubt the quote is collapsed: nothing is lost, it is in the collapsed
+# block. Each stretch between the words is bounded and holds no sentence end: matching costs time
+# linear in the text.
 _ANSWER_WORDS = (r"answers?|answered|repl(?:y|ies|ied)|responses?|comments?|notes|remarks|Antworten|Anmerkungen"
                  r"|Kommentare|r[ée]ponses?|commentaires?|respuestas?|comentarios?|risposte|commenti|antwoorden"
                  r"|opmerkingen|respostas|coment[áa]rios|odpowiedzi|komentarze|odpov[ěe]di|svar|kommentarer|vastaukset")
-_WHERE_WORDS = (r"below|inline|in-line|in\s+(?:red|blue|green|bold)|unten|im\s+Text|in\s+(?:rot|blau|gr[üu]n)"
-                r"|ci-dessous|dans\s+le\s+texte|en\s+(?:rouge|bleu|vert|rojo|azul|verde)|abajo|debajo|entre\s+l[íi]neas"
-                r"|sotto|di\s+seguito|in\s+(?:rosso|blu)|hieronder|in\s+het\s+(?:rood|blauw)|abaixo"
-                r"|em\s+(?:vermelho|azul)|poni[żz]ej|n[íi][žz]e|nedan|nedenfor|alla")
-_INLINE_ANNOUNCEMENT = re.compile(
-    rf"\b(?:{_ANSWER_WORDS})\b[^.!?\n]{{0,40}}?(?<!\w)(?:{_WHERE_WORDS})(?!\w)"
-    rf"|(?<!\w)(?:{_WHERE_WORDS})(?!\w)[^.!?\n]{{0,20}}?\b(?:are\s+)?(?:my|our|meine|unsere|mes|nos|mis|nuestras|le\s+mie|mijn|as\s+minhas)\s+(?:{_ANSWER_WORDS})\b"
+# Where words that only answers typed into the quote are ("inline", "in red", "im Text"), and the
+# others ("below", "unten"), which a top-posted reply also says of the quote.
+_INLINE_WHERE_WORDS = (r"inline|in-line|in\s+(?:red|blue|green|bold)|im\s+Text|in\s+(?:rot|blau|gr[üu]n)"
+                       r"|dans\s+le\s+texte|en\s+(?:rouge|bleu|vert|rojo|azul|verde)|entre\s+l[íi]neas"
+                       r"|in\s+(?:rosso|blu)|in\s+het\s+(?:rood|blauw)|em\s+(?:vermelho|azul)")
+_WHERE_WORDS = (rf"below|{_INLINE_WHERE_WORDS}|unten|ci-dessous|abajo|debajo|sotto|di\s+seguito|hieronder|abaixo"
+                r"|poni[żz]ej|n[íi][žz]e|nedan|nedenfor|alla")
+# The author's own: "my answers", "our inline comments", "meine Antworten", "mes réponses", ...
+_OWN_WORDS = (r"my|our|meine|unsere|mes|nos|mis|nuestras|nuestros|mie|miei|mijn|onze|minhas|meus|moje|nasze"
+              r"|mina|mine|mitt|vores|minun|mé|naše")
+_ANSWER_WORD = re.compile(rf"\b(?:{_ANSWER_WORDS})\b", re.IGNORECASE)
+# What may follow an answer word up to where the answers are.
+_TO_WHERE = re.compile(rf"[^.!?\n]{{0,40}}?(?<!\w)(?:{_WHERE_WORDS})(?!\w)", re.IGNORECASE)
+_TO_INLINE_WHERE = re.compile(rf"[^.!?\n]{{0,40}}?(?<!\w)(?:{_INLINE_WHERE_WORDS})(?!\w)", re.IGNORECASE)
+# Right before an answer word: the author's own possessive (an adjective may come between).
+_OWN_BEFORE = re.compile(rf"(?<!\w)(?:{_OWN_WORDS})\s+(?:[^\W\d_]+\s+)?$", re.IGNORECASE)
+# Right before an answer word: someone else's ("the customer's", "Carl's", "his", "ihre", "ses"), an
+# adjective may come between.
+_OTHERS_BEFORE = re.compile(
+    r"(?:[^\W\d_]['’]s?|(?<!\w)(?:his|her|their|your|its|ihre|seine|deine|eure|ihrer|seiner|ses|leurs|tes|vos|sus|tus"
+    r"|sue|suoi|zijn|haar|hun|uw|jouw|seus|suas|jego|jej|ich|hans|hennes|deras|hendes|hänen))\s+(?:[^\W\d_]+\s+)?$",
+    re.IGNORECASE)
+# A determiner right before an answer word ("see the comments below"): whose they are is not said.
+_DETERMINER_BEFORE = re.compile(
+    r"(?<!\w)(?:the|these|those|some|die|den|der|diese|les|la|le|ces|los|las|el|estos|il|i|gli|de|het|deze|os|as|o|a"
+    r"|disse)\s+(?:[^\W\d_]+\s+)?$", re.IGNORECASE)
+# Right after an answer word: whose they are ("Anmerkungen des Kunden", "comments from Carl",
+# "commentaires du client", "comentarios del cliente", "opmerkingen van de klant").
+_OTHERS_AFTER = re.compile(r"\s+(?:des|der|vom|von|du|de|del|della|dello|dei|delle|van|of|from|by|do|da|dos|das)\b",
+                           re.IGNORECASE)
+# The announcements that name the author themselves: "below are my answers", "unten meine Antworten",
+# "I answered inline", "I've replied below", "see inline", "see below in red".
+_OWN_ANNOUNCEMENT = re.compile(
+    rf"(?<!\w)(?:{_WHERE_WORDS})(?!\w)[^.!?\n]{{0,20}}?\b(?:are\s+|sind\s+|sont\s+)?(?:{_OWN_WORDS}|le\s+mie|as\s+minhas)"
+    rf"\s+(?:{_ANSWER_WORDS})\b"
+    rf"|\b(?:i|we)(?:['’]ve|\s+have)?\s+(?:answered|replied|responded|commented)\b[^.!?\n]{{0,40}}?(?<!\w)(?:{_WHERE_WORDS})(?!\w)"
     rf"|\bsee\s+(?:inline|in-line|below\s+in\s+(?:red|blue|green))\b",
     re.IGNORECASE,
 )
@@ -285,16 +319,49 @@ _ANNOUNCEMENT_REACH = 80
 
 
 def _announces_inline(text: str) -> bool:
-    """True if the author's text above an Outlook quote says that answers are written in it."""
+    """True if the author's text above an Outlook quote says that the author's answers are written in it."""
     lowered = text[:_INLINE_SIGNS_MAX_CHARS].lower()
+    if not any(hint in lowered for hint in _WHERE_HINTS):
+        return False
+    # Every announcement but "see inline" holds an answer word: they are found once, and each is
+    # read once (the windows around close hints overlap; reading each window cost 0.7 s for 64 KB).
+    words = list(_ANSWER_WORD.finditer(lowered))
+    starts = [word.start() for word in words]
+    checked: set[int] = set()
     for hint in _WHERE_HINTS:
         position = lowered.find(hint)
         while position >= 0:
             start = max(0, position - _ANNOUNCEMENT_REACH)
-            if _INLINE_ANNOUNCEMENT.search(lowered, start, position + len(hint) + _ANNOUNCEMENT_REACH):
+            end = position + len(hint) + _ANNOUNCEMENT_REACH
+            first, last = bisect.bisect_left(starts, start), bisect.bisect_left(starts, end)
+            if (first < last or "see" in lowered[start:end]) and _OWN_ANNOUNCEMENT.search(lowered, start, end):
                 return True
+            for index in range(first, last):
+                if index not in checked:
+                    checked.add(index)
+                    if _announces_own_answers(lowered, words[index]):
+                        return True
             position = lowered.find(hint, position + len(hint))
     return False
+
+
+def _announces_own_answers(text: str, word: re.Match[str]) -> bool:
+    """True if the answer word ``word`` in ``text`` (lowercased) announces the author's answers with
+    where they are: "my answers below", "answers inline", "Answers below."
+    Someone else's ("the customer's comments below", "Anmerkungen des Kunden unten") never, and one
+    whose owner is not said ("the comments below") only where nothing but answers can be ("in red")."""
+    end = word.end() + _ANNOUNCEMENT_REACH
+    if _TO_WHERE.match(text, word.end(), end) is None:
+        return False
+    sentence_start = max(text.rfind(mark, 0, word.start()) for mark in ".!?\n") + 1
+    before = text[max(sentence_start, word.start() - _ANNOUNCEMENT_REACH):word.start()]
+    if _OWN_BEFORE.search(before):
+        return True
+    if _OTHERS_BEFORE.search(before) or _OTHERS_AFTER.match(text, word.end(), end):
+        return False
+    if _TO_INLINE_WHERE.match(text, word.end(), end):
+        return True
+    return _DETERMINER_BEFORE.search(before) is None
 
 
 def _prefaced_by(text: str, author: str) -> bool:
@@ -311,7 +378,8 @@ def _prefaced_by(text: str, author: str) -> bool:
 
 
 def _outlook_inline(before: str, after: str, author: str) -> bool:
-    """True if the quote below an Outlook header block holds the author's answers (see above)."""
+    """True if the quote below an Outlook header block holds the author's answers (see above):
+    ``after`` is the quoted message only, up to the next one it quotes (_quoted_message_lines)."""
     return _announces_inline(before) or _prefaced_by(after, author)
 
 # mail-parser-reply knows these of the languages issue 3 names; Portuguese is covered by the
@@ -783,6 +851,26 @@ def _starts_outlook_quote(lines: list[str], index: int) -> bool:
             or (_SEPARATOR.match(line) is not None and _FORWARD_MARKER.match(line) is None))
 
 
+def _quoted_message_lines(lines: list[str], start: int, end: int) -> list[str]:
+    """The lines of the message quoted below the Outlook header block at ``start`` (_starts_outlook_quote),
+    up to the next message it quotes in turn (its header block, an attribution, quoted lines) or ``end``.
+
+    Only there can the author's "[Name]" answers be: a top-posted reply over a thread in which the
+    author once answered inline holds the marker in an older message (a review: the whole thread was
+    filed as the author's text)."""
+    index = start
+    while index < end and not lines[index].strip():
+        index += 1
+    if index < end and (_OUTLOOK_RULE.match(lines[index]) or _SEPARATOR.match(lines[index])):
+        index += 1  # the rule or "-----Original Message-----" line above the block
+        while index < end and not lines[index].strip():
+            index += 1
+    first = index = index + 1  # past the "From:" line, the block's other lines start no message
+    while index < end and not _starts_message(lines, index):
+        index += 1
+    return lines[first:index]
+
+
 def _is_signature_delimiter(lines: list[str], index: int) -> bool:
     """True if the line is "-- " or a bare "--" with what looks like a signature below it (read up
     to the first quoted line or attribution, and at most one line more than a signature has)."""
@@ -838,7 +926,7 @@ def split_text(text: str, author: str = "") -> Split:
         # Outlook's inline answers below its header block carry no quote marks: the author's words
         # above it, or the answers' "[Name]" marker, tell them from a quote left whole.
         if cut < signature and _starts_outlook_quote(lines, cut) and _outlook_inline(
-                "\n".join(lines[:cut]), "\n".join(lines[cut:signature]), author):
+                "\n".join(lines[:cut]), "\n".join(_quoted_message_lines(lines, cut, signature)), author):
             cut = signature
     while cut > 0 and not lines[cut - 1].strip():
         cut -= 1
@@ -1358,7 +1446,49 @@ def _outlook_inline_html(quote: etree._Element, author: str) -> bool:
     "[author]" marker can be in it (``author`` is empty if the source holds no "[")."""
     if _announces_inline(_text_before(quote)):
         return True
-    return bool(author.strip()) and _prefaced_by("".join(quote.xpath("descendant::text() | following::text()")), author)
+    return bool(author.strip()) and _prefaced_by(_quoted_message_text(quote), author)
+
+
+def _quoted_message_text(quote: etree._Element) -> str:
+    """The text of the message quoted below the Outlook quote marker ``quote``, up to the next message
+    it quotes in turn (the next quote marker or attribution after its text): only there can the
+    author's "[Name]" answers be (_quoted_message_lines says why).
+
+    The innermost markers before the message's text (``quote`` itself, Outlook on the web's <hr>
+    then divRplyFwdMsg) hold the header block, not the message: passed over. A marker holding more
+    (a <div> around the block and a short message, which reads as starting with "From:") is read
+    into. Each marker passed over is short (_short_text): the look for markers in it is bounded."""
+    pieces: list[str] = []
+    length = 0
+    seen_text = False
+    walker = etree.iterwalk(quote.getroottree().getroot(), events=("start", "end"))
+    started = False
+    for event, node in walker:
+        check_deadline()
+        started = started or node is quote
+        if not started:
+            continue
+        if event == "end":
+            piece = node.tail
+        elif not isinstance(node.tag, str):
+            continue
+        else:
+            kind = _marker(node)
+            if kind in ("quote", "attribution", "cite"):
+                if seen_text:
+                    break  # the next message quoted
+                if kind != "cite" and _short_text(node) is not None and not any(
+                        _marker(inner) in ("quote", "attribution") for inner in node.iterdescendants()):
+                    walker.skip_subtree()  # the header block (or the rule, the bookmark above it)
+                    continue
+            piece = node.text
+        if piece and piece.strip():
+            seen_text = True
+            pieces.append(piece)
+            length += len(piece)
+            if length > _INLINE_SIGNS_MAX_CHARS:
+                break
+    return "".join(pieces)
 
 
 # The markers of Outlook's quote, which it writes the same above inline answers (_outlook_inline).

@@ -597,6 +597,70 @@ def test_an_outlook_quote_without_signs_of_inline_answers_is_trimmed(top, mark, 
         assert top in visible_text(split.kept) and "4.2 bar." not in split.kept and "4.2 bar." in split.trimmed
 
 
+
+# Top-posted Outlook replies taken for inline answers, and the whole quoted thread filed as the
+# sender's text (a review): words pointing at someone else's text below, or the sender's "[Name]"
+# marker in an older message deep in the quoted thread.
+CUSTOMER = "Pump P7 failed again, our budget is 2000 EUR max."
+
+
+def _outlook_header(sender: str) -> str:
+    return ('<div><div style="border:none;border-top:solid #E1E1E1 1.0pt;padding:3.0pt 0in 0in 0in"><p class="MsoNormal">'
+            f'<b>From:</b> {sender}<br><b>Sent:</b> Monday, November 3, 2025 10:02 AM<br><b>To:</b> x<br><b>Subject:</b> '
+            'Pump P7</p></div></div>')
+
+
+def _outlook_text_header(sender: str) -> str:
+    return f"From: {sender}\nSent: Monday, November 3, 2025 10:02 AM\nTo: x\nSubject: Pump P7\n\n"
+
+
+OUTLOOK_TOP_POSTED = {
+    **{name: (f'<div class="WordSection1"><p class="MsoNormal">{top}</p>{_outlook_header("Carl Customer")}'
+              f'<p class="MsoNormal">{CUSTOMER}</p></div>', f"{top}\n\n{_outlook_text_header('Carl Customer')}{CUSTOMER}\n")
+       for name, top in (("fyi_comments_below", "FYI, see the customer's comments below."),
+                         ("notes_below", "Logging this for the team, Carl's notes below."),
+                         ("de_anmerkungen", "Zur Info: Anmerkungen des Kunden unten."),
+                         ("plain_comments_below", "See Carl's comments below."),
+                         ("fr_commentaires", "Voir les commentaires du client ci-dessous."),
+                         ("their_comments_inline", "Their comments inline, FYI."))},
+    **{name: ('<div class="WordSection1"><p class="MsoNormal">New seal fitted today, closing this.</p>'
+              f'{_outlook_header("Carl Customer")}<p class="MsoNormal">{CUSTOMER}</p>'
+              f'{_outlook_header("Paula Contributor")}<p class="MsoNormal">{between}</p>'
+              f'{_outlook_header("Carl Customer")}<p class="MsoNormal">Is P7 ok? <b>[Paula Contributor] yes</b></p></div>',
+              f"New seal fitted today, closing this.\n\n{_outlook_text_header('Carl Customer')}{CUSTOMER}\n\n"
+              f"{_outlook_text_header('Paula Contributor')}{between}\n\n{_outlook_text_header('Carl Customer')}"
+              "Is P7 ok?\n[Paula Contributor] yes\n")
+       for name, between in (("top_over_old_inline_thread", "See my answers below."),
+                             ("top_over_thread_noannounce", "Will check."))},
+}
+
+
+@pytest.mark.parametrize("case", OUTLOOK_TOP_POSTED)
+def test_a_top_posted_outlook_reply_is_not_taken_for_inline_answers(case):
+    html, text = OUTLOOK_TOP_POSTED[case]
+    for split in (split_html(html, "Paula Contributor"), split_text(text, "Paula Contributor")):
+        assert CUSTOMER not in split.kept and CUSTOMER in split.trimmed
+
+
+@pytest.mark.parametrize("top", ["See Carl's comments below, my answers inline.", "Answers below in red.",
+                                 "Below are our answers.", "I've answered inline.", "Unsere Anmerkungen unten."])
+def test_outlook_inline_answers_announced_by_the_sender_are_kept(top):
+    for split in (split_html(OUTLOOK_INLINE_HTML.format(top=top, mark=""), ""),
+                  split_text(OUTLOOK_INLINE_TEXT.format(top=top, mark=""), "")):
+        assert "4.2 bar." in split.kept and split.trimmed == ""
+
+
+def test_the_senders_marker_in_the_message_right_below_the_header_block_still_keeps_the_thread():
+    # The "[Name]" marker is read in the quoted message up to the next one it quotes: there it counts.
+    html = (f'<div class="WordSection1">{_outlook_header("Carl Customer")}<p class="MsoNormal">{CUSTOMER}</p>'
+            f'<p class="MsoNormal">[Paula] Seal ordered.</p>{_outlook_header("Paula Contributor")}<p class="MsoNormal">'
+            'Older.</p></div>')
+    text = (f"{_outlook_text_header('Carl Customer')}{CUSTOMER}\n[Paula] Seal ordered.\n\n"
+            f"{_outlook_text_header('Paula Contributor')}Older.\n")
+    for split in (split_html(html, "Paula Contributor"), split_text(text, "Paula Contributor")):
+        assert "Seal ordered." in split.kept and CUSTOMER in split.kept and split.trimmed == ""
+
+
 # An outbound gateway's disclaimer or a list's footer below the quote of a top-posted reply: taken for
 # the answer of an inline reply, it kept the whole quote in the note (a stripping review).
 FOOTER = "CONFIDENTIALITY NOTICE: This e-mail is intended solely for the addressee."

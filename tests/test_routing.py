@@ -41,6 +41,14 @@ def _reply_to(mailer, to, *, references=(), in_reply_to=None, sender=PAULA, cc=N
     return mailer.sign(headers + raw)
 
 
+def _one_note_nobody_outside_sees(test_odoo):
+    """The task got one post, an internal note: no email sent, nothing in Paula's portal chatter."""
+    [post] = test_odoo.posts()
+    assert post.kwargs["subtype_xmlid"] == "mail.mt_note"
+    assert test_odoo.outbox == []
+    assert test_odoo.portal_chatter_ids("project.task", TASK_ID, partner_id=PAULA_PARTNER_ID) == []
+
+
 def _notification_id(test_odoo, model, res_id):
     """The Message-ID of a comment Odoo posted and notified, as a notification email carries it."""
     message_id = test_odoo.add_record("mail.message", {"model": model, "res_id": res_id, "message_type": "comment",
@@ -436,10 +444,7 @@ def test_reply_all_sees_the_note_address_however_the_headers_write_it(test_odoo,
     head, _, body = raw.partition(b"\r\n\r\n")
     raw = mailer.sign(head + b"\r\n" + headers.encode() + b"\r\n" + body)
     assert mailer.send(raw, reply).startswith("250 2.0.0 Filed as Odoo message ")
-    [post] = test_odoo.posts()
-    assert post.kwargs["subtype_xmlid"] == "mail.mt_note"
-    assert test_odoo.outbox == []
-    assert test_odoo.portal_chatter_ids("project.task", TASK_ID, partner_id=PAULA_PARTNER_ID) == []
+    _one_note_nobody_outside_sees(test_odoo)
     [row] = _journal(gateway)
     assert row.kind == "note" and row.decision.startswith("reply-all with note+")
 
@@ -464,10 +469,7 @@ def test_reply_all_naming_the_note_address_with_a_final_dot_is_never_public(test
                   message_id=f"<final-dot-{form.replace(' ', '-').replace(',', '')}@example.com>")
     raw = mailer.sign(cc.encode() + raw)
     assert mailer.send(raw, reply).startswith("250 2.0.0 Filed as Odoo message ")
-    [post] = test_odoo.posts()
-    assert post.kwargs["subtype_xmlid"] == "mail.mt_note"
-    assert test_odoo.outbox == []
-    assert test_odoo.portal_chatter_ids("project.task", TASK_ID, partner_id=PAULA_PARTNER_ID) == []
+    _one_note_nobody_outside_sees(test_odoo)
     [row] = _journal(gateway)
     assert (row.kind, row.decision) == ("note", f"reply-all with {note}: filed as a note, never public")
 
@@ -526,10 +528,7 @@ def test_reply_all_with_a_note_address_that_no_longer_verifies_is_never_public(t
     raw = _reply_to(mailer, reply, cc=note, message_id="<reply-all-unverified@example.com>")
     assert mailer.send(raw, note).startswith("550 5.1.1 ")
     assert mailer.send(raw, reply).startswith("250 2.0.0 Filed as Odoo message ")
-    [post] = test_odoo.posts()
-    assert post.kwargs["subtype_xmlid"] == "mail.mt_note"
-    assert test_odoo.outbox == []
-    assert test_odoo.portal_chatter_ids("project.task", TASK_ID, partner_id=PAULA_PARTNER_ID) == []
+    _one_note_nobody_outside_sees(test_odoo)
     row = next(row for row in _journal(gateway) if row.rcpt == reply)
     assert row.kind == "note" and row.decision == f"reply-all with {note}: filed as a note, never public"
 
